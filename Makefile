@@ -1,0 +1,32 @@
+# Every target creates .venv on first use; nothing else is needed on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/payswitch demo
+
+test: $(STAMP)
+	$(BIN)/ruff check switch channels tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check switch channels tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest bench -q --benchmark-enable --benchmark-only
+	$(BIN)/python bench/e2e.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

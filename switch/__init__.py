@@ -1,0 +1,1 @@
+"""payswitch: a payment switch simulator and load-test harness."""
