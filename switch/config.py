@@ -1,0 +1,204 @@
+"""Switch configuration: a TOML file decoded straight into msgspec Structs.
+
+Every struct forbids unknown fields and every number carries its bounds, so a typo, a
+wrong type or an out-of-range value stops start-up with a message naming the key path
+(``journal.mode: Expected `'sync' | 'group' | 'off'`, got `'fast'```). A switch that
+starts with a silently ignored setting is worse than one that refuses to start.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+
+from switch.currency import CURRENCIES
+from switch.model import CHANNELS, Channel
+from switch.wire import MAX_FRAME_BYTES_CEILING, describe_validation_error
+
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key path."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 7100
+    backend: Literal["asyncio", "trio"] = "asyncio"
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=MAX_FRAME_BYTES_CEILING)] = 65536
+    read_bytes: Annotated[int, msgspec.Meta(ge=65536, le=4 * 1024 * 1024)] = 65536
+    max_in_flight_per_connection: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
+    max_in_flight_total: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 16384
+    #: Graceful shutdown waits this long for in-flight payments before cancelling them.
+    drain_timeout_s: PositiveSeconds = 10.0
+
+
+class AdminConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 7180
+
+
+class JournalConfig(_Section):
+    path: str = "var/journal.db"
+    #: sync: one fsync per record; group: one per batch (default); off: no waiting, no
+    #: fsync -- acknowledged payments can be lost, for pure-speed experiments only.
+    mode: Literal["sync", "group", "off"] = "group"
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 8192
+    #: Records waiting for the writer; past this, new payments are shed as overloaded.
+    max_pending: Annotated[int, msgspec.Meta(ge=1, le=4_000_000)] = 262144
+
+
+class IdempotencyConfig(_Section):
+    retention_s: PositiveSeconds = 86400.0
+    max_keys: Annotated[int, msgspec.Meta(ge=1, le=50_000_000)] = 2_000_000
+
+
+class AmountLimit(_Section):
+    channel: Channel
+    currency: str
+    max_minor: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class VelocityConfig(_Section):
+    window_s: PositiveSeconds = 60.0
+    max_count: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 30
+    #: Summed in CNY-equivalent minor units so one limit covers every currency.
+    max_amount_cny_minor: Annotated[int, msgspec.Meta(ge=1)] = 100_000_000
+    #: Keys tracked at once; the least recently seen is forgotten past this.
+    max_keys: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1_000_000
+
+
+class RiskConfig(_Section):
+    amount_limits: list[AmountLimit] = msgspec.field(default_factory=list)
+    velocity: VelocityConfig = msgspec.field(default_factory=VelocityConfig)
+    blocked_pans: list[str] = msgspec.field(default_factory=list)
+    blocked_accounts: list[str] = msgspec.field(default_factory=list)
+    #: Large-amount AML report threshold, in CNY minor units (default 50,000.00 CNY).
+    aml_threshold_cny_minor: Annotated[int, msgspec.Meta(ge=1)] = 5_000_000
+    #: Units of CNY per one unit of each currency, for AML and velocity equivalence.
+    fx_to_cny: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(
+        default_factory=lambda: {
+            "CNY": 1.0, "USD": 7.1, "EUR": 7.7, "GBP": 9.0, "JPY": 0.047, "HKD": 0.91,
+            "SGD": 5.3, "INR": 0.085, "KRW": 0.0052, "CHF": 8.0, "AUD": 4.7, "CAD": 5.2,
+        }
+    )
+
+
+class StandInNetworkConfig(_Section):
+    """An in-process stand-in network: same adapter interface as the real simulators."""
+
+    name: str
+    channel: Channel
+    latency_median_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 2.0
+    latency_sigma: Annotated[float, msgspec.Meta(ge=0, le=3)] = 0.5
+    decline_rate: Probability = 0.03
+    error_rate: Probability = 0.01
+    seed: int = 1
+
+
+class ChannelRoute(_Section):
+    channel: Channel
+    network: str
+    timeout_s: PositiveSeconds = 2.0
+
+
+class SecurityConfig(_Section):
+    #: Key for PAN tokens and idempotency body hashes. The default is for demos only.
+    token_key: Annotated[str, msgspec.Meta(min_length=16, max_length=128)] = (
+        "payswitch-demo-key-change-me"
+    )
+
+
+class SwitchConfig(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
+    idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
+    risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    networks: list[StandInNetworkConfig] = msgspec.field(default_factory=list)
+    routes: list[ChannelRoute] = msgspec.field(default_factory=list)
+    seed: int = 1
+
+
+def _check_cross_references(cfg: SwitchConfig) -> None:
+    """Rules msgspec cannot express: references between sections, known currencies."""
+    for i, limit in enumerate(cfg.risk.amount_limits):
+        if limit.currency not in CURRENCIES:
+            raise ConfigError(f"risk.amount_limits[{i}].currency: unknown currency {limit.currency!r}")
+    for code in cfg.risk.fx_to_cny:
+        if code not in CURRENCIES:
+            raise ConfigError(f"risk.fx_to_cny.{code}: unknown currency")
+    if "CNY" not in cfg.risk.fx_to_cny:
+        raise ConfigError("risk.fx_to_cny.CNY: required (the AML threshold is in CNY)")
+    names: set[str] = set()
+    for i, net in enumerate(cfg.networks):
+        if net.name in names:
+            raise ConfigError(f"networks[{i}].name: duplicate network name {net.name!r}")
+        names.add(net.name)
+    routed: set[str] = set()
+    for i, route in enumerate(cfg.routes):
+        if route.network not in names:
+            raise ConfigError(f"routes[{i}].network: no network named {route.network!r}")
+        if route.channel in routed:
+            raise ConfigError(f"routes[{i}].channel: a route for {route.channel!r} already exists")
+        network = next(n for n in cfg.networks if n.name == route.network)
+        if network.channel != route.channel:
+            raise ConfigError(
+                f"routes[{i}].network: network {route.network!r} serves "
+                f"{network.channel!r}, not {route.channel!r}"
+            )
+        routed.add(route.channel)
+    missing = [c for c in CHANNELS if c not in routed]
+    if cfg.routes and missing:
+        raise ConfigError(f"routes: no route for channel(s) {', '.join(missing)}")
+
+
+def parse_config(text: str, source: str = "<config>") -> SwitchConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        cfg = msgspec.convert(raw, SwitchConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from exc
+    try:
+        _check_cross_references(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return cfg
+
+
+def load_config(path: str | Path) -> SwitchConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    cfg = parse_config(text, str(path))
+    return with_defaults(cfg)
+
+
+def with_defaults(cfg: SwitchConfig) -> SwitchConfig:
+    """Fill in one stand-in network and route per channel when the file names none."""
+    if cfg.routes:
+        return cfg
+    networks = [
+        StandInNetworkConfig(name=f"standin-{ch}", channel=ch, seed=cfg.seed + i)
+        for i, ch in enumerate(CHANNELS)
+    ]
+    routes = [ChannelRoute(channel=ch, network=f"standin-{ch}") for ch in CHANNELS]
+    return msgspec.structs.replace(cfg, networks=networks, routes=routes)

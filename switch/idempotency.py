@@ -1,0 +1,91 @@
+"""The idempotency index: same key + same body -> the same result, different body -> refused.
+
+An entry is created when a payment is accepted, so a duplicate that arrives while the
+first is still in flight waits for the first's result instead of being processed twice.
+The body is compared by a keyed hash of its canonical encoding (the PAN is inside the
+body, so the hash must be keyed to reveal nothing).
+
+Bounded: keys are kept for ``retention_s`` and at most ``max_keys`` completed entries;
+the oldest are forgotten first. That is the usual contract of payment APIs (a retry
+window), written down rather than implied. In-flight entries are never evicted; their
+number is bounded by the server's in-flight limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import anyio
+
+from switch.model import Result
+
+
+class Entry:
+    __slots__ = ("body_hash", "created_at", "done", "result")
+
+    def __init__(self, body_hash: bytes, created_at: float, result: Result | None) -> None:
+        self.body_hash = body_hash
+        self.created_at = created_at
+        self.result = result
+        self.done: anyio.Event | None = None if result is not None else anyio.Event()
+
+    async def wait(self) -> Result:
+        if self.done is not None:
+            await self.done.wait()
+        assert self.result is not None
+        return self.result
+
+
+class IdempotencyIndex:
+    def __init__(self, *, retention_s: float, max_keys: int) -> None:
+        assert retention_s > 0 and max_keys > 0
+        self._entries: dict[str, Entry] = {}
+        self.retention_s = retention_s
+        self.max_keys = max_keys
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def get(self, key: str) -> Entry | None:
+        return self._entries.get(key)
+
+    def begin(self, key: str, body_hash: bytes, now: float) -> Entry:
+        """Register a newly accepted payment (the caller checked ``get`` first)."""
+        entry = Entry(body_hash, now, None)
+        self._entries[key] = entry
+        self._evict(now)
+        return entry
+
+    def complete(self, key: str, result: Result) -> None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return
+        entry.result = result
+        if entry.done is not None:
+            entry.done.set()
+            entry.done = None
+
+    def restore(self, key: str, body_hash: bytes, result: Result, created_at: float) -> None:
+        """Load a final result replayed from the journal at start-up."""
+        self._entries[key] = Entry(body_hash, created_at, result)
+
+    def _evict(self, now: float) -> None:
+        # Dicts iterate in insertion order, so the front holds the oldest keys.
+        entries = self._entries
+        horizon = now - self.retention_s
+        while len(entries) > self.max_keys or (
+            entries and next(iter(entries.values())).created_at < horizon
+        ):
+            oldest_key = next(iter(entries))
+            if entries[oldest_key].result is None:
+                break  # in flight: never forget a payment we have not answered
+            del entries[oldest_key]
+
+
+def body_hash(canonical_body: bytes, key: bytes) -> bytes:
+    """Keyed 128-bit digest of a request body's canonical encoding."""
+    return hashlib.blake2b(canonical_body, key=key[:64], digest_size=16).digest()

@@ -1,0 +1,195 @@
+"""The one transaction model every channel shares.
+
+A client submits a :class:`PaymentRequest`; once validated it becomes a :class:`Payment`,
+the switch's own record, which never holds a card number in clear (only a keyed-hash
+token and the last four digits). Channel-specific references (RRN/STAN/terminal for
+cards, UETR/EndToEndId for SWIFT, the QR reference) hang off one struct so that tracing
+and reconciliation work the same way for all three networks.
+
+The :class:`PaymentState` machine is explicit: :func:`transition` refuses anything not in
+``ALLOWED_TRANSITIONS``, so a late or duplicate network answer can never move a payment
+that is already final.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+Channel = Literal["card", "swift", "qr"]
+CHANNELS: Final[tuple[Channel, ...]] = ("card", "swift", "qr")
+
+# Bounds on client-supplied strings. Length limits are cheap for msgspec to check; we
+# keep regexes off the hot path (a regex constraint tripled decode cost when measured).
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=34)]
+Name = Annotated[str, msgspec.Meta(max_length=70)]
+CurrencyCode = Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+#: Minor units. The ceiling (10^15) keeps every amount exact in int64 and float64.
+MinorUnits = Annotated[int, msgspec.Meta(ge=1, le=10**15)]
+Pan = Annotated[str, msgspec.Meta(min_length=12, max_length=19)]
+Expiry = Annotated[str, msgspec.Meta(min_length=4, max_length=4)]
+Bic = Annotated[str, msgspec.Meta(min_length=8, max_length=11)]
+QrPayload = Annotated[str, msgspec.Meta(min_length=20, max_length=512)]
+
+
+class Party(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    account: AccountId
+    name: Name = ""
+
+
+class CardData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Card details as the acquirer sends them. Only ever lives in the request."""
+
+    pan: Pan
+    expiry: Expiry  # YYMM
+    terminal_id: Annotated[str, msgspec.Meta(min_length=1, max_length=8)] = "TERM0001"
+    merchant_id: Annotated[str, msgspec.Meta(max_length=15)] = ""
+    mcc: Annotated[str, msgspec.Meta(min_length=4, max_length=4)] = "5999"
+
+
+class SwiftData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    debtor_agent: Bic
+    creditor_agent: Bic
+    end_to_end_id: Annotated[str, msgspec.Meta(max_length=35)] = ""
+    remittance: Annotated[str, msgspec.Meta(max_length=140)] = ""
+
+
+class QrData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    payload: QrPayload
+
+
+class PaymentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a client submits. Its canonical encoding is what idempotency compares."""
+
+    idempotency_key: IdempotencyKey
+    channel: Channel
+    amount: MinorUnits
+    currency: CurrencyCode
+    payer: Party
+    payee: Party
+    card: CardData | None = None
+    swift: SwiftData | None = None
+    qr: QrData | None = None
+
+
+class Status(enum.StrEnum):
+    RECEIVED = "received"
+    ROUTED = "routed"
+    SENT = "sent"
+    APPROVED = "approved"
+    DECLINED = "declined"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    REVERSED = "reversed"
+
+
+TERMINAL_STATES: Final[frozenset[Status]] = frozenset(
+    {Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED}
+)
+
+# Every legal move. APPROVED -> REVERSED is the one exit from a terminal state: a
+# reversal of an approved authorization (late answer after a timeout, or an explicit
+# void) is a new fact about the same money, recorded as a further journal entry.
+ALLOWED_TRANSITIONS: Final[dict[Status, frozenset[Status]]] = {
+    Status.RECEIVED: frozenset({Status.ROUTED, Status.DECLINED, Status.FAILED}),
+    Status.ROUTED: frozenset({Status.SENT, Status.FAILED}),
+    Status.SENT: frozenset({Status.APPROVED, Status.DECLINED, Status.FAILED, Status.UNKNOWN}),
+    Status.UNKNOWN: frozenset({Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED}),
+    Status.APPROVED: frozenset({Status.REVERSED}),
+    Status.DECLINED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.REVERSED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A state change the payment state machine forbids."""
+
+    def __init__(self, payment_id: str, current: Status, target: Status) -> None:
+        super().__init__(f"payment {payment_id}: illegal transition {current} -> {target}")
+        self.payment_id = payment_id
+        self.current = current
+        self.target = target
+
+
+def check_transition(payment_id: str, current: Status, target: Status) -> None:
+    if target not in ALLOWED_TRANSITIONS[current]:
+        raise IllegalTransition(payment_id, current, target)
+
+
+class CardRef(msgspec.Struct, frozen=True):
+    """Card references. The PAN itself is reduced to a keyed token plus its last 4."""
+
+    token: str
+    last4: str
+    bin: str  # first 6 digits: routing needs it, PCI DSS allows it with the last 4
+    expiry: str
+    terminal_id: str
+    merchant_id: str
+    mcc: str
+    stan: str = ""
+    rrn: str = ""
+
+
+class SwiftRef(msgspec.Struct, frozen=True):
+    debtor_agent: str
+    creditor_agent: str
+    uetr: str
+    end_to_end_id: str
+    remittance: str = ""
+
+
+class QrRef(msgspec.Struct, frozen=True):
+    payload: str
+    qr_reference: str = ""
+
+
+class Payment(msgspec.Struct, frozen=True):
+    """The switch's own record of a payment; safe to journal and log (no clear PAN)."""
+
+    payment_id: str
+    idempotency_key: str
+    channel: Channel
+    amount: int
+    currency: str
+    payer: Party
+    payee: Party
+    received_at: dt.datetime
+    card: CardRef | None = None
+    swift: SwiftRef | None = None
+    qr: QrRef | None = None
+    aml_flag: bool = False
+
+    @property
+    def velocity_keys(self) -> tuple[str, ...]:
+        """Keys whose sliding-window velocity the risk step tracks."""
+        if self.card is not None:
+            return ("card:" + self.card.token, "acct:" + self.payer.account)
+        return ("acct:" + self.payer.account,)
+
+
+class Result(msgspec.Struct, frozen=True):
+    """The outcome of a payment: what the client is told and what the journal keeps."""
+
+    payment_id: str
+    status: Status
+    reason: str  # a short code: ISO 8583 DE39 style for all channels, see reasons.py
+    channel_ref: str = ""  # the network's own reference (auth code / UETR / QR ref)
+    route: str = ""
+    stood_in: bool = False
+    aml_flag: bool = False
+
+
+def tokenize_pan(pan: str, key: bytes) -> str:
+    """Keyed hash of a PAN: stable for velocity/blocklists, useless without the key."""
+    return hmac.new(key, pan.encode("ascii"), hashlib.blake2b).hexdigest()[:32]
+
+
+def utc_from_timestamp(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)

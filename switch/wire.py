@@ -1,0 +1,226 @@
+"""The client wire protocol: length-prefixed msgpack frames, sans-IO.
+
+A frame is a 4-byte big-endian unsigned length followed by that many bytes of msgpack.
+:class:`FrameDecoder` is fed whatever the transport read (we read 64 KiB at a time) and
+hands back every complete frame in it: parsing all frames per read measured ~20x faster
+than a ``receive_exactly()`` per frame. :class:`ReplyEncoder` packs many replies into one
+buffer so a connection writes once per batch, not once per reply.
+
+Every request carries a client-chosen ``id`` and replies echo it, so a client may pipeline
+many requests on one connection and match replies that come back out of order.
+
+Error policy:
+* A frame whose declared length exceeds the limit is a framing error: we cannot find the
+  next frame boundary safely, so the connection is closed after one error reply.
+* A frame that is well delimited but not a valid message gets an error reply naming the
+  field (``payment.amount: Expected `int` >= 1``) and the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Final
+
+import msgspec
+
+from switch import reasons
+from switch.model import IdempotencyKey, PaymentRequest, Result
+
+HEADER_BYTES: Final = 4
+DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
+#: Upper bound for any configured frame limit: large enough for any payment message,
+#: small enough that one connection cannot pin a large buffer.
+MAX_FRAME_BYTES_CEILING: Final = 16 * 1024 * 1024
+
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class FrameTooLarge(Exception):
+    """A frame header announced more bytes than the connection's limit allows."""
+
+    def __init__(self, declared: int, limit: int) -> None:
+        super().__init__(f"frame of {declared} bytes exceeds max_frame_bytes={limit}")
+        self.declared = declared
+        self.limit = limit
+
+
+# --- messages ---------------------------------------------------------------------------
+
+
+class Pay(msgspec.Struct, tag="pay", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    """Submit a payment."""
+
+    id: RequestId
+    payment: PaymentRequest
+
+
+class Query(msgspec.Struct, tag="query", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    """Ask for the current result of an earlier payment, by idempotency key."""
+
+    id: RequestId
+    idempotency_key: IdempotencyKey
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="op", frozen=True, forbid_unknown_fields=True):
+    id: RequestId
+
+
+Request = Pay | Query | Ping
+
+
+class Reply(msgspec.Struct, tag="result", tag_field="op", frozen=True):
+    """A payment's result. ``replay`` is true when idempotency returned a stored result."""
+
+    id: int
+    result: Result
+    replay: bool = False
+
+
+class ErrorReply(msgspec.Struct, tag="error", tag_field="op", frozen=True):
+    """A request the switch did not accept. ``id`` is None when it could not be read."""
+
+    id: int | None
+    code: str
+    message: str
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="op", frozen=True):
+    id: int
+
+
+Response = Reply | ErrorReply | Pong
+
+# --- framing ----------------------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames. Holds at most one partial frame between reads."""
+
+    __slots__ = ("_buffer", "max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        assert 0 < max_frame_bytes <= MAX_FRAME_BYTES_CEILING
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = b""
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete (bounded by header + max frame)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[memoryview]:
+        """Add ``data``; return every frame now complete, in order.
+
+        Raises :class:`FrameTooLarge` as soon as a header announces an oversized frame,
+        without waiting for (or buffering) its body.
+        """
+        buf = self._buffer + data if self._buffer else data
+        view = memoryview(buf)
+        end = len(buf)
+        limit = self.max_frame_bytes
+        frames: list[memoryview] = []
+        pos = 0
+        while end - pos >= HEADER_BYTES:
+            size = int.from_bytes(buf[pos : pos + HEADER_BYTES], "big")
+            if size > limit:
+                self._buffer = b""
+                raise FrameTooLarge(size, limit)
+            stop = pos + HEADER_BYTES + size
+            if stop > end:
+                break
+            frames.append(view[pos + HEADER_BYTES : stop])
+            pos = stop
+        self._buffer = bytes(view[pos:]) if pos < end else b""
+        assert len(self._buffer) <= HEADER_BYTES + limit
+        return frames
+
+
+def frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(HEADER_BYTES, "big") + payload
+
+
+_request_decoder: Final = msgspec.msgpack.Decoder(Request)
+_encoder: Final = msgspec.msgpack.Encoder()
+_MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]*)`$")
+
+
+def describe_validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> str:
+    """Rewrite msgspec's ``Expected ... - at `$.a.b`` as ``a.b: Expected ...``.
+
+    Putting the field path first makes the error greppable and matches how config errors
+    read. Only used on the error path, so the regex costs nothing on valid traffic.
+    """
+    text = str(exc)
+    match = _MSGSPEC_PATH.match(text)
+    if match is None:
+        return text
+    path = (match.group("path") or "").lstrip(".")
+    message = match.group("msg")
+    unknown = _UNKNOWN_FIELD.match(message)
+    if unknown is not None:
+        key = unknown.group(1)
+        return f"{path}.{key}: unknown key" if path else f"{key}: unknown key"
+    return f"{path}: {message}" if path else message
+
+
+def _request_id_of(payload: bytes | memoryview) -> int | None:
+    """Best effort: the id of a frame that failed typed decoding, to address the error."""
+    try:
+        loose = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(loose, dict):
+        rid = loose.get("id")
+        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
+            return rid
+    return None
+
+
+def decode_request(payload: bytes | memoryview) -> Request | ErrorReply:
+    """Decode one frame's payload into a request, or an error reply naming the problem."""
+    try:
+        return _request_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        return ErrorReply(_request_id_of(payload), reasons.E_INVALID, describe_validation_error(exc))
+    except msgspec.DecodeError as exc:
+        return ErrorReply(None, reasons.E_MALFORMED, f"malformed msgpack: {exc}")
+
+
+def encode_request(request: Request) -> bytes:
+    return frame(_encoder.encode(request))
+
+
+class ReplyEncoder:
+    """Packs replies, each length-prefixed, into one buffer for a single write."""
+
+    __slots__ = ("_buffer", "count")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.count = 0
+
+    def add(self, response: Response) -> None:
+        start = len(self._buffer)
+        # Reserve the header, encode in place, then fill in the length: no extra copy.
+        _encoder.encode_into(response, self._buffer, start + HEADER_BYTES)
+        size = len(self._buffer) - start - HEADER_BYTES
+        self._buffer[start : start + HEADER_BYTES] = size.to_bytes(HEADER_BYTES, "big")
+        self.count += 1
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def take(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self.count = 0
+        return data
+
+
+_response_decoder: Final = msgspec.msgpack.Decoder(Response)
+
+
+def decode_response(payload: bytes | memoryview) -> Response:
+    """Client side. Raises msgspec errors on bad input (the switch is trusted here)."""
+    return _response_decoder.decode(payload)
