@@ -30,10 +30,10 @@ class Entry:
         self.result = result
         self.done: anyio.Event | None = None if result is not None else anyio.Event()
 
-    async def wait(self) -> Result:
+    async def wait(self) -> Result | None:
+        """The result, once known; None if the first attempt was abandoned."""
         if self.done is not None:
             await self.done.wait()
-        assert self.result is not None
         return self.result
 
 
@@ -69,21 +69,33 @@ class IdempotencyIndex:
             entry.done.set()
             entry.done = None
 
+    def abandon(self, key: str) -> None:
+        """Forget an attempt that was never accepted, waking anyone waiting on it."""
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.done is not None:
+            entry.done.set()
+            entry.done = None
+
     def restore(self, key: str, body_hash: bytes, result: Result, created_at: float) -> None:
         """Load a final result replayed from the journal at start-up."""
         self._entries[key] = Entry(body_hash, created_at, result)
 
     def _evict(self, now: float) -> None:
-        # Dicts iterate in insertion order, so the front holds the oldest keys.
+        # Dicts iterate in insertion order, so the front holds the oldest keys. A pending
+        # entry (never forgotten: it has not been answered) is moved to the back so it
+        # cannot shield older completed ones; each is moved at most once per call.
         entries = self._entries
         horizon = now - self.retention_s
-        while len(entries) > self.max_keys or (
-            entries and next(iter(entries.values())).created_at < horizon
-        ):
+        skipped = 0
+        while entries and skipped < len(entries):
             oldest_key = next(iter(entries))
-            if entries[oldest_key].result is None:
-                break  # in flight: never forget a payment we have not answered
+            oldest = entries[oldest_key]
+            if len(entries) - skipped <= self.max_keys and oldest.created_at >= horizon:
+                break
             del entries[oldest_key]
+            if oldest.result is None:
+                entries[oldest_key] = oldest
+                skipped += 1
 
 
 def body_hash(canonical_body: bytes, key: bytes) -> bytes:

@@ -34,6 +34,7 @@ REJECT_REASONS: Final = (
     reasons.E_FRAME_TOO_LARGE,
     reasons.E_SHUTTING_DOWN,
     reasons.E_UNKNOWN_OP,
+    reasons.E_UNAVAILABLE,
 )
 RISK_RULES: Final = ("amount_limit", "blocklist", "velocity_count", "velocity_amount")
 FINAL_STATUSES: Final = (Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED, Status.UNKNOWN)

@@ -30,3 +30,5 @@ E_OVERLOADED: Final = "overloaded"
 E_FRAME_TOO_LARGE: Final = "frame_too_large"
 E_SHUTTING_DOWN: Final = "shutting_down"
 E_UNKNOWN_OP: Final = "unknown_op"
+E_UNAVAILABLE: Final = "unavailable"  # the journal failed: fail-stop
+E_NOT_FOUND: Final = "not_found"  # a query for a key the switch does not know

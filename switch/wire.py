@@ -168,7 +168,7 @@ def _request_id_of(payload: bytes | memoryview) -> int | None:
     """Best effort: the id of a frame that failed typed decoding, to address the error."""
     try:
         loose = msgspec.msgpack.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8 in a str
         return None
     if isinstance(loose, dict):
         rid = loose.get("id")
@@ -185,6 +185,8 @@ def decode_request(payload: bytes | memoryview) -> Request | ErrorReply:
         return ErrorReply(_request_id_of(payload), reasons.E_INVALID, describe_validation_error(exc))
     except msgspec.DecodeError as exc:
         return ErrorReply(None, reasons.E_MALFORMED, f"malformed msgpack: {exc}")
+    except ValueError as exc:  # e.g. invalid UTF-8 inside a string
+        return ErrorReply(None, reasons.E_MALFORMED, f"malformed frame: {exc}")
 
 
 def encode_request(request: Request) -> bytes:

@@ -1,0 +1,196 @@
+"""Assembles a switch from its configuration and runs it under structured concurrency.
+
+Start-up order matters for money:
+1. open the journal and replay it: the idempotency index and the unfinished payments
+   come back before the first new payment is accepted;
+2. hand every unfinished payment to the resolver (reversal / status inquiry);
+3. only then listen for clients and report ready.
+
+Shutdown is the reverse: stop accepting, let in-flight payments finish (bounded by
+``drain_timeout_s``), flush the journal, then close everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import msgspec
+
+from switch.adapters.base import ChannelAdapter
+from switch.adapters.standin import StandInNetwork
+from switch.admin import bind_socket, build_app, serve_http
+from switch.clock import Clock
+from switch.config import SwitchConfig
+from switch.idempotency import IdempotencyIndex
+from switch.journal import Journal, Recovered, open_database, replay
+from switch.metrics import SwitchMetrics
+from switch.pipeline import Pipeline
+from switch.resolver import Resolver
+from switch.risk import RiskEngine
+from switch.routing import NoRoute, Router
+from switch.server import Server
+
+log = logging.getLogger(__name__)
+
+
+class Endpoints(msgspec.Struct, frozen=True):
+    """Where a running switch listens; written to the ready file for tools and tests."""
+
+    host: str
+    port: int
+    admin_port: int
+    pid: int
+
+
+def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
+    return {net.name: StandInNetwork(net) for net in config.networks}
+
+
+class SwitchApp:
+    def __init__(
+        self, config: SwitchConfig, adapters: Mapping[str, ChannelAdapter] | None = None
+    ) -> None:
+        self.config = config
+        self.adapters = dict(adapters) if adapters is not None else build_adapters(config)
+        self.metrics = SwitchMetrics(networks=self.adapters)
+        self._shutdown = anyio.Event()
+        self._admin_stop = anyio.Event()
+        self._ready = False
+        self.endpoints: Endpoints | None = None
+        self.recovered: Recovered | None = None
+        self.server: Server | None = None
+        self.journal: Journal | None = None
+        self.resolver: Resolver | None = None
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.journal is not None and self.journal.failure is not None:
+            return False, f"journal failed: {self.journal.failure}"
+        if self.server is not None and self.server.draining:
+            return False, "draining"
+        return (True, "ok") if self._ready else (False, "starting")
+
+    async def run(
+        self,
+        *,
+        ready_file: str | None = None,
+        task_status: anyio.abc.TaskStatus[Endpoints] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        cfg = self.config
+        clock = Clock()
+        token_key = cfg.security.token_key.encode()
+        db = await anyio.to_thread.run_sync(open_database, cfg.journal.path, cfg.journal.mode)
+        try:
+            recovered = await anyio.to_thread.run_sync(replay, db)
+            self.recovered = recovered
+            journal = Journal(
+                db, mode=cfg.journal.mode, max_batch=cfg.journal.max_batch,
+                max_pending=cfg.journal.max_pending, metrics=self.metrics,
+            )
+            self.journal = journal
+            index = IdempotencyIndex(
+                retention_s=cfg.idempotency.retention_s, max_keys=cfg.idempotency.max_keys
+            )
+            now, wall_us = clock.now(), clock.wall_us()
+            for final in recovered.finals:
+                age_s = (wall_us - final.at_us) / 1e6
+                if age_s < cfg.idempotency.retention_s:
+                    index.restore(final.idempotency_key, final.body_hash, final.result, now - age_s)
+            router = Router(cfg.routes, self.adapters)
+            resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics)
+            self.resolver = resolver
+            pipeline = Pipeline(
+                clock=clock, journal=journal, index=index, risk=RiskEngine(cfg.risk, token_key),
+                router=router, resolver=resolver, metrics=self.metrics, token_key=token_key,
+                boot_count=recovered.boot_count, seed=cfg.seed,
+            )
+            server = Server(pipeline, cfg.server, self.metrics)
+            self.server = server
+            log.info(
+                "journal replayed: %d records, %d final, %d unfinished; boot %d",
+                recovered.records, len(recovered.finals), len(recovered.unfinished),
+                recovered.boot_count,
+            )
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(journal.run)
+                async with anyio.create_task_group() as services:
+                    services.start_soon(resolver.run)
+                    for unfinished in recovered.unfinished:
+                        # Mark as pending in the index so a client retry waits for the answer.
+                        index.begin(unfinished.payment.idempotency_key, unfinished.body_hash, now)
+                        try:
+                            route = router.route(unfinished.payment)
+                        except NoRoute:
+                            log.error("no route to resolve %s", unfinished.payment.payment_id)
+                            continue
+                        resolver.submit(unfinished.payment, unfinished.body_hash, route)
+                        self.metrics.recovered.inc()
+                    admin_port = 0
+                    if cfg.admin.enabled:
+                        sock = bind_socket(cfg.admin.host, cfg.admin.port)
+                        admin_port = sock.getsockname()[1]
+                        app = build_app(self.metrics.registry, self.readiness)
+                        # In the outer group, stopped by its own trigger after the drain:
+                        # /readyz keeps answering "draining" while payments finish, and
+                        # Hypercorn is never cancelled mid-shutdown.
+                        outer.start_soon(serve_http, app, sock, self._admin_stop.wait)
+                    listener = await anyio.create_tcp_listener(
+                        local_host=cfg.server.host, local_port=cfg.server.port
+                    )
+                    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+                    async with anyio.create_task_group() as connections:
+                        accept_scope = anyio.CancelScope()
+                        connections.start_soon(_accept, listener, server, connections,
+                                               accept_scope)
+                        self.endpoints = Endpoints(cfg.server.host, port, admin_port, os.getpid())
+                        if ready_file:
+                            _write_ready_file(ready_file, self.endpoints)
+                        self._ready = True
+                        self.metrics.ready.set(1)
+                        task_status.started(self.endpoints)
+                        await self._shutdown.wait()
+                        self._ready = False
+                        self.metrics.ready.set(0)
+                        accept_scope.cancel()
+                        drained = await server.drain(cfg.server.drain_timeout_s)
+                        if not drained:
+                            log.warning("drain timed out with %d in flight; cancelling",
+                                        server.in_flight)
+                        connections.cancel_scope.cancel()
+                    services.cancel_scope.cancel()
+                self._admin_stop.set()
+                await journal.close()
+            log.info("journal flushed: %d records in %d commits", journal.committed_records,
+                     journal.commits)
+        finally:
+            for adapter in self.adapters.values():
+                await adapter.aclose()
+            db.close()
+
+
+async def _accept(
+    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+    server: Server,
+    connections: anyio.abc.TaskGroup,
+    scope: anyio.CancelScope,
+) -> None:
+    with scope:
+        async with listener:
+            # Connection handlers live in ``connections``, outside this scope, so that
+            # closing the listener does not cut off payments already in flight.
+            await listener.serve(server.handle_connection, task_group=connections)
+
+
+def _write_ready_file(path: str, endpoints: Endpoints) -> None:
+    target = Path(path)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(msgspec.to_builtins(endpoints)))
+    tmp.replace(target)  # atomic: readers never see half a file

@@ -1,0 +1,39 @@
+"""Settlement reconciliation: match switch records against a network's settlement file.
+
+The numeric core (numba kernels over int64 arrays) lives in :mod:`switch.recon.kernels`;
+:mod:`switch.recon.reference` is the slow, obviously-correct twin used by tests and as the
+benchmark's dict baseline. Netting and late-settlement classes are meant to be layered on
+top of :class:`ReconResult` in Python.
+"""
+
+from switch.recon.kernels import (
+    DEFAULT_MAX_CANDIDATES,
+    MAX_ABS_VALUE,
+    MAX_RECORDS,
+    BreakClass,
+    ReconResult,
+    RecordArrays,
+    RecordStatus,
+    exact_match,
+    hash_reference,
+    hash_references,
+    reconcile,
+    tolerance_match,
+    warm_up,
+)
+
+__all__ = [
+    "DEFAULT_MAX_CANDIDATES",
+    "MAX_ABS_VALUE",
+    "MAX_RECORDS",
+    "BreakClass",
+    "ReconResult",
+    "RecordArrays",
+    "RecordStatus",
+    "exact_match",
+    "hash_reference",
+    "hash_references",
+    "reconcile",
+    "tolerance_match",
+    "warm_up",
+]

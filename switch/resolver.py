@@ -1,0 +1,128 @@
+"""Resolves payments whose outcome is unknown: sent to a network, no answer in time.
+
+Money rule: an unknown payment is never assumed approved or declined. Cards get a
+reversal (the issuer voids any hold it placed); SWIFT and QR get a status inquiry (the
+network's book is the truth). The answer is journaled as the payment's final state, and
+the idempotency index is updated so a client retry sees it.
+
+Bounded: at most ``max_queue`` payments wait here and each gets at most ``max_attempts``
+tries with capped exponential backoff. A payment that does not fit, or runs out of
+attempts, stays "unknown" in the journal, where the next start-up finds it again: the
+journal, not this queue, is the durable store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from switch.adapters.base import NetworkReply, NotSent
+from switch.journal import encode_result
+from switch.model import Payment, Result, Status
+
+if TYPE_CHECKING:
+    from switch.clock import Clock
+    from switch.idempotency import IdempotencyIndex
+    from switch.journal import Journal
+    from switch.metrics import SwitchMetrics
+    from switch.routing import Route
+
+log = logging.getLogger(__name__)
+
+_STATUS: Final = {
+    "approved": Status.APPROVED,
+    "declined": Status.DECLINED,
+    "failed": Status.FAILED,
+    "reversed": Status.REVERSED,
+}
+Job = tuple[Payment, bytes, "Route"]
+
+
+class Resolver:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        journal: Journal,
+        index: IdempotencyIndex,
+        metrics: SwitchMetrics,
+        max_queue: int = 10_000,
+        max_attempts: int = 8,
+        workers: int = 8,
+        first_delay_s: float = 0.05,
+        max_delay_s: float = 5.0,
+    ) -> None:
+        assert max_queue >= 1 and max_attempts >= 1 and workers >= 1
+        self._clock = clock
+        self._journal = journal
+        self._index = index
+        self._metrics = metrics
+        self._max_attempts = max_attempts
+        self._workers = workers
+        self._first_delay_s = first_delay_s
+        self._max_delay_s = max_delay_s
+        send: MemoryObjectSendStream[Job]
+        receive: MemoryObjectReceiveStream[Job]
+        send, receive = anyio.create_memory_object_stream(max_queue)
+        self._send = send
+        self._receive = receive
+        self.pending = 0
+        self.resolved = 0
+        self.overflowed = 0
+
+    def submit(self, payment: Payment, digest: bytes, route: Route) -> None:
+        try:
+            self._send.send_nowait((payment, digest, route))
+        except anyio.WouldBlock:
+            self.overflowed += 1
+            log.error("resolver queue full; %s stays unknown until restart", payment.payment_id)
+            return
+        self.pending += 1
+        self._metrics.unresolved.set(self.pending)
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(self._workers):
+                tg.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        async for payment, digest, route in self._receive:
+            try:
+                await self._resolve(payment, digest, route)
+            finally:
+                self.pending -= 1
+                self._metrics.unresolved.set(self.pending)
+
+    async def _resolve(self, payment: Payment, digest: bytes, route: Route) -> None:
+        delay = self._first_delay_s
+        for attempt in range(1, self._max_attempts + 1):
+            reply: NetworkReply | None = None
+            try:
+                with anyio.move_on_after(route.timeout_s):
+                    reply = await route.adapter.resolve(payment)
+            except NotSent as exc:
+                log.info("resolve %s attempt %d: %s", payment.payment_id, attempt, exc)
+            if reply is not None:
+                await self._finish(payment, digest, route, reply)
+                return
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self._max_delay_s)
+        log.error("%s still unknown after %d attempts", payment.payment_id, self._max_attempts)
+
+    async def _finish(self, payment: Payment, digest: bytes, route: Route, reply: NetworkReply) -> None:
+        status = _STATUS[reply.outcome]
+        result = Result(
+            payment.payment_id, status, reply.reason, reply.network_ref, route.network,
+            aml_flag=payment.aml_flag,
+        )
+        await self._journal.write(
+            (payment.payment_id, payment.idempotency_key, "final", status.value, digest,
+             encode_result(result), self._clock.wall_us())
+        )
+        self._index.complete(payment.idempotency_key, result)
+        self._metrics.payments[(payment.channel, status)].inc()
+        self.resolved += 1

@@ -1,0 +1,57 @@
+"""Shared fixtures. Async tests run on both backends: asyncio with uvloop, and trio.
+
+Never import locust here or in any test module: it monkey-patches the whole process with
+gevent. Locust is exercised through subprocesses only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from switch.app import Endpoints, SwitchApp
+from switch.config import SwitchConfig, parse_config, with_defaults
+
+
+@pytest.fixture(params=[pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+                        pytest.param(("trio", {}), id="trio")])
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+def make_config(tmp_path: Path, extra: str = "", server: str = "") -> SwitchConfig:
+    text = f"""
+[server]
+port = 0
+{server}
+[admin]
+port = 0
+[journal]
+path = "{tmp_path / 'journal.db'}"
+{extra}
+"""
+    return with_defaults(parse_config(text))
+
+
+class RunningSwitch:
+    def __init__(self, app: SwitchApp, endpoints: Endpoints) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+
+async def start_switch(tg: anyio.abc.TaskGroup, config: SwitchConfig,
+                       adapters: dict[str, object] | None = None) -> RunningSwitch:
+    app = SwitchApp(config, adapters)  # type: ignore[arg-type]
+    endpoints = await tg.start(app.run)
+    return RunningSwitch(app, endpoints)
+
+
+@pytest.fixture
+async def running_switch(tmp_path: Path) -> AsyncIterator[RunningSwitch]:
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, make_config(tmp_path))
+        yield switch
+        switch.app.request_shutdown()
