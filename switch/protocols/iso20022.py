@@ -231,7 +231,7 @@ def _text(value: str, max_len: int, path: str) -> str:
     if not value or len(value) > max_len:
         raise CodecError(f"must be 1..{max_len} characters, got {len(value)}", path)
     if not value.isprintable():
-        raise CodecError("contains control characters", path)
+        raise CodecError("contains non-printable characters", path)
     return value
 
 

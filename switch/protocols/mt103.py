@@ -169,24 +169,31 @@ def _split_blocks(text: str) -> dict[str, str]:
 
 def _bic_from_lt(lt: str, where: str) -> str:
     """12-character logical terminal address -> BIC (drop the terminal code, XXX branch)."""
-    if len(lt) != 12:
-        raise CodecError(f"logical terminal address {lt!r} is not 12 characters", where)
+    if len(lt) != 12 or not lt[8].isalpha():
+        raise CodecError(f"{lt!r} is not a 12-character logical terminal address", where)
     bic = lt[:8] if lt[9:] == "XXX" else lt[:8] + lt[9:]
     return check_bic(bic, where)
 
 
 def _addresses(block1: str, block2: str) -> tuple[str, str]:
     """(sender BIC, receiver BIC) from the basic and application headers."""
-    if not block1.startswith("F01") or len(block1) < 15:
-        raise CodecError("basic header must start F01 + 12-character address", "block 1")
+    # F01 + logical terminal (12) + session number (4) + sequence number (6)
+    if len(block1) != 25 or not block1.startswith("F01") or not block1[15:].isdigit():
+        raise CodecError("basic header must be F01 + 12-character address + 10 digits",
+                         "block 1")
     own = _bic_from_lt(block1[3:15], "block 1")
     if block2[1:4] != "103":
         raise CodecError(f"not an MT103 (message type {block2[1:4]!r})", "block 2")
-    if block2[:1] == "I":  # input to SWIFT: block 1 is the sender, block 2 the receiver
+    # Input to SWIFT: block 1 is the sender, block 2 the receiver (I103 + address +
+    # optional priority, delivery monitoring and obsolescence period).
+    if block2[:1] == "I" and 16 <= len(block2) <= 21:
         return own, _bic_from_lt(block2[4:16], "block 2")
-    if block2[:1] == "O":  # output from SWIFT: block 2's MIR names the sender
+    # Output from SWIFT: O103 + input time + MIR (date, sender address, session, sequence)
+    # + output date and time [+ priority]; block 1 is the receiver.
+    if block2[:1] == "O" and 46 <= len(block2) <= 47:
         return _bic_from_lt(block2[14:26], "block 2"), own
-    raise CodecError("application header must start with I or O", "block 2")
+    raise CodecError("application header is neither a valid input (I) nor output (O) header",
+                     "block 2")
 
 
 def _block3_tags(block3: str) -> dict[str, str]:
