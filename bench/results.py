@@ -53,8 +53,7 @@ def write_section(name: str, title: str, body: str, script: str) -> None:
     """Replace (or append) section ``name`` in bench/RESULTS.md."""
     start, end = f"<!-- section: {name} -->", f"<!-- end: {name} -->"
     block = (
-        f"{start}\n## {title}\n\n_Script: `{script}` — {machine_info()}_\n\n"
-        f"{body.rstrip()}\n{end}"
+        f"{start}\n## {title}\n\n_Script: `{script}` — {machine_info()}_\n\n{body.rstrip()}\n{end}"
     )
     text = RESULTS_PATH.read_text() if RESULTS_PATH.exists() else HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 
-import anyio
-import anyio.abc
 import sniffio
 from hypercorn.config import Config as HypercornConfig
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -34,7 +32,8 @@ ReadinessCheck = Callable[[], tuple[bool, str]]
 def build_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Starlette:
     async def metrics(request: Request) -> Response:
         if "application/openmetrics-text" in request.headers.get("accept", ""):
-            return Response(generate_openmetrics(registry), media_type=OPENMETRICS_CONTENT_TYPE)
+            body = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+            return Response(body, media_type=OPENMETRICS_CONTENT_TYPE)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
@@ -44,11 +43,13 @@ def build_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Starlet
         ready, detail = readiness()
         return JSONResponse({"ready": ready, "detail": detail}, status_code=200 if ready else 503)
 
-    return Starlette(routes=[
-        Route("/metrics", metrics),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-    ])
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ]
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

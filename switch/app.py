@@ -92,8 +92,11 @@ class SwitchApp:
             recovered = await anyio.to_thread.run_sync(replay, db)
             self.recovered = recovered
             journal = Journal(
-                db, mode=cfg.journal.mode, max_batch=cfg.journal.max_batch,
-                max_pending=cfg.journal.max_pending, metrics=self.metrics,
+                db,
+                mode=cfg.journal.mode,
+                max_batch=cfg.journal.max_batch,
+                max_pending=cfg.journal.max_pending,
+                metrics=self.metrics,
             )
             self.journal = journal
             index = IdempotencyIndex(
@@ -108,15 +111,24 @@ class SwitchApp:
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics)
             self.resolver = resolver
             pipeline = Pipeline(
-                clock=clock, journal=journal, index=index, risk=RiskEngine(cfg.risk, token_key),
-                router=router, resolver=resolver, metrics=self.metrics, token_key=token_key,
-                boot_count=recovered.boot_count, seed=cfg.seed,
+                clock=clock,
+                journal=journal,
+                index=index,
+                risk=RiskEngine(cfg.risk, token_key),
+                router=router,
+                resolver=resolver,
+                metrics=self.metrics,
+                token_key=token_key,
+                boot_count=recovered.boot_count,
+                seed=cfg.seed,
             )
             server = Server(pipeline, cfg.server, self.metrics)
             self.server = server
             log.info(
                 "journal replayed: %d records, %d final, %d unfinished; boot %d",
-                recovered.records, len(recovered.finals), len(recovered.unfinished),
+                recovered.records,
+                len(recovered.finals),
+                len(recovered.unfinished),
                 recovered.boot_count,
             )
             async with anyio.create_task_group() as outer:
@@ -148,8 +160,7 @@ class SwitchApp:
                     port = listener.extra(anyio.abc.SocketAttribute.local_port)
                     async with anyio.create_task_group() as connections:
                         accept_scope = anyio.CancelScope()
-                        connections.start_soon(_accept, listener, server, connections,
-                                               accept_scope)
+                        connections.start_soon(_accept, listener, server, connections, accept_scope)
                         self.endpoints = Endpoints(cfg.server.host, port, admin_port, os.getpid())
                         if ready_file:
                             _write_ready_file(ready_file, self.endpoints)
@@ -162,14 +173,18 @@ class SwitchApp:
                         accept_scope.cancel()
                         drained = await server.drain(cfg.server.drain_timeout_s)
                         if not drained:
-                            log.warning("drain timed out with %d in flight; cancelling",
-                                        server.in_flight)
+                            log.warning(
+                                "drain timed out with %d in flight; cancelling", server.in_flight
+                            )
                         connections.cancel_scope.cancel()
                     services.cancel_scope.cancel()
                 self._admin_stop.set()
                 await journal.close()
-            log.info("journal flushed: %d records in %d commits", journal.committed_records,
-                     journal.commits)
+            log.info(
+                "journal flushed: %d records in %d commits",
+                journal.committed_records,
+                journal.commits,
+            )
         finally:
             for adapter in self.adapters.values():
                 await adapter.aclose()

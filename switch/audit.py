@@ -52,8 +52,9 @@ def audit_journal(path: str | Path, acknowledged: Mapping[str, Acknowledged]) ->
         kind, status = found
         if ack.status == Status.UNKNOWN.value:
             continue  # the client was told "unknown"; any later state is a resolution
-        if kind != "final" or status != ack.status and not (
-            ack.status == Status.APPROVED.value and status == Status.REVERSED.value
+        if kind != "final" or (
+            status != ack.status
+            and not (ack.status == Status.APPROVED.value and status == Status.REVERSED.value)
         ):
             lost_keys.append(key)
     unresolved = sum(1 for kind, _ in latest.values() if kind == "unknown")

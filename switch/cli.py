@@ -37,16 +37,34 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Switch configuration (TOML). Defaults apply to every key left out.")
-@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default=None,
-              help="Event loop: asyncio with uvloop (fast default) or trio.")
-@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
-              help="Write {host, port, admin_port, pid} as JSON here once ready to serve.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(config_path: str | None, backend: str | None, ready_file: str | None,
-          log_level: str) -> None:
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Switch configuration (TOML). Defaults apply to every key left out.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default=None,
+    help="Event loop: asyncio with uvloop (fast default) or trio.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write {host, port, admin_port, pid} as JSON here once ready to serve.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    config_path: str | None, backend: str | None, ready_file: str | None, log_level: str
+) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
     Payments are served on [server] host:port; /metrics, /healthz and /readyz on
@@ -64,6 +82,7 @@ def serve(config_path: str | None, backend: str | None, ready_file: str | None,
 
     async def main_task() -> None:
         async with anyio.create_task_group() as tg:
+
             async def on_signal() -> None:
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     async for _ in signals:
@@ -80,18 +99,38 @@ def serve(config_path: str | None, backend: str | None, ready_file: str | None,
 
 
 @main.command()
-@click.option("--duration", type=click.FloatRange(1, 3600), default=15.0, show_default=True,
-              help="Seconds of load.")
-@click.option("--rate", type=click.FloatRange(1, 200_000), default=2000.0, show_default=True,
-              help="Offered payments per second (open loop).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(1, 3600),
+    default=15.0,
+    show_default=True,
+    help="Seconds of load.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 200_000),
+    default=2000.0,
+    show_default=True,
+    help="Offered payments per second (open loop).",
+)
 @click.option("--connections", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio",
-              show_default=True, help="The switch's event loop.")
-@click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where to keep the journal and config (default: a new temp dir).")
-def demo(duration: float, rate: float, connections: int, seed: int, backend: str,
-         workdir: str | None) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="The switch's event loop.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to keep the journal and config (default: a new temp dir).",
+)
+def demo(
+    duration: float, rate: float, connections: int, seed: int, backend: str, workdir: str | None
+) -> None:
     """Start a switch with its networks, drive an open-loop load, audit the journal.
 
     Ends with a summary: accepted/approved/declined/failed counts, `lost` (acknowledged

@@ -72,7 +72,9 @@ class SwitchClient:
                 data = await self._stream.receive(65536)
                 for payload in decoder.feed(data):
                     response = decode_response(payload)
-                    waiter = self._waiters.pop(response.id, None) if response.id is not None else None
+                    waiter = (
+                        self._waiters.pop(response.id, None) if response.id is not None else None
+                    )
                     if waiter is not None:
                         waiter.response = response
                         waiter.event.set()

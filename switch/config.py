@@ -27,11 +27,7 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key path."""
 
 
-class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    pass
-
-
-class ServerConfig(_Section):
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     port: Port = 7100
     backend: Literal["asyncio", "trio"] = "asyncio"
@@ -44,13 +40,13 @@ class ServerConfig(_Section):
     drain_timeout_s: PositiveSeconds = 10.0
 
 
-class AdminConfig(_Section):
+class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 7180
 
 
-class JournalConfig(_Section):
+class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     path: str = "var/journal.db"
     #: sync: one fsync per record; group: one per batch (default); off: no waiting, no
     #: fsync -- acknowledged payments can be lost, for pure-speed experiments only.
@@ -60,18 +56,18 @@ class JournalConfig(_Section):
     max_pending: Annotated[int, msgspec.Meta(ge=1, le=4_000_000)] = 262144
 
 
-class IdempotencyConfig(_Section):
+class IdempotencyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retention_s: PositiveSeconds = 86400.0
     max_keys: Annotated[int, msgspec.Meta(ge=1, le=50_000_000)] = 2_000_000
 
 
-class AmountLimit(_Section):
+class AmountLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     channel: Channel
     currency: str
     max_minor: Annotated[int, msgspec.Meta(ge=1)]
 
 
-class VelocityConfig(_Section):
+class VelocityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     window_s: PositiveSeconds = 60.0
     max_count: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 30
     #: Summed in CNY-equivalent minor units so one limit covers every currency.
@@ -80,7 +76,7 @@ class VelocityConfig(_Section):
     max_keys: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1_000_000
 
 
-class RiskConfig(_Section):
+class RiskConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     amount_limits: list[AmountLimit] = msgspec.field(default_factory=list)
     velocity: VelocityConfig = msgspec.field(default_factory=VelocityConfig)
     blocked_pans: list[str] = msgspec.field(default_factory=list)
@@ -90,13 +86,23 @@ class RiskConfig(_Section):
     #: Units of CNY per one unit of each currency, for AML and velocity equivalence.
     fx_to_cny: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(
         default_factory=lambda: {
-            "CNY": 1.0, "USD": 7.1, "EUR": 7.7, "GBP": 9.0, "JPY": 0.047, "HKD": 0.91,
-            "SGD": 5.3, "INR": 0.085, "KRW": 0.0052, "CHF": 8.0, "AUD": 4.7, "CAD": 5.2,
+            "CNY": 1.0,
+            "USD": 7.1,
+            "EUR": 7.7,
+            "GBP": 9.0,
+            "JPY": 0.047,
+            "HKD": 0.91,
+            "SGD": 5.3,
+            "INR": 0.085,
+            "KRW": 0.0052,
+            "CHF": 8.0,
+            "AUD": 4.7,
+            "CAD": 5.2,
         }
     )
 
 
-class StandInNetworkConfig(_Section):
+class StandInNetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """An in-process stand-in network: same adapter interface as the real simulators."""
 
     name: str
@@ -108,20 +114,20 @@ class StandInNetworkConfig(_Section):
     seed: int = 1
 
 
-class ChannelRoute(_Section):
+class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     channel: Channel
     network: str
     timeout_s: PositiveSeconds = 2.0
 
 
-class SecurityConfig(_Section):
+class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: Key for PAN tokens and idempotency body hashes. The default is for demos only.
     token_key: Annotated[str, msgspec.Meta(min_length=16, max_length=128)] = (
         "payswitch-demo-key-change-me"
     )
 
 
-class SwitchConfig(_Section):
+class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
@@ -137,7 +143,9 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
     """Rules msgspec cannot express: references between sections, known currencies."""
     for i, limit in enumerate(cfg.risk.amount_limits):
         if limit.currency not in CURRENCIES:
-            raise ConfigError(f"risk.amount_limits[{i}].currency: unknown currency {limit.currency!r}")
+            raise ConfigError(
+                f"risk.amount_limits[{i}].currency: unknown currency {limit.currency!r}"
+            )
     for code in cfg.risk.fx_to_cny:
         if code not in CURRENCIES:
             raise ConfigError(f"risk.fx_to_cny.{code}: unknown currency")

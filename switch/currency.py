@@ -11,13 +11,41 @@ from typing import Final
 
 #: alpha code -> (numeric code, minor-unit exponent)
 CURRENCIES: Final[dict[str, tuple[int, int]]] = {
-    "AED": (784, 2), "AUD": (36, 2), "BHD": (48, 3), "BRL": (986, 2), "CAD": (124, 2),
-    "CHF": (756, 2), "CNY": (156, 2), "CZK": (203, 2), "DKK": (208, 2), "EUR": (978, 2),
-    "GBP": (826, 2), "HKD": (344, 2), "IDR": (360, 2), "INR": (356, 2), "JOD": (400, 3),
-    "JPY": (392, 0), "KES": (404, 2), "KRW": (410, 0), "KWD": (414, 3), "MXN": (484, 2),
-    "MYR": (458, 2), "NGN": (566, 2), "NOK": (578, 2), "NZD": (554, 2), "OMR": (512, 3),
-    "PHP": (608, 2), "PLN": (985, 2), "SAR": (682, 2), "SEK": (752, 2), "SGD": (702, 2),
-    "THB": (764, 2), "TRY": (949, 2), "TWD": (901, 2), "USD": (840, 2), "VND": (704, 0),
+    "AED": (784, 2),
+    "AUD": (36, 2),
+    "BHD": (48, 3),
+    "BRL": (986, 2),
+    "CAD": (124, 2),
+    "CHF": (756, 2),
+    "CNY": (156, 2),
+    "CZK": (203, 2),
+    "DKK": (208, 2),
+    "EUR": (978, 2),
+    "GBP": (826, 2),
+    "HKD": (344, 2),
+    "IDR": (360, 2),
+    "INR": (356, 2),
+    "JOD": (400, 3),
+    "JPY": (392, 0),
+    "KES": (404, 2),
+    "KRW": (410, 0),
+    "KWD": (414, 3),
+    "MXN": (484, 2),
+    "MYR": (458, 2),
+    "NGN": (566, 2),
+    "NOK": (578, 2),
+    "NZD": (554, 2),
+    "OMR": (512, 3),
+    "PHP": (608, 2),
+    "PLN": (985, 2),
+    "SAR": (682, 2),
+    "SEK": (752, 2),
+    "SGD": (702, 2),
+    "THB": (764, 2),
+    "TRY": (949, 2),
+    "TWD": (901, 2),
+    "USD": (840, 2),
+    "VND": (704, 0),
     "ZAR": (710, 2),
 }
 
@@ -45,4 +73,4 @@ def format_amount(minor_units: int, currency: str) -> str:
 
 def to_major(minor_units: int, currency: str) -> float:
     """Approximate major units, for FX comparisons only; never for booking."""
-    return minor_units / 10 ** exponent(currency)
+    return minor_units / float(10 ** exponent(currency))

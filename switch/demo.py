@@ -46,14 +46,26 @@ max_count = 40
 """
 
 
-def start_switch(config_path: Path, ready_file: Path, backend: str = "asyncio",
-                 timeout_s: float = 30.0) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+def start_switch(
+    config_path: Path, ready_file: Path, backend: str = "asyncio", timeout_s: float = 30.0
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     """Start ``payswitch serve`` and wait until its ready file appears."""
     ready_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "switch.cli", "serve", "--config", str(config_path),
-         "--backend", backend, "--ready-file", str(ready_file)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "switch.cli",
+            "serve",
+            "--config",
+            str(config_path),
+            "--backend",
+            backend,
+            "--ready-file",
+            str(ready_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
     while not ready_file.exists():
@@ -88,9 +100,13 @@ def _progress(stats: LoadStats, rate: float, elapsed: float) -> Table:
     table.add_column("p99 ms", justify="right")
     achieved = stats.replies / elapsed if elapsed > 0 else 0.0
     table.add_row(
-        f"{rate:.0f}", f"{achieved:.0f}", str(stats.sent), str(stats.replies),
+        f"{rate:.0f}",
+        f"{achieved:.0f}",
+        str(stats.sent),
+        str(stats.replies),
         *(str(stats.by_status.get(s, 0)) for s in ("approved", "declined", "failed", "unknown")),
-        str(sum(stats.errors.values())), f"{stats.percentile_ms(99):.2f}",
+        str(sum(stats.errors.values())),
+        f"{stats.percentile_ms(99):.2f}",
     )
     return table
 
@@ -124,8 +140,15 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
     return lines
 
 
-def run_demo(duration_s: float, rate: float, connections: int, seed: int, backend: str,
-             workdir: str | None, console: Console) -> int:
+def run_demo(
+    duration_s: float,
+    rate: float,
+    connections: int,
+    seed: int,
+    backend: str,
+    workdir: str | None,
+    console: Console,
+) -> int:
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     journal = base / "journal.db"
@@ -133,17 +156,23 @@ def run_demo(duration_s: float, rate: float, connections: int, seed: int, backen
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     config = base / "switch.toml"
     config.write_text(DEMO_CONFIG.format(seed=seed, journal=journal))
-    console.print(f"[bold]payswitch demo[/]: {rate:.0f} payments/s for {duration_s:.0f} s, "
-                  f"{connections} connections, backend {backend}; work dir {base}")
+    console.print(
+        f"[bold]payswitch demo[/]: {rate:.0f} payments/s for {duration_s:.0f} s, "
+        f"{connections} connections, backend {backend}; work dir {base}"
+    )
     proc, endpoints = start_switch(config, base / "ready.json", backend)
-    console.print(f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
-                  f"metrics at http://127.0.0.1:{endpoints['admin_port']}/metrics")
+    console.print(
+        f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
+        f"metrics at http://127.0.0.1:{endpoints['admin_port']}/metrics"
+    )
     workload = Workload(seed)
-    generator = OpenLoopGenerator(workload.next, rate=rate, duration_s=duration_s,
-                                  connections=connections)
+    generator = OpenLoopGenerator(
+        workload.next, rate=rate, duration_s=duration_s, connections=connections
+    )
 
     async def drive() -> LoadStats:
         async with anyio.create_task_group() as tg:
+
             async def show() -> None:
                 with Live(console=console, refresh_per_second=4, transient=False) as live:
                     begun = anyio.current_time()
@@ -166,7 +195,9 @@ def run_demo(duration_s: float, rate: float, connections: int, seed: int, backen
     audit = audit_journal(journal, stats.acknowledged)
     console.print()
     for line in summary_lines(stats, audit):
-        style = "red" if (line.startswith(("lost", "duplicates")) and not line.endswith(": 0")) else ""
+        style = (
+            "red" if (line.startswith(("lost", "duplicates")) and not line.endswith(": 0")) else ""
+        )
         console.print(line, style=style, highlight=False)
     if audit.lost_keys:
         console.print(f"lost keys (first 20): {audit.lost_keys}")

@@ -132,14 +132,18 @@ def replay(db: sqlite3.Connection) -> Recovered:
         records += 1
         if kind == "final":
             open_payments.pop(payment_id, None)
-            last_final[payment_id] = FinalRecord(key, body_hash, _result_decoder.decode(record), at_us)
+            last_final[payment_id] = FinalRecord(
+                key, body_hash, _result_decoder.decode(record), at_us
+            )
         elif kind == "intent":
             open_payments[payment_id] = UnfinishedPayment(
                 body_hash, _payment_decoder.decode(record), Status(status)
             )
         elif kind == "unknown" and payment_id in open_payments:
             prior = open_payments[payment_id]
-            open_payments[payment_id] = UnfinishedPayment(prior.body_hash, prior.payment, Status.UNKNOWN)
+            open_payments[payment_id] = UnfinishedPayment(
+                prior.body_hash, prior.payment, Status.UNKNOWN
+            )
     row = db.execute("SELECT value FROM meta WHERE key = 'boot_count'").fetchone()
     boot_count = (int(row[0]) if row else 0) + 1
     db.execute(

@@ -140,8 +140,9 @@ class OpenLoopGenerator:
                     continue
                 request, _kind = self.source()
                 rid = next(self._ids)
-                self._outstanding[rid] = _Outstanding(intended, request.idempotency_key,
-                                                      request.channel)
+                self._outstanding[rid] = _Outstanding(
+                    intended, request.idempotency_key, request.channel
+                )
                 buffers[rid % len(buffers)] += encode_request(Pay(rid, request))
                 stats.sent += 1
             for stream, buf in zip(streams, buffers, strict=True):

@@ -21,9 +21,36 @@ from switch.model import CHANNELS, Channel, Status
 
 #: 0.5 ms to 30 s: covers an in-memory stand-in and a slow correspondent alike.
 LATENCY_BUCKETS: Final = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
-COMMIT_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+COMMIT_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
 BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 REJECT_REASONS: Final = (
@@ -37,7 +64,13 @@ REJECT_REASONS: Final = (
     reasons.E_UNAVAILABLE,
 )
 RISK_RULES: Final = ("amount_limit", "blocklist", "velocity_count", "velocity_amount")
-FINAL_STATUSES: Final = (Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED, Status.UNKNOWN)
+FINAL_STATUSES: Final = (
+    Status.APPROVED,
+    Status.DECLINED,
+    Status.FAILED,
+    Status.REVERSED,
+    Status.UNKNOWN,
+)
 
 
 class SwitchMetrics:
@@ -45,8 +78,10 @@ class SwitchMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         payments = Counter(
-            "payswitch_payments", "Payments that reached a result, by channel and status.",
-            ["channel", "status"], registry=r,
+            "payswitch_payments",
+            "Payments that reached a result, by channel and status.",
+            ["channel", "status"],
+            registry=r,
         )
         self.payments: dict[tuple[Channel, Status], Counter] = {
             (ch, st): payments.labels(ch, st.value) for ch in CHANNELS for st in FINAL_STATUSES
@@ -54,15 +89,19 @@ class SwitchMetrics:
         duration = Histogram(
             "payswitch_payment_duration_seconds",
             "Time from a payment's arrival to its reply being ready, by channel.",
-            ["channel"], buckets=LATENCY_BUCKETS, registry=r,
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.duration: dict[Channel, Histogram] = {ch: duration.labels(ch) for ch in CHANNELS}
         self.in_flight = Gauge(
             "payswitch_in_flight_payments", "Payments accepted and not yet answered.", registry=r
         )
         rejected = Counter(
-            "payswitch_rejected_requests", "Requests refused before acceptance, by reason.",
-            ["reason"], registry=r,
+            "payswitch_rejected_requests",
+            "Requests refused before acceptance, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.rejected: dict[str, Counter] = {code: rejected.labels(code) for code in REJECT_REASONS}
         risk = Counter(
@@ -70,30 +109,39 @@ class SwitchMetrics:
         )
         self.risk_declines: dict[str, Counter] = {rule: risk.labels(rule) for rule in RISK_RULES}
         self.aml_flagged = Counter(
-            "payswitch_aml_flagged_payments", "Payments at or above the AML report threshold.",
+            "payswitch_aml_flagged_payments",
+            "Payments at or above the AML report threshold.",
             registry=r,
         )
         self.replays = Counter(
-            "payswitch_idempotent_replays", "Requests answered from the idempotency index.",
+            "payswitch_idempotent_replays",
+            "Requests answered from the idempotency index.",
             registry=r,
         )
         self.commit_seconds = Histogram(
-            "payswitch_journal_commit_seconds", "Time to commit one journal batch durably.",
-            buckets=COMMIT_BUCKETS, registry=r,
+            "payswitch_journal_commit_seconds",
+            "Time to commit one journal batch durably.",
+            buckets=COMMIT_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "payswitch_journal_batch_records", "Records per journal commit.",
-            buckets=BATCH_BUCKETS, registry=r,
+            "payswitch_journal_batch_records",
+            "Records per journal commit.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.journal_pending = Gauge(
-            "payswitch_journal_pending_records", "Records waiting for the journal writer.",
+            "payswitch_journal_pending_records",
+            "Records waiting for the journal writer.",
             registry=r,
         )
         self.connections = Gauge(
             "payswitch_open_connections", "Client connections open now.", registry=r
         )
         frame_errors = Counter(
-            "payswitch_frame_errors", "Frames that could not be used, by kind.", ["kind"],
+            "payswitch_frame_errors",
+            "Frames that could not be used, by kind.",
+            ["kind"],
             registry=r,
         )
         self.frame_errors: dict[str, Counter] = {
@@ -101,12 +149,17 @@ class SwitchMetrics:
             for kind in (reasons.E_MALFORMED, reasons.E_INVALID, reasons.E_FRAME_TOO_LARGE)
         }
         network = Histogram(
-            "payswitch_network_duration_seconds", "Round trip to a network endpoint.",
-            ["network"], buckets=LATENCY_BUCKETS, registry=r,
+            "payswitch_network_duration_seconds",
+            "Round trip to a network endpoint.",
+            ["network"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         timeouts = Counter(
-            "payswitch_network_timeouts", "Requests to a network with no answer in time.",
-            ["network"], registry=r,
+            "payswitch_network_timeouts",
+            "Requests to a network with no answer in time.",
+            ["network"],
+            registry=r,
         )
         names = list(networks)
         self.network_duration: dict[str, Histogram] = {n: network.labels(n) for n in names}
@@ -118,6 +171,7 @@ class SwitchMetrics:
         )
         self.recovered = Counter(
             "payswitch_recovered_payments",
-            "Unfinished payments found in the journal at start-up and resolved.", registry=r,
+            "Unfinished payments found in the journal at start-up and resolved.",
+            registry=r,
         )
         self.ready = Gauge("payswitch_ready", "1 when the switch accepts payments.", registry=r)

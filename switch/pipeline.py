@@ -214,12 +214,19 @@ class Pipeline:
     async def _journal(
         self, payment: Payment, digest: bytes, kind: str, status: Status, record: bytes
     ) -> None:
-        row = (payment.payment_id, payment.idempotency_key, kind, status.value, digest, record,
-               self.clock.wall_us())
+        row = (
+            payment.payment_id,
+            payment.idempotency_key,
+            kind,
+            status.value,
+            digest,
+            record,
+            self.clock.wall_us(),
+        )
         try:
             await self.journal.write(row)
         except JournalFull as exc:
-            if kind == "intent" or kind == "final" and status is Status.DECLINED:
+            if kind == "intent" or (kind == "final" and status is Status.DECLINED):
                 # Nothing has left the switch yet: shedding is safe.
                 raise Rejected(reasons.E_OVERLOADED, str(exc)) from None
             # After sending we must not drop the outcome: wait for room (bounded by the
@@ -258,8 +265,9 @@ class Pipeline:
         elif request.swift is not None:
             s = request.swift
             uetr = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
-            swift = SwiftRef(s.debtor_agent, s.creditor_agent, uetr, s.end_to_end_id or pid,
-                             s.remittance)
+            swift = SwiftRef(
+                s.debtor_agent, s.creditor_agent, uetr, s.end_to_end_id or pid, s.remittance
+            )
         elif request.qr is not None:
             qr = QrRef(request.qr.payload, qr_reference=pid)
         return Payment(

@@ -113,15 +113,28 @@ class Resolver:
             delay = min(delay * 2, self._max_delay_s)
         log.error("%s still unknown after %d attempts", payment.payment_id, self._max_attempts)
 
-    async def _finish(self, payment: Payment, digest: bytes, route: Route, reply: NetworkReply) -> None:
+    async def _finish(
+        self, payment: Payment, digest: bytes, route: Route, reply: NetworkReply
+    ) -> None:
         status = _STATUS[reply.outcome]
         result = Result(
-            payment.payment_id, status, reply.reason, reply.network_ref, route.network,
+            payment.payment_id,
+            status,
+            reply.reason,
+            reply.network_ref,
+            route.network,
             aml_flag=payment.aml_flag,
         )
         await self._journal.write(
-            (payment.payment_id, payment.idempotency_key, "final", status.value, digest,
-             encode_result(result), self._clock.wall_us())
+            (
+                payment.payment_id,
+                payment.idempotency_key,
+                "final",
+                status.value,
+                digest,
+                encode_result(result),
+                self._clock.wall_us(),
+            )
         )
         self._index.complete(payment.idempotency_key, result)
         self._metrics.payments[(payment.channel, status)].inc()

@@ -44,7 +44,9 @@ class _Window:
 class RiskEngine:
     def __init__(self, config: RiskConfig, token_key: bytes) -> None:
         self._limits = {(lim.channel, lim.currency): lim.max_minor for lim in config.amount_limits}
-        self._blocked_tokens = frozenset(tokenize_pan(pan, token_key) for pan in config.blocked_pans)
+        self._blocked_tokens = frozenset(
+            tokenize_pan(pan, token_key) for pan in config.blocked_pans
+        )
         self._blocked_accounts = frozenset(config.blocked_accounts)
         self._window_s = config.velocity.window_s
         self._max_count = config.velocity.max_count

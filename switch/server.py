@@ -16,6 +16,7 @@ simulation tests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import anyio
@@ -109,13 +110,16 @@ class Server:
         if self.connections >= cfg.max_connections or self.draining:
             code = reasons.E_SHUTTING_DOWN if self.draining else reasons.E_OVERLOADED
             refusal = ReplyEncoder()
-            refusal.add(ErrorReply(None, code, f"connection refused: {code} "
-                                   f"(max_connections={cfg.max_connections})"))
+            refusal.add(
+                ErrorReply(
+                    None,
+                    code,
+                    f"connection refused: {code} (max_connections={cfg.max_connections})",
+                )
+            )
             self.metrics.rejected[code].inc()
-            try:
+            with contextlib.suppress(*_CLOSED):
                 await stream.send(refusal.take())
-            except _CLOSED:
-                pass
             await stream.aclose()
             return
         self.connections += 1
@@ -171,11 +175,19 @@ class Server:
         if self.draining:
             self._refuse(conn, request.id, reasons.E_SHUTTING_DOWN, "switch is shutting down")
         elif conn.in_flight >= cfg.max_in_flight_per_connection:
-            self._refuse(conn, request.id, reasons.E_OVERLOADED,
-                         f"max_in_flight_per_connection={cfg.max_in_flight_per_connection} reached")
+            self._refuse(
+                conn,
+                request.id,
+                reasons.E_OVERLOADED,
+                f"max_in_flight_per_connection={cfg.max_in_flight_per_connection} reached",
+            )
         elif self.in_flight >= cfg.max_in_flight_total:
-            self._refuse(conn, request.id, reasons.E_OVERLOADED,
-                         f"max_in_flight_total={cfg.max_in_flight_total} reached")
+            self._refuse(
+                conn,
+                request.id,
+                reasons.E_OVERLOADED,
+                f"max_in_flight_total={cfg.max_in_flight_total} reached",
+            )
         else:
             conn.in_flight += 1
             self.in_flight += 1
@@ -207,7 +219,9 @@ class Server:
         entry = self.pipeline.index.get(request.idempotency_key)
         if entry is None or entry.result is None:
             state = "unknown key" if entry is None else "still in flight"
-            return ErrorReply(request.id, reasons.E_NOT_FOUND, f"{request.idempotency_key!r}: {state}")
+            return ErrorReply(
+                request.id, reasons.E_NOT_FOUND, f"{request.idempotency_key!r}: {state}"
+            )
         return Reply(request.id, entry.result, replay=True)
 
     async def drain(self, timeout_s: float) -> bool:

@@ -70,4 +70,6 @@ def validate(request: PaymentRequest) -> None:
         if not _is_bic(request.swift.creditor_agent):
             raise InvalidPayment("payment.swift.creditor_agent", "not a BIC (8 or 11 characters)")
     elif request.qr is not None and not request.qr.payload.startswith("000201"):
-        raise InvalidPayment("payment.qr.payload", "must start with payload format indicator 000201")
+        raise InvalidPayment(
+            "payment.qr.payload", "must start with payload format indicator 000201"
+        )

@@ -139,7 +139,7 @@ def frame(payload: bytes) -> bytes:
     return len(payload).to_bytes(HEADER_BYTES, "big") + payload
 
 
-_request_decoder: Final = msgspec.msgpack.Decoder(Request)
+_request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)
 _encoder: Final = msgspec.msgpack.Encoder()
 _MSGSPEC_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]*)`$")
@@ -182,7 +182,9 @@ def decode_request(payload: bytes | memoryview) -> Request | ErrorReply:
     try:
         return _request_decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        return ErrorReply(_request_id_of(payload), reasons.E_INVALID, describe_validation_error(exc))
+        return ErrorReply(
+            _request_id_of(payload), reasons.E_INVALID, describe_validation_error(exc)
+        )
     except msgspec.DecodeError as exc:
         return ErrorReply(None, reasons.E_MALFORMED, f"malformed msgpack: {exc}")
     except ValueError as exc:  # e.g. invalid UTF-8 inside a string
@@ -220,7 +222,9 @@ class ReplyEncoder:
         return data
 
 
-_response_decoder: Final = msgspec.msgpack.Decoder(Response)
+_response_decoder: Final[msgspec.msgpack.Decoder[Response]] = msgspec.msgpack.Decoder(
+    Response
+)
 
 
 def decode_response(payload: bytes | memoryview) -> Response:

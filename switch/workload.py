@@ -25,14 +25,21 @@ def _luhn_complete(prefix: str) -> str:
 
 def _qr_payload(merchant: int, amount: str | None) -> str:
     """A syntactically valid EMVCo merchant QR (CRC-16/CCITT-FALSE), built inline."""
+
     def tlv(tag: str, value: str) -> str:
         return f"{tag}{len(value):02d}{value}"
 
     body = (
-        tlv("00", "01") + tlv("01", "12" if amount else "11")
+        tlv("00", "01")
+        + tlv("01", "12" if amount else "11")
         + tlv("26", tlv("00", "com.payswitch.qr") + tlv("01", f"M{merchant:07d}"))
-        + tlv("52", "5812") + tlv("53", "156") + (tlv("54", amount) if amount else "")
-        + tlv("58", "CN") + tlv("59", f"MERCHANT {merchant}") + tlv("60", "SHANGHAI") + "6304"
+        + tlv("52", "5812")
+        + tlv("53", "156")
+        + (tlv("54", amount) if amount else "")
+        + tlv("58", "CN")
+        + tlv("59", f"MERCHANT {merchant}")
+        + tlv("60", "SHANGHAI")
+        + "6304"
     )
     crc = 0xFFFF
     for byte in body.encode():
@@ -61,7 +68,9 @@ class Workload:
         self._count = 0
         self._recent: list[PaymentRequest] = []
         rng = random.Random(seed ^ 0x5EED)
-        self._pans = [_luhn_complete(f"4{rng.randrange(10**14):014d}") for _ in range(self.mix.cards)]
+        self._pans = [
+            _luhn_complete(f"4{rng.randrange(10**14):014d}") for _ in range(self.mix.cards)
+        ]
 
     def _hot(self, n: int) -> int:
         # Zipf-ish skew: a few cards/accounts take much of the traffic.
@@ -81,12 +90,20 @@ class Workload:
         if channel_draw < mix.card_share:
             pan = self._pans[self._hot(mix.cards)]
             amount = max(1, int(rng.lognormvariate(math.log(5000), 1.0)))
-            request = PaymentRequest(key, "card", amount, "USD", payer, payee,
-                                     card=CardData(pan=pan, expiry="2812"))
+            request = PaymentRequest(
+                key, "card", amount, "USD", payer, payee, card=CardData(pan=pan, expiry="2812")
+            )
         elif channel_draw < mix.card_share + mix.swift_share:
             amount = max(1, int(rng.lognormvariate(math.log(500_000), 1.2)))
-            request = PaymentRequest(key, "swift", amount, "EUR", payer, payee,
-                                     swift=SwiftData("DEUTDEFF", "BNPAFRPP", end_to_end_id=key))
+            request = PaymentRequest(
+                key,
+                "swift",
+                amount,
+                "EUR",
+                payer,
+                payee,
+                swift=SwiftData("DEUTDEFF", "BNPAFRPP", end_to_end_id=key),
+            )
         else:
             amount = max(1, int(rng.lognormvariate(math.log(3000), 0.8)))
             payload = _qr_payload(rng.randrange(500), None)

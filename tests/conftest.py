@@ -16,8 +16,12 @@ from switch.app import Endpoints, SwitchApp
 from switch.config import SwitchConfig, parse_config, with_defaults
 
 
-@pytest.fixture(params=[pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
-                        pytest.param(("trio", {}), id="trio")])
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
     return request.param  # type: ignore[no-any-return]
 
@@ -30,7 +34,7 @@ port = 0
 [admin]
 port = 0
 [journal]
-path = "{tmp_path / 'journal.db'}"
+path = "{tmp_path / "journal.db"}"
 {extra}
 """
     return with_defaults(parse_config(text))
@@ -42,8 +46,9 @@ class RunningSwitch:
         self.endpoints = endpoints
 
 
-async def start_switch(tg: anyio.abc.TaskGroup, config: SwitchConfig,
-                       adapters: dict[str, object] | None = None) -> RunningSwitch:
+async def start_switch(
+    tg: anyio.abc.TaskGroup, config: SwitchConfig, adapters: dict[str, object] | None = None
+) -> RunningSwitch:
     app = SwitchApp(config, adapters)  # type: ignore[arg-type]
     endpoints = await tg.start(app.run)
     return RunningSwitch(app, endpoints)

@@ -13,19 +13,27 @@ from switch.config import ConfigError, load_config, parse_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('[journal]\nmode = "fast"', "journal.mode: Invalid enum value 'fast'"),
-    ("[server]\nport = 70000", "server.port: Expected `int` <= 65535"),
-    ('[server]\nport = "x"', "server.port: Expected `int`, got `str`"),
-    ("[server]\nfoo = 1", "server.foo: unknown key"),
-    ("[surver]\nport = 1", "surver: unknown key"),
-    ("[server]\nmax_frame_bytes = 1", "server.max_frame_bytes: Expected `int` >= 256"),
-    ('[[risk.amount_limits]]\nchannel = "card"\ncurrency = "XXX"\nmax_minor = 5',
-     "risk.amount_limits[0].currency: unknown currency 'XXX'"),
-    ('[[networks]]\nname = "a"\nchannel = "card"\n[[routes]]\nchannel = "card"\nnetwork = "b"',
-     "routes[0].network: no network named 'b'"),
-    ("server = [", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[journal]\nmode = "fast"', "journal.mode: Invalid enum value 'fast'"),
+        ("[server]\nport = 70000", "server.port: Expected `int` <= 65535"),
+        ('[server]\nport = "x"', "server.port: Expected `int`, got `str`"),
+        ("[server]\nfoo = 1", "server.foo: unknown key"),
+        ("[surver]\nport = 1", "surver: unknown key"),
+        ("[server]\nmax_frame_bytes = 1", "server.max_frame_bytes: Expected `int` >= 256"),
+        (
+            '[[risk.amount_limits]]\nchannel = "card"\ncurrency = "XXX"\nmax_minor = 5',
+            "risk.amount_limits[0].currency: unknown currency 'XXX'",
+        ),
+        (
+            '[[networks]]\nname = "a"\nchannel = "card"\n'
+            '[[routes]]\nchannel = "card"\nnetwork = "b"',
+            "routes[0].network: no network named 'b'",
+        ),
+        ("server = [", "not valid TOML"),
+    ],
+)
 def test_bad_config_names_the_key(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "switch.toml")
@@ -43,7 +51,9 @@ def test_serve_refuses_bad_config_with_the_key_path(tmp_path: Path) -> None:
     bad.write_text("[journal]\nmode = 'fast'\n")
     proc = subprocess.run(
         [sys.executable, "-m", "switch.cli", "serve", "--config", str(bad)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "journal.mode" in proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 import pytest
 
@@ -17,14 +19,17 @@ from switch.validation import InvalidPayment, luhn_ok, validate
 from tests.payments import card_payment, qr_payment, swift_payment
 
 
-@pytest.mark.parametrize(("current", "target"), [
-    (Status.RECEIVED, Status.APPROVED),  # cannot skip routing and sending
-    (Status.DECLINED, Status.APPROVED),  # final stays final
-    (Status.FAILED, Status.APPROVED),
-    (Status.REVERSED, Status.APPROVED),
-    (Status.APPROVED, Status.DECLINED),  # a late duplicate answer cannot flip a result
-    (Status.SENT, Status.REVERSED),  # only unknown or approved can be reversed
-])
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (Status.RECEIVED, Status.APPROVED),  # cannot skip routing and sending
+        (Status.DECLINED, Status.APPROVED),  # final stays final
+        (Status.FAILED, Status.APPROVED),
+        (Status.REVERSED, Status.APPROVED),
+        (Status.APPROVED, Status.DECLINED),  # a late duplicate answer cannot flip a result
+        (Status.SENT, Status.REVERSED),  # only unknown or approved can be reversed
+    ],
+)
 def test_illegal_transitions_are_refused(current: Status, target: Status) -> None:
     with pytest.raises(IllegalTransition, match=f"{current} -> {target}"):
         check_transition("P1-1", current, target)
@@ -32,7 +37,7 @@ def test_illegal_transitions_are_refused(current: Status, target: Status) -> Non
 
 def test_happy_path_transitions_are_allowed() -> None:
     path = [Status.RECEIVED, Status.ROUTED, Status.SENT, Status.UNKNOWN, Status.REVERSED]
-    for current, target in zip(path, path[1:], strict=False):
+    for current, target in itertools.pairwise(path):
         check_transition("P1-1", current, target)
 
 
@@ -53,16 +58,28 @@ def test_luhn() -> None:
     assert not luhn_ok("4111111111111112")
 
 
-@pytest.mark.parametrize(("request_", "path"), [
-    (card_payment(pan="4111111111111112"), "payment.card.pan"),
-    (msgspec.structs.replace(card_payment(), currency="XXX"), "payment.currency"),
-    (msgspec.structs.replace(card_payment(), card=None), "payment.card"),
-    (msgspec.structs.replace(swift_payment(), card=card_payment().card), "payment.card"),
-    (msgspec.structs.replace(swift_payment(), swift=msgspec.structs.replace(
-        swift_payment().swift, debtor_agent="deutdeff")), "payment.swift.debtor_agent"),
-    (msgspec.structs.replace(card_payment(), card=msgspec.structs.replace(
-        card_payment().card, expiry="2813")), "payment.card.expiry"),
-])
+@pytest.mark.parametrize(
+    ("request_", "path"),
+    [
+        (card_payment(pan="4111111111111112"), "payment.card.pan"),
+        (msgspec.structs.replace(card_payment(), currency="XXX"), "payment.currency"),
+        (msgspec.structs.replace(card_payment(), card=None), "payment.card"),
+        (msgspec.structs.replace(swift_payment(), card=card_payment().card), "payment.card"),
+        (
+            msgspec.structs.replace(
+                swift_payment(),
+                swift=msgspec.structs.replace(swift_payment().swift, debtor_agent="deutdeff"),
+            ),
+            "payment.swift.debtor_agent",
+        ),
+        (
+            msgspec.structs.replace(
+                card_payment(), card=msgspec.structs.replace(card_payment().card, expiry="2813")
+            ),
+            "payment.card.expiry",
+        ),
+    ],
+)
 def test_validation_names_the_field(request_: object, path: str) -> None:
     with pytest.raises(InvalidPayment) as info:
         validate(request_)  # type: ignore[arg-type]

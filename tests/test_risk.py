@@ -15,11 +15,25 @@ KEY = b"test-key-0123456789"
 PAN = "4111111111111111"
 
 
-def payment(amount: int = 1000, currency: str = "USD", account: str = "A1",
-            pan: str = PAN, channel: str = "card") -> Payment:
+def payment(
+    amount: int = 1000,
+    currency: str = "USD",
+    account: str = "A1",
+    pan: str = PAN,
+    channel: str = "card",
+) -> Payment:
     card = CardRef(tokenize_pan(pan, KEY), pan[-4:], pan[:6], "2812", "T1", "M1", "5999")
-    return Payment("P1-1", "k", channel, amount, currency, Party(account), Party("B1"),  # type: ignore[arg-type]
-                   dt.datetime(2026, 1, 1, tzinfo=dt.UTC), card=card)
+    return Payment(
+        "P1-1",
+        "k",
+        channel,
+        amount,
+        currency,
+        Party(account),
+        Party("B1"),  # type: ignore[arg-type]
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        card=card,
+    )
 
 
 def engine(**kwargs: object) -> RiskEngine:

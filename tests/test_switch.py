@@ -45,6 +45,7 @@ async def test_same_key_same_body_replays_the_stored_result(running_switch: Runn
 async def test_concurrent_duplicates_are_processed_once(running_switch: RunningSwitch) -> None:
     results: list[Reply] = []
     async with SwitchClient.connect("127.0.0.1", running_switch.endpoints.port) as client:
+
         async def send() -> None:
             reply = await client.pay(card_payment("concurrent-1"))
             assert isinstance(reply, Reply)
@@ -108,15 +109,24 @@ async def test_oversized_frame_closes_only_that_connection(running_switch: Runni
 
 async def test_in_flight_limit_per_connection_rejects_with_code(tmp_path: Path) -> None:
     config = make_config(tmp_path, server="max_in_flight_per_connection = 4")
-    slow = StandInNetwork(StandInNetworkConfig("standin-card", "card", latency_median_ms=200,
-                                               latency_sigma=0, decline_rate=0, error_rate=0))
+    slow = StandInNetwork(
+        StandInNetworkConfig(
+            "standin-card",
+            "card",
+            latency_median_ms=200,
+            latency_sigma=0,
+            decline_rate=0,
+            error_rate=0,
+        )
+    )
     adapters = {n.name: StandInNetwork(n) for n in config.networks}
     adapters["standin-card"] = slow
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
         stream = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
-        batch = b"".join(encode_request(Pay(i, card_payment(f"lim-{i}", payer=f"A{i}")))
-                         for i in range(10))
+        batch = b"".join(
+            encode_request(Pay(i, card_payment(f"lim-{i}", payer=f"A{i}"))) for i in range(10)
+        )
         await stream.send(batch)
         replies = await _read_replies(stream, 10)
         await stream.aclose()
@@ -141,12 +151,23 @@ async def _read_replies(stream: anyio.abc.ByteStream, n: int) -> list[Reply | Er
 
 async def test_timeout_makes_outcome_unknown_then_reversal_resolves_it(tmp_path: Path) -> None:
     config = make_config(tmp_path, "")
-    config = msgspec.structs.replace(config, routes=[
-        msgspec.structs.replace(r, timeout_s=0.05) if r.channel == "card" else r
-        for r in config.routes
-    ])
-    slow = StandInNetwork(StandInNetworkConfig("standin-card", "card", latency_median_ms=500,
-                                               latency_sigma=0, decline_rate=0, error_rate=0))
+    config = msgspec.structs.replace(
+        config,
+        routes=[
+            msgspec.structs.replace(r, timeout_s=0.05) if r.channel == "card" else r
+            for r in config.routes
+        ],
+    )
+    slow = StandInNetwork(
+        StandInNetworkConfig(
+            "standin-card",
+            "card",
+            latency_median_ms=500,
+            latency_sigma=0,
+            decline_rate=0,
+            error_rate=0,
+        )
+    )
     adapters = {n.name: StandInNetwork(n) for n in config.networks}
     adapters["standin-card"] = slow
     async with anyio.create_task_group() as tg:
@@ -186,13 +207,21 @@ async def test_network_refusing_before_send_fails_cleanly(tmp_path: Path) -> Non
 async def test_graceful_shutdown_drains_in_flight_payments(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     adapters = {n.name: StandInNetwork(n) for n in config.networks}
-    adapters["standin-card"] = StandInNetwork(StandInNetworkConfig(
-        "standin-card", "card", latency_median_ms=300, latency_sigma=0, decline_rate=0,
-        error_rate=0))
+    adapters["standin-card"] = StandInNetwork(
+        StandInNetworkConfig(
+            "standin-card",
+            "card",
+            latency_median_ms=300,
+            latency_sigma=0,
+            decline_rate=0,
+            error_rate=0,
+        )
+    )
     replies: list[object] = []
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
         async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
+
             async def pay(i: int) -> None:
                 replies.append(await client.pay(card_payment(f"drain-{i}", payer=f"A{i}")))
 
