@@ -44,8 +44,8 @@ __all__ = [
     "parse",
 ]
 
-#: 00 through 63 could not reach this with 2-digit lengths and the IDs defined; anything
-#: longer is not a QR payload (a version 40 QR holds at most 4,296 alphanumerics).
+#: Refused before parsing: a version 40 QR code holds at most 4,296 alphanumeric
+#: characters, so anything longer did not come from a QR code.
 MAX_PAYLOAD_CHARS: Final = 4096
 
 STATIC: Final = "11"

@@ -192,8 +192,8 @@ def decode(data: bytes | bytearray | memoryview) -> IsoMessage:
         raise CodecError(f"{exc.msg} (at byte {exc.pos})", _path(exc.field)) from None
     except KeyError as exc:
         # pyiso8583 indexes the spec with every field the bitmap names.
-        raise CodecError("field not defined in the payswitch 1987 spec", _path(exc.args[0])) \
-            from None
+        path = _path(exc.args[0] if exc.args else "?")
+        raise CodecError("field not defined in the payswitch 1987 spec", path) from None
     mti = doc.pop("t")
     _check_mti(mti)
     fields: dict[int, str] = {}
