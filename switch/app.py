@@ -97,6 +97,7 @@ class SwitchApp:
                 max_batch=cfg.journal.max_batch,
                 max_pending=cfg.journal.max_pending,
                 metrics=self.metrics,
+                clock=clock.measure,
             )
             self.journal = journal
             index = IdempotencyIndex(
@@ -159,6 +160,7 @@ class SwitchApp:
                     )
                     port = listener.extra(anyio.abc.SocketAttribute.local_port)
                     async with anyio.create_task_group() as connections:
+                        await connections.start(server.run_workers)
                         accept_scope = anyio.CancelScope()
                         connections.start_soon(_accept, listener, server, connections, accept_scope)
                         self.endpoints = Endpoints(cfg.server.host, port, admin_port, os.getpid())

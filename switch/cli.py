@@ -139,7 +139,8 @@ def demo(
     """
     from switch.demo import run_demo
 
-    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, Console()))
+    console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
+    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console))
 
 
 if __name__ == "__main__":

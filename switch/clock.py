@@ -4,6 +4,12 @@
 hour passes in milliseconds. ``wall()`` derives the record timestamp from the same clock,
 anchored once at start-up to the real wall clock, so timestamps stay consistent with
 elapsed time in simulation too.
+
+``measure()`` is for latency metrics only. On asyncio with uvloop, the loop's clock is
+libuv's cached millisecond counter, so every duration read from it is rounded to 1 ms
+and sub-millisecond latency buckets would be fiction. There, ``measure()`` reads the
+precise process clock; on trio (real or mock) it is anyio's clock, which is precise and
+keeps simulated runs self-consistent. Deadlines and windows always use ``now()``.
 """
 
 from __future__ import annotations
@@ -11,16 +17,22 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+from collections.abc import Callable
+
 import anyio
+import sniffio
 
 
 class Clock:
-    __slots__ = ("_anchor_monotonic", "_anchor_wall")
+    __slots__ = ("_anchor_monotonic", "_anchor_wall", "measure")
 
     def __init__(self, wall_epoch: float | None = None) -> None:
         # Must be created inside a running event loop: it reads anyio's clock.
         self._anchor_monotonic = anyio.current_time()
         self._anchor_wall = time.time() if wall_epoch is None else wall_epoch  # wall anchor
+        precise = sniffio.current_async_library() == "asyncio"
+        # bench-grade clock for latency metrics only; see the module docstring
+        self.measure: Callable[[], float] = time.perf_counter if precise else anyio.current_time
 
     def now(self) -> float:
         return anyio.current_time()

@@ -112,7 +112,7 @@ def _progress(stats: LoadStats, rate: float, elapsed: float) -> Table:
 
 
 def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
-    accepted = sum(stats.by_status.values()) - stats.replays
+    accepted = sum(stats.by_status.values())
     lines = [
         f"accepted: {accepted}",
         f"approved: {stats.by_status.get('approved', 0)}",
@@ -177,7 +177,8 @@ def run_demo(
                 with Live(console=console, refresh_per_second=4, transient=False) as live:
                     begun = anyio.current_time()
                     while not generator.done_sending:
-                        live.update(_progress(generator.stats, rate, anyio.current_time() - begun))
+                        elapsed = anyio.current_time() - begun
+                        live.update(_progress(generator.stats, rate, elapsed))
                         await anyio.sleep(0.5)
                     live.update(_progress(generator.stats, rate, anyio.current_time() - begun))
 

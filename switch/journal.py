@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Literal
 
@@ -165,8 +166,10 @@ class Journal:
         max_batch: int,
         max_pending: int,
         metrics: SwitchMetrics,
+        clock: Callable[[], float] = anyio.current_time,
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
+        self._clock = clock  # for the commit-latency metric only
         self._db = db
         self.mode = mode
         self._max_batch = 1 if mode == "sync" else max_batch
@@ -227,7 +230,7 @@ class Journal:
             batch = self._batches.popleft()
             if not self._batches:
                 self._batches.append(_Batch())
-            started = anyio.current_time()
+            started = self._clock()
             try:
                 await anyio.to_thread.run_sync(self._commit, batch.rows)
             except Exception as exc:  # disk full, I/O error: fail-stop, never guess
@@ -242,7 +245,7 @@ class Journal:
             self._pending -= len(batch.rows)
             self.commits += 1
             self.committed_records += len(batch.rows)
-            self._metrics.commit_seconds.observe(anyio.current_time() - started)
+            self._metrics.commit_seconds.observe(self._clock() - started)
             self._metrics.batch_size.observe(len(batch.rows))
             self._metrics.journal_pending.set(self._pending)
             batch.committed.set()

@@ -1,0 +1,138 @@
+"""Micro-benchmarks: the frame codec and each pipeline stage, in isolation.
+
+Run: ``.venv/bin/python -m pytest bench/test_micro_core.py --benchmark-enable --benchmark-only``
+(``make bench`` does this). Numbers are per call; compare within one run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import anyio
+import msgspec
+import pytest
+
+from switch.config import RiskConfig, VelocityConfig
+from switch.idempotency import IdempotencyIndex, body_hash
+from switch.journal import Journal, encode_payment, encode_result, open_database
+from switch.metrics import SwitchMetrics
+from switch.model import CardRef, Party, Payment, Result, Status, check_transition, tokenize_pan
+from switch.risk import RiskEngine
+from switch.validation import validate
+from switch.wire import FrameDecoder, Pay, Reply, ReplyEncoder, decode_request, encode_request
+from tests.payments import card_payment
+
+KEY = b"bench-key-0123456789"
+REQUEST = card_payment()
+FRAME = encode_request(Pay(1, REQUEST))
+PAYMENT = Payment(
+    "P1-1", "k1", "card", 1000, "USD", Party("A1"), Party("B1"),
+    dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    card=CardRef(tokenize_pan("4111111111111111", KEY), "1111", "411111", "2812", "T1", "M1",
+                 "5999"),
+)
+RESULT = Result("P1-1", Status.APPROVED, "00", "ABC123", "standin-card")
+
+
+def test_frame_decode_64k_read(benchmark: pytest.FixtureRequest) -> None:
+    """Per read of ~64 KiB: every frame parsed and typed-decoded."""
+    chunk = FRAME * (65536 // len(FRAME))
+    frames_per_read = 65536 // len(FRAME)
+
+    def run() -> None:
+        for payload in FrameDecoder().feed(chunk):
+            decode_request(payload)
+
+    benchmark.extra_info["frames_per_read"] = frames_per_read
+    benchmark(run)
+
+
+def test_reply_encode_batch_of_100(benchmark: pytest.FixtureRequest) -> None:
+    def run() -> bytes:
+        out = ReplyEncoder()
+        for i in range(100):
+            out.add(Reply(i, RESULT))
+        return out.take()
+
+    benchmark(run)
+
+
+def test_validate(benchmark: pytest.FixtureRequest) -> None:
+    benchmark(validate, REQUEST)
+
+
+def test_dedupe_hash_and_lookup(benchmark: pytest.FixtureRequest) -> None:
+    index = IdempotencyIndex(retention_s=86400, max_keys=1_000_000)
+    encode = msgspec.msgpack.Encoder().encode
+
+    def run() -> None:
+        digest = body_hash(encode(REQUEST), KEY)
+        index.get(REQUEST.idempotency_key)
+        assert digest
+
+    benchmark(run)
+
+
+def test_risk_assess(benchmark: pytest.FixtureRequest) -> None:
+    risk = RiskEngine(RiskConfig(velocity=VelocityConfig(max_count=10**5,
+                                                          max_amount_cny_minor=10**15)), KEY)
+    clock = iter(range(10**9))
+    benchmark(lambda: risk.assess(PAYMENT, float(next(clock)) * 1e-3))
+
+
+def test_state_transitions(benchmark: pytest.FixtureRequest) -> None:
+    def run() -> None:
+        check_transition("P1-1", Status.RECEIVED, Status.ROUTED)
+        check_transition("P1-1", Status.ROUTED, Status.SENT)
+        check_transition("P1-1", Status.SENT, Status.APPROVED)
+
+    benchmark(run)
+
+
+def test_journal_records_encode(benchmark: pytest.FixtureRequest) -> None:
+    def run() -> None:
+        encode_payment(PAYMENT)
+        encode_result(RESULT)
+
+    benchmark(run)
+
+
+def test_metrics_per_payment(benchmark: pytest.FixtureRequest) -> None:
+    metrics = SwitchMetrics(networks=["standin-card"])
+    counter = metrics.payments[("card", Status.APPROVED)]
+    histogram = metrics.duration["card"]
+    network = metrics.network_duration["standin-card"]
+
+    def run() -> None:
+        counter.inc()
+        histogram.observe(0.002)
+        network.observe(0.001)
+        metrics.in_flight.set(3)
+
+    benchmark(run)
+
+
+def test_journal_group_commit_1000_payments(benchmark: pytest.FixtureRequest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """1000 payments x 2 records through the real group-commit path (fsync on)."""
+    db = open_database(tmp_path / "bench.db", "group")
+    row_intent = ("P1-1", "k1", "intent", "sent", b"h" * 16, encode_payment(PAYMENT), 1)
+    row_final = ("P1-1", "k1", "final", "approved", b"h" * 16, encode_result(RESULT), 2)
+
+    async def write_all() -> None:
+        journal = Journal(db, mode="group", max_batch=8192, max_pending=100_000,
+                          metrics=SwitchMetrics())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+
+            async def one() -> None:
+                await journal.write(row_intent)
+                await journal.write(row_final)
+
+            async with anyio.create_task_group() as writers:
+                for _ in range(1000):
+                    writers.start_soon(one)
+            await journal.close()
+
+    benchmark.pedantic(lambda: anyio.run(write_all, backend="asyncio",
+                                         backend_options={"use_uvloop": True}),
+                       rounds=5, iterations=1)
