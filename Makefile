@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest bench -q --benchmark-enable --benchmark-only
+	$(BIN)/python bench/micro.py
 	$(BIN)/python bench/e2e.py
 
 clean:

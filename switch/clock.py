@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-
 from collections.abc import Callable
 
 import anyio
