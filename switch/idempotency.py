@@ -22,19 +22,34 @@ from switch.model import Result
 
 
 class Entry:
-    __slots__ = ("body_hash", "created_at", "done", "result")
+    """One key's state. ``result`` is None while the payment is in flight.
+
+    The wake-up event is created only when a concurrent duplicate actually waits: almost
+    every payment completes with nobody waiting, and an anyio Event costs microseconds.
+    """
+
+    __slots__ = ("body_hash", "created_at", "done", "pending", "result")
 
     def __init__(self, body_hash: bytes, created_at: float, result: Result | None) -> None:
         self.body_hash = body_hash
         self.created_at = created_at
         self.result = result
-        self.done: anyio.Event | None = None if result is not None else anyio.Event()
+        self.pending = result is None
+        self.done: anyio.Event | None = None
 
     async def wait(self) -> Result | None:
         """The result, once known; None if the first attempt was abandoned."""
-        if self.done is not None:
+        if self.pending:
+            if self.done is None:
+                self.done = anyio.Event()
             await self.done.wait()
         return self.result
+
+    def _finish(self) -> None:
+        self.pending = False
+        if self.done is not None:
+            self.done.set()
+            self.done = None
 
 
 class IdempotencyIndex:
@@ -65,16 +80,13 @@ class IdempotencyIndex:
         if entry is None:
             return
         entry.result = result
-        if entry.done is not None:
-            entry.done.set()
-            entry.done = None
+        entry._finish()
 
     def abandon(self, key: str) -> None:
         """Forget an attempt that was never accepted, waking anyone waiting on it."""
         entry = self._entries.pop(key, None)
-        if entry is not None and entry.done is not None:
-            entry.done.set()
-            entry.done = None
+        if entry is not None:
+            entry._finish()
 
     def restore(self, key: str, body_hash: bytes, result: Result, created_at: float) -> None:
         """Load a final result replayed from the journal at start-up."""
@@ -93,7 +105,7 @@ class IdempotencyIndex:
             if len(entries) - skipped <= self.max_keys and oldest.created_at >= horizon:
                 break
             del entries[oldest_key]
-            if oldest.result is None:
+            if oldest.pending:
                 entries[oldest_key] = oldest
                 skipped += 1
 
