@@ -340,35 +340,32 @@ def _in_range(v: int) -> bool:
     return -MAX_ABS_VALUE <= v <= MAX_ABS_VALUE
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _cell_slot(c: int, ab: int, tb: int, shift: np.uint64) -> int:
-    """Home slot of grid cell (currency, amount bucket, time bucket)."""
-    x = np.uint64(c) * np.uint64(0xD6E8FEB86659FD93)
-    x ^= np.uint64(ab) * np.uint64(0xA0761D6478BD642F)
-    x ^= np.uint64(tb) * np.uint64(0xE7037ED1A0B428DB)
-    return int(np.int64((x * _FIB) >> shift))
-
-
-@njit(nogil=True, cache=True, inline="always")
-def _pair(
-    i: int,
-    j: int,
-    sw_match: Int64Array,
-    sw_class: Int8Array,
-    net_match: Int64Array,
-    net_class: Int8Array,
-) -> None:
-    sw_match[i] = j
-    net_match[j] = i
-    sw_class[i] = _MATCHED_TOLERANCE
-    net_class[j] = _MATCHED_TOLERANCE
+@njit(nogil=True, cache=True)
+def _lower_bound(cur: Int64Array, amt: Int64Array, c: int, a: int) -> int:
+    """First index whose (currency, amount) >= (c, a); arrays sorted by that pair."""
+    lo = 0
+    hi = cur.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cur[mid] < c or (cur[mid] == c and amt[mid] < a):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @njit(nogil=True, cache=True)
-def _grow(a: Int64Array, n: int) -> Int64Array:
-    b = np.empty(2 * a.shape[0], np.int64)
-    b[:n] = a[:n]
-    return b
+def _upper_bound(cur: Int64Array, amt: Int64Array, c: int, a: int) -> int:
+    """First index whose (currency, amount) > (c, a); arrays sorted by that pair."""
+    lo = 0
+    hi = cur.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cur[mid] < c or (cur[mid] == c and amt[mid] <= a):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @njit(nogil=True, cache=True)
@@ -379,8 +376,6 @@ def _tolerance_kernel(
     net_amount: Int64Array,
     net_currency: Int64Array,
     net_time: Int64Array,
-    ls: Int64Array,
-    ln: Int64Array,
     sw_match: Int64Array,
     sw_class: Int8Array,
     net_match: Int64Array,
@@ -389,169 +384,111 @@ def _tolerance_kernel(
     tol_time: int,
     max_candidates: int,
 ) -> int:
-    """Pass 2 in place on the leftovers ``ls`` (switch) and ``ln`` (network), ascending
-    indices whose class is UNSET: tolerance-match them, label the rest missing.
+    """Pass 2 in place: tolerance-match the unclassified records, label the rest missing.
 
-    Candidates come from a grid hash join: network leftovers are bucketed by (currency,
-    amount // (2 * (tol_amount + 1)), time // (2 * (tol_time + 1))), and each switch
-    leftover looks in the 2 x 2 cells its tolerance box can reach, so every pair within
-    both tolerances is seen and little else. Sorting by amount and scanning an amount
-    window (the obvious plan) was measured 5x slower at 10M: log-distributed amounts crowd
-    the small amounts into huge windows; a time window has the same problem when tol_time
-    is generous. The grid is narrow in both dimensions at once.
-
-    Ranking is (|Δtime|, |Δamount|, switch index, network index), walked greedily. Pairs
-    whose two records have no other candidate (nearly all of them in practice) are taken
-    straight away: the greedy walk would accept them wherever they fall, since no other
-    pair can claim either record first. Only the contested rest is sorted.
-    Returns the number of tolerance matches.
+    Network leftovers are sorted by (currency, amount); each switch leftover binary-searches
+    its amount window and filters on time. Candidates are generated in (switch index,
+    network index) order, then two stable sorts (|Δamount|, then |Δtime|) yield the
+    ranking (|Δtime|, |Δamount|, switch, network) without a compound key that could
+    overflow. Returns the number of tolerance matches.
     """
-    n_ls = ls.shape[0]
-    n_ln = ln.shape[0]
-    q_amt = sw_amount[ls]
-    q_time = sw_time[ls]
-    q_cur = sw_currency[ls]
-    l_amt = net_amount[ln]
-    l_time = net_time[ln]
-    l_cur = net_currency[ln]
-    for p in range(n_ls):
-        if not (_in_range(q_amt[p]) and _in_range(q_time[p])):
-            raise ValueError("switch amount/time outside ±2**61")
-    for q in range(n_ln):
-        if not (_in_range(l_amt[q]) and _in_range(l_time[q])):
-            raise ValueError("network amount/time outside ±2**61")
-    # Buckets twice the tolerance window wide: a window (2 * tol + 1 wide) then spans at
-    # most two buckets per dimension, and which neighbour it reaches is known from the
-    # position inside the bucket, so each switch record looks in 4 cells, not 9.
-    wa = 2 * (tol_amount + 1)
-    wt = 2 * (tol_time + 1)
-
-    # Grid over the network leftovers: open addressing on the cell, records chained.
-    # A slot is [currency, amount bucket, time bucket, first record + 1] (0 = empty):
-    # one cache line per probe. Inserting in reverse makes every chain ascending in
-    # network index.
-    bits = _MIN_TABLE_BITS
-    while (1 << bits) * _MAX_LOAD_NUM < n_ln * _MAX_LOAD_DEN:
-        bits += 1
-    mask = (1 << bits) - 1
-    shift = np.uint64(64 - bits)
-    grid = np.zeros(4 << bits, np.int64)
-    nxt = np.empty(n_ln, np.int64)
-    for q in range(n_ln - 1, -1, -1):
-        c = l_cur[q]
-        ab = l_amt[q] // wa
-        tb = l_time[q] // wt
-        h = _cell_slot(c, ab, tb, shift)
-        while True:
-            if grid[4 * h + 3] == 0:
-                grid[4 * h] = c
-                grid[4 * h + 1] = ab
-                grid[4 * h + 2] = tb
-                nxt[q] = -1
-                grid[4 * h + 3] = q + 1
-                break
-            if grid[4 * h] == c and grid[4 * h + 1] == ab and grid[4 * h + 2] == tb:
-                nxt[q] = grid[4 * h + 3] - 1
-                grid[4 * h + 3] = q + 1
-                break
-            h = (h + 1) & mask
-
-    # Candidates, grouped per switch leftover, each group in network-index order.
-    cap = max(16, 2 * n_ls)
-    cand_p = np.empty(cap, np.int64)  # position in ls
-    cand_q = np.empty(cap, np.int64)  # position in ln
-    cand_dt = np.empty(cap, np.int64)
-    cand_da = np.empty(cap, np.int64)
-    per_net = np.zeros(n_ln, np.int64)
-    per_sw = np.zeros(n_ls, np.int64)
-    w = 0
-    for p in range(n_ls):
-        a = q_amt[p]
-        t = q_time[p]
-        c = q_cur[p]
-        ab0 = a // wa
-        tb0 = t // wt
-        ab1 = ab0 - 1 if 2 * (a - ab0 * wa) < wa else ab0 + 1
-        tb1 = tb0 - 1 if 2 * (t - tb0 * wt) < wt else tb0 + 1
-        start = w
-        for k in range(4):
-            ab = ab0 if k < 2 else ab1
-            tb = tb0 if k % 2 == 0 else tb1
-            h = _cell_slot(c, ab, tb, shift)
-            while grid[4 * h + 3] != 0 and not (
-                grid[4 * h] == c and grid[4 * h + 1] == ab and grid[4 * h + 2] == tb
-            ):
-                h = (h + 1) & mask
-            q = grid[4 * h + 3] - 1
-            while q >= 0:
-                dt = abs(l_time[q] - t)
-                da = abs(l_amt[q] - a)
-                if dt <= tol_time and da <= tol_amount:
-                    if w == cand_p.shape[0]:
-                        if w >= max_candidates:
-                            raise ValueError("pass-2 candidate pairs exceed max_candidates")
-                        cand_p = _grow(cand_p, w)
-                        cand_q = _grow(cand_q, w)
-                        cand_dt = _grow(cand_dt, w)
-                        cand_da = _grow(cand_da, w)
-                    r = w
-                    while r > start and cand_q[r - 1] > q:
-                        cand_q[r] = cand_q[r - 1]
-                        cand_dt[r] = cand_dt[r - 1]
-                        cand_da[r] = cand_da[r - 1]
-                        r -= 1
-                    cand_q[r] = q
-                    cand_dt[r] = dt
-                    cand_da[r] = da
-                    cand_p[w] = p
-                    w += 1
-                    per_net[q] += 1
-                q = nxt[q]
-        per_sw[p] = w - start
-    if w > max_candidates:
-        raise ValueError("pass-2 candidate pairs exceed max_candidates")
-
-    # Uncontested pairs first, then the contested ones in rank order.
-    sw_taken = np.zeros(n_ls, np.bool_)
-    net_taken = np.zeros(n_ln, np.bool_)
-    contested = np.empty(w, np.int64)
-    n_cont = 0
-    for r in range(w):
-        if per_sw[cand_p[r]] == 1 and per_net[cand_q[r]] == 1:
-            sw_taken[cand_p[r]] = True
-            net_taken[cand_q[r]] = True
-            _pair(ls[cand_p[r]], ln[cand_q[r]], sw_match, sw_class, net_match, net_class)
-        else:
-            contested[n_cont] = r
-            n_cont += 1
-    contested = contested[:n_cont]
-    c_dt = cand_dt[contested]
-    c_da = cand_da[contested]
-    if tol_time < (1 << 31) and tol_amount < (1 << 31):
-        # One stable sort on a combined key (< 2**62, no overflow); stability keeps the
-        # (switch, network) generation order as the final tie-break.
-        rank = np.argsort(c_dt * (tol_amount + 1) + c_da, kind="mergesort")
-    else:
-        r1 = np.argsort(c_da, kind="mergesort")
-        rank = r1[np.argsort(c_dt[r1], kind="mergesort")]
-    for k in range(n_cont):
-        r = contested[rank[k]]
-        p = cand_p[r]
-        q = cand_q[r]
-        if not sw_taken[p] and not net_taken[q]:
-            sw_taken[p] = True
-            net_taken[q] = True
-            _pair(ls[p], ln[q], sw_match, sw_class, net_match, net_class)
+    n_sw = sw_class.shape[0]
+    n_net = net_class.shape[0]
+    ls = np.empty(n_sw, np.int64)
+    n_ls = 0
+    for i in range(n_sw):
+        if sw_class[i] == _UNSET:
+            if not _in_range(sw_amount[i]) or not _in_range(sw_time[i]):
+                raise ValueError("switch amount/time outside ±2**61")
+            ls[n_ls] = i
+            n_ls += 1
+    ln = np.empty(n_net, np.int64)
+    n_ln = 0
+    for j in range(n_net):
+        if net_class[j] == _UNSET:
+            if not _in_range(net_amount[j]) or not _in_range(net_time[j]):
+                raise ValueError("network amount/time outside ±2**61")
+            ln[n_ln] = j
+            n_ln += 1
+    ls = ls[:n_ls]
+    ln = ln[:n_ln]
 
     n_found = 0
+    if n_ls > 0 and n_ln > 0:
+        la = net_amount[ln]
+        o1 = np.argsort(la, kind="mergesort")
+        o2 = np.argsort(net_currency[ln][o1], kind="mergesort")
+        s_idx = ln[o1[o2]]
+        s_amt = net_amount[s_idx]
+        s_cur = net_currency[s_idx]
+        s_time = net_time[s_idx]
+
+        # Count first so the candidate arrays are allocated once, at the exact size, and
+        # the bound is checked before any large allocation.
+        lbs = np.empty(n_ls, np.int64)
+        ubs = np.empty(n_ls, np.int64)
+        total = 0
+        for p in range(n_ls):
+            i = ls[p]
+            c = sw_currency[i]
+            a = sw_amount[i]
+            t = sw_time[i]
+            lb = _lower_bound(s_cur, s_amt, c, a - tol_amount)
+            ub = _upper_bound(s_cur, s_amt, c, a + tol_amount)
+            lbs[p] = lb
+            ubs[p] = ub
+            for q in range(lb, ub):
+                if abs(s_time[q] - t) <= tol_time:
+                    total += 1
+            if total > max_candidates:
+                raise ValueError("pass-2 candidate pairs exceed max_candidates")
+
+        cand_i = np.empty(total, np.int64)
+        cand_j = np.empty(total, np.int64)
+        cand_dt = np.empty(total, np.int64)
+        cand_da = np.empty(total, np.int64)
+        w = 0
+        for p in range(n_ls):
+            i = ls[p]
+            a = sw_amount[i]
+            t = sw_time[i]
+            start = w
+            for q in range(lbs[p], ubs[p]):
+                dt = abs(s_time[q] - t)
+                if dt <= tol_time:
+                    cand_i[w] = i
+                    cand_j[w] = s_idx[q]
+                    cand_dt[w] = dt
+                    cand_da[w] = abs(s_amt[q] - a)
+                    w += 1
+            if w - start > 1:
+                # Within one switch record the window is in amount order; put it in
+                # network-index order so the final tie-break is (switch, network).
+                o = np.argsort(cand_j[start:w])
+                cand_j[start:w] = cand_j[start:w][o]
+                cand_dt[start:w] = cand_dt[start:w][o]
+                cand_da[start:w] = cand_da[start:w][o]
+
+        r1 = np.argsort(cand_da, kind="mergesort")
+        r2 = np.argsort(cand_dt[r1], kind="mergesort")
+        rank = r1[r2]
+        for p in range(total):
+            r = rank[p]
+            i = cand_i[r]
+            j = cand_j[r]
+            if sw_class[i] == _UNSET and net_class[j] == _UNSET:
+                sw_class[i] = _MATCHED_TOLERANCE
+                net_class[j] = _MATCHED_TOLERANCE
+                sw_match[i] = j
+                net_match[j] = i
+                n_found += 1
+
     for p in range(n_ls):
-        if sw_taken[p]:
-            n_found += 1
-        else:
+        if sw_class[ls[p]] == _UNSET:
             sw_class[ls[p]] = _MISSING_AT_NETWORK
-    for q in range(n_ln):
-        if not net_taken[q]:
-            net_class[ln[q]] = _MISSING_IN_SWITCH
+    for p in range(n_ln):
+        if net_class[ln[p]] == _UNSET:
+            net_class[ln[p]] = _MISSING_IN_SWITCH
     return n_found
 
 
@@ -707,9 +644,6 @@ def tolerance_match(
     _check_tolerances(tol_amount, tol_time_us, max_candidates)
     assert partial.switch_class.shape[0] == len(switch), "result/switch length differ"
     assert partial.network_class.shape[0] == len(network), "result/network length differ"
-    # Finding the leftovers is a plain vectorised scan; numpy does it at memory speed.
-    ls = np.flatnonzero(partial.switch_class == _UNSET).astype(np.int64, copy=False)
-    ln = np.flatnonzero(partial.network_class == _UNSET).astype(np.int64, copy=False)
     return int(
         _tolerance_kernel(
             switch.amount,
@@ -718,8 +652,6 @@ def tolerance_match(
             network.amount,
             network.currency,
             network.time_us,
-            ls,
-            ln,
             partial.switch_match,
             partial.switch_class,
             partial.network_match,
