@@ -72,7 +72,7 @@ def start_switch(
         if proc.poll() is not None:
             err = proc.stderr.read().decode() if proc.stderr else ""
             raise RuntimeError(f"switch exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline:  # wall clock: another process
             proc.kill()
             raise RuntimeError("switch did not become ready in time")
         time.sleep(0.05)
