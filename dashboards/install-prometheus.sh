@@ -1,0 +1,63 @@
+#!/bin/sh
+# Install Prometheus (and promtool, which Debian ships in the same package) when promtool
+# is missing. `make test` runs this first: the observability tests need a real promtool and
+# a real prometheus binary, and fail (rather than skip) without them.
+#
+# Non-interactive, idempotent: exits 0 at once when promtool is already on PATH. Needs root
+# (or sudo) and apt-get; on other systems install Prometheus yourself so that `promtool` and
+# `prometheus` are on PATH (https://prometheus.io/download/).
+set -eu
+
+say() { printf 'install-prometheus: %s\n' "$*"; }
+
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
+    say "promtool already present: $(command -v promtool) ($(promtool --version 2>&1 | head -n 1))"
+    exit 0
+fi
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    say "promtool is missing and apt-get is not available: install Prometheus by hand" >&2
+    exit 1
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    else
+        say "promtool is missing; run this script as root (or install sudo)" >&2
+        exit 1
+    fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# The package's maintainer scripts would start a Prometheus service on :9090. The tests
+# start their own on a free loopback port, so keep the package from starting one: a
+# policy-rc.d that refuses service starts, removed again afterwards (only if we created it).
+POLICY=/usr/sbin/policy-rc.d
+CREATED_POLICY=0
+if [ ! -e "$POLICY" ]; then
+    say "temporarily installing $POLICY so the package does not start a service"
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+    $SUDO chmod 755 "$POLICY"
+    CREATED_POLICY=1
+fi
+cleanup() {
+    if [ "$CREATED_POLICY" -eq 1 ]; then
+        $SUDO rm -f "$POLICY"
+    fi
+}
+trap cleanup EXIT INT TERM
+
+say "running: apt-get update"
+$SUDO apt-get update -q
+say "running: apt-get install -y --no-install-recommends prometheus"
+$SUDO apt-get install -y -q --no-install-recommends prometheus
+
+if ! command -v promtool >/dev/null 2>&1; then
+    say "the prometheus package installed but promtool is still not on PATH" >&2
+    exit 1
+fi
+say "installed: $(command -v promtool) ($(promtool --version 2>&1 | head -n 1))"
+say "installed: $(command -v prometheus)"
