@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/payswitch demo
 
 test: $(STAMP)
+	sh dashboards/install-prometheus.sh
 	$(BIN)/ruff check switch channels tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -27,6 +28,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/micro.py
 	$(BIN)/python bench/e2e.py
+
+docs: $(STAMP)
+	$(BIN)/python -m switch.catalogue > docs/metrics.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

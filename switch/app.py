@@ -59,6 +59,8 @@ class SwitchApp:
         self.config = config
         self.adapters = dict(adapters) if adapters is not None else build_adapters(config)
         self.metrics = SwitchMetrics(networks=self.adapters)
+        # Read at scrape time: a journal failure or a drain turns it to 0 at once.
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self._shutdown = anyio.Event()
         self._admin_stop = anyio.Event()
         self._ready = False
@@ -167,11 +169,9 @@ class SwitchApp:
                         if ready_file:
                             _write_ready_file(ready_file, self.endpoints)
                         self._ready = True
-                        self.metrics.ready.set(1)
                         task_status.started(self.endpoints)
                         await self._shutdown.wait()
                         self._ready = False
-                        self.metrics.ready.set(0)
                         accept_scope.cancel()
                         drained = await server.drain(cfg.server.drain_timeout_s)
                         if not drained:

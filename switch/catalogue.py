@@ -314,10 +314,14 @@ SLI_NOTES: Final = """\
   workbook's multi-window, multi-burn-rate pattern: page when the 1 h and 5 m burn rates
   both exceed 14.4, or the 6 h and 30 m both exceed 6; open a ticket when 1 d and 2 h
   exceed 3, or 3 d and 6 h exceed 1.
-- **Known limitation.** `payswitch_payments_total` is also incremented when the resolver
-  settles an `unknown` payment, so a payment that timed out is counted twice (once as
-  `unknown`, once with its resolved status). Until dedicated SLI counters exist (see
-  *Planned*), the availability SLI slightly over-counts events during network timeouts.
+- **Each payment is counted once** in `payswitch_payments_total`, when its reply is
+  ready; a payment answered `unknown` counts as unknown (a bad event for the SLI). When
+  the resolver later settles it, that is counted in `payswitch_resolved_payments_total`,
+  not again in `payswitch_payments_total`.
+- **Exemplars.** In the OpenMetrics exposition (`Accept: application/openmetrics-text`),
+  payments slower than 10 ms carry their `payment_id` as an exemplar on
+  `payswitch_payment_duration_seconds`, so a slow bucket leads to a payment and its
+  journal records. Faster payments carry none, which keeps the hot path cheap.
 """
 
 

@@ -170,6 +170,8 @@ class Journal:
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
         self._clock = clock  # for the commit-latency metric only
+        # Read at scrape time, so a stuck writer shows as a growing backlog.
+        metrics.journal_pending.set_function(lambda: float(self._pending))
         self._db = db
         self.mode = mode
         self._max_batch = 1 if mode == "sync" else max_batch
@@ -247,7 +249,6 @@ class Journal:
             self.committed_records += len(batch.rows)
             self._metrics.commit_seconds.observe(self._clock() - started)
             self._metrics.batch_size.observe(len(batch.rows))
-            self._metrics.journal_pending.set(self._pending)
             batch.committed.set()
 
     def _commit(self, rows: list[Row]) -> None:

@@ -178,6 +178,17 @@ class SwitchMetrics:
             "Payments whose outcome is unknown (timed out after sending) and not yet resolved.",
             registry=r,
         )
+        resolved = Counter(
+            "payswitch_resolved_payments",
+            "Payments whose unknown outcome the resolver settled, by channel and final status."
+            " Not added to payswitch_payments_total, which counts each payment once, at reply.",
+            ["channel", "status"], registry=r,
+        )
+        self.resolved: dict[tuple[Channel, Status], Counter] = {
+            (ch, st): resolved.labels(ch, st.value)
+            for ch in CHANNELS
+            for st in (Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED)
+        }
         self.recovered = Counter(
             "payswitch_recovered_payments",
             "Unfinished payments found in the journal at start-up and resolved.",

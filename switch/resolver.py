@@ -137,5 +137,5 @@ class Resolver:
             )
         )
         self._index.complete(payment.idempotency_key, result)
-        self._metrics.payments[(payment.channel, status)].inc()
+        self._metrics.resolved[(payment.channel, status)].inc()
         self.resolved += 1

@@ -255,3 +255,26 @@ async def test_bad_length_prefix_garbage_is_malformed_not_fatal(
         await client.send_raw(frame(b"\xc1\xff\x00"))
         reply = await client.pay(card_payment("after-garbage"))
         assert isinstance(reply, Reply)
+
+
+async def test_slow_payment_carries_its_id_as_an_exemplar(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    adapters = {n.name: StandInNetwork(n) for n in config.networks}
+    adapters["standin-card"] = StandInNetwork(StandInNetworkConfig(
+        "standin-card", "card", latency_median_ms=30, latency_sigma=0, decline_rate=0,
+        error_rate=0))
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
+        async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
+            reply = await client.pay(card_payment("slow-exemplar"))
+            assert isinstance(reply, Reply)
+        base = f"http://127.0.0.1:{switch.endpoints.admin_port}"
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"{base}/metrics",
+                                   headers={"Accept": "application/openmetrics-text"})).text
+        switch.app.request_shutdown()
+    exemplar_lines = [line for line in text.splitlines()
+                      if line.startswith("payswitch_payment_duration_seconds_bucket")
+                      and "# {" in line]
+    assert exemplar_lines and all(
+        f'payment_id="{reply.result.payment_id}"' in line for line in exemplar_lines)
