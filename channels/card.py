@@ -1,0 +1,366 @@
+"""Simulated card network: ISO 8583 (1987, ASCII) over TCP with a 2-byte length prefix.
+
+A `CardScheme` is the money side: issuers owning BIN ranges, card accounts, holds and a
+ledger. Several network endpoints (`CardNetwork`, e.g. "card-primary" and
+"card-secondary") may serve one scheme, so a payment authorized through one and reversed
+through the other finds its hold.
+
+Card accounts. Explicitly configured accounts are used as given; any other PAN in an
+issuer's BIN range gets an account generated from ``sha256(seed, issuer, PAN)`` the
+first time it is seen: balance, status and expiry are pure functions of the seed and the
+PAN, so arrival order cannot change them. A PAN in no issuer's range is unknown (14).
+
+Rules for a 0100 (0200 posts instead of holding), in order:
+duplicate STAN + terminal within ``duplicate_window_s`` -> 94; unknown card -> 14; blocked
+-> 05; expired (account or DE14 before ``business_month``) -> 54; amount above the card's
+single-authorization limit -> 61; above the available balance (balance minus holds; no
+overdraft) -> 51; otherwise 00 with an auth code, and the amount is held.
+
+0400/0401 reverse: DE90 names the original (MTI, STAN, DE7), DE41 its terminal; the hold
+is released (a 0200 is credited back) exactly once, and 0410 is answered 00 whatever
+happened before, including for an original never seen (the key is then remembered, so an
+original arriving after its own reversal is declined 05 instead of holding money nobody
+will ever release). 0120 advices are answered 0130 and place the stand-in's hold when
+funds allow. 0800 sign-on, sign-off and echo are answered 0810 at once.
+
+Faults and technical errors come from the network's `Behaviour` (see channels/server.py);
+a technical error (91/96) is answered without touching any account.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import anyio
+
+from channels.behaviour import Behaviour
+from channels.server import (
+    CardSchemeSpec,
+    ChannelMetrics,
+    IssuerSpec,
+    NetworkSpec,
+    SimConnection,
+    SimRequest,
+    SimServer,
+)
+from switch.protocols import iso8583
+from switch.protocols.errors import CodecError
+
+__all__ = ["AuthRecord", "CardAccount", "CardNetwork", "CardScheme", "HoldKey"]
+
+log = logging.getLogger(__name__)
+
+#: (original STAN, terminal id, original DE7): what a reversal's DE90 + DE41 identify.
+HoldKey = tuple[str, str, str]
+
+_EXPIRED: Final = "1912"
+_FINANCIAL: Final = frozenset({"0100", "0101", "0200", "0201"})
+_REVERSAL: Final = frozenset({"0400", "0401", "0420", "0421"})
+_ADVICE: Final = frozenset({"0120", "0121"})
+
+
+@dataclass(slots=True)
+class CardAccount:
+    pan: str
+    issuer: str
+    balance: int
+    limit: int
+    expiry: str
+    status: Literal["active", "blocked"]
+    held: int = 0
+    holds: dict[HoldKey, int] = field(default_factory=dict)
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+@dataclass(slots=True)
+class AuthRecord:
+    key: HoldKey
+    pan: str
+    amount: int
+    kind: Literal["hold", "post", "none"]
+    state: Literal["active", "reversed"]
+    auth_code: str = ""
+
+
+class CardScheme:
+    """Issuers, accounts and the ledger of one card scheme (shared by its endpoints)."""
+
+    def __init__(self, spec: CardSchemeSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._issuers_by_bin: dict[str, IssuerSpec] = {}
+        self._explicit: dict[str, tuple[IssuerSpec, int, int, str, str]] = {}
+        for issuer in spec.issuers:
+            for prefix in issuer.bins:
+                self._issuers_by_bin[prefix] = issuer
+            for acct in issuer.accounts:
+                self._explicit[acct.pan] = (issuer, acct.balance, acct.limit, acct.expiry,
+                                            acct.status)
+        self._bin_lengths = sorted({len(b) for b in self._issuers_by_bin}, reverse=True)
+        self.accounts: dict[str, CardAccount] = {}
+        self.records: dict[HoldKey, AuthRecord] = {}
+        self._recent: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.approvals = 0
+        self.declines = 0
+        self.reversals = 0
+        self.reversals_unknown = 0
+        self.duplicates_rejected = 0
+        self.advices = 0
+        self.advice_exceptions = 0
+        self.bound_rejections = 0
+
+    # --- accounts ------------------------------------------------------------------------
+
+    def issuer_for(self, pan: str) -> IssuerSpec | None:
+        for length in self._bin_lengths:
+            issuer = self._issuers_by_bin.get(pan[:length])
+            if issuer is not None:
+                return issuer
+        return None
+
+    def account(self, pan: str) -> CardAccount | None:
+        """The account of ``pan`` (materialised on first sight), or None if not issued."""
+        acct = self.accounts.get(pan)
+        if acct is not None:
+            return acct
+        explicit = self._explicit.get(pan)
+        if explicit is not None:
+            issuer, balance, limit, expiry, status = explicit
+            acct = CardAccount(pan, issuer.name, balance, limit, expiry,
+                               "blocked" if status == "blocked" else "active")
+        else:
+            issuer_or_none = self.issuer_for(pan)
+            if issuer_or_none is None:
+                return None
+            acct = self._generate(issuer_or_none, pan)
+            if acct is None:
+                return None
+        if len(self.accounts) >= self.spec.max_accounts:
+            raise OverflowError(f"{self.name}: {self.spec.max_accounts} accounts materialised")
+        self.accounts[pan] = acct
+        return acct
+
+    def _generate(self, issuer: IssuerSpec, pan: str) -> CardAccount | None:
+        digest = hashlib.sha256(f"{self.spec.seed}:{issuer.name}:{pan}".encode()).digest()
+        u = [int.from_bytes(digest[i * 8:(i + 1) * 8], "big") / 2.0**64 for i in range(4)]
+        if u[0] < issuer.unissued_rate:
+            return None
+        status: Literal["active", "blocked"] = "blocked" if u[1] < issuer.blocked_rate else "active"
+        expiry = _EXPIRED if u[2] < issuer.expired_rate else "3012"
+        span = max(0, issuer.balance_max - issuer.balance_min)
+        balance = issuer.balance_min + int(u[3] * span)
+        return CardAccount(pan, issuer.name, balance, issuer.txn_limit, expiry, status)
+
+    # --- ledger queries (tests, reconciliation) -------------------------------------------
+
+    def available(self, pan: str) -> int:
+        acct = self.account(pan)
+        assert acct is not None, f"no account for {pan}"
+        return acct.available
+
+    def active_hold(self, key: HoldKey) -> int:
+        """Amount held (or posted) for ``key`` and not reversed; 0 if none."""
+        record = self.records.get(key)
+        if record is None or record.state != "active" or record.kind == "none":
+            return 0
+        return record.amount
+
+    def check_ledger(self) -> None:
+        """Every account's held total equals its holds and no account is overdrawn."""
+        for acct in self.accounts.values():
+            assert acct.held == sum(acct.holds.values()), acct.pan
+            assert acct.available >= 0, f"{acct.pan} overdrawn: {acct.available}"
+
+    # --- message handling ----------------------------------------------------------------
+
+    def _seen_recently(self, stan: str, terminal: str, now: float) -> bool:
+        recent = self._recent
+        cutoff = now - self.spec.duplicate_window_s
+        while recent:
+            oldest_key, seen_at = next(iter(recent.items()))
+            if seen_at > cutoff:
+                break
+            del recent[oldest_key]
+        key = (stan, terminal)
+        if key in recent:
+            return True
+        recent[key] = now
+        if len(recent) > self.spec.max_recent_stans:
+            # The bound shortens the window for the oldest entries rather than grow.
+            recent.popitem(last=False)
+        return False
+
+    def _auth_code(self, key: HoldKey) -> str:
+        digest = hashlib.sha256(f"{self.spec.seed}:{key}".encode()).hexdigest()
+        return digest[:6].upper()
+
+    def authorize(self, msg: iso8583.IsoMessage, now: float) -> iso8583.IsoMessage:
+        """Decide a 0100/0200 and book it. Returns the 0110/0210."""
+        f = msg.fields
+        pan, stan, terminal, de7 = f.get(2, ""), f.get(11, ""), f.get(41, ""), f.get(7, "")
+        amount = int(f.get(4, "0") or "0")
+        if self._seen_recently(stan, terminal, now):
+            self.duplicates_rejected += 1
+            return iso8583.response(msg, iso8583.ResponseCode.DUPLICATE_TRANSMISSION)
+        key = (stan, terminal, de7)
+        if key in self.records:
+            # Its reversal came first (or the key was reused): never hold for it now.
+            self.declines += 1
+            return iso8583.response(msg, iso8583.ResponseCode.DO_NOT_HONOUR)
+        try:
+            acct = self.account(pan)
+        except OverflowError as exc:
+            log.warning("%s", exc)
+            self.bound_rejections += 1
+            return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
+        code = self._rule(acct, f.get(14), amount)
+        if code != iso8583.ResponseCode.APPROVED:
+            self.declines += 1
+            return iso8583.response(msg, code)
+        assert acct is not None
+        if len(self.records) >= self.spec.max_records:
+            self.bound_rejections += 1
+            log.warning("%s: %d authorization records; refusing", self.name,
+                        self.spec.max_records)
+            return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
+        auth_code = self._auth_code(key)
+        if msg.mti in ("0200", "0201"):
+            acct.balance -= amount
+            self.records[key] = AuthRecord(key, pan, amount, "post", "active", auth_code)
+        else:
+            acct.holds[key] = amount
+            acct.held += amount
+            self.records[key] = AuthRecord(key, pan, amount, "hold", "active", auth_code)
+        self.approvals += 1
+        return iso8583.response(msg, iso8583.ResponseCode.APPROVED, auth_code=auth_code)
+
+    def _rule(self, acct: CardAccount | None, de14: str | None, amount: int) -> str:
+        if acct is None:
+            return iso8583.ResponseCode.INVALID_CARD
+        if acct.status == "blocked":
+            return iso8583.ResponseCode.DO_NOT_HONOUR
+        month = self.spec.business_month
+        if acct.expiry < month or (de14 is not None and de14 < month):
+            return iso8583.ResponseCode.EXPIRED_CARD
+        if amount > acct.limit:
+            return iso8583.ResponseCode.OVER_AMOUNT_LIMIT
+        if amount > acct.available:
+            return iso8583.ResponseCode.INSUFFICIENT_FUNDS
+        return iso8583.ResponseCode.APPROVED
+
+    def reverse(self, msg: iso8583.IsoMessage) -> iso8583.IsoMessage:
+        """Undo the original named by DE90 (idempotent). Returns the 0410/0430."""
+        f = msg.fields
+        de90 = f.get(90)
+        if de90 is None or len(de90) != 42:
+            return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
+        key = (de90[4:10], f.get(41, ""), de90[10:20])
+        record = self.records.get(key)
+        if record is None:
+            if len(self.records) >= self.spec.max_records:
+                self.bound_rejections += 1
+                return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
+            self.reversals_unknown += 1
+            self.records[key] = AuthRecord(key, f.get(2, ""), 0, "none", "reversed")
+        elif record.state == "active":
+            acct = self.accounts[record.pan]
+            if record.kind == "hold":
+                acct.held -= acct.holds.pop(key)
+            elif record.kind == "post":
+                acct.balance += record.amount
+            record.state = "reversed"
+            self.reversals += 1
+        return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
+
+    def advice(self, msg: iso8583.IsoMessage) -> iso8583.IsoMessage:
+        """Record a stand-in decision; place its hold when the account can bear it."""
+        self.advices += 1
+        f = msg.fields
+        if (f.get(39) or "").strip() == iso8583.ResponseCode.APPROVED:
+            key = (f.get(11, ""), f.get(41, ""), f.get(7, ""))
+            amount = int(f.get(4, "0") or "0")
+            try:
+                acct = self.account(f.get(2, ""))
+            except OverflowError:
+                acct = None
+            if (key not in self.records and acct is not None and amount <= acct.available
+                    and len(self.records) < self.spec.max_records):
+                acct.holds[key] = amount
+                acct.held += amount
+                self.records[key] = AuthRecord(key, acct.pan, amount, "hold", "active")
+            elif key not in self.records:
+                self.advice_exceptions += 1
+        return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
+
+
+class _CardRequest(SimRequest):
+    def __init__(self, network: CardNetwork, message: iso8583.IsoMessage) -> None:
+        self.network = network
+        self.message = message
+        self.route_key = message.fields.get(2, "")
+
+    def decide(self, technical_error: str | None) -> bytes | None:
+        msg, scheme = self.message, self.network.scheme
+        if technical_error is not None:
+            self.outcome = "error"
+            return iso8583.encode(iso8583.response(msg, technical_error))
+        if msg.mti in _FINANCIAL:
+            answer = scheme.authorize(msg, anyio.current_time())
+            code = answer.response_code
+            self.outcome = ("approved" if code == iso8583.ResponseCode.APPROVED else
+                            "error" if code in ("91", "96") else "declined")
+        elif msg.mti in _REVERSAL:
+            answer = scheme.reverse(msg)
+            self.outcome = "reversal"
+        else:
+            answer = scheme.advice(msg)
+            self.outcome = "advice"
+        return iso8583.encode(answer)
+
+    def reject(self, code: str) -> bytes | None:
+        self.outcome = "error"
+        return iso8583.encode(iso8583.response(self.message, code))
+
+
+class CardNetwork(SimServer):
+    """One endpoint of a card scheme."""
+
+    def __init__(self, spec: NetworkSpec, behaviour: Behaviour, metrics: ChannelMetrics,
+                 scheme: CardScheme) -> None:
+        super().__init__(spec, behaviour, metrics)
+        self.scheme = scheme
+        self.network_messages = 0
+        self.malformed_requests = 0
+
+    def new_splitter(self) -> iso8583.FrameDecoder:
+        return iso8583.FrameDecoder()
+
+    def frame(self, payload: bytes) -> bytes:
+        return iso8583.frame(payload)
+
+    def garbage(self) -> bytes:
+        return b"ZZZZ\xff\xfe not an ISO 8583 message"
+
+    def parse(self, conn: SimConnection, payload: bytes) -> SimRequest | bytes | None:
+        try:
+            msg = iso8583.decode(payload)
+        except CodecError as exc:
+            self.malformed_requests += 1
+            log.debug("%s: undecodable request: %s", self.name, exc)
+            return None
+        mti = msg.mti
+        if mti in ("0800", "0801"):
+            self.network_messages += 1
+            return iso8583.encode(iso8583.response(msg, iso8583.ResponseCode.APPROVED))
+        if mti in _FINANCIAL or mti in _REVERSAL or mti in _ADVICE:
+            return _CardRequest(self, msg)
+        self.malformed_requests += 1
+        log.debug("%s: unsupported MTI %s", self.name, mti)
+        return None

@@ -1,0 +1,239 @@
+"""Simulated QR scheme: EMVCo merchant-presented QR payments over 4-byte framed msgpack.
+
+The API (`QrPayRequest`, `QrCheckStatus`, `QrReply`) is defined with the switch's adapter in
+switch/adapters/qr.py, so both sides share one definition.
+
+A payment names its merchant through the QR payload: the merchant account template
+(IDs 26-51) whose globally unique id (sub-tag 00) is this scheme's ``gui`` carries the
+merchant id in sub-tag 01. The directory holds merchants "M0000000" up to
+``merchants - 1``; a share of them (drawn from the seed, or listed) is closed.
+
+Rules, in order: the payload must parse and validate (switch.protocols.emvqr) -> else
+INVALID_QR with the codec's reason; the merchant must be in the directory (UNKNOWN_MERCHANT)
+and open (MERCHANT_CLOSED); the payment's currency must be the QR's (tag 53,
+CURRENCY_MISMATCH); a dynamic QR (point of initiation 12) fixes the amount (tag 54), and a
+payer amount that differs is AMOUNT_MISMATCH; a static QR (11) needs the payer's amount
+(AMOUNT_REQUIRED); the amount must not exceed ``max_amount_minor`` (OVER_LIMIT).
+
+The book is keyed by ``ref``: the reference is booked as pending on arrival, decided in
+service, and a second pay request with the same ``ref`` is answered from the book, never
+paid twice. Check-status answers from the book: approved / declined / failed / pending,
+or not_found for a payment the scheme never received. Technical errors (behaviour model)
+are "failed" with reason TECHNICAL_nn; a check-status is never answered with one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Final
+
+import msgspec
+
+from channels.behaviour import Behaviour
+from channels.server import (
+    ChannelMetrics,
+    NetworkSpec,
+    QrSpec,
+    SimConnection,
+    SimRequest,
+    SimServer,
+)
+from switch.adapters.qr import (
+    MAX_FRAME_BYTES,
+    QrCheckStatus,
+    QrPayRequest,
+    QrReply,
+    decode_request,
+    encode,
+)
+from switch.currency import CURRENCIES
+from switch.protocols import emvqr
+from switch.protocols.errors import CodecError
+from switch.wire import FrameDecoder, frame
+
+__all__ = ["QrNetwork"]
+
+log = logging.getLogger(__name__)
+
+_DYNAMIC: Final = "12"
+
+
+def _unit(seed: int, label: str, value: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{label}:{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _minor(amount: str, exponent: int) -> int | None:
+    whole, _, frac = amount.partition(".")
+    if len(frac) > exponent:
+        return None
+    minor: int = int(whole or "0") * 10**exponent + int(frac.ljust(exponent, "0") or "0")
+    return minor
+
+
+class QrNetwork(SimServer):
+    def __init__(self, spec: NetworkSpec, behaviour: Behaviour, metrics: ChannelMetrics) -> None:
+        super().__init__(spec, behaviour, metrics)
+        self.qr: QrSpec = spec.qr or QrSpec()
+        self._closed = frozenset(self.qr.closed_merchants)
+        self._numeric = {f"{num:03d}": (alpha, exp) for alpha, (num, exp) in CURRENCIES.items()}
+        self.book: dict[str, QrReply] = {}
+        #: merchant id -> total credited (minor units), for approved payments.
+        self.credited: dict[str, int] = {}
+        self.amounts: dict[str, int] = {}
+        self.bound_rejections = 0
+        self.malformed_requests = 0
+
+    def new_splitter(self) -> FrameDecoder:
+        return FrameDecoder(MAX_FRAME_BYTES)
+
+    def frame(self, payload: bytes) -> bytes:
+        return frame(payload)
+
+    def garbage(self) -> bytes:
+        return b"\xc1\xc1 not msgpack"
+
+    def merchant_of(self, qr: emvqr.MerchantQr) -> str | None:
+        for account in qr.merchant_accounts:
+            if account.gui == self.qr.gui:
+                for sub in account.template:
+                    if sub.tag == "01":
+                        return sub.value
+        return None
+
+    def merchant_status(self, merchant: str) -> str | None:
+        """None if open, else the decline reason."""
+        if not (len(merchant) == 8 and merchant[0] == "M" and merchant[1:].isdigit()
+                and int(merchant[1:]) < self.qr.merchants):
+            return "UNKNOWN_MERCHANT"
+        if merchant in self._closed or _unit(self.spec.seed, "closed", merchant) < (
+                self.qr.closed_merchant_rate):
+            return "MERCHANT_CLOSED"
+        return None
+
+    def rule(self, request: QrPayRequest, qr: emvqr.MerchantQr | CodecError
+             ) -> tuple[str, str | None, int]:
+        """(decline reason or "", merchant, amount to book)."""
+        if isinstance(qr, CodecError):
+            return f"INVALID_QR: {qr}"[:200], None, 0
+        merchant = self.merchant_of(qr)
+        if merchant is None:
+            return "UNKNOWN_MERCHANT", None, 0
+        closed = self.merchant_status(merchant)
+        if closed is not None:
+            return closed, merchant, 0
+        currency = self._numeric.get(qr.currency)
+        if currency is None or currency[0] != request.currency:
+            return "CURRENCY_MISMATCH", merchant, 0
+        exponent = currency[1]
+        if qr.initiation == _DYNAMIC:
+            fixed = _minor(qr.amount, exponent) if qr.amount is not None else None
+            if fixed is None:
+                return "INVALID_QR: tag 54: a dynamic QR must carry its amount", merchant, 0
+            if request.amount is not None and request.amount != fixed:
+                return "AMOUNT_MISMATCH", merchant, 0
+            amount = fixed
+        else:
+            if request.amount is None:
+                return "AMOUNT_REQUIRED", merchant, 0
+            amount = request.amount
+        if amount > self.qr.max_amount_minor:
+            return "OVER_LIMIT", merchant, 0
+        return "", merchant, amount
+
+    def parse(self, conn: SimConnection, payload: bytes) -> SimRequest | bytes | None:
+        try:
+            request = decode_request(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.malformed_requests += 1
+            log.debug("%s: undecodable request: %s", self.name, exc)
+            return None
+        if isinstance(request, QrCheckStatus):
+            return _CheckStatus(self, request)
+        return _Pay(self, request)
+
+
+class _Pay(SimRequest):
+    def __init__(self, network: QrNetwork, request: QrPayRequest) -> None:
+        self.network = network
+        self.request = request
+        self.existing: QrReply | None = None
+        self.booked = False
+        self.route_key = ""
+        self.parsed: emvqr.MerchantQr | CodecError
+        try:
+            self.parsed = emvqr.parse(request.payload,
+                                      lenient_lengths=network.qr.lenient_lengths)
+        except CodecError as exc:
+            self.parsed = exc
+        else:
+            self.route_key = network.merchant_of(self.parsed) or ""
+
+    def admit(self) -> None:
+        net, ref = self.network, self.request.ref
+        existing = net.book.get(ref)
+        if existing is not None:
+            self.existing = existing
+        elif len(net.book) < net.qr.max_payments:
+            net.book[ref] = QrReply(ref=ref, status="pending")
+            self.booked = True
+
+    def abandon(self) -> None:
+        net, ref = self.network, self.request.ref
+        if self.booked and net.book.get(ref, QrReply(ref=ref, status="failed")).status == "pending":
+            del net.book[ref]
+
+    def _book(self, reply: QrReply) -> bytes:
+        if self.booked:
+            self.network.book[reply.ref] = reply
+        return encode(reply)
+
+    def decide(self, technical_error: str | None) -> bytes | None:
+        net, request = self.network, self.request
+        ref = request.ref
+        if self.existing is not None:
+            self.outcome = "status"
+            return encode(self.existing)
+        if not self.booked:
+            net.bound_rejections += 1
+            self.outcome = "error"
+            return encode(QrReply(ref=ref, status="failed", reason="TECHNICAL_96"))
+        if technical_error is not None:
+            self.outcome = "error"
+            return self._book(QrReply(ref=ref, status="failed",
+                                      reason=f"TECHNICAL_{technical_error}"))
+        reason, merchant, amount = net.rule(request, self.parsed)
+        if reason:
+            self.outcome = "declined"
+            return self._book(QrReply(ref=ref, status="declined", reason=reason))
+        assert merchant is not None
+        net.credited[merchant] = net.credited.get(merchant, 0) + amount
+        net.amounts[ref] = amount
+        self.outcome = "approved"
+        scheme_ref = hashlib.sha256(f"{net.spec.seed}:{ref}".encode()).hexdigest()[:16].upper()
+        return self._book(QrReply(ref=ref, status="approved", scheme_ref=scheme_ref))
+
+    def reject(self, code: str) -> bytes | None:
+        self.outcome = "error"
+        ref = self.request.ref
+        if self.existing is not None:
+            return encode(self.existing)
+        return self._book(QrReply(ref=ref, status="failed", reason=f"TECHNICAL_{code}"))
+
+
+class _CheckStatus(SimRequest):
+    def __init__(self, network: QrNetwork, request: QrCheckStatus) -> None:
+        self.network = network
+        self.request = request
+
+    def decide(self, technical_error: str | None) -> bytes | None:
+        self.outcome = "status"
+        ref = self.request.ref
+        reply = self.network.book.get(ref)
+        return encode(reply if reply is not None else QrReply(ref=ref, status="not_found"))
+
+    def reject(self, code: str) -> bytes | None:
+        # "Unavailable" must not read as a status: say pending, the client asks again.
+        self.outcome = "error"
+        return encode(QrReply(ref=self.request.ref, status="pending"))

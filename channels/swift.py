@@ -1,0 +1,389 @@
+"""Simulated SWIFT-style network: pacs.008 in, pacs.002 out, pacs.028 answered from the book.
+
+Framing is a 4-byte big-endian length followed by the XML document (the switch's wire
+framing). Parsing is the switch's safe ISO 20022 codec: no DTDs, no entities, size-bounded.
+
+Correspondent banks are identified by BIC, each with its own latency; a bank reached
+``via`` another adds that one's latency too, so a payment to a bank two hops away takes
+longer. The answer to a pacs.008 is immediate (after the route's latency): ACCP, or RJCT
+with a reason, by these rules in order:
+
+* FF01 -- the document does not parse, or its currency is not carried by this network
+  (an unparseable document is answered only if its UETR can still be found in it);
+* AG01 -- debtor or creditor agent not on the network, or a forbidden corridor
+  (debtor country - creditor country, e.g. "DE-KP");
+* AC01 / AC04 -- creditor account unknown / closed (listed per bank, or drawn from the
+  seed at the configured rates: a pure function of seed and account);
+* AM04 -- the debtor's balance does not cover the amount (debtors' balances are generated
+  from the seed, or configured; accepted payments are debited at once).
+
+An accepted payment settles (ACSC) ``settlement_delay_s`` later, or, if it was accepted
+after the cut-off (``cutoff_s`` into a ``cycle_s`` cycle, counted from start-up), that long
+after the next cycle begins. At settlement the network pushes an unsolicited pacs.002 ACSC
+on the connection the payment came in on, if it is still open.
+
+The book is keyed by UETR. A pacs.008 whose UETR is already booked is answered with its
+current status and never booked twice. A pacs.028 is answered with the current status;
+a payment still in the network's queue is PDNG; one never received is RJCT NOOR. Technical
+errors (from the behaviour model) are RJCT MS03 with AddtlInf "TECHNICAL ERROR nn" and book
+nothing but the rejection; a status query is never answered with a technical error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+
+from channels.behaviour import Behaviour
+from channels.server import (
+    BankSpec,
+    ChannelMetrics,
+    NetworkSpec,
+    SimConnection,
+    SimRequest,
+    SimServer,
+    SwiftSpec,
+)
+from switch.protocols import iso20022
+from switch.protocols.errors import CodecError
+from switch.wire import FrameDecoder, frame
+
+__all__ = ["SwiftNetwork", "SwiftRecord"]
+
+log = logging.getLogger(__name__)
+
+TECHNICAL_PREFIX: Final = "TECHNICAL ERROR "
+_UETR_RE: Final = re.compile(rb"<UETR>([0-9a-f-]{36})</UETR>")
+_E2E_RE: Final = re.compile(rb"<EndToEndId>([^<]{1,35})</EndToEndId>")
+_MSGID_RE: Final = re.compile(rb"<MsgId>([^<]{1,35})</MsgId>")
+
+
+@dataclass(slots=True)
+class SwiftRecord:
+    ct: iso20022.CreditTransfer
+    status: iso20022.TxStatus
+    conn_id: int
+    reason: str | None = None
+    info: str | None = None
+    settles_at: float = 0.0
+    debited: int = 0
+
+
+def _account(party: iso20022.Party) -> str | None:
+    return party.iban or party.account_id
+
+
+def _unit(seed: int, label: str, value: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{label}:{value}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+class SwiftNetwork(SimServer):
+    def __init__(self, spec: NetworkSpec, behaviour: Behaviour, metrics: ChannelMetrics, *,
+                 origin: float) -> None:
+        super().__init__(spec, behaviour, metrics)
+        self.swift: SwiftSpec = spec.swift or SwiftSpec()
+        self.origin = origin
+        self.banks: dict[str, BankSpec] = {bank.bic: bank for bank in self.swift.banks}
+        self._closed = {(bank.bic, acct) for bank in self.swift.banks
+                        for acct in bank.closed_accounts}
+        self._unknown = {(bank.bic, acct) for bank in self.swift.banks
+                         for acct in bank.unknown_accounts}
+        self.book: dict[str, SwiftRecord] = {}
+        self.balances: dict[str, int] = {}
+        self.credited_by_bank: dict[str, int] = {}
+        self.debited_total = 0
+        self.settled_total = 0
+        self.settled = 0
+        self.notifications_sent = 0
+        self.bound_rejections = 0
+        self.malformed_requests = 0
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._msg_seq = 0
+        self._wake = anyio.Event()
+
+    # --- framing -------------------------------------------------------------------------
+
+    def new_splitter(self) -> FrameDecoder:
+        return FrameDecoder(iso20022.MAX_XML_BYTES)
+
+    def frame(self, payload: bytes) -> bytes:
+        return frame(payload)
+
+    def garbage(self) -> bytes:
+        return b"<Document><FIToFIPmtStsRpt>truncated"
+
+    # --- routing -------------------------------------------------------------------------
+
+    def hops_latency_s(self, bic: str) -> float:
+        total, bank = 0.0, self.banks.get(bic)
+        for _ in range(16):  # chains are checked at load time to be at most 8 hops
+            if bank is None:
+                break
+            total += bank.latency_ms / 1000.0
+            bank = self.banks.get(bank.via) if bank.via is not None else None
+        return total
+
+    @staticmethod
+    def corridor(ct_debtor_bic: str, ct_creditor_bic: str) -> str:
+        return f"{ct_debtor_bic[4:6]}-{ct_creditor_bic[4:6]}"
+
+    def settles_at(self, now: float) -> float:
+        sw = self.swift
+        elapsed = now - self.origin
+        cycle_start = self.origin + (elapsed // sw.cycle_s) * sw.cycle_s
+        if now - cycle_start >= sw.cutoff_s:
+            return cycle_start + sw.cycle_s + sw.settlement_delay_s
+        return now + sw.settlement_delay_s
+
+    def balance(self, account: str) -> int | None:
+        """The debtor's balance (materialised on first use), None past the bound."""
+        bal = self.balances.get(account)
+        if bal is not None:
+            return bal
+        if len(self.balances) >= self.swift.max_accounts:
+            return None
+        sw = self.swift
+        bal = sw.debtor_balances.get(account)
+        if bal is None:
+            span = max(0, sw.debtor_balance_max - sw.debtor_balance_min)
+            bal = sw.debtor_balance_min + int(_unit(self.spec.seed, "debtor", account) * span)
+        self.balances[account] = bal
+        return bal
+
+    # --- replies -------------------------------------------------------------------------
+
+    def _msg_id(self) -> str:
+        self._msg_seq += 1
+        return f"S{self._msg_seq:012d}"
+
+    def report(self, record: SwiftRecord) -> bytes:
+        ct = record.ct
+        return iso20022.encode_pacs002(iso20022.status_report_for(
+            ct, msg_id=self._msg_id(), created_at=ct.created_at, status=record.status,
+            reason=record.reason, additional_info=record.info))
+
+    def reject_unbooked(self, ct: iso20022.CreditTransfer, reason: str, info: str | None = None
+                        ) -> bytes:
+        return iso20022.encode_pacs002(iso20022.status_report_for(
+            ct, msg_id=self._msg_id(), created_at=ct.created_at, status="RJCT",
+            reason=reason, additional_info=info))
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def rule(self, ct: iso20022.CreditTransfer) -> str | None:
+        """The RJCT reason for ``ct``, or None to accept."""
+        sw = self.swift
+        if ct.currency not in sw.currencies:
+            return "FF01"
+        debtor_bic, creditor_bic = ct.debtor_agent_bic, ct.creditor_agent_bic
+        if debtor_bic not in self.banks or creditor_bic not in self.banks:
+            return "AG01"
+        if self.corridor(debtor_bic, creditor_bic) in sw.forbidden_corridors:
+            return "AG01"
+        creditor = _account(ct.creditor)
+        if creditor is None:
+            return "AC01"
+        seed = self.spec.seed
+        if ((creditor_bic, creditor) in self._unknown
+                or _unit(seed, "unknown", creditor) < sw.unknown_account_rate):
+            return "AC01"
+        if ((creditor_bic, creditor) in self._closed
+                or _unit(seed, "closed", creditor) < sw.closed_account_rate):
+            return "AC04"
+        return None
+
+    def accept_or_reject(self, record: SwiftRecord, now: float) -> None:
+        ct = record.ct
+        reason = self.rule(ct)
+        if reason is None:
+            debtor = _account(ct.debtor)
+            if debtor is None:
+                reason = "FF01"
+            else:
+                bal = self.balance(debtor)
+                if bal is None:
+                    self.bound_rejections += 1
+                    record.status, record.reason = "RJCT", "MS03"
+                    record.info = f"{TECHNICAL_PREFIX}96"
+                    return
+                if bal < ct.amount_minor:
+                    reason = "AM04"
+                else:
+                    self.balances[debtor] = bal - ct.amount_minor
+                    self.debited_total += ct.amount_minor
+                    record.debited = ct.amount_minor
+                    record.status = "ACCP"
+                    record.settles_at = self.settles_at(now)
+                    self._schedule(record)
+                    return
+        record.status, record.reason = "RJCT", reason
+
+    def _schedule(self, record: SwiftRecord) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (record.settles_at, self._seq, record.ct.uetr))
+        self._wake.set()
+
+    async def background(self) -> None:
+        """Settle accepted payments when their time comes; push ACSC to their connection."""
+        while True:
+            if not self._heap:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            at, _, uetr = self._heap[0]
+            now = anyio.current_time()
+            if at > now:
+                self._wake = anyio.Event()
+                with anyio.move_on_after(at - now):
+                    await self._wake.wait()
+                continue
+            heapq.heappop(self._heap)
+            record = self.book.get(uetr)
+            if record is None or record.status not in ("ACCP", "ACSP"):
+                continue
+            record.status = "ACSC"
+            self.settled += 1
+            self.settled_total += record.debited
+            bic = record.ct.creditor_agent_bic
+            self.credited_by_bank[bic] = self.credited_by_bank.get(bic, 0) + record.debited
+            await self._notify(record)
+
+    async def _notify(self, record: SwiftRecord) -> None:
+        conn = self.connection(record.conn_id)
+        if conn is None or not conn.alive:
+            return
+        if self.behaviour.connection_state(anyio.current_time()) != "up":
+            return
+        with anyio.move_on_after(1.0):  # a peer that stops reading must not stall settlement
+            if await conn.send(self.frame(self.report(record))):
+                self.notifications_sent += 1
+
+    # --- requests ------------------------------------------------------------------------
+
+    def parse(self, conn: SimConnection, payload: bytes) -> SimRequest | bytes | None:
+        try:
+            message = iso20022.decode(payload)
+        except CodecError as exc:
+            self.malformed_requests += 1
+            return self._format_error(payload, exc)
+        if isinstance(message, iso20022.CreditTransfer):
+            return _Pacs008(self, conn, message)
+        if isinstance(message, iso20022.StatusRequest):
+            return _Pacs028(self, message)
+        self.malformed_requests += 1
+        log.debug("%s: unexpected pacs.002 from a client", self.name)
+        return None
+
+    def _format_error(self, payload: bytes, exc: CodecError) -> bytes | None:
+        """RJCT FF01 for a pacs.008 we cannot read, if its references can still be found."""
+        uetr, e2e, msg_id = (_UETR_RE.search(payload), _E2E_RE.search(payload),
+                             _MSGID_RE.search(payload))
+        log.debug("%s: unreadable request: %s", self.name, exc)
+        if uetr is None or e2e is None or msg_id is None:
+            return None
+        try:
+            return iso20022.encode_pacs002(iso20022.StatusReport(
+                msg_id=self._msg_id(), created_at="2000-01-01T00:00:00Z",
+                orgnl_msg_id=msg_id.group(1).decode(), orgnl_end_to_end_id=e2e.group(1).decode(),
+                orgnl_uetr=uetr.group(1).decode(), status="RJCT", reason="FF01",
+                additional_info=exc.path[-105:] or None))
+        except (CodecError, UnicodeDecodeError):
+            return None
+
+
+class _Pacs008(SimRequest):
+    def __init__(self, network: SwiftNetwork, conn: SimConnection,
+                 ct: iso20022.CreditTransfer) -> None:
+        self.network = network
+        self.conn = conn
+        self.ct = ct
+        self.route_key = (f"{network.corridor(ct.debtor_agent_bic, ct.creditor_agent_bic)}:"
+                          f"{ct.creditor_agent_bic}")
+        self.extra_latency_s = (network.hops_latency_s(ct.debtor_agent_bic)
+                                + network.hops_latency_s(ct.creditor_agent_bic))
+        self.record: SwiftRecord | None = None
+        self.existing: SwiftRecord | None = None
+        self.full = False
+
+    def admit(self) -> None:
+        net, uetr = self.network, self.ct.uetr
+        existing = net.book.get(uetr)
+        if existing is not None:
+            self.existing = existing
+        elif len(net.book) >= net.swift.max_payments:
+            self.full = True
+        else:
+            self.record = SwiftRecord(self.ct, "PDNG", self.conn.id)
+            net.book[uetr] = self.record
+
+    def abandon(self) -> None:
+        record = self.record
+        if record is not None and record.status == "PDNG":
+            self.network.book.pop(self.ct.uetr, None)
+
+    def decide(self, technical_error: str | None) -> bytes | None:
+        net = self.network
+        if self.existing is not None:
+            self.outcome = "status"
+            return net.report(self.existing)
+        record = self.record
+        if record is None:
+            net.bound_rejections += 1
+            self.outcome = "error"
+            return net.reject_unbooked(self.ct, "MS03", f"{TECHNICAL_PREFIX}96")
+        if technical_error is not None:
+            record.status, record.reason = "RJCT", "MS03"
+            record.info = f"{TECHNICAL_PREFIX}{technical_error}"
+            self.outcome = "error"
+        else:
+            net.accept_or_reject(record, anyio.current_time())
+            self.outcome = ("approved" if record.status == "ACCP" else
+                            "error" if record.info else "declined")
+        return net.report(record)
+
+    def reject(self, code: str) -> bytes | None:
+        self.outcome = "error"
+        info = f"{TECHNICAL_PREFIX}{code}"
+        record = self.record
+        if record is not None and record.status == "PDNG":
+            record.status, record.reason, record.info = "RJCT", "MS03", info
+            return self.network.report(record)
+        if self.existing is not None:
+            return self.network.report(self.existing)
+        return self.network.reject_unbooked(self.ct, "MS03", info)
+
+
+class _Pacs028(SimRequest):
+    def __init__(self, network: SwiftNetwork, request: iso20022.StatusRequest) -> None:
+        self.network = network
+        self.request = request
+        record = network.book.get(request.orgnl_uetr)
+        if record is not None:
+            ct = record.ct
+            self.route_key = (f"{network.corridor(ct.debtor_agent_bic, ct.creditor_agent_bic)}:"
+                              f"{ct.creditor_agent_bic}")
+
+    def decide(self, technical_error: str | None) -> bytes | None:
+        # A status query answers from the book; technical errors never fake a status.
+        self.outcome = "status"
+        net, rq = self.network, self.request
+        record = net.book.get(rq.orgnl_uetr)
+        if record is not None:
+            return net.report(record)
+        return iso20022.encode_pacs002(iso20022.StatusReport(
+            msg_id=net._msg_id(), created_at=rq.created_at, orgnl_msg_id=rq.orgnl_msg_id,
+            orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
+            status="RJCT", reason="NOOR", additional_info="ORIGINAL NOT RECEIVED"))
+
+    def reject(self, code: str) -> bytes | None:
+        # "Unavailable" must not read as a status: stay silent, the client asks again.
+        self.outcome = "error"
+        return None

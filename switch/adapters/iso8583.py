@@ -1,0 +1,286 @@
+"""Card network adapter: ISO 8583 (1987, ASCII) over TCP with a 2-byte length prefix.
+
+Requests go out as 0100 authorizations on a small pool of persistent connections; the
+answers come back on the same connection in any order and are matched by the jPOS QMUX
+key (MTI class, DE11 STAN, DE41 terminal). Each connection signs on (0800/001) before it
+carries payments and is echo-tested (0800/301) every ``echo_interval_s``; one that stops
+answering echoes is dropped and redialled.
+
+An unknown outcome is resolved by a reversal: 0400 carrying DE90 built from the original
+0100, repeated as 0401 (same STAN and terminal, so it matches the same answer) when no
+0410 comes in time. The issuer answers 0410 even when it never saw the original, so a
+reversal always ends in "reversed", and releases the hold if there was one.
+
+The original 0100 is rebuilt from the :class:`~switch.model.Payment` alone (DE7 and the
+local date and time are the payment's receipt time, DE11 its STAN), so a reversal after a
+restart names exactly the message that was sent before it.
+
+PAN. The switch never keeps a clear PAN (only a keyed token, the BIN and the last four),
+so DE2 carries a *network PAN*: BIN + six digits derived from the token + last four. It is
+stable per card, which is all the simulated issuers need to key their accounts; see
+:func:`network_pan`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from datetime import datetime
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from switch import reasons
+from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.factory import (
+    CardAdapterConfig,
+    Correlator,
+    Link,
+    LinkPool,
+    exchange,
+)
+from switch.clock import Clock
+from switch.currency import numeric_code
+from switch.model import CardRef, Channel, Payment
+from switch.protocols import iso8583
+from switch.protocols.errors import CodecError
+
+__all__ = ["CardAdapter", "CardAdapterConfig", "network_pan", "original_request"]
+
+log = logging.getLogger(__name__)
+
+MatchKey = tuple[str, str, str]
+
+#: Response codes meaning "the issuer did not process this" rather than a decision.
+TECHNICAL_CODES: Final = frozenset({"91", "96", "68", "94"})
+
+
+def network_pan(card: CardRef) -> str:
+    """The PAN the switch sends in DE2: BIN + 6 digits from the card's token + last 4."""
+    digest = hashlib.sha256(card.token.encode()).digest()
+    middle = int.from_bytes(digest[:8], "big") % 1_000_000
+    return f"{card.bin}{middle:06d}{card.last4}"
+
+
+def original_request(payment: Payment, acquirer_id: str) -> iso8583.IsoMessage:
+    """The 0100 for ``payment``; deterministic, so a reversal can rebuild it any time."""
+    card = payment.card
+    if card is None:
+        raise CodecError("not a card payment", "DE2")
+    try:
+        currency = f"{numeric_code(payment.currency):03d}"
+    except KeyError:
+        raise CodecError(f"unknown currency {payment.currency!r}", "DE49") from None
+    at = payment.received_at
+    txn = iso8583.CardTransaction(
+        pan=network_pan(card),
+        amount_minor=payment.amount,
+        currency=currency,
+        stan=int(card.stan or "0"),
+        transmitted_at=at,
+        terminal_id=card.terminal_id,
+        merchant_id=card.merchant_id,
+        acquirer_id=acquirer_id,
+        expiry=card.expiry or None,
+        mcc=card.mcc or None,
+        pos_entry_mode="010",
+        rrn=card.rrn or None,
+    )
+    return iso8583.authorization_request(txn)
+
+
+class CardAdapter:
+    """A :class:`~switch.adapters.base.ChannelAdapter` for one card network endpoint.
+
+    Counters (attributes): ``malformed`` answers that did not decode; ``unmatched``,
+    ``late``, ``duplicates`` from the correlator; ``echo_ok`` / ``echo_failed``;
+    ``reversals_sent``. Start with ``await tg.start(adapter.run)``.
+    """
+
+    def __init__(self, config: CardAdapterConfig) -> None:
+        self.config = config
+        self._correlator: Correlator[MatchKey, iso8583.IsoMessage] = Correlator(
+            config.name, config.max_in_flight
+        )
+        self._pool = LinkPool(
+            name=config.name,
+            host=config.host,
+            port=config.port,
+            size=config.connections,
+            connect_timeout_s=config.connect_timeout_s,
+            send_timeout_s=config.send_timeout_s,
+            backoff_initial_s=config.reconnect_initial_s,
+            backoff_max_s=config.reconnect_max_s,
+            rng=random.Random(config.seed),
+            new_splitter=iso8583.FrameDecoder,
+            on_frame=self._on_frame,
+            handshake=self._sign_on if config.sign_on else None,
+            keepalive=self._keepalive,
+        )
+        self._stan = 0
+        self._clock: Clock | None = None
+        self.malformed = 0
+        self.echo_ok = 0
+        self.echo_failed = 0
+        self.reversals_sent = 0
+
+    # --- ChannelAdapter -----------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def channel(self) -> Channel:
+        return "card"
+
+    @property
+    def pool(self) -> LinkPool:
+        return self._pool
+
+    @property
+    def unmatched(self) -> int:
+        return self._correlator.unmatched
+
+    @property
+    def late(self) -> int:
+        return self._correlator.late
+
+    @property
+    def duplicates(self) -> int:
+        return self._correlator.duplicates
+
+    @property
+    def in_flight(self) -> int:
+        return self._correlator.pending
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Connect and keep connected until :meth:`aclose`."""
+        self._clock = Clock()
+        await self._pool.run(task_status=task_status)
+
+    async def authorize(self, payment: Payment) -> NetworkReply:
+        try:
+            request = original_request(payment, self.config.acquirer_id)
+            data = iso8583.frame(iso8583.encode(request))
+        except CodecError as exc:
+            log.warning("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
+            raise NotSent(f"{self.name}: cannot encode: {exc}") from None
+        link = self._pool.pick()
+        answer = await exchange(link, self._correlator, iso8583.match_key(request), data)
+        return _reply_for(answer)
+
+    async def resolve(self, payment: Payment) -> NetworkReply:
+        """Reverse the payment: 0400, then 0401 repeats; the 0410 means nothing is owed."""
+        try:
+            original = original_request(payment, self.config.acquirer_id)
+            reversal = iso8583.reversal_request(
+                original,
+                stan=self._next_stan(),
+                transmitted_at=self._wall(),
+                reason_code=reasons.RESPONSE_TOO_LATE,
+            )
+        except CodecError as exc:
+            raise NotSent(f"{self.name}: cannot build reversal: {exc}") from None
+        key = iso8583.match_key(reversal)
+        message = reversal
+        for attempt in range(self.config.reversal_repeats + 1):
+            link = self._pool.pick()
+            self.reversals_sent += 1
+            data = iso8583.frame(iso8583.encode(message))
+            with anyio.move_on_after(self.config.reversal_timeout_s):
+                answer = await exchange(link, self._correlator, key, data)
+                code = answer.response_code or ""
+                if code == reasons.APPROVED:
+                    ref = (original.get(37) or "").strip()
+                    return NetworkReply("reversed", reasons.APPROVED, ref)
+                log.info("%s: reversal of %s answered %s (attempt %d)",
+                         self.name, payment.payment_id, code, attempt + 1)
+                await anyio.sleep(self.config.reversal_timeout_s / 4)
+            message = iso8583.repeat(reversal)
+        # No answer to any repeat: still unknown. Wait for the caller's timeout; the
+        # resolver tries again later (a reversal is idempotent at the issuer).
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        try:
+            link = self._pool.pick()
+        except NotSent:
+            link = None
+        if link is not None and self._clock is not None:
+            with anyio.move_on_after(0.2):
+                await self._network(link, iso8583.NetworkCode.SIGN_OFF)
+        await self._pool.aclose()
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _next_stan(self) -> int:
+        self._stan = self._stan % 999_999 + 1
+        return self._stan
+
+    def _wall(self) -> datetime:
+        if self._clock is None:
+            raise NotSent(f"{self.name}: adapter not started")
+        return self._clock.wall()
+
+    def _on_frame(self, payload: bytes) -> None:
+        try:
+            message = iso8583.decode(payload)
+        except CodecError as exc:
+            self.malformed += 1
+            log.debug("%s: malformed answer dropped: %s", self.name, exc)
+            return
+        key = iso8583.match_key(message)
+        delivery = self._correlator.deliver(key, message)
+        if delivery != "matched":
+            log.debug("%s: %s answer %s %s dropped", self.name, delivery, message.mti, key)
+
+    async def _network(self, link: Link, code: str) -> bool:
+        """One 0800 on ``link``; True if answered 00 within ``echo_timeout_s``."""
+        request = iso8583.network_request(code, stan=self._next_stan(), transmitted_at=self._wall())
+        data = iso8583.frame(iso8583.encode(request))
+        with anyio.move_on_after(self.config.echo_timeout_s):
+            try:
+                answer = await exchange(link, self._correlator, iso8583.match_key(request), data)
+            except NotSent:
+                return False
+            return answer.response_code == reasons.APPROVED
+        return False
+
+    async def _sign_on(self, link: Link) -> bool:
+        ok = await self._network(link, iso8583.NetworkCode.SIGN_ON)
+        if not ok:
+            log.info("%s: sign-on on connection %d not answered", self.name, link.index)
+        return ok
+
+    async def _keepalive(self, link: Link) -> None:
+        failures = 0
+        while link.alive:
+            await anyio.sleep(self.config.echo_interval_s)
+            if await self._network(link, iso8583.NetworkCode.ECHO):
+                self.echo_ok += 1
+                failures = 0
+                continue
+            self.echo_failed += 1
+            failures += 1
+            if failures >= self.config.echo_failures_to_drop:
+                log.info("%s: connection %d missed %d echoes; redialling",
+                         self.name, link.index, failures)
+                link.kill()
+                return
+
+
+def _reply_for(answer: iso8583.IsoMessage) -> NetworkReply:
+    code = (answer.response_code or "").strip()
+    if code == reasons.APPROVED:
+        auth = (answer.get(38) or "").strip()
+        return NetworkReply("approved", reasons.APPROVED, auth or (answer.get(37) or "").strip())
+    if not code:
+        return NetworkReply("failed", reasons.SYSTEM_MALFUNCTION, "DE39 missing")
+    if code in TECHNICAL_CODES:
+        return NetworkReply("failed", code, f"DE39={code}")
+    return NetworkReply("declined", code, f"DE39={code}")

@@ -1,0 +1,245 @@
+"""QR scheme adapter, and the scheme's API: 4-byte length-prefixed msgpack frames.
+
+The scheme speaks the same framing as the switch's own wire protocol (switch/wire.py):
+a 4-byte big-endian length, then msgpack. Requests are tagged on ``op``:
+
+* :class:`QrPayRequest` -- pay the merchant of an EMVCo QR ``payload``. ``amount`` is the
+  payer's (required for a static QR; a dynamic QR fixes it and must agree).
+* :class:`QrCheckStatus` -- what became of ``ref``: answered from the scheme's book.
+
+Both are answered by a :class:`QrReply` carrying the same ``ref``, which is also the
+matching key. A pay request whose ``ref`` the scheme already booked is answered from the
+book, so asking twice can never pay twice.
+
+The scheme's reasons map onto the switch's DE39-style scale (switch/reasons.py); the
+scheme's own code stays in ``network_ref`` as ``QR:<code>`` (approvals carry the
+scheme's reference instead):
+
+===================  ========  ======
+scheme reason        outcome   reason
+===================  ========  ======
+INVALID_QR           declined  14
+UNKNOWN_MERCHANT     declined  14
+MERCHANT_CLOSED      declined  57
+CURRENCY_MISMATCH    declined  57
+AMOUNT_REQUIRED      declined  05
+AMOUNT_MISMATCH      declined  05
+OVER_LIMIT           declined  61
+TECHNICAL_nn         failed    nn
+not_found (status)   failed    91     the scheme never received the payment
+pending (status)     unknown          keep waiting; the caller's timeout decides
+===================  ========  ======
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Annotated, Final, Literal
+
+import anyio
+import anyio.abc
+import msgspec
+
+from switch import reasons
+from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.factory import Correlator, LinkPool, QrAdapterConfig, exchange
+from switch.model import Channel, Payment
+from switch.wire import FrameDecoder, frame
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "QrAdapter",
+    "QrAdapterConfig",
+    "QrCheckStatus",
+    "QrPayRequest",
+    "QrReply",
+    "QrRequest",
+    "QrStatus",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "reply_for",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bound on one frame either way: a QR payload is at most 4096 characters.
+MAX_FRAME_BYTES: Final = 16 * 1024
+
+Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class QrPayRequest(msgspec.Struct, tag="pay", tag_field="op", frozen=True,
+                   forbid_unknown_fields=True, kw_only=True):
+    ref: Ref
+    payload: Annotated[str, msgspec.Meta(max_length=4096)]
+    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+    payer: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    amount: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
+
+
+class QrCheckStatus(msgspec.Struct, tag="status", tag_field="op", frozen=True,
+                    forbid_unknown_fields=True):
+    ref: Ref
+
+
+QrRequest = QrPayRequest | QrCheckStatus
+QrStatus = Literal["approved", "declined", "failed", "pending", "not_found"]
+
+
+class QrReply(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    ref: str
+    status: QrStatus
+    reason: str = ""
+    scheme_ref: str = ""
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_request_decoder: Final[msgspec.msgpack.Decoder[QrRequest]] = msgspec.msgpack.Decoder(QrRequest)
+_reply_decoder: Final[msgspec.msgpack.Decoder[QrReply]] = msgspec.msgpack.Decoder(QrReply)
+
+
+def encode(message: QrPayRequest | QrCheckStatus | QrReply) -> bytes:
+    """msgpack body (no length prefix)."""
+    return _encoder.encode(message)
+
+
+def decode_request(data: bytes) -> QrRequest:
+    """Raises msgspec.DecodeError / ValidationError on anything else."""
+    return _request_decoder.decode(data)
+
+
+def decode_reply(data: bytes) -> QrReply:
+    return _reply_decoder.decode(data)
+
+
+_DECLINES: Final[dict[str, str]] = {
+    "INVALID_QR": reasons.INVALID_CARD,
+    "UNKNOWN_MERCHANT": reasons.INVALID_CARD,
+    "MERCHANT_CLOSED": reasons.NOT_PERMITTED,
+    "CURRENCY_MISMATCH": reasons.NOT_PERMITTED,
+    "AMOUNT_REQUIRED": reasons.DO_NOT_HONOUR,
+    "AMOUNT_MISMATCH": reasons.DO_NOT_HONOUR,
+    "OVER_LIMIT": reasons.OVER_AMOUNT_LIMIT,
+}
+
+
+def reply_for(reply: QrReply) -> NetworkReply | None:
+    """The switch's view of a scheme answer; None while the scheme says pending."""
+    status = reply.status
+    if status == "approved":
+        return NetworkReply("approved", reasons.APPROVED, reply.scheme_ref or reply.ref)
+    if status == "pending":
+        return None
+    code = reply.reason.split(":", 1)[0]
+    ref = f"QR:{code}" if code else "QR"
+    if status == "not_found":
+        return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "QR:NOT_FOUND")
+    if status == "failed":
+        technical = code.removeprefix("TECHNICAL_")[:2]
+        if not (len(technical) == 2 and technical.isdigit()):
+            technical = reasons.SYSTEM_MALFUNCTION
+        return NetworkReply("failed", technical, ref)
+    return NetworkReply("declined", _DECLINES.get(code, reasons.DO_NOT_HONOUR), ref)
+
+
+class QrAdapter:
+    """A :class:`~switch.adapters.base.ChannelAdapter` for one QR scheme endpoint.
+
+    Counters: ``malformed``, ``unmatched``, ``late``, ``duplicates``. Start with
+    ``await tg.start(adapter.run)``.
+    """
+
+    def __init__(self, config: QrAdapterConfig) -> None:
+        self.config = config
+        self._correlator: Correlator[str, QrReply] = Correlator(config.name, config.max_in_flight)
+        self._pool = LinkPool(
+            name=config.name,
+            host=config.host,
+            port=config.port,
+            size=config.connections,
+            connect_timeout_s=config.connect_timeout_s,
+            send_timeout_s=config.send_timeout_s,
+            backoff_initial_s=config.reconnect_initial_s,
+            backoff_max_s=config.reconnect_max_s,
+            rng=random.Random(config.seed),
+            new_splitter=lambda: FrameDecoder(MAX_FRAME_BYTES),
+            on_frame=self._on_frame,
+        )
+        self.malformed = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def channel(self) -> Channel:
+        return "qr"
+
+    @property
+    def pool(self) -> LinkPool:
+        return self._pool
+
+    @property
+    def unmatched(self) -> int:
+        return self._correlator.unmatched
+
+    @property
+    def late(self) -> int:
+        return self._correlator.late
+
+    @property
+    def duplicates(self) -> int:
+        return self._correlator.duplicates
+
+    @property
+    def in_flight(self) -> int:
+        return self._correlator.pending
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        await self._pool.run(task_status=task_status)
+
+    async def authorize(self, payment: Payment) -> NetworkReply:
+        qr = payment.qr
+        if qr is None:
+            raise NotSent(f"{self.name}: {payment.payment_id} is not a QR payment")
+        ref = _ref(payment)
+        request = QrPayRequest(ref=ref, payload=qr.payload, amount=payment.amount,
+                               currency=payment.currency, payer=payment.payer.account)
+        return await self._ask(ref, frame(encode(request)))
+
+    async def resolve(self, payment: Payment) -> NetworkReply:
+        """Check-status: the scheme's book is the answer."""
+        ref = _ref(payment)
+        return await self._ask(ref, frame(encode(QrCheckStatus(ref))))
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    async def _ask(self, ref: str, data: bytes) -> NetworkReply:
+        link = self._pool.pick()
+        reply = reply_for(await exchange(link, self._correlator, ref, data))
+        if reply is None:
+            # Pending at the scheme: the caller's timeout bounds the wait.
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+        return reply
+
+    def _on_frame(self, payload: bytes) -> None:
+        try:
+            reply = decode_reply(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            self.malformed += 1
+            log.debug("%s: malformed answer dropped: %s", self.name, exc)
+            return
+        delivery = self._correlator.deliver(reply.ref, reply)
+        if delivery != "matched":
+            log.debug("%s: %s answer for %s dropped", self.name, delivery, reply.ref)
+
+
+def _ref(payment: Payment) -> str:
+    qr = payment.qr
+    ref = (qr.qr_reference if qr is not None else "") or payment.payment_id
+    return ref[:64]

@@ -1,0 +1,247 @@
+"""SWIFT-style adapter: pacs.008 out, pacs.002 back, pacs.028 to ask; 4-byte framed XML.
+
+Frames are the switch's own wire framing (4-byte big-endian length, then the document).
+Answers are matched by UETR, which every payment carries and every pacs.002 echoes as
+OrgnlUETR. The network first answers ACCP (accepted) or RJCT, and later pushes an ACSC
+(settled) report on the same connection: that one is counted in ``settlements``, not as a
+stray answer.
+
+Outcome mapping (onto the switch's DE39-style scale, switch/reasons.py):
+
+=========================  ========  ======  ===========================================
+pacs.002                   outcome   reason  note
+=========================  ========  ======  ===========================================
+ACCP / ACSP / ACSC         approved  00      network_ref = UETR
+RJCT AC01 / AC04           declined  14      unknown / closed creditor account
+RJCT AM04                  declined  51      insufficient funds
+RJCT AG01                  declined  57      forbidden corridor or unreachable agent
+RJCT FF01                  failed    96      the network could not read our message
+RJCT MS03                  declined  05      unless AddtlInf is "TECHNICAL ERROR nn":
+                                             then failed with nn (the network's own
+                                             technical refusal, nothing was booked)
+RJCT NOOR (to pacs.028)    failed    91      the network never received the payment
+other RJCT                 declined  05
+PDNG                       unknown           keep waiting; the caller's timeout decides
+=========================  ========  ======  ===========================================
+
+A rejection keeps the network's own code in ``network_ref`` as ``RJCT:<code>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from switch import reasons
+from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.factory import Correlator, LinkPool, SwiftAdapterConfig, exchange
+from switch.model import Channel, Party, Payment
+from switch.protocols import iso20022
+from switch.protocols.errors import CodecError
+from switch.wire import FrameDecoder, frame
+
+__all__ = [
+    "TECHNICAL_PREFIX",
+    "SwiftAdapter",
+    "SwiftAdapterConfig",
+    "credit_transfer",
+    "reply_for_status",
+]
+
+log = logging.getLogger(__name__)
+
+#: AddtlInf prefix with which the simulated network marks a technical (not business) RJCT.
+TECHNICAL_PREFIX: Final = "TECHNICAL ERROR "
+#: Reason the network gives a pacs.028 about a payment it never received.
+NOT_RECEIVED: Final = "NOOR"
+#: Frames above this are refused (a pacs message is a few KiB).
+MAX_FRAME_BYTES: Final = iso20022.MAX_XML_BYTES
+
+_REJECT_REASONS: Final[dict[str, tuple[str, str]]] = {
+    "AC01": ("declined", reasons.INVALID_CARD),
+    "AC04": ("declined", reasons.INVALID_CARD),
+    "AM04": ("declined", reasons.INSUFFICIENT_FUNDS),
+    "AG01": ("declined", reasons.NOT_PERMITTED),
+    "FF01": ("failed", reasons.SYSTEM_MALFUNCTION),
+    "MS03": ("declined", reasons.DO_NOT_HONOUR),
+}
+
+
+def _party(party: Party) -> iso20022.Party:
+    name = party.name or party.account
+    try:
+        iban = iso20022.check_iban(party.account, "account")
+    except CodecError:
+        return iso20022.Party(name=name, account_id=party.account)
+    return iso20022.Party(name=name, iban=iban)
+
+
+def credit_transfer(
+    payment: Payment, settlement_method: iso20022.SettlementMethod = "INDA",
+    charge_bearer: iso20022.ChargeBearer = "SHAR",
+) -> iso20022.CreditTransfer:
+    """The pacs.008 transaction for ``payment`` (deterministic: no clock is read)."""
+    swift = payment.swift
+    if swift is None:
+        raise CodecError("not a SWIFT payment", "Document")
+    at = payment.received_at
+    return iso20022.CreditTransfer(
+        msg_id=payment.payment_id[:35],
+        created_at=at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        settlement_method=settlement_method,
+        end_to_end_id=swift.end_to_end_id or payment.payment_id[:35],
+        tx_id=payment.payment_id[:35],
+        uetr=swift.uetr,
+        amount_minor=payment.amount,
+        currency=payment.currency,
+        settlement_date=at.date().isoformat(),
+        charge_bearer=charge_bearer,
+        debtor=_party(payment.payer),
+        debtor_agent_bic=swift.debtor_agent,
+        creditor_agent_bic=swift.creditor_agent,
+        creditor=_party(payment.payee),
+        remittance=swift.remittance or None,
+    )
+
+
+def reply_for_status(report: iso20022.StatusReport) -> NetworkReply | None:
+    """The switch's view of a pacs.002; None while it is still pending."""
+    status = report.status
+    if status in ("ACCP", "ACSP", "ACSC"):
+        return NetworkReply("approved", reasons.APPROVED, report.orgnl_uetr)
+    if status == "PDNG":
+        return None
+    code = report.reason or "MS03"
+    ref = f"RJCT:{code}"
+    info = report.additional_info or ""
+    if code == "MS03" and info.startswith(TECHNICAL_PREFIX):
+        technical = info[len(TECHNICAL_PREFIX):].strip()[:2] or reasons.SYSTEM_MALFUNCTION
+        return NetworkReply("failed", technical, ref)
+    if code == NOT_RECEIVED:
+        return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, ref)
+    outcome, reason = _REJECT_REASONS.get(code, ("declined", reasons.DO_NOT_HONOUR))
+    return NetworkReply("failed" if outcome == "failed" else "declined", reason, ref)
+
+
+class SwiftAdapter:
+    """A :class:`~switch.adapters.base.ChannelAdapter` for one SWIFT-style network.
+
+    Counters: ``malformed``, ``unmatched``, ``late``, ``duplicates``, ``settlements``
+    (ACSC reports pushed after the payment was answered). Start with
+    ``await tg.start(adapter.run)``.
+    """
+
+    def __init__(self, config: SwiftAdapterConfig) -> None:
+        self.config = config
+        self._correlator: Correlator[str, iso20022.StatusReport] = Correlator(
+            config.name, config.max_in_flight
+        )
+        self._pool = LinkPool(
+            name=config.name,
+            host=config.host,
+            port=config.port,
+            size=config.connections,
+            connect_timeout_s=config.connect_timeout_s,
+            send_timeout_s=config.send_timeout_s,
+            backoff_initial_s=config.reconnect_initial_s,
+            backoff_max_s=config.reconnect_max_s,
+            rng=random.Random(config.seed),
+            new_splitter=lambda: FrameDecoder(MAX_FRAME_BYTES),
+            on_frame=self._on_frame,
+        )
+        self._inquiries = 0
+        self.malformed = 0
+        self.settlements = 0
+        #: UETR -> latest status seen, for payments this adapter has sent (bounded).
+        self.last_status: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def channel(self) -> Channel:
+        return "swift"
+
+    @property
+    def pool(self) -> LinkPool:
+        return self._pool
+
+    @property
+    def unmatched(self) -> int:
+        return self._correlator.unmatched
+
+    @property
+    def late(self) -> int:
+        return self._correlator.late
+
+    @property
+    def duplicates(self) -> int:
+        return self._correlator.duplicates
+
+    @property
+    def in_flight(self) -> int:
+        return self._correlator.pending
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        await self._pool.run(task_status=task_status)
+
+    async def authorize(self, payment: Payment) -> NetworkReply:
+        try:
+            ct = credit_transfer(payment, self.config.settlement_method,
+                                 self.config.charge_bearer)
+            data = frame(iso20022.encode_pacs008(ct))
+        except CodecError as exc:
+            log.warning("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
+            raise NotSent(f"{self.name}: cannot encode: {exc}") from None
+        return await self._ask(ct.uetr, data)
+
+    async def resolve(self, payment: Payment) -> NetworkReply:
+        """pacs.028 status inquiry; the network's book is the answer."""
+        try:
+            ct = credit_transfer(payment, self.config.settlement_method,
+                                 self.config.charge_bearer)
+            self._inquiries += 1
+            request = iso20022.status_request_for(
+                ct, msg_id=f"Q{self._inquiries}-{payment.payment_id}"[:35],
+                created_at=ct.created_at)
+            data = frame(iso20022.encode_pacs028(request))
+        except CodecError as exc:
+            raise NotSent(f"{self.name}: cannot build status request: {exc}") from None
+        return await self._ask(ct.uetr, data)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+    async def _ask(self, uetr: str, data: bytes) -> NetworkReply:
+        link = self._pool.pick()
+        while True:
+            report = await exchange(link, self._correlator, uetr, data)
+            reply = reply_for_status(report)
+            if reply is not None:
+                return reply
+            # PDNG: the network holds it; the caller's timeout bounds the wait.
+            await anyio.sleep_forever()
+
+    def _on_frame(self, payload: bytes) -> None:
+        try:
+            report = iso20022.decode_pacs002(payload)
+        except CodecError as exc:
+            self.malformed += 1
+            log.debug("%s: malformed answer dropped: %s", self.name, exc)
+            return
+        uetr = report.orgnl_uetr
+        if len(self.last_status) < 1_000_000 or uetr in self.last_status:
+            self.last_status[uetr] = report.status
+        if report.status == "ACSC" and not self._correlator.waiting(uetr):
+            # The settlement report the network pushes after its first answer: expected.
+            self.settlements += 1
+            return
+        delivery = self._correlator.deliver(uetr, report)
+        if delivery != "matched":
+            log.debug("%s: %s status %s for %s dropped", self.name, delivery, report.status, uetr)
