@@ -58,7 +58,7 @@ class SwitchApp:
     ) -> None:
         self.config = config
         self.adapters = dict(adapters) if adapters is not None else build_adapters(config)
-        self.metrics = SwitchMetrics(networks=self.adapters)
+        self.metrics = SwitchMetrics(networks=self.adapters, enabled=config.admin.metrics)
         # Read at scrape time: a journal failure or a drain turns it to 0 at once.
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self._shutdown = anyio.Event()
@@ -144,7 +144,8 @@ class SwitchApp:
                         try:
                             route = router.route(unfinished.payment)
                         except NoRoute:
-                            log.error("no route to resolve %s", unfinished.payment.payment_id)
+                            log.error("no route to resolve an unfinished payment",
+                                      extra={"payment_id": unfinished.payment.payment_id})
                             continue
                         resolver.submit(unfinished.payment, unfinished.body_hash, route)
                         self.metrics.recovered.inc()

@@ -17,14 +17,6 @@ from rich.console import Console
 from switch.config import ConfigError, SwitchConfig, load_config, with_defaults
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """payswitch: a payment switch simulator and load-test harness.
@@ -62,15 +54,28 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "text"]),
+    help="JSON lines (with payment_id fields) or plain text; card numbers masked in both.",
+)
 def serve(
-    config_path: str | None, backend: str | None, ready_file: str | None, log_level: str
+    config_path: str | None,
+    backend: str | None,
+    ready_file: str | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
     Payments are served on [server] host:port; /metrics, /healthz and /readyz on
     [admin] host:port.
     """
-    _configure_logging(log_level)
+    from switch import logs
+
+    logs.configure(log_level, log_format)
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
     except ConfigError as exc:
@@ -141,6 +146,42 @@ def demo(
 
     console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
     sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console))
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:7180/metrics", show_default=True,
+              help="The switch's admin /metrics URL.")
+@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
+              help="Seconds between scrapes; rates are over this interval.")
+@click.option("--once", is_flag=True, help="Print one frame (two scrapes) and exit.")
+def top(url: str, interval: float, once: bool) -> None:
+    """Live terminal view of a running switch: TPS, latency, networks, rejections.
+
+    Reads the switch's /metrics, so it works wherever Prometheus would.
+    """
+    import time
+
+    import httpx
+    from rich.live import Live
+
+    from switch.top import render, scrape
+
+    console = Console()
+    with httpx.Client() as client:
+        try:
+            previous = scrape(url, client)
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"cannot read {url}: {exc}") from None
+        if once:
+            time.sleep(interval)
+            console.print(render(scrape(url, client), previous))
+            return
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                current = scrape(url, client)
+                live.update(render(current, previous))
+                previous = current
 
 
 if __name__ == "__main__":

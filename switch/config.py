@@ -42,6 +42,8 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
+    #: Off replaces every metric with a no-op: only for measuring what metrics cost.
+    metrics: bool = True
     host: str = "127.0.0.1"
     port: Port = 7180
 

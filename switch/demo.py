@@ -49,8 +49,14 @@ max_count = 40
 def start_switch(
     config_path: Path, ready_file: Path, backend: str = "asyncio", timeout_s: float = 30.0
 ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """Start ``payswitch serve`` and wait until its ready file appears."""
+    """Start ``payswitch serve`` and wait until its ready file appears.
+
+    Its logs (JSON lines) go to ``switch.log`` beside the ready file: a pipe nobody reads
+    would block the switch once full.
+    """
     ready_file.unlink(missing_ok=True)
+    log_path = ready_file.with_name("switch.log")
+    log_file = log_path.open("ab")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -65,12 +71,13 @@ def start_switch(
             str(ready_file),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log_file,
     )
+    log_file.close()  # the child holds its own descriptor
     deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
     while not ready_file.exists():
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
+            err = log_path.read_text()[-4000:]
             raise RuntimeError(f"switch exited with {proc.returncode}: {err}")
         if time.monotonic() > deadline:  # wall clock: another process
             proc.kill()

@@ -82,8 +82,33 @@ FINAL_STATUSES: Final = (
 )
 
 
+class _NullMetric:
+    """Stands in for every metric child when metrics are off (to measure their cost)."""
+
+    def inc(self, amount: float = 1, exemplar: object = None) -> None:
+        return None
+
+    def set(self, value: float) -> None:
+        return None
+
+    def observe(self, amount: float, exemplar: object = None) -> None:
+        return None
+
+    def set_function(self, f: object) -> None:
+        return None
+
+
+NULL_METRIC: Final = _NullMetric()
+
+
 class SwitchMetrics:
-    def __init__(self, networks: Iterable[str] = (), registry: CollectorRegistry | None = None):
+    def __init__(
+        self,
+        networks: Iterable[str] = (),
+        registry: CollectorRegistry | None = None,
+        *,
+        enabled: bool = True,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         payments = Counter(
@@ -195,3 +220,14 @@ class SwitchMetrics:
             registry=r,
         )
         self.ready = Gauge("payswitch_ready", "1 when the switch accepts payments.", registry=r)
+        if not enabled:
+            self._disable()
+
+    def _disable(self) -> None:
+        """Swap every metric for a no-op; the registry then exposes nothing of ours."""
+        self.registry = CollectorRegistry()
+        for name, value in list(vars(self).items()):
+            if isinstance(value, dict):
+                setattr(self, name, dict.fromkeys(value, NULL_METRIC))
+            elif hasattr(value, "inc") or hasattr(value, "observe") or hasattr(value, "set"):
+                setattr(self, name, NULL_METRIC)

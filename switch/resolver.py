@@ -79,7 +79,8 @@ class Resolver:
             self._send.send_nowait((payment, digest, route))
         except anyio.WouldBlock:
             self.overflowed += 1
-            log.error("resolver queue full; %s stays unknown until restart", payment.payment_id)
+            log.error("resolver queue full; payment stays unknown until restart",
+                      extra={"payment_id": payment.payment_id})
             return
         self.pending += 1
         self._metrics.unresolved.set(self.pending)
@@ -105,13 +106,15 @@ class Resolver:
                 with anyio.move_on_after(route.timeout_s):
                     reply = await route.adapter.resolve(payment)
             except NotSent as exc:
-                log.info("resolve %s attempt %d: %s", payment.payment_id, attempt, exc)
+                log.info("resolve attempt %d: %s", attempt, exc,
+                         extra={"payment_id": payment.payment_id})
             if reply is not None:
                 await self._finish(payment, digest, route, reply)
                 return
             await anyio.sleep(delay)
             delay = min(delay * 2, self._max_delay_s)
-        log.error("%s still unknown after %d attempts", payment.payment_id, self._max_attempts)
+        log.error("still unknown after %d attempts", self._max_attempts,
+                  extra={"payment_id": payment.payment_id})
 
     async def _finish(
         self, payment: Payment, digest: bytes, route: Route, reply: NetworkReply
