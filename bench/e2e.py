@@ -42,6 +42,7 @@ seed = 1
 port = 0
 [admin]
 port = 0
+metrics = {metrics}
 [journal]
 path = "{journal}"
 mode = "group"
@@ -99,13 +100,22 @@ def run_step(target: str, pid: int, port: int, rate: float, duration: float, see
     workload = Workload(seed, mix, key_prefix=f"{target}{rate:.0f}-")
     generator = OpenLoopGenerator(workload.next, rate=rate, duration_s=duration, connections=8)
     before = cpu_seconds(pid)
-    stats = anyio.run(generator.run, "127.0.0.1", port, backend="asyncio",
-                      backend_options={"use_uvloop": True})
+    stats = anyio.run(
+        generator.run, "127.0.0.1", port, backend="asyncio", backend_options={"use_uvloop": True}
+    )
     used = cpu_seconds(pid) - before
     answered = max(stats.replies, 1)
-    return Step(target, rate, stats.replies / stats.elapsed_s, stats.percentile_ms(50),
-                stats.percentile_ms(99), stats.percentile_ms(99.9), used / answered * 1e6,
-                sum(stats.errors.values()), stats.lagged)
+    return Step(
+        target,
+        rate,
+        stats.replies / stats.elapsed_s,
+        stats.percentile_ms(50),
+        stats.percentile_ms(99),
+        stats.percentile_ms(99.9),
+        used / answered * 1e6,
+        sum(stats.errors.values()),
+        stats.lagged,
+    )
 
 
 def sweep(target: str, pid: int, port: int, rates: list[float], duration: float) -> list[Step]:
@@ -113,9 +123,12 @@ def sweep(target: str, pid: int, port: int, rates: list[float], duration: float)
     for i, rate in enumerate(rates):
         step = run_step(target, pid, port, rate, duration, seed=100 + i)
         steps.append(step)
-        print(f"  {target:6s} {rate:8.0f}/s -> achieved {step.achieved:8.0f}/s  "
-              f"p99 {step.p99_ms:7.2f} ms  cpu {step.cpu_us_per_payment:6.1f} us/payment"
-              + (f"  GENERATOR LAGGED x{step.lagged}" if step.lagged else ""), flush=True)
+        print(
+            f"  {target:6s} {rate:8.0f}/s -> achieved {step.achieved:8.0f}/s  "
+            f"p99 {step.p99_ms:7.2f} ms  cpu {step.cpu_us_per_payment:6.1f} us/payment"
+            + (f"  GENERATOR LAGGED x{step.lagged}" if step.lagged else ""),
+            flush=True,
+        )
         if step.p99_ms > 50 or step.achieved < 0.8 * rate:
             break  # saturated: higher rates only measure the queue
     return steps
@@ -127,60 +140,122 @@ def best_rate(steps: list[Step], p99_limit_ms: float = 10.0) -> Step | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="short steps, fewer rates")
     args = parser.parse_args()
     duration = 3.0 if args.quick else 8.0
-    rates = ([1000, 3000, 6000, 9000] if args.quick
-             else [1000, 2000, 4000, 6000, 8000, 10000, 12000, 15000])
+    rates = (
+        [1000, 3000, 6000, 9000]
+        if args.quick
+        else [1000, 2000, 4000, 6000, 8000, 10000, 12000, 15000]
+    )
     cpu_rate = 3000.0  # sustained load for the CPU-per-payment figure
 
     work = Path(tempfile.mkdtemp(prefix="payswitch-e2e-"))
-    config = work / "switch.toml"
-    config.write_text(SWITCH_CONFIG.format(journal=work / "journal.db"))
     results: dict[str, list[Step]] = {}
     cpu: dict[str, Step] = {}
-    for target in ("switch", "echo"):
-        if target == "switch":
-            proc, endpoints = start_switch(config, work / "ready-switch.json")
+    # "switch-no-metrics" swaps every metric for a no-op: the difference is what metrics
+    # cost on the hot path. It gets the sustained step only.
+    for target in ("switch", "switch-no-metrics", "echo"):
+        if target.startswith("switch"):
+            config = work / f"{target}.toml"
+            config.write_text(
+                SWITCH_CONFIG.format(
+                    journal=work / f"{target}.db",
+                    metrics="false" if target == "switch-no-metrics" else "true",
+                )
+            )
+            proc, endpoints = start_switch(config, work / f"ready-{target}.json")
         else:
             proc, endpoints = _start_echo(work / "ready-echo.json")
         try:
             print(f"{target}: sustained {cpu_rate:.0f}/s for CPU per payment", flush=True)
-            cpu[target] = run_step(target, endpoints["pid"], endpoints["port"], cpu_rate,
-                                   duration * 2, seed=7)
+            cpu[target] = run_step(
+                target, endpoints["pid"], endpoints["port"], cpu_rate, duration * 2, seed=7
+            )
             print(f"  cpu {cpu[target].cpu_us_per_payment:.1f} us/payment", flush=True)
-            print(f"{target}: rate sweep", flush=True)
-            results[target] = sweep(target, endpoints["pid"], endpoints["port"], rates, duration)
+            if target != "switch-no-metrics":
+                print(f"{target}: rate sweep", flush=True)
+                results[target] = sweep(
+                    target, endpoints["pid"], endpoints["port"], rates, duration
+                )
         finally:
             stop_switch(proc)
 
+    metrics_cost_us = (
+        cpu["switch"].cpu_us_per_payment - cpu["switch-no-metrics"].cpu_us_per_payment
+    )
     ratio = cpu["switch"].cpu_us_per_payment / max(cpu["echo"].cpu_us_per_payment, 1e-9)
     best = {t: best_rate(s) for t, s in results.items()}
     lines = [
         f"switch CPU per payment: {cpu['switch'].cpu_us_per_payment:.1f} us "
         f"(at {cpu_rate:.0f}/s sustained; target <= 50 us)",
+        f"switch with metrics off: {cpu['switch-no-metrics'].cpu_us_per_payment:.1f} us "
+        f"(metrics cost {metrics_cost_us:+.1f} us per payment)",
         f"echo server CPU per request: {cpu['echo'].cpu_us_per_payment:.1f} us",
         f"ratio switch/echo: {ratio:.1f}x",
     ]
     for target, step in best.items():
-        lines.append(f"{target}: highest rate with p99 <= 10 ms: "
-                     + (f"{step.rate:.0f}/s (p99 {step.p99_ms:.2f} ms)" if step else "none"))
+        lines.append(
+            f"{target}: highest rate with p99 <= 10 ms: "
+            + (f"{step.rate:.0f}/s (p99 {step.p99_ms:.2f} ms)" if step else "none")
+        )
     print("\n".join(lines))
 
-    rows = [[s.target, f"{s.rate:.0f}", f"{s.achieved:.0f}", f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}",
-             f"{s.p999_ms:.2f}", f"{s.cpu_us_per_payment:.1f}", s.errors, s.lagged]
-            for steps in results.values() for s in steps]
-    body = "\n".join([
-        f"Mode: {'--quick' if args.quick else 'full'}; {duration:.0f} s per step; open loop, "
-        "8 connections; latency from intended send time. Generator and server share 2 cores.",
-        "",
-        *(f"- {line}" for line in lines),
-        "",
-        markdown_table(["target", "offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms",
-                        "server CPU us/req", "errors", "generator lagged"], rows),
-    ])
+    rows = [
+        [
+            s.target,
+            f"{s.rate:.0f}",
+            f"{s.achieved:.0f}",
+            f"{s.p50_ms:.2f}",
+            f"{s.p99_ms:.2f}",
+            f"{s.p999_ms:.2f}",
+            f"{s.cpu_us_per_payment:.1f}",
+            s.errors,
+            s.lagged,
+        ]
+        for steps in results.values()
+        for s in steps
+    ]
+    nm = cpu["switch-no-metrics"]
+    rows.append(
+        [
+            nm.target,
+            f"{nm.rate:.0f}",
+            f"{nm.achieved:.0f}",
+            f"{nm.p50_ms:.2f}",
+            f"{nm.p99_ms:.2f}",
+            f"{nm.p999_ms:.2f}",
+            f"{nm.cpu_us_per_payment:.1f}",
+            nm.errors,
+            nm.lagged,
+        ]
+    )
+    body = "\n".join(
+        [
+            f"Mode: {'--quick' if args.quick else 'full'}; {duration:.0f} s per step; open loop, "
+            "8 connections; latency from intended send time. Generator and server share 2 cores.",
+            "",
+            *(f"- {line}" for line in lines),
+            "",
+            markdown_table(
+                [
+                    "target",
+                    "offered/s",
+                    "achieved/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "p99.9 ms",
+                    "server CPU us/req",
+                    "errors",
+                    "generator lagged",
+                ],
+                rows,
+            ),
+        ]
+    )
     write_section("e2e", "End to end: switch vs bare framed echo", body, "bench/e2e.py")
 
 
@@ -190,9 +265,11 @@ def _start_echo(ready: Path) -> tuple[object, dict[str, int]]:
     import time
 
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "echo_server.py"),
-                             "--ready-file", str(ready)], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "echo_server.py"), "--ready-file", str(ready)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     deadline = time.monotonic() + 20  # bench: waiting on another process
     while not ready.exists():
         if time.monotonic() > deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ seed = {seed}
 [server]
 port = 0
 [admin]
-port = 0
+port = {admin_port}
 [journal]
 path = "{journal}"
 mode = "group"
@@ -44,6 +45,18 @@ max_minor = 1000000
 window_s = 10
 max_count = 40
 """
+
+
+PROMETHEUS_TARGET_PORT = 7180
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def start_switch(
@@ -162,7 +175,9 @@ def run_demo(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     config = base / "switch.toml"
-    config.write_text(DEMO_CONFIG.format(seed=seed, journal=journal))
+    # 7180 is what dashboards/prometheus/prometheus.yml scrapes; take it when it is free.
+    admin_port = PROMETHEUS_TARGET_PORT if _port_free(PROMETHEUS_TARGET_PORT) else 0
+    config.write_text(DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port))
     console.print(
         f"[bold]payswitch demo[/]: {rate:.0f} payments/s for {duration_s:.0f} s, "
         f"{connections} connections, backend {backend}; work dir {base}"
@@ -171,6 +186,16 @@ def run_demo(
     console.print(
         f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
         f"metrics at http://127.0.0.1:{endpoints['admin_port']}/metrics"
+    )
+    metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
+    console.print(f"watch it live:   .venv/bin/payswitch top --url {metrics_url}")
+    target_note = (
+        "" if endpoints["admin_port"] == PROMETHEUS_TARGET_PORT
+        else f" (edit its target to 127.0.0.1:{endpoints['admin_port']})"
+    )
+    console.print(
+        "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
+        f"{target_note}; Grafana dashboards in dashboards/grafana/"
     )
     workload = Workload(seed)
     generator = OpenLoopGenerator(
