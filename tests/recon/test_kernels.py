@@ -149,9 +149,7 @@ def test_planted_break_is_found(cls: BreakClass) -> None:
         B.MISSING_IN_SWITCH: 1,
     }[cls]
     assert counts[cls] == expected
-    assert res.breaks() + counts[B.MATCHED] + counts[B.MATCHED_TOLERANCE] == len(sw) + len(
-        net
-    )
+    assert res.breaks() + counts[B.MATCHED] + counts[B.MATCHED_TOLERANCE] == len(sw) + len(net)
     assert sum(counts.values()) - counts[B.MATCHED] == expected  # nothing else flagged
     if cls is B.DUPLICATE:
         # The later copy is the duplicate; the first occurrence still matches.
@@ -180,7 +178,7 @@ def test_every_class_in_one_dataset() -> None:
     net[4] = (k + 1, a - 3, c, t + 1_000, s)  # tolerance (key changed)
     net.append(net[5])  # duplicate on network side
     sw.append(sw[6])  # duplicate on switch side
-    sw[7] = (1 << 50, 123, EUR, -10**12, SETTLED)  # no counterpart at the network
+    sw[7] = (1 << 50, 123, EUR, -(10**12), SETTLED)  # no counterpart at the network
     net[8] = (1 << 51, 456, USD, 10**15, SETTLED)  # no counterpart at the switch
     sw[8] = (1 << 52, 789, EUR, 10**13, SETTLED)  # ... and its switch record is gone too
     res = run(side(sw), side(net))
@@ -237,6 +235,34 @@ def test_passes_are_separable_for_later_layers() -> None:
     assert partial.network_class.tolist() == [B.MISSING_IN_SWITCH, B.MATCHED_TOLERANCE]
 
 
+def test_huge_tolerances_match_reference() -> None:
+    """Tolerances >= 2**31 take the two-sort ranking path; same answers as the reference."""
+    rng = np.random.default_rng(3)
+    n = 300
+    cols = [
+        [
+            rng.integers(0, 400, n),
+            rng.integers(-(10**12), 10**12, n),
+            rng.choice([EUR, USD], n),
+            rng.integers(-(10**15), 10**15, n),
+            rng.integers(0, 2, n),
+        ]
+        for _ in range(2)
+    ]
+    tol_a, tol_t = 1 << 40, 1 << 50
+    got = reconcile(
+        *(RecordArrays.from_columns(*c) for c in cols), tol_amount=tol_a, tol_time_us=tol_t
+    )
+    want = reconcile_reference(
+        *(RecordLists(*(c.tolist() for c in col)) for col in cols),
+        tol_amount=tol_a,
+        tol_time_us=tol_t,
+    )
+    assert got.switch_match.tolist() == want.switch_match
+    assert got.network_class.tolist() == want.network_class
+    assert got.counts()[B.MATCHED_TOLERANCE] > 0
+
+
 def test_candidate_bound_raises_instead_of_exploding() -> None:
     sw = side([(i, 1000, EUR, 0, SETTLED) for i in range(30)])
     net = side([(100 + i, 1000, EUR, 0, SETTLED) for i in range(30)])
@@ -267,7 +293,9 @@ def test_input_validation() -> None:
 def test_api_keeps_one_compiled_signature_and_releases_gil() -> None:
     """Lists, int32 and strided input all reach the kernels as C-contiguous int64."""
     strided = np.arange(20, dtype=np.int32)[::2]
-    sw = RecordArrays.from_columns(strided, strided, strided, strided, strided)
+    frozen = np.arange(10, dtype=np.int64)
+    frozen.flags.writeable = False  # e.g. np.frombuffer over a file's bytes
+    sw = RecordArrays.from_columns(strided, strided, strided, frozen, strided)
     net = RecordArrays.from_columns(list(range(10)), [0] * 10, [0] * 10, [0] * 10, [0] * 10)
     run(sw, net)
     for fn in (kernels._exact_kernel, kernels._tolerance_kernel):
