@@ -207,14 +207,17 @@ class CardAdapter:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
+        """Sign off (best effort, at most 0.2 s, even when the caller is being cancelled)."""
         try:
-            link = self._pool.pick()
-        except NotSent:
-            link = None
-        if link is not None and self._clock is not None:
-            with anyio.move_on_after(0.2):
-                await self._network(link, iso8583.NetworkCode.SIGN_OFF)
-        await self._pool.aclose()
+            try:
+                link = self._pool.pick()
+            except NotSent:
+                link = None
+            if link is not None and self._clock is not None:
+                with anyio.move_on_after(0.2, shield=True):
+                    await self._network(link, iso8583.NetworkCode.SIGN_OFF)
+        finally:
+            await self._pool.aclose()
 
     # --- internals ----------------------------------------------------------------------
 

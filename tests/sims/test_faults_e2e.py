@@ -373,3 +373,39 @@ def test_cli_serves_the_config_writes_the_ready_file_and_stops_on_sigterm(
             proc.kill()
             raise
     assert code == 0, proc.stderr.read().decode() if proc.stderr else ""
+
+
+async def test_switch_pipeline_and_resolver_over_the_simulators(tmp_path: Path) -> None:
+    """The real pipeline with these adapters: approvals, and a blackholed card payment that
+    goes unknown and is reversed by the resolver once the fault is cleared."""
+    from switch.client import SwitchClient
+    from switch.wire import Reply
+    from tests.conftest import make_config, start_switch
+    from tests.payments import card_payment as card_request
+    from tests.payments import qr_payment as qr_request
+    from tests.payments import swift_payment as swift_request
+
+    routes = "".join(
+        f'[[networks]]\nname = "{ch}"\nchannel = "{ch}"\n'
+        f'[[routes]]\nchannel = "{ch}"\nnetwork = "{ch}"\ntimeout_s = 0.3\n'
+        for ch in ("card", "swift", "qr"))
+    async with running(three_networks()) as sims, anyio.create_task_group() as tg:
+        switch = await start_switch(tg, make_config(tmp_path, routes), sims.adapters)
+        async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
+            for request in (card_request("e2e-1"), swift_request("e2e-2"), qr_request("e2e-3")):
+                reply = await client.pay(request)
+                assert isinstance(reply, Reply) and reply.result.status == "approved", reply
+            sims.inject("blackhole", "card", duration_s=0.5)
+            reply = await client.pay(card_request("e2e-4", amount=4321))
+            assert isinstance(reply, Reply) and reply.result.status == "unknown"
+            status = "unknown"
+            with anyio.fail_after(8):
+                while status == "unknown":
+                    await anyio.sleep(0.05)
+                    final = await client.query("e2e-4")
+                    assert isinstance(final, Reply), final
+                    status = final.result.status
+            assert status == "reversed"
+        # Only the approved e2e-1 still holds money; e2e-4's hold was reversed.
+        assert sum(acct.held for acct in sims.scheme.accounts.values()) == 1000
+        switch.app.request_shutdown()
