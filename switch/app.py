@@ -23,6 +23,7 @@ import anyio.abc
 import msgspec
 
 from switch.adapters.base import ChannelAdapter
+from switch.adapters.factory import build_network_adapter
 from switch.adapters.standin import StandInNetwork
 from switch.admin import bind_socket, build_app, serve_http
 from switch.clock import Clock
@@ -49,7 +50,10 @@ class Endpoints(msgspec.Struct, frozen=True):
 
 
 def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
-    return {net.name: StandInNetwork(net) for net in config.networks}
+    adapters: dict[str, ChannelAdapter] = {net.name: StandInNetwork(net) for net in config.networks}
+    for spec in config.channel_networks:
+        adapters[spec.name] = build_network_adapter(spec)
+    return adapters
 
 
 class SwitchApp:
@@ -137,6 +141,13 @@ class SwitchApp:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(journal.run)
                 async with anyio.create_task_group() as services:
+                    # Network adapters keep their connections alive; start them before
+                    # recovered payments go to the resolver (start returns once every
+                    # connection was tried, even if a network is down).
+                    for adapter in self.adapters.values():
+                        run = getattr(adapter, "run", None)
+                        if run is not None:
+                            await services.start(run)
                     services.start_soon(resolver.run)
                     for unfinished in recovered.unfinished:
                         # Mark as pending in the index so a client retry waits for the answer.

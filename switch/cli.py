@@ -14,6 +14,7 @@ import anyio
 import click
 from rich.console import Console
 
+from switch.cli_fault import fault
 from switch.config import ConfigError, SwitchConfig, load_config, with_defaults
 
 
@@ -133,19 +134,35 @@ def serve(
     default=None,
     help="Where to keep the journal and config (default: a new temp dir).",
 )
+@click.option(
+    "--networks",
+    type=click.Choice(["sim", "standin"]),
+    default="sim",
+    show_default=True,
+    help="sim: the card/SWIFT/QR simulators as their own process, over TCP; "
+    "standin: in-process stand-ins (no sockets).",
+)
 def demo(
-    duration: float, rate: float, connections: int, seed: int, backend: str, workdir: str | None
+    duration: float,
+    rate: float,
+    connections: int,
+    seed: int,
+    backend: str,
+    workdir: str | None,
+    networks: str,
 ) -> None:
     """Start a switch with its networks, drive an open-loop load, audit the journal.
 
-    Ends with a summary: accepted/approved/declined/failed counts, `lost` (acknowledged
-    payments missing from the journal) and `duplicates` (booked twice), both measured
-    from the journal on disk, plus throughput and p50/p99/p99.9 latency.
+    With the simulators (default), inject a fault from another terminal while it runs,
+    e.g. `payswitch fault card-primary blackhole --for 10s`: the live view and the summary
+    show it. Ends with a summary: accepted/approved/declined/failed counts per channel,
+    `lost` (acknowledged payments missing from the journal) and `duplicates` (booked
+    twice), both measured from the journal on disk, plus throughput and p50/p99/p99.9.
     """
     from switch.demo import run_demo
 
     console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
-    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console))
+    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console, networks))
 
 
 @main.command()
@@ -183,6 +200,31 @@ def top(url: str, interval: float, once: bool) -> None:
                 live.update(render(current, previous))
                 previous = current
 
+
+@main.group()
+def channels() -> None:
+    """The simulated card (ISO 8583), SWIFT (ISO 20022) and QR (EMVCo) networks."""
+
+
+@channels.command("serve")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Channels configuration (TOML), e.g. examples/channels.toml.")
+@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
+              help="Write each network's bound port (and the admin port) here as JSON.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def channels_serve(config_path: str, ready_file: str | None, log_level: str) -> None:
+    """Run every simulated network in the config, each on its own port, until SIGTERM.
+
+    Faults are scheduled in the config or injected at runtime with `payswitch fault`.
+    """
+    from channels.__main__ import main as channels_main
+
+    sys.exit(channels_main(["serve", "--config", config_path, "--log-level", log_level,
+                            *(["--ready-file", ready_file] if ready_file else [])]))
+
+
+main.add_command(fault)
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from switch.adapters.factory import (
+    CardAdapterConfig,
+    NetworkAdapterSpec,
+    QrAdapterConfig,
+    SwiftAdapterConfig,
+)
 from switch.currency import CURRENCIES
 from switch.model import CHANNELS, Channel
 from switch.wire import MAX_FRAME_BYTES_CEILING, describe_validation_error
@@ -136,9 +142,22 @@ class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    #: In-process stand-in networks (no sockets): the default when nothing else is named.
     networks: list[StandInNetworkConfig] = msgspec.field(default_factory=list)
+    #: The simulated networks over TCP (``payswitch channels serve``), by kind.
+    channel_networks: list[NetworkAdapterSpec] = msgspec.field(default_factory=list)
     routes: list[ChannelRoute] = msgspec.field(default_factory=list)
     seed: int = 1
+
+
+def channel_of(spec: NetworkAdapterSpec) -> Channel:
+    """The channel a network adapter serves: its ``kind`` tag."""
+    if isinstance(spec, CardAdapterConfig):
+        return "card"
+    if isinstance(spec, SwiftAdapterConfig):
+        return "swift"
+    assert isinstance(spec, QrAdapterConfig)
+    return "qr"
 
 
 def _check_cross_references(cfg: SwitchConfig) -> None:
@@ -153,22 +172,25 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
             raise ConfigError(f"risk.fx_to_cny.{code}: unknown currency")
     if "CNY" not in cfg.risk.fx_to_cny:
         raise ConfigError("risk.fx_to_cny.CNY: required (the AML threshold is in CNY)")
-    names: set[str] = set()
-    for i, net in enumerate(cfg.networks):
-        if net.name in names:
-            raise ConfigError(f"networks[{i}].name: duplicate network name {net.name!r}")
-        names.add(net.name)
+    serves: dict[str, Channel] = {}
+    for section, entries in (
+        ("networks", [(n.name, n.channel) for n in cfg.networks]),
+        ("channel_networks", [(n.name, channel_of(n)) for n in cfg.channel_networks]),
+    ):
+        for i, (name, channel) in enumerate(entries):
+            if name in serves:
+                raise ConfigError(f"{section}[{i}].name: duplicate network name {name!r}")
+            serves[name] = channel
     routed: set[str] = set()
     for i, route in enumerate(cfg.routes):
-        if route.network not in names:
+        if route.network not in serves:
             raise ConfigError(f"routes[{i}].network: no network named {route.network!r}")
         if route.channel in routed:
             raise ConfigError(f"routes[{i}].channel: a route for {route.channel!r} already exists")
-        network = next(n for n in cfg.networks if n.name == route.network)
-        if network.channel != route.channel:
+        if serves[route.network] != route.channel:
             raise ConfigError(
                 f"routes[{i}].network: network {route.network!r} serves "
-                f"{network.channel!r}, not {route.channel!r}"
+                f"{serves[route.network]!r}, not {route.channel!r}"
             )
         routed.add(route.channel)
     missing = [c for c in CHANNELS if c not in routed]

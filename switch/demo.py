@@ -7,17 +7,22 @@ gracefully, and audits the journal on disk against every reply the clients recei
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -108,7 +113,9 @@ def stop_switch(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         return proc.wait()
 
 
-def _progress(stats: LoadStats, rate: float, elapsed: float) -> Table:
+def _progress(
+    stats: LoadStats, rate: float, elapsed: float, faults: list[str] | None = None
+) -> Table:
     table = Table(title="payswitch demo (live)", show_header=True)
     table.add_column("offered/s", justify="right")
     table.add_column("achieved/s", justify="right")
@@ -118,6 +125,7 @@ def _progress(stats: LoadStats, rate: float, elapsed: float) -> Table:
         table.add_column(status, justify="right")
     table.add_column("errors", justify="right")
     table.add_column("p99 ms", justify="right")
+    table.add_column("faults active")
     achieved = stats.replies / elapsed if elapsed > 0 else 0.0
     table.add_row(
         f"{rate:.0f}",
@@ -127,6 +135,7 @@ def _progress(stats: LoadStats, rate: float, elapsed: float) -> Table:
         *(str(stats.by_status.get(s, 0)) for s in ("approved", "declined", "failed", "unknown")),
         str(sum(stats.errors.values())),
         f"{stats.percentile_ms(99):.2f}",
+        ", ".join(faults or []) or "none",
     )
     return table
 
@@ -160,6 +169,133 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
     return lines
 
 
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_CHANNELS = ROOT / "examples" / "channels.toml"
+CHANNELS_ADMIN_PORT = 7280  # what `payswitch fault` talks to by default
+_PORT_LINE = re.compile(r"^port\s*=\s*\d+", re.M)
+
+
+def start_channels(
+    base: Path, example: Path = EXAMPLE_CHANNELS, timeout_s: float = 30.0
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Run the example simulators as their own process, every network on a free port.
+
+    The admin API takes 7280 (the `payswitch fault` default) when it is free.
+    """
+    text = example.read_text()
+    admin_port = CHANNELS_ADMIN_PORT if _port_free(CHANNELS_ADMIN_PORT) else 0
+    first = True
+
+    def port(match: re.Match[str]) -> str:
+        nonlocal first
+        # The first `port =` in the example is [admin]'s; the rest are the networks'.
+        chosen = admin_port if first else 0
+        first = False
+        return f"port = {chosen}"
+
+    config = base / "channels.toml"
+    config.write_text(_PORT_LINE.sub(port, text))
+    ready = base / "channels-ready.json"
+    ready.unlink(missing_ok=True)
+    log_file = (base / "channels.log").open("ab")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "channels",
+            "serve",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log_file,
+    )
+    log_file.close()
+    deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
+    while not ready.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"channels exited: {(base / 'channels.log').read_text()[-3000:]}")
+        if time.monotonic() > deadline:  # wall clock: another process
+            proc.kill()
+            raise RuntimeError("channels did not become ready in time")
+        time.sleep(0.05)
+    return proc, json.loads(ready.read_text())
+
+
+def channel_networks_toml(ready: dict[str, Any]) -> str:
+    """Switch config for the running simulators: one adapter each, one route per channel."""
+    lines = []
+    for name, info in sorted(ready.items()):
+        if name == "admin_port":
+            continue
+        lines += [
+            "[[channel_networks]]",
+            f'kind = "{info["kind"]}"',
+            f'name = "{name}"',
+            f"port = {info['port']}",
+            "",
+        ]
+    # One route per channel for now; failover to card-secondary comes with routing.
+    primary = {"card": "card-primary", "swift": "swift", "qr": "qr"}
+    for channel, network in primary.items():
+        lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"', ""]
+    return "\n".join(lines)
+
+
+@dataclass
+class FaultSeen:
+    endpoint: str
+    kind: str
+    detail: str
+    first_s: float
+    last_s: float
+
+
+async def _watch_faults(
+    url: str, started: float, seen: dict[int, FaultSeen], current: list[str], stop: anyio.Event
+) -> None:
+    """Poll the simulators' active faults for the live view and the summary."""
+    async with httpx.AsyncClient() as client:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                faults = (await client.get(url, timeout=2.0)).json()["faults"]
+                at = time.perf_counter() - started  # bench: the generator's clock
+                current[:] = []
+                for f in faults:
+                    left = f["remaining_s"]
+                    current.append(
+                        f"{f['endpoint']} {f['kind']}"
+                        + (f" ({left:.0f}s left)" if left is not None else "")
+                    )
+                    entry = seen.get(f["id"])
+                    if entry is None:
+                        seen[f["id"]] = FaultSeen(f["endpoint"], f["kind"], f["detail"], at, at)
+                    else:
+                        entry.last_s = at
+            with anyio.move_on_after(0.5):
+                await stop.wait()
+
+
+def wait_until_resolved(metrics_url: str, timeout_s: float) -> float:
+    """Wait (bounded) until the switch has no unresolved payments; returns what is left."""
+    deadline = time.monotonic() + timeout_s  # wall clock: another process
+    left = 0.0
+    while time.monotonic() < deadline:  # wall clock: another process
+        try:
+            text = httpx.get(metrics_url, timeout=2.0).text
+        except httpx.HTTPError:
+            return left
+        for line in text.splitlines():
+            if line.startswith("payswitch_unresolved_payments "):
+                left = float(line.split()[1])
+        if left == 0:
+            return 0.0
+        time.sleep(0.25)
+    return left
+
+
 def run_demo(
     duration_s: float,
     rate: float,
@@ -168,6 +304,7 @@ def run_demo(
     backend: str,
     workdir: str | None,
     console: Console,
+    networks: str = "sim",
 ) -> int:
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -175,54 +312,68 @@ def run_demo(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     config = base / "switch.toml"
-    # 7180 is what dashboards/prometheus/prometheus.yml scrapes; take it when it is free.
-    admin_port = PROMETHEUS_TARGET_PORT if _port_free(PROMETHEUS_TARGET_PORT) else 0
-    config.write_text(DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port))
     console.print(
         f"[bold]payswitch demo[/]: {rate:.0f} payments/s for {duration_s:.0f} s, "
-        f"{connections} connections, backend {backend}; work dir {base}"
+        f"{connections} connections, backend {backend}, networks {networks}; work dir {base}"
     )
-    proc, endpoints = start_switch(config, base / "ready.json", backend)
-    console.print(
-        f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
-        f"metrics at http://127.0.0.1:{endpoints['admin_port']}/metrics"
-    )
-    metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
-    console.print(f"watch it live:   .venv/bin/payswitch top --url {metrics_url}")
-    target_note = (
-        "" if endpoints["admin_port"] == PROMETHEUS_TARGET_PORT
-        else f" (edit its target to 127.0.0.1:{endpoints['admin_port']})"
-    )
-    console.print(
-        "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
-        f"{target_note}; Grafana dashboards in dashboards/grafana/"
-    )
-    workload = Workload(seed)
-    generator = OpenLoopGenerator(
-        workload.next, rate=rate, duration_s=duration_s, connections=connections
-    )
-
-    async def drive() -> LoadStats:
-        async with anyio.create_task_group() as tg:
-
-            async def show() -> None:
-                with Live(console=console, refresh_per_second=4, transient=False) as live:
-                    begun = anyio.current_time()
-                    while not generator.done_sending:
-                        elapsed = anyio.current_time() - begun
-                        live.update(_progress(generator.stats, rate, elapsed))
-                        await anyio.sleep(0.5)
-                    live.update(_progress(generator.stats, rate, anyio.current_time() - begun))
-
-            if console.is_terminal:
-                tg.start_soon(show)
-            stats = await generator.run("127.0.0.1", endpoints["port"])
-        return stats
-
+    channels_proc: subprocess.Popen[bytes] | None = None
+    faults_url: str | None = None
+    network_section = ""
+    proc: subprocess.Popen[bytes] | None = None
+    code = 0
     try:
-        stats = anyio.run(drive, backend="asyncio", backend_options={"use_uvloop": True})
+        if networks == "sim":
+            channels_proc, channels_ready = start_channels(base)
+            network_section = channel_networks_toml(channels_ready)
+            admin = f"http://127.0.0.1:{channels_ready['admin_port']}"
+            faults_url = f"{admin}/faults"
+            names = ", ".join(sorted(k for k in channels_ready if k != "admin_port"))
+            console.print(f"simulators pid {channels_proc.pid}: {names}; admin {admin}")
+        # 7180 is what dashboards/prometheus/prometheus.yml scrapes; take it when it is free.
+        admin_port = PROMETHEUS_TARGET_PORT if _port_free(PROMETHEUS_TARGET_PORT) else 0
+        config.write_text(
+            DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port) + network_section
+        )
+        proc, endpoints = start_switch(config, base / "ready.json", backend)
+        metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
+        console.print(
+            f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
+            f"metrics at {metrics_url}"
+        )
+        console.print(f"watch it live:   .venv/bin/payswitch top --url {metrics_url}")
+        target_note = (
+            ""
+            if endpoints["admin_port"] == PROMETHEUS_TARGET_PORT
+            else f" (edit its target to 127.0.0.1:{endpoints['admin_port']})"
+        )
+        console.print(
+            "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
+            f"{target_note}; Grafana dashboards in dashboards/grafana/"
+        )
+        if faults_url is not None:
+            admin_opt = (
+                ""
+                if faults_url == f"http://127.0.0.1:{CHANNELS_ADMIN_PORT}/faults"
+                else f" --admin {faults_url.removesuffix('/faults')}"
+            )
+            console.print(
+                f"break something: .venv/bin/payswitch fault card-primary blackhole "
+                f"--for 10s{admin_opt}"
+            )
+        stats, faults_seen = _drive(
+            endpoints["port"], rate, duration_s, connections, seed, console, faults_url
+        )
+        left = wait_until_resolved(metrics_url, timeout_s=30.0)
+        if left:
+            console.print(
+                f"[yellow]{left:.0f} payments still unresolved at shutdown: they stay "
+                "'unknown' in the journal and are resolved at the next start[/]"
+            )
     finally:
-        code = stop_switch(proc)
+        if proc is not None:
+            code = stop_switch(proc)
+        if channels_proc is not None:
+            stop_switch(channels_proc)
     if code != 0:
         console.print(f"[red]switch exited with code {code}[/]")
     audit = audit_journal(journal, stats.acknowledged)
@@ -232,11 +383,65 @@ def run_demo(
             "red" if (line.startswith(("lost", "duplicates")) and not line.endswith(": 0")) else ""
         )
         console.print(line, style=style, highlight=False)
+    if faults_url is not None:
+        if faults_seen:
+            for f in faults_seen.values():
+                console.print(
+                    f"fault seen: {f.endpoint} {f.kind} {f.detail} from "
+                    f"{f.first_s:.1f}s to {f.last_s:.1f}s into the run",
+                    highlight=False,
+                )
+        else:
+            console.print("faults seen: none")
     if audit.lost_keys:
         console.print(f"lost keys (first 20): {audit.lost_keys}")
     console.print(f"journal: {journal}")
     ok = audit.lost == 0 and audit.duplicates == 0 and code == 0
     return 0 if ok else 1
+
+
+def _drive(
+    port: int,
+    rate: float,
+    duration_s: float,
+    connections: int,
+    seed: int,
+    console: Console,
+    faults_url: str | None,
+) -> tuple[LoadStats, dict[int, FaultSeen]]:
+    workload = Workload(seed)
+    generator = OpenLoopGenerator(
+        workload.next, rate=rate, duration_s=duration_s, connections=connections
+    )
+    seen: dict[int, FaultSeen] = {}
+    current: list[str] = []
+
+    async def drive() -> LoadStats:
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            if faults_url is not None:
+                tg.start_soon(
+                    _watch_faults, faults_url, time.perf_counter(), seen, current, stop
+                )  # bench: same clock as the generator
+
+            async def show() -> None:
+                with Live(console=console, refresh_per_second=4, transient=False) as live:
+                    begun = anyio.current_time()
+                    while not generator.done_sending:
+                        elapsed = anyio.current_time() - begun
+                        live.update(_progress(generator.stats, rate, elapsed, current))
+                        await anyio.sleep(0.5)
+                    elapsed = anyio.current_time() - begun
+                    live.update(_progress(generator.stats, rate, elapsed, current))
+
+            if console.is_terminal:
+                tg.start_soon(show)
+            stats = await generator.run("127.0.0.1", port)
+            stop.set()
+        return stats
+
+    stats = anyio.run(drive, backend="asyncio", backend_options={"use_uvloop": True})
+    return stats, seen
 
 
 def default_workers() -> int:

@@ -1,0 +1,124 @@
+"""``payswitch fault``: inject, list and clear faults on running network simulators.
+
+It talks to the simulators' admin API (``channels/server.py``): ``POST /faults`` with a
+JSON :class:`channels.faults.Fault`, ``GET /faults``, ``DELETE /faults/{endpoint}``. The
+fault is validated here first, so a bad one is refused with the field path before
+anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import click
+import httpx
+import msgspec
+
+from channels.faults import FAULT_KINDS, Fault, FaultConfigError
+
+DEFAULT_ADMIN = "http://127.0.0.1:7280"
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+
+
+def parse_duration(text: str) -> float:
+    """'10s', '250ms', '2m', '1h' or a bare number of seconds."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise click.BadParameter(f"{text!r}: expected e.g. 10s, 250ms, 2m")
+    value = float(match.group(1))
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
+
+
+@click.command()
+@click.argument("endpoint")
+@click.argument("kind", required=False)
+@click.option(
+    "--for", "duration", default=None, help="How long, e.g. 10s (default: until cleared)."
+)
+@click.option("--after", default="0s", show_default=True, help="Start after this delay.")
+@click.option("--factor", type=float, default=None, help="slow: latency multiplier.")
+@click.option(
+    "--rate",
+    type=float,
+    default=None,
+    help="error_burst/reset/malformed/duplicate/late: share of requests, 0..1.",
+)
+@click.option("--period", default=None, help="flapping: full up+down period, e.g. 4s.")
+@click.option("--delay", default=None, help="late: extra delay, e.g. 3s.")
+@click.option(
+    "--match", multiple=True, help="Only route keys (BIN, corridor, scheme) with this prefix."
+)
+@click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
+def fault(
+    endpoint: str,
+    kind: str | None,
+    duration: str | None,
+    after: str,
+    factor: float | None,
+    rate: float | None,
+    period: str | None,
+    delay: str | None,
+    match: tuple[str, ...],
+    admin: str,
+) -> None:
+    """Inject, list or clear faults on the running network simulators.
+
+    \b
+    payswitch fault ENDPOINT KIND [--for 10s] [options]   inject
+    payswitch fault list                                  what is active now
+    payswitch fault clear ENDPOINT                        clear an endpoint's faults
+
+    \b
+    KIND: down, blackhole, slow (--factor), error_burst (--rate), flapping (--period),
+          partial (--match), reset (--rate), malformed (--rate), duplicate (--rate),
+          late (--rate --delay)
+
+    \b
+    Examples:
+      payswitch fault card-primary down --for 30s
+      payswitch fault swift-net blackhole --for 10s
+      payswitch fault qr-scheme slow --factor 5 --for 1m
+    """
+    if endpoint == "list":
+        click.echo(json.dumps(_call("GET", f"{admin}/faults"), indent=2))
+        return
+    if endpoint == "clear":
+        if kind is None:
+            raise click.UsageError("payswitch fault clear ENDPOINT")
+        click.echo(json.dumps(_call("DELETE", f"{admin}/faults/{kind}")))
+        return
+    if kind not in FAULT_KINDS:
+        raise click.BadParameter(
+            f"{kind!r}: expected one of {', '.join(FAULT_KINDS)}", param_hint="KIND"
+        )
+    spec = {
+        "kind": kind,
+        "endpoint": endpoint,
+        "start_s": parse_duration(after),
+        "duration_s": parse_duration(duration) if duration else None,
+        "factor": factor,
+        "rate": rate,
+        "period_s": parse_duration(period) if period else None,
+        "delay_s": parse_duration(delay) if delay else None,
+        "match": list(match) or None,
+    }
+    try:
+        injected = msgspec.convert({k: v for k, v in spec.items() if v is not None}, Fault)
+        injected.validate("fault")
+    except (msgspec.ValidationError, FaultConfigError) as exc:
+        raise click.ClickException(f"invalid fault: {exc}") from None
+    response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected))
+    click.echo(f"injected: {json.dumps(response)}")
+
+
+def _call(method: str, url: str, content: bytes | None = None) -> object:
+    try:
+        response = httpx.request(
+            method, url, content=content, timeout=5.0, headers={"content-type": "application/json"}
+        )
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach the simulators at {url}: {exc}") from None
+    if response.status_code >= 400:
+        raise click.ClickException(f"{url}: HTTP {response.status_code}: {response.text}")
+    return response.json() if response.content else None
