@@ -41,3 +41,30 @@ def test_short_demo_reports_nothing_lost_or_duplicated(tmp_path: Path) -> None:
     assert 1300 < accepted <= 1500 and 0 < approved <= accepted
     assert re.search(r"^latency: p50 [\d.]+ ms, p99 [\d.]+ ms, p99.9 [\d.]+ ms", out, re.M)
     assert (tmp_path / "journal.db").exists()
+
+
+@pytest.mark.parametrize("command", [["fault"], ["channels", "serve"], ["top"]])
+def test_more_help(command: list[str]) -> None:
+    proc = run(*command, "--help")
+    assert proc.returncode == 0 and "--" in proc.stdout
+
+
+def test_fault_inject_list_clear_against_running_simulators(tmp_path: Path) -> None:
+    from switch.demo import start_channels, stop_switch
+
+    proc, ready = start_channels(tmp_path)
+    admin = f"http://127.0.0.1:{ready['admin_port']}"
+    try:
+        injected = run("fault", "card-primary", "blackhole", "--for", "30s", "--admin", admin)
+        assert injected.returncode == 0, injected.stderr
+        listed = run("fault", "list", "--admin", admin)
+        assert '"kind": "blackhole"' in listed.stdout and "card-primary" in listed.stdout
+        bad = run("fault", "card-primary", "error_burst", "--rate", "2", "--admin", admin)
+        assert bad.returncode != 0 and "rate" in bad.stderr
+        unknown = run("fault", "no-such-net", "down", "--admin", admin)
+        assert unknown.returncode != 0 and "no network named 'no-such-net'" in unknown.stderr
+        cleared = run("fault", "clear", "card-primary", "--admin", admin)
+        assert cleared.returncode == 0
+        assert '"faults": []' in run("fault", "list", "--admin", admin).stdout.replace("\n", "")
+    finally:
+        stop_switch(proc)
