@@ -87,6 +87,9 @@ class AuthRecord:
     kind: Literal["hold", "post", "none"]
     state: Literal["active", "reversed"]
     auth_code: str = ""
+    #: For the clearing file: the acquirer's RRN (DE37) and ISO numeric currency (DE49).
+    rrn: str = ""
+    currency: str = ""
 
 
 class CardScheme:
@@ -233,11 +236,13 @@ class CardScheme:
         auth_code = self._auth_code(key)
         if msg.mti in ("0200", "0201"):
             acct.balance -= amount
-            self.records[key] = AuthRecord(key, pan, amount, "post", "active", auth_code)
+            self.records[key] = AuthRecord(key, pan, amount, "post", "active", auth_code,
+                                           f.get(37, ""), f.get(49, ""))
         else:
             acct.holds[key] = amount
             acct.held += amount
-            self.records[key] = AuthRecord(key, pan, amount, "hold", "active", auth_code)
+            self.records[key] = AuthRecord(key, pan, amount, "hold", "active", auth_code,
+                                           f.get(37, ""), f.get(49, ""))
         self.approvals += 1
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED, auth_code=auth_code)
 

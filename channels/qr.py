@@ -82,6 +82,8 @@ class QrNetwork(SimServer):
         #: merchant id -> total credited (minor units), for approved payments.
         self.credited: dict[str, int] = {}
         self.amounts: dict[str, int] = {}
+        #: ref -> (merchant, currency) of approved payments, for the settlement CSV.
+        self.settlement_keys: dict[str, tuple[str, str]] = {}
         self.bound_rejections = 0
         self.malformed_requests = 0
 
@@ -210,6 +212,7 @@ class _Pay(SimRequest):
         assert merchant is not None
         net.credited[merchant] = net.credited.get(merchant, 0) + amount
         net.amounts[ref] = amount
+        net.settlement_keys[ref] = (merchant, request.currency)
         self.outcome = "approved"
         scheme_ref = hashlib.sha256(f"{net.spec.seed}:{ref}".encode()).hexdigest()[:16].upper()
         return self._book(QrReply(ref=ref, status="approved", scheme_ref=scheme_ref))

@@ -57,6 +57,7 @@ from channels.faults import (
     FaultTimeline,
     validate_fault_schedule,
 )
+from channels.settlement import SettlementSpec, SettlementWriter
 from switch.admin import bind_socket, serve_http
 
 if TYPE_CHECKING:
@@ -237,6 +238,7 @@ class ChannelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     card_schemes: Annotated[list[CardSchemeSpec], msgspec.Meta(max_length=64)] = (
         msgspec.field(default_factory=list))
     admin: AdminSpec = msgspec.field(default_factory=AdminSpec)
+    settlement: SettlementSpec = msgspec.field(default_factory=SettlementSpec)
 
 
 def _check(config: ChannelsConfig) -> ChannelsConfig:
@@ -764,6 +766,7 @@ class ChannelsRuntime:
             self.networks[net.name] = server
         self.ports: dict[str, int] = {}
         self.admin_port = 0
+        self.settlement: SettlementWriter | None = None
         self._shutdown = anyio.Event()
 
     def request_shutdown(self) -> None:
@@ -801,11 +804,18 @@ class ChannelsRuntime:
                     # In the outer group, stopped by its own trigger: Hypercorn is never
                     # cancelled mid-shutdown.
                     outer.start_soon(serve_http, build_admin_app(self), sock, admin_stop.wait)
+                settlement: SettlementWriter | None = None
+                if self.config.settlement.enabled:
+                    settlement = SettlementWriter(self, self.config.settlement)
+                    self.settlement = settlement
+                    nets.start_soon(settlement.run)
                 if ready_file:
                     _write_ready_file(ready_file, self.ready_document())
                 log.info("channels ready: %s", json.dumps(self.ready_document()))
                 task_status.started(self)
                 await self._shutdown.wait()
+                if settlement is not None:
+                    settlement.cut()  # the last, partial cycle: nothing final goes unreported
                 nets.cancel_scope.cancel()
             admin_stop.set()
 

@@ -73,6 +73,7 @@ class SwiftRecord:
     info: str | None = None
     settles_at: float = 0.0
     debited: int = 0
+    settled_at: float = 0.0  # anyio time of ACSC, for the statement
 
 
 def _account(party: iso20022.Party) -> str | None:
@@ -250,6 +251,7 @@ class SwiftNetwork(SimServer):
             if record is None or record.status not in ("ACCP", "ACSP"):
                 continue
             record.status = "ACSC"
+            record.settled_at = now
             self.settled += 1
             self.settled_total += record.debited
             bic = record.ct.creditor_agent_bic

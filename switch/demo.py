@@ -194,6 +194,8 @@ def start_channels(
         return f"port = {chosen}"
 
     config = base / "channels.toml"
+    # The settlement files go to the work dir, beside the journal they reconcile against.
+    text = re.sub(r'^out_dir = ".*"$', f'out_dir = "{base / "settlement"}"', text, flags=re.M)
     config.write_text(_PORT_LINE.sub(port, text))
     ready = base / "channels-ready.json"
     ready.unlink(missing_ok=True)

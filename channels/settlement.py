@@ -1,0 +1,142 @@
+"""Settlement files: at every cut-off each simulator writes what its real counterpart sends.
+
+* card scheme  -> ``<scheme>-<cycle>.clr``  clearing records of authorizations still
+  standing at the cut-off (reversed ones are not cleared);
+* SWIFT network -> ``<network>-<cycle>.xml``  a camt.053 statement of payments settled
+  (ACSC) in the cycle;
+* QR scheme    -> ``<network>-<cycle>.csv``  approved payments of the cycle.
+
+Each record is written once, in the cycle it became final. With ``discrepancy_rate`` > 0
+a seeded share of records is planted wrong (missing, amount off, duplicated, unknown
+reference) and the plan is logged to ``<file>.discrepancies.json``, so reconciliation can
+be checked to find exactly what was planted. The formats are in
+:mod:`switch.protocols.settlement_files`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import anyio
+import msgspec
+
+from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
+from switch.protocols.settlement_files import (
+    SettlementEntry,
+    encode_camt053,
+    encode_card_clearing,
+    encode_qr_csv,
+    inject_discrepancies,
+)
+
+if TYPE_CHECKING:
+    from channels.server import ChannelsRuntime
+
+log = logging.getLogger(__name__)
+NUMERIC = {alpha: num for alpha, (num, _) in CURRENCIES.items()}
+
+
+class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    enabled: bool = True
+    out_dir: str = "var/settlement"
+    #: Seconds between cut-offs (from start-up); a final cut is made at shutdown.
+    cycle_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
+    #: Share of records planted wrong, for reconciliation to find.
+    discrepancy_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    seed: int = 1
+
+
+class SettlementWriter:
+    def __init__(self, runtime: ChannelsRuntime, spec: SettlementSpec) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.out_dir = Path(spec.out_dir)
+        self.cycle = 0
+        self._written: set[tuple[str, object]] = set()
+        self._rng = random.Random(spec.seed)
+        self._origin = anyio.current_time()
+        self._wall_origin = time.time()  # wall anchor for settlement timestamps
+        self.files: list[Path] = []
+
+    def _wall_us(self, at: float) -> int:
+        return int((self._wall_origin + (at - self._origin)) * 1_000_000)
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.spec.cycle_s)
+            self.cut()
+
+    def cut(self) -> list[Path]:
+        """Write one cycle's files for every network; returns the paths written.
+
+        Runs on the event loop, between requests, so the books it reads are consistent;
+        a cycle of thousands of records takes milliseconds.
+        """
+        self.cycle += 1
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        now = anyio.current_time()
+        written: list[Path] = []
+        for name, scheme in self.runtime.card_schemes.items():
+            entries = []
+            for key, record in list(scheme.records.items()):
+                if record.state != "active" or record.kind == "none":
+                    continue
+                if (name, key) in self._written:
+                    continue
+                self._written.add((name, key))
+                currency = NUMERIC_TO_ALPHA.get(int(record.currency or "0"), "XXX")
+                entries.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
+                                               currency, "settled", self._wall_us(now)))
+            written.append(self._write(name, "clr", entries, now))
+        for name, server in self.runtime.networks.items():
+            kind = server.spec.kind
+            if kind == "swift":
+                entries = []
+                for uetr, record in list(server.book.items()):  # type: ignore[attr-defined]
+                    if record.status != "ACSC" or (name, uetr) in self._written:
+                        continue
+                    self._written.add((name, uetr))
+                    ct = record.ct
+                    entries.append(SettlementEntry(uetr, ct.end_to_end_id, ct.amount_minor,
+                                                   ct.currency, "settled",
+                                                   self._wall_us(record.settled_at)))
+                written.append(self._write(name, "xml", entries, now))
+            elif kind == "qr":
+                entries = []
+                for ref, (merchant, currency) in list(server.settlement_keys.items()):  # type: ignore[attr-defined]
+                    if (name, ref) in self._written:
+                        continue
+                    self._written.add((name, ref))
+                    amount = server.amounts[ref]  # type: ignore[attr-defined]
+                    entries.append(SettlementEntry(ref, merchant, amount, currency, "settled",
+                                                   self._wall_us(now)))
+                written.append(self._write(name, "csv", entries, now))
+        self.files += written
+        return written
+
+    def _encode(self, name: str, ext: str, entries: list[SettlementEntry], now: float) -> bytes:
+        if ext == "clr":
+            return encode_card_clearing(name, str(self.cycle), entries, NUMERIC).encode()
+        if ext == "xml":
+            return encode_camt053(f"{name}-{self.cycle}", f"NOSTRO-{name}", self._wall_us(now),
+                                  entries)
+        return encode_qr_csv(entries).encode()
+
+    def _write(self, name: str, ext: str, entries: list[SettlementEntry], now: float) -> Path:
+        path = self.out_dir / f"{name}-{self.cycle:04d}.{ext}"
+        if self.spec.discrepancy_rate > 0:
+            entries, planted = inject_discrepancies(entries, self.spec.discrepancy_rate,
+                                                    self._rng)
+            path.with_suffix(path.suffix + ".discrepancies.json").write_text(
+                json.dumps(msgspec.to_builtins(planted), indent=1))
+        data = self._encode(name, ext, entries, now)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # a reader never sees half a file
+        log.info("settlement file %s: %d records", path, len(entries))
+        return path
