@@ -78,12 +78,12 @@ async def run_switch_over_simulators(tmp_path: Path, rate: float) -> tuple[Path,
         app = SwitchApp(config)
         endpoints = await tg.start(app.run)
         workload = Workload(9)
-        async with SwitchClient.connect("127.0.0.1", endpoints.port) as client:
-            async with anyio.create_task_group() as senders:
-                for _ in range(300):
-                    request, kind = workload.next()
-                    if kind == "new":
-                        senders.start_soon(client.pay, request)
+        async with (SwitchClient.connect("127.0.0.1", endpoints.port) as client,
+                    anyio.create_task_group() as senders):
+            for _ in range(300):
+                request, kind = workload.next()
+                if kind == "new":
+                    senders.start_soon(client.pay, request)
         await anyio.sleep(1.0)  # let SWIFT settle (ACSC) and a cut-off pass
         app.request_shutdown()
         runtime.request_shutdown()
