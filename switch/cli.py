@@ -142,6 +142,13 @@ def serve(
     help="sim: the card/SWIFT/QR simulators as their own process, over TCP; "
     "standin: in-process stand-ins (no sockets).",
 )
+@click.option(
+    "--discrepancies",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of settlement records the simulators plant wrong, for reconciliation.",
+)
 def demo(
     duration: float,
     rate: float,
@@ -150,6 +157,7 @@ def demo(
     backend: str,
     workdir: str | None,
     networks: str,
+    discrepancies: float,
 ) -> None:
     """Start a switch with its networks, drive an open-loop load, audit the journal.
 
@@ -162,7 +170,8 @@ def demo(
     from switch.demo import run_demo
 
     console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
-    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console, networks))
+    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console, networks,
+                      discrepancies))
 
 
 @main.command()
@@ -222,6 +231,68 @@ def channels_serve(config_path: str, ready_file: str | None, log_level: str) -> 
 
     sys.exit(channels_main(["serve", "--config", config_path, "--log-level", log_level,
                             *(["--ready-file", ready_file] if ready_file else [])]))
+
+
+@main.command()
+@click.option("--journal", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="The switch's journal (SQLite).")
+@click.option("--files", "files_dir", type=click.Path(exists=True, file_okay=False),
+              required=True, help="Directory of settlement files (.clr, .xml, .csv).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where to write breaks.csv, summary.json, summary.html "
+              "(default: <files>/recon).")
+@click.option("--tol-amount", type=click.IntRange(0), default=0, show_default=True,
+              help="Amount tolerance (minor units) for the second, tolerance pass.")
+@click.option("--tol-time", type=click.FloatRange(0), default=5.0, show_default=True,
+              help="Time window (seconds) for the tolerance pass.")
+@click.option("--late-after", type=click.FloatRange(0), default=86400.0, show_default=True,
+              help="A match settled more than this many seconds after approval is late.")
+def reconcile(journal: str, files_dir: str, out_dir: str | None, tol_amount: int,
+              tol_time: float, late_after: float) -> None:
+    """Reconcile the journal against the networks' settlement files.
+
+    Exact match on each channel's reference (RRN, UETR, QR reference), then a tolerance
+    pass on amount and time; every break is classified with both sides and a suggested
+    action. Exit 0 when clean, 1 with unexplained breaks, 2 when an input is unusable
+    (the message names the file, line and field).
+    """
+    from pathlib import Path
+
+    from switch.protocols.settlement_files import SettlementFileError
+    from switch.recon.kernels import warm_up
+    from switch.recon.reconcile import (
+        load_network_side,
+        load_switch_side,
+        match,
+        write_outputs,
+    )
+
+    warm_up()
+    try:
+        network = load_network_side(Path(files_dir))
+    except SettlementFileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    switch_side = load_switch_side(Path(journal))
+    report = match(switch_side, network, tol_amount=tol_amount,
+                   tol_time_us=int(tol_time * 1e6), late_after_s=late_after)
+    paths = write_outputs(report, Path(out_dir) if out_dir else Path(files_dir) / "recon")
+    console = Console(soft_wrap=True)
+    console.print(f"switch records: {report.switch_records}, "
+                  f"network records: {report.network_records}")
+    for kind, count in sorted(report.counts.items()):
+        console.print(f"  {kind}: {count}")
+    if report.unexplained == 0:
+        console.print("reconciliation clean")
+    else:
+        console.print(f"[red]{report.unexplained} unexplained breaks[/]")
+        for b in report.breaks[:20]:
+            side = b.switch or b.network
+            assert side is not None
+            console.print(f"  {b.kind}: {side.channel} {side.reference} "
+                          f"{side.amount} {side.currency}", highlight=False)
+    console.print(f"outputs: {paths['csv']}, {paths['json']}, {paths['html']}")
+    sys.exit(0 if report.unexplained == 0 else 1)
 
 
 main.add_command(fault)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,15 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CHANNELS = ROOT / "examples" / "channels.toml"
 CHANNELS_ADMIN_PORT = 7280  # what `payswitch fault` talks to by default
+SETTLE_GRACE_S = 3.0  # > the example SWIFT network's settlement delay (2 s)
 _PORT_LINE = re.compile(r"^port\s*=\s*\d+", re.M)
 
 
 def start_channels(
-    base: Path, example: Path = EXAMPLE_CHANNELS, timeout_s: float = 30.0
+    base: Path,
+    example: Path = EXAMPLE_CHANNELS,
+    timeout_s: float = 30.0,
+    discrepancy_rate: float = 0.0,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Run the example simulators as their own process, every network on a free port.
 
@@ -196,6 +201,9 @@ def start_channels(
     config = base / "channels.toml"
     # The settlement files go to the work dir, beside the journal they reconcile against.
     text = re.sub(r'^out_dir = ".*"$', f'out_dir = "{base / "settlement"}"', text, flags=re.M)
+    text = re.sub(
+        r"^discrepancy_rate = .*$", f"discrepancy_rate = {discrepancy_rate}", text, flags=re.M
+    )
     config.write_text(_PORT_LINE.sub(port, text))
     ready = base / "channels-ready.json"
     ready.unlink(missing_ok=True)
@@ -307,6 +315,7 @@ def run_demo(
     workdir: str | None,
     console: Console,
     networks: str = "sim",
+    discrepancy_rate: float = 0.0,
 ) -> int:
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -325,7 +334,7 @@ def run_demo(
     code = 0
     try:
         if networks == "sim":
-            channels_proc, channels_ready = start_channels(base)
+            channels_proc, channels_ready = start_channels(base, discrepancy_rate=discrepancy_rate)
             network_section = channel_networks_toml(channels_ready)
             admin = f"http://127.0.0.1:{channels_ready['admin_port']}"
             faults_url = f"{admin}/faults"
@@ -375,6 +384,9 @@ def run_demo(
         if proc is not None:
             code = stop_switch(proc)
         if channels_proc is not None:
+            # Let the last payments settle (SWIFT's ACSC comes after its settlement delay)
+            # before the simulators' final cut-off writes the last settlement files.
+            time.sleep(SETTLE_GRACE_S)
             stop_switch(channels_proc)
     if code != 0:
         console.print(f"[red]switch exited with code {code}[/]")
@@ -397,9 +409,43 @@ def run_demo(
             console.print("faults seen: none")
     if audit.lost_keys:
         console.print(f"lost keys (first 20): {audit.lost_keys}")
+    recon_clean = True
+    if networks == "sim":
+        recon_clean = _reconcile(journal, base / "settlement", base / "recon", console)
+        console.print(
+            f"reconcile again: .venv/bin/payswitch reconcile --journal {journal} "
+            f"--files {base / 'settlement'}"
+        )
+        if discrepancy_rate > 0:
+            # Breaks were planted on purpose: the demo's verdict is about money, not them.
+            recon_clean = True
     console.print(f"journal: {journal}")
-    ok = audit.lost == 0 and audit.duplicates == 0 and code == 0
+    ok = audit.lost == 0 and audit.duplicates == 0 and code == 0 and recon_clean
     return 0 if ok else 1
+
+
+def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
+    """Reconcile the run: the journal against the simulators' settlement files."""
+    from switch.protocols.settlement_files import SettlementFileError
+    from switch.recon.kernels import warm_up
+    from switch.recon.reconcile import load_network_side, load_switch_side, match, write_outputs
+
+    warm_up()
+    try:
+        report = match(load_switch_side(journal), load_network_side(files))
+    except SettlementFileError as exc:
+        console.print(f"[red]reconciliation: unusable settlement file: {exc}[/]")
+        return False
+    write_outputs(report, out)
+    if report.unexplained == 0:
+        console.print(f"reconciliation clean ({report.network_records} settlement records)")
+        return True
+    by_kind = Counter(b.kind for b in report.breaks)
+    console.print(
+        f"[red]reconciliation: {report.unexplained} breaks {dict(by_kind)}[/] "
+        f"(see {out / 'breaks.csv'})"
+    )
+    return False
 
 
 def _drive(
