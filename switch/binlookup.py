@@ -8,19 +8,24 @@ sorted starts. Real tables run to tens of thousands of ranges (issuer BIN files)
 search must stay logarithmic, and it runs once per card payment.
 
 Three implementations of the same search, kept side by side because which one wins depends
-on whether you ask for one key or many (bench/bench_binlookup.py measures them):
+on whether you ask for one key or many (bench/bench_binlookup.py measures them; figures in
+bench/RESULTS.md):
 
 * **bisect** -- :func:`bisect.bisect_right` over a Python list of starts, with the ends and
-  targets in parallel lists. For one key this is the cheapest: everything stays a Python
-  int, with no array boxing or foreign call. :meth:`BinIndex.lookup` uses it.
-  :meth:`BinIndex.lookup_dict_bisect` is the textbook baseline (bisect the starts, then a
-  dict from start to ``(end, target)``), kept for the benchmark.
-* **numpy** -- :func:`numpy.searchsorted` over int64 arrays. Vectorised, so for a batch the
-  per-key cost collapses; for one key the call overhead (~1 µs) dominates.
-* **numba** -- a hand-written binary search compiled with ``@njit(nogil=True, cache=True)``.
-  For batches it avoids numpy's temporaries (one pass, no masks) and releases the GIL, so
-  a worker thread can classify a settlement file beside the event loop.
-  :meth:`BinIndex.lookup_batch` uses it.
+  targets in parallel lists, narrowed first by a bucket table (see :class:`BinIndex`). For
+  one key this is the cheapest (~0.35 µs at 100,000 ranges on the 2-core test box):
+  everything stays a Python int, with no argument checks, boxing or foreign call.
+  :meth:`BinIndex.lookup` uses it. :meth:`BinIndex.lookup_dict_bisect` (bisect the starts,
+  then a dict from start to ``(end, target)``) is the textbook baseline, kept for the
+  benchmark with :meth:`BinIndex.lookup_plain_bisect` (no bucket table).
+* **numpy** -- :func:`numpy.searchsorted` over int64 arrays. For one key its call overhead
+  (~1.5 µs) dominates; for a batch it is vectorised but, with no bucket table, pays a cache
+  miss per search level on unsorted keys.
+* **numba** -- the bucketed binary search compiled with ``@njit(nogil=True, cache=True)``.
+  For a batch of 10,000 it is ~15x faster than ``searchsorted`` (one pass, no temporaries)
+  and releases the GIL, so a worker thread can classify a settlement file beside the event
+  loop. :meth:`BinIndex.lookup_batch` uses it. For one key, numba's dispatch (type checks
+  on six arguments) costs more than the Python bisect.
 
 The index is immutable once built (arrays are made read-only): a route table that holds it
 can be swapped by reference during a hot reload while in-flight payments keep using the
@@ -44,9 +49,10 @@ from numpy.typing import NDArray
 
 Int64Array = NDArray[np.int64]
 
-#: Most ranges one index holds: well above any real BIN file (a few hundred thousand
-#: entries), low enough that a runaway generator fails at build, not at out-of-memory.
-MAX_RANGES: Final = 2_000_000
+#: Most ranges one index holds: above any real BIN file (a few hundred thousand entries),
+#: low enough that a runaway generator fails at build, not at out-of-memory (the index
+#: takes ~200 bytes per range with its Python-list mirrors).
+MAX_RANGES: Final = 1_000_000
 #: Keys and bounds must fit comfortably in int64; 11-digit BIN keys are < 10**11.
 MAX_KEY: Final = (1 << 62) - 1
 #: Target ids are small ints (an index into the route table's target list).
@@ -59,10 +65,21 @@ class BinIndexError(ValueError):
 
 
 @njit(nogil=True, cache=True)
-def _find_one(lows: Int64Array, highs: Int64Array, targets: Int64Array, key: int) -> int:
-    """Binary search for the last start <= key; -1 if none or key is past that range's end."""
-    lo = 0
-    hi = lows.shape[0]
+def _find_one(
+    lows: Int64Array,
+    highs: Int64Array,
+    targets: Int64Array,
+    buckets: Int64Array,
+    shift: int,
+    key: int,
+) -> int:
+    """Binary search for the last start <= key within the key's bucket; -1 if none or
+    key is past that range's end (see BinIndex for the bucket table)."""
+    if key < 0 or key > highs[-1]:
+        return -1
+    b = key >> shift
+    lo = buckets[b]
+    hi = buckets[b + 1]
     while lo < hi:  # invariant: lows[:lo] <= key < lows[hi:]
         mid = (lo + hi) >> 1
         if lows[mid] <= key:
@@ -77,14 +94,24 @@ def _find_one(lows: Int64Array, highs: Int64Array, targets: Int64Array, key: int
 
 @njit(nogil=True, cache=True)
 def _find_batch(
-    lows: Int64Array, highs: Int64Array, targets: Int64Array, keys: Int64Array, out: Int64Array
+    lows: Int64Array,
+    highs: Int64Array,
+    targets: Int64Array,
+    buckets: Int64Array,
+    shift: int,
+    keys: Int64Array,
+    out: Int64Array,
 ) -> None:
     """``out[j] = lookup(keys[j])`` for every j: one loop, no temporaries, GIL released."""
-    n = lows.shape[0]
+    top = highs[-1]
     for j in range(keys.shape[0]):
         key = keys[j]
-        lo = 0
-        hi = n
+        out[j] = -1
+        if key < 0 or key > top:
+            continue
+        b = key >> shift
+        lo = buckets[b]
+        hi = buckets[b + 1]
         while lo < hi:
             mid = (lo + hi) >> 1
             if lows[mid] <= key:
@@ -94,8 +121,6 @@ def _find_batch(
         i = lo - 1
         if i >= 0 and key <= highs[i]:
             out[j] = targets[i]
-        else:
-            out[j] = -1
 
 
 def _frozen(values: Sequence[int]) -> Int64Array:
@@ -109,21 +134,51 @@ class BinIndex:
 
     Build with :meth:`build`. All lookups agree (the tests hold every implementation to a
     brute-force scan); they differ only in cost.
+
+    A bucket table narrows every search before it starts: keys are split into about
+    ``len(ranges)`` buckets by their high bits (``key >> shift``), and ``buckets[b]`` is
+    the number of range starts <= the first key of bucket ``b``. The binary search then
+    runs over ``[buckets[b], buckets[b + 1])`` -- one or two ranges on average instead of
+    all of them. That matters because at 100,000 ranges the arrays no longer sit in the
+    fastest caches, and on Python lists every comparison also dereferences an int object
+    somewhere in the heap: 17 dependent memory loads became 1-3 (see bench/RESULTS.md).
+    The table costs at most ``2 * len(ranges) + 1`` entries.
     """
 
-    __slots__ = ("_dict", "_highs", "_highs_list", "_lows", "_lows_list", "_targets", "_tlist")
+    __slots__ = (
+        "_buckets",
+        "_buckets_list",
+        "_dict",
+        "_highs",
+        "_highs_list",
+        "_lows",
+        "_lows_list",
+        "_shift",
+        "_targets",
+        "_tlist",
+        "_top",
+    )
 
     def __init__(self, lows: Int64Array, highs: Int64Array, targets: Int64Array) -> None:
         """Internal: use :meth:`build`, which sorts and validates."""
         assert lows.shape == highs.shape == targets.shape
+        n = lows.shape[0]
         self._lows = lows
         self._highs = highs
         self._targets = targets
-        # Python-int mirrors for the single-key path: bisect on a list of ints is ~5x
-        # cheaper than indexing a numpy array from Python (each access boxes a scalar).
+        self._top = int(highs[-1]) if n else -1  # every key above it misses
+        bits = max(1, n.bit_length())
+        self._shift = max(0, self._top.bit_length() - bits)
+        n_buckets = (max(self._top, 0) >> self._shift) + 2
+        assert n_buckets <= 2 * n + 2, (n_buckets, n)
+        firsts = np.arange(n_buckets, dtype=np.int64) << self._shift
+        self._buckets = _frozen(np.searchsorted(lows, firsts, side="right").tolist())
+        # Python-int mirrors for the single-key path: bisect on a list of ints is several
+        # times cheaper than indexing a numpy array from Python (each access boxes).
         self._lows_list: list[int] = lows.tolist()
         self._highs_list: list[int] = highs.tolist()
         self._tlist: list[int] = targets.tolist()
+        self._buckets_list: list[int] = self._buckets.tolist()
         self._dict: dict[int, tuple[int, int]] | None = None  # built on demand (benchmark)
 
     @classmethod
@@ -156,7 +211,19 @@ class BinIndex:
     # ------------------------------------------------------------------ single key
 
     def lookup(self, key: int) -> int:
-        """Target id of the range holding ``key``, or -1: the per-payment path (bisect)."""
+        """Target id of the range holding ``key``, or -1: the per-payment path
+        (bisect within the key's bucket)."""
+        if key > self._top or key < 0:
+            return NOT_FOUND
+        b = key >> self._shift
+        buckets = self._buckets_list
+        i = bisect_right(self._lows_list, key, buckets[b], buckets[b + 1]) - 1
+        if i >= 0 and key <= self._highs_list[i]:
+            return self._tlist[i]
+        return NOT_FOUND
+
+    def lookup_plain_bisect(self, key: int) -> int:
+        """Bisect over every start, without the bucket table (for the benchmark)."""
         i = bisect_right(self._lows_list, key) - 1
         if i >= 0 and key <= self._highs_list[i]:
             return self._tlist[i]
@@ -185,7 +252,11 @@ class BinIndex:
 
     def lookup_numba(self, key: int) -> int:
         """One key through the compiled search (for the benchmark)."""
-        return int(_find_one(self._lows, self._highs, self._targets, key))
+        if self._top < 0 or not 0 <= key <= MAX_KEY:
+            return NOT_FOUND
+        return int(
+            _find_one(self._lows, self._highs, self._targets, self._buckets, self._shift, key)
+        )
 
     # ------------------------------------------------------------------ batches
 
@@ -195,8 +266,9 @@ class BinIndex:
 
     def lookup_batch_numba(self, keys: Int64Array) -> Int64Array:
         k = _as_keys(keys)
-        out = np.empty(k.shape[0], dtype=np.int64)
-        _find_batch(self._lows, self._highs, self._targets, k, out)
+        out = np.full(k.shape[0], NOT_FOUND, dtype=np.int64)
+        if self._top >= 0:
+            _find_batch(self._lows, self._highs, self._targets, self._buckets, self._shift, k, out)
         return out
 
     def lookup_batch_numpy(self, keys: Int64Array) -> Int64Array:

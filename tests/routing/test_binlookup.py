@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.binlookup import NOT_FOUND, BinIndex, BinIndexError, warm_up
+from switch.binlookup import MAX_KEY, NOT_FOUND, BinIndex, BinIndexError, warm_up
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -24,8 +24,10 @@ def brute(ranges: list[tuple[int, int, int]], key: int) -> int:
 @st.composite
 def disjoint_ranges(draw: st.DrawFn) -> list[tuple[int, int, int]]:
     """Non-overlapping ranges with random gaps (including none), in shuffled order."""
-    count = draw(st.integers(0, 40))
-    cuts = sorted(draw(st.sets(st.integers(0, 10**11 - 1), min_size=2 * count, max_size=2 * count)))
+    # Dense small key spaces and sparse huge ones exercise the bucket table's edges.
+    space = draw(st.sampled_from([8, 100, 10**6, 10**11, MAX_KEY + 1]))
+    count = draw(st.integers(0, min(40, space // 2)))
+    cuts = sorted(draw(st.sets(st.integers(0, space - 1), min_size=2 * count, max_size=2 * count)))
     ranges = [(cuts[2 * i], cuts[2 * i + 1], draw(st.integers(0, 50))) for i in range(count)]
     # Single-key ranges too (low == high).
     if draw(st.booleans()) and ranges:
@@ -41,13 +43,14 @@ def test_all_implementations_agree_with_brute_force(
 ) -> None:
     index = BinIndex.build(ranges)
     # Probe every boundary and its neighbours, plus random keys.
-    keys = {0, 10**11 - 1}
+    keys = {0, 10**11 - 1, MAX_KEY}
     for lo, hi, _ in ranges:
         keys |= {lo - 1, lo, lo + 1, hi - 1, hi, hi + 1}
-    keys |= set(data.draw(st.lists(st.integers(0, 10**11), max_size=20)))
+    keys |= set(data.draw(st.lists(st.integers(0, MAX_KEY), max_size=20)))
     probe = sorted(k for k in keys if k >= 0)
     expected = [brute(ranges, k) for k in probe]
     assert [index.lookup(k) for k in probe] == expected
+    assert [index.lookup_plain_bisect(k) for k in probe] == expected
     assert [index.lookup_dict_bisect(k) for k in probe] == expected
     assert [index.lookup_numpy(k) for k in probe] == expected
     assert [index.lookup_numba(k) for k in probe] == expected
