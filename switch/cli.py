@@ -170,15 +170,27 @@ def demo(
     from switch.demo import run_demo
 
     console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
-    sys.exit(run_demo(duration, rate, connections, seed, backend, workdir, console, networks,
-                      discrepancies))
+    sys.exit(
+        run_demo(
+            duration, rate, connections, seed, backend, workdir, console, networks, discrepancies
+        )
+    )
 
 
 @main.command()
-@click.option("--url", default="http://127.0.0.1:7180/metrics", show_default=True,
-              help="The switch's admin /metrics URL.")
-@click.option("--interval", type=click.FloatRange(0.2, 60), default=1.0, show_default=True,
-              help="Seconds between scrapes; rates are over this interval.")
+@click.option(
+    "--url",
+    default="http://127.0.0.1:7180/metrics",
+    show_default=True,
+    help="The switch's admin /metrics URL.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between scrapes; rates are over this interval.",
+)
 @click.option("--once", is_flag=True, help="Print one frame (two scrapes) and exit.")
 def top(url: str, interval: float, once: bool) -> None:
     """Live terminal view of a running switch: TPS, latency, networks, rejections.
@@ -216,12 +228,25 @@ def channels() -> None:
 
 
 @channels.command("serve")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
-              help="Channels configuration (TOML), e.g. examples/channels.toml.")
-@click.option("--ready-file", type=click.Path(dir_okay=False), default=None,
-              help="Write each network's bound port (and the admin port) here as JSON.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Channels configuration (TOML), e.g. examples/channels.toml.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write each network's bound port (and the admin port) here as JSON.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
 def channels_serve(config_path: str, ready_file: str | None, log_level: str) -> None:
     """Run every simulated network in the config, each on its own port, until SIGTERM.
 
@@ -229,26 +254,70 @@ def channels_serve(config_path: str, ready_file: str | None, log_level: str) -> 
     """
     from channels.__main__ import main as channels_main
 
-    sys.exit(channels_main(["serve", "--config", config_path, "--log-level", log_level,
-                            *(["--ready-file", ready_file] if ready_file else [])]))
+    sys.exit(
+        channels_main(
+            [
+                "serve",
+                "--config",
+                config_path,
+                "--log-level",
+                log_level,
+                *(["--ready-file", ready_file] if ready_file else []),
+            ]
+        )
+    )
 
 
 @main.command()
-@click.option("--journal", type=click.Path(exists=True, dir_okay=False), required=True,
-              help="The switch's journal (SQLite).")
-@click.option("--files", "files_dir", type=click.Path(exists=True, file_okay=False),
-              required=True, help="Directory of settlement files (.clr, .xml, .csv).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Where to write breaks.csv, summary.json, summary.html "
-              "(default: <files>/recon).")
-@click.option("--tol-amount", type=click.IntRange(0), default=0, show_default=True,
-              help="Amount tolerance (minor units) for the second, tolerance pass.")
-@click.option("--tol-time", type=click.FloatRange(0), default=5.0, show_default=True,
-              help="Time window (seconds) for the tolerance pass.")
-@click.option("--late-after", type=click.FloatRange(0), default=86400.0, show_default=True,
-              help="A match settled more than this many seconds after approval is late.")
-def reconcile(journal: str, files_dir: str, out_dir: str | None, tol_amount: int,
-              tol_time: float, late_after: float) -> None:
+@click.option(
+    "--journal",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="The switch's journal (SQLite).",
+)
+@click.option(
+    "--files",
+    "files_dir",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Directory of settlement files (.clr, .xml, .csv).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write breaks.csv, summary.json, summary.html (default: <files>/recon).",
+)
+@click.option(
+    "--tol-amount",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Amount tolerance (minor units) for the second, tolerance pass.",
+)
+@click.option(
+    "--tol-time",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="Time window (seconds) for the tolerance pass.",
+)
+@click.option(
+    "--late-after",
+    type=click.FloatRange(0),
+    default=86400.0,
+    show_default=True,
+    help="A match settled more than this many seconds after approval is late.",
+)
+def reconcile(
+    journal: str,
+    files_dir: str,
+    out_dir: str | None,
+    tol_amount: int,
+    tol_time: float,
+    late_after: float,
+) -> None:
     """Reconcile the journal against the networks' settlement files.
 
     Exact match on each channel's reference (RRN, UETR, QR reference), then a tolerance
@@ -274,12 +343,18 @@ def reconcile(journal: str, files_dir: str, out_dir: str | None, tol_amount: int
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
     switch_side = load_switch_side(Path(journal))
-    report = match(switch_side, network, tol_amount=tol_amount,
-                   tol_time_us=int(tol_time * 1e6), late_after_s=late_after)
+    report = match(
+        switch_side,
+        network,
+        tol_amount=tol_amount,
+        tol_time_us=int(tol_time * 1e6),
+        late_after_s=late_after,
+    )
     paths = write_outputs(report, Path(out_dir) if out_dir else Path(files_dir) / "recon")
     console = Console(soft_wrap=True)
-    console.print(f"switch records: {report.switch_records}, "
-                  f"network records: {report.network_records}")
+    console.print(
+        f"switch records: {report.switch_records}, network records: {report.network_records}"
+    )
     for kind, count in sorted(report.counts.items()):
         console.print(f"  {kind}: {count}")
     if report.unexplained == 0:
@@ -289,10 +364,89 @@ def reconcile(journal: str, files_dir: str, out_dir: str | None, tol_amount: int
         for b in report.breaks[:20]:
             side = b.switch or b.network
             assert side is not None
-            console.print(f"  {b.kind}: {side.channel} {side.reference} "
-                          f"{side.amount} {side.currency}", highlight=False)
+            console.print(
+                f"  {b.kind}: {side.channel} {side.reference} {side.amount} {side.currency}",
+                highlight=False,
+            )
     console.print(f"outputs: {paths['csv']}, {paths['json']}, {paths['html']}")
     sys.exit(0 if report.unexplained == 0 else 1)
+
+
+@main.command()
+@click.option(
+    "--journal",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="The switch's journal (SQLite); the ledger lives in the same database.",
+)
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    metavar="CCY=net|gross",
+    help="Settlement per currency (default: CNY=net, USD=gross, others net).",
+)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the settlement report here as JSON.",
+)
+def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
+    """Close a clearing cycle: post the ledger from the journal, capture card holds,
+    and print each participant's settlement position (net) or instructions (gross)."""
+    import json
+    import sqlite3
+    import time
+    from pathlib import Path
+
+    import msgspec
+
+    from switch.ledger import Mode, check_invariants, post_from_journal
+    from switch.ledger import settle as close_cycle
+
+    chosen: dict[str, Mode] = {}
+    for item in modes:
+        currency, _, mode = item.partition("=")
+        if mode not in ("net", "gross") or len(currency) != 3:
+            raise click.BadParameter(
+                f"{item!r}: expected CCY=net or CCY=gross", param_hint="--mode"
+            )
+        chosen[currency.upper()] = "net" if mode == "net" else "gross"
+    db = sqlite3.connect(journal, isolation_level=None)
+    try:
+        posted = post_from_journal(db)
+        report = close_cycle(db, int(time.time() * 1_000_000), chosen)  # wall timestamp
+        check_invariants(db)
+    finally:
+        db.close()
+    console = Console(soft_wrap=True)
+    console.print(
+        f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
+        f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
+        f"({report.captured} holds captured)"
+    )
+    by_currency: dict[str, list[str]] = {}
+    for p in report.net:
+        by_currency.setdefault(p.currency, []).append(
+            f"  {p.participant} ({p.role}): {'receives' if p.amount > 0 else 'pays'} "
+            f"{abs(p.amount)}"
+        )
+    for currency, lines in sorted(by_currency.items()):
+        total = sum(p.amount for p in report.net if p.currency == currency)
+        console.print(f"net {currency} (sum {total}):", highlight=False)
+        for line in lines:
+            console.print(line, highlight=False)
+    gross_by: dict[str, int] = {}
+    for _, _, amount, currency in report.gross:
+        gross_by[currency] = gross_by.get(currency, 0) + amount
+    for currency, total in sorted(gross_by.items()):
+        count = sum(1 for g in report.gross if g[3] == currency)
+        console.print(f"gross {currency}: {count} instructions, {total} in total", highlight=False)
+    console.print("ledger invariants hold: postings per currency sum to zero")
+    if out_file:
+        Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
 
 
 main.add_command(fault)

@@ -1,0 +1,217 @@
+"""Double-entry ledger and clearing, in the journal's database.
+
+Every approved payment becomes one *transfer*: a debit of the paying participant's
+account and a credit of the receiving one, same amount, same currency, so postings per
+currency always sum to zero (checked by :func:`check_invariants`).
+
+Two-phase for cards, as TigerBeetle models it: an approved authorization is a *pending*
+transfer (a hold); clearing *posts* it; a reversal *voids* it. SWIFT and QR transfers are
+posted at once (the network confirmed the money moved).
+
+Who pays whom:
+* card:  issuer scheme (the network route)     -> merchant (the payee account)
+* SWIFT: debtor agent (BIC)                     -> creditor agent (BIC)
+* QR:    QR scheme (the network route)          -> merchant (the payee account)
+
+Clearing (:func:`settle`) captures pending card holds, assigns every unsettled posted
+transfer to a new cycle, and computes each participant's settlement position: netted
+(multilateral netting: one amount per participant, summing to zero) or gross (one
+instruction per transfer), per currency -- by default CNY net and USD gross, as the seed
+documents describe. The ledger is built from the journal after the fact
+(:func:`post_from_journal`), so it costs the payment hot path nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import msgspec
+
+from switch.model import Payment, Result
+
+SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS ledger_accounts (
+    id INTEGER PRIMARY KEY,
+    participant TEXT NOT NULL,
+    role TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    UNIQUE (participant, role, currency)
+);
+CREATE TABLE IF NOT EXISTS ledger_transfers (
+    id INTEGER PRIMARY KEY,
+    payment_id TEXT NOT NULL UNIQUE,
+    debit_account INTEGER NOT NULL REFERENCES ledger_accounts(id),
+    credit_account INTEGER NOT NULL REFERENCES ledger_accounts(id),
+    amount INTEGER NOT NULL CHECK (amount > 0),
+    currency TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'posted', 'voided')),
+    cycle INTEGER
+);
+CREATE TABLE IF NOT EXISTS ledger_cycles (
+    cycle INTEGER PRIMARY KEY,
+    closed_at_us INTEGER NOT NULL,
+    transfers INTEGER NOT NULL
+);
+"""
+
+Mode = Literal["net", "gross"]
+DEFAULT_MODES: Final[dict[str, Mode]] = {"CNY": "net", "USD": "gross"}
+
+
+@dataclass
+class PostingSummary:
+    pending: int = 0
+    posted: int = 0
+    voided: int = 0
+
+
+@dataclass
+class Position:
+    participant: str
+    role: str
+    currency: str
+    amount: int  # > 0: receives; < 0: pays
+
+
+@dataclass
+class SettlementReport:
+    cycle: int
+    captured: int
+    transfers: int
+    net: list[Position] = field(default_factory=list)
+    gross: list[tuple[str, str, int, str]] = field(default_factory=list)  # payer, payee, amt, ccy
+
+
+def open_ledger(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+
+
+def _account(db: sqlite3.Connection, participant: str, role: str, currency: str) -> int:
+    db.execute("INSERT OR IGNORE INTO ledger_accounts (participant, role, currency)"
+               " VALUES (?, ?, ?)", (participant, role, currency))
+    row = db.execute("SELECT id FROM ledger_accounts WHERE participant = ? AND role = ?"
+                     " AND currency = ?", (participant, role, currency)).fetchone()
+    return int(row[0])
+
+
+def _parties(payment: Payment, route: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    if payment.card is not None:
+        return (route or "card-issuer", "issuer"), (payment.payee.account, "merchant")
+    if payment.swift is not None:
+        return ((payment.swift.debtor_agent, "correspondent"),
+                (payment.swift.creditor_agent, "correspondent"))
+    return (route or "qr-scheme", "qr_scheme"), (payment.payee.account, "merchant")
+
+
+def post_from_journal(db: sqlite3.Connection) -> PostingSummary:
+    """Bring the ledger up to date with the journal's final results (idempotent)."""
+    open_ledger(db)
+    payments: dict[str, Payment] = {}
+    finals: dict[str, Result] = {}
+    for pid, kind, record in db.execute(
+            "SELECT payment_id, kind, record FROM journal WHERE kind IN ('intent', 'final')"
+            " ORDER BY seq"):
+        if kind == "intent":
+            payments[pid] = msgspec.msgpack.decode(record, type=Payment)
+        else:
+            finals[pid] = msgspec.msgpack.decode(record, type=Result)
+    summary = PostingSummary()
+    db.execute("BEGIN")
+    try:
+        for pid, result in finals.items():
+            payment = payments.get(pid)
+            if payment is None:
+                continue  # declined by risk before any intent: no money moved
+            existing = db.execute("SELECT state FROM ledger_transfers WHERE payment_id = ?",
+                                  (pid,)).fetchone()
+            status = result.status.value
+            if existing is not None:
+                if status == "reversed" and existing[0] == "pending":
+                    db.execute("UPDATE ledger_transfers SET state = 'voided'"
+                               " WHERE payment_id = ?", (pid,))
+                    summary.voided += 1
+                continue
+            if status != "approved":
+                continue
+            (payer, payer_role), (payee, payee_role) = _parties(payment, result.route)
+            debit = _account(db, payer, payer_role, payment.currency)
+            credit = _account(db, payee, payee_role, payment.currency)
+            state = "pending" if payment.channel == "card" else "posted"
+            db.execute(
+                "INSERT INTO ledger_transfers (payment_id, debit_account, credit_account,"
+                " amount, currency, channel, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (pid, debit, credit, payment.amount, payment.currency, payment.channel, state))
+            if state == "pending":
+                summary.pending += 1
+            else:
+                summary.posted += 1
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return summary
+
+
+def balances(db: sqlite3.Connection, *, include_pending: bool = False) -> dict[int, int]:
+    states = ("posted", "pending") if include_pending else ("posted",)
+    marks = ",".join("?" * len(states))
+    out: dict[int, int] = defaultdict(int)
+    for debit, credit, amount in db.execute(
+            f"SELECT debit_account, credit_account, amount FROM ledger_transfers"
+            f" WHERE state IN ({marks})", states):
+        out[debit] -= amount
+        out[credit] += amount
+    return dict(out)
+
+
+def check_invariants(db: sqlite3.Connection) -> None:
+    """Postings per currency sum to zero; no merchant account is below zero."""
+    currency_of = dict(db.execute("SELECT id, currency FROM ledger_accounts"))
+    role_of = dict(db.execute("SELECT id, role FROM ledger_accounts"))
+    for include_pending in (False, True):
+        per_currency: dict[str, int] = defaultdict(int)
+        for account, balance in balances(db, include_pending=include_pending).items():
+            per_currency[currency_of[account]] += balance
+            if role_of[account] == "merchant":
+                assert balance >= 0, f"merchant account {account} below zero: {balance}"
+        for currency, total in per_currency.items():
+            assert total == 0, f"postings in {currency} sum to {total}, not 0"
+
+
+def settle(db: sqlite3.Connection, closed_at_us: int,
+           modes: dict[str, Mode] | None = None, default_mode: Mode = "net") -> SettlementReport:
+    """Close a clearing cycle: capture holds, then net or gross positions per currency."""
+    modes = {**DEFAULT_MODES, **(modes or {})}
+    open_ledger(db)
+    db.execute("BEGIN")
+    try:
+        captured = db.execute("UPDATE ledger_transfers SET state = 'posted'"
+                              " WHERE state = 'pending'").rowcount
+        row = db.execute("SELECT COALESCE(MAX(cycle), 0) + 1 FROM ledger_cycles").fetchone()
+        cycle = int(row[0])
+        count = db.execute("UPDATE ledger_transfers SET cycle = ? WHERE state = 'posted'"
+                           " AND cycle IS NULL", (cycle,)).rowcount
+        db.execute("INSERT INTO ledger_cycles (cycle, closed_at_us, transfers) VALUES (?, ?, ?)",
+                   (cycle, closed_at_us, count))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    report = SettlementReport(cycle, captured, count)
+    accounts = {i: (p, r, c) for i, p, r, c in db.execute(
+        "SELECT id, participant, role, currency FROM ledger_accounts")}
+    net: dict[int, int] = defaultdict(int)
+    for debit, credit, amount, currency in db.execute(
+            "SELECT debit_account, credit_account, amount, currency FROM ledger_transfers"
+            " WHERE cycle = ? ORDER BY id", (cycle,)):
+        if modes.get(currency, default_mode) == "gross":
+            report.gross.append((accounts[debit][0], accounts[credit][0], amount, currency))
+        else:
+            net[debit] -= amount
+            net[credit] += amount
+    report.net = [Position(*accounts[a], amount) for a, amount in sorted(net.items()) if amount]
+    return report
