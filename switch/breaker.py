@@ -14,7 +14,9 @@ States (the classic three, as in resilience4j):
   reserves one each). The first failure re-opens the breaker; when every probe has
   answered, it closes unless the probes' slow-call ratio reaches ``slow_call_ratio``. A
   reserved probe that never reports back within ``probe_timeout_s`` counts as failed, so a
-  caller that lost a result cannot wedge the breaker half-open forever.
+  caller that lost a result cannot wedge the breaker half-open forever. Late results of
+  calls sent before the half-open period (told apart by ``now - duration_s``) are ignored:
+  they say nothing about the endpoint since it was opened.
 
 Active health probes (0800 echo for cards, a cheap status call elsewhere) come in through
 :meth:`CircuitBreaker.record_probe` and are kept apart from real traffic, because an echo
@@ -45,6 +47,9 @@ import msgspec
 HISTORY: Final = 64
 MAX_WINDOW_CALLS: Final = 100_000
 MAX_WINDOW_BUCKETS: Final = 600
+#: Clock-skew allowance when telling a half-open probe from an older call (see
+#: ``CircuitBreaker._started_before_half_open``).
+STALE_SLACK_S: Final = 0.05
 
 
 class BreakerState(enum.StrEnum):
@@ -288,8 +293,8 @@ class CircuitBreaker:
             if self._should_open(now):
                 self._open(now)
         elif self.state is BreakerState.HALF_OPEN:
-            if self._probes_reserved == 0:
-                return  # a call allowed before the breaker opened: old news
+            if self._probes_reserved == 0 or self._started_before_half_open(now, duration_s):
+                return  # a call let through before this half-open period: old news
             self._probes_reserved -= 1
             if not ok:
                 self._open(now)
@@ -339,6 +344,18 @@ class CircuitBreaker:
         if calls < cfg.min_calls:
             return False
         return failures / calls >= cfg.failure_ratio or slow / calls >= cfg.slow_call_ratio
+
+    def _started_before_half_open(self, now: float, duration_s: float) -> bool:
+        """Was this call sent before the current half-open period began?
+
+        ``allow`` hands out no ticket, so a result is matched to its period by when the
+        call started (``now - duration_s``). Every call from an earlier period started at
+        least ``open_s`` before this one began (the breaker was open in between), so a
+        slack of up to half of that absorbs the skew between the clock ``now`` comes from
+        and the one durations are measured with, without mistaking a real probe.
+        """
+        slack = min(STALE_SLACK_S, self.config.open_s / 2)
+        return now - duration_s < self._half_open_since - slack
 
     def _probes_expired(self, now: float) -> bool:
         return (

@@ -129,10 +129,11 @@ class RetryBudget:
     failovers to another endpoint: each is an extra request on the network side.
     """
 
-    __slots__ = ("_epoch", "_firsts", "_reserve", "_retries", "_width", "config")
+    __slots__ = ("_epoch", "_firsts", "_last", "_reserve", "_retries", "_width", "config")
 
     def __init__(self, config: RetryBudgetConfig | None = None) -> None:
         self.config = cfg = config if config is not None else RetryBudgetConfig()
+        self._last = -math.inf
         self._width = cfg.window_s / cfg.buckets
         self._reserve = cfg.min_per_s * cfg.window_s
         n = cfg.buckets + 1
@@ -141,6 +142,9 @@ class RetryBudget:
         self._retries = [0] * n
 
     def _slot(self, now: float) -> int:
+        # Out-of-order times (tasks reporting late) are clamped: going back could
+        # otherwise land on a slot now holding newer counts and wipe them.
+        now = self._last = max(now, self._last)
         epoch = math.floor(now / self._width)
         i = epoch % len(self._epoch)
         if self._epoch[i] != epoch:
@@ -149,7 +153,7 @@ class RetryBudget:
         return i
 
     def _totals(self, now: float) -> tuple[int, int]:
-        current = math.floor(now / self._width)
+        current = math.floor(max(now, self._last) / self._width)
         n = self.config.buckets
         firsts = retries = 0
         for i, epoch in enumerate(self._epoch):
@@ -280,16 +284,18 @@ class EwmaLatency:
 class SuccessWindow:
     """Calls and successes of one endpoint over the last ``window_s``, in time buckets."""
 
-    __slots__ = ("_calls", "_epoch", "_ok", "_width")
+    __slots__ = ("_calls", "_epoch", "_last", "_ok", "_width")
 
     def __init__(self, window_s: float = 60.0, buckets: int = 12) -> None:
         assert window_s > 0 and 2 <= buckets <= MAX_BUCKETS
+        self._last = -math.inf
         self._width = window_s / buckets
         self._epoch = [-1] * buckets
         self._calls = [0] * buckets
         self._ok = [0] * buckets
 
     def record(self, now: float, ok: bool) -> None:
+        now = self._last = max(now, self._last)  # clamped, as in RetryBudget
         epoch = math.floor(now / self._width)
         i = epoch % len(self._epoch)
         if self._epoch[i] != epoch:
@@ -301,7 +307,7 @@ class SuccessWindow:
     def totals(self, now: float, since: float = -math.inf) -> tuple[int, int]:
         """(calls, successes) in the window, counting only buckets that start at or after
         ``since`` (a re-admitted endpoint is judged on its calls since re-admission)."""
-        current = math.floor(now / self._width)
+        current = math.floor(max(now, self._last) / self._width)
         oldest = current - len(self._epoch) + 1
         calls = ok = 0
         for i, epoch in enumerate(self._epoch):
@@ -334,9 +340,8 @@ class Demotions:
             return True
         calls, ok = stats.totals(now, since=until)
         if calls >= rule.min_calls and ok / calls < rule.demote_below:
-            if len(self._until) >= MAX_DEMOTIONS:
-                self._forget_expired(now)
-            assert len(self._until) < MAX_DEMOTIONS
+            if len(self._until) >= MAX_DEMOTIONS and not self._make_room(now):
+                return False  # bound reached by live demotions: judge by rate alone
             self._until[key] = now + rule.retry_later_s
             self.demotions += 1
             return True
@@ -346,9 +351,14 @@ class Demotions:
         """From when the pair's calls count (its re-admission time; -inf if never demoted)."""
         return self._until.get((target, endpoint), -math.inf)
 
-    def _forget_expired(self, now: float) -> None:
-        # Expired entries only matter as "judge from here"; after a day nothing is that old.
-        self._until = {k: u for k, u in self._until.items() if u > now - 86400.0}
+    def _make_room(self, now: float) -> bool:
+        """Drop re-admitted pairs (they lose only their clean-slate mark); True if room.
+
+        Reached only if route tables reloaded many times with ever new target names:
+        targets x endpoints of one table stays far below the bound.
+        """
+        self._until = {k: u for k, u in self._until.items() if u > now}
+        return len(self._until) < MAX_DEMOTIONS
 
 
 # --------------------------------------------------------------------------- selection
@@ -477,6 +487,7 @@ class EndpointHealth:
         breaker_overrides: Mapping[str, BreakerConfig] | None = None,
         on_transition: TransitionHook | None = None,
         latency_alpha: float = 0.2,
+        failure_latency_s: float = 1.0,
         success_window_s: float = 60.0,
         success_buckets: int = 12,
     ) -> None:
@@ -491,11 +502,20 @@ class EndpointHealth:
             e: SuccessWindow(success_window_s, success_buckets) for e in names
         }
         self.demotions = Demotions()
+        assert failure_latency_s >= 0
+        self.failure_latency_s = failure_latency_s
 
     def record(self, endpoint: str, now: float, ok: bool, duration_s: float) -> None:
-        """A real call's result: ``ok`` means the endpoint worked (see CircuitBreaker.record)."""
+        """A real call's result: ``ok`` means the endpoint worked (see CircuitBreaker.record).
+
+        A failure enters the latency average as at least ``failure_latency_s``: an endpoint
+        that fails fast (connection refused in 0.1 ms) must not look like the fastest one
+        to the least-latency strategy while its breaker has not tripped yet.
+        """
         self.breakers[endpoint].record(now, ok, duration_s)
-        self.latency[endpoint].observe(duration_s)
+        self.latency[endpoint].observe(
+            duration_s if ok else max(duration_s, self.failure_latency_s)
+        )
         self.success[endpoint].record(now, ok)
 
     def select(
@@ -577,5 +597,7 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: End-to-end budget of one payment, retries included (the seed documents: 3 s).
     payment_deadline_s: Seconds = 3.0
     latency_alpha: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    #: A failed call counts at least this long in the latency average (see EndpointHealth).
+    failure_latency_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     success_window_s: Seconds = 60.0
     success_buckets: Annotated[int, msgspec.Meta(ge=2, le=MAX_BUCKETS)] = 12

@@ -112,8 +112,20 @@ def test_slow_probes_reopen() -> None:
     feed(b, 0.0, "x")
     assert b.allow(1.0) and b.allow(1.0)
     b.record(1.5, True, 0.01)
-    b.record(1.6, True, 9.0)  # 1 of 2 probes slow: ratio 0.5 reached
+    b.record(10.0, True, 9.0)  # 1 of 2 probes slow: ratio 0.5 reached
     assert b.state is OPEN
+
+
+def test_late_results_from_before_half_open_do_not_take_probe_slots() -> None:
+    b, _ = make(consecutive_failures=2, open_s=5.0, half_open_probes=1)
+    assert b.allow(0.0)  # a slow call leaves now...
+    feed(b, 0.1, "xx")  # ...the breaker opens at 0.2...
+    assert b.allow(5.2) and b.state is HALF  # ...and half-opens with one probe out
+    b.record(5.3, True, 5.3)  # the old call's answer (started at 0.0): not the probe
+    assert b.state is HALF
+    assert not b.allow(5.3)  # the probe slot is still taken by the real probe
+    b.record(5.4, True, 0.2)  # the probe's answer
+    assert b.state is CLOSED
 
 
 def test_lost_probe_counts_as_failed_after_probe_timeout() -> None:
@@ -200,7 +212,9 @@ def test_invariants_under_any_sequence(events: list[tuple[str, float]]) -> None:
         if was is BreakerState.OPEN:
             assert not allowed
         if allowed:
-            b.record(now, kind != "call_fail", 2.0 if kind == "call_slow" else 0.01)
+            duration = 2.0 if kind == "call_slow" else 0.01
+            now += duration
+            b.record(now, kind != "call_fail", duration)
         assert b._probes_reserved <= 2
     assert len(seen) == b.transitions
     assert all(old is not new for _, old, new in seen)

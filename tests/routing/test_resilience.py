@@ -136,6 +136,14 @@ def test_quiet_switch_can_still_retry() -> None:
     assert budget.try_spend_retry(21.0)  # the old retries aged out
 
 
+def test_retry_budget_clamps_time_going_back() -> None:
+    budget = RetryBudget(RetryBudgetConfig(ratio=0.0, window_s=10, buckets=10, min_per_s=0.2))
+    assert budget.try_spend_retry(100.0) and budget.try_spend_retry(100.0)
+    # A late report with an older time must not see a window without those retries.
+    assert not budget.try_spend_retry(88.0)
+    assert budget.remaining(88.0) == 0.0
+
+
 # ------------------------------------------------------------------ retry safety
 
 
@@ -217,6 +225,19 @@ def test_least_latency_picks_the_lowest_ewma() -> None:
     for _ in range(20):
         health.record("b", 0.0, True, 0.200)  # b slows down
     assert health.select(t, 0.0, rng)[0] == "c"
+
+
+def test_fast_failures_do_not_look_fast() -> None:
+    health = EndpointHealth(
+        ("a", "b"),
+        breaker=BreakerConfig(consecutive_failures=0, failure_ratio=1.0),
+        failure_latency_s=0.5,
+    )
+    t = target(LeastLatency(exploration=0.0), ("a", "b"))
+    for i in range(10):
+        health.record("a", 0.0, i % 3 != 0, 0.0001)  # a third refused in 0.1 ms
+        health.record("b", 0.0, True, 0.020)
+    assert health.select(t, 0.0, random.Random(0)) == ["b", "a"]
 
 
 def test_least_latency_explores_a_small_share() -> None:
