@@ -299,7 +299,8 @@ class CardScheme:
                     and len(self.records) < self.spec.max_records):
                 acct.holds[key] = amount
                 acct.held += amount
-                self.records[key] = AuthRecord(key, acct.pan, amount, "hold", "active")
+                self.records[key] = AuthRecord(key, acct.pan, amount, "hold", "active",
+                                               rrn=f.get(37, ""), currency=f.get(49, ""))
             elif key not in self.records:
                 self.advice_exceptions += 1
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED)

@@ -89,7 +89,12 @@ class SettlementWriter:
                 if (name, key) in self._written:
                     continue
                 self._written.add((name, key))
-                currency = NUMERIC_TO_ALPHA.get(int(record.currency or "0"), "XXX")
+                currency = NUMERIC_TO_ALPHA.get(int(record.currency or "0"))
+                if currency is None:
+                    # Cannot be cleared without a currency: report it, never guess one.
+                    log.error("%s: record %s has no usable currency (DE49 %r); not cleared",
+                              name, key, record.currency)
+                    continue
                 entries.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
                                                currency, "settled", self._wall_us(now)))
             written.append(self._write(name, "clr", entries, now))

@@ -52,7 +52,7 @@ def run_promtool(*args: str, stdin: bytes | None = None) -> subprocess.Completed
 def switch_process(workdir: Path, seed: int = 11) -> Iterator[dict[str, int]]:
     """A real ``payswitch serve`` subprocess (demo configuration, loopback, free ports)."""
     config = workdir / "switch.toml"
-    config.write_text(DEMO_CONFIG.format(seed=seed, journal=workdir / "journal.db"))
+    config.write_text(DEMO_CONFIG.format(seed=seed, journal=workdir / "journal.db", admin_port=0))
     proc, endpoints = start_switch(config, workdir / "ready.json")
     try:
         yield endpoints
