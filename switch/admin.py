@@ -29,7 +29,11 @@ from starlette.routing import Route
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
-def build_app(registry: CollectorRegistry, readiness: ReadinessCheck) -> Starlette:
+def build_app(
+    registry: CollectorRegistry,
+    readiness: ReadinessCheck,
+    reload_routes: Callable[[], Awaitable[tuple[bool, str]]] | None = None,
+) -> Starlette:
     async def metrics(request: Request) -> Response:
         if "application/openmetrics-text" in request.headers.get("accept", ""):
             body = generate_openmetrics(registry)  # type: ignore[no-untyped-call]

@@ -22,19 +22,22 @@ import anyio
 import anyio.abc
 import msgspec
 
+from switch import binlookup
 from switch.adapters.base import ChannelAdapter
 from switch.adapters.factory import build_network_adapter
 from switch.adapters.standin import StandInNetwork
 from switch.admin import bind_socket, build_app, serve_http
 from switch.clock import Clock
-from switch.config import SwitchConfig
+from switch.config import ConfigError, SwitchConfig
 from switch.idempotency import IdempotencyIndex
-from switch.journal import Journal, Recovered, open_database, replay
+from switch.journal import Journal, Recovered, UnfinishedPayment, open_database, replay
 from switch.metrics import SwitchMetrics
 from switch.pipeline import Pipeline
 from switch.resolver import Resolver
 from switch.risk import RiskEngine
-from switch.routing import NoRoute, Router
+from switch.routes import RouteTableError, Target, load_route_table
+from switch.routing import NoRoute, Router, load_table
+from switch.saf import StandIn
 from switch.server import Server
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,43 @@ class SwitchApp:
         self.server: Server | None = None
         self.journal: Journal | None = None
         self.resolver: Resolver | None = None
+        self.router: Router | None = None
+        self.standin: StandIn | None = None
+
+    async def _refresh_gauges(self, router: Router, clock: Clock) -> None:
+        while True:
+            router.refresh_gauges(clock.now())
+            await anyio.sleep(1.0)
+
+    async def _watch_routes(self, router: Router, path: str, every_s: float) -> None:
+        """Hot reload: a changed table is validated whole and swapped in for new payments;
+        an invalid one is logged with its reasons and the old table stays."""
+        last = _mtime(path)
+        while True:
+            await anyio.sleep(every_s)
+            current = _mtime(path)
+            if current == last:
+                continue
+            last = current
+            await self.reload_routes(path)
+
+    async def reload_routes(self, path: str | None = None) -> tuple[bool, str]:
+        assert self.router is not None
+        source = path or self.config.routing.table
+        if source is None:
+            return False, "no routing.table configured"
+        router = self.router
+        try:
+            text = await anyio.to_thread.run_sync(Path(source).read_text)
+            table = await anyio.to_thread.run_sync(load_route_table, text, router.adapters)
+        except (RouteTableError, OSError) as exc:
+            router.metrics.route_reloads["rejected"].inc()
+            log.error("route table %s rejected, keeping %s: %s", source, router.table.digest, exc)
+            return False, str(exc)
+        router.table = table  # one reference swap: payments in flight keep their target
+        router.metrics.route_reloads["ok"].inc()
+        log.info("route table %s reloaded: %s", source, table.digest)
+        return True, table.digest
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -114,8 +154,18 @@ class SwitchApp:
                 age_s = (wall_us - final.at_us) / 1e6
                 if age_s < cfg.idempotency.retention_s:
                     index.restore(final.idempotency_key, final.body_hash, final.result, now - age_s)
-            router = Router(cfg.routes, self.adapters)
+            try:
+                table = await anyio.to_thread.run_sync(
+                    load_table, cfg.routes, cfg.routing.table, self.adapters)
+            except (RouteTableError, OSError) as exc:
+                raise ConfigError(f"routing.table: {exc}") from None
+            await anyio.to_thread.run_sync(binlookup.warm_up)  # compile before payment one
+            router = Router(table, self.adapters, cfg.resilience, self.metrics, cfg.seed)
+            self.router = router
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics)
+            standin = StandIn(cfg.standin, self.adapters, journal, clock, self.metrics,
+                              lambda e, now: router.health.breakers[e].available(now))
+            self.standin = standin
             self.resolver = resolver
             pipeline = Pipeline(
                 clock=clock,
@@ -128,6 +178,7 @@ class SwitchApp:
                 token_key=token_key,
                 boot_count=recovered.boot_count,
                 seed=cfg.seed,
+                standin=standin if cfg.standin.enabled else None,
             )
             server = Server(pipeline, cfg.server, self.metrics)
             self.server = server
@@ -149,11 +200,21 @@ class SwitchApp:
                         if run is not None:
                             await services.start(run)
                     services.start_soon(resolver.run)
+                    services.start_soon(standin.run)
+                    services.start_soon(self._refresh_gauges, router, clock)
+                    if cfg.routing.table is not None and cfg.routing.reload_check_s > 0:
+                        services.start_soon(self._watch_routes, router, cfg.routing.table,
+                                            cfg.routing.reload_check_s)
+                    for advice in recovered.pending_advices:
+                        target = router.target(advice.payment)
+                        standin.queue_advice(advice.payment, advice.result, target.endpoints,
+                                             advice.body_hash)
                     for unfinished in recovered.unfinished:
                         # Mark as pending in the index so a client retry waits for the answer.
                         index.begin(unfinished.payment.idempotency_key, unfinished.body_hash, now)
                         try:
-                            route = router.route(unfinished.payment)
+                            target = router.target(unfinished.payment)
+                            route = router.route(_resolve_endpoint(unfinished, target), target)
                         except NoRoute:
                             log.error("no route to resolve an unfinished payment",
                                       extra={"payment_id": unfinished.payment.payment_id})
@@ -164,7 +225,8 @@ class SwitchApp:
                     if cfg.admin.enabled:
                         sock = bind_socket(cfg.admin.host, cfg.admin.port)
                         admin_port = sock.getsockname()[1]
-                        app = build_app(self.metrics.registry, self.readiness)
+                        app = build_app(self.metrics.registry, self.readiness,
+                                        self.reload_routes)
                         # In the outer group, stopped by its own trigger after the drain:
                         # /readyz keeps answering "draining" while payments finish, and
                         # Hypercorn is never cancelled mid-shutdown.
@@ -205,6 +267,13 @@ class SwitchApp:
             db.close()
 
 
+def _resolve_endpoint(unfinished: UnfinishedPayment, target: Target) -> str:
+    """The endpoint an unfinished payment was sent to: the reversal must go to the same
+    issuer network. The intent does not record it, so take the target's first endpoint;
+    card endpoints of one scheme share the issuers' books, and the resolver retries."""
+    return target.endpoints[0]
+
+
 async def _accept(
     listener: anyio.abc.Listener[anyio.abc.SocketStream],
     server: Server,
@@ -216,6 +285,13 @@ async def _accept(
             # Connection handlers live in ``connections``, outside this scope, so that
             # closing the listener does not cut off payments already in flight.
             await listener.serve(server.handle_connection, task_group=connections)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _write_ready_file(path: str, endpoints: Endpoints) -> None:

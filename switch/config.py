@@ -22,6 +22,7 @@ from switch.adapters.factory import (
 )
 from switch.currency import CURRENCIES
 from switch.model import CHANNELS, Channel
+from switch.resilience import ResilienceConfig
 from switch.wire import MAX_FRAME_BYTES_CEILING, describe_validation_error
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
@@ -128,6 +129,28 @@ class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeout_s: PositiveSeconds = 2.0
 
 
+class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    #: A route table (TOML, see examples/routes.toml). Without one, each [[routes]] entry
+    #: becomes a one-endpoint target for its channel.
+    table: str | None = None
+    #: How often the table file is checked for changes (hot reload); 0 turns it off.
+    reload_check_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
+
+
+class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Card stand-in: approve on the issuer's behalf when every issuer endpoint is down."""
+
+    enabled: bool = True
+    #: Largest single stand-in approval, in the payment's minor units.
+    per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+    #: Stand-in total per card (token) and per issuer target, over the switch's lifetime
+    #: since the last advice delivery; past it, the payment is declined 91.
+    per_card_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 50_000
+    per_issuer_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 5_000_000
+    #: Store-and-forward bound on undelivered advices.
+    max_pending_advices: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100_000
+
+
 class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: Key for PAN tokens and idempotency body hashes. The default is for demos only.
     token_key: Annotated[str, msgspec.Meta(min_length=16, max_length=128)] = (
@@ -147,6 +170,9 @@ class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: The simulated networks over TCP (``payswitch channels serve``), by kind.
     channel_networks: list[NetworkAdapterSpec] = msgspec.field(default_factory=list)
     routes: list[ChannelRoute] = msgspec.field(default_factory=list)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
+    standin: StandInConfig = msgspec.field(default_factory=StandInConfig)
     seed: int = 1
 
 
@@ -194,8 +220,13 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
             )
         routed.add(route.channel)
     missing = [c for c in CHANNELS if c not in routed]
-    if cfg.routes and missing:
+    if cfg.routes and missing and cfg.routing.table is None:
         raise ConfigError(f"routes: no route for channel(s) {', '.join(missing)}")
+    for section, names in (("resilience.breakers", cfg.resilience.breakers),
+                           ("resilience.admission.overrides", cfg.resilience.admission.overrides)):
+        for name in names:
+            if name not in serves:
+                raise ConfigError(f"{section}.{name}: no network named {name!r}")
 
 
 def parse_config(text: str, source: str = "<config>") -> SwitchConfig:
@@ -226,7 +257,7 @@ def load_config(path: str | Path) -> SwitchConfig:
 
 def with_defaults(cfg: SwitchConfig) -> SwitchConfig:
     """Fill in one stand-in network and route per channel when the file names none."""
-    if cfg.routes:
+    if cfg.routes or cfg.routing.table is not None or cfg.channel_networks:
         return cfg
     networks = [
         StandInNetworkConfig(name=f"standin-{ch}", channel=ch, seed=cfg.seed + i)

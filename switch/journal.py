@@ -35,7 +35,9 @@ from switch.model import Payment, Result, Status
 
 log = logging.getLogger(__name__)
 
-RecordKind = Literal["intent", "unknown", "final"]
+#: intent: about to send; unknown: sent, no answer in time; final: the result;
+#: advice: a stand-in approval's 0120 advice reached the issuer.
+RecordKind = Literal["intent", "unknown", "final", "advice"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -91,6 +93,14 @@ class UnfinishedPayment(msgspec.Struct, frozen=True):
     status: Status  # the last state journaled: sent or unknown
 
 
+class PendingAdvice(msgspec.Struct, frozen=True):
+    """A stand-in approval whose 0120 advice has not been delivered yet."""
+
+    body_hash: bytes
+    payment: Payment
+    result: Result
+
+
 class Recovered(msgspec.Struct, frozen=True):
     """What start-up learns from replaying the journal."""
 
@@ -98,6 +108,7 @@ class Recovered(msgspec.Struct, frozen=True):
     unfinished: list[UnfinishedPayment]
     boot_count: int
     records: int
+    pending_advices: list[PendingAdvice] = msgspec.field(default_factory=list)
 
 
 def encode_payment(payment: Payment) -> bytes:
@@ -124,6 +135,8 @@ def replay(db: sqlite3.Connection) -> Recovered:
     """Rebuild state from the journal, and count this boot."""
     last_final: dict[str, FinalRecord] = {}
     open_payments: dict[str, UnfinishedPayment] = {}
+    intents: dict[str, Payment] = {}
+    stood_in: dict[str, FinalRecord] = {}
     records = 0
     cursor = db.execute(
         "SELECT payment_id, idempotency_key, kind, status, body_hash, record, at_us"
@@ -133,13 +146,16 @@ def replay(db: sqlite3.Connection) -> Recovered:
         records += 1
         if kind == "final":
             open_payments.pop(payment_id, None)
-            last_final[payment_id] = FinalRecord(
-                key, body_hash, _result_decoder.decode(record), at_us
-            )
+            final = FinalRecord(key, body_hash, _result_decoder.decode(record), at_us)
+            last_final[payment_id] = final
+            if final.result.stood_in:
+                stood_in[payment_id] = final
+        elif kind == "advice":
+            stood_in.pop(payment_id, None)
         elif kind == "intent":
-            open_payments[payment_id] = UnfinishedPayment(
-                body_hash, _payment_decoder.decode(record), Status(status)
-            )
+            payment = _payment_decoder.decode(record)
+            intents[payment_id] = payment
+            open_payments[payment_id] = UnfinishedPayment(body_hash, payment, Status(status))
         elif kind == "unknown" and payment_id in open_payments:
             prior = open_payments[payment_id]
             open_payments[payment_id] = UnfinishedPayment(
@@ -152,7 +168,10 @@ def replay(db: sqlite3.Connection) -> Recovered:
         " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (str(boot_count),),
     )
-    return Recovered(list(last_final.values()), list(open_payments.values()), boot_count, records)
+    advices = [PendingAdvice(f.body_hash, intents[pid], f.result)
+               for pid, f in stood_in.items() if pid in intents]
+    return Recovered(list(last_final.values()), list(open_payments.values()), boot_count,
+                     records, advices)
 
 
 class Journal:

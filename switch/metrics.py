@@ -73,6 +73,7 @@ REJECT_REASONS: Final = (
     reasons.E_UNAVAILABLE,
 )
 RISK_RULES: Final = ("amount_limit", "blocklist", "velocity_count", "velocity_amount")
+RETRY_REASONS: Final = ("not_sent", "technical")
 FINAL_STATUSES: Final = (
     Status.APPROVED,
     Status.DECLINED,
@@ -220,6 +221,69 @@ class SwitchMetrics:
             registry=r,
         )
         self.ready = Gauge("payswitch_ready", "1 when the switch accepts payments.", registry=r)
+
+        # --- routing and resilience -------------------------------------------------------
+        breaker_state = Gauge(
+            "payswitch_breaker_state",
+            "Circuit breaker per network endpoint: 0 closed, 1 half-open, 2 open.",
+            ["endpoint"], registry=r,
+        )
+        self.breaker_state: dict[str, Gauge] = {n: breaker_state.labels(n) for n in names}
+        self.breaker_transitions = Counter(
+            "payswitch_breaker_transitions",
+            "Circuit breaker state changes, by endpoint and from/to state.",
+            ["endpoint", "from_state", "to_state"], registry=r,
+        )
+        retries = Counter(
+            "payswitch_retries", "Payment attempts after the first, by channel and reason.",
+            ["channel", "reason"], registry=r,
+        )
+        self.retries: dict[tuple[Channel, str], Counter] = {
+            (ch, why): retries.labels(ch, why) for ch in CHANNELS for why in RETRY_REASONS
+        }
+        denied = Counter(
+            "payswitch_retries_denied", "Retries not made, by reason.", ["reason"], registry=r
+        )
+        self.retries_denied: dict[str, Counter] = {
+            why: denied.labels(why) for why in ("budget", "unsafe", "attempts", "deadline")
+        }
+        self.failovers = Counter(
+            "payswitch_failovers", "Payments moved from one endpoint to the next.",
+            ["from_endpoint", "to_endpoint"], registry=r,
+        )
+        shed = Counter(
+            "payswitch_shed_payments",
+            "Attempts refused by admission control (endpoint full), by endpoint.",
+            ["endpoint"], registry=r,
+        )
+        self.shed: dict[str, Counter] = {n: shed.labels(n) for n in names}
+        self.retry_budget_remaining = Gauge(
+            "payswitch_retry_budget_remaining", "Retries the global retry budget allows now.",
+            registry=r,
+        )
+        standin = Counter(
+            "payswitch_standin_approvals", "Card payments approved in stand-in, by channel.",
+            ["channel"], registry=r,
+        )
+        self.standin: dict[Channel, Counter] = {ch: standin.labels(ch) for ch in CHANNELS}
+        self.saf_depth = Gauge(
+            "payswitch_saf_depth_messages",
+            "Store-and-forward messages (advices) waiting for their network.", registry=r,
+        )
+        self.saf_oldest_age = Gauge(
+            "payswitch_saf_oldest_age_seconds",
+            "Age of the oldest store-and-forward message waiting.", registry=r,
+        )
+        self.saf_delivered = Counter(
+            "payswitch_saf_delivered_messages", "Store-and-forward messages delivered.",
+            registry=r,
+        )
+        reloads = Counter(
+            "payswitch_route_table_reloads", "Route table reloads, by result.", ["result"],
+            registry=r,
+        )
+        self.route_reloads: dict[str, Counter] = {
+            res: reloads.labels(res) for res in ("ok", "rejected")}
         if not enabled:
             self._disable()
 

@@ -7,9 +7,14 @@ jPOS TransactionManager idea: an ordered list of steps you can read top to botto
     2. dedupe     same key + same body: replay the stored result;
                   same key + other body: refuse                    -> error reply
     3. risk       amount limits, blocklists, velocity, AML flag    -> declined
-    4. route      pick the network adapter and its timeout         -> failed 91
-    5. dispatch   journal the intent (write-ahead), then send,
-                  bounded by the route's timeout                   -> approved/declined/
+    4. route      the target (route table), its endpoints in
+                  strategy order (breakers, latency, success rate),
+                  and an admission slot                            -> failed 91 / overloaded
+    5. dispatch   journal the intent (write-ahead), then attempt
+                  endpoints in order: per-attempt timeout within
+                  the payment deadline, safe retries within the
+                  retry budget, failover; card stand-in when no
+                  issuer endpoint is reachable                     -> approved/declined/
                                                                       failed/unknown
     6. journal    the result, durably (group commit)
     7. respond    only now does the client hear the result
@@ -48,9 +53,12 @@ from switch.model import (
     check_transition,
     tokenize_pan,
 )
+from switch.resilience import FailureKind, classify, is_safe_to_retry
 from switch.resolver import Resolver
 from switch.risk import RiskEngine
+from switch.routes import Target
 from switch.routing import NoRoute, Route, Router
+from switch.saf import StandIn
 from switch.validation import InvalidPayment, validate
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -74,6 +82,19 @@ class Rejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchOutcome:
+    """What the attempt loop ended with."""
+
+    reply: NetworkReply | None  # the last answer, None if no endpoint answered
+    route: Route | None  # where the last attempt went
+    #: No endpoint of the target gave a usable answer (refused, down, technical errors
+    #: only): the condition for card stand-in.
+    issuer_unreachable: bool
+    #: The last attempt was sent and got no answer in time: the outcome is unknown.
+    unknown: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Submitted:
     result: Result
     replay: bool
@@ -93,6 +114,7 @@ class Pipeline:
         token_key: bytes,
         boot_count: int,
         seed: int,
+        standin: StandIn | None = None,
     ) -> None:
         self.clock = clock
         self.journal = journal
@@ -100,6 +122,7 @@ class Pipeline:
         self.risk = risk
         self.router = router
         self.resolver = resolver
+        self.standin = standin
         self.metrics = metrics
         self._token_key = token_key
         self._boot = boot_count
@@ -171,56 +194,153 @@ class Pipeline:
             await self._journal(payment, digest, "final", result.status, encode_result(result))
             return result
 
-        # 4. route
+        # 4. route: the target, its candidate endpoints, and a reserved admission slot
+        now = self.clock.now()
         try:
-            route = self.router.route(payment)
+            target = self.router.target(payment)
         except NoRoute:
             check_transition(pid, state, Status.FAILED)
             result = Result(pid, Status.FAILED, reasons.ISSUER_UNAVAILABLE)
             await self._journal(payment, digest, "final", result.status, encode_result(result))
             return result
+        # An empty order means every endpoint's breaker is open: nothing to reserve, and
+        # the payment goes straight to stand-in (cards) or fails 91.
+        order = self.router.candidates(target, payment, now)
+        first = self._reserve(order) if order else -1  # before the journal: shedding is safe
         check_transition(pid, state, Status.ROUTED)
         state = Status.ROUTED
 
         # 5. dispatch: write-ahead first, so a crash after sending is never forgotten.
-        await self._journal(payment, digest, "intent", Status.SENT, encode_payment(payment))
+        try:
+            await self._journal(payment, digest, "intent", Status.SENT,
+                                encode_payment(payment))
+        except BaseException:
+            if first >= 0:
+                self.router.limiter.release(order[first])
+            raise
         check_transition(pid, state, Status.SENT)
         state = Status.SENT
-        reply = await self._dispatch(route, payment)
-        if reply is None:
+        if first >= 0:
+            outcome = await self._dispatch(payment, target, order, first, now)
+        else:
+            outcome = DispatchOutcome(None, None, issuer_unreachable=True)
+        if outcome.unknown:
+            assert outcome.route is not None
             # Sent, and no answer in time: outcome unknown until resolved.
             check_transition(pid, state, Status.UNKNOWN)
-            result = Result(pid, Status.UNKNOWN, reasons.RESPONSE_TOO_LATE, route=route.network)
+            result = Result(pid, Status.UNKNOWN, reasons.RESPONSE_TOO_LATE,
+                            route=outcome.route.network, aml_flag=payment.aml_flag)
             await self._journal(payment, digest, "unknown", Status.UNKNOWN, encode_result(result))
-            self.resolver.submit(payment, digest, route)
+            self.resolver.submit(payment, digest, outcome.route)
             return result
+        reply = outcome.reply or NetworkReply("failed", reasons.ISSUER_UNAVAILABLE)
+        stood_in = False
+        if outcome.issuer_unreachable and payment.channel == "card" and self.standin is not None:
+            # No issuer endpoint could be reached: approve on its behalf within limits,
+            # and tell it later with a 0120 advice (store and forward).
+            auth_code = self.standin.decide(payment, target.name)
+            if auth_code is not None:
+                reply = NetworkReply("approved", reasons.APPROVED, auth_code)
+                stood_in = True
         status = _OUTCOME_STATUS[reply.outcome]
         check_transition(pid, state, status)
-        result = Result(
-            pid, status, reply.reason, reply.network_ref, route.network, aml_flag=payment.aml_flag
-        )
+        network = outcome.route.network if outcome.route is not None else target.name
+        result = Result(pid, status, reply.reason, reply.network_ref, network,
+                        stood_in=stood_in, aml_flag=payment.aml_flag)
 
         # 6. journal
         await self._journal(payment, digest, "final", status, encode_result(result))
+        if stood_in:
+            assert self.standin is not None
+            self.standin.queue_advice(payment, result, target.endpoints, digest)
 
         # 7. respond
         return result
 
-    async def _dispatch(self, route: Route, payment: Payment) -> NetworkReply | None:
-        """Send through the route's adapter. None means: sent, outcome unknown."""
-        metrics = self.metrics
-        sent_at = self.clock.measure()
-        try:
-            with anyio.move_on_after(route.timeout_s) as scope:
-                reply = await route.adapter.authorize(payment)
-        except NotSent:
-            # Never left the switch: a clean failure, nothing to resolve.
-            return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE)
-        if scope.cancelled_caught:
-            metrics.network_timeouts[route.network].inc()
-            return None
-        metrics.network_duration[route.network].observe(self.clock.measure() - sent_at)
-        return reply
+    def _reserve(self, order: list[str]) -> int:
+        """Admission: hold a slot on the first candidate with room, or shed the payment."""
+        limiter = self.router.limiter
+        for i, endpoint in enumerate(order):
+            if limiter.try_acquire(endpoint):
+                return i
+            self.metrics.shed[endpoint].inc()
+        raise Rejected(reasons.E_OVERLOADED,
+                       f"every endpoint of this route is at its in-flight limit ({order})")
+
+    async def _dispatch(self, payment: Payment, target: Target, order: list[str], first: int,
+                        started: float) -> DispatchOutcome:
+        """Attempts in failover order, within the payment's deadline and the retry budget.
+
+        Retries only what is safe: a request that never left (NotSent), or a technical
+        error the network answered. A timeout after sending ends the loop: the outcome is
+        unknown, and retrying elsewhere could book the payment twice.
+        """
+        router, metrics, clock = self.router, self.metrics, self.clock
+        deadline = started + router.config.payment_deadline_s
+        router.budget.record_attempt(started)
+        last: NetworkReply | None = None
+        last_route: Route | None = None
+        reached_issuer = False
+        attempts = 0
+        previous = ""
+        for index in range(first, len(order)):
+            endpoint = order[index]
+            now = clock.now()
+            # allow() also takes a probe slot when the breaker is half-open.
+            if not router.health.breakers[endpoint].allow(now):
+                if index == first:
+                    router.limiter.release(endpoint)
+                continue
+            if index != first and not router.limiter.try_acquire(endpoint):
+                metrics.shed[endpoint].inc()
+                continue
+            timeout = min(target.timeout_s, deadline - now)
+            if timeout <= 0:
+                router.limiter.release(endpoint)
+                metrics.retries_denied["deadline"].inc()
+                break
+            if previous:
+                metrics.failovers.labels(previous, endpoint).inc()
+            attempts += 1
+            route = router.route(endpoint, target)
+            sent_at = clock.measure()
+            not_sent = False
+            reply: NetworkReply | None = None
+            try:
+                with anyio.move_on_after(timeout) as scope:
+                    reply = await route.adapter.authorize(payment)
+            except NotSent:
+                not_sent = True
+            finally:
+                router.limiter.release(endpoint)
+            duration = clock.measure() - sent_at
+            if scope.cancelled_caught:
+                metrics.network_timeouts[endpoint].inc()
+                router.health.record(endpoint, clock.now(), False, duration)
+                return DispatchOutcome(None, route, issuer_unreachable=False, unknown=True)
+            kind = classify(reply, not_sent=not_sent)
+            healthy = kind is None or kind is FailureKind.DECLINED
+            router.health.record(endpoint, clock.now(), healthy, duration)
+            if not not_sent:
+                metrics.network_duration[endpoint].observe(duration)
+                reached_issuer = reached_issuer or healthy
+            last, last_route, previous = reply, route, endpoint
+            if kind is None or kind is FailureKind.DECLINED:
+                return DispatchOutcome(reply, route, issuer_unreachable=False)
+            if not is_safe_to_retry(payment.channel, kind, same_endpoint=False):
+                metrics.retries_denied["unsafe"].inc()
+                break
+            delay = router.policy.plan_retry(attempts, router.rng, clock.now(), deadline)
+            if delay is None:
+                metrics.retries_denied["attempts"].inc()
+                break
+            if not router.budget.try_spend_retry(clock.now()):
+                metrics.retries_denied["budget"].inc()
+                break
+            metrics.retries[(payment.channel, kind.value)].inc()
+            if delay:
+                await anyio.sleep(delay)
+        return DispatchOutcome(last, last_route, issuer_unreachable=not reached_issuer)
 
     async def _journal(
         self, payment: Payment, digest: bytes, kind: str, status: Status, record: bytes

@@ -206,6 +206,23 @@ class CardAdapter:
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
+    async def advise(self, payment: Payment, auth_code: str) -> bool:
+        """Send the 0120 advice of a stand-in approval; True once the issuer answered 0130.
+
+        Built from the same deterministic original request as :meth:`authorize`, so the
+        issuer books the hold under the key the authorization would have had.
+        """
+        try:
+            original = original_request(payment, self.config.acquirer_id)
+            advice = iso8583.authorization_advice(
+                original, response_code=reasons.APPROVED, auth_code=auth_code)
+        except CodecError as exc:
+            raise NotSent(f"{self.name}: cannot build advice: {exc}") from None
+        link = self._pool.pick()
+        answer = await exchange(link, self._correlator, iso8583.match_key(advice),
+                                iso8583.frame(iso8583.encode(advice)))
+        return answer.mti == "0130"
+
     async def aclose(self) -> None:
         """Sign off (best effort, at most 0.2 s, even when the caller is being cancelled)."""
         try:
