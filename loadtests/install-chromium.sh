@@ -1,0 +1,44 @@
+#!/bin/sh
+# Install headless Chromium (the Debian package `chromium`) when it is missing. `make test`
+# runs this first: the report-rendering test opens reports in headless Chromium, takes a
+# screenshot and checks it is not blank, and it fails (rather than skips) without it.
+#
+# Non-interactive, idempotent: exits 0 at once when chromium is already on PATH. Needs root
+# (or sudo) and apt-get; elsewhere install Chromium yourself so that `chromium` is on PATH.
+set -eu
+
+say() { printf 'install-chromium: %s\n' "$*"; }
+
+for candidate in chromium chromium-browser; do
+    if command -v "$candidate" >/dev/null 2>&1; then
+        say "already present: $(command -v "$candidate") ($("$candidate" --version 2>/dev/null | head -n 1))"
+        exit 0
+    fi
+done
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    say "chromium is missing and apt-get is not available: install Chromium by hand" >&2
+    exit 1
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    else
+        say "chromium is missing; run this script as root (or install sudo)" >&2
+        exit 1
+    fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+say "running: apt-get update"
+$SUDO apt-get update -q
+say "running: apt-get install -y --no-install-recommends chromium"
+$SUDO apt-get install -y -q --no-install-recommends chromium
+
+if ! command -v chromium >/dev/null 2>&1; then
+    say "the chromium package installed but chromium is still not on PATH" >&2
+    exit 1
+fi
+say "installed: $(command -v chromium) ($(chromium --version 2>/dev/null | head -n 1))"
