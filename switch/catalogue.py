@@ -37,10 +37,13 @@ UNIT_SUFFIXES: Final[dict[str, str]] = {
     "requests": "requests",
     "connections": "connections",
     "ratio": "ratio (0–1)",
+    "messages": "messages",
 }
 #: Metrics whose unit cannot be read from the name, with the reason in the unit itself.
 UNIT_OVERRIDES: Final[dict[str, str]] = {
     "payswitch_ready": "boolean (1 = ready, 0 = not)",
+    "payswitch_breaker_state": "state (0 closed, 1 half-open, 2 open)",
+    "payswitch_retry_budget_remaining": "retries",
 }
 #: Label names that would mean an unbounded (or sensitive) label: never allowed.
 FORBIDDEN_LABEL = re.compile(
