@@ -4,6 +4,10 @@ The numeric core (numba kernels over int64 arrays) lives in :mod:`switch.recon.k
 :mod:`switch.recon.reference` is the slow, obviously-correct twin used by tests and as the
 benchmark's dict baseline. Netting and late-settlement classes are meant to be layered on
 top of :class:`ReconResult` in Python.
+
+The array entry point is ``reconcile_arrays``, not ``reconcile``: ``switch.recon.reconcile``
+is the end-to-end module, and importing a submodule rebinds the package attribute of the
+same name, which would silently replace a function called ``reconcile`` here.
 """
 
 from switch.recon.kernels import (
@@ -17,7 +21,7 @@ from switch.recon.kernels import (
     exact_match,
     hash_reference,
     hash_references,
-    reconcile,
+    reconcile_arrays,
     tolerance_match,
     warm_up,
 )
@@ -33,7 +37,7 @@ __all__ = [
     "exact_match",
     "hash_reference",
     "hash_references",
-    "reconcile",
+    "reconcile_arrays",
     "tolerance_match",
     "warm_up",
 ]

@@ -794,7 +794,7 @@ def tolerance_match(
     )
 
 
-def reconcile(
+def reconcile_arrays(
     switch: RecordArrays,
     network: RecordArrays,
     *,
@@ -843,7 +843,7 @@ def warm_up() -> float:
         time_us=[0, 1, 2, 3, 4, 0, 6, 1_000],
         status=[0, 0, 0, 0, 0, 0, 0, 0],
     )
-    res = reconcile(sw, net, tol_amount=10, tol_time_us=10)
+    res = reconcile_arrays(sw, net, tol_amount=10, tol_time_us=10)
     assert res.counts()[BreakClass.MATCHED_TOLERANCE] == 2, res
     return time.perf_counter() - t0
 

@@ -25,11 +25,11 @@ from switch.recon import (
     hash_reference,
     hash_references,
     kernels,
-    reconcile,
+    reconcile_arrays,
     tolerance_match,
     warm_up,
 )
-from switch.recon.reference import RecordLists, reconcile_reference
+from switch.recon.reference import RecordLists, reconcile_reference, tolerance_candidates
 
 EUR, USD = 978, 840
 SETTLED, FAILED = int(RecordStatus.SETTLED), int(RecordStatus.FAILED)
@@ -60,7 +60,7 @@ def clean(n: int, seed: int = 7) -> list[tuple[int, int, int, int, int]]:
 
 
 def run(sw: RecordArrays, net: RecordArrays) -> ReconResult:
-    return reconcile(sw, net, tol_amount=TOL_A, tol_time_us=TOL_T)
+    return reconcile_arrays(sw, net, tol_amount=TOL_A, tol_time_us=TOL_T)
 
 
 def check_consistent(res: ReconResult) -> None:
@@ -202,7 +202,7 @@ def test_every_class_in_one_dataset() -> None:
 def test_tolerance_prefers_closest_in_time_and_is_one_to_one() -> None:
     sw = side([(1, 1000, EUR, 100, SETTLED), (2, 1000, EUR, 130, SETTLED)])
     net = side([(11, 1000, EUR, 125, SETTLED), (12, 1001, EUR, 160, SETTLED)])
-    res = reconcile(sw, net, tol_amount=5, tol_time_us=100)
+    res = reconcile_arrays(sw, net, tol_amount=5, tol_time_us=100)
     # (1, 11) has |dt| 25, (2, 11) has 5: switch 2 wins network 11; switch 1 gets 12.
     assert list(res.switch_match) == [1, 0]
     assert (res.switch_class == B.MATCHED_TOLERANCE).all()
@@ -213,10 +213,10 @@ def test_tolerance_respects_bounds_and_currency() -> None:
     net = side(
         [(11, 1006, EUR, 0, SETTLED), (12, 1000, EUR, 11, SETTLED), (13, 1000, USD, 0, SETTLED)]
     )
-    res = reconcile(sw, net, tol_amount=5, tol_time_us=10)
+    res = reconcile_arrays(sw, net, tol_amount=5, tol_time_us=10)
     assert (res.switch_class == B.MISSING_AT_NETWORK).all()
     assert (res.network_class == B.MISSING_IN_SWITCH).all()
-    res = reconcile(sw, net, tol_amount=6, tol_time_us=11)
+    res = reconcile_arrays(sw, net, tol_amount=6, tol_time_us=11)
     assert sorted(res.switch_match.tolist()) == [-1, 0, 1]
 
 
@@ -250,7 +250,7 @@ def test_huge_tolerances_match_reference() -> None:
         for _ in range(2)
     ]
     tol_a, tol_t = 1 << 40, 1 << 50
-    got = reconcile(
+    got = reconcile_arrays(
         *(RecordArrays.from_columns(*c) for c in cols), tol_amount=tol_a, tol_time_us=tol_t
     )
     want = reconcile_reference(
@@ -267,8 +267,8 @@ def test_candidate_bound_raises_instead_of_exploding() -> None:
     sw = side([(i, 1000, EUR, 0, SETTLED) for i in range(30)])
     net = side([(100 + i, 1000, EUR, 0, SETTLED) for i in range(30)])
     with pytest.raises(ValueError, match="max_candidates"):
-        reconcile(sw, net, tol_amount=0, tol_time_us=0, max_candidates=899)
-    assert reconcile(sw, net, tol_amount=0, tol_time_us=0, max_candidates=900).breaks() == 0
+        reconcile_arrays(sw, net, tol_amount=0, tol_time_us=0, max_candidates=899)
+    assert reconcile_arrays(sw, net, tol_amount=0, tol_time_us=0, max_candidates=900).breaks() == 0
 
 
 # ---------------------------------------------------------------- input validation
@@ -280,14 +280,14 @@ def test_input_validation() -> None:
     with pytest.raises(TypeError, match="int64"):
         RecordArrays.from_columns([1.5], [1], [1], [1], [1])
     with pytest.raises(ValueError, match="tol_amount"):
-        reconcile(side([]), side([]), tol_amount=-1, tol_time_us=0)
+        reconcile_arrays(side([]), side([]), tol_amount=-1, tol_time_us=0)
     big = 1 << 62
     with pytest.raises(ValueError, match="2\\*\\*61"):
-        reconcile(side([(1, big, EUR, 0, 0)]), side([]), tol_amount=0, tol_time_us=0)
+        reconcile_arrays(side([(1, big, EUR, 0, 0)]), side([]), tol_amount=0, tol_time_us=0)
     with pytest.raises(ValueError, match="currency/status"):
-        reconcile(side([]), side([(1, 1, -1, 0, 0)]), tol_amount=0, tol_time_us=0)
+        reconcile_arrays(side([]), side([(1, 1, -1, 0, 0)]), tol_amount=0, tol_time_us=0)
     with pytest.raises(ValueError, match="currency/status"):
-        reconcile(side([(1, 1, 1, 0, 1 << 40)]), side([]), tol_amount=0, tol_time_us=0)
+        reconcile_arrays(side([(1, 1, 1, 0, 1 << 40)]), side([]), tol_amount=0, tol_time_us=0)
 
 
 def test_api_keeps_one_compiled_signature_and_releases_gil() -> None:
@@ -353,7 +353,7 @@ def test_kernels_agree_with_reference(
     tol_amount: int,
     tol_time: int,
 ) -> None:
-    got = reconcile(side(sw), side(net), tol_amount=tol_amount, tol_time_us=tol_time)
+    got = reconcile_arrays(side(sw), side(net), tol_amount=tol_amount, tol_time_us=tol_time)
     want = reconcile_reference(
         to_lists(sw), to_lists(net), tol_amount=tol_amount, tol_time_us=tol_time
     )
@@ -382,7 +382,7 @@ def test_kernels_agree_with_reference_larger(n: int, seed: int) -> None:
             ]
         )
     sw, net = (RecordArrays.from_columns(*c) for c in cols)
-    got = reconcile(sw, net, tol_amount=3, tol_time_us=20)
+    got = reconcile_arrays(sw, net, tol_amount=3, tol_time_us=20)
     want = reconcile_reference(
         *(RecordLists(*(c.tolist() for c in col)) for col in cols),
         tol_amount=3,
@@ -392,3 +392,38 @@ def test_kernels_agree_with_reference_larger(n: int, seed: int) -> None:
     assert got.network_match.tolist() == want.network_match
     assert got.switch_class.tolist() == want.switch_class
     assert got.network_class.tolist() == want.network_class
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sw=st.lists(record, max_size=20),
+    net=st.lists(record, max_size=20),
+    tol_amount=st.integers(0, 8),
+    tol_time=st.integers(0, 8),
+)
+def test_reference_grid_finds_exactly_the_brute_force_candidates(
+    sw: list[tuple[int, int, int, int, int]],
+    net: list[tuple[int, int, int, int, int]],
+    tol_amount: int,
+    tol_time: int,
+) -> None:
+    """The reference's grid is itself checked against all pairs, so kernels and reference
+    cannot share a blind spot in the neighbour-cell logic (negative values included)."""
+    a, b = to_lists(sw), to_lists(net)
+    got = tolerance_candidates(
+        a,
+        b,
+        list(range(len(sw))),
+        list(range(len(net))),
+        tol_amount=tol_amount,
+        tol_time_us=tol_time,
+    )
+    want = [
+        (abs(b.time_us[j] - a.time_us[i]), abs(b.amount[j] - a.amount[i]), i, j)
+        for i in range(len(sw))
+        for j in range(len(net))
+        if a.currency[i] == b.currency[j]
+        and abs(b.amount[j] - a.amount[i]) <= tol_amount
+        and abs(b.time_us[j] - a.time_us[i]) <= tol_time
+    ]
+    assert sorted(got) == sorted(want)
