@@ -69,6 +69,7 @@ from typing import Any, Final, cast
 
 import numpy as np
 from llvmlite import ir
+from llvmlite.binding import llvm_version_info
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -165,9 +166,9 @@ def _prefetch_typer(typingctx: Any, arr: Any, idx: Any) -> Any:
 
     At 10M records the tables and arrays are far larger than the caches and every probe
     is a DRAM miss; a plain loop waits for each one in turn. Prefetching the slot of the
-    record PREFETCH_AHEAD iterations ahead keeps many misses in flight and roughly halves
-    the pass-1 time at 10M. A prefetch never faults, so no bounds check is needed, but the
-    callers only pass in-range indices anyway.
+    record PREFETCH_AHEAD iterations ahead keeps many misses in flight; measured, it cut
+    pass 1 at 10M by about a third. A prefetch never faults, so no bounds check is needed,
+    but the callers only pass in-range indices anyway.
     """
     if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
         return None
@@ -183,13 +184,19 @@ def _prefetch_typer(typingctx: Any, arr: Any, idx: Any) -> Any:
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
-            builder.module, fnty, "llvm.prefetch.p0"
+            builder.module, fnty, _PREFETCH_INTRINSIC
         )
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
 
     return sig, codegen
 
+
+# The intrinsic is overloaded on the pointer type, whose mangled name changed when LLVM
+# went to opaque pointers (LLVM 15; numba 0.60 still ships LLVM 14).
+_PREFETCH_INTRINSIC: Final = (
+    "llvm.prefetch.p0" if llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+)
 
 # Called from kernels as _prefetch(array, index); the typer's extra first parameter is
 # numba's typing context, which is why the call signature is spelled out for mypy.
