@@ -192,6 +192,8 @@ def load(
         result = run_load(plan, out_dir, console, config)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
+    if result.interrupted:
+        sys.exit(130)  # like a shell's Ctrl-C, after the outputs are written
     if result.failures:
         raise click.ClickException("generator failures: " + "; ".join(result.failures))
     if result.summary["totals"]["replies"] == 0:

@@ -433,6 +433,7 @@ class OpenLoopGenerator:
         offset: int = 0,
         on_interval: Callable[[Interval], None] | None = None,
         track_acknowledged: bool = True,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         assert duration_s > 0 and connections >= 1
         assert shape is not None or rate > 0
@@ -447,6 +448,9 @@ class OpenLoopGenerator:
         self.schedule = Schedule(self.shape, duration_s, stride, offset)
         self.on_interval = on_interval
         self.track_acknowledged = track_acknowledged
+        #: Polled once per tick; True ends sending early (then the usual drain).
+        self.should_stop = should_stop
+        self.stopped_early = False
         self.stats = LoadStats()
         self._outstanding: dict[int, _Outstanding] = {}
         self._per_conn = [0] * connections
@@ -559,7 +563,11 @@ class OpenLoopGenerator:
         max_conn = self.max_per_connection
         warn = LAG_WARN_S
         next_at = schedule.take()
+        should_stop = self.should_stop
         while next_at is not None:
+            if should_stop is not None and should_stop():
+                self.stopped_early = True
+                break
             now = _now() - start
             if next_at <= now:
                 lag = now - next_at

@@ -33,6 +33,7 @@ import multiprocessing
 import multiprocessing.synchronize
 import os
 import queue as queue_module
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -120,8 +121,12 @@ def _worker(
     queue: multiprocessing.Queue[tuple[Any, ...]],
     go: multiprocessing.synchronize.Event,
     start_at: Synchronized[float],
+    stop: multiprocessing.synchronize.Event,
 ) -> None:
     """One generator process (the spawn target: module level, picklable arguments)."""
+    # Ctrl-C reaches the whole process group: the parent turns it into ``stop``, so each
+    # generator stops sending, drains, and still reports what it measured.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     plan = _decode_plan(plan_bytes)
     try:
         workload = SpecWorkload(
@@ -153,6 +158,7 @@ def _worker(
             drain_timeout_s=plan.drain_timeout_s,
             on_interval=on_interval,
             track_acknowledged=False,
+            should_stop=stop.is_set,
         )
         cpu0 = time.process_time()  # bench: the generator's own CPU, for req/s per core
         run = functools.partial(generator.run, wait_for_start=wait_for_start)
@@ -367,6 +373,7 @@ class LoadResult:
     summary: dict[str, Any]
     rows: list[SecondRow]
     failures: list[str]
+    interrupted: bool = False
 
     @property
     def behind_schedule(self) -> bool:
@@ -401,12 +408,13 @@ def run_load(
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[tuple[Any, ...]] = ctx.Queue(maxsize=QUEUE_BOUND)
     go = ctx.Event()
+    stop = ctx.Event()
     start_at = ctx.Value("d", 0.0)
     plan_bytes = _encode(plan)
     procs = [
         ctx.Process(
             target=_worker,
-            args=(plan_bytes, i, queue, go, start_at),
+            args=(plan_bytes, i, queue, go, start_at, stop),
             name=f"payswitch-load-{i}",
             daemon=True,
         )
@@ -449,7 +457,7 @@ def run_load(
             f"[StartTime: {start_ms / 1000:.3f} (seconds since epoch), "
             f"{dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC).isoformat()}]"
         )
-        writer.output_base_time(start_ms)
+        writer.output_base_time(start_ms)  # timestamp: the log's base (wall ms)
         writer.base_time = start_ms
         writer.output_comment(
             "[payswitch load: latency in microseconds from intended send time; "
@@ -457,7 +465,18 @@ def run_load(
         )
         writer.output_legend()
         agg = Aggregator(plan, writer, start_wall)
-        _collect(plan, procs, queue, agg, results, failures, console, start_wall, on_progress)
+        done: set[int] = set()
+        interrupted_at: float | None = None
+        try:
+            _collect(plan, procs, queue, agg, results, done, failures, console, start_wall,
+                     on_progress)
+        except KeyboardInterrupt:
+            elapsed = time.time() - start_wall  # wall: when the user stopped the run
+            console.print(f"interrupted at {elapsed:.1f} s: stopping the generators, draining")
+            interrupted_at = elapsed
+            stop.set()
+            _collect(plan, procs, queue, agg, results, done, failures, console, start_wall,
+                     on_progress)
     finally:
         for proc in procs:
             proc.join(timeout=5)
@@ -466,7 +485,14 @@ def run_load(
                 proc.join(timeout=5)
         hlog_file.close()
         queue.close()
-    return _finish(plan, out_dir, agg, results, failures, config or {}, console)
+    if interrupted_at is not None:
+        # What was due until the user stopped the run, not the whole plan.
+        agg.total_offered = min(
+            agg.total_offered, int(plan.shape.cumulative(interrupted_at) + 1e-6)
+        )
+    result = _finish(plan, out_dir, agg, results, failures, config or {}, console,
+                     interrupted_at)
+    return result
 
 
 def _collect(
@@ -475,12 +501,12 @@ def _collect(
     queue: multiprocessing.Queue[tuple[Any, ...]],
     agg: Aggregator,
     results: dict[int, ProcessResult],
+    done: set[int],
     failures: list[str],
     console: Console,
     start_wall: float,
     on_progress: Callable[[Aggregator], None] | None,
 ) -> None:
-    done: set[int] = set()
     live = Live(console=console, refresh_per_second=4, transient=False) if (
         console.is_terminal
     ) else None
@@ -550,6 +576,7 @@ def _finish(
     failures: list[str],
     config: dict[str, Any],
     console: Console,
+    interrupted_at: float | None = None,
 ) -> LoadResult:
     total = new_histogram()
     for result in results.values():
@@ -594,11 +621,12 @@ def _finish(
             "connections": plan.connections,
             "seed": plan.seed,
             "run_tag": plan.run_tag,
+            "interrupted_at_s": interrupted_at,
             "shape": msgspec.to_builtins(plan.shape),
         },
         "totals": {
             "offered": agg.total_offered,
-            "offered_rate": round(agg.total_offered / plan.duration_s, 1),
+            "offered_rate": round(agg.total_offered / (interrupted_at or plan.duration_s), 1),
             "sent": sent,
             "malformed_sent": malformed,
             "replies": replies,
@@ -642,6 +670,8 @@ def _finish(
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_csv(out_dir / "timeseries.csv", agg.rows)
     warnings = []
+    if interrupted_at is not None:
+        warnings.append(f"interrupted by the user at {interrupted_at:.1f} s")
     if behind:
         warnings.append(behind_message(lagged, max_lag_ms, sent))
     if failures:
@@ -667,7 +697,7 @@ def _finish(
         ),
     )
     _print_summary(summary, out_dir, console, warnings)
-    return LoadResult(out_dir, summary, agg.rows, failures)
+    return LoadResult(out_dir, summary, agg.rows, failures, interrupted_at is not None)
 
 
 def _print_summary(
