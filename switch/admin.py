@@ -47,11 +47,18 @@ def build_app(
         ready, detail = readiness()
         return JSONResponse({"ready": ready, "detail": detail}, status_code=200 if ready else 503)
 
+    async def routes_reload(request: Request) -> Response:
+        if reload_routes is None:
+            return JSONResponse({"ok": False, "detail": "no route table"}, status_code=404)
+        ok, detail = await reload_routes()
+        return JSONResponse({"ok": ok, "detail": detail}, status_code=200 if ok else 422)
+
     return Starlette(
         routes=[
             Route("/metrics", metrics),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/routes/reload", routes_reload, methods=["POST"]),
         ]
     )
 

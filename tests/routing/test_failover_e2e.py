@@ -1,0 +1,317 @@
+"""Routing and resilience against the real simulators: failover, reversals, recovery,
+retry budget, stand-in with advices, and hot reload, each ending with the money check."""
+
+from __future__ import annotations
+
+import sqlite3
+import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from channels.faults import Fault
+from channels.server import ChannelsRuntime, config_from_dict, serve_channels
+from switch.app import SwitchApp
+from switch.client import SwitchClient
+from switch.config import parse_config
+from switch.journal import count_duplicates, final_results
+from switch.model import PaymentRequest
+from switch.wire import ErrorReply, Reply
+from tests.payments import card_payment
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
+TABLE = """
+[targets.paynet]
+endpoints = [{order}]
+strategy = "priority"
+timeout_s = 0.4
+[targets.swift]
+endpoints = ["swift"]
+[targets.qr]
+endpoints = ["qr"]
+[card]
+default = "paynet"
+[swift]
+default = "swift"
+[qr]
+default = "qr"
+"""
+PRIMARY_FIRST = TABLE.format(order='"card-primary", "card-secondary"')
+SECONDARY_FIRST = TABLE.format(order='"card-secondary", "card-primary"')
+
+
+@dataclass
+class Rig:
+    runtime: ChannelsRuntime
+    app: SwitchApp
+    port: int
+    admin_port: int
+    journal: Path
+    table: Path
+    replies: list[tuple[float, Reply | ErrorReply]] = field(default_factory=list)
+
+    def fault(self, kind: str, endpoint: str, **params: Any) -> int:
+        fault = Fault(kind=kind, endpoint=endpoint, **params)  # type: ignore[arg-type]
+        return self.runtime.timeline.inject(fault, anyio.current_time())
+
+    def clear(self, endpoint: str) -> None:
+        self.runtime.timeline.clear_endpoint(endpoint)
+
+    async def pay_many(self, n: int, rate: float, prefix: str, amount: int = 1000) -> None:
+        """``n`` card payments at ``rate``/s, each on its own card, replies recorded."""
+        async with SwitchClient.connect("127.0.0.1", self.port) as client, \
+                anyio.create_task_group() as tg:
+            for i in range(n):
+                tg.start_soon(self._pay, client, card_payment(
+                    f"{prefix}-{i}", amount=amount, pan=_pan(i), payer=f"A{prefix}{i}"))
+                await anyio.sleep(1 / rate)
+
+    async def _pay(self, client: SwitchClient, request: PaymentRequest) -> None:
+        reply = await client.pay(request)
+        assert isinstance(reply, (Reply, ErrorReply))
+        self.replies.append((anyio.current_time(), reply))
+
+    def metric(self, text: str) -> float:
+        from prometheus_client import generate_latest
+
+        exposition = generate_latest(self.app.metrics.registry).decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                   if line.startswith(text))
+
+    async def settled(self, timeout_s: float = 20.0) -> None:
+        """Wait until no payment is unknown and no advice is pending."""
+        with anyio.fail_after(timeout_s):
+            while True:
+                resolver, standin = self.app.resolver, self.app.standin
+                assert resolver is not None and standin is not None
+                if resolver.pending == 0 and standin.pending == 0:
+                    return
+                await anyio.sleep(0.05)
+
+    def check_money(self) -> None:
+        """Every payment terminal, none twice, and the issuers' books agree with ours."""
+        db = sqlite3.connect(self.journal)
+        assert count_duplicates(db) == 0
+        finals = final_results(db)
+        pending = db.execute("SELECT COUNT(*) FROM (SELECT payment_id FROM journal GROUP BY"
+                             " payment_id HAVING SUM(kind = 'final') = 0)").fetchone()[0]
+        assert pending == 0, "payments without a final state"
+        scheme = self.runtime.card_schemes["paynet"]
+        active = [r for r in scheme.records.values() if r.state == "active" and r.kind != "none"]
+        by_rrn: dict[str, int] = {}
+        for record in active:
+            by_rrn[record.rrn] = by_rrn.get(record.rrn, 0) + 1
+        assert all(n == 1 for n in by_rrn.values()), "a cardholder charged twice"
+        rrn_of = _rrns(db)
+        approved = {rrn_of[r.payment_id] for r in finals.values()
+                    if r.status == "approved" and r.payment_id in rrn_of}
+        # A stand-in approval for a card the issuer would have refused (unissued, blocked,
+        # expired) is acknowledged as an advice exception and holds nothing: that is the
+        # exposure stand-in limits bound, and exactly what reconciliation reports.
+        assert set(by_rrn) <= approved, f"holds the switch never approved: {set(by_rrn) - approved}"
+        assert len(approved - set(by_rrn)) == scheme.advice_exceptions
+        scheme.check_ledger()
+
+
+def _pan(i: int) -> str:
+    from switch.workload import _luhn_complete
+
+    return _luhn_complete(f"4{i:014d}")
+
+
+def _rrns(db: sqlite3.Connection) -> dict[str, str]:
+    import msgspec
+
+    from switch.model import Payment
+
+    out = {}
+    for (record,) in db.execute("SELECT record FROM journal WHERE kind = 'intent'"):
+        payment = msgspec.msgpack.decode(record, type=Payment)
+        if payment.card is not None:
+            out[payment.payment_id] = payment.card.rrn
+    return out
+
+
+@asynccontextmanager
+async def rig(tmp_path: Path, table: str = PRIMARY_FIRST, extra: str = "") -> AsyncIterator[Rig]:
+    raw = tomllib.loads((ROOT / "examples" / "channels.toml").read_text())
+    raw["admin"]["enabled"] = False
+    raw["settlement"]["enabled"] = False
+    for net in raw["networks"]:
+        net["port"] = 0
+        net["behaviour"]["errors"] = {"technical_error_rate": 0.0}
+    journal, table_path = tmp_path / "journal.db", tmp_path / "routes.toml"
+    table_path.write_text(table)
+    async with anyio.create_task_group() as tg:
+        runtime: ChannelsRuntime = await tg.start(serve_channels, config_from_dict(raw))
+        networks = "".join(
+            f'[[channel_networks]]\nkind = "{runtime.networks[n].spec.kind}"\nname = "{n}"\n'
+            f"port = {p}\nreconnect_max_s = 0.2\n" for n, p in runtime.ports.items())
+        config = parse_config(f"""
+[server]
+port = 0
+[admin]
+port = 0
+[journal]
+path = "{journal}"
+[routing]
+table = "{table_path}"
+reload_check_s = 0.1
+[resilience]
+payment_deadline_s = 2.0
+[resilience.breaker]
+window_calls = 20
+min_calls = 5
+consecutive_failures = 3
+open_s = 0.5
+half_open_probes = 1
+[risk.velocity]
+max_count = 100000
+max_amount_cny_minor = 1000000000000
+{extra}
+{networks}""")
+        app = SwitchApp(config)
+        endpoints = await tg.start(app.run)
+        yield Rig(runtime, app, endpoints.port, endpoints.admin_port, journal, table_path)
+        app.request_shutdown()
+        runtime.request_shutdown()
+
+
+def routes_of(replies: list[tuple[float, Reply | ErrorReply]], since: float = 0.0) -> list[str]:
+    return [r.result.route for t, r in replies if isinstance(r, Reply) and t >= since]
+
+
+async def test_primary_down_fails_over_then_recovers(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await r.pay_many(20, 200, "before")
+        assert set(routes_of(r.replies)) == {"card-primary"}
+        r.fault("down", "card-primary")
+        fault_at = anyio.current_time()
+        await r.pay_many(100, 200, "outage")
+        during = [(t, rep) for t, rep in r.replies if t >= fault_at]
+        bad = [rep for _, rep in during
+               if not (isinstance(rep, Reply) and rep.result.status in ("approved", "declined"))]
+        # A payment already in flight on a pooled connection when the endpoint dies gets
+        # no answer: it is unknown (then reversed), at most one per pooled connection.
+        assert len(bad) <= 2, bad
+        assert all(isinstance(b, Reply) and b.result.status == "unknown" for b in bad)
+        availability = 1 - len(bad) / len(during)
+        assert availability >= 0.97
+        first_secondary = min(t for t, rep in during
+                              if isinstance(rep, Reply) and rep.result.route == "card-secondary")
+        assert first_secondary - fault_at < 1.0, "failover took too long"
+        assert r.metric('payswitch_failovers_total{from_endpoint="card-primary"') >= 1
+        # Recovery: the breaker half-opens after open_s, a probe succeeds, traffic returns.
+        r.clear("card-primary")
+        await anyio.sleep(1.0)
+        recovered_at = anyio.current_time()
+        await r.pay_many(30, 100, "after")
+        assert routes_of(r.replies, recovered_at)[-10:] == ["card-primary"] * 10
+        assert r.app.router is not None
+        assert r.app.router.health.breakers["card-primary"].state.value == "closed"
+        await r.settled()
+        r.check_money()
+
+
+async def test_blackhole_timeouts_are_reversed_and_books_agree(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        r.fault("blackhole", "card-primary", duration_s=1.5)
+        await r.pay_many(60, 60, "bh")
+        statuses = [rep.result.status for _, rep in r.replies if isinstance(rep, Reply)]
+        assert "unknown" in statuses, "payments sent into the blackhole are unknown"
+        # The breaker caps what goes into the blackhole. It counts outcomes, so detection
+        # takes one timeout (0.4 s): what was sent meanwhile (60/s x 0.4 s) is unknown,
+        # plus one probe per half-open period (0.5 s) until the blackhole lifts.
+        assert statuses.count("unknown") <= 60 * 0.5 + 4, statuses.count("unknown")
+        assert routes_of(r.replies).count("card-secondary") >= 20
+        await anyio.sleep(1.5)
+        await r.settled()
+        finals = final_results(sqlite3.connect(r.journal))
+        assert sum(1 for x in finals.values() if x.status == "reversed") == statuses.count(
+            "unknown")
+        r.check_money()
+
+
+async def test_retry_storm_stays_within_budget(tmp_path: Path) -> None:
+    async with rig(tmp_path, extra="[standin]\nenabled = false") as r:
+        r.fault("error_burst", "card-primary", rate=1.0)
+        r.fault("error_burst", "card-secondary", rate=1.0)
+        await r.pay_many(150, 150, "storm")
+        first_attempts = 150
+        retries = r.metric("payswitch_retries_total")
+        # 10% of first attempts plus the floor of 1 retry/s over the 10 s window.
+        assert retries <= 0.1 * first_attempts + 10
+        assert r.metric('payswitch_retries_denied_total{reason="budget"}') > 0
+        assert all(rep.result.status == "failed" for _, rep in r.replies
+                   if isinstance(rep, Reply))
+        await r.settled()
+        r.check_money()
+
+
+async def test_stand_in_within_limits_then_advices_delivered(tmp_path: Path) -> None:
+    extra = "[standin]\nper_payment_max_minor = 5000\nper_card_max_minor = 8000"
+    async with rig(tmp_path, extra=extra) as r:
+        r.fault("down", "card-primary")
+        r.fault("down", "card-secondary")
+        assert r.app.router is not None and r.app.standin is not None
+        breakers = r.app.router.health.breakers
+        async with SwitchClient.connect("127.0.0.1", r.port) as client:
+            # Until the switch knows the issuers are unreachable, a payment may still go
+            # out on a pooled connection (and end unknown): drive the breakers open first.
+            warmups = []
+            with anyio.fail_after(10):
+                while not all(breakers[e].state.value == "open"
+                              for e in ("card-primary", "card-secondary")):
+                    warmups.append(await client.pay(card_payment(
+                        f"si-w{len(warmups)}", amount=100, pan=_pan(800 + len(warmups)))))
+            small = [await client.pay(card_payment(f"si-{i}", amount=3000, pan=_pan(500 + i),
+                                                   payer=f"S{i}")) for i in range(5)]
+            too_big = await client.pay(card_payment("si-big", amount=6000, pan=_pan(600)))
+            same_card = [await client.pay(card_payment(f"si-c{i}", amount=3000, pan=_pan(700),
+                                                       payer="C")) for i in range(3)]
+        assert all(isinstance(x, Reply) and x.result.stood_in and x.result.status == "approved"
+                   for x in small)
+        assert isinstance(too_big, Reply) and too_big.result.status == "failed"
+        statuses = [x.result.status for x in same_card if isinstance(x, Reply)]
+        assert statuses == ["approved", "approved", "failed"]  # 8000 per card
+        stood_in = sum(1 for x in [*warmups, *small, *same_card]
+                       if isinstance(x, Reply) and x.result.stood_in)
+        assert r.app.standin.pending == stood_in >= 7
+        r.clear("card-primary")
+        r.clear("card-secondary")
+        await r.settled()
+        assert r.app.standin.delivered == stood_in
+        advices = sqlite3.connect(r.journal).execute(
+            "SELECT COUNT(*) FROM journal WHERE kind = 'advice'").fetchone()[0]
+        assert advices == stood_in
+        r.check_money()  # the issuer now holds every stood-in approval
+
+
+async def test_hot_reload_during_load_loses_nothing(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        async def reload_midway() -> None:
+            await anyio.sleep(0.5)
+            r.table.write_text(SECONDARY_FIRST)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reload_midway)
+            await r.pay_many(150, 150, "reload")
+        assert len(r.replies) == 150
+        assert all(isinstance(rep, Reply) for _, rep in r.replies)
+        assert routes_of(r.replies)[-10:] == ["card-secondary"] * 10
+        # An invalid table is rejected whole; the current one stays.
+        async with httpx.AsyncClient() as http:
+            r.table.write_text(TABLE.format(order='"card-primary", "no-such-endpoint"'))
+            bad = await http.post(f"http://127.0.0.1:{r.admin_port}/routes/reload")
+            assert bad.status_code == 422 and "no-such-endpoint" in bad.json()["detail"]
+        await r.pay_many(5, 50, "after-bad")
+        assert routes_of(r.replies)[-5:] == ["card-secondary"] * 5
+        await r.settled()
+        r.check_money()
