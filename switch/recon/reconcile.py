@@ -55,17 +55,17 @@ from switch.recon.kernels import (
 NOT_BREAKS: Final = frozenset({"matched", "matched_tolerance", "expected_absent"})
 SUGGESTED_ACTION: Final = {
     "missing_at_network": "Ask the network for the record; if it never settled, reverse "
-                          "or refund the payment and correct the ledger.",
+    "or refund the payment and correct the ledger.",
     "missing_in_switch": "Find the payment at the network; book it if legitimate, else "
-                         "dispute it with the network.",
+    "dispute it with the network.",
     "amount_mismatch": "Compare amounts and fees with the network; post an adjustment for "
-                       "the difference.",
+    "the difference.",
     "currency_mismatch": "Check the currency conversion at the network; correct the entry.",
     "status_mismatch": "The network settled a payment the switch did not approve: raise "
-                       "a chargeback or book it after investigation.",
+    "a chargeback or book it after investigation.",
     "duplicate": "The same reference appears twice: claim the duplicate back.",
     "orphan_reversal": "A reversal with no approved payment: ask the network which "
-                       "payment it reverses.",
+    "payment it reverses.",
     "late_settlement": "Settled in a later cycle than expected: accrue it, no money lost.",
 }
 _STATUS: Final = {
@@ -147,17 +147,28 @@ def load_network_side(directory: Path) -> list[Record]:
     out = []
     for path in sorted(directory.iterdir()):
         if path.suffix == ".clr":
-            channel, entries = "card", decode_card_clearing(path.read_text(), str(path),
-                                                            NUMERIC_TO_ALPHA)
+            channel, entries = (
+                "card",
+                decode_card_clearing(path.read_text(), str(path), NUMERIC_TO_ALPHA),
+            )
         elif path.suffix == ".xml":
             channel, entries = "swift", decode_camt053(path.read_bytes(), str(path))
         elif path.suffix == ".csv":
             channel, entries = "qr", decode_qr_csv(path.read_text(), str(path), CURRENCIES)
         else:
             continue
-        out += [Record(channel, e.reference, e.amount, e.currency,
-                       "approved" if e.status == "settled" else "reversed", e.settled_at_us,
-                       path.name) for e in entries]
+        out += [
+            Record(
+                channel,
+                e.reference,
+                e.amount,
+                e.currency,
+                "approved" if e.status == "settled" else "reversed",
+                e.settled_at_us,
+                path.name,
+            )
+            for e in entries
+        ]
     return out
 
 
@@ -171,8 +182,14 @@ def _arrays(records: list[Record]) -> RecordArrays:
     )
 
 
-def match(switch: list[Record], network: list[Record], *, tol_amount: int = 0,
-          tol_time_us: int = 5_000_000, late_after_s: float = 86400.0) -> ReconReport:
+def match(
+    switch: list[Record],
+    network: list[Record],
+    *,
+    tol_amount: int = 0,
+    tol_time_us: int = 5_000_000,
+    late_after_s: float = 86400.0,
+) -> ReconReport:
     sw, net = _arrays(switch), _arrays(network)
     result: ReconResult = exact_match(sw, net)
     # Claim switch leftovers the network should not have: declined/failed/pending
@@ -193,8 +210,11 @@ def match(switch: list[Record], network: list[Record], *, tol_amount: int = 0,
         sw_kind[claimed] = "expected_absent"
     late_us = late_after_s * 1e6
     for i, partner in enumerate(result.switch_match.tolist()):
-        if partner >= 0 and sw_kind[i] in ("matched", "matched_tolerance") and (
-                network[partner].time_us - switch[i].time_us > late_us):
+        if (
+            partner >= 0
+            and sw_kind[i] in ("matched", "matched_tolerance")
+            and (network[partner].time_us - switch[i].time_us > late_us)
+        ):
             sw_kind[i] = net_kind[partner] = "late_settlement"
     for n, rec in enumerate(network):
         if rec.status == "reversed" and net_kind[n] in ("missing_in_switch", "status_mismatch"):
@@ -208,8 +228,11 @@ def match(switch: list[Record], network: list[Record], *, tol_amount: int = 0,
         amounts[kind][switch[i].currency] += switch[i].amount
         if kind not in NOT_BREAKS:
             other = int(result.switch_match[i])
-            breaks.append(Break(kind, switch[i], network[other] if other >= 0 else None,
-                                SUGGESTED_ACTION[kind]))
+            breaks.append(
+                Break(
+                    kind, switch[i], network[other] if other >= 0 else None, SUGGESTED_ACTION[kind]
+                )
+            )
     for n, kind in enumerate(net_kind):
         if int(result.network_match[n]) >= 0:
             continue  # reported once, from the switch side
@@ -217,46 +240,86 @@ def match(switch: list[Record], network: list[Record], *, tol_amount: int = 0,
         amounts[kind][network[n].currency] += network[n].amount
         if kind not in NOT_BREAKS:
             breaks.append(Break(kind, None, network[n], SUGGESTED_ACTION[kind]))
-    return ReconReport(len(switch), len(network), dict(counts),
-                       {k: dict(v) for k, v in amounts.items()}, breaks)
+    return ReconReport(
+        len(switch), len(network), dict(counts), {k: dict(v) for k, v in amounts.items()}, breaks
+    )
 
 
-def write_outputs(report: ReconReport, out_dir: Path, title: str = "payswitch reconciliation"
-                  ) -> dict[str, Path]:
+def write_outputs(
+    report: ReconReport, out_dir: Path, title: str = "payswitch reconciliation"
+) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out_dir / "breaks.csv", "json": out_dir / "summary.json",
-             "html": out_dir / "summary.html"}
+    paths = {
+        "csv": out_dir / "breaks.csv",
+        "json": out_dir / "summary.json",
+        "html": out_dir / "summary.html",
+    }
     with paths["csv"].open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "channel", "reference", "switch_payment_id", "switch_amount",
-                         "switch_currency", "switch_status", "network_file", "network_amount",
-                         "network_currency", "network_status", "suggested_action"])
+        writer.writerow(
+            [
+                "class",
+                "channel",
+                "reference",
+                "switch_payment_id",
+                "switch_amount",
+                "switch_currency",
+                "switch_status",
+                "network_file",
+                "network_amount",
+                "network_currency",
+                "network_status",
+                "suggested_action",
+            ]
+        )
         for b in report.breaks:
             s, n = b.switch, b.network
             any_side = s or n
             assert any_side is not None
-            writer.writerow([
-                b.kind, any_side.channel, any_side.reference,
-                s.source if s else "", s.amount if s else "", s.currency if s else "",
-                s.status if s else "", n.source if n else "", n.amount if n else "",
-                n.currency if n else "", n.status if n else "", b.action])
+            writer.writerow(
+                [
+                    b.kind,
+                    any_side.channel,
+                    any_side.reference,
+                    s.source if s else "",
+                    s.amount if s else "",
+                    s.currency if s else "",
+                    s.status if s else "",
+                    n.source if n else "",
+                    n.amount if n else "",
+                    n.currency if n else "",
+                    n.status if n else "",
+                    b.action,
+                ]
+            )
     by_class = Counter(b.kind for b in report.breaks)
     summary = {
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # wall timestamp
-        "switch_records": report.switch_records, "network_records": report.network_records,
-        "classes": report.counts, "amounts_minor": report.amounts,
-        "breaks": dict(by_class), "unexplained_breaks": report.unexplained,
+        "switch_records": report.switch_records,
+        "network_records": report.network_records,
+        "classes": report.counts,
+        "amounts_minor": report.amounts,
+        "breaks": dict(by_class),
+        "unexplained_breaks": report.unexplained,
         "clean": report.unexplained == 0,
         "first_breaks": [asdict(b) for b in report.breaks[:50]],
     }
     paths["json"].write_text(json.dumps(summary, indent=2))
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v}</td><td>"
-        + html.escape(", ".join(f"{c} {a}" for c, a in report.amounts.get(
-            k.removeprefix("network:"), {}).items())) + "</td></tr>"
-        for k, v in sorted(report.counts.items()))
-    verdict = ("reconciliation clean" if report.unexplained == 0
-               else f"{report.unexplained} unexplained breaks")
+        + html.escape(
+            ", ".join(
+                f"{c} {a}" for c, a in report.amounts.get(k.removeprefix("network:"), {}).items()
+            )
+        )
+        + "</td></tr>"
+        for k, v in sorted(report.counts.items())
+    )
+    verdict = (
+        "reconciliation clean"
+        if report.unexplained == 0
+        else f"{report.unexplained} unexplained breaks"
+    )
     paths["html"].write_text(
         f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;"
@@ -264,5 +327,6 @@ def write_outputs(report: ReconReport, out_dir: Path, title: str = "payswitch re
         f"<h1>{html.escape(title)}</h1><p><b>{html.escape(verdict)}</b> — "
         f"{report.switch_records} switch records, {report.network_records} network records"
         "</p><table><tr><th>class</th><th>records</th><th>amount (minor units)</th></tr>"
-        f"{rows}</table><p>Breaks are listed in breaks.csv with a suggested action.</p>")
+        f"{rows}</table><p>Breaks are listed in breaks.csv with a suggested action.</p>"
+    )
     return paths

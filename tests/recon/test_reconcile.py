@@ -14,8 +14,14 @@ from switch.recon.reconcile import Record, load_network_side, load_switch_side, 
 from tests.sims.test_settlement import run_switch_over_simulators
 
 
-def rec(ref: str, amount: int = 1000, currency: str = "USD", status: str = "approved",
-        t: int = 1_000_000, channel: str = "card") -> Record:
+def rec(
+    ref: str,
+    amount: int = 1000,
+    currency: str = "USD",
+    status: str = "approved",
+    t: int = 1_000_000,
+    channel: str = "card",
+) -> Record:
     return Record(channel, ref, amount, currency, status, t, "x")
 
 
@@ -30,28 +36,40 @@ def test_clean_data_has_no_breaks() -> None:
 def test_every_break_class_is_found() -> None:
     switch = [
         rec("OK"),
-        rec("MISSING"),                          # not at the network
-        rec("AMOUNT", 1000),                     # network says 1100
-        rec("CURRENCY", currency="USD"),         # network says EUR
-        rec("FAILED", status="failed"),          # network settled it anyway
-        rec("DUP"),                              # network lists it twice
-        rec("LATE", t=0),                        # settled two days later
-        rec("FEE", 10_000, t=5_000_000),         # reference garbled, 10 minor units fee
+        rec("MISSING"),  # not at the network
+        rec("AMOUNT", 1000),  # network says 1100
+        rec("CURRENCY", currency="USD"),  # network says EUR
+        rec("FAILED", status="failed"),  # network settled it anyway
+        rec("DUP"),  # network lists it twice
+        rec("LATE", t=0),  # settled two days later
+        rec("FEE", 10_000, t=5_000_000),  # reference garbled, 10 minor units fee
     ]
     network = [
-        rec("OK"), rec("AMOUNT", 1100), rec("CURRENCY", currency="EUR"), rec("FAILED"),
-        rec("DUP"), rec("DUP"), rec("LATE", t=2 * 86_400_000_000),
-        rec("GHOST", 777, t=9_000_000_000),      # unknown to the switch
-        rec("REV", status="reversed"),           # reversal of nothing we approved
+        rec("OK"),
+        rec("AMOUNT", 1100),
+        rec("CURRENCY", currency="EUR"),
+        rec("FAILED"),
+        rec("DUP"),
+        rec("DUP"),
+        rec("LATE", t=2 * 86_400_000_000),
+        rec("GHOST", 777, t=9_000_000_000),  # unknown to the switch
+        rec("REV", status="reversed"),  # reversal of nothing we approved
         rec("FEE-X", 9_990, t=5_500_000),
     ]
     report = match(switch, network, tol_amount=10, tol_time_us=1_000_000, late_after_s=86_400)
     kinds = Counter(b.kind for b in report.breaks)
-    assert kinds == Counter({
-        "missing_at_network": 1, "amount_mismatch": 1, "currency_mismatch": 1,
-        "status_mismatch": 1, "duplicate": 1, "late_settlement": 1, "missing_in_switch": 1,
-        "orphan_reversal": 1,
-    })
+    assert kinds == Counter(
+        {
+            "missing_at_network": 1,
+            "amount_mismatch": 1,
+            "currency_mismatch": 1,
+            "status_mismatch": 1,
+            "duplicate": 1,
+            "late_settlement": 1,
+            "missing_in_switch": 1,
+            "orphan_reversal": 1,
+        }
+    )
     refs = {b.kind: (b.switch or b.network).reference for b in report.breaks}  # type: ignore[union-attr]
     assert refs["missing_at_network"] == "MISSING" and refs["missing_in_switch"] == "GHOST"
     assert report.counts["matched_tolerance"] == 1  # FEE matched within tolerance: no break
@@ -64,8 +82,12 @@ async def test_planted_discrepancies_are_found_exactly(tmp_path: Path) -> None:
     planted = [d for p in files.glob("*.discrepancies.json") for d in json.loads(p.read_text())]
     report = match(load_switch_side(journal), load_network_side(files))
     found = {(b.kind, (b.switch or b.network).reference) for b in report.breaks}  # type: ignore[union-attr]
-    expected_class = {"missing": "missing_at_network", "amount_off": "amount_mismatch",
-                      "duplicated": "duplicate", "unknown_reference": "missing_in_switch"}
+    expected_class = {
+        "missing": "missing_at_network",
+        "amount_off": "amount_mismatch",
+        "duplicated": "duplicate",
+        "unknown_reference": "missing_in_switch",
+    }
     assert found == {(expected_class[d["kind"]], d["reference"]) for d in planted}
     assert len(planted) > 10
 
@@ -74,8 +96,18 @@ def test_cli_exit_codes_and_bad_file(tmp_path: Path) -> None:
     import anyio
 
     journal, files = anyio.run(run_switch_over_simulators, tmp_path, 0.0)
-    cmd = [sys.executable, "-m", "switch.cli", "reconcile", "--journal", str(journal),
-           "--files", str(files), "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "switch.cli",
+        "reconcile",
+        "--journal",
+        str(journal),
+        "--files",
+        str(files),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     clean = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "reconciliation clean" in clean.stdout
