@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,load]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -17,12 +17,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	sh dashboards/install-prometheus.sh
-	$(BIN)/ruff check switch channels tests bench
+	sh loadtests/install-chromium.sh
+	$(BIN)/ruff check switch channels tests bench loadtests
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check switch channels tests bench
+	$(BIN)/ruff check switch channels tests bench loadtests
 	$(BIN)/mypy
 
 bench: $(STAMP)

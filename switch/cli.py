@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from switch.cli_fault import fault
+from switch.cli_load import load
 from switch.config import ConfigError, SwitchConfig, load_config, with_defaults
 
 
@@ -450,6 +451,7 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
 
 
 main.add_command(fault)
+main.add_command(load)
 
 if __name__ == "__main__":
     main()
