@@ -150,6 +150,13 @@ def serve(
     show_default=True,
     help="Share of settlement records the simulators plant wrong, for reconciliation.",
 )
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default=None,
+    help="Run a scenario from loadtests/scenarios instead, e.g. primary-outage "
+    "(card-primary-outage.toml).",
+)
 def demo(
     duration: float,
     rate: float,
@@ -159,6 +166,7 @@ def demo(
     workdir: str | None,
     networks: str,
     discrepancies: float,
+    scenario_name: str | None,
 ) -> None:
     """Start a switch with its networks, drive an open-loop load, audit the journal.
 
@@ -168,9 +176,19 @@ def demo(
     `lost` (acknowledged payments missing from the journal) and `duplicates` (booked
     twice), both measured from the journal on disk, plus throughput and p50/p99/p99.9.
     """
+    console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
+    if scenario_name is not None:
+        from switch.scenario import ROOT, run_scenario
+
+        path = ROOT / "loadtests" / "scenarios" / f"{scenario_name}.toml"
+        if not path.exists():
+            path = ROOT / "loadtests" / "scenarios" / f"card-{scenario_name}.toml"
+        if not path.exists():
+            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios",
+                                     param_hint="--scenario")
+        sys.exit(run_scenario(path, console))
     from switch.demo import run_demo
 
-    console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
     sys.exit(
         run_demo(
             duration, rate, connections, seed, backend, workdir, console, networks, discrepancies
@@ -448,6 +466,38 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
     console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
         Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+@main.group()
+def scenario() -> None:
+    """Fault scenarios with SLO assertions and a pass/fail verdict."""
+
+
+@scenario.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", "out_base", default="reports", show_default=True,
+              help="Reports go to OUT/<timestamp>-<name>/.")
+def scenario_run(file: str, out_base: str) -> None:
+    """Run a scenario: simulators, switch, load, fault timeline, then the verdict.
+
+    Exit 0 only if every assertion passed; 1 if any failed (the table says which);
+    2 if the scenario file is invalid (the message names the key path).
+    """
+    from switch.scenario import run_scenario
+
+    sys.exit(run_scenario(file, Console(soft_wrap=True), out_base))
+
+
+@scenario.command("list")
+def scenario_list() -> None:
+    """The scenario library in loadtests/scenarios/, one line each."""
+    import tomllib
+
+    from switch.scenario import ROOT
+
+    for path in sorted((ROOT / "loadtests" / "scenarios").glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        click.echo(f"{path.relative_to(ROOT)}: {data.get('description', '')}")
 
 
 main.add_command(fault)

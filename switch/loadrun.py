@@ -81,6 +81,9 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     run_tag: str = "L"
     drain_timeout_s: float = 10.0
     max_outstanding_per_connection: int = 10_000
+    #: When set, each process writes what its clients were told (idempotency key ->
+    #: [status, payment id]) to ``acks-<i>.msgpack`` here, for the lost/duplicate audit.
+    acks_dir: str | None = None
 
 
 def connections_of(plan: LoadPlan, index: int) -> int:
@@ -157,7 +160,7 @@ def _worker(
             max_outstanding=plan.max_outstanding_per_connection * connections_of(plan, index),
             drain_timeout_s=plan.drain_timeout_s,
             on_interval=on_interval,
-            track_acknowledged=False,
+            track_acknowledged=plan.acks_dir is not None,
             should_stop=stop.is_set,
         )
         cpu0 = time.process_time()  # bench: the generator's own CPU, for req/s per core
@@ -166,6 +169,9 @@ def _worker(
             run, plan.host, plan.port, backend="asyncio", backend_options={"use_uvloop": True}
         )
         cpu = time.process_time() - cpu0  # bench: as above
+        if plan.acks_dir is not None:
+            acks = {k: [a.status, a.payment_id] for k, a in stats.acknowledged.items()}
+            (Path(plan.acks_dir) / f"acks-{index}.msgpack").write_bytes(_encode(acks))
         result = ProcessResult(
             index=index,
             sent=stats.sent,
