@@ -144,6 +144,7 @@ class SwitchApp:
                 max_pending=cfg.journal.max_pending,
                 metrics=self.metrics,
                 clock=clock.measure,
+                commit_window_s=cfg.journal.commit_window_s,
             )
             self.journal = journal
             index = IdempotencyIndex(

@@ -115,7 +115,11 @@ def stop_switch(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
 
 
 def _progress(
-    stats: LoadStats, rate: float, elapsed: float, faults: list[str] | None = None
+    stats: LoadStats,
+    rate: float,
+    elapsed: float,
+    faults: list[str] | None = None,
+    breakers: dict[str, str] | None = None,
 ) -> Table:
     table = Table(title="payswitch demo (live)", show_header=True)
     table.add_column("offered/s", justify="right")
@@ -127,6 +131,7 @@ def _progress(
     table.add_column("errors", justify="right")
     table.add_column("p99 ms", justify="right")
     table.add_column("faults active")
+    table.add_column("breakers")
     achieved = stats.replies / elapsed if elapsed > 0 else 0.0
     table.add_row(
         f"{rate:.0f}",
@@ -137,8 +142,26 @@ def _progress(
         str(sum(stats.errors.values())),
         f"{stats.percentile_ms(99):.2f}",
         ", ".join(faults or []) or "none",
+        ", ".join(f"{e}: {st}" for e, st in sorted((breakers or {}).items())) or "-",
     )
     return table
+
+
+_BREAKER_STATE = {0: "closed", 1: "half-open", 2: "OPEN"}
+
+
+async def _watch_breakers(url: str, breakers: dict[str, str], stop: anyio.Event) -> None:
+    """Poll the switch's breaker gauges for the live view."""
+    async with httpx.AsyncClient() as client:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError, ValueError, IndexError):
+                for line in (await client.get(url, timeout=2.0)).text.splitlines():
+                    if line.startswith("payswitch_breaker_state{"):
+                        endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
+                        state = int(float(line.rsplit(" ", 1)[1]))
+                        breakers[endpoint] = _BREAKER_STATE.get(state, str(state))
+            with anyio.move_on_after(0.5):
+                await stop.wait()
 
 
 def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
@@ -372,7 +395,8 @@ def run_demo(
                 f"--for 10s{admin_opt}"
             )
         stats, faults_seen = _drive(
-            endpoints["port"], rate, duration_s, connections, seed, console, faults_url
+            endpoints["port"], rate, duration_s, connections, seed, console, faults_url,
+            metrics_url,
         )
         left = wait_until_resolved(metrics_url, timeout_s=30.0)
         if left:
@@ -456,6 +480,7 @@ def _drive(
     seed: int,
     console: Console,
     faults_url: str | None,
+    metrics_url: str | None = None,
 ) -> tuple[LoadStats, dict[int, FaultSeen]]:
     workload = Workload(seed)
     generator = OpenLoopGenerator(
@@ -463,10 +488,13 @@ def _drive(
     )
     seen: dict[int, FaultSeen] = {}
     current: list[str] = []
+    breakers: dict[str, str] = {}
 
     async def drive() -> LoadStats:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
+            if metrics_url is not None:
+                tg.start_soon(_watch_breakers, metrics_url, breakers, stop)
             if faults_url is not None:
                 tg.start_soon(
                     _watch_faults, faults_url, time.perf_counter(), seen, current, stop
@@ -477,10 +505,10 @@ def _drive(
                     begun = anyio.current_time()
                     while not generator.done_sending:
                         elapsed = anyio.current_time() - begun
-                        live.update(_progress(generator.stats, rate, elapsed, current))
+                        live.update(_progress(generator.stats, rate, elapsed, current, breakers))
                         await anyio.sleep(0.5)
                     elapsed = anyio.current_time() - begun
-                    live.update(_progress(generator.stats, rate, elapsed, current))
+                    live.update(_progress(generator.stats, rate, elapsed, current, breakers))
 
             if console.is_terminal:
                 tg.start_soon(show)
