@@ -12,11 +12,13 @@ Shutdown is the reverse: stop accepting, let in-flight payments finish (bounded 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -83,6 +85,29 @@ class SwitchApp:
         while True:
             router.refresh_gauges(clock.now())
             await anyio.sleep(1.0)
+
+    async def _probe_endpoints(self, router: Router, clock: Clock) -> None:
+        """Active health: probe every endpoint that can be probed, feed its breaker.
+
+        Passive signals (real traffic) say an endpoint failed; probes say it is back, so an
+        open breaker half-opens as soon as the network answers again, even with no
+        traffic on that route, and a silent endpoint is noticed before payments hit it.
+        """
+        cfg = self.config.resilience
+
+        async def probe_one(name: str, probe: Any) -> None:
+            ok = False
+            with anyio.move_on_after(cfg.probe_timeout_s):
+                ok = bool(await probe())
+            router.health.breakers[name].record_probe(clock.now(), ok)
+
+        while True:
+            async with anyio.create_task_group() as tg:
+                for name, adapter in router.adapters.items():
+                    probe = getattr(adapter, "probe", None)
+                    if probe is not None:
+                        tg.start_soon(probe_one, name, probe)
+            await anyio.sleep(cfg.probe_interval_s)
 
     async def _watch_routes(self, router: Router, path: str, every_s: float) -> None:
         """Hot reload: a changed table is validated whole and swapped in for new payments;
@@ -163,7 +188,8 @@ class SwitchApp:
             await anyio.to_thread.run_sync(binlookup.warm_up)  # compile before payment one
             router = Router(table, self.adapters, cfg.resilience, self.metrics, cfg.seed)
             self.router = router
-            resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics)
+            resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
+                                policies=cfg.resolution)
             standin = StandIn(cfg.standin, self.adapters, journal, clock, self.metrics,
                               lambda e, now: router.health.breakers[e].available(now))
             self.standin = standin
@@ -203,6 +229,8 @@ class SwitchApp:
                     services.start_soon(resolver.run)
                     services.start_soon(standin.run)
                     services.start_soon(self._refresh_gauges, router, clock)
+                    if cfg.resilience.probe_interval_s > 0:
+                        services.start_soon(self._probe_endpoints, router, clock)
                     if cfg.routing.table is not None and cfg.routing.reload_check_s > 0:
                         services.start_soon(self._watch_routes, router, cfg.routing.table,
                                             cfg.routing.reload_check_s)
@@ -243,6 +271,13 @@ class SwitchApp:
                         self.endpoints = Endpoints(cfg.server.host, port, admin_port, os.getpid())
                         if ready_file:
                             _write_ready_file(ready_file, self.endpoints)
+                        # Everything built so far (imports -- numba alone brings hundreds
+                        # of thousands of objects --, replayed journal, tables) lives as
+                        # long as the process. Freezing it keeps the cyclic GC from
+                        # re-walking it on every full collection: measured 68-88 ms pauses
+                        # at 2000/s before, the p99.9 of the whole switch.
+                        gc.collect()
+                        gc.freeze()
                         self._ready = True
                         task_status.started(self.endpoints)
                         await self._shutdown.wait()

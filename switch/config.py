@@ -132,6 +132,27 @@ class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     timeout_s: PositiveSeconds = 2.0
 
 
+class ResolutionPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How an unknown outcome is chased: reversal (card), pacs.028 (SWIFT), check-status (QR).
+
+    Networks cap status checks after an outage (one national QR scheme: the first no
+    sooner than 90 s after the payment, at most 3 in the first 2 hours): the resolver's
+    traffic needs a budget of its own, set here per channel.
+    """
+
+    first_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.05
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
+    #: Give up (the payment stays unknown until the next start) after this long.
+    within_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 600.0
+    max_delay_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 5.0
+
+
+class ResolutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    card: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
+    swift: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
+    qr: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
+
+
 class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: A route table (TOML, see examples/routes.toml). Without one, each [[routes]] entry
     #: becomes a one-endpoint target for its channel.
@@ -176,6 +197,7 @@ class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
     standin: StandInConfig = msgspec.field(default_factory=StandInConfig)
+    resolution: ResolutionConfig = msgspec.field(default_factory=ResolutionConfig)
     seed: int = 1
 
 

@@ -17,25 +17,25 @@ import hashlib
 from collections.abc import Iterator
 
 import anyio
+import msgspec
 
 from switch.model import Result
 
 
-class Entry:
+class Entry(msgspec.Struct, gc=False):
     """One key's state. ``result`` is None while the payment is in flight.
 
     The wake-up event is created only when a concurrent duplicate actually waits: almost
     every payment completes with nobody waiting, and an anyio Event costs microseconds.
+    ``gc=False``: entries reference no container that could point back at them, and there
+    are as many as remembered keys (millions), which the cyclic GC would otherwise walk.
     """
 
-    __slots__ = ("body_hash", "created_at", "done", "pending", "result")
-
-    def __init__(self, body_hash: bytes, created_at: float, result: Result | None) -> None:
-        self.body_hash = body_hash
-        self.created_at = created_at
-        self.result = result
-        self.pending = result is None
-        self.done: anyio.Event | None = None
+    body_hash: bytes
+    created_at: float
+    result: Result | None
+    pending: bool = True
+    done: anyio.Event | None = None
 
     async def wait(self) -> Result | None:
         """The result, once known; None if the first attempt was abandoned."""
@@ -90,7 +90,7 @@ class IdempotencyIndex:
 
     def restore(self, key: str, body_hash: bytes, result: Result, created_at: float) -> None:
         """Load a final result replayed from the journal at start-up."""
-        self._entries[key] = Entry(body_hash, created_at, result)
+        self._entries[key] = Entry(body_hash, created_at, result, pending=False)
 
     def _evict(self, now: float) -> None:
         # Dicts iterate in insertion order, so the front holds the oldest keys. A pending

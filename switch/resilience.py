@@ -601,3 +601,7 @@ class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     failure_latency_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0
     success_window_s: Seconds = 60.0
     success_buckets: Annotated[int, msgspec.Meta(ge=2, le=MAX_BUCKETS)] = 12
+    #: Active health probes (0800 echo for cards, a status call otherwise) per endpoint,
+    #: fed to its breaker; 0 turns them off.
+    probe_interval_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
+    probe_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0

@@ -21,6 +21,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from switch.adapters.base import NetworkReply, NotSent
+from switch.config import ResolutionConfig, ResolutionPolicy
 from switch.journal import encode_result
 from switch.model import Payment, Result, Status
 
@@ -51,20 +52,16 @@ class Resolver:
         index: IdempotencyIndex,
         metrics: SwitchMetrics,
         max_queue: int = 10_000,
-        max_attempts: int = 8,
         workers: int = 8,
-        first_delay_s: float = 0.05,
-        max_delay_s: float = 5.0,
+        policies: ResolutionConfig | None = None,
     ) -> None:
-        assert max_queue >= 1 and max_attempts >= 1 and workers >= 1
+        assert max_queue >= 1 and workers >= 1
         self._clock = clock
         self._journal = journal
         self._index = index
         self._metrics = metrics
-        self._max_attempts = max_attempts
+        self._policies = policies if policies is not None else ResolutionConfig()
         self._workers = workers
-        self._first_delay_s = first_delay_s
-        self._max_delay_s = max_delay_s
         send: MemoryObjectSendStream[Job]
         receive: MemoryObjectReceiveStream[Job]
         send, receive = anyio.create_memory_object_stream(max_queue)
@@ -99,8 +96,12 @@ class Resolver:
                 self._metrics.unresolved.set(self.pending)
 
     async def _resolve(self, payment: Payment, digest: bytes, route: Route) -> None:
-        delay = self._first_delay_s
-        for attempt in range(1, self._max_attempts + 1):
+        policy: ResolutionPolicy = getattr(self._policies, payment.channel)
+        started = self._clock.now()
+        # The network's own rule may forbid asking too early (QR: not before 90 s).
+        await anyio.sleep(policy.first_after_s)
+        delay = max(policy.first_after_s, 0.05)
+        for attempt in range(1, policy.max_attempts + 1):
             reply: NetworkReply | None = None
             try:
                 with anyio.move_on_after(route.timeout_s):
@@ -111,9 +112,11 @@ class Resolver:
             if reply is not None:
                 await self._finish(payment, digest, route, reply)
                 return
+            if self._clock.now() - started + delay > policy.within_s:
+                break
             await anyio.sleep(delay)
-            delay = min(delay * 2, self._max_delay_s)
-        log.error("still unknown after %d attempts", self._max_attempts,
+            delay = min(delay * 2, policy.max_delay_s)
+        log.error("still unknown after %d attempts; resolved at the next start", attempt,
                   extra={"payment_id": payment.payment_id})
 
     async def _finish(

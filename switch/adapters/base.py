@@ -24,7 +24,7 @@ from switch.model import Channel, Payment
 Outcome = Literal["approved", "declined", "failed", "reversed"]
 
 
-class NetworkReply(msgspec.Struct, frozen=True):
+class NetworkReply(msgspec.Struct, frozen=True, gc=False):
     outcome: Outcome
     reason: str  # mapped onto the switch's DE39-style scale (switch/reasons.py)
     network_ref: str = ""  # auth code, UETR, QR reference: the network's own reference

@@ -206,6 +206,14 @@ class CardAdapter:
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
+    async def probe(self) -> bool:
+        """Active health check: one 0800 echo; True if the network answered 00."""
+        try:
+            link = self._pool.pick()
+        except NotSent:
+            return False
+        return await self._network(link, iso8583.NetworkCode.ECHO)
+
     async def advise(self, payment: Payment, auth_code: str) -> bool:
         """Send the 0120 advice of a stand-in approval; True once the issuer answered 0130.
 

@@ -153,6 +153,7 @@ class QrAdapter:
 
     def __init__(self, config: QrAdapterConfig) -> None:
         self.config = config
+        self._probes = 0
         self._correlator: Correlator[str, QrReply] = Correlator(config.name, config.max_in_flight)
         self._pool = LinkPool(
             name=config.name,
@@ -214,6 +215,17 @@ class QrAdapter:
         """Check-status: the scheme's book is the answer."""
         ref = _ref(payment)
         return await self._ask(ref, frame(encode(QrCheckStatus(ref))))
+
+    async def probe(self) -> bool:
+        """Active health check: check-status of a reference the scheme has never seen;
+        any answer proves it is reading and answering."""
+        self._probes += 1
+        ref = f"PROBE-{self._probes}"
+        try:
+            await self._ask(ref, frame(encode(QrCheckStatus(ref))))
+        except NotSent:
+            return False
+        return True
 
     async def aclose(self) -> None:
         await self._pool.aclose()

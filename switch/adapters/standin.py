@@ -97,6 +97,9 @@ class StandInNetwork:
             return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE)
         return booked
 
+    async def probe(self) -> bool:
+        return not self.down
+
     @property
     def booked_twice(self) -> int:
         return sum(1 for count in self.approvals_by_key.values() if count > 1)

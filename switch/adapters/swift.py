@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from typing import Final
 
 import anyio
@@ -127,6 +128,10 @@ def reply_for_status(report: iso20022.StatusReport) -> NetworkReply | None:
     return NetworkReply("failed" if outcome == "failed" else "declined", reason, ref)
 
 
+#: A status request needs a creation time; a probe's is irrelevant, so it is fixed.
+_PROBE_TIME = "2026-01-01T00:00:00"
+
+
 class SwiftAdapter:
     """A :class:`~switch.adapters.base.ChannelAdapter` for one SWIFT-style network.
 
@@ -214,6 +219,23 @@ class SwiftAdapter:
         except CodecError as exc:
             raise NotSent(f"{self.name}: cannot build status request: {exc}") from None
         return await self._ask(ct.uetr, data)
+
+    async def probe(self) -> bool:
+        """Active health check: a pacs.028 for a UETR the network has never seen.
+
+        Any pacs.002 back (RJCT, not found) proves the network is reading and answering.
+        """
+        self._inquiries += 1
+        uetr = str(uuid.UUID(int=self._inquiries, version=4))
+        request = iso20022.StatusRequest(
+            msg_id=f"PROBE{self._inquiries}", created_at=_PROBE_TIME,
+            orgnl_msg_id=f"PROBE{self._inquiries}", orgnl_end_to_end_id="PROBE",
+            orgnl_uetr=uetr)
+        try:
+            await self._ask(uetr, frame(iso20022.encode_pacs028(request)))
+        except NotSent:
+            return False
+        return True
 
     async def aclose(self) -> None:
         await self._pool.aclose()
