@@ -104,8 +104,14 @@ def render(new: Scrape, old: Scrape) -> Group:
         )
 
     networks = Table(title="networks", expand=True)
-    for column in ("network", "requests/s", "timeouts/s", "p99 ms"):
+    for column in ("network", "breaker", "requests/s", "timeouts/s", "failovers/s", "p99 ms"):
         networks.add_column(column)
+    breaker_names = {0: "closed", 1: "half-open", 2: "OPEN"}
+    breakers = {dict(k)["endpoint"]: breaker_names.get(int(v), str(v))
+                for k, v in new.get("payswitch_breaker_state").items()}
+    failovers: dict[str, float] = defaultdict(float)
+    for k, v in _delta(new, old, "payswitch_failovers_total").items():
+        failovers[dict(k)["from_endpoint"]] += v
     net_buckets: dict[str, dict[float, float]] = defaultdict(dict)
     for labels, value in _delta(new, old, "payswitch_network_duration_seconds_bucket").items():
         d = dict(labels)
@@ -114,13 +120,15 @@ def render(new: Scrape, old: Scrape) -> Group:
         dict(k)["network"]: v
         for k, v in _delta(new, old, "payswitch_network_timeouts_total").items()
     }
-    for network in sorted(net_buckets):
-        b = net_buckets[network]
+    for network in sorted(set(net_buckets) | set(breakers)):
+        b = net_buckets.get(network, {})
         p99 = quantile(0.99, b)
         networks.add_row(
             network,
+            breakers.get(network, "-"),
             f"{b.get(float('inf'), 0) / seconds:.0f}",
             f"{timeouts.get(network, 0) / seconds:.1f}",
+            f"{failovers.get(network, 0) / seconds:.1f}",
             "-" if p99 is None else f"{p99 * 1000:.2f}",
         )
 

@@ -112,3 +112,4 @@ async def test_top_renders_a_frame(running_switch: RunningSwitch) -> None:
     assert result.returncode == 0, result.stderr.decode()
     assert "payswitch top" in out and "card" in out and "standin-card" in out
     assert "ready" in out and "yes" in out
+    assert "breaker" in out and "closed" in out  # per-endpoint health
