@@ -149,6 +149,45 @@ def build_network_adapter(spec: NetworkAdapterSpec) -> ChannelAdapter:
     return QrAdapter(spec)
 
 
+class PooledAdapter:
+    """What every pooled network adapter shares: its name, connection pool, and the
+    correlator's counters of stray answers (unmatched, late, duplicate). Subclasses set
+    ``config``, ``_pool`` and ``_correlator`` and say which channel they serve."""
+
+    config: AdapterConfig
+    _pool: LinkPool
+    _correlator: Correlator[Any, Any]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pool(self) -> LinkPool:
+        return self._pool
+
+    @property
+    def unmatched(self) -> int:
+        return self._correlator.unmatched
+
+    @property
+    def late(self) -> int:
+        return self._correlator.late
+
+    @property
+    def duplicates(self) -> int:
+        return self._correlator.duplicates
+
+    @property
+    def in_flight(self) -> int:
+        return self._correlator.pending
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Connect and keep connected until the adapter is closed."""
+        await self._pool.run(task_status=task_status)
+
+
 # --------------------------------------------------------------------------- correlation
 
 K = TypeVar("K", bound=Hashable)

@@ -39,6 +39,7 @@ from switch.adapters.factory import (
     Correlator,
     Link,
     LinkPool,
+    PooledAdapter,
     exchange,
 )
 from switch.clock import Clock
@@ -91,13 +92,15 @@ def original_request(payment: Payment, acquirer_id: str) -> iso8583.IsoMessage:
     return iso8583.authorization_request(txn)
 
 
-class CardAdapter:
+class CardAdapter(PooledAdapter):
     """A :class:`~switch.adapters.base.ChannelAdapter` for one card network endpoint.
 
     Counters (attributes): ``malformed`` answers that did not decode; ``unmatched``,
     ``late``, ``duplicates`` from the correlator; ``echo_ok`` / ``echo_failed``;
     ``reversals_sent``. Start with ``await tg.start(adapter.run)``.
     """
+
+    config: CardAdapterConfig
 
     def __init__(self, config: CardAdapterConfig) -> None:
         self.config = config
@@ -129,32 +132,8 @@ class CardAdapter:
     # --- ChannelAdapter -----------------------------------------------------------------
 
     @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
     def channel(self) -> Channel:
         return "card"
-
-    @property
-    def pool(self) -> LinkPool:
-        return self._pool
-
-    @property
-    def unmatched(self) -> int:
-        return self._correlator.unmatched
-
-    @property
-    def late(self) -> int:
-        return self._correlator.late
-
-    @property
-    def duplicates(self) -> int:
-        return self._correlator.duplicates
-
-    @property
-    def in_flight(self) -> int:
-        return self._correlator.pending
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -43,7 +43,13 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.factory import Correlator, LinkPool, QrAdapterConfig, exchange
+from switch.adapters.factory import (
+    Correlator,
+    LinkPool,
+    PooledAdapter,
+    QrAdapterConfig,
+    exchange,
+)
 from switch.model import Channel, Payment
 from switch.wire import FrameDecoder, frame
 
@@ -144,12 +150,14 @@ def reply_for(reply: QrReply) -> NetworkReply | None:
     return NetworkReply("declined", _DECLINES.get(code, reasons.DO_NOT_HONOUR), ref)
 
 
-class QrAdapter:
+class QrAdapter(PooledAdapter):
     """A :class:`~switch.adapters.base.ChannelAdapter` for one QR scheme endpoint.
 
     Counters: ``malformed``, ``unmatched``, ``late``, ``duplicates``. Start with
     ``await tg.start(adapter.run)``.
     """
+
+    config: QrAdapterConfig
 
     def __init__(self, config: QrAdapterConfig) -> None:
         self.config = config
@@ -171,36 +179,8 @@ class QrAdapter:
         self.malformed = 0
 
     @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
     def channel(self) -> Channel:
         return "qr"
-
-    @property
-    def pool(self) -> LinkPool:
-        return self._pool
-
-    @property
-    def unmatched(self) -> int:
-        return self._correlator.unmatched
-
-    @property
-    def late(self) -> int:
-        return self._correlator.late
-
-    @property
-    def duplicates(self) -> int:
-        return self._correlator.duplicates
-
-    @property
-    def in_flight(self) -> int:
-        return self._correlator.pending
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                  ) -> None:
-        await self._pool.run(task_status=task_status)
 
     async def authorize(self, payment: Payment) -> NetworkReply:
         qr = payment.qr

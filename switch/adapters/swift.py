@@ -39,7 +39,13 @@ import anyio.abc
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.factory import Correlator, LinkPool, SwiftAdapterConfig, exchange
+from switch.adapters.factory import (
+    Correlator,
+    LinkPool,
+    PooledAdapter,
+    SwiftAdapterConfig,
+    exchange,
+)
 from switch.model import Channel, Party, Payment
 from switch.protocols import iso20022
 from switch.protocols.errors import CodecError
@@ -132,13 +138,15 @@ def reply_for_status(report: iso20022.StatusReport) -> NetworkReply | None:
 _PROBE_TIME = "2026-01-01T00:00:00"
 
 
-class SwiftAdapter:
+class SwiftAdapter(PooledAdapter):
     """A :class:`~switch.adapters.base.ChannelAdapter` for one SWIFT-style network.
 
     Counters: ``malformed``, ``unmatched``, ``late``, ``duplicates``, ``settlements``
     (ACSC reports pushed after the payment was answered). Start with
     ``await tg.start(adapter.run)``.
     """
+
+    config: SwiftAdapterConfig
 
     def __init__(self, config: SwiftAdapterConfig) -> None:
         self.config = config
@@ -165,36 +173,8 @@ class SwiftAdapter:
         self.last_status: dict[str, str] = {}
 
     @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
     def channel(self) -> Channel:
         return "swift"
-
-    @property
-    def pool(self) -> LinkPool:
-        return self._pool
-
-    @property
-    def unmatched(self) -> int:
-        return self._correlator.unmatched
-
-    @property
-    def late(self) -> int:
-        return self._correlator.late
-
-    @property
-    def duplicates(self) -> int:
-        return self._correlator.duplicates
-
-    @property
-    def in_flight(self) -> int:
-        return self._correlator.pending
-
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-                  ) -> None:
-        await self._pool.run(task_status=task_status)
 
     async def authorize(self, payment: Payment) -> NetworkReply:
         try:
