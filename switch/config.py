@@ -8,7 +8,6 @@ starts with a silently ignored setting is worse than one that refuses to start.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,7 +22,8 @@ from switch.adapters.factory import (
 from switch.currency import CURRENCIES
 from switch.model import CHANNELS, Channel
 from switch.resilience import ResilienceConfig
-from switch.wire import MAX_FRAME_BYTES_CEILING, describe_validation_error
+from switch.tomlio import convert, parse_toml, read_text
+from switch.wire import MAX_FRAME_BYTES_CEILING
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
@@ -255,14 +255,7 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
 
 
 def parse_config(text: str, source: str = "<config>") -> SwitchConfig:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    try:
-        cfg = msgspec.convert(raw, SwitchConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from exc
+    cfg = convert(parse_toml(text, source, ConfigError), SwitchConfig, source, ConfigError)
     try:
         _check_cross_references(cfg)
     except ConfigError as exc:
@@ -271,13 +264,7 @@ def parse_config(text: str, source: str = "<config>") -> SwitchConfig:
 
 
 def load_config(path: str | Path) -> SwitchConfig:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    cfg = parse_config(text, str(path))
-    return with_defaults(cfg)
+    return with_defaults(parse_config(read_text(path, ConfigError), str(path)))
 
 
 def with_defaults(cfg: SwitchConfig) -> SwitchConfig:

@@ -35,7 +35,7 @@ from switch.audit import audit_journal
 from switch.loadgen import Acknowledged, RateShape, ShapeError, shape_from_dict
 from switch.model import Payment, Result
 from switch.report import ReportData, Verdict, write_report
-from switch.wire import describe_validation_error
+from switch.tomlio import convert, parse_toml, read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
@@ -97,16 +97,8 @@ def _resolve(path: str) -> Path:
 
 def load_scenario(path: str | Path) -> Prepared:
     source = Path(path)
-    try:
-        raw = tomllib.loads(source.read_text())
-    except OSError as exc:
-        raise ScenarioError(f"{source}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{source}: not valid TOML: {exc}") from None
-    try:
-        scenario = msgspec.convert(raw, Scenario)
-    except msgspec.ValidationError as exc:
-        raise ScenarioError(f"{source}: {describe_validation_error(exc)}") from None
+    raw = parse_toml(read_text(source, ScenarioError), str(source), ScenarioError)
+    scenario = convert(raw, Scenario, str(source), ScenarioError)
     load = scenario.load
     if (load.rate is None) == (load.shape is None):
         raise ScenarioError(f"{source}: load: give exactly one of load.rate or load.shape")

@@ -19,7 +19,6 @@ import hashlib
 import itertools
 import math
 import random
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Generic, TypeVar
@@ -28,8 +27,8 @@ import msgspec
 
 from switch.currency import CURRENCIES, numeric_code
 from switch.model import CHANNELS, CardData, Channel, Party, PaymentRequest, QrData, SwiftData
+from switch.tomlio import convert, parse_toml, read_text
 from switch.validation import luhn_ok
-from switch.wire import describe_validation_error
 
 T = TypeVar("T")
 
@@ -327,19 +326,12 @@ def check_workload(spec: WorkloadSpec) -> None:
 
 
 def parse_workload(text: str, source: str = "<workload>") -> WorkloadSpec:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise WorkloadError(f"{source}: not valid TOML: {exc}") from exc
-    return workload_from_dict(raw, source)
+    return workload_from_dict(parse_toml(text, source, WorkloadError), source)
 
 
 def workload_from_dict(raw: object, source: str = "<workload>") -> WorkloadSpec:
     """Convert an already-parsed table (e.g. a scenario file's ``[workload]``)."""
-    try:
-        spec = msgspec.convert(raw, WorkloadSpec)
-    except msgspec.ValidationError as exc:
-        raise WorkloadError(f"{source}: {describe_validation_error(exc)}") from exc
+    spec = convert(raw, WorkloadSpec, source, WorkloadError)
     try:
         check_workload(spec)
     except WorkloadError as exc:
@@ -348,12 +340,7 @@ def workload_from_dict(raw: object, source: str = "<workload>") -> WorkloadSpec:
 
 
 def load_workload(path: str | Path) -> WorkloadSpec:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise WorkloadError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_workload(text, str(path))
+    return parse_workload(read_text(path, WorkloadError), str(path))
 
 
 class _Weighted(Generic[T]):
