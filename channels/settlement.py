@@ -4,7 +4,8 @@
   standing at the cut-off (reversed ones are not cleared);
 * SWIFT network -> ``<network>-<cycle>.xml``  a camt.053 statement of payments settled
   (ACSC) in the cycle;
-* QR scheme    -> ``<network>-<cycle>.csv``  approved payments of the cycle.
+* QR scheme    -> ``<network>-<cycle>.csv``  approved payments of the cycle, one row each,
+  or (``net_qr_by_merchant``) one netted row per merchant and currency.
 
 Each record is written once, in the cycle it became final. With ``discrepancy_rate`` > 0
 a seeded share of records is planted wrong (missing, amount off, duplicated, unknown
@@ -48,6 +49,9 @@ class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     cycle_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
     #: Share of records planted wrong, for reconciliation to find.
     discrepancy_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+    #: The QR scheme nets each merchant's payments of a cycle into one entry
+    #: (reference ``NET-<merchant>-<cycle>``): reconciliation must match many to one.
+    net_qr_by_merchant: bool = False
     seed: int = 1
 
 
@@ -120,9 +124,19 @@ class SettlementWriter:
                     amount = server.amounts[ref]  # type: ignore[attr-defined]
                     entries.append(SettlementEntry(ref, merchant, amount, currency, "settled",
                                                    self._wall_us(now)))
+                if self.spec.net_qr_by_merchant:
+                    entries = self._net(entries, now)
                 written.append(self._write(name, "csv", entries, now))
         self.files += written
         return written
+
+    def _net(self, entries: list[SettlementEntry], now: float) -> list[SettlementEntry]:
+        totals: dict[tuple[str, str], int] = {}
+        for e in entries:
+            totals[(e.secondary, e.currency)] = totals.get((e.secondary, e.currency), 0) + e.amount
+        return [SettlementEntry(f"NET-{merchant}-{self.cycle:04d}", merchant, amount, currency,
+                                "settled", self._wall_us(now))
+                for (merchant, currency), amount in sorted(totals.items())]
 
     def _encode(self, name: str, ext: str, entries: list[SettlementEntry], now: float) -> bytes:
         if ext == "clr":

@@ -402,8 +402,9 @@ def reconcile(
     "--mode",
     "modes",
     multiple=True,
-    metavar="CCY=net|gross",
-    help="Settlement per currency (default: CNY=net, USD=gross, others net).",
+    metavar="[CHANNEL:]CCY=net|gross",
+    help="Settlement per currency, or per channel and currency (qr:CNY=gross); "
+    "default CNY=net, USD=gross, others net.",
 )
 @click.option(
     "--out",
@@ -427,12 +428,17 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
 
     chosen: dict[str, Mode] = {}
     for item in modes:
-        currency, _, mode = item.partition("=")
-        if mode not in ("net", "gross") or len(currency) != 3:
+        key, _, mode = item.partition("=")
+        channel, _, currency = key.rpartition(":")
+        if mode not in ("net", "gross") or len(currency) != 3 or channel not in (
+            "", "card", "swift", "qr"
+        ):
             raise click.BadParameter(
-                f"{item!r}: expected CCY=net or CCY=gross", param_hint="--mode"
+                f"{item!r}: expected [channel:]CCY=net or =gross", param_hint="--mode"
             )
-        chosen[currency.upper()] = "net" if mode == "net" else "gross"
+        chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
+            "net" if mode == "net" else "gross"
+        )
     db = sqlite3.connect(journal, isolation_level=None)
     try:
         posted = post_from_journal(db)

@@ -184,7 +184,10 @@ def check_invariants(db: sqlite3.Connection) -> None:
 
 def settle(db: sqlite3.Connection, closed_at_us: int,
            modes: dict[str, Mode] | None = None, default_mode: Mode = "net") -> SettlementReport:
-    """Close a clearing cycle: capture holds, then net or gross positions per currency."""
+    """Close a clearing cycle: capture holds, then net or gross positions.
+
+    ``modes`` maps ``"CCY"`` or ``"channel:CCY"`` (more specific) to net or gross.
+    """
     modes = {**DEFAULT_MODES, **(modes or {})}
     open_ledger(db)
     db.execute("BEGIN")
@@ -205,10 +208,12 @@ def settle(db: sqlite3.Connection, closed_at_us: int,
     accounts = {i: (p, r, c) for i, p, r, c in db.execute(
         "SELECT id, participant, role, currency FROM ledger_accounts")}
     net: dict[int, int] = defaultdict(int)
-    for debit, credit, amount, currency in db.execute(
-            "SELECT debit_account, credit_account, amount, currency FROM ledger_transfers"
-            " WHERE cycle = ? ORDER BY id", (cycle,)):
-        if modes.get(currency, default_mode) == "gross":
+    for debit, credit, amount, currency, channel in db.execute(
+            "SELECT debit_account, credit_account, amount, currency, channel"
+            " FROM ledger_transfers WHERE cycle = ? ORDER BY id", (cycle,)):
+        # "channel:CCY" overrides "CCY", which overrides the default.
+        mode = modes.get(f"{channel}:{currency}", modes.get(currency, default_mode))
+        if mode == "gross":
             report.gross.append((accounts[debit][0], accounts[credit][0], amount, currency))
         else:
             net[debit] -= amount

@@ -98,3 +98,14 @@ def test_invariant_check_catches_an_unbalanced_ledger(tmp_path: Path) -> None:
                " WHERE participant = 'X')")
     with pytest.raises(AssertionError, match="sum to"):
         check_invariants(db)
+
+
+def test_settlement_mode_per_channel_overrides_per_currency(tmp_path: Path) -> None:
+    db = journal_with(tmp_path, [
+        (_payment("Q1", "qr", 100, "CNY"), [Status.APPROVED]),
+        (_payment("C1", "card", 300, "CNY"), [Status.APPROVED]),
+    ])
+    post_from_journal(db)
+    report = settle(db, 1, {"qr:CNY": "gross"})  # CNY stays net for cards
+    assert [g[2:] for g in report.gross] == [(100, "CNY")]
+    assert sum(p.amount for p in report.net) == 0 and {p.amount for p in report.net} == {300, -300}

@@ -11,8 +11,10 @@ Pipeline (each step a function, so tests and the CLI share it):
    the passes, switch records the network should never have (declined, failed) and
    network reversals are claimed, so the tolerance pass cannot pair them with a stray
    entry on the other side and hide a break.
-4. Classes the kernels do not know are added here: ``expected_absent`` (declined/failed and
-   not at the network: consistent), ``orphan_reversal`` (a network reversal with no
+4. Classes the kernels do not know are added here: ``matched_netted`` (many-to-one: a
+   network entry netting several payments, see :func:`_match_netted`),
+   ``expected_absent`` (declined/failed and not at the network: consistent),
+   ``orphan_reversal`` (a network reversal with no
    approved switch payment), ``late_settlement`` (matched, but settled more than
    ``late_after_s`` after the switch approved it).
 5. :func:`write_outputs` -- breaks.csv, summary.json and summary.html.
@@ -37,6 +39,8 @@ import numpy as np
 
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.model import Payment, Result
+from switch.protocols import emvqr
+from switch.protocols.errors import CodecError
 from switch.protocols.settlement_files import (
     decode_camt053,
     decode_card_clearing,
@@ -52,7 +56,9 @@ from switch.recon.kernels import (
     tolerance_match,
 )
 
-NOT_BREAKS: Final = frozenset({"matched", "matched_tolerance", "expected_absent"})
+NOT_BREAKS: Final = frozenset(
+    {"matched", "matched_tolerance", "matched_netted", "expected_absent"}
+)
 SUGGESTED_ACTION: Final = {
     "missing_at_network": "Ask the network for the record; if it never settled, reverse "
     "or refund the payment and correct the ledger.",
@@ -87,6 +93,9 @@ class Record:
     status: str
     time_us: int
     source: str  # payment id (switch) or file name (network)
+    #: Who the money goes to, as the network names it (QR merchant id, card/SWIFT payee):
+    #: what a netted network entry aggregates by.
+    counterparty: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +139,23 @@ def load_switch_side(journal: Path) -> list[Record]:
     for pid, payment in payments.items():
         st, at_us = status[pid]
         channel, reference = _reference(payment)
-        out.append(Record(channel, reference, payment.amount, payment.currency, st, at_us, pid))
+        out.append(Record(channel, reference, payment.amount, payment.currency, st, at_us, pid,
+                          _counterparty(payment)))
     return out
+
+
+def _counterparty(payment: Payment) -> str:
+    if payment.qr is not None:
+        try:
+            qr = emvqr.parse(payment.qr.payload)
+        except CodecError:
+            return ""
+        for account in qr.merchant_accounts:
+            for sub in account.template:
+                if sub.tag == "01" and sub.value:
+                    return sub.value
+        return ""
+    return payment.payee.account
 
 
 def _reference(payment: Payment) -> tuple[str, str]:
@@ -166,6 +190,7 @@ def load_network_side(directory: Path) -> list[Record]:
                 "approved" if e.status == "settled" else "reversed",
                 e.settled_at_us,
                 path.name,
+                e.secondary,
             )
             for e in entries
         ]
@@ -208,6 +233,7 @@ def match(
     net_kind = [names[BreakClass(int(c))] for c in result.network_class]
     for claimed in np.flatnonzero(expected_absent).tolist():
         sw_kind[claimed] = "expected_absent"
+    _match_netted(switch, network, sw_kind, net_kind, result, tol_amount)
     late_us = late_after_s * 1e6
     for i, partner in enumerate(result.switch_match.tolist()):
         if (
@@ -243,6 +269,47 @@ def match(
     return ReconReport(
         len(switch), len(network), dict(counts), {k: dict(v) for k, v in amounts.items()}, breaks
     )
+
+
+def _match_netted(switch: list[Record], network: list[Record], sw_kind: list[str],
+                  net_kind: list[str], result: ReconResult, tol_amount: int) -> int:
+    """Many-to-one: a network entry that nets several payments (one per merchant and
+    cycle, say) against the approved switch payments it covers.
+
+    Within one (channel, currency, counterparty), leftover network entries are taken in
+    time order, and each claims the leftover approved switch payments made before it and
+    after the previous entry; the sums must agree (within ``tol_amount``). Deterministic,
+    and it never touches records the exact and tolerance passes already paired.
+    """
+    entries: dict[tuple[str, str, str], list[int]] = {}
+    for n, rec in enumerate(network):
+        if net_kind[n] == "missing_in_switch" and rec.status == "approved" and rec.counterparty:
+            entries.setdefault((rec.channel, rec.currency, rec.counterparty), []).append(n)
+    if not entries:
+        return 0
+    payments: dict[tuple[str, str, str], list[int]] = {}
+    for i, rec in enumerate(switch):
+        if sw_kind[i] == "missing_at_network" and rec.status == "approved":
+            payments.setdefault((rec.channel, rec.currency, rec.counterparty), []).append(i)
+    netted = 0
+    for group, ns in entries.items():
+        pool = sorted(payments.get(group, []), key=lambda i: switch[i].time_us)
+        start = 0
+        for n in sorted(ns, key=lambda n: network[n].time_us):
+            cut = network[n].time_us
+            covered = []
+            while start < len(pool) and switch[pool[start]].time_us <= cut:
+                covered.append(pool[start])
+                start += 1
+            if len(covered) < 2:
+                continue
+            if abs(sum(switch[i].amount for i in covered) - network[n].amount) <= tol_amount:
+                net_kind[n] = "matched_netted"
+                for i in covered:
+                    sw_kind[i] = "matched_netted"
+                    result.switch_match[i] = n
+                netted += 1
+    return netted
 
 
 def write_outputs(

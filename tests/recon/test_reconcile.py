@@ -119,3 +119,35 @@ def test_cli_exit_codes_and_bad_file(tmp_path: Path) -> None:
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert f"{clr}:" in bad.stderr and "T trailer" in bad.stderr
+
+
+def test_many_to_one_netted_entries_match_the_payments_they_cover() -> None:
+    def qr(ref: str, amount: int, t: int, merchant: str = "M1", status: str = "approved",
+           source: str = "x") -> Record:
+        return Record("qr", ref, amount, "CNY", status, t, source, merchant)
+
+    switch = [qr("P1", 100, 1), qr("P2", 250, 2), qr("P3", 50, 3, merchant="M2"),
+              qr("P4", 70, 4, merchant="M2"), qr("P5", 500, 11), qr("P6", 5, 12),
+              qr("P7", 9, 5, status="declined")]
+    network = [qr("NET-M1-1", 350, 10), qr("NET-M2-1", 120, 10, merchant="M2"),
+               qr("NET-M1-2", 999, 20)]  # the second M1 cycle does not add up
+    report = match(switch, network)
+    assert report.counts["matched_netted"] == 4
+    assert report.counts["network:matched_netted"] == 2
+    kinds = Counter(b.kind for b in report.breaks)
+    assert kinds == Counter({"missing_at_network": 2, "missing_in_switch": 1})
+    assert {b.switch.reference for b in report.breaks if b.switch} == {"P5", "P6"}
+
+
+@pytest.mark.anyio
+async def test_reconciliation_is_clean_when_the_qr_scheme_nets_by_merchant(
+    tmp_path: Path,
+) -> None:
+    journal, files = await run_switch_over_simulators(tmp_path, 0.0, net_qr=True)
+    assert any(line.startswith("NET-") for p in files.glob("qr-*.csv")
+               for line in p.read_text().splitlines())
+    report = match(load_switch_side(journal), load_network_side(files))
+    assert report.breaks == []
+    # Merchants with two or more payments in a cycle are netted many-to-one; a net of a
+    # single payment equals it and is paired by the tolerance pass.
+    assert report.counts.get("matched_netted", 0) > 0

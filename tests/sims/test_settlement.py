@@ -30,7 +30,7 @@ pytestmark = pytest.mark.anyio
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "channels.toml"
 
 
-def channels_config(out_dir: Path, discrepancy_rate: float = 0.0) -> Any:
+def channels_config(out_dir: Path, discrepancy_rate: float = 0.0, net_qr: bool = False) -> Any:
     raw = tomllib.loads(EXAMPLE.read_text())
     raw["admin"]["port"] = 0
     for net in raw["networks"]:
@@ -38,7 +38,8 @@ def channels_config(out_dir: Path, discrepancy_rate: float = 0.0) -> Any:
         if net["kind"] == "swift":
             net["swift"]["settlement_delay_s"] = 0.05
     raw["settlement"] = {"out_dir": str(out_dir), "cycle_s": 0.5,
-                         "discrepancy_rate": discrepancy_rate, "seed": 5}
+                         "discrepancy_rate": discrepancy_rate, "seed": 5,
+                         "net_qr_by_merchant": net_qr}
     return config_from_dict(raw)
 
 
@@ -63,11 +64,12 @@ def read_files(out_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-async def run_switch_over_simulators(tmp_path: Path, rate: float) -> tuple[Path, Path]:
+async def run_switch_over_simulators(tmp_path: Path, rate: float,
+                                     net_qr: bool = False) -> tuple[Path, Path]:
     out_dir = tmp_path / "settlement"
     journal = tmp_path / "journal.db"
     async with anyio.create_task_group() as tg:
-        runtime = await tg.start(serve_channels, channels_config(out_dir, rate))
+        runtime = await tg.start(serve_channels, channels_config(out_dir, rate, net_qr))
         networks = "".join(
             f'[[channel_networks]]\nkind = "{runtime.networks[n].spec.kind}"\nname = "{n}"\n'
             f"port = {p}\n" for n, p in runtime.ports.items())
