@@ -28,6 +28,7 @@ import anyio
 import anyio.abc
 
 from switch import reasons
+from switch.clock import backend_clock
 from switch.config import ServerConfig
 from switch.metrics import SwitchMetrics
 from switch.pipeline import Pipeline, Rejected
@@ -108,8 +109,9 @@ class Server:
         # The worker pool. The job stream's buffer equals the total in-flight bound, so
         # ``send_nowait`` cannot block: admission already refused anything beyond it.
         self._jobs_in, self._jobs_out = anyio.create_memory_object_stream[
-            tuple[_Connection, Pay]
+            tuple[_Connection, Pay, float]
         ](config.max_in_flight_total)
+        self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
         self._workers_group: anyio.abc.TaskGroup | None = None
         self.workers = 0
         self._idle_workers = 0
@@ -118,6 +120,7 @@ class Server:
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Host the worker pool; runs until cancelled. Start it before serving."""
+        self._now = backend_clock()
         async with anyio.create_task_group() as tg:
             self._workers_group = tg
             task_status.started()
@@ -126,7 +129,17 @@ class Server:
     async def _worker(self) -> None:
         receive = self._jobs_out
         while True:
-            conn, request = await receive.receive()
+            conn, request, admitted_at = await receive.receive()
+            if self._now() - admitted_at > self.config.max_queue_delay_s:
+                # The switch is CPU-bound and this payment waited too long to even start:
+                # refuse it (nothing journaled yet) so what is admitted keeps a bounded
+                # latency, instead of every payment getting slower together.
+                self._refuse(conn, request.id, reasons.E_OVERLOADED,
+                             f"queued longer than max_queue_delay_s="
+                             f"{self.config.max_queue_delay_s}")
+                self._done(conn)
+                self._idle_workers += 1
+                continue
             await self._process(conn, request)
             self._idle_workers += 1
 
@@ -229,7 +242,7 @@ class Server:
                 assert self.workers < self.config.max_in_flight_total
                 self.workers += 1
                 self._workers_group.start_soon(self._worker)
-            self._jobs_in.send_nowait((conn, request))
+            self._jobs_in.send_nowait((conn, request, self._now()))
 
     def _refuse(self, conn: _Connection, request_id: int, code: str, message: str) -> None:
         self.metrics.rejected[code].inc()
@@ -243,13 +256,16 @@ class Server:
             self.metrics.rejected[exc.code].inc()
             conn.reply(ErrorReply(request.id, exc.code, exc.message))
         finally:
-            conn.in_flight -= 1
-            self.in_flight -= 1
-            self.metrics.in_flight.set(self.in_flight)
-            if self.in_flight == 0:
-                self._idle.set()
-            if conn.in_flight == 0 and conn.closing:
-                conn.wakeup.set()
+            self._done(conn)
+
+    def _done(self, conn: _Connection) -> None:
+        conn.in_flight -= 1
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+        if self.in_flight == 0:
+            self._idle.set()
+        if conn.in_flight == 0 and conn.closing:
+            conn.wakeup.set()
 
     def _query(self, request: Query) -> Response:
         entry = self.pipeline.index.get(request.idempotency_key)
