@@ -297,9 +297,9 @@ def _as_keys(keys: Int64Array) -> Int64Array:
 
 def warm_up() -> float:
     """Compile or cache-load both kernels on tiny inputs; returns seconds spent."""
-    t0 = time.perf_counter()
+    t0 = time.perf_counter()  # bench: warm-up duration, reported
     index = BinIndex.build([(10, 19, 1), (30, 39, 2)])
     assert index.lookup_numba(15) == 1 and index.lookup_numba(25) == NOT_FOUND
     got = index.lookup_batch_numba(np.array([5, 10, 39, 40], dtype=np.int64))
     assert got.tolist() == [-1, 1, 2, -1], got
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0  # bench: as above

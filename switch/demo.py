@@ -496,9 +496,8 @@ def _drive(
             if metrics_url is not None:
                 tg.start_soon(_watch_breakers, metrics_url, breakers, stop)
             if faults_url is not None:
-                tg.start_soon(
-                    _watch_faults, faults_url, time.perf_counter(), seen, current, stop
-                )  # bench: same clock as the generator
+                started = time.perf_counter()  # bench: the generator's clock
+                tg.start_soon(_watch_faults, faults_url, started, seen, current, stop)
 
             async def show() -> None:
                 with Live(console=console, refresh_per_second=4, transient=False) as live:

@@ -56,7 +56,7 @@ def test_headless_run_against_a_live_switch(live_switch: dict[str, int], tmp_pat
 SHAPE_PROBE = """
 import json, sys
 sys.path.insert(0, {here!r})
-import locust_shapes
+locust_shapes = __import__("locust_shapes")  # in this subprocess only: it imports locust
 out = {{}}
 for name in ("step", "spike", "soak"):
     shape = locust_shapes.select(name)()
