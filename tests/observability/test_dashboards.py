@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from channels.server import ChannelMetrics
 from switch.catalogue import example_networks
 from switch.metrics import SwitchMetrics
 from tests.observability.test_promtool import RULE_FILES, run_promtool
@@ -32,9 +33,13 @@ SUBSTITUTIONS = {
     "$__range": "5m",
     "$instance": ".*",
     "$job": "payswitch",
+    "$channels_job": "payswitch-channels",
 }
-#: A series name the expression refers to: ours (payswitch_*, payswitch:*) or Prometheus's.
-NAME = re.compile(r"\b(payswitch[_:][a-zA-Z0-9_:]*|up|ALERTS)\b")
+#: A series name the expression refers to: the switch's (payswitch_*, payswitch:*), the
+#: network simulators' (channels_*) or Prometheus's; not a Grafana variable ($channels_job).
+NAME = re.compile(r"(?<!\$)\b(payswitch[_:][a-zA-Z0-9_:]*|channels_[a-zA-Z0-9_]+|up|ALERTS)\b")
+#: The simulators' networks in examples/channels.toml (what the e2e test runs).
+SIMULATOR_NETWORKS = ("card-primary", "card-secondary", "swift", "qr")
 HOST = re.compile(r"localhost|127\.0\.0\.1|\b\d{1,3}(\.\d{1,3}){3}\b|:\d{2,5}\b")
 
 
@@ -78,12 +83,28 @@ def variable_queries(name: str) -> list[tuple[str, str, str]]:
     return out
 
 
+#: The series names each metric type exposes (prometheus-client drops `_total` from a
+#: counter family's name; `_created` is disabled).
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
 def exported_names() -> set[str]:
-    metrics = SwitchMetrics(networks=example_networks())
+    """Every series name the switch and the simulators can export.
+
+    From the metric families, not only the samples: a labelled metric whose children are
+    created on the first event (payswitch_failovers_total, payswitch_breaker_transitions_total)
+    has no sample until then.
+    """
+    registries = [
+        SwitchMetrics(networks=example_networks()).registry,
+        ChannelMetrics(SIMULATOR_NETWORKS).registry,
+    ]
     names = set()
-    for family in metrics.registry.collect():
-        names.add(family.name)
-        names.update(sample.name for sample in family.samples)
+    for registry in registries:
+        for family in registry.collect():
+            names.add(family.name)
+            names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ()))
+            names.update(sample.name for sample in family.samples)
     return names
 
 
@@ -173,3 +194,39 @@ def test_every_expression_parses(name: str, tmp_path: Path) -> None:
     listing = "\n".join(f"expr_{i}: {where}: {expr}" for i, (where, expr) in enumerate(exprs))
     assert result.returncode == 0, f"{result.stdout}{result.stderr}\n{listing}"
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout, result.stdout
+
+
+def test_every_metric_is_on_a_dashboard() -> None:
+    """A metric added to switch/metrics.py (or the simulators') needs a panel too."""
+    used: set[str] = set()
+    for name in DASHBOARDS:
+        for _where, expr in dashboard_exprs(name):
+            used.update(NAME.findall(expr))
+    registries = [
+        SwitchMetrics(networks=example_networks()).registry,
+        ChannelMetrics(SIMULATOR_NETWORKS).registry,
+    ]
+    missing = []
+    for registry in registries:
+        for family in registry.collect():
+            series = {family.name} | {family.name + s for s in SUFFIXES.get(family.type, ())}
+            if not series & used:
+                missing.append(family.name)
+    assert not missing, f"metrics on no dashboard panel: {sorted(missing)}"
+
+
+def test_breaker_state_panels_name_the_states() -> None:
+    """payswitch_breaker_state is 0/1/2: every panel showing it says closed/half-open/open."""
+    found = 0
+    for name in DASHBOARDS:
+        for panel in all_panels(load(name)["panels"]):
+            exprs = " ".join(t["expr"] for t in panel.get("targets", []))
+            if "payswitch_breaker_state" not in exprs:
+                continue
+            found += 1
+            texts = {}
+            for mapping in panel["fieldConfig"]["defaults"].get("mappings", []):
+                if mapping["type"] == "value":
+                    texts.update({k: v["text"] for k, v in mapping["options"].items()})
+            assert texts == {"0": "closed", "1": "half-open", "2": "open"}, panel["title"]
+    assert found, "no panel shows the breaker state"

@@ -1,5 +1,6 @@
 """promtool on everything we ship: the Prometheus config, the rule files, the rules' unit
-tests, and the live /metrics of a running switch after some load.
+tests, and the live /metrics of a running switch after some load and of the running network
+simulators.
 
 promtool comes from Debian's `prometheus` package (dashboards/install-prometheus.sh, which
 `make test` runs first). Without it these tests fail rather than skip: an observability
@@ -18,7 +19,7 @@ import anyio
 import httpx
 import pytest
 
-from switch.demo import DEMO_CONFIG, start_switch, stop_switch
+from switch.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
 from switch.loadgen import LoadStats, OpenLoopGenerator
 from switch.workload import Workload
 
@@ -98,6 +99,22 @@ def test_check_metrics_on_live_output(tmp_path: Path) -> None:
     body = response.content
     assert b"payswitch_payments_total" in body
     # promtool reads the exposition on stdin; any lint finding is printed and fails it.
+    result = run_promtool("check", "metrics", stdin=body)
+    findings = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and not findings, findings
+
+
+def test_check_metrics_on_live_simulator_output(tmp_path: Path) -> None:
+    """The simulators' admin /metrics (scraped by the payswitch-channels job) lints clean."""
+    proc, ready = start_channels(tmp_path)
+    try:
+        response = httpx.get(f"http://127.0.0.1:{ready['admin_port']}/metrics", timeout=10)
+    finally:
+        stop_switch(proc)
+    response.raise_for_status()
+    body = response.content
+    for name in ("channels_requests_total", "channels_active_faults", "channels_latency_seconds"):
+        assert name.encode() in body, name
     result = run_promtool("check", "metrics", stdin=body)
     findings = (result.stdout + result.stderr).strip()
     assert result.returncode == 0 and not findings, findings
