@@ -44,7 +44,8 @@ from tests.observability.test_promtool import REPO, RULE_FILES, drive_load, requ
 #: Every alert must be listed, with the reason it may be empty.
 ALERTS_MAY_BE_EMPTY = {
     "PayswitchAvailabilityBudgetBurn": "fires only while failures burn the availability budget "
-    "(the stand-in networks' seeded failure rate may or may not trip it in a short run)",
+    "(the simulators' seeded errors and the injected fault may or may not trip it in a short "
+    "run)",
     "PayswitchLatencyBudgetBurn": "fires only while over 1% of payments take more than 250 ms",
     "PayswitchUnresolvedPaymentsStuck": "needs a network that stops answering status checks",
     "PayswitchJournalCommitSlow": "needs a slow disk: journal commit p99 over 50 ms",
