@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from switch.breaker import BreakerState
 from switch.config import SwitchConfig, with_defaults
 from switch.metrics import SwitchMetrics
 
@@ -53,14 +54,6 @@ FORBIDDEN_LABEL = re.compile(
 #: Issue 6 asks for these; they slot in when the routing and load work exports them. Each
 #: line disappears from the generated catalogue once a metric of that name exists.
 _PLANNED_TABLE: Final = """
-payswitch_breaker_state | gauge | breaker state per network (0 closed, 1 half-open, 2 open)
-payswitch_breaker_transitions_total | counter | breaker state changes per network and new state
-payswitch_retries_total | counter | retries per network
-payswitch_failovers_total | counter | failovers from one network to another
-payswitch_reversals_total | counter | reversals sent per network and outcome
-payswitch_store_forward_depth_records | gauge | store-and-forward queue depth per network
-payswitch_store_forward_oldest_age_seconds | gauge | age of the oldest stored advice per network
-payswitch_standin_approvals_total | counter | payments approved in stand-in per network
 payswitch_approved_amount_minor_total | counter | approved amount per currency, in minor units
 payswitch_declines_total | counter | declines by channel and reason code (bounded DE39 set)
 payswitch_sli_good_payments_total | counter | availability SLI: good events, counted once at reply
@@ -144,8 +137,23 @@ def unit_for(name: str, kind: str) -> str:
     )
 
 
+def _known_values(label: str, networks: Sequence[str]) -> Sequence[str]:
+    """The closed value set of a label whose series appear only with their first event."""
+    if label in ("endpoint", "from_endpoint", "to_endpoint"):
+        return networks
+    if label in ("from_state", "to_state"):
+        return [state.value for state in BreakerState]
+    return ()
+
+
 def collect_entries(metrics: SwitchMetrics, networks: Sequence[str]) -> list[MetricEntry]:
     entries: list[MetricEntry] = []
+    # A labelled counter has no samples until its first event (failovers, transitions):
+    # read the declared label names from the collectors as well.
+    declared: dict[str, tuple[str, ...]] = {}
+    for collector, names in metrics.registry._collector_to_names.items():
+        for name in names:
+            declared[name] = tuple(getattr(collector, "_labelnames", ()))
     for family in metrics.registry.collect():
         exposed = f"{family.name}_total" if family.type == "counter" else family.name
         labels: dict[str, list[str]] = {}
@@ -161,6 +169,9 @@ def collect_entries(metrics: SwitchMetrics, networks: Sequence[str]) -> list[Met
                 seen = labels.setdefault(key, [])
                 if value not in seen:
                     seen.append(value)
+        for key in declared.get(family.name, declared.get(exposed, ())):
+            if not labels.get(key):
+                labels[key] = list(_known_values(key, networks))
         label_infos = [
             LabelInfo(key, values, from_config=bool(values) and set(values) <= set(networks))
             for key, values in labels.items()
