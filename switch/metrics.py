@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from switch import reasons
+from switch.currency import CURRENCIES
 from switch.model import CHANNELS, Channel, Status
 
 #: 0.5 ms to 30 s: covers an in-memory stand-in and a slow correspondent alike.
@@ -74,6 +75,12 @@ REJECT_REASONS: Final = (
 )
 RISK_RULES: Final = ("amount_limit", "blocklist", "velocity_count", "velocity_amount")
 RETRY_REASONS: Final = ("not_sent", "technical")
+#: Decline reasons as labels: the codes the switch and networks use, anything else "other".
+DECLINE_REASONS: Final = (
+    reasons.DO_NOT_HONOUR, reasons.INVALID_CARD, reasons.INSUFFICIENT_FUNDS,
+    reasons.EXPIRED_CARD, reasons.NOT_PERMITTED, reasons.OVER_AMOUNT_LIMIT,
+    reasons.RESTRICTED, reasons.OVER_FREQUENCY_LIMIT, "other",
+)
 FINAL_STATUSES: Final = (
     Status.APPROVED,
     Status.DECLINED,
@@ -221,6 +228,34 @@ class SwitchMetrics:
             registry=r,
         )
         self.ready = Gauge("payswitch_ready", "1 when the switch accepts payments.", registry=r)
+
+        # --- SLI and business KPIs (counted once, when the reply is ready) -----------------
+        self.sli_good = Counter(
+            "payswitch_sli_good_payments",
+            "Availability SLI, good events: payments answered with a business outcome"
+            " (approved or declined).", registry=r,
+        )
+        self.sli_total = Counter(
+            "payswitch_sli_payments",
+            "Availability SLI, all events: every accepted payment, counted once at reply.",
+            registry=r,
+        )
+        approved_amount = Counter(
+            "payswitch_approved_amount_minor",
+            "Approved amount in minor units of each currency (e.g. cents for USD).",
+            ["currency"], registry=r,
+        )
+        self.approved_amount: dict[str, Counter] = {
+            code: approved_amount.labels(code) for code in sorted(CURRENCIES)
+        }
+        declines = Counter(
+            "payswitch_declines",
+            "Declined payments by channel and reason code (a closed DE39-style set).",
+            ["channel", "reason"], registry=r,
+        )
+        self.declines: dict[tuple[Channel, str], Counter] = {
+            (ch, code): declines.labels(ch, code) for ch in CHANNELS for code in DECLINE_REASONS
+        }
 
         # --- routing and resilience -------------------------------------------------------
         breaker_state = Gauge(

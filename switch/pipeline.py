@@ -166,7 +166,7 @@ class Pipeline:
             self.index.abandon(key)
             raise
         self.index.complete(key, result)
-        self.metrics.payments[(payment.channel, result.status)].inc()
+        self._count(payment, result)
         elapsed = self.clock.measure() - measured_from
         if elapsed < EXEMPLAR_FROM_S:
             self.metrics.duration[payment.channel].observe(elapsed)
@@ -256,6 +256,23 @@ class Pipeline:
 
         # 7. respond
         return result
+
+    def _count(self, payment: Payment, result: Result) -> None:
+        """The per-reply metrics: outcome, SLI events, business KPIs (each once)."""
+        metrics = self.metrics
+        status = result.status
+        metrics.payments[(payment.channel, status)].inc()
+        metrics.sli_total.inc()
+        if status is Status.APPROVED:
+            metrics.sli_good.inc()
+            amount = metrics.approved_amount.get(payment.currency)
+            if amount is not None:
+                amount.inc(payment.amount)
+        elif status is Status.DECLINED:
+            metrics.sli_good.inc()
+            declines = metrics.declines
+            key = (payment.channel, result.reason)
+            (declines[key] if key in declines else declines[(payment.channel, "other")]).inc()
 
     def _reserve(self, order: list[str]) -> int:
         """Admission: hold a slot on the first candidate with room, or shed the payment."""
