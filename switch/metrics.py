@@ -264,11 +264,16 @@ class SwitchMetrics:
             ["endpoint"], registry=r,
         )
         self.breaker_state: dict[str, Gauge] = {n: breaker_state.labels(n) for n in names}
-        self.breaker_transitions = Counter(
+        transitions = Counter(
             "payswitch_breaker_transitions",
             "Circuit breaker state changes, by endpoint and from/to state.",
             ["endpoint", "from_state", "to_state"], registry=r,
         )
+        states = ("closed", "half_open", "open")
+        self.breaker_transitions: dict[tuple[str, str, str], Counter] = {
+            (n, a, b): transitions.labels(n, a, b)
+            for n in names for a in states for b in states if a != b
+        }
         retries = Counter(
             "payswitch_retries", "Payment attempts after the first, by channel and reason.",
             ["channel", "reason"], registry=r,
@@ -282,10 +287,13 @@ class SwitchMetrics:
         self.retries_denied: dict[str, Counter] = {
             why: denied.labels(why) for why in ("budget", "unsafe", "attempts", "deadline")
         }
-        self.failovers = Counter(
+        failovers = Counter(
             "payswitch_failovers", "Payments moved from one endpoint to the next.",
             ["from_endpoint", "to_endpoint"], registry=r,
         )
+        self.failovers: dict[tuple[str, str], Counter] = {
+            (a, b): failovers.labels(a, b) for a in names for b in names if a != b
+        }
         shed = Counter(
             "payswitch_shed_payments",
             "Attempts refused by admission control (endpoint full), by endpoint.",

@@ -317,7 +317,7 @@ class Pipeline:
                 metrics.retries_denied["deadline"].inc()
                 break
             if previous:
-                metrics.failovers.labels(previous, endpoint).inc()
+                metrics.failovers[(previous, endpoint)].inc()
             attempts += 1
             route = router.route(endpoint, target)
             sent_at = clock.measure()

@@ -114,7 +114,7 @@ class Router:
 
     def _on_transition(self, endpoint: str, old: BreakerState, new: BreakerState) -> None:
         self.metrics.breaker_state[endpoint].set(STATE_CODE[new])
-        self.metrics.breaker_transitions.labels(endpoint, old.value, new.value).inc()
+        self.metrics.breaker_transitions[(endpoint, old.value, new.value)].inc()
         log.warning("breaker %s: %s -> %s", endpoint, old.value, new.value)
 
     def refresh_gauges(self, now: float) -> None:
