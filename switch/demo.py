@@ -312,7 +312,12 @@ async def _watch_faults(
 
 
 def wait_until_resolved(metrics_url: str, timeout_s: float) -> float:
-    """Wait (bounded) until the switch has no unresolved payments; returns what is left."""
+    """Wait (bounded) until nothing is owed to a network: no payment is unknown and no
+    stand-in advice waits in store-and-forward. Returns how many are still left.
+
+    Stopping earlier would leave unknown payments for the next start and advices
+    undelivered, which the settlement files (and so reconciliation) would show.
+    """
     deadline = time.monotonic() + timeout_s  # wall clock: another process
     left = 0.0
     while time.monotonic() < deadline:  # wall clock: another process
@@ -320,9 +325,11 @@ def wait_until_resolved(metrics_url: str, timeout_s: float) -> float:
             text = httpx.get(metrics_url, timeout=2.0).text
         except httpx.HTTPError:
             return left
+        left = 0.0
         for line in text.splitlines():
-            if line.startswith("payswitch_unresolved_payments "):
-                left = float(line.split()[1])
+            if line.startswith(("payswitch_unresolved_payments ",
+                                "payswitch_saf_depth_messages ")):
+                left += float(line.split()[1])
         if left == 0:
             return 0.0
         time.sleep(0.25)
@@ -401,8 +408,8 @@ def run_demo(
         left = wait_until_resolved(metrics_url, timeout_s=30.0)
         if left:
             console.print(
-                f"[yellow]{left:.0f} payments still unresolved at shutdown: they stay "
-                "'unknown' in the journal and are resolved at the next start[/]"
+                f"[yellow]{left:.0f} payments unresolved or advices undelivered at shutdown: "
+                "they stay in the journal and are handled at the next start[/]"
             )
     finally:
         if proc is not None:
