@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
@@ -525,6 +524,3 @@ def _drive(
     stats = anyio.run(drive, backend="asyncio", backend_options={"use_uvloop": True})
     return stats, seen
 
-
-def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) - 1)

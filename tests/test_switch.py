@@ -56,6 +56,9 @@ async def test_concurrent_duplicates_are_processed_once(running_switch: RunningS
                 tg.start_soon(send)
     assert len({r.result.payment_id for r in results}) == 1
     assert sum(not r.replay for r in results) == 1
+    # And the network saw it once: no double booking on its side either.
+    network = running_switch.app.adapters["standin-card"]
+    assert network.booked_twice == 0  # type: ignore[attr-defined]
 
 
 async def test_pipelined_requests_all_answered(running_switch: RunningSwitch) -> None:
