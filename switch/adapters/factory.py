@@ -187,6 +187,23 @@ class PooledAdapter:
         """Connect and keep connected until the adapter is closed."""
         await self._pool.run(task_status=task_status)
 
+    def _new_pool(
+        self,
+        new_splitter: Callable[[], FrameSplitter],
+        on_frame: Callable[[bytes], None],
+        handshake: Callable[[Link], Awaitable[bool]] | None = None,
+        keepalive: Callable[[Link], Coroutine[Any, Any, None]] | None = None,
+    ) -> LinkPool:
+        """The connection pool this adapter's config describes."""
+        cfg = self.config
+        return LinkPool(
+            name=cfg.name, host=cfg.host, port=cfg.port, size=cfg.connections,
+            connect_timeout_s=cfg.connect_timeout_s, send_timeout_s=cfg.send_timeout_s,
+            backoff_initial_s=cfg.reconnect_initial_s, backoff_max_s=cfg.reconnect_max_s,
+            rng=random.Random(cfg.seed), new_splitter=new_splitter, on_frame=on_frame,
+            handshake=handshake, keepalive=keepalive,
+        )
+
 
 # --------------------------------------------------------------------------- correlation
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 from datetime import datetime
 from typing import Final
 
@@ -38,7 +37,6 @@ from switch.adapters.factory import (
     CardAdapterConfig,
     Correlator,
     Link,
-    LinkPool,
     PooledAdapter,
     exchange,
 )
@@ -107,16 +105,7 @@ class CardAdapter(PooledAdapter):
         self._correlator: Correlator[MatchKey, iso8583.IsoMessage] = Correlator(
             config.name, config.max_in_flight
         )
-        self._pool = LinkPool(
-            name=config.name,
-            host=config.host,
-            port=config.port,
-            size=config.connections,
-            connect_timeout_s=config.connect_timeout_s,
-            send_timeout_s=config.send_timeout_s,
-            backoff_initial_s=config.reconnect_initial_s,
-            backoff_max_s=config.reconnect_max_s,
-            rng=random.Random(config.seed),
+        self._pool = self._new_pool(
             new_splitter=iso8583.FrameDecoder,
             on_frame=self._on_frame,
             handshake=self._sign_on if config.sign_on else None,

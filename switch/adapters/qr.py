@@ -34,7 +34,6 @@ pending (status)     unknown          keep waiting; the caller's timeout decides
 from __future__ import annotations
 
 import logging
-import random
 from typing import Annotated, Final, Literal
 
 import anyio
@@ -45,7 +44,6 @@ from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.factory import (
     Correlator,
-    LinkPool,
     PooledAdapter,
     QrAdapterConfig,
     exchange,
@@ -163,16 +161,7 @@ class QrAdapter(PooledAdapter):
         self.config = config
         self._probes = 0
         self._correlator: Correlator[str, QrReply] = Correlator(config.name, config.max_in_flight)
-        self._pool = LinkPool(
-            name=config.name,
-            host=config.host,
-            port=config.port,
-            size=config.connections,
-            connect_timeout_s=config.connect_timeout_s,
-            send_timeout_s=config.send_timeout_s,
-            backoff_initial_s=config.reconnect_initial_s,
-            backoff_max_s=config.reconnect_max_s,
-            rng=random.Random(config.seed),
+        self._pool = self._new_pool(
             new_splitter=lambda: FrameDecoder(MAX_FRAME_BYTES),
             on_frame=self._on_frame,
         )

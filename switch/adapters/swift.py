@@ -30,7 +30,6 @@ A rejection keeps the network's own code in ``network_ref`` as ``RJCT:<code>``.
 from __future__ import annotations
 
 import logging
-import random
 import uuid
 from typing import Final
 
@@ -41,7 +40,6 @@ from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.factory import (
     Correlator,
-    LinkPool,
     PooledAdapter,
     SwiftAdapterConfig,
     exchange,
@@ -153,16 +151,7 @@ class SwiftAdapter(PooledAdapter):
         self._correlator: Correlator[str, iso20022.StatusReport] = Correlator(
             config.name, config.max_in_flight
         )
-        self._pool = LinkPool(
-            name=config.name,
-            host=config.host,
-            port=config.port,
-            size=config.connections,
-            connect_timeout_s=config.connect_timeout_s,
-            send_timeout_s=config.send_timeout_s,
-            backoff_initial_s=config.reconnect_initial_s,
-            backoff_max_s=config.reconnect_max_s,
-            rng=random.Random(config.seed),
+        self._pool = self._new_pool(
             new_splitter=lambda: FrameDecoder(MAX_FRAME_BYTES),
             on_frame=self._on_frame,
         )
