@@ -377,7 +377,10 @@ def reconcile(
     for kind, count in sorted(report.counts.items()):
         console.print(f"  {kind}: {count}")
     if report.unexplained == 0:
-        console.print("reconciliation clean")
+        explained = len(report.breaks)
+        console.print("reconciliation clean" + (
+            f" ({explained} explained breaks: stand-in exposure or late settlement, "
+            "listed in breaks.csv)" if explained else ""))
     else:
         console.print(f"[red]{report.unexplained} unexplained breaks[/]")
         for b in report.breaks[:20]:

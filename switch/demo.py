@@ -48,7 +48,7 @@ currency = "USD"
 max_minor = 1000000
 [risk.velocity]
 window_s = 10
-max_count = 40
+max_count = 100
 """
 
 
@@ -467,10 +467,12 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         console.print(f"[red]reconciliation: unusable settlement file: {exc}[/]")
         return False
     write_outputs(report, out)
-    if report.unexplained == 0:
-        console.print(f"reconciliation clean ({report.network_records} settlement records)")
-        return True
     by_kind = Counter(b.kind for b in report.breaks)
+    if report.unexplained == 0:
+        explained = f"; explained: {dict(by_kind)}" if by_kind else ""
+        console.print(f"reconciliation clean ({report.network_records} settlement records"
+                      f"{explained})")
+        return True
     console.print(
         f"[red]reconciliation: {report.unexplained} breaks {dict(by_kind)}[/] "
         f"(see {out / 'breaks.csv'})"

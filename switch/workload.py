@@ -91,7 +91,7 @@ class Workload:
 
     def _hot(self, n: int) -> int:
         # Zipf-ish skew: a few cards/accounts take much of the traffic.
-        return min(n - 1, int(n * self._rng.random() ** 3))
+        return min(n - 1, int(n * self._rng.random() ** 2))
 
     def next(self) -> tuple[PaymentRequest, str]:
         """The next request and its kind: "new", "duplicate" or "invalid"."""

@@ -121,6 +121,17 @@ def test_cli_exit_codes_and_bad_file(tmp_path: Path) -> None:
     assert f"{clr}:" in bad.stderr and "T trailer" in bad.stderr
 
 
+def test_stand_in_exposure_and_late_settlement_are_explained_breaks() -> None:
+    switch = [Record("card", "R1", 100, "USD", "approved", 1, "P1", "", stood_in=True),
+              rec("R2", t=0), rec("R3")]
+    network = [rec("R2", t=2 * 86_400_000_000)]
+    report = match(switch, network, late_after_s=86_400)
+    kinds = Counter(b.kind for b in report.breaks)
+    assert kinds == Counter({"standin_exposure": 1, "late_settlement": 1,
+                             "missing_at_network": 1})
+    assert report.unexplained == 1  # only R3: nobody can account for it
+
+
 def test_many_to_one_netted_entries_match_the_payments_they_cover() -> None:
     def qr(ref: str, amount: int, t: int, merchant: str = "M1", status: str = "approved",
            source: str = "x") -> Record:
