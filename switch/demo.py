@@ -256,8 +256,9 @@ def start_channels(
     return proc, json.loads(ready.read_text())
 
 
-def channel_networks_toml(ready: dict[str, Any]) -> str:
-    """Switch config for the running simulators: one adapter each, one route per channel."""
+def channel_networks_toml(ready: dict[str, Any], routes: bool = True) -> str:
+    """Switch config for the running simulators: one adapter each, and (unless a route
+    table is used instead) one route per channel."""
     lines = []
     for name, info in sorted(ready.items()):
         if name == "admin_port":
@@ -269,10 +270,10 @@ def channel_networks_toml(ready: dict[str, Any]) -> str:
             f"port = {info['port']}",
             "",
         ]
-    # One route per channel for now; failover to card-secondary comes with routing.
-    primary = {"card": "card-primary", "swift": "swift", "qr": "qr"}
-    for channel, network in primary.items():
-        lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"', ""]
+    if routes:
+        primary = {"card": "card-primary", "swift": "swift", "qr": "qr"}
+        for channel, network in primary.items():
+            lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"', ""]
     return "\n".join(lines)
 
 

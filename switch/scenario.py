@@ -244,6 +244,7 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
         DEMO_CONFIG,
         SETTLE_GRACE_S,
         _reconcile,
+        channel_networks_toml,
         start_channels,
         start_switch,
         stop_switch,
@@ -271,10 +272,7 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
     try:
         channels_proc, ready = start_channels(out, example=_resolve(sc.channels))
         admin = f"http://127.0.0.1:{ready['admin_port']}"
-        networks = "".join(
-            f'[[channel_networks]]\nkind = "{info["kind"]}"\nname = "{name}"\n'
-            f"port = {info['port']}\n" for name, info in sorted(ready.items())
-            if name != "admin_port")
+        networks = channel_networks_toml(ready, routes=False)
         config = out / "switch.toml"
         config.write_text(DEMO_CONFIG.format(seed=sc.seed, journal=journal, admin_port=0)
                           + f'\n[routing]\ntable = "{_resolve(sc.routes)}"\n' + networks)
