@@ -202,6 +202,7 @@ class Journal:
         self._batches: deque[_Batch] = deque([_Batch()])
         self._pending = 0
         self._wakeup = anyio.Event()
+        self._room = anyio.Event()  # set after each commit: pending records went down
         self._closed = False
         self.failure: BaseException | None = None
         self.commits = 0
@@ -242,6 +243,19 @@ class Journal:
         if batch.error is not None:
             raise JournalFailed(str(batch.error)) from batch.error
 
+    async def write_when_room(self, row: Row) -> None:
+        """Like :meth:`write`, but wait for a commit to free room instead of refusing.
+
+        For records that must not be dropped (the outcome of a payment already sent):
+        the wait is bounded by the writer's own progress.
+        """
+        while True:
+            try:
+                await self.write(row)
+                return
+            except JournalFull:
+                await self._room.wait()
+
     async def run(self) -> None:
         """The writer loop. Returns after :meth:`close` once everything is committed."""
         while True:
@@ -269,8 +283,11 @@ class Journal:
                     waiting.error = exc
                     waiting.committed.set()
                 batch.committed.set()
+                self._room.set()  # waiters for room wake and meet the failure
                 raise
             self._pending -= len(batch.rows)
+            self._room.set()
+            self._room = anyio.Event()
             self.commits += 1
             self.committed_records += len(batch.rows)
             self._metrics.commit_seconds.observe(self._clock() - started)

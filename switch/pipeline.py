@@ -379,18 +379,9 @@ class Pipeline:
                 raise Rejected(reasons.E_OVERLOADED, str(exc)) from None
             # After sending we must not drop the outcome: wait for room (bounded by the
             # journal's own progress) rather than lose it.
-            await self._journal_when_room(row)
+            await self.journal.write_when_room(row)
         except JournalFailed as exc:
             raise Rejected(reasons.E_UNAVAILABLE, f"journal unavailable: {exc}") from None
-
-    async def _journal_when_room(self, row: tuple[str, str, str, str, bytes, bytes, int]) -> None:
-        while True:
-            await anyio.sleep(0.001)
-            try:
-                await self.journal.write(row)
-                return
-            except JournalFull:
-                continue
 
     def _new_payment(self, request: PaymentRequest) -> Payment:
         self._sequence += 1

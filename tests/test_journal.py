@@ -74,3 +74,23 @@ async def test_pending_records_are_bounded(tmp_path: Path) -> None:
         journal.append(_row(i, "intent", Status.SENT))  # no writer running: they pile up
     with pytest.raises(JournalFull, match="max_pending"):
         journal.append(_row(5, "intent", Status.SENT))
+
+
+async def test_write_when_room_waits_for_a_commit_instead_of_refusing(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "j.db", "group")
+    journal = Journal(db, mode="group", max_batch=2, max_pending=2, metrics=SwitchMetrics())
+    journal.append(_row(0, "intent", Status.SENT))
+    journal.append(_row(1, "intent", Status.SENT))
+    with pytest.raises(JournalFull):
+        await journal.write(_row(2, "final", Status.APPROVED))
+    async with anyio.create_task_group() as tg:
+        async def start_writer_later() -> None:
+            await anyio.sleep(0.01)
+            assert journal.committed_records == 0  # still waiting for room, not refused
+            tg.start_soon(journal.run)
+
+        tg.start_soon(start_writer_later)
+        with anyio.fail_after(10):
+            await journal.write_when_room(_row(2, "final", Status.APPROVED))
+        await journal.close()
+    assert journal.committed_records == 3
