@@ -15,22 +15,9 @@ if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1;
     exit 0
 fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    say "promtool is missing and apt-get is not available: install Prometheus by hand" >&2
-    exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        say "promtool is missing; run this script as root (or install sudo)" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
+# apt-get present, root or sudo: the prelude both installers share (sets SUDO).
+WHAT="promtool"
+. "$(dirname "$0")/../scripts/apt-prelude.sh"
 
 # The package's maintainer scripts would start a Prometheus service on :9090. The tests
 # start their own on a free loopback port, so keep the package from starting one: a

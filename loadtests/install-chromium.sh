@@ -16,22 +16,9 @@ for candidate in chromium chromium-browser; do
     fi
 done
 
-if ! command -v apt-get >/dev/null 2>&1; then
-    say "chromium is missing and apt-get is not available: install Chromium by hand" >&2
-    exit 1
-fi
-
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    if command -v sudo >/dev/null 2>&1; then
-        SUDO="sudo"
-    else
-        say "chromium is missing; run this script as root (or install sudo)" >&2
-        exit 1
-    fi
-fi
-
-export DEBIAN_FRONTEND=noninteractive
+# apt-get present, root or sudo: the prelude both installers share (sets SUDO).
+WHAT="chromium"
+. "$(dirname "$0")/../scripts/apt-prelude.sh"
 say "running: apt-get update"
 $SUDO apt-get update -q
 say "running: apt-get install -y --no-install-recommends chromium"
