@@ -12,13 +12,25 @@ import pytest
 
 from switch.adapters.standin import StandInNetwork
 from switch.client import SwitchClient
-from switch.config import StandInNetworkConfig
+from switch.config import StandInNetworkConfig, SwitchConfig
 from switch.journal import count_duplicates, final_results
 from switch.wire import ErrorReply, Pay, Pong, Reply, encode_request, frame
 from tests.conftest import RunningSwitch, make_config, start_switch
 from tests.payments import card_payment, qr_payment, swift_payment
 
 pytestmark = pytest.mark.anyio
+
+
+def stand_ins(config: SwitchConfig, card_latency_ms: float | None = None
+              ) -> dict[str, StandInNetwork]:
+    """The config's stand-in networks; optionally a deterministic card network answering
+    every payment approved after exactly ``card_latency_ms``."""
+    adapters = {n.name: StandInNetwork(n) for n in config.networks}
+    if card_latency_ms is not None:
+        adapters["standin-card"] = StandInNetwork(StandInNetworkConfig(
+            "standin-card", "card", latency_median_ms=card_latency_ms, latency_sigma=0,
+            decline_rate=0, error_rate=0))
+    return adapters
 
 
 async def test_payments_on_every_channel_get_results(running_switch: RunningSwitch) -> None:
@@ -112,18 +124,7 @@ async def test_oversized_frame_closes_only_that_connection(running_switch: Runni
 
 async def test_in_flight_limit_per_connection_rejects_with_code(tmp_path: Path) -> None:
     config = make_config(tmp_path, server="max_in_flight_per_connection = 4")
-    slow = StandInNetwork(
-        StandInNetworkConfig(
-            "standin-card",
-            "card",
-            latency_median_ms=200,
-            latency_sigma=0,
-            decline_rate=0,
-            error_rate=0,
-        )
-    )
-    adapters = {n.name: StandInNetwork(n) for n in config.networks}
-    adapters["standin-card"] = slow
+    adapters = stand_ins(config, card_latency_ms=200)
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
         stream = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
@@ -161,18 +162,8 @@ async def test_timeout_makes_outcome_unknown_then_reversal_resolves_it(tmp_path:
             for r in config.routes
         ],
     )
-    slow = StandInNetwork(
-        StandInNetworkConfig(
-            "standin-card",
-            "card",
-            latency_median_ms=500,
-            latency_sigma=0,
-            decline_rate=0,
-            error_rate=0,
-        )
-    )
-    adapters = {n.name: StandInNetwork(n) for n in config.networks}
-    adapters["standin-card"] = slow
+    adapters = stand_ins(config, card_latency_ms=500)
+    slow = adapters["standin-card"]
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
         async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
@@ -196,7 +187,7 @@ async def test_timeout_makes_outcome_unknown_then_reversal_resolves_it(tmp_path:
 
 async def test_network_refusing_before_send_fails_cleanly(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    adapters = {n.name: StandInNetwork(n) for n in config.networks}
+    adapters = stand_ins(config)
     adapters["standin-qr"].down = True
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
@@ -209,17 +200,7 @@ async def test_network_refusing_before_send_fails_cleanly(tmp_path: Path) -> Non
 
 async def test_graceful_shutdown_drains_in_flight_payments(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    adapters = {n.name: StandInNetwork(n) for n in config.networks}
-    adapters["standin-card"] = StandInNetwork(
-        StandInNetworkConfig(
-            "standin-card",
-            "card",
-            latency_median_ms=300,
-            latency_sigma=0,
-            decline_rate=0,
-            error_rate=0,
-        )
-    )
+    adapters = stand_ins(config, card_latency_ms=300)
     replies: list[object] = []
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
@@ -262,10 +243,7 @@ async def test_bad_length_prefix_garbage_is_malformed_not_fatal(
 
 async def test_slow_payment_carries_its_id_as_an_exemplar(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    adapters = {n.name: StandInNetwork(n) for n in config.networks}
-    adapters["standin-card"] = StandInNetwork(StandInNetworkConfig(
-        "standin-card", "card", latency_median_ms=30, latency_sigma=0, decline_rate=0,
-        error_rate=0))
+    adapters = stand_ins(config, card_latency_ms=30)
     async with anyio.create_task_group() as tg:
         switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
         async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
