@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/e2e.py
 
 docs: $(STAMP)
-	$(BIN)/python -m switch.catalogue > docs/metrics.md.tmp && mv docs/metrics.md.tmp docs/metrics.md
+	$(BIN)/python -m switch.cli.catalogue > docs/metrics.md.tmp && mv docs/metrics.md.tmp docs/metrics.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -31,8 +31,8 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 
 from bench.results import markdown_table, write_section
-from switch.binlookup import BinIndex, warm_up
-from switch.routes import BIN_WIDTH, load_route_table
+from switch.routing.binindex import BinIndex, warm_up
+from switch.routing.table import BIN_WIDTH, load_route_table
 
 N_RANGES = 100_000
 BATCH = 10_000

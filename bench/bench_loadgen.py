@@ -7,7 +7,7 @@ In one run, against one bench/echo_server.py process (same transport and framing
 switch, no pipeline), with the same workload (loadtests/workloads/bench.toml):
 
 * Locust, headless, one process, our locustfile's TCP client, many users, no wait time;
-* ``payswitch load``'s generator (switch/loadgen.py) in one process: flat out (offered
+* ``payswitch load``'s generator (loadtests/harness/loadgen.py) in one process: flat out (offered
   far above what it can send), at Locust's achieved rate, and a sweep for the highest
   rate it keeps on schedule.
 
@@ -90,8 +90,8 @@ def generator_child(port: int, rate: float, duration: float, connections: int) -
     """Run one OpenLoopGenerator and print its figures as JSON (``--child`` mode)."""
     import anyio
 
-    from switch.loadgen import OpenLoopGenerator
-    from switch.workload import SpecWorkload, load_workload
+    from loadtests.harness.loadgen import OpenLoopGenerator
+    from loadtests.harness.workload import SpecWorkload, load_workload
 
     spec = load_workload(WORKLOAD)
     workload = SpecWorkload(spec, 11, key_prefix="b")

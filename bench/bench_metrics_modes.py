@@ -49,7 +49,7 @@ def _child_hot_path() -> dict[str, tuple[float, float]]:
     """Runs in a child: the environment decided the mode before this import."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-    from switch.metrics import LATENCY_BUCKETS
+    from switch.observability.metrics import LATENCY_BUCKETS
 
     registry = CollectorRegistry()
     plain = Counter("bench_plain", "unlabelled counter", registry=registry)
@@ -70,7 +70,7 @@ def _child_hot_path() -> dict[str, tuple[float, float]]:
 
 def _child_populate() -> None:
     """Runs in a child (multiprocess mode): leave this process's mmap files behind."""
-    from switch.metrics import SwitchMetrics
+    from switch.observability.metrics import SwitchMetrics
 
     metrics = SwitchMetrics(networks=EXAMPLE_NETWORKS)
     for (_channel, _status), counter in metrics.payments.items():
@@ -93,7 +93,7 @@ def _child_scrape() -> dict[str, tuple[float, float]]:
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         label = f"scrape: merge {SCRAPE_PROCESSES} processes' files"
     else:
-        from switch.metrics import SwitchMetrics
+        from switch.observability.metrics import SwitchMetrics
 
         registry = SwitchMetrics(networks=EXAMPLE_NETWORKS).registry
         label = "scrape: render one process's registry"

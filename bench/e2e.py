@@ -32,9 +32,9 @@ if str(ROOT) not in sys.path:
 import anyio  # noqa: E402
 
 from bench.results import markdown_table, write_section  # noqa: E402
-from switch.demo import start_switch, stop_switch  # noqa: E402
-from switch.loadgen import OpenLoopGenerator  # noqa: E402
-from switch.workload import Workload, WorkloadMix  # noqa: E402
+from loadtests.harness.demo import start_switch, stop_switch  # noqa: E402
+from loadtests.harness.loadgen import OpenLoopGenerator  # noqa: E402
+from loadtests.harness.workload import Workload, WorkloadMix  # noqa: E402
 
 SWITCH_CONFIG = """
 seed = 1

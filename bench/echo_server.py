@@ -17,7 +17,7 @@ import anyio.abc
 import msgspec
 
 from switch.model import Result, Status
-from switch.wire import FrameDecoder, Reply, ReplyEncoder
+from switch.protocols.wire import FrameDecoder, Reply, ReplyEncoder
 
 
 class _Id(msgspec.Struct):

@@ -12,14 +12,20 @@ import anyio
 import msgspec
 import pytest
 
-from switch.config import RiskConfig, VelocityConfig
-from switch.idempotency import IdempotencyIndex, body_hash
 from switch.journal import Journal, encode_payment, encode_result, open_database
-from switch.metrics import SwitchMetrics
 from switch.model import CardRef, Party, Payment, Result, Status, check_transition, tokenize_pan
-from switch.risk import RiskEngine
-from switch.validation import validate
-from switch.wire import FrameDecoder, Pay, Reply, ReplyEncoder, decode_request, encode_request
+from switch.observability.metrics import SwitchMetrics
+from switch.payment.idempotency import IdempotencyIndex, body_hash
+from switch.payment.risk import RiskConfig, RiskEngine, VelocityConfig
+from switch.payment.validation import validate
+from switch.protocols.wire import (
+    FrameDecoder,
+    Pay,
+    Reply,
+    ReplyEncoder,
+    decode_request,
+    encode_request,
+)
 from tests.payments import card_payment
 
 KEY = b"bench-key-0123456789"

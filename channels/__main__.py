@@ -16,7 +16,8 @@ from functools import partial
 
 import anyio
 
-from channels.server import ChannelsConfig, ChannelsConfigError, load_config, serve_channels
+from channels.config import ChannelsConfig, ChannelsConfigError, load_config
+from channels.server import serve_channels
 
 
 async def _serve(config: ChannelsConfig, ready_file: str | None) -> None:

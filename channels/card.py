@@ -38,15 +38,9 @@ from typing import Final, Literal
 import anyio
 
 from channels.behaviour import Behaviour
-from channels.server import (
-    CardSchemeSpec,
-    ChannelMetrics,
-    IssuerSpec,
-    NetworkSpec,
-    SimConnection,
-    SimRequest,
-    SimServer,
-)
+from channels.config import CardSchemeSpec, IssuerSpec, NetworkSpec
+from channels.metrics import ChannelMetrics
+from channels.tcp import SimConnection, SimRequest, SimServer
 from switch.protocols import iso8583
 from switch.protocols.errors import CodecError
 

@@ -31,15 +31,14 @@ from typing import Final
 import msgspec
 
 from channels.behaviour import Behaviour
-from channels.server import (
-    ChannelMetrics,
-    NetworkSpec,
-    QrSpec,
-    SimConnection,
-    SimRequest,
-    SimServer,
-)
-from switch.adapters.qr import (
+from channels.config import NetworkSpec, QrSpec
+from channels.metrics import ChannelMetrics
+from channels.tcp import SimConnection, SimRequest, SimServer
+from switch.currency import CURRENCIES
+from switch.protocols import emvqr
+from switch.protocols.errors import CodecError
+from switch.protocols.framing import FrameDecoder, frame
+from switch.protocols.qrapi import (
     MAX_FRAME_BYTES,
     QrCheckStatus,
     QrPayRequest,
@@ -47,10 +46,6 @@ from switch.adapters.qr import (
     decode_request,
     encode,
 )
-from switch.currency import CURRENCIES
-from switch.protocols import emvqr
-from switch.protocols.errors import CodecError
-from switch.wire import FrameDecoder, frame
 
 __all__ = ["QrNetwork"]
 

@@ -20,12 +20,14 @@ import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import msgspec
 
+from channels.config import SettlementSpec
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.protocols.settlement_files import (
     SettlementEntry,
@@ -36,27 +38,25 @@ from switch.protocols.settlement_files import (
 )
 
 if TYPE_CHECKING:
-    from channels.server import ChannelsRuntime
+    from channels.card import CardScheme
+    from channels.tcp import SimServer
 
 log = logging.getLogger(__name__)
 NUMERIC = {alpha: num for alpha, (num, _) in CURRENCIES.items()}
 
 
-class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    enabled: bool = True
-    out_dir: str = "var/settlement"
-    #: Seconds between cut-offs (from start-up); a final cut is made at shutdown.
-    cycle_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
-    #: Share of records planted wrong, for reconciliation to find.
-    discrepancy_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
-    #: The QR scheme nets each merchant's payments of a cycle into one entry
-    #: (reference ``NET-<merchant>-<cycle>``): reconciliation must match many to one.
-    net_qr_by_merchant: bool = False
-    seed: int = 1
+class SettlementSource(Protocol):
+    """What the writer reads at each cut-off: the card books and every network's ledger."""
+
+    @property
+    def card_schemes(self) -> Mapping[str, CardScheme]: ...
+
+    @property
+    def networks(self) -> Mapping[str, SimServer]: ...
 
 
 class SettlementWriter:
-    def __init__(self, runtime: ChannelsRuntime, spec: SettlementSpec) -> None:
+    def __init__(self, runtime: SettlementSource, spec: SettlementSpec) -> None:
         self.runtime = runtime
         self.spec = spec
         self.out_dir = Path(spec.out_dir)

@@ -41,18 +41,12 @@ from typing import Final
 import anyio
 
 from channels.behaviour import Behaviour
-from channels.server import (
-    BankSpec,
-    ChannelMetrics,
-    NetworkSpec,
-    SimConnection,
-    SimRequest,
-    SimServer,
-    SwiftSpec,
-)
+from channels.config import BankSpec, NetworkSpec, SwiftSpec
+from channels.metrics import ChannelMetrics
+from channels.tcp import SimConnection, SimRequest, SimServer
 from switch.protocols import iso20022
 from switch.protocols.errors import CodecError
-from switch.wire import FrameDecoder, frame
+from switch.protocols.framing import FrameDecoder, frame
 
 __all__ = ["SwiftNetwork", "SwiftRecord"]
 

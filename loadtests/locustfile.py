@@ -4,7 +4,7 @@
         --host tcp://127.0.0.1:7100 --csv reports/locust/run
 
 Each user holds one TCP connection and sends one payment at a time (4-byte big-endian
-length + msgpack, see switch/wire.py), waiting for its reply: Locust's closed model. Plain
+length + msgpack, see switch/protocols/wire.py), waiting for its reply: Locust's closed model. Plain
 sockets are gevent-friendly because Locust monkey-patches the process with gevent before
 this file is imported. Every request fires Locust's ``request`` event with
 request_type ``pay`` (``raw`` for deliberately malformed frames), name = the channel,
@@ -52,14 +52,14 @@ if HERE not in sys.path:
 
 import msgspec  # noqa: E402
 
-from switch.model import Channel, PaymentRequest  # noqa: E402
-from switch.wire import ErrorReply, Pay, Reply, decode_response  # noqa: E402
-from switch.workload import (  # noqa: E402
+from loadtests.harness.workload import (  # noqa: E402
     SpecWorkload,
     WorkloadSpec,
     derive_seed,
     load_workload,
 )
+from switch.model import Channel, PaymentRequest  # noqa: E402
+from switch.protocols.wire import ErrorReply, Pay, Reply, decode_response  # noqa: E402
 
 _HEADER = struct.Struct(">I")
 _encode = msgspec.msgpack.Encoder().encode

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from switch.wire import describe_validation_error
+from switch.fielderrors import describe_validation_error
 
 T = TypeVar("T")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from switch.app import Endpoints, SwitchApp
-from switch.config import SwitchConfig, parse_config, with_defaults
+from switch.serve.app import Endpoints, SwitchApp
+from switch.serve.config import SwitchConfig, parse_config, with_defaults
 
 
 @pytest.fixture(

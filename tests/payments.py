@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from loadtests.harness.workload import _qr_payload
 from switch.model import CardData, Party, PaymentRequest, QrData, SwiftData
-from switch.workload import _qr_payload
 
 VISA_TEST_PAN = "4111111111111111"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PAYSWITCH = [sys.executable, "-m", "switch.cli"]
+PAYSWITCH = [sys.executable, "-m", "switch.cli.main"]
 
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -50,7 +50,7 @@ def test_more_help(command: list[str]) -> None:
 
 
 def test_fault_inject_list_clear_against_running_simulators(tmp_path: Path) -> None:
-    from switch.demo import start_channels, stop_switch
+    from loadtests.harness.demo import start_channels, stop_switch
 
     proc, ready = start_channels(tmp_path)
     admin = f"http://127.0.0.1:{ready['admin_port']}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.config import ConfigError, load_config, parse_config
+from switch.serve.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def test_serve_refuses_bad_config_with_the_key_path(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[journal]\nmode = 'fast'\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "switch.cli", "serve", "--config", str(bad)],
+        [sys.executable, "-m", "switch.cli.main", "serve", "--config", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

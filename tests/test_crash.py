@@ -16,12 +16,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from switch.client import SwitchClient
-from switch.demo import start_switch, stop_switch
+from loadtests.harness.client import SwitchClient
+from loadtests.harness.demo import start_switch, stop_switch
+from loadtests.harness.workload import Workload
 from switch.journal import count_duplicates, final_results
 from switch.model import PaymentRequest, Result
-from switch.wire import FrameDecoder, Pay, Reply, decode_response, encode_request
-from switch.workload import Workload
+from switch.protocols.wire import FrameDecoder, Pay, Reply, decode_response, encode_request
 
 CONFIG = """
 seed = 7

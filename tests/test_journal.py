@@ -16,8 +16,8 @@ from switch.journal import (
     open_database,
     replay,
 )
-from switch.metrics import SwitchMetrics
 from switch.model import Party, Payment, Result, Status
+from switch.observability.metrics import SwitchMetrics
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from switch.backoffice.ledger import balances, check_invariants, post_from_journal, settle
 from switch.journal import encode_payment, encode_result, open_database, replay
-from switch.ledger import balances, check_invariants, post_from_journal, settle
 from switch.model import CardRef, Party, Payment, QrRef, Result, Status, SwiftRef
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from switch.client import SwitchClient
-from switch.logs import JsonFormatter, mask_pans
-from switch.workload import Workload
+from loadtests.harness.client import SwitchClient
+from loadtests.harness.workload import Workload
+from switch.observability.logs import JsonFormatter, mask_pans
 from tests.conftest import RunningSwitch
 from tests.payments import card_payment
 
@@ -52,7 +52,7 @@ def test_no_clear_pan_in_demo_logs_or_journal(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "switch.cli",
+            "switch.cli.main",
             "demo",
             "--duration",
             "2",
@@ -98,7 +98,7 @@ async def test_top_renders_a_frame(running_switch: RunningSwitch) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "switch.cli",
+                    "switch.cli.main",
                     "top",
                     "--once",
                     "--interval",

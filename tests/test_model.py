@@ -13,9 +13,10 @@ from switch.model import (
     IllegalTransition,
     Status,
     check_transition,
+    luhn_ok,
     tokenize_pan,
 )
-from switch.validation import InvalidPayment, luhn_ok, validate
+from switch.payment.validation import InvalidPayment, validate
 from tests.payments import card_payment, qr_payment, swift_payment
 
 

@@ -6,10 +6,9 @@ import datetime as dt
 
 import msgspec
 
-from switch.config import AmountLimit, RiskConfig, VelocityConfig
-from switch.idempotency import IdempotencyIndex
 from switch.model import CardRef, Party, Payment, Result, Status, tokenize_pan
-from switch.risk import RiskEngine
+from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.risk import AmountLimit, RiskConfig, RiskEngine, VelocityConfig
 
 KEY = b"test-key-0123456789"
 PAN = "4111111111111111"

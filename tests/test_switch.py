@@ -10,11 +10,11 @@ import httpx
 import msgspec
 import pytest
 
-from switch.adapters.standin import StandInNetwork
-from switch.client import SwitchClient
-from switch.config import StandInNetworkConfig, SwitchConfig
+from loadtests.harness.client import SwitchClient
+from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
 from switch.journal import count_duplicates, final_results
-from switch.wire import ErrorReply, Pay, Pong, Reply, encode_request, frame
+from switch.protocols.wire import ErrorReply, Pay, Pong, Reply, encode_request, frame
+from switch.serve.config import SwitchConfig
 from tests.conftest import RunningSwitch, make_config, start_switch
 from tests.payments import card_payment, qr_payment, swift_payment
 
@@ -140,7 +140,7 @@ async def test_in_flight_limit_per_connection_rejects_with_code(tmp_path: Path) 
 
 
 async def _read_replies(stream: anyio.abc.ByteStream, n: int) -> list[Reply | ErrorReply]:
-    from switch.wire import FrameDecoder, decode_response
+    from switch.protocols.wire import FrameDecoder, decode_response
 
     decoder = FrameDecoder()
     out: list[Reply | ErrorReply] = []

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switch.model import Result, Status
-from switch.wire import (
+from switch.protocols.wire import (
     ErrorReply,
     FrameDecoder,
     FrameTooLarge,

@@ -22,7 +22,7 @@ Why each method is set up the way it is:
   pass 2 (the same idea as the kernel's grid; bucketing on amount alone goes quadratic on
   small amounts), then the greedy one-to-one assignment as rounds of "mutually best"
   pairs, which for a strict ranking gives exactly the sequential greedy result.
-- dict: switch/recon/reference.py, the readable reference implementation.
+- dict: switch/backoffice/recon/reference.py, the readable reference implementation.
 
 Synthetic data (fractions of n; chosen disjointly; switch side in time order, network side
 in random order, because settlement files are not in the switch's order and random access
@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
 from bench.results import markdown_table, write_section  # noqa: E402
-from switch.recon import (  # noqa: E402
+from switch.backoffice.recon import (  # noqa: E402
     BreakClass,
     RecordArrays,
     RecordStatus,
@@ -67,7 +67,7 @@ from switch.recon import (  # noqa: E402
     tolerance_match,
     warm_up,
 )
-from switch.recon.reference import RecordLists, reconcile_reference  # noqa: E402
+from switch.backoffice.recon.reference import RecordLists, reconcile_reference  # noqa: E402
 
 TOL_AMOUNT = 50  # minor units: a network fee of up to 0.50
 TOL_TIME_US = 5_000_000  # 5 s of clock skew / processing delay
@@ -440,7 +440,7 @@ def compile_times() -> tuple[float, float]:
     """warm_up() seconds with an empty numba cache (compile) and then with it filled
     (cache load), each in a fresh interpreter so nothing is already in memory."""
     code = (
-        "import json, numba; from switch.recon import warm_up; "
+        "import json, numba; from switch.backoffice.recon import warm_up; "
         "numba.set_num_threads(1); print(json.dumps(warm_up()))"
     )
     out = []

@@ -33,13 +33,8 @@ import anyio.abc
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.factory import (
-    CardAdapterConfig,
-    Correlator,
-    Link,
-    PooledAdapter,
-    exchange,
-)
+from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
+from switch.adapters.specs import CardAdapterConfig
 from switch.clock import Clock
 from switch.currency import numeric_code
 from switch.model import CardRef, Channel, Payment

@@ -1,6 +1,6 @@
-"""QR scheme adapter, and the scheme's API: 4-byte length-prefixed msgpack frames.
+"""QR scheme adapter: the switch side of the scheme API in switch/protocols/qrapi.py.
 
-The scheme speaks the same framing as the switch's own wire protocol (switch/wire.py):
+The scheme speaks the same framing as the switch's own wire protocol (switch/protocols/wire.py):
 a 4-byte big-endian length, then msgpack. Requests are tagged on ``op``:
 
 * :class:`QrPayRequest` -- pay the merchant of an EMVCo QR ``payload``. ``amount`` is the
@@ -34,7 +34,7 @@ pending (status)     unknown          keep waiting; the caller's timeout decides
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Final, Literal
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -42,81 +42,20 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.factory import (
-    Correlator,
-    PooledAdapter,
-    QrAdapterConfig,
-    exchange,
-)
+from switch.adapters.links import Correlator, PooledAdapter, exchange
+from switch.adapters.specs import QrAdapterConfig
 from switch.model import Channel, Payment
-from switch.wire import FrameDecoder, frame
-
-__all__ = [
-    "MAX_FRAME_BYTES",
-    "QrAdapter",
-    "QrAdapterConfig",
-    "QrCheckStatus",
-    "QrPayRequest",
-    "QrReply",
-    "QrRequest",
-    "QrStatus",
-    "decode_reply",
-    "decode_request",
-    "encode",
-    "reply_for",
-]
+from switch.protocols.framing import FrameDecoder, frame
+from switch.protocols.qrapi import (
+    MAX_FRAME_BYTES,
+    QrCheckStatus,
+    QrPayRequest,
+    QrReply,
+    decode_reply,
+    encode,
+)
 
 log = logging.getLogger(__name__)
-
-#: Bound on one frame either way: a QR payload is at most 4096 characters.
-MAX_FRAME_BYTES: Final = 16 * 1024
-
-Ref = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-
-
-class QrPayRequest(msgspec.Struct, tag="pay", tag_field="op", frozen=True,
-                   forbid_unknown_fields=True, kw_only=True):
-    ref: Ref
-    payload: Annotated[str, msgspec.Meta(max_length=4096)]
-    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
-    payer: Annotated[str, msgspec.Meta(max_length=64)] = ""
-    amount: Annotated[int, msgspec.Meta(ge=1, le=10**15)] | None = None
-
-
-class QrCheckStatus(msgspec.Struct, tag="status", tag_field="op", frozen=True,
-                    forbid_unknown_fields=True):
-    ref: Ref
-
-
-QrRequest = QrPayRequest | QrCheckStatus
-QrStatus = Literal["approved", "declined", "failed", "pending", "not_found"]
-
-
-class QrReply(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    ref: str
-    status: QrStatus
-    reason: str = ""
-    scheme_ref: str = ""
-
-
-_encoder: Final = msgspec.msgpack.Encoder()
-_request_decoder: Final[msgspec.msgpack.Decoder[QrRequest]] = msgspec.msgpack.Decoder(QrRequest)
-_reply_decoder: Final[msgspec.msgpack.Decoder[QrReply]] = msgspec.msgpack.Decoder(QrReply)
-
-
-def encode(message: QrPayRequest | QrCheckStatus | QrReply) -> bytes:
-    """msgpack body (no length prefix)."""
-    return _encoder.encode(message)
-
-
-def decode_request(data: bytes) -> QrRequest:
-    """Raises msgspec.DecodeError / ValidationError on anything else."""
-    return _request_decoder.decode(data)
-
-
-def decode_reply(data: bytes) -> QrReply:
-    return _reply_decoder.decode(data)
-
 
 _DECLINES: Final[dict[str, str]] = {
     "INVALID_QR": reasons.INVALID_CARD,

@@ -38,16 +38,12 @@ import anyio.abc
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.factory import (
-    Correlator,
-    PooledAdapter,
-    SwiftAdapterConfig,
-    exchange,
-)
+from switch.adapters.links import Correlator, PooledAdapter, exchange
+from switch.adapters.specs import SwiftAdapterConfig
 from switch.model import Channel, Party, Payment
 from switch.protocols import iso20022
 from switch.protocols.errors import CodecError
-from switch.wire import FrameDecoder, frame
+from switch.protocols.framing import FrameDecoder, frame
 
 __all__ = [
     "TECHNICAL_PREFIX",

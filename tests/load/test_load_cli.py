@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
-from switch.cli_load import load
+from switch.cli.load import load
 from tests.load.conftest import ROOT, screenshot
 from tests.load.pngcheck import png_stats
 
@@ -23,7 +23,7 @@ from tests.load.pngcheck import png_stats
 def load_run(live_switch: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("load") / "run"
     command = [
-        sys.executable, "-m", "switch.cli_load",
+        sys.executable, "-m", "switch.cli.load",
         "--port", str(live_switch["port"]),
         "--shape", "kind=steps,rates=300/600,step_s=1.5",
         "--processes", "2",

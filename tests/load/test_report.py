@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from switch.report import (
+from loadtests.harness.report import (
     ReportData,
     SecondRow,
     Verdict,

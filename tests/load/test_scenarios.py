@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.scenario import ScenarioError, load_scenario
+from loadtests.harness.scenario import ScenarioError, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = sorted((ROOT / "loadtests" / "scenarios").glob("*.toml"))
@@ -24,7 +24,7 @@ def scenario(tmp_path: Path, body: str) -> Path:
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "switch.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "switch.cli.main", *args], capture_output=True,
                           text=True, timeout=300, cwd=ROOT)
 
 

@@ -10,7 +10,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from switch.loadgen import (
+from loadtests.harness.loadgen import (
     DiurnalRate,
     FixedRate,
     Interval,
@@ -23,7 +23,7 @@ from switch.loadgen import (
     parse_inline_shape,
     shape_from_dict,
 )
-from switch.workload import SharesSpec, SpecWorkload, WorkloadSpec
+from loadtests.harness.workload import SharesSpec, SpecWorkload, WorkloadSpec
 
 SHAPES = [
     FixedRate(250),

@@ -8,11 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from switch import reasons
-from switch.model import CHANNELS
-from switch.validation import InvalidPayment, validate
-from switch.wire import ErrorReply, decode_request
-from switch.workload import (
+from loadtests.harness.workload import (
     SpecWorkload,
     Workload,
     WorkloadError,
@@ -22,6 +18,10 @@ from switch.workload import (
     load_workload,
     parse_workload,
 )
+from switch import reasons
+from switch.model import CHANNELS
+from switch.payment.validation import InvalidPayment, validate
+from switch.protocols.wire import ErrorReply, decode_request
 
 WORKLOADS = Path(__file__).resolve().parents[2] / "loadtests" / "workloads"
 

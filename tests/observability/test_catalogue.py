@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from switch import catalogue
-from switch.metrics import SwitchMetrics
+from switch.cli import catalogue
+from switch.observability.metrics import SwitchMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "metrics.md"
@@ -24,14 +24,14 @@ def entries() -> list[catalogue.MetricEntry]:
 
 def test_docs_metrics_md_is_up_to_date() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "switch.catalogue", "--check", str(DOC)],
+        [sys.executable, "-m", "switch.cli.catalogue", "--check", str(DOC)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, (
-        f"{result.stderr}\nregenerate: .venv/bin/python -m switch.catalogue > docs/metrics.md"
+        f"{result.stderr}\nregenerate: .venv/bin/python -m switch.cli.catalogue > docs/metrics.md"
     )
 
 

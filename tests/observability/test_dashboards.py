@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from channels.server import ChannelMetrics
-from switch.catalogue import example_networks
-from switch.metrics import SwitchMetrics
+from channels.metrics import ChannelMetrics
+from switch.cli.catalogue import example_networks
+from switch.observability.metrics import SwitchMetrics
 from tests.observability.test_promtool import RULE_FILES, run_promtool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ def test_every_expression_parses(name: str, tmp_path: Path) -> None:
 
 
 def test_every_metric_is_on_a_dashboard() -> None:
-    """A metric added to switch/metrics.py (or the simulators') needs a panel too."""
+    """A metric added to switch/observability/metrics.py (or the simulators') needs a panel too."""
     used: set[str] = set()
     for name in DASHBOARDS:
         for _where, expr in dashboard_exprs(name):

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from switch.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
+from loadtests.harness.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
 from tests.observability.test_dashboards import (
     DASHBOARDS,
     NAME,

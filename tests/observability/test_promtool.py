@@ -19,9 +19,9 @@ import anyio
 import httpx
 import pytest
 
-from switch.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
-from switch.loadgen import LoadStats, OpenLoopGenerator
-from switch.workload import Workload
+from loadtests.harness.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
+from loadtests.harness.loadgen import LoadStats, OpenLoopGenerator
+from loadtests.harness.workload import Workload
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "dashboards" / "prometheus"

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from switch.recon import (
+from switch.backoffice.recon import (
     BreakClass,
     ReconResult,
     RecordArrays,
@@ -29,7 +29,7 @@ from switch.recon import (
     tolerance_match,
     warm_up,
 )
-from switch.recon.reference import RecordLists, reconcile_reference, tolerance_candidates
+from switch.backoffice.recon.reference import RecordLists, reconcile_reference, tolerance_candidates
 
 EUR, USD = 978, 840
 SETTLED, FAILED = int(RecordStatus.SETTLED), int(RecordStatus.FAILED)

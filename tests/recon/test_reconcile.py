@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from switch.recon.reconcile import Record, load_network_side, load_switch_side, match
+from switch.backoffice.recon.reconcile import Record, load_network_side, load_switch_side, match
 from tests.sims.test_settlement import run_switch_over_simulators
 
 
@@ -99,7 +99,7 @@ def test_cli_exit_codes_and_bad_file(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "switch.cli",
+        "switch.cli.main",
         "reconcile",
         "--journal",
         str(journal),

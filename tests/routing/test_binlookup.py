@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.binlookup import MAX_KEY, NOT_FOUND, BinIndex, BinIndexError, warm_up
+from switch.routing.binindex import MAX_KEY, NOT_FOUND, BinIndex, BinIndexError, warm_up
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from switch.breaker import STATE_CODE, BreakerConfig, BreakerState, CircuitBreaker
-from switch.wire import describe_validation_error
+from switch.fielderrors import describe_validation_error
+from switch.routing.breaker import STATE_CODE, BreakerConfig, BreakerState, CircuitBreaker
 
 CLOSED, OPEN, HALF = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

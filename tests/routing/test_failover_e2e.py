@@ -15,14 +15,15 @@ import anyio
 import httpx
 import pytest
 
+from channels.config import config_from_dict
 from channels.faults import Fault
-from channels.server import ChannelsRuntime, config_from_dict, serve_channels
-from switch.app import SwitchApp
-from switch.client import SwitchClient
-from switch.config import parse_config
+from channels.server import ChannelsRuntime, serve_channels
+from loadtests.harness.client import SwitchClient
 from switch.journal import count_duplicates, final_results
 from switch.model import PaymentRequest
-from switch.wire import ErrorReply, Reply
+from switch.protocols.wire import ErrorReply, Reply
+from switch.serve.app import SwitchApp
+from switch.serve.config import parse_config
 from tests.payments import card_payment
 
 pytestmark = pytest.mark.anyio
@@ -121,7 +122,7 @@ class Rig:
 
 
 def _pan(i: int) -> str:
-    from switch.workload import _luhn_complete
+    from loadtests.harness.workload import _luhn_complete
 
     return _luhn_complete(f"4{i:014d}")
 

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switch.adapters.base import NetworkReply
-from switch.breaker import BreakerConfig
-from switch.resilience import (
+from switch.fielderrors import describe_validation_error
+from switch.routing.breaker import BreakerConfig
+from switch.routing.resilience import (
     AdmissionConfig,
     AdmissionLimiter,
     Demotions,
@@ -28,8 +29,7 @@ from switch.resilience import (
     is_safe_to_retry,
     select_endpoints,
 )
-from switch.routes import LeastLatency, Priority, Sticky, SuccessRate, Target, Weighted
-from switch.wire import describe_validation_error
+from switch.routing.table import LeastLatency, Priority, Sticky, SuccessRate, Target, Weighted
 
 EPS = ("a", "b", "c")
 

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loadtests.harness.workload import _qr_payload
 from switch.model import CardRef, Party, Payment, QrRef, SwiftRef
-from switch.routes import (
+from switch.routing.table import (
     BIN_WIDTH,
     LeastLatency,
     Priority,
@@ -25,7 +26,6 @@ from switch.routes import (
     qr_guis,
     sticky_key,
 )
-from switch.workload import _qr_payload
 
 KNOWN = {"visa-a", "visa-b", "mc-a", "mc-b", "corr-1", "corr-2", "qr-1", "qr-2"}
 

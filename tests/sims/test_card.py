@@ -18,23 +18,14 @@ import msgspec
 import pytest
 
 from channels.card import CardNetwork, CardScheme
-from channels.server import (
-    ChannelsConfigError,
-    ChannelsRuntime,
-    SimServer,
-    config_from_dict,
-    load_config,
-    serve_channels,
-)
+from channels.config import ChannelsConfigError, config_from_dict, load_config
+from channels.server import ChannelsRuntime, serve_channels
+from channels.tcp import SimServer
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.factory import (
-    CardAdapterConfig,
-    QrAdapterConfig,
-    SwiftAdapterConfig,
-    build_network_adapter,
-)
+from switch.adapters.factory import build_network_adapter
 from switch.adapters.iso8583 import CardAdapter, network_pan, original_request
 from switch.adapters.qr import QrAdapter
+from switch.adapters.specs import CardAdapterConfig, QrAdapterConfig, SwiftAdapterConfig
 from switch.adapters.swift import SwiftAdapter
 from switch.model import CardRef, Party, Payment, QrRef, SwiftRef
 from switch.protocols import emvqr, iso8583

@@ -378,8 +378,8 @@ def test_cli_serves_the_config_writes_the_ready_file_and_stops_on_sigterm(
 async def test_switch_pipeline_and_resolver_over_the_simulators(tmp_path: Path) -> None:
     """The real pipeline with these adapters: approvals, and a blackholed card payment that
     goes unknown and is reversed by the resolver once the fault is cleared."""
-    from switch.client import SwitchClient
-    from switch.wire import Reply
+    from loadtests.harness.client import SwitchClient
+    from switch.protocols.wire import Reply
     from tests.conftest import make_config, start_switch
     from tests.payments import card_payment as card_request
     from tests.payments import qr_payment as qr_request

@@ -9,8 +9,8 @@ import pytest
 
 from channels.qr import QrNetwork
 from switch.adapters.base import NetworkReply
-from switch.adapters.qr import QrCheckStatus, QrPayRequest, decode_reply, encode
-from switch.wire import frame
+from switch.protocols.framing import frame
+from switch.protocols.qrapi import QrCheckStatus, QrPayRequest, decode_reply, encode
 from tests.sims.test_card import config, network, qr_code, qr_payment, raw_exchange, running
 
 pytestmark = pytest.mark.anyio

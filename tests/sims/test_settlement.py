@@ -12,10 +12,10 @@ import anyio
 import msgspec
 import pytest
 
-from channels.server import config_from_dict, serve_channels
-from switch.app import SwitchApp
-from switch.client import SwitchClient
-from switch.config import parse_config
+from channels.config import config_from_dict
+from channels.server import serve_channels
+from loadtests.harness.client import SwitchClient
+from loadtests.harness.workload import Workload
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.journal import final_results
 from switch.model import Payment
@@ -24,7 +24,8 @@ from switch.protocols.settlement_files import (
     decode_card_clearing,
     decode_qr_csv,
 )
-from switch.workload import Workload
+from switch.serve.app import SwitchApp
+from switch.serve.config import parse_config
 
 pytestmark = pytest.mark.anyio
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "channels.toml"

@@ -11,7 +11,7 @@ from channels.swift import SwiftNetwork
 from switch.adapters.base import NetworkReply
 from switch.adapters.swift import credit_transfer
 from switch.protocols import iso20022
-from switch.wire import frame
+from switch.protocols.framing import frame
 from tests.sims.test_card import (
     FAST,
     config,

@@ -1,0 +1,1 @@
+"""Load tests: the harness package and the Locust files (Locust runs in its own processes)."""

@@ -1,0 +1,449 @@
+"""The connection machinery the three network adapters share.
+
+The three adapters differ in codec and correlation key but share everything else, kept
+here so that it is written (and fixed) once:
+
+* :class:`LinkPool` -- a few persistent TCP connections per endpoint, used round-robin,
+  each kept alive by its own supervisor task: connect, optional handshake (card
+  sign-on), read loop, optional keep-alive (card echo), and on loss a reconnect after a
+  capped exponential backoff with jitter drawn from a seeded ``random.Random``.
+* :class:`Correlator` -- the in-flight requests keyed by their matching key. A response
+  completes its waiter; one that matches nothing is counted as *late* (its waiter was
+  abandoned on timeout), *duplicate* (its waiter already completed) or *unmatched*, and
+  dropped: it never raises and never touches a payment.
+* :func:`exchange` -- one request/response: register the waiter, send, wait. The
+  pipeline applies the timeout by cancelling; a cancelled waiter is abandoned so a late
+  answer is recognised as such.
+
+Money rule for sending. :class:`~switch.adapters.base.NotSent` is raised only when the
+request certainly did not reach the network: no usable connection, a bound exceeded, or
+a write that failed (a half-written frame on a connection that then dies is never
+decoded by the peer). A write that timed out after it began, or a connection lost after
+sending, leaves the outcome unknown: the adapter then waits until the caller's timeout
+cancels it, and the caller resolves the payment.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import anyio
+import anyio.abc
+
+from switch.adapters.base import NotSent
+from switch.adapters.specs import AdapterConfig
+
+log = logging.getLogger(__name__)
+
+
+class PooledAdapter:
+    """What every pooled network adapter shares: its name, connection pool, and the
+    correlator's counters of stray answers (unmatched, late, duplicate). Subclasses set
+    ``config``, ``_pool`` and ``_correlator`` and say which channel they serve."""
+
+    config: AdapterConfig
+    _pool: LinkPool
+    _correlator: Correlator[Any, Any]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def pool(self) -> LinkPool:
+        return self._pool
+
+    @property
+    def unmatched(self) -> int:
+        return self._correlator.unmatched
+
+    @property
+    def late(self) -> int:
+        return self._correlator.late
+
+    @property
+    def duplicates(self) -> int:
+        return self._correlator.duplicates
+
+    @property
+    def in_flight(self) -> int:
+        return self._correlator.pending
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Connect and keep connected until the adapter is closed."""
+        await self._pool.run(task_status=task_status)
+
+    def _new_pool(
+        self,
+        new_splitter: Callable[[], FrameSplitter],
+        on_frame: Callable[[bytes], None],
+        handshake: Callable[[Link], Awaitable[bool]] | None = None,
+        keepalive: Callable[[Link], Coroutine[Any, Any, None]] | None = None,
+    ) -> LinkPool:
+        """The connection pool this adapter's config describes."""
+        cfg = self.config
+        return LinkPool(
+            name=cfg.name, host=cfg.host, port=cfg.port, size=cfg.connections,
+            connect_timeout_s=cfg.connect_timeout_s, send_timeout_s=cfg.send_timeout_s,
+            backoff_initial_s=cfg.reconnect_initial_s, backoff_max_s=cfg.reconnect_max_s,
+            rng=random.Random(cfg.seed), new_splitter=new_splitter, on_frame=on_frame,
+            handshake=handshake, keepalive=keepalive,
+        )
+
+
+# --------------------------------------------------------------------------- correlation
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+Delivery = Literal["matched", "late", "duplicate", "unmatched"]
+
+#: How many completed and abandoned keys are remembered to classify stray answers.
+REMEMBERED_KEYS = 65_536
+
+
+class Waiter(Generic[K, V]):
+    __slots__ = ("event", "key", "value")
+
+    def __init__(self, key: K) -> None:
+        self.key = key
+        self.event = anyio.Event()
+        self.value: V | None = None
+
+
+class Correlator(Generic[K, V]):
+    """Requests in flight by matching key; classifies every answer that arrives."""
+
+    def __init__(self, name: str, max_pending: int, remembered: int = REMEMBERED_KEYS) -> None:
+        assert max_pending >= 1 and remembered >= 1
+        self.name = name
+        self.max_pending = max_pending
+        self._remembered = remembered
+        self._pending: dict[K, Waiter[K, V]] = {}
+        self._completed: OrderedDict[K, None] = OrderedDict()
+        self._abandoned: OrderedDict[K, None] = OrderedDict()
+        self.matched = 0
+        self.late = 0
+        self.duplicates = 0
+        self.unmatched = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def waiting(self, key: K) -> bool:
+        return key in self._pending
+
+    def register(self, key: K) -> Waiter[K, V]:
+        if key in self._pending:
+            raise NotSent(f"{self.name}: a request with key {key!r} is already in flight")
+        if len(self._pending) >= self.max_pending:
+            raise NotSent(f"{self.name}: {self.max_pending} requests already in flight")
+        self._completed.pop(key, None)
+        self._abandoned.pop(key, None)
+        waiter: Waiter[K, V] = Waiter(key)
+        self._pending[key] = waiter
+        return waiter
+
+    def forget(self, waiter: Waiter[K, V]) -> None:
+        """The request was never sent: drop its waiter without a trace."""
+        if self._pending.get(waiter.key) is waiter:
+            del self._pending[waiter.key]
+
+    def abandon(self, waiter: Waiter[K, V]) -> None:
+        """Sent, but nobody waits any more (timeout): an answer now is late."""
+        if self._pending.get(waiter.key) is waiter:
+            del self._pending[waiter.key]
+            self._remember(self._abandoned, waiter.key)
+
+    def deliver(self, key: K, value: V) -> Delivery:
+        waiter = self._pending.pop(key, None)
+        if waiter is not None:
+            waiter.value = value
+            waiter.event.set()
+            self.matched += 1
+            self._remember(self._completed, key)
+            return "matched"
+        if key in self._abandoned:
+            del self._abandoned[key]
+            self._remember(self._completed, key)
+            self.late += 1
+            return "late"
+        if key in self._completed:
+            self.duplicates += 1
+            return "duplicate"
+        self.unmatched += 1
+        return "unmatched"
+
+    def _remember(self, book: OrderedDict[K, None], key: K) -> None:
+        book[key] = None
+        book.move_to_end(key)
+        if len(book) > self._remembered:
+            book.popitem(last=False)
+
+
+# --------------------------------------------------------------------------- connections
+
+_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+class FrameSplitter(Protocol):
+    """What a link needs from a codec's frame decoder (ISO 8583 or switch.protocols.wire)."""
+
+    def feed(self, data: bytes) -> Sequence[bytes | memoryview]: ...
+
+
+class Link:
+    """One TCP connection of a pool."""
+
+    __slots__ = (
+        "_lock", "_send_timeout_s", "alive", "index", "ready", "scope", "stream", "was_ready",
+    )
+
+    def __init__(self, index: int, stream: anyio.abc.ByteStream, send_timeout_s: float) -> None:
+        self.index = index
+        self.stream = stream
+        self._send_timeout_s = send_timeout_s
+        self._lock = anyio.Lock()
+        self.alive = True
+        self.ready = False
+        self.was_ready = False
+        self.scope: anyio.CancelScope | None = None
+
+    def kill(self) -> None:
+        """Stop using this connection; its supervisor closes it and redials."""
+        self.alive = False
+        self.ready = False
+        if self.scope is not None:
+            self.scope.cancel()
+
+    async def send(self, data: bytes) -> bool:
+        """Write one frame. True: handed over whole. False: outcome unknown (link dropped).
+
+        Raises NotSent when the frame certainly never reached the peer. The write is
+        shielded from the caller's cancellation so a frame is never cut in half by a
+        timeout; its own ``send_timeout_s`` bounds it instead.
+        """
+        if not self.alive:
+            raise NotSent(f"connection {self.index} is closed")
+        started = False
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._send_timeout_s):
+            try:
+                async with self._lock:
+                    if not self.alive:
+                        raise NotSent(f"connection {self.index} closed while queued to send")
+                    started = True
+                    await self.stream.send(data)
+                return True
+            except _CLOSED as exc:
+                self.kill()
+                raise NotSent(f"connection {self.index} failed on write: {exc!r}") from None
+        # The write timed out. Before it began nothing left; after, part of it may have.
+        self.kill()
+        if not started:
+            raise NotSent(f"connection {self.index}: timed out waiting to write")
+        return False
+
+
+class LinkPool:
+    """A fixed number of connection slots to one endpoint, each redialled when lost."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        size: int,
+        connect_timeout_s: float,
+        send_timeout_s: float,
+        backoff_initial_s: float,
+        backoff_max_s: float,
+        rng: random.Random,
+        new_splitter: Callable[[], FrameSplitter],
+        on_frame: Callable[[bytes], None],
+        handshake: Callable[[Link], Awaitable[bool]] | None = None,
+        keepalive: Callable[[Link], Coroutine[Any, Any, None]] | None = None,
+        read_bytes: int = 65536,
+    ) -> None:
+        assert size >= 1
+        self.name = name
+        self.host = host
+        self.port = port
+        self._slots: list[Link | None] = [None] * size
+        self._connect_timeout_s = connect_timeout_s
+        self._send_timeout_s = send_timeout_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = max(backoff_max_s, backoff_initial_s)
+        self._rng = rng
+        self._new_splitter = new_splitter
+        self._on_frame = on_frame
+        self._handshake = handshake
+        self._keepalive = keepalive
+        self._read_bytes = read_bytes
+        self._next = 0
+        self._scope: anyio.CancelScope | None = None
+        self._closing = False
+        self.connects = 0
+        self.connect_failures = 0
+        self.disconnects = 0
+        self.handshake_failures = 0
+        self.framing_errors = 0
+        self.frame_handler_errors = 0
+
+    @property
+    def ready_links(self) -> int:
+        return sum(1 for link in self._slots if link is not None and link.ready and link.alive)
+
+    def pick(self) -> Link:
+        """The next usable connection, round-robin; NotSent if there is none."""
+        slots = self._slots
+        count = len(slots)
+        for step in range(count):
+            index = (self._next + step) % count
+            link = slots[index]
+            if link is not None and link.ready and link.alive:
+                self._next = index + 1
+                return link
+        raise NotSent(f"{self.name}: no connection to {self.host}:{self.port}")
+
+    def backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with equal jitter: half fixed, half random."""
+        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** min(attempt, 30))
+        return ceiling / 2 + self._rng.random() * ceiling / 2
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Keep every slot connected until closed. Reports started once every slot has
+        tried once (successfully or not), so a caller can send right away."""
+        remaining = len(self._slots)
+        all_tried = anyio.Event()
+
+        def tried() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                all_tried.set()
+
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._closing:
+                scope.cancel()
+            async with anyio.create_task_group() as tg:
+                for index in range(len(self._slots)):
+                    tg.start_soon(self._slot, index, tried)
+                await all_tried.wait()
+                task_status.started()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        for link in self._slots:
+            if link is not None:
+                link.kill()
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _slot(self, index: int, tried: Callable[[], None]) -> None:
+        reported = False
+
+        def report() -> None:
+            nonlocal reported
+            if not reported:
+                reported = True
+                tried()
+
+        attempt = 0
+        while not self._closing:
+            stream: anyio.abc.SocketStream | None = None
+            try:
+                with anyio.fail_after(self._connect_timeout_s):
+                    stream = await anyio.connect_tcp(self.host, self.port)
+            except (OSError, TimeoutError) as exc:
+                self.connect_failures += 1
+                log.debug("%s: connect %d failed: %r", self.name, index, exc)
+            if stream is not None:
+                self.connects += 1
+                link = Link(index, stream, self._send_timeout_s)
+                try:
+                    await self._run_link(link, report)
+                finally:
+                    self._slots[index] = None
+                    self.disconnects += 1
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+                if link.was_ready:
+                    attempt = 0
+            report()
+            attempt += 1
+            await anyio.sleep(self.backoff(attempt))
+
+    async def _run_link(self, link: Link, report: Callable[[], None]) -> None:
+        async with anyio.create_task_group() as tg:
+            link.scope = tg.cancel_scope
+            tg.start_soon(self._reader, link)
+            ok = True
+            if self._handshake is not None:
+                ok = await self._handshake(link)
+            if ok and link.alive:
+                link.ready = link.was_ready = True
+                self._slots[link.index] = link
+                report()
+                if self._keepalive is not None:
+                    tg.start_soon(self._keepalive, link)
+            else:
+                self.handshake_failures += 1
+                report()
+                link.kill()
+
+    async def _reader(self, link: Link) -> None:
+        splitter = self._new_splitter()
+        on_frame = self._on_frame
+        try:
+            while True:
+                data = await link.stream.receive(self._read_bytes)
+                for payload in splitter.feed(data):
+                    try:
+                        on_frame(bytes(payload))
+                    except Exception:
+                        # A handler bug must not take the connection (and its
+                        # other in-flight requests) down with it.
+                        self.frame_handler_errors += 1
+                        log.exception("%s: error handling a frame", self.name)
+        except _CLOSED:
+            pass
+        except Exception as exc:  # the splitter's own error: the stream cannot be re-synced
+            self.framing_errors += 1
+            log.debug("%s: framing error on connection %d: %r", self.name, link.index, exc)
+        finally:
+            link.kill()
+
+
+async def exchange(
+    link: Link, correlator: Correlator[K, V], key: K, data: bytes
+) -> V:
+    """Send ``data`` on ``link`` and wait for the answer matching ``key``.
+
+    NotSent if it never left. If the connection dies after sending, or the answer never
+    comes, this waits until the caller cancels it (outcome unknown).
+    """
+    waiter = correlator.register(key)
+    finished = False
+    try:
+        sent = await link.send(data)
+        if not sent:
+            log.debug("%s: write of %r timed out midway; outcome unknown", correlator.name, key)
+        await waiter.event.wait()
+        finished = True
+        assert waiter.value is not None
+        return waiter.value
+    except NotSent:
+        correlator.forget(waiter)
+        finished = True
+        raise
+    finally:
+        if not finished:
+            correlator.abandon(waiter)

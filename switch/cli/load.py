@@ -1,0 +1,206 @@
+"""``payswitch load``: the open-loop load generator's command line.
+
+The run itself is loadtests/harness/loadrun.py.
+
+Registered on the ``payswitch`` group by switch/cli/main.py; also runnable on its own:
+``python -m switch.cli.load --rate 2000 --duration 20``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+import msgspec
+from rich.console import Console
+
+from loadtests.harness.loadgen import (
+    SHAPE_KINDS,
+    FixedRate,
+    RateShape,
+    ShapeError,
+    parse_inline_shape,
+    shape_from_dict,
+)
+from loadtests.harness.workload import WorkloadError, WorkloadSpec, load_workload
+
+DEFAULT_RATE = 1000.0
+DEFAULT_DURATION_S = 30.0
+
+
+def read_shape(value: str) -> RateShape:
+    """``--shape``: a TOML file (``kind = "spike"`` ...) or an inline ``kind=...,k=v`` spec.
+
+    A file may hold the shape at top level or under a ``[shape]`` table.
+    """
+    path = Path(value)
+    if "=" not in value or path.is_file():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ShapeError(f"{value}: cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ShapeError(f"{value}: not valid TOML: {exc}") from exc
+        table = raw.get("shape", raw) if isinstance(raw.get("shape"), dict) else raw
+        return shape_from_dict(table, value)
+    return parse_inline_shape(value)
+
+
+def _default_processes() -> int:
+    from loadtests.harness.loadrun import default_processes
+
+    return default_processes()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="The switch's host.")
+@click.option("--port", type=click.IntRange(1, 65535), default=7100, show_default=True)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 10_000_000),
+    default=None,
+    help=f"Fixed offered rate, payments/s (default {DEFAULT_RATE:g} unless --shape).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0.1, 7 * 86400),
+    default=None,
+    help=f"Seconds of load (default: the shape's own length, else {DEFAULT_DURATION_S:g}).",
+)
+@click.option(
+    "--shape",
+    "shape_spec",
+    default=None,
+    metavar="FILE|SPEC",
+    help="Rate shape: a TOML file, or inline 'kind=KIND,key=value,...' with KIND one of "
+    f"{', '.join(SHAPE_KINDS)}; lists as a/b/c. Examples: "
+    "'kind=steps,rates=500/1000/2000,step_s=10'; 'kind=ramp,from_rate=100,to_rate=3000,"
+    "ramp_s=30'; 'kind=spike,base_rate=1000,spike_rate=3000,at_s=10,spike_s=5'; "
+    "'kind=diurnal,average_rate=1000,period_s=120' (peak 2.5x the average).",
+)
+@click.option(
+    "--workload",
+    "workload_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Workload model (TOML, see loadtests/workloads/). Default: the built-in mix.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Generator processes, each with its own connections and share of the rate "
+    "(default: half the cores).",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 4096),
+    default=8,
+    show_default=True,
+    help="TCP connections in all, split across processes.",
+)
+@click.option("--seed", type=int, default=None, help="Run seed (default: the workload's).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Output directory (default: reports/<timestamp>-load).",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for outstanding replies after the last send.",
+)
+@click.option(
+    "--max-outstanding",
+    type=click.IntRange(1, 1_000_000),
+    default=10_000,
+    show_default=True,
+    help="Bound on requests awaiting a reply per connection; past it a due request is "
+    "not sent and counted as not_sent_overrun.",
+)
+def load(
+    host: str,
+    port: int,
+    rate: float | None,
+    duration: float | None,
+    shape_spec: str | None,
+    workload_path: str | None,
+    processes: int | None,
+    connections: int,
+    seed: int | None,
+    out: str | None,
+    drain_timeout: float,
+    max_outstanding: int,
+) -> None:
+    """Open-loop load against a running switch, with honest latency and a report.
+
+    Requests leave on schedule whether or not replies came back; latency is measured
+    from each request's intended send time (no coordinated omission) into HdrHistograms.
+    Shows live offered vs achieved rate, p50/p99/p99.9 and errors by code, and warns
+    loudly if the generator falls behind its schedule. Writes summary.json,
+    timeseries.csv (1 s buckets), latency.hlog (HdrHistogram log) and index.html.
+    """
+    from loadtests.harness.loadrun import LoadPlan, default_out_dir, run_load, run_tag_now
+
+    if rate is not None and shape_spec is not None:
+        raise click.UsageError("give either --rate (a fixed rate) or --shape, not both")
+    try:
+        shape: RateShape = (
+            read_shape(shape_spec) if shape_spec else FixedRate(rate or DEFAULT_RATE)
+        )
+    except ShapeError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shape") from None
+    try:
+        spec = load_workload(workload_path) if workload_path else WorkloadSpec()
+    except WorkloadError as exc:
+        raise click.BadParameter(str(exc), param_hint="--workload") from None
+    duration_s = duration or shape.natural_duration() or DEFAULT_DURATION_S
+    if shape.cumulative(duration_s) < 1:
+        raise click.BadParameter("the shape offers no request in the run", param_hint="--shape")
+    n_proc = processes or _default_processes()
+    plan = LoadPlan(
+        host=host,
+        port=port,
+        shape=shape,
+        duration_s=duration_s,
+        workload=spec,
+        seed=spec.seed if seed is None else seed,
+        processes=n_proc,
+        connections=max(connections, n_proc),
+        run_tag=run_tag_now(),
+        drain_timeout_s=drain_timeout,
+        max_outstanding_per_connection=max_outstanding,
+    )
+    out_dir = Path(out) if out else default_out_dir()
+    console = Console(soft_wrap=True)
+    console.print(
+        f"[bold]payswitch load[/]: {shape.cumulative(duration_s) / duration_s:,.0f}/s average "
+        f"({type(shape).__name__}) for {duration_s:g} s against {host}:{port}; "
+        f"{n_proc} process(es), {plan.connections} connections, seed {plan.seed}; "
+        f"outputs in {out_dir}",
+        highlight=False,
+    )
+    config = {
+        "plan": msgspec.to_builtins(msgspec.structs.replace(plan, workload=spec)),
+        "workload_file": workload_path,
+        "command": " ".join(sys.argv),
+    }
+    try:
+        result = run_load(plan, out_dir, console, config)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result.interrupted:
+        sys.exit(130)  # like a shell's Ctrl-C, after the outputs are written
+    if result.failures:
+        raise click.ClickException("generator failures: " + "; ".join(result.failures))
+    if result.summary["totals"]["replies"] == 0:
+        raise click.ClickException("no replies at all: is the switch running on the target?")
+
+
+if __name__ == "__main__":
+    load()

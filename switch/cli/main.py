@@ -1,0 +1,516 @@
+"""The ``payswitch`` command line.
+
+Each subcommand is a thin shell over a module that does the work, so everything the CLI
+can do is also callable (and tested) from Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import anyio
+import click
+from rich.console import Console
+
+from switch.cli.fault import fault
+from switch.cli.load import load
+from switch.serve.config import ConfigError, SwitchConfig, load_config, with_defaults
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """payswitch: a payment switch simulator and load-test harness.
+
+    Routes card (ISO 8583), SWIFT (ISO 20022) and QR (EMVCo) payments to simulated
+    networks, journals every step durably, and never loses or double-books money.
+
+    Start with `payswitch demo`.
+    """
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Switch configuration (TOML). Defaults apply to every key left out.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default=None,
+    help="Event loop: asyncio with uvloop (fast default) or trio.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write {host, port, admin_port, pid} as JSON here once ready to serve.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.option(
+    "--log-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "text"]),
+    help="JSON lines (with payment_id fields) or plain text; card numbers masked in both.",
+)
+def serve(
+    config_path: str | None,
+    backend: str | None,
+    ready_file: str | None,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
+
+    Payments are served on [server] host:port; /metrics, /healthz and /readyz on
+    [admin] host:port.
+    """
+    from switch.observability import logs
+
+    logs.configure(log_level, log_format)
+    try:
+        config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    chosen = backend or config.server.backend
+    from switch.serve.app import SwitchApp
+
+    app = SwitchApp(config)
+
+    async def main_task() -> None:
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        logging.getLogger("switch").info("shutdown requested: draining")
+                        app.request_shutdown()
+                        return
+
+            tg.start_soon(on_signal)
+            await app.run(ready_file=ready_file)
+            tg.cancel_scope.cancel()
+
+    options = {"use_uvloop": True} if chosen == "asyncio" else {}
+    anyio.run(main_task, backend=chosen, backend_options=options)
+
+
+@main.command()
+@click.option(
+    "--duration",
+    type=click.FloatRange(1, 3600),
+    default=15.0,
+    show_default=True,
+    help="Seconds of load.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 200_000),
+    default=2000.0,
+    show_default=True,
+    help="Offered payments per second (open loop).",
+)
+@click.option("--connections", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--backend",
+    type=click.Choice(["asyncio", "trio"]),
+    default="asyncio",
+    show_default=True,
+    help="The switch's event loop.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to keep the journal and config (default: a new temp dir).",
+)
+@click.option(
+    "--networks",
+    type=click.Choice(["sim", "standin"]),
+    default="sim",
+    show_default=True,
+    help="sim: the card/SWIFT/QR simulators as their own process, over TCP; "
+    "standin: in-process stand-ins (no sockets).",
+)
+@click.option(
+    "--discrepancies",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of settlement records the simulators plant wrong, for reconciliation.",
+)
+@click.option(
+    "--scenario",
+    "scenario_name",
+    default=None,
+    help="Run a scenario from loadtests/scenarios instead, e.g. primary-outage "
+    "(card-primary-outage.toml).",
+)
+def demo(
+    duration: float,
+    rate: float,
+    connections: int,
+    seed: int,
+    backend: str,
+    workdir: str | None,
+    networks: str,
+    discrepancies: float,
+    scenario_name: str | None,
+) -> None:
+    """Start a switch with its networks, drive an open-loop load, audit the journal.
+
+    With the simulators (default), inject a fault from another terminal while it runs,
+    e.g. `payswitch fault card-primary blackhole --for 10s`: the live view and the summary
+    show it. Ends with a summary: accepted/approved/declined/failed counts per channel,
+    `lost` (acknowledged payments missing from the journal) and `duplicates` (booked
+    twice), both measured from the journal on disk, plus throughput and p50/p99/p99.9.
+    """
+    console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
+    if scenario_name is not None:
+        from loadtests.harness.scenario import ROOT, run_scenario
+
+        path = ROOT / "loadtests" / "scenarios" / f"{scenario_name}.toml"
+        if not path.exists():
+            path = ROOT / "loadtests" / "scenarios" / f"card-{scenario_name}.toml"
+        if not path.exists():
+            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios",
+                                     param_hint="--scenario")
+        sys.exit(run_scenario(path, console))
+    from loadtests.harness.demo import run_demo
+
+    sys.exit(
+        run_demo(
+            duration, rate, connections, seed, backend, workdir, console, networks, discrepancies
+        )
+    )
+
+
+@main.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:7180/metrics",
+    show_default=True,
+    help="The switch's admin /metrics URL.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between scrapes; rates are over this interval.",
+)
+@click.option("--once", is_flag=True, help="Print one frame (two scrapes) and exit.")
+def top(url: str, interval: float, once: bool) -> None:
+    """Live terminal view of a running switch: TPS, latency, networks, rejections.
+
+    Reads the switch's /metrics, so it works wherever Prometheus would.
+    """
+    import time
+
+    import httpx
+    from rich.live import Live
+
+    from loadtests.harness.top import render, scrape
+
+    console = Console()
+    with httpx.Client() as client:
+        try:
+            previous = scrape(url, client)
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"cannot read {url}: {exc}") from None
+        if once:
+            time.sleep(interval)
+            console.print(render(scrape(url, client), previous))
+            return
+        with Live(console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                current = scrape(url, client)
+                live.update(render(current, previous))
+                previous = current
+
+
+@main.group()
+def channels() -> None:
+    """The simulated card (ISO 8583), SWIFT (ISO 20022) and QR (EMVCo) networks."""
+
+
+@channels.command("serve")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Channels configuration (TOML), e.g. examples/channels.toml.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write each network's bound port (and the admin port) here as JSON.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def channels_serve(config_path: str, ready_file: str | None, log_level: str) -> None:
+    """Run every simulated network in the config, each on its own port, until SIGTERM.
+
+    Faults are scheduled in the config or injected at runtime with `payswitch fault`.
+    """
+    from channels.__main__ import main as channels_main
+
+    sys.exit(
+        channels_main(
+            [
+                "serve",
+                "--config",
+                config_path,
+                "--log-level",
+                log_level,
+                *(["--ready-file", ready_file] if ready_file else []),
+            ]
+        )
+    )
+
+
+@main.command()
+@click.option(
+    "--journal",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="The switch's journal (SQLite).",
+)
+@click.option(
+    "--files",
+    "files_dir",
+    type=click.Path(exists=True, file_okay=False),
+    required=True,
+    help="Directory of settlement files (.clr, .xml, .csv).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write breaks.csv, summary.json, summary.html (default: <files>/recon).",
+)
+@click.option(
+    "--tol-amount",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Amount tolerance (minor units) for the second, tolerance pass.",
+)
+@click.option(
+    "--tol-time",
+    type=click.FloatRange(0),
+    default=5.0,
+    show_default=True,
+    help="Time window (seconds) for the tolerance pass.",
+)
+@click.option(
+    "--late-after",
+    type=click.FloatRange(0),
+    default=86400.0,
+    show_default=True,
+    help="A match settled more than this many seconds after approval is late.",
+)
+def reconcile(
+    journal: str,
+    files_dir: str,
+    out_dir: str | None,
+    tol_amount: int,
+    tol_time: float,
+    late_after: float,
+) -> None:
+    """Reconcile the journal against the networks' settlement files.
+
+    Exact match on each channel's reference (RRN, UETR, QR reference), then a tolerance
+    pass on amount and time; every break is classified with both sides and a suggested
+    action. Exit 0 when clean, 1 with unexplained breaks, 2 when an input is unusable
+    (the message names the file, line and field).
+    """
+    from pathlib import Path
+
+    from switch.backoffice.recon.kernels import warm_up
+    from switch.backoffice.recon.reconcile import (
+        load_network_side,
+        load_switch_side,
+        match,
+        write_outputs,
+    )
+    from switch.protocols.settlement_files import SettlementFileError
+
+    warm_up()
+    try:
+        network = load_network_side(Path(files_dir))
+    except SettlementFileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    switch_side = load_switch_side(Path(journal))
+    report = match(
+        switch_side,
+        network,
+        tol_amount=tol_amount,
+        tol_time_us=int(tol_time * 1e6),
+        late_after_s=late_after,
+    )
+    paths = write_outputs(report, Path(out_dir) if out_dir else Path(files_dir) / "recon")
+    console = Console(soft_wrap=True)
+    console.print(
+        f"switch records: {report.switch_records}, network records: {report.network_records}"
+    )
+    for kind, count in sorted(report.counts.items()):
+        console.print(f"  {kind}: {count}")
+    if report.unexplained == 0:
+        explained = len(report.breaks)
+        console.print("reconciliation clean" + (
+            f" ({explained} explained breaks: stand-in exposure or late settlement, "
+            "listed in breaks.csv)" if explained else ""))
+    else:
+        console.print(f"[red]{report.unexplained} unexplained breaks[/]")
+        for b in report.breaks[:20]:
+            side = b.switch or b.network
+            assert side is not None
+            console.print(
+                f"  {b.kind}: {side.channel} {side.reference} {side.amount} {side.currency}",
+                highlight=False,
+            )
+    console.print(f"outputs: {paths['csv']}, {paths['json']}, {paths['html']}")
+    sys.exit(0 if report.unexplained == 0 else 1)
+
+
+@main.command()
+@click.option(
+    "--journal",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="The switch's journal (SQLite); the ledger lives in the same database.",
+)
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    metavar="[CHANNEL:]CCY=net|gross",
+    help="Settlement per currency, or per channel and currency (qr:CNY=gross); "
+    "default CNY=net, USD=gross, others net.",
+)
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the settlement report here as JSON.",
+)
+def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
+    """Close a clearing cycle: post the ledger from the journal, capture card holds,
+    and print each participant's settlement position (net) or instructions (gross)."""
+    import json
+    import sqlite3
+    import time
+    from pathlib import Path
+
+    import msgspec
+
+    from switch.backoffice.ledger import Mode, check_invariants, post_from_journal
+    from switch.backoffice.ledger import settle as close_cycle
+
+    chosen: dict[str, Mode] = {}
+    for item in modes:
+        key, _, mode = item.partition("=")
+        channel, _, currency = key.rpartition(":")
+        if mode not in ("net", "gross") or len(currency) != 3 or channel not in (
+            "", "card", "swift", "qr"
+        ):
+            raise click.BadParameter(
+                f"{item!r}: expected [channel:]CCY=net or =gross", param_hint="--mode"
+            )
+        chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
+            "net" if mode == "net" else "gross"
+        )
+    db = sqlite3.connect(journal, isolation_level=None)
+    try:
+        posted = post_from_journal(db)
+        report = close_cycle(db, int(time.time() * 1_000_000), chosen)  # wall timestamp
+        check_invariants(db)
+    finally:
+        db.close()
+    console = Console(soft_wrap=True)
+    console.print(
+        f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
+        f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
+        f"({report.captured} holds captured)"
+    )
+    by_currency: dict[str, list[str]] = {}
+    for p in report.net:
+        by_currency.setdefault(p.currency, []).append(
+            f"  {p.participant} ({p.role}): {'receives' if p.amount > 0 else 'pays'} "
+            f"{abs(p.amount)}"
+        )
+    for currency, lines in sorted(by_currency.items()):
+        total = sum(p.amount for p in report.net if p.currency == currency)
+        console.print(f"net {currency} (sum {total}):", highlight=False)
+        for line in lines:
+            console.print(line, highlight=False)
+    gross_by: dict[str, int] = {}
+    for _, _, amount, currency in report.gross:
+        gross_by[currency] = gross_by.get(currency, 0) + amount
+    for currency, total in sorted(gross_by.items()):
+        count = sum(1 for g in report.gross if g[3] == currency)
+        console.print(f"gross {currency}: {count} instructions, {total} in total", highlight=False)
+    console.print("ledger invariants hold: postings per currency sum to zero")
+    if out_file:
+        Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+@main.group()
+def scenario() -> None:
+    """Fault scenarios with SLO assertions and a pass/fail verdict."""
+
+
+@scenario.command("run")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--out", "out_base", default="reports", show_default=True,
+              help="Reports go to OUT/<timestamp>-<name>/.")
+def scenario_run(file: str, out_base: str) -> None:
+    """Run a scenario: simulators, switch, load, fault timeline, then the verdict.
+
+    Exit 0 only if every assertion passed; 1 if any failed (the table says which);
+    2 if the scenario file is invalid (the message names the key path).
+    """
+    from loadtests.harness.scenario import run_scenario
+
+    sys.exit(run_scenario(file, Console(soft_wrap=True), out_base))
+
+
+@scenario.command("list")
+def scenario_list() -> None:
+    """The scenario library in loadtests/scenarios/, one line each."""
+    import tomllib
+
+    from loadtests.harness.scenario import ROOT
+
+    for path in sorted((ROOT / "loadtests" / "scenarios").glob("*.toml")):
+        data = tomllib.loads(path.read_text())
+        click.echo(f"{path.relative_to(ROOT)}: {data.get('description', '')}")
+
+
+main.add_command(fault)
+main.add_command(load)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Risk, first version: amount limits, blocklists, velocity, and the AML flag.
+
+Rules run in a fixed order and the first failing one declines the payment, so a decline
+always names one rule. The AML flag never declines: a large payment is legal, it is
+reported. Velocity is counted per card token and per payer account over a sliding
+window; only payments that pass every other rule count towards it, so a blocked card
+cannot exhaust a shared account's velocity.
+
+Bounded memory: at most ``max_keys`` velocity keys are tracked (least recently seen are
+forgotten) and each key holds at most ``max_count`` entries, because one more than that
+is already a decline.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Annotated
+
+import msgspec
+
+from switch import reasons
+from switch.bounds import PositiveSeconds
+from switch.currency import exponent
+from switch.model import Channel, Payment, tokenize_pan
+
+
+class AmountLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    channel: Channel
+    currency: str
+    max_minor: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class VelocityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    window_s: PositiveSeconds = 60.0
+    max_count: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 30
+    #: Summed in CNY-equivalent minor units so one limit covers every currency.
+    max_amount_cny_minor: Annotated[int, msgspec.Meta(ge=1)] = 100_000_000
+    #: Keys tracked at once; the least recently seen is forgotten past this.
+    max_keys: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 1_000_000
+
+
+class RiskConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    amount_limits: list[AmountLimit] = msgspec.field(default_factory=list)
+    velocity: VelocityConfig = msgspec.field(default_factory=VelocityConfig)
+    blocked_pans: list[str] = msgspec.field(default_factory=list)
+    blocked_accounts: list[str] = msgspec.field(default_factory=list)
+    #: Large-amount AML report threshold, in CNY minor units (default 50,000.00 CNY).
+    aml_threshold_cny_minor: Annotated[int, msgspec.Meta(ge=1)] = 5_000_000
+    #: Units of CNY per one unit of each currency, for AML and velocity equivalence.
+    fx_to_cny: dict[str, Annotated[float, msgspec.Meta(gt=0)]] = msgspec.field(
+        default_factory=lambda: {
+            "CNY": 1.0,
+            "USD": 7.1,
+            "EUR": 7.7,
+            "GBP": 9.0,
+            "JPY": 0.047,
+            "HKD": 0.91,
+            "SGD": 5.3,
+            "INR": 0.085,
+            "KRW": 0.0052,
+            "CHF": 8.0,
+            "AUD": 4.7,
+            "CAD": 5.2,
+        }
+    )
+
+
+
+@dataclass(frozen=True, slots=True)
+class RiskDecision:
+    reason: str | None  # None: allowed; else the decline reason code
+    rule: str  # the rule that declined, "" when allowed
+    aml_flag: bool
+
+
+ALLOW = RiskDecision(None, "", False)
+ALLOW_AML = RiskDecision(None, "", True)
+
+
+class _Window:
+    __slots__ = ("events", "total")
+
+    def __init__(self) -> None:
+        self.events: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+
+class RiskEngine:
+    def __init__(self, config: RiskConfig, token_key: bytes) -> None:
+        self._limits = {(lim.channel, lim.currency): lim.max_minor for lim in config.amount_limits}
+        self._blocked_tokens = frozenset(
+            tokenize_pan(pan, token_key) for pan in config.blocked_pans
+        )
+        self._blocked_accounts = frozenset(config.blocked_accounts)
+        self._window_s = config.velocity.window_s
+        self._max_count = config.velocity.max_count
+        self._max_amount = config.velocity.max_amount_cny_minor
+        self._max_keys = config.velocity.max_keys
+        self._aml_threshold = config.aml_threshold_cny_minor
+        # CNY minor units per one minor unit of each currency, precomputed once.
+        self._to_cny_minor = {
+            code: rate * 10 ** (2 - exponent(code)) for code, rate in config.fx_to_cny.items()
+        }
+        self._windows: OrderedDict[str, _Window] = OrderedDict()
+
+    def cny_equivalent(self, amount: int, currency: str) -> int | None:
+        rate = self._to_cny_minor.get(currency)
+        return None if rate is None else int(amount * rate)
+
+    def assess(self, payment: Payment, now: float) -> RiskDecision:
+        limit = self._limits.get((payment.channel, payment.currency))
+        if limit is not None and payment.amount > limit:
+            return RiskDecision(reasons.OVER_AMOUNT_LIMIT, "amount_limit", False)
+        if (
+            payment.payer.account in self._blocked_accounts
+            or payment.payee.account in self._blocked_accounts
+            or (payment.card is not None and payment.card.token in self._blocked_tokens)
+        ):
+            return RiskDecision(reasons.RESTRICTED, "blocklist", False)
+        cny = self.cny_equivalent(payment.amount, payment.currency)
+        # A currency without an FX rate is not amount-velocity checked or AML-screened;
+        # count velocity still applies. Operators add rates in risk.fx_to_cny.
+        weight = 0 if cny is None else cny
+        keys = payment.velocity_keys
+        windows = [self._window(key, now) for key in keys]
+        for window in windows:
+            if len(window.events) >= self._max_count:
+                return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_count", False)
+            if window.total + weight > self._max_amount:
+                return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_amount", False)
+        for window in windows:
+            window.events.append((now, weight))
+            window.total += weight
+        if cny is not None and cny >= self._aml_threshold:
+            return ALLOW_AML
+        return ALLOW
+
+    def _window(self, key: str, now: float) -> _Window:
+        windows = self._windows
+        window = windows.get(key)
+        if window is None:
+            window = windows[key] = _Window()
+            if len(windows) > self._max_keys:
+                windows.popitem(last=False)
+        else:
+            windows.move_to_end(key)
+        horizon = now - self._window_s
+        events = window.events
+        while events and events[0][0] <= horizon:
+            window.total -= events.popleft()[1]
+        return window
+
+    @property
+    def tracked_keys(self) -> int:
+        return len(self._windows)

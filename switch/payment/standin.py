@@ -1,0 +1,158 @@
+"""Card stand-in and its store-and-forward advices.
+
+When no issuer endpoint can be reached, a card switch may approve on the issuer's behalf
+within small limits (stand-in), and must then tell the issuer with a 0120 advice once it
+is reachable again, or the issuer never places the hold and the money is unaccounted.
+
+Limits (per payment, per card, per issuer target) bound the exposure. The advice queue is
+bounded too; when it is full, stand-in is refused (declined 91) rather than approving a
+payment whose advice could not be kept. Persistence is the journal: a stand-in approval
+is a final record with ``stood_in=True``, and a delivered advice adds an ``advice``
+record. Start-up re-queues every stood-in payment without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+
+from switch.adapters.base import ChannelAdapter, NotSent
+from switch.clock import Clock
+from switch.journal import Journal, encode_result
+from switch.model import Payment, Result
+from switch.observability.metrics import SwitchMetrics
+
+
+class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Card stand-in: approve on the issuer's behalf when every issuer endpoint is down."""
+
+    enabled: bool = True
+    #: Largest single stand-in approval, in the payment's minor units.
+    per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
+    #: Stand-in total per card (token) and per issuer target, over the switch's lifetime
+    #: since the last advice delivery; past it, the payment is declined 91.
+    per_card_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 50_000
+    per_issuer_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 5_000_000
+    #: Store-and-forward bound on undelivered advices.
+    max_pending_advices: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100_000
+
+
+log = logging.getLogger(__name__)
+#: Cards whose stand-in totals are remembered; least recently used are forgotten.
+MAX_TRACKED_CARDS = 1_000_000
+
+
+@dataclass(slots=True)
+class _Advice:
+    payment: Payment
+    result: Result
+    endpoints: tuple[str, ...]
+    queued_at: float
+    digest: bytes
+
+
+class StandIn:
+    def __init__(self, config: StandInConfig, adapters: Mapping[str, ChannelAdapter],
+                 journal: Journal, clock: Clock, metrics: SwitchMetrics,
+                 endpoint_usable: Callable[[str, float], bool]) -> None:
+        self.config = config
+        self._adapters = adapters
+        self._journal = journal
+        self._clock = clock
+        self._metrics = metrics
+        self._usable = endpoint_usable
+        self._per_card: OrderedDict[str, int] = OrderedDict()
+        self._per_issuer: dict[str, int] = {}
+        self._queue: deque[_Advice] = deque()
+        self._wakeup = anyio.Event()
+        self.approved = 0
+        self.delivered = 0
+        metrics.saf_depth.set_function(lambda: float(len(self._queue)))
+        metrics.saf_oldest_age.set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        return self._clock.now() - self._queue[0].queued_at if self._queue else 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def decide(self, payment: Payment, target: str) -> str | None:
+        """Reserve stand-in room for ``payment``; its auth code, or None if refused."""
+        cfg = self.config
+        card = payment.card
+        if (not cfg.enabled or card is None or payment.amount > cfg.per_payment_max_minor
+                or len(self._queue) >= cfg.max_pending_advices):
+            return None
+        card_total = self._per_card.get(card.token, 0) + payment.amount
+        issuer_total = self._per_issuer.get(target, 0) + payment.amount
+        if card_total > cfg.per_card_max_minor or issuer_total > cfg.per_issuer_max_minor:
+            return None
+        self._per_card[card.token] = card_total
+        self._per_card.move_to_end(card.token)
+        if len(self._per_card) > MAX_TRACKED_CARDS:
+            self._per_card.popitem(last=False)
+        self._per_issuer[target] = issuer_total
+        self.approved += 1
+        self._metrics.standin[payment.channel].inc()
+        digest = hashlib.blake2b(payment.payment_id.encode(), digest_size=3).hexdigest()
+        return "S" + digest.upper()[:5]  # an auth code (DE38, 6 chars) marked as stand-in
+
+    def queue_advice(self, payment: Payment, result: Result, endpoints: tuple[str, ...],
+                     digest: bytes) -> None:
+        self._queue.append(_Advice(payment, result, endpoints, self._clock.now(), digest))
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Deliver advices as their issuer becomes reachable; retry with capped backoff."""
+        delay = 0.05
+        while True:
+            if not self._queue:
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            advice = self._queue[0]
+            if await self._deliver(advice):
+                self._queue.popleft()
+                delay = 0.05
+                continue
+            # Rotate, so one undeliverable advice does not block the others.
+            self._queue.rotate(-1)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _deliver(self, advice: _Advice) -> bool:
+        now = self._clock.now()
+        for endpoint in advice.endpoints:
+            adapter: Any = self._adapters[endpoint]
+            if not hasattr(adapter, "advise") or not self._usable(endpoint, now):
+                continue
+            try:
+                with anyio.move_on_after(2.0):
+                    if await adapter.advise(advice.payment, advice.result.channel_ref):
+                        await self._record(advice, endpoint)
+                        return True
+            except NotSent:
+                continue
+        return False
+
+    async def _record(self, advice: _Advice, endpoint: str) -> None:
+        payment = advice.payment
+        per_card = self._per_card
+        if payment.card is not None and payment.card.token in per_card:
+            # Delivered: the issuer now holds it; the stand-in exposure is released.
+            per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        await self._journal.write((payment.payment_id, payment.idempotency_key, "advice",
+                                   advice.result.status.value, advice.digest,
+                                   encode_result(advice.result), self._clock.wall_us()))
+        self.delivered += 1
+        self._metrics.saf_delivered.inc()
+        log.info("stand-in advice delivered via %s", endpoint,
+                 extra={"payment_id": payment.payment_id})
