@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench docs clean
+.PHONY: demo test lint bench docs dashboards clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -18,12 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	sh dashboards/install-prometheus.sh
 	sh loadtests/install-chromium.sh
-	$(BIN)/ruff check switch channels tests bench loadtests
+	$(BIN)/ruff check switch channels tests bench loadtests dashboards
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check switch channels tests bench loadtests
+	$(BIN)/ruff check switch channels tests bench loadtests dashboards
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python -m switch.cli.catalogue > docs/metrics.md.tmp && mv docs/metrics.md.tmp docs/metrics.md
+
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards.generate
 
 clean:
 	rm -rf $(VENV) build *.egg-info
