@@ -7,6 +7,7 @@ from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from dashboards.panels import (
     ANY_IS_BAD,
+    REJECTED_BY_REASON,
     SIMULATORS,
     RightAxis,
     frame,
@@ -353,7 +354,7 @@ def build() -> Dashboard:
                 "Rejected requests/s by reason",
                 "Requests refused before acceptance, by reason code.",
                 "reqps",
-                q(sum_rate("payswitch_rejected_requests_total", by_labels="reason"), "{{reason}}"),
+                q(REJECTED_BY_REASON, "{{reason}}"),
                 span=8,
             )
         )

@@ -10,6 +10,10 @@ from dashboards.panels import (
     ANSWERED_RATE,
     ARRIVING_RATE,
     GOOD,
+    IN_FLIGHT,
+    OPEN_CONNECTIONS,
+    PAYMENT_LATENCY,
+    REJECTED_BY_REASON,
     Query,
     bucket_heatmap,
     frame,
@@ -20,13 +24,11 @@ from dashboards.panels import (
     quantile,
     rate,
     row,
-    series,
     stat,
     sum_rate,
     timeseries,
 )
 
-LATENCY = "payswitch_payment_duration_seconds"
 SHED = 'reason=~"overloaded|unavailable"'
 
 GENERATOR_NOTE = (
@@ -92,9 +94,9 @@ def build() -> Dashboard:
                 "Latency percentiles (switch side)",
                 "Arrival-to-reply latency measured inside the switch.",
                 "s",
-                q(quantile(0.5, LATENCY), "p50"),
-                q(quantile(0.99, LATENCY), "p99"),
-                q(quantile(0.999, LATENCY), "p99.9"),
+                q(quantile(0.5, PAYMENT_LATENCY), "p50"),
+                q(quantile(0.99, PAYMENT_LATENCY), "p99"),
+                q(quantile(0.999, PAYMENT_LATENCY), "p99.9"),
                 span=12,
                 log_scale=True,
             )
@@ -106,7 +108,7 @@ def build() -> Dashboard:
                 "(a network, the journal) kicking in.",
                 "s",
                 Query(
-                    f"sum by (le) ({rate(f'{LATENCY}_bucket', fn='increase')})",
+                    f"sum by (le) ({rate(f'{PAYMENT_LATENCY}_bucket', fn='increase')})",
                     "{{le}}",
                 ),
                 span=12,
@@ -130,8 +132,8 @@ def build() -> Dashboard:
                 "Concurrency",
                 "In flight grows when arrivals exceed service rate: the first sign of saturation.",
                 "short",
-                q(f"sum({series('payswitch_in_flight_payments')})", "in flight"),
-                q(f"sum({series('payswitch_open_connections')})", "connections"),
+                q(IN_FLIGHT, "in flight"),
+                q(OPEN_CONNECTIONS, "connections"),
                 span=8,
             )
         )
@@ -159,7 +161,7 @@ def build() -> Dashboard:
                 "overloaded = admission control; past saturation this should rise instead of "
                 "latency growing without bound.",
                 "reqps",
-                q(sum_rate("payswitch_rejected_requests_total", by_labels="reason"), "{{reason}}"),
+                q(REJECTED_BY_REASON, "{{reason}}"),
                 span=8,
             )
         )

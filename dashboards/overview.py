@@ -10,6 +10,10 @@ from dashboards.panels import (
     AVAILABILITY,
     BUDGET_LEFT,
     BURN_STAT,
+    IN_FLIGHT,
+    OPEN_CONNECTIONS,
+    PAYMENT_LATENCY,
+    REJECTED_BY_REASON,
     RULES,
     SUCCESS_RATIO,
     TIMES,
@@ -25,7 +29,6 @@ from dashboards.panels import (
     timeseries,
 )
 
-LATENCY = "payswitch_payment_duration_seconds"
 APPROVED = 'status="approved"'
 
 
@@ -72,7 +75,7 @@ def build() -> Dashboard:
                 "Median time from a payment's arrival to its reply, from the histogram "
                 "(bucket-interpolated).",
                 "s",
-                q(quantile(0.5, LATENCY), "p50"),
+                q(quantile(0.5, PAYMENT_LATENCY), "p50"),
                 span=4,
             )
         )
@@ -82,7 +85,7 @@ def build() -> Dashboard:
                 "99th percentile time from arrival to reply. The latency SLO asks 99% within "
                 "250 ms.",
                 "s",
-                q(quantile(0.99, LATENCY), "p99"),
+                q(quantile(0.99, PAYMENT_LATENCY), "p99"),
                 span=4,
                 steps=(("green", None), ("orange", 0.1), ("red", 0.25)),
             )
@@ -92,7 +95,7 @@ def build() -> Dashboard:
                 "In flight",
                 "Payments accepted and not yet answered, summed over instances.",
                 "short",
-                q(f"sum({series('payswitch_in_flight_payments')})", "in flight"),
+                q(IN_FLIGHT, "in flight"),
                 span=4,
             )
         )
@@ -181,10 +184,10 @@ def build() -> Dashboard:
                 "Arrival-to-reply latency over all channels (log scale), from the histogram "
                 "buckets (0.5 ms to 30 s).",
                 "s",
-                q(quantile(0.5, LATENCY), "p50"),
-                q(quantile(0.9, LATENCY), "p90"),
-                q(quantile(0.99, LATENCY), "p99"),
-                q(quantile(0.999, LATENCY), "p99.9"),
+                q(quantile(0.5, PAYMENT_LATENCY), "p50"),
+                q(quantile(0.9, PAYMENT_LATENCY), "p90"),
+                q(quantile(0.99, PAYMENT_LATENCY), "p99"),
+                q(quantile(0.999, PAYMENT_LATENCY), "p99.9"),
                 span=12,
                 log_scale=True,
             )
@@ -206,7 +209,7 @@ def build() -> Dashboard:
                 "p99 latency by channel",
                 "99th percentile arrival-to-reply latency per channel.",
                 "s",
-                q(quantile(0.99, LATENCY, "channel"), "{{channel}}"),
+                q(quantile(0.99, PAYMENT_LATENCY, "channel"), "{{channel}}"),
                 span=8,
             )
         )
@@ -216,8 +219,8 @@ def build() -> Dashboard:
                 "Payments in flight and client connections open. In flight ≈ throughput × "
                 "latency (Little's law); growth without more traffic means a slowdown.",
                 "short",
-                q(f"sum({series('payswitch_in_flight_payments')})", "in flight"),
-                q(f"sum({series('payswitch_open_connections')})", "open connections"),
+                q(IN_FLIGHT, "in flight"),
+                q(OPEN_CONNECTIONS, "open connections"),
                 span=8,
             )
         )
@@ -227,7 +230,7 @@ def build() -> Dashboard:
                 "Requests refused before acceptance. overloaded/unavailable count against the "
                 "availability SLO; the rest are client errors or an orderly drain.",
                 "reqps",
-                q(sum_rate("payswitch_rejected_requests_total", by_labels="reason"), "{{reason}}"),
+                q(REJECTED_BY_REASON, "{{reason}}"),
                 span=12,
             )
         )

@@ -82,6 +82,11 @@ ARRIVING_RATE = (
     f" or {rate('payswitch_idempotent_replays_total')})"
 )
 SUCCESS_RATIO = f"{sum_rate('payswitch_payments_total', GOOD)} / {ANSWERED_RATE}"
+#: The arrival-to-reply latency histogram (switch side).
+PAYMENT_LATENCY = "payswitch_payment_duration_seconds"
+IN_FLIGHT = f"sum({series('payswitch_in_flight_payments')})"
+OPEN_CONNECTIONS = f"sum({series('payswitch_open_connections')})"
+REJECTED_BY_REASON = sum_rate("payswitch_rejected_requests_total", by_labels="reason")
 
 
 @dataclass(frozen=True)
