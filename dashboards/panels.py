@@ -2,13 +2,13 @@
 shape, the templating variables and the dashboard frame.
 
 Built on grafana-foundation-sdk (Grafana's own builders, generated from its dashboard
-schema). We chose it over grafanalib because it is maintained by Grafana Labs and released
-with every Grafana minor, ships type hints (py.typed; mypy strict checks our calls against
-the schema), and emits the current JSON model (schemaVersion, panel options); grafanalib's
-last release is 0.7.1 (January 2024), its maintainers left with Weaveworks, and it has no
-type hints. The SDK's PyPI versions carry an epoch (``<timestamp>!<grafana version>``), so
-pyproject pins one build exactly: an open range would resolve to whichever Grafana line
-was published last, not the newest.
+schema). We chose it over grafanalib because it is maintained by Grafana Labs with a build
+per Grafana minor (10.1 to 11.6 and next), ships type hints (py.typed: mypy strict checks
+our calls against the schema), and emits the current JSON model (schemaVersion, panel
+options); grafanalib's last release is 0.7.1 (January 2024), its maintainers left with
+Weaveworks, and it has no type hints. The SDK's PyPI versions carry an epoch
+(``<timestamp>!<grafana version>``), so pyproject pins one build exactly: an open range
+would resolve to whichever Grafana line was published last, not the newest.
 
 Every panel helper takes the panel's words (title, description), its unit and its queries;
 the rest (datasource, colours, legend, tooltip, reduce options) is decided here once, so
@@ -53,7 +53,8 @@ def series(metric: str, *matchers: str, labels: str = SWITCH) -> str:
 
 
 def rate(metric: str, *matchers: str, labels: str = SWITCH, fn: str = "rate") -> str:
-    """``rate(metric{...}[$__rate_interval])``: per-second over Grafana's safe window."""
+    """``rate(metric{...}[$__rate_interval])`` (or ``fn``, e.g. increase): over the window
+    Grafana sizes to cover at least four scrapes."""
     return f"{fn}({series(metric, *matchers, labels=labels)}[$__rate_interval])"
 
 
