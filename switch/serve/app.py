@@ -30,8 +30,8 @@ from switch.adapters.fakenet import StandInNetwork
 from switch.clock import Clock
 from switch.journal import Journal, Recovered, UnfinishedPayment, open_database, replay
 from switch.observability.metrics import SwitchMetrics
+from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.pipeline import Pipeline
 from switch.payment.resolver import Resolver
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
@@ -40,6 +40,7 @@ from switch.routing.router import NoRoute, Router, load_table
 from switch.routing.table import RouteTableError, Target, load_route_table
 from switch.serve.admin import build_app
 from switch.serve.config import ConfigError, SwitchConfig
+from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.http import bind_socket, serve_http
 from switch.serve.server import Server
 
@@ -77,6 +78,7 @@ class SwitchApp:
         self.endpoints: Endpoints | None = None
         self.recovered: Recovered | None = None
         self.server: Server | None = None
+        self.engine: Engine | None = None
         self.journal: Journal | None = None
         self.resolver: Resolver | None = None
         self.router: Router | None = None
@@ -195,20 +197,28 @@ class SwitchApp:
                               lambda e, now: router.health.breakers[e].available(now))
             self.standin = standin
             self.resolver = resolver
-            pipeline = Pipeline(
-                clock=clock,
-                journal=journal,
-                index=index,
-                risk=RiskEngine(cfg.risk, token_key),
-                router=router,
-                resolver=resolver,
-                metrics=self.metrics,
-                token_key=token_key,
-                boot_count=recovered.boot_count,
-                seed=cfg.seed,
-                standin=standin if cfg.standin.enabled else None,
-            )
-            server = Server(pipeline, cfg.server, self.metrics)
+            risk = RiskEngine(cfg.risk, token_key)
+
+            def build_core(journal_port: JournalShell, network_port: NetworkShell,
+                           wall_offset: float) -> PaymentCore:
+                return PaymentCore(
+                    journal=journal_port,
+                    network=network_port,
+                    index=index,
+                    risk=risk,
+                    router=router,
+                    resolver=resolver,
+                    metrics=self.metrics,
+                    token_key=token_key,
+                    boot_count=recovered.boot_count,
+                    seed=cfg.seed,
+                    wall_offset=wall_offset,
+                    standin=standin if cfg.standin.enabled else None,
+                )
+
+            engine = Engine(clock, journal, self.adapters, build_core)
+            self.engine = engine
+            server = Server(engine, cfg.server, self.metrics)
             self.server = server
             log.info(
                 "journal replayed: %d records, %d final, %d unfinished; boot %d",

@@ -41,6 +41,14 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: Port = 7100
     backend: Literal["asyncio", "trio"] = "asyncio"
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+    #: Connections from one source address; past it, refused as overloaded.
+    max_connections_per_source: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
+    #: A connection that sends no complete frame within this is closed.
+    handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    #: A connection with nothing read and nothing in flight for this long is closed.
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    #: Replies buffered for a client that does not read them; past it, disconnected.
+    max_reply_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536, le=1 << 30)] = 8 << 20
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=MAX_FRAME_BYTES_CEILING)] = 65536
     read_bytes: Annotated[int, msgspec.Meta(ge=65536, le=4 * 1024 * 1024)] = 65536
     max_in_flight_per_connection: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
