@@ -9,7 +9,7 @@ In one run it loads, side by side:
 * a bare framed echo server on the same transport (bench/echo_server.py),
 each as its own process, from an open-loop generator in this process. CPU per payment is
 the server process's user+system CPU time (from /proc, including the journal thread)
-divided by the payments it answered in the window. Latency is from each request's
+divided by the payments it answered with a result in the window (refusals excluded). Latency is from each request's
 intended send time (no coordinated omission). The machine has 2 cores: the generator
 and the server each get about one; the generator runs in as many processes as the rate
 needs (one per ``GENERATOR_RATE_PER_PROCESS``), and every step says whether it kept its
@@ -222,7 +222,9 @@ def run_load(target: str, pid: int, port: int, shape: RateShape, duration: float
     return Step(
         target, shape.cumulative(duration) / duration, replies / elapsed,
         pct(histogram, 50), pct(histogram, 99), pct(histogram, 99.9),
-        used / max(replies, 1) * 1e6, sum(errors.values()), sum(r["lagged"] for r in results),
+        # Per payment processed: refusals are cheap and must not dilute the figure.
+        used / max(replies - sum(errors.values()), 1) * 1e6, sum(errors.values()),
+        sum(r["lagged"] for r in results),
         processes=processes, sent=sum(r["sent"] for r in results),
         shed=errors.get("overloaded", 0), admitted_p99_ms=pct(admitted, 99),
         rss_mib=(rss[0], max(rss), rss[-1]),

@@ -17,8 +17,8 @@ Bounds, each with its own refusal:
   reader stops reading until replies bring it back under the bound (backpressure into
   the client's socket);
 * payments in flight in total (``max_in_flight_total``), and below it an adaptive limit
-  (:class:`Admission`): the event loop's lag is sampled every 5 ms; while it exceeds
-  its target the limit shrinks (x0.75 per sample), otherwise it grows back (+10%). So
+  (:class:`Admission`): the event loop's lag is sampled every 5 ms; while its average
+  exceeds 10 ms the limit shrinks (x0.75 per sample), otherwise it grows back (+10%). So
   under overload the switch admits what it can finish promptly and refuses the rest at
   once, instead of letting every payment wait in socket buffers. While shedding, a
   frame is refused after decoding only its op and id (a microsecond or two);
@@ -66,11 +66,14 @@ log = logging.getLogger(__name__)
 _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
 #: How often the sweeper looks for idle and silent connections.
 SWEEP_EVERY_S: Final = 0.5
-#: Event-loop lag sampling: period, and the lag above which admission shrinks.
+#: Event-loop lag sampling: period, and the smoothed lag above which admission shrinks.
+#: Smoothed (EWMA, 0.3 per sample) so one scheduler hiccup or GC pause on a shared
+#: machine does not shed; sustained lag, which is what overload looks like, does.
 LAG_PERIOD_S: Final = 0.005
-LAG_TARGET_S: Final = 0.005
+LAG_TARGET_S: Final = 0.010
+LAG_ALPHA: Final = 0.3
 #: The adaptive limit never goes below this (a quiet switch always admits a burst).
-ADMISSION_FLOOR: Final = 128
+ADMISSION_FLOOR: Final = 256
 
 
 class _Head(msgspec.Struct):
@@ -91,7 +94,7 @@ class Admission:
     networks does not show here (waiting costs no CPU), so slow networks never shrink it.
     """
 
-    __slots__ = ("ceiling", "floor", "limit", "shrinks")
+    __slots__ = ("ceiling", "floor", "lag", "limit", "shrinks")
 
     def __init__(self, ceiling: int, floor: int = ADMISSION_FLOOR) -> None:
         assert ceiling >= 1
@@ -99,9 +102,11 @@ class Admission:
         self.floor = min(floor, ceiling)
         self.limit = ceiling
         self.shrinks = 0
+        self.lag = 0.0
 
     def observe(self, lag_s: float) -> None:
-        if lag_s > LAG_TARGET_S:
+        self.lag += LAG_ALPHA * (max(lag_s, 0.0) - self.lag)
+        if self.lag > LAG_TARGET_S:
             self.limit = max(self.floor, int(self.limit * 0.75))
             self.shrinks += 1
         elif self.limit < self.ceiling:
