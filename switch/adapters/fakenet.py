@@ -40,6 +40,8 @@ class StandInNetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tr
     seed: int = 1
 
 
+#: Shortest sleep of the delivery task (see run()).
+MIN_SLEEP_S = 0.001
 #: Bound on the stand-in's memory of booked payments; the oldest are forgotten first.
 MAX_BOOKED = 2_000_000
 
@@ -138,7 +140,9 @@ class StandInNetwork:
                 await anyio.lowlevel.checkpoint()
                 continue
             self._sleeping_until = due[0][0] if due else float("inf")
-            with anyio.move_on_after(self._sleeping_until - now):
+            # At least MIN_SLEEP_S: uvloop rounds timers to whole milliseconds, and a
+            # shorter sleep would return at once and spin the loop until the answer is due.
+            with anyio.move_on_after(max(MIN_SLEEP_S, self._sleeping_until - now)):
                 await self._wake.wait()
             self._sleeping_until = float("inf")
             self._wake = anyio.Event()

@@ -37,6 +37,8 @@ from switch.protocols.wire import ErrorReply, Reply, Response
 
 log = logging.getLogger(__name__)
 Row = tuple[str, str, str, str, bytes, bytes, int]
+#: Shortest sleep of the timer task (see _timers).
+MIN_SLEEP_S = 0.001
 
 
 class JournalShell:
@@ -245,7 +247,9 @@ class Engine:
                 await anyio.lowlevel.checkpoint()
                 continue
             self._sleeping_until = deadline if deadline is not None else float("inf")
-            with anyio.move_on_after(self._sleeping_until - now):
+            # At least MIN_SLEEP_S: uvloop rounds timers to whole milliseconds, and a
+            # shorter sleep would return at once and spin until the deadline.
+            with anyio.move_on_after(max(MIN_SLEEP_S, self._sleeping_until - now)):
                 await self._timer_wake.wait()
             self._sleeping_until = float("inf")
             self._timer_wake = anyio.Event()

@@ -16,7 +16,12 @@ Bounds, each with its own refusal:
 * payments in flight per connection: frames already read past it are refused, and the
   reader stops reading until replies bring it back under the bound (backpressure into
   the client's socket);
-* payments in flight in total, and an adaptive share of it (see :class:`Admission`);
+* payments in flight in total (``max_in_flight_total``), and below it an adaptive limit
+  (:class:`Admission`): the event loop's lag is sampled every 5 ms; while its average
+  exceeds 10 ms the limit shrinks (x0.75 per sample), otherwise it grows back (+10%). So
+  under overload the switch admits what it can finish promptly and refuses the rest at
+  once, instead of letting every payment wait in socket buffers. While shedding, a
+  frame is refused after decoding only its op and id (a microsecond or two);
 * the reply buffer (``max_reply_buffer_bytes``): a client that does not read its replies
   is disconnected;
 * ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
@@ -34,6 +39,7 @@ from typing import Final
 
 import anyio
 import anyio.abc
+import msgspec
 
 from switch import reasons
 from switch.clock import backend_clock
@@ -60,6 +66,52 @@ log = logging.getLogger(__name__)
 _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
 #: How often the sweeper looks for idle and silent connections.
 SWEEP_EVERY_S: Final = 0.5
+#: Event-loop lag sampling: period, and the smoothed lag above which admission shrinks.
+#: Smoothed (EWMA, 0.3 per sample) so one scheduler hiccup or GC pause on a shared
+#: machine does not shed; sustained lag, which is what overload looks like, does.
+LAG_PERIOD_S: Final = 0.005
+LAG_TARGET_S: Final = 0.010
+LAG_ALPHA: Final = 0.3
+#: The adaptive limit never goes below this (a quiet switch always admits a burst).
+ADMISSION_FLOOR: Final = 256
+
+
+class _Head(msgspec.Struct):
+    """Just enough of a request to refuse it: its op and id (other fields skipped)."""
+
+    op: str = ""
+    id: int | None = None
+
+
+_decode_head = msgspec.msgpack.Decoder(_Head).decode
+
+
+class Admission:
+    """An adaptive in-flight limit, steered by event-loop lag (AIMD).
+
+    Lag is what every admitted payment pays on top of its own work, so it is the signal
+    that the switch has taken on more than it can finish promptly. Lag from slow
+    networks does not show here (waiting costs no CPU), so slow networks never shrink it.
+    """
+
+    __slots__ = ("ceiling", "floor", "lag", "limit", "shrinks")
+
+    def __init__(self, ceiling: int, floor: int = ADMISSION_FLOOR) -> None:
+        assert ceiling >= 1
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.limit = ceiling
+        self.shrinks = 0
+        self.lag = 0.0
+
+    def observe(self, lag_s: float) -> None:
+        self.lag += LAG_ALPHA * (max(lag_s, 0.0) - self.lag)
+        if self.lag > LAG_TARGET_S:
+            self.limit = max(self.floor, int(self.limit * 0.75))
+            self.shrinks += 1
+        elif self.limit < self.ceiling:
+            self.limit = min(self.ceiling, self.limit + max(4, self.limit // 10))
+        assert self.floor <= self.limit <= self.ceiling
 
 
 class _Connection:
@@ -157,6 +209,8 @@ class Server:
         self._idle = anyio.Event()
         self._idle.set()
         self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
+        self.admission = Admission(config.max_in_flight_total)
+        self._lag = 0.0
 
     @property
     def pipeline(self) -> Engine:
@@ -171,6 +225,7 @@ class Server:
         async with anyio.create_task_group() as tg:
             await tg.start(self.engine.run)
             tg.start_soon(self._sweep)
+            tg.start_soon(self._watch_lag)
             task_status.started()
 
     async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
@@ -263,6 +318,14 @@ class Server:
             conn.framed = True
             admitted: list[tuple[int, PaymentRequest]] = []
             for payload in frames:
+                if self._shedding(conn):
+                    try:
+                        head = _decode_head(payload)
+                    except msgspec.DecodeError:
+                        head = None
+                    if head is not None and head.op == "pay" and head.id is not None:
+                        self._admit(conn, head.id)  # refuses it, naming the bound
+                        continue
                 request = decode_request(payload)
                 if isinstance(request, Pay):
                     if self._admit(conn, request.id):
@@ -280,6 +343,10 @@ class Server:
                 # records share one group commit, their replies one write.
                 engine.requests(conn, admitted, read_at)
 
+    def _shedding(self, conn: _Connection) -> bool:
+        return (self.in_flight >= self.admission.limit or self.draining
+                or conn.in_flight >= self.config.max_in_flight_per_connection)
+
     def _admit(self, conn: _Connection, request_id: int) -> bool:
         """Shed before any processing: a refusal costs microseconds."""
         cfg = self.config
@@ -291,9 +358,11 @@ class Server:
                          f"max_in_flight_per_connection={cfg.max_in_flight_per_connection}"
                          " reached")
             return False
-        if self.in_flight >= cfg.max_in_flight_total:
+        if self.in_flight >= self.admission.limit:
             self._refuse(conn, request_id, reasons.E_OVERLOADED,
-                         f"max_in_flight_total={cfg.max_in_flight_total} reached")
+                         f"{self.in_flight} payments in flight (adaptive limit "
+                         f"{self.admission.limit}, max_in_flight_total="
+                         f"{cfg.max_in_flight_total})")
             return False
         conn.in_flight += 1
         self.in_flight += 1
@@ -335,6 +404,15 @@ class Server:
         victim.kill()
         self._open.discard(victim)
         return True
+
+    async def _watch_lag(self) -> None:
+        """Sample the event loop's lag and steer the adaptive admission limit."""
+        measure = self.engine.measure
+        while True:
+            before = measure()
+            await anyio.sleep(LAG_PERIOD_S)
+            self._lag = measure() - before - LAG_PERIOD_S
+            self.admission.observe(self._lag)
 
     async def _sweep(self) -> None:
         """Close connections that sent no frame in time, or went idle."""
