@@ -912,7 +912,10 @@ class Simulation:
             result = results[-1]
             if not result.stood_in:
                 continue
-            payment = intents[pid]
+            payment = intents.get(pid)
+            if payment is None:
+                self.violate("money-conserved", pid, "stand-in approval without an intent")
+                continue
             if pid not in advised:
                 self.violate("advice-lost", pid, "stand-in approval never advised to the "
                              "issuer (unexplained exposure)")
