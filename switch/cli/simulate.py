@@ -56,7 +56,8 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
     import os
 
     from switch.sim.campaign import print_seed, print_summary, run_campaign, run_scenario_file
-    from switch.sim.simulation import SimOptions, simulate as simulate_one
+    from switch.sim.simulation import SimOptions
+    from switch.sim.simulation import simulate as simulate_one
 
     out = sys.stdout
     if scenario_file is not None:

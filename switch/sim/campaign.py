@@ -128,9 +128,10 @@ def print_summary(summary: Summary, out: TextIO) -> None:
 
 
 def print_seed(result: SimResult, options: SimOptions, out: TextIO) -> None:
+    speedup = result.sim_seconds / max(result.wall_seconds, 1e-9)
     print(f"seed {result.seed}: {result.sim_seconds:.1f} simulated s in "
-          f"{result.wall_seconds:.2f} s ({result.sim_seconds / max(result.wall_seconds, 1e-9):.0f}x)"
-          f", {result.payments} payments, {result.faults} faults", file=out)
+          f"{result.wall_seconds:.2f} s ({speedup:.0f}x), {result.payments} payments, "
+          f"{result.faults} faults", file=out)
     print(f"trace hash: {result.trace_hash}", file=out)
     print("counters: " + ", ".join(f"{k}={v}" for k, v in result.counters.items()), file=out)
     print("fault schedule:", file=out)
@@ -160,8 +161,13 @@ def run_scenario_file(path: str | Path, out: TextIO) -> int:
     """A scenario file of the library, in virtual time: the same verdict table."""
     from rich.console import Console
 
-    from loadtests.harness.scenario import ScenarioError, _print_verdicts, _verdicts, \
-        load_scenario, traces
+    from loadtests.harness.scenario import (
+        ScenarioError,
+        _print_verdicts,
+        _verdicts,
+        load_scenario,
+        traces,
+    )
 
     try:
         prepared = load_scenario(path)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from channels.faults import Fault, FaultConfigError, validate_fault_schedule
 
@@ -111,26 +111,22 @@ def draw_schedule(seed: int, duration_s: float, intensity: float, *,
 
 
 def _network_fault(rng: random.Random, duration_s: float) -> Fault:
-    kind = rng.choice(NETWORK_KINDS)
+    kind: Any = rng.choice(NETWORK_KINDS)  # one of FaultKind, by construction
     endpoint = rng.choice(ENDPOINTS)
     start = round(rng.uniform(0.0, duration_s * 0.85), 6)
     # Ends before the load does: the drain after it sees every network back.
     length = round(min(rng.uniform(1.0, 120.0), max(0.5, duration_s * 0.95 - start)), 6)
     u = rng.random()  # one draw for the kind's parameter, whatever the kind
+    window: dict[str, Any] = {"kind": kind, "endpoint": endpoint, "start_s": start,
+                              "duration_s": length}
     if kind == "slow":
-        return Fault(kind="slow", endpoint=endpoint, start_s=start, duration_s=length,
-                     factor=round(2.0 + u * 200.0, 3))
+        return Fault(**window, factor=round(2.0 + u * 200.0, 3))
     if kind in ("error_burst", "reset", "malformed", "duplicate"):
-        return Fault(kind=kind, endpoint=endpoint, start_s=start, duration_s=length,
-                     rate=round(0.05 + 0.95 * u, 3))
+        return Fault(**window, rate=round(0.05 + 0.95 * u, 3))
     if kind == "late":
-        return Fault(kind="late", endpoint=endpoint, start_s=start, duration_s=length,
-                     rate=round(0.05 + 0.9 * u, 3), delay_s=round(0.5 + 8.0 * u, 3))
+        return Fault(**window, rate=round(0.05 + 0.9 * u, 3), delay_s=round(0.5 + 8.0 * u, 3))
     if kind == "flapping":
-        return Fault(kind="flapping", endpoint=endpoint, start_s=start, duration_s=length,
-                     period_s=round(1.0 + 60.0 * u, 3))
+        return Fault(**window, period_s=round(1.0 + 60.0 * u, 3))
     if kind == "partial":
-        prefix = PARTIAL_PREFIXES[int(u * len(PARTIAL_PREFIXES))]
-        return Fault(kind="partial", endpoint=endpoint, start_s=start, duration_s=length,
-                     match=(prefix,))
-    return Fault(kind=kind, endpoint=endpoint, start_s=start, duration_s=length)  # type: ignore[arg-type]
+        return Fault(**window, match=(PARTIAL_PREFIXES[int(u * len(PARTIAL_PREFIXES))],))
+    return Fault(**window)

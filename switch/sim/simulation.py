@@ -558,7 +558,7 @@ class Simulation:
         request, _kind = self.workload.next()
         if self._recent and self._rng.random() < 0.002:
             # Same key, another body: must be refused if the key was accepted before.
-            key, original = self._recent[self._rng.randrange(len(self._recent))]
+            _, original = self._recent[self._rng.randrange(len(self._recent))]
             request = msgspec.structs.replace(original, amount=original.amount + 1)
         self._send(request, 1)
         self.push(self.now + self._rng.expovariate(self.options.rate), ARRIVE)
@@ -753,7 +753,7 @@ class Simulation:
                 self._start()
                 # Clients whose request died with the switch try again.
                 for rid in sorted(self._sends):
-                    key, request, tries, _ = self._sends.pop(rid)
+                    _, request, tries, _ = self._sends.pop(rid)
                     if tries < CLIENT_TRIES:
                         self.push(self.now + 0.001 * (rid % 1000), RESEND, request, tries + 1)
         elif a is not boot or boot is None or not boot.alive:
@@ -890,21 +890,21 @@ class Simulation:
                              f"{got[-1].status.value}")
         # money: the journal against the issuers' books
         stood_in_exposure = 0
-        for pid, payment in self.sent.items():
-            booked = self.world.booked(payment)
-            results = finals.get(pid)
+        for pid, sent in self.sent.items():
+            booked = self.world.booked(sent)
+            got = finals.get(pid)
             if pid not in intents:
                 if booked:
                     self.violate("money-conserved", pid,
                                  f"the network booked {booked} but the journal has no intent")
                 continue
-            if not results:
+            if not got:
                 continue
-            result = results[-1]
+            result = got[-1]
             if result.status is Status.APPROVED and not result.stood_in:
-                if booked != payment.amount:
+                if booked != sent.amount:
                     self.violate("money-conserved", pid,
-                                 f"approved {payment.amount}, network books {booked}")
+                                 f"approved {sent.amount}, network books {booked}")
             elif result.status is not Status.APPROVED and booked:
                 self.violate("money-conserved", pid,
                              f"{result.status.value}, yet the network books {booked}")
@@ -912,15 +912,15 @@ class Simulation:
             result = results[-1]
             if not result.stood_in:
                 continue
-            payment = intents.get(pid)
-            if payment is None:
+            intent = intents.get(pid)
+            if intent is None:
                 self.violate("money-conserved", pid, "stand-in approval without an intent")
                 continue
             if pid not in advised:
                 self.violate("advice-lost", pid, "stand-in approval never advised to the "
                              "issuer (unexplained exposure)")
-            elif self.world.booked(payment) != payment.amount:
-                stood_in_exposure += payment.amount  # explained: the issuer refused the hold
+            elif self.world.booked(intent) != intent.amount:
+                stood_in_exposure += intent.amount  # explained: the issuer refused the hold
         self.counters["standin_exposure_minor"] = stood_in_exposure
         self.counters["stand_in_journal"] = sum(1 for r in finals.values() if r[-1].stood_in)
         try:
