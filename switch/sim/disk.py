@@ -8,8 +8,11 @@ more inside a stall window; inside a disk-full window, or when an fsync fails, t
 commit is rolled back and the journal fails (fail-stop, :class:`~switch.journal.JournalFailed`
 from then on), as the real writer does.
 
-What survives a crash is exactly what was committed to the SQLite database (in memory or
-a file): the rows of batches not yet committed die with the switch.
+What survives a crash is exactly what the disk acknowledged: the rows of batches not yet
+committed die with the switch. Acknowledged rows reach SQLite in bulk (:meth:`flush`,
+before anyone reads the database: a restart's replay, the final checks): the same rows
+in the same order as one transaction per batch would give, at a fraction of the cost (a
+transaction per batch was a quarter of a simulated payment's CPU).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from switch.journal.store import INSERT, Row
 
 #: A commit (fsync included) on a healthy disk.
 COMMIT_BASE_S: Final = 0.0003
+#: Acknowledged rows buffered before they are written to SQLite in one transaction.
+FLUSH_ROWS: Final = 20_000
 
 
 class Batch:
@@ -48,6 +53,7 @@ class SimJournal:
         self._batches: deque[Batch] = deque()
         self._committing: Batch | None = None
         self.pending = 0
+        self._durable: list[Row] = []
         self.failure: str | None = None
         self.commits = 0
         self.records = 0
@@ -84,20 +90,29 @@ class SimJournal:
         self._batches.popleft()
         self._committing = None
         if error is None:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                db.executemany(INSERT, batch.rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            self._durable.extend(batch.rows)
+            if len(self._durable) >= FLUSH_ROWS:
+                self.flush()
             self.pending -= len(batch.rows)
             self.commits += 1
             self.records += len(batch.rows)
             self._kick()
             return
         self.failure = error
+
+    def flush(self) -> None:
+        """Write every acknowledged row to SQLite (one transaction)."""
+        if not self._durable:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(INSERT, self._durable)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._durable.clear()
 
     def failed_batches(self) -> list[Batch]:
         """After a failure: every batch still waiting (each fails with it)."""

@@ -150,17 +150,13 @@ class World:
 
     # ----------------------------------------------------------------- the books
 
-    def card_hold(self, payment: Payment) -> int:
-        """What the card scheme holds for ``payment`` now (0: nothing, or reversed)."""
-        msg = original_request(payment, ACQUIRER_ID)
-        f = msg.fields
-        return self.scheme.active_hold((f.get(11, ""), f.get(41, ""), f.get(7, "")))
-
-    def booked(self, payment: Payment) -> int:
-        if payment.channel == "card":
-            return self.card_hold(payment)
-        network = "swift" if payment.channel == "swift" else "qr"
-        return self.books[network].booked.get(payment.payment_id, 0)
+    def card_holds(self) -> dict[str, int]:
+        """Every active card hold or posting, by the acquirer's RRN (DE37): one per payment."""
+        out: dict[str, int] = {}
+        for record in self.scheme.records.values():
+            if record.state == "active" and record.kind != "none":
+                out[record.rrn.strip()] = out.get(record.rrn.strip(), 0) + record.amount
+        return out
 
     def blocked_windows(self, endpoint: str) -> list[tuple[float, float]]:
         """[begin, end) of every fault on ``endpoint``: the network was not fully back."""

@@ -367,8 +367,6 @@ class Simulation:
         self._acked: dict[str, tuple[str, Status, bytes]] = {}
         self._recent: list[tuple[str, PaymentRequest]] = []
         self.latencies: list[float] = []
-        # the world's view of what went out
-        self.sent: dict[str, Payment] = {}
         self.unknown_since: dict[str, float] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "accepted", "errors", "crashes", "journal_failures", "resolved",
@@ -464,6 +462,7 @@ class Simulation:
         if boot is None:
             return
         boot.alive = False
+        boot.journal.flush()  # what the disk acknowledged survives; the rest dies here
         self.boot = None
         self.counters["crashes"] += 1
         self.note(f"crash boot {boot.number} pending={boot.journal.pending}")
@@ -521,7 +520,6 @@ class Simulation:
             self.note(f"send {pid} {endpoint} refused", pid)
             raise NotSent(f"{endpoint}: connection refused")
         self.counters["sent"] += 1
-        self.sent[pid] = payment
         ep = world.endpoints[endpoint]
         self.note(f"send {pid} {endpoint} {plan.action} {plan.latency_s:.6f}", pid)
         if plan.action == "blackhole":
@@ -615,8 +613,10 @@ class Simulation:
                 self._recent.append((key, request))
             else:
                 self._recent[self._rng.randrange(256)] = (key, request)
-        if not response.replay and result.stood_in:
-            self._check_standin(result)
+        if not response.replay:
+            if result.stood_in:
+                self._check_standin(result)
+            self.world.answered.pop(result.payment_id, None)  # only stand-in asks; bounded
 
     def _check_standin(self, result: Result) -> None:
         pid = result.payment_id
@@ -849,6 +849,8 @@ class Simulation:
     # ----------------------------------------------------------------- after the run
 
     def _verify(self) -> None:
+        if self.boot is not None:
+            self.boot.journal.flush()
         db = self.db
         intents: dict[str, Payment] = {}
         finals: dict[str, list[Result]] = {}
@@ -888,26 +890,37 @@ class Simulation:
             elif got is not None and status in _TERMINAL and got[-1].status != status:
                 self.violate("ack-lost", key, f"acknowledged {status.value}, journal says "
                              f"{got[-1].status.value}")
-        # money: the journal against the issuers' books
-        stood_in_exposure = 0
-        for pid, sent in self.sent.items():
-            booked = self.world.booked(sent)
+        # money: the journal against the networks' books, both ways
+        holds = self.world.card_holds()
+        books = self.world.books
+        booked_of: dict[str, int] = {}
+        for pid, payment in intents.items():
+            if payment.card is not None:
+                booked = holds.pop(payment.card.rrn.strip(), 0)
+            else:
+                booked = books["swift" if payment.channel == "swift" else "qr"].booked.get(
+                    pid, 0)
+            booked_of[pid] = booked
             got = finals.get(pid)
-            if pid not in intents:
-                if booked:
-                    self.violate("money-conserved", pid,
-                                 f"the network booked {booked} but the journal has no intent")
-                continue
             if not got:
                 continue
             result = got[-1]
             if result.status is Status.APPROVED and not result.stood_in:
-                if booked != sent.amount:
+                if booked != payment.amount:
                     self.violate("money-conserved", pid,
-                                 f"approved {sent.amount}, network books {booked}")
+                                 f"approved {payment.amount}, network books {booked}")
             elif result.status is not Status.APPROVED and booked:
                 self.violate("money-conserved", pid,
                              f"{result.status.value}, yet the network books {booked}")
+        for rrn, amount in sorted(holds.items()):
+            self.violate("money-conserved", f"RRN {rrn}",
+                         f"the card network holds {amount} for a payment the journal has no "
+                         "intent for")
+        for network, book in sorted(books.items()):
+            for pid in sorted(set(book.booked) - set(intents)):
+                self.violate("money-conserved", pid, f"{network} booked {book.booked[pid]} but "
+                             "the journal has no intent")
+        stood_in_exposure = 0
         for pid, results in finals.items():
             result = results[-1]
             if not result.stood_in:
@@ -919,7 +932,7 @@ class Simulation:
             if pid not in advised:
                 self.violate("advice-lost", pid, "stand-in approval never advised to the "
                              "issuer (unexplained exposure)")
-            elif self.world.booked(intent) != intent.amount:
+            elif booked_of.get(pid, 0) != intent.amount:
                 stood_in_exposure += intent.amount  # explained: the issuer refused the hold
         self.counters["standin_exposure_minor"] = stood_in_exposure
         self.counters["stand_in_journal"] = sum(1 for r in finals.values() if r[-1].stood_in)
