@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results import markdown_table, write_section
-from switch.sim.campaign import Summary, print_summary, run_campaign
+from switch.sim.campaign import SeedOutcome, Summary, print_summary, run_campaign
 from switch.sim.simulation import SimOptions, simulate
 
 
@@ -60,7 +60,18 @@ def campaign(seeds: int, first: int, duration_s: float, rate: float, intensity: 
              processes: int, crashes: bool) -> Summary:
     template = SimOptions(seed=0, duration_s=duration_s, rate=rate, intensity=intensity,
                           crashes=crashes, disk=crashes)
-    summary = run_campaign(range(first, first + seeds), template, processes, sys.stdout)
+    done = [0, 0]
+    started = time.perf_counter()
+
+    def progress(outcome: SeedOutcome) -> None:
+        done[0] += 1
+        done[1] += bool(outcome.violations)
+        if done[0] % 25 == 0:
+            print(f"[{time.perf_counter() - started:7.0f} s] {done[0]} seeds, {done[1]} failing",
+                  flush=True)
+
+    summary = run_campaign(range(first, first + seeds), template, processes, sys.stdout,
+                           on_seed=progress)
     print_summary(summary, sys.stdout)
     return summary
 

@@ -137,3 +137,29 @@ def test_finds_trace_numbers_restarting_at_boot() -> None:
 def test_finds_unknowns_resolved_fifo_behind_long_first_delays() -> None:
     seed = first_failure(plants.fifo_resolver, "unknown-past-schedule", range(1, 31))
     assert_plant_is_the_cause(seed, "unknown-past-schedule")
+
+
+def test_cli_prints_the_same_trace_hash_in_processes_with_other_hash_seeds() -> None:
+    """Through `payswitch simulate --seed`, in two processes whose str hashes differ: no
+    set or dict order leaks into the run."""
+    import os
+    import subprocess
+    import sys
+
+    hashes = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        done = subprocess.run(
+            [sys.executable, "-m", "switch.cli", "simulate", "--seed", "5", "--duration", "8s",
+             "--rate", "100"], capture_output=True, text=True, env=env, timeout=120,
+            cwd=str(simulation_root()))
+        lines = [line for line in done.stdout.splitlines() if line.startswith("trace hash:")]
+        assert len(lines) == 1, done.stdout + done.stderr
+        hashes.append(lines[0])
+    assert hashes[0] == hashes[1]
+
+
+def simulation_root() -> str:
+    from switch.sim.simulation import ROOT
+
+    return str(ROOT)
