@@ -180,6 +180,7 @@ def run_scenario_file(path: str | Path, out: TextIO) -> int:
     with tempfile.TemporaryDirectory(prefix="payswitch-sim-") as tmp:
         journal = os.path.join(tmp, "journal.db")
         options = SimOptions(seed=sc.seed, duration_s=sc.duration_s, rate=rate,
+                             shape=prepared.shape,
                              schedule=Schedule(sc.duration_s, tuple(prepared.faults), ()),
                              db_path=journal, drain_s=600.0)
         result = simulate(options)

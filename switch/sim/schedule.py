@@ -7,8 +7,10 @@ as a list.
 
 Intensity scales the expected number of faults per simulated ten minutes (1.0: about six
 network faults, one switch crash, one disk stall, and a journal fsync failure or a full
-disk in about half of the runs). Every network fault ends before the load does, so the
-drain after the load sees every network back: that is when "no unknown left" is judged.
+disk in about half of the runs). A third of the crashes restart with the wall clock moved
+(-120 s to +600 s): record times and DE7 follow the wall anchor, durations do not. Every
+network fault ends before the load does, so the drain after the load sees every network
+back: that is when "no unknown left" is judged.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class DiskFault:
 class Schedule:
     duration_s: float
     faults: tuple[Fault, ...]
-    crashes: tuple[tuple[float, float], ...]  # (at, down for)
+    #: (at, down for, wall-clock jump at the restart: the wall anchor may move, both ways)
+    crashes: tuple[tuple[float, float, float], ...]
     disk: tuple[DiskFault, ...] = field(default=())
 
     @property
@@ -53,7 +56,8 @@ class Schedule:
         lines = [f"{f.start_s:9.3f}s {f.kind:<11} {f.endpoint:<14} for {f.duration_s or 0:.1f}s"
                  + _params(f) for f in self.faults]
         lines += [f"{at:9.3f}s crash       switch         down {down:.1f}s"
-                  for at, down in self.crashes]
+                  + (f" wall clock {jump:+.1f}s at restart" if jump else "")
+                  for at, down, jump in self.crashes]
         lines += [f"{d.at:9.3f}s {d.kind:<11} journal-disk   for {d.duration_s:.1f}s"
                   for d in self.disk]
         return sorted(lines)
@@ -90,11 +94,12 @@ def draw_schedule(seed: int, duration_s: float, intensity: float, *,
         except FaultConfigError:
             continue  # contradicts one already drawn (e.g. down over a blackhole): skip it
         faults.append(fault)
-    crash_list: list[tuple[float, float]] = []
+    crash_list: list[tuple[float, float, float]] = []
     if crashes:
         for _ in range(_poisson(rng, 1.0 * per_10min)):
-            crash_list.append((round(rng.uniform(1.0, duration_s * 0.95), 6),
-                               round(rng.uniform(0.5, 8.0), 6)))
+            at, down = rng.uniform(1.0, duration_s * 0.95), rng.uniform(0.5, 8.0)
+            u, jump = rng.random(), rng.uniform(-120.0, 600.0)
+            crash_list.append((round(at, 6), round(down, 6), round(jump, 3) if u < 0.3 else 0.0))
     disk_list: list[DiskFault] = []
     if disk:
         for _ in range(_poisson(rng, 1.0 * per_10min)):

@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import msgspec
 
@@ -105,6 +105,10 @@ def sim_config() -> SwitchConfig:
     }, SwitchConfig)
 
 
+class RateAt(Protocol):
+    def rate_at(self, t: float) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     invariant: str
@@ -128,6 +132,8 @@ class SimOptions:
     disk: bool = True
     schedule: Schedule | None = None  # explicit (scenario files); drawn from the seed if None
     trace_key: str | None = None
+    #: A load shape (loadtests.harness.loadgen's ``rate_at``); None: ``rate`` throughout.
+    shape: RateAt | None = None
     db_path: str = ":memory:"
     channels_toml: str = str(ROOT / "examples" / "channels.toml")
     routes_toml: str = str(ROOT / "examples" / "routes.toml")
@@ -377,6 +383,11 @@ class Simulation:
         self._stood_in: set[str] = set()
         self._load_over = False
         self._origin = _Origin(self)
+        #: wall seconds = now + wall_offset; a restart may move it (clock jump).
+        self.wall_offset = WALL0
+        shape = options.shape
+        self._peak = options.rate if shape is None else 1.05 * max(
+            shape.rate_at(i * 0.05) for i in range(int(options.duration_s / 0.05) + 1))
         self._disk_used: set[object] = set()
 
     # ----------------------------------------------------------------- plumbing
@@ -386,10 +397,10 @@ class Simulation:
         heapq.heappush(self._heap, (at, self._seq, kind, a, b))
 
     def wall(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(WALL0 + self.now, tz=dt.UTC)
+        return dt.datetime.fromtimestamp(self.wall_offset + self.now, tz=dt.UTC)
 
     def wall_us(self) -> int:
-        return int((WALL0 + self.now) * 1_000_000)
+        return int((self.wall_offset + self.now) * 1_000_000)
 
     def note(self, text: str, *ids: str) -> None:
         line = f"{self.now:.6f} {text}"
@@ -436,7 +447,7 @@ class Simulation:
             risk=RiskEngine(cfg.risk, cfg.security.token_key.encode()), router=router,
             resolver=boot.resolver, metrics=metrics,
             token_key=cfg.security.token_key.encode(), boot_count=recovered.boot_count,
-            seed=cfg.seed, wall_offset=WALL0,
+            seed=cfg.seed, wall_offset=self.wall_offset,
             standin=boot.standin if cfg.standin.enabled else None)
         self.boot = boot
         for advice in recovered.pending_advices:
@@ -457,7 +468,7 @@ class Simulation:
         self._arm_advice(boot, 0.0)
         self.push(self.now + cfg.resilience.probe_interval_s, PROBE, boot)
 
-    def _crash(self, down_s: float) -> None:
+    def _crash(self, down_s: float, jump_s: float) -> None:
         boot = self.boot
         if boot is None:
             return
@@ -465,7 +476,8 @@ class Simulation:
         boot.journal.flush()  # what the disk acknowledged survives; the rest dies here
         self.boot = None
         self.counters["crashes"] += 1
-        self.note(f"crash boot {boot.number} pending={boot.journal.pending}")
+        self.note(f"crash boot {boot.number} pending={boot.journal.pending} jump={jump_s}")
+        self.wall_offset += jump_s  # the next boot anchors to a wall clock that moved
         self.push(self.now + down_s, RESTART)
 
     def journal_then(self, boot: _Boot, row: Any, then: Callable[[], None]) -> None:
@@ -497,7 +509,7 @@ class Simulation:
         for failed in [batch, *boot.journal.failed_batches()]:
             boot.waiting.pop(failed, None)
             boot.core.on_commit_failed(failed, exc)
-        self.push(self.now + 2.0, CRASH, boot, 3.0)
+        self.push(self.now + 2.0, CRASH, boot, (3.0, 0.0))
 
     def _disk_error(self) -> str | None:
         for d in self.schedule.disk:
@@ -553,13 +565,18 @@ class Simulation:
         if self.now >= self.options.duration_s:
             self._load_over = True
             return
+        shape = self.options.shape
+        self.push(self.now + self._rng.expovariate(self._peak), ARRIVE)
+        # A shaped load by thinning: arrivals at the peak rate, each kept with
+        # probability rate(t) / peak (a non-homogeneous Poisson process).
+        if shape is not None and self._rng.random() * self._peak >= shape.rate_at(self.now):
+            return
         request, _kind = self.workload.next()
         if self._recent and self._rng.random() < 0.002:
             # Same key, another body: must be refused if the key was accepted before.
             _, original = self._recent[self._rng.randrange(len(self._recent))]
             request = msgspec.structs.replace(original, amount=original.amount + 1)
         self._send(request, 1)
-        self.push(self.now + self._rng.expovariate(self.options.rate), ARRIVE)
 
     def _send(self, request: PaymentRequest, tries: int) -> None:
         self.counters["requests"] += 1
@@ -702,8 +719,8 @@ class Simulation:
 
     def run(self) -> SimResult:
         started = time.perf_counter()
-        for at, down in self.schedule.crashes:
-            self.push(at, CRASH, None, down)
+        for at, down, jump in self.schedule.crashes:
+            self.push(at, CRASH, None, (down, jump))
         for d in self.schedule.disk:
             if d.kind == "stall":
                 self.push(d.at, DISK, None, ("stall", d.duration_s, None))
@@ -743,7 +760,7 @@ class Simulation:
             self._send(a, b)
         elif kind == CRASH:
             if a is None or a is boot:
-                self._crash(b)
+                self._crash(*b)
         elif kind == RESTART:
             if self.boot is None:
                 if self._disk_error_pending():
