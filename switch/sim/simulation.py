@@ -922,7 +922,10 @@ class Simulation:
             if not got:
                 continue
             result = got[-1]
-            if result.status is Status.APPROVED and not result.stood_in:
+            if booked > payment.amount:
+                self.violate("booked-twice", pid, f"the network books {booked} for a payment "
+                             f"of {payment.amount}")
+            elif result.status is Status.APPROVED and not result.stood_in:
                 if booked != payment.amount:
                     self.violate("money-conserved", pid,
                                  f"approved {payment.amount}, network books {booked}")
