@@ -4,8 +4,10 @@ Built from the same models as the TCP simulators in ``channels``:
 
 * every endpoint has a :class:`channels.behaviour.Behaviour` (seeded latency, capacity,
   technical-error mix) reading one shared :class:`channels.faults.FaultTimeline`; a
-  request's fate is ``Behaviour.plan`` (refuse, blackhole, reset, respond late,
-  malformed, duplicated, technical error);
+  request's fate is ``Behaviour.plan``, applied as channels/tcp.py applies it: refused
+  (no connection: NotSent), blackholed (never decided, never answered), reset (decided,
+  then the connection drops: no answer), late, malformed (decided, answer undecodable),
+  duplicated, or a technical error (not decided);
 * the card endpoints share one real :class:`channels.card.CardScheme` (issuers' accounts,
   holds, the STAN + terminal duplicate check answering 94, reversals, 0120 advices), fed
   the very ISO 8583 messages the switch's card adapter builds (``original_request``,

@@ -240,12 +240,12 @@ class SimResolver:
         job.attempt += 1
         endpoint = job.route.network
         plan = sim.world.plan(endpoint, now, job.payment)
-        if plan.action in ("refuse", "reset"):
+        if plan.action == "refuse":
             self.retry(job)
             return
         job.waiting = True
         sim.push(now + job.route.timeout_s, RES_TIMEOUT, self.boot, (job, job.attempt))
-        if plan.action == "respond":
+        if plan.action in ("respond", "reset"):
             sim.push(now + plan.latency_s, RES_ISSUER, self.boot, (job, job.attempt, plan))
 
     def at_issuer(self, job: _Job, attempt: int, plan: RequestPlan) -> None:
@@ -253,6 +253,8 @@ class SimResolver:
         if plan.technical_error is not None or plan.malformed:
             return  # answered 91/96 or garbage: the adapter repeats; the timeout retries
         reply = sim.world.resolve(job.route.network, job.payment, sim.wall())
+        if plan.action == "reset":
+            return  # decided, then the connection dropped: the timeout retries
         sim.push(sim.now + plan.late_delay_s, RES_REPLY, self.boot, (job, attempt, reply))
 
     def answered(self, job: _Job, attempt: int, reply: NetworkReply) -> None:
@@ -536,9 +538,6 @@ class Simulation:
         self.note(f"send {pid} {endpoint} {plan.action} {plan.latency_s:.6f}", pid)
         if plan.action == "blackhole":
             return
-        if plan.action == "reset":
-            self.push(self.now + plan.latency_s, REPLY, boot, (token, None, pid))
-            return
         if ep.busy >= ep.capacity:
             reply = NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "capacity")
             self.push(self.now + plan.latency_s, REPLY, boot, (token, reply, pid))
@@ -552,8 +551,10 @@ class Simulation:
         reply = self.world.authorize(endpoint, payment, plan.technical_error, self.now)
         pid = payment.payment_id
         self.note(f"issuer {endpoint} {pid} {reply.outcome} {reply.reason}", pid)
-        if plan.malformed:
-            return  # the adapter cannot decode it and drops it: the core times out
+        if plan.malformed or plan.action == "reset":
+            # Garbage the adapter drops, or the connection reset after the network decided
+            # (as channels/tcp.py does): either way no answer, and the core times out.
+            return
         at = self.now + plan.late_delay_s
         self.push(at, REPLY, boot, (token, reply, pid))
         if plan.duplicate:
