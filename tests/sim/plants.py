@@ -89,3 +89,26 @@ def fifo_resolver() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(simulation, "FIFO_RESOLVER_WORKERS", 8)
         yield
+
+
+@contextmanager
+def reply_before_durable() -> Iterator[None]:
+    """Every record's continuation (the reply to the client included) runs as soon as the
+    record is queued, not once its commit made it durable."""
+    original = PaymentCore._journal
+
+    def journal(self: Any, f: Any, kind: str, status: Any, record: bytes, then: Any,
+                now: float, mono: float, sheddable: bool = False) -> None:
+        original(self, f, kind, status, record, then, now, mono, sheddable=sheddable)
+        if f.continuation is not then:
+            return  # refused, or already durable
+        for flights in self._waiting.values():  # stop waiting for the commit: go on now
+            if f in flights:
+                flights.remove(f)
+                f.continuation = None
+                then(f, now, mono)
+                return
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_journal", journal)
+        yield

@@ -163,3 +163,8 @@ def simulation_root() -> str:
     from switch.sim.simulation import ROOT
 
     return str(ROOT)
+
+
+def test_finds_a_reply_sent_before_its_record_is_durable() -> None:
+    seed = first_failure(plants.reply_before_durable, "ack-lost", range(1, 31), crashes=True)
+    assert_plant_is_the_cause(seed, "ack-lost", crashes=True)
