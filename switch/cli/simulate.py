@@ -42,11 +42,13 @@ def parse_duration(text: str) -> float:
               help="Worker processes (default: CPU count).")
 @click.option("--trace", "trace_key", default=None,
               help="With --seed: print every event of this payment id or idempotency key.")
+@click.option("--shrink", is_flag=True,
+              help="With --seed: reduce its fault schedule to one that still fails.")
 @click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Run a scenario file in virtual time; prints its verdicts.")
 def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text: str,
              rate: float, intensity: float, no_crashes: bool, processes: int | None,
-             trace_key: str | None, scenario_file: str | None) -> None:
+             trace_key: str | None, shrink: bool, scenario_file: str | None) -> None:
     """Simulate the switch, its networks and its disk in virtual time, under seeded faults.
 
     Runs the real payment core against simulated issuers and a simulated journal disk,
@@ -55,7 +57,15 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
     """
     import os
 
-    from switch.sim.campaign import print_seed, print_summary, run_campaign, run_scenario_file
+    from switch.sim.campaign import (
+        print_seed,
+        print_summary,
+        run_campaign,
+        run_scenario_file,
+    )
+    from switch.sim.campaign import (
+        shrink as shrink_schedule,
+    )
     from switch.sim.simulation import SimOptions
     from switch.sim.simulation import simulate as simulate_one
 
@@ -72,6 +82,14 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
         template.seed = seed
         result = simulate_one(template)
         print_seed(result, template, out)
+        if shrink and result.violations:
+            invariant = result.violations[0].invariant
+            print(f"shrinking the schedule while {invariant} still fails:", file=out)
+            smaller = shrink_schedule(template, invariant, out)
+            print(f"a schedule of {smaller.injected} (of {result.faults}) on which {invariant}"
+                  " still fails:", file=out)
+            for line in smaller.describe():
+                print(f"  {line}", file=out)
         sys.exit(1 if result.violations else 0)
     count = seeds if seeds is not None else 10
     summary = run_campaign(range(first_seed, first_seed + count), template,

@@ -209,3 +209,39 @@ def _pct(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+# --------------------------------------------------------------------------- shrinking
+
+
+def shrink(options: SimOptions, invariant: str, out: TextIO) -> Schedule:
+    """A smaller fault schedule on which ``invariant`` still fails: drop one fault, crash or
+    disk fault at a time and keep every drop after which it still fails (greedy, to a
+    fixed point; each try is a whole run of the seed, so this is for short seeds)."""
+    from dataclasses import replace
+
+    from switch.sim.schedule import draw_schedule
+
+    _quiet()
+    current = options.schedule or draw_schedule(options.seed, options.duration_s,
+                                                options.intensity, crashes=options.crashes,
+                                                disk=options.disk)
+
+    def fails(schedule: Schedule) -> bool:
+        trial = SimOptions(**{**options.__dict__, "schedule": schedule, "trace_key": None})
+        return any(v.invariant == invariant for v in simulate(trial).violations)
+
+    changed = True
+    while changed:
+        changed = False
+        for field_name in ("faults", "crashes", "disk"):
+            items = getattr(current, field_name)
+            for i in range(len(items)):
+                candidate = replace(current, **{field_name: items[:i] + items[i + 1:]})
+                if fails(candidate):
+                    print(f"  dropped {field_name}[{i}]: still fails", file=out, flush=True)
+                    current, changed = candidate, True
+                    break
+            if changed:
+                break
+    return current

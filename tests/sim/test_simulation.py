@@ -168,3 +168,15 @@ def simulation_root() -> str:
 def test_finds_a_reply_sent_before_its_record_is_durable() -> None:
     seed = first_failure(plants.reply_before_durable, "ack-lost", range(1, 31), crashes=True)
     assert_plant_is_the_cause(seed, "ack-lost", crashes=True)
+
+
+def test_shrinking_reduces_a_failing_schedule_to_what_breaks() -> None:
+    """Trace numbers restarting at boot fail with one crash and no other fault: the
+    shrinker drops everything else."""
+    from switch.sim.campaign import shrink
+
+    with plants.restart_trace_numbers_at_boot():
+        options = short(4, crashes=True)
+        assert simulate(options).violations
+        smaller = shrink(options, "standin-while-issuer-answers", io.StringIO())
+    assert len(smaller.crashes) == 1 and not smaller.faults and not smaller.disk
