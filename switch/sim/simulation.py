@@ -152,6 +152,7 @@ class SimResult:
     trace: list[str] = field(default_factory=list)
     schedule: list[str] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
 
 
 class _Stub:
@@ -719,7 +720,7 @@ class Simulation:
     # ----------------------------------------------------------------- the loop
 
     def run(self) -> SimResult:
-        started = time.perf_counter()
+        started, cpu0 = time.perf_counter(), time.process_time()
         for at, down, jump in self.schedule.crashes:
             self.push(at, CRASH, None, (down, jump))
         for d in self.schedule.disk:
@@ -751,7 +752,7 @@ class Simulation:
         return SimResult(self.seed, self.now, wall, self.counters["accepted"],
                          self.schedule.injected, self.violations, self._hash.hexdigest(),
                          dict(self.counters), self.trace, self.schedule.describe(),
-                         self.latencies)
+                         self.latencies, time.process_time() - cpu0)
 
     def _dispatch(self, kind: int, a: Any, b: Any) -> None:
         boot = self.boot
