@@ -26,7 +26,9 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,7 +38,7 @@ from switch.sim.campaign import SeedOutcome, Summary, print_summary, run_campaig
 from switch.sim.simulation import SimOptions, simulate
 
 
-def one_hour(duration_s: float, rate: float, seed: int, crashes: bool) -> dict[str, float]:
+def one_hour(duration_s: float, rate: float, seed: int, crashes: bool) -> dict[str, Any]:
     logging.getLogger("switch").setLevel(logging.ERROR)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     result = simulate(SimOptions(seed=seed, duration_s=duration_s, rate=rate, intensity=1.0,
@@ -48,11 +50,15 @@ def one_hour(duration_s: float, rate: float, seed: int, crashes: bool) -> dict[s
           f"{len(result.violations)} invariant failures; trace {result.trace_hash}", flush=True)
     for line in result.schedule:
         print(f"  {line}")
+    by_invariant = Counter(v.invariant for v in result.violations)
+    print("  invariant failures: " + (", ".join(f"{k} x{n}" for k, n in sorted(
+        by_invariant.items())) or "none"))
     for v in result.violations[:5]:
         print(f"  {v}")
     return {"sim_s": result.sim_seconds, "wall_s": wall, "cpu_s": cpu,
             "payments": result.payments, "faults": result.faults,
-            "failures": len({v.invariant for v in result.violations}),
+            "failures": len(result.violations),
+            "by_invariant": ", ".join(f"{k} x{n}" for k, n in sorted(by_invariant.items())),
             "us_per_payment": cpu / max(1, result.payments) * 1e6}
 
 
@@ -125,7 +131,8 @@ def main() -> None:
          f"{hour['payments']:.0f} payments, {hour['faults']:.0f} faults"
          + ("" if hour_s == 3600 else ", scaled to 1 h"),
          f"{hour_equiv:.0f} s cpu ({hour['wall_s'] * 3600.0 / hour_s:.0f} s wall)",
-         "<= 60 s", f"{hour['us_per_payment']:.0f} us cpu per payment"),
+         "<= 60 s", f"{hour['us_per_payment']:.0f} us cpu per payment; invariant failures: "
+         f"{hour['by_invariant'] or 'none'}"),
         (f"seeds per hour ({per_seed_s / 60:g} simulated min each)",
          f"{summary.seeds} seeds, {args.processes} processes",
          f"{seeds_per_hour_cpu:.0f} seeds/h from cpu ({cpu_per_seed:.1f} s per seed); "
