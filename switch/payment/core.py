@@ -98,8 +98,9 @@ EXEMPLAR_FROM_S: Final = 0.010
 #: Duplicates of one in-flight key that may wait for its result; past it, overloaded.
 MAX_DUPLICATE_WAITERS: Final = 64
 #: How long a duplicate of a payment the core does not hold (a recovered payment under
-#: resolution) waits for its result, polled at ``ORPHAN_POLL_S``.
-ORPHAN_WAIT_S: Final = 1.0
+#: resolution) waits for its result, polled at ``ORPHAN_POLL_S``; then it is answered
+#: with the current state (unknown, being resolved).
+ORPHAN_WAIT_S: Final = 2.0
 ORPHAN_POLL_S: Final = 0.02
 _OUTCOME_STATUS: Final = {
     "approved": Status.APPROVED,
@@ -278,6 +279,13 @@ class PaymentCore:
             deque())
         self.in_flight = 0
         self.errors = 0
+        #: Payments recovered unfinished at start-up, by key: (payment id, network).
+        self._recovered: dict[str, tuple[str, str]] = {}
+
+    def recovered(self, key: str, payment_id: str, network: str) -> None:
+        """A payment found unfinished at start-up, now with the resolver: a retry of its
+        key waits (bounded) for the resolution, else hears its current state."""
+        self._recovered[key] = (payment_id, network)
 
     # ----------------------------------------------------------------- events
 
@@ -733,6 +741,13 @@ class PaymentCore:
             self._refuse(orphan.origin, orphan.rid, reasons.E_OVERLOADED,
                          f"earlier attempt of {orphan.key!r} was shed; retry")
         elif now >= orphan.until:
+            known = self._recovered.get(orphan.key)
+            if known is not None:
+                # The current state: sent, outcome unknown until the resolver settles it.
+                payment_id, network = known
+                orphan.origin.reply(Reply(orphan.rid, Result(
+                    payment_id, Status.UNKNOWN, reasons.RESPONSE_TOO_LATE, route=network), True))
+                return
             self._refuse(orphan.origin, orphan.rid, reasons.E_OVERLOADED,
                          f"payment for {orphan.key!r} is still in flight; retry later")
         else:

@@ -260,6 +260,8 @@ class SwitchApp:
                                       extra={"payment_id": unfinished.payment.payment_id})
                             continue
                         resolver.submit(unfinished.payment, unfinished.body_hash, route)
+                        engine.core.recovered(unfinished.payment.idempotency_key,
+                                              unfinished.payment.payment_id, route.network)
                         self.metrics.recovered.inc()
                     admin_port = 0
                     if cfg.admin.enabled:
