@@ -211,6 +211,8 @@ class Server:
         self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
         self.admission = Admission(config.max_in_flight_total)
         self._lag = 0.0
+        # Read at scrape time: no gauge write per payment on the hot path.
+        metrics.in_flight.set_function(lambda: float(self.in_flight))
 
     @property
     def pipeline(self) -> Engine:
@@ -368,13 +370,11 @@ class Server:
         self.in_flight += 1
         if self.in_flight == 1:
             self._idle = anyio.Event()
-        self.metrics.in_flight.set(self.in_flight)
         return True
 
     def _answered(self, conn: _Connection) -> None:
         self.in_flight -= 1
         assert self.in_flight >= 0 and conn.in_flight >= 0
-        self.metrics.in_flight.set(self.in_flight)
         if self.in_flight == 0:
             self._idle.set()
         if conn.room is not None and conn.in_flight < self.config.max_in_flight_per_connection:
