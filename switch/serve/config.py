@@ -53,9 +53,9 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     read_bytes: Annotated[int, msgspec.Meta(ge=65536, le=4 * 1024 * 1024)] = 65536
     max_in_flight_per_connection: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
     max_in_flight_total: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
-    #: An admitted payment still waiting this long for a worker (the switch is CPU-bound)
-    #: is refused as overloaded before anything is journaled: admitted latency stays
-    #: bounded under overload instead of rising for everyone.
+    #: While the event loop runs this far behind (its smoothed lag: how long bytes read
+    #: now waited for it), every new payment is refused as overloaded before anything is
+    #: journaled: admitted latency stays bounded instead of rising for everyone.
     max_queue_delay_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.2
     #: Graceful shutdown waits this long for in-flight payments before cancelling them.
     drain_timeout_s: PositiveSeconds = 10.0

@@ -347,7 +347,8 @@ class Server:
 
     def _shedding(self, conn: _Connection) -> bool:
         return (self.in_flight >= self.admission.limit or self.draining
-                or conn.in_flight >= self.config.max_in_flight_per_connection)
+                or conn.in_flight >= self.config.max_in_flight_per_connection
+                or self.admission.lag > self.config.max_queue_delay_s)
 
     def _admit(self, conn: _Connection, request_id: int) -> bool:
         """Shed before any processing: a refusal costs microseconds."""
@@ -359,6 +360,13 @@ class Server:
             self._refuse(conn, request_id, reasons.E_OVERLOADED,
                          f"max_in_flight_per_connection={cfg.max_in_flight_per_connection}"
                          " reached")
+            return False
+        if self.admission.lag > cfg.max_queue_delay_s:
+            # Bytes read now waited about this long for the loop: refuse everything new
+            # (nothing journaled) until the lag is back under the bound.
+            self._refuse(conn, request_id, reasons.E_OVERLOADED,
+                         f"event loop {self.admission.lag * 1000:.0f} ms behind "
+                         f"(max_queue_delay_s={cfg.max_queue_delay_s})")
             return False
         if self.in_flight >= self.admission.limit:
             self._refuse(conn, request_id, reasons.E_OVERLOADED,
