@@ -400,6 +400,7 @@ class Pipeline:
                 mcc=c.mcc,
                 stan=f"{seq % 1_000_000:06d}",
                 rrn=f"{self._boot % 100:02d}{seq % 10**10:010d}",
+                pan_length=len(c.pan),
             )
         elif request.swift is not None:
             s = request.swift
