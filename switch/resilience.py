@@ -219,6 +219,20 @@ def classify(reply: NetworkReply | None, *, not_sent: bool = False) -> FailureKi
     return FailureKind.DECLINED
 
 
+def counts_as_healthy(failure: FailureKind | None, reply: NetworkReply | None) -> bool:
+    """Does this attempt's result count as a success for the endpoint's breaker?
+
+    Health is "the endpoint answered sensibly", not "the payment succeeded": a business
+    decline counts as healthy, and so does 94. A 94 is the issuer, alive, telling us it saw
+    this STAN + terminal before; it is UNKNOWN for the *payment* (the original may stand)
+    but says nothing against the endpoint, and counting it as a failure opened breakers
+    and sent cards to stand-in while the issuer was up (after a restart reused STANs).
+    """
+    if failure is None or failure is FailureKind.DECLINED:
+        return True
+    return reply is not None and reply.reason == reasons.DUPLICATE_TRANSMISSION
+
+
 def is_safe_to_retry(
     channel: Channel, failure: FailureKind, *, same_endpoint: bool, resolved: bool = False
 ) -> bool:

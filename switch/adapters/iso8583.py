@@ -42,6 +42,7 @@ from switch.adapters.factory import (
     PooledAdapter,
     exchange,
 )
+from switch.adapters.trace import TraceNumbers
 from switch.clock import Clock
 from switch.currency import numeric_code
 from switch.model import CardRef, Channel, Payment
@@ -119,8 +120,11 @@ class CardAdapter(PooledAdapter):
 
     config: CardAdapterConfig
 
-    def __init__(self, config: CardAdapterConfig) -> None:
+    def __init__(self, config: CardAdapterConfig, trace: TraceNumbers | None = None) -> None:
         self.config = config
+        #: DE11 for reversals and 0800s: the same sequence the pipeline numbers 0100s from
+        #: (see switch/adapters/trace.py); the switch binds its own with :meth:`use_trace`.
+        self.trace = trace if trace is not None else TraceNumbers()
         self._correlator: Correlator[MatchKey, iso8583.IsoMessage] = Correlator(
             config.name, config.max_in_flight
         )
@@ -130,7 +134,6 @@ class CardAdapter(PooledAdapter):
             handshake=self._sign_on if config.sign_on else None,
             keepalive=self._keepalive,
         )
-        self._stan = 0
         self._clock: Clock | None = None
         self.malformed = 0
         self.echo_ok = 0
@@ -233,9 +236,12 @@ class CardAdapter(PooledAdapter):
 
     # --- internals ----------------------------------------------------------------------
 
+    def use_trace(self, trace: TraceNumbers) -> None:
+        """Draw DE11 from ``trace`` from now on (before :meth:`run`)."""
+        self.trace = trace
+
     def _next_stan(self) -> int:
-        self._stan = self._stan % 999_999 + 1
-        return self._stan
+        return self.trace.next()
 
     def _wall(self) -> datetime:
         if self._clock is None:
