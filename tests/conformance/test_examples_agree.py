@@ -44,3 +44,9 @@ def test_every_bic_the_default_workload_draws_is_an_example_bank() -> None:
 def test_the_check_notices_a_missing_bank() -> None:
     banks = example_banks() - {"HSBCGB2L"}
     assert drawn_bics(range(1), 2000) - banks == {"HSBCGB2L"}
+
+
+def test_the_simulators_default_banks_cover_the_default_workload_too() -> None:
+    from channels.server import SwiftSpec
+
+    assert drawn_bics(range(1), 2000) - {bank.bic for bank in SwiftSpec().banks} == set()
