@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from channels.server import load_config
+from channels.config import load_config
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,6 +47,6 @@ def test_the_check_notices_a_missing_bank() -> None:
 
 
 def test_the_simulators_default_banks_cover_the_default_workload_too() -> None:
-    from channels.server import SwiftSpec
+    from channels.config import SwiftSpec
 
     assert drawn_bics(range(1), 2000) - {bank.bic for bank in SwiftSpec().banks} == set()

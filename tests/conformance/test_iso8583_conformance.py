@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from channels.card import CardScheme
-from channels.server import CardSchemeSpec
+from channels.config import CardSchemeSpec
 from switch.adapters.iso8583 import network_pan, original_request
 from switch.model import CardRef, Party, Payment
 from switch.protocols import iso8583 as ours

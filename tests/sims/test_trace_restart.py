@@ -57,7 +57,7 @@ async def boot_and_pay(sims: Any, tmp_path: Path, boot: int) -> tuple[list[tuple
                     reply = await client.pay(card_request(f"b{boot}-{i}", amount=10 + i))
                     assert isinstance(reply, Reply), reply
                     outcomes.append((reply.result.status, reply.result.reason))
-            breaker = switch.serve.app.router.health.breakers["card"].state
+            breaker = switch.app.router.health.breakers["card"].state
             switch.app.request_shutdown()
         # The switch closed the adapter on its way out; its run loop is ours to stop.
         outer.cancel_scope.cancel()
