@@ -22,9 +22,12 @@ import csv
 import html
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: Fixed per-column names in the time-series CSV; ``error_<code>`` and ``status_<s>`` vary.
 CSV_FIXED = (
@@ -52,6 +55,10 @@ class SecondRow:
     max_lag_ms: float = 0.0
     lagged: int = 0
     dropped: int = 0
+    #: Error replies (by code) to requests planted on purpose: a subset of ``errors``.
+    planted: dict[str, int] = field(default_factory=dict)
+    channel_p50_ms: dict[str, float] = field(default_factory=dict)
+    channel_p99_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +84,10 @@ class ReportData:
     fault_windows: Sequence[FaultWindow] | None = None
     warnings: Sequence[str] = ()
     notes: Sequence[str] = ()
+    #: Whole-run latency HdrHistograms: None for all channels, else per channel.
+    histograms: Mapping[str | None, Any] = field(default_factory=dict)
+    #: The planned length of the load (rates of the bucket after it are not plotted).
+    duration_s: float | None = None
 
 
 # --- SVG plotting ------------------------------------------------------------------------------
@@ -510,13 +521,19 @@ def write_report(out_dir: str | Path, data: ReportData) -> Path:
 
 
 def write_csv(path: str | Path, rows: Sequence[SecondRow]) -> None:
-    """One row per second: fixed columns, then ``error_<code>`` and ``status_<status>``."""
+    """One row per second: fixed columns, then ``error_<code>``, ``status_<status>``,
+    ``planted_<code>`` (the planted share of ``error_<code>``) and per channel
+    ``p50_ms_<channel>``, ``p99_ms_<channel>``."""
     codes = sorted({code for r in rows for code in r.errors})
     statuses = sorted({s for r in rows for s in r.statuses})
+    planted = sorted({code for r in rows for code in r.planted})
+    channels = sorted({ch for r in rows for ch in r.channel_p99_ms})
     with Path(path).open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
-            [*CSV_FIXED, *(f"error_{c}" for c in codes), *(f"status_{s}" for s in statuses)]
+            [*CSV_FIXED, *(f"error_{c}" for c in codes), *(f"status_{s}" for s in statuses),
+             *(f"planted_{c}" for c in planted), *(f"p50_ms_{ch}" for ch in channels),
+             *(f"p99_ms_{ch}" for ch in channels)]
         )
         for r in rows:
             writer.writerow(
@@ -527,6 +544,9 @@ def write_csv(path: str | Path, rows: Sequence[SecondRow]) -> None:
                     r.dropped,
                     *(r.errors.get(c, 0) for c in codes),
                     *(r.statuses.get(s, 0) for s in statuses),
+                    *(r.planted.get(c, 0) for c in planted),
+                    *(f"{r.channel_p50_ms.get(ch, 0.0):.3f}" for ch in channels),
+                    *(f"{r.channel_p99_ms.get(ch, 0.0):.3f}" for ch in channels),
                 ]
             )
 
@@ -544,12 +564,8 @@ def rows_from_csv(path: str | Path) -> list[SecondRow]:
                     offered=float(rec["offered"]),
                     sent=int(rec["sent"]),
                     achieved=int(rec["achieved"]),
-                    errors={
-                        k[6:]: int(v) for k, v in rec.items() if k.startswith("error_") and v
-                    },
-                    statuses={
-                        k[7:]: int(v) for k, v in rec.items() if k.startswith("status_") and v
-                    },
+                    errors=_prefixed(rec, "error_", int),
+                    statuses=_prefixed(rec, "status_", int),
                     p50_ms=float(rec["p50_ms"]),
                     p99_ms=float(rec["p99_ms"]),
                     p999_ms=float(rec["p999_ms"]),
@@ -557,6 +573,14 @@ def rows_from_csv(path: str | Path) -> list[SecondRow]:
                     max_lag_ms=float(rec["max_lag_ms"]),
                     lagged=int(rec["lagged"]),
                     dropped=int(rec["dropped"]),
+                    planted=_prefixed(rec, "planted_", int),
+                    channel_p50_ms=_prefixed(rec, "p50_ms_", float),
+                    channel_p99_ms=_prefixed(rec, "p99_ms_", float),
                 )
             )
     return rows
+
+
+def _prefixed(rec: Mapping[str, str], prefix: str, kind: Callable[[str], T]) -> dict[str, T]:
+    """The columns named ``<prefix><name>`` of one CSV record (empty cells skipped)."""
+    return {k[len(prefix):]: kind(v) for k, v in rec.items() if k.startswith(prefix) and v}

@@ -16,7 +16,7 @@ import click
 import msgspec
 from rich.console import Console
 
-from loadtests.harness.loadgen import (
+from loadtests.harness.shapes import (
     SHAPE_KINDS,
     FixedRate,
     RateShape,
