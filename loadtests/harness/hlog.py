@@ -15,6 +15,7 @@ lines hold all channels together. :func:`read_log` reads it back exactly.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -157,3 +158,22 @@ def cumulative_counts(hist: HdrHistogram, bounds_us: list[int]) -> list[int]:
         i = int(np.searchsorted(sorted_values, bound, side="right"))
         out.append(int(cum[i - 1]) if i > 0 else 0)
     return out
+
+
+def percentile_points(hist: HdrHistogram, steps_per_nine: int = 20) -> list[tuple[float, float]]:
+    """(percentile, ms) pairs for a percentile distribution plot, up to the max value.
+
+    Even steps of log10(1 / (1 - p)), as HdrHistogram's own plots space them, until the
+    tail holds a single sample (1 / count); then the max.
+    """
+    count = hist.get_total_count()
+    if not count:
+        return []
+    end = math.log10(count) if count > 1 else 0.0
+    points = []
+    steps = int(end * steps_per_nine)
+    for i in range(steps + 1):
+        p = 100.0 * (1.0 - 10 ** (-i / steps_per_nine))
+        points.append((p, pct_ms(hist, p)))
+    points.append((100.0 * (1.0 - 10 ** (-end)) if count > 1 else 0.0, max_ms(hist)))
+    return points

@@ -8,12 +8,12 @@ from loadtests.harness.report import (
     ReportData,
     SecondRow,
     Verdict,
-    nice_ticks,
     render_report,
     rows_from_csv,
     write_csv,
     write_report,
 )
+from loadtests.harness.svgplot import nice_ticks
 from tests.load.conftest import screenshot
 from tests.load.pngcheck import png_stats
 
@@ -61,11 +61,13 @@ def test_every_section_is_there() -> None:
                  "Breaker state per endpoint", "card-primary", "card-secondary",
                  "Verdict:", "FAIL (1 assertion(s))", "p99.9 within 1 s",
                  "card primary down", "swift blackhole", "Configuration",
-                 "card-primary-outage", "totals.offered", "GENERATOR BEHIND SCHEDULE",
+                 "card-primary-outage", "GENERATOR BEHIND SCHEDULE", "Outcomes per second",
                  "overloaded", "unavailable"):
         assert text in page, text
-    # both fault windows shaded on each of the four time plots
-    assert page.count('fill="#f59e0b" fill-opacity="0.18"') == 2 * 4
+    # no dotted key paths: nested summaries read as words in nested tables
+    assert "totals.offered" not in page and "<th>offered (the schedule)</th>" in page
+    # both fault windows shaded on each of the five time plots
+    assert page.count('fill="#f59e0b" fill-opacity="0.18"') == 2 * 5
     assert "<script" not in page and "href=" not in page
 
 
@@ -78,7 +80,7 @@ def test_text_is_escaped() -> None:
 
 def test_empty_run_still_renders() -> None:
     page = render_report(ReportData(title="empty", rows=[]))
-    assert page.count("no data") == 3
+    assert page.count("no data") == 4
 
 
 def test_csv_round_trip(tmp_path: Path) -> None:
