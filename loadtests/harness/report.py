@@ -459,8 +459,7 @@ def render_report(data: ReportData) -> str:
     channels = sorted({ch for r in rows for ch in r.channel_p99_ms})
     per_channel = line_chart(
         "p99 latency per channel",
-        [Series(ch, [x for x, r in zip(xs, rows, strict=True) if ch in r.channel_p99_ms],
-                [r.channel_p99_ms[ch] for r in rows if ch in r.channel_p99_ms],
+        [Series(ch, xs, [r.channel_p99_ms.get(ch, 0.0) for r in rows],
                 PALETTE[i % len(PALETTE)])
          for i, ch in enumerate(channels)],
         x_max, "ms (log scale)", log_y=True, fault_windows=windows,

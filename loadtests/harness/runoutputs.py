@@ -453,8 +453,9 @@ def write_outputs(
             verdicts=verdicts or None,
             warnings=warnings,
             histograms=dict(histograms),
-            duration_s=float(summary["run"].get("interrupted_at_s")
-                             or summary["run"]["duration_s"]),
+            # A merged run's buckets already end where each run's load ended.
+            duration_s=None if summary["run"].get("merged_from") else float(
+                summary["run"].get("interrupted_at_s") or summary["run"]["duration_s"]),
             notes=[
                 "Offered is the rate shape's schedule; achieved counts replies received in "
                 "each second. Latency is measured from each request's intended send time "

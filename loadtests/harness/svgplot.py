@@ -238,21 +238,29 @@ def _y_frame(values: Sequence[float], x_max: float, log_y: bool, right: float,
 
 
 def _polylines(frame: _Frame, series: Sequence[Series], log_y: bool) -> list[str]:
+    """One polyline per unbroken run of points: a gap (no value, or 0 on a log scale, i.e.
+    a second without replies) breaks the line instead of bridging it."""
     parts = []
     for s in series:
-        points = " ".join(
-            f"{frame.x(x):.1f},{frame.y(y):.1f}"
-            for x, y in zip(s.xs, s.ys, strict=True)
-            if math.isfinite(y) and (not log_y or y > 0)
-        )
-        if not points:
-            continue
+        runs: list[list[str]] = [[]]
+        for x, y in zip(s.xs, s.ys, strict=True):
+            if math.isfinite(y) and (not log_y or y > 0):
+                runs[-1].append(f"{frame.x(x):.1f},{frame.y(y):.1f}")
+            elif runs[-1]:
+                runs.append([])
         dash = ' stroke-dasharray="6 4"' if s.dashed else ""
-        parts.append(
-            f'<polyline points="{points}" fill="none" stroke="{s.colour}"'
-            f' stroke-width="{s.width}"{dash} stroke-linejoin="round"><title>{_e(s.name)}'
-            "</title></polyline>"
-        )
+        for points in runs:
+            if not points:
+                continue
+            if len(points) == 1:  # a lone point still shows
+                cx, cy = points[0].split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{s.colour}"/>')
+                continue
+            parts.append(
+                f'<polyline points="{" ".join(points)}" fill="none" stroke="{s.colour}"'
+                f' stroke-width="{s.width}"{dash} stroke-linejoin="round"><title>{_e(s.name)}'
+                "</title></polyline>"
+            )
     return parts
 
 
