@@ -351,7 +351,7 @@ def _environment_table(env: Mapping[str, Any]) -> str:
     )
 
 
-def _rate_rows(
+def rate_rows(
     rows: Sequence[SecondRow], duration_s: float | None
 ) -> list[tuple[SecondRow, float]]:
     """Rows with the seconds of load in each: a bucket cut short by the end of the load is
@@ -365,29 +365,29 @@ def _rate_rows(
     return out
 
 
-def _outcome_layers(rate_rows: Sequence[tuple[SecondRow, float]]) -> list[Layer]:
+def _outcome_layers(rated: Sequence[tuple[SecondRow, float]]) -> list[Layer]:
     """Per-second outcome rates: statuses, real errors by code, planted errors, not sent."""
-    statuses = sorted({s for r, _ in rate_rows for s in r.statuses},
+    statuses = sorted({s for r, _ in rated for s in r.statuses},
                       key=lambda s: (STATUS_ORDER.index(s) if s in STATUS_ORDER else 99, s))
-    codes = sorted({c for r, _ in rate_rows for c, n in r.errors.items()
+    codes = sorted({c for r, _ in rated for c, n in r.errors.items()
                     if n > r.planted.get(c, 0)})
-    planted = sorted({c for r, _ in rate_rows for c in r.planted})
+    planted = sorted({c for r, _ in rated for c in r.planted})
     layers: list[Layer] = []
     for i, status in enumerate(statuses):
         colour = OUTCOME_COLOURS.get(status, PALETTE[i % len(PALETTE)])
-        layers.append((status, [r.statuses.get(status, 0) / span for r, span in rate_rows],
+        layers.append((status, [r.statuses.get(status, 0) / span for r, span in rated],
                        colour))
     for i, code in enumerate(codes):
         colour = OUTCOME_COLOURS.get(code, PALETTE[(i + 3) % len(PALETTE)])
         layers.append((f"error: {code}",
                        [(r.errors.get(code, 0) - r.planted.get(code, 0)) / span
-                        for r, span in rate_rows], colour))
-    if any(r.dropped for r, _ in rate_rows):
-        layers.append(("not sent (overrun)", [r.dropped / span for r, span in rate_rows],
+                        for r, span in rated], colour))
+    if any(r.dropped for r, _ in rated):
+        layers.append(("not sent (overrun)", [r.dropped / span for r, span in rated],
                        OUTCOME_COLOURS["not sent (overrun)"]))
     for i, code in enumerate(planted):
         layers.append((f"{code} (planted)",
-                       [r.planted.get(code, 0) / span for r, span in rate_rows],
+                       [r.planted.get(code, 0) / span for r, span in rated],
                        PLANTED_COLOURS[i % len(PLANTED_COLOURS)]))
     return layers
 
@@ -420,21 +420,21 @@ def render_report(data: ReportData) -> str:
         [r.end_s for r in rows] + [end for _, _, end in windows] + [s[3] for s in spans]
         + [data.duration_s or 0.0, 1.0]
     )
-    rate_rows = _rate_rows(rows, data.duration_s)
-    rxs = [r.start_s + span / 2 for r, span in rate_rows]
+    rated = rate_rows(rows, data.duration_s)
+    rxs = [r.start_s + span / 2 for r, span in rated]
     xs = [(r.start_s + r.end_s) / 2 for r in rows]
     throughput = line_chart(
         "Throughput: offered vs achieved",
         [
-            Series("offered", rxs, [r.offered / span for r, span in rate_rows], "#64748b",
+            Series("offered", rxs, [r.offered / span for r, span in rated], "#64748b",
                    dashed=True),
-            Series("achieved", rxs, [r.achieved / span for r, span in rate_rows], PALETTE[0]),
+            Series("achieved", rxs, [r.achieved / span for r, span in rated], PALETTE[0]),
         ],
         x_max,
         "requests / s",
         fault_windows=windows,
     )
-    layers = _outcome_layers(rate_rows)
+    layers = _outcome_layers(rated)
     outcomes = stacked_chart("Outcomes per second: statuses and errors by code", rxs, layers,
                              x_max, "replies / s", fault_windows=windows)
     others = [(name, ys, colour) for name, ys, colour in layers if name != "approved"]
