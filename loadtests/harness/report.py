@@ -62,6 +62,8 @@ PLANTED_COLOURS = ("#94a3b8", "#cbd5e1", "#64748b")
 LATENCY_PERCENTILES = ("p50", "p90", "p99", "p99.9", "p99.99", "max", "mean")
 #: Buckets whose load-time is shorter than this are not drawn as rates.
 MIN_RATE_SPAN_S = 0.05
+#: Buckets shorter than this are not drawn as reply rates.
+MIN_REPLY_SPAN_S = 0.25
 
 
 @dataclass
@@ -351,11 +353,12 @@ def _environment_table(env: Mapping[str, Any]) -> str:
     )
 
 
-def rate_rows(
+def offered_rows(
     rows: Sequence[SecondRow], duration_s: float | None
 ) -> list[tuple[SecondRow, float]]:
-    """Rows with the seconds of load in each: a bucket cut short by the end of the load is
-    divided by its active length; the drain bucket after the load is left out."""
+    """Rows with their seconds of *load* (for offered rates): a bucket cut short by the end
+    of the schedule counts only its share; buckets after it (the drain) offered nothing
+    and are left out instead of drawn as a drop to zero."""
     out = []
     for r in rows:
         end = r.end_s if duration_s is None else min(r.end_s, duration_s)
@@ -363,6 +366,13 @@ def rate_rows(
         if span >= MIN_RATE_SPAN_S:
             out.append((r, span))
     return out
+
+
+def reply_rows(rows: Sequence[SecondRow]) -> list[tuple[SecondRow, float]]:
+    """Rows with their wall-clock length (for reply rates: replies keep arriving after the
+    last send). A sliver of a bucket (the end of a short drain) is left out: a handful of
+    replies over a few ms is no rate."""
+    return [(r, r.end_s - r.start_s) for r in rows if r.end_s - r.start_s >= MIN_REPLY_SPAN_S]
 
 
 def _outcome_layers(rated: Sequence[tuple[SecondRow, float]]) -> list[Layer]:
@@ -420,13 +430,15 @@ def render_report(data: ReportData) -> str:
         [r.end_s for r in rows] + [end for _, _, end in windows] + [s[3] for s in spans]
         + [data.duration_s or 0.0, 1.0]
     )
-    rated = rate_rows(rows, data.duration_s)
+    offered = offered_rows(rows, data.duration_s)
+    oxs = [r.start_s + span / 2 for r, span in offered]
+    rated = reply_rows(rows)
     rxs = [r.start_s + span / 2 for r, span in rated]
     xs = [(r.start_s + r.end_s) / 2 for r in rows]
     throughput = line_chart(
         "Throughput: offered vs achieved",
         [
-            Series("offered", rxs, [r.offered / span for r, span in rated], "#64748b",
+            Series("offered", oxs, [r.offered / span for r, span in offered], "#64748b",
                    dashed=True),
             Series("achieved", rxs, [r.achieved / span for r, span in rated], PALETTE[0]),
         ],

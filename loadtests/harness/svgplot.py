@@ -153,8 +153,10 @@ def _y_axis(frame: _Frame, y_label: str) -> list[str]:
     if frame.log_y:
         ticks = []
         exp = math.floor(math.log10(frame.y_lo))
+        decades = math.log10(frame.y_hi / frame.y_lo)
+        steps = (1, 2, 5) if decades <= 4 else (1,)  # wide ranges: one label per decade
         while 10**exp <= frame.y_hi * 1.0001:
-            for m in (1, 2, 5):
+            for m in steps:
                 v = m * 10**exp
                 if frame.y_lo <= v <= frame.y_hi:
                     ticks.append(float(v))

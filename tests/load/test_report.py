@@ -11,8 +11,9 @@ from loadtests.harness.report import (
     ReportData,
     SecondRow,
     Verdict,
-    rate_rows,
+    offered_rows,
     render_report,
+    reply_rows,
     rows_from_csv,
     write_csv,
     write_report,
@@ -120,15 +121,20 @@ def test_full_report_renders_in_chromium(tmp_path: Path) -> None:
 
 
 def test_a_partial_last_bucket_is_no_cliff_and_the_drain_is_no_rate() -> None:
-    # 4.5 s of 1,000/s: bucket 5 is half a second of load; bucket 6 only the drain.
+    # 4.5 s of 1,000/s: the last bucket holds half a second of load, then the generator
+    # closed it when the drain ended (at 4.52 s).
     rows = [SecondRow(second=k, start_s=k - 1, end_s=k, offered=1000, sent=1000, achieved=1000)
             for k in range(1, 5)]
-    rows.append(SecondRow(second=5, start_s=4, end_s=5, offered=500, sent=500, achieved=500))
+    rows.append(SecondRow(second=5, start_s=4, end_s=4.52, offered=500, sent=500, achieved=510))
+    offered = offered_rows(rows, duration_s=4.5)
+    assert [r.offered / span for r, span in offered] == [1000.0] * 5
+    replies = reply_rows(rows)
+    assert [round(r.achieved / span) for r, span in replies] == [1000] * 4 + [981]
+    # 5 s exactly: the final bucket is only the drain, 20 ms of it: no rate at all
+    rows[4] = SecondRow(second=5, start_s=4, end_s=5, offered=1000, sent=1000, achieved=996)
     rows.append(SecondRow(second=6, start_s=5, end_s=5.02, offered=0, sent=0, achieved=4))
-    rated = rate_rows(rows, duration_s=4.5)
-    assert [r.second for r, _ in rated] == [1, 2, 3, 4, 5]
-    assert [r.achieved / span for r, span in rated] == [1000.0] * 5
-    assert [r.offered / span for r, span in rated] == [1000.0] * 5
+    assert [r.second for r, _ in offered_rows(rows, duration_s=5.0)] == [1, 2, 3, 4, 5]
+    assert [r.second for r, _ in reply_rows(rows)] == [1, 2, 3, 4, 5]
 
 
 def test_long_breaker_and_legend_labels_are_not_cut() -> None:
