@@ -47,8 +47,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from loadtests.harness.hlog import cumulative_counts, new_histogram
-from loadtests.harness.report import SecondRow
 from loadtests.harness.runoutputs import row_is_behind
+from loadtests.harness.timeseries import SecondRow
 from switch.observability.metrics import LATENCY_BUCKETS
 
 PREFIX = "payswitch_loadgen_"

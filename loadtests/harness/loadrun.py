@@ -56,7 +56,6 @@ from rich.table import Table
 
 from loadtests.harness.hlog import LogWriter, new_histogram, pct_ms
 from loadtests.harness.loadgen import Interval, OpenLoopGenerator
-from loadtests.harness.report import SecondRow
 from loadtests.harness.runoutputs import (
     Aggregator,
     MetricsSink,
@@ -71,6 +70,7 @@ from loadtests.harness.runoutputs import (
 )
 from loadtests.harness.shapes import RateShape
 from loadtests.harness.thresholds import Threshold, ThresholdResult
+from loadtests.harness.timeseries import SecondRow
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec, derive_seed
 
 #: Messages a worker may have queued before it blocks (a few per second are normal).

@@ -29,7 +29,6 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from loadtests.harness.hlog import LogWriter, max_ms, new_histogram, pct_ms
-from loadtests.harness.report import SecondRow
 from loadtests.harness.runfiles import LoadedRun, RunFilesError, load_run
 from loadtests.harness.runoutputs import (
     apply_thresholds,
@@ -38,6 +37,7 @@ from loadtests.harness.runoutputs import (
     write_outputs,
 )
 from loadtests.harness.thresholds import Threshold, ThresholdResult
+from loadtests.harness.timeseries import SecondRow
 
 
 @dataclass

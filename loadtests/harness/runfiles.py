@@ -15,7 +15,7 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from loadtests.harness.hlog import LogInterval, read_log, total_of
-from loadtests.harness.report import SecondRow, rows_from_csv
+from loadtests.harness.timeseries import SecondRow, rows_from_csv
 
 
 class RunFilesError(ValueError):

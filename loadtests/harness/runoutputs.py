@@ -35,9 +35,10 @@ from rich.panel import Panel
 
 from loadtests.harness.hlog import LogWriter, max_ms, new_histogram, pct_ms
 from loadtests.harness.loadgen import LAG_WARN_S, Interval
-from loadtests.harness.report import ReportData, SecondRow, Verdict, write_csv, write_report
+from loadtests.harness.report import ReportData, Verdict, write_report
 from loadtests.harness.shapes import RateShape
 from loadtests.harness.thresholds import Threshold, ThresholdResult, evaluate
+from loadtests.harness.timeseries import SecondRow, write_csv
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 #: "Behind schedule" (the loud warning): more than this share of requests left over

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loadtests.harness import genmetrics
 from loadtests.harness.genmetrics import METRIC_NAMES, GeneratorMetrics
 from loadtests.harness.hlog import cumulative_counts, new_histogram
-from loadtests.harness.report import SecondRow
+from loadtests.harness.timeseries import SecondRow
 from switch.observability.metrics import LATENCY_BUCKETS
 
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from loadtests.harness.hlog import LogWriter, new_histogram, read_log, total_of
 from loadtests.harness.merge import merge_runs
-from loadtests.harness.report import SecondRow, rows_from_csv, write_csv
 from loadtests.harness.runfiles import RunFilesError, load_run
 from loadtests.harness.runoutputs import RunTotals, build_summary, latency_figures
+from loadtests.harness.timeseries import SecondRow, rows_from_csv, write_csv
 from switch.cli.report import report
 
 CHANNELS = ("card", "qr", "swift")

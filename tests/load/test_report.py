@@ -9,13 +9,10 @@ from loadtests.harness.hlog import LogWriter, new_histogram
 from loadtests.harness.loadgen import Interval
 from loadtests.harness.report import (
     ReportData,
-    SecondRow,
     Verdict,
     offered_rows,
     render_report,
     reply_rows,
-    rows_from_csv,
-    write_csv,
     write_report,
 )
 from loadtests.harness.runoutputs import (
@@ -28,6 +25,7 @@ from loadtests.harness.runoutputs import (
 )
 from loadtests.harness.shapes import FixedRate
 from loadtests.harness.svgplot import CHAR_W, WIDTH, nice_ticks
+from loadtests.harness.timeseries import SecondRow, rows_from_csv, write_csv
 from tests.load.conftest import screenshot
 from tests.load.pngcheck import png_stats
 
