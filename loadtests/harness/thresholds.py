@@ -25,6 +25,7 @@ with a one-line message; the command line turns it into exit code 2.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -198,9 +199,15 @@ def evaluate(
     summary: Mapping[str, Any],
     histograms: Mapping[str | None, HdrHistogram] | None = None,
 ) -> list[ThresholdResult]:
+    """Every threshold's result; one that cannot be measured (no replies on its channel)
+    fails, saying why."""
     results = []
     for threshold in thresholds:
-        value, text = measure(threshold, summary, histograms)
+        try:
+            value, text = measure(threshold, summary, histograms)
+        except ThresholdError as exc:
+            results.append(ThresholdResult(threshold, math.nan, f"nothing ({exc})", False))
+            continue
         results.append(
             ThresholdResult(threshold, value, text, _OPS[threshold.op](value, threshold.value))
         )

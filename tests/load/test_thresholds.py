@@ -101,10 +101,10 @@ def test_any_percentile_comes_exactly_from_the_histogram() -> None:
         hist.record_value(v * 10)  # 10 µs .. 10 ms
     (result,) = evaluate([parse_threshold("p95<9.6ms")], _summary(), {None: hist})
     assert result.measured == hist.get_value_at_percentile(95) / 1000.0 and result.passed
-    with pytest.raises(ThresholdError, match="p95 not in the summary"):
-        evaluate([parse_threshold("p95<1ms")], _summary())
-    with pytest.raises(ThresholdError, match="no replies on channel 'qr'"):
-        evaluate([parse_threshold("qr:p99<1ms")], _summary())
+    # a threshold that cannot be measured fails, saying why (never a traceback after a run)
+    missing, no_channel = evaluate(parse_thresholds(["p95<1ms", "qr:p99<1ms"]), _summary())
+    assert not missing.passed and "p95 not in the summary" in missing.measured_text
+    assert not no_channel.passed and "no replies on channel 'qr'" in no_channel.measured_text
 
 
 def test_cli_malformed_threshold_is_one_line_and_exit_2() -> None:
