@@ -29,7 +29,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -519,8 +519,21 @@ def render_report(data: ReportData) -> str:
 
 
 def write_report(out_dir: str | Path, data: ReportData) -> Path:
+    """``index.html`` in ``out_dir``. A caller that passes no histograms or warnings (a
+    scenario) still gets the percentile distribution from the run's ``latency.hlog`` there
+    and the warnings its summary carries."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    hlog = out / "latency.hlog"
+    if not data.histograms and hlog.is_file():
+        from loadtests.harness.hlog import read_log, total_of
+
+        _, intervals = read_log(hlog)
+        tags = sorted({i.tag for i in intervals if i.tag is not None})
+        data = replace(data, histograms={None: total_of(intervals)}
+                       | {tag: total_of(intervals, tag) for tag in tags})
+    if not data.warnings and data.summary.get("warnings"):
+        data = replace(data, warnings=list(data.summary["warnings"]))
     path = out / "index.html"
     path.write_text(render_report(data), encoding="utf-8")
     return path

@@ -234,3 +234,21 @@ def test_environment_names_host_cpu_cores_revision_and_versions() -> None:
                           text=True, cwd=Path(__file__).parent).stdout.strip()
     assert env["git_revision"].startswith(head)
     assert set(env["versions"]) >= {"payswitch", "hdrhistogram", "msgspec"}
+
+
+def test_a_scenario_report_gets_the_distribution_and_warnings_from_the_run(
+    tmp_path: Path,
+) -> None:
+    # scenario.py passes neither histograms nor warnings: they come from the run's files
+    hist = new_histogram()
+    for v in range(100, 5000, 7):
+        hist.record_value(v)
+    with (tmp_path / "latency.hlog").open("w") as f:
+        log = LogWriter(f, 1_795_000_000.0)
+        log.interval(hist, 0, 1)
+        log.interval(hist, 0, 1, tag="card")
+    summary = {"warnings": ["GENERATOR BEHIND SCHEDULE in 3 second(s): test"], "lost": 0}
+    page = write_report(tmp_path, ReportData(title="scenario", rows=_rows(3),
+                                             summary=summary)).read_text()
+    assert "Latency by percentile" in page and ">card</text>" in page
+    assert page.index("GENERATOR BEHIND SCHEDULE") < page.index("<h2>")
