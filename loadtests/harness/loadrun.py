@@ -222,7 +222,10 @@ def progress_view(agg: Aggregator, elapsed: float, duration: float) -> Group:
     for column in ("offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "p99 (run)",
                    "sent", "replies", "errors"):
         table.add_column(column, justify="right")
-    errors = ", ".join(f"{code}={n:,}" for code, n in sorted(agg.errors.items())) or "0"
+    errors = ", ".join(
+        f"{code}={n:,}" + (f" ({agg.planted[code]:,} planted)" if agg.planted[code] else "")
+        for code, n in sorted(agg.errors.items())
+    ) or "0"
     table.add_row(
         f"{last.offered:,.0f}" if last else "-",
         f"{last.achieved:,}" if last else "-",
@@ -435,7 +438,9 @@ def _collect(
                     console.print(
                         f"[{elapsed:5.1f} s] offered {last.offered:,.0f}/s achieved "
                         f"{last.achieved:,}/s p50 {last.p50_ms:.2f} p99 {last.p99_ms:.2f} "
-                        f"p99.9 {last.p999_ms:.2f} ms errors {sum(agg.errors.values()):,}",
+                        f"p99.9 {last.p999_ms:.2f} ms errors "
+                        f"{sum(agg.errors.values()) - sum(agg.planted.values()):,} (+"
+                        f"{sum(agg.planted.values()):,} planted)",
                         highlight=False,
                     )
     finally:

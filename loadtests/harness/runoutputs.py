@@ -149,6 +149,8 @@ class Aggregator:
         self.rows: list[SecondRow] = []
         self.running = new_histogram()
         self.errors: Counter[str] = Counter()
+        #: The share of ``errors`` that answered requests planted on purpose.
+        self.planted: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.sent = 0
         self.replies = 0
@@ -211,6 +213,7 @@ class Aggregator:
         self.rows.append(row)
         self.running.add(hist)
         self.errors.update(s.errors)
+        self.planted.update(s.planted)
         self.statuses.update(s.statuses)
         self.sent += row.sent
         self.replies += s.replies
