@@ -16,6 +16,7 @@ from rich.console import Console
 
 from switch.cli.fault import fault
 from switch.cli.load import load
+from switch.cli.report import report
 from switch.serve.config import ConfigError, SwitchConfig, load_config, with_defaults
 
 
@@ -511,6 +512,7 @@ def scenario_list() -> None:
 
 main.add_command(fault)
 main.add_command(load)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()
