@@ -15,6 +15,7 @@ from channels.faults import (
     FaultConfigError,
     validate_fault_schedule,
 )
+from switch.fielderrors import describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def _convert(obj: object) -> ChannelsConfig:
     try:
         config = msgspec.convert(obj, type=ChannelsConfig)
     except msgspec.ValidationError as exc:
-        raise ChannelsConfigError(str(exc)) from None
+        raise ChannelsConfigError(describe_validation_error(exc, ChannelsConfig)) from None
     return _check(config)
 
 
@@ -266,7 +267,15 @@ def parse_config(text: str) -> ChannelsConfig:
 
 
 def load_config(path: str | Path) -> ChannelsConfig:
-    return parse_config(Path(path).read_text())
+    """Read and check a channels config; errors read ``FILE: key.path: problem``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ChannelsConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return parse_config(text)
+    except ChannelsConfigError as exc:
+        raise ChannelsConfigError(f"{path}: {exc}") from None
 
 
 def config_from_dict(obj: object) -> ChannelsConfig:

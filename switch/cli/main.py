@@ -14,12 +14,14 @@ import anyio
 import click
 from rich.console import Console
 
+from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.serve.config import ConfigError, SwitchConfig, load_config, with_defaults
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="payswitch", prog_name="payswitch")
 def main() -> None:
     """payswitch: a payment switch simulator and load-test harness.
 
@@ -81,8 +83,9 @@ def serve(
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UserError(str(exc)) from None
     chosen = backend or config.server.backend
+    _refuse_busy_ports(config_path, config)
     from switch.serve.app import SwitchApp
 
     app = SwitchApp(config)
@@ -102,7 +105,30 @@ def serve(
             tg.cancel_scope.cancel()
 
     options = {"use_uvloop": True} if chosen == "asyncio" else {}
-    anyio.run(main_task, backend=chosen, backend_options=options)
+    try:
+        anyio.run(main_task, backend=chosen, backend_options=options)
+    except Exception as exc:
+        from channels.__main__ import address_in_use
+
+        if not address_in_use(exc):
+            raise
+        _refuse_busy_ports(config_path, config, always=True)
+
+
+def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
+    """Stop with one line naming each configured port something else already holds."""
+    from channels.__main__ import port_free
+
+    busy = [f"{key} = {port} on {host}" for key, host, port in (
+        ("server.port", config.server.host, config.server.port),
+        ("admin.port", config.admin.host, config.admin.port),
+    ) if port and (key != "admin.port" or config.admin.enabled) and not port_free(host, port)]
+    if busy or always:
+        raise UserError(
+            f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
+            "address already in use; stop the process holding it (another `payswitch serve`?) "
+            "or set the port to a free one (0 picks one)"
+        )
 
 
 @main.command()
@@ -355,12 +381,13 @@ def reconcile(
     )
     from switch.protocols.settlement_files import SettlementFileError
 
+    check_journal(journal)
     warm_up()
     try:
         network = load_network_side(Path(files_dir))
     except SettlementFileError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise UserError(str(exc)) from None
+    check_journal(journal)
     switch_side = load_switch_side(Path(journal))
     report = match(
         switch_side,
@@ -442,6 +469,7 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
         chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
             "net" if mode == "net" else "gross"
         )
+    check_journal(journal)
     db = sqlite3.connect(journal, isolation_level=None)
     try:
         posted = post_from_journal(db)
@@ -475,6 +503,23 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
     console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
         Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+def check_journal(path: str) -> None:
+    """Refuse, in one line, a file that is not a switch journal (before any work)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            db.execute("SELECT payment_id, kind, record FROM journal LIMIT 1").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(
+            f"{path}: not a payswitch journal ({exc}); pass the journal.db a switch wrote "
+            "(journal.path in its config, or the path `payswitch demo` prints)"
+        ) from None
 
 
 @main.group()
