@@ -95,9 +95,17 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
-def load_scenario(path: str | Path) -> Prepared:
+def load_scenario(
+    path: str | Path, duration_s: float | None = None, rate: float | None = None
+) -> Prepared:
+    """Read and check a scenario; ``duration_s``/``rate`` override the file's (a rate
+    replaces a shape), then everything is checked as if the file had said so."""
     source = Path(path)
     raw = parse_toml(read_text(source, ScenarioError), str(source), ScenarioError)
+    if duration_s is not None:
+        raw["duration_s"] = duration_s
+    if rate is not None and isinstance(raw.get("load"), dict):
+        raw["load"] = {**{k: v for k, v in raw["load"].items() if k != "shape"}, "rate": rate}
     scenario = convert(raw, Scenario, str(source), ScenarioError)
     load = scenario.load
     if (load.rate is None) == (load.shape is None):
@@ -239,7 +247,8 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float) -> float | N
 # --- running ------------------------------------------------------------------------------
 
 
-def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports") -> int:
+def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
+                 duration_s: float | None = None, rate: float | None = None) -> int:
     from loadtests.harness.demo import (
         DEMO_CONFIG,
         SETTLE_GRACE_S,
@@ -254,7 +263,7 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
     from loadtests.harness.workload import WorkloadSpec, load_workload
 
     try:
-        prepared = load_scenario(path)
+        prepared = load_scenario(path, duration_s, rate)
     except ScenarioError as exc:
         console.print(f"[red]invalid scenario[/]: {exc}", highlight=False)
         return 2
@@ -264,6 +273,11 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.toml").write_text(prepared.source.read_text())
     console.print(f"[bold]scenario {sc.name}[/]: {sc.description}")
+    overrides = [f"{name} {value:g}" for name, value in (("--duration", duration_s),
+                                                        ("--rate", rate)) if value is not None]
+    if overrides:
+        console.print(f"overridden from the command line: {', '.join(overrides)}",
+                      highlight=False)
     console.print(f"outputs: {out}")
     journal = out / "journal.db"
     channels_proc = switch_proc = None

@@ -135,16 +135,16 @@ def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bo
 @click.option(
     "--duration",
     type=click.FloatRange(1, 3600),
-    default=15.0,
-    show_default=True,
-    help="Seconds of load.",
+    default=None,
+    help="Seconds of load [default: 15; with --scenario, the scenario's].",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(1, 200_000),
-    default=2000.0,
-    show_default=True,
-    help="Offered payments per second (open loop).",
+    default=None,
+    help="Offered payments per second (open loop). Default: calibrated on this machine by "
+    "a short ramp (half the highest rate it serves healthily); with --scenario, the "
+    "scenario's.",
 )
 @click.option("--connections", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -184,8 +184,8 @@ def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bo
     "(card-primary-outage.toml).",
 )
 def demo(
-    duration: float,
-    rate: float,
+    duration: float | None,
+    rate: float | None,
     connections: int,
     seed: int,
     backend: str,
@@ -206,18 +206,28 @@ def demo(
     if scenario_name is not None:
         from loadtests.harness.scenario import ROOT, run_scenario
 
-        path = ROOT / "loadtests" / "scenarios" / f"{scenario_name}.toml"
+        library = ROOT / "loadtests" / "scenarios"
+        path = library / f"{scenario_name}.toml"
         if not path.exists():
-            path = ROOT / "loadtests" / "scenarios" / f"card-{scenario_name}.toml"
+            path = library / f"card-{scenario_name}.toml"
         if not path.exists():
-            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios",
-                                     param_hint="--scenario")
-        sys.exit(run_scenario(path, console))
+            known = ", ".join(sorted(p.stem for p in library.glob("*.toml")))
+            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios "
+                                     f"(known: {known})", param_hint="--scenario")
+        ignored = [name for name, value in (("--networks", networks != "sim"),
+                                            ("--discrepancies", discrepancies > 0),
+                                            ("--workdir", workdir is not None)) if value]
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)}: not used with --scenario (the "
+                                   "scenario file says what runs; --duration and --rate "
+                                   "override it)")
+        sys.exit(run_scenario(path, console, duration_s=duration, rate=rate))
     from loadtests.harness.demo import run_demo
 
     sys.exit(
         run_demo(
-            duration, rate, connections, seed, backend, workdir, console, networks, discrepancies
+            duration if duration is not None else 15.0, rate, connections, seed, backend,
+            workdir, console, networks, discrepancies,
         )
     )
 
