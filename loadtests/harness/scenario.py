@@ -48,37 +48,62 @@ class ScenarioError(ValueError):
 
 
 class LoadSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The open-loop load: exactly one of ``rate`` and ``shape``."""
+
+    #: Payments per second, all run long.
     rate: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    #: A rate that changes over the run (a table with ``kind``).
     shape: dict[str, Any] | None = None
-    workload: str | None = None  # a workload TOML (loadtests/workloads/)
+    #: A workload file (see the workload reference); without it, the built-in model.
+    workload: str | None = None
+    #: Generator processes sharing the rate.
     processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: TCP connections per generator process.
     connections: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 8
 
 
 class Assertions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What must hold for the scenario to pass; each key set adds a row to the verdict."""
+
     #: Share of payments with a business outcome (approved or declined) over the run.
     availability_min: Ratio | None = None
     #: The same, counting only payments that arrived inside a fault window.
     availability_in_faults_min: Ratio | None = None
+    #: The run's p99 latency (from each request's intended send time), at most.
     p99_ms_max: Millis | None = None
+    #: The run's p99.9 latency, at most.
     p999_ms_max: Millis | None = None
-    #: From the first payment a fault affected to the first success elsewhere.
+    #: Per down/blackhole/flapping fault: from the first payment it affected to the first
+    #: approval elsewhere, at most.
     failover_s_max: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: Retries at most 10% of payments plus 1 per second of run.
     retries_within_budget: bool = True
+    #: Acknowledged payments missing from (or different in) the journal, at most.
     lost_max: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Payments booked twice, at most.
     duplicates_max: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: The settlement files reconcile with the journal, no unexplained break.
     reconciliation_clean: bool = True
 
 
 class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A scenario file: load, faults on a timeline, assertions."""
+
+    #: Names the report directory (reports/<timestamp>-<name>/).
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+    #: One line, printed first and in `payswitch scenario list`.
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    #: Seconds of load (`payswitch demo --scenario --duration` overrides it).
     duration_s: Seconds
     load: LoadSection
+    #: Seeds the workload and the switch.
     seed: int = 1
+    #: Faults on the timeline, ``start_s`` counted from the start of the load.
     faults: list[dict[str, Any]] = msgspec.field(default_factory=list)
     assertions: Assertions = msgspec.field(default_factory=Assertions)
+    #: The simulators' config (resolved against the repository root).
     channels: str = "examples/channels.toml"
+    #: The switch's route table (resolved against the repository root).
     routes: str = "examples/routes.toml"
 
 
