@@ -383,12 +383,13 @@ switch re-reads the file when it changes (every `routing.reload_check_s`) or on
 and the old one stays.
 
 Endpoint names are the switch's network names (`[[channel_networks]]` or `[[networks]]`).
-Card rules match the card number's BIN: `ranges` with `low`/`high` (equal length, up to 11
-digits) or a `prefix`; the longest match wins, then `default`. SWIFT rules try `by_bic`
-(creditor agent), then `by_corridor` (debtor country → creditor country, e.g.
-`{ debtor_country = "DE", creditor_country = "FR", target = "eu" }`), then
-`by_currency`, then `default`. QR rules try `by_scheme` (the merchant template's globally
-unique id), then `by_acquirer`, then `default`.
+Card rules match the card number's BIN: `ranges` with `low`/`high` or a `prefix`, 6 to 11
+digits (a low bound is padded with 0s, a high bound with 9s); ranges may not overlap; no
+match: `default`. SWIFT rules try `by_bic` (creditor agent: 11 characters exact, then its
+first 8), then `by_corridor` (debtor country → creditor country, the BICs' letters 5–6,
+e.g. `{ debtor_country = "DE", creditor_country = "FR", target = "eu" }`), then
+`by_currency`, then `default`. QR rules try `by_acquirer` (when the caller names one),
+then `by_scheme` (the merchant template's globally unique id), then `default`.
 
 A target's `strategy` is a name (`"priority"`, `"least_latency"`, `"success_rate"`,
 `"sticky"`) or a table with `kind` and that strategy's keys (below); `weighted` needs its
