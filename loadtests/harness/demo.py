@@ -464,10 +464,15 @@ def calibrate(
 
     anyio.run(ramp, backend="asyncio", backend_options={"use_uvloop": True})
     console.print()
+    return Calibration(choose_rate(steps), steps, acknowledged)
+
+
+def choose_rate(steps: list[tuple[float, str | None]]) -> float:
+    """Half the highest healthy step (never below the floor)."""
     healthy = [r for r, problem in steps if problem is None]
-    rate = max(CALIBRATION_FLOOR, CALIBRATION_HEADROOM * max(healthy)) if healthy else (
-        CALIBRATION_FLOOR)
-    return Calibration(rate, steps, acknowledged)
+    if not healthy:
+        return CALIBRATION_FLOOR
+    return max(CALIBRATION_FLOOR, CALIBRATION_HEADROOM * max(healthy))
 
 
 def switch_figures(metrics_url: str) -> dict[str, float]:
@@ -680,11 +685,16 @@ def run_demo(
         if calibration is not None:
             console.print(f"calibration payments: {len(calibration.acknowledged)} (in the "
                           "journal and the audit above, not in the counts)", highlight=False)
+        routes = routes_taken(journal, {a.payment_id for a in stats.acknowledged.values()})
+        if routes:
+            console.print("answered by: " + ", ".join(
+                f"{name}={n}" for name, n in sorted(routes.items())), highlight=False)
         if faults_url is not None:
             if faults_seen:
                 for f in faults_seen.values():
+                    detail = f" {f.detail}" if f.detail else ""
                     console.print(
-                        f"fault seen: {f.endpoint} {f.kind} {f.detail} from "
+                        f"fault seen: {f.endpoint} {f.kind}{detail} from "
                         f"{f.first_s:.1f}s to {f.last_s:.1f}s into the run",
                         highlight=False,
                     )
@@ -711,6 +721,29 @@ def run_demo(
             return 130
     ok = audit.lost == 0 and audit.duplicates == 0 and code == 0 and recon_clean
     return 0 if ok else 1
+
+
+def routes_taken(journal: Path, payment_ids: set[str]) -> Counter[str]:
+    """How many of these payments each network answered (their last final record);
+    ``switch``: the switch answered itself (a risk decline)."""
+    import sqlite3
+
+    import msgspec
+
+    from switch.model import Result
+
+    decoder = msgspec.msgpack.Decoder(Result)
+    last: dict[str, str] = {}
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        for pid, record in db.execute(
+                "SELECT payment_id, record FROM journal WHERE kind = 'final' ORDER BY seq"):
+            if pid in payment_ids:
+                # No route: answered by the switch itself (a risk decline).
+                last[pid] = decoder.decode(record).route or "switch"
+    finally:
+        db.close()
+    return Counter(last.values())
 
 
 def _journal_flushed(log_path: Path) -> str | None:
