@@ -140,3 +140,19 @@ def test_fault_help_examples_name_real_networks_and_valid_faults(
         assert result.exit_code == 0, (example, result.output)
         assert sent[-1]["endpoint"] in networks, example
     assert len(sent) == len(examples)
+
+
+def test_demo_scenario_unknown_name_lists_the_library() -> None:
+    proc = run("demo", "--scenario", "no-such-outage")
+    assert proc.returncode == 2
+    assert "no scenario 'no-such-outage' in loadtests/scenarios (known: " in proc.stderr
+    assert "card-primary-outage" in proc.stderr and "swift-blackhole" in proc.stderr
+
+
+def test_demo_scenario_overrides_are_checked_like_the_file(tmp_path: Path) -> None:
+    """--duration shorter than the scenario's fault start is refused naming the key."""
+    proc = run("demo", "--scenario", "primary-outage", "--duration", "3")
+    line = one_error_line(proc)
+    assert "faults[0].start_s: 5.0 is not before the end of the run (3.0 s)" in line
+    mixed = run("demo", "--scenario", "primary-outage", "--networks", "standin")
+    assert mixed.returncode == 2 and "--networks: not used with --scenario" in mixed.stderr

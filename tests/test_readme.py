@@ -7,7 +7,9 @@ check stays meaningful:
 * numbers may differ (timings, counts, pids, ports), except a lone ``0``: ``lost: 0`` must be
   0 again; absolute paths (work directories) may differ;
 * ``…`` stands for anything (a whole line of it: any number of lines);
-* ``key: a=1, b=2`` lists (``by channel:``) must show at least the README's keys;
+* in ``key: a=1, b=2`` lists (``by channel:``) no key may appear that the README does not
+  show (no ``card/failed`` where the README shows none), and the README's keys with a
+  count of 100 or more must appear (a shortened run may have no ``qr/declined``);
 * table rows compare cell by cell, however the columns are padded.
 
 A marker without a runner here fails the test, and so does a runner without its marker.
@@ -58,6 +60,10 @@ def normalize(line: str) -> str:
     return re.sub(r"\s+", " ", line).strip()
 
 
+def normalize_keep_numbers(line: str) -> str:
+    return re.sub(r"\s+", " ", line).strip()
+
+
 def line_matches(expected: str, actual: str) -> bool:
     exp, act = normalize(expected), normalize(actual)
     listing = _LISTING.match(exp)
@@ -65,8 +71,11 @@ def line_matches(expected: str, actual: str) -> bool:
         got = _LISTING.match(act)
         if got is None or got.group(1) != listing.group(1):
             return False
-        keys = {item.split("=")[0] for item in listing.group(2).split(", ")}
-        return keys <= {item.split("=")[0] for item in got.group(2).split(", ")}
+        readme = dict(item.split("=", 1) for item in _LISTING.match(
+            normalize_keep_numbers(expected)).group(2).split(", "))  # type: ignore[union-attr]
+        keys = {item.split("=")[0] for item in got.group(2).split(", ")}
+        major = {k for k, n in readme.items() if float(n.replace(",", "")) >= 100}
+        return keys <= set(readme) and major <= keys
     pattern = ".*".join(re.escape(part) for part in exp.split("…"))
     return re.fullmatch(pattern, act) is not None
 
@@ -104,9 +113,11 @@ def test_matcher_keeps_zeros_and_keys_but_not_numbers() -> None:
     assert line_matches("rejected: 15 {'invalid': 15}", "rejected: 2 {'invalid': 2}")
     assert not line_matches("rejected: 15 {'invalid': 15}",
                             "rejected: 9 {'invalid': 2, 'overloaded': 7}")
-    assert line_matches("by channel: card/approved=5, qr/approved=1",
-                        "by channel: card/approved=9, card/failed=1, qr/approved=3")
-    assert not line_matches("by channel: card/approved=5, card/unknown=2",
+    assert line_matches("by channel: card/approved=500, qr/approved=10, qr/declined=1",
+                        "by channel: card/approved=9, qr/approved=3")
+    assert not line_matches("by channel: card/approved=500, qr/approved=1",
+                            "by channel: card/approved=9, card/failed=1, qr/approved=3")
+    assert not line_matches("by channel: card/approved=500, card/unknown=200",
                             "by channel: card/approved=9, qr/approved=3")
     assert line_matches("work dir /tmp/payswitch-demo-abc", "work dir /tmp/pytest-1/demo0")
     assert line_matches("rate: 250/s = 50% of 500/s; … The rest",
@@ -158,10 +169,14 @@ def run_fault_blocks(fault_lines: list[str], summary_lines: list[str], tmp_path:
 
 
 def run_scenario_block(lines: list[str], tmp_path: Path) -> None:
-    """The scenario from the library, 15 s instead of 20 (its fault ends at 13 s)."""
+    """The scenario from the library at 150/s instead of 300/s (the machine is shared),
+    in a terminal wide enough for the verdict table's rows."""
+    import os
+
     [command] = commands(lines)
-    proc = subprocess.run([*argv(command), "--duration", "15"], capture_output=True,
-                          text=True, timeout=240, cwd=tmp_path)
+    proc = subprocess.run([*argv(command), "--rate", "150"],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                          env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     check_shown(shown(lines), proc.stdout)
 
@@ -181,16 +196,15 @@ def run_serve_block(lines: list[str], tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{endpoints['admin_port']}"
         assert readyz == "curl -s localhost:7180/readyz"
         body = httpx.get(f"{base}/readyz").text
-        check_shown([line for line in shown(lines) if line.startswith("{")], body)
+        check_shown([line for line in shown(lines) if line.startswith('{"ready"')], body)
         assert metrics.startswith("curl -s localhost:7180/metrics | grep '^payswitch_payments")
         assert any(line.startswith("payswitch_payments_total")
                    for line in httpx.get(f"{base}/metrics").text.splitlines())
     finally:
         stop_switch(proc)
-    log = (tmp_path / "switch.log").read_text()
-    journal_line = next(line for line in shown(lines) if "journal replayed" in line)
-    assert "journal replayed: 0 records, 0 final, 0 unfinished; boot 1" in journal_line
-    assert "journal replayed: 0 records, 0 final, 0 unfinished; boot 1" in log
+    log_lines = [line for line in shown(lines) if line.startswith('{"ts"')]
+    assert log_lines
+    check_shown(log_lines, (tmp_path / "switch.log").read_text())
 
 
 RUNNERS: dict[str, Callable[[dict[str, list[str]], Path], None]] = {

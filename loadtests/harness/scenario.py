@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+import sys
 import threading
 import time
 import tomllib
@@ -290,7 +291,8 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
     try:
         prepared = load_scenario(path, duration_s, rate)
     except ScenarioError as exc:
-        console.print(f"[red]invalid scenario[/]: {exc}", highlight=False)
+        # One line on stderr, like every user's mistake on the command line.
+        print(f"Error: invalid scenario: {exc}", file=sys.stderr)
         return 2
     sc = prepared.scenario
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the report's name
