@@ -14,6 +14,7 @@ import anyio
 import click
 from rich.console import Console
 
+from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
@@ -21,6 +22,7 @@ from switch.serve.config import ConfigError, SwitchConfig, load_config, with_def
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="payswitch", prog_name="payswitch")
 def main() -> None:
     """payswitch: a payment switch simulator and load-test harness.
 
@@ -82,8 +84,9 @@ def serve(
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UserError(str(exc)) from None
     chosen = backend or config.server.backend
+    _refuse_busy_ports(config_path, config)
     from switch.serve.app import SwitchApp
 
     app = SwitchApp(config)
@@ -103,23 +106,46 @@ def serve(
             tg.cancel_scope.cancel()
 
     options = {"use_uvloop": True} if chosen == "asyncio" else {}
-    anyio.run(main_task, backend=chosen, backend_options=options)
+    try:
+        anyio.run(main_task, backend=chosen, backend_options=options)
+    except Exception as exc:
+        from channels.__main__ import address_in_use
+
+        if not address_in_use(exc):
+            raise
+        _refuse_busy_ports(config_path, config, always=True)
+
+
+def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
+    """Stop with one line naming each configured port something else already holds."""
+    from channels.__main__ import port_free
+
+    busy = [f"{key} = {port} on {host}" for key, host, port in (
+        ("server.port", config.server.host, config.server.port),
+        ("admin.port", config.admin.host, config.admin.port),
+    ) if port and (key != "admin.port" or config.admin.enabled) and not port_free(host, port)]
+    if busy or always:
+        raise UserError(
+            f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
+            "address already in use; stop the process holding it (another `payswitch serve`?) "
+            "or set the port to a free one (0 picks one)"
+        )
 
 
 @main.command()
 @click.option(
     "--duration",
     type=click.FloatRange(1, 3600),
-    default=15.0,
-    show_default=True,
-    help="Seconds of load.",
+    default=None,
+    help="Seconds of load [default: 15; with --scenario, the scenario's].",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(1, 200_000),
-    default=2000.0,
-    show_default=True,
-    help="Offered payments per second (open loop).",
+    default=None,
+    help="Offered payments per second (open loop). Default: calibrated on this machine by "
+    "a short ramp (half the highest rate it serves healthily); with --scenario, the "
+    "scenario's.",
 )
 @click.option("--connections", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -159,8 +185,8 @@ def serve(
     "(card-primary-outage.toml).",
 )
 def demo(
-    duration: float,
-    rate: float,
+    duration: float | None,
+    rate: float | None,
     connections: int,
     seed: int,
     backend: str,
@@ -181,18 +207,28 @@ def demo(
     if scenario_name is not None:
         from loadtests.harness.scenario import ROOT, run_scenario
 
-        path = ROOT / "loadtests" / "scenarios" / f"{scenario_name}.toml"
+        library = ROOT / "loadtests" / "scenarios"
+        path = library / f"{scenario_name}.toml"
         if not path.exists():
-            path = ROOT / "loadtests" / "scenarios" / f"card-{scenario_name}.toml"
+            path = library / f"card-{scenario_name}.toml"
         if not path.exists():
-            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios",
-                                     param_hint="--scenario")
-        sys.exit(run_scenario(path, console))
+            known = ", ".join(sorted(p.stem for p in library.glob("*.toml")))
+            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios "
+                                     f"(known: {known})", param_hint="--scenario")
+        ignored = [name for name, value in (("--networks", networks != "sim"),
+                                            ("--discrepancies", discrepancies > 0),
+                                            ("--workdir", workdir is not None)) if value]
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)}: not used with --scenario (the "
+                                   "scenario file says what runs; --duration and --rate "
+                                   "override it)")
+        sys.exit(run_scenario(path, console, duration_s=duration, rate=rate))
     from loadtests.harness.demo import run_demo
 
     sys.exit(
         run_demo(
-            duration, rate, connections, seed, backend, workdir, console, networks, discrepancies
+            duration if duration is not None else 15.0, rate, connections, seed, backend,
+            workdir, console, networks, discrepancies,
         )
     )
 
@@ -356,12 +392,13 @@ def reconcile(
     )
     from switch.protocols.settlement_files import SettlementFileError
 
+    check_journal(journal)
     warm_up()
     try:
         network = load_network_side(Path(files_dir))
     except SettlementFileError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        raise UserError(str(exc)) from None
+    check_journal(journal)
     switch_side = load_switch_side(Path(journal))
     report = match(
         switch_side,
@@ -443,6 +480,7 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
         chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
             "net" if mode == "net" else "gross"
         )
+    check_journal(journal)
     db = sqlite3.connect(journal, isolation_level=None)
     try:
         posted = post_from_journal(db)
@@ -476,6 +514,23 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
     console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
         Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+def check_journal(path: str) -> None:
+    """Refuse, in one line, a file that is not a switch journal (before any work)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            db.execute("SELECT payment_id, kind, record FROM journal LIMIT 1").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(
+            f"{path}: not a payswitch journal ({exc}); pass the journal.db a switch wrote "
+            "(journal.path in its config, or the path `payswitch demo` prints)"
+        ) from None
 
 
 @main.group()

@@ -33,6 +33,7 @@ from switch.observability.metrics import SwitchMetrics
 class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Card stand-in: approve on the issuer's behalf when every issuer endpoint is down."""
 
+    #: Allow stand-in at all (else: declined 91 when no issuer is reachable).
     enabled: bool = True
     #: Largest single stand-in approval, in the payment's minor units.
     per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
