@@ -342,47 +342,39 @@ def reconcile(
     Exact match on each channel's reference (RRN, UETR, QR reference), then a tolerance
     pass on amount and time; every break is classified with both sides and a suggested
     action. Exit 0 when clean, 1 with unexplained breaks, 2 when an input is unusable
-    (the message names the file, line and field).
+    (the message names the file, line and field) or there is nothing to reconcile.
     """
     from pathlib import Path
 
-    from switch.backoffice.recon.kernels import warm_up
-    from switch.backoffice.recon.reconcile import (
-        load_network_side,
-        load_switch_side,
-        match,
-        write_outputs,
-    )
+    from switch.backoffice.recon.reconcile import run
     from switch.protocols.settlement_files import SettlementFileError
 
-    warm_up()
+    console = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
-        network = load_network_side(Path(files_dir))
+        with _ReconProgress(err) as progress:
+            report, paths = run(
+                Path(journal), Path(files_dir),
+                Path(out_dir) if out_dir else Path(files_dir) / "recon",
+                tol_amount=tol_amount, tol_time_us=int(tol_time * 1e6),
+                late_after_s=late_after, progress=progress)
     except SettlementFileError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    switch_side = load_switch_side(Path(journal))
-    report = match(
-        switch_side,
-        network,
-        tol_amount=tol_amount,
-        tol_time_us=int(tol_time * 1e6),
-        late_after_s=late_after,
-    )
-    paths = write_outputs(report, Path(out_dir) if out_dir else Path(files_dir) / "recon")
-    console = Console(soft_wrap=True)
     console.print(
-        f"switch records: {report.switch_records}, network records: {report.network_records}"
-    )
+        f"switch records: {report.switch_records:,}, network records: "
+        f"{report.network_records:,}", highlight=False)
     for kind, count in sorted(report.counts.items()):
-        console.print(f"  {kind}: {count}")
+        console.print(f"  {kind}: {count:,}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if report.unexplained == 0:
         explained = len(report.breaks)
         console.print("reconciliation clean" + (
             f" ({explained} explained breaks: stand-in exposure or late settlement, "
             "listed in breaks.csv)" if explained else ""))
     else:
-        console.print(f"[red]{report.unexplained} unexplained breaks[/]")
+        console.print(f"[red]{report.unexplained:,} unexplained breaks[/] (largest first):")
         for b in report.breaks[:20]:
             side = b.switch or b.network
             assert side is not None
@@ -390,8 +382,58 @@ def reconcile(
                 f"  {b.kind}: {side.channel} {side.reference} {side.amount} {side.currency}",
                 highlight=False,
             )
+    figures = ", ".join(f"{name} {f['wall_s']:.2f} s" for name, f in report.phases.items())
+    console.print(f"phases: {figures}", highlight=False)
     console.print(f"outputs: {paths['csv']}, {paths['json']}, {paths['html']}")
     sys.exit(0 if report.unexplained == 0 else 1)
+
+
+class _ReconProgress:
+    """A rich progress bar per phase, drawn only when stderr is a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        from switch.backoffice.recon.reconcile import Progress
+
+        self._base = Progress()
+        self._console = console
+        self._bar: object | None = None
+        self._task: object | None = None
+
+    def __enter__(self) -> _ReconProgress:
+        if self._console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            bar = Progress(SpinnerColumn(), TextColumn("{task.description:<13}"), BarColumn(),
+                           TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
+                           console=self._console, transient=True)
+            bar.start()
+            self._bar = bar
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # type: ignore[attr-defined]
+
+    def start(self, phase: str, total: float | None) -> None:
+        if self._bar is not None:
+            self._task = self._bar.add_task(phase, total=total)  # type: ignore[attr-defined]
+
+    def advance(self, amount: float) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, amount)  # type: ignore[attr-defined]
+
+    def done(self) -> None:
+        if self._bar is not None and self._task is not None:
+            task = self._task
+            self._bar.update(task, completed=self._bar.tasks[-1].total or 1,  # type: ignore[attr-defined]
+                             total=self._bar.tasks[-1].total or 1)  # type: ignore[attr-defined]
+            self._task = None
 
 
 @main.command()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import html
 import json
 import sqlite3
@@ -114,6 +115,7 @@ _STATUS: Final = {
     "unknown": RecordStatus.PENDING,
     "sent": RecordStatus.PENDING,
 }
+_SETTLED: Final = int(RecordStatus.SETTLED)
 _STATUS_NAME: Final = {0: "approved", 1: "declined", 2: "failed", 3: "reversed", 4: "unknown"}
 _SUFFIX_CHANNEL: Final = {".clr": "card", ".xml": "swift", ".csv": "qr"}
 _READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
@@ -141,6 +143,9 @@ class NoSettlementFiles(SettlementFileError):
     def __init__(self, directory: str) -> None:
         super().__init__(directory, 0, "files",
                          "no settlement files (.clr, .xml, .csv) found; nothing to reconcile")
+
+    def __str__(self) -> str:
+        return f"no settlement files (.clr, .xml, .csv) in {self.file}: nothing to reconcile"
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,12 +269,19 @@ def load_switch_side(journal: Path) -> Side:
         it, status, time_us, flags = it[keep], status[keep], time_us[keep], flags[keep]
     del out, cols
     seq = np.ascontiguousarray(it["seq"])
+    memo: dict[int, Record] = {}
+
+    def records(idx: NDArray[np.int64]) -> list[Record]:
+        todo = np.array([i for i in idx.tolist() if i not in memo], np.int64)
+        if len(todo):
+            memo.update(zip(todo.tolist(), _switch_records(db, side, seq, todo), strict=True))
+        return [memo[i] for i in idx.tolist()]
+
     side = Side(
         np.ascontiguousarray(it["ref"]), np.ascontiguousarray(it["amount"]),
         np.ascontiguousarray(it["currency"]), status, time_us,
         np.ascontiguousarray(it["channel"]), flags,
-        lambda idx: _switch_records(db, side, seq, idx),
-        lambda idx: [r.counterparty for r in _switch_records(db, side, seq, idx)],
+        records, lambda idx: [r.counterparty for r in records(idx)],
     )
     return side
 
@@ -300,16 +312,22 @@ def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
 
 def _counterparty(payment: Payment) -> str:
     if payment.qr is not None:
-        try:
-            qr = emvqr.parse(payment.qr.payload)
-        except CodecError:
-            return ""
-        for account in qr.merchant_accounts:
-            for sub in account.template:
-                if sub.tag == "01" and sub.value:
-                    return sub.value
-        return ""
+        return _qr_merchant(payment.qr.payload)
     return payment.payee.account
+
+
+@functools.lru_cache(maxsize=65_536)
+def _qr_merchant(payload: str) -> str:
+    """The merchant id of a QR payload (static QRs repeat per merchant: cached)."""
+    try:
+        qr = emvqr.parse(payload)
+    except CodecError:
+        return ""
+    for account in qr.merchant_accounts:
+        for sub in account.template:
+            if sub.tag == "01" and sub.value:
+                return sub.value
+    return ""
 
 
 def _reference(payment: Payment) -> str:
@@ -377,30 +395,35 @@ def load_network_side(directory: Path,
         np.concatenate(keys), np.concatenate(amounts), np.concatenate(currencies),
         np.concatenate(statuses), np.concatenate(times), np.concatenate(channels),
         np.zeros(n, np.int8),
-        lambda idx: [_network_record(side, files, starts, i) for i in idx.tolist()],
-        lambda idx: [_network_counterparty(files, starts, i) for i in idx.tolist()],
+        lambda idx: _network_records(side, files, starts, idx),
+        lambda idx: [r.counterparty for r in _network_records(side, files, starts, idx)],
     )
     return side
 
 
-def _locate(files: list[_File], starts: NDArray[np.int64], i: int) -> tuple[_File, int]:
-    f = files[int(np.searchsorted(starts, i, side="right")) - 1]
-    return f, i - f.start
-
-
-def _network_record(side: Side, files: list[_File], starts: NDArray[np.int64],
-                    i: int) -> Record:
-    f, j = _locate(files, starts, i)
-    secondary = f.cols.secondary[j].as_py() if len(f.cols.secondary) else ""
-    return Record(f.channel, f.cols.reference[j].as_py(), int(side.amount[i]),
-                  NUMERIC_TO_ALPHA.get(int(side.currency[i]), "???"),
-                  "approved" if side.status[i] == RecordStatus.SETTLED else "reversed",
-                  int(side.time_us[i]), f.path.name, secondary or "", line=f.cols.line_of(j))
-
-
-def _network_counterparty(files: list[_File], starts: NDArray[np.int64], i: int) -> str:
-    f, j = _locate(files, starts, i)
-    return (f.cols.secondary[j].as_py() or "") if len(f.cols.secondary) else ""
+def _network_records(side: Side, files: list[_File], starts: NDArray[np.int64],
+                     idx: NDArray[np.int64]) -> list[Record]:
+    """Records of network entries ``idx``: strings taken per file, in one Arrow take."""
+    if not len(idx):
+        return []
+    which = np.searchsorted(starts, idx, side="right") - 1
+    out: list[Record | None] = [None] * len(idx)
+    settled = _SETTLED
+    for k in np.unique(which).tolist():
+        f = files[k]
+        pos = np.flatnonzero(which == k)
+        local = idx[pos] - f.start
+        refs = f.cols.reference.take(pa.array(local)).to_pylist()
+        secs = (f.cols.secondary.take(pa.array(local)).to_pylist() if len(f.cols.secondary)
+                else [""] * len(local))
+        for p, j, ref, sec in zip(pos.tolist(), local.tolist(), refs, secs, strict=True):
+            i = int(idx[p])
+            out[p] = Record(f.channel, ref, int(side.amount[i]),
+                            NUMERIC_TO_ALPHA.get(int(side.currency[i]), "???"),
+                            "approved" if side.status[i] == settled else "reversed",
+                            int(side.time_us[i]), f.path.name, sec or "",
+                            line=f.cols.line_of(j))
+    return [r for r in out if r is not None]
 
 
 # ----------------------------------------------------------------------------- match
@@ -561,7 +584,14 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
         kind = KIND_NAMES[net_kind[n]]
         breaks.append(Break(kind, None, rec, SUGGESTED_ACTION[kind]))
     rank = {k: i for i, k in enumerate(SEVERITY)}
-    breaks.sort(key=lambda b: (rank.get(b.kind, len(rank)), -_major(b.at_stake(), b)))
+    scale = {c: 10.0 ** -e for c, (_, e) in CURRENCIES.items()}
+
+    def order(b: Break) -> tuple[int, float]:
+        side = b.switch or b.network
+        return (rank.get(b.kind, len(rank)),
+                -b.at_stake() * scale.get(side.currency if side else "", 0.01))
+
+    breaks.sort(key=order)
     return ReconReport(len(sw), len(net), counts, dict(amounts), breaks, warnings)
 
 
@@ -748,3 +778,80 @@ def _html(report: ReconReport, title: str) -> str:
         "<p>Every break is in breaks.csv with both sides and a suggested action, sorted by "
         "severity, then money at stake.</p>"
     )
+
+
+# ------------------------------------------------------------------ the whole command
+
+
+class Progress:
+    """What :func:`run` reports while it works (the CLI draws it; tests ignore it)."""
+
+    def start(self, phase: str, total: float | None) -> None:
+        """A phase begins; ``total`` in its own units (bytes, records) or None."""
+
+    def advance(self, amount: float) -> None:
+        """Progress within the current phase."""
+
+    def done(self) -> None:
+        """The current phase ended."""
+
+
+@dataclass
+class _Phases:
+    progress: Progress
+    figures: dict[str, dict[str, float]] = field(default_factory=dict)
+    _t: tuple[float, float] = (0.0, 0.0)
+    _name: str = ""
+
+    def start(self, name: str, total: float | None = None) -> None:
+        import time
+
+        self._name = name
+        self._t = (time.perf_counter(), time.process_time())  # bench: phase figures
+        self.progress.start(name, total)
+
+    def done(self, records: int) -> None:
+        import resource
+        import time
+
+        wall = time.perf_counter() - self._t[0]  # bench: phase figures
+        cpu = time.process_time() - self._t[1]
+        self.figures[self._name] = {
+            "wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "records": records,
+            "records_per_s": round(records / wall) if wall > 0 else 0,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        self.progress.done()
+
+
+def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
+        tol_time_us: int = 5_000_000, late_after_s: float = 86400.0,
+        progress: Progress | None = None) -> tuple[ReconReport, dict[str, Path]]:
+    """``payswitch reconcile``: read both sides, match, write; figures per phase.
+
+    Raises SettlementFileError (or NoSettlementFiles) before anything is written.
+    """
+    phases = _Phases(progress or Progress())
+    paths = settlement_files(files_dir)
+    if not paths:
+        raise NoSettlementFiles(str(files_dir))
+    phases.start("read files", float(sum(p.stat().st_size for p in paths)))
+    net = load_network_side(
+        files_dir, on_file=lambda path, n: phases.progress.advance(path.stat().st_size))
+    phases.done(len(net))
+    phases.start("read journal")
+    sw = load_switch_side(journal)
+    phases.done(len(sw))
+    phases.start("match")
+    report = match(sw, net, tol_amount=tol_amount, tol_time_us=tol_time_us,
+                   late_after_s=late_after_s)
+    phases.done(len(sw) + len(net))
+    phases.start("write", float(len(report.breaks)))
+    report.phases = phases.figures
+    written = write_outputs(report, out_dir)
+    phases.done(len(report.breaks))
+    # The write phase's own figures go into summary.json too (written once more: small).
+    summary = json.loads(written["json"].read_text())
+    summary["phases"] = phases.figures
+    written["json"].write_text(json.dumps(summary, indent=2))
+    return report, written
