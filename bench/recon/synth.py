@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,7 +233,7 @@ def _write_files(files: Path, rng: np.random.Generator, n: int, channel: Any, ti
     idx = np.flatnonzero(present)
     idx = np.concatenate([idx, sets["duplicate"]])
     per_channel: dict[int, list[tuple[str, str, int, str, str, int]]] = {1: [], 2: [], 3: []}
-    ch, st, am, se = channel.tolist(), status.tolist(), amt.tolist(), settle.tolist()
+    ch, am, se = channel.tolist(), amt.tolist(), settle.tolist()
     for i in idx.tolist():
         sec = f"{i % 1_000_000:06d}|TERM0001" if ch[i] == 1 else (
             f"E2E-{i}" if ch[i] == 2 else "M0000007")

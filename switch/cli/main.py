@@ -458,7 +458,9 @@ class _ReconProgress:
     default=None,
     help="Write the settlement report here as JSON.",
 )
-def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the positions as JSON (amounts in major units and minor units).")
+def settle(journal: str, modes: tuple[str, ...], out_file: str | None, as_json: bool) -> None:
     """Close a clearing cycle: post the ledger from the journal, capture card holds,
     and print each participant's settlement position (net) or instructions (gross)."""
     import json
@@ -468,7 +470,13 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
 
     import msgspec
 
-    from switch.backoffice.ledger import Mode, check_invariants, post_from_journal
+    from switch.backoffice.ledger import (
+        Mode,
+        check_invariants,
+        format_major,
+        positions_by_currency,
+        post_from_journal,
+    )
     from switch.backoffice.ledger import settle as close_cycle
 
     chosen: dict[str, Mode] = {}
@@ -491,32 +499,62 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
         check_invariants(db)
     finally:
         db.close()
-    console = Console(soft_wrap=True)
-    console.print(
-        f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
-        f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
-        f"({report.captured} holds captured)"
-    )
-    by_currency: dict[str, list[str]] = {}
-    for p in report.net:
-        by_currency.setdefault(p.currency, []).append(
-            f"  {p.participant} ({p.role}): {'receives' if p.amount > 0 else 'pays'} "
-            f"{abs(p.amount)}"
+    by_currency = positions_by_currency(report)
+    if as_json:
+        click.echo(json.dumps({
+            "cycle": report.cycle, "transfers": report.transfers,
+            "holds_captured": report.captured,
+            "ledger": {"posted": posted.posted, "pending_holds": posted.pending,
+                       "voided": posted.voided},
+            "currencies": [{
+                "currency": c.currency, "exponent": c.exponent, "mode": c.mode,
+                "total": format_major(c.total, c.exponent),
+                "positions": [{
+                    "counterparty": p.counterparty, "role": p.role,
+                    "pays": format_major(p.pays, c.exponent),
+                    "receives": format_major(p.receives, c.exponent),
+                    "net": format_major(p.net, c.exponent), "net_minor": p.net,
+                    "instructions": p.instructions} for p in c.positions],
+            } for c in by_currency],
+        }, indent=2))
+    else:
+        from rich import box
+        from rich.table import Table
+
+        # Piped output keeps whole numbers: wide enough, never truncated.
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+        console.print(
+            f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
+            f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
+            f"({report.captured} holds captured)"
         )
-    for currency, lines in sorted(by_currency.items()):
-        total = sum(p.amount for p in report.net if p.currency == currency)
-        console.print(f"net {currency} (sum {total}):", highlight=False)
-        for line in lines:
-            console.print(line, highlight=False)
-    gross_by: dict[str, int] = {}
-    for _, _, amount, currency in report.gross:
-        gross_by[currency] = gross_by.get(currency, 0) + amount
-    for currency, total in sorted(gross_by.items()):
-        count = sum(1 for g in report.gross if g[3] == currency)
-        console.print(f"gross {currency}: {count} instructions, {total} in total", highlight=False)
-    console.print("ledger invariants hold: postings per currency sum to zero")
+        for c in by_currency:
+            table = Table(title=f"{c.currency} ({c.mode}; {len(c.positions)} counterparties; "
+                          f"sum {format_major(c.total, c.exponent)})", title_justify="left",
+                          box=box.SIMPLE_HEAD)
+            for name, justify in (("counterparty", "left"), ("role", "left"),
+                                  ("pays", "right"), ("receives", "right"),
+                                  ("net", "right"), ("instructions", "right")):
+                table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+            for p in c.positions:
+                table.add_row(p.counterparty, p.role, _grouped_major(p.pays, c.exponent),
+                              _grouped_major(p.receives, c.exponent),
+                              _grouped_major(p.net, c.exponent, signed=True),
+                              str(p.instructions) if p.instructions else "")
+            console.print(table)
+        console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
         Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+def _grouped_major(minor: int, exponent: int, signed: bool = False) -> str:
+    """Major units with thousands separators, exact: 123456789, 2 -> "1,234,567.89"."""
+    from switch.backoffice.ledger import format_major
+
+    text = format_major(abs(minor), exponent)
+    whole, _, frac = text.partition(".")
+    sign = ("+" if minor > 0 and signed else "") + ("-" if minor < 0 else "")
+    return f"{sign}{int(whole):,}" + (f".{frac}" if frac else "")
 
 
 @main.group()
