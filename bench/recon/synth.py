@@ -37,7 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ class Planted:
     tolerance_refs: set[str]
     payments: int
     network_records: int
+    #: References of stand-in approvals: (refused and missing, delivered and missing,
+    #: delivered and settled).
+    standin: dict[str, set[str]] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps({"breaks": sorted(self.breaks), "tolerance": sorted(self.tolerance_refs),
@@ -135,6 +138,11 @@ def build(out: Path, n: int, seed: int = 7, records_per_file: int = 2_000_000,
                    refused, batch)
     planted = _write_files(files, rng, n, channel, times, amount, currency, status, refs,
                            sets, records_per_file)
+    planted.standin = {
+        "refused_missing": {refs[i] for i in sets["standin_exposure"].tolist()},
+        "delivered_missing": {refs[i] for i in standin_missing.tolist()},
+        "delivered_settled": {refs[i] for i in sets["standin_ok"].tolist()},
+    }
     return journal, files, planted
 
 

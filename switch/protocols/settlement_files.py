@@ -568,6 +568,8 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
         if reader.i == 0 and events.root is not None and events.root.tag != ns + "Document":
             raise SettlementFileError(file, 1, "Document",
                                       f"not a camt.053.001.08 document: {events.root.tag}")
+    except SettlementFileError:
+        raise
     except etree.XMLSyntaxError as exc:
         line = exc.lineno or (exc.position[0] if exc.position else 0)
         raise SettlementFileError(file, line, "Document",
@@ -607,7 +609,8 @@ class _Camt053Chunks:
         try:
             amount = parse_amount(text, currency, f"{where}/Amt")
         except CodecError as exc:
-            raise SettlementFileError(file, line, f"{where}/Amt", str(exc)[:200]) from None
+            reason = str(exc).removeprefix(f"{where}/Amt: ")
+            raise SettlementFileError(file, line, f"{where}/Amt", reason[:200]) from None
         values = []
         for name in ("CdtDbtInd", "BookgDt/DtTm", "NtryDtls/TxDtls/Refs/UETR",
                      "NtryDtls/TxDtls/Refs/EndToEndId"):
