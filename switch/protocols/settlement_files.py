@@ -379,9 +379,11 @@ def _as_large_string(series: pl.Series) -> pa.LargeStringArray:
     return arr  # type: ignore[no-any-return]
 
 
-def _fast_csv_ok(body: bytes) -> bool:
-    return (body.isascii() and not body.startswith(b"\n") and b"\n\n" not in body
-            and not any(b in body for b in _CSV_SLOW_BYTES))
+def _fast_csv_ok(data: bytes) -> bool:
+    """Plain ASCII CSV the polars read agrees on with the csv module: no quoting, no CR,
+    no blank line, no '+' or blanks (polars would read " 5" and "+5" as 5)."""
+    return (data.isascii() and not data.startswith(b"\n") and b"\n\n" not in data
+            and not any(b in data for b in _CSV_SLOW_BYTES))
 
 
 def _polars_frame(body: bytes, schema: dict[str, Any]) -> pl.DataFrame | None:
@@ -429,7 +431,7 @@ def _card_fast(data: bytes) -> SettlementColumns | None:
     header = data[:start].split(b",")
     trailer = data[tail:-1].split(b",")
     body = data[start:tail]
-    if len(header) != 4 or len(trailer) != 3 or not _fast_csv_ok(body + data[tail:]):
+    if len(header) != 4 or len(trailer) != 3 or not _fast_csv_ok(data):
         return None
     try:
         count, total = int(trailer[1]), int(trailer[2])
@@ -485,7 +487,7 @@ def _qr_fast(data: bytes) -> SettlementColumns | None:
     if not data.startswith(_QR_HEADER) or not data.endswith(b"\n"):
         return None
     body = data[len(_QR_HEADER):]
-    if not _fast_csv_ok(body):
+    if not _fast_csv_ok(data):
         return None
     if not body:
         empty = np.zeros(0, np.int64)
