@@ -284,9 +284,15 @@ class CardScheme:
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
 
     def advice(self, msg: iso8583.IsoMessage) -> iso8583.IsoMessage:
-        """Record a stand-in decision; place its hold when the account can bear it."""
+        """Record a stand-in decision; place its hold when the account can bear it.
+
+        The 0130 says which: 00 when the issuer took the stand-in approval (its hold is
+        placed and it will clear), 14 (unknown card) or 51 (funds) when it refused it --
+        the switch journals that refusal as the evidence of its stand-in exposure.
+        """
         self.advices += 1
         f = msg.fields
+        answer = iso8583.ResponseCode.APPROVED
         if (f.get(39) or "").strip() == iso8583.ResponseCode.APPROVED:
             key = (f.get(11, ""), f.get(41, ""), f.get(7, ""))
             amount = int(f.get(4, "0") or "0")
@@ -302,7 +308,9 @@ class CardScheme:
                                                rrn=f.get(37, ""), currency=f.get(49, ""))
             elif key not in self.records:
                 self.advice_exceptions += 1
-        return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
+                answer = (iso8583.ResponseCode.INVALID_CARD if acct is None
+                          else iso8583.ResponseCode.INSUFFICIENT_FUNDS)
+        return iso8583.response(msg, answer)
 
 
 class _CardRequest(SimRequest):

@@ -199,8 +199,10 @@ class CardAdapter(PooledAdapter):
             return False
         return await self._network(link, iso8583.NetworkCode.ECHO)
 
-    async def advise(self, payment: Payment, auth_code: str) -> bool:
-        """Send the 0120 advice of a stand-in approval; True once the issuer answered 0130.
+    async def advise(self, payment: Payment, auth_code: str) -> str | None:
+        """Send the 0120 advice of a stand-in approval; the 0130's DE39 once the issuer
+        answered ("00" taken, anything else: the issuer refused the stand-in decision),
+        None when the answer was not a 0130.
 
         Built from the same deterministic original request as :meth:`authorize`, so the
         issuer books the hold under the key the authorization would have had.
@@ -214,7 +216,9 @@ class CardAdapter(PooledAdapter):
         link = self._pool.pick()
         answer = await exchange(link, self._correlator, iso8583.match_key(advice),
                                 iso8583.frame(iso8583.encode(advice)))
-        return answer.mti == "0130"
+        if answer.mti != "0130":
+            return None
+        return (answer.fields.get(39) or reasons.APPROVED).strip()
 
     async def aclose(self) -> None:
         """Sign off (best effort, at most 0.2 s, even when the caller is being cancelled)."""
