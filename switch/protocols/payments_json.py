@@ -209,3 +209,12 @@ def openapi_document() -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+
+
+def openapi_text() -> str:
+    """docs/openapi.json as checked in: ``python -m switch.protocols.payments_json``."""
+    return msgspec.json.format(msgspec.json.encode(openapi_document()), indent=2).decode() + "\n"
+
+
+if __name__ == "__main__":
+    print(openapi_text(), end="")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import anyio.to_thread
@@ -101,23 +101,27 @@ class FrontCore:
 
     # ------------------------------------------------------------------ lookups
 
-    def _read(self, sql: str, args: tuple[str, ...]) -> list[tuple[bytes, ...]]:
+    def _read(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
         if self._reader is None:
             self._reader = sqlite3.connect(
                 f"file:{self._journal_path}?mode=ro", uri=True, check_same_thread=False
             )
         return list(self._reader.execute(sql, args))
 
-    async def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[bytes, ...]]:
+    async def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
         async with self._reader_lock:
             return await anyio.to_thread.run_sync(self._read, sql, args)
 
-    async def find(self, payment_id: str) -> Result | None:
-        """The latest result journaled for ``payment_id`` (None: unknown or in flight)."""
+    async def find(self, payment_id: str) -> tuple[Result, str] | None:
+        """The latest result journaled for ``payment_id`` and its idempotency key (None:
+        unknown, or still in flight)."""
         rows = await self._query(
-            "SELECT record FROM journal WHERE payment_id = ? AND kind IN ('final', 'unknown')"
-            " ORDER BY seq DESC LIMIT 1", (payment_id,))
-        return _result_decoder.decode(rows[0][0]) if rows else None
+            "SELECT record, idempotency_key FROM journal WHERE payment_id = ?"
+            " AND kind IN ('final', 'unknown') ORDER BY seq DESC LIMIT 1", (payment_id,))
+        if not rows:
+            return None
+        record, key = rows[0]
+        return _result_decoder.decode(record), str(key)
 
     async def _intent(self, payment_id: str) -> tuple[Payment, bytes] | None:
         rows = await self._query(

@@ -128,11 +128,11 @@ def build_api(core: FrontCore, config: HttpApiConfig) -> Starlette:
 
     async def get_payment(request: Request) -> Response:
         payment_id = request.path_params["payment_id"]
-        result = await core.find(payment_id) if len(payment_id) <= 64 else None
-        if result is None:
+        found = await core.find(payment_id) if len(payment_id) <= 64 else None
+        if found is None:
             return problem(404, "not-found", f"no journaled result for {payment_id!r}",
                            instance=f"/v1/payments/{payment_id}")
-        key = ""
+        result, key = found
         return Response(_json.encode(resource_of(result, key)), media_type="application/json")
 
     async def openapi(request: Request) -> Response:
