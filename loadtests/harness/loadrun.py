@@ -34,6 +34,7 @@ import multiprocessing.synchronize
 import os
 import queue as queue_module
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from loadtests.harness.loadgen import (
     new_histogram,
 )
 from loadtests.harness.report import ReportData, SecondRow, write_csv, write_report
+from loadtests.harness.wires import Iso8583Options, WireName, make_wire
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec, derive_seed
 
 #: Messages a worker may have queued before it blocks (a few per second are normal).
@@ -84,6 +86,9 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: When set, each process writes what its clients were told (idempotency key ->
     #: [status, payment id]) to ``acks-<i>.msgpack`` here, for the lost/duplicate audit.
     acks_dir: str | None = None
+    #: The target's protocol: the switch's msgpack, ISO 8583 (any host), or its HTTP API.
+    protocol: WireName = "msgpack"
+    iso8583: Iso8583Options | None = None
 
 
 def connections_of(plan: LoadPlan, index: int) -> int:
@@ -149,8 +154,12 @@ def _worker(
                 raise TimeoutError("no start signal from the parent")
             return float(start_at.value)
 
+        wire = make_wire(plan.protocol, f"{plan.host}:{plan.port}", plan.iso8583)
+        channel = wire.channel if wire is not None else None
+        source = (workload.next_item if channel is None
+                  else functools.partial(workload.next_item, channel))
         generator = OpenLoopGenerator(
-            workload.next_item,
+            source,
             duration_s=plan.duration_s,
             shape=plan.shape,
             stride=plan.processes,
@@ -162,6 +171,7 @@ def _worker(
             on_interval=on_interval,
             track_acknowledged=plan.acks_dir is not None,
             should_stop=stop.is_set,
+            wire=wire,
         )
         cpu0 = time.process_time()  # bench: the generator's own CPU, for req/s per core
         run = functools.partial(generator.run, wait_for_start=wait_for_start)
@@ -169,6 +179,12 @@ def _worker(
             run, plan.host, plan.port, backend="asyncio", backend_options={"use_uvloop": True}
         )
         cpu = time.process_time() - cpu0  # bench: as above
+        samples = getattr(wire, "unmatched_samples", None)
+        if samples:
+            # Shown, not only counted: the keys of replies that matched no request.
+            match = plan.iso8583.match if plan.iso8583 is not None else ["mti", "11", "41"]
+            print(f"process {index}: replies matching no request (key {match}), "
+                  f"e.g. {samples[:5]}", file=sys.stderr)
         if plan.acks_dir is not None:
             acks = {k: [a.status, a.payment_id] for k, a in stats.acknowledged.items()}
             (Path(plan.acks_dir) / f"acks-{index}.msgpack").write_bytes(_encode(acks))
