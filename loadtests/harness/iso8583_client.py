@@ -65,8 +65,16 @@ class Iso8583Wire:
     name = "iso8583"
     channel: Channel | None = "card"
 
-    def __init__(self, options: Iso8583Options) -> None:
+    def __init__(self, options: Iso8583Options, *, stride: int = 1, offset: int = 0,
+                 terminal_id: str | None = None) -> None:
+        """``stride``/``offset``: generator process ``offset`` of ``stride`` draws STANs
+        ``offset+1, offset+1+stride, ...`` per terminal, so processes sharing terminals
+        never send the same key fields; ``terminal_id`` overrides DE41 (a Locust user is
+        one terminal)."""
         self.options = options
+        self.stride = stride
+        self.offset = offset
+        self.terminal_id = terminal_id
         self.spec = load_spec(options)
         self.match = [m.lower() for m in options.match]
         self._stan: dict[str, int] = {}
@@ -80,7 +88,8 @@ class Iso8583Wire:
         for m in self.match:
             if m == "mti":
                 mti = doc.get("t", "")
-                out.append(mti[:2] + _MTI_CLASS.get(mti[2:3], mti[2:3]))
+                # jPOS QMUX: a response shares its request's class; repeats count as one.
+                out.append(mti[:2] + _MTI_CLASS.get(mti[2:3], mti[2:3]) + "0")
             else:
                 out.append(doc.get(m, "").strip())
         return tuple(out)
@@ -91,9 +100,10 @@ class Iso8583Wire:
             return doc
         card = request.card
         assert card is not None, "the ISO 8583 wire carries card payments only"
-        terminal = card.terminal_id[:8].ljust(8)
-        stan = self._stan.get(terminal, 0) % 999_999 + 1
-        self._stan[terminal] = stan
+        terminal = (self.terminal_id or card.terminal_id)[:8].ljust(8)
+        count = self._stan.get(terminal, 0) + 1
+        self._stan[terminal] = count
+        stan = ((count - 1) * self.stride + self.offset) % 999_999 + 1
         now = dt.datetime.now(dt.UTC)
         doc = {
             "t": "0100", "2": card.pan, "3": "000000", "4": f"{request.amount:012d}",

@@ -154,7 +154,8 @@ def _worker(
                 raise TimeoutError("no start signal from the parent")
             return float(start_at.value)
 
-        wire = make_wire(plan.protocol, f"{plan.host}:{plan.port}", plan.iso8583)
+        wire = make_wire(plan.protocol, f"{plan.host}:{plan.port}", plan.iso8583,
+                         process=index, processes=plan.processes)
         channel = wire.channel if wire is not None else None
         source = (workload.next_item if channel is None
                   else functools.partial(workload.next_item, channel))

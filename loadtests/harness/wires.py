@@ -70,12 +70,14 @@ class Iso8583Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     acquirer_id: str = "412345"
 
 
-def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None) -> Wire | None:
-    """The wire for ``name``; None for msgpack (built into the generator)."""
+def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
+              process: int = 0, processes: int = 1) -> Wire | None:
+    """The wire for ``name`` in generator ``process`` of ``processes``; None for msgpack
+    (built into the generator)."""
     if name == "iso8583":
         from loadtests.harness.iso8583_client import Iso8583Wire
 
-        return Iso8583Wire(iso or Iso8583Options())
+        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process)
     if name == "http":
         from loadtests.harness.http_client import HttpWire
 

@@ -89,7 +89,7 @@ class HttpApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: Port = 7120
     #: The ASGI server, chosen by bench/bench_http.py (see bench/RESULTS.md). It runs on
     #: the switch's own event loop; on the trio backend Hypercorn is used whatever this says.
-    server: Literal["uvicorn", "hypercorn"] = "uvicorn"
+    server: Literal["uvicorn", "hypercorn", "granian"] = "uvicorn"
     #: Request bodies above this are refused with 413 before they are parsed.
     max_body_bytes: Annotated[int, msgspec.Meta(ge=256, le=1024 * 1024)] = 16384
     #: Payments in flight through this API; past it, 503 problem+json with Retry-After.

@@ -148,8 +148,12 @@ def build_api(core: FrontCore, config: HttpApiConfig) -> Starlette:
 async def serve_api(app: Starlette, sock: socket.socket, server: str, max_connections: int,
                     shutdown: Callable[[], Awaitable[None]]) -> None:
     """Serve ``app`` on a bound socket with the chosen ASGI server until ``shutdown()``."""
-    if server == "uvicorn" and sniffio.current_async_library() == "asyncio":
+    on_asyncio = sniffio.current_async_library() == "asyncio"
+    if server == "uvicorn" and on_asyncio:
         await _serve_uvicorn(app, sock, max_connections, shutdown)
+        return
+    if server == "granian" and on_asyncio:
+        await _serve_granian(app, sock, shutdown)
         return
     from switch.serve.http import serve_http
 
@@ -182,5 +186,30 @@ async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: i
     watcher = asyncio.ensure_future(stop())
     try:
         await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+
+
+async def _serve_granian(app: Starlette, sock: socket.socket,
+                         shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Granian's embedded server (experimental upstream) on this loop: it binds by
+    address, so the socket bound for the port number is closed and rebound by Granian."""
+    import asyncio
+
+    from granian.constants import Interfaces
+    from granian.server.embed import Server as GranianServer
+
+    host, port = sock.getsockname()[:2]
+    sock.close()
+    server = GranianServer(app, address=host, port=port, interface=Interfaces.ASGINL,
+                           runtime_threads=1, log_enabled=False, websockets=False)
+
+    async def stop() -> None:
+        await shutdown()
+        server.stop()  # type: ignore[no-untyped-call]
+
+    watcher = asyncio.ensure_future(stop())
+    try:
+        await server.serve()
     finally:
         watcher.cancel()
