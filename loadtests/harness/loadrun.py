@@ -60,7 +60,7 @@ from loadtests.harness.loadgen import (
     new_histogram,
 )
 from loadtests.harness.report import ReportData, SecondRow, write_csv, write_report
-from loadtests.harness.wires import Iso8583Options, WireName, make_wire
+from loadtests.harness.wires import Iso8583Options, Wire, WireName
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec, derive_seed
 
 #: Messages a worker may have queued before it blocks (a few per second are normal).
@@ -121,6 +121,21 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_interval = msgspec.msgpack.Decoder(Interval).decode
 _decode_result = msgspec.msgpack.Decoder(ProcessResult).decode
 _decode_plan = msgspec.msgpack.Decoder(LoadPlan).decode
+
+
+def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
+              process: int = 0, processes: int = 1) -> Wire | None:
+    """The wire for ``name`` in generator ``process`` of ``processes``; None for msgpack
+    (built into the generator)."""
+    if name == "iso8583":
+        from loadtests.harness.iso8583_client import Iso8583Wire
+
+        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process)
+    if name == "http":
+        from loadtests.harness.http_client import HttpWire
+
+        return HttpWire(host)
+    return None
 
 
 def _worker(

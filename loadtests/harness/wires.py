@@ -3,7 +3,8 @@
 The generator (loadtests/harness/loadgen.py) owns the schedule, the connections, the
 HdrHistograms and the intervals; a :class:`Wire` owns the bytes. ``msgpack`` (the
 switch's own protocol) is built into the generator; ``iso8583`` and ``http`` plug in
-here (:mod:`loadtests.harness.iso8583_client`, :mod:`loadtests.harness.http_client`).
+with this interface (:mod:`loadtests.harness.iso8583_client`,
+:mod:`loadtests.harness.http_client`; ``loadrun.make_wire`` picks one).
 
 A reply is matched back to its request by the protocol's own rule (ISO 8583: key
 fields; HTTP/1.1: order on the connection). A reply that matches no request is an
@@ -68,18 +69,3 @@ class Iso8583Options(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: A pyiso8583 spec as JSON (field number -> definition) replacing the built-in one.
     spec_file: str | None = None
     acquirer_id: str = "412345"
-
-
-def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
-              process: int = 0, processes: int = 1) -> Wire | None:
-    """The wire for ``name`` in generator ``process`` of ``processes``; None for msgpack
-    (built into the generator)."""
-    if name == "iso8583":
-        from loadtests.harness.iso8583_client import Iso8583Wire
-
-        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process)
-    if name == "http":
-        from loadtests.harness.http_client import HttpWire
-
-        return HttpWire(host)
-    return None
