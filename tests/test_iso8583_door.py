@@ -187,10 +187,10 @@ def test_0100_0400_0800_get_correct_answers(tmp_path: Path, bitmap: str) -> None
         unknown = client.call(reversal(auth(999), 6))
         assert unknown["t"] == "0410" and unknown["39"] == "25"
 
-        # Declines carry real codes: a PAN failing Luhn is an invalid card... refused
-        # as a format error by the switch's validation (30), naming nothing secret.
+        # Real codes: a PAN failing Luhn is an invalid card (14), an amount of 0 a
+        # format error (30).
         bad = client.call(auth(7, pan="4111111111111112"))
-        assert bad["t"] == "0110" and bad["39"] == "30"
+        assert bad["t"] == "0110" and bad["39"] == "14"
         assert client.call(auth(8, amount=0))["39"] == "30"
     finally:
         client.close()

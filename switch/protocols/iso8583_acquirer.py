@@ -302,8 +302,14 @@ def refusal_code(error_code: str) -> str:
     return _REFUSAL_DE39.get(error_code, reasons.SYSTEM_MALFUNCTION)
 
 
-def refusal_response(request: IsoMessage, error_code: str) -> IsoMessage:
-    """The response to a request the switch refused before accepting it (91, 94, 30, 96)."""
+def refusal_response(request: IsoMessage, error_code: str, message: str = "") -> IsoMessage:
+    """The response to a request the switch refused before accepting it (91, 94, 30, 96).
+
+    A PAN the core found invalid (not digits, Luhn) is 14 (invalid card), as an issuer
+    would answer; any other invalid field is 30 (format error).
+    """
+    if error_code == reasons.E_INVALID and message.startswith("payment.card.pan"):
+        return _answer(request, reasons.INVALID_CARD)
     return _answer(request, refusal_code(error_code))
 
 

@@ -204,7 +204,8 @@ class Iso8583Door:
                     answer = payment_response(call.message, outcome.result)
                 else:
                     self.counts[f"refused_{outcome.error_code}"] += 1
-                    answer = refusal_response(call.message, outcome.error_code)
+                    answer = refusal_response(call.message, outcome.error_code,
+                                              outcome.error_message)
             else:
                 code = await self.core.reverse(call.original_key)
                 answer = reversal_response(call.message, code)
