@@ -51,7 +51,7 @@ path = "{journal}"
 enabled = true
 port = 0
 [http]
-enabled = true
+enabled = {http}
 port = 0
 server = "{server}"
 [resilience.admission]
@@ -74,7 +74,9 @@ class Switch:
         journal = tmp / f"journal-{server}.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{journal}{suffix}").unlink(missing_ok=True)
-        config.write_text(CONFIG.format(journal=journal, server=server))
+        http = server != "none"
+        config.write_text(CONFIG.format(journal=journal, server=server if http else "uvicorn",
+                                        http=str(http).lower()))
         ready = tmp / "ready.json"
         ready.unlink(missing_ok=True)
         self.log = (tmp / f"switch-{server}.log").open("ab")
@@ -87,6 +89,8 @@ class Switch:
                 raise RuntimeError(f"switch ({server}) did not start; see {self.log.name}")
             time.sleep(0.05)
         self.ports = json.loads(ready.read_text())
+        if not http:
+            return
         # Granian binds in the background after the ready file: wait until it answers.
         url = f"http://127.0.0.1:{self.ports['http_port']}/openapi.json"
         while True:
@@ -156,7 +160,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--flat-out", type=float, default=6000.0,
                         help="offered rate for the capacity run")
-    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--servers", default=",".join(("none", *SERVERS)))
     parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     args = parser.parse_args()
     rows = []
@@ -164,6 +168,15 @@ def main() -> None:
         tmp = Path(tmp_name)
         for server in args.servers.split(","):
             switch = Switch(tmp, server)
+            if server == "none":  # the baseline: the TCP path with no HTTP server at all
+                try:
+                    tcp = drive(switch, "msgpack", args.rate, args.duration, tmp)
+                finally:
+                    switch.stop()
+                rows.append(["(no HTTP API)", "–", "–", "–", "–", f"{tcp.us_per_reply:,.0f}",
+                             f"{tcp.p50_ms:.1f} / {tcp.p99_ms:.1f}"])
+                print(" | ".join(str(c) for c in rows[-1]), flush=True)
+                continue
             try:
                 fixed = drive(switch, "http", args.rate, args.duration, tmp)
                 tcp = drive(switch, "msgpack", args.rate, args.duration, tmp)
