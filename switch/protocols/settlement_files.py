@@ -23,7 +23,7 @@ import csv
 import io
 import random
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Final, Literal
 
@@ -130,12 +130,45 @@ def decode_card_clearing(text: str, file: str,
 # --- camt.053 statement -----------------------------------------------------------------
 
 
+#: Bank transaction codes (ISO 20022 external code set, domain PMNT): a settled payment is
+#: a received cross-border credit transfer, a reversal an issued one going back.
+_BKTXCD: Final[dict[EntryStatus, str]] = {
+    "settled": "<BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>RCDT</Cd><SubFmlyCd>XBCT</SubFmlyCd>"
+               "</Fmly></Domn></BkTxCd>",
+    "reversed": "<BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>ICDT</Cd><SubFmlyCd>XBCT</SubFmlyCd>"
+                "</Fmly></Domn></BkTxCd>",
+}
+
+
+def closing_balances(opening: Mapping[str, int],
+                     entries: Iterable[SettlementEntry]) -> dict[str, int]:
+    """Per currency: ``opening`` plus settled entries minus reversed ones (minor units)."""
+    closing = dict(opening)
+    for e in entries:
+        signed = e.amount if e.status == "settled" else -e.amount
+        closing[e.currency] = closing.get(e.currency, 0) + signed
+    return closing
+
+
 def encode_camt053(statement_id: str, account: str, created_at_us: int,
-                   entries: Sequence[SettlementEntry]) -> bytes:
+                   entries: Sequence[SettlementEntry], *,
+                   opening: Mapping[str, int] | None = None,
+                   base_currency: str = "EUR") -> bytes:
+    """A camt.053.001.08 statement: opening (OPBD) and closing (CLBD) balance per currency,
+    then one entry per record.
+
+    Balances are mandatory in the schema (``Stmt/Bal``, 1..n, and an account in several
+    currencies needs a pair per currency). ``opening`` is the previous statement's
+    closing, signed minor units per currency; a statement with no currency at all
+    reports a zero ``base_currency`` balance, since it must report one.
+    """
     def esc(v: str) -> str:
         return v.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
     created = _iso(created_at_us)
+    start = dict(opening or {})
+    closing = closing_balances(start, entries)
+    currencies = sorted(closing) or [base_currency]
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<Document xmlns="{NS_CAMT053}"><BkToCstmrStmt>',
@@ -143,12 +176,21 @@ def encode_camt053(statement_id: str, account: str, created_at_us: int,
         f"<Stmt><Id>{esc(statement_id)}</Id><CreDtTm>{created}</CreDtTm>",
         f"<Acct><Id><Othr><Id>{esc(account)}</Id></Othr></Id></Acct>",
     ]
+    for code, balances in (("OPBD", start), ("CLBD", closing)):
+        for ccy in currencies:
+            amount = balances.get(ccy, 0)
+            parts.append(
+                f"<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp>"
+                f'<Amt Ccy="{ccy}">{format_amount(abs(amount), ccy)}</Amt>'
+                f"<CdtDbtInd>{'CRDT' if amount >= 0 else 'DBIT'}</CdtDbtInd>"
+                f"<Dt><DtTm>{created}</DtTm></Dt></Bal>"
+            )
     for e in entries:
         indicator = "CRDT" if e.status == "settled" else "DBIT"
         parts.append(
             f'<Ntry><Amt Ccy="{e.currency}">{format_amount(e.amount, e.currency)}</Amt>'
             f"<CdtDbtInd>{indicator}</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts>"
-            f"<BookgDt><DtTm>{_iso(e.settled_at_us)}</DtTm></BookgDt>"
+            f"<BookgDt><DtTm>{_iso(e.settled_at_us)}</DtTm></BookgDt>{_BKTXCD[e.status]}"
             f"<NtryDtls><TxDtls><Refs><EndToEndId>{esc(e.secondary)}</EndToEndId>"
             f"<UETR>{esc(e.reference)}</UETR></Refs></TxDtls></NtryDtls></Ntry>"
         )
