@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,11 @@ def test_unparseable_messages_get_a_format_error_and_the_connection_survives(
         client.send_raw(b"zz")
         assert client.call({"t": "0800", "7": "1125101500", "11": "000013", "70": "301"})[
             "39"] == "00"
+        # Counted on the switch's own series, like a bad msgpack frame.
+        url = f"http://127.0.0.1:{switch['admin_port']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'payswitch_frame_errors_total{kind="malformed"} 4.0' in metrics
     finally:
         client.close()
 

@@ -31,6 +31,7 @@ import msgspec
 from switch import reasons
 from switch.journal import JournalFailed, JournalFull, encode_payment
 from switch.model import Payment, PaymentRequest, Result, Status
+from switch.observability.metrics import SwitchMetrics
 from switch.payment.pipeline import Pipeline, Rejected
 from switch.routing.router import NoRoute
 
@@ -93,6 +94,11 @@ class FrontCore:
             await self._idle.wait()
             return True
         return False
+
+    @property
+    def metrics(self) -> SwitchMetrics:
+        """The switch's metrics: the doors count their own refusals on the same series."""
+        return self._pipeline.metrics
 
     def stored(self, idempotency_key: str) -> Result | None:
         """The stored result for a key, or None (unknown key or still in flight)."""

@@ -100,9 +100,11 @@ def build_api(core: FrontCore, config: HttpApiConfig) -> Starlette:
         if body is None:
             assert error is not None
             status = 400 if not error.pointer and error.detail.startswith("not valid") else 422
+            core.metrics.rejected[reasons.E_MALFORMED if status == 400 else reasons.E_INVALID].inc()
             return problem(status, "invalid-body", f"{error.pointer or 'body'}: {error.detail}",
                            errors=[error])
         if state["in_flight"] >= config.max_in_flight:
+            core.metrics.rejected[reasons.E_OVERLOADED].inc()
             return problem(503, "overloaded", f"http.max_in_flight={config.max_in_flight} "
                            "reached", code=reasons.E_OVERLOADED)
         state["in_flight"] += 1

@@ -147,6 +147,8 @@ class Iso8583Door:
                 frames = decoder.feed(data)
             except CodecError as exc:
                 self.counts["frame_too_large"] += 1
+                self.core.metrics.frame_errors[reasons.E_FRAME_TOO_LARGE].inc()
+                self.core.metrics.rejected[reasons.E_FRAME_TOO_LARGE].inc()
                 log.warning("closing ISO 8583 connection: %s", exc)
                 return
             for payload in frames:
@@ -154,6 +156,8 @@ class Iso8583Door:
 
     def _format_error(self, conn: _Conn, partial: IsoMessage | None, exc: CodecError) -> None:
         self.counts["format_error"] += 1
+        self.core.metrics.frame_errors[reasons.E_MALFORMED].inc()
+        self.core.metrics.rejected[reasons.E_MALFORMED].inc()
         log.info("ISO 8583 format error: %s", exc)
         answer = format_error_response(partial)
         if answer is not None:
@@ -179,6 +183,7 @@ class Iso8583Door:
         refusal = self._admit(conn)
         if refusal:
             self.counts[f"refused_{refusal}"] += 1
+            self.core.metrics.rejected[refusal].inc()
             self._send(conn, refusal_response(msg, refusal))
             return
         tg.start_soon(self._process, conn, call)
