@@ -141,6 +141,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def _last_status(journal: Path, key: str) -> str:
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        row = db.execute("SELECT status FROM journal WHERE idempotency_key = ? AND kind = 'final'"
+                         " ORDER BY seq DESC LIMIT 1", (key,)).fetchone()
+    finally:
+        db.close()
+    return str(row[0]) if row else ""
+
+
 @pytest.fixture
 def switch(tmp_path: Path) -> Any:
     proc, endpoints = start(tmp_path)
@@ -187,6 +197,13 @@ def test_0100_0400_0800_get_correct_answers(tmp_path: Path, bitmap: str) -> None
         assert advice["t"] == "0430" and advice["39"] == "00"
         unknown = client.call(reversal(auth(999), 6))
         assert unknown["t"] == "0410" and unknown["39"] == "25"
+
+        # The reversal reached the journal: the original's last result is "reversed".
+        key = "iso:412345:TERM0042:000002:1125101500"
+        deadline = time.monotonic() + 10
+        while _last_status(tmp_path / "journal.db", key) != "reversed":
+            assert time.monotonic() < deadline, _last_status(tmp_path / "journal.db", key)
+            time.sleep(0.05)
 
         # Real codes: a PAN failing Luhn is an invalid card (14), an amount of 0 a
         # format error (30).
@@ -269,6 +286,35 @@ def test_kill_9_acknowledged_payments_survive_and_repeats_return_the_original(
                 again = client.call(requests[stan])
                 assert again["39"] == first["39"]
                 assert again.get("38") == first.get("38"), "processed again after restart"
+        finally:
+            client.close()
+    finally:
+        stop(proc)
+
+
+def test_an_acknowledged_reversal_survives_kill_9(tmp_path: Path) -> None:
+    proc, endpoints = start(tmp_path)
+    client = Acquirer(endpoints["iso8583_port"])
+    try:
+        request = auth(21)
+        assert client.call(request)["39"] == "00"
+        assert client.call(reversal(request, 22))["39"] == "00"
+        # Killed at once: the resolver waits 50 ms before telling the issuer, so the
+        # reversal is (almost always) still only an intent in the journal.
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        client.close()
+    proc, endpoints = start(tmp_path)
+    try:
+        key = "iso:412345:TERM0042:000021:1125101500"
+        deadline = time.monotonic() + 15
+        while _last_status(tmp_path / "journal.db", key) != "reversed":
+            assert time.monotonic() < deadline, "the acknowledged reversal was lost"
+            time.sleep(0.05)
+        client = Acquirer(endpoints["iso8583_port"])
+        try:  # the reversal's repeat after the restart: nothing left to undo, still 00
+            assert client.call(reversal(request, 22, "0401"))["39"] == "00"
         finally:
             client.close()
     finally:
