@@ -4,9 +4,13 @@ Acquirers connect over TCP and send 2-byte length-prefixed messages, pipelined: 
 come back in completion order and the acquirer matches them by its key fields (MTI
 class + DE11 + DE41, as jPOS QMUX does), which every response echoes.
 
-Per connection a reader parses every complete frame of each 64 KiB read; each payment
-or reversal runs as its own task and queues its answer; a writer sends everything
-queued in one write. Network management (0800) is answered inline.
+Per connection a reader parses every complete frame of each 64 KiB read and hands each
+payment or reversal to a pool of worker tasks (as switch/serve/server.py does: a task
+per request measured ~50-100 us here, a hand-off to an idle worker a few); the answer
+is queued on the connection, and a writer sends everything queued in one write.
+Network management (0800) is answered inline. Workers are spawned only when none is
+idle, and each admitted request reserves one, so the pool never exceeds the in-flight
+bound.
 
 Bounds, each with its refusal:
 - connections (``max_connections``): the connection is closed at once (there is no
@@ -93,6 +97,12 @@ class Iso8583Door:
         self._idle = anyio.Event()
         self._idle.set()
         self._accept_scope = anyio.CancelScope()
+        # The job stream holds at most the in-flight bound: admission refused the rest.
+        self._jobs_in, self._jobs_out = anyio.create_memory_object_stream[
+            tuple[_Conn, PaymentCall | ReversalCall]](config.max_in_flight_total)
+        self._workers: anyio.abc.TaskGroup | None = None
+        self.workers = 0
+        self._idle_workers = 0
 
     async def start(self, tg: anyio.abc.TaskGroup) -> int:
         """Listen, and accept into ``tg`` until :meth:`drain`; returns the port."""
@@ -100,6 +110,7 @@ class Iso8583Door:
         listener = await anyio.create_tcp_listener(
             local_host=self.config.host, local_port=self.config.port)
         port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await tg.start(self._host_workers)
 
         async def accept() -> None:
             with scope:
@@ -108,6 +119,19 @@ class Iso8583Door:
 
         tg.start_soon(accept)
         return port
+
+    async def _host_workers(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as workers:
+            self._workers = workers
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def _worker(self) -> None:
+        async for conn, call in self._jobs_out:
+            await self._process(conn, call)
+            self._idle_workers += 1
 
     async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
         if self.connections >= self.config.max_connections or self.draining:
@@ -119,7 +143,7 @@ class Iso8583Door:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(conn.write_loop)
-                await self._read_loop(conn, tg)
+                await self._read_loop(conn)
                 conn.closing = True
                 conn.wakeup.set()
         finally:
@@ -135,7 +159,7 @@ class Iso8583Door:
             return
         conn.wakeup.set()
 
-    async def _read_loop(self, conn: _Conn, tg: anyio.abc.TaskGroup) -> None:
+    async def _read_loop(self, conn: _Conn) -> None:
         cfg = self.config
         decoder = FrameDecoder(cfg.max_frame_bytes)
         while not conn.closing:
@@ -152,7 +176,7 @@ class Iso8583Door:
                 log.warning("closing ISO 8583 connection: %s", exc)
                 return
             for payload in frames:
-                self._handle(conn, tg, payload)
+                self._handle(conn, payload)
 
     def _format_error(self, conn: _Conn, partial: IsoMessage | None, exc: CodecError) -> None:
         self.counts["format_error"] += 1
@@ -165,7 +189,7 @@ class Iso8583Door:
         else:
             self.counts["unanswerable"] += 1
 
-    def _handle(self, conn: _Conn, tg: anyio.abc.TaskGroup, payload: bytes) -> None:
+    def _handle(self, conn: _Conn, payload: bytes) -> None:
         try:
             msg = self.codec.decode(payload)
         except AcquirerFormatError as exc:
@@ -186,7 +210,13 @@ class Iso8583Door:
             self.core.metrics.rejected[refusal].inc()
             self._send(conn, refusal_response(msg, refusal))
             return
-        tg.start_soon(self._process, conn, call)
+        if self._idle_workers:
+            self._idle_workers -= 1  # reserved: the job below is that worker's
+        else:
+            assert self._workers is not None, "start() hosts the workers"
+            self.workers += 1
+            self._workers.start_soon(self._worker)
+        self._jobs_in.send_nowait((conn, call))
 
     def _admit(self, conn: _Conn) -> str:
         cfg = self.config
