@@ -1,7 +1,8 @@
 """End-to-end benchmark: switch CPU per payment, latency curve, saturation, overload.
 
-    python bench/e2e.py --quick            # short run (~3 minutes), prints only
-    python bench/e2e.py --write            # full run, writes the "e2e" section of RESULTS.md
+    .venv/bin/python bench/e2e.py --quick    # short run (~4 minutes), prints only
+    .venv/bin/python bench/e2e.py --write    # full run, records the "e2e" section of
+                                             # bench/RESULTS.md
 
 In one run it loads, side by side:
 * the switch (``payswitch serve``: full pipeline, group-commit journal, metrics on,
@@ -54,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 import anyio  # noqa: E402
 
-from bench.results import markdown_table, write_section  # noqa: E402
+from bench.results import markdown_table, write_flag, write_section  # noqa: E402
 from loadtests.harness.demo import (  # noqa: E402
     channel_networks_toml,
     start_channels,
@@ -340,7 +341,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="short steps, fewer rates")
-    parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
+    write_flag(parser)
     args = parser.parse_args()
     duration = 3.0 if args.quick else 8.0
     overload_s = 8 if args.quick else 30
@@ -457,8 +458,8 @@ def main() -> None:
             ),
         ]
     )
-    if args.write:
-        write_section("e2e", "End to end: switch vs bare framed echo", body, "bench/e2e.py")
+    write_section("e2e", "End to end: switch vs bare framed echo", body, "bench/e2e.py",
+                  args.write)
 
 
 def _start_echo(ready: Path) -> tuple[object, dict[str, int]]:

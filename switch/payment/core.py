@@ -67,6 +67,7 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.trace import TraceNumbers
 from switch.journal import JournalFailed, JournalFull, encode_payment, encode_result
 from switch.model import (
     CardRef,
@@ -86,7 +87,12 @@ from switch.payment.standin import StandIn
 from switch.payment.timers import TimerHeap
 from switch.payment.validation import InvalidPayment, validate
 from switch.protocols.wire import ErrorReply, Reply, Response
-from switch.routing.resilience import FailureKind, classify, is_safe_to_retry
+from switch.routing.resilience import (
+    FailureKind,
+    classify,
+    counts_as_healthy,
+    is_safe_to_retry,
+)
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import Target
 
@@ -253,6 +259,7 @@ class PaymentCore:
         seed: int,
         wall_offset: float,
         standin: StandIn | None = None,
+        trace: TraceNumbers | None = None,
     ) -> None:
         self.journal = journal
         self.network = network
@@ -267,6 +274,9 @@ class PaymentCore:
         #: wall-clock seconds = now + wall_offset (the shell anchors it once at start).
         self._wall_offset = wall_offset
         self._sequence = 0
+        #: DE11 of card payments: the sequence the card adapters' reversals and 0800s
+        #: share, persisted in blocks so a restart does not reuse numbers (trace.py).
+        self.trace = trace if trace is not None else TraceNumbers()
         # UETRs must be UUIDv4; drawing them from a seeded generator keeps runs repeatable.
         self._rng = random.Random(seed * 1_000_003 + boot_count)
         self.timers = TimerHeap()
@@ -511,16 +521,15 @@ class PaymentCore:
         f.token = 0
         duration = mono - f.sent_at
         kind = classify(reply, not_sent=not_sent)
-        healthy = kind is None or kind is FailureKind.DECLINED
+        healthy = counts_as_healthy(kind, reply)
         router.health.record(endpoint, now, healthy, duration)
         if not not_sent:
             metrics.network_duration[endpoint].observe(duration)
             f.reached = f.reached or healthy
         f.last, f.last_route, f.previous = reply, f.route, endpoint
-        if healthy:
+        if kind is None or kind is FailureKind.DECLINED:  # an answer that stands
             self._outcome(f, now, mono)
             return True
-        assert kind is not None
         if not is_safe_to_retry(f.payment.channel, kind, same_endpoint=False):
             metrics.retries_denied["unsafe"].inc()
             self._outcome(f, now, mono)
@@ -827,8 +836,9 @@ class PaymentCore:
                 terminal_id=c.terminal_id,
                 merchant_id=c.merchant_id,
                 mcc=c.mcc,
-                stan=f"{seq % 1_000_000:06d}",
+                stan=f"{self.trace.next():06d}",
                 rrn=f"{self._boot % 100:02d}{seq % 10**10:010d}",
+                pan_length=len(c.pan),
             )
         elif request.swift is not None:
             s = request.swift
