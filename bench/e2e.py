@@ -192,7 +192,7 @@ def _generate(args: tuple[str, int, bytes, float, int, int, int, float]) -> dict
         "sent": stats.sent, "replies": stats.replies, "errors": dict(stats.errors),
         "lagged": stats.lagged, "elapsed": stats.elapsed_s,
         "histogram": stats.histogram.encode(), "admitted": stats.admitted.encode(),
-        "intervals": [(i.index, i.histogram, i.errors.get("overloaded", 0))
+        "intervals": [(i.index, i.histogram().encode(), i.errors.get("overloaded", 0))
                       for i in intervals],
     }
 
