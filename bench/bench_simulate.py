@@ -143,9 +143,8 @@ def main() -> None:
     body = markdown_table(("figure", "run", "measured", "target", "notes"), rows)
     body += (
         "\n\nCPU time is the one-core figure: this box is shared, so wall time also counts\n"
-        "other processes. Failing seeds here are the core's trace-number restart (a\n"
-        "restart within the issuer's 60 s duplicate window draws 94s and the switch\n"
-        "stands in while the issuer answers), found by `standin-while-issuer-answers`.\n")
+        "other processes. Each seed runs its own fault schedule (network faults, crashes,\n"
+        "disk stalls, fsync failures, full disks) and every invariant of switch/sim.\n")
     write_section("simulate", "Deterministic simulation", body, "bench/bench_simulate.py")
 
 

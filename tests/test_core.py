@@ -12,7 +12,7 @@ import pytest
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
 from switch.journal import JournalFailed, JournalFull
-from switch.model import Payment, PaymentRequest, Status
+from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import MAX_DUPLICATE_WAITERS, PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
@@ -437,10 +437,39 @@ def test_duplicate_of_a_payment_under_resolution_waits_with_a_bound() -> None:
     rig.core.index.get("recovered-1").body_hash = digest  # type: ignore[union-attr]
     rig.pay(request)
     assert rig.inbox.responses == []
-    for _ in range(60):
+    for _ in range(110):
         rig.advance(0.02)
     reply = rig.only_reply()
     assert isinstance(reply, ErrorReply) and "still in flight" in reply.message
+
+
+def test_a_retry_of_a_recovered_payment_hears_its_current_state() -> None:
+    import msgspec
+
+    from switch.payment.idempotency import body_hash
+
+    rig = make_rig()
+    request = card_payment("recovered-2")
+    digest = body_hash(msgspec.msgpack.encode(request), b"k" * 32)
+    rig.core.index.begin("recovered-2", digest, rig.now)
+    rig.core.recovered("recovered-2", "P0-7", "card-a")
+    rig.pay(request)
+    rig.advance(0.5)
+    assert rig.inbox.responses == []  # waits for the resolver first
+    rig.core.index.complete("recovered-2", Result("P0-7", Status.REVERSED, "00"))
+    rig.advance(0.02)
+    assert result_of(rig.only_reply()) == ("reversed", "00")
+    rig.inbox.responses.clear()
+    request = card_payment("recovered-3")
+    rig.core.index.begin("recovered-3", body_hash(msgspec.msgpack.encode(request), b"k" * 32),
+                         rig.now)
+    rig.core.recovered("recovered-3", "P0-8", "card-a")
+    rig.pay(request)
+    for _ in range(110):
+        rig.advance(0.02)
+    reply = rig.only_reply()
+    assert isinstance(reply, Reply) and reply.replay
+    assert (reply.result.payment_id, reply.result.status) == ("P0-8", "unknown")
 
 
 def test_an_unexpected_error_fails_only_that_payment() -> None:

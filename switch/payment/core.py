@@ -67,6 +67,7 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.trace import TraceNumbers
 from switch.journal import JournalFailed, JournalFull, encode_payment, encode_result
 from switch.model import (
     CardRef,
@@ -86,7 +87,12 @@ from switch.payment.standin import StandIn
 from switch.payment.timers import TimerHeap
 from switch.payment.validation import InvalidPayment, validate
 from switch.protocols.wire import ErrorReply, Reply, Response
-from switch.routing.resilience import FailureKind, classify, is_safe_to_retry
+from switch.routing.resilience import (
+    FailureKind,
+    classify,
+    counts_as_healthy,
+    is_safe_to_retry,
+)
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import Target
 
@@ -98,8 +104,9 @@ EXEMPLAR_FROM_S: Final = 0.010
 #: Duplicates of one in-flight key that may wait for its result; past it, overloaded.
 MAX_DUPLICATE_WAITERS: Final = 64
 #: How long a duplicate of a payment the core does not hold (a recovered payment under
-#: resolution) waits for its result, polled at ``ORPHAN_POLL_S``.
-ORPHAN_WAIT_S: Final = 1.0
+#: resolution) waits for its result, polled at ``ORPHAN_POLL_S``; then it is answered
+#: with the current state (unknown, being resolved).
+ORPHAN_WAIT_S: Final = 2.0
 ORPHAN_POLL_S: Final = 0.02
 _OUTCOME_STATUS: Final = {
     "approved": Status.APPROVED,
@@ -252,6 +259,7 @@ class PaymentCore:
         seed: int,
         wall_offset: float,
         standin: StandIn | None = None,
+        trace: TraceNumbers | None = None,
     ) -> None:
         self.journal = journal
         self.network = network
@@ -266,6 +274,9 @@ class PaymentCore:
         #: wall-clock seconds = now + wall_offset (the shell anchors it once at start).
         self._wall_offset = wall_offset
         self._sequence = 0
+        #: DE11 of card payments: the sequence the card adapters' reversals and 0800s
+        #: share, persisted in blocks so a restart does not reuse numbers (trace.py).
+        self.trace = trace if trace is not None else TraceNumbers()
         # UETRs must be UUIDv4; drawing them from a seeded generator keeps runs repeatable.
         self._rng = random.Random(seed * 1_000_003 + boot_count)
         self.timers = TimerHeap()
@@ -278,6 +289,13 @@ class PaymentCore:
             deque())
         self.in_flight = 0
         self.errors = 0
+        #: Payments recovered unfinished at start-up, by key: (payment id, network).
+        self._recovered: dict[str, tuple[str, str]] = {}
+
+    def recovered(self, key: str, payment_id: str, network: str) -> None:
+        """A payment found unfinished at start-up, now with the resolver: a retry of its
+        key waits (bounded) for the resolution, else hears its current state."""
+        self._recovered[key] = (payment_id, network)
 
     # ----------------------------------------------------------------- events
 
@@ -503,16 +521,15 @@ class PaymentCore:
         f.token = 0
         duration = mono - f.sent_at
         kind = classify(reply, not_sent=not_sent)
-        healthy = kind is None or kind is FailureKind.DECLINED
+        healthy = counts_as_healthy(kind, reply)
         router.health.record(endpoint, now, healthy, duration)
         if not not_sent:
             metrics.network_duration[endpoint].observe(duration)
             f.reached = f.reached or healthy
         f.last, f.last_route, f.previous = reply, f.route, endpoint
-        if healthy:
+        if kind is None or kind is FailureKind.DECLINED:  # an answer that stands
             self._outcome(f, now, mono)
             return True
-        assert kind is not None
         if not is_safe_to_retry(f.payment.channel, kind, same_endpoint=False):
             metrics.retries_denied["unsafe"].inc()
             self._outcome(f, now, mono)
@@ -733,6 +750,13 @@ class PaymentCore:
             self._refuse(orphan.origin, orphan.rid, reasons.E_OVERLOADED,
                          f"earlier attempt of {orphan.key!r} was shed; retry")
         elif now >= orphan.until:
+            known = self._recovered.get(orphan.key)
+            if known is not None:
+                # The current state: sent, outcome unknown until the resolver settles it.
+                payment_id, network = known
+                orphan.origin.reply(Reply(orphan.rid, Result(
+                    payment_id, Status.UNKNOWN, reasons.RESPONSE_TOO_LATE, route=network), True))
+                return
             self._refuse(orphan.origin, orphan.rid, reasons.E_OVERLOADED,
                          f"payment for {orphan.key!r} is still in flight; retry later")
         else:
@@ -812,8 +836,9 @@ class PaymentCore:
                 terminal_id=c.terminal_id,
                 merchant_id=c.merchant_id,
                 mcc=c.mcc,
-                stan=f"{seq % 1_000_000:06d}",
+                stan=f"{self.trace.next():06d}",
                 rrn=f"{self._boot % 100:02d}{seq % 10**10:010d}",
+                pan_length=len(c.pan),
             )
         elif request.swift is not None:
             s = request.swift

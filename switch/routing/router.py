@@ -2,7 +2,7 @@
 
 The :class:`Router` holds the live :class:`~switch.routing.table.RouteTable` (immutable, so a hot
 reload is one reference swap: a payment keeps the target it looked up), and everything
-the per-payment attempt loop in :mod:`switch.payment.pipeline` consults: per-endpoint breakers,
+the attempt plan in :mod:`switch.payment.core` consults: per-endpoint breakers,
 latency and success signals (:class:`~switch.routing.resilience.EndpointHealth`), admission
 limits, the global retry budget and the retry policy. All decisions are sans-IO
 (:mod:`switch.routing.table`, :mod:`switch.routing.breaker`,
@@ -33,8 +33,13 @@ from switch.routing.table import RouteTable, RouteTableError, Target, load_route
 
 
 class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """All payments of one channel go to one network."""
+
+    #: The channel routed here.
     channel: Channel
+    #: A network `name` from `[[networks]]` or `[[channel_networks]]` serving that channel.
     network: str
+    #: Per attempt.
     timeout_s: PositiveSeconds = 2.0
 
 

@@ -32,8 +32,11 @@ from switch.adapters.base import ChannelAdapter, NetworkReply, NotSent, SendsWit
 from switch.clock import Clock, backend_clock
 from switch.journal import Journal
 from switch.model import Payment, PaymentRequest
+from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore, Rejected, Submitted
+from switch.payment.idempotency import IdempotencyIndex
 from switch.protocols.wire import ErrorReply, Reply, Response
+from switch.routing.router import Router
 
 log = logging.getLogger(__name__)
 Row = tuple[str, str, str, str, bytes, bytes, int]
@@ -183,22 +186,38 @@ class Engine:
         self.clock = clock
         self.now = clock.now
         self.measure = clock.measure
-        self.journal = JournalShell(journal)
+        self.journal = journal
+        self.journal_port = JournalShell(journal)
         self.network = NetworkShell(adapters, self._on_replies)
-        self.core = build_core(self.journal, self.network, clock.wall_seconds() - clock.now())
+        self.core = build_core(self.journal_port, self.network,
+                               clock.wall_seconds() - clock.now())
         self._timer_wake = anyio.Event()
         self._sleeping_until = float("inf")
 
+    # What front doors reach through the engine (switch/serve/frontcore.py), as they
+    # reached through the pipeline before: the same objects the core uses.
     @property
-    def index(self) -> Any:
+    def index(self) -> IdempotencyIndex:
         return self.core.index
+
+    @property
+    def metrics(self) -> SwitchMetrics:
+        return self.core.metrics
+
+    @property
+    def router(self) -> Router:
+        return self.core.router
+
+    @property
+    def resolver(self) -> Any:
+        return self.core.resolver
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """The shell's tasks; runs until cancelled. Start it before serving."""
         self.now = backend_clock()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.journal.watch, self)
+            tg.start_soon(self.journal_port.watch, self)
             tg.start_soon(self.network.run)
             tg.start_soon(self._timers)
             await anyio.lowlevel.checkpoint()

@@ -211,6 +211,8 @@ class Server:
         self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
         self.admission = Admission(config.max_in_flight_total)
         self._lag = 0.0
+        # Read at scrape time: no gauge write per payment on the hot path.
+        metrics.in_flight.set_function(lambda: float(self.in_flight))
 
     @property
     def pipeline(self) -> Engine:
@@ -345,7 +347,8 @@ class Server:
 
     def _shedding(self, conn: _Connection) -> bool:
         return (self.in_flight >= self.admission.limit or self.draining
-                or conn.in_flight >= self.config.max_in_flight_per_connection)
+                or conn.in_flight >= self.config.max_in_flight_per_connection
+                or self.admission.lag > self.config.max_queue_delay_s)
 
     def _admit(self, conn: _Connection, request_id: int) -> bool:
         """Shed before any processing: a refusal costs microseconds."""
@@ -358,6 +361,13 @@ class Server:
                          f"max_in_flight_per_connection={cfg.max_in_flight_per_connection}"
                          " reached")
             return False
+        if self.admission.lag > cfg.max_queue_delay_s:
+            # Bytes read now waited about this long for the loop: refuse everything new
+            # (nothing journaled) until the lag is back under the bound.
+            self._refuse(conn, request_id, reasons.E_OVERLOADED,
+                         f"event loop {self.admission.lag * 1000:.0f} ms behind "
+                         f"(max_queue_delay_s={cfg.max_queue_delay_s})")
+            return False
         if self.in_flight >= self.admission.limit:
             self._refuse(conn, request_id, reasons.E_OVERLOADED,
                          f"{self.in_flight} payments in flight (adaptive limit "
@@ -368,13 +378,11 @@ class Server:
         self.in_flight += 1
         if self.in_flight == 1:
             self._idle = anyio.Event()
-        self.metrics.in_flight.set(self.in_flight)
         return True
 
     def _answered(self, conn: _Connection) -> None:
         self.in_flight -= 1
         assert self.in_flight >= 0 and conn.in_flight >= 0
-        self.metrics.in_flight.set(self.in_flight)
         if self.in_flight == 0:
             self._idle.set()
         if conn.room is not None and conn.in_flight < self.config.max_in_flight_per_connection:

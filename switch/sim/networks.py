@@ -122,13 +122,18 @@ class World:
         book.booked[pid] = payment.amount
         return NetworkReply("approved", reasons.APPROVED, pid)
 
-    def resolve(self, endpoint: str, payment: Payment, wall: dt.datetime) -> NetworkReply:
-        """Reversal (card) or status inquiry (SWIFT, QR), reaching the network now."""
+    def resolve(self, endpoint: str, payment: Payment, wall: dt.datetime,
+                stan: int | None) -> NetworkReply:
+        """Reversal (card) or status inquiry (SWIFT, QR), reaching the network now; ``stan``:
+        the reversal's DE11 (None: one from the network's own counter, for a reversal
+        already on the wire when its switch died)."""
         ep = self.endpoints[endpoint]
         if ep.channel == "card":
             original = original_request(payment, ACQUIRER_ID)
-            self.reversal_stan = self.reversal_stan % 999_999 + 1
-            reversal = iso8583.reversal_request(original, stan=self.reversal_stan,
+            if stan is None:
+                self.reversal_stan = self.reversal_stan % 999_999 + 1
+                stan = self.reversal_stan
+            reversal = iso8583.reversal_request(original, stan=stan,
                                                 transmitted_at=wall,
                                                 reason_code=reasons.RESPONSE_TOO_LATE)
             answer = self.scheme.reverse(reversal)

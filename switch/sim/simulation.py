@@ -44,6 +44,7 @@ from channels.behaviour import RequestPlan
 from loadtests.harness.workload import Workload
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.trace import MemoryTraceStore, TraceNumbers
 from switch.journal import (
     JournalFailed,
     JournalFull,
@@ -253,7 +254,9 @@ class SimResolver:
         sim = self.sim
         if plan.technical_error is not None or plan.malformed:
             return  # answered 91/96 or garbage: the adapter repeats; the timeout retries
-        reply = sim.world.resolve(job.route.network, job.payment, sim.wall())
+        # The card adapters draw their 0400's DE11 from the core's sequence (app.py).
+        reply = sim.world.resolve(job.route.network, job.payment, sim.wall(),
+                                  self.boot.trace.next())
         if plan.action == "reset":
             return  # decided, then the connection dropped: the timeout retries
         sim.push(sim.now + plan.late_delay_s, RES_REPLY, self.boot, (job, attempt, reply))
@@ -334,6 +337,7 @@ class _Boot:
     standin: StandIn
     resolver: SimResolver
     journal: SimJournal
+    trace: TraceNumbers
 
     def __init__(self, number: int, started: float) -> None:
         self.number = number
@@ -383,6 +387,9 @@ class Simulation:
         self.restarts: list[float] = []
         self.boot: _Boot | None = None
         self._boot_counter = 0
+        #: The trace-number reservation survives crashes (the switch keeps it in a fsynced
+        #: sidecar file beside the journal; here, one store every boot reads).
+        self.trace_store = MemoryTraceStore()
         self._stood_in: set[str] = set()
         self._load_over = False
         self._origin = _Origin(self)
@@ -441,6 +448,7 @@ class Simulation:
         journal = SimJournal(self.db, lambda batch, at: self.push(at, COMMIT, boot, batch),
                              lambda: self.now)
         boot.index, boot.router, boot.journal = index, router, journal
+        boot.trace = TraceNumbers(self.trace_store)
         boot.resolver = SimResolver(self, boot, cfg)
         boot.standin = StandIn(cfg.standin, cast(Any, self.adapters), cast(Any, journal),
                                cast(Any, _Clock(self)), metrics,
@@ -451,7 +459,7 @@ class Simulation:
             resolver=boot.resolver, metrics=metrics,
             token_key=cfg.security.token_key.encode(), boot_count=recovered.boot_count,
             seed=cfg.seed, wall_offset=self.wall_offset,
-            standin=boot.standin if cfg.standin.enabled else None)
+            standin=boot.standin if cfg.standin.enabled else None, trace=boot.trace)
         self.boot = boot
         for advice in recovered.pending_advices:
             target = router.target(advice.payment)
@@ -784,7 +792,7 @@ class Simulation:
             elif kind == RES_ISSUER:
                 job, _, plan = b
                 if plan.technical_error is None and not plan.malformed:
-                    self.world.resolve(job.route.network, job.payment, self.wall())
+                    self.world.resolve(job.route.network, job.payment, self.wall(), None)
             elif kind == DISK and a is None:
                 self._disk(b)
             return
