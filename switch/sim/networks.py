@@ -88,6 +88,9 @@ class World:
         self.books: dict[str, Book] = {"swift": Book(), "qr": Book()}
         #: Per payment: the codes issuers answered its authorizations with (stand-in check).
         self.answered: dict[str, list[str]] = {}
+        #: Card payments the scheme decided (in flight only), and 94s to a first sight.
+        self.decided: set[str] = set()
+        self.stan_reused: list[str] = []
         self.reversal_stan = 0
 
     # ----------------------------------------------------------------- requests
@@ -105,6 +108,12 @@ class World:
         elif ep.channel == "card":
             msg = original_request(payment, ACQUIRER_ID)
             reply = _reply_for(self.scheme.authorize(msg, now))
+            pid = payment.payment_id
+            if reply.reason == reasons.DUPLICATE_TRANSMISSION and pid not in self.decided:
+                # The issuer saw this STAN + terminal on *another* payment within its
+                # window: the switch reused a trace number.
+                self.stan_reused.append(pid)
+            self.decided.add(pid)
         else:
             reply = self._book(self.books[endpoint], payment)
         self.answered.setdefault(payment.payment_id, []).append(reply.reason)

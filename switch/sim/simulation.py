@@ -559,6 +559,11 @@ class Simulation:
         self.world.endpoints[endpoint].busy -= 1
         reply = self.world.authorize(endpoint, payment, plan.technical_error, self.now)
         pid = payment.payment_id
+        if self.world.stan_reused:
+            for reused in self.world.stan_reused:
+                self.violate("trace-number-reused", reused, "the issuer answered 94 to its "
+                             "first transmission: another payment used this STAN + terminal")
+            self.world.stan_reused.clear()
         self.note(f"issuer {endpoint} {pid} {reply.outcome} {reply.reason}", pid)
         if plan.malformed or plan.action == "reset":
             # Garbage the adapter drops, or the connection reset after the network decided
@@ -644,6 +649,7 @@ class Simulation:
             if result.stood_in:
                 self._check_standin(result)
             self.world.answered.pop(result.payment_id, None)  # only stand-in asks; bounded
+            self.world.decided.discard(result.payment_id)
 
     def _check_standin(self, result: Result) -> None:
         pid = result.payment_id
