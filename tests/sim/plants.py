@@ -112,3 +112,28 @@ def reply_before_durable() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaymentCore, "_journal", journal)
         yield
+
+
+@contextmanager
+def forget_idempotency_keys() -> Iterator[None]:
+    """The index never finds a key: a retry is a new payment, another body is accepted."""
+    from switch.payment.idempotency import IdempotencyIndex
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(IdempotencyIndex, "get", lambda self, key: None)
+        yield
+
+
+@contextmanager
+def stand_in_after_an_answer() -> Iterator[None]:
+    """The core forgets that an issuer answered: a card declined by its issuer is approved
+    in stand-in."""
+    original = PaymentCore._outcome
+
+    def outcome(self: Any, f: Any, now: float, mono: float) -> None:
+        f.reached = False
+        original(self, f, now, mono)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_outcome", outcome)
+        yield

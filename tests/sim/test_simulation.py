@@ -179,3 +179,14 @@ def test_shrinking_reduces_a_failing_schedule_to_what_breaks() -> None:
         assert simulate(options).violations
         smaller = shrink(options, "trace-number-reused", io.StringIO())
     assert len(smaller.crashes) == 1 and not smaller.faults and not smaller.disk
+
+
+def test_finds_forgotten_idempotency_keys() -> None:
+    seed = first_failure(plants.forget_idempotency_keys, "idempotency", range(1, 6))
+    assert_plant_is_the_cause(seed, "idempotency")
+
+
+def test_finds_stand_in_after_the_issuer_answered() -> None:
+    seed = first_failure(plants.stand_in_after_an_answer, "standin-while-issuer-answers",
+                         range(1, 6))
+    assert_plant_is_the_cause(seed, "standin-while-issuer-answers")
