@@ -122,8 +122,6 @@ def main() -> None:
           f"({per_seed_s / 60:g} simulated min each, {args.processes} processes): "
           f"{seeds_per_hour:.0f} measured on the wall clock, {seeds_per_hour_cpu:.0f} from "
           f"{cpu_per_seed:.1f} s cpu per seed on {os.cpu_count()} cores")
-    if not args.write:
-        return
     failed = ", ".join(f"{k} in {v}" for k, v in sorted(summary.by_invariant.items())) or "none"
     rows = [
         ("one simulated hour at 200/s, fault timeline, one process",
@@ -145,7 +143,8 @@ def main() -> None:
         "\n\nCPU time is the one-core figure: this box is shared, so wall time also counts\n"
         "other processes. Each seed runs its own fault schedule (network faults, crashes,\n"
         "disk stalls, fsync failures, full disks) and every invariant of switch/sim.\n")
-    write_section("simulate", "Deterministic simulation", body, "bench/bench_simulate.py")
+    write_section("simulate", "Deterministic simulation", body, "bench/bench_simulate.py",
+                  args.write)
 
 
 if __name__ == "__main__":
