@@ -60,6 +60,7 @@ ALERTS_MAY_BE_EMPTY = {
     "PayswitchStoreForwardStale": "needs an advice undelivered for 10 minutes",
     "PayswitchRetryBudgetExhausted": "needs retries denied for budget for 5 minutes; the "
     "short fault stays within the budget",
+    "PayswitchRecordQuarantined": "needs a journal record that cannot be encoded",
 }
 #: Dashboard queries allowed to return nothing, with the reason. None today: panels use
 #: `or vector(0)` where a series can legitimately be absent (e.g. ALERTS), every other
