@@ -87,6 +87,9 @@ def start_switch(
             backend,
             "--ready-file",
             str(ready_file),
+            # A harness run is a demo: without a configured key, serve generates a random
+            # one per work dir (token.key beside the journal) instead of refusing.
+            "--demo",
         ],
         stdout=subprocess.DEVNULL,
         stderr=log_file,

@@ -16,7 +16,13 @@ from rich.console import Console
 
 from switch.cli.fault import fault
 from switch.cli.load import load
-from switch.serve.config import ConfigError, SwitchConfig, load_config, with_defaults
+from switch.serve.config import (
+    ConfigError,
+    SwitchConfig,
+    load_config,
+    resolve_token_key,
+    with_defaults,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,25 +69,37 @@ def main() -> None:
     type=click.Choice(["json", "text"]),
     help="JSON lines (with payment_id fields) or plain text; card numbers masked in both.",
 )
+@click.option(
+    "--demo",
+    is_flag=True,
+    default=False,
+    help="A throwaway setup: without a configured token key, generate a random one in "
+    "token.key beside the journal (kept for that work dir).",
+)
 def serve(
     config_path: str | None,
     backend: str | None,
     ready_file: str | None,
     log_level: str,
     log_format: str,
+    demo: bool,
 ) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
     Payments are served on [server] host:port; /metrics, /healthz and /readyz on
-    [admin] host:port.
+    [admin] host:port. The token key comes from $PAYSWITCH_TOKEN_KEY or
+    [security] token_key_file; without one, serve refuses to start unless --demo.
     """
     from switch.observability import logs
 
     logs.configure(log_level, log_format)
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
+        config = resolve_token_key(config, demo=demo)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        # A usage error: one line, exit 2, no traceback.
+        click.echo(f"payswitch serve: {exc}", err=True)
+        sys.exit(2)
     chosen = backend or config.server.backend
     from switch.serve.app import SwitchApp
 
