@@ -18,6 +18,7 @@ import anyio
 
 from channels.config import ChannelsConfig, ChannelsConfigError, load_config
 from channels.server import serve_channels
+from switch.serve.http import AdminAuthError, load_tokens
 
 
 async def _serve(config: ChannelsConfig, ready_file: str | None) -> None:
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
-    except (ChannelsConfigError, OSError) as exc:
+        load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
+    except (ChannelsConfigError, OSError, AdminAuthError) as exc:
         print(f"channels: {args.config}: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):

@@ -15,6 +15,7 @@ from channels.faults import (
     FaultConfigError,
     validate_fault_schedule,
 )
+from switch.serve.http import AdminAuthConfig
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,9 @@ class AdminSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 0
+    #: Bearer tokens for /faults (operator: inject and clear; auditor: list) and the audit
+    #: log of every change (default var/channels-admin-audit.jsonl). See docs/security.md.
+    auth: AdminAuthConfig = msgspec.field(default_factory=AdminAuthConfig)
 
 
 class ChannelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

@@ -30,6 +30,7 @@ from rich.table import Table
 from loadtests.harness.audit import AuditReport, audit_journal
 from loadtests.harness.loadgen import LoadStats, OpenLoopGenerator
 from loadtests.harness.workload import Workload
+from switch.serve.http import admin_headers, ensure_demo_tokens
 
 DEMO_CONFIG = """\
 seed = {seed}
@@ -72,6 +73,7 @@ def start_switch(
     Its logs (JSON lines) go to ``switch.log`` beside the ready file: a pipe nobody reads
     would block the switch once full.
     """
+    ensure_demo_tokens()  # admin tokens in the environment the switch inherits
     ready_file.unlink(missing_ok=True)
     log_path = ready_file.with_name("switch.log")
     log_file = log_path.open("ab")
@@ -232,6 +234,7 @@ def start_channels(
     config.write_text(_PORT_LINE.sub(port, text))
     ready = base / "channels-ready.json"
     ready.unlink(missing_ok=True)
+    ensure_demo_tokens()  # admin tokens in the environment the simulators inherit
     log_file = (base / "channels.log").open("ab")
     proc = subprocess.Popen(
         [
@@ -296,7 +299,8 @@ async def _watch_faults(
     async with httpx.AsyncClient() as client:
         while not stop.is_set():
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                faults = (await client.get(url, timeout=2.0)).json()["faults"]
+                faults = (await client.get(url, timeout=2.0,
+                                           headers=admin_headers("auditor"))).json()["faults"]
                 at = time.perf_counter() - started  # bench: the generator's clock
                 current[:] = []
                 for f in faults:

@@ -4,18 +4,24 @@ It talks to the simulators' admin API (``channels/server.py``): ``POST /faults``
 JSON :class:`channels.faults.Fault`, ``GET /faults``, ``DELETE /faults/{endpoint}``. The
 fault is validated here first, so a bad one is refused with the field path before
 anything is sent.
+
+Auth: the request carries ``Authorization: Bearer`` with the operator token from
+``--token-file`` or ``$PAYSWITCH_OPERATOR_TOKEN`` (``list`` also accepts the auditor's,
+``$PAYSWITCH_AUDITOR_TOKEN``). A refusal is one line naming the status and the reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import click
 import httpx
 import msgspec
 
 from channels.faults import FAULT_KINDS, Fault, FaultConfigError
+from switch.serve.http import Role, admin_headers
 
 DEFAULT_ADMIN = "http://127.0.0.1:7280"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -50,6 +56,12 @@ def parse_duration(text: str) -> float:
     "--match", multiple=True, help="Only route keys (BIN, corridor, scheme) with this prefix."
 )
 @click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the admin bearer token (default: $PAYSWITCH_OPERATOR_TOKEN).",
+)
 def fault(
     endpoint: str,
     kind: str | None,
@@ -61,6 +73,7 @@ def fault(
     delay: str | None,
     match: tuple[str, ...],
     admin: str,
+    token_file: str | None,
 ) -> None:
     """Inject, list or clear faults on the running network simulators.
 
@@ -81,12 +94,14 @@ def fault(
       payswitch fault qr-scheme slow --factor 5 --for 1m
     """
     if endpoint == "list":
-        click.echo(json.dumps(_call("GET", f"{admin}/faults"), indent=2))
+        headers = _auth(token_file, "operator") or _auth(None, "auditor")
+        click.echo(json.dumps(_call("GET", f"{admin}/faults", headers=headers), indent=2))
         return
+    headers = _auth(token_file, "operator")
     if endpoint == "clear":
         if kind is None:
             raise click.UsageError("payswitch fault clear ENDPOINT")
-        click.echo(json.dumps(_call("DELETE", f"{admin}/faults/{kind}")))
+        click.echo(json.dumps(_call("DELETE", f"{admin}/faults/{kind}", headers=headers)))
         return
     if kind not in FAULT_KINDS:
         raise click.BadParameter(
@@ -108,17 +123,37 @@ def fault(
         injected.validate("fault")
     except (msgspec.ValidationError, FaultConfigError) as exc:
         raise click.ClickException(f"invalid fault: {exc}") from None
-    response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected))
+    response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected),
+                     headers=headers)
     click.echo(f"injected: {json.dumps(response)}")
 
 
-def _call(method: str, url: str, content: bytes | None = None) -> object:
+def _auth(token_file: str | None, role: Role) -> dict[str, str]:
+    if token_file is None:
+        return admin_headers(role)
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise click.BadParameter(f"cannot read {token_file}: {why}",
+                                 param_hint="--token-file") from None
+    return {"authorization": f"Bearer {token}"}
+
+
+def _call(method: str, url: str, content: bytes | None = None,
+          headers: dict[str, str] | None = None) -> object:
     try:
         response = httpx.request(
-            method, url, content=content, timeout=5.0, headers={"content-type": "application/json"}
+            method, url, content=content, timeout=5.0,
+            headers={"content-type": "application/json", **(headers or {})},
         )
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the simulators at {url}: {exc}") from None
     if response.status_code >= 400:
-        raise click.ClickException(f"{url}: HTTP {response.status_code}: {response.text}")
+        hint = ""
+        if response.status_code == 401:
+            hint = " (set $PAYSWITCH_OPERATOR_TOKEN or pass --token-file)"
+        detail = " ".join(response.text.split())[:300]
+        raise click.ClickException(
+            f"{url}: HTTP {response.status_code}: {detail}{hint}")
     return response.json() if response.content else None

@@ -23,6 +23,7 @@ from switch.serve.config import (
     resolve_token_key,
     with_defaults,
 )
+from switch.serve.http import AdminAuthError, load_tokens
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,7 +97,8 @@ def serve(
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
         config = resolve_token_key(config, demo=demo)
-    except ConfigError as exc:
+        load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
+    except (ConfigError, AdminAuthError) as exc:
         # A usage error: one line, exit 2, no traceback.
         click.echo(f"payswitch serve: {exc}", err=True)
         sys.exit(2)

@@ -32,6 +32,7 @@ from switch.payment.standin import StandInConfig
 from switch.protocols.framing import MAX_FRAME_BYTES_CEILING
 from switch.routing.resilience import ResilienceConfig
 from switch.routing.router import ChannelRoute
+from switch.serve.http import AdminAuthConfig
 from switch.tomlio import convert, parse_toml, read_text
 
 
@@ -62,6 +63,9 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     metrics: bool = True
     host: str = "127.0.0.1"
     port: Port = 7180
+    #: Bearer tokens (operator, auditor) for the admin API and its audit log; the audit
+    #: log defaults to admin-audit.jsonl beside the journal. See docs/security.md.
+    auth: AdminAuthConfig = msgspec.field(default_factory=AdminAuthConfig)
 
 
 class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -217,6 +221,11 @@ def with_defaults(cfg: SwitchConfig) -> SwitchConfig:
     ]
     routes = [ChannelRoute(channel=ch, network=f"standin-{ch}") for ch in CHANNELS]
     return msgspec.structs.replace(cfg, networks=networks, routes=routes)
+
+
+def audit_log_path(cfg: SwitchConfig) -> Path:
+    """Where the switch's admin audit log goes: configured, or beside the journal."""
+    return Path(cfg.admin.auth.audit_log or Path(cfg.journal.path).parent / "admin-audit.jsonl")
 
 
 def resolve_token_key(

@@ -31,6 +31,7 @@ import httpx
 import pytest
 
 from loadtests.harness.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
+from switch.serve.http import admin_headers
 from tests.observability.test_dashboards import (
     DASHBOARDS,
     NAME,
@@ -182,7 +183,8 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 def inject_faults(admin_port: int) -> None:
     for fault in FAULTS:
-        response = httpx.post(f"http://127.0.0.1:{admin_port}/faults", json=fault, timeout=5)
+        response = httpx.post(f"http://127.0.0.1:{admin_port}/faults", json=fault, timeout=5,
+                              headers=admin_headers())
         assert response.status_code == 201, response.text
 
 
