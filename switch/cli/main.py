@@ -6,7 +6,9 @@ can do is also callable (and tested) from Python.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import sys
 
@@ -19,6 +21,7 @@ from switch.cli.load import load
 from switch.serve.config import (
     ConfigError,
     SwitchConfig,
+    check_free_space,
     load_config,
     resolve_token_key,
     with_defaults,
@@ -98,6 +101,7 @@ def serve(
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
         config = resolve_token_key(config, demo=demo)
         load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
+        check_free_space(config)
     except (ConfigError, AdminAuthError) as exc:
         # A usage error: one line, exit 2, no traceback.
         click.echo(f"payswitch serve: {exc}", err=True)
@@ -122,7 +126,46 @@ def serve(
             tg.cancel_scope.cancel()
 
     options = {"use_uvloop": True} if chosen == "asyncio" else {}
-    anyio.run(main_task, backend=chosen, backend_options=options)
+    try:
+        anyio.run(main_task, backend=chosen, backend_options=options)
+    except BaseException as exc:
+        cause = _storage_failure(exc)
+        if cause is None:
+            raise
+        # Fail-stop on the journal's storage (disk full, I/O error): one line with the
+        # real cause, then leave at once. Leftover threads (a commit stuck in SQLite)
+        # must not keep a half-dead process around with its admin port already closed.
+        logging.getLogger("switch").critical("fail-stop: journal storage failed: %s", cause)
+        click.echo(f"payswitch serve: fail-stop: journal storage failed: {cause}", err=True)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _storage_failure(exc: BaseException) -> BaseException | None:
+    """The SQLite or OS error inside ``exc`` (an exception group, a chain), if any."""
+    import sqlite3
+
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sqlite3.Error) or (
+            isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS
+        ):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                stack.append(linked)
+    return None
 
 
 @main.command()

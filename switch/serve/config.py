@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -79,6 +79,9 @@ class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     commit_window_s: Annotated[float, msgspec.Meta(ge=0, le=0.05)] = 0.0
     #: Records waiting for the writer; past this, new payments are shed as overloaded.
     max_pending: Annotated[int, msgspec.Meta(ge=1, le=4_000_000)] = 262144
+    #: ``payswitch serve`` refuses to start with less free space than this (MiB) on the
+    #: journal's filesystem: a journal that cannot commit stops the switch (fail-stop).
+    min_free_mb: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 64
 
 
 class IdempotencyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -221,6 +224,27 @@ def with_defaults(cfg: SwitchConfig) -> SwitchConfig:
     ]
     routes = [ChannelRoute(channel=ch, network=f"standin-{ch}") for ch in CHANNELS]
     return msgspec.structs.replace(cfg, networks=networks, routes=routes)
+
+
+def check_free_space(
+    cfg: SwitchConfig, statvfs: Callable[[str], os.statvfs_result] = os.statvfs
+) -> None:
+    """Refuse (ConfigError, one line) when the journal's filesystem is (nearly) full."""
+    directory = Path(cfg.journal.path).resolve().parent
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the journal's directory is created at start
+    try:
+        st = statvfs(str(probe))
+    except OSError as exc:
+        raise ConfigError(f"journal.path: cannot inspect {probe}: {exc.strerror}") from None
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    if free_mb < cfg.journal.min_free_mb:
+        raise ConfigError(
+            f"journal.path: {directory} has {free_mb:.1f} MiB free, below "
+            f"journal.min_free_mb={cfg.journal.min_free_mb}: the journal could not commit "
+            "(database or disk is full); free space or move the journal"
+        )
 
 
 def audit_log_path(cfg: SwitchConfig) -> Path:
