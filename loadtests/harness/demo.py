@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -356,6 +357,7 @@ def run_demo(
 ) -> int:
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
+    user_token = bool(os.environ.get("PAYSWITCH_OPERATOR_TOKEN"))
     journal = base / "journal.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
@@ -404,8 +406,11 @@ def run_demo(
                 if faults_url == f"http://127.0.0.1:{CHANNELS_ADMIN_PORT}/faults"
                 else f" --admin {faults_url.removesuffix('/faults')}"
             )
+            # The harness made up this run's admin token unless you set one: show it then.
+            token = ("" if user_token else
+                     f"PAYSWITCH_OPERATOR_TOKEN={os.environ['PAYSWITCH_OPERATOR_TOKEN']} ")
             console.print(
-                f"break something: .venv/bin/payswitch fault card-primary blackhole "
+                f"break something: {token}.venv/bin/payswitch fault card-primary blackhole "
                 f"--for 10s{admin_opt}"
             )
         stats, faults_seen = _drive(
