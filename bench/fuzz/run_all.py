@@ -163,20 +163,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"    {finding['finding']}: {finding['message']} ({finding['input']})")
     print(f"corpora and findings in {work}")
     if args.write:
-        _write(results, args.seconds)
+        _write(results)
     return 1 if any(r["findings"] for r in results) else 0
 
 
-def _write(results: list[dict[str, Any]], seconds: float) -> None:
+def _write(results: list[dict[str, Any]]) -> None:
     sys.path.insert(0, str(ROOT))
     from bench.results import markdown_table, write_section
 
-    rows = [(r["target"], f"{r['executions']:,}", f"{r['seconds']:.0f}",
-             f"{r['executions'] / max(r['seconds'], 1e-9):,.0f}", r["coverage"] or "-",
-             len(r["findings"]) or "0",
-             "; ".join(f["finding"] for f in r["findings"]) or "-") for r in results]
+    rows: list[tuple[object, ...]] = [
+        (r["target"], f"{r['executions']:,}", f"{r['seconds']:.0f}",
+         f"{r['executions'] / max(r['seconds'], 1e-9):,.0f}", r["coverage"] or "-",
+         len(r["findings"]) or "0", "; ".join(f["finding"] for f in r["findings"]) or "-")
+        for r in results]
+    # Keep the rows of targets this run did not include (``--only``): one table, current.
+    ran = {r["target"] for r in results}
+    rows += [row for row in _previous_rows() if row[0] not in ran]
+    rows.sort(key=lambda row: str(row[0]))
     body = (
-        f"Each target for {seconds:.0f} s under atheris (libFuzzer, coverage-guided), niced, "
+        "Each target under atheris (libFuzzer, coverage-guided), niced, "
         "seeded with valid messages. A finding is any exception other than the codec's "
         "declared error (CodecError; for the wire decoder: none, it answers ErrorReply), "
         "or a child that died.\n\n"
@@ -186,6 +191,24 @@ def _write(results: list[dict[str, Any]], seconds: float) -> None:
     )
     write_section("fuzz", "Coverage-guided fuzzing of the decoders", body,
                   "bench/fuzz/run_all.py")
+
+
+def _previous_rows() -> list[tuple[str, ...]]:
+    """The table rows of the ``fuzz`` section already in bench/RESULTS.md."""
+    from bench.results import RESULTS_PATH
+
+    if not RESULTS_PATH.exists():
+        return []
+    text = RESULTS_PATH.read_text()
+    start, end = text.find("<!-- section: fuzz -->"), text.find("<!-- end: fuzz -->")
+    if start < 0 or end < 0:
+        return []
+    rows = []
+    for line in text[start:end].splitlines():
+        cells = tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
+        if line.startswith("| ") and len(cells) == 7 and cells[0] != "target":
+            rows.append(cells)
+    return rows
 
 
 if __name__ == "__main__":
