@@ -595,9 +595,12 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
         for _, el in events:
             name = leaves.get(el.tag)
             if name is not None:
-                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too).
+                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too;
+                # Amt and CdtDbtInd only right under Ntry: the statement's Bal has both).
+                parent = el.getparent().tag
                 if name not in reader.found and (
-                        name != "BookgDt/DtTm" or el.getparent().tag == ns + "BookgDt"):
+                        name != "BookgDt/DtTm" or parent == ns + "BookgDt") and (
+                        name not in ("Amt", "CdtDbtInd") or parent == ns + "Ntry"):
                     reader.found[name] = (el.text, el.get("Ccy") if name == "Amt" else None)
                 continue
             if reader.i == 0:
