@@ -201,6 +201,10 @@ def demo(
     show it. Ends with a summary: accepted/approved/declined/failed counts per channel,
     `lost` (acknowledged payments missing from the journal) and `duplicates` (booked
     twice), both measured from the journal on disk, plus throughput and p50/p99/p99.9.
+
+    Without --rate, a short calibration ramp picks the rate (half the highest rate this
+    machine serves healthily just now) and says why. Ctrl-C stops the load, then the demo
+    in order (drain, journal flush, audit, partial summary, work dir) with exit code 130.
     """
     console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
     if scenario_name is not None:
