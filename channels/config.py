@@ -129,6 +129,7 @@ def _default_banks() -> list[BankSpec]:
         BankSpec(bic="BNPAFRPP", latency_ms=2.0),
         BankSpec(bic="CHASUS33", latency_ms=3.0),
         BankSpec(bic="BARCGB22", latency_ms=2.0),
+        BankSpec(bic="HSBCGB2L", latency_ms=3.0),  # the default workload's USD corridor
         BankSpec(bic="HSBCHKHH", latency_ms=4.0, via="CHASUS33"),
         BankSpec(bic="ICBKCNBJ", latency_ms=5.0, via="HSBCHKHH"),
     ]

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 
+from switch import reasons
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
 from switch.journal import Journal, encode_result
@@ -137,22 +138,30 @@ class StandIn:
                 continue
             try:
                 with anyio.move_on_after(2.0):
-                    if await adapter.advise(advice.payment, advice.result.channel_ref):
-                        await self._record(advice, endpoint)
+                    code = await adapter.advise(advice.payment, advice.result.channel_ref)
+                    if code:
+                        await self._record(advice, endpoint, code)
                         return True
             except NotSent:
                 continue
         return False
 
-    async def _record(self, advice: _Advice, endpoint: str) -> None:
+    async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
         payment = advice.payment
         per_card = self._per_card
-        if payment.card is not None and payment.card.token in per_card:
+        refused = code != reasons.APPROVED
+        if not refused and payment.card is not None and payment.card.token in per_card:
             # Delivered: the issuer now holds it; the stand-in exposure is released.
             per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        # The advice record carries the issuer's answer as its reason: anything but 00 is
+        # the refusal that reconciliation needs as evidence of stand-in exposure.
+        result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
         await self._journal.write((payment.payment_id, payment.idempotency_key, "advice",
                                    advice.result.status.value, advice.digest,
-                                   encode_result(advice.result), self._clock.wall_us()))
+                                   encode_result(result), self._clock.wall_us()))
+        if refused:
+            log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
+                        extra={"payment_id": payment.payment_id})
         self.delivered += 1
         self._metrics.saf_delivered.inc()
         log.info("stand-in advice delivered via %s", endpoint,

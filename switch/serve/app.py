@@ -27,6 +27,8 @@ import msgspec
 from switch.adapters.base import ChannelAdapter
 from switch.adapters.factory import build_network_adapter
 from switch.adapters.fakenet import StandInNetwork
+from switch.adapters.iso8583 import CardAdapter
+from switch.adapters.trace import FileTraceStore, TraceNumbers, sidecar_path
 from switch.clock import Clock
 from switch.journal import Journal, Recovered, UnfinishedPayment, open_database, replay
 from switch.observability.metrics import SwitchMetrics
@@ -187,6 +189,13 @@ class SwitchApp:
             except (RouteTableError, OSError) as exc:
                 raise ConfigError(f"routing.table: {exc}") from None
             await anyio.to_thread.run_sync(binlookup.warm_up)  # compile before payment one
+            # One DE11 sequence for the pipeline and every card adapter, resumed past the
+            # block the previous boot reserved (an issuer answers 94 to a reused STAN).
+            trace_store = FileTraceStore(sidecar_path(cfg.journal.path))
+            trace = await anyio.to_thread.run_sync(TraceNumbers, trace_store)
+            for adapter in self.adapters.values():
+                if isinstance(adapter, CardAdapter):
+                    adapter.use_trace(trace)
             router = Router(table, self.adapters, cfg.resilience, self.metrics, cfg.seed)
             self.router = router
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
@@ -207,6 +216,7 @@ class SwitchApp:
                 boot_count=recovered.boot_count,
                 seed=cfg.seed,
                 standin=standin if cfg.standin.enabled else None,
+                trace=trace,
             )
             server = Server(pipeline, cfg.server, self.metrics)
             self.server = server
