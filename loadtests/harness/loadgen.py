@@ -51,6 +51,7 @@ from loadtests.harness.shapes import SpikeRate as SpikeRate
 from loadtests.harness.shapes import StepsRate as StepsRate
 from loadtests.harness.shapes import parse_inline_shape as parse_inline_shape
 from loadtests.harness.shapes import shape_from_dict as shape_from_dict
+from loadtests.harness.wires import UNMATCHED, Wire
 from switch.model import PaymentRequest
 from switch.protocols.wire import (
     ErrorReply,
@@ -214,6 +215,7 @@ class OpenLoopGenerator:
         on_interval: Callable[[Interval], None] | None = None,
         track_acknowledged: bool = True,
         should_stop: Callable[[], bool] | None = None,
+        wire: Wire | None = None,
     ) -> None:
         assert duration_s > 0 and connections >= 1
         assert shape is not None or rate > 0
@@ -231,6 +233,8 @@ class OpenLoopGenerator:
         #: Polled once per tick; True ends sending early (then the usual drain).
         self.should_stop = should_stop
         self.stopped_early = False
+        #: Another protocol's bytes (ISO 8583, HTTP); None: the switch's msgpack frames.
+        self.wire = wire
         self.stats = LoadStats()
         self._outstanding: dict[int, _Outstanding] = {}
         self._per_conn = [0] * connections
@@ -262,8 +266,9 @@ class OpenLoopGenerator:
                 start_wall = await anyio.to_thread.run_sync(wait_for_start)
                 await anyio.sleep(max(0.0, start_wall - time.time()))  # wall: shared start
             async with anyio.create_task_group() as tg:
+                receive = self._receive if self.wire is None else self._receive_wire
                 for index, stream in enumerate(streams):
-                    tg.start_soon(self._receive, stream, index)
+                    tg.start_soon(receive, stream, index)
                 self._start = _now()
                 self.stats.started_at = self._start
                 tg.start_soon(self._tick)
@@ -356,6 +361,7 @@ class OpenLoopGenerator:
         warn = LAG_WARN_S
         next_at = schedule.take()
         should_stop = self.should_stop
+        wire = self.wire
         while next_at is not None:
             if should_stop is not None and should_stop():
                 self.stopped_early = True
@@ -382,7 +388,8 @@ class OpenLoopGenerator:
                             next_at = schedule.take()
                             continue
                     if isinstance(item, bytes):
-                        buffers[conn] += frame(item)
+                        buffers[conn] += (frame(item) if wire is None
+                                          else wire.encode_malformed(item, conn))
                         stats.malformed_sent += 1
                         stats.planted_sent["malformed"] += 1
                     elif len(outstanding) >= max_total or per_conn[conn] >= max_conn:
@@ -395,7 +402,8 @@ class OpenLoopGenerator:
                             start + next_at, item.idempotency_key, item.channel, conn, planted
                         )
                         per_conn[conn] += 1
-                        buffers[conn] += encode_request(Pay(rid, item))
+                        buffers[conn] += (encode_request(Pay(rid, item)) if wire is None
+                                          else wire.encode(rid, item, conn))
                         stats.sent += 1
                     next_at = schedule.take()
                 for index, buf in enumerate(buffers):
@@ -424,6 +432,8 @@ class OpenLoopGenerator:
             del self._outstanding[rid]
         self._per_conn[index] = 0
         self.stats.connection_lost += len(lost)
+        if self.wire is not None:
+            self.wire.forget(index)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -473,5 +483,50 @@ class OpenLoopGenerator:
                         if response.code == sent.planted:
                             stats.planted_errors[response.code] += 1
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        self._lose_connection(index)
+
+    async def _receive_wire(self, stream: anyio.abc.SocketStream, index: int) -> None:
+        """:meth:`_receive` for a plugged-in wire: it matches replies, this measures them.
+
+        A reply that matches no request is counted under ``unmatched_reply``: never dropped.
+        """
+        assert self.wire is not None
+        feed = self.wire.feed
+        stats = self.stats
+        outstanding = self._outstanding
+        per_conn = self._per_conn
+        track = self.track_acknowledged
+        hists = self._interval_hists
+        try:
+            while True:
+                data = await stream.receive(65536)
+                now = _now()
+                for answer in feed(index, data):
+                    rid = answer.rid
+                    sent = outstanding.pop(rid, None) if rid is not None else None
+                    if sent is None:
+                        stats.errors[answer.error or UNMATCHED] += 1
+                        continue
+                    per_conn[sent.conn] -= 1
+                    stats.replies += 1
+                    latency_us = int((now - sent.intended) * 1e6)
+                    hist = hists.get(sent.channel)
+                    if hist is None:
+                        hist = hists[sent.channel] = new_histogram()
+                    hist.record_value(min(max(latency_us, 1), HIST_MAX_US))
+                    status = answer.status
+                    if status is None:
+                        stats.errors[answer.error or "error"] += 1
+                        continue
+                    if answer.replay:
+                        stats.replays += 1
+                    else:
+                        stats.by_status[status] += 1
+                        stats.by_channel[(sent.channel, status)] += 1
+                    if track:
+                        stats.acknowledged[sent.key] = Acknowledged(status, answer.payment_id)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                ConnectionError):
             pass
         self._lose_connection(index)

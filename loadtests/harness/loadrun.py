@@ -38,6 +38,7 @@ import multiprocessing.synchronize
 import os
 import queue as queue_module
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -71,6 +72,7 @@ from loadtests.harness.runoutputs import (
 from loadtests.harness.shapes import RateShape
 from loadtests.harness.thresholds import Threshold, ThresholdResult
 from loadtests.harness.timeseries import SecondRow
+from loadtests.harness.wires import Iso8583Options, Wire, WireName
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec, derive_seed
 
 #: Messages a worker may have queued before it blocks (a few per second are normal).
@@ -95,6 +97,9 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: When set, each process writes what its clients were told (idempotency key ->
     #: [status, payment id]) to ``acks-<i>.msgpack`` here, for the lost/duplicate audit.
     acks_dir: str | None = None
+    #: The target's protocol: the switch's msgpack, ISO 8583 (any host), or its HTTP API.
+    protocol: WireName = "msgpack"
+    iso8583: Iso8583Options | None = None
 
 
 def connections_of(plan: LoadPlan, index: int) -> int:
@@ -131,6 +136,21 @@ _decode_result = msgspec.msgpack.Decoder(ProcessResult).decode
 _decode_plan = msgspec.msgpack.Decoder(LoadPlan).decode
 
 
+def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
+              process: int = 0, processes: int = 1) -> Wire | None:
+    """The wire for ``name`` in generator ``process`` of ``processes``; None for msgpack
+    (built into the generator)."""
+    if name == "iso8583":
+        from loadtests.harness.iso8583_client import Iso8583Wire
+
+        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process)
+    if name == "http":
+        from loadtests.harness.http_client import HttpWire
+
+        return HttpWire(host)
+    return None
+
+
 def _worker(
     plan_bytes: bytes,
     index: int,
@@ -162,8 +182,13 @@ def _worker(
                 raise TimeoutError("no start signal from the parent")
             return float(start_at.value)
 
+        wire = make_wire(plan.protocol, f"{plan.host}:{plan.port}", plan.iso8583,
+                         process=index, processes=plan.processes)
+        channel = wire.channel if wire is not None else None
+        source = (workload.next_item if channel is None
+                  else functools.partial(workload.next_item, channel))
         generator = OpenLoopGenerator(
-            workload.next_item,
+            source,
             duration_s=plan.duration_s,
             shape=plan.shape,
             stride=plan.processes,
@@ -175,6 +200,7 @@ def _worker(
             on_interval=on_interval,
             track_acknowledged=plan.acks_dir is not None,
             should_stop=stop.is_set,
+            wire=wire,
         )
         cpu0 = time.process_time()  # bench: the generator's own CPU, for req/s per core
         run = functools.partial(generator.run, wait_for_start=wait_for_start)
@@ -182,6 +208,12 @@ def _worker(
             run, plan.host, plan.port, backend="asyncio", backend_options={"use_uvloop": True}
         )
         cpu = time.process_time() - cpu0  # bench: as above
+        samples = getattr(wire, "unmatched_samples", None)
+        if samples:
+            # Shown, not only counted: the keys of replies that matched no request.
+            match = plan.iso8583.match if plan.iso8583 is not None else ["mti", "11", "41"]
+            print(f"process {index}: replies matching no request (key {match}), "
+                  f"e.g. {samples[:5]}", file=sys.stderr)
         if plan.acks_dir is not None:
             acks = {k: [a.status, a.payment_id] for k, a in stats.acknowledged.items()}
             (Path(plan.acks_dir) / f"acks-{index}.msgpack").write_bytes(_encode(acks))

@@ -145,6 +145,26 @@ def _default_processes() -> int:
 )
 @click.option("--metrics-host", default="0.0.0.0", show_default=True,
               help="Address for --metrics-port.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["msgpack", "iso8583", "http"]),
+    default="msgpack",
+    show_default=True,
+    help="The target's protocol: the switch's own msgpack frames, ISO 8583 (any host: "
+    "0100s, card payments of the workload) or the switch's HTTP API (POST /v1/payments).",
+)
+@click.option("--target", default=None, metavar="HOST:PORT",
+              help="Where to send (overrides --host/--port).")
+@click.option("--iso-bitmap", type=click.Choice(["ascii", "binary"]), default="ascii",
+              show_default=True, help="ISO 8583 bitmap encoding.")
+@click.option("--iso-match", default="mti,11,41", show_default=True,
+              help="ISO 8583 reply matching key: 'mti' (MTI class) and field numbers. "
+              "Replies matching no request are counted as unmatched_reply and shown.")
+@click.option("--iso-spec", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A pyiso8583 spec as JSON (field -> definition) instead of the built-in "
+              "1987 ASCII one.")
+@click.option("--iso-acquirer", default="412345", show_default=True,
+              help="DE32 acquiring institution id sent in every 0100.")
 def load(
     host: str,
     port: int,
@@ -161,6 +181,12 @@ def load(
     threshold_texts: tuple[str, ...],
     metrics_port: int | None,
     metrics_host: str,
+    protocol: str,
+    target: str | None,
+    iso_bitmap: str,
+    iso_match: str,
+    iso_spec: str | None,
+    iso_acquirer: str,
 ) -> None:
     """Open-loop load against a running switch, with honest latency and a report.
 
@@ -198,6 +224,21 @@ def load(
     if shape.cumulative(duration_s) < 1:
         raise click.BadParameter("the shape offers no request in the run", param_hint="--shape")
     n_proc = processes or _default_processes()
+    if target is not None:
+        host, _, port_text = target.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise click.BadParameter("expected HOST:PORT", param_hint="--target")
+        port = int(port_text)
+    iso = None
+    if protocol == "iso8583":
+        from loadtests.harness.wires import Iso8583Options
+
+        match = [m.strip() for m in iso_match.split(",") if m.strip()]
+        if not match or any(m != "mti" and not m.isdigit() for m in match):
+            raise click.BadParameter("'mti' and field numbers, e.g. mti,11,41",
+                                     param_hint="--iso-match")
+        iso = Iso8583Options(bitmap=iso_bitmap,  # type: ignore[arg-type]
+                             match=match, spec_file=iso_spec, acquirer_id=iso_acquirer)
     plan = LoadPlan(
         host=host,
         port=port,
@@ -210,12 +251,14 @@ def load(
         run_tag=run_tag_now(),
         drain_timeout_s=drain_timeout,
         max_outstanding_per_connection=max_outstanding,
+        protocol=protocol,  # type: ignore[arg-type]
+        iso8583=iso,
     )
     out_dir = Path(out) if out else default_out_dir()
     console = Console(soft_wrap=True)
     console.print(
         f"[bold]payswitch load[/]: {shape.cumulative(duration_s) / duration_s:,.0f}/s average "
-        f"({type(shape).__name__}) for {duration_s:g} s against {host}:{port}; "
+        f"({type(shape).__name__}) for {duration_s:g} s against {host}:{port} ({protocol}); "
         f"{n_proc} process(es), {plan.connections} connections, seed {plan.seed}; "
         f"outputs in {out_dir}",
         highlight=False,

@@ -76,6 +76,42 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     port: Port = 7180
 
 
+class Iso8583DoorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The ISO 8583 acquirer interface (docs/iso8583-acquirer.md); off unless enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 7110
+    #: Bitmap encoding: 16 ASCII hex characters (jPOS ISO87APackager) or 8 raw bytes.
+    bitmap: Literal["ascii", "binary"] = "ascii"
+    #: Data elements whose values make a payment's idempotency key, in order.
+    key_fields: Annotated[list[Literal[7, 11, 12, 13, 32, 37, 41, 42]],
+                          msgspec.Meta(min_length=1, max_length=6)] = msgspec.field(
+        default_factory=lambda: [32, 41, 11, 7])
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    #: ISO 8583 frames carry a 2-byte length: at most 65535 bytes.
+    max_frame_bytes: Annotated[int, msgspec.Meta(ge=64, le=65535)] = 8192
+    read_bytes: Annotated[int, msgspec.Meta(ge=4096, le=4 * 1024 * 1024)] = 65536
+    max_in_flight_per_connection: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
+    max_in_flight_total: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+
+
+class HttpApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The HTTP/JSON payments API (docs/http-api.md); off unless enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 7120
+    #: The ASGI server, chosen by bench/bench_http.py (see bench/RESULTS.md). It runs on
+    #: the switch's own event loop; on the trio backend Hypercorn is used whatever this says.
+    server: Literal["uvicorn", "hypercorn", "granian"] = "uvicorn"
+    #: Request bodies above this are refused with 413 before they are parsed.
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=256, le=1024 * 1024)] = 16384
+    #: Payments in flight through this API; past it, 503 problem+json with Retry-After.
+    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+
+
 class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The SQLite (WAL) journal: every payment step, durable before the client hears back."""
 
@@ -126,6 +162,8 @@ class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    iso8583: Iso8583DoorConfig = msgspec.field(default_factory=Iso8583DoorConfig)
+    http: HttpApiConfig = msgspec.field(default_factory=HttpApiConfig)
     journal: JournalConfig = msgspec.field(default_factory=JournalConfig)
     idempotency: IdempotencyConfig = msgspec.field(default_factory=IdempotencyConfig)
     risk: RiskConfig = msgspec.field(default_factory=RiskConfig)
