@@ -406,6 +406,8 @@ class Calibration:
 
     def explain(self, cores: int) -> str:
         healthy = [r for r, problem in self.steps if problem is None]
+        if not self.steps:
+            return f"{self.rate:.0f}/s (calibration interrupted)"
         if not healthy:
             return (f"{self.rate:.0f}/s: even {self.steps[0][0]:.0f}/s was unhealthy "
                     f"({self.steps[0][1]}) on this machine just now")
@@ -667,13 +669,21 @@ def run_demo(
                               "in-process stand-in networks take no advices (networks sim do)",
                               highlight=False)
         finally:
-            if proc is not None:
-                code = stop_switch(proc)
-            if channels_proc is not None:
-                # Let the last payments settle (SWIFT's ACSC comes after its settlement
-                # delay) before the simulators' final cut-off writes the last files.
-                time.sleep(SETTLE_GRACE_S)
-                stop_switch(channels_proc)
+            try:
+                if proc is not None:
+                    code = stop_switch(proc)
+                if channels_proc is not None:
+                    # Let the last payments settle (SWIFT's ACSC comes after its settlement
+                    # delay) before the simulators' final cut-off writes the last files.
+                    time.sleep(SETTLE_GRACE_S)
+                    stop_switch(channels_proc)
+            except BaseException:
+                # A second Ctrl-C: abort, but leave no process behind (they run in their
+                # own sessions, so the terminal's signal did not reach them).
+                for child in (proc, channels_proc):
+                    if child is not None and child.poll() is None:
+                        child.kill()
+                raise
         if left:
             console.print(
                 f"[yellow]{left:.0f} payments unresolved or advices undelivered at shutdown: "

@@ -54,7 +54,9 @@ def parse_duration(text: str) -> float:
 @click.option("--period", default=None, help="flapping: full up+down period, e.g. 4s.")
 @click.option("--delay", default=None, help="late: extra delay, e.g. 3s.")
 @click.option(
-    "--match", multiple=True, help="Only route keys (BIN, corridor, scheme) with this prefix."
+    "--match", multiple=True,
+    help="Only route keys with this prefix (repeatable): card number/BIN (card), corridor "
+    "such as DE-FR (SWIFT), merchant id such as M0000042 (QR)."
 )
 @click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
 @click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")

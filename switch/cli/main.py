@@ -182,10 +182,12 @@ def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bo
     """Stop with one line naming each configured port something else already holds."""
     from channels.__main__ import port_free
 
-    busy = [f"{key} = {port} on {host}" for key, host, port in (
-        ("server.port", config.server.host, config.server.port),
-        ("admin.port", config.admin.host, config.admin.port),
-    ) if port and (key != "admin.port" or config.admin.enabled) and not port_free(host, port)]
+    wanted = [("server.port", config.server.host, config.server.port, True),
+              ("admin.port", config.admin.host, config.admin.port, config.admin.enabled),
+              ("iso8583.port", config.iso8583.host, config.iso8583.port, config.iso8583.enabled),
+              ("http.port", config.http.host, config.http.port, config.http.enabled)]
+    busy = [f"{key} = {port} on {host}" for key, host, port, used in wanted
+            if used and port and not port_free(host, port)]
     if busy or always:
         raise UserError(
             f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
@@ -264,6 +266,10 @@ def demo(
     show it. Ends with a summary: accepted/approved/declined/failed counts per channel,
     `lost` (acknowledged payments missing from the journal) and `duplicates` (booked
     twice), both measured from the journal on disk, plus throughput and p50/p99/p99.9.
+
+    Without --rate, a short calibration ramp picks the rate (half the highest rate this
+    machine serves healthily just now) and says why. Ctrl-C stops the load, then the demo
+    in order (drain, journal flush, audit, partial summary, work dir) with exit code 130.
     """
     console = Console(soft_wrap=True)  # summary lines stay whole when piped to a file
     if scenario_name is not None:
