@@ -376,7 +376,7 @@ def _as_large_string(series: pl.Series) -> pa.LargeStringArray:
         arr = arr.combine_chunks()
     if arr.type != pa.large_string():
         arr = arr.cast(pa.large_string())
-    return arr  # type: ignore[no-any-return]
+    return arr
 
 
 def _fast_csv_ok(data: bytes) -> bool:

@@ -45,7 +45,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
@@ -652,7 +652,7 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
 def _major(minor: int, b: Break) -> float:
     side = b.switch or b.network
     exp = CURRENCIES.get(side.currency, (0, 2))[1] if side is not None else 2
-    return minor / 10**exp
+    return float(minor) / float(10**int(exp))
 
 
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],
@@ -837,7 +837,7 @@ def _html(report: ReconReport, title: str) -> str:
 # ------------------------------------------------------------------ the whole command
 
 
-class Progress:
+class Progress(Protocol):
     """What :func:`run` reports while it works (the CLI draws it; tests ignore it)."""
 
     def start(self, phase: str, total: float | None) -> None:
@@ -848,6 +848,17 @@ class Progress:
 
     def done(self) -> None:
         """The current phase ended."""
+
+
+class _NoProgress:
+    def start(self, phase: str, total: float | None) -> None:
+        pass
+
+    def advance(self, amount: float) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
 
 
 @dataclass
@@ -899,7 +910,7 @@ def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
 
     Raises SettlementFileError (or NoSettlementFiles) before anything is written.
     """
-    phases = _Phases(progress or Progress())
+    phases = _Phases(progress or _NoProgress())
     paths = settlement_files(files_dir)
     if not paths:
         raise NoSettlementFiles(str(files_dir))
