@@ -406,11 +406,16 @@ def _exact_sum(amount: NDArray[np.int64]) -> int:
     return sum(int(a) for a in amount.tolist())  # rare: huge amounts, Python ints
 
 
-def read_card_clearing_columns(data: bytes, file: str) -> SettlementColumns:
-    """A card clearing file as columns; rejected whole (file:line:field) when malformed."""
+def read_card_clearing_columns(data: bytes, file: str,
+                               secondary: bool = True) -> SettlementColumns:
+    """A card clearing file as columns; rejected whole (file:line:field) when malformed.
+
+    ``secondary=False`` leaves the secondary key out (empty) when the caller has no use
+    for it (reconciliation nets only QR entries by counterparty).
+    """
     if len(data) > MAX_FILE_BYTES:
         raise SettlementFileError(file, 0, "file", f"exceeds {MAX_FILE_BYTES} bytes")
-    cols = _card_fast(data)
+    cols = _card_fast(data, secondary)
     if cols is not None:
         return cols
     entries = decode_card_clearing(decode_text(data, file), file, NUMERIC_TO_ALPHA)
@@ -422,7 +427,7 @@ _CARD_SCHEMA: Final = {"t": pl.String, "ref": pl.String, "sec": pl.String, "amt"
                        "ts": pl.Int64}
 
 
-def _card_fast(data: bytes) -> SettlementColumns | None:
+def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
     """The fast path; None when the strict decoder must decide (and name the error)."""
     if not data.startswith(b"H,") or not data.endswith(b"\n"):
         return None
@@ -464,7 +469,8 @@ def _card_fast(data: bytes) -> SettlementColumns | None:
     if _exact_sum(amount) != total:
         return None
     return SettlementColumns(
-        _as_large_string(df["ref"]), _as_large_string(df["sec"]), amount,
+        _as_large_string(df["ref"]),
+        _as_large_string(df["sec"]) if secondary else pa.array([], pa.large_string()), amount,
         df["cur"].to_numpy().astype(np.int16),
         np.where(df["st"].to_physical().to_numpy() == 0, STATUS_SETTLED,
                  STATUS_REVERSED).astype(np.int8),

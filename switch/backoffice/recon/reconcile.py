@@ -394,7 +394,10 @@ def load_network_side(directory: Path,
     keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
     n = 0
     for path in paths:
-        cols = _READERS[path.suffix](path.read_bytes(), str(path))
+        if path.suffix == ".clr":
+            cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
+        else:
+            cols = _READERS[path.suffix](path.read_bytes(), str(path))
         channel = _SUFFIX_CHANNEL[path.suffix]
         code = jcols.CHANNEL_CODE[channel]
         ref = cols.reference
