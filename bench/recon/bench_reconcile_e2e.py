@@ -356,6 +356,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None,
                     help="where to generate (default: /tmp/payswitch-recon-e2e-<records>)")
     ap.add_argument("--skip-competitors", action="store_true")
+    ap.add_argument("--runs", type=int, default=2, help="measured runs (best is reported)")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="skip the warm-up run (numba cache already warm)")
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     ap.add_argument("--competitor", choices=["polars", "duckdb"], help=argparse.SUPPRESS)
     ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
@@ -381,14 +384,17 @@ def main() -> None:
           f"{journal.stat().st_size / 1e6:,.0f} MB; generated in {planted.get('generate_s')} s")
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)
-    # Warm the numba cache once (first use after an install compiles), then measure.
-    ours = _child([_payswitch(), "reconcile", "--journal", str(journal), "--files", str(files),
-                   "--out", str(out), "--tol-amount", str(TOL_AMOUNT)])
-    if ours["returncode"] not in (0, 1):
-        sys.exit(f"payswitch reconcile failed ({ours['returncode']}): {ours['stderr']}")
-    runs = [_child([_payswitch(), "reconcile", "--journal", str(journal), "--files",
-                    str(files), "--out", str(out), "--tol-amount", str(TOL_AMOUNT)])
-            for _ in range(2)]
+    cmd = [_payswitch(), "reconcile", "--journal", str(journal), "--files", str(files),
+           "--out", str(out), "--tol-amount", str(TOL_AMOUNT)]
+    if args.warmup:
+        # Warm the numba cache once (first use after an install compiles), then measure.
+        warm = _child(cmd)
+        if warm["returncode"] not in (0, 1):
+            sys.exit(f"payswitch reconcile failed ({warm['returncode']}): {warm['stderr']}")
+    runs = [_child(cmd) for _ in range(args.runs)]
+    for r in runs:
+        if r["returncode"] not in (0, 1):
+            sys.exit(f"payswitch reconcile failed ({r['returncode']}): {r['stderr']}")
     ours = min(runs, key=lambda r: r["wall_s"])
     summary = json.loads((out / "summary.json").read_text())
     # The command's own high-water mark (VmHWM) at its end: ru_maxrss of children would
@@ -448,7 +454,9 @@ def report(args: argparse.Namespace, planted: dict[str, Any], ours: dict[str, An
         f"in {size_mb:,.0f} MB of settlement files (card .clr 79%, QR .csv 20%, camt.053 "
         f"1%); seed {args.seed}; load average during the run {load[0]:.1f}.\n\n"
         f"`payswitch reconcile --journal journal.db --files files/ --tol-amount {TOL_AMOUNT}` "
-        "as a subprocess, best of 2 after a warm-up run; phases from its summary.json:\n\n"
+        f"as a subprocess, best of {args.runs} run(s)"
+        f"{' after a warm-up run' if args.warmup else ' (numba cache warm)'}; phases from its "
+        "summary.json:\n\n"
         f"{phase_table}\n\nSide by side, same files, same machine, one run each:\n\n"
         f"{comp_table}\n\n{verdict}\n"
     )
