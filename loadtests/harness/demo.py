@@ -802,6 +802,7 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         return False
     write_outputs(report, out)
     by_kind = Counter(b.kind for b in report.breaks)
+    _check_planted(files, report, console)
     if report.unexplained == 0:
         explained = f"; explained: {dict(by_kind)}" if by_kind else ""
         console.print(f"reconciliation clean ({report.network_records} settlement records"
@@ -812,6 +813,25 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         f"(see {out / 'breaks.csv'})"
     )
     return False
+
+
+def _check_planted(files: Path, report: Any, console: Console) -> None:
+    """With planted discrepancies: say how many were found, in the class they should be,
+    and that none was explained away (stand-in exposure, late settlement)."""
+    planted = [d for p in sorted(files.glob("*.discrepancies.json"))
+               for d in json.loads(p.read_text())]
+    if not planted:
+        return
+    expected = {"missing": "missing_at_network", "amount_off": "amount_mismatch",
+                "duplicated": "duplicate", "unknown_reference": "missing_in_switch"}
+    found = {(b.kind, (b.switch or b.network).reference) for b in report.breaks}
+    hits = sum((expected[d["kind"]], d["reference"]) in found for d in planted)
+    away = sum(any((k, d["reference"]) in found for k in ("standin_exposure",
+                                                           "late_settlement"))
+               for d in planted)
+    colour = "green" if hits == len(planted) and away == 0 else "red"
+    console.print(f"[{colour}]planted discrepancies found: {hits}/{len(planted)}, "
+                  f"explained away: {away}[/]")
 
 
 def _drive(

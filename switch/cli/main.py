@@ -497,9 +497,6 @@ class _ReconProgress:
     """A rich progress bar per phase, drawn only when stderr is a terminal."""
 
     def __init__(self, console: Console) -> None:
-        from switch.backoffice.recon.reconcile import Progress
-
-        self._base = Progress()
         self._console = console
         self._bar: object | None = None
         self._task: object | None = None
