@@ -190,7 +190,7 @@ def _write(results: list[dict[str, Any]]) -> None:
         + "\n"
     )
     write_section("fuzz", "Coverage-guided fuzzing of the decoders", body,
-                  "bench/fuzz/run_all.py")
+                  "bench/fuzz/run_all.py", write=True)  # only reached with --write
 
 
 def _previous_rows() -> list[tuple[str, ...]]:
