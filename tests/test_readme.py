@@ -58,6 +58,8 @@ def normalize(line: str) -> str:
     if line.count("|") >= 2:
         line = " | ".join(cell.strip() for cell in line.strip(" |").split("|"))
     line = _PATH.sub("/PATH", line)
+    # An ISO 8601 time (log lines): its hour sits after a "T", where \b finds no number.
+    line = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?", "TIME", line)
     line = _NUMBER.sub(lambda m: "0" if m.group(0) == "0" else "N", line)
     return re.sub(r"\s+", " ", line).strip()
 
