@@ -30,6 +30,7 @@ from typing import Final, Literal, Protocol
 import anyio
 import msgspec
 
+from switch.journal import columns
 from switch.model import Payment, Result, Status
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
     db.executescript(SCHEMA)
+    columns.migrate(db)  # reconciliation's column chunks (switch/journal/columns.py)
     return db
 
 
@@ -319,6 +321,7 @@ class Journal:
         db.execute("BEGIN")
         try:
             db.executemany(INSERT, rows)
+            columns.append_batch(db, rows)  # same transaction: columns never disagree
             db.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back (SQLITE_FULL does): a ROLLBACK then

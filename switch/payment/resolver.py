@@ -34,14 +34,19 @@ class ResolutionPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     traffic needs a budget of its own, set here per channel.
     """
 
+    #: First attempt this long after the payment.
     first_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.05
+    #: Attempts at most (backing off between them).
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 8
     #: Give up (the payment stays unknown until the next start) after this long.
     within_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 600.0
+    #: Longest wait between attempts.
     max_delay_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 5.0
 
 
 class ResolutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How unknown outcomes are chased, per channel."""
+
     card: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
     swift: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
     qr: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)

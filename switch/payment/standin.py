@@ -30,6 +30,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 
+from switch import reasons
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
 from switch.journal import Journal, encode_result
@@ -41,6 +42,7 @@ from switch.protocols.errors import CodecError
 class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Card stand-in: approve on the issuer's behalf when every issuer endpoint is down."""
 
+    #: Allow stand-in at all (else: declined 91 when no issuer is reachable).
     enabled: bool = True
     #: Largest single stand-in approval, in the payment's minor units.
     per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
@@ -144,17 +146,17 @@ class StandIn:
             adapter: Any = self._adapters[endpoint]
             if not hasattr(adapter, "advise") or not self._usable(endpoint, now):
                 continue
-            delivered = False
+            code: str | None = None
             try:
                 with anyio.move_on_after(2.0):
-                    delivered = await adapter.advise(advice.payment, advice.result.channel_ref)
+                    code = await adapter.advise(advice.payment, advice.result.channel_ref)
             except NotSent:
                 continue
             except Exception as exc:  # CodecError, or any bug: fail this advice only
                 self._quarantine(advice, endpoint, exc)
                 return True
-            if delivered:
-                await self._record(advice, endpoint)  # a journal failure stays fatal
+            if code:
+                await self._record(advice, endpoint, code)  # a journal failure stays fatal
                 return True
         return False
 
@@ -167,15 +169,22 @@ class StandIn:
                   "cannot be encoded" if permanent else "unexpected error", endpoint, exc,
                   exc_info=not permanent, extra={"payment_id": advice.payment.payment_id})
 
-    async def _record(self, advice: _Advice, endpoint: str) -> None:
+    async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
         payment = advice.payment
         per_card = self._per_card
-        if payment.card is not None and payment.card.token in per_card:
+        refused = code != reasons.APPROVED
+        if not refused and payment.card is not None and payment.card.token in per_card:
             # Delivered: the issuer now holds it; the stand-in exposure is released.
             per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        # The advice record carries the issuer's answer as its reason: anything but 00 is
+        # the refusal that reconciliation needs as evidence of stand-in exposure.
+        result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
         await self._journal.write((payment.payment_id, payment.idempotency_key, "advice",
                                    advice.result.status.value, advice.digest,
-                                   encode_result(advice.result), self._clock.wall_us()))
+                                   encode_result(result), self._clock.wall_us()))
+        if refused:
+            log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
+                        extra={"payment_id": payment.payment_id})
         self.delivered += 1
         self._metrics.saf_delivered.inc()
         log.info("stand-in advice delivered via %s", endpoint,
