@@ -81,8 +81,8 @@ class Switch:
         ready.unlink(missing_ok=True)
         self.log = (tmp / f"switch-{server}.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "switch.cli.main", "serve", "--config", str(config),
-             "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=self.log)
+            [sys.executable, "-m", "switch.cli.main", "serve", "--demo", "--config",
+             str(config), "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -22,7 +22,8 @@ import pytest
 
 from loadtests.harness.client import SwitchClient
 from switch.cli.main import _storage_failure
-from switch.journal import Journal, JournalFailed, open_database
+from switch.journal import Journal, JournalFailed, encode_result, open_database
+from switch.model import Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.protocols.wire import ErrorReply
 from switch.serve.config import ConfigError, check_free_space, parse_config
@@ -38,7 +39,8 @@ def fill_to_the_brim(db: sqlite3.Connection) -> None:
 
 
 def row(i: int) -> tuple[str, str, str, str, bytes, bytes, int]:
-    return (f"P1-{i}", f"k{i}", "final", "approved", b"h" * 16, b"r" * 2000, i)
+    result = Result(f"P1-{i}", Status.APPROVED, "00", channel_ref="r" * 2000)
+    return (f"P1-{i}", f"k{i}", "final", "approved", b"h" * 16, encode_result(result), i)
 
 
 @pytest.mark.anyio

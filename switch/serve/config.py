@@ -174,11 +174,13 @@ class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     variable named by ``token_key_env``. See docs/security.md for rotation.
     """
 
+    #: A file holding the key (16-1,024 characters; readable by the switch's user only).
     token_key_file: str | None = None
+    #: The environment variable holding the key when no file is named.
     token_key_env: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = (
         "PAYSWITCH_TOKEN_KEY"
     )
-    #: The resolved key (see :func:`resolve_token_key`); refused when read from TOML.
+    #: Filled in at start from the file or the variable; setting it in a file is refused.
     token_key: str = ""
 
 

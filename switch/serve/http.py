@@ -95,10 +95,15 @@ class AdminAuthError(ValueError):
 class AdminAuthConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """``[admin.auth]``: bearer tokens for the admin API, by role."""
 
+    #: Off: no tokens asked at all (a lab on a closed network only).
     enabled: bool = True
+    #: A file holding the operator's token (may change state: reload routes, faults).
     operator_token_file: str | None = None
+    #: The environment variable holding it when no file is named.
     operator_token_env: str = _ENV_DEFAULT["operator"]
+    #: A file holding the auditor's token (may read, e.g. GET /faults).
     auditor_token_file: str | None = None
+    #: The environment variable holding it when no file is named.
     auditor_token_env: str = _ENV_DEFAULT["auditor"]
     #: Paths anyone may read without a token.
     open_paths: Annotated[list[str], msgspec.Meta(max_length=64)] = msgspec.field(
