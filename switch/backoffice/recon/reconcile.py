@@ -129,7 +129,7 @@ _READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
 }
 #: Above this many network records the exact pass runs in key partitions of about this
 #: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
-PARTITION_RECORDS: Final = 2_500_000
+PARTITION_RECORDS: Final = 1_500_000
 
 # Kind codes on the arrays: the kernels' BreakClass values, then the classes added here.
 _EXPECTED_ABSENT, _NETTED, _ORPHAN_REVERSAL, _LATE, _STANDIN, _OUTSIDE = 8, 9, 10, 11, 12, 13
@@ -479,9 +479,13 @@ def _arrays(side: Side, idx: NDArray[np.int64] | None = None) -> RecordArrays:
                         take(side.time_us), take(side.status))
 
 
+def _partition_records() -> int:
+    return PARTITION_RECORDS  # a function, so a test can make every run partitioned
+
+
 def _exact(sw: Side, net: Side) -> ReconResult:
     """Pass 1, in key partitions when the network side is large (bounded table memory)."""
-    parts = max(1, -(-len(net) // PARTITION_RECORDS))
+    parts = max(1, -(-len(net) // _partition_records()))
     if parts == 1:
         return exact_match(_arrays(sw), _arrays(net))
     result = ReconResult(np.full(len(sw), -1, np.int64), np.full(len(sw), -1, np.int8),
