@@ -204,7 +204,7 @@ def main() -> None:
             "`payswitch load` drove it; errors are the workload's deliberate invalid and "
             "malformed requests.\n\n" + table + "\n")
         write_section("http_server", "HTTP API: ASGI server by measurement", body,
-                      "bench/bench_http.py")
+                      "bench/bench_http.py", args.write)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def main() -> None:
             "payment while `payswitch load` drove that door; the core behind the doors "
             "is the same, so the differences are the doors' own cost.\n\n" + table + "\n")
         write_section("interfaces", "CPU per payment by front door (msgpack, ISO 8583, HTTP)",
-                      body, "bench/bench_interfaces.py")
+                      body, "bench/bench_interfaces.py", args.write)
 
 
 if __name__ == "__main__":
