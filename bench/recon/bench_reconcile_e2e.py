@@ -445,7 +445,8 @@ def report(args: argparse.Namespace, planted: dict[str, Any], ours: dict[str, An
         write_section(f"recon-e2e-{args.records}",
                       f"Reconciliation end to end: payswitch reconcile, {args.records:,} "
                       "per side, vs polars and DuckDB", text,
-                      f"bench/recon/bench_reconcile_e2e.py --records {args.records} --write")
+                      f"bench/recon/bench_reconcile_e2e.py --records {args.records} --write",
+                      args.write)
 
 
 if __name__ == "__main__":
