@@ -595,9 +595,14 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
         for _, el in events:
             name = leaves.get(el.tag)
             if name is not None:
-                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too).
+                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too;
+                # Amt and CdtDbtInd only directly under Ntry: the statement's <Bal>
+                # balances before the first entry have them too).
+                parent = el.getparent().tag
                 if name not in reader.found and (
-                        name != "BookgDt/DtTm" or el.getparent().tag == ns + "BookgDt"):
+                        parent == ns + "BookgDt" if name == "BookgDt/DtTm"
+                        else parent == ns + "Ntry" if name in ("Amt", "CdtDbtInd")
+                        else True):
                     reader.found[name] = (el.text, el.get("Ccy") if name == "Amt" else None)
                 continue
             if reader.i == 0:
