@@ -360,15 +360,17 @@ def wait_until_resolved(
     timeout_s: float,
     console: Console | None = None,
     advices: bool = True,
-    stall_s: float = 5.0,
+    stall_s: float = 12.0,
 ) -> float:
     """Wait (bounded) until nothing is owed to a network: no payment is unknown and (with
     ``advices``) no stand-in advice waits in store-and-forward. Returns how many are left.
 
     Stopping earlier would leave unknown payments for the next start and advices
     undelivered, which the settlement files (and so reconciliation) would show. It gives
-    up after ``timeout_s``, or once nothing has moved for ``stall_s``. With ``console``,
-    it says what it waits for, once.
+    up after ``timeout_s``, or once nothing has moved for ``stall_s`` (longer than the
+    resolver's longest back-off between two attempts, 5 s by default: a reversal waiting
+    for a network to come back is progress not yet visible). With ``console``, it says
+    what it waits for, once.
     """
     deadline = time.monotonic() + timeout_s  # wall clock: another process
     left = 0.0
