@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from loadtests.harness.demo import (
     CALIBRATION_FLOOR,
     Calibration,
@@ -106,3 +108,25 @@ def test_standin_demo_says_what_it_waits_for_and_does_not_hang(tmp_path: Path) -
     for line in proc.stdout.splitlines():
         if line.startswith("waiting for"):  # said once, naming what and for how long
             assert re.search(r"unknown payments|advices", line) and "at most" in line, line
+
+
+def test_simulators_start_when_their_usual_admin_port_is_taken_after_the_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run grabs the port between our look and the simulators' bind: they start
+    on a free one instead of failing the demo."""
+    import socket
+
+    from loadtests.harness import demo
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(demo, "CHANNELS_ADMIN_PORT", port)
+        monkeypatch.setattr(demo, "_port_free", lambda p: True)  # it looked free
+        proc, ready = demo.start_channels(tmp_path)
+        try:
+            assert ready["admin_port"] not in (0, port)
+            assert "address already in use" in (tmp_path / "channels.log").read_text()
+        finally:
+            demo.stop_switch(proc)

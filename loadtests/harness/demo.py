@@ -217,10 +217,25 @@ def start_channels(
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Run the example simulators as their own process, every network on a free port.
 
-    The admin API takes 7280 (the `payswitch fault` default) when it is free.
+    The admin API takes 7280 (the `payswitch fault` default) when it is free. On a shared
+    machine another run can take it between that check and the simulators' bind: then
+    they start again with a free port instead.
     """
-    text = example.read_text()
     admin_port = CHANNELS_ADMIN_PORT if _port_free(CHANNELS_ADMIN_PORT) else 0
+    try:
+        return _start_channels(base, example, timeout_s, discrepancy_rate, admin_port)
+    except PortTaken:
+        return _start_channels(base, example, timeout_s, discrepancy_rate, 0)
+
+
+class PortTaken(RuntimeError):
+    """A child process found its preferred port taken (after we saw it free)."""
+
+
+def _start_channels(
+    base: Path, example: Path, timeout_s: float, discrepancy_rate: float, admin_port: int
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    text = example.read_text()
     first = True
 
     def port(match: re.Match[str]) -> str:
@@ -240,7 +255,9 @@ def start_channels(
     ready = base / "channels-ready.json"
     ready.unlink(missing_ok=True)
     ensure_demo_tokens()  # admin tokens in the environment the simulators inherit
-    log_file = (base / "channels.log").open("ab")
+    log_path = base / "channels.log"
+    log_file = log_path.open("ab")
+    logged_before = log_path.stat().st_size
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -260,7 +277,10 @@ def start_channels(
     deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
     while not ready.exists():
         if proc.poll() is not None:
-            raise RuntimeError(f"channels exited: {(base / 'channels.log').read_text()[-3000:]}")
+            err = log_path.read_bytes()[logged_before:].decode(errors="replace")
+            if admin_port and "address already in use" in err:
+                raise PortTaken(err)
+            raise RuntimeError(f"channels exited: {err[-3000:]}")
         if time.monotonic() > deadline:  # wall clock: another process
             proc.kill()
             raise RuntimeError("channels did not become ready in time")
@@ -347,15 +367,17 @@ def wait_until_resolved(
     timeout_s: float,
     console: Console | None = None,
     advices: bool = True,
-    stall_s: float = 5.0,
+    stall_s: float = 12.0,
 ) -> float:
     """Wait (bounded) until nothing is owed to a network: no payment is unknown and (with
     ``advices``) no stand-in advice waits in store-and-forward. Returns how many are left.
 
     Stopping earlier would leave unknown payments for the next start and advices
     undelivered, which the settlement files (and so reconciliation) would show. It gives
-    up after ``timeout_s``, or once nothing has moved for ``stall_s``. With ``console``,
-    it says what it waits for, once.
+    up after ``timeout_s``, or once nothing has moved for ``stall_s`` (longer than the
+    resolver's longest back-off between two attempts, 5 s by default: a reversal waiting
+    for a network to come back is progress not yet visible). With ``console``, it says
+    what it waits for, once.
     """
     deadline = time.monotonic() + timeout_s  # wall clock: another process
     left = 0.0
@@ -615,7 +637,15 @@ def run_demo(
                 DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port)
                 + network_section
             )
-            proc, endpoints = start_switch(config, base / "ready.json", backend)
+            try:
+                proc, endpoints = start_switch(config, base / "ready.json", backend)
+            except RuntimeError as exc:
+                # Taken since we looked (another run on a shared machine): any port will do.
+                if not admin_port or "address already in use" not in str(exc):
+                    raise
+                config.write_text(DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=0)
+                                  + network_section)
+                proc, endpoints = start_switch(config, base / "ready.json", backend)
             metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
             console.print(
                 f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
