@@ -11,8 +11,13 @@ Why this shape:
   ``final`` before the client hears the result. After a crash, an intent with no final is
   a payment whose fate must be resolved (reversal / status inquiry), never forgotten.
 
-The journal is append-only: a payment's history is its rows in ``seq`` order. Start-up
-replays it to rebuild the idempotency index and the list of unfinished payments.
+The journal is append-only: a payment's history is its records in ``seq`` order
+(``switch.journal.records``). Start-up replays it (``switch.journal.reader``) to rebuild the
+idempotency index and the list of unfinished payments.
+
+Full journal: each ``write`` says what its record does when ``max_pending`` records are
+waiting (:class:`~switch.journal.records.OnFull`): shed (``JournalFull``, the request is
+refused) or wait for room. Waiting is bounded by the writer's own progress.
 
 Modes: ``sync`` commits every record on its own, ``group`` batches (default), ``off``
 neither waits nor fsyncs: acknowledged payments can then be lost on a crash.
@@ -28,15 +33,10 @@ from pathlib import Path
 from typing import Final, Literal, Protocol
 
 import anyio
-import msgspec
 
-from switch.model import Payment, Result, Status
+from switch.journal.records import COLUMNS, JournalRecord, OnFull, Row, to_row
 
 log = logging.getLogger(__name__)
-
-#: intent: about to send; unknown: sent, no answer in time; final: the result;
-#: advice: a stand-in approval's 0120 advice reached the issuer.
-RecordKind = Literal["intent", "unknown", "final", "advice"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -52,14 +52,8 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 INSERT: Final = (
-    "INSERT INTO journal (payment_id, idempotency_key, kind, status, body_hash, record, at_us)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
-Row = tuple[str, str, str, str, bytes, bytes, int]
-
-_encoder: Final = msgspec.msgpack.Encoder()
-_payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
-_result_decoder: Final = msgspec.msgpack.Decoder(Result)
 
 
 class _Observes(Protocol):
@@ -100,45 +94,6 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class FinalRecord(msgspec.Struct, frozen=True):
-    idempotency_key: str
-    body_hash: bytes
-    result: Result
-    at_us: int
-
-
-class UnfinishedPayment(msgspec.Struct, frozen=True):
-    body_hash: bytes
-    payment: Payment
-    status: Status  # the last state journaled: sent or unknown
-
-
-class PendingAdvice(msgspec.Struct, frozen=True):
-    """A stand-in approval whose 0120 advice has not been delivered yet."""
-
-    body_hash: bytes
-    payment: Payment
-    result: Result
-
-
-class Recovered(msgspec.Struct, frozen=True):
-    """What start-up learns from replaying the journal."""
-
-    finals: list[FinalRecord]
-    unfinished: list[UnfinishedPayment]
-    boot_count: int
-    records: int
-    pending_advices: list[PendingAdvice] = msgspec.field(default_factory=list)
-
-
-def encode_payment(payment: Payment) -> bytes:
-    return _encoder.encode(payment)
-
-
-def encode_result(result: Result) -> bytes:
-    return _encoder.encode(result)
-
-
 def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,49 +104,6 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
     db.executescript(SCHEMA)
     return db
-
-
-def replay(db: sqlite3.Connection) -> Recovered:
-    """Rebuild state from the journal, and count this boot."""
-    last_final: dict[str, FinalRecord] = {}
-    open_payments: dict[str, UnfinishedPayment] = {}
-    intents: dict[str, Payment] = {}
-    stood_in: dict[str, FinalRecord] = {}
-    records = 0
-    cursor = db.execute(
-        "SELECT payment_id, idempotency_key, kind, status, body_hash, record, at_us"
-        " FROM journal ORDER BY seq"
-    )
-    for payment_id, key, kind, status, body_hash, record, at_us in cursor:
-        records += 1
-        if kind == "final":
-            open_payments.pop(payment_id, None)
-            final = FinalRecord(key, body_hash, _result_decoder.decode(record), at_us)
-            last_final[payment_id] = final
-            if final.result.stood_in:
-                stood_in[payment_id] = final
-        elif kind == "advice":
-            stood_in.pop(payment_id, None)
-        elif kind == "intent":
-            payment = _payment_decoder.decode(record)
-            intents[payment_id] = payment
-            open_payments[payment_id] = UnfinishedPayment(body_hash, payment, Status(status))
-        elif kind == "unknown" and payment_id in open_payments:
-            prior = open_payments[payment_id]
-            open_payments[payment_id] = UnfinishedPayment(
-                prior.body_hash, prior.payment, Status.UNKNOWN
-            )
-    row = db.execute("SELECT value FROM meta WHERE key = 'boot_count'").fetchone()
-    boot_count = (int(row[0]) if row else 0) + 1
-    db.execute(
-        "INSERT INTO meta (key, value) VALUES ('boot_count', ?)"
-        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(boot_count),),
-    )
-    advices = [PendingAdvice(f.body_hash, intents[pid], f.result)
-               for pid, f in stood_in.items() if pid in intents]
-    return Recovered(list(last_final.values()), list(open_payments.values()), boot_count,
-                     records, advices)
 
 
 class Journal:
@@ -237,8 +149,12 @@ class Journal:
     def pending(self) -> int:
         return self._pending
 
-    def append(self, row: Row) -> _Batch:
-        """Queue one record; return the batch whose commit makes it durable."""
+    def append(self, record: JournalRecord) -> _Batch:
+        """Queue one record; return the batch whose commit makes it durable.
+
+        Raises ``JournalFull`` past ``max_pending``: callers that must not shed use
+        :meth:`write` with ``OnFull.WAIT``.
+        """
         if self.failure is not None:
             raise JournalFailed(str(self.failure))
         if self._closed:
@@ -249,32 +165,32 @@ class Journal:
         if len(batch.rows) >= self._max_batch:
             batch = _Batch()
             self._batches.append(batch)
-        batch.rows.append(row)
+        batch.rows.append(to_row(record))
         self._pending += 1
+        assert 0 < self._pending <= self._max_pending
         self._wakeup.set()
         return batch
 
-    async def write(self, row: Row) -> None:
-        """Append ``row`` and return once it is durable (immediately in mode ``off``)."""
-        batch = self.append(row)
+    async def write(self, record: JournalRecord, on_full: OnFull) -> None:
+        """Append ``record`` and return once it is durable (immediately in mode ``off``).
+
+        ``on_full`` is the writer's policy when ``max_pending`` records are waiting:
+        ``SHED`` raises ``JournalFull``; ``WAIT`` waits for a commit to free room (bounded
+        by the writer's own progress) -- for the outcome of something already sent.
+        """
+        while True:
+            try:
+                batch = self.append(record)
+                break
+            except JournalFull:
+                if on_full is OnFull.SHED:
+                    raise
+                await self._room.wait()
         if self.mode == "off":
             return
         await batch.committed.wait()
         if batch.error is not None:
             raise JournalFailed(str(batch.error)) from batch.error
-
-    async def write_when_room(self, row: Row) -> None:
-        """Like :meth:`write`, but wait for a commit to free room instead of refusing.
-
-        For records that must not be dropped (the outcome of a payment already sent):
-        the wait is bounded by the writer's own progress.
-        """
-        while True:
-            try:
-                await self.write(row)
-                return
-            except JournalFull:
-                await self._room.wait()
 
     async def run(self) -> None:
         """The writer loop. Returns after :meth:`close` once everything is committed."""
@@ -306,6 +222,7 @@ class Journal:
                 self._room.set()  # waiters for room wake and meet the failure
                 raise
             self._pending -= len(batch.rows)
+            assert self._pending >= 0, "journal pending went negative"
             self._room.set()
             self._room = anyio.Event()
             self.commits += 1
@@ -328,26 +245,3 @@ class Journal:
         """Stop accepting records; :meth:`run` returns after the last batch commits."""
         self._closed = True
         self._wakeup.set()
-
-
-def count_duplicates(db: sqlite3.Connection) -> int:
-    """Payments booked twice: an idempotency key or payment id with two final records."""
-    by_key = db.execute(
-        "SELECT COUNT(*) FROM (SELECT idempotency_key FROM journal WHERE kind = 'final'"
-        " GROUP BY idempotency_key HAVING COUNT(*) > 1)"
-    ).fetchone()[0]
-    by_id = db.execute(
-        "SELECT COUNT(*) FROM (SELECT payment_id FROM journal WHERE kind = 'final'"
-        " GROUP BY payment_id HAVING COUNT(*) > 1)"
-    ).fetchone()[0]
-    return int(by_key) + int(by_id)
-
-
-def final_results(db: sqlite3.Connection) -> dict[str, Result]:
-    """The last final result per idempotency key, for audits (demo, crash tests)."""
-    out: dict[str, Result] = {}
-    for key, record in db.execute(
-        "SELECT idempotency_key, record FROM journal WHERE kind = 'final' ORDER BY seq"
-    ):
-        out[key] = _result_decoder.decode(record)
-    return out

@@ -25,7 +25,7 @@ import msgspec
 
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
-from switch.journal import Journal, encode_result
+from switch.journal import ADVICE, Journal, JournalFailed, JournalRecord, OnFull
 from switch.model import Payment, Result
 from switch.observability.metrics import SwitchMetrics
 
@@ -45,6 +45,10 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 log = logging.getLogger(__name__)
+#: A delivered advice is a fact at the issuer: its record waits for room, never shed
+#: (shedding it would re-send the advice after a restart, and ending ``run`` on a full
+#: journal would take the switch down).
+ON_FULL = OnFull.WAIT
 #: Cards whose stand-in totals are remembered; least recently used are forgotten.
 MAX_TRACKED_CARDS = 1_000_000
 
@@ -107,6 +111,8 @@ class StandIn:
 
     def queue_advice(self, payment: Payment, result: Result, endpoints: tuple[str, ...],
                      digest: bytes) -> None:
+        assert result.stood_in and result.payment_id == payment.payment_id
+        assert endpoints, "an advice needs an issuer endpoint to go to"
         self._queue.append(_Advice(payment, result, endpoints, self._clock.now(), digest))
         self._wakeup.set()
 
@@ -134,13 +140,21 @@ class StandIn:
             adapter: Any = self._adapters[endpoint]
             if not hasattr(adapter, "advise") or not self._usable(endpoint, now):
                 continue
+            delivered = False
             try:
                 with anyio.move_on_after(2.0):
-                    if await adapter.advise(advice.payment, advice.result.channel_ref):
-                        await self._record(advice, endpoint)
-                        return True
+                    delivered = await adapter.advise(advice.payment, advice.result.channel_ref)
             except NotSent:
                 continue
+            except JournalFailed:
+                raise
+            except Exception:  # one advice's fault never ends store-and-forward
+                log.exception("stand-in advice via %s failed", endpoint,
+                              extra={"payment_id": advice.payment.payment_id})
+                continue
+            if delivered:
+                await self._record(advice, endpoint)
+                return True
         return False
 
     async def _record(self, advice: _Advice, endpoint: str) -> None:
@@ -149,9 +163,12 @@ class StandIn:
         if payment.card is not None and payment.card.token in per_card:
             # Delivered: the issuer now holds it; the stand-in exposure is released.
             per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
-        await self._journal.write((payment.payment_id, payment.idempotency_key, "advice",
-                                   advice.result.status.value, advice.digest,
-                                   encode_result(advice.result), self._clock.wall_us()))
+        assert advice.result.stood_in
+        await self._journal.write(
+            JournalRecord.outcome(ADVICE, payment, advice.result, advice.digest,
+                                  self._clock.wall_us()),
+            ON_FULL,
+        )
         self.delivered += 1
         self._metrics.saf_delivered.inc()
         log.info("stand-in advice delivered via %s", endpoint,

@@ -28,13 +28,11 @@ import csv
 import datetime as dt
 import html
 import json
-import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-import msgspec
 import numpy as np
 
 from switch.backoffice.recon.kernels import (
@@ -47,7 +45,8 @@ from switch.backoffice.recon.kernels import (
     tolerance_match,
 )
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
-from switch.model import Payment, Result
+from switch.journal import read as read_journal
+from switch.model import Payment
 from switch.protocols import emvqr
 from switch.protocols.errors import CodecError
 from switch.protocols.settlement_files import (
@@ -128,27 +127,16 @@ class ReconReport:
 
 
 def load_switch_side(journal: Path) -> list[Record]:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        payments: dict[str, Payment] = {}
-        status: dict[str, tuple[str, int, bool]] = {}
-        for pid, kind, record, at_us in db.execute(
-            "SELECT payment_id, kind, record, at_us FROM journal ORDER BY seq"
-        ):
-            if kind == "intent":
-                payments[pid] = msgspec.msgpack.decode(record, type=Payment)
-                status.setdefault(pid, ("sent", at_us, False))
-            elif kind in ("final", "unknown"):
-                result = msgspec.msgpack.decode(record, type=Result)
-                status[pid] = (result.status.value, at_us, result.stood_in)
-    finally:
-        db.close()
+    """The switch's side, live and archived, folded by the journal's one reader."""
     out = []
-    for pid, payment in payments.items():
-        st, at_us, stood_in = status[pid]
+    for history in read_journal(journal).payments.values():
+        payment = history.payment
+        if payment is None:
+            continue  # declined by risk before any intent: nothing reached a network
         channel, reference = _reference(payment)
-        out.append(Record(channel, reference, payment.amount, payment.currency, st, at_us, pid,
-                          _counterparty(payment), stood_in))
+        stood_in = history.result.stood_in if history.result is not None else False
+        out.append(Record(channel, reference, payment.amount, payment.currency, history.status,
+                          history.at_us, history.payment_id, _counterparty(payment), stood_in))
     return out
 
 

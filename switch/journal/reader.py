@@ -1,0 +1,261 @@
+"""The one reader of the journal: rows back to records, records folded per payment.
+
+Everything that reads the journal -- start-up replay, the ledger, reconciliation, the money
+audit, scenario traces -- goes through :func:`fold` (or :func:`records` for a raw walk),
+so the kinds are read one way everywhere:
+
+* an ``intent`` opens a payment (its body is the ``Payment``);
+* the latest ``unknown`` or ``final`` is its outcome; a ``final`` finishes it;
+* an ``advice`` marks a stand-in approval as delivered to the issuer.
+
+Archived history (``switch.journal.archive``) is read too when the archive database is
+attached as ``archive``: its records come first (they are older, and a payment's records
+always move there together), then the live journal's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from switch.journal.records import (
+    ADVICE,
+    COLUMNS,
+    FINAL,
+    INTENT,
+    UNKNOWN,
+    JournalRecord,
+    from_row,
+)
+from switch.model import Payment, Result, Status
+
+ARCHIVE_SCHEMA = "archive"
+_SELECT = f"SELECT seq, {', '.join(COLUMNS)} FROM {{schema}}.journal"
+
+
+def archive_path(journal: str | Path) -> Path:
+    """Where the archive of the journal at ``journal`` lives: a SQLite file beside it."""
+    journal = Path(journal)
+    return journal.with_name(journal.name + ".archive")
+
+
+def has_archive(db: sqlite3.Connection) -> bool:
+    return any(name == ARCHIVE_SCHEMA for _, name, *_ in db.execute("PRAGMA database_list"))
+
+
+def records(db: sqlite3.Connection, *, after_seq: int = 0,
+            live_only: bool = False) -> Iterator[tuple[int, JournalRecord]]:
+    """Every record with its ``seq``: archived ones first, then the live journal's."""
+    assert after_seq >= 0
+    if not live_only and has_archive(db):
+        for seq, *row in db.execute(_SELECT.format(schema=ARCHIVE_SCHEMA) + " ORDER BY seq"):
+            yield seq, from_row(tuple(row))
+    for seq, *row in db.execute(
+            _SELECT.format(schema="main") + " WHERE seq > ? ORDER BY seq", (after_seq,)):
+        yield seq, from_row(tuple(row))
+
+
+@dataclass(slots=True)
+class PaymentHistory:
+    """One payment folded from its records."""
+
+    payment_id: str
+    idempotency_key: str
+    body_hash: bytes
+    payment: Payment | None = None  # None: declined before any intent (risk)
+    intent_at_us: int = 0
+    #: The latest ``unknown`` or ``final`` record and its result.
+    outcome_kind: str | None = None
+    result: Result | None = None
+    outcome_at_us: int = 0
+    finals: int = 0
+    advised: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome_kind == FINAL
+
+    @property
+    def status(self) -> str:
+        """The latest state: the outcome's, or ``sent`` for an intent alone."""
+        return self.result.status.value if self.result is not None else Status.SENT.value
+
+    @property
+    def at_us(self) -> int:
+        """When the latest state was journaled."""
+        return self.outcome_at_us if self.result is not None else self.intent_at_us
+
+    @property
+    def awaiting_advice(self) -> bool:
+        """A stand-in approval whose 0120 advice has not reached the issuer yet."""
+        return (self.finished and self.result is not None and self.result.stood_in
+                and not self.advised)
+
+
+@dataclass
+class Fold:
+    """The journal folded per payment, in order of first record."""
+
+    payments: dict[str, PaymentHistory] = field(default_factory=dict)
+    records: int = 0
+    last_seq: int = 0
+
+    def add(self, record: JournalRecord) -> None:
+        """Apply one record: the one reading of the record kinds."""
+        history = self.payments.get(record.payment_id)
+        if history is None:
+            history = PaymentHistory(record.payment_id, record.idempotency_key,
+                                     record.body_hash)
+            self.payments[record.payment_id] = history
+        self.records += 1
+        kind = record.kind
+        if kind == INTENT:
+            history.payment = record.payment()
+            history.intent_at_us = record.at_us
+        elif kind in (FINAL, UNKNOWN):
+            if history.finished and kind == UNKNOWN:
+                return  # a late "unknown" never reopens a finished payment
+            history.outcome_kind = kind
+            history.result = record.result()
+            history.outcome_at_us = record.at_us
+            if kind == FINAL:
+                history.finals += 1
+        elif kind == ADVICE:
+            history.advised = True
+
+    def final_results(self) -> dict[str, Result]:
+        """The final result per idempotency key (the last one, were there two)."""
+        return {h.idempotency_key: h.result for h in self.payments.values()
+                if h.finished and h.result is not None}
+
+    def duplicates(self) -> int:
+        """Payments booked twice: an idempotency key or a payment id with two finals."""
+        by_id = sum(1 for h in self.payments.values() if h.finals > 1)
+        per_key: dict[str, int] = {}
+        for h in self.payments.values():
+            if h.finals:
+                per_key[h.idempotency_key] = per_key.get(h.idempotency_key, 0) + h.finals
+        return by_id + sum(1 for n in per_key.values() if n > 1)
+
+    def by_key(self) -> dict[str, PaymentHistory]:
+        """The latest payment per idempotency key (one per key unless the key was reused)."""
+        return {h.idempotency_key: h for h in self.payments.values()}
+
+
+def fold(db: sqlite3.Connection, *, after_seq: int = 0, live_only: bool = False) -> Fold:
+    out = Fold()
+    for seq, record in records(db, after_seq=after_seq, live_only=live_only):
+        out.add(record)
+        out.last_seq = max(out.last_seq, seq)
+    return out
+
+
+def fold_records(stream: Iterable[JournalRecord]) -> Fold:
+    out = Fold()
+    for record in stream:
+        out.add(record)
+    return out
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """The journal at ``path`` for reading, with its archive attached when there is one."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    archived = archive_path(path)
+    if archived.exists():
+        db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (f"file:{archived}?mode=ro",))
+    return db
+
+
+def read(path: str | Path) -> Fold:
+    """Fold the journal at ``path`` (live and archived), for offline readers."""
+    db = open_readonly(path)
+    try:
+        return fold(db)
+    finally:
+        db.close()
+
+
+def final_results(db: sqlite3.Connection) -> dict[str, Result]:
+    """The last final result per idempotency key, for audits (demo, crash tests)."""
+    return fold(db).final_results()
+
+
+def count_duplicates(db: sqlite3.Connection) -> int:
+    """Payments booked twice: an idempotency key or payment id with two final records."""
+    return fold(db).duplicates()
+
+
+# --- start-up replay --------------------------------------------------------------------
+
+
+class FinalRecord(msgspec.Struct, frozen=True):
+    idempotency_key: str
+    body_hash: bytes
+    result: Result
+    at_us: int
+
+
+class UnfinishedPayment(msgspec.Struct, frozen=True):
+    body_hash: bytes
+    payment: Payment
+    status: Status  # the last state journaled: sent or unknown
+
+
+class PendingAdvice(msgspec.Struct, frozen=True):
+    """A stand-in approval whose 0120 advice has not been delivered yet."""
+
+    body_hash: bytes
+    payment: Payment
+    result: Result
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    """What start-up learns from replaying the journal."""
+
+    finals: list[FinalRecord]
+    unfinished: list[UnfinishedPayment]
+    boot_count: int
+    records: int
+    pending_advices: list[PendingAdvice] = msgspec.field(default_factory=list)
+
+
+def recovered_from(folded: Fold, boot_count: int) -> Recovered:
+    finals: list[FinalRecord] = []
+    unfinished: list[UnfinishedPayment] = []
+    advices: list[PendingAdvice] = []
+    for h in folded.payments.values():
+        if h.finished:
+            assert h.result is not None
+            finals.append(FinalRecord(h.idempotency_key, h.body_hash, h.result,
+                                      h.outcome_at_us))
+            if h.awaiting_advice and h.payment is not None:
+                advices.append(PendingAdvice(h.body_hash, h.payment, h.result))
+        elif h.payment is not None:
+            status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
+            unfinished.append(UnfinishedPayment(h.body_hash, h.payment, status))
+    # Oldest first, so the idempotency index restores (and evicts) in age order.
+    finals.sort(key=lambda f: f.at_us)
+    return Recovered(finals, unfinished, boot_count, folded.records, advices)
+
+
+def next_boot(db: sqlite3.Connection) -> int:
+    """Count this boot in the journal's meta table."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'boot_count'").fetchone()
+    boot_count = (int(row[0]) if row else 0) + 1
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('boot_count', ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(boot_count),),
+    )
+    return boot_count
+
+
+def replay(db: sqlite3.Connection) -> Recovered:
+    """Rebuild state from the live journal (archived payments are finished and outside
+    the idempotency window, so start-up never reads them), and count this boot."""
+    folded = fold(db, live_only=True)
+    return recovered_from(folded, next_boot(db))
