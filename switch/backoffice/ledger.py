@@ -114,9 +114,10 @@ def post_from_journal(db: sqlite3.Connection) -> PostingSummary:
     db.execute("BEGIN")
     try:
         for history in histories:
-            pid, payment, result = history.payment_id, history.payment, history.result
-            if payment is None or not history.finished or result is None:
-                continue  # declined by risk before any intent (no money moved), or open
+            pid, result = history.payment_id, history.result
+            payment = history.payment if history.finished else None
+            if payment is None or result is None:
+                continue  # open, or declined by risk before any intent: no money moved
             existing = db.execute("SELECT state FROM ledger_transfers WHERE payment_id = ?",
                                   (pid,)).fetchone()
             status = result.status.value

@@ -2,10 +2,12 @@
 
 Write-ahead ``intent`` before anything is sent, ``final``/``unknown`` after, ``advice`` for
 card stand-in (``records``); start-up replays it into the idempotency index and the
-unfinished payments (``reader``). Nothing outside this package writes SQL against the
+unfinished payments (``reader``); finished payments past the idempotency window move to an
+archive the reader still reads (``archive``). Nothing outside this package writes SQL against the
 journal table: readers fold it through ``switch.journal.reader``.
 """
 
+from switch.journal.archive import Compactor, attach_archive
 from switch.journal.reader import (
     FinalRecord,
     Fold,
@@ -37,6 +39,7 @@ from switch.journal.store import (
     JournalFailed,
     JournalFull,
     JournalMetrics,
+    Retention,
     open_database,
 )
 
@@ -46,6 +49,7 @@ __all__ = [
     "INTENT",
     "KINDS",
     "UNKNOWN",
+    "Compactor",
     "FinalRecord",
     "Fold",
     "Journal",
@@ -58,7 +62,9 @@ __all__ = [
     "PendingAdvice",
     "RecordKind",
     "Recovered",
+    "Retention",
     "UnfinishedPayment",
+    "attach_archive",
     "count_duplicates",
     "encode_payment",
     "encode_result",

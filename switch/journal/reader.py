@@ -34,6 +34,7 @@ from switch.journal.records import (
 from switch.model import Payment, Result, Status
 
 ARCHIVE_SCHEMA = "archive"
+_payment_decoder = msgspec.msgpack.Decoder(Payment)
 _SELECT = f"SELECT seq, {', '.join(COLUMNS)} FROM {{schema}}.journal"
 
 
@@ -47,15 +48,33 @@ def has_archive(db: sqlite3.Connection) -> bool:
     return any(name == ARCHIVE_SCHEMA for _, name, *_ in db.execute("PRAGMA database_list"))
 
 
+def attach_existing_archive(db: sqlite3.Connection) -> bool:
+    """Attach the archive of ``db``'s journal if there is one; True if attached."""
+    if has_archive(db):
+        return True
+    main = next((file for _, name, file in db.execute("PRAGMA database_list")
+                 if name == "main"), "")
+    if not main or not archive_path(main).exists():
+        return False
+    db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (str(archive_path(main)),))
+    return True
+
+
 def records(db: sqlite3.Connection, *, after_seq: int = 0,
             live_only: bool = False) -> Iterator[tuple[int, JournalRecord]]:
-    """Every record with its ``seq``: archived ones first, then the live journal's."""
+    """Every record with its ``seq``: archived ones first, then the live journal's.
+
+    A live record already archived (a move interrupted by a crash) is read once.
+    """
     assert after_seq >= 0
-    if not live_only and has_archive(db):
-        for seq, *row in db.execute(_SELECT.format(schema=ARCHIVE_SCHEMA) + " ORDER BY seq"):
+    live = _SELECT.format(schema="main") + " WHERE seq > ?"
+    if not live_only and attach_existing_archive(db):
+        for seq, *row in db.execute(_SELECT.format(schema=ARCHIVE_SCHEMA) + " WHERE seq > ?"
+                                    " ORDER BY seq", (after_seq,)):
             yield seq, from_row(tuple(row))
-    for seq, *row in db.execute(
-            _SELECT.format(schema="main") + " WHERE seq > ? ORDER BY seq", (after_seq,)):
+        live += (f" AND NOT EXISTS (SELECT 1 FROM {ARCHIVE_SCHEMA}.journal AS a"
+                 " WHERE a.seq = main.journal.seq)")
+    for seq, *row in db.execute(live + " ORDER BY seq", (after_seq,)):
         yield seq, from_row(tuple(row))
 
 
@@ -66,14 +85,24 @@ class PaymentHistory:
     payment_id: str
     idempotency_key: str
     body_hash: bytes
-    payment: Payment | None = None  # None: declined before any intent (risk)
+    #: The intent's body, decoded on first use of :attr:`payment` (replay decodes only
+    #: the payments it needs: open ones and stand-ins owing an advice).
+    intent: bytes = b""
     intent_at_us: int = 0
+    _payment: Payment | None = None
     #: The latest ``unknown`` or ``final`` record and its result.
     outcome_kind: str | None = None
     result: Result | None = None
     outcome_at_us: int = 0
     finals: int = 0
     advised: bool = False
+
+    @property
+    def payment(self) -> Payment | None:
+        """The payment (None: declined before any intent, by risk)."""
+        if self._payment is None and self.intent:
+            self._payment = _payment_decoder.decode(self.intent)
+        return self._payment
 
     @property
     def finished(self) -> bool:
@@ -114,7 +143,7 @@ class Fold:
         self.records += 1
         kind = record.kind
         if kind == INTENT:
-            history.payment = record.payment()
+            history.intent = record.body
             history.intent_at_us = record.at_us
         elif kind in (FINAL, UNKNOWN):
             if history.finished and kind == UNKNOWN:

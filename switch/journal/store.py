@@ -25,18 +25,22 @@ neither waits nor fsyncs: acknowledged payments can then be lost on a crash.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, TypeVar
 
 import anyio
 
+from switch.journal.archive import Compactor, attach_archive
 from switch.journal.records import COLUMNS, JournalRecord, OnFull, Row, to_row
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -103,7 +107,18 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
     db.executescript(SCHEMA)
+    attach_archive(db, path)  # retention moves old finished payments there (archive.py)
     return db
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Archive finished payments older than the idempotency window (``archive.py``)."""
+
+    compactor: Compactor
+    #: Wall-clock microseconds (injected: the switch's clock, or a test's).
+    wall_us: Callable[[], int]
+    every_s: float = 1.0
 
 
 class Journal:
@@ -119,6 +134,7 @@ class Journal:
         metrics: JournalMetrics,
         clock: Callable[[], float] = anyio.current_time,
         commit_window_s: float = 0.0,
+        retention: Retention | None = None,
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
         self._clock = clock  # for the commit-latency metric only
@@ -133,6 +149,10 @@ class Journal:
         self._metrics = metrics
         self._batches: deque[_Batch] = deque([_Batch()])
         self._pending = 0
+        self._retention = retention
+        # The connection is used by one thread at a time: commits and maintenance
+        # (retention steps) take turns.
+        self._db_lock = anyio.Lock()
         self._wakeup = anyio.Event()
         self._room = anyio.Event()  # set after each commit: pending records went down
         self._closed = False
@@ -193,7 +213,35 @@ class Journal:
             raise JournalFailed(str(batch.error)) from batch.error
 
     async def run(self) -> None:
-        """The writer loop. Returns after :meth:`close` once everything is committed."""
+        """The writer loop. Returns after :meth:`close` once everything is committed.
+
+        With ``retention``, old finished payments move to the archive meanwhile.
+        """
+        async with anyio.create_task_group() as tg:
+            if self._retention is not None:
+                tg.start_soon(self._retain, self._retention)
+            await self._write_loop()
+            tg.cancel_scope.cancel()
+
+    async def maintain(self, step: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``step`` on the journal's connection in a worker thread, between commits."""
+        async with self._db_lock:
+            return await anyio.to_thread.run_sync(step, self._db)
+
+    async def _retain(self, retention: Retention) -> None:
+        compactor = retention.compactor
+        while True:
+            try:
+                now_us = retention.wall_us()  # read on the loop: the clock is the loop's
+                await self.maintain(functools.partial(compactor.step, now_us=now_us))
+            except sqlite3.Error as exc:  # retention can wait; the journal itself goes on
+                log.error("journal retention step failed: %s", exc)
+                compactor.scanned = 0
+            # A full step means more may be due at once; otherwise check again later.
+            full = compactor.scanned >= compactor.max_rows
+            await anyio.sleep(0 if full else retention.every_s)
+
+    async def _write_loop(self) -> None:
         while True:
             if not self._batches[0].rows:
                 if self._closed:
@@ -210,7 +258,8 @@ class Journal:
                 self._batches.append(_Batch())
             started = self._clock()
             try:
-                await anyio.to_thread.run_sync(self._commit, batch.rows)
+                async with self._db_lock:
+                    await anyio.to_thread.run_sync(self._commit, batch.rows)
             except Exception as exc:  # disk full, I/O error: fail-stop, never guess
                 log.critical("journal commit failed: %s", exc)
                 self.failure = exc

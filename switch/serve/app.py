@@ -28,7 +28,7 @@ from switch.adapters.base import ChannelAdapter
 from switch.adapters.factory import build_network_adapter
 from switch.adapters.fakenet import StandInNetwork
 from switch.clock import Clock
-from switch.journal import Journal, Recovered, open_database, replay
+from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.model import Payment
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.idempotency import IdempotencyIndex
@@ -172,6 +172,11 @@ class SwitchApp:
                 metrics=self.metrics,
                 clock=clock.measure,
                 commit_window_s=cfg.journal.commit_window_s,
+                # Finished payments past the idempotency window move to the archive, so
+                # start-up never grows with history.
+                retention=Retention(Compactor(cfg.idempotency.retention_s,
+                                              max_live_payments=cfg.idempotency.max_keys),
+                                    clock.wall_us),
             )
             self.journal = journal
             index = IdempotencyIndex(
