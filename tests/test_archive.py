@@ -167,3 +167,18 @@ async def test_journal_archives_while_it_writes(tmp_path: Path) -> None:
         await journal.close()
     assert fold(db).records == 400 and fold(db).duplicates() == 0
     assert replay(db).records == 198
+
+
+def test_a_column_added_to_the_live_journal_reaches_the_archive(tmp_path: Path) -> None:
+    """Room for migrations (e.g. reconciliation columns): archived rows keep them."""
+    from switch.journal import attach_archive
+
+    path = tmp_path / "j.db"
+    db = open_database(path, "group")
+    db.execute("ALTER TABLE main.journal ADD COLUMN recon_ref TEXT")
+    attach_archive(db, path)  # what the next open_database does
+    _add(db, "P-1", NOW_US - 48 * HOUR_US)
+    db.execute("UPDATE main.journal SET recon_ref = 'R-1'")
+    _add(db, "P-2", NOW_US)
+    _compact(db, Compactor(24 * 3600))
+    assert db.execute("SELECT DISTINCT recon_ref FROM archive.journal").fetchall() == [("R-1",)]

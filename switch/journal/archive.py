@@ -33,23 +33,15 @@ from typing import Final
 import msgspec
 
 from switch.journal.reader import ARCHIVE_SCHEMA, archive_path, has_archive
-from switch.journal.records import ADVICE, COLUMNS, FINAL
+from switch.journal.records import ADVICE, FINAL
 from switch.model import Result, Status
 
-ARCHIVE_TABLE: Final = f"""
-CREATE TABLE IF NOT EXISTS {ARCHIVE_SCHEMA}.journal (
-    seq INTEGER PRIMARY KEY,
-    payment_id TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    status TEXT NOT NULL,
-    body_hash BLOB NOT NULL,
-    record BLOB NOT NULL,
-    at_us INTEGER NOT NULL
-)
-"""
-_ALL: Final = ", ".join(("seq", *COLUMNS))
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
+
+
+def _columns(db: sqlite3.Connection, schema: str) -> list[tuple[str, str]]:
+    return [(name, type_) for _, name, type_, *_ in
+            db.execute(f"PRAGMA {schema}.table_info(journal)")]
 
 
 def attach_archive(db: sqlite3.Connection, journal: str | Path) -> Path:
@@ -60,7 +52,17 @@ def attach_archive(db: sqlite3.Connection, journal: str | Path) -> Path:
     db.execute(f"PRAGMA {ARCHIVE_SCHEMA}.journal_mode=WAL")
     # The copy must be durable before the live records are deleted.
     db.execute(f"PRAGMA {ARCHIVE_SCHEMA}.synchronous=FULL")
-    db.execute(ARCHIVE_TABLE)
+    # The archive's table is the live one's, columns added later included (a migration
+    # of the live table reaches the archive at the next attach).
+    (live_sql,) = db.execute(
+        "SELECT sql FROM main.sqlite_master WHERE type = 'table' AND name = 'journal'"
+    ).fetchone()
+    db.execute(live_sql.replace("CREATE TABLE journal",
+                                f"CREATE TABLE IF NOT EXISTS {ARCHIVE_SCHEMA}.journal", 1))
+    archived = {name for name, _ in _columns(db, ARCHIVE_SCHEMA)}
+    for name, type_ in _columns(db, "main"):
+        if name not in archived:
+            db.execute(f"ALTER TABLE {ARCHIVE_SCHEMA}.journal ADD COLUMN {name} {type_}")
     return path
 
 
@@ -153,14 +155,15 @@ class Compactor:
 
     @staticmethod
     def _move(db: sqlite3.Connection, seqs: list[int]) -> None:
+        every = ", ".join(name for name, _ in _columns(db, "main"))
         db.execute("CREATE TEMP TABLE IF NOT EXISTS moving (seq INTEGER PRIMARY KEY)")
         db.execute("BEGIN")
         try:
             db.execute("DELETE FROM temp.moving")
             db.executemany("INSERT INTO temp.moving (seq) VALUES (?)", ((s,) for s in seqs))
             db.execute(
-                f"INSERT OR IGNORE INTO {ARCHIVE_SCHEMA}.journal ({_ALL})"
-                f" SELECT {_ALL} FROM main.journal WHERE seq IN (SELECT seq FROM temp.moving)")
+                f"INSERT OR IGNORE INTO {ARCHIVE_SCHEMA}.journal ({every})"
+                f" SELECT {every} FROM main.journal WHERE seq IN (SELECT seq FROM temp.moving)")
             db.execute("COMMIT")  # archived copy durable first ...
             db.execute("BEGIN")
             db.execute("DELETE FROM main.journal WHERE seq IN (SELECT seq FROM temp.moving)")
