@@ -35,6 +35,7 @@ from switch.model import Payment, Result, Status
 
 ARCHIVE_SCHEMA = "archive"
 _payment_decoder = msgspec.msgpack.Decoder(Payment)
+_result_decoder = msgspec.msgpack.Decoder(Result)
 _SELECT = f"SELECT seq, {', '.join(COLUMNS)} FROM {{schema}}.journal"
 
 
@@ -60,22 +61,27 @@ def attach_existing_archive(db: sqlite3.Connection) -> bool:
     return True
 
 
-def records(db: sqlite3.Connection, *, after_seq: int = 0,
-            live_only: bool = False) -> Iterator[tuple[int, JournalRecord]]:
-    """Every record with its ``seq``: archived ones first, then the live journal's.
+def _rows(db: sqlite3.Connection, after_seq: int, live_only: bool) -> Iterator[tuple[
+        int, str, str, str, str, bytes, bytes, int]]:
+    """Raw rows (``seq`` first, then :data:`COLUMNS`): the one SELECT on the journal.
 
-    A live record already archived (a move interrupted by a crash) is read once.
+    Archived rows first; a live row already archived (a move cut by a crash) is skipped.
     """
     assert after_seq >= 0
     live = _SELECT.format(schema="main") + " WHERE seq > ?"
     if not live_only and attach_existing_archive(db):
-        for seq, *row in db.execute(_SELECT.format(schema=ARCHIVE_SCHEMA) + " WHERE seq > ?"
-                                    " ORDER BY seq", (after_seq,)):
-            yield seq, from_row(tuple(row))
+        yield from db.execute(_SELECT.format(schema=ARCHIVE_SCHEMA) + " WHERE seq > ?"
+                              " ORDER BY seq", (after_seq,))
         live += (f" AND NOT EXISTS (SELECT 1 FROM {ARCHIVE_SCHEMA}.journal AS a"
                  " WHERE a.seq = main.journal.seq)")
-    for seq, *row in db.execute(live + " ORDER BY seq", (after_seq,)):
-        yield seq, from_row(tuple(row))
+    yield from db.execute(live + " ORDER BY seq", (after_seq,))
+
+
+def records(db: sqlite3.Connection, *, after_seq: int = 0,
+            live_only: bool = False) -> Iterator[tuple[int, JournalRecord]]:
+    """Every record with its ``seq``: archived ones first, then the live journal's."""
+    for seq, pid, key, kind, status, body_hash, body, at_us in _rows(db, after_seq, live_only):
+        yield seq, from_row((pid, key, kind, status, body_hash, body, at_us))
 
 
 @dataclass(slots=True)
@@ -134,27 +140,31 @@ class Fold:
     last_seq: int = 0
 
     def add(self, record: JournalRecord) -> None:
+        self._apply(record.payment_id, record.idempotency_key, record.kind,
+                    record.body_hash, record.body, record.at_us)
+
+    def _apply(self, pid: str, key: str, kind: str, body_hash: bytes, body: bytes,
+               at_us: int) -> None:
         """Apply one record: the one reading of the record kinds."""
-        history = self.payments.get(record.payment_id)
+        history = self.payments.get(pid)
         if history is None:
-            history = PaymentHistory(record.payment_id, record.idempotency_key,
-                                     record.body_hash)
-            self.payments[record.payment_id] = history
+            history = self.payments[pid] = PaymentHistory(pid, key, body_hash)
         self.records += 1
-        kind = record.kind
         if kind == INTENT:
-            history.intent = record.body
-            history.intent_at_us = record.at_us
+            history.intent = body  # decoded on first use
+            history.intent_at_us = at_us
         elif kind in (FINAL, UNKNOWN):
-            if history.finished and kind == UNKNOWN:
+            if kind == UNKNOWN and history.outcome_kind == FINAL:
                 return  # a late "unknown" never reopens a finished payment
             history.outcome_kind = kind
-            history.result = record.result()
-            history.outcome_at_us = record.at_us
+            history.result = _result_decoder.decode(body)
+            history.outcome_at_us = at_us
             if kind == FINAL:
                 history.finals += 1
         elif kind == ADVICE:
             history.advised = True
+        else:
+            raise AssertionError(f"unknown journal record kind {kind!r}")
 
     def final_results(self) -> dict[str, Result]:
         """The final result per idempotency key (the last one, were there two)."""
@@ -177,9 +187,13 @@ class Fold:
 
 def fold(db: sqlite3.Connection, *, after_seq: int = 0, live_only: bool = False) -> Fold:
     out = Fold()
-    for seq, record in records(db, after_seq=after_seq, live_only=live_only):
-        out.add(record)
-        out.last_seq = max(out.last_seq, seq)
+    apply = out._apply
+    last = 0
+    for seq, pid, key, kind, _status, body_hash, body, at_us in _rows(db, after_seq,
+                                                                        live_only):
+        apply(pid, key, kind, body_hash, body, at_us)
+        last = max(last, seq)
+    out.last_seq = last
     return out
 
 

@@ -39,6 +39,7 @@ COLUMNS: Final = ("payment_id", "idempotency_key", "kind", "status", "body_hash"
 Row = tuple[str, str, str, str, bytes, bytes, int]
 
 _encoder: Final = msgspec.msgpack.Encoder()
+_STATUS_OF: Final = {s.value: s for s in Status}
 _payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
 
@@ -96,7 +97,7 @@ def from_row(row: Row) -> JournalRecord:
     """A row read back (columns in :data:`COLUMNS` order) as a record."""
     payment_id, key, kind, status, body_hash, body, at_us = row
     assert kind in KINDS, f"unknown journal record kind {kind!r}"
-    return JournalRecord(payment_id, key, kind, Status(status), body_hash, body, at_us)
+    return JournalRecord(payment_id, key, kind, _STATUS_OF[status], body_hash, body, at_us)
 
 
 def encode_payment(payment: Payment) -> bytes:
