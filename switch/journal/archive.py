@@ -123,10 +123,10 @@ class Compactor:
         rows = db.execute(
             "SELECT seq, payment_id, kind, status, record, at_us FROM main.journal"
             " WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
-            (self._cursor, newest, self.max_rows)).fetchall()
+            (self._cursor, newest, self.max_rows))
         touched: dict[str, _Held] = {}
         self.scanned = 0
-        for seq, pid, kind, status, record, at_us in rows:
+        for seq, pid, kind, status, record, at_us in rows:  # read lazily: usually 1 row
             if at_us >= horizon and newest - seq <= self.max_live_rows:
                 break  # younger than the window from here on, and within the count
             self._cursor = seq
@@ -142,6 +142,7 @@ class Compactor:
                                  and _result_decoder.decode(record).stood_in)
             elif kind == ADVICE:
                 held.advised = True
+        rows.close()  # no statement open across the move's transactions
         seqs = [s for pid, h in touched.items() if h.movable for s in h.seqs]
         if not seqs:
             return 0

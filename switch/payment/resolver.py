@@ -221,6 +221,7 @@ class Resolver:
         """Budget or window spent: an operator takes over (alert); the journal keeps it
         unknown, so the next start-up tries again."""
         pid = job.payment.payment_id
+        assert pid in self._jobs and pid not in self._escalated
         self._escalated.add(pid)
         log.error("unknown outcome unresolved after %d attempts in %.0f s: handed to an"
                   " operator (resolved again at the next start)", job.attempts,
@@ -229,6 +230,8 @@ class Resolver:
 
     async def _finish(self, job: _Job, reply: NetworkReply) -> None:
         payment, route = job.payment, job.route
+        assert self._jobs.get(payment.payment_id) is job, "resolved twice"
+        assert job.status is Status.UNKNOWN
         status = _STATUS[reply.outcome]
         check_transition(payment.payment_id, job.status, status)  # unknown -> final
         result = Result(
