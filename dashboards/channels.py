@@ -336,11 +336,16 @@ def build() -> Dashboard:
             timeseries(
                 "Unresolved payments",
                 "Payments whose outcome is unknown and not yet resolved. Should return to 0 "
-                "within seconds; stuck above 0 for 10 minutes pages.",
+                "within seconds; stuck above 0 for 10 minutes pages. Escalated: the channel's "
+                "resolution budget is spent and an operator must act (pages at once).",
                 "short",
                 q(
                     f"sum by (instance) ({series('payswitch_unresolved_payments')})",
                     "{{instance}}",
+                ),
+                q(
+                    f"sum by (instance) ({series('payswitch_unresolved_escalated_payments')})",
+                    "{{instance}} escalated",
                 ),
                 span=8,
             )

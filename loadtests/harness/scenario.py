@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 import sys
 import threading
 import time
@@ -35,7 +34,7 @@ from channels.faults import Fault, FaultConfigError, convert_faults
 from loadtests.harness.audit import audit_journal
 from loadtests.harness.loadgen import Acknowledged, RateShape, ShapeError, shape_from_dict
 from loadtests.harness.report import ReportData, Verdict, write_report
-from switch.model import Payment, Result
+from switch.journal import read as read_journal
 from switch.serve.http import admin_headers
 from switch.tomlio import convert, parse_toml, read_text
 
@@ -232,21 +231,11 @@ class PaymentTrace:
 
 
 def traces(journal: Path) -> list[PaymentTrace]:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        payments: dict[str, Payment] = {}
-        results: dict[str, Result] = {}
-        for pid, kind, record in db.execute(
-                "SELECT payment_id, kind, record FROM journal ORDER BY seq"):
-            if kind == "intent":
-                payments[pid] = msgspec.msgpack.decode(record, type=Payment)
-            elif kind in ("final", "unknown"):
-                results[pid] = msgspec.msgpack.decode(record, type=Result)
-    finally:
-        db.close()
     out = []
-    for pid, result in results.items():
-        payment = payments.get(pid)
+    for history in read_journal(journal).payments.values():
+        result, payment = history.result, history.payment
+        if result is None:
+            continue  # an intent alone: no outcome journaled
         at = payment.received_at.timestamp() if payment is not None else 0.0
         out.append(PaymentTrace(at, result.status.value, result.route,
                                 payment.channel if payment else ""))

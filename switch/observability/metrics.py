@@ -211,6 +211,12 @@ class SwitchMetrics:
             "Payments whose outcome is unknown (timed out after sending) and not yet resolved.",
             registry=r,
         )
+        self.unresolved_escalated = Gauge(
+            "payswitch_unresolved_escalated_payments",
+            "Unresolved payments handed to an operator: the channel's resolution budget or"
+            " window is spent (or the resolver was full); retried at the next start.",
+            registry=r,
+        )
         resolved = Counter(
             "payswitch_resolved_payments",
             "Payments whose unknown outcome the resolver settled, by channel and final status."

@@ -40,7 +40,18 @@ from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.trace import TraceNumbers
 from switch.clock import Clock
-from switch.journal import Journal, JournalFailed, JournalFull, encode_payment, encode_result
+from switch.journal import (
+    FINAL,
+    INTENT,
+    Journal,
+    JournalFailed,
+    JournalFull,
+    JournalRecord,
+    OnFull,
+    RecordKind,
+    encode_payment,
+    encode_result,
+)
 from switch.model import (
     CardRef,
     Payment,
@@ -370,26 +381,17 @@ class Pipeline:
         return DispatchOutcome(last, last_route, issuer_unreachable=not reached_issuer)
 
     async def _journal(
-        self, payment: Payment, digest: bytes, kind: str, status: Status, record: bytes
+        self, payment: Payment, digest: bytes, kind: RecordKind, status: Status, record: bytes
     ) -> None:
-        row = (
-            payment.payment_id,
-            payment.idempotency_key,
-            kind,
-            status.value,
-            digest,
-            record,
-            self.clock.wall_us(),
-        )
+        row = JournalRecord(payment.payment_id, payment.idempotency_key, kind, status, digest,
+                            record, self.clock.wall_us())
+        # Nothing has left the switch yet for an intent or a risk decline: shedding is
+        # safe. After sending we must not drop the outcome: wait for room instead.
+        shed = kind == INTENT or (kind == FINAL and status is Status.DECLINED)
         try:
-            await self.journal.write(row)
+            await self.journal.write(row, OnFull.SHED if shed else OnFull.WAIT)
         except JournalFull as exc:
-            if kind == "intent" or (kind == "final" and status is Status.DECLINED):
-                # Nothing has left the switch yet: shedding is safe.
-                raise Rejected(reasons.E_OVERLOADED, str(exc)) from None
-            # After sending we must not drop the outcome: wait for room (bounded by the
-            # journal's own progress) rather than lose it.
-            await self.journal.write_when_room(row)
+            raise Rejected(reasons.E_OVERLOADED, str(exc)) from None
         except JournalFailed as exc:
             raise Rejected(reasons.E_UNAVAILABLE, f"journal unavailable: {exc}") from None
 

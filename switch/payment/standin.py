@@ -33,7 +33,7 @@ import msgspec
 from switch import reasons
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
-from switch.journal import Journal, encode_result
+from switch.journal import ADVICE, Journal, JournalFailed, JournalRecord, OnFull
 from switch.model import Payment, Result
 from switch.observability.metrics import SwitchMetrics
 from switch.protocols.errors import CodecError
@@ -55,6 +55,10 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 log = logging.getLogger(__name__)
+#: A delivered advice is a fact at the issuer: its record waits for room, never shed
+#: (shedding it would re-send the advice after a restart, and ending ``run`` on a full
+#: journal would take the switch down).
+ON_FULL = OnFull.WAIT
 #: Cards whose stand-in totals are remembered; least recently used are forgotten.
 MAX_TRACKED_CARDS = 1_000_000
 
@@ -118,6 +122,8 @@ class StandIn:
 
     def queue_advice(self, payment: Payment, result: Result, endpoints: tuple[str, ...],
                      digest: bytes) -> None:
+        assert result.stood_in and result.payment_id == payment.payment_id
+        assert endpoints, "an advice needs an issuer endpoint to go to"
         self._queue.append(_Advice(payment, result, endpoints, self._clock.now(), digest))
         self._wakeup.set()
 
@@ -152,6 +158,8 @@ class StandIn:
                     code = await adapter.advise(advice.payment, advice.result.channel_ref)
             except NotSent:
                 continue
+            except JournalFailed:
+                raise
             except Exception as exc:  # CodecError, or any bug: fail this advice only
                 self._quarantine(advice, endpoint, exc)
                 return True
@@ -179,9 +187,11 @@ class StandIn:
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.
         result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
-        await self._journal.write((payment.payment_id, payment.idempotency_key, "advice",
-                                   advice.result.status.value, advice.digest,
-                                   encode_result(result), self._clock.wall_us()))
+        assert advice.result.stood_in
+        await self._journal.write(
+            JournalRecord.outcome(ADVICE, payment, result, advice.digest, self._clock.wall_us()),
+            ON_FULL,
+        )
         if refused:
             log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
                         extra={"payment_id": payment.payment_id})

@@ -49,6 +49,8 @@ ALERTS_MAY_BE_EMPTY = {
     "run)",
     "PayswitchLatencyBudgetBurn": "fires only while over 1% of payments take more than 250 ms",
     "PayswitchUnresolvedPaymentsStuck": "needs a network that stops answering status checks",
+    "PayswitchUnresolvedPaymentsEscalated": "needs a payment unknown past its channel's "
+    "resolution window (10 minutes by default)",
     "PayswitchJournalCommitSlow": "needs a slow disk: journal commit p99 over 50 ms",
     "PayswitchJournalBacklogGrowing": "needs a journal writer that cannot keep up",
     "PayswitchNoTraffic": "the test sends traffic",
