@@ -373,9 +373,11 @@ def build() -> Dashboard:
             timeseries(
                 "Frame errors/s by kind",
                 "Frames that could not be used: malformed, invalid, too large. A burst usually "
-                "means one misbehaving client.",
+                "means one misbehaving client. Payment errors: an unexpected error failed one "
+                "payment (its id is in the log); any is a bug.",
                 "reqps",
                 q(sum_rate("payswitch_frame_errors_total", by_labels="kind"), "{{kind}}"),
+                q(sum_rate("payswitch_payment_errors_total"), "payment errors (switch bug)"),
                 span=8,
             )
         )

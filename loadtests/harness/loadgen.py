@@ -101,6 +101,8 @@ class LoadStats:
     started_at: float = 0.0
     finished_at: float = 0.0
     histogram: HdrHistogram = field(default_factory=new_histogram)
+    #: Latency of answered payments only (results, not refusals): "admitted" latency.
+    admitted: HdrHistogram = field(default_factory=new_histogram)
     acknowledged: dict[str, Acknowledged] = field(default_factory=dict)
     #: Raw garbage frames sent (their ``malformed`` error replies carry no request id).
     malformed_sent: int = 0
@@ -444,6 +446,7 @@ class OpenLoopGenerator:
         per_conn = self._per_conn
         track = self.track_acknowledged
         hists = self._interval_hists
+        admitted = stats.admitted.record_value
         try:
             while True:
                 data = await stream.receive(65536)
@@ -466,6 +469,7 @@ class OpenLoopGenerator:
                         hist = hists[sent.channel] = new_histogram()
                     hist.record_value(min(max(latency_us, 1), HIST_MAX_US))
                     if isinstance(response, Reply):
+                        admitted(min(max(latency_us, 1), HIST_MAX_US))
                         status = response.result.status.value
                         if response.replay:
                             # Counted once, as a replay: the payment itself was already

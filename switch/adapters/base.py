@@ -5,6 +5,12 @@ The pipeline knows nothing of ISO 8583, XML or QR strings; it hands an adapter a
 network and the adapters for the real simulators implement the same protocol, so the
 pipeline does not change when one replaces the other.
 
+Two ways to send. ``authorize`` awaits one answer (simple; the resolver and stand-in use
+it). A :class:`SendsWithoutWaiting` adapter also offers ``start``: queue the request and
+return at once; the answer comes back later, with the caller's token, through a
+:data:`ReplySink`, in batches. The payment core drives networks that way, so no task,
+Event or cancel scope exists per payment.
+
 Two failure kinds matter for money and must stay distinct:
 * :class:`NotSent`: the request never left (connection refused, no connection). Safe to
   retry or fail over: the network cannot have acted on it.
@@ -15,7 +21,8 @@ Two failure kinds matter for money and must stay distinct:
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -54,3 +61,21 @@ class ChannelAdapter(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+#: Answers by token, delivered together; ``None`` for a request that turned out NotSent.
+ReplySink = Callable[[Sequence[tuple[int, NetworkReply | None]]], None]
+
+
+@runtime_checkable
+class SendsWithoutWaiting(Protocol):
+    """An adapter that queues a request and reports its answer later as an event."""
+
+    def start(self, token: int, payment: Payment, deliver: ReplySink) -> None:
+        """Queue ``payment``; its answer goes to ``deliver`` with ``token``, never from
+        inside this call. Raises :class:`NotSent` if it certainly cannot leave."""
+        ...
+
+    def cancel(self, token: int) -> None:
+        """Nobody waits for ``token`` any more (timeout): an answer now is late."""
+        ...

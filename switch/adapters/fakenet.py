@@ -11,16 +11,20 @@ order, so the same seed and the same arrival order give the same outcomes.
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import OrderedDict
 from typing import Annotated
 
 import anyio
+import anyio.abc
+import anyio.lowlevel
 import msgspec
 
 from switch import reasons
-from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.bounds import Probability
+from switch.clock import backend_clock
 from switch.model import Channel, Payment
 
 
@@ -42,6 +46,8 @@ class StandInNetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tr
     seed: int = 1
 
 
+#: Shortest sleep of the delivery task (see run()).
+MIN_SLEEP_S = 0.001
 #: Bound on the stand-in's memory of booked payments; the oldest are forgotten first.
 MAX_BOOKED = 2_000_000
 
@@ -54,6 +60,12 @@ class StandInNetwork:
         self.down = False  # tests flip this to simulate a refused connection
         self.approvals_by_key: dict[str, int] = {}
         self.reversals = 0
+        # Answers of started requests, by due time: one delivery task for all of them.
+        self._due: list[tuple[float, int, NetworkReply]] = []
+        self._sink: ReplySink | None = None
+        self._wake: anyio.Event | None = None
+        self._sleeping_until = float("inf")
+        self._clock = anyio.current_time
 
     @property
     def name(self) -> str:
@@ -87,6 +99,59 @@ class StandInNetwork:
         if delay:
             await anyio.sleep(delay)
         return reply
+
+    def start(self, token: int, payment: Payment, deliver: ReplySink) -> None:
+        """Queue ``payment``; its answer reaches ``deliver`` after the drawn latency.
+
+        Same draws in the same order as :meth:`authorize`, so a seed gives the same
+        outcomes either way. Needs :meth:`run` (started by the switch like any adapter's).
+        """
+        if self.down:
+            raise NotSent(f"{self.name}: connection refused")
+        cfg = self._config
+        draw = self._rng.random()
+        delay = self._latency()
+        if draw < cfg.error_rate:
+            reply = NetworkReply("failed", reasons.ISSUER_UNAVAILABLE)
+        elif draw < cfg.error_rate + cfg.decline_rate:
+            reply = NetworkReply("declined", reasons.DO_NOT_HONOUR)
+        else:
+            reply = NetworkReply("approved", reasons.APPROVED, self._reference(payment))
+        self._book(payment, reply)
+        self._sink = deliver
+        due = self._clock() + delay
+        heapq.heappush(self._due, (due, token, reply))
+        if due < self._sleeping_until and self._wake is not None:
+            self._wake.set()
+
+    def cancel(self, token: int) -> None:
+        return None  # the answer is dropped by the core as late; nothing to undo here
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Deliver started requests' answers when due, all due ones in one batch."""
+        self._clock = clock = backend_clock()
+        self._wake = anyio.Event()
+        task_status.started()
+        due = self._due
+        while True:
+            now = clock()
+            if due and due[0][0] <= now:
+                batch = []
+                while due and due[0][0] <= now:
+                    _, token, reply = heapq.heappop(due)
+                    batch.append((token, reply))
+                assert self._sink is not None
+                self._sink(batch)
+                await anyio.lowlevel.checkpoint()
+                continue
+            self._sleeping_until = due[0][0] if due else float("inf")
+            # At least MIN_SLEEP_S: uvloop rounds timers to whole milliseconds, and a
+            # shorter sleep would return at once and spin the loop until the answer is due.
+            with anyio.move_on_after(max(MIN_SLEEP_S, self._sleeping_until - now)):
+                await self._wake.wait()
+            self._sleeping_until = float("inf")
+            self._wake = anyio.Event()
 
     def _reference(self, payment: Payment) -> str:
         if payment.swift is not None:

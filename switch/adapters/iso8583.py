@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 
 from switch import reasons
-from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
 from switch.adapters.specs import CardAdapterConfig
 from switch.adapters.trace import TraceNumbers
@@ -160,6 +160,16 @@ class CardAdapter(PooledAdapter):
         link = self._pool.pick()
         answer = await exchange(link, self._correlator, iso8583.match_key(request), data)
         return _reply_for(answer)
+
+    def start(self, token: int, payment: Payment, deliver: ReplySink) -> None:
+        """``authorize`` without waiting: the 0110 reaches ``deliver`` as an event."""
+        try:
+            request = original_request(payment, self.config.acquirer_id)
+            data = iso8583.frame(iso8583.encode(request))
+        except CodecError as exc:
+            log.warning("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
+            raise NotSent(f"{self.name}: cannot encode: {exc}") from None
+        self._start_exchange(iso8583.match_key(request), data, token, deliver, _reply_for)
 
     async def resolve(self, payment: Payment) -> NetworkReply:
         """Reverse the payment: 0400, then 0401 repeats; the 0410 means nothing is owed."""

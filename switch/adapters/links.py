@@ -12,8 +12,12 @@ here so that it is written (and fixed) once:
   abandoned on timeout), *duplicate* (its waiter already completed) or *unmatched*, and
   dropped: it never raises and never touches a payment.
 * :func:`exchange` -- one request/response: register the waiter, send, wait. The
-  pipeline applies the timeout by cancelling; a cancelled waiter is abandoned so a late
+  caller applies the timeout by cancelling; a cancelled waiter is abandoned so a late
   answer is recognised as such.
+* :meth:`PooledAdapter._start_exchange` -- the same without waiting, for the payment
+  core: the waiter holds a callback instead of an Event, the frame is queued on the
+  link (one writer per link sends everything queued in one write), and the answer is
+  delivered as an event with the core's token. ``cancel(token)`` abandons it.
 
 Money rule for sending. :class:`~switch.adapters.base.NotSent` is raised only when the
 request certainly did not reach the network: no usable connection, a bound exceeded, or
@@ -34,7 +38,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import anyio
 import anyio.abc
 
-from switch.adapters.base import NotSent
+from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.adapters.specs import AdapterConfig
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,50 @@ class PooledAdapter:
         """Connect and keep connected until the adapter is closed."""
         await self._pool.run(task_status=task_status)
 
+    def _token_waiters(self) -> dict[int, Waiter[Any, Any]]:
+        """Started requests by the core's token (bounded by the correlator's bound)."""
+        waiters: dict[int, Waiter[Any, Any]] = self.__dict__.setdefault("_by_token", {})
+        return waiters
+
+    def cancel(self, token: int) -> None:
+        """Nobody waits for ``token`` any more (timeout): an answer now is late."""
+        waiter = self._token_waiters().pop(token, None)
+        if waiter is not None:
+            self._correlator.abandon(waiter)
+
+    def _start_exchange(self, key: Hashable, data: bytes, token: int, deliver: ReplySink,
+                        convert: Callable[[Any], NetworkReply | None]) -> None:
+        """Send without waiting: the answer, converted, goes to ``deliver`` with ``token``.
+
+        NotSent (raised here) if no connection is usable or a bound is reached. If the
+        connection dies before the frame was written, ``deliver`` gets ``None`` (NotSent
+        after the fact). An answer ``convert`` maps to None (pending at the network) is
+        not delivered: the caller's timeout makes the outcome unknown.
+        """
+        waiters = self._token_waiters()
+        link = self._pool.pick()
+        correlator = self._correlator
+
+        def answered(value: Any) -> None:
+            waiters.pop(token, None)
+            reply = convert(value)
+            if reply is not None:
+                deliver(((token, reply),))
+
+        def never_left() -> None:
+            if waiters.pop(token, None) is not None:
+                correlator.forget(waiter)
+                deliver(((token, None),))
+
+        waiter = correlator.register(key, answered)
+        waiters[token] = waiter
+        try:
+            link.send_nowait(data, never_left)
+        except NotSent:
+            waiters.pop(token, None)
+            correlator.forget(waiter)
+            raise
+
     def _new_pool(
         self,
         new_splitter: Callable[[], FrameSplitter],
@@ -107,11 +155,15 @@ REMEMBERED_KEYS = 65_536
 
 
 class Waiter(Generic[K, V]):
-    __slots__ = ("event", "key", "value")
+    """One request in flight: awaited (``event``) or answered by a callback (no Event:
+    the payment core's sends create nothing awaitable per payment)."""
 
-    def __init__(self, key: K) -> None:
+    __slots__ = ("callback", "event", "key", "value")
+
+    def __init__(self, key: K, callback: Callable[[V], None] | None = None) -> None:
         self.key = key
-        self.event = anyio.Event()
+        self.callback = callback
+        self.event = anyio.Event() if callback is None else None
         self.value: V | None = None
 
 
@@ -138,14 +190,14 @@ class Correlator(Generic[K, V]):
     def waiting(self, key: K) -> bool:
         return key in self._pending
 
-    def register(self, key: K) -> Waiter[K, V]:
+    def register(self, key: K, callback: Callable[[V], None] | None = None) -> Waiter[K, V]:
         if key in self._pending:
             raise NotSent(f"{self.name}: a request with key {key!r} is already in flight")
         if len(self._pending) >= self.max_pending:
             raise NotSent(f"{self.name}: {self.max_pending} requests already in flight")
         self._completed.pop(key, None)
         self._abandoned.pop(key, None)
-        waiter: Waiter[K, V] = Waiter(key)
+        waiter: Waiter[K, V] = Waiter(key, callback)
         self._pending[key] = waiter
         return waiter
 
@@ -164,9 +216,13 @@ class Correlator(Generic[K, V]):
         waiter = self._pending.pop(key, None)
         if waiter is not None:
             waiter.value = value
-            waiter.event.set()
             self.matched += 1
             self._remember(self._completed, key)
+            if waiter.callback is not None:
+                waiter.callback(value)
+            else:
+                assert waiter.event is not None
+                waiter.event.set()
             return "matched"
         if key in self._abandoned:
             del self._abandoned[key]
@@ -201,7 +257,8 @@ class Link:
     """One TCP connection of a pool."""
 
     __slots__ = (
-        "_lock", "_send_timeout_s", "alive", "index", "ready", "scope", "stream", "was_ready",
+        "_lock", "_queue", "_send_timeout_s", "_wake", "alive", "index", "ready", "scope",
+        "stream", "was_ready",
     )
 
     def __init__(self, index: int, stream: anyio.abc.ByteStream, send_timeout_s: float) -> None:
@@ -213,6 +270,43 @@ class Link:
         self.ready = False
         self.was_ready = False
         self.scope: anyio.CancelScope | None = None
+        #: Frames queued by send_nowait, each with what to do if it never leaves.
+        self._queue: list[tuple[bytes, Callable[[], None]]] = []
+        self._wake = anyio.Event()
+
+    def send_nowait(self, data: bytes, never_left: Callable[[], None]) -> None:
+        """Queue one frame for this link's writer; everything queued leaves in one write.
+
+        NotSent if the link is closed. ``never_left`` runs (from the writer) if the link
+        dies before the frame was written: certainly not sent, safe to fail over.
+        """
+        if not self.alive:
+            raise NotSent(f"connection {self.index} is closed")
+        self._queue.append((data, never_left))
+        self._wake.set()
+
+    async def write_queued(self) -> None:
+        """The writer of send_nowait's frames: one write per wake-up, until the link dies.
+
+        A batch of several frames whose write fails part-way may have reached the peer
+        in part: those outcomes stay unknown (the caller's timeout), never NotSent.
+        """
+        try:
+            while self.alive:
+                if not self._queue:
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                    continue
+                batch, self._queue = self._queue, []
+                try:
+                    await self.send(b"".join(data for data, _ in batch))
+                except NotSent:
+                    if len(batch) == 1:
+                        batch[0][1]()
+        finally:
+            queued, self._queue = self._queue, []
+            for _, never_left in queued:
+                never_left()
 
     def kill(self) -> None:
         """Stop using this connection; its supervisor closes it and redials."""
@@ -385,6 +479,7 @@ class LinkPool:
         async with anyio.create_task_group() as tg:
             link.scope = tg.cancel_scope
             tg.start_soon(self._reader, link)
+            tg.start_soon(link.write_queued)
             ok = True
             if self._handshake is not None:
                 ok = await self._handshake(link)
@@ -436,6 +531,7 @@ async def exchange(
         sent = await link.send(data)
         if not sent:
             log.debug("%s: write of %r timed out midway; outcome unknown", correlator.name, key)
+        assert waiter.event is not None
         await waiter.event.wait()
         finished = True
         assert waiter.value is not None

@@ -41,7 +41,7 @@ import anyio.abc
 import msgspec
 
 from switch import reasons
-from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.adapters.links import Correlator, PooledAdapter, exchange
 from switch.adapters.specs import QrAdapterConfig
 from switch.model import Channel, Payment
@@ -118,6 +118,16 @@ class QrAdapter(PooledAdapter):
         request = QrPayRequest(ref=ref, payload=qr.payload, amount=payment.amount,
                                currency=payment.currency, payer=payment.payer.account)
         return await self._ask(ref, frame(encode(request)))
+
+    def start(self, token: int, payment: Payment, deliver: ReplySink) -> None:
+        """``authorize`` without waiting: the scheme's answer reaches ``deliver``."""
+        qr = payment.qr
+        if qr is None:
+            raise NotSent(f"{self.name}: {payment.payment_id} is not a QR payment")
+        ref = _ref(payment)
+        request = QrPayRequest(ref=ref, payload=qr.payload, amount=payment.amount,
+                               currency=payment.currency, payer=payment.payer.account)
+        self._start_exchange(ref, frame(encode(request)), token, deliver, reply_for)
 
     async def resolve(self, payment: Payment) -> NetworkReply:
         """Check-status: the scheme's book is the answer."""

@@ -38,7 +38,7 @@ import anyio
 import anyio.abc
 
 from switch import reasons
-from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.adapters.links import Correlator, PooledAdapter, exchange
 from switch.adapters.specs import SwiftAdapterConfig
 from switch.clock import Clock
@@ -178,6 +178,18 @@ class SwiftAdapter(PooledAdapter):
             log.warning("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
             raise NotSent(f"{self.name}: cannot encode: {exc}") from None
         return await self._ask(ct.uetr, data)
+
+    def start(self, token: int, payment: Payment, deliver: ReplySink) -> None:
+        """``authorize`` without waiting: the pacs.002 reaches ``deliver`` as an event
+        (a PDNG is not an answer: the caller's timeout then makes it unknown)."""
+        try:
+            ct = credit_transfer(payment, self.config.settlement_method,
+                                 self.config.charge_bearer)
+            data = frame(iso20022.encode_pacs008(ct))
+        except CodecError as exc:
+            log.warning("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
+            raise NotSent(f"{self.name}: cannot encode: {exc}") from None
+        self._start_exchange(ct.uetr, data, token, deliver, reply_for_status)
 
     async def resolve(self, payment: Payment) -> NetworkReply:
         """pacs.028 status inquiry; the network's book is the answer."""

@@ -160,6 +160,11 @@ class SwitchMetrics:
             "Requests answered from the idempotency index.",
             registry=r,
         )
+        self.payment_errors = Counter(
+            "payswitch_payment_errors",
+            "Unexpected errors while handling one payment (that payment failed, no other).",
+            registry=r,
+        )
         self.commit_seconds = Histogram(
             "payswitch_journal_commit_seconds",
             "Time to commit one journal batch durably.",

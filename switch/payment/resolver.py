@@ -270,6 +270,7 @@ def recover(
     wall_us: int,
     retention_s: float,
     resolve_endpoint: Callable[[Payment, Target], str],
+    on_recovered: Callable[[Payment, Route], None] | None = None,
 ) -> None:
     """Start-up recovery, in one place: restore the idempotency window, re-queue
     undelivered stand-in advices, and hand every unfinished payment to the resolver
@@ -295,4 +296,6 @@ def recover(
                       extra={"payment_id": unfinished.payment.payment_id})
             continue
         resolver.submit(unfinished.payment, unfinished.body_hash, route, unfinished.status)
+        if on_recovered is not None:  # the core answers retries of this key meanwhile
+            on_recovered(unfinished.payment, route)
         metrics.recovered.inc()

@@ -2,7 +2,7 @@
 
 The :class:`Router` holds the live :class:`~switch.routing.table.RouteTable` (immutable, so a hot
 reload is one reference swap: a payment keeps the target it looked up), and everything
-the per-payment attempt loop in :mod:`switch.payment.pipeline` consults: per-endpoint breakers,
+the attempt plan in :mod:`switch.payment.core` consults: per-endpoint breakers,
 latency and success signals (:class:`~switch.routing.resilience.EndpointHealth`), admission
 limits, the global retry budget and the retry policy. All decisions are sans-IO
 (:mod:`switch.routing.table`, :mod:`switch.routing.breaker`,

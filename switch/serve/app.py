@@ -33,8 +33,8 @@ from switch.clock import Clock
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.model import Payment
 from switch.observability.metrics import SwitchMetrics
+from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.pipeline import Pipeline
 from switch.payment.resolver import Resolver, recover
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
@@ -43,6 +43,7 @@ from switch.routing.router import Router, load_table
 from switch.routing.table import RouteTableError, Target, load_route_table
 from switch.serve.admin import build_app
 from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
+from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
 from switch.serve.http_api import build_api, serve_api
@@ -86,6 +87,7 @@ class SwitchApp:
         self.endpoints: Endpoints | None = None
         self.recovered: Recovered | None = None
         self.server: Server | None = None
+        self.engine: Engine | None = None
         self.iso_door: Iso8583Door | None = None
         self.journal: Journal | None = None
         self.resolver: Resolver | None = None
@@ -230,23 +232,31 @@ class SwitchApp:
                               lambda e, now: router.health.breakers[e].available(now))
             self.standin = standin
             self.resolver = resolver
-            pipeline = Pipeline(
-                clock=clock,
-                journal=journal,
-                index=index,
-                risk=RiskEngine(cfg.risk, token_key),
-                router=router,
-                resolver=resolver,
-                metrics=self.metrics,
-                token_key=token_key,
-                boot_count=recovered.boot_count,
-                seed=cfg.seed,
-                standin=standin if cfg.standin.enabled else None,
-                trace=trace,
-            )
-            server = Server(pipeline, cfg.server, self.metrics)
+            risk = RiskEngine(cfg.risk, token_key)
+
+            def build_core(journal_port: JournalShell, network_port: NetworkShell,
+                           wall_offset: float) -> PaymentCore:
+                return PaymentCore(
+                    journal=journal_port,
+                    network=network_port,
+                    index=index,
+                    risk=risk,
+                    router=router,
+                    resolver=resolver,
+                    metrics=self.metrics,
+                    token_key=token_key,
+                    boot_count=recovered.boot_count,
+                    seed=cfg.seed,
+                    wall_offset=wall_offset,
+                    standin=standin if cfg.standin.enabled else None,
+                    trace=trace,
+                )
+
+            engine = Engine(clock, journal, self.adapters, build_core)
+            self.engine = engine
+            server = Server(engine, cfg.server, self.metrics)
             self.server = server
-            front = FrontCore(pipeline, cfg.journal.path)
+            front = FrontCore(engine, cfg.journal.path)
             log.info(
                 "journal replayed: %d records, %d final, %d unfinished; boot %d",
                 recovered.records,
@@ -275,7 +285,9 @@ class SwitchApp:
                     recover(recovered, index=index, resolver=resolver, standin=standin,
                             router=router, metrics=self.metrics, now=clock.now(),
                             wall_us=clock.wall_us(), retention_s=cfg.idempotency.retention_s,
-                            resolve_endpoint=_resolve_endpoint)
+                            resolve_endpoint=_resolve_endpoint,
+                            on_recovered=lambda p, route: engine.core.recovered(
+                                p.idempotency_key, p.payment_id, route.network))
                     admin_port = 0
                     if cfg.admin.enabled:
                         sock = bind_socket(cfg.admin.host, cfg.admin.port)

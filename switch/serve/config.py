@@ -51,17 +51,27 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     backend: Literal["asyncio", "trio"] = "asyncio"
     #: Client connections at once; past it, a new one is refused with `overloaded`.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
+    #: Connections from one source address; past it, refused as overloaded.
+    max_connections_per_source: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
+    #: A connection that sends no complete frame within this is closed.
+    handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    #: A connection with nothing read and nothing in flight for this long is closed.
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    #: Replies buffered for a client that does not read them; past it, disconnected.
+    max_reply_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536, le=1 << 30)] = 8 << 20
     #: Largest request frame; a larger one closes that connection (`frame_too_large`).
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=256, le=MAX_FRAME_BYTES_CEILING)] = 65536
     #: Bytes read per socket read; every complete frame in them is parsed.
     read_bytes: Annotated[int, msgspec.Meta(ge=65536, le=4 * 1024 * 1024)] = 65536
-    #: Unanswered requests per connection; past it, `overloaded`.
+    #: Unanswered requests per connection; frames already read past it are refused
+    #: `overloaded`, and the connection is not read again until replies make room.
     max_in_flight_per_connection: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 512
-    #: Unanswered requests over all connections; past it, `overloaded`.
+    #: Unanswered requests over all connections; past it (or past the adaptive limit
+    #: below it, steered by event-loop lag), `overloaded`.
     max_in_flight_total: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
-    #: An admitted payment still waiting this long for a worker (the switch is CPU-bound)
-    #: is refused as overloaded before anything is journaled: admitted latency stays
-    #: bounded under overload instead of rising for everyone.
+    #: While the event loop runs this far behind (its smoothed lag: how long bytes read
+    #: now waited for it), every new payment is refused as overloaded before anything is
+    #: journaled: admitted latency stays bounded instead of rising for everyone.
     max_queue_delay_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.2
     #: Graceful shutdown waits this long for in-flight payments before cancelling them.
     drain_timeout_s: PositiveSeconds = 10.0

@@ -32,8 +32,9 @@ from switch import reasons
 from switch.journal import JournalFailed, JournalFull, JournalRecord, OnFull
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
-from switch.payment.pipeline import Pipeline, Rejected
+from switch.payment.core import Rejected
 from switch.routing.router import NoRoute
+from switch.serve.engine import Engine
 
 _payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
@@ -55,7 +56,7 @@ class Outcome:
 class FrontCore:
     """The core as the front doors see it."""
 
-    def __init__(self, pipeline: Pipeline, journal_path: str) -> None:
+    def __init__(self, pipeline: Engine, journal_path: str) -> None:
         self._pipeline = pipeline
         self._journal_path = journal_path
         # Payment id -> original key of reversals handed to the resolver; swept of those
@@ -78,8 +79,7 @@ class FrontCore:
             self._idle = anyio.Event()
         try:
             submitted = await self._pipeline.submit(request)
-        except Rejected as exc:
-            self._pipeline.metrics.rejected[exc.code].inc()
+        except Rejected as exc:  # counted in payswitch_rejected_requests by the core
             return Outcome(None, error_code=exc.code, error_message=exc.message)
         finally:
             self.in_flight -= 1

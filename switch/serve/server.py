@@ -1,36 +1,50 @@
 """The TCP face of the switch: connections, framing, admission, batched replies.
 
-Each connection runs a reader (this task) and a writer. The reader pulls up to
-``read_bytes`` at a time, parses every complete frame, and hands each payment to a pool
-of worker tasks, so replies can come back out of order (pipelining). Replies are queued
-on the connection and the writer sends everything queued in one write.
+Each connection has a reader (this task) and a writer. The reader pulls up to
+``read_bytes`` at a time, parses every complete frame, sheds what is over a bound at once
+(``overloaded``, a few microseconds), and hands every admitted payment of that read to
+the payment core together (:meth:`Engine.requests`). No task, Event or cancel scope
+exists per payment: the core answers through :meth:`_Connection.reply`, which only
+appends to the connection's reply buffer; the writer sends everything buffered in one
+write per wake-up, so replies come back out of order (pipelining), batched.
 
-Why a pool and not a task per payment: with anyio 4.16, ``start_soon`` measured ~47 us
-per task (a TaskHandle, two Events and a cancel scope each) against ~3 us to hand a job
-to an idle worker through a memory stream. Workers are spawned only when none is idle,
-and each admitted payment reserves one, so the pool never exceeds the in-flight bound.
+Bounds, each with its own refusal:
+* connections (``max_connections``; at the limit, the longest-idle connection with
+  nothing in flight is closed to make room, so idle sockets cannot lock clients out) and
+  connections per source address (``max_connections_per_source``);
+* frame size (``max_frame_bytes``: the connection is closed, the stream cannot re-sync);
+* payments in flight per connection: frames already read past it are refused, and the
+  reader stops reading until replies bring it back under the bound (backpressure into
+  the client's socket);
+* payments in flight in total (``max_in_flight_total``), and below it an adaptive limit
+  (:class:`Admission`): the event loop's lag is sampled every 5 ms; while its average
+  exceeds 10 ms the limit shrinks (x0.75 per sample), otherwise it grows back (+10%). So
+  under overload the switch admits what it can finish promptly and refuses the rest at
+  once, instead of letting every payment wait in socket buffers. While shedding, a
+  frame is refused after decoding only its op and id (a microsecond or two);
+* the reply buffer (``max_reply_buffer_bytes``): a client that does not read its replies
+  is disconnected;
+* ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
+  nothing read and nothing in flight, checked by one sweeper task.
 
-Bounds, each with its own refusal: connections (``max_connections``), frame size
-(``max_frame_bytes``: the connection is closed, since the stream cannot be re-synced),
-payments in flight per connection and in total (refused as ``overloaded``). A bad frame
-only ever affects its own connection.
-
-The handler takes any anyio ``ByteStream``: TCP in production, in-memory streams in
-simulation tests.
+A bad frame only ever affects its own connection. The handler takes any anyio
+``ByteStream``: TCP in production, in-memory streams in simulation tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Final
 
 import anyio
 import anyio.abc
+import msgspec
 
 from switch import reasons
 from switch.clock import backend_clock
+from switch.model import PaymentRequest
 from switch.observability.metrics import SwitchMetrics
-from switch.payment.pipeline import Pipeline, Rejected
 from switch.protocols.wire import (
     ErrorReply,
     FrameDecoder,
@@ -45,37 +59,123 @@ from switch.protocols.wire import (
     decode_request,
 )
 from switch.serve.config import ServerConfig
+from switch.serve.engine import Engine
 
 log = logging.getLogger(__name__)
 
 _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+#: How often the sweeper looks for idle and silent connections.
+SWEEP_EVERY_S: Final = 0.5
+#: Event-loop lag sampling: period, and the smoothed lag above which admission shrinks.
+#: Smoothed (EWMA, 0.3 per sample) so one scheduler hiccup or GC pause on a shared
+#: machine does not shed; sustained lag, which is what overload looks like, does.
+LAG_PERIOD_S: Final = 0.005
+LAG_TARGET_S: Final = 0.010
+LAG_ALPHA: Final = 0.3
+#: The adaptive limit never goes below this (a quiet switch always admits a burst).
+ADMISSION_FLOOR: Final = 256
+
+
+class _Head(msgspec.Struct):
+    """Just enough of a request to refuse it: its op and id (other fields skipped)."""
+
+    op: str = ""
+    id: int | None = None
+
+
+_decode_head = msgspec.msgpack.Decoder(_Head).decode
+
+
+class Admission:
+    """An adaptive in-flight limit, steered by event-loop lag (AIMD).
+
+    Lag is what every admitted payment pays on top of its own work, so it is the signal
+    that the switch has taken on more than it can finish promptly. Lag from slow
+    networks does not show here (waiting costs no CPU), so slow networks never shrink it.
+    """
+
+    __slots__ = ("ceiling", "floor", "lag", "limit", "shrinks")
+
+    def __init__(self, ceiling: int, floor: int = ADMISSION_FLOOR) -> None:
+        assert ceiling >= 1
+        self.ceiling = ceiling
+        self.floor = min(floor, ceiling)
+        self.limit = ceiling
+        self.shrinks = 0
+        self.lag = 0.0
+
+    def observe(self, lag_s: float) -> None:
+        self.lag += LAG_ALPHA * (max(lag_s, 0.0) - self.lag)
+        if self.lag > LAG_TARGET_S:
+            self.limit = max(self.floor, int(self.limit * 0.75))
+            self.shrinks += 1
+        elif self.limit < self.ceiling:
+            self.limit = min(self.ceiling, self.limit + max(4, self.limit // 10))
+        assert self.floor <= self.limit <= self.ceiling
 
 
 class _Connection:
-    """Per-connection state: the reply queue, its writer, and the in-flight count."""
+    """Per-connection state: the reply buffer, its writer, and the in-flight count."""
 
-    __slots__ = ("closing", "in_flight", "out", "sending", "stream", "wakeup", "writer_failed")
+    __slots__ = (
+        "closing", "framed", "in_flight", "last_read", "opened", "out", "room", "scope",
+        "sending", "server", "source", "stream", "wakeup", "writer_failed",
+    )
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, server: Server, source: str,
+                 now: float) -> None:
         self.stream = stream
+        self.server = server
+        self.source = source
         self.out = ReplyEncoder()
         self.wakeup = anyio.Event()
+        self.room: anyio.Event | None = None  # set when in_flight drops below the bound
         self.in_flight = 0
         self.closing = False
         self.writer_failed = False
         self.sending = False
+        self.framed = False  # a complete frame arrived (the "handshake")
+        self.opened = now
+        self.last_read = now
+        self.scope: anyio.CancelScope | None = None
 
     @property
     def flushed(self) -> bool:
         return self.writer_failed or (not len(self.out) and not self.sending)
 
     def reply(self, response: Response) -> None:
+        """The core's answer to a payment this connection handed it (exactly one each)."""
+        self.in_flight -= 1
+        self.server._answered(self)
+        self.send(response)
+
+    def send(self, response: Response) -> None:
+        if self.writer_failed:
+            return
         self.out.add(response)
+        if len(self.out) > self.server.config.max_reply_buffer_bytes:
+            # The client does not read its replies: drop it rather than buffer without end.
+            log.warning("closing connection from %s: reply buffer over %d bytes",
+                        self.source, self.server.config.max_reply_buffer_bytes)
+            self.kill()
+            return
         self.wakeup.set()
+
+    def kill(self) -> None:
+        """Stop this connection now: reader and writer are cancelled and the stream
+        closed. Payments it handed to the core still finish and are journaled; their
+        replies are dropped (a retry with the same key finds them)."""
+        self.writer_failed = True
+        self.closing = True
+        self.out.take()
+        if self.scope is not None:
+            self.scope.cancel()
 
     async def write_loop(self) -> None:
         """Send whatever is queued, in one write per wake-up, until closed and drained."""
         while True:
+            if self.writer_failed:
+                return
             if not len(self.out):
                 if self.closing and self.in_flight == 0:
                     return
@@ -90,191 +190,254 @@ class _Connection:
             except _CLOSED:
                 # Peer gone: payments in flight still finish and are journaled; only their
                 # replies are dropped. A retry with the same key will find them.
+                self.sending = False
                 self.writer_failed = True
                 self.closing = True
                 return
 
 
 class Server:
-    def __init__(self, pipeline: Pipeline, config: ServerConfig, metrics: SwitchMetrics) -> None:
-        self.pipeline = pipeline
+    def __init__(self, engine: Engine, config: ServerConfig, metrics: SwitchMetrics) -> None:
+        self.engine = engine
         self.config = config
         self.metrics = metrics
         self.connections = 0
         self.in_flight = 0
         self.draining = False
         self._open: set[_Connection] = set()
+        self._per_source: dict[str, int] = {}
         self._idle = anyio.Event()
         self._idle.set()
-        # The worker pool. The job stream's buffer equals the total in-flight bound, so
-        # ``send_nowait`` cannot block: admission already refused anything beyond it.
-        self._jobs_in, self._jobs_out = anyio.create_memory_object_stream[
-            tuple[_Connection, Pay, float]
-        ](config.max_in_flight_total)
         self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
-        self._workers_group: anyio.abc.TaskGroup | None = None
-        self.workers = 0
-        self._idle_workers = 0
+        self.admission = Admission(config.max_in_flight_total)
+        self._lag = 0.0
+        # Read at scrape time: no gauge write per payment on the hot path.
+        metrics.in_flight.set_function(lambda: float(self.in_flight))
+
+    @property
+    def pipeline(self) -> Engine:
+        """The awaitable façade (``submit``) and the idempotency index, as before."""
+        return self.engine
 
     async def run_workers(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Host the worker pool; runs until cancelled. Start it before serving."""
+        """The engine and the sweeper; runs until cancelled. Start it before serving."""
         self._now = backend_clock()
         async with anyio.create_task_group() as tg:
-            self._workers_group = tg
+            await tg.start(self.engine.run)
+            tg.start_soon(self._sweep)
+            tg.start_soon(self._watch_lag)
             task_status.started()
-            await anyio.sleep_forever()
-
-    async def _worker(self) -> None:
-        receive = self._jobs_out
-        while True:
-            conn, request, admitted_at = await receive.receive()
-            if self._now() - admitted_at > self.config.max_queue_delay_s:
-                # The switch is CPU-bound and this payment waited too long to even start:
-                # refuse it (nothing journaled yet) so what is admitted keeps a bounded
-                # latency, instead of every payment getting slower together.
-                self._refuse(conn, request.id, reasons.E_OVERLOADED,
-                             f"queued longer than max_queue_delay_s="
-                             f"{self.config.max_queue_delay_s}")
-                self._done(conn)
-                self._idle_workers += 1
-                continue
-            await self._process(conn, request)
-            self._idle_workers += 1
 
     async def serve(self, listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> None:
         """Accept connections until cancelled."""
         await listener.serve(self.handle_connection)
 
+    def _source(self, stream: anyio.abc.ByteStream) -> str:
+        try:
+            address = stream.extra(anyio.abc.SocketAttribute.remote_address)
+        except anyio.TypedAttributeLookupError:
+            return "local"
+        return str(address[0]) if isinstance(address, tuple) else str(address)
+
     async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
         cfg = self.config
-        if self.connections >= cfg.max_connections or self.draining:
-            code = reasons.E_SHUTTING_DOWN if self.draining else reasons.E_OVERLOADED
-            refusal = ReplyEncoder()
-            refusal.add(
-                ErrorReply(
-                    None,
-                    code,
-                    f"connection refused: {code} (max_connections={cfg.max_connections})",
-                )
-            )
-            self.metrics.rejected[code].inc()
+        source = self._source(stream)
+        refusal = ""
+        if self.draining:
+            refusal = reasons.E_SHUTTING_DOWN
+            detail = "switch is shutting down"
+        elif self.connections >= cfg.max_connections and not self._evict_idle():
+            refusal = reasons.E_OVERLOADED
+            detail = f"max_connections={cfg.max_connections}"
+        elif self._per_source.get(source, 0) >= cfg.max_connections_per_source:
+            refusal = reasons.E_OVERLOADED
+            detail = f"max_connections_per_source={cfg.max_connections_per_source}"
+        if refusal:
+            encoder = ReplyEncoder()
+            encoder.add(ErrorReply(None, refusal, f"connection refused: {refusal} ({detail})"))
+            self.metrics.rejected[refusal].inc()
             with contextlib.suppress(*_CLOSED):
-                await stream.send(refusal.take())
+                await stream.send(encoder.take())
             await stream.aclose()
             return
         self.connections += 1
+        self._per_source[source] = self._per_source.get(source, 0) + 1
         self.metrics.connections.set(self.connections)
-        conn = _Connection(stream)
+        conn = _Connection(stream, self, source, self._now())
         self._open.add(conn)
         try:
             async with anyio.create_task_group() as tg:
+                conn.scope = tg.cancel_scope
                 tg.start_soon(conn.write_loop)
-                await self._read_loop(conn, tg)
+                await self._read_loop(conn)
                 conn.closing = True
                 conn.wakeup.set()
         finally:
             self._open.discard(conn)
             self.connections -= 1
+            left = self._per_source[source] - 1
+            if left:
+                self._per_source[source] = left
+            else:
+                del self._per_source[source]
             self.metrics.connections.set(self.connections)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _read_loop(self, conn: _Connection, tg: anyio.abc.TaskGroup) -> None:
+    async def _read_loop(self, conn: _Connection) -> None:
         cfg = self.config
         decoder = FrameDecoder(cfg.max_frame_bytes)
         metrics = self.metrics
         stream = conn.stream
+        engine = self.engine
+        measure = engine.measure
+        per_connection = cfg.max_in_flight_per_connection
         while not conn.writer_failed:
+            if conn.in_flight >= per_connection:
+                # Backpressure: read no more until replies bring us under the bound.
+                conn.room = anyio.Event()
+                await conn.room.wait()
+                conn.room = None
+                continue
             try:
                 data = await stream.receive(cfg.read_bytes)
             except _CLOSED:
                 return
+            read_at = measure()
+            conn.last_read = self._now()
             try:
                 frames = decoder.feed(data)
             except FrameTooLarge as exc:
                 metrics.frame_errors[reasons.E_FRAME_TOO_LARGE].inc()
                 metrics.rejected[reasons.E_FRAME_TOO_LARGE].inc()
-                conn.reply(ErrorReply(None, reasons.E_FRAME_TOO_LARGE, str(exc)))
+                conn.send(ErrorReply(None, reasons.E_FRAME_TOO_LARGE, str(exc)))
                 log.warning("closing connection: %s", exc)
                 return
+            if not frames:
+                continue
+            conn.framed = True
+            admitted: list[tuple[int, PaymentRequest]] = []
             for payload in frames:
+                if self._shedding(conn):
+                    try:
+                        head = _decode_head(payload)
+                    except msgspec.DecodeError:
+                        head = None
+                    if head is not None and head.op == "pay" and head.id is not None:
+                        self._admit(conn, head.id)  # refuses it, naming the bound
+                        continue
                 request = decode_request(payload)
                 if isinstance(request, Pay):
-                    self._admit(conn, tg, request)
+                    if self._admit(conn, request.id):
+                        admitted.append((request.id, request.payment))
                 elif isinstance(request, ErrorReply):
                     metrics.frame_errors[request.code].inc()
                     metrics.rejected[request.code].inc()
-                    conn.reply(request)
+                    conn.send(request)
                 elif isinstance(request, Query):
-                    conn.reply(self._query(request))
+                    conn.send(self._query(request))
                 elif isinstance(request, Ping):
-                    conn.reply(Pong(request.id))
+                    conn.send(Pong(request.id))
+            if admitted:
+                # Every payment of this read enters the core together: their journal
+                # records share one group commit, their replies one write.
+                engine.requests(conn, admitted, read_at)
 
-    def _admit(self, conn: _Connection, tg: anyio.abc.TaskGroup, request: Pay) -> None:
+    def _shedding(self, conn: _Connection) -> bool:
+        return (self.in_flight >= self.admission.limit or self.draining
+                or conn.in_flight >= self.config.max_in_flight_per_connection
+                or self.admission.lag > self.config.max_queue_delay_s)
+
+    def _admit(self, conn: _Connection, request_id: int) -> bool:
+        """Shed before any processing: a refusal costs microseconds."""
         cfg = self.config
         if self.draining:
-            self._refuse(conn, request.id, reasons.E_SHUTTING_DOWN, "switch is shutting down")
-        elif conn.in_flight >= cfg.max_in_flight_per_connection:
-            self._refuse(
-                conn,
-                request.id,
-                reasons.E_OVERLOADED,
-                f"max_in_flight_per_connection={cfg.max_in_flight_per_connection} reached",
-            )
-        elif self.in_flight >= cfg.max_in_flight_total:
-            self._refuse(
-                conn,
-                request.id,
-                reasons.E_OVERLOADED,
-                f"max_in_flight_total={cfg.max_in_flight_total} reached",
-            )
-        else:
-            conn.in_flight += 1
-            self.in_flight += 1
-            self._idle = anyio.Event() if self._idle.is_set() else self._idle
-            self.metrics.in_flight.set(self.in_flight)
-            if self._idle_workers:
-                self._idle_workers -= 1  # reserve it: the job below is that worker's
-            else:
-                assert self._workers_group is not None, "run_workers() is not running"
-                assert self.workers < self.config.max_in_flight_total
-                self.workers += 1
-                self._workers_group.start_soon(self._worker)
-            self._jobs_in.send_nowait((conn, request, self._now()))
+            self._refuse(conn, request_id, reasons.E_SHUTTING_DOWN, "switch is shutting down")
+            return False
+        if conn.in_flight >= cfg.max_in_flight_per_connection:
+            self._refuse(conn, request_id, reasons.E_OVERLOADED,
+                         f"max_in_flight_per_connection={cfg.max_in_flight_per_connection}"
+                         " reached")
+            return False
+        if self.admission.lag > cfg.max_queue_delay_s:
+            # Bytes read now waited about this long for the loop: refuse everything new
+            # (nothing journaled) until the lag is back under the bound.
+            self._refuse(conn, request_id, reasons.E_OVERLOADED,
+                         f"event loop {self.admission.lag * 1000:.0f} ms behind "
+                         f"(max_queue_delay_s={cfg.max_queue_delay_s})")
+            return False
+        if self.in_flight >= self.admission.limit:
+            self._refuse(conn, request_id, reasons.E_OVERLOADED,
+                         f"{self.in_flight} payments in flight (adaptive limit "
+                         f"{self.admission.limit}, max_in_flight_total="
+                         f"{cfg.max_in_flight_total})")
+            return False
+        conn.in_flight += 1
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self._idle = anyio.Event()
+        return True
+
+    def _answered(self, conn: _Connection) -> None:
+        self.in_flight -= 1
+        assert self.in_flight >= 0 and conn.in_flight >= 0
+        if self.in_flight == 0:
+            self._idle.set()
+        if conn.room is not None and conn.in_flight < self.config.max_in_flight_per_connection:
+            conn.room.set()
 
     def _refuse(self, conn: _Connection, request_id: int, code: str, message: str) -> None:
         self.metrics.rejected[code].inc()
-        conn.reply(ErrorReply(request_id, code, message))
-
-    async def _process(self, conn: _Connection, request: Pay) -> None:
-        try:
-            submitted = await self.pipeline.submit(request.payment)
-            conn.reply(Reply(request.id, submitted.result, submitted.replay))
-        except Rejected as exc:
-            self.metrics.rejected[exc.code].inc()
-            conn.reply(ErrorReply(request.id, exc.code, exc.message))
-        finally:
-            self._done(conn)
-
-    def _done(self, conn: _Connection) -> None:
-        conn.in_flight -= 1
-        self.in_flight -= 1
-        self.metrics.in_flight.set(self.in_flight)
-        if self.in_flight == 0:
-            self._idle.set()
-        if conn.in_flight == 0 and conn.closing:
-            conn.wakeup.set()
+        conn.send(ErrorReply(request_id, code, message))
 
     def _query(self, request: Query) -> Response:
-        entry = self.pipeline.index.get(request.idempotency_key)
+        entry = self.engine.index.get(request.idempotency_key)
         if entry is None or entry.result is None:
             state = "unknown key" if entry is None else "still in flight"
             return ErrorReply(
                 request.id, reasons.E_NOT_FOUND, f"{request.idempotency_key!r}: {state}"
             )
         return Reply(request.id, entry.result, replay=True)
+
+    def _evict_idle(self) -> bool:
+        """At the connection limit: close the longest-idle connection with nothing in
+        flight, so a flood of idle sockets cannot lock new clients out. True if one was."""
+        idle = [c for c in self._open if c.in_flight == 0 and not c.closing]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_read)
+        log.info("connection limit: closing an idle connection from %s", victim.source)
+        victim.kill()
+        self._open.discard(victim)
+        return True
+
+    async def _watch_lag(self) -> None:
+        """Sample the event loop's lag and steer the adaptive admission limit."""
+        measure = self.engine.measure
+        while True:
+            before = measure()
+            await anyio.sleep(LAG_PERIOD_S)
+            self._lag = measure() - before - LAG_PERIOD_S
+            self.admission.observe(self._lag)
+
+    async def _sweep(self) -> None:
+        """Close connections that sent no frame in time, or went idle."""
+        cfg = self.config
+        while True:
+            await anyio.sleep(SWEEP_EVERY_S)
+            now = self._now()
+            for conn in list(self._open):
+                if conn.closing or conn.in_flight:
+                    continue
+                if not conn.framed and now - conn.opened > cfg.handshake_timeout_s:
+                    log.info("closing a connection from %s: no frame within %.1f s",
+                             conn.source, cfg.handshake_timeout_s)
+                    conn.kill()
+                elif now - conn.last_read > cfg.idle_timeout_s:
+                    log.info("closing an idle connection from %s", conn.source)
+                    conn.kill()
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new payments and wait for those in flight. True if all finished."""

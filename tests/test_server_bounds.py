@@ -1,0 +1,172 @@
+"""The server's bounds over TCP: backpressure, silent and idle connections, per-source
+limits, idle eviction at the connection limit, a client that never reads, and the
+adaptive admission limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import pytest
+
+from loadtests.harness.client import SwitchClient
+from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
+from switch.protocols.wire import ErrorReply, Pay, Ping, Reply, encode_request
+from switch.serve.server import ADMISSION_FLOOR, Admission
+from tests.conftest import make_config, start_switch
+from tests.payments import card_payment
+from tests.test_switch import _read_replies, stand_ins
+
+pytestmark = pytest.mark.anyio
+
+
+async def _closed_by_server(stream: anyio.abc.ByteStream, within_s: float) -> bytes:
+    data = b""
+    with anyio.fail_after(within_s):
+        try:
+            while True:
+                data += await stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return data
+
+
+async def test_a_connection_at_its_bound_is_not_read_until_replies_make_room(
+        tmp_path: Path) -> None:
+    config = make_config(tmp_path, server="max_in_flight_per_connection = 4")
+    adapters = stand_ins(config, card_latency_ms=150)
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
+        stream = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
+        first = b"".join(encode_request(Pay(i, card_payment(f"bp-{i}", payer=f"A{i}")))
+                         for i in range(4))
+        await stream.send(first)
+        await anyio.sleep(0.05)  # the server has read these and now stops reading
+        second = b"".join(encode_request(Pay(i, card_payment(f"bp-{i}", payer=f"A{i}")))
+                          for i in range(4, 8))
+        await stream.send(second)
+        replies = await _read_replies(stream, 8)
+        await stream.aclose()
+        # Held back in the socket, not refused: all eight approved, in two waves.
+        assert all(isinstance(r, Reply) and r.result.status == "approved" for r in replies)
+        assert sorted(r.id for r in replies[:4]) == [0, 1, 2, 3]  # type: ignore[type-var]
+        switch.app.request_shutdown()
+
+
+async def test_silent_and_idle_connections_are_closed(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server="handshake_timeout_s = 0.3\nidle_timeout_s = 0.6")
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config)
+        silent = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
+        await _closed_by_server(silent, within_s=3)
+        async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
+            assert isinstance(await client.pay(card_payment("idle-1")), Reply)
+            await anyio.sleep(2.0)  # idle: the server hangs up
+            with pytest.raises(Exception):  # noqa: B017 - any failure: the link is gone
+                with anyio.fail_after(3):
+                    await client.ping()
+        switch.app.request_shutdown()
+
+
+async def test_connections_per_source_are_bounded(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server="max_connections_per_source = 2")
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config)
+        port = switch.endpoints.port
+        keep = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(2)]
+        for stream in keep:
+            await stream.send(encode_request(Ping(1)))
+        extra = await anyio.connect_tcp("127.0.0.1", port)
+        data = await _closed_by_server(extra, within_s=3)
+        assert b"overloaded" in data and b"max_connections_per_source=2" in data
+        for stream in keep:
+            await stream.aclose()
+        switch.app.request_shutdown()
+
+
+async def test_idle_sockets_cannot_lock_new_clients_out(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server="max_connections = 3")
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config)
+        port = switch.endpoints.port
+        idle = [await anyio.connect_tcp("127.0.0.1", port) for _ in range(3)]
+        await anyio.sleep(0.1)
+        async with SwitchClient.connect("127.0.0.1", port) as client:
+            reply = await client.pay(card_payment("after-idle"))
+            assert isinstance(reply, Reply), reply
+        for stream in idle:
+            await stream.aclose()
+        switch.app.request_shutdown()
+
+
+class _NeverReads(anyio.abc.ByteStream):
+    """A client that sends requests and never reads: every send of ours blocks."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.closed = anyio.Event()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._data:
+            chunk, self._data = self._data[:max_bytes], self._data[max_bytes:]
+            return chunk
+        await self.closed.wait()
+        raise anyio.EndOfStream
+
+    async def send(self, item: bytes) -> None:
+        await anyio.sleep_forever()
+
+    async def send_eof(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+async def test_a_client_that_never_reads_is_disconnected(tmp_path: Path) -> None:
+    config = make_config(tmp_path, server="max_reply_buffer_bytes = 65536")
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config)
+        server = switch.app.server
+        assert server is not None
+        pings = b"".join(encode_request(Ping(i)) for i in range(20_000))
+        stream = _NeverReads(pings)
+        with anyio.fail_after(10):
+            await server.handle_connection(stream)
+        assert stream.closed.is_set() and server.connections == 0
+        switch.app.request_shutdown()
+
+
+def test_admission_shrinks_on_sustained_lag_and_grows_back() -> None:
+    admission = Admission(4096)
+    for _ in range(3):
+        admission.observe(0.002)  # short hiccups: nothing changes
+    assert admission.limit == 4096
+    for _ in range(40):
+        admission.observe(0.050)
+    assert admission.limit == ADMISSION_FLOOR and admission.shrinks > 0
+    for _ in range(200):
+        admission.observe(0.0)
+    assert admission.limit == 4096
+
+
+async def test_payments_past_the_adaptive_limit_are_refused_at_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    adapters = {n.name: StandInNetwork(n) for n in config.networks}
+    adapters["standin-card"] = StandInNetwork(StandInNetworkConfig(
+        "standin-card", "card", latency_median_ms=300, latency_sigma=0, decline_rate=0,
+        error_rate=0))
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
+        server = switch.app.server
+        assert server is not None
+        server.admission.ceiling = server.admission.limit = server.admission.floor = 3
+        stream = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
+        await stream.send(b"".join(
+            encode_request(Pay(i, card_payment(f"ad-{i}", payer=f"A{i}"))) for i in range(5)))
+        replies = await _read_replies(stream, 5)
+        await stream.aclose()
+        refused = [r for r in replies if isinstance(r, ErrorReply)]
+        assert [r.code for r in refused] == ["overloaded"] * 2
+        assert "adaptive limit 3" in refused[0].message
+        switch.app.request_shutdown()
