@@ -57,9 +57,10 @@ class FakeNetwork:
         self.resolved_at[payment.payment_id] = now
         return NetworkReply("reversed", "00")
 
-    async def advise(self, payment: Payment, ref: str) -> bool:
+    async def advise(self, payment: Payment, ref: str) -> str | None:
+        """The issuer's 0130 answer (DE39): taken."""
         self.advised.append(payment.payment_id)
-        return True
+        return "00"
 
 
 async def _journal_with_intents(tmp_path: Path, n: int, *, max_pending: int,
