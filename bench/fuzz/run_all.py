@@ -162,12 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         for finding in result["findings"]:
             print(f"    {finding['finding']}: {finding['message']} ({finding['input']})")
     print(f"corpora and findings in {work}")
-    if args.write:
-        _write(results)
+    _write(results, args.write)
     return 1 if any(r["findings"] for r in results) else 0
 
 
-def _write(results: list[dict[str, Any]]) -> None:
+def _write(results: list[dict[str, Any]], write: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from bench.results import markdown_table, write_section
 
@@ -190,7 +189,7 @@ def _write(results: list[dict[str, Any]]) -> None:
         + "\n"
     )
     write_section("fuzz", "Coverage-guided fuzzing of the decoders", body,
-                  "bench/fuzz/run_all.py")
+                  "bench/fuzz/run_all.py", write)
 
 
 def _previous_rows() -> list[tuple[str, ...]]:
