@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
-    except (ChannelsConfigError, AdminAuthError) as exc:
+    except ChannelsConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, AdminAuthError) as exc:
+        print(f"Error: {args.config}: {exc}", file=sys.stderr)
         return 2
     busy = busy_ports_message(config, preflight=True)
     if busy is not None:

@@ -54,16 +54,18 @@ def parse_duration(text: str) -> float:
 @click.option("--period", default=None, help="flapping: full up+down period, e.g. 4s.")
 @click.option("--delay", default=None, help="late: extra delay, e.g. 3s.")
 @click.option(
-    "--match", multiple=True, help="Only route keys (BIN, corridor, scheme) with this prefix."
+    "--match", multiple=True,
+    help="Only route keys with this prefix (repeatable): card number/BIN (card), corridor "
+    "such as DE-FR (SWIFT), merchant id such as M0000042 (QR)."
 )
 @click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
+@click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
     default=None,
     help="File holding the admin bearer token (default: $PAYSWITCH_OPERATOR_TOKEN).",
 )
-@click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")
 def fault(
     endpoint: str,
     kind: str | None,
@@ -75,8 +77,8 @@ def fault(
     delay: str | None,
     match: tuple[str, ...],
     admin: str,
-    token_file: str | None,
     as_json: bool,
+    token_file: str | None,
 ) -> None:
     """Inject, list or clear faults on the running network simulators.
 
