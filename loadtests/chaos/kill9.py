@@ -339,14 +339,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be in {low}..{high}, got {value:g}")
     figures = run(args)
     print(json.dumps(figures, indent=2))
-    if args.write:
-        _write(figures)
+    _write(figures, args.write)
     ok = figures["lost"] == 0 and figures["duplicates"] == 0 \
         and figures["issuer_double_bookings"] == 0
     return 0 if ok else 1
 
 
-def _write(f: dict[str, Any]) -> None:
+def _write(f: dict[str, Any], write: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from bench.results import markdown_table, write_section
 
@@ -370,7 +369,7 @@ def _write(f: dict[str, Any]) -> None:
         f"{f['still_unknown_after_settle']}.\n"
     )
     write_section("chaos-kill9", "kill -9 campaign under load", body,
-                  "loadtests/chaos/kill9.py")
+                  "loadtests/chaos/kill9.py", write)
 
 
 if __name__ == "__main__":

@@ -668,15 +668,15 @@ def run_demo(
                 "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
                 f"{target_note}; Grafana dashboards in dashboards/grafana/"
             )
+            # The harness made up this run's admin token unless you set one: show it then.
+            token = ("" if user_token else
+                     f"PAYSWITCH_OPERATOR_TOKEN={os.environ['PAYSWITCH_OPERATOR_TOKEN']} ")
             if faults_url is not None:
                 admin_opt = (
                     ""
                     if faults_url == f"http://127.0.0.1:{CHANNELS_ADMIN_PORT}/faults"
                     else f" --admin {faults_url.removesuffix('/faults')}"
                 )
-                # The harness made up this run's admin token unless you set one: show it.
-                token = ("" if user_token else
-                         f"PAYSWITCH_OPERATOR_TOKEN={os.environ['PAYSWITCH_OPERATOR_TOKEN']} ")
                 console.print(
                     f"break something: {token}.venv/bin/payswitch fault card-primary "
                     f"blackhole --for 10s{admin_opt}"

@@ -59,13 +59,13 @@ def parse_duration(text: str) -> float:
     "such as DE-FR (SWIFT), merchant id such as M0000042 (QR)."
 )
 @click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
+@click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False),
     default=None,
     help="File holding the admin bearer token (default: $PAYSWITCH_OPERATOR_TOKEN).",
 )
-@click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")
 def fault(
     endpoint: str,
     kind: str | None,
@@ -77,8 +77,8 @@ def fault(
     delay: str | None,
     match: tuple[str, ...],
     admin: str,
-    token_file: str | None,
     as_json: bool,
+    token_file: str | None,
 ) -> None:
     """Inject, list or clear faults on the running network simulators.
 

@@ -135,13 +135,12 @@ def serve(
     try:
         anyio.run(main_task, backend=chosen, backend_options=options)
     except BaseException as exc:
+        from channels.__main__ import address_in_use
+
+        if isinstance(exc, Exception) and address_in_use(exc):
+            _refuse_busy_ports(config_path, config, always=True)
         cause = _storage_failure(exc)
         if cause is None:
-            if isinstance(exc, Exception):
-                from channels.__main__ import address_in_use
-
-                if address_in_use(exc):
-                    _refuse_busy_ports(config_path, config, always=True)
             raise
         # Fail-stop on the journal's storage (disk full, I/O error): one line with the
         # real cause, then leave at once. Leftover threads (a commit stuck in SQLite)
@@ -151,22 +150,6 @@ def serve(
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)
-
-
-def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
-    """Stop with one line naming each configured port something else already holds."""
-    from channels.__main__ import port_free
-
-    busy = [f"{key} = {port} on {host}" for key, host, port in (
-        ("server.port", config.server.host, config.server.port),
-        ("admin.port", config.admin.host, config.admin.port),
-    ) if port and (key != "admin.port" or config.admin.enabled) and not port_free(host, port)]
-    if busy or always:
-        raise UserError(
-            f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
-            "address already in use; stop the process holding it (another `payswitch serve`?) "
-            "or set the port to a free one (0 picks one)"
-        )
 
 
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
@@ -193,6 +176,24 @@ def _storage_failure(exc: BaseException) -> BaseException | None:
             if linked is not None:
                 stack.append(linked)
     return None
+
+
+def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
+    """Stop with one line naming each configured port something else already holds."""
+    from channels.__main__ import port_free
+
+    wanted = [("server.port", config.server.host, config.server.port, True),
+              ("admin.port", config.admin.host, config.admin.port, config.admin.enabled),
+              ("iso8583.port", config.iso8583.host, config.iso8583.port, config.iso8583.enabled),
+              ("http.port", config.http.host, config.http.port, config.http.enabled)]
+    busy = [f"{key} = {port} on {host}" for key, host, port, used in wanted
+            if used and port and not port_free(host, port)]
+    if busy or always:
+        raise UserError(
+            f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
+            "address already in use; stop the process holding it (another `payswitch serve`?) "
+            "or set the port to a free one (0 picks one)"
+        )
 
 
 @main.command()
