@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# make bench BENCH_FLAGS=--write records the results in bench/RESULTS.md (tracked)
+BENCH_FLAGS ?=
 
 .PHONY: demo test lint bench docs dashboards clean
 
@@ -26,12 +29,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check switch channels tests bench loadtests dashboards
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python bench/micro.py
-	$(BIN)/python bench/e2e.py
+# The bench extra (pandas, polars) is only for bench/recon/bench_recon.py's comparisons.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,load,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/micro.py $(BENCH_FLAGS)
+	$(BIN)/python bench/e2e.py $(BENCH_FLAGS)
 
 docs: $(STAMP)
 	$(BIN)/python -m switch.cli.catalogue > docs/metrics.md.tmp && mv docs/metrics.md.tmp docs/metrics.md
+	$(BIN)/python -m switch.cli.reference
 
 dashboards: $(STAMP)
 	$(BIN)/python -m dashboards.generate

@@ -1,7 +1,8 @@
 """Micro-benchmark: BIN-range lookup at 100,000 ranges, one key and a batch of 10,000.
 
 Run from the repository root: ``.venv/bin/python bench/bench_binlookup.py`` (or
-``python -m bench.bench_binlookup``). Writes the "binlookup" section of bench/RESULTS.md.
+``python -m bench.bench_binlookup``). With ``--write``, records the "binlookup" section of
+bench/RESULTS.md.
 
 The question it answers: which search should the per-payment path use, and which the
 batch path (settlement files, replays)? Candidates, all over the same sorted ranges:
@@ -30,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np
 
-from bench.results import markdown_table, write_section
+from bench.results import markdown_table, write_flag, write_section
 from switch.routing.binindex import BinIndex, warm_up
 from switch.routing.table import BIN_WIDTH, load_route_table
 
@@ -92,6 +93,7 @@ def _table_text(ranges: list[tuple[int, int, int]]) -> str:
 
 
 def main() -> None:
+    write = write_flag()
     compile_s = warm_up()
     ranges = make_ranges(N_RANGES, SEED)
     t0 = time.perf_counter()
@@ -163,7 +165,7 @@ def main() -> None:
         "has no bucket table and pays a cache miss per level on unsorted keys.\n"
     )
     write_section("binlookup", "BIN-range lookup at 100,000 ranges", body,
-                  "bench/bench_binlookup.py")  # fmt: skip
+                  "bench/bench_binlookup.py", write)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Micro-benchmark: what each protocol codec costs per message, encode and decode.
 
 Run from the repository root: ``.venv/bin/python bench/bench_codecs.py`` (or
-``python -m bench.bench_codecs``). Writes the "codecs" section of bench/RESULTS.md.
+``python -m bench.bench_codecs``). With ``--write``, records the "codecs" section of
+bench/RESULTS.md.
 
 Each figure is timeit-style: a loop over one prepared message, repeated, reporting the
 best repeat (the least-disturbed run on a noisy machine) next to the median (what a busy
@@ -21,7 +22,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import markdown_table, write_section
+from bench.results import markdown_table, write_flag, write_section
 from switch.protocols import emvqr, iso8583, iso20022, mt103
 
 REPEATS = 7
@@ -113,6 +114,7 @@ def _cases() -> list[tuple[str, str, Callable[[], object], str]]:
 
 
 def main() -> None:
+    write = write_flag()
     rows = []
     for fmt, op, fn, size in _cases():
         best, median = _measure(fn)
@@ -134,7 +136,7 @@ def main() -> None:
         "Frame splitting is per frame when a 64 KiB read holds many frames.\n"
     )
     write_section("codecs", "Protocol codec costs (µs per message)", body,
-                  "bench/bench_codecs.py")
+                  "bench/bench_codecs.py", write)
 
 
 if __name__ == "__main__":

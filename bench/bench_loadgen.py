@@ -17,7 +17,7 @@ spawning excluded). That normalises away who else was using the 2 cores: the ech
 takes one; when it saturates first, a tool's wall-clock rate understates it, its CPU cost
 per request does not.
 
-Writes the "loadgen" section of bench/RESULTS.md.
+With ``--write``, records the "loadgen" section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.results import markdown_table, write_section  # noqa: E402
+from bench.results import markdown_table, write_flag, write_section  # noqa: E402
 
 WORKLOAD = ROOT / "loadtests" / "workloads" / "bench.toml"
 LOCUST = ROOT / ".venv" / "bin" / "locust"
@@ -202,6 +202,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true")
+    write_flag(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
@@ -286,7 +287,8 @@ def main() -> None:
             "is the backlog of a generator far behind schedule, which it reports as such.",
         ]
     )
-    write_section("loadgen", "Load generator vs Locust, per core", body, "bench/bench_loadgen.py")
+    write_section("loadgen", "Load generator vs Locust, per core", body, "bench/bench_loadgen.py",
+                  args.write)
 
 
 if __name__ == "__main__":

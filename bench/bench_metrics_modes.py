@@ -1,8 +1,8 @@
 """Micro-benchmark: prometheus-client's per-call cost in default vs multiprocess mode.
 
-Run from the repository root: ``.venv/bin/python bench/bench_metrics_modes.py``. Writes the
-"metrics_modes" section of bench/RESULTS.md; docs/metrics.md quotes the figures when it
-explains how several switch processes are monitored.
+Run from the repository root: ``.venv/bin/python bench/bench_metrics_modes.py``. With
+``--write``, records the "metrics_modes" section of bench/RESULTS.md; docs/metrics.md quotes
+the figures when it explains how several switch processes are monitored.
 
 prometheus-client picks its value store when it is imported (``PROMETHEUS_MULTIPROC_DIR`` set
 or not), so each mode is measured in a fresh child process. Measured per mode:
@@ -138,8 +138,9 @@ def measure() -> list[tuple[str, str, float, float]]:
 
 
 def main() -> None:
-    from bench.results import markdown_table, write_section
+    from bench.results import markdown_table, write_flag, write_section
 
+    write = write_flag()
     rows = measure()
     by_op: dict[str, dict[str, float]] = {}
     for op, mode, best, _median in rows:
@@ -165,6 +166,7 @@ def main() -> None:
         "prometheus-client: default vs multiprocess mode (µs per call)",
         body,
         "bench/bench_metrics_modes.py",
+        write,
     )
     print(body)
 

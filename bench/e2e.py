@@ -1,7 +1,8 @@
 """End-to-end benchmark: switch CPU per payment, and the highest rate with p99 <= 10 ms.
 
-    python bench/e2e.py            # full run (a few minutes)
-    python bench/e2e.py --quick    # short run (~1 minute)
+    .venv/bin/python bench/e2e.py            # full run (a few minutes)
+    .venv/bin/python bench/e2e.py --quick    # short run (~1 minute)
+    .venv/bin/python bench/e2e.py --write    # ... and record it in bench/RESULTS.md
 
 In one run it loads, side by side:
 * the switch (``payswitch serve``: full pipeline, group-commit journal, metrics on,
@@ -13,7 +14,7 @@ divided by the payments it answered in the window. Latency is from each request'
 intended send time (no coordinated omission). The machine has 2 cores: the generator
 and the server each get about one.
 
-Writes the "e2e" section of bench/RESULTS.md.
+With ``--write``, records the "e2e" section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 import anyio  # noqa: E402
 
-from bench.results import markdown_table, write_section  # noqa: E402
+from bench.results import markdown_table, write_flag, write_section  # noqa: E402
 from loadtests.harness.demo import start_switch, stop_switch  # noqa: E402
 from loadtests.harness.loadgen import OpenLoopGenerator  # noqa: E402
 from loadtests.harness.workload import Workload, WorkloadMix  # noqa: E402
@@ -144,6 +145,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="short steps, fewer rates")
+    write_flag(parser)
     args = parser.parse_args()
     duration = 3.0 if args.quick else 8.0
     # Low rates first: the highest rate with p99 <= 10 ms may lie below 1,000/s.
@@ -257,7 +259,8 @@ def main() -> None:
             ),
         ]
     )
-    write_section("e2e", "End to end: switch vs bare framed echo", body, "bench/e2e.py")
+    write_section("e2e", "End to end: switch vs bare framed echo", body, "bench/e2e.py",
+                  args.write)
 
 
 def _start_echo(ready: Path) -> tuple[object, dict[str, int]]:

@@ -1,6 +1,6 @@
 """Run the pytest-benchmark micro-benchmarks and record them in bench/RESULTS.md.
 
-    python bench/micro.py
+    .venv/bin/python bench/micro.py [--write]
 
 Each row is the median time of one call; per-payment costs are derived where a benchmark
 covers many items (a 64 KiB read of frames, a batch of replies, 1000 journaled payments).
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.results import markdown_table, write_section  # noqa: E402
+from bench.results import markdown_table, write_flag, write_section  # noqa: E402
 
 # benchmark name -> (what it is, items per call)
 PER_ITEM = {
@@ -37,6 +37,7 @@ PER_ITEM = {
 
 
 def main() -> None:
+    write = write_flag()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         subprocess.run(
@@ -54,7 +55,7 @@ def main() -> None:
         rows.append([label, f"{median_us:.2f}", items, f"{median_us / items:.2f}"])
     body = markdown_table(["stage", "median µs per call", "items per call", "µs per item"], rows)
     write_section("micro", "Micro-benchmarks: frame codec and pipeline stages", body,
-                  "bench/micro.py")
+                  "bench/micro.py", write)
     print(body)
 
 

@@ -8,6 +8,7 @@ mean nothing without it.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import os
 import platform
@@ -49,8 +50,29 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def write_section(name: str, title: str, body: str, script: str) -> None:
-    """Replace (or append) section ``name`` in bench/RESULTS.md."""
+def write_flag(parser: argparse.ArgumentParser | None = None) -> bool:
+    """``--write``: whether this run may update bench/RESULTS.md (a tracked file).
+
+    With ``parser``, adds the option to it (the caller parses); without, parses argv alone.
+    """
+    if parser is not None:
+        parser.add_argument("--write", action="store_true",
+                            help="record the results in bench/RESULTS.md (tracked in git)")
+        return False
+    own = argparse.ArgumentParser(description="(benchmark)")
+    write_flag(own)
+    return bool(own.parse_args().write)
+
+
+def write_section(name: str, title: str, body: str, script: str, write: bool) -> None:
+    """Replace (or append) section ``name`` in bench/RESULTS.md, only when ``write``.
+
+    Without it the file is left alone and a line says how to record the results: running
+    a benchmark to look at it must not dirty a tracked file.
+    """
+    if not write:
+        print(f"(bench/RESULTS.md not changed: run `{script} --write` to record these results)")
+        return
     start, end = f"<!-- section: {name} -->", f"<!-- end: {name} -->"
     block = (
         f"{start}\n## {title}\n\n_Script: `{script}` — {machine_info()}_\n\n{body.rstrip()}\n{end}"

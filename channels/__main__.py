@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from functools import partial
 
@@ -43,13 +45,62 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
-    except (ChannelsConfigError, OSError) as exc:
-        print(f"channels: {args.config}: {exc}", file=sys.stderr)
+    except ChannelsConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(_serve, config, args.ready_file, backend="asyncio",
-                  backend_options={"use_uvloop": True})
+    busy = busy_ports_message(config, preflight=True)
+    if busy is not None:
+        print(f"Error: {args.config}: {busy}", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(_serve, config, args.ready_file, backend="asyncio",
+                      backend_options={"use_uvloop": True})
+    except Exception as exc:
+        if not address_in_use(exc):
+            raise
+        print(f"Error: {args.config}: {busy_ports_message(config)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def address_in_use(exc: BaseException) -> bool:
+    """Whether ``exc`` (or any exception grouped in it) is EADDRINUSE."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(address_in_use(inner) for inner in exc.exceptions)
+    return False
+
+
+def busy_ports_message(config: ChannelsConfig, preflight: bool = False) -> str | None:
+    """Name the configured ports that something else holds, and what to do.
+
+    ``preflight``: None when every port is free (checked before start-up, so a busy port
+    stops it before a single log line).
+    """
+    wanted = [(f"networks[{i}].port ({net.name})", net.host, net.port)
+              for i, net in enumerate(config.networks)]
+    if config.admin.enabled:
+        wanted.append(("admin.port", config.admin.host, config.admin.port))
+    busy = [f"{key} = {port} on {host}" for key, host, port in wanted
+            if port and not port_free(host, port)]
+    if preflight and not busy:
+        return None
+    which = ", ".join(busy) if busy else "a configured port"
+    return (f"{which}: address already in use; stop the process holding it (another "
+            "`payswitch channels serve`?) or set the port to a free one (0 picks one)")
+
+
+def port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

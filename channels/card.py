@@ -11,7 +11,8 @@ first time it is seen: balance, status and expiry are pure functions of the seed
 PAN, so arrival order cannot change them. A PAN in no issuer's range is unknown (14).
 
 Rules for a 0100 (0200 posts instead of holding), in order:
-duplicate STAN + terminal within ``duplicate_window_s`` -> 94; unknown card -> 14; blocked
+duplicate STAN + terminal within ``duplicate_window_s`` -> 94; a PAN failing the Luhn
+check, or unknown card -> 14; blocked
 -> 05; expired (account or DE14 before ``business_month``) -> 54; amount above the card's
 single-authorization limit -> 61; above the available balance (balance minus holds; no
 overdraft) -> 51; otherwise 00 with an auth code, and the amount is held.
@@ -211,6 +212,10 @@ class CardScheme:
             # Its reversal came first (or the key was reused): never hold for it now.
             self.declines += 1
             return iso8583.response(msg, iso8583.ResponseCode.DO_NOT_HONOUR)
+        if not iso8583.luhn_valid(pan):
+            # Checked before any account is materialised: no issuer issues such a number.
+            self.declines += 1
+            return iso8583.response(msg, iso8583.ResponseCode.INVALID_CARD)
         try:
             acct = self.account(pan)
         except OverflowError as exc:
@@ -279,9 +284,15 @@ class CardScheme:
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
 
     def advice(self, msg: iso8583.IsoMessage) -> iso8583.IsoMessage:
-        """Record a stand-in decision; place its hold when the account can bear it."""
+        """Record a stand-in decision; place its hold when the account can bear it.
+
+        The 0130 says which: 00 when the issuer took the stand-in approval (its hold is
+        placed and it will clear), 14 (unknown card) or 51 (funds) when it refused it --
+        the switch journals that refusal as the evidence of its stand-in exposure.
+        """
         self.advices += 1
         f = msg.fields
+        answer = iso8583.ResponseCode.APPROVED
         if (f.get(39) or "").strip() == iso8583.ResponseCode.APPROVED:
             key = (f.get(11, ""), f.get(41, ""), f.get(7, ""))
             amount = int(f.get(4, "0") or "0")
@@ -297,7 +308,9 @@ class CardScheme:
                                                rrn=f.get(37, ""), currency=f.get(49, ""))
             elif key not in self.records:
                 self.advice_exceptions += 1
-        return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
+                answer = (iso8583.ResponseCode.INVALID_CARD if acct is None
+                          else iso8583.ResponseCode.INSUFFICIENT_FUNDS)
+        return iso8583.response(msg, answer)
 
 
 class _CardRequest(SimRequest):

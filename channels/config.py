@@ -15,12 +15,17 @@ from channels.faults import (
     FaultConfigError,
     validate_fault_schedule,
 )
+from switch.fielderrors import describe_validation_error
 
 log = logging.getLogger(__name__)
 
 
 class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Settlement files, written at every cut-off (and a last one at shutdown)."""
+
+    #: Write settlement files at all.
     enabled: bool = True
+    #: Where the files go (relative to the directory the simulators run in).
     out_dir: str = "var/settlement"
     #: Seconds between cut-offs (from start-up); a final cut is made at shutdown.
     cycle_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0
@@ -29,6 +34,7 @@ class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     #: The QR scheme nets each merchant's payments of a cycle into one entry
     #: (reference ``NET-<merchant>-<cycle>``): reconciliation must match many to one.
     net_qr_by_merchant: bool = False
+    #: Seeds which records are planted wrong.
     seed: int = 1
 
 
@@ -64,15 +70,23 @@ class CardAccountSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, k
 
 
 class IssuerSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A card issuer: its BIN prefixes and how its generated accounts look."""
+
+    #: Names the issuer in settlement files and logs.
     name: Name
+    #: Card-number prefixes this issuer owns.
     bins: Annotated[list[Bin], msgspec.Meta(min_length=1, max_length=256)]
+    #: Generated accounts' balance, at least (minor units).
     balance_min: Minor = 10_000
+    #: Generated accounts' balance, at most.
     balance_max: Minor = 10_000_000
+    #: Largest single authorization; above it, 61.
     txn_limit: Annotated[int, msgspec.Meta(ge=1, le=10**15)] = 5_000_000
     #: Shares of generated PANs in range that are not issued (14), blocked (05), expired (54).
     unissued_rate: Rate = 0.0
     blocked_rate: Rate = 0.0
     expired_rate: Rate = 0.0
+    #: Accounts stated outright.
     accounts: Annotated[list[CardAccountSpec], msgspec.Meta(max_length=100_000)] = (
         msgspec.field(default_factory=list))
 
@@ -80,7 +94,9 @@ class IssuerSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
 class CardSchemeSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Issuers and their card accounts; card networks naming this scheme share its ledger."""
 
+    #: What card networks' `scheme` refers to.
     name: Name
+    #: Seeds the generated accounts.
     seed: Annotated[int, msgspec.Meta(ge=0)] = 1
     #: The issuers' "today" (YYMM) for expiry checks: the simulator reads no wall clock.
     business_month: Yymm = "2601"
@@ -96,10 +112,14 @@ class CardSchemeSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 class BankSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """A correspondent bank. ``via`` names the bank it is reached through (one more hop)."""
 
+    #: The bank's BIC.
     bic: BicCode
+    #: Extra latency for a payment through this bank.
     latency_ms: Annotated[float, msgspec.Meta(ge=0, le=600_000)] = 2.0
     via: BicCode | None = None
+    #: Creditor accounts answered AC04 (closed).
     closed_accounts: list[str] = msgspec.field(default_factory=list)
+    #: Creditor accounts answered AC01 (unknown).
     unknown_accounts: list[str] = msgspec.field(default_factory=list)
 
 
@@ -109,12 +129,16 @@ def _default_banks() -> list[BankSpec]:
         BankSpec(bic="BNPAFRPP", latency_ms=2.0),
         BankSpec(bic="CHASUS33", latency_ms=3.0),
         BankSpec(bic="BARCGB22", latency_ms=2.0),
+        BankSpec(bic="HSBCGB2L", latency_ms=3.0),  # the default workload's USD corridor
         BankSpec(bic="HSBCHKHH", latency_ms=4.0, via="CHASUS33"),
         BankSpec(bic="ICBKCNBJ", latency_ms=5.0, via="HSBCHKHH"),
     ]
 
 
 class SwiftSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The SWIFT-style network: correspondents, corridors, settlement timing."""
+
+    #: Correspondent banks; a payment to a BIC not listed is refused.
     banks: Annotated[list[BankSpec], msgspec.Meta(min_length=1, max_length=10_000)] = (
         msgspec.field(default_factory=_default_banks))
     #: ACSC follows ACCP after this long (for a payment made before the cut-off).
@@ -125,6 +149,7 @@ class SwiftSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     cutoff_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 50.0
     #: Debtor-country-creditor-country pairs refused with AG01, e.g. "DE-KP".
     forbidden_corridors: list[Corridor] = msgspec.field(default_factory=list)
+    #: Currencies accepted; others are refused.
     currencies: Annotated[list[Currency], msgspec.Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: ["EUR", "USD", "GBP", "CHF", "JPY", "CNY", "HKD"])
     debtor_balance_min: Minor = 100_000_000
@@ -143,6 +168,8 @@ class SwiftSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
 
 
 class QrSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The QR scheme: its id in merchant QR codes and its merchants."""
+
     #: Globally unique id (template sub-tag 00) of this scheme in merchant QR codes.
     gui: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] = "com.payswitch.qr"
     #: Merchants "M0000000" .. f"M{merchants - 1:07d}" exist.
@@ -155,32 +182,54 @@ class QrSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tr
 
 
 class NetworkSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One simulated network endpoint, on its own port."""
+
+    #: Unique; what the switch's `[[channel_networks]]`, routes and faults call it.
     name: Name
+    #: The protocol it speaks: ISO 8583 (card), pacs.008/002/028 (swift) or the QR API.
     kind: Literal["card", "swift", "qr"]
+    #: Address it listens on.
     host: str = "127.0.0.1"
+    #: Port it listens on; 0 picks a free one (written to --ready-file).
     port: Port = 0
+    #: Seeds its latency and error draws: same seed, same behaviour.
     seed: Annotated[int, msgspec.Meta(ge=0)] = 1
+    #: Latency, capacity and error mix.
     behaviour: BehaviourConfig = msgspec.field(default_factory=BehaviourConfig)
+    #: Scheduled faults, `start_s` counted from start-up.
     faults: Annotated[list[Fault], msgspec.Meta(max_length=256)] = msgspec.field(
         default_factory=list)
     #: kind "card": the card scheme (issuers, ledger) behind this endpoint.
     scheme: Name | None = None
+    #: kind "swift": banks, corridors, settlement timing.
     swift: SwiftSpec | None = None
+    #: kind "qr": the scheme's merchants and limits.
     qr: QrSpec | None = None
+    #: Client connections at once.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    #: Unanswered requests per connection.
     max_in_flight_per_connection: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
     #: How often down/flapping faults are checked against the listener.
     fault_poll_s: Annotated[float, msgspec.Meta(gt=0, le=10)] = 0.02
 
 
 class AdminSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The admin HTTP API: GET/POST /faults, DELETE /faults/{endpoint}, /metrics."""
+
+    #: Serve the admin API at all (`payswitch fault` needs it).
     enabled: bool = True
+    #: Address it listens on.
     host: str = "127.0.0.1"
+    #: Port (`payswitch fault --admin` defaults to 7280); 0 picks one.
     port: Port = 0
 
 
 class ChannelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """The whole file."""
+
+    #: The network endpoints.
     networks: Annotated[list[NetworkSpec], msgspec.Meta(min_length=1, max_length=64)]
+    #: Card schemes (issuers and accounts) behind card networks.
     card_schemes: Annotated[list[CardSchemeSpec], msgspec.Meta(max_length=64)] = (
         msgspec.field(default_factory=list))
     admin: AdminSpec = msgspec.field(default_factory=AdminSpec)
@@ -253,7 +302,7 @@ def _convert(obj: object) -> ChannelsConfig:
     try:
         config = msgspec.convert(obj, type=ChannelsConfig)
     except msgspec.ValidationError as exc:
-        raise ChannelsConfigError(str(exc)) from None
+        raise ChannelsConfigError(describe_validation_error(exc, ChannelsConfig)) from None
     return _check(config)
 
 
@@ -266,7 +315,15 @@ def parse_config(text: str) -> ChannelsConfig:
 
 
 def load_config(path: str | Path) -> ChannelsConfig:
-    return parse_config(Path(path).read_text())
+    """Read and check a channels config; errors read ``FILE: key.path: problem``."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ChannelsConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return parse_config(text)
+    except ChannelsConfigError as exc:
+        raise ChannelsConfigError(f"{path}: {exc}") from None
 
 
 def config_from_dict(obj: object) -> ChannelsConfig:

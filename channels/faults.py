@@ -166,15 +166,25 @@ class Fault(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     span fields (what each kind requires).
     """
 
+    #: What goes wrong (see the table of kinds).
     kind: FaultKind
+    #: The network's `name`.
     endpoint: _Endpoint
+    #: Seconds after the start (of the run, or of now when injected).
     start_s: _Seconds = 0.0
+    #: How long; none: until cleared.
     duration_s: _Duration | None = None
+    #: slow: latency multiplier.
     factor: _Factor | None = None
+    #: error_burst, reset, malformed, duplicate, late: share of requests, 0..1.
     rate: _Rate | None = None
+    #: flapping: a full down+up period.
     period_s: _Period | None = None
+    #: flapping: begin with the down half.
     start_down: bool | None = None
+    #: late: extra delay.
     delay_s: _Delay | None = None
+    #: A list of route-key prefixes the fault is limited to; omitted: the whole endpoint.
     match: _Match | None = None
 
     def validate(self, path: str = "fault") -> None:

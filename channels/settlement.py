@@ -31,6 +31,7 @@ from channels.config import SettlementSpec
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.protocols.settlement_files import (
     SettlementEntry,
+    closing_balances,
     encode_camt053,
     encode_card_clearing,
     encode_qr_csv,
@@ -62,6 +63,9 @@ class SettlementWriter:
         self.out_dir = Path(spec.out_dir)
         self.cycle = 0
         self._written: set[tuple[str, object]] = set()
+        #: Per SWIFT network, its nostro's balance per currency after the last statement:
+        #: the next statement's opening balance (camt.053 Stmt/Bal OPBD).
+        self._balances: dict[str, dict[str, int]] = {}
         self._rng = random.Random(spec.seed)
         self._origin = anyio.current_time()
         self._wall_origin = time.time()  # wall anchor for settlement timestamps
@@ -142,8 +146,12 @@ class SettlementWriter:
         if ext == "clr":
             return encode_card_clearing(name, str(self.cycle), entries, NUMERIC).encode()
         if ext == "xml":
+            opening = self._balances.get(name, {})
+            # Opening balance: what the previous statement closed with (as written,
+            # planted discrepancies included, so each file adds up on its own).
+            self._balances[name] = closing_balances(opening, entries)
             return encode_camt053(f"{name}-{self.cycle}", f"NOSTRO-{name}", self._wall_us(now),
-                                  entries)
+                                  entries, opening=opening)
         return encode_qr_csv(entries).encode()
 
     def _write(self, name: str, ext: str, entries: list[SettlementEntry], now: float) -> Path:

@@ -35,7 +35,9 @@ import hashlib
 import heapq
 import logging
 import re
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import anyio
@@ -56,6 +58,9 @@ TECHNICAL_PREFIX: Final = "TECHNICAL ERROR "
 _UETR_RE: Final = re.compile(rb"<UETR>([0-9a-f-]{36})</UETR>")
 _E2E_RE: Final = re.compile(rb"<EndToEndId>([^<]{1,35})</EndToEndId>")
 _MSGID_RE: Final = re.compile(rb"<MsgId>([^<]{1,35})</MsgId>")
+_INSTR_RE: Final = re.compile(rb"<InstrId>([^<]{1,35})</InstrId>")
+_TXID_RE: Final = re.compile(rb"<TxId>([^<]{1,35})</TxId>")
+_CREDTTM_RE: Final = re.compile(rb"<GrpHdr>.*?<CreDtTm>([^<]{19,35})</CreDtTm>", re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -85,6 +90,9 @@ class SwiftNetwork(SimServer):
         super().__init__(spec, behaviour, metrics)
         self.swift: SwiftSpec = spec.swift or SwiftSpec()
         self.origin = origin
+        # Wall time of anyio time 0, so reports carry their own creation time (CreDtTm)
+        # derived from the loop clock, like every other time in the simulator.
+        self._wall_anchor = time.time() - anyio.current_time()
         self.banks: dict[str, BankSpec] = {bank.bic: bank for bank in self.swift.banks}
         self._closed = {(bank.bic, acct) for bank in self.swift.banks
                         for acct in bank.closed_accounts}
@@ -155,6 +163,11 @@ class SwiftNetwork(SimServer):
 
     # --- replies -------------------------------------------------------------------------
 
+    def now_iso(self) -> str:
+        """This instant as GrpHdr/CreDtTm text (UTC, to the millisecond)."""
+        at = datetime.fromtimestamp(self._wall_anchor + anyio.current_time(), tz=UTC)
+        return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
     def _msg_id(self) -> str:
         self._msg_seq += 1
         return f"S{self._msg_seq:012d}"
@@ -162,13 +175,13 @@ class SwiftNetwork(SimServer):
     def report(self, record: SwiftRecord) -> bytes:
         ct = record.ct
         return iso20022.encode_pacs002(iso20022.status_report_for(
-            ct, msg_id=self._msg_id(), created_at=ct.created_at, status=record.status,
+            ct, msg_id=self._msg_id(), created_at=self.now_iso(), status=record.status,
             reason=record.reason, additional_info=record.info))
 
     def reject_unbooked(self, ct: iso20022.CreditTransfer, reason: str, info: str | None = None
                         ) -> bytes:
         return iso20022.encode_pacs002(iso20022.status_report_for(
-            ct, msg_id=self._msg_id(), created_at=ct.created_at, status="RJCT",
+            ct, msg_id=self._msg_id(), created_at=self.now_iso(), status="RJCT",
             reason=reason, additional_info=info))
 
     # --- decisions -----------------------------------------------------------------------
@@ -282,17 +295,36 @@ class SwiftNetwork(SimServer):
         """RJCT FF01 for a pacs.008 we cannot read, if its references can still be found."""
         uetr, e2e, msg_id = (_UETR_RE.search(payload), _E2E_RE.search(payload),
                              _MSGID_RE.search(payload))
+        # Whatever else can still be read is carried back; the report's own time is now.
+        instr, tx_id, created = (_INSTR_RE.search(payload), _TXID_RE.search(payload),
+                                 _CREDTTM_RE.search(payload))
         log.debug("%s: unreadable request: %s", self.name, exc)
         if uetr is None or e2e is None or msg_id is None:
             return None
         try:
             return iso20022.encode_pacs002(iso20022.StatusReport(
-                msg_id=self._msg_id(), created_at="2000-01-01T00:00:00Z",
+                msg_id=self._msg_id(), created_at=self.now_iso(),
                 orgnl_msg_id=msg_id.group(1).decode(), orgnl_end_to_end_id=e2e.group(1).decode(),
+                orgnl_instr_id=_known(instr), orgnl_tx_id=_known(tx_id),
+                orgnl_created_at=_known(created),
                 orgnl_uetr=uetr.group(1).decode(), status="RJCT", reason="FF01",
                 additional_info=exc.path[-105:] or None))
         except (CodecError, UnicodeDecodeError):
-            return None
+            # One of the optional references read back malformed: answer with the
+            # mandatory ones rather than not at all.
+            try:
+                return iso20022.encode_pacs002(iso20022.StatusReport(
+                    msg_id=self._msg_id(), created_at=self.now_iso(),
+                    orgnl_msg_id=msg_id.group(1).decode(),
+                    orgnl_end_to_end_id=e2e.group(1).decode(),
+                    orgnl_uetr=uetr.group(1).decode(), status="RJCT", reason="FF01",
+                    additional_info=exc.path[-105:] or None))
+            except (CodecError, UnicodeDecodeError):
+                return None
+
+
+def _known(match: re.Match[bytes] | None) -> str | None:
+    return match.group(1).decode() if match is not None else None
 
 
 class _Pacs008(SimRequest):
@@ -375,8 +407,9 @@ class _Pacs028(SimRequest):
         if record is not None:
             return net.report(record)
         return iso20022.encode_pacs002(iso20022.StatusReport(
-            msg_id=net._msg_id(), created_at=rq.created_at, orgnl_msg_id=rq.orgnl_msg_id,
+            msg_id=net._msg_id(), created_at=net.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
             orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
+            orgnl_instr_id=rq.orgnl_instr_id, orgnl_tx_id=rq.orgnl_tx_id,
             status="RJCT", reason="NOOR", additional_info="ORIGINAL NOT RECEIVED"))
 
     def reject(self, code: str) -> bytes | None:

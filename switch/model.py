@@ -140,6 +140,9 @@ class CardRef(msgspec.Struct, frozen=True, gc=False):
     mcc: str
     stan: str = ""
     rrn: str = ""
+    #: Digits in the card's PAN (12-19). The network PAN in DE2 keeps it, so a 13- or
+    #: 19-digit card does not go out as 16 digits; 16 for records journaled before it.
+    pan_length: int = 16
 
 
 class SwiftRef(msgspec.Struct, frozen=True, gc=False):

@@ -36,4 +36,4 @@ def convert(raw: object, type_: type[T], source: str, error: type[Exception]) ->
     try:
         return msgspec.convert(raw, type_)
     except msgspec.ValidationError as exc:
-        raise error(f"{source}: {describe_validation_error(exc)}") from exc
+        raise error(f"{source}: {describe_validation_error(exc, type_)}") from exc

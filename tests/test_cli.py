@@ -58,13 +58,18 @@ def test_fault_inject_list_clear_against_running_simulators(tmp_path: Path) -> N
         injected = run("fault", "card-primary", "blackhole", "--for", "30s", "--admin", admin)
         assert injected.returncode == 0, injected.stderr
         listed = run("fault", "list", "--admin", admin)
-        assert '"kind": "blackhole"' in listed.stdout and "card-primary" in listed.stdout
+        assert listed.stdout.splitlines()[0].split() == [
+            "ID", "ENDPOINT", "KIND", "DETAIL", "MATCH", "REMAINING"]
+        assert listed.stdout.splitlines()[1].split()[:3] == ["1", "card-primary", "blackhole"]
+        as_json = run("fault", "list", "--json", "--admin", admin)
+        assert '"kind": "blackhole"' in as_json.stdout
         bad = run("fault", "card-primary", "error_burst", "--rate", "2", "--admin", admin)
         assert bad.returncode != 0 and "rate" in bad.stderr
         unknown = run("fault", "no-such-net", "down", "--admin", admin)
         assert unknown.returncode != 0 and "no network named 'no-such-net'" in unknown.stderr
         cleared = run("fault", "clear", "card-primary", "--admin", admin)
         assert cleared.returncode == 0
-        assert '"faults": []' in run("fault", "list", "--admin", admin).stdout.replace("\n", "")
+        assert cleared.stdout.startswith("cleared 1 fault(s) on card-primary")
+        assert run("fault", "list", "--admin", admin).stdout.strip() == "no active faults"
     finally:
         stop_switch(proc)

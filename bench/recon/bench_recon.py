@@ -57,7 +57,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
-from bench.results import markdown_table, write_section  # noqa: E402
+from bench.results import markdown_table, write_flag, write_section  # noqa: E402
 from switch.backoffice.recon import (  # noqa: E402
     BreakClass,
     RecordArrays,
@@ -582,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--sizes", default="1000000,10000000", help="records per side, comma list")
     ap.add_argument("--quick", action="store_true", help="100k only, 1 run, no RESULTS.md")
+    write_flag(ap)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per method (best kept)")
     args = ap.parse_args(argv)
     sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -652,12 +653,13 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(body)
-    if not args.quick:
+    if not args.quick:  # --quick figures are too rough to record, even with --write
         write_section(
             "recon",
             "Reconciliation matching: numba vs dict vs pandas vs polars",
             body,
             "bench/recon/bench_recon.py",
+            args.write,
         )
     return 0
 

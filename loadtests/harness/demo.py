@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from loadtests.harness.audit import AuditReport, audit_journal
-from loadtests.harness.loadgen import LoadStats, OpenLoopGenerator
+from loadtests.harness.loadgen import Acknowledged, LoadStats, OpenLoopGenerator
 from loadtests.harness.workload import Workload
 
 DEMO_CONFIG = """\
@@ -90,6 +92,9 @@ def start_switch(
         ],
         stdout=subprocess.DEVNULL,
         stderr=log_file,
+        # Its own session: a Ctrl-C at the terminal reaches only the parent, which stops
+        # the switch in order (drain, flush) after the load, instead of all at once.
+        start_new_session=True,
     )
     log_file.close()  # the child holds its own descriptor
     deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
@@ -243,6 +248,7 @@ def start_channels(
         ],
         stdout=subprocess.DEVNULL,
         stderr=log_file,
+        start_new_session=True,  # stopped by the parent, after the switch (see start_switch)
     )
     log_file.close()
     deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
@@ -256,9 +262,12 @@ def start_channels(
     return proc, json.loads(ready.read_text())
 
 
+EXAMPLE_ROUTES = ROOT / "examples" / "routes.toml"
+
+
 def channel_networks_toml(ready: dict[str, Any], routes: bool = True) -> str:
     """Switch config for the running simulators: one adapter each, and (unless a route
-    table is used instead) one route per channel."""
+    table is used instead) one route per channel, to each channel's primary network."""
     lines = []
     for name, info in sorted(ready.items()):
         if name == "admin_port":
@@ -311,34 +320,239 @@ async def _watch_faults(
                 await stop.wait()
 
 
-def wait_until_resolved(metrics_url: str, timeout_s: float) -> float:
-    """Wait (bounded) until nothing is owed to a network: no payment is unknown and no
-    stand-in advice waits in store-and-forward. Returns how many are still left.
+def _owed(metrics_url: str) -> tuple[float, float] | None:
+    """(unknown payments, undelivered stand-in advices) from the switch's /metrics."""
+    try:
+        text = httpx.get(metrics_url, timeout=2.0).text
+    except httpx.HTTPError:
+        return None
+    unresolved = saf = 0.0
+    for line in text.splitlines():
+        if line.startswith("payswitch_unresolved_payments "):
+            unresolved = float(line.split()[1])
+        elif line.startswith("payswitch_saf_depth_messages "):
+            saf = float(line.split()[1])
+    return unresolved, saf
+
+
+def wait_until_resolved(
+    metrics_url: str,
+    timeout_s: float,
+    console: Console | None = None,
+    advices: bool = True,
+    stall_s: float = 5.0,
+) -> float:
+    """Wait (bounded) until nothing is owed to a network: no payment is unknown and (with
+    ``advices``) no stand-in advice waits in store-and-forward. Returns how many are left.
 
     Stopping earlier would leave unknown payments for the next start and advices
-    undelivered, which the settlement files (and so reconciliation) would show.
+    undelivered, which the settlement files (and so reconciliation) would show. It gives
+    up after ``timeout_s``, or once nothing has moved for ``stall_s``. With ``console``,
+    it says what it waits for, once.
     """
     deadline = time.monotonic() + timeout_s  # wall clock: another process
     left = 0.0
-    while time.monotonic() < deadline:  # wall clock: another process
-        try:
-            text = httpx.get(metrics_url, timeout=2.0).text
-        except httpx.HTTPError:
+    best, best_at = float("inf"), time.monotonic()  # wall clock: another process
+    said = False
+    while True:
+        owed = _owed(metrics_url)
+        if owed is None:
             return left
-        left = 0.0
-        for line in text.splitlines():
-            if line.startswith(("payswitch_unresolved_payments ",
-                                "payswitch_saf_depth_messages ")):
-                left += float(line.split()[1])
+        unresolved, saf = owed
+        left = unresolved + (saf if advices else 0.0)
         if left == 0:
             return 0.0
+        now = time.monotonic()  # wall clock: another process
+        if left < best:
+            best, best_at = left, now
+        if now >= deadline or now - best_at >= stall_s:
+            return left
+        if console is not None and not said:
+            said = True
+            what = [f"{unresolved:.0f} unknown payments to be resolved"] if unresolved else []
+            if saf and advices:
+                what.append(f"{saf:.0f} stand-in advices to be delivered to their issuer")
+            console.print(f"waiting for {' and '.join(what)} (at most {timeout_s:.0f} s, "
+                          f"or {stall_s:.0f} s without progress)", highlight=False)
         time.sleep(0.25)
-    return left
+
+
+#: The calibration ramp: each rate for CALIBRATION_STEP_S, doubling until one is unhealthy.
+CALIBRATION_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
+CALIBRATION_STEP_S = 1.0
+#: A step is healthy when nothing is shed, p99 stays under this and the generator keeps up.
+CALIBRATION_P99_MS = 50.0
+#: The demo runs at this share of the highest healthy step: the rest is headroom for the
+#: other work on the machine (and the fault you may inject), which varies during a run.
+CALIBRATION_HEADROOM = 0.5
+#: Below the first step's health, the demo still runs, this slowly.
+CALIBRATION_FLOOR = 100.0
+
+
+@dataclass
+class Calibration:
+    """The demo's rate, and the ramp that chose it."""
+
+    rate: float
+    steps: list[tuple[float, str | None]]  # (rate, problem or None when healthy)
+    acknowledged: dict[str, Acknowledged]
+
+    def explain(self, cores: int) -> str:
+        healthy = [r for r, problem in self.steps if problem is None]
+        if not healthy:
+            return (f"{self.rate:.0f}/s: even {self.steps[0][0]:.0f}/s was unhealthy "
+                    f"({self.steps[0][1]}) on this machine just now")
+        top = max(healthy)
+        limit = next((f"; {r:.0f}/s was not ({problem})" for r, problem in self.steps
+                      if problem is not None), f"; {top:.0f}/s is the top of the ramp")
+        return (f"{self.rate:.0f}/s = {CALIBRATION_HEADROOM:.0%} of {top:.0f}/s, the highest "
+                f"rate this machine ({cores} cores) served healthily just now (nothing shed, "
+                f"p99 <= {CALIBRATION_P99_MS:.0f} ms){limit}. The rest is headroom for "
+                "other work; pass --rate to choose")
+
+
+def step_problem(stats: LoadStats) -> str | None:
+    """Why a calibration step was unhealthy, or None."""
+    overloaded = stats.errors.get("overloaded", 0)
+    if overloaded:
+        return f"{overloaded} shed as overloaded"
+    not_answered = stats.unanswered + stats.dropped_overrun + stats.connection_lost
+    if not_answered:
+        return f"{not_answered} requests not answered"
+    p99 = stats.percentile_ms(99)
+    if p99 > CALIBRATION_P99_MS:
+        return f"p99 {p99:.0f} ms"
+    if stats.lagged > 0.01 * max(stats.sent, 1):
+        return "the load generator fell behind"
+    failed = stats.by_status.get("failed", 0) + stats.by_status.get("unknown", 0)
+    if failed > max(2.0, 0.02 * stats.replies):
+        return f"{failed} failed or unknown"
+    return None
+
+
+def calibrate(
+    port: int, connections: int, seed: int, console: Console, should_stop: Callable[[], bool]
+) -> Calibration:
+    """A short ramp against the running switch: the demo's rate from what it served."""
+    steps: list[tuple[float, str | None]] = []
+    acknowledged: dict[str, Acknowledged] = {}
+    console.print("calibrating the rate (a short ramp; --rate skips it):", end="",
+                  highlight=False)
+
+    async def ramp() -> None:
+        # Warm-up first (imports, first-use kernels, connection set-up), not judged.
+        warm = OpenLoopGenerator(Workload(seed, key_prefix="warm").next, rate=100.0,
+                                 duration_s=0.5, connections=connections,
+                                 should_stop=should_stop)
+        acknowledged.update((await warm.run("127.0.0.1", port)).acknowledged)
+        for i, rate in enumerate(CALIBRATION_RATES):
+            if should_stop():
+                return
+            generator = OpenLoopGenerator(
+                Workload(seed + i, key_prefix=f"cal{i}-").next, rate=rate,
+                duration_s=CALIBRATION_STEP_S, connections=connections,
+                should_stop=should_stop)
+            stats = await generator.run("127.0.0.1", port)
+            acknowledged.update(stats.acknowledged)
+            problem = step_problem(stats)
+            steps.append((rate, problem))
+            console.print(("," if i else "") + f" {rate:.0f}/s " + (
+                f"too much ({problem})" if problem else
+                f"ok (p99 {stats.percentile_ms(99):.1f} ms)"), end="", highlight=False)
+            if problem is not None:
+                return
+
+    anyio.run(ramp, backend="asyncio", backend_options={"use_uvloop": True})
+    console.print()
+    return Calibration(choose_rate(steps), steps, acknowledged)
+
+
+def choose_rate(steps: list[tuple[float, str | None]]) -> float:
+    """Half the highest healthy step (never below the floor)."""
+    healthy = [r for r, problem in steps if problem is None]
+    if not healthy:
+        return CALIBRATION_FLOOR
+    return max(CALIBRATION_FLOOR, CALIBRATION_HEADROOM * max(healthy))
+
+
+def switch_figures(metrics_url: str) -> dict[str, float]:
+    """Signs of saturation in the switch's own counters (empty if unreachable)."""
+    try:
+        text = httpx.get(metrics_url, timeout=2.0).text
+    except httpx.HTTPError:
+        return {}
+    figures = {"timeouts": 0.0, "breaker_opens": 0.0, "shed": 0.0, "overloaded": 0.0}
+    for line in text.splitlines():
+        if line.startswith("payswitch_network_timeouts_total{"):
+            figures["timeouts"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("payswitch_breaker_transitions_total{") and (
+                'to_state="open"' in line):
+            figures["breaker_opens"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("payswitch_shed_payments_total{"):
+            figures["shed"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith('payswitch_rejected_requests_total{reason="overloaded"}'):
+            figures["overloaded"] += float(line.rsplit(" ", 1)[1])
+    return figures
+
+
+def saturation_lines(
+    stats: LoadStats, figures: dict[str, float], rate: float, calibrated: bool, cores: int
+) -> list[str]:
+    """When payments failed or were shed with no fault injected: say so, and what to change."""
+    signs = []
+    overloaded = stats.errors.get("overloaded", 0)
+    if overloaded:
+        signs.append(f"{overloaded} payments shed as overloaded")
+    failed = stats.by_status.get("failed", 0) + stats.by_status.get("unknown", 0)
+    accepted = max(sum(stats.by_status.values()), 1)
+    if failed > 0.01 * accepted:
+        signs.append(f"{failed} failed or unknown ({failed / accepted:.1%})")
+    if figures.get("timeouts"):
+        signs.append(f"{figures['timeouts']:.0f} network requests timed out")
+    if figures.get("breaker_opens"):
+        signs.append(f"breakers opened {figures['breaker_opens']:.0f} times")
+    p99 = stats.percentile_ms(99)
+    if signs and p99 > 100:
+        signs.append(f"p99 {p99:.0f} ms")
+    if not signs:
+        return []
+    advice = ("omit --rate to let the demo calibrate a healthy rate" if not calibrated else
+              "the machine got busier after calibration; run again, or pass a lower --rate")
+    return [
+        f"SATURATED: with no fault injected, {', '.join(signs)}: this machine ({cores} "
+        f"cores, shared by the switch, the simulators and this load generator) did not keep "
+        f"up with {rate:.0f}/s.",
+        f"  what to change: {advice} (e.g. --rate {max(50, rate / 2):.0f}); stop other "
+        "CPU-heavy work; watch `payswitch top` while it runs.",
+    ]
+
+
+class _Interrupt:
+    """The first Ctrl-C stops the load; the demo then stops in order. A second aborts."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.at is not None:
+            raise KeyboardInterrupt
+        self.at = time.monotonic()  # wall clock: when the user pressed it
+
+    def __call__(self) -> bool:
+        return self.at is not None
 
 
 def run_demo(
     duration_s: float,
-    rate: float,
+    rate: float | None,
     connections: int,
     seed: int,
     backend: str,
@@ -347,112 +561,205 @@ def run_demo(
     networks: str = "sim",
     discrepancy_rate: float = 0.0,
 ) -> int:
+    """Run the demo; ``rate`` None calibrates it. Returns the exit code: 0 when money is
+    conserved (nothing lost, nothing booked twice, reconciliation clean), 1 otherwise,
+    130 when interrupted (after the same orderly stop and audit)."""
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
     journal = base / "journal.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
     config = base / "switch.toml"
+    cores = os.cpu_count() or 1
     console.print(
-        f"[bold]payswitch demo[/]: {rate:.0f} payments/s for {duration_s:.0f} s, "
-        f"{connections} connections, backend {backend}, networks {networks}; work dir {base}"
+        f"[bold]payswitch demo[/]: {duration_s:g} s of load, "
+        + (f"{rate:.0f} payments/s, " if rate is not None else "")
+        + f"{connections} connections, backend {backend}, networks {networks}; work dir {base}"
     )
     channels_proc: subprocess.Popen[bytes] | None = None
     faults_url: str | None = None
     network_section = ""
     proc: subprocess.Popen[bytes] | None = None
     code = 0
-    try:
-        if networks == "sim":
-            channels_proc, channels_ready = start_channels(base, discrepancy_rate=discrepancy_rate)
-            network_section = channel_networks_toml(channels_ready)
-            admin = f"http://127.0.0.1:{channels_ready['admin_port']}"
-            faults_url = f"{admin}/faults"
-            names = ", ".join(sorted(k for k in channels_ready if k != "admin_port"))
-            console.print(f"simulators pid {channels_proc.pid}: {names}; admin {admin}")
-        # 7180 is what dashboards/prometheus/prometheus.yml scrapes; take it when it is free.
-        admin_port = PROMETHEUS_TARGET_PORT if _port_free(PROMETHEUS_TARGET_PORT) else 0
-        config.write_text(
-            DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port) + network_section
-        )
-        proc, endpoints = start_switch(config, base / "ready.json", backend)
-        metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
-        console.print(
-            f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
-            f"metrics at {metrics_url}"
-        )
-        console.print(f"watch it live:   .venv/bin/payswitch top --url {metrics_url}")
-        target_note = (
-            ""
-            if endpoints["admin_port"] == PROMETHEUS_TARGET_PORT
-            else f" (edit its target to 127.0.0.1:{endpoints['admin_port']})"
-        )
-        console.print(
-            "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
-            f"{target_note}; Grafana dashboards in dashboards/grafana/"
-        )
-        if faults_url is not None:
-            admin_opt = (
+    stats = LoadStats()
+    faults_seen: dict[int, FaultSeen] = {}
+    figures: dict[str, float] = {}
+    calibration: Calibration | None = None
+    left = 0.0
+    with _Interrupt() as interrupted:
+        try:
+            if networks == "sim":
+                channels_proc, channels_ready = start_channels(
+                    base, discrepancy_rate=discrepancy_rate)
+                # Cards go through the example route table (card-primary, failing over to
+                # card-secondary), as in the scenarios.
+                network_section = (f'\n[routing]\ntable = "{EXAMPLE_ROUTES}"\n'
+                                   + channel_networks_toml(channels_ready, routes=False))
+                admin = f"http://127.0.0.1:{channels_ready['admin_port']}"
+                faults_url = f"{admin}/faults"
+                names = ", ".join(sorted(k for k in channels_ready if k != "admin_port"))
+                console.print(f"simulators pid {channels_proc.pid}: {names}; admin {admin}")
+            # 7180 is what dashboards/prometheus/prometheus.yml scrapes; take it when free.
+            admin_port = PROMETHEUS_TARGET_PORT if _port_free(PROMETHEUS_TARGET_PORT) else 0
+            config.write_text(
+                DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port)
+                + network_section
+            )
+            proc, endpoints = start_switch(config, base / "ready.json", backend)
+            metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
+            console.print(
+                f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
+                f"metrics at {metrics_url}"
+            )
+            if rate is None:
+                calibration = calibrate(endpoints["port"], connections, seed, console,
+                                        interrupted)
+                rate = calibration.rate
+                console.print(f"rate: {calibration.explain(cores)}", highlight=False)
+            else:
+                console.print(f"rate: {rate:.0f}/s (--rate)", highlight=False)
+            console.print(f"watch it live:   .venv/bin/payswitch top --url {metrics_url}")
+            target_note = (
                 ""
-                if faults_url == f"http://127.0.0.1:{CHANNELS_ADMIN_PORT}/faults"
-                else f" --admin {faults_url.removesuffix('/faults')}"
+                if endpoints["admin_port"] == PROMETHEUS_TARGET_PORT
+                else f" (edit its target to 127.0.0.1:{endpoints['admin_port']})"
             )
             console.print(
-                f"break something: .venv/bin/payswitch fault card-primary blackhole "
-                f"--for 10s{admin_opt}"
+                "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
+                f"{target_note}; Grafana dashboards in dashboards/grafana/"
             )
-        stats, faults_seen = _drive(
-            endpoints["port"], rate, duration_s, connections, seed, console, faults_url,
-            metrics_url,
-        )
-        left = wait_until_resolved(metrics_url, timeout_s=30.0)
+            if faults_url is not None:
+                admin_opt = (
+                    ""
+                    if faults_url == f"http://127.0.0.1:{CHANNELS_ADMIN_PORT}/faults"
+                    else f" --admin {faults_url.removesuffix('/faults')}"
+                )
+                console.print(
+                    f"break something: .venv/bin/payswitch fault card-primary blackhole "
+                    f"--for 10s{admin_opt}"
+                )
+            stats, faults_seen = _drive(
+                endpoints["port"], rate, duration_s, connections, seed, console, faults_url,
+                metrics_url, interrupted,
+            )
+            if interrupted.at is not None:
+                console.print(
+                    f"interrupted: load stopped after {stats.elapsed_s:.1f} s; draining, "
+                    "flushing the journal, auditing (Ctrl-C again to abort)")
+            left = wait_until_resolved(
+                metrics_url, timeout_s=10.0 if interrupted.at is not None else 30.0,
+                console=console, advices=networks == "sim")
+            figures = switch_figures(metrics_url)
+            owed = _owed(metrics_url)
+            if networks != "sim" and owed is not None and owed[1]:
+                console.print(f"{owed[1]:.0f} stand-in advices stay in store-and-forward: the "
+                              "in-process stand-in networks take no advices (networks sim do)",
+                              highlight=False)
+        finally:
+            if proc is not None:
+                code = stop_switch(proc)
+            if channels_proc is not None:
+                # Let the last payments settle (SWIFT's ACSC comes after its settlement
+                # delay) before the simulators' final cut-off writes the last files.
+                time.sleep(SETTLE_GRACE_S)
+                stop_switch(channels_proc)
         if left:
             console.print(
                 f"[yellow]{left:.0f} payments unresolved or advices undelivered at shutdown: "
                 "they stay in the journal and are handled at the next start[/]"
             )
-    finally:
-        if proc is not None:
-            code = stop_switch(proc)
-        if channels_proc is not None:
-            # Let the last payments settle (SWIFT's ACSC comes after its settlement delay)
-            # before the simulators' final cut-off writes the last settlement files.
-            time.sleep(SETTLE_GRACE_S)
-            stop_switch(channels_proc)
-    if code != 0:
-        console.print(f"[red]switch exited with code {code}[/]")
-    audit = audit_journal(journal, stats.acknowledged)
-    console.print()
-    for line in summary_lines(stats, audit):
-        style = (
-            "red" if (line.startswith(("lost", "duplicates")) and not line.endswith(": 0")) else ""
-        )
-        console.print(line, style=style, highlight=False)
-    if faults_url is not None:
-        if faults_seen:
-            for f in faults_seen.values():
-                console.print(
-                    f"fault seen: {f.endpoint} {f.kind} {f.detail} from "
-                    f"{f.first_s:.1f}s to {f.last_s:.1f}s into the run",
-                    highlight=False,
-                )
-        else:
-            console.print("faults seen: none")
-    if audit.lost_keys:
-        console.print(f"lost keys (first 20): {audit.lost_keys}")
-    recon_clean = True
-    if networks == "sim":
-        recon_clean = _reconcile(journal, base / "settlement", base / "recon", console)
-        console.print(
-            f"reconcile again: .venv/bin/payswitch reconcile --journal {journal} "
-            f"--files {base / 'settlement'}"
-        )
-        if discrepancy_rate > 0:
-            # Breaks were planted on purpose: the demo's verdict is about money, not them.
-            recon_clean = True
-    console.print(f"journal: {journal}")
+        if code != 0:
+            console.print(f"[red]switch exited with code {code}[/]")
+        elif proc is not None:
+            flushed = _journal_flushed(base / "switch.log")
+            if flushed:
+                console.print(f"switch stopped: {flushed}", highlight=False)
+        acknowledged = {**(calibration.acknowledged if calibration else {}),
+                        **stats.acknowledged}
+        audit = audit_journal(journal, acknowledged)
+        console.print()
+        for line in summary_lines(stats, audit):
+            style = ("red" if (line.startswith(("lost", "duplicates"))
+                               and not line.endswith(": 0")) else "")
+            console.print(line, style=style, highlight=False)
+        if calibration is not None:
+            console.print(f"calibration payments: {len(calibration.acknowledged)} (in the "
+                          "journal and the audit above, not in the counts)", highlight=False)
+        routes = routes_taken(journal, {a.payment_id for a in stats.acknowledged.values()})
+        if routes:
+            console.print("answered by: " + ", ".join(
+                f"{name}={n}" for name, n in sorted(routes.items())), highlight=False)
+        if faults_url is not None:
+            if faults_seen:
+                for f in faults_seen.values():
+                    detail = f" {f.detail}" if f.detail else ""
+                    console.print(
+                        f"fault seen: {f.endpoint} {f.kind}{detail} from "
+                        f"{f.first_s:.1f}s to {f.last_s:.1f}s into the run",
+                        highlight=False,
+                    )
+            else:
+                console.print("faults seen: none")
+        if not faults_seen and rate is not None:
+            for line in saturation_lines(stats, figures, rate, calibration is not None, cores):
+                console.print(line, style="yellow", highlight=False)
+        if audit.lost_keys:
+            console.print(f"lost keys (first 20): {audit.lost_keys}")
+        recon_clean = True
+        if networks == "sim":
+            recon_clean = _reconcile(journal, base / "settlement", base / "recon", console)
+            console.print(
+                f"reconcile again: .venv/bin/payswitch reconcile --journal {journal} "
+                f"--files {base / 'settlement'}"
+            )
+            if discrepancy_rate > 0:
+                # Breaks were planted on purpose: the demo's verdict is about money.
+                recon_clean = True
+        console.print(f"journal: {journal}")
+        if interrupted.at is not None:
+            console.print(f"interrupted; work dir: {base}")
+            return 130
     ok = audit.lost == 0 and audit.duplicates == 0 and code == 0 and recon_clean
     return 0 if ok else 1
+
+
+def routes_taken(journal: Path, payment_ids: set[str]) -> Counter[str]:
+    """How many of these payments each network answered (their last final record);
+    ``switch``: the switch answered itself (a risk decline)."""
+    import sqlite3
+
+    import msgspec
+
+    from switch.model import Result
+
+    decoder = msgspec.msgpack.Decoder(Result)
+    last: dict[str, str] = {}
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        for pid, record in db.execute(
+                "SELECT payment_id, record FROM journal WHERE kind = 'final' ORDER BY seq"):
+            if pid in payment_ids:
+                # No route: answered by the switch itself (a risk decline).
+                last[pid] = decoder.decode(record).route or "switch"
+    finally:
+        db.close()
+    return Counter(last.values())
+
+
+def _journal_flushed(log_path: Path) -> str | None:
+    """The switch's last "journal flushed" log line (its message only), if any."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "journal flushed" in line:
+            with contextlib.suppress(ValueError, TypeError):
+                message = json.loads(line).get("msg")
+                if isinstance(message, str):
+                    return message
+            return "journal flushed"
+    return None
 
 
 def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
@@ -495,10 +802,12 @@ def _drive(
     console: Console,
     faults_url: str | None,
     metrics_url: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[LoadStats, dict[int, FaultSeen]]:
     workload = Workload(seed)
     generator = OpenLoopGenerator(
-        workload.next, rate=rate, duration_s=duration_s, connections=connections
+        workload.next, rate=rate, duration_s=duration_s, connections=connections,
+        should_stop=should_stop,
     )
     seen: dict[int, FaultSeen] = {}
     current: list[str] = []

@@ -11,13 +11,14 @@ lowering the offered rate.
 Requests due in the same tick are written in one batch per connection; latency still
 counts from each one's intended time, so batching cannot flatter the numbers.
 
-Rate shapes (:data:`RateShape`) are pure functions of time: ``rate_at(t)`` and its
-integral ``cumulative(t)``. Several generator processes split one shape exactly: process
-*p* of *P* sends the global requests *p, p+P, p+2P, ...* (see :class:`Schedule`).
+The rate shapes and the schedule of intended send times are loadtests/harness/shapes.py
+(re-exported here).
 
-Every second the generator closes an *interval* (counts, errors by code, an interval
-HdrHistogram) and hands it to ``on_interval``: that is what live progress, the CSV time
-series and the HdrHistogram log are built from (``loadtests/harness/loadrun.py``).
+Every second the generator closes an *interval* (counts, errors by code, one interval
+HdrHistogram per channel) and hands it to ``on_interval``: that is what live progress,
+the CSV time series and the HdrHistogram log are built from (``loadtests/harness/loadrun.py``).
+Error replies to requests the workload planted on purpose (invalid payments, malformed
+frames) are counted apart as well, so reports and thresholds can tell them from real errors.
 
 The generator is a measuring instrument, so it schedules and measures with the precise
 process clock (``time.perf_counter``): uvloop's loop clock ticks in whole milliseconds.
@@ -26,12 +27,10 @@ process clock (``time.perf_counter``): uvloop's loop clock ticks in whole millis
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
 
 import anyio
 import anyio.abc
@@ -39,6 +38,20 @@ import anyio.to_thread
 import msgspec
 from hdrh.histogram import HdrHistogram
 
+from loadtests.harness.hlog import HIST_MAX_US as HIST_MAX_US
+from loadtests.harness.hlog import new_histogram as new_histogram
+from loadtests.harness.shapes import SHAPE_KINDS as SHAPE_KINDS
+from loadtests.harness.shapes import DiurnalRate as DiurnalRate
+from loadtests.harness.shapes import FixedRate as FixedRate
+from loadtests.harness.shapes import RampRate as RampRate
+from loadtests.harness.shapes import RateShape as RateShape
+from loadtests.harness.shapes import Schedule as Schedule
+from loadtests.harness.shapes import ShapeError as ShapeError
+from loadtests.harness.shapes import SpikeRate as SpikeRate
+from loadtests.harness.shapes import StepsRate as StepsRate
+from loadtests.harness.shapes import parse_inline_shape as parse_inline_shape
+from loadtests.harness.shapes import shape_from_dict as shape_from_dict
+from loadtests.harness.wires import UNMATCHED, Wire
 from switch.model import PaymentRequest
 from switch.protocols.wire import (
     ErrorReply,
@@ -52,7 +65,6 @@ from switch.protocols.wire import (
 
 #: Generator lag beyond this (seconds behind schedule) is reported as falling behind.
 LAG_WARN_S = 0.010
-HIST_MAX_US = 120_000_000
 #: Requests generated in one go before the sender yields to the receivers, so a generator
 #: far behind schedule still reads replies (and its latency numbers stay honest).
 MAX_BATCH = 2048
@@ -60,260 +72,8 @@ MAX_BATCH = 2048
 #: sleep returns at once and the sender would spin a core; a request due inside this
 #: window waits for the next tick, and its latency (from the intended time) includes that.
 MIN_SLEEP_S = 0.001
-
-
-def new_histogram() -> HdrHistogram:
-    """Latency in microseconds, 1 µs .. 120 s, 3 significant digits."""
-    return HdrHistogram(1, HIST_MAX_US, 3)
-
-
-# --- rate shapes ---------------------------------------------------------------------------
-
-Rate = Annotated[float, msgspec.Meta(ge=0, le=10_000_000)]
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
-Offset = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
-
-
-class _ShapeBase(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind"):
-    def rate_at(self, t: float) -> float:
-        raise NotImplementedError
-
-    def cumulative(self, t: float) -> float:
-        """Requests due in [0, t]: the integral of :meth:`rate_at`."""
-        raise NotImplementedError
-
-    def natural_duration(self) -> float | None:
-        """How long the shape lasts when no duration is given (None: open-ended)."""
-        return None
-
-
-class FixedRate(_ShapeBase, frozen=True, tag="fixed"):
-    rate: Rate
-
-    def rate_at(self, t: float) -> float:
-        return self.rate if t >= 0 else 0.0
-
-    def cumulative(self, t: float) -> float:
-        return self.rate * max(t, 0.0)
-
-
-class StepsRate(_ShapeBase, frozen=True, tag="steps"):
-    """``rates[0]`` for ``step_s``, then ``rates[1]``, ...; the last rate holds after."""
-
-    rates: Annotated[list[Rate], msgspec.Meta(min_length=1, max_length=10_000)]
-    step_s: Seconds
-
-    def rate_at(self, t: float) -> float:
-        if t < 0:
-            return 0.0
-        return self.rates[min(int(t // self.step_s), len(self.rates) - 1)]
-
-    def cumulative(self, t: float) -> float:
-        if t <= 0:
-            return 0.0
-        full = min(int(t // self.step_s), len(self.rates) - 1)
-        done = sum(self.rates[:full]) * self.step_s
-        return done + self.rates[full] * (t - full * self.step_s)
-
-    def natural_duration(self) -> float:
-        return len(self.rates) * self.step_s
-
-
-class RampRate(_ShapeBase, frozen=True, tag="ramp"):
-    """Linear from ``from_rate`` to ``to_rate`` over ``ramp_s``, then ``to_rate``."""
-
-    from_rate: Rate
-    to_rate: Rate
-    ramp_s: Seconds
-
-    def rate_at(self, t: float) -> float:
-        if t < 0:
-            return 0.0
-        if t >= self.ramp_s:
-            return self.to_rate
-        return self.from_rate + (self.to_rate - self.from_rate) * t / self.ramp_s
-
-    def cumulative(self, t: float) -> float:
-        if t <= 0:
-            return 0.0
-        a, b, r = self.from_rate, self.to_rate, self.ramp_s
-        if t <= r:
-            return a * t + (b - a) * t * t / (2 * r)
-        return (a + b) * r / 2 + b * (t - r)
-
-    def natural_duration(self) -> float:
-        return self.ramp_s
-
-
-class SpikeRate(_ShapeBase, frozen=True, tag="spike"):
-    """``base_rate``, except ``spike_rate`` during [``at_s``, ``at_s + spike_s``)."""
-
-    base_rate: Rate
-    spike_rate: Rate
-    at_s: Offset
-    spike_s: Seconds
-
-    def rate_at(self, t: float) -> float:
-        if t < 0:
-            return 0.0
-        return self.spike_rate if self.at_s <= t < self.at_s + self.spike_s else self.base_rate
-
-    def cumulative(self, t: float) -> float:
-        if t <= 0:
-            return 0.0
-        inside = min(max(t - self.at_s, 0.0), self.spike_s)
-        return self.base_rate * t + (self.spike_rate - self.base_rate) * inside
-
-    def natural_duration(self) -> float:
-        return 2 * self.at_s + self.spike_s
-
-
-class DiurnalRate(_ShapeBase, frozen=True, tag="diurnal"):
-    """A day compressed into ``period_s``: mean ``average_rate``, peak ``peak_ratio`` × it.
-
-    rate(t) = average · (trough + (peak − trough) · ((1 + cos θ) / 2)²), θ = 2π(t − peak_at)/P.
-    ((1 + cos θ)/2)² averages 3/8 over a period, so trough = (1 − 3·peak/8) / (5/8) keeps
-    the mean at ``average_rate``: with the default peak 2.5×, night runs at 0.1×. The
-    integral is closed-form, so the schedule is exact.
-    """
-
-    average_rate: Rate
-    period_s: Seconds
-    peak_ratio: Annotated[float, msgspec.Meta(ge=1, le=2.6)] = 2.5
-    #: When the peak falls; default mid-period (the run starts at night).
-    peak_at_s: Offset | None = None
-
-    @property
-    def trough_ratio(self) -> float:
-        return (1 - 3 * self.peak_ratio / 8) / (5 / 8)
-
-    def _theta(self, t: float) -> float:
-        peak_at = self.period_s / 2 if self.peak_at_s is None else self.peak_at_s
-        return 2 * math.pi * (t - peak_at) / self.period_s
-
-    def rate_at(self, t: float) -> float:
-        if t < 0:
-            return 0.0
-        g = ((1 + math.cos(self._theta(t))) / 2) ** 2
-        trough = self.trough_ratio
-        return self.average_rate * (trough + (self.peak_ratio - trough) * g)
-
-    def cumulative(self, t: float) -> float:
-        if t <= 0:
-            return 0.0
-        # ((1 + cos θ)/2)² = 3/8 + cos θ / 2 + cos 2θ / 8; integrate over t (dθ/dt = 2π/P).
-        k = self.period_s / (2 * math.pi)
-        th1, th0 = self._theta(t), self._theta(0.0)
-        g_int = 3 * t / 8 + k * (math.sin(th1) - math.sin(th0)) / 2
-        g_int += k * (math.sin(2 * th1) - math.sin(2 * th0)) / 16
-        trough = self.trough_ratio
-        return self.average_rate * (trough * t + (self.peak_ratio - trough) * g_int)
-
-    def natural_duration(self) -> float:
-        return self.period_s
-
-
-RateShape = FixedRate | StepsRate | RampRate | SpikeRate | DiurnalRate
-SHAPE_KINDS = ("fixed", "steps", "ramp", "spike", "diurnal")
-
-
-class ShapeError(ValueError):
-    """A rate shape that cannot be used; the message names the key."""
-
-
-def shape_from_dict(raw: object, source: str = "<shape>") -> RateShape:
-    from switch.fielderrors import describe_validation_error
-
-    try:
-        shape: RateShape = msgspec.convert(raw, RateShape)
-        return shape
-    except msgspec.ValidationError as exc:
-        raise ShapeError(f"{source}: {describe_validation_error(exc)}") from exc
-
-
-def parse_inline_shape(text: str) -> RateShape:
-    """``kind=spike,base_rate=500,spike_rate=1500,at_s=10,spike_s=5``; lists as ``a/b/c``."""
-    raw: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ShapeError(f"--shape: expected key=value, got {part!r}")
-        key = key.strip()
-        value = value.strip()
-        if key == "kind":
-            raw[key] = value
-        elif "/" in value or key == "rates":
-            try:
-                raw[key] = [float(v) for v in value.split("/")]
-            except ValueError:
-                raise ShapeError(f"--shape: {key}: not a list of numbers: {value!r}") from None
-        else:
-            try:
-                raw[key] = float(value)
-            except ValueError:
-                raise ShapeError(f"--shape: {key}: not a number: {value!r}") from None
-    if "kind" not in raw:
-        raise ShapeError(f"--shape: kind: required, one of {', '.join(SHAPE_KINDS)}")
-    return shape_from_dict(raw, "--shape")
-
-
-class Schedule:
-    """Intended send times of one generator's share of a shape.
-
-    Global request *g* is due when ``cumulative(t) == g``. This generator sends
-    ``g = offset, offset + stride, ...`` while ``g < total``. The inverse of the cumulative
-    is found by walking a 1 ms grid forward and interpolating linearly inside a cell:
-    exact for piecewise-constant and linear rates, within 1 ms at a step's edge.
-    """
-
-    __slots__ = (
-        "_c0", "_c1", "_cell", "_cum", "_grid", "_t0", "_t1", "count", "end_s", "next_g",
-        "stride", "total",
-    )
-
-    def __init__(
-        self,
-        shape: RateShape,
-        duration_s: float,
-        stride: int = 1,
-        offset: int = 0,
-        grid_s: float = 0.001,
-    ) -> None:
-        assert duration_s > 0 and stride >= 1 and 0 <= offset < stride
-        self._cum = shape.cumulative
-        self.end_s = duration_s
-        self.total = int(shape.cumulative(duration_s) + 1e-6)
-        self.stride = stride
-        self.next_g = offset
-        #: Requests this generator sends in all (its share of ``total``).
-        self.count = max(0, (self.total - offset + stride - 1) // stride)
-        self._grid = grid_s
-        self._cell = 0  # the grid cell [cell·grid, (cell+1)·grid) being walked
-        self._t0 = 0.0
-        self._c0 = 0.0
-        self._t1 = grid_s
-        self._c1 = shape.cumulative(grid_s)
-
-    def time_of(self, g: float) -> float:
-        """When the cumulative count reaches ``g`` (g must not decrease between calls)."""
-        while self._c1 <= g:
-            self._t0, self._c0 = self._t1, self._c1
-            self._cell += 1
-            self._t1 = (self._cell + 1) * self._grid  # no accumulated rounding
-            if self._t0 > self.end_s + self._grid:
-                return math.inf
-            self._c1 = self._cum(self._t1)
-        span = self._c1 - self._c0
-        return self._t0 + (g - self._c0) / span * self._grid
-
-    def take(self) -> float | None:
-        """The next intended time (seconds from start), or None when the share is done."""
-        g = self.next_g
-        if g >= self.total:
-            return None
-        self.next_g = g + self.stride
-        t = self.time_of(g)
-        return None if t == math.inf else t
+#: Workload kinds planted on purpose, and the error code the switch must answer them with.
+PLANTED_ERRORS = {"invalid": "invalid", "malformed": "malformed"}
 
 
 # --- stats ---------------------------------------------------------------------------------
@@ -348,6 +108,13 @@ class LoadStats:
     unanswered: int = 0
     #: Requests outstanding on a connection the server closed.
     connection_lost: int = 0
+    #: Error replies (by code) that answered requests planted on purpose (a subset of
+    #: ``errors``): invalid payments answered ``invalid``, garbage frames ``malformed``.
+    planted_errors: Counter[str] = field(default_factory=Counter)
+    #: Planted requests sent, by workload kind (``invalid``, ``malformed``).
+    planted_sent: Counter[str] = field(default_factory=Counter)
+    #: Latency per channel over the whole run (``histogram`` is their exact sum).
+    channel_histograms: dict[str, HdrHistogram] = field(default_factory=dict)
 
     def percentile_ms(self, p: float) -> float:
         if self.histogram.get_total_count() == 0:
@@ -374,7 +141,17 @@ class Interval(msgspec.Struct, frozen=True):
     dropped: int
     lagged: int
     max_lag_s: float
-    histogram: bytes  # hdrh-encoded interval histogram (latency in µs)
+    #: hdrh-encoded interval histogram per channel (latency in µs); only channels with replies.
+    histograms: dict[str, bytes]
+    planted_errors: dict[str, int] = {}
+    planted_sent: dict[str, int] = {}
+
+    def histogram(self) -> HdrHistogram:
+        """All channels together (the exact sum of the per-channel histograms)."""
+        total = new_histogram()
+        for encoded in self.histograms.values():
+            total.decode_and_add(encoded)
+        return total
 
 
 Item = PaymentRequest | bytes
@@ -388,13 +165,15 @@ class _Outstanding(msgspec.Struct, array_like=True):
     key: str
     channel: str
     conn: int
+    #: The error code this request was planted to get ("" for an ordinary request).
+    planted: str = ""
 
 
 class _Snapshot:
     """Counters at the last interval boundary, to hand out differences."""
 
-    __slots__ = ("dropped", "errors", "lagged", "malformed", "replays", "replies", "sent",
-                 "statuses")
+    __slots__ = ("dropped", "errors", "lagged", "malformed", "planted", "planted_sent",
+                 "replays", "replies", "sent", "statuses")
 
     def __init__(self, stats: LoadStats) -> None:
         self.sent = stats.sent
@@ -405,6 +184,8 @@ class _Snapshot:
         self.errors = Counter(stats.errors)
         self.dropped = stats.dropped_overrun
         self.lagged = stats.lagged
+        self.planted = Counter(stats.planted_errors)
+        self.planted_sent = Counter(stats.planted_sent)
 
 
 class OpenLoopGenerator:
@@ -434,6 +215,7 @@ class OpenLoopGenerator:
         on_interval: Callable[[Interval], None] | None = None,
         track_acknowledged: bool = True,
         should_stop: Callable[[], bool] | None = None,
+        wire: Wire | None = None,
     ) -> None:
         assert duration_s > 0 and connections >= 1
         assert shape is not None or rate > 0
@@ -451,12 +233,15 @@ class OpenLoopGenerator:
         #: Polled once per tick; True ends sending early (then the usual drain).
         self.should_stop = should_stop
         self.stopped_early = False
+        #: Another protocol's bytes (ISO 8583, HTTP); None: the switch's msgpack frames.
+        self.wire = wire
         self.stats = LoadStats()
         self._outstanding: dict[int, _Outstanding] = {}
         self._per_conn = [0] * connections
         self._alive = [True] * connections
         self._ids = itertools.count(1)
-        self._interval_hist = new_histogram()
+        #: Latency per channel in the open interval (reset, never replaced).
+        self._interval_hists: dict[str, HdrHistogram] = {}
         self._interval_max_lag = 0.0
         self._snapshot = _Snapshot(self.stats)
         self._interval_index = 0
@@ -481,8 +266,9 @@ class OpenLoopGenerator:
                 start_wall = await anyio.to_thread.run_sync(wait_for_start)
                 await anyio.sleep(max(0.0, start_wall - time.time()))  # wall: shared start
             async with anyio.create_task_group() as tg:
+                receive = self._receive if self.wire is None else self._receive_wire
                 for index, stream in enumerate(streams):
-                    tg.start_soon(self._receive, stream, index)
+                    tg.start_soon(receive, stream, index)
                 self._start = _now()
                 self.stats.started_at = self._start
                 tg.start_soon(self._tick)
@@ -514,8 +300,12 @@ class OpenLoopGenerator:
 
     def _close_interval(self, *, final: bool) -> None:
         stats = self.stats
-        hist = self._interval_hist
-        stats.histogram.add(hist)
+        for channel, hist in self._interval_hists.items():
+            stats.histogram.add(hist)
+            run_hist = stats.channel_histograms.get(channel)
+            if run_hist is None:
+                run_hist = stats.channel_histograms[channel] = new_histogram()
+            run_hist.add(hist)
         start_s = float(self._interval_index)
         self._interval_index += 1
         end_s = (
@@ -540,10 +330,17 @@ class OpenLoopGenerator:
                 dropped=after.dropped - before.dropped,
                 lagged=after.lagged - before.lagged,
                 max_lag_s=self._interval_max_lag,
-                histogram=hist.encode() if hist.get_total_count() else b"",
+                histograms={
+                    channel: hist.encode()
+                    for channel, hist in sorted(self._interval_hists.items())
+                    if hist.get_total_count()
+                },
+                planted_errors=dict(after.planted - before.planted),
+                planted_sent=dict(after.planted_sent - before.planted_sent),
             )
             self.on_interval(interval)
-        hist.reset()
+        for hist in self._interval_hists.values():
+            hist.reset()
         self._interval_max_lag = 0.0
 
     # -- sending -----------------------------------------------------------------------------
@@ -564,6 +361,7 @@ class OpenLoopGenerator:
         warn = LAG_WARN_S
         next_at = schedule.take()
         should_stop = self.should_stop
+        wire = self.wire
         while next_at is not None:
             if should_stop is not None and should_stop():
                 self.stopped_early = True
@@ -580,7 +378,7 @@ class OpenLoopGenerator:
                     batch += 1
                     if now - next_at > warn:
                         stats.lagged += 1
-                    item, _kind = source()
+                    item, kind = source()
                     rid = next(ids)
                     conn = rid % n_conn
                     if not alive[conn]:
@@ -590,16 +388,22 @@ class OpenLoopGenerator:
                             next_at = schedule.take()
                             continue
                     if isinstance(item, bytes):
-                        buffers[conn] += frame(item)
+                        buffers[conn] += (frame(item) if wire is None
+                                          else wire.encode_malformed(item, conn))
                         stats.malformed_sent += 1
+                        stats.planted_sent["malformed"] += 1
                     elif len(outstanding) >= max_total or per_conn[conn] >= max_conn:
                         stats.dropped_overrun += 1
                     else:
+                        planted = PLANTED_ERRORS.get(kind, "")
+                        if planted:
+                            stats.planted_sent[kind] += 1
                         outstanding[rid] = _Outstanding(
-                            start + next_at, item.idempotency_key, item.channel, conn
+                            start + next_at, item.idempotency_key, item.channel, conn, planted
                         )
                         per_conn[conn] += 1
-                        buffers[conn] += encode_request(Pay(rid, item))
+                        buffers[conn] += (encode_request(Pay(rid, item)) if wire is None
+                                          else wire.encode(rid, item, conn))
                         stats.sent += 1
                     next_at = schedule.take()
                 for index, buf in enumerate(buffers):
@@ -628,6 +432,8 @@ class OpenLoopGenerator:
             del self._outstanding[rid]
         self._per_conn[index] = 0
         self.stats.connection_lost += len(lost)
+        if self.wire is not None:
+            self.wire.forget(index)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -637,7 +443,7 @@ class OpenLoopGenerator:
         outstanding = self._outstanding
         per_conn = self._per_conn
         track = self.track_acknowledged
-        record = self._interval_hist.record_value  # reset, never replaced, per interval
+        hists = self._interval_hists
         try:
             while True:
                 data = await stream.receive(65536)
@@ -649,11 +455,16 @@ class OpenLoopGenerator:
                     if sent is None:
                         if isinstance(response, ErrorReply) and rid is None:
                             stats.errors[response.code] += 1  # e.g. our malformed frames
+                            if response.code == "malformed" and stats.malformed_sent:
+                                stats.planted_errors["malformed"] += 1
                         continue
                     per_conn[sent.conn] -= 1
                     stats.replies += 1
                     latency_us = int((now - sent.intended) * 1e6)
-                    record(min(max(latency_us, 1), HIST_MAX_US))
+                    hist = hists.get(sent.channel)
+                    if hist is None:
+                        hist = hists[sent.channel] = new_histogram()
+                    hist.record_value(min(max(latency_us, 1), HIST_MAX_US))
                     if isinstance(response, Reply):
                         status = response.result.status.value
                         if response.replay:
@@ -669,6 +480,53 @@ class OpenLoopGenerator:
                             )
                     elif isinstance(response, ErrorReply):
                         stats.errors[response.code] += 1
+                        if response.code == sent.planted:
+                            stats.planted_errors[response.code] += 1
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        self._lose_connection(index)
+
+    async def _receive_wire(self, stream: anyio.abc.SocketStream, index: int) -> None:
+        """:meth:`_receive` for a plugged-in wire: it matches replies, this measures them.
+
+        A reply that matches no request is counted under ``unmatched_reply``: never dropped.
+        """
+        assert self.wire is not None
+        feed = self.wire.feed
+        stats = self.stats
+        outstanding = self._outstanding
+        per_conn = self._per_conn
+        track = self.track_acknowledged
+        hists = self._interval_hists
+        try:
+            while True:
+                data = await stream.receive(65536)
+                now = _now()
+                for answer in feed(index, data):
+                    rid = answer.rid
+                    sent = outstanding.pop(rid, None) if rid is not None else None
+                    if sent is None:
+                        stats.errors[answer.error or UNMATCHED] += 1
+                        continue
+                    per_conn[sent.conn] -= 1
+                    stats.replies += 1
+                    latency_us = int((now - sent.intended) * 1e6)
+                    hist = hists.get(sent.channel)
+                    if hist is None:
+                        hist = hists[sent.channel] = new_histogram()
+                    hist.record_value(min(max(latency_us, 1), HIST_MAX_US))
+                    status = answer.status
+                    if status is None:
+                        stats.errors[answer.error or "error"] += 1
+                        continue
+                    if answer.replay:
+                        stats.replays += 1
+                    else:
+                        stats.by_status[status] += 1
+                        stats.by_channel[(sent.channel, status)] += 1
+                    if track:
+                        stats.acknowledged[sent.key] = Acknowledged(status, answer.payment_id)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                ConnectionError):
             pass
         self._lose_connection(index)

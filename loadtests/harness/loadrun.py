@@ -10,13 +10,18 @@ wall-clock instant.
 Every second each process closes an interval (counts, errors by code, an hdrh-encoded
 interval histogram) and puts it on a bounded queue. This parent process merges the
 intervals of each second across processes (hdrh decode + add), shows live progress with
-rich, and writes, under ``reports/<timestamp>-load/`` (or ``--out``):
+rich, optionally exports the generator's own Prometheus metrics (``--metrics-port``,
+loadtests/harness/genmetrics.py), and writes, under ``reports/<timestamp>-load/`` (or
+``--out``; loadtests/harness/runoutputs.py):
 
-* ``summary.json``: totals, latency percentiles from the merged full histograms, the
-  generator's own lag, per-process figures, the run's configuration;
-* ``timeseries.csv``: 1 s buckets (offered, sent, achieved, errors by code, p50/p99/p99.9);
-* ``latency.hlog``: the HdrHistogram interval log (hdrh's HistogramLogWriter; values in
-  microseconds), readable by HistogramLogAnalyzer and ``hdrh``'s log reader;
+* ``summary.json``: totals, latency percentiles from the merged full histograms (overall
+  and per channel), the generator's own lag, per-process figures, the environment, the
+  warnings and the thresholds' verdict;
+* ``timeseries.csv``: 1 s buckets (offered, sent, achieved, statuses and errors by code,
+  planted errors, p50/p99/p99.9 overall and per channel);
+* ``latency.hlog``: the HdrHistogram interval log (values in microseconds; untagged lines
+  for all channels, ``Tag=<channel>`` lines per channel), readable by
+  HistogramLogAnalyzer and loadtests/harness/hlog.py;
 * ``index.html``: the self-contained report (loadtests/harness/report.py).
 
 If a generator falls behind its schedule it says so, loudly, live and in every output:
@@ -28,16 +33,16 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import multiprocessing
 import multiprocessing.synchronize
 import os
 import queue as queue_module
 import signal
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
 from typing import Any
@@ -45,27 +50,35 @@ from typing import Any
 import anyio
 import msgspec
 from hdrh.histogram import HdrHistogram
-from hdrh.log import HistogramLogWriter
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from loadtests.harness.loadgen import (
-    LAG_WARN_S,
-    Interval,
-    OpenLoopGenerator,
-    RateShape,
-    new_histogram,
+from loadtests.harness.hlog import LogWriter, new_histogram, pct_ms
+from loadtests.harness.loadgen import Interval, OpenLoopGenerator
+from loadtests.harness.runoutputs import (
+    Aggregator,
+    MetricsSink,
+    RunTotals,
+    apply_thresholds,
+    behind_message,
+    build_summary,
+    environment,
+    print_summary,
+    row_is_behind,
+    write_outputs,
 )
-from loadtests.harness.report import ReportData, SecondRow, write_csv, write_report
+from loadtests.harness.shapes import RateShape
+from loadtests.harness.thresholds import Threshold, ThresholdResult
+from loadtests.harness.timeseries import SecondRow
+from loadtests.harness.wires import Iso8583Options, Wire, WireName
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec, derive_seed
 
 #: Messages a worker may have queued before it blocks (a few per second are normal).
 QUEUE_BOUND = 4096
 READY_TIMEOUT_S = 60.0
 START_DELAY_S = 0.3
-PERCENTILES = (50.0, 90.0, 99.0, 99.9, 99.99)
 
 
 class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -84,6 +97,9 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: When set, each process writes what its clients were told (idempotency key ->
     #: [status, payment id]) to ``acks-<i>.msgpack`` here, for the lost/duplicate audit.
     acks_dir: str | None = None
+    #: The target's protocol: the switch's msgpack, ISO 8583 (any host), or its HTTP API.
+    protocol: WireName = "msgpack"
+    iso8583: Iso8583Options | None = None
 
 
 def connections_of(plan: LoadPlan, index: int) -> int:
@@ -100,6 +116,8 @@ class ProcessResult(msgspec.Struct, frozen=True):
     replays: int
     statuses: dict[str, int]
     errors: dict[str, int]
+    planted_errors: dict[str, int]
+    planted_sent: dict[str, int]
     by_channel: dict[str, int]
     dropped: int
     lagged: int
@@ -109,13 +127,28 @@ class ProcessResult(msgspec.Struct, frozen=True):
     elapsed_s: float
     cpu_s: float
     intervals: int
-    histogram: bytes  # hdrh-encoded, the whole run
+    histograms: dict[str, bytes]  # hdrh-encoded per channel, the whole run
 
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_interval = msgspec.msgpack.Decoder(Interval).decode
 _decode_result = msgspec.msgpack.Decoder(ProcessResult).decode
 _decode_plan = msgspec.msgpack.Decoder(LoadPlan).decode
+
+
+def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
+              process: int = 0, processes: int = 1) -> Wire | None:
+    """The wire for ``name`` in generator ``process`` of ``processes``; None for msgpack
+    (built into the generator)."""
+    if name == "iso8583":
+        from loadtests.harness.iso8583_client import Iso8583Wire
+
+        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process)
+    if name == "http":
+        from loadtests.harness.http_client import HttpWire
+
+        return HttpWire(host)
+    return None
 
 
 def _worker(
@@ -149,8 +182,13 @@ def _worker(
                 raise TimeoutError("no start signal from the parent")
             return float(start_at.value)
 
+        wire = make_wire(plan.protocol, f"{plan.host}:{plan.port}", plan.iso8583,
+                         process=index, processes=plan.processes)
+        channel = wire.channel if wire is not None else None
+        source = (workload.next_item if channel is None
+                  else functools.partial(workload.next_item, channel))
         generator = OpenLoopGenerator(
-            workload.next_item,
+            source,
             duration_s=plan.duration_s,
             shape=plan.shape,
             stride=plan.processes,
@@ -162,6 +200,7 @@ def _worker(
             on_interval=on_interval,
             track_acknowledged=plan.acks_dir is not None,
             should_stop=stop.is_set,
+            wire=wire,
         )
         cpu0 = time.process_time()  # bench: the generator's own CPU, for req/s per core
         run = functools.partial(generator.run, wait_for_start=wait_for_start)
@@ -169,6 +208,12 @@ def _worker(
             run, plan.host, plan.port, backend="asyncio", backend_options={"use_uvloop": True}
         )
         cpu = time.process_time() - cpu0  # bench: as above
+        samples = getattr(wire, "unmatched_samples", None)
+        if samples:
+            # Shown, not only counted: the keys of replies that matched no request.
+            match = plan.iso8583.match if plan.iso8583 is not None else ["mti", "11", "41"]
+            print(f"process {index}: replies matching no request (key {match}), "
+                  f"e.g. {samples[:5]}", file=sys.stderr)
         if plan.acks_dir is not None:
             acks = {k: [a.status, a.payment_id] for k, a in stats.acknowledged.items()}
             (Path(plan.acks_dir) / f"acks-{index}.msgpack").write_bytes(_encode(acks))
@@ -180,6 +225,8 @@ def _worker(
             replays=stats.replays,
             statuses=dict(stats.by_status),
             errors=dict(stats.errors),
+            planted_errors=dict(stats.planted_errors),
+            planted_sent=dict(stats.planted_sent),
             by_channel={f"{ch}/{st}": n for (ch, st), n in stats.by_channel.items()},
             dropped=stats.dropped_overrun,
             lagged=stats.lagged,
@@ -189,7 +236,7 @@ def _worker(
             elapsed_s=stats.elapsed_s,
             cpu_s=cpu,
             intervals=generator.intervals_closed,
-            histogram=stats.histogram.encode(),
+            histograms={ch: h.encode() for ch, h in sorted(stats.channel_histograms.items())},
         )
         queue.put(("done", index, _encode(result)), timeout=30)
     except BaseException as exc:  # report, then die: the parent shows it
@@ -198,146 +245,7 @@ def _worker(
         raise SystemExit(1) from None
 
 
-# --- aggregation in the parent ----------------------------------------------------------------
-
-
-@dataclass
-class _Second:
-    start_s: float
-    end_s: float
-    hist: HdrHistogram = field(default_factory=new_histogram)
-    sent: int = 0
-    malformed_sent: int = 0
-    replies: int = 0
-    statuses: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    dropped: int = 0
-    lagged: int = 0
-    max_lag_s: float = 0.0
-
-    def add(self, interval: Interval) -> None:
-        if interval.histogram:
-            self.hist.decode_and_add(interval.histogram)
-        self.end_s = max(self.end_s, interval.end_s)
-        self.sent += interval.sent
-        self.malformed_sent += interval.malformed_sent
-        self.replies += interval.replies
-        self.statuses.update(interval.statuses)
-        self.errors.update(interval.errors)
-        self.dropped += interval.dropped
-        self.lagged += interval.lagged
-        self.max_lag_s = max(self.max_lag_s, interval.max_lag_s)
-
-
-def _pct(hist: HdrHistogram, p: float) -> float:
-    return hist.get_value_at_percentile(p) / 1000.0 if hist.get_total_count() else 0.0
-
-
-class Aggregator:
-    """Merges the processes' intervals second by second; writes the CSV/HDR rows as they close.
-
-    Second *k* closes once every process has reported it or finished. Only open seconds
-    hold a histogram, so memory stays bounded however long the run.
-    """
-
-    def __init__(self, plan: LoadPlan, hdr_log: HistogramLogWriter, start_wall: float) -> None:
-        self.plan = plan
-        self.shape = plan.shape
-        self.total_offered = int(plan.shape.cumulative(plan.duration_s) + 1e-6)
-        self.hdr_log = hdr_log
-        self.start_ms = int(start_wall * 1000.0)
-        self.open: dict[int, _Second] = {}
-        self.last_index = [0] * plan.processes
-        self.finished = [False] * plan.processes
-        self.closed_upto = 0
-        self.rows: list[SecondRow] = []
-        self.running = new_histogram()
-        self.errors: Counter[str] = Counter()
-        self.statuses: Counter[str] = Counter()
-        self.sent = 0
-        self.replies = 0
-        self.lagged = 0
-        self.max_lag_s = 0.0
-
-    def offered_in(self, start_s: float, end_s: float) -> float:
-        cum = self.shape.cumulative
-        limit = self.total_offered
-        return max(0.0, min(cum(end_s), limit) - min(cum(start_s), limit))
-
-    def add(self, process: int, interval: Interval) -> None:
-        second = self.open.get(interval.index)
-        if second is None:
-            second = self.open[interval.index] = _Second(interval.start_s, interval.end_s)
-        second.add(interval)
-        self.last_index[process] = interval.index
-        self._close_ready()
-
-    def finish(self, process: int) -> None:
-        self.finished[process] = True
-        self._close_ready()
-
-    def _close_ready(self) -> None:
-        pending = [
-            self.last_index[p] for p in range(self.plan.processes) if not self.finished[p]
-        ]
-        upto = min(pending) if pending else max(self.open, default=self.closed_upto)
-        for index in sorted(k for k in self.open if k <= upto):
-            self._close(index, self.open.pop(index))
-        self.closed_upto = max(self.closed_upto, upto)
-
-    def _close(self, index: int, s: _Second) -> None:
-        hist = s.hist
-        hist.set_start_time_stamp(int(self.start_ms + s.start_s * 1000))
-        hist.set_end_time_stamp(int(self.start_ms + s.end_s * 1000))
-        self.hdr_log.output_interval_histogram(hist, max_value_unit_ratio=1000.0)
-        row = SecondRow(
-            second=index,
-            start_s=s.start_s,
-            end_s=s.end_s,
-            offered=self.offered_in(s.start_s, s.end_s),
-            sent=s.sent + s.malformed_sent,
-            achieved=s.replies,
-            errors=dict(s.errors),
-            statuses=dict(s.statuses),
-            p50_ms=_pct(hist, 50),
-            p99_ms=_pct(hist, 99),
-            p999_ms=_pct(hist, 99.9),
-            max_ms=hist.get_max_value() / 1000.0 if hist.get_total_count() else 0.0,
-            max_lag_ms=s.max_lag_s * 1000.0,
-            lagged=s.lagged,
-            dropped=s.dropped,
-        )
-        self.rows.append(row)
-        self.running.add(hist)
-        self.errors.update(s.errors)
-        self.statuses.update(s.statuses)
-        self.sent += row.sent
-        self.replies += s.replies
-        self.lagged += s.lagged
-        self.max_lag_s = max(self.max_lag_s, s.max_lag_s)
-
-
 # --- live progress ---------------------------------------------------------------------------
-
-
-#: "Behind schedule" (the loud warning): more than this share of requests left over
-#: LAG_WARN_S late, or any request later than BEHIND_MAX_LAG_S. A lone scheduler hiccup of
-#: a few ms is counted and shown in the figures, but does not cry wolf.
-BEHIND_SHARE = 0.001
-BEHIND_MAX_LAG_S = 0.050
-
-
-def is_behind(lagged: int, sent: int, max_lag_s: float) -> bool:
-    return lagged > BEHIND_SHARE * max(sent, 1) or max_lag_s > BEHIND_MAX_LAG_S
-
-
-def behind_message(lagged: int, max_lag_ms: float, sent: int) -> str:
-    share = 100.0 * lagged / max(sent, 1)
-    return (
-        f"GENERATOR BEHIND SCHEDULE: {lagged:,} requests ({share:.1f}%) left more than "
-        f"{LAG_WARN_S * 1000:.0f} ms late, max lag {max_lag_ms:.1f} ms. The target saw less "
-        "than the offered rate; latencies include the lag. Add --processes or lower the rate."
-    )
 
 
 def progress_view(agg: Aggregator, elapsed: float, duration: float) -> Group:
@@ -346,23 +254,26 @@ def progress_view(agg: Aggregator, elapsed: float, duration: float) -> Group:
     for column in ("offered/s", "achieved/s", "p50 ms", "p99 ms", "p99.9 ms", "p99 (run)",
                    "sent", "replies", "errors"):
         table.add_column(column, justify="right")
-    errors = ", ".join(f"{code}={n:,}" for code, n in sorted(agg.errors.items())) or "0"
+    errors = ", ".join(
+        f"{code}={n:,}" + (f" ({agg.planted[code]:,} planted)" if agg.planted[code] else "")
+        for code, n in sorted(agg.errors.items())
+    ) or "0"
     table.add_row(
         f"{last.offered:,.0f}" if last else "-",
         f"{last.achieved:,}" if last else "-",
         f"{last.p50_ms:.2f}" if last else "-",
         f"{last.p99_ms:.2f}" if last else "-",
         f"{last.p999_ms:.2f}" if last else "-",
-        f"{_pct(agg.running, 99):.2f}",
+        f"{pct_ms(agg.running, 99):.2f}",
         f"{agg.sent:,}",
         f"{agg.replies:,}",
         errors,
     )
     parts: list[Any] = [table]
-    if last is not None and is_behind(last.lagged, last.sent, last.max_lag_ms / 1000):
+    if last is not None and row_is_behind(last):
         parts.append(
             Panel(
-                behind_message(agg.lagged, agg.max_lag_s * 1000, agg.sent),
+                behind_message(agg.lagged, agg.max_lag_s * 1000, agg.sent, agg.behind_seconds),
                 style="bold white on red",
                 title="WARNING",
             )
@@ -380,6 +291,7 @@ class LoadResult:
     rows: list[SecondRow]
     failures: list[str]
     interrupted: bool = False
+    thresholds: list[ThresholdResult] | None = None
 
     @property
     def behind_schedule(self) -> bool:
@@ -408,8 +320,14 @@ def run_load(
     console: Console,
     config: dict[str, Any] | None = None,
     on_progress: Callable[[Aggregator], None] | None = None,
+    thresholds: Sequence[Threshold] = (),
+    metrics: MetricsSink | None = None,
 ) -> LoadResult:
-    """Run the plan's processes to completion and write every output under ``out_dir``."""
+    """Run the plan's processes to completion and write every output under ``out_dir``.
+
+    ``thresholds`` are evaluated on the merged results (their verdict goes into
+    summary.json and the report); ``metrics`` receives every closed second.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[tuple[Any, ...]] = ctx.Queue(maxsize=QUEUE_BOUND)
@@ -454,23 +372,12 @@ def run_load(
         start_wall = time.time() + START_DELAY_S  # wall: common start for all processes
         start_at.value = start_wall
         go.set()
-        writer = HistogramLogWriter(hlog_file)
-        writer.output_log_format_version()
-        # Start and base time in the same whole milliseconds as the interval stamps: a
-        # reader skips an interval whose offset from StartTime comes out negative.
-        start_ms = int(start_wall * 1000.0)
-        writer.output_comment(
-            f"[StartTime: {start_ms / 1000:.3f} (seconds since epoch), "
-            f"{dt.datetime.fromtimestamp(start_ms / 1000, dt.UTC).isoformat()}]"
+        writer = LogWriter(
+            hlog_file, start_wall,
+            f"payswitch load {plan.run_tag}: latency in microseconds from intended send time; "
+            "Interval_Max in milliseconds; Tag=<channel> lines per channel",
         )
-        writer.output_base_time(start_ms)  # timestamp: the log's base (wall ms)
-        writer.base_time = start_ms
-        writer.output_comment(
-            "[payswitch load: latency in microseconds from intended send time; "
-            "Interval_Max in milliseconds]"
-        )
-        writer.output_legend()
-        agg = Aggregator(plan, writer, start_wall)
+        agg = Aggregator(plan.processes, plan.shape, plan.duration_s, writer, metrics)
         done: set[int] = set()
         interrupted_at: float | None = None
         try:
@@ -496,9 +403,8 @@ def run_load(
         agg.total_offered = min(
             agg.total_offered, int(plan.shape.cumulative(interrupted_at) + 1e-6)
         )
-    result = _finish(plan, out_dir, agg, results, failures, config or {}, console,
-                     interrupted_at)
-    return result
+    return _finish(plan, out_dir, agg, results, failures, config or {}, console,
+                   interrupted_at, start_wall, thresholds)
 
 
 def _collect(
@@ -550,13 +456,12 @@ def _collect(
                 live.update(progress_view(agg, max(elapsed, 0.0), plan.duration_s))
             else:
                 last = agg.rows[-1] if agg.rows else None
-                lagging = last is not None and is_behind(
-                    last.lagged, last.sent, last.max_lag_ms / 1000
-                )
+                lagging = last is not None and row_is_behind(last)
                 if last is not None and lagging and last.second >= last_warned + 5:
                     last_warned = last.second
                     console.print(
-                        "WARNING: " + behind_message(agg.lagged, agg.max_lag_s * 1000, agg.sent),
+                        "WARNING: " + behind_message(agg.lagged, agg.max_lag_s * 1000, agg.sent,
+                                                     agg.behind_seconds),
                         style="bold red",
                         highlight=False,
                     )
@@ -565,7 +470,9 @@ def _collect(
                     console.print(
                         f"[{elapsed:5.1f} s] offered {last.offered:,.0f}/s achieved "
                         f"{last.achieved:,}/s p50 {last.p50_ms:.2f} p99 {last.p99_ms:.2f} "
-                        f"p99.9 {last.p999_ms:.2f} ms errors {sum(agg.errors.values()):,}",
+                        f"p99.9 {last.p999_ms:.2f} ms errors "
+                        f"{sum(agg.errors.values()) - sum(agg.planted.values()):,} (+"
+                        f"{sum(agg.planted.values()):,} planted)",
                         highlight=False,
                     )
     finally:
@@ -582,161 +489,75 @@ def _finish(
     failures: list[str],
     config: dict[str, Any],
     console: Console,
-    interrupted_at: float | None = None,
+    interrupted_at: float | None,
+    start_wall: float,
+    thresholds: Sequence[Threshold],
 ) -> LoadResult:
-    total = new_histogram()
-    for result in results.values():
-        total.decode_and_add(result.histogram)
     ordered = [results[i] for i in sorted(results)]
-    statuses: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    by_channel: Counter[str] = Counter()
+    channel_hists: dict[str, HdrHistogram] = {}
+    total = new_histogram()
     for r in ordered:
-        statuses.update(r.statuses)
-        errors.update(r.errors)
-        by_channel.update(r.by_channel)
-    sent = sum(r.sent for r in ordered)
-    malformed = sum(r.malformed_sent for r in ordered)
-    replies = sum(r.replies for r in ordered)
-    unanswered = sum(r.unanswered for r in ordered)
-    lost = sum(r.connection_lost for r in ordered)
-    dropped = sum(r.dropped for r in ordered)
-    if unanswered:
-        errors["no_reply"] += unanswered
-    if lost:
-        errors["connection_lost"] += lost
-    if dropped:
-        errors["not_sent_overrun"] += dropped
-    lagged = sum(r.lagged for r in ordered)
-    max_lag_ms = max((r.max_lag_s for r in ordered), default=0.0) * 1000
-    elapsed = max((r.elapsed_s for r in ordered), default=plan.duration_s)
-    latency = {
-        f"p{p:g}": round(_pct(total, p), 3) for p in PERCENTILES
-    } | {
-        "max": round(total.get_max_value() / 1000.0, 3) if total.get_total_count() else 0.0,
-        "mean": round(total.get_mean_value() / 1000.0, 3) if total.get_total_count() else 0.0,
-        "count": total.get_total_count(),
-    }
-    behind = is_behind(lagged, sent, max_lag_ms / 1000)
-    summary: dict[str, Any] = {
-        "run": {
-            "target": f"{plan.host}:{plan.port}",
-            "duration_s": plan.duration_s,
-            "elapsed_s": round(elapsed, 3),
-            "processes": plan.processes,
-            "connections": plan.connections,
-            "seed": plan.seed,
-            "run_tag": plan.run_tag,
-            "interrupted_at_s": interrupted_at,
-            "shape": msgspec.to_builtins(plan.shape),
-        },
-        "totals": {
-            "offered": agg.total_offered,
-            "offered_rate": round(agg.total_offered / (interrupted_at or plan.duration_s), 1),
-            "sent": sent,
-            "malformed_sent": malformed,
-            "replies": replies,
-            "achieved_rate": round(replies / max(elapsed, 1e-9), 1),
-            "replays": sum(r.replays for r in ordered),
-            "statuses": dict(sorted(statuses.items())),
-            "errors": dict(sorted(errors.items())),
-            "unanswered": unanswered,
-            "connection_lost": lost,
-            "dropped_overrun": dropped,
-        },
-        "latency_ms": latency,
-        "generator": {
-            "behind_schedule": behind,
-            "lagged": lagged,
-            "lag_warn_ms": LAG_WARN_S * 1000,
-            "max_lag_ms": round(max_lag_ms, 3),
-            "cpu_s": round(sum(r.cpu_s for r in ordered), 3),
-            "replies_per_cpu_s": round(replies / max(sum(r.cpu_s for r in ordered), 1e-9), 1),
-        },
-        "by_channel": dict(sorted(by_channel.items())),
-        "processes": [
-            {
-                "index": r.index,
-                "sent": r.sent,
-                "replies": r.replies,
-                "lagged": r.lagged,
-                "max_lag_ms": round(r.max_lag_s * 1000, 3),
-                "cpu_s": round(r.cpu_s, 3),
-            }
+        for channel, encoded in r.histograms.items():
+            hist = channel_hists.get(channel)
+            if hist is None:
+                hist = channel_hists[channel] = new_histogram()
+            hist.decode_and_add(encoded)
+            total.decode_and_add(encoded)
+
+    def summed(name: str) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for r in ordered:
+            out.update(getattr(r, name))
+        return out
+
+    totals = RunTotals(
+        histogram=total,
+        channel_histograms=channel_hists,
+        sent=sum(r.sent for r in ordered),
+        malformed_sent=sum(r.malformed_sent for r in ordered),
+        replies=sum(r.replies for r in ordered),
+        replays=sum(r.replays for r in ordered),
+        statuses=summed("statuses"),
+        errors=summed("errors"),
+        planted_errors=summed("planted_errors"),
+        planted_sent=summed("planted_sent"),
+        by_channel=summed("by_channel"),
+        unanswered=sum(r.unanswered for r in ordered),
+        connection_lost=sum(r.connection_lost for r in ordered),
+        dropped=sum(r.dropped for r in ordered),
+        lagged=sum(r.lagged for r in ordered),
+        max_lag_ms=max((r.max_lag_s for r in ordered), default=0.0) * 1000,
+        elapsed_s=max((r.elapsed_s for r in ordered), default=plan.duration_s),
+        cpu_s=sum(r.cpu_s for r in ordered),
+        processes=[
+            {"index": r.index, "sent": r.sent, "replies": r.replies, "lagged": r.lagged,
+             "max_lag_ms": round(r.max_lag_s * 1000, 3), "cpu_s": round(r.cpu_s, 3)}
             for r in ordered
         ],
-        "failures": failures,
-        "files": {
-            "summary": "summary.json",
-            "timeseries": "timeseries.csv",
-            "hdr_log": "latency.hlog",
-            "report": "index.html",
-        },
+    )
+    run = {
+        "target": f"{plan.host}:{plan.port}",
+        "duration_s": plan.duration_s,
+        "elapsed_s": round(totals.elapsed_s, 3),
+        "processes": plan.processes,
+        "connections": plan.connections,
+        "seed": plan.seed,
+        "run_tag": plan.run_tag,
+        "start_wall": round(start_wall, 3),
+        "interrupted_at_s": interrupted_at,
+        "shape": msgspec.to_builtins(plan.shape),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_csv(out_dir / "timeseries.csv", agg.rows)
-    warnings = []
-    if interrupted_at is not None:
-        warnings.append(f"interrupted by the user at {interrupted_at:.1f} s")
-    if behind:
-        warnings.append(behind_message(lagged, max_lag_ms, sent))
-    if failures:
-        warnings.append("generator failures: " + "; ".join(failures))
-    if dropped:
-        warnings.append(f"{dropped:,} requests not sent: too many outstanding per connection")
-    report_summary = {
-        k: summary[k] for k in ("totals", "latency_ms", "generator", "by_channel")
-    }
-    write_report(
-        out_dir,
-        ReportData(
-            title=f"payswitch load — {out_dir.name}",
-            rows=agg.rows,
-            summary=report_summary,
-            config=config or summary["run"],
-            warnings=warnings,
-            notes=[
-                "Offered is the rate shape's schedule; achieved counts replies received in "
-                "each second. Latency is measured from each request's intended send time "
-                "(no coordinated omission); the generator's timer granularity is 1 ms.",
-            ],
-        ),
+    summary = build_summary(
+        run, totals, agg.total_offered, interrupted_at or plan.duration_s, agg.behind_seconds,
+        environment(start_wall), failures,
     )
-    _print_summary(summary, out_dir, console, warnings)
-    return LoadResult(out_dir, summary, agg.rows, failures, interrupted_at is not None)
-
-
-def _print_summary(
-    summary: dict[str, Any], out_dir: Path, console: Console, warnings: list[str]
-) -> None:
-    totals, latency, gen = summary["totals"], summary["latency_ms"], summary["generator"]
-    console.print()
-    console.print(
-        f"offered: {totals['offered']:,} ({totals['offered_rate']:,.0f}/s)  sent: "
-        f"{totals['sent']:,} (+{totals['malformed_sent']:,} malformed frames)  replies: "
-        f"{totals['replies']:,} ({totals['achieved_rate']:,.0f}/s)",
-        highlight=False,
-    )
-    console.print(
-        f"latency (from intended send time): p50 {latency['p50']:.2f} ms, p90 "
-        f"{latency['p90']:.2f} ms, p99 {latency['p99']:.2f} ms, p99.9 {latency['p99.9']:.2f}"
-        f" ms, max {latency['max']:.2f} ms",
-        highlight=False,
-    )
-    console.print(f"statuses: {totals['statuses']}", highlight=False)
-    console.print(f"errors by code: {totals['errors'] or 0}", highlight=False)
-    console.print(
-        f"generator: {gen['lagged']:,} requests sent > {gen['lag_warn_ms']:.0f} ms late, max lag "
-        f"{gen['max_lag_ms']:.1f} ms; cpu {gen['cpu_s']:.2f} s, "
-        f"{gen['replies_per_cpu_s']:,.0f} replies per CPU-second",
-        highlight=False,
-    )
-    for warning in warnings:
-        if console.is_terminal:
-            console.print(Panel(warning, style="bold white on red", title="WARNING"))
-        else:
-            console.print(f"WARNING: {warning}", style="bold red", highlight=False)
-    console.print(f"outputs: {out_dir}/ (summary.json, timeseries.csv, latency.hlog, index.html)")
+    histograms: dict[str | None, HdrHistogram] = {None: total}
+    histograms.update(channel_hists)
+    verdict = apply_thresholds(summary, thresholds, histograms)
+    warnings = write_outputs(out_dir, summary, agg.rows, histograms, config)
+    print_summary(summary, out_dir, console, warnings, verdict)
+    return LoadResult(out_dir, summary, agg.rows, failures, interrupted_at is not None,
+                      verdict if thresholds else None)
 
 
 def default_processes() -> int:

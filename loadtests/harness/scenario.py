@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import threading
 import time
 import tomllib
@@ -47,37 +48,62 @@ class ScenarioError(ValueError):
 
 
 class LoadSection(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The open-loop load: exactly one of ``rate`` and ``shape``."""
+
+    #: Payments per second, all run long.
     rate: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    #: A rate that changes over the run (a table with ``kind``).
     shape: dict[str, Any] | None = None
-    workload: str | None = None  # a workload TOML (loadtests/workloads/)
+    #: A workload file (see the workload reference); without it, the built-in model.
+    workload: str | None = None
+    #: Generator processes sharing the rate.
     processes: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    #: TCP connections per generator process.
     connections: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 8
 
 
 class Assertions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What must hold for the scenario to pass; each key set adds a row to the verdict."""
+
     #: Share of payments with a business outcome (approved or declined) over the run.
     availability_min: Ratio | None = None
     #: The same, counting only payments that arrived inside a fault window.
     availability_in_faults_min: Ratio | None = None
+    #: The run's p99 latency (from each request's intended send time), at most.
     p99_ms_max: Millis | None = None
+    #: The run's p99.9 latency, at most.
     p999_ms_max: Millis | None = None
-    #: From the first payment a fault affected to the first success elsewhere.
+    #: Per down/blackhole/flapping fault: from the first payment it affected to the first
+    #: approval elsewhere, at most.
     failover_s_max: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    #: Retries at most 10% of payments plus 1 per second of run.
     retries_within_budget: bool = True
+    #: Acknowledged payments missing from (or different in) the journal, at most.
     lost_max: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Payments booked twice, at most.
     duplicates_max: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: The settlement files reconcile with the journal, no unexplained break.
     reconciliation_clean: bool = True
 
 
 class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A scenario file: load, faults on a timeline, assertions."""
+
+    #: Names the report directory (reports/<timestamp>-<name>/).
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+    #: One line, printed first and in `payswitch scenario list`.
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
+    #: Seconds of load (`payswitch demo --scenario --duration` overrides it).
     duration_s: Seconds
     load: LoadSection
+    #: Seeds the workload and the switch.
     seed: int = 1
+    #: Faults on the timeline, ``start_s`` counted from the start of the load.
     faults: list[dict[str, Any]] = msgspec.field(default_factory=list)
     assertions: Assertions = msgspec.field(default_factory=Assertions)
+    #: The simulators' config (resolved against the repository root).
     channels: str = "examples/channels.toml"
+    #: The switch's route table (resolved against the repository root).
     routes: str = "examples/routes.toml"
 
 
@@ -94,9 +120,17 @@ def _resolve(path: str) -> Path:
     return p if p.is_absolute() else ROOT / p
 
 
-def load_scenario(path: str | Path) -> Prepared:
+def load_scenario(
+    path: str | Path, duration_s: float | None = None, rate: float | None = None
+) -> Prepared:
+    """Read and check a scenario; ``duration_s``/``rate`` override the file's (a rate
+    replaces a shape), then everything is checked as if the file had said so."""
     source = Path(path)
     raw = parse_toml(read_text(source, ScenarioError), str(source), ScenarioError)
+    if duration_s is not None:
+        raw["duration_s"] = duration_s
+    if rate is not None and isinstance(raw.get("load"), dict):
+        raw["load"] = {**{k: v for k, v in raw["load"].items() if k != "shape"}, "rate": rate}
     scenario = convert(raw, Scenario, str(source), ScenarioError)
     load = scenario.load
     if (load.rate is None) == (load.shape is None):
@@ -228,7 +262,8 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float) -> float | N
 # --- running ------------------------------------------------------------------------------
 
 
-def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports") -> int:
+def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
+                 duration_s: float | None = None, rate: float | None = None) -> int:
     from loadtests.harness.demo import (
         DEMO_CONFIG,
         SETTLE_GRACE_S,
@@ -243,9 +278,10 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
     from loadtests.harness.workload import WorkloadSpec, load_workload
 
     try:
-        prepared = load_scenario(path)
+        prepared = load_scenario(path, duration_s, rate)
     except ScenarioError as exc:
-        console.print(f"[red]invalid scenario[/]: {exc}", highlight=False)
+        # One line on stderr, like every user's mistake on the command line.
+        print(f"Error: invalid scenario: {exc}", file=sys.stderr)
         return 2
     sc = prepared.scenario
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the report's name
@@ -253,6 +289,11 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
     out.mkdir(parents=True, exist_ok=True)
     (out / "scenario.toml").write_text(prepared.source.read_text())
     console.print(f"[bold]scenario {sc.name}[/]: {sc.description}")
+    overrides = [f"{name} {value:g}" for name, value in (("--duration", duration_s),
+                                                        ("--rate", rate)) if value is not None]
+    if overrides:
+        console.print(f"overridden from the command line: {', '.join(overrides)}",
+                      highlight=False)
     console.print(f"outputs: {out}")
     journal = out / "journal.db"
     channels_proc = switch_proc = None

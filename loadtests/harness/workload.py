@@ -191,6 +191,8 @@ _DEFAULT_AMOUNTS: dict[str, list[AmountSpec]] = {
 
 
 class ChannelsSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The channel mix and each channel's amounts."""
+
     card: ChannelSpec = msgspec.field(default_factory=lambda: ChannelSpec(weight=0.6))
     swift: ChannelSpec = msgspec.field(default_factory=lambda: ChannelSpec(weight=0.2))
     qr: ChannelSpec = msgspec.field(default_factory=lambda: ChannelSpec(weight=0.2))
@@ -214,9 +216,13 @@ class HotKeysSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Corridor(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A SWIFT corridor: debtor agent → creditor agent, in one currency."""
 
+    #: Debtor agent.
     debtor_bic: BicCode
+    #: Creditor agent.
     creditor_bic: BicCode
+    #: Settlement currency.
     currency: CurrencyAlpha
+    #: Relative share among corridors.
     weight: Weight = 1.0
 
 
@@ -260,11 +266,14 @@ class RiskTargetsSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class WorkloadSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The whole file; every section is optional."""
+
     #: Default seed; ``payswitch load --seed`` overrides it.
     seed: int = 1
     channels: ChannelsSpec = msgspec.field(default_factory=ChannelsSpec)
     hot_keys: HotKeysSpec = msgspec.field(default_factory=HotKeysSpec)
     shares: SharesSpec = msgspec.field(default_factory=SharesSpec)
+    #: SWIFT corridors, drawn by weight.
     corridors: list[Corridor] = msgspec.field(default_factory=lambda: list(_DEFAULT_CORRIDORS))
     risk: RiskTargetsSpec = msgspec.field(default_factory=RiskTargetsSpec)
 

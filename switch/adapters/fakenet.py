@@ -27,11 +27,17 @@ from switch.model import Channel, Payment
 class StandInNetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """An in-process stand-in network: same adapter interface as the real simulators."""
 
+    #: What routes call it.
     name: str
+    #: The channel it serves.
     channel: Channel
+    #: Median answer time (lognormal).
     latency_median_ms: Annotated[float, msgspec.Meta(ge=0, le=60_000)] = 2.0
+    #: Log-space spread of the answer time.
     latency_sigma: Annotated[float, msgspec.Meta(ge=0, le=3)] = 0.5
+    #: Share of payments declined.
     decline_rate: Probability = 0.03
+    #: Share of payments answered with a technical error (retried elsewhere).
     error_rate: Probability = 0.01
     seed: int = 1
 

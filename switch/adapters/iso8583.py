@@ -15,9 +15,11 @@ The original 0100 is rebuilt from the :class:`~switch.model.Payment` alone (DE7 
 local date and time are the payment's receipt time, DE11 its STAN), so a reversal after a
 restart names exactly the message that was sent before it.
 
-PAN. The switch never keeps a clear PAN (only a keyed token, the BIN and the last four),
-so DE2 carries a *network PAN*: BIN + six digits derived from the token + last four. It is
-stable per card, which is all the simulated issuers need to key their accounts; see
+PAN. The switch never keeps a clear PAN (only a keyed token, the BIN, the last four and
+the length), so DE2 carries a *network PAN*: a surrogate with the card's length, BIN and
+last four, middle digits derived from the token and one of them chosen so the whole
+passes the Luhn check (an issuer answers 14 to a PAN that fails it). It is stable per
+card, which is all the simulated issuers need to key their accounts; see
 :func:`network_pan`.
 """
 
@@ -35,6 +37,7 @@ from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
 from switch.adapters.specs import CardAdapterConfig
+from switch.adapters.trace import TraceNumbers
 from switch.clock import Clock
 from switch.currency import numeric_code
 from switch.model import CardRef, Channel, Payment
@@ -52,10 +55,27 @@ TECHNICAL_CODES: Final = frozenset({"91", "96", "68", "94"})
 
 
 def network_pan(card: CardRef) -> str:
-    """The PAN the switch sends in DE2: BIN + 6 digits from the card's token + last 4."""
+    """The PAN the switch sends in DE2: Luhn-valid, the card's length, BIN and last four.
+
+    The middle digits come from the card's token (stable per card, so the issuer keys the
+    same account every time); the last middle digit is then chosen to make the Luhn sum
+    come out, because the check digit itself belongs to the last four, which must stay.
+    One free position always suffices: doubling is a bijection on digits mod 10.
+    """
+    length = card.pan_length
+    middle_len = length - len(card.bin) - len(card.last4)
+    if not 12 <= length <= 19 or middle_len < 1:
+        raise CodecError(f"cannot build a {length}-digit PAN around BIN {card.bin!r} and "
+                         f"last four {card.last4!r}", "DE2")
     digest = hashlib.sha256(card.token.encode()).digest()
-    middle = int.from_bytes(digest[:8], "big") % 1_000_000
-    return f"{card.bin}{middle:06d}{card.last4}"
+    free = middle_len - 1
+    stem = f"{int.from_bytes(digest[:8], 'big') % 10**free:0{free}d}" if free else ""
+    for fix in "0123456789":
+        pan = f"{card.bin}{stem}{fix}{card.last4}"
+        if iso8583.luhn_valid(pan):
+            return pan
+    # Only when the BIN or the last four are not digits can no digit make the sum work.
+    raise CodecError(f"BIN {card.bin!r} or last four {card.last4!r} is not all digits", "DE2")
 
 
 def original_request(payment: Payment, acquirer_id: str) -> iso8583.IsoMessage:
@@ -95,8 +115,11 @@ class CardAdapter(PooledAdapter):
 
     config: CardAdapterConfig
 
-    def __init__(self, config: CardAdapterConfig) -> None:
+    def __init__(self, config: CardAdapterConfig, trace: TraceNumbers | None = None) -> None:
         self.config = config
+        #: DE11 for reversals and 0800s: the same sequence the pipeline numbers 0100s from
+        #: (see switch/adapters/trace.py); the switch binds its own with :meth:`use_trace`.
+        self.trace = trace if trace is not None else TraceNumbers()
         self._correlator: Correlator[MatchKey, iso8583.IsoMessage] = Correlator(
             config.name, config.max_in_flight
         )
@@ -106,7 +129,6 @@ class CardAdapter(PooledAdapter):
             handshake=self._sign_on if config.sign_on else None,
             keepalive=self._keepalive,
         )
-        self._stan = 0
         self._clock: Clock | None = None
         self.malformed = 0
         self.echo_ok = 0
@@ -177,8 +199,10 @@ class CardAdapter(PooledAdapter):
             return False
         return await self._network(link, iso8583.NetworkCode.ECHO)
 
-    async def advise(self, payment: Payment, auth_code: str) -> bool:
-        """Send the 0120 advice of a stand-in approval; True once the issuer answered 0130.
+    async def advise(self, payment: Payment, auth_code: str) -> str | None:
+        """Send the 0120 advice of a stand-in approval; the 0130's DE39 once the issuer
+        answered ("00" taken, anything else: the issuer refused the stand-in decision),
+        None when the answer was not a 0130.
 
         Built from the same deterministic original request as :meth:`authorize`, so the
         issuer books the hold under the key the authorization would have had.
@@ -192,7 +216,9 @@ class CardAdapter(PooledAdapter):
         link = self._pool.pick()
         answer = await exchange(link, self._correlator, iso8583.match_key(advice),
                                 iso8583.frame(iso8583.encode(advice)))
-        return answer.mti == "0130"
+        if answer.mti != "0130":
+            return None
+        return (answer.fields.get(39) or reasons.APPROVED).strip()
 
     async def aclose(self) -> None:
         """Sign off (best effort, at most 0.2 s, even when the caller is being cancelled)."""
@@ -209,9 +235,12 @@ class CardAdapter(PooledAdapter):
 
     # --- internals ----------------------------------------------------------------------
 
+    def use_trace(self, trace: TraceNumbers) -> None:
+        """Draw DE11 from ``trace`` from now on (before :meth:`run`)."""
+        self.trace = trace
+
     def _next_stan(self) -> int:
-        self._stan = self._stan % 999_999 + 1
-        return self._stan
+        return self.trace.next()
 
     def _wall(self) -> datetime:
         if self._clock is None:

@@ -21,14 +21,19 @@ class AdapterConfig(
     """Settings every network adapter shares. ``name`` is the network's name in routes."""
 
     name: NetworkName
+    #: The simulator endpoint's address.
     host: str = "127.0.0.1"
+    #: The port that endpoint listens on (its `port` in the channels config).
     port: Port
     #: Persistent connections to the endpoint, used round-robin.
     connections: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    #: Give up a connection attempt after this long (then back off and redial).
     connect_timeout_s: Seconds = 1.0
     #: A write blocked longer than this (peer not reading) drops the connection.
     send_timeout_s: Seconds = 1.0
+    #: First redial delay; doubles per failure, with jitter.
     reconnect_initial_s: Seconds = 0.05
+    #: Longest redial delay.
     reconnect_max_s: Seconds = 2.0
     #: Requests awaiting an answer; past this, new ones are refused as NotSent.
     max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 8192
@@ -64,7 +69,9 @@ class SwiftAdapterConfig(
 ):
     """pacs.008 / pacs.028 out, pacs.002 in, 4-byte length-prefixed XML."""
 
+    #: pacs.008 GrpHdr/SttlmInf/SttlmMtd.
     settlement_method: Literal["INDA", "INGA", "CLRG"] = "INDA"
+    #: pacs.008 ChrgBr.
     charge_bearer: Literal["DEBT", "CRED", "SHAR", "SLEV"] = "SHAR"
 
 

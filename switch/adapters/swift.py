@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime
 from typing import Final
 
 import anyio
@@ -40,6 +41,7 @@ from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.links import Correlator, PooledAdapter, exchange
 from switch.adapters.specs import SwiftAdapterConfig
+from switch.clock import Clock
 from switch.model import Channel, Party, Payment
 from switch.protocols import iso20022
 from switch.protocols.errors import CodecError
@@ -92,9 +94,12 @@ def credit_transfer(
     at = payment.received_at
     return iso20022.CreditTransfer(
         msg_id=payment.payment_id[:35],
-        created_at=at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=iso_time(at),
         settlement_method=settlement_method,
         end_to_end_id=swift.end_to_end_id or payment.payment_id[:35],
+        # Our reference towards the next agent (PmtId/InstrId); the payment id is unique
+        # per switch and stable, so a status inquiry after a restart names the same one.
+        instr_id=payment.payment_id[:35],
         tx_id=payment.payment_id[:35],
         uetr=swift.uetr,
         amount_minor=payment.amount,
@@ -128,8 +133,10 @@ def reply_for_status(report: iso20022.StatusReport) -> NetworkReply | None:
     return NetworkReply("failed" if outcome == "failed" else "declined", reason, ref)
 
 
-#: A status request needs a creation time; a probe's is irrelevant, so it is fixed.
-_PROBE_TIME = "2026-01-01T00:00:00"
+def iso_time(at: datetime) -> str:
+    """GrpHdr/CreDtTm text: UTC to the second, as the pacs.008 builder writes it."""
+    utc = at if at.tzinfo is None else at.astimezone(UTC)  # naive means UTC here
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SwiftAdapter(PooledAdapter):
@@ -152,6 +159,7 @@ class SwiftAdapter(PooledAdapter):
             on_frame=self._on_frame,
         )
         self._inquiries = 0
+        self._clock: Clock | None = None
         self.malformed = 0
         self.settlements = 0
         #: UETR -> latest status seen, for payments this adapter has sent (bounded).
@@ -177,9 +185,10 @@ class SwiftAdapter(PooledAdapter):
             ct = credit_transfer(payment, self.config.settlement_method,
                                  self.config.charge_bearer)
             self._inquiries += 1
+            # The inquiry is a message of its own, created now, not when the payment was.
             request = iso20022.status_request_for(
                 ct, msg_id=f"Q{self._inquiries}-{payment.payment_id}"[:35],
-                created_at=ct.created_at)
+                created_at=self._now())
             data = frame(iso20022.encode_pacs028(request))
         except CodecError as exc:
             raise NotSent(f"{self.name}: cannot build status request: {exc}") from None
@@ -193,7 +202,7 @@ class SwiftAdapter(PooledAdapter):
         self._inquiries += 1
         uetr = str(uuid.UUID(int=self._inquiries, version=4))
         request = iso20022.StatusRequest(
-            msg_id=f"PROBE{self._inquiries}", created_at=_PROBE_TIME,
+            msg_id=f"PROBE{self._inquiries}", created_at=self._now(),
             orgnl_msg_id=f"PROBE{self._inquiries}", orgnl_end_to_end_id="PROBE",
             orgnl_uetr=uetr)
         try:
@@ -204,6 +213,12 @@ class SwiftAdapter(PooledAdapter):
 
     async def aclose(self) -> None:
         await self._pool.aclose()
+
+    def _now(self) -> str:
+        # Anchored on first use, inside the event loop (time comes from anyio, see clock.py).
+        if self._clock is None:
+            self._clock = Clock()
+        return iso_time(self._clock.wall())
 
     async def _ask(self, uetr: str, data: bytes) -> NetworkReply:
         link = self._pool.pick()

@@ -212,3 +212,70 @@ def settle(db: sqlite3.Connection, closed_at_us: int,
             net[credit] += amount
     report.net = [Position(*accounts[a], amount) for a, amount in sorted(net.items()) if amount]
     return report
+
+
+@dataclass
+class CounterpartyPosition:
+    """One counterparty in one currency for a cycle: what it pays, receives, and nets."""
+
+    counterparty: str
+    role: str
+    pays: int  # minor units, >= 0
+    receives: int  # minor units, >= 0
+    instructions: int = 0  # gross transfers it takes part in (0 for netted currencies)
+
+    @property
+    def net(self) -> int:
+        return self.receives - self.pays
+
+
+@dataclass
+class CurrencyPositions:
+    currency: str
+    exponent: int
+    mode: str  # "net", "gross" or "net+gross" (per-channel modes can mix)
+    positions: list[CounterpartyPosition]
+
+    @property
+    def total(self) -> int:
+        """Sum of net positions: zero when the books balance."""
+        return sum(p.net for p in self.positions)
+
+
+def positions_by_currency(report: SettlementReport) -> list[CurrencyPositions]:
+    """Positions per currency and counterparty, currencies sorted by code and
+    counterparties by net position (largest receiver first, largest payer last)."""
+    from switch.currency import CURRENCIES
+
+    table: dict[str, dict[tuple[str, str], CounterpartyPosition]] = defaultdict(dict)
+    modes: dict[str, set[str]] = defaultdict(set)
+    for p in report.net:
+        pos = table[p.currency].setdefault((p.participant, p.role),
+                                           CounterpartyPosition(p.participant, p.role, 0, 0))
+        if p.amount > 0:
+            pos.receives += p.amount
+        else:
+            pos.pays -= p.amount
+        modes[p.currency].add("net")
+    for payer, payee, amount, currency in report.gross:
+        for who, pays in ((payer, True), (payee, False)):
+            pos = table[currency].setdefault((who, ""), CounterpartyPosition(who, "", 0, 0))
+            if pays:
+                pos.pays += amount
+            else:
+                pos.receives += amount
+            pos.instructions += 1
+        modes[currency].add("gross")
+    out = []
+    for currency in sorted(table):
+        rows = sorted(table[currency].values(), key=lambda p: (-p.net, p.counterparty, p.role))
+        out.append(CurrencyPositions(currency, CURRENCIES.get(currency, (0, 2))[1],
+                                     "+".join(sorted(modes[currency])), rows))
+    return out
+
+
+def format_major(minor: int, exponent: int) -> str:
+    """12345, 2 -> "123.45"; exact (integer arithmetic), with the sign and no separators."""
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10**exponent)
+    return f"{sign}{whole}" + (f".{frac:0{exponent}d}" if exponent else "")

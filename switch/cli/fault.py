@@ -16,6 +16,7 @@ import httpx
 import msgspec
 
 from channels.faults import FAULT_KINDS, Fault, FaultConfigError
+from switch.cli.errors import UserError
 
 DEFAULT_ADMIN = "http://127.0.0.1:7280"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -50,6 +51,7 @@ def parse_duration(text: str) -> float:
     "--match", multiple=True, help="Only route keys (BIN, corridor, scheme) with this prefix."
 )
 @click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
+@click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")
 def fault(
     endpoint: str,
     kind: str | None,
@@ -61,6 +63,7 @@ def fault(
     delay: str | None,
     match: tuple[str, ...],
     admin: str,
+    as_json: bool,
 ) -> None:
     """Inject, list or clear faults on the running network simulators.
 
@@ -74,20 +77,35 @@ def fault(
           partial (--match), reset (--rate), malformed (--rate), duplicate (--rate),
           late (--rate --delay)
 
+    ENDPOINT is a network's name in the simulators' config; `payswitch demo` and
+    examples/channels.toml run card-primary, card-secondary, swift and qr.
+
     \b
     Examples:
       payswitch fault card-primary down --for 30s
-      payswitch fault swift-net blackhole --for 10s
-      payswitch fault qr-scheme slow --factor 5 --for 1m
+      payswitch fault swift blackhole --for 10s
+      payswitch fault qr slow --factor 5 --for 1m
+      payswitch fault card-secondary error_burst --rate 0.3 --for 20s
     """
     if endpoint == "list":
-        click.echo(json.dumps(_call("GET", f"{admin}/faults"), indent=2))
+        listed = _call("GET", f"{admin}/faults")
+        click.echo(json.dumps(listed, indent=2) if as_json else fault_table(listed))
         return
     if endpoint == "clear":
         if kind is None:
-            raise click.UsageError("payswitch fault clear ENDPOINT")
-        click.echo(json.dumps(_call("DELETE", f"{admin}/faults/{kind}")))
+            raise click.UsageError("missing ENDPOINT: payswitch fault clear ENDPOINT")
+        cleared = _call("DELETE", f"{admin}/faults/{kind}")
+        if as_json:
+            click.echo(json.dumps(cleared))
+        else:
+            ids = cleared.get("cleared", []) if isinstance(cleared, dict) else []
+            click.echo(f"cleared {len(ids)} fault(s) on {kind}"
+                       + (f" (ids {', '.join(map(str, ids))})" if ids else ""))
         return
+    if kind is None:
+        raise click.UsageError(
+            f"missing KIND after {endpoint!r}: one of {', '.join(FAULT_KINDS)}"
+        )
     if kind not in FAULT_KINDS:
         raise click.BadParameter(
             f"{kind!r}: expected one of {', '.join(FAULT_KINDS)}", param_hint="KIND"
@@ -107,9 +125,32 @@ def fault(
         injected = msgspec.convert({k: v for k, v in spec.items() if v is not None}, Fault)
         injected.validate("fault")
     except (msgspec.ValidationError, FaultConfigError) as exc:
-        raise click.ClickException(f"invalid fault: {exc}") from None
+        raise UserError(f"invalid fault: {exc}") from None
     response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected))
     click.echo(f"injected: {json.dumps(response)}")
+
+
+def fault_table(listed: object) -> str:
+    """``GET /faults`` as aligned columns, one active fault per line."""
+    faults = listed.get("faults", []) if isinstance(listed, dict) else []
+    if not faults:
+        return "no active faults"
+    rows = [("ID", "ENDPOINT", "KIND", "DETAIL", "MATCH", "REMAINING")]
+    for f in faults:
+        left = f.get("remaining_s")
+        rows.append((
+            str(f.get("id", "")),
+            str(f.get("endpoint", "")),
+            str(f.get("kind", "")),
+            str(f.get("detail") or "-"),
+            ",".join(f.get("match") or []) or "-",
+            "until cleared" if left is None else f"{left:.1f}s",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def _call(method: str, url: str, content: bytes | None = None) -> object:

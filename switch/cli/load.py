@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import msgspec
 from rich.console import Console
 
-from loadtests.harness.loadgen import (
+from loadtests.harness.shapes import (
     SHAPE_KINDS,
     FixedRate,
     RateShape,
@@ -25,6 +26,9 @@ from loadtests.harness.loadgen import (
     shape_from_dict,
 )
 from loadtests.harness.workload import WorkloadError, WorkloadSpec, load_workload
+
+if TYPE_CHECKING:
+    from loadtests.harness.genmetrics import GeneratorMetrics
 
 DEFAULT_RATE = 1000.0
 DEFAULT_DURATION_S = 30.0
@@ -123,6 +127,44 @@ def _default_processes() -> int:
     help="Bound on requests awaiting a reply per connection; past it a due request is "
     "not sent and counted as not_sent_overrun.",
 )
+@click.option(
+    "--threshold",
+    "threshold_texts",
+    multiple=True,
+    metavar="EXPR",
+    help="Pass/fail criterion, k6-style, repeatable: 'p99<50ms', 'p99.9<=200ms', "
+    "'errors<0.1%', 'failed<1%', 'shed<1%', 'rps>=900', 'lag<50ms', 'card:p99<20ms'. "
+    "Exit 1 when one fails (named), 2 when one is malformed.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the generator's own Prometheus metrics (payswitch_loadgen_*) on this port "
+    "while the run lasts (0: any free port, printed).",
+)
+@click.option("--metrics-host", default="0.0.0.0", show_default=True,
+              help="Address for --metrics-port.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["msgpack", "iso8583", "http"]),
+    default="msgpack",
+    show_default=True,
+    help="The target's protocol: the switch's own msgpack frames, ISO 8583 (any host: "
+    "0100s, card payments of the workload) or the switch's HTTP API (POST /v1/payments).",
+)
+@click.option("--target", default=None, metavar="HOST:PORT",
+              help="Where to send (overrides --host/--port).")
+@click.option("--iso-bitmap", type=click.Choice(["ascii", "binary"]), default="ascii",
+              show_default=True, help="ISO 8583 bitmap encoding.")
+@click.option("--iso-match", default="mti,11,41", show_default=True,
+              help="ISO 8583 reply matching key: 'mti' (MTI class) and field numbers. "
+              "Replies matching no request are counted as unmatched_reply and shown.")
+@click.option("--iso-spec", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A pyiso8583 spec as JSON (field -> definition) instead of the built-in "
+              "1987 ASCII one.")
+@click.option("--iso-acquirer", default="412345", show_default=True,
+              help="DE32 acquiring institution id sent in every 0100.")
 def load(
     host: str,
     port: int,
@@ -136,6 +178,15 @@ def load(
     out: str | None,
     drain_timeout: float,
     max_outstanding: int,
+    threshold_texts: tuple[str, ...],
+    metrics_port: int | None,
+    metrics_host: str,
+    protocol: str,
+    target: str | None,
+    iso_bitmap: str,
+    iso_match: str,
+    iso_spec: str | None,
+    iso_acquirer: str,
 ) -> None:
     """Open-loop load against a running switch, with honest latency and a report.
 
@@ -144,8 +195,18 @@ def load(
     Shows live offered vs achieved rate, p50/p99/p99.9 and errors by code, and warns
     loudly if the generator falls behind its schedule. Writes summary.json,
     timeseries.csv (1 s buckets), latency.hlog (HdrHistogram log) and index.html.
+
+    With --threshold, ends with a verdict: exit 0 when every threshold passes, 1 when
+    one fails (named), 2 when one cannot be parsed.
     """
     from loadtests.harness.loadrun import LoadPlan, default_out_dir, run_load, run_tag_now
+    from loadtests.harness.thresholds import ThresholdError, parse_thresholds
+
+    try:
+        thresholds = parse_thresholds(threshold_texts)
+    except ThresholdError as exc:
+        click.echo(f"error: --threshold: {exc}", err=True)
+        sys.exit(2)
 
     if rate is not None and shape_spec is not None:
         raise click.UsageError("give either --rate (a fixed rate) or --shape, not both")
@@ -163,6 +224,21 @@ def load(
     if shape.cumulative(duration_s) < 1:
         raise click.BadParameter("the shape offers no request in the run", param_hint="--shape")
     n_proc = processes or _default_processes()
+    if target is not None:
+        host, _, port_text = target.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise click.BadParameter("expected HOST:PORT", param_hint="--target")
+        port = int(port_text)
+    iso = None
+    if protocol == "iso8583":
+        from loadtests.harness.wires import Iso8583Options
+
+        match = [m.strip() for m in iso_match.split(",") if m.strip()]
+        if not match or any(m != "mti" and not m.isdigit() for m in match):
+            raise click.BadParameter("'mti' and field numbers, e.g. mti,11,41",
+                                     param_hint="--iso-match")
+        iso = Iso8583Options(bitmap=iso_bitmap,  # type: ignore[arg-type]
+                             match=match, spec_file=iso_spec, acquirer_id=iso_acquirer)
     plan = LoadPlan(
         host=host,
         port=port,
@@ -175,12 +251,14 @@ def load(
         run_tag=run_tag_now(),
         drain_timeout_s=drain_timeout,
         max_outstanding_per_connection=max_outstanding,
+        protocol=protocol,  # type: ignore[arg-type]
+        iso8583=iso,
     )
     out_dir = Path(out) if out else default_out_dir()
     console = Console(soft_wrap=True)
     console.print(
         f"[bold]payswitch load[/]: {shape.cumulative(duration_s) / duration_s:,.0f}/s average "
-        f"({type(shape).__name__}) for {duration_s:g} s against {host}:{port}; "
+        f"({type(shape).__name__}) for {duration_s:g} s against {host}:{port} ({protocol}); "
         f"{n_proc} process(es), {plan.connections} connections, seed {plan.seed}; "
         f"outputs in {out_dir}",
         highlight=False,
@@ -190,16 +268,47 @@ def load(
         "workload_file": workload_path,
         "command": " ".join(sys.argv),
     }
+    metrics = _start_metrics(metrics_port, metrics_host, plan.run_tag, f"{host}:{port}",
+                             console)
     try:
-        result = run_load(plan, out_dir, console, config)
+        result = run_load(plan, out_dir, console, config, thresholds=thresholds,
+                          metrics=metrics)
     except RuntimeError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        if metrics is not None:
+            metrics.close()
     if result.interrupted:
         sys.exit(130)  # like a shell's Ctrl-C, after the outputs are written
     if result.failures:
         raise click.ClickException("generator failures: " + "; ".join(result.failures))
     if result.summary["totals"]["replies"] == 0:
         raise click.ClickException("no replies at all: is the switch running on the target?")
+    failed = [r for r in result.thresholds or () if not r.passed]
+    if failed:
+        raise click.ClickException(
+            "threshold(s) failed: " + "; ".join(
+                f"{r.threshold.text} (measured {r.measured_text})" for r in failed)
+        )
+
+
+def _start_metrics(
+    port: int | None, host: str, run_tag: str, target: str, console: Console
+) -> GeneratorMetrics | None:
+    """The generator's /metrics, or None; a port that cannot be bound is a usage error."""
+    if port is None:
+        return None
+    from loadtests.harness.genmetrics import GeneratorMetrics
+
+    metrics = GeneratorMetrics(run_tag=run_tag, target=target)
+    try:
+        bound = metrics.serve(port, host)
+    except OSError as exc:
+        click.echo(f"error: --metrics-port {port}: cannot listen on {host}:{port}: "
+                   f"{exc.strerror or exc}; pick another port (0 for any free one)", err=True)
+        sys.exit(2)
+    console.print(f"generator metrics: http://{host}:{bound}/metrics", highlight=False)
+    return metrics
 
 
 if __name__ == "__main__":

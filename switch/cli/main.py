@@ -9,17 +9,24 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import click
 from rich.console import Console
 
+from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
+from switch.cli.report import report
 from switch.serve.config import ConfigError, SwitchConfig, load_config, with_defaults
+
+if TYPE_CHECKING:
+    from switch.backoffice.recon.reconcile import Progress
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="payswitch", prog_name="payswitch")
 def main() -> None:
     """payswitch: a payment switch simulator and load-test harness.
 
@@ -81,8 +88,9 @@ def serve(
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise UserError(str(exc)) from None
     chosen = backend or config.server.backend
+    _refuse_busy_ports(config_path, config)
     from switch.serve.app import SwitchApp
 
     app = SwitchApp(config)
@@ -102,23 +110,46 @@ def serve(
             tg.cancel_scope.cancel()
 
     options = {"use_uvloop": True} if chosen == "asyncio" else {}
-    anyio.run(main_task, backend=chosen, backend_options=options)
+    try:
+        anyio.run(main_task, backend=chosen, backend_options=options)
+    except Exception as exc:
+        from channels.__main__ import address_in_use
+
+        if not address_in_use(exc):
+            raise
+        _refuse_busy_ports(config_path, config, always=True)
+
+
+def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
+    """Stop with one line naming each configured port something else already holds."""
+    from channels.__main__ import port_free
+
+    busy = [f"{key} = {port} on {host}" for key, host, port in (
+        ("server.port", config.server.host, config.server.port),
+        ("admin.port", config.admin.host, config.admin.port),
+    ) if port and (key != "admin.port" or config.admin.enabled) and not port_free(host, port)]
+    if busy or always:
+        raise UserError(
+            f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
+            "address already in use; stop the process holding it (another `payswitch serve`?) "
+            "or set the port to a free one (0 picks one)"
+        )
 
 
 @main.command()
 @click.option(
     "--duration",
     type=click.FloatRange(1, 3600),
-    default=15.0,
-    show_default=True,
-    help="Seconds of load.",
+    default=None,
+    help="Seconds of load [default: 15; with --scenario, the scenario's].",
 )
 @click.option(
     "--rate",
     type=click.FloatRange(1, 200_000),
-    default=2000.0,
-    show_default=True,
-    help="Offered payments per second (open loop).",
+    default=None,
+    help="Offered payments per second (open loop). Default: calibrated on this machine by "
+    "a short ramp (half the highest rate it serves healthily); with --scenario, the "
+    "scenario's.",
 )
 @click.option("--connections", type=click.IntRange(1, 1024), default=8, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -158,8 +189,8 @@ def serve(
     "(card-primary-outage.toml).",
 )
 def demo(
-    duration: float,
-    rate: float,
+    duration: float | None,
+    rate: float | None,
     connections: int,
     seed: int,
     backend: str,
@@ -180,18 +211,28 @@ def demo(
     if scenario_name is not None:
         from loadtests.harness.scenario import ROOT, run_scenario
 
-        path = ROOT / "loadtests" / "scenarios" / f"{scenario_name}.toml"
+        library = ROOT / "loadtests" / "scenarios"
+        path = library / f"{scenario_name}.toml"
         if not path.exists():
-            path = ROOT / "loadtests" / "scenarios" / f"card-{scenario_name}.toml"
+            path = library / f"card-{scenario_name}.toml"
         if not path.exists():
-            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios",
-                                     param_hint="--scenario")
-        sys.exit(run_scenario(path, console))
+            known = ", ".join(sorted(p.stem for p in library.glob("*.toml")))
+            raise click.BadParameter(f"no scenario {scenario_name!r} in loadtests/scenarios "
+                                     f"(known: {known})", param_hint="--scenario")
+        ignored = [name for name, value in (("--networks", networks != "sim"),
+                                            ("--discrepancies", discrepancies > 0),
+                                            ("--workdir", workdir is not None)) if value]
+        if ignored:
+            raise click.UsageError(f"{', '.join(ignored)}: not used with --scenario (the "
+                                   "scenario file says what runs; --duration and --rate "
+                                   "override it)")
+        sys.exit(run_scenario(path, console, duration_s=duration, rate=rate))
     from loadtests.harness.demo import run_demo
 
     sys.exit(
         run_demo(
-            duration, rate, connections, seed, backend, workdir, console, networks, discrepancies
+            duration if duration is not None else 15.0, rate, connections, seed, backend,
+            workdir, console, networks, discrepancies,
         )
     )
 
@@ -342,47 +383,39 @@ def reconcile(
     Exact match on each channel's reference (RRN, UETR, QR reference), then a tolerance
     pass on amount and time; every break is classified with both sides and a suggested
     action. Exit 0 when clean, 1 with unexplained breaks, 2 when an input is unusable
-    (the message names the file, line and field).
+    (the message names the file, line and field) or there is nothing to reconcile.
     """
     from pathlib import Path
 
-    from switch.backoffice.recon.kernels import warm_up
-    from switch.backoffice.recon.reconcile import (
-        load_network_side,
-        load_switch_side,
-        match,
-        write_outputs,
-    )
+    from switch.backoffice.recon.reconcile import run
     from switch.protocols.settlement_files import SettlementFileError
 
-    warm_up()
-    try:
-        network = load_network_side(Path(files_dir))
-    except SettlementFileError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    switch_side = load_switch_side(Path(journal))
-    report = match(
-        switch_side,
-        network,
-        tol_amount=tol_amount,
-        tol_time_us=int(tol_time * 1e6),
-        late_after_s=late_after,
-    )
-    paths = write_outputs(report, Path(out_dir) if out_dir else Path(files_dir) / "recon")
+    check_journal(journal)
     console = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        with _ReconProgress(err) as progress:
+            report, paths = run(
+                Path(journal), Path(files_dir),
+                Path(out_dir) if out_dir else Path(files_dir) / "recon",
+                tol_amount=tol_amount, tol_time_us=int(tol_time * 1e6),
+                late_after_s=late_after, progress=cast("Progress", progress))
+    except SettlementFileError as exc:
+        raise UserError(str(exc)) from None
     console.print(
-        f"switch records: {report.switch_records}, network records: {report.network_records}"
-    )
+        f"switch records: {report.switch_records:,}, network records: "
+        f"{report.network_records:,}", highlight=False)
     for kind, count in sorted(report.counts.items()):
-        console.print(f"  {kind}: {count}")
+        console.print(f"  {kind}: {count:,}", highlight=False)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if report.unexplained == 0:
         explained = len(report.breaks)
         console.print("reconciliation clean" + (
             f" ({explained} explained breaks: stand-in exposure or late settlement, "
             "listed in breaks.csv)" if explained else ""))
     else:
-        console.print(f"[red]{report.unexplained} unexplained breaks[/]")
+        console.print(f"[red]{report.unexplained:,} unexplained breaks[/] (largest first):")
         for b in report.breaks[:20]:
             side = b.switch or b.network
             assert side is not None
@@ -390,8 +423,58 @@ def reconcile(
                 f"  {b.kind}: {side.channel} {side.reference} {side.amount} {side.currency}",
                 highlight=False,
             )
+    figures = ", ".join(f"{name} {f['wall_s']:.2f} s" for name, f in report.phases.items())
+    console.print(f"phases: {figures}", highlight=False)
     console.print(f"outputs: {paths['csv']}, {paths['json']}, {paths['html']}")
     sys.exit(0 if report.unexplained == 0 else 1)
+
+
+class _ReconProgress:
+    """A rich progress bar per phase, drawn only when stderr is a terminal."""
+
+    def __init__(self, console: Console) -> None:
+        from switch.backoffice.recon.reconcile import Progress
+
+        self._base = Progress()
+        self._console = console
+        self._bar: object | None = None
+        self._task: object | None = None
+
+    def __enter__(self) -> _ReconProgress:
+        if self._console.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            bar = Progress(SpinnerColumn(), TextColumn("{task.description:<13}"), BarColumn(),
+                           TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
+                           console=self._console, transient=True)
+            bar.start()
+            self._bar = bar
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # type: ignore[attr-defined]
+
+    def start(self, phase: str, total: float | None) -> None:
+        if self._bar is not None:
+            self._task = self._bar.add_task(phase, total=total)  # type: ignore[attr-defined]
+
+    def advance(self, amount: float) -> None:
+        if self._bar is not None and self._task is not None:
+            self._bar.advance(self._task, amount)  # type: ignore[attr-defined]
+
+    def done(self) -> None:
+        if self._bar is not None and self._task is not None:
+            task = self._task
+            self._bar.update(task, completed=self._bar.tasks[-1].total or 1,  # type: ignore[attr-defined]
+                             total=self._bar.tasks[-1].total or 1)  # type: ignore[attr-defined]
+            self._task = None
 
 
 @main.command()
@@ -416,7 +499,9 @@ def reconcile(
     default=None,
     help="Write the settlement report here as JSON.",
 )
-def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the positions as JSON (amounts in major units and minor units).")
+def settle(journal: str, modes: tuple[str, ...], out_file: str | None, as_json: bool) -> None:
     """Close a clearing cycle: post the ledger from the journal, capture card holds,
     and print each participant's settlement position (net) or instructions (gross)."""
     import json
@@ -426,7 +511,13 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
 
     import msgspec
 
-    from switch.backoffice.ledger import Mode, check_invariants, post_from_journal
+    from switch.backoffice.ledger import (
+        Mode,
+        check_invariants,
+        format_major,
+        positions_by_currency,
+        post_from_journal,
+    )
     from switch.backoffice.ledger import settle as close_cycle
 
     chosen: dict[str, Mode] = {}
@@ -442,6 +533,7 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
         chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
             "net" if mode == "net" else "gross"
         )
+    check_journal(journal)
     db = sqlite3.connect(journal, isolation_level=None)
     try:
         posted = post_from_journal(db)
@@ -449,32 +541,79 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None) -> None:
         check_invariants(db)
     finally:
         db.close()
-    console = Console(soft_wrap=True)
-    console.print(
-        f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
-        f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
-        f"({report.captured} holds captured)"
-    )
-    by_currency: dict[str, list[str]] = {}
-    for p in report.net:
-        by_currency.setdefault(p.currency, []).append(
-            f"  {p.participant} ({p.role}): {'receives' if p.amount > 0 else 'pays'} "
-            f"{abs(p.amount)}"
+    by_currency = positions_by_currency(report)
+    if as_json:
+        click.echo(json.dumps({
+            "cycle": report.cycle, "transfers": report.transfers,
+            "holds_captured": report.captured,
+            "ledger": {"posted": posted.posted, "pending_holds": posted.pending,
+                       "voided": posted.voided},
+            "currencies": [{
+                "currency": c.currency, "exponent": c.exponent, "mode": c.mode,
+                "total": format_major(c.total, c.exponent),
+                "positions": [{
+                    "counterparty": p.counterparty, "role": p.role,
+                    "pays": format_major(p.pays, c.exponent),
+                    "receives": format_major(p.receives, c.exponent),
+                    "net": format_major(p.net, c.exponent), "net_minor": p.net,
+                    "instructions": p.instructions} for p in c.positions],
+            } for c in by_currency],
+        }, indent=2))
+    else:
+        from rich import box
+        from rich.table import Table
+
+        # Piped output keeps whole numbers: wide enough, never truncated.
+        console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+        console.print(
+            f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
+            f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
+            f"({report.captured} holds captured)"
         )
-    for currency, lines in sorted(by_currency.items()):
-        total = sum(p.amount for p in report.net if p.currency == currency)
-        console.print(f"net {currency} (sum {total}):", highlight=False)
-        for line in lines:
-            console.print(line, highlight=False)
-    gross_by: dict[str, int] = {}
-    for _, _, amount, currency in report.gross:
-        gross_by[currency] = gross_by.get(currency, 0) + amount
-    for currency, total in sorted(gross_by.items()):
-        count = sum(1 for g in report.gross if g[3] == currency)
-        console.print(f"gross {currency}: {count} instructions, {total} in total", highlight=False)
-    console.print("ledger invariants hold: postings per currency sum to zero")
+        for c in by_currency:
+            table = Table(title=f"{c.currency} ({c.mode}; {len(c.positions)} counterparties; "
+                          f"sum {format_major(c.total, c.exponent)})", title_justify="left",
+                          box=box.SIMPLE_HEAD)
+            for name, justify in (("counterparty", "left"), ("role", "left"),
+                                  ("pays", "right"), ("receives", "right"),
+                                  ("net", "right"), ("instructions", "right")):
+                table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+            for p in c.positions:
+                table.add_row(p.counterparty, p.role, _grouped_major(p.pays, c.exponent),
+                              _grouped_major(p.receives, c.exponent),
+                              _grouped_major(p.net, c.exponent, signed=True),
+                              str(p.instructions) if p.instructions else "")
+            console.print(table)
+        console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
         Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+def check_journal(path: str) -> None:
+    """Refuse, in one line, a file that is not a switch journal (before any work)."""
+    import sqlite3
+
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            db.execute("SELECT payment_id, kind, record FROM journal LIMIT 1").fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise UserError(
+            f"{path}: not a payswitch journal ({exc}); pass the journal.db a switch wrote "
+            "(journal.path in its config, or the path `payswitch demo` prints)"
+        ) from None
+
+
+def _grouped_major(minor: int, exponent: int, signed: bool = False) -> str:
+    """Major units with thousands separators, exact: 123456789, 2 -> "1,234,567.89"."""
+    from switch.backoffice.ledger import format_major
+
+    text = format_major(abs(minor), exponent)
+    whole, _, frac = text.partition(".")
+    sign = ("+" if minor > 0 and signed else "") + ("-" if minor < 0 else "")
+    return f"{sign}{int(whole):,}" + (f".{frac}" if frac else "")
 
 
 @main.group()
@@ -511,6 +650,7 @@ def scenario_list() -> None:
 
 main.add_command(fault)
 main.add_command(load)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

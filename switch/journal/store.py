@@ -36,6 +36,7 @@ from typing import Final, Literal, Protocol, TypeVar
 
 import anyio
 
+from switch.journal import columns
 from switch.journal.archive import Compactor, attach_archive
 from switch.journal.records import COLUMNS, JournalRecord, OnFull, Row, to_row
 
@@ -107,6 +108,7 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
     db.executescript(SCHEMA)
+    columns.migrate(db)  # reconciliation's column chunks (switch/journal/columns.py)
     attach_archive(db, path)  # retention moves old finished payments there (archive.py)
     return db
 
@@ -285,6 +287,7 @@ class Journal:
         db.execute("BEGIN")
         try:
             db.executemany(INSERT, rows)
+            columns.append_batch(db, rows)  # same transaction: columns never disagree
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

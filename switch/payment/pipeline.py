@@ -38,6 +38,7 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.trace import TraceNumbers
 from switch.clock import Clock
 from switch.journal import (
     FINAL,
@@ -68,7 +69,12 @@ from switch.payment.resolver import Resolver
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.payment.validation import InvalidPayment, validate
-from switch.routing.resilience import FailureKind, classify, is_safe_to_retry
+from switch.routing.resilience import (
+    FailureKind,
+    classify,
+    counts_as_healthy,
+    is_safe_to_retry,
+)
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import Target
 
@@ -126,6 +132,7 @@ class Pipeline:
         boot_count: int,
         seed: int,
         standin: StandIn | None = None,
+        trace: TraceNumbers | None = None,
     ) -> None:
         self.clock = clock
         self.journal = journal
@@ -138,6 +145,9 @@ class Pipeline:
         self._token_key = token_key
         self._boot = boot_count
         self._sequence = 0
+        #: DE11 of card payments: the sequence the card adapters' reversals and 0800s
+        #: share, persisted in blocks so a restart does not reuse numbers (trace.py).
+        self.trace = trace if trace is not None else TraceNumbers()
         # UETRs must be UUIDv4; drawing them from a seeded generator keeps runs repeatable.
         self._rng = random.Random(seed * 1_000_003 + boot_count)
 
@@ -347,7 +357,7 @@ class Pipeline:
                 router.health.record(endpoint, clock.now(), False, duration)
                 return DispatchOutcome(None, route, issuer_unreachable=False, unknown=True)
             kind = classify(reply, not_sent=not_sent)
-            healthy = kind is None or kind is FailureKind.DECLINED
+            healthy = counts_as_healthy(kind, reply)
             router.health.record(endpoint, clock.now(), healthy, duration)
             if not not_sent:
                 metrics.network_duration[endpoint].observe(duration)
@@ -400,8 +410,9 @@ class Pipeline:
                 terminal_id=c.terminal_id,
                 merchant_id=c.merchant_id,
                 mcc=c.mcc,
-                stan=f"{seq % 1_000_000:06d}",
+                stan=f"{self.trace.next():06d}",
                 rrn=f"{self._boot % 100:02d}{seq % 10**10:010d}",
+                pan_length=len(c.pan),
             )
         elif request.swift is not None:
             s = request.swift

@@ -46,6 +46,7 @@ class ResolutionPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     traffic needs a budget of its own, set here per channel.
     """
 
+    #: First attempt this long after the payment.
     first_after_s: Annotated[float, msgspec.Meta(ge=0, le=86400)] = 0.05
     #: The network's budget of attempts per payment (within ``within_s``). The default
     #: covers the window at ``max_delay_s`` (600 s / 5 s), so a long outage is retried
@@ -53,10 +54,13 @@ class ResolutionPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 150
     #: Hand the payment to an operator (alert) after this long without an answer.
     within_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 600.0
+    #: Longest wait between attempts.
     max_delay_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 5.0
 
 
 class ResolutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How unknown outcomes are chased, per channel."""
+
     card: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
     swift: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)
     qr: ResolutionPolicy = msgspec.field(default_factory=ResolutionPolicy)

@@ -26,13 +26,19 @@ from switch.model import Channel, Payment, tokenize_pan
 
 
 class AmountLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A per-payment amount cap for one channel and currency; above it, declined 61."""
+
     channel: Channel
     currency: str
     max_minor: Annotated[int, msgspec.Meta(ge=1)]
 
 
 class VelocityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Per card (token) or payer account, within a sliding window; past a limit, declined."""
+
+    #: The sliding window.
     window_s: PositiveSeconds = 60.0
+    #: Payments per key within the window.
     max_count: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 30
     #: Summed in CNY-equivalent minor units so one limit covers every currency.
     max_amount_cny_minor: Annotated[int, msgspec.Meta(ge=1)] = 100_000_000
@@ -41,9 +47,13 @@ class VelocityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class RiskConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Risk rules, checked before routing; a breach is declined without reaching a network."""
+
     amount_limits: list[AmountLimit] = msgspec.field(default_factory=list)
     velocity: VelocityConfig = msgspec.field(default_factory=VelocityConfig)
+    #: Card numbers always declined.
     blocked_pans: list[str] = msgspec.field(default_factory=list)
+    #: Payer accounts always declined.
     blocked_accounts: list[str] = msgspec.field(default_factory=list)
     #: Large-amount AML report threshold, in CNY minor units (default 50,000.00 CNY).
     aml_threshold_cny_minor: Annotated[int, msgspec.Meta(ge=1)] = 5_000_000

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import anyio
 import msgspec
 
+from switch import reasons
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
 from switch.journal import ADVICE, Journal, JournalFailed, JournalRecord, OnFull
@@ -33,6 +34,7 @@ from switch.observability.metrics import SwitchMetrics
 class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Card stand-in: approve on the issuer's behalf when every issuer endpoint is down."""
 
+    #: Allow stand-in at all (else: declined 91 when no issuer is reachable).
     enabled: bool = True
     #: Largest single stand-in approval, in the payment's minor units.
     per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
@@ -140,10 +142,10 @@ class StandIn:
             adapter: Any = self._adapters[endpoint]
             if not hasattr(adapter, "advise") or not self._usable(endpoint, now):
                 continue
-            delivered = False
+            code = ""
             try:
                 with anyio.move_on_after(2.0):
-                    delivered = await adapter.advise(advice.payment, advice.result.channel_ref)
+                    code = await adapter.advise(advice.payment, advice.result.channel_ref)
             except NotSent:
                 continue
             except JournalFailed:
@@ -152,23 +154,29 @@ class StandIn:
                 log.exception("stand-in advice via %s failed", endpoint,
                               extra={"payment_id": advice.payment.payment_id})
                 continue
-            if delivered:
-                await self._record(advice, endpoint)
+            if code:  # the issuer answered: approved ("00") or refused (its reason)
+                await self._record(advice, endpoint, code)
                 return True
         return False
 
-    async def _record(self, advice: _Advice, endpoint: str) -> None:
+    async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
         payment = advice.payment
         per_card = self._per_card
-        if payment.card is not None and payment.card.token in per_card:
+        refused = code != reasons.APPROVED
+        if not refused and payment.card is not None and payment.card.token in per_card:
             # Delivered: the issuer now holds it; the stand-in exposure is released.
             per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
-        assert advice.result.stood_in
+        assert advice.result.stood_in and code
+        # The advice record carries the issuer's answer as its reason: anything but 00 is
+        # the refusal that reconciliation needs as evidence of stand-in exposure.
+        result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
         await self._journal.write(
-            JournalRecord.outcome(ADVICE, payment, advice.result, advice.digest,
-                                  self._clock.wall_us()),
+            JournalRecord.outcome(ADVICE, payment, result, advice.digest, self._clock.wall_us()),
             ON_FULL,
         )
+        if refused:
+            log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
+                        extra={"payment_id": payment.payment_id})
         self.delivered += 1
         self._metrics.saf_delivered.inc()
         log.info("stand-in advice delivered via %s", endpoint,

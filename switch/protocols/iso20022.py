@@ -168,6 +168,8 @@ class StatusReport(msgspec.Struct, frozen=True, kw_only=True):
     orgnl_msg_nm_id: str = "pacs.008.001.08"
     orgnl_instr_id: str | None = None
     orgnl_tx_id: str | None = None
+    #: OrgnlGrpInfAndSts/OrgnlCreDtTm: the original's creation time, when known.
+    orgnl_created_at: str | None = None
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -419,6 +421,8 @@ def _check_status_report(sr: StatusReport) -> None:
     _datetime(sr.created_at, f"{_P002}/GrpHdr/CreDtTm")
     _text(sr.orgnl_msg_id, 35, f"{_P002}/OrgnlGrpInfAndSts/OrgnlMsgId")
     _text(sr.orgnl_msg_nm_id, 35, f"{_P002}/OrgnlGrpInfAndSts/OrgnlMsgNmId")
+    if sr.orgnl_created_at is not None:
+        _datetime(sr.orgnl_created_at, f"{_P002}/OrgnlGrpInfAndSts/OrgnlCreDtTm")
     if sr.orgnl_instr_id is not None:
         _text(sr.orgnl_instr_id, 35, f"{_TX002}/OrgnlInstrId")
     _text(sr.orgnl_end_to_end_id, 35, f"{_TX002}/OrgnlEndToEndId")
@@ -451,7 +455,8 @@ def encode_pacs002(sr: StatusReport) -> bytes:
         f'{_XML_DECL}<Document xmlns="{NS_PACS002}"><FIToFIPmtStsRpt>'
         f"<GrpHdr>{_el('MsgId', sr.msg_id)}{_el('CreDtTm', sr.created_at)}</GrpHdr>"
         f"<OrgnlGrpInfAndSts>{_el('OrgnlMsgId', sr.orgnl_msg_id)}"
-        f"{_el('OrgnlMsgNmId', sr.orgnl_msg_nm_id)}</OrgnlGrpInfAndSts>"
+        f"{_el('OrgnlMsgNmId', sr.orgnl_msg_nm_id)}{_el('OrgnlCreDtTm', sr.orgnl_created_at)}"
+        f"</OrgnlGrpInfAndSts>"
         f"<TxInfAndSts>{_el('OrgnlInstrId', sr.orgnl_instr_id)}"
         f"{_el('OrgnlEndToEndId', sr.orgnl_end_to_end_id)}{_el('OrgnlTxId', sr.orgnl_tx_id)}"
         f"{_el('OrgnlUETR', sr.orgnl_uetr)}<TxSts>{sr.status}</TxSts>{rsn}"
@@ -501,7 +506,11 @@ def status_report_for(
     reason: str | None = None,
     additional_info: str | None = None,
 ) -> StatusReport:
-    """The pacs.002 answering ``ct``, with every Orgnl* reference copied across."""
+    """The pacs.002 answering ``ct``, with every Orgnl* reference copied across.
+
+    ``created_at`` is the report's own creation time (the caller's clock: codecs read
+    none), never the original's, which travels as OrgnlCreDtTm.
+    """
     return StatusReport(
         msg_id=msg_id,
         created_at=created_at,
@@ -513,11 +522,12 @@ def status_report_for(
         additional_info=additional_info,
         orgnl_instr_id=ct.instr_id,
         orgnl_tx_id=ct.tx_id,
+        orgnl_created_at=ct.created_at,
     )
 
 
 def status_request_for(ct: CreditTransfer, *, msg_id: str, created_at: str) -> StatusRequest:
-    """The pacs.028 asking what became of ``ct``."""
+    """The pacs.028 asking what became of ``ct``; ``created_at`` is the request's own time."""
     return StatusRequest(
         msg_id=msg_id,
         created_at=created_at,
@@ -743,6 +753,7 @@ def _read_pacs002(doc: _Doc) -> StatusReport:
         orgnl_instr_id=doc.opt_text(f"{_TX002}/OrgnlInstrId"),
         orgnl_end_to_end_id=doc.text(f"{_TX002}/OrgnlEndToEndId"),
         orgnl_tx_id=doc.opt_text(f"{_TX002}/OrgnlTxId"),
+        orgnl_created_at=doc.opt_text(f"{grp}/OrgnlCreDtTm"),
         orgnl_uetr=doc.text(f"{_TX002}/OrgnlUETR"),
         status=status,
         reason=doc.text(f"{rsn}/Rsn/Cd") if has_rsn else None,

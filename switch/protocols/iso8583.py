@@ -47,6 +47,7 @@ __all__ = [
     "encode",
     "financial_request",
     "frame",
+    "luhn_valid",
     "match_key",
     "network_request",
     "repeat",
@@ -222,6 +223,26 @@ def encode(msg: IsoMessage) -> bytes:
     except _pyiso.EncodeError as exc:
         raise CodecError(exc.msg, _path(exc.field)) from None
     return bytes(raw)
+
+
+# --------------------------------------------------------------------------- PAN check
+
+
+def luhn_valid(pan: str) -> bool:
+    """True if ``pan`` is all digits and passes the Luhn (mod 10) check of ISO/IEC 7812.
+
+    Issuers answer 14 (invalid card) to a PAN that fails it, so a switch that invents a
+    DE2 must produce one that passes.
+    """
+    if not (pan.isdigit() and pan.isascii()):
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(pan)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
 
 
 # --------------------------------------------------------------------------- builders

@@ -22,15 +22,21 @@ from __future__ import annotations
 import csv
 import io
 import random
-import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-import defusedxml
-import defusedxml.ElementTree as SafeET
 import msgspec
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from lxml import etree
+from numpy.typing import NDArray
 
+from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
+from switch.protocols.errors import CodecError
 from switch.protocols.iso20022 import format_amount, parse_amount
 
 NS_CAMT053: Final = "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"
@@ -130,12 +136,45 @@ def decode_card_clearing(text: str, file: str,
 # --- camt.053 statement -----------------------------------------------------------------
 
 
+#: Bank transaction codes (ISO 20022 external code set, domain PMNT): a settled payment is
+#: a received cross-border credit transfer, a reversal an issued one going back.
+_BKTXCD: Final[dict[EntryStatus, str]] = {
+    "settled": "<BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>RCDT</Cd><SubFmlyCd>XBCT</SubFmlyCd>"
+               "</Fmly></Domn></BkTxCd>",
+    "reversed": "<BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>ICDT</Cd><SubFmlyCd>XBCT</SubFmlyCd>"
+                "</Fmly></Domn></BkTxCd>",
+}
+
+
+def closing_balances(opening: Mapping[str, int],
+                     entries: Iterable[SettlementEntry]) -> dict[str, int]:
+    """Per currency: ``opening`` plus settled entries minus reversed ones (minor units)."""
+    closing = dict(opening)
+    for e in entries:
+        signed = e.amount if e.status == "settled" else -e.amount
+        closing[e.currency] = closing.get(e.currency, 0) + signed
+    return closing
+
+
 def encode_camt053(statement_id: str, account: str, created_at_us: int,
-                   entries: Sequence[SettlementEntry]) -> bytes:
+                   entries: Sequence[SettlementEntry], *,
+                   opening: Mapping[str, int] | None = None,
+                   base_currency: str = "EUR") -> bytes:
+    """A camt.053.001.08 statement: opening (OPBD) and closing (CLBD) balance per currency,
+    then one entry per record.
+
+    Balances are mandatory in the schema (``Stmt/Bal``, 1..n, and an account in several
+    currencies needs a pair per currency). ``opening`` is the previous statement's
+    closing, signed minor units per currency; a statement with no currency at all
+    reports a zero ``base_currency`` balance, since it must report one.
+    """
     def esc(v: str) -> str:
         return v.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
     created = _iso(created_at_us)
+    start = dict(opening or {})
+    closing = closing_balances(start, entries)
+    currencies = sorted(closing) or [base_currency]
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<Document xmlns="{NS_CAMT053}"><BkToCstmrStmt>',
@@ -143,12 +182,21 @@ def encode_camt053(statement_id: str, account: str, created_at_us: int,
         f"<Stmt><Id>{esc(statement_id)}</Id><CreDtTm>{created}</CreDtTm>",
         f"<Acct><Id><Othr><Id>{esc(account)}</Id></Othr></Id></Acct>",
     ]
+    for code, balances in (("OPBD", start), ("CLBD", closing)):
+        for ccy in currencies:
+            amount = balances.get(ccy, 0)
+            parts.append(
+                f"<Bal><Tp><CdOrPrtry><Cd>{code}</Cd></CdOrPrtry></Tp>"
+                f'<Amt Ccy="{ccy}">{format_amount(abs(amount), ccy)}</Amt>'
+                f"<CdtDbtInd>{'CRDT' if amount >= 0 else 'DBIT'}</CdtDbtInd>"
+                f"<Dt><DtTm>{created}</DtTm></Dt></Bal>"
+            )
     for e in entries:
         indicator = "CRDT" if e.status == "settled" else "DBIT"
         parts.append(
             f'<Ntry><Amt Ccy="{e.currency}">{format_amount(e.amount, e.currency)}</Amt>'
             f"<CdtDbtInd>{indicator}</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts>"
-            f"<BookgDt><DtTm>{_iso(e.settled_at_us)}</DtTm></BookgDt>"
+            f"<BookgDt><DtTm>{_iso(e.settled_at_us)}</DtTm></BookgDt>{_BKTXCD[e.status]}"
             f"<NtryDtls><TxDtls><Refs><EndToEndId>{esc(e.secondary)}</EndToEndId>"
             f"<UETR>{esc(e.reference)}</UETR></Refs></TxDtls></NtryDtls></Ntry>"
         )
@@ -157,52 +205,8 @@ def encode_camt053(statement_id: str, account: str, created_at_us: int,
 
 
 def decode_camt053(data: bytes, file: str) -> list[SettlementEntry]:
-    if len(data) > MAX_FILE_BYTES:
-        raise SettlementFileError(file, 0, "Document", f"exceeds {MAX_FILE_BYTES} bytes")
-    try:
-        root = SafeET.fromstring(data, forbid_dtd=True)
-    except defusedxml.DefusedXmlException as exc:
-        raise SettlementFileError(file, 0, "Document", f"unsafe XML refused: {exc}") from None
-    except ET.ParseError as exc:
-        line = exc.position[0] if exc.position else 0
-        raise SettlementFileError(file, line, "Document", f"not well-formed: {exc}") from None
-    ns = "{" + NS_CAMT053 + "}"
-    if root.tag != ns + "Document":
-        raise SettlementFileError(file, 1, "Document",
-                                  f"not a camt.053.001.08 document: {root.tag}")
-    entries = []
-    for i, ntry in enumerate(root.iter(ns + "Ntry")):
-        where = f"Stmt/Ntry[{i}]"
-
-        def text(path: str, ntry: ET.Element = ntry, where: str = where, line: int = i + 1) -> str:
-            el = ntry.find(ns + path.replace("/", "/" + ns))
-            if el is None or not el.text:
-                raise SettlementFileError(file, line, f"{where}/{path}", "missing")
-            return el.text
-
-        amt = ntry.find(ns + "Amt")
-        if amt is None or not amt.text or not amt.get("Ccy"):
-            raise SettlementFileError(file, i + 1, f"{where}/Amt", "missing amount or Ccy")
-        currency = amt.get("Ccy", "")
-        try:
-            amount = parse_amount(amt.text, currency, f"{where}/Amt")
-        except ValueError as exc:
-            raise SettlementFileError(file, i + 1, f"{where}/Amt", str(exc)) from None
-        indicator = text("CdtDbtInd")
-        if indicator not in ("CRDT", "DBIT"):
-            raise SettlementFileError(file, i + 1, f"{where}/CdtDbtInd",
-                                      f"bad value {indicator!r}")
-        booked = text("BookgDt/DtTm")
-        try:
-            settled = int(datetime.fromisoformat(booked).timestamp() * 1_000_000)
-        except ValueError:
-            raise SettlementFileError(file, i + 1, f"{where}/BookgDt/DtTm",
-                                      "not a date-time") from None
-        entries.append(SettlementEntry(
-            text("NtryDtls/TxDtls/Refs/UETR"), text("NtryDtls/TxDtls/Refs/EndToEndId"),
-            amount, currency, "settled" if indicator == "CRDT" else "reversed", settled,
-        ))
-    return entries
+    """The entries of a camt.053 statement (the streaming reader, as objects)."""
+    return read_camt053_columns(data, file).entries()
 
 
 # --- QR CSV -----------------------------------------------------------------------------
@@ -292,10 +296,18 @@ def _read_csv(text: str, file: str) -> list[list[str]]:
         raise SettlementFileError(file, reader.line_num, "line", f"not valid CSV: {exc}") from None
 
 
+_INT_RE: Final = re.compile(r"-?[0-9]{1,19}\Z")
+_UINT_RE: Final = re.compile(r"[0-9]{1,19}\Z")
+
+
 def _int(value: str, file: str, line: int, field: str) -> int:
-    if not value.lstrip("-").isdigit():
-        raise SettlementFileError(file, line, field, f"not an integer: {value!r}")
-    return int(value)
+    """A signed 64-bit integer in ASCII digits: no superscripts, no "--5", no "+5"."""
+    if not _INT_RE.match(value):
+        raise SettlementFileError(file, line, field, f"not an integer: {value[:40]!r}")
+    number = int(value)
+    if not -(1 << 63) <= number < (1 << 63):
+        raise SettlementFileError(file, line, field, f"out of the 64-bit range: {value!r}")
+    return number
 
 
 def _nonempty(value: str, file: str, line: int, field: str) -> str:
@@ -313,6 +325,387 @@ def _status(value: str, file: str, line: int) -> EntryStatus:
 
 
 def _currency_numeric(value: str, alpha: dict[int, str], file: str, line: int) -> str:
-    if not value.isdigit() or int(value) not in alpha:
-        raise SettlementFileError(file, line, "currency", f"unknown ISO 4217 numeric {value!r}")
+    if not _UINT_RE.match(value) or int(value) not in alpha:
+        raise SettlementFileError(file, line, "currency",
+                                  f"unknown ISO 4217 numeric {value[:40]!r}")
     return alpha[int(value)]
+
+
+# --- columnar readers -------------------------------------------------------------------
+#
+# What reconciliation runs on: a settlement file straight into columns, no Python object
+# per record. CSV goes through polars (measured on a 2M-line clearing file here: 0.22-0.36 s
+# against pyarrow.csv's 0.37-0.94 s, and polars' frames are smaller), with the whole-file
+# policy intact: polars parses strictly typed columns, the cheap checks polars does not
+# make are vectorised, and whenever anything is off the strict decoder above re-reads the
+# file to name the exact line and field (it is the source of truth; the fast path only
+# ever accepts what it accepts). camt.053 streams through lxml's iterparse: entities never
+# resolved and any DTD refused, no network, libxml2's depth and text-size limits kept
+# (no huge_tree), and each entry freed once read, so memory stays flat in the file size.
+
+#: RecordStatus codes (switch.backoffice.recon.kernels): settled 0, reversed 3.
+STATUS_SETTLED: Final = 0
+STATUS_REVERSED: Final = 3
+_STATUS_OF: Final = {"settled": STATUS_SETTLED, "reversed": STATUS_REVERSED}
+_ALPHA_TO_NUMERIC: Final = {alpha: num for alpha, (num, _) in CURRENCIES.items()}
+#: Bytes that make the fast CSV path hand over to the strict decoder: quoting, CR, and
+#: what polars would tolerate in numbers but the strict rules do not (" 5", "+5").
+_CSV_SLOW_BYTES: Final = (b'"', b"\r", b"+", b" ", b"\t")
+_CHUNK_ENTRIES: Final = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementColumns:
+    """A settlement file's records as columns (Arrow strings, numpy numbers)."""
+
+    reference: pa.LargeStringArray
+    secondary: pa.LargeStringArray
+    amount: NDArray[np.int64]  # minor units
+    currency: NDArray[np.int16]  # ISO 4217 numeric
+    status: NDArray[np.int8]  # STATUS_SETTLED / STATUS_REVERSED
+    time_us: NDArray[np.int64]
+    first_line: int  # file line of record 0 (CSV: records are one per line after it)
+    lines: NDArray[np.int32] | None = None  # per-record line, when not consecutive
+
+    def __len__(self) -> int:
+        return int(self.amount.shape[0])
+
+    def line_of(self, i: int) -> int:
+        return int(self.lines[i]) if self.lines is not None else self.first_line + i
+
+    def entries(self) -> list[SettlementEntry]:
+        """As objects (tests, small files)."""
+        refs = self.reference.to_pylist()
+        secs = self.secondary.to_pylist()
+        return [
+            SettlementEntry(refs[i] or "", secs[i] or "", int(self.amount[i]),
+                            NUMERIC_TO_ALPHA[int(self.currency[i])],
+                            "settled" if self.status[i] == STATUS_SETTLED else "reversed",
+                            int(self.time_us[i]))
+            for i in range(len(self))
+        ]
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[SettlementEntry], first_line: int,
+                     lines: Sequence[int] | None = None) -> SettlementColumns:
+        return cls(
+            pa.array([e.reference for e in entries], pa.large_string()),
+            pa.array([e.secondary for e in entries], pa.large_string()),
+            np.array([e.amount for e in entries], np.int64),
+            np.array([_ALPHA_TO_NUMERIC[e.currency] for e in entries], np.int16),
+            np.array([_STATUS_OF[e.status] for e in entries], np.int8),
+            np.array([e.settled_at_us for e in entries], np.int64),
+            first_line,
+            None if lines is None else np.array(lines, np.int32),
+        )
+
+
+def decode_text(data: bytes, file: str) -> str:
+    """Strict UTF-8, or SettlementFileError naming the line of the first bad byte."""
+    if len(data) > MAX_FILE_BYTES:
+        raise SettlementFileError(file, 0, "file", f"exceeds {MAX_FILE_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SettlementFileError(file, line, "encoding",
+                                  f"not UTF-8 (byte 0x{data[exc.start]:02x})") from None
+
+
+def _as_large_string(series: pl.Series) -> pa.LargeStringArray:
+    arr = series.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr.type != pa.large_string():
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
+def _fast_csv_ok(data: bytes) -> bool:
+    """Plain ASCII CSV the polars read agrees on with the csv module: no quoting, no CR,
+    no blank line, no '+' or blanks (polars would read " 5" and "+5" as 5)."""
+    return (data.isascii() and not data.startswith(b"\n") and b"\n\n" not in data
+            and not any(b in data for b in _CSV_SLOW_BYTES))
+
+
+def _polars_frame(body: bytes, schema: dict[str, Any]) -> pl.DataFrame | None:
+    try:
+        return pl.read_csv(body, has_header=False, new_columns=list(schema), schema=schema,
+                           quote_char=None, empty_string_is_null=False,
+                           )
+    except (pl.exceptions.PolarsError, ValueError):
+        return None
+
+
+def _exact_sum(amount: NDArray[np.int64]) -> int:
+    if amount.size == 0:
+        return 0
+    bound = int(np.abs(amount, dtype=np.float64).max()) * amount.size
+    if bound < (1 << 62):
+        return int(amount.sum())
+    return sum(int(a) for a in amount.tolist())  # rare: huge amounts, Python ints
+
+
+def read_card_clearing_columns(data: bytes, file: str) -> SettlementColumns:
+    """A card clearing file as columns; rejected whole (file:line:field) when malformed."""
+    if len(data) > MAX_FILE_BYTES:
+        raise SettlementFileError(file, 0, "file", f"exceeds {MAX_FILE_BYTES} bytes")
+    cols = _card_fast(data)
+    if cols is not None:
+        return cols
+    entries = decode_card_clearing(decode_text(data, file), file, NUMERIC_TO_ALPHA)
+    return SettlementColumns.from_entries(entries, 2)
+
+
+_CARD_SCHEMA: Final = {"t": pl.String, "ref": pl.String, "sec": pl.String, "amt": pl.Int64,
+                       "cur": pl.Int64, "st": pl.Enum(["settled", "reversed"]),
+                       "ts": pl.Int64}
+
+
+def _card_fast(data: bytes) -> SettlementColumns | None:
+    """The fast path; None when the strict decoder must decide (and name the error)."""
+    if not data.startswith(b"H,") or not data.endswith(b"\n"):
+        return None
+    start = data.index(b"\n") + 1
+    tail = data.rfind(b"\n", 0, len(data) - 1) + 1
+    if tail < start or not data.startswith(b"T,", tail):
+        return None
+    header = data[:start].split(b",")
+    trailer = data[tail:-1].split(b",")
+    body = data[start:tail]
+    if len(header) != 4 or len(trailer) != 3 or not _fast_csv_ok(data):
+        return None
+    try:
+        count, total = int(trailer[1]), int(trailer[2])
+    except ValueError:
+        return None
+    if not body:
+        empty = np.zeros(0, np.int64)
+        if count != 0 or total != 0:
+            return None
+        return SettlementColumns(pa.array([], pa.large_string()), pa.array([], pa.large_string()),
+                                 empty, empty.astype(np.int16), empty.astype(np.int8), empty, 2)
+    df = _polars_frame(body, _CARD_SCHEMA)
+    if df is None or df.height != count:
+        return None
+    ok = df.select(
+        (pl.col("t") == "D").all(),
+        (pl.col("ref").str.len_bytes() > 0).all(),
+        pl.col("cur").is_in(list(NUMERIC_TO_ALPHA)).all(),
+        pl.col("st").is_not_null().all(),
+        pl.col("amt").is_not_null().all(),
+        pl.col("ts").is_not_null().all(),
+    ).row(0)
+    if not all(ok):
+        return None
+    amount = df["amt"].to_numpy().astype(np.int64, copy=False)
+    if _exact_sum(amount) != total:
+        return None
+    return SettlementColumns(
+        _as_large_string(df["ref"]), _as_large_string(df["sec"]), amount,
+        df["cur"].to_numpy().astype(np.int16),
+        np.where(df["st"].to_physical().to_numpy() == 0, STATUS_SETTLED,
+                 STATUS_REVERSED).astype(np.int8),
+        df["ts"].to_numpy().astype(np.int64, copy=False), 2)
+
+
+_QR_SCHEMA: Final = {"ref": pl.String, "merchant": pl.String, "amt": pl.Int64,
+                     "cur": pl.String, "st": pl.Enum(["settled", "reversed"]), "ts": pl.Int64}
+_QR_HEADER: Final = (",".join(QR_COLUMNS) + "\n").encode()
+
+
+def read_qr_csv_columns(data: bytes, file: str) -> SettlementColumns:
+    """A QR scheme CSV as columns; rejected whole (file:line:field) when malformed."""
+    if len(data) > MAX_FILE_BYTES:
+        raise SettlementFileError(file, 0, "file", f"exceeds {MAX_FILE_BYTES} bytes")
+    cols = _qr_fast(data)
+    if cols is not None:
+        return cols
+    entries = decode_qr_csv(decode_text(data, file), file, CURRENCIES)
+    return SettlementColumns.from_entries(entries, 2)
+
+
+def _qr_fast(data: bytes) -> SettlementColumns | None:
+    if not data.startswith(_QR_HEADER) or not data.endswith(b"\n"):
+        return None
+    body = data[len(_QR_HEADER):]
+    if not _fast_csv_ok(data):
+        return None
+    if not body:
+        empty = np.zeros(0, np.int64)
+        return SettlementColumns(pa.array([], pa.large_string()), pa.array([], pa.large_string()),
+                                 empty, empty.astype(np.int16), empty.astype(np.int8), empty, 2)
+    df = _polars_frame(body, _QR_SCHEMA)
+    if df is None:
+        return None
+    currencies = pl.Enum(sorted(CURRENCIES))
+    ok = df.select(
+        (pl.col("ref").str.len_bytes() > 0).all(),
+        pl.col("cur").is_in(list(CURRENCIES)).all(),
+        pl.col("st").is_not_null().all(),
+        pl.col("amt").is_not_null().all(),
+        pl.col("ts").is_not_null().all(),
+    ).row(0)
+    if not all(ok):
+        return None
+    numeric = np.array([_ALPHA_TO_NUMERIC[c] for c in sorted(CURRENCIES)], np.int16)
+    return SettlementColumns(
+        _as_large_string(df["ref"]), _as_large_string(df["merchant"]),
+        df["amt"].to_numpy().astype(np.int64, copy=False),
+        numeric[df["cur"].cast(currencies).to_physical().to_numpy()],
+        np.where(df["st"].to_physical().to_numpy() == 0, STATUS_SETTLED,
+                 STATUS_REVERSED).astype(np.int8),
+        df["ts"].to_numpy().astype(np.int64, copy=False), 2)
+
+
+_XML_DECL: Final = re.compile(rb"\A<\?xml[^>]{0,200}?encoding\s*=\s*[\"']([^\"']{0,40})[\"']")
+_XML_ENCODINGS: Final = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
+def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
+    """A camt.053.001.08 statement as columns, streamed (memory flat in the file size).
+
+    Refused whole, naming the file, line and element: any DTD (so no entity can be
+    declared, let alone expanded), an encoding other than UTF-8/ASCII, XML that is not
+    well-formed or nests deeper than libxml2's limit, a root other than a camt.053.001.08
+    Document, or an entry with a missing or malformed field.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise SettlementFileError(file, 0, "Document", f"exceeds {MAX_FILE_BYTES} bytes")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff", b"\x00", b"\x4c\x6f\xa7\x94")):
+        raise SettlementFileError(file, 1, "encoding", "not UTF-8 (UTF-16/32 or EBCDIC)")
+    declared = _XML_DECL.match(data.removeprefix(b"\xef\xbb\xbf"))
+    if declared is not None:
+        name = declared.group(1).decode("ascii", "replace").strip().lower()
+        if name not in _XML_ENCODINGS:
+            raise SettlementFileError(file, 1, "encoding",
+                                      f"declared {name[:40]!r}; only UTF-8 is accepted")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        line = data.count(b"\n", 0, max(data.find(b"<!DOCTYPE"), data.find(b"<!ENTITY"))) + 1
+        raise SettlementFileError(file, line, "Document",
+                                  "unsafe XML refused: a DTD or entity declaration")
+    ns = "{" + NS_CAMT053 + "}"
+    reader = _Camt053Chunks(file, ns)
+    try:
+        leaves = reader.names
+        events = etree.iterparse(
+            io.BytesIO(data), events=("end",), tag=(*leaves, ns + "Ntry"),
+            resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+            remove_comments=True, remove_pis=True)
+        for _, el in events:
+            name = leaves.get(el.tag)
+            if name is not None:
+                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too).
+                if name not in reader.found and (
+                        name != "BookgDt/DtTm" or el.getparent().tag == ns + "BookgDt"):
+                    reader.found[name] = (el.text, el.get("Ccy") if name == "Amt" else None)
+                continue
+            if reader.i == 0:
+                root = el.getroottree().getroot()
+                if root.tag != ns + "Document":
+                    raise SettlementFileError(file, 1, "Document",
+                                              f"not a camt.053.001.08 document: {root.tag}")
+            reader.add(el.sourceline or 0)
+            el.clear(keep_tail=True)
+            while el.getprevious() is not None:
+                del el.getparent()[0]
+        if reader.i == 0 and events.root is not None and events.root.tag != ns + "Document":
+            raise SettlementFileError(file, 1, "Document",
+                                      f"not a camt.053.001.08 document: {events.root.tag}")
+    except SettlementFileError:
+        raise
+    except etree.XMLSyntaxError as exc:
+        line = exc.lineno or (exc.position[0] if exc.position else 0)
+        raise SettlementFileError(file, line, "Document",
+                                  f"not well-formed: {str(exc)[:200]}") from None
+    except (ValueError, LookupError) as exc:  # lxml's own refusals (encoding, limits)
+        raise SettlementFileError(file, 0, "Document", f"unreadable XML: {exc}") from None
+    return reader.columns()
+
+
+class _Camt053Chunks:
+    """Accumulates entries into column chunks of _CHUNK_ENTRIES (bounded Python lists)."""
+
+    def __init__(self, file: str, ns: str) -> None:
+        self.file = file
+        self.ns = ns
+        self.i = 0
+        self.found: dict[str, tuple[str | None, str | None]] = {}
+        self._lists: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        self._chunks: list[tuple[Any, ...]] = []
+        # Element tag -> field name. DtTm is only read under BookgDt and the two
+        # references only under NtryDtls/TxDtls/Refs: the writer's layout, checked by
+        # the parent tags below being the only ones that hold them in camt.053.
+        self.names = {ns + "Amt": "Amt", ns + "CdtDbtInd": "CdtDbtInd",
+                      ns + "DtTm": "BookgDt/DtTm", ns + "UETR": "NtryDtls/TxDtls/Refs/UETR",
+                      ns + "EndToEndId": "NtryDtls/TxDtls/Refs/EndToEndId"}
+
+    def add(self, line: int) -> None:
+        """One <Ntry> ended: the leaves seen since the previous one, every field checked."""
+        file, where = self.file, f"Stmt/Ntry[{self.i}]"
+        found, self.found = self.found, {}
+        text, currency = found.get("Amt", (None, None))
+        if not text or not currency:
+            raise SettlementFileError(file, line, f"{where}/Amt", "missing amount or Ccy")
+        if currency not in _ALPHA_TO_NUMERIC:
+            raise SettlementFileError(file, line, f"{where}/Amt/@Ccy",
+                                      f"unknown currency {currency[:40]!r}")
+        try:
+            amount = parse_amount(text, currency, f"{where}/Amt")
+        except CodecError as exc:
+            reason = str(exc).removeprefix(f"{where}/Amt: ")
+            raise SettlementFileError(file, line, f"{where}/Amt", reason[:200]) from None
+        values = []
+        for name in ("CdtDbtInd", "BookgDt/DtTm", "NtryDtls/TxDtls/Refs/UETR",
+                     "NtryDtls/TxDtls/Refs/EndToEndId"):
+            text = found.get(name, (None, None))[0]
+            if not text:
+                raise SettlementFileError(file, line, f"{where}/{name}", "missing")
+            values.append(text)
+        indicator, booked, uetr, e2e = values
+        if indicator not in ("CRDT", "DBIT"):
+            raise SettlementFileError(file, line, f"{where}/CdtDbtInd",
+                                      f"bad value {indicator[:40]!r}")
+        try:
+            when = datetime.fromisoformat(booked)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            settled = int(when.timestamp() * 1_000_000)
+        except (ValueError, OverflowError, OSError):
+            raise SettlementFileError(file, line, f"{where}/BookgDt/DtTm",
+                                      "not a date-time") from None
+        refs, secs, amounts, currencies, statuses, times, lines = self._lists
+        refs.append(uetr)
+        secs.append(e2e)
+        amounts.append(amount)
+        currencies.append(_ALPHA_TO_NUMERIC[currency])
+        statuses.append(STATUS_SETTLED if indicator == "CRDT" else STATUS_REVERSED)
+        times.append(settled)
+        lines.append(line)
+        self.i += 1
+        if len(refs) >= _CHUNK_ENTRIES:
+            self._flush()
+
+    def _flush(self) -> None:
+        refs, secs, amounts, currencies, statuses, times, lines = self._lists
+        if refs:
+            self._chunks.append((
+                pa.array(refs, pa.large_string()), pa.array(secs, pa.large_string()),
+                np.array(amounts, np.int64), np.array(currencies, np.int16),
+                np.array(statuses, np.int8), np.array(times, np.int64),
+                np.array(lines, np.int32)))
+        self._lists = ([], [], [], [], [], [], [])
+
+    def columns(self) -> SettlementColumns:
+        self._flush()
+        if not self._chunks:
+            empty = np.zeros(0, np.int64)
+            return SettlementColumns(pa.array([], pa.large_string()),
+                                     pa.array([], pa.large_string()), empty,
+                                     empty.astype(np.int16), empty.astype(np.int8), empty, 0,
+                                     empty.astype(np.int32))
+        parts = list(zip(*self._chunks, strict=True))
+        return SettlementColumns(
+            pa.concat_arrays(parts[0]), pa.concat_arrays(parts[1]),
+            np.concatenate(parts[2]), np.concatenate(parts[3]), np.concatenate(parts[4]),
+            np.concatenate(parts[5]), 0, np.concatenate(parts[6]))

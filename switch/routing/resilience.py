@@ -36,7 +36,14 @@ from switch import reasons
 from switch.adapters.base import NetworkReply
 from switch.model import Channel
 from switch.routing.breaker import BreakerConfig, CircuitBreaker, TransitionHook
-from switch.routing.table import LeastLatency, Priority, Sticky, SuccessRate, Target, Weighted
+from switch.routing.table import (
+    LeastLatency,
+    Priority,
+    Sticky,
+    SuccessRate,
+    Target,
+    Weighted,
+)
 
 #: Retries are capped at 5 attempts in all (the seed documents say 3-5): beyond that a
 #: payment is better failed fast than held.
@@ -217,6 +224,20 @@ def classify(reply: NetworkReply | None, *, not_sent: bool = False) -> FailureKi
     if reply.outcome == "failed" and reply.reason in TECHNICAL_REASONS:
         return FailureKind.TECHNICAL
     return FailureKind.DECLINED
+
+
+def counts_as_healthy(failure: FailureKind | None, reply: NetworkReply | None) -> bool:
+    """Does this attempt's result count as a success for the endpoint's breaker?
+
+    Health is "the endpoint answered sensibly", not "the payment succeeded": a business
+    decline counts as healthy, and so does 94. A 94 is the issuer, alive, telling us it saw
+    this STAN + terminal before; it is UNKNOWN for the *payment* (the original may stand)
+    but says nothing against the endpoint, and counting it as a failure opened breakers
+    and sent cards to stand-in while the issuer was up (after a restart reused STANs).
+    """
+    if failure is None or failure is FailureKind.DECLINED:
+        return True
+    return reply is not None and reply.reason == reasons.DUPLICATE_TRANSMISSION
 
 
 def is_safe_to_retry(

@@ -33,8 +33,13 @@ from switch.routing.table import RouteTable, RouteTableError, Target, load_route
 
 
 class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """All payments of one channel go to one network."""
+
+    #: The channel routed here.
     channel: Channel
+    #: A network `name` from `[[networks]]` or `[[channel_networks]]` serving that channel.
     network: str
+    #: Per attempt.
     timeout_s: PositiveSeconds = 2.0
 
 

@@ -186,44 +186,68 @@ _BY_NAME: Final[dict[str, Strategy]] = {
 
 
 class TargetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named target: endpoints in failover order, how to pick among them, a timeout."""
+
+    #: Network names, in failover order.
     endpoints: Annotated[
         tuple[EndpointName, ...], msgspec.Meta(min_length=1, max_length=MAX_ENDPOINTS_PER_TARGET)
     ]
+    #: Card scheme name, for documentation and metrics.
     scheme: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    #: Which endpoint goes first: a name, or a table with `kind` and its keys.
     strategy: StrategyName | Strategy = "priority"
     #: Per attempt. Capped well below a network's own stand-in timeout (10 s POS).
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
 
 
 class CardRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A BIN range to a target: `low` and `high` (same length), or a `prefix`."""
+
+    #: A target name from `[targets]`.
     target: TargetName
+    #: First BIN of the range (inclusive).
     low: BinDigits | None = None
+    #: Last BIN of the range (inclusive).
     high: BinDigits | None = None
+    #: Every card number starting with these digits.
     prefix: BinDigits | None = None
 
 
 class CardRoutes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Card payments, by the card number's BIN: the range holding it, else ``default``."""
+
+    #: Target for a card no range matches (none: refused, no route).
     default: TargetName | None = None
+    #: BIN ranges (6-11 digits, compared padded to 11); ranges may not overlap.
     ranges: Annotated[tuple[CardRange, ...], msgspec.Meta(max_length=MAX_CARD_RANGES)] = ()
 
 
 class BicRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Payments to one creditor agent (BIC)."""
+
     creditor_bic: Bic
     target: TargetName
 
 
 class CorridorRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Payments from one country to another (the agents' BIC countries)."""
+
     debtor_country: Country
     creditor_country: Country
     target: TargetName
 
 
 class CurrencyRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Payments in one currency."""
+
     currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
     target: TargetName
 
 
 class SwiftRoutes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """SWIFT payments: by creditor BIC, then corridor, then currency, then `default`."""
+
+    #: Target when no rule matches (none: refused, no route).
     default: TargetName | None = None
     by_bic: Annotated[tuple[BicRule, ...], msgspec.Meta(max_length=MAX_RULES)] = ()
     by_corridor: Annotated[tuple[CorridorRule, ...], msgspec.Meta(max_length=MAX_RULES)] = ()
@@ -231,24 +255,34 @@ class SwiftRoutes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class SchemeRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """QR payments whose merchant template names this scheme (its globally unique id)."""
+
     gui: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     target: TargetName
 
 
 class AcquirerRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """QR payments from one acquirer."""
+
     acquirer: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
     target: TargetName
 
 
 class QrRoutes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """QR payments: by acquirer (when the caller names one), then scheme, then `default`."""
+
+    #: Target when no rule matches (none: refused, no route).
     default: TargetName | None = None
     by_scheme: Annotated[tuple[SchemeRule, ...], msgspec.Meta(max_length=MAX_RULES)] = ()
     by_acquirer: Annotated[tuple[AcquirerRule, ...], msgspec.Meta(max_length=MAX_RULES)] = ()
 
 
 class _TableShape(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The whole route table file."""
+
     # Targets stay loosely typed here and are converted one by one: msgspec reports a
     # problem inside a dict value as ``targets[...]``, and an operator needs the name.
+    #: Named targets, `[targets.NAME]`; rules refer to them by NAME.
     targets: dict[str, dict[str, object]]
     card: CardRoutes = msgspec.field(default_factory=CardRoutes)
     swift: SwiftRoutes = msgspec.field(default_factory=SwiftRoutes)

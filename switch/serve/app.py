@@ -27,6 +27,8 @@ import msgspec
 from switch.adapters.base import ChannelAdapter
 from switch.adapters.factory import build_network_adapter
 from switch.adapters.fakenet import StandInNetwork
+from switch.adapters.iso8583 import CardAdapter
+from switch.adapters.trace import FileTraceStore, TraceNumbers, sidecar_path
 from switch.clock import Clock
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.model import Payment
@@ -41,7 +43,10 @@ from switch.routing.router import Router, load_table
 from switch.routing.table import RouteTableError, Target, load_route_table
 from switch.serve.admin import build_app
 from switch.serve.config import ConfigError, SwitchConfig
+from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
+from switch.serve.http_api import build_api, serve_api
+from switch.serve.iso8583_door import Iso8583Door
 from switch.serve.server import Server
 
 log = logging.getLogger(__name__)
@@ -54,6 +59,9 @@ class Endpoints(msgspec.Struct, frozen=True):
     port: int
     admin_port: int
     pid: int
+    #: The front doors' ports (0: not enabled): [iso8583] and [http] in the config.
+    iso8583_port: int = 0
+    http_port: int = 0
 
 
 def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
@@ -78,6 +86,7 @@ class SwitchApp:
         self.endpoints: Endpoints | None = None
         self.recovered: Recovered | None = None
         self.server: Server | None = None
+        self.iso_door: Iso8583Door | None = None
         self.journal: Journal | None = None
         self.resolver: Resolver | None = None
         self.router: Router | None = None
@@ -141,6 +150,24 @@ class SwitchApp:
         log.info("route table %s reloaded: %s", source, table.digest)
         return True, table.digest
 
+    async def _start_front_doors(
+        self, front: FrontCore, connections: anyio.abc.TaskGroup, outer: anyio.abc.TaskGroup
+    ) -> tuple[int, int]:
+        """The ISO 8583 and HTTP front doors, when enabled; their ports (0 when not)."""
+        cfg = self.config
+        iso_port = http_port = 0
+        if cfg.iso8583.enabled:
+            self.iso_door = Iso8583Door(front, cfg.iso8583)
+            # Handlers live in ``connections``; accepting stops at the drain.
+            iso_port = await self.iso_door.start(connections)
+        if cfg.http.enabled:
+            sock = bind_socket(cfg.http.host, cfg.http.port)
+            http_port = sock.getsockname()[1]
+            api = build_api(front, cfg.http)
+            outer.start_soon(serve_api, api, sock, cfg.http.server, cfg.http.max_connections,
+                             self._admin_stop.wait)
+        return iso_port, http_port
+
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
@@ -188,6 +215,13 @@ class SwitchApp:
             except (RouteTableError, OSError) as exc:
                 raise ConfigError(f"routing.table: {exc}") from None
             await anyio.to_thread.run_sync(binlookup.warm_up)  # compile before payment one
+            # One DE11 sequence for the pipeline and every card adapter, resumed past the
+            # block the previous boot reserved (an issuer answers 94 to a reused STAN).
+            trace_store = FileTraceStore(sidecar_path(cfg.journal.path))
+            trace = await anyio.to_thread.run_sync(TraceNumbers, trace_store)
+            for adapter in self.adapters.values():
+                if isinstance(adapter, CardAdapter):
+                    adapter.use_trace(trace)
             router = Router(table, self.adapters, cfg.resilience, self.metrics, cfg.seed)
             self.router = router
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
@@ -208,9 +242,11 @@ class SwitchApp:
                 boot_count=recovered.boot_count,
                 seed=cfg.seed,
                 standin=standin if cfg.standin.enabled else None,
+                trace=trace,
             )
             server = Server(pipeline, cfg.server, self.metrics)
             self.server = server
+            front = FrontCore(pipeline, cfg.journal.path)
             log.info(
                 "journal replayed: %d records, %d final, %d unfinished; boot %d",
                 recovered.records,
@@ -258,7 +294,10 @@ class SwitchApp:
                         await connections.start(server.run_workers)
                         accept_scope = anyio.CancelScope()
                         connections.start_soon(_accept, listener, server, connections, accept_scope)
-                        self.endpoints = Endpoints(cfg.server.host, port, admin_port, os.getpid())
+                        iso_port, http_port = await self._start_front_doors(
+                            front, connections, outer)
+                        self.endpoints = Endpoints(cfg.server.host, port, admin_port, os.getpid(),
+                                                   iso_port, http_port)
                         if ready_file:
                             _write_ready_file(ready_file, self.endpoints)
                         # Everything built so far (imports -- numba alone brings hundreds
@@ -274,6 +313,10 @@ class SwitchApp:
                         self._ready = False
                         accept_scope.cancel()
                         drained = await server.drain(cfg.server.drain_timeout_s)
+                        if self.iso_door is not None:
+                            drained = await self.iso_door.drain(
+                                cfg.server.drain_timeout_s) and drained
+                        drained = await front.drain(cfg.server.drain_timeout_s) and drained
                         if not drained:
                             log.warning(
                                 "drain timed out with %d in flight; cancelling", server.in_flight
@@ -282,6 +325,7 @@ class SwitchApp:
                     services.cancel_scope.cancel()
                 self._admin_stop.set()
                 await journal.close()
+                front.close()
             log.info(
                 "journal flushed: %d records in %d commits",
                 journal.committed_records,

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from hdrh.histogram import HdrHistogram
 from hdrh.log import HistogramLogReader
 
+from loadtests.harness.hlog import read_log, total_of
 from switch.cli.load import load
 from tests.load.conftest import ROOT, screenshot
 from tests.load.pngcheck import png_stats
@@ -74,15 +75,30 @@ def test_csv_time_series_in_one_second_buckets(load_run: Path) -> None:
 
 
 def test_hdr_log_holds_every_reply(load_run: Path) -> None:
+    # hdrh's own reader (what other tools use): untagged lines are all channels together,
+    # Tag=<channel> lines the same samples per channel.
     reader = HistogramLogReader(str(load_run / "latency.hlog"), HdrHistogram(1, 120_000_000, 3))
     total, intervals = 0, 0
+    by_tag: dict[str, int] = {}
     while (hist := reader.get_next_interval_histogram()) is not None:
-        total += hist.get_total_count()
-        intervals += 1
+        tag = hist.get_tag()
+        if tag is None:
+            total += hist.get_total_count()
+            intervals += 1
+        else:
+            by_tag[tag] = by_tag.get(tag, 0) + hist.get_total_count()
     summary = json.loads((load_run / "summary.json").read_text())
     assert intervals >= 3
     assert total == summary["totals"]["replies"]
     assert reader.get_start_time_sec() > 1_600_000_000
+    per_channel = summary["latency_by_channel_ms"]
+    assert by_tag == {ch: figures["count"] for ch, figures in per_channel.items()}
+    assert set(by_tag) == {"card", "swift", "qr"}
+    # our reader gives the same exact total, with percentiles equal to the summary's
+    _, logged = read_log(load_run / "latency.hlog")
+    merged = total_of(logged)
+    assert merged.get_total_count() == total
+    assert round(merged.get_value_at_percentile(99) / 1000, 3) == summary["latency_ms"]["p99"]
 
 
 def test_report_is_self_contained_and_renders(load_run: Path, tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ def test_invalid_scenario_exits_2_before_starting_anything(tmp_path: Path) -> No
         tmp_path, 'duration_s = 10\n[load]\nrate = 10\n[[faults]]\nkind = "down"\n'
         'endpoint = "nope"\n')), "--out", str(tmp_path / "reports"))
     assert proc.returncode == 2
-    assert "faults[0].endpoint" in proc.stdout
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("Error: invalid scenario: ") and "faults[0].endpoint" in line
     assert not (tmp_path / "reports").exists()
 
 

@@ -10,11 +10,10 @@ import anyio
 import anyio.abc
 import pytest
 
-from loadtests.harness.loadgen import (
+from loadtests.harness.loadgen import Interval, OpenLoopGenerator
+from loadtests.harness.shapes import (
     DiurnalRate,
     FixedRate,
-    Interval,
-    OpenLoopGenerator,
     RampRate,
     Schedule,
     ShapeError,
@@ -156,4 +155,7 @@ async def test_generator_sends_on_the_shape_second_by_second(echo_port: int) -> 
     assert sum(i.sent for i in intervals) == 600
     assert sum(i.replies for i in intervals) == 600
     assert stats.histogram.get_total_count() == 600
+    # per channel, the same samples: the channel histograms add up exactly to the total
+    assert sum(h.get_total_count() for h in stats.channel_histograms.values()) == 600
+    assert sum(i.histogram().get_total_count() for i in intervals) == 600
     assert not math.isnan(stats.percentile_ms(99))

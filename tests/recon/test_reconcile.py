@@ -122,14 +122,22 @@ def test_cli_exit_codes_and_bad_file(tmp_path: Path) -> None:
 
 
 def test_stand_in_exposure_and_late_settlement_are_explained_breaks() -> None:
-    switch = [Record("card", "R1", 100, "USD", "approved", 1, "P1", "", stood_in=True),
-              rec("R2", t=0), rec("R3")]
+    def standin(ref: str, advice: str) -> Record:
+        return Record("card", ref, 100, "USD", "approved", 1, "P-" + ref, "", stood_in=True,
+                      advice=advice)
+
+    # Only R1 has the evidence: the issuer refused its advice (on record in the journal).
+    # R4's advice was delivered and R5's is still pending: missing is a real break.
+    switch = [standin("R1", "refused"), rec("R2", t=0), rec("R3"),
+              standin("R4", "delivered"), standin("R5", "")]
     network = [rec("R2", t=2 * 86_400_000_000)]
     report = match(switch, network, late_after_s=86_400)
     kinds = Counter(b.kind for b in report.breaks)
     assert kinds == Counter({"standin_exposure": 1, "late_settlement": 1,
-                             "missing_at_network": 1})
-    assert report.unexplained == 1  # only R3: nobody can account for it
+                             "missing_at_network": 3})
+    assert {b.switch.reference for b in report.breaks  # type: ignore[union-attr]
+            if b.kind == "missing_at_network"} == {"R3", "R4", "R5"}
+    assert report.unexplained == 3  # R3, R4, R5: nobody can account for them
 
 
 def test_many_to_one_netted_entries_match_the_payments_they_cover() -> None:

@@ -18,7 +18,7 @@ import msgspec
 import pytest
 
 from channels.card import CardNetwork, CardScheme
-from channels.config import ChannelsConfigError, config_from_dict, load_config
+from channels.config import CardSchemeSpec, ChannelsConfigError, config_from_dict, load_config
 from channels.server import ChannelsRuntime, serve_channels
 from channels.tcp import SimServer
 from switch.adapters.base import NetworkReply, NotSent
@@ -371,3 +371,17 @@ def test_config_is_checked_and_the_example_loads() -> None:
     with pytest.raises(ChannelsConfigError, match="hops"):
         config_from_dict({"networks": [{"name": "s", "kind": "swift", "swift": {"banks": [
             {"bic": "AAAADEFF", "via": "BBBBDEFF"}, {"bic": "BBBBDEFF", "via": "AAAADEFF"}]}}]})
+
+
+def test_a_pan_failing_the_luhn_check_is_an_invalid_card() -> None:
+    """The issuer answers 14 to a mistyped number before looking for an account."""
+    scheme = CardScheme(msgspec.convert(card_scheme(), CardSchemeSpec))
+    valid = "4111111111111111"
+    # The same digits with the check digit off by one: in alpha's range, still refused.
+    for pan, code in ((valid, "00"), (valid[:-1] + "2", "14")):
+        txn = iso8583.CardTransaction(
+            pan=pan, amount_minor=100, currency="840", stan=int(code) + 1, transmitted_at=AT,
+            terminal_id="TERM0001", merchant_id="M1", acquirer_id="123456")
+        answer = scheme.authorize(iso8583.authorization_request(txn), 0.0)
+        assert answer.response_code == code, pan
+    assert valid[:-1] + "2" not in scheme.accounts

@@ -1,0 +1,50 @@
+"""Fuzz target: the card settlement file reader (what `payswitch reconcile` runs).
+
+Atheris convention: ``TestOneInput(data: bytes)``. Any exception other than
+SettlementFileError is a finding (so is an AssertionError from the checks below).
+Run alone: ``.venv/bin/python bench/fuzz/fuzz_settlement_card.py -max_total_time=60``
+(needs atheris); bench/fuzz/run_all.py discovers every fuzz_*.py.
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from switch.currency import NUMERIC_TO_ALPHA
+from switch.protocols.settlement_files import (
+    SettlementFileError,
+    decode_card_clearing,
+    decode_text,
+    read_card_clearing_columns,
+)
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        cols = read_card_clearing_columns(data, "c.clr")
+    except SettlementFileError:
+        return
+    # Differential: whatever the fast (polars) path accepts, the strict decoder accepts
+    # with the same records: the fast path may only ever hand over, never disagree.
+    try:
+        strict = decode_card_clearing(decode_text(data, "f.clr"), "f.clr", NUMERIC_TO_ALPHA)
+    except SettlementFileError as exc:
+        raise AssertionError(f"fast path accepted what the strict decoder refuses: {exc}") from None
+    assert cols.entries() == strict, "fast path and strict decoder disagree"
+
+
+def main() -> None:
+    import atheris  # type: ignore[import-not-found]
+
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Fuzz target: the qr settlement file reader (what `payswitch reconcile` runs).
+
+Atheris convention: ``TestOneInput(data: bytes)``. Any exception other than
+SettlementFileError is a finding (so is an AssertionError from the checks below).
+Run alone: ``.venv/bin/python bench/fuzz/fuzz_settlement_qr.py -max_total_time=60``
+(needs atheris); bench/fuzz/run_all.py discovers every fuzz_*.py.
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from switch.currency import CURRENCIES
+from switch.protocols.settlement_files import (
+    SettlementFileError,
+    decode_qr_csv,
+    decode_text,
+    read_qr_csv_columns,
+)
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        cols = read_qr_csv_columns(data, "q.csv")
+    except SettlementFileError:
+        return
+    try:
+        strict = decode_qr_csv(decode_text(data, "f.csv"), "f.csv", CURRENCIES)
+    except SettlementFileError as exc:
+        raise AssertionError(f"fast path accepted what the strict decoder refuses: {exc}") from None
+    assert cols.entries() == strict, "fast path and strict decoder disagree"
+
+
+def main() -> None:
+    import atheris  # type: ignore[import-not-found]
+
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""ISO 8583 for the load generator: drive any ISO 8583 host with 0100s, match the 0110s.
+
+Each card payment of the workload becomes a 0100 (DE2, 3, 4, 7, 11, 12, 13, 14, 18, 22,
+32, 37, 41, 42, 49), 2-byte big-endian length framed. DE11 (STAN) comes from one
+sequence per terminal (DE41), so the key fields are unique among requests in flight;
+a workload duplicate re-sends the very same message (same DE7/DE11), which a host
+should answer from its idempotency store.
+
+Matching is configurable (``--match mti,11,41``, the jPOS QMUX default): a reply whose
+key matches no request in flight is counted as ``unmatched_reply`` and a few of their
+keys are kept (:attr:`Iso8583Wire.unmatched_samples`), so a key-field mismatch shows up
+at once instead of as a silent timeout. The spec is configurable too: ``--iso-spec``
+takes a pyiso8583 spec as JSON.
+
+DE39 to the generator's vocabulary: 00 approved; 68 unknown (the host reverses it);
+91/96 failed; 30 format error and 94 duplicate transmission as errors; every other code
+a decline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import OrderedDict, deque
+from pathlib import Path
+from typing import Any, Final
+
+import iso8583 as pyiso
+
+from loadtests.harness.wires import UNMATCHED, Answer, Iso8583Options
+from switch.currency import numeric_code
+from switch.model import Channel, PaymentRequest
+from switch.protocols.iso8583 import FrameDecoder
+from switch.protocols.iso8583_acquirer import AcquirerCodec
+
+_ERRORS: Final = {"30": "format_error", "94": "duplicate_transmission"}
+_FAILED: Final = frozenset({"91", "96"})
+#: Recent requests remembered so a workload duplicate re-sends identical fields.
+_RECENT: Final = 65536
+_SAMPLES: Final = 20
+_MTI_CLASS: Final = {str(d): str(d & ~1) for d in range(10)}
+
+
+def load_spec(options: Iso8583Options) -> dict[str, dict[str, Any]]:
+    if options.spec_file is None:
+        return AcquirerCodec(options.bitmap).spec
+    spec: dict[str, dict[str, Any]] = json.loads(Path(options.spec_file).read_text())
+    return spec
+
+
+def classify(code: str) -> tuple[str | None, str | None]:
+    """(status, error) for a DE39 response code."""
+    if code == "00":
+        return "approved", None
+    if code == "68":
+        return "unknown", None
+    if code in _FAILED:
+        return "failed", None
+    if code in _ERRORS:
+        return None, _ERRORS[code]
+    return "declined", None
+
+
+class Iso8583Wire:
+    name = "iso8583"
+    channel: Channel | None = "card"
+
+    def __init__(self, options: Iso8583Options, *, stride: int = 1, offset: int = 0,
+                 terminal_id: str | None = None) -> None:
+        """``stride``/``offset``: generator process ``offset`` of ``stride`` draws STANs
+        ``offset+1, offset+1+stride, ...`` per terminal, so processes sharing terminals
+        never send the same key fields; ``terminal_id`` overrides DE41 (a Locust user is
+        one terminal)."""
+        self.options = options
+        self.stride = stride
+        self.offset = offset
+        self.terminal_id = terminal_id
+        self.spec = load_spec(options)
+        self.match = [m.lower() for m in options.match]
+        self._stan: dict[str, int] = {}
+        self._recent: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._pending: dict[tuple[str, ...], deque[int]] = {}
+        self._decoders: dict[int, FrameDecoder] = {}
+        self.unmatched_samples: list[tuple[str, ...]] = []
+
+    def key(self, doc: dict[str, str]) -> tuple[str, ...]:
+        out = []
+        for m in self.match:
+            if m == "mti":
+                mti = doc.get("t", "")
+                # jPOS QMUX: a response shares its request's class; repeats count as one.
+                out.append(mti[:2] + _MTI_CLASS.get(mti[2:3], mti[2:3]) + "0")
+            else:
+                out.append(doc.get(m, "").strip())
+        return tuple(out)
+
+    def _document(self, request: PaymentRequest) -> dict[str, str]:
+        doc = self._recent.get(request.idempotency_key)
+        if doc is not None:
+            return doc
+        card = request.card
+        assert card is not None, "the ISO 8583 wire carries card payments only"
+        terminal = (self.terminal_id or card.terminal_id)[:8].ljust(8)
+        count = self._stan.get(terminal, 0) + 1
+        self._stan[terminal] = count
+        stan = ((count - 1) * self.stride + self.offset) % 999_999 + 1
+        now = dt.datetime.now(dt.UTC)
+        doc = {
+            "t": "0100", "2": card.pan, "3": "000000", "4": f"{request.amount:012d}",
+            "7": now.strftime("%m%d%H%M%S"), "11": f"{stan:06d}",
+            "12": now.strftime("%H%M%S"), "13": now.strftime("%m%d"), "14": card.expiry,
+            "18": card.mcc, "22": "051", "32": self.options.acquirer_id,
+            "37": f"{now:%y%j}{stan:06d}"[:12].ljust(12), "41": terminal,
+            "42": (card.merchant_id or request.payee.account)[:15].ljust(15),
+            "49": f"{numeric_code(request.currency):03d}",
+        }
+        self._recent[request.idempotency_key] = doc
+        if len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
+        return doc
+
+    def encode(self, rid: int, request: PaymentRequest, conn: int) -> bytes:
+        doc = self._document(request)
+        raw, _ = pyiso.encode(dict(doc), self.spec)
+        self._pending.setdefault(self.key(doc), deque()).append(rid)
+        return len(raw).to_bytes(2, "big") + bytes(raw)
+
+    def encode_malformed(self, junk: bytes, conn: int) -> bytes:
+        # No readable MTI: a host can only count and drop it (nothing to answer).
+        payload = b"\xc1\xc1" + junk
+        return len(payload).to_bytes(2, "big") + payload
+
+    def feed(self, conn: int, data: bytes) -> list[Answer]:
+        decoder = self._decoders.get(conn)
+        if decoder is None:
+            decoder = self._decoders[conn] = FrameDecoder(65535)
+        answers: list[Answer] = []
+        for payload in decoder.feed(data):
+            try:
+                doc, _ = pyiso.decode(payload, self.spec)
+            except (pyiso.DecodeError, KeyError):
+                answers.append(Answer(None, error="undecodable_reply"))
+                continue
+            key = self.key(doc)
+            waiting = self._pending.get(key)
+            if not waiting:
+                if len(self.unmatched_samples) < _SAMPLES:
+                    self.unmatched_samples.append(key)
+                answers.append(Answer(None, error=UNMATCHED))
+                continue
+            rid = waiting.popleft()
+            if not waiting:
+                del self._pending[key]
+            status, error = classify(doc.get("39", ""))
+            answers.append(Answer(rid, status, error, False, doc.get("38", "").strip()))
+        return answers
+
+    def forget(self, conn: int) -> None:
+        self._decoders.pop(conn, None)

@@ -1,0 +1,345 @@
+"""The switch's ISO 8583 acquirer interface, sans-IO: bytes in, decisions and bytes out.
+
+Acquirers send 0100/0101 (authorization), 0200/0201 (financial), 0400/0401 (reversal),
+0420/0421 (reversal advice) and 0800 (network management); the switch answers 0110,
+0210, 0410, 0430 and 0810. The field layout is the 1987 one of
+:mod:`switch.protocols.iso8583` (all fields ASCII, LL lengths in ASCII); only the bitmap
+encoding is configurable, because acquirers differ there: 16 ASCII hex characters
+(jPOS ``ISO87APackager``) or 8 raw bytes (``ISO87BPackager``-style binary bitmap).
+
+This module decides nothing about money. It turns a request into what the core needs
+(:func:`parse_request`: a :class:`~switch.model.PaymentRequest`, a reversal of a known
+original, or a network message) and a core outcome back into a response
+(:func:`payment_response` and friends). Errors name the data element (``DE49``).
+
+Idempotency comes from the acquirer's key fields: by default DE32 (acquirer) + DE41
+(terminal) + DE11 (STAN) + DE7 (transmission time), so a repeat (0101, or the same 0100
+sent again) replays the stored answer, and the same key with other content is refused
+with 94 (duplicate transmission). A reversal finds its original through DE90 (original
+MTI, STAN, DE7, acquirer) plus its own DE41.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final, Literal
+
+import iso8583 as _pyiso
+import msgspec
+
+from switch import reasons
+from switch.currency import NUMERIC_TO_ALPHA
+from switch.model import CardData, Party, PaymentRequest, Result, Status
+from switch.protocols.errors import CodecError
+from switch.protocols.iso8583 import SPEC, IsoMessage, response_mti
+
+__all__ = [
+    "DEFAULT_KEY_FIELDS",
+    "FORMAT_ERROR",
+    "AcquirerCodec",
+    "AcquirerFormatError",
+    "BitmapMode",
+    "NetworkRequest",
+    "PaymentCall",
+    "ReversalCall",
+    "format_error_response",
+    "network_response",
+    "original_key",
+    "parse_request",
+    "payment_key",
+    "payment_response",
+    "refusal_code",
+    "refusal_response",
+    "reversal_response",
+]
+
+BitmapMode = Literal["ascii", "binary"]
+
+#: DE39 30: format error. Acquirers recognise it as "your message was not understood".
+FORMAT_ERROR: Final = "30"
+#: DE39 25: unable to locate the original record (a reversal of a payment we never saw).
+ORIGINAL_NOT_FOUND: Final = "25"
+#: DE39 13: invalid amount.
+INVALID_AMOUNT: Final = "13"
+
+#: The acquirer's key fields, in key order: acquirer id, terminal, STAN, transmission time.
+DEFAULT_KEY_FIELDS: Final[tuple[int, ...]] = (32, 41, 11, 7)
+
+_PAYMENT_MTIS: Final = frozenset({"0100", "0101", "0200", "0201"})
+_REVERSAL_MTIS: Final = frozenset({"0400", "0401", "0420", "0421"})
+_NETWORK_MTIS: Final = frozenset({"0800", "0801"})
+_NUMERIC: Final = frozenset({2, 3, 4, 7, 11, 12, 13, 14, 18, 22, 32, 49, 70, 90})
+_DATA_ELEMENTS: Final = frozenset(int(k) for k in SPEC if k.isdigit() and k != "1")
+# What a response carries back: the key fields and the transaction's identity.
+_ECHOED: Final[tuple[int, ...]] = (2, 3, 4, 7, 11, 12, 13, 32, 37, 41, 42, 49, 70, 90)
+_REQUIRED_PAYMENT: Final[tuple[int, ...]] = (2, 3, 4, 7, 11, 14, 41, 49)
+_REQUIRED_REVERSAL: Final[tuple[int, ...]] = (4, 7, 11, 41, 90)
+
+# Switch refusals (before a payment is accepted) on the DE39 scale.
+_REFUSAL_DE39: Final = {
+    reasons.E_INVALID: FORMAT_ERROR,
+    reasons.E_MALFORMED: FORMAT_ERROR,
+    reasons.E_IDEMPOTENCY_CONFLICT: reasons.DUPLICATE_TRANSMISSION,
+    reasons.E_OVERLOADED: reasons.ISSUER_UNAVAILABLE,
+    reasons.E_SHUTTING_DOWN: reasons.ISSUER_UNAVAILABLE,
+    reasons.E_UNAVAILABLE: reasons.SYSTEM_MALFUNCTION,
+}
+
+
+class AcquirerFormatError(CodecError):
+    """An unreadable acquirer message; ``partial`` is what was read before the error
+    (the MTI and the fields decoded so far), or None when not even the MTI was readable."""
+
+    def __init__(self, reason: str, path: str, partial: IsoMessage | None) -> None:
+        super().__init__(reason, path)
+        self.partial = partial
+
+
+def _spec(bitmap: BitmapMode) -> dict[str, dict[str, Any]]:
+    spec = copy.deepcopy(dict(SPEC))
+    if bitmap == "binary":
+        for key in ("p", "1"):
+            spec[key] = {**spec[key], "data_enc": "b", "max_len": 8}
+    return spec
+
+
+def _path(field: object) -> str:
+    name = str(field)
+    return {"t": "MTI", "p": "bitmap", "1": "bitmap", "h": "header"}.get(name, f"DE{name}")
+
+
+class AcquirerCodec:
+    """Encode and decode acquirer messages with the configured bitmap encoding."""
+
+    __slots__ = ("bitmap", "spec")
+
+    def __init__(self, bitmap: BitmapMode = "ascii") -> None:
+        self.bitmap = bitmap
+        self.spec = _spec(bitmap)
+
+    def decode(self, data: bytes) -> IsoMessage:
+        """Parse one message; :class:`AcquirerFormatError` names the field.
+
+        Its ``partial`` holds the MTI and fields decoded before the error, so a
+        format-error response can still echo the key fields the acquirer matches on.
+        """
+        try:
+            doc, _ = _pyiso.decode(data, self.spec)
+        except _pyiso.DecodeError as exc:
+            raise AcquirerFormatError(f"{exc.msg} (at byte {exc.pos})", _path(exc.field),
+                                      _partial(exc.doc_dec, data)) from None
+        except KeyError as exc:
+            # pyiso8583 indexes the spec with every field the bitmap names.
+            raise AcquirerFormatError("field not defined in the payswitch 1987 spec",
+                                      _path(exc.args[0] if exc.args else "?"),
+                                      _partial({}, data)) from None
+        mti = doc.get("t", "")
+        fields: dict[int, str] = {}
+        for key, value in doc.items():
+            if key in ("t", "p", "1", "h"):
+                continue
+            de = int(key)
+            fields[de] = value
+        msg = IsoMessage(mti, fields)
+        if not (len(mti) == 4 and mti.isdigit() and mti.isascii()):
+            raise AcquirerFormatError(f"MTI must be 4 ASCII digits, got {mti!r}", "MTI", None)
+        for de, value in fields.items():
+            if de in _NUMERIC and not (value.isdigit() and value.isascii()):
+                raise AcquirerFormatError(f"numeric field holds {value!r}", f"DE{de}", msg)
+        return msg
+
+    def encode(self, msg: IsoMessage) -> bytes:
+        doc: dict[str, str] = {"t": msg.mti}
+        for de, value in msg.fields.items():
+            if de not in _DATA_ELEMENTS:
+                raise CodecError("field not defined in the payswitch 1987 spec", f"DE{de}")
+            doc[str(de)] = value
+        try:
+            raw, _ = _pyiso.encode(doc, self.spec)
+        except _pyiso.EncodeError as exc:
+            raise CodecError(exc.msg, _path(exc.field)) from None
+        return bytes(raw)
+
+
+def _partial(doc: dict[str, str], data: bytes) -> IsoMessage | None:
+    mti = doc.get("t")
+    if mti is None:
+        head = bytes(data[:4])
+        mti = head.decode("ascii", "replace") if len(head) == 4 else ""
+    if not (len(mti) == 4 and mti.isdigit() and mti.isascii()):
+        return None
+    fields = {int(k): v for k, v in doc.items() if k.isdigit()}
+    return IsoMessage(mti, fields)
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class PaymentCall(msgspec.Struct, frozen=True):
+    """0100/0200 (and repeats): a payment for the core."""
+
+    message: IsoMessage
+    request: PaymentRequest
+
+
+class ReversalCall(msgspec.Struct, frozen=True):
+    """0400/0420 (and repeats): undo the payment whose idempotency key is ``original_key``."""
+
+    message: IsoMessage
+    original_key: str
+    advice: bool
+
+
+class NetworkRequest(msgspec.Struct, frozen=True):
+    """0800: sign-on 001, sign-off 002, echo 301."""
+
+    message: IsoMessage
+    code: str
+
+
+def payment_key(fields: dict[int, str], key_fields: tuple[int, ...]) -> str:
+    """The idempotency key of a payment from its key fields (``iso:`` + values joined)."""
+    return "iso:" + ":".join(fields.get(de, "").strip() for de in key_fields)
+
+
+def original_key(msg: IsoMessage, key_fields: tuple[int, ...]) -> str:
+    """The key of the payment a reversal undoes, rebuilt from DE90 and the reversal itself.
+
+    DE90 n42 = original MTI (4) + STAN (6) + DE7 (10) + acquirer id (11, zero-padded) +
+    forwarder (11). DE32 is taken from the reversal when present (it carries the
+    unpadded id the original had); DE41 and anything else from the reversal.
+    """
+    de90 = msg.fields[90]
+    original = dict(msg.fields)
+    original[11] = de90[4:10]
+    original[7] = de90[10:20]
+    if 32 not in original:
+        original[32] = de90[20:31].lstrip("0") or "0"
+    return payment_key(original, key_fields)
+
+
+def _require(msg: IsoMessage, required: tuple[int, ...]) -> None:
+    for de in required:
+        if de not in msg.fields:
+            raise CodecError(f"required in a {msg.mti}", f"DE{de}")
+
+
+def parse_request(
+    msg: IsoMessage, key_fields: tuple[int, ...] = DEFAULT_KEY_FIELDS
+) -> PaymentCall | ReversalCall | NetworkRequest:
+    """What a decoded request asks for; :class:`CodecError` names the offending field."""
+    mti = msg.mti
+    f = msg.fields
+    if mti in _PAYMENT_MTIS:
+        _require(msg, _REQUIRED_PAYMENT)
+        currency = NUMERIC_TO_ALPHA.get(int(f[49]))
+        if currency is None:
+            raise CodecError(f"unknown ISO 4217 numeric currency {f[49]!r}", "DE49")
+        amount = int(f[4])
+        if amount < 1:
+            raise CodecError("amount must be at least 1 minor unit", "DE4")
+        pan = f[2]
+        if len(pan) < 12:
+            raise CodecError("PAN must be 12 to 19 digits", "DE2")
+        terminal = f[41].strip() or "-"
+        merchant = f.get(42, "").strip()
+        try:
+            request = PaymentRequest(
+                idempotency_key=payment_key(f, key_fields),
+                channel="card",
+                amount=amount,
+                currency=currency,
+                # Never the PAN in clear: the payer is named by BIN + last four, which
+                # PCI DSS allows to be shown together.
+                payer=Party(f"CARD{pan[:6]}{pan[-4:]}"),
+                payee=Party(merchant or f"TERM{terminal}"),
+                card=CardData(pan=pan, expiry=f[14], terminal_id=terminal[:8],
+                              merchant_id=merchant, mcc=f.get(18, "5999")),
+            )
+        except (msgspec.ValidationError, TypeError) as exc:
+            raise CodecError(str(exc), "message") from None
+        return PaymentCall(msg, request)
+    if mti in _REVERSAL_MTIS:
+        _require(msg, _REQUIRED_REVERSAL)
+        if len(f[90]) != 42:
+            raise CodecError("original data elements must be 42 digits", "DE90")
+        return ReversalCall(msg, original_key(msg, key_fields), advice=mti[2] == "2")
+    if mti in _NETWORK_MTIS:
+        _require(msg, (7, 11, 70))
+        return NetworkRequest(msg, f[70])
+    raise CodecError(f"MTI {mti} is not accepted on the acquirer interface", "MTI")
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def _answer(request: IsoMessage, code: str, auth_code: str | None = None) -> IsoMessage:
+    f = request.fields
+    fields = {de: f[de] for de in _ECHOED if de in f}
+    if auth_code:
+        fields[38] = auth_code[:6].ljust(6)
+    fields[39] = code
+    return IsoMessage(response_mti(request.mti), dict(sorted(fields.items())))
+
+
+def payment_response(request: IsoMessage, result: Result) -> IsoMessage:
+    """0110/0210 for the core's result: DE39 is the result's reason (one DE39 scale).
+
+    An unknown outcome (no network answer in time) answers 68; the switch reverses it.
+    DE38 carries the authorization code of an approval when the network gave one.
+    """
+    code = result.reason if len(result.reason) == 2 else reasons.SYSTEM_MALFUNCTION
+    if result.status is Status.UNKNOWN:
+        code = reasons.RESPONSE_TOO_LATE
+    auth = result.channel_ref if result.status is Status.APPROVED else None
+    if auth is not None and not (0 < len(auth) <= 6 and auth.isascii()):
+        auth = None
+    return _answer(request, code, auth)
+
+
+def refusal_code(error_code: str) -> str:
+    """DE39 for a switch refusal (``overloaded`` -> 91, ``idempotency_conflict`` -> 94)."""
+    return _REFUSAL_DE39.get(error_code, reasons.SYSTEM_MALFUNCTION)
+
+
+def refusal_response(request: IsoMessage, error_code: str, message: str = "") -> IsoMessage:
+    """The response to a request the switch refused before accepting it (91, 94, 30, 96).
+
+    A PAN the core found invalid (not digits, Luhn) is 14 (invalid card), as an issuer
+    would answer; any other invalid field is 30 (format error).
+    """
+    if error_code == reasons.E_INVALID and message.startswith("payment.card.pan"):
+        return _answer(request, reasons.INVALID_CARD)
+    return _answer(request, refusal_code(error_code))
+
+
+def reversal_response(request: IsoMessage, code: str) -> IsoMessage:
+    """0410/0430 with ``code``: 00 reversed (or nothing to undo), 25 original unknown."""
+    return _answer(request, code)
+
+
+def network_response(request: IsoMessage, code: str = reasons.APPROVED) -> IsoMessage:
+    """0810 echoing DE7, DE11 and DE70."""
+    return _answer(request, code)
+
+
+def format_error_response(partial: IsoMessage | None) -> IsoMessage | None:
+    """The DE39 30 response to an unreadable request, if its header allows one.
+
+    That needs a readable request MTI (a response to a response, or to garbage, cannot be
+    addressed); the response echoes whichever key fields were read before the error.
+    """
+    if partial is None:
+        return None
+    mti = partial.mti
+    if int(mti[2]) % 2:  # a response or an advice response: nothing to answer
+        return None
+    try:
+        response_mti(mti)
+    except CodecError:
+        return None
+    fields = {de: v for de, v in partial.fields.items()
+              if de in _ECHOED and (de not in _NUMERIC or (v.isdigit() and v.isascii()))}
+    return _answer(IsoMessage(mti, fields), FORMAT_ERROR)
+
+

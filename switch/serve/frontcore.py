@@ -1,0 +1,202 @@
+"""The one seam between the front doors (ISO 8583, HTTP) and the payment core.
+
+Every door turns its bytes into a :class:`~switch.model.PaymentRequest` and calls
+:meth:`FrontCore.submit`; that is the *only* place a door reaches the pipeline, so when
+the core changes shape (a batched core behind an awaitable ``submit``), this adapter is
+what gets re-pointed. The same path as every other payment: validation, idempotency,
+risk, routing, journal.
+
+Two more things the doors need are answered here from what the core already keeps:
+
+- :meth:`find` (``GET /v1/payments/{id}``): the journal is the store of record, so the
+  last result journaled for a payment id is read from it (a read-only SQLite connection
+  in a worker thread; WAL readers never block the writer).
+- :meth:`reverse` (ISO 8583 0400/0420): undo an approved payment. The reversal is made
+  durable *before* it is acknowledged, by journaling the payment's intent again: replay
+  then treats it as unfinished, and recovery hands it to the resolver, which reverses
+  card payments with the issuer and journals the final ``reversed`` state. So a
+  reversal acknowledged with 00 survives kill -9 the same way a payment does.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from switch import reasons
+from switch.journal import JournalFailed, JournalFull, JournalRecord, OnFull
+from switch.model import Payment, PaymentRequest, Result, Status
+from switch.observability.metrics import SwitchMetrics
+from switch.payment.pipeline import Pipeline, Rejected
+from switch.routing.router import NoRoute
+
+_payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
+_result_decoder: Final = msgspec.msgpack.Decoder(Result)
+
+#: Reversals waiting for the issuer at once; past it a reversal is answered 91 (retry).
+MAX_REVERSALS_IN_FLIGHT: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the core said: a result (``replay`` if stored earlier) or a refusal."""
+
+    result: Result | None
+    replay: bool = False
+    error_code: str = ""
+    error_message: str = ""
+
+
+class FrontCore:
+    """The core as the front doors see it."""
+
+    def __init__(self, pipeline: Pipeline, journal_path: str) -> None:
+        self._pipeline = pipeline
+        self._journal_path = journal_path
+        # Payment id -> original key of reversals handed to the resolver; swept of those
+        # the resolver finished (the index then holds ``reversed``) when it fills up.
+        self._reversing: dict[str, str] = {}
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = anyio.Lock()
+        self.in_flight = 0
+        self.draining = False
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    async def submit(self, request: PaymentRequest) -> Outcome:
+        """The adapter: one payment through the core (re-point here at merge time)."""
+        if self.draining:
+            return Outcome(None, error_code=reasons.E_SHUTTING_DOWN,
+                           error_message="switch is shutting down")
+        self.in_flight += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        try:
+            submitted = await self._pipeline.submit(request)
+        except Rejected as exc:
+            self._pipeline.metrics.rejected[exc.code].inc()
+            return Outcome(None, error_code=exc.code, error_message=exc.message)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+        return Outcome(submitted.result, submitted.replay)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new payments from the doors and wait for those in flight."""
+        self.draining = True
+        with anyio.move_on_after(timeout_s):
+            await self._idle.wait()
+            return True
+        return False
+
+    @property
+    def metrics(self) -> SwitchMetrics:
+        """The switch's metrics: the doors count their own refusals on the same series."""
+        return self._pipeline.metrics
+
+    def stored(self, idempotency_key: str) -> Result | None:
+        """The stored result for a key, or None (unknown key or still in flight)."""
+        entry = self._pipeline.index.get(idempotency_key)
+        return None if entry is None else entry.result
+
+    # ------------------------------------------------------------------ lookups
+
+    def _read(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                f"file:{self._journal_path}?mode=ro", uri=True, check_same_thread=False
+            )
+        return list(self._reader.execute(sql, args))
+
+    async def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        async with self._reader_lock:
+            return await anyio.to_thread.run_sync(self._read, sql, args)
+
+    async def find(self, payment_id: str) -> tuple[Result, str] | None:
+        """The latest result journaled for ``payment_id`` and its idempotency key (None:
+        unknown, or still in flight)."""
+        rows = await self._query(
+            "SELECT record, idempotency_key FROM journal WHERE payment_id = ?"
+            " AND kind IN ('final', 'unknown') ORDER BY seq DESC LIMIT 1", (payment_id,))
+        if not rows:
+            return None
+        record, key = rows[0]
+        return _result_decoder.decode(record), str(key)
+
+    async def _intent(self, payment_id: str) -> tuple[Payment, bytes] | None:
+        rows = await self._query(
+            "SELECT record, body_hash FROM journal WHERE payment_id = ? AND kind = 'intent'"
+            " ORDER BY seq LIMIT 1", (payment_id,))
+        return (_payment_decoder.decode(rows[0][0]), rows[0][1]) if rows else None
+
+    # ------------------------------------------------------------------ reversal
+
+    async def reverse(self, original_key: str, wait_s: float = 5.0) -> str:
+        """Reverse the payment stored under ``original_key``; returns DE39.
+
+        00: reversed, being reversed, or nothing to undo (declined, failed, already
+        reversed, or unknown -- the resolver reverses unknown card payments by itself);
+        25: no such original; 91: cannot take the reversal now (acquirer repeats it).
+        """
+        pipeline = self._pipeline
+        entry = pipeline.index.get(original_key)
+        if entry is None:
+            return "25"
+        result = entry.result
+        if result is None:
+            with anyio.move_on_after(wait_s):
+                result = await entry.wait()
+            if result is None:
+                return reasons.ISSUER_UNAVAILABLE
+        if result.status is not Status.APPROVED:
+            return reasons.APPROVED
+        pid = result.payment_id
+        if pid in self._reversing:
+            return reasons.APPROVED  # a repeat (0401/0421) of a reversal under way
+        if len(self._reversing) >= MAX_REVERSALS_IN_FLIGHT:
+            self._sweep()
+            if len(self._reversing) >= MAX_REVERSALS_IN_FLIGHT:
+                return reasons.ISSUER_UNAVAILABLE
+        self._reversing[pid] = original_key
+        try:
+            found = await self._intent(pid)
+            if found is None:
+                self._reversing.pop(pid, None)
+                return reasons.APPROVED  # approved without reaching a network: nothing held
+            payment, digest = found
+            try:
+                target = pipeline.router.target(payment)
+                route = pipeline.router.route(target.endpoints[0], target)
+            except NoRoute:
+                self._reversing.pop(pid, None)
+                return reasons.ISSUER_UNAVAILABLE
+            # Nothing sent yet: shed on a full journal (answered 91, the acquirer repeats).
+            record = JournalRecord.intent(payment, digest, pipeline.clock.wall_us())
+            await pipeline.journal.write(record, OnFull.SHED)
+        except (JournalFull, JournalFailed):
+            self._reversing.pop(pid, None)
+            return reasons.ISSUER_UNAVAILABLE
+        except BaseException:
+            self._reversing.pop(pid, None)
+            raise
+        # Durable: from here a crash still ends in a reversal (recovery resolves it).
+        pipeline.resolver.submit(payment, digest, route)
+        return reasons.APPROVED
+
+    def _sweep(self) -> None:
+        index = self._pipeline.index
+        for pid, key in list(self._reversing.items()):
+            entry = index.get(key)
+            if entry is None or entry.result is None or entry.result.status is not Status.APPROVED:
+                del self._reversing[pid]
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None

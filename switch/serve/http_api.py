@@ -1,0 +1,217 @@
+"""The HTTP/JSON payments API: a thin Starlette shell over the same core as every door.
+
+- ``POST /v1/payments`` with ``Idempotency-Key`` (IETF httpapi draft semantics: a replay
+  returns the stored result, marked ``Idempotent-Replayed: true``; the same key with a
+  different body gets 422). Missing key: 400. The core decides all of it: the key is
+  the payment's idempotency key, the body hash is the core's.
+- ``GET /v1/payments/{payment_id}``: the latest journaled result.
+- ``GET /openapi.json``: the document, generated from the message types and checked in
+  as docs/openapi.json (a test keeps them equal).
+
+Errors are RFC 9457 problem+json; field errors carry JSON pointers (``/card/pan``).
+
+Bounds: body size (``max_body_bytes``, 413 before parsing), payments in flight
+(``max_in_flight``, 503 with Retry-After), connections (the ASGI server's own limit).
+
+The server runs on the switch's own event loop, on its own port, beside the msgspec TCP
+server; which ASGI server was chosen by measurement (bench/bench_http.py,
+bench/RESULTS.md): uvicorn with httptools by default, Hypercorn on trio (uvicorn is
+asyncio-only).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import msgspec
+import sniffio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from switch import reasons
+from switch.protocols.payments_json import (
+    MAX_KEY_LENGTH,
+    PROBLEM_BASE,
+    PROBLEM_JSON,
+    FieldError,
+    Problem,
+    decode_body,
+    json_pointer,
+    openapi_document,
+    resource_of,
+    to_request,
+)
+from switch.serve.config import HttpApiConfig
+from switch.serve.frontcore import FrontCore
+
+log = logging.getLogger(__name__)
+
+_json: Final = msgspec.json.Encoder()
+_REFUSAL_STATUS: Final = {
+    reasons.E_IDEMPOTENCY_CONFLICT: 422,
+    reasons.E_INVALID: 422,
+    reasons.E_OVERLOADED: 503,
+    reasons.E_SHUTTING_DOWN: 503,
+    reasons.E_UNAVAILABLE: 503,
+}
+_TITLES: Final = {
+    400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
+    422: "Unprocessable Content", 503: "Service Unavailable",
+}
+
+
+def problem(status: int, kind: str, detail: str, *, errors: list[FieldError] | None = None,
+            code: str = "", instance: str = "") -> Response:
+    body = Problem(type=PROBLEM_BASE + kind, title=_TITLES.get(status, "Error"), status=status,
+                   detail=detail, instance=instance, errors=errors or [], code=code)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return Response(_json.encode(body), status_code=status, media_type=PROBLEM_JSON,
+                    headers=headers)
+
+
+def build_api(core: FrontCore, config: HttpApiConfig) -> Starlette:
+    state = {"in_flight": 0}
+    document = _json.encode(openapi_document())
+
+    async def create_payment(request: Request) -> Response:
+        key = request.headers.get("idempotency-key")
+        if not key:
+            return problem(400, "idempotency-key-missing",
+                           "the Idempotency-Key header is required")
+        if len(key) > MAX_KEY_LENGTH:
+            return problem(400, "idempotency-key-invalid",
+                           f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
+            return problem(413, "body-too-large",
+                           f"body exceeds http.max_body_bytes={config.max_body_bytes}")
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > config.max_body_bytes:
+                return problem(413, "body-too-large",
+                               f"body exceeds http.max_body_bytes={config.max_body_bytes}")
+        body, error = decode_body(data)
+        if body is None:
+            assert error is not None
+            status = 400 if not error.pointer and error.detail.startswith("not valid") else 422
+            core.metrics.rejected[reasons.E_MALFORMED if status == 400 else reasons.E_INVALID].inc()
+            return problem(status, "invalid-body", f"{error.pointer or 'body'}: {error.detail}",
+                           errors=[error])
+        if state["in_flight"] >= config.max_in_flight:
+            core.metrics.rejected[reasons.E_OVERLOADED].inc()
+            return problem(503, "overloaded", f"http.max_in_flight={config.max_in_flight} "
+                           "reached", code=reasons.E_OVERLOADED)
+        state["in_flight"] += 1
+        try:
+            outcome = await core.submit(to_request(body, key))
+        finally:
+            state["in_flight"] -= 1
+        if outcome.result is None:
+            code = outcome.error_code
+            status = _REFUSAL_STATUS.get(code, 500)
+            errors = None
+            if code == reasons.E_INVALID and ":" in outcome.error_message:
+                path, _, detail = outcome.error_message.partition(":")
+                errors = [FieldError(json_pointer(path), detail.strip())]
+            kind = code.replace("_", "-")
+            return problem(status, kind, outcome.error_message, errors=errors, code=code)
+        resource = resource_of(outcome.result, key)
+        headers = {"Location": f"/v1/payments/{resource.payment_id}"}
+        if outcome.replay:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(_json.encode(resource), status_code=201,
+                        media_type="application/json", headers=headers)
+
+    async def get_payment(request: Request) -> Response:
+        payment_id = request.path_params["payment_id"]
+        found = await core.find(payment_id) if len(payment_id) <= 64 else None
+        if found is None:
+            return problem(404, "not-found", f"no journaled result for {payment_id!r}",
+                           instance=f"/v1/payments/{payment_id}")
+        result, key = found
+        return Response(_json.encode(resource_of(result, key)), media_type="application/json")
+
+    async def openapi(request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    return Starlette(routes=[
+        Route("/v1/payments", create_payment, methods=["POST"]),
+        Route("/v1/payments/{payment_id}", get_payment, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ])
+
+
+async def serve_api(app: Starlette, sock: socket.socket, server: str, max_connections: int,
+                    shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Serve ``app`` on a bound socket with the chosen ASGI server until ``shutdown()``."""
+    on_asyncio = sniffio.current_async_library() == "asyncio"
+    if server == "uvicorn" and on_asyncio:
+        await _serve_uvicorn(app, sock, max_connections, shutdown)
+        return
+    if server == "granian" and on_asyncio:
+        await _serve_granian(app, sock, shutdown)
+        return
+    from switch.serve.http import serve_http
+
+    await serve_http(app, sock, shutdown)
+
+
+async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: int,
+                         shutdown: Callable[[], Awaitable[None]]) -> None:
+    import asyncio
+    import contextlib
+
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        # The switch owns the process's signals; uvicorn must not take them over.
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            yield
+
+    config = uvicorn.Config(app, http="httptools", loop="none", lifespan="off",
+                            access_log=False, log_level="warning", proxy_headers=False,
+                            server_header=False, date_header=False,
+                            limit_concurrency=max_connections, timeout_graceful_shutdown=1)
+    server = _Server(config)
+
+    async def stop() -> None:
+        await shutdown()
+        server.should_exit = True
+
+    watcher = asyncio.ensure_future(stop())
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        watcher.cancel()
+
+
+async def _serve_granian(app: Starlette, sock: socket.socket,
+                         shutdown: Callable[[], Awaitable[None]]) -> None:
+    """Granian's embedded server (experimental upstream) on this loop: it binds by
+    address, so the socket bound for the port number is closed and rebound by Granian."""
+    import asyncio
+
+    from granian.constants import Interfaces
+    from granian.server.embed import Server as GranianServer
+
+    host, port = sock.getsockname()[:2]
+    sock.close()
+    server = GranianServer(app, address=host, port=port, interface=Interfaces.ASGINL,
+                           runtime_threads=1, log_enabled=False, websockets=False)
+
+    async def stop() -> None:
+        await shutdown()
+        server.stop()  # type: ignore[no-untyped-call]
+
+    watcher = asyncio.ensure_future(stop())
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()

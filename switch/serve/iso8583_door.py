@@ -1,0 +1,264 @@
+"""The ISO 8583 acquirer listener: a thin IO shell around :mod:`switch.protocols.iso8583_acquirer`.
+
+Acquirers connect over TCP and send 2-byte length-prefixed messages, pipelined: answers
+come back in completion order and the acquirer matches them by its key fields (MTI
+class + DE11 + DE41, as jPOS QMUX does), which every response echoes.
+
+Per connection a reader parses every complete frame of each 64 KiB read and hands each
+payment or reversal to a pool of worker tasks (as switch/serve/server.py does: a task
+per request measured ~50-100 us here, a hand-off to an idle worker a few); the answer
+is queued on the connection, and a writer sends everything queued in one write.
+Network management (0800) is answered inline. Workers are spawned only when none is
+idle, and each admitted request reserves one, so the pool never exceeds the in-flight
+bound.
+
+Bounds, each with its refusal:
+- connections (``max_connections``): the connection is closed at once (there is no
+  request yet to answer);
+- frame size (``max_frame_bytes``): the stream cannot be re-synced, so the connection
+  is closed;
+- in flight per connection and in total: the request is answered with DE39 91;
+- an unreadable message gets DE39 30 when its MTI can be read (the response echoes the
+  key fields read before the error); otherwise it is counted and dropped, and the
+  connection stays up (framing is intact).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import anyio
+import anyio.abc
+
+from switch import reasons
+from switch.protocols.errors import CodecError
+from switch.protocols.iso8583 import FrameDecoder, IsoMessage, frame
+from switch.protocols.iso8583_acquirer import (
+    AcquirerCodec,
+    AcquirerFormatError,
+    NetworkRequest,
+    PaymentCall,
+    ReversalCall,
+    format_error_response,
+    network_response,
+    parse_request,
+    payment_response,
+    refusal_response,
+    reversal_response,
+)
+from switch.serve.config import Iso8583DoorConfig
+from switch.serve.frontcore import FrontCore
+
+log = logging.getLogger(__name__)
+
+_CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+
+
+class _Conn:
+    __slots__ = ("closing", "in_flight", "out", "stream", "wakeup")
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.out = bytearray()
+        self.wakeup = anyio.Event()
+        self.in_flight = 0
+        self.closing = False
+
+    async def write_loop(self) -> None:
+        while True:
+            if not self.out:
+                if self.closing and self.in_flight == 0:
+                    return
+                self.wakeup = anyio.Event()
+                await self.wakeup.wait()
+                continue
+            data = bytes(self.out)
+            self.out.clear()
+            try:
+                await self.stream.send(data)
+            except _CLOSED:
+                # Peer gone: payments in flight still finish and are journaled.
+                self.closing = True
+                return
+
+
+class Iso8583Door:
+    def __init__(self, core: FrontCore, config: Iso8583DoorConfig) -> None:
+        self.core = core
+        self.config = config
+        self.codec = AcquirerCodec(config.bitmap)
+        self.key_fields = tuple(config.key_fields)
+        self.connections = 0
+        self.in_flight = 0
+        self.draining = False
+        #: Messages by MTI, refusals and format errors by reason: what the door saw.
+        self.counts: Counter[str] = Counter()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._accept_scope = anyio.CancelScope()
+        # The job stream holds at most the in-flight bound: admission refused the rest.
+        self._jobs_in, self._jobs_out = anyio.create_memory_object_stream[
+            tuple[_Conn, PaymentCall | ReversalCall]](config.max_in_flight_total)
+        self._workers: anyio.abc.TaskGroup | None = None
+        self.workers = 0
+        self._idle_workers = 0
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> int:
+        """Listen, and accept into ``tg`` until :meth:`drain`; returns the port."""
+        scope = self._accept_scope
+        listener = await anyio.create_tcp_listener(
+            local_host=self.config.host, local_port=self.config.port)
+        port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await tg.start(self._host_workers)
+
+        async def accept() -> None:
+            with scope:
+                async with listener:
+                    await listener.serve(self.handle_connection, task_group=tg)
+
+        tg.start_soon(accept)
+        return port
+
+    async def _host_workers(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with anyio.create_task_group() as workers:
+            self._workers = workers
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def _worker(self) -> None:
+        async for conn, call in self._jobs_out:
+            await self._process(conn, call)
+            self._idle_workers += 1
+
+    async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
+        if self.connections >= self.config.max_connections or self.draining:
+            self.counts["refused_connection"] += 1
+            await stream.aclose()
+            return
+        self.connections += 1
+        conn = _Conn(stream)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(conn.write_loop)
+                await self._read_loop(conn)
+                conn.closing = True
+                conn.wakeup.set()
+        finally:
+            self.connections -= 1
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+    def _send(self, conn: _Conn, msg: IsoMessage) -> None:
+        try:
+            conn.out += frame(self.codec.encode(msg))
+        except CodecError as exc:  # a value we echo does not fit: a bug, not the peer's
+            log.error("cannot encode %s response: %s", msg.mti, exc)
+            return
+        conn.wakeup.set()
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        cfg = self.config
+        decoder = FrameDecoder(cfg.max_frame_bytes)
+        while not conn.closing:
+            try:
+                data = await conn.stream.receive(cfg.read_bytes)
+            except _CLOSED:
+                return
+            try:
+                frames = decoder.feed(data)
+            except CodecError as exc:
+                self.counts["frame_too_large"] += 1
+                self.core.metrics.frame_errors[reasons.E_FRAME_TOO_LARGE].inc()
+                self.core.metrics.rejected[reasons.E_FRAME_TOO_LARGE].inc()
+                log.warning("closing ISO 8583 connection: %s", exc)
+                return
+            for payload in frames:
+                self._handle(conn, payload)
+
+    def _format_error(self, conn: _Conn, partial: IsoMessage | None, exc: CodecError) -> None:
+        self.counts["format_error"] += 1
+        self.core.metrics.frame_errors[reasons.E_MALFORMED].inc()
+        self.core.metrics.rejected[reasons.E_MALFORMED].inc()
+        log.info("ISO 8583 format error: %s", exc)
+        answer = format_error_response(partial)
+        if answer is not None:
+            self._send(conn, answer)
+        else:
+            self.counts["unanswerable"] += 1
+
+    def _handle(self, conn: _Conn, payload: bytes) -> None:
+        try:
+            msg = self.codec.decode(payload)
+        except AcquirerFormatError as exc:
+            self._format_error(conn, exc.partial, exc)
+            return
+        self.counts[msg.mti] += 1
+        try:
+            call = parse_request(msg, self.key_fields)
+        except CodecError as exc:
+            self._format_error(conn, msg, exc)
+            return
+        if isinstance(call, NetworkRequest):
+            self._send(conn, network_response(msg))
+            return
+        refusal = self._admit(conn)
+        if refusal:
+            self.counts[f"refused_{refusal}"] += 1
+            self.core.metrics.rejected[refusal].inc()
+            self._send(conn, refusal_response(msg, refusal))
+            return
+        if self._idle_workers:
+            self._idle_workers -= 1  # reserved: the job below is that worker's
+        else:
+            assert self._workers is not None, "start() hosts the workers"
+            self.workers += 1
+            self._workers.start_soon(self._worker)
+        self._jobs_in.send_nowait((conn, call))
+
+    def _admit(self, conn: _Conn) -> str:
+        cfg = self.config
+        if self.draining:
+            return reasons.E_SHUTTING_DOWN
+        if (conn.in_flight >= cfg.max_in_flight_per_connection
+                or self.in_flight >= cfg.max_in_flight_total):
+            return reasons.E_OVERLOADED
+        conn.in_flight += 1
+        self.in_flight += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        return ""
+
+    async def _process(self, conn: _Conn, call: PaymentCall | ReversalCall) -> None:
+        try:
+            if isinstance(call, PaymentCall):
+                outcome = await self.core.submit(call.request)
+                if outcome.result is not None:
+                    answer = payment_response(call.message, outcome.result)
+                else:
+                    self.counts[f"refused_{outcome.error_code}"] += 1
+                    answer = refusal_response(call.message, outcome.error_code,
+                                              outcome.error_message)
+            else:
+                code = await self.core.reverse(call.original_key)
+                answer = reversal_response(call.message, code)
+            self._send(conn, answer)
+        finally:
+            conn.in_flight -= 1
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+            if conn.in_flight == 0 and conn.closing:
+                conn.wakeup.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new requests and wait for those in flight. True if all finished."""
+        self.draining = True
+        self._accept_scope.cancel()
+        with anyio.move_on_after(timeout_s):
+            await self._idle.wait()
+            return True
+        return False
+

@@ -1,0 +1,105 @@
+"""The demo picks a healthy rate, says when the machine was saturated, stops in order on
+Ctrl-C, and never waits silently or unboundedly after the load."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtests.harness.demo import (
+    CALIBRATION_FLOOR,
+    Calibration,
+    choose_rate,
+    saturation_lines,
+    step_problem,
+)
+from loadtests.harness.loadgen import LoadStats
+
+ROOT = Path(__file__).resolve().parents[1]
+PAYSWITCH = [sys.executable, "-m", "switch.cli.main"]
+
+
+def stats(replies: int = 1000, latency_ms: float = 5.0, **errors: int) -> LoadStats:
+    s = LoadStats(sent=replies + sum(errors.values()), replies=replies)
+    s.by_status["approved"] = replies
+    s.errors.update(errors)
+    for _ in range(replies):
+        s.histogram.record_value(int(latency_ms * 1000))
+    return s
+
+
+def test_a_calibration_step_is_unhealthy_when_shed_slow_or_failing() -> None:
+    assert step_problem(stats()) is None
+    assert step_problem(stats(overloaded=3)) == "3 shed as overloaded"
+    assert step_problem(stats(latency_ms=80)) == "p99 80 ms"
+    failing = stats()
+    failing.by_status["failed"] = 100
+    assert step_problem(failing) == "100 failed or unknown"
+
+
+def test_the_rate_is_half_the_highest_healthy_step() -> None:
+    assert choose_rate([(250, None), (500, None), (1000, "p99 67 ms")]) == 250
+    assert choose_rate([(250, None), (500, None), (1000, None)]) == 500
+    assert choose_rate([(250, "p99 90 ms")]) == CALIBRATION_FLOOR
+    explained = Calibration(250, [(250, None), (500, None), (1000, "p99 67 ms")], {})
+    text = explained.explain(2)
+    assert text.startswith("250/s = 50% of 500/s, the highest rate this machine (2 cores)")
+    assert "1000/s was not (p99 67 ms)" in text
+
+
+def test_saturation_is_named_with_what_to_change() -> None:
+    assert saturation_lines(stats(), {}, 500, True, 2) == []
+    lines = saturation_lines(stats(overloaded=6239), {"timeouts": 12.0, "breaker_opens": 2.0},
+                             2000, False, 2)
+    assert lines[0].startswith("SATURATED: with no fault injected, 6239 payments shed as "
+                               "overloaded, 12 network requests timed out, breakers opened 2")
+    assert "did not keep up with 2000/s" in lines[0]
+    assert "omit --rate" in lines[1] and "--rate 1000" in lines[1]
+    calibrated = saturation_lines(stats(overloaded=1), {}, 500, True, 2)
+    assert "got busier after calibration" in calibrated[1]
+
+
+def test_ctrl_c_stops_the_demo_in_order(tmp_path: Path) -> None:
+    """SIGINT mid-load: load stops, the switch drains and flushes, the audit and the
+    partial summary are printed with the work dir, and the exit code is 130."""
+    proc = subprocess.Popen(
+        [*PAYSWITCH, "demo", "--duration", "60", "--rate", "200", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60  # wall clock: waiting on another process
+        while not (tmp_path / "ready.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "Aborted" not in out + err and "Traceback" not in err
+    assert re.search(r"^interrupted: load stopped after [\d.]+ s; draining", out, re.M), out
+    assert re.search(r"^switch stopped: journal flushed: \d+ records", out, re.M), out
+    assert re.search(r"^lost: 0$", out, re.M) and re.search(r"^duplicates: 0$", out, re.M)
+    assert re.search(r"^reconciliation clean", out, re.M), out
+    assert f"interrupted; work dir: {tmp_path}" in out
+    accepted = int(re.search(r"^accepted: (\d+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    assert 0 < accepted < 200 * 30
+
+
+def test_standin_demo_says_what_it_waits_for_and_does_not_hang(tmp_path: Path) -> None:
+    started = time.monotonic()  # wall clock: the whole command
+    proc = subprocess.run(
+        [*PAYSWITCH, "demo", "--networks", "standin", "--duration", "3", "--rate", "300",
+         "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    took = time.monotonic() - started  # wall clock
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Before: 30 s of silence waiting for advices the in-process networks never take.
+    assert took < 25, took
+    for line in proc.stdout.splitlines():
+        if line.startswith("waiting for"):  # said once, naming what and for how long
+            assert re.search(r"unknown payments|advices", line) and "at most" in line, line

@@ -1,0 +1,124 @@
+"""The HTTP/JSON payments API against a running switch process, driven with curl.
+
+Idempotency-Key semantics (IETF httpapi draft): a replay returns the stored result, a
+different body with the same key gets 422 problem+json; errors name the field path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtests.harness.demo import start_switch, stop_switch
+from switch.protocols.payments_json import openapi_text
+
+CONFIG = """
+seed = 7
+[server]
+port = 0
+[admin]
+port = 0
+[journal]
+path = "{journal}"
+[http]
+enabled = true
+port = 0
+server = "{server}"
+"""
+
+BODY = {
+    "channel": "card", "amount": 1250, "currency": "USD",
+    "payer": {"account": "ACCT000001", "name": "Payer"},
+    "payee": {"account": "MERCH00001", "name": "Payee"},
+    "card": {"pan": "4111111111111111", "expiry": "2812"},
+}
+
+
+def curl(url: str, *args: str) -> tuple[int, dict[str, str], Any]:
+    out = subprocess.run(["curl", "-s", "-i", *args, url], capture_output=True, check=True,
+                         timeout=30).stdout.decode()
+    head, _, body = out.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    return status, headers, json.loads(body) if body else None
+
+
+def post(url: str, key: str | None, body: object) -> tuple[int, dict[str, str], Any]:
+    args = ["-X", "POST", "-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    if key is not None:
+        args += ["-H", f"Idempotency-Key: {key}"]
+    return curl(url, *args)
+
+
+@pytest.fixture(params=["uvicorn", "hypercorn"])
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    config = tmp_path / "switch.toml"
+    config.write_text(CONFIG.format(journal=tmp_path / "journal.db", server=request.param))
+    proc, endpoints = start_switch(config, tmp_path / "ready.json")
+    yield f"http://127.0.0.1:{endpoints['http_port']}"
+    assert stop_switch(proc) == 0
+
+
+def test_idempotency_key_replay_and_conflict_with_curl(api: str) -> None:
+    status, headers, first = post(api + "/v1/payments", "order-1", BODY)
+    assert status == 201, first
+    assert first["status"] == "approved" and first["reason"] == "00"
+    assert first["idempotency_key"] == "order-1"
+    assert headers["location"] == f"/v1/payments/{first['payment_id']}"
+    assert "idempotent-replayed" not in headers
+
+    status, headers, again = post(api + "/v1/payments", "order-1", BODY)
+    assert status == 201 and again == first
+    assert headers["idempotent-replayed"] == "true"
+
+    status, headers, problem = post(api + "/v1/payments", "order-1", {**BODY, "amount": 999})
+    assert status == 422
+    assert headers["content-type"] == "application/problem+json"
+    assert problem["status"] == 422 and problem["code"] == "idempotency_conflict"
+    assert problem["type"].endswith("/idempotency-conflict") and problem["title"]
+
+    status, _, found = curl(f"{api}/v1/payments/{first['payment_id']}")
+    assert status == 200 and found["payment_id"] == first["payment_id"]
+    assert found["status"] == "approved" and found["idempotency_key"] == "order-1"
+    status, headers, missing = curl(f"{api}/v1/payments/P9-999999")
+    assert status == 404 and headers["content-type"] == "application/problem+json"
+    assert missing["status"] == 404
+
+
+def test_errors_are_problem_json_naming_the_field(api: str) -> None:
+    status, _, problem = post(api + "/v1/payments", None, BODY)
+    assert status == 400 and problem["type"].endswith("/idempotency-key-missing")
+
+    status, _, problem = post(api + "/v1/payments", "k2", {**BODY, "amount": 0})
+    assert status == 422 and problem["errors"][0]["pointer"] == "/amount"
+
+    card = {**BODY["card"], "pan": "4111111111111112"}  # type: ignore[dict-item]
+    status, _, problem = post(api + "/v1/payments", "k3", {**BODY, "card": card})
+    assert status == 422 and problem["errors"][0]["pointer"] == "/card/pan"
+    assert "Luhn" in problem["errors"][0]["detail"]
+
+    status, _, problem = post(api + "/v1/payments", "k4",
+                              {**BODY, "payer": {"account": "A", "nickname": "x"}})
+    assert status == 422 and problem["errors"][0]["pointer"] == "/payer/nickname"
+
+    status, _, problem = curl(api + "/v1/payments", "-X", "POST", "-H", "Idempotency-Key: k5",
+                              "--data", "{not json")
+    assert status == 400 and problem["type"].endswith("/invalid-body")
+
+    huge = {**BODY, "payee": {"account": "x" * 20000}}
+    status, _, problem = post(api + "/v1/payments", "k6", huge)
+    assert status == 413
+
+
+def test_served_openapi_equals_the_checked_in_document(api: str) -> None:
+    served = httpx.get(api + "/openapi.json").json()
+    checked_in = json.loads((Path(__file__).parent.parent / "docs/openapi.json").read_text())
+    assert served == checked_in, (
+        "docs/openapi.json is stale: python -m switch.protocols.payments_json > docs/openapi.json")
+    assert json.loads(openapi_text()) == checked_in
