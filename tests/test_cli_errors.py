@@ -43,12 +43,13 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("key", ["server", "admin"])
+@pytest.mark.parametrize("key", ["server", "admin", "http"])
 def test_serve_on_a_busy_port_names_the_port(tmp_path: Path, busy_port: int, key: str) -> None:
-    other = "admin" if key == "server" else "server"
+    ports = {"server": 0, "admin": 0, key: busy_port}
     config = tmp_path / "switch.toml"
-    config.write_text(f"[{key}]\nport = {busy_port}\n[{other}]\nport = 0\n"
-                      f'[journal]\npath = "{tmp_path / "journal.db"}"\n')
+    config.write_text("".join(f"[{k}]\nport = {p}\n" for k, p in ports.items())
+                      + ("enabled = true\n" if key == "http" else "")
+                      + f'[journal]\npath = "{tmp_path / "journal.db"}"\n')
     line = one_error_line(run("serve", "--config", str(config)))
     assert f"{config}: {key}.port = {busy_port} on 127.0.0.1: address already in use" in line
     assert "free one" in line

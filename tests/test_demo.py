@@ -49,6 +49,9 @@ def test_the_rate_is_half_the_highest_healthy_step() -> None:
     text = explained.explain(2)
     assert text.startswith("250/s = 50% of 500/s, the highest rate this machine (2 cores)")
     assert "1000/s was not (p99 67 ms)" in text
+    assert Calibration(100, [], {}).explain(2) == "100/s (calibration interrupted)"
+    assert Calibration(100, [(250, "p99 90 ms")], {}).explain(2).startswith(
+        "100/s: even 250/s was unhealthy (p99 90 ms)")
 
 
 def test_saturation_is_named_with_what_to_change() -> None:

@@ -607,7 +607,8 @@ class AdmissionLimiter:
 
 
 class ResilienceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Everything above in one config section (``[resilience]``)."""
+    """Retries, the retry budget, breakers, admission and the payment deadline
+    (``[resilience]``): everything above in one config section."""
 
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     retry_budget: RetryBudgetConfig = msgspec.field(default_factory=RetryBudgetConfig)
