@@ -198,23 +198,22 @@ def main() -> None:
         ["history (payments)", "live rows", "journal + archive GiB", "archived by",
          "ready s, wall (1st / best)", "CPU s to ready", "RSS MB", "peak RSS MB"], rows)
     print(table)
-    if args.write:
-        body = (
-            f"{table}\n\nLive window in every row: {args.window:,} finished payments inside the"
-            " 24 h idempotency window and 100 open ones. History is archived (retention"
-            " moves finished payments past the window; up to"
-            f" {args.via_retention:,} it was moved by the Compactor, timed as 'archived by')."
-            " Ready = spawn of `payswitch serve` to its ready file (imports, numba warm-up,"
-            " replay of the live journal, index restore); RSS once ready. Start-up reads only"
-            " the live journal, so it is flat in history; it grows with the live window"
-            " (bounded by `idempotency.max_keys`). Wall times depend on the machine's load"
-            f" (load average {os.getloadavg()[0]:.0f} on {os.cpu_count()} cores at the end of this"
-            " run); CPU seconds of the serve process are the steadier measure, and the 50M row"
-            " extrapolates them. Before (issue 11): 12.7 µs and 1.86 KB per payment of history"
-            " (1M: 14 s, 2.0 GB; 5M: 64 s, 9.4 GB)."
-        )
-        write_section("replay", "Start-up vs journal history (replay)", body,
-                      "bench/bench_replay.py")
+    body = (
+        f"{table}\n\nLive window in every row: {args.window:,} finished payments inside the"
+        " 24 h idempotency window and 100 open ones. History is archived (retention"
+        " moves finished payments past the window; up to"
+        f" {args.via_retention:,} it was moved by the Compactor, timed as 'archived by')."
+        " Ready = spawn of `payswitch serve` to its ready file (imports, numba warm-up,"
+        " replay of the live journal, index restore); RSS once ready. Start-up reads only"
+        " the live journal, so it is flat in history; it grows with the live window"
+        " (bounded by `idempotency.max_keys`). Wall times depend on the machine's load"
+        f" (load average {os.getloadavg()[0]:.0f} on {os.cpu_count()} cores at the end of this"
+        " run); CPU seconds of the serve process are the steadier measure, and the 50M row"
+        " extrapolates them. Before (issue 11): 12.7 µs and 1.86 KB per payment of history"
+        " (1M: 14 s, 2.0 GB; 5M: 64 s, 9.4 GB)."
+    )
+    write_section("replay", "Start-up vs journal history (replay)", body,
+                  "bench/bench_replay.py", write=args.write)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import anyio
 
 from channels.config import ChannelsConfig, ChannelsConfigError, load_config
 from channels.server import serve_channels
-from switch.serve.http import load_tokens
+from switch.serve.http import AdminAuthError, load_tokens
 
 
 async def _serve(config: ChannelsConfig, ready_file: str | None) -> None:

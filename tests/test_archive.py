@@ -182,3 +182,24 @@ def test_a_column_added_to_the_live_journal_reaches_the_archive(tmp_path: Path) 
     _add(db, "P-2", NOW_US)
     _compact(db, Compactor(24 * 3600))
     assert db.execute("SELECT DISTINCT recon_ref FROM archive.journal").fetchall() == [("R-1",)]
+
+
+def test_an_intent_after_a_final_reopens_the_payment(tmp_path: Path) -> None:
+    """The ISO 8583 door re-journals an approved payment's intent to reverse it: replay
+    hands it to the resolver again (after a crash too) and retention keeps it live."""
+    db = open_database(tmp_path / "j.db", "group")
+    old = NOW_US - 48 * HOUR_US
+    _add(db, "P-1", old)  # approved ...
+    db.execute(INSERT, to_row(JournalRecord.intent(_payment("P-1"), b"h", old + 10)))
+    _add(db, "P-young", NOW_US)
+    recovered = replay(db)
+    assert [u.payment.payment_id for u in recovered.unfinished] == ["P-1"]
+    assert recovered.unfinished[0].status is Status.SENT
+    assert "kP-1" in {f.idempotency_key for f in recovered.finals}  # a retry still sees it
+    assert _compact(db, Compactor(24 * 3600)) == 0  # owed: never archived while reopened
+    result = Result("P-1", Status.REVERSED, "00")
+    db.execute(INSERT, to_row(JournalRecord.outcome(FINAL, _payment("P-1"), result, b"h",
+                                                    old + 20)))
+    _add(db, "P-newest", NOW_US + 1)
+    assert replay(db).unfinished == []
+    assert fold(db).payments["P-1"].status == "reversed"

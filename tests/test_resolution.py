@@ -57,10 +57,9 @@ class FakeNetwork:
         self.resolved_at[payment.payment_id] = now
         return NetworkReply("reversed", "00")
 
-    async def advise(self, payment: Payment, ref: str) -> str | None:
-        """The issuer's 0130 answer (DE39): taken."""
+    async def advise(self, payment: Payment, ref: str) -> str:
         self.advised.append(payment.payment_id)
-        return "00"
+        return "00"  # the issuer's answer to the 0120
 
 
 async def _journal_with_intents(tmp_path: Path, n: int, *, max_pending: int,

@@ -33,7 +33,7 @@ from typing import Final
 import msgspec
 
 from switch.journal.reader import ARCHIVE_SCHEMA, archive_path, has_archive
-from switch.journal.records import ADVICE, FINAL
+from switch.journal.records import ADVICE, FINAL, INTENT
 from switch.model import Result, Status
 
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
@@ -136,7 +136,9 @@ class Compactor:
                 held = self._held[pid] = _Held()
             held.seqs.append(seq)
             touched[pid] = held
-            if kind == FINAL:
+            if kind == INTENT:
+                held.finished = False  # an intent after a final reopens it (a reversal)
+            elif kind == FINAL:
                 held.finished = True
                 held.stood_in = (status == Status.APPROVED.value
                                  and _result_decoder.decode(record).stood_in)

@@ -16,7 +16,7 @@ always move there together), then the live journal's.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +84,20 @@ def records(db: sqlite3.Connection, *, after_seq: int = 0,
         yield seq, from_row((pid, key, kind, status, body_hash, body, at_us))
 
 
+def by_seq(db: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, JournalRecord]:
+    """The records with these ``seq``s, live or archived (e.g. a break's intent)."""
+    out: dict[int, JournalRecord] = {}
+    schemas = ["main", ARCHIVE_SCHEMA] if attach_existing_archive(db) else ["main"]
+    for start in range(0, len(seqs), 900):  # SQLite's default bound on variables
+        chunk = list(seqs[start:start + 900])
+        marks = ",".join("?" * len(chunk))
+        for schema in schemas:
+            for seq, *row in db.execute(
+                    _SELECT.format(schema=schema) + f" WHERE seq IN ({marks})", chunk):
+                out.setdefault(seq, from_row(tuple(row)))
+    return out
+
+
 @dataclass(slots=True)
 class PaymentHistory:
     """One payment folded from its records."""
@@ -102,6 +116,8 @@ class PaymentHistory:
     outcome_at_us: int = 0
     finals: int = 0
     advised: bool = False
+    #: An intent came after its final: a reversal under way (see :meth:`Fold._apply`).
+    reopened: bool = False
 
     @property
     def payment(self) -> Payment | None:
@@ -153,10 +169,14 @@ class Fold:
         if kind == INTENT:
             history.intent = body  # decoded on first use
             history.intent_at_us = at_us
+            # An intent after a final (a reversal re-journaled by the ISO 8583 door)
+            # reopens the payment: it must be resolved again, after a crash too.
+            history.reopened = history.outcome_kind == FINAL
         elif kind in (FINAL, UNKNOWN):
             if kind == UNKNOWN and history.outcome_kind == FINAL:
                 return  # a late "unknown" never reopens a finished payment
             history.outcome_kind = kind
+            history.reopened = False
             history.result = _result_decoder.decode(body)
             history.outcome_at_us = at_us
             if kind == FINAL:
@@ -277,7 +297,7 @@ def recovered_from(folded: Fold, boot_count: int) -> Recovered:
                                       h.outcome_at_us))
             if h.awaiting_advice and h.payment is not None:
                 advices.append(PendingAdvice(h.body_hash, h.payment, h.result))
-        elif h.payment is not None:
+        if (not h.finished or h.reopened) and h.payment is not None:
             status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
             unfinished.append(UnfinishedPayment(h.body_hash, h.payment, status))
     # Oldest first, so the idempotency index restores (and evicts) in age order.

@@ -184,10 +184,10 @@ class StandIn:
         if not refused and payment.card is not None and payment.card.token in per_card:
             # Delivered: the issuer now holds it; the stand-in exposure is released.
             per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        assert advice.result.stood_in and code
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.
         result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
-        assert advice.result.stood_in
         await self._journal.write(
             JournalRecord.outcome(ADVICE, payment, result, advice.digest, self._clock.wall_us()),
             ON_FULL,

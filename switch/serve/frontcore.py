@@ -176,7 +176,7 @@ class FrontCore:
             except NoRoute:
                 self._reversing.pop(pid, None)
                 return reasons.ISSUER_UNAVAILABLE
-            # Shed when the journal is full: the acquirer is answered 91 and repeats.
+            # Nothing sent yet: shed on a full journal (answered 91, the acquirer repeats).
             record = JournalRecord.intent(payment, digest, pipeline.clock.wall_us())
             await pipeline.journal.write(record, OnFull.SHED)
         except (JournalFull, JournalFailed):

@@ -68,6 +68,7 @@ from switch.backoffice.recon.kernels import (
     tolerance_match,
 )
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
+from switch.journal import by_seq as journal_by_seq
 from switch.journal import columns as jcols
 from switch.model import Payment
 from switch.protocols import emvqr
@@ -293,14 +294,8 @@ def load_switch_side(journal: Path) -> Side:
 
 def _intents_by_seq(db: sqlite3.Connection, wanted: list[int], full: bool) -> dict[int, Any]:
     decoder = _payment_decoder if full else _light_decoder
-    out: dict[int, Any] = {}
-    for start in range(0, len(wanted), 900):
-        chunk = wanted[start:start + 900]
-        marks = ",".join("?" * len(chunk))
-        for s, record in db.execute(
-                f"SELECT seq, record FROM journal WHERE seq IN ({marks})", chunk):
-            out[int(s)] = decoder.decode(record)
-    return out
+    # Through the journal's reader: a payment past the idempotency window is archived.
+    return {s: decoder.decode(r.body) for s, r in journal_by_seq(db, wanted).items()}
 
 
 def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
