@@ -45,10 +45,17 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "switch.routing", "switch.payment", "switch.serve", "switch.backoffice",
         "switch.observability", "channels",
     ),
+    # The simulator runs the real switch layers against the channels' models; of the
+    # harness it takes the workload generator and the scenario files' parsing and verdicts.
+    "switch.sim": (
+        "switch.base", "switch.protocols", "switch.journal", "switch.adapters",
+        "switch.routing", "switch.payment", "switch.serve", "switch.observability",
+        "channels", "loadtests.harness.workload", "loadtests.harness.scenario",
+    ),
     "switch.cli": (
         "switch.base", "switch.protocols", "switch.journal", "switch.adapters",
         "switch.routing", "switch.payment", "switch.serve", "switch.backoffice",
-        "switch.observability", "channels", "loadtests.harness",
+        "switch.observability", "channels", "loadtests.harness", "switch.sim",
     ),
 }
 

@@ -21,6 +21,7 @@ from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
+from switch.cli.simulate import simulate
 from switch.serve.config import (
     ConfigError,
     SwitchConfig,
@@ -712,6 +713,7 @@ def scenario_list() -> None:
 main.add_command(fault)
 main.add_command(load)
 main.add_command(report)
+main.add_command(simulate)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,122 @@
+"""The journal port of a simulated switch: real SQLite behind a simulated disk.
+
+Records go into the open batch exactly as in the group-commit journal
+(switch/journal/store.py): one batch per commit, ``max_batch`` rows at most,
+``max_pending`` rows waiting at most (past it :class:`~switch.journal.JournalFull`). The
+simulation commits a batch when the disk says it is done: a commit takes ``base_s``,
+more inside a stall window; inside a disk-full window, or when an fsync fails, the
+commit is rolled back and the journal fails (fail-stop, :class:`~switch.journal.JournalFailed`
+from then on), as the real writer does.
+
+What survives a crash is exactly what the disk acknowledged: the rows of batches not yet
+committed die with the switch. Acknowledged rows reach SQLite in bulk (:meth:`flush`,
+before anyone reads the database: a restart's replay, the final checks): the same rows
+in the same order as one transaction per batch would give, at a fraction of the cost (a
+transaction per batch was a quarter of a simulated payment's CPU).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from switch.journal import JournalFailed, JournalFull
+from switch.journal.records import Row
+from switch.journal.store import INSERT
+
+#: A commit (fsync included) on a healthy disk.
+COMMIT_BASE_S: Final = 0.0003
+#: Acknowledged rows buffered before they are written to SQLite in one transaction.
+FLUSH_ROWS: Final = 20_000
+
+
+class Batch:
+    __slots__ = ("rows", "scheduled")
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.scheduled = False
+
+
+class SimJournal:
+    """The core's JournalPort; ``schedule(batch, at)`` asks the simulation for a commit event."""
+
+    def __init__(self, db: sqlite3.Connection, schedule: Callable[[Batch, float], None],
+                 now: Callable[[], float], *, max_batch: int = 1024,
+                 max_pending: int = 50_000) -> None:
+        self._db = db
+        self._schedule = schedule
+        self._now = now
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self._batches: deque[Batch] = deque()
+        self._committing: Batch | None = None
+        self.pending = 0
+        self._durable: list[Row] = []
+        self.failure: str | None = None
+        self.commits = 0
+        self.records = 0
+        #: Extra latency to add to commits that start before the given time (stalls).
+        self.stall_until = 0.0
+        self.stall_s = 0.0
+
+    def append(self, row: Row) -> object | None:
+        if self.failure is not None:
+            raise JournalFailed(self.failure)
+        if self.pending >= self.max_pending:
+            raise JournalFull(f"journal has {self.pending} records pending (max_pending)")
+        if not self._batches or len(self._batches[-1].rows) >= self.max_batch:
+            self._batches.append(Batch())
+        batch = self._batches[-1]
+        batch.rows.append(row)
+        self.pending += 1
+        self._kick()
+        return batch
+
+    def _kick(self) -> None:
+        """One commit at a time, in order, like the single writer."""
+        if self._committing is not None or not self._batches:
+            return
+        batch = self._batches[0]
+        self._committing = batch
+        now = self._now()
+        latency = COMMIT_BASE_S + (self.stall_s if now < self.stall_until else 0.0)
+        self._schedule(batch, now + latency)
+
+    def commit(self, batch: Batch, error: str | None) -> None:
+        """The disk finished ``batch``: write it, or fail it (and everything after it)."""
+        assert batch is self._committing and batch is self._batches[0]
+        self._batches.popleft()
+        self._committing = None
+        if error is None:
+            self._durable.extend(batch.rows)
+            if len(self._durable) >= FLUSH_ROWS:
+                self.flush()
+            self.pending -= len(batch.rows)
+            self.commits += 1
+            self.records += len(batch.rows)
+            self._kick()
+            return
+        self.failure = error
+
+    def flush(self) -> None:
+        """Write every acknowledged row to SQLite (one transaction)."""
+        if not self._durable:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(INSERT, self._durable)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._durable.clear()
+
+    def failed_batches(self) -> list[Batch]:
+        """After a failure: every batch still waiting (each fails with it)."""
+        out = list(self._batches)
+        self._batches.clear()
+        return out

@@ -1,0 +1,187 @@
+"""The simulated world outside the switch: card issuers, a SWIFT correspondent, a QR scheme.
+
+Built from the same models as the TCP simulators in ``channels``:
+
+* every endpoint has a :class:`channels.behaviour.Behaviour` (seeded latency, capacity,
+  technical-error mix) reading one shared :class:`channels.faults.FaultTimeline`; a
+  request's fate is ``Behaviour.plan``, applied as channels/tcp.py applies it: refused
+  (no connection: NotSent), blackholed (never decided, never answered), reset (decided,
+  then the connection drops: no answer), late, malformed (decided, answer undecodable),
+  duplicated, or a technical error (not decided);
+* the card endpoints share one real :class:`channels.card.CardScheme` (issuers' accounts,
+  holds, the STAN + terminal duplicate check answering 94, reversals, 0120 advices), fed
+  the very ISO 8583 messages the switch's card adapter builds (``original_request``,
+  ``reversal_request``, ``authorization_advice``) and read back with its own mapping;
+* SWIFT and QR are books keyed by payment: booked once, asked by status inquiry (an
+  inquiry for a payment never booked answers "not found" and fences a late original out,
+  as the real networks do).
+
+Nothing here reads a clock or schedules anything: the simulation asks with ``now`` and
+decides when answers arrive.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass, field
+from typing import Final
+
+from channels.behaviour import Behaviour, BehaviourConfig, RequestPlan
+from channels.card import CardScheme
+from channels.config import CardSchemeSpec, load_config
+from channels.faults import Fault, FaultTimeline
+from switch import reasons
+from switch.adapters.base import NetworkReply
+from switch.adapters.iso8583 import _reply_for, network_pan, original_request
+from switch.model import Channel, Payment
+from switch.protocols import iso8583
+
+#: The acquirer id the sim's card adapter puts in DE32.
+ACQUIRER_ID: Final = "123456"
+CHANNEL_OF: Final[dict[str, Channel]] = {
+    "card-primary": "card", "card-secondary": "card", "swift": "swift", "qr": "qr"}
+#: Codes with which an issuer says "I did not process this" (stand-in is legitimate then).
+INOPERATIVE: Final = frozenset({reasons.ISSUER_UNAVAILABLE, reasons.SYSTEM_MALFUNCTION})
+
+
+@dataclass(slots=True)
+class Endpoint:
+    name: str
+    channel: Channel
+    behaviour: Behaviour
+    capacity: int  # in service + waiting; past it, answered 91 at once
+    busy: int = 0
+
+
+@dataclass(slots=True)
+class Book:
+    """A SWIFT or QR network's book: what it booked, and what it answered "not found"."""
+
+    booked: dict[str, int] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)
+    fenced: set[str] = field(default_factory=set)
+
+
+class World:
+    """Issuers and networks; ``faults`` is the timeline every endpoint consults."""
+
+    def __init__(self, channels_toml: str, faults: list[Fault], seed: int) -> None:
+        config = load_config(channels_toml)
+        self.faults = FaultTimeline(faults, origin=0.0)
+        schemes = {s.name: s for s in config.card_schemes}
+        spec: CardSchemeSpec = schemes["paynet"]
+        self.scheme = CardScheme(spec)
+        self.duplicate_window_s = spec.duplicate_window_s
+        self.endpoints: dict[str, Endpoint] = {}
+        for net in config.networks:
+            if net.name not in CHANNEL_OF:
+                continue
+            behaviour: BehaviourConfig = net.behaviour
+            # Each endpoint's stream is its own and derived from the run's seed, so one
+            # endpoint's traffic never shifts another's draws.
+            b = Behaviour(behaviour, (seed * 7919 + net.seed) % 2**62, endpoint=net.name,
+                          faults=self.faults)
+            cap = behaviour.capacity.max_concurrency + behaviour.capacity.max_queue
+            self.endpoints[net.name] = Endpoint(net.name, CHANNEL_OF[net.name], b, cap)
+        assert set(self.endpoints) == set(CHANNEL_OF), sorted(self.endpoints)
+        self.books: dict[str, Book] = {"swift": Book(), "qr": Book()}
+        #: Per payment: the codes issuers answered its authorizations with (stand-in check).
+        self.answered: dict[str, list[str]] = {}
+        #: Card payments the scheme decided (in flight only), and 94s to a first sight.
+        self.decided: set[str] = set()
+        self.stan_reused: list[str] = []
+        self.reversal_stan = 0
+
+    # ----------------------------------------------------------------- requests
+
+    def plan(self, endpoint: str, now: float, payment: Payment) -> RequestPlan:
+        route_key = network_pan(payment.card) if payment.card is not None else ""
+        return self.endpoints[endpoint].behaviour.plan(now, route_key)
+
+    def authorize(self, endpoint: str, payment: Payment, technical_error: str | None,
+                  now: float) -> NetworkReply:
+        """The network decides and books ``payment`` (it reached the issuer at ``now``)."""
+        ep = self.endpoints[endpoint]
+        if technical_error is not None:
+            reply = NetworkReply("failed", technical_error, f"DE39={technical_error}")
+        elif ep.channel == "card":
+            msg = original_request(payment, ACQUIRER_ID)
+            reply = _reply_for(self.scheme.authorize(msg, now))
+            pid = payment.payment_id
+            if reply.reason == reasons.DUPLICATE_TRANSMISSION and pid not in self.decided:
+                # The issuer saw this STAN + terminal on *another* payment within its
+                # window: the switch reused a trace number.
+                self.stan_reused.append(pid)
+            self.decided.add(pid)
+        else:
+            reply = self._book(self.books[endpoint], payment)
+        self.answered.setdefault(payment.payment_id, []).append(reply.reason)
+        return reply
+
+    def _book(self, book: Book, payment: Payment) -> NetworkReply:
+        pid = payment.payment_id
+        if pid in book.fenced:
+            return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "NOT_FOUND")
+        if pid in book.booked:
+            return NetworkReply("approved", reasons.APPROVED, pid)  # a duplicate: once only
+        if pid in book.refused or _unit(pid) < 0.01:
+            book.refused.add(pid)
+            return NetworkReply("declined", reasons.DO_NOT_HONOUR, "RJCT")
+        book.booked[pid] = payment.amount
+        return NetworkReply("approved", reasons.APPROVED, pid)
+
+    def resolve(self, endpoint: str, payment: Payment, wall: dt.datetime,
+                stan: int | None) -> NetworkReply:
+        """Reversal (card) or status inquiry (SWIFT, QR), reaching the network now; ``stan``:
+        the reversal's DE11 (None: one from the network's own counter, for a reversal
+        already on the wire when its switch died)."""
+        ep = self.endpoints[endpoint]
+        if ep.channel == "card":
+            original = original_request(payment, ACQUIRER_ID)
+            if stan is None:
+                self.reversal_stan = self.reversal_stan % 999_999 + 1
+                stan = self.reversal_stan
+            reversal = iso8583.reversal_request(original, stan=stan,
+                                                transmitted_at=wall,
+                                                reason_code=reasons.RESPONSE_TOO_LATE)
+            answer = self.scheme.reverse(reversal)
+            assert answer.response_code == reasons.APPROVED, answer
+            return NetworkReply("reversed", reasons.APPROVED, (original.get(37) or "").strip())
+        book = self.books[endpoint]
+        pid = payment.payment_id
+        if pid in book.booked:
+            return NetworkReply("approved", reasons.APPROVED, pid)
+        if pid in book.refused:
+            return NetworkReply("declined", reasons.DO_NOT_HONOUR, "RJCT")
+        book.fenced.add(pid)  # never booked: a late original is refused from now on
+        return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "NOT_FOUND")
+
+    def advise(self, payment: Payment, auth_code: str) -> None:
+        original = original_request(payment, ACQUIRER_ID)
+        advice = iso8583.authorization_advice(original, response_code=reasons.APPROVED,
+                                              auth_code=auth_code)
+        answer = self.scheme.advice(advice)
+        assert answer.mti == "0130", answer
+
+    # ----------------------------------------------------------------- the books
+
+    def card_holds(self) -> dict[str, int]:
+        """Every active card hold or posting, by the acquirer's RRN (DE37): one per payment."""
+        out: dict[str, int] = {}
+        for record in self.scheme.records.values():
+            if record.state == "active" and record.kind != "none":
+                out[record.rrn.strip()] = out.get(record.rrn.strip(), 0) + record.amount
+        return out
+
+    def blocked_windows(self, endpoint: str) -> list[tuple[float, float]]:
+        """[begin, end) of every fault on ``endpoint``: the network was not fully back."""
+        out = []
+        for window in self.faults._by_endpoint.get(endpoint, ()):
+            out.append((window.begin, window.end))
+        return out
+
+
+def _unit(label: str) -> float:
+    digest = hashlib.sha256(f"sim-book:{label}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64

@@ -1,0 +1,996 @@
+"""One seed of deterministic simulation: the real payment core, virtual time, faults, invariants.
+
+What is real and what is simulated (the honest list):
+
+* real: :class:`~switch.payment.core.PaymentCore` (validation, idempotency, risk, routing,
+  admission, attempts, retry budget, failover, timeouts, unknown outcomes, card stand-in
+  decisions and its limits), :class:`~switch.routing.router.Router` with its breakers and
+  health, :class:`~switch.payment.idempotency.IdempotencyIndex`,
+  :class:`~switch.payment.risk.RiskEngine`, :class:`~switch.payment.standin.StandIn`
+  (``decide``/``queue_advice``), the journal's SQLite schema, INSERT and start-up
+  :func:`~switch.journal.replay`, the card scheme's books (channels/card.py) fed the card
+  adapter's own ISO 8583 messages, the channels' behaviour and fault models, the demo
+  workload generator;
+* simulated here, because the real ones are anyio tasks with no sans-IO seam on this
+  branch: the engine shell (switch/serve/engine.py: ports over the event queue), start-up
+  (switch/serve/app.py's sequence, step for step), the resolver's scheduling
+  (:class:`SimResolver`: the real :class:`~switch.payment.resolver.ResolutionPolicy` per
+  channel, due times on the event queue), the stand-in advice sender (StandIn.run: the
+  real queue, delivered on the event queue), active health probes (app._probe_endpoints),
+  the group-commit writer (switch/sim/disk.py) and the networks' transport.
+
+Time is a heap of ``(time, seq, kind, a, b)``; ``seq`` breaks ties in insertion order, so
+the run is a pure function of the seed. Every processed event that matters is folded into
+a BLAKE2 hash (the trace hash): same seed, same hash, or determinism is broken.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import heapq
+import math
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol, cast
+
+import msgspec
+
+from channels.behaviour import RequestPlan
+from loadtests.harness.workload import Workload
+from switch import reasons
+from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.trace import MemoryTraceStore, TraceNumbers
+from switch.journal import (
+    JournalFailed,
+    JournalFull,
+    count_duplicates,
+    encode_result,
+    open_database,
+    replay,
+)
+from switch.model import Channel, Payment, PaymentRequest, Result, Status
+from switch.observability.metrics import SwitchMetrics
+from switch.payment.core import PaymentCore
+from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.resolver import ResolutionPolicy
+from switch.payment.risk import RiskEngine
+from switch.payment.standin import StandIn
+from switch.protocols.wire import ErrorReply, Reply, Response
+from switch.routing.router import NoRoute, Route, Router
+from switch.routing.table import load_route_table
+from switch.serve.config import SwitchConfig
+from switch.sim.disk import Batch, SimJournal
+from switch.sim.networks import CHANNEL_OF, INOPERATIVE, World
+from switch.sim.schedule import CARD_ENDPOINTS, Schedule, draw_schedule
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+#: Every run's wall anchor (2026-01-15T00:00:00Z): record timestamps are reproducible.
+WALL0: Final = 1_768_435_200.0
+_TERMINAL: Final = frozenset({Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED})
+_OUTCOME: Final = {"approved": Status.APPROVED, "declined": Status.DECLINED,
+                   "failed": Status.FAILED, "reversed": Status.REVERSED}
+#: A stand-in approval is wrong if every issuer endpoint had no fault for this long before it.
+STANDIN_QUIET_S: Final = 30.0
+#: Slack on top of a channel's schedule (max delay + timeout) before an unknown is "late".
+UNKNOWN_SLACK_S: Final = 5.0
+#: Client retries of one key after an error or a crash.
+CLIENT_TRIES: Final = 3
+
+# Event kinds (small ints: the heap compares them only on exact time + seq ties, never).
+ARRIVE, RESEND, ISSUER, REPLY, COMMIT, WAKE, RES_DUE, RES_ISSUER, RES_REPLY, RES_TIMEOUT, \
+    ADVICE, PROBE, CRASH, RESTART, TICK, DISK = range(16)
+
+#: Planted-bug hook for tests: resolve unknowns with this many FIFO workers, each holding
+#: its job through the channel's first delay (the design the timer heap replaced). 0: heap.
+FIFO_RESOLVER_WORKERS = 0
+
+
+def sim_config() -> SwitchConfig:
+    """The simulated switch's configuration: defaults, plus resolution schedules per channel
+    (QR may not be asked before 90 s, per the scheme rule in the brief)."""
+    return msgspec.convert({
+        "seed": 42,
+        "resolution": {
+            "card": {"first_after_s": 0.05, "max_attempts": 100, "within_s": 3600,
+                     "max_delay_s": 5.0},
+            "swift": {"first_after_s": 1.0, "max_attempts": 100, "within_s": 3600,
+                      "max_delay_s": 10.0},
+            "qr": {"first_after_s": 90.0, "max_attempts": 100, "within_s": 7200,
+                   "max_delay_s": 30.0},
+        },
+    }, SwitchConfig)
+
+
+class RateAt(Protocol):
+    def rate_at(self, t: float) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    invariant: str
+    at: float
+    subject: str  # idempotency key or payment id
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant} at {self.at:.3f}s on {self.subject}: {self.detail}"
+
+
+@dataclass
+class SimOptions:
+    seed: int
+    duration_s: float = 600.0
+    rate: float = 200.0
+    intensity: float = 1.0
+    #: After the load: every fault is over; wait at most this long for resolution to finish.
+    drain_s: float = 1200.0
+    crashes: bool = True
+    disk: bool = True
+    schedule: Schedule | None = None  # explicit (scenario files); drawn from the seed if None
+    trace_key: str | None = None
+    #: A load shape (loadtests.harness.loadgen's ``rate_at``); None: ``rate`` throughout.
+    shape: RateAt | None = None
+    db_path: str = ":memory:"
+    channels_toml: str = str(ROOT / "examples" / "channels.toml")
+    routes_toml: str = str(ROOT / "examples" / "routes.toml")
+
+
+@dataclass
+class SimResult:
+    seed: int
+    sim_seconds: float
+    wall_seconds: float
+    payments: int
+    faults: int
+    violations: list[Violation]
+    trace_hash: str
+    counters: dict[str, int]
+    trace: list[str] = field(default_factory=list)
+    schedule: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0
+
+
+class _Stub:
+    """The router's view of an endpoint (name, channel); the sim carries the traffic."""
+
+    def __init__(self, name: str, channel: Channel) -> None:
+        self._name = name
+        self._channel = channel
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def channel(self) -> Channel:
+        return self._channel
+
+    async def authorize(self, payment: Payment) -> NetworkReply:
+        raise NotSent("simulated endpoint: traffic goes through the simulation")
+
+    async def resolve(self, payment: Payment) -> NetworkReply:
+        raise NotSent("simulated endpoint: traffic goes through the simulation")
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    payment: Payment
+    digest: bytes
+    route: Route
+    policy: ResolutionPolicy
+    since: float
+    attempt: int = 0
+    delay: float = 0.05
+    waiting: bool = False
+
+
+class SimResolver:
+    """The core's ResolverPort on the event queue: the real policies, due-time scheduling."""
+
+    def __init__(self, sim: Simulation, boot: _Boot, config: SwitchConfig) -> None:
+        self.sim = sim
+        self.boot = boot
+        self.policies = config.resolution
+        self.jobs: dict[str, _Job] = {}
+        self.escalated: set[str] = set()
+        self.max_queue = 10_000
+        self.overflowed = 0
+        self._fifo: deque[_Job] = deque()
+        self._free = FIFO_RESOLVER_WORKERS
+
+    def submit(self, payment: Payment, digest: bytes, route: Route) -> None:
+        if payment.payment_id in self.jobs:
+            return
+        if len(self.jobs) >= self.max_queue:
+            self.overflowed += 1
+            return
+        policy: ResolutionPolicy = getattr(self.policies, payment.channel)
+        now = self.sim.now
+        job = _Job(payment, digest, route, policy, now, delay=max(policy.first_after_s, 0.05))
+        self.jobs[payment.payment_id] = job
+        self.sim.unknown_since.setdefault(payment.payment_id, now)
+        if FIFO_RESOLVER_WORKERS:
+            self._fifo.append(job)
+            self._dispatch()
+        else:
+            self.sim.push(now + policy.first_after_s, RES_DUE, self.boot, job)
+
+    def _dispatch(self) -> None:
+        while self._free and self._fifo:
+            self._free -= 1
+            job = self._fifo.popleft()
+            # The worker sleeps the first delay holding its place (the planted design).
+            self.sim.push(self.sim.now + job.policy.first_after_s, RES_DUE, self.boot, job)
+
+    def _release(self) -> None:
+        if FIFO_RESOLVER_WORKERS:
+            self._free += 1
+            self._dispatch()
+
+    def due(self, job: _Job) -> None:
+        sim = self.sim
+        now = sim.now
+        job.attempt += 1
+        endpoint = job.route.network
+        plan = sim.world.plan(endpoint, now, job.payment)
+        if plan.action == "refuse":
+            self.retry(job)
+            return
+        job.waiting = True
+        sim.push(now + job.route.timeout_s, RES_TIMEOUT, self.boot, (job, job.attempt))
+        if plan.action in ("respond", "reset"):
+            sim.push(now + plan.latency_s, RES_ISSUER, self.boot, (job, job.attempt, plan))
+
+    def at_issuer(self, job: _Job, attempt: int, plan: RequestPlan) -> None:
+        sim = self.sim
+        if plan.technical_error is not None or plan.malformed:
+            return  # answered 91/96 or garbage: the adapter repeats; the timeout retries
+        # The card adapters draw their 0400's DE11 from the core's sequence (app.py).
+        reply = sim.world.resolve(job.route.network, job.payment, sim.wall(),
+                                  self.boot.trace.next())
+        if plan.action == "reset":
+            return  # decided, then the connection dropped: the timeout retries
+        sim.push(sim.now + plan.late_delay_s, RES_REPLY, self.boot, (job, attempt, reply))
+
+    def answered(self, job: _Job, attempt: int, reply: NetworkReply) -> None:
+        if not job.waiting or attempt != job.attempt:
+            return
+        job.waiting = False
+        self.finish(job, reply)
+
+    def timed_out(self, job: _Job, attempt: int) -> None:
+        if job.waiting and attempt == job.attempt:
+            job.waiting = False
+            self.retry(job)
+
+    def retry(self, job: _Job) -> None:
+        now, policy = self.sim.now, job.policy
+        if job.attempt >= policy.max_attempts or now - job.since + job.delay > policy.within_s:
+            self.escalated.add(job.payment.payment_id)  # stays unknown until the next start
+            self._release()
+            return
+        self.sim.push(now + job.delay, RES_DUE, self.boot, job)
+        job.delay = min(job.delay * 2, policy.max_delay_s)
+
+    def finish(self, job: _Job, reply: NetworkReply) -> None:
+        payment = job.payment
+        status = _OUTCOME[reply.outcome]
+        result = Result(payment.payment_id, status, reply.reason, reply.network_ref,
+                        job.route.network, aml_flag=payment.aml_flag)
+        row = (payment.payment_id, payment.idempotency_key, "final", status.value, job.digest,
+               encode_result(result), self.sim.wall_us())
+        self.sim.journal_then(self.boot, row, lambda: self._done(job, result))
+
+    def _done(self, job: _Job, result: Result) -> None:
+        pid = job.payment.payment_id
+        self.boot.index.complete(job.payment.idempotency_key, result)
+        self.jobs.pop(pid, None)
+        self.sim.resolved(job.payment, result)
+        self._release()
+
+
+class _Origin:
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def reply(self, response: Response) -> None:
+        self.sim.client_reply(response)
+
+
+class _Net:
+    """The core's NetworkPort: a request's fate comes from the endpoint's Behaviour."""
+
+    def __init__(self, sim: Simulation, boot: _Boot) -> None:
+        self.sim = sim
+        self.boot = boot
+
+    def send(self, endpoint: str, token: int, payment: Payment) -> None:
+        self.sim.net_send(self.boot, endpoint, token, payment)
+
+    def cancel(self, endpoint: str, token: int) -> None:
+        return None  # a late answer finds no token in the core and is dropped there
+
+
+class _Clock:
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+
+    def now(self) -> float:
+        return self.sim.now
+
+
+class _Boot:
+    """One incarnation of the switch: everything a crash throws away."""
+
+    core: PaymentCore
+    router: Router
+    index: IdempotencyIndex
+    standin: StandIn
+    resolver: SimResolver
+    journal: SimJournal
+    trace: TraceNumbers
+
+    def __init__(self, number: int, started: float) -> None:
+        self.number = number
+        self.started = started
+        self.alive = True
+        self.failed = False
+        self.waiting: dict[object, list[Callable[[], None]]] = {}
+        self.advice_delay = 0.05
+        self.advice_armed = False
+        self.wake_at = math.inf
+
+
+class Simulation:
+    def __init__(self, options: SimOptions) -> None:
+        self.options = options
+        self.seed = options.seed
+        self.schedule = options.schedule or draw_schedule(
+            options.seed, options.duration_s, options.intensity,
+            crashes=options.crashes, disk=options.disk)
+        self.config = sim_config()
+        self.world = World(options.channels_toml, list(self.schedule.faults), options.seed)
+        self.table_text = Path(options.routes_toml).read_text()
+        self.adapters = {name: _Stub(name, ch) for name, ch in CHANNEL_OF.items()}
+        # synchronous=OFF: durability is the simulated disk's business (a crash keeps exactly
+        # the committed transactions); a real fsync per commit would only cost wall time.
+        self.db = open_database(options.db_path, "off")
+        self.now = 0.0
+        self._heap: list[tuple[float, int, int, Any, Any]] = []
+        self._seq = 0
+        self._hash = hashlib.blake2b(digest_size=16)
+        self.violations: list[Violation] = []
+        self._violated: set[tuple[str, str]] = set()
+        self.trace: list[str] = []
+        self._trace_pids: set[str] = set()
+        # clients
+        self.workload = Workload(options.seed)
+        self._rng = random.Random(f"payswitch-sim-clients:{options.seed}")
+        self._rid = 0
+        self._sends: dict[int, tuple[str, PaymentRequest, int, float]] = {}
+        self._acked: dict[str, tuple[str, Status, bytes]] = {}
+        self._recent: list[tuple[str, PaymentRequest]] = []
+        self.latencies: list[float] = []
+        self.unknown_since: dict[str, float] = {}
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("requests", "accepted", "errors", "crashes", "journal_failures", "resolved",
+             "stand_in", "advices", "sent", "timeouts_after_send"), 0)
+        self.restarts: list[float] = []
+        self.boot: _Boot | None = None
+        self._boot_counter = 0
+        #: The trace-number reservation survives crashes (the switch keeps it in a fsynced
+        #: sidecar file beside the journal; here, one store every boot reads).
+        self.trace_store = MemoryTraceStore()
+        self._stood_in: set[str] = set()
+        self._load_over = False
+        self._origin = _Origin(self)
+        #: wall seconds = now + wall_offset; a restart may move it (clock jump).
+        self.wall_offset = WALL0
+        shape = options.shape
+        self._peak = options.rate if shape is None else 1.05 * max(
+            shape.rate_at(i * 0.05) for i in range(int(options.duration_s / 0.05) + 1))
+        self._disk_used: set[object] = set()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, a, b))
+
+    def wall(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.wall_offset + self.now, tz=dt.UTC)
+
+    def wall_us(self) -> int:
+        return int((self.wall_offset + self.now) * 1_000_000)
+
+    def note(self, text: str, *ids: str) -> None:
+        line = f"{self.now:.6f} {text}"
+        self._hash.update(line.encode())
+        if self.options.trace_key is not None and any(
+                i == self.options.trace_key or i in self._trace_pids for i in ids):
+            self.trace.append(line)
+
+    def violate(self, invariant: str, subject: str, detail: str) -> None:
+        if (invariant, subject) in self._violated:
+            return
+        self._violated.add((invariant, subject))
+        self.violations.append(Violation(invariant, self.now, subject, detail))
+        self.note(f"VIOLATION {invariant} {subject}: {detail}", subject)
+
+    # ----------------------------------------------------------------- the switch
+
+    def _start(self) -> None:
+        """Start-up, as switch/serve/app.py does it: replay, index, then recovered work."""
+        self._boot_counter += 1
+        boot = _Boot(self._boot_counter, self.now)
+        cfg = self.config
+        recovered = replay(self.db)
+        metrics = SwitchMetrics(networks=list(self.adapters), enabled=False)
+        index = IdempotencyIndex(retention_s=cfg.idempotency.retention_s,
+                                 max_keys=cfg.idempotency.max_keys)
+        wall_us = self.wall_us()
+        for final in recovered.finals:
+            age_s = (wall_us - final.at_us) / 1e6
+            if age_s < cfg.idempotency.retention_s:
+                index.restore(final.idempotency_key, final.body_hash, final.result,
+                              self.now - age_s)
+        table = load_route_table(self.table_text, self.adapters)
+        router = Router(table, self.adapters, cfg.resilience, metrics, cfg.seed)
+        journal = SimJournal(self.db, lambda batch, at: self.push(at, COMMIT, boot, batch),
+                             lambda: self.now)
+        boot.index, boot.router, boot.journal = index, router, journal
+        boot.trace = TraceNumbers(self.trace_store)
+        boot.resolver = SimResolver(self, boot, cfg)
+        boot.standin = StandIn(cfg.standin, cast(Any, self.adapters), cast(Any, journal),
+                               cast(Any, _Clock(self)), metrics,
+                               lambda e, now: router.health.breakers[e].available(now))
+        boot.core = PaymentCore(
+            journal=journal, network=_Net(self, boot), index=index,
+            risk=RiskEngine(cfg.risk, cfg.security.token_key.encode()), router=router,
+            resolver=boot.resolver, metrics=metrics,
+            token_key=cfg.security.token_key.encode(), boot_count=recovered.boot_count,
+            seed=cfg.seed, wall_offset=self.wall_offset,
+            standin=boot.standin if cfg.standin.enabled else None, trace=boot.trace)
+        self.boot = boot
+        for advice in recovered.pending_advices:
+            target = router.target(advice.payment)
+            boot.standin.queue_advice(advice.payment, advice.result, target.endpoints,
+                                      advice.body_hash)
+        for unfinished in recovered.unfinished:
+            index.begin(unfinished.payment.idempotency_key, unfinished.body_hash, self.now)
+            try:
+                target = router.target(unfinished.payment)
+            except NoRoute:
+                continue
+            route = router.route(target.endpoints[0], target)
+            boot.resolver.submit(unfinished.payment, unfinished.body_hash, route)
+        self.note(f"boot {boot.number} records={recovered.records} "
+                  f"unfinished={len(recovered.unfinished)} "
+                  f"advices={len(recovered.pending_advices)}")
+        self._arm_advice(boot, 0.0)
+        self.push(self.now + cfg.resilience.probe_interval_s, PROBE, boot)
+
+    def _crash(self, down_s: float, jump_s: float) -> None:
+        boot = self.boot
+        if boot is None:
+            return
+        boot.alive = False
+        boot.journal.flush()  # what the disk acknowledged survives; the rest dies here
+        self.boot = None
+        self.counters["crashes"] += 1
+        self.note(f"crash boot {boot.number} pending={boot.journal.pending} jump={jump_s}")
+        self.wall_offset += jump_s  # the next boot anchors to a wall clock that moved
+        self.push(self.now + down_s, RESTART)
+
+    def journal_then(self, boot: _Boot, row: Any, then: Callable[[], None]) -> None:
+        """Append a record for the sim's own services; ``then`` once it is durable."""
+        try:
+            ticket = boot.journal.append(row)
+        except JournalFull:
+            self.push(self.now + 0.1, DISK, boot, ("retry", row, then))
+            return
+        except JournalFailed:
+            return  # fail-stop: the journal keeps it unknown/undelivered for the next start
+        assert ticket is not None
+        boot.waiting.setdefault(ticket, []).append(then)
+
+    def _commit(self, boot: _Boot, batch: Batch) -> None:
+        error = self._disk_error()
+        boot.journal.commit(batch, error)
+        if error is None:
+            self.note(f"commit {len(batch.rows)}")
+            for then in boot.waiting.pop(batch, ()):
+                then()
+            boot.core.on_committed(batch, self.now, self.now)
+            return
+        # Fail-stop: every waiting batch fails; an operator restarts the switch.
+        self.counters["journal_failures"] += 1
+        self.note(f"journal failed: {error}")
+        boot.failed = True
+        exc = JournalFailed(error)
+        for failed in [batch, *boot.journal.failed_batches()]:
+            boot.waiting.pop(failed, None)
+            boot.core.on_commit_failed(failed, exc)
+        self.push(self.now + 2.0, CRASH, boot, (3.0, 0.0))
+
+    def _disk_error(self) -> str | None:
+        for d in self.schedule.disk:
+            if d.kind == "disk_full" and d.at <= self.now < d.at + d.duration_s:
+                return "database or disk is full"
+            if d.kind == "fsync_fail" and d.at <= self.now and d not in self._disk_used:
+                self._disk_used.add(d)
+                return "fsync failed: I/O error"
+        return None
+
+    # ----------------------------------------------------------------- networks
+
+    def net_send(self, boot: _Boot, endpoint: str, token: int, payment: Payment) -> None:
+        world = self.world
+        plan = world.plan(endpoint, self.now, payment)
+        pid = payment.payment_id
+        if payment.idempotency_key == self.options.trace_key:
+            self._trace_pids.add(pid)
+        if plan.action == "refuse":
+            self.note(f"send {pid} {endpoint} refused", pid)
+            raise NotSent(f"{endpoint}: connection refused")
+        self.counters["sent"] += 1
+        ep = world.endpoints[endpoint]
+        self.note(f"send {pid} {endpoint} {plan.action} {plan.latency_s:.6f}", pid)
+        if plan.action == "blackhole":
+            return
+        if ep.busy >= ep.capacity:
+            reply = NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "capacity")
+            self.push(self.now + plan.latency_s, REPLY, boot, (token, reply, pid))
+            return
+        ep.busy += 1
+        self.push(self.now + plan.latency_s, ISSUER, boot, (endpoint, token, payment, plan))
+
+    def _at_issuer(self, boot: _Boot, endpoint: str, token: int, payment: Payment,
+                   plan: RequestPlan) -> None:
+        self.world.endpoints[endpoint].busy -= 1
+        reply = self.world.authorize(endpoint, payment, plan.technical_error, self.now)
+        pid = payment.payment_id
+        if self.world.stan_reused:
+            for reused in self.world.stan_reused:
+                self.violate("trace-number-reused", reused, "the issuer answered 94 to its "
+                             "first transmission: another payment used this STAN + terminal")
+            self.world.stan_reused.clear()
+        self.note(f"issuer {endpoint} {pid} {reply.outcome} {reply.reason}", pid)
+        if plan.malformed or plan.action == "reset":
+            # Garbage the adapter drops, or the connection reset after the network decided
+            # (as channels/tcp.py does): either way no answer, and the core times out.
+            return
+        at = self.now + plan.late_delay_s
+        self.push(at, REPLY, boot, (token, reply, pid))
+        if plan.duplicate:
+            self.push(at, REPLY, boot, (token, reply, pid))
+
+    # ----------------------------------------------------------------- clients
+
+    def _arrive(self) -> None:
+        if self.now >= self.options.duration_s:
+            self._load_over = True
+            return
+        shape = self.options.shape
+        self.push(self.now + self._rng.expovariate(self._peak), ARRIVE)
+        # A shaped load by thinning: arrivals at the peak rate, each kept with
+        # probability rate(t) / peak (a non-homogeneous Poisson process).
+        if shape is not None and self._rng.random() * self._peak >= shape.rate_at(self.now):
+            return
+        request, _kind = self.workload.next()
+        if self._recent and self._rng.random() < 0.002:
+            # Same key, another body: must be refused if the key was accepted before.
+            _, original = self._recent[self._rng.randrange(len(self._recent))]
+            request = msgspec.structs.replace(original, amount=original.amount + 1)
+        self._send(request, 1)
+
+    def _send(self, request: PaymentRequest, tries: int) -> None:
+        self.counters["requests"] += 1
+        self._rid += 1
+        rid = self._rid
+        self._sends[rid] = (request.idempotency_key, request, tries, self.now)
+        self.note(f"request {rid} {request.idempotency_key} try {tries}",
+                  request.idempotency_key)
+        boot = self.boot
+        if boot is None:
+            return  # nobody listening: the client's connection fails; it retries on restart
+        boot.core.on_requests(self._origin, ((rid, request),), self.now, self.now, self.now)
+
+    def client_reply(self, response: Response) -> None:
+        rid = response.id
+        assert rid is not None
+        key, request, tries, sent_at = self._sends.pop(rid)
+        digest = _digest(request)
+        acked = self._acked.get(key)
+        if isinstance(response, ErrorReply):
+            self.counters["errors"] += 1
+            self.note(f"reply {rid} {key} error {response.code}", key)
+            if response.code == reasons.E_IDEMPOTENCY_CONFLICT:
+                if acked is not None and acked[2] == digest:
+                    self.violate("idempotency", key, "the same body was refused as a conflict")
+            elif acked is not None and acked[2] != digest:
+                pass  # a conflicting probe that met a busy switch: nothing to learn
+            elif response.code in (reasons.E_OVERLOADED, reasons.E_UNAVAILABLE) \
+                    and tries < CLIENT_TRIES:
+                self.push(self.now + 2.0, RESEND, request, tries + 1)
+            return
+        assert isinstance(response, Reply)
+        result = response.result
+        self.note(f"reply {rid} {key} {result.payment_id} {result.status.value} "
+                  f"{result.reason} replay={response.replay}", key, result.payment_id)
+        if acked is not None and acked[2] != digest:
+            self.violate("idempotency", key,
+                         f"another body got {result.status.value} instead of a refusal")
+            return
+        if acked is not None:
+            pid, status, _ = acked
+            if pid != result.payment_id or (status in _TERMINAL and result.status != status):
+                self.violate("idempotency", key, f"first {pid} {status.value}, now "
+                             f"{result.payment_id} {result.status.value}")
+        if acked is None or acked[1] not in _TERMINAL:
+            self._acked[key] = (result.payment_id, result.status, digest)
+        if acked is None:
+            self.counters["accepted"] += 1
+            self.latencies.append(self.now - sent_at)
+            if len(self._recent) < 256:
+                self._recent.append((key, request))
+            else:
+                self._recent[self._rng.randrange(256)] = (key, request)
+        if not response.replay:
+            if result.stood_in:
+                self._check_standin(result)
+            self.world.answered.pop(result.payment_id, None)  # only stand-in asks; bounded
+            self.world.decided.discard(result.payment_id)
+
+    def _check_standin(self, result: Result) -> None:
+        pid = result.payment_id
+        self.counters["stand_in"] += 1
+        self._stood_in.add(pid)
+        codes = [c for c in self.world.answered.get(pid, ()) if c not in INOPERATIVE]
+        if codes:
+            self.violate("standin-while-issuer-answers", pid,
+                         f"stood in although an issuer answered {','.join(codes)}")
+            return
+        if pid in self.world.answered:
+            return  # every issuer endpoint it tried answered 91/96: stand-in is legitimate
+        quiet_from = self.now - STANDIN_QUIET_S
+        boot = self.boot
+        if boot is not None and boot.started > quiet_from:
+            return
+        for endpoint in CARD_ENDPOINTS:
+            if any(b < self.now and e > quiet_from
+                   for b, e in self.world.blocked_windows(endpoint)):
+                return
+        self.violate("standin-while-issuer-answers", pid,
+                     f"stood in with no attempt while every issuer endpoint had been "
+                     f"fault-free for {STANDIN_QUIET_S:.0f}s")
+
+    def resolved(self, payment: Payment, result: Result) -> None:
+        """The resolver journaled ``payment``'s final state: was it within its schedule?"""
+        self.counters["resolved"] += 1
+        pid = payment.payment_id
+        self.note(f"resolved {pid} {result.status.value}", pid)
+        since = self.unknown_since.pop(pid, self.now)
+        policy: ResolutionPolicy = getattr(self.config.resolution, payment.channel)
+        target = self.boot.router.target(payment) if self.boot is not None else None
+        endpoints = target.endpoints if target is not None else ()
+        back = since + policy.first_after_s
+        for endpoint in endpoints:
+            for b, e in self.world.blocked_windows(endpoint):
+                if b < self.now:
+                    back = max(back, min(e, self.now))
+        back = max([back, *(r for r in self.restarts if r <= self.now)])
+        allowed = policy.max_delay_s + (target.timeout_s if target else 5.0) + UNKNOWN_SLACK_S
+        if self.now - back > allowed:
+            self.violate("unknown-past-schedule", pid,
+                         f"resolved {self.now - back:.1f}s after its network was back and "
+                         f"its first delay passed (schedule allows {allowed:.1f}s)")
+
+    # ----------------------------------------------------------------- stand-in advices
+
+    def _arm_advice(self, boot: _Boot, delay: float) -> None:
+        if not boot.advice_armed:
+            boot.advice_armed = True
+            self.push(self.now + delay, ADVICE, boot)
+
+    def _advice(self, boot: _Boot) -> None:
+        """StandIn.run on the event queue: deliver the oldest advice, or rotate and back off."""
+        boot.advice_armed = False
+        queue = boot.standin._queue  # the real store-and-forward queue (no sans-IO seam)
+        if not queue or boot.failed:
+            self._arm_advice(boot, 0.5)
+            return
+        advice = queue[0]
+        for endpoint in advice.endpoints:
+            if not boot.router.health.breakers[endpoint].available(self.now):
+                continue
+            plan = self.world.plan(endpoint, self.now, advice.payment)
+            if plan.action != "respond" or plan.technical_error or plan.malformed:
+                continue
+            queue.popleft()
+            self.world.advise(advice.payment, advice.result.channel_ref)
+            pid = advice.payment.payment_id
+            self.counters["advices"] += 1
+            self.note(f"advice {pid} via {endpoint}", pid)
+            row = (pid, advice.payment.idempotency_key, "advice", advice.result.status.value,
+                   advice.digest, encode_result(advice.result), self.wall_us())
+            self.journal_then(boot, row, lambda: None)
+            boot.advice_delay = 0.05
+            self._arm_advice(boot, 0.0)
+            return
+        queue.rotate(-1)
+        self._arm_advice(boot, boot.advice_delay)
+        boot.advice_delay = min(boot.advice_delay * 2, 2.0)
+
+    # ----------------------------------------------------------------- the loop
+
+    def run(self) -> SimResult:
+        started, cpu0 = time.perf_counter(), time.process_time()
+        for at, down, jump in self.schedule.crashes:
+            self.push(at, CRASH, None, (down, jump))
+        for d in self.schedule.disk:
+            if d.kind == "stall":
+                self.push(d.at, DISK, None, ("stall", d.duration_s, None))
+        self._start()
+        self.push(0.0, ARRIVE)
+        self.push(1.0, TICK)
+        end = self.options.duration_s + self.options.drain_s
+        heap = self._heap
+        while heap:
+            at, _, kind, a, b = heapq.heappop(heap)
+            if at > end:
+                break
+            self.now = at
+            if kind == TICK:
+                if self._tick():
+                    break
+                continue
+            self._dispatch(kind, a, b)
+            boot = self.boot
+            if boot is not None:
+                deadline = boot.core.next_deadline()
+                if deadline is not None and deadline < boot.wake_at:
+                    boot.wake_at = deadline
+                    self.push(deadline, WAKE, boot)
+        self._verify()
+        wall = time.perf_counter() - started
+        return SimResult(self.seed, self.now, wall, self.counters["accepted"],
+                         self.schedule.injected, self.violations, self._hash.hexdigest(),
+                         dict(self.counters), self.trace, self.schedule.describe(),
+                         self.latencies, time.process_time() - cpu0)
+
+    def _dispatch(self, kind: int, a: Any, b: Any) -> None:
+        boot = self.boot
+        if kind == ARRIVE:
+            self._arrive()
+        elif kind == RESEND:
+            self._send(a, b)
+        elif kind == CRASH:
+            if a is None or a is boot:
+                self._crash(*b)
+        elif kind == RESTART:
+            if self.boot is None:
+                if self._disk_error_pending():
+                    self.push(self.now + 1.0, RESTART)
+                    return
+                self.restarts.append(self.now)
+                self._start()
+                # Clients whose request died with the switch try again.
+                for rid in sorted(self._sends):
+                    _, request, tries, _ = self._sends.pop(rid)
+                    if tries < CLIENT_TRIES:
+                        self.push(self.now + 0.001 * (rid % 1000), RESEND, request, tries + 1)
+        elif a is not boot or boot is None or not boot.alive:
+            # The networks still process what reached them; nobody hears the answer.
+            if kind == ISSUER:
+                self.world.endpoints[b[0]].busy -= 1
+                _, _, payment, plan = b
+                self.world.authorize(b[0], payment, plan.technical_error, self.now)
+            elif kind == RES_ISSUER:
+                job, _, plan = b
+                if plan.technical_error is None and not plan.malformed:
+                    self.world.resolve(job.route.network, job.payment, self.wall(), None)
+            elif kind == DISK and a is None:
+                self._disk(b)
+            return
+        elif kind == REPLY:
+            token, reply, pid = b
+            self.note(f"answer {pid} {reply.reason if reply else 'notsent'}", pid)
+            boot.core.on_replies(((token, reply),), self.now, self.now)
+        elif kind == ISSUER:
+            self._at_issuer(boot, *b)
+        elif kind == COMMIT:
+            self._commit(boot, b)
+        elif kind == WAKE:
+            boot.wake_at = math.inf
+            boot.core.on_timers(self.now, self.now)
+        elif kind == RES_DUE:
+            if b.payment.payment_id in boot.resolver.jobs:
+                boot.resolver.due(b)
+        elif kind == RES_ISSUER:
+            boot.resolver.at_issuer(*b)
+        elif kind == RES_REPLY:
+            boot.resolver.answered(*b)
+        elif kind == RES_TIMEOUT:
+            boot.resolver.timed_out(*b)
+        elif kind == ADVICE:
+            self._advice(boot)
+        elif kind == PROBE:
+            self._probe(boot)
+        elif kind == DISK:
+            op, x, y = b
+            if op == "retry":
+                self.journal_then(boot, x, y)
+            else:
+                self._disk(b)
+
+    def _disk(self, b: Any) -> None:
+        op, seconds, _ = b
+        if op == "stall" and self.boot is not None:
+            self.boot.journal.stall_until = self.now + seconds
+            self.boot.journal.stall_s = seconds
+            self.note(f"disk stall {seconds:.3f}")
+
+    def _disk_error_pending(self) -> bool:
+        return any(d.kind == "disk_full" and d.at <= self.now < d.at + d.duration_s
+                   for d in self.schedule.disk)
+
+    def _probe(self, boot: _Boot) -> None:
+        """Active health (app._probe_endpoints): an 0800 echo answers if connections do."""
+        for name, breaker in boot.router.health.breakers.items():
+            ok = self.world.endpoints[name].behaviour.connection_state(self.now) == "up"
+            breaker.record_probe(self.now, ok)
+        self.push(self.now + self.config.resilience.probe_interval_s, PROBE, boot)
+
+    def _tick(self) -> bool:
+        """Once a simulated second: bounds; after the load, stop once everything settled."""
+        boot = self.boot
+        if boot is not None:
+            self._check_bounds(boot)
+        self.push(self.now + 1.0, TICK)
+        if not self._load_over or boot is None or boot.failed:
+            return False
+        settled = (not self._sends and not boot.resolver.jobs and not boot.standin.pending
+                   and boot.journal.pending == 0 and boot.core.in_flight == 0)
+        return settled
+
+    def _check_bounds(self, boot: _Boot) -> None:
+        limiter = boot.router.limiter
+        cfg = self.config
+        checks = [
+            ("in-flight", limiter.in_flight(), limiter.total_limit),
+            ("journal-pending", boot.journal.pending, boot.journal.max_pending),
+            ("advice-queue", boot.standin.pending, cfg.standin.max_pending_advices),
+            ("resolver-queue", len(boot.resolver.jobs), boot.resolver.max_queue),
+            ("timers", len(boot.core.timers), boot.core.in_flight + 10_000),
+        ]
+        for name, value, bound in checks:
+            if value > bound:
+                self.violate("bound", name, f"{value} > {bound}")
+        if boot.router.budget.remaining(self.now) < 0:
+            self.violate("bound", "retry-budget", "retry budget overspent")
+        if boot.core.errors:
+            # The core fails a payment on an unexpected exception (an assertion on the money
+            # path included) and goes on: correct for a live switch, a bug for the simulator.
+            self.violate("internal-error", f"boot {boot.number}",
+                         f"{boot.core.errors} payment(s) failed by an unexpected exception")
+
+    # ----------------------------------------------------------------- after the run
+
+    def _verify(self) -> None:
+        if self.boot is not None:
+            self.boot.journal.flush()
+        db = self.db
+        intents: dict[str, Payment] = {}
+        finals: dict[str, list[Result]] = {}
+        unknowns: set[str] = set()
+        advised: set[str] = set()
+        decoder = msgspec.msgpack.Decoder(Payment)
+        rdecoder = msgspec.msgpack.Decoder(Result)
+        for pid, kind, record in db.execute(
+                "SELECT payment_id, kind, record FROM journal ORDER BY seq"):
+            if kind == "intent":
+                intents[pid] = decoder.decode(record)
+            elif kind == "final":
+                finals.setdefault(pid, []).append(rdecoder.decode(record))
+            elif kind == "unknown":
+                unknowns.add(pid)
+            elif kind == "advice":
+                advised.add(pid)
+        if count_duplicates(db):
+            self.violate("booked-twice", "journal",
+                         f"{count_duplicates(db)} keys or payments with two final records")
+        for pid, results in finals.items():
+            if len(results) > 1:
+                self.violate("terminal-once", pid,
+                             f"{len(results)} final records: "
+                             f"{', '.join(r.status.value for r in results)}")
+        for pid in intents:
+            if pid not in finals:
+                self.violate("unknown-past-schedule" if pid in unknowns else "terminal-once",
+                             pid, "no final state after the drain (last: "
+                             f"{'unknown' if pid in unknowns else 'sent'})")
+        # nothing acknowledged is lost
+        for key, (pid, status, _) in self._acked.items():
+            got = finals.get(pid)
+            if got is None and pid not in unknowns:
+                self.violate("ack-lost", key, f"acknowledged {pid} {status.value}; "
+                             "the journal has no record of it")
+            elif got is not None and status in _TERMINAL and got[-1].status != status:
+                self.violate("ack-lost", key, f"acknowledged {status.value}, journal says "
+                             f"{got[-1].status.value}")
+        # money: the journal against the networks' books, both ways
+        holds = self.world.card_holds()
+        books = self.world.books
+        booked_of: dict[str, int] = {}
+        for pid, payment in intents.items():
+            if payment.card is not None:
+                booked = holds.pop(payment.card.rrn.strip(), 0)
+            else:
+                booked = books["swift" if payment.channel == "swift" else "qr"].booked.get(
+                    pid, 0)
+            booked_of[pid] = booked
+            got = finals.get(pid)
+            if not got:
+                continue
+            result = got[-1]
+            if booked > payment.amount:
+                self.violate("booked-twice", pid, f"the network books {booked} for a payment "
+                             f"of {payment.amount}")
+            elif result.status is Status.APPROVED and not result.stood_in:
+                if booked != payment.amount:
+                    self.violate("money-conserved", pid,
+                                 f"approved {payment.amount}, network books {booked}")
+            elif result.status is not Status.APPROVED and booked:
+                self.violate("money-conserved", pid,
+                             f"{result.status.value}, yet the network books {booked}")
+        for rrn, amount in sorted(holds.items()):
+            self.violate("money-conserved", f"RRN {rrn}",
+                         f"the card network holds {amount} for a payment the journal has no "
+                         "intent for")
+        for network, book in sorted(books.items()):
+            for pid in sorted(set(book.booked) - set(intents)):
+                self.violate("money-conserved", pid, f"{network} booked {book.booked[pid]} but "
+                             "the journal has no intent")
+        stood_in_exposure = 0
+        for pid, results in finals.items():
+            result = results[-1]
+            if not result.stood_in:
+                continue
+            intent = intents.get(pid)
+            if intent is None:
+                self.violate("money-conserved", pid, "stand-in approval without an intent")
+                continue
+            if pid not in advised:
+                self.violate("advice-lost", pid, "stand-in approval never advised to the "
+                             "issuer (unexplained exposure)")
+            elif booked_of.get(pid, 0) != intent.amount:
+                stood_in_exposure += intent.amount  # explained: the issuer refused the hold
+        self.counters["standin_exposure_minor"] = stood_in_exposure
+        self.counters["stand_in_journal"] = sum(1 for r in finals.values() if r[-1].stood_in)
+        try:
+            self.world.scheme.check_ledger()
+        except AssertionError as exc:
+            self.violate("money-conserved", "issuer-ledger", str(exc))
+
+
+def _digest(request: PaymentRequest) -> bytes:
+    return hashlib.blake2b(msgspec.msgpack.encode(request), digest_size=16).digest()
+
+
+def simulate(options: SimOptions) -> SimResult:
+    """Run one seed to the end; the result names every invariant that failed."""
+    sim = Simulation(options)
+    try:
+        return sim.run()
+    finally:
+        sim.db.close()

@@ -1,0 +1,139 @@
+"""Bugs planted in the real code for the simulator to find (tests only).
+
+Each plant is a context manager that patches one behaviour the way a plausible
+regression would, and restores it on exit. The planted-bug tests prove the simulator
+fails when it should: a simulator that never fails proves nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import pytest
+
+import switch.sim.simulation as simulation
+from switch.payment.core import PaymentCore
+from switch.payment.standin import StandIn
+
+
+@contextmanager
+def retry_after_timeout_after_send() -> Iterator[None]:
+    """A timeout after sending is treated as a failure and retried on the next endpoint
+    (or failed outright when none is left) instead of becoming unknown."""
+
+    def timed_out(self: Any, f: Any, now: float, mono: float) -> None:
+        endpoint = f.slot
+        self._by_token.pop(f.token, None)
+        self.network.cancel(endpoint, f.token)
+        f.token = 0
+        self._release(f)
+        self.router.health.record(endpoint, now, False, mono - f.sent_at)
+        self._attempt_from(f, f.index + 1, now, mono)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_attempt_timed_out", timed_out)
+        yield
+
+
+@contextmanager
+def skip_write_ahead_intent() -> Iterator[None]:
+    """The payment goes to the network without its intent record."""
+    original = PaymentCore._journal
+
+    def journal(self: Any, f: Any, kind: str, status: Any, record: bytes, then: Any,
+                now: float, mono: float, sheddable: bool = False) -> None:
+        if kind == "intent":
+            then(f, now, mono)
+            return
+        original(self, f, kind, status, record, then, now, mono, sheddable=sheddable)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_journal", journal)
+        yield
+
+
+@contextmanager
+def drop_advice() -> Iterator[None]:
+    """A stand-in approval's advice is never queued (store-and-forward loses it)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StandIn, "queue_advice", lambda self, *args: None)
+        yield
+
+
+@contextmanager
+def restart_trace_numbers_at_boot() -> Iterator[None]:
+    """Every boot numbers its card messages (DE11) from 000001 again."""
+    original = PaymentCore._new_payment
+
+    def new_payment(self: Any, request: Any, now: float) -> Any:
+        payment = original(self, request, now)
+        if payment.card is None:
+            return payment
+        stan = getattr(self, "_planted_stan", 0) % 999_999 + 1
+        self._planted_stan = stan
+        card = msgspec.structs.replace(payment.card, stan=f"{stan:06d}")
+        return msgspec.structs.replace(payment, card=card)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_new_payment", new_payment)
+        yield
+
+
+@contextmanager
+def fifo_resolver() -> Iterator[None]:
+    """Unknowns resolved by 8 FIFO workers, each holding its job through the channel's
+    first delay: a card reversal due now waits behind QR checks not allowed for 90 s."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(simulation, "FIFO_RESOLVER_WORKERS", 8)
+        yield
+
+
+@contextmanager
+def reply_before_durable() -> Iterator[None]:
+    """Every record's continuation (the reply to the client included) runs as soon as the
+    record is queued, not once its commit made it durable."""
+    original = PaymentCore._journal
+
+    def journal(self: Any, f: Any, kind: str, status: Any, record: bytes, then: Any,
+                now: float, mono: float, sheddable: bool = False) -> None:
+        original(self, f, kind, status, record, then, now, mono, sheddable=sheddable)
+        if f.continuation is not then:
+            return  # refused, or already durable
+        for flights in self._waiting.values():  # stop waiting for the commit: go on now
+            if f in flights:
+                flights.remove(f)
+                f.continuation = None
+                then(f, now, mono)
+                return
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_journal", journal)
+        yield
+
+
+@contextmanager
+def forget_idempotency_keys() -> Iterator[None]:
+    """The index never finds a key: a retry is a new payment, another body is accepted."""
+    from switch.payment.idempotency import IdempotencyIndex
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(IdempotencyIndex, "get", lambda self, key: None)
+        yield
+
+
+@contextmanager
+def stand_in_after_an_answer() -> Iterator[None]:
+    """The core forgets that an issuer answered: a card declined by its issuer is approved
+    in stand-in."""
+    original = PaymentCore._outcome
+
+    def outcome(self: Any, f: Any, now: float, mono: float) -> None:
+        f.reached = False
+        original(self, f, now, mono)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_outcome", outcome)
+        yield
