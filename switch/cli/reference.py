@@ -317,7 +317,7 @@ def formats() -> list[Format]:
     from loadtests.harness.loadgen import RateShape
     from loadtests.harness.scenario import LoadSection, Scenario
     from loadtests.harness.workload import WorkloadSpec
-    from switch.routing.table import TargetSpec, _TableShape
+    from switch.routing.tablespec import TargetSpec, _TableShape
     from switch.serve.config import SwitchConfig
 
     return [

@@ -40,7 +40,8 @@ from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.routing import binindex as binlookup
 from switch.routing.router import Router, load_table
-from switch.routing.table import RouteTableError, Target, load_route_table
+from switch.routing.table import Target, load_route_table
+from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
 from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
 from switch.serve.engine import Engine, JournalShell, NetworkShell
