@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import msgspec
 
 from bench.results import markdown_table, write_section
-from loadtests.harness.demo import start_switch, stop_switch
+from loadtests.harness.processes import start_switch, stop_switch
 from switch.journal import FINAL, Compactor, JournalRecord, open_database
 from switch.journal.archive import attach_archive
 from switch.journal.records import to_row

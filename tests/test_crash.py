@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from loadtests.harness.client import SwitchClient
-from loadtests.harness.demo import start_switch, stop_switch
+from loadtests.harness.processes import start_switch, stop_switch
 from loadtests.harness.workload import Workload
 from switch.journal import count_duplicates, final_results
 from switch.model import PaymentRequest, Result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.harness.demo import (
+from loadtests.harness.calibrate import (
     CALIBRATION_FLOOR,
     Calibration,
     choose_rate,
@@ -116,7 +116,7 @@ def test_simulators_start_when_their_usual_admin_port_is_taken_after_the_check(
     on a free one instead of failing the demo."""
     import socket
 
-    from loadtests.harness import demo
+    from loadtests.harness import processes as demo
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -199,7 +199,7 @@ def run_scenario_block(lines: list[str], tmp_path: Path) -> None:
 
 def run_serve_block(lines: list[str], tmp_path: Path) -> None:
     """`serve` with the example config (free ports and a temporary journal instead)."""
-    from loadtests.harness.demo import start_switch, stop_switch
+    from loadtests.harness.processes import start_switch, stop_switch
 
     export, serve, readyz, metrics = commands(lines)
     # The key comes from the environment (serve refuses to start without one); the harness's
@@ -229,7 +229,7 @@ def run_serve_block(lines: list[str], tmp_path: Path) -> None:
 def run_saturated_block(lines: list[str], tmp_path: Path) -> None:
     """The saturation message, as the demo's summary prints it for the numbers shown (the
     run it came from took a busy machine; tests/test_demo.py checks when it appears)."""
-    from loadtests.harness.demo import saturation_lines
+    from loadtests.harness.calibrate import saturation_lines
     from loadtests.harness.loadgen import LoadStats
 
     numbers = [int(n) for n in re.findall(r"\d+", " ".join(lines[:1]))]

@@ -48,8 +48,8 @@ import anyio
 import msgspec
 
 from loadtests.harness.client import SwitchClient
-from loadtests.harness.demo import (
-    DEMO_CONFIG,
+from loadtests.harness.demo import DEMO_CONFIG
+from loadtests.harness.processes import (
     channel_networks_toml,
     start_channels,
     start_switch,

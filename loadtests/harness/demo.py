@@ -10,16 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +23,21 @@ import anyio
 import httpx
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from loadtests.harness.audit import AuditReport, audit_journal
-from loadtests.harness.loadgen import Acknowledged, LoadStats, OpenLoopGenerator
+from loadtests.harness.calibrate import Calibration, calibrate, saturation_lines, switch_figures
+from loadtests.harness.liveview import _BREAKER_STATE, FaultSeen, _progress
+from loadtests.harness.loadgen import LoadStats, OpenLoopGenerator
+from loadtests.harness.processes import (
+    CHANNELS_ADMIN_PORT,
+    _port_free,
+    channel_networks_toml,
+    start_channels,
+    start_switch,
+    stop_switch,
+)
 from loadtests.harness.workload import Workload
-from switch.serve.http import admin_headers, ensure_demo_tokens
+from switch.serve.http import admin_headers
 
 DEMO_CONFIG = """\
 seed = {seed}
@@ -58,105 +63,14 @@ max_count = 100
 PROMETHEUS_TARGET_PORT = 7180
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
-def start_switch(
-    config_path: Path, ready_file: Path, backend: str = "asyncio", timeout_s: float = 30.0
-) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """Start ``payswitch serve`` and wait until its ready file appears.
-
-    Its logs (JSON lines) go to ``switch.log`` beside the ready file: a pipe nobody reads
-    would block the switch once full.
-    """
-    ensure_demo_tokens()  # admin tokens in the environment the switch inherits
-    ready_file.unlink(missing_ok=True)
-    log_path = ready_file.with_name("switch.log")
-    log_file = log_path.open("ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "switch.cli.main",
-            "serve",
-            "--config",
-            str(config_path),
-            "--backend",
-            backend,
-            "--ready-file",
-            str(ready_file),
-            # A harness run is a demo: without a configured key, serve generates a random
-            # one per work dir (token.key beside the journal) instead of refusing.
-            "--demo",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        # Its own session: a Ctrl-C at the terminal reaches only the parent, which stops
-        # the switch in order (drain, flush) after the load, instead of all at once.
-        start_new_session=True,
-    )
-    log_file.close()  # the child holds its own descriptor
-    deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
-    while not ready_file.exists():
-        if proc.poll() is not None:
-            err = log_path.read_text()[-4000:]
-            raise RuntimeError(f"switch exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:  # wall clock: another process
-            proc.kill()
-            raise RuntimeError("switch did not become ready in time")
-        time.sleep(0.05)
-    return proc, json.loads(ready_file.read_text())
 
 
-def stop_switch(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
-def _progress(
-    stats: LoadStats,
-    rate: float,
-    elapsed: float,
-    faults: list[str] | None = None,
-    breakers: dict[str, str] | None = None,
-) -> Table:
-    table = Table(title="payswitch demo (live)", show_header=True)
-    table.add_column("offered/s", justify="right")
-    table.add_column("achieved/s", justify="right")
-    table.add_column("sent", justify="right")
-    table.add_column("replies", justify="right")
-    for status in ("approved", "declined", "failed", "unknown"):
-        table.add_column(status, justify="right")
-    table.add_column("errors", justify="right")
-    table.add_column("p99 ms", justify="right")
-    table.add_column("faults active")
-    table.add_column("breakers")
-    achieved = stats.replies / elapsed if elapsed > 0 else 0.0
-    table.add_row(
-        f"{rate:.0f}",
-        f"{achieved:.0f}",
-        str(stats.sent),
-        str(stats.replies),
-        *(str(stats.by_status.get(s, 0)) for s in ("approved", "declined", "failed", "unknown")),
-        str(sum(stats.errors.values())),
-        f"{stats.percentile_ms(99):.2f}",
-        ", ".join(faults or []) or "none",
-        ", ".join(f"{e}: {st}" for e, st in sorted((breakers or {}).items())) or "-",
-    )
-    return table
 
 
-_BREAKER_STATE = {0: "closed", 1: "half-open", 2: "OPEN"}
 
 
 async def _watch_breakers(url: str, breakers: dict[str, str], stop: anyio.Event) -> None:
@@ -203,122 +117,20 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_CHANNELS = ROOT / "examples" / "channels.toml"
-CHANNELS_ADMIN_PORT = 7280  # what `payswitch fault` talks to by default
 SETTLE_GRACE_S = 3.0  # > the example SWIFT network's settlement delay (2 s)
-_PORT_LINE = re.compile(r"^port\s*=\s*\d+", re.M)
 
 
-def start_channels(
-    base: Path,
-    example: Path = EXAMPLE_CHANNELS,
-    timeout_s: float = 30.0,
-    discrepancy_rate: float = 0.0,
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Run the example simulators as their own process, every network on a free port.
-
-    The admin API takes 7280 (the `payswitch fault` default) when it is free. On a shared
-    machine another run can take it between that check and the simulators' bind: then
-    they start again with a free port instead.
-    """
-    admin_port = CHANNELS_ADMIN_PORT if _port_free(CHANNELS_ADMIN_PORT) else 0
-    try:
-        return _start_channels(base, example, timeout_s, discrepancy_rate, admin_port)
-    except PortTaken:
-        return _start_channels(base, example, timeout_s, discrepancy_rate, 0)
 
 
-class PortTaken(RuntimeError):
-    """A child process found its preferred port taken (after we saw it free)."""
 
 
-def _start_channels(
-    base: Path, example: Path, timeout_s: float, discrepancy_rate: float, admin_port: int
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    text = example.read_text()
-    first = True
-
-    def port(match: re.Match[str]) -> str:
-        nonlocal first
-        # The first `port =` in the example is [admin]'s; the rest are the networks'.
-        chosen = admin_port if first else 0
-        first = False
-        return f"port = {chosen}"
-
-    config = base / "channels.toml"
-    # The settlement files go to the work dir, beside the journal they reconcile against.
-    text = re.sub(r'^out_dir = ".*"$', f'out_dir = "{base / "settlement"}"', text, flags=re.M)
-    text = re.sub(
-        r"^discrepancy_rate = .*$", f"discrepancy_rate = {discrepancy_rate}", text, flags=re.M
-    )
-    config.write_text(_PORT_LINE.sub(port, text))
-    ready = base / "channels-ready.json"
-    ready.unlink(missing_ok=True)
-    ensure_demo_tokens()  # admin tokens in the environment the simulators inherit
-    log_path = base / "channels.log"
-    log_file = log_path.open("ab")
-    logged_before = log_path.stat().st_size
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "channels",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        start_new_session=True,  # stopped by the parent, after the switch (see start_switch)
-    )
-    log_file.close()
-    deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
-    while not ready.exists():
-        if proc.poll() is not None:
-            err = log_path.read_bytes()[logged_before:].decode(errors="replace")
-            if admin_port and "address already in use" in err:
-                raise PortTaken(err)
-            raise RuntimeError(f"channels exited: {err[-3000:]}")
-        if time.monotonic() > deadline:  # wall clock: another process
-            proc.kill()
-            raise RuntimeError("channels did not become ready in time")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())
 
 
 EXAMPLE_ROUTES = ROOT / "examples" / "routes.toml"
 
 
-def channel_networks_toml(ready: dict[str, Any], routes: bool = True) -> str:
-    """Switch config for the running simulators: one adapter each, and (unless a route
-    table is used instead) one route per channel, to each channel's primary network."""
-    lines = []
-    for name, info in sorted(ready.items()):
-        if name == "admin_port":
-            continue
-        lines += [
-            "[[channel_networks]]",
-            f'kind = "{info["kind"]}"',
-            f'name = "{name}"',
-            f"port = {info['port']}",
-            "",
-        ]
-    if routes:
-        primary = {"card": "card-primary", "swift": "swift", "qr": "qr"}
-        for channel, network in primary.items():
-            lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"', ""]
-    return "\n".join(lines)
 
 
-@dataclass
-class FaultSeen:
-    endpoint: str
-    kind: str
-    detail: str
-    first_s: float
-    last_s: float
 
 
 async def _watch_faults(
@@ -406,156 +218,18 @@ def wait_until_resolved(
         time.sleep(0.25)
 
 
-#: The calibration ramp: each rate for CALIBRATION_STEP_S, doubling until one is unhealthy.
-CALIBRATION_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-CALIBRATION_STEP_S = 1.0
-#: A step is healthy when nothing is shed, p99 stays under this and the generator keeps up.
-CALIBRATION_P99_MS = 50.0
-#: The demo runs at this share of the highest healthy step: the rest is headroom for the
-#: other work on the machine (and the fault you may inject), which varies during a run.
-CALIBRATION_HEADROOM = 0.5
-#: Below the first step's health, the demo still runs, this slowly.
-CALIBRATION_FLOOR = 100.0
 
 
-@dataclass
-class Calibration:
-    """The demo's rate, and the ramp that chose it."""
-
-    rate: float
-    steps: list[tuple[float, str | None]]  # (rate, problem or None when healthy)
-    acknowledged: dict[str, Acknowledged]
-
-    def explain(self, cores: int) -> str:
-        healthy = [r for r, problem in self.steps if problem is None]
-        if not self.steps:
-            return f"{self.rate:.0f}/s (calibration interrupted)"
-        if not healthy:
-            return (f"{self.rate:.0f}/s: even {self.steps[0][0]:.0f}/s was unhealthy "
-                    f"({self.steps[0][1]}) on this machine just now")
-        top = max(healthy)
-        limit = next((f"; {r:.0f}/s was not ({problem})" for r, problem in self.steps
-                      if problem is not None), f"; {top:.0f}/s is the top of the ramp")
-        return (f"{self.rate:.0f}/s = {CALIBRATION_HEADROOM:.0%} of {top:.0f}/s, the highest "
-                f"rate this machine ({cores} cores) served healthily just now (nothing shed, "
-                f"p99 <= {CALIBRATION_P99_MS:.0f} ms){limit}. The rest is headroom for "
-                "other work; pass --rate to choose")
 
 
-def step_problem(stats: LoadStats) -> str | None:
-    """Why a calibration step was unhealthy, or None."""
-    overloaded = stats.errors.get("overloaded", 0)
-    if overloaded:
-        return f"{overloaded} shed as overloaded"
-    not_answered = stats.unanswered + stats.dropped_overrun + stats.connection_lost
-    if not_answered:
-        return f"{not_answered} requests not answered"
-    p99 = stats.percentile_ms(99)
-    if p99 > CALIBRATION_P99_MS:
-        return f"p99 {p99:.0f} ms"
-    if stats.lagged > 0.01 * max(stats.sent, 1):
-        return "the load generator fell behind"
-    failed = stats.by_status.get("failed", 0) + stats.by_status.get("unknown", 0)
-    if failed > max(2.0, 0.02 * stats.replies):
-        return f"{failed} failed or unknown"
-    return None
 
 
-def calibrate(
-    port: int, connections: int, seed: int, console: Console, should_stop: Callable[[], bool]
-) -> Calibration:
-    """A short ramp against the running switch: the demo's rate from what it served."""
-    steps: list[tuple[float, str | None]] = []
-    acknowledged: dict[str, Acknowledged] = {}
-    console.print("calibrating the rate (a short ramp; --rate skips it):", end="",
-                  highlight=False)
-
-    async def ramp() -> None:
-        # Warm-up first (imports, first-use kernels, connection set-up), not judged.
-        warm = OpenLoopGenerator(Workload(seed, key_prefix="warm").next, rate=100.0,
-                                 duration_s=0.5, connections=connections,
-                                 should_stop=should_stop)
-        acknowledged.update((await warm.run("127.0.0.1", port)).acknowledged)
-        for i, rate in enumerate(CALIBRATION_RATES):
-            if should_stop():
-                return
-            generator = OpenLoopGenerator(
-                Workload(seed + i, key_prefix=f"cal{i}-").next, rate=rate,
-                duration_s=CALIBRATION_STEP_S, connections=connections,
-                should_stop=should_stop)
-            stats = await generator.run("127.0.0.1", port)
-            acknowledged.update(stats.acknowledged)
-            problem = step_problem(stats)
-            steps.append((rate, problem))
-            console.print(("," if i else "") + f" {rate:.0f}/s " + (
-                f"too much ({problem})" if problem else
-                f"ok (p99 {stats.percentile_ms(99):.1f} ms)"), end="", highlight=False)
-            if problem is not None:
-                return
-
-    anyio.run(ramp, backend="asyncio", backend_options={"use_uvloop": True})
-    console.print()
-    return Calibration(choose_rate(steps), steps, acknowledged)
 
 
-def choose_rate(steps: list[tuple[float, str | None]]) -> float:
-    """Half the highest healthy step (never below the floor)."""
-    healthy = [r for r, problem in steps if problem is None]
-    if not healthy:
-        return CALIBRATION_FLOOR
-    return max(CALIBRATION_FLOOR, CALIBRATION_HEADROOM * max(healthy))
 
 
-def switch_figures(metrics_url: str) -> dict[str, float]:
-    """Signs of saturation in the switch's own counters (empty if unreachable)."""
-    try:
-        text = httpx.get(metrics_url, timeout=2.0).text
-    except httpx.HTTPError:
-        return {}
-    figures = {"timeouts": 0.0, "breaker_opens": 0.0, "shed": 0.0, "overloaded": 0.0}
-    for line in text.splitlines():
-        if line.startswith("payswitch_network_timeouts_total{"):
-            figures["timeouts"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("payswitch_breaker_transitions_total{") and (
-                'to_state="open"' in line):
-            figures["breaker_opens"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("payswitch_shed_payments_total{"):
-            figures["shed"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith('payswitch_rejected_requests_total{reason="overloaded"}'):
-            figures["overloaded"] += float(line.rsplit(" ", 1)[1])
-    return figures
 
 
-def saturation_lines(
-    stats: LoadStats, figures: dict[str, float], rate: float, calibrated: bool, cores: int
-) -> list[str]:
-    """When payments failed or were shed with no fault injected: say so, and what to change."""
-    signs = []
-    overloaded = stats.errors.get("overloaded", 0)
-    if overloaded:
-        signs.append(f"{overloaded} payments shed as overloaded")
-    failed = stats.by_status.get("failed", 0) + stats.by_status.get("unknown", 0)
-    accepted = max(sum(stats.by_status.values()), 1)
-    if failed > 0.01 * accepted:
-        signs.append(f"{failed} failed or unknown ({failed / accepted:.1%})")
-    if figures.get("timeouts"):
-        signs.append(f"{figures['timeouts']:.0f} network requests timed out")
-    if figures.get("breaker_opens"):
-        signs.append(f"breakers opened {figures['breaker_opens']:.0f} times")
-    p99 = stats.percentile_ms(99)
-    if signs and p99 > 100:
-        signs.append(f"p99 {p99:.0f} ms")
-    if not signs:
-        return []
-    advice = ("omit --rate to let the demo calibrate a healthy rate" if not calibrated else
-              "the machine got busier after calibration; run again, or pass a lower --rate")
-    return [
-        f"SATURATED: with no fault injected, {', '.join(signs)}: this machine ({cores} "
-        f"cores, shared by the switch, the simulators and this load generator) did not keep "
-        f"up with {rate:.0f}/s.",
-        f"  what to change: {advice} (e.g. --rate {max(50, rate / 2):.0f}); stop other "
-        "CPU-heavy work; watch `payswitch top` while it runs.",
-    ]
 
 
 class _Interrupt:

@@ -266,17 +266,14 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float) -> float | N
 
 def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
                  duration_s: float | None = None, rate: float | None = None) -> int:
-    from loadtests.harness.demo import (
-        DEMO_CONFIG,
-        SETTLE_GRACE_S,
-        _reconcile,
+    from loadtests.harness.demo import DEMO_CONFIG, SETTLE_GRACE_S, _reconcile, wait_until_resolved
+    from loadtests.harness.loadrun import LoadPlan, run_load, run_tag_now
+    from loadtests.harness.processes import (
         channel_networks_toml,
         start_channels,
         start_switch,
         stop_switch,
-        wait_until_resolved,
     )
-    from loadtests.harness.loadrun import LoadPlan, run_load, run_tag_now
     from loadtests.harness.workload import WorkloadSpec, load_workload
 
     try:

@@ -30,7 +30,8 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtests.harness.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
+from loadtests.harness.demo import DEMO_CONFIG
+from loadtests.harness.processes import start_channels, start_switch, stop_switch
 from switch.serve.http import admin_headers
 from tests.observability.test_dashboards import (
     DASHBOARDS,

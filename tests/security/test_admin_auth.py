@@ -121,7 +121,7 @@ def test_token_errors_name_the_file_or_variable(tmp_path: Path) -> None:
 
 
 def test_fault_cli_sends_the_operator_token(tmp_path: Path) -> None:
-    from loadtests.harness.demo import start_channels, stop_switch
+    from loadtests.harness.processes import start_channels, stop_switch
 
     proc, ready = start_channels(tmp_path)
     try:
