@@ -490,12 +490,9 @@ def _journal_flushed(log_path: Path) -> str | None:
 def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
     """Reconcile the run: the journal against the simulators' settlement files."""
     from switch.backoffice.recon.kernels import warm_up
-    from switch.backoffice.recon.reconcile import (
-        load_network_side,
-        load_switch_side,
-        match,
-        write_outputs,
-    )
+    from switch.backoffice.recon.outputs import write_outputs
+    from switch.backoffice.recon.reconcile import load_switch_side, match
+    from switch.backoffice.recon.sides import load_network_side
     from switch.protocols.settlement_files import SettlementFileError
 
     warm_up()

@@ -13,15 +13,10 @@ import numpy as np
 import pytest
 
 from bench.recon.synth import build
+from switch.backoffice.recon.classes import Record
 from switch.backoffice.recon.kernels import hash_utf8_column
-from switch.backoffice.recon.reconcile import (
-    NoSettlementFiles,
-    Record,
-    load_network_side,
-    load_switch_side,
-    match,
-    run,
-)
+from switch.backoffice.recon.reconcile import load_switch_side, match, run
+from switch.backoffice.recon.sides import NoSettlementFiles, load_network_side
 from switch.journal import columns as jcols
 from switch.journal.store import open_database
 

@@ -35,23 +35,29 @@ in them. It is counted and warned about, not listed as a break.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import functools
-import html
 import json
 import sqlite3
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
-import pyarrow as pa
 from numpy.typing import NDArray
 
+from switch.backoffice.recon.classes import (
+    KIND_NAMES,
+    NOT_BREAKS,
+    SEVERITY,
+    SUGGESTED_ACTION,
+    Break,
+    ReconReport,
+    Record,
+)
 from switch.backoffice.recon.kernels import (
     FLAG_ADVICE_DELIVERED,
     FLAG_ADVICE_REFUSED,
@@ -64,8 +70,14 @@ from switch.backoffice.recon.kernels import (
     exact_match,
     fold_outcomes,
     group_sums,
-    hash_utf8_column,
     tolerance_match,
+)
+from switch.backoffice.recon.outputs import write_outputs
+from switch.backoffice.recon.sides import (
+    NoSettlementFiles,
+    Side,
+    load_network_side,
+    settlement_files,
 )
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.journal import by_seq as journal_by_seq
@@ -73,41 +85,7 @@ from switch.journal import columns as jcols
 from switch.model import Payment
 from switch.protocols import emvqr
 from switch.protocols.errors import CodecError
-from switch.protocols.settlement_files import (
-    SettlementColumns,
-    SettlementFileError,
-    read_camt053_columns,
-    read_card_clearing_columns,
-    read_qr_csv_columns,
-)
 
-#: Listed as breaks, with their action, but not "unexplained": the exit code ignores them.
-EXPLAINED: Final = frozenset({"standin_exposure", "late_settlement"})
-NOT_BREAKS: Final = frozenset(
-    {"matched", "matched_tolerance", "matched_netted", "expected_absent", "outside_files"}
-)
-SUGGESTED_ACTION: Final = {
-    "missing_at_network": "Ask the network for the record; if it never settled, reverse "
-    "or refund the payment and correct the ledger.",
-    "missing_in_switch": "Find the payment at the network; book it if legitimate, else "
-    "dispute it with the network.",
-    "amount_mismatch": "Compare amounts and fees with the network; post an adjustment for "
-    "the difference.",
-    "currency_mismatch": "Check the currency conversion at the network; correct the entry.",
-    "status_mismatch": "The network settled a payment the switch did not approve: raise "
-    "a chargeback or book it after investigation.",
-    "duplicate": "The same reference appears twice: claim the duplicate back.",
-    "orphan_reversal": "A reversal with no approved payment: ask the network which "
-    "payment it reverses.",
-    "late_settlement": "Settled in a later cycle than expected: accrue it, no money lost.",
-    "standin_exposure": "Approved in stand-in; the issuer refused the advice (recorded in "
-    "the journal): recover from the acquirer or write off, within stand-in limits.",
-}
-#: breaks.csv order: unexplained money breaks first, the explained ones last.
-SEVERITY: Final = (
-    "amount_mismatch", "currency_mismatch", "missing_in_switch", "missing_at_network",
-    "status_mismatch", "duplicate", "orphan_reversal", "standin_exposure", "late_settlement",
-)
 _STATUS: Final = {
     "approved": RecordStatus.SETTLED,
     "declined": RecordStatus.DECLINED,
@@ -116,126 +94,23 @@ _STATUS: Final = {
     "unknown": RecordStatus.PENDING,
     "sent": RecordStatus.PENDING,
 }
-_SETTLED: Final = int(RecordStatus.SETTLED)
 #: Minor -> major units per ISO numeric currency code (ordering only; unknown: 2).
 _SCALE: Final = np.full(1024, 0.01)
 for _num, _exp in CURRENCIES.values():
     _SCALE[_num] = 10.0 ** -_exp
 _STATUS_NAME: Final = {0: "approved", 1: "declined", 2: "failed", 3: "reversed", 4: "unknown"}
-_SUFFIX_CHANNEL: Final = {".clr": "card", ".xml": "swift", ".csv": "qr"}
-_READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
-    ".clr": read_card_clearing_columns,
-    ".xml": read_camt053_columns,
-    ".csv": read_qr_csv_columns,
-}
 #: Above this many network records the exact pass runs in key partitions of about this
 #: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
 PARTITION_RECORDS: Final = 1_500_000
 
 # Kind codes on the arrays: the kernels' BreakClass values, then the classes added here.
 _EXPECTED_ABSENT, _NETTED, _ORPHAN_REVERSAL, _LATE, _STANDIN, _OUTSIDE = 8, 9, 10, 11, 12, 13
-KIND_NAMES: Final = (
-    *(c.name.lower() for c in sorted(BreakClass)),
-    "expected_absent", "matched_netted", "orphan_reversal", "late_settlement",
-    "standin_exposure", "outside_files",
-)
 _NOT_BREAK_CODES: Final = np.array([name in NOT_BREAKS for name in KIND_NAMES])
 _RANK: Final = np.array([SEVERITY.index(n) if n in SEVERITY else len(SEVERITY)
                          for n in KIND_NAMES], np.int64)
 
 
-class NoSettlementFiles(SettlementFileError):
-    """The files directory holds no settlement file (.clr, .xml, .csv)."""
-
-    def __init__(self, directory: str) -> None:
-        super().__init__(directory, 0, "files",
-                         "no settlement files (.clr, .xml, .csv) found; nothing to reconcile")
-
-    def __str__(self) -> str:
-        return f"no settlement files (.clr, .xml, .csv) in {self.file}: nothing to reconcile"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    channel: str
-    reference: str
-    amount: int
-    currency: str
-    status: str
-    time_us: int
-    source: str  # payment id (switch) or file name (network)
-    #: Who the money goes to, as the network names it (QR merchant id, card/SWIFT payee):
-    #: what a netted network entry aggregates by.
-    counterparty: str = ""
-    #: The switch approved it in stand-in, on the issuer's behalf.
-    stood_in: bool = False
-    #: Stand-in advice: "" none recorded, "delivered", or "refused" (by the issuer).
-    advice: str = ""
-    #: File line (network side), 0 when unknown.
-    line: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Break:
-    kind: str
-    switch: Record | None
-    network: Record | None
-    action: str
-
-    def at_stake(self) -> int:
-        """Minor units at stake: the difference of an amount break, else the amount."""
-        s, n = self.switch, self.network
-        if self.kind == "amount_mismatch" and s is not None and n is not None:
-            return abs(s.amount - n.amount)
-        side = s or n
-        return abs(side.amount) if side is not None else 0
-
-
-@dataclass
-class ReconReport:
-    switch_records: int
-    network_records: int
-    counts: dict[str, int]
-    amounts: dict[str, dict[str, int]]  # class -> currency -> minor units
-    breaks: list[Break]
-    warnings: list[str] = field(default_factory=list)
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def unexplained(self) -> int:
-        """Breaks nobody can account for yet; stand-in exposure (issuer refusal on
-        record) and late settlement are listed but explained."""
-        return sum(1 for b in self.breaks if b.kind not in EXPLAINED)
-
-
 # ------------------------------------------------------------------------- both sides
-
-
-@dataclass
-class Side:
-    """One side as columns. ``channel`` 1 card, 2 swift, 3 qr (journal.columns codes)."""
-
-    key: NDArray[np.int64]
-    amount: NDArray[np.int64]
-    currency: NDArray[np.int16]
-    status: NDArray[np.int8]
-    time_us: NDArray[np.int64]
-    channel: NDArray[np.int8]
-    #: Switch: FLAG_* bits. Network: zeros.
-    flags: NDArray[np.int8]
-    #: Builds the Records of entries ``idx`` (only ever called for breaks and netting).
-    records: Callable[[NDArray[np.int64]], list[Record]]
-    #: Counterparties of entries (netting only).
-    counterparties: Callable[[NDArray[np.int64]], list[str]]
-
-    def __len__(self) -> int:
-        return int(self.key.shape[0])
-
-
-def _empty_side() -> Side:
-    z = np.zeros(0, np.int64)
-    return Side(z, z, z.astype(np.int16), z.astype(np.int8), z, z.astype(np.int8),
-                z.astype(np.int8), lambda idx: [], lambda idx: [])
 
 
 def _side_from_records(records: Sequence[Record]) -> Side:
@@ -361,106 +236,6 @@ def _reference(payment: Payment) -> str:
 
 
 # ----------------------------------------------------------------------- network side
-
-
-@dataclass
-class _File:
-    path: Path
-    channel: str
-    cols: SettlementColumns
-    start: int  # index of its first record on the network side
-
-
-def settlement_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in _READERS and p.is_file())
-
-
-def load_network_side(directory: Path,
-                      on_file: Callable[[Path, int], None] | None = None) -> Side:
-    """Every record of every settlement file in ``directory``, as columns.
-
-    ``on_file(path, records)`` is called after each file (progress). Raises
-    :class:`NoSettlementFiles` when there is none, SettlementFileError on a bad file.
-    """
-    paths = settlement_files(directory)
-    if not paths:
-        raise NoSettlementFiles(str(directory))
-    files: list[_File] = []
-    keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
-    n = 0
-    for path in paths:
-        if path.suffix == ".clr":
-            cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
-        else:
-            cols = _READERS[path.suffix](path.read_bytes(), str(path))
-        channel = _SUFFIX_CHANNEL[path.suffix]
-        code = jcols.CHANNEL_CODE[channel]
-        ref = cols.reference
-        offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
-        data = ref.buffers()[2]
-        keys.append(hash_utf8_column(
-            np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
-            offsets, code))
-        amounts.append(cols.amount)
-        currencies.append(cols.currency)
-        statuses.append(cols.status)
-        times.append(cols.time_us)
-        channels.append(np.full(len(cols), code, np.int8))
-        if channel != "qr":  # only QR entries net by counterparty: keep the rest lean
-            cols = SettlementColumns(cols.reference, pa.array([], pa.large_string()),
-                                     cols.amount[:0], cols.currency[:0], cols.status[:0],
-                                     cols.time_us[:0], cols.first_line, cols.lines)
-        files.append(_File(path, channel, cols, n))
-        n += len(keys[-1])
-        if on_file is not None:
-            on_file(path, len(keys[-1]))
-    starts = np.array([f.start for f in files], np.int64)
-
-    def joined(parts: list[NDArray[Any]]) -> NDArray[Any]:
-        """One column, its per-file parts freed as it is built (peak: one column twice)."""
-        out = np.concatenate(parts) if len(parts) != 1 else parts[0]
-        parts.clear()
-        return out
-
-    side = Side(
-        joined(keys), joined(amounts), joined(currencies), joined(statuses), joined(times),
-        joined(channels), np.zeros(n, np.int8),
-        lambda idx: _network_records(side, files, starts, idx),
-        lambda idx: [r.counterparty for r in _network_records(side, files, starts, idx)],
-    )
-    return side
-
-
-def _network_records(side: Side, files: list[_File], starts: NDArray[np.int64],
-                     idx: NDArray[np.int64]) -> list[Record]:
-    """Records of network entries ``idx``: strings taken per file, in one Arrow take."""
-    if not len(idx):
-        return []
-    which = np.searchsorted(starts, idx, side="right") - 1
-    out: list[Record | None] = [None] * len(idx)
-    settled = _SETTLED
-    for k in np.unique(which).tolist():
-        f = files[k]
-        pos = np.flatnonzero(which == k)
-        local = idx[pos] - f.start
-        refs = f.cols.reference.take(pa.array(local)).to_pylist()
-        secs = (f.cols.secondary.take(pa.array(local)).to_pylist() if len(f.cols.secondary)
-                else [""] * len(local))
-        glob = idx[pos]
-        amounts = side.amount[glob].tolist()
-        currencies = side.currency[glob].tolist()
-        statuses = side.status[glob].tolist()
-        times = side.time_us[glob].tolist()
-        lines = (f.cols.lines[local].tolist() if f.cols.lines is not None
-                 else (local + f.cols.first_line).tolist())
-        name, channel, alpha = f.path.name, f.channel, NUMERIC_TO_ALPHA
-        for p, ref, sec, a, c, st, t, line in zip(pos.tolist(), refs, secs, amounts,
-                                                  currencies, statuses, times, lines,
-                                                  strict=True):
-            out[p] = Record(channel, ref, a, alpha.get(c, "???"),
-                            "approved" if st == settled else "reversed", t, name, sec or "",
-                            line=line)
-    return [r for r in out if r is not None]
 
 
 # ----------------------------------------------------------------------------- match
@@ -651,12 +426,6 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
     return ReconReport(len(sw), len(net), counts, dict(amounts), breaks, warnings)
 
 
-def _major(minor: int, b: Break) -> float:
-    side = b.switch or b.network
-    exp = CURRENCIES.get(side.currency, (0, 2))[1] if side is not None else 2
-    return float(minor) / float(10**int(exp))
-
-
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],
                   result: ReconResult, tol_amount: int) -> int:
     """Many-to-one: a network entry that nets several payments (one per merchant and
@@ -706,134 +475,6 @@ def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDAr
                     result.switch_match[i] = n
                 netted += 1
     return netted
-
-
-# ---------------------------------------------------------------------------- outputs
-
-
-def _fmt_major(minor: int, currency: str) -> str:
-    exp = CURRENCIES.get(currency, (0, 2))[1]
-    sign = "-" if minor < 0 else ""
-    whole, frac = divmod(abs(minor), 10**exp)
-    return f"{sign}{whole:,}" + (f".{frac:0{exp}d}" if exp else "")
-
-
-_CSV_HEADER: Final = [
-    "class", "explained", "channel", "reference", "amount_at_stake", "currency",
-    "switch_payment_id", "switch_amount", "switch_currency", "switch_status",
-    "network_file", "network_line", "network_amount", "network_currency", "network_status",
-    "suggested_action",
-]
-
-
-def write_outputs(
-    report: ReconReport, out_dir: Path, title: str = "payswitch reconciliation"
-) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": out_dir / "breaks.csv",
-        "json": out_dir / "summary.json",
-        "html": out_dir / "summary.html",
-    }
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(_CSV_HEADER)
-        for b in report.breaks:  # already sorted: severity, then amount at stake
-            s, n = b.switch, b.network
-            any_side = s or n
-            assert any_side is not None
-            writer.writerow([
-                b.kind, "yes" if b.kind in EXPLAINED else "no", any_side.channel,
-                any_side.reference, _fmt_major(b.at_stake(), any_side.currency).replace(",", ""),
-                any_side.currency,
-                s.source if s else "", s.amount if s else "", s.currency if s else "",
-                s.status if s else "",
-                n.source if n else "", n.line if n else "", n.amount if n else "",
-                n.currency if n else "", n.status if n else "", b.action,
-            ])
-    by_class = Counter(b.kind for b in report.breaks)
-    summary = {
-        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # wall timestamp
-        "switch_records": report.switch_records,
-        "network_records": report.network_records,
-        "classes": report.counts,
-        "amounts_minor": report.amounts,
-        "breaks": dict(by_class),
-        "unexplained_breaks": report.unexplained,
-        "clean": report.unexplained == 0,
-        "warnings": report.warnings,
-        "phases": report.phases,
-        "first_breaks": [asdict(b) for b in report.breaks[:50]],
-    }
-    paths["json"].write_text(json.dumps(summary, indent=2))
-    paths["html"].write_text(_html(report, title))
-    return paths
-
-
-def _html(report: ReconReport, title: str) -> str:
-    esc = html.escape
-    verdict = ("reconciliation clean" if report.unexplained == 0
-               else f"{report.unexplained} unexplained breaks")
-    # Totals per class and currency (records and amounts, switch and network sides).
-    rows = []
-    for kind in KIND_NAMES:
-        count = report.counts.get(kind, 0) + report.counts.get(f"network:{kind}", 0)
-        if not count:
-            continue
-        per_ccy = report.amounts.get(kind, {})
-        amounts = "<br>".join(f"{esc(_fmt_major(a, c))} {esc(c)}"
-                              for c, a in sorted(per_ccy.items()))
-        role = ("explained break" if kind in EXPLAINED else
-                "not a break" if kind in NOT_BREAKS else "break")
-        rows.append(f"<tr class='{role.replace(' ', '-')}'><td>{esc(kind)}</td><td>{role}</td>"
-                    f"<td class=n>{count:,}</td><td class=n>{amounts}</td></tr>")
-    # Amount-weighted view: breaks per class and currency by money at stake, with a bar.
-    weights: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for b in report.breaks:
-        side = b.switch or b.network
-        assert side is not None
-        w = weights[(b.kind, side.currency)]
-        w[0] += 1
-        w[1] += b.at_stake()
-    by_ccy: dict[str, int] = defaultdict(int)
-    for (_, ccy), (_, amt) in weights.items():
-        by_ccy[ccy] += amt
-    weighted = []
-    for (kind, ccy), (n, amt) in sorted(weights.items(), key=lambda kv: (kv[0][1], -kv[1][1])):
-        share = amt / by_ccy[ccy] if by_ccy[ccy] else 0.0
-        weighted.append(
-            f"<tr><td>{esc(ccy)}</td><td>{esc(kind)}</td><td class=n>{n:,}</td>"
-            f"<td class=n>{esc(_fmt_major(amt, ccy))}</td><td><div class=bar "
-            f"style='width:{share * 300:.0f}px'></div> {share:.1%}</td></tr>")
-    largest = []
-    for b in sorted(report.breaks, key=lambda b: -_major(b.at_stake(), b))[:25]:
-        side = b.switch or b.network
-        assert side is not None
-        largest.append(
-            f"<tr><td>{esc(b.kind)}</td><td>{esc(side.channel)}</td><td>{esc(side.reference)}"
-            f"</td><td class=n>{esc(_fmt_major(b.at_stake(), side.currency))} "
-            f"{esc(side.currency)}</td><td>{esc(b.switch.source if b.switch else '')}</td>"
-            f"<td>{esc(b.network.source if b.network else '')}</td></tr>")
-    warn = "".join(f"<p class=warn>warning: {esc(w)}</p>" for w in report.warnings)
-    return (
-        f"<!doctype html><meta charset=utf-8><title>{esc(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;"
-        "border-bottom:1px solid #ddd;text-align:left}td.n{text-align:right}"
-        ".bar{display:inline-block;height:10px;background:#c0392b}"
-        ".warn{color:#b35900;font-weight:bold}tr.break td:first-child{color:#c0392b}</style>"
-        f"<h1>{esc(title)}</h1><p><b>{esc(verdict)}</b> — {report.switch_records:,} switch "
-        f"records, {report.network_records:,} network records</p>{warn}"
-        "<h2>Totals per class and currency</h2><table><tr><th>class</th><th>role</th>"
-        f"<th>records</th><th>amount</th></tr>{''.join(rows)}</table>"
-        "<h2>Breaks by money at stake (per currency)</h2><table><tr><th>currency</th>"
-        "<th>class</th><th>breaks</th><th>at stake</th><th>share of the currency's breaks"
-        f"</th></tr>{''.join(weighted)}</table>"
-        "<h2>Largest breaks</h2><table><tr><th>class</th><th>channel</th><th>reference</th>"
-        "<th>at stake</th><th>switch payment</th><th>network file</th></tr>"
-        f"{''.join(largest)}</table>"
-        "<p>Every break is in breaks.csv with both sides and a suggested action, sorted by "
-        "severity, then money at stake.</p>"
-    )
 
 
 # ------------------------------------------------------------------ the whole command
