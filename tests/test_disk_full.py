@@ -22,7 +22,15 @@ import pytest
 
 from loadtests.harness.client import SwitchClient
 from switch.cli.main import _storage_failure
-from switch.journal import Journal, JournalFailed, encode_result, open_database
+from switch.journal import (
+    FINAL,
+    Journal,
+    JournalFailed,
+    JournalRecord,
+    OnFull,
+    encode_result,
+    open_database,
+)
 from switch.model import Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.protocols.wire import ErrorReply
@@ -38,9 +46,11 @@ def fill_to_the_brim(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA max_page_count = {pages}")
 
 
-def row(i: int) -> tuple[str, str, str, str, bytes, bytes, int]:
+def row(i: int) -> JournalRecord:
+    # A valid result (reconciliation's columns decode it), 2 KB big to fill pages fast.
     result = Result(f"P1-{i}", Status.APPROVED, "00", channel_ref="r" * 2000)
-    return (f"P1-{i}", f"k{i}", "final", "approved", b"h" * 16, encode_result(result), i)
+    return JournalRecord(f"P1-{i}", f"k{i}", FINAL, Status.APPROVED, b"h" * 16,
+                         encode_result(result), i)
 
 
 @pytest.mark.anyio
@@ -56,7 +66,7 @@ async def test_a_full_journal_fails_with_the_real_cause(
             tg.start_soon(journal.run)
             with pytest.raises(JournalFailed, match=FULL):
                 for i in range(100):
-                    await journal.write(row(i))
+                    await journal.write(row(i), OnFull.WAIT)
     assert isinstance(journal.failure, sqlite3.OperationalError)
     assert str(journal.failure) == FULL
     assert _storage_failure(raised.value) is journal.failure
