@@ -60,6 +60,8 @@ def normalize(line: str) -> str:
         line = " | ".join(cell.strip() for cell in line.strip(" |").split("|"))
     line = _TIMESTAMP.sub("TIMESTAMP", line)
     line = _PATH.sub("/PATH", line)
+    # An ISO 8601 time (log lines): its hour sits after a "T", where \b finds no number.
+    line = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?", "TIME", line)
     line = _NUMBER.sub(lambda m: "0" if m.group(0) == "0" else "N", line)
     return re.sub(r"\s+", " ", line).strip()
 
@@ -199,7 +201,10 @@ def run_serve_block(lines: list[str], tmp_path: Path) -> None:
     """`serve` with the example config (free ports and a temporary journal instead)."""
     from loadtests.harness.demo import start_switch, stop_switch
 
-    serve, readyz, metrics = commands(lines)
+    export, serve, readyz, metrics = commands(lines)
+    # The key comes from the environment (serve refuses to start without one); the harness's
+    # start_switch runs serve as a demo, which makes its own key per work dir.
+    assert export.startswith("export PAYSWITCH_TOKEN_KEY="), export
     assert serve == ".venv/bin/payswitch serve --config examples/switch.toml &"
     config = (ROOT / "examples" / "switch.toml").read_text()
     config = re.sub(r"^port = \d+", "port = 0", config, flags=re.M)

@@ -32,6 +32,7 @@ from rich.table import Table
 from loadtests.harness.audit import AuditReport, audit_journal
 from loadtests.harness.loadgen import Acknowledged, LoadStats, OpenLoopGenerator
 from loadtests.harness.workload import Workload
+from switch.serve.http import admin_headers, ensure_demo_tokens
 
 DEMO_CONFIG = """\
 seed = {seed}
@@ -74,6 +75,7 @@ def start_switch(
     Its logs (JSON lines) go to ``switch.log`` beside the ready file: a pipe nobody reads
     would block the switch once full.
     """
+    ensure_demo_tokens()  # admin tokens in the environment the switch inherits
     ready_file.unlink(missing_ok=True)
     log_path = ready_file.with_name("switch.log")
     log_file = log_path.open("ab")
@@ -89,6 +91,9 @@ def start_switch(
             backend,
             "--ready-file",
             str(ready_file),
+            # A harness run is a demo: without a configured key, serve generates a random
+            # one per work dir (token.key beside the journal) instead of refusing.
+            "--demo",
         ],
         stdout=subprocess.DEVNULL,
         stderr=log_file,
@@ -249,6 +254,7 @@ def _start_channels(
     config.write_text(_PORT_LINE.sub(port, text))
     ready = base / "channels-ready.json"
     ready.unlink(missing_ok=True)
+    ensure_demo_tokens()  # admin tokens in the environment the simulators inherit
     log_path = base / "channels.log"
     log_file = log_path.open("ab")
     logged_before = log_path.stat().st_size
@@ -322,7 +328,8 @@ async def _watch_faults(
     async with httpx.AsyncClient() as client:
         while not stop.is_set():
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                faults = (await client.get(url, timeout=2.0)).json()["faults"]
+                faults = (await client.get(url, timeout=2.0,
+                                           headers=admin_headers("auditor"))).json()["faults"]
                 at = time.perf_counter() - started  # bench: the generator's clock
                 current[:] = []
                 for f in faults:
@@ -590,6 +597,7 @@ def run_demo(
     130 when interrupted (after the same orderly stop and audit)."""
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
+    user_token = bool(os.environ.get("PAYSWITCH_OPERATOR_TOKEN"))
     journal = base / "journal.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
@@ -660,6 +668,9 @@ def run_demo(
                 "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
                 f"{target_note}; Grafana dashboards in dashboards/grafana/"
             )
+            # The harness made up this run's admin token unless you set one: show it then.
+            token = ("" if user_token else
+                     f"PAYSWITCH_OPERATOR_TOKEN={os.environ['PAYSWITCH_OPERATOR_TOKEN']} ")
             if faults_url is not None:
                 admin_opt = (
                     ""
@@ -667,8 +678,8 @@ def run_demo(
                     else f" --admin {faults_url.removesuffix('/faults')}"
                 )
                 console.print(
-                    f"break something: .venv/bin/payswitch fault card-primary blackhole "
-                    f"--for 10s{admin_opt}"
+                    f"break something: {token}.venv/bin/payswitch fault card-primary "
+                    f"blackhole --for 10s{admin_opt}"
                 )
             stats, faults_seen = _drive(
                 endpoints["port"], rate, duration_s, connections, seed, console, faults_url,
@@ -821,6 +832,7 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         return False
     write_outputs(report, out)
     by_kind = Counter(b.kind for b in report.breaks)
+    _check_planted(files, report, console)
     if report.unexplained == 0:
         explained = f"; explained: {dict(by_kind)}" if by_kind else ""
         console.print(f"reconciliation clean ({report.network_records} settlement records"
@@ -831,6 +843,25 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         f"(see {out / 'breaks.csv'})"
     )
     return False
+
+
+def _check_planted(files: Path, report: Any, console: Console) -> None:
+    """With planted discrepancies: say how many were found, in the class they should be,
+    and that none was explained away (stand-in exposure, late settlement)."""
+    planted = [d for p in sorted(files.glob("*.discrepancies.json"))
+               for d in json.loads(p.read_text())]
+    if not planted:
+        return
+    expected = {"missing": "missing_at_network", "amount_off": "amount_mismatch",
+                "duplicated": "duplicate", "unknown_reference": "missing_in_switch"}
+    found = {(b.kind, (b.switch or b.network).reference) for b in report.breaks}
+    hits = sum((expected[d["kind"]], d["reference"]) in found for d in planted)
+    away = sum(any((k, d["reference"]) in found for k in ("standin_exposure",
+                                                           "late_settlement"))
+               for d in planted)
+    colour = "green" if hits == len(planted) and away == 0 else "red"
+    console.print(f"[{colour}]planted discrepancies found: {hits}/{len(planted)}, "
+                  f"explained away: {away}[/]")
 
 
 def _drive(

@@ -36,6 +36,7 @@ from loadtests.harness.audit import audit_journal
 from loadtests.harness.loadgen import Acknowledged, RateShape, ShapeError, shape_from_dict
 from loadtests.harness.report import ReportData, Verdict, write_report
 from switch.model import Payment, Result
+from switch.serve.http import admin_headers
 from switch.tomlio import convert, parse_toml, read_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +192,8 @@ class Watch:
                             endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
                             states[endpoint] = int(float(line.rsplit(" ", 1)[1]))
                     faults = [f"{f['endpoint']} {f['kind']}" for f in
-                              client.get(self.faults_url, timeout=2).json()["faults"]]
+                              client.get(self.faults_url, timeout=2,
+                                         headers=admin_headers("auditor")).json()["faults"]]
                 except (httpx.HTTPError, ValueError, KeyError, IndexError):
                     pass
                 self.samples.append((at, states, faults))
@@ -336,7 +338,8 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
             elapsed = time.time() - start  # wall: offsets from the load's start
             for fault in prepared.faults:
                 shifted = msgspec.structs.replace(fault, start_s=max(0.0, fault.start_s - elapsed))
-                httpx.post(f"{admin}/faults", content=msgspec.json.encode(shifted), timeout=5)
+                httpx.post(f"{admin}/faults", content=msgspec.json.encode(shifted), timeout=5,
+                           headers=admin_headers())
 
         result = run_load(plan, out, console, config=msgspec.to_builtins(sc),
                           on_progress=on_progress)

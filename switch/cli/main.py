@@ -6,7 +6,9 @@ can do is also callable (and tested) from Python.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, cast
@@ -19,7 +21,15 @@ from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
-from switch.serve.config import ConfigError, SwitchConfig, load_config, with_defaults
+from switch.serve.config import (
+    ConfigError,
+    SwitchConfig,
+    check_free_space,
+    load_config,
+    resolve_token_key,
+    with_defaults,
+)
+from switch.serve.http import AdminAuthError, load_tokens
 
 if TYPE_CHECKING:
     from switch.backoffice.recon.reconcile import Progress
@@ -70,24 +80,36 @@ def main() -> None:
     type=click.Choice(["json", "text"]),
     help="JSON lines (with payment_id fields) or plain text; card numbers masked in both.",
 )
+@click.option(
+    "--demo",
+    is_flag=True,
+    default=False,
+    help="A throwaway setup: without a configured token key, generate a random one in "
+    "token.key beside the journal (kept for that work dir).",
+)
 def serve(
     config_path: str | None,
     backend: str | None,
     ready_file: str | None,
     log_level: str,
     log_format: str,
+    demo: bool,
 ) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
     Payments are served on [server] host:port; /metrics, /healthz and /readyz on
-    [admin] host:port.
+    [admin] host:port. The token key comes from $PAYSWITCH_TOKEN_KEY or
+    [security] token_key_file; without one, serve refuses to start unless --demo.
     """
     from switch.observability import logs
 
     logs.configure(log_level, log_format)
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
-    except ConfigError as exc:
+        config = resolve_token_key(config, demo=demo)
+        load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
+        check_free_space(config)
+    except (ConfigError, AdminAuthError) as exc:
         raise UserError(str(exc)) from None
     chosen = backend or config.server.backend
     _refuse_busy_ports(config_path, config)
@@ -112,12 +134,48 @@ def serve(
     options = {"use_uvloop": True} if chosen == "asyncio" else {}
     try:
         anyio.run(main_task, backend=chosen, backend_options=options)
-    except Exception as exc:
+    except BaseException as exc:
         from channels.__main__ import address_in_use
 
-        if not address_in_use(exc):
+        if isinstance(exc, Exception) and address_in_use(exc):
+            _refuse_busy_ports(config_path, config, always=True)
+        cause = _storage_failure(exc)
+        if cause is None:
             raise
-        _refuse_busy_ports(config_path, config, always=True)
+        # Fail-stop on the journal's storage (disk full, I/O error): one line with the
+        # real cause, then leave at once. Leftover threads (a commit stuck in SQLite)
+        # must not keep a half-dead process around with its admin port already closed.
+        logging.getLogger("switch").critical("fail-stop: journal storage failed: %s", cause)
+        click.echo(f"payswitch serve: fail-stop: journal storage failed: {cause}", err=True)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+
+
+def _storage_failure(exc: BaseException) -> BaseException | None:
+    """The SQLite or OS error inside ``exc`` (an exception group, a chain), if any."""
+    import sqlite3
+
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, sqlite3.Error) or (
+            isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS
+        ):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                stack.append(linked)
+    return None
 
 
 def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
@@ -439,9 +497,6 @@ class _ReconProgress:
     """A rich progress bar per phase, drawn only when stderr is a terminal."""
 
     def __init__(self, console: Console) -> None:
-        from switch.backoffice.recon.reconcile import Progress
-
-        self._base = Progress()
         self._console = console
         self._bar: object | None = None
         self._task: object | None = None

@@ -324,7 +324,15 @@ class Journal:
             columns.append_batch(db, rows)  # same transaction: columns never disagree
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may already have rolled back (SQLITE_FULL does): a ROLLBACK then
+            # raised "cannot rollback - no transaction is active" and hid the real cause
+            # ("database or disk is full") from the critical log line.
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    log.error("journal rollback after a failed commit also failed: %s",
+                              rollback)
             raise
 
     async def close(self) -> None:

@@ -321,6 +321,14 @@ class SwitchMetrics:
             "payswitch_saf_delivered_messages", "Store-and-forward messages delivered.",
             registry=r,
         )
+        quarantined = Counter(
+            "payswitch_quarantined_records",
+            "Journal records set aside because they can never be sent (an advice or a "
+            "resolution that cannot be encoded), by kind. Each needs an operator.",
+            ["kind"], registry=r,
+        )
+        self.quarantined: dict[str, Counter] = {
+            kind: quarantined.labels(kind) for kind in ("advice", "resolution")}
         reloads = Counter(
             "payswitch_route_table_reloads", "Route table reloads, by result.", ["result"],
             registry=r,

@@ -41,7 +41,7 @@ from switch.routing import binindex as binlookup
 from switch.routing.router import NoRoute, Router, load_table
 from switch.routing.table import RouteTableError, Target, load_route_table
 from switch.serve.admin import build_app
-from switch.serve.config import ConfigError, SwitchConfig
+from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
 from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
 from switch.serve.http_api import build_api, serve_api
@@ -292,7 +292,8 @@ class SwitchApp:
                         sock = bind_socket(cfg.admin.host, cfg.admin.port)
                         admin_port = sock.getsockname()[1]
                         app = build_app(self.metrics.registry, self.readiness,
-                                        self.reload_routes)
+                                        self.reload_routes, auth=cfg.admin.auth,
+                                        audit_log=audit_log_path(cfg))
                         # In the outer group, stopped by its own trigger after the drain:
                         # /readyz keeps answering "draining" while payments finish, and
                         # Hypercorn is never cancelled mid-shutdown.

@@ -45,7 +45,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
@@ -116,6 +116,10 @@ _STATUS: Final = {
     "sent": RecordStatus.PENDING,
 }
 _SETTLED: Final = int(RecordStatus.SETTLED)
+#: Minor -> major units per ISO numeric currency code (ordering only; unknown: 2).
+_SCALE: Final = np.full(1024, 0.01)
+for _num, _exp in CURRENCIES.values():
+    _SCALE[_num] = 10.0 ** -_exp
 _STATUS_NAME: Final = {0: "approved", 1: "declined", 2: "failed", 3: "reversed", 4: "unknown"}
 _SUFFIX_CHANNEL: Final = {".clr": "card", ".xml": "swift", ".csv": "qr"}
 _READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
@@ -125,7 +129,7 @@ _READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
 }
 #: Above this many network records the exact pass runs in key partitions of about this
 #: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
-PARTITION_RECORDS: Final = 4_000_000
+PARTITION_RECORDS: Final = 2_500_000
 
 # Kind codes on the arrays: the kernels' BreakClass values, then the classes added here.
 _EXPECTED_ABSENT, _NETTED, _ORPHAN_REVERSAL, _LATE, _STANDIN, _OUTSIDE = 8, 9, 10, 11, 12, 13
@@ -135,6 +139,8 @@ KIND_NAMES: Final = (
     "standin_exposure", "outside_files",
 )
 _NOT_BREAK_CODES: Final = np.array([name in NOT_BREAKS for name in KIND_NAMES])
+_RANK: Final = np.array([SEVERITY.index(n) if n in SEVERITY else len(SEVERITY)
+                         for n in KIND_NAMES], np.int64)
 
 
 class NoSettlementFiles(SettlementFileError):
@@ -261,14 +267,16 @@ def load_switch_side(journal: Path) -> Side:
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, check_same_thread=False)
     cols = jcols.read_columns(db)
     it, out = cols.intents, cols.outcomes
+    del cols
     status, time_us, flags, _ = fold_outcomes(
-        it["pid"], it["time_us"], out["pid"], out["time_us"], out["status"], out["kind"],
+        it.pop("pid"), it["time_us"], out["pid"], out["time_us"], out["status"], out["kind"],
         out["flags"], int(RecordStatus.PENDING))
+    del out  # the outcomes are folded: drop them before anything else is allocated
     keep = (flags & FLAG_DUPLICATE_INTENT) == 0
     if not keep.all():
-        it, status, time_us, flags = it[keep], status[keep], time_us[keep], flags[keep]
-    del out, cols
-    seq = np.ascontiguousarray(it["seq"])
+        it = {name: arr[keep] for name, arr in it.items()}
+        status, time_us, flags = status[keep], time_us[keep], flags[keep]
+    seq = it["seq"]
     memo: dict[int, Record] = {}
 
     def records(idx: NDArray[np.int64]) -> list[Record]:
@@ -277,37 +285,55 @@ def load_switch_side(journal: Path) -> Side:
             memo.update(zip(todo.tolist(), _switch_records(db, side, seq, todo), strict=True))
         return [memo[i] for i in idx.tolist()]
 
-    side = Side(
-        np.ascontiguousarray(it["ref"]), np.ascontiguousarray(it["amount"]),
-        np.ascontiguousarray(it["currency"]), status, time_us,
-        np.ascontiguousarray(it["channel"]), flags,
-        records, lambda idx: [r.counterparty for r in records(idx)],
+    side = Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
+        records, lambda idx: _switch_counterparties(db, seq, idx),
     )
     return side
 
 
-def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
-                    idx: NDArray[np.int64]) -> list[Record]:
-    """Records of switch entries ``idx``: strings from their intents, the rest from columns."""
-    wanted = [int(s) for s in seq[idx].tolist()]
-    payments: dict[int, Payment] = {}
+def _intents_by_seq(db: sqlite3.Connection, wanted: list[int], full: bool) -> dict[int, Any]:
+    decoder = _payment_decoder if full else _light_decoder
+    out: dict[int, Any] = {}
     for start in range(0, len(wanted), 900):
         chunk = wanted[start:start + 900]
         marks = ",".join("?" * len(chunk))
         for s, record in db.execute(
                 f"SELECT seq, record FROM journal WHERE seq IN ({marks})", chunk):
-            payments[int(s)] = msgspec.msgpack.decode(record, type=Payment)
+            out[int(s)] = decoder.decode(record)
+    return out
+
+
+def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
+                    idx: NDArray[np.int64]) -> list[Record]:
+    """Records of switch entries ``idx``: strings from their intents (a light decode of
+    the fields a break shows), the rest from the columns."""
+    wanted = seq[idx].tolist()
+    payments = _intents_by_seq(db, wanted, full=False)
+    status = side.status[idx].tolist()
+    times = side.time_us[idx].tolist()
+    flags = side.flags[idx].tolist()
+    names = _STATUS_NAME
     out = []
-    for i, s in zip(idx.tolist(), wanted, strict=True):
+    for s, st, t, f in zip(wanted, status, times, flags, strict=True):
         p = payments[s]
-        f = int(side.flags[i])
         advice = ("refused" if f & FLAG_ADVICE_REFUSED else
                   "delivered" if f & FLAG_ADVICE_DELIVERED else "")
-        out.append(Record(
-            p.channel, _reference(p), p.amount, p.currency,
-            _STATUS_NAME.get(int(side.status[i]), "unknown"), int(side.time_us[i]),
-            p.payment_id, _counterparty(p), bool(f & FLAG_STOOD_IN), advice))
+        ref = (p.card.rrn if p.card is not None else p.swift.uetr if p.swift is not None
+               else (p.qr.qr_reference if p.qr is not None else "") or p.payment_id)
+        out.append(Record(p.channel, ref, p.amount, p.currency, names.get(st, "unknown"), t,
+                          p.payment_id, "", bool(f & FLAG_STOOD_IN), advice))
     return out
+
+
+def _switch_counterparties(db: sqlite3.Connection, seq: NDArray[np.int64],
+                           idx: NDArray[np.int64]) -> list[str]:
+    wanted = seq[idx].tolist()
+    payments = _intents_by_seq(db, wanted, full=True)
+    return [_counterparty(payments[s]) for s in wanted]
+
+
+_payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
+_light_decoder: Final = msgspec.msgpack.Decoder(jcols._Intent)
 
 
 def _counterparty(payment: Payment) -> str:
@@ -368,7 +394,10 @@ def load_network_side(directory: Path,
     keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
     n = 0
     for path in paths:
-        cols = _READERS[path.suffix](path.read_bytes(), str(path))
+        if path.suffix == ".clr":
+            cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
+        else:
+            cols = _READERS[path.suffix](path.read_bytes(), str(path))
         channel = _SUFFIX_CHANNEL[path.suffix]
         code = jcols.CHANNEL_CODE[channel]
         ref = cols.reference
@@ -391,10 +420,16 @@ def load_network_side(directory: Path,
         if on_file is not None:
             on_file(path, len(keys[-1]))
     starts = np.array([f.start for f in files], np.int64)
+
+    def joined(parts: list[NDArray[Any]]) -> NDArray[Any]:
+        """One column, its per-file parts freed as it is built (peak: one column twice)."""
+        out = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        parts.clear()
+        return out
+
     side = Side(
-        np.concatenate(keys), np.concatenate(amounts), np.concatenate(currencies),
-        np.concatenate(statuses), np.concatenate(times), np.concatenate(channels),
-        np.zeros(n, np.int8),
+        joined(keys), joined(amounts), joined(currencies), joined(statuses), joined(times),
+        joined(channels), np.zeros(n, np.int8),
         lambda idx: _network_records(side, files, starts, idx),
         lambda idx: [r.counterparty for r in _network_records(side, files, starts, idx)],
     )
@@ -416,13 +451,20 @@ def _network_records(side: Side, files: list[_File], starts: NDArray[np.int64],
         refs = f.cols.reference.take(pa.array(local)).to_pylist()
         secs = (f.cols.secondary.take(pa.array(local)).to_pylist() if len(f.cols.secondary)
                 else [""] * len(local))
-        for p, j, ref, sec in zip(pos.tolist(), local.tolist(), refs, secs, strict=True):
-            i = int(idx[p])
-            out[p] = Record(f.channel, ref, int(side.amount[i]),
-                            NUMERIC_TO_ALPHA.get(int(side.currency[i]), "???"),
-                            "approved" if side.status[i] == settled else "reversed",
-                            int(side.time_us[i]), f.path.name, sec or "",
-                            line=f.cols.line_of(j))
+        glob = idx[pos]
+        amounts = side.amount[glob].tolist()
+        currencies = side.currency[glob].tolist()
+        statuses = side.status[glob].tolist()
+        times = side.time_us[glob].tolist()
+        lines = (f.cols.lines[local].tolist() if f.cols.lines is not None
+                 else (local + f.cols.first_line).tolist())
+        name, channel, alpha = f.path.name, f.channel, NUMERIC_TO_ALPHA
+        for p, ref, sec, a, c, st, t, line in zip(pos.tolist(), refs, secs, amounts,
+                                                  currencies, statuses, times, lines,
+                                                  strict=True):
+            out[p] = Record(channel, ref, a, alpha.get(c, "???"),
+                            "approved" if st == settled else "reversed", t, name, sec or "",
+                            line=line)
     return [r for r in out if r is not None]
 
 
@@ -572,33 +614,48 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
     tally(net_kind, net, unpaired, "network:")
     sw_breaks = np.flatnonzero(~_NOT_BREAK_CODES[sw_kind])
     net_breaks = np.flatnonzero(unpaired & ~_NOT_BREAK_CODES[net_kind])
+    # Order first, on arrays (severity, then money at stake in major units, largest
+    # first), so the Python objects are built once, already sorted.
     partners = result.switch_match[sw_breaks]
-    partner_records = iter(net.records(partners[partners >= 0]))
-    breaks: list[Break] = []
-    for i, rec, other in zip(sw_breaks.tolist(), sw.records(sw_breaks), partners.tolist(),
-                             strict=True):
-        kind = KIND_NAMES[sw_kind[i]]
-        breaks.append(Break(kind, rec, next(partner_records) if other >= 0 else None,
-                            SUGGESTED_ACTION[kind]))
-    for n, rec in zip(net_breaks.tolist(), net.records(net_breaks), strict=True):
-        kind = KIND_NAMES[net_kind[n]]
-        breaks.append(Break(kind, None, rec, SUGGESTED_ACTION[kind]))
-    rank = {k: i for i, k in enumerate(SEVERITY)}
-    scale = {c: 10.0 ** -e for c, (_, e) in CURRENCIES.items()}
-
-    def order(b: Break) -> tuple[int, float]:
-        side = b.switch or b.network
-        return (rank.get(b.kind, len(rank)),
-                -b.at_stake() * scale.get(side.currency if side else "", 0.01))
-
-    breaks.sort(key=order)
+    sw_k = sw_kind[sw_breaks].astype(np.int64)
+    stake = np.abs(sw.amount[sw_breaks]).astype(np.float64)
+    is_amount = (sw_k == BreakClass.AMOUNT_MISMATCH) & (partners >= 0)
+    stake[is_amount] = np.abs(sw.amount[sw_breaks[is_amount]]
+                              - net.amount[partners[is_amount]]).astype(np.float64)
+    stake *= _SCALE[sw.currency[sw_breaks].astype(np.int64) % 1024]
+    net_k = net_kind[net_breaks].astype(np.int64)
+    net_stake = (np.abs(net.amount[net_breaks]).astype(np.float64)
+                 * _SCALE[net.currency[net_breaks].astype(np.int64) % 1024])
+    rank = np.concatenate([_RANK[sw_k], _RANK[net_k]])
+    order = np.lexsort((-np.concatenate([stake, net_stake]), rank))
+    n_sw = len(sw_breaks)
+    sw_order = order[order < n_sw]
+    sw_records = sw.records(sw_breaks[sw_order])
+    sw_partners = partners[sw_order]
+    partner_records = net.records(sw_partners[sw_partners >= 0])
+    built: dict[int, Break] = {}
+    p = 0
+    for k, (pos, rec, other) in enumerate(zip(sw_order.tolist(), sw_records,
+                                              sw_partners.tolist(), strict=True)):
+        kind = KIND_NAMES[sw_k[pos]]
+        partner = None
+        if other >= 0:
+            partner = partner_records[p]
+            p += 1
+        built[pos] = Break(kind, rec, partner, SUGGESTED_ACTION[kind])
+        del k
+    net_order = order[order >= n_sw] - n_sw
+    for pos, rec in zip(net_order.tolist(), net.records(net_breaks[net_order]), strict=True):
+        kind = KIND_NAMES[net_k[pos]]
+        built[n_sw + pos] = Break(kind, None, rec, SUGGESTED_ACTION[kind])
+    breaks = [built[i] for i in order.tolist()]
     return ReconReport(len(sw), len(net), counts, dict(amounts), breaks, warnings)
 
 
 def _major(minor: int, b: Break) -> float:
     side = b.switch or b.network
     exp = CURRENCIES.get(side.currency, (0, 2))[1] if side is not None else 2
-    return float(minor / 10**exp)
+    return float(minor) / float(10**int(exp))
 
 
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],
@@ -783,7 +840,7 @@ def _html(report: ReconReport, title: str) -> str:
 # ------------------------------------------------------------------ the whole command
 
 
-class Progress:
+class Progress(Protocol):
     """What :func:`run` reports while it works (the CLI draws it; tests ignore it)."""
 
     def start(self, phase: str, total: float | None) -> None:
@@ -794,6 +851,17 @@ class Progress:
 
     def done(self) -> None:
         """The current phase ended."""
+
+
+class _NoProgress:
+    def start(self, phase: str, total: float | None) -> None:
+        pass
+
+    def advance(self, amount: float) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
 
 
 @dataclass
@@ -811,7 +879,6 @@ class _Phases:
         self.progress.start(name, total)
 
     def done(self, records: int) -> None:
-        import resource
         import time
 
         wall = time.perf_counter() - self._t[0]  # bench: phase figures
@@ -819,9 +886,24 @@ class _Phases:
         self.figures[self._name] = {
             "wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "records": records,
             "records_per_s": round(records / wall) if wall > 0 else 0,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
         }
         self.progress.done()
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (per address space, so a parent's peak does not leak
+    in through fork + exec as ru_maxrss does), else ru_maxrss."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
@@ -831,7 +913,7 @@ def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
 
     Raises SettlementFileError (or NoSettlementFiles) before anything is written.
     """
-    phases = _Phases(progress or Progress())
+    phases = _Phases(progress or _NoProgress())
     paths = settlement_files(files_dir)
     if not paths:
         raise NoSettlementFiles(str(files_dir))
