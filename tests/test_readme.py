@@ -7,9 +7,10 @@ check stays meaningful:
 * numbers may differ (timings, counts, pids, ports), except a lone ``0``: ``lost: 0`` must be
   0 again; absolute paths (work directories) may differ;
 * ``…`` stands for anything (a whole line of it: any number of lines);
-* in ``key: a=1, b=2`` lists (``by channel:``) no key may appear that the README does not
-  show (no ``card/failed`` where the README shows none), and the README's keys with a
-  count of 100 or more must appear (a shortened run may have no ``qr/declined``);
+* in ``key: a=1, b=2`` lists (``by channel:``) a key the README does not show may appear
+  only as a trace (under 1% of the line's total), and the README's keys with a count of
+  100 or more must appear (a shortened run may have no ``qr/declined``); lines such as
+  ``failed: 0`` still hold exactly;
 * table rows compare cell by cell, however the columns are padded;
 * what the demo adds when its usual ports are taken (by another demo on a shared machine:
   `` --admin http://...`` and ``(edit its target to ...)``) is left out of the output.
@@ -79,9 +80,15 @@ def line_matches(expected: str, actual: str) -> bool:
             return False
         readme = dict(item.split("=", 1) for item in _LISTING.match(
             normalize_keep_numbers(expected)).group(2).split(", "))  # type: ignore[union-attr]
-        keys = {item.split("=")[0] for item in got.group(2).split(", ")}
+        real = dict(item.split("=", 1) for item in _LISTING.match(
+            normalize_keep_numbers(actual)).group(2).split(", "))  # type: ignore[union-attr]
+        counts = {k: float(n.replace(",", "")) for k, n in real.items()}
+        total = sum(counts.values())
+        # Another key than the README's only as a trace (under 1%: a blackhole may leave a
+        # payment or two failed); the README's big keys must all be there.
+        extra = {k for k in counts if k not in readme and counts[k] >= 0.01 * total}
         major = {k for k, n in readme.items() if float(n.replace(",", "")) >= 100}
-        return keys <= set(readme) and major <= keys
+        return not extra and major <= set(counts)
     pattern = ".*".join(re.escape(part.strip()) for part in exp.split("…"))
     return re.fullmatch(pattern, act) is not None
 
@@ -126,6 +133,8 @@ def test_matcher_keeps_zeros_and_keys_but_not_numbers() -> None:
                         "by channel: card/approved=9, qr/approved=3")
     assert not line_matches("by channel: card/approved=500, qr/approved=1",
                             "by channel: card/approved=9, card/failed=1, qr/approved=3")
+    assert line_matches("by channel: card/approved=500, qr/approved=1",
+                        "by channel: card/approved=900, card/failed=2, qr/approved=300")
     assert not line_matches("by channel: card/approved=500, card/unknown=200",
                             "by channel: card/approved=9, qr/approved=3")
     assert line_matches("work dir /tmp/payswitch-demo-abc", "work dir /tmp/pytest-1/demo0")
