@@ -145,7 +145,8 @@ def main() -> None:
         "\n\nCPU time is the one-core figure: this box is shared, so wall time also counts\n"
         "other processes. Each seed runs its own fault schedule (network faults, crashes,\n"
         "disk stalls, fsync failures, full disks) and every invariant of switch/sim.\n")
-    write_section("simulate", "Deterministic simulation", body, "bench/bench_simulate.py")
+    write_section("simulate", "Deterministic simulation", body, "bench/bench_simulate.py",
+                  write=True)  # only reached with --write
 
 
 if __name__ == "__main__":
