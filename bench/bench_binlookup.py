@@ -33,7 +33,8 @@ import numpy as np
 
 from bench.results import markdown_table, write_flag, write_section
 from switch.routing.binindex import BinIndex, warm_up
-from switch.routing.table import BIN_WIDTH, load_route_table
+from switch.routing.table import load_route_table
+from switch.routing.tablespec import BIN_WIDTH
 
 N_RANGES = 100_000
 BATCH = 10_000

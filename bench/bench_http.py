@@ -81,8 +81,8 @@ class Switch:
         ready.unlink(missing_ok=True)
         self.log = (tmp / f"switch-{server}.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "switch.cli.main", "serve", "--config", str(config),
-             "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=self.log)
+            [sys.executable, "-m", "switch.cli.main", "serve", "--demo", "--config",
+             str(config), "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 60
         while not ready.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -196,15 +196,14 @@ def main() -> None:
          "HTTP errors", f"switch CPU µs per msgpack payment @ {args.rate:,.0f}/s, same process",
          "msgpack p50 / p99 ms"], rows)
     print(table)
-    if args.write:
-        body = (
-            "The HTTP payments API (POST /v1/payments, the same core as the TCP path) on "
-            "each server, on the switch's own event loop, one process. CPU is the whole "
-            "switch process's (every thread) per answered request, counted while "
-            "`payswitch load` drove it; errors are the workload's deliberate invalid and "
-            "malformed requests.\n\n" + table + "\n")
-        write_section("http_server", "HTTP API: ASGI server by measurement", body,
-                      "bench/bench_http.py")
+    body = (
+        "The HTTP payments API (POST /v1/payments, the same core as the TCP path) on "
+        "each server, on the switch's own event loop, one process. CPU is the whole "
+        "switch process's (every thread) per answered request, counted while "
+        "`payswitch load` drove it; errors are the workload's deliberate invalid and "
+        "malformed requests.\n\n" + table + "\n")
+    write_section("http_server", "HTTP API: ASGI server by measurement", body,
+                  "bench/bench_http.py", write=args.write)
 
 
 if __name__ == "__main__":

@@ -77,14 +77,13 @@ def main() -> None:
         ["door", f"switch CPU µs per payment @ {args.rate:,.0f}/s (best)", "each round",
          "p50–p99 ms each round", "payments"], rows)
     print(table)
-    if args.write:
-        body = (
-            "One switch, three doors, the same card payments at the same rate, rounds "
-            "interleaved. CPU is the whole switch process's (every thread) per answered "
-            "payment while `payswitch load` drove that door; the core behind the doors "
-            "is the same, so the differences are the doors' own cost.\n\n" + table + "\n")
-        write_section("interfaces", "CPU per payment by front door (msgpack, ISO 8583, HTTP)",
-                      body, "bench/bench_interfaces.py")
+    body = (
+        "One switch, three doors, the same card payments at the same rate, rounds "
+        "interleaved. CPU is the whole switch process's (every thread) per answered "
+        "payment while `payswitch load` drove that door; the core behind the doors "
+        "is the same, so the differences are the doors' own cost.\n\n" + table + "\n")
+    write_section("interfaces", "CPU per payment by front door (msgpack, ISO 8583, HTTP)",
+                  body, "bench/bench_interfaces.py", write=args.write)
 
 
 if __name__ == "__main__":

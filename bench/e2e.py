@@ -56,18 +56,18 @@ if str(ROOT) not in sys.path:
 import anyio  # noqa: E402
 
 from bench.results import markdown_table, write_flag, write_section  # noqa: E402
-from loadtests.harness.demo import (  # noqa: E402
-    channel_networks_toml,
-    start_channels,
-    start_switch,
-    stop_switch,
-)
 from loadtests.harness.loadgen import (  # noqa: E402
     HdrHistogram,
     OpenLoopGenerator,
     RateShape,
     StepsRate,
     new_histogram,
+)
+from loadtests.harness.processes import (  # noqa: E402
+    channel_networks_toml,
+    start_channels,
+    start_switch,
+    stop_switch,
 )
 from loadtests.harness.workload import Workload, WorkloadMix  # noqa: E402
 

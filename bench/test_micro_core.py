@@ -12,7 +12,15 @@ import anyio
 import msgspec
 import pytest
 
-from switch.journal import Journal, encode_payment, encode_result, open_database
+from switch.journal import (
+    FINAL,
+    Journal,
+    JournalRecord,
+    OnFull,
+    encode_payment,
+    encode_result,
+    open_database,
+)
 from switch.model import CardRef, Party, Payment, Result, Status, check_transition, tokenize_pan
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.idempotency import IdempotencyIndex, body_hash
@@ -121,8 +129,8 @@ def test_metrics_per_payment(benchmark: pytest.FixtureRequest) -> None:
 def test_journal_group_commit_1000_payments(benchmark: pytest.FixtureRequest, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """1000 payments x 2 records through the real group-commit path (fsync on)."""
     db = open_database(tmp_path / "bench.db", "group")
-    row_intent = ("P1-1", "k1", "intent", "sent", b"h" * 16, encode_payment(PAYMENT), 1)
-    row_final = ("P1-1", "k1", "final", "approved", b"h" * 16, encode_result(RESULT), 2)
+    row_intent = JournalRecord.intent(PAYMENT, b"h" * 16, 1)
+    row_final = JournalRecord.outcome(FINAL, PAYMENT, RESULT, b"h" * 16, 2)
 
     async def write_all() -> None:
         journal = Journal(db, mode="group", max_batch=8192, max_pending=100_000,
@@ -134,8 +142,8 @@ def test_journal_group_commit_1000_payments(benchmark: pytest.FixtureRequest, tm
             # paying a task spawn per payment (that cost belongs to the server, not here).
             async def writer() -> None:
                 for _ in range(20):
-                    await journal.write(row_intent)
-                    await journal.write(row_final)
+                    await journal.write(row_intent, OnFull.SHED)
+                    await journal.write(row_final, OnFull.WAIT)
 
             async with anyio.create_task_group() as writers:
                 for _ in range(50):

@@ -20,6 +20,7 @@ import anyio
 
 from channels.config import ChannelsConfig, ChannelsConfigError, load_config
 from channels.server import serve_channels
+from switch.serve.http import AdminAuthError, load_tokens
 
 
 async def _serve(config: ChannelsConfig, ready_file: str | None) -> None:
@@ -45,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
-    except ChannelsConfigError as exc:
+        load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
+    except (ChannelsConfigError, AdminAuthError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"Error: {args.config}: {exc}", file=sys.stderr)
         return 2
     busy = busy_ports_message(config, preflight=True)
     if busy is not None:

@@ -16,6 +16,7 @@ from channels.faults import (
     validate_fault_schedule,
 )
 from switch.fielderrors import describe_validation_error
+from switch.serve.http import AdminAuthConfig
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,9 @@ class AdminSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only
     host: str = "127.0.0.1"
     #: Port (`payswitch fault --admin` defaults to 7280); 0 picks one.
     port: Port = 0
+    #: Bearer tokens for /faults (operator: inject and clear; auditor: list) and the audit
+    #: log of every change (default var/channels-admin-audit.jsonl). See docs/security.md.
+    auth: AdminAuthConfig = msgspec.field(default_factory=AdminAuthConfig)
 
 
 class ChannelsConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):

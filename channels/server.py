@@ -8,6 +8,10 @@ plus a small admin HTTP app (Starlette on Hypercorn) on its own port:
 * ``DELETE /faults/{endpoint}`` -- clear every fault of one network, active and scheduled;
 * ``GET /metrics`` -- Prometheus: requests by network and outcome, active faults, latency.
 
+Auth (``[admin.auth]``, see docs/security.md): injecting and clearing faults needs the
+operator's bearer token, listing them the auditor's or the operator's; /metrics and
+/healthz are open. Every state change is appended to the audit log (JSON lines).
+
 Endpoints are networks: a fault's ``endpoint`` is a network's ``name``. One `FaultTimeline`
 holds every network's faults and each network's `Behaviour` asks it by name.
 
@@ -42,6 +46,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from channels.behaviour import Behaviour
 from channels.config import ChannelsConfig
@@ -53,7 +58,7 @@ from channels.faults import (
 from channels.metrics import ChannelMetrics
 from channels.settlement import SettlementWriter
 from channels.tcp import SimServer
-from switch.serve.http import bind_socket, serve_http
+from switch.serve.http import bind_socket, protect, serve_http
 
 if TYPE_CHECKING:
     from channels.card import CardScheme
@@ -63,7 +68,17 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- admin
 
-def build_admin_app(runtime: ChannelsRuntime) -> Starlette:
+#: Where the simulators' admin audit log goes unless ``admin.auth.audit_log`` says.
+DEFAULT_AUDIT_LOG = "var/channels-admin-audit.jsonl"
+
+
+def build_admin_app(runtime: ChannelsRuntime) -> ASGIApp:
+    """The admin routes behind bearer-token auth (raises AdminAuthError for bad tokens)."""
+    return protect(_admin_routes(runtime), runtime.config.admin.auth, component="channels",
+                   default_audit_log=DEFAULT_AUDIT_LOG)
+
+
+def _admin_routes(runtime: ChannelsRuntime) -> Starlette:
     async def get_faults(request: Request) -> Response:
         now = anyio.current_time()
         active = msgspec.to_builtins(runtime.timeline.describe(now))

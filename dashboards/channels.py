@@ -245,7 +245,9 @@ def build() -> Dashboard:
                 "Store-and-forward: waiting and delivered",
                 "Advices waiting for their issuer (left axis) and advices delivered per second "
                 "(right axis). Waiting should drain once the issuer is back; growing for 10 "
-                "minutes opens a ticket (PayswitchStoreForwardGrowing).",
+                "minutes opens a ticket (PayswitchStoreForwardGrowing). Quarantined/s: journal "
+                "records that can never be encoded, set aside (PayswitchRecordQuarantined "
+                "pages).",
                 "short",
                 q(
                     f"sum by (instance) ({series('payswitch_saf_depth_messages')})",
@@ -254,6 +256,10 @@ def build() -> Dashboard:
                 q(
                     sum_rate("payswitch_saf_delivered_messages_total", by_labels="instance"),
                     "{{instance}} delivered/s",
+                ),
+                q(
+                    sum_rate("payswitch_quarantined_records_total", by_labels="instance, kind"),
+                    "{{instance}} {{kind}} quarantined/s",
                 ),
                 span=8,
                 min_val=0,
@@ -330,11 +336,16 @@ def build() -> Dashboard:
             timeseries(
                 "Unresolved payments",
                 "Payments whose outcome is unknown and not yet resolved. Should return to 0 "
-                "within seconds; stuck above 0 for 10 minutes pages.",
+                "within seconds; stuck above 0 for 10 minutes pages. Escalated: the channel's "
+                "resolution budget is spent and an operator must act (pages at once).",
                 "short",
                 q(
                     f"sum by (instance) ({series('payswitch_unresolved_payments')})",
                     "{{instance}}",
+                ),
+                q(
+                    f"sum by (instance) ({series('payswitch_unresolved_escalated_payments')})",
+                    "{{instance}} escalated",
                 ),
                 span=8,
             )

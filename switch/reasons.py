@@ -12,6 +12,7 @@ APPROVED: Final = "00"
 DO_NOT_HONOUR: Final = "05"
 INVALID_CARD: Final = "14"
 INSUFFICIENT_FUNDS: Final = "51"
+FORMAT_ERROR: Final = "30"  # the request cannot be put into the network's format
 EXPIRED_CARD: Final = "54"
 NOT_PERMITTED: Final = "57"
 OVER_AMOUNT_LIMIT: Final = "61"

@@ -26,6 +26,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
     return request.param  # type: ignore[no-any-return]
 
 
+#: Admin bearer tokens every test process has (issue 11 #13): the admin APIs refuse state
+#: changes without one. Tests that check the refusal remove or replace them.
+TEST_OPERATOR_TOKEN = "test-operator-token-0123456789"
+TEST_AUDITOR_TOKEN = "test-auditor-token-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def _admin_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PAYSWITCH_OPERATOR_TOKEN", TEST_OPERATOR_TOKEN)
+    monkeypatch.setenv("PAYSWITCH_AUDITOR_TOKEN", TEST_AUDITOR_TOKEN)
+
+
 def make_config(tmp_path: Path, extra: str = "", server: str = "") -> SwitchConfig:
     text = f"""
 [server]

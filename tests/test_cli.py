@@ -50,7 +50,7 @@ def test_more_help(command: list[str]) -> None:
 
 
 def test_fault_inject_list_clear_against_running_simulators(tmp_path: Path) -> None:
-    from loadtests.harness.demo import start_channels, stop_switch
+    from loadtests.harness.processes import start_channels, stop_switch
 
     proc, ready = start_channels(tmp_path)
     admin = f"http://127.0.0.1:{ready['admin_port']}"

@@ -43,13 +43,14 @@ def busy_port() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("key", ["server", "admin"])
+@pytest.mark.parametrize("key", ["server", "admin", "http"])
 def test_serve_on_a_busy_port_names_the_port(tmp_path: Path, busy_port: int, key: str) -> None:
-    other = "admin" if key == "server" else "server"
+    ports = {"server": 0, "admin": 0, key: busy_port}
     config = tmp_path / "switch.toml"
-    config.write_text(f"[{key}]\nport = {busy_port}\n[{other}]\nport = 0\n"
-                      f'[journal]\npath = "{tmp_path / "journal.db"}"\n')
-    line = one_error_line(run("serve", "--config", str(config)))
+    config.write_text("".join(f"[{k}]\nport = {p}\n" for k, p in ports.items())
+                      + ("enabled = true\n" if key == "http" else "")
+                      + f'[journal]\npath = "{tmp_path / "journal.db"}"\n')
+    line = one_error_line(run("serve", "--demo", "--config", str(config)))
     assert f"{config}: {key}.port = {busy_port} on 127.0.0.1: address already in use" in line
     assert "free one" in line
 
@@ -123,7 +124,8 @@ def test_fault_help_examples_name_real_networks_and_valid_faults(
                 tomllib.loads((ROOT / "examples" / "channels.toml").read_text())["networks"]}
     sent: list[dict[str, object]] = []
 
-    def fake_call(method: str, url: str, content: bytes | None = None) -> object:
+    def fake_call(method: str, url: str, content: bytes | None = None,
+                  headers: dict[str, str] | None = None) -> object:
         assert method == "POST" and content is not None
         sent.append(msgspec.json.decode(content))
         return {"id": len(sent)}

@@ -19,12 +19,9 @@ from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.risk import RiskConfig, RiskEngine
 from switch.payment.standin import StandIn, StandInConfig
 from switch.protocols.wire import ErrorReply, Reply, Response
-from switch.routing.resilience import (
-    AdmissionLimiter,
-    ResilienceConfig,
-    RetryBudgetConfig,
-    RetryPolicy,
-)
+from switch.routing.admission import AdmissionLimiter
+from switch.routing.resilience import ResilienceConfig
+from switch.routing.retry import RetryBudgetConfig, RetryPolicy
 from switch.routing.router import Route, Router
 from switch.routing.table import load_route_table
 from tests.payments import card_payment, qr_payment

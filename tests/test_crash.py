@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from loadtests.harness.client import SwitchClient
-from loadtests.harness.demo import start_switch, stop_switch
+from loadtests.harness.processes import start_switch, stop_switch
 from loadtests.harness.workload import Workload
 from switch.journal import count_duplicates, final_results
 from switch.model import PaymentRequest, Result
@@ -56,7 +56,9 @@ async def _load_until_killed(
     async def kill_after_progress() -> None:
         # Kill once replies are flowing (not at a fixed time: CI machines are noisy).
         with anyio.fail_after(60):
-            while len(acked) < 300:
+            # 150: a sync-mode journal (one fsync per record) answers ~100/s on a slow disk,
+            # and the core sheds the rest at once, so 300 may come only after the last send.
+            while len(acked) < 150:
                 await anyio.sleep(0.005)
         os.kill(pid, signal.SIGKILL)
 
@@ -68,8 +70,8 @@ async def _load_until_killed(
             for i, request in enumerate(requests):
                 await streams[i % 4].send(encode_request(Pay(i, request)))
                 sent += 1
-                if i % 50 == 49:
-                    await anyio.sleep(0.01)  # ~5000/s offered: payments are in flight
+                if i % 25 == 24:
+                    await anyio.sleep(0.01)  # ~2500/s offered (8 s): payments are in flight
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         with anyio.move_on_after(2):

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.harness.demo import (
+import pytest
+
+from loadtests.harness.calibrate import (
     CALIBRATION_FLOOR,
     Calibration,
     choose_rate,
@@ -49,6 +51,9 @@ def test_the_rate_is_half_the_highest_healthy_step() -> None:
     text = explained.explain(2)
     assert text.startswith("250/s = 50% of 500/s, the highest rate this machine (2 cores)")
     assert "1000/s was not (p99 67 ms)" in text
+    assert Calibration(100, [], {}).explain(2) == "100/s (calibration interrupted)"
+    assert Calibration(100, [(250, "p99 90 ms")], {}).explain(2).startswith(
+        "100/s: even 250/s was unhealthy (p99 90 ms)")
 
 
 def test_saturation_is_named_with_what_to_change() -> None:
@@ -103,3 +108,25 @@ def test_standin_demo_says_what_it_waits_for_and_does_not_hang(tmp_path: Path) -
     for line in proc.stdout.splitlines():
         if line.startswith("waiting for"):  # said once, naming what and for how long
             assert re.search(r"unknown payments|advices", line) and "at most" in line, line
+
+
+def test_simulators_start_when_their_usual_admin_port_is_taken_after_the_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another run grabs the port between our look and the simulators' bind: they start
+    on a free one instead of failing the demo."""
+    import socket
+
+    from loadtests.harness import processes as demo
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setattr(demo, "CHANNELS_ADMIN_PORT", port)
+        monkeypatch.setattr(demo, "_port_free", lambda p: True)  # it looked free
+        proc, ready = demo.start_channels(tmp_path)
+        try:
+            assert ready["admin_port"] not in (0, port)
+            assert "address already in use" in (tmp_path / "channels.log").read_text()
+        finally:
+            demo.stop_switch(proc)

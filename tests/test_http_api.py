@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtests.harness.demo import start_switch, stop_switch
+from loadtests.harness.processes import start_switch, stop_switch
 from switch.protocols.payments_json import openapi_text
 
 CONFIG = """

@@ -121,8 +121,8 @@ def start(tmp: Path, bitmap: str = "ascii") -> tuple[subprocess.Popen[bytes], di
     ready.unlink(missing_ok=True)
     with (tmp / "switch.log").open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "switch.cli.main", "serve", "--config", str(config),
-             "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=log)
+            [sys.executable, "-m", "switch.cli.main", "serve", "--demo", "--config",
+             str(config), "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 30
     while not ready.exists():
         assert proc.poll() is None, (tmp / "switch.log").read_text()[-2000:]

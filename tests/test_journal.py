@@ -9,10 +9,13 @@ import anyio
 import pytest
 
 from switch.journal import (
+    FINAL,
+    INTENT,
     Journal,
     JournalFull,
-    encode_payment,
-    encode_result,
+    JournalRecord,
+    OnFull,
+    RecordKind,
     open_database,
     replay,
 )
@@ -35,13 +38,10 @@ def _payment(i: int) -> Payment:
     )
 
 
-def _row(i: int, kind: str, status: Status) -> tuple[str, str, str, str, bytes, bytes, int]:
-    record = (
-        encode_payment(_payment(i))
-        if kind == "intent"
-        else encode_result(Result(f"P1-{i}", status, "00"))
-    )
-    return (f"P1-{i}", f"k{i}", kind, status.value, b"h" * 16, record, i)
+def _row(i: int, kind: RecordKind, status: Status) -> JournalRecord:
+    if kind == INTENT:
+        return JournalRecord.intent(_payment(i), b"h" * 16, i)
+    return JournalRecord.outcome(kind, _payment(i), Result(f"P1-{i}", status, "00"), b"h" * 16, i)
 
 
 async def test_group_commit_shares_commits_and_replay_rebuilds(tmp_path: Path) -> None:
@@ -52,10 +52,10 @@ async def test_group_commit_shares_commits_and_replay_rebuilds(tmp_path: Path) -
         tg.start_soon(journal.run)
         async with anyio.create_task_group() as writers:
             for i in range(300):
-                writers.start_soon(journal.write, _row(i, "intent", Status.SENT))
+                writers.start_soon(journal.write, _row(i, INTENT, Status.SENT), OnFull.SHED)
         async with anyio.create_task_group() as writers:
             for i in range(200):  # 100 payments stay unfinished
-                writers.start_soon(journal.write, _row(i, "final", Status.APPROVED))
+                writers.start_soon(journal.write, _row(i, FINAL, Status.APPROVED), OnFull.WAIT)
         await journal.close()
     assert journal.committed_records == 500
     assert journal.commits < 50, "concurrent writers should share commits"
@@ -71,18 +71,18 @@ async def test_pending_records_are_bounded(tmp_path: Path) -> None:
     db = open_database(tmp_path / "j.db", "group")
     journal = Journal(db, mode="group", max_batch=2, max_pending=4, metrics=SwitchMetrics())
     for i in range(4):
-        journal.append(_row(i, "intent", Status.SENT))  # no writer running: they pile up
+        journal.append(_row(i, INTENT, Status.SENT))  # no writer running: they pile up
     with pytest.raises(JournalFull, match="max_pending"):
-        journal.append(_row(5, "intent", Status.SENT))
+        journal.append(_row(5, INTENT, Status.SENT))
 
 
-async def test_write_when_room_waits_for_a_commit_instead_of_refusing(tmp_path: Path) -> None:
+async def test_wait_policy_waits_for_a_commit_instead_of_refusing(tmp_path: Path) -> None:
     db = open_database(tmp_path / "j.db", "group")
     journal = Journal(db, mode="group", max_batch=2, max_pending=2, metrics=SwitchMetrics())
-    journal.append(_row(0, "intent", Status.SENT))
-    journal.append(_row(1, "intent", Status.SENT))
+    journal.append(_row(0, INTENT, Status.SENT))
+    journal.append(_row(1, INTENT, Status.SENT))
     with pytest.raises(JournalFull):
-        await journal.write(_row(2, "final", Status.APPROVED))
+        await journal.write(_row(2, FINAL, Status.APPROVED), OnFull.SHED)
     async with anyio.create_task_group() as tg:
         async def start_writer_later() -> None:
             await anyio.sleep(0.01)
@@ -91,6 +91,6 @@ async def test_write_when_room_waits_for_a_commit_instead_of_refusing(tmp_path: 
 
         tg.start_soon(start_writer_later)
         with anyio.fail_after(10):
-            await journal.write_when_room(_row(2, "final", Status.APPROVED))
+            await journal.write(_row(2, FINAL, Status.APPROVED), OnFull.WAIT)
         await journal.close()
     assert journal.committed_records == 3

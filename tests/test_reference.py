@@ -72,7 +72,7 @@ def test_switch_sim_example_serves_through_the_simulators(tmp_path: Path) -> Non
     import anyio
 
     from loadtests.harness.client import SwitchClient
-    from loadtests.harness.demo import start_channels, start_switch, stop_switch
+    from loadtests.harness.processes import start_channels, start_switch, stop_switch
     from loadtests.harness.workload import Workload
     from switch.protocols.wire import Reply
 

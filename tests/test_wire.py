@@ -122,3 +122,35 @@ def test_valid_messages_round_trip(key: str, amount: int, currency: str, rid: in
     request = Pay(rid, card_payment(key=key, amount=amount, currency=currency))
     (payload,) = FrameDecoder().feed(frame(msgspec.msgpack.encode(request)))
     assert decode_request(payload) == request
+
+
+# --- nesting depth (issue 11, defect 1) --------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [1000, 5000, 100_000])
+def test_deeply_nested_arrays_are_malformed_not_a_recursion_error(depth: int) -> None:
+    # 1,000 nested arrays raised RecursionError from _request_id_of and ended the process.
+    reply = decode_request(b"\x91" * depth + b"\xc0")
+    assert isinstance(reply, ErrorReply)
+    assert (reply.code, reply.id) == ("malformed", None)
+    assert "nested too deep" in reply.message
+
+
+def test_deep_nesting_inside_a_map_is_malformed() -> None:
+    # The typed decoder skips the unknown key's value recursively, before seeing "op".
+    payload = b"\x83\xa1x" + b"\x91" * 2000 + b"\xc0" + b"\xa2op\xa3pay\xa2id\x07"
+    reply = decode_request(payload)
+    assert isinstance(reply, ErrorReply) and reply.code == "malformed"
+
+
+def test_moderate_nesting_still_gets_its_field_error() -> None:
+    reply = decode_request(b"\x91" * 900 + b"\xc0")
+    assert isinstance(reply, ErrorReply) and reply.code == "invalid"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 20_000), st.sampled_from([b"\x91", b"\x81\xa1k", b"\xdc\x00\x01"]),
+       st.binary(max_size=8))
+def test_any_nesting_depth_is_answered(depth: int, opener: bytes, tail: bytes) -> None:
+    decoded = decode_request(opener * depth + b"\xc0" + tail)
+    assert isinstance(decoded, (Pay, Query, Ping, ErrorReply))

@@ -16,27 +16,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.fuzz.settlement_differential import check
 from switch.currency import NUMERIC_TO_ALPHA
-from switch.protocols.settlement_files import (
-    SettlementFileError,
-    decode_card_clearing,
-    decode_text,
-    read_card_clearing_columns,
-)
+from switch.protocols.settlement_files import decode_card_clearing, read_card_clearing_columns
 
 
 def TestOneInput(data: bytes) -> None:
-    try:
-        cols = read_card_clearing_columns(data, "c.clr")
-    except SettlementFileError:
-        return
-    # Differential: whatever the fast (polars) path accepts, the strict decoder accepts
-    # with the same records: the fast path may only ever hand over, never disagree.
-    try:
-        strict = decode_card_clearing(decode_text(data, "f.clr"), "f.clr", NUMERIC_TO_ALPHA)
-    except SettlementFileError as exc:
-        raise AssertionError(f"fast path accepted what the strict decoder refuses: {exc}") from None
-    assert cols.entries() == strict, "fast path and strict decoder disagree"
+    check(data, "clr", read_card_clearing_columns,
+          lambda text, name: decode_card_clearing(text, name, NUMERIC_TO_ALPHA))
 
 
 def main() -> None:

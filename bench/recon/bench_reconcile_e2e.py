@@ -68,20 +68,21 @@ def _child(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
         "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
         "wall_s": wall,
         "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-        # ru_maxrss of children is the largest of any child so far: children run in
-        # increasing order of expected size is not guaranteed, so each figure is also
-        # reported by the child itself where it can (payswitch: summary.json).
-        "peak_rss_mb": after.ru_maxrss / 1024,
+        # Largest of any child so far, and inherited through fork: the children report
+        # their own VmHWM, which is what the tables show.
+        "children_max_rss_mb": after.ru_maxrss / 1024,
     }
 
 
 def generate(root: Path, n: int, seed: int) -> tuple[Path, Path, dict[str, Any]]:
-    from bench.recon.synth import build
-
+    """Cached under ``root``. Run in a child process by :func:`main` so this (parent)
+    process stays small: a child's ru_maxrss starts at its parent's size at fork."""
     marker = root / "planted.json"
     journal, files = root / "journal.db", root / "files"
     if marker.exists() and json.loads(marker.read_text()).get("seed") == seed:
         return journal, files, json.loads(marker.read_text())
+    from bench.recon.synth import build
+
     t0 = time.perf_counter()  # bench: generation time, reported apart
     journal, files, planted = build(root, n, seed=seed)
     data = json.loads(planted.to_json())
@@ -339,7 +340,9 @@ def _run_competitor(name: str, journal: Path, files: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     fn = competitor_polars if name == "polars" else competitor_duckdb
     phases = fn(journal, files, out)
-    phases["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from switch.backoffice.recon.reconcile import _peak_rss_mb
+
+    phases["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(phases))
 
 
@@ -353,15 +356,27 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None,
                     help="where to generate (default: /tmp/payswitch-recon-e2e-<records>)")
     ap.add_argument("--skip-competitors", action="store_true")
+    ap.add_argument("--runs", type=int, default=2, help="measured runs (best is reported)")
+    ap.add_argument("--no-warmup", dest="warmup", action="store_false",
+                    help="skip the warm-up run (numba cache already warm)")
     ap.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     ap.add_argument("--competitor", choices=["polars", "duckdb"], help=argparse.SUPPRESS)
+    ap.add_argument("--generate-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     root = args.dir or Path(f"/tmp/payswitch-recon-e2e-{args.records}")
+    if args.generate_only:
+        generate(root, args.records, args.seed)
+        return
     if args.competitor:
         _run_competitor(args.competitor, root / "journal.db", root / "files",
                         root / f"out-{args.competitor}")
         return
     root.mkdir(parents=True, exist_ok=True)
+    marker = root / "planted.json"
+    if not (marker.exists() and json.loads(marker.read_text()).get("seed") == args.seed):
+        subprocess.run([sys.executable, __file__, "--generate-only", "--records",
+                        str(args.records), "--seed", str(args.seed), "--dir", str(root)],
+                       check=True)
     journal, files, planted = generate(root, args.records, args.seed)
     size_mb = sum(p.stat().st_size for p in files.iterdir()) / 1e6
     print(f"data: {planted['payments']:,} payments, {planted['network_records']:,} network "
@@ -369,16 +384,22 @@ def main() -> None:
           f"{journal.stat().st_size / 1e6:,.0f} MB; generated in {planted.get('generate_s')} s")
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)
-    # Warm the numba cache once (first use after an install compiles), then measure.
-    ours = _child([_payswitch(), "reconcile", "--journal", str(journal), "--files", str(files),
-                   "--out", str(out), "--tol-amount", str(TOL_AMOUNT)])
-    if ours["returncode"] not in (0, 1):
-        sys.exit(f"payswitch reconcile failed ({ours['returncode']}): {ours['stderr']}")
-    runs = [_child([_payswitch(), "reconcile", "--journal", str(journal), "--files",
-                    str(files), "--out", str(out), "--tol-amount", str(TOL_AMOUNT)])
-            for _ in range(2)]
+    cmd = [_payswitch(), "reconcile", "--journal", str(journal), "--files", str(files),
+           "--out", str(out), "--tol-amount", str(TOL_AMOUNT)]
+    if args.warmup:
+        # Warm the numba cache once (first use after an install compiles), then measure.
+        warm = _child(cmd)
+        if warm["returncode"] not in (0, 1):
+            sys.exit(f"payswitch reconcile failed ({warm['returncode']}): {warm['stderr']}")
+    runs = [_child(cmd) for _ in range(args.runs)]
+    for r in runs:
+        if r["returncode"] not in (0, 1):
+            sys.exit(f"payswitch reconcile failed ({r['returncode']}): {r['stderr']}")
     ours = min(runs, key=lambda r: r["wall_s"])
     summary = json.loads((out / "summary.json").read_text())
+    # The command's own high-water mark (VmHWM) at its end: ru_maxrss of children would
+    # include this parent's size at fork time.
+    ours["peak_rss_mb"] = max(f["peak_rss_mb"] for f in summary["phases"].values())
     check = check_breaks(out, planted)
     comp: dict[str, dict[str, Any]] = {}
     if not args.skip_competitors:
@@ -433,7 +454,9 @@ def report(args: argparse.Namespace, planted: dict[str, Any], ours: dict[str, An
         f"in {size_mb:,.0f} MB of settlement files (card .clr 79%, QR .csv 20%, camt.053 "
         f"1%); seed {args.seed}; load average during the run {load[0]:.1f}.\n\n"
         f"`payswitch reconcile --journal journal.db --files files/ --tol-amount {TOL_AMOUNT}` "
-        "as a subprocess, best of 2 after a warm-up run; phases from its summary.json:\n\n"
+        f"as a subprocess, best of {args.runs} run(s)"
+        f"{' after a warm-up run' if args.warmup else ' (numba cache warm)'}; phases from its "
+        "summary.json:\n\n"
         f"{phase_table}\n\nSide by side, same files, same machine, one run each:\n\n"
         f"{comp_table}\n\n{verdict}\n"
     )
@@ -445,7 +468,8 @@ def report(args: argparse.Namespace, planted: dict[str, Any], ours: dict[str, An
         write_section(f"recon-e2e-{args.records}",
                       f"Reconciliation end to end: payswitch reconcile, {args.records:,} "
                       "per side, vs polars and DuckDB", text,
-                      f"bench/recon/bench_reconcile_e2e.py --records {args.records} --write")
+                      f"bench/recon/bench_reconcile_e2e.py --records {args.records} --write",
+                      write=args.write)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +23,21 @@ import anyio
 import httpx
 from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 
 from loadtests.harness.audit import AuditReport, audit_journal
-from loadtests.harness.loadgen import Acknowledged, LoadStats, OpenLoopGenerator
+from loadtests.harness.calibrate import Calibration, calibrate, saturation_lines, switch_figures
+from loadtests.harness.liveview import _BREAKER_STATE, FaultSeen, _progress
+from loadtests.harness.loadgen import LoadStats, OpenLoopGenerator
+from loadtests.harness.processes import (
+    CHANNELS_ADMIN_PORT,
+    _port_free,
+    channel_networks_toml,
+    start_channels,
+    start_switch,
+    stop_switch,
+)
 from loadtests.harness.workload import Workload
+from switch.serve.http import admin_headers
 
 DEMO_CONFIG = """\
 seed = {seed}
@@ -57,101 +63,14 @@ max_count = 100
 PROMETHEUS_TARGET_PORT = 7180
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
-def start_switch(
-    config_path: Path, ready_file: Path, backend: str = "asyncio", timeout_s: float = 30.0
-) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
-    """Start ``payswitch serve`` and wait until its ready file appears.
-
-    Its logs (JSON lines) go to ``switch.log`` beside the ready file: a pipe nobody reads
-    would block the switch once full.
-    """
-    ready_file.unlink(missing_ok=True)
-    log_path = ready_file.with_name("switch.log")
-    log_file = log_path.open("ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "switch.cli.main",
-            "serve",
-            "--config",
-            str(config_path),
-            "--backend",
-            backend,
-            "--ready-file",
-            str(ready_file),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        # Its own session: a Ctrl-C at the terminal reaches only the parent, which stops
-        # the switch in order (drain, flush) after the load, instead of all at once.
-        start_new_session=True,
-    )
-    log_file.close()  # the child holds its own descriptor
-    deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
-    while not ready_file.exists():
-        if proc.poll() is not None:
-            err = log_path.read_text()[-4000:]
-            raise RuntimeError(f"switch exited with {proc.returncode}: {err}")
-        if time.monotonic() > deadline:  # wall clock: another process
-            proc.kill()
-            raise RuntimeError("switch did not become ready in time")
-        time.sleep(0.05)
-    return proc, json.loads(ready_file.read_text())
 
 
-def stop_switch(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
-def _progress(
-    stats: LoadStats,
-    rate: float,
-    elapsed: float,
-    faults: list[str] | None = None,
-    breakers: dict[str, str] | None = None,
-) -> Table:
-    table = Table(title="payswitch demo (live)", show_header=True)
-    table.add_column("offered/s", justify="right")
-    table.add_column("achieved/s", justify="right")
-    table.add_column("sent", justify="right")
-    table.add_column("replies", justify="right")
-    for status in ("approved", "declined", "failed", "unknown"):
-        table.add_column(status, justify="right")
-    table.add_column("errors", justify="right")
-    table.add_column("p99 ms", justify="right")
-    table.add_column("faults active")
-    table.add_column("breakers")
-    achieved = stats.replies / elapsed if elapsed > 0 else 0.0
-    table.add_row(
-        f"{rate:.0f}",
-        f"{achieved:.0f}",
-        str(stats.sent),
-        str(stats.replies),
-        *(str(stats.by_status.get(s, 0)) for s in ("approved", "declined", "failed", "unknown")),
-        str(sum(stats.errors.values())),
-        f"{stats.percentile_ms(99):.2f}",
-        ", ".join(faults or []) or "none",
-        ", ".join(f"{e}: {st}" for e, st in sorted((breakers or {}).items())) or "-",
-    )
-    return table
 
 
-_BREAKER_STATE = {0: "closed", 1: "half-open", 2: "OPEN"}
 
 
 async def _watch_breakers(url: str, breakers: dict[str, str], stop: anyio.Event) -> None:
@@ -198,101 +117,20 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLE_CHANNELS = ROOT / "examples" / "channels.toml"
-CHANNELS_ADMIN_PORT = 7280  # what `payswitch fault` talks to by default
 SETTLE_GRACE_S = 3.0  # > the example SWIFT network's settlement delay (2 s)
-_PORT_LINE = re.compile(r"^port\s*=\s*\d+", re.M)
 
 
-def start_channels(
-    base: Path,
-    example: Path = EXAMPLE_CHANNELS,
-    timeout_s: float = 30.0,
-    discrepancy_rate: float = 0.0,
-) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    """Run the example simulators as their own process, every network on a free port.
 
-    The admin API takes 7280 (the `payswitch fault` default) when it is free.
-    """
-    text = example.read_text()
-    admin_port = CHANNELS_ADMIN_PORT if _port_free(CHANNELS_ADMIN_PORT) else 0
-    first = True
 
-    def port(match: re.Match[str]) -> str:
-        nonlocal first
-        # The first `port =` in the example is [admin]'s; the rest are the networks'.
-        chosen = admin_port if first else 0
-        first = False
-        return f"port = {chosen}"
 
-    config = base / "channels.toml"
-    # The settlement files go to the work dir, beside the journal they reconcile against.
-    text = re.sub(r'^out_dir = ".*"$', f'out_dir = "{base / "settlement"}"', text, flags=re.M)
-    text = re.sub(
-        r"^discrepancy_rate = .*$", f"discrepancy_rate = {discrepancy_rate}", text, flags=re.M
-    )
-    config.write_text(_PORT_LINE.sub(port, text))
-    ready = base / "channels-ready.json"
-    ready.unlink(missing_ok=True)
-    log_file = (base / "channels.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "channels",
-            "serve",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log_file,
-        start_new_session=True,  # stopped by the parent, after the switch (see start_switch)
-    )
-    log_file.close()
-    deadline = time.monotonic() + timeout_s  # wall clock: waiting on another process
-    while not ready.exists():
-        if proc.poll() is not None:
-            raise RuntimeError(f"channels exited: {(base / 'channels.log').read_text()[-3000:]}")
-        if time.monotonic() > deadline:  # wall clock: another process
-            proc.kill()
-            raise RuntimeError("channels did not become ready in time")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())
+
 
 
 EXAMPLE_ROUTES = ROOT / "examples" / "routes.toml"
 
 
-def channel_networks_toml(ready: dict[str, Any], routes: bool = True) -> str:
-    """Switch config for the running simulators: one adapter each, and (unless a route
-    table is used instead) one route per channel, to each channel's primary network."""
-    lines = []
-    for name, info in sorted(ready.items()):
-        if name == "admin_port":
-            continue
-        lines += [
-            "[[channel_networks]]",
-            f'kind = "{info["kind"]}"',
-            f'name = "{name}"',
-            f"port = {info['port']}",
-            "",
-        ]
-    if routes:
-        primary = {"card": "card-primary", "swift": "swift", "qr": "qr"}
-        for channel, network in primary.items():
-            lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"', ""]
-    return "\n".join(lines)
 
 
-@dataclass
-class FaultSeen:
-    endpoint: str
-    kind: str
-    detail: str
-    first_s: float
-    last_s: float
 
 
 async def _watch_faults(
@@ -302,7 +140,8 @@ async def _watch_faults(
     async with httpx.AsyncClient() as client:
         while not stop.is_set():
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                faults = (await client.get(url, timeout=2.0)).json()["faults"]
+                faults = (await client.get(url, timeout=2.0,
+                                           headers=admin_headers("auditor"))).json()["faults"]
                 at = time.perf_counter() - started  # bench: the generator's clock
                 current[:] = []
                 for f in faults:
@@ -340,15 +179,17 @@ def wait_until_resolved(
     timeout_s: float,
     console: Console | None = None,
     advices: bool = True,
-    stall_s: float = 5.0,
+    stall_s: float = 12.0,
 ) -> float:
     """Wait (bounded) until nothing is owed to a network: no payment is unknown and (with
     ``advices``) no stand-in advice waits in store-and-forward. Returns how many are left.
 
     Stopping earlier would leave unknown payments for the next start and advices
     undelivered, which the settlement files (and so reconciliation) would show. It gives
-    up after ``timeout_s``, or once nothing has moved for ``stall_s``. With ``console``,
-    it says what it waits for, once.
+    up after ``timeout_s``, or once nothing has moved for ``stall_s`` (longer than the
+    resolver's longest back-off between two attempts, 5 s by default: a reversal waiting
+    for a network to come back is progress not yet visible). With ``console``, it says
+    what it waits for, once.
     """
     deadline = time.monotonic() + timeout_s  # wall clock: another process
     left = 0.0
@@ -377,154 +218,18 @@ def wait_until_resolved(
         time.sleep(0.25)
 
 
-#: The calibration ramp: each rate for CALIBRATION_STEP_S, doubling until one is unhealthy.
-CALIBRATION_RATES = (250.0, 500.0, 1000.0, 2000.0, 4000.0, 8000.0)
-CALIBRATION_STEP_S = 1.0
-#: A step is healthy when nothing is shed, p99 stays under this and the generator keeps up.
-CALIBRATION_P99_MS = 50.0
-#: The demo runs at this share of the highest healthy step: the rest is headroom for the
-#: other work on the machine (and the fault you may inject), which varies during a run.
-CALIBRATION_HEADROOM = 0.5
-#: Below the first step's health, the demo still runs, this slowly.
-CALIBRATION_FLOOR = 100.0
 
 
-@dataclass
-class Calibration:
-    """The demo's rate, and the ramp that chose it."""
-
-    rate: float
-    steps: list[tuple[float, str | None]]  # (rate, problem or None when healthy)
-    acknowledged: dict[str, Acknowledged]
-
-    def explain(self, cores: int) -> str:
-        healthy = [r for r, problem in self.steps if problem is None]
-        if not healthy:
-            return (f"{self.rate:.0f}/s: even {self.steps[0][0]:.0f}/s was unhealthy "
-                    f"({self.steps[0][1]}) on this machine just now")
-        top = max(healthy)
-        limit = next((f"; {r:.0f}/s was not ({problem})" for r, problem in self.steps
-                      if problem is not None), f"; {top:.0f}/s is the top of the ramp")
-        return (f"{self.rate:.0f}/s = {CALIBRATION_HEADROOM:.0%} of {top:.0f}/s, the highest "
-                f"rate this machine ({cores} cores) served healthily just now (nothing shed, "
-                f"p99 <= {CALIBRATION_P99_MS:.0f} ms){limit}. The rest is headroom for "
-                "other work; pass --rate to choose")
 
 
-def step_problem(stats: LoadStats) -> str | None:
-    """Why a calibration step was unhealthy, or None."""
-    overloaded = stats.errors.get("overloaded", 0)
-    if overloaded:
-        return f"{overloaded} shed as overloaded"
-    not_answered = stats.unanswered + stats.dropped_overrun + stats.connection_lost
-    if not_answered:
-        return f"{not_answered} requests not answered"
-    p99 = stats.percentile_ms(99)
-    if p99 > CALIBRATION_P99_MS:
-        return f"p99 {p99:.0f} ms"
-    if stats.lagged > 0.01 * max(stats.sent, 1):
-        return "the load generator fell behind"
-    failed = stats.by_status.get("failed", 0) + stats.by_status.get("unknown", 0)
-    if failed > max(2.0, 0.02 * stats.replies):
-        return f"{failed} failed or unknown"
-    return None
 
 
-def calibrate(
-    port: int, connections: int, seed: int, console: Console, should_stop: Callable[[], bool]
-) -> Calibration:
-    """A short ramp against the running switch: the demo's rate from what it served."""
-    steps: list[tuple[float, str | None]] = []
-    acknowledged: dict[str, Acknowledged] = {}
-    console.print("calibrating the rate (a short ramp; --rate skips it):", end="",
-                  highlight=False)
-
-    async def ramp() -> None:
-        # Warm-up first (imports, first-use kernels, connection set-up), not judged.
-        warm = OpenLoopGenerator(Workload(seed, key_prefix="warm").next, rate=100.0,
-                                 duration_s=0.5, connections=connections,
-                                 should_stop=should_stop)
-        acknowledged.update((await warm.run("127.0.0.1", port)).acknowledged)
-        for i, rate in enumerate(CALIBRATION_RATES):
-            if should_stop():
-                return
-            generator = OpenLoopGenerator(
-                Workload(seed + i, key_prefix=f"cal{i}-").next, rate=rate,
-                duration_s=CALIBRATION_STEP_S, connections=connections,
-                should_stop=should_stop)
-            stats = await generator.run("127.0.0.1", port)
-            acknowledged.update(stats.acknowledged)
-            problem = step_problem(stats)
-            steps.append((rate, problem))
-            console.print(("," if i else "") + f" {rate:.0f}/s " + (
-                f"too much ({problem})" if problem else
-                f"ok (p99 {stats.percentile_ms(99):.1f} ms)"), end="", highlight=False)
-            if problem is not None:
-                return
-
-    anyio.run(ramp, backend="asyncio", backend_options={"use_uvloop": True})
-    console.print()
-    return Calibration(choose_rate(steps), steps, acknowledged)
 
 
-def choose_rate(steps: list[tuple[float, str | None]]) -> float:
-    """Half the highest healthy step (never below the floor)."""
-    healthy = [r for r, problem in steps if problem is None]
-    if not healthy:
-        return CALIBRATION_FLOOR
-    return max(CALIBRATION_FLOOR, CALIBRATION_HEADROOM * max(healthy))
 
 
-def switch_figures(metrics_url: str) -> dict[str, float]:
-    """Signs of saturation in the switch's own counters (empty if unreachable)."""
-    try:
-        text = httpx.get(metrics_url, timeout=2.0).text
-    except httpx.HTTPError:
-        return {}
-    figures = {"timeouts": 0.0, "breaker_opens": 0.0, "shed": 0.0, "overloaded": 0.0}
-    for line in text.splitlines():
-        if line.startswith("payswitch_network_timeouts_total{"):
-            figures["timeouts"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("payswitch_breaker_transitions_total{") and (
-                'to_state="open"' in line):
-            figures["breaker_opens"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("payswitch_shed_payments_total{"):
-            figures["shed"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith('payswitch_rejected_requests_total{reason="overloaded"}'):
-            figures["overloaded"] += float(line.rsplit(" ", 1)[1])
-    return figures
 
 
-def saturation_lines(
-    stats: LoadStats, figures: dict[str, float], rate: float, calibrated: bool, cores: int
-) -> list[str]:
-    """When payments failed or were shed with no fault injected: say so, and what to change."""
-    signs = []
-    overloaded = stats.errors.get("overloaded", 0)
-    if overloaded:
-        signs.append(f"{overloaded} payments shed as overloaded")
-    failed = stats.by_status.get("failed", 0) + stats.by_status.get("unknown", 0)
-    accepted = max(sum(stats.by_status.values()), 1)
-    if failed > 0.01 * accepted:
-        signs.append(f"{failed} failed or unknown ({failed / accepted:.1%})")
-    if figures.get("timeouts"):
-        signs.append(f"{figures['timeouts']:.0f} network requests timed out")
-    if figures.get("breaker_opens"):
-        signs.append(f"breakers opened {figures['breaker_opens']:.0f} times")
-    p99 = stats.percentile_ms(99)
-    if signs and p99 > 100:
-        signs.append(f"p99 {p99:.0f} ms")
-    if not signs:
-        return []
-    advice = ("omit --rate to let the demo calibrate a healthy rate" if not calibrated else
-              "the machine got busier after calibration; run again, or pass a lower --rate")
-    return [
-        f"SATURATED: with no fault injected, {', '.join(signs)}: this machine ({cores} "
-        f"cores, shared by the switch, the simulators and this load generator) did not keep "
-        f"up with {rate:.0f}/s.",
-        f"  what to change: {advice} (e.g. --rate {max(50, rate / 2):.0f}); stop other "
-        "CPU-heavy work; watch `payswitch top` while it runs.",
-    ]
 
 
 class _Interrupt:
@@ -566,6 +271,7 @@ def run_demo(
     130 when interrupted (after the same orderly stop and audit)."""
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
     base.mkdir(parents=True, exist_ok=True)
+    user_token = bool(os.environ.get("PAYSWITCH_OPERATOR_TOKEN"))
     journal = base / "journal.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
@@ -605,7 +311,15 @@ def run_demo(
                 DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=admin_port)
                 + network_section
             )
-            proc, endpoints = start_switch(config, base / "ready.json", backend)
+            try:
+                proc, endpoints = start_switch(config, base / "ready.json", backend)
+            except RuntimeError as exc:
+                # Taken since we looked (another run on a shared machine): any port will do.
+                if not admin_port or "address already in use" not in str(exc):
+                    raise
+                config.write_text(DEMO_CONFIG.format(seed=seed, journal=journal, admin_port=0)
+                                  + network_section)
+                proc, endpoints = start_switch(config, base / "ready.json", backend)
             metrics_url = f"http://127.0.0.1:{endpoints['admin_port']}/metrics"
             console.print(
                 f"switch pid {endpoints['pid']} on 127.0.0.1:{endpoints['port']}, "
@@ -628,6 +342,9 @@ def run_demo(
                 "with Prometheus: prometheus --config.file=dashboards/prometheus/prometheus.yml"
                 f"{target_note}; Grafana dashboards in dashboards/grafana/"
             )
+            # The harness made up this run's admin token unless you set one: show it then.
+            token = ("" if user_token else
+                     f"PAYSWITCH_OPERATOR_TOKEN={os.environ['PAYSWITCH_OPERATOR_TOKEN']} ")
             if faults_url is not None:
                 admin_opt = (
                     ""
@@ -635,8 +352,8 @@ def run_demo(
                     else f" --admin {faults_url.removesuffix('/faults')}"
                 )
                 console.print(
-                    f"break something: .venv/bin/payswitch fault card-primary blackhole "
-                    f"--for 10s{admin_opt}"
+                    f"break something: {token}.venv/bin/payswitch fault card-primary "
+                    f"blackhole --for 10s{admin_opt}"
                 )
             stats, faults_seen = _drive(
                 endpoints["port"], rate, duration_s, connections, seed, console, faults_url,
@@ -656,13 +373,21 @@ def run_demo(
                               "in-process stand-in networks take no advices (networks sim do)",
                               highlight=False)
         finally:
-            if proc is not None:
-                code = stop_switch(proc)
-            if channels_proc is not None:
-                # Let the last payments settle (SWIFT's ACSC comes after its settlement
-                # delay) before the simulators' final cut-off writes the last files.
-                time.sleep(SETTLE_GRACE_S)
-                stop_switch(channels_proc)
+            try:
+                if proc is not None:
+                    code = stop_switch(proc)
+                if channels_proc is not None:
+                    # Let the last payments settle (SWIFT's ACSC comes after its settlement
+                    # delay) before the simulators' final cut-off writes the last files.
+                    time.sleep(SETTLE_GRACE_S)
+                    stop_switch(channels_proc)
+            except BaseException:
+                # A second Ctrl-C: abort, but leave no process behind (they run in their
+                # own sessions, so the terminal's signal did not reach them).
+                for child in (proc, channels_proc):
+                    if child is not None and child.poll() is None:
+                        child.kill()
+                raise
         if left:
             console.print(
                 f"[yellow]{left:.0f} payments unresolved or advices undelivered at shutdown: "
@@ -765,12 +490,9 @@ def _journal_flushed(log_path: Path) -> str | None:
 def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
     """Reconcile the run: the journal against the simulators' settlement files."""
     from switch.backoffice.recon.kernels import warm_up
-    from switch.backoffice.recon.reconcile import (
-        load_network_side,
-        load_switch_side,
-        match,
-        write_outputs,
-    )
+    from switch.backoffice.recon.outputs import write_outputs
+    from switch.backoffice.recon.reconcile import load_switch_side, match
+    from switch.backoffice.recon.sides import load_network_side
     from switch.protocols.settlement_files import SettlementFileError
 
     warm_up()
@@ -781,6 +503,7 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         return False
     write_outputs(report, out)
     by_kind = Counter(b.kind for b in report.breaks)
+    _check_planted(files, report, console)
     if report.unexplained == 0:
         explained = f"; explained: {dict(by_kind)}" if by_kind else ""
         console.print(f"reconciliation clean ({report.network_records} settlement records"
@@ -791,6 +514,25 @@ def _reconcile(journal: Path, files: Path, out: Path, console: Console) -> bool:
         f"(see {out / 'breaks.csv'})"
     )
     return False
+
+
+def _check_planted(files: Path, report: Any, console: Console) -> None:
+    """With planted discrepancies: say how many were found, in the class they should be,
+    and that none was explained away (stand-in exposure, late settlement)."""
+    planted = [d for p in sorted(files.glob("*.discrepancies.json"))
+               for d in json.loads(p.read_text())]
+    if not planted:
+        return
+    expected = {"missing": "missing_at_network", "amount_off": "amount_mismatch",
+                "duplicated": "duplicate", "unknown_reference": "missing_in_switch"}
+    found = {(b.kind, (b.switch or b.network).reference) for b in report.breaks}
+    hits = sum((expected[d["kind"]], d["reference"]) in found for d in planted)
+    away = sum(any((k, d["reference"]) in found for k in ("standin_exposure",
+                                                           "late_settlement"))
+               for d in planted)
+    colour = "green" if hits == len(planted) and away == 0 else "red"
+    console.print(f"[{colour}]planted discrepancies found: {hits}/{len(planted)}, "
+                  f"explained away: {away}[/]")
 
 
 def _drive(

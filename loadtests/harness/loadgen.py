@@ -511,6 +511,8 @@ class OpenLoopGenerator:
                     sent = outstanding.pop(rid, None) if rid is not None else None
                     if sent is None:
                         stats.errors[answer.error or UNMATCHED] += 1
+                        if answer.error == "malformed" and stats.malformed_sent:
+                            stats.planted_errors["malformed"] += 1
                         continue
                     per_conn[sent.conn] -= 1
                     stats.replies += 1
@@ -522,6 +524,8 @@ class OpenLoopGenerator:
                     status = answer.status
                     if status is None:
                         stats.errors[answer.error or "error"] += 1
+                        if answer.error and answer.error == sent.planted:
+                            stats.planted_errors[answer.error] += 1
                         continue
                     if answer.replay:
                         stats.replays += 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 import sys
 import threading
 import time
@@ -35,7 +34,8 @@ from channels.faults import Fault, FaultConfigError, convert_faults
 from loadtests.harness.audit import audit_journal
 from loadtests.harness.loadgen import Acknowledged, RateShape, ShapeError, shape_from_dict
 from loadtests.harness.report import ReportData, Verdict, write_report
-from switch.model import Payment, Result
+from switch.journal import read as read_journal
+from switch.serve.http import admin_headers
 from switch.tomlio import convert, parse_toml, read_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,7 +191,8 @@ class Watch:
                             endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
                             states[endpoint] = int(float(line.rsplit(" ", 1)[1]))
                     faults = [f"{f['endpoint']} {f['kind']}" for f in
-                              client.get(self.faults_url, timeout=2).json()["faults"]]
+                              client.get(self.faults_url, timeout=2,
+                                         headers=admin_headers("auditor")).json()["faults"]]
                 except (httpx.HTTPError, ValueError, KeyError, IndexError):
                     pass
                 self.samples.append((at, states, faults))
@@ -230,21 +231,11 @@ class PaymentTrace:
 
 
 def traces(journal: Path) -> list[PaymentTrace]:
-    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    try:
-        payments: dict[str, Payment] = {}
-        results: dict[str, Result] = {}
-        for pid, kind, record in db.execute(
-                "SELECT payment_id, kind, record FROM journal ORDER BY seq"):
-            if kind == "intent":
-                payments[pid] = msgspec.msgpack.decode(record, type=Payment)
-            elif kind in ("final", "unknown"):
-                results[pid] = msgspec.msgpack.decode(record, type=Result)
-    finally:
-        db.close()
     out = []
-    for pid, result in results.items():
-        payment = payments.get(pid)
+    for history in read_journal(journal).payments.values():
+        result, payment = history.result, history.payment
+        if result is None:
+            continue  # an intent alone: no outcome journaled
         at = payment.received_at.timestamp() if payment is not None else 0.0
         out.append(PaymentTrace(at, result.status.value, result.route,
                                 payment.channel if payment else ""))
@@ -275,17 +266,14 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float) -> float | N
 
 def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
                  duration_s: float | None = None, rate: float | None = None) -> int:
-    from loadtests.harness.demo import (
-        DEMO_CONFIG,
-        SETTLE_GRACE_S,
-        _reconcile,
+    from loadtests.harness.demo import DEMO_CONFIG, SETTLE_GRACE_S, _reconcile, wait_until_resolved
+    from loadtests.harness.loadrun import LoadPlan, run_load, run_tag_now
+    from loadtests.harness.processes import (
         channel_networks_toml,
         start_channels,
         start_switch,
         stop_switch,
-        wait_until_resolved,
     )
-    from loadtests.harness.loadrun import LoadPlan, run_load, run_tag_now
     from loadtests.harness.workload import WorkloadSpec, load_workload
 
     try:
@@ -336,7 +324,8 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
             elapsed = time.time() - start  # wall: offsets from the load's start
             for fault in prepared.faults:
                 shifted = msgspec.structs.replace(fault, start_s=max(0.0, fault.start_s - elapsed))
-                httpx.post(f"{admin}/faults", content=msgspec.json.encode(shifted), timeout=5)
+                httpx.post(f"{admin}/faults", content=msgspec.json.encode(shifted), timeout=5,
+                           headers=admin_headers())
 
         result = run_load(plan, out, console, config=msgspec.to_builtins(sc),
                           on_progress=on_progress)

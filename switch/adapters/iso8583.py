@@ -152,8 +152,11 @@ class CardAdapter(PooledAdapter):
             request = original_request(payment, self.config.acquirer_id)
             data = iso8583.frame(iso8583.encode(request))
         except CodecError as exc:
-            log.warning("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
-            raise NotSent(f"{self.name}: cannot encode: {exc}") from None
+            # Our own failure to build the message, not the network's: another endpoint
+            # would fail the same way, and it must never count as "not sent" (which led
+            # to stand-in approving a payment no issuer saw). Decline it as a format error.
+            log.error("%s: cannot encode %s: %s", self.name, payment.payment_id, exc)
+            return NetworkReply("declined", reasons.FORMAT_ERROR, f"format error: {exc}")
         link = self._pool.pick()
         answer = await exchange(link, self._correlator, iso8583.match_key(request), data)
         return _reply_for(answer)
@@ -178,6 +181,7 @@ class CardAdapter(PooledAdapter):
                 transmitted_at=self._wall(),
                 reason_code=reasons.RESPONSE_TOO_LATE,
             )
+            iso8583.encode(reversal)  # a poison payment fails here, not inside the loop
         except CodecError as exc:
             raise NotSent(f"{self.name}: cannot build reversal: {exc}") from None
         key = iso8583.match_key(reversal)
@@ -216,16 +220,23 @@ class CardAdapter(PooledAdapter):
 
         Built from the same deterministic original request as :meth:`authorize`, so the
         issuer books the hold under the key the authorization would have had.
+
+        Raises :class:`CodecError` when the advice cannot be encoded: that is permanent
+        (the payment never changes), so the caller quarantines the advice instead of
+        retrying it. Once the encode sat outside this ``try`` and its error ended the
+        switch, again after every restart.
         """
         try:
             original = original_request(payment, self.config.acquirer_id)
             advice = iso8583.authorization_advice(
                 original, response_code=reasons.APPROVED, auth_code=auth_code)
+            data = iso8583.frame(iso8583.encode(advice))
         except CodecError as exc:
-            raise NotSent(f"{self.name}: cannot build advice: {exc}") from None
+            log.error("%s: cannot encode the advice of %s: %s",
+                      self.name, payment.payment_id, exc)
+            raise
         link = self._pool.pick()
-        answer = await exchange(link, self._correlator, iso8583.match_key(advice),
-                                iso8583.frame(iso8583.encode(advice)))
+        answer = await exchange(link, self._correlator, iso8583.match_key(advice), data)
         if answer.mti != "0130":
             return None
         return (answer.fields.get(39) or reasons.APPROVED).strip()

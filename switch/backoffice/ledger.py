@@ -28,9 +28,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-import msgspec
-
-from switch.model import Payment, Result
+from switch.journal import fold
+from switch.model import Payment
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS ledger_accounts (
@@ -110,22 +109,15 @@ def _parties(payment: Payment, route: str) -> tuple[tuple[str, str], tuple[str, 
 def post_from_journal(db: sqlite3.Connection) -> PostingSummary:
     """Bring the ledger up to date with the journal's final results (idempotent)."""
     open_ledger(db)
-    payments: dict[str, Payment] = {}
-    finals: dict[str, Result] = {}
-    for pid, kind, record in db.execute(
-            "SELECT payment_id, kind, record FROM journal WHERE kind IN ('intent', 'final')"
-            " ORDER BY seq"):
-        if kind == "intent":
-            payments[pid] = msgspec.msgpack.decode(record, type=Payment)
-        else:
-            finals[pid] = msgspec.msgpack.decode(record, type=Result)
+    histories = fold(db).payments.values()
     summary = PostingSummary()
     db.execute("BEGIN")
     try:
-        for pid, result in finals.items():
-            payment = payments.get(pid)
-            if payment is None:
-                continue  # declined by risk before any intent: no money moved
+        for history in histories:
+            pid, result = history.payment_id, history.result
+            payment = history.payment if history.finished else None
+            if payment is None or result is None:
+                continue  # open, or declined by risk before any intent: no money moved
             existing = db.execute("SELECT state FROM ledger_transfers WHERE payment_id = ?",
                                   (pid,)).fetchone()
             status = result.status.value

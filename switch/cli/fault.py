@@ -4,12 +4,17 @@ It talks to the simulators' admin API (``channels/server.py``): ``POST /faults``
 JSON :class:`channels.faults.Fault`, ``GET /faults``, ``DELETE /faults/{endpoint}``. The
 fault is validated here first, so a bad one is refused with the field path before
 anything is sent.
+
+Auth: the request carries ``Authorization: Bearer`` with the operator token from
+``--token-file`` or ``$PAYSWITCH_OPERATOR_TOKEN`` (``list`` also accepts the auditor's,
+``$PAYSWITCH_AUDITOR_TOKEN``). A refusal is one line naming the status and the reason.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import click
 import httpx
@@ -17,6 +22,7 @@ import msgspec
 
 from channels.faults import FAULT_KINDS, Fault, FaultConfigError
 from switch.cli.errors import UserError
+from switch.serve.http import Role, admin_headers
 
 DEFAULT_ADMIN = "http://127.0.0.1:7280"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -48,10 +54,18 @@ def parse_duration(text: str) -> float:
 @click.option("--period", default=None, help="flapping: full up+down period, e.g. 4s.")
 @click.option("--delay", default=None, help="late: extra delay, e.g. 3s.")
 @click.option(
-    "--match", multiple=True, help="Only route keys (BIN, corridor, scheme) with this prefix."
+    "--match", multiple=True,
+    help="Only route keys with this prefix (repeatable): card number/BIN (card), corridor "
+    "such as DE-FR (SWIFT), merchant id such as M0000042 (QR)."
 )
 @click.option("--admin", default=DEFAULT_ADMIN, show_default=True, help="Simulators' admin URL.")
 @click.option("--json", "as_json", is_flag=True, help="list/clear: print the admin API's JSON.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the admin bearer token (default: $PAYSWITCH_OPERATOR_TOKEN).",
+)
 def fault(
     endpoint: str,
     kind: str | None,
@@ -64,6 +78,7 @@ def fault(
     match: tuple[str, ...],
     admin: str,
     as_json: bool,
+    token_file: str | None,
 ) -> None:
     """Inject, list or clear faults on the running network simulators.
 
@@ -88,13 +103,15 @@ def fault(
       payswitch fault card-secondary error_burst --rate 0.3 --for 20s
     """
     if endpoint == "list":
-        listed = _call("GET", f"{admin}/faults")
+        headers = _auth(token_file, "operator") or _auth(None, "auditor")
+        listed = _call("GET", f"{admin}/faults", headers=headers)
         click.echo(json.dumps(listed, indent=2) if as_json else fault_table(listed))
         return
+    headers = _auth(token_file, "operator")
     if endpoint == "clear":
         if kind is None:
             raise click.UsageError("missing ENDPOINT: payswitch fault clear ENDPOINT")
-        cleared = _call("DELETE", f"{admin}/faults/{kind}")
+        cleared = _call("DELETE", f"{admin}/faults/{kind}", headers=headers)
         if as_json:
             click.echo(json.dumps(cleared))
         else:
@@ -126,7 +143,8 @@ def fault(
         injected.validate("fault")
     except (msgspec.ValidationError, FaultConfigError) as exc:
         raise UserError(f"invalid fault: {exc}") from None
-    response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected))
+    response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected),
+                     headers=headers)
     click.echo(f"injected: {json.dumps(response)}")
 
 
@@ -153,13 +171,32 @@ def fault_table(listed: object) -> str:
     )
 
 
-def _call(method: str, url: str, content: bytes | None = None) -> object:
+def _auth(token_file: str | None, role: Role) -> dict[str, str]:
+    if token_file is None:
+        return admin_headers(role)
+    try:
+        token = Path(token_file).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise click.BadParameter(f"cannot read {token_file}: {why}",
+                                 param_hint="--token-file") from None
+    return {"authorization": f"Bearer {token}"}
+
+
+def _call(method: str, url: str, content: bytes | None = None,
+          headers: dict[str, str] | None = None) -> object:
     try:
         response = httpx.request(
-            method, url, content=content, timeout=5.0, headers={"content-type": "application/json"}
+            method, url, content=content, timeout=5.0,
+            headers={"content-type": "application/json", **(headers or {})},
         )
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the simulators at {url}: {exc}") from None
     if response.status_code >= 400:
-        raise click.ClickException(f"{url}: HTTP {response.status_code}: {response.text}")
+        hint = ""
+        if response.status_code == 401:
+            hint = " (set $PAYSWITCH_OPERATOR_TOKEN or pass --token-file)"
+        detail = " ".join(response.text.split())[:300]
+        raise click.ClickException(
+            f"{url}: HTTP {response.status_code}: {detail}{hint}")
     return response.json() if response.content else None

@@ -175,7 +175,7 @@ class Renderer:
             n = _lengths(t, "items")
             item = self.type_text(t.item_type)
             if item.startswith("table "):
-                return "tables " + item.removeprefix("table ") + (f" ({n})" if n else "")
+                return "tables " + item.replace("table [", "[") + (f" ({n})" if n else "")
             return f"list of {item}" + (f" ({n})" if n else "")
         if isinstance(t, mi.DictType):
             n = _lengths(t, "entries")
@@ -317,7 +317,7 @@ def formats() -> list[Format]:
     from loadtests.harness.loadgen import RateShape
     from loadtests.harness.scenario import LoadSection, Scenario
     from loadtests.harness.workload import WorkloadSpec
-    from switch.routing.table import TargetSpec, _TableShape
+    from switch.routing.tablespec import TargetSpec, _TableShape
     from switch.serve.config import SwitchConfig
 
     return [

@@ -230,16 +230,19 @@ def migrate(db: sqlite3.Connection) -> int:
 
 @dataclass(frozen=True, slots=True)
 class JournalColumns:
-    """Every intent and outcome of a journal, in journal order, as numpy record arrays."""
+    """Every intent and outcome of a journal, in journal order, one numpy array per field
+    (``intents["ref"]``, ``outcomes["status"]``...): separate arrays, so a caller can drop
+    the fields it is done with."""
 
-    intents: NDArray[Any]  # INTENT_DTYPE
-    outcomes: NDArray[Any]  # OUTCOME_DTYPE
+    intents: dict[str, NDArray[Any]]  # INTENT_DTYPE's fields
+    outcomes: dict[str, NDArray[Any]]  # OUTCOME_DTYPE's fields
     first_us: int  # time span of the journal's records (0, 0 when empty)
     last_us: int
 
 
 def read_columns(db: sqlite3.Connection) -> JournalColumns:
-    """Read the columns (two passes over the chunks: sizes, then one copy into place)."""
+    """Read the columns: sizes first, then each chunk copied into place field by field,
+    so memory is the arrays themselves plus one chunk."""
     has_table = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal_columns'"
     ).fetchone()
@@ -255,16 +258,20 @@ def read_columns(db: sqlite3.Connection) -> JournalColumns:
     extra = [_pack(rows, first) for first, rows in _uncovered(db, covered)]
     n_int += sum(len(a) // INTENT_DTYPE.itemsize for a, _ in extra)
     n_out += sum(len(b) // OUTCOME_DTYPE.itemsize for _, b in extra)
-    intents = np.empty(n_int, INTENT_DTYPE)
-    outcomes = np.empty(n_out, OUTCOME_DTYPE)
+    intents = {name: np.empty(n_int, INTENT_DTYPE.fields[name][0])  # type: ignore[index]
+               for name in INTENT_DTYPE.names or ()}
+    outcomes = {name: np.empty(n_out, OUTCOME_DTYPE.fields[name][0])  # type: ignore[index]
+                for name in OUTCOME_DTYPE.names or ()}
     i = o = 0
 
     def put(a: bytes, b: bytes) -> None:
         nonlocal i, o
         ia = np.frombuffer(a, INTENT_DTYPE)
         ob = np.frombuffer(b, OUTCOME_DTYPE)
-        intents[i:i + len(ia)] = ia
-        outcomes[o:o + len(ob)] = ob
+        for name, arr in intents.items():
+            arr[i:i + len(ia)] = ia[name]
+        for name, arr in outcomes.items():
+            arr[o:o + len(ob)] = ob[name]
         i += len(ia)
         o += len(ob)
 
@@ -274,12 +281,7 @@ def read_columns(db: sqlite3.Connection) -> JournalColumns:
             put(a, b)
     for a, b in extra:
         put(a, b)
-    first_us = last_us = 0
-    if n_int or n_out:
-        times = [t for t in (intents["time_us"].min() if n_int else None,
-                             outcomes["time_us"].min() if n_out else None) if t is not None]
-        first_us = int(min(times))
-        times = [t for t in (intents["time_us"].max() if n_int else None,
-                             outcomes["time_us"].max() if n_out else None) if t is not None]
-        last_us = int(max(times))
+    times = [t for t in (intents["time_us"], outcomes["time_us"]) if len(t)]
+    first_us = int(min(t.min() for t in times)) if times else 0
+    last_us = int(max(t.max() for t in times)) if times else 0
     return JournalColumns(intents, outcomes, first_us, last_us)

@@ -11,8 +11,13 @@ Why this shape:
   ``final`` before the client hears the result. After a crash, an intent with no final is
   a payment whose fate must be resolved (reversal / status inquiry), never forgotten.
 
-The journal is append-only: a payment's history is its rows in ``seq`` order. Start-up
-replays it to rebuild the idempotency index and the list of unfinished payments.
+The journal is append-only: a payment's history is its records in ``seq`` order
+(``switch.journal.records``). Start-up replays it (``switch.journal.reader``) to rebuild the
+idempotency index and the list of unfinished payments.
+
+Full journal: each ``write`` says what its record does when ``max_pending`` records are
+waiting (:class:`~switch.journal.records.OnFull`): shed (``JournalFull``, the request is
+refused) or wait for room. Waiting is bounded by the writer's own progress.
 
 Modes: ``sync`` commits every record on its own, ``group`` batches (default), ``off``
 neither waits nor fsyncs: acknowledged payments can then be lost on a crash.
@@ -20,24 +25,23 @@ neither waits nor fsyncs: acknowledged payments can then be lost on a crash.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, TypeVar
 
 import anyio
-import msgspec
 
 from switch.journal import columns
-from switch.model import Payment, Result, Status
+from switch.journal.archive import Compactor, attach_archive
+from switch.journal.records import COLUMNS, JournalRecord, OnFull, Row, to_row
 
 log = logging.getLogger(__name__)
-
-#: intent: about to send; unknown: sent, no answer in time; final: the result;
-#: advice: a stand-in approval's 0120 advice reached the issuer.
-RecordKind = Literal["intent", "unknown", "final", "advice"]
+T = TypeVar("T")
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -53,14 +57,8 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 INSERT: Final = (
-    "INSERT INTO journal (payment_id, idempotency_key, kind, status, body_hash, record, at_us)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 )
-Row = tuple[str, str, str, str, bytes, bytes, int]
-
-_encoder: Final = msgspec.msgpack.Encoder()
-_payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
-_result_decoder: Final = msgspec.msgpack.Decoder(Result)
 
 
 class _Observes(Protocol):
@@ -101,45 +99,6 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class FinalRecord(msgspec.Struct, frozen=True):
-    idempotency_key: str
-    body_hash: bytes
-    result: Result
-    at_us: int
-
-
-class UnfinishedPayment(msgspec.Struct, frozen=True):
-    body_hash: bytes
-    payment: Payment
-    status: Status  # the last state journaled: sent or unknown
-
-
-class PendingAdvice(msgspec.Struct, frozen=True):
-    """A stand-in approval whose 0120 advice has not been delivered yet."""
-
-    body_hash: bytes
-    payment: Payment
-    result: Result
-
-
-class Recovered(msgspec.Struct, frozen=True):
-    """What start-up learns from replaying the journal."""
-
-    finals: list[FinalRecord]
-    unfinished: list[UnfinishedPayment]
-    boot_count: int
-    records: int
-    pending_advices: list[PendingAdvice] = msgspec.field(default_factory=list)
-
-
-def encode_payment(payment: Payment) -> bytes:
-    return _encoder.encode(payment)
-
-
-def encode_result(result: Result) -> bytes:
-    return _encoder.encode(result)
-
-
 def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,50 +109,18 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
     db.executescript(SCHEMA)
     columns.migrate(db)  # reconciliation's column chunks (switch/journal/columns.py)
+    attach_archive(db, path)  # retention moves old finished payments there (archive.py)
     return db
 
 
-def replay(db: sqlite3.Connection) -> Recovered:
-    """Rebuild state from the journal, and count this boot."""
-    last_final: dict[str, FinalRecord] = {}
-    open_payments: dict[str, UnfinishedPayment] = {}
-    intents: dict[str, Payment] = {}
-    stood_in: dict[str, FinalRecord] = {}
-    records = 0
-    cursor = db.execute(
-        "SELECT payment_id, idempotency_key, kind, status, body_hash, record, at_us"
-        " FROM journal ORDER BY seq"
-    )
-    for payment_id, key, kind, status, body_hash, record, at_us in cursor:
-        records += 1
-        if kind == "final":
-            open_payments.pop(payment_id, None)
-            final = FinalRecord(key, body_hash, _result_decoder.decode(record), at_us)
-            last_final[payment_id] = final
-            if final.result.stood_in:
-                stood_in[payment_id] = final
-        elif kind == "advice":
-            stood_in.pop(payment_id, None)
-        elif kind == "intent":
-            payment = _payment_decoder.decode(record)
-            intents[payment_id] = payment
-            open_payments[payment_id] = UnfinishedPayment(body_hash, payment, Status(status))
-        elif kind == "unknown" and payment_id in open_payments:
-            prior = open_payments[payment_id]
-            open_payments[payment_id] = UnfinishedPayment(
-                prior.body_hash, prior.payment, Status.UNKNOWN
-            )
-    row = db.execute("SELECT value FROM meta WHERE key = 'boot_count'").fetchone()
-    boot_count = (int(row[0]) if row else 0) + 1
-    db.execute(
-        "INSERT INTO meta (key, value) VALUES ('boot_count', ?)"
-        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        (str(boot_count),),
-    )
-    advices = [PendingAdvice(f.body_hash, intents[pid], f.result)
-               for pid, f in stood_in.items() if pid in intents]
-    return Recovered(list(last_final.values()), list(open_payments.values()), boot_count,
-                     records, advices)
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """Archive finished payments older than the idempotency window (``archive.py``)."""
+
+    compactor: Compactor
+    #: Wall-clock microseconds (injected: the switch's clock, or a test's).
+    wall_us: Callable[[], int]
+    every_s: float = 1.0
 
 
 class Journal:
@@ -209,6 +136,7 @@ class Journal:
         metrics: JournalMetrics,
         clock: Callable[[], float] = anyio.current_time,
         commit_window_s: float = 0.0,
+        retention: Retention | None = None,
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
         self._clock = clock  # for the commit-latency metric only
@@ -223,6 +151,10 @@ class Journal:
         self._metrics = metrics
         self._batches: deque[_Batch] = deque([_Batch()])
         self._pending = 0
+        self._retention = retention
+        # The connection is used by one thread at a time: commits and maintenance
+        # (retention steps) take turns.
+        self._db_lock = anyio.Lock()
         self._wakeup = anyio.Event()
         self._room = anyio.Event()  # set after each commit: pending records went down
         self._closed = False
@@ -239,8 +171,12 @@ class Journal:
     def pending(self) -> int:
         return self._pending
 
-    def append(self, row: Row) -> _Batch:
-        """Queue one record; return the batch whose commit makes it durable."""
+    def append(self, record: JournalRecord) -> _Batch:
+        """Queue one record; return the batch whose commit makes it durable.
+
+        Raises ``JournalFull`` past ``max_pending``: callers that must not shed use
+        :meth:`write` with ``OnFull.WAIT``.
+        """
         if self.failure is not None:
             raise JournalFailed(str(self.failure))
         if self._closed:
@@ -251,35 +187,63 @@ class Journal:
         if len(batch.rows) >= self._max_batch:
             batch = _Batch()
             self._batches.append(batch)
-        batch.rows.append(row)
+        batch.rows.append(to_row(record))
         self._pending += 1
+        assert 0 < self._pending <= self._max_pending
         self._wakeup.set()
         return batch
 
-    async def write(self, row: Row) -> None:
-        """Append ``row`` and return once it is durable (immediately in mode ``off``)."""
-        batch = self.append(row)
+    async def write(self, record: JournalRecord, on_full: OnFull) -> None:
+        """Append ``record`` and return once it is durable (immediately in mode ``off``).
+
+        ``on_full`` is the writer's policy when ``max_pending`` records are waiting:
+        ``SHED`` raises ``JournalFull``; ``WAIT`` waits for a commit to free room (bounded
+        by the writer's own progress) -- for the outcome of something already sent.
+        """
+        while True:
+            try:
+                batch = self.append(record)
+                break
+            except JournalFull:
+                if on_full is OnFull.SHED:
+                    raise
+                await self._room.wait()
         if self.mode == "off":
             return
         await batch.committed.wait()
         if batch.error is not None:
             raise JournalFailed(str(batch.error)) from batch.error
 
-    async def write_when_room(self, row: Row) -> None:
-        """Like :meth:`write`, but wait for a commit to free room instead of refusing.
+    async def run(self) -> None:
+        """The writer loop. Returns after :meth:`close` once everything is committed.
 
-        For records that must not be dropped (the outcome of a payment already sent):
-        the wait is bounded by the writer's own progress.
+        With ``retention``, old finished payments move to the archive meanwhile.
         """
+        async with anyio.create_task_group() as tg:
+            if self._retention is not None:
+                tg.start_soon(self._retain, self._retention)
+            await self._write_loop()
+            tg.cancel_scope.cancel()
+
+    async def maintain(self, step: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``step`` on the journal's connection in a worker thread, between commits."""
+        async with self._db_lock:
+            return await anyio.to_thread.run_sync(step, self._db)
+
+    async def _retain(self, retention: Retention) -> None:
+        compactor = retention.compactor
         while True:
             try:
-                await self.write(row)
-                return
-            except JournalFull:
-                await self._room.wait()
+                now_us = retention.wall_us()  # read on the loop: the clock is the loop's
+                await self.maintain(functools.partial(compactor.step, now_us=now_us))
+            except sqlite3.Error as exc:  # retention can wait; the journal itself goes on
+                log.error("journal retention step failed: %s", exc)
+                compactor.scanned = 0
+            # A full step means more may be due at once; otherwise check again later.
+            full = compactor.scanned >= compactor.max_rows
+            await anyio.sleep(0 if full else retention.every_s)
 
-    async def run(self) -> None:
-        """The writer loop. Returns after :meth:`close` once everything is committed."""
+    async def _write_loop(self) -> None:
         while True:
             if not self._batches[0].rows:
                 if self._closed:
@@ -296,7 +260,8 @@ class Journal:
                 self._batches.append(_Batch())
             started = self._clock()
             try:
-                await anyio.to_thread.run_sync(self._commit, batch.rows)
+                async with self._db_lock:
+                    await anyio.to_thread.run_sync(self._commit, batch.rows)
             except Exception as exc:  # disk full, I/O error: fail-stop, never guess
                 log.critical("journal commit failed: %s", exc)
                 self.failure = exc
@@ -308,6 +273,7 @@ class Journal:
                 self._room.set()  # waiters for room wake and meet the failure
                 raise
             self._pending -= len(batch.rows)
+            assert self._pending >= 0, "journal pending went negative"
             self._room.set()
             self._room = anyio.Event()
             self.commits += 1
@@ -324,33 +290,18 @@ class Journal:
             columns.append_batch(db, rows)  # same transaction: columns never disagree
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may already have rolled back (SQLITE_FULL does): a ROLLBACK then
+            # raised "cannot rollback - no transaction is active" and hid the real cause
+            # ("database or disk is full") from the critical log line.
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    log.error("journal rollback after a failed commit also failed: %s",
+                              rollback)
             raise
 
     async def close(self) -> None:
         """Stop accepting records; :meth:`run` returns after the last batch commits."""
         self._closed = True
         self._wakeup.set()
-
-
-def count_duplicates(db: sqlite3.Connection) -> int:
-    """Payments booked twice: an idempotency key or payment id with two final records."""
-    by_key = db.execute(
-        "SELECT COUNT(*) FROM (SELECT idempotency_key FROM journal WHERE kind = 'final'"
-        " GROUP BY idempotency_key HAVING COUNT(*) > 1)"
-    ).fetchone()[0]
-    by_id = db.execute(
-        "SELECT COUNT(*) FROM (SELECT payment_id FROM journal WHERE kind = 'final'"
-        " GROUP BY payment_id HAVING COUNT(*) > 1)"
-    ).fetchone()[0]
-    return int(by_key) + int(by_id)
-
-
-def final_results(db: sqlite3.Connection) -> dict[str, Result]:
-    """The last final result per idempotency key, for audits (demo, crash tests)."""
-    out: dict[str, Result] = {}
-    for key, record in db.execute(
-        "SELECT idempotency_key, record FROM journal WHERE kind = 'final' ORDER BY seq"
-    ):
-        out[key] = _result_decoder.decode(record)
-    return out

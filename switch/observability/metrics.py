@@ -216,6 +216,12 @@ class SwitchMetrics:
             "Payments whose outcome is unknown (timed out after sending) and not yet resolved.",
             registry=r,
         )
+        self.unresolved_escalated = Gauge(
+            "payswitch_unresolved_escalated_payments",
+            "Unresolved payments handed to an operator: the channel's resolution budget or"
+            " window is spent (or the resolver was full); retried at the next start.",
+            registry=r,
+        )
         resolved = Counter(
             "payswitch_resolved_payments",
             "Payments whose unknown outcome the resolver settled, by channel and final status."
@@ -326,6 +332,14 @@ class SwitchMetrics:
             "payswitch_saf_delivered_messages", "Store-and-forward messages delivered.",
             registry=r,
         )
+        quarantined = Counter(
+            "payswitch_quarantined_records",
+            "Journal records set aside because they can never be sent (an advice or a "
+            "resolution that cannot be encoded), by kind. Each needs an operator.",
+            ["kind"], registry=r,
+        )
+        self.quarantined: dict[str, Counter] = {
+            kind: quarantined.labels(kind) for kind in ("advice", "resolution")}
         reloads = Counter(
             "payswitch_route_table_reloads", "Route table reloads, by result.", ["result"],
             registry=r,

@@ -87,12 +87,7 @@ from switch.payment.standin import StandIn
 from switch.payment.timers import TimerHeap
 from switch.payment.validation import InvalidPayment, validate
 from switch.protocols.wire import ErrorReply, Reply, Response
-from switch.routing.resilience import (
-    FailureKind,
-    classify,
-    counts_as_healthy,
-    is_safe_to_retry,
-)
+from switch.routing.retry import FailureKind, classify, counts_as_healthy, is_safe_to_retry
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import Target
 

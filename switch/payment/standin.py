@@ -9,6 +9,13 @@ bounded too; when it is full, stand-in is refused (declined 91) rather than appr
 payment whose advice could not be kept. Persistence is the journal: a stand-in approval
 is a final record with ``stood_in=True``, and a delivered advice adds an ``advice``
 record. Start-up re-queues every stood-in payment without one.
+
+Poison advices. An advice the adapter cannot encode (``CodecError``), or whose delivery
+fails with any unexpected error, can never be delivered: it is quarantined (dropped from
+the queue, logged as an error with its payment id, counted in
+``payswitch_quarantined_records{kind="advice"}``, which alerts) instead of being retried
+forever or ending the process. It stays in the journal without an ``advice`` record, so
+each start quarantines it again until an operator settles it; start-up never blocks on it.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ import msgspec
 from switch import reasons
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
-from switch.journal import Journal, encode_result
+from switch.journal import ADVICE, Journal, JournalFailed, JournalRecord, OnFull
 from switch.model import Payment, Result
 from switch.observability.metrics import SwitchMetrics
+from switch.protocols.errors import CodecError
 
 
 class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -47,6 +55,10 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 log = logging.getLogger(__name__)
+#: A delivered advice is a fact at the issuer: its record waits for room, never shed
+#: (shedding it would re-send the advice after a restart, and ending ``run`` on a full
+#: journal would take the switch down).
+ON_FULL = OnFull.WAIT
 #: Cards whose stand-in totals are remembered; least recently used are forgotten.
 MAX_TRACKED_CARDS = 1_000_000
 
@@ -76,6 +88,7 @@ class StandIn:
         self._wakeup = anyio.Event()
         self.approved = 0
         self.delivered = 0
+        self.quarantined = 0
         metrics.saf_depth.set_function(lambda: float(len(self._queue)))
         metrics.saf_oldest_age.set_function(self._oldest_age)
 
@@ -109,6 +122,8 @@ class StandIn:
 
     def queue_advice(self, payment: Payment, result: Result, endpoints: tuple[str, ...],
                      digest: bytes) -> None:
+        assert result.stood_in and result.payment_id == payment.payment_id
+        assert endpoints, "an advice needs an issuer endpoint to go to"
         self._queue.append(_Advice(payment, result, endpoints, self._clock.now(), digest))
         self._wakeup.set()
 
@@ -131,20 +146,36 @@ class StandIn:
             delay = min(delay * 2, 2.0)
 
     async def _deliver(self, advice: _Advice) -> bool:
+        """True once the advice is done with: delivered, or quarantined."""
         now = self._clock.now()
         for endpoint in advice.endpoints:
             adapter: Any = self._adapters[endpoint]
             if not hasattr(adapter, "advise") or not self._usable(endpoint, now):
                 continue
+            code: str | None = None
             try:
                 with anyio.move_on_after(2.0):
                     code = await adapter.advise(advice.payment, advice.result.channel_ref)
-                    if code:
-                        await self._record(advice, endpoint, code)
-                        return True
             except NotSent:
                 continue
+            except JournalFailed:
+                raise
+            except Exception as exc:  # CodecError, or any bug: fail this advice only
+                self._quarantine(advice, endpoint, exc)
+                return True
+            if code:
+                await self._record(advice, endpoint, code)  # a journal failure stays fatal
+                return True
         return False
+
+    def _quarantine(self, advice: _Advice, endpoint: str, exc: Exception) -> None:
+        """Set aside an advice that can never be delivered (see the module docstring)."""
+        self.quarantined += 1
+        self._metrics.quarantined["advice"].inc()
+        permanent = isinstance(exc, CodecError)
+        log.error("stand-in advice quarantined (%s via %s): %s",
+                  "cannot be encoded" if permanent else "unexpected error", endpoint, exc,
+                  exc_info=not permanent, extra={"payment_id": advice.payment.payment_id})
 
     async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
         payment = advice.payment
@@ -153,12 +184,14 @@ class StandIn:
         if not refused and payment.card is not None and payment.card.token in per_card:
             # Delivered: the issuer now holds it; the stand-in exposure is released.
             per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        assert advice.result.stood_in and code
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.
         result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
-        await self._journal.write((payment.payment_id, payment.idempotency_key, "advice",
-                                   advice.result.status.value, advice.digest,
-                                   encode_result(result), self._clock.wall_us()))
+        await self._journal.write(
+            JournalRecord.outcome(ADVICE, payment, result, advice.digest, self._clock.wall_us()),
+            ON_FULL,
+        )
         if refused:
             log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
                         extra={"payment_id": payment.payment_id})

@@ -5,12 +5,22 @@ field path. Here we check what depends on other fields or on tables: that the ch
 own data is present (and no other channel's), that the currency is a known ISO 4217 code,
 that a PAN passes Luhn, an expiry is a real month, a BIC has the right shape. Errors
 name the field path, like msgspec's.
+
+Validation admits only what every codec on the payment's way can encode, and takes the
+rules from the codecs themselves rather than restating them: card fields are checked
+against the ISO 8583 spec (:func:`switch.protocols.iso8583.content_problem`: ASCII digits
+for ``n`` fields, the ``an``/``ans`` character sets, the spec's lengths), SWIFT text
+against the ISO 20022 text rule (:func:`switch.protocols.iso20022.check_text`). Before
+this, ``str.isdigit()`` let superscript and Arabic-Indic digits through: ``int()`` then
+raised inside validation, or the ISO 8583 encode failed after the payment was accepted.
 """
 
 from __future__ import annotations
 
 from switch.currency import CURRENCIES
-from switch.model import PaymentRequest, luhn_ok
+from switch.model import Party, PaymentRequest, luhn_ok
+from switch.protocols import iso8583, iso20022
+from switch.protocols.errors import CodecError
 
 
 class InvalidPayment(ValueError):
@@ -30,6 +40,26 @@ def _is_bic(bic: str) -> bool:
     )
 
 
+def _iso8583(path: str, de: int, value: str) -> None:
+    problem = iso8583.content_problem(de, value)
+    if problem is not None:
+        raise InvalidPayment(path, problem)
+
+
+def _iso20022(path: str, value: str, max_len: int) -> None:
+    try:
+        iso20022.check_text(value, max_len, path)
+    except CodecError as exc:
+        raise InvalidPayment(path, exc.reason) from None
+
+
+def _party(path: str, party: Party) -> None:
+    # pacs.008 carries the name (the account when there is none) and the account.
+    _iso20022(f"{path}.account", party.account, 34)
+    if party.name:
+        _iso20022(f"{path}.name", party.name, 140)
+
+
 def validate(request: PaymentRequest) -> None:
     """Raise :class:`InvalidPayment` naming the first problem, or return None."""
     if request.currency not in CURRENCIES:
@@ -43,20 +73,27 @@ def validate(request: PaymentRequest) -> None:
             raise InvalidPayment(f"payment.{other}", f"not allowed for channel {channel!r}")
     if request.card is not None:
         card = request.card
-        if not card.pan.isdigit() or not card.pan.isascii():
-            raise InvalidPayment("payment.card.pan", "must be digits only")
+        _iso8583("payment.card.pan", 2, card.pan)
         if not luhn_ok(card.pan):
             raise InvalidPayment("payment.card.pan", "fails the Luhn check")
-        exp = card.expiry
-        if not exp.isdigit() or not 1 <= int(exp[2:]) <= 12:
+        _iso8583("payment.card.expiry", 14, card.expiry)
+        if not 1 <= int(card.expiry[2:]) <= 12:  # ASCII digits: checked just above
             raise InvalidPayment("payment.card.expiry", "must be YYMM with month 01-12")
-        if not card.mcc.isdigit():
-            raise InvalidPayment("payment.card.mcc", "must be 4 digits")
+        _iso8583("payment.card.mcc", 18, card.mcc)
+        _iso8583("payment.card.terminal_id", 41, card.terminal_id)
+        _iso8583("payment.card.merchant_id", 42, card.merchant_id)
     elif request.swift is not None:
-        if not _is_bic(request.swift.debtor_agent):
+        swift = request.swift
+        if not _is_bic(swift.debtor_agent):
             raise InvalidPayment("payment.swift.debtor_agent", "not a BIC (8 or 11 characters)")
-        if not _is_bic(request.swift.creditor_agent):
+        if not _is_bic(swift.creditor_agent):
             raise InvalidPayment("payment.swift.creditor_agent", "not a BIC (8 or 11 characters)")
+        if swift.end_to_end_id:
+            _iso20022("payment.swift.end_to_end_id", swift.end_to_end_id, 35)
+        if swift.remittance:
+            _iso20022("payment.swift.remittance", swift.remittance, 140)
+        _party("payment.payer", request.payer)
+        _party("payment.payee", request.payee)
     elif request.qr is not None and not request.qr.payload.startswith("000201"):
         raise InvalidPayment(
             "payment.qr.payload", "must start with payload format indicator 000201"

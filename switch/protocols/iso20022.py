@@ -53,6 +53,7 @@ __all__ = [
     "TxStatus",
     "check_bic",
     "check_iban",
+    "check_text",
     "check_uetr",
     "decode",
     "decode_pacs002",
@@ -235,6 +236,11 @@ def _text(value: str, max_len: int, path: str) -> str:
     if not value.isprintable():
         raise CodecError("contains non-printable characters", path)
     return value
+
+
+#: The text rule (1..max_len printable characters) every Max35Text/Max140Text field obeys;
+#: public so the switch's request validation admits only what encodes.
+check_text: Final = _text
 
 
 def check_bic(value: str, path: str) -> str:

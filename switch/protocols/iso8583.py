@@ -35,6 +35,7 @@ from switch.protocols.errors import CodecError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "FIELD_CLASS",
     "SPEC",
     "CardTransaction",
     "FrameDecoder",
@@ -43,6 +44,7 @@ __all__ = [
     "ResponseCode",
     "authorization_advice",
     "authorization_request",
+    "content_problem",
     "decode",
     "encode",
     "financial_request",
@@ -124,11 +126,57 @@ SPEC: Final[dict[str, dict[str, Any]]] = {
     "90": _field(FIXED, 42, "Original Data Elements"),
 }
 
+#: Content class of each data element, as the 1987 standard names them: ``n`` ASCII
+#: digits, ``an`` ASCII letters and digits, ``ans`` printable ASCII (0x20-0x7E). With
+#: :data:`SPEC`'s lengths this is the one source of truth for what a field can carry: the
+#: codec enforces it on every encode and decode, and the switch's request validation asks
+#: :func:`content_problem` before a payment is accepted, so nothing a client sends can
+#: pass validation and then fail to encode.
+FIELD_CLASS: Final[dict[int, str]] = {
+    2: "n", 3: "n", 4: "n", 7: "n", 11: "n", 12: "n", 13: "n", 14: "n", 18: "n", 22: "n",
+    32: "n", 37: "an", 38: "an", 39: "an", 41: "ans", 42: "ans", 43: "ans", 49: "n",
+    70: "n", 90: "n",
+}
+
 # Data elements (not bitmaps) we know, and those whose content must be digits: pyiso8583
 # checks lengths but not content, and a letter in DE4 must not reach the amount parser.
 _DATA_ELEMENTS: Final = frozenset(int(k) for k in SPEC if k.isdigit() and k != "1")
-_NUMERIC: Final = frozenset({2, 3, 4, 7, 11, 12, 13, 14, 18, 22, 32, 49, 70, 90})
+_NUMERIC: Final = frozenset(de for de, cls in FIELD_CLASS.items() if cls == "n")
 _FIXED_WIDTH: Final = {int(k): v["max_len"] for k, v in SPEC.items() if k.isdigit()}
+_VARIABLE: Final = frozenset(int(k) for k, v in SPEC.items() if k.isdigit() and v["len_type"])
+_PRINTABLE: Final = frozenset(chr(c) for c in range(0x20, 0x7F))
+_ALNUM: Final = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _printable_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
+def content_problem(de: int, value: str) -> str | None:
+    """Why ``value`` cannot be sent in data element ``de``, or None if it can.
+
+    Checks the field's content class (:data:`FIELD_CLASS`) and its length in :data:`SPEC`:
+    a fixed ``n`` field must be exactly its width (callers zero-pad numbers first), a fixed
+    ``an``/``ans`` field at most its width (the codec pads it with spaces), a variable field
+    at most its maximum. The reason names the class and the limit, for an error reply.
+    """
+    cls = FIELD_CLASS.get(de)
+    if cls is None:
+        return "field not defined in the payswitch 1987 spec"
+    width = _FIXED_WIDTH[de]
+    if cls == "n":
+        if not (value.isascii() and value.isdigit()):
+            return f"must be ASCII digits 0-9 (ISO 8583 DE{de} is n)"
+        if de in _VARIABLE:
+            return None if len(value) <= width else f"at most {width} digits (DE{de})"
+        return None if len(value) == width else f"exactly {width} digits (DE{de})"
+    allowed = _ALNUM if cls == "an" else _PRINTABLE
+    if not all(ch in allowed for ch in value):
+        kind = "ASCII letters and digits" if cls == "an" else "printable ASCII (0x20-0x7E)"
+        return f"must be {kind} (ISO 8583 DE{de} is {cls})"
+    if len(value) > width:
+        return f"at most {width} characters (DE{de})"
+    return None
 
 # Fields a response echoes from its request; the rest (PAN expiry, POS data, merchant
 # name) are the acquirer's business and do not come back.
@@ -204,6 +252,8 @@ def decode(data: bytes | bytearray | memoryview) -> IsoMessage:
         de = int(key)
         if de in _NUMERIC and not (value.isdigit() and value.isascii()):
             raise CodecError(f"numeric field holds {value!r}", f"DE{de}")
+        if not _printable_ascii(value):
+            raise CodecError(f"holds a character outside printable ASCII: {value!r}", f"DE{de}")
         fields[de] = value
     return IsoMessage(mti, fields)
 
@@ -215,8 +265,12 @@ def encode(msg: IsoMessage) -> bytes:
     for de, value in msg.fields.items():
         if de not in _DATA_ELEMENTS:
             raise CodecError("field not defined in the payswitch 1987 spec", f"DE{de}")
+        if not isinstance(value, str):
+            raise CodecError(f"expected text, got {type(value).__name__}", f"DE{de}")
         if de in _NUMERIC and not (value.isdigit() and value.isascii()):
             raise CodecError(f"numeric field holds {value!r}", f"DE{de}")
+        if not _printable_ascii(value):
+            raise CodecError(f"holds a character outside printable ASCII: {value!r}", f"DE{de}")
         doc[str(de)] = value
     try:
         raw, _ = _pyiso.encode(doc, SPEC)

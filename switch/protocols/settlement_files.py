@@ -423,16 +423,18 @@ def _as_large_string(series: pl.Series) -> pa.LargeStringArray:
 
 def _fast_csv_ok(data: bytes) -> bool:
     """Plain ASCII CSV the polars read agrees on with the csv module: no quoting, no CR,
-    no blank line, no '+' or blanks (polars would read " 5" and "+5" as 5)."""
-    return (data.isascii() and not data.startswith(b"\n") and b"\n\n" not in data
-            and not any(b in data for b in _CSV_SLOW_BYTES))
+    no '+' or blanks (polars would read " 5" and "+5" as 5). Blank lines, which polars
+    skips, are caught by the callers' line counts."""
+    return data.isascii() and not any(b in data for b in _CSV_SLOW_BYTES)
 
 
-def _polars_frame(body: bytes, schema: dict[str, Any]) -> pl.DataFrame | None:
+def _polars_frame(data: bytes, schema: dict[str, Any], skip: int,
+                  rows: int | None = None) -> pl.DataFrame | None:
+    """The records of ``data`` after ``skip`` header lines (``rows`` of them, if given)."""
     try:
-        return pl.read_csv(body, has_header=False, new_columns=list(schema), schema=schema,
-                           quote_char=None, empty_string_is_null=False,
-                           )
+        return pl.read_csv(data, has_header=False, new_columns=list(schema), schema=schema,
+                           quote_char=None, empty_string_is_null=False, skip_rows=skip,
+                           n_rows=rows)
     except (pl.exceptions.PolarsError, ValueError):
         return None
 
@@ -446,11 +448,16 @@ def _exact_sum(amount: NDArray[np.int64]) -> int:
     return sum(int(a) for a in amount.tolist())  # rare: huge amounts, Python ints
 
 
-def read_card_clearing_columns(data: bytes, file: str) -> SettlementColumns:
-    """A card clearing file as columns; rejected whole (file:line:field) when malformed."""
+def read_card_clearing_columns(data: bytes, file: str,
+                               secondary: bool = True) -> SettlementColumns:
+    """A card clearing file as columns; rejected whole (file:line:field) when malformed.
+
+    ``secondary=False`` leaves the secondary key out (empty) when the caller has no use
+    for it (reconciliation nets only QR entries by counterparty).
+    """
     if len(data) > MAX_FILE_BYTES:
         raise SettlementFileError(file, 0, "file", f"exceeds {MAX_FILE_BYTES} bytes")
-    cols = _card_fast(data)
+    cols = _card_fast(data, secondary)
     if cols is not None:
         return cols
     entries = decode_card_clearing(decode_text(data, file), file, NUMERIC_TO_ALPHA)
@@ -462,7 +469,7 @@ _CARD_SCHEMA: Final = {"t": pl.String, "ref": pl.String, "sec": pl.String, "amt"
                        "ts": pl.Int64}
 
 
-def _card_fast(data: bytes) -> SettlementColumns | None:
+def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
     """The fast path; None when the strict decoder must decide (and name the error)."""
     if not data.startswith(b"H,") or not data.endswith(b"\n"):
         return None
@@ -472,20 +479,22 @@ def _card_fast(data: bytes) -> SettlementColumns | None:
         return None
     header = data[:start].split(b",")
     trailer = data[tail:-1].split(b",")
-    body = data[start:tail]
     if len(header) != 4 or len(trailer) != 3 or not _fast_csv_ok(data):
         return None
     try:
         count, total = int(trailer[1]), int(trailer[2])
     except ValueError:
         return None
-    if not body:
+    if tail == start:
         empty = np.zeros(0, np.int64)
         if count != 0 or total != 0:
             return None
         return SettlementColumns(pa.array([], pa.large_string()), pa.array([], pa.large_string()),
                                  empty, empty.astype(np.int16), empty.astype(np.int8), empty, 2)
-    df = _polars_frame(body, _CARD_SCHEMA)
+    # One line per record between header and trailer: no blank line, nothing extra.
+    if data.count(b"\n") != count + 2:
+        return None
+    df = _polars_frame(data, _CARD_SCHEMA, 1, count)
     if df is None or df.height != count:
         return None
     ok = df.select(
@@ -502,7 +511,8 @@ def _card_fast(data: bytes) -> SettlementColumns | None:
     if _exact_sum(amount) != total:
         return None
     return SettlementColumns(
-        _as_large_string(df["ref"]), _as_large_string(df["sec"]), amount,
+        _as_large_string(df["ref"]),
+        _as_large_string(df["sec"]) if secondary else pa.array([], pa.large_string()), amount,
         df["cur"].to_numpy().astype(np.int16),
         np.where(df["st"].to_physical().to_numpy() == 0, STATUS_SETTLED,
                  STATUS_REVERSED).astype(np.int8),
@@ -528,15 +538,14 @@ def read_qr_csv_columns(data: bytes, file: str) -> SettlementColumns:
 def _qr_fast(data: bytes) -> SettlementColumns | None:
     if not data.startswith(_QR_HEADER) or not data.endswith(b"\n"):
         return None
-    body = data[len(_QR_HEADER):]
     if not _fast_csv_ok(data):
         return None
-    if not body:
+    if len(data) == len(_QR_HEADER):
         empty = np.zeros(0, np.int64)
         return SettlementColumns(pa.array([], pa.large_string()), pa.array([], pa.large_string()),
                                  empty, empty.astype(np.int16), empty.astype(np.int8), empty, 2)
-    df = _polars_frame(body, _QR_SCHEMA)
-    if df is None:
+    df = _polars_frame(data, _QR_SCHEMA, 1)
+    if df is None or df.height != data.count(b"\n") - 1:  # a blank line: strict decides
         return None
     currencies = pl.Enum(sorted(CURRENCIES))
     ok = df.select(
@@ -595,9 +604,12 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
         for _, el in events:
             name = leaves.get(el.tag)
             if name is not None:
-                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too).
+                # A leaf of the current entry (DtTm only under BookgDt: ValDt has one too;
+                # Amt and CdtDbtInd only right under Ntry: the statement's Bal has both).
+                parent = el.getparent().tag
                 if name not in reader.found and (
-                        name != "BookgDt/DtTm" or el.getparent().tag == ns + "BookgDt"):
+                        name != "BookgDt/DtTm" or parent == ns + "BookgDt") and (
+                        name not in ("Amt", "CdtDbtInd") or parent == ns + "Ntry"):
                     reader.found[name] = (el.text, el.get("Ccy") if name == "Amt" else None)
                 continue
             if reader.i == 0:

@@ -14,6 +14,12 @@ Error policy:
   next frame boundary safely, so the connection is closed after one error reply.
 * A frame that is well delimited but not a valid message gets an error reply naming the
   field (``payment.amount: Expected `int` >= 1``) and the connection stays usable.
+* Nesting. msgspec decodes (and skips) containers recursively and raises
+  ``RecursionError`` at the interpreter's depth limit: 1,000 nested arrays in a 1,005-byte
+  frame did it, and the error escaped and ended the process. A request nests four levels,
+  and a frame that decodes as one cannot nest deeper (every field is typed, unknown fields
+  are refused), so the recursion limit is the bound: past it, on either decode, the frame
+  is answered ``malformed`` and the connection stays usable.
 """
 
 from __future__ import annotations
@@ -108,8 +114,16 @@ Response = Reply | ErrorReply | Pong
 
 _request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)
 _encoder: Final = msgspec.msgpack.Encoder()
+
+
+_TOO_DEEP: Final = "malformed frame: containers nested too deep"
+
+
 def _request_id_of(payload: bytes | memoryview) -> int | None:
-    """Best effort: the id of a frame that failed typed decoding, to address the error."""
+    """Best effort: the id of a frame that failed typed decoding, to address the error.
+
+    Raises RecursionError for a frame nested too deep (the caller answers ``malformed``).
+    """
     try:
         loose = msgspec.msgpack.decode(payload)
     except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8 in a str
@@ -125,10 +139,14 @@ def decode_request(payload: bytes | memoryview) -> Request | ErrorReply:
     """Decode one frame's payload into a request, or an error reply naming the problem."""
     try:
         return _request_decoder.decode(payload)
+    except RecursionError:
+        return ErrorReply(None, reasons.E_MALFORMED, _TOO_DEEP)
     except msgspec.ValidationError as exc:
-        return ErrorReply(
-            _request_id_of(payload), reasons.E_INVALID, describe_validation_error(exc)
-        )
+        try:
+            rid = _request_id_of(payload)
+        except RecursionError:
+            return ErrorReply(None, reasons.E_MALFORMED, _TOO_DEEP)
+        return ErrorReply(rid, reasons.E_INVALID, describe_validation_error(exc))
     except msgspec.DecodeError as exc:
         return ErrorReply(None, reasons.E_MALFORMED, f"malformed msgpack: {exc}")
     except ValueError as exc:  # e.g. invalid UTF-8 inside a string

@@ -22,14 +22,13 @@ from switch.adapters.base import ChannelAdapter
 from switch.bounds import PositiveSeconds
 from switch.model import Channel, Payment
 from switch.observability.metrics import SwitchMetrics
+from switch.routing.admission import AdmissionLimiter
 from switch.routing.breaker import STATE_CODE, BreakerState
-from switch.routing.resilience import (
-    AdmissionLimiter,
-    EndpointHealth,
-    ResilienceConfig,
-    RetryBudget,
-)
-from switch.routing.table import RouteTable, RouteTableError, Target, load_route_table, sticky_key
+from switch.routing.health import EndpointHealth
+from switch.routing.resilience import ResilienceConfig
+from switch.routing.retry import RetryBudget
+from switch.routing.table import RouteTable, Target, load_route_table, sticky_key
+from switch.routing.tablespec import RouteTableError
 
 
 class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

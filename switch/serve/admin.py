@@ -5,11 +5,15 @@ payment protocol stays binary-only. Hypercorn runs on whichever backend the swit
 
 /healthz answers whether the process is alive; /readyz whether it should get traffic
 (journal replayed and healthy, not draining) -- the distinction load balancers need.
+
+Those three are open (``[admin.auth] open_paths``); ``POST /routes/reload`` needs the
+operator's bearer token and is written to the audit log (``switch.serve.http.AdminAuth``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import (
@@ -22,6 +26,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from switch.serve.http import AdminAuthConfig, protect
 
 ReadinessCheck = Callable[[], tuple[bool, str]]
 
@@ -30,7 +37,10 @@ def build_app(
     registry: CollectorRegistry,
     readiness: ReadinessCheck,
     reload_routes: Callable[[], Awaitable[tuple[bool, str]]] | None = None,
-) -> Starlette:
+    *,
+    auth: AdminAuthConfig | None = None,
+    audit_log: str | Path = "var/admin-audit.jsonl",
+) -> ASGIApp:
     async def metrics(request: Request) -> Response:
         if "application/openmetrics-text" in request.headers.get("accept", ""):
             body = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
@@ -50,7 +60,7 @@ def build_app(
         ok, detail = await reload_routes()
         return JSONResponse({"ok": ok, "detail": detail}, status_code=200 if ok else 422)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/metrics", metrics),
             Route("/healthz", healthz),
@@ -58,3 +68,5 @@ def build_app(
             Route("/routes/reload", routes_reload, methods=["POST"]),
         ]
     )
+    return protect(app, auth or AdminAuthConfig(), component="switch",
+                   default_audit_log=audit_log)

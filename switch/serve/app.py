@@ -30,18 +30,20 @@ from switch.adapters.fakenet import StandInNetwork
 from switch.adapters.iso8583 import CardAdapter
 from switch.adapters.trace import FileTraceStore, TraceNumbers, sidecar_path
 from switch.clock import Clock
-from switch.journal import Journal, Recovered, UnfinishedPayment, open_database, replay
+from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
+from switch.model import Payment
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import Resolver
+from switch.payment.resolver import Resolver, recover
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.routing import binindex as binlookup
-from switch.routing.router import NoRoute, Router, load_table
-from switch.routing.table import RouteTableError, Target, load_route_table
+from switch.routing.router import Router, load_table
+from switch.routing.table import Target, load_route_table
+from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
-from switch.serve.config import ConfigError, SwitchConfig
+from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
 from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
@@ -200,16 +202,16 @@ class SwitchApp:
                 metrics=self.metrics,
                 clock=clock.measure,
                 commit_window_s=cfg.journal.commit_window_s,
+                # Finished payments past the idempotency window move to the archive, so
+                # start-up never grows with history.
+                retention=Retention(Compactor(cfg.idempotency.retention_s,
+                                              max_live_payments=cfg.idempotency.max_keys),
+                                    clock.wall_us),
             )
             self.journal = journal
             index = IdempotencyIndex(
                 retention_s=cfg.idempotency.retention_s, max_keys=cfg.idempotency.max_keys
             )
-            now, wall_us = clock.now(), clock.wall_us()
-            for final in recovered.finals:
-                age_s = (wall_us - final.at_us) / 1e6
-                if age_s < cfg.idempotency.retention_s:
-                    index.restore(final.idempotency_key, final.body_hash, final.result, now - age_s)
             try:
                 table = await anyio.to_thread.run_sync(
                     load_table, cfg.routes, cfg.routing.table, self.adapters)
@@ -281,30 +283,19 @@ class SwitchApp:
                     if cfg.routing.table is not None and cfg.routing.reload_check_s > 0:
                         services.start_soon(self._watch_routes, router, cfg.routing.table,
                                             cfg.routing.reload_check_s)
-                    for advice in recovered.pending_advices:
-                        target = router.target(advice.payment)
-                        standin.queue_advice(advice.payment, advice.result, target.endpoints,
-                                             advice.body_hash)
-                    for unfinished in recovered.unfinished:
-                        # Mark as pending in the index so a client retry waits for the answer.
-                        index.begin(unfinished.payment.idempotency_key, unfinished.body_hash, now)
-                        try:
-                            target = router.target(unfinished.payment)
-                            route = router.route(_resolve_endpoint(unfinished, target), target)
-                        except NoRoute:
-                            log.error("no route to resolve an unfinished payment",
-                                      extra={"payment_id": unfinished.payment.payment_id})
-                            continue
-                        resolver.submit(unfinished.payment, unfinished.body_hash, route)
-                        engine.core.recovered(unfinished.payment.idempotency_key,
-                                              unfinished.payment.payment_id, route.network)
-                        self.metrics.recovered.inc()
+                    recover(recovered, index=index, resolver=resolver, standin=standin,
+                            router=router, metrics=self.metrics, now=clock.now(),
+                            wall_us=clock.wall_us(), retention_s=cfg.idempotency.retention_s,
+                            resolve_endpoint=_resolve_endpoint,
+                            on_recovered=lambda p, route: engine.core.recovered(
+                                p.idempotency_key, p.payment_id, route.network))
                     admin_port = 0
                     if cfg.admin.enabled:
                         sock = bind_socket(cfg.admin.host, cfg.admin.port)
                         admin_port = sock.getsockname()[1]
                         app = build_app(self.metrics.registry, self.readiness,
-                                        self.reload_routes)
+                                        self.reload_routes, auth=cfg.admin.auth,
+                                        audit_log=audit_log_path(cfg))
                         # In the outer group, stopped by its own trigger after the drain:
                         # /readyz keeps answering "draining" while payments finish, and
                         # Hypercorn is never cancelled mid-shutdown.
@@ -360,7 +351,7 @@ class SwitchApp:
             db.close()
 
 
-def _resolve_endpoint(unfinished: UnfinishedPayment, target: Target) -> str:
+def _resolve_endpoint(payment: Payment, target: Target) -> str:
     """The endpoint an unfinished payment was sent to: the reversal must go to the same
     issuer network. The intent does not record it, so take the target's first endpoint;
     card endpoints of one scheme share the issuers' books, and the resolver retries."""

@@ -8,6 +8,9 @@ starts with a silently ignored setting is worse than one that refuses to start.
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -29,6 +32,7 @@ from switch.payment.standin import StandInConfig
 from switch.protocols.framing import MAX_FRAME_BYTES_CEILING
 from switch.routing.resilience import ResilienceConfig
 from switch.routing.router import ChannelRoute
+from switch.serve.http import AdminAuthConfig
 from switch.tomlio import convert, parse_toml, read_text
 
 
@@ -84,6 +88,9 @@ class AdminConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     host: str = "127.0.0.1"
     #: Admin HTTP port (dashboards/prometheus/prometheus.yml scrapes 7180); 0 picks one.
     port: Port = 7180
+    #: Bearer tokens (operator, auditor) for the admin API and its audit log; the audit
+    #: log defaults to admin-audit.jsonl beside the journal. See docs/security.md.
+    auth: AdminAuthConfig = msgspec.field(default_factory=AdminAuthConfig)
 
 
 class Iso8583DoorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -137,6 +144,9 @@ class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     commit_window_s: Annotated[float, msgspec.Meta(ge=0, le=0.05)] = 0.0
     #: Records waiting for the writer; past this, new payments are shed as overloaded.
     max_pending: Annotated[int, msgspec.Meta(ge=1, le=4_000_000)] = 262144
+    #: ``payswitch serve`` refuses to start with less free space than this (MiB) on the
+    #: journal's filesystem: a journal that cannot commit stops the switch (fail-stop).
+    min_free_mb: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 64
 
 
 class IdempotencyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -158,13 +168,30 @@ class RoutingConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     reload_check_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
 
 
-class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Secrets."""
+#: Bounds on a token key, in characters.
+TOKEN_KEY_MIN, TOKEN_KEY_MAX = 16, 1024
+#: Where ``payswitch serve --demo`` keeps the random key it generates: beside the journal,
+#: so a work dir keeps one key across restarts (idempotency and tokens stay stable).
+DEMO_KEY_NAME = "token.key"
 
-    #: Key for PAN tokens and idempotency body hashes. The default is for demos only.
-    token_key: Annotated[str, msgspec.Meta(min_length=16, max_length=128)] = (
-        "payswitch-demo-key-change-me"
+
+class SecurityConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the token key comes from. The key itself never lives in a config file.
+
+    The token key makes PAN tokens and idempotency body hashes (keyed BLAKE2b). Anyone
+    holding it can recover a PAN from its token by trying the ~10^9 PANs of a BIN and last
+    four, so it is read from a file (``token_key_file``, first) or from the environment
+    variable named by ``token_key_env``. See docs/security.md for rotation.
+    """
+
+    #: A file holding the key (16-1,024 characters; readable by the switch's user only).
+    token_key_file: str | None = None
+    #: The environment variable holding the key when no file is named.
+    token_key_env: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] = (
+        "PAYSWITCH_TOKEN_KEY"
     )
+    #: Filled in at start from the file or the variable; setting it in a file is refused.
+    token_key: str = ""
 
 
 class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -246,7 +273,15 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
 
 
 def parse_config(text: str, source: str = "<config>") -> SwitchConfig:
-    cfg = convert(parse_toml(text, source, ConfigError), SwitchConfig, source, ConfigError)
+    raw = parse_toml(text, source, ConfigError)
+    security = raw.get("security")
+    if isinstance(security, dict) and "token_key" in security:
+        raise ConfigError(
+            f"{source}: security.token_key: a key never lives in a config file; put it in "
+            "the file named by security.token_key_file or in the environment variable "
+            "named by security.token_key_env (default PAYSWITCH_TOKEN_KEY)"
+        )
+    cfg = convert(raw, SwitchConfig, source, ConfigError)
     try:
         _check_cross_references(cfg)
     except ConfigError as exc:
@@ -268,3 +303,85 @@ def with_defaults(cfg: SwitchConfig) -> SwitchConfig:
     ]
     routes = [ChannelRoute(channel=ch, network=f"standin-{ch}") for ch in CHANNELS]
     return msgspec.structs.replace(cfg, networks=networks, routes=routes)
+
+
+def check_free_space(
+    cfg: SwitchConfig, statvfs: Callable[[str], os.statvfs_result] = os.statvfs
+) -> None:
+    """Refuse (ConfigError, one line) when the journal's filesystem is (nearly) full."""
+    directory = Path(cfg.journal.path).resolve().parent
+    probe = directory
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # the journal's directory is created at start
+    try:
+        st = statvfs(str(probe))
+    except OSError as exc:
+        raise ConfigError(f"journal.path: cannot inspect {probe}: {exc.strerror}") from None
+    free_mb = st.f_bavail * st.f_frsize / 2**20
+    if free_mb < cfg.journal.min_free_mb:
+        raise ConfigError(
+            f"journal.path: {directory} has {free_mb:.1f} MiB free, below "
+            f"journal.min_free_mb={cfg.journal.min_free_mb}: the journal could not commit "
+            "(database or disk is full); free space or move the journal"
+        )
+
+
+def audit_log_path(cfg: SwitchConfig) -> Path:
+    """Where the switch's admin audit log goes: configured, or beside the journal."""
+    return Path(cfg.admin.auth.audit_log or Path(cfg.journal.path).parent / "admin-audit.jsonl")
+
+
+def resolve_token_key(
+    cfg: SwitchConfig, *, demo: bool = False, environ: Mapping[str, str] | None = None
+) -> SwitchConfig:
+    """``cfg`` with its token key read from ``security.token_key_file`` or the environment.
+
+    Without either, a switch refuses to start (ConfigError, one line) unless ``demo``:
+    then a random key is generated once per work dir, in ``token.key`` beside the journal
+    (mode 0600), and reused by later starts of the same work dir.
+    """
+    sec = cfg.security
+    env = os.environ if environ is None else environ
+    if sec.token_key_file is not None:
+        path = Path(sec.token_key_file)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"security.token_key_file: cannot read {path}: {reason}") from None
+        source = f"security.token_key_file ({path})"
+    elif env.get(sec.token_key_env):
+        key = env[sec.token_key_env].strip()
+        source = f"${sec.token_key_env}"
+    elif demo:
+        path = Path(cfg.journal.path).parent / DEMO_KEY_NAME
+        key = _demo_key(path)
+        source = f"demo key {path}"
+    else:
+        raise ConfigError(
+            f"security: no token key: set ${sec.token_key_env} or security.token_key_file "
+            "(or run with --demo for a throwaway key)"
+        )
+    if not TOKEN_KEY_MIN <= len(key) <= TOKEN_KEY_MAX:
+        raise ConfigError(
+            f"{source}: the token key must be {TOKEN_KEY_MIN}..{TOKEN_KEY_MAX} characters, "
+            f"got {len(key)}"
+        )
+    return msgspec.structs.replace(cfg, security=msgspec.structs.replace(sec, token_key=key))
+
+
+def _demo_key(path: Path) -> str:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"demo key {path}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"demo key {path}: cannot create: {exc.strerror}") from None
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key

@@ -31,6 +31,7 @@ import anyio.abc
 from switch.adapters.base import ChannelAdapter, NetworkReply, NotSent, SendsWithoutWaiting
 from switch.clock import Clock, backend_clock
 from switch.journal import Journal
+from switch.journal.records import from_row
 from switch.model import Payment, PaymentRequest
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore, Rejected, Submitted
@@ -55,7 +56,8 @@ class JournalShell:
         self._off = journal.mode == "off"
 
     def append(self, row: Row) -> object | None:
-        batch = self.journal.append(row)  # raises JournalFull / JournalFailed
+        # The core's records arrive as rows; the journal takes typed records.
+        batch = self.journal.append(from_row(row))  # raises JournalFull / JournalFailed
         if self._off:
             return None
         if batch is not self._last:

@@ -29,7 +29,7 @@ import anyio.to_thread
 import msgspec
 
 from switch import reasons
-from switch.journal import JournalFailed, JournalFull, encode_payment
+from switch.journal import JournalFailed, JournalFull, JournalRecord, OnFull
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import Rejected
@@ -176,9 +176,9 @@ class FrontCore:
             except NoRoute:
                 self._reversing.pop(pid, None)
                 return reasons.ISSUER_UNAVAILABLE
-            row = (pid, payment.idempotency_key, "intent", Status.SENT.value, digest,
-                   encode_payment(payment), pipeline.clock.wall_us())
-            await pipeline.journal.write(row)
+            # Nothing sent yet: shed on a full journal (answered 91, the acquirer repeats).
+            record = JournalRecord.intent(payment, digest, pipeline.clock.wall_us())
+            await pipeline.journal.write(record, OnFull.SHED)
         except (JournalFull, JournalFailed):
             self._reversing.pop(pid, None)
             return reasons.ISSUER_UNAVAILABLE

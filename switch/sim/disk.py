@@ -23,7 +23,8 @@ from collections.abc import Callable
 from typing import Final
 
 from switch.journal import JournalFailed, JournalFull
-from switch.journal.store import INSERT, Row
+from switch.journal.records import Row
+from switch.journal.store import INSERT
 
 #: A commit (fsync included) on a healthy disk.
 COMMIT_BASE_S: Final = 0.0003

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.harness.demo import DEMO_CONFIG, start_switch, stop_switch
+from loadtests.harness.demo import DEMO_CONFIG
+from loadtests.harness.processes import start_switch, stop_switch
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"

@@ -17,8 +17,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from loadtests.harness.demo import start_switch, stop_switch
 from loadtests.harness.iso8583_client import Iso8583Wire
+from loadtests.harness.processes import start_switch, stop_switch
 from loadtests.harness.wires import UNMATCHED, Iso8583Options
 from tests.load.conftest import ROOT, VENV_BIN
 

@@ -30,7 +30,9 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtests.harness.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
+from loadtests.harness.demo import DEMO_CONFIG
+from loadtests.harness.processes import start_channels, start_switch, stop_switch
+from switch.serve.http import admin_headers
 from tests.observability.test_dashboards import (
     DASHBOARDS,
     NAME,
@@ -48,6 +50,8 @@ ALERTS_MAY_BE_EMPTY = {
     "run)",
     "PayswitchLatencyBudgetBurn": "fires only while over 1% of payments take more than 250 ms",
     "PayswitchUnresolvedPaymentsStuck": "needs a network that stops answering status checks",
+    "PayswitchUnresolvedPaymentsEscalated": "needs a payment unknown past its channel's "
+    "resolution window (10 minutes by default)",
     "PayswitchJournalCommitSlow": "needs a slow disk: journal commit p99 over 50 ms",
     "PayswitchJournalBacklogGrowing": "needs a journal writer that cannot keep up",
     "PayswitchNoTraffic": "the test sends traffic",
@@ -60,6 +64,7 @@ ALERTS_MAY_BE_EMPTY = {
     "PayswitchStoreForwardStale": "needs an advice undelivered for 10 minutes",
     "PayswitchRetryBudgetExhausted": "needs retries denied for budget for 5 minutes; the "
     "short fault stays within the budget",
+    "PayswitchRecordQuarantined": "needs a journal record that cannot be encoded",
 }
 #: Dashboard queries allowed to return nothing, with the reason. None today: panels use
 #: `or vector(0)` where a series can legitimately be absent (e.g. ALERTS), every other
@@ -181,7 +186,8 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 def inject_faults(admin_port: int) -> None:
     for fault in FAULTS:
-        response = httpx.post(f"http://127.0.0.1:{admin_port}/faults", json=fault, timeout=5)
+        response = httpx.post(f"http://127.0.0.1:{admin_port}/faults", json=fault, timeout=5,
+                              headers=admin_headers())
         assert response.status_code == 201, response.text
 
 

@@ -19,8 +19,9 @@ import anyio
 import httpx
 import pytest
 
-from loadtests.harness.demo import DEMO_CONFIG, start_channels, start_switch, stop_switch
+from loadtests.harness.demo import DEMO_CONFIG
 from loadtests.harness.loadgen import LoadStats, OpenLoopGenerator
+from loadtests.harness.processes import start_channels, start_switch, stop_switch
 from loadtests.harness.workload import Workload
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from switch.backoffice.recon.reconcile import Record, load_network_side, load_switch_side, match
+from switch.backoffice.recon.classes import Record
+from switch.backoffice.recon.reconcile import load_switch_side, match
+from switch.backoffice.recon.sides import load_network_side
 from tests.sims.test_settlement import run_switch_over_simulators
 
 

@@ -24,6 +24,7 @@ from switch.model import PaymentRequest
 from switch.protocols.wire import ErrorReply, Reply
 from switch.serve.app import SwitchApp
 from switch.serve.config import parse_config
+from switch.serve.http import admin_headers
 from tests.payments import card_payment
 
 pytestmark = pytest.mark.anyio
@@ -310,7 +311,8 @@ async def test_hot_reload_during_load_loses_nothing(tmp_path: Path) -> None:
         # An invalid table is rejected whole; the current one stays.
         async with httpx.AsyncClient() as http:
             r.table.write_text(TABLE.format(order='"card-primary", "no-such-endpoint"'))
-            bad = await http.post(f"http://127.0.0.1:{r.admin_port}/routes/reload")
+            bad = await http.post(f"http://127.0.0.1:{r.admin_port}/routes/reload",
+                                  headers=admin_headers())
             assert bad.status_code == 422 and "no-such-endpoint" in bad.json()["detail"]
         await r.pay_many(5, 50, "after-bad")
         assert routes_of(r.replies)[-5:] == ["card-secondary"] * 5

@@ -12,24 +12,26 @@ from hypothesis import strategies as st
 
 from switch.adapters.base import NetworkReply
 from switch.fielderrors import describe_validation_error
+from switch.routing.admission import AdmissionConfig, AdmissionLimiter
 from switch.routing.breaker import BreakerConfig
-from switch.routing.resilience import (
-    AdmissionConfig,
-    AdmissionLimiter,
+from switch.routing.health import (
     Demotions,
     EndpointHealth,
     EwmaLatency,
+    SuccessWindow,
+    select_endpoints,
+)
+from switch.routing.resilience import ResilienceConfig
+from switch.routing.retry import (
     FailureKind,
-    ResilienceConfig,
     RetryBudget,
     RetryBudgetConfig,
     RetryPolicy,
-    SuccessWindow,
     classify,
     is_safe_to_retry,
-    select_endpoints,
 )
-from switch.routing.table import LeastLatency, Priority, Sticky, SuccessRate, Target, Weighted
+from switch.routing.table import Target
+from switch.routing.tablespec import LeastLatency, Priority, Sticky, SuccessRate, Weighted
 
 EPS = ("a", "b", "c")
 

@@ -12,19 +12,15 @@ from hypothesis import strategies as st
 
 from loadtests.harness.workload import _qr_payload
 from switch.model import CardRef, Party, Payment, QrRef, SwiftRef
-from switch.routing.table import (
+from switch.routing.table import RouteTable, bin_key, load_route_table, qr_guis, sticky_key
+from switch.routing.tablespec import (
     BIN_WIDTH,
     LeastLatency,
     Priority,
-    RouteTable,
     RouteTableError,
     Sticky,
     SuccessRate,
     Weighted,
-    bin_key,
-    load_route_table,
-    qr_guis,
-    sticky_key,
 )
 
 KNOWN = {"visa-a", "visa-b", "mc-a", "mc-b", "corr-1", "corr-2", "qr-1", "qr-2"}

@@ -31,6 +31,7 @@ from channels.qr import QrNetwork
 from channels.swift import SwiftNetwork
 from switch.adapters.base import NetworkReply, NotSent
 from switch.model import Payment
+from switch.serve.http import admin_headers
 from tests.sims.test_card import (
     ROOT,
     Sims,
@@ -315,7 +316,7 @@ async def test_admin_api_injects_lists_clears_and_exports_metrics() -> None:
     cfg["admin"] = {"enabled": True}
     async with running(cfg) as sims:
         base = f"http://127.0.0.1:{sims.runtime.admin_port}"
-        async with httpx.AsyncClient(base_url=base, timeout=5) as http:
+        async with httpx.AsyncClient(base_url=base, timeout=5, headers=admin_headers()) as http:
             created = await http.post("/faults", json={
                 "kind": "error_burst", "endpoint": "card", "rate": 1.0, "duration_s": 30})
             assert created.status_code == 201, created.text
@@ -361,9 +362,11 @@ def test_cli_serves_the_config_writes_the_ready_file_and_stops_on_sigterm(
         assert doc["card-primary"]["kind"] == "card" and doc["card-primary"]["port"] > 0
         fault = msgspec.json.encode({"kind": "blackhole", "endpoint": "card-primary",
                                      "duration_s": 10})
-        reply = httpx.post(f"http://127.0.0.1:{doc['admin_port']}/faults", content=fault)
+        reply = httpx.post(f"http://127.0.0.1:{doc['admin_port']}/faults", content=fault,
+                           headers=admin_headers())
         assert reply.status_code == 201
-        faults = httpx.get(f"http://127.0.0.1:{doc['admin_port']}/faults").json()["faults"]
+        faults = httpx.get(f"http://127.0.0.1:{doc['admin_port']}/faults",
+                           headers=admin_headers("auditor")).json()["faults"]
         assert faults[0]["kind"] == "blackhole"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -35,23 +35,29 @@ in them. It is counted and warned about, not listed as a break.
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import functools
-import html
 import json
 import sqlite3
-from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import numpy as np
-import pyarrow as pa
 from numpy.typing import NDArray
 
+from switch.backoffice.recon.classes import (
+    KIND_NAMES,
+    NOT_BREAKS,
+    SEVERITY,
+    SUGGESTED_ACTION,
+    Break,
+    ReconReport,
+    Record,
+)
 from switch.backoffice.recon.kernels import (
     FLAG_ADVICE_DELIVERED,
     FLAG_ADVICE_REFUSED,
@@ -64,49 +70,22 @@ from switch.backoffice.recon.kernels import (
     exact_match,
     fold_outcomes,
     group_sums,
-    hash_utf8_column,
     tolerance_match,
 )
+from switch.backoffice.recon.outputs import write_outputs
+from switch.backoffice.recon.sides import (
+    NoSettlementFiles,
+    Side,
+    load_network_side,
+    settlement_files,
+)
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
+from switch.journal import by_seq as journal_by_seq
 from switch.journal import columns as jcols
 from switch.model import Payment
 from switch.protocols import emvqr
 from switch.protocols.errors import CodecError
-from switch.protocols.settlement_files import (
-    SettlementColumns,
-    SettlementFileError,
-    read_camt053_columns,
-    read_card_clearing_columns,
-    read_qr_csv_columns,
-)
 
-#: Listed as breaks, with their action, but not "unexplained": the exit code ignores them.
-EXPLAINED: Final = frozenset({"standin_exposure", "late_settlement"})
-NOT_BREAKS: Final = frozenset(
-    {"matched", "matched_tolerance", "matched_netted", "expected_absent", "outside_files"}
-)
-SUGGESTED_ACTION: Final = {
-    "missing_at_network": "Ask the network for the record; if it never settled, reverse "
-    "or refund the payment and correct the ledger.",
-    "missing_in_switch": "Find the payment at the network; book it if legitimate, else "
-    "dispute it with the network.",
-    "amount_mismatch": "Compare amounts and fees with the network; post an adjustment for "
-    "the difference.",
-    "currency_mismatch": "Check the currency conversion at the network; correct the entry.",
-    "status_mismatch": "The network settled a payment the switch did not approve: raise "
-    "a chargeback or book it after investigation.",
-    "duplicate": "The same reference appears twice: claim the duplicate back.",
-    "orphan_reversal": "A reversal with no approved payment: ask the network which "
-    "payment it reverses.",
-    "late_settlement": "Settled in a later cycle than expected: accrue it, no money lost.",
-    "standin_exposure": "Approved in stand-in; the issuer refused the advice (recorded in "
-    "the journal): recover from the acquirer or write off, within stand-in limits.",
-}
-#: breaks.csv order: unexplained money breaks first, the explained ones last.
-SEVERITY: Final = (
-    "amount_mismatch", "currency_mismatch", "missing_in_switch", "missing_at_network",
-    "status_mismatch", "duplicate", "orphan_reversal", "standin_exposure", "late_settlement",
-)
 _STATUS: Final = {
     "approved": RecordStatus.SETTLED,
     "declined": RecordStatus.DECLINED,
@@ -115,120 +94,23 @@ _STATUS: Final = {
     "unknown": RecordStatus.PENDING,
     "sent": RecordStatus.PENDING,
 }
-_SETTLED: Final = int(RecordStatus.SETTLED)
+#: Minor -> major units per ISO numeric currency code (ordering only; unknown: 2).
+_SCALE: Final = np.full(1024, 0.01)
+for _num, _exp in CURRENCIES.values():
+    _SCALE[_num] = 10.0 ** -_exp
 _STATUS_NAME: Final = {0: "approved", 1: "declined", 2: "failed", 3: "reversed", 4: "unknown"}
-_SUFFIX_CHANNEL: Final = {".clr": "card", ".xml": "swift", ".csv": "qr"}
-_READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
-    ".clr": read_card_clearing_columns,
-    ".xml": read_camt053_columns,
-    ".csv": read_qr_csv_columns,
-}
 #: Above this many network records the exact pass runs in key partitions of about this
 #: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
-PARTITION_RECORDS: Final = 4_000_000
+PARTITION_RECORDS: Final = 1_500_000
 
 # Kind codes on the arrays: the kernels' BreakClass values, then the classes added here.
 _EXPECTED_ABSENT, _NETTED, _ORPHAN_REVERSAL, _LATE, _STANDIN, _OUTSIDE = 8, 9, 10, 11, 12, 13
-KIND_NAMES: Final = (
-    *(c.name.lower() for c in sorted(BreakClass)),
-    "expected_absent", "matched_netted", "orphan_reversal", "late_settlement",
-    "standin_exposure", "outside_files",
-)
 _NOT_BREAK_CODES: Final = np.array([name in NOT_BREAKS for name in KIND_NAMES])
-
-
-class NoSettlementFiles(SettlementFileError):
-    """The files directory holds no settlement file (.clr, .xml, .csv)."""
-
-    def __init__(self, directory: str) -> None:
-        super().__init__(directory, 0, "files",
-                         "no settlement files (.clr, .xml, .csv) found; nothing to reconcile")
-
-    def __str__(self) -> str:
-        return f"no settlement files (.clr, .xml, .csv) in {self.file}: nothing to reconcile"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    channel: str
-    reference: str
-    amount: int
-    currency: str
-    status: str
-    time_us: int
-    source: str  # payment id (switch) or file name (network)
-    #: Who the money goes to, as the network names it (QR merchant id, card/SWIFT payee):
-    #: what a netted network entry aggregates by.
-    counterparty: str = ""
-    #: The switch approved it in stand-in, on the issuer's behalf.
-    stood_in: bool = False
-    #: Stand-in advice: "" none recorded, "delivered", or "refused" (by the issuer).
-    advice: str = ""
-    #: File line (network side), 0 when unknown.
-    line: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Break:
-    kind: str
-    switch: Record | None
-    network: Record | None
-    action: str
-
-    def at_stake(self) -> int:
-        """Minor units at stake: the difference of an amount break, else the amount."""
-        s, n = self.switch, self.network
-        if self.kind == "amount_mismatch" and s is not None and n is not None:
-            return abs(s.amount - n.amount)
-        side = s or n
-        return abs(side.amount) if side is not None else 0
-
-
-@dataclass
-class ReconReport:
-    switch_records: int
-    network_records: int
-    counts: dict[str, int]
-    amounts: dict[str, dict[str, int]]  # class -> currency -> minor units
-    breaks: list[Break]
-    warnings: list[str] = field(default_factory=list)
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @property
-    def unexplained(self) -> int:
-        """Breaks nobody can account for yet; stand-in exposure (issuer refusal on
-        record) and late settlement are listed but explained."""
-        return sum(1 for b in self.breaks if b.kind not in EXPLAINED)
+_RANK: Final = np.array([SEVERITY.index(n) if n in SEVERITY else len(SEVERITY)
+                         for n in KIND_NAMES], np.int64)
 
 
 # ------------------------------------------------------------------------- both sides
-
-
-@dataclass
-class Side:
-    """One side as columns. ``channel`` 1 card, 2 swift, 3 qr (journal.columns codes)."""
-
-    key: NDArray[np.int64]
-    amount: NDArray[np.int64]
-    currency: NDArray[np.int16]
-    status: NDArray[np.int8]
-    time_us: NDArray[np.int64]
-    channel: NDArray[np.int8]
-    #: Switch: FLAG_* bits. Network: zeros.
-    flags: NDArray[np.int8]
-    #: Builds the Records of entries ``idx`` (only ever called for breaks and netting).
-    records: Callable[[NDArray[np.int64]], list[Record]]
-    #: Counterparties of entries (netting only).
-    counterparties: Callable[[NDArray[np.int64]], list[str]]
-
-    def __len__(self) -> int:
-        return int(self.key.shape[0])
-
-
-def _empty_side() -> Side:
-    z = np.zeros(0, np.int64)
-    return Side(z, z, z.astype(np.int16), z.astype(np.int8), z, z.astype(np.int8),
-                z.astype(np.int8), lambda idx: [], lambda idx: [])
 
 
 def _side_from_records(records: Sequence[Record]) -> Side:
@@ -261,14 +143,16 @@ def load_switch_side(journal: Path) -> Side:
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, check_same_thread=False)
     cols = jcols.read_columns(db)
     it, out = cols.intents, cols.outcomes
+    del cols
     status, time_us, flags, _ = fold_outcomes(
-        it["pid"], it["time_us"], out["pid"], out["time_us"], out["status"], out["kind"],
+        it.pop("pid"), it["time_us"], out["pid"], out["time_us"], out["status"], out["kind"],
         out["flags"], int(RecordStatus.PENDING))
+    del out  # the outcomes are folded: drop them before anything else is allocated
     keep = (flags & FLAG_DUPLICATE_INTENT) == 0
     if not keep.all():
-        it, status, time_us, flags = it[keep], status[keep], time_us[keep], flags[keep]
-    del out, cols
-    seq = np.ascontiguousarray(it["seq"])
+        it = {name: arr[keep] for name, arr in it.items()}
+        status, time_us, flags = status[keep], time_us[keep], flags[keep]
+    seq = it["seq"]
     memo: dict[int, Record] = {}
 
     def records(idx: NDArray[np.int64]) -> list[Record]:
@@ -277,37 +161,49 @@ def load_switch_side(journal: Path) -> Side:
             memo.update(zip(todo.tolist(), _switch_records(db, side, seq, todo), strict=True))
         return [memo[i] for i in idx.tolist()]
 
-    side = Side(
-        np.ascontiguousarray(it["ref"]), np.ascontiguousarray(it["amount"]),
-        np.ascontiguousarray(it["currency"]), status, time_us,
-        np.ascontiguousarray(it["channel"]), flags,
-        records, lambda idx: [r.counterparty for r in records(idx)],
+    side = Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
+        records, lambda idx: _switch_counterparties(db, seq, idx),
     )
     return side
 
 
+def _intents_by_seq(db: sqlite3.Connection, wanted: list[int], full: bool) -> dict[int, Any]:
+    decoder = _payment_decoder if full else _light_decoder
+    # Through the journal's reader: a payment past the idempotency window is archived.
+    return {s: decoder.decode(r.body) for s, r in journal_by_seq(db, wanted).items()}
+
+
 def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
                     idx: NDArray[np.int64]) -> list[Record]:
-    """Records of switch entries ``idx``: strings from their intents, the rest from columns."""
-    wanted = [int(s) for s in seq[idx].tolist()]
-    payments: dict[int, Payment] = {}
-    for start in range(0, len(wanted), 900):
-        chunk = wanted[start:start + 900]
-        marks = ",".join("?" * len(chunk))
-        for s, record in db.execute(
-                f"SELECT seq, record FROM journal WHERE seq IN ({marks})", chunk):
-            payments[int(s)] = msgspec.msgpack.decode(record, type=Payment)
+    """Records of switch entries ``idx``: strings from their intents (a light decode of
+    the fields a break shows), the rest from the columns."""
+    wanted = seq[idx].tolist()
+    payments = _intents_by_seq(db, wanted, full=False)
+    status = side.status[idx].tolist()
+    times = side.time_us[idx].tolist()
+    flags = side.flags[idx].tolist()
+    names = _STATUS_NAME
     out = []
-    for i, s in zip(idx.tolist(), wanted, strict=True):
+    for s, st, t, f in zip(wanted, status, times, flags, strict=True):
         p = payments[s]
-        f = int(side.flags[i])
         advice = ("refused" if f & FLAG_ADVICE_REFUSED else
                   "delivered" if f & FLAG_ADVICE_DELIVERED else "")
-        out.append(Record(
-            p.channel, _reference(p), p.amount, p.currency,
-            _STATUS_NAME.get(int(side.status[i]), "unknown"), int(side.time_us[i]),
-            p.payment_id, _counterparty(p), bool(f & FLAG_STOOD_IN), advice))
+        ref = (p.card.rrn if p.card is not None else p.swift.uetr if p.swift is not None
+               else (p.qr.qr_reference if p.qr is not None else "") or p.payment_id)
+        out.append(Record(p.channel, ref, p.amount, p.currency, names.get(st, "unknown"), t,
+                          p.payment_id, "", bool(f & FLAG_STOOD_IN), advice))
     return out
+
+
+def _switch_counterparties(db: sqlite3.Connection, seq: NDArray[np.int64],
+                           idx: NDArray[np.int64]) -> list[str]:
+    wanted = seq[idx].tolist()
+    payments = _intents_by_seq(db, wanted, full=True)
+    return [_counterparty(payments[s]) for s in wanted]
+
+
+_payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
+_light_decoder: Final = msgspec.msgpack.Decoder(jcols._Intent)
 
 
 def _counterparty(payment: Payment) -> str:
@@ -342,90 +238,6 @@ def _reference(payment: Payment) -> str:
 # ----------------------------------------------------------------------- network side
 
 
-@dataclass
-class _File:
-    path: Path
-    channel: str
-    cols: SettlementColumns
-    start: int  # index of its first record on the network side
-
-
-def settlement_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in _READERS and p.is_file())
-
-
-def load_network_side(directory: Path,
-                      on_file: Callable[[Path, int], None] | None = None) -> Side:
-    """Every record of every settlement file in ``directory``, as columns.
-
-    ``on_file(path, records)`` is called after each file (progress). Raises
-    :class:`NoSettlementFiles` when there is none, SettlementFileError on a bad file.
-    """
-    paths = settlement_files(directory)
-    if not paths:
-        raise NoSettlementFiles(str(directory))
-    files: list[_File] = []
-    keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
-    n = 0
-    for path in paths:
-        cols = _READERS[path.suffix](path.read_bytes(), str(path))
-        channel = _SUFFIX_CHANNEL[path.suffix]
-        code = jcols.CHANNEL_CODE[channel]
-        ref = cols.reference
-        offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
-        data = ref.buffers()[2]
-        keys.append(hash_utf8_column(
-            np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
-            offsets, code))
-        amounts.append(cols.amount)
-        currencies.append(cols.currency)
-        statuses.append(cols.status)
-        times.append(cols.time_us)
-        channels.append(np.full(len(cols), code, np.int8))
-        if channel != "qr":  # only QR entries net by counterparty: keep the rest lean
-            cols = SettlementColumns(cols.reference, pa.array([], pa.large_string()),
-                                     cols.amount[:0], cols.currency[:0], cols.status[:0],
-                                     cols.time_us[:0], cols.first_line, cols.lines)
-        files.append(_File(path, channel, cols, n))
-        n += len(keys[-1])
-        if on_file is not None:
-            on_file(path, len(keys[-1]))
-    starts = np.array([f.start for f in files], np.int64)
-    side = Side(
-        np.concatenate(keys), np.concatenate(amounts), np.concatenate(currencies),
-        np.concatenate(statuses), np.concatenate(times), np.concatenate(channels),
-        np.zeros(n, np.int8),
-        lambda idx: _network_records(side, files, starts, idx),
-        lambda idx: [r.counterparty for r in _network_records(side, files, starts, idx)],
-    )
-    return side
-
-
-def _network_records(side: Side, files: list[_File], starts: NDArray[np.int64],
-                     idx: NDArray[np.int64]) -> list[Record]:
-    """Records of network entries ``idx``: strings taken per file, in one Arrow take."""
-    if not len(idx):
-        return []
-    which = np.searchsorted(starts, idx, side="right") - 1
-    out: list[Record | None] = [None] * len(idx)
-    settled = _SETTLED
-    for k in np.unique(which).tolist():
-        f = files[k]
-        pos = np.flatnonzero(which == k)
-        local = idx[pos] - f.start
-        refs = f.cols.reference.take(pa.array(local)).to_pylist()
-        secs = (f.cols.secondary.take(pa.array(local)).to_pylist() if len(f.cols.secondary)
-                else [""] * len(local))
-        for p, j, ref, sec in zip(pos.tolist(), local.tolist(), refs, secs, strict=True):
-            i = int(idx[p])
-            out[p] = Record(f.channel, ref, int(side.amount[i]),
-                            NUMERIC_TO_ALPHA.get(int(side.currency[i]), "???"),
-                            "approved" if side.status[i] == settled else "reversed",
-                            int(side.time_us[i]), f.path.name, sec or "",
-                            line=f.cols.line_of(j))
-    return [r for r in out if r is not None]
-
-
 # ----------------------------------------------------------------------------- match
 
 
@@ -437,9 +249,13 @@ def _arrays(side: Side, idx: NDArray[np.int64] | None = None) -> RecordArrays:
                         take(side.time_us), take(side.status))
 
 
+def _partition_records() -> int:
+    return PARTITION_RECORDS  # a function, so a test can make every run partitioned
+
+
 def _exact(sw: Side, net: Side) -> ReconResult:
     """Pass 1, in key partitions when the network side is large (bounded table memory)."""
-    parts = max(1, -(-len(net) // PARTITION_RECORDS))
+    parts = max(1, -(-len(net) // _partition_records()))
     if parts == 1:
         return exact_match(_arrays(sw), _arrays(net))
     result = ReconResult(np.full(len(sw), -1, np.int64), np.full(len(sw), -1, np.int8),
@@ -572,33 +388,42 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
     tally(net_kind, net, unpaired, "network:")
     sw_breaks = np.flatnonzero(~_NOT_BREAK_CODES[sw_kind])
     net_breaks = np.flatnonzero(unpaired & ~_NOT_BREAK_CODES[net_kind])
+    # Order first, on arrays (severity, then money at stake in major units, largest
+    # first), so the Python objects are built once, already sorted.
     partners = result.switch_match[sw_breaks]
-    partner_records = iter(net.records(partners[partners >= 0]))
-    breaks: list[Break] = []
-    for i, rec, other in zip(sw_breaks.tolist(), sw.records(sw_breaks), partners.tolist(),
-                             strict=True):
-        kind = KIND_NAMES[sw_kind[i]]
-        breaks.append(Break(kind, rec, next(partner_records) if other >= 0 else None,
-                            SUGGESTED_ACTION[kind]))
-    for n, rec in zip(net_breaks.tolist(), net.records(net_breaks), strict=True):
-        kind = KIND_NAMES[net_kind[n]]
-        breaks.append(Break(kind, None, rec, SUGGESTED_ACTION[kind]))
-    rank = {k: i for i, k in enumerate(SEVERITY)}
-    scale = {c: 10.0 ** -e for c, (_, e) in CURRENCIES.items()}
-
-    def order(b: Break) -> tuple[int, float]:
-        side = b.switch or b.network
-        return (rank.get(b.kind, len(rank)),
-                -b.at_stake() * scale.get(side.currency if side else "", 0.01))
-
-    breaks.sort(key=order)
+    sw_k = sw_kind[sw_breaks].astype(np.int64)
+    stake = np.abs(sw.amount[sw_breaks]).astype(np.float64)
+    is_amount = (sw_k == BreakClass.AMOUNT_MISMATCH) & (partners >= 0)
+    stake[is_amount] = np.abs(sw.amount[sw_breaks[is_amount]]
+                              - net.amount[partners[is_amount]]).astype(np.float64)
+    stake *= _SCALE[sw.currency[sw_breaks].astype(np.int64) % 1024]
+    net_k = net_kind[net_breaks].astype(np.int64)
+    net_stake = (np.abs(net.amount[net_breaks]).astype(np.float64)
+                 * _SCALE[net.currency[net_breaks].astype(np.int64) % 1024])
+    rank = np.concatenate([_RANK[sw_k], _RANK[net_k]])
+    order = np.lexsort((-np.concatenate([stake, net_stake]), rank))
+    n_sw = len(sw_breaks)
+    sw_order = order[order < n_sw]
+    sw_records = sw.records(sw_breaks[sw_order])
+    sw_partners = partners[sw_order]
+    partner_records = net.records(sw_partners[sw_partners >= 0])
+    built: dict[int, Break] = {}
+    p = 0
+    for k, (pos, rec, other) in enumerate(zip(sw_order.tolist(), sw_records,
+                                              sw_partners.tolist(), strict=True)):
+        kind = KIND_NAMES[sw_k[pos]]
+        partner = None
+        if other >= 0:
+            partner = partner_records[p]
+            p += 1
+        built[pos] = Break(kind, rec, partner, SUGGESTED_ACTION[kind])
+        del k
+    net_order = order[order >= n_sw] - n_sw
+    for pos, rec in zip(net_order.tolist(), net.records(net_breaks[net_order]), strict=True):
+        kind = KIND_NAMES[net_k[pos]]
+        built[n_sw + pos] = Break(kind, None, rec, SUGGESTED_ACTION[kind])
+    breaks = [built[i] for i in order.tolist()]
     return ReconReport(len(sw), len(net), counts, dict(amounts), breaks, warnings)
-
-
-def _major(minor: int, b: Break) -> float:
-    side = b.switch or b.network
-    exp = CURRENCIES.get(side.currency, (0, 2))[1] if side is not None else 2
-    return float(minor / 10**exp)
 
 
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],
@@ -652,138 +477,10 @@ def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDAr
     return netted
 
 
-# ---------------------------------------------------------------------------- outputs
-
-
-def _fmt_major(minor: int, currency: str) -> str:
-    exp = CURRENCIES.get(currency, (0, 2))[1]
-    sign = "-" if minor < 0 else ""
-    whole, frac = divmod(abs(minor), 10**exp)
-    return f"{sign}{whole:,}" + (f".{frac:0{exp}d}" if exp else "")
-
-
-_CSV_HEADER: Final = [
-    "class", "explained", "channel", "reference", "amount_at_stake", "currency",
-    "switch_payment_id", "switch_amount", "switch_currency", "switch_status",
-    "network_file", "network_line", "network_amount", "network_currency", "network_status",
-    "suggested_action",
-]
-
-
-def write_outputs(
-    report: ReconReport, out_dir: Path, title: str = "payswitch reconciliation"
-) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "csv": out_dir / "breaks.csv",
-        "json": out_dir / "summary.json",
-        "html": out_dir / "summary.html",
-    }
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(_CSV_HEADER)
-        for b in report.breaks:  # already sorted: severity, then amount at stake
-            s, n = b.switch, b.network
-            any_side = s or n
-            assert any_side is not None
-            writer.writerow([
-                b.kind, "yes" if b.kind in EXPLAINED else "no", any_side.channel,
-                any_side.reference, _fmt_major(b.at_stake(), any_side.currency).replace(",", ""),
-                any_side.currency,
-                s.source if s else "", s.amount if s else "", s.currency if s else "",
-                s.status if s else "",
-                n.source if n else "", n.line if n else "", n.amount if n else "",
-                n.currency if n else "", n.status if n else "", b.action,
-            ])
-    by_class = Counter(b.kind for b in report.breaks)
-    summary = {
-        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),  # wall timestamp
-        "switch_records": report.switch_records,
-        "network_records": report.network_records,
-        "classes": report.counts,
-        "amounts_minor": report.amounts,
-        "breaks": dict(by_class),
-        "unexplained_breaks": report.unexplained,
-        "clean": report.unexplained == 0,
-        "warnings": report.warnings,
-        "phases": report.phases,
-        "first_breaks": [asdict(b) for b in report.breaks[:50]],
-    }
-    paths["json"].write_text(json.dumps(summary, indent=2))
-    paths["html"].write_text(_html(report, title))
-    return paths
-
-
-def _html(report: ReconReport, title: str) -> str:
-    esc = html.escape
-    verdict = ("reconciliation clean" if report.unexplained == 0
-               else f"{report.unexplained} unexplained breaks")
-    # Totals per class and currency (records and amounts, switch and network sides).
-    rows = []
-    for kind in KIND_NAMES:
-        count = report.counts.get(kind, 0) + report.counts.get(f"network:{kind}", 0)
-        if not count:
-            continue
-        per_ccy = report.amounts.get(kind, {})
-        amounts = "<br>".join(f"{esc(_fmt_major(a, c))} {esc(c)}"
-                              for c, a in sorted(per_ccy.items()))
-        role = ("explained break" if kind in EXPLAINED else
-                "not a break" if kind in NOT_BREAKS else "break")
-        rows.append(f"<tr class='{role.replace(' ', '-')}'><td>{esc(kind)}</td><td>{role}</td>"
-                    f"<td class=n>{count:,}</td><td class=n>{amounts}</td></tr>")
-    # Amount-weighted view: breaks per class and currency by money at stake, with a bar.
-    weights: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    for b in report.breaks:
-        side = b.switch or b.network
-        assert side is not None
-        w = weights[(b.kind, side.currency)]
-        w[0] += 1
-        w[1] += b.at_stake()
-    by_ccy: dict[str, int] = defaultdict(int)
-    for (_, ccy), (_, amt) in weights.items():
-        by_ccy[ccy] += amt
-    weighted = []
-    for (kind, ccy), (n, amt) in sorted(weights.items(), key=lambda kv: (kv[0][1], -kv[1][1])):
-        share = amt / by_ccy[ccy] if by_ccy[ccy] else 0.0
-        weighted.append(
-            f"<tr><td>{esc(ccy)}</td><td>{esc(kind)}</td><td class=n>{n:,}</td>"
-            f"<td class=n>{esc(_fmt_major(amt, ccy))}</td><td><div class=bar "
-            f"style='width:{share * 300:.0f}px'></div> {share:.1%}</td></tr>")
-    largest = []
-    for b in sorted(report.breaks, key=lambda b: -_major(b.at_stake(), b))[:25]:
-        side = b.switch or b.network
-        assert side is not None
-        largest.append(
-            f"<tr><td>{esc(b.kind)}</td><td>{esc(side.channel)}</td><td>{esc(side.reference)}"
-            f"</td><td class=n>{esc(_fmt_major(b.at_stake(), side.currency))} "
-            f"{esc(side.currency)}</td><td>{esc(b.switch.source if b.switch else '')}</td>"
-            f"<td>{esc(b.network.source if b.network else '')}</td></tr>")
-    warn = "".join(f"<p class=warn>warning: {esc(w)}</p>" for w in report.warnings)
-    return (
-        f"<!doctype html><meta charset=utf-8><title>{esc(title)}</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;"
-        "border-bottom:1px solid #ddd;text-align:left}td.n{text-align:right}"
-        ".bar{display:inline-block;height:10px;background:#c0392b}"
-        ".warn{color:#b35900;font-weight:bold}tr.break td:first-child{color:#c0392b}</style>"
-        f"<h1>{esc(title)}</h1><p><b>{esc(verdict)}</b> — {report.switch_records:,} switch "
-        f"records, {report.network_records:,} network records</p>{warn}"
-        "<h2>Totals per class and currency</h2><table><tr><th>class</th><th>role</th>"
-        f"<th>records</th><th>amount</th></tr>{''.join(rows)}</table>"
-        "<h2>Breaks by money at stake (per currency)</h2><table><tr><th>currency</th>"
-        "<th>class</th><th>breaks</th><th>at stake</th><th>share of the currency's breaks"
-        f"</th></tr>{''.join(weighted)}</table>"
-        "<h2>Largest breaks</h2><table><tr><th>class</th><th>channel</th><th>reference</th>"
-        "<th>at stake</th><th>switch payment</th><th>network file</th></tr>"
-        f"{''.join(largest)}</table>"
-        "<p>Every break is in breaks.csv with both sides and a suggested action, sorted by "
-        "severity, then money at stake.</p>"
-    )
-
-
 # ------------------------------------------------------------------ the whole command
 
 
-class Progress:
+class Progress(Protocol):
     """What :func:`run` reports while it works (the CLI draws it; tests ignore it)."""
 
     def start(self, phase: str, total: float | None) -> None:
@@ -794,6 +491,17 @@ class Progress:
 
     def done(self) -> None:
         """The current phase ended."""
+
+
+class _NoProgress:
+    def start(self, phase: str, total: float | None) -> None:
+        pass
+
+    def advance(self, amount: float) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
 
 
 @dataclass
@@ -811,7 +519,6 @@ class _Phases:
         self.progress.start(name, total)
 
     def done(self, records: int) -> None:
-        import resource
         import time
 
         wall = time.perf_counter() - self._t[0]  # bench: phase figures
@@ -819,9 +526,24 @@ class _Phases:
         self.figures[self._name] = {
             "wall_s": round(wall, 4), "cpu_s": round(cpu, 4), "records": records,
             "records_per_s": round(records / wall) if wall > 0 else 0,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
         }
         self.progress.done()
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (per address space, so a parent's peak does not leak
+    in through fork + exec as ru_maxrss does), else ru_maxrss."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
@@ -831,7 +553,7 @@ def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
 
     Raises SettlementFileError (or NoSettlementFiles) before anything is written.
     """
-    phases = _Phases(progress or Progress())
+    phases = _Phases(progress or _NoProgress())
     paths = settlement_files(files_dir)
     if not paths:
         raise NoSettlementFiles(str(files_dir))

@@ -1,0 +1,324 @@
+"""The one reader of the journal: rows back to records, records folded per payment.
+
+Everything that reads the journal -- start-up replay, the ledger, reconciliation, the money
+audit, scenario traces -- goes through :func:`fold` (or :func:`records` for a raw walk),
+so the kinds are read one way everywhere:
+
+* an ``intent`` opens a payment (its body is the ``Payment``);
+* the latest ``unknown`` or ``final`` is its outcome; a ``final`` finishes it;
+* an ``advice`` marks a stand-in approval as delivered to the issuer.
+
+Archived history (``switch.journal.archive``) is read too when the archive database is
+attached as ``archive``: its records come first (they are older, and a payment's records
+always move there together), then the live journal's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from switch.journal.records import (
+    ADVICE,
+    COLUMNS,
+    FINAL,
+    INTENT,
+    UNKNOWN,
+    JournalRecord,
+    from_row,
+)
+from switch.model import Payment, Result, Status
+
+ARCHIVE_SCHEMA = "archive"
+_payment_decoder = msgspec.msgpack.Decoder(Payment)
+_result_decoder = msgspec.msgpack.Decoder(Result)
+_SELECT = f"SELECT seq, {', '.join(COLUMNS)} FROM {{schema}}.journal"
+
+
+def archive_path(journal: str | Path) -> Path:
+    """Where the archive of the journal at ``journal`` lives: a SQLite file beside it."""
+    journal = Path(journal)
+    return journal.with_name(journal.name + ".archive")
+
+
+def has_archive(db: sqlite3.Connection) -> bool:
+    return any(name == ARCHIVE_SCHEMA for _, name, *_ in db.execute("PRAGMA database_list"))
+
+
+def attach_existing_archive(db: sqlite3.Connection) -> bool:
+    """Attach the archive of ``db``'s journal if there is one; True if attached."""
+    if has_archive(db):
+        return True
+    main = next((file for _, name, file in db.execute("PRAGMA database_list")
+                 if name == "main"), "")
+    if not main or not archive_path(main).exists():
+        return False
+    db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (str(archive_path(main)),))
+    return True
+
+
+def _rows(db: sqlite3.Connection, after_seq: int, live_only: bool) -> Iterator[tuple[
+        int, str, str, str, str, bytes, bytes, int]]:
+    """Raw rows (``seq`` first, then :data:`COLUMNS`): the one SELECT on the journal.
+
+    Archived rows first; a live row already archived (a move cut by a crash) is skipped.
+    """
+    assert after_seq >= 0
+    live = _SELECT.format(schema="main") + " WHERE seq > ?"
+    if not live_only and attach_existing_archive(db):
+        yield from db.execute(_SELECT.format(schema=ARCHIVE_SCHEMA) + " WHERE seq > ?"
+                              " ORDER BY seq", (after_seq,))
+        live += (f" AND NOT EXISTS (SELECT 1 FROM {ARCHIVE_SCHEMA}.journal AS a"
+                 " WHERE a.seq = main.journal.seq)")
+    yield from db.execute(live + " ORDER BY seq", (after_seq,))
+
+
+def records(db: sqlite3.Connection, *, after_seq: int = 0,
+            live_only: bool = False) -> Iterator[tuple[int, JournalRecord]]:
+    """Every record with its ``seq``: archived ones first, then the live journal's."""
+    for seq, pid, key, kind, status, body_hash, body, at_us in _rows(db, after_seq, live_only):
+        yield seq, from_row((pid, key, kind, status, body_hash, body, at_us))
+
+
+def by_seq(db: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, JournalRecord]:
+    """The records with these ``seq``s, live or archived (e.g. a break's intent)."""
+    out: dict[int, JournalRecord] = {}
+    schemas = ["main", ARCHIVE_SCHEMA] if attach_existing_archive(db) else ["main"]
+    for start in range(0, len(seqs), 900):  # SQLite's default bound on variables
+        chunk = list(seqs[start:start + 900])
+        marks = ",".join("?" * len(chunk))
+        for schema in schemas:
+            for seq, *row in db.execute(
+                    _SELECT.format(schema=schema) + f" WHERE seq IN ({marks})", chunk):
+                out.setdefault(seq, from_row(tuple(row)))
+    return out
+
+
+@dataclass(slots=True)
+class PaymentHistory:
+    """One payment folded from its records."""
+
+    payment_id: str
+    idempotency_key: str
+    body_hash: bytes
+    #: The intent's body, decoded on first use of :attr:`payment` (replay decodes only
+    #: the payments it needs: open ones and stand-ins owing an advice).
+    intent: bytes = b""
+    intent_at_us: int = 0
+    _payment: Payment | None = None
+    #: The latest ``unknown`` or ``final`` record and its result.
+    outcome_kind: str | None = None
+    result: Result | None = None
+    outcome_at_us: int = 0
+    finals: int = 0
+    advised: bool = False
+    #: An intent came after its final: a reversal under way (see :meth:`Fold._apply`).
+    reopened: bool = False
+
+    @property
+    def payment(self) -> Payment | None:
+        """The payment (None: declined before any intent, by risk)."""
+        if self._payment is None and self.intent:
+            self._payment = _payment_decoder.decode(self.intent)
+        return self._payment
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome_kind == FINAL
+
+    @property
+    def status(self) -> str:
+        """The latest state: the outcome's, or ``sent`` for an intent alone."""
+        return self.result.status.value if self.result is not None else Status.SENT.value
+
+    @property
+    def at_us(self) -> int:
+        """When the latest state was journaled."""
+        return self.outcome_at_us if self.result is not None else self.intent_at_us
+
+    @property
+    def awaiting_advice(self) -> bool:
+        """A stand-in approval whose 0120 advice has not reached the issuer yet."""
+        return (self.finished and self.result is not None and self.result.stood_in
+                and not self.advised)
+
+
+@dataclass
+class Fold:
+    """The journal folded per payment, in order of first record."""
+
+    payments: dict[str, PaymentHistory] = field(default_factory=dict)
+    records: int = 0
+    last_seq: int = 0
+
+    def add(self, record: JournalRecord) -> None:
+        self._apply(record.payment_id, record.idempotency_key, record.kind,
+                    record.body_hash, record.body, record.at_us)
+
+    def _apply(self, pid: str, key: str, kind: str, body_hash: bytes, body: bytes,
+               at_us: int) -> None:
+        """Apply one record: the one reading of the record kinds."""
+        history = self.payments.get(pid)
+        if history is None:
+            history = self.payments[pid] = PaymentHistory(pid, key, body_hash)
+        self.records += 1
+        if kind == INTENT:
+            history.intent = body  # decoded on first use
+            history.intent_at_us = at_us
+            # An intent after a final (a reversal re-journaled by the ISO 8583 door)
+            # reopens the payment: it must be resolved again, after a crash too.
+            history.reopened = history.outcome_kind == FINAL
+        elif kind in (FINAL, UNKNOWN):
+            if kind == UNKNOWN and history.outcome_kind == FINAL:
+                return  # a late "unknown" never reopens a finished payment
+            history.outcome_kind = kind
+            history.reopened = False
+            history.result = _result_decoder.decode(body)
+            history.outcome_at_us = at_us
+            if kind == FINAL:
+                history.finals += 1
+        elif kind == ADVICE:
+            history.advised = True
+        else:
+            raise AssertionError(f"unknown journal record kind {kind!r}")
+
+    def final_results(self) -> dict[str, Result]:
+        """The final result per idempotency key (the last one, were there two)."""
+        return {h.idempotency_key: h.result for h in self.payments.values()
+                if h.finished and h.result is not None}
+
+    def duplicates(self) -> int:
+        """Payments booked twice: an idempotency key or a payment id with two finals."""
+        by_id = sum(1 for h in self.payments.values() if h.finals > 1)
+        per_key: dict[str, int] = {}
+        for h in self.payments.values():
+            if h.finals:
+                per_key[h.idempotency_key] = per_key.get(h.idempotency_key, 0) + h.finals
+        return by_id + sum(1 for n in per_key.values() if n > 1)
+
+    def by_key(self) -> dict[str, PaymentHistory]:
+        """The latest payment per idempotency key (one per key unless the key was reused)."""
+        return {h.idempotency_key: h for h in self.payments.values()}
+
+
+def fold(db: sqlite3.Connection, *, after_seq: int = 0, live_only: bool = False) -> Fold:
+    out = Fold()
+    apply = out._apply
+    last = 0
+    for seq, pid, key, kind, _status, body_hash, body, at_us in _rows(db, after_seq,
+                                                                        live_only):
+        apply(pid, key, kind, body_hash, body, at_us)
+        last = max(last, seq)
+    out.last_seq = last
+    return out
+
+
+def fold_records(stream: Iterable[JournalRecord]) -> Fold:
+    out = Fold()
+    for record in stream:
+        out.add(record)
+    return out
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """The journal at ``path`` for reading, with its archive attached when there is one."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    archived = archive_path(path)
+    if archived.exists():
+        db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (f"file:{archived}?mode=ro",))
+    return db
+
+
+def read(path: str | Path) -> Fold:
+    """Fold the journal at ``path`` (live and archived), for offline readers."""
+    db = open_readonly(path)
+    try:
+        return fold(db)
+    finally:
+        db.close()
+
+
+def final_results(db: sqlite3.Connection) -> dict[str, Result]:
+    """The last final result per idempotency key, for audits (demo, crash tests)."""
+    return fold(db).final_results()
+
+
+def count_duplicates(db: sqlite3.Connection) -> int:
+    """Payments booked twice: an idempotency key or payment id with two final records."""
+    return fold(db).duplicates()
+
+
+# --- start-up replay --------------------------------------------------------------------
+
+
+class FinalRecord(msgspec.Struct, frozen=True):
+    idempotency_key: str
+    body_hash: bytes
+    result: Result
+    at_us: int
+
+
+class UnfinishedPayment(msgspec.Struct, frozen=True):
+    body_hash: bytes
+    payment: Payment
+    status: Status  # the last state journaled: sent or unknown
+
+
+class PendingAdvice(msgspec.Struct, frozen=True):
+    """A stand-in approval whose 0120 advice has not been delivered yet."""
+
+    body_hash: bytes
+    payment: Payment
+    result: Result
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    """What start-up learns from replaying the journal."""
+
+    finals: list[FinalRecord]
+    unfinished: list[UnfinishedPayment]
+    boot_count: int
+    records: int
+    pending_advices: list[PendingAdvice] = msgspec.field(default_factory=list)
+
+
+def recovered_from(folded: Fold, boot_count: int) -> Recovered:
+    finals: list[FinalRecord] = []
+    unfinished: list[UnfinishedPayment] = []
+    advices: list[PendingAdvice] = []
+    for h in folded.payments.values():
+        if h.finished:
+            assert h.result is not None
+            finals.append(FinalRecord(h.idempotency_key, h.body_hash, h.result,
+                                      h.outcome_at_us))
+            if h.awaiting_advice and h.payment is not None:
+                advices.append(PendingAdvice(h.body_hash, h.payment, h.result))
+        if (not h.finished or h.reopened) and h.payment is not None:
+            status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
+            unfinished.append(UnfinishedPayment(h.body_hash, h.payment, status))
+    # Oldest first, so the idempotency index restores (and evicts) in age order.
+    finals.sort(key=lambda f: f.at_us)
+    return Recovered(finals, unfinished, boot_count, folded.records, advices)
+
+
+def next_boot(db: sqlite3.Connection) -> int:
+    """Count this boot in the journal's meta table."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'boot_count'").fetchone()
+    boot_count = (int(row[0]) if row else 0) + 1
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('boot_count', ?)"
+        " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (str(boot_count),),
+    )
+    return boot_count
+
+
+def replay(db: sqlite3.Connection) -> Recovered:
+    """Rebuild state from the live journal (archived payments are finished and outside
+    the idempotency window, so start-up never reads them), and count this boot."""
+    folded = fold(db, live_only=True)
+    return recovered_from(folded, next_boot(db))

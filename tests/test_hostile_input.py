@@ -1,0 +1,94 @@
+"""Hostile and unlucky input against a running switch (issue 11, defects 1-3).
+
+Each test sends what once ended the process and then checks the same connection (or a
+new one) is still served.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import msgspec
+import pytest
+
+from loadtests.harness.client import SwitchClient
+from switch.adapters.fakenet import StandInNetwork
+from switch.journal import encode_payment, encode_result, open_database
+from switch.journal.store import INSERT
+from switch.model import Result, Status
+from switch.protocols.wire import ErrorReply, Reply, frame
+from tests.conftest import RunningSwitch, make_config, start_switch
+from tests.payments import card_payment
+from tests.test_validation_codecs import _unencodable_payment, with_card
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_deeply_nested_frame_is_refused_and_the_connection_stays_usable(
+    running_switch: RunningSwitch,
+) -> None:
+    port = running_switch.endpoints.port
+    async with SwitchClient.connect("127.0.0.1", port) as client:
+        await client.send_raw(frame(b"\x91" * 1000 + b"\xc0"))
+        await client.send_raw(frame(b"\x81\xa1x" + b"\x91" * 50_000 + b"\xc0"))
+        reply = await client.pay(card_payment("after-deep-nesting"))
+        assert isinstance(reply, Reply), reply
+    with anyio.fail_after(5):
+        async with SwitchClient.connect("127.0.0.1", port) as again:
+            assert not isinstance(await again.ping(), ErrorReply)
+
+
+async def test_unicode_digits_in_a_card_payment_are_refused_not_fatal(
+    running_switch: RunningSwitch,
+) -> None:
+    async with SwitchClient.connect("127.0.0.1", running_switch.endpoints.port) as client:
+        for i, fields in enumerate([{"expiry": "28¹²"}, {"expiry": "٢٨١٢"}, {"mcc": "٥٩٩٩"},
+                                    {"terminal_id": "TÉRM0001"}, {"merchant_id": "MÜ"}]):
+            request = with_card(**fields)
+            reply = await client.pay(msgspec.structs.replace(request, idempotency_key=f"u{i}"))
+            assert isinstance(reply, ErrorReply) and reply.code == "invalid", reply
+            assert reply.message.startswith(f"payment.card.{next(iter(fields))}:")
+        reply = await client.pay(card_payment("after-unicode"))
+        assert isinstance(reply, Reply), reply
+
+
+async def test_a_poison_advice_in_the_journal_is_quarantined_and_the_switch_serves(
+    tmp_path: Path,
+) -> None:
+    """A stood-in approval whose 0120 cannot be encoded (journaled before validation got
+    strict) ended the switch 0.8 s after every start. Now it is quarantined, counted, and
+    the switch keeps serving."""
+    from tests.sims.test_card import config, network, running
+
+    poison = msgspec.structs.replace(
+        _unencodable_payment(), payment_id="P0-1", idempotency_key="poison-1")
+    result = Result("P0-1", Status.APPROVED, "00", "S12345", "card", stood_in=True)
+    db = open_database(tmp_path / "journal.db", "group")
+    with db:
+        for kind, record in (("intent", encode_payment(poison)), ("final", encode_result(result))):
+            db.execute(INSERT, ("P0-1", "poison-1", kind, "approved", b"h" * 16, record, 1))
+    db.close()
+    routes = "".join(f'[[networks]]\nname = "{ch}"\nchannel = "{ch}"\n'
+                     f'[[routes]]\nchannel = "{ch}"\nnetwork = "{ch}"\ntimeout_s = 1.0\n'
+                     for ch in ("card", "swift", "qr"))
+    async with running(config(network("card", "card"))) as sims, \
+            anyio.create_task_group() as tg:
+        cfg = make_config(tmp_path, routes)
+        adapters: dict[str, object] = {n.name: StandInNetwork(n) for n in cfg.networks}
+        adapters["card"] = sims.adapters["card"]
+        switch = await start_switch(tg, cfg, adapters)
+        standin = switch.app.standin
+        assert standin is not None
+        with anyio.fail_after(10):
+            while standin.quarantined == 0:
+                await anyio.sleep(0.02)
+        async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
+            reply = await client.pay(card_payment("after-poison"))
+            assert isinstance(reply, Reply) and reply.result.status == "approved", reply
+        assert switch.app.readiness() == (True, "ok")
+        metrics = switch.app.metrics.registry.get_sample_value(
+            "payswitch_quarantined_records_total", {"kind": "advice"})
+        assert metrics == 1.0
+        assert standin.pending == 0
+        switch.app.request_shutdown()

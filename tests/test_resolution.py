@@ -1,0 +1,206 @@
+"""The resolver and card stand-in against a full journal, a slow network and long outages.
+
+Regressions: issue 10 item 3 (a full journal ended ``resolver.run``/``standin.run``), issue
+11 defect 5 (card reversals queued behind QR checks sleeping their 90 s first delay) and
+defect 6 (unknowns abandoned after 8 attempts, ~11 s, with the gauge at 0).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from switch.adapters.base import NetworkReply, NotSent
+from switch.clock import Clock
+from switch.journal import Journal, JournalRecord, fold, open_database
+from switch.model import CardRef, Party, Payment, QrRef, Result, Status
+from switch.observability.metrics import SwitchMetrics
+from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.resolver import ResolutionConfig, ResolutionPolicy, Resolver
+from switch.payment.standin import StandIn, StandInConfig
+from switch.routing.router import Route
+
+pytestmark = pytest.mark.anyio
+
+
+def _payment(i: int, channel: str = "card") -> Payment:
+    refs: dict[str, Any] = {}
+    if channel == "card":
+        refs["card"] = CardRef("tok", "1111", "411111", "2812", "T1", "M1", "5999", "1", "R1")
+    else:
+        refs["qr"] = QrRef("000201", f"P1-{i}")
+    return Payment(f"P1-{i}", f"k{i}", channel, 100, "USD", Party("a"), Party("b"),  # type: ignore[arg-type]
+                   dt.datetime(2026, 1, 1, tzinfo=dt.UTC), **refs)
+
+
+@dataclass
+class FakeNetwork:
+    """Answers reversals/status checks and accepts advices; can be down for a while."""
+
+    name: str = "issuer"
+    channel: str = "card"
+    down_until: float = 0.0
+    resolved_at: dict[str, float] = field(default_factory=dict)
+    advised: list[str] = field(default_factory=list)
+    attempts: int = 0
+
+    async def resolve(self, payment: Payment) -> NetworkReply:
+        self.attempts += 1
+        now = anyio.current_time()
+        if now < self.down_until:
+            raise NotSent("down")
+        self.resolved_at[payment.payment_id] = now
+        return NetworkReply("reversed", "00")
+
+    async def advise(self, payment: Payment, ref: str) -> str:
+        self.advised.append(payment.payment_id)
+        return "00"  # the issuer's answer to the 0120
+
+
+async def _journal_with_intents(tmp_path: Path, n: int, *, max_pending: int,
+                                mode: Any = "group") -> tuple[Journal, Any]:
+    db = open_database(tmp_path / "j.db", mode)
+    journal = Journal(db, mode=mode, max_batch=4, max_pending=max_pending,
+                      metrics=SwitchMetrics())
+    return journal, db
+
+
+async def test_full_journal_during_resolution_and_stand_in_loses_nothing(
+        tmp_path: Path) -> None:
+    metrics = SwitchMetrics()
+    journal, db = await _journal_with_intents(tmp_path, 0, max_pending=8)
+    clock = Clock()
+    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+    network = FakeNetwork()
+    route = Route("issuer", network, timeout_s=1.0)  # type: ignore[arg-type]
+    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics)
+    standin = StandIn(StandInConfig(), {"issuer": network}, journal, clock, metrics,  # type: ignore[dict-item]
+                      lambda endpoint, now: True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(resolver.run)
+        tg.start_soon(standin.run)
+        # The writer is not running yet: the journal fills up with intents.
+        for i in range(8):
+            journal.append(JournalRecord.intent(_payment(100 + i), b"h", 1))
+        assert journal.pending == 8
+        for i in range(5):
+            payment = _payment(i)
+            index.begin(payment.idempotency_key, b"h", clock.now())
+            resolver.submit(payment, b"h", route)
+        for i in range(5, 10):
+            payment = _payment(i)
+            result = Result(payment.payment_id, Status.APPROVED, "00", "S12345", "issuer",
+                            stood_in=True)
+            standin.queue_advice(payment, result, ("issuer",), b"h")
+        await anyio.sleep(0.5)  # resolutions and deliveries meet the full journal
+        # Both are waiting for room (store-and-forward delivers one advice at a time),
+        # not dead: main's plain write() raised JournalFull and ended both tasks.
+        assert len(network.resolved_at) == 5 and len(network.advised) == 1
+        assert journal.committed_records == 0 and journal.pending == 8
+        tg.start_soon(journal.run)  # room at last
+        with anyio.fail_after(10):
+            while resolver.pending or standin.pending or journal.pending:
+                await anyio.sleep(0.01)
+        await journal.close()
+        tg.cancel_scope.cancel()
+    folded = fold(db)
+    finals = [h for h in folded.payments.values() if h.finished]
+    assert sorted(h.payment_id for h in finals) == [f"P1-{i}" for i in range(5)]
+    assert all(h.status == "reversed" for h in finals)
+    assert sorted(h.payment_id for h in folded.payments.values() if h.advised) == [
+        f"P1-{i}" for i in range(5, 10)]
+    assert all(index.get(f"k{i}").result is not None for i in range(5))  # type: ignore[union-attr]
+
+
+async def test_card_reversals_do_not_queue_behind_qr_checks(tmp_path: Path) -> None:
+    """16 QR checks (first allowed after 90 s) then 1 card reversal, 8 'workers': the
+    card is resolved at once, not after the QR jobs' sleeps (main: ~90 s later)."""
+    metrics = SwitchMetrics()
+    journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000)
+    clock = Clock()
+    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+    card, qr = FakeNetwork(), FakeNetwork("qr-scheme", "qr")
+    policies = ResolutionConfig(qr=ResolutionPolicy(first_after_s=90, max_attempts=3,
+                                                    within_s=7200, max_delay_s=3600))
+    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics,
+                        workers=8, policies=policies)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        tg.start_soon(resolver.run)
+        started = clock.now()
+        for i in range(16):
+            resolver.submit(_payment(i, "qr"), b"h", Route("qr-scheme", qr, 1.0))  # type: ignore[arg-type]
+        resolver.submit(_payment(99), b"h", Route("issuer", card, 1.0))  # type: ignore[arg-type]
+        with anyio.fail_after(5):
+            while "P1-99" not in card.resolved_at:
+                await anyio.sleep(0.01)
+        assert card.resolved_at["P1-99"] - started < 1.0
+        assert qr.attempts == 0  # not one QR check before its 90 s
+        assert resolver.next_due() == pytest.approx(started + 90, abs=1.0)
+        await journal.close()
+        tg.cancel_scope.cancel()
+
+
+def test_unknowns_are_retried_through_a_long_outage_then_escalated(tmp_path: Path) -> None:
+    """Under trio's mock clock: a 120 s outage is outlasted (main gave up after ~11 s);
+    a payment still unanswered after ``within_s`` is escalated and stays counted."""
+    import trio.testing
+
+    async def scenario() -> None:
+        metrics = SwitchMetrics()
+        # Mode off: a commit in a worker thread would let the mock clock jump meanwhile.
+        journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000, mode="off")
+        clock = Clock()
+        index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+        network = FakeNetwork(down_until=anyio.current_time() + 120)
+        dead = FakeNetwork("dead", down_until=float("inf"))
+        resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            tg.start_soon(resolver.run)
+            resolver.submit(_payment(1), b"h", Route("issuer", network, 1.0))  # type: ignore[arg-type]
+            resolver.submit(_payment(2), b"h", Route("dead", dead, 1.0))  # type: ignore[arg-type]
+            await anyio.sleep(60)
+            assert resolver.pending == 2 and metrics.unresolved._value.get() == 2
+            await anyio.sleep(70)
+            assert "P1-1" in network.resolved_at  # resolved within a retry of the end
+            assert resolver.pending == 1 and resolver.escalated == 0
+            await anyio.sleep(600)
+            assert resolver.pending == 1 and resolver.escalated == 1
+            assert metrics.unresolved._value.get() == 1
+            assert metrics.unresolved_escalated._value.get() == 1
+            assert dead.attempts <= 150
+            await journal.close()
+            tg.cancel_scope.cancel()
+
+    # On trio's mock clock, so the 13 minutes take milliseconds.
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_crash_recovered_payment_goes_through_unknown_to_final(tmp_path: Path) -> None:
+    metrics = SwitchMetrics()
+    journal, db = await _journal_with_intents(tmp_path, 0, max_pending=10)
+    clock = Clock()
+    index = IdempotencyIndex(retention_s=60, max_keys=10)
+    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics)
+    network = FakeNetwork()
+    with pytest.raises(AssertionError):  # only unknown (or sent, after a crash) is resolved
+        resolver.submit(_payment(1), b"h", Route("x", network, 1.0),  # type: ignore[arg-type]
+                        Status.APPROVED)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        tg.start_soon(resolver.run)
+        index.begin("k1", b"h", clock.now())
+        resolver.submit(_payment(1), b"h", Route("x", network, 1.0),  # type: ignore[arg-type]
+                        Status.SENT)
+        with anyio.fail_after(5):
+            while resolver.pending:
+                await anyio.sleep(0.01)
+        await journal.close()
+        tg.cancel_scope.cancel()
+    assert fold(db).payments["P1-1"].status == "reversed"
