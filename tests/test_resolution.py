@@ -146,6 +146,28 @@ async def test_card_reversals_do_not_queue_behind_qr_checks(tmp_path: Path) -> N
         tg.cancel_scope.cancel()
 
 
+async def test_a_recovered_payment_counts_its_first_delay_from_the_payment(
+        tmp_path: Path) -> None:
+    """Found by the simulator (seed 48): after a restart the first QR check waited 90 s
+    anew. A payment made 80 s ago is due in 10 s; one made 200 s ago at once."""
+    metrics = SwitchMetrics()
+    journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000)
+    clock = Clock()
+    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+    qr = FakeNetwork("qr-scheme", "qr")
+    policies = ResolutionConfig(qr=ResolutionPolicy(first_after_s=90, max_attempts=3,
+                                                    within_s=7200, max_delay_s=3600))
+    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics,
+                        workers=8, policies=policies)
+    route = Route("qr-scheme", qr, 1.0)  # type: ignore[arg-type]
+    now = clock.now()
+    resolver.submit(_payment(1, "qr"), b"h", route, Status.SENT, elapsed_s=80.0)
+    assert resolver.next_due() == pytest.approx(now + 10, abs=1.0)
+    resolver.submit(_payment(2, "qr"), b"h", route, Status.SENT, elapsed_s=200.0)
+    assert resolver.next_due() == pytest.approx(now, abs=1.0)
+    await journal.close()
+
+
 def test_unknowns_are_retried_through_a_long_outage_then_escalated(tmp_path: Path) -> None:
     """Under trio's mock clock: a 120 s outage is outlasted (main gave up after ~11 s);
     a payment still unanswered after ``within_s`` is escalated and stays counted."""

@@ -143,9 +143,11 @@ class Resolver:
         self._metrics.unresolved_escalated.set(self.escalated)
 
     def submit(self, payment: Payment, digest: bytes, route: Route,
-               status: Status = Status.UNKNOWN) -> None:
+               status: Status = Status.UNKNOWN, elapsed_s: float = 0.0) -> None:
         """Track ``payment`` (state ``status``: unknown, or sent if recovered after a crash)
-        until the network tells its outcome."""
+        until the network tells its outcome. ``elapsed_s``: how long ago it was made, so a
+        crash-recovered payment does not wait its channel's first delay all over again."""
+        assert elapsed_s >= 0.0, elapsed_s
         assert status in (Status.UNKNOWN, Status.SENT), status
         if payment.payment_id in self._jobs:
             return  # already being resolved
@@ -163,8 +165,9 @@ class Resolver:
         job = _Job(payment, digest, route, policy, Status.UNKNOWN, now,
                    delay=max(policy.first_after_s, 0.05))
         self._jobs[payment.payment_id] = job
-        # The network's own rule may forbid asking too early (QR: not before 90 s).
-        self._schedule(job, now + policy.first_after_s)
+        # The network's own rule may forbid asking too early (QR: not before 90 s after the
+        # payment). The simulator found restarts waiting it anew: count from the payment.
+        self._schedule(job, now + max(0.0, policy.first_after_s - elapsed_s))
         self._update_gauges()
 
     def _schedule(self, job: _Job, due: float) -> None:
@@ -295,7 +298,9 @@ def recover(
             log.error("no route to resolve an unfinished payment",
                       extra={"payment_id": unfinished.payment.payment_id})
             continue
-        resolver.submit(unfinished.payment, unfinished.body_hash, route, unfinished.status)
+        made_us = int(unfinished.payment.received_at.timestamp() * 1e6)
+        resolver.submit(unfinished.payment, unfinished.body_hash, route, unfinished.status,
+                        elapsed_s=max(0.0, (wall_us - made_us) / 1e6))
         if on_recovered is not None:  # the core answers retries of this key meanwhile
             on_recovered(unfinished.payment, route)
         metrics.recovered.inc()

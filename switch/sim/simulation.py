@@ -217,12 +217,14 @@ class SimResolver:
         now = self.sim.now
         job = _Job(payment, digest, route, policy, now, delay=max(policy.first_after_s, 0.05))
         self.jobs[payment.payment_id] = job
-        self.sim.unknown_since.setdefault(payment.payment_id, now)
+        since = self.sim.unknown_since.setdefault(payment.payment_id, now)
         if FIFO_RESOLVER_WORKERS:
             self._fifo.append(job)
             self._dispatch()
         else:
-            self.sim.push(now + policy.first_after_s, RES_DUE, self.boot, job)
+            # The first check is due first_after_s after the payment became unknown, also
+            # when a restart hands it over again (waiting the whole delay anew was bug 2).
+            self.sim.push(max(now, since + policy.first_after_s), RES_DUE, self.boot, job)
 
     def _dispatch(self) -> None:
         while self._free and self._fifo:
