@@ -82,9 +82,10 @@ class StandInNetwork:
         median_s = cfg.latency_median_ms / 1000.0
         return median_s * self._rng.lognormvariate(0.0, cfg.latency_sigma)
 
-    async def authorize(self, payment: Payment) -> NetworkReply:
-        if self.down:
-            raise NotSent(f"{self.name}: connection refused")
+    def _decide(self, payment: Payment) -> tuple[NetworkReply, float]:
+        """Draw ``payment``'s outcome and latency (in that order: a seed gives the same
+        outcomes whichever way it is sent) and book it before any delay: the network has
+        acted even if the switch times out."""
         cfg = self._config
         draw = self._rng.random()
         delay = self._latency()
@@ -94,8 +95,13 @@ class StandInNetwork:
             reply = NetworkReply("declined", reasons.DO_NOT_HONOUR)
         else:
             reply = NetworkReply("approved", reasons.APPROVED, self._reference(payment))
-        # Book before the delay: the network has acted even if the switch times out.
         self._book(payment, reply)
+        return reply, delay
+
+    async def authorize(self, payment: Payment) -> NetworkReply:
+        if self.down:
+            raise NotSent(f"{self.name}: connection refused")
+        reply, delay = self._decide(payment)
         if delay:
             await anyio.sleep(delay)
         return reply
@@ -108,16 +114,7 @@ class StandInNetwork:
         """
         if self.down:
             raise NotSent(f"{self.name}: connection refused")
-        cfg = self._config
-        draw = self._rng.random()
-        delay = self._latency()
-        if draw < cfg.error_rate:
-            reply = NetworkReply("failed", reasons.ISSUER_UNAVAILABLE)
-        elif draw < cfg.error_rate + cfg.decline_rate:
-            reply = NetworkReply("declined", reasons.DO_NOT_HONOUR)
-        else:
-            reply = NetworkReply("approved", reasons.APPROVED, self._reference(payment))
-        self._book(payment, reply)
+        reply, delay = self._decide(payment)
         self._sink = deliver
         due = self._clock() + delay
         heapq.heappush(self._due, (due, token, reply))
