@@ -29,18 +29,13 @@ import msgspec  # noqa: E402
 
 from loadtests.harness.workload import (  # noqa: E402
     SpecWorkload,
-    WorkloadSpec,
     derive_seed,
-    load_workload,
+    workload_from_env,
 )
 from switch.model import PaymentRequest  # noqa: E402
 from switch.protocols.payments_json import PaymentBody  # noqa: E402
 
-WORKLOAD: WorkloadSpec = (
-    load_workload(os.environ["PAYSWITCH_WORKLOAD"])
-    if os.environ.get("PAYSWITCH_WORKLOAD") else WorkloadSpec()
-)
-SEED = int(os.environ.get("PAYSWITCH_SEED", WORKLOAD.seed))
+WORKLOAD, SEED = workload_from_env(os.environ)
 RUN_TAG = "H" + format((int(time.time() * 1000) + os.getpid()) % 36**5, "x")
 _numbers = itertools.count()
 _encode = msgspec.json.Encoder().encode

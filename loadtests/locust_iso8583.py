@@ -42,17 +42,12 @@ from loadtests.harness.iso8583_client import Iso8583Wire, classify  # noqa: E402
 from loadtests.harness.wires import Iso8583Options  # noqa: E402
 from loadtests.harness.workload import (  # noqa: E402
     SpecWorkload,
-    WorkloadSpec,
     derive_seed,
-    load_workload,
+    workload_from_env,
 )
 from switch.model import PaymentRequest  # noqa: E402
 
-WORKLOAD: WorkloadSpec = (
-    load_workload(os.environ["PAYSWITCH_WORKLOAD"])
-    if os.environ.get("PAYSWITCH_WORKLOAD") else WorkloadSpec()
-)
-SEED = int(os.environ.get("PAYSWITCH_SEED", WORKLOAD.seed))
+WORKLOAD, SEED = workload_from_env(os.environ)
 TIMEOUT_S = float(os.environ.get("PAYSWITCH_TIMEOUT_S", "10"))
 OPTIONS = Iso8583Options(
     bitmap="binary" if os.environ.get("PAYSWITCH_ISO_BITMAP") == "binary" else "ascii",

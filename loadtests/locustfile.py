@@ -54,9 +54,8 @@ import msgspec  # noqa: E402
 
 from loadtests.harness.workload import (  # noqa: E402
     SpecWorkload,
-    WorkloadSpec,
     derive_seed,
-    load_workload,
+    workload_from_env,
 )
 from switch.model import Channel, PaymentRequest  # noqa: E402
 from switch.protocols.wire import ErrorReply, Pay, Reply, decode_response  # noqa: E402
@@ -65,12 +64,7 @@ _HEADER = struct.Struct(">I")
 _encode = msgspec.msgpack.Encoder().encode
 MAX_FRAME = 1 << 20
 
-WORKLOAD: WorkloadSpec = (
-    load_workload(os.environ["PAYSWITCH_WORKLOAD"])
-    if os.environ.get("PAYSWITCH_WORKLOAD")
-    else WorkloadSpec()
-)
-SEED = int(os.environ.get("PAYSWITCH_SEED", WORKLOAD.seed))
+WORKLOAD, SEED = workload_from_env(os.environ)
 TIMEOUT_S = float(os.environ.get("PAYSWITCH_TIMEOUT_S", "10"))
 RUN_TAG = os.environ.get("PAYSWITCH_RUN_TAG") or "K" + format(
     (int(time.time() * 1000) + os.getpid()) % 36**5, "x"

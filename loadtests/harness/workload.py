@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Generic, TypeVar
@@ -362,6 +363,14 @@ def workload_from_dict(raw: object, source: str = "<workload>") -> WorkloadSpec:
 
 def load_workload(path: str | Path) -> WorkloadSpec:
     return parse_workload(read_text(path, WorkloadError), str(path))
+
+
+def workload_from_env(environ: Mapping[str, str]) -> tuple[WorkloadSpec, int]:
+    """The workload and run seed a Locust process was given: ``PAYSWITCH_WORKLOAD`` (a TOML
+    file; default the built-in mix) and ``PAYSWITCH_SEED`` (default the workload's)."""
+    path = environ.get("PAYSWITCH_WORKLOAD")
+    spec = load_workload(path) if path else WorkloadSpec()
+    return spec, int(environ.get("PAYSWITCH_SEED", spec.seed))
 
 
 class _Weighted(Generic[T]):
