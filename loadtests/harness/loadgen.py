@@ -439,13 +439,23 @@ class OpenLoopGenerator:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def _answered(self, sent: _Outstanding, now: float) -> int:
+        """Count one answered request and record its latency, from the intended send time,
+        in its channel's histogram; returns that latency in µs (clipped to the histogram)."""
+        self._per_conn[sent.conn] -= 1
+        self.stats.replies += 1
+        latency_us = min(max(int((now - sent.intended) * 1e6), 1), HIST_MAX_US)
+        hist = self._interval_hists.get(sent.channel)
+        if hist is None:
+            hist = self._interval_hists[sent.channel] = new_histogram()
+        hist.record_value(latency_us)
+        return latency_us
+
     async def _receive(self, stream: anyio.abc.SocketStream, index: int) -> None:
         decoder = FrameDecoder(16 * 1024 * 1024)
         stats = self.stats
         outstanding = self._outstanding
-        per_conn = self._per_conn
         track = self.track_acknowledged
-        hists = self._interval_hists
         admitted = stats.admitted.record_value
         try:
             while True:
@@ -461,15 +471,9 @@ class OpenLoopGenerator:
                             if response.code == "malformed" and stats.malformed_sent:
                                 stats.planted_errors["malformed"] += 1
                         continue
-                    per_conn[sent.conn] -= 1
-                    stats.replies += 1
-                    latency_us = int((now - sent.intended) * 1e6)
-                    hist = hists.get(sent.channel)
-                    if hist is None:
-                        hist = hists[sent.channel] = new_histogram()
-                    hist.record_value(min(max(latency_us, 1), HIST_MAX_US))
+                    latency_us = self._answered(sent, now)
                     if isinstance(response, Reply):
-                        admitted(min(max(latency_us, 1), HIST_MAX_US))
+                        admitted(latency_us)
                         status = response.result.status.value
                         if response.replay:
                             # Counted once, as a replay: the payment itself was already
@@ -499,9 +503,7 @@ class OpenLoopGenerator:
         feed = self.wire.feed
         stats = self.stats
         outstanding = self._outstanding
-        per_conn = self._per_conn
         track = self.track_acknowledged
-        hists = self._interval_hists
         try:
             while True:
                 data = await stream.receive(65536)
@@ -514,13 +516,7 @@ class OpenLoopGenerator:
                         if answer.error == "malformed" and stats.malformed_sent:
                             stats.planted_errors["malformed"] += 1
                         continue
-                    per_conn[sent.conn] -= 1
-                    stats.replies += 1
-                    latency_us = int((now - sent.intended) * 1e6)
-                    hist = hists.get(sent.channel)
-                    if hist is None:
-                        hist = hists[sent.channel] = new_histogram()
-                    hist.record_value(min(max(latency_us, 1), HIST_MAX_US))
+                    self._answered(sent, now)
                     status = answer.status
                     if status is None:
                         stats.errors[answer.error or "error"] += 1
