@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -108,6 +108,10 @@ class CardScheme:
         self.approvals = 0
         self.declines = 0
         self.reversals = 0
+        #: Keys of authorizations reversed since the settlement writer last looked, so it
+        #: can report the reversal of one it already cleared without scanning the book.
+        #: Bounded like the book: with no writer draining it, the oldest fall off.
+        self.reversed_keys: deque[HoldKey] = deque(maxlen=spec.max_records)
         self.reversals_unknown = 0
         self.duplicates_rejected = 0
         self.advices = 0
@@ -281,6 +285,7 @@ class CardScheme:
                 acct.balance += record.amount
             record.state = "reversed"
             self.reversals += 1
+            self.reversed_keys.append(key)
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
 
     def advice(self, msg: iso8583.IsoMessage) -> iso8583.IsoMessage:

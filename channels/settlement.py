@@ -1,13 +1,17 @@
 """Settlement files: at every cut-off each simulator writes what its real counterpart sends.
 
 * card scheme  -> ``<scheme>-<cycle>.clr``  clearing records of authorizations still
-  standing at the cut-off (reversed ones are not cleared);
+  standing at the cut-off (reversed ones are not cleared), and a ``reversed`` record for
+  an authorization cleared in an earlier cycle and reversed since (a reversal that
+  lands just after a cut: reconciliation pairs the two, see
+  :func:`switch.backoffice.recon.reconcile.match`);
 * SWIFT network -> ``<network>-<cycle>.xml``  a camt.053 statement of payments settled
   (ACSC) in the cycle;
 * QR scheme    -> ``<network>-<cycle>.csv``  approved payments of the cycle, one row each,
   or (``net_qr_by_merchant``) one netted row per merchant and currency.
 
-Each record is written once, in the cycle it became final. With ``discrepancy_rate`` > 0
+Each record is written once, in the cycle it became final (a cleared card authorization
+may be followed by one ``reversed`` record). With ``discrepancy_rate`` > 0
 a seeded share of records is planted wrong (missing, amount off, duplicated, unknown
 reference) and the plan is logged to ``<file>.discrepancies.json``, so reconciliation can
 be checked to find exactly what was planted. The formats are in
@@ -90,7 +94,7 @@ class SettlementWriter:
         now = anyio.current_time()
         written: list[Path] = []
         for name, scheme in self.runtime.card_schemes.items():
-            entries = []
+            entries = self._card_reversals(name, scheme, now)
             for key, record in list(scheme.records.items()):
                 if record.state != "active" or record.kind == "none":
                     continue
@@ -133,6 +137,31 @@ class SettlementWriter:
                 written.append(self._write(name, "csv", entries, now))
         self.files += written
         return written
+
+    def _card_reversals(self, name: str, scheme: CardScheme,
+                        now: float) -> list[SettlementEntry]:
+        """``reversed`` records for authorizations cleared earlier and reversed since.
+
+        The switch reverses a payment whose outcome it lost (a crash, a timeout) as soon
+        as it can; when that lands just after a cut-off, the issuer has already cleared
+        the authorization, and without this record its files would say "settled"
+        forever while its book says reversed.
+        """
+        out: list[SettlementEntry] = []
+        reversed_keys = scheme.reversed_keys
+        for _ in range(len(reversed_keys)):
+            key = reversed_keys.popleft()
+            record = scheme.records.get(key)
+            # Not cleared yet: the loop below skips it (reversed records are not cleared).
+            if record is None or (name, key) not in self._written:
+                continue
+            currency = NUMERIC_TO_ALPHA.get(int(record.currency or "0"))
+            if currency is None:
+                continue  # never cleared either: logged when it was skipped
+            assert record.state == "reversed", "only a reversal is queued"
+            out.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
+                                       currency, "reversed", self._wall_us(now)))
+        return out
 
     def _net(self, entries: list[SettlementEntry], now: float) -> list[SettlementEntry]:
         totals: dict[tuple[str, str], int] = {}

@@ -45,7 +45,7 @@ def channels_config(out_dir: Path, discrepancy_rate: float = 0.0, net_qr: bool =
 
 
 def read_files(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """reference -> entry, per kind, over every cycle's file."""
+    """reference -> entry still standing, per kind, over every cycle's file."""
     found: dict[str, dict[str, Any]] = {"card": {}, "swift": {}, "qr": {}}
     for path in sorted(out_dir.iterdir()):
         if path.suffix == ".clr":
@@ -60,6 +60,9 @@ def read_files(out_dir: Path) -> dict[str, dict[str, Any]]:
         else:
             continue
         for e in entries:
+            if e.status == "reversed" and e.reference in found[kind]:
+                del found[kind][e.reference]  # cleared, then reversed in a later cycle
+                continue
             assert e.reference not in found[kind], f"{e.reference} settled twice"
             found[kind][e.reference] = e
     return found

@@ -292,6 +292,42 @@ def _tolerance(sw: Side, net: Side, result: ReconResult, tol_amount: int,
     result.network_match[ln[m]] = ls[sub.network_match[m]]
 
 
+def _pair_cleared_reversals(sw: Side, net: Side, result: ReconResult) -> None:
+    """Pair a cleared-then-reversed card authorization with the switch's reversal.
+
+    A reversal that reaches the issuer just after a clearing cut-off comes as two network
+    records with one key: ``settled`` in one cycle, ``reversed`` in the next. Against a
+    switch payment that ended reversed, the pair is the match; the exact pass saw the
+    first as a status mismatch and the second as a duplicate. Only those few records are
+    looked at, and only a reversal of the same amount and currency pairs.
+    """
+    rev = int(RecordStatus.REVERSED)
+    later = np.flatnonzero((result.network_class == BreakClass.DUPLICATE)
+                           & (net.status == rev))
+    if not len(later):
+        return
+    mism = np.flatnonzero((result.switch_class == BreakClass.STATUS_MISMATCH)
+                          & (sw.status == rev))
+    partner = result.switch_match[mism]
+    cleared = net.status[partner] == int(RecordStatus.SETTLED)
+    by_key = {k: (i, j) for k, i, j in zip(net.key[partner[cleared]].tolist(),
+                                           mism[cleared].tolist(),
+                                           partner[cleared].tolist(), strict=True)}
+    for j in later.tolist():
+        hit = by_key.get(int(net.key[j]))
+        if hit is None:
+            continue
+        i, first = hit
+        if net.amount[j] != net.amount[first] or net.currency[j] != net.currency[first]:
+            continue
+        del by_key[int(net.key[j])]  # one reversal per cleared record
+        assert result.switch_match[i] == first and result.network_match[first] == i
+        result.switch_class[i] = BreakClass.MATCHED
+        result.network_class[first] = BreakClass.MATCHED
+        result.network_class[j] = BreakClass.MATCHED
+        result.network_match[j] = i
+
+
 def match(
     switch: Side | Sequence[Record],
     network: Side | Sequence[Record],
@@ -308,6 +344,7 @@ def match(
     result = _exact(sw, net) if len(sw) and len(net) else ReconResult(
         np.full(len(sw), -1, np.int64), np.full(len(sw), -1, np.int8),
         np.full(len(net), -1, np.int64), np.full(len(net), -1, np.int8))
+    _pair_cleared_reversals(sw, net, result)
     # Claim switch leftovers the network should not have (declined/failed/pending), and
     # network reversals: neither may be offered to the tolerance pass as a partner.
     expected_absent = (result.switch_class < 0) & (sw.status != settled)
