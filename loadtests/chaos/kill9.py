@@ -22,7 +22,10 @@ The audit reads the SQLite journal directly (its own SQL, not the switch's audit
   the simulators' settlement files;
 * issuer vs journal: a settled reference whose journal final is not approved;
 * stand-in approvals (the simulators are never down here: every one is "with the issuer
-  up");
+  up"). The card endpoints run without their injected 91/96 answers (``--issuer-errors``,
+  default 0): a 91 is the scheme saying the issuer is inoperative, and standing in on it
+  is legitimate stand-in processing, which the deterministic simulator checks as such.
+  Here the question is what a restart costs, so every stand-in is counted against it;
 * the longest time from a kill to the final record of a payment in flight at that kill.
 
 Exit status 0 when lost, duplicates and double bookings are all 0. ``--write`` records the
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import signal
 import sqlite3
 import sys
@@ -50,6 +54,7 @@ import msgspec
 from loadtests.harness.client import SwitchClient
 from loadtests.harness.demo import DEMO_CONFIG
 from loadtests.harness.processes import (
+    EXAMPLE_CHANNELS,
     channel_networks_toml,
     start_channels,
     start_switch,
@@ -270,11 +275,22 @@ def _settlement_entries(directory: Path) -> list[SettlementEntry]:
 
 # --------------------------------------------------------------------------- the campaign
 
+def _channels_example(base: Path, issuer_errors: float) -> Path:
+    """The example simulators, with the card endpoints' injected 91/96 rate set."""
+    text = EXAMPLE_CHANNELS.read_text()
+    text, n = re.subn(r"^technical_error_rate = .*$", f"technical_error_rate = {issuer_errors}",
+                      text, flags=re.M)
+    assert n == 2, "the example's two card endpoints each inject technical errors"
+    path = base / "channels-example.toml"
+    path.write_text(text)
+    return path
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="payswitch-kill9-"))
     base.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
-    channels, ready = start_channels(base)
+    channels, ready = start_channels(base, _channels_example(base, args.issuer_errors))
     port = free_port()
     config = base / "switch.toml"
     text = DEMO_CONFIG.format(seed=args.seed, journal=base / "journal.db", admin_port=0)
@@ -313,6 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         figures = audit(base / "journal.db", base / "settlement", c)
         figures["still_unknown_after_settle"] = still_unknown
         figures["rate"] = args.rate
+        figures["issuer_errors"] = args.issuer_errors
         figures["work_dir"] = str(base)
         return figures
     finally:
@@ -329,10 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--settle-s", type=float, default=120.0,
                         help="how long to wait for unknown outcomes to resolve at the end")
+    parser.add_argument("--issuer-errors", type=float, default=0.0,
+                        help="share of card requests the issuers answer 91/96 (example: 0.005)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = parser.parse_args(argv)
-    for name, low, high in (("kills", 1, 10_000), ("rate", 1, 20_000),
+    for name, low, high in (("kills", 1, 10_000), ("rate", 1, 20_000), ("issuer_errors", 0, 1),
                             ("connections", 1, 1024), ("settle_s", 0, 3600)):
         value = getattr(args, name)
         if not low <= value <= high:

@@ -88,6 +88,10 @@ class SwitchClient:
     async def request(self, build: Any) -> Response:
         """Send ``build(id)`` and wait for its reply. Raises ConnectionError if closed."""
         async with self._limit:
+            if self._closed:
+                # The reader has ended (the switch went away between two requests) and
+                # will never set another waiter: waiting would hang until a timeout.
+                raise ConnectionError("connection closed")
             self._next_id += 1
             request_id = self._next_id
             waiter = _Waiter()
