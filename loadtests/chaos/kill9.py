@@ -232,7 +232,7 @@ def audit(journal: Path, settlement: Path, c: Campaign) -> dict[str, Any]:
     double_booked = [ref for ref, n in settled.items() if n > 1]
     mismatch = [ref for ref, n in settled.items()
                 if n - reversed_.get(ref, 0) > 0 and ref in reference_of
-                and (finals.get(reference_of[ref]) or [("none",)])[0][0] != "approved"]
+                and _first_status(finals.get(reference_of[ref], [])) != "approved"]
     return {
         "kills": len(c.kills),
         "payments_sent": c.sent,
@@ -253,6 +253,10 @@ def audit(journal: Path, settlement: Path, c: Campaign) -> dict[str, Any]:
         "examples": {"lost": lost[:5], "duplicates": (dup_payments + dup_keys)[:5],
                      "double_booked": double_booked[:5], "mismatch": mismatch[:5]},
     }
+
+
+def _first_status(rows: list[tuple[str, dict[str, Any], int]]) -> str:
+    return rows[0][0] if rows else "none"
 
 
 def _settlement_entries(directory: Path) -> list[SettlementEntry]:
