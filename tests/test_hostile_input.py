@@ -92,3 +92,48 @@ async def test_a_poison_advice_in_the_journal_is_quarantined_and_the_switch_serv
         assert metrics == 1.0
         assert standin.pending == 0
         switch.app.request_shutdown()
+
+
+async def test_a_poison_resolution_in_the_journal_is_quarantined_not_retried(
+    tmp_path: Path,
+) -> None:
+    """A crash-recovered card payment whose 0400 cannot be encoded was retried on the
+    resolution schedule (150 attempts, each a logged traceback, for ten minutes). Now it
+    is quarantined at once: counted, handed to an operator, still unknown in the journal,
+    and the switch serves."""
+    from tests.sims.test_card import config, network, running
+
+    poison = msgspec.structs.replace(
+        _unencodable_payment(), payment_id="P0-2", idempotency_key="poison-2")
+    db = open_database(tmp_path / "journal.db", "group")
+    with db:  # sent, then the crash: no final
+        db.execute(INSERT, ("P0-2", "poison-2", "intent", "sent", b"h" * 16,
+                            encode_payment(poison), 1))
+    db.close()
+    routes = "".join(f'[[networks]]\nname = "{ch}"\nchannel = "{ch}"\n'
+                     f'[[routes]]\nchannel = "{ch}"\nnetwork = "{ch}"\ntimeout_s = 1.0\n'
+                     for ch in ("card", "swift", "qr"))
+    async with running(config(network("card", "card"))) as sims, \
+            anyio.create_task_group() as tg:
+        cfg = make_config(tmp_path, routes)
+        adapters: dict[str, object] = {n.name: StandInNetwork(n) for n in cfg.networks}
+        adapters["card"] = sims.adapters["card"]
+        switch = await start_switch(tg, cfg, adapters)
+        registry = switch.app.metrics.registry
+
+        def quarantined() -> float | None:
+            return registry.get_sample_value(
+                "payswitch_quarantined_records_total", {"kind": "resolution"})
+
+        with anyio.fail_after(10):
+            while not quarantined():
+                await anyio.sleep(0.02)
+        await anyio.sleep(0.5)  # ten times the first retry delay: none may come
+        assert quarantined() == 1.0
+        assert registry.get_sample_value("payswitch_unresolved_payments") == 1.0
+        assert registry.get_sample_value("payswitch_unresolved_escalated_payments") == 1.0
+        assert sims.adapters["card"].reversals_sent == 0  # type: ignore[attr-defined]
+        async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
+            reply = await client.pay(card_payment("after-poison-resolution"))
+            assert isinstance(reply, Reply) and reply.result.status == "approved", reply
+        switch.app.request_shutdown()

@@ -172,18 +172,19 @@ class CardAdapter(PooledAdapter):
         self._start_exchange(iso8583.match_key(request), data, token, deliver, _reply_for)
 
     async def resolve(self, payment: Payment) -> NetworkReply:
-        """Reverse the payment: 0400, then 0401 repeats; the 0410 means nothing is owed."""
-        try:
-            original = original_request(payment, self.config.acquirer_id)
-            reversal = iso8583.reversal_request(
-                original,
-                stan=self._next_stan(),
-                transmitted_at=self._wall(),
-                reason_code=reasons.RESPONSE_TOO_LATE,
-            )
-            iso8583.encode(reversal)  # a poison payment fails here, not inside the loop
-        except CodecError as exc:
-            raise NotSent(f"{self.name}: cannot build reversal: {exc}") from None
+        """Reverse the payment: 0400, then 0401 repeats; the 0410 means nothing is owed.
+
+        Raises CodecError when the reversal cannot be built or encoded: that is permanent
+        (the payment never changes), so the resolver quarantines it instead of retrying.
+        """
+        original = original_request(payment, self.config.acquirer_id)
+        reversal = iso8583.reversal_request(
+            original,
+            stan=self._next_stan(),
+            transmitted_at=self._wall(),
+            reason_code=reasons.RESPONSE_TOO_LATE,
+        )
+        iso8583.encode(reversal)  # a poison payment fails here, before the send loop
         key = iso8583.match_key(reversal)
         message = reversal
         for attempt in range(self.config.reversal_repeats + 1):

@@ -193,17 +193,14 @@ class SwiftAdapter(PooledAdapter):
 
     async def resolve(self, payment: Payment) -> NetworkReply:
         """pacs.028 status inquiry; the network's book is the answer."""
-        try:
-            ct = credit_transfer(payment, self.config.settlement_method,
-                                 self.config.charge_bearer)
-            self._inquiries += 1
-            # The inquiry is a message of its own, created now, not when the payment was.
-            request = iso20022.status_request_for(
-                ct, msg_id=f"Q{self._inquiries}-{payment.payment_id}"[:35],
-                created_at=self._now())
-            data = frame(iso20022.encode_pacs028(request))
-        except CodecError as exc:
-            raise NotSent(f"{self.name}: cannot build status request: {exc}") from None
+        # A CodecError here is permanent (the payment never changes): the resolver
+        # quarantines the payment instead of retrying it.
+        ct = credit_transfer(payment, self.config.settlement_method, self.config.charge_bearer)
+        self._inquiries += 1
+        # The inquiry is a message of its own, created now, not when the payment was.
+        request = iso20022.status_request_for(
+            ct, msg_id=f"Q{self._inquiries}-{payment.payment_id}"[:35], created_at=self._now())
+        data = frame(iso20022.encode_pacs028(request))
         return await self._ask(ct.uetr, data)
 
     async def probe(self) -> bool:

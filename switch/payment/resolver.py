@@ -16,7 +16,8 @@ Retried on the channel's schedule until resolved, or until the channel's budget
 PayswitchUnresolvedPaymentsEscalated) -- and stays counted in
 ``payswitch_unresolved_payments``; the journal still holds it as unknown, so the next
 start-up tries again. Bounded: at most ``max_queue`` payments are tracked; one past that
-is escalated at once.
+is escalated at once. A payment whose resolution cannot be built (it cannot be encoded)
+is *quarantined*: escalated at once, without retries, and counted apart.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import msgspec
 from switch.adapters.base import NetworkReply, NotSent
 from switch.journal import FINAL, JournalRecord, OnFull
 from switch.model import Payment, Result, Status, check_transition
+from switch.protocols.errors import CodecError
 from switch.routing.router import NoRoute
 
 
@@ -203,9 +205,9 @@ class Resolver:
             except NotSent as exc:
                 log.info("resolve attempt %d: %s", job.attempts + 1, exc,
                          extra={"payment_id": payment.payment_id})
-            except Exception:  # one payment's fault never ends the resolver
-                log.exception("resolve attempt %d failed", job.attempts + 1,
-                              extra={"payment_id": payment.payment_id})
+            except Exception as exc:  # one payment's fault never ends the resolver
+                self._quarantine(job, exc)
+                return
             if reply is not None:
                 await self._finish(job, reply)
             else:
@@ -233,6 +235,22 @@ class Resolver:
         log.error("unknown outcome unresolved after %d attempts in %.0f s: handed to an"
                   " operator (resolved again at the next start)", job.attempts,
                   now - job.since, extra={"payment_id": pid})
+        self._update_gauges()
+
+    def _quarantine(self, job: _Job, exc: Exception) -> None:
+        """Set aside a payment whose resolution can never be built (a CodecError: the
+        payment never changes) or hit a bug. Retrying it on the schedule would log the
+        same failure up to ``max_attempts`` times; instead it is handed to an operator at
+        once, counted in ``payswitch_quarantined_records{kind="resolution"}`` (alert). The
+        journal keeps it unknown: the next start tries once more, never blocked by it."""
+        pid = job.payment.payment_id
+        assert self._jobs.get(pid) is job and pid not in self._escalated
+        self._metrics.quarantined["resolution"].inc()
+        permanent = isinstance(exc, CodecError)
+        log.error("resolution quarantined (%s): %s; handed to an operator",
+                  "cannot be encoded" if permanent else "unexpected error", exc,
+                  exc_info=not permanent, extra={"payment_id": pid})
+        self._escalated.add(pid)
         self._update_gauges()
 
     async def _finish(self, job: _Job, reply: NetworkReply) -> None:
