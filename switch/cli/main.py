@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 
 from switch.cli.backoffice import reconcile, settle
+from switch.cli.cluster import cluster
 from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
@@ -85,6 +86,37 @@ def main() -> None:
     help="A throwaway setup: without a configured token key, generate a random one in "
     "token.key beside the journal (kept for that work dir).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Run N switch processes, one per shard of the idempotency key space, each with "
+    "its own ports (configured port + i, or free ports for 0) and journal "
+    "(shard-<i>/ under --cluster-dir); restart any that exits. See docs/cluster.md.",
+)
+@click.option(
+    "--cluster-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --workers: where the layout, Prometheus targets, logs and shard journals "
+    "go [default: the journal's directory].",
+)
+@click.option(
+    "--restart-delay",
+    type=click.FloatRange(0, 600),
+    default=1.0,
+    show_default=True,
+    help="With --workers: seconds before a worker that exited is started again.",
+)
+@click.option(
+    "--cluster",
+    "layout_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Run one worker of the cluster this layout (JSON) describes; needs --shard.",
+)
+@click.option("--shard", type=click.IntRange(0, 1023), default=None,
+              help="With --cluster: the shard this worker owns.")
 def serve(
     config_path: str | None,
     backend: str | None,
@@ -92,18 +124,41 @@ def serve(
     log_level: str,
     log_format: str,
     demo: bool,
+    workers: int | None,
+    cluster_dir: str | None,
+    restart_delay: float,
+    layout_path: str | None,
+    shard: int | None,
 ) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
     Payments are served on [server] host:port; /metrics, /healthz and /readyz on
     [admin] host:port. The token key comes from $PAYSWITCH_TOKEN_KEY or
     [security] token_key_file; without one, serve refuses to start unless --demo.
+
+    With --workers N, N worker processes share the key space by shard (docs/cluster.md);
+    put HAProxy in front of their HTTP doors with `payswitch cluster haproxy-config`.
     """
     from switch.observability import logs
 
     logs.configure(log_level, log_format)
+    if (layout_path is None) != (shard is None):
+        raise click.UsageError("--cluster and --shard go together")
+    if workers is not None and layout_path is not None:
+        raise click.UsageError("--workers starts a whole cluster; --cluster/--shard run one "
+                               "worker of a layout: choose one")
+    if workers is None and (cluster_dir is not None):
+        raise click.UsageError("--cluster-dir: only with --workers")
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
+        if layout_path is not None:
+            from switch.cluster.layout import apply, load_layout
+
+            assert shard is not None
+            config = apply(config, load_layout(layout_path), shard)
+        if workers is not None:
+            sys.exit(_serve_cluster(config, config_path, workers, cluster_dir, restart_delay,
+                                    ready_file, backend, log_level, log_format, demo))
         config = resolve_token_key(config, demo=demo)
         load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
         check_free_space(config)
@@ -148,6 +203,34 @@ def serve(
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)
+
+
+def _serve_cluster(config: SwitchConfig, config_path: str | None, workers: int,
+                   cluster_dir: str | None, restart_delay: float, ready_file: str | None,
+                   backend: str | None, log_level: str, log_format: str, demo: bool) -> int:
+    """``serve --workers N``: plan the layout, supervise the workers (switch/cluster)."""
+    from pathlib import Path
+
+    from switch.cluster.layout import apply, plan
+    from switch.cluster.supervisor import Supervisor, run
+
+    config = resolve_token_key(config, demo=demo)
+    load_tokens(config.admin.auth)
+    check_free_space(config)
+    layout = plan(config, workers, cluster_dir)
+    for w in layout.workers:
+        _refuse_busy_ports(config_path, apply(config, layout, w.shard))
+    env = dict(os.environ)
+    if config.security.token_key_file is None:
+        # One key for every shard: PAN tokens and body hashes agree across journals.
+        env[config.security.token_key_env] = config.security.token_key
+    run_dir = Path(cluster_dir) if cluster_dir else Path(config.journal.path).parent
+    args = ["--log-level", log_level, "--log-format", log_format]
+    if backend:
+        args += ["--backend", backend]
+    supervisor = Supervisor(layout, run_dir, config_path=config_path, serve_args=args, env=env,
+                            restart_delay_s=restart_delay)
+    return run(supervisor, ready_file=ready_file)
 
 
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
@@ -423,6 +506,7 @@ def scenario_list() -> None:
 
 
 main.add_command(fault)
+main.add_command(cluster)
 main.add_command(reconcile)
 main.add_command(settle)
 main.add_command(load)

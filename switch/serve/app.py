@@ -166,7 +166,7 @@ class SwitchApp:
         if cfg.http.enabled:
             sock = bind_socket(cfg.http.host, cfg.http.port)
             http_port = sock.getsockname()[1]
-            api = build_api(front, cfg.http)
+            api = build_api(front, cfg.http, cfg.cluster.map, cfg.cluster.shard)
             outer.start_soon(serve_api, api, sock, cfg.http.server, cfg.http.max_connections,
                              self._admin_stop.wait)
         return iso_port, http_port
@@ -255,7 +255,7 @@ class SwitchApp:
 
             engine = Engine(clock, journal, self.adapters, build_core)
             self.engine = engine
-            server = Server(engine, cfg.server, self.metrics)
+            server = Server(engine, cfg.server, self.metrics, cfg.cluster.map, cfg.cluster.shard)
             self.server = server
             front = FrontCore(engine, cfg.journal.path)
             log.info(
