@@ -88,6 +88,10 @@ class SwitchClient:
     async def request(self, build: Any) -> Response:
         """Send ``build(id)`` and wait for its reply. Raises ConnectionError if closed."""
         async with self._limit:
+            if self._closed:
+                # The reader is gone: nothing would ever answer (a send into a socket the
+                # peer closed can still succeed once).
+                raise ConnectionError("connection closed")
             self._next_id += 1
             request_id = self._next_id
             waiter = _Waiter()

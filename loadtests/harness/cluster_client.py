@@ -35,6 +35,8 @@ from switch.protocols.wire import (
 )
 
 MAX_REDIRECTS: Final = 3
+_GONE: Final = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                anyio.EndOfStream)
 
 
 class ClusterClient:
@@ -70,12 +72,12 @@ class ClusterClient:
 
     async def _client(self, address: str) -> SwitchClient:
         client = self._clients.get(address)
-        if client is not None:
+        if client is not None and not client._closed:
             return client
         lock = self._connecting.setdefault(address, anyio.Lock())
         async with lock:
             client = self._clients.get(address)
-            if client is None:
+            if client is None or client._closed:
                 host, port = split_address(address)
                 stream = await anyio.connect_tcp(host, port)
                 self._streams.append(stream)
@@ -104,10 +106,11 @@ class ClusterClient:
             try:
                 client = await self._client(address)
                 response: Response = await client.request(build)
-            except OSError as exc:  # ConnectionError included: refused, reset, closed
+            except _GONE as exc:  # refused, reset, closed: the owner's worker is down
                 self._forget(address)
                 return ErrorReply(None, reasons.E_UNAVAILABLE,
-                                  f"shard {shard} ({address}) is unavailable: {exc}")
+                                  f"shard {shard} ({address}) is unavailable: "
+                                  f"{exc or type(exc).__name__}")
             if not isinstance(response, Moved):
                 return response
             self.redirects += 1
