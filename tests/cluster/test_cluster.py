@@ -163,3 +163,23 @@ def test_repeated_keys_through_every_entry_point_are_booked_once(
     assert audit.duplicates_within == 0 and audit.duplicates_across == 0
     assert audit.lost_keys == [] and audit.misplaced == 0
     assert len(running_state["workers"]) == 3
+
+
+def test_workers_of_one_cluster_never_share_a_stan() -> None:
+    from switch.adapters.trace import MemoryTraceStore, ShardTraceNumbers
+
+    seen: dict[int, int] = {}
+    for shard in range(3):
+        trace = ShardTraceNumbers(MemoryTraceStore(), shard=shard, shards=3, block=50)
+        for _ in range(400_000):  # past the slice's end: it wraps inside the slice
+            n = trace.next()
+            assert seen.setdefault(n, shard) == shard, (n, shard)
+    assert len(seen) == 3 * (999_999 // 3)
+
+
+def test_payment_ids_are_numbered_apart_per_shard() -> None:
+    from switch.serve.app import _boot_identity
+
+    ids = {_boot_identity(boot, shard, 3) for boot in range(1, 50) for shard in range(3)}
+    assert len(ids) == 49 * 3
+    assert _boot_identity(7, 0, 1) == 7  # standalone: unchanged
