@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import anyio
 import click
@@ -385,9 +386,17 @@ def demo(
 @main.command()
 @click.option(
     "--url",
-    default="http://127.0.0.1:7180/metrics",
-    show_default=True,
-    help="The switch's admin /metrics URL.",
+    "urls",
+    multiple=True,
+    help="A switch's admin /metrics URL [default: http://127.0.0.1:7180/metrics]; repeat "
+    "it for the workers of a cluster.",
+)
+@click.option(
+    "--cluster",
+    "layout_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A cluster's layout.json (from `serve --workers N`): every worker's /metrics.",
 )
 @click.option(
     "--interval",
@@ -397,20 +406,53 @@ def demo(
     help="Seconds between scrapes; rates are over this interval.",
 )
 @click.option("--once", is_flag=True, help="Print one frame (two scrapes) and exit.")
-def top(url: str, interval: float, once: bool) -> None:
+def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: bool) -> None:
     """Live terminal view of a running switch: TPS, latency, networks, rejections.
 
-    Reads the switch's /metrics, so it works wherever Prometheus would.
+    Reads the switch's /metrics, so it works wherever Prometheus would. For a cluster, it
+    adds the workers up and breaks each one out (shard, ready or DOWN, payments/s, p99).
     """
     import time
 
     import httpx
     from rich.live import Live
 
-    from loadtests.harness.top import render, scrape
+    from loadtests.harness.top import render, render_cluster, scrape, scrape_all
 
+    targets = list(urls)
+    if layout_path is not None:
+        from switch.cluster.layout import load_layout
+
+        try:
+            layout = load_layout(layout_path)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        targets += [f"http://{w.admin_address}/metrics" for w in layout.workers]
+    if not targets:
+        targets = ["http://127.0.0.1:7180/metrics"]
     console = Console()
     with httpx.Client() as client:
+        if len(targets) > 1:
+            previous_all = scrape_all(targets, client)
+            if all(s is None for s in previous_all):
+                raise click.ClickException(f"cannot read any of {', '.join(targets)}")
+
+            def frame_all() -> Any:
+                nonlocal previous_all
+                current = scrape_all(targets, client)
+                view = render_cluster(current, previous_all, targets)
+                previous_all = current
+                return view
+
+            if once:
+                time.sleep(interval)
+                console.print(frame_all())
+                return
+            with Live(console=console, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(frame_all())
+        url = targets[0]
         try:
             previous = scrape(url, client)
         except httpx.HTTPError as exc:
