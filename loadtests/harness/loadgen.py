@@ -8,6 +8,12 @@ measured from that intended time, not from when it actually left. If the generat
 falls behind its schedule, that lag is counted and reported, loudly, instead of silently
 lowering the offered rate.
 
+A cluster (switch/cluster/): before sending, the generator asks its target for the shard
+map (``shards``); a sharded target makes it open ``connections`` to every shard's owner and
+send each payment on a connection to the shard that owns its key (crc32 mod N,
+switch/protocols/shardmap.py), the same map HAProxy routes HTTP by. The map is static, so
+the generator takes it once; a ``moved`` reply (a stale map) is counted as an error.
+
 Requests due in the same tick are written in one batch per connection; latency still
 counts from each one's intended time, so batching cannot flatter the numbers.
 
@@ -53,11 +59,15 @@ from loadtests.harness.shapes import parse_inline_shape as parse_inline_shape
 from loadtests.harness.shapes import shape_from_dict as shape_from_dict
 from loadtests.harness.wires import UNMATCHED, Wire
 from switch.model import PaymentRequest
+from switch.protocols.shardmap import ShardMap, shard_of, split_address
 from switch.protocols.wire import (
     ErrorReply,
     FrameDecoder,
+    Moved,
     Pay,
     Reply,
+    ShardMapReply,
+    Shards,
     decode_response,
     encode_request,
     frame,
@@ -190,6 +200,29 @@ class _Snapshot:
         self.planted_sent = Counter(stats.planted_sent)
 
 
+async def discover_shards(host: str, port: int, timeout_s: float = 10.0) -> ShardMap:
+    """Ask the target for the cluster's shard map; an empty map for a standalone switch
+    (or anything that does not answer ``shards``: everything then goes to the target)."""
+    with anyio.move_on_after(timeout_s):
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(encode_request(Shards(0)))
+            decoder = FrameDecoder(1 << 20)
+            while True:
+                try:
+                    data = await stream.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+                for payload in decoder.feed(data):
+                    try:
+                        reply = decode_response(payload)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        return ShardMap()
+                    if isinstance(reply, ShardMapReply):
+                        return ShardMap(reply.addresses)
+                    return ShardMap()
+    return ShardMap()
+
+
 class OpenLoopGenerator:
     """Drive a rate (or a :data:`RateShape`) for ``duration_s`` over ``connections``.
 
@@ -249,6 +282,13 @@ class OpenLoopGenerator:
         self._interval_index = 0
         self._start = 0.0
         self.done_sending = False
+        #: The cluster's map when the target is sharded (one group of connections per shard).
+        self.shard_map = ShardMap()
+
+    def _use_targets(self, targets: int) -> None:
+        n = self.connections * targets
+        self._per_conn = [0] * n
+        self._alive = [True] * n
 
     async def run(
         self,
@@ -262,7 +302,15 @@ class OpenLoopGenerator:
         ``wait_for_start`` (blocking, run in a thread) is called once connected and returns
         the wall-clock time at which to start: how several processes start together.
         """
-        streams = [await anyio.connect_tcp(host, port) for _ in range(self.connections)]
+        targets = [(host, port)]
+        if self.wire is None:
+            found = await discover_shards(host, port)
+            if len(found.addresses) > 1:
+                targets = [split_address(a) for a in found.addresses]
+                self.shard_map = found
+        self._use_targets(len(targets))
+        streams = [await anyio.connect_tcp(h, p) for h, p in targets
+                   for _ in range(self.connections)]
         try:
             if wait_for_start is not None:
                 start_wall = await anyio.to_thread.run_sync(wait_for_start)
@@ -356,6 +404,8 @@ class OpenLoopGenerator:
         per_conn = self._per_conn
         alive = self._alive
         n_conn = len(streams)
+        per_shard = self.connections
+        shards = len(self.shard_map.addresses)
         source = self.source
         ids = self._ids
         max_total = self.max_outstanding
@@ -382,9 +432,16 @@ class OpenLoopGenerator:
                         stats.lagged += 1
                     item, kind = source()
                     rid = next(ids)
-                    conn = rid % n_conn
+                    if shards > 1 and not isinstance(item, bytes):
+                        # The owner's connections only: another shard would answer `moved`.
+                        first = shard_of(item.idempotency_key, shards) * per_shard
+                        conn = first + rid % per_shard
+                        group = range(first, first + per_shard)
+                    else:
+                        conn = rid % n_conn
+                        group = range(n_conn)
                     if not alive[conn]:
-                        conn = next((c for c in range(n_conn) if alive[c]), -1)
+                        conn = next((c for c in group if alive[c]), -1)
                         if conn < 0:
                             stats.connection_lost += 1
                             next_at = schedule.take()
@@ -490,6 +547,8 @@ class OpenLoopGenerator:
                         stats.errors[response.code] += 1
                         if response.code == sent.planted:
                             stats.planted_errors[response.code] += 1
+                    elif isinstance(response, Moved):
+                        stats.errors["moved"] += 1
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         self._lose_connection(index)
