@@ -58,15 +58,16 @@ class Cluster:
 
 def start_cluster(config_path: Path, run_dir: Path, workers: int, *,
                   restart_delay_s: float = 1.0, timeout_s: float = 120.0,
-                  extra: tuple[str, ...] = ()) -> Cluster:
-    """``payswitch serve --workers N --demo``; returns once every worker is ready."""
+                  extra: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> Cluster:
+    """``payswitch serve --workers N --demo``; returns once every worker is ready.
+    ``prefix`` goes before the command (``taskset -c 0`` pins the workers too)."""
     ensure_demo_tokens()
     run_dir.mkdir(parents=True, exist_ok=True)
     ready = run_dir / "cluster.ready"
     ready.unlink(missing_ok=True)
     log = (run_dir / "supervisor.log").open("ab")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "switch.cli", "serve", "--config", str(config_path),
+        [*prefix, sys.executable, "-m", "switch.cli", "serve", "--config", str(config_path),
          "--workers", str(workers), "--cluster-dir", str(run_dir), "--ready-file", str(ready),
          "--restart-delay", str(restart_delay_s), "--demo", *extra],
         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
@@ -102,8 +103,8 @@ def haproxy_binary() -> str:
     return found
 
 
-def start_haproxy(layout_path: Path, run_dir: Path, port: int,
-                  timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+def start_haproxy(layout_path: Path, run_dir: Path, port: int, timeout_s: float = 30.0,
+                  prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """Write HAProxy's config with `payswitch cluster haproxy-config` and run HAProxy in
     the foreground; returns once it accepts connections on ``port``."""
     cfg = run_dir / "haproxy.cfg"
@@ -115,7 +116,7 @@ def start_haproxy(layout_path: Path, run_dir: Path, port: int,
     if check.returncode != 0:
         raise RuntimeError(f"haproxy -c refused {cfg}: {check.stdout}{check.stderr}")
     log = (run_dir / "haproxy.log").open("ab")
-    proc = subprocess.Popen([binary, "-db", "-f", str(cfg)], stdout=log, stderr=log,
+    proc = subprocess.Popen([*prefix, binary, "-db", "-f", str(cfg)], stdout=log, stderr=log,
                             start_new_session=True)
     log.close()
     deadline = time.monotonic() + timeout_s  # wall clock: another process
