@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from loadtests.harness.clusterproc import audit_cluster, start_cluster, stop_cluster
 from loadtests.harness.hlog import new_histogram
 from loadtests.harness.runfiles import load_run
@@ -62,3 +64,38 @@ def test_two_generators_share_a_run_against_a_cluster_and_merge_exactly(
     assert merged.get_total_count() == everything.get_total_count() > 550
     for p in PERCENTILES:
         assert merged.get_value_at_percentile(p) == everything.get_value_at_percentile(p)
+
+
+def test_the_generator_follows_moved_from_a_stale_map(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With its cached map wrong (shards swapped), every payment first reaches a worker
+    that does not own it; the generator follows each `moved` to the owner named, once."""
+    import anyio
+
+    from loadtests.harness import loadgen
+    from loadtests.harness.workload import Workload
+    from switch.protocols.shardmap import ShardMap
+
+    config = tmp_path / "switch.toml"
+    config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
+    running = start_cluster(config, tmp_path / "cluster", 2)
+    real = running.layout.shard_map.addresses
+
+    async def stale(host: str, port: int, timeout_s: float = 10.0) -> ShardMap:
+        return ShardMap(list(reversed(real)))
+
+    monkeypatch.setattr(loadgen, "discover_shards", stale)
+    w0 = running.layout.workers[0]
+    try:
+        generator = loadgen.OpenLoopGenerator(Workload(4).next, rate=200, duration_s=2,
+                                              connections=2)
+        stats = anyio.run(generator.run, w0.host, w0.port)
+    finally:
+        assert stop_cluster(running) == 0
+    new = stats.sent
+    assert new == 400 and stats.unanswered == 0
+    # Every payment was redirected once and then answered by its owner.
+    assert stats.redirects == new
+    assert stats.replies == new and "moved" not in stats.errors, stats.errors
+    audit = audit_cluster(running.layout, {})
+    assert audit.misplaced == 0 and audit.duplicates_across == 0
