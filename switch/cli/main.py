@@ -116,8 +116,9 @@ def main() -> None:
     default=None,
     help="Run one worker of the cluster this layout (JSON) describes; needs --shard.",
 )
-@click.option("--shard", type=click.IntRange(0, 1023), default=None,
-              help="With --cluster: the shard this worker owns.")
+@click.option("--shard", "shards", type=click.IntRange(0, 1023), multiple=True,
+              help="With --cluster: the shard this worker owns. Repeated: supervise this "
+              "node's workers of a layout spread over several nodes (one per shard).")
 def serve(
     config_path: str | None,
     backend: str | None,
@@ -129,7 +130,7 @@ def serve(
     cluster_dir: str | None,
     restart_delay: float,
     layout_path: str | None,
-    shard: int | None,
+    shards: tuple[int, ...],
 ) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
@@ -143,7 +144,7 @@ def serve(
     from switch.observability import logs
 
     logs.configure(log_level, log_format)
-    if (layout_path is None) != (shard is None):
+    if (layout_path is None) != (not shards):
         raise click.UsageError("--cluster and --shard go together")
     if workers is not None and layout_path is not None:
         raise click.UsageError("--workers starts a whole cluster; --cluster/--shard run one "
@@ -152,11 +153,13 @@ def serve(
         raise click.UsageError("--cluster-dir: only with --workers")
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
+        if layout_path is not None and len(shards) > 1:
+            sys.exit(_serve_node(config, config_path, layout_path, shards, restart_delay,
+                                 ready_file, backend, log_level, log_format, demo))
         if layout_path is not None:
             from switch.cluster.layout import apply, load_layout
 
-            assert shard is not None
-            config = apply(config, load_layout(layout_path), shard)
+            config = apply(config, load_layout(layout_path), shards[0])
         if workers is not None:
             sys.exit(_serve_cluster(config, config_path, workers, cluster_dir, restart_delay,
                                     ready_file, backend, log_level, log_format, demo))
@@ -204,6 +207,40 @@ def serve(
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)
+
+
+def _serve_node(config: SwitchConfig, config_path: str | None, layout_path: str,
+                shards: tuple[int, ...], restart_delay: float, ready_file: str | None,
+                backend: str | None, log_level: str, log_format: str, demo: bool) -> int:
+    """``serve --cluster layout.json --shard I --shard J ...``: this node's workers of a
+    layout shared by several nodes, supervised like ``--workers``."""
+    from pathlib import Path
+
+    from switch.cluster.layout import apply, load_layout
+    from switch.cluster.supervisor import Supervisor, run
+
+    if demo:
+        raise ConfigError("--demo: the nodes of one cluster must share one token key (PAN "
+                          "tokens and body hashes agree across journals): set "
+                          f"${config.security.token_key_env} or security.token_key_file")
+    layout = load_layout(layout_path)
+    if len(set(shards)) != len(shards):
+        raise ConfigError("--shard: a shard is named twice")
+    for shard in shards:
+        apply(config, layout, shard)  # refuses a shard outside the layout
+    config = resolve_token_key(config, demo=demo)
+    load_tokens(config.admin.auth)
+    env = dict(os.environ)
+    if config.security.token_key_file is None:
+        env[config.security.token_key_env] = config.security.token_key
+    run_dir = Path(layout_path).resolve().parent
+    args = ["--log-level", log_level, "--log-format", log_format]
+    if backend:
+        args += ["--backend", backend]
+    supervisor = Supervisor(layout, run_dir, config_path=config_path, serve_args=args, env=env,
+                            restart_delay_s=restart_delay, shards=shards,
+                            layout_path=layout_path)
+    return run(supervisor, ready_file=ready_file)
 
 
 def _serve_cluster(config: SwitchConfig, config_path: str | None, workers: int,

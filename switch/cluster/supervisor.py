@@ -43,14 +43,20 @@ class WorkerState(msgspec.Struct):
 class Supervisor:
     def __init__(self, layout: ClusterLayout, run_dir: str | Path, *,
                  config_path: str | None = None, serve_args: Sequence[str] = (),
-                 env: Mapping[str, str] | None = None, restart_delay_s: float = 1.0) -> None:
+                 env: Mapping[str, str] | None = None, restart_delay_s: float = 1.0,
+                 shards: Sequence[int] | None = None,
+                 layout_path: str | Path | None = None) -> None:
         self.layout = layout
+        #: The shards this supervisor runs: all (one node), or this node's (several).
+        self.shards = list(shards) if shards is not None else [w.shard for w in layout.workers]
+        #: An existing layout file (several nodes share it) is used as it is.
+        self._given_layout = layout_path is not None
         self.run_dir = Path(run_dir)
         self.config_path = config_path
         self.serve_args = list(serve_args)
         self.env = dict(os.environ if env is None else env)
         self.restart_delay_s = restart_delay_s
-        self.layout_path = self.run_dir / "layout.json"
+        self.layout_path = Path(layout_path) if layout_path else self.run_dir / "layout.json"
         self.targets_path = self.run_dir / "targets" / f"{layout.name}.json"
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.starts: dict[int, int] = {}
@@ -72,10 +78,11 @@ class Supervisor:
 
     def prepare(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_layout(self.layout, self.layout_path)
+        if not self._given_layout:
+            save_layout(self.layout, self.layout_path)
         write_file_sd(self.layout, self.targets_path)
-        for w in self.layout.workers:
-            Path(w.journal).parent.mkdir(parents=True, exist_ok=True)
+        for shard in self.shards:
+            Path(self.layout.workers[shard].journal).parent.mkdir(parents=True, exist_ok=True)
 
     def spawn(self, shard: int) -> None:
         self.ready_file(shard).unlink(missing_ok=True)
@@ -89,8 +96,8 @@ class Supervisor:
 
     def start(self) -> None:
         self.prepare()
-        for w in self.layout.workers:
-            self.spawn(w.shard)
+        for shard in self.shards:
+            self.spawn(shard)
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -167,8 +174,8 @@ def run(supervisor: Supervisor, *, ready_file: str | None = None,
             print(f"Error: the cluster did not start within {start_timeout_s:.0f} s; see "
                   f"the logs in {supervisor.run_dir}", file=sys.stderr)
             return 1
-        log.info("cluster %r ready: %d workers, layout %s", supervisor.layout.name,
-                 len(supervisor.layout.workers), supervisor.layout_path)
+        log.info("cluster %r ready: shards %s of %d, layout %s", supervisor.layout.name,
+                 supervisor.shards, len(supervisor.layout.workers), supervisor.layout_path)
         if ready_file:
             supervisor.write_state(ready_file)
         while not stop["requested"]:
