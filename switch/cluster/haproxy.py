@@ -10,8 +10,9 @@ on its admin port's /readyz. While that worker is down (or replaying its journal
 restart) its backend has no server, and HAProxy answers its own 503 with a problem+json
 body, code ``unavailable``, naming the shard -- it never sends the shard's keys to another
 worker, which would book a retried payment on a second journal. The other shards keep
-serving. Requests without the header (they get the worker's 400) and
-``GET /v1/payments/{id}`` go round-robin to any ready worker.
+serving. ``GET /v1/payments/P<boot>-<seq>`` goes to the shard the payment id names (a
+worker numbers its boots ``boot * N + shard``); requests without the header (they get the
+worker's 400) go round-robin to any ready worker.
 
 Why not ``balance hdr(Idempotency-Key)`` with ``hash-type consistent``: consistent hashing
 moves a down server's keys to the next server on the ring, which is exactly the
@@ -87,6 +88,11 @@ def render(layout: ClusterLayout, *, bind: str, errors_dir: str | Path,
         f"    bind {bind}",
         "    acl has_key req.fhdr_cnt(Idempotency-Key) gt 0",
         f"    use_backend shard%[req.fhdr(Idempotency-Key,1),crc32,mod({n})] if has_key",
+        "    # GET /v1/payments/P<boot>-<seq>: a worker numbers its boots boot * N + shard,",
+        "    # so the payment id names its shard (switch/serve/app.py _boot_identity).",
+        "    acl payment_id path_reg ^/v1/payments/P[0-9]{1,18}-[0-9]+$",
+        f"    use_backend shard%[path,field(4,/),field(1,-),field(2,P),mod({n})] "
+        "if METH_GET payment_id",
         "    default_backend any",
         "",
     ]

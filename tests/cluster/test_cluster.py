@@ -156,6 +156,14 @@ def test_repeated_keys_through_every_entry_point_are_booked_once(
     # Every entry point gave one answer per key: one payment each.
     assert all(len(ids) == 1 for ids in answers.values()), {
         k: v for k, v in answers.items() if len(v) != 1}
+    # GET /v1/payments/{id} through HAProxy reaches the shard that booked it: the id
+    # names the shard (boot * N + shard), whichever door the payment came in by.
+    with httpx.Client(timeout=30) as http:
+        for key in keys[::7]:
+            (pid,) = answers[key]
+            found = http.get(f"{front}/v1/payments/{pid}")
+            assert found.status_code == 200, (key, pid, found.text)
+            assert (found.json()["payment_id"], found.json()["idempotency_key"]) == (pid, key)
     running_state = dict(running.state)
     stop_cluster(running)
     audit = audit_cluster(layout, {k: next(iter(v)) for k, v in answers.items()})
