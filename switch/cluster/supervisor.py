@@ -33,6 +33,19 @@ from switch.cluster.layout import ClusterLayout, save_layout
 log = logging.getLogger(__name__)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM it when the supervisor dies, even by
+    kill -9, so no worker is left serving a shard nobody supervises. It drains and flushes
+    its journal as on any SIGTERM."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class WorkerState(msgspec.Struct):
     shard: int
     pid: int
@@ -88,7 +101,8 @@ class Supervisor:
         self.ready_file(shard).unlink(missing_ok=True)
         with self.log_file(shard).open("ab") as out:
             proc = subprocess.Popen(self.command(shard), stdout=out, stderr=subprocess.STDOUT,
-                                    env=self.env, start_new_session=True)
+                                    env=self.env, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         self.procs[shard] = proc
         self.starts[shard] = self.starts.get(shard, 0) + 1
         self._down_since.pop(shard, None)
