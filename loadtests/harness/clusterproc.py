@@ -104,13 +104,16 @@ def haproxy_binary() -> str:
 
 
 def start_haproxy(layout_path: Path, run_dir: Path, port: int, timeout_s: float = 30.0,
-                  prefix: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+                  prefix: tuple[str, ...] = (),
+                  iso8583_port: int = 0) -> subprocess.Popen[bytes]:
     """Write HAProxy's config with `payswitch cluster haproxy-config` and run HAProxy in
     the foreground; returns once it accepts connections on ``port``."""
     cfg = run_dir / "haproxy.cfg"
     subprocess.run([sys.executable, "-m", "switch.cli", "cluster", "haproxy-config",
                     "--layout", str(layout_path), "--out", str(cfg),
-                    "--bind", f"127.0.0.1:{port}"], check=True, capture_output=True)
+                    "--bind", f"127.0.0.1:{port}",
+                    *(["--iso8583-bind", f"127.0.0.1:{iso8583_port}"] if iso8583_port else [])],
+                   check=True, capture_output=True)
     binary = haproxy_binary()
     check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True)
     if check.returncode != 0:

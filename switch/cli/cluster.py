@@ -39,15 +39,19 @@ def _layout(path: str) -> ClusterLayout:
               help="HAProxy global maxconn (it needs about 2 file descriptors each).")
 @click.option("--stats-bind", default=None,
               help="Also serve HAProxy's stats page and Prometheus exporter here.")
+@click.option("--iso8583-bind", default=None,
+              help="Also front the workers' ISO 8583 doors here (TCP, sticky by acquirer "
+              "address: balance source).")
 def haproxy_config(layout_path: str, out_path: str, bind: str, maxconn: int,
-                   stats_bind: str | None) -> None:
+                   stats_bind: str | None, iso8583_bind: str | None) -> None:
     """Write HAProxy's config: route POST /v1/payments by crc32(Idempotency-Key) mod N to
     the owning worker, health-checked on /readyz; a down shard answers 503 unavailable."""
     from switch.cluster.haproxy import write_config
 
     layout = _layout(layout_path)
     try:
-        path = write_config(layout, out_path, bind=bind, maxconn=maxconn, stats_bind=stats_bind)
+        path = write_config(layout, out_path, bind=bind, maxconn=maxconn, stats_bind=stats_bind,
+                            iso8583_bind=iso8583_bind)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     click.echo(f"wrote {path} ({len(layout.workers)} shards); run: haproxy -f {path}")

@@ -52,7 +52,8 @@ def unavailable_response(shard: int, shards: int) -> bytes:
 
 
 def render(layout: ClusterLayout, *, bind: str, errors_dir: str | Path,
-           maxconn: int = 4096, stats_bind: str | None = None) -> str:
+           maxconn: int = 4096, stats_bind: str | None = None,
+           iso8583_bind: str | None = None) -> str:
     """HAProxy's config for ``layout``; the per-shard 503 files live in ``errors_dir``."""
     http_workers = [w for w in layout.workers if w.http_port]
     if len(http_workers) != len(layout.workers):
@@ -110,11 +111,42 @@ def render(layout: ClusterLayout, *, bind: str, errors_dir: str | Path,
               "    http-check expect status 200"]
     lines += [f"    server w{w.shard} {w.host}:{w.http_port} " + check.format(admin=w.admin_port)
               for w in layout.workers]
+    if iso8583_bind:
+        lines += ["", *_iso8583(layout, iso8583_bind, check)]
     return "\n".join(lines) + "\n"
 
 
+def _iso8583(layout: ClusterLayout, bind: str, check: str) -> list[str]:
+    """ISO 8583 in TCP mode, sticky by acquirer address (docs/cluster.md: affinity by
+    connection). The key derives from acquirer fields, not from the shard map, so an
+    acquirer's connections must all reach one worker: ``balance source``."""
+    missing = [w.shard for w in layout.workers if not w.iso8583_port]
+    if missing:
+        raise ValueError(f"layout: shard(s) {missing} have no iso8583_port: enable [iso8583] "
+                         "in the workers' config to put HAProxy in front of them")
+    return [
+        "# ISO 8583 acquirers: sticky by source address, never by the shard map.",
+        "frontend iso8583",
+        "    mode tcp",
+        f"    bind {bind}",
+        "    timeout client 1h",
+        "    default_backend iso8583",
+        "",
+        "backend iso8583",
+        "    mode tcp",
+        "    balance source",
+        "    hash-type consistent",
+        "    timeout server 1h",
+        "    option httpchk GET /readyz",
+        "    http-check expect status 200",
+        *(f"    server w{w.shard} {w.host}:{w.iso8583_port} " + check.format(admin=w.admin_port)
+          for w in layout.workers),
+    ]
+
+
 def write_config(layout: ClusterLayout, path: str | Path, *, bind: str,
-                 maxconn: int = 4096, stats_bind: str | None = None) -> Path:
+                 maxconn: int = 4096, stats_bind: str | None = None,
+                 iso8583_bind: str | None = None) -> Path:
     """Write the config and, beside it, the per-shard 503 files it names."""
     target = Path(path).resolve()
     errors = target.parent / f"{target.stem}-errors"
@@ -123,5 +155,5 @@ def write_config(layout: ClusterLayout, path: str | Path, *, bind: str,
     for w in layout.workers:
         (errors / f"shard-{w.shard}-503.http").write_bytes(unavailable_response(w.shard, n))
     target.write_text(render(layout, bind=bind, errors_dir=errors, maxconn=maxconn,
-                             stats_bind=stats_bind))
+                             stats_bind=stats_bind, iso8583_bind=iso8583_bind))
     return target
