@@ -136,6 +136,16 @@ def start_haproxy(layout_path: Path, run_dir: Path, port: int, timeout_s: float 
             time.sleep(0.05)
 
 
+def start_haproxy_for(cluster: Cluster, port: int, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """:func:`start_haproxy` in front of ``cluster``; if HAProxy cannot start, the cluster
+    is stopped before the error propagates (no worker left behind)."""
+    try:
+        return start_haproxy(cluster.run_dir / "layout.json", cluster.run_dir, port, **kwargs)
+    except BaseException:
+        stop_cluster(cluster)
+        raise
+
+
 def stop_haproxy(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:

@@ -24,7 +24,7 @@ from loadtests.harness.clusterproc import (
     audit_cluster,
     free_port,
     start_cluster,
-    start_haproxy,
+    start_haproxy_for,
     stop_cluster,
     stop_haproxy,
 )
@@ -58,7 +58,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
     config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
     running = start_cluster(config, tmp_path / "cluster", 3, restart_delay_s=4.0)
     port = free_port()
-    haproxy = start_haproxy(running.run_dir / "layout.json", running.run_dir, port)
+    haproxy = start_haproxy_for(running, port)
     try:
         yield running, f"http://127.0.0.1:{port}"
     finally:

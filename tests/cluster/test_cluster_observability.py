@@ -54,9 +54,10 @@ def test_prometheus_discovers_every_worker_and_top_shows_the_cluster(tmp_path: P
     prom_port = free_port()
     prom_config = tmp_path / "prometheus.yml"
     prom_config.write_text(PROMETHEUS_CONFIG.format(targets=running.run_dir / "targets"))
-    prometheus = start_prometheus(prom_config, tmp_path / "tsdb", prom_port,
-                                  tmp_path / "prometheus.log")
+    prometheus = None
     try:
+        prometheus = start_prometheus(prom_config, tmp_path / "tsdb", prom_port,
+                                      tmp_path / "prometheus.log")
         w0 = running.layout.workers[0]
         anyio.run(pay, w0.host, w0.port, 60)
         # Prometheus finds the three workers from the file alone, labelled by shard.
@@ -98,5 +99,6 @@ def test_prometheus_discovers_every_worker_and_top_shows_the_cluster(tmp_path: P
         rows = [line for line in out.stdout.splitlines() if "DOWN" in line]
         assert len(rows) == 1 and running.layout.workers[2].admin_address in rows[0], out.stdout
     finally:
-        stop_process(prometheus)
+        if prometheus is not None:
+            stop_process(prometheus)
         stop_cluster(running)

@@ -13,7 +13,7 @@ from loadtests.harness.clusterproc import (
     audit_cluster,
     free_port,
     start_cluster,
-    start_haproxy,
+    start_haproxy_for,
     stop_cluster,
     stop_haproxy,
 )
@@ -27,7 +27,7 @@ def test_an_acquirer_sticks_to_one_worker(tmp_path: Path) -> None:
                       + "[iso8583]\nenabled = true\nport = 0\n")
     running = start_cluster(config, tmp_path / "cluster", 3)
     front, iso = free_port(), free_port()
-    haproxy = start_haproxy(running.run_dir / "layout.json", running.run_dir, front,
+    haproxy = start_haproxy_for(running, front,
                             iso8583_port=iso)
     out = tmp_path / "run"
     try:

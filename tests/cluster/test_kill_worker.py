@@ -21,7 +21,7 @@ from loadtests.harness.clusterproc import (
     audit_cluster,
     free_port,
     start_cluster,
-    start_haproxy,
+    start_haproxy_for,
     stop_cluster,
     stop_haproxy,
 )
@@ -51,7 +51,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
     # A long restart delay makes the outage window wide enough to observe on a busy box.
     running = start_cluster(config, tmp_path / "cluster", 3, restart_delay_s=5.0)
     port = free_port()
-    haproxy = start_haproxy(running.run_dir / "layout.json", running.run_dir, port)
+    haproxy = start_haproxy_for(running, port)
     try:
         yield running, f"http://127.0.0.1:{port}"
     finally:

@@ -14,7 +14,7 @@ from loadtests.harness.clusterproc import (
     audit_cluster,
     free_port,
     start_cluster,
-    start_haproxy,
+    start_haproxy_for,
     stop_cluster,
     stop_haproxy,
 )
@@ -32,7 +32,7 @@ def test_locust_master_and_two_workers_through_haproxy(tmp_path: Path) -> None:
     config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
     running = start_cluster(config, tmp_path / "cluster", 2)
     front = free_port()
-    haproxy = start_haproxy(running.run_dir / "layout.json", running.run_dir, front)
+    haproxy = start_haproxy_for(running, front)
     master_port = free_port()
     prefix = tmp_path / "locust"
     env = dict(os.environ, PAYSWITCH_SEED="5")
