@@ -21,6 +21,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	sh dashboards/install-prometheus.sh
 	sh loadtests/install-chromium.sh
+	sh loadtests/install-haproxy.sh
 	$(BIN)/ruff check switch channels tests bench loadtests dashboards
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 
 from dashboards.panels import (
+    ANSWERED,
     ANSWERED_RATE,
     ANY_IS_BAD,
     AVAILABILITY,
@@ -290,6 +291,29 @@ def build() -> Dashboard:
                     "{{channel}} {{reason}}",
                 ),
                 span=8,
+            )
+        )
+        .with_row(row("Workers"))
+        .with_panel(
+            timeseries(
+                "Payments/s by worker",
+                "A cluster (`payswitch serve --workers N`, docs/cluster.md): payments answered "
+                "per second by each worker (instance). The shard map spreads keys evenly; one "
+                "worker at 0 while the others serve is a shard down.",
+                "ops",
+                q(sum_rate("payswitch_payments_total", ANSWERED, by_labels="instance"),
+                  "{{instance}}"),
+                span=12,
+            )
+        )
+        .with_panel(
+            timeseries(
+                "p99 latency by worker",
+                "99th percentile arrival-to-reply latency of each worker (instance): one "
+                "worker slower than the others is that worker's core, disk or shard.",
+                "s",
+                q(quantile(0.99, PAYMENT_LATENCY, "instance"), "{{instance}}"),
+                span=12,
             )
         )
     )

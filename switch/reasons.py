@@ -32,4 +32,5 @@ E_FRAME_TOO_LARGE: Final = "frame_too_large"
 E_SHUTTING_DOWN: Final = "shutting_down"
 E_UNKNOWN_OP: Final = "unknown_op"
 E_UNAVAILABLE: Final = "unavailable"  # the journal failed: fail-stop
+E_MOVED: Final = "moved"  # a key another cluster worker owns (switch/protocols/shardmap.py)
 E_NOT_FOUND: Final = "not_found"  # a query for a key the switch does not know

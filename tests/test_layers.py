@@ -39,11 +39,13 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "switch.routing", "switch.payment", "switch.observability",
     ),
     "switch.backoffice": ("switch.base", "switch.protocols", "switch.journal"),
+    # The cluster's layout, worker supervisor and the files HAProxy and Prometheus read.
+    "switch.cluster": ("switch.base", "switch.protocols", "switch.serve"),
     "channels": ("switch.base", "switch.protocols", "switch.serve.http"),
     "loadtests.harness": (
         "switch.base", "switch.protocols", "switch.journal", "switch.adapters",
         "switch.routing", "switch.payment", "switch.serve", "switch.backoffice",
-        "switch.observability", "channels",
+        "switch.observability", "channels", "switch.cluster",
     ),
     # The simulator runs the real switch layers against the channels' models; of the
     # harness it takes the workload generator and the scenario files' parsing and verdicts.
@@ -56,6 +58,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "switch.base", "switch.protocols", "switch.journal", "switch.adapters",
         "switch.routing", "switch.payment", "switch.serve", "switch.backoffice",
         "switch.observability", "channels", "loadtests.harness", "switch.sim",
+        "switch.cluster",
     ),
 }
 

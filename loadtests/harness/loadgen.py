@@ -8,6 +8,15 @@ measured from that intended time, not from when it actually left. If the generat
 falls behind its schedule, that lag is counted and reported, loudly, instead of silently
 lowering the offered rate.
 
+A cluster (switch/cluster/): before sending, the generator asks its target for the shard
+map (``shards``); a sharded target makes it open ``connections`` to every shard's owner and
+send each payment on a connection to the shard that owns its key (crc32 mod N,
+switch/protocols/shardmap.py), the same map HAProxy routes HTTP by. The map is taken once
+and cached; a ``moved`` reply (the cache was stale) is followed: the same request (same
+id, same intended time, so the detour is in its latency) is re-sent to the owner it names,
+once, and counted in ``redirects``; a second ``moved``, or an owner the generator has no
+connection to, is counted as error ``moved``.
+
 Requests due in the same tick are written in one batch per connection; latency still
 counts from each one's intended time, so batching cannot flatter the numbers.
 
@@ -53,11 +62,15 @@ from loadtests.harness.shapes import parse_inline_shape as parse_inline_shape
 from loadtests.harness.shapes import shape_from_dict as shape_from_dict
 from loadtests.harness.wires import UNMATCHED, Wire
 from switch.model import PaymentRequest
+from switch.protocols.shardmap import ShardMap, shard_of, split_address
 from switch.protocols.wire import (
     ErrorReply,
     FrameDecoder,
+    Moved,
     Pay,
     Reply,
+    ShardMapReply,
+    Shards,
     decode_response,
     encode_request,
     frame,
@@ -117,6 +130,8 @@ class LoadStats:
     planted_sent: Counter[str] = field(default_factory=Counter)
     #: Latency per channel over the whole run (``histogram`` is their exact sum).
     channel_histograms: dict[str, HdrHistogram] = field(default_factory=dict)
+    #: ``moved`` replies followed to the owner they named (a cluster; see module doc).
+    redirects: int = 0
 
     def percentile_ms(self, p: float) -> float:
         if self.histogram.get_total_count() == 0:
@@ -169,6 +184,10 @@ class _Outstanding(msgspec.Struct, array_like=True):
     conn: int
     #: The error code this request was planted to get ("" for an ordinary request).
     planted: str = ""
+    #: The payment itself, kept only against a cluster: to re-send it after ``moved``.
+    item: PaymentRequest | None = None
+    #: Already re-sent once after ``moved``.
+    followed: bool = False
 
 
 class _Snapshot:
@@ -188,6 +207,29 @@ class _Snapshot:
         self.lagged = stats.lagged
         self.planted = Counter(stats.planted_errors)
         self.planted_sent = Counter(stats.planted_sent)
+
+
+async def discover_shards(host: str, port: int, timeout_s: float = 10.0) -> ShardMap:
+    """Ask the target for the cluster's shard map; an empty map for a standalone switch
+    (or anything that does not answer ``shards``: everything then goes to the target)."""
+    with anyio.move_on_after(timeout_s):
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(encode_request(Shards(0)))
+            decoder = FrameDecoder(1 << 20)
+            while True:
+                try:
+                    data = await stream.receive(65536)
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+                for payload in decoder.feed(data):
+                    try:
+                        reply = decode_response(payload)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        return ShardMap()
+                    if isinstance(reply, ShardMapReply):
+                        return ShardMap(reply.addresses)
+                    return ShardMap()
+    return ShardMap()
 
 
 class OpenLoopGenerator:
@@ -249,6 +291,16 @@ class OpenLoopGenerator:
         self._interval_index = 0
         self._start = 0.0
         self.done_sending = False
+        #: The cluster's map when the target is sharded (one group of connections per shard).
+        self.shard_map = ShardMap()
+        self._targets: dict[str, int] = {}
+        self._buffers: list[bytearray] = []
+
+    def _use_targets(self, targets: int) -> None:
+        n = self.connections * targets
+        self._per_conn = [0] * n
+        self._alive = [True] * n
+        self._buffers = [bytearray() for _ in range(n)]
 
     async def run(
         self,
@@ -262,7 +314,16 @@ class OpenLoopGenerator:
         ``wait_for_start`` (blocking, run in a thread) is called once connected and returns
         the wall-clock time at which to start: how several processes start together.
         """
-        streams = [await anyio.connect_tcp(host, port) for _ in range(self.connections)]
+        targets = [(host, port)]
+        if self.wire is None:
+            found = await discover_shards(host, port)
+            if len(found.addresses) > 1:
+                targets = [split_address(a) for a in found.addresses]
+                self.shard_map = found
+        self._use_targets(len(targets))
+        self._targets = {f"{h}:{p}": i for i, (h, p) in enumerate(targets)}
+        streams = [await anyio.connect_tcp(h, p) for h, p in targets
+                   for _ in range(self.connections)]
         try:
             if wait_for_start is not None:
                 start_wall = await anyio.to_thread.run_sync(wait_for_start)
@@ -277,6 +338,7 @@ class OpenLoopGenerator:
                 await self._send_on_schedule(streams)
                 with anyio.move_on_after(self.drain_timeout_s):
                     while self._outstanding:
+                        await self._flush(streams)  # redirected requests, if any
                         await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()
         finally:
@@ -351,11 +413,13 @@ class OpenLoopGenerator:
         stats = self.stats
         schedule = self.schedule
         start = self._start
-        buffers = [bytearray() for _ in streams]
+        buffers = self._buffers
         outstanding = self._outstanding
         per_conn = self._per_conn
         alive = self._alive
         n_conn = len(streams)
+        per_shard = self.connections
+        shards = len(self.shard_map.addresses)
         source = self.source
         ids = self._ids
         max_total = self.max_outstanding
@@ -382,9 +446,16 @@ class OpenLoopGenerator:
                         stats.lagged += 1
                     item, kind = source()
                     rid = next(ids)
-                    conn = rid % n_conn
+                    if shards > 1 and not isinstance(item, bytes):
+                        # The owner's connections only: another shard would answer `moved`.
+                        first = shard_of(item.idempotency_key, shards) * per_shard
+                        conn = first + rid % per_shard
+                        group = range(first, first + per_shard)
+                    else:
+                        conn = rid % n_conn
+                        group = range(n_conn)
                     if not alive[conn]:
-                        conn = next((c for c in range(n_conn) if alive[c]), -1)
+                        conn = next((c for c in group if alive[c]), -1)
                         if conn < 0:
                             stats.connection_lost += 1
                             next_at = schedule.take()
@@ -401,8 +472,8 @@ class OpenLoopGenerator:
                         if planted:
                             stats.planted_sent[kind] += 1
                         outstanding[rid] = _Outstanding(
-                            start + next_at, item.idempotency_key, item.channel, conn, planted
-                        )
+                            start + next_at, item.idempotency_key, item.channel, conn, planted,
+                            item if shards > 1 else None)
                         per_conn[conn] += 1
                         buffers[conn] += (encode_request(Pay(rid, item)) if wire is None
                                           else wire.encode(rid, item, conn))
@@ -423,6 +494,34 @@ class OpenLoopGenerator:
             if next_at is not None:
                 await anyio.sleep(max(MIN_SLEEP_S, next_at - (_now() - start)))
         self.done_sending = True
+
+    async def _flush(self, streams: list[anyio.abc.SocketStream]) -> None:
+        for index, buf in enumerate(self._buffers):
+            if buf and self._alive[index]:
+                data = bytes(buf)
+                buf.clear()
+                try:
+                    await streams[index].send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._lose_connection(index)
+
+    def _follow(self, rid: int, sent: _Outstanding, moved: Moved) -> bool:
+        """Re-send a payment a worker said it does not own to the owner it named, once
+        (the sender's next write, or the drain, flushes it); True if it was. The redirect
+        is not the payment's answer: nothing is counted or measured for it."""
+        target = self._targets.get(moved.address)
+        if sent.item is None or sent.followed or target is None:
+            return False
+        conn = target * self.connections + rid % self.connections
+        if not self._alive[conn]:
+            return False
+        self._per_conn[sent.conn] -= 1
+        self._per_conn[conn] += 1
+        self.stats.redirects += 1
+        self._outstanding[rid] = _Outstanding(sent.intended, sent.key, sent.channel, conn,
+                                              sent.planted, sent.item, followed=True)
+        self._buffers[conn] += encode_request(Pay(rid, sent.item))
+        return True
 
     def _lose_connection(self, index: int) -> None:
         """The server closed a connection: its outstanding requests will not be answered."""
@@ -471,6 +570,9 @@ class OpenLoopGenerator:
                             if response.code == "malformed" and stats.malformed_sent:
                                 stats.planted_errors["malformed"] += 1
                         continue
+                    if (isinstance(response, Moved) and rid is not None
+                            and self._follow(rid, sent, response)):
+                        continue
                     latency_us = self._answered(sent, now)
                     if isinstance(response, Reply):
                         admitted(latency_us)
@@ -490,6 +592,8 @@ class OpenLoopGenerator:
                         stats.errors[response.code] += 1
                         if response.code == sent.planted:
                             stats.planted_errors[response.code] += 1
+                    elif isinstance(response, Moved):
+                        stats.errors["moved"] += 1  # not followed (see _follow)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         self._lose_connection(index)

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -100,6 +100,41 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: The target's protocol: the switch's msgpack, ISO 8583 (any host), or its HTTP API.
     protocol: WireName = "msgpack"
     iso8583: Iso8583Options | None = None
+    #: This machine's share of a run split over several machines (``--share I/M`` with a
+    #: common ``--run-id``): machine I of M sends global requests I*P+p, I*P+p+M*P, ... of
+    #: the shape, so the machines together offer the shape once; merge their outputs with
+    #: `payswitch report merge`.
+    share_index: int = 0
+    share_count: int = 1
+
+
+def global_index(plan: LoadPlan, index: int) -> int:
+    """Process ``index`` of this machine among every process of every machine."""
+    return plan.share_index * plan.processes + index
+
+
+def key_prefix(plan: LoadPlan, index: int) -> str:
+    """Idempotency keys of one process: apart from every other process and machine."""
+    machine = f"m{plan.share_index}" if plan.share_count > 1 else ""
+    return f"{plan.run_tag}{machine}p{index}-"
+
+
+class SharedShape:
+    """What one machine's share of a shape offers: the shape's counts over M machines
+    (for the offered figures only; the schedule itself splits requests by stride)."""
+
+    def __init__(self, shape: RateShape, machines: int) -> None:
+        self.shape = shape
+        self.machines = machines
+
+    def rate_at(self, t: float) -> float:
+        return self.shape.rate_at(t) / self.machines
+
+    def cumulative(self, t: float) -> float:
+        return self.shape.cumulative(t) / self.machines
+
+    def natural_duration(self) -> float | None:
+        return self.shape.natural_duration()
 
 
 def connections_of(plan: LoadPlan, index: int) -> int:
@@ -167,8 +202,8 @@ def _worker(
     try:
         workload = SpecWorkload(
             plan.workload,
-            derive_seed(plan.seed, "process", index),
-            key_prefix=f"{plan.run_tag}p{index}-",
+            derive_seed(plan.seed, "process", global_index(plan, index)),
+            key_prefix=key_prefix(plan, index),
             pool_seed=plan.seed,
         )
 
@@ -191,8 +226,8 @@ def _worker(
             source,
             duration_s=plan.duration_s,
             shape=plan.shape,
-            stride=plan.processes,
-            offset=index,
+            stride=plan.processes * plan.share_count,
+            offset=global_index(plan, index),
             connections=connections_of(plan, index),
             max_outstanding_per_connection=plan.max_outstanding_per_connection,
             max_outstanding=plan.max_outstanding_per_connection * connections_of(plan, index),
@@ -377,7 +412,9 @@ def run_load(
             f"payswitch load {plan.run_tag}: latency in microseconds from intended send time; "
             "Interval_Max in milliseconds; Tag=<channel> lines per channel",
         )
-        agg = Aggregator(plan.processes, plan.shape, plan.duration_s, writer, metrics)
+        offered = (plan.shape if plan.share_count == 1
+                   else cast("RateShape", SharedShape(plan.shape, plan.share_count)))
+        agg = Aggregator(plan.processes, offered, plan.duration_s, writer, metrics)
         done: set[int] = set()
         interrupted_at: float | None = None
         try:
@@ -401,7 +438,8 @@ def run_load(
     if interrupted_at is not None:
         # What was due until the user stopped the run, not the whole plan.
         agg.total_offered = min(
-            agg.total_offered, int(plan.shape.cumulative(interrupted_at) + 1e-6)
+            agg.total_offered,
+            int(plan.shape.cumulative(interrupted_at) / plan.share_count + 1e-6)
         )
     return _finish(plan, out_dir, agg, results, failures, config or {}, console,
                    interrupted_at, start_wall, thresholds)
@@ -543,6 +581,7 @@ def _finish(
         "connections": plan.connections,
         "seed": plan.seed,
         "run_tag": plan.run_tag,
+        "share": f"{plan.share_index}/{plan.share_count}",
         "start_wall": round(start_wall, 3),
         "interrupted_at_s": interrupted_at,
         "shape": msgspec.to_builtins(plan.shape),

@@ -3,6 +3,10 @@
 For people without Grafana. Every figure is derived from two consecutive scrapes, the way
 PromQL's ``rate()`` and ``histogram_quantile()`` would: payments/s from counter deltas,
 latency percentiles by interpolating within the histogram bucket that holds the rank.
+
+A cluster (``--cluster layout.json`` or several ``--url``): every worker is scraped, the
+samples are added up (counters and histogram buckets add exactly, as ``sum()`` in PromQL
+would), and a table breaks out each worker: its shard, ready or down, payments/s, p99.
 """
 
 from __future__ import annotations
@@ -65,7 +69,56 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
     return prev_bound
 
 
-def render(new: Scrape, old: Scrape) -> Group:
+def scrape_all(urls: list[str], client: httpx.Client) -> list[Scrape | None]:
+    """One scrape per worker; None for a worker that cannot be read (down, restarting)."""
+    out: list[Scrape | None] = []
+    for url in urls:
+        try:
+            out.append(scrape(url, client))
+        except httpx.HTTPError:
+            out.append(None)
+    return out
+
+
+def merged(scrapes: list[Scrape | None]) -> Scrape:
+    """Samples added up over the workers read."""
+    present = [s for s in scrapes if s is not None]
+    total = Scrape(max((s.at for s in present), default=time.monotonic()))
+    for one in present:
+        for name, series in one.samples.items():
+            into = total.samples.setdefault(name, {})
+            for labels, value in series.items():
+                into[labels] = into.get(labels, 0.0) + value
+    return total
+
+
+def render_cluster(new: list[Scrape | None], old: list[Scrape | None],
+                   urls: list[str]) -> Group:
+    """The whole cluster (workers read in both scrapes, added up) and one row per worker."""
+    both = [(n, o) for n, o in zip(new, old, strict=True) if n is not None and o is not None]
+    whole = render(merged([n for n, _ in both]), merged([o for _, o in both]),
+                   workers=len(urls))
+    table = Table(title="workers", expand=True)
+    for column in ("shard", "metrics", "ready", "payments/s", "p99 ms", "in flight"):
+        table.add_column(column)
+    for shard, (url, n, o) in enumerate(zip(urls, new, old, strict=True)):
+        if n is None or o is None:
+            table.add_row(str(shard), url, "DOWN", "-", "-", "-")
+            continue
+        seconds = max(n.at - o.at, 1e-9)
+        paid = sum(_delta(n, o, "payswitch_payments_total").values())
+        buckets: dict[float, float] = defaultdict(float)
+        for labels, value in _delta(n, o, "payswitch_payment_duration_seconds_bucket").items():
+            buckets[float(dict(labels)["le"])] += value
+        p99 = quantile(0.99, buckets)
+        ready = sum(n.get("payswitch_ready").values()) == 1
+        table.add_row(str(shard), url, "yes" if ready else "NO", f"{paid / seconds:.0f}",
+                      "-" if p99 is None else f"{p99 * 1000:.2f}",
+                      f"{sum(n.get('payswitch_in_flight_payments').values()):.0f}")
+    return Group(*whole.renderables, table)
+
+
+def render(new: Scrape, old: Scrape, workers: int = 1) -> Group:
     seconds = max(new.at - old.at, 1e-9)
     payments = _delta(new, old, "payswitch_payments_total")
     by_channel: dict[str, dict[str, float]] = defaultdict(dict)
@@ -148,8 +201,9 @@ def render(new: Scrape, old: Scrape) -> Group:
 
     rejected = _delta(new, old, "payswitch_rejected_requests_total")
     reasons = ", ".join(f"{dict(k)['reason']}={v / seconds:.0f}" for k, v in rejected.items() if v)
+    ready = gauge("payswitch_ready")
     health.add_row(
-        "yes" if gauge("payswitch_ready") == 1 else "NO",
+        ("yes" if ready == 1 else "NO") if workers == 1 else f"{ready:.0f}/{workers}",
         f"{gauge('payswitch_in_flight_payments'):.0f}",
         f"{gauge('payswitch_unresolved_payments'):.0f}",
         f"{gauge('payswitch_journal_pending_records'):.0f}",

@@ -16,6 +16,11 @@ payment. Writing the counter per payment would cost an fsync each, so numbers ar
 next block is stored durably. A new boot resumes at the stored value, past everything the
 previous one could have used (at most one block of numbers is skipped per restart).
 
+In a cluster (switch/cluster/), workers share one acquirer identity towards the issuers,
+so each worker draws from its own slice of the cycle (:class:`ShardTraceNumbers`): shard
+*s* of *N* hands out only numbers in ``s*R+1 .. (s+1)*R`` with ``R = 999,999 // N``, and
+no two workers ever send the same STAN.
+
 The store is injectable (:class:`TraceStore`): a sidecar file next to the journal in the
 switch (:class:`FileTraceStore`), :class:`MemoryTraceStore` in tests and simulations.
 """
@@ -30,6 +35,7 @@ __all__ = [
     "MAX_STAN",
     "FileTraceStore",
     "MemoryTraceStore",
+    "ShardTraceNumbers",
     "TraceNumbers",
     "TraceStore",
     "TraceStoreError",
@@ -153,3 +159,23 @@ class TraceNumbers:
         self._next = _advance(n, 1)
         self._left -= 1
         return n
+
+
+class ShardTraceNumbers(TraceNumbers):
+    """Shard ``shard`` of ``shards`` workers: the same durable sequence, mapped into this
+    shard's own slice of 1..MAX_STAN, so workers of one cluster never share a STAN."""
+
+    def __init__(self, store: TraceStore | None = None, *, shard: int, shards: int,
+                 block: int = DEFAULT_BLOCK) -> None:
+        if not 0 <= shard < shards <= MAX_STAN // 100:
+            raise ValueError(f"shard {shard} of {shards}: outside 0..shards-1")
+        self.span = MAX_STAN // shards
+        super().__init__(store, block=min(block, self.span // 10 or 1))
+        self.base = shard * self.span
+
+    @property
+    def peek(self) -> int:
+        return self.base + (self._next - 1) % self.span + 1
+
+    def next(self) -> int:
+        return self.base + (super().next() - 1) % self.span + 1

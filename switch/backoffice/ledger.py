@@ -242,6 +242,28 @@ class CurrencyPositions:
         return sum(p.net for p in self.positions)
 
 
+def merge_summaries(summaries: list[PostingSummary]) -> PostingSummary:
+    return PostingSummary(sum(s.pending for s in summaries), sum(s.posted for s in summaries),
+                          sum(s.voided for s in summaries))
+
+
+def merge_reports(reports: list[SettlementReport]) -> SettlementReport:
+    """One cycle closed on every shard of a cluster, as one report: each shard's ledger
+    lives in its own journal, and positions add up (net amounts per participant, role and
+    currency summed; gross instructions listed together). ``cycle`` is the highest."""
+    if len(reports) == 1:
+        return reports[0]
+    net: dict[tuple[str, str, str], int] = defaultdict(int)
+    for report in reports:
+        for p in report.net:
+            net[(p.participant, p.role, p.currency)] += p.amount
+    return SettlementReport(
+        max((r.cycle for r in reports), default=0),
+        sum(r.captured for r in reports), sum(r.transfers for r in reports),
+        [Position(*k, amount) for k, amount in sorted(net.items()) if amount],
+        [g for r in reports for g in r.gross])
+
+
 def positions_by_currency(report: SettlementReport) -> list[CurrencyPositions]:
     """Positions per currency and counterparty, currencies sorted by code and
     counterparties by net position (largest receiver first, largest payer last)."""

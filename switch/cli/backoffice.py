@@ -21,9 +21,12 @@ if TYPE_CHECKING:
 @click.command()
 @click.option(
     "--journal",
+    "journals",
     type=click.Path(exists=True, dir_okay=False),
     required=True,
-    help="The switch's journal (SQLite).",
+    multiple=True,
+    help="The switch's journal (SQLite); repeat it for a cluster's shards (one switch "
+    "side from all of them).",
 )
 @click.option(
     "--files",
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
     help="A match settled more than this many seconds after approval is late.",
 )
 def reconcile(
-    journal: str,
+    journals: tuple[str, ...],
     files_dir: str,
     out_dir: str | None,
     tol_amount: int,
@@ -80,13 +83,14 @@ def reconcile(
     from switch.backoffice.recon.reconcile import run
     from switch.protocols.settlement_files import SettlementFileError
 
-    check_journal(journal)
+    for journal in journals:
+        check_journal(journal)
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
     try:
         with _ReconProgress(err) as progress:
             report, paths = run(
-                Path(journal), Path(files_dir),
+                [Path(j) for j in journals], Path(files_dir),
                 Path(out_dir) if out_dir else Path(files_dir) / "recon",
                 tol_amount=tol_amount, tol_time_us=int(tol_time * 1e6),
                 late_after_s=late_after, progress=cast("Progress", progress))
@@ -167,9 +171,12 @@ class _ReconProgress:
 @click.command()
 @click.option(
     "--journal",
+    "journals",
     type=click.Path(exists=True, dir_okay=False),
     required=True,
-    help="The switch's journal (SQLite); the ledger lives in the same database.",
+    multiple=True,
+    help="The switch's journal (SQLite); the ledger lives in the same database. Repeat it "
+    "for a cluster's shards: each shard's cycle is closed and the positions added up.",
 )
 @click.option(
     "--mode",
@@ -188,7 +195,8 @@ class _ReconProgress:
 )
 @click.option("--json", "as_json", is_flag=True,
               help="Print the positions as JSON (amounts in major units and minor units).")
-def settle(journal: str, modes: tuple[str, ...], out_file: str | None, as_json: bool) -> None:
+def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | None,
+           as_json: bool) -> None:
     """Close a clearing cycle: post the ledger from the journal, capture card holds,
     and print each participant's settlement position (net) or instructions (gross)."""
     import json
@@ -202,6 +210,8 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None, as_json: 
         Mode,
         check_invariants,
         format_major,
+        merge_reports,
+        merge_summaries,
         positions_by_currency,
         post_from_journal,
     )
@@ -220,14 +230,19 @@ def settle(journal: str, modes: tuple[str, ...], out_file: str | None, as_json: 
         chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
             "net" if mode == "net" else "gross"
         )
-    check_journal(journal)
-    db = sqlite3.connect(journal, isolation_level=None)
-    try:
-        posted = post_from_journal(db)
-        report = close_cycle(db, int(time.time() * 1_000_000), chosen)  # wall timestamp
-        check_invariants(db)
-    finally:
-        db.close()
+    for journal in journals:
+        check_journal(journal)
+    closed_at = int(time.time() * 1_000_000)  # wall timestamp, one for every shard
+    summaries, reports = [], []
+    for journal in journals:
+        db = sqlite3.connect(journal, isolation_level=None)
+        try:
+            summaries.append(post_from_journal(db))
+            reports.append(close_cycle(db, closed_at, chosen))
+            check_invariants(db)
+        finally:
+            db.close()
+    posted, report = merge_summaries(summaries), merge_reports(reports)
     by_currency = positions_by_currency(report)
     if as_json:
         click.echo(json.dumps({

@@ -105,6 +105,13 @@ def _default_processes() -> int:
     show_default=True,
     help="TCP connections in all, split across processes.",
 )
+@click.option("--run-id", default=None, metavar="TAG",
+              help="The run's tag, prefix of every idempotency key [default: from the clock]. "
+              "Give every machine of one run the same (with --share).")
+@click.option("--share", default="0/1", show_default=True, metavar="I/M",
+              help="This machine's share of a run split over M machines: machine I "
+              "(0-based) sends every M-th request of the shape. Merge the machines' outputs "
+              "with `payswitch report merge`.")
 @click.option("--seed", type=int, default=None, help="Run seed (default: the workload's).")
 @click.option(
     "--out",
@@ -174,6 +181,8 @@ def load(
     workload_path: str | None,
     processes: int | None,
     connections: int,
+    run_id: str | None,
+    share: str,
     seed: int | None,
     out: str | None,
     drain_timeout: float,
@@ -198,7 +207,13 @@ def load(
 
     With --threshold, ends with a verdict: exit 0 when every threshold passes, 1 when
     one fails (named), 2 when one cannot be parsed.
+
+    Against a cluster (`serve --workers N`), the generator asks the target for the shard
+    map and sends each payment straight to the worker owning its key. From several
+    machines: the same --run-id, --share 0/M ... M-1/M, then `payswitch report merge`.
     """
+    import re
+
     from loadtests.harness.loadrun import LoadPlan, default_out_dir, run_load, run_tag_now
     from loadtests.harness.thresholds import ThresholdError, parse_thresholds
 
@@ -224,6 +239,16 @@ def load(
     if shape.cumulative(duration_s) < 1:
         raise click.BadParameter("the shape offers no request in the run", param_hint="--shape")
     n_proc = processes or _default_processes()
+    found = re.fullmatch(r"(\d{1,4})/(\d{1,4})", share)
+    if found is None or not int(found[1]) < int(found[2]):
+        raise click.BadParameter(f"{share!r}: expected I/M with 0 <= I < M <= 9999",
+                                 param_hint="--share")
+    if run_id is not None and re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", run_id) is None:
+        raise click.BadParameter(f"{run_id!r}: 1-32 letters, digits, '_', '.', '-'",
+                                 param_hint="--run-id")
+    if int(found[2]) > 1 and run_id is None:
+        raise click.UsageError("--share I/M with M > 1 needs --run-id: every machine of the "
+                               "run must use the same one (it prefixes the keys)")
     if target is not None:
         host, _, port_text = target.rpartition(":")
         if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
@@ -248,7 +273,9 @@ def load(
         seed=spec.seed if seed is None else seed,
         processes=n_proc,
         connections=max(connections, n_proc),
-        run_tag=run_tag_now(),
+        run_tag=run_id or run_tag_now(),
+        share_index=int(found[1]),
+        share_count=int(found[2]),
         drain_timeout_s=drain_timeout,
         max_outstanding_per_connection=max_outstanding,
         protocol=protocol,  # type: ignore[arg-type]

@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import anyio
 import click
 from rich.console import Console
 
 from switch.cli.backoffice import reconcile, settle
+from switch.cli.cluster import cluster
 from switch.cli.errors import UserError
 from switch.cli.fault import fault
 from switch.cli.load import load
@@ -85,6 +87,38 @@ def main() -> None:
     help="A throwaway setup: without a configured token key, generate a random one in "
     "token.key beside the journal (kept for that work dir).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Run N switch processes, one per shard of the idempotency key space, each with "
+    "its own ports (configured port + i, or free ports for 0) and journal "
+    "(shard-<i>/ under --cluster-dir); restart any that exits. See docs/cluster.md.",
+)
+@click.option(
+    "--cluster-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="With --workers: where the layout, Prometheus targets, logs and shard journals "
+    "go [default: the journal's directory].",
+)
+@click.option(
+    "--restart-delay",
+    type=click.FloatRange(0, 600),
+    default=1.0,
+    show_default=True,
+    help="With --workers: seconds before a worker that exited is started again.",
+)
+@click.option(
+    "--cluster",
+    "layout_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Run one worker of the cluster this layout (JSON) describes; needs --shard.",
+)
+@click.option("--shard", "shards", type=click.IntRange(0, 1023), multiple=True,
+              help="With --cluster: the shard this worker owns. Repeated: supervise this "
+              "node's workers of a layout spread over several nodes (one per shard).")
 def serve(
     config_path: str | None,
     backend: str | None,
@@ -92,18 +126,43 @@ def serve(
     log_level: str,
     log_format: str,
     demo: bool,
+    workers: int | None,
+    cluster_dir: str | None,
+    restart_delay: float,
+    layout_path: str | None,
+    shards: tuple[int, ...],
 ) -> None:
     """Run the switch until SIGTERM or SIGINT, then drain and flush the journal.
 
     Payments are served on [server] host:port; /metrics, /healthz and /readyz on
     [admin] host:port. The token key comes from $PAYSWITCH_TOKEN_KEY or
     [security] token_key_file; without one, serve refuses to start unless --demo.
+
+    With --workers N, N worker processes share the key space by shard (docs/cluster.md);
+    put HAProxy in front of their HTTP doors with `payswitch cluster haproxy-config`.
     """
     from switch.observability import logs
 
     logs.configure(log_level, log_format)
+    if (layout_path is None) != (not shards):
+        raise click.UsageError("--cluster and --shard go together")
+    if workers is not None and layout_path is not None:
+        raise click.UsageError("--workers starts a whole cluster; --cluster/--shard run one "
+                               "worker of a layout: choose one")
+    if workers is None and (cluster_dir is not None):
+        raise click.UsageError("--cluster-dir: only with --workers")
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
+        if layout_path is not None and len(shards) > 1:
+            sys.exit(_serve_node(config, config_path, layout_path, shards, restart_delay,
+                                 ready_file, backend, log_level, log_format, demo))
+        if layout_path is not None:
+            from switch.cluster.layout import apply, load_layout
+
+            config = apply(config, load_layout(layout_path), shards[0])
+        if workers is not None:
+            sys.exit(_serve_cluster(config, config_path, workers, cluster_dir, restart_delay,
+                                    ready_file, backend, log_level, log_format, demo))
         config = resolve_token_key(config, demo=demo)
         load_tokens(config.admin.auth)  # an unreadable token file stops start-up here
         check_free_space(config)
@@ -148,6 +207,68 @@ def serve(
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)
+
+
+def _serve_node(config: SwitchConfig, config_path: str | None, layout_path: str,
+                shards: tuple[int, ...], restart_delay: float, ready_file: str | None,
+                backend: str | None, log_level: str, log_format: str, demo: bool) -> int:
+    """``serve --cluster layout.json --shard I --shard J ...``: this node's workers of a
+    layout shared by several nodes, supervised like ``--workers``."""
+    from pathlib import Path
+
+    from switch.cluster.layout import apply, load_layout
+    from switch.cluster.supervisor import Supervisor, run
+
+    if demo:
+        raise ConfigError("--demo: the nodes of one cluster must share one token key (PAN "
+                          "tokens and body hashes agree across journals): set "
+                          f"${config.security.token_key_env} or security.token_key_file")
+    layout = load_layout(layout_path)
+    if len(set(shards)) != len(shards):
+        raise ConfigError("--shard: a shard is named twice")
+    for shard in shards:
+        apply(config, layout, shard)  # refuses a shard outside the layout
+    config = resolve_token_key(config, demo=demo)
+    load_tokens(config.admin.auth)
+    env = dict(os.environ)
+    if config.security.token_key_file is None:
+        env[config.security.token_key_env] = config.security.token_key
+    run_dir = Path(layout_path).resolve().parent
+    args = ["--log-level", log_level, "--log-format", log_format]
+    if backend:
+        args += ["--backend", backend]
+    supervisor = Supervisor(layout, run_dir, config_path=config_path, serve_args=args, env=env,
+                            restart_delay_s=restart_delay, shards=shards,
+                            layout_path=layout_path)
+    return run(supervisor, ready_file=ready_file)
+
+
+def _serve_cluster(config: SwitchConfig, config_path: str | None, workers: int,
+                   cluster_dir: str | None, restart_delay: float, ready_file: str | None,
+                   backend: str | None, log_level: str, log_format: str, demo: bool) -> int:
+    """``serve --workers N``: plan the layout, supervise the workers (switch/cluster)."""
+    from pathlib import Path
+
+    from switch.cluster.layout import apply, plan
+    from switch.cluster.supervisor import Supervisor, run
+
+    config = resolve_token_key(config, demo=demo)
+    load_tokens(config.admin.auth)
+    check_free_space(config)
+    layout = plan(config, workers, cluster_dir)
+    for w in layout.workers:
+        _refuse_busy_ports(config_path, apply(config, layout, w.shard))
+    env = dict(os.environ)
+    if config.security.token_key_file is None:
+        # One key for every shard: PAN tokens and body hashes agree across journals.
+        env[config.security.token_key_env] = config.security.token_key
+    run_dir = Path(cluster_dir) if cluster_dir else Path(config.journal.path).parent
+    args = ["--log-level", log_level, "--log-format", log_format]
+    if backend:
+        args += ["--backend", backend]
+    supervisor = Supervisor(layout, run_dir, config_path=config_path, serve_args=args, env=env,
+                            restart_delay_s=restart_delay)
+    return run(supervisor, ready_file=ready_file)
 
 
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
@@ -302,9 +423,17 @@ def demo(
 @main.command()
 @click.option(
     "--url",
-    default="http://127.0.0.1:7180/metrics",
-    show_default=True,
-    help="The switch's admin /metrics URL.",
+    "urls",
+    multiple=True,
+    help="A switch's admin /metrics URL [default: http://127.0.0.1:7180/metrics]; repeat "
+    "it for the workers of a cluster.",
+)
+@click.option(
+    "--cluster",
+    "layout_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A cluster's layout.json (from `serve --workers N`): every worker's /metrics.",
 )
 @click.option(
     "--interval",
@@ -314,20 +443,53 @@ def demo(
     help="Seconds between scrapes; rates are over this interval.",
 )
 @click.option("--once", is_flag=True, help="Print one frame (two scrapes) and exit.")
-def top(url: str, interval: float, once: bool) -> None:
+def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: bool) -> None:
     """Live terminal view of a running switch: TPS, latency, networks, rejections.
 
-    Reads the switch's /metrics, so it works wherever Prometheus would.
+    Reads the switch's /metrics, so it works wherever Prometheus would. For a cluster, it
+    adds the workers up and breaks each one out (shard, ready or DOWN, payments/s, p99).
     """
     import time
 
     import httpx
     from rich.live import Live
 
-    from loadtests.harness.top import render, scrape
+    from loadtests.harness.top import render, render_cluster, scrape, scrape_all
 
+    targets = list(urls)
+    if layout_path is not None:
+        from switch.cluster.layout import load_layout
+
+        try:
+            layout = load_layout(layout_path)
+        except ConfigError as exc:
+            raise UserError(str(exc)) from None
+        targets += [f"http://{w.admin_address}/metrics" for w in layout.workers]
+    if not targets:
+        targets = ["http://127.0.0.1:7180/metrics"]
     console = Console()
     with httpx.Client() as client:
+        if len(targets) > 1:
+            previous_all = scrape_all(targets, client)
+            if all(s is None for s in previous_all):
+                raise click.ClickException(f"cannot read any of {', '.join(targets)}")
+
+            def frame_all() -> Any:
+                nonlocal previous_all
+                current = scrape_all(targets, client)
+                view = render_cluster(current, previous_all, targets)
+                previous_all = current
+                return view
+
+            if once:
+                time.sleep(interval)
+                console.print(frame_all())
+                return
+            with Live(console=console, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(frame_all())
+        url = targets[0]
         try:
             previous = scrape(url, client)
         except httpx.HTTPError as exc:
@@ -423,6 +585,7 @@ def scenario_list() -> None:
 
 
 main.add_command(fault)
+main.add_command(cluster)
 main.add_command(reconcile)
 main.add_command(settle)
 main.add_command(load)

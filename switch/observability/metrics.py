@@ -72,6 +72,7 @@ REJECT_REASONS: Final = (
     reasons.E_SHUTTING_DOWN,
     reasons.E_UNKNOWN_OP,
     reasons.E_UNAVAILABLE,
+    reasons.E_MOVED,
 )
 RISK_RULES: Final = ("amount_limit", "blocklist", "velocity_count", "velocity_amount")
 RETRY_REASONS: Final = ("not_sent", "technical")

@@ -48,6 +48,7 @@ __all__ = [
     "ErrorReply",
     "FrameDecoder",
     "FrameTooLarge",
+    "Moved",
     "Pay",
     "Ping",
     "Pong",
@@ -57,6 +58,8 @@ __all__ = [
     "Request",
     "RequestId",
     "Response",
+    "ShardMapReply",
+    "Shards",
     "decode_request",
     "decode_response",
     "encode_request",
@@ -87,7 +90,14 @@ class Ping(msgspec.Struct, tag="ping", tag_field="op", frozen=True, forbid_unkno
     id: RequestId
 
 
-Request = Pay | Query | Ping
+class Shards(msgspec.Struct, tag="shards", tag_field="op", frozen=True,
+             forbid_unknown_fields=True):
+    """Ask for the cluster's shard map (see switch/protocols/shardmap.py)."""
+
+    id: RequestId
+
+
+Request = Pay | Query | Ping | Shards
 
 
 class Reply(msgspec.Struct, tag="result", tag_field="op", frozen=True):
@@ -110,7 +120,26 @@ class Pong(msgspec.Struct, tag="pong", tag_field="op", frozen=True):
     id: int
 
 
-Response = Reply | ErrorReply | Pong
+class Moved(msgspec.Struct, tag="moved", tag_field="op", frozen=True):
+    """A payment or query for a key this worker does not own: ask ``address`` (the owner
+    of ``shard`` of ``shards``) instead. Nothing was journaled here."""
+
+    id: int
+    shard: int
+    shards: int
+    address: str
+
+
+class ShardMapReply(msgspec.Struct, tag="shard_map", tag_field="op", frozen=True):
+    """The cluster's shard map (msgpack address per shard) and the answering worker's
+    shard. ``addresses`` empty: not sharded, send everything here."""
+
+    id: int
+    shard: int
+    addresses: list[str]
+
+
+Response = Reply | ErrorReply | Pong | Moved | ShardMapReply
 
 _request_decoder: Final[msgspec.msgpack.Decoder[Request]] = msgspec.msgpack.Decoder(Request)
 _encoder: Final = msgspec.msgpack.Encoder()

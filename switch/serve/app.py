@@ -12,6 +12,7 @@ Shutdown is the reverse: stop accepting, let in-flight payments finish (bounded 
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -28,7 +29,12 @@ from switch.adapters.base import ChannelAdapter
 from switch.adapters.factory import build_network_adapter
 from switch.adapters.fakenet import StandInNetwork
 from switch.adapters.iso8583 import CardAdapter
-from switch.adapters.trace import FileTraceStore, TraceNumbers, sidecar_path
+from switch.adapters.trace import (
+    FileTraceStore,
+    ShardTraceNumbers,
+    TraceNumbers,
+    sidecar_path,
+)
 from switch.clock import Clock
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.model import Payment
@@ -71,6 +77,13 @@ def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
     for spec in config.channel_networks:
         adapters[spec.name] = build_network_adapter(spec)
     return adapters
+
+
+def _boot_identity(boot_count: int, shard: int, shards: int) -> int:
+    """The boot number the core names payments by (``P<boot>-<seq>``, the RRN's first two
+    digits, its random stream). In a cluster each worker's boots are numbered apart
+    (``boot * N + shard``), so payment ids, RRNs and UETRs never collide across shards."""
+    return boot_count if shards <= 1 else boot_count * shards + shard
 
 
 class SwitchApp:
@@ -166,7 +179,7 @@ class SwitchApp:
         if cfg.http.enabled:
             sock = bind_socket(cfg.http.host, cfg.http.port)
             http_port = sock.getsockname()[1]
-            api = build_api(front, cfg.http)
+            api = build_api(front, cfg.http, cfg.cluster.map, cfg.cluster.shard)
             outer.start_soon(serve_api, api, sock, cfg.http.server, cfg.http.max_connections,
                              self._admin_stop.wait)
         return iso_port, http_port
@@ -221,7 +234,12 @@ class SwitchApp:
             # One DE11 sequence for the pipeline and every card adapter, resumed past the
             # block the previous boot reserved (an issuer answers 94 to a reused STAN).
             trace_store = FileTraceStore(sidecar_path(cfg.journal.path))
-            trace = await anyio.to_thread.run_sync(TraceNumbers, trace_store)
+            shards = len(cfg.cluster.shards)
+            if shards > 1:  # workers of one cluster never share a STAN (adapters/trace.py)
+                trace: TraceNumbers = await anyio.to_thread.run_sync(functools.partial(
+                    ShardTraceNumbers, trace_store, shard=cfg.cluster.shard, shards=shards))
+            else:
+                trace = await anyio.to_thread.run_sync(TraceNumbers, trace_store)
             for adapter in self.adapters.values():
                 if isinstance(adapter, CardAdapter):
                     adapter.use_trace(trace)
@@ -246,7 +264,8 @@ class SwitchApp:
                     resolver=resolver,
                     metrics=self.metrics,
                     token_key=token_key,
-                    boot_count=recovered.boot_count,
+                    boot_count=_boot_identity(recovered.boot_count, cfg.cluster.shard,
+                                              shards),
                     seed=cfg.seed,
                     wall_offset=wall_offset,
                     standin=standin if cfg.standin.enabled else None,
@@ -255,7 +274,7 @@ class SwitchApp:
 
             engine = Engine(clock, journal, self.adapters, build_core)
             self.engine = engine
-            server = Server(engine, cfg.server, self.metrics)
+            server = Server(engine, cfg.server, self.metrics, cfg.cluster.map, cfg.cluster.shard)
             self.server = server
             front = FrontCore(engine, cfg.journal.path)
             log.info(

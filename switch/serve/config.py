@@ -30,6 +30,7 @@ from switch.payment.resolver import ResolutionConfig
 from switch.payment.risk import RiskConfig
 from switch.payment.standin import StandInConfig
 from switch.protocols.framing import MAX_FRAME_BYTES_CEILING
+from switch.protocols.shardmap import MAX_SHARDS, Address, ShardMap
 from switch.routing.resilience import ResilienceConfig
 from switch.routing.router import ChannelRoute
 from switch.serve.http import AdminAuthConfig
@@ -129,6 +130,30 @@ class HttpApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1024
 
 
+class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """This switch as one worker of a sharded cluster (docs/cluster.md); empty: standalone.
+
+    Usually written by `payswitch serve --workers N` or applied from a cluster layout
+    (`payswitch serve --cluster layout.json --shard I`), not by hand.
+    """
+
+    #: The shard this worker owns (0-based).
+    shard: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SHARDS)] = 0
+    #: Every shard's msgpack address (host:port), in shard order; this worker's own is
+    #: ``shards[shard]``. A key is owned by shard crc32(key) mod len(shards); a payment
+    #: for a key owned elsewhere is answered `moved` (msgpack) or 421 (HTTP).
+    shards: Annotated[list[Address], msgspec.Meta(max_length=MAX_SHARDS)] = msgspec.field(
+        default_factory=list)
+
+    @property
+    def map(self) -> ShardMap:
+        return ShardMap(self.shards)
+
+    @property
+    def sharded(self) -> bool:
+        return len(self.shards) > 1
+
+
 class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The SQLite (WAL) journal: every payment step, durable before the client hears back."""
 
@@ -214,6 +239,7 @@ class SwitchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
     resilience: ResilienceConfig = msgspec.field(default_factory=ResilienceConfig)
     standin: StandInConfig = msgspec.field(default_factory=StandInConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
     resolution: ResolutionConfig = msgspec.field(default_factory=ResolutionConfig)
     #: Seeds every random choice (stand-in networks, jitter): same seed, same outcomes.
     seed: int = 1
@@ -265,6 +291,9 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
     missing = [c for c in CHANNELS if c not in routed]
     if cfg.routes and missing and cfg.routing.table is None:
         raise ConfigError(f"routes: no route for channel(s) {', '.join(missing)}")
+    if cfg.cluster.shards and cfg.cluster.shard >= len(cfg.cluster.shards):
+        raise ConfigError(f"cluster.shard: {cfg.cluster.shard} is not a shard of "
+                          f"cluster.shards (0..{len(cfg.cluster.shards) - 1})")
     for section, names in (("resilience.breakers", cfg.resilience.breakers),
                            ("resilience.admission.overrides", cfg.resilience.admission.overrides)):
         for name in names:

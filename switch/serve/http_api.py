@@ -8,6 +8,11 @@
 - ``GET /openapi.json``: the document, generated from the message types and checked in
   as docs/openapi.json (a test keeps them equal).
 
+In a cluster, a payment whose key another worker owns (switch/protocols/shardmap.py) is
+answered 421 Misdirected Request, code ``moved``, naming the owner's shard and msgpack
+address, before anything is journaled: HAProxy routes by the same map, so this only
+happens to a client that bypasses it.
+
 Errors are RFC 9457 problem+json; field errors carry JSON pointers (``/card/pan``).
 
 Bounds: body size (``max_body_bytes``, 413 before parsing), payments in flight
@@ -46,6 +51,7 @@ from switch.protocols.payments_json import (
     resource_of,
     to_request,
 )
+from switch.protocols.shardmap import ShardMap, shard_of
 from switch.serve.config import HttpApiConfig
 from switch.serve.frontcore import FrontCore
 
@@ -60,7 +66,7 @@ _REFUSAL_STATUS: Final = {
     reasons.E_UNAVAILABLE: 503,
 }
 _TITLES: Final = {
-    400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
+    400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 421: "Misdirected Request",
     422: "Unprocessable Content", 503: "Service Unavailable",
 }
 
@@ -74,8 +80,11 @@ def problem(status: int, kind: str, detail: str, *, errors: list[FieldError] | N
                     headers=headers)
 
 
-def build_api(core: FrontCore, config: HttpApiConfig) -> Starlette:
+def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None = None,
+              shard: int = 0) -> Starlette:
     state = {"in_flight": 0}
+    addresses = shard_map.addresses if shard_map is not None else []
+    shards = len(addresses)
     document = _json.encode(openapi_document())
 
     async def create_payment(request: Request) -> Response:
@@ -86,6 +95,14 @@ def build_api(core: FrontCore, config: HttpApiConfig) -> Starlette:
         if len(key) > MAX_KEY_LENGTH:
             return problem(400, "idempotency-key-invalid",
                            f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+        if shards > 1:
+            owner = shard_of(key, shards)
+            if owner != shard:
+                core.metrics.rejected[reasons.E_MOVED].inc()
+                return problem(421, "moved", f"Idempotency-Key belongs to shard {owner} of "
+                               f"{shards} ({addresses[owner]}), not to this worker (shard "
+                               f"{shard}); send it through the cluster's HAProxy",
+                               code=reasons.E_MOVED)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             return problem(413, "body-too-large",

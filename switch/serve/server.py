@@ -27,6 +27,10 @@ Bounds, each with its own refusal:
 * ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
   nothing read and nothing in flight, checked by one sweeper task.
 
+In a cluster (``shard_map`` with more than one address), a payment or query for a key
+another worker owns is answered ``moved`` with the owner's address before admission:
+nothing is journaled here (switch/protocols/shardmap.py). ``shards`` returns the map.
+
 A bad frame only ever affects its own connection. The handler takes any anyio
 ``ByteStream``: TCP in production, in-memory streams in simulation tests.
 """
@@ -45,10 +49,12 @@ from switch import reasons
 from switch.clock import backend_clock
 from switch.model import PaymentRequest
 from switch.observability.metrics import SwitchMetrics
+from switch.protocols.shardmap import ShardMap, shard_of
 from switch.protocols.wire import (
     ErrorReply,
     FrameDecoder,
     FrameTooLarge,
+    Moved,
     Pay,
     Ping,
     Pong,
@@ -56,6 +62,8 @@ from switch.protocols.wire import (
     Reply,
     ReplyEncoder,
     Response,
+    ShardMapReply,
+    Shards,
     decode_request,
 )
 from switch.serve.config import ServerConfig
@@ -197,8 +205,13 @@ class _Connection:
 
 
 class Server:
-    def __init__(self, engine: Engine, config: ServerConfig, metrics: SwitchMetrics) -> None:
+    def __init__(self, engine: Engine, config: ServerConfig, metrics: SwitchMetrics,
+                 shard_map: ShardMap | None = None, shard: int = 0) -> None:
         self.engine = engine
+        self.shard_map = shard_map if shard_map is not None else ShardMap()
+        self.shard = shard
+        #: Shards in the cluster; 1: standalone, no ownership check.
+        self.shards = len(self.shard_map.addresses)
         self.config = config
         self.metrics = metrics
         self.connections = 0
@@ -294,6 +307,8 @@ class Server:
         engine = self.engine
         measure = engine.measure
         per_connection = cfg.max_in_flight_per_connection
+        shards = self.shards
+        own = self.shard
         while not conn.writer_failed:
             if conn.in_flight >= per_connection:
                 # Backpressure: read no more until replies bring us under the bound.
@@ -330,6 +345,11 @@ class Server:
                         continue
                 request = decode_request(payload)
                 if isinstance(request, Pay):
+                    if shards > 1:
+                        owner = shard_of(request.payment.idempotency_key, shards)
+                        if owner != own:
+                            conn.send(self._moved(request.id, owner))
+                            continue
                     if self._admit(conn, request.id):
                         admitted.append((request.id, request.payment))
                 elif isinstance(request, ErrorReply):
@@ -337,9 +357,13 @@ class Server:
                     metrics.rejected[request.code].inc()
                     conn.send(request)
                 elif isinstance(request, Query):
-                    conn.send(self._query(request))
+                    owner = shard_of(request.idempotency_key, shards) if shards > 1 else own
+                    conn.send(self._query(request) if owner == own
+                              else self._moved(request.id, owner))
                 elif isinstance(request, Ping):
                     conn.send(Pong(request.id))
+                elif isinstance(request, Shards):
+                    conn.send(ShardMapReply(request.id, own, list(self.shard_map.addresses)))
             if admitted:
                 # Every payment of this read enters the core together: their journal
                 # records share one group commit, their replies one write.
@@ -391,6 +415,10 @@ class Server:
     def _refuse(self, conn: _Connection, request_id: int, code: str, message: str) -> None:
         self.metrics.rejected[code].inc()
         conn.send(ErrorReply(request_id, code, message))
+
+    def _moved(self, request_id: int, owner: int) -> Moved:
+        self.metrics.rejected[reasons.E_MOVED].inc()
+        return Moved(request_id, owner, self.shards, self.shard_map.addresses[owner])
 
     def _query(self, request: Query) -> Response:
         entry = self.engine.index.get(request.idempotency_key)

@@ -76,6 +76,7 @@ from switch.backoffice.recon.outputs import write_outputs
 from switch.backoffice.recon.sides import (
     NoSettlementFiles,
     Side,
+    concat_sides,
     load_network_side,
     settlement_files,
 )
@@ -583,7 +584,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
+def run(journal: Path | Sequence[Path], files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
         tol_time_us: int = 5_000_000, late_after_s: float = 86400.0,
         progress: Progress | None = None) -> tuple[ReconReport, dict[str, Path]]:
     """``payswitch reconcile``: read both sides, match, write; figures per phase.
@@ -599,7 +600,9 @@ def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
         files_dir, on_file=lambda path, n: phases.progress.advance(path.stat().st_size))
     phases.done(len(net))
     phases.start("read journal")
-    sw = load_switch_side(journal)
+    # A cluster's journals (one per shard) make one switch side together.
+    journals = [journal] if isinstance(journal, Path) else list(journal)
+    sw = concat_sides([load_switch_side(j) for j in journals])
     phases.done(len(sw))
     phases.start("match")
     report = match(sw, net, tol_amount=tol_amount, tol_time_us=tol_time_us,

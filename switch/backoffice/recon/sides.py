@@ -74,6 +74,38 @@ class Side:
         return int(self.key.shape[0])
 
 
+def concat_sides(sides: list[Side]) -> Side:
+    """Several sides as one (a cluster's journals: one switch side per shard). Entry *i*
+    of the result is entry *i - start* of the side whose range holds it."""
+    if len(sides) == 1:
+        return sides[0]
+    if not sides:
+        return _empty_side()
+    starts = np.cumsum([0] + [len(s) for s in sides])
+
+    def split(idx: NDArray[np.int64]) -> list[tuple[int, NDArray[np.int64], NDArray[np.int64]]]:
+        which = np.searchsorted(starts, idx, side="right") - 1
+        return [(int(k), np.nonzero(which == k)[0], idx[which == k] - starts[k])
+                for k in np.unique(which)]
+
+    def gather(name: str) -> Callable[[NDArray[np.int64]], list[Any]]:
+        def build(idx: NDArray[np.int64]) -> list[Any]:
+            out: list[Any] = [None] * len(idx)
+            for k, positions, local in split(np.asarray(idx, np.int64)):
+                for pos, item in zip(positions.tolist(), getattr(sides[k], name)(local),
+                                     strict=True):
+                    out[pos] = item
+            return out
+        return build
+
+    def joined(name: str) -> NDArray[Any]:
+        return np.concatenate([getattr(s, name) for s in sides])
+
+    return Side(joined("key"), joined("amount"), joined("currency"), joined("status"),
+                joined("time_us"), joined("channel"), joined("flags"),
+                gather("records"), gather("counterparties"))
+
+
 def _empty_side() -> Side:
     z = np.zeros(0, np.int64)
     return Side(z, z, z.astype(np.int16), z.astype(np.int8), z, z.astype(np.int8),

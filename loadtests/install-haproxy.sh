@@ -1,0 +1,49 @@
+#!/bin/sh
+# Install HAProxy (the Debian package `haproxy`) when it is missing. `make test` runs this
+# first: the cluster tests start a real HAProxy in front of the switch workers, and they fail
+# (rather than skip) without it.
+#
+# Non-interactive, idempotent: exits 0 at once when haproxy is already on PATH. Needs root
+# (or sudo) and apt-get; elsewhere install HAProxy (2.4 or later) yourself so that `haproxy`
+# is on PATH.
+set -eu
+
+say() { printf 'install-haproxy: %s\n' "$*"; }
+
+if command -v haproxy >/dev/null 2>&1; then
+    say "already present: $(command -v haproxy) ($(haproxy -v 2>&1 | head -n 1))"
+    exit 0
+fi
+
+# apt-get present, root or sudo: the prelude the installers share (sets SUDO).
+WHAT="haproxy"
+. "$(dirname "$0")/../scripts/apt-prelude.sh"
+
+# The package's maintainer scripts would start an HAProxy service. The tests start their own
+# on free loopback ports, so keep the package from starting one: a policy-rc.d that refuses
+# service starts, removed again afterwards (only if we created it).
+POLICY=/usr/sbin/policy-rc.d
+CREATED_POLICY=0
+if [ ! -e "$POLICY" ]; then
+    say "temporarily installing $POLICY so the package does not start a service"
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
+    $SUDO chmod 755 "$POLICY"
+    CREATED_POLICY=1
+fi
+cleanup() {
+    if [ "$CREATED_POLICY" -eq 1 ]; then
+        $SUDO rm -f "$POLICY"
+    fi
+}
+trap cleanup EXIT INT TERM
+
+say "running: apt-get update"
+$SUDO apt-get update -q
+say "running: apt-get install -y --no-install-recommends haproxy"
+$SUDO apt-get install -y -q --no-install-recommends haproxy
+
+if ! command -v haproxy >/dev/null 2>&1; then
+    say "the haproxy package installed but haproxy is still not on PATH" >&2
+    exit 1
+fi
+say "installed: $(command -v haproxy) ($(haproxy -v 2>&1 | head -n 1))"

@@ -1,0 +1,148 @@
+"""The cluster layout: which worker owns which shard, where it listens, where it journals.
+
+One JSON file (``layout.json``) describes a whole cluster, on one node or several. Each
+worker process reads it with ``payswitch serve --cluster layout.json --shard I``: the base
+config gives everything else, the layout gives that worker its ports, its journal and the
+shard map (every shard's msgpack address), so every worker, every HAProxy and every
+client agree on one map. `payswitch serve --workers N` plans a layout on this node and
+runs the workers (switch/cluster/supervisor.py).
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+
+from switch.bounds import Port
+from switch.protocols.shardmap import MAX_SHARDS, ShardMap
+from switch.serve.config import ClusterConfig, ConfigError, SwitchConfig
+
+#: Workers one `serve --workers` starts at most (a 2-core box wants 2; a node, its cores).
+MAX_LOCAL_WORKERS = 256
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One worker: the shard it owns, its ports (0: door not enabled) and its journal."""
+
+    shard: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SHARDS)]
+    host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    port: Port
+    admin_port: Port
+    journal: Annotated[str, msgspec.Meta(min_length=1)]
+    http_port: Port = 0
+    iso8583_port: Port = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def admin_address(self) -> str:
+        return f"{self.host}:{self.admin_port}"
+
+
+class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Every worker of a cluster, in shard order (worker i owns shard i)."""
+
+    workers: Annotated[list[WorkerSpec], msgspec.Meta(min_length=1, max_length=MAX_SHARDS)]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64,
+                                      pattern=r"^[A-Za-z0-9_.-]+$")] = "payswitch"
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return ShardMap([w.address for w in self.workers])
+
+    @property
+    def journals(self) -> list[str]:
+        return [w.journal for w in self.workers]
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def plan(config: SwitchConfig, workers: int, directory: str | Path | None = None,
+         name: str = "payswitch") -> ClusterLayout:
+    """A layout for ``workers`` workers on this node, derived from one switch config.
+
+    Ports: a configured port P becomes P, P+1, ... P+N-1 (refused if two doors' ranges
+    overlap); port 0 picks a free port per worker now. Journals: ``shard-<i>/<name of
+    journal.path>`` under ``directory`` (default: the journal's own directory).
+    """
+    if not 1 <= workers <= MAX_LOCAL_WORKERS:
+        raise ConfigError(f"--workers: {workers} is outside 1..{MAX_LOCAL_WORKERS}")
+    journal = Path(config.journal.path)
+    base = Path(directory) if directory is not None else journal.parent
+    doors = [("server.port", config.server.host, config.server.port, True),
+             ("admin.port", config.admin.host, config.admin.port, True),
+             ("http.port", config.http.host, config.http.port, config.http.enabled),
+             ("iso8583.port", config.iso8583.host, config.iso8583.port, config.iso8583.enabled)]
+    ranges = [(key, port) for key, _, port, used in doors if used and port]
+    for i, (key, port) in enumerate(ranges):
+        if port + workers - 1 > 65535:
+            raise ConfigError(f"{key}: {port}+{workers - 1} workers passes port 65535")
+        for other, other_port in ranges[i + 1:]:
+            if abs(port - other_port) < workers:
+                raise ConfigError(
+                    f"{key} = {port} and {other} = {other_port}: with {workers} workers each "
+                    f"takes {workers} consecutive ports and the ranges overlap; move one, or "
+                    "set it to 0 (free ports)")
+    specs: list[WorkerSpec] = []
+    for shard in range(workers):
+        ports = [(0 if not used else port + shard if port else _free_port(host))
+                 for _, host, port, used in doors]
+        specs.append(WorkerSpec(shard=shard, host=config.server.host, port=ports[0],
+                                admin_port=ports[1], http_port=ports[2], iso8583_port=ports[3],
+                                journal=str(base / f"shard-{shard}" / journal.name)))
+    return ClusterLayout(specs, name)
+
+
+def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConfig:
+    """``config`` as worker ``shard`` of ``layout`` runs it."""
+    if not 0 <= shard < len(layout.workers):
+        raise ConfigError(f"--shard: {shard} is not a shard of the layout "
+                          f"(0..{len(layout.workers) - 1})")
+    w = layout.workers[shard]
+    if w.shard != shard:
+        raise ConfigError(f"layout: workers[{shard}].shard is {w.shard}; workers must be "
+                          "listed in shard order")
+    r = msgspec.structs.replace
+    return r(config,
+             server=r(config.server, host=w.host, port=w.port),
+             admin=r(config.admin, port=w.admin_port, enabled=True),
+             http=r(config.http, port=w.http_port, enabled=w.http_port != 0),
+             iso8583=r(config.iso8583, port=w.iso8583_port, enabled=w.iso8583_port != 0),
+             journal=r(config.journal, path=w.journal),
+             cluster=ClusterConfig(shard=shard, shards=layout.shard_map.addresses))
+
+
+def load_layout(path: str | Path) -> ClusterLayout:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the cluster layout: {exc.strerror}") from None
+    try:
+        layout = msgspec.json.decode(data, type=ClusterLayout)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path}: not a cluster layout (JSON): {exc}") from None
+    for i, w in enumerate(layout.workers):
+        if w.shard != i:
+            raise ConfigError(f"{path}: workers[{i}].shard is {w.shard}; workers must be "
+                              "listed in shard order")
+    return layout
+
+
+def save_layout(layout: ClusterLayout, path: str | Path) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_bytes(msgspec.json.format(msgspec.json.encode(layout)) + b"\n")
+    tmp.replace(target)

@@ -1,0 +1,144 @@
+"""The back office over a cluster: `payswitch reconcile` and `payswitch settle` on the
+journals of a 2-worker cluster give the same results as on one switch's journal, for the
+same workload, sent in the same order, against the same simulated networks (their random
+errors off, so outcomes depend on the payments, not on which worker booked them)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from loadtests.harness.client import SwitchClient
+from loadtests.harness.cluster_client import ClusterClient
+from loadtests.harness.clusterproc import audit_cluster, start_cluster, stop_cluster
+from loadtests.harness.processes import (
+    EXAMPLE_CHANNELS,
+    channel_networks_toml,
+    start_channels,
+    start_switch,
+    stop_switch,
+)
+from loadtests.harness.workload import Workload
+from switch.model import PaymentRequest
+from switch.protocols.wire import Reply
+
+SETTLE_GRACE_S = 3.5  # > the example SWIFT network's settlement delay (2 s)
+
+
+def workload(n: int) -> list[PaymentRequest]:
+    """``n`` payments of the default mix, plus card payments over the issuers' per
+    transaction limit (declined 61 whatever the order: not settled, not posted)."""
+    source = Workload(9)
+    out: list[PaymentRequest] = []
+    while len(out) < n:
+        request, kind = source.next()
+        if kind == "new":
+            out.append(request)
+    cards = [p for p in out if p.channel == "card"][:6]
+    out += [msgspec.structs.replace(p, idempotency_key=f"over-{i}", amount=2_500_000)
+            for i, p in enumerate(cards)]
+    return out
+
+
+def deterministic_channels(base: Path) -> Path:
+    """The example networks with every random error rate at 0."""
+    text = re.sub(r"^(\w+_rate\s*=\s*)[0-9.]+", r"\g<1>0.0", EXAMPLE_CHANNELS.read_text(),
+                  flags=re.M)
+    path = base / "channels-example.toml"
+    path.write_text(text)
+    return path
+
+
+def switch_config(base: Path, ready: dict[str, Any]) -> Path:
+    path = base / "switch.toml"
+    path.write_text(f"seed = 3\n[server]\nport = 0\n[admin]\nport = 0\n[journal]\n"
+                    f'path = "{base / "journal.db"}"\n' + channel_networks_toml(ready))
+    return path
+
+
+async def send_all(client: SwitchClient | ClusterClient, payments: list[PaymentRequest]) -> int:
+    """One at a time, in order: an issuer's balances drain in the same order in both runs
+    (concurrent sends could turn a late payment on a busy card into a 51 in one run)."""
+    answered = 0
+    with anyio.fail_after(300):
+        for p in payments:
+            reply = await client.pay(p)
+            assert isinstance(reply, Reply), reply
+            answered += 1
+    return answered
+
+
+async def drive(host: str, port: int, cluster: bool, payments: list[PaymentRequest]) -> int:
+    if cluster:
+        async with ClusterClient.connect(host, port) as by_shard:
+            return await send_all(by_shard, payments)
+    async with SwitchClient.connect(host, port) as client:
+        return await send_all(client, payments)
+
+
+def back_office(journals: list[Path], files: Path, out: Path) -> dict[str, Any]:
+    args = [a for j in journals for a in ("--journal", str(j))]
+    recon = subprocess.run([sys.executable, "-m", "switch.cli", "reconcile", *args,
+                            "--files", str(files), "--out", str(out)],
+                           capture_output=True, text=True, timeout=300)
+    assert recon.returncode == 0, recon.stdout + recon.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    settle = subprocess.run([sys.executable, "-m", "switch.cli", "settle", *args, "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert settle.returncode == 0, settle.stdout + settle.stderr
+    positions = json.loads(settle.stdout)
+    positions.pop("cycle")
+    keys = ("switch_records", "network_records", "classes", "amounts_minor", "breaks",
+            "unexplained_breaks", "clean")
+    return {"recon": {k: summary[k] for k in keys},
+            "settle": positions}
+
+
+def test_reconcile_and_settle_over_a_cluster_equal_one_switch(tmp_path: Path) -> None:
+    payments = workload(150)
+    results = {}
+    for name, workers in (("single", 1), ("cluster", 2)):
+        base = tmp_path / name
+        base.mkdir()
+        channels, ready = start_channels(base, deterministic_channels(base))
+        try:
+            config = switch_config(base, ready)
+            if workers == 1:
+                proc, endpoints = start_switch(config, base / "ready.json")
+                try:
+                    answered = anyio.run(drive, "127.0.0.1", endpoints["port"], False, payments)
+                    assert answered == len(payments)
+                finally:
+                    assert stop_switch(proc) == 0
+                journals = [base / "journal.db"]
+            else:
+                running = start_cluster(config, base / "cluster", workers)
+                try:
+                    w0 = running.layout.workers[0]
+                    answered = anyio.run(drive, w0.host, w0.port, True, payments)
+                    assert answered == len(payments)
+                finally:
+                    assert stop_cluster(running) == 0
+                journals = [Path(j) for j in running.layout.journals]
+                audit = audit_cluster(running.layout, {})
+                assert audit.finals == len(payments) and audit.duplicates_across == 0
+                # Both shards took part: it is a cluster's back office, not one journal's.
+                assert all(j.stat().st_size > 0 for j in journals)
+            time.sleep(SETTLE_GRACE_S)  # wall clock: the simulators' last settlement
+        finally:
+            stop_switch(channels)
+        results[name] = back_office(journals, base / "settlement", base / "recon")
+    single, cluster = results["single"], results["cluster"]
+    assert single["recon"]["switch_records"] == len(payments)
+    assert single["recon"]["network_records"] > 100
+    assert single["recon"]["classes"].get("expected_absent", 0) >= 6  # the declines
+    assert single["recon"]["clean"]
+    assert cluster == single

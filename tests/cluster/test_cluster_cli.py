@@ -1,0 +1,103 @@
+"""The cluster's command line: its files, and one-line errors (exit 2) for its mistakes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from switch.cluster.layout import ClusterLayout, WorkerSpec, plan, save_layout
+from switch.protocols.shardmap import shard_of
+from switch.serve.config import ConfigError, SwitchConfig, parse_config
+from tests.test_cli_errors import one_error_line, run
+from tests.test_http_api import CONFIG as HTTP_CONFIG
+
+
+def layout(tmp_path: Path, shards: int = 3, http: bool = True) -> Path:
+    spec = ClusterLayout([WorkerSpec(shard=i, host="127.0.0.1", port=7100 + i,
+                                     admin_port=7180 + i, journal=str(tmp_path / f"{i}.db"),
+                                     http_port=7120 + i if http else 0)
+                          for i in range(shards)], "test")
+    path = tmp_path / "layout.json"
+    save_layout(spec, path)
+    return path
+
+
+def test_plan_gives_each_worker_its_ports_and_journal(tmp_path: Path) -> None:
+    config = parse_config(HTTP_CONFIG.format(journal=tmp_path / "j.db", server="uvicorn")
+                          .replace("port = 0\n[admin]\nport = 0", "port = 7300\n[admin]\n"
+                                   "port = 7400"))
+    planned = plan(config, 3, tmp_path / "c")
+    assert [w.port for w in planned.workers] == [7300, 7301, 7302]
+    assert [w.admin_port for w in planned.workers] == [7400, 7401, 7402]
+    assert all(w.http_port > 0 for w in planned.workers)  # 0 in the config: free ports
+    assert len({w.http_port for w in planned.workers}) == 3
+    assert [w.journal for w in planned.workers] == [
+        str(tmp_path / "c" / f"shard-{i}" / "j.db") for i in range(3)]
+
+
+def test_haproxy_config_routes_by_the_shard_map_and_checks_readyz(tmp_path: Path) -> None:
+    path = layout(tmp_path)
+    out = tmp_path / "haproxy.cfg"
+    done = run("cluster", "haproxy-config", "--layout", str(path), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "use_backend shard%[req.fhdr(Idempotency-Key,1),crc32,mod(3)] if has_key" in text
+    assert text.count("option httpchk GET /readyz") == 4  # 3 shards + the keyless backend
+    assert "server w1 127.0.0.1:7121 check port 7181" in text
+    assert "redispatch" not in text.replace("No redispatch", "")
+    body = (tmp_path / "haproxy-errors" / "shard-2-503.http").read_bytes()
+    head, _, payload = body.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"application/problem+json" in head
+    assert json.loads(payload)["code"] == "unavailable" and json.loads(payload)["shard"] == 2
+    assert f"Content-Length: {len(payload)}".encode() in head
+    check = subprocess.run(["haproxy", "-c", "-f", str(out)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_shard_command_and_prometheus_targets(tmp_path: Path) -> None:
+    path = layout(tmp_path)
+    done = run("cluster", "shard", "--layout", str(path), "order-1", "order-2")
+    assert done.returncode == 0
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"order-1\tshard {shard_of('order-1', 3)}\t127.0.0.1:" \
+                       f"{7100 + shard_of('order-1', 3)}"
+    targets = tmp_path / "t.json"
+    assert run("cluster", "prometheus-targets", "--layout", str(path), "--out",
+               str(targets)).returncode == 0
+    groups = json.loads(targets.read_text())
+    assert groups[1] == {"targets": ["127.0.0.1:7181"], "labels": {"shard": "1",
+                                                                  "cluster": "test"}}
+
+
+def test_cluster_mistakes_are_one_line(tmp_path: Path) -> None:
+    no_http = layout(tmp_path, http=False)
+    line = one_error_line(run("cluster", "haproxy-config", "--layout", str(no_http),
+                              "--out", str(tmp_path / "h.cfg")))
+    assert "have no http_port" in line
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"workers": [{"shard": 1, "host": "h", "port": 1, "admin_port": 2, '
+                   '"journal": "j"}]}')
+    line = one_error_line(run("cluster", "shard", "--layout", str(bad), "k"))
+    assert line == f"Error: {bad}: workers[0].shard is 1; workers must be listed in shard order"
+    line = one_error_line(run("cluster", "shard", "--layout", str(tmp_path / "none.json"), "k"))
+    assert "cannot read the cluster layout" in line
+    overlap = tmp_path / "overlap.toml"
+    overlap.write_text("[server]\nport = 7500\n[admin]\nport = 7502\n")
+    line = one_error_line(run("serve", "--config", str(overlap), "--workers", "3", "--demo",
+                              "--cluster-dir", str(tmp_path / "c")))
+    assert "server.port = 7500 and admin.port = 7502" in line and "overlap" in line
+    out_of_range = one_error_line(run("serve", "--cluster", str(layout(tmp_path)), "--shard",
+                                      "5", "--demo"))
+    assert "--shard: 5 is not a shard of the layout (0..2)" in out_of_range
+    usage = run("serve", "--cluster", str(layout(tmp_path)))
+    assert usage.returncode == 2 and "--cluster and --shard go together" in usage.stderr
+
+
+def test_a_config_naming_a_shard_outside_its_map_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"cluster.shard: 2 is not a shard of "
+                       r"cluster.shards \(0..1\)"):
+        parse_config('[cluster]\nshard = 2\nshards = ["a:1", "b:2"]\n')
+    assert SwitchConfig().cluster.shards == []
