@@ -156,3 +156,23 @@ def test_partitioned_exact_pass_gives_the_same_breaks(synthetic: tuple,
     parts = match(sw, net, tol_amount=10)
     assert found(parts) == found(whole) == planted.breaks
     assert parts.counts == whole.counts
+
+
+def test_columnar_outputs_equal_one_row_per_break(synthetic: tuple, tmp_path: Path) -> None:
+    """breaks.csv and summary.html from the break columns are byte for byte what one
+    csv.writer row per Break object gives (the report without its columns)."""
+    import dataclasses
+
+    from switch.backoffice.recon.outputs import write_outputs
+
+    journal, files, _ = synthetic
+    report = match(load_switch_side(journal), load_network_side(files), tol_amount=10)
+    assert report.table is not None and len(report.breaks) > 100
+    by_rows = dataclasses.replace(report, breaks=list(report.breaks), table=None)
+    a = write_outputs(report, tmp_path / "columns")
+    b = write_outputs(by_rows, tmp_path / "rows")
+    assert a["csv"].read_bytes() == b["csv"].read_bytes()
+    assert a["html"].read_text() == b["html"].read_text()
+    assert report.unexplained == by_rows.unexplained > 0
+    assert report.breaks[-1] == list(report.breaks)[-1]
+    assert report.breaks[3:7] == list(report.breaks)[3:7]

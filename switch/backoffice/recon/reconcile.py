@@ -49,12 +49,11 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from switch.backoffice.recon.breaks import BreakTable, LazyBreaks
 from switch.backoffice.recon.classes import (
     KIND_NAMES,
     NOT_BREAKS,
     SEVERITY,
-    SUGGESTED_ACTION,
-    Break,
     ReconReport,
     Record,
 )
@@ -76,11 +75,12 @@ from switch.backoffice.recon.outputs import write_outputs
 from switch.backoffice.recon.sides import (
     NoSettlementFiles,
     Side,
+    Texts,
     load_network_side,
     settlement_files,
 )
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
-from switch.journal import by_seq as journal_by_seq
+from switch.journal import bodies_by_seq
 from switch.journal import columns as jcols
 from switch.model import Payment
 from switch.protocols import emvqr
@@ -98,7 +98,6 @@ _STATUS: Final = {
 _SCALE: Final = np.full(1024, 0.01)
 for _num, _exp in CURRENCIES.values():
     _SCALE[_num] = 10.0 ** -_exp
-_STATUS_NAME: Final = {0: "approved", 1: "declined", 2: "failed", 3: "reversed", 4: "unknown"}
 #: Above this many network records the exact pass runs in key partitions of about this
 #: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
 PARTITION_RECORDS: Final = 1_500_000
@@ -130,8 +129,12 @@ def _side_from_records(records: Sequence[Record]) -> Side:
         np.array([int(_STATUS[r.status]) for r in records], np.int8),
         np.array([r.time_us for r in records], np.int64),
         channel, flags,
-        lambda idx: [records[i] for i in idx.tolist()],
+        lambda idx: Texts([records[i].reference for i in idx.tolist()],
+                          [records[i].source for i in idx.tolist()],
+                          [records[i].line for i in idx.tolist()],
+                          [records[i].counterparty for i in idx.tolist()]),
         lambda idx: [records[i].counterparty for i in idx.tolist()],
+        lambda idx: [records[i] for i in idx.tolist()],
     )
 
 
@@ -153,46 +156,31 @@ def load_switch_side(journal: Path) -> Side:
         it = {name: arr[keep] for name, arr in it.items()}
         status, time_us, flags = status[keep], time_us[keep], flags[keep]
     seq = it["seq"]
-    memo: dict[int, Record] = {}
-
-    def records(idx: NDArray[np.int64]) -> list[Record]:
-        todo = np.array([i for i in idx.tolist() if i not in memo], np.int64)
-        if len(todo):
-            memo.update(zip(todo.tolist(), _switch_records(db, side, seq, todo), strict=True))
-        return [memo[i] for i in idx.tolist()]
-
-    side = Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
-        records, lambda idx: _switch_counterparties(db, seq, idx),
-    )
-    return side
+    return Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
+                lambda idx: _switch_texts(db, seq, idx),
+                lambda idx: _switch_counterparties(db, seq, idx))
 
 
 def _intents_by_seq(db: sqlite3.Connection, wanted: list[int], full: bool) -> dict[int, Any]:
     decoder = _payment_decoder if full else _light_decoder
     # Through the journal's reader: a payment past the idempotency window is archived.
-    return {s: decoder.decode(r.body) for s, r in journal_by_seq(db, wanted).items()}
+    return {s: decoder.decode(body) for s, body in bodies_by_seq(db, wanted).items()}
 
 
-def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
-                    idx: NDArray[np.int64]) -> list[Record]:
-    """Records of switch entries ``idx``: strings from their intents (a light decode of
-    the fields a break shows), the rest from the columns."""
+def _switch_texts(db: sqlite3.Connection, seq: NDArray[np.int64],
+                  idx: NDArray[np.int64]) -> Texts:
+    """Strings of switch entries ``idx`` from their intents (a light decode of the payment
+    id and the channel reference); every number comes from the columns."""
     wanted = seq[idx].tolist()
     payments = _intents_by_seq(db, wanted, full=False)
-    status = side.status[idx].tolist()
-    times = side.time_us[idx].tolist()
-    flags = side.flags[idx].tolist()
-    names = _STATUS_NAME
-    out = []
-    for s, st, t, f in zip(wanted, status, times, flags, strict=True):
+    refs, ids = [], []
+    for s in wanted:
         p = payments[s]
-        advice = ("refused" if f & FLAG_ADVICE_REFUSED else
-                  "delivered" if f & FLAG_ADVICE_DELIVERED else "")
-        ref = (p.card.rrn if p.card is not None else p.swift.uetr if p.swift is not None
-               else (p.qr.qr_reference if p.qr is not None else "") or p.payment_id)
-        out.append(Record(p.channel, ref, p.amount, p.currency, names.get(st, "unknown"), t,
-                          p.payment_id, "", bool(f & FLAG_STOOD_IN), advice))
-    return out
+        refs.append(p.card.rrn if p.card is not None else p.swift.uetr if p.swift is not None
+                    else (p.qr.qr_reference if p.qr is not None else "") or p.payment_id)
+        ids.append(p.payment_id)
+    n = len(wanted)
+    return Texts(refs, ids, [0] * n, [""] * n)
 
 
 def _switch_counterparties(db: sqlite3.Connection, seq: NDArray[np.int64],
@@ -224,15 +212,6 @@ def _qr_merchant(payload: str) -> str:
             if sub.tag == "01" and sub.value:
                 return sub.value
     return ""
-
-
-def _reference(payment: Payment) -> str:
-    if payment.card is not None:
-        return payment.card.rrn
-    if payment.swift is not None:
-        return payment.swift.uetr
-    assert payment.qr is not None
-    return payment.qr.qr_reference or payment.payment_id
 
 
 # ----------------------------------------------------------------------- network side
@@ -388,42 +367,29 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
     tally(net_kind, net, unpaired, "network:")
     sw_breaks = np.flatnonzero(~_NOT_BREAK_CODES[sw_kind])
     net_breaks = np.flatnonzero(unpaired & ~_NOT_BREAK_CODES[net_kind])
-    # Order first, on arrays (severity, then money at stake in major units, largest
-    # first), so the Python objects are built once, already sorted.
+    # Order on arrays (severity, then money at stake in major units, largest first); the
+    # breaks stay columns (BreakTable) and Break objects are built only when looked at.
     partners = result.switch_match[sw_breaks]
-    sw_k = sw_kind[sw_breaks].astype(np.int64)
-    stake = np.abs(sw.amount[sw_breaks]).astype(np.float64)
+    sw_k = sw_kind[sw_breaks]
+    stake = np.abs(sw.amount[sw_breaks])
     is_amount = (sw_k == BreakClass.AMOUNT_MISMATCH) & (partners >= 0)
     stake[is_amount] = np.abs(sw.amount[sw_breaks[is_amount]]
-                              - net.amount[partners[is_amount]]).astype(np.float64)
-    stake *= _SCALE[sw.currency[sw_breaks].astype(np.int64) % 1024]
-    net_k = net_kind[net_breaks].astype(np.int64)
-    net_stake = (np.abs(net.amount[net_breaks]).astype(np.float64)
-                 * _SCALE[net.currency[net_breaks].astype(np.int64) % 1024])
-    rank = np.concatenate([_RANK[sw_k], _RANK[net_k]])
-    order = np.lexsort((-np.concatenate([stake, net_stake]), rank))
-    n_sw = len(sw_breaks)
-    sw_order = order[order < n_sw]
-    sw_records = sw.records(sw_breaks[sw_order])
-    sw_partners = partners[sw_order]
-    partner_records = net.records(sw_partners[sw_partners >= 0])
-    built: dict[int, Break] = {}
-    p = 0
-    for k, (pos, rec, other) in enumerate(zip(sw_order.tolist(), sw_records,
-                                              sw_partners.tolist(), strict=True)):
-        kind = KIND_NAMES[sw_k[pos]]
-        partner = None
-        if other >= 0:
-            partner = partner_records[p]
-            p += 1
-        built[pos] = Break(kind, rec, partner, SUGGESTED_ACTION[kind])
-        del k
-    net_order = order[order >= n_sw] - n_sw
-    for pos, rec in zip(net_order.tolist(), net.records(net_breaks[net_order]), strict=True):
-        kind = KIND_NAMES[net_k[pos]]
-        built[n_sw + pos] = Break(kind, None, rec, SUGGESTED_ACTION[kind])
-    breaks = [built[i] for i in order.tolist()]
-    return ReconReport(len(sw), len(net), counts, dict(amounts), breaks, warnings)
+                              - net.amount[partners[is_amount]])
+    net_k = net_kind[net_breaks]
+    net_stake = np.abs(net.amount[net_breaks])
+    stakes = np.concatenate([stake, net_stake]).astype(np.int64)
+    major = stakes * _SCALE[np.concatenate([sw.currency[sw_breaks],
+                                            net.currency[net_breaks]]).astype(np.int64) % 1024]
+    kinds = np.concatenate([sw_k, net_k]).astype(np.int8)
+    order = np.lexsort((-major, _RANK[kinds.astype(np.int64)]))
+    no_sw = np.full(len(net_breaks), -1, np.int64)
+    table = BreakTable(
+        kinds[order],
+        np.concatenate([sw_breaks, no_sw])[order],
+        np.concatenate([partners, net_breaks])[order],
+        stakes[order], sw, net)
+    return ReconReport(len(sw), len(net), counts, dict(amounts), LazyBreaks(table), warnings,
+                       table=table)
 
 
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],

@@ -16,7 +16,9 @@ from switch.backoffice.recon.classes import (
     Record,
 )
 from switch.backoffice.recon.kernels import (
-    RecordStatus,
+    FLAG_ADVICE_DELIVERED,
+    FLAG_ADVICE_REFUSED,
+    FLAG_STOOD_IN,
     hash_utf8_column,
 )
 from switch.currency import NUMERIC_TO_ALPHA
@@ -39,9 +41,6 @@ _READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
 }
 
 
-_SETTLED: Final = int(RecordStatus.SETTLED)
-
-
 class NoSettlementFiles(SettlementFileError):
     """The files directory holds no settlement file (.clr, .xml, .csv)."""
 
@@ -51,6 +50,22 @@ class NoSettlementFiles(SettlementFileError):
 
     def __str__(self) -> str:
         return f"no settlement files (.clr, .xml, .csv) in {self.file}: nothing to reconcile"
+
+
+@dataclass(frozen=True, slots=True)
+class Texts:
+    """The strings of some entries of a side (what a break shows), index for index."""
+
+    reference: list[str]
+    #: Switch: payment id. Network: settlement file name.
+    source: list[str]
+    #: Network: line in the file. Switch: 0.
+    line: list[int]
+    #: Network: the secondary key as the file names it (QR merchant id). Switch: "".
+    counterparty: list[str]
+
+
+_STATUS_NAME: Final = ("approved", "declined", "failed", "reversed", "unknown")
 
 
 @dataclass
@@ -65,19 +80,43 @@ class Side:
     channel: NDArray[np.int8]
     #: Switch: FLAG_* bits. Network: zeros.
     flags: NDArray[np.int8]
-    #: Builds the Records of entries ``idx`` (only ever called for breaks and netting).
-    records: Callable[[NDArray[np.int64]], list[Record]]
+    #: The strings of entries ``idx`` (only ever called for breaks).
+    texts: Callable[[NDArray[np.int64]], Texts]
     #: Counterparties of entries (netting only).
     counterparties: Callable[[NDArray[np.int64]], list[str]]
+    #: Records of entries ``idx`` (None: built from the columns and :attr:`texts`).
+    build_records: Callable[[NDArray[np.int64]], list[Record]] | None = None
 
     def __len__(self) -> int:
         return int(self.key.shape[0])
+
+    def records(self, idx: NDArray[np.int64]) -> list[Record]:
+        """The Records of entries ``idx``: a break's sides, built only when asked for."""
+        if self.build_records is not None:
+            return self.build_records(idx)
+        if not len(idx):
+            return []
+        t = self.texts(idx)
+        flags = self.flags[idx].tolist()
+        channels, alpha, names = jcols.CHANNEL_NAME, NUMERIC_TO_ALPHA, _STATUS_NAME
+        return [
+            Record(channels.get(ch, "?"), ref, a, alpha.get(c, "???"),
+                   names[st] if 0 <= st < len(names) else "unknown", tm, src, cp,
+                   bool(f & FLAG_STOOD_IN),
+                   "refused" if f & FLAG_ADVICE_REFUSED else
+                   "delivered" if f & FLAG_ADVICE_DELIVERED else "", line)
+            for ch, ref, a, c, st, tm, src, cp, f, line in zip(
+                self.channel[idx].tolist(), t.reference, self.amount[idx].tolist(),
+                self.currency[idx].tolist(), self.status[idx].tolist(),
+                self.time_us[idx].tolist(), t.source, t.counterparty, flags, t.line,
+                strict=True)
+        ]
 
 
 def _empty_side() -> Side:
     z = np.zeros(0, np.int64)
     return Side(z, z, z.astype(np.int16), z.astype(np.int8), z, z.astype(np.int8),
-                z.astype(np.int8), lambda idx: [], lambda idx: [])
+                z.astype(np.int8), lambda idx: Texts([], [], [], []), lambda idx: [])
 
 
 @dataclass
@@ -142,39 +181,38 @@ def load_network_side(directory: Path,
     side = Side(
         joined(keys), joined(amounts), joined(currencies), joined(statuses), joined(times),
         joined(channels), np.zeros(n, np.int8),
-        lambda idx: _network_records(side, files, starts, idx),
-        lambda idx: [r.counterparty for r in _network_records(side, files, starts, idx)],
+        lambda idx: _network_texts(files, starts, idx),
+        lambda idx: _network_texts(files, starts, idx).counterparty,
     )
     return side
 
 
-def _network_records(side: Side, files: list[_File], starts: NDArray[np.int64],
-                     idx: NDArray[np.int64]) -> list[Record]:
-    """Records of network entries ``idx``: strings taken per file, in one Arrow take."""
-    if not len(idx):
-        return []
+def _network_texts(files: list[_File], starts: NDArray[np.int64],
+                   idx: NDArray[np.int64]) -> Texts:
+    """Strings of network entries ``idx``: taken per file, in one Arrow take each."""
+    n = len(idx)
+    refs: list[str] = [""] * n
+    secs: list[str] = [""] * n
+    sources: list[str] = [""] * n
+    lines: list[int] = [0] * n
+    if not n:
+        return Texts(refs, sources, lines, secs)
     which = np.searchsorted(starts, idx, side="right") - 1
-    out: list[Record | None] = [None] * len(idx)
-    settled = _SETTLED
     for k in np.unique(which).tolist():
         f = files[k]
         pos = np.flatnonzero(which == k)
         local = idx[pos] - f.start
-        refs = f.cols.reference.take(pa.array(local)).to_pylist()
-        secs = (f.cols.secondary.take(pa.array(local)).to_pylist() if len(f.cols.secondary)
-                else [""] * len(local))
-        glob = idx[pos]
-        amounts = side.amount[glob].tolist()
-        currencies = side.currency[glob].tolist()
-        statuses = side.status[glob].tolist()
-        times = side.time_us[glob].tolist()
-        lines = (f.cols.lines[local].tolist() if f.cols.lines is not None
-                 else (local + f.cols.first_line).tolist())
-        name, channel, alpha = f.path.name, f.channel, NUMERIC_TO_ALPHA
-        for p, ref, sec, a, c, st, t, line in zip(pos.tolist(), refs, secs, amounts,
-                                                  currencies, statuses, times, lines,
-                                                  strict=True):
-            out[p] = Record(channel, ref, a, alpha.get(c, "???"),
-                            "approved" if st == settled else "reversed", t, name, sec or "",
-                            line=line)
-    return [r for r in out if r is not None]
+        took = pa.array(local)
+        part_refs = f.cols.reference.take(took).to_pylist()
+        part_secs = (f.cols.secondary.take(took).to_pylist() if len(f.cols.secondary)
+                     else None)
+        part_lines = (f.cols.lines[local].tolist() if f.cols.lines is not None
+                      else (local + f.cols.first_line).tolist())
+        name = f.path.name
+        for m, p in enumerate(pos.tolist()):
+            refs[p] = part_refs[m]
+            sources[p] = name
+            lines[p] = part_lines[m]
+            if part_secs is not None:
+                secs[p] = part_secs[m] or ""
+    return Texts(refs, sources, lines, secs)
