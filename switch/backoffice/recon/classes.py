@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from switch.backoffice.recon.kernels import (
     BreakClass,
 )
 from switch.currency import CURRENCIES
-
-if TYPE_CHECKING:
-    from switch.backoffice.recon.breaks import BreakTable
 
 #: Listed as breaks, with their action, but not "unexplained": the exit code ignores them.
 
@@ -96,6 +93,15 @@ class Break:
         return abs(side.amount) if side is not None else 0
 
 
+class BreakColumns(Protocol):
+    """The breaks as columns (``switch.backoffice.recon.breaks.BreakTable``)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def unexplained(self) -> int: ...
+
+
 @dataclass
 class ReconReport:
     switch_records: int
@@ -107,7 +113,7 @@ class ReconReport:
     warnings: list[str] = field(default_factory=list)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     #: The breaks as columns (what breaks.csv is written from); None for an empty match.
-    table: BreakTable | None = None
+    table: BreakColumns | None = None
 
     @property
     def unexplained(self) -> int:

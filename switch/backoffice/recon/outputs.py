@@ -150,9 +150,10 @@ def write_outputs(
         "json": out_dir / "summary.json",
         "html": out_dir / "summary.html",
     }
-    if report.table is not None:
-        _write_csv(report.table, paths["csv"])
-        kinds = report.table.kind
+    table = _table(report)
+    if table is not None:
+        _write_csv(table, paths["csv"])
+        kinds = table.kind
         first = np.unique(kinds, return_index=True)
         counts = np.bincount(kinds, minlength=len(KIND_NAMES))
         by_class = {KIND_NAMES[k]: int(counts[k])
@@ -182,6 +183,11 @@ def write_outputs(
     return paths
 
 
+def _table(report: ReconReport) -> BreakTable | None:
+    assert report.table is None or isinstance(report.table, BreakTable)
+    return report.table
+
+
 def _any_currency(table: BreakTable) -> NDArray[np.int64]:
     """ISO numeric currency of each break's side (the switch's when it has both)."""
     cur = np.empty(len(table), np.int64)
@@ -194,7 +200,7 @@ def _any_currency(table: BreakTable) -> NDArray[np.int64]:
 def _weights(report: ReconReport) -> dict[tuple[str, str], list[int]]:
     """(class, currency) -> [breaks, minor units at stake], in order of first appearance."""
     weights: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-    table = report.table
+    table = _table(report)
     if table is None:
         for b in report.breaks:
             side = b.switch or b.network
@@ -215,7 +221,7 @@ def _weights(report: ReconReport) -> dict[tuple[str, str], list[int]]:
 
 def _largest(report: ReconReport, k: int) -> list[Break]:
     """The ``k`` breaks with the most money at stake in major units (ties: report order)."""
-    table = report.table
+    table = _table(report)
     if table is None:
         return sorted(report.breaks, key=lambda b: -_major(b.at_stake(), b))[:k]
     major = table.stake / (10.0 ** _EXPONENT[_any_currency(table)])
