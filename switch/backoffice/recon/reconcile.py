@@ -69,6 +69,7 @@ from switch.backoffice.recon.kernels import (
     exact_match,
     fold_outcomes,
     group_sums,
+    huge_pages,
     tolerance_match,
 )
 from switch.backoffice.recon.outputs import write_outputs
@@ -519,6 +520,14 @@ def run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int = 0,
 
     Raises SettlementFileError (or NoSettlementFiles) before anything is written.
     """
+    with huge_pages(False):  # on again for the kernels' hash tables only
+        return _run(journal, files_dir, out_dir, tol_amount=tol_amount,
+                    tol_time_us=tol_time_us, late_after_s=late_after_s, progress=progress)
+
+
+def _run(journal: Path, files_dir: Path, out_dir: Path, *, tol_amount: int,
+         tol_time_us: int, late_after_s: float,
+         progress: Progress | None) -> tuple[ReconReport, dict[str, Path]]:
     phases = _Phases(progress or _NoProgress())
     paths = settlement_files(files_dir)
     if not paths:
