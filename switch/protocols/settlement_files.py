@@ -596,11 +596,11 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
     ns = "{" + NS_CAMT053 + "}"
     reader = _Camt053Chunks(file, ns)
     try:
-        # Events on <Ntry> only (one Python step per entry, not one per leaf; 13-15 us
-        # per entry became ~10, most of it parsing); its fields are read from the finished entry by compiled
-        # paths, first match in document order: Amt and CdtDbtInd right under Ntry (the
-        # statement's Bal has both), DtTm only under BookgDt (ValDt has one too), UETR
-        # and EndToEndId anywhere in the entry (NtryDtls/TxDtls/Refs in camt.053).
+        # Events on <Ntry> only: one Python step per entry, not one per leaf (13-15 us
+        # per entry became ~10, most of it parsing). Its fields are read from the
+        # finished entry, first match in document order: Amt and CdtDbtInd right under
+        # Ntry (the statement's Bal has both), DtTm only under BookgDt (ValDt has one
+        # too), UETR and EndToEndId anywhere in the entry (NtryDtls/TxDtls/Refs).
         events = etree.iterparse(
             io.BytesIO(data), events=("end",), tag=ns + "Ntry",
             resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
