@@ -183,10 +183,15 @@ def _read_network_polars(files: Path) -> Any:
 def _read_journal_arrays(journal: Path) -> tuple[Any, Any]:
     import sqlite3
 
+    from switch.backoffice.recon.kernels import huge_pages
     from switch.journal.columns import read_columns
 
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-    cols = read_columns(db)
+    # The same read as payswitch reconcile's (fields, no huge pages): the journal's
+    # storage format is shared; the engines compete on the match.
+    with huge_pages(False):
+        cols = read_columns(db, ("seq", "pid", "ref", "amount", "time_us", "currency",
+                                 "channel"))
     return cols.intents, cols.outcomes
 
 

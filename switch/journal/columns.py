@@ -240,9 +240,11 @@ class JournalColumns:
     last_us: int
 
 
-def read_columns(db: sqlite3.Connection) -> JournalColumns:
+def read_columns(db: sqlite3.Connection,
+                 intent_fields: Sequence[str] | None = None) -> JournalColumns:
     """Read the columns: sizes first, then each chunk copied into place field by field,
-    so memory is the arrays themselves plus one chunk."""
+    so memory is the arrays themselves plus one chunk. ``intent_fields``: only these of
+    the intents' (reconciliation has no use for ``sec``: 80 MB at 10M payments)."""
     has_table = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type='table' AND name='journal_columns'"
     ).fetchone()
@@ -259,7 +261,8 @@ def read_columns(db: sqlite3.Connection) -> JournalColumns:
     n_int += sum(len(a) // INTENT_DTYPE.itemsize for a, _ in extra)
     n_out += sum(len(b) // OUTCOME_DTYPE.itemsize for _, b in extra)
     intents = {name: np.empty(n_int, INTENT_DTYPE.fields[name][0])  # type: ignore[index]
-               for name in INTENT_DTYPE.names or ()}
+               for name in (INTENT_DTYPE.names or ())
+               if intent_fields is None or name in intent_fields}
     outcomes = {name: np.empty(n_out, OUTCOME_DTYPE.fields[name][0])  # type: ignore[index]
                 for name in OUTCOME_DTYPE.names or ()}
     i = o = 0
