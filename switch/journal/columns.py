@@ -40,6 +40,7 @@ import xxhash
 from numpy.typing import NDArray
 
 from switch.currency import CURRENCIES
+from switch.journal.reader import ARCHIVE_SCHEMA, attach_existing_archive
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal_columns (
@@ -190,11 +191,27 @@ def _covered(db: sqlite3.Connection) -> int:
 _BACKFILL_CHUNK: Final = 50_000
 
 
+_ROW: Final = "seq, payment_id, idempotency_key, kind, status, body_hash, record, at_us"
+
+
 def _uncovered(db: sqlite3.Connection, after: int) -> Iterable[tuple[int, list[Any]]]:
-    """Journal rows past ``after``, in chunks of contiguous seqs: (first_seq, rows)."""
-    cursor = db.execute(
-        "SELECT seq, payment_id, idempotency_key, kind, status, body_hash, record, at_us"
-        " FROM journal WHERE seq > ? ORDER BY seq", (after,))
+    """Journal rows past ``after``, live and archived, in chunks of contiguous seqs:
+    (first_seq, rows).
+
+    Archived rows count: a journal from before the columns may already have moved old
+    payments to its archive, and backfilling the live table alone left them out of
+    reconciliation (their settlement records then showed as missing_in_switch). A row in
+    both (a move cut by a crash) is read once, from the archive, as the reader does.
+    """
+    if attach_existing_archive(db):
+        cursor = db.execute(
+            f"SELECT {_ROW} FROM {ARCHIVE_SCHEMA}.journal WHERE seq > ? UNION ALL"
+            f" SELECT {_ROW} FROM main.journal AS live WHERE seq > ? AND NOT EXISTS"
+            f" (SELECT 1 FROM {ARCHIVE_SCHEMA}.journal AS a WHERE a.seq = live.seq)"
+            " ORDER BY seq", (after, after))
+    else:
+        cursor = db.execute(f"SELECT {_ROW} FROM journal WHERE seq > ? ORDER BY seq",
+                            (after,))
     while True:
         chunk = cursor.fetchmany(_BACKFILL_CHUNK)
         if not chunk:

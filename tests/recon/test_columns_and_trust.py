@@ -82,6 +82,44 @@ def test_journal_columns_migrate_and_read_only_journals_decode_on_the_fly(
     assert np.array_equal(load_switch_side(old).key, expected.key)
 
 
+def test_migration_and_reads_cover_archived_payments_once(synthetic: tuple,
+                                                         tmp_path: Path) -> None:
+    """An old journal whose first payments were archived before the columns existed:
+    the backfill and the on-the-fly read take the archive too, and a row in both (a move
+    cut by a crash) once."""
+    from switch.journal.archive import attach_archive
+
+    journal, _, _ = synthetic
+    expected = load_switch_side(journal)
+    old = tmp_path / "old.db"
+    src = sqlite3.connect(journal)
+    src.backup(dst := sqlite3.connect(old))
+    src.close()
+    dst.execute("DROP TABLE journal_columns")
+    dst.commit()
+    attach_archive(dst, old)
+    moved = [r[0] for r in dst.execute(
+        "SELECT DISTINCT payment_id FROM journal ORDER BY seq LIMIT 400")]
+    marks = ",".join("?" * len(moved))
+    dst.execute(f"INSERT INTO archive.journal SELECT * FROM main.journal"
+                f" WHERE payment_id IN ({marks})", moved)
+    # All but the last payment leave the live journal; that one stays in both.
+    dst.execute(f"DELETE FROM main.journal WHERE payment_id IN ({marks[:-2]})", moved[:-1])
+    dst.commit()
+    dst.close()
+    assert len(moved) == 400
+
+    def same(side: object) -> None:
+        for name in ("key", "amount", "currency", "status", "time_us", "flags"):
+            assert np.array_equal(getattr(side, name), getattr(expected, name)), name
+
+    same(load_switch_side(old))  # read-only, decoded on the fly
+    db = open_database(old, "group")  # the switch's open migrates
+    assert jcols.migrate(db) == 0
+    db.close()
+    same(load_switch_side(old))  # from the backfilled chunks
+
+
 def test_network_hash_equals_the_journals() -> None:
     import pyarrow as pa
 
