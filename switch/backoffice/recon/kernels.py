@@ -1112,13 +1112,22 @@ def _fold_kernel(int_pid: Int64Array, out_pid: Int64Array, out_time: Int64Array,
 def fold_outcomes(int_pid: Int64Array, int_time: Int64Array, out_pid: Int64Array,
                   out_time: Int64Array, out_status: NDArray[np.int8],
                   out_kind: NDArray[np.int8], out_flags: NDArray[np.int8],
-                  pending: int) -> tuple[Int8Array, Int64Array, Int8Array, int]:
-    """Per intent: last status (``pending`` when none), its time, and FLAG_* bits."""
+                  pending: int, *, overwrite_time: bool = False,
+                  ) -> tuple[Int8Array, Int64Array, Int8Array, int]:
+    """Per intent: last status (``pending`` when none), its time, and FLAG_* bits.
+
+    ``overwrite_time``: the times are folded into ``int_time`` itself (a writable
+    contiguous int64 array the caller is done with: 80 MB less at 10M intents)."""
     n = int_pid.shape[0]
     with huge_pages(True):
         table = np.zeros(1 << table_bits_for(n), np.int32)
     status = np.full(n, pending, np.int8)
-    time_us = np.array(int_time, np.int64, copy=True)
+    if overwrite_time:
+        assert int_time.dtype == np.int64 and int_time.flags.c_contiguous
+        assert int_time.flags.writeable
+        time_us = int_time
+    else:
+        time_us = np.array(int_time, np.int64, copy=True)
     flags = np.zeros(n, np.int8)
     orphans = _fold_kernel(
         np.ascontiguousarray(int_pid, np.int64), np.ascontiguousarray(out_pid, np.int64),
@@ -1126,6 +1135,35 @@ def fold_outcomes(int_pid: Int64Array, int_time: Int64Array, out_pid: Int64Array
         np.ascontiguousarray(out_kind, np.int8), np.ascontiguousarray(out_flags, np.int8),
         table, status, time_us, flags)
     return status, time_us, flags, int(orphans)
+
+
+@njit(nogil=True, cache=True)
+def _mark_late_kernel(sw_kind: Int8Array, net_kind: Int8Array, sw_match: Int64Array,
+                      sw_time: Int64Array, net_time: Int64Array, late_after_us: float,
+                      matched: int, matched_tolerance: int, late: int) -> int:
+    n = 0
+    for i in range(sw_kind.shape[0]):
+        k = sw_kind[i]
+        j = sw_match[i]
+        paired = (k == matched or k == matched_tolerance) and j >= 0  # noqa: SIM109
+        if paired and float(net_time[j] - sw_time[i]) > late_after_us:
+            sw_kind[i] = late
+            net_kind[j] = late
+            n += 1
+    return n
+
+
+def mark_late(sw_kind: Int8Array, net_kind: Int8Array, sw_match: Int64Array,
+              sw_time: Int64Array, net_time: Int64Array, late_after_us: float,
+              late: int) -> int:
+    """In place: a switch record matched (exactly or within tolerance) whose partner
+    settled more than ``late_after_us`` after it, and that partner, get class ``late``.
+    One pass, no temporaries (the numpy form took ~300 MB at 10M pairs). Returns how
+    many pairs."""
+    return int(_mark_late_kernel(
+        sw_kind, net_kind, np.ascontiguousarray(sw_match, np.int64),
+        np.ascontiguousarray(sw_time, np.int64), np.ascontiguousarray(net_time, np.int64),
+        float(late_after_us), _MATCHED, _MATCHED_TOLERANCE, late))
 
 
 @njit(nogil=True, cache=True)

@@ -70,6 +70,7 @@ from switch.backoffice.recon.kernels import (
     fold_outcomes,
     group_sums,
     huge_pages,
+    mark_late,
     tolerance_match,
 )
 from switch.backoffice.recon.outputs import write_outputs
@@ -100,8 +101,9 @@ _SCALE: Final = np.full(1024, 0.01)
 for _num, _exp in CURRENCIES.values():
     _SCALE[_num] = 10.0 ** -_exp
 #: Above this many network records the exact pass runs in key partitions of about this
-#: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
-PARTITION_RECORDS: Final = 1_500_000
+#: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB,
+#: and each partition gathers its four columns (at 1M: ~150 MB at a time in all).
+PARTITION_RECORDS: Final = 1_000_000
 
 # Kind codes on the arrays: the kernels' BreakClass values, then the classes added here.
 _EXPECTED_ABSENT, _NETTED, _ORPHAN_REVERSAL, _LATE, _STANDIN, _OUTSIDE = 8, 9, 10, 11, 12, 13
@@ -151,7 +153,7 @@ def load_switch_side(journal: Path) -> Side:
     del cols
     status, time_us, flags, _ = fold_outcomes(
         it.pop("pid"), it["time_us"], out["pid"], out["time_us"], out["status"], out["kind"],
-        out["flags"], int(RecordStatus.PENDING))
+        out["flags"], int(RecordStatus.PENDING), overwrite_time=True)
     del out  # the outcomes are folded: drop them before anything else is allocated
     keep = (flags & FLAG_DUPLICATE_INTENT) == 0
     if not keep.all():
@@ -262,15 +264,15 @@ def _exact(sw: Side, net: Side) -> ReconResult:
     return result
 
 
-def _partition(key: NDArray[np.int64], parts: int) -> tuple[NDArray[np.int64], list[int]]:
+def _partition(key: NDArray[np.int64], parts: int) -> tuple[NDArray[np.int32], list[int]]:
     """Indices in partition order (stable), and each partition's [start, end) bounds."""
     part = (key.view(np.uint64) % np.uint64(parts)).astype(np.int8)
-    order = np.argsort(part, kind="stable").astype(np.int64, copy=False)
+    order = np.argsort(part, kind="stable").astype(np.int32)  # < MAX_RECORDS: 31 bits
     bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
     return order, bounds.tolist()
 
 
-def _columns4(side: Side, order: NDArray[np.int64] | None) -> list[NDArray[np.int64]]:
+def _columns4(side: Side, order: NDArray[np.int32] | None) -> list[NDArray[np.int64]]:
     """key, amount, currency, status as writable contiguous int64, in ``order``."""
     out = []
     for c in (side.key, side.amount, side.currency, side.status):
@@ -326,13 +328,8 @@ def match(
     _match_netted(sw, net, sw_kind, net_kind, result, tol_amount)
 
     # Late settlement: matched, but settled more than late_after_s after approval.
-    paired = np.flatnonzero(((sw_kind == BreakClass.MATCHED)
-                             | (sw_kind == BreakClass.MATCHED_TOLERANCE))
-                            & (result.switch_match >= 0))
-    partner = result.switch_match[paired]
-    late = (net.time_us[partner] - sw.time_us[paired]) > late_after_s * 1e6
-    sw_kind[paired[late]] = _LATE
-    net_kind[partner[late]] = _LATE
+    mark_late(sw_kind, net_kind, result.switch_match, sw.time_us, net.time_us,
+              late_after_s * 1e6, _LATE)
     # A network reversal nobody approved is an orphan.
     orphan = (net.status == int(RecordStatus.REVERSED)) & (
         (net_kind == BreakClass.MISSING_IN_SWITCH) | (net_kind == BreakClass.STATUS_MISMATCH))
@@ -380,7 +377,9 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
         k = kind if mask is None else kind[mask]
         cur = side.currency if mask is None else side.currency[mask]
         amt = side.amount if mask is None else side.amount[mask]
-        codes = k.astype(np.int64) * 1024 + cur.astype(np.int64)
+        codes = k.astype(np.int64)
+        codes *= 1024
+        codes += cur
         n, total = group_sums(codes, amt, n_kinds * 1024)
         for code in np.flatnonzero(n).tolist():
             name = KIND_NAMES[code // 1024]

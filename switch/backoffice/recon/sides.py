@@ -4,6 +4,7 @@ and the networks' (from the settlement files on disk)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -131,6 +132,38 @@ def settlement_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in _READERS and p.is_file())
 
 
+#: Settlement files read at once (each holds its bytes and parsed frame meanwhile).
+FILE_WORKERS: Final = 2
+
+
+def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
+    """One settlement file: its columns (the numbers, and the strings a break shows) and
+    its references' keys, hashed as the journal stores them."""
+    if path.suffix == ".clr":
+        cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
+    else:
+        cols = _READERS[path.suffix](path.read_bytes(), str(path))
+    code = jcols.CHANNEL_CODE[_SUFFIX_CHANNEL[path.suffix]]
+    ref = cols.reference
+    offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
+    data = ref.buffers()[2]
+    key = hash_utf8_column(
+        np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
+        offsets, code)
+    if code != jcols.CHANNEL_CODE["qr"]:  # only QR entries net by counterparty: keep lean
+        cols = SettlementColumns(cols.reference, pa.array([], pa.large_string()),
+                                 cols.amount, cols.currency, cols.status, cols.time_us,
+                                 cols.first_line, cols.lines)
+    return cols, key
+
+
+def _strings_only(cols: SettlementColumns) -> SettlementColumns:
+    """What a file keeps once its numbers are in the side's columns: its strings."""
+    return SettlementColumns(cols.reference, cols.secondary, cols.amount[:0],
+                             cols.currency[:0], cols.status[:0], cols.time_us[:0],
+                             cols.first_line, cols.lines)
+
+
 def load_network_side(directory: Path,
                       on_file: Callable[[Path, int], None] | None = None) -> Side:
     """Every record of every settlement file in ``directory``, as columns.
@@ -144,32 +177,27 @@ def load_network_side(directory: Path,
     files: list[_File] = []
     keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
     n = 0
-    for path in paths:
-        if path.suffix == ".clr":
-            cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
-        else:
-            cols = _READERS[path.suffix](path.read_bytes(), str(path))
-        channel = _SUFFIX_CHANNEL[path.suffix]
-        code = jcols.CHANNEL_CODE[channel]
-        ref = cols.reference
-        offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
-        data = ref.buffers()[2]
-        keys.append(hash_utf8_column(
-            np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
-            offsets, code))
-        amounts.append(cols.amount)
-        currencies.append(cols.currency)
-        statuses.append(cols.status)
-        times.append(cols.time_us)
-        channels.append(np.full(len(cols), code, np.int8))
-        if channel != "qr":  # only QR entries net by counterparty: keep the rest lean
-            cols = SettlementColumns(cols.reference, pa.array([], pa.large_string()),
-                                     cols.amount[:0], cols.currency[:0], cols.status[:0],
-                                     cols.time_us[:0], cols.first_line, cols.lines)
-        files.append(_File(path, channel, cols, n))
-        n += len(keys[-1])
-        if on_file is not None:
-            on_file(path, len(keys[-1]))
+    # Two files at a time: polars' CSV parse and the hash kernel release the GIL, so a
+    # card file parses while the camt.053 reader (Python, GIL-bound) walks its entries.
+    # Results are taken in path order, so the columns, and the first bad file named,
+    # do not depend on which thread finished first.
+    pool = ThreadPoolExecutor(max_workers=FILE_WORKERS, thread_name_prefix="recon-file")
+    try:
+        for path, (cols, key) in zip(paths, pool.map(_read_file, paths), strict=True):
+            channel = _SUFFIX_CHANNEL[path.suffix]
+            code = jcols.CHANNEL_CODE[channel]
+            keys.append(key)
+            amounts.append(cols.amount)
+            currencies.append(cols.currency)
+            statuses.append(cols.status)
+            times.append(cols.time_us)
+            channels.append(np.full(len(cols), code, np.int8))
+            files.append(_File(path, channel, _strings_only(cols), n))
+            n += len(key)
+            if on_file is not None:
+                on_file(path, len(key))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     starts = np.array([f.start for f in files], np.int64)
 
     def joined(parts: list[NDArray[Any]]) -> NDArray[Any]:
