@@ -35,6 +35,7 @@ in them. It is counted and warned about, not listed as a break.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import json
@@ -325,7 +326,7 @@ def match(
     sw_kind = result.switch_class.copy()
     net_kind = result.network_class.copy()
     sw_kind[expected_absent] = _EXPECTED_ABSENT
-    _match_netted(sw, net, sw_kind, net_kind, result, tol_amount)
+    _match_netted(sw, net, sw_kind, net_kind, result, tol_amount, tol_time_us)
 
     # Late settlement: matched, but settled more than late_after_s after approval.
     mark_late(sw_kind, net_kind, result.switch_match, sw.time_us, net.time_us,
@@ -417,14 +418,21 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
 
 
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],
-                  result: ReconResult, tol_amount: int) -> int:
+                  result: ReconResult, tol_amount: int, skew_us: int = 0) -> int:
     """Many-to-one: a network entry that nets several payments (one per merchant and
     cycle, say) against the approved switch payments it covers.
 
     Within one (channel, currency, counterparty), leftover network entries are taken in
     time order, and each claims the leftover approved switch payments made before it and
-    after the previous entry; the sums must agree (within ``tol_amount``). Deterministic,
-    and it never touches records the exact and tolerance passes already paired. Only
+    after the previous entry; the sums must agree (within ``tol_amount``).
+
+    The cut is not sharp: a net entry carries the network's cycle cut-off, the switch's
+    time is when it journaled the answer, and a payment the network settled just before
+    the cut can be journaled just after it (under load, by a second or more). So when the
+    payments up to the cut do not add up, the range's end moves payment by payment, nearest
+    first, among those within ``skew_us`` of the cut, and the first range that adds up is
+    taken. Deterministic, and it never touches records the exact and tolerance passes
+    already paired. Only
     leftovers are looked at, so their counterparties are read (from the journal and the
     files) for those few records only.
     """
@@ -449,21 +457,30 @@ def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDAr
     netted = 0
     for group, ns in entries.items():
         pool = sorted(payments.get(group, []), key=lambda i: int(sw.time_us[i]))
+        times = [int(sw.time_us[i]) for i in pool]
+        sums = [0]
+        for i in pool:
+            sums.append(sums[-1] + int(sw.amount[i]))
         start = 0
         for n in sorted(ns, key=lambda n: int(net.time_us[n])):
-            cut = int(net.time_us[n])
-            covered = []
-            while start < len(pool) and int(sw.time_us[pool[start]]) <= cut:
-                covered.append(pool[start])
-                start += 1
-            if len(covered) < 2:
+            cut, want = int(net.time_us[n]), int(net.amount[n])
+            nominal = bisect.bisect_right(times, cut, lo=start)
+            low = max(start + 2, bisect.bisect_right(times, cut - skew_us, lo=start))
+            high = bisect.bisect_right(times, cut + skew_us, lo=start)
+            ends = sorted(range(low, high + 1), key=lambda e: (abs(e - nominal), e))
+            if nominal >= start + 2 and nominal not in ends:
+                ends.insert(0, nominal)
+            end = next((e for e in ends if abs(sums[e] - sums[start] - want) <= tol_amount),
+                       None)
+            if end is None:
+                start = max(start, nominal)  # as if it added up: the next cycle starts here
                 continue
-            if abs(sum(int(sw.amount[i]) for i in covered) - int(net.amount[n])) <= tol_amount:
-                net_kind[n] = _NETTED
-                for i in covered:
-                    sw_kind[i] = _NETTED
-                    result.switch_match[i] = n
-                netted += 1
+            net_kind[n] = _NETTED
+            for i in pool[start:end]:
+                sw_kind[i] = _NETTED
+                result.switch_match[i] = n
+            netted += 1
+            start = end
     return netted
 
 
