@@ -389,8 +389,8 @@ class SettlementColumns:
     def from_entries(cls, entries: Sequence[SettlementEntry], first_line: int,
                      lines: Sequence[int] | None = None) -> SettlementColumns:
         return cls(
-            pa.array([e.reference for e in entries], pa.large_string()),
-            pa.array([e.secondary for e in entries], pa.large_string()),
+            strings([e.reference for e in entries]),
+            strings([e.secondary for e in entries]),
             np.array([e.amount for e in entries], np.int64),
             np.array([_ALPHA_TO_NUMERIC[e.currency] for e in entries], np.int16),
             np.array([_STATUS_OF[e.status] for e in entries], np.int8),
@@ -398,6 +398,17 @@ class SettlementColumns:
             first_line,
             None if lines is None else np.array(lines, np.int32),
         )
+
+
+def no_strings() -> pa.LargeStringArray:
+    """An empty large_string array. Not ``pa.array([])``: pyarrow's first ``pa.array``
+    call imports pandas (0.35 s, a quarter of a 1M-record reconciliation's start-up)."""
+    return pa.nulls(0, pa.large_string())
+
+
+def strings(values: list[str]) -> pa.LargeStringArray:
+    """A large_string array of Python strings, built by polars (see :func:`no_strings`)."""
+    return _as_large_string(pl.Series(values=values, dtype=pl.String))
 
 
 def decode_text(data: bytes, file: str) -> str:
@@ -489,7 +500,7 @@ def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
         empty = np.zeros(0, np.int64)
         if count != 0 or total != 0:
             return None
-        return SettlementColumns(pa.array([], pa.large_string()), pa.array([], pa.large_string()),
+        return SettlementColumns(no_strings(), no_strings(),
                                  empty, empty.astype(np.int16), empty.astype(np.int8), empty, 2)
     # One line per record between header and trailer: no blank line, nothing extra.
     if data.count(b"\n") != count + 2:
@@ -512,7 +523,7 @@ def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
         return None
     return SettlementColumns(
         _as_large_string(df["ref"]),
-        _as_large_string(df["sec"]) if secondary else pa.array([], pa.large_string()), amount,
+        _as_large_string(df["sec"]) if secondary else no_strings(), amount,
         df["cur"].to_numpy().astype(np.int16),
         np.where(df["st"].to_physical().to_numpy() == 0, STATUS_SETTLED,
                  STATUS_REVERSED).astype(np.int8),
@@ -542,7 +553,7 @@ def _qr_fast(data: bytes) -> SettlementColumns | None:
         return None
     if len(data) == len(_QR_HEADER):
         empty = np.zeros(0, np.int64)
-        return SettlementColumns(pa.array([], pa.large_string()), pa.array([], pa.large_string()),
+        return SettlementColumns(no_strings(), no_strings(),
                                  empty, empty.astype(np.int16), empty.astype(np.int8), empty, 2)
     df = _polars_frame(data, _QR_SCHEMA, 1)
     if df is None or df.height != data.count(b"\n") - 1:  # a blank line: strict decides
@@ -720,7 +731,7 @@ class _Camt053Chunks:
         refs, secs, amounts, currencies, statuses, times, lines = self._lists
         if refs:
             self._chunks.append((
-                pa.array(refs, pa.large_string()), pa.array(secs, pa.large_string()),
+                strings(refs), strings(secs),
                 np.array(amounts, np.int64), np.array(currencies, np.int16),
                 np.array(statuses, np.int8), np.array(times, np.int64),
                 np.array(lines, np.int32)))
@@ -730,8 +741,8 @@ class _Camt053Chunks:
         self._flush()
         if not self._chunks:
             empty = np.zeros(0, np.int64)
-            return SettlementColumns(pa.array([], pa.large_string()),
-                                     pa.array([], pa.large_string()), empty,
+            return SettlementColumns(no_strings(),
+                                     no_strings(), empty,
                                      empty.astype(np.int16), empty.astype(np.int8), empty, 0,
                                      empty.astype(np.int32))
         parts = list(zip(*self._chunks, strict=True))

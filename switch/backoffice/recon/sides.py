@@ -27,6 +27,7 @@ from switch.journal import columns as jcols
 from switch.protocols.settlement_files import (
     SettlementColumns,
     SettlementFileError,
+    no_strings,
     read_camt053_columns,
     read_card_clearing_columns,
     read_qr_csv_columns,
@@ -151,7 +152,7 @@ def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
         np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
         offsets, code)
     if code != jcols.CHANNEL_CODE["qr"]:  # only QR entries net by counterparty: keep lean
-        cols = SettlementColumns(cols.reference, pa.array([], pa.large_string()),
+        cols = SettlementColumns(cols.reference, no_strings(),
                                  cols.amount, cols.currency, cols.status, cols.time_us,
                                  cols.first_line, cols.lines)
     return cols, key
@@ -230,7 +231,9 @@ def _network_texts(files: list[_File], starts: NDArray[np.int64],
         f = files[k]
         pos = np.flatnonzero(which == k)
         local = idx[pos] - f.start
-        took = pa.array(local)
+        # Indices as an Arrow array without pa.array (see settlement_files.no_strings).
+        local = np.ascontiguousarray(local, np.int64)
+        took = pa.Array.from_buffers(pa.int64(), len(local), [None, pa.py_buffer(local)])
         part_refs = f.cols.reference.take(took).to_pylist()
         part_secs = (f.cols.secondary.take(took).to_pylist() if len(f.cols.secondary)
                      else None)
