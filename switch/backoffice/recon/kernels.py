@@ -804,6 +804,95 @@ def exact_match_columns(sw_key: Int64Array, sw_amount: Int64Array, sw_currency: 
     return result
 
 
+@njit(nogil=True, cache=True)
+def _partition_kernel(key: Int64Array, parts: int, order: NDArray[np.int32],
+                      bounds: Int64Array) -> None:
+    """Counting sort of record indices by ``key mod parts`` (as unsigned): stable, so a
+    partition keeps index order (the first occurrence of a key stays the primary)."""
+    n = key.shape[0]
+    up = np.uint64(parts)
+    for i in range(n):
+        bounds[np.int64(np.uint64(key[i]) % up) + 1] += 1
+    for p in range(parts):
+        bounds[p + 1] += bounds[p]
+    fill = bounds[:-1].copy()
+    for i in range(n):
+        q = np.int64(np.uint64(key[i]) % up)
+        order[fill[q]] = i
+        fill[q] += 1
+
+
+@njit(nogil=True, cache=True)
+def _gather4_kernel(idx: NDArray[np.int32], a: Any, b: Any, c: Any, d: Any,
+                    out_a: Int64Array, out_b: Int64Array, out_c: Int64Array,
+                    out_d: Int64Array) -> None:
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        out_a[k] = a[i]
+        out_b[k] = b[i]
+        out_c[k] = c[i]
+        out_d[k] = d[i]
+
+
+@njit(nogil=True, cache=True)
+def _scatter_kernel(si: NDArray[np.int32], ni: NDArray[np.int32], part_sw_class: Int8Array,
+                    part_sw_match: Int64Array, part_net_class: Int8Array,
+                    part_net_match: Int64Array, sw_class: Int8Array, sw_match: Int64Array,
+                    net_class: Int8Array, net_match: Int64Array) -> None:
+    for k in range(si.shape[0]):
+        sw_class[si[k]] = part_sw_class[k]
+        m = part_sw_match[k]
+        if m >= 0:
+            sw_match[si[k]] = ni[m]
+    for k in range(ni.shape[0]):
+        net_class[ni[k]] = part_net_class[k]
+        m = part_net_match[k]
+        if m >= 0:
+            net_match[ni[k]] = si[m]
+
+
+def _partition_order(key: Int64Array, parts: int) -> tuple[NDArray[np.int32], list[int]]:
+    order = np.empty(key.shape[0], np.int32)
+    bounds = np.zeros(parts + 1, np.int64)
+    _partition_kernel(np.ascontiguousarray(key, np.int64), parts, order, bounds)
+    return order, bounds.tolist()
+
+
+def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]],
+                            parts: int) -> ReconResult:
+    """:func:`exact_match_columns` in ``parts`` key partitions, for bounded memory: the
+    hash table and the copied columns are one partition's (``sw`` and ``net``: key,
+    amount, currency, status, any integer dtypes, each side's the same length).
+
+    Equal to the unpartitioned pass (records with one key are in one partition, in index
+    order). The partitioning, the copies and the answers' way back are kernels too:
+    done with numpy (argsort, fancy indexing) they took 1.7 s of CPU at 10M, more than
+    the matching itself (0.7 s)."""
+    assert 1 <= parts <= 127 and len(sw) == len(net) == 4
+    n_sw, n_net = sw[0].shape[0], net[0].shape[0]
+    if max(n_sw, n_net) > MAX_RECORDS:
+        raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
+    result = ReconResult(np.full(n_sw, -1, np.int64), np.full(n_sw, -1, np.int8),
+                         np.full(n_net, -1, np.int64), np.full(n_net, -1, np.int8))
+    sw_order, sw_bounds = _partition_order(sw[0], parts)
+    net_order, net_bounds = _partition_order(net[0], parts)
+    sw_cols = [np.ascontiguousarray(c) for c in sw]
+    net_cols = [np.ascontiguousarray(c) for c in net]
+    for p in range(parts):
+        si = sw_order[sw_bounds[p]:sw_bounds[p + 1]]
+        ni = net_order[net_bounds[p]:net_bounds[p + 1]]
+        a = [np.empty(si.shape[0], np.int64) for _ in range(4)]
+        b = [np.empty(ni.shape[0], np.int64) for _ in range(4)]
+        _gather4_kernel(si, *sw_cols, *a)
+        _gather4_kernel(ni, *net_cols, *b)
+        r = exact_match_columns(*a, *b)
+        del a, b
+        _scatter_kernel(si, ni, r.switch_class, r.switch_match, r.network_class,
+                        r.network_match, result.switch_class, result.switch_match,
+                        result.network_class, result.network_match)
+    return result
+
+
 def tolerance_match(
     switch: RecordArrays,
     network: RecordArrays,

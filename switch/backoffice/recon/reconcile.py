@@ -68,6 +68,7 @@ from switch.backoffice.recon.kernels import (
     RecordArrays,
     RecordStatus,
     exact_match_columns,
+    exact_match_partitioned,
     fold_outcomes,
     group_sums,
     huge_pages,
@@ -238,46 +239,20 @@ def _partition_records() -> int:
 
 
 def _exact(sw: Side, net: Side) -> ReconResult:
-    """Pass 1, in key partitions when the network side is large (bounded table memory).
-
-    Indices come in partition order (a stable sort on the partition number keeps index
-    order within a partition, which is what makes the first occurrence the primary); the
-    four columns pass 1 reads are gathered one partition at a time (gathering them all
-    at once cost 0.5 GB more peak at 10M for no measurable CPU), and the answers are
-    scattered back."""
+    """Pass 1, in key partitions when the network side is large (bounded table memory)."""
     parts = max(1, -(-len(net) // _partition_records()))
     if parts == 1:
-        return exact_match_columns(*_columns4(sw, None), *_columns4(net, None))
-    result = ReconResult(np.full(len(sw), -1, np.int64), np.full(len(sw), -1, np.int8),
-                         np.full(len(net), -1, np.int64), np.full(len(net), -1, np.int8))
-    sw_order, sw_bounds = _partition(sw.key, parts)
-    net_order, net_bounds = _partition(net.key, parts)
-    for p in range(parts):
-        si = sw_order[sw_bounds[p]:sw_bounds[p + 1]]
-        ni = net_order[net_bounds[p]:net_bounds[p + 1]]
-        r = exact_match_columns(*_columns4(sw, si), *_columns4(net, ni))
-        result.switch_class[si] = r.switch_class
-        result.network_class[ni] = r.network_class
-        m = r.switch_match >= 0
-        result.switch_match[si[m]] = ni[r.switch_match[m]]
-        m = r.network_match >= 0
-        result.network_match[ni[m]] = si[r.network_match[m]]
-    return result
+        return exact_match_columns(*_columns4(sw), *_columns4(net))
+    return exact_match_partitioned(
+        (sw.key, sw.amount, sw.currency, sw.status),
+        (net.key, net.amount, net.currency, net.status), parts)
 
 
-def _partition(key: NDArray[np.int64], parts: int) -> tuple[NDArray[np.int32], list[int]]:
-    """Indices in partition order (stable), and each partition's [start, end) bounds."""
-    part = (key.view(np.uint64) % np.uint64(parts)).astype(np.int8)
-    order = np.argsort(part, kind="stable").astype(np.int32)  # < MAX_RECORDS: 31 bits
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=parts))])
-    return order, bounds.tolist()
-
-
-def _columns4(side: Side, order: NDArray[np.int32] | None) -> list[NDArray[np.int64]]:
-    """key, amount, currency, status as writable contiguous int64, in ``order``."""
+def _columns4(side: Side) -> list[NDArray[np.int64]]:
+    """key, amount, currency, status as writable contiguous int64."""
     out = []
     for c in (side.key, side.amount, side.currency, side.status):
-        col = np.ascontiguousarray(c if order is None else c[order], dtype=np.int64)
+        col = np.ascontiguousarray(c, dtype=np.int64)
         out.append(col if col.flags.writeable else col.copy())
     return out
 
