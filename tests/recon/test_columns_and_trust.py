@@ -214,3 +214,33 @@ def test_columnar_outputs_equal_one_row_per_break(synthetic: tuple, tmp_path: Pa
     assert report.unexplained == by_rows.unexplained > 0
     assert report.breaks[-1] == list(report.breaks)[-1]
     assert report.breaks[3:7] == list(report.breaks)[3:7]
+
+
+def test_many_small_column_chunks_read_like_few_large_ones(synthetic: tuple,
+                                                           tmp_path: Path) -> None:
+    """A live switch writes a column chunk per commit (a few records each): the reader
+    joins small chunks into runs, and the arrays are the same as from large chunks."""
+    journal, _, _ = synthetic
+    src = sqlite3.connect(journal)
+    expected = jcols.read_columns(src)
+    small = tmp_path / "small.db"
+    src.backup(dst := sqlite3.connect(small))
+    src.close()
+    chunks = dst.execute("SELECT first_seq, last_seq, intents, outcomes FROM journal_columns"
+                         " ORDER BY first_seq").fetchall()
+    dst.execute("DELETE FROM journal_columns")
+    pieces = 0
+    for first, last, a, b in chunks:
+        ia, ob = jcols.INTENT_DTYPE.itemsize * 3, jcols.OUTCOME_DTYPE.itemsize * 5
+        n = max(-(-len(a) // ia), -(-len(b) // ob))
+        for k in range(n):  # 3 intents and 5 outcomes a piece; keys keep the order
+            dst.execute("INSERT INTO journal_columns VALUES (?, ?, ?, ?)",
+                        (first * 10_000 + k, last, a[k * ia:(k + 1) * ia],
+                         b[k * ob:(k + 1) * ob]))
+            pieces += 1
+    dst.commit()
+    got = jcols.read_columns(dst)
+    assert pieces > 1_000
+    for part in ("intents", "outcomes"):
+        for name, arr in getattr(expected, part).items():
+            assert np.array_equal(getattr(got, part)[name], arr), (part, name)
