@@ -19,6 +19,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -86,16 +87,31 @@ def records(db: sqlite3.Connection, *, after_seq: int = 0,
 
 def by_seq(db: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, JournalRecord]:
     """The records with these ``seq``s, live or archived (e.g. a break's intent)."""
-    out: dict[int, JournalRecord] = {}
-    schemas = ["main", ARCHIVE_SCHEMA] if attach_existing_archive(db) else ["main"]
-    for start in range(0, len(seqs), 900):  # SQLite's default bound on variables
-        chunk = list(seqs[start:start + 900])
+    return {seq: from_row(tuple(row)) for seq, *row in _by_seq(db, seqs, _SELECT)}
+
+
+def bodies_by_seq(db: sqlite3.Connection, seqs: Sequence[int]) -> dict[int, bytes]:
+    """The bodies only of the records with these ``seq``s, live or archived: what
+    reconciliation reads for the few payments it shows (no record objects built)."""
+    return dict(_by_seq(db, seqs, "SELECT seq, record FROM {schema}.journal"))
+
+
+def _by_seq(db: sqlite3.Connection, seqs: Sequence[int], select: str) -> Iterator[Any]:
+    """Rows by ``seq`` in ascending order (B-tree pages then come in file order: at 165k
+    random seqs of a 6 GB journal, sorted lookups took 0.4 s where unsorted took 1.1 s).
+    Archived rows first: a row in both (a move cut by a crash) is the archived one."""
+    wanted = sorted(set(seqs))
+    schemas = [ARCHIVE_SCHEMA, "main"] if attach_existing_archive(db) else ["main"]
+    seen: set[int] = set()
+    for start in range(0, len(wanted), 900):  # SQLite's default bound on variables
+        chunk = wanted[start:start + 900]
         marks = ",".join("?" * len(chunk))
         for schema in schemas:
-            for seq, *row in db.execute(
-                    _SELECT.format(schema=schema) + f" WHERE seq IN ({marks})", chunk):
-                out.setdefault(seq, from_row(tuple(row)))
-    return out
+            for row in db.execute(select.format(schema=schema) + f" WHERE seq IN ({marks})",
+                                  chunk):
+                if len(schemas) == 1 or row[0] not in seen:
+                    seen.add(row[0])
+                    yield row
 
 
 @dataclass(slots=True)

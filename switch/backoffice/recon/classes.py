@@ -3,8 +3,9 @@ their severity and suggested action, and the report a reconciliation produces.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from switch.backoffice.recon.kernels import (
     BreakClass,
@@ -92,20 +93,34 @@ class Break:
         return abs(side.amount) if side is not None else 0
 
 
+class BreakColumns(Protocol):
+    """The breaks as columns (``switch.backoffice.recon.breaks.BreakTable``)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def unexplained(self) -> int: ...
+
+
 @dataclass
 class ReconReport:
     switch_records: int
     network_records: int
     counts: dict[str, int]
     amounts: dict[str, dict[str, int]]  # class -> currency -> minor units
-    breaks: list[Break]
+    #: In report order; built from :attr:`table` on access when there is one.
+    breaks: Sequence[Break]
     warnings: list[str] = field(default_factory=list)
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: The breaks as columns (what breaks.csv is written from); None for an empty match.
+    table: BreakColumns | None = None
 
     @property
     def unexplained(self) -> int:
         """Breaks nobody can account for yet; stand-in exposure (issuer refusal on
         record) and late settlement are listed but explained."""
+        if self.table is not None:
+            return self.table.unexplained
         return sum(1 for b in self.breaks if b.kind not in EXPLAINED)
 
 

@@ -62,7 +62,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final, cast
@@ -145,6 +146,30 @@ _PREFETCH_HALF: Final = _PREFETCH_AHEAD // 2
 # already, but callers (and tests) also pass small sequential ints; the multiply spreads
 # those over the high bits, which are the ones the slot index uses.
 _FIB = np.uint64(0x9E3779B97F4A7C15)
+
+
+@contextmanager
+def huge_pages(enabled: bool) -> Iterator[None]:
+    """Whether numpy asks the kernel for transparent huge pages (madvise) on the large
+    arrays allocated inside the block.
+
+    Worth it for hash tables probed at random (fewer TLB misses), a loss for arrays
+    filled front to back: on the 2-core VM (THP in madvise mode, defrag on madvise) the
+    journal's columns took 1.6-1.8 s of CPU to read with huge pages and 0.66-0.71 s
+    without, nearly all of it kernel time faulting and compacting 2 MB pages. So
+    ``payswitch reconcile`` turns them off, and the tables below turn them back on.
+    A no-op where numpy has no such switch.
+    """
+    setter = getattr(getattr(np, "_core", None), "multiarray", None)
+    setter = getattr(setter, "_set_madvise_hugepage", None)
+    if setter is None:
+        yield
+        return
+    previous = setter(enabled)
+    try:
+        yield
+    finally:
+        setter(previous)
 
 
 def table_bits_for(n: int) -> int:
@@ -734,9 +759,26 @@ def exact_match(switch: RecordArrays, network: RecordArrays) -> ReconResult:
     the kernel for transparent huge pages on big allocations and numba's allocator does
     not, and on the measured VM page faults made up ~20% of a 10M run otherwise.
     """
-    n_sw, n_net = len(switch), len(network)
-    table = np.zeros(2 << table_bits_for(n_net), np.int64)
-    payload = np.empty(2 * n_net, np.int64)
+    return exact_match_columns(switch.key, switch.amount, switch.currency, switch.status,
+                               network.key, network.amount, network.currency, network.status)
+
+
+def exact_match_columns(sw_key: Int64Array, sw_amount: Int64Array, sw_currency: Int64Array,
+                        sw_status: Int64Array, net_key: Int64Array, net_amount: Int64Array,
+                        net_currency: Int64Array, net_status: Int64Array) -> ReconResult:
+    """:func:`exact_match` on the four columns pass 1 reads (no time), each a writable
+    C-contiguous int64 array (slices of larger arrays are fine: no copy is made)."""
+    n_sw, n_net = sw_key.shape[0], net_key.shape[0]
+    for arr in (sw_key, sw_amount, sw_currency, sw_status, net_key, net_amount,
+                net_currency, net_status):
+        assert arr.dtype == np.int64 and arr.flags.c_contiguous and arr.flags.writeable
+    assert sw_amount.shape[0] == sw_currency.shape[0] == sw_status.shape[0] == n_sw
+    assert net_amount.shape[0] == net_currency.shape[0] == net_status.shape[0] == n_net
+    if n_sw > MAX_RECORDS or n_net > MAX_RECORDS:
+        raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
+    with huge_pages(True):
+        table = np.zeros(2 << table_bits_for(n_net), np.int64)
+        payload = np.empty(2 * n_net, np.int64)
     result = ReconResult(
         np.full(n_sw, -1, np.int64),
         np.full(n_sw, _UNSET, np.int8),
@@ -744,14 +786,14 @@ def exact_match(switch: RecordArrays, network: RecordArrays) -> ReconResult:
         np.full(n_net, _UNSET, np.int8),
     )
     _exact_kernel(
-        switch.key,
-        switch.amount,
-        switch.currency,
-        switch.status,
-        network.key,
-        network.amount,
-        network.currency,
-        network.status,
+        sw_key,
+        sw_amount,
+        sw_currency,
+        sw_status,
+        net_key,
+        net_amount,
+        net_currency,
+        net_status,
         table,
         payload,
         result.switch_match,
@@ -759,6 +801,95 @@ def exact_match(switch: RecordArrays, network: RecordArrays) -> ReconResult:
         result.network_match,
         result.network_class,
     )
+    return result
+
+
+@njit(nogil=True, cache=True)
+def _partition_kernel(key: Int64Array, parts: int, order: NDArray[np.int32],
+                      bounds: Int64Array) -> None:
+    """Counting sort of record indices by ``key mod parts`` (as unsigned): stable, so a
+    partition keeps index order (the first occurrence of a key stays the primary)."""
+    n = key.shape[0]
+    up = np.uint64(parts)
+    for i in range(n):
+        bounds[np.int64(np.uint64(key[i]) % up) + 1] += 1
+    for p in range(parts):
+        bounds[p + 1] += bounds[p]
+    fill = bounds[:-1].copy()
+    for i in range(n):
+        q = np.int64(np.uint64(key[i]) % up)
+        order[fill[q]] = i
+        fill[q] += 1
+
+
+@njit(nogil=True, cache=True)
+def _gather4_kernel(idx: NDArray[np.int32], a: Any, b: Any, c: Any, d: Any,
+                    out_a: Int64Array, out_b: Int64Array, out_c: Int64Array,
+                    out_d: Int64Array) -> None:
+    for k in range(idx.shape[0]):
+        i = idx[k]
+        out_a[k] = a[i]
+        out_b[k] = b[i]
+        out_c[k] = c[i]
+        out_d[k] = d[i]
+
+
+@njit(nogil=True, cache=True)
+def _scatter_kernel(si: NDArray[np.int32], ni: NDArray[np.int32], part_sw_class: Int8Array,
+                    part_sw_match: Int64Array, part_net_class: Int8Array,
+                    part_net_match: Int64Array, sw_class: Int8Array, sw_match: Int64Array,
+                    net_class: Int8Array, net_match: Int64Array) -> None:
+    for k in range(si.shape[0]):
+        sw_class[si[k]] = part_sw_class[k]
+        m = part_sw_match[k]
+        if m >= 0:
+            sw_match[si[k]] = ni[m]
+    for k in range(ni.shape[0]):
+        net_class[ni[k]] = part_net_class[k]
+        m = part_net_match[k]
+        if m >= 0:
+            net_match[ni[k]] = si[m]
+
+
+def _partition_order(key: Int64Array, parts: int) -> tuple[NDArray[np.int32], list[int]]:
+    order = np.empty(key.shape[0], np.int32)
+    bounds = np.zeros(parts + 1, np.int64)
+    _partition_kernel(np.ascontiguousarray(key, np.int64), parts, order, bounds)
+    return order, bounds.tolist()
+
+
+def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]],
+                            parts: int) -> ReconResult:
+    """:func:`exact_match_columns` in ``parts`` key partitions, for bounded memory: the
+    hash table and the copied columns are one partition's (``sw`` and ``net``: key,
+    amount, currency, status, any integer dtypes, each side's the same length).
+
+    Equal to the unpartitioned pass (records with one key are in one partition, in index
+    order). The partitioning, the copies and the answers' way back are kernels too:
+    done with numpy (argsort, fancy indexing) they took 1.7 s of CPU at 10M, more than
+    the matching itself (0.7 s)."""
+    assert parts >= 1 and len(sw) == len(net) == 4
+    n_sw, n_net = sw[0].shape[0], net[0].shape[0]
+    if max(n_sw, n_net) > MAX_RECORDS:
+        raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
+    result = ReconResult(np.full(n_sw, -1, np.int64), np.full(n_sw, -1, np.int8),
+                         np.full(n_net, -1, np.int64), np.full(n_net, -1, np.int8))
+    sw_order, sw_bounds = _partition_order(sw[0], parts)
+    net_order, net_bounds = _partition_order(net[0], parts)
+    sw_cols = [np.ascontiguousarray(c) for c in sw]
+    net_cols = [np.ascontiguousarray(c) for c in net]
+    for p in range(parts):
+        si = sw_order[sw_bounds[p]:sw_bounds[p + 1]]
+        ni = net_order[net_bounds[p]:net_bounds[p + 1]]
+        a = [np.empty(si.shape[0], np.int64) for _ in range(4)]
+        b = [np.empty(ni.shape[0], np.int64) for _ in range(4)]
+        _gather4_kernel(si, *sw_cols, *a)
+        _gather4_kernel(ni, *net_cols, *b)
+        r = exact_match_columns(*a, *b)
+        del a, b
+        _scatter_kernel(si, ni, r.switch_class, r.switch_match, r.network_class,
+                        r.network_match, result.switch_class, result.switch_match,
+                        result.network_class, result.network_match)
     return result
 
 
@@ -1070,12 +1201,22 @@ def _fold_kernel(int_pid: Int64Array, out_pid: Int64Array, out_time: Int64Array,
 def fold_outcomes(int_pid: Int64Array, int_time: Int64Array, out_pid: Int64Array,
                   out_time: Int64Array, out_status: NDArray[np.int8],
                   out_kind: NDArray[np.int8], out_flags: NDArray[np.int8],
-                  pending: int) -> tuple[Int8Array, Int64Array, Int8Array, int]:
-    """Per intent: last status (``pending`` when none), its time, and FLAG_* bits."""
+                  pending: int, *, overwrite_time: bool = False,
+                  ) -> tuple[Int8Array, Int64Array, Int8Array, int]:
+    """Per intent: last status (``pending`` when none), its time, and FLAG_* bits.
+
+    ``overwrite_time``: the times are folded into ``int_time`` itself (a writable
+    contiguous int64 array the caller is done with: 80 MB less at 10M intents)."""
     n = int_pid.shape[0]
-    table = np.zeros(1 << table_bits_for(n), np.int32)
+    with huge_pages(True):
+        table = np.zeros(1 << table_bits_for(n), np.int32)
     status = np.full(n, pending, np.int8)
-    time_us = np.array(int_time, np.int64, copy=True)
+    if overwrite_time:
+        assert int_time.dtype == np.int64 and int_time.flags.c_contiguous
+        assert int_time.flags.writeable
+        time_us = int_time
+    else:
+        time_us = np.array(int_time, np.int64, copy=True)
     flags = np.zeros(n, np.int8)
     orphans = _fold_kernel(
         np.ascontiguousarray(int_pid, np.int64), np.ascontiguousarray(out_pid, np.int64),
@@ -1083,6 +1224,35 @@ def fold_outcomes(int_pid: Int64Array, int_time: Int64Array, out_pid: Int64Array
         np.ascontiguousarray(out_kind, np.int8), np.ascontiguousarray(out_flags, np.int8),
         table, status, time_us, flags)
     return status, time_us, flags, int(orphans)
+
+
+@njit(nogil=True, cache=True)
+def _mark_late_kernel(sw_kind: Int8Array, net_kind: Int8Array, sw_match: Int64Array,
+                      sw_time: Int64Array, net_time: Int64Array, late_after_us: float,
+                      matched: int, matched_tolerance: int, late: int) -> int:
+    n = 0
+    for i in range(sw_kind.shape[0]):
+        k = sw_kind[i]
+        j = sw_match[i]
+        paired = (k == matched or k == matched_tolerance) and j >= 0  # noqa: SIM109
+        if paired and float(net_time[j] - sw_time[i]) > late_after_us:
+            sw_kind[i] = late
+            net_kind[j] = late
+            n += 1
+    return n
+
+
+def mark_late(sw_kind: Int8Array, net_kind: Int8Array, sw_match: Int64Array,
+              sw_time: Int64Array, net_time: Int64Array, late_after_us: float,
+              late: int) -> int:
+    """In place: a switch record matched (exactly or within tolerance) whose partner
+    settled more than ``late_after_us`` after it, and that partner, get class ``late``.
+    One pass, no temporaries (the numpy form took ~300 MB at 10M pairs). Returns how
+    many pairs."""
+    return int(_mark_late_kernel(
+        sw_kind, net_kind, np.ascontiguousarray(sw_match, np.int64),
+        np.ascontiguousarray(sw_time, np.int64), np.ascontiguousarray(net_time, np.int64),
+        float(late_after_us), _MATCHED, _MATCHED_TOLERANCE, late))
 
 
 @njit(nogil=True, cache=True)

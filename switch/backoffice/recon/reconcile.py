@@ -35,6 +35,7 @@ in them. It is counted and warned about, not listed as a break.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import functools
 import json
@@ -49,12 +50,11 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from switch.backoffice.recon.breaks import BreakTable, LazyBreaks
 from switch.backoffice.recon.classes import (
     KIND_NAMES,
     NOT_BREAKS,
     SEVERITY,
-    SUGGESTED_ACTION,
-    Break,
     ReconReport,
     Record,
 )
@@ -67,21 +67,25 @@ from switch.backoffice.recon.kernels import (
     ReconResult,
     RecordArrays,
     RecordStatus,
-    exact_match,
+    exact_match_columns,
+    exact_match_partitioned,
     fold_outcomes,
     group_sums,
+    huge_pages,
+    mark_late,
     tolerance_match,
 )
 from switch.backoffice.recon.outputs import write_outputs
 from switch.backoffice.recon.sides import (
     NoSettlementFiles,
     Side,
+    Texts,
     concat_sides,
     load_network_side,
     settlement_files,
 )
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
-from switch.journal import by_seq as journal_by_seq
+from switch.journal import bodies_by_seq
 from switch.journal import columns as jcols
 from switch.model import Payment
 from switch.protocols import emvqr
@@ -99,10 +103,10 @@ _STATUS: Final = {
 _SCALE: Final = np.full(1024, 0.01)
 for _num, _exp in CURRENCIES.values():
     _SCALE[_num] = 10.0 ** -_exp
-_STATUS_NAME: Final = {0: "approved", 1: "declined", 2: "failed", 3: "reversed", 4: "unknown"}
 #: Above this many network records the exact pass runs in key partitions of about this
-#: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB.
-PARTITION_RECORDS: Final = 1_500_000
+#: size: its hash table is 43-85 bytes per network record, which at 10M would be 0.5 GB,
+#: and each partition gathers its four columns (at 1M: ~150 MB at a time in all).
+PARTITION_RECORDS: Final = 1_000_000
 
 # Kind codes on the arrays: the kernels' BreakClass values, then the classes added here.
 _EXPECTED_ABSENT, _NETTED, _ORPHAN_REVERSAL, _LATE, _STANDIN, _OUTSIDE = 8, 9, 10, 11, 12, 13
@@ -131,8 +135,12 @@ def _side_from_records(records: Sequence[Record]) -> Side:
         np.array([int(_STATUS[r.status]) for r in records], np.int8),
         np.array([r.time_us for r in records], np.int64),
         channel, flags,
-        lambda idx: [records[i] for i in idx.tolist()],
+        lambda idx: Texts([records[i].reference for i in idx.tolist()],
+                          [records[i].source for i in idx.tolist()],
+                          [records[i].line for i in idx.tolist()],
+                          [records[i].counterparty for i in idx.tolist()]),
         lambda idx: [records[i].counterparty for i in idx.tolist()],
+        lambda idx: [records[i] for i in idx.tolist()],
     )
 
 
@@ -142,58 +150,44 @@ def _side_from_records(records: Sequence[Record]) -> Side:
 def load_switch_side(journal: Path) -> Side:
     """Every payment with an intent in the journal, from its reconciliation columns."""
     db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, check_same_thread=False)
-    cols = jcols.read_columns(db)
+    cols = jcols.read_columns(db, ("seq", "pid", "ref", "amount", "time_us", "currency",
+                                   "channel"))
     it, out = cols.intents, cols.outcomes
     del cols
     status, time_us, flags, _ = fold_outcomes(
         it.pop("pid"), it["time_us"], out["pid"], out["time_us"], out["status"], out["kind"],
-        out["flags"], int(RecordStatus.PENDING))
+        out["flags"], int(RecordStatus.PENDING), overwrite_time=True)
     del out  # the outcomes are folded: drop them before anything else is allocated
     keep = (flags & FLAG_DUPLICATE_INTENT) == 0
     if not keep.all():
         it = {name: arr[keep] for name, arr in it.items()}
         status, time_us, flags = status[keep], time_us[keep], flags[keep]
     seq = it["seq"]
-    memo: dict[int, Record] = {}
-
-    def records(idx: NDArray[np.int64]) -> list[Record]:
-        todo = np.array([i for i in idx.tolist() if i not in memo], np.int64)
-        if len(todo):
-            memo.update(zip(todo.tolist(), _switch_records(db, side, seq, todo), strict=True))
-        return [memo[i] for i in idx.tolist()]
-
-    side = Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
-        records, lambda idx: _switch_counterparties(db, seq, idx),
-    )
-    return side
+    return Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
+                lambda idx: _switch_texts(db, seq, idx),
+                lambda idx: _switch_counterparties(db, seq, idx))
 
 
 def _intents_by_seq(db: sqlite3.Connection, wanted: list[int], full: bool) -> dict[int, Any]:
     decoder = _payment_decoder if full else _light_decoder
     # Through the journal's reader: a payment past the idempotency window is archived.
-    return {s: decoder.decode(r.body) for s, r in journal_by_seq(db, wanted).items()}
+    return {s: decoder.decode(body) for s, body in bodies_by_seq(db, wanted).items()}
 
 
-def _switch_records(db: sqlite3.Connection, side: Side, seq: NDArray[np.int64],
-                    idx: NDArray[np.int64]) -> list[Record]:
-    """Records of switch entries ``idx``: strings from their intents (a light decode of
-    the fields a break shows), the rest from the columns."""
+def _switch_texts(db: sqlite3.Connection, seq: NDArray[np.int64],
+                  idx: NDArray[np.int64]) -> Texts:
+    """Strings of switch entries ``idx`` from their intents (a light decode of the payment
+    id and the channel reference); every number comes from the columns."""
     wanted = seq[idx].tolist()
     payments = _intents_by_seq(db, wanted, full=False)
-    status = side.status[idx].tolist()
-    times = side.time_us[idx].tolist()
-    flags = side.flags[idx].tolist()
-    names = _STATUS_NAME
-    out = []
-    for s, st, t, f in zip(wanted, status, times, flags, strict=True):
+    refs, ids = [], []
+    for s in wanted:
         p = payments[s]
-        advice = ("refused" if f & FLAG_ADVICE_REFUSED else
-                  "delivered" if f & FLAG_ADVICE_DELIVERED else "")
-        ref = (p.card.rrn if p.card is not None else p.swift.uetr if p.swift is not None
-               else (p.qr.qr_reference if p.qr is not None else "") or p.payment_id)
-        out.append(Record(p.channel, ref, p.amount, p.currency, names.get(st, "unknown"), t,
-                          p.payment_id, "", bool(f & FLAG_STOOD_IN), advice))
-    return out
+        refs.append(p.card.rrn if p.card is not None else p.swift.uetr if p.swift is not None
+                    else (p.qr.qr_reference if p.qr is not None else "") or p.payment_id)
+        ids.append(p.payment_id)
+    n = len(wanted)
+    return Texts(refs, ids, [0] * n, [""] * n)
 
 
 def _switch_counterparties(db: sqlite3.Connection, seq: NDArray[np.int64],
@@ -227,15 +221,6 @@ def _qr_merchant(payload: str) -> str:
     return ""
 
 
-def _reference(payment: Payment) -> str:
-    if payment.card is not None:
-        return payment.card.rrn
-    if payment.swift is not None:
-        return payment.swift.uetr
-    assert payment.qr is not None
-    return payment.qr.qr_reference or payment.payment_id
-
-
 # ----------------------------------------------------------------------- network side
 
 
@@ -258,22 +243,19 @@ def _exact(sw: Side, net: Side) -> ReconResult:
     """Pass 1, in key partitions when the network side is large (bounded table memory)."""
     parts = max(1, -(-len(net) // _partition_records()))
     if parts == 1:
-        return exact_match(_arrays(sw), _arrays(net))
-    result = ReconResult(np.full(len(sw), -1, np.int64), np.full(len(sw), -1, np.int8),
-                         np.full(len(net), -1, np.int64), np.full(len(net), -1, np.int8))
-    sw_part = (sw.key.view(np.uint64) % np.uint64(parts)).astype(np.int8)
-    net_part = (net.key.view(np.uint64) % np.uint64(parts)).astype(np.int8)
-    for p in range(parts):
-        si = np.flatnonzero(sw_part == p)
-        ni = np.flatnonzero(net_part == p)
-        r = exact_match(_arrays(sw, si), _arrays(net, ni))
-        result.switch_class[si] = r.switch_class
-        result.network_class[ni] = r.network_class
-        m = r.switch_match >= 0
-        result.switch_match[si[m]] = ni[r.switch_match[m]]
-        m = r.network_match >= 0
-        result.network_match[ni[m]] = si[r.network_match[m]]
-    return result
+        return exact_match_columns(*_columns4(sw), *_columns4(net))
+    return exact_match_partitioned(
+        (sw.key, sw.amount, sw.currency, sw.status),
+        (net.key, net.amount, net.currency, net.status), parts)
+
+
+def _columns4(side: Side) -> list[NDArray[np.int64]]:
+    """key, amount, currency, status as writable contiguous int64."""
+    out = []
+    for c in (side.key, side.amount, side.currency, side.status):
+        col = np.ascontiguousarray(c, dtype=np.int64)
+        out.append(col if col.flags.writeable else col.copy())
+    return out
 
 
 def _tolerance(sw: Side, net: Side, result: ReconResult, tol_amount: int,
@@ -357,16 +339,11 @@ def match(
     sw_kind = result.switch_class.copy()
     net_kind = result.network_class.copy()
     sw_kind[expected_absent] = _EXPECTED_ABSENT
-    _match_netted(sw, net, sw_kind, net_kind, result, tol_amount)
+    _match_netted(sw, net, sw_kind, net_kind, result, tol_amount, tol_time_us)
 
     # Late settlement: matched, but settled more than late_after_s after approval.
-    paired = np.flatnonzero(((sw_kind == BreakClass.MATCHED)
-                             | (sw_kind == BreakClass.MATCHED_TOLERANCE))
-                            & (result.switch_match >= 0))
-    partner = result.switch_match[paired]
-    late = (net.time_us[partner] - sw.time_us[paired]) > late_after_s * 1e6
-    sw_kind[paired[late]] = _LATE
-    net_kind[partner[late]] = _LATE
+    mark_late(sw_kind, net_kind, result.switch_match, sw.time_us, net.time_us,
+              late_after_s * 1e6, _LATE)
     # A network reversal nobody approved is an orphan.
     orphan = (net.status == int(RecordStatus.REVERSED)) & (
         (net_kind == BreakClass.MISSING_IN_SWITCH) | (net_kind == BreakClass.STATUS_MISMATCH))
@@ -414,7 +391,9 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
         k = kind if mask is None else kind[mask]
         cur = side.currency if mask is None else side.currency[mask]
         amt = side.amount if mask is None else side.amount[mask]
-        codes = k.astype(np.int64) * 1024 + cur.astype(np.int64)
+        codes = k.astype(np.int64)
+        codes *= 1024
+        codes += cur
         n, total = group_sums(codes, amt, n_kinds * 1024)
         for code in np.flatnonzero(n).tolist():
             name = KIND_NAMES[code // 1024]
@@ -426,53 +405,47 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
     tally(net_kind, net, unpaired, "network:")
     sw_breaks = np.flatnonzero(~_NOT_BREAK_CODES[sw_kind])
     net_breaks = np.flatnonzero(unpaired & ~_NOT_BREAK_CODES[net_kind])
-    # Order first, on arrays (severity, then money at stake in major units, largest
-    # first), so the Python objects are built once, already sorted.
+    # Order on arrays (severity, then money at stake in major units, largest first); the
+    # breaks stay columns (BreakTable) and Break objects are built only when looked at.
     partners = result.switch_match[sw_breaks]
-    sw_k = sw_kind[sw_breaks].astype(np.int64)
-    stake = np.abs(sw.amount[sw_breaks]).astype(np.float64)
+    sw_k = sw_kind[sw_breaks]
+    stake = np.abs(sw.amount[sw_breaks])
     is_amount = (sw_k == BreakClass.AMOUNT_MISMATCH) & (partners >= 0)
     stake[is_amount] = np.abs(sw.amount[sw_breaks[is_amount]]
-                              - net.amount[partners[is_amount]]).astype(np.float64)
-    stake *= _SCALE[sw.currency[sw_breaks].astype(np.int64) % 1024]
-    net_k = net_kind[net_breaks].astype(np.int64)
-    net_stake = (np.abs(net.amount[net_breaks]).astype(np.float64)
-                 * _SCALE[net.currency[net_breaks].astype(np.int64) % 1024])
-    rank = np.concatenate([_RANK[sw_k], _RANK[net_k]])
-    order = np.lexsort((-np.concatenate([stake, net_stake]), rank))
-    n_sw = len(sw_breaks)
-    sw_order = order[order < n_sw]
-    sw_records = sw.records(sw_breaks[sw_order])
-    sw_partners = partners[sw_order]
-    partner_records = net.records(sw_partners[sw_partners >= 0])
-    built: dict[int, Break] = {}
-    p = 0
-    for k, (pos, rec, other) in enumerate(zip(sw_order.tolist(), sw_records,
-                                              sw_partners.tolist(), strict=True)):
-        kind = KIND_NAMES[sw_k[pos]]
-        partner = None
-        if other >= 0:
-            partner = partner_records[p]
-            p += 1
-        built[pos] = Break(kind, rec, partner, SUGGESTED_ACTION[kind])
-        del k
-    net_order = order[order >= n_sw] - n_sw
-    for pos, rec in zip(net_order.tolist(), net.records(net_breaks[net_order]), strict=True):
-        kind = KIND_NAMES[net_k[pos]]
-        built[n_sw + pos] = Break(kind, None, rec, SUGGESTED_ACTION[kind])
-    breaks = [built[i] for i in order.tolist()]
-    return ReconReport(len(sw), len(net), counts, dict(amounts), breaks, warnings)
+                              - net.amount[partners[is_amount]])
+    net_k = net_kind[net_breaks]
+    net_stake = np.abs(net.amount[net_breaks])
+    stakes = np.concatenate([stake, net_stake]).astype(np.int64)
+    major = stakes * _SCALE[np.concatenate([sw.currency[sw_breaks],
+                                            net.currency[net_breaks]]).astype(np.int64) % 1024]
+    kinds = np.concatenate([sw_k, net_k]).astype(np.int8)
+    order = np.lexsort((-major, _RANK[kinds.astype(np.int64)]))
+    no_sw = np.full(len(net_breaks), -1, np.int64)
+    table = BreakTable(
+        kinds[order],
+        np.concatenate([sw_breaks, no_sw])[order],
+        np.concatenate([partners, net_breaks])[order],
+        stakes[order], sw, net)
+    return ReconReport(len(sw), len(net), counts, dict(amounts), LazyBreaks(table), warnings,
+                       table=table)
 
 
 def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np.int8],
-                  result: ReconResult, tol_amount: int) -> int:
+                  result: ReconResult, tol_amount: int, skew_us: int = 0) -> int:
     """Many-to-one: a network entry that nets several payments (one per merchant and
     cycle, say) against the approved switch payments it covers.
 
     Within one (channel, currency, counterparty), leftover network entries are taken in
     time order, and each claims the leftover approved switch payments made before it and
-    after the previous entry; the sums must agree (within ``tol_amount``). Deterministic,
-    and it never touches records the exact and tolerance passes already paired. Only
+    after the previous entry; the sums must agree (within ``tol_amount``).
+
+    The cut is not sharp: a net entry carries the network's cycle cut-off, the switch's
+    time is when it journaled the answer, and a payment the network settled just before
+    the cut can be journaled just after it (under load, by a second or more). So when the
+    payments up to the cut do not add up, the range's end moves payment by payment, nearest
+    first, among those within ``skew_us`` of the cut, and the first range that adds up is
+    taken. Deterministic, and it never touches records the exact and tolerance passes
+    already paired. Only
     leftovers are looked at, so their counterparties are read (from the journal and the
     files) for those few records only.
     """
@@ -497,21 +470,30 @@ def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDAr
     netted = 0
     for group, ns in entries.items():
         pool = sorted(payments.get(group, []), key=lambda i: int(sw.time_us[i]))
+        times = [int(sw.time_us[i]) for i in pool]
+        sums = [0]
+        for i in pool:
+            sums.append(sums[-1] + int(sw.amount[i]))
         start = 0
         for n in sorted(ns, key=lambda n: int(net.time_us[n])):
-            cut = int(net.time_us[n])
-            covered = []
-            while start < len(pool) and int(sw.time_us[pool[start]]) <= cut:
-                covered.append(pool[start])
-                start += 1
-            if len(covered) < 2:
+            cut, want = int(net.time_us[n]), int(net.amount[n])
+            nominal = bisect.bisect_right(times, cut, lo=start)
+            low = max(start + 2, bisect.bisect_right(times, cut - skew_us, lo=start))
+            high = bisect.bisect_right(times, cut + skew_us, lo=start)
+            ends = sorted(range(low, high + 1), key=lambda e: (abs(e - nominal), e))
+            if nominal >= start + 2 and nominal not in ends:
+                ends.insert(0, nominal)
+            end = next((e for e in ends if abs(sums[e] - sums[start] - want) <= tol_amount),
+                       None)
+            if end is None:
+                start = max(start, nominal)  # as if it added up: the next cycle starts here
                 continue
-            if abs(sum(int(sw.amount[i]) for i in covered) - int(net.amount[n])) <= tol_amount:
-                net_kind[n] = _NETTED
-                for i in covered:
-                    sw_kind[i] = _NETTED
-                    result.switch_match[i] = n
-                netted += 1
+            net_kind[n] = _NETTED
+            for i in pool[start:end]:
+                sw_kind[i] = _NETTED
+                result.switch_match[i] = n
+            netted += 1
+            start = end
     return netted
 
 
@@ -591,6 +573,14 @@ def run(journal: Path | Sequence[Path], files_dir: Path, out_dir: Path, *, tol_a
 
     Raises SettlementFileError (or NoSettlementFiles) before anything is written.
     """
+    with huge_pages(False):  # on again for the kernels' hash tables only
+        return _run(journal, files_dir, out_dir, tol_amount=tol_amount,
+                    tol_time_us=tol_time_us, late_after_s=late_after_s, progress=progress)
+
+
+def _run(journal: Path | Sequence[Path], files_dir: Path, out_dir: Path, *, tol_amount: int,
+         tol_time_us: int, late_after_s: float,
+         progress: Progress | None) -> tuple[ReconReport, dict[str, Path]]:
     phases = _Phases(progress or _NoProgress())
     paths = settlement_files(files_dir)
     if not paths:

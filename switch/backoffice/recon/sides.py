@@ -3,7 +3,9 @@ and the networks' (from the settlement files on disk)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -16,7 +18,9 @@ from switch.backoffice.recon.classes import (
     Record,
 )
 from switch.backoffice.recon.kernels import (
-    RecordStatus,
+    FLAG_ADVICE_DELIVERED,
+    FLAG_ADVICE_REFUSED,
+    FLAG_STOOD_IN,
     hash_utf8_column,
 )
 from switch.currency import NUMERIC_TO_ALPHA
@@ -24,6 +28,7 @@ from switch.journal import columns as jcols
 from switch.protocols.settlement_files import (
     SettlementColumns,
     SettlementFileError,
+    no_strings,
     read_camt053_columns,
     read_card_clearing_columns,
     read_qr_csv_columns,
@@ -39,9 +44,6 @@ _READERS: Final[dict[str, Callable[[bytes, str], SettlementColumns]]] = {
 }
 
 
-_SETTLED: Final = int(RecordStatus.SETTLED)
-
-
 class NoSettlementFiles(SettlementFileError):
     """The files directory holds no settlement file (.clr, .xml, .csv)."""
 
@@ -51,6 +53,22 @@ class NoSettlementFiles(SettlementFileError):
 
     def __str__(self) -> str:
         return f"no settlement files (.clr, .xml, .csv) in {self.file}: nothing to reconcile"
+
+
+@dataclass(frozen=True, slots=True)
+class Texts:
+    """The strings of some entries of a side (what a break shows), index for index."""
+
+    reference: list[str]
+    #: Switch: payment id. Network: settlement file name.
+    source: list[str]
+    #: Network: line in the file. Switch: 0.
+    line: list[int]
+    #: Network: the secondary key as the file names it (QR merchant id). Switch: "".
+    counterparty: list[str]
+
+
+_STATUS_NAME: Final = ("approved", "declined", "failed", "reversed", "unknown")
 
 
 @dataclass
@@ -65,13 +83,37 @@ class Side:
     channel: NDArray[np.int8]
     #: Switch: FLAG_* bits. Network: zeros.
     flags: NDArray[np.int8]
-    #: Builds the Records of entries ``idx`` (only ever called for breaks and netting).
-    records: Callable[[NDArray[np.int64]], list[Record]]
+    #: The strings of entries ``idx`` (only ever called for breaks).
+    texts: Callable[[NDArray[np.int64]], Texts]
     #: Counterparties of entries (netting only).
     counterparties: Callable[[NDArray[np.int64]], list[str]]
+    #: Records of entries ``idx`` (None: built from the columns and :attr:`texts`).
+    build_records: Callable[[NDArray[np.int64]], list[Record]] | None = None
 
     def __len__(self) -> int:
         return int(self.key.shape[0])
+
+    def records(self, idx: NDArray[np.int64]) -> list[Record]:
+        """The Records of entries ``idx``: a break's sides, built only when asked for."""
+        if self.build_records is not None:
+            return self.build_records(idx)
+        if not len(idx):
+            return []
+        t = self.texts(idx)
+        flags = self.flags[idx].tolist()
+        channels, alpha, names = jcols.CHANNEL_NAME, NUMERIC_TO_ALPHA, _STATUS_NAME
+        return [
+            Record(channels.get(ch, "?"), ref, a, alpha.get(c, "???"),
+                   names[st] if 0 <= st < len(names) else "unknown", tm, src, cp,
+                   bool(f & FLAG_STOOD_IN),
+                   "refused" if f & FLAG_ADVICE_REFUSED else
+                   "delivered" if f & FLAG_ADVICE_DELIVERED else "", line)
+            for ch, ref, a, c, st, tm, src, cp, f, line in zip(
+                self.channel[idx].tolist(), t.reference, self.amount[idx].tolist(),
+                self.currency[idx].tolist(), self.status[idx].tolist(),
+                self.time_us[idx].tolist(), t.source, t.counterparty, flags, t.line,
+                strict=True)
+        ]
 
 
 def concat_sides(sides: list[Side]) -> Side:
@@ -88,28 +130,35 @@ def concat_sides(sides: list[Side]) -> Side:
         return [(int(k), np.nonzero(which == k)[0], idx[which == k] - starts[k])
                 for k in np.unique(which)]
 
-    def gather(name: str) -> Callable[[NDArray[np.int64]], list[Any]]:
-        def build(idx: NDArray[np.int64]) -> list[Any]:
-            out: list[Any] = [None] * len(idx)
-            for k, positions, local in split(np.asarray(idx, np.int64)):
-                for pos, item in zip(positions.tolist(), getattr(sides[k], name)(local),
-                                     strict=True):
-                    out[pos] = item
-            return out
-        return build
+    def scatter(idx: NDArray[np.int64], fetch: Callable[[Side, NDArray[np.int64]], list[Any]]
+                ) -> list[Any]:
+        out: list[Any] = [None] * len(idx)
+        for k, positions, local in split(np.asarray(idx, np.int64)):
+            for pos, item in zip(positions.tolist(), fetch(sides[k], local), strict=True):
+                out[pos] = item
+        return out
+
+    def texts(idx: NDArray[np.int64]) -> Texts:
+        rows = scatter(idx, lambda side, local: list(zip(
+            *dataclasses.astuple(side.texts(local)), strict=True)))
+        if not rows:
+            return Texts([], [], [], [])
+        reference, source, line, counterparty = (list(c) for c in zip(*rows, strict=True))
+        return Texts(reference, source, line, counterparty)
 
     def joined(name: str) -> NDArray[Any]:
         return np.concatenate([getattr(s, name) for s in sides])
 
     return Side(joined("key"), joined("amount"), joined("currency"), joined("status"),
-                joined("time_us"), joined("channel"), joined("flags"),
-                gather("records"), gather("counterparties"))
+                joined("time_us"), joined("channel"), joined("flags"), texts,
+                lambda idx: scatter(idx, lambda side, local: side.counterparties(local)),
+                lambda idx: scatter(idx, lambda side, local: side.records(local)))
 
 
 def _empty_side() -> Side:
     z = np.zeros(0, np.int64)
     return Side(z, z, z.astype(np.int16), z.astype(np.int8), z, z.astype(np.int8),
-                z.astype(np.int8), lambda idx: [], lambda idx: [])
+                z.astype(np.int8), lambda idx: Texts([], [], [], []), lambda idx: [])
 
 
 @dataclass
@@ -122,6 +171,38 @@ class _File:
 
 def settlement_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in _READERS and p.is_file())
+
+
+#: Settlement files read at once (each holds its bytes and parsed frame meanwhile).
+FILE_WORKERS: Final = 2
+
+
+def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
+    """One settlement file: its columns (the numbers, and the strings a break shows) and
+    its references' keys, hashed as the journal stores them."""
+    if path.suffix == ".clr":
+        cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
+    else:
+        cols = _READERS[path.suffix](path.read_bytes(), str(path))
+    code = jcols.CHANNEL_CODE[_SUFFIX_CHANNEL[path.suffix]]
+    ref = cols.reference
+    offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
+    data = ref.buffers()[2]
+    key = hash_utf8_column(
+        np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
+        offsets, code)
+    if code != jcols.CHANNEL_CODE["qr"]:  # only QR entries net by counterparty: keep lean
+        cols = SettlementColumns(cols.reference, no_strings(),
+                                 cols.amount, cols.currency, cols.status, cols.time_us,
+                                 cols.first_line, cols.lines)
+    return cols, key
+
+
+def _strings_only(cols: SettlementColumns) -> SettlementColumns:
+    """What a file keeps once its numbers are in the side's columns: its strings."""
+    return SettlementColumns(cols.reference, cols.secondary, cols.amount[:0],
+                             cols.currency[:0], cols.status[:0], cols.time_us[:0],
+                             cols.first_line, cols.lines)
 
 
 def load_network_side(directory: Path,
@@ -137,32 +218,27 @@ def load_network_side(directory: Path,
     files: list[_File] = []
     keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
     n = 0
-    for path in paths:
-        if path.suffix == ".clr":
-            cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
-        else:
-            cols = _READERS[path.suffix](path.read_bytes(), str(path))
-        channel = _SUFFIX_CHANNEL[path.suffix]
-        code = jcols.CHANNEL_CODE[channel]
-        ref = cols.reference
-        offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
-        data = ref.buffers()[2]
-        keys.append(hash_utf8_column(
-            np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
-            offsets, code))
-        amounts.append(cols.amount)
-        currencies.append(cols.currency)
-        statuses.append(cols.status)
-        times.append(cols.time_us)
-        channels.append(np.full(len(cols), code, np.int8))
-        if channel != "qr":  # only QR entries net by counterparty: keep the rest lean
-            cols = SettlementColumns(cols.reference, pa.array([], pa.large_string()),
-                                     cols.amount[:0], cols.currency[:0], cols.status[:0],
-                                     cols.time_us[:0], cols.first_line, cols.lines)
-        files.append(_File(path, channel, cols, n))
-        n += len(keys[-1])
-        if on_file is not None:
-            on_file(path, len(keys[-1]))
+    # Two files at a time: polars' CSV parse and the hash kernel release the GIL, so a
+    # card file parses while the camt.053 reader (Python, GIL-bound) walks its entries.
+    # Results are taken in path order, so the columns, and the first bad file named,
+    # do not depend on which thread finished first.
+    pool = ThreadPoolExecutor(max_workers=FILE_WORKERS, thread_name_prefix="recon-file")
+    try:
+        for path, (cols, key) in zip(paths, pool.map(_read_file, paths), strict=True):
+            channel = _SUFFIX_CHANNEL[path.suffix]
+            code = jcols.CHANNEL_CODE[channel]
+            keys.append(key)
+            amounts.append(cols.amount)
+            currencies.append(cols.currency)
+            statuses.append(cols.status)
+            times.append(cols.time_us)
+            channels.append(np.full(len(cols), code, np.int8))
+            files.append(_File(path, channel, _strings_only(cols), n))
+            n += len(key)
+            if on_file is not None:
+                on_file(path, len(key))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     starts = np.array([f.start for f in files], np.int64)
 
     def joined(parts: list[NDArray[Any]]) -> NDArray[Any]:
@@ -174,39 +250,40 @@ def load_network_side(directory: Path,
     side = Side(
         joined(keys), joined(amounts), joined(currencies), joined(statuses), joined(times),
         joined(channels), np.zeros(n, np.int8),
-        lambda idx: _network_records(side, files, starts, idx),
-        lambda idx: [r.counterparty for r in _network_records(side, files, starts, idx)],
+        lambda idx: _network_texts(files, starts, idx),
+        lambda idx: _network_texts(files, starts, idx).counterparty,
     )
     return side
 
 
-def _network_records(side: Side, files: list[_File], starts: NDArray[np.int64],
-                     idx: NDArray[np.int64]) -> list[Record]:
-    """Records of network entries ``idx``: strings taken per file, in one Arrow take."""
-    if not len(idx):
-        return []
+def _network_texts(files: list[_File], starts: NDArray[np.int64],
+                   idx: NDArray[np.int64]) -> Texts:
+    """Strings of network entries ``idx``: taken per file, in one Arrow take each."""
+    n = len(idx)
+    refs: list[str] = [""] * n
+    secs: list[str] = [""] * n
+    sources: list[str] = [""] * n
+    lines: list[int] = [0] * n
+    if not n:
+        return Texts(refs, sources, lines, secs)
     which = np.searchsorted(starts, idx, side="right") - 1
-    out: list[Record | None] = [None] * len(idx)
-    settled = _SETTLED
     for k in np.unique(which).tolist():
         f = files[k]
         pos = np.flatnonzero(which == k)
         local = idx[pos] - f.start
-        refs = f.cols.reference.take(pa.array(local)).to_pylist()
-        secs = (f.cols.secondary.take(pa.array(local)).to_pylist() if len(f.cols.secondary)
-                else [""] * len(local))
-        glob = idx[pos]
-        amounts = side.amount[glob].tolist()
-        currencies = side.currency[glob].tolist()
-        statuses = side.status[glob].tolist()
-        times = side.time_us[glob].tolist()
-        lines = (f.cols.lines[local].tolist() if f.cols.lines is not None
-                 else (local + f.cols.first_line).tolist())
-        name, channel, alpha = f.path.name, f.channel, NUMERIC_TO_ALPHA
-        for p, ref, sec, a, c, st, t, line in zip(pos.tolist(), refs, secs, amounts,
-                                                  currencies, statuses, times, lines,
-                                                  strict=True):
-            out[p] = Record(channel, ref, a, alpha.get(c, "???"),
-                            "approved" if st == settled else "reversed", t, name, sec or "",
-                            line=line)
-    return [r for r in out if r is not None]
+        # Indices as an Arrow array without pa.array (see settlement_files.no_strings).
+        local = np.ascontiguousarray(local, np.int64)
+        took = pa.Array.from_buffers(pa.int64(), len(local), [None, pa.py_buffer(local)])
+        part_refs = f.cols.reference.take(took).to_pylist()
+        part_secs = (f.cols.secondary.take(took).to_pylist() if len(f.cols.secondary)
+                     else None)
+        part_lines = (f.cols.lines[local].tolist() if f.cols.lines is not None
+                      else (local + f.cols.first_line).tolist())
+        name = f.path.name
+        for m, p in enumerate(pos.tolist()):
+            refs[p] = part_refs[m]
+            sources[p] = name
+            lines[p] = part_lines[m]
+            if part_secs is not None:
+                secs[p] = part_secs[m] or ""
+    return Texts(refs, sources, lines, secs)
