@@ -65,6 +65,7 @@ from switch.protocols.wire import ErrorReply, Reply, Response
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import load_route_table
 from switch.serve.config import SwitchConfig
+from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
 from switch.sim.disk import Batch, SimJournal
 from switch.sim.networks import CHANNEL_OF, INOPERATIVE, World
 from switch.sim.schedule import CARD_ENDPOINTS, Schedule, draw_schedule
@@ -140,6 +141,9 @@ class SimOptions:
     #: Every start folds the whole journal (as the switch does) instead of only the records
     #: written since the previous start; same result, O(journal) per restart.
     full_replay: bool = False
+    #: The books at the end: the ledger from the journal, the card clearing files
+    #: (channels/settlement.py's writer, cut during the run) against the journal.
+    books: bool = True
     channels_toml: str = str(ROOT / "examples" / "channels.toml")
     routes_toml: str = str(ROOT / "examples" / "routes.toml")
 
@@ -410,6 +414,11 @@ class Simulation:
         self._peak = options.rate if shape is None else 1.05 * max(
             shape.rate_at(i * 0.05) for i in range(int(options.duration_s / 0.05) + 1))
         self._disk_used: set[object] = set()
+        # Clearing cut-offs: every CUT_EVERY_S, at most about a dozen per run (the writer
+        # walks every record of the scheme at each cut).
+        self.clearing = Clearing(self.world.scheme, options.seed) if options.books else None
+        self._cut_every = max(CUT_EVERY_S, options.duration_s / 10.0)
+        self._next_cut = self._cut_every
 
     # ----------------------------------------------------------------- plumbing
 
@@ -885,6 +894,9 @@ class Simulation:
         boot = self.boot
         if boot is not None:
             self._check_bounds(boot)
+        if self.clearing is not None and self.now >= self._next_cut:
+            self.clearing.cut()
+            self._next_cut += self._cut_every
         self.push(self.now + 1.0, TICK)
         if not self._load_over or boot is None or boot.failed:
             return False
@@ -1007,6 +1019,15 @@ class Simulation:
             self.world.scheme.check_ledger()
         except AssertionError as exc:
             self.violate("money-conserved", "issuer-ledger", str(exc))
+        if self.clearing is not None:
+            for subject, detail in check_ledger(self.db, self.wall_us(), intents, finals):
+                self.violate("ledger", subject, detail)
+            check = check_settlement(self.clearing, self.world.scheme, intents, finals)
+            for subject, detail in check.problems:
+                self.violate("settlement", subject, detail)
+            self.counters["clearing_cuts"] = self.clearing.cuts
+            self.counters["clearing_standin_exposure_minor"] = check.standin_exposure
+            self.counters["clearing_unreported_reversals"] = check.unreported_reversals
 
 
 def _digest(request: PaymentRequest) -> bytes:
@@ -1020,3 +1041,5 @@ def simulate(options: SimOptions) -> SimResult:
         return sim.run()
     finally:
         sim.db.close()
+        if sim.clearing is not None:
+            sim.clearing.close()

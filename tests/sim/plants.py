@@ -137,3 +137,36 @@ def stand_in_after_an_answer() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaymentCore, "_outcome", outcome)
         yield
+
+
+@contextmanager
+def ledger_books_payees_in_one_currency() -> Iterator[None]:
+    """The ledger opens every merchant account in USD, whatever the payment's currency:
+    a QR payment in CNY debits the scheme in CNY and credits a merchant in USD."""
+    from switch.backoffice import ledger
+
+    original = ledger._account
+
+    def account(db: Any, participant: str, role: str, currency: str) -> int:
+        return original(db, participant, role, "USD" if role == "merchant" else currency)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ledger, "_account", account)
+        yield
+
+
+@contextmanager
+def clearing_forgets_what_it_cleared() -> Iterator[None]:
+    """The card scheme's settlement writer forgets what earlier cycles cleared (its
+    record of written keys is lost at every cut): each standing hold is cleared again."""
+    from channels.settlement import SettlementWriter
+
+    original = SettlementWriter.cut
+
+    def cut(self: Any) -> Any:
+        self._written.clear()
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SettlementWriter, "cut", cut)
+        yield
