@@ -7,17 +7,20 @@ What is real and what is simulated (the honest list):
   decisions and its limits), :class:`~switch.routing.router.Router` with its breakers and
   health, :class:`~switch.payment.idempotency.IdempotencyIndex`,
   :class:`~switch.payment.risk.RiskEngine`, :class:`~switch.payment.standin.StandIn`
-  (``decide``/``queue_advice``), the journal's SQLite schema, INSERT and start-up
-  :func:`~switch.journal.replay`, the card scheme's books (channels/card.py) fed the card
-  adapter's own ISO 8583 messages, the channels' behaviour and fault models, the demo
+  (``decide``/``queue_advice``), the resolver's decisions
+  (:class:`~switch.payment.resolver.ResolutionQueue`: timer heap, schedules, retries,
+  escalation) and start-up recovery (:func:`~switch.payment.resolver.recover`), the
+  journal's SQLite schema, INSERT and start-up :func:`~switch.journal.replay`, the card
+  scheme's books (channels/card.py) fed the card adapter's own ISO 8583 messages, the
+  channels' behaviour and fault models and settlement writer, the ledger, the demo
   workload generator;
-* simulated here, because the real ones are anyio tasks with no sans-IO seam on this
-  branch: the engine shell (switch/serve/engine.py: ports over the event queue), start-up
-  (switch/serve/app.py's sequence, step for step), the resolver's scheduling
-  (:class:`SimResolver`: the real :class:`~switch.payment.resolver.ResolutionPolicy` per
-  channel, due times on the event queue), the stand-in advice sender (StandIn.run: the
-  real queue, delivered on the event queue), active health probes (app._probe_endpoints),
-  the group-commit writer (switch/sim/disk.py) and the networks' transport.
+* simulated here, because the real ones are anyio tasks: the engine shell
+  (switch/serve/engine.py: ports over the event queue), the rest of start-up
+  (switch/serve/app.py's sequence), the resolver's shell (switch/sim/resolution.py, as
+  :class:`~switch.payment.resolver.Resolver` is on anyio: 8 workers, route timeouts), the
+  stand-in advice sender (StandIn.run: the real queue, delivered on the event queue),
+  active health probes (app._probe_endpoints), the group-commit writer
+  (switch/sim/disk.py) and the networks' transport.
 
 Time is a heap of ``(time, seq, kind, a, b)``; ``seq`` breaks ties in insertion order, so
 the run is a pure function of the seed. Every processed event that matters is folded into
@@ -32,7 +35,6 @@ import heapq
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,16 +60,23 @@ from switch.model import Channel, Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import ResolutionPolicy
+from switch.payment.resolver import ResolutionPolicy, recover
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.protocols.wire import ErrorReply, Reply, Response
-from switch.routing.router import NoRoute, Route, Router
+from switch.routing.router import Router
 from switch.routing.table import load_route_table
 from switch.serve.config import SwitchConfig
 from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
 from switch.sim.disk import Batch, SimJournal
 from switch.sim.networks import CHANNEL_OF, INOPERATIVE, World
+from switch.sim.resolution import (
+    RES_ISSUER,
+    RES_REPLY,
+    RES_TIMEOUT,
+    RES_WAKE,
+    SimResolver,
+)
 from switch.sim.schedule import CARD_ENDPOINTS, Schedule, draw_schedule
 
 ROOT: Final = Path(__file__).resolve().parents[2]
@@ -83,13 +92,10 @@ UNKNOWN_SLACK_S: Final = 5.0
 #: Client retries of one key after an error or a crash.
 CLIENT_TRIES: Final = 3
 
-# Event kinds (small ints: the heap compares them only on exact time + seq ties, never).
-ARRIVE, RESEND, ISSUER, REPLY, COMMIT, WAKE, RES_DUE, RES_ISSUER, RES_REPLY, RES_TIMEOUT, \
-    ADVICE, PROBE, CRASH, RESTART, TICK, DISK = range(16)
-
-#: Planted-bug hook for tests: resolve unknowns with this many FIFO workers, each holding
-#: its job through the channel's first delay (the design the timer heap replaced). 0: heap.
-FIFO_RESOLVER_WORKERS = 0
+# Event kinds (small ints: the heap compares them only on exact time + seq ties, never);
+# the resolver's are in switch/sim/resolution.py.
+ARRIVE, RESEND, ISSUER, REPLY, COMMIT, WAKE, ADVICE, PROBE, CRASH, RESTART, TICK, \
+    DISK = range(12)
 
 
 def sim_config() -> SwitchConfig:
@@ -187,125 +193,6 @@ class _Stub:
 
     async def aclose(self) -> None:
         return None
-
-
-@dataclass(slots=True, eq=False)
-class _Job:
-    payment: Payment
-    digest: bytes
-    route: Route
-    policy: ResolutionPolicy
-    since: float
-    attempt: int = 0
-    delay: float = 0.05
-    waiting: bool = False
-
-
-class SimResolver:
-    """The core's ResolverPort on the event queue: the real policies, due-time scheduling."""
-
-    def __init__(self, sim: Simulation, boot: _Boot, config: SwitchConfig) -> None:
-        self.sim = sim
-        self.boot = boot
-        self.policies = config.resolution
-        self.jobs: dict[str, _Job] = {}
-        self.escalated: set[str] = set()
-        self.max_queue = 10_000
-        self.overflowed = 0
-        self._fifo: deque[_Job] = deque()
-        self._free = FIFO_RESOLVER_WORKERS
-
-    def submit(self, payment: Payment, digest: bytes, route: Route) -> None:
-        if payment.payment_id in self.jobs:
-            return
-        if len(self.jobs) >= self.max_queue:
-            self.overflowed += 1
-            return
-        policy: ResolutionPolicy = getattr(self.policies, payment.channel)
-        now = self.sim.now
-        job = _Job(payment, digest, route, policy, now, delay=max(policy.first_after_s, 0.05))
-        self.jobs[payment.payment_id] = job
-        since = self.sim.unknown_since.setdefault(payment.payment_id, now)
-        if FIFO_RESOLVER_WORKERS:
-            self._fifo.append(job)
-            self._dispatch()
-        else:
-            # The first check is due first_after_s after the payment became unknown, also
-            # when a restart hands it over again (waiting the whole delay anew was bug 2).
-            self.sim.push(max(now, since + policy.first_after_s), RES_DUE, self.boot, job)
-
-    def _dispatch(self) -> None:
-        while self._free and self._fifo:
-            self._free -= 1
-            job = self._fifo.popleft()
-            # The worker sleeps the first delay holding its place (the planted design).
-            self.sim.push(self.sim.now + job.policy.first_after_s, RES_DUE, self.boot, job)
-
-    def _release(self) -> None:
-        if FIFO_RESOLVER_WORKERS:
-            self._free += 1
-            self._dispatch()
-
-    def due(self, job: _Job) -> None:
-        sim = self.sim
-        now = sim.now
-        job.attempt += 1
-        endpoint = job.route.network
-        plan = sim.world.plan(endpoint, now, job.payment)
-        if plan.action == "refuse":
-            self.retry(job)
-            return
-        job.waiting = True
-        sim.push(now + job.route.timeout_s, RES_TIMEOUT, self.boot, (job, job.attempt))
-        if plan.action in ("respond", "reset"):
-            sim.push(now + plan.latency_s, RES_ISSUER, self.boot, (job, job.attempt, plan))
-
-    def at_issuer(self, job: _Job, attempt: int, plan: RequestPlan) -> None:
-        sim = self.sim
-        if plan.technical_error is not None or plan.malformed:
-            return  # answered 91/96 or garbage: the adapter repeats; the timeout retries
-        # The card adapters draw their 0400's DE11 from the core's sequence (app.py).
-        reply = sim.world.resolve(job.route.network, job.payment, sim.wall(),
-                                  self.boot.trace.next())
-        if plan.action == "reset":
-            return  # decided, then the connection dropped: the timeout retries
-        sim.push(sim.now + plan.late_delay_s, RES_REPLY, self.boot, (job, attempt, reply))
-
-    def answered(self, job: _Job, attempt: int, reply: NetworkReply) -> None:
-        if not job.waiting or attempt != job.attempt:
-            return
-        job.waiting = False
-        self.finish(job, reply)
-
-    def timed_out(self, job: _Job, attempt: int) -> None:
-        if job.waiting and attempt == job.attempt:
-            job.waiting = False
-            self.retry(job)
-
-    def retry(self, job: _Job) -> None:
-        now, policy = self.sim.now, job.policy
-        if job.attempt >= policy.max_attempts or now - job.since + job.delay > policy.within_s:
-            self.escalated.add(job.payment.payment_id)  # stays unknown until the next start
-            self._release()
-            return
-        self.sim.push(now + job.delay, RES_DUE, self.boot, job)
-        job.delay = min(job.delay * 2, policy.max_delay_s)
-
-    def finish(self, job: _Job, reply: NetworkReply) -> None:
-        payment = job.payment
-        status = _OUTCOME[reply.outcome]
-        result = Result(payment.payment_id, status, reply.reason, reply.network_ref,
-                        job.route.network, aml_flag=payment.aml_flag)
-        row = (payment.payment_id, payment.idempotency_key, "final", status.value, job.digest,
-               encode_result(result), self.sim.wall_us())
-        self.sim.journal_then(self.boot, row, lambda: self._done(job, result))
-
-    def _done(self, job: _Job, result: Result) -> None:
-        pid = job.payment.payment_id
-        self.boot.index.complete(job.payment.idempotency_key, result)
-        self.jobs.pop(pid, None)
-        self.sim.resolved(job.payment, result)
-        self._release()
 
 
 class _Origin:
@@ -467,18 +354,13 @@ class Simulation:
         index = IdempotencyIndex(retention_s=cfg.idempotency.retention_s,
                                  max_keys=cfg.idempotency.max_keys)
         wall_us = self.wall_us()
-        for final in recovered.finals:
-            age_s = (wall_us - final.at_us) / 1e6
-            if age_s < cfg.idempotency.retention_s:
-                index.restore(final.idempotency_key, final.body_hash, final.result,
-                              self.now - age_s)
         table = load_route_table(self.table_text, self.adapters)
         router = Router(table, self.adapters, cfg.resilience, metrics, cfg.seed)
         journal = SimJournal(self.db, lambda batch, at: self.push(at, COMMIT, boot, batch),
                              lambda: self.now)
         boot.index, boot.router, boot.journal = index, router, journal
         boot.trace = TraceNumbers(self.trace_store)
-        boot.resolver = SimResolver(self, boot, cfg)
+        boot.resolver = SimResolver(self, boot, cfg.resolution, index, metrics)
         boot.standin = StandIn(cfg.standin, cast(Any, self.adapters), cast(Any, journal),
                                cast(Any, _Clock(self)), metrics,
                                lambda e, now: router.health.breakers[e].available(now))
@@ -490,18 +372,14 @@ class Simulation:
             seed=cfg.seed, wall_offset=self.wall_offset,
             standin=boot.standin if cfg.standin.enabled else None, trace=boot.trace)
         self.boot = boot
-        for advice in recovered.pending_advices:
-            target = router.target(advice.payment)
-            boot.standin.queue_advice(advice.payment, advice.result, target.endpoints,
-                                      advice.body_hash)
-        for unfinished in recovered.unfinished:
-            index.begin(unfinished.payment.idempotency_key, unfinished.body_hash, self.now)
-            try:
-                target = router.target(unfinished.payment)
-            except NoRoute:
-                continue
-            route = router.route(target.endpoints[0], target)
-            boot.resolver.submit(unfinished.payment, unfinished.body_hash, route)
+        # switch/serve/app.py's recovery, the same function: the idempotency window, the
+        # undelivered advices, every unfinished payment to the resolver and the core.
+        recover(recovered, index=index, resolver=boot.resolver, standin=boot.standin,
+                router=router, metrics=metrics, now=self.now, wall_us=wall_us,
+                retention_s=cfg.idempotency.retention_s,
+                resolve_endpoint=lambda payment, target: target.endpoints[0],
+                on_recovered=lambda p, route: boot.core.recovered(
+                    p.idempotency_key, p.payment_id, route.network))
         self.note(f"boot {boot.number} records={recovered.records} "
                   f"unfinished={len(recovered.unfinished)} "
                   f"advices={len(recovered.pending_advices)}")
@@ -851,9 +729,8 @@ class Simulation:
         elif kind == WAKE:
             boot.wake_at = math.inf
             boot.core.on_timers(self.now, self.now)
-        elif kind == RES_DUE:
-            if b.payment.payment_id in boot.resolver.jobs:
-                boot.resolver.due(b)
+        elif kind == RES_WAKE:
+            boot.resolver.wake()
         elif kind == RES_ISSUER:
             boot.resolver.at_issuer(*b)
         elif kind == RES_REPLY:
@@ -900,7 +777,8 @@ class Simulation:
         self.push(self.now + 1.0, TICK)
         if not self._load_over or boot is None or boot.failed:
             return False
-        settled = (not self._sends and not boot.resolver.jobs and not boot.standin.pending
+        settled = (not self._sends and not boot.resolver.queue.tracked
+                   and not boot.standin.pending
                    and boot.journal.pending == 0 and boot.core.in_flight == 0)
         return settled
 
@@ -911,7 +789,7 @@ class Simulation:
             ("in-flight", limiter.in_flight(), limiter.total_limit),
             ("journal-pending", boot.journal.pending, boot.journal.max_pending),
             ("advice-queue", boot.standin.pending, cfg.standin.max_pending_advices),
-            ("resolver-queue", len(boot.resolver.jobs), boot.resolver.max_queue),
+            ("resolver-queue", boot.resolver.queue.tracked, boot.resolver.max_queue),
             ("timers", len(boot.core.timers), boot.core.in_flight + 10_000),
         ]
         for name, value, bound in checks:

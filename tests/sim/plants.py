@@ -7,6 +7,7 @@ fails when it should: a simulator that never fails proves nothing.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-import switch.sim.simulation as simulation
 from switch.payment.core import PaymentCore
+from switch.payment.resolver import ResolutionQueue
 from switch.payment.standin import StandIn
 
 
@@ -84,10 +85,28 @@ def restart_trace_numbers_at_boot() -> Iterator[None]:
 
 @contextmanager
 def fifo_resolver() -> Iterator[None]:
-    """Unknowns resolved by 8 FIFO workers, each holding its job through the channel's
-    first delay: a card reversal due now waits behind QR checks not allowed for 90 s."""
+    """Unknowns resolved first come, first served (a queue where the timer heap was): the
+    oldest job holds the line until it is due, so a card reversal due now waits behind a
+    QR check that may not be asked for 90 s."""
+
+    def head(self: Any) -> Any:
+        return min(self._heap, key=lambda entry: entry[1]) if self._heap else None
+
+    def next_due(self: Any) -> float | None:
+        first = head(self)
+        return None if first is None else float(first[0])
+
+    def pop_due(self: Any, now: float) -> Any:
+        first = head(self)
+        if first is None or first[0] > now:
+            return None
+        self._heap.remove(first)
+        heapq.heapify(self._heap)
+        return first[2]
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(simulation, "FIFO_RESOLVER_WORKERS", 8)
+        mp.setattr(ResolutionQueue, "next_due", next_due)
+        mp.setattr(ResolutionQueue, "pop_due", pop_due)
         yield
 
 
