@@ -11,8 +11,10 @@ technical errors), and the card reversal reaches the real card scheme.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 from channels.behaviour import RequestPlan
 from switch.adapters.base import NetworkReply
@@ -22,9 +24,7 @@ from switch.observability.metrics import SwitchMetrics
 from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import ResolutionConfig, ResolutionJob, ResolutionQueue
 from switch.routing.router import Route
-
-if TYPE_CHECKING:
-    from switch.sim.simulation import Simulation
+from switch.sim.networks import World
 
 #: Resolver's default: attempts in flight at once (switch/serve/app.py does not change it).
 WORKERS: Final = 8
@@ -34,10 +34,24 @@ MAX_QUEUE: Final = 10_000
 RES_WAKE, RES_ISSUER, RES_REPLY, RES_TIMEOUT = 100, 101, 102, 103
 
 
+class Sim(Protocol):
+    """What the resolver's shell needs of the simulation (switch/sim/simulation.py)."""
+
+    now: float
+    unknown_since: dict[str, float]
+    world: World
+
+    def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None: ...
+    def wall(self) -> dt.datetime: ...
+    def wall_us(self) -> int: ...
+    def journal_then(self, boot: Any, row: Any, then: Callable[[], None]) -> None: ...
+    def resolved(self, payment: Payment, result: Result) -> None: ...
+
+
 class SimResolver:
     """The core's ResolverPort and recovery's resolver, for one boot of the switch."""
 
-    def __init__(self, sim: Simulation, boot: Any, policies: ResolutionConfig,
+    def __init__(self, sim: Sim, boot: Any, policies: ResolutionConfig,
                  index: IdempotencyIndex, metrics: SwitchMetrics) -> None:
         self.sim = sim
         self.boot = boot
