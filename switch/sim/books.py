@@ -37,6 +37,7 @@ from channels.config import SettlementSpec
 from channels.settlement import SettlementWriter
 from switch.backoffice import ledger
 from switch.currency import NUMERIC_TO_ALPHA
+from switch.journal import Fold
 from switch.model import Payment, Result, Status
 from switch.protocols.settlement_files import decode_card_clearing
 
@@ -154,11 +155,12 @@ def check_settlement(clearing: Clearing, scheme: CardScheme, intents: Mapping[st
     return out
 
 
-def check_ledger(db: sqlite3.Connection, closed_at_us: int, intents: Mapping[str, Payment],
-                 finals: Mapping[str, Result]) -> list[Problem]:
-    """Post the journal to the ledger, close a cycle, check it; see the module's doc."""
+def check_ledger(db: sqlite3.Connection, folded: Fold, closed_at_us: int,
+                 intents: Mapping[str, Payment], finals: Mapping[str, Result]) -> list[Problem]:
+    """Post the journal (``folded``: all of it) to the ledger, close a cycle, check it; see
+    the module's doc."""
     problems: list[Problem] = []
-    ledger.post_from_journal(db)
+    ledger.post_from_journal(db, folded)
     report = ledger.settle(db, closed_at_us)
     try:
         ledger.check_invariants(db)

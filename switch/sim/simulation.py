@@ -898,7 +898,8 @@ class Simulation:
         except AssertionError as exc:
             self.violate("money-conserved", "issuer-ledger", str(exc))
         if self.clearing is not None:
-            for subject, detail in check_ledger(self.db, self.wall_us(), intents, finals):
+            for subject, detail in check_ledger(self.db, folded, self.wall_us(), intents,
+                                                finals):
                 self.violate("ledger", subject, detail)
             check = check_settlement(self.clearing, self.world.scheme, intents, finals)
             for subject, detail in check.problems:
