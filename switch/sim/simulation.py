@@ -561,7 +561,7 @@ class Simulation:
             self.boot.journal.flush()
         # The whole journal, folded per payment by the switch's one reader (the records
         # since the last start folded onto that start's fold: one pass over the journal).
-        folded = fold_onto(self.db, self._fold)
+        folded = fold_onto(self.db, self._fold, live_only=True)  # the sim never archives
         intents, finals = check_journal(folded, self._acked, self.world, self.violate,
                                         self.counters)
         if self.clearing is not None:
