@@ -152,8 +152,9 @@ class Simulation:
         self._peak = options.rate if shape is None else 1.05 * max(
             shape.rate_at(i * 0.05) for i in range(int(options.duration_s / 0.05) + 1))
         self._disk_used: set[object] = set()
-        # Clearing cut-offs: every CUT_EVERY_S, at most about a dozen per run (the writer
-        # walks every record of the scheme at each cut).
+        # Clearing cut-offs: ten during the load (CUT_EVERY_S apart at least), then ever
+        # further apart in the drain (the writer walks every record of the scheme at each
+        # cut: channels/settlement.py).
         self.clearing = Clearing(self.world.scheme, options.seed) if options.books else None
         self._cut_every = max(CUT_EVERY_S, options.duration_s / 10.0)
         self._next_cut = self._cut_every
@@ -545,6 +546,8 @@ class Simulation:
             check_bounds(boot, self.config, self.now, self.violate)
         if self.clearing is not None and self.now >= self._next_cut:
             self.clearing.cut()
+            if self._load_over:  # the drain can last long: cut ever less often
+                self._cut_every *= 2
             self._next_cut += self._cut_every
         self.push(self.now + 1.0, TICK)
         if not self._load_over or boot is None or boot.failed:
