@@ -5,10 +5,11 @@ reversal (the issuer voids any hold it placed); SWIFT and QR get a status inquir
 network's book is the truth). The answer is journaled as the payment's final state, and
 the idempotency index is updated so a client retry sees it.
 
-Scheduling: one timer heap ordered by due time, per-channel schedules
+Scheduling: a timer heap per channel ordered by due time, per-channel schedules
 (:class:`ResolutionPolicy`). Nothing sleeps on a job's delay: a QR check-status that may
 not be asked before 90 s never holds up a card reversal due now. At most ``workers``
-attempts are in flight at once, each bounded by its route's timeout.
+attempts per channel are in flight at once, each bounded by its route's timeout: card
+reversals hanging on a late issuer never hold up SWIFT or QR inquiries.
 
 Retried on the channel's schedule until resolved, or until the channel's budget
 (``max_attempts``) or window (``within_s``) is spent: then it is *handed to an operator*
@@ -25,7 +26,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Final, Protocol
 
@@ -83,6 +84,8 @@ _STATUS: Final = {
     "failed": Status.FAILED,
     "reversed": Status.REVERSED,
 }
+#: Every channel, each with its own timer heap and workers.
+CHANNELS: Final = ("card", "swift", "qr")
 #: A resolution's outcome was learned from the network: it must never be dropped.
 ON_FULL: Final = OnFull.WAIT
 
@@ -118,7 +121,10 @@ class ResolutionQueue:
         self._metrics = metrics
         self._policies = policies if policies is not None else ResolutionConfig()
         self._max_queue = max_queue
-        self._heap: list[tuple[float, int, ResolutionJob]] = []
+        #: A timer heap per channel: the shells bound attempts in flight per channel, so a
+        #: channel whose attempts all hang to their timeout never holds up the others.
+        self._heaps: dict[str, list[tuple[float, int, ResolutionJob]]] = {
+            channel: [] for channel in CHANNELS}
         self._order = itertools.count()  # ties on due time: first come, first served
         #: Every tracked payment: queued, in flight, escalated.
         self._jobs: dict[str, ResolutionJob] = {}
@@ -173,16 +179,22 @@ class ResolutionQueue:
         return True
 
     def _schedule(self, job: ResolutionJob, due: float) -> None:
-        heapq.heappush(self._heap, (due, next(self._order), job))
+        heapq.heappush(self._heaps[job.payment.channel], (due, next(self._order), job))
 
-    def next_due(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+    def next_due(self, channels: Iterable[str] = CHANNELS) -> float | None:
+        """When the next attempt of ``channels`` is due (None: nothing queued)."""
+        dues = [h[0][0] for c in channels if (h := self._heaps[c])]
+        return min(dues) if dues else None
 
-    def pop_due(self, now: float) -> ResolutionJob | None:
-        """The next job whose attempt is due at ``now`` (its turn: oldest due first)."""
-        if self._heap and self._heap[0][0] <= now:
-            return heapq.heappop(self._heap)[2]
-        return None
+    def pop_due(self, now: float, channels: Iterable[str] = CHANNELS) -> ResolutionJob | None:
+        """The job of ``channels`` (those with a free worker) due first at ``now``; ties in
+        order of scheduling."""
+        best: list[tuple[float, int, ResolutionJob]] | None = None
+        for c in channels:
+            h = self._heaps[c]
+            if h and h[0][0] <= now and (best is None or h[0][:2] < best[0][:2]):
+                best = h
+        return heapq.heappop(best)[2] if best is not None else None
 
     def no_answer(self, job: ResolutionJob, now: float) -> None:
         """An attempt got no answer (timeout, refused, error): retry on the channel's
@@ -232,7 +244,8 @@ class ResolutionQueue:
 
 class Resolver:
     """:class:`ResolutionQueue` on anyio: a scheduler task, ``workers`` attempts at most in
-    flight, each bounded by its route's timeout, answers journaled before they count."""
+    flight per channel, each bounded by its route's timeout, answers journaled before they
+    count."""
 
     def __init__(
         self,
@@ -282,22 +295,25 @@ class Resolver:
         return self.queue.next_due()
 
     async def run(self) -> None:
-        """The scheduler: start each job's attempt when it is due, ``workers`` at most."""
-        limiter = anyio.Semaphore(self._workers)
+        """The scheduler: start each job's attempt when it is due, ``workers`` at most per
+        channel (a shared pool let card reversals hanging on a late issuer hold up every
+        SWIFT and QR inquiry behind them: the simulator found it, after a crash)."""
+        busy = dict.fromkeys(CHANNELS, 0)
         async with anyio.create_task_group() as tg:
             while True:
-                job = self.queue.pop_due(self._clock.now())
+                free = [c for c in CHANNELS if busy[c] < self._workers]
+                job = self.queue.pop_due(self._clock.now(), free)
                 if job is None:
-                    due = self.queue.next_due()
+                    due = self.queue.next_due(free)
                     self._wakeup = anyio.Event()
                     timeout = math.inf if due is None else due - self._clock.now()
                     with anyio.move_on_after(timeout):
-                        await self._wakeup.wait()
+                        await self._wakeup.wait()  # a submit, a retry or a freed worker
                     continue
-                await limiter.acquire()
-                tg.start_soon(self._attempt, job, limiter)
+                busy[job.payment.channel] += 1
+                tg.start_soon(self._attempt, job, busy)
 
-    async def _attempt(self, job: ResolutionJob, limiter: anyio.Semaphore) -> None:
+    async def _attempt(self, job: ResolutionJob, busy: dict[str, int]) -> None:
         payment = job.payment
         try:
             reply: NetworkReply | None = None
@@ -314,9 +330,9 @@ class Resolver:
                 await self._finish(job, reply)
             else:
                 self.queue.no_answer(job, self._clock.now())
-                self._wakeup.set()
         finally:
-            limiter.release()
+            busy[payment.channel] -= 1
+            self._wakeup.set()
 
     async def _finish(self, job: ResolutionJob, reply: NetworkReply) -> None:
         result = self.queue.outcome(job, reply)

@@ -4,9 +4,9 @@
 schedules, retries, the budget and window before an operator takes over, what an answer
 means); :class:`SimResolver` is its shell in virtual time, as
 :class:`~switch.payment.resolver.Resolver` is on anyio: at most ``workers`` attempts in
-flight, each bounded by its route's timeout, the worker held until the answer is durable.
-The attempt itself travels through the simulated world (refused, blackholed, reset, late,
-technical errors), and the card reversal reaches the real card scheme.
+flight per channel, each bounded by its route's timeout, the worker held until the answer
+is durable. The attempt itself travels through the simulated world (refused, blackholed,
+reset, late, technical errors), and the card reversal reaches the real card scheme.
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ from switch.journal import encode_result
 from switch.model import Payment, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import ResolutionConfig, ResolutionJob, ResolutionQueue
+from switch.payment.resolver import (
+    CHANNELS,
+    ResolutionConfig,
+    ResolutionJob,
+    ResolutionQueue,
+)
 from switch.routing.router import Route
 from switch.sim.networks import World
 
-#: Resolver's default: attempts in flight at once (switch/serve/app.py does not change it).
+#: Resolver's default: attempts in flight at once per channel (app.py does not change it).
 WORKERS: Final = 8
 MAX_QUEUE: Final = 10_000
 
@@ -58,7 +63,7 @@ class SimResolver:
         self.queue = ResolutionQueue(index=index, metrics=metrics, max_queue=MAX_QUEUE,
                                      policies=policies)
         self.max_queue = MAX_QUEUE
-        self.busy = 0
+        self.busy = dict.fromkeys(CHANNELS, 0)
         self._wake_at = math.inf
         self._attempt_no = 0
         #: The attempt each job in flight waits on (a late answer to an older one is dropped).
@@ -71,20 +76,24 @@ class SimResolver:
         self.queue.submit(payment, digest, route, status, elapsed_s, sim.now)
         self._arm()
 
+    def _free(self) -> list[str]:
+        return [c for c in CHANNELS if self.busy[c] < WORKERS]
+
     def _arm(self) -> None:
-        """A wake-up at the next due time (the scheduler task's sleep)."""
-        due = self.queue.next_due()
-        if due is not None and self.busy < WORKERS and due < self._wake_at:
+        """A wake-up at the next due time of a channel with a free worker (the scheduler
+        task's sleep)."""
+        due = self.queue.next_due(self._free())
+        if due is not None and due < self._wake_at:
             self._wake_at = due
             self.sim.push(max(due, self.sim.now), RES_WAKE, self.boot)
 
     def wake(self) -> None:
         self._wake_at = math.inf
-        while self.busy < WORKERS:
-            job = self.queue.pop_due(self.sim.now)
+        while True:
+            job = self.queue.pop_due(self.sim.now, self._free())
             if job is None:
                 break
-            self.busy += 1
+            self.busy[job.payment.channel] += 1
             self._attempt(job)
         self._arm()
 
@@ -130,11 +139,11 @@ class SimResolver:
 
     def _no_answer(self, job: ResolutionJob) -> None:
         self.queue.no_answer(job, self.sim.now)
-        self.busy -= 1
+        self.busy[job.payment.channel] -= 1
         self._arm()
 
     def _done(self, job: ResolutionJob, result: Result) -> None:
         self.queue.finished(job, result)
-        self.busy -= 1
+        self.busy[job.payment.channel] -= 1
         self.sim.resolved(job.payment, result)
         self._arm()

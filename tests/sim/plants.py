@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from switch.payment.core import PaymentCore
-from switch.payment.resolver import ResolutionQueue
+from switch.payment.resolver import CHANNELS, ResolutionQueue
 from switch.payment.standin import StandIn
 
 
@@ -89,19 +89,21 @@ def fifo_resolver() -> Iterator[None]:
     oldest job holds the line until it is due, so a card reversal due now waits behind a
     QR check that may not be asked for 90 s."""
 
-    def head(self: Any) -> Any:
-        return min(self._heap, key=lambda entry: entry[1]) if self._heap else None
+    def head(self: Any, channels: Any) -> Any:
+        entries = [e for c in channels for e in self._heaps[c]]
+        return min(entries, key=lambda entry: entry[1]) if entries else None
 
-    def next_due(self: Any) -> float | None:
-        first = head(self)
+    def next_due(self: Any, channels: Any = CHANNELS) -> float | None:
+        first = head(self, channels)
         return None if first is None else float(first[0])
 
-    def pop_due(self: Any, now: float) -> Any:
-        first = head(self)
+    def pop_due(self: Any, now: float, channels: Any = CHANNELS) -> Any:
+        first = head(self, channels)
         if first is None or first[0] > now:
             return None
-        self._heap.remove(first)
-        heapq.heapify(self._heap)
+        heap = self._heaps[first[2].payment.channel]
+        heap.remove(first)
+        heapq.heapify(heap)
         return first[2]
 
     with pytest.MonkeyPatch.context() as mp:
