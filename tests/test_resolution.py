@@ -267,3 +267,25 @@ def test_hanging_card_reversals_do_not_hold_up_other_channels(tmp_path: Path) ->
             tg.cancel_scope.cancel()
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_no_wait_between_attempts_exceeds_max_delay() -> None:
+    """Found by the simulator (seed 1, one simulated hour, 2338 s: 346 QR payments resolved
+    past their schedule): with first_after_s 90 and max_delay_s 30, the first retry after a
+    refused check waited 90 s. Every wait is capped at max_delay_s (sans-IO, no clock)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    queue = ResolutionQueue(index=IdempotencyIndex(retention_s=60, max_keys=10),
+                            metrics=SwitchMetrics(), policies=ResolutionConfig(
+                                qr=ResolutionPolicy(first_after_s=90, max_delay_s=30)))
+    route = Route("qr-scheme", FakeNetwork("qr-scheme", "qr"), 3.0)  # type: ignore[arg-type]
+    assert queue.submit(_payment(1, "qr"), b"h", route, Status.UNKNOWN, 0.0, now=0.0)
+    assert queue.next_due() == 90.0 and queue.pop_due(89.0) is None
+    now = 90.0
+    for _ in range(5):
+        job = queue.pop_due(now)
+        assert job is not None
+        queue.no_answer(job, now)  # refused: the network is down
+        due = queue.next_due()
+        assert due is not None and due - now <= 30.0
+        now = due
