@@ -130,7 +130,9 @@ def main() -> None:
         sys.exit(1 if summary.failed else 0)
 
     hour_s = 300.0 if args.quick else 3600.0
+    load0 = os.getloadavg()[0]
     hour = one_hour(hour_s, 200.0, 1, crashes)
+    load1 = os.getloadavg()[0]
     per_seed_s = 60.0 if args.quick else 600.0
     n = args.processes * (1 if args.quick else 3)
     sink = io.StringIO()
@@ -139,6 +141,7 @@ def main() -> None:
     summary = run_campaign(range(1, n + 1), template, args.processes, sink)
     print(sink.getvalue(), end="")
     print_summary(summary, sys.stdout)
+    load2 = os.getloadavg()[0]
     seeds_per_hour = summary.seeds / summary.wall_seconds * 3600.0
     # On a shared box the wall clock counts other people's work too: the cpu figure says
     # what the two cores would do if they were ours.
@@ -156,13 +159,14 @@ def main() -> None:
          f"{hour['payments']:.0f} payments, {hour['faults']:.0f} faults"
          + ("" if hour_s == 3600 else ", scaled to 1 h"),
          f"{hour_equiv:.0f} s cpu ({hour['wall_s'] * 3600.0 / hour_s:.0f} s wall)",
-         "<= 60 s", f"{hour['us_per_payment']:.0f} us cpu per payment; invariant failures: "
+         "<= 60 s", f"{hour['us_per_payment']:.0f} us cpu per payment; load average {load0:.1f} at "
+         f"start, {load1:.1f} at the end; invariant failures: "
          f"{hour['by_invariant'] or 'none'}"),
         (f"seeds per hour ({per_seed_s / 60:g} simulated min each)",
          f"{summary.seeds} seeds, {args.processes} processes",
          f"{seeds_per_hour_cpu:.0f} seeds/h from cpu ({cpu_per_seed:.1f} s per seed); "
          f"{seeds_per_hour:.0f} seeds/h on the wall clock", "report",
-         f"failing seeds: {len(summary.failed)}"
+         f"load average {load2:.1f} at the end; failing seeds: {len(summary.failed)}"
          f" ({failed})"),
     ]
     body = markdown_table(("figure", "run", "measured", "target", "notes"), rows)
