@@ -191,3 +191,17 @@ def clearing_forgets_what_it_cleared() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SettlementWriter, "cut", cut)
         yield
+
+
+@contextmanager
+def shared_resolver_workers() -> Iterator[None]:
+    """One pool of 8 resolver workers for every channel (the design before seed 1's
+    simulated hour found it): card reversals hanging to their timeout hold up SWIFT."""
+    from switch.sim.resolution import WORKERS, SimResolver
+
+    def free(self: Any) -> list[str]:
+        return list(CHANNELS) if sum(self.busy.values()) < WORKERS else []
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SimResolver, "_free", free)
+        yield
