@@ -17,10 +17,11 @@ What is real and what is simulated (the honest list):
 * simulated here, because the real ones are anyio tasks: the engine shell
   (switch/serve/engine.py: ports over the event queue), the rest of start-up
   (switch/serve/app.py's sequence), the resolver's shell (switch/sim/resolution.py, as
-  :class:`~switch.payment.resolver.Resolver` is on anyio: 8 workers, route timeouts), the
-  stand-in advice sender (StandIn.run: the real queue, delivered on the event queue),
-  active health probes (app._probe_endpoints), the group-commit writer
-  (switch/sim/disk.py) and the networks' transport.
+  :class:`~switch.payment.resolver.Resolver` is on anyio: 8 workers per channel, route
+  timeouts), the stand-in advice sender (StandIn.run: the real queue, delivered on the
+  event queue), active health probes (app._probe_endpoints), the group-commit writer
+  (switch/sim/disk.py: the journal rows, not reconciliation's column chunks that
+  switch/journal/store.py writes beside them) and the networks' transport.
 
 Time is a heap of ``(time, seq, kind, a, b)``; ``seq`` breaks ties in insertion order, so
 the run is a pure function of the seed. Every processed event that matters is folded into
