@@ -82,6 +82,31 @@ def campaign(seeds: int, first: int, duration_s: float, rate: float, intensity: 
     return summary
 
 
+def write_campaign(summary: Summary, args: argparse.Namespace, load0: float,
+                   load1: float) -> None:
+    """The campaign's figures -> the "simulate-campaign" section (with --write only)."""
+    failures = ", ".join(f"{k} in {v} seeds" for k, v in sorted(summary.by_invariant.items()))
+    seeds = f"{args.first_seed}..{args.first_seed + args.campaign - 1}"
+    rows = [
+        ("seeds (each its own fault schedule)", f"{summary.seeds} ({seeds})"),
+        ("per seed", f"{args.duration:g} simulated s of load at {args.rate:g}/s, fault "
+                     f"intensity {args.faults:g}, crashes {not args.no_crashes}, then the "
+                     "drain until every unknown is resolved"),
+        ("payments / faults injected", f"{summary.payments} / {summary.faults}"),
+        ("simulated hours", f"{summary.sim_seconds / 3600:.1f}"),
+        ("failing seeds", f"{len(summary.failed)}" + (f" ({failures})" if failures else "")),
+        ("cpu / wall", f"{summary.cpu_seconds:.0f} s cpu, {summary.wall_seconds:.0f} s wall "
+                       f"({args.processes} process(es); load average {load0:.1f} at start, "
+                       f"{load1:.1f} at the end)"),
+    ]
+    body = markdown_table(("campaign", "value"), rows)
+    if summary.failed:
+        body += "\n\nFailing seeds: " + ", ".join(str(o.seed) for o in summary.failed[:50])
+    write_section("simulate-campaign", "Deterministic simulation: a campaign of random fault "
+                  "schedules", body, f"bench/bench_simulate.py --campaign {args.campaign} "
+                  f"--duration {args.duration:g} --faults {args.faults:g}", args.write)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="minutes, not an hour")
@@ -98,12 +123,16 @@ def main() -> None:
     args = parser.parse_args()
     crashes = not args.no_crashes
     if args.campaign:
+        load0 = os.getloadavg()[0]
         summary = campaign(args.campaign, args.first_seed, args.duration, args.rate,
                            args.faults, args.processes, crashes)
+        write_campaign(summary, args, load0, os.getloadavg()[0])
         sys.exit(1 if summary.failed else 0)
 
     hour_s = 300.0 if args.quick else 3600.0
+    load0 = os.getloadavg()[0]
     hour = one_hour(hour_s, 200.0, 1, crashes)
+    load1 = os.getloadavg()[0]
     per_seed_s = 60.0 if args.quick else 600.0
     n = args.processes * (1 if args.quick else 3)
     sink = io.StringIO()
@@ -112,6 +141,7 @@ def main() -> None:
     summary = run_campaign(range(1, n + 1), template, args.processes, sink)
     print(sink.getvalue(), end="")
     print_summary(summary, sys.stdout)
+    load2 = os.getloadavg()[0]
     seeds_per_hour = summary.seeds / summary.wall_seconds * 3600.0
     # On a shared box the wall clock counts other people's work too: the cpu figure says
     # what the two cores would do if they were ours.
@@ -129,13 +159,14 @@ def main() -> None:
          f"{hour['payments']:.0f} payments, {hour['faults']:.0f} faults"
          + ("" if hour_s == 3600 else ", scaled to 1 h"),
          f"{hour_equiv:.0f} s cpu ({hour['wall_s'] * 3600.0 / hour_s:.0f} s wall)",
-         "<= 60 s", f"{hour['us_per_payment']:.0f} us cpu per payment; invariant failures: "
+         "<= 60 s", f"{hour['us_per_payment']:.0f} us cpu per payment; load average {load0:.1f} at "
+         f"start, {load1:.1f} at the end; invariant failures: "
          f"{hour['by_invariant'] or 'none'}"),
         (f"seeds per hour ({per_seed_s / 60:g} simulated min each)",
          f"{summary.seeds} seeds, {args.processes} processes",
          f"{seeds_per_hour_cpu:.0f} seeds/h from cpu ({cpu_per_seed:.1f} s per seed); "
          f"{seeds_per_hour:.0f} seeds/h on the wall clock", "report",
-         f"failing seeds: {len(summary.failed)}"
+         f"load average {load2:.1f} at the end; failing seeds: {len(summary.failed)}"
          f" ({failed})"),
     ]
     body = markdown_table(("figure", "run", "measured", "target", "notes"), rows)

@@ -52,7 +52,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "switch.sim": (
         "switch.base", "switch.protocols", "switch.journal", "switch.adapters",
         "switch.routing", "switch.payment", "switch.serve", "switch.observability",
-        "channels", "loadtests.harness.workload", "loadtests.harness.scenario",
+        "switch.backoffice", "channels", "loadtests.harness.workload",
+        "loadtests.harness.scenario",
     ),
     "switch.cli": (
         "switch.base", "switch.protocols", "switch.journal", "switch.adapters",

@@ -8,6 +8,7 @@ defect 6 (unknowns abandoned after 8 attempts, ~11 s, with the gauge at 0).
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,65 @@ async def test_crash_recovered_payment_goes_through_unknown_to_final(tmp_path: P
         await journal.close()
         tg.cancel_scope.cancel()
     assert fold(db).payments["P1-1"].status == "reversed"
+
+
+def test_hanging_card_reversals_do_not_hold_up_other_channels(tmp_path: Path) -> None:
+    """Found by the simulator (seed 1, one simulated hour, 425 s): after a crash, ~1000
+    recovered card reversals met an issuer answering late; each attempt held a worker to
+    its timeout, and a SWIFT inquiry waited 26 s behind them in the shared pool of 8.
+    Workers are per channel now: 16 hanging card reversals, then a QR check answered at
+    once (under trio's mock clock)."""
+    import trio.testing
+
+    class Hanging(FakeNetwork):
+        async def resolve(self, payment: Payment) -> NetworkReply:
+            self.attempts += 1
+            await anyio.sleep(math.inf)
+            raise AssertionError("unreachable")
+
+    async def scenario() -> None:
+        metrics = SwitchMetrics()
+        journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000, mode="off")
+        clock = Clock()
+        index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+        card, qr = Hanging(), FakeNetwork("qr-scheme", "qr")
+        policies = ResolutionConfig(qr=ResolutionPolicy(first_after_s=0.05))
+        resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics,
+                            workers=8, policies=policies)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            tg.start_soon(resolver.run)
+            started = clock.now()
+            for i in range(16):
+                resolver.submit(_payment(i), b"h", Route("issuer", card, 10.0))  # type: ignore[arg-type]
+            await anyio.sleep(0.1)  # past the card's first delay (0.05 s)
+            assert card.attempts == 8  # the card channel's workers, all hanging
+            resolver.submit(_payment(99, "qr"), b"h", Route("qr-scheme", qr, 1.0))  # type: ignore[arg-type]
+            await anyio.sleep(1.0)
+            assert qr.resolved_at["P1-99"] - started < 0.5  # shared pool: after 10 s
+            await journal.close()
+            tg.cancel_scope.cancel()
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_no_wait_between_attempts_exceeds_max_delay() -> None:
+    """Found by the simulator (seed 1, one simulated hour, 2338 s: 346 QR payments resolved
+    past their schedule): with first_after_s 90 and max_delay_s 30, the first retry after a
+    refused check waited 90 s. Every wait is capped at max_delay_s (sans-IO, no clock)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    queue = ResolutionQueue(index=IdempotencyIndex(retention_s=60, max_keys=10),
+                            metrics=SwitchMetrics(), policies=ResolutionConfig(
+                                qr=ResolutionPolicy(first_after_s=90, max_delay_s=30)))
+    route = Route("qr-scheme", FakeNetwork("qr-scheme", "qr"), 3.0)  # type: ignore[arg-type]
+    assert queue.submit(_payment(1, "qr"), b"h", route, Status.UNKNOWN, 0.0, now=0.0)
+    assert queue.next_due() == 90.0 and queue.pop_due(89.0) is None
+    now = 90.0
+    for _ in range(5):
+        job = queue.pop_due(now)
+        assert job is not None
+        queue.no_answer(job, now)  # refused: the network is down
+        due = queue.next_due()
+        assert due is not None and due - now <= 30.0
+        now = due

@@ -209,10 +209,16 @@ async def test_graceful_shutdown_drains_in_flight_payments(tmp_path: Path) -> No
             async def pay(i: int) -> None:
                 replies.append(await client.pay(card_payment(f"drain-{i}", payer=f"A{i}")))
 
+            card = adapters["standin-card"]
             async with anyio.create_task_group() as senders:
                 for i in range(20):
                     senders.start_soon(pay, i)
-                await anyio.sleep(0.1)
+                # Shut down once all 20 are at the network (each answered 300 ms later):
+                # a fixed sleep raced a loaded machine, shutting down before some arrived.
+                with anyio.fail_after(10):
+                    while len(card.approvals_by_key) < 20:
+                        await anyio.sleep(0.005)
+                assert not replies, "all 20 are in flight when the shutdown starts"
                 switch.app.request_shutdown()
     assert len(replies) == 20 and all(isinstance(r, Reply) for r in replies)
     assert len(final_results(sqlite3.connect(tmp_path / "journal.db"))) == 20

@@ -43,10 +43,20 @@ T = TypeVar("T")
 
 
 def _luhn_complete(prefix: str) -> str:
-    for check in "0123456789":
-        if luhn_ok(prefix + check):
-            return prefix + check
-    raise AssertionError("unreachable: one check digit always fits")
+    """``prefix`` and its Luhn check digit: the one digit that makes the sum a multiple of
+    10 (it is not doubled, so it is what the sum with a 0 there lacks; one pass, not ten:
+    building a workload's 5,000 cards was an eighth of a short simulated seed)."""
+    total = 0
+    for i, ch in enumerate(reversed(prefix)):
+        d = ord(ch) - 48
+        if i % 2 == 0:  # doubled: the check digit will be position 0
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    pan = f"{prefix}{-total % 10}"
+    assert luhn_ok(pan), pan
+    return pan
 
 
 @functools.lru_cache(maxsize=4096)

@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-from switch.journal import fold
+from switch.journal import Fold, fold
 from switch.model import Payment
 
 SCHEMA: Final = """
@@ -106,11 +106,29 @@ def _parties(payment: Payment, route: str) -> tuple[tuple[str, str], tuple[str, 
     return (route or "qr-scheme", "qr_scheme"), (payment.payee.account, "merchant")
 
 
-def post_from_journal(db: sqlite3.Connection) -> PostingSummary:
-    """Bring the ledger up to date with the journal's final results (idempotent)."""
+def post_from_journal(db: sqlite3.Connection, folded: Fold | None = None) -> PostingSummary:
+    """Bring the ledger up to date with the journal's final results (idempotent).
+    ``folded``: the journal already folded, when the caller has it (the simulator)."""
     open_ledger(db)
-    histories = fold(db).payments.values()
+    histories = (folded if folded is not None else fold(db)).payments.values()
     summary = PostingSummary()
+    # Read once, not per payment: transfers already posted, and account ids (the
+    # simulator posts a whole run's journal after every seed; SQL per payment was most
+    # of it).
+    existing: dict[str, str] = dict(db.execute("SELECT payment_id, state FROM ledger_transfers"))
+    accounts: dict[tuple[str, str, str], int] = {
+        (p, r, c): i for i, p, r, c in db.execute(
+            "SELECT id, participant, role, currency FROM ledger_accounts")}
+
+    def account(participant: str, role: str, currency: str) -> int:
+        key = (participant, role, currency)
+        found = accounts.get(key)
+        if found is None:
+            found = accounts[key] = _account(db, participant, role, currency)
+        return found
+
+    voided: list[tuple[str]] = []
+    inserts: list[tuple[str, int, int, int, str, str, str]] = []
     db.execute("BEGIN")
     try:
         for history in histories:
@@ -118,29 +136,32 @@ def post_from_journal(db: sqlite3.Connection) -> PostingSummary:
             payment = history.payment if history.finished else None
             if payment is None or result is None:
                 continue  # open, or declined by risk before any intent: no money moved
-            existing = db.execute("SELECT state FROM ledger_transfers WHERE payment_id = ?",
-                                  (pid,)).fetchone()
+            state = existing.get(pid)
             status = result.status.value
-            if existing is not None:
-                if status == "reversed" and existing[0] == "pending":
-                    db.execute("UPDATE ledger_transfers SET state = 'voided'"
-                               " WHERE payment_id = ?", (pid,))
+            if state is not None:
+                if status == "reversed" and state == "pending":
+                    voided.append((pid,))
+                    existing[pid] = "voided"
                     summary.voided += 1
                 continue
             if status != "approved":
                 continue
             (payer, payer_role), (payee, payee_role) = _parties(payment, result.route)
-            debit = _account(db, payer, payer_role, payment.currency)
-            credit = _account(db, payee, payee_role, payment.currency)
+            debit = account(payer, payer_role, payment.currency)
+            credit = account(payee, payee_role, payment.currency)
             state = "pending" if payment.channel == "card" else "posted"
-            db.execute(
-                "INSERT INTO ledger_transfers (payment_id, debit_account, credit_account,"
-                " amount, currency, channel, state) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (pid, debit, credit, payment.amount, payment.currency, payment.channel, state))
+            existing[pid] = state
+            inserts.append((pid, debit, credit, payment.amount, payment.currency,
+                            payment.channel, state))
             if state == "pending":
                 summary.pending += 1
             else:
                 summary.posted += 1
+        db.executemany("UPDATE ledger_transfers SET state = 'voided' WHERE payment_id = ?",
+                       voided)
+        db.executemany(
+            "INSERT INTO ledger_transfers (payment_id, debit_account, credit_account,"
+            " amount, currency, channel, state) VALUES (?, ?, ?, ?, ?, ?, ?)", inserts)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

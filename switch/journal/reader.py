@@ -223,13 +223,20 @@ class Fold:
 
 def fold(db: sqlite3.Connection, *, after_seq: int = 0, live_only: bool = False) -> Fold:
     out = Fold()
+    out.last_seq = after_seq
+    return fold_onto(db, out, live_only=live_only)
+
+
+def fold_onto(db: sqlite3.Connection, out: Fold, *, live_only: bool = False) -> Fold:
+    """Fold the records after ``out.last_seq`` onto ``out`` (records keep their order, so
+    a journal that only grew since gives the same fold as reading it whole)."""
     apply = out._apply
     last = 0
-    for seq, pid, key, kind, _status, body_hash, body, at_us in _rows(db, after_seq,
+    for seq, pid, key, kind, _status, body_hash, body, at_us in _rows(db, out.last_seq,
                                                                         live_only):
         apply(pid, key, kind, body_hash, body, at_us)
         last = max(last, seq)
-    out.last_seq = last
+    out.last_seq = max(out.last_seq, last)
     return out
 
 
@@ -333,8 +340,13 @@ def next_boot(db: sqlite3.Connection) -> int:
     return boot_count
 
 
-def replay(db: sqlite3.Connection) -> Recovered:
+def replay(db: sqlite3.Connection, folded: Fold | None = None) -> Recovered:
     """Rebuild state from the live journal (archived payments are finished and outside
-    the idempotency window, so start-up never reads them), and count this boot."""
-    folded = fold(db, live_only=True)
+    the idempotency window, so start-up never reads them), and count this boot.
+
+    ``folded``: this journal's fold from an earlier start, when nothing was archived since
+    (the simulator, restarting thousands of times): only the newer records are read and
+    folded onto it, instead of the whole journal at every start.
+    """
+    folded = fold_onto(db, folded if folded is not None else Fold(), live_only=True)
     return recovered_from(folded, next_boot(db))

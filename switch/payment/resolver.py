@@ -5,10 +5,11 @@ reversal (the issuer voids any hold it placed); SWIFT and QR get a status inquir
 network's book is the truth). The answer is journaled as the payment's final state, and
 the idempotency index is updated so a client retry sees it.
 
-Scheduling: one timer heap ordered by due time, per-channel schedules
+Scheduling: a timer heap per channel ordered by due time, per-channel schedules
 (:class:`ResolutionPolicy`). Nothing sleeps on a job's delay: a QR check-status that may
 not be asked before 90 s never holds up a card reversal due now. At most ``workers``
-attempts are in flight at once, each bounded by its route's timeout.
+attempts per channel are in flight at once, each bounded by its route's timeout: card
+reversals hanging on a late issuer never hold up SWIFT or QR inquiries.
 
 Retried on the channel's schedule until resolved, or until the channel's budget
 (``max_attempts``) or window (``within_s``) is spent: then it is *handed to an operator*
@@ -26,9 +27,9 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final, Protocol
 
 import anyio
 import msgspec
@@ -85,12 +86,14 @@ _STATUS: Final = {
     "failed": Status.FAILED,
     "reversed": Status.REVERSED,
 }
+#: Every channel, each with its own timer heap and workers.
+CHANNELS: Final = ("card", "swift", "qr")
 #: A resolution's outcome was learned from the network: it must never be dropped.
 ON_FULL: Final = OnFull.WAIT
 
 
 @dataclass(slots=True, eq=False)
-class _Job:
+class ResolutionJob:
     payment: Payment
     digest: bytes
     route: Route
@@ -101,31 +104,33 @@ class _Job:
     delay: float = 0.05
 
 
-class Resolver:
+class ResolutionQueue:
+    """The resolver's decisions, sans-IO: when each payment is asked about, what an answer
+    means, when to give up. Time comes in as ``now``; nothing here awaits, sleeps or reads
+    a clock. :class:`Resolver` drives it on anyio, the simulator (switch/sim) in virtual
+    time: the same decisions either way."""
+
     def __init__(
         self,
         *,
-        clock: Clock,
-        journal: Journal,
         index: IdempotencyIndex,
         metrics: SwitchMetrics,
         max_queue: int = 10_000,
-        workers: int = 8,
         policies: ResolutionConfig | None = None,
     ) -> None:
-        assert max_queue >= 1 and workers >= 1
-        self._clock = clock
-        self._journal = journal
+        assert max_queue >= 1
         self._index = index
         self._metrics = metrics
         self._policies = policies if policies is not None else ResolutionConfig()
-        self._workers = workers
         self._max_queue = max_queue
-        self._heap: list[tuple[float, int, _Job]] = []
+        #: A timer heap per channel: the shells bound attempts in flight per channel, so a
+        #: channel whose attempts all hang to their timeout never holds up the others.
+        self._heaps: dict[str, list[tuple[float, int, ResolutionJob]]] = {
+            channel: [] for channel in CHANNELS}
         self._order = itertools.count()  # ties on due time: first come, first served
-        self._jobs: dict[str, _Job] = {}  # every tracked payment: queued, in flight, escalated
+        #: Every tracked payment: queued, in flight, escalated.
+        self._jobs: dict[str, ResolutionJob] = {}
         self._escalated: set[str] = set()
-        self._wakeup = anyio.Event()
         self.resolved = 0
         self.overflowed = 0
         self._update_gauges()
@@ -139,86 +144,68 @@ class Resolver:
     def escalated(self) -> int:
         return len(self._escalated) + self.overflowed
 
+    @property
+    def tracked(self) -> int:
+        """Payments queued, in flight or escalated (bounded by ``max_queue``)."""
+        return len(self._jobs)
+
     def _update_gauges(self) -> None:
         assert len(self._escalated) <= len(self._jobs) and self.overflowed >= 0
         self._metrics.unresolved.set(self.pending)
         self._metrics.unresolved_escalated.set(self.escalated)
 
-    def submit(self, payment: Payment, digest: bytes, route: Route,
-               status: Status = Status.UNKNOWN, elapsed_s: float = 0.0) -> None:
-        """Track ``payment`` (state ``status``: unknown, or sent if recovered after a crash)
-        until the network tells its outcome. ``elapsed_s``: how long ago it was made, so a
-        crash-recovered payment does not wait its channel's first delay all over again."""
+    def submit(self, payment: Payment, digest: bytes, route: Route, status: Status,
+               elapsed_s: float, now: float) -> bool:
+        """See :meth:`Resolver.submit`; True if a new job was scheduled."""
         assert elapsed_s >= 0.0, elapsed_s
         assert status in (Status.UNKNOWN, Status.SENT), status
         if payment.payment_id in self._jobs:
-            return  # already being resolved
+            return False  # already being resolved
         if len(self._jobs) >= self._max_queue:
             self.overflowed += 1
             log.error("resolver full (%d); payment stays unknown until restart: operator",
                       self._max_queue, extra={"payment_id": payment.payment_id})
             self._update_gauges()
-            return
+            return False
         if status is Status.SENT:
             # Crash-recovered: sent, then nothing journaled -- its outcome is unknown.
             check_transition(payment.payment_id, status, Status.UNKNOWN)
         policy: ResolutionPolicy = getattr(self._policies, payment.channel)
-        now = self._clock.now()
-        job = _Job(payment, digest, route, policy, Status.UNKNOWN, now,
-                   delay=max(policy.first_after_s, 0.05))
+        # The wait after a failed attempt starts at the first delay, never above
+        # max_delay_s ("longest wait between attempts"): QR's 90 s first delay made the
+        # first retry wait 90 s, not 30 (the simulator found it: seed 1, one hour, 2338 s).
+        job = ResolutionJob(payment, digest, route, policy, Status.UNKNOWN, now,
+                            delay=min(max(policy.first_after_s, 0.05), policy.max_delay_s))
         self._jobs[payment.payment_id] = job
         # The network's own rule may forbid asking too early (QR: not before 90 s after the
         # payment). The simulator found restarts waiting it anew: count from the payment.
         self._schedule(job, now + max(0.0, policy.first_after_s - elapsed_s))
         self._update_gauges()
+        return True
 
-    def _schedule(self, job: _Job, due: float) -> None:
-        heapq.heappush(self._heap, (due, next(self._order), job))
-        self._wakeup.set()
+    def _schedule(self, job: ResolutionJob, due: float) -> None:
+        heapq.heappush(self._heaps[job.payment.channel], (due, next(self._order), job))
 
-    def next_due(self) -> float | None:
-        return self._heap[0][0] if self._heap else None
+    def next_due(self, channels: Iterable[str] = CHANNELS) -> float | None:
+        """When the next attempt of ``channels`` is due (None: nothing queued)."""
+        dues = [h[0][0] for c in channels if (h := self._heaps[c])]
+        return min(dues) if dues else None
 
-    async def run(self) -> None:
-        """The scheduler: start each job's attempt when it is due, ``workers`` at most."""
-        limiter = anyio.Semaphore(self._workers)
-        async with anyio.create_task_group() as tg:
-            while True:
-                due = self.next_due()
-                if due is None or due > self._clock.now():
-                    self._wakeup = anyio.Event()
-                    timeout = math.inf if due is None else due - self._clock.now()
-                    with anyio.move_on_after(timeout):
-                        await self._wakeup.wait()
-                    continue
-                _, _, job = heapq.heappop(self._heap)
-                await limiter.acquire()
-                tg.start_soon(self._attempt, job, limiter)
+    def pop_due(self, now: float, channels: Iterable[str] = CHANNELS) -> ResolutionJob | None:
+        """The job of ``channels`` (those with a free worker) due first at ``now``; ties in
+        order of scheduling."""
+        best: list[tuple[float, int, ResolutionJob]] | None = None
+        for c in channels:
+            h = self._heaps[c]
+            if h and h[0][0] <= now and (best is None or h[0][:2] < best[0][:2]):
+                best = h
+        return heapq.heappop(best)[2] if best is not None else None
 
-    async def _attempt(self, job: _Job, limiter: anyio.Semaphore) -> None:
-        payment = job.payment
-        try:
-            reply: NetworkReply | None = None
-            try:
-                with anyio.move_on_after(job.route.timeout_s):
-                    reply = await job.route.adapter.resolve(payment)
-            except NotSent as exc:
-                log.info("resolve attempt %d: %s", job.attempts + 1, exc,
-                         extra={"payment_id": payment.payment_id})
-            except Exception as exc:  # one payment's fault never ends the resolver
-                self._quarantine(job, exc)
-                return
-            if reply is not None:
-                await self._finish(job, reply)
-            else:
-                self._retry(job)
-        finally:
-            limiter.release()
-
-    def _retry(self, job: _Job) -> None:
+    def no_answer(self, job: ResolutionJob, now: float) -> None:
+        """An attempt got no answer (timeout, refused, error): retry on the channel's
+        schedule, or hand the payment to an operator once its budget or window is spent."""
         job.attempts += 1
         policy = job.policy
-        now = self._clock.now()
         assert job.attempts <= policy.max_attempts
         if job.attempts >= policy.max_attempts or now - job.since + job.delay > policy.within_s:
             self._escalate(job, now)
@@ -226,7 +213,7 @@ class Resolver:
         self._schedule(job, now + job.delay)
         job.delay = min(job.delay * 2, policy.max_delay_s)
 
-    def _escalate(self, job: _Job, now: float) -> None:
+    def _escalate(self, job: ResolutionJob, now: float) -> None:
         """Budget or window spent: an operator takes over (alert); the journal keeps it
         unknown, so the next start-up tries again."""
         pid = job.payment.payment_id
@@ -237,7 +224,7 @@ class Resolver:
                   now - job.since, extra={"payment_id": pid})
         self._update_gauges()
 
-    def _quarantine(self, job: _Job, exc: Exception) -> None:
+    def quarantine(self, job: ResolutionJob, exc: Exception) -> None:
         """Set aside a payment whose resolution can never be built (a CodecError: the
         payment never changes) or hit a bug. Retrying it on the schedule would log the
         same failure up to ``max_attempts`` times; instead it is handed to an operator at
@@ -253,37 +240,143 @@ class Resolver:
         self._escalated.add(pid)
         self._update_gauges()
 
-    async def _finish(self, job: _Job, reply: NetworkReply) -> None:
-        payment, route = job.payment, job.route
+    def outcome(self, job: ResolutionJob, reply: NetworkReply) -> Result:
+        """The network answered: the payment's final result, to journal before
+        :meth:`finished` (unknown -> final, checked)."""
+        payment = job.payment
         assert self._jobs.get(payment.payment_id) is job, "resolved twice"
         assert job.status is Status.UNKNOWN
         status = _STATUS[reply.outcome]
         check_transition(payment.payment_id, job.status, status)  # unknown -> final
-        result = Result(
-            payment.payment_id,
-            status,
-            reply.reason,
-            reply.network_ref,
-            route.network,
-            aml_flag=payment.aml_flag,
-        )
-        await self._journal.write(
-            JournalRecord.outcome(FINAL, payment, result, job.digest, self._clock.wall_us()),
-            ON_FULL,
-        )
+        return Result(payment.payment_id, status, reply.reason, reply.network_ref,
+                      job.route.network, aml_flag=payment.aml_flag)
+
+    def finished(self, job: ResolutionJob, result: Result) -> None:
+        """``result`` is durable: a client retry sees it; the job is done."""
+        payment = job.payment
+        assert self._jobs.get(payment.payment_id) is job, "resolved twice"
         self._index.complete(payment.idempotency_key, result)
-        self._metrics.resolved[(payment.channel, status)].inc()
+        self._metrics.resolved[(payment.channel, result.status)].inc()
         self.resolved += 1
         del self._jobs[payment.payment_id]
         self._escalated.discard(payment.payment_id)
         self._update_gauges()
 
 
+class Resolver:
+    """:class:`ResolutionQueue` on anyio: a scheduler task, ``workers`` attempts at most in
+    flight per channel, each bounded by its route's timeout, answers journaled before they
+    count."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        journal: Journal,
+        index: IdempotencyIndex,
+        metrics: SwitchMetrics,
+        max_queue: int = 10_000,
+        workers: int = 8,
+        policies: ResolutionConfig | None = None,
+    ) -> None:
+        assert max_queue >= 1 and workers >= 1
+        self._clock = clock
+        self._journal = journal
+        self._workers = workers
+        self.queue = ResolutionQueue(index=index, metrics=metrics, max_queue=max_queue,
+                                     policies=policies)
+        self._wakeup = anyio.Event()
+
+    @property
+    def pending(self) -> int:
+        """Payments still unknown that this switch knows of (tracked or overflowed)."""
+        return self.queue.pending
+
+    @property
+    def escalated(self) -> int:
+        return self.queue.escalated
+
+    @property
+    def resolved(self) -> int:
+        return self.queue.resolved
+
+    @property
+    def overflowed(self) -> int:
+        return self.queue.overflowed
+
+    def submit(self, payment: Payment, digest: bytes, route: Route,
+               status: Status = Status.UNKNOWN, elapsed_s: float = 0.0) -> None:
+        """Track ``payment`` (state ``status``: unknown, or sent if recovered after a crash)
+        until the network tells its outcome. ``elapsed_s``: how long ago it was made, so a
+        crash-recovered payment does not wait its channel's first delay all over again."""
+        if self.queue.submit(payment, digest, route, status, elapsed_s, self._clock.now()):
+            self._wakeup.set()
+
+    def next_due(self) -> float | None:
+        return self.queue.next_due()
+
+    async def run(self) -> None:
+        """The scheduler: start each job's attempt when it is due, ``workers`` at most per
+        channel (a shared pool let card reversals hanging on a late issuer hold up every
+        SWIFT and QR inquiry behind them: the simulator found it, after a crash)."""
+        busy = dict.fromkeys(CHANNELS, 0)
+        async with anyio.create_task_group() as tg:
+            while True:
+                free = [c for c in CHANNELS if busy[c] < self._workers]
+                job = self.queue.pop_due(self._clock.now(), free)
+                if job is None:
+                    due = self.queue.next_due(free)
+                    self._wakeup = anyio.Event()
+                    timeout = math.inf if due is None else due - self._clock.now()
+                    with anyio.move_on_after(timeout):
+                        await self._wakeup.wait()  # a submit, a retry or a freed worker
+                    continue
+                busy[job.payment.channel] += 1
+                tg.start_soon(self._attempt, job, busy)
+
+    async def _attempt(self, job: ResolutionJob, busy: dict[str, int]) -> None:
+        payment = job.payment
+        try:
+            reply: NetworkReply | None = None
+            try:
+                with anyio.move_on_after(job.route.timeout_s):
+                    reply = await job.route.adapter.resolve(payment)
+            except NotSent as exc:
+                log.info("resolve attempt %d: %s", job.attempts + 1, exc,
+                         extra={"payment_id": payment.payment_id})
+            except Exception as exc:  # one payment's fault never ends the resolver
+                self.queue.quarantine(job, exc)
+                return
+            if reply is not None:
+                await self._finish(job, reply)
+            else:
+                self.queue.no_answer(job, self._clock.now())
+        finally:
+            busy[payment.channel] -= 1
+            self._wakeup.set()
+
+    async def _finish(self, job: ResolutionJob, reply: NetworkReply) -> None:
+        result = self.queue.outcome(job, reply)
+        await self._journal.write(
+            JournalRecord.outcome(FINAL, job.payment, result, job.digest,
+                                  self._clock.wall_us()),
+            ON_FULL,
+        )
+        self.queue.finished(job, result)
+
+
+class Submits(Protocol):
+    """What recovery hands unfinished payments to: :class:`Resolver`, or the simulator's."""
+
+    def submit(self, payment: Payment, digest: bytes, route: Route,
+               status: Status = Status.UNKNOWN, elapsed_s: float = 0.0) -> None: ...
+
+
 def recover(
     recovered: Recovered,
     *,
     index: IdempotencyIndex,
-    resolver: Resolver,
+    resolver: Submits,
     standin: StandIn,
     router: Router,
     metrics: SwitchMetrics,

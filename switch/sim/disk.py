@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from switch.journal import JournalFailed, JournalFull
 from switch.journal.records import Row
 from switch.journal.store import INSERT
+from switch.sim.schedule import DiskFault
 
 #: A commit (fsync included) on a healthy disk.
 COMMIT_BASE_S: Final = 0.0003
@@ -120,3 +121,20 @@ class SimJournal:
         out = list(self._batches)
         self._batches.clear()
         return out
+
+
+def disk_full(faults: Iterable[DiskFault], now: float) -> bool:
+    """Inside a disk-full window: every commit fails (and a restart waits it out)."""
+    return any(d.kind == "disk_full" and d.at <= now < d.at + d.duration_s for d in faults)
+
+
+def disk_error(faults: Iterable[DiskFault], now: float, used: set[object]) -> str | None:
+    """The error a commit finishing at ``now`` meets, if any; an fsync failure strikes once
+    (``used`` remembers which)."""
+    for d in faults:
+        if d.kind == "disk_full" and d.at <= now < d.at + d.duration_s:
+            return "database or disk is full"
+        if d.kind == "fsync_fail" and d.at <= now and d not in used:
+            used.add(d)
+            return "fsync failed: I/O error"
+    return None

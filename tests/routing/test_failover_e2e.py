@@ -1,5 +1,10 @@
-"""Routing and resilience against the real simulators: failover, reversals, recovery,
-retry budget, stand-in with advices, and hot reload, each ending with the money check."""
+"""Routing and resilience against the real simulators over TCP: the contract tests.
+
+Retry budget, stand-in with advices, and hot reload, each ending with the money check.
+Failover timing (primary down, then recovery) and blackhole timeouts reversed are
+simulated in virtual time instead (tests/sim/test_failover_sim.py): here they raced the
+wall clock of a loaded machine (failover "within 1 s", recovery after a 1 s sleep, a count
+of unknowns bounded by how many payments a 0.4 s timeout let through)."""
 
 from __future__ import annotations
 
@@ -188,57 +193,6 @@ max_amount_cny_minor = 1000000000000
 
 def routes_of(replies: list[tuple[float, Reply | ErrorReply]], since: float = 0.0) -> list[str]:
     return [r.result.route for t, r in replies if isinstance(r, Reply) and t >= since]
-
-
-async def test_primary_down_fails_over_then_recovers(tmp_path: Path) -> None:
-    async with rig(tmp_path) as r:
-        await r.pay_many(20, 200, "before")
-        assert set(routes_of(r.replies)) == {"card-primary"}
-        r.fault("down", "card-primary")
-        fault_at = anyio.current_time()
-        await r.pay_many(100, 200, "outage")
-        during = [(t, rep) for t, rep in r.replies if t >= fault_at]
-        bad = [rep for _, rep in during
-               if not (isinstance(rep, Reply) and rep.result.status in ("approved", "declined"))]
-        # A payment already in flight on a pooled connection when the endpoint dies gets
-        # no answer: it is unknown (then reversed), at most one per pooled connection.
-        assert len(bad) <= 2, bad
-        assert all(isinstance(b, Reply) and b.result.status == "unknown" for b in bad)
-        availability = 1 - len(bad) / len(during)
-        assert availability >= 0.97
-        first_secondary = min(t for t, rep in during
-                              if isinstance(rep, Reply) and rep.result.route == "card-secondary")
-        assert first_secondary - fault_at < 1.0, "failover took too long"
-        assert r.metric('payswitch_failovers_total{from_endpoint="card-primary"') >= 1
-        # Recovery: the breaker half-opens after open_s, a probe succeeds, traffic returns.
-        r.clear("card-primary")
-        await anyio.sleep(1.0)
-        recovered_at = anyio.current_time()
-        await r.pay_many(30, 100, "after")
-        assert routes_of(r.replies, recovered_at)[-10:] == ["card-primary"] * 10
-        assert r.app.router is not None
-        assert r.app.router.health.breakers["card-primary"].state.value == "closed"
-        await r.settled()
-        r.check_money()
-
-
-async def test_blackhole_timeouts_are_reversed_and_books_agree(tmp_path: Path) -> None:
-    async with rig(tmp_path) as r:
-        r.fault("blackhole", "card-primary", duration_s=1.5)
-        await r.pay_many(60, 60, "bh")
-        statuses = [rep.result.status for _, rep in r.replies if isinstance(rep, Reply)]
-        assert "unknown" in statuses, "payments sent into the blackhole are unknown"
-        # The breaker caps what goes into the blackhole. It counts outcomes, so detection
-        # takes one timeout (0.4 s): what was sent meanwhile (60/s x 0.4 s) is unknown,
-        # plus one probe per half-open period (0.5 s) until the blackhole lifts.
-        assert statuses.count("unknown") <= 60 * 0.5 + 4, statuses.count("unknown")
-        assert routes_of(r.replies).count("card-secondary") >= 20
-        await anyio.sleep(1.5)
-        await r.settled()
-        finals = final_results(sqlite3.connect(r.journal))
-        assert sum(1 for x in finals.values() if x.status == "reversed") == statuses.count(
-            "unknown")
-        r.check_money()
 
 
 async def test_retry_storm_stays_within_budget(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ fails when it should: a simulator that never fails proves nothing.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 import msgspec
 import pytest
 
-import switch.sim.simulation as simulation
 from switch.payment.core import PaymentCore
+from switch.payment.resolver import CHANNELS, ResolutionQueue
 from switch.payment.standin import StandIn
 
 
@@ -84,10 +85,30 @@ def restart_trace_numbers_at_boot() -> Iterator[None]:
 
 @contextmanager
 def fifo_resolver() -> Iterator[None]:
-    """Unknowns resolved by 8 FIFO workers, each holding its job through the channel's
-    first delay: a card reversal due now waits behind QR checks not allowed for 90 s."""
+    """Unknowns resolved first come, first served (a queue where the timer heap was): the
+    oldest job holds the line until it is due, so a card reversal due now waits behind a
+    QR check that may not be asked for 90 s."""
+
+    def head(self: Any, channels: Any) -> Any:
+        entries = [e for c in channels for e in self._heaps[c]]
+        return min(entries, key=lambda entry: entry[1]) if entries else None
+
+    def next_due(self: Any, channels: Any = CHANNELS) -> float | None:
+        first = head(self, channels)
+        return None if first is None else float(first[0])
+
+    def pop_due(self: Any, now: float, channels: Any = CHANNELS) -> Any:
+        first = head(self, channels)
+        if first is None or first[0] > now:
+            return None
+        heap = self._heaps[first[2].payment.channel]
+        heap.remove(first)
+        heapq.heapify(heap)
+        return first[2]
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(simulation, "FIFO_RESOLVER_WORKERS", 8)
+        mp.setattr(ResolutionQueue, "next_due", next_due)
+        mp.setattr(ResolutionQueue, "pop_due", pop_due)
         yield
 
 
@@ -136,4 +157,51 @@ def stand_in_after_an_answer() -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaymentCore, "_outcome", outcome)
+        yield
+
+
+@contextmanager
+def ledger_books_payees_in_one_currency() -> Iterator[None]:
+    """The ledger opens every merchant account in USD, whatever the payment's currency:
+    a QR payment in CNY debits the scheme in CNY and credits a merchant in USD."""
+    from switch.backoffice import ledger
+
+    original = ledger._account
+
+    def account(db: Any, participant: str, role: str, currency: str) -> int:
+        return original(db, participant, role, "USD" if role == "merchant" else currency)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ledger, "_account", account)
+        yield
+
+
+@contextmanager
+def clearing_forgets_what_it_cleared() -> Iterator[None]:
+    """The card scheme's settlement writer forgets what earlier cycles cleared (its
+    record of written keys is lost at every cut): each standing hold is cleared again."""
+    from channels.settlement import SettlementWriter
+
+    original = SettlementWriter.cut
+
+    def cut(self: Any) -> Any:
+        self._written.clear()
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SettlementWriter, "cut", cut)
+        yield
+
+
+@contextmanager
+def shared_resolver_workers() -> Iterator[None]:
+    """One pool of 8 resolver workers for every channel (the design before seed 1's
+    simulated hour found it): card reversals hanging to their timeout hold up SWIFT."""
+    from switch.sim.resolution import WORKERS, SimResolver
+
+    def free(self: Any) -> list[str]:
+        return list(CHANNELS) if sum(self.busy.values()) < WORKERS else []
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SimResolver, "_free", free)
         yield

@@ -1,0 +1,105 @@
+"""The simulated switch's ports: what the real payment core and router are wired to, and
+one boot of the switch (everything a crash throws away)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+from switch.adapters.base import NetworkReply, NotSent
+from switch.adapters.trace import TraceNumbers
+from switch.model import Channel, Payment
+from switch.payment.core import PaymentCore
+from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.standin import StandIn
+from switch.protocols.wire import Response
+from switch.routing.router import Router
+from switch.sim.disk import SimJournal
+from switch.sim.resolution import SimResolver
+
+
+class Host(Protocol):
+    """What the ports need of the simulation (switch/sim/simulation.py)."""
+
+    now: float
+
+    def client_reply(self, response: Response) -> None: ...
+    def net_send(self, boot: Boot, endpoint: str, token: int, payment: Payment) -> None: ...
+
+
+class Stub:
+    """The router's view of an endpoint (name, channel); the sim carries the traffic."""
+
+    def __init__(self, name: str, channel: Channel) -> None:
+        self._name = name
+        self._channel = channel
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def channel(self) -> Channel:
+        return self._channel
+
+    async def authorize(self, payment: Payment) -> NetworkReply:
+        raise NotSent("simulated endpoint: traffic goes through the simulation")
+
+    async def resolve(self, payment: Payment) -> NetworkReply:
+        raise NotSent("simulated endpoint: traffic goes through the simulation")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class Origin:
+    def __init__(self, sim: Host) -> None:
+        self.sim = sim
+
+    def reply(self, response: Response) -> None:
+        self.sim.client_reply(response)
+
+
+class Net:
+    """The core's NetworkPort: a request's fate comes from the endpoint's Behaviour."""
+
+    def __init__(self, sim: Host, boot: Boot) -> None:
+        self.sim = sim
+        self.boot = boot
+
+    def send(self, endpoint: str, token: int, payment: Payment) -> None:
+        self.sim.net_send(self.boot, endpoint, token, payment)
+
+    def cancel(self, endpoint: str, token: int) -> None:
+        return None  # a late answer finds no token in the core and is dropped there
+
+
+class SimClock:
+    def __init__(self, sim: Host) -> None:
+        self.sim = sim
+
+    def now(self) -> float:
+        return self.sim.now
+
+
+class Boot:
+    """One incarnation of the switch: everything a crash throws away."""
+
+    core: PaymentCore
+    router: Router
+    index: IdempotencyIndex
+    standin: StandIn
+    resolver: SimResolver
+    journal: SimJournal
+    trace: TraceNumbers
+
+    def __init__(self, number: int, started: float) -> None:
+        self.number = number
+        self.started = started
+        self.alive = True
+        self.failed = False
+        self.waiting: dict[object, list[Callable[[], None]]] = {}
+        self.advice_delay = 0.05
+        self.advice_armed = False
+        self.wake_at = math.inf

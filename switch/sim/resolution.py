@@ -1,0 +1,149 @@
+"""The production resolver's decisions on the simulation's event queue.
+
+:class:`~switch.payment.resolver.ResolutionQueue` decides (the timer heap, the per-channel
+schedules, retries, the budget and window before an operator takes over, what an answer
+means); :class:`SimResolver` is its shell in virtual time, as
+:class:`~switch.payment.resolver.Resolver` is on anyio: at most ``workers`` attempts in
+flight per channel, each bounded by its route's timeout, the worker held until the answer
+is durable. The attempt itself travels through the simulated world (refused, blackholed,
+reset, late, technical errors), and the card reversal reaches the real card scheme.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from channels.behaviour import RequestPlan
+from switch.adapters.base import NetworkReply
+from switch.journal import encode_result
+from switch.model import Payment, Result, Status
+from switch.observability.metrics import SwitchMetrics
+from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.resolver import (
+    CHANNELS,
+    ResolutionConfig,
+    ResolutionJob,
+    ResolutionQueue,
+)
+from switch.routing.router import Route
+from switch.sim.networks import World
+
+#: Resolver's default: attempts in flight at once per channel (app.py does not change it).
+WORKERS: Final = 8
+MAX_QUEUE: Final = 10_000
+
+# Event kinds of the resolver (the simulation owns the numbering).
+RES_WAKE, RES_ISSUER, RES_REPLY, RES_TIMEOUT = 100, 101, 102, 103
+
+
+class Sim(Protocol):
+    """What the resolver's shell needs of the simulation (switch/sim/simulation.py)."""
+
+    now: float
+    unknown_since: dict[str, float]
+    world: World
+
+    def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None: ...
+    def wall(self) -> dt.datetime: ...
+    def wall_us(self) -> int: ...
+    def journal_then(self, boot: Any, row: Any, then: Callable[[], None]) -> None: ...
+    def resolved(self, payment: Payment, result: Result) -> None: ...
+
+
+class SimResolver:
+    """The core's ResolverPort and recovery's resolver, for one boot of the switch."""
+
+    def __init__(self, sim: Sim, boot: Any, policies: ResolutionConfig,
+                 index: IdempotencyIndex, metrics: SwitchMetrics) -> None:
+        self.sim = sim
+        self.boot = boot
+        self.queue = ResolutionQueue(index=index, metrics=metrics, max_queue=MAX_QUEUE,
+                                     policies=policies)
+        self.max_queue = MAX_QUEUE
+        self.busy = dict.fromkeys(CHANNELS, 0)
+        self._wake_at = math.inf
+        self._attempt_no = 0
+        #: The attempt each job in flight waits on (a late answer to an older one is dropped).
+        self._waiting: dict[ResolutionJob, int] = {}
+
+    def submit(self, payment: Payment, digest: bytes, route: Route,
+               status: Status = Status.UNKNOWN, elapsed_s: float = 0.0) -> None:
+        sim = self.sim
+        sim.unknown_since.setdefault(payment.payment_id, sim.now)  # for the schedule check
+        self.queue.submit(payment, digest, route, status, elapsed_s, sim.now)
+        self._arm()
+
+    def _free(self) -> list[str]:
+        return [c for c in CHANNELS if self.busy[c] < WORKERS]
+
+    def _arm(self) -> None:
+        """A wake-up at the next due time of a channel with a free worker (the scheduler
+        task's sleep)."""
+        due = self.queue.next_due(self._free())
+        if due is not None and due < self._wake_at:
+            self._wake_at = due
+            self.sim.push(max(due, self.sim.now), RES_WAKE, self.boot)
+
+    def wake(self) -> None:
+        self._wake_at = math.inf
+        while True:
+            job = self.queue.pop_due(self.sim.now, self._free())
+            if job is None:
+                break
+            self.busy[job.payment.channel] += 1
+            self._attempt(job)
+        self._arm()
+
+    def _attempt(self, job: ResolutionJob) -> None:
+        sim = self.sim
+        now = sim.now
+        self._attempt_no += 1
+        attempt = self._attempt_no
+        plan = sim.world.plan(job.route.network, now, job.payment)
+        if plan.action == "refuse":
+            self._no_answer(job)  # NotSent: retried on the schedule at once
+            return
+        self._waiting[job] = attempt
+        sim.push(now + job.route.timeout_s, RES_TIMEOUT, self.boot, (job, attempt))
+        if plan.action in ("respond", "reset"):
+            sim.push(now + plan.latency_s, RES_ISSUER, self.boot, (job, attempt, plan))
+
+    def at_issuer(self, job: ResolutionJob, attempt: int, plan: RequestPlan) -> None:
+        sim = self.sim
+        if plan.technical_error is not None or plan.malformed:
+            return  # answered 91/96 or garbage: the adapter repeats; the timeout retries
+        # The card adapters draw their 0400's DE11 from the core's sequence (app.py).
+        reply = sim.world.resolve(job.route.network, job.payment, sim.wall(),
+                                  self.boot.trace.next())
+        if plan.action == "reset":
+            return  # decided, then the connection dropped: the timeout retries
+        sim.push(sim.now + plan.late_delay_s, RES_REPLY, self.boot, (job, attempt, reply))
+
+    def answered(self, job: ResolutionJob, attempt: int, reply: NetworkReply) -> None:
+        if self._waiting.get(job) != attempt:
+            return
+        del self._waiting[job]
+        result = self.queue.outcome(job, reply)
+        payment = job.payment
+        row = (payment.payment_id, payment.idempotency_key, "final", result.status.value,
+               job.digest, encode_result(result), self.sim.wall_us())
+        self.sim.journal_then(self.boot, row, lambda: self._done(job, result))
+
+    def timed_out(self, job: ResolutionJob, attempt: int) -> None:
+        if self._waiting.get(job) == attempt:
+            del self._waiting[job]
+            self._no_answer(job)
+
+    def _no_answer(self, job: ResolutionJob) -> None:
+        self.queue.no_answer(job, self.sim.now)
+        self.busy[job.payment.channel] -= 1
+        self._arm()
+
+    def _done(self, job: ResolutionJob, result: Result) -> None:
+        self.queue.finished(job, result)
+        self.busy[job.payment.channel] -= 1
+        self.sim.resolved(job.payment, result)
+        self._arm()

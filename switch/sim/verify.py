@@ -1,0 +1,183 @@
+"""The end of a run: the journal against the clients' acknowledgements and the networks'
+books (the ledger and the clearing files: switch/sim/books.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Final
+
+from switch.journal.reader import Fold
+from switch.model import Payment, Result, Status
+from switch.payment.resolver import ResolutionPolicy
+from switch.routing.table import Target
+from switch.serve.config import SwitchConfig
+from switch.sim.networks import INOPERATIVE, World
+from switch.sim.ports import Boot
+from switch.sim.schedule import CARD_ENDPOINTS
+
+TERMINAL: Final = frozenset({Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED})
+Violate = Callable[[str, str, str], None]
+#: A stand-in approval is wrong if every issuer endpoint had no fault for this long before it.
+STANDIN_QUIET_S: Final = 30.0
+#: Slack on top of a channel's schedule (max delay + timeout) before an unknown is "late".
+UNKNOWN_SLACK_S: Final = 5.0
+
+
+def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, bytes]], world: World,
+                  violate: Violate, counters: dict[str, int]
+                  ) -> tuple[dict[str, Payment], dict[str, Result]]:
+    """Every payment terminal once, nothing acknowledged lost, the journal and the
+    networks' books agree both ways, every stand-in advised or explained. Returns the
+    intents and the final results per payment."""
+    intents: dict[str, Payment] = {}
+    finals: dict[str, Result] = {}  # the last final record's result
+    unknowns: set[str] = set()
+    advised: set[str] = set()
+    for pid, h in folded.payments.items():
+        payment = h.payment
+        if payment is not None:
+            intents[pid] = payment
+        if h.finals and h.result is not None:
+            finals[pid] = h.result
+        elif h.outcome_kind == "unknown":
+            unknowns.add(pid)
+        if h.advised:
+            advised.add(pid)
+        if h.finals > 1:
+            violate("terminal-once", pid, f"{h.finals} final records, the last "
+                         f"{h.result.status.value if h.result else '?'}")
+    duplicates = folded.duplicates()
+    if duplicates:
+        violate("booked-twice", "journal",
+                     f"{duplicates} keys or payments with two final records")
+    for pid in intents:
+        if pid not in finals:
+            violate("unknown-past-schedule" if pid in unknowns else "terminal-once",
+                         pid, "no final state after the drain (last: "
+                         f"{'unknown' if pid in unknowns else 'sent'})")
+    # nothing acknowledged is lost
+    for key, (pid, status, _) in acked.items():
+        got = finals.get(pid)
+        if got is None and pid not in unknowns:
+            violate("ack-lost", key, f"acknowledged {pid} {status.value}; "
+                         "the journal has no record of it")
+        elif got is not None and status in TERMINAL and got.status != status:
+            violate("ack-lost", key, f"acknowledged {status.value}, journal says "
+                         f"{got.status.value}")
+    # money: the journal against the networks' books, both ways
+    holds = world.card_holds()
+    books = world.books
+    booked_of: dict[str, int] = {}
+    for pid, payment in intents.items():
+        if payment.card is not None:
+            booked = holds.pop(payment.card.rrn.strip(), 0)
+        else:
+            booked = books["swift" if payment.channel == "swift" else "qr"].booked.get(
+                pid, 0)
+        booked_of[pid] = booked
+        result = finals.get(pid)
+        if result is None:
+            continue
+        if booked > payment.amount:
+            violate("booked-twice", pid, f"the network books {booked} for a payment "
+                         f"of {payment.amount}")
+        elif result.status is Status.APPROVED and not result.stood_in:
+            if booked != payment.amount:
+                violate("money-conserved", pid,
+                             f"approved {payment.amount}, network books {booked}")
+        elif result.status is not Status.APPROVED and booked:
+            violate("money-conserved", pid,
+                         f"{result.status.value}, yet the network books {booked}")
+    for rrn, amount in sorted(holds.items()):
+        violate("money-conserved", f"RRN {rrn}",
+                     f"the card network holds {amount} for a payment the journal has no "
+                     "intent for")
+    for network, book in sorted(books.items()):
+        for pid in sorted(set(book.booked) - set(intents)):
+            violate("money-conserved", pid, f"{network} booked {book.booked[pid]} but "
+                         "the journal has no intent")
+    stood_in_exposure = 0
+    for pid, result in finals.items():
+        if not result.stood_in:
+            continue
+        intent = intents.get(pid)
+        if intent is None:
+            violate("money-conserved", pid, "stand-in approval without an intent")
+            continue
+        if pid not in advised:
+            violate("advice-lost", pid, "stand-in approval never advised to the "
+                         "issuer (unexplained exposure)")
+        elif booked_of.get(pid, 0) != intent.amount:
+            stood_in_exposure += intent.amount  # explained: the issuer refused the hold
+    counters["standin_exposure_minor"] = stood_in_exposure
+    counters["stand_in_journal"] = sum(1 for r in finals.values() if r.stood_in)
+    try:
+        world.scheme.check_ledger()
+    except AssertionError as exc:
+        violate("money-conserved", "issuer-ledger", str(exc))
+    return intents, finals
+
+
+def check_standin(pid: str, now: float, world: World, boot_started: float | None,
+                  violate: Violate) -> None:
+    """A card stand-in approval, as the client got it: legitimate only if every issuer
+    endpoint tried answered 91/96, or none could be tried while a fault (or a restart) was
+    recent; never when an issuer answered with a decision."""
+    codes = [c for c in world.answered.get(pid, ()) if c not in INOPERATIVE]
+    if codes:
+        violate("standin-while-issuer-answers", pid,
+                f"stood in although an issuer answered {','.join(codes)}")
+        return
+    if pid in world.answered:
+        return  # every issuer endpoint it tried answered 91/96: stand-in is legitimate
+    quiet_from = now - STANDIN_QUIET_S
+    if boot_started is not None and boot_started > quiet_from:
+        return
+    for endpoint in CARD_ENDPOINTS:
+        if any(b < now and e > quiet_from for b, e in world.blocked_windows(endpoint)):
+            return
+    violate("standin-while-issuer-answers", pid,
+            f"stood in with no attempt while every issuer endpoint had been "
+            f"fault-free for {STANDIN_QUIET_S:.0f}s")
+
+
+def check_schedule(pid: str, now: float, since: float, policy: ResolutionPolicy,
+                   target: Target | None, world: World, restarts: list[float],
+                   violate: Violate) -> None:
+    """A payment resolved at ``now`` (unknown since ``since``): within its channel's
+    schedule, counted from when its network was back, its first delay passed and the
+    switch was up again?"""
+    endpoints = target.endpoints if target is not None else ()
+    back = since + policy.first_after_s
+    for endpoint in endpoints:
+        for b, e in world.blocked_windows(endpoint):
+            if b < now:
+                back = max(back, min(e, now))
+    back = max([back, *(r for r in restarts if r <= now)])
+    allowed = policy.max_delay_s + (target.timeout_s if target else 5.0) + UNKNOWN_SLACK_S
+    if now - back > allowed:
+        violate("unknown-past-schedule", pid,
+                f"resolved {now - back:.1f}s after its network was back and its first "
+                f"delay passed (schedule allows {allowed:.1f}s)")
+
+
+def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) -> None:
+    """Every bound of the brief's invariant 5, once a simulated second."""
+    limiter = boot.router.limiter
+    checks = [
+        ("in-flight", limiter.in_flight(), limiter.total_limit),
+        ("journal-pending", boot.journal.pending, boot.journal.max_pending),
+        ("advice-queue", boot.standin.pending, cfg.standin.max_pending_advices),
+        ("resolver-queue", boot.resolver.queue.tracked, boot.resolver.max_queue),
+        ("timers", len(boot.core.timers), boot.core.in_flight + 10_000),
+    ]
+    for name, value, bound in checks:
+        if value > bound:
+            violate("bound", name, f"{value} > {bound}")
+    if boot.router.budget.remaining(now) < 0:
+        violate("bound", "retry-budget", "retry budget overspent")
+    if boot.core.errors:
+        # The core fails a payment on an unexpected exception (an assertion on the money
+        # path included) and goes on: correct for a live switch, a bug for the simulator.
+        violate("internal-error", f"boot {boot.number}",
+                     f"{boot.core.errors} payment(s) failed by an unexpected exception")
