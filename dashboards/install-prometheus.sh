@@ -19,28 +19,8 @@ fi
 WHAT="promtool"
 . "$(dirname "$0")/../scripts/apt-prelude.sh"
 
-# The package's maintainer scripts would start a Prometheus service on :9090. The tests
-# start their own on a free loopback port, so keep the package from starting one: a
-# policy-rc.d that refuses service starts, removed again afterwards (only if we created it).
-POLICY=/usr/sbin/policy-rc.d
-CREATED_POLICY=0
-if [ ! -e "$POLICY" ]; then
-    say "temporarily installing $POLICY so the package does not start a service"
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$POLICY" >/dev/null
-    $SUDO chmod 755 "$POLICY"
-    CREATED_POLICY=1
-fi
-cleanup() {
-    if [ "$CREATED_POLICY" -eq 1 ]; then
-        $SUDO rm -f "$POLICY"
-    fi
-}
-trap cleanup EXIT INT TERM
-
-say "running: apt-get update"
-$SUDO apt-get update -q
-say "running: apt-get install -y --no-install-recommends prometheus"
-$SUDO apt-get install -y -q --no-install-recommends prometheus
+PACKAGE="prometheus"
+. "$(dirname "$0")/../scripts/apt-install.sh"
 
 if ! command -v promtool >/dev/null 2>&1; then
     say "the prometheus package installed but promtool is still not on PATH" >&2

@@ -6,7 +6,10 @@ new one) is still served.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -59,25 +62,13 @@ async def test_a_poison_advice_in_the_journal_is_quarantined_and_the_switch_serv
     """A stood-in approval whose 0120 cannot be encoded (journaled before validation got
     strict) ended the switch 0.8 s after every start. Now it is quarantined, counted, and
     the switch keeps serving."""
-    from tests.sims.test_card import config, network, running
-
     poison = msgspec.structs.replace(
         _unencodable_payment(), payment_id="P0-1", idempotency_key="poison-1")
     result = Result("P0-1", Status.APPROVED, "00", "S12345", "card", stood_in=True)
-    db = open_database(tmp_path / "journal.db", "group")
-    with db:
-        for kind, record in (("intent", encode_payment(poison)), ("final", encode_result(result))):
-            db.execute(INSERT, ("P0-1", "poison-1", kind, "approved", b"h" * 16, record, 1))
-    db.close()
-    routes = "".join(f'[[networks]]\nname = "{ch}"\nchannel = "{ch}"\n'
-                     f'[[routes]]\nchannel = "{ch}"\nnetwork = "{ch}"\ntimeout_s = 1.0\n'
-                     for ch in ("card", "swift", "qr"))
-    async with running(config(network("card", "card"))) as sims, \
-            anyio.create_task_group() as tg:
-        cfg = make_config(tmp_path, routes)
-        adapters: dict[str, object] = {n.name: StandInNetwork(n) for n in cfg.networks}
-        adapters["card"] = sims.adapters["card"]
-        switch = await start_switch(tg, cfg, adapters)
+    _journal(tmp_path, [("P0-1", "poison-1", kind, "approved", b"h" * 16, record, 1)
+                        for kind, record in (("intent", encode_payment(poison)),
+                                             ("final", encode_result(result)))])
+    async with _switch_over_a_card_simulator(tmp_path) as (switch, _sims):
         standin = switch.app.standin
         assert standin is not None
         with anyio.fail_after(10):
@@ -101,24 +92,12 @@ async def test_a_poison_resolution_in_the_journal_is_quarantined_not_retried(
     resolution schedule (150 attempts, each a logged traceback, for ten minutes). Now it
     is quarantined at once: counted, handed to an operator, still unknown in the journal,
     and the switch serves."""
-    from tests.sims.test_card import config, network, running
-
     poison = msgspec.structs.replace(
         _unencodable_payment(), payment_id="P0-2", idempotency_key="poison-2")
-    db = open_database(tmp_path / "journal.db", "group")
-    with db:  # sent, then the crash: no final
-        db.execute(INSERT, ("P0-2", "poison-2", "intent", "sent", b"h" * 16,
-                            encode_payment(poison), 1))
-    db.close()
-    routes = "".join(f'[[networks]]\nname = "{ch}"\nchannel = "{ch}"\n'
-                     f'[[routes]]\nchannel = "{ch}"\nnetwork = "{ch}"\ntimeout_s = 1.0\n'
-                     for ch in ("card", "swift", "qr"))
-    async with running(config(network("card", "card"))) as sims, \
-            anyio.create_task_group() as tg:
-        cfg = make_config(tmp_path, routes)
-        adapters: dict[str, object] = {n.name: StandInNetwork(n) for n in cfg.networks}
-        adapters["card"] = sims.adapters["card"]
-        switch = await start_switch(tg, cfg, adapters)
+    # Sent, then the crash: no final.
+    _journal(tmp_path, [("P0-2", "poison-2", "intent", "sent", b"h" * 16,
+                         encode_payment(poison), 1)])
+    async with _switch_over_a_card_simulator(tmp_path) as (switch, sims):
         registry = switch.app.metrics.registry
 
         def quarantined() -> float | None:
@@ -137,3 +116,28 @@ async def test_a_poison_resolution_in_the_journal_is_quarantined_not_retried(
             reply = await client.pay(card_payment("after-poison-resolution"))
             assert isinstance(reply, Reply) and reply.result.status == "approved", reply
         switch.app.request_shutdown()
+
+
+def _journal(tmp_path: Path, rows: list[tuple[object, ...]]) -> None:
+    """A journal holding ``rows``, as an earlier run left it."""
+    db = open_database(tmp_path / "journal.db", "group")
+    with db:
+        db.executemany(INSERT, rows)
+    db.close()
+
+
+@asynccontextmanager
+async def _switch_over_a_card_simulator(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """The switch on ``tmp_path``'s journal, its card network a real simulated issuer over
+    TCP (where a poison record fails to encode), the others in-process."""
+    from tests.sims.test_card import config, network, running
+
+    routes = "".join(f'[[networks]]\nname = "{ch}"\nchannel = "{ch}"\n'
+                     f'[[routes]]\nchannel = "{ch}"\nnetwork = "{ch}"\ntimeout_s = 1.0\n'
+                     for ch in ("card", "swift", "qr"))
+    async with running(config(network("card", "card"))) as sims, \
+            anyio.create_task_group() as tg:
+        cfg = make_config(tmp_path, routes)
+        adapters: dict[str, object] = {n.name: StandInNetwork(n) for n in cfg.networks}
+        adapters["card"] = sims.adapters["card"]
+        yield await start_switch(tg, cfg, adapters), sims
