@@ -111,7 +111,7 @@ async def test_a_poison_resolution_in_the_journal_is_quarantined_not_retried(
         assert quarantined() == 1.0
         assert registry.get_sample_value("payswitch_unresolved_payments") == 1.0
         assert registry.get_sample_value("payswitch_unresolved_escalated_payments") == 1.0
-        assert sims.adapters["card"].reversals_sent == 0  # type: ignore[attr-defined]
+        assert sims.adapters["card"].reversals_sent == 0
         async with SwitchClient.connect("127.0.0.1", switch.endpoints.port) as client:
             reply = await client.pay(card_payment("after-poison-resolution"))
             assert isinstance(reply, Reply) and reply.result.status == "approved", reply
@@ -127,7 +127,7 @@ def _journal(tmp_path: Path, rows: list[tuple[object, ...]]) -> None:
 
 
 @asynccontextmanager
-async def _switch_over_a_card_simulator(tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
+async def _switch_over_a_card_simulator(tmp_path: Path) -> AsyncIterator[tuple[RunningSwitch, Any]]:
     """The switch on ``tmp_path``'s journal, its card network a real simulated issuer over
     TCP (where a poison record fails to encode), the others in-process."""
     from tests.sims.test_card import config, network, running
