@@ -203,3 +203,15 @@ def test_an_intent_after_a_final_reopens_the_payment(tmp_path: Path) -> None:
     _add(db, "P-newest", NOW_US + 1)
     assert replay(db).unfinished == []
     assert fold(db).payments["P-1"].status == "reversed"
+
+
+def test_an_in_memory_journal_has_an_in_memory_archive(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The simulator's journal is ``:memory:``; its archive once went to a file named
+    ``:memory:.archive`` in the working directory, shared by every run there (and
+    committed by accident)."""
+    monkeypatch.chdir(tmp_path)
+    db = open_database(":memory:", "group")
+    assert [file for _, _, file in db.execute("PRAGMA database_list")] == ["", ""]
+    db.close()
+    assert list(tmp_path.iterdir()) == []

@@ -45,8 +45,12 @@ def _columns(db: sqlite3.Connection, schema: str) -> list[tuple[str, str]]:
 
 
 def attach_archive(db: sqlite3.Connection, journal: str | Path) -> Path:
-    """Attach (creating if need be) the archive of the journal at ``journal``."""
-    path = archive_path(journal)
+    """Attach (creating if need be) the archive of the journal at ``journal``.
+
+    An in-memory journal (the simulator's, tests') gets an in-memory archive: a file
+    named after ``:memory:`` would land in the working directory, shared by every run.
+    """
+    path = Path(":memory:") if str(journal) == ":memory:" else archive_path(journal)
     if not has_archive(db):
         db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (str(path),))
     db.execute(f"PRAGMA {ARCHIVE_SCHEMA}.journal_mode=WAL")
