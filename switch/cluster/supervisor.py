@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
@@ -58,8 +58,11 @@ class Supervisor:
                  config_path: str | None = None, serve_args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None, restart_delay_s: float = 1.0,
                  shards: Sequence[int] | None = None,
-                 layout_path: str | Path | None = None) -> None:
+                 layout_path: str | Path | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.layout = layout
+        #: Seconds, monotonic: injected, so restart timing can be tested without waiting.
+        self.clock = clock
         #: The shards this supervisor runs: all (one node), or this node's (several).
         self.shards = list(shards) if shards is not None else [w.shard for w in layout.workers]
         #: An existing layout file (several nodes share it) is used as it is.
@@ -114,8 +117,8 @@ class Supervisor:
             self.spawn(shard)
 
     def wait_ready(self, timeout_s: float = 60.0) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        deadline = self.clock() + timeout_s
+        while self.clock() < deadline:
             exited = [s for s, p in self.procs.items() if p.poll() is not None]
             if exited:
                 log.error("worker(s) %s exited during start-up; see %s", exited,
@@ -160,11 +163,11 @@ class Supervisor:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         codes: dict[int, int | None] = {}
         for shard, proc in self.procs.items():
             try:
-                codes[shard] = proc.wait(max(0.1, deadline - time.monotonic()))
+                codes[shard] = proc.wait(max(0.1, deadline - self.clock()))
             except subprocess.TimeoutExpired:
                 log.error("worker %d did not stop within %.0f s: killing it", shard, timeout_s)
                 proc.kill()
@@ -193,7 +196,7 @@ def run(supervisor: Supervisor, *, ready_file: str | None = None,
         if ready_file:
             supervisor.write_state(ready_file)
         while not stop["requested"]:
-            supervisor.poll_once(time.monotonic())
+            supervisor.poll_once(supervisor.clock())
             time.sleep(poll_s)
         codes = supervisor.stop()
         return 0 if all(code in (0, -signal.SIGTERM) for code in codes.values()) else 1

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from switch.cluster.layout import ClusterLayout, WorkerSpec, plan, save_layout
+from switch.cluster.layout import ClusterLayout, WorkerSpec, load_layout, plan, save_layout
+from switch.cluster.supervisor import Supervisor
 from switch.protocols.shardmap import shard_of
 from switch.serve.config import ConfigError, SwitchConfig, parse_config
 from tests.test_cli_errors import one_error_line, run
@@ -101,3 +102,28 @@ def test_a_config_naming_a_shard_outside_its_map_is_refused() -> None:
                        r"cluster.shards \(0..1\)"):
         parse_config('[cluster]\nshard = 2\nshards = ["a:1", "b:2"]\n')
     assert SwitchConfig().cluster.shards == []
+
+
+def test_the_supervisor_restarts_an_exited_worker_after_its_delay(tmp_path: Path) -> None:
+    """Restart timing on an injected clock: no sleeping, no real processes."""
+    spec = load_layout(layout(tmp_path, 2))
+    now = [100.0]
+    supervisor = Supervisor(spec, tmp_path / "run", restart_delay_s=1.0,
+                            clock=lambda: now[0])
+    spawned: list[int] = []
+
+    class Exited:
+        pid = 4242
+
+        def poll(self) -> int:
+            return -9
+
+    supervisor.procs = {0: Exited(), 1: Exited()}  # type: ignore[dict-item]
+    supervisor.spawn = spawned.append  # type: ignore[method-assign,assignment]
+    supervisor.poll_once(supervisor.clock())  # both seen down now
+    now[0] += 0.5
+    supervisor.poll_once(supervisor.clock())
+    assert spawned == []
+    now[0] += 0.5
+    supervisor.poll_once(supervisor.clock())
+    assert spawned == [0, 1]
