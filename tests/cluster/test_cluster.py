@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,18 +53,28 @@ BODY = {
 }
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
+@contextmanager
+def behind_haproxy(tmp_path: Path, restart_delay_s: float, *,
+                   clean_stop: bool) -> Iterator[tuple[Cluster, str]]:
+    """Three workers of CONFIG behind a real HAProxy: the cluster and HAProxy's URL.
+    ``clean_stop``: every worker must exit 0 at the end (not after a kill -9 test)."""
     config = tmp_path / "switch.toml"
     config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
-    running = start_cluster(config, tmp_path / "cluster", 3, restart_delay_s=4.0)
+    running = start_cluster(config, tmp_path / "cluster", 3, restart_delay_s=restart_delay_s)
     port = free_port()
     haproxy = start_haproxy_for(running, port)
     try:
         yield running, f"http://127.0.0.1:{port}"
     finally:
         stop_haproxy(haproxy)
-        assert stop_cluster(running) == 0
+        code = stop_cluster(running)
+        assert code == 0 or not clean_stop, code
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
+    with behind_haproxy(tmp_path, 4.0, clean_stop=True) as running:
+        yield running
 
 
 def test_shard_function_is_crc32_mod_n() -> None:

@@ -19,15 +19,11 @@ from loadtests.harness.cluster_client import ClusterClient
 from loadtests.harness.clusterproc import (
     Cluster,
     audit_cluster,
-    free_port,
-    start_cluster,
-    start_haproxy_for,
     stop_cluster,
-    stop_haproxy,
 )
 from switch.protocols.shardmap import shard_of
 from switch.protocols.wire import ErrorReply, Reply
-from tests.cluster.test_cluster import BODY, CONFIG
+from tests.cluster.test_cluster import BODY, behind_haproxy
 from tests.payments import card_payment
 
 KILLED = 1
@@ -46,17 +42,9 @@ class Sent:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
-    config = tmp_path / "switch.toml"
-    config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
     # A long restart delay makes the outage window wide enough to observe on a busy box.
-    running = start_cluster(config, tmp_path / "cluster", 3, restart_delay_s=5.0)
-    port = free_port()
-    haproxy = start_haproxy_for(running, port)
-    try:
-        yield running, f"http://127.0.0.1:{port}"
-    finally:
-        stop_haproxy(haproxy)
-        stop_cluster(running)
+    with behind_haproxy(tmp_path, 5.0, clean_stop=False) as running:
+        yield running
 
 
 def p99(values: list[float]) -> float:
