@@ -46,6 +46,7 @@ from channels.behaviour import Behaviour
 from channels.config import BankSpec, NetworkSpec, SwiftSpec
 from channels.metrics import ChannelMetrics
 from channels.tcp import SimConnection, SimRequest, SimServer
+from switch.clock import timer_deadline
 from switch.protocols import iso20022
 from switch.protocols.errors import CodecError
 from switch.protocols.framing import FrameDecoder, frame
@@ -250,7 +251,8 @@ class SwiftNetwork(SimServer):
             now = anyio.current_time()
             if at > now:
                 self._wake = anyio.Event()
-                with anyio.move_on_after(at - now):
+                # On a whole millisecond: uvloop's timers spin on a sub-ms remainder.
+                with anyio.CancelScope(deadline=timer_deadline(at)):
                     await self._wake.wait()
                 continue
             heapq.heappop(self._heap)

@@ -24,7 +24,7 @@ import msgspec
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.bounds import Probability
-from switch.clock import backend_clock
+from switch.clock import backend_clock, timer_deadline
 from switch.model import Channel, Payment
 
 
@@ -46,8 +46,9 @@ class StandInNetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=Tr
     seed: int = 1
 
 
-#: Shortest sleep of the delivery task (see run()).
-MIN_SLEEP_S = 0.001
+#: Answers leave at the nearest whole millisecond of their drawn time: the event loop's
+#: timers have millisecond resolution (see switch.clock.timer_deadline).
+HALF_TICK_S = 0.0005
 #: Bound on the stand-in's memory of booked payments; the oldest are forgotten first.
 MAX_BOOKED = 2_000_000
 
@@ -133,9 +134,9 @@ class StandInNetwork:
         due = self._due
         while True:
             now = clock()
-            if due and due[0][0] <= now:
+            if due and due[0][0] <= now + HALF_TICK_S:
                 batch = []
-                while due and due[0][0] <= now:
+                while due and due[0][0] <= now + HALF_TICK_S:
                     _, token, reply = heapq.heappop(due)
                     batch.append((token, reply))
                 assert self._sink is not None
@@ -143,9 +144,7 @@ class StandInNetwork:
                 await anyio.lowlevel.checkpoint()
                 continue
             self._sleeping_until = due[0][0] if due else float("inf")
-            # At least MIN_SLEEP_S: uvloop rounds timers to whole milliseconds, and a
-            # shorter sleep would return at once and spin the loop until the answer is due.
-            with anyio.move_on_after(max(MIN_SLEEP_S, self._sleeping_until - now)):
+            with anyio.CancelScope(deadline=timer_deadline(self._sleeping_until - HALF_TICK_S)):
                 await self._wake.wait()
             self._sleeping_until = float("inf")
             self._wake = anyio.Event()

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 
 from switch.adapters.base import ChannelAdapter, NetworkReply, NotSent, SendsWithoutWaiting
-from switch.clock import Clock, backend_clock
+from switch.clock import Clock, backend_clock, timer_deadline
 from switch.journal import Journal
 from switch.journal.records import from_row
 from switch.model import Payment, PaymentRequest
@@ -41,8 +41,6 @@ from switch.routing.router import Router
 
 log = logging.getLogger(__name__)
 Row = tuple[str, str, str, str, bytes, bytes, int]
-#: Shortest sleep of the timer task (see _timers).
-MIN_SLEEP_S = 0.001
 
 
 class JournalShell:
@@ -268,9 +266,8 @@ class Engine:
                 await anyio.lowlevel.checkpoint()
                 continue
             self._sleeping_until = deadline if deadline is not None else float("inf")
-            # At least MIN_SLEEP_S: uvloop rounds timers to whole milliseconds, and a
-            # shorter sleep would return at once and spin until the deadline.
-            with anyio.move_on_after(max(MIN_SLEEP_S, self._sleeping_until - now)):
+            # On a whole millisecond: uvloop's timers spin on a sub-millisecond remainder.
+            with anyio.CancelScope(deadline=timer_deadline(self._sleeping_until)):
                 await self._timer_wake.wait()
             self._sleeping_until = float("inf")
             self._timer_wake = anyio.Event()
