@@ -19,6 +19,8 @@ from switch.journal import (
     open_database,
     replay,
 )
+from switch.journal.records import to_row
+from switch.journal.store import MAX_ROWS_PER_INSERT, insert_rows
 from switch.model import Party, Payment, Result, Status
 from switch.observability.metrics import SwitchMetrics
 
@@ -94,3 +96,22 @@ async def test_wait_policy_waits_for_a_commit_instead_of_refusing(tmp_path: Path
             await journal.write(_row(2, FINAL, Status.APPROVED), OnFull.WAIT)
         await journal.close()
     assert journal.committed_records == 3
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 255, 256, 257, 300, 1000])
+def test_a_batch_is_inserted_in_order_in_few_statements(tmp_path: Path, count: int) -> None:
+    # Few statements: each one releases and re-takes the GIL once (store.insert_rows). Per
+    # row, as executemany does, a busy event loop made a 1,000-row commit take 0.5 s.
+    db = open_database(tmp_path / "j.db", "group")
+    rows = [to_row(_row(i, INTENT, Status.SENT)) for i in range(count)]
+    statements: list[str] = []
+    db.set_trace_callback(statements.append)
+    db.execute("BEGIN")
+    insert_rows(db, rows)
+    db.execute("COMMIT")
+    db.set_trace_callback(None)
+    inserts = [s for s in statements if s.startswith("INSERT INTO journal")]
+    assert len(inserts) <= count // MAX_ROWS_PER_INSERT + MAX_ROWS_PER_INSERT.bit_length()
+    stored = db.execute("SELECT seq, payment_id FROM journal ORDER BY seq").fetchall()
+    assert [pid for _, pid in stored] == [f"P1-{i}" for i in range(count)]
+    assert [seq for seq, _ in stored] == list(range(1, count + 1))

@@ -189,6 +189,10 @@ def serve(
             tg.cancel_scope.cancel()
 
     options = {"use_uvloop": True} if chosen == "asyncio" else {}
+    from switch.journal.store import GIL_SWITCH_INTERVAL_S
+
+    # The journal's commit thread must get the GIL back quickly while the loop is busy.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     try:
         anyio.run(main_task, backend=chosen, backend_options=options)
     except BaseException as exc:

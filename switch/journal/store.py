@@ -56,9 +56,41 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-INSERT: Final = (
-    f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-)
+_ROW_PLACEHOLDERS: Final = f"({', '.join('?' * len(COLUMNS))})"
+INSERT: Final = f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES {_ROW_PLACEHOLDERS}"
+#: Most rows one INSERT statement carries (7 parameters each: 1,792, under SQLite's 32,766).
+MAX_ROWS_PER_INSERT: Final = 256
+#: Multi-row INSERTs for 1, 2, 4 ... MAX_ROWS_PER_INSERT rows (see insert_rows).
+_INSERT_ROWS: Final = {
+    k: f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES "
+    + ", ".join([_ROW_PLACEHOLDERS] * k)
+    for k in (1 << i for i in range(MAX_ROWS_PER_INSERT.bit_length()))
+}
+#: The switch process's GIL switch interval (``sys.setswitchinterval``; Python's default
+#: is 5 ms). Why: the commit thread needs the GIL back after every SQLite call, and while
+#: the event loop is busy each hand-back waited up to the interval. Measured with a busy
+#: loop thread (bench/bench_journal_gil.py): a 100-row commit took 54 ms at 5 ms, 2.7 ms
+#: at 0.5 ms with multi-row inserts; a 1,000-row commit 502 ms and 11 ms.
+GIL_SWITCH_INTERVAL_S: Final = 0.0005
+
+
+def insert_rows(db: sqlite3.Connection, rows: list[Row]) -> None:
+    """Insert ``rows`` (in order, so their seqs are contiguous) in few statements.
+
+    Why not ``executemany``: it steps SQLite once per row and releases and re-takes the
+    GIL around each step; with the event loop busy on the other thread, every re-take
+    could wait for the loop to give the GIL up. A commit of 1,000 rows then took half a
+    second, slowed the payments waiting on it, grew the next batch, and the switch
+    melted under overload. Power-of-two chunks: at most log2(256) + 1 statements per
+    commit beyond the full chunks, all from a small set the statement cache keeps.
+    """
+    done, total = 0, len(rows)
+    while done < total:
+        size = min(MAX_ROWS_PER_INSERT, 1 << ((total - done).bit_length() - 1))
+        chunk = rows[done:done + size]
+        db.execute(_INSERT_ROWS[size], [value for row in chunk for value in row])
+        done += size
+    assert done == total, "every row inserted exactly once"
 
 
 class _Observes(Protocol):
@@ -286,7 +318,7 @@ class Journal:
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(INSERT, rows)
+            insert_rows(db, rows)
             columns.append_batch(db, rows)  # same transaction: columns never disagree
             db.execute("COMMIT")
         except BaseException:
