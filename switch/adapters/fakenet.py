@@ -57,8 +57,11 @@ class StandInNetwork:
     def __init__(self, config: StandInNetworkConfig) -> None:
         self._config = config
         self._rng = random.Random(config.seed)
-        self._booked: OrderedDict[str, NetworkReply] = OrderedDict()
+        # payment id -> (idempotency key, answer), oldest first; MAX_BOOKED of them.
+        self._booked: OrderedDict[str, tuple[str, NetworkReply]] = OrderedDict()
         self.down = False  # tests flip this to simulate a refused connection
+        #: Approvals standing per idempotency key, for the payments still in the book: a
+        #: key approved twice within the last MAX_BOOKED payments is a double booking.
         self.approvals_by_key: dict[str, int] = {}
         self.reversals = 0
         # Answers of started requests, by due time: one delivery task for all of them.
@@ -155,24 +158,36 @@ class StandInNetwork:
         return f"{self._rng.getrandbits(24):06X}"
 
     def _book(self, payment: Payment, reply: NetworkReply) -> None:
-        self._booked[payment.payment_id] = reply
-        if len(self._booked) > MAX_BOOKED:
-            self._booked.popitem(last=False)
+        key = payment.idempotency_key
+        self._booked[payment.payment_id] = (key, reply)
         if reply.outcome == "approved":
-            key = payment.idempotency_key
             self.approvals_by_key[key] = self.approvals_by_key.get(key, 0) + 1
+        if len(self._booked) > MAX_BOOKED:
+            self._forget_oldest()
+        assert len(self._booked) <= MAX_BOOKED
+
+    def _forget_oldest(self) -> None:
+        """Drop the oldest booked payment and its key's count once nothing holds it."""
+        _, (key, reply) = self._booked.popitem(last=False)
+        count = self.approvals_by_key.get(key, 0) - (reply.outcome == "approved")
+        if count > 0:
+            self.approvals_by_key[key] = count
+        else:
+            self.approvals_by_key.pop(key, None)
 
     async def resolve(self, payment: Payment) -> NetworkReply:
         if self.down:
             raise NotSent(f"{self.name}: connection refused")
-        booked = self._booked.get(payment.payment_id)
+        entry = self._booked.get(payment.payment_id)
+        booked = entry[1] if entry is not None else None
         if payment.channel == "card":
             # A reversal: void an approval if there was one; either way nothing is owed.
             if booked is not None and booked.outcome == "approved":
                 self.reversals += 1
                 key = payment.idempotency_key
                 self.approvals_by_key[key] -= 1
-                self._booked[payment.payment_id] = NetworkReply("reversed", reasons.APPROVED)
+                self._booked[payment.payment_id] = (
+                    key, NetworkReply("reversed", reasons.APPROVED))
             return NetworkReply("reversed", reasons.APPROVED, booked.network_ref if booked else "")
         # Status inquiry: the network's book is the truth; unseen means never processed.
         if booked is None:
