@@ -19,11 +19,14 @@ from functools import partial
 import anyio
 
 from channels.config import ChannelsConfig, ChannelsConfigError, load_config
-from channels.server import serve_channels
 from switch.serve.http import AdminAuthError, load_tokens
 
 
 async def _serve(config: ChannelsConfig, ready_file: str | None) -> None:
+    # Here, not at the top: `payswitch serve` imports this module for port_free(), and
+    # the simulators' server brings polars, pyarrow and lxml (settlement files) with it.
+    from channels.server import serve_channels
+
     async with anyio.create_task_group() as tg:
         runtime = await tg.start(partial(serve_channels, config, ready_file=ready_file))
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

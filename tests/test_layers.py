@@ -395,3 +395,19 @@ def test_cheap_commands_do_not_load_numba(argv: list[str]) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
     )
     assert "LOADED False False" in result.stderr, result.stderr[-2000:]
+
+
+def test_serve_loads_no_settlement_file_library() -> None:
+    # `payswitch serve` checks its ports with channels.__main__.port_free; importing that
+    # once pulled the simulators' server, and with it polars, pyarrow and lxml (the
+    # settlement files): +56 MB of RSS in every switch process and cluster worker.
+    code = (
+        "import sys\n"
+        "import switch.serve.app, switch.cli.main\n"
+        "from channels.__main__ import address_in_use, port_free\n"
+        "print(sorted(m for m in ('polars', 'pyarrow', 'lxml') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr[-2000:]
