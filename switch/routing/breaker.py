@@ -240,9 +240,9 @@ class CircuitBreaker:
 
     def available(self, now: float) -> bool:
         """Would :meth:`allow` let a call through now? Reserves nothing (for selectors)."""
-        now = max(now, self._last_now)
         if self.state is BreakerState.CLOSED:
-            return True
+            return True  # the common case, asked for every payment: no clock needed
+        now = max(now, self._last_now)
         if self.state is BreakerState.OPEN:
             return now >= self._open_until
         if self._probes_expired(now):

@@ -64,6 +64,7 @@ allows the first 8 for 16-digit PANs -- to route on 8-11 digit ranges) padded wi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import tomllib
 from collections.abc import Callable, Collection, Mapping
@@ -182,7 +183,7 @@ class RouteTable:
             if target is not None:
                 return target
         if self._qr_scheme:
-            for gui in qr_guis(payload):
+            for gui in _qr_guis_cached(payload):
                 target = self._qr_scheme.get(gui)
                 if target is not None:
                     return target
@@ -234,6 +235,13 @@ def qr_guis(payload: str) -> list[str]:
                 j = sub_end
         i = end  # advances by >= 4 every turn: the walk is bounded by n / 4 steps
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _qr_guis_cached(payload: str) -> tuple[str, ...]:
+    """:func:`qr_guis` for routing: a pure function of the payload, and a merchant's QR
+    code is paid many times, so the walk is cached (bounded: the least recent go)."""
+    return tuple(qr_guis(payload))
 
 
 def sticky_key(target: Target, payment: Payment) -> str | None:

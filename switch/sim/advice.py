@@ -27,7 +27,7 @@ class Host(Protocol):
     counters: dict[str, int]
 
     def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None: ...
-    def note(self, text: str, *ids: str) -> None: ...
+    def note(self, about: str | tuple[str, ...] | None, *fields: object) -> None: ...
     def wall_us(self) -> int: ...
     def journal_then(self, boot: Boot, row: Any, then: Callable[[], None]) -> None: ...
 
@@ -56,7 +56,7 @@ def send_advice(host: Host, boot: Boot) -> None:
         host.world.advise(advice.payment, advice.result.channel_ref)
         pid = advice.payment.payment_id
         host.counters["advices"] += 1
-        host.note(f"advice {pid} via {endpoint}", pid)
+        host.note(pid, "advice", pid, "via", endpoint)
         row = (pid, advice.payment.idempotency_key, "advice", advice.result.status.value,
                advice.digest, encode_result(advice.result), host.wall_us())
         host.journal_then(boot, row, lambda: None)

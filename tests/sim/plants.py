@@ -179,13 +179,15 @@ def ledger_books_payees_in_one_currency() -> Iterator[None]:
 @contextmanager
 def clearing_forgets_what_it_cleared() -> Iterator[None]:
     """The card scheme's settlement writer forgets what earlier cycles cleared (its
-    record of written keys is lost at every cut): each standing hold is cleared again."""
+    record of written keys and its place in each book are lost at every cut): each
+    standing hold is cleared again."""
     from channels.settlement import SettlementWriter
 
     original = SettlementWriter.cut
 
     def cut(self: Any) -> Any:
         self._written.clear()
+        self._card_seen.clear()
         return original(self)
 
     with pytest.MonkeyPatch.context() as mp:
