@@ -1272,3 +1272,201 @@ def group_sums(codes: Int64Array, amounts: Int64Array,
     _group_sums_kernel(np.ascontiguousarray(codes, np.int64),
                        np.ascontiguousarray(amounts, np.int64), counts, sums)
     return counts, sums
+
+
+# ------------------------------------------------------------- settlement CSV parsing
+#
+# The card clearing file (``D,ref,sec,amount,currency,status,time``) and the QR scheme
+# CSV (``ref,merchant,amount,currency,status,time``) parsed, checked and their
+# references hashed in one pass over the bytes, with the GIL released. Through polars
+# the same took a CSV parse, a byte scan for what polars tolerates and the strict rules
+# do not, an Arrow conversion and a second pass to hash: ~3 s of CPU for 8M records,
+# most of a 10M reconciliation's file reading. The kernel accepts a subset of what the
+# strict decoders in switch.protocols.settlement_files accept (plain printable ASCII,
+# no quoting, integers as ``-?[0-9]{1,19}`` within 64 bits, a known currency, status
+# ``settled|reversed``) and says "not sure" on anything else; the caller then hands the
+# file to the strict decoder, which accepts it or names the line and field. So the fast
+# path can never accept what the strict one refuses, nor read a value differently.
+
+#: Layouts of :func:`parse_settlement_csv`.
+CSV_CARD: Final = 0
+CSV_QR: Final = 1
+_COMMA, _NL, _QUOTE, _MINUS = 44, 10, 34, 45
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _csv_text(data: NDArray[np.uint8], p: int, end: int) -> int:
+    """End of a text field starting at ``p`` (the comma's index), or -1 when a byte is
+    outside printable ASCII, is a quote, or no comma follows on the line."""
+    while p < end:
+        c = data[p]
+        if c == _COMMA:
+            return p
+        if c < 32 or c > 126 or c == _QUOTE:
+            return -1
+        p += 1
+    return -1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _csv_int(data: NDArray[np.uint8], p: int, end: int,
+             signed: bool) -> tuple[np.int64, int]:
+    """``-?[0-9]{1,19}`` in the int64 range at ``p``: (value, index after it), or
+    (0, -1) when it is not one."""
+    neg = False
+    if signed and p < end and data[p] == _MINUS:
+        neg = True
+        p += 1
+    start = p
+    v = np.uint64(0)
+    while p < end and 48 <= data[p] <= 57:
+        if p - start == 19:
+            return np.int64(0), -1
+        v = v * np.uint64(10) + np.uint64(data[p] - 48)
+        p += 1
+    if p == start:
+        return np.int64(0), -1
+    if neg:
+        if v > np.uint64(9223372036854775808):
+            return np.int64(0), -1
+        if v == np.uint64(9223372036854775808):
+            return np.int64(-9223372036854775807 - 1), p
+        return -np.int64(v), p
+    if v > np.uint64(9223372036854775807):
+        return np.int64(0), -1
+    return np.int64(v), p
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _csv_status(data: NDArray[np.uint8], p: int, end: int) -> tuple[int, int]:
+    """``settled,`` -> (0, index of the comma), ``reversed,`` -> (3, ...), else (-1, -1)."""
+    if p + 7 < end and data[p + 7] == _COMMA and data[p] == 115 and data[p + 1] == 101 \
+            and data[p + 2] == 116 and data[p + 3] == 116 and data[p + 4] == 108 \
+            and data[p + 5] == 101 and data[p + 6] == 100:  # settled
+        return 0, p + 7
+    if p + 8 < end and data[p + 8] == _COMMA and data[p] == 114 and data[p + 1] == 101 \
+            and data[p + 2] == 118 and data[p + 3] == 101 and data[p + 4] == 114 \
+            and data[p + 5] == 115 and data[p + 6] == 101 and data[p + 7] == 100:  # reversed
+        return 3, p + 8
+    return -1, -1
+
+
+@njit(nogil=True, cache=True)
+def _settlement_csv_kernel(
+    data: NDArray[np.uint8], start: int, end: int, layout: int, seed: np.uint64,
+    numeric_ok: NDArray[np.bool_], alpha_numeric: NDArray[np.int16], keep_secondary: bool,
+    key: NDArray[np.uint64], amount: Int64Array, currency: NDArray[np.int16],
+    status: Int8Array, time_us: Int64Array, ref_off: Int64Array, ref_data: NDArray[np.uint8],
+    sec_off: Int64Array, sec_data: NDArray[np.uint8],
+) -> tuple[int, Any, float]:
+    """Records of ``data[start:end]`` (whole lines) into the output columns.
+
+    Returns (records, amount sum, sum of |amount| as float); records is -1 when the
+    bytes are not all plain records, or there are more lines than the outputs hold."""
+    cap = key.shape[0]
+    i = 0
+    p = start
+    total = np.int64(0)
+    bound = 0.0
+    ref_off[0] = 0
+    sec_off[0] = 0
+    rp = 0
+    sp = 0
+    while p < end:
+        if i == cap:
+            return -1, 0, 0.0
+        if layout == CSV_CARD:
+            if p + 1 >= end or data[p] != 68 or data[p + 1] != _COMMA:  # "D,"
+                return -1, 0, 0.0
+            p += 2
+        q = _csv_text(data, p, end)
+        if q <= p:  # bad byte, or an empty reference
+            return -1, 0, 0.0
+        key[i] = _xxh64(data, p, q, seed)
+        for k in range(p, q):
+            ref_data[rp] = data[k]
+            rp += 1
+        ref_off[i + 1] = rp
+        p = q + 1
+        q = _csv_text(data, p, end)
+        if q < 0:
+            return -1, 0, 0.0
+        if keep_secondary:
+            for k in range(p, q):
+                sec_data[sp] = data[k]
+                sp += 1
+            sec_off[i + 1] = sp
+        p = q + 1
+        a, p = _csv_int(data, p, end, True)
+        if p < 0 or p >= end or data[p] != _COMMA:
+            return -1, 0, 0.0
+        p += 1
+        if layout == CSV_CARD:
+            c, p = _csv_int(data, p, end, False)
+            if p < 0 or p >= end or data[p] != _COMMA or c >= numeric_ok.shape[0] \
+                    or not numeric_ok[c]:
+                return -1, 0, 0.0
+            currency[i] = c
+        else:
+            if p + 3 >= end or data[p + 3] != _COMMA:
+                return -1, 0, 0.0
+            c0, c1, c2 = int(data[p]) - 65, int(data[p + 1]) - 65, int(data[p + 2]) - 65
+            if not (0 <= c0 <= 25 and 0 <= c1 <= 25 and 0 <= c2 <= 25):
+                return -1, 0, 0.0
+            num = alpha_numeric[(c0 * 26 + c1) * 26 + c2]
+            if num < 0:
+                return -1, 0, 0.0
+            currency[i] = num
+            p += 3
+        st, p = _csv_status(data, p + 1, end)
+        if st < 0:
+            return -1, 0, 0.0
+        t, p = _csv_int(data, p + 1, end, True)
+        if p < 0 or p >= end or data[p] != _NL:
+            return -1, 0, 0.0
+        p += 1
+        amount[i] = a
+        status[i] = st
+        time_us[i] = t
+        total += a
+        bound += abs(float(a))
+        i += 1
+    return i, total, bound
+
+
+def parse_settlement_csv(
+    data: bytes, start: int, end: int, records: int, layout: int, seed: int,
+    numeric_ok: NDArray[np.bool_], alpha_numeric: NDArray[np.int16], keep_secondary: bool,
+) -> tuple[dict[str, NDArray[Any]], int] | None:
+    """``records`` CSV records of ``data[start:end]`` as columns: key (the reference's
+    xxh64, seeded), amount, currency, status, time_us, and the reference (and, when
+    ``keep_secondary``, the secondary) strings as Arrow-style offsets + bytes. Also the
+    exact amount sum. None when the kernel is not sure (see above): the strict decoder
+    decides.
+
+    ``numeric_ok[c]``: ISO numeric code ``c`` is known (card layout).
+    ``alpha_numeric[(a*26 + b)*26 + c]``: numeric code of the alpha code (``a``, ``b``,
+    ``c`` the letters' offsets from 'A'), -1 when unknown (QR layout)."""
+    buf = np.frombuffer(data, np.uint8)
+    span = end - start
+    key = np.empty(records, np.uint64)
+    amount = np.empty(records, np.int64)
+    currency = np.empty(records, np.int16)
+    status = np.empty(records, np.int8)
+    time_us = np.empty(records, np.int64)
+    ref_off = np.empty(records + 1, np.int64)
+    # Capacity for every byte of the span; only what is written is ever touched.
+    ref_data = np.empty(span, np.uint8)
+    sec_off = np.zeros(records + 1 if keep_secondary else 1, np.int64)
+    sec_data = np.empty(span if keep_secondary else 0, np.uint8)
+    n, total, bound = _settlement_csv_kernel(
+        buf, start, end, layout, np.uint64(seed), numeric_ok, alpha_numeric, keep_secondary,
+        key, amount, currency, status, time_us, ref_off, ref_data, sec_off, sec_data)
+    if n != records or bound >= 2.0 ** 62:  # the int64 sum could have wrapped
+        return None
+    return {
+        "key": key.view(np.int64), "amount": amount, "currency": currency,
+        "status": status, "time_us": time_us,
+        "ref_off": ref_off, "ref_data": ref_data[:ref_off[-1]].copy(),
+        "sec_off": sec_off, "sec_data": sec_data[:sec_off[-1]].copy(),
+    }, int(total)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import pyarrow as pa
@@ -18,16 +18,22 @@ from switch.backoffice.recon.classes import (
     Record,
 )
 from switch.backoffice.recon.kernels import (
+    CSV_CARD,
+    CSV_QR,
     FLAG_ADVICE_DELIVERED,
     FLAG_ADVICE_REFUSED,
     FLAG_STOOD_IN,
     hash_utf8_column,
+    parse_settlement_csv,
 )
-from switch.currency import NUMERIC_TO_ALPHA
+from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.journal import columns as jcols
 from switch.protocols.settlement_files import (
+    MAX_FILE_BYTES,
+    QR_HEADER_LINE,
     SettlementColumns,
     SettlementFileError,
+    card_clearing_frame,
     no_strings,
     read_camt053_columns,
     read_card_clearing_columns,
@@ -177,19 +183,77 @@ def settlement_files(directory: Path) -> list[Path]:
 FILE_WORKERS: Final = 2
 
 
+#: The fast CSV kernel's currency tables (see kernels.parse_settlement_csv).
+_NUMERIC_OK: Final = np.zeros(1024, np.bool_)
+_ALPHA_NUMERIC: Final = np.full(26 ** 3, -1, np.int16)
+for _alpha, (_numeric, _) in CURRENCIES.items():
+    _NUMERIC_OK[_numeric] = True
+    if len(_alpha) == 3 and _alpha.isascii() and _alpha.isupper():
+        _ALPHA_NUMERIC[((ord(_alpha[0]) - 65) * 26 + ord(_alpha[1]) - 65) * 26
+                       + ord(_alpha[2]) - 65] = _numeric
+
+
+def _large_strings(offsets: NDArray[np.int64], data: NDArray[np.uint8]) -> pa.LargeStringArray:
+    """Arrow strings over the kernel's offsets and bytes (printable ASCII: valid UTF-8)."""
+    return cast(pa.LargeStringArray, pa.Array.from_buffers(
+        pa.large_string(), len(offsets) - 1,
+        [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+
+
+def _csv_fast(path: Path, data: bytes, code: int
+              ) -> tuple[SettlementColumns, NDArray[np.int64]] | None:
+    """A card clearing file or QR CSV through the numba kernel: parsed, checked and
+    hashed in one pass without the GIL. None when it is not sure: the strict path
+    (``_READERS``) then accepts the file or names the line and field."""
+    if path.suffix == ".clr":
+        frame = card_clearing_frame(data)
+        if frame is None:
+            return None
+        start, end, records, total = frame
+        layout = CSV_CARD
+    else:
+        if not data.startswith(QR_HEADER_LINE) or not data.endswith(b"\n") \
+                or len(data) > MAX_FILE_BYTES:
+            return None
+        start, end, total = len(QR_HEADER_LINE), len(data), 0
+        records = data.count(b"\n") - 1
+        if records <= 0:
+            return None
+        layout = CSV_QR
+    keep_secondary = code == jcols.CHANNEL_CODE["qr"]  # only QR nets by counterparty
+    parsed = parse_settlement_csv(data, start, end, records, layout, code, _NUMERIC_OK,
+                                  _ALPHA_NUMERIC, keep_secondary)
+    if parsed is None:
+        return None
+    c, amount_sum = parsed
+    if layout == CSV_CARD and amount_sum != total:
+        return None
+    cols = SettlementColumns(
+        _large_strings(c["ref_off"], c["ref_data"]),
+        _large_strings(c["sec_off"], c["sec_data"]) if keep_secondary else no_strings(),
+        c["amount"], c["currency"], c["status"], c["time_us"], 2)
+    return cols, c["key"]
+
+
 def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
     """One settlement file: its columns (the numbers, and the strings a break shows) and
     its references' keys, hashed as the journal stores them."""
-    if path.suffix == ".clr":
-        cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
-    else:
-        cols = _READERS[path.suffix](path.read_bytes(), str(path))
     code = jcols.CHANNEL_CODE[_SUFFIX_CHANNEL[path.suffix]]
+    data = path.read_bytes()
+    if path.suffix in (".clr", ".csv"):
+        fast = _csv_fast(path, data, code)
+        if fast is not None:
+            return fast
+    if path.suffix == ".clr":
+        cols = read_card_clearing_columns(data, str(path), secondary=False)
+    else:
+        cols = _READERS[path.suffix](data, str(path))
+    del data
     ref = cols.reference
     offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
-    data = ref.buffers()[2]
+    buffer = ref.buffers()[2]
     key = hash_utf8_column(
-        np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
+        np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8),
         offsets, code)
     if code != jcols.CHANNEL_CODE["qr"]:  # only QR entries net by counterparty: keep lean
         cols = SettlementColumns(cols.reference, no_strings(),
