@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import mmap
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -536,14 +537,14 @@ _CARD_HEADER: Final = re.compile(rb"H,[\x20\x21\x23-\x7e]*\n")
 _CARD_TRAILER: Final = re.compile(rb"T,(-?[0-9]{1,19}),(-?[0-9]{1,19})\n")
 
 
-def card_clearing_frame(data: bytes) -> tuple[int, int, int, int] | None:
+def card_clearing_frame(data: bytes | mmap.mmap) -> tuple[int, int, int, int] | None:
     """Where a card clearing file's detail lines are: (first byte, end byte, count, amount
     sum from the trailer), for a fast parser of the lines in between; None when the
     header or trailer line is not plain (printable ASCII, no quoting, integers as the
     strict decoder reads them) or the file is empty of details: the strict decoder then
     decides. The fast parser must still find exactly ``count`` lines adding up to the sum.
     """
-    if len(data) > MAX_FILE_BYTES or not data.endswith(b"\n"):
+    if len(data) > MAX_FILE_BYTES or data[-1:] != b"\n":
         return None
     header = _CARD_HEADER.match(data)
     if header is None:

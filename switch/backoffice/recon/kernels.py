@@ -61,6 +61,8 @@ bench/RESULTS.md are one core, and two concurrent reconciliations use two cores.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -763,11 +765,34 @@ def exact_match(switch: RecordArrays, network: RecordArrays) -> ReconResult:
                                network.key, network.amount, network.currency, network.status)
 
 
+class _Scratch:
+    """Buffers of the exact pass, kept from one partition to the next: allocating them
+    afresh per partition page-faulted ~1.6 GB over a 10M pass (20 partitions), a second
+    or more of kernel time on the measured VM; rewriting warm pages costs a memset."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, NDArray[Any]] = {}
+
+    def take(self, name: str, n: int, dtype: type, fill: int | None) -> NDArray[Any]:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[0] < n:
+            with huge_pages(name == "table"):
+                buf = np.empty(n, dtype)
+            self._bufs[name] = buf
+        out = buf[:n]
+        if fill is not None:
+            out.fill(fill)
+        return out
+
+
 def exact_match_columns(sw_key: Int64Array, sw_amount: Int64Array, sw_currency: Int64Array,
                         sw_status: Int64Array, net_key: Int64Array, net_amount: Int64Array,
-                        net_currency: Int64Array, net_status: Int64Array) -> ReconResult:
+                        net_currency: Int64Array, net_status: Int64Array, *,
+                        scratch: _Scratch | None = None) -> ReconResult:
     """:func:`exact_match` on the four columns pass 1 reads (no time), each a writable
-    C-contiguous int64 array (slices of larger arrays are fine: no copy is made)."""
+    C-contiguous int64 array (slices of larger arrays are fine: no copy is made).
+    ``scratch``: where the table and the answers live (reused by the caller's next call,
+    so the answers are good until then)."""
     n_sw, n_net = sw_key.shape[0], net_key.shape[0]
     for arr in (sw_key, sw_amount, sw_currency, sw_status, net_key, net_amount,
                 net_currency, net_status):
@@ -776,15 +801,25 @@ def exact_match_columns(sw_key: Int64Array, sw_amount: Int64Array, sw_currency: 
     assert net_amount.shape[0] == net_currency.shape[0] == net_status.shape[0] == n_net
     if n_sw > MAX_RECORDS or n_net > MAX_RECORDS:
         raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
-    with huge_pages(True):
-        table = np.zeros(2 << table_bits_for(n_net), np.int64)
-        payload = np.empty(2 * n_net, np.int64)
-    result = ReconResult(
-        np.full(n_sw, -1, np.int64),
-        np.full(n_sw, _UNSET, np.int8),
-        np.full(n_net, -1, np.int64),
-        np.full(n_net, _UNSET, np.int8),
-    )
+    if scratch is None:
+        with huge_pages(True):
+            table = np.zeros(2 << table_bits_for(n_net), np.int64)
+            payload = np.empty(2 * n_net, np.int64)
+        result = ReconResult(
+            np.full(n_sw, -1, np.int64),
+            np.full(n_sw, _UNSET, np.int8),
+            np.full(n_net, -1, np.int64),
+            np.full(n_net, _UNSET, np.int8),
+        )
+    else:
+        table = scratch.take("table", 2 << table_bits_for(n_net), np.int64, 0)
+        payload = scratch.take("payload", 2 * n_net, np.int64, None)
+        result = ReconResult(
+            scratch.take("sw_match", n_sw, np.int64, -1),
+            scratch.take("sw_class", n_sw, np.int8, _UNSET),
+            scratch.take("net_match", n_net, np.int64, -1),
+            scratch.take("net_class", n_net, np.int8, _UNSET),
+        )
     _exact_kernel(
         sw_key,
         sw_amount,
@@ -859,7 +894,7 @@ def _partition_order(key: Int64Array, parts: int) -> tuple[NDArray[np.int32], li
 
 
 def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]],
-                            parts: int) -> ReconResult:
+                            parts: int, workers: int = 1) -> ReconResult:
     """:func:`exact_match_columns` in ``parts`` key partitions, for bounded memory: the
     hash table and the copied columns are one partition's (``sw`` and ``net``: key,
     amount, currency, status, any integer dtypes, each side's the same length).
@@ -867,8 +902,13 @@ def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[An
     Equal to the unpartitioned pass (records with one key are in one partition, in index
     order). The partitioning, the copies and the answers' way back are kernels too:
     done with numpy (argsort, fancy indexing) they took 1.7 s of CPU at 10M, more than
-    the matching itself (0.7 s)."""
-    assert parts >= 1 and len(sw) == len(net) == 4
+    the matching itself (0.7 s).
+
+    ``workers`` > 1 matches that many partitions at once in threads (the kernels release
+    the GIL; partitions hold disjoint records, so their answers never write the same
+    element): memory is ``workers`` partitions' worth, so callers size ``parts`` for it.
+    """
+    assert parts >= 1 and workers >= 1 and len(sw) == len(net) == 4
     n_sw, n_net = sw[0].shape[0], net[0].shape[0]
     if max(n_sw, n_net) > MAX_RECORDS:
         raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
@@ -878,18 +918,36 @@ def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[An
     net_order, net_bounds = _partition_order(net[0], parts)
     sw_cols = [np.ascontiguousarray(c) for c in sw]
     net_cols = [np.ascontiguousarray(c) for c in net]
-    for p in range(parts):
+
+    local = threading.local()  # one _Scratch per thread
+
+    def one(p: int) -> None:
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = _Scratch()
         si = sw_order[sw_bounds[p]:sw_bounds[p + 1]]
         ni = net_order[net_bounds[p]:net_bounds[p + 1]]
-        a = [np.empty(si.shape[0], np.int64) for _ in range(4)]
-        b = [np.empty(ni.shape[0], np.int64) for _ in range(4)]
+        a = [scratch.take(f"sw{k}", si.shape[0], np.int64, None) for k in range(4)]
+        b = [scratch.take(f"net{k}", ni.shape[0], np.int64, None) for k in range(4)]
         _gather4_kernel(si, *sw_cols, *a)
         _gather4_kernel(ni, *net_cols, *b)
-        r = exact_match_columns(*a, *b)
-        del a, b
+        r = exact_match_columns(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3],
+                                scratch=scratch)
         _scatter_kernel(si, ni, r.switch_class, r.switch_match, r.network_class,
                         r.network_match, result.switch_class, result.switch_match,
                         result.network_class, result.network_match)
+
+    if workers == 1 or parts == 1:
+        for p in range(parts):
+            one(p)
+        return result
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Compiled (or loaded from the cache) once, here, rather than raced for by threads.
+    one(0)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recon-exact") as pool:
+        for done in pool.map(one, range(1, parts)):
+            assert done is None
     return result
 
 
@@ -1434,8 +1492,21 @@ def _settlement_csv_kernel(
     return i, total, bound
 
 
+@njit(nogil=True, cache=True)
+def _count_byte_kernel(data: NDArray[np.uint8], byte: int) -> int:
+    n = 0
+    for i in range(data.shape[0]):
+        n += data[i] == byte
+    return n
+
+
+def count_byte(data: bytes | mmap.mmap, byte: int) -> int:
+    """How many times ``byte`` occurs in ``data`` (bytes.count, for a mapped file too)."""
+    return int(_count_byte_kernel(np.frombuffer(data, np.uint8), byte))
+
+
 def parse_settlement_csv(
-    data: bytes, start: int, end: int, records: int, layout: int, seed: int,
+    data: bytes | mmap.mmap, start: int, end: int, records: int, layout: int, seed: int,
     numeric_ok: NDArray[np.bool_], alpha_numeric: NDArray[np.int16], keep_secondary: bool,
 ) -> tuple[dict[str, NDArray[Any]], int] | None:
     """``records`` CSV records of ``data[start:end]`` as columns: key (the reference's
