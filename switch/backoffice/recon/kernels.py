@@ -914,8 +914,16 @@ def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[An
         raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
     result = ReconResult(np.full(n_sw, -1, np.int64), np.full(n_sw, -1, np.int8),
                          np.full(n_net, -1, np.int64), np.full(n_net, -1, np.int8))
-    sw_order, sw_bounds = _partition_order(sw[0], parts)
-    net_order, net_bounds = _partition_order(net[0], parts)
+    if workers > 1 and parts > 1:  # the two sides' counting sorts at once too
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-exact") as one_more:
+            net_sorted = one_more.submit(_partition_order, net[0], parts)
+            sw_order, sw_bounds = _partition_order(sw[0], parts)
+            net_order, net_bounds = net_sorted.result()
+    else:
+        sw_order, sw_bounds = _partition_order(sw[0], parts)
+        net_order, net_bounds = _partition_order(net[0], parts)
     sw_cols = [np.ascontiguousarray(c) for c in sw]
     net_cols = [np.ascontiguousarray(c) for c in net]
 
