@@ -7,10 +7,12 @@ Columnar from disk to kernel, so 10M records per side fit in seconds and < 2 GB:
    status, stand-in and advice facts per outcome), folded per payment by a numba kernel.
    No msgpack record is decoded, except those of the few breaks when they are written.
 2. :func:`load_network_side` -- every settlement file of a directory straight into
-   columns (:mod:`switch.protocols.settlement_files`: polars for CSV, streaming lxml for
-   camt.053), references hashed by a numba kernel from the Arrow buffers. A malformed file
-   is rejected whole, naming the file, line and field; a directory without settlement
-   files is an error too (:class:`NoSettlementFiles`), never "everything is missing".
+   columns: card clearing files and QR CSVs parsed, checked and hashed by one numba pass
+   (the strict decoders of :mod:`switch.protocols.settlement_files` decide anything it is
+   not sure of), camt.053 through streaming lxml, references hashed by a numba kernel. A
+   malformed file is rejected whole, naming the file, line and field; a directory without
+   settlement files is an error too (:class:`NoSettlementFiles`), never "everything is
+   missing".
 3. :func:`match` -- the numba kernels: exact pass on the hashed reference (partitioned by
    key above ``PARTITION_RECORDS`` to bound the hash table's memory), then the tolerance
    pass on the leftovers only. Between the passes, switch records the network should
@@ -23,6 +25,11 @@ Columnar from disk to kernel, so 10M records per side fit in seconds and < 2 GB:
 5. :func:`write_outputs` -- breaks.csv (sorted by severity, then amount), summary.json
    and summary.html (totals per class and currency, the largest breaks, the
    amount-weighted view).
+
+On two cores (the target machine) :func:`run` keeps both busy: the journal is read in a
+thread while the files are (steps 1 and 2 are mostly GIL-free: SQLite, numpy, numba), the
+exact pass matches two key partitions at a time, and the breaks' strings are looked up
+in the journal by a thread while netting and the report are computed.
 
 Breaks you can trust. ``standin_exposure`` (explained) needs evidence in the journal: the
 payment was approved in stand-in *and* the issuer refused its 0120 advice (an ``advice``
