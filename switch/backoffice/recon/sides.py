@@ -365,7 +365,7 @@ def load_network_side(directory: Path,
         joined(keys), joined(amounts), joined(currencies), joined(statuses), joined(times),
         joined(channels), np.zeros(n, np.int8),
         lambda idx: _network_texts(files, starts, idx),
-        lambda idx: _network_texts(files, starts, idx).counterparty,
+        lambda idx: _network_counterparties(files, starts, idx),
     )
     side.read_cpu_s = time.thread_time() - main_cpu + worker_cpu
     return side
@@ -402,3 +402,23 @@ def _network_texts(files: list[_File], starts: NDArray[np.int64],
             if part_secs is not None:
                 secs[p] = part_secs[m] or ""
     return Texts(refs, sources, lines, secs)
+
+
+def _network_counterparties(files: list[_File], starts: NDArray[np.int64],
+                            idx: NDArray[np.int64]) -> list[str]:
+    """The secondary key (QR merchant id; "" where the file keeps none) of entries ``idx``:
+    :func:`_network_texts`' counterparty alone, for netting's candidates."""
+    secs: list[str] = [""] * len(idx)
+    if not len(idx):
+        return secs
+    which = np.searchsorted(starts, idx, side="right") - 1
+    for k in np.unique(which).tolist():
+        f = files[k]
+        if not len(f.cols.secondary):
+            continue
+        pos = np.flatnonzero(which == k)
+        local = np.ascontiguousarray(idx[pos] - f.start, np.int64)
+        took = pa.Array.from_buffers(pa.int64(), len(local), [None, pa.py_buffer(local)])
+        for p, sec in zip(pos.tolist(), f.cols.secondary.take(took).to_pylist(), strict=True):
+            secs[p] = sec or ""
+    return secs
