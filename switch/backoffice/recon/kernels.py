@@ -1330,6 +1330,30 @@ def _group_sums_kernel(codes: Int64Array, amounts: Int64Array, counts: Int64Arra
         sums[c] += amounts[i]
 
 
+@njit(nogil=True, cache=True)
+def _kind_currency_sums_kernel(kind: Int8Array, currency: NDArray[np.int16],
+                               amount: Int64Array, counts: Int64Array,
+                               sums: Int64Array) -> None:
+    for i in range(kind.shape[0]):
+        c = np.int64(kind[i]) * 1024 + (np.int64(currency[i]) & 1023)
+        counts[c] += 1
+        sums[c] += amount[i]
+
+
+def kind_currency_sums(kind: Int8Array, currency: NDArray[np.int16], amount: Int64Array,
+                       n_kinds: int) -> tuple[Int64Array, Int64Array]:
+    """:func:`group_sums` by ``kind * 1024 + currency % 1024`` (kinds in [0, n_kinds)),
+    without building the codes: at 10M records that was an 80 MB temporary a side."""
+    assert kind.shape[0] == currency.shape[0] == amount.shape[0]
+    assert kind.shape[0] == 0 or (int(kind.min()) >= 0 and int(kind.max()) < n_kinds)
+    counts = np.zeros(n_kinds * 1024, np.int64)
+    sums = np.zeros(n_kinds * 1024, np.int64)
+    _kind_currency_sums_kernel(np.ascontiguousarray(kind, np.int8),
+                               np.ascontiguousarray(currency, np.int16),
+                               np.ascontiguousarray(amount, np.int64), counts, sums)
+    return counts, sums
+
+
 def group_sums(codes: Int64Array, amounts: Int64Array,
                n_groups: int) -> tuple[Int64Array, Int64Array]:
     """Records and exact int64 amount sums per group code in [0, n_groups)."""

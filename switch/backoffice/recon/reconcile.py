@@ -79,8 +79,8 @@ from switch.backoffice.recon.kernels import (
     exact_match_columns,
     exact_match_partitioned,
     fold_outcomes,
-    group_sums,
     huge_pages,
+    kind_currency_sums,
     mark_late,
     tolerance_match,
 )
@@ -475,10 +475,7 @@ def _report(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDArray[np
         k = kind if mask is None else kind[mask]
         cur = side.currency if mask is None else side.currency[mask]
         amt = side.amount if mask is None else side.amount[mask]
-        codes = k.astype(np.int64)
-        codes *= 1024
-        codes += cur
-        n, total = group_sums(codes, amt, n_kinds * 1024)
+        n, total = kind_currency_sums(k, cur, amt, n_kinds)
         for code in np.flatnonzero(n).tolist():
             name = KIND_NAMES[code // 1024]
             counts[prefix + name] = counts.get(prefix + name, 0) + int(n[code])
