@@ -893,8 +893,10 @@ def _partition_order(key: Int64Array, parts: int) -> tuple[NDArray[np.int32], li
     return order, bounds.tolist()
 
 
-def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]],
-                            parts: int, workers: int = 1) -> ReconResult:
+def exact_match_partitioned(
+    sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]], parts: int, workers: int = 1,
+    on_partition: Callable[[ReconResult, NDArray[np.int32]], None] | None = None,
+) -> ReconResult:
     """:func:`exact_match_columns` in ``parts`` key partitions, for bounded memory: the
     hash table and the copied columns are one partition's (``sw`` and ``net``: key,
     amount, currency, status, any integer dtypes, each side's the same length).
@@ -907,6 +909,10 @@ def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[An
     ``workers`` > 1 matches that many partitions at once in threads (the kernels release
     the GIL; partitions hold disjoint records, so their answers never write the same
     element): memory is ``workers`` partitions' worth, so callers size ``parts`` for it.
+
+    ``on_partition(result, si)``, when given, is called (in the thread that matched it)
+    once a partition's answers are in ``result``: ``si`` are its switch records, whose
+    classes are final as far as this pass goes.
     """
     assert parts >= 1 and workers >= 1 and len(sw) == len(net) == 4
     n_sw, n_net = sw[0].shape[0], net[0].shape[0]
@@ -944,6 +950,8 @@ def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[An
         _scatter_kernel(si, ni, r.switch_class, r.switch_match, r.network_class,
                         r.network_match, result.switch_class, result.switch_match,
                         result.network_class, result.network_match)
+        if on_partition is not None:
+            on_partition(result, si)
 
     if workers == 1 or parts == 1:
         for p in range(parts):

@@ -46,6 +46,7 @@ import bisect
 import datetime as dt
 import functools
 import json
+import queue
 import sqlite3
 import threading
 from collections import defaultdict
@@ -171,7 +172,10 @@ def load_switch_side(journal: Path) -> Side:
     if not keep.all():
         it = {name: arr[keep] for name, arr in it.items()}
         status, time_us, flags = status[keep], time_us[keep], flags[keep]
-    strings = _SwitchStrings(journal, db, it["seq"])
+    seq = it.pop("seq")
+    if len(seq) and int(seq.max()) < 2**31:  # half the memory (40 MB at 10M payments)
+        seq = seq.astype(np.int32)
+    strings = _SwitchStrings(journal, db, seq)
     side = Side(it["ref"], it["amount"], it["currency"], status, time_us, it["channel"], flags,
                 strings.texts, strings.counterparties)
     side.prefetch = strings.prefetch
@@ -183,49 +187,51 @@ class _SwitchStrings:
     their journaled intents: one B-tree lookup and one msgpack decode per entry, ~5 us,
     so ~1 s for the ~200k breaks of a 10M reconciliation with 2% of them planted.
 
-    :meth:`prefetch` does those lookups in a thread on its own connection (SQLite steps
-    release the GIL) while matching goes on; :meth:`texts` and :meth:`counterparties`
-    take what it fetched and look up only what it did not. Entries are fetched once.
+    :meth:`prefetch` queues entries for a thread that looks them up on its own connection
+    (SQLite steps release the GIL) while matching goes on; :meth:`texts` and
+    :meth:`counterparties` wait for the queue to drain, take what it fetched and look up
+    only what it did not. Entries are fetched once.
     """
 
-    def __init__(self, journal: Path, db: sqlite3.Connection, seq: NDArray[np.int64]) -> None:
+    def __init__(self, journal: Path, db: sqlite3.Connection, seq: NDArray[np.integer[Any]]
+                 ) -> None:
         self._journal = journal
         self._db = db
         self._seq = seq
         self._texts: dict[int, tuple[str, str]] = {}  # seq -> (reference, payment id)
         self._counterparty: dict[int, str] = {}
-        self._thread: threading.Thread | None = None
-        self._first_done = threading.Event()
+        self._queue: queue.Queue[tuple[list[int], bool]] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._start = threading.Lock()
         self._error: BaseException | None = None
 
     def prefetch(self, first: NDArray[np.int64], then: NDArray[np.int64]) -> None:
-        self._join()
-        first_seqs, then_seqs = self._seq[first].tolist(), self._seq[then].tolist()
-        self._first_done.clear()
+        """Queue entries ``first`` (counterparties too) and ``then``; any thread."""
+        with self._start:
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._serve, name="recon-strings",
+                                                daemon=True)
+                self._worker.start()
+        if len(first):
+            self._queue.put((self._seq[first].tolist(), True))
+        if len(then):
+            self._queue.put((self._seq[then].tolist(), False))
 
-        def fetch() -> None:
-            db = sqlite3.connect(f"file:{self._journal}?mode=ro", uri=True)
+    def _serve(self) -> None:
+        db = sqlite3.connect(f"file:{self._journal}?mode=ro", uri=True)
+        while True:
+            seqs, full = self._queue.get()
             try:
-                self._fetch(db, first_seqs, full=True)
-                self._first_done.set()
-                self._fetch(db, then_seqs, full=False)
+                if self._error is None:
+                    self._fetch(db, seqs, full)
             except BaseException as exc:  # handed to the caller by _join
                 self._error = exc
             finally:
-                self._first_done.set()
-                db.close()
+                self._queue.task_done()
 
-        self._thread = threading.Thread(target=fetch, name="recon-strings", daemon=True)
-        self._thread.start()
-
-    def _join(self, first_only: bool = False) -> None:
-        if self._thread is None:
-            return
-        if first_only:
-            self._first_done.wait()
-        else:
-            self._thread.join()
-            self._thread = None
+    def _join(self) -> None:
+        if self._worker is not None:
+            self._queue.join()
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -255,11 +261,9 @@ class _SwitchStrings:
         return Texts([t[0] for t in got], [t[1] for t in got], [0] * n, [""] * n)
 
     def counterparties(self, idx: NDArray[np.int64]) -> list[str]:
-        self._join(first_only=True)
+        self._join()
         wanted = self._seq[idx].tolist()
-        if any(s not in self._counterparty for s in wanted):
-            self._join()  # the prefetch still writes the caches: let it finish first
-            self._fetch(self._db, wanted, full=True)
+        self._fetch(self._db, wanted, full=True)
         return [self._counterparty[s] for s in wanted]
 
 
@@ -312,14 +316,40 @@ EXACT_WORKERS: Final = 2
 
 def _exact(sw: Side, net: Side) -> ReconResult:
     """Pass 1, in key partitions when the network side is large (bounded table memory),
-    two partitions at a time (at 10M, ~1.2 s of the pass ran on one core of two)."""
+    two partitions at a time (at 10M, ~1.2 s of the pass ran on one core of two).
+
+    As each partition is matched, the switch entries that may be breaks are queued for
+    their strings (:func:`_prefetch_breaks`), so those lookups overlap the rest."""
     parts = max(1, -(-len(net) // _partition_records()))
+    net_last = int(net.time_us.max()) if len(net) else None
     if parts == 1:
-        return exact_match_columns(*_columns4(sw), *_columns4(net))
+        result = exact_match_columns(*_columns4(sw), *_columns4(net))
+        _prefetch_breaks(sw, result.switch_class, np.arange(len(sw)), net_last)
+        return result
     return exact_match_partitioned(
         (sw.key, sw.amount, sw.currency, sw.status),
         (net.key, net.amount, net.currency, net.status), parts * EXACT_WORKERS,
-        workers=EXACT_WORKERS)
+        workers=EXACT_WORKERS, on_partition=lambda result, si: _prefetch_breaks(
+            sw, result.switch_class, si, net_last))
+
+
+def _prefetch_breaks(sw: Side, switch_class: NDArray[np.int8], si: NDArray[Any],
+                     net_last: int | None) -> None:
+    """Queue the strings of switch entries ``si`` that the exact pass left as possible
+    breaks: approved ones it did not pair (missing at the network, unless the tolerance
+    pass or netting pairs them: QR ones with their counterparty, for netting) and pairs
+    that disagree. Approved after the files' end: outside_files, not breaks (unless
+    netting wants them, QR). Late pairs are known later: queued by :func:`match`."""
+    if sw.prefetch is None or not len(si):
+        return
+    idx = np.asarray(si, np.int64)
+    cls = switch_class[idx]
+    leftover = (cls < 0) & (sw.status[idx] == int(RecordStatus.SETTLED))
+    qr = leftover & (sw.channel[idx] == jcols.CHANNEL_CODE["qr"])
+    if net_last is not None:
+        leftover &= sw.time_us[idx] <= net_last
+    disagree = (cls >= BreakClass.AMOUNT_MISMATCH) & (cls <= BreakClass.DUPLICATE)
+    sw.prefetch(idx[qr], idx[(leftover & ~qr) | disagree])
 
 
 def _columns4(side: Side) -> list[NDArray[np.int64]]:
@@ -417,15 +447,9 @@ def match(
     # two does not matter, and this one tells sooner which records are breaks.)
     mark_late(sw_kind, net_kind, result.switch_match, sw.time_us, net.time_us,
               late_after_s * 1e6, _LATE)
+    if sw.prefetch is not None:  # the late pairs' strings (the rest are queued already)
+        sw.prefetch(np.zeros(0, np.int64), np.flatnonzero(sw_kind == _LATE))
     groups, cand_sw = _netting_candidates(sw, net, sw_kind, net_kind)
-    if sw.prefetch is not None:
-        # The strings the rest will want: the netting candidates' counterparties first,
-        # then every switch break's, fetched while netting and the report are computed.
-        # (Payments after the files' end will be outside_files, not breaks: skipped.)
-        breaks = ~_NOT_BREAK_CODES[sw_kind]
-        if len(net):
-            breaks &= sw.time_us <= net.time_us.max()
-        sw.prefetch(cand_sw, np.flatnonzero(breaks))
     _match_netted(sw, net, sw_kind, net_kind, result, tol_amount, tol_time_us,
                   groups, cand_sw)
     # A network reversal nobody approved is an orphan.
