@@ -402,9 +402,11 @@ def main() -> None:
             sys.exit(f"payswitch reconcile failed ({r['returncode']}): {r['stderr']}")
     ours = min(runs, key=lambda r: r["wall_s"])
     summary = json.loads((out / "summary.json").read_text())
-    # The command's own high-water mark (VmHWM) at its end: ru_maxrss of children would
-    # include this parent's size at fork time.
-    ours["peak_rss_mb"] = max(f["peak_rss_mb"] for f in summary["phases"].values())
+    # The command's own high-water mark (VmHWM) as its phases ended, or its ru_maxrss if
+    # higher (that also covers what follows the last phase; it would include this parent's
+    # size at fork time, but this parent stays small).
+    ours["peak_rss_mb"] = max(max(f["peak_rss_mb"] for f in summary["phases"].values()),
+                              ours["children_max_rss_mb"])
     check = check_breaks(out, planted)
     comp: dict[str, dict[str, Any]] = {}
     if not args.skip_competitors:
