@@ -342,14 +342,17 @@ def _prefetch_breaks(sw: Side, switch_class: NDArray[np.int8], si: NDArray[Any],
     netting wants them, QR). Late pairs are known later: queued by :func:`match`."""
     if sw.prefetch is None or not len(si):
         return
-    idx = np.asarray(si, np.int64)
-    cls = switch_class[idx]
+    cls = switch_class[si]
+    # The few candidates first (a few % of the records), then their other columns.
+    maybe = np.flatnonzero((cls < 0) | ((cls >= BreakClass.AMOUNT_MISMATCH)
+                                        & (cls <= BreakClass.DUPLICATE)))
+    idx = np.asarray(si[maybe], np.int64)
+    cls = cls[maybe]
     leftover = (cls < 0) & (sw.status[idx] == int(RecordStatus.SETTLED))
     qr = leftover & (sw.channel[idx] == jcols.CHANNEL_CODE["qr"])
     if net_last is not None:
         leftover &= sw.time_us[idx] <= net_last
-    disagree = (cls >= BreakClass.AMOUNT_MISMATCH) & (cls <= BreakClass.DUPLICATE)
-    sw.prefetch(idx[qr], idx[(leftover & ~qr) | disagree])
+    sw.prefetch(idx[qr], idx[(leftover & ~qr) | (cls >= 0)])
 
 
 def _columns4(side: Side) -> list[NDArray[np.int64]]:
