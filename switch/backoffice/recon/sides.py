@@ -263,11 +263,17 @@ def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
         # kernel time per 130 MB on the measured VM), a populated mapping of the page
         # cache costs ~10 ms. The kernel copies out what it keeps, so the mapping goes
         # when the file is parsed.
+        # (A file shortened by someone else while it is mapped would fault, as it would
+        # corrupt a read; settlement files are closed deliveries. A file system that
+        # cannot map files is read.)
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
-            mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
-                               flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                               ) if 0 < size <= MAX_FILE_BYTES else None
+            try:
+                mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
+                                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                                   ) if 0 < size <= MAX_FILE_BYTES else None
+            except (OSError, ValueError):
+                mapped = None
         if mapped is not None:
             try:
                 fast = _csv_fast(path, mapped, code)
