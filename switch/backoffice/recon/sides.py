@@ -263,9 +263,10 @@ def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
         # kernel time per 130 MB on the measured VM), a populated mapping of the page
         # cache costs ~10 ms. The kernel copies out what it keeps, so the mapping goes
         # when the file is parsed.
-        # (A file shortened by someone else while it is mapped would fault, as it would
-        # corrupt a read; settlement files are closed deliveries. A file system that
-        # cannot map files is read.)
+        # (A file another process truncates while it is mapped faults the reader (SIGBUS)
+        # where a read would have seen a short file and refused it: settlement files are
+        # closed deliveries, not written in place. A file system that cannot map files is
+        # read instead.)
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             try:
