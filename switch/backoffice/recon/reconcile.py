@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import functools
+import itertools
 import json
 import queue
 import sqlite3
@@ -200,7 +201,12 @@ class _SwitchStrings:
         self._seq = seq
         self._texts: dict[int, tuple[str, str]] = {}  # seq -> (reference, payment id)
         self._counterparty: dict[int, str] = {}
-        self._queue: queue.Queue[tuple[list[int], bool]] = queue.Queue()
+        # (priority, order, seqs, full): counterparties (netting waits for them) first.
+        self._queue: queue.PriorityQueue[tuple[int, int, list[int], bool]] = (
+            queue.PriorityQueue())
+        self._order = itertools.count()
+        self._full_pending = 0
+        self._full_done = threading.Condition()
         self._worker: threading.Thread | None = None
         self._start = threading.Lock()
         self._error: BaseException | None = None
@@ -213,20 +219,26 @@ class _SwitchStrings:
                                                 daemon=True)
                 self._worker.start()
         if len(first):
-            self._queue.put((self._seq[first].tolist(), True))
+            with self._full_done:
+                self._full_pending += 1
+            self._queue.put((0, next(self._order), self._seq[first].tolist(), True))
         if len(then):
-            self._queue.put((self._seq[then].tolist(), False))
+            self._queue.put((1, next(self._order), self._seq[then].tolist(), False))
 
     def _serve(self) -> None:
         db = sqlite3.connect(f"file:{self._journal}?mode=ro", uri=True)
         while True:
-            seqs, full = self._queue.get()
+            _, _, seqs, full = self._queue.get()
             try:
                 if self._error is None:
                     self._fetch(db, seqs, full)
             except BaseException as exc:  # handed to the caller by _join
                 self._error = exc
             finally:
+                if full:
+                    with self._full_done:
+                        self._full_pending -= 1
+                        self._full_done.notify_all()
                 self._queue.task_done()
 
     def _join(self) -> None:
@@ -261,7 +273,11 @@ class _SwitchStrings:
         return Texts([t[0] for t in got], [t[1] for t in got], [0] * n, [""] * n)
 
     def counterparties(self, idx: NDArray[np.int64]) -> list[str]:
-        self._join()
+        # Only the queued counterparties are waited for, not the queue's other strings.
+        with self._full_done:
+            self._full_done.wait_for(lambda: self._full_pending == 0)
+        if self._error is not None:
+            self._join()
         wanted = self._seq[idx].tolist()
         self._fetch(self._db, wanted, full=True)
         return [self._counterparty[s] for s in wanted]
