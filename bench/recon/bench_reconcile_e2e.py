@@ -402,9 +402,11 @@ def main() -> None:
             sys.exit(f"payswitch reconcile failed ({r['returncode']}): {r['stderr']}")
     ours = min(runs, key=lambda r: r["wall_s"])
     summary = json.loads((out / "summary.json").read_text())
-    # The command's own high-water mark (VmHWM) at its end: ru_maxrss of children would
-    # include this parent's size at fork time.
-    ours["peak_rss_mb"] = max(f["peak_rss_mb"] for f in summary["phases"].values())
+    # The command's own high-water mark (VmHWM) as its phases ended, or its ru_maxrss if
+    # higher (that also covers what follows the last phase; it would include this parent's
+    # size at fork time, but this parent stays small).
+    ours["peak_rss_mb"] = max(max(f["peak_rss_mb"] for f in summary["phases"].values()),
+                              ours["children_max_rss_mb"])
     check = check_breaks(out, planted)
     comp: dict[str, dict[str, Any]] = {}
     if not args.skip_competitors:
@@ -465,7 +467,8 @@ def report(args: argparse.Namespace, planted: dict[str, Any], ours: dict[str, An
         f"`payswitch reconcile --journal journal.db --files files/ --tol-amount {TOL_AMOUNT}` "
         f"as a subprocess, best of {args.runs} run(s)"
         f"{' after a warm-up run' if args.warmup else ' (numba cache warm)'}; phases from its "
-        "summary.json:\n\n"
+        "summary.json (read files and read journal run at the same time, in threads: their "
+        "wall times overlap, and each one's CPU is its own threads'):\n\n"
         f"{phase_table}\n\nSide by side, same files, same machine, best of {args.runs} "
         "run(s) each (wall time depends on the machine's load; CPU time much less):\n\n"
         f"{comp_table}\n\n{verdict}\n"

@@ -172,8 +172,21 @@ def _pack(rows: Iterable[Sequence[Any]], first_seq: int) -> tuple[bytes, bytes]:
             np.array(outcomes, OUTCOME_DTYPE).tobytes())
 
 
+#: Seqs per window of small chunks that are packed into one (see :func:`append_batch`).
+MERGE_WINDOW: Final = 1024
+
+
 def append_batch(db: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
-    """Add the columns of ``rows``, just inserted in this transaction (seqs contiguous)."""
+    """Add the columns of ``rows``, just inserted in this transaction (seqs contiguous).
+
+    A live switch commits a few records at a time, so it writes a chunk per commit: a
+    10M-payment journal would hold ~10M chunks, and reading them back costs ~2 us each in
+    SQLite and Python (measured: 2.0 s for 1M one-payment chunks), 20 s for the lot. So
+    when a batch's seqs cross a multiple of MERGE_WINDOW, the small chunks of the window
+    before it are packed into one, in the same transaction: one merge of ~1024 records'
+    worth of chunks (~36 kB) per ~1024 records, so a 10M journal keeps ~40k chunks (two
+    a window: the packed one and the batch that crossed into the next window).
+    """
     if not rows:
         return
     last = int(db.execute("SELECT last_insert_rowid()").fetchone()[0])
@@ -181,6 +194,29 @@ def append_batch(db: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
     intents, outcomes = _pack(rows, first)
     db.execute("INSERT INTO journal_columns VALUES (?, ?, ?, ?)",
                (first, last, intents, outcomes))
+    boundary = last - last % MERGE_WINDOW
+    if first <= boundary:
+        pack_chunks(db, boundary - MERGE_WINDOW + 1, first)
+
+
+def pack_chunks(db: sqlite3.Connection, lo: int, before: int) -> int:
+    """Replace the chunks starting in ``[lo, before)`` by one chunk holding their rows in
+    the same order, if there are several and all are small (< _SMALL_CHUNK bytes); call
+    within a transaction. Returns how many chunks were packed (0: left alone)."""
+    chunks = db.execute(
+        "SELECT first_seq, last_seq, length(intents) + length(outcomes) FROM journal_columns"
+        " WHERE first_seq >= ? AND first_seq < ? ORDER BY first_seq", (lo, before)).fetchall()
+    if len(chunks) < 2 or any(size >= _SMALL_CHUNK for _, _, size in chunks):
+        return 0
+    blobs = db.execute(
+        "SELECT intents, outcomes FROM journal_columns WHERE first_seq >= ? AND first_seq < ?"
+        " ORDER BY first_seq", (lo, before)).fetchall()
+    db.execute("DELETE FROM journal_columns WHERE first_seq >= ? AND first_seq < ?",
+               (lo, before))
+    db.execute("INSERT INTO journal_columns VALUES (?, ?, ?, ?)",
+               (chunks[0][0], max(last for _, last, _ in chunks),
+                b"".join(a for a, _ in blobs), b"".join(b for _, b in blobs)))
+    return len(chunks)
 
 
 def _covered(db: sqlite3.Connection) -> int:

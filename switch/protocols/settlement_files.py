@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import mmap
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -511,6 +512,8 @@ def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
     ok = df.select(
         (pl.col("t") == "D").all(),
         (pl.col("ref").str.len_bytes() > 0).all(),
+        # is_in of a null (an empty field) is null, which .all() skips: checked apart.
+        pl.col("cur").is_not_null().all().alias("cur_present"),
         pl.col("cur").is_in(list(NUMERIC_TO_ALPHA)).all(),
         pl.col("st").is_not_null().all(),
         pl.col("amt").is_not_null().all(),
@@ -530,9 +533,39 @@ def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
         df["ts"].to_numpy().astype(np.int64, copy=False), 2)
 
 
+_CARD_HEADER: Final = re.compile(rb"H,[\x20\x21\x23-\x7e]*\n")
+_CARD_TRAILER: Final = re.compile(rb"T,(-?[0-9]{1,19}),(-?[0-9]{1,19})\n")
+
+
+def card_clearing_frame(data: bytes | mmap.mmap) -> tuple[int, int, int, int] | None:
+    """Where a card clearing file's detail lines are: (first byte, end byte, count, amount
+    sum from the trailer), for a fast parser of the lines in between; None when the
+    header or trailer line is not plain (printable ASCII, no quoting, integers as the
+    strict decoder reads them) or the file is empty of details: the strict decoder then
+    decides. The fast parser must still find exactly ``count`` lines adding up to the sum.
+    """
+    if len(data) > MAX_FILE_BYTES or data[-1:] != b"\n":
+        return None
+    header = _CARD_HEADER.match(data)
+    if header is None:
+        return None
+    start = header.end()
+    tail = data.rfind(b"\n", 0, len(data) - 1) + 1
+    trailer = _CARD_TRAILER.fullmatch(data, tail) if tail > start else None
+    if trailer is None:
+        return None
+    count, total = int(trailer.group(1)), int(trailer.group(2))
+    if not (0 < count < (1 << 63) and -(1 << 63) <= total < (1 << 63)):
+        return None
+    return start, tail, count, total
+
+
+QR_HEADER_LINE: Final = (",".join(QR_COLUMNS) + "\n").encode()
+
+
 _QR_SCHEMA: Final = {"ref": pl.String, "merchant": pl.String, "amt": pl.Int64,
                      "cur": pl.String, "st": pl.Enum(["settled", "reversed"]), "ts": pl.Int64}
-_QR_HEADER: Final = (",".join(QR_COLUMNS) + "\n").encode()
+_QR_HEADER: Final = QR_HEADER_LINE
 
 
 def read_qr_csv_columns(data: bytes, file: str) -> SettlementColumns:

@@ -244,3 +244,41 @@ def test_many_small_column_chunks_read_like_few_large_ones(synthetic: tuple,
     for part in ("intents", "outcomes"):
         for name, arr in getattr(expected, part).items():
             assert np.array_equal(getattr(got, part)[name], arr), (part, name)
+
+
+def test_a_live_switchs_tiny_chunks_are_packed_as_it_commits(synthetic: tuple,
+                                                              tmp_path: Path) -> None:
+    """Committed a record or three at a time (as a live switch does), the journal keeps
+    about one chunk per MERGE_WINDOW records instead of one per commit (10M commits'
+    worth took ~20 s to read back), and the columns read the same."""
+    from switch.journal.store import INSERT
+
+    journal, _, _ = synthetic
+    src = sqlite3.connect(journal)
+    expected = jcols.read_columns(src)
+    rows = src.execute("SELECT payment_id, idempotency_key, kind, status, body_hash, record,"
+                       " at_us FROM journal ORDER BY seq").fetchall()
+    src.close()
+    db = open_database(tmp_path / "live.db", "group")
+    rng = np.random.default_rng(5)
+    i = commits = 0
+    while i < len(rows):
+        batch = rows[i:i + int(rng.integers(1, 4))]
+        db.execute("BEGIN")
+        db.executemany(INSERT, batch)
+        jcols.append_batch(db, batch)
+        db.execute("COMMIT")
+        i += len(batch)
+        commits += 1
+    chunks = db.execute("SELECT COUNT(*) FROM journal_columns").fetchone()[0]
+    assert commits > 5_000
+    # Packed: two chunks per window (the packed one and the batch that crossed into the
+    # next window), plus the last, unfinished window's (~400 here).
+    packed = db.execute("SELECT COUNT(*) FROM journal_columns WHERE last_seq <= ?",
+                        (len(rows) - len(rows) % jcols.MERGE_WINDOW,)).fetchone()[0]
+    assert packed <= 2 * (len(rows) // jcols.MERGE_WINDOW + 1) and chunks * 10 < commits
+    got = jcols.read_columns(db)
+    for part in ("intents", "outcomes"):
+        for name, arr in getattr(expected, part).items():
+            assert np.array_equal(getattr(got, part)[name], arr), (part, name)
+    db.close()

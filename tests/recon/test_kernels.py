@@ -429,10 +429,11 @@ def test_reference_grid_finds_exactly_the_brute_force_candidates(
     assert sorted(got) == sorted(want)
 
 
-@pytest.mark.parametrize("parts", [2, 7, 64])
-def test_partitioned_exact_pass_equals_the_whole(parts: int) -> None:
+@pytest.mark.parametrize(("parts", "workers"), [(2, 1), (7, 1), (64, 1), (7, 2), (64, 3)])
+def test_partitioned_exact_pass_equals_the_whole(parts: int, workers: int) -> None:
     """Keys with duplicates on both sides, negative keys, mixed dtypes: partitioned by
-    the kernels, the answer is the unpartitioned pass's, index for index."""
+    the kernels, on one thread or several, the answer is the unpartitioned pass's,
+    index for index."""
     from switch.backoffice.recon.kernels import exact_match_columns, exact_match_partitioned
 
     rng = np.random.default_rng(parts)
@@ -443,7 +444,7 @@ def test_partitioned_exact_pass_equals_the_whole(parts: int) -> None:
     net = (rng.choice(keys, n_net), rng.integers(1, 50, n_net), rng.choice(
         np.array([978, 840], np.int16), n_net), rng.integers(0, 2, n_net).astype(np.int8))
     whole = exact_match_columns(*(np.ascontiguousarray(c, np.int64) for c in (*sw, *net)))
-    part = exact_match_partitioned(sw, net, parts)
+    part = exact_match_partitioned(sw, net, parts, workers=workers)
     for name in ("switch_match", "switch_class", "network_match", "network_class"):
         assert np.array_equal(getattr(part, name), getattr(whole, name)), name
     assert (whole.switch_class == 5).any() and (whole.switch_match >= 0).any()

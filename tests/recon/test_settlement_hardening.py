@@ -4,6 +4,7 @@ bounded. The hypothesis tests run the same targets as bench/fuzz/fuzz_settlement
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import subprocess
@@ -12,12 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 from switch.currency import CURRENCIES
 from switch.protocols.settlement_files import (
+    SettlementColumns,
     SettlementEntry,
     SettlementFileError,
     encode_camt053,
@@ -26,6 +30,7 @@ from switch.protocols.settlement_files import (
     read_camt053_columns,
     read_card_clearing_columns,
     read_qr_csv_columns,
+    strings,
 )
 
 NUMERIC = {alpha: num for alpha, (num, _) in CURRENCIES.items()}
@@ -194,3 +199,81 @@ def test_fuzz_targets_hold_on_mutated_files(kind: str) -> None:
 def test_fuzz_targets_hold_on_random_bytes(data: bytes) -> None:
     for kind in ("card", "qr", "camt053"):
         _fuzz_target(kind).TestOneInput(data)
+
+
+# --- the numba CSV kernel (what `payswitch reconcile` reads .clr and .csv files with) ---
+
+
+def _read_as_reconcile(kind: str, data: bytes,
+                       tmp: Path) -> tuple[SettlementColumns, NDArray[np.int64]] | None:
+    """The kernel's answer for ``data`` as reconciliation reads it (None: not sure)."""
+    from switch.backoffice.recon import sides
+    from switch.journal.columns import CHANNEL_CODE
+
+    suffix, channel = {"card": (".clr", "card"), "qr": (".csv", "qr")}[kind]
+    return sides._csv_fast(tmp / f"f{suffix}", data, CHANNEL_CODE[channel])
+
+
+def _strict(kind: str, data: bytes) -> list[SettlementEntry]:
+    from switch.currency import NUMERIC_TO_ALPHA
+    from switch.protocols.settlement_files import decode_card_clearing, decode_qr_csv, decode_text
+
+    text = decode_text(data, "f")
+    if kind == "card":
+        return decode_card_clearing(text, "f", NUMERIC_TO_ALPHA)
+    return decode_qr_csv(text, "f", CURRENCIES)
+
+
+def _check_kernel(kind: str, data: bytes) -> None:
+    """The kernel never accepts what the strict decoder refuses, nor reads it differently,
+    and its keys are the journal's hash of the references."""
+    import msgspec
+
+    from switch.journal.columns import CHANNEL_CODE, reference_key
+
+    fast = _read_as_reconcile(kind, data, Path("/nonexistent"))
+    if fast is None:
+        return
+    cols, key = fast
+    try:
+        entries = _strict(kind, data)
+    except SettlementFileError as exc:
+        raise AssertionError(f"kernel accepted what the strict decoder refuses: {exc}") from None
+    if kind == "card":  # reconciliation keeps no card secondary key
+        entries = [msgspec.structs.replace(e, secondary="") for e in entries]
+        cols = dataclasses.replace(cols, secondary=strings([""] * len(cols)))
+    assert cols.entries() == entries
+    code = CHANNEL_CODE["card" if kind == "card" else "qr"]
+    assert key.tolist() == [reference_key(code, e.reference) for e in entries]
+
+
+@pytest.mark.parametrize("kind", ["card", "qr"])
+def test_csv_kernel_reads_valid_files_as_the_strict_decoder(kind: str) -> None:
+    data = SEEDS[kind]
+    assert _read_as_reconcile(kind, data, Path("/nonexistent")) is not None
+    _check_kernel(kind, data)
+
+
+@pytest.mark.parametrize("kind", ["card", "qr"])
+def test_csv_kernel_holds_on_mutated_files(kind: str) -> None:
+    @settings(max_examples=200, deadline=None)
+    @given(mutated(kind))
+    def check(data: bytes) -> None:
+        _check_kernel(kind, data)
+
+    check()
+
+
+@pytest.mark.parametrize(("name", "reader", "data", "line", "field"),
+                         [c for c in CASES if c[1] is not read_camt053_columns],
+                         ids=[c[0] for c in CASES if c[1] is not read_camt053_columns])
+def test_malformed_csv_files_name_file_line_field_through_reconcile(
+        tmp_path: Path, name: str, reader: Reader, data: bytes, line: int, field: str) -> None:
+    """The kernel hands every malformed file to the strict decoder, which names it."""
+    from switch.backoffice.recon.sides import _read_file
+
+    path = tmp_path / ("f.clr" if reader is read_card_clearing_columns else "f.csv")
+    path.write_bytes(data)
+    with pytest.raises(SettlementFileError) as info:
+        _read_file(path)
+    assert (info.value.file, info.value.line, info.value.field) == (str(path), line, field)

@@ -61,6 +61,8 @@ bench/RESULTS.md are one core, and two concurrent reconciliations use two cores.
 from __future__ import annotations
 
 import hashlib
+import mmap
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -763,11 +765,34 @@ def exact_match(switch: RecordArrays, network: RecordArrays) -> ReconResult:
                                network.key, network.amount, network.currency, network.status)
 
 
+class _Scratch:
+    """Buffers of the exact pass, kept from one partition to the next: allocating them
+    afresh per partition page-faulted ~1.6 GB over a 10M pass (20 partitions), a second
+    or more of kernel time on the measured VM; rewriting warm pages costs a memset."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, NDArray[Any]] = {}
+
+    def take(self, name: str, n: int, dtype: type, fill: int | None) -> NDArray[Any]:
+        buf = self._bufs.get(name)
+        if buf is None or buf.shape[0] < n:
+            with huge_pages(name == "table"):
+                buf = np.empty(n, dtype)
+            self._bufs[name] = buf
+        out = buf[:n]
+        if fill is not None:
+            out.fill(fill)
+        return out
+
+
 def exact_match_columns(sw_key: Int64Array, sw_amount: Int64Array, sw_currency: Int64Array,
                         sw_status: Int64Array, net_key: Int64Array, net_amount: Int64Array,
-                        net_currency: Int64Array, net_status: Int64Array) -> ReconResult:
+                        net_currency: Int64Array, net_status: Int64Array, *,
+                        scratch: _Scratch | None = None) -> ReconResult:
     """:func:`exact_match` on the four columns pass 1 reads (no time), each a writable
-    C-contiguous int64 array (slices of larger arrays are fine: no copy is made)."""
+    C-contiguous int64 array (slices of larger arrays are fine: no copy is made).
+    ``scratch``: where the table and the answers live (reused by the caller's next call,
+    so the answers are good until then)."""
     n_sw, n_net = sw_key.shape[0], net_key.shape[0]
     for arr in (sw_key, sw_amount, sw_currency, sw_status, net_key, net_amount,
                 net_currency, net_status):
@@ -776,15 +801,25 @@ def exact_match_columns(sw_key: Int64Array, sw_amount: Int64Array, sw_currency: 
     assert net_amount.shape[0] == net_currency.shape[0] == net_status.shape[0] == n_net
     if n_sw > MAX_RECORDS or n_net > MAX_RECORDS:
         raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
-    with huge_pages(True):
-        table = np.zeros(2 << table_bits_for(n_net), np.int64)
-        payload = np.empty(2 * n_net, np.int64)
-    result = ReconResult(
-        np.full(n_sw, -1, np.int64),
-        np.full(n_sw, _UNSET, np.int8),
-        np.full(n_net, -1, np.int64),
-        np.full(n_net, _UNSET, np.int8),
-    )
+    if scratch is None:
+        with huge_pages(True):
+            table = np.zeros(2 << table_bits_for(n_net), np.int64)
+            payload = np.empty(2 * n_net, np.int64)
+        result = ReconResult(
+            np.full(n_sw, -1, np.int64),
+            np.full(n_sw, _UNSET, np.int8),
+            np.full(n_net, -1, np.int64),
+            np.full(n_net, _UNSET, np.int8),
+        )
+    else:
+        table = scratch.take("table", 2 << table_bits_for(n_net), np.int64, 0)
+        payload = scratch.take("payload", 2 * n_net, np.int64, None)
+        result = ReconResult(
+            scratch.take("sw_match", n_sw, np.int64, -1),
+            scratch.take("sw_class", n_sw, np.int8, _UNSET),
+            scratch.take("net_match", n_net, np.int64, -1),
+            scratch.take("net_class", n_net, np.int8, _UNSET),
+        )
     _exact_kernel(
         sw_key,
         sw_amount,
@@ -858,8 +893,10 @@ def _partition_order(key: Int64Array, parts: int) -> tuple[NDArray[np.int32], li
     return order, bounds.tolist()
 
 
-def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]],
-                            parts: int) -> ReconResult:
+def exact_match_partitioned(
+    sw: Sequence[NDArray[Any]], net: Sequence[NDArray[Any]], parts: int, workers: int = 1,
+    on_partition: Callable[[ReconResult, NDArray[np.int32]], None] | None = None,
+) -> ReconResult:
     """:func:`exact_match_columns` in ``parts`` key partitions, for bounded memory: the
     hash table and the copied columns are one partition's (``sw`` and ``net``: key,
     amount, currency, status, any integer dtypes, each side's the same length).
@@ -867,29 +904,66 @@ def exact_match_partitioned(sw: Sequence[NDArray[Any]], net: Sequence[NDArray[An
     Equal to the unpartitioned pass (records with one key are in one partition, in index
     order). The partitioning, the copies and the answers' way back are kernels too:
     done with numpy (argsort, fancy indexing) they took 1.7 s of CPU at 10M, more than
-    the matching itself (0.7 s)."""
-    assert parts >= 1 and len(sw) == len(net) == 4
+    the matching itself (0.7 s).
+
+    ``workers`` > 1 matches that many partitions at once in threads (the kernels release
+    the GIL; partitions hold disjoint records, so their answers never write the same
+    element): memory is ``workers`` partitions' worth, so callers size ``parts`` for it.
+
+    ``on_partition(result, si)``, when given, is called (in the thread that matched it)
+    once a partition's answers are in ``result``: ``si`` are its switch records, whose
+    classes are final as far as this pass goes.
+    """
+    assert parts >= 1 and workers >= 1 and len(sw) == len(net) == 4
     n_sw, n_net = sw[0].shape[0], net[0].shape[0]
     if max(n_sw, n_net) > MAX_RECORDS:
         raise ValueError(f"more than MAX_RECORDS={MAX_RECORDS} records on a side")
     result = ReconResult(np.full(n_sw, -1, np.int64), np.full(n_sw, -1, np.int8),
                          np.full(n_net, -1, np.int64), np.full(n_net, -1, np.int8))
-    sw_order, sw_bounds = _partition_order(sw[0], parts)
-    net_order, net_bounds = _partition_order(net[0], parts)
+    if workers > 1 and parts > 1:  # the two sides' counting sorts at once too
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-exact") as one_more:
+            net_sorted = one_more.submit(_partition_order, net[0], parts)
+            sw_order, sw_bounds = _partition_order(sw[0], parts)
+            net_order, net_bounds = net_sorted.result()
+    else:
+        sw_order, sw_bounds = _partition_order(sw[0], parts)
+        net_order, net_bounds = _partition_order(net[0], parts)
     sw_cols = [np.ascontiguousarray(c) for c in sw]
     net_cols = [np.ascontiguousarray(c) for c in net]
-    for p in range(parts):
+
+    local = threading.local()  # one _Scratch per thread
+
+    def one(p: int) -> None:
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = _Scratch()
         si = sw_order[sw_bounds[p]:sw_bounds[p + 1]]
         ni = net_order[net_bounds[p]:net_bounds[p + 1]]
-        a = [np.empty(si.shape[0], np.int64) for _ in range(4)]
-        b = [np.empty(ni.shape[0], np.int64) for _ in range(4)]
+        a = [scratch.take(f"sw{k}", si.shape[0], np.int64, None) for k in range(4)]
+        b = [scratch.take(f"net{k}", ni.shape[0], np.int64, None) for k in range(4)]
         _gather4_kernel(si, *sw_cols, *a)
         _gather4_kernel(ni, *net_cols, *b)
-        r = exact_match_columns(*a, *b)
-        del a, b
+        r = exact_match_columns(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3],
+                                scratch=scratch)
         _scatter_kernel(si, ni, r.switch_class, r.switch_match, r.network_class,
                         r.network_match, result.switch_class, result.switch_match,
                         result.network_class, result.network_match)
+        if on_partition is not None:
+            on_partition(result, si)
+
+    if workers == 1 or parts == 1:
+        for p in range(parts):
+            one(p)
+        return result
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Compiled (or loaded from the cache) once, here, rather than raced for by threads.
+    one(0)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="recon-exact") as pool:
+        for done in pool.map(one, range(1, parts)):
+            assert done is None
     return result
 
 
@@ -1264,6 +1338,30 @@ def _group_sums_kernel(codes: Int64Array, amounts: Int64Array, counts: Int64Arra
         sums[c] += amounts[i]
 
 
+@njit(nogil=True, cache=True)
+def _kind_currency_sums_kernel(kind: Int8Array, currency: NDArray[np.int16],
+                               amount: Int64Array, counts: Int64Array,
+                               sums: Int64Array) -> None:
+    for i in range(kind.shape[0]):
+        c = np.int64(kind[i]) * 1024 + (np.int64(currency[i]) & 1023)
+        counts[c] += 1
+        sums[c] += amount[i]
+
+
+def kind_currency_sums(kind: Int8Array, currency: NDArray[np.int16], amount: Int64Array,
+                       n_kinds: int) -> tuple[Int64Array, Int64Array]:
+    """:func:`group_sums` by ``kind * 1024 + currency % 1024`` (kinds in [0, n_kinds)),
+    without building the codes: at 10M records that was an 80 MB temporary a side."""
+    assert kind.shape[0] == currency.shape[0] == amount.shape[0]
+    assert kind.shape[0] == 0 or (int(kind.min()) >= 0 and int(kind.max()) < n_kinds)
+    counts = np.zeros(n_kinds * 1024, np.int64)
+    sums = np.zeros(n_kinds * 1024, np.int64)
+    _kind_currency_sums_kernel(np.ascontiguousarray(kind, np.int8),
+                               np.ascontiguousarray(currency, np.int16),
+                               np.ascontiguousarray(amount, np.int64), counts, sums)
+    return counts, sums
+
+
 def group_sums(codes: Int64Array, amounts: Int64Array,
                n_groups: int) -> tuple[Int64Array, Int64Array]:
     """Records and exact int64 amount sums per group code in [0, n_groups)."""
@@ -1272,3 +1370,214 @@ def group_sums(codes: Int64Array, amounts: Int64Array,
     _group_sums_kernel(np.ascontiguousarray(codes, np.int64),
                        np.ascontiguousarray(amounts, np.int64), counts, sums)
     return counts, sums
+
+
+# ------------------------------------------------------------- settlement CSV parsing
+#
+# The card clearing file (``D,ref,sec,amount,currency,status,time``) and the QR scheme
+# CSV (``ref,merchant,amount,currency,status,time``) parsed, checked and their
+# references hashed in one pass over the bytes, with the GIL released. Through polars
+# the same took a CSV parse, a byte scan for what polars tolerates and the strict rules
+# do not, an Arrow conversion and a second pass to hash: ~3 s of CPU for 8M records,
+# most of a 10M reconciliation's file reading. The kernel accepts a subset of what the
+# strict decoders in switch.protocols.settlement_files accept (plain printable ASCII,
+# no quoting, integers as ``-?[0-9]{1,19}`` within 64 bits, a known currency, status
+# ``settled|reversed``) and says "not sure" on anything else; the caller then hands the
+# file to the strict decoder, which accepts it or names the line and field. So the fast
+# path can never accept what the strict one refuses, nor read a value differently.
+
+#: Layouts of :func:`parse_settlement_csv`.
+CSV_CARD: Final = 0
+CSV_QR: Final = 1
+_COMMA, _NL, _QUOTE, _MINUS = 44, 10, 34, 45
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _csv_text(data: NDArray[np.uint8], p: int, end: int) -> int:
+    """End of a text field starting at ``p`` (the comma's index), or -1 when a byte is
+    outside printable ASCII, is a quote, or no comma follows on the line."""
+    while p < end:
+        c = data[p]
+        if c == _COMMA:
+            return p
+        if c < 32 or c > 126 or c == _QUOTE:
+            return -1
+        p += 1
+    return -1
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _csv_int(data: NDArray[np.uint8], p: int, end: int,
+             signed: bool) -> tuple[np.int64, int]:
+    """``-?[0-9]{1,19}`` in the int64 range at ``p``: (value, index after it), or
+    (0, -1) when it is not one."""
+    neg = False
+    if signed and p < end and data[p] == _MINUS:
+        neg = True
+        p += 1
+    start = p
+    v = np.uint64(0)
+    while p < end and 48 <= data[p] <= 57:
+        if p - start == 19:
+            return np.int64(0), -1
+        v = v * np.uint64(10) + np.uint64(data[p] - 48)
+        p += 1
+    if p == start:
+        return np.int64(0), -1
+    if neg:
+        if v > np.uint64(9223372036854775808):
+            return np.int64(0), -1
+        if v == np.uint64(9223372036854775808):
+            return np.int64(-9223372036854775807 - 1), p
+        return -np.int64(v), p
+    if v > np.uint64(9223372036854775807):
+        return np.int64(0), -1
+    return np.int64(v), p
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _csv_status(data: NDArray[np.uint8], p: int, end: int) -> tuple[int, int]:
+    """``settled,`` -> (0, index of the comma), ``reversed,`` -> (3, ...), else (-1, -1)."""
+    if p + 7 < end and data[p + 7] == _COMMA and data[p] == 115 and data[p + 1] == 101 \
+            and data[p + 2] == 116 and data[p + 3] == 116 and data[p + 4] == 108 \
+            and data[p + 5] == 101 and data[p + 6] == 100:  # settled
+        return 0, p + 7
+    if p + 8 < end and data[p + 8] == _COMMA and data[p] == 114 and data[p + 1] == 101 \
+            and data[p + 2] == 118 and data[p + 3] == 101 and data[p + 4] == 114 \
+            and data[p + 5] == 115 and data[p + 6] == 101 and data[p + 7] == 100:  # reversed
+        return 3, p + 8
+    return -1, -1
+
+
+@njit(nogil=True, cache=True)
+def _settlement_csv_kernel(
+    data: NDArray[np.uint8], start: int, end: int, layout: int, seed: np.uint64,
+    numeric_ok: NDArray[np.bool_], alpha_numeric: NDArray[np.int16], keep_secondary: bool,
+    key: NDArray[np.uint64], amount: Int64Array, currency: NDArray[np.int16],
+    status: Int8Array, time_us: Int64Array, ref_off: Int64Array, ref_data: NDArray[np.uint8],
+    sec_off: Int64Array, sec_data: NDArray[np.uint8],
+) -> tuple[int, Any, float]:
+    """Records of ``data[start:end]`` (whole lines) into the output columns.
+
+    Returns (records, amount sum, sum of |amount| as float); records is -1 when the
+    bytes are not all plain records, or there are more lines than the outputs hold."""
+    cap = key.shape[0]
+    i = 0
+    p = start
+    total = np.int64(0)
+    bound = 0.0
+    ref_off[0] = 0
+    sec_off[0] = 0
+    rp = 0
+    sp = 0
+    while p < end:
+        if i == cap:
+            return -1, 0, 0.0
+        if layout == CSV_CARD:
+            if p + 1 >= end or data[p] != 68 or data[p + 1] != _COMMA:  # "D,"
+                return -1, 0, 0.0
+            p += 2
+        q = _csv_text(data, p, end)
+        if q <= p:  # bad byte, or an empty reference
+            return -1, 0, 0.0
+        key[i] = _xxh64(data, p, q, seed)
+        for k in range(p, q):
+            ref_data[rp] = data[k]
+            rp += 1
+        ref_off[i + 1] = rp
+        p = q + 1
+        q = _csv_text(data, p, end)
+        if q < 0:
+            return -1, 0, 0.0
+        if keep_secondary:
+            for k in range(p, q):
+                sec_data[sp] = data[k]
+                sp += 1
+            sec_off[i + 1] = sp
+        p = q + 1
+        a, p = _csv_int(data, p, end, True)
+        if p < 0 or p >= end or data[p] != _COMMA:
+            return -1, 0, 0.0
+        p += 1
+        if layout == CSV_CARD:
+            c, p = _csv_int(data, p, end, False)
+            if p < 0 or p >= end or data[p] != _COMMA or c >= numeric_ok.shape[0] \
+                    or not numeric_ok[c]:
+                return -1, 0, 0.0
+            currency[i] = c
+        else:
+            if p + 3 >= end or data[p + 3] != _COMMA:
+                return -1, 0, 0.0
+            c0, c1, c2 = int(data[p]) - 65, int(data[p + 1]) - 65, int(data[p + 2]) - 65
+            if not (0 <= c0 <= 25 and 0 <= c1 <= 25 and 0 <= c2 <= 25):
+                return -1, 0, 0.0
+            num = alpha_numeric[(c0 * 26 + c1) * 26 + c2]
+            if num < 0:
+                return -1, 0, 0.0
+            currency[i] = num
+            p += 3
+        st, p = _csv_status(data, p + 1, end)
+        if st < 0:
+            return -1, 0, 0.0
+        t, p = _csv_int(data, p + 1, end, True)
+        if p < 0 or p >= end or data[p] != _NL:
+            return -1, 0, 0.0
+        p += 1
+        amount[i] = a
+        status[i] = st
+        time_us[i] = t
+        total += a
+        bound += abs(float(a))
+        i += 1
+    return i, total, bound
+
+
+@njit(nogil=True, cache=True)
+def _count_byte_kernel(data: NDArray[np.uint8], byte: int) -> int:
+    n = 0
+    for i in range(data.shape[0]):
+        n += data[i] == byte
+    return n
+
+
+def count_byte(data: bytes | mmap.mmap, byte: int) -> int:
+    """How many times ``byte`` occurs in ``data`` (bytes.count, for a mapped file too)."""
+    return int(_count_byte_kernel(np.frombuffer(data, np.uint8), byte))
+
+
+def parse_settlement_csv(
+    data: bytes | mmap.mmap, start: int, end: int, records: int, layout: int, seed: int,
+    numeric_ok: NDArray[np.bool_], alpha_numeric: NDArray[np.int16], keep_secondary: bool,
+) -> tuple[dict[str, NDArray[Any]], int] | None:
+    """``records`` CSV records of ``data[start:end]`` as columns: key (the reference's
+    xxh64, seeded), amount, currency, status, time_us, and the reference (and, when
+    ``keep_secondary``, the secondary) strings as Arrow-style offsets + bytes. Also the
+    exact amount sum. None when the kernel is not sure (see above): the strict decoder
+    decides.
+
+    ``numeric_ok[c]``: ISO numeric code ``c`` is known (card layout).
+    ``alpha_numeric[(a*26 + b)*26 + c]``: numeric code of the alpha code (``a``, ``b``,
+    ``c`` the letters' offsets from 'A'), -1 when unknown (QR layout)."""
+    buf = np.frombuffer(data, np.uint8)
+    span = end - start
+    key = np.empty(records, np.uint64)
+    amount = np.empty(records, np.int64)
+    currency = np.empty(records, np.int16)
+    status = np.empty(records, np.int8)
+    time_us = np.empty(records, np.int64)
+    ref_off = np.empty(records + 1, np.int64)
+    # Capacity for every byte of the span; only what is written is ever touched.
+    ref_data = np.empty(span, np.uint8)
+    sec_off = np.zeros(records + 1 if keep_secondary else 1, np.int64)
+    sec_data = np.empty(span if keep_secondary else 0, np.uint8)
+    n, total, bound = _settlement_csv_kernel(
+        buf, start, end, layout, np.uint64(seed), numeric_ok, alpha_numeric, keep_secondary,
+        key, amount, currency, status, time_us, ref_off, ref_data, sec_off, sec_data)
+    if n != records or bound >= 2.0 ** 62:  # the int64 sum could have wrapped
+        return None
+    return {
+        "key": key.view(np.int64), "amount": amount, "currency": currency,
+        "status": status, "time_us": time_us,
+        "ref_off": ref_off, "ref_data": ref_data[:ref_off[-1]].copy(),
+        "sec_off": sec_off, "sec_data": sec_data[:sec_off[-1]].copy(),
+    }, int(total)

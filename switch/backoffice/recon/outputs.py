@@ -88,7 +88,9 @@ def _write_csv(table: BreakTable, path: Path) -> None:
     n = len(table)
     has_sw, has_net = table.sw >= 0, table.net >= 0
     sw, net = table.sw[has_sw], table.net[has_net]
-    sw_text, net_text = sw_side.texts(sw), net_side.texts(net)
+    # The switch side's strings last: they may still be on their way from the journal
+    # (reconcile fetches them in a thread), and everything else is built meanwhile.
+    net_text = net_side.texts(net)
 
     def spread(mask: NDArray[np.bool_], values: Sequence[object] | NDArray[Any]
                ) -> NDArray[Any]:
@@ -100,9 +102,6 @@ def _write_csv(table: BreakTable, path: Path) -> None:
         c = codes.astype(np.int64)
         return _STATUS[np.where((c >= 0) & (c < len(_STATUS)), c, len(_STATUS) - 1)]
 
-    # Whichever side a break has, the switch's first (as Break: switch or network).
-    reference = spread(has_net, net_text.reference)
-    reference[has_sw] = sw_text.reference
     channel = np.empty(n, np.int64)
     currency = np.empty(n, np.int64)
     channel[has_net] = net_side.channel[net]
@@ -113,16 +112,16 @@ def _write_csv(table: BreakTable, path: Path) -> None:
     kind_names = np.array(KIND_NAMES, object)
     exp = _EXPONENT[currency]
     scale = 10 ** exp
-    frame = pl.DataFrame({
+    columns = {
         "class": _strs(kind_names[table.kind]),
         "explained": _strs(np.where(_EXPLAINED_CODES[table.kind], "yes", "no").astype(object)),
         "channel": _strs(_CHANNEL[np.where((channel >= 1) & (channel <= 3), channel, 0)]),
-        "reference": _strs(reference),
+        "reference": None,
         "whole": table.stake // scale,
         "frac": table.stake % scale,
         "exp": exp,
         "currency": _strs(_ALPHA[currency]),
-        "switch_payment_id": _strs(spread(has_sw, sw_text.source)),
+        "switch_payment_id": None,
         "switch_amount": _ints(spread(has_sw, sw_side.amount[sw])),
         "switch_currency": _strs(spread(has_sw, _ALPHA[sw_side.currency[sw] % 1024])),
         "switch_status": _strs(spread(has_sw, status(sw_side.status[sw]))),
@@ -132,7 +131,14 @@ def _write_csv(table: BreakTable, path: Path) -> None:
         "network_currency": _strs(spread(has_net, _ALPHA[net_side.currency[net] % 1024])),
         "network_status": _strs(spread(has_net, status(net_side.status[net]))),
         "suggested_action": _strs(_ACTIONS[table.kind]),
-    })
+    }
+    sw_text = sw_side.texts(sw)
+    # Whichever side a break has, the switch's first (as Break: switch or network).
+    reference = spread(has_net, net_text.reference)
+    reference[has_sw] = sw_text.reference
+    columns["reference"] = _strs(reference)
+    columns["switch_payment_id"] = _strs(spread(has_sw, sw_text.source))
+    frame = pl.DataFrame(columns)
     whole = pl.col("whole").cast(pl.String)
     at_stake = (pl.when(pl.col("exp") == 0).then(whole)
                 .otherwise(pl.concat_str([whole, pl.lit("."), pl.col("frac").cast(pl.String)

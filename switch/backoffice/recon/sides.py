@@ -4,11 +4,14 @@ and the networks' (from the settlement files on disk)."""
 from __future__ import annotations
 
 import dataclasses
+import mmap
+import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import numpy as np
 import pyarrow as pa
@@ -18,16 +21,23 @@ from switch.backoffice.recon.classes import (
     Record,
 )
 from switch.backoffice.recon.kernels import (
+    CSV_CARD,
+    CSV_QR,
     FLAG_ADVICE_DELIVERED,
     FLAG_ADVICE_REFUSED,
     FLAG_STOOD_IN,
+    count_byte,
     hash_utf8_column,
+    parse_settlement_csv,
 )
-from switch.currency import NUMERIC_TO_ALPHA
+from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.journal import columns as jcols
 from switch.protocols.settlement_files import (
+    MAX_FILE_BYTES,
+    QR_HEADER_LINE,
     SettlementColumns,
     SettlementFileError,
+    card_clearing_frame,
     no_strings,
     read_camt053_columns,
     read_card_clearing_columns,
@@ -89,6 +99,12 @@ class Side:
     counterparties: Callable[[NDArray[np.int64]], list[str]]
     #: Records of entries ``idx`` (None: built from the columns and :attr:`texts`).
     build_records: Callable[[NDArray[np.int64]], list[Record]] | None = None
+    #: CPU seconds its reading took, over every thread that read it (figures only).
+    read_cpu_s: float = 0.0
+    #: ``prefetch(first, then)``: start fetching the strings of these entries in the
+    #: background, counterparties too for ``first`` (None: nothing to gain, e.g. the
+    #: network side's strings are in memory already).
+    prefetch: Callable[[NDArray[np.int64], NDArray[np.int64]], None] | None = None
 
     def __len__(self) -> int:
         return int(self.key.shape[0])
@@ -149,10 +165,19 @@ def concat_sides(sides: list[Side]) -> Side:
     def joined(name: str) -> NDArray[Any]:
         return np.concatenate([getattr(s, name) for s in sides])
 
-    return Side(joined("key"), joined("amount"), joined("currency"), joined("status"),
+    def prefetch(first: NDArray[np.int64], then: NDArray[np.int64]) -> None:
+        for k, side in enumerate(sides):
+            if side.prefetch is not None:
+                lo, hi = starts[k], starts[k + 1]
+                side.prefetch(first[(first >= lo) & (first < hi)] - lo,
+                              then[(then >= lo) & (then < hi)] - lo)
+
+    side = Side(joined("key"), joined("amount"), joined("currency"), joined("status"),
                 joined("time_us"), joined("channel"), joined("flags"), texts,
                 lambda idx: scatter(idx, lambda side, local: side.counterparties(local)),
                 lambda idx: scatter(idx, lambda side, local: side.records(local)))
+    side.prefetch = prefetch
+    return side
 
 
 def _empty_side() -> Side:
@@ -177,25 +202,114 @@ def settlement_files(directory: Path) -> list[Path]:
 FILE_WORKERS: Final = 2
 
 
+#: The fast CSV kernel's currency tables (see kernels.parse_settlement_csv).
+_NUMERIC_OK: Final = np.zeros(1024, np.bool_)
+_ALPHA_NUMERIC: Final = np.full(26 ** 3, -1, np.int16)
+for _alpha, (_numeric, _) in CURRENCIES.items():
+    _NUMERIC_OK[_numeric] = True
+    if len(_alpha) == 3 and _alpha.isascii() and _alpha.isupper():
+        _ALPHA_NUMERIC[((ord(_alpha[0]) - 65) * 26 + ord(_alpha[1]) - 65) * 26
+                       + ord(_alpha[2]) - 65] = _numeric
+
+
+def _large_strings(offsets: NDArray[np.int64], data: NDArray[np.uint8]) -> pa.LargeStringArray:
+    """Arrow strings over the kernel's offsets and bytes (printable ASCII: valid UTF-8)."""
+    return cast(pa.LargeStringArray, pa.Array.from_buffers(
+        pa.large_string(), len(offsets) - 1,
+        [None, pa.py_buffer(offsets), pa.py_buffer(data)]))
+
+
+def _csv_fast(path: Path, data: bytes | mmap.mmap, code: int
+              ) -> tuple[SettlementColumns, NDArray[np.int64]] | None:
+    """A card clearing file or QR CSV through the numba kernel: parsed, checked and
+    hashed in one pass without the GIL. None when it is not sure: the strict path
+    (``_READERS``) then accepts the file or names the line and field."""
+    if path.suffix == ".clr":
+        frame = card_clearing_frame(data)
+        if frame is None:
+            return None
+        start, end, records, total = frame
+        layout = CSV_CARD
+    else:
+        if data[:len(QR_HEADER_LINE)] != QR_HEADER_LINE or data[-1:] != b"\n" \
+                or len(data) > MAX_FILE_BYTES:
+            return None
+        start, end, total = len(QR_HEADER_LINE), len(data), 0
+        records = count_byte(data, ord("\n")) - 1
+        if records <= 0:
+            return None
+        layout = CSV_QR
+    keep_secondary = code == jcols.CHANNEL_CODE["qr"]  # only QR nets by counterparty
+    parsed = parse_settlement_csv(data, start, end, records, layout, code, _NUMERIC_OK,
+                                  _ALPHA_NUMERIC, keep_secondary)
+    if parsed is None:
+        return None
+    c, amount_sum = parsed
+    if layout == CSV_CARD and amount_sum != total:
+        return None
+    cols = SettlementColumns(
+        _large_strings(c["ref_off"], c["ref_data"]),
+        _large_strings(c["sec_off"], c["sec_data"]) if keep_secondary else no_strings(),
+        c["amount"], c["currency"], c["status"], c["time_us"], 2)
+    return cols, c["key"]
+
+
 def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
     """One settlement file: its columns (the numbers, and the strings a break shows) and
     its references' keys, hashed as the journal stores them."""
-    if path.suffix == ".clr":
-        cols = read_card_clearing_columns(path.read_bytes(), str(path), secondary=False)
-    else:
-        cols = _READERS[path.suffix](path.read_bytes(), str(path))
     code = jcols.CHANNEL_CODE[_SUFFIX_CHANNEL[path.suffix]]
+    if path.suffix in (".clr", ".csv"):
+        # Mapped, not read: a read copies the file through 4 kB page faults (~0.3 s of
+        # kernel time per 130 MB on the measured VM), a populated mapping of the page
+        # cache costs ~10 ms. The kernel copies out what it keeps, so the mapping goes
+        # when the file is parsed.
+        # (A file another process truncates while it is mapped faults the reader (SIGBUS)
+        # where a read would have seen a short file and refused it: settlement files are
+        # closed deliveries, not written in place. A file system that cannot map files is
+        # read instead.)
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            try:
+                mapped = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ,
+                                   flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                                   ) if 0 < size <= MAX_FILE_BYTES else None
+            except (OSError, ValueError):
+                mapped = None
+        if mapped is not None:
+            try:
+                fast = _csv_fast(path, mapped, code)
+            finally:
+                mapped.close()
+            if fast is not None:
+                return fast
+    data = path.read_bytes()
+    if path.suffix == ".clr":
+        cols = read_card_clearing_columns(data, str(path), secondary=False)
+    else:
+        cols = _READERS[path.suffix](data, str(path))
+    del data
     ref = cols.reference
     offsets = np.frombuffer(ref.buffers()[1], np.int64)[ref.offset:ref.offset + len(ref) + 1]
-    data = ref.buffers()[2]
+    buffer = ref.buffers()[2]
     key = hash_utf8_column(
-        np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8),
+        np.frombuffer(buffer, np.uint8) if buffer is not None else np.zeros(0, np.uint8),
         offsets, code)
     if code != jcols.CHANNEL_CODE["qr"]:  # only QR entries net by counterparty: keep lean
         cols = SettlementColumns(cols.reference, no_strings(),
                                  cols.amount, cols.currency, cols.status, cols.time_us,
                                  cols.first_line, cols.lines)
     return cols, key
+
+
+def _read_file_timed(path: Path) -> tuple[SettlementColumns, NDArray[np.int64], float]:
+    t = time.thread_time()
+    cols, key = _read_file(path)
+    return cols, key, time.thread_time() - t
+
+
+#: Relative cost per byte of each format's reader (measured at 10M records: camt.053
+#: ~60 ns a byte through lxml and Python, the CSV kernels ~2.5): which files start first.
+_COST_PER_BYTE: Final = {".xml": 25.0, ".clr": 1.0, ".csv": 1.0}
 
 
 def _strings_only(cols: SettlementColumns) -> SettlementColumns:
@@ -218,13 +332,20 @@ def load_network_side(directory: Path,
     files: list[_File] = []
     keys, amounts, currencies, statuses, times, channels = [], [], [], [], [], []
     n = 0
-    # Two files at a time: polars' CSV parse and the hash kernel release the GIL, so a
-    # card file parses while the camt.053 reader (Python, GIL-bound) walks its entries.
-    # Results are taken in path order, so the columns, and the first bad file named,
-    # do not depend on which thread finished first.
+    main_cpu = time.thread_time()
+    worker_cpu = 0.0
+    # Two files at a time: the CSV kernels release the GIL, so a card file parses while
+    # the camt.053 reader (Python, GIL-bound) walks its entries. The costliest files go
+    # first (camt.053 costs ~25x a CSV per byte), so no long one is left for the end
+    # with the other thread idle. Results are taken in path order, so the columns, and
+    # the first bad file named, do not depend on which thread finished first.
     pool = ThreadPoolExecutor(max_workers=FILE_WORKERS, thread_name_prefix="recon-file")
     try:
-        for path, (cols, key) in zip(paths, pool.map(_read_file, paths), strict=True):
+        by_cost = sorted(paths, key=lambda p: -p.stat().st_size * _COST_PER_BYTE[p.suffix])
+        futures = {path: pool.submit(_read_file_timed, path) for path in by_cost}
+        for path in paths:
+            cols, key, thread_cpu = futures[path].result()
+            worker_cpu += thread_cpu
             channel = _SUFFIX_CHANNEL[path.suffix]
             code = jcols.CHANNEL_CODE[channel]
             keys.append(key)
@@ -251,8 +372,9 @@ def load_network_side(directory: Path,
         joined(keys), joined(amounts), joined(currencies), joined(statuses), joined(times),
         joined(channels), np.zeros(n, np.int8),
         lambda idx: _network_texts(files, starts, idx),
-        lambda idx: _network_texts(files, starts, idx).counterparty,
+        lambda idx: _network_counterparties(files, starts, idx),
     )
+    side.read_cpu_s = time.thread_time() - main_cpu + worker_cpu
     return side
 
 
@@ -287,3 +409,23 @@ def _network_texts(files: list[_File], starts: NDArray[np.int64],
             if part_secs is not None:
                 secs[p] = part_secs[m] or ""
     return Texts(refs, sources, lines, secs)
+
+
+def _network_counterparties(files: list[_File], starts: NDArray[np.int64],
+                            idx: NDArray[np.int64]) -> list[str]:
+    """The secondary key (QR merchant id; "" where the file keeps none) of entries ``idx``:
+    :func:`_network_texts`' counterparty alone, for netting's candidates."""
+    secs: list[str] = [""] * len(idx)
+    if not len(idx):
+        return secs
+    which = np.searchsorted(starts, idx, side="right") - 1
+    for k in np.unique(which).tolist():
+        f = files[k]
+        if not len(f.cols.secondary):
+            continue
+        pos = np.flatnonzero(which == k)
+        local = np.ascontiguousarray(idx[pos] - f.start, np.int64)
+        took = pa.Array.from_buffers(pa.int64(), len(local), [None, pa.py_buffer(local)])
+        for p, sec in zip(pos.tolist(), f.cols.secondary.take(took).to_pylist(), strict=True):
+            secs[p] = sec or ""
+    return secs
