@@ -416,7 +416,9 @@ def main() -> None:
             for name in ("polars", "duckdb"):
                 r = _child([sys.executable, __file__, "--competitor", name, "--dir", str(root)])
                 if r["returncode"] != 0:
-                    print(f"{name} failed: {r['stderr'][-2000:]}")
+                    missing = "ModuleNotFoundError" in r["stderr"]
+                    print(f"{name}: not installed; `make bench` installs the bench extra"
+                          if missing else f"{name} failed: {r['stderr'][-2000:]}")
                     continue
                 r["phases"] = json.loads(r["stdout"].strip().splitlines()[-1])
                 if name not in comp or r["wall_s"] < comp[name]["wall_s"]:
