@@ -21,9 +21,10 @@ Figures, each against the issue's target:
 * CPU per payment at a sustained 10,000/s (switch, switch with metrics off, echo; ratio);
 * the highest offered rate with p99 <= 10 ms, and saturation: the highest achieved rate
   with p99 <= 100 ms;
-* overload: 3x the saturation rate, then a normal rate: share shed, p99 of admitted
-  payments (results only, not refusals), RSS at start / peak / end, and the seconds
-  after the overload until a second is clean again (p99 <= 10 ms, nothing shed);
+* overload: half the saturation rate, 3x the saturation rate, then half again: share
+  shed, p99 of admitted payments (results only, not refusals), RSS at start / peak / end,
+  and the seconds after the overload until a second is as clean as before it (nothing
+  shed, p99 within 1.5x the pre-overload p99 or 10 ms);
 * the same sustained load on the trio backend;
 * through the real simulators in their own process (card ISO 8583 + SWIFT + QR mix):
   the switch's CPU per payment at ``SIM_RATE``.
@@ -291,19 +292,35 @@ def saturation(steps: list[Step]) -> Step | None:
     return max(ok, key=lambda s: s.achieved) if ok else None
 
 
+#: Seconds of the base rate before the overload: the p99 the switch recovers to.
+BASELINE_S = 3
+
+
 def overload(pid: int, port: int, saturated: float, seconds: int, base: float) -> Step:
-    """3x the saturation rate for ``seconds``, then ``base`` for 5 s."""
-    rates = [3 * saturated] * seconds + [base] * 5
+    """``base`` for BASELINE_S s, 3x the saturation rate for ``seconds``, ``base`` for 5 s."""
+    rates = [base] * BASELINE_S + [3 * saturated] * seconds + [base] * 5
     shape = StepsRate(rates=rates, step_s=1.0)
     step = run_load("switch", pid, port, shape, float(len(rates)), seed=9)
     step.target = "overload"
     return step
 
 
+def baseline_p99_ms(step: Step) -> float:
+    """The p99 before the overload (its first second warms the connections up)."""
+    return max(p99 for p99, _ in step.seconds[1:BASELINE_S])
+
+
 def recovery_s(step: Step, overload_s: int) -> float | None:
-    """Seconds after the overload until a second is clean (p99 <= 10 ms, nothing shed)."""
-    for k, (p99, shed) in enumerate(step.seconds[overload_s:]):
-        if p99 <= 10.0 and shed == 0:
+    """Seconds after the overload until a second is as clean as before it: nothing shed and
+    p99 within 1.5x the pre-overload p99 (or 10 ms, if that is higher).
+
+    Against the switch's own baseline, not a fixed 10 ms: at the base rate (half the
+    saturation rate) the switch's p99 may be above 10 ms without any overload, and then
+    "recovered" could never be reached.
+    """
+    clean_ms = max(10.0, 1.5 * baseline_p99_ms(step))
+    for k, (p99, shed) in enumerate(step.seconds[BASELINE_S + overload_s:]):
+        if p99 <= clean_ms and shed == 0:
             return float(k)
     return None
 
@@ -416,12 +433,12 @@ def main() -> None:
     lines += [
         "switch saturation (highest achieved with p99 <= 100 ms): "
         + (f"{sat_switch.achieved:.0f}/s" if sat_switch else "none") + " (target >= 20,000/s)",
-        f"overload {over.rate:.0f}/s average ({overload_s} s at 3x saturation, then 5 s "
-        f"normal): shed {shed_share:.0%}, admitted p99 {over.admitted_p99_ms:.1f} ms "
-        "(target <= 50 ms), RSS start/peak/end "
+        f"overload {over.rate:.0f}/s average ({BASELINE_S} s at half saturation, "
+        f"{overload_s} s at 3x saturation, then 5 s at half): shed {shed_share:.0%}, "
+        f"admitted p99 {over.admitted_p99_ms:.1f} ms (target <= 50 ms), RSS start/peak/end "
         + "/".join(f"{v:.0f}" for v in over.rss_mib) + " MiB, recovery "
         + (f"{recovered:.0f} s" if recovered is not None else "not within 5 s")
-        + " (target <= 1 s)",
+        + f" to the pre-overload p99 of {baseline_p99_ms(over):.1f} ms (target <= 1 s)",
         f"through the simulators (card+SWIFT+QR, own process) at {SIM_RATE:.0f}/s: "
         f"{sims.cpu_us_per_payment:.1f} us switch CPU per payment, p99 {sims.p99_ms:.2f} ms, "
         f"achieved {sims.achieved:.0f}/s",
