@@ -702,7 +702,7 @@ def _timed(fn: Callable[[], _T]) -> tuple[_T, tuple[float, float]]:
 
     t, c = time.perf_counter(), time.thread_time()  # bench: phase figures
     value = fn()
-    return value, (time.perf_counter() - t, time.thread_time() - c)
+    return value, (time.perf_counter() - t, time.thread_time() - c)  # bench: figures
 
 
 def _warm_match(net: Side) -> None:
