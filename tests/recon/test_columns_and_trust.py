@@ -282,3 +282,42 @@ def test_a_live_switchs_tiny_chunks_are_packed_as_it_commits(synthetic: tuple,
         for name, arr in getattr(expected, part).items():
             assert np.array_equal(getattr(got, part)[name], arr), (part, name)
     db.close()
+
+
+@pytest.mark.parametrize("same_stan", [False, True])
+def test_a_stranger_of_the_same_amount_does_not_hide_a_missing_card_payment(
+        synthetic: tuple, tmp_path: Path, same_stan: bool) -> None:
+    """The tolerance pass pairs leftovers on amount, currency and time; its second look
+    asks the card secondary key (STAN|terminal) too. A record with an unknown reference
+    and another STAN, the amount and time of a payment missing at the network, must
+    leave both breaks standing (the demo's planted breaks were hidden so). With the
+    payment's own STAN it is that payment with a garbled reference: a tolerance match."""
+    import shutil
+
+    from switch.currency import CURRENCIES
+    from switch.protocols.settlement_files import SettlementEntry, encode_card_clearing
+
+    journal, files, planted = synthetic
+    sw = load_switch_side(journal)
+    missing = {ref for kind, ref in planted.breaks if kind == "missing_at_network"}
+    card = np.flatnonzero(sw.channel == jcols.CHANNEL_CODE["card"])
+    victim = next(int(i) for i, r in zip(card, sw.texts(card).reference, strict=True)
+                  if r in missing)
+    payment = sw.records(np.array([victim]))[0]
+    stan = sw.secondaries(np.array([victim]))[0]  # type: ignore[misc]
+    assert stan, "a card payment has a STAN|terminal"
+    ghost = SettlementEntry("UNKNOWN-0001", stan if same_stan else "999999|TERM9999",
+                            payment.amount, payment.currency, "settled", payment.time_us + 1)
+    shutil.copytree(files, tmp_path / "files")
+    numeric = {alpha: code for alpha, (code, *_rest) in CURRENCIES.items()}
+    (tmp_path / "files" / "zz-ghost.clr").write_text(
+        encode_card_clearing("paynet", "9", [ghost], numeric))
+    report = match(sw, load_network_side(tmp_path / "files"), tol_amount=10)
+    breaks = found(report)
+    if same_stan:
+        assert ("missing_at_network", payment.reference) not in breaks
+        assert report.counts["matched_tolerance"] == len(planted.tolerance_refs) + 1
+    else:
+        assert ("missing_at_network", payment.reference) in breaks
+        assert ("missing_in_switch", "UNKNOWN-0001") in breaks
+        assert report.counts["matched_tolerance"] == len(planted.tolerance_refs)

@@ -105,6 +105,9 @@ class Side:
     #: background, counterparties too for ``first`` (None: nothing to gain, e.g. the
     #: network side's strings are in memory already).
     prefetch: Callable[[NDArray[np.int64], NDArray[np.int64]], None] | None = None
+    #: The secondary key of card entries ``idx`` (STAN|terminal; "" for other channels
+    #: or where unknown), for the second look at tolerance pairs (None: not available).
+    secondaries: Callable[[NDArray[np.int64]], list[str]] | None = None
 
     def __len__(self) -> int:
         return int(self.key.shape[0])
@@ -177,6 +180,9 @@ def concat_sides(sides: list[Side]) -> Side:
                 lambda idx: scatter(idx, lambda side, local: side.counterparties(local)),
                 lambda idx: scatter(idx, lambda side, local: side.records(local)))
     side.prefetch = prefetch
+    if all(s.secondaries is not None for s in sides):
+        side.secondaries = lambda idx: scatter(
+            idx, lambda side, local: side.secondaries(local))  # type: ignore[misc]
     return side
 
 
@@ -374,6 +380,7 @@ def load_network_side(directory: Path,
         lambda idx: _network_texts(files, starts, idx),
         lambda idx: _network_counterparties(files, starts, idx),
     )
+    side.secondaries = lambda idx: _network_card_secondaries(files, starts, idx)
     side.read_cpu_s = time.thread_time() - main_cpu + worker_cpu
     return side
 
@@ -409,6 +416,56 @@ def _network_texts(files: list[_File], starts: NDArray[np.int64],
             if part_secs is not None:
                 secs[p] = part_secs[m] or ""
     return Texts(refs, sources, lines, secs)
+
+
+def _network_card_secondaries(files: list[_File], starts: NDArray[np.int64],
+                              idx: NDArray[np.int64]) -> list[str]:
+    """The secondary key (STAN|terminal) of card entries ``idx``, read back from their
+    lines: the card columns keep no secondary strings (80+ MB at 10M records), and this
+    is asked for a few tolerance pairs only. "" for entries of other files."""
+    secs: list[str] = [""] * len(idx)
+    if not len(idx):
+        return secs
+    which = np.searchsorted(starts, idx, side="right") - 1
+    for k in np.unique(which).tolist():
+        f = files[k]
+        if f.path.suffix != ".clr":
+            continue
+        pos = np.flatnonzero(which == k)
+        local = idx[pos] - f.start
+        lines = (f.cols.lines[local] if f.cols.lines is not None
+                 else local + f.cols.first_line).tolist()
+        text = _read_lines(f.path, set(lines))
+        for p, line in zip(pos.tolist(), lines, strict=True):
+            fields = text.get(line, b"").split(b",")
+            secs[p] = fields[2].decode("utf-8", "replace") if len(fields) > 2 else ""
+    return secs
+
+
+def _read_lines(path: Path, wanted: set[int], chunk_bytes: int = 1 << 23) -> dict[int, bytes]:
+    """Lines ``wanted`` (1-based) of ``path``, reading it in chunks: a few lines of a
+    large file without holding the file or an index of every line in memory."""
+    found: dict[int, bytes] = {}
+    last = max(wanted)
+    line, carry = 1, b""
+    with path.open("rb") as fh:
+        while line <= last:
+            chunk = fh.read(chunk_bytes)
+            if not chunk:
+                break
+            data = carry + chunk
+            ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)
+            hits = [n for n in wanted if line <= n < line + len(ends)]
+            for n in hits:
+                i = n - line
+                start = int(ends[i - 1]) + 1 if i else 0
+                found[n] = data[start:int(ends[i])].rstrip(b"\r")
+            consumed = int(ends[-1]) + 1 if len(ends) else 0
+            carry = data[consumed:]
+            line += len(ends)
+    if carry and line in wanted:
+        found[line] = carry.rstrip(b"\r")
+    return found
 
 
 def _network_counterparties(files: list[_File], starts: NDArray[np.int64],
