@@ -7,7 +7,7 @@ import dataclasses
 import mmap
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,21 +418,27 @@ def _network_texts(files: list[_File], starts: NDArray[np.int64],
     return Texts(refs, sources, lines, secs)
 
 
+def _by_file(files: list[_File], starts: NDArray[np.int64], idx: NDArray[np.int64]
+             ) -> Iterator[tuple[_File, NDArray[np.int64], NDArray[np.int64]]]:
+    """Network entries ``idx`` grouped by file: (file, positions in ``idx``, indices in
+    the file)."""
+    if not len(idx):
+        return
+    which = np.searchsorted(starts, idx, side="right") - 1
+    for k in np.unique(which).tolist():
+        pos = np.flatnonzero(which == k)
+        yield files[k], pos, idx[pos] - files[k].start
+
+
 def _network_card_secondaries(files: list[_File], starts: NDArray[np.int64],
                               idx: NDArray[np.int64]) -> list[str]:
     """The secondary key (STAN|terminal) of card entries ``idx``, read back from their
     lines: the card columns keep no secondary strings (80+ MB at 10M records), and this
     is asked for a few tolerance pairs only. "" for entries of other files."""
     secs: list[str] = [""] * len(idx)
-    if not len(idx):
-        return secs
-    which = np.searchsorted(starts, idx, side="right") - 1
-    for k in np.unique(which).tolist():
-        f = files[k]
+    for f, pos, local in _by_file(files, starts, idx):
         if f.path.suffix != ".clr":
             continue
-        pos = np.flatnonzero(which == k)
-        local = idx[pos] - f.start
         lines = (f.cols.lines[local] if f.cols.lines is not None
                  else local + f.cols.first_line).tolist()
         text = _read_lines(f.path, set(lines))
@@ -473,15 +479,10 @@ def _network_counterparties(files: list[_File], starts: NDArray[np.int64],
     """The secondary key (QR merchant id; "" where the file keeps none) of entries ``idx``:
     :func:`_network_texts`' counterparty alone, for netting's candidates."""
     secs: list[str] = [""] * len(idx)
-    if not len(idx):
-        return secs
-    which = np.searchsorted(starts, idx, side="right") - 1
-    for k in np.unique(which).tolist():
-        f = files[k]
+    for f, pos, local in _by_file(files, starts, idx):
         if not len(f.cols.secondary):
             continue
-        pos = np.flatnonzero(which == k)
-        local = np.ascontiguousarray(idx[pos] - f.start, np.int64)
+        local = np.ascontiguousarray(local, np.int64)
         took = pa.Array.from_buffers(pa.int64(), len(local), [None, pa.py_buffer(local)])
         for p, sec in zip(pos.tolist(), f.cols.secondary.take(took).to_pylist(), strict=True):
             secs[p] = sec or ""
