@@ -70,16 +70,23 @@ async def _journal_with_intents(tmp_path: Path, n: int, *, max_pending: int,
                       metrics=SwitchMetrics())
     return journal, db
 
+def _resolver(journal: Journal, metrics: SwitchMetrics, **options: Any
+              ) -> tuple[Resolver, Clock, IdempotencyIndex]:
+    """A resolver on a fresh clock and idempotency index (an hour, 1,000 keys)."""
+    clock = Clock()
+    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+    return (Resolver(clock=clock, journal=journal, index=index, metrics=metrics, **options),
+            clock, index)
+
+
 
 async def test_full_journal_during_resolution_and_stand_in_loses_nothing(
         tmp_path: Path) -> None:
     metrics = SwitchMetrics()
     journal, db = await _journal_with_intents(tmp_path, 0, max_pending=8)
-    clock = Clock()
-    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
+    resolver, clock, index = _resolver(journal, metrics)
     network = FakeNetwork()
     route = Route("issuer", network, timeout_s=1.0)  # type: ignore[arg-type]
-    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics)
     standin = StandIn(StandInConfig(), {"issuer": network}, journal, clock, metrics,  # type: ignore[dict-item]
                       lambda endpoint, now: True)
     async with anyio.create_task_group() as tg:
@@ -123,13 +130,10 @@ async def test_card_reversals_do_not_queue_behind_qr_checks(tmp_path: Path) -> N
     card is resolved at once, not after the QR jobs' sleeps (main: ~90 s later)."""
     metrics = SwitchMetrics()
     journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000)
-    clock = Clock()
-    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
     card, qr = FakeNetwork(), FakeNetwork("qr-scheme", "qr")
     policies = ResolutionConfig(qr=ResolutionPolicy(first_after_s=90, max_attempts=3,
                                                     within_s=7200, max_delay_s=3600))
-    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics,
-                        workers=8, policies=policies)
+    resolver, clock, _ = _resolver(journal, metrics, workers=8, policies=policies)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run)
         tg.start_soon(resolver.run)
@@ -153,13 +157,10 @@ async def test_a_recovered_payment_counts_its_first_delay_from_the_payment(
     anew. A payment made 80 s ago is due in 10 s; one made 200 s ago at once."""
     metrics = SwitchMetrics()
     journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000)
-    clock = Clock()
-    index = IdempotencyIndex(retention_s=3600, max_keys=1000)
     qr = FakeNetwork("qr-scheme", "qr")
     policies = ResolutionConfig(qr=ResolutionPolicy(first_after_s=90, max_attempts=3,
                                                     within_s=7200, max_delay_s=3600))
-    resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics,
-                        workers=8, policies=policies)
+    resolver, clock, _ = _resolver(journal, metrics, workers=8, policies=policies)
     route = Route("qr-scheme", qr, 1.0)  # type: ignore[arg-type]
     now = clock.now()
     resolver.submit(_payment(1, "qr"), b"h", route, Status.SENT, elapsed_s=80.0)
@@ -178,11 +179,9 @@ def test_unknowns_are_retried_through_a_long_outage_then_escalated(tmp_path: Pat
         metrics = SwitchMetrics()
         # Mode off: a commit in a worker thread would let the mock clock jump meanwhile.
         journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000, mode="off")
-        clock = Clock()
-        index = IdempotencyIndex(retention_s=3600, max_keys=1000)
         network = FakeNetwork(down_until=anyio.current_time() + 120)
         dead = FakeNetwork("dead", down_until=float("inf"))
-        resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics)
+        resolver, _, _ = _resolver(journal, metrics)
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)
             tg.start_soon(resolver.run)
@@ -246,12 +245,9 @@ def test_hanging_card_reversals_do_not_hold_up_other_channels(tmp_path: Path) ->
     async def scenario() -> None:
         metrics = SwitchMetrics()
         journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=1000, mode="off")
-        clock = Clock()
-        index = IdempotencyIndex(retention_s=3600, max_keys=1000)
         card, qr = Hanging(), FakeNetwork("qr-scheme", "qr")
         policies = ResolutionConfig(qr=ResolutionPolicy(first_after_s=0.05))
-        resolver = Resolver(clock=clock, journal=journal, index=index, metrics=metrics,
-                            workers=8, policies=policies)
+        resolver, clock, _ = _resolver(journal, metrics, workers=8, policies=policies)
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)
             tg.start_soon(resolver.run)
