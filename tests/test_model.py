@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switch.model import (
     ALLOWED_TRANSITIONS,
@@ -54,9 +58,37 @@ def test_pan_token_is_keyed_and_stable() -> None:
     assert pan not in tokenize_pan(pan, b"k" * 32)
 
 
+@pytest.mark.parametrize(
+    "key", [b"k" * 32, b"", b"short", b"x" * 128, b"y" * 129, bytes(range(200))])
+@given(pan=st.text(alphabet="0123456789", min_size=12, max_size=19))
+@settings(max_examples=50)
+def test_pan_token_is_hmac_blake2b_of_the_pan(key: bytes, pan: str) -> None:
+    """The precomputed-pad HMAC gives the bytes of the standard library's HMAC (stored
+    tokens and blocklists depend on it), long keys included."""
+    expected = hmac.new(key, pan.encode("ascii"), hashlib.blake2b).hexdigest()[:32]
+    assert tokenize_pan(pan, key) == expected
+    assert tokenize_pan(pan, key) == expected  # from the cached pads as well
+
+
+def _luhn_by_the_book(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
 def test_luhn() -> None:
     assert luhn_ok("4111111111111111")
     assert not luhn_ok("4111111111111112")
+    assert not luhn_ok("")
+    assert not luhn_ok("4111 1111 1111 1111")
+    assert not luhn_ok("\u0664111111111111111")  # an Arabic-Indic digit is not ASCII
+
+
+@given(digits=st.text(alphabet="0123456789", min_size=1, max_size=25))
+def test_luhn_agrees_with_the_textbook_loop(digits: str) -> None:
+    assert luhn_ok(digits) == _luhn_by_the_book(digits)
 
 
 @pytest.mark.parametrize(
