@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import threading
 from pathlib import Path
 
 import anyio
@@ -96,6 +98,58 @@ async def test_wait_policy_waits_for_a_commit_instead_of_refusing(tmp_path: Path
             await journal.write(_row(2, FINAL, Status.APPROVED), OnFull.WAIT)
         await journal.close()
     assert journal.committed_records == 3
+
+
+async def test_the_writer_reports_every_commit_in_order_on_the_loop(tmp_path: Path) -> None:
+    """The engine completes payments from the listener: it must hear every batch once,
+    in commit order, after the batch is durable, on the loop's own thread."""
+    db = open_database(tmp_path / "j.db", "group")
+    journal = Journal(db, mode="group", max_batch=3, max_pending=1000, metrics=SwitchMetrics())
+    loop_thread = threading.get_ident()
+    heard: list[tuple[list[str], int, bool]] = []
+    journal.listen(lambda batch: heard.append(
+        ([row[0] for row in batch.rows], threading.get_ident(), batch.committed.is_set())))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        async with anyio.create_task_group() as writers:
+            for i in range(20):
+                writers.start_soon(journal.write, _row(i, INTENT, Status.SENT), OnFull.SHED)
+        await journal.close()
+    assert [pid for pids, _, _ in heard for pid in pids] == [f"P1-{i}" for i in range(20)]
+    assert all(thread == loop_thread and durable for _, thread, durable in heard)
+    assert len(heard) == journal.commits and journal.committed_records == 20
+    assert all(len(pids) <= 3 for pids, _, _ in heard), "max_batch bounds a commit"
+
+
+async def test_a_commit_window_gathers_more_records_per_commit(tmp_path: Path) -> None:
+    async def commits_for(window_s: float, name: str) -> int:
+        db = open_database(tmp_path / name, "group")
+        journal = Journal(db, mode="group", max_batch=1000, max_pending=1000,
+                          metrics=SwitchMetrics(), commit_window_s=window_s)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for i in range(30):  # one record per loop step: each could be its own commit
+                journal.append(_row(i, INTENT, Status.SENT))
+                await anyio.sleep(0.001)
+            await journal.close()
+        assert journal.committed_records == 30
+        return journal.commits
+
+    assert await commits_for(0.05, "window.db") < await commits_for(0.0, "none.db")
+
+
+async def test_maintenance_runs_on_the_writer_between_commits(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "j.db", "group")
+    journal = Journal(db, mode="group", max_batch=8, max_pending=1000, metrics=SwitchMetrics())
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        await journal.write(_row(0, INTENT, Status.SENT), OnFull.SHED)
+        count = await journal.maintain(
+            lambda conn: conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+        with pytest.raises(sqlite3.OperationalError):
+            await journal.maintain(lambda conn: conn.execute("SELECT nothing FROM nowhere"))
+        await journal.close()
+    assert count == 1
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 255, 256, 257, 300, 1000])

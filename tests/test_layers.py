@@ -66,7 +66,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 #: The leaves of ``switch``: plain modules every layer may use.
 BASE_MODULES = (
     "switch", "switch.model", "switch.currency", "switch.reasons", "switch.clock",
-    "switch.bounds", "switch.fielderrors", "switch.tomlio",
+    "switch.loopcalls", "switch.bounds", "switch.fielderrors", "switch.tomlio",
 )
 
 #: Third-party imports a unit must never make, with the reason.

@@ -1,12 +1,13 @@
 """The durable journal: SQLite in WAL mode, one writer, group commit.
 
 Why this shape:
-* One writer. SQLite serialises writers anyway; one task owning the connection means no
+* One writer. SQLite serialises writers anyway; one thread owning the connection means no
   lock contention and a natural place to batch.
 * Group commit. Each ``write()`` appends a row to the open batch and waits for that batch's
   commit. While one batch is being committed (an fsync, ~0.2 ms here) the next fills up,
-  so under load hundreds of payments share one fsync. The commit runs in a worker thread,
-  which releases the GIL during the fsync, so the event loop keeps serving.
+  so under load hundreds of payments share one fsync. The commit runs in the journal's
+  own thread, which releases the GIL during the fsync, so the event loop keeps serving,
+  and reports back through the loop's thread-safe call (switch/loopcalls.py).
 * Write-ahead. The pipeline journals an ``intent`` before a payment goes to a network and a
   ``final`` before the client hears the result. After a crash, an intent with no final is
   a payment whose fate must be resolved (reversal / status inquiry), never forgotten.
@@ -27,18 +28,22 @@ from __future__ import annotations
 
 import functools
 import logging
+import queue
 import sqlite3
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, Protocol, TypeVar
+from typing import Final, Literal, Protocol, TypeVar, Union
 
 import anyio
 
 from switch.journal import columns
 from switch.journal.archive import Compactor, attach_archive
-from switch.journal.records import COLUMNS, JournalRecord, OnFull, Row, to_row
+from switch.journal.records import COLUMNS, KINDS, JournalRecord, OnFull, Row, to_row
+from switch.loopcalls import LoopCalls, loop_calls
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,11 +136,27 @@ class _Batch:
         self.error: BaseException | None = None
 
 
+#: What the writer thread is given: a batch to commit, a maintenance step, or None (stop).
+_Job = Union["_Batch", "_Maintenance", None]
+
+
+class _Maintenance:
+    """A step on the connection between commits (retention), and its outcome."""
+
+    __slots__ = ("done", "error", "result", "step")
+
+    def __init__(self, step: Callable[[sqlite3.Connection], object]) -> None:
+        self.step = step
+        self.done = anyio.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+
+
 def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # check_same_thread=False: the connection is used from worker threads, but only ever
-    # by one at a time (the single writer task awaits each commit).
+    # check_same_thread=False: opened here, read at start-up (replay), then used only by
+    # the journal's writer thread (Journal.run).
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
@@ -156,7 +177,17 @@ class Retention:
 
 
 class Journal:
-    """Append-only, group-committed payment journal. Run :meth:`run` in a task group."""
+    """Append-only, group-committed payment journal. Run :meth:`run` in a task group.
+
+    The connection belongs to one writer thread, started by :meth:`run`. The loop fills
+    the open batch; whenever the writer is idle, the open batch is handed to it (at the
+    end of the current loop step, so every record of one wake-up shares the commit), and
+    the writer reports each commit back through the loop's own thread-safe call. No
+    per-commit task, worker-pool hop or lock: a quarter of the CPU of a hop through
+    ``anyio.to_thread`` (bench/bench_thread_hop.py), paid twice per payment at low rates
+    (issue 12). One thread also keeps commits in order, so the listener (:meth:`listen`)
+    hears them first-in, first-out.
+    """
 
     def __init__(
         self,
@@ -166,12 +197,10 @@ class Journal:
         max_batch: int,
         max_pending: int,
         metrics: JournalMetrics,
-        clock: Callable[[], float] = anyio.current_time,
         commit_window_s: float = 0.0,
         retention: Retention | None = None,
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
-        self._clock = clock  # for the commit-latency metric only
         assert 0.0 <= commit_window_s <= 1.0
         self._commit_window_s = commit_window_s if mode == "group" else 0.0
         # Read at scrape time, so a stuck writer shows as a growing backlog.
@@ -184,10 +213,13 @@ class Journal:
         self._batches: deque[_Batch] = deque([_Batch()])
         self._pending = 0
         self._retention = retention
-        # The connection is used by one thread at a time: commits and maintenance
-        # (retention steps) take turns.
-        self._db_lock = anyio.Lock()
-        self._wakeup = anyio.Event()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._calls: LoopCalls | None = None  # bound by run(), on the loop
+        self._writer: threading.Thread | None = None
+        self._busy = False  # a batch is with the writer thread
+        self._hand_off_armed = False
+        self._listeners: list[Callable[[_Batch], None]] = []
+        self._stopped = anyio.Event()  # closed and drained, or failed
         self._room = anyio.Event()  # set after each commit: pending records went down
         self._closed = False
         self.failure: BaseException | None = None
@@ -203,12 +235,23 @@ class Journal:
     def pending(self) -> int:
         return self._pending
 
+    def listen(self, listener: Callable[[_Batch], None]) -> None:
+        """Call ``listener(batch)`` on the loop after each commit, in commit order (a
+        failed commit too: ``batch.error`` is set). It must not raise."""
+        self._listeners.append(listener)
+
     def append(self, record: JournalRecord) -> _Batch:
         """Queue one record; return the batch whose commit makes it durable.
 
         Raises ``JournalFull`` past ``max_pending``: callers that must not shed use
         :meth:`write` with ``OnFull.WAIT``.
         """
+        return self.append_row(to_row(record))
+
+    def append_row(self, row: Row) -> _Batch:
+        """:meth:`append` for a record already in row form (the payment core's, which
+        skips building a record object twice per payment)."""
+        assert row[2] in KINDS, f"unknown journal record kind {row[2]!r}"
         if self.failure is not None:
             raise JournalFailed(str(self.failure))
         if self._closed:
@@ -219,10 +262,14 @@ class Journal:
         if len(batch.rows) >= self._max_batch:
             batch = _Batch()
             self._batches.append(batch)
-        batch.rows.append(to_row(record))
+        batch.rows.append(row)
         self._pending += 1
         assert 0 < self._pending <= self._max_pending
-        self._wakeup.set()
+        if not self._busy and not self._hand_off_armed and self._calls is not None:
+            # At the end of this loop step, not now: the rest of this wake-up's records
+            # join the same commit.
+            self._hand_off_armed = True
+            self._calls.soon(self._hand_off)
         return batch
 
     async def write(self, record: JournalRecord, on_full: OnFull) -> None:
@@ -247,20 +294,45 @@ class Journal:
             raise JournalFailed(str(batch.error)) from batch.error
 
     async def run(self) -> None:
-        """The writer loop. Returns after :meth:`close` once everything is committed.
+        """The writer. Returns after :meth:`close` once everything is committed; raises
+        the commit error after a failed commit (fail-stop).
 
         With ``retention``, old finished payments move to the archive meanwhile.
         """
-        async with anyio.create_task_group() as tg:
-            if self._retention is not None:
-                tg.start_soon(self._retain, self._retention)
-            await self._write_loop()
-            tg.cancel_scope.cancel()
+        assert self._writer is None, "Journal.run() twice"
+        self._calls = loop_calls()
+        self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
+                                        daemon=True)
+        self._writer.start()
+        try:
+            self._hand_off()  # records appended before the writer started
+            async with anyio.create_task_group() as tg:
+                if self._retention is not None:
+                    tg.start_soon(self._retain, self._retention)
+                await self._stopped.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._jobs.put(None)
+            # Quick unless a commit is under way; a commit cannot be abandoned halfway,
+            # and its report must find the loop still running.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._writer.join)
+        if self.failure is not None:
+            raise self.failure
 
     async def maintain(self, step: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``step`` on the journal's connection in a worker thread, between commits."""
-        async with self._db_lock:
-            return await anyio.to_thread.run_sync(step, self._db)
+        """Run ``step`` on the journal's connection in the writer thread, between commits."""
+        job = _Maintenance(step)
+        self._jobs.put(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]  # step's own result
+
+    async def close(self) -> None:
+        """Stop accepting records; :meth:`run` returns after the last batch commits."""
+        self._closed = True
+        self._hand_off()
 
     async def _retain(self, retention: Retention) -> None:
         compactor = retention.compactor
@@ -275,44 +347,96 @@ class Journal:
             full = compactor.scanned >= compactor.max_rows
             await anyio.sleep(0 if full else retention.every_s)
 
-    async def _write_loop(self) -> None:
-        while True:
-            if not self._batches[0].rows:
-                if self._closed:
-                    return
-                self._wakeup = anyio.Event()
-                await self._wakeup.wait()
-                continue
-            if self._commit_window_s > 0 and len(self._batches[0].rows) < self._max_batch:
-                # Let the batch fill for a moment: one fsync and one thread hand-off for
-                # more records. Trades at most the window in latency for CPU per record.
-                await anyio.sleep(self._commit_window_s)
+    # ----------------------------------------------------------------- on the loop
+
+    def _hand_off(self) -> None:
+        """Give the oldest batch to the writer if it is idle; note when all is done."""
+        self._hand_off_armed = False
+        if self._busy or self.failure is not None or self._calls is None:
+            return
+        if self._batches[0].rows:
             batch = self._batches.popleft()
             if not self._batches:
                 self._batches.append(_Batch())
-            started = self._clock()
+            self._busy = True
+            self._jobs.put(batch)
+        elif self._closed:
+            self._stopped.set()
+
+    def _committed(self, batch: _Batch, error: BaseException | None, seconds: float) -> None:
+        """The writer finished ``batch`` (on the loop, in commit order)."""
+        if error is not None:
+            self._failed(batch, error)
+            return
+        self._pending -= len(batch.rows)
+        assert self._pending >= 0, "journal pending went negative"
+        self.commits += 1
+        self.committed_records += len(batch.rows)
+        self._metrics.commit_seconds.observe(seconds)
+        self._metrics.batch_size.observe(len(batch.rows))
+        batch.committed.set()
+        self._tell(batch)
+        self._room.set()
+        self._room = anyio.Event()
+        if not self._commit_window_s:
+            self._busy = False
+            self._hand_off()
+        # else: the writer lets the next batch gather, then calls _writer_ready.
+
+    def _writer_ready(self) -> None:
+        self._busy = False
+        self._hand_off()
+
+    def _failed(self, batch: _Batch, error: BaseException) -> None:
+        """Fail-stop: this batch and every one queued behind it fail; run() raises."""
+        log.critical("journal commit failed: %s", error)
+        self.failure = error
+        failed = [batch, *(b for b in self._batches if b.rows)]
+        self._batches = deque([_Batch()])
+        for each in failed:
+            each.error = error
+            each.committed.set()
+            self._tell(each)
+        self._room.set()  # waiters for room wake and meet the failure
+        self._stopped.set()
+
+    def _tell(self, batch: _Batch) -> None:
+        for listener in self._listeners:
             try:
-                async with self._db_lock:
-                    await anyio.to_thread.run_sync(self._commit, batch.rows)
-            except Exception as exc:  # disk full, I/O error: fail-stop, never guess
-                log.critical("journal commit failed: %s", exc)
-                self.failure = exc
-                batch.error = exc
-                for waiting in self._batches:
-                    waiting.error = exc
-                    waiting.committed.set()
-                batch.committed.set()
-                self._room.set()  # waiters for room wake and meet the failure
-                raise
-            self._pending -= len(batch.rows)
-            assert self._pending >= 0, "journal pending went negative"
-            self._room.set()
-            self._room = anyio.Event()
-            self.commits += 1
-            self.committed_records += len(batch.rows)
-            self._metrics.commit_seconds.observe(self._clock() - started)
-            self._metrics.batch_size.observe(len(batch.rows))
-            batch.committed.set()
+                listener(batch)
+            except Exception:  # a listener's bug must not stop the journal's reports
+                log.exception("journal commit listener failed")
+
+    def _maintained(self, job: _Maintenance) -> None:
+        job.done.set()
+
+    # ----------------------------------------------------------------- on the writer
+
+    def _write_loop(self) -> None:
+        calls = self._calls
+        assert calls is not None
+        while True:  # until run() puts None
+            job = self._jobs.get()
+            if job is None:
+                return
+            if isinstance(job, _Maintenance):
+                try:
+                    job.result = job.step(self._db)
+                except BaseException as exc:  # handed to the awaiting task, raised there
+                    job.error = exc
+                calls.from_thread(self._maintained, job)
+                continue
+            started = time.perf_counter()  # a thread: the loop's clock is not ours
+            error: BaseException | None = None
+            try:
+                self._commit(job.rows)
+            except BaseException as exc:  # disk full, I/O error: fail-stop, never guess
+                error = exc
+            calls.from_thread(self._committed, job, error, time.perf_counter() - started)
+            if error is None and self._commit_window_s:
+                # Let the next batch gather: fewer, larger commits (commit_window_s).
+                time.sleep(self._commit_window_s)
+                calls.from_thread(self._writer_ready)
 
     def _commit(self, rows: list[Row]) -> None:
         db = self._db
@@ -332,8 +456,3 @@ class Journal:
                     log.error("journal rollback after a failed commit also failed: %s",
                               rollback)
             raise
-
-    async def close(self) -> None:
-        """Stop accepting records; :meth:`run` returns after the last batch commits."""
-        self._closed = True
-        self._wakeup.set()

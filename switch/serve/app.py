@@ -213,7 +213,6 @@ class SwitchApp:
                 max_batch=cfg.journal.max_batch,
                 max_pending=cfg.journal.max_pending,
                 metrics=self.metrics,
-                clock=clock.measure,
                 commit_window_s=cfg.journal.commit_window_s,
                 # Finished payments past the idempotency window move to the archive, so
                 # start-up never grows with history.

@@ -164,8 +164,9 @@ class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     mode: Literal["sync", "group", "off"] = "group"
     #: Records written per commit at most.
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 8192
-    #: group mode: wait this long for more records before each commit (0: commit at
-    #: once). Fewer, larger commits cost less CPU per payment; adds up to this latency.
+    #: group mode: after each commit, let records gather this long before the next one
+    #: (0: the next commit starts at once). Fewer, larger commits cost less CPU per
+    #: payment; adds up to this latency.
     commit_window_s: Annotated[float, msgspec.Meta(ge=0, le=0.05)] = 0.0
     #: Records waiting for the writer; past this, new payments are shed as overloaded.
     max_pending: Annotated[int, msgspec.Meta(ge=1, le=4_000_000)] = 262144

@@ -2,9 +2,9 @@
 
 It owns every await so the core owns none:
 
-* the journal port: records go into the journal's open group-commit batch; one watcher
-  task waits for the batches in order and reports each commit to the core, which then
-  completes all of that batch's payments at once;
+* the journal port: records go into the journal's open group-commit batch; the
+  journal reports each commit (on the loop, in order) and the core then completes all
+  of that batch's payments at once;
 * the network port: adapters that send without waiting (:class:`SendsWithoutWaiting`)
   get the request queued and deliver answers in batches; any other adapter is driven
   by a small pool of bridge tasks (grown only while every bridge is busy), each running
@@ -21,7 +21,6 @@ in-memory queues and calls the core's ``on_*`` methods with its own ``now``.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,7 +30,6 @@ import anyio.abc
 from switch.adapters.base import ChannelAdapter, NetworkReply, NotSent, SendsWithoutWaiting
 from switch.clock import Clock, backend_clock, timer_deadline
 from switch.journal import Journal
-from switch.journal.records import from_row
 from switch.model import Payment, PaymentRequest
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore, Rejected, Submitted
@@ -44,44 +42,34 @@ Row = tuple[str, str, str, str, bytes, bytes, int]
 
 
 class JournalShell:
-    """The core's journal port on the group-commit :class:`Journal`."""
+    """The core's journal port on the group-commit :class:`Journal`.
+
+    Each commit is reported to the core by the journal's listener call, on the loop, in
+    commit order: no task waits per batch.
+    """
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
-        self._watch: deque[Any] = deque()
-        self._last: object | None = None
-        self._wake = anyio.Event()
         self._off = journal.mode == "off"
+        self._engine: Engine | None = None
+        journal.listen(self._committed)
 
     def append(self, row: Row) -> object | None:
-        # The core's records arrive as rows; the journal takes typed records.
-        batch = self.journal.append(from_row(row))  # raises JournalFull / JournalFailed
-        if self._off:
-            return None
-        if batch is not self._last:
-            self._last = batch
-            self._watch.append(batch)
-            self._wake.set()
-        return batch
+        batch = self.journal.append_row(row)  # raises JournalFull / JournalFailed
+        return None if self._off else batch
 
-    async def watch(self, engine: Engine) -> None:
-        """Report each batch's commit to the core, in commit order (FIFO)."""
-        watch = self._watch
-        while True:
-            if not watch:
-                self._wake = anyio.Event()
-                await self._wake.wait()
-                continue
-            batch = watch[0]
-            await batch.committed.wait()
-            watch.popleft()
-            if batch is self._last:
-                self._last = None
-            if batch.error is not None:
-                engine.core.on_commit_failed(batch, batch.error)
-            else:
-                engine.core.on_committed(batch, engine.now(), engine.measure())
-            engine.kick()
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _committed(self, batch: Any) -> None:
+        engine = self._engine
+        if engine is None or self._off:
+            return
+        if batch.error is not None:
+            engine.core.on_commit_failed(batch, batch.error)
+        else:
+            engine.core.on_committed(batch, engine.now(), engine.measure())
+        engine.kick()
 
 
 class NetworkShell:
@@ -191,6 +179,7 @@ class Engine:
         self.network = NetworkShell(adapters, self._on_replies)
         self.core = build_core(self.journal_port, self.network,
                                clock.wall_seconds() - clock.now())
+        self.journal_port.attach(self)
         self._timer_wake = anyio.Event()
         self._sleeping_until = float("inf")
 
@@ -217,7 +206,6 @@ class Engine:
         """The shell's tasks; runs until cancelled. Start it before serving."""
         self.now = backend_clock()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self.journal_port.watch, self)
             tg.start_soon(self.network.run)
             tg.start_soon(self._timers)
             await anyio.lowlevel.checkpoint()
