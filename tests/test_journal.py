@@ -115,7 +115,9 @@ async def test_the_writer_reports_every_commit_in_order_on_the_loop(tmp_path: Pa
             for i in range(20):
                 writers.start_soon(journal.write, _row(i, INTENT, Status.SENT), OnFull.SHED)
         await journal.close()
-    assert [pid for pids, _, _ in heard for pid in pids] == [f"P1-{i}" for i in range(20)]
+    in_seq_order = [pid for (pid,) in db.execute("SELECT payment_id FROM journal ORDER BY seq")]
+    assert [pid for pids, _, _ in heard for pid in pids] == in_seq_order
+    assert sorted(in_seq_order) == sorted(f"P1-{i}" for i in range(20))
     assert all(thread == loop_thread and durable for _, thread, durable in heard)
     assert len(heard) == journal.commits and journal.committed_records == 20
     assert all(len(pids) <= 3 for pids, _, _ in heard), "max_batch bounds a commit"
@@ -161,11 +163,12 @@ def test_a_batch_is_inserted_in_order_in_few_statements(tmp_path: Path, count: i
     statements: list[str] = []
     db.set_trace_callback(statements.append)
     db.execute("BEGIN")
-    insert_rows(db, rows)
+    last = insert_rows(db, rows)
     db.execute("COMMIT")
     db.set_trace_callback(None)
     inserts = [s for s in statements if s.startswith("INSERT INTO journal")]
-    assert len(inserts) <= count // MAX_ROWS_PER_INSERT + MAX_ROWS_PER_INSERT.bit_length()
+    assert len(inserts) == -(-count // MAX_ROWS_PER_INSERT)  # one per 256 rows, rounded up
+    assert last == count
     stored = db.execute("SELECT seq, payment_id FROM journal ORDER BY seq").fetchall()
     assert [pid for _, pid in stored] == [f"P1-{i}" for i in range(count)]
     assert [seq for seq, _ in stored] == list(range(1, count + 1))

@@ -65,12 +65,18 @@ _ROW_PLACEHOLDERS: Final = f"({', '.join('?' * len(COLUMNS))})"
 INSERT: Final = f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES {_ROW_PLACEHOLDERS}"
 #: Most rows one INSERT statement carries (7 parameters each: 1,792, under SQLite's 32,766).
 MAX_ROWS_PER_INSERT: Final = 256
-#: Multi-row INSERTs for 1, 2, 4 ... MAX_ROWS_PER_INSERT rows (see insert_rows).
-_INSERT_ROWS: Final = {
-    k: f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES "
-    + ", ".join([_ROW_PLACEHOLDERS] * k)
-    for k in (1 << i for i in range(MAX_ROWS_PER_INSERT.bit_length()))
-}
+#: Prepared statements the connection keeps: an INSERT for every row count up to
+#: MAX_ROWS_PER_INSERT, and the rest of the journal's own.
+CACHED_STATEMENTS: Final = MAX_ROWS_PER_INSERT + 64
+
+
+@functools.cache
+def _insert_rows_sql(count: int) -> str:
+    assert 1 <= count <= MAX_ROWS_PER_INSERT, count
+    return f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES " + ", ".join(
+        [_ROW_PLACEHOLDERS] * count)
+
+
 #: The switch process's GIL switch interval (``sys.setswitchinterval``; Python's default
 #: is 5 ms). Why: the commit thread needs the GIL back after every SQLite call, and while
 #: the event loop is busy each hand-back waited up to the interval. Measured with a busy
@@ -79,23 +85,28 @@ _INSERT_ROWS: Final = {
 GIL_SWITCH_INTERVAL_S: Final = 0.0005
 
 
-def insert_rows(db: sqlite3.Connection, rows: list[Row]) -> None:
-    """Insert ``rows`` (in order, so their seqs are contiguous) in few statements.
+def insert_rows(db: sqlite3.Connection, rows: list[Row]) -> int:
+    """Insert ``rows`` (in order, so their seqs are contiguous) in as few statements as
+    SQLite's parameter limit allows; return the last row's seq (0 if none).
 
     Why not ``executemany``: it steps SQLite once per row and releases and re-takes the
     GIL around each step; with the event loop busy on the other thread, every re-take
     could wait for the loop to give the GIL up. A commit of 1,000 rows then took half a
     second, slowed the payments waiting on it, grew the next batch, and the switch
-    melted under overload. Power-of-two chunks: at most log2(256) + 1 statements per
-    commit beyond the full chunks, all from a small set the statement cache keeps.
+    melted under overload. One statement per MAX_ROWS_PER_INSERT rows, each row count
+    its own cached statement (CACHED_STATEMENTS): a commit of up to 256 rows takes the
+    GIL back once for its rows.
     """
-    done, total = 0, len(rows)
+    done, total, last = 0, len(rows), 0
     while done < total:
-        size = min(MAX_ROWS_PER_INSERT, 1 << ((total - done).bit_length() - 1))
-        chunk = rows[done:done + size]
-        db.execute(_INSERT_ROWS[size], [value for row in chunk for value in row])
-        done += size
+        chunk = rows[done:done + MAX_ROWS_PER_INSERT]
+        cursor = db.execute(_insert_rows_sql(len(chunk)),
+                            [value for row in chunk for value in row])
+        last = cursor.lastrowid or 0
+        done += len(chunk)
     assert done == total, "every row inserted exactly once"
+    assert total == 0 or last >= total, "seqs are positive and contiguous"
+    return last
 
 
 class _Observes(Protocol):
@@ -157,7 +168,8 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # check_same_thread=False: opened here, read at start-up (replay), then used only by
     # the journal's writer thread (Journal.run).
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                         cached_statements=CACHED_STATEMENTS)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=" + ("OFF" if mode == "off" else "FULL"))
     db.executescript(SCHEMA)
@@ -442,8 +454,9 @@ class Journal:
         db = self._db
         db.execute("BEGIN")
         try:
-            insert_rows(db, rows)
-            columns.append_batch(db, rows)  # same transaction: columns never disagree
+            last = insert_rows(db, rows)
+            # Same transaction: the columns never disagree with the rows.
+            columns.append_batch(db, rows, last_seq=last)
             db.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back (SQLITE_FULL does): a ROLLBACK then
