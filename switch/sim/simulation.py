@@ -525,6 +525,13 @@ class Simulation:
         elif kind == COMMIT:
             self._commit(boot, b)
         elif kind == WAKE:
+            if self.now != boot.wake_at:
+                # Superseded by an earlier wake-up (its deadline was cancelled or a sooner
+                # one armed): no live timer is due before wake_at, so the core has nothing
+                # to do. Running it anyway reset wake_at and armed one more wake-up per
+                # stale event: they never went away, and piled up to thousands per
+                # simulated second between two crashes.
+                return
             boot.wake_at = math.inf
             boot.core.on_timers(self.now, self.now)
         elif kind == RES_WAKE:
