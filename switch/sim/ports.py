@@ -103,3 +103,11 @@ class Boot:
         self.advice_delay = 0.05
         self.advice_armed = False
         self.wake_at = math.inf
+
+    def discard(self) -> None:
+        """Drop everything this boot holds, as a crash does. Its parts point back at it
+        (the ports, the journal's callbacks), so without this it is cyclic garbage, left
+        to a collector the simulation keeps off (switch/sim/simulation.py run())."""
+        for name in ("core", "router", "index", "standin", "resolver", "journal", "trace"):
+            self.__dict__.pop(name, None)
+        self.waiting = {}
