@@ -17,6 +17,7 @@ transaction per batch was a quarter of a simulated payment's CPU).
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -138,3 +139,14 @@ def disk_error(faults: Iterable[DiskFault], now: float, used: set[object]) -> st
             used.add(d)
             return "fsync failed: I/O error"
     return None
+
+
+def next_disk_error_at(faults: Iterable[DiskFault], now: float, used: set[object]) -> float:
+    """The earliest time from which :func:`disk_error` may return an error (at or before
+    ``now``: it may now; inf: never again). A commit before it needs no look at ``faults``."""
+    at = math.inf
+    for d in faults:
+        if (d.kind == "disk_full" and now < d.at + d.duration_s) or (
+                d.kind == "fsync_fail" and d not in used):
+            at = min(at, d.at)
+    return at

@@ -69,7 +69,7 @@ from switch.routing.router import Router
 from switch.routing.table import load_route_table
 from switch.sim.advice import ADVICE, arm_advice, send_advice
 from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
-from switch.sim.disk import Batch, SimJournal, disk_error, disk_full
+from switch.sim.disk import Batch, SimJournal, disk_error, disk_full, next_disk_error_at
 from switch.sim.networks import CHANNEL_OF, World
 from switch.sim.options import (
     ROOT,
@@ -158,6 +158,9 @@ class Simulation:
         self._peak = options.rate if shape is None else 1.05 * max(
             shape.rate_at(i * 0.05) for i in range(int(options.duration_s / 0.05) + 1))
         self._disk_used: set[object] = set()
+        #: No commit can meet a disk fault before this time (next_disk_error_at); the
+        #: schedule is read again only from then on, not at every commit.
+        self._disk_check_at = 0.0
         # Clearing cut-offs: ten during the load (CUT_EVERY_S apart at least), then ever
         # further apart in the drain (the writer walks every record of the scheme at each
         # cut: channels/settlement.py).
@@ -281,7 +284,11 @@ class Simulation:
         boot.waiting.setdefault(ticket, []).append(then)
 
     def _commit(self, boot: Boot, batch: Batch) -> None:
-        error = disk_error(self.schedule.disk, self.now, self._disk_used)
+        error = None
+        if self.now >= self._disk_check_at:
+            disk = self.schedule.disk
+            error = disk_error(disk, self.now, self._disk_used)
+            self._disk_check_at = next_disk_error_at(disk, self.now, self._disk_used)
         boot.journal.commit(batch, error)
         if error is None:
             self.note(None, "commit", len(batch.rows))
@@ -456,8 +463,9 @@ class Simulation:
         self.push(1.0, TICK)
         end = self.options.duration_s + self.options.drain_s
         heap = self._heap
+        pop, dispatch = heapq.heappop, self._dispatch
         while heap:
-            at, _, kind, a, b = heapq.heappop(heap)
+            at, _, kind, a, b = pop(heap)
             if at > end:
                 break
             self.now = at
@@ -465,7 +473,7 @@ class Simulation:
                 if self._tick():
                     break
                 continue
-            self._dispatch(kind, a, b)
+            dispatch(kind, a, b)
             boot = self.boot
             if boot is not None:
                 deadline = boot.core.next_deadline()
@@ -481,6 +489,29 @@ class Simulation:
 
     def _dispatch(self, kind: int, a: Any, b: Any) -> None:
         boot = self.boot
+        # Nearly every event is one of these four, for the live boot: tested first.
+        if a is boot and boot is not None and boot.alive:
+            if kind == COMMIT:
+                self._commit(boot, b)
+                return
+            if kind == ISSUER:
+                self._at_issuer(boot, *b)
+                return
+            if kind == REPLY:
+                token, reply, pid = b
+                self.note(pid, "answer", pid, reply.reason if reply else "notsent")
+                boot.core.on_replies(((token, reply),), self.now, self.now)
+                return
+            if kind == WAKE:
+                # A wake-up superseded by an earlier one (its deadline was cancelled or a
+                # sooner one armed) has nothing to do: no live timer is due before wake_at.
+                # Running it anyway reset wake_at and armed one more wake-up per stale
+                # event: they never went away, and piled up to thousands per simulated
+                # second between two crashes.
+                if self.now == boot.wake_at:
+                    boot.wake_at = math.inf
+                    boot.core.on_timers(self.now, self.now)
+                return
         if kind == ARRIVE:
             self._arrive()
         elif kind == RESEND:
@@ -513,24 +544,6 @@ class Simulation:
             elif kind == DISK and a is None:
                 self._disk(b)
             return
-        elif kind == REPLY:
-            token, reply, pid = b
-            self.note(pid, "answer", pid, reply.reason if reply else "notsent")
-            boot.core.on_replies(((token, reply),), self.now, self.now)
-        elif kind == ISSUER:
-            self._at_issuer(boot, *b)
-        elif kind == COMMIT:
-            self._commit(boot, b)
-        elif kind == WAKE:
-            if self.now != boot.wake_at:
-                # Superseded by an earlier wake-up (its deadline was cancelled or a sooner
-                # one armed): no live timer is due before wake_at, so the core has nothing
-                # to do. Running it anyway reset wake_at and armed one more wake-up per
-                # stale event: they never went away, and piled up to thousands per
-                # simulated second between two crashes.
-                return
-            boot.wake_at = math.inf
-            boot.core.on_timers(self.now, self.now)
         elif kind == RES_WAKE:
             boot.resolver.wake()
         elif kind == RES_ISSUER:
