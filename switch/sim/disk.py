@@ -25,7 +25,7 @@ from typing import Final
 
 from switch.journal import JournalFailed, JournalFull
 from switch.journal.records import Row
-from switch.journal.store import INSERT
+from switch.journal.store import insert_rows
 from switch.sim.schedule import DiskFault
 
 #: A commit (fsync included) on a healthy disk.
@@ -110,7 +110,9 @@ class SimJournal:
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(INSERT, self._durable)
+            # The real writer's multi-row INSERTs (switch/journal/store.py): ~15% less CPU
+            # per row than executemany's one step per row, and the same rows in order.
+            insert_rows(db, self._durable)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
