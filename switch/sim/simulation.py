@@ -312,7 +312,7 @@ class Simulation:
         world = self.world
         plan = world.plan(endpoint, self.now, payment)
         pid = payment.payment_id
-        if payment.idempotency_key == self.options.trace_key:
+        if payment.idempotency_key == self._trace_key:
             self._trace_pids.add(pid)
         if plan.action == "refuse":
             self.note(pid, "send", pid, endpoint, "refused")
@@ -400,8 +400,10 @@ class Simulation:
             return
         assert isinstance(response, Reply)
         result = response.result
+        # A Status is a StrEnum: hashed (msgpack) and printed as its value, without the
+        # cost of Enum.value's descriptor.
         self.note((key, result.payment_id), "reply", rid, key, result.payment_id,
-                  result.status.value, result.reason, "replay", response.replay)
+                  result.status, result.reason, "replay", response.replay)
         if acked is not None and acked[2] != digest:
             self.violate("idempotency", key,
                          f"another body got {result.status.value} instead of a refusal")
