@@ -622,7 +622,7 @@ _ENCODE: Final = msgspec.msgpack.Encoder().encode
 
 
 def _digest(request: PaymentRequest) -> bytes:
-    return hashlib.blake2b(msgspec.msgpack.encode(request), digest_size=16).digest()
+    return hashlib.blake2b(_ENCODE(request), digest_size=16).digest()
 
 
 @contextmanager
