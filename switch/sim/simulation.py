@@ -34,6 +34,7 @@ import datetime as dt
 import gc
 import hashlib
 import heapq
+import itertools
 import math
 import random
 import time
@@ -118,7 +119,7 @@ class Simulation:
         self.db = open_database(options.db_path, "off")
         self.now = 0.0
         self._heap: list[tuple[float, int, int, Any, Any]] = []
-        self._seq = 0
+        self._seq = itertools.count(1)  # insertion order breaks ties in time
         self._hash = hashlib.blake2b(digest_size=16)
         #: Trace events not yet hashed, as (now, fields): msgpack-encoded and hashed in
         #: chunks of a fixed size (so the same seed gives the same bytes). Formatting every
@@ -171,8 +172,7 @@ class Simulation:
     # ----------------------------------------------------------------- plumbing
 
     def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (at, self._seq, kind, a, b))
+        heapq.heappush(self._heap, (at, next(self._seq), kind, a, b))
 
     def wall(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.wall_offset + self.now, tz=dt.UTC)
