@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Final, Literal
 
@@ -354,6 +355,19 @@ class _Window:
         return (half_periods % 2 == 0) == bool(self.fault.start_down)
 
 
+def _union(windows: Iterable[_Window]) -> tuple[list[float], list[float]]:
+    """The union of ``windows`` as sorted, disjoint [start, end) spans: (starts, ends)."""
+    starts: list[float] = []
+    ends: list[float] = []
+    for begin, end in sorted((w.begin, w.end) for w in windows):
+        if ends and begin <= ends[-1]:
+            ends[-1] = max(ends[-1], end)
+        else:
+            starts.append(begin)
+            ends.append(end)
+    return starts, ends
+
+
 def _matches(match: tuple[str, ...] | None, route_key: str) -> bool:
     if match is None:
         return True
@@ -380,6 +394,11 @@ class FaultTimeline:
         self.max_faults = max_faults
         self._next_id = 1
         self._by_endpoint: dict[str, list[_Window]] = {}
+        #: Per endpoint, the union of its windows as sorted disjoint [start, end) spans
+        #: (starts, ends), built on first use and dropped whenever a window comes or goes:
+        #: outside every span no fault applies, found by one bisect instead of a look at
+        #: every window (a long simulated run holds dozens, past and future, per endpoint).
+        self._spans: dict[str, tuple[list[float], list[float]]] = {}
         for fault in faults:
             self._insert(fault, origin + fault.start_s)
 
@@ -389,6 +408,7 @@ class FaultTimeline:
     def _insert(self, fault: Fault, begin: float) -> int:
         fault_id = self._next_id
         self._next_id += 1
+        self._spans.clear()
         self._by_endpoint.setdefault(fault.endpoint, []).append(_Window(fault_id, fault, begin))
         assert len(self) <= self.max_faults
         return fault_id
@@ -421,6 +441,7 @@ class FaultTimeline:
         for endpoint, windows in self._by_endpoint.items():
             for index, window in enumerate(windows):
                 if window.id == fault_id:
+                    self._spans.clear()
                     del windows[index]
                     if not windows:
                         del self._by_endpoint[endpoint]
@@ -433,12 +454,14 @@ class FaultTimeline:
         Scheduled ones go too: "clear the faults on issuer-a" should leave it healthy, not
         healthy until the next scheduled window opens behind the operator's back.
         """
+        self._spans.clear()
         windows = self._by_endpoint.pop(endpoint, [])
         return [window.id for window in windows]
 
     def prune(self, now: float) -> int:
         """Forget windows that have closed; returns how many were dropped."""
         dropped = 0
+        self._spans.clear()
         for endpoint in list(self._by_endpoint):
             windows = self._by_endpoint[endpoint]
             kept = [window for window in windows if window.end > now]
@@ -454,6 +477,13 @@ class FaultTimeline:
         windows = self._by_endpoint.get(endpoint)
         if not windows:
             return NO_FAULTS
+        spans = self._spans.get(endpoint)
+        if spans is None:
+            spans = self._spans[endpoint] = _union(windows)
+        starts, ends = spans
+        i = bisect_right(starts, now) - 1
+        if i < 0 or not now < ends[i]:
+            return NO_FAULTS  # inside no window of this endpoint
         is_down = is_blackhole = unavailable = False
         factor = 1.0
         error_rate = reset_rate = malformed_rate = duplicate_rate = late_rate = late_delay = 0.0

@@ -100,6 +100,10 @@ class WorkloadMix:
     accounts: int = 5000
 
 
+#: The demo mix's median amounts (minor units), as lognormvariate takes them.
+_LOG_5000, _LOG_500000, _LOG_3000 = math.log(5000), math.log(500_000), math.log(3000)
+
+
 class Workload:
     def __init__(self, seed: int, mix: WorkloadMix | None = None, key_prefix: str = "k") -> None:
         self.mix = mix or WorkloadMix()
@@ -111,6 +115,10 @@ class Workload:
         self._pans = [
             _luhn_complete(f"4{rng.randrange(10**14):014d}") for _ in range(self.mix.cards)
         ]
+        # Parties are immutable and few (accounts x 1,000 merchants): each made once and
+        # shared by every request naming it, instead of formatted and built per request.
+        self._payers: dict[int, Party] = {}
+        self._payees: dict[int, Party] = {}
 
     def _hot(self, n: int) -> int:
         # Zipf-ish skew: a few cards/accounts take much of the traffic.
@@ -125,16 +133,22 @@ class Workload:
         self._count += 1
         key = f"{self._prefix}{self._count}"
         channel_draw = rng.random()
-        payer = Party(f"ACCT{self._hot(mix.accounts):06d}", "Payer")
-        payee = Party(f"MERCH{rng.randrange(1000):05d}", "Payee")
+        n = self._hot(mix.accounts)
+        payer = self._payers.get(n)
+        if payer is None:
+            payer = self._payers[n] = Party(f"ACCT{n:06d}", "Payer")
+        n = rng.randrange(1000)
+        payee = self._payees.get(n)
+        if payee is None:
+            payee = self._payees[n] = Party(f"MERCH{n:05d}", "Payee")
         if channel_draw < mix.card_share:
             pan = self._pans[self._hot(mix.cards)]
-            amount = max(1, int(rng.lognormvariate(math.log(5000), 1.0)))
+            amount = max(1, int(rng.lognormvariate(_LOG_5000, 1.0)))
             request = PaymentRequest(
                 key, "card", amount, "USD", payer, payee, card=CardData(pan=pan, expiry="2812")
             )
         elif channel_draw < mix.card_share + mix.swift_share:
-            amount = max(1, int(rng.lognormvariate(math.log(500_000), 1.2)))
+            amount = max(1, int(rng.lognormvariate(_LOG_500000, 1.2)))
             request = PaymentRequest(
                 key,
                 "swift",
@@ -145,7 +159,7 @@ class Workload:
                 swift=SwiftData("DEUTDEFF", "BNPAFRPP", end_to_end_id=key),
             )
         else:
-            amount = max(1, int(rng.lognormvariate(math.log(3000), 0.8)))
+            amount = max(1, int(rng.lognormvariate(_LOG_3000, 0.8)))
             payload = _qr_payload(rng.randrange(500), None)
             request = PaymentRequest(key, "qr", amount, "CNY", payer, payee, qr=QrData(payload))
         if draw < mix.duplicate_share + mix.invalid_share:

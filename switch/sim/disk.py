@@ -17,6 +17,7 @@ transaction per batch was a quarter of a simulated payment's CPU).
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from typing import Final
 
 from switch.journal import JournalFailed, JournalFull
 from switch.journal.records import Row
-from switch.journal.store import INSERT
+from switch.journal.store import insert_rows
 from switch.sim.schedule import DiskFault
 
 #: A commit (fsync included) on a healthy disk.
@@ -109,7 +110,9 @@ class SimJournal:
         db = self._db
         db.execute("BEGIN")
         try:
-            db.executemany(INSERT, self._durable)
+            # The real writer's multi-row INSERTs (switch/journal/store.py): ~15% less CPU
+            # per row than executemany's one step per row, and the same rows in order.
+            insert_rows(db, self._durable)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -138,3 +141,14 @@ def disk_error(faults: Iterable[DiskFault], now: float, used: set[object]) -> st
             used.add(d)
             return "fsync failed: I/O error"
     return None
+
+
+def next_disk_error_at(faults: Iterable[DiskFault], now: float, used: set[object]) -> float:
+    """The earliest time from which :func:`disk_error` may return an error (at or before
+    ``now``: it may now; inf: never again). A commit before it needs no look at ``faults``."""
+    at = math.inf
+    for d in faults:
+        if (d.kind == "disk_full" and now < d.at + d.duration_s) or (
+                d.kind == "fsync_fail" and d not in used):
+            at = min(at, d.at)
+    return at

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from switch.adapters.base import NetworkReply, NotSent
@@ -54,11 +55,12 @@ class Stub:
 
 
 class Origin:
+    """Every client's connection: the core's reply goes straight to the simulation's
+    client_reply (bound once: a frame less per reply)."""
+
     def __init__(self, sim: Host) -> None:
         self.sim = sim
-
-    def reply(self, response: Response) -> None:
-        self.sim.client_reply(response)
+        self.reply: Callable[[Response], None] = sim.client_reply
 
 
 class Net:
@@ -67,9 +69,8 @@ class Net:
     def __init__(self, sim: Host, boot: Boot) -> None:
         self.sim = sim
         self.boot = boot
-
-    def send(self, endpoint: str, token: int, payment: Payment) -> None:
-        self.sim.net_send(self.boot, endpoint, token, payment)
+        # net_send with this boot bound once: a frame less per request.
+        self.send: Callable[[str, int, Payment], None] = partial(sim.net_send, boot)
 
     def cancel(self, endpoint: str, token: int) -> None:
         return None  # a late answer finds no token in the core and is dropped there
@@ -103,3 +104,11 @@ class Boot:
         self.advice_delay = 0.05
         self.advice_armed = False
         self.wake_at = math.inf
+
+    def discard(self) -> None:
+        """Drop everything this boot holds, as a crash does. Its parts point back at it
+        (the ports, the journal's callbacks), so without this it is cyclic garbage, left
+        to a collector the simulation keeps off (switch/sim/simulation.py run())."""
+        for name in ("core", "router", "index", "standin", "resolver", "journal", "trace"):
+            self.__dict__.pop(name, None)
+        self.waiting = {}
