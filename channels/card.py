@@ -42,6 +42,7 @@ from channels.behaviour import Behaviour
 from channels.config import CardSchemeSpec, IssuerSpec, NetworkSpec
 from channels.metrics import ChannelMetrics
 from channels.tcp import SimConnection, SimRequest, SimServer
+from switch.model import luhn_ok
 from switch.protocols import iso8583
 from switch.protocols.errors import CodecError
 
@@ -216,7 +217,7 @@ class CardScheme:
             # Its reversal came first (or the key was reused): never hold for it now.
             self.declines += 1
             return iso8583.response(msg, iso8583.ResponseCode.DO_NOT_HONOUR)
-        if not iso8583.luhn_valid(pan):
+        if not luhn_ok(pan):
             # Checked before any account is materialised: no issuer issues such a number.
             self.declines += 1
             return iso8583.response(msg, iso8583.ResponseCode.INVALID_CARD)

@@ -41,7 +41,7 @@ from switch.adapters.specs import CardAdapterConfig
 from switch.adapters.trace import TraceNumbers
 from switch.clock import Clock
 from switch.currency import numeric_code
-from switch.model import CardRef, Channel, Payment
+from switch.model import CardRef, Channel, Payment, luhn_ok
 from switch.protocols import iso8583
 from switch.protocols.errors import CodecError
 
@@ -80,7 +80,7 @@ def _network_pan(bin_: str, token: str, last4: str, length: int) -> str:
     stem = f"{int.from_bytes(digest[:8], 'big') % 10**free:0{free}d}" if free else ""
     for fix in "0123456789":
         pan = f"{bin_}{stem}{fix}{last4}"
-        if iso8583.luhn_valid(pan):
+        if luhn_ok(pan):
             return pan
     # Only when the BIN or the last four are not digits can no digit make the sum work.
     raise CodecError(f"BIN {bin_!r} or last four {last4!r} is not all digits", "DE2")
