@@ -14,6 +14,7 @@ from switch.journal import (
     FINAL,
     INTENT,
     Journal,
+    JournalFailed,
     JournalFull,
     JournalRecord,
     OnFull,
@@ -152,6 +153,8 @@ async def test_maintenance_runs_on_the_writer_between_commits(tmp_path: Path) ->
             await journal.maintain(lambda conn: conn.execute("SELECT nothing FROM nowhere"))
         await journal.close()
     assert count == 1
+    with pytest.raises(JournalFailed, match="not running"):  # no writer: no silent wait
+        await journal.maintain(lambda conn: None)
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 255, 256, 257, 300, 1000])

@@ -334,6 +334,9 @@ class Journal:
 
     async def maintain(self, step: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``step`` on the journal's connection in the writer thread, between commits."""
+        # Without a writer the job would wait for ever: say so instead.
+        if self._writer is None or not self._writer.is_alive():
+            raise JournalFailed("the journal's writer is not running (Journal.run)")
         job = _Maintenance(step)
         self._jobs.put(job)
         await job.done.wait()
