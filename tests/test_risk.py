@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switch.model import CardRef, Party, Payment, Result, Status, tokenize_pan
 from switch.payment.idempotency import IdempotencyIndex
@@ -102,3 +104,53 @@ def test_idempotency_index_is_bounded_and_keeps_in_flight() -> None:
     index.complete("k-new", Result("Pn", Status.APPROVED, "00"))
     index.begin("later", b"h", 1000)
     assert "k-new" not in index and "in-flight" in index
+
+
+class _ReferenceVelocity:
+    """The sliding windows as plainly as they can be written: a list of (time, weight)
+    per key, least recently seen key forgotten past ``max_keys``."""
+
+    def __init__(self, window_s: float, max_count: int, max_amount: int, max_keys: int) -> None:
+        self.window_s, self.max_count, self.max_amount = window_s, max_count, max_amount
+        self.max_keys = max_keys
+        self.events: dict[str, list[tuple[float, int]]] = {}
+
+    def assess(self, keys: tuple[str, ...], weight: int, now: float) -> str | None:
+        windows = []
+        for key in keys:
+            events = self.events.pop(key, None)
+            if events is None:
+                events = []
+                if len(self.events) >= self.max_keys:
+                    del self.events[next(iter(self.events))]
+            self.events[key] = [e for e in events if e[0] > now - self.window_s]
+            windows.append(self.events[key])
+        for events in windows:
+            if len(events) >= self.max_count:
+                return "velocity_count"
+            if sum(w for _, w in events) + weight > self.max_amount:
+                return "velocity_amount"
+        for events in windows:
+            events.append((now, weight))
+        return None
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 9),
+                          st.sampled_from([0, 250, 1_000, 2_500, 5_000, 10_000])),
+                max_size=300))
+@settings(max_examples=200)
+def test_velocity_windows_decide_as_a_plain_sliding_window(
+        steps: list[tuple[int, int, int]]) -> None:
+    """Arrays with a moving head and a dict as the LRU (GC-free, issue 12) decide exactly
+    as lists per key would: expiry at the window's edge, compaction, eviction included."""
+    # Gaps that land exactly on the window's edge; limits both rules reach.
+    risk = engine(velocity={"window_s": 10, "max_count": 6, "max_amount_cny_minor": 150_000,
+                            "max_keys": 6}, fx_to_cny={"USD": 7.0})
+    reference = _ReferenceVelocity(10, 6, 150_000, 6)
+    now = 0.0
+    for account, units, gap_ms in steps:
+        now += gap_ms / 1000
+        p = payment(amount=units * 1000, account=f"A{account}", pan=PAN)
+        decision = risk.assess(p, now)
+        assert (decision.rule or None) == reference.assess(p.velocity_keys, units * 7000, now)
+    assert risk.tracked_keys == len(reference.events)

@@ -13,7 +13,7 @@ is already a decline.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from array import array
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -88,12 +88,24 @@ ALLOW = RiskDecision(None, "", False)
 ALLOW_AML = RiskDecision(None, "", True)
 
 
-class _Window:
-    __slots__ = ("events", "total")
+class _Window(msgspec.Struct, gc=False):
+    """One key's events in the sliding window, oldest first from ``head``.
 
-    def __init__(self) -> None:
-        self.events: deque[tuple[float, int]] = deque()
-        self.total = 0
+    Arrays and an untracked Struct, not a deque of (time, weight) tuples: the cyclic
+    garbage collector walks every element of every container it tracks, and at 3x
+    overload the windows held over a million events, so each full collection (one every
+    ~2 s while the heap grew) paused the switch for up to 100 ms, longer as it aged
+    (issue 12). Nothing here is a GC container, so the collector never looks.
+    """
+
+    times: array[float] = msgspec.field(default_factory=lambda: array("d"))
+    weights: array[int] = msgspec.field(default_factory=lambda: array("q"))
+    head: int = 0
+    total: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.times) - self.head
 
 
 class RiskEngine:
@@ -112,7 +124,10 @@ class RiskEngine:
         self._to_cny_minor = {
             code: rate * 10 ** (2 - exponent(code)) for code, rate in config.fx_to_cny.items()
         }
-        self._windows: OrderedDict[str, _Window] = OrderedDict()
+        #: Least recently used first: a plain dict (insertion order; a key is moved to
+        #: the end by taking it out and putting it back), so with untracked values the
+        #: collector does not walk it either.
+        self._windows: dict[str, _Window] = {}
 
     def cny_equivalent(self, amount: int, currency: str) -> int | None:
         rate = self._to_cny_minor.get(currency)
@@ -135,12 +150,13 @@ class RiskEngine:
         keys = payment.velocity_keys
         windows = [self._window(key, now) for key in keys]
         for window in windows:
-            if len(window.events) >= self._max_count:
+            if window.count >= self._max_count:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_count", False)
             if window.total + weight > self._max_amount:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_amount", False)
         for window in windows:
-            window.events.append((now, weight))
+            window.times.append(now)
+            window.weights.append(weight)
             window.total += weight
         if cny is not None and cny >= self._aml_threshold:
             return ALLOW_AML
@@ -148,17 +164,24 @@ class RiskEngine:
 
     def _window(self, key: str, now: float) -> _Window:
         windows = self._windows
-        window = windows.get(key)
+        window = windows.pop(key, None)
         if window is None:
-            window = windows[key] = _Window()
-            if len(windows) > self._max_keys:
-                windows.popitem(last=False)
-        else:
-            windows.move_to_end(key)
+            window = _Window()
+            if len(windows) >= self._max_keys:
+                del windows[next(iter(windows))]  # the least recently seen key
+        windows[key] = window  # now the most recently seen
+        assert len(windows) <= self._max_keys
         horizon = now - self._window_s
-        events = window.events
-        while events and events[0][0] <= horizon:
-            window.total -= events.popleft()[1]
+        times, weights, head = window.times, window.weights, window.head
+        end = len(times)
+        while head < end and times[head] <= horizon:
+            window.total -= weights[head]
+            head += 1
+        if head and 2 * head >= end:  # drop the expired half: amortised O(1) per event
+            del times[:head]
+            del weights[:head]
+            head = 0
+        window.head = head
         return window
 
     @property
