@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from switch.model import Result, Status
 from switch.payment.idempotency import IdempotencyIndex
@@ -49,3 +51,32 @@ def test_bound_counts_in_flight_but_never_evicts_them() -> None:
     assert "f0" not in index and all(f"f{i}" in index for i in (1, 2, 3))
     index.abandon("f1")
     assert "f1" not in index
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.floats(0, 5)), max_size=60),
+       st.integers(1, 8), st.floats(0.5, 20))
+def test_restore_all_keeps_what_one_restore_each_keeps(
+        steps: list[tuple[int, float]], max_keys: int, retention_s: float) -> None:
+    # Start-up restores the window in one pass (restore_all): the same keys, entries and
+    # eviction order as restoring them one by one, keys repeated, at any bound.
+    finals, at = [], 0.0
+    for i, (key, gap) in enumerate(steps):
+        at += gap
+        finals.append((f"k{key}", bytes([i % 256]), Result(f"P{i}", Status.APPROVED, "00"), at))
+    one_by_one = IdempotencyIndex(retention_s=retention_s, max_keys=max_keys)
+    for final in finals:
+        one_by_one.restore(*final)
+    bulk = IdempotencyIndex(retention_s=retention_s, max_keys=max_keys)
+    bulk.restore_all(finals)
+
+    def state(index: IdempotencyIndex) -> dict[str, tuple[bytes, float, str | None]]:
+        return {k: (e.body_hash, e.created_at, e.result and e.result.payment_id)
+                for k in index if (e := index.get(k)) is not None}
+
+    assert state(bulk) == state(one_by_one)
+    # And what is evicted next: the same keys, in the same order, as time moves on.
+    for later in (at + retention_s / 3, at + retention_s, at + 2 * retention_s):
+        for index in (bulk, one_by_one):
+            index.begin(f"new-{later}", b"h", later)
+        assert state(bulk) == state(one_by_one)

@@ -15,11 +15,12 @@ always move there together), then the live journal's.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -310,22 +311,31 @@ class Recovered(msgspec.Struct, frozen=True):
 
 
 def recovered_from(folded: Fold, boot_count: int) -> Recovered:
-    finals: list[FinalRecord] = []
+    histories = folded.payments.values()
+    # Nearly every payment is finished and owes nothing: one comprehension for the finals
+    # (a start-up restores the whole idempotency window, millions of keys at the bound),
+    # and a loop only over the few that are open or owe an advice.
+    finals = [FinalRecord(h.idempotency_key, h.body_hash, h.result, h.outcome_at_us)
+              for h in histories if h.outcome_kind == FINAL and h.result is not None]
     unfinished: list[UnfinishedPayment] = []
     advices: list[PendingAdvice] = []
-    for h in folded.payments.values():
-        if h.finished:
-            assert h.result is not None
-            finals.append(FinalRecord(h.idempotency_key, h.body_hash, h.result,
-                                      h.outcome_at_us))
-            if h.awaiting_advice and h.payment is not None:
-                advices.append(PendingAdvice(h.body_hash, h.payment, h.result))
-        if (not h.finished or h.reopened) and h.payment is not None:
+    for h in histories:
+        result = h.result
+        if h.outcome_kind == FINAL:
+            assert result is not None
+            if h.reopened and h.payment is not None:
+                unfinished.append(UnfinishedPayment(h.body_hash, h.payment, Status.SENT))
+            if result.stood_in and not h.advised and h.payment is not None:
+                advices.append(PendingAdvice(h.body_hash, h.payment, result))
+        elif h.payment is not None:
             status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
             unfinished.append(UnfinishedPayment(h.body_hash, h.payment, status))
     # Oldest first, so the idempotency index restores (and evicts) in age order.
-    finals.sort(key=lambda f: f.at_us)
+    finals.sort(key=_at_us)
     return Recovered(finals, unfinished, boot_count, folded.records, advices)
+
+
+_at_us: Final = operator.attrgetter("at_us")
 
 
 def next_boot(db: sqlite3.Connection) -> int:

@@ -20,8 +20,9 @@ deadline, so a key may outlive ``retention_s`` by that much, never less.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import anyio
 import msgspec
@@ -114,6 +115,24 @@ class IdempotencyIndex:
         self._entries[key] = entry
         self._order.append((key, entry))
         self._evict(created_at)
+
+    def restore_all(self, finals: Iterable[tuple[str, bytes, Result, float]]) -> None:
+        """:meth:`restore` for each ``(key, body_hash, result, created_at)``, oldest first:
+        start-up's whole idempotency window in one pass. The same entries survive as
+        one :meth:`restore` each (eviction pops the same FIFO), without two calls per
+        key: a restart restores millions of keys at the bound, ahead of being ready."""
+        entries, order, max_keys = self._entries, self._order, self.max_keys
+        created_at = -math.inf
+        for key, body_hash, result, created_at in finals:
+            entry = Entry(body_hash, created_at, result, False)
+            entries[key] = entry
+            order.append((key, entry))
+            if len(entries) > max_keys:  # memory stays within the bound as it fills
+                self._evict(created_at)
+        if created_at > -math.inf:
+            # The age horizon only moves forward (oldest first): one pass at the newest
+            # removes what each restore's own pass would have removed along the way.
+            self._evict(created_at)
 
     def _evict(self, now: float) -> None:
         # Every pass either pops one item of the FIFO or stops: O(1) amortised per key.

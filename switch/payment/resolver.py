@@ -390,10 +390,9 @@ def recover(
     undelivered stand-in advices, and hand every unfinished payment to the resolver
     before the switch reports ready."""
     assert retention_s > 0 and wall_us > 0
-    for final in recovered.finals:  # oldest first
-        age_s = (wall_us - final.at_us) / 1e6
-        if age_s < retention_s:
-            index.restore(final.idempotency_key, final.body_hash, final.result, now - age_s)
+    ages = ((final, (wall_us - final.at_us) / 1e6) for final in recovered.finals)
+    index.restore_all((final.idempotency_key, final.body_hash, final.result, now - age_s)
+                      for final, age_s in ages if age_s < retention_s)  # oldest first
     for advice in recovered.pending_advices:
         target = router.target(advice.payment)
         standin.queue_advice(advice.payment, advice.result, target.endpoints, advice.body_hash)
