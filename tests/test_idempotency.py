@@ -71,7 +71,7 @@ def test_restore_all_keeps_what_one_restore_each_keeps(
     bulk.restore_all(finals)
 
     def state(index: IdempotencyIndex) -> dict[str, tuple[bytes, float, str | None]]:
-        return {k: (e.body_hash, e.created_at, e.result and e.result.payment_id)
+        return {k: (e.body_hash, e.created_at, e.result.payment_id if e.result else None)
                 for k in index if (e := index.get(k)) is not None}
 
     assert state(bulk) == state(one_by_one)
