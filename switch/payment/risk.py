@@ -150,12 +150,12 @@ class RiskEngine:
         # A currency without an FX rate is not amount-velocity checked or AML-screened;
         # count velocity still applies. Operators add rates in risk.fx_to_cny.
         weight = 0 if cny is None else cny
-        keys = payment.velocity_keys
-        windows = [self._window(key, now) for key in keys]
+        max_count, max_amount = self._max_count, self._max_amount
+        windows = [self._window(key, now) for key in payment.velocity_keys]
         for window in windows:
-            if window.count >= self._max_count:
+            if len(window.times) - window.head >= max_count:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_count", False)
-            if window.total + weight > self._max_amount:
+            if window.total + weight > max_amount:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_amount", False)
         for window in windows:
             window.times.append(now)
@@ -176,12 +176,15 @@ class RiskEngine:
             windows.move_to_end(key)  # now the most recently seen
         assert len(windows) <= self._max_keys
         horizon = now - self._window_s
-        times, weights, head = window.times, window.weights, window.head
+        times, head = window.times, window.head
         end = len(times)
+        if head == end or times[head] > horizon:
+            return window  # nothing expired (the usual case: one comparison)
+        weights = window.weights
         while head < end and times[head] <= horizon:
             window.total -= weights[head]
             head += 1
-        if head and 2 * head >= end:  # drop the expired half: amortised O(1) per event
+        if 2 * head >= end:  # drop the expired half: amortised O(1) per event
             del times[:head]
             del weights[:head]
             head = 0
