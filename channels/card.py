@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -105,7 +105,13 @@ class CardScheme:
         self._bin_lengths = sorted({len(b) for b in self._issuers_by_bin}, reverse=True)
         self.accounts: dict[str, CardAccount] = {}
         self.records: dict[HoldKey, AuthRecord] = {}
-        self._recent: OrderedDict[tuple[str, str], float] = OrderedDict()
+        #: STAN + terminal pairs seen within the duplicate window: the set answers "seen?",
+        #: the deque holds them oldest first with when they were seen (each key once: a key
+        #: is added only when absent, and leaves only from the oldest end, by age or by the
+        #: bound). An OrderedDict did both, but peeking at its oldest item built an iterator
+        #: and a tuple on every authorization.
+        self._recent: set[tuple[str, str]] = set()
+        self._recent_order: deque[tuple[float, tuple[str, str]]] = deque()
         self.approvals = 0
         self.declines = 0
         self.reversals = 0
@@ -184,24 +190,26 @@ class CardScheme:
     # --- message handling ----------------------------------------------------------------
 
     def _seen_recently(self, stan: str, terminal: str, now: float) -> bool:
-        recent = self._recent
+        recent, order = self._recent, self._recent_order
         cutoff = now - self.spec.duplicate_window_s
-        while recent:
-            oldest_key, seen_at = next(iter(recent.items()))
-            if seen_at > cutoff:
-                break
-            del recent[oldest_key]
+        while order and order[0][0] <= cutoff:
+            recent.remove(order.popleft()[1])
         key = (stan, terminal)
         if key in recent:
             return True
-        recent[key] = now
-        if len(recent) > self.spec.max_recent_stans:
+        recent.add(key)
+        order.append((now, key))
+        if len(order) > self.spec.max_recent_stans:
             # The bound shortens the window for the oldest entries rather than grow.
-            recent.popitem(last=False)
+            recent.remove(order.popleft()[1])
         return False
 
     def _auth_code(self, key: HoldKey) -> str:
-        digest = hashlib.sha256(f"{self.spec.seed}:{key}".encode()).hexdigest()
+        # The text is str(key), a 3-tuple of str, spelled out: formatting the tuple
+        # through its repr cost as much as the hash.
+        stan, terminal, de7 = key
+        digest = hashlib.sha256(
+            f"{self.spec.seed}:({stan!r}, {terminal!r}, {de7!r})".encode()).hexdigest()
         return digest[:6].upper()
 
     def authorize(self, msg: iso8583.IsoMessage, now: float) -> iso8583.IsoMessage:

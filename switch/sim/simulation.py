@@ -514,6 +514,11 @@ class Simulation:
                     boot.wake_at = math.inf
                     boot.core.on_timers(self.now, self.now)
                 return
+            if kind == RES_WAKE:
+                # Tested here too: the resolver's wake-ups are the most frequent event of
+                # a long run (2.1M of seed 1's hour, nearly all stale: SimResolver.wake).
+                boot.resolver.wake()
+                return
         if kind == ARRIVE:
             self._arrive()
         elif kind == RESEND:
