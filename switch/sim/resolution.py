@@ -70,6 +70,8 @@ class SimResolver:
         #: when an attempt starts or ends.
         self._free_now: list[str] = list(CHANNELS)
         self._wake_at = math.inf
+        #: The latest wake-up armed: an older one still queued is superseded (stale).
+        self._arm_no = 0
         self._attempt_no = 0
         #: The attempt each job in flight waits on (a late answer to an older one is dropped).
         self._waiting: dict[ResolutionJob, int] = {}
@@ -100,9 +102,18 @@ class SimResolver:
         due = self.queue.next_due(self._free())
         if due is not None and due < self._wake_at:
             self._wake_at = due
-            self.sim.push(max(due, self.sim.now), RES_WAKE, self.boot)
+            self._arm_no += 1
+            self.sim.push(max(due, self.sim.now), RES_WAKE, self.boot, self._arm_no)
 
-    def wake(self) -> None:
+    def wake(self, arm_no: int) -> None:
+        """The wake-up armed as ``arm_no`` is due. Only the latest armed one runs, as the
+        real scheduler (Resolver.run) sleeps until one deadline, woken early by a submit,
+        a retry or a freed worker, each of which arms here too (submit, _done,
+        _no_answer). A superseded one used to run anyway and arm once more: in seed 1's
+        simulated hour 2.1M of the 5.5M events were such wake-ups, up to 1,800 queued at
+        once; now 15k."""
+        if arm_no != self._arm_no:
+            return
         self._wake_at = math.inf
         while True:
             job = self.queue.pop_due(self.sim.now, self._free())

@@ -514,11 +514,6 @@ class Simulation:
                     boot.wake_at = math.inf
                     boot.core.on_timers(self.now, self.now)
                 return
-            if kind == RES_WAKE:
-                # Tested here too: the resolver's wake-ups are the most frequent event of
-                # a long run (2.1M of seed 1's hour, nearly all stale: SimResolver.wake).
-                boot.resolver.wake()
-                return
         if kind == ARRIVE:
             self._arrive()
         elif kind == RESEND:
@@ -552,7 +547,7 @@ class Simulation:
                 self._disk(b)
             return
         elif kind == RES_WAKE:
-            boot.resolver.wake()
+            boot.resolver.wake(b)
         elif kind == RES_ISSUER:
             boot.resolver.at_issuer(*b)
         elif kind == RES_REPLY:
