@@ -140,14 +140,27 @@ async def test_a_client_that_never_reads_is_disconnected(tmp_path: Path) -> None
 def test_admission_shrinks_on_sustained_lag_and_grows_back() -> None:
     admission = Admission(4096)
     for _ in range(3):
-        admission.observe(0.002)  # short hiccups: nothing changes
+        admission.observe(0.002, 3000)  # short hiccups: nothing changes
     assert admission.limit == 4096
     for _ in range(40):
-        admission.observe(0.050)
+        admission.observe(0.050, 3000)
     assert admission.limit == ADMISSION_FLOOR and admission.shrinks > 0
     for _ in range(200):
-        admission.observe(0.0)
+        admission.observe(0.0, 10)
     assert admission.limit == 4096
+
+
+def test_admission_shrinks_from_what_is_in_flight_not_from_the_ceiling() -> None:
+    # The onset of overload: the limit is still the ceiling, 1,200 payments are in flight
+    # and the loop lags. The first shrink must stop admitting now (below what is in
+    # flight), not after ten more samples of a quarter off 4,096 each.
+    admission = Admission(4096)
+    admission.observe(0.050, 1200)
+    assert admission.limit == 900
+    admission.observe(0.050, 1000)  # still more in flight than the limit: from the limit
+    assert admission.limit == 675
+    admission.observe(0.050, 100)
+    assert admission.limit == ADMISSION_FLOOR  # never below the floor
 
 
 async def test_payments_past_the_adaptive_limit_are_refused_at_once(tmp_path: Path) -> None:
