@@ -1,7 +1,9 @@
 """The journal port of a simulated switch: real SQLite behind a simulated disk.
 
 Records go into the open batch exactly as in the group-commit journal
-(switch/journal/store.py): one batch per commit, ``max_batch`` rows at most,
+(switch/journal/store.py): the writer takes the open batch at the end of a loop step (here:
+records of the same simulated instant share it), a record that comes later waits for the
+next commit, one batch per commit, ``max_batch`` rows at most,
 ``max_pending`` rows waiting at most (past it :class:`~switch.journal.JournalFull`). The
 simulation commits a batch when the disk says it is done: a commit takes ``base_s``,
 more inside a stall window; inside a disk-full window, or when an fsync fails, the
@@ -35,11 +37,13 @@ FLUSH_ROWS: Final = 20_000
 
 
 class Batch:
-    __slots__ = ("rows", "scheduled")
+    __slots__ = ("handed_at", "rows", "scheduled")
 
     def __init__(self) -> None:
         self.rows: list[Row] = []
         self.scheduled = False
+        #: When the writer took it (its commit started); inf while it is the open batch.
+        self.handed_at = math.inf
 
 
 class SimJournal:
@@ -69,9 +73,14 @@ class SimJournal:
             raise JournalFailed(self.failure)
         if self.pending >= self.max_pending:
             raise JournalFull(f"journal has {self.pending} records pending (max_pending)")
-        if not self._batches or len(self._batches[-1].rows) >= self.max_batch:
-            self._batches.append(Batch())
-        batch = self._batches[-1]
+        batches = self._batches
+        if (not batches or len(batches[-1].rows) >= self.max_batch
+                or self._now() > batches[-1].handed_at):
+            # The real writer takes the open batch at the end of a loop step; a record
+            # appended after that (a later simulated instant) waits for the next commit,
+            # never joins one already under way.
+            batches.append(Batch())
+        batch = batches[-1]
         batch.rows.append(row)
         self.pending += 1
         self._kick()
@@ -84,6 +93,7 @@ class SimJournal:
         batch = self._batches[0]
         self._committing = batch
         now = self._now()
+        batch.handed_at = now
         latency = COMMIT_BASE_S + (self.stall_s if now < self.stall_until else 0.0)
         self._schedule(batch, now + latency)
 
