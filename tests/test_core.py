@@ -535,3 +535,21 @@ def _ids(responses: list[Response]) -> Iterator[int | None]:
 
 def test_status_names_are_the_wire_contract() -> None:
     assert {s.value for s in Status} >= {"approved", "declined", "failed", "unknown"}
+
+
+def test_an_attempt_past_its_deadline_takes_no_probe_slot() -> None:
+    # A half-open breaker admits half_open_probes calls, each holding a slot until it
+    # reports. An attempt whose deadline passed while its intent waited (a disk stall)
+    # makes no call: it must not take a slot, or three such leave the breaker refusing a
+    # healthy issuer for good (the simulator's seed 7680, stop 13).
+    rig = make_rig()
+    rig.now = 100.0
+    rig.pay(card_payment("late-1"))
+    rig.now += rig.router.config.payment_deadline_s + 0.1  # the intent's commit was slow
+    breaker = rig.router.health.breakers["card-a"]
+    breaker.force_open(rig.now - breaker.config.open_s - 0.001)
+    assert breaker.poll(rig.now).value == "half_open"
+    rig.commit()
+    assert rig.network.sent == []
+    assert breaker._probes_reserved == 0 and breaker.available(rig.now)
+    assert rig.slots_balanced()

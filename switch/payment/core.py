@@ -466,8 +466,19 @@ class PaymentCore:
         assert target is not None
         while index < len(order):
             endpoint = order[index]
-            # allow() also takes a probe slot when the breaker is half-open.
-            if not router.health.breakers[endpoint].allow(now):
+            timeout = min(target.timeout_s, f.deadline - now)
+            if timeout <= 0:
+                self._release(f)
+                metrics.retries_denied["deadline"].inc()
+                break
+            # A half-open breaker's probe slot is taken (allow) only once the call will
+            # be made, and every call made reports back (record). Taken first, a slot
+            # was kept for ever by an attempt that then found no admission slot or its
+            # deadline passed (after a disk stall): three such and the breaker stayed
+            # half-open with no probe left, refusing a healthy issuer (the simulator,
+            # seed 7680: stand-in advices never delivered).
+            breaker = router.health.breakers[endpoint]
+            if not breaker.available(now):
                 self._release(f)  # the reserved first slot, if this was its endpoint
                 index += 1
                 continue
@@ -478,11 +489,10 @@ class PaymentCore:
                     continue
                 f.slot = endpoint
             assert f.slot == endpoint, (f.slot, endpoint)
-            timeout = min(target.timeout_s, f.deadline - now)
-            if timeout <= 0:
+            if not breaker.allow(now):  # available() said yes at this same now: rare
                 self._release(f)
-                metrics.retries_denied["deadline"].inc()
-                break
+                index += 1
+                continue
             if f.previous:
                 metrics.failovers[(f.previous, endpoint)].inc()
             f.attempts += 1

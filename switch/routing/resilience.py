@@ -8,8 +8,11 @@ How the pieces fit one payment (the caller's loop, sketched)::
     order = health.select(target, now, rng, sticky_key)       # primary first, then failover
     budget.record_attempt(now)                                 # one per payment
     for attempts_made, endpoint in enumerate(order, 1):
-        if not health.breakers[endpoint].allow(now) or not limiter.try_acquire(endpoint):
+        if not limiter.try_acquire(endpoint):
             continue                                           # next candidate, no send
+        if not health.breakers[endpoint].allow(now):           # last: a probe slot taken
+            limiter.release(endpoint)                          # must be reported back
+            continue
         ... send under min(target.timeout_s, deadline - now) ...
         limiter.release(endpoint); health.record(endpoint, now, ok, duration)
         kind = classify(reply, not_sent=...)

@@ -9,6 +9,7 @@ from typing import Final
 from switch.journal.reader import Fold
 from switch.model import Payment, Result, Status
 from switch.payment.resolver import ResolutionPolicy
+from switch.routing.breaker import BreakerState
 from switch.routing.table import Target
 from switch.serve.config import SwitchConfig
 from switch.sim.networks import INOPERATIVE, World
@@ -176,8 +177,28 @@ def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) ->
             violate("bound", name, f"{value} > {bound}")
     if boot.router.budget.remaining(now) < 0:
         violate("bound", "retry-budget", "retry budget overspent")
+    check_probes(boot, violate)
     if boot.core.errors:
         # The core fails a payment on an unexpected exception (an assertion on the money
         # path included) and goes on: correct for a live switch, a bug for the simulator.
         violate("internal-error", f"boot {boot.number}",
                      f"{boot.core.errors} payment(s) failed by an unexpected exception")
+
+
+def check_probes(boot: Boot, violate: Violate) -> None:
+    """A half-open breaker's probe slot is held only by an attempt in flight to it: a
+    slot taken for a call that was never made is never given back, and once every slot
+    is gone the breaker refuses a healthy endpoint for good (the switch's gauge refresh
+    re-opens it after probe_timeout_s, which the simulation does not model on purpose:
+    a leaked slot must show, not be papered over)."""
+    if boot.failed:
+        return  # fail-stop: attempts die with the journal; the restart starts afresh
+    breakers = boot.router.health.breakers
+    held: dict[str, int] = {}
+    for flight in boot.core._by_token.values():  # attempts in flight (no sans-IO view)
+        held[flight.slot] = held.get(flight.slot, 0) + 1
+    for endpoint, breaker in breakers.items():
+        reserved = breaker._probes_reserved
+        if breaker.state is BreakerState.HALF_OPEN and reserved > held.get(endpoint, 0):
+            violate("probe-leaked", endpoint, f"{reserved} probe slot(s) reserved, "
+                    f"{held.get(endpoint, 0)} attempt(s) in flight to it")

@@ -207,3 +207,20 @@ def shared_resolver_workers() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SimResolver, "_free", free)
         yield
+
+
+@contextmanager
+def probe_slot_taken_before_the_deadline_check() -> Iterator[None]:
+    """The attempt loop takes a half-open breaker's probe slot (allow) before it checks
+    the deadline and the admission slot, as it did until issue 12's stop 13: an attempt
+    that then makes no call never gives the probe slot back."""
+    original = PaymentCore._attempt_from
+
+    def attempt_from(self: Any, f: Any, index: int, now: float, mono: float) -> None:
+        if index < len(f.order) and f.deadline - now <= 0:
+            self.router.health.breakers[f.order[index]].allow(now)  # taken, never reported
+        original(self, f, index, now, mono)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_attempt_from", attempt_from)
+        yield

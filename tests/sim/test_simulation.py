@@ -236,3 +236,19 @@ def test_clearing_files_report_reversals_of_cleared_records() -> None:
     result = simulate(SimOptions(seed=2, duration_s=10.0, rate=200.0, intensity=40.0))
     assert result.counters["clearing_cuts"] >= 2
     assert "settlement" not in {v.invariant for v in result.violations}, result.violations[:3]
+
+
+def test_finds_a_probe_slot_taken_for_a_call_never_made() -> None:
+    """The stop-13 bug, planted back: at the campaign's profile (10 s at 200/s, faults
+    40, crashes and disk faults) 4 of seeds 1-300 fail with it, the first 57; the search
+    starts a little before, to stay cheap."""
+
+    def campaign(seed: int) -> SimOptions:
+        return SimOptions(seed=seed, duration_s=10.0, rate=200.0, intensity=40.0)
+
+    with plants.probe_slot_taken_before_the_deadline_check():
+        failing = [seed for seed in range(50, 61)
+                   if "probe-leaked" in {v.invariant for v in simulate(campaign(seed)).violations}]
+    assert failing, "probe-leaked never failed in seeds 50..60"
+    clean = simulate(campaign(failing[0]))
+    assert "probe-leaked" not in {v.invariant for v in clean.violations}, clean.violations[:3]
