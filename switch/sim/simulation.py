@@ -90,7 +90,14 @@ from switch.sim.resolution import (
     SimResolver,
 )
 from switch.sim.schedule import draw_schedule
-from switch.sim.verify import TERMINAL, check_bounds, check_journal, check_schedule, check_standin
+from switch.sim.verify import (
+    TERMINAL,
+    check_bounds,
+    check_journal,
+    check_probes,
+    check_schedule,
+    check_standin,
+)
 
 #: Client retries of one key after an error or a crash.
 CLIENT_TRIES: Final = 3
@@ -580,10 +587,12 @@ class Simulation:
         self.push(self.now + self.config.resilience.probe_interval_s, PROBE, boot)
 
     def _tick(self) -> bool:
-        """Once a simulated second: bounds; after the load, stop once everything settled."""
+        """Once a simulated second: bounds and probe slots; after the load, stop once
+        everything settled."""
         boot = self.boot
         if boot is not None:
             check_bounds(boot, self.config, self.now, self.violate)
+            check_probes(boot, self.violate)
         if self.clearing is not None and self.now >= self._next_cut:
             self.clearing.cut()
             if self._load_over:  # the drain can last long: cut ever less often

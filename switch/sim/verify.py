@@ -177,7 +177,6 @@ def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) ->
             violate("bound", name, f"{value} > {bound}")
     if boot.router.budget.remaining(now) < 0:
         violate("bound", "retry-budget", "retry budget overspent")
-    check_probes(boot, violate)
     if boot.core.errors:
         # The core fails a payment on an unexpected exception (an assertion on the money
         # path included) and goes on: correct for a live switch, a bug for the simulator.
