@@ -153,7 +153,7 @@ class RiskEngine:
         max_count, max_amount = self._max_count, self._max_amount
         windows = [self._window(key, now) for key in payment.velocity_keys]
         for window in windows:
-            if len(window.times) - window.head >= max_count:
+            if window.count >= max_count:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_count", False)
             if window.total + weight > max_amount:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_amount", False)
