@@ -74,6 +74,15 @@ def test_velocity_amount_in_cny_equivalent() -> None:
     assert risk.assess(payment(1), 2).rule == "velocity_amount"
 
 
+def test_keys_whose_events_all_expired_are_forgotten() -> None:
+    risk = RiskEngine(RiskConfig(velocity=VelocityConfig(window_s=10)), KEY)
+    for i in range(100):  # a new card and account every second: two keys each
+        risk.assess(payment(account=f"A{i}", pan=f"4{i:014d}"), float(i))
+    # Only the last ten seconds' keys can still decide anything; the rest are gone.
+    assert risk.tracked_keys == 2 * 10
+    assert risk.assess(payment(account="A95", pan=f"4{95:014d}"), 100.0).reason is None
+
+
 def test_velocity_keys_are_bounded() -> None:
     risk = RiskEngine(RiskConfig(velocity=VelocityConfig(max_keys=10)), KEY)
     for i in range(100):
@@ -108,7 +117,8 @@ def test_idempotency_index_is_bounded_and_keeps_in_flight() -> None:
 
 class _ReferenceVelocity:
     """The sliding windows as plainly as they can be written: a list of (time, weight)
-    per key, least recently seen key forgotten past ``max_keys``."""
+    per key; before a new key, the least recently seen keys whose events have all expired
+    are forgotten, and past ``max_keys`` the least recently seen key."""
 
     def __init__(self, window_s: float, max_count: int, max_amount: int, max_keys: int) -> None:
         self.window_s, self.max_count, self.max_amount = window_s, max_count, max_amount
@@ -121,6 +131,12 @@ class _ReferenceVelocity:
             events = self.events.pop(key, None)
             if events is None:
                 events = []
+                while self.events:
+                    oldest = next(iter(self.events))
+                    kept = self.events[oldest]
+                    if kept and kept[-1][0] > now - self.window_s:
+                        break
+                    del self.events[oldest]
                 if len(self.events) >= self.max_keys:
                     del self.events[next(iter(self.events))]
             self.events[key] = [e for e in events if e[0] > now - self.window_s]

@@ -6,9 +6,10 @@ reported. Velocity is counted per card token and per payer account over a slidin
 window; only payments that pass every other rule count towards it, so a blocked card
 cannot exhaust a shared account's velocity.
 
-Bounded memory: at most ``max_keys`` velocity keys are tracked (least recently seen are
-forgotten) and each key holds at most ``max_count`` entries, because one more than that
-is already a decline.
+Bounded memory: a key is forgotten once every event of its window has expired (least
+recently seen first), at most ``max_keys`` keys are tracked (past it the least recently
+seen is forgotten), and each key holds at most ``max_count`` entries, because one more
+than that is already a decline.
 """
 
 from __future__ import annotations
@@ -168,14 +169,15 @@ class RiskEngine:
     def _window(self, key: str, now: float) -> _Window:
         windows = self._windows
         window = windows.get(key)
+        horizon = now - self._window_s
         if window is None:
+            self._forget_expired(horizon)
             window = windows[key] = _Window()
             if len(windows) > self._max_keys:
                 windows.popitem(last=False)  # the least recently seen key
         else:
             windows.move_to_end(key)  # now the most recently seen
         assert len(windows) <= self._max_keys
-        horizon = now - self._window_s
         times, head = window.times, window.head
         end = len(times)
         if head == end or times[head] > horizon:
@@ -190,6 +192,20 @@ class RiskEngine:
             head = 0
         window.head = head
         return window
+
+    def _forget_expired(self, horizon: float) -> None:
+        """Drop the least recently seen keys while every event of theirs has left the
+        window: an expired window decides exactly as a new one (count 0, total 0), so
+        forgetting it changes no decision. Without this, every key ever seen stayed until
+        ``max_keys`` pushed it out: a million windows (~300 MB, walked by every full
+        collection) on a switch whose minute of traffic has a few thousand cards."""
+        windows = self._windows
+        while windows:
+            oldest = next(iter(windows.values()))
+            times = oldest.times
+            if oldest.head < len(times) and times[-1] > horizon:
+                return  # it still counts; so may the keys seen after it
+            windows.popitem(last=False)
 
     @property
     def tracked_keys(self) -> int:
