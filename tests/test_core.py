@@ -553,3 +553,25 @@ def test_an_attempt_past_its_deadline_takes_no_probe_slot() -> None:
     assert rig.network.sent == []
     assert breaker._probes_reserved == 0 and breaker.available(rig.now)
     assert rig.slots_balanced()
+
+
+def test_a_bug_in_a_send_gives_its_probe_slot_back() -> None:
+    # The call never went out and will never report: the half-open breaker must not keep
+    # its probe slot for it (three such and a healthy issuer is refused, as seed 7680's
+    # leak did, until the probe timeout re-opens the breaker).
+    rig = make_rig()
+    rig.now = 100.0
+    breaker = rig.router.health.breakers["card-a"]
+    breaker.force_open(rig.now - breaker.config.open_s - 0.001)
+    assert breaker.poll(rig.now).value == "half_open"
+
+    def broken(endpoint: str, token: int, payment: Payment) -> None:
+        raise RuntimeError("bug in an adapter's send")
+
+    rig.network.send = broken  # type: ignore[method-assign]
+    rig.pay(card_payment("bug-in-send"))
+    rig.commit()
+    assert rig.core.errors == 1
+    assert breaker._probes_reserved == 0 and breaker.available(rig.now)
+    assert breaker.state.value == "half_open"  # no verdict on the endpoint
+    assert rig.slots_balanced()

@@ -786,11 +786,14 @@ class PaymentCore:
     def _crashed(self, f: _Flight, now: float, mono: float) -> None:
         """Undo after a bug: before anything was sent, refuse; after, the outcome is
         unknown (journaled as such and handed to the resolver), never guessed."""
-        self._release(f)
-        self.timers.cancel(f)
         if f.token:
+            # A call let through that will never report: a half-open breaker's probe slot
+            # it holds comes back now, with no verdict on the endpoint (the bug was ours).
             self._by_token.pop(f.token, None)
             f.token = 0
+            self.router.health.breakers[f.slot].abandon(now, mono - f.sent_at)
+        self._release(f)
+        self.timers.cancel(f)
         f.continuation = None
         if f.state in (Status.RECEIVED, Status.ROUTED):
             self._fail(f, Rejected(reasons.E_UNAVAILABLE, "internal error"), forget=True)

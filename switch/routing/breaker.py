@@ -308,6 +308,18 @@ class CircuitBreaker:
                     self._close(now)
         # OPEN: a late result of a call allowed before opening; nothing to decide.
 
+    def abandon(self, now: float, duration_s: float) -> None:
+        """A call let through ``duration_s`` ago will never report: the caller failed, not
+        the endpoint. Its probe slot, if it holds one, is free again; nothing is judged.
+        (Left alone, the slot would count as a failed probe after ``probe_timeout_s``
+        and re-open a breaker on an endpoint that did nothing wrong.)"""
+        assert duration_s >= 0, duration_s
+        now = self._tick(now)
+        if (self.state is BreakerState.HALF_OPEN and self._probes_reserved > 0
+                and not self._started_before_half_open(now, duration_s)):
+            self._probes_reserved -= 1
+        assert self._probes_reserved >= 0
+
     def record_probe(self, now: float, ok: bool) -> None:
         """Report an active health probe (echo / status call); see the module docstring."""
         now = self._tick(now)

@@ -137,6 +137,19 @@ def test_lost_probe_counts_as_failed_after_probe_timeout() -> None:
     assert b.allow(5.0) and b.state is HALF  # and the next cycle can probe
 
 
+def test_an_abandoned_probe_frees_its_slot_without_a_verdict() -> None:
+    b, seen = make(consecutive_failures=1, open_s=1.0, half_open_probes=1)
+    assert b.allow(0.0)  # a call from before the breaker opened, never to report
+    feed(b, 0.1, "x")
+    assert b.allow(1.2) and not b.allow(1.2)  # half-open: the one probe is out
+    b.abandon(1.3, 1.3)  # the old call (started at 0.0) gives up: not the probe
+    assert not b.allow(1.3)
+    b.abandon(1.4, 0.2)  # the probe's caller failed before sending
+    assert b.state is HALF and b.allow(1.4)  # judged nothing; the slot is free again
+    b.record(1.5, True, 0.1)
+    assert b.state is CLOSED and seen[-1] == ("ep", HALF, CLOSED)
+
+
 def test_active_probes() -> None:
     b, _ = make(probe_failures=2, open_s=10.0)
     b.record_probe(0.0, False)
