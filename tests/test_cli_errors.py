@@ -158,3 +158,23 @@ def test_demo_scenario_overrides_are_checked_like_the_file(tmp_path: Path) -> No
     assert "faults[0].start_s: 5.0 is not before the end of the run (3.0 s)" in line
     mixed = run("demo", "--scenario", "primary-outage", "--networks", "standin")
     assert mixed.returncode == 2 and "--networks: not used with --scenario" in mixed.stderr
+
+
+def test_a_simulation_too_big_for_memory_is_refused_before_it_starts() -> None:
+    # A simulated day at 200/s keeps ~17M payments until its checks: far more memory than
+    # the machine has. The kernel's OOM killer would end it hours in, printing nothing.
+    line = one_error_line(run("simulate", "--seed", "1", "--duration", "1000d"))
+    assert "--duration 1000d at --rate 200/s needs about" in line
+    assert "GiB available; lower --duration or --rate" in line
+
+
+def test_the_memory_plan_counts_every_seed_running_at_once() -> None:
+    from switch.cli.errors import UserError
+    from switch.cli.simulate import check_memory, planned_bytes
+
+    ten_minutes = planned_bytes(600, 200, 1)
+    assert planned_bytes(600, 200, 2) == 2 * ten_minutes
+    check_memory("10m", 600, 200, 1, available=2 * ten_minutes)  # fits
+    check_memory("10m", 600, 200, 8, available=None)  # unknown: not refused on a guess
+    with pytest.raises(UserError, match=r"\(4 seeds at once\).*--processes"):
+        check_memory("10m", 600, 200, 4, available=2 * ten_minutes)
