@@ -173,9 +173,10 @@ def check_ledger(db: sqlite3.Connection, folded: Fold, closed_at_us: int,
                  for ccy, total in sorted(net.items()) if total]
     approved: dict[str, int] = defaultdict(int)
     for pid, result in finals.items():
-        payment = intents.get(pid)
-        if payment is not None and result.status is Status.APPROVED:
-            approved[payment.currency] += payment.amount
+        if result.status is Status.APPROVED:
+            payment = intents.get(pid)
+            if payment is not None:
+                approved[payment.currency] += payment.amount
     booked: dict[str, int] = defaultdict(int)
     for currency, amount in db.execute(
             "SELECT currency, SUM(amount) FROM ledger_transfers WHERE state = 'posted'"

@@ -144,7 +144,9 @@ class Simulation:
         self.workload = Workload(options.seed)
         self._rng = random.Random(f"payswitch-sim-clients:{options.seed}")
         self._rid = 0
-        self._sends: dict[int, tuple[str, PaymentRequest, int, float]] = {}
+        #: In flight per request id: key, request, tries, sent at, and the body's digest
+        #: (taken at the send, while the request just built is still in the CPU's cache).
+        self._sends: dict[int, tuple[str, PaymentRequest, int, float, int]] = {}
         self._acked: dict[str, tuple[str, Status, int]] = {}
         self._recent: list[tuple[str, PaymentRequest]] = []
         self.latencies: list[float] = []
@@ -384,7 +386,8 @@ class Simulation:
         self.counters["requests"] += 1
         self._rid += 1
         rid = self._rid
-        self._sends[rid] = (request.idempotency_key, request, tries, self.now)
+        self._sends[rid] = (request.idempotency_key, request, tries, self.now,
+                            _digest(request))
         self.note(request.idempotency_key, "request", rid, request.idempotency_key, "try",
                   tries)
         boot = self.boot
@@ -395,8 +398,7 @@ class Simulation:
     def client_reply(self, response: Response) -> None:
         rid = response.id
         assert rid is not None
-        key, request, tries, sent_at = self._sends.pop(rid)
-        digest = _digest(request)
+        key, request, tries, sent_at, digest = self._sends.pop(rid)
         acked = self._acked.get(key)
         if isinstance(response, ErrorReply):
             self.counters["errors"] += 1
@@ -542,7 +544,7 @@ class Simulation:
                 self._start()
                 # Clients whose request died with the switch try again.
                 for rid in sorted(self._sends):
-                    _, request, tries, _ = self._sends.pop(rid)
+                    _, request, tries, _, _ = self._sends.pop(rid)
                     if tries < CLIENT_TRIES:
                         self.push(self.now + 0.001 * (rid % 1000), RESEND, request, tries + 1)
         elif a is not boot or boot is None or not boot.alive:
