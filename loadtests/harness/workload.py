@@ -120,10 +120,6 @@ class Workload:
         self._payers: dict[int, Party] = {}
         self._payees: dict[int, Party] = {}
 
-    def _hot(self, n: int) -> int:
-        # Zipf-ish skew: a few cards/accounts take much of the traffic.
-        return min(n - 1, int(n * self._rng.random() ** 2))
-
     def next(self) -> tuple[PaymentRequest, str]:
         """The next request and its kind: "new", "duplicate" or "invalid"."""
         rng, mix = self._rng, self.mix
@@ -133,7 +129,10 @@ class Workload:
         self._count += 1
         key = f"{self._prefix}{self._count}"
         channel_draw = rng.random()
-        n = self._hot(mix.accounts)
+        # Zipf-ish skew: a few cards/accounts take much of the traffic (the draw inline,
+        # not a method: the simulator makes 200 requests a simulated second).
+        accounts = mix.accounts
+        n = min(accounts - 1, int(accounts * rng.random() ** 2))
         payer = self._payers.get(n)
         if payer is None:
             payer = self._payers[n] = Party(f"ACCT{n:06d}", "Payer")
@@ -142,7 +141,8 @@ class Workload:
         if payee is None:
             payee = self._payees[n] = Party(f"MERCH{n:05d}", "Payee")
         if channel_draw < mix.card_share:
-            pan = self._pans[self._hot(mix.cards)]
+            cards = mix.cards
+            pan = self._pans[min(cards - 1, int(cards * rng.random() ** 2))]
             amount = max(1, int(rng.lognormvariate(_LOG_5000, 1.0)))
             request = PaymentRequest(
                 key, "card", amount, "USD", payer, payee, card=CardData(pan=pan, expiry="2812")

@@ -113,19 +113,30 @@ def check_settlement(clearing: Clearing, scheme: CardScheme, intents: Mapping[st
     cleared = clearing.cleared()
     # RRNs the issuer holds or held money for (an authorization, or a stand-in advice it
     # took), and those it reversed.
-    held = {r.rrn.strip() for r in scheme.records.values() if r.kind != "none"}
-    reversed_at_issuer = {r.rrn.strip() for r in scheme.records.values()
-                          if r.state == "reversed"}
+    held: set[str] = set()
+    reversed_at_issuer: set[str] = set()
+    for r in scheme.records.values():
+        if r.kind != "none":
+            held.add(r.rrn.strip())
+        if r.state == "reversed":
+            reversed_at_issuer.add(r.rrn.strip())
+    approved = Status.APPROVED
+    no_entries: list[tuple[int, str, int]] = []
     for pid, payment in intents.items():
         card = payment.card
         if card is None:
             continue
         rrn = card.rrn.strip()
-        entries = cleared.pop(rrn, [])
-        net = sum(a if status == "settled" else -a for _, status, a in entries)
+        entries = cleared.pop(rrn, no_entries)
+        if len(entries) == 1:  # nearly always: one cycle cleared it
+            _, status, net = entries[0]
+            if status != "settled":
+                net = -net
+        else:
+            net = sum(a if status == "settled" else -a for _, status, a in entries)
         result = finals.get(pid)
         owed = 0
-        if result is not None and result.status is Status.APPROVED:
+        if result is not None and result.status is approved:
             if not result.stood_in or rrn in held:
                 owed = payment.amount
             else:
@@ -162,9 +173,10 @@ def check_ledger(db: sqlite3.Connection, folded: Fold, closed_at_us: int,
                  for ccy, total in sorted(net.items()) if total]
     approved: dict[str, int] = defaultdict(int)
     for pid, result in finals.items():
-        payment = intents.get(pid)
-        if payment is not None and result.status is Status.APPROVED:
-            approved[payment.currency] += payment.amount
+        if result.status is Status.APPROVED:
+            payment = intents.get(pid)
+            if payment is not None:
+                approved[payment.currency] += payment.amount
     booked: dict[str, int] = defaultdict(int)
     for currency, amount in db.execute(
             "SELECT currency, SUM(amount) FROM ledger_transfers WHERE state = 'posted'"

@@ -79,11 +79,14 @@ class SimJournal:
             # The real writer takes the open batch at the end of a loop step; a record
             # appended after that (a later simulated instant) waits for the next commit,
             # never joins one already under way.
-            batches.append(Batch())
-        batch = batches[-1]
+            batch = Batch()
+            batches.append(batch)
+        else:
+            batch = batches[-1]
         batch.rows.append(row)
         self.pending += 1
-        self._kick()
+        if self._committing is None:  # else _kick has nothing to do: spare the call
+            self._kick()
         return batch
 
     def _kick(self) -> None:

@@ -171,7 +171,8 @@ class World:
         out: dict[str, int] = {}
         for record in self.scheme.records.values():
             if record.state == "active" and record.kind != "none":
-                out[record.rrn.strip()] = out.get(record.rrn.strip(), 0) + record.amount
+                rrn = record.rrn.strip()
+                out[rrn] = out.get(rrn, 0) + record.amount
         return out
 
     def blocked_windows(self, endpoint: str) -> list[tuple[float, float]]:
