@@ -10,9 +10,10 @@ runs the workers (switch/cluster/supervisor.py).
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import msgspec
 
@@ -60,11 +61,58 @@ class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return [w.journal for w in self.workers]
 
 
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+#: Where a free port is looked for first (see :func:`free_port`): from here up to the
+#: kernel's ephemeral range.
+LOW_PORTS_FROM: Final = 20_000
+#: Candidates tried there before leaving the choice to the kernel.
+LOW_PORT_TRIES: Final = 200
+_EPHEMERAL_RANGE: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _binds(family: socket.AddressFamily, host: str, port: int) -> int | None:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return None
         return int(sock.getsockname()[1])
+
+
+def free_port(host: str, taken: set[int]) -> int:
+    """A port free now for a worker that binds it a second or two later, after its imports;
+    added to ``taken``, which it is never one of.
+
+    Below the kernel's ephemeral range first: a port the kernel picked (bind to 0) was
+    back in its pool the moment it was closed, and an outgoing connection from any process
+    on the host could be given it before the worker bound it. The worker then died with
+    "address already in use" and the cluster did not start (seen in a CI run). Below the
+    range only another listener choosing that very port can take it. Where that range is
+    full, the kernel chooses.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = range(LOW_PORTS_FROM, max(LOW_PORTS_FROM, _ephemeral_start()))
+    # From a place that differs between processes, so that two clusters planned at once
+    # on one host do not walk the same ports in the same order.
+    start = os.getpid() * 7919 % len(low) if low else 0
+    for i in range(min(len(low), LOW_PORT_TRIES)):
+        port = low[(start + i) % len(low)]
+        if port not in taken and _binds(family, host, port) is not None:
+            taken.add(port)
+            return port
+    for _ in range(LOW_PORT_TRIES):
+        port = _binds(family, host, 0) or 0
+        if port and port not in taken:
+            taken.add(port)
+            return port
+    raise ConfigError(f"{host}: found no free port for a worker")
 
 
 def plan(config: SwitchConfig, workers: int, directory: str | Path | None = None,
@@ -94,8 +142,9 @@ def plan(config: SwitchConfig, workers: int, directory: str | Path | None = None
                     f"takes {workers} consecutive ports and the ranges overlap; move one, or "
                     "set it to 0 (free ports)")
     specs: list[WorkerSpec] = []
+    taken: set[int] = set()  # closed again at once: the next pick must not find it free
     for shard in range(workers):
-        ports = [(0 if not used else port + shard if port else _free_port(host))
+        ports = [(0 if not used else port + shard if port else free_port(host, taken))
                  for _, host, port, used in doors]
         specs.append(WorkerSpec(shard=shard, host=config.server.host, port=ports[0],
                                 admin_port=ports[1], http_port=ports[2], iso8583_port=ports[3],

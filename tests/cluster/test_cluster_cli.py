@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from switch.cluster.layout import ClusterLayout, WorkerSpec, load_layout, plan, save_layout
+from switch.cluster.layout import (
+    LOW_PORTS_FROM,
+    ClusterLayout,
+    WorkerSpec,
+    _ephemeral_start,
+    free_port,
+    load_layout,
+    plan,
+    save_layout,
+)
 from switch.cluster.supervisor import Supervisor
 from switch.protocols.shardmap import shard_of
 from switch.serve.config import ConfigError, SwitchConfig, parse_config
@@ -37,6 +48,24 @@ def test_plan_gives_each_worker_its_ports_and_journal(tmp_path: Path) -> None:
     assert len({w.http_port for w in planned.workers}) == 3
     assert [w.journal for w in planned.workers] == [
         str(tmp_path / "c" / f"shard-{i}" / "j.db") for i in range(3)]
+
+
+def test_free_ports_come_from_below_the_ephemeral_range_and_skip_one_in_use() -> None:
+    # A worker binds its port a second or two after the plan; an ephemeral port could go
+    # to any outgoing connection meanwhile (a worker died of it in a CI run).
+    low = range(LOW_PORTS_FROM, _ephemeral_start())
+    first = low[os.getpid() * 7919 % len(low)]  # where this process starts looking
+    with socket.socket() as other:
+        try:
+            other.bind(("127.0.0.1", first))  # another listener holds it
+            other.listen()
+        except OSError:
+            pass  # some process here already does
+        taken: set[int] = set()
+        ports = [free_port("127.0.0.1", taken) for _ in range(5)]
+    assert first not in ports
+    assert len(set(ports)) == 5 and set(ports) == taken  # closed again, never picked twice
+    assert all(p in low for p in ports)
 
 
 def test_haproxy_config_routes_by_the_shard_map_and_checks_readyz(tmp_path: Path) -> None:
