@@ -52,6 +52,7 @@ import anyio
 import msgspec
 
 from loadtests.harness.client import SwitchClient
+from loadtests.harness.clusterproc import free_port
 from loadtests.harness.demo import DEMO_CONFIG
 from loadtests.harness.processes import (
     EXAMPLE_CHANNELS,
@@ -94,14 +95,6 @@ class Campaign:
     kills: list[float] = field(default_factory=list)  # wall-clock seconds
     restart_s: list[float] = field(default_factory=list)
     stop: anyio.Event = field(default_factory=anyio.Event)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 _BROKEN = (ConnectionError, OSError, TimeoutError, anyio.BrokenResourceError,

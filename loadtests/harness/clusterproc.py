@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from switch.cluster.layout import ClusterLayout, load_layout
+from switch.cluster.layout import free_port as pick_free_port
 from switch.journal import read as read_journal
 from switch.serve.http import ensure_demo_tokens
 
+#: Ports this process picked: each was closed again at once, so the next pick must not
+#: find it free and hand it out twice.
+_PICKED: set[int] = set()
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port for a process started next (HAProxy, Prometheus, a Locust master): picked
+    as the cluster picks its workers' (:func:`switch.cluster.layout.free_port`), below
+    the kernel's ephemeral range, so no outgoing connection takes it before it is bound."""
+    return pick_free_port(host, _PICKED)
 
 
 @dataclass

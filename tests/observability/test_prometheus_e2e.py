@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from loadtests.harness.clusterproc import free_port
 from loadtests.harness.demo import DEMO_CONFIG
 from loadtests.harness.processes import start_channels, start_switch, stop_switch
 from switch.serve.http import admin_headers
@@ -98,13 +98,6 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{channels_admin_port}"]
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def query(api: httpx.Client, promql: str) -> list[dict[str, Any]]:
