@@ -285,3 +285,77 @@ def test_no_wait_between_attempts_exceeds_max_delay() -> None:
         due = queue.next_due()
         assert due is not None and due - now <= 30.0
         now = due
+
+
+def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None:
+    """Found by the simulator (seed 1, 10 simulated min at fault intensity 40): repeated
+    crashes left more unfinished payments than the queue's 10,000, and those past the
+    bound stayed unknown until the next restart, however long their network had been
+    back. Now they wait in the journal and a refill takes them back once the queue is at
+    most half full; it skips what is tracked or resolved since the read (sans-IO)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    index = IdempotencyIndex(retention_s=60, max_keys=100)
+    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=4)
+    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
+    payments = [_payment(i) for i in range(7)]
+    for p in payments:
+        index.begin(p.idempotency_key, b"h", 0.0)
+    taken = [queue.submit(p, b"h", route, Status.UNKNOWN, 0.0, now=0.0) for p in payments]
+    assert taken == [True] * 4 + [False] * 3
+    assert (queue.tracked, queue.overflowed, queue.pending) == (4, 3, 7)
+    assert not queue.needs_refill  # full: a journal read would take nothing back
+
+    for _ in range(2):  # two resolved: the queue is half full
+        job = queue.pop_due(1.0)
+        assert job is not None
+        queue.finished(job, queue.outcome(job, NetworkReply("reversed", "00")))
+    assert queue.needs_refill
+    # A payment resolved after the read (its final is in the index) is not taken back.
+    index.complete("k6", Result("P1-6", Status.REVERSED, "00"))
+    # The journal's unfinished payments as read: the two still tracked come back too.
+    backlog = [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments[2:]]
+    assert queue.refill(backlog, now=2.0) == 2  # P1-4, P1-5; P1-6 resolved
+    assert (queue.tracked, queue.overflowed) == (4, 0)
+    assert not queue.needs_refill
+
+    # Still no room for all: the rest is counted again, to be taken by the next refill
+    # (P1-0 and P1-1 were resolved above: skipped, not counted).
+    queue2 = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2)
+    assert queue2.refill([(p, b"h", route, Status.SENT, 1.0) for p in payments[:6]],
+                         now=0.0) == 2
+    assert (queue2.tracked, queue2.overflowed) == (2, 2)
+
+
+async def test_the_resolver_reads_its_backlog_when_the_queue_has_room(tmp_path: Path) -> None:
+    """The anyio shell: payments past ``max_queue`` are resolved without a restart, from
+    the ``backlog`` the switch reads out of its journal (app.py)."""
+    metrics = SwitchMetrics()
+    journal, db = await _journal_with_intents(tmp_path, 0, max_pending=100)
+    network = FakeNetwork()
+    route = Route("issuer", network, 1.0)  # type: ignore[arg-type]
+    payments = [_payment(i) for i in range(6)]
+    reads = 0
+
+    async def backlog() -> list[Any]:
+        nonlocal reads
+        reads += 1
+        return [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments
+                if p.payment_id not in network.resolved_at]
+
+    resolver, clock, index = _resolver(journal, metrics, max_queue=2, backlog=backlog)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        tg.start_soon(resolver.run)
+        for p in payments:
+            index.begin(p.idempotency_key, b"h", clock.now())
+            resolver.submit(p, b"h", route)
+        assert resolver.overflowed == 4
+        with anyio.fail_after(30):
+            while resolver.pending:
+                await anyio.sleep(0.01)
+        await journal.close()
+        tg.cancel_scope.cancel()
+    assert sorted(network.resolved_at) == sorted(p.payment_id for p in payments)
+    assert reads >= 2  # 2 taken back per read, one read per REFILL_EVERY_S at most
+    assert {fold(db).payments[p.payment_id].status for p in payments} == {"reversed"}

@@ -346,19 +346,46 @@ def recovered_from(folded: Fold, boot_count: int) -> Recovered:
         if h.outcome_kind == FINAL:
             assert result is not None
             final(FinalRecord(h.idempotency_key, h.body_hash, result, h.outcome_at_us))
-            if h.reopened and h.payment is not None:
-                unfinished.append(UnfinishedPayment(h.body_hash, h.payment, Status.SENT))
+            if h.reopened and (one := _unfinished(h)) is not None:
+                unfinished.append(one)
             if result.stood_in and not h.advised and h.payment is not None:
                 advices.append(PendingAdvice(h.body_hash, h.payment, result))
-        elif h.payment is not None:
-            status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
-            unfinished.append(UnfinishedPayment(h.body_hash, h.payment, status))
+        elif (one := _unfinished(h)) is not None:
+            unfinished.append(one)
     # Oldest first, so the idempotency index restores (and evicts) in age order.
     finals.sort(key=_at_us)
     return Recovered(finals, unfinished, boot_count, folded.records, advices)
 
 
 _at_us: Final = operator.attrgetter("at_us")
+
+
+def read_unfinished(path: str | Path) -> list[UnfinishedPayment]:
+    """The live journal's unfinished payments, read on a connection of its own (the
+    writer keeps committing meanwhile: WAL readers see a consistent snapshot)."""
+    db = open_readonly(path)
+    try:
+        return unfinished_of(fold_onto(db, Fold(), live_only=True))
+    finally:
+        db.close()
+
+
+def unfinished_of(folded: Fold) -> list[UnfinishedPayment]:
+    """The payments of ``folded`` sent and not final (recovered_from's unfinished, without
+    the finals): what the resolver takes back once it has room (resolver.refill)."""
+    return [one for h in folded.payments.values() if (one := _unfinished(h)) is not None]
+
+
+def _unfinished(h: PaymentHistory) -> UnfinishedPayment | None:
+    """``h`` as an unfinished payment: sent and not final (or reopened), else None."""
+    if h.outcome_kind == FINAL:  # first: the payment is decoded only when it is wanted
+        if not h.reopened:
+            return None
+        status = Status.SENT
+    else:
+        status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
+    payment = h.payment
+    return None if payment is None else UnfinishedPayment(h.body_hash, payment, status)
 
 
 def next_boot(db: sqlite3.Connection) -> int:

@@ -287,6 +287,11 @@ class PaymentCore:
         #: Payments recovered unfinished at start-up, by key: (payment id, network).
         self._recovered: dict[str, tuple[str, str]] = {}
 
+    def owns(self, key: str) -> bool:
+        """A payment of ``key`` is in flight here: its journal may show it unfinished, yet
+        it is the core's to finish, not the resolver's (resolver.backlog_candidates)."""
+        return key in self._by_key
+
     def recovered(self, key: str, payment_id: str, network: str) -> None:
         """A payment found unfinished at start-up, now with the resolver: a retry of its
         key waits (bounded) for the resolution, else hears its current state."""

@@ -17,8 +17,10 @@ Retried on the channel's schedule until resolved, or until the channel's budget
 PayswitchUnresolvedPaymentsEscalated) -- and stays counted in
 ``payswitch_unresolved_payments``; the journal still holds it as unknown, so the next
 start-up tries again. Bounded: at most ``max_queue`` payments are tracked; one past that
-is escalated at once. A payment whose resolution cannot be built (it cannot be encoded)
-is *quarantined*: escalated at once, without retries, and counted apart.
+waits in the journal (still counted as unresolved) and is taken back by a *refill*, a
+fresh read of the journal's unfinished payments, once the queue is half empty. A payment
+whose resolution cannot be built (it cannot be encoded) is *quarantined*: escalated at
+once, without retries, and counted apart.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Final, Protocol
 
@@ -59,6 +61,13 @@ class ResolutionPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     within_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 600.0
     #: Longest wait between attempts.
     max_delay_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 5.0
+    #: Attempts in flight at once on this channel. A crash leaves every payment then in
+    #: flight unfinished: each waits its turn for a worker, so this sets how fast a
+    #: restart's backlog drains (about workers / network latency per second).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    # Why 32, not the old fixed 8: at 8 (~20 resolutions/s per channel) the simulator's
+    # seed 1 (10 simulated min, fault intensity 20) saw the backlog of repeated crashes
+    # outgrow the schedule, then the queue; at 32 the same seed holds both.
 
 
 class ResolutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -72,6 +81,7 @@ class ResolutionConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 if TYPE_CHECKING:
     from switch.clock import Clock
     from switch.journal import Journal, Recovered
+    from switch.journal.reader import UnfinishedPayment
     from switch.observability.metrics import SwitchMetrics
     from switch.payment.idempotency import IdempotencyIndex
     from switch.payment.standin import StandIn
@@ -90,6 +100,13 @@ _STATUS: Final = {
 CHANNELS: Final = ("card", "swift", "qr")
 #: A resolution's outcome was learned from the network: it must never be dropped.
 ON_FULL: Final = OnFull.WAIT
+#: Least time between two reads of the journal's backlog (each walks the live journal).
+REFILL_EVERY_S: Final = 5.0
+
+
+#: What the resolver is handed for one payment: the payment, its body hash, the route
+#: to ask, its last journaled state (unknown, or sent if crash-recovered) and its age.
+Candidate = tuple[Payment, bytes, "Route", Status, float]
 
 
 @dataclass(slots=True, eq=False)
@@ -145,6 +162,10 @@ class ResolutionQueue:
         return len(self._escalated) + self.overflowed
 
     @property
+    def policies(self) -> ResolutionConfig:
+        return self._policies
+
+    @property
     def tracked(self) -> int:
         """Payments queued, in flight or escalated (bounded by ``max_queue``)."""
         return len(self._jobs)
@@ -163,10 +184,55 @@ class ResolutionQueue:
             return False  # already being resolved
         if len(self._jobs) >= self._max_queue:
             self.overflowed += 1
-            log.error("resolver full (%d); payment stays unknown until restart: operator",
-                      self._max_queue, extra={"payment_id": payment.payment_id})
+            if self.overflowed == 1:  # once per episode: the gauges count the rest
+                log.error("resolver full (%d); payments past it wait in the journal until"
+                          " the queue has room", self._max_queue,
+                          extra={"payment_id": payment.payment_id})
             self._update_gauges()
             return False
+        self._track(payment, digest, route, status, elapsed_s, now)
+        return True
+
+    @property
+    def needs_refill(self) -> bool:
+        """Payments wait in the journal (overflowed) and the queue is at most half full:
+        time to take them back (:meth:`refill`). Half, so that one journal read takes
+        thousands back, not one per finished job."""
+        return self.overflowed > 0 and len(self._jobs) <= self._max_queue // 2
+
+    def refill(self, candidates: Iterable[Candidate], now: float) -> int:
+        """Take back payments that overflowed the queue, from a fresh read of the journal's
+        unfinished payments (the shell filters out those the payment core still owns).
+        Without this they stayed unknown until the next restart, however long their
+        network had been back (the simulator: seed 1, 10 simulated min, intensity 40).
+        Returns how many were taken; those that still find no room are counted anew."""
+        assert self.overflowed >= 0
+        self.overflowed = 0
+        taken = 0
+        index, jobs = self._index, self._jobs
+        for payment, digest, route, status, elapsed_s in candidates:
+            pid = payment.payment_id
+            if pid in jobs:
+                continue
+            entry = index.get(payment.idempotency_key)
+            known = entry.result if entry is not None else None
+            if known is not None and known.payment_id == pid \
+                    and known.status is not Status.UNKNOWN:
+                continue  # resolved since the journal was read (the core answers unknown)
+            if len(jobs) >= self._max_queue:
+                self.overflowed += 1
+                continue
+            self._track(payment, digest, route, status, elapsed_s, now)
+            taken += 1
+        assert len(jobs) <= self._max_queue
+        self._update_gauges()
+        if self.overflowed:
+            log.error("resolver full (%d); %d payments still wait in the journal",
+                      self._max_queue, self.overflowed)
+        return taken
+
+    def _track(self, payment: Payment, digest: bytes, route: Route, status: Status,
+               elapsed_s: float, now: float) -> None:
         if status is Status.SENT:
             # Crash-recovered: sent, then nothing journaled -- its outcome is unknown.
             check_transition(payment.payment_id, status, Status.UNKNOWN)
@@ -181,7 +247,6 @@ class ResolutionQueue:
         # payment). The simulator found restarts waiting it anew: count from the payment.
         self._schedule(job, now + max(0.0, policy.first_after_s - elapsed_s))
         self._update_gauges()
-        return True
 
     def _schedule(self, job: ResolutionJob, due: float) -> None:
         heapq.heappush(self._heaps[job.payment.channel], (due, next(self._order), job))
@@ -276,15 +341,22 @@ class Resolver:
         index: IdempotencyIndex,
         metrics: SwitchMetrics,
         max_queue: int = 10_000,
-        workers: int = 8,
+        workers: int | None = None,
         policies: ResolutionConfig | None = None,
+        backlog: Callable[[], Awaitable[Iterable[Candidate]]] | None = None,
     ) -> None:
-        assert max_queue >= 1 and workers >= 1
+        """``workers``: attempts in flight per channel, for every channel (default: each
+        channel's ``workers`` policy). ``backlog``: the journal's unfinished payments the
+        core does not own, read afresh, to take back what overflowed ``max_queue``."""
+        assert max_queue >= 1 and (workers is None or workers >= 1)
         self._clock = clock
         self._journal = journal
-        self._workers = workers
         self.queue = ResolutionQueue(index=index, metrics=metrics, max_queue=max_queue,
                                      policies=policies)
+        self._workers = {c: workers if workers is not None
+                         else getattr(self.queue.policies, c).workers for c in CHANNELS}
+        self._backlog = backlog
+        self._refill_at = -math.inf
         self._wakeup = anyio.Event()
 
     @property
@@ -320,12 +392,20 @@ class Resolver:
         channel (a shared pool let card reversals hanging on a late issuer hold up every
         SWIFT and QR inquiry behind them: the simulator found it, after a crash)."""
         busy = dict.fromkeys(CHANNELS, 0)
+        workers = self._workers
         async with anyio.create_task_group() as tg:
             while True:
-                free = [c for c in CHANNELS if busy[c] < self._workers]
-                job = self.queue.pop_due(self._clock.now(), free)
+                now = self._clock.now()
+                if self._backlog is not None and self.queue.needs_refill \
+                        and now >= self._refill_at:
+                    self._refill_at = math.inf  # one read at a time
+                    tg.start_soon(self._refill)
+                free = [c for c in CHANNELS if busy[c] < workers[c]]
+                job = self.queue.pop_due(now, free)
                 if job is None:
                     due = self.queue.next_due(free)
+                    if self.queue.needs_refill and self._refill_at < math.inf:
+                        due = self._refill_at if due is None else min(due, self._refill_at)
                     self._wakeup = anyio.Event()
                     timeout = math.inf if due is None else due - self._clock.now()
                     with anyio.move_on_after(timeout):
@@ -333,6 +413,18 @@ class Resolver:
                     continue
                 busy[job.payment.channel] += 1
                 tg.start_soon(self._attempt, job, busy)
+
+    async def _refill(self) -> None:
+        """Read the journal's backlog (in a thread: the shell's ``backlog``) and take back
+        what fits; at most one read every REFILL_EVERY_S, whatever it finds."""
+        assert self._backlog is not None
+        try:
+            self.queue.refill(await self._backlog(), self._clock.now())
+        except Exception as exc:  # the journal unreadable for now: the next round retries
+            log.error("resolver backlog unreadable: %s", exc, exc_info=exc)
+        finally:
+            self._refill_at = self._clock.now() + REFILL_EVERY_S
+            self._wakeup.set()
 
     async def _attempt(self, job: ResolutionJob, busy: dict[str, int]) -> None:
         payment = job.payment
@@ -401,16 +493,48 @@ def recover(
         # Pending in the index, so a client retry waits for the answer.
         if index.get(key) is None:
             index.begin(key, unfinished.body_hash, now)
-        try:
-            target = router.target(unfinished.payment)
-            route = router.route(resolve_endpoint(unfinished.payment, target), target)
-        except NoRoute:
-            log.error("no route to resolve an unfinished payment",
-                      extra={"payment_id": unfinished.payment.payment_id})
+        candidate = _candidate(unfinished, router, resolve_endpoint, wall_us)
+        if candidate is None:
             continue
-        made_us = int(unfinished.payment.received_at.timestamp() * 1e6)
-        resolver.submit(unfinished.payment, unfinished.body_hash, route, unfinished.status,
-                        elapsed_s=max(0.0, (wall_us - made_us) / 1e6))
+        payment, digest, route, status, elapsed_s = candidate
+        resolver.submit(payment, digest, route, status, elapsed_s=elapsed_s)
         if on_recovered is not None:  # the core answers retries of this key meanwhile
-            on_recovered(unfinished.payment, route)
+            on_recovered(payment, route)
         metrics.recovered.inc()
+
+
+def backlog_candidates(
+    unfinished: Iterable[UnfinishedPayment],
+    *,
+    router: Router,
+    wall_us: int,
+    resolve_endpoint: Callable[[Payment, Target], str],
+    owned: Callable[[str], bool],
+) -> Iterator[Candidate]:
+    """What a refill may take back: the journal's unfinished payments, less those the
+    payment core still owns (an intent whose attempt is in flight is unfinished in the
+    journal, yet no business of the resolver's). Lazy: filtered as the queue takes them,
+    on the event loop, so ``owned`` is read at the moment it matters."""
+    for one in unfinished:
+        if owned(one.payment.idempotency_key):
+            continue
+        candidate = _candidate(one, router, resolve_endpoint, wall_us)
+        if candidate is not None:
+            yield candidate
+
+
+def _candidate(unfinished: UnfinishedPayment, router: Router,
+               resolve_endpoint: Callable[[Payment, Target], str], wall_us: int
+               ) -> Candidate | None:
+    """The resolver's arguments for one unfinished payment, or None with no route."""
+    payment = unfinished.payment
+    try:
+        target = router.target(payment)
+        route = router.route(resolve_endpoint(payment, target), target)
+    except NoRoute:
+        log.error("no route to resolve an unfinished payment",
+                  extra={"payment_id": payment.payment_id})
+        return None
+    made_us = int(payment.received_at.timestamp() * 1e6)
+    return (payment, unfinished.body_hash, route, unfinished.status,
+            max(0.0, (wall_us - made_us) / 1e6))

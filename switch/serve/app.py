@@ -17,7 +17,7 @@ import gc
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,12 @@ from switch.adapters.trace import (
 )
 from switch.clock import Clock
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
+from switch.journal.reader import read_unfinished
 from switch.model import Payment
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import Resolver, recover
+from switch.payment.resolver import Candidate, Resolver, backlog_candidates, recover
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.routing import binindex as binlookup
@@ -244,8 +245,17 @@ class SwitchApp:
                     adapter.use_trace(trace)
             router = Router(table, self.adapters, cfg.resilience, self.metrics, cfg.seed)
             self.router = router
+
+            async def backlog() -> Iterator[Candidate]:
+                # What overflowed the resolver's queue waits in the journal: read it in a
+                # thread; the core's own payments are filtered out on the loop.
+                unfinished = await anyio.to_thread.run_sync(read_unfinished, cfg.journal.path)
+                return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
+                                          resolve_endpoint=_resolve_endpoint,
+                                          owned=engine.core.owns)
+
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
-                                policies=cfg.resolution)
+                                policies=cfg.resolution, backlog=backlog)
             standin = StandIn(cfg.standin, self.adapters, journal, clock, self.metrics,
                               lambda e, now: router.health.breakers[e].available(now))
             self.standin = standin

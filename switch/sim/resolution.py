@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 from channels.behaviour import RequestPlan
@@ -24,6 +24,7 @@ from switch.observability.metrics import SwitchMetrics
 from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
     CHANNELS,
+    Candidate,
     ResolutionConfig,
     ResolutionJob,
     ResolutionQueue,
@@ -31,8 +32,7 @@ from switch.payment.resolver import (
 from switch.routing.router import Route
 from switch.sim.networks import World
 
-#: Resolver's default: attempts in flight at once per channel (app.py does not change it).
-WORKERS: Final = 8
+#: The resolver's default bound on tracked payments (app.py does not change it).
 MAX_QUEUE: Final = 10_000
 
 # Event kinds of the resolver (the simulation owns the numbering).
@@ -64,6 +64,8 @@ class SimResolver:
                                      policies=policies)
         self.max_queue = MAX_QUEUE
         self.busy = dict.fromkeys(CHANNELS, 0)
+        #: Attempts in flight at once per channel: each channel's ``workers`` policy.
+        self.workers = {c: getattr(policies, c).workers for c in CHANNELS}
         #: The channels with a free worker, as _free answers them: kept with ``busy``
         #: (_take, _release) instead of made at every call. Stale wake-ups call _free
         #: twice each, millions of times in a simulated hour, for a set that changes only
@@ -83,18 +85,23 @@ class SimResolver:
         self.queue.submit(payment, digest, route, status, elapsed_s, sim.now)
         self._arm()
 
+    def refill(self, candidates: Iterable[Candidate]) -> None:
+        """Take back what overflowed the queue (ResolutionQueue.refill), and wake up."""
+        self.queue.refill(candidates, self.sim.now)
+        self._arm()
+
     def _free(self) -> list[str]:
         return self._free_now
 
     def _take(self, channel: str) -> None:
         busy = self.busy
         busy[channel] += 1
-        self._free_now = [c for c in CHANNELS if busy[c] < WORKERS]
+        self._free_now = [c for c in CHANNELS if busy[c] < self.workers[c]]
 
     def _release(self, channel: str) -> None:
         busy = self.busy
         busy[channel] -= 1
-        self._free_now = [c for c in CHANNELS if busy[c] < WORKERS]
+        self._free_now = [c for c in CHANNELS if busy[c] < self.workers[c]]
 
     def _arm(self) -> None:
         """A wake-up at the next due time of a channel with a free worker (the scheduler

@@ -199,10 +199,10 @@ def clearing_forgets_what_it_cleared() -> Iterator[None]:
 def shared_resolver_workers() -> Iterator[None]:
     """One pool of 8 resolver workers for every channel (the design before seed 1's
     simulated hour found it): card reversals hanging to their timeout hold up SWIFT."""
-    from switch.sim.resolution import WORKERS, SimResolver
+    from switch.sim.resolution import SimResolver
 
     def free(self: Any) -> list[str]:
-        return list(CHANNELS) if sum(self.busy.values()) < WORKERS else []
+        return list(CHANNELS) if sum(self.busy.values()) < 8 else []
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SimResolver, "_free", free)
@@ -223,4 +223,16 @@ def probe_slot_taken_before_the_deadline_check() -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaymentCore, "_attempt_from", attempt_from)
+        yield
+
+
+@contextmanager
+def no_resolver_refill() -> Iterator[None]:
+    """Payments past the resolver's bound are never taken back from the journal, as until
+    stop 15: they stay unknown until the next restart, however long their network is
+    back (the simulator: seed 1, 10 simulated min at fault intensity 40)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ResolutionQueue, "needs_refill", property(lambda self: False))
         yield

@@ -127,3 +127,25 @@ def test_swift_is_resolved_on_time_while_card_reversals_hang() -> None:
     with plants.shared_resolver_workers():
         planted = simulate(options())
     assert "unknown-past-schedule" in {v.invariant for v in planted.violations}
+
+
+def test_unknowns_past_the_resolver_bound_are_resolved_without_a_restart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blackholed card primary, then a crash: ~230 payments to resolve against a
+    resolver bound of 50. Those past it wait in the journal and are taken back as the
+    queue drains, each within its schedule; planted, without the refill, they stay
+    unknown and the simulator names it (seed 1, 10 simulated min at intensity 40)."""
+    monkeypatch.setattr("switch.sim.resolution.MAX_QUEUE", 50)
+    faults = (Fault(kind="blackhole", endpoint="card-primary", start_s=2.0, duration_s=4.0),)
+
+    def options() -> SimOptions:
+        return SimOptions(seed=5, duration_s=20.0, rate=200.0,
+                          schedule=Schedule(20.0, faults, ((6.5, 1.0, 0.0),)))
+
+    result = simulate(options())
+    assert not result.violations, result.violations[:3]
+    assert result.counters["resolved"] > 200
+    with plants.no_resolver_refill():
+        planted = simulate(options())
+    found = {v.invariant for v in planted.violations}
+    assert {"unknown-past-schedule", "terminal-once", "ack-lost"} <= found, found
