@@ -4,7 +4,9 @@ Run from the repository root::
 
     .venv/bin/python bench/bench_simulate.py --quick            # a smoke run, prints only
     .venv/bin/python bench/bench_simulate.py --write            # the figures -> RESULTS.md
-    .venv/bin/python bench/bench_simulate.py --campaign 10000 --duration 60 --processes 2
+    .venv/bin/python bench/bench_simulate.py --campaign 10000 --duration 10 --faults 40
+    .venv/bin/python bench/bench_simulate.py --campaign 100 --duration 600 --faults 20 \
+        --section simulate-campaign-long   # long seeds: backlogs of repeated crashes
 
 Figures (issue 13):
 
@@ -102,9 +104,13 @@ def write_campaign(summary: Summary, args: argparse.Namespace, load0: float,
     body = markdown_table(("campaign", "value"), rows)
     if summary.failed:
         body += "\n\nFailing seeds: " + ", ".join(str(o.seed) for o in summary.failed[:50])
-    write_section("simulate-campaign", "Deterministic simulation: a campaign of random fault "
-                  "schedules", body, f"bench/bench_simulate.py --campaign {args.campaign} "
-                  f"--duration {args.duration:g} --faults {args.faults:g}", args.write)
+    long = args.section != "simulate-campaign"
+    title = ("Deterministic simulation: a campaign of long seeds (crash backlogs)" if long
+             else "Deterministic simulation: a campaign of random fault schedules")
+    write_section(args.section, title, body,
+                  f"bench/bench_simulate.py --campaign {args.campaign} --duration "
+                  f"{args.duration:g} --faults {args.faults:g}"
+                  + (f" --section {args.section}" if long else ""), args.write)
 
 
 def main() -> None:
@@ -120,6 +126,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--faults", type=float, default=1.0, help="campaign: intensity")
     parser.add_argument("--no-crashes", action="store_true")
+    parser.add_argument("--section", default="simulate-campaign",
+                        choices=("simulate-campaign", "simulate-campaign-long"),
+                        help="campaign: the RESULTS.md section to write (the 10,000 short "
+                             "seeds, or a campaign of long ones)")
     args = parser.parse_args()
     crashes = not args.no_crashes
     if args.campaign:

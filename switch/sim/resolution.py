@@ -44,6 +44,7 @@ class Sim(Protocol):
 
     now: float
     unknown_since: dict[str, float]
+    failed_attempt_at: dict[str, float]
     world: World
 
     def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None: ...
@@ -171,6 +172,8 @@ class SimResolver:
             self._no_answer(job)
 
     def _no_answer(self, job: ResolutionJob) -> None:
+        # For the schedule check: the next attempt is due within the channel's delay.
+        self.sim.failed_attempt_at[job.payment.payment_id] = self.sim.now
         self.queue.no_answer(job, self.sim.now)
         self._release(job.payment.channel)
         self._arm()

@@ -156,6 +156,8 @@ class Simulation:
         self._recent: list[tuple[str, PaymentRequest]] = []
         self.latencies: list[float] = []
         self.unknown_since: dict[str, float] = {}
+        #: When each unresolved payment's latest resolution attempt went unanswered.
+        self.failed_attempt_at: dict[str, float] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "accepted", "errors", "crashes", "journal_failures", "resolved",
              "stand_in", "advices", "sent", "timeouts_after_send"), 0)
@@ -466,7 +468,7 @@ class Simulation:
         policy: ResolutionPolicy = getattr(self.config.resolution, payment.channel)
         target = self.boot.router.target(payment) if self.boot is not None else None
         check_schedule(pid, self.now, since, policy, target, self.world, self.restarts,
-                       self.violate)
+                       self.violate, self.failed_attempt_at.pop(pid, -math.inf))
 
     # ----------------------------------------------------------------- the loop
 
