@@ -220,7 +220,8 @@ class SwitchMetrics:
         self.unresolved_escalated = Gauge(
             "payswitch_unresolved_escalated_payments",
             "Unresolved payments handed to an operator: the channel's resolution budget or"
-            " window is spent (or the resolver was full); retried at the next start.",
+            " window is spent (retried at the next start), or the resolver was full (they"
+            " wait in the journal and are taken back as it drains).",
             registry=r,
         )
         resolved = Counter(
