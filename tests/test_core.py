@@ -555,6 +555,29 @@ def test_an_attempt_past_its_deadline_takes_no_probe_slot() -> None:
     assert rig.slots_balanced()
 
 
+def test_a_bug_before_the_breakers_verdict_gives_its_probe_slot_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The answer came, but a bug struck before the breaker heard of it: the attempt still
+    # holds its token and slot, so the undo gives both back. Until stop 15 the token was
+    # cleared first, and such a bug kept the half-open probe slot until probe_timeout_s.
+    rig = make_rig()
+    rig.now = 100.0
+    breaker = rig.router.health.breakers["card-a"]
+    breaker.force_open(rig.now - breaker.config.open_s - 0.001)
+    rig.pay(card_payment("bug-after-answer"))
+    rig.commit()
+    assert breaker._probes_reserved == 1  # the probe is in flight
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("bug while classifying an answer")
+
+    monkeypatch.setattr("switch.payment.core.classify", broken)
+    rig.answer(NetworkReply("approved", "00", "A1"))
+    assert rig.core.errors == 1
+    assert breaker._probes_reserved == 0 and breaker.available(rig.now)
+    assert rig.slots_balanced()
+
+
 def test_a_bug_in_a_send_gives_its_probe_slot_back() -> None:
     # The call never went out and will never report: the half-open breaker must not keep
     # its probe slot for it (three such and a healthy issuer is refused, as seed 7680's

@@ -527,12 +527,14 @@ class PaymentCore:
         self.timers.cancel(f)
         router, metrics = self.router, self.metrics
         endpoint = f.slot
-        self._release(f)
-        f.token = 0
         duration = mono - f.sent_at
         kind = classify(reply, not_sent=not_sent)
         healthy = counts_as_healthy(kind, reply)
+        # The breaker's verdict first, while the attempt still holds its token and slot:
+        # a bug before it leaves _crashed both to give back (a half-open probe slot too).
         router.health.record(endpoint, now, healthy, duration)
+        f.token = 0
+        self._release(f)
         if not not_sent:
             metrics.network_duration[endpoint].observe(duration)
             f.reached = f.reached or healthy
