@@ -11,6 +11,7 @@ import pytest
 
 from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
+from switch.adapters.trace import MAX_RRN, MemoryTraceStore, TraceNumbers
 from switch.journal import JournalFailed, JournalFull
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
@@ -164,7 +165,8 @@ class Rig:
 
 
 def make_rig(*, standin: bool = False, resilience: ResilienceConfig | None = None,
-             risk: RiskEngine | None = None) -> Rig:
+             risk: RiskEngine | None = None, boot_count: int = 1,
+             rrns: TraceNumbers | None = None) -> Rig:
     names = ("card-a", "card-b", "qr")
     adapters = {n: StandInNetwork(StandInNetworkConfig(n, "qr" if n == "qr" else "card"))
                 for n in names}
@@ -183,8 +185,8 @@ def make_rig(*, standin: bool = False, resilience: ResilienceConfig | None = Non
         journal=journal, network=network,
         index=IdempotencyIndex(retention_s=3600, max_keys=1000),
         risk=risk or RiskEngine(RiskConfig(), b"k" * 32), router=router, resolver=resolver,
-        metrics=metrics, token_key=b"k" * 32, boot_count=1, seed=1, wall_offset=1.7e9,
-        standin=stand_in,
+        metrics=metrics, token_key=b"k" * 32, boot_count=boot_count, seed=1,
+        wall_offset=1.7e9, standin=stand_in, rrns=rrns,
     )
     return Rig(core, journal, network, resolver, router, stand_in, Inbox(), acquired, released)
 
@@ -598,3 +600,18 @@ def test_a_bug_in_a_send_gives_its_probe_slot_back() -> None:
     assert breaker._probes_reserved == 0 and breaker.available(rig.now)
     assert breaker.state.value == "half_open"  # no verdict on the endpoint
     assert rig.slots_balanced()
+
+
+def test_rrns_are_never_reused_across_restarts() -> None:
+    # The RRN was the boot's last two digits and a count from 1 each boot: boot 101's
+    # first payment had boot 1's RRN (a 4-worker cluster numbers boots N apart: its 26th
+    # restart). Now a durable 12-digit sequence, resumed past each boot's reservation.
+    store = MemoryTraceStore()
+    seen: list[str] = []
+    for boot in (1, 2, 101, 201):
+        rig = make_rig(boot_count=boot, rrns=TraceNumbers(store, max_value=MAX_RRN))
+        rig.pay(*(card_payment(f"rrn-{boot}-{i}") for i in range(3)))
+        rig.commit()  # the intents are durable: the 0100s go out
+        seen += [p.card.rrn for _, _, p in rig.network.sent if p.card is not None]
+    assert len(seen) == 12 and len(set(seen)) == 12, seen
+    assert all(len(r) == 12 and r.isdigit() for r in seen)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 __all__ = [
+    "MAX_RRN",
     "MAX_STAN",
     "FileTraceStore",
     "MemoryTraceStore",
@@ -39,11 +40,17 @@ __all__ = [
     "TraceNumbers",
     "TraceStore",
     "TraceStoreError",
+    "rrn_sidecar_path",
     "sidecar_path",
 ]
 
 #: DE11 is n6; 000000 is not used as a trace number.
 MAX_STAN: Final = 999_999
+#: DE37, the retrieval reference number, is 12 characters: the same kind of durable
+#: sequence, 12 digits wide, so an RRN is never reused (a reconciliation or a dispute
+#: looks payments up by it). It used to be the boot's last two digits and a per-boot
+#: count: boot 101 repeated boot 1's RRNs (a 4-worker cluster: its 26th restart).
+MAX_RRN: Final = 10**12 - 1
 #: Numbers reserved per durable write: one fsync per 10k messages, and at most 10k numbers
 #: skipped by a restart (1% of the cycle).
 DEFAULT_BLOCK: Final = 10_000
@@ -83,8 +90,9 @@ class MemoryTraceStore:
 class FileTraceStore:
     """One number in a small text file, replaced atomically and fsynced (file and directory)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, max_value: int = MAX_STAN) -> None:
         self.path = Path(path)
+        self.max_value = max_value
 
     def load(self) -> int | None:
         try:
@@ -93,9 +101,10 @@ class FileTraceStore:
             return None
         except (OSError, UnicodeDecodeError) as exc:
             raise TraceStoreError(f"{self.path}: cannot read: {exc}") from None
-        if not (text.isdigit() and 1 <= int(text) <= MAX_STAN):
+        if not (text.isdigit() and 1 <= int(text) <= self.max_value):
             # Guessing would risk reusing numbers inside the issuer's duplicate window.
-            raise TraceStoreError(f"{self.path}: not a trace number 1..{MAX_STAN}: {text[:20]!r}")
+            raise TraceStoreError(
+                f"{self.path}: not a number 1..{self.max_value}: {text[:20]!r}")
         return int(text)
 
     def save(self, next_start: int) -> None:
@@ -124,24 +133,28 @@ def sidecar_path(journal_path: str | Path) -> Path:
     return path.with_name(path.name + ".stan")
 
 
-def _advance(n: int, by: int) -> int:
-    """``n`` moved ``by`` places along the cycle 1..MAX_STAN."""
-    return (n - 1 + by) % MAX_STAN + 1
+def rrn_sidecar_path(journal_path: str | Path) -> Path:
+    """The RRN file that belongs to a journal: ``<journal>.rrn`` beside it."""
+    path = Path(journal_path)
+    return path.with_name(path.name + ".rrn")
 
 
 class TraceNumbers:
-    """The STAN allocator: 1..999,999 then round again, reserved ``block`` at a time.
+    """The STAN allocator: 1..999,999 then round again, reserved ``block`` at a time
+    (``max_value=MAX_RRN``: the RRN allocator, the same sequence 12 digits wide).
 
     ``next()`` is synchronous and does I/O only once per block (the store's ``save``), so
     the hot path is an increment. A store failure raises :class:`TraceStoreError` from
     ``next()`` and hands out nothing: a number that might be reused is worse than none.
     """
 
-    def __init__(self, store: TraceStore | None = None, *, block: int = DEFAULT_BLOCK) -> None:
-        if not 1 <= block <= MAX_STAN // 10:
-            raise ValueError(f"block must be 1..{MAX_STAN // 10}, got {block}")
+    def __init__(self, store: TraceStore | None = None, *, block: int = DEFAULT_BLOCK,
+                 max_value: int = MAX_STAN) -> None:
+        if not 1 <= block <= max_value // 10:
+            raise ValueError(f"block must be 1..{max_value // 10}, got {block}")
         self.store: TraceStore = store if store is not None else MemoryTraceStore()
         self.block = block
+        self.max_value = max_value
         start = self.store.load()
         self._next = start if start is not None else 1
         self._left = 0  # numbers still covered by the last durable reservation
@@ -153,24 +166,29 @@ class TraceNumbers:
 
     def next(self) -> int:
         if self._left == 0:
-            self.store.save(_advance(self._next, self.block))
+            self.store.save(self._advance(self._next, self.block))
             self._left = self.block
         n = self._next
-        self._next = _advance(n, 1)
+        self._next = self._advance(n, 1)
         self._left -= 1
         return n
+
+    def _advance(self, n: int, by: int) -> int:
+        """``n`` moved ``by`` places along the cycle 1..max_value."""
+        return (n - 1 + by) % self.max_value + 1
 
 
 class ShardTraceNumbers(TraceNumbers):
     """Shard ``shard`` of ``shards`` workers: the same durable sequence, mapped into this
-    shard's own slice of 1..MAX_STAN, so workers of one cluster never share a STAN."""
+    shard's own slice of 1..max_value, so workers of one cluster never share a STAN (or,
+    with ``max_value=MAX_RRN``, an RRN)."""
 
     def __init__(self, store: TraceStore | None = None, *, shard: int, shards: int,
-                 block: int = DEFAULT_BLOCK) -> None:
-        if not 0 <= shard < shards <= MAX_STAN // 100:
+                 block: int = DEFAULT_BLOCK, max_value: int = MAX_STAN) -> None:
+        if not 0 <= shard < shards <= max_value // 100:
             raise ValueError(f"shard {shard} of {shards}: outside 0..shards-1")
-        self.span = MAX_STAN // shards
-        super().__init__(store, block=min(block, self.span // 10 or 1))
+        self.span = max_value // shards
+        super().__init__(store, block=min(block, self.span // 10 or 1), max_value=max_value)
         self.base = shard * self.span
 
     @property

@@ -67,7 +67,7 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.trace import TraceNumbers
+from switch.adapters.trace import MAX_RRN, TraceNumbers
 from switch.journal import JournalFailed, JournalFull, encode_payment, encode_result
 from switch.model import (
     CardRef,
@@ -255,6 +255,7 @@ class PaymentCore:
         wall_offset: float,
         standin: StandIn | None = None,
         trace: TraceNumbers | None = None,
+        rrns: TraceNumbers | None = None,
     ) -> None:
         self.journal = journal
         self.network = network
@@ -272,6 +273,8 @@ class PaymentCore:
         #: DE11 of card payments: the sequence the card adapters' reversals and 0800s
         #: share, persisted in blocks so a restart does not reuse numbers (trace.py).
         self.trace = trace if trace is not None else TraceNumbers()
+        #: DE37 of card payments: a durable 12-digit sequence, never reused (trace.py).
+        self.rrns = rrns if rrns is not None else TraceNumbers(max_value=MAX_RRN)
         # UETRs must be UUIDv4; drawing them from a seeded generator keeps runs repeatable.
         self._rng = random.Random(seed * 1_000_003 + boot_count)
         self.timers = TimerHeap()
@@ -852,7 +855,7 @@ class PaymentCore:
                 merchant_id=c.merchant_id,
                 mcc=c.mcc,
                 stan=f"{self.trace.next():06d}",
-                rrn=f"{self._boot % 100:02d}{seq % 10**10:010d}",
+                rrn=f"{self.rrns.next():012d}",
                 pan_length=len(c.pan),
             )
         elif request.swift is not None:

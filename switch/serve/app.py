@@ -12,7 +12,6 @@ Shutdown is the reverse: stop accepting, let in-flight payments finish (bounded 
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import logging
@@ -30,9 +29,12 @@ from switch.adapters.factory import build_network_adapter
 from switch.adapters.fakenet import StandInNetwork
 from switch.adapters.iso8583 import CardAdapter
 from switch.adapters.trace import (
+    MAX_RRN,
+    MAX_STAN,
     FileTraceStore,
     ShardTraceNumbers,
     TraceNumbers,
+    rrn_sidecar_path,
     sidecar_path,
 )
 from switch.clock import Clock
@@ -81,10 +83,19 @@ def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
 
 
 def _boot_identity(boot_count: int, shard: int, shards: int) -> int:
-    """The boot number the core names payments by (``P<boot>-<seq>``, the RRN's first two
-    digits, its random stream). In a cluster each worker's boots are numbered apart
-    (``boot * N + shard``), so payment ids, RRNs and UETRs never collide across shards."""
+    """The boot number the core names payments by (``P<boot>-<seq>``, its random stream).
+    In a cluster each worker's boots are numbered apart (``boot * N + shard``), so payment
+    ids and UETRs never collide across shards (RRNs have their own sequence: _sequence)."""
     return boot_count if shards <= 1 else boot_count * shards + shard
+
+
+def _sequence(path: Path, max_value: int, shard: int, shards: int) -> TraceNumbers:
+    """A durable number sequence in the sidecar ``path`` (adapters/trace.py): resumed past
+    the block the previous boot reserved; in a cluster, this worker's own slice of it."""
+    store = FileTraceStore(path, max_value=max_value)
+    if shards > 1:
+        return ShardTraceNumbers(store, shard=shard, shards=shards, max_value=max_value)
+    return TraceNumbers(store, max_value=max_value)
 
 
 class SwitchApp:
@@ -233,13 +244,13 @@ class SwitchApp:
             await anyio.to_thread.run_sync(binlookup.warm_up)  # compile before payment one
             # One DE11 sequence for the pipeline and every card adapter, resumed past the
             # block the previous boot reserved (an issuer answers 94 to a reused STAN).
-            trace_store = FileTraceStore(sidecar_path(cfg.journal.path))
             shards = len(cfg.cluster.shards)
-            if shards > 1:  # workers of one cluster never share a STAN (adapters/trace.py)
-                trace: TraceNumbers = await anyio.to_thread.run_sync(functools.partial(
-                    ShardTraceNumbers, trace_store, shard=cfg.cluster.shard, shards=shards))
-            else:
-                trace = await anyio.to_thread.run_sync(TraceNumbers, trace_store)
+            trace = await anyio.to_thread.run_sync(
+                _sequence, sidecar_path(cfg.journal.path), MAX_STAN, cfg.cluster.shard, shards)
+            # DE37 the same way, 12 digits wide: an RRN is never reused, restarts included.
+            rrns = await anyio.to_thread.run_sync(
+                _sequence, rrn_sidecar_path(cfg.journal.path), MAX_RRN, cfg.cluster.shard,
+                shards)
             for adapter in self.adapters.values():
                 if isinstance(adapter, CardAdapter):
                     adapter.use_trace(trace)
@@ -279,6 +290,7 @@ class SwitchApp:
                     wall_offset=wall_offset,
                     standin=standin if cfg.standin.enabled else None,
                     trace=trace,
+                    rrns=rrns,
                 )
 
             engine = Engine(clock, journal, self.adapters, build_core)

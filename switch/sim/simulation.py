@@ -49,7 +49,7 @@ from channels.behaviour import RequestPlan
 from loadtests.harness.workload import Workload
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.adapters.trace import MemoryTraceStore, TraceNumbers
+from switch.adapters.trace import MAX_RRN, MemoryTraceStore, TraceNumbers
 from switch.journal import (
     JournalFailed,
     JournalFull,
@@ -167,6 +167,7 @@ class Simulation:
         #: The trace-number reservation survives crashes (the switch keeps it in a fsynced
         #: sidecar file beside the journal; here, one store every boot reads).
         self.trace_store = MemoryTraceStore()
+        self.rrn_store = MemoryTraceStore()  # the RRN sequence's, likewise (app.py)
         self._load_over = False
         self._origin = Origin(self)
         #: wall seconds = now + wall_offset; a restart may move it (clock jump).
@@ -246,6 +247,7 @@ class Simulation:
         journal = SimJournal(self.db, commit_at, lambda: self.now)
         boot.index, boot.router, boot.journal = index, router, journal
         boot.trace = TraceNumbers(self.trace_store)
+        rrns = TraceNumbers(self.rrn_store, max_value=MAX_RRN)
         boot.resolver = SimResolver(self, boot, cfg.resolution, index, metrics)
         boot.standin = StandIn(cfg.standin, cast(Any, self.adapters), cast(Any, journal),
                                cast(Any, SimClock(self)), metrics,
@@ -256,7 +258,8 @@ class Simulation:
             resolver=boot.resolver, metrics=metrics,
             token_key=cfg.security.token_key.encode(), boot_count=recovered.boot_count,
             seed=cfg.seed, wall_offset=self.wall_offset,
-            standin=boot.standin if cfg.standin.enabled else None, trace=boot.trace)
+            standin=boot.standin if cfg.standin.enabled else None, trace=boot.trace,
+            rrns=rrns)
         self.boot = boot
         # switch/serve/app.py's recovery, the same function: the idempotency window, the
         # undelivered advices, every unfinished payment to the resolver and the core.

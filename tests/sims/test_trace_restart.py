@@ -16,6 +16,7 @@ import pytest
 from switch.adapters.factory import CardAdapterConfig
 from switch.adapters.iso8583 import CardAdapter
 from switch.adapters.trace import (
+    MAX_RRN,
     FileTraceStore,
     MemoryTraceStore,
     TraceNumbers,
@@ -130,4 +131,18 @@ def test_a_damaged_sidecar_stops_start_up_naming_the_file(tmp_path: Path) -> Non
     path = tmp_path / "journal.db.stan"
     path.write_text("12x\n")
     with pytest.raises(TraceStoreError, match=r"journal\.db\.stan"):
+        TraceNumbers(FileTraceStore(path))
+
+
+def test_the_rrn_sequence_is_twelve_digits_wide_and_its_sidecar_checked(
+        tmp_path: Path) -> None:
+    path = tmp_path / "journal.db.rrn"
+    store = FileTraceStore(path, max_value=MAX_RRN)
+    rrns = TraceNumbers(store, block=1000, max_value=MAX_RRN)
+    assert rrns.next() == 1 and store.load() == 1001
+    path.write_text(f"{MAX_RRN}\n")  # 12 digits: a valid RRN store, not a valid STAN one
+    assert TraceNumbers(FileTraceStore(path, max_value=MAX_RRN), max_value=MAX_RRN).next() \
+        == MAX_RRN
+    path.write_text(f"{MAX_RRN}\n")
+    with pytest.raises(TraceStoreError, match=r"journal\.db\.rrn"):
         TraceNumbers(FileTraceStore(path))
