@@ -503,6 +503,13 @@ def recover(
         metrics.recovered.inc()
 
 
+def first_endpoint(payment: Payment, target: Target) -> str:
+    """The endpoint an unfinished payment was sent to: the reversal must go to the same
+    issuer network. The intent does not record it, so take the target's first endpoint;
+    card endpoints of one scheme share the issuers' books, and the resolver retries."""
+    return target.endpoints[0]
+
+
 def backlog_candidates(
     unfinished: Iterable[UnfinishedPayment],
     *,

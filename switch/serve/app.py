@@ -40,16 +40,21 @@ from switch.adapters.trace import (
 from switch.clock import Clock
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.journal.reader import read_unfinished
-from switch.model import Payment
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import Candidate, Resolver, backlog_candidates, recover
+from switch.payment.resolver import (
+    Candidate,
+    Resolver,
+    backlog_candidates,
+    first_endpoint,
+    recover,
+)
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.routing import binindex as binlookup
 from switch.routing.router import Router, load_table
-from switch.routing.table import Target, load_route_table
+from switch.routing.table import load_route_table
 from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
 from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
@@ -262,7 +267,7 @@ class SwitchApp:
                 # thread; the core's own payments are filtered out on the loop.
                 unfinished = await anyio.to_thread.run_sync(read_unfinished, cfg.journal.path)
                 return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
-                                          resolve_endpoint=_resolve_endpoint,
+                                          resolve_endpoint=first_endpoint,
                                           owned=engine.core.owns)
 
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
@@ -326,7 +331,7 @@ class SwitchApp:
                     recover(recovered, index=index, resolver=resolver, standin=standin,
                             router=router, metrics=self.metrics, now=clock.now(),
                             wall_us=clock.wall_us(), retention_s=cfg.idempotency.retention_s,
-                            resolve_endpoint=_resolve_endpoint,
+                            resolve_endpoint=first_endpoint,
                             on_recovered=lambda p, route: engine.core.recovered(
                                 p.idempotency_key, p.payment_id, route.network))
                     admin_port = 0
@@ -389,13 +394,6 @@ class SwitchApp:
             for adapter in self.adapters.values():
                 await adapter.aclose()
             db.close()
-
-
-def _resolve_endpoint(payment: Payment, target: Target) -> str:
-    """The endpoint an unfinished payment was sent to: the reversal must go to the same
-    issuer network. The intent does not record it, so take the target's first endpoint;
-    card endpoints of one scheme share the issuers' books, and the resolver retries."""
-    return target.endpoints[0]
 
 
 async def _accept(

@@ -66,6 +66,7 @@ from switch.payment.resolver import (
     REFILL_EVERY_S,
     ResolutionPolicy,
     backlog_candidates,
+    first_endpoint,
     recover,
 )
 from switch.payment.risk import RiskEngine
@@ -266,7 +267,7 @@ class Simulation:
         recover(recovered, index=index, resolver=boot.resolver, standin=boot.standin,
                 router=router, metrics=metrics, now=self.now, wall_us=wall_us,
                 retention_s=cfg.idempotency.retention_s,
-                resolve_endpoint=lambda payment, target: target.endpoints[0],
+                resolve_endpoint=first_endpoint,
                 on_recovered=lambda p, route: boot.core.recovered(
                     p.idempotency_key, p.payment_id, route.network))
         self.note(None, f"boot {boot.number} records={recovered.records} "
@@ -641,7 +642,7 @@ class Simulation:
         before = boot.resolver.queue.tracked
         boot.resolver.refill(backlog_candidates(
             unfinished_of(self._fold), router=boot.router, wall_us=self.wall_us(),
-            resolve_endpoint=lambda payment, target: target.endpoints[0],
+            resolve_endpoint=first_endpoint,
             owned=boot.core.owns))
         self.note(None, "refill", boot.resolver.queue.tracked - before,
                   boot.resolver.queue.overflowed)
