@@ -4,14 +4,18 @@ adaptive admission limit."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import pytest
 
 from loadtests.harness.client import SwitchClient
+from switch.adapters.base import ReplySink
 from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
+from switch.model import Payment
 from switch.protocols.wire import ErrorReply, Pay, Ping, Reply, encode_request
 from switch.serve.server import ADMISSION_FLOOR, Admission
 from tests.conftest import make_config, start_switch
@@ -31,20 +35,61 @@ async def _closed_by_server(stream: anyio.abc.ByteStream, within_s: float) -> by
             return data
 
 
+class _HeldCard(StandInNetwork):
+    """A card network that holds every request it is sent until the test lets them go:
+    the test, not the box's speed, decides when the first replies come back."""
+
+    def __init__(self) -> None:
+        super().__init__(StandInNetworkConfig("standin-card", "card", latency_median_ms=0,
+                                              decline_rate=0, error_rate=0))
+        self.held: list[tuple[int, Payment, ReplySink]] = []
+        self.holding = True
+
+    def start(self, token: int, payment: Payment, deliver: ReplySink) -> None:
+        if self.holding:
+            self.held.append((token, payment, deliver))
+        else:
+            super().start(token, payment, deliver)
+
+    def release(self) -> None:
+        self.holding = False
+        for token, payment, deliver in self.held:
+            super().start(token, payment, deliver)
+        self.held.clear()
+
+
+async def _until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    with anyio.fail_after(within_s):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
 async def test_a_connection_at_its_bound_is_not_read_until_replies_make_room(
         tmp_path: Path) -> None:
-    config = make_config(tmp_path, server="max_in_flight_per_connection = 4")
-    adapters = stand_ins(config, card_latency_ms=150)
+    # No refusal for loop lag: on a loaded box that would refuse the second wave for a
+    # reason other than the one under test.
+    config = make_config(tmp_path, server="max_in_flight_per_connection = 4\n"
+                                          "max_queue_delay_s = 60")
+    card = _HeldCard()
+    adapters: dict[str, object] = {**stand_ins(config), "standin-card": card}
     async with anyio.create_task_group() as tg:
-        switch = await start_switch(tg, config, adapters)  # type: ignore[arg-type]
+        switch = await start_switch(tg, config, adapters)
+        server = switch.app.server
+        assert server is not None
         stream = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
         first = b"".join(encode_request(Pay(i, card_payment(f"bp-{i}", payer=f"A{i}")))
                          for i in range(4))
         await stream.send(first)
-        await anyio.sleep(0.05)  # the server has read these and now stops reading
+        await _until(lambda: len(card.held) == 4)
+        (conn,) = server._open
+        await _until(lambda: conn.room is not None)  # at its bound: the server stops reading
         second = b"".join(encode_request(Pay(i, card_payment(f"bp-{i}", payer=f"A{i}")))
                           for i in range(4, 8))
         await stream.send(second)
+        for _ in range(20):  # every task gets its turns; the reader must stay parked
+            await anyio.lowlevel.checkpoint()
+        assert conn.in_flight == 4 and conn.room is not None and len(card.held) == 4
+        card.release()
         replies = await _read_replies(stream, 8)
         await stream.aclose()
         # Held back in the socket, not refused: all eight approved, in two waves.
