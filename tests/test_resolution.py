@@ -8,6 +8,7 @@ defect 6 (unknowns abandoned after 8 attempts, ~11 s, with the gauge at 0).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,12 @@ from switch.journal import Journal, JournalRecord, fold, open_database
 from switch.model import CardRef, Party, Payment, QrRef, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import ResolutionConfig, ResolutionPolicy, Resolver
+from switch.payment.resolver import (
+    REFILL_RETRY_S,
+    ResolutionConfig,
+    ResolutionPolicy,
+    Resolver,
+)
 from switch.payment.standin import StandIn, StandInConfig
 from switch.routing.router import Route
 
@@ -327,6 +333,68 @@ def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None
     assert (queue2.tracked, queue2.overflowed) == (2, 2)
 
 
+def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
+    """An escalated payment used to keep its place until a restart: a long outage's
+    escalations filled the queue, every new unknown waited in the journal, and no refill
+    came (it waits for the queue to be half empty). Now only its id is kept, at most
+    ``max_escalated`` of them; past that the oldest waits in the journal like an overflow
+    and a refill takes it back for another round (sans-IO)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    index = IdempotencyIndex(retention_s=60, max_keys=100)
+    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2,
+                            max_escalated=2, policies=ResolutionConfig(
+                                card=ResolutionPolicy(max_attempts=1)))
+    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
+    payments = [_payment(i) for i in range(4)]
+
+    def escalate_all(now: float) -> None:
+        while (job := queue.pop_due(now)) is not None:
+            queue.no_answer(job, now)  # one attempt allowed: escalated
+
+    assert queue.submit(payments[0], b"h", route, Status.UNKNOWN, 0.0, now=0.0)
+    assert queue.submit(payments[1], b"h", route, Status.UNKNOWN, 0.0, now=0.0)
+    escalate_all(1.0)
+    assert (queue.tracked, queue.escalated, queue.pending) == (0, 2, 2)
+    assert not queue.submit(payments[0], b"h", route, Status.UNKNOWN, 0.0, now=1.0)
+    # Room for a new unknown although two are escalated (the old queue was full).
+    assert queue.submit(payments[2], b"h", route, Status.UNKNOWN, 0.0, now=1.0)
+    assert (queue.tracked, queue.overflowed) == (1, 0)
+
+    escalate_all(2.0)  # a third escalation: P1-0, the oldest, is forgotten
+    assert (queue.tracked, queue.escalated_ids, queue.overflowed, queue.pending) == (0, 2, 1, 3)
+    assert queue.needs_refill
+    backlog = [(p, b"h", route, Status.UNKNOWN, 3.0) for p in payments[:3]]
+    assert queue.refill(backlog, now=3.0) == 1  # P1-0 only: the other two are escalated
+    assert (queue.tracked, queue.escalated_ids, queue.overflowed) == (1, 2, 0)
+
+
+def test_a_refill_counts_what_overflowed_while_it_read_the_journal() -> None:
+    """The switch reads its backlog in a thread while the loop goes on. A payment that
+    overflowed during the read may be missing from it; the refill used to reset the count
+    and forget it until a restart. It stays counted, for the next refill (sans-IO)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    index = IdempotencyIndex(retention_s=60, max_keys=100)
+    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2)
+    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
+    payments = [_payment(i) for i in range(5)]
+    for p in payments:
+        index.begin(p.idempotency_key, b"h", 0.0)
+    for p in payments[:3]:
+        queue.submit(p, b"h", route, Status.UNKNOWN, 0.0, now=0.0)  # P1-2 overflows
+    job = queue.pop_due(1.0)
+    assert job is not None
+    queue.finished(job, queue.outcome(job, NetworkReply("reversed", "00")))
+    assert queue.needs_refill
+    mark = queue.overflow_mark  # the read begins; it will see P1-1 and P1-2
+    read = [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments[1:3]]
+    queue.submit(payments[3], b"h", route, Status.UNKNOWN, 0.0, now=1.0)  # the last place
+    queue.submit(payments[4], b"h", route, Status.UNKNOWN, 0.0, now=1.0)  # overflows
+    assert queue.refill(read, now=2.0, mark=mark) == 0  # still full
+    assert queue.overflowed == 2  # P1-2 found no room; P1-4 was not in the read
+
+
 async def test_the_resolver_reads_its_backlog_when_the_queue_has_room(tmp_path: Path) -> None:
     """The anyio shell: payments past ``max_queue`` are resolved without a restart, from
     the ``backlog`` the switch reads out of its journal (app.py)."""
@@ -335,11 +403,10 @@ async def test_the_resolver_reads_its_backlog_when_the_queue_has_room(tmp_path: 
     network = FakeNetwork()
     route = Route("issuer", network, 1.0)  # type: ignore[arg-type]
     payments = [_payment(i) for i in range(6)]
-    reads = 0
+    read_at: list[float] = []
 
     async def backlog() -> list[Any]:
-        nonlocal reads
-        reads += 1
+        read_at.append(clock.now())
         return [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments
                 if p.payment_id not in network.resolved_at]
 
@@ -357,5 +424,44 @@ async def test_the_resolver_reads_its_backlog_when_the_queue_has_room(tmp_path: 
         await journal.close()
         tg.cancel_scope.cancel()
     assert sorted(network.resolved_at) == sorted(p.payment_id for p in payments)
-    assert reads >= 2  # 2 taken back per read, one read per REFILL_EVERY_S at most
+    assert len(read_at) >= 2  # 2 taken back per read
+    # Each read as soon as the queue is half empty: a fixed 5 s between reads left the
+    # workers idle while payments waited (the simulator, seed 10, intensity 40, 10 min).
+    gaps = [b - a for a, b in itertools.pairwise(read_at)]
+    assert max(gaps) < REFILL_RETRY_S, gaps
     assert {fold(db).payments[p.payment_id].status for p in payments} == {"reversed"}
+
+
+async def test_a_failed_backlog_read_is_retried_after_a_pause(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journal that cannot be read now is not read again at once, in a loop: the next
+    read waits REFILL_RETRY_S (0.3 s here), and then the payment is resolved."""
+    monkeypatch.setattr("switch.payment.resolver.REFILL_RETRY_S", 0.3)
+    metrics = SwitchMetrics()
+    journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=100)
+    network = FakeNetwork()
+    route = Route("issuer", network, 1.0)  # type: ignore[arg-type]
+    payments = [_payment(i) for i in range(2)]
+    read_at: list[float] = []
+
+    async def backlog() -> list[Any]:
+        read_at.append(clock.now())
+        if len(read_at) == 1:
+            raise OSError("disk I/O error")
+        return [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments
+                if p.payment_id not in network.resolved_at]
+
+    resolver, clock, index = _resolver(journal, metrics, max_queue=1, backlog=backlog)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        tg.start_soon(resolver.run)
+        for p in payments:
+            index.begin(p.idempotency_key, b"h", clock.now())
+            resolver.submit(p, b"h", route)
+        with anyio.fail_after(30):
+            while resolver.pending:
+                await anyio.sleep(0.01)
+        await journal.close()
+        tg.cancel_scope.cancel()
+    assert sorted(network.resolved_at) == ["P1-0", "P1-1"]
+    assert len(read_at) == 2 and read_at[1] - read_at[0] >= 0.3

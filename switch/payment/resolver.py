@@ -16,11 +16,13 @@ Retried on the channel's schedule until resolved, or until the channel's budget
 -- an error log line and ``payswitch_unresolved_escalated_payments`` (alert
 PayswitchUnresolvedPaymentsEscalated) -- and stays counted in
 ``payswitch_unresolved_payments``; the journal still holds it as unknown, so the next
-start-up tries again. Bounded: at most ``max_queue`` payments are tracked; one past that
-waits in the journal (still counted as unresolved) and is taken back by a *refill*, a
-fresh read of the journal's unfinished payments, once the queue is half empty. A payment
-whose resolution cannot be built (it cannot be encoded) is *quarantined*: escalated at
-once, without retries, and counted apart.
+start-up tries again. Bounded: at most ``max_queue`` payments are being resolved; one
+past that waits in the journal (still counted as unresolved) and is taken back by a
+*refill*, a fresh read of the journal's unfinished payments, once the queue is half empty.
+An escalated payment gives its place back (only its id is kept, ``max_escalated`` of
+them), so a long outage's escalations never lock new unknowns out. A payment whose
+resolution cannot be built (it cannot be encoded) is *quarantined*: escalated at once,
+without retries, and counted apart.
 """
 
 from __future__ import annotations
@@ -100,8 +102,13 @@ _STATUS: Final = {
 CHANNELS: Final = ("card", "swift", "qr")
 #: A resolution's outcome was learned from the network: it must never be dropped.
 ON_FULL: Final = OnFull.WAIT
-#: Least time between two reads of the journal's backlog (each walks the live journal).
-REFILL_EVERY_S: Final = 5.0
+#: Least time before the journal's backlog is read again after a read failed. A read
+#: that works needs no such limit: it fills the queue, and the next waits until half of
+#: that is done (a 5 s limit on every read left the workers idle with the queue empty
+#: while payments waited in the journal: the simulator, seed 10, intensity 40, 10 min).
+REFILL_RETRY_S: Final = 5.0
+#: Escalated payments remembered (their ids only) per ``max_queue`` of the queue.
+ESCALATED_PER_QUEUED: Final = 10
 
 
 #: What the resolver is handed for one payment: the payment, its body hash, the route
@@ -134,28 +141,38 @@ class ResolutionQueue:
         metrics: SwitchMetrics,
         max_queue: int = 10_000,
         policies: ResolutionConfig | None = None,
+        max_escalated: int | None = None,
     ) -> None:
-        assert max_queue >= 1
+        assert max_queue >= 1 and (max_escalated is None or max_escalated >= 1)
         self._index = index
         self._metrics = metrics
         self._policies = policies if policies is not None else ResolutionConfig()
         self._max_queue = max_queue
+        self._max_escalated = (max_escalated if max_escalated is not None
+                               else ESCALATED_PER_QUEUED * max_queue)
         #: A timer heap per channel: the shells bound attempts in flight per channel, so a
         #: channel whose attempts all hang to their timeout never holds up the others.
         self._heaps: dict[str, list[tuple[float, int, ResolutionJob]]] = {
             channel: [] for channel in CHANNELS}
         self._order = itertools.count()  # ties on due time: first come, first served
-        #: Every tracked payment: queued, in flight, escalated.
+        #: Every payment being resolved: queued or in flight (``max_queue`` at most).
         self._jobs: dict[str, ResolutionJob] = {}
-        self._escalated: set[str] = set()
+        #: Payments handed to an operator, oldest first: ids only, ``max_escalated`` at
+        #: most. They hold no place in the queue: held there, escalations of a long outage
+        #: filled it and every new unknown waited in the journal until a restart.
+        self._escalated: dict[str, None] = {}
         self.resolved = 0
+        #: Unknown payments held nowhere in memory: they wait in the journal for a refill.
         self.overflowed = 0
+        #: Every overflow ever counted: a refill's read misses those counted after it began.
+        self._overflows = 0
         self._update_gauges()
 
     @property
     def pending(self) -> int:
-        """Payments still unknown that this switch knows of (tracked or overflowed)."""
-        return len(self._jobs) + self.overflowed
+        """Payments still unknown that this switch knows of (being resolved, escalated, or
+        waiting in the journal)."""
+        return len(self._jobs) + len(self._escalated) + self.overflowed
 
     @property
     def escalated(self) -> int:
@@ -167,11 +184,25 @@ class ResolutionQueue:
 
     @property
     def tracked(self) -> int:
-        """Payments queued, in flight or escalated (bounded by ``max_queue``)."""
+        """Payments queued or in flight (bounded by ``max_queue``)."""
         return len(self._jobs)
 
+    @property
+    def escalated_ids(self) -> int:
+        """Escalated payments remembered (bounded by ``max_escalated``)."""
+        return len(self._escalated)
+
+    @property
+    def max_escalated(self) -> int:
+        return self._max_escalated
+
+    @property
+    def overflow_mark(self) -> int:
+        """Overflows counted so far: take it when a refill's read begins."""
+        return self._overflows
+
     def _update_gauges(self) -> None:
-        assert len(self._escalated) <= len(self._jobs) and self.overflowed >= 0
+        assert len(self._escalated) <= self._max_escalated and self.overflowed >= 0
         self._metrics.unresolved.set(self.pending)
         self._metrics.unresolved_escalated.set(self.escalated)
 
@@ -180,10 +211,10 @@ class ResolutionQueue:
         """See :meth:`Resolver.submit`; True if a new job was scheduled."""
         assert elapsed_s >= 0.0, elapsed_s
         assert status in (Status.UNKNOWN, Status.SENT), status
-        if payment.payment_id in self._jobs:
-            return False  # already being resolved
+        if payment.payment_id in self._jobs or payment.payment_id in self._escalated:
+            return False  # already being resolved, or an operator's
         if len(self._jobs) >= self._max_queue:
-            self.overflowed += 1
+            self._overflow()
             if self.overflowed == 1:  # once per episode: the gauges count the rest
                 log.error("resolver full (%d); payments past it wait in the journal until"
                           " the queue has room", self._max_queue,
@@ -193,6 +224,10 @@ class ResolutionQueue:
         self._track(payment, digest, route, status, elapsed_s, now)
         return True
 
+    def _overflow(self) -> None:
+        self.overflowed += 1
+        self._overflows += 1
+
     @property
     def needs_refill(self) -> bool:
         """Payments wait in the journal (overflowed) and the queue is at most half full:
@@ -200,19 +235,25 @@ class ResolutionQueue:
         thousands back, not one per finished job."""
         return self.overflowed > 0 and len(self._jobs) <= self._max_queue // 2
 
-    def refill(self, candidates: Iterable[Candidate], now: float) -> int:
+    def refill(self, candidates: Iterable[Candidate], now: float,
+               mark: int | None = None) -> int:
         """Take back payments that overflowed the queue, from a fresh read of the journal's
         unfinished payments (the shell filters out those the payment core still owns).
         Without this they stayed unknown until the next restart, however long their
         network had been back (the simulator: seed 1, 10 simulated min, intensity 40).
-        Returns how many were taken; those that still find no room are counted anew."""
+        ``mark``: :attr:`overflow_mark` when the read began (None: just now). Returns how
+        many were taken; those that still find no room are counted anew, and so are those
+        counted after the read began, which it may have missed (counted twice at worst:
+        one more read, never a payment forgotten until a restart)."""
         assert self.overflowed >= 0
-        self.overflowed = 0
+        since_read = 0 if mark is None else self._overflows - mark
+        assert 0 <= since_read <= self.overflowed
+        self.overflowed = since_read
         taken = 0
-        index, jobs = self._index, self._jobs
+        index, jobs, escalated = self._index, self._jobs, self._escalated
         for payment, digest, route, status, elapsed_s in candidates:
             pid = payment.payment_id
-            if pid in jobs:
+            if pid in jobs or pid in escalated:
                 continue
             entry = index.get(payment.idempotency_key)
             known = entry.result if entry is not None else None
@@ -220,7 +261,7 @@ class ResolutionQueue:
                     and known.status is not Status.UNKNOWN:
                 continue  # resolved since the journal was read (the core answers unknown)
             if len(jobs) >= self._max_queue:
-                self.overflowed += 1
+                self._overflow()
                 continue
             self._track(payment, digest, route, status, elapsed_s, now)
             taken += 1
@@ -282,11 +323,25 @@ class ResolutionQueue:
         """Budget or window spent: an operator takes over (alert); the journal keeps it
         unknown, so the next start-up tries again."""
         pid = job.payment.payment_id
-        assert pid in self._jobs and pid not in self._escalated
-        self._escalated.add(pid)
         log.error("unknown outcome unresolved after %d attempts in %.0f s: handed to an"
                   " operator (resolved again at the next start)", job.attempts,
                   now - job.since, extra={"payment_id": pid})
+        self._hand_over(job)
+
+    def _hand_over(self, job: ResolutionJob) -> None:
+        """``job`` leaves the queue for the operator's list. Past ``max_escalated`` the
+        oldest is forgotten: it waits in the journal like an overflow, and a refill takes
+        it back for another round of attempts (harmless: a reversal or an inquiry may be
+        asked again)."""
+        pid = job.payment.payment_id
+        assert self._jobs.get(pid) is job and pid not in self._escalated
+        del self._jobs[pid]
+        escalated = self._escalated
+        if len(escalated) >= self._max_escalated:
+            del escalated[next(iter(escalated))]
+            self._overflow()
+        escalated[pid] = None
+        assert len(escalated) <= self._max_escalated
         self._update_gauges()
 
     def quarantine(self, job: ResolutionJob, exc: Exception) -> None:
@@ -296,14 +351,12 @@ class ResolutionQueue:
         once, counted in ``payswitch_quarantined_records{kind="resolution"}`` (alert). The
         journal keeps it unknown: the next start tries once more, never blocked by it."""
         pid = job.payment.payment_id
-        assert self._jobs.get(pid) is job and pid not in self._escalated
         self._metrics.quarantined["resolution"].inc()
         permanent = isinstance(exc, CodecError)
         log.error("resolution quarantined (%s): %s; handed to an operator",
                   "cannot be encoded" if permanent else "unexpected error", exc,
                   exc_info=not permanent, extra={"payment_id": pid})
-        self._escalated.add(pid)
-        self._update_gauges()
+        self._hand_over(job)
 
     def outcome(self, job: ResolutionJob, reply: NetworkReply) -> Result:
         """The network answered: the payment's final result, to journal before
@@ -324,7 +377,6 @@ class ResolutionQueue:
         self._metrics.resolved[(payment.channel, result.status)].inc()
         self.resolved += 1
         del self._jobs[payment.payment_id]
-        self._escalated.discard(payment.payment_id)
         self._update_gauges()
 
 
@@ -416,14 +468,17 @@ class Resolver:
 
     async def _refill(self) -> None:
         """Read the journal's backlog (in a thread: the shell's ``backlog``) and take back
-        what fits; at most one read every REFILL_EVERY_S, whatever it finds."""
+        what fits; after a failed read, not again for REFILL_RETRY_S."""
         assert self._backlog is not None
+        mark = self.queue.overflow_mark  # what overflows during the read, it may miss
         try:
-            self.queue.refill(await self._backlog(), self._clock.now())
+            self.queue.refill(await self._backlog(), self._clock.now(), mark)
         except Exception as exc:  # the journal unreadable for now: the next round retries
             log.error("resolver backlog unreadable: %s", exc, exc_info=exc)
+            self._refill_at = self._clock.now() + REFILL_RETRY_S
+        else:
+            self._refill_at = -math.inf
         finally:
-            self._refill_at = self._clock.now() + REFILL_EVERY_S
             self._wakeup.set()
 
     async def _attempt(self, job: ResolutionJob, busy: dict[str, int]) -> None:

@@ -63,7 +63,6 @@ from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
-    REFILL_EVERY_S,
     ResolutionPolicy,
     backlog_candidates,
     first_endpoint,
@@ -186,8 +185,6 @@ class Simulation:
         self.clearing = Clearing(self.world.scheme, options.seed) if options.books else None
         self._cut_every = max(CUT_EVERY_S, options.duration_s / 10.0)
         self._next_cut = self._cut_every
-        #: The resolver reads the journal for its overflow at most this often (as app.py).
-        self._refill_at = 0.0
 
     # ----------------------------------------------------------------- plumbing
 
@@ -618,7 +615,7 @@ class Simulation:
         if boot is not None:
             check_bounds(boot, self.config, self.now, self.violate)
             check_probes(boot, self.violate)
-            if boot.resolver.queue.needs_refill and self.now >= self._refill_at:
+            if boot.resolver.queue.needs_refill:
                 self._refill(boot)
         if self.clearing is not None and self.now >= self._next_cut:
             self.clearing.cut()
@@ -636,7 +633,6 @@ class Simulation:
     def _refill(self, boot: Boot) -> None:
         """The resolver takes back what overflowed its queue, from the journal as it is
         now (app.py's backlog read: the fold brought up to date, as at a start)."""
-        self._refill_at = self.now + REFILL_EVERY_S
         boot.journal.flush()  # the sim writes durable rows to SQLite in bulk: all of them
         fold_onto(self.db, self._fold, live_only=True)
         before = boot.resolver.queue.tracked

@@ -183,6 +183,8 @@ def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) ->
         ("journal-pending", boot.journal.pending, boot.journal.max_pending),
         ("advice-queue", boot.standin.pending, cfg.standin.max_pending_advices),
         ("resolver-queue", boot.resolver.queue.tracked, boot.resolver.max_queue),
+        ("resolver-escalated", boot.resolver.queue.escalated_ids,
+         boot.resolver.queue.max_escalated),
         ("timers", len(boot.core.timers), boot.core.in_flight + 10_000),
     ]
     for name, value, bound in checks:
