@@ -105,6 +105,7 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
     from switch.sim.campaign import (
         print_seed,
         print_summary,
+        quiet,
         run_campaign,
         run_scenario_file,
     )
@@ -124,9 +125,7 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
     template = SimOptions(seed=0, duration_s=duration, rate=rate, intensity=intensity,
                           crashes=not no_crashes, disk=not no_crashes, trace_key=trace_key)
     if seed is not None:
-        import logging
-
-        logging.getLogger("switch").setLevel(logging.ERROR)
+        quiet()
         template.seed = seed
         result = simulate_one(template)
         print_seed(result, template, out)
