@@ -468,16 +468,21 @@ class Resolver:
 
     async def _refill(self) -> None:
         """Read the journal's backlog (in a thread: the shell's ``backlog``) and take back
-        what fits; after a failed read, not again for REFILL_RETRY_S."""
+        what fits; the next read no sooner than this one took, and after a failed read,
+        not for REFILL_RETRY_S."""
         assert self._backlog is not None
         mark = self.queue.overflow_mark  # what overflows during the read, it may miss
+        began = self._clock.now()
         try:
             self.queue.refill(await self._backlog(), self._clock.now(), mark)
         except Exception as exc:  # the journal unreadable for now: the next round retries
             log.error("resolver backlog unreadable: %s", exc, exc_info=exc)
             self._refill_at = self._clock.now() + REFILL_RETRY_S
         else:
-            self._refill_at = -math.inf
+            # The read folds the live journal in a thread, beside the loop's payments: at
+            # most half the time goes to reading, however large the journal.
+            now = self._clock.now()
+            self._refill_at = now + (now - began)
         finally:
             self._wakeup.set()
 
