@@ -7,6 +7,8 @@ Run from the repository root::
     .venv/bin/python bench/bench_simulate.py --campaign 10000 --duration 10 --faults 40
     .venv/bin/python bench/bench_simulate.py --campaign 100 --duration 600 --faults 20 \
         --section simulate-campaign-long   # long seeds: backlogs of repeated crashes
+    .venv/bin/python bench/bench_simulate.py --campaign 100 --duration 600 --faults 40 \
+        --section simulate-campaign-hard   # backlogs past the resolver's 10,000
 
 Figures (issue 13):
 
@@ -30,7 +32,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -84,6 +86,16 @@ def campaign(seeds: int, first: int, duration_s: float, rate: float, intensity: 
     return summary
 
 
+#: Each campaign's RESULTS.md section, and its title.
+CAMPAIGN_SECTIONS: Final = {
+    "simulate-campaign": "Deterministic simulation: a campaign of random fault schedules",
+    "simulate-campaign-long": "Deterministic simulation: a campaign of long seeds (crash "
+                              "backlogs)",
+    "simulate-campaign-hard": "Deterministic simulation: long seeds at twice the intensity "
+                              "(backlogs past the resolver's bound)",
+}
+
+
 def write_campaign(summary: Summary, args: argparse.Namespace, load0: float,
                    load1: float) -> None:
     """The campaign's figures -> the "simulate-campaign" section (with --write only)."""
@@ -105,9 +117,7 @@ def write_campaign(summary: Summary, args: argparse.Namespace, load0: float,
     if summary.failed:
         body += "\n\nFailing seeds: " + ", ".join(str(o.seed) for o in summary.failed[:50])
     long = args.section != "simulate-campaign"
-    title = ("Deterministic simulation: a campaign of long seeds (crash backlogs)" if long
-             else "Deterministic simulation: a campaign of random fault schedules")
-    write_section(args.section, title, body,
+    write_section(args.section, CAMPAIGN_SECTIONS[args.section], body,
                   f"bench/bench_simulate.py --campaign {args.campaign} --duration "
                   f"{args.duration:g} --faults {args.faults:g}"
                   + (f" --section {args.section}" if long else ""), args.write)
@@ -127,9 +137,9 @@ def main() -> None:
     parser.add_argument("--faults", type=float, default=1.0, help="campaign: intensity")
     parser.add_argument("--no-crashes", action="store_true")
     parser.add_argument("--section", default="simulate-campaign",
-                        choices=("simulate-campaign", "simulate-campaign-long"),
+                        choices=tuple(CAMPAIGN_SECTIONS),
                         help="campaign: the RESULTS.md section to write (the 10,000 short "
-                             "seeds, or a campaign of long ones)")
+                             "seeds, long ones, or long ones at twice the intensity)")
     args = parser.parse_args()
     crashes = not args.no_crashes
     if args.campaign:
