@@ -310,6 +310,7 @@ def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None
     taken = [queue.submit(p, b"h", route, Status.UNKNOWN, 0.0, now=0.0) for p in payments]
     assert taken == [True] * 4 + [False] * 3
     assert (queue.tracked, queue.overflowed, queue.pending) == (4, 3, 7)
+    assert queue.escalated == 0  # waiting for room is not an operator's matter
     assert not queue.needs_refill  # full: a journal read would take nothing back
 
     for _ in range(2):  # two resolved: the queue is half full

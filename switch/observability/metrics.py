@@ -220,8 +220,7 @@ class SwitchMetrics:
         self.unresolved_escalated = Gauge(
             "payswitch_unresolved_escalated_payments",
             "Unresolved payments handed to an operator: the channel's resolution budget or"
-            " window is spent (retried at the next start), or the resolver was full (they"
-            " wait in the journal and are taken back as it drains).",
+            " window is spent; the switch retries them only at its next start.",
             registry=r,
         )
         resolved = Counter(

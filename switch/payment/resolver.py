@@ -176,7 +176,9 @@ class ResolutionQueue:
 
     @property
     def escalated(self) -> int:
-        return len(self._escalated) + self.overflowed
+        """Payments handed to an operator. Not those past the bound: a refill takes them
+        back, and PayswitchUnresolvedPaymentsStuck pages if they stay unknown."""
+        return len(self._escalated)
 
     @property
     def policies(self) -> ResolutionConfig:
