@@ -165,9 +165,11 @@ def _start_channels(
     return proc, json.loads(ready.read_text())
 
 
-def channel_networks_toml(ready: dict[str, Any], routes: bool = True) -> str:
+def channel_networks_toml(ready: dict[str, Any], routes: bool = True,
+                          timeout_s: float | None = None) -> str:
     """Switch config for the running simulators: one adapter each, and (unless a route
-    table is used instead) one route per channel, to each channel's primary network."""
+    table is used instead) one route per channel, to each channel's primary network, with
+    ``timeout_s`` per attempt (None: the default)."""
     lines = []
     for name, info in sorted(ready.items()):
         if name == "admin_port":
@@ -182,5 +184,6 @@ def channel_networks_toml(ready: dict[str, Any], routes: bool = True) -> str:
     if routes:
         primary = {"card": "card-primary", "swift": "swift", "qr": "qr"}
         for channel, network in primary.items():
-            lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"', ""]
+            lines += ["[[routes]]", f'channel = "{channel}"', f'network = "{network}"']
+            lines += [f"timeout_s = {timeout_s}", ""] if timeout_s is not None else [""]
     return "\n".join(lines)

@@ -58,9 +58,14 @@ def deterministic_channels(base: Path) -> Path:
 
 
 def switch_config(base: Path, ready: dict[str, Any]) -> Path:
+    """Outcomes must not depend on the box's speed: with the defaults (2 s per attempt,
+    3 s per payment, 1 s probes), a starved box once timed one payment out in one run
+    and not the other (a suite beside two simulation processes, load average 4)."""
     path = base / "switch.toml"
     path.write_text(f"seed = 3\n[server]\nport = 0\n[admin]\nport = 0\n[journal]\n"
-                    f'path = "{base / "journal.db"}"\n' + channel_networks_toml(ready))
+                    f'path = "{base / "journal.db"}"\n'
+                    "[resilience]\npayment_deadline_s = 120\nprobe_interval_s = 0\n"
+                    + channel_networks_toml(ready, timeout_s=60))
     return path
 
 
