@@ -121,19 +121,21 @@ async def test_every_hop_adds_its_latency() -> None:
 
 
 async def test_payment_after_the_cutoff_settles_in_the_next_cycle() -> None:
-    async with running(config(swift_net(cycle_s=0.3, cutoff_s=0.1,
+    # A 1 s cycle, sent just past its 0.1 s cut-off: the call has 0.7 s before the next
+    # cycle begins (a 0.3 s cycle left it 0.15 s, which a loaded box could overrun).
+    async with running(config(swift_net(cycle_s=1.0, cutoff_s=0.1,
                                         settlement_delay_s=0.02))) as sims:
         adapter, net = sims.swift(), server(sims)
         origin = net.origin
-        # Wait until we are past the cut-off of the current cycle.
-        await wait_for(lambda: (anyio.current_time() - origin) % 0.3 > 0.15)
+        await wait_for(lambda: 0.15 < (anyio.current_time() - origin) % 1.0 < 0.3,
+                       timeout=3.0)
         accepted_at = anyio.current_time()
         assert (await adapter.authorize(swift_payment(7))).outcome == "approved"
         record = net.book[uetr(7)]
-        next_cycle = origin + ((accepted_at - origin) // 0.3 + 1) * 0.3
+        next_cycle = origin + ((accepted_at - origin) // 1.0 + 1) * 1.0
         assert record.settles_at == pytest.approx(next_cycle + 0.02)
         assert record.status == "ACCP"
-        await wait_for(lambda: net.book[uetr(7)].status == "ACSC", timeout=1.0)
+        await wait_for(lambda: net.book[uetr(7)].status == "ACSC", timeout=3.0)
         assert anyio.current_time() >= next_cycle
 
 
