@@ -370,6 +370,36 @@ def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     assert (queue.tracked, queue.escalated_ids, queue.overflowed) == (1, 2, 0)
 
 
+def test_one_channels_backlog_never_keeps_another_channels_unknowns_out() -> None:
+    """Found by the simulator (seed 12, 10 simulated min, fault intensity 40): one bound for
+    every channel filled with card and QR jobs on degraded networks while SWIFT's network
+    was back, its workers idle and its unknowns waiting in the journal, resolved 24.6 s
+    after the network was back against 20 s allowed. The bound is per channel (sans-IO)."""
+    from switch.payment.resolver import ResolutionQueue
+
+    index = IdempotencyIndex(retention_s=60, max_keys=100)
+    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2)
+    card = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
+    qr = Route("qr-scheme", FakeNetwork("qr-scheme", "qr"), 1.0)  # type: ignore[arg-type]
+    cards = [_payment(i) for i in range(3)]
+    qrs = [_payment(10 + i, "qr") for i in range(3)]
+    for p in cards + qrs:
+        index.begin(p.idempotency_key, b"h", 0.0)
+    assert [queue.submit(p, b"h", card, Status.UNKNOWN, 0.0, now=0.0) for p in cards] \
+        == [True, True, False]
+    assert [queue.submit(p, b"h", qr, Status.UNKNOWN, 100.0, now=0.0) for p in qrs] \
+        == [True, True, False]  # the card queue is full; the QR one has its own room
+    assert (queue.tracked_of("card"), queue.tracked_of("qr"), queue.overflowed) == (2, 2, 2)
+    assert not queue.needs_refill
+    while (job := queue.pop_due(1.0, ["qr"])) is not None:  # QR's network is back
+        queue.finished(job, queue.outcome(job, NetworkReply("approved", "00")))
+    assert queue.needs_refill  # for QR, although the card queue is still full
+    backlog = [(p, b"h", r, Status.UNKNOWN, 1.0) for p, r in ((cards[2], card), (qrs[2], qr))]
+    assert queue.refill(backlog, now=2.0) == 1  # P1-12; P1-2 still finds no room
+    assert (queue.tracked_of("card"), queue.tracked_of("qr"), queue.overflowed) == (2, 1, 1)
+    assert not queue.needs_refill
+
+
 def test_a_refill_counts_what_overflowed_while_it_read_the_journal() -> None:
     """The switch reads its backlog in a thread while the loop goes on. A payment that
     overflowed during the read may be missing from it; the refill used to reset the count

@@ -16,13 +16,13 @@ Retried on the channel's schedule until resolved, or until the channel's budget
 -- an error log line and ``payswitch_unresolved_escalated_payments`` (alert
 PayswitchUnresolvedPaymentsEscalated) -- and stays counted in
 ``payswitch_unresolved_payments``; the journal still holds it as unknown, so the next
-start-up tries again. Bounded: at most ``max_queue`` payments are being resolved; one
-past that waits in the journal (still counted as unresolved) and is taken back by a
-*refill*, a fresh read of the journal's unfinished payments, once the queue is half empty.
-An escalated payment gives its place back (only its id is kept, ``max_escalated`` of
-them), so a long outage's escalations never lock new unknowns out. A payment whose
-resolution cannot be built (it cannot be encoded) is *quarantined*: escalated at once,
-without retries, and counted apart.
+start-up tries again. Bounded: at most ``max_queue`` payments per channel are being
+resolved; one past that waits in the journal (still counted as unresolved) and is taken
+back by a *refill*, a fresh read of the journal's unfinished payments, once its channel's
+queue is half empty. An escalated payment gives its place back (only its id is kept,
+``max_escalated`` of them), so a long outage's escalations never lock new unknowns out.
+A payment whose resolution cannot be built (it cannot be encoded) is *quarantined*:
+escalated at once, without retries, and counted apart.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ ON_FULL: Final = OnFull.WAIT
 #: that is done (a 5 s limit on every read left the workers idle with the queue empty
 #: while payments waited in the journal: the simulator, seed 10, intensity 40, 10 min).
 REFILL_RETRY_S: Final = 5.0
-#: Escalated payments remembered (their ids only) per ``max_queue`` of the queue.
+#: Escalated payments remembered (their ids only) per ``max_queue``.
 ESCALATED_PER_QUEUED: Final = 10
 
 
@@ -155,17 +155,23 @@ class ResolutionQueue:
         self._heaps: dict[str, list[tuple[float, int, ResolutionJob]]] = {
             channel: [] for channel in CHANNELS}
         self._order = itertools.count()  # ties on due time: first come, first served
-        #: Every payment being resolved: queued or in flight (``max_queue`` at most).
+        #: Every payment being resolved: queued or in flight (``max_queue`` at most per
+        #: channel: one bound for all let card and QR jobs on degraded networks fill the
+        #: queue while SWIFT's network was back and its workers idle, its unknowns waiting
+        #: in the journal -- the simulator, seed 12, intensity 40, 10 simulated min).
         self._jobs: dict[str, ResolutionJob] = {}
-        #: Payments handed to an operator, oldest first: ids only, ``max_escalated`` at
-        #: most. They hold no place in the queue: held there, escalations of a long outage
-        #: filled it and every new unknown waited in the journal until a restart.
-        self._escalated: dict[str, None] = {}
+        self._jobs_of: dict[str, int] = dict.fromkeys(CHANNELS, 0)
+        #: Payments handed to an operator, oldest first: id -> channel, ``max_escalated``
+        #: at most. They hold no place in the queue: held there, escalations of a long
+        #: outage filled it and every new unknown waited in the journal until a restart.
+        self._escalated: dict[str, str] = {}
         self.resolved = 0
-        #: Unknown payments held nowhere in memory: they wait in the journal for a refill.
-        self.overflowed = 0
-        #: Every overflow ever counted: a refill's read misses those counted after it began.
-        self._overflows = 0
+        #: Unknown payments held nowhere in memory, per channel: they wait in the journal
+        #: for a refill.
+        self._waiting: dict[str, int] = dict.fromkeys(CHANNELS, 0)
+        #: Every overflow ever counted, per channel: a refill's read misses those counted
+        #: after it began.
+        self._overflows: dict[str, int] = dict.fromkeys(CHANNELS, 0)
         self._update_gauges()
 
     @property
@@ -186,8 +192,17 @@ class ResolutionQueue:
 
     @property
     def tracked(self) -> int:
-        """Payments queued or in flight (bounded by ``max_queue``)."""
+        """Payments queued or in flight (bounded by ``max_queue`` per channel)."""
         return len(self._jobs)
+
+    def tracked_of(self, channel: str) -> int:
+        """``channel``'s payments queued or in flight (bounded by ``max_queue``)."""
+        return self._jobs_of[channel]
+
+    @property
+    def overflowed(self) -> int:
+        """Unknown payments waiting in the journal for room (all channels)."""
+        return sum(self._waiting.values())
 
     @property
     def escalated_ids(self) -> int:
@@ -199,12 +214,12 @@ class ResolutionQueue:
         return self._max_escalated
 
     @property
-    def overflow_mark(self) -> int:
-        """Overflows counted so far: take it when a refill's read begins."""
-        return self._overflows
+    def overflow_mark(self) -> tuple[int, ...]:
+        """Overflows counted so far, per channel: take it when a refill's read begins."""
+        return tuple(self._overflows[c] for c in CHANNELS)
 
     def _update_gauges(self) -> None:
-        assert len(self._escalated) <= self._max_escalated and self.overflowed >= 0
+        assert len(self._escalated) <= self._max_escalated
         self._metrics.unresolved.set(self.pending)
         self._metrics.unresolved_escalated.set(self.escalated)
 
@@ -215,30 +230,33 @@ class ResolutionQueue:
         assert status in (Status.UNKNOWN, Status.SENT), status
         if payment.payment_id in self._jobs or payment.payment_id in self._escalated:
             return False  # already being resolved, or an operator's
-        if len(self._jobs) >= self._max_queue:
-            self._overflow()
-            if self.overflowed == 1:  # once per episode: the gauges count the rest
-                log.error("resolver full (%d); payments past it wait in the journal until"
-                          " the queue has room", self._max_queue,
+        channel = payment.channel
+        if self._jobs_of[channel] >= self._max_queue:
+            self._overflow(channel)
+            if self._waiting[channel] == 1:  # once per episode: the gauges count the rest
+                log.error("resolver full for %s (%d); payments past it wait in the journal"
+                          " until the queue has room", channel, self._max_queue,
                           extra={"payment_id": payment.payment_id})
             self._update_gauges()
             return False
         self._track(payment, digest, route, status, elapsed_s, now)
         return True
 
-    def _overflow(self) -> None:
-        self.overflowed += 1
-        self._overflows += 1
+    def _overflow(self, channel: str) -> None:
+        self._waiting[channel] += 1
+        self._overflows[channel] += 1
 
     @property
     def needs_refill(self) -> bool:
-        """Payments wait in the journal (overflowed) and the queue is at most half full:
-        time to take them back (:meth:`refill`). Half, so that one journal read takes
-        thousands back, not one per finished job."""
-        return self.overflowed > 0 and len(self._jobs) <= self._max_queue // 2
+        """A channel's payments wait in the journal (overflowed) and its queue is at most
+        half full: time to take them back (:meth:`refill`). Half, so that one journal
+        read takes thousands back, not one per finished job."""
+        half = self._max_queue // 2
+        jobs_of = self._jobs_of
+        return any(n and jobs_of[c] <= half for c, n in self._waiting.items())
 
     def refill(self, candidates: Iterable[Candidate], now: float,
-               mark: int | None = None) -> int:
+               mark: tuple[int, ...] | None = None) -> int:
         """Take back payments that overflowed the queue, from a fresh read of the journal's
         unfinished payments (the shell filters out those the payment core still owns).
         Without this they stayed unknown until the next restart, however long their
@@ -247,12 +265,12 @@ class ResolutionQueue:
         many were taken; those that still find no room are counted anew, and so are those
         counted after the read began, which it may have missed (counted twice at worst:
         one more read, never a payment forgotten until a restart)."""
-        assert self.overflowed >= 0
-        since_read = 0 if mark is None else self._overflows - mark
-        assert 0 <= since_read <= self.overflowed
-        self.overflowed = since_read
+        for i, channel in enumerate(CHANNELS):
+            since_read = 0 if mark is None else self._overflows[channel] - mark[i]
+            assert 0 <= since_read <= self._waiting[channel]
+            self._waiting[channel] = since_read
         taken = 0
-        index, jobs, escalated = self._index, self._jobs, self._escalated
+        index, jobs, escalated, jobs_of = self._index, self._jobs, self._escalated, self._jobs_of
         for payment, digest, route, status, elapsed_s in candidates:
             pid = payment.payment_id
             if pid in jobs or pid in escalated:
@@ -262,16 +280,17 @@ class ResolutionQueue:
             if known is not None and known.payment_id == pid \
                     and known.status is not Status.UNKNOWN:
                 continue  # resolved since the journal was read (the core answers unknown)
-            if len(jobs) >= self._max_queue:
-                self._overflow()
+            if jobs_of[payment.channel] >= self._max_queue:
+                self._overflow(payment.channel)
                 continue
             self._track(payment, digest, route, status, elapsed_s, now)
             taken += 1
-        assert len(jobs) <= self._max_queue
+        assert max(jobs_of.values()) <= self._max_queue and sum(jobs_of.values()) == len(jobs)
         self._update_gauges()
-        if self.overflowed:
-            log.error("resolver full (%d); %d payments still wait in the journal",
-                      self._max_queue, self.overflowed)
+        for channel, waiting in self._waiting.items():
+            if waiting:
+                log.error("resolver full for %s (%d); %d payments still wait in the journal",
+                          channel, self._max_queue, waiting)
         return taken
 
     def _track(self, payment: Payment, digest: bytes, route: Route, status: Status,
@@ -286,6 +305,7 @@ class ResolutionQueue:
         job = ResolutionJob(payment, digest, route, policy, Status.UNKNOWN, now,
                             delay=min(max(policy.first_after_s, 0.05), policy.max_delay_s))
         self._jobs[payment.payment_id] = job
+        self._jobs_of[payment.channel] += 1
         # The network's own rule may forbid asking too early (QR: not before 90 s after the
         # payment). The simulator found restarts waiting it anew: count from the payment.
         self._schedule(job, now + max(0.0, policy.first_after_s - elapsed_s))
@@ -337,12 +357,11 @@ class ResolutionQueue:
         asked again)."""
         pid = job.payment.payment_id
         assert self._jobs.get(pid) is job and pid not in self._escalated
-        del self._jobs[pid]
+        self._forget(job)
         escalated = self._escalated
         if len(escalated) >= self._max_escalated:
-            del escalated[next(iter(escalated))]
-            self._overflow()
-        escalated[pid] = None
+            self._overflow(escalated.pop(next(iter(escalated))))
+        escalated[pid] = job.payment.channel
         assert len(escalated) <= self._max_escalated
         self._update_gauges()
 
@@ -378,8 +397,15 @@ class ResolutionQueue:
         self._index.complete(payment.idempotency_key, result)
         self._metrics.resolved[(payment.channel, result.status)].inc()
         self.resolved += 1
-        del self._jobs[payment.payment_id]
+        self._forget(job)
         self._update_gauges()
+
+    def _forget(self, job: ResolutionJob) -> None:
+        """``job`` leaves the queue (resolved, or handed to an operator)."""
+        channel = job.payment.channel
+        del self._jobs[job.payment.payment_id]
+        self._jobs_of[channel] -= 1
+        assert self._jobs_of[channel] >= 0
 
 
 class Resolver:

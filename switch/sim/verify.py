@@ -9,7 +9,7 @@ from typing import Final
 
 from switch.journal.reader import Fold
 from switch.model import Payment, Result, Status
-from switch.payment.resolver import ResolutionPolicy
+from switch.payment.resolver import CHANNELS, ResolutionPolicy
 from switch.routing.breaker import BreakerState
 from switch.routing.table import Target
 from switch.serve.config import SwitchConfig
@@ -182,7 +182,8 @@ def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) ->
         ("in-flight", limiter.in_flight(), limiter.total_limit),
         ("journal-pending", boot.journal.pending, boot.journal.max_pending),
         ("advice-queue", boot.standin.pending, cfg.standin.max_pending_advices),
-        ("resolver-queue", boot.resolver.queue.tracked, boot.resolver.max_queue),
+        *((f"resolver-queue-{c}", boot.resolver.queue.tracked_of(c), boot.resolver.max_queue)
+          for c in CHANNELS),
         ("resolver-escalated", boot.resolver.queue.escalated_ids,
          boot.resolver.queue.max_escalated),
         ("timers", len(boot.core.timers), boot.core.in_flight + 10_000),
