@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from switch.payment.resolver import (
     REFILL_RETRY_S,
     ResolutionConfig,
     ResolutionPolicy,
+    ResolutionQueue,
     Resolver,
 )
 from switch.payment.standin import StandIn, StandInConfig
@@ -275,8 +277,6 @@ def test_no_wait_between_attempts_exceeds_max_delay() -> None:
     """Found by the simulator (seed 1, one simulated hour, 2338 s: 346 QR payments resolved
     past their schedule): with first_after_s 90 and max_delay_s 30, the first retry after a
     refused check waited 90 s. Every wait is capped at max_delay_s (sans-IO, no clock)."""
-    from switch.payment.resolver import ResolutionQueue
-
     queue = ResolutionQueue(index=IdempotencyIndex(retention_s=60, max_keys=10),
                             metrics=SwitchMetrics(), policies=ResolutionConfig(
                                 qr=ResolutionPolicy(first_after_s=90, max_delay_s=30)))
@@ -293,20 +293,25 @@ def test_no_wait_between_attempts_exceeds_max_delay() -> None:
         now = due
 
 
+def _sans_io_queue(n: int, max_queue: int) -> tuple[ResolutionQueue, IdempotencyIndex,
+                                                    Route, list[Payment]]:
+    """A ResolutionQueue of ``max_queue`` and ``n`` card payments begun in its index."""
+    index = IdempotencyIndex(retention_s=60, max_keys=100)
+    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=max_queue)
+    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
+    payments = [_payment(i) for i in range(n)]
+    for p in payments:
+        index.begin(p.idempotency_key, b"h", 0.0)
+    return queue, index, route, payments
+
+
 def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None:
     """Found by the simulator (seed 1, 10 simulated min at fault intensity 40): repeated
     crashes left more unfinished payments than the queue's 10,000, and those past the
     bound stayed unknown until the next restart, however long their network had been
     back. Now they wait in the journal and a refill takes them back once the queue is at
     most half full; it skips what is tracked or resolved since the read (sans-IO)."""
-    from switch.payment.resolver import ResolutionQueue
-
-    index = IdempotencyIndex(retention_s=60, max_keys=100)
-    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=4)
-    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
-    payments = [_payment(i) for i in range(7)]
-    for p in payments:
-        index.begin(p.idempotency_key, b"h", 0.0)
+    queue, index, route, payments = _sans_io_queue(7, max_queue=4)
     taken = [queue.submit(p, b"h", route, Status.UNKNOWN, 0.0, now=0.0) for p in payments]
     assert taken == [True] * 4 + [False] * 3
     assert (queue.tracked, queue.overflowed, queue.pending) == (4, 3, 7)
@@ -340,8 +345,6 @@ def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     came (it waits for the queue to be half empty). Now only its id is kept, at most
     ``max_escalated`` of them; past that the oldest waits in the journal like an overflow
     and a refill takes it back for another round (sans-IO)."""
-    from switch.payment.resolver import ResolutionQueue
-
     index = IdempotencyIndex(retention_s=60, max_keys=100)
     queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2,
                             max_escalated=2, policies=ResolutionConfig(
@@ -375,8 +378,6 @@ def test_one_channels_backlog_never_keeps_another_channels_unknowns_out() -> Non
     every channel filled with card and QR jobs on degraded networks while SWIFT's network
     was back, its workers idle and its unknowns waiting in the journal, resolved 24.6 s
     after the network was back against 20 s allowed. The bound is per channel (sans-IO)."""
-    from switch.payment.resolver import ResolutionQueue
-
     index = IdempotencyIndex(retention_s=60, max_keys=100)
     queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2)
     card = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
@@ -404,14 +405,7 @@ def test_a_refill_counts_what_overflowed_while_it_read_the_journal() -> None:
     """The switch reads its backlog in a thread while the loop goes on. A payment that
     overflowed during the read may be missing from it; the refill used to reset the count
     and forget it until a restart. It stays counted, for the next refill (sans-IO)."""
-    from switch.payment.resolver import ResolutionQueue
-
-    index = IdempotencyIndex(retention_s=60, max_keys=100)
-    queue = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2)
-    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
-    payments = [_payment(i) for i in range(5)]
-    for p in payments:
-        index.begin(p.idempotency_key, b"h", 0.0)
+    queue, _, route, payments = _sans_io_queue(5, max_queue=2)
     for p in payments[:3]:
         queue.submit(p, b"h", route, Status.UNKNOWN, 0.0, now=0.0)  # P1-2 overflows
     job = queue.pop_due(1.0)
@@ -426,43 +420,58 @@ def test_a_refill_counts_what_overflowed_while_it_read_the_journal() -> None:
     assert queue.overflowed == 2  # P1-2 found no room; P1-4 was not in the read
 
 
-async def test_the_resolver_reads_its_backlog_when_the_queue_has_room(tmp_path: Path) -> None:
-    """The anyio shell: payments past ``max_queue`` are resolved without a restart, from
-    the ``backlog`` the switch reads out of its journal (app.py)."""
+async def _resolve_past_the_bound(
+        tmp_path: Path, n: int, max_queue: int,
+        reading: Callable[[int], Awaitable[None]]) -> tuple[FakeNetwork, list[float], Any]:
+    """The anyio shell resolves ``n`` payments through a queue of ``max_queue``, the rest
+    taken back from its ``backlog`` (app.py reads the journal); ``reading(k)`` runs
+    during the k-th read. Returns the network, when each read began, and the journal."""
     metrics = SwitchMetrics()
     journal, db = await _journal_with_intents(tmp_path, 0, max_pending=100)
     network = FakeNetwork()
     route = Route("issuer", network, 1.0)  # type: ignore[arg-type]
-    payments = [_payment(i) for i in range(6)]
+    payments = [_payment(i) for i in range(n)]
     read_at: list[float] = []
 
     async def backlog() -> list[Any]:
         read_at.append(clock.now())
-        await anyio.sleep(0.1)  # a read of the journal takes time
+        await reading(len(read_at))
         return [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments
                 if p.payment_id not in network.resolved_at]
 
-    resolver, clock, index = _resolver(journal, metrics, max_queue=2, backlog=backlog)
+    resolver, clock, index = _resolver(journal, metrics, max_queue=max_queue,
+                                       backlog=backlog)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run)
         tg.start_soon(resolver.run)
         for p in payments:
             index.begin(p.idempotency_key, b"h", clock.now())
             resolver.submit(p, b"h", route)
-        assert resolver.overflowed == 4
+        assert resolver.overflowed == n - max_queue
         with anyio.fail_after(30):
             while resolver.pending:
                 await anyio.sleep(0.01)
         await journal.close()
         tg.cancel_scope.cancel()
     assert sorted(network.resolved_at) == sorted(p.payment_id for p in payments)
+    return network, read_at, db
+
+
+async def test_the_resolver_reads_its_backlog_when_the_queue_has_room(tmp_path: Path) -> None:
+    """The anyio shell: payments past ``max_queue`` are resolved without a restart, from
+    the ``backlog`` the switch reads out of its journal (app.py)."""
+
+    async def slow_read(_: int) -> None:
+        await anyio.sleep(0.1)  # a read of the journal takes time
+
+    _, read_at, db = await _resolve_past_the_bound(tmp_path, 6, 2, slow_read)
     assert len(read_at) >= 2  # 2 taken back per read
     # Each read as soon as the queue is half empty, and no sooner than the last one took
     # (0.1 s to read, 0.1 s apart): a fixed 5 s between reads left the workers idle while
     # payments waited (the simulator, seed 10, intensity 40, 10 min).
     gaps = [b - a for a, b in itertools.pairwise(read_at)]
     assert min(gaps) >= 0.19 and max(gaps) < REFILL_RETRY_S, gaps
-    assert {fold(db).payments[p.payment_id].status for p in payments} == {"reversed"}
+    assert {p.status for p in fold(db).payments.values()} == {"reversed"}
 
 
 async def test_a_failed_backlog_read_is_retried_after_a_pause(
@@ -470,31 +479,10 @@ async def test_a_failed_backlog_read_is_retried_after_a_pause(
     """A journal that cannot be read now is not read again at once, in a loop: the next
     read waits REFILL_RETRY_S (0.3 s here), and then the payment is resolved."""
     monkeypatch.setattr("switch.payment.resolver.REFILL_RETRY_S", 0.3)
-    metrics = SwitchMetrics()
-    journal, _ = await _journal_with_intents(tmp_path, 0, max_pending=100)
-    network = FakeNetwork()
-    route = Route("issuer", network, 1.0)  # type: ignore[arg-type]
-    payments = [_payment(i) for i in range(2)]
-    read_at: list[float] = []
 
-    async def backlog() -> list[Any]:
-        read_at.append(clock.now())
-        if len(read_at) == 1:
+    async def first_read_fails(k: int) -> None:
+        if k == 1:
             raise OSError("disk I/O error")
-        return [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments
-                if p.payment_id not in network.resolved_at]
 
-    resolver, clock, index = _resolver(journal, metrics, max_queue=1, backlog=backlog)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(journal.run)
-        tg.start_soon(resolver.run)
-        for p in payments:
-            index.begin(p.idempotency_key, b"h", clock.now())
-            resolver.submit(p, b"h", route)
-        with anyio.fail_after(30):
-            while resolver.pending:
-                await anyio.sleep(0.01)
-        await journal.close()
-        tg.cancel_scope.cancel()
-    assert sorted(network.resolved_at) == ["P1-0", "P1-1"]
+    _, read_at, _ = await _resolve_past_the_bound(tmp_path, 2, 1, first_read_fails)
     assert len(read_at) == 2 and read_at[1] - read_at[0] >= 0.3
