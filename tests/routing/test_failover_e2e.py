@@ -272,7 +272,7 @@ async def test_hot_reload_during_load_loses_nothing(tmp_path: Path) -> None:
         async with SwitchClient.connect("127.0.0.1", r.port) as client, \
                 anyio.create_task_group() as tg:
             for i in range(150):
-                if i == 75:  # payments 60..74 are still in flight meanwhile
+                if i == 75:  # the latest payments before it are still in flight
                     r.table.write_text(patient.replace(
                         '"card-primary", "card-secondary"', '"card-secondary", "card-primary"'))
                     with anyio.fail_after(10):
