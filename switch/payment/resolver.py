@@ -19,10 +19,10 @@ PayswitchUnresolvedPaymentsEscalated) -- and stays counted in
 start-up tries again. Bounded: at most ``max_queue`` payments per channel are being
 resolved; one past that waits in the journal (still counted as unresolved) and is taken
 back by a *refill*, a fresh read of the journal's unfinished payments, once its channel's
-queue is half empty. An escalated payment gives its place back (only its id is kept,
-``max_escalated`` of them), so a long outage's escalations never lock new unknowns out.
-A payment whose resolution cannot be built (it cannot be encoded) is *quarantined*:
-escalated at once, without retries, and counted apart.
+queue is half empty. An escalated payment gives its place back (only its id and channel
+are kept, ``max_escalated`` of them), so a long outage's escalations never lock new
+unknowns out. A payment whose resolution cannot be built (it cannot be encoded) is
+*quarantined*: escalated at once, without retries, and counted apart.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ ON_FULL: Final = OnFull.WAIT
 #: that is done (a 5 s limit on every read left the workers idle with the queue empty
 #: while payments waited in the journal: the simulator, seed 10, intensity 40, 10 min).
 REFILL_RETRY_S: Final = 5.0
-#: Escalated payments remembered (their ids only) per ``max_queue``.
+#: Escalated payments remembered (id and channel only) per ``max_queue``.
 ESCALATED_PER_QUEUED: Final = 10
 
 
