@@ -49,8 +49,13 @@ def workload(n: int) -> list[PaymentRequest]:
 
 
 def deterministic_channels(base: Path) -> Path:
-    """The example networks with every random error rate at 0."""
+    """The example networks with every random error rate at 0, and balances no workload
+    here can drain: one card payment (k9-149) was declined 51 in one run and approved
+    in the other, either way round, on a loaded box (the card simulator's available
+    balance depends on wall time in a way not yet explained: see the stop-16 note)."""
     text = re.sub(r"^(\w+_rate\s*=\s*)[0-9.]+", r"\g<1>0.0", EXAMPLE_CHANNELS.read_text(),
+                  flags=re.M)
+    text = re.sub(r"^(balance(?:_min|_max)?\s*=\s*)[0-9]+", r"\g<1>1000000000000", text,
                   flags=re.M)
     path = base / "channels-example.toml"
     path.write_text(text)
