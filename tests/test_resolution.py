@@ -366,11 +366,11 @@ def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     assert (queue.tracked, queue.overflowed) == (1, 0)
 
     escalate_all(2.0)  # a third escalation: P1-0, the oldest, is forgotten
-    assert (queue.tracked, queue.escalated_ids, queue.overflowed, queue.pending) == (0, 2, 1, 3)
+    assert (queue.tracked, queue.escalated, queue.overflowed, queue.pending) == (0, 2, 1, 3)
     assert queue.needs_refill
     backlog = [(p, b"h", route, Status.UNKNOWN, 3.0) for p in payments[:3]]
     assert queue.refill(backlog, now=3.0) == 1  # P1-0 only: the other two are escalated
-    assert (queue.tracked, queue.escalated_ids, queue.overflowed) == (1, 2, 0)
+    assert (queue.tracked, queue.escalated, queue.overflowed) == (1, 2, 0)
 
 
 def test_one_channels_backlog_never_keeps_another_channels_unknowns_out() -> None:

@@ -182,8 +182,9 @@ class ResolutionQueue:
 
     @property
     def escalated(self) -> int:
-        """Payments handed to an operator. Not those past the bound: a refill takes them
-        back, and PayswitchUnresolvedPaymentsStuck pages if they stay unknown."""
+        """Payments handed to an operator (bounded by ``max_escalated``). Not those past
+        the queue's bound: a refill takes them back, and PayswitchUnresolvedPaymentsStuck
+        pages if they stay unknown."""
         return len(self._escalated)
 
     @property
@@ -203,11 +204,6 @@ class ResolutionQueue:
     def overflowed(self) -> int:
         """Unknown payments waiting in the journal for room (all channels)."""
         return sum(self._waiting.values())
-
-    @property
-    def escalated_ids(self) -> int:
-        """Escalated payments remembered (bounded by ``max_escalated``)."""
-        return len(self._escalated)
 
     @property
     def max_escalated(self) -> int:

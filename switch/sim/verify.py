@@ -184,7 +184,7 @@ def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) ->
         ("advice-queue", boot.standin.pending, cfg.standin.max_pending_advices),
         *((f"resolver-queue-{c}", boot.resolver.queue.tracked_of(c), boot.resolver.max_queue)
           for c in CHANNELS),
-        ("resolver-escalated", boot.resolver.queue.escalated_ids,
+        ("resolver-escalated", boot.resolver.queue.escalated,
          boot.resolver.queue.max_escalated),
         ("timers", len(boot.core.timers), boot.core.in_flight + 10_000),
     ]
