@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -88,9 +89,14 @@ class World:
         self.books: dict[str, Book] = {"swift": Book(), "qr": Book()}
         #: Per payment: the codes issuers answered its authorizations with (stand-in check).
         self.answered: dict[str, list[str]] = {}
-        #: Card payments the scheme decided (in flight only), and 94s to a first sight.
+        #: Card payments the scheme decided (in flight only), and 94s to a first sight
+        #: that a trace number reused within the window explains (see _reused_within).
         self.decided: set[str] = set()
         self.stan_reused: list[str] = []
+        #: When each STAN + terminal the issuer saw within its window was *sent*, and the
+        #: same keys in order of arrival (to forget them as they leave the window).
+        self._sent_at: dict[tuple[str, str], tuple[float, float]] = {}
+        self._arrivals: deque[tuple[float, tuple[str, str]]] = deque()
         self.reversal_stan = 0
 
     # ----------------------------------------------------------------- requests
@@ -100,8 +106,9 @@ class World:
         return self.endpoints[endpoint].behaviour.plan(now, route_key)
 
     def authorize(self, endpoint: str, payment: Payment, technical_error: str | None,
-                  now: float) -> NetworkReply:
-        """The network decides and books ``payment`` (it reached the issuer at ``now``)."""
+                  now: float, sent_at: float) -> NetworkReply:
+        """The network decides and books ``payment`` (sent at ``sent_at``, it reached the
+        issuer at ``now``)."""
         ep = self.endpoints[endpoint]
         if technical_error is not None:
             reply = NetworkReply("failed", technical_error, f"DE39={technical_error}")
@@ -109,15 +116,39 @@ class World:
             msg = original_request(payment, ACQUIRER_ID)
             reply = _reply_for(self.scheme.authorize(msg, now))
             pid = payment.payment_id
-            if reply.reason == reasons.DUPLICATE_TRANSMISSION and pid not in self.decided:
+            key = (msg.fields.get(11, ""), msg.fields.get(41, ""))
+            if (reply.reason == reasons.DUPLICATE_TRANSMISSION and pid not in self.decided
+                    and self._reused_within(key, sent_at)):
                 # The issuer saw this STAN + terminal on *another* payment within its
-                # window: the switch reused a trace number.
+                # window, and the switch sent the two within it: it reused a trace number.
                 self.stan_reused.append(pid)
             self.decided.add(pid)
+            self._arrived(key, now, sent_at)
         else:
             reply = self._book(self.books[endpoint], payment)
         self.answered.setdefault(payment.payment_id, []).append(reply.reason)
         return reply
+
+    def _reused_within(self, key: tuple[str, str], sent_at: float) -> bool:
+        """Whether the other transmission of ``key`` the issuer saw within its window was
+        sent within the window of this one. Two sends further apart are the sequence's
+        wrap (after 99 restarts' skipped blocks, seed 908 at intensity 100): the issuer
+        answered 94 only because the network held one of them for longer than its window
+        (898 s there), which no trace number can prevent."""
+        other = self._sent_at.get(key)
+        return other is not None and abs(sent_at - other[1]) < self.duplicate_window_s
+
+    def _arrived(self, key: tuple[str, str], now: float, sent_at: float) -> None:
+        """Remember when ``key``'s transmission was sent while the issuer remembers it."""
+        arrivals, sent = self._arrivals, self._sent_at
+        cutoff = now - self.duplicate_window_s
+        while arrivals and arrivals[0][0] <= cutoff:
+            at, old = arrivals.popleft()
+            if sent[old][0] == at:  # not seen again since
+                del sent[old]
+        sent[key] = (now, sent_at)
+        arrivals.append((now, key))
+        assert len(sent) <= len(arrivals), "a key outlived its arrival"
 
     def _book(self, book: Book, payment: Payment) -> NetworkReply:
         pid = payment.payment_id

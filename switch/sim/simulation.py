@@ -355,14 +355,8 @@ class Simulation:
 
     def _at_issuer(self, boot: Boot, endpoint: str, token: int, payment: Payment,
                    plan: RequestPlan) -> None:
-        self.world.endpoints[endpoint].busy -= 1
-        reply = self.world.authorize(endpoint, payment, plan.technical_error, self.now)
+        reply = self._issuer_decides(endpoint, payment, plan)
         pid = payment.payment_id
-        if self.world.stan_reused:
-            for reused in self.world.stan_reused:
-                self.violate("trace-number-reused", reused, "the issuer answered 94 to its "
-                             "first transmission: another payment used this STAN + terminal")
-            self.world.stan_reused.clear()
         self.note(pid, "issuer", endpoint, pid, reply.outcome, reply.reason)
         if plan.malformed or plan.action == "reset":
             # Garbage the adapter drops, or the connection reset after the network decided
@@ -372,6 +366,24 @@ class Simulation:
         self.push(at, REPLY, boot, (token, reply, pid))
         if plan.duplicate:
             self.push(at, REPLY, boot, (token, reply, pid))
+
+    def _issuer_decides(self, endpoint: str, payment: Payment, plan: RequestPlan
+                        ) -> NetworkReply:
+        """The network decides a request that reaches it now, sent ``plan.latency_s`` ago;
+        whether or not its boot still lives to hear the answer (a reuse of a dead boot's
+        trace number is exactly the restart bug)."""
+        world = self.world
+        world.endpoints[endpoint].busy -= 1
+        assert world.endpoints[endpoint].busy >= 0, endpoint
+        reply = world.authorize(endpoint, payment, plan.technical_error, self.now,
+                                self.now - plan.latency_s)
+        if world.stan_reused:
+            for reused in world.stan_reused:
+                self.violate("trace-number-reused", reused, "the issuer answered 94 to its "
+                             "first transmission: another payment sent within its window "
+                             "used this STAN + terminal")
+            world.stan_reused.clear()
+        return reply
 
     # ----------------------------------------------------------------- clients
 
@@ -565,9 +577,8 @@ class Simulation:
         elif a is not boot or boot is None or not boot.alive:
             # The networks still process what reached them; nobody hears the answer.
             if kind == ISSUER:
-                self.world.endpoints[b[0]].busy -= 1
-                _, _, payment, plan = b
-                self.world.authorize(b[0], payment, plan.technical_error, self.now)
+                endpoint, _, payment, plan = b
+                self._issuer_decides(endpoint, payment, plan)
             elif kind == RES_ISSUER:
                 job, _, plan = b
                 if plan.technical_error is None and not plan.malformed:
