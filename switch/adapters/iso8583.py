@@ -25,6 +25,7 @@ card, which is all the simulated issuers need to key their accounts; see
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -142,6 +143,8 @@ class CardAdapter(PooledAdapter):
         self.echo_ok = 0
         self.echo_failed = 0
         self.reversals_sent = 0
+        #: The host's own 0800s answered 0810.
+        self.network_requests = 0
 
     # --- ChannelAdapter -----------------------------------------------------------------
 
@@ -277,17 +280,38 @@ class CardAdapter(PooledAdapter):
             raise NotSent(f"{self.name}: adapter not started")
         return self._clock.wall()
 
-    def _on_frame(self, payload: bytes) -> None:
+    def _on_frame(self, payload: bytes, link: Link) -> None:
         try:
             message = iso8583.decode(payload)
         except CodecError as exc:
             self.malformed += 1
             log.debug("%s: malformed answer dropped: %s", self.name, exc)
             return
+        if int(message.mti[2]) % 2 == 0:
+            # A request or advice of the network's own (message function even), never an
+            # answer: it shares its key with ours (an 0800 echo of the host's with our
+            # sign-on's STAN would have "answered" it).
+            self._network_request(message, link)
+            return
         key = iso8583.match_key(message)
         delivery = self._correlator.deliver(key, message)
         if delivery != "matched":
             log.debug("%s: %s answer %s %s dropped", self.name, delivery, message.mti, key)
+
+    def _network_request(self, message: iso8583.IsoMessage, link: Link) -> None:
+        """Answer the host's 0800 (echo, sign-on) with 0810 00 on the link it came by: a
+        host drops an acquirer link whose echoes go unanswered. Any other request of the
+        network's is not ours to take on an acquirer link: counted and dropped."""
+        if message.mti != "0800":
+            self._correlator.unmatched += 1
+            log.debug("%s: network request %s dropped", self.name, message.mti)
+            return
+        self.network_requests += 1
+        answer = iso8583.frame(iso8583.encode(
+            iso8583.response(message, iso8583.ResponseCode.APPROVED)))
+        # A link closing (NotSent): the host redials and asks again.
+        with contextlib.suppress(NotSent):
+            link.send_nowait(answer, _nothing, _KEPT)
 
     async def _network(self, link: Link, code: str) -> bool:
         """One 0800 on ``link``; True if answered 00 within ``echo_timeout_s``."""
@@ -322,6 +346,19 @@ class CardAdapter(PooledAdapter):
                          self.name, link.index, failures)
                 link.kill()
                 return
+
+
+class _Kept:
+    """The owner of a frame nobody withdraws (an 0810 answering the host's echo)."""
+
+    gone = False
+
+
+_KEPT: Final = _Kept()
+
+
+def _nothing() -> None:
+    """Nothing to undo when a frame never left."""
 
 
 def _reply_for(answer: iso8583.IsoMessage) -> NetworkReply:

@@ -11,9 +11,10 @@ here so that it is written (and fixed) once:
   completes its waiter; one that matches nothing is counted as *late* (its waiter was
   abandoned on timeout), *duplicate* (its waiter already completed) or *unmatched*, and
   dropped: it never raises and never touches a payment.
-* :func:`exchange` -- one request/response: register the waiter, send, wait. The
-  caller applies the timeout by cancelling; a cancelled waiter is abandoned so a late
-  answer is recognised as such.
+* :func:`exchange` -- one request/response: register the waiter, queue the frame behind
+  what the link already holds, wait. The caller applies the timeout by cancelling; a
+  cancelled waiter is abandoned so a late answer is recognised as such, and its frame,
+  if still queued, is withdrawn.
 * :meth:`PooledAdapter._start_exchange` -- the same without waiting, for the payment
   core: the waiter holds a callback instead of an Event, the frame is queued on the
   link (one writer per link sends everything queued in one write), and the answer is
@@ -120,7 +121,7 @@ class PooledAdapter:
         waiter = correlator.register(key, answered)
         waiters[token] = waiter
         try:
-            link.send_nowait(data, never_left)
+            link.send_nowait(data, never_left, waiter)
         except NotSent:
             waiters.pop(token, None)
             correlator.forget(waiter)
@@ -129,7 +130,7 @@ class PooledAdapter:
     def _new_pool(
         self,
         new_splitter: Callable[[], FrameSplitter],
-        on_frame: Callable[[bytes], None],
+        on_frame: Callable[[bytes, Link], None],
         handshake: Callable[[Link], Awaitable[bool]] | None = None,
         keepalive: Callable[[Link], Coroutine[Any, Any, None]] | None = None,
     ) -> LinkPool:
@@ -158,13 +159,16 @@ class Waiter(Generic[K, V]):
     """One request in flight: awaited (``event``) or answered by a callback (no Event:
     the payment core's sends create nothing awaitable per payment)."""
 
-    __slots__ = ("callback", "event", "key", "value")
+    __slots__ = ("callback", "event", "gone", "key", "value")
 
     def __init__(self, key: K, callback: Callable[[V], None] | None = None) -> None:
         self.key = key
         self.callback = callback
         self.event = anyio.Event() if callback is None else None
         self.value: V | None = None
+        #: Nobody waits any more (abandoned or forgotten): a frame of it still queued on
+        #: its link is never written.
+        self.gone = False
 
 
 class Correlator(Generic[K, V]):
@@ -203,11 +207,13 @@ class Correlator(Generic[K, V]):
 
     def forget(self, waiter: Waiter[K, V]) -> None:
         """The request was never sent: drop its waiter without a trace."""
+        waiter.gone = True
         if self._pending.get(waiter.key) is waiter:
             del self._pending[waiter.key]
 
     def abandon(self, waiter: Waiter[K, V]) -> None:
         """Sent, but nobody waits any more (timeout): an answer now is late."""
+        waiter.gone = True
         if self._pending.get(waiter.key) is waiter:
             del self._pending[waiter.key]
             self._remember(self._abandoned, waiter.key)
@@ -253,11 +259,46 @@ class FrameSplitter(Protocol):
     def feed(self, data: bytes) -> Sequence[bytes | memoryview]: ...
 
 
+class Queued(Protocol):
+    """Whoever queued a frame: once it is gone (nobody waits any more), the frame is not
+    written -- a request given up before it left must not reach the network later, after
+    what replaced it (the resolver's inquiry or reversal)."""
+
+    gone: bool
+
+
+class Written:
+    """What became of a frame :func:`exchange` queued: reported once by the link's writer
+    (True: handed over whole; False: outcome unknown; None: never left)."""
+
+    __slots__ = ("event", "gone", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.gone = False
+        self.outcome: bool | None = None
+
+    def report(self, outcome: bool | None) -> None:
+        self.outcome = outcome
+        self.event.set()
+
+    def never_left(self) -> None:
+        self.report(None)
+
+
+class _NeverStarted(NotSent):
+    """Nothing of the write began: every frame of its batch certainly stayed here."""
+
+
 class Link:
-    """One TCP connection of a pool."""
+    """One TCP connection of a pool. One writer task writes every frame, in the order
+    queued: requests the core sends without waiting and :func:`exchange`'s alike, so an
+    inquiry or reversal never overtakes the request it is about (that once let a
+    pacs.028 reach the network before its pacs.008: "never received", failed -- then the
+    network booked it)."""
 
     __slots__ = (
-        "_lock", "_queue", "_send_timeout_s", "_wake", "alive", "index", "ready", "scope",
+        "_queue", "_send_timeout_s", "_wake", "alive", "index", "ready", "ready_at", "scope",
         "stream", "was_ready",
     )
 
@@ -265,31 +306,53 @@ class Link:
         self.index = index
         self.stream = stream
         self._send_timeout_s = send_timeout_s
-        self._lock = anyio.Lock()
         self.alive = True
         self.ready = False
         self.was_ready = False
+        #: When the link last became ready (the pool's reconnect backoff reads it).
+        self.ready_at = 0.0
         self.scope: anyio.CancelScope | None = None
-        #: Frames queued by send_nowait, each with what to do if it never leaves.
-        self._queue: list[tuple[bytes, Callable[[], None]]] = []
+        #: Frames queued for the writer: the bytes, what to do if they never leave, and
+        #: who queued them (skipped once gone).
+        self._queue: list[tuple[bytes, Callable[[], None], Queued]] = []
         self._wake = anyio.Event()
 
-    def send_nowait(self, data: bytes, never_left: Callable[[], None]) -> None:
+    def send_nowait(self, data: bytes, never_left: Callable[[], None], owner: Queued) -> None:
         """Queue one frame for this link's writer; everything queued leaves in one write.
 
         NotSent if the link is closed. ``never_left`` runs (from the writer) if the link
-        dies before the frame was written: certainly not sent, safe to fail over.
+        dies before the frame was written: certainly not sent, safe to fail over. Once
+        ``owner.gone``, a frame not yet written never is.
         """
         if not self.alive:
             raise NotSent(f"connection {self.index} is closed")
-        self._queue.append((data, never_left))
+        self._queue.append((data, never_left, owner))
         self._wake.set()
 
-    async def write_queued(self) -> None:
-        """The writer of send_nowait's frames: one write per wake-up, until the link dies.
+    async def send(self, data: bytes) -> bool:
+        """Write one frame behind everything queued. True: handed over whole. False:
+        outcome unknown (the link dropped mid-write). NotSent: it never left.
 
-        A batch of several frames whose write fails part-way may have reached the peer
-        in part: those outcomes stay unknown (the caller's timeout), never NotSent.
+        Cancelling the caller while the frame waits in the queue withdraws it; once its
+        write began, the write finishes (bounded by ``send_timeout_s``), so a frame is
+        never cut in half by a timeout.
+        """
+        written = Written()
+        self.send_nowait(data, written.never_left, written)
+        try:
+            await written.event.wait()
+        finally:
+            written.gone = True  # withdrawn if still queued (the caller was cancelled)
+        if written.outcome is None:
+            raise NotSent(f"connection {self.index} closed before the frame was written")
+        return written.outcome
+
+    async def write_queued(self) -> None:
+        """The writer: one write per wake-up of everything queued, until the link dies.
+
+        A batch whose write fails part-way may have reached the peer in part: its frames'
+        outcomes stay unknown (the caller's timeout), never NotSent -- unless it was a
+        single frame (a half-written frame is never decoded) or nothing began.
         """
         try:
             while self.alive:
@@ -297,15 +360,24 @@ class Link:
                     self._wake = anyio.Event()
                     await self._wake.wait()
                     continue
-                batch, self._queue = self._queue, []
+                batch = [item for item in self._queue if not item[2].gone]
+                self._queue = []
+                if not batch:
+                    continue
                 try:
-                    await self.send(b"".join(data for data, _ in batch))
-                except NotSent:
-                    if len(batch) == 1:
-                        batch[0][1]()
+                    whole = await self._write(b"".join(data for data, _, _ in batch))
+                except NotSent as exc:
+                    if len(batch) == 1 or isinstance(exc, _NeverStarted):
+                        for _, never_left, _ in batch:
+                            never_left()
+                        continue
+                    whole = False
+                for _, _, owner in batch:
+                    if isinstance(owner, Written):
+                        owner.report(whole)
         finally:
             queued, self._queue = self._queue, []
-            for _, never_left in queued:
+            for _, never_left, _ in queued:
                 never_left()
 
     def kill(self) -> None:
@@ -315,31 +387,25 @@ class Link:
         if self.scope is not None:
             self.scope.cancel()
 
-    async def send(self, data: bytes) -> bool:
-        """Write one frame. True: handed over whole. False: outcome unknown (link dropped).
+    async def _write(self, data: bytes) -> bool:
+        """Write ``data`` (the writer's only write). True: handed over whole. False:
+        outcome unknown (timed out midway). NotSent: the connection failed on it
+        (:class:`_NeverStarted` if the link was dead already).
 
-        Raises NotSent when the frame certainly never reached the peer. The write is
-        shielded from the caller's cancellation so a frame is never cut in half by a
-        timeout; its own ``send_timeout_s`` bounds it instead.
+        Shielded from the writer's cancellation (the link being killed) so a frame is
+        never cut in half; ``send_timeout_s`` bounds it instead.
         """
         if not self.alive:
-            raise NotSent(f"connection {self.index} is closed")
-        started = False
+            raise _NeverStarted(f"connection {self.index} is closed")
         with anyio.CancelScope(shield=True), anyio.move_on_after(self._send_timeout_s):
             try:
-                async with self._lock:
-                    if not self.alive:
-                        raise NotSent(f"connection {self.index} closed while queued to send")
-                    started = True
-                    await self.stream.send(data)
+                await self.stream.send(data)
                 return True
             except _CLOSED as exc:
                 self.kill()
                 raise NotSent(f"connection {self.index} failed on write: {exc!r}") from None
-        # The write timed out. Before it began nothing left; after, part of it may have.
+        # The write timed out after it began: part of it may have left.
         self.kill()
-        if not started:
-            raise NotSent(f"connection {self.index}: timed out waiting to write")
         return False
 
 
@@ -359,7 +425,7 @@ class LinkPool:
         backoff_max_s: float,
         rng: random.Random,
         new_splitter: Callable[[], FrameSplitter],
-        on_frame: Callable[[bytes], None],
+        on_frame: Callable[[bytes, Link], None],
         handshake: Callable[[Link], Awaitable[bool]] | None = None,
         keepalive: Callable[[Link], Coroutine[Any, Any, None]] | None = None,
         read_bytes: int = 65536,
@@ -469,7 +535,11 @@ class LinkPool:
                     self.disconnects += 1
                     with anyio.CancelScope(shield=True):
                         await stream.aclose()
-                if link.was_ready:
+                if link.was_ready and (anyio.current_time() - link.ready_at
+                                       >= self._backoff_max_s):
+                    # Up for a while: a fresh loss. A peer that accepts and drops at once
+                    # (a balancer before a dead backend) was redialled every 0.1 s for ever
+                    # when any successful connect reset the backoff.
                     attempt = 0
             report()
             attempt += 1
@@ -485,6 +555,7 @@ class LinkPool:
                 ok = await self._handshake(link)
             if ok and link.alive:
                 link.ready = link.was_ready = True
+                link.ready_at = anyio.current_time()
                 self._slots[link.index] = link
                 report()
                 if self._keepalive is not None:
@@ -496,25 +567,35 @@ class LinkPool:
 
     async def _reader(self, link: Link) -> None:
         splitter = self._new_splitter()
-        on_frame = self._on_frame
         try:
             while True:
                 data = await link.stream.receive(self._read_bytes)
-                for payload in splitter.feed(data):
-                    try:
-                        on_frame(bytes(payload))
-                    except Exception:
-                        # A handler bug must not take the connection (and its
-                        # other in-flight requests) down with it.
-                        self.frame_handler_errors += 1
-                        log.exception("%s: error handling a frame", self.name)
+                try:
+                    frames = splitter.feed(data)
+                except Exception as exc:  # the splitter's own: the stream cannot be re-synced
+                    self.framing_errors += 1
+                    log.debug("%s: framing error on connection %d: %r", self.name,
+                              link.index, exc)
+                    # Answers that arrived whole before the bad prefix still count: dropped,
+                    # their payments became unknown and were reversed though answered.
+                    self._handle(getattr(exc, "frames_before", ()), link)
+                    return
+                self._handle(frames, link)
         except _CLOSED:
             pass
-        except Exception as exc:  # the splitter's own error: the stream cannot be re-synced
-            self.framing_errors += 1
-            log.debug("%s: framing error on connection %d: %r", self.name, link.index, exc)
         finally:
             link.kill()
+
+    def _handle(self, frames: Sequence[bytes | memoryview], link: Link) -> None:
+        on_frame = self._on_frame
+        for payload in frames:
+            try:
+                on_frame(bytes(payload), link)
+            except Exception:
+                # A handler bug must not take the connection (and its other in-flight
+                # requests) down with it.
+                self.frame_handler_errors += 1
+                log.exception("%s: error handling a frame", self.name)
 
 
 async def exchange(

@@ -42,7 +42,7 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent, ReplySink
-from switch.adapters.links import Correlator, PooledAdapter, exchange
+from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
 from switch.adapters.specs import QrAdapterConfig
 from switch.model import Channel, Payment
 from switch.protocols.framing import FrameDecoder, frame
@@ -157,7 +157,7 @@ class QrAdapter(PooledAdapter):
             raise AssertionError("unreachable")
         return reply
 
-    def _on_frame(self, payload: bytes) -> None:
+    def _on_frame(self, payload: bytes, link: Link) -> None:
         try:
             reply = decode_reply(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -39,7 +39,7 @@ import anyio.abc
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent, ReplySink
-from switch.adapters.links import Correlator, PooledAdapter, exchange
+from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
 from switch.adapters.specs import SwiftAdapterConfig
 from switch.clock import Clock
 from switch.model import Channel, Party, Payment
@@ -239,7 +239,7 @@ class SwiftAdapter(PooledAdapter):
             # PDNG: the network holds it; the caller's timeout bounds the wait.
             await anyio.sleep_forever()
 
-    def _on_frame(self, payload: bytes) -> None:
+    def _on_frame(self, payload: bytes, link: Link) -> None:
         try:
             report = iso20022.decode_pacs002(payload)
         except CodecError as exc:

@@ -15,7 +15,7 @@ is the bare explanation, so a response can carry the two separately.
 
 from __future__ import annotations
 
-__all__ = ["CodecError"]
+__all__ = ["CodecError", "FramingError"]
 
 
 class CodecError(ValueError):
@@ -37,3 +37,14 @@ class CodecError(ValueError):
         # Pickle with both arguments so the error survives a trip across processes
         # (worker pools, multiprocessing queues) with its path intact.
         return (type(self), (self.reason, self.path))
+
+
+class FramingError(CodecError):
+    """A stream's framing is broken (a length prefix past the limit): nothing after it can
+    be re-synced. ``frames_before`` holds the complete frames the same read carried
+    before the bad prefix, for a reader that must act on every answer it was sent."""
+
+    def __init__(self, reason: str, path: str = "",
+                 frames_before: list[bytes] | None = None) -> None:
+        super().__init__(reason, path)
+        self.frames_before = frames_before or []

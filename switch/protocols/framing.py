@@ -20,10 +20,14 @@ MAX_FRAME_BYTES_CEILING: Final = 16 * 1024 * 1024
 class FrameTooLarge(Exception):
     """A frame header announced more bytes than the connection's limit allows."""
 
-    def __init__(self, declared: int, limit: int) -> None:
+    def __init__(self, declared: int, limit: int,
+                 frames_before: list[memoryview] | None = None) -> None:
         super().__init__(f"frame of {declared} bytes exceeds max_frame_bytes={limit}")
         self.declared = declared
         self.limit = limit
+        #: The complete frames the same read held before the bad header: a reader that
+        #: must act on every answer it was sent (a network link) handles them first.
+        self.frames_before = frames_before or []
 
 
 
@@ -58,7 +62,7 @@ class FrameDecoder:
             size = int.from_bytes(buf[pos : pos + HEADER_BYTES], "big")
             if size > limit:
                 self._buffer = b""
-                raise FrameTooLarge(size, limit)
+                raise FrameTooLarge(size, limit, frames)
             stop = pos + HEADER_BYTES + size
             if stop > end:
                 break

@@ -31,7 +31,7 @@ from typing import Any, Final
 import iso8583 as _pyiso
 import msgspec
 
-from switch.protocols.errors import CodecError
+from switch.protocols.errors import CodecError, FramingError
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -685,10 +685,10 @@ class FrameDecoder:
         while end_of_data - pos >= 2:
             size = (src[pos] << 8) | src[pos + 1]
             if size > limit:
-                self._error = CodecError(
+                self._error = FramingError(
                     f"declared length {size} exceeds max_frame_size={limit}", "frame"
                 )
-                raise self._error
+                raise FramingError(self._error.reason, "frame", frames)
             end = pos + 2 + size
             if end > end_of_data:
                 break
