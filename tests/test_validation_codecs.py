@@ -17,7 +17,15 @@ from hypothesis import strategies as st
 from switch import reasons
 from switch.adapters.iso8583 import CardAdapter, original_request
 from switch.adapters.specs import CardAdapterConfig
-from switch.model import CardData, CardRef, Party, Payment, PaymentRequest, tokenize_pan
+from switch.model import (
+    CardData,
+    CardRef,
+    Party,
+    Payment,
+    PaymentRequest,
+    luhn_ok,
+    tokenize_pan,
+)
 from switch.payment.validation import InvalidPayment, validate
 from switch.protocols import iso8583
 from switch.protocols.errors import CodecError
@@ -108,6 +116,30 @@ def test_whatever_validation_accepts_the_iso8583_codec_encodes(
     original = original_request(_payment_for(request), "123456")
     iso8583.encode(original)
     iso8583.encode(iso8583.authorization_advice(original, response_code="00", auth_code="S1"))
+
+
+def _luhn_completed(stem: str) -> str:
+    return next(stem + d for d in "0123456789" if luhn_ok(stem + d))
+
+
+@settings(max_examples=300, deadline=None)
+@given(amount=st.integers(1, 10**15), pan_stem=st.text("0123456789", min_size=9, max_size=17))
+def test_whatever_amount_and_pan_validation_accepts_the_card_adapter_encodes(
+    amount: int, pan_stem: str
+) -> None:
+    """Amounts up to 10^15 pass msgspec, and 10- or 11-digit PANs pass DE2's own rule:
+    the 0100 could then not be built (DE4 is n12; the network PAN needs 12 digits), and
+    the adapter said "not sent", which let stand-in approve what no issuer saw."""
+    request = msgspec.structs.replace(
+        card_payment(amount=amount),
+        card=CardData(pan=_luhn_completed("4" + pan_stem), expiry="2812"))
+    try:
+        validate(request)
+    except InvalidPayment as exc:
+        assert amount > 10**12 - 1 or len(request.card.pan) < 12, exc  # type: ignore[union-attr]
+        return
+    original = original_request(_payment_for(request), "123456")
+    iso8583.encode(original)
 
 
 def _unencodable_payment() -> Payment:

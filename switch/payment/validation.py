@@ -22,6 +22,12 @@ from switch.model import Party, PaymentRequest, luhn_ok
 from switch.protocols import iso8583, iso20022
 from switch.protocols.errors import CodecError
 
+#: As :data:`switch.model.Pan` says on the wire: the card adapter builds the network PAN
+#: around the BIN (6) and the last four, with at least one digit of its own between.
+MIN_PAN_DIGITS = 12
+#: DE4, the amount in minor units, is n12.
+MAX_CARD_AMOUNT = 10**12 - 1
+
 
 class InvalidPayment(ValueError):
     def __init__(self, path: str, message: str) -> None:
@@ -73,6 +79,14 @@ def validate(request: PaymentRequest) -> None:
             raise InvalidPayment(f"payment.{other}", f"not allowed for channel {channel!r}")
     if request.card is not None:
         card = request.card
+        # Both as the card adapter must encode them (DE4 is n12; a network PAN is built
+        # around the BIN and last four): an 0100 that cannot be built would be "not sent"
+        # everywhere, and stand-in could approve what no issuer saw.
+        if request.amount > MAX_CARD_AMOUNT:
+            raise InvalidPayment("payment.amount", f"above {MAX_CARD_AMOUNT}, the most a "
+                                 "card amount carries (ISO 8583 DE4 is 12 digits)")
+        if len(card.pan) < MIN_PAN_DIGITS:
+            raise InvalidPayment("payment.card.pan", f"shorter than {MIN_PAN_DIGITS} digits")
         _iso8583("payment.card.pan", 2, card.pan)
         if not luhn_ok(card.pan):
             raise InvalidPayment("payment.card.pan", "fails the Luhn check")
