@@ -16,7 +16,7 @@ from loadtests.harness.client import SwitchClient
 from switch.adapters.base import ReplySink
 from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
 from switch.model import Payment
-from switch.protocols.wire import ErrorReply, Pay, Ping, Reply, encode_request
+from switch.protocols.wire import ErrorReply, Pay, Ping, Reply, encode_request, frame
 from switch.serve.server import ADMISSION_FLOOR, Admission
 from tests.conftest import make_config, start_switch
 from tests.payments import card_payment
@@ -95,6 +95,38 @@ async def test_a_connection_at_its_bound_is_not_read_until_replies_make_room(
         # Held back in the socket, not refused: all eight approved, in two waves.
         assert all(isinstance(r, Reply) and r.result.status == "approved" for r in replies)
         assert sorted(r.id for r in replies[:4]) == [0, 1, 2, 3]  # type: ignore[type-var]
+        switch.app.request_shutdown()
+
+
+#: A pay frame nested 5,000 deep, and one whose ``op`` is invalid UTF-8.
+_TOO_DEEP = b"\x82\xa2op\xa3pay\xa1x" + b"\x91" * 5_000 + b"\xc0"
+_BAD_UTF8 = b"\x81\xa2op\xa2\xff\xfe"
+
+
+@pytest.mark.parametrize("hostile", [_TOO_DEEP, _BAD_UTF8], ids=["deep", "bad-utf8"])
+async def test_a_hostile_frame_read_while_shedding_is_malformed_not_a_crash(
+        tmp_path: Path, hostile: bytes) -> None:
+    # The connection is at its bound when the frame is read, so the server peeks at its
+    # head to refuse it cheaply: that peek once let these two end the whole switch.
+    config = make_config(tmp_path, server="max_in_flight_per_connection = 1\n"
+                                          "max_frame_bytes = 1048576\nmax_queue_delay_s = 60")
+    card = _HeldCard()
+    adapters: dict[str, object] = {**stand_ins(config), "standin-card": card}
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config, adapters)
+        port = switch.endpoints.port
+        hostile_client = await anyio.connect_tcp("127.0.0.1", port)
+        await hostile_client.send(encode_request(Pay(1, card_payment("shed-1")))
+                                  + frame(hostile))
+        (answer,) = await _read_replies(hostile_client, 1)
+        assert isinstance(answer, ErrorReply) and answer.code == "malformed", answer
+        card.release()
+        neighbour = await anyio.connect_tcp("127.0.0.1", port)
+        await neighbour.send(encode_request(Pay(2, card_payment("shed-2", payer="B2"))))
+        (reply,) = await _read_replies(neighbour, 1)
+        assert isinstance(reply, Reply) and reply.result.status == "approved"
+        await hostile_client.aclose()
+        await neighbour.aclose()
         switch.app.request_shutdown()
 
 

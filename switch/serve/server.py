@@ -349,7 +349,11 @@ class Server:
                 if self._shedding(conn):
                     try:
                         head = _decode_head(payload)
-                    except msgspec.DecodeError:
+                    except (msgspec.DecodeError, RecursionError, ValueError):
+                        # Not a readable pay: decode_request below answers it "malformed".
+                        # Only DecodeError was caught once: a frame nested 5,000 deep
+                        # (RecursionError) or with invalid UTF-8 (ValueError) read while
+                        # shedding ended the whole switch.
                         head = None
                     if head is not None and head.op == "pay" and head.id is not None:
                         self._admit(conn, head.id)  # refuses it, naming the bound
