@@ -111,6 +111,14 @@ def test_errors_are_problem_json_naming_the_field(api: str) -> None:
                               "--data", "{not json")
     assert status == 400 and problem["type"].endswith("/invalid-body")
 
+    # Invalid UTF-8 inside a string was a bare 500 with a traceback in the log.
+    # (Lone surrogates: subprocess passes them to curl as the bytes 0xff 0xfe.)
+    status, headers, problem = curl(api + "/v1/payments", "-X", "POST", "-H",
+                                    "Idempotency-Key: k7", "--data-binary",
+                                    '{"channel":"\udcff\udcfe"}')
+    assert status == 400 and problem["type"].endswith("/invalid-body")
+    assert headers["content-type"] == "application/problem+json"
+
     huge = {**BODY, "payee": {"account": "x" * 20000}}
     status, _, problem = post(api + "/v1/payments", "k6", huge)
     assert status == 413

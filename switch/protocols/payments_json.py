@@ -118,6 +118,8 @@ def decode_body(data: bytes) -> tuple[PaymentBody | None, FieldError | None]:
         return None, FieldError(pointer, detail)
     except msgspec.DecodeError as exc:
         return None, FieldError("", f"not valid JSON: {exc}")
+    except ValueError as exc:  # invalid UTF-8 inside a string: it was a bare 500
+        return None, FieldError("", f"not valid JSON: {exc}")
 
 
 def to_request(body: PaymentBody, idempotency_key: str) -> PaymentRequest:
