@@ -198,23 +198,30 @@ class NetworkRequest(msgspec.Struct, frozen=True):
 
 
 def payment_key(fields: dict[int, str], key_fields: tuple[int, ...]) -> str:
-    """The idempotency key of a payment from its key fields (``iso:`` + values joined)."""
-    return "iso:" + ":".join(fields.get(de, "").strip() for de in key_fields)
+    """The idempotency key of a payment from its key fields (``iso:`` + values joined).
+
+    The acquirer id (DE32) counts as a number: DE90 carries it zero-padded to 11 digits,
+    so its leading zeros, or whether it was sent at all, cannot be told back from there,
+    and a reversal must rebuild the very key its original had.
+    """
+    return "iso:" + ":".join(
+        fields.get(de, "").strip().lstrip("0") if de == 32 else fields.get(de, "").strip()
+        for de in key_fields)
 
 
 def original_key(msg: IsoMessage, key_fields: tuple[int, ...]) -> str:
     """The key of the payment a reversal undoes, rebuilt from DE90 and the reversal itself.
 
     DE90 n42 = original MTI (4) + STAN (6) + DE7 (10) + acquirer id (11, zero-padded) +
-    forwarder (11). DE32 is taken from the reversal when present (it carries the
-    unpadded id the original had); DE41 and anything else from the reversal.
+    forwarder (11). DE32 is taken from the reversal when present, else from DE90 (all
+    zeros: the original had none); DE41 and anything else from the reversal.
     """
     de90 = msg.fields[90]
     original = dict(msg.fields)
     original[11] = de90[4:10]
     original[7] = de90[10:20]
     if 32 not in original:
-        original[32] = de90[20:31].lstrip("0") or "0"
+        original[32] = de90[20:31]
     return payment_key(original, key_fields)
 
 
@@ -287,10 +294,19 @@ def payment_response(request: IsoMessage, result: Result) -> IsoMessage:
 
     An unknown outcome (no network answer in time) answers 68; the switch reverses it.
     DE38 carries the authorization code of an approval when the network gave one.
+
+    00 only for an approval. A reversed payment's result carries reason 00 (the reversal
+    went through): a repeat (0101) of an 0100 the switch had answered 68 and then
+    reversed was answered 00, and the merchant completed a sale with nothing held. It
+    answers 68 again; any other non-approval with a reason of 00 answers 96.
     """
     code = result.reason if len(result.reason) == 2 else reasons.SYSTEM_MALFUNCTION
-    if result.status is Status.UNKNOWN:
+    status = result.status
+    if status is Status.UNKNOWN or status is Status.REVERSED:
         code = reasons.RESPONSE_TOO_LATE
+    elif status is not Status.APPROVED and code == reasons.APPROVED:
+        code = reasons.SYSTEM_MALFUNCTION
+    assert code != reasons.APPROVED or status is Status.APPROVED, (status, code)
     auth = result.channel_ref if result.status is Status.APPROVED else None
     if auth is not None and not (0 < len(auth) <= 6 and auth.isascii()):
         auth = None

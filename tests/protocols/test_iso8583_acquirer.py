@@ -78,6 +78,35 @@ def test_a_reversal_finds_its_original_through_de90() -> None:
         parse_request(IsoMessage("0110", AUTH.fields))
 
 
+@pytest.mark.parametrize("acquirer", ["", "0412345", "412345"],
+                         ids=["no-de32", "leading-zero", "plain"])
+def test_a_reversal_without_de32_finds_an_original_with_or_without_one(acquirer: str) -> None:
+    # DE90 carries the acquirer id zero-padded: whether the original sent one, and its
+    # leading zeros, cannot be told back from there (both once answered 25 for ever).
+    original = dict(AUTH.fields)
+    if acquirer:
+        original[32] = acquirer
+    else:
+        del original[32]
+    payment = parse_request(IsoMessage("0100", original))
+    assert isinstance(payment, PaymentCall)
+    de90 = "0100" + "000042" + "1125101500" + acquirer.zfill(11) + "0" * 11
+    reversal = parse_request(IsoMessage("0400", {4: "000000001250", 7: "1125101600",
+                                                 11: "000043", 41: "TERM0042", 90: de90}))
+    assert isinstance(reversal, ReversalCall)
+    assert reversal.original_key == payment.request.idempotency_key
+
+
+@pytest.mark.parametrize("status", [Status.REVERSED, Status.DECLINED, Status.FAILED])
+def test_only_an_approval_is_answered_00(status: Status) -> None:
+    # A reversed payment's result carries reason 00 (the reversal went through): its
+    # repeat was answered 00, and the merchant completed a sale with nothing held.
+    answer = payment_response(AUTH, Result("P1-1", status, "00", "AB1234"))
+    assert answer.fields[39] != "00" and 38 not in answer.fields
+    expected = "68" if status is Status.REVERSED else "96"
+    assert answer.fields[39] == expected
+
+
 def test_responses_echo_the_key_fields_and_carry_real_codes() -> None:
     approved = payment_response(AUTH, Result("P1", Status.APPROVED, "00", "A1B2C3"))
     assert approved.mti == "0110" and approved.fields[39] == "00"
