@@ -16,7 +16,9 @@ happens to a client that bypasses it.
 Errors are RFC 9457 problem+json; field errors carry JSON pointers (``/card/pan``).
 
 Bounds: body size (``max_body_bytes``, 413 before parsing), payments in flight
-(``max_in_flight``, 503 with Retry-After), connections (the ASGI server's own limit).
+(``max_in_flight``, 503 with Retry-After), connections (the ASGI server's own limit), a
+request's line and headers (``MAX_HEAD_BYTES``: 400 and the connection closed; httptools
+has no limit of its own, and one header grew the switch by 300 MB).
 
 The server runs on the switch's own event loop, on its own port, beside the msgspec TCP
 server; which ASGI server was chosen by measurement (bench/bench_http.py,
@@ -56,6 +58,9 @@ from switch.serve.config import HttpApiConfig
 from switch.serve.frontcore import FrontCore
 
 log = logging.getLogger(__name__)
+
+#: A request's line and headers, at most (h11's and Hypercorn's default, too).
+MAX_HEAD_BYTES: Final = 16 * 1024
 
 _json: Final = msgspec.json.Encoder()
 _REFUSAL_STATUS: Final = {
@@ -192,7 +197,7 @@ async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: i
         def capture_signals(self):  # type: ignore[no-untyped-def]
             yield
 
-    config = uvicorn.Config(app, http="httptools", loop="none", lifespan="off",
+    config = uvicorn.Config(app, http=_bounded_httptools(), loop="none", lifespan="off",
                             access_log=False, log_level="warning", proxy_headers=False,
                             server_header=False, date_header=False,
                             limit_concurrency=max_connections, timeout_graceful_shutdown=1)
@@ -207,6 +212,41 @@ async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: i
         await server.serve(sockets=[sock])
     finally:
         watcher.cancel()
+
+
+def _bounded_httptools() -> type:
+    """uvicorn's httptools protocol with a bound on a request's head: httptools gathers a
+    header's value whole before it hands it over, however long, so the bytes are counted
+    as they arrive, from the end of the previous message (or the connection's start)
+    until the headers are complete (past the bound by at most one read)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttpTools(HttpToolsProtocol):
+        _head_bytes = 0
+        _in_head = True  # a new connection's first bytes are a request head
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            # Checked after the read is parsed: a read that completes the head may carry
+            # a body beyond the bound, which is max_body_bytes' business.
+            if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+                log.warning("HTTP request head above %d bytes: connection closed",
+                            MAX_HEAD_BYTES)
+                self._in_head = False
+                self.send_400_response(
+                    f"request line and headers above {MAX_HEAD_BYTES} bytes")
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._in_head, self._head_bytes = True, 0  # pipelined: the next head
+
+    return BoundedHttpTools
 
 
 async def _serve_granian(app: Starlette, sock: socket.socket,
