@@ -106,7 +106,18 @@ class Iso8583DoorConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
     key_fields: Annotated[list[Literal[7, 11, 12, 13, 32, 37, 41, 42]],
                           msgspec.Meta(min_length=1, max_length=6)] = msgspec.field(
         default_factory=lambda: [32, 41, 11, 7])
+    #: Acquirer connections at once. At the limit the longest-idle connection with
+    #: nothing in flight is closed to make room; if none is idle, the new one is closed.
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    #: Connections from one source address; past it, the new one is closed.
+    max_connections_per_source: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 128
+    #: A connection that sends no complete frame (a zero-length keep-alive counts)
+    #: within this is closed.
+    handshake_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    #: A connection with nothing read and nothing in flight for this long is closed.
+    idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 300.0
+    #: Answers buffered for a peer that does not read them; past it, disconnected.
+    max_reply_buffer_bytes: Annotated[int, msgspec.Meta(ge=65536, le=1 << 30)] = 8 << 20
     #: ISO 8583 frames carry a 2-byte length: at most 65535 bytes.
     max_frame_bytes: Annotated[int, msgspec.Meta(ge=64, le=65535)] = 8192
     read_bytes: Annotated[int, msgspec.Meta(ge=4096, le=4 * 1024 * 1024)] = 65536

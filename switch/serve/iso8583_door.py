@@ -13,8 +13,16 @@ idle, and each admitted request reserves one, so the pool never exceeds the in-f
 bound.
 
 Bounds, each with its refusal:
-- connections (``max_connections``): the connection is closed at once (there is no
-  request yet to answer);
+- connections (``max_connections``; at the limit, the longest-idle connection with
+  nothing in flight is closed to make room, so idle sockets cannot lock acquirers out)
+  and connections per source address (``max_connections_per_source``): the new
+  connection is closed at once (there is no request yet to answer);
+- ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
+  nothing read and nothing in flight: the connection is closed (one sweeper task; the
+  logic is switch/serve/conntable.py, shared with the msgpack door);
+- the reply buffer (``max_reply_buffer_bytes``): 0800 echoes, 91 refusals and 30 format
+  errors are answered at once, outside the in-flight bound, so a peer that sends but
+  does not read its answers would grow it without end; past it the connection is closed;
 - frame size (``max_frame_bytes``): the stream cannot be re-synced, so the connection
   is closed;
 - in flight per connection and in total: the request is answered with DE39 91;
@@ -32,6 +40,7 @@ import anyio
 import anyio.abc
 
 from switch import reasons
+from switch.clock import backend_clock
 from switch.protocols.errors import CodecError
 from switch.protocols.iso8583 import FrameDecoder, IsoMessage, frame
 from switch.protocols.iso8583_acquirer import (
@@ -48,6 +57,7 @@ from switch.protocols.iso8583_acquirer import (
     reversal_response,
 )
 from switch.serve.config import Iso8583DoorConfig
+from switch.serve.conntable import ConnectionTable, peer_source
 from switch.serve.frontcore import FrontCore
 
 log = logging.getLogger(__name__)
@@ -56,17 +66,37 @@ _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStre
 
 
 class _Conn:
-    __slots__ = ("closing", "in_flight", "out", "stream", "wakeup")
+    __slots__ = ("closing", "dead", "framed", "in_flight", "last_read", "opened", "out",
+                 "scope", "source", "stream", "wakeup")
 
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, source: str, now: float) -> None:
         self.stream = stream
+        self.source = source
         self.out = bytearray()
         self.wakeup = anyio.Event()
         self.in_flight = 0
         self.closing = False
+        #: Nothing more is sent: the peer is gone or the connection was killed.
+        self.dead = False
+        self.framed = False  # a complete frame arrived (the "handshake")
+        self.opened = now
+        self.last_read = now
+        self.scope: anyio.CancelScope | None = None
+
+    def kill(self) -> None:
+        """Stop this connection now: reader and writer are cancelled and the stream
+        closed. Payments it handed to the core still finish and are journaled; their
+        answers are dropped (a repeat with the same key fields gets the stored one)."""
+        self.dead = True
+        self.closing = True
+        self.out.clear()
+        if self.scope is not None:
+            self.scope.cancel()
 
     async def write_loop(self) -> None:
         while True:
+            if self.dead:
+                return
             if not self.out:
                 if self.closing and self.in_flight == 0:
                     return
@@ -78,7 +108,9 @@ class _Conn:
             try:
                 await self.stream.send(data)
             except _CLOSED:
-                # Peer gone: payments in flight still finish and are journaled.
+                # Peer gone: payments in flight still finish and are journaled; their
+                # answers are dropped rather than buffered for no one.
+                self.dead = True
                 self.closing = True
                 return
 
@@ -89,7 +121,8 @@ class Iso8583Door:
         self.config = config
         self.codec = AcquirerCodec(config.bitmap)
         self.key_fields = tuple(config.key_fields)
-        self.connections = 0
+        self._conns: ConnectionTable[_Conn] = ConnectionTable(config, log)
+        self._now = anyio.current_time  # rebound to the loop's own clock in start()
         self.in_flight = 0
         self.draining = False
         #: Messages by MTI, refusals and format errors by reason: what the door saw.
@@ -104,8 +137,16 @@ class Iso8583Door:
         self.workers = 0
         self._idle_workers = 0
 
+    @property
+    def connections(self) -> int:
+        return self._conns.count
+
     async def start(self, tg: anyio.abc.TaskGroup) -> int:
-        """Listen, and accept into ``tg`` until :meth:`drain`; returns the port."""
+        """Listen, and accept into ``tg`` until :meth:`drain`; returns the port.
+
+        The sweeper runs in ``tg`` too: connections still open while draining keep
+        their timeouts."""
+        self._now = backend_clock()
         scope = self._accept_scope
         listener = await anyio.create_tcp_listener(
             local_host=self.config.host, local_port=self.config.port)
@@ -118,6 +159,7 @@ class Iso8583Door:
                     await listener.serve(self.handle_connection, task_group=tg)
 
         tg.start_soon(accept)
+        tg.start_soon(self._conns.run_sweeper, self._now)
         return port
 
     async def _host_workers(
@@ -134,28 +176,45 @@ class Iso8583Door:
             self._idle_workers += 1
 
     async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
-        if self.connections >= self.config.max_connections or self.draining:
+        source = peer_source(stream)
+        if self.draining:
+            refusal = reasons.E_SHUTTING_DOWN
+        else:
+            refusal = reasons.E_OVERLOADED if self._conns.refusal(source) else ""
+        if refusal:
             self.counts["refused_connection"] += 1
+            self.core.metrics.rejected[refusal].inc()
             await stream.aclose()
             return
-        self.connections += 1
-        conn = _Conn(stream)
+        conn = _Conn(stream, source, self._now())
+        self._conns.add(conn)
         try:
             async with anyio.create_task_group() as tg:
+                conn.scope = tg.cancel_scope
                 tg.start_soon(conn.write_loop)
                 await self._read_loop(conn)
                 conn.closing = True
                 conn.wakeup.set()
         finally:
-            self.connections -= 1
+            self._conns.remove(conn)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
     def _send(self, conn: _Conn, msg: IsoMessage) -> None:
+        if conn.dead:
+            return
         try:
             conn.out += frame(self.codec.encode(msg))
         except CodecError as exc:  # a value we echo does not fit: a bug, not the peer's
             log.error("cannot encode %s response: %s", msg.mti, exc)
+            return
+        limit = self.config.max_reply_buffer_bytes
+        if len(conn.out) > limit:
+            # The peer does not read its answers: drop it rather than buffer without end.
+            self.counts["reply_buffer_full"] += 1
+            log.warning("closing ISO 8583 connection from %s: reply buffer over %d bytes "
+                        "(max_reply_buffer_bytes)", conn.source, limit)
+            conn.kill()
             return
         conn.wakeup.set()
 
@@ -167,6 +226,7 @@ class Iso8583Door:
                 data = await conn.stream.receive(cfg.read_bytes)
             except _CLOSED:
                 return
+            conn.last_read = self._now()
             try:
                 frames = decoder.feed(data)
             except CodecError as exc:
@@ -175,7 +235,13 @@ class Iso8583Door:
                 self.core.metrics.rejected[reasons.E_FRAME_TOO_LARGE].inc()
                 log.warning("closing ISO 8583 connection: %s", exc)
                 return
+            if frames or not decoder.buffered:
+                # Every byte read made complete frames: zero-length keep-alives, which the
+                # decoder drops, prove the peer speaks the framing as well as a message.
+                conn.framed = True
             for payload in frames:
+                if conn.dead:
+                    return  # killed, or the peer is gone: nobody to answer the rest
                 self._handle(conn, payload)
 
     def _format_error(self, conn: _Conn, partial: IsoMessage | None, exc: CodecError) -> None:

@@ -28,6 +28,9 @@ Bounds, each with its own refusal:
 * ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
   nothing read and nothing in flight, checked by one sweeper task.
 
+The connection bounds (count, per source, eviction, timeouts) live in
+switch/serve/conntable.py, shared with the ISO 8583 door.
+
 In a cluster (``shard_map`` with more than one address), a payment or query for a key
 another worker owns is answered ``moved`` with the owner's address before admission:
 nothing is journaled here (switch/protocols/shardmap.py). ``shards`` returns the map.
@@ -68,13 +71,12 @@ from switch.protocols.wire import (
     decode_request,
 )
 from switch.serve.config import ServerConfig
+from switch.serve.conntable import ConnectionTable, peer_source
 from switch.serve.engine import Engine
 
 log = logging.getLogger(__name__)
 
 _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
-#: How often the sweeper looks for idle and silent connections.
-SWEEP_EVERY_S: Final = 0.5
 #: Event-loop lag sampling: period, and the smoothed lag above which admission shrinks.
 #: Smoothed (EWMA, 0.3 per sample) so one scheduler hiccup or GC pause on a shared
 #: machine does not shed; sustained lag, which is what overload looks like, does.
@@ -225,11 +227,9 @@ class Server:
         self.shards = len(self.shard_map.addresses)
         self.config = config
         self.metrics = metrics
-        self.connections = 0
         self.in_flight = 0
         self.draining = False
-        self._open: set[_Connection] = set()
-        self._per_source: dict[str, int] = {}
+        self._conns: ConnectionTable[_Connection] = ConnectionTable(config, log)
         self._idle = anyio.Event()
         self._idle.set()
         self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
@@ -237,6 +237,14 @@ class Server:
         self._lag = 0.0
         # Read at scrape time: no gauge write per payment on the hot path.
         metrics.in_flight.set_function(lambda: float(self.in_flight))
+
+    @property
+    def connections(self) -> int:
+        return self._conns.count
+
+    @property
+    def _open(self) -> set[_Connection]:
+        return self._conns.open
 
     @property
     def pipeline(self) -> Engine:
@@ -250,7 +258,7 @@ class Server:
         self._now = backend_clock()
         async with anyio.create_task_group() as tg:
             await tg.start(self.engine.run)
-            tg.start_soon(self._sweep)
+            tg.start_soon(self._conns.run_sweeper, self._now)
             tg.start_soon(self._watch_lag)
             task_status.started()
 
@@ -258,26 +266,16 @@ class Server:
         """Accept connections until cancelled."""
         await listener.serve(self.handle_connection)
 
-    def _source(self, stream: anyio.abc.ByteStream) -> str:
-        try:
-            address = stream.extra(anyio.abc.SocketAttribute.remote_address)
-        except anyio.TypedAttributeLookupError:
-            return "local"
-        return str(address[0]) if isinstance(address, tuple) else str(address)
-
     async def handle_connection(self, stream: anyio.abc.ByteStream) -> None:
-        cfg = self.config
-        source = self._source(stream)
+        source = peer_source(stream)
         refusal = ""
         if self.draining:
             refusal = reasons.E_SHUTTING_DOWN
             detail = "switch is shutting down"
-        elif self.connections >= cfg.max_connections and not self._evict_idle():
-            refusal = reasons.E_OVERLOADED
-            detail = f"max_connections={cfg.max_connections}"
-        elif self._per_source.get(source, 0) >= cfg.max_connections_per_source:
-            refusal = reasons.E_OVERLOADED
-            detail = f"max_connections_per_source={cfg.max_connections_per_source}"
+        else:
+            detail = self._conns.refusal(source)
+            if detail:
+                refusal = reasons.E_OVERLOADED
         if refusal:
             encoder = ReplyEncoder()
             encoder.add(ErrorReply(None, refusal, f"connection refused: {refusal} ({detail})"))
@@ -286,11 +284,9 @@ class Server:
                 await stream.send(encoder.take())
             await stream.aclose()
             return
-        self.connections += 1
-        self._per_source[source] = self._per_source.get(source, 0) + 1
-        self.metrics.connections.set(self.connections)
         conn = _Connection(stream, self, source, self._now())
-        self._open.add(conn)
+        self._conns.add(conn)
+        self.metrics.connections.set(self.connections)
         try:
             async with anyio.create_task_group() as tg:
                 conn.scope = tg.cancel_scope
@@ -299,13 +295,7 @@ class Server:
                 conn.closing = True
                 conn.wakeup.set()
         finally:
-            self._open.discard(conn)
-            self.connections -= 1
-            left = self._per_source[source] - 1
-            if left:
-                self._per_source[source] = left
-            else:
-                del self._per_source[source]
+            self._conns.remove(conn)
             self.metrics.connections.set(self.connections)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
@@ -444,18 +434,6 @@ class Server:
             )
         return Reply(request.id, entry.result, replay=True)
 
-    def _evict_idle(self) -> bool:
-        """At the connection limit: close the longest-idle connection with nothing in
-        flight, so a flood of idle sockets cannot lock new clients out. True if one was."""
-        idle = [c for c in self._open if c.in_flight == 0 and not c.closing]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda c: c.last_read)
-        log.info("connection limit: closing an idle connection from %s", victim.source)
-        victim.kill()
-        self._open.discard(victim)
-        return True
-
     async def _watch_lag(self) -> None:
         """Sample the event loop's lag and steer the adaptive admission limit."""
         measure = self.engine.measure
@@ -464,23 +442,6 @@ class Server:
             await anyio.sleep(LAG_PERIOD_S)
             self._lag = measure() - before - LAG_PERIOD_S
             self.admission.observe(self._lag, self.in_flight)
-
-    async def _sweep(self) -> None:
-        """Close connections that sent no frame in time, or went idle."""
-        cfg = self.config
-        while True:
-            await anyio.sleep(SWEEP_EVERY_S)
-            now = self._now()
-            for conn in list(self._open):
-                if conn.closing or conn.in_flight:
-                    continue
-                if not conn.framed and now - conn.opened > cfg.handshake_timeout_s:
-                    log.info("closing a connection from %s: no frame within %.1f s",
-                             conn.source, cfg.handshake_timeout_s)
-                    conn.kill()
-                elif now - conn.last_read > cfg.idle_timeout_s:
-                    log.info("closing an idle connection from %s", conn.source)
-                    conn.kill()
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new payments and wait for those in flight. True if all finished."""
