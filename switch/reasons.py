@@ -10,6 +10,8 @@ from typing import Final
 
 APPROVED: Final = "00"
 DO_NOT_HONOUR: Final = "05"
+INVALID_TRANSACTION: Final = "12"  # a transaction type the switch does not take
+INVALID_AMOUNT: Final = "13"
 INVALID_CARD: Final = "14"
 INSUFFICIENT_FUNDS: Final = "51"
 FORMAT_ERROR: Final = "30"  # the request cannot be put into the network's format

@@ -215,6 +215,35 @@ def test_0100_0400_0800_get_correct_answers(tmp_path: Path, bitmap: str) -> None
         stop(proc)
 
 
+def test_whole_reversals_only_purchases_only_and_no_00_for_what_was_reversed(
+    switch: dict[str, int], tmp_path: Path,
+) -> None:
+    client = Acquirer(switch["iso8583_port"])
+    try:
+        request = auth(31)
+        assert client.call(request)["39"] == "00"
+        key = "iso:412345:TERM0042:000031:1125101500"
+        # A reversal of 0.01 of a 12.50 payment released the whole hold.
+        partial = client.call({**reversal(request, 32), "4": "000000000001"})
+        assert partial["t"] == "0410" and partial["39"] == "13"
+        time.sleep(0.3)
+        assert _last_status(tmp_path / "journal.db", key) == "approved"
+        assert client.call(reversal(request, 33))["39"] == "00"
+        deadline = time.monotonic() + 10
+        while _last_status(tmp_path / "journal.db", key) != "reversed":
+            assert time.monotonic() < deadline, _last_status(tmp_path / "journal.db", key)
+            time.sleep(0.05)
+        # Its repeat now: the stored result's reason is 00 (the reversal went through),
+        # and the merchant would complete a sale with nothing held.
+        repeat = client.call({**request, "t": "0101"})
+        assert repeat["t"] == "0110" and repeat["39"] == "68" and "38" not in repeat
+        # A refund (DE3 20xxxx) was approved and booked as a purchase.
+        refund = client.call({**auth(34), "3": "200000"})
+        assert refund["t"] == "0110" and refund["39"] == "12"
+    finally:
+        client.close()
+
+
 def test_unparseable_messages_get_a_format_error_and_the_connection_survives(
     switch: dict[str, int],
 ) -> None:

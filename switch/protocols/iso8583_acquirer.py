@@ -42,6 +42,7 @@ __all__ = [
     "NetworkRequest",
     "PaymentCall",
     "ReversalCall",
+    "Unsupported",
     "format_error_response",
     "network_response",
     "original_key",
@@ -59,8 +60,10 @@ BitmapMode = Literal["ascii", "binary"]
 FORMAT_ERROR: Final = "30"
 #: DE39 25: unable to locate the original record (a reversal of a payment we never saw).
 ORIGINAL_NOT_FOUND: Final = "25"
-#: DE39 13: invalid amount.
-INVALID_AMOUNT: Final = "13"
+#: DE39 13: invalid amount (a reversal's DE4 other than its original's).
+INVALID_AMOUNT: Final = reasons.INVALID_AMOUNT
+#: DE3's transaction types the switch takes: 00, goods and services (a purchase).
+PURCHASE: Final = "00"
 
 #: The acquirer's key fields, in key order: acquirer id, terminal, STAN, transmission time.
 DEFAULT_KEY_FIELDS: Final[tuple[int, ...]] = (32, 41, 11, 7)
@@ -84,6 +87,14 @@ _REFUSAL_DE39: Final = {
     reasons.E_SHUTTING_DOWN: reasons.ISSUER_UNAVAILABLE,
     reasons.E_UNAVAILABLE: reasons.SYSTEM_MALFUNCTION,
 }
+
+
+class Unsupported(CodecError):
+    """A readable request the switch does not take; ``code`` is the DE39 to answer."""
+
+    def __init__(self, reason: str, path: str, code: str) -> None:
+        super().__init__(reason, path)
+        self.code = code
 
 
 class AcquirerFormatError(CodecError):
@@ -183,11 +194,13 @@ class PaymentCall(msgspec.Struct, frozen=True):
 
 
 class ReversalCall(msgspec.Struct, frozen=True):
-    """0400/0420 (and repeats): undo the payment whose idempotency key is ``original_key``."""
+    """0400/0420 (and repeats): undo the payment whose idempotency key is ``original_key``;
+    ``amount`` (DE4) must be the original's: the switch reverses whole payments only."""
 
     message: IsoMessage
     original_key: str
     advice: bool
+    amount: int
 
 
 class NetworkRequest(msgspec.Struct, frozen=True):
@@ -239,6 +252,11 @@ def parse_request(
     f = msg.fields
     if mti in _PAYMENT_MTIS:
         _require(msg, _REQUIRED_PAYMENT)
+        if f[3][:2] != PURCHASE:
+            # A refund (20) or a cash withdrawal (01) was booked as a purchase: a credit
+            # to the card became a debit.
+            raise Unsupported(f"transaction type {f[3][:2]} (DE3 {f[3]}): only purchases "
+                              f"({PURCHASE}xxxx) are taken", "DE3", reasons.INVALID_TRANSACTION)
         currency = NUMERIC_TO_ALPHA.get(int(f[49]))
         if currency is None:
             raise CodecError(f"unknown ISO 4217 numeric currency {f[49]!r}", "DE49")
@@ -270,7 +288,8 @@ def parse_request(
         _require(msg, _REQUIRED_REVERSAL)
         if len(f[90]) != 42:
             raise CodecError("original data elements must be 42 digits", "DE90")
-        return ReversalCall(msg, original_key(msg, key_fields), advice=mti[2] == "2")
+        return ReversalCall(msg, original_key(msg, key_fields), advice=mti[2] == "2",
+                            amount=int(f[4]))
     if mti in _NETWORK_MTIS:
         _require(msg, (7, 11, 70))
         return NetworkRequest(msg, f[70])
@@ -339,8 +358,10 @@ def network_response(request: IsoMessage, code: str = reasons.APPROVED) -> IsoMe
     return _answer(request, code)
 
 
-def format_error_response(partial: IsoMessage | None) -> IsoMessage | None:
-    """The DE39 30 response to an unreadable request, if its header allows one.
+def format_error_response(partial: IsoMessage | None, code: str = FORMAT_ERROR
+                          ) -> IsoMessage | None:
+    """The DE39 ``code`` (30 unless the error says otherwise: :class:`Unsupported`)
+    response to a request that cannot be taken, if its header allows one.
 
     That needs a readable request MTI (a response to a response, or to garbage, cannot be
     addressed); the response echoes whichever key fields were read before the error.
@@ -356,6 +377,6 @@ def format_error_response(partial: IsoMessage | None) -> IsoMessage | None:
         return None
     fields = {de: v for de, v in partial.fields.items()
               if de in _ECHOED and (de not in _NUMERIC or (v.isdigit() and v.isascii()))}
-    return _answer(IsoMessage(mti, fields), FORMAT_ERROR)
+    return _answer(IsoMessage(mti, fields), code)
 
 

@@ -137,12 +137,15 @@ class FrontCore:
 
     # ------------------------------------------------------------------ reversal
 
-    async def reverse(self, original_key: str, wait_s: float = 5.0) -> str:
+    async def reverse(self, original_key: str, wait_s: float = 5.0,
+                      amount: int | None = None) -> str:
         """Reverse the payment stored under ``original_key``; returns DE39.
 
         00: reversed, being reversed, or nothing to undo (declined, failed, already
         reversed, or unknown -- the resolver reverses unknown card payments by itself);
-        25: no such original; 91: cannot take the reversal now (acquirer repeats it).
+        25: no such original; 91: cannot take the reversal now (acquirer repeats it);
+        13: ``amount`` is not the original's (a whole payment is reversed or nothing: a
+        reversal of 1 once released a hold of 1,250).
         """
         pipeline = self._pipeline
         entry = pipeline.index.get(original_key)
@@ -170,6 +173,9 @@ class FrontCore:
                 self._reversing.pop(pid, None)
                 return reasons.APPROVED  # approved without reaching a network: nothing held
             payment, digest = found
+            if amount is not None and amount != payment.amount:
+                self._reversing.pop(pid, None)
+                return reasons.INVALID_AMOUNT
             try:
                 target = pipeline.router.target(payment)
                 route = pipeline.router.route(target.endpoints[0], target)

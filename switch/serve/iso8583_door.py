@@ -49,6 +49,7 @@ from switch.protocols.iso8583_acquirer import (
     NetworkRequest,
     PaymentCall,
     ReversalCall,
+    Unsupported,
     format_error_response,
     network_response,
     parse_request,
@@ -264,6 +265,14 @@ class Iso8583Door:
         self.counts[msg.mti] += 1
         try:
             call = parse_request(msg, self.key_fields)
+        except Unsupported as exc:  # readable, but not a transaction the switch takes
+            self.counts[f"unsupported_{exc.code}"] += 1
+            self.core.metrics.rejected[reasons.E_INVALID].inc()
+            log.info("ISO 8583 request not taken: %s", exc)
+            answer = format_error_response(msg, exc.code)
+            if answer is not None:
+                self._send(conn, answer)
+            return
         except CodecError as exc:
             self._format_error(conn, msg, exc)
             return
@@ -308,7 +317,7 @@ class Iso8583Door:
                     answer = refusal_response(call.message, outcome.error_code,
                                               outcome.error_message)
             else:
-                code = await self.core.reverse(call.original_key)
+                code = await self.core.reverse(call.original_key, amount=call.amount)
                 answer = reversal_response(call.message, code)
             self._send(conn, answer)
         finally:

@@ -13,6 +13,7 @@ from switch.protocols.iso8583_acquirer import (
     NetworkRequest,
     PaymentCall,
     ReversalCall,
+    Unsupported,
     format_error_response,
     parse_request,
     payment_response,
@@ -95,6 +96,26 @@ def test_a_reversal_without_de32_finds_an_original_with_or_without_one(acquirer:
                                                  11: "000043", 41: "TERM0042", 90: de90}))
     assert isinstance(reversal, ReversalCall)
     assert reversal.original_key == payment.request.idempotency_key
+
+
+@pytest.mark.parametrize("processing_code", ["200000", "010000", "300000", "090000"])
+def test_only_purchases_are_taken_answered_12_otherwise(processing_code: str) -> None:
+    # A refund (20) was approved and booked as a purchase: a credit became a debit.
+    request = IsoMessage("0100", {**AUTH.fields, 3: processing_code})
+    with pytest.raises(Unsupported) as info:
+        parse_request(request)
+    assert info.value.path == "DE3" and info.value.code == "12"
+    answer = format_error_response(request, info.value.code)
+    assert answer is not None and answer.fields[39] == "12" and answer.mti == "0110"
+    assert isinstance(parse_request(IsoMessage("0100", {**AUTH.fields, 3: "003000"})),
+                      PaymentCall)
+
+
+def test_a_reversal_carries_its_amount() -> None:
+    de90 = "0100" + "000042" + "1125101500" + "412345".zfill(11) + "0" * 11
+    call = parse_request(IsoMessage("0400", {4: "000000000001", 7: "1125101600",
+                                             11: "000043", 41: "TERM0042", 90: de90}))
+    assert isinstance(call, ReversalCall) and call.amount == 1
 
 
 @pytest.mark.parametrize("status", [Status.REVERSED, Status.DECLINED, Status.FAILED])
