@@ -122,6 +122,11 @@ def test_errors_are_problem_json_naming_the_field(api: str) -> None:
     assert status == 400 and problem["type"].endswith("/invalid-body")
     assert headers["content-type"] == "application/problem+json"
 
+    # The ISO 8583 door's keys: an acquirer's 0400 would reverse such a payment.
+    status, _, problem = post(api + "/v1/payments", "iso:412345:T1:000001:1", BODY)
+    assert status == 400 and problem["type"].endswith("/idempotency-key-invalid")
+    assert "iso:" in problem["detail"]
+
     huge = {**BODY, "payee": {"account": "x" * 20000}}
     status, _, problem = post(api + "/v1/payments", "k6", huge)
     assert status == 413

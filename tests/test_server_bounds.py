@@ -130,6 +130,20 @@ async def test_a_hostile_frame_read_while_shedding_is_malformed_not_a_crash(
         switch.app.request_shutdown()
 
 
+async def test_a_key_in_the_iso8583_doors_namespace_is_refused(tmp_path: Path) -> None:
+    # Such a key could take an acquirer's payment's place, and its 0400 reverse it.
+    config = make_config(tmp_path)
+    async with anyio.create_task_group() as tg:
+        switch = await start_switch(tg, config, stand_ins(config))
+        stream = await anyio.connect_tcp("127.0.0.1", switch.endpoints.port)
+        await stream.send(encode_request(Pay(1, card_payment("iso:412345:T1:000001:1"))))
+        (answer,) = await _read_replies(stream, 1)
+        assert isinstance(answer, ErrorReply) and answer.code == "invalid", answer
+        assert answer.id == 1 and "idempotency_key" in answer.message
+        await stream.aclose()
+        switch.app.request_shutdown()
+
+
 async def test_silent_and_idle_connections_are_closed(tmp_path: Path) -> None:
     config = make_config(tmp_path, server="handshake_timeout_s = 0.3\nidle_timeout_s = 0.6")
     async with anyio.create_task_group() as tg:

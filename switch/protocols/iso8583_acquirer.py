@@ -36,6 +36,7 @@ from switch.protocols.iso8583 import SPEC, IsoMessage, response_mti
 __all__ = [
     "DEFAULT_KEY_FIELDS",
     "FORMAT_ERROR",
+    "KEY_PREFIX",
     "AcquirerCodec",
     "AcquirerFormatError",
     "BitmapMode",
@@ -210,6 +211,11 @@ class NetworkRequest(msgspec.Struct, frozen=True):
     code: str
 
 
+#: The ISO door's keys begin so; the other doors refuse a client's key that does: such a
+#: key could take an acquirer's payment's place, and the acquirer's 0400 would reverse it.
+KEY_PREFIX: Final = "iso:"
+
+
 def payment_key(fields: dict[int, str], key_fields: tuple[int, ...]) -> str:
     """The idempotency key of a payment from its key fields (``iso:`` + values joined).
 
@@ -217,7 +223,7 @@ def payment_key(fields: dict[int, str], key_fields: tuple[int, ...]) -> str:
     so its leading zeros, or whether it was sent at all, cannot be told back from there,
     and a reversal must rebuild the very key its original had.
     """
-    return "iso:" + ":".join(
+    return KEY_PREFIX + ":".join(
         fields.get(de, "").strip().lstrip("0") if de == 32 else fields.get(de, "").strip()
         for de in key_fields)
 

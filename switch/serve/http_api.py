@@ -41,6 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from switch import reasons
+from switch.protocols.iso8583_acquirer import KEY_PREFIX as ISO_KEY_PREFIX
 from switch.protocols.payments_json import (
     MAX_KEY_LENGTH,
     PROBLEM_BASE,
@@ -100,6 +101,10 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
         if len(key) > MAX_KEY_LENGTH:
             return problem(400, "idempotency-key-invalid",
                            f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+        if key.startswith(ISO_KEY_PREFIX):
+            return problem(400, "idempotency-key-invalid",
+                           f"Idempotency-Key may not begin with {ISO_KEY_PREFIX!r}: the ISO "
+                           "8583 door's keys do")
         if shards > 1:
             owner = shard_of(key, shards)
             if owner != shard:

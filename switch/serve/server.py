@@ -53,6 +53,7 @@ from switch import reasons
 from switch.clock import backend_clock
 from switch.model import PaymentRequest
 from switch.observability.metrics import SwitchMetrics
+from switch.protocols.iso8583_acquirer import KEY_PREFIX as ISO_KEY_PREFIX
 from switch.protocols.shardmap import ShardMap, shard_of
 from switch.protocols.wire import (
     ErrorReply,
@@ -349,6 +350,11 @@ class Server:
                         self._admit(conn, head.id)  # refuses it, naming the bound
                         continue
                 request = decode_request(payload)
+                if isinstance(request, Pay) and request.payment.idempotency_key.startswith(
+                        ISO_KEY_PREFIX):
+                    request = ErrorReply(request.id, reasons.E_INVALID,
+                                         f"payment.idempotency_key: may not begin with "
+                                         f"{ISO_KEY_PREFIX!r}: the ISO 8583 door's keys do")
                 if isinstance(request, Pay):
                     if shards > 1:
                         owner = shard_of(request.payment.idempotency_key, shards)
