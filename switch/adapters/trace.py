@@ -188,7 +188,11 @@ class ShardTraceNumbers(TraceNumbers):
         if not 0 <= shard < shards <= max_value // 100:
             raise ValueError(f"shard {shard} of {shards}: outside 0..shards-1")
         self.span = max_value // shards
-        super().__init__(store, block=min(block, self.span // 10 or 1), max_value=max_value)
+        # The durable cycle is a whole number of slices: with 1..max_value itself, when
+        # shards does not divide it (2, 4, 5 workers) the cycle's tail mapped onto the
+        # slice's first numbers, which came again right after the wrap: ...499999, 1, 1.
+        super().__init__(store, block=min(block, self.span // 10 or 1),
+                         max_value=self.span * shards)
         self.base = shard * self.span
 
     @property

@@ -196,6 +196,20 @@ def test_workers_of_one_cluster_never_share_a_stan() -> None:
     assert len(seen) == 3 * (999_999 // 3)
 
 
+@pytest.mark.parametrize("shards", [2, 4, 5])
+@pytest.mark.parametrize("max_value", [999_999, 10**12 - 1], ids=["stan", "rrn"])
+def test_a_worker_never_repeats_a_number_across_the_wrap(shards: int, max_value: int) -> None:
+    # When shards does not divide the cycle, its tail mapped onto the slice's first
+    # numbers, which came again right after the wrap: ..., 499999, 1, 1, 2.
+    from switch.adapters.trace import MemoryTraceStore, ShardTraceNumbers
+
+    trace = ShardTraceNumbers(MemoryTraceStore(max_value - 4), shard=0, shards=shards,
+                              max_value=max_value)
+    got = [trace.next() for _ in range(12)]
+    assert len(set(got)) == len(got), got
+    assert all(1 <= n <= max_value // shards for n in got), got
+
+
 def test_payment_ids_are_numbered_apart_per_shard() -> None:
     from switch.serve.app import _boot_identity
 
