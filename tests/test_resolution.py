@@ -13,9 +13,11 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from switch.adapters.base import NetworkReply, NotSent
@@ -112,7 +114,7 @@ async def test_full_journal_during_resolution_and_stand_in_loses_nothing(
             payment = _payment(i)
             result = Result(payment.payment_id, Status.APPROVED, "00", "S12345", "issuer",
                             stood_in=True)
-            standin.queue_advice(payment, result, ("issuer",), b"h")
+            standin.queue_advice(payment, result, "card-target", ("issuer",), b"h")
         await anyio.sleep(0.5)  # resolutions and deliveries meet the full journal
         # Both are waiting for room (store-and-forward delivers one advice at a time),
         # not dead: main's plain write() raised JournalFull and ended both tasks.
@@ -486,3 +488,71 @@ async def test_a_failed_backlog_read_is_retried_after_a_pause(
 
     _, read_at, _ = await _resolve_past_the_bound(tmp_path, 2, 1, first_read_fails)
     assert len(read_at) == 2 and read_at[1] - read_at[0] >= 0.3
+
+
+async def test_stand_in_exposure_found_undelivered_at_start_up_holds_against_the_limits(
+) -> None:
+    """A kill -9 with the issuer down reset the per-card and per-issuer totals: the same
+    card then stood in for twice its limit (a second 5000 on a limit of 8000)."""
+    from switch.journal.reader import PendingAdvice, Recovered
+    from switch.payment.resolver import recover
+
+    config = StandInConfig(per_payment_max_minor=5000, per_card_max_minor=8000,
+                           per_issuer_max_minor=9000)
+    metrics = SwitchMetrics()
+
+    def standin() -> StandIn:
+        return StandIn(config, {}, None, Clock(), metrics,  # type: ignore[arg-type]
+                       lambda endpoint, now: True)
+
+    first, second = (msgspec.structs.replace(_payment(i), amount=5000) for i in (1, 2))
+    before = standin()
+    assert before.decide(first, "card-target") is not None
+    assert before.decide(second, "card-target") is None  # 10,000 > 8,000
+    after = standin()  # the restart: P1-1's advice is still undelivered
+    stood_in = Result(first.payment_id, Status.APPROVED, "00", "S12345", stood_in=True)
+    target = SimpleNamespace(name="card-target", endpoints=("issuer",))
+    recover(Recovered([], [], 2, 2, [PendingAdvice(b"h", first, stood_in)]),
+            index=IdempotencyIndex(retention_s=60, max_keys=10),
+            resolver=SimpleNamespace(submit=None),  # type: ignore[arg-type]
+            standin=after,
+            router=SimpleNamespace(target=lambda payment: target),  # type: ignore[arg-type]
+            metrics=metrics, now=0.0, wall_us=1, retention_s=60.0,
+            resolve_endpoint=lambda payment, target: "issuer")
+    assert after.pending == 1
+    assert after.decide(second, "card-target") is None
+    other_card = msgspec.structs.replace(
+        second, card=msgspec.structs.replace(second.card, token="tok-2"))
+    assert after.decide(other_card, "card-target") is None  # the issuer's 9,000, too
+
+
+async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None:
+    """Only the card's total was released on delivery: once per_issuer_max_minor had
+    ever been reached, stand-in at that issuer ended for the rest of the switch's life."""
+    config = StandInConfig(per_payment_max_minor=5000, per_card_max_minor=50_000,
+                           per_issuer_max_minor=5000)
+    network = FakeNetwork()
+    standin = StandIn(config, {"issuer": network}, None, Clock(),  # type: ignore[arg-type]
+                      SwitchMetrics(), lambda endpoint, now: True)
+    written: list[JournalRecord] = []
+
+    async def write(record: JournalRecord, on_full: object) -> None:
+        written.append(record)
+
+    standin._journal = SimpleNamespace(write=write)  # type: ignore[assignment]
+    first = msgspec.structs.replace(_payment(1), amount=5000)
+    second = msgspec.structs.replace(
+        _payment(2), amount=5000,
+        card=msgspec.structs.replace(_payment(2).card, token="tok-2"))
+    assert standin.decide(first, "card-target") is not None
+    assert standin.decide(second, "card-target") is None  # the issuer's 5,000 is taken
+    standin.queue_advice(first, Result(first.payment_id, Status.APPROVED, "00", "S12345",
+                                       stood_in=True), "card-target", ("issuer",), b"h")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(standin.run)
+        with anyio.fail_after(5):
+            while standin.pending:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert network.advised == ["P1-1"] and len(written) == 1
+    assert standin.decide(second, "card-target") is not None

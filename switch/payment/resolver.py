@@ -571,7 +571,9 @@ def recover(
                       for final, age_s in ages if age_s < retention_s)  # oldest first
     for advice in recovered.pending_advices:
         target = router.target(advice.payment)
-        standin.queue_advice(advice.payment, advice.result, target.endpoints, advice.body_hash)
+        standin.recovered(advice.payment, target.name)
+        standin.queue_advice(advice.payment, advice.result, target.name, target.endpoints,
+                             advice.body_hash)
     for unfinished in recovered.unfinished:
         key = unfinished.payment.idempotency_key
         # Pending in the index, so a client retry waits for the answer.

@@ -46,8 +46,8 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     #: Largest single stand-in approval, in the payment's minor units.
     per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
-    #: Stand-in total per card (token) and per issuer target, over the switch's lifetime
-    #: since the last advice delivery; past it, the payment is declined 91.
+    #: Stand-in exposure not yet advised to (and taken by) the issuer, per card (token)
+    #: and per issuer target, restarts included; past it, the payment is declined 91.
     per_card_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 50_000
     per_issuer_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 5_000_000
     #: Store-and-forward bound on undelivered advices.
@@ -67,6 +67,7 @@ MAX_TRACKED_CARDS = 1_000_000
 class _Advice:
     payment: Payment
     result: Result
+    target: str  # whose per-issuer total it counts in
     endpoints: tuple[str, ...]
     queued_at: float
     digest: bytes
@@ -120,11 +121,25 @@ class StandIn:
         digest = hashlib.blake2b(payment.payment_id.encode(), digest_size=3).hexdigest()
         return "S" + digest.upper()[:5]  # an auth code (DE38, 6 chars) marked as stand-in
 
-    def queue_advice(self, payment: Payment, result: Result, endpoints: tuple[str, ...],
-                     digest: bytes) -> None:
+    def recovered(self, payment: Payment, target: str) -> None:
+        """Count a stand-in approval whose advice start-up found undelivered: its
+        exposure holds against the limits as it did before the restart. A kill -9 once
+        reset both totals, so with the issuer still down the same card stood in for
+        twice its limit."""
+        card = payment.card
+        assert card is not None and payment.amount > 0, payment.payment_id
+        self._per_card[card.token] = self._per_card.get(card.token, 0) + payment.amount
+        self._per_card.move_to_end(card.token)
+        if len(self._per_card) > MAX_TRACKED_CARDS:
+            self._per_card.popitem(last=False)
+        self._per_issuer[target] = self._per_issuer.get(target, 0) + payment.amount
+
+    def queue_advice(self, payment: Payment, result: Result, target: str,
+                     endpoints: tuple[str, ...], digest: bytes) -> None:
         assert result.stood_in and result.payment_id == payment.payment_id
         assert endpoints, "an advice needs an issuer endpoint to go to"
-        self._queue.append(_Advice(payment, result, endpoints, self._clock.now(), digest))
+        self._queue.append(_Advice(payment, result, target, endpoints, self._clock.now(),
+                                   digest))
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -181,9 +196,16 @@ class StandIn:
         payment = advice.payment
         per_card = self._per_card
         refused = code != reasons.APPROVED
-        if not refused and payment.card is not None and payment.card.token in per_card:
-            # Delivered: the issuer now holds it; the stand-in exposure is released.
-            per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        if not refused:
+            # Delivered: the issuer now holds it; the stand-in exposure is released, the
+            # issuer's too (kept for good, it once ended stand-in at an issuer for the rest
+            # of the switch's life once per_issuer_max_minor had ever been reached).
+            if payment.card is not None and payment.card.token in per_card:
+                per_card[payment.card.token] = max(
+                    0, per_card[payment.card.token] - payment.amount)
+            per_issuer = self._per_issuer
+            if advice.target in per_issuer:
+                per_issuer[advice.target] = max(0, per_issuer[advice.target] - payment.amount)
         assert advice.result.stood_in and code
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.
