@@ -79,6 +79,29 @@ def test_a_journal_that_is_not_one_is_refused_in_one_line(
     assert line.startswith(f"Error: {journal}: not a payswitch journal")
 
 
+@pytest.mark.parametrize("sidecar", ["journal.db.stan", "journal.db.rrn"])
+def test_serve_with_a_damaged_trace_number_sidecar_names_it_in_one_line(
+        tmp_path: Path, sidecar: str) -> None:
+    # It was an ExceptionGroup traceback and exit 1.
+    config = tmp_path / "switch.toml"
+    config.write_text(f'[journal]\npath = "{tmp_path / "journal.db"}"\n'
+                      "[server]\nport = 0\n[admin]\nport = 0\n")
+    (tmp_path / sidecar).write_text("12x\n")
+    line = one_error_line(run("serve", "--demo", "--config", str(config), timeout=120))
+    assert str(tmp_path / sidecar) in line, line
+
+
+def test_serve_on_a_corrupt_journal_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "switch.toml"
+    journal = tmp_path / "journal.db"
+    config.write_text(f'[journal]\npath = "{journal}"\n[server]\nport = 0\n[admin]\nport = 0\n')
+    journal.write_bytes(b"\x01" * 5000)
+    proc = run("serve", "--demo", "--config", str(config), timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-800:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("Error: ")]
+    assert f"journal storage failed: {journal}:" in line, line
+
+
 def test_channels_config_errors_read_like_the_switch_config(tmp_path: Path) -> None:
     text = (ROOT / "examples" / "channels.toml").read_text()
     bad_kind = tmp_path / "kind.toml"

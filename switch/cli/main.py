@@ -11,12 +11,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import click
 from rich.console import Console
 
+from switch.adapters.trace import TraceStoreError
 from switch.cli.backoffice import reconcile, settle
 from switch.cli.cluster import cluster
 from switch.cli.errors import UserError
@@ -200,14 +202,21 @@ def serve(
 
         if isinstance(exc, Exception) and address_in_use(exc):
             _refuse_busy_ports(config_path, config, always=True)
+        mistake = _found_in(exc, (ConfigError, TraceStoreError))
+        if mistake is not None:
+            # A file of the user's that start-up cannot use (a damaged trace-number
+            # sidecar, a route table): one line naming it, as before the loop started.
+            raise UserError(str(mistake)) from None
         cause = _storage_failure(exc)
         if cause is None:
             raise
         # Fail-stop on the journal's storage (disk full, I/O error): one line with the
-        # real cause, then leave at once. Leftover threads (a commit stuck in SQLite)
-        # must not keep a half-dead process around with its admin port already closed.
-        logging.getLogger("switch").critical("fail-stop: journal storage failed: %s", cause)
-        click.echo(f"Error: fail-stop: journal storage failed: {cause}", err=True)
+        # real cause and the file, then leave at once. Leftover threads (a commit stuck
+        # in SQLite) must not keep a half-dead process around with its admin port closed.
+        journal = config.journal.path
+        logging.getLogger("switch").critical("fail-stop: journal storage failed: %s: %s",
+                                             journal, cause)
+        click.echo(f"Error: fail-stop: journal storage failed: {journal}: {cause}", err=True)
         logging.shutdown()
         sys.stderr.flush()
         os._exit(1)
@@ -282,6 +291,18 @@ def _storage_failure(exc: BaseException) -> BaseException | None:
     """The SQLite or OS error inside ``exc`` (an exception group, a chain), if any."""
     import sqlite3
 
+    return _found(exc, lambda e: isinstance(e, sqlite3.Error) or (
+        isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS))
+
+
+def _found_in(exc: BaseException, kinds: tuple[type[BaseException], ...]
+              ) -> BaseException | None:
+    """An exception of ``kinds`` inside ``exc`` (an exception group, a chain), if any."""
+    return _found(exc, lambda e: isinstance(e, kinds))
+
+
+def _found(exc: BaseException, wanted: Callable[[BaseException], bool]
+           ) -> BaseException | None:
     seen: set[int] = set()
     stack = [exc]
     while stack:
@@ -289,9 +310,7 @@ def _storage_failure(exc: BaseException) -> BaseException | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, sqlite3.Error) or (
-            isinstance(current, OSError) and current.errno in _STORAGE_ERRNOS
-        ):
+        if wanted(current):
             return current
         if isinstance(current, BaseExceptionGroup):
             stack.extend(current.exceptions)
