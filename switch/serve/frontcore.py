@@ -30,6 +30,7 @@ import msgspec
 
 from switch import reasons
 from switch.journal import JournalFailed, JournalFull, JournalRecord, OnFull
+from switch.journal.reader import ARCHIVE_SCHEMA, archive_path
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import Rejected
@@ -63,6 +64,7 @@ class FrontCore:
         # the resolver finished (the index then holds ``reversed``) when it fills up.
         self._reversing: dict[str, str] = {}
         self._reader: sqlite3.Connection | None = None
+        self._archived = False  # the archive is attached to ``_reader``
         self._reader_lock = anyio.Lock()
         self.in_flight = 0
         self.draining = False
@@ -108,11 +110,33 @@ class FrontCore:
     # ------------------------------------------------------------------ lookups
 
     def _read(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (on ``journal``), from the live journal, else from the archive.
+
+        Retention archives a payment once its key is past the idempotency window or the
+        ``max_keys`` newest; the index may remember it a little longer (it evicts by when
+        a payment first answered, start-up by its final), and a reversal or a lookup of
+        it must still find it. Live first: nearly every lookup is of a recent payment,
+        and the archive only grows.
+        """
         if self._reader is None:
             self._reader = sqlite3.connect(
                 f"file:{self._journal_path}?mode=ro", uri=True, check_same_thread=False
             )
-        return list(self._reader.execute(sql, args))
+        rows = list(self._reader.execute(sql.format(schema="main"), args))
+        if rows or not self._attach_archive(self._reader):
+            return rows
+        return list(self._reader.execute(sql.format(schema=ARCHIVE_SCHEMA), args))
+
+    def _attach_archive(self, db: sqlite3.Connection) -> bool:
+        # Looked for at each miss until found: the switch's own start creates it, but a
+        # reader may have opened the journal first.
+        if not self._archived:
+            path = archive_path(self._journal_path)
+            if not path.exists():
+                return False
+            db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (f"file:{path}?mode=ro",))
+            self._archived = True
+        return True
 
     async def _query(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
         async with self._reader_lock:
@@ -122,7 +146,7 @@ class FrontCore:
         """The latest result journaled for ``payment_id`` and its idempotency key (None:
         unknown, or still in flight)."""
         rows = await self._query(
-            "SELECT record, idempotency_key FROM journal WHERE payment_id = ?"
+            "SELECT record, idempotency_key FROM {schema}.journal WHERE payment_id = ?"
             " AND kind IN ('final', 'unknown') ORDER BY seq DESC LIMIT 1", (payment_id,))
         if not rows:
             return None
@@ -130,9 +154,12 @@ class FrontCore:
         return _result_decoder.decode(record), str(key)
 
     async def _intent(self, payment_id: str) -> tuple[Payment, bytes] | None:
+        # Newest first: SQLite then walks the table from its end and stops at the match,
+        # and the payments reversed are recent. A reversal re-journals the same intent,
+        # so the latest one is the payment as first journaled.
         rows = await self._query(
-            "SELECT record, body_hash FROM journal WHERE payment_id = ? AND kind = 'intent'"
-            " ORDER BY seq LIMIT 1", (payment_id,))
+            "SELECT record, body_hash FROM {schema}.journal WHERE payment_id = ?"
+            " AND kind = 'intent' ORDER BY seq DESC LIMIT 1", (payment_id,))
         return (_payment_decoder.decode(rows[0][0]), rows[0][1]) if rows else None
 
     # ------------------------------------------------------------------ reversal
@@ -206,3 +233,4 @@ class FrontCore:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+            self._archived = False
