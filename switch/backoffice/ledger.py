@@ -8,6 +8,12 @@ Two-phase for cards, as TigerBeetle models it: an approved authorization is a *p
 transfer (a hold); clearing *posts* it; a reversal *voids* it. SWIFT and QR transfers are
 posted at once (the network confirmed the money moved).
 
+A posted transfer is never edited: a reversal that comes after posting (APPROVED ->
+REVERSED is legal; a card's 0400 can land after clearing captured its hold, and SWIFT and
+QR are posted at once) books a *compensating* transfer, payee back to payer, same amount
+and currency, unsettled so the next cycle settles it. Its id is the payment's with
+``REVERSAL_SUFFIX``, so posting the same journal twice books it once.
+
 Who pays whom:
 * card:  issuer scheme (the network route)     -> merchant (the payee account)
 * SWIFT: debtor agent (BIC)                     -> creditor agent (BIC)
@@ -62,11 +68,16 @@ Mode = Literal["net", "gross"]
 DEFAULT_MODES: Final[dict[str, Mode]] = {"CNY": "net", "USD": "gross"}
 
 
+#: Suffix of a compensating transfer's id (payment ids are ``P<boot>-<seq>``: no colon).
+REVERSAL_SUFFIX: Final = ":rev"
+
+
 @dataclass
 class PostingSummary:
     pending: int = 0
     posted: int = 0
     voided: int = 0
+    reversed: int = 0  # compensating transfers booked for reversals after posting
 
 
 @dataclass
@@ -129,6 +140,7 @@ def post_from_journal(db: sqlite3.Connection, folded: Fold | None = None) -> Pos
         return found
 
     voided: list[tuple[str]] = []
+    compensations: list[tuple[str, str]] = []  # (compensation id, original payment id)
     inserts: list[tuple[str, int, int, int, str, str, str]] = []
     approved, reversed_ = Status.APPROVED, Status.REVERSED
     db.execute("BEGIN")
@@ -145,6 +157,14 @@ def post_from_journal(db: sqlite3.Connection, folded: Fold | None = None) -> Pos
                     voided.append((pid,))
                     existing[pid] = "voided"
                     summary.voided += 1
+                elif status is reversed_ and state == "posted":
+                    # The money moved (or is in a closed cycle): undo it with a new
+                    # transfer rather than by editing a posting a cycle may have settled.
+                    rev = pid + REVERSAL_SUFFIX
+                    if rev not in existing:
+                        compensations.append((rev, pid))
+                        existing[rev] = "posted"
+                        summary.reversed += 1
                 continue
             if status is not approved:
                 continue
@@ -167,6 +187,13 @@ def post_from_journal(db: sqlite3.Connection, folded: Fold | None = None) -> Pos
                 summary.posted += 1
         db.executemany("UPDATE ledger_transfers SET state = 'voided' WHERE payment_id = ?",
                        voided)
+        # Copied from the original row in SQL: its accounts are what must be undone, even
+        # if the payment's parties would map to other accounts today (a renamed route).
+        db.executemany(
+            "INSERT INTO ledger_transfers (payment_id, debit_account, credit_account, amount,"
+            " currency, channel, state) SELECT ?, credit_account, debit_account, amount,"
+            " currency, channel, 'posted' FROM ledger_transfers WHERE payment_id = ?",
+            compensations)
         _insert_transfers(db, inserts)
         db.execute("COMMIT")
     except BaseException:
@@ -295,7 +322,7 @@ class CurrencyPositions:
 
 def merge_summaries(summaries: list[PostingSummary]) -> PostingSummary:
     return PostingSummary(sum(s.pending for s in summaries), sum(s.posted for s in summaries),
-                          sum(s.voided for s in summaries))
+                          sum(s.voided for s in summaries), sum(s.reversed for s in summaries))
 
 
 def merge_reports(reports: list[SettlementReport]) -> SettlementReport:

@@ -15,13 +15,14 @@ Columnar from disk to kernel, so 10M records per side fit in seconds and < 2 GB:
    missing".
 3. :func:`match` -- the numba kernels: exact pass on the hashed reference (partitioned by
    key above ``PARTITION_RECORDS`` to bound the hash table's memory), then the tolerance
-   pass on the leftovers only. Between the passes, switch records the network should
-   never have (declined, failed, pending) and network reversals are claimed, so the
-   tolerance pass cannot pair them with a stray entry on the other side and hide a break.
+   pass on the leftovers only, within each channel. Between the passes, switch records
+   the network should never have (declined, failed, pending) and network reversals are
+   claimed, so the tolerance pass cannot pair them with a stray entry on the other side
+   and hide a break.
 4. Classes the kernels do not know are added on the arrays: ``expected_absent``
    (declined/failed and not at the network), ``matched_netted`` (a network entry netting
-   several payments of one counterparty, see :func:`_match_netted`), ``orphan_reversal``,
-   ``late_settlement``, ``standin_exposure`` and ``outside_files``.
+   one or more payments of one counterparty, see :func:`_match_netted`),
+   ``orphan_reversal``, ``late_settlement``, ``standin_exposure`` and ``outside_files``.
 5. :func:`write_outputs` -- breaks.csv (sorted by severity, then amount), summary.json
    and summary.html (totals per class and currency, the largest breaks, the
    amount-weighted view).
@@ -326,11 +327,28 @@ def _qr_merchant(payload: str) -> str:
 
 
 def _arrays(side: Side, idx: NDArray[np.int64] | None = None) -> RecordArrays:
+    """The tolerance pass's columns, the channel folded into the currency column.
+
+    Pass 2 pairs on currency, amount and time alone, and a card payment missing at its
+    network once paired with an unknown camt.053 entry of the same amount a second later,
+    hiding two real breaks. The exact pass's key has the channel in it already; here the
+    kernels (and the reference) compare the currency column for equality only, so
+    ``channel << 16 | currency`` makes them pair within a channel with no change of theirs.
+    """
     def take(a: NDArray[Any]) -> NDArray[np.int64]:
         return (a if idx is None else a[idx]).astype(np.int64)
 
-    return RecordArrays(take(side.key), take(side.amount), take(side.currency),
+    return RecordArrays(take(side.key), take(side.amount), _channel_currency(side, idx),
                         take(side.time_us), take(side.status))
+
+
+def _channel_currency(side: Side, idx: NDArray[np.int64] | None = None
+                      ) -> NDArray[np.int64]:
+    """``channel << 16 | currency`` as int64: one code per (channel, currency), in
+    [0, 2**31) as the kernels require (channel < 128, currency an int16)."""
+    channel = side.channel if idx is None else side.channel[idx]
+    currency = side.currency if idx is None else side.currency[idx]
+    return (channel.astype(np.int64) << 16) | (currency.astype(np.int64) & 0xFFFF)
 
 
 def _partition_records() -> int:
@@ -649,12 +667,15 @@ def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDAr
                   result: ReconResult, tol_amount: int, skew_us: int,
                   entries: dict[tuple[int, int, str], list[int]],
                   cand_sw: NDArray[np.int64]) -> int:
-    """Many-to-one: a network entry that nets several payments (one per merchant and
-    cycle, say) against the approved switch payments it covers.
+    """Many-to-one: a network entry that nets payments (one per merchant and cycle,
+    say) against the approved switch payments it covers.
 
     Within one (channel, currency, counterparty), leftover network entries are taken in
     time order, and each claims the leftover approved switch payments made before it and
-    after the previous entry; the sums must agree (within ``tol_amount``).
+    after the previous entry; the sums must agree (within ``tol_amount``). One payment is
+    a range too: the QR scheme writes a net row for a merchant paid once in a cycle, and
+    that row is stamped with the cut, often further from the payment than the tolerance
+    pass looks.
 
     The cut is not sharp: a net entry carries the network's cycle cut-off, the switch's
     time is when it journaled the answer, and a payment the network settled just before
@@ -682,10 +703,10 @@ def _match_netted(sw: Side, net: Side, sw_kind: NDArray[np.int8], net_kind: NDAr
         for n in sorted(ns, key=lambda n: int(net.time_us[n])):
             cut, want = int(net.time_us[n]), int(net.amount[n])
             nominal = bisect.bisect_right(times, cut, lo=start)
-            low = max(start + 2, bisect.bisect_right(times, cut - skew_us, lo=start))
+            low = max(start + 1, bisect.bisect_right(times, cut - skew_us, lo=start))
             high = bisect.bisect_right(times, cut + skew_us, lo=start)
             ends = sorted(range(low, high + 1), key=lambda e: (abs(e - nominal), e))
-            if nominal >= start + 2 and nominal not in ends:
+            if nominal >= start + 1 and nominal not in ends:
                 ends.insert(0, nominal)
             end = next((e for e in ends if abs(sums[e] - sums[start] - want) <= tol_amount),
                        None)
