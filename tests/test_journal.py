@@ -175,3 +175,25 @@ def test_a_batch_is_inserted_in_order_in_few_statements(tmp_path: Path, count: i
     stored = db.execute("SELECT seq, payment_id FROM journal ORDER BY seq").fetchall()
     assert [pid for _, pid in stored] == [f"P1-{i}" for i in range(count)]
     assert [seq for seq, _ in stored] == list(range(1, count + 1))
+
+
+@pytest.mark.parametrize(("statuses", "twice"), [
+    ((Status.APPROVED, Status.REVERSED), 0),  # an acquirer's 0400 after the approval
+    ((Status.APPROVED, Status.APPROVED), 2),  # counted by payment id and by key
+    ((Status.DECLINED, Status.REVERSED), 2),
+    ((Status.REVERSED, Status.REVERSED), 2),
+])
+def test_an_approval_reversed_since_is_not_booked_twice(
+        statuses: tuple[Status, Status], twice: int) -> None:
+    # The ISO 8583 door re-journals the intent, then the reversal's final follows: every
+    # such payment was counted by the audits as booked twice.
+    from switch.journal.reader import Fold
+
+    payment = _payment(1)
+    folded = Fold()
+    for at, status in enumerate(statuses):
+        folded.add(JournalRecord.intent(payment, b"h", 10 * at + 1))
+        folded.add(JournalRecord.outcome(
+            FINAL, payment, Result(payment.payment_id, status, "00"), b"h", 10 * at + 2))
+    assert folded.duplicates() == twice
+    assert folded.payments[payment.payment_id].result.status is statuses[-1]  # type: ignore[union-attr]

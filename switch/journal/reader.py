@@ -123,6 +123,11 @@ def _by_seq(db: sqlite3.Connection, seqs: Sequence[int], select: str) -> Iterato
                     yield row
 
 
+#: What a reversed final may follow without counting as a second final: an approval, or
+#: the resolver's unknown while it reversed one.
+_REVERSIBLE: Final = frozenset({Status.APPROVED, Status.UNKNOWN})
+
+
 @dataclass(slots=True)
 class PaymentHistory:
     """One payment folded from its records."""
@@ -200,11 +205,17 @@ class Fold:
         elif kind in (FINAL, UNKNOWN):
             if kind == UNKNOWN and history.outcome_kind == FINAL:
                 return  # a late "unknown" never reopens a finished payment
+            previous = history.result
             history.outcome_kind = kind
             history.reopened = False
-            history.result = _result_decoder.decode(body)
+            result = history.result = _result_decoder.decode(body)
             history.outcome_at_us = at_us
-            if kind == FINAL:
+            if kind == FINAL and not (
+                    history.finals and result.status is Status.REVERSED
+                    and previous is not None and previous.status in _REVERSIBLE):
+                # An approval reversed since (an acquirer's 0400) is the one legal exit
+                # from a terminal state, not a second booking: the audits counted every
+                # such payment as booked twice.
                 history.finals += 1
         elif kind == ADVICE:
             history.advised = True
