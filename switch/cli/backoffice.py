@@ -78,11 +78,28 @@ def reconcile(
     action. Exit 0 when clean, 1 with unexplained breaks, 2 when an input is unusable
     (the message names the file, line and field) or there is nothing to reconcile.
     """
+    import math
     from pathlib import Path
 
     from switch.backoffice.recon.reconcile import run
-    from switch.protocols.settlement_files import SettlementFileError
+    from switch.protocols.settlement_files import (
+        MAX_ABS_AMOUNT,
+        MAX_TIME_US,
+        MIN_TIME_US,
+        SettlementFileError,
+    )
 
+    # The matching kernels refuse (with a traceback) tolerances past ±2**61; nothing in
+    # a settlement file is that far apart, so a larger one is a mistyped option.
+    if tol_amount >= MAX_ABS_AMOUNT:
+        raise UserError(f"--tol-amount {tol_amount}: must be below 10**18 minor units, the "
+                        "largest amount a settlement file holds")
+    span_s = (MAX_TIME_US - MIN_TIME_US) / 1e6
+    if not tol_time <= span_s:  # also NaN and inf
+        raise UserError(f"--tol-time {tol_time}: must be at most {span_s:.0f} s, the span of "
+                        "settlement times (1970-01-01..2100-01-01)")
+    if math.isnan(late_after):
+        raise UserError("--late-after nan: must be a number of seconds")
     for journal in journals:
         check_journal(journal)
     console = Console(soft_wrap=True)

@@ -12,6 +12,22 @@ Policy on bad input (documented for reconciliation): a malformed file is rejecte
 row cannot be trusted to be complete, and silently dropping rows would turn into false
 "missing at network" breaks.
 
+Values are bounded, in every reader alike (strict decoders, polars fast paths, the numba
+kernel in switch.backoffice.recon.kernels): an amount within ``|amount| < 10**18`` minor
+units (:data:`MAX_ABS_AMOUNT`, ISO 20022's 18 digits) and a settlement time from
+1970-01-01 up to 2100-01-01 UTC (:data:`MIN_TIME_US`, :data:`MAX_TIME_US`). A value past
+them is no settlement, and reconciliation's arithmetic on differences is only exact
+within ±2**61, so the file is refused naming the line and field.
+
+camt.053 entries must be booked: ``Ntry/Sts/Cd`` is ``BOOK``. A statement reports the
+entries *booked* to the account (camt.053's definition); a pending (``PDNG``),
+information-only (``INFO``) or future (``FUTR``) entry is not settled money, and a
+missing ``Sts`` says nothing either way. Such a file is refused whole, naming
+``Stmt/Ntry[i]/Sts`` (``.../Sts/Cd`` and the code when there is one), like any other
+entry we cannot read as settlement: counted as settled, it would match its payment and
+report clean money that has not moved; dropped, the statement would be read as the
+bank's booked record when it is not one.
+
 :func:`inject_discrepancies` plants seeded, logged discrepancies (missing, amount off,
 duplicated, unknown reference) so reconciliation has something real to find, and a test
 can check it finds exactly those.
@@ -43,6 +59,14 @@ from switch.protocols.iso20022 import format_amount, parse_amount
 NS_CAMT053: Final = "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"
 #: Bound on a settlement file we will parse: a cycle of a busy network, not a disk.
 MAX_FILE_BYTES: Final = 256 * 1024 * 1024
+#: ``|amount| < MAX_ABS_AMOUNT`` (minor units): ISO 20022 amounts have at most 18 digits.
+MAX_ABS_AMOUNT: Final = 10**18
+#: Settlement times (µs since the epoch) from 1970-01-01 up to, not including, 2100-01-01
+#: UTC: anything else is a wrong field or unit, not a settlement. Both bounds keep
+#: reconciliation's differences of times far inside its exact range (±2**61).
+MIN_TIME_US: Final = 0
+MAX_TIME_US: Final = 4_102_444_800_000_000
+_TIME_RANGE: Final = "1970-01-01..2100-01-01 UTC"
 
 EntryStatus = Literal["settled", "reversed"]
 DiscrepancyKind = Literal["missing", "amount_off", "duplicated", "unknown_reference"]
@@ -119,10 +143,10 @@ def decode_card_clearing(text: str, file: str,
         entries.append(SettlementEntry(
             _nonempty(reference, file, lineno, "reference"),
             secondary,
-            _int(amount, file, lineno, "amount"),
+            _amount(amount, file, lineno, "amount"),
             _currency_numeric(currency, alpha_currency, file, lineno),
             _status(status, file, lineno),
-            _int(settled, file, lineno, "settled_at_us"),
+            _time_us(settled, file, lineno, "settled_at_us"),
         ))
     if trailer is None:
         raise SettlementFileError(file, len(rows) + 1, "T trailer", "missing: file truncated?")
@@ -241,8 +265,8 @@ def decode_qr_csv(text: str, file: str, known_currencies: Iterable[str]) -> list
             raise SettlementFileError(file, lineno, "currency", f"unknown currency {currency!r}")
         entries.append(SettlementEntry(
             _nonempty(reference, file, lineno, "qr_reference"), merchant,
-            _int(amount, file, lineno, "amount"), currency, _status(status, file, lineno),
-            _int(settled, file, lineno, "settled_at_us"),
+            _amount(amount, file, lineno, "amount"), currency, _status(status, file, lineno),
+            _time_us(settled, file, lineno, "settled_at_us"),
         ))
     return entries
 
@@ -308,6 +332,23 @@ def _int(value: str, file: str, line: int, field: str) -> int:
     number = int(value)
     if not -(1 << 63) <= number < (1 << 63):
         raise SettlementFileError(file, line, field, f"out of the 64-bit range: {value!r}")
+    return number
+
+
+def _amount(value: str, file: str, line: int, field: str) -> int:
+    number = _int(value, file, line, field)
+    if not -MAX_ABS_AMOUNT < number < MAX_ABS_AMOUNT:
+        raise SettlementFileError(file, line, field,
+                                  f"{value!r} is not below 10**18 in magnitude (minor units; "
+                                  "ISO 20022 amounts have at most 18 digits)")
+    return number
+
+
+def _time_us(value: str, file: str, line: int, field: str) -> int:
+    number = _int(value, file, line, field)
+    if not MIN_TIME_US <= number < MAX_TIME_US:
+        raise SettlementFileError(file, line, field,
+                                  f"{value!r} is outside {_TIME_RANGE} (µs since the epoch)")
     return number
 
 
@@ -476,6 +517,12 @@ def read_card_clearing_columns(data: bytes, file: str,
     return SettlementColumns.from_entries(entries, 2)
 
 
+#: The value bounds as polars checks (past them, the strict decoder names the line).
+_BOUNDS_OK: Final = (
+    pl.col("amt").is_between(1 - MAX_ABS_AMOUNT, MAX_ABS_AMOUNT - 1).all().alias("amt_ok"),
+    pl.col("ts").is_between(MIN_TIME_US, MAX_TIME_US - 1).all().alias("ts_ok"),
+)
+
 _CARD_SCHEMA: Final = {"t": pl.String, "ref": pl.String, "sec": pl.String, "amt": pl.Int64,
                        "cur": pl.Int64, "st": pl.Enum(["settled", "reversed"]),
                        "ts": pl.Int64}
@@ -518,6 +565,7 @@ def _card_fast(data: bytes, secondary: bool = True) -> SettlementColumns | None:
         pl.col("st").is_not_null().all(),
         pl.col("amt").is_not_null().all(),
         pl.col("ts").is_not_null().all(),
+        *_BOUNDS_OK,
     ).row(0)
     if not all(ok):
         return None
@@ -598,6 +646,7 @@ def _qr_fast(data: bytes) -> SettlementColumns | None:
         pl.col("st").is_not_null().all(),
         pl.col("amt").is_not_null().all(),
         pl.col("ts").is_not_null().all(),
+        *_BOUNDS_OK,
     ).row(0)
     if not all(ok):
         return None
@@ -621,7 +670,9 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
     Refused whole, naming the file, line and element: any DTD (so no entity can be
     declared, let alone expanded), an encoding other than UTF-8/ASCII, XML that is not
     well-formed or nests deeper than libxml2's limit, a root other than a camt.053.001.08
-    Document, or an entry with a missing or malformed field.
+    Document, an entry with a missing or malformed field or a value out of bounds, or an
+    entry that is not booked (``Sts/Cd`` other than ``BOOK``, or no ``Sts``: see the
+    module docstring).
     """
     if len(data) > MAX_FILE_BYTES:
         raise SettlementFileError(file, 0, "Document", f"exceeds {MAX_FILE_BYTES} bytes")
@@ -642,9 +693,10 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
     try:
         # Events on <Ntry> only: one Python step per entry, not one per leaf (13-15 us
         # per entry became ~10, most of it parsing). Its fields are read from the
-        # finished entry, first match in document order: Amt and CdtDbtInd right under
-        # Ntry (the statement's Bal has both), DtTm only under BookgDt (ValDt has one
-        # too), UETR and EndToEndId anywhere in the entry (NtryDtls/TxDtls/Refs).
+        # finished entry, first match in document order: Amt, CdtDbtInd and Sts/Cd right
+        # under Ntry (the statement's Bal has the first two), DtTm only under BookgDt
+        # (ValDt has one too), UETR and EndToEndId anywhere in the entry
+        # (NtryDtls/TxDtls/Refs).
         events = etree.iterparse(
             io.BytesIO(data), events=("end",), tag=ns + "Ntry",
             resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
@@ -657,13 +709,13 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
                     raise SettlementFileError(file, 1, "Document",
                                               f"not a camt.053.001.08 document: {root.tag}")
             found = reader.found
-            # One XPath call for the six strings, newline-separated; a value holding a
+            # One XPath call for the seven strings, newline-separated; a value holding a
             # newline itself (never valid) takes the field-by-field path.
             values = together(el).split("\n")
-            if len(values) == 6:
-                amount, ccy, indicator, booked, uetr, e2e = values
+            if len(values) == 7:
+                amount, ccy, indicator, status, booked, uetr, e2e = values
                 found.update((("Amt", (amount, ccy)), ("CdtDbtInd", (indicator, None)),
-                              ("BookgDt/DtTm", (booked, None)),
+                              ("Sts/Cd", (status, None)), ("BookgDt/DtTm", (booked, None)),
                               ("NtryDtls/TxDtls/Refs/UETR", (uetr, None)),
                               ("NtryDtls/TxDtls/Refs/EndToEndId", (e2e, None))))
             else:
@@ -690,6 +742,10 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
     return reader.columns()
 
 
+#: ExternalEntryStatus1Code's statuses other than BOOK: named as such when refused.
+_UNBOOKED: Final = frozenset({"PDNG", "INFO", "FUTR"})
+
+
 class _Camt053Chunks:
     """Accumulates entries into column chunks of _CHUNK_ENTRIES (bounded Python lists)."""
 
@@ -706,12 +762,14 @@ class _Camt053Chunks:
             (name, etree.XPath(path, namespaces=nss, smart_strings=False))
             for name, path in (
                 ("Amt", "c:Amt[1]"), ("CdtDbtInd", "c:CdtDbtInd[1]"),
+                ("Sts/Cd", "c:Sts[1]/c:Cd[1]"),
                 ("BookgDt/DtTm", "(.//c:BookgDt/c:DtTm)[1]"),
                 ("NtryDtls/TxDtls/Refs/UETR", "(.//c:UETR)[1]"),
                 ("NtryDtls/TxDtls/Refs/EndToEndId", "(.//c:EndToEndId)[1]"))]
         self.together = etree.XPath(
             "concat(c:Amt[1], '\n', c:Amt[1]/@Ccy, '\n', c:CdtDbtInd[1], '\n',"
-            " (.//c:BookgDt/c:DtTm)[1], '\n', (.//c:UETR)[1], '\n', (.//c:EndToEndId)[1])",
+            " c:Sts[1]/c:Cd[1], '\n', (.//c:BookgDt/c:DtTm)[1], '\n', (.//c:UETR)[1], '\n',"
+            " (.//c:EndToEndId)[1])",
             namespaces=nss, smart_strings=False)
 
     def add(self, line: int) -> None:
@@ -729,6 +787,22 @@ class _Camt053Chunks:
         except CodecError as exc:
             reason = str(exc).removeprefix(f"{where}/Amt: ")
             raise SettlementFileError(file, line, f"{where}/Amt", reason[:200]) from None
+        # parse_amount's 18 digits may all be major units: 18 digits of EUR are up to
+        # 10**20 cents, past the bound (and past int64).
+        if amount >= MAX_ABS_AMOUNT:
+            raise SettlementFileError(file, line, f"{where}/Amt",
+                                      f"{text[:40]!r} {currency} is 10**18 minor units or more")
+        status = found.get("Sts/Cd", (None, None))[0]
+        if status != "BOOK":
+            if not status:
+                raise SettlementFileError(file, line, f"{where}/Sts",
+                                          "missing Sts/Cd: a statement entry must be booked "
+                                          "(BOOK) to count as settled")
+            reason = (f"{status} entry: not booked, so not settled; a camt.053 statement "
+                      "reports booked entries (BOOK) only"
+                      if status in _UNBOOKED else
+                      f"not an entry status code: {status[:40]!r} (BOOK, PDNG, INFO, FUTR)")
+            raise SettlementFileError(file, line, f"{where}/Sts/Cd", reason)
         values = []
         for name in ("CdtDbtInd", "BookgDt/DtTm", "NtryDtls/TxDtls/Refs/UETR",
                      "NtryDtls/TxDtls/Refs/EndToEndId"):
@@ -748,6 +822,9 @@ class _Camt053Chunks:
         except (ValueError, OverflowError, OSError):
             raise SettlementFileError(file, line, f"{where}/BookgDt/DtTm",
                                       "not a date-time") from None
+        if not MIN_TIME_US <= settled < MAX_TIME_US:
+            raise SettlementFileError(file, line, f"{where}/BookgDt/DtTm",
+                                      f"{booked[:40]!r} is outside {_TIME_RANGE}")
         refs, secs, amounts, currencies, statuses, times, lines = self._lists
         refs.append(uetr)
         secs.append(e2e)

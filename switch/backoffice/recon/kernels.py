@@ -1381,10 +1381,11 @@ def group_sums(codes: Int64Array, amounts: Int64Array,
 # do not, an Arrow conversion and a second pass to hash: ~3 s of CPU for 8M records,
 # most of a 10M reconciliation's file reading. The kernel accepts a subset of what the
 # strict decoders in switch.protocols.settlement_files accept (plain printable ASCII,
-# no quoting, integers as ``-?[0-9]{1,19}`` within 64 bits, a known currency, status
-# ``settled|reversed``) and says "not sure" on anything else; the caller then hands the
-# file to the strict decoder, which accepts it or names the line and field. So the fast
-# path can never accept what the strict one refuses, nor read a value differently.
+# no quoting, integers as ``-?[0-9]{1,19}`` within 64 bits and within the decoders'
+# bounds on amounts and times, a known currency, status ``settled|reversed``) and says
+# "not sure" on anything else; the caller then hands the file to the strict decoder,
+# which accepts it or names the line and field. So the fast path can never accept what
+# the strict one refuses, nor read a value differently.
 
 #: Layouts of :func:`parse_settlement_csv`.
 CSV_CARD: Final = 0
@@ -1453,6 +1454,7 @@ def _csv_status(data: NDArray[np.uint8], p: int, end: int) -> tuple[int, int]:
 def _settlement_csv_kernel(
     data: NDArray[np.uint8], start: int, end: int, layout: int, seed: np.uint64,
     numeric_ok: NDArray[np.bool_], alpha_numeric: NDArray[np.int16], keep_secondary: bool,
+    max_abs_amount: np.int64, min_time: np.int64, max_time: np.int64,
     key: NDArray[np.uint64], amount: Int64Array, currency: NDArray[np.int16],
     status: Int8Array, time_us: Int64Array, ref_off: Int64Array, ref_data: NDArray[np.uint8],
     sec_off: Int64Array, sec_data: NDArray[np.uint8],
@@ -1460,7 +1462,9 @@ def _settlement_csv_kernel(
     """Records of ``data[start:end]`` (whole lines) into the output columns.
 
     Returns (records, amount sum, sum of |amount| as float); records is -1 when the
-    bytes are not all plain records, or there are more lines than the outputs hold."""
+    bytes are not all plain records, a value is out of bounds (``|amount| <
+    max_abs_amount``, ``min_time <= time < max_time``), or there are more lines than
+    the outputs hold."""
     cap = key.shape[0]
     i = 0
     p = start
@@ -1496,7 +1500,8 @@ def _settlement_csv_kernel(
             sec_off[i + 1] = sp
         p = q + 1
         a, p = _csv_int(data, p, end, True)
-        if p < 0 or p >= end or data[p] != _COMMA:
+        if p < 0 or p >= end or data[p] != _COMMA or a <= -max_abs_amount \
+                or a >= max_abs_amount:
             return -1, 0, 0.0
         p += 1
         if layout == CSV_CARD:
@@ -1520,7 +1525,7 @@ def _settlement_csv_kernel(
         if st < 0:
             return -1, 0, 0.0
         t, p = _csv_int(data, p + 1, end, True)
-        if p < 0 or p >= end or data[p] != _NL:
+        if p < 0 or p >= end or data[p] != _NL or t < min_time or t >= max_time:
             return -1, 0, 0.0
         p += 1
         amount[i] = a
@@ -1557,7 +1562,12 @@ def parse_settlement_csv(
 
     ``numeric_ok[c]``: ISO numeric code ``c`` is known (card layout).
     ``alpha_numeric[(a*26 + b)*26 + c]``: numeric code of the alpha code (``a``, ``b``,
-    ``c`` the letters' offsets from 'A'), -1 when unknown (QR layout)."""
+    ``c`` the letters' offsets from 'A'), -1 when unknown (QR layout).
+    Amounts and times past the strict decoders' bounds make it unsure too."""
+    # Here, not at the top: the codecs' module brings polars, pyarrow and lxml (~0.14 s),
+    # which the matching kernels' users (bench, tests, the demo) do not need.
+    from switch.protocols.settlement_files import MAX_ABS_AMOUNT, MAX_TIME_US, MIN_TIME_US
+
     buf = np.frombuffer(data, np.uint8)
     span = end - start
     key = np.empty(records, np.uint64)
@@ -1572,6 +1582,9 @@ def parse_settlement_csv(
     sec_data = np.empty(span if keep_secondary else 0, np.uint8)
     n, total, bound = _settlement_csv_kernel(
         buf, start, end, layout, np.uint64(seed), numeric_ok, alpha_numeric, keep_secondary,
+        # Passed, not read as globals: numba freezes a global into its cached machine
+        # code, and its cache would not see the constants change in another module.
+        np.int64(MAX_ABS_AMOUNT), np.int64(MIN_TIME_US), np.int64(MAX_TIME_US),
         key, amount, currency, status, time_us, ref_off, ref_data, sec_off, sec_data)
     if n != records or bound >= 2.0 ** 62:  # the int64 sum could have wrapped
         return None
