@@ -118,6 +118,7 @@ def test_payswitch_settle_reports_the_compensation(tmp_path: Path) -> None:
                          capture_output=True, text=True, check=True)
     report = json.loads(run.stdout)
     assert report["transfers"] == 1 and report["holds_captured"] == 0
+    assert report["ledger"]["reversed"] == 1
     [cny] = report["currencies"]
     assert cny["currency"] == "CNY" and cny["total"] == "0.00"
     assert {(p["counterparty"], p["net_minor"]) for p in cny["positions"]} == {

@@ -266,7 +266,7 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
             "cycle": report.cycle, "transfers": report.transfers,
             "holds_captured": report.captured,
             "ledger": {"posted": posted.posted, "pending_holds": posted.pending,
-                       "voided": posted.voided},
+                       "voided": posted.voided, "reversed": posted.reversed},
             "currencies": [{
                 "currency": c.currency, "exponent": c.exponent, "mode": c.mode,
                 "total": format_major(c.total, c.exponent),
@@ -286,7 +286,8 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
         console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
         console.print(
             f"ledger: {posted.posted} posted, {posted.pending} pending holds, "
-            f"{posted.voided} voided; cycle {report.cycle}: {report.transfers} transfers "
+            f"{posted.voided} voided, {posted.reversed} reversed after posting; "
+            f"cycle {report.cycle}: {report.transfers} transfers "
             f"({report.captured} holds captured)"
         )
         for c in by_currency:
