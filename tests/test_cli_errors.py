@@ -102,6 +102,19 @@ def test_serve_on_a_corrupt_journal_names_the_file(tmp_path: Path) -> None:
     assert f"journal storage failed: {journal}:" in line, line
 
 
+@pytest.mark.parametrize("command", [["settle"], ["reconcile", "--files", "{files}"]])
+def test_the_same_journal_named_twice_is_refused(tmp_path: Path, command: list[str]) -> None:
+    # Every payment of it was a duplicate (and settle posted it twice over).
+    from switch.journal import open_database
+
+    open_database(tmp_path / "journal.db", "group").close()
+    (tmp_path / "files").mkdir()
+    args = [a.replace("{files}", str(tmp_path / "files")) for a in command]
+    line = one_error_line(run(*args, "--journal", str(tmp_path / "journal.db"),
+                              "--journal", f"{tmp_path}/./journal.db"))
+    assert "the same file as --journal" in line, line
+
+
 def test_channels_config_errors_read_like_the_switch_config(tmp_path: Path) -> None:
     text = (ROOT / "examples" / "channels.toml").read_text()
     bad_kind = tmp_path / "kind.toml"

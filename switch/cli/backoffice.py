@@ -7,6 +7,7 @@ switch/backoffice/; these are thin shells with one-line errors (exit 2) for unus
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import click
@@ -100,8 +101,7 @@ def reconcile(
                         "settlement times (1970-01-01..2100-01-01)")
     if math.isnan(late_after):
         raise UserError("--late-after nan: must be a number of seconds")
-    for journal in journals:
-        check_journal(journal)
+    check_journals(journals)
     console = Console(soft_wrap=True)
     err = Console(stderr=True, soft_wrap=True)
     try:
@@ -247,8 +247,7 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
         chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
             "net" if mode == "net" else "gross"
         )
-    for journal in journals:
-        check_journal(journal)
+    check_journals(journals)
     closed_at = int(time.time() * 1_000_000)  # wall timestamp, one for every shard
     summaries, reports = [], []
     for journal in journals:
@@ -307,6 +306,18 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
         console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
         Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+
+
+def check_journals(paths: tuple[str, ...]) -> None:
+    """Each a journal, and none named twice: the same shard's journal twice made every
+    one of its payments a duplicate (settle: posted twice over)."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        check_journal(path)
+        same = seen.setdefault(Path(path).resolve(), path)
+        if same is not path:
+            raise UserError(f"--journal {path}: the same file as --journal {same}; name "
+                            "each shard's journal once")
 
 
 def check_journal(path: str) -> None:
