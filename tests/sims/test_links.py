@@ -7,7 +7,8 @@ each test here failed on the code before its fix.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 import anyio
@@ -63,54 +64,50 @@ async def wait_until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.001)
 
 
-async def test_an_inquiry_never_overtakes_a_request_queued_before_it() -> None:
-    # The writer is held on earlier traffic; the core queues a request; the resolver then
-    # asks about something on the same link. The wire must carry them in that order.
+@asynccontextmanager
+async def held_link() -> AsyncIterator[tuple[Link, HeldStream]]:
+    """A link whose writer is held inside its first write (``EARLIER``) until the test
+    releases the stream; the body queues what must wait behind it."""
     stream = HeldStream()
     link = Link(0, stream, send_timeout_s=5.0)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         tg.start_soon(link.write_queued)
         link.send_nowait(b"EARLIER", nothing, Owner())
         await anyio.sleep(0.01)  # the writer is now inside the held write
+        yield link, stream
+        tg.cancel_scope.cancel()
+
+
+async def test_an_inquiry_never_overtakes_a_request_queued_before_it() -> None:
+    # The core queues a request behind earlier traffic; the resolver then asks about
+    # something on the same link. The wire must carry them in that order.
+    async with held_link() as (link, stream), anyio.create_task_group() as tg:
         link.send_nowait(b"REQUEST", nothing, Owner())
         tg.start_soon(link.send, b"INQUIRY")
         await anyio.sleep(0.01)
         stream.release()
         await wait_until(lambda: len(b"".join(stream.written)) == 21)
-        tg.cancel_scope.cancel()
     assert b"".join(stream.written) == b"EARLIERREQUESTINQUIRY"
 
 
 async def test_a_request_given_up_before_it_left_is_never_written() -> None:
-    stream = HeldStream()
-    link = Link(0, stream, send_timeout_s=5.0)  # type: ignore[arg-type]
-    given_up, kept = Owner(), Owner()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(link.write_queued)
-        link.send_nowait(b"EARLIER", nothing, Owner())
-        await anyio.sleep(0.01)
+    given_up = Owner()
+    async with held_link() as (link, stream):
         link.send_nowait(b"TIMEDOUT", nothing, given_up)
-        link.send_nowait(b"OTHER", nothing, kept)
+        link.send_nowait(b"OTHER", nothing, Owner())
         given_up.gone = True  # the core's timeout: cancel(token) abandons its waiter
         stream.release()
         await wait_until(lambda: b"OTHER" in b"".join(stream.written))
-        tg.cancel_scope.cancel()
     assert b"".join(stream.written) == b"EARLIEROTHER"
 
 
 async def test_an_exchange_cancelled_while_queued_is_withdrawn() -> None:
-    stream = HeldStream()
-    link = Link(0, stream, send_timeout_s=5.0)  # type: ignore[arg-type]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(link.write_queued)
-        link.send_nowait(b"EARLIER", nothing, Owner())
-        await anyio.sleep(0.01)
+    async with held_link() as (link, stream):
         with anyio.move_on_after(0.01):
             await link.send(b"REVERSAL")
         link.send_nowait(b"LATER", nothing, Owner())
         stream.release()
         await wait_until(lambda: b"LATER" in b"".join(stream.written))
-        tg.cancel_scope.cancel()
     assert b"".join(stream.written) == b"EARLIERLATER"
 
 
