@@ -26,6 +26,16 @@ The rate shapes and the schedule of intended send times are loadtests/harness/sh
 Every second the generator closes an *interval* (counts, errors by code, one interval
 HdrHistogram per channel) and hands it to ``on_interval``: that is what live progress,
 the CSV time series and the HdrHistogram log are built from (``loadtests/harness/loadrun.py``).
+A request the generator gives up on is an error of the second it gives up in: ``no_reply``
+(still unanswered when the drain ends) or ``connection_lost`` (its connection closed), and
+it is in the latency histograms at the time it was given up on, a lower bound of a wait
+that never ended: percentiles of the answered requests alone would hide exactly the worst
+ones.
+
+A target that stops reading blocks the sender in ``send()``; the lag the sender cannot
+measure then (it measures when a batch starts) is taken every second from the oldest
+request due but not yet sent, and the whole run ends by ``duration + drain timeout``
+(a stop request ends the sending at once, then drains).
 Error replies to requests the workload planted on purpose (invalid payments, malformed
 frames) are counted apart as well, so reports and thresholds can tell them from real errors.
 
@@ -85,6 +95,8 @@ MAX_BATCH = 2048
 #: sleep returns at once and the sender would spin a core; a request due inside this
 #: window waits for the next tick, and its latency (from the intended time) includes that.
 MIN_SLEEP_S = 0.001
+#: How often a blocked sender looks at ``should_stop`` (Ctrl-C).
+STOP_POLL_S = 0.05
 #: Workload kinds planted on purpose, and the error code the switch must answer them with.
 PLANTED_ERRORS = {"invalid": "invalid", "malformed": "malformed"}
 
@@ -132,6 +144,9 @@ class LoadStats:
     channel_histograms: dict[str, HdrHistogram] = field(default_factory=dict)
     #: ``moved`` replies followed to the owner they named (a cluster; see module doc).
     redirects: int = 0
+    #: When the last reply came (the achieved rate's denominator ends there, not at the
+    #: end of a drain spent waiting for replies that never came).
+    last_reply_at: float = 0.0
 
     def percentile_ms(self, p: float) -> float:
         if self.histogram.get_total_count() == 0:
@@ -141,6 +156,11 @@ class LoadStats:
     @property
     def elapsed_s(self) -> float:
         return max(self.finished_at - self.started_at, 1e-9)
+
+    @property
+    def last_reply_s(self) -> float:
+        """Seconds from the start to the last reply (0 without replies)."""
+        return max(self.last_reply_at - self.started_at, 0.0) if self.last_reply_at else 0.0
 
 
 class Interval(msgspec.Struct, frozen=True):
@@ -193,8 +213,8 @@ class _Outstanding(msgspec.Struct, array_like=True):
 class _Snapshot:
     """Counters at the last interval boundary, to hand out differences."""
 
-    __slots__ = ("dropped", "errors", "lagged", "malformed", "planted", "planted_sent",
-                 "replays", "replies", "sent", "statuses")
+    __slots__ = ("dropped", "errors", "lagged", "lost", "malformed", "planted", "planted_sent",
+                 "replays", "replies", "sent", "statuses", "unanswered")
 
     def __init__(self, stats: LoadStats) -> None:
         self.sent = stats.sent
@@ -207,6 +227,18 @@ class _Snapshot:
         self.lagged = stats.lagged
         self.planted = Counter(stats.planted_errors)
         self.planted_sent = Counter(stats.planted_sent)
+        self.unanswered = stats.unanswered
+        self.lost = stats.connection_lost
+
+
+def _interval_errors(before: _Snapshot, after: _Snapshot) -> dict[str, int]:
+    """Error replies of the interval, and the requests given up on in it (module doc)."""
+    errors = after.errors - before.errors
+    for code, n in (("no_reply", after.unanswered - before.unanswered),
+                    ("connection_lost", after.lost - before.lost)):
+        if n:
+            errors[code] += n
+    return dict(errors)
 
 
 async def discover_shards(host: str, port: int, timeout_s: float = 10.0) -> ShardMap:
@@ -274,7 +306,8 @@ class OpenLoopGenerator:
         self.schedule = Schedule(self.shape, duration_s, stride, offset)
         self.on_interval = on_interval
         self.track_acknowledged = track_acknowledged
-        #: Polled once per tick; True ends sending early (then the usual drain).
+        #: Polled once per tick and every STOP_POLL_S while the sender is blocked; True
+        #: ends sending early (then the usual drain).
         self.should_stop = should_stop
         self.stopped_early = False
         #: Another protocol's bytes (ISO 8583, HTTP); None: the switch's msgpack frames.
@@ -291,6 +324,9 @@ class OpenLoopGenerator:
         self._interval_index = 0
         self._start = 0.0
         self.done_sending = False
+        #: Intended time (from start) of the next request not yet sent while the sender
+        #: waits; None when it is not sending. Read by _close_interval: see module doc.
+        self._next_due: float | None = None
         #: The cluster's map when the target is sharded (one group of connections per shard).
         self.shard_map = ShardMap()
         self._targets: dict[str, int] = {}
@@ -334,9 +370,17 @@ class OpenLoopGenerator:
                     tg.start_soon(receive, stream, index)
                 self._start = _now()
                 self.stats.started_at = self._start
+                # The drain timeout bounds the run, not only the drain: a target that
+                # stops reading blocks send(), which no other timeout covers.
+                end = self._start + self.duration_s + self.drain_timeout_s
                 tg.start_soon(self._tick)
-                await self._send_on_schedule(streams)
-                with anyio.move_on_after(self.drain_timeout_s):
+                with anyio.move_on_after(end - _now()) as sending:
+                    if self.should_stop is not None:
+                        tg.start_soon(self._watch_stop, sending)
+                    await self._send_on_schedule(streams)
+                if self.stopped_early:
+                    end = _now() + self.drain_timeout_s  # a stop still drains in full
+                with anyio.move_on_after(max(end - _now(), 0.0)):
                     while self._outstanding:
                         await self._flush(streams)  # redirected requests, if any
                         await anyio.sleep(0.01)
@@ -344,11 +388,24 @@ class OpenLoopGenerator:
         finally:
             for stream in streams:
                 await stream.aclose()
-        self.stats.finished_at = _now()
+        finished = self.stats.finished_at = _now()
+        for sent in self._outstanding.values():
+            self._gave_up(sent.channel, finished - sent.intended)
         self.stats.unanswered += len(self._outstanding)
         self._outstanding.clear()
         self._close_interval(final=True)
         return self.stats
+
+    async def _watch_stop(self, sending: anyio.CancelScope) -> None:
+        """End the sending when asked to, even while the sender is blocked in send()."""
+        should_stop = self.should_stop
+        assert should_stop is not None
+        while not self.done_sending:
+            if should_stop():
+                self.stopped_early = True
+                sending.cancel()
+                return
+            await anyio.sleep(STOP_POLL_S)
 
     # -- intervals ---------------------------------------------------------------------------
 
@@ -364,6 +421,9 @@ class OpenLoopGenerator:
 
     def _close_interval(self, *, final: bool) -> None:
         stats = self.stats
+        # The sender measures lag only when it starts a batch; blocked (a target that
+        # stops reading), it would report none at all for every second it is stuck.
+        self._take_unsent_lag()
         for channel, hist in self._interval_hists.items():
             stats.histogram.add(hist)
             run_hist = stats.channel_histograms.get(channel)
@@ -390,7 +450,7 @@ class OpenLoopGenerator:
                 replies=after.replies - before.replies,
                 replays=after.replays - before.replays,
                 statuses=dict(after.statuses - before.statuses),
-                errors=dict(after.errors - before.errors),
+                errors=_interval_errors(before, after),
                 dropped=after.dropped - before.dropped,
                 lagged=after.lagged - before.lagged,
                 max_lag_s=self._interval_max_lag,
@@ -410,6 +470,28 @@ class OpenLoopGenerator:
     # -- sending -----------------------------------------------------------------------------
 
     async def _send_on_schedule(self, streams: list[anyio.abc.SocketStream]) -> None:
+        try:
+            await self._send_loop(streams, self.schedule.take())
+        finally:
+            # Cancelled while blocked (stopped, or past the run's end): the wait so far is
+            # lag of the open interval; after it nothing is due, so no more lag is taken.
+            self._take_unsent_lag()
+            self._next_due = None
+            self.done_sending = True
+
+    def _take_unsent_lag(self) -> None:
+        """Lag of the oldest request due but not sent yet, as of now (see module doc)."""
+        due = self._next_due
+        if due is None:
+            return
+        lag = _now() - self._start - due
+        if lag > self._interval_max_lag:
+            self._interval_max_lag = lag
+        if lag > self.stats.max_lag_s:
+            self.stats.max_lag_s = lag
+
+    async def _send_loop(self, streams: list[anyio.abc.SocketStream],
+                         next_at: float | None) -> None:
         stats = self.stats
         schedule = self.schedule
         start = self._start
@@ -425,9 +507,9 @@ class OpenLoopGenerator:
         max_total = self.max_outstanding
         max_conn = self.max_per_connection
         warn = LAG_WARN_S
-        next_at = schedule.take()
         should_stop = self.should_stop
         wire = self.wire
+        self._next_due = next_at
         while next_at is not None:
             if should_stop is not None and should_stop():
                 self.stopped_early = True
@@ -458,6 +540,8 @@ class OpenLoopGenerator:
                         conn = next((c for c in group if alive[c]), -1)
                         if conn < 0:
                             stats.connection_lost += 1
+                            if not isinstance(item, bytes):
+                                self._gave_up(item.channel, now - next_at)
                             next_at = schedule.take()
                             continue
                     if isinstance(item, bytes):
@@ -479,6 +563,7 @@ class OpenLoopGenerator:
                                           else wire.encode(rid, item, conn))
                         stats.sent += 1
                     next_at = schedule.take()
+                self._next_due = next_at  # the sends below may block: see _close_interval
                 for index, buf in enumerate(buffers):
                     if buf:
                         data = bytes(buf)
@@ -493,7 +578,6 @@ class OpenLoopGenerator:
                     continue
             if next_at is not None:
                 await anyio.sleep(max(MIN_SLEEP_S, next_at - (_now() - start)))
-        self.done_sending = True
 
     async def _flush(self, streams: list[anyio.abc.SocketStream]) -> None:
         for index, buf in enumerate(self._buffers):
@@ -529,8 +613,10 @@ class OpenLoopGenerator:
             return
         self._alive[index] = False
         lost = [rid for rid, o in self._outstanding.items() if o.conn == index]
+        now = _now()
         for rid in lost:
-            del self._outstanding[rid]
+            sent = self._outstanding.pop(rid)
+            self._gave_up(sent.channel, now - sent.intended)
         self._per_conn[index] = 0
         self.stats.connection_lost += len(lost)
         if self.wire is not None:
@@ -538,11 +624,21 @@ class OpenLoopGenerator:
 
     # -- receiving ---------------------------------------------------------------------------
 
+    def _gave_up(self, channel: str, waited_s: float) -> None:
+        """Record a request that will never be answered at what it waited so far: a lower
+        bound, but in the tail where it belongs (the caller counts it)."""
+        hist = self._interval_hists.get(channel)
+        if hist is None:
+            hist = self._interval_hists[channel] = new_histogram()
+        hist.record_value(min(max(int(waited_s * 1e6), 1), HIST_MAX_US))
+
     def _answered(self, sent: _Outstanding, now: float) -> int:
         """Count one answered request and record its latency, from the intended send time,
         in its channel's histogram; returns that latency in µs (clipped to the histogram)."""
         self._per_conn[sent.conn] -= 1
-        self.stats.replies += 1
+        stats = self.stats
+        stats.replies += 1
+        stats.last_reply_at = now
         latency_us = min(max(int((now - sent.intended) * 1e6), 1), HIST_MAX_US)
         hist = self._interval_hists.get(sent.channel)
         if hist is None:

@@ -16,9 +16,18 @@ loadtests/harness/genmetrics.py), and writes, under ``reports/<timestamp>-load/`
 
 * ``summary.json``: totals, latency percentiles from the merged full histograms (overall
   and per channel), the generator's own lag, per-process figures, the environment, the
-  warnings and the thresholds' verdict;
+  warnings and the thresholds' verdict. ``achieved_rate`` is replies per second of the
+  load (``duration_s``, or until ``last_reply_s`` if replies came later), never per
+  second of the drain wait;
 * ``timeseries.csv``: 1 s buckets (offered, sent, achieved, statuses and errors by code,
   planted errors, p50/p99/p99.9 overall and per channel);
+
+Requests never answered are errors of the second the generator gave up on them:
+``no_reply`` (still unanswered when the drain timeout ended) and ``connection_lost``
+(their connection closed), in every output (time series, live view, report, metrics).
+Their latency is in every histogram and percentile too, at what they had waited when
+given up on: a lower bound (a thousand requests dropped after the drain timeout make the
+p99 at least that timeout, not that of the answered ones).
 * ``latency.hlog``: the HdrHistogram interval log (values in microseconds; untagged lines
   for all channels, ``Tag=<channel>`` lines per channel), readable by
   HistogramLogAnalyzer and loadtests/harness/hlog.py;
@@ -101,16 +110,20 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     protocol: WireName = "msgpack"
     iso8583: Iso8583Options | None = None
     #: This machine's share of a run split over several machines (``--share I/M`` with a
-    #: common ``--run-id``): machine I of M sends global requests I*P+p, I*P+p+M*P, ... of
-    #: the shape, so the machines together offer the shape once; merge their outputs with
-    #: `payswitch report merge`.
+    #: common ``--run-id``): process p of this machine's P sends global requests
+    #: I+M*p, I+M*p+M*P, ... of the shape, so machine I sends every g = I (mod M) whatever
+    #: each machine's P, and the machines together offer the shape once; merge their
+    #: outputs with `payswitch report merge`.
     share_index: int = 0
     share_count: int = 1
 
 
 def global_index(plan: LoadPlan, index: int) -> int:
-    """Process ``index`` of this machine among every process of every machine."""
-    return plan.share_index * plan.processes + index
+    """Process ``index`` of this machine among every process of every machine: its first
+    global request, then every ``plan.share_count * plan.processes``-th. Machines of one
+    run may have different process counts (the default is per machine), so the machine
+    index is the residue mod M and the process index strides within it."""
+    return plan.share_index + plan.share_count * index
 
 
 def key_prefix(plan: LoadPlan, index: int) -> str:
@@ -163,6 +176,7 @@ class ProcessResult(msgspec.Struct, frozen=True):
     cpu_s: float
     intervals: int
     histograms: dict[str, bytes]  # hdrh-encoded per channel, the whole run
+    last_reply_s: float = 0.0
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -272,6 +286,7 @@ def _worker(
             cpu_s=cpu,
             intervals=generator.intervals_closed,
             histograms={ch: h.encode() for ch, h in sorted(stats.channel_histograms.items())},
+            last_reply_s=stats.last_reply_s,
         )
         queue.put(("done", index, _encode(result)), timeout=30)
     except BaseException as exc:  # report, then die: the parent shows it
@@ -572,11 +587,13 @@ def _finish(
              "max_lag_ms": round(r.max_lag_s * 1000, 3), "cpu_s": round(r.cpu_s, 3)}
             for r in ordered
         ],
+        last_reply_s=max((r.last_reply_s for r in ordered), default=0.0),
     )
     run = {
         "target": f"{plan.host}:{plan.port}",
         "duration_s": plan.duration_s,
         "elapsed_s": round(totals.elapsed_s, 3),
+        "last_reply_s": round(totals.last_reply_s, 3),
         "processes": plan.processes,
         "connections": plan.connections,
         "seed": plan.seed,

@@ -175,6 +175,15 @@ def _merged_summary(
     duration = max(r.start_wall - t0 + r.duration_s for r in runs)
     elapsed = max(r.start_wall - t0 + float(s["run"].get("elapsed_s", r.duration_s))
                   for r, s in zip(runs, sums, strict=True))
+    # As one run's achieved rate: per second of load, or until the last reply if later,
+    # never per second of a drain wait (summaries written before last_reply_s existed
+    # keep their own elapsed time).
+    answering = max(
+        r.start_wall - t0 + max(r.duration_s, float(s["run"]["last_reply_s"]))
+        if "last_reply_s" in s["run"]
+        else r.start_wall - t0 + float(s["run"].get("elapsed_s", r.duration_s))
+        for r, s in zip(runs, sums, strict=True)
+    )
     offered = sum(int(t["offered"]) for t in totals)
     replies = sum(int(t["replies"]) for t in totals)
 
@@ -210,7 +219,7 @@ def _merged_summary(
             "sent": add("sent"),
             "malformed_sent": add("malformed_sent"),
             "replies": replies,
-            "achieved_rate": round(replies / max(elapsed, 1e-9), 1),
+            "achieved_rate": round(replies / max(answering, 1e-9), 1),
             "replays": add("replays"),
             "statuses": _sum_counts([t.get("statuses", {}) for t in totals]),
             "errors": _sum_counts([t.get("errors", {}) for t in totals]),

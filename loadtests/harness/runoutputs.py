@@ -351,6 +351,8 @@ class RunTotals:
     elapsed_s: float
     cpu_s: float
     processes: list[dict[str, Any]]
+    #: Seconds from the start to the last reply of any process (0: no replies).
+    last_reply_s: float = 0.0
 
 
 def build_summary(
@@ -370,6 +372,9 @@ def build_summary(
     if totals.dropped:
         errors["not_sent_overrun"] += totals.dropped
     behind = behind_seconds > 0 or is_behind(totals.lagged, totals.sent, totals.max_lag_ms / 1000)
+    # Replies per second of the load, or until the last reply if they came later: never
+    # per second of a drain spent waiting for replies that never came.
+    answering_s = max(offered_seconds, totals.last_reply_s)
     return {
         "run": run,
         "environment": env,
@@ -379,7 +384,7 @@ def build_summary(
             "sent": totals.sent,
             "malformed_sent": totals.malformed_sent,
             "replies": totals.replies,
-            "achieved_rate": round(totals.replies / max(totals.elapsed_s, 1e-9), 1),
+            "achieved_rate": round(totals.replies / max(answering_s, 1e-9), 1),
             "replays": totals.replays,
             "statuses": dict(sorted(totals.statuses.items())),
             "errors": dict(sorted(errors.items())),
@@ -465,7 +470,9 @@ def write_outputs(
                 "each second. Latency is measured from each request's intended send time "
                 "(no coordinated omission); the generator's timer granularity is 1 ms. "
                 "Percentiles come from HdrHistograms merged exactly across generator "
-                "processes (3 significant digits).",
+                "processes (3 significant digits). Requests never answered (no_reply, "
+                "connection_lost) are in them too, at what they had waited when the "
+                "generator gave up on them: a lower bound.",
             ],
         ),
     )
@@ -493,6 +500,13 @@ def print_summary(
         f" ms, max {latency['max']:.2f} ms",
         highlight=False,
     )
+    never = int(totals.get("unanswered", 0)) + int(totals.get("connection_lost", 0))
+    if never:
+        console.print(
+            f"  including {never:,} requests never answered, at what they had waited when "
+            "given up on (a lower bound)",
+            highlight=False,
+        )
     for channel, figures in summary.get("latency_by_channel_ms", {}).items():
         console.print(
             f"  {channel}: p50 {figures['p50']:.2f} ms, p99 {figures['p99']:.2f} ms, p99.9 "
