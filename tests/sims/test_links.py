@@ -165,20 +165,25 @@ def test_a_bad_prefix_keeps_the_frames_before_it() -> None:
         decoder.feed(b"\x00\x02ok")  # the stream stays broken
 
 
+async def frames_of(stream: anyio.abc.SocketStream, decoder: FrameDecoder | iso8583.FrameDecoder
+                    ) -> AsyncIterator[bytes | memoryview]:
+    """A test peer's view of what the adapter sends: every frame, until it hangs up."""
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            for f in decoder.feed(data):
+                yield f
+
+
 async def test_an_answer_before_a_bad_prefix_in_the_same_read_is_delivered() -> None:
     async def handle(stream: anyio.abc.SocketStream) -> None:
-        decoder = FrameDecoder()
-        async with stream:
-            while True:
-                try:
-                    data = await stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return
-                for f in decoder.feed(data):
-                    request = decode_request(bytes(f))
-                    answer = frame(encode(QrReply(ref=request.ref, status="approved",
-                                                  scheme_ref="S1")))
-                    await stream.send(answer + b"\xff\xff\xff\xff")  # then garbage
+        async for f in frames_of(stream, FrameDecoder()):
+            request = decode_request(bytes(f))
+            answer = frame(encode(QrReply(ref=request.ref, status="approved", scheme_ref="S1")))
+            await stream.send(answer + b"\xff\xff\xff\xff")  # then garbage
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -220,25 +225,18 @@ async def test_the_hosts_echo_is_answered_0810_on_its_link() -> None:
     answered = anyio.Event()
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
-        decoder = iso8583.FrameDecoder()
-        async with stream:
-            while True:
-                try:
-                    data = await stream.receive()
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return
-                for f in decoder.feed(data):
-                    message = iso8583.decode(f)
-                    if message.mti == "0800":  # our sign-on: answer, then echo-test us
-                        await stream.send(iso8583.frame(iso8583.encode(
-                            iso8583.response(message, "00"))))
-                        if message.fields.get(70) == "001":
-                            echo = iso8583.network_request(
-                                "301", stan=777001, transmitted_at=datetime.now(UTC))
-                            await stream.send(iso8583.frame(iso8583.encode(echo)))
-                    elif message.mti == "0810" and message.fields.get(11) == "777001":
-                        assert message.fields.get(39) == "00"
-                        answered.set()
+        async for f in frames_of(stream, iso8583.FrameDecoder()):
+            message = iso8583.decode(f)
+            if message.mti == "0800":  # our sign-on: answer, then echo-test us
+                await stream.send(iso8583.frame(iso8583.encode(
+                    iso8583.response(message, "00"))))
+                if message.fields.get(70) == "001":
+                    echo = iso8583.network_request(
+                        "301", stan=777001, transmitted_at=datetime.now(UTC))
+                    await stream.send(iso8583.frame(iso8583.encode(echo)))
+            elif message.mti == "0810" and message.fields.get(11) == "777001":
+                assert message.fields.get(39) == "00"
+                answered.set()
 
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
