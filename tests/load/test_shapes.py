@@ -159,3 +159,55 @@ async def test_generator_sends_on_the_shape_second_by_second(echo_port: int) -> 
     assert sum(h.get_total_count() for h in stats.channel_histograms.values()) == 600
     assert sum(i.histogram().get_total_count() for i in intervals) == 600
     assert not math.isnan(stats.percentile_ms(99))
+
+
+def _walked(shape: Any, duration_s: float, stride: int, offset: int) -> list[float]:
+    """The schedule as the cell-by-cell walk gave it: the reference for the search."""
+    grid, cum = 0.001, shape.cumulative
+    total = int(cum(duration_s) + 1e-6)
+    cell, t0, c0, t1, c1 = 0, 0.0, 0.0, grid, cum(grid)
+    out: list[float] = []
+    for g in range(offset, total, stride):
+        while c1 <= g:
+            t0, c0 = t1, c1
+            cell += 1
+            t1 = (cell + 1) * grid
+            if t0 > duration_s + grid:
+                return out
+            c1 = cum(t1)
+        out.append(t0 + (g - c0) / (c1 - c0) * grid)
+    return out
+
+
+@pytest.mark.parametrize("shape", [
+    StepsRate(rates=[300.0, 0.0, 0.0, 50.0, 0.0, 700.0], step_s=7.3),
+    SpikeRate(base_rate=0.5, spike_rate=400.0, at_s=11.0, spike_s=3.0),
+    RampRate(from_rate=0.0, to_rate=500.0, ramp_s=20.0),
+    DiurnalRate(average_rate=200.0, period_s=30.0),
+])
+@pytest.mark.parametrize(("stride", "offset"), [(1, 0), (3, 2)])
+def test_the_schedule_finds_the_times_the_cell_walk_found(shape: Any, stride: int,
+                                                          offset: int) -> None:
+    schedule = Schedule(shape, 45.0, stride=stride, offset=offset)
+    got = list(iter(schedule.take, None))
+    assert got == _walked(shape, 45.0, stride, offset)
+    assert len(got) == schedule.count
+
+
+def test_a_long_pause_costs_a_few_evaluations_not_one_a_millisecond() -> None:
+    # Walked cell by cell, a 600 s pause blocked the loop for 0.47 s with a request queued.
+    shape = StepsRate(rates=[1000.0, 0.0, 1000.0], step_s=600.0)
+    calls = 0
+
+    def counted(t: float) -> float:
+        nonlocal calls
+        calls += 1
+        return shape.cumulative(t)
+
+    schedule = Schedule(shape, 1300.0)
+    schedule._cum = counted
+    schedule.next_g = 600_000 - 1  # the last request before the pause
+    assert schedule.take() == pytest.approx(599.999, abs=1e-6)
+    calls = 0
+    assert schedule.take() == pytest.approx(1200.0, abs=1e-6)
+    assert calls < 100, calls  # the walk: 600,000
