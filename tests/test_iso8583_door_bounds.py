@@ -150,3 +150,45 @@ async def test_connections_per_source_are_bounded(tmp_path: Path) -> None:
         for stream in [*keep, extra]:
             await stream.aclose()
         switch.app.request_shutdown()
+
+
+class _HeldStream:
+    """A peer that takes a write only when the test lets it."""
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.written = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.gate.wait()
+        self.written += data
+
+
+async def test_the_drain_waits_until_every_queued_answer_is_sent() -> None:
+    # The connections are cancelled right after the drain: an answer still queued then
+    # was lost at shutdown, though its payment was journaled.
+    from types import SimpleNamespace
+
+    from switch.serve.iso8583_door import _Conn
+
+    door = Iso8583Door(SimpleNamespace(), Iso8583DoorConfig())  # type: ignore[arg-type]
+    stream = _HeldStream()
+    conn = _Conn(stream, "local", 0.0)  # type: ignore[arg-type]
+    door._conns.add(conn)
+    conn.out += b"the last answer"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.write_loop)
+        await anyio.sleep(0.01)  # the writer is inside its send
+        drained = False
+
+        async def drain() -> None:
+            nonlocal drained
+            drained = await door.drain(5.0)
+
+        tg.start_soon(drain)
+        await anyio.sleep(0.05)
+        assert not drained and conn.sending
+        stream.gate.set()
+        await _until(lambda: drained)
+        tg.cancel_scope.cancel()
+    assert stream.written == b"the last answer"

@@ -68,7 +68,7 @@ _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStre
 
 class _Conn:
     __slots__ = ("closing", "dead", "framed", "in_flight", "last_read", "opened", "out",
-                 "scope", "source", "stream", "wakeup")
+                 "scope", "sending", "source", "stream", "wakeup")
 
     def __init__(self, stream: anyio.abc.ByteStream, source: str, now: float) -> None:
         self.stream = stream
@@ -80,6 +80,7 @@ class _Conn:
         #: Nothing more is sent: the peer is gone or the connection was killed.
         self.dead = False
         self.framed = False  # a complete frame arrived (the "handshake")
+        self.sending = False  # a write is under way
         self.opened = now
         self.last_read = now
         self.scope: anyio.CancelScope | None = None
@@ -106,6 +107,7 @@ class _Conn:
                 continue
             data = bytes(self.out)
             self.out.clear()
+            self.sending = True
             try:
                 await self.stream.send(data)
             except _CLOSED:
@@ -114,6 +116,13 @@ class _Conn:
                 self.dead = True
                 self.closing = True
                 return
+            finally:
+                self.sending = False
+
+    @property
+    def flushed(self) -> bool:
+        """Every answer queued has been handed to the socket (or nobody is there)."""
+        return self.dead or (not self.out and not self.sending)
 
 
 class Iso8583Door:
@@ -334,6 +343,11 @@ class Iso8583Door:
         self._accept_scope.cancel()
         with anyio.move_on_after(timeout_s):
             await self._idle.wait()
+            # Every answer is queued; the connections are cancelled right after the drain,
+            # so wait until the writers sent them (as the msgpack door does): an answer
+            # queued last was lost at shutdown though its payment was journaled.
+            while not all(conn.flushed for conn in self._conns.open):
+                await anyio.sleep(0.001)
             return True
         return False
 
