@@ -197,3 +197,40 @@ def test_an_approval_reversed_since_is_not_booked_twice(
             FINAL, payment, Result(payment.payment_id, status, "00"), b"h", 10 * at + 2))
     assert folded.duplicates() == twice
     assert folded.payments[payment.payment_id].result.status is statuses[-1]  # type: ignore[union-attr]
+
+
+def test_a_restart_restores_the_keys_the_running_index_held() -> None:
+    # The running index orders keys by first answer (an unknown counts); the restart
+    # ordered them by final. A payment resolved long after its unknown then pushed out,
+    # at the max_keys bound, a key the switch still answered from.
+    from switch.journal import UNKNOWN
+    from switch.journal.reader import Fold, recovered_from
+    from switch.payment.idempotency import IdempotencyIndex
+    from switch.payment.resolver import recover
+
+    slow, quick = _payment(1), _payment(2)
+    records = [
+        JournalRecord.intent(slow, b"h", 1_000_000),
+        JournalRecord.outcome(UNKNOWN, slow, Result(slow.payment_id, Status.UNKNOWN, "68"),
+                              b"h", 2_000_000),
+        JournalRecord.intent(quick, b"h", 3_000_000),
+        JournalRecord.outcome(FINAL, quick, Result(quick.payment_id, Status.APPROVED, "00"),
+                              b"h", 4_000_000),
+        JournalRecord.outcome(FINAL, slow, Result(slow.payment_id, Status.REVERSED, "00"),
+                              b"h", 90_000_000),
+    ]
+    running = IdempotencyIndex(retention_s=3600, max_keys=1)
+    for record in records:  # as the core drives the index
+        if record.kind == "intent":
+            running.begin(record.idempotency_key, b"h", record.at_us / 1e6)
+        else:
+            running.complete(record.idempotency_key, Result(record.payment_id,
+                                                            Status(record.status), "00"))
+    folded = Fold()
+    for record in records:
+        folded.add(record)
+    restored = IdempotencyIndex(retention_s=3600, max_keys=1)
+    recover(recovered_from(folded, 2), index=restored, resolver=None, standin=None,  # type: ignore[arg-type]
+            router=None, metrics=SwitchMetrics(), now=100.0, wall_us=100_000_000,  # type: ignore[arg-type]
+            retention_s=3600.0, resolve_endpoint=lambda payment, target: "")
+    assert list(restored) == list(running) == [quick.idempotency_key]

@@ -144,6 +144,9 @@ class PaymentHistory:
     outcome_kind: str | None = None
     result: Result | None = None
     outcome_at_us: int = 0
+    #: When it was first answered (its first ``unknown`` or ``final``): where the running
+    #: switch's idempotency index put it in its eviction order.
+    answered_at_us: int = 0
     finals: int = 0
     advised: bool = False
     #: An intent came after its final: a reversal under way (see :meth:`Fold._apply`).
@@ -206,6 +209,8 @@ class Fold:
             if kind == UNKNOWN and history.outcome_kind == FINAL:
                 return  # a late "unknown" never reopens a finished payment
             previous = history.result
+            if not history.answered_at_us:
+                history.answered_at_us = at_us
             history.outcome_kind = kind
             history.reopened = False
             result = history.result = _result_decoder.decode(body)
@@ -316,6 +321,9 @@ class FinalRecord(msgspec.Struct, frozen=True):
     body_hash: bytes
     result: Result
     at_us: int
+    #: When the payment was first answered (an ``unknown`` counts): the order and age the
+    #: running switch's idempotency index gave it (see :func:`recovered_from`).
+    answered_at_us: int
 
 
 class UnfinishedPayment(msgspec.Struct, frozen=True):
@@ -356,19 +364,23 @@ def recovered_from(folded: Fold, boot_count: int) -> Recovered:
         result = h.result
         if h.outcome_kind == FINAL:
             assert result is not None
-            final(FinalRecord(h.idempotency_key, h.body_hash, result, h.outcome_at_us))
+            final(FinalRecord(h.idempotency_key, h.body_hash, result, h.outcome_at_us,
+                              h.answered_at_us))
             if h.reopened and (one := _unfinished(h)) is not None:
                 unfinished.append(one)
             if result.stood_in and not h.advised and h.payment is not None:
                 advices.append(PendingAdvice(h.body_hash, h.payment, result))
         elif (one := _unfinished(h)) is not None:
             unfinished.append(one)
-    # Oldest first, so the idempotency index restores (and evicts) in age order.
-    finals.sort(key=_at_us)
+    # Oldest first, in the order the running index held them: by first answer, not by
+    # final. A payment resolved long after its unknown was near the front of the running
+    # index, and restored by its final it pushed out, at the max_keys bound, a key the
+    # switch still answered from: a retry of that key after the restart was booked anew.
+    finals.sort(key=_answered_at_us)
     return Recovered(finals, unfinished, boot_count, folded.records, advices)
 
 
-_at_us: Final = operator.attrgetter("at_us")
+_answered_at_us: Final = operator.attrgetter("answered_at_us")
 
 
 def read_unfinished(path: str | Path) -> list[UnfinishedPayment]:

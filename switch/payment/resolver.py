@@ -566,7 +566,7 @@ def recover(
     undelivered stand-in advices, and hand every unfinished payment to the resolver
     before the switch reports ready."""
     assert retention_s > 0 and wall_us > 0
-    ages = ((final, (wall_us - final.at_us) / 1e6) for final in recovered.finals)
+    ages = ((final, (wall_us - final.answered_at_us) / 1e6) for final in recovered.finals)
     index.restore_all((final.idempotency_key, final.body_hash, final.result, now - age_s)
                       for final, age_s in ages if age_s < retention_s)  # oldest first
     for advice in recovered.pending_advices:
