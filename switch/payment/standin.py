@@ -111,11 +111,7 @@ class StandIn:
         issuer_total = self._per_issuer.get(target, 0) + payment.amount
         if card_total > cfg.per_card_max_minor or issuer_total > cfg.per_issuer_max_minor:
             return None
-        self._per_card[card.token] = card_total
-        self._per_card.move_to_end(card.token)
-        if len(self._per_card) > MAX_TRACKED_CARDS:
-            self._per_card.popitem(last=False)
-        self._per_issuer[target] = issuer_total
+        self._expose(card.token, target, payment.amount)
         self.approved += 1
         self._metrics.standin[payment.channel].inc()
         digest = hashlib.blake2b(payment.payment_id.encode(), digest_size=3).hexdigest()
@@ -128,11 +124,17 @@ class StandIn:
         twice its limit."""
         card = payment.card
         assert card is not None and payment.amount > 0, payment.payment_id
-        self._per_card[card.token] = self._per_card.get(card.token, 0) + payment.amount
-        self._per_card.move_to_end(card.token)
-        if len(self._per_card) > MAX_TRACKED_CARDS:
-            self._per_card.popitem(last=False)
-        self._per_issuer[target] = self._per_issuer.get(target, 0) + payment.amount
+        self._expose(card.token, target, payment.amount)
+
+    def _expose(self, token: str, target: str, amount: int) -> None:
+        """Add a stand-in approval to its card's and issuer's totals (the limits were
+        checked by the caller, or held before a restart)."""
+        per_card = self._per_card
+        per_card[token] = per_card.get(token, 0) + amount
+        per_card.move_to_end(token)
+        if len(per_card) > MAX_TRACKED_CARDS:
+            per_card.popitem(last=False)
+        self._per_issuer[target] = self._per_issuer.get(target, 0) + amount
 
     def queue_advice(self, payment: Payment, result: Result, target: str,
                      endpoints: tuple[str, ...], digest: bytes) -> None:
