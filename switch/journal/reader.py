@@ -320,9 +320,8 @@ class FinalRecord(msgspec.Struct, frozen=True):
     idempotency_key: str
     body_hash: bytes
     result: Result
-    at_us: int
-    #: When the payment was first answered (an ``unknown`` counts): the order and age the
-    #: running switch's idempotency index gave it (see :func:`recovered_from`).
+    #: When the payment was first answered (an ``unknown`` counts), not its final: the
+    #: order and age the running switch's idempotency index gave it (recovered_from).
     answered_at_us: int
 
 
@@ -364,8 +363,7 @@ def recovered_from(folded: Fold, boot_count: int) -> Recovered:
         result = h.result
         if h.outcome_kind == FINAL:
             assert result is not None
-            final(FinalRecord(h.idempotency_key, h.body_hash, result, h.outcome_at_us,
-                              h.answered_at_us))
+            final(FinalRecord(h.idempotency_key, h.body_hash, result, h.answered_at_us))
             if h.reopened and (one := _unfinished(h)) is not None:
                 unfinished.append(one)
             if result.stood_in and not h.advised and h.payment is not None:
