@@ -19,9 +19,11 @@ has two rows, or three (an ``unknown`` resolved later, a stand-in's advice), or 
 start-up restores the newest ``max_keys`` finals, so each of them must still be live. The
 newest live row is never moved, so SQLite never hands out an archived ``seq`` again. A
 payment seen but not yet movable is *held* (its seqs remembered) until its last record
-shows up. Each step copies the movable records (``INSERT OR IGNORE``, committed), then
-deletes them from the live journal (committed). A crash between the two leaves a record in
-both; the reader skips live records already archived, and the next step finishes the move.
+shows up; a record that shows up after its payment was archived (a late ``unknown``)
+follows it there. Each step copies the movable records (``INSERT OR IGNORE``,
+committed), then deletes them from the live journal (committed). A crash between the two
+leaves a record in both; the reader skips live records already archived, and the next
+step finishes the move.
 A step that fails (full archive disk, I/O error) changes none of the compactor's state, so
 the next step looks at the same rows again. The steps run in the journal's writer
 (``Journal.maintain``), so there is still one writer.
@@ -37,11 +39,23 @@ from typing import Final
 import msgspec
 
 from switch.journal.reader import ARCHIVE_SCHEMA, archive_path, has_archive
-from switch.journal.records import ADVICE, FINAL, INTENT
+from switch.journal.records import ADVICE, FINAL, INTENT, UNKNOWN
 from switch.model import Result, Status
 
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
 _REVERSED: Final = Status.REVERSED.value
+
+
+#: Kinds that never open a payment: met first, they may belong to an archived one.
+_LATE_KINDS: Final = frozenset({UNKNOWN, ADVICE})
+
+
+def _archived_finished(db: sqlite3.Connection, pid: str) -> bool:
+    """The archive holds a final of ``pid``: only a finished payment that owed nothing
+    moves there, all its records together (one probe of the payment id index)."""
+    return db.execute(
+        f"SELECT 1 FROM {ARCHIVE_SCHEMA}.journal WHERE payment_id = ? AND kind = ? LIMIT 1",
+        (pid, FINAL)).fetchone() is not None
 
 
 def _columns(db: sqlite3.Connection, schema: str) -> list[tuple[str, str]]:
@@ -72,7 +86,24 @@ def attach_archive(db: sqlite3.Connection, journal: str | Path) -> Path:
     for name, type_ in _columns(db, "main"):
         if name not in archived:
             db.execute(f"ALTER TABLE {ARCHIVE_SCHEMA}.journal ADD COLUMN {name} {type_}")
+    _copy_indexes(db)
     return path
+
+
+def _copy_indexes(db: sqlite3.Connection) -> None:
+    """Give the archive's table the live table's indexes (the payment id's above all: a
+    lookup that misses the live journal reads the archive, the larger of the two, and
+    retention looks up archived payments by id). Idempotent; an archive written before
+    an index gains it at its next attach."""
+    for name, sql in db.execute(
+            "SELECT name, sql FROM main.sqlite_master WHERE type = 'index'"
+            " AND tbl_name = 'journal' AND sql IS NOT NULL").fetchall():
+        # SQLite stores "CREATE [UNIQUE] INDEX <name> ON journal (...)", without the
+        # IF NOT EXISTS it was created with.
+        archived = sql.replace(f"INDEX {name} ", f"INDEX IF NOT EXISTS {ARCHIVE_SCHEMA}.{name} ",
+                               1)
+        assert archived != sql, f"unexpected index definition: {sql!r}"
+        db.execute(archived)
 
 
 @dataclass(slots=True)
@@ -164,8 +195,7 @@ class Compactor:
                 scanned += 1
                 held = touched.get(pid)
                 if held is None:
-                    prior = self._held.get(pid)
-                    held = touched[pid] = _Held() if prior is None else prior.copy()
+                    held = touched[pid] = self._holding(db, pid, kind)
                 held.seqs.append(seq)
                 if kind == INTENT:
                     held.finished = False  # an intent after a final reopens it (a reversal)
@@ -193,6 +223,23 @@ class Compactor:
         # Finals still to count may let more rows go at once: step again without waiting.
         self.scanned = self.max_rows if behind else scanned
         return len(seqs)
+
+    def _holding(self, db: sqlite3.Connection, pid: str, kind: str) -> _Held:
+        """What is known of ``pid``, first met at a row of ``kind`` in this step.
+
+        A payment's rows are walked in seq order, so one first met at an ``unknown`` or
+        an ``advice`` had its intent archived: its payment finished and owed nothing. Such
+        a late record (the reader never lets it reopen a finished payment) follows its
+        payment to the archive; held as a payment never finished, it stayed live and held
+        for good, restart after restart. Asked of the archive, not assumed: a stray record
+        of a payment the archive does not hold finished stays held, as before.
+        """
+        prior = self._held.get(pid)
+        if prior is not None:
+            return prior.copy()
+        if kind in _LATE_KINDS and _archived_finished(db, pid):
+            return _Held(finished=True)
+        return _Held()
 
     def _count_finals(self, db: sqlite3.Connection, newest: int) -> bool:
         """Count the finals of up to ``max_count_rows`` more live rows; True if rows are

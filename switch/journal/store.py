@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS journal (
     at_us INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Lookups by payment id (the front doors' find and reversal): without it each one read
+-- the whole live journal, and on a miss the whole archive. Every entry also holds the
+-- seq (the rowid), so "the newest record of a payment" is read off its end. IF NOT
+-- EXISTS: a journal written before the index gains it when opened (attach_archive
+-- gives the archive the same).
+CREATE INDEX IF NOT EXISTS journal_payment_id ON journal (payment_id);
 """
 _ROW_PLACEHOLDERS: Final = f"({', '.join('?' * len(COLUMNS))})"
 INSERT: Final = f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES {_ROW_PLACEHOLDERS}"
@@ -176,6 +182,15 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     columns.migrate(db)  # reconciliation's column chunks (switch/journal/columns.py)
     attach_archive(db, path)  # retention moves old finished payments there (archive.py)
     return db
+
+
+def _is_io_error(exc: sqlite3.Error) -> bool:
+    """SQLite's I/O error (SQLITE_IOERR or one of its extended codes): the disk failed a
+    read, write or fsync, unlike a full disk or a busy lock, which pass."""
+    code = getattr(exc, "sqlite_errorcode", None)  # absent when raised by Python code
+    if isinstance(code, int):
+        return code & 0xFF == sqlite3.SQLITE_IOERR
+    return "disk I/O error" in str(exc)  # SQLite's own text for SQLITE_IOERR
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +370,16 @@ class Journal:
             try:
                 now_us = retention.wall_us()  # read on the loop: the clock is the loop's
                 await self.maintain(functools.partial(compactor.step, now_us=now_us))
-            except sqlite3.Error as exc:  # retention can wait; the journal itself goes on
+            except sqlite3.Error as exc:
+                if _is_io_error(exc):
+                    # The disk under the journal failed (its DELETE, or the archive's
+                    # copy): what it holds can no longer be trusted, as after a failed
+                    # commit. Fail-stop the same way, never carry on beside it.
+                    log.critical("journal retention failed: %s", exc)
+                    self._fail_stop(exc, [])
+                    return
+                # A full archive, a busy lock: retention can wait (the step changed
+                # nothing); the journal itself goes on.
                 log.error("journal retention step failed: %s", exc)
                 compactor.scanned = 0
             # A full step means more may be due at once; otherwise check again later.
@@ -403,10 +427,18 @@ class Journal:
         self._hand_off()
 
     def _failed(self, batch: _Batch, error: BaseException) -> None:
-        """Fail-stop: this batch and every one queued behind it fail; run() raises."""
+        """A commit failed: fail-stop."""
         log.critical("journal commit failed: %s", error)
-        self.failure = error
-        failed = [batch, *(b for b in self._batches if b.rows)]
+        self._fail_stop(error, [batch])
+
+    def _fail_stop(self, error: BaseException, failed_first: list[_Batch]) -> None:
+        """Fail-stop: ``failed_first`` and every batch queued behind them fail, nothing is
+        appended any more, and run() raises ``error``. A batch already with the writer
+        reports its own outcome: if it commits, its records are durable and so told.
+        The first failure is the one run() raises: the cause, not what followed it."""
+        if self.failure is None:
+            self.failure = error
+        failed = [*failed_first, *(b for b in self._batches if b.rows)]
         self._batches = deque([_Batch()])
         for each in failed:
             each.error = error

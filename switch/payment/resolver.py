@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Final, Protocol
 import anyio
 import msgspec
 
+from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
 from switch.journal import FINAL, JournalRecord, OnFull
 from switch.model import Payment, Result, Status, check_transition
@@ -575,18 +576,37 @@ def recover(
         standin.queue_advice(advice.payment, advice.result, target.name, target.endpoints,
                              advice.body_hash)
     for unfinished in recovered.unfinished:
+        # The route first: the key's state depends on whether anyone will resolve it.
+        candidate = _candidate(unfinished, router, resolve_endpoint, wall_us)
+        if candidate is None:
+            _unresolvable(index, unfinished, now)
+            continue
         key = unfinished.payment.idempotency_key
         # Pending in the index, so a client retry waits for the answer.
         if index.get(key) is None:
             index.begin(key, unfinished.body_hash, now)
-        candidate = _candidate(unfinished, router, resolve_endpoint, wall_us)
-        if candidate is None:
-            continue
         payment, digest, route, status, elapsed_s = candidate
         resolver.submit(payment, digest, route, status, elapsed_s=elapsed_s)
         if on_recovered is not None:  # the core answers retries of this key meanwhile
             on_recovered(payment, route)
         metrics.recovered.inc()
+
+
+def _unresolvable(index: IdempotencyIndex, unfinished: UnfinishedPayment, now: float) -> None:
+    """No route to resolve ``unfinished``: it stays unknown in the journal, and the next
+    start tries again. Its key answers that state at once, as a live payment's unknown
+    does, rather than staying in flight: nobody would ever finish it before a restart,
+    so every retry waited, was refused, and the entry outlived every eviction. It is
+    kept, never let go: the payment was sent, and a retry must not book it afresh."""
+    payment = unfinished.payment
+    key = payment.idempotency_key
+    if index.get(key) is not None:
+        return  # an answer already given (an approval being reversed) stays the answer
+    index.begin(key, unfinished.body_hash, now)
+    index.complete(key, Result(payment.payment_id, Status.UNKNOWN, reasons.RESPONSE_TOO_LATE,
+                               aml_flag=payment.aml_flag))
+    entry = index.get(key)
+    assert entry is not None and not entry.pending, "an unresolvable key left in flight"
 
 
 def first_endpoint(payment: Payment, target: Target) -> str:

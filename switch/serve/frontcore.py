@@ -43,6 +43,18 @@ _result_decoder: Final = msgspec.msgpack.Decoder(Result)
 #: Reversals waiting for the issuer at once; past it a reversal is answered 91 (retry).
 MAX_REVERSALS_IN_FLIGHT: Final = 10_000
 
+#: The latest result journaled for a payment id (``{schema}``: live or archive). Both
+#: lookups read the journal's payment id index (store.SCHEMA, newest entry first), not
+#: the table: a miss in the live journal is then a few page reads, not a scan of it and
+#: of the whole archive.
+FIND_SQL: Final = (
+    "SELECT record, idempotency_key FROM {schema}.journal WHERE payment_id = ?"
+    " AND kind IN ('final', 'unknown') ORDER BY seq DESC LIMIT 1")
+#: The latest intent journaled for a payment id.
+INTENT_SQL: Final = (
+    "SELECT record, body_hash FROM {schema}.journal WHERE payment_id = ?"
+    " AND kind = 'intent' ORDER BY seq DESC LIMIT 1")
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -145,21 +157,16 @@ class FrontCore:
     async def find(self, payment_id: str) -> tuple[Result, str] | None:
         """The latest result journaled for ``payment_id`` and its idempotency key (None:
         unknown, or still in flight)."""
-        rows = await self._query(
-            "SELECT record, idempotency_key FROM {schema}.journal WHERE payment_id = ?"
-            " AND kind IN ('final', 'unknown') ORDER BY seq DESC LIMIT 1", (payment_id,))
+        rows = await self._query(FIND_SQL, (payment_id,))
         if not rows:
             return None
         record, key = rows[0]
         return _result_decoder.decode(record), str(key)
 
     async def _intent(self, payment_id: str) -> tuple[Payment, bytes] | None:
-        # Newest first: SQLite then walks the table from its end and stops at the match,
-        # and the payments reversed are recent. A reversal re-journals the same intent,
-        # so the latest one is the payment as first journaled.
-        rows = await self._query(
-            "SELECT record, body_hash FROM {schema}.journal WHERE payment_id = ?"
-            " AND kind = 'intent' ORDER BY seq DESC LIMIT 1", (payment_id,))
+        # A reversal re-journals the same intent, so the latest one is the payment as
+        # first journaled.
+        rows = await self._query(INTENT_SQL, (payment_id,))
         return (_payment_decoder.decode(rows[0][0]), rows[0][1]) if rows else None
 
     # ------------------------------------------------------------------ reversal
