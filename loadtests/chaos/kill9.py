@@ -70,6 +70,7 @@ from switch.protocols.settlement_files import (
     decode_camt053,
     decode_card_clearing,
     decode_qr_csv,
+    settlement_file_order,
 )
 from switch.protocols.wire import ErrorReply, Reply
 
@@ -257,7 +258,7 @@ def _settlement_entries(directory: Path) -> list[SettlementEntry]:
         return []
     entries: list[SettlementEntry] = []
     alpha = dict(NUMERIC_TO_ALPHA)
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.iterdir(), key=lambda p: settlement_file_order(p.name)):
         try:
             if path.suffix == ".clr":
                 entries += decode_card_clearing(path.read_text(), path.name, alpha)

@@ -19,6 +19,26 @@ units (:data:`MAX_ABS_AMOUNT`, ISO 20022's 18 digits) and a settlement time from
 them is no settlement, and reconciliation's arithmetic on differences is only exact
 within ±2**61, so the file is refused naming the line and field.
 
+Amounts are magnitudes: an amount is never negative, in any format. Direction has its
+own field (the CSV formats' ``status``: ``settled`` or ``reversed``; camt.053's
+``CdtDbtInd`` and ``RvslInd``), and a signed amount next to it would be a second,
+possibly contradicting, say on the same thing: a ``-500,...,settled`` row is read by one
+system as a reversal and by another as a settlement of -500. Such a file is refused,
+naming the line and the amount field (camt.053's ``Amt`` is unsigned in the schema too).
+A zero amount is accepted as before.
+
+camt.053's reversal indicator (``Ntry/RvslInd``, xs:boolean) says the entry undoes an
+earlier one of the opposite direction. The statements read here are a nostro's booked
+incoming credit transfers (``CRDT``, status settled) and money going back on them
+(``DBIT``, status reversed; with or without ``RvslInd``, since statements written before
+it was emitted carry none). So ``DBIT`` with ``RvslInd`` true is that reversal: it reads
+as ``reversed`` and reconciliation pairs it with the switch's reversed payment (a credit
+booked in one statement and reversed in the next are one payment, as for cards). ``CRDT``
+with ``RvslInd`` true would undo a *debit* this account never books as a payment: there is
+no settlement it could be, and reading it as either a new settlement or a reversal would
+misstate the money, so the file is refused naming ``Stmt/Ntry[i]/RvslInd``; as is a value
+that is not an xs:boolean (true, false, 1, 0).
+
 camt.053 entries must be booked: ``Ntry/Sts/Cd`` is ``BOOK``. A statement reports the
 entries *booked* to the account (camt.053's definition); a pending (``PDNG``),
 information-only (``INFO``) or future (``FUTR``) entry is not settled money, and a
@@ -103,6 +123,26 @@ class Discrepancy(msgspec.Struct, frozen=True):
     kind: DiscrepancyKind
     reference: str
     detail: str = ""
+
+
+_DIGIT_RUNS: Final = re.compile(r"([0-9]+)")
+
+
+def settlement_file_order(name: str) -> tuple[tuple[object, ...], str]:
+    """Sort key for settlement file names (``<network>-<cycle>.<ext>``): runs of digits
+    compare as numbers, so cycle 10000 comes after 9999 (a string sort put it first once
+    the writer's four zero-padded digits ran out, and a reversal in cycle 10000 was read
+    before the settlement it undoes in 9999).
+
+    Digits compare by (count without leading zeros, digits), never through ``int``: a file
+    name's digits can be longer than ``int()`` converts. The name itself breaks ties
+    (``a-01`` and ``a-1``), so the order is total and the same on every machine.
+    """
+    parts = _DIGIT_RUNS.split(name)
+    # split() with a group alternates text and digits, text first: like compares with like.
+    key = tuple(part if k % 2 == 0 else (len(part.lstrip("0")), part.lstrip("0"))
+                for k, part in enumerate(parts))
+    return key, name
 
 
 # --- card clearing file -----------------------------------------------------------------
@@ -217,10 +257,13 @@ def encode_camt053(statement_id: str, account: str, created_at_us: int,
                 f"<Dt><DtTm>{created}</DtTm></Dt></Bal>"
             )
     for e in entries:
-        indicator = "CRDT" if e.status == "settled" else "DBIT"
+        # A reversal says so (RvslInd, between CdtDbtInd and Sts in the schema's order):
+        # a bare DBIT on a nostro is an outgoing payment to any other reader.
+        indicator = ("<CdtDbtInd>CRDT</CdtDbtInd>" if e.status == "settled" else
+                     "<CdtDbtInd>DBIT</CdtDbtInd><RvslInd>true</RvslInd>")
         parts.append(
             f'<Ntry><Amt Ccy="{e.currency}">{format_amount(e.amount, e.currency)}</Amt>'
-            f"<CdtDbtInd>{indicator}</CdtDbtInd><Sts><Cd>BOOK</Cd></Sts>"
+            f"{indicator}<Sts><Cd>BOOK</Cd></Sts>"
             f"<BookgDt><DtTm>{_iso(e.settled_at_us)}</DtTm></BookgDt>{_BKTXCD[e.status]}"
             f"<NtryDtls><TxDtls><Refs><EndToEndId>{esc(e.secondary)}</EndToEndId>"
             f"<UETR>{esc(e.reference)}</UETR></Refs></TxDtls></NtryDtls></Ntry>"
@@ -341,6 +384,12 @@ def _amount(value: str, file: str, line: int, field: str) -> int:
         raise SettlementFileError(file, line, field,
                                   f"{value!r} is not below 10**18 in magnitude (minor units; "
                                   "ISO 20022 amounts have at most 18 digits)")
+    if number < 0:
+        # The status field carries the direction; a sign as well would be read as a
+        # reversal by one system and a negative settlement by another (module docstring).
+        raise SettlementFileError(file, line, field,
+                                  f"{value!r} is negative: amounts are magnitudes in minor "
+                                  "units; a reversal is status 'reversed', not a sign")
     return number
 
 
@@ -517,9 +566,10 @@ def read_card_clearing_columns(data: bytes, file: str,
     return SettlementColumns.from_entries(entries, 2)
 
 
-#: The value bounds as polars checks (past them, the strict decoder names the line).
+#: The value bounds as polars checks (past them, or a negative amount, the strict decoder
+#: names the line).
 _BOUNDS_OK: Final = (
-    pl.col("amt").is_between(1 - MAX_ABS_AMOUNT, MAX_ABS_AMOUNT - 1).all().alias("amt_ok"),
+    pl.col("amt").is_between(0, MAX_ABS_AMOUNT - 1).all().alias("amt_ok"),
     pl.col("ts").is_between(MIN_TIME_US, MAX_TIME_US - 1).all().alias("ts_ok"),
 )
 
@@ -672,7 +722,11 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
     well-formed or nests deeper than libxml2's limit, a root other than a camt.053.001.08
     Document, an entry with a missing or malformed field or a value out of bounds, or an
     entry that is not booked (``Sts/Cd`` other than ``BOOK``, or no ``Sts``: see the
-    module docstring).
+    module docstring), a negative ``Amt``, or an ``RvslInd`` that is not an xs:boolean
+    or is true on a ``CRDT`` entry.
+
+    ``CdtDbtInd`` ``CRDT`` reads as settled, ``DBIT`` as reversed (``RvslInd`` true or
+    absent: a reversal of a credit this account booked; see the module docstring).
     """
     if len(data) > MAX_FILE_BYTES:
         raise SettlementFileError(file, 0, "Document", f"exceeds {MAX_FILE_BYTES} bytes")
@@ -709,20 +763,23 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
                     raise SettlementFileError(file, 1, "Document",
                                               f"not a camt.053.001.08 document: {root.tag}")
             found = reader.found
-            # One XPath call for the seven strings, newline-separated; a value holding a
+            # One XPath call for the eight strings, newline-separated; a value holding a
             # newline itself (never valid) takes the field-by-field path.
             values = together(el).split("\n")
-            if len(values) == 7:
-                amount, ccy, indicator, status, booked, uetr, e2e = values
+            if len(values) == 8:
+                amount, ccy, indicator, status, booked, uetr, e2e, reversal = values
                 found.update((("Amt", (amount, ccy)), ("CdtDbtInd", (indicator, None)),
                               ("Sts/Cd", (status, None)), ("BookgDt/DtTm", (booked, None)),
                               ("NtryDtls/TxDtls/Refs/UETR", (uetr, None)),
                               ("NtryDtls/TxDtls/Refs/EndToEndId", (e2e, None))))
+                if reversal:
+                    found["RvslInd"] = (reversal[1:], None)
             else:
                 for name, path in fields:
                     leaf = path(el)
                     if leaf:
-                        found[name] = (leaf[0].text,
+                        found[name] = (leaf[0].text if name != "RvslInd" else
+                                       leaf[0].text or "",
                                        leaf[0].get("Ccy") if name == "Amt" else None)
             reader.add(el.sourceline or 0)
             el.clear(keep_tail=True)
@@ -742,6 +799,8 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
     return reader.columns()
 
 
+#: xs:boolean's lexical forms (RvslInd).
+_XS_BOOLEAN: Final = {"true": True, "1": True, "false": False, "0": False}
 #: ExternalEntryStatus1Code's statuses other than BOOK: named as such when refused.
 _UNBOOKED: Final = frozenset({"PDNG", "INFO", "FUTR"})
 
@@ -765,11 +824,15 @@ class _Camt053Chunks:
                 ("Sts/Cd", "c:Sts[1]/c:Cd[1]"),
                 ("BookgDt/DtTm", "(.//c:BookgDt/c:DtTm)[1]"),
                 ("NtryDtls/TxDtls/Refs/UETR", "(.//c:UETR)[1]"),
-                ("NtryDtls/TxDtls/Refs/EndToEndId", "(.//c:EndToEndId)[1]"))]
+                ("NtryDtls/TxDtls/Refs/EndToEndId", "(.//c:EndToEndId)[1]"),
+                ("RvslInd", "c:RvslInd[1]"))]
+        # RvslInd comes prefixed with "=" when present (substring of length count()), so
+        # an empty <RvslInd/> is told from an absent one, and refused.
         self.together = etree.XPath(
             "concat(c:Amt[1], '\n', c:Amt[1]/@Ccy, '\n', c:CdtDbtInd[1], '\n',"
             " c:Sts[1]/c:Cd[1], '\n', (.//c:BookgDt/c:DtTm)[1], '\n', (.//c:UETR)[1], '\n',"
-            " (.//c:EndToEndId)[1])",
+            " (.//c:EndToEndId)[1], '\n', substring('=', 1, count(c:RvslInd[1])),"
+            " c:RvslInd[1])",
             namespaces=nss, smart_strings=False)
 
     def add(self, line: int) -> None:
@@ -782,6 +845,10 @@ class _Camt053Chunks:
         if currency not in _ALPHA_TO_NUMERIC:
             raise SettlementFileError(file, line, f"{where}/Amt/@Ccy",
                                       f"unknown currency {currency[:40]!r}")
+        if text.lstrip().startswith("-"):
+            raise SettlementFileError(file, line, f"{where}/Amt",
+                                      f"{text[:40]!r} is negative: camt.053 amounts are "
+                                      "unsigned; the direction is CdtDbtInd (and RvslInd)")
         try:
             amount = parse_amount(text, currency, f"{where}/Amt")
         except CodecError as exc:
@@ -814,6 +881,20 @@ class _Camt053Chunks:
         if indicator not in ("CRDT", "DBIT"):
             raise SettlementFileError(file, line, f"{where}/CdtDbtInd",
                                       f"bad value {indicator[:40]!r}")
+        reversal = found.get("RvslInd", (None, None))[0]
+        if reversal is not None:
+            # xs:boolean, whitespace collapsed; see the module docstring for the meaning.
+            flag = _XS_BOOLEAN.get(reversal.strip())
+            if flag is None:
+                raise SettlementFileError(file, line, f"{where}/RvslInd",
+                                          f"not a boolean: {reversal[:40]!r} (true, false, "
+                                          "1, 0)")
+            if flag and indicator == "CRDT":
+                raise SettlementFileError(
+                    file, line, f"{where}/RvslInd",
+                    "a CRDT entry with RvslInd true reverses a debit, and this statement's "
+                    "debits are reversals of settled credits, not payments: it cannot be "
+                    "read as a settlement or as a reversal")
         try:
             when = datetime.fromisoformat(booked)
             if when.tzinfo is None:

@@ -39,7 +39,7 @@ from switch.backoffice import ledger
 from switch.currency import NUMERIC_TO_ALPHA
 from switch.journal import Fold
 from switch.model import Payment, Result, Status
-from switch.protocols.settlement_files import decode_card_clearing
+from switch.protocols.settlement_files import decode_card_clearing, settlement_file_order
 
 #: Virtual seconds between two clearing cut-offs (a cut also ends every run).
 CUT_EVERY_S: Final = 5.0
@@ -88,7 +88,8 @@ class Clearing:
     def cleared(self) -> dict[str, list[tuple[int, str, int]]]:
         """Per RRN: (cycle, status, amount) of every entry in the files, in cycle order."""
         out: dict[str, list[tuple[int, str, int]]] = defaultdict(list)
-        for path in sorted(Path(self._dir.name).glob("*.clr")):
+        for path in sorted(Path(self._dir.name).glob("*.clr"),
+                           key=lambda p: settlement_file_order(p.name)):
             cycle = int(path.stem.rsplit("-", 1)[1])
             for e in decode_card_clearing(path.read_text(), path.name, NUMERIC_TO_ALPHA):
                 out[e.reference.strip()].append((cycle, e.status, e.amount))

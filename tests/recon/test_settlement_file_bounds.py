@@ -72,7 +72,7 @@ _SUFFIX = {"card": ".clr", "qr": ".csv"}
 
 
 def _in_bounds(amount: int, time_us: int) -> bool:
-    return abs(amount) < MAX_ABS_AMOUNT and MIN_TIME_US <= time_us < MAX_TIME_US
+    return 0 <= amount < MAX_ABS_AMOUNT and MIN_TIME_US <= time_us < MAX_TIME_US
 
 
 # --- bounds on values: card clearing and QR CSV, every reader --------------------------
@@ -104,7 +104,7 @@ def test_every_reader_draws_the_bounds_in_the_same_place(kind: str) -> None:
         data = _csv(kind, amount, time_us)
         fast = sides._csv_fast(Path("f" + _SUFFIX[kind]), data, CHANNEL_CODE[kind])
         if not _in_bounds(amount, time_us):
-            field = "amount" if abs(amount) >= MAX_ABS_AMOUNT else "settled_at_us"
+            field = "amount" if not 0 <= amount < MAX_ABS_AMOUNT else "settled_at_us"
             for read in (lambda: _strict(kind, data), lambda: _COLUMNS[kind](data, "f")):
                 with pytest.raises(SettlementFileError) as info:
                     read()

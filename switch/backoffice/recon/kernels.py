@@ -1382,10 +1382,10 @@ def group_sums(codes: Int64Array, amounts: Int64Array,
 # most of a 10M reconciliation's file reading. The kernel accepts a subset of what the
 # strict decoders in switch.protocols.settlement_files accept (plain printable ASCII,
 # no quoting, integers as ``-?[0-9]{1,19}`` within 64 bits and within the decoders'
-# bounds on amounts and times, a known currency, status ``settled|reversed``) and says
-# "not sure" on anything else; the caller then hands the file to the strict decoder,
-# which accepts it or names the line and field. So the fast path can never accept what
-# the strict one refuses, nor read a value differently.
+# bounds on amounts and times, amounts unsigned, a known currency, status
+# ``settled|reversed``) and says "not sure" on anything else; the caller then hands the
+# file to the strict decoder, which accepts it or names the line and field. So the fast
+# path can never accept what the strict one refuses, nor read a value differently.
 
 #: Layouts of :func:`parse_settlement_csv`.
 CSV_CARD: Final = 0
@@ -1462,7 +1462,7 @@ def _settlement_csv_kernel(
     """Records of ``data[start:end]`` (whole lines) into the output columns.
 
     Returns (records, amount sum, sum of |amount| as float); records is -1 when the
-    bytes are not all plain records, a value is out of bounds (``|amount| <
+    bytes are not all plain records, a value is out of bounds (``0 <= amount <
     max_abs_amount``, ``min_time <= time < max_time``), or there are more lines than
     the outputs hold."""
     cap = key.shape[0]
@@ -1499,9 +1499,9 @@ def _settlement_csv_kernel(
                 sp += 1
             sec_off[i + 1] = sp
         p = q + 1
-        a, p = _csv_int(data, p, end, True)
-        if p < 0 or p >= end or data[p] != _COMMA or a <= -max_abs_amount \
-                or a >= max_abs_amount:
+        # Unsigned: a negative amount is refused by the strict decoder, which names it.
+        a, p = _csv_int(data, p, end, False)
+        if p < 0 or p >= end or data[p] != _COMMA or a >= max_abs_amount:
             return -1, 0, 0.0
         p += 1
         if layout == CSV_CARD:

@@ -3,7 +3,9 @@ and the networks' (from the settlement files on disk)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import mmap
 import os
 import time
@@ -42,6 +44,7 @@ from switch.protocols.settlement_files import (
     read_camt053_columns,
     read_card_clearing_columns,
     read_qr_csv_columns,
+    settlement_file_order,
 )
 
 _SUFFIX_CHANNEL: Final = {".clr": "card", ".xml": "swift", ".csv": "qr"}
@@ -201,7 +204,11 @@ class _File:
 
 
 def settlement_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix in _READERS and p.is_file())
+    """The settlement files of ``directory`` in cycle order (see
+    :func:`settlement_file_order`): the first record of a key is the one matched, a later
+    one (a reversal in the next cycle) is paired with it or is a duplicate."""
+    return sorted((p for p in directory.iterdir() if p.suffix in _READERS and p.is_file()),
+                  key=lambda p: settlement_file_order(p.name))
 
 
 #: Settlement files read at once (each holds its bytes and parsed frame meanwhile).
@@ -262,41 +269,41 @@ def _csv_fast(path: Path, data: bytes | mmap.mmap, code: int
 
 def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
     """One settlement file: its columns (the numbers, and the strings a break shows) and
-    its references' keys, hashed as the journal stores them."""
+    its references' keys, hashed as the journal stores them.
+
+    The bytes parsed are a private copy, never a shared mapping of the file: another
+    process that truncates a mapped file (a writer rewriting it in place) makes the
+    next touch of a page past its new end kill the reader with SIGBUS, and a crash is
+    not an answer to a user's input. A file whose size or mtime changes while it is
+    read is refused, naming it: what was read may be half of one version and half of
+    another.
+    """
     code = jcols.CHANNEL_CODE[_SUFFIX_CHANNEL[path.suffix]]
     with path.open("rb") as f:
         # The bound is checked on the size before a byte is read: the readers check it
         # too, but only on bytes already in memory (a 1 GiB file peaked at 1.2 GB).
-        size = os.fstat(f.fileno()).st_size
+        before = os.fstat(f.fileno())
+        size = before.st_size
         if size > MAX_FILE_BYTES:
             raise _too_big(path, size)
         if path.suffix in (".clr", ".csv") and size > 0:
-            # Mapped, not read: a read copies the file through 4 kB page faults (~0.3 s
-            # of kernel time per 130 MB on the measured VM), a populated mapping of the
-            # page cache costs ~10 ms. The kernel copies out what it keeps, so the
-            # mapping goes when the file is parsed.
-            # (A file another process truncates while it is mapped faults the reader
-            # (SIGBUS) where a read would have seen a short file and refused it:
-            # settlement files are closed deliveries, not written in place. A file
-            # system that cannot map files is read instead.)
-            try:
-                mapped: mmap.mmap | None = mmap.mmap(
-                    f.fileno(), 0, prot=mmap.PROT_READ,
-                    flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-            except (OSError, ValueError):
-                mapped = None
-            if mapped is not None:
+            copied = _private_copy(f, size)
+            if copied is not None:
+                copy, filled = copied
                 try:
-                    fast = _csv_fast(path, mapped, code)
+                    _unchanged(path, f, before, filled)
+                    fast = _csv_fast(path, copy, code)
+                    # The strict decoders take bytes: these bytes, not a second read of a
+                    # file that may have changed since.
+                    data = copy[:] if fast is None else b""
                 finally:
-                    mapped.close()
+                    copy.close()
                 if fast is not None:
                     return fast
-        # Up to one byte past the bound: a file that grew since fstat is refused, not
-        # read to its end.
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise _too_big(path, len(data))
+            else:
+                data = _read_bounded(path, f, before)
+        else:
+            data = _read_bounded(path, f, before)
     if path.suffix == ".clr":
         cols = read_card_clearing_columns(data, str(path), secondary=False)
     else:
@@ -313,6 +320,63 @@ def _read_file(path: Path) -> tuple[SettlementColumns, NDArray[np.int64]]:
                                  cols.amount, cols.currency, cols.status, cols.time_us,
                                  cols.first_line, cols.lines)
     return cols, key
+
+
+def _private_copy(f: io.BufferedReader, size: int) -> tuple[mmap.mmap, int] | None:
+    """The file's first ``size`` bytes in anonymous memory of this process, which no
+    other process can truncate, and how many there were (fewer if it shrank meanwhile);
+    None when that memory cannot be had (the caller reads into bytes instead).
+
+    Anonymous memory with transparent huge pages, not ``f.read()``: a read into bytes
+    faults the destination in 4 kB pages, ~60 ms of kernel time per 100 MB on the
+    measured VM, where 2 MB pages take ~20 ms (where THP is off, it costs what a read
+    does). A shared mapping of the page cache was cheaper still (~0.1 ms) but is what
+    a truncation turns into SIGBUS.
+    """
+    try:
+        copy = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError, AttributeError):  # AttributeError: no MAP_ANONYMOUS
+        return None
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        with contextlib.suppress(OSError):  # a kernel without THP: 4 kB pages, still correct
+            copy.madvise(advice)
+    try:
+        with memoryview(copy) as view:
+            filled = 0
+            while filled < size:
+                n = f.readinto(view[filled:])
+                if not n:
+                    break
+                filled += n
+    except BaseException:
+        copy.close()
+        raise
+    return copy, filled
+
+
+def _read_bounded(path: Path, f: io.BufferedReader, before: os.stat_result) -> bytes:
+    """The rest of ``f`` as bytes, up to one byte past the bound (a file that grew since
+    fstat is refused, not read to its end), checked unchanged while read."""
+    data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise _too_big(path, len(data))
+    _unchanged(path, f, before, len(data))
+    return data
+
+
+def _unchanged(path: Path, f: io.BufferedReader, before: os.stat_result, read: int) -> None:
+    """Refuse a file that another process changed while it was read: shorter or longer
+    than it was at open, or rewritten (mtime) in place."""
+    after = os.fstat(f.fileno())
+    grew = read >= before.st_size and f.read(1) != b""
+    if read != before.st_size or grew or after.st_size != before.st_size \
+            or after.st_mtime_ns != before.st_mtime_ns:
+        raise SettlementFileError(
+            str(path), 0, "file",
+            f"changed while being read ({before.st_size:,} bytes at open, {read:,} read, "
+            f"{after.st_size:,} now): another process is writing it; a settlement file "
+            "must be complete before it is read (written elsewhere and renamed into place)")
 
 
 def _too_big(path: Path, size: int) -> SettlementFileError:
