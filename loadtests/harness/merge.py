@@ -184,6 +184,16 @@ def _merged_summary(
         else r.start_wall - t0 + float(s["run"].get("elapsed_s", r.duration_s))
         for r, s in zip(runs, sums, strict=True)
     )
+    # The merged run carries its own last reply, so that merging it again reads the same
+    # end of answering as merging its runs directly: merging is associative for the
+    # achieved rate. Without it, a merge of merged runs fell back to elapsed_s, which
+    # counts the drain wait, and the rate came out several times too low. A run from
+    # before last_reply_s stands in with its elapsed time, as above.
+    last_reply = max(
+        r.start_wall - t0 + float(s["run"].get("last_reply_s",
+                                               s["run"].get("elapsed_s", r.duration_s)))
+        for r, s in zip(runs, sums, strict=True)
+    )
     offered = sum(int(t["offered"]) for t in totals)
     replies = sum(int(t["replies"]) for t in totals)
 
@@ -197,6 +207,7 @@ def _merged_summary(
             "target": ", ".join(sorted({str(s["run"].get("target", "?")) for s in sums})),
             "duration_s": round(duration, 3),
             "elapsed_s": round(elapsed, 3),
+            "last_reply_s": round(last_reply, 3),
             "processes": sum(int(s["run"].get("processes", 1)) for s in sums),
             "connections": sum(int(s["run"].get("connections", 0)) for s in sums),
             "run_tag": ", ".join(str(s["run"].get("run_tag", "?")) for s in sums),

@@ -34,7 +34,7 @@ import logging
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -141,7 +141,7 @@ class PooledAdapter:
             connect_timeout_s=cfg.connect_timeout_s, send_timeout_s=cfg.send_timeout_s,
             backoff_initial_s=cfg.reconnect_initial_s, backoff_max_s=cfg.reconnect_max_s,
             rng=random.Random(cfg.seed), new_splitter=new_splitter, on_frame=on_frame,
-            handshake=handshake, keepalive=keepalive,
+            handshake=handshake, keepalive=keepalive, max_queued=cfg.max_in_flight,
         )
 
 
@@ -290,6 +290,15 @@ class _NeverStarted(NotSent):
     """Nothing of the write began: every frame of its batch certainly stayed here."""
 
 
+#: Frames one link holds for its writer, unless its pool says otherwise (the adapters'
+#: pools use their ``max_in_flight``, whose default this is). The correlator's bound
+#: alone left the queue unbounded: frames given up while queued stay in it until the
+#: writer's next wake-up, and answers to the network's own requests (an 0810 to its
+#: echo) are nobody's request in flight. With the writer held by a peer that does not
+#: read (up to ``send_timeout_s``), both grew without limit.
+MAX_QUEUED_FRAMES: Final = 8192
+
+
 class Link:
     """One TCP connection of a pool. One writer task writes every frame, in the order
     queued: requests the core sends without waiting and :func:`exchange`'s alike, so an
@@ -298,14 +307,18 @@ class Link:
     network booked it)."""
 
     __slots__ = (
-        "_queue", "_send_timeout_s", "_wake", "alive", "index", "ready", "ready_at", "scope",
-        "stream", "was_ready",
+        "_queue", "_send_timeout_s", "_wake", "alive", "index", "max_queued", "ready",
+        "ready_at", "scope", "stream", "was_ready",
     )
 
-    def __init__(self, index: int, stream: anyio.abc.ByteStream, send_timeout_s: float) -> None:
+    def __init__(self, index: int, stream: anyio.abc.ByteStream, send_timeout_s: float,
+                 max_queued: int = MAX_QUEUED_FRAMES) -> None:
+        assert max_queued >= 1
         self.index = index
         self.stream = stream
         self._send_timeout_s = send_timeout_s
+        #: Past it a frame is refused NotSent: see :data:`MAX_QUEUED_FRAMES`.
+        self.max_queued = max_queued
         self.alive = True
         self.ready = False
         self.was_ready = False
@@ -317,16 +330,31 @@ class Link:
         self._queue: list[tuple[bytes, Callable[[], None], Queued]] = []
         self._wake = anyio.Event()
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the writer (given-up ones included until it skips them)."""
+        return len(self._queue)
+
     def send_nowait(self, data: bytes, never_left: Callable[[], None], owner: Queued) -> None:
         """Queue one frame for this link's writer; everything queued leaves in one write.
 
-        NotSent if the link is closed. ``never_left`` runs (from the writer) if the link
-        dies before the frame was written: certainly not sent, safe to fail over. Once
-        ``owner.gone``, a frame not yet written never is.
+        NotSent if the link is closed or already holds ``max_queued`` frames. ``never_left``
+        runs (from the writer) if the link dies before the frame was written: certainly not
+        sent, safe to fail over. Once ``owner.gone``, a frame not yet written never is.
         """
         if not self.alive:
             raise NotSent(f"connection {self.index} is closed")
+        if len(self._queue) >= self.max_queued:
+            # Given-up frames would be skipped by the writer anyway: drop them before
+            # refusing a live one. Only here, at the bound, so the common path stays an
+            # append. Refused as NotSent, not waited for: nothing of it left, so the core
+            # fails over or answers at once, and the caller never blocks on a stuck peer.
+            self._queue = [item for item in self._queue if not item[2].gone]
+            if len(self._queue) >= self.max_queued:
+                raise NotSent(f"connection {self.index}: {self.max_queued} frames already "
+                              f"queued (max_in_flight={self.max_queued})")
         self._queue.append((data, never_left, owner))
+        assert len(self._queue) <= self.max_queued
         self._wake.set()
 
     async def send(self, data: bytes) -> bool:
@@ -429,8 +457,9 @@ class LinkPool:
         handshake: Callable[[Link], Awaitable[bool]] | None = None,
         keepalive: Callable[[Link], Coroutine[Any, Any, None]] | None = None,
         read_bytes: int = 65536,
+        max_queued: int = MAX_QUEUED_FRAMES,
     ) -> None:
-        assert size >= 1
+        assert size >= 1 and max_queued >= 1
         self.name = name
         self.host = host
         self.port = port
@@ -445,6 +474,8 @@ class LinkPool:
         self._handshake = handshake
         self._keepalive = keepalive
         self._read_bytes = read_bytes
+        #: Each link's write-queue bound (:data:`MAX_QUEUED_FRAMES`).
+        self.max_queued = max_queued
         self._next = 0
         self._scope: anyio.CancelScope | None = None
         self._closing = False
@@ -527,7 +558,7 @@ class LinkPool:
                 log.debug("%s: connect %d failed: %r", self.name, index, exc)
             if stream is not None:
                 self.connects += 1
-                link = Link(index, stream, self._send_timeout_s)
+                link = Link(index, stream, self._send_timeout_s, self.max_queued)
                 try:
                     await self._run_link(link, report)
                 finally:

@@ -3,11 +3,26 @@
 A door keeps the connections it has taken in a :class:`ConnectionTable`, which holds:
 
 * ``max_connections``: at the limit, the longest-idle connection with nothing in flight
-  is closed to make room, so a flood of idle sockets cannot lock clients out; if every
-  connection has something in flight, the new one is refused;
+  and no answer owed is closed to make room, so a flood of idle sockets cannot lock
+  clients out; if every connection has something in flight or owed, the new one is
+  refused;
 * ``max_connections_per_source``: one source address cannot take every slot;
 * ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
-  nothing read and nothing in flight, checked by one sweeper task per door.
+  nothing read, nothing in flight and no answer owed, checked by one sweeper task per
+  door; a connection whose peer has taken none of its owed answers for
+  ``idle_timeout_s`` is closed too.
+
+Answers owed (queued, or in a write the peer has not taken yet) count as work, never as
+idleness. Closing a connection drops whatever it still had to send, and an answer queued
+after its payment was accepted and journaled is what the client waits for: a resend
+recovers it, but only at the cost of a timeout on the client's side. Flushing before the
+close was the other choice; it would keep an evicted connection's descriptor (and the
+new one's) open for as long as the flush took, so the table would need a second bound
+for connections being flushed. Skipping connections that owe answers needs none: the
+owed bytes are already bounded by the door's reply buffer, an owed answer normally
+leaves within one wake-up of the writer, and the one case where it does not (a peer that
+stopped reading) is closed by the sweeper after ``idle_timeout_s`` of taking nothing,
+its answers being undeliverable anyway.
 
 What a refusal looks like on the wire is the door's own business (the msgpack door sends
 an error reply; an ISO 8583 connection has no request to answer yet, so it is closed).
@@ -54,6 +69,14 @@ class TrackedConnection(Protocol):
     def in_flight(self) -> int: ...
     @property
     def closing(self) -> bool: ...
+    @property
+    def owed(self) -> bool:
+        """Answers are queued or being written, and the peer may still take them."""
+        ...
+    @property
+    def sending(self) -> bool: ...  # a write is under way
+    @property
+    def write_began(self) -> float: ...  # when the write under way (or the last) began
 
     def kill(self) -> None:
         """Cancel the connection's reader and writer; its handler then closes the stream
@@ -112,8 +135,9 @@ class ConnectionTable(Generic[C]):
 
     def evict_idle(self) -> bool:
         """At the connection limit: close the longest-idle connection with nothing in
-        flight, so a flood of idle sockets cannot lock new clients out. True if one was."""
-        idle = [c for c in self.open if c.in_flight == 0 and not c.closing]
+        flight and nothing owed, so a flood of idle sockets cannot lock new clients out.
+        True if one was."""
+        idle = [c for c in self.open if c.in_flight == 0 and not c.owed and not c.closing]
         if not idle:
             return False
         victim = min(idle, key=lambda c: c.last_read)
@@ -123,10 +147,20 @@ class ConnectionTable(Generic[C]):
         return True
 
     def sweep(self, now: float) -> None:
-        """Close connections that sent no frame in time, or went idle."""
+        """Close connections that sent no frame in time, went idle, or stopped taking
+        the answers they are owed."""
         lim = self.limits
         for conn in list(self.open):
             if conn.closing or conn.in_flight:
+                continue
+            if conn.owed:
+                # Not idle while its answers leave. A write not taken for idle_timeout_s
+                # is a peer that stopped reading: without this a slot would be held for
+                # ever by answers nobody takes.
+                if conn.sending and now - conn.write_began > lim.idle_timeout_s:
+                    self.log.info("closing a connection from %s: it took no answer for "
+                                  "%.1f s", conn.source, lim.idle_timeout_s)
+                    conn.kill()
                 continue
             if not conn.framed and now - conn.opened > lim.handshake_timeout_s:
                 self.log.info("closing a connection from %s: no frame within %.1f s",

@@ -14,12 +14,14 @@ bound.
 
 Bounds, each with its refusal:
 - connections (``max_connections``; at the limit, the longest-idle connection with
-  nothing in flight is closed to make room, so idle sockets cannot lock acquirers out)
+  nothing in flight and no answer owed is closed to make room, so idle sockets cannot
+  lock acquirers out, and no answer already queued is dropped for a newcomer)
   and connections per source address (``max_connections_per_source``): the new
   connection is closed at once (there is no request yet to answer);
 - ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
-  nothing read and nothing in flight: the connection is closed (one sweeper task; the
-  logic is switch/serve/conntable.py, shared with the msgpack door);
+  nothing read, nothing in flight and no answer owed: the connection is closed (one
+  sweeper task; the logic is switch/serve/conntable.py, shared with the msgpack door);
+  so is one whose peer has taken none of its owed answers for ``idle_timeout_s``;
 - the reply buffer (``max_reply_buffer_bytes``): 0800 echoes, 91 refusals and 30 format
   errors are answered at once, outside the in-flight bound, so a peer that sends but
   does not read its answers would grow it without end; past it the connection is closed;
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -67,12 +70,14 @@ _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStre
 
 
 class _Conn:
-    __slots__ = ("closing", "dead", "framed", "in_flight", "last_read", "opened", "out",
-                 "scope", "sending", "source", "stream", "wakeup")
+    __slots__ = ("_clock", "closing", "dead", "framed", "in_flight", "last_read", "opened",
+                 "out", "scope", "sending", "source", "stream", "wakeup", "write_began")
 
-    def __init__(self, stream: anyio.abc.ByteStream, source: str, now: float) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, source: str, now: float,
+                 clock: Callable[[], float] = anyio.current_time) -> None:
         self.stream = stream
         self.source = source
+        self._clock = clock
         self.out = bytearray()
         self.wakeup = anyio.Event()
         self.in_flight = 0
@@ -83,6 +88,7 @@ class _Conn:
         self.sending = False  # a write is under way
         self.opened = now
         self.last_read = now
+        self.write_began = now
         self.scope: anyio.CancelScope | None = None
 
     def kill(self) -> None:
@@ -108,6 +114,7 @@ class _Conn:
             data = bytes(self.out)
             self.out.clear()
             self.sending = True
+            self.write_began = self._clock()
             try:
                 await self.stream.send(data)
             except _CLOSED:
@@ -123,6 +130,12 @@ class _Conn:
     def flushed(self) -> bool:
         """Every answer queued has been handed to the socket (or nobody is there)."""
         return self.dead or (not self.out and not self.sending)
+
+    @property
+    def owed(self) -> bool:
+        """Answers queued or being written: the connection table never evicts or sweeps
+        such a connection as idle (switch/serve/conntable.py says why)."""
+        return not self.flushed
 
 
 class Iso8583Door:
@@ -196,7 +209,7 @@ class Iso8583Door:
             self.core.metrics.rejected[refusal].inc()
             await stream.aclose()
             return
-        conn = _Conn(stream, source, self._now())
+        conn = _Conn(stream, source, self._now(), self._now)
         self._conns.add(conn)
         try:
             async with anyio.create_task_group() as tg:

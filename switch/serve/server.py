@@ -10,7 +10,8 @@ write per wake-up, so replies come back out of order (pipelining), batched.
 
 Bounds, each with its own refusal:
 * connections (``max_connections``; at the limit, the longest-idle connection with
-  nothing in flight is closed to make room, so idle sockets cannot lock clients out) and
+  nothing in flight and no reply owed is closed to make room, so idle sockets cannot
+  lock clients out, and no reply already queued is dropped for a newcomer) and
   connections per source address (``max_connections_per_source``);
 * frame size (``max_frame_bytes``: the connection is closed, the stream cannot re-sync);
 * payments in flight per connection: frames already read past it are refused, and the
@@ -26,7 +27,8 @@ Bounds, each with its own refusal:
 * the reply buffer (``max_reply_buffer_bytes``): a client that does not read its replies
   is disconnected;
 * ``handshake_timeout_s`` to the first complete frame and ``idle_timeout_s`` with
-  nothing read and nothing in flight, checked by one sweeper task.
+  nothing read, nothing in flight and no reply owed, checked by one sweeper task (a
+  client that has taken none of its owed replies for ``idle_timeout_s`` is closed).
 
 The connection bounds (count, per source, eviction, timeouts) live in
 switch/serve/conntable.py, shared with the ISO 8583 door.
@@ -141,7 +143,7 @@ class _Connection:
 
     __slots__ = (
         "closing", "framed", "in_flight", "last_read", "opened", "out", "room", "scope",
-        "sending", "server", "source", "stream", "wakeup", "writer_failed",
+        "sending", "server", "source", "stream", "wakeup", "write_began", "writer_failed",
     )
 
     def __init__(self, stream: anyio.abc.ByteStream, server: Server, source: str,
@@ -159,11 +161,18 @@ class _Connection:
         self.framed = False  # a complete frame arrived (the "handshake")
         self.opened = now
         self.last_read = now
+        self.write_began = now
         self.scope: anyio.CancelScope | None = None
 
     @property
     def flushed(self) -> bool:
         return self.writer_failed or (not len(self.out) and not self.sending)
+
+    @property
+    def owed(self) -> bool:
+        """Replies queued or being written: the connection table never evicts or sweeps
+        such a connection as idle (switch/serve/conntable.py says why)."""
+        return not self.flushed
 
     def reply(self, response: Response) -> None:
         """The core's answer to a payment this connection handed it (exactly one each)."""
@@ -206,6 +215,7 @@ class _Connection:
                 continue
             data = self.out.take()
             self.sending = True
+            self.write_began = self.server._now()
             try:
                 await self.stream.send(data)
                 self.sending = False
