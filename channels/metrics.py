@@ -36,6 +36,11 @@ class ChannelMetrics:
         self.connections = Gauge(
             "channels_connections", "Open connections per simulated network.",
             ["network"], registry=self.registry)
+        self.settlements_pending = Gauge(
+            "channels_settlements_pending",
+            "Payments a simulated network accepted and has yet to settle (SWIFT's ACSC "
+            "comes its settlement delay later); 0 once the last one settled.",
+            ["network"], registry=self.registry)
         # Bound label children once: .labels() costs ~4x an inc().
         self._requests = {
             (net, outcome): self.requests.labels(net, outcome)

@@ -6,7 +6,10 @@ gevent. Locust is exercised through subprocesses only.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -72,3 +75,26 @@ async def running_switch(tmp_path: Path) -> AsyncIterator[RunningSwitch]:
         switch = await start_switch(tg, make_config(tmp_path))
         yield switch
         switch.app.request_shutdown()
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One finished ``payswitch demo``: what it printed and the work directory it left."""
+
+    proc: subprocess.CompletedProcess[str]
+    workdir: Path
+
+
+#: The short demo's load: 3 s at 500/s, the demo's default seed (42).
+SHORT_DEMO_ARGS = ("--duration", "3", "--rate", "500")
+
+
+@pytest.fixture(scope="session")
+def short_demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """A short demo run once for the session: several tests read its output, journal and
+    logs (each demo costs seconds of start-up, settlement and reconciliation)."""
+    workdir = tmp_path_factory.mktemp("short-demo")
+    proc = subprocess.run([sys.executable, "-m", "switch.cli.main", "demo", *SHORT_DEMO_ARGS,
+                           "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=180)
+    return DemoRun(proc, workdir)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import DemoRun
+
 PAYSWITCH = [sys.executable, "-m", "switch.cli.main"]
 
 
@@ -30,8 +32,8 @@ def test_subcommand_help_explains_options(command: str) -> None:
     assert "--" in proc.stdout and len(proc.stdout.splitlines()) > 6
 
 
-def test_short_demo_reports_nothing_lost_or_duplicated(tmp_path: Path) -> None:
-    proc = run("demo", "--duration", "3", "--rate", "500", "--workdir", str(tmp_path))
+def test_short_demo_reports_nothing_lost_or_duplicated(short_demo: DemoRun) -> None:
+    proc, tmp_path = short_demo.proc, short_demo.workdir
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert re.search(r"^lost: 0$", out, re.M), out

@@ -6,9 +6,7 @@ import io
 import json
 import logging
 import sqlite3
-import subprocess
 import sys
-from pathlib import Path
 
 import anyio
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from loadtests.harness.client import SwitchClient
 from loadtests.harness.workload import Workload
 from switch.observability.logs import JsonFormatter, mask_pans
-from tests.conftest import RunningSwitch
+from tests.conftest import DemoRun, RunningSwitch
 from tests.payments import card_payment
 
 
@@ -47,24 +45,8 @@ def test_json_lines_carry_payment_id_and_mask_arguments() -> None:
     assert "5500000000000004" not in stream.getvalue() and "550000******0004" in entry["msg"]
 
 
-def test_no_clear_pan_in_demo_logs_or_journal(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "switch.cli.main",
-            "demo",
-            "--duration",
-            "2",
-            "--rate",
-            "300",
-            "--workdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_no_clear_pan_in_demo_logs_or_journal(short_demo: DemoRun) -> None:
+    proc, tmp_path = short_demo.proc, short_demo.workdir
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pans = {p for p in Workload(42)._pans}  # the demo's seed
     journal = b"".join(

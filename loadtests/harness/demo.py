@@ -34,6 +34,7 @@ from loadtests.harness.processes import (
     channel_networks_toml,
     start_channels,
     start_switch,
+    stop_channels,
     stop_switch,
 )
 from loadtests.harness.workload import Workload
@@ -117,7 +118,6 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
 
 
 ROOT = Path(__file__).resolve().parents[2]
-SETTLE_GRACE_S = 3.0  # > the example SWIFT network's settlement delay (2 s)
 
 
 
@@ -377,10 +377,9 @@ def run_demo(
                 if proc is not None:
                     code = stop_switch(proc)
                 if channels_proc is not None:
-                    # Let the last payments settle (SWIFT's ACSC comes after its settlement
+                    # The last payments settle (SWIFT's ACSC comes after its settlement
                     # delay) before the simulators' final cut-off writes the last files.
-                    time.sleep(SETTLE_GRACE_S)
-                    stop_switch(channels_proc)
+                    stop_channels(channels_proc, channels_ready)
             except BaseException:
                 # A second Ctrl-C: abort, but leave no process behind (they run in their
                 # own sessions, so the terminal's signal did not reach them).

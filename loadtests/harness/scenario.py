@@ -266,12 +266,13 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float) -> float | N
 
 def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
                  duration_s: float | None = None, rate: float | None = None) -> int:
-    from loadtests.harness.demo import DEMO_CONFIG, SETTLE_GRACE_S, _reconcile, wait_until_resolved
+    from loadtests.harness.demo import DEMO_CONFIG, _reconcile, wait_until_resolved
     from loadtests.harness.loadrun import LoadPlan, run_load, run_tag_now
     from loadtests.harness.processes import (
         channel_networks_toml,
         start_channels,
         start_switch,
+        stop_channels,
         stop_switch,
     )
     from loadtests.harness.workload import WorkloadSpec, load_workload
@@ -337,8 +338,7 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
             watch.stop.set()
         code = stop_switch(switch_proc) if switch_proc is not None else 1
         if channels_proc is not None:
-            time.sleep(SETTLE_GRACE_S)
-            stop_switch(channels_proc)
+            stop_channels(channels_proc, ready)
     start = start_holder[0] if start_holder else time.time()  # wall: no load ran
     acks: dict[str, Acknowledged] = {}
     for f in out.glob("acks-*.msgpack"):

@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,12 @@ from loadtests.harness.processes import (
     channel_networks_toml,
     start_channels,
     start_switch,
+    stop_channels,
     stop_switch,
 )
 from loadtests.harness.workload import Workload
 from switch.model import PaymentRequest
 from switch.protocols.wire import Reply
-
-SETTLE_GRACE_S = 3.5  # > the example SWIFT network's settlement delay (2 s)
 
 
 def workload(n: int) -> list[PaymentRequest]:
@@ -142,9 +140,9 @@ def test_reconcile_and_settle_over_a_cluster_equal_one_switch(tmp_path: Path) ->
                 assert audit.finals == len(payments) and audit.duplicates_across == 0
                 # Both shards took part: it is a cluster's back office, not one journal's.
                 assert all(j.stat().st_size > 0 for j in journals)
-            time.sleep(SETTLE_GRACE_S)  # wall clock: the simulators' last settlement
         finally:
-            stop_switch(channels)
+            # The simulators' last settlements first: every record in their final files.
+            assert stop_channels(channels, ready) == 0
         results[name] = back_office(journals, base / "settlement", base / "recon")
     single, cluster = results["single"], results["cluster"]
     assert single["recon"]["switch_records"] == len(payments)

@@ -71,15 +71,15 @@ def test_invalid_scenario_exits_2_before_starting_anything(tmp_path: Path) -> No
 
 
 def test_short_outage_passes_and_an_impossible_assertion_fails(tmp_path: Path) -> None:
-    body = """duration_s = 6
+    body = """duration_s = 4
 seed = 3
 [load]
 rate = 150
 [[faults]]
 kind = "down"
 endpoint = "card-primary"
-start_s = 2
-duration_s = 3
+start_s = 1
+duration_s = 2
 [assertions]
 availability_min = 0.95
 failover_s_max = 2.0
@@ -93,8 +93,8 @@ failover_s_max = 2.0
     assert (report_dir / "index.html").stat().st_size > 5000
     assert "card-primary down" in (report_dir / "index.html").read_text()
 
-    impossible = body.replace("availability_min = 0.95", "availability_min = 0.95\n"
-                              "p99_ms_max = 0.001")
+    # The failing verdict needs no outage: the shortest run that measures a p99.
+    impossible = "duration_s = 2\nseed = 3\n[load]\nrate = 150\n[assertions]\np99_ms_max = 0.001\n"
     bad = run("scenario", "run", str(scenario(tmp_path, impossible)), "--out",
               str(tmp_path / "r2"))
     assert bad.returncode == 1
