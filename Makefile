@@ -24,7 +24,7 @@ test: $(STAMP)
 	sh loadtests/install-haproxy.sh
 	$(BIN)/ruff check switch channels tests bench loadtests dashboards
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check switch channels tests bench loadtests dashboards

@@ -529,4 +529,21 @@ def build() -> Dashboard:
                 min_val=0,
             )
         )
+        .with_panel(
+            timeseries(
+                "Simulator settlements pending by network",
+                "Payments a simulated network accepted and has yet to settle (SWIFT's ACSC "
+                "comes its settlement delay later). Growing without falling back: the "
+                "network's settlement is stuck, and the next settlement files will lack "
+                "those payments.",
+                "short",
+                q(
+                    "sum by (network) "
+                    f"({series('channels_settlements_pending', labels=SIMULATORS)})",
+                    "{{network}}",
+                ),
+                span=12,
+                min_val=0,
+            )
+        )
     )
