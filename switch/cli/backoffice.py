@@ -233,6 +233,7 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
         post_from_journal,
     )
     from switch.backoffice.ledger import settle as close_cycle
+    from switch.currency import CURRENCIES
 
     chosen: dict[str, Mode] = {}
     for item in modes:
@@ -244,10 +245,19 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
             raise click.BadParameter(
                 f"{item!r}: expected [channel:]CCY=net or =gross", param_hint="--mode"
             )
+        if currency.upper() not in CURRENCIES:
+            # A typo (USS=gross) would otherwise leave USD on its default mode, silently.
+            raise click.BadParameter(
+                f"{item!r}: {currency!r} is not a currency the switch knows (ISO 4217: "
+                f"{', '.join(sorted(CURRENCIES))})", param_hint="--mode")
         chosen[f"{channel}:{currency.upper()}" if channel else currency.upper()] = (
             "net" if mode == "net" else "gross"
         )
     check_journals(journals)
+    if out_file is not None:
+        # Checked before the cycle is closed: a report that cannot be written afterwards
+        # is lost with the cycle already closed (a second run closes an empty one).
+        _check_writable(out_file, "--out")
     closed_at = int(time.time() * 1_000_000)  # wall timestamp, one for every shard
     summaries, reports = [], []
     for journal in journals:
@@ -305,7 +315,23 @@ def settle(journals: tuple[str, ...], modes: tuple[str, ...], out_file: str | No
             console.print(table)
         console.print("ledger invariants hold: postings per currency sum to zero")
     if out_file:
-        Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+        try:
+            Path(out_file).write_text(json.dumps(msgspec.to_builtins(report), indent=2))
+        except OSError as exc:
+            raise UserError(f"--out {out_file}: cannot write the settlement report "
+                            f"({exc.strerror}); cycle {report.cycle} is closed, its "
+                            "positions are printed above") from None
+
+
+def _check_writable(path: str, option: str) -> None:
+    """Refuse, before any work, an output file whose directory is missing or read-only."""
+    import os
+
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: no such directory: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: directory {parent} is not writable")
 
 
 def check_journals(paths: tuple[str, ...]) -> None:

@@ -354,6 +354,13 @@ def _series_sentence(networks: Sequence[str]) -> str:
     )
 
 
+def loadgen_metric_names() -> tuple[str, ...]:
+    """The metrics ``payswitch load --metrics-port`` exports (exposed names)."""
+    from loadtests.harness.genmetrics import METRIC_NAMES
+
+    return tuple(METRIC_NAMES)
+
+
 def _collapse_windows(names: Iterable[str]) -> list[str]:
     """``x:rate5m``, ``x:rate1h`` ... → ``x:rate<window>`` (window: 5m, 1h, ...)."""
     groups: dict[str, list[str]] = {}
@@ -421,7 +428,18 @@ def render(entries: Iterable[MetricEntry], networks: Sequence[str] = ()) -> str:
             out.append("")
             out += [f"- `{name}`" for name, _file in alerts]
             out.append("")
-    present = {e.name for e in entries} | {e.family for e in entries}
+    loadgen = loadgen_metric_names()
+    if loadgen:
+        out += [
+            "## Load generator",
+            "",
+            "`payswitch load --metrics-port PORT` serves the generator's own metrics (the "
+            "client's side of the wire; their meanings are in loadtests/harness/genmetrics.py):",
+            "",
+        ]
+        out += [f"- `{name}`" for name in loadgen]
+        out.append("")
+    present = {e.name for e in entries} | {e.family for e in entries} | set(loadgen)
     planned = [p for p in PLANNED if p[0] not in present]
     if planned:
         out += [

@@ -28,13 +28,27 @@ DEFAULT_ADMIN = "http://127.0.0.1:7280"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
 
 
-def parse_duration(text: str) -> float:
-    """'10s', '250ms', '2m', '1h' or a bare number of seconds."""
+def parse_duration(text: str, option: str | None = None) -> float:
+    """'10s', '250ms', '2m', '1h' or a bare number of seconds; ``option`` names the
+    option in the error (``--for``...)."""
     match = _DURATION.match(text.strip())
     if match is None:
-        raise click.BadParameter(f"{text!r}: expected e.g. 10s, 250ms, 2m")
+        raise click.BadParameter(f"{text!r}: expected e.g. 10s, 250ms, 2m", param_hint=option)
     value = float(match.group(1))
     return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2) or "s"]
+
+
+def admin_url(text: str) -> str:
+    """``--admin``: an http(s) URL with a host, checked before anything is sent (httpx
+    raises ``InvalidURL``, not an ``HTTPError``, for a malformed one)."""
+    try:
+        url = httpx.URL(text)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise click.BadParameter(f"{text!r}: not a URL ({exc})", param_hint="--admin") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise click.BadParameter(f"{text!r}: expected an http(s) URL such as {DEFAULT_ADMIN}",
+                                 param_hint="--admin")
+    return text.rstrip("/")
 
 
 @click.command()
@@ -102,6 +116,7 @@ def fault(
       payswitch fault qr slow --factor 5 --for 1m
       payswitch fault card-secondary error_burst --rate 0.3 --for 20s
     """
+    admin = admin_url(admin)
     if endpoint == "list":
         headers = _auth(token_file, "operator") or _auth(None, "auditor")
         listed = _call("GET", f"{admin}/faults", headers=headers)
@@ -130,12 +145,12 @@ def fault(
     spec = {
         "kind": kind,
         "endpoint": endpoint,
-        "start_s": parse_duration(after),
-        "duration_s": parse_duration(duration) if duration else None,
+        "start_s": parse_duration(after, "--after"),
+        "duration_s": parse_duration(duration, "--for") if duration else None,
         "factor": factor,
         "rate": rate,
-        "period_s": parse_duration(period) if period else None,
-        "delay_s": parse_duration(delay) if delay else None,
+        "period_s": parse_duration(period, "--period") if period else None,
+        "delay_s": parse_duration(delay, "--delay") if delay else None,
         "match": list(match) or None,
     }
     try:
@@ -199,4 +214,12 @@ def _call(method: str, url: str, content: bytes | None = None,
         detail = " ".join(response.text.split())[:300]
         raise click.ClickException(
             f"{url}: HTTP {response.status_code}: {detail}{hint}")
-    return response.json() if response.content else None
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        detail = " ".join(response.text.split())[:120]
+        raise click.ClickException(
+            f"{url}: HTTP {response.status_code} but not JSON ({detail!r}): is --admin the "
+            "simulators' admin URL?") from None

@@ -26,6 +26,7 @@ from loadtests.harness.shapes import (
     shape_from_dict,
 )
 from loadtests.harness.workload import WorkloadError, WorkloadSpec, load_workload
+from switch.cli.errors import require_utf8
 
 if TYPE_CHECKING:
     from loadtests.harness.genmetrics import GeneratorMetrics
@@ -42,14 +43,39 @@ def read_shape(value: str) -> RateShape:
     path = Path(value)
     if "=" not in value or path.is_file():
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ShapeError(f"{value}: cannot read: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            line = exc.object.count(b"\n", 0, exc.start) + 1
+            raise ShapeError(f"{value}:{line}: not UTF-8 text (byte offset {exc.start}); "
+                             "TOML files must be UTF-8") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ShapeError(f"{value}: not valid TOML: {exc}") from exc
         table = raw.get("shape", raw) if isinstance(raw.get("shape"), dict) else raw
         return shape_from_dict(table, value)
     return parse_inline_shape(value)
+
+
+def check_iso_spec(path: str) -> None:
+    """``--iso-spec``: a JSON object of field -> definition, checked before any process
+    starts (each generator process would otherwise fail on it with no file name)."""
+    import json
+
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise click.BadParameter(f"{path}: cannot read: {exc.strerror}",
+                                 param_hint="--iso-spec") from None
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{path}: not UTF-8 text (byte offset {exc.start})",
+                                 param_hint="--iso-spec") from None
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"{path}:{exc.lineno}:{exc.colno}: not JSON: {exc.msg}",
+                                 param_hint="--iso-spec") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise click.BadParameter(f"{path}: expected a JSON object of field -> definition "
+                                 "(a pyiso8583 spec)", param_hint="--iso-spec")
 
 
 def _default_processes() -> int:
@@ -231,6 +257,8 @@ def load(
         )
     except ShapeError as exc:
         raise click.BadParameter(str(exc), param_hint="--shape") from None
+    if workload_path:
+        require_utf8(workload_path, "--workload")
     try:
         spec = load_workload(workload_path) if workload_path else WorkloadSpec()
     except WorkloadError as exc:
@@ -251,6 +279,8 @@ def load(
                                "run must use the same one (it prefixes the keys)")
     if target is not None:
         host, _, port_text = target.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]  # an IPv6 literal, [::1]:7100
         if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise click.BadParameter("expected HOST:PORT", param_hint="--target")
         port = int(port_text)
@@ -262,6 +292,8 @@ def load(
         if not match or any(m != "mti" and not m.isdigit() for m in match):
             raise click.BadParameter("'mti' and field numbers, e.g. mti,11,41",
                                      param_hint="--iso-match")
+        if iso_spec is not None:
+            check_iso_spec(iso_spec)
         iso = Iso8583Options(bitmap=iso_bitmap,  # type: ignore[arg-type]
                              match=match, spec_file=iso_spec, acquirer_id=iso_acquirer)
     plan = LoadPlan(

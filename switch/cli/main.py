@@ -21,7 +21,7 @@ from rich.console import Console
 from switch.adapters.trace import TraceStoreError
 from switch.cli.backoffice import reconcile, settle
 from switch.cli.cluster import cluster
-from switch.cli.errors import UserError
+from switch.cli.errors import UserError, require_utf8
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
@@ -153,6 +153,8 @@ def serve(
                                "worker of a layout: choose one")
     if workers is None and (cluster_dir is not None):
         raise click.UsageError("--cluster-dir: only with --workers")
+    if config_path:
+        require_utf8(config_path, "--config")
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
         if layout_path is not None and len(shards) > 1:
@@ -171,6 +173,7 @@ def serve(
     except (ConfigError, AdminAuthError) as exc:
         raise UserError(str(exc)) from None
     chosen = backend or config.server.backend
+    _refuse_unusable_hosts(config_path, config)
     _refuse_busy_ports(config_path, config)
     from switch.serve.app import SwitchApp
 
@@ -318,6 +321,43 @@ def _found(exc: BaseException, wanted: Callable[[BaseException], bool]
             if linked is not None:
                 stack.append(linked)
     return None
+
+
+def _doors(config: SwitchConfig) -> list[tuple[str, str, int, bool]]:
+    """(key, host, port, enabled) of every listening door."""
+    return [("server", config.server.host, config.server.port, True),
+            ("admin", config.admin.host, config.admin.port, config.admin.enabled),
+            ("iso8583", config.iso8583.host, config.iso8583.port, config.iso8583.enabled),
+            ("http", config.http.host, config.http.port, config.http.enabled)]
+
+
+def _refuse_unusable_hosts(config_path: str | None, config: SwitchConfig) -> None:
+    """Stop with one line naming a door's host that does not resolve or is no address of
+    this machine (start-up would fail on it with a traceback; with a fixed port, the
+    busy-port check would call it "already in use")."""
+    import socket
+
+    for key, host, _port, used in _doors(config):
+        if not used:
+            continue
+        try:
+            infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
+            raise UserError(f"{config_path or 'default config'}: {key}.host = {host!r}: "
+                            f"cannot resolve it ({why}); use an address of this machine, "
+                            "e.g. 127.0.0.1 or 0.0.0.0") from None
+        family, kind, proto, _name, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            try:
+                sock.bind((address[0], 0, *address[2:]))
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    continue  # anything else is the busy-port check's or start-up's
+                raise UserError(f"{config_path or 'default config'}: {key}.host = {host!r}: "
+                                f"{exc.strerror}: not an address of this machine; use one "
+                                "of its addresses, e.g. 127.0.0.1 or 0.0.0.0") from None
 
 
 def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
@@ -476,10 +516,13 @@ def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: b
 
     import httpx
     from rich.live import Live
+    from rich.text import Text
 
-    from loadtests.harness.top import render, render_cluster, scrape, scrape_all
+    from loadtests.harness.top import Scrape, render, render_cluster, scrape
 
     targets = list(urls)
+    for url in targets:
+        _check_metrics_url(url)
     if layout_path is not None:
         from switch.cluster.layout import load_layout
 
@@ -490,17 +533,48 @@ def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: b
         targets += [f"http://{w.admin_address}/metrics" for w in layout.workers]
     if not targets:
         targets = ["http://127.0.0.1:7180/metrics"]
+
+    def read(url: str) -> Scrape:
+        """One scrape, or ``_Unreadable`` saying why (down, an error status, not metrics)."""
+        try:
+            return scrape(url, client)
+        except httpx.HTTPStatusError as exc:
+            answer = exc.response
+            raise _Unreadable(f"cannot read {url}: HTTP {answer.status_code} "
+                              f"{answer.reason_phrase}") from None
+        except httpx.HTTPError as exc:
+            raise _Unreadable(f"cannot read {url}: {exc}") from None
+        except ValueError as exc:  # the page is not Prometheus' text format
+            raise _Unreadable(f"{url}: not Prometheus metrics ({exc}); is it a switch's "
+                              "admin /metrics URL?") from None
+
+    def read_all() -> list[Scrape | None]:
+        out: list[Scrape | None] = []
+        for url in targets:
+            try:
+                out.append(read(url))
+            except _Unreadable:
+                out.append(None)
+        return out
+
+    def raise_for_status(response: httpx.Response) -> None:
+        response.raise_for_status()  # a 404 page is no metrics: an error, not a parse
+
     console = Console()
-    with httpx.Client() as client:
+    with httpx.Client(event_hooks={"response": [raise_for_status]}) as client:
         if len(targets) > 1:
-            previous_all = scrape_all(targets, client)
+            previous_all = read_all()
             if all(s is None for s in previous_all):
                 raise click.ClickException(f"cannot read any of {', '.join(targets)}")
 
             def frame_all() -> Any:
                 nonlocal previous_all
-                current = scrape_all(targets, client)
-                view = render_cluster(current, previous_all, targets)
+                current = read_all()
+                # A worker restarted between the scrapes has counters back near 0: leave
+                # it out of this frame's rates (shown DOWN) instead of negative rates.
+                before = [None if n is not None and o is not None and counters_reset(n, o)
+                          else o for n, o in zip(current, previous_all, strict=True)]
+                view = render_cluster(current, before, targets)
                 previous_all = current
                 return view
 
@@ -514,19 +588,66 @@ def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: b
                     live.update(frame_all())
         url = targets[0]
         try:
-            previous = scrape(url, client)
-        except httpx.HTTPError as exc:
-            raise click.ClickException(f"cannot read {url}: {exc}") from None
+            first = read(url)
+        except _Unreadable as exc:
+            raise click.ClickException(str(exc)) from None
         if once:
             time.sleep(interval)
-            console.print(render(scrape(url, client), previous))
+            try:
+                current = read(url)
+                if counters_reset(current, first):  # restarted: rates from a new pair
+                    first = current
+                    time.sleep(interval)
+                    current = read(url)
+            except _Unreadable as exc:
+                raise click.ClickException(str(exc)) from None
+            console.print(render(current, first))
             return
+        previous: Scrape | None = first
         with Live(console=console, refresh_per_second=4) as live:
             while True:
                 time.sleep(interval)
-                current = scrape(url, client)
-                live.update(render(current, previous))
+                try:
+                    current = read(url)
+                except _Unreadable as exc:
+                    # The switch went away (restart, crash): say so and keep trying.
+                    live.update(Text(f"{exc}; retrying every {interval:g} s"))
+                    previous = None
+                    continue
+                if previous is not None and counters_reset(current, previous):
+                    live.update(Text(f"{url}: the switch restarted (counters reset); "
+                                     "rates resume at the next scrape"))
+                elif previous is not None:
+                    live.update(render(current, previous))
                 previous = current
+
+
+def counters_reset(new: Any, old: Any) -> bool:
+    """True if a counter went down between two scrapes of one process: it restarted, and
+    deltas would be negative rates (PromQL's ``rate()`` treats this as a reset too)."""
+    for name, series in new.samples.items():
+        if not name.endswith(("_total", "_count", "_bucket")):
+            continue
+        before = old.samples.get(name, {})
+        if any(value < before.get(labels, 0.0) for labels, value in series.items()):
+            return True
+    return False
+
+
+class _Unreadable(Exception):
+    """A /metrics URL that gave no metrics this time; the message says why."""
+
+
+def _check_metrics_url(url: str) -> None:
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise click.BadParameter(f"{url!r}: not a URL ({exc})", param_hint="--url") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise click.BadParameter(f"{url!r}: expected an http(s) URL such as "
+                                 "http://127.0.0.1:7180/metrics", param_hint="--url")
 
 
 @main.group()
@@ -561,6 +682,7 @@ def channels_serve(config_path: str, ready_file: str | None, log_level: str) -> 
     """
     from channels.__main__ import main as channels_main
 
+    require_utf8(config_path, "--config")
     sys.exit(
         channels_main(
             [
@@ -592,6 +714,7 @@ def scenario_run(file: str, out_base: str) -> None:
     """
     from loadtests.harness.scenario import run_scenario
 
+    require_utf8(file, "FILE")
     sys.exit(run_scenario(file, Console(soft_wrap=True), out_base))
 
 

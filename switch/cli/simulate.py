@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from switch.cli.errors import UserError
+from switch.cli.errors import UserError, require_utf8
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -116,7 +116,21 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
     from switch.sim.simulation import simulate as simulate_one
 
     out = sys.stdout
+    # Options of one mode given to another were silently ignored (--seeds 10 --seed 5 ran
+    # seed 5 alone; --shrink without --seed shrank nothing).
+    source = click.get_current_context().get_parameter_source
+    if seed is not None and (seeds is not None
+                             or source("first_seed") is not click.core.ParameterSource.DEFAULT):
+        raise click.UsageError("--seed runs one seed; --seeds/--first-seed run a campaign of "
+                               "many: choose one")
+    if seed is None:
+        alone = [name for name, given in (("--shrink", shrink), ("--trace", trace_key))
+                 if given]
+        if alone:
+            raise click.UsageError(f"{', '.join(alone)}: only with --seed S (one seed); a "
+                                   "campaign prints each failing seed's replay command")
     if scenario_file is not None:
+        require_utf8(scenario_file, "--scenario")
         sys.exit(run_scenario_file(scenario_file, out))
     duration = parse_duration(duration_text)
     at_once = 1 if seed is not None else min(seeds if seeds is not None else 10,

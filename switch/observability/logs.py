@@ -32,6 +32,39 @@ def _mask_digits(digits: str) -> str | None:
     return None
 
 
+def _mask_groups(raw: str) -> str:
+    """Mask PANs inside a run of digit groups split by single spaces or dashes.
+
+    Separators may glue a PAN to a neighbouring number ("P3-4111...", "5555 5555 5555
+    4444 2512" with its expiry): the whole run fails Luhn, so every stretch of
+    consecutive groups (one group or several) is tried, longest first from each group.
+    """
+    groups = [(m.start(), m.end()) for m in _DIGIT_RUN.finditer(raw)]
+    out: list[str] = []
+    done = 0  # raw[:done] is in ``out``
+    i = 0
+    while i < len(groups):
+        masked = None
+        digits = ""
+        stretch: list[tuple[int, str]] = []
+        for j in range(i, len(groups)):
+            digits += raw[groups[j][0]:groups[j][1]]
+            if len(digits) > 19:
+                break
+            stretch.append((j, digits))
+        for j, candidate in reversed(stretch):
+            masked = _mask_digits(candidate)
+            if masked is not None:
+                out.append(raw[done:groups[i][0]] + masked)
+                done = groups[j][1]
+                i = j + 1
+                break
+        else:
+            i += 1
+    out.append(raw[done:])
+    return "".join(out)
+
+
 def mask_pans(text: str) -> str:
     """Mask every Luhn-valid 13-19 digit run in ``text``."""
 
@@ -40,9 +73,7 @@ def mask_pans(text: str) -> str:
         whole = _mask_digits(raw.replace(" ", "").replace("-", ""))
         if whole is not None:
             return whole
-        # Separators may have glued a PAN to a neighbouring number ("P3-4111..."): the
-        # glued run fails Luhn, so check each contiguous run of digits on its own too.
-        return _DIGIT_RUN.sub(lambda m: _mask_digits(m.group(0)) or m.group(0), raw)
+        return _mask_groups(raw)
 
     return _PAN_CANDIDATE.sub(mask, text)
 
