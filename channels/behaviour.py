@@ -9,9 +9,10 @@ technical picture without changing which payments the issuer would have approved
 Determinism (invariant 6): every random choice comes from the Behaviour's own
 `random.Random(seed)`, and each public sampling call draws a FIXED number of uniforms whatever
 the outcome (`sample_latency` 2, `technical_error` 2, `plan` 8). Same seed and same call order
-give the same outcomes; and switching a fault on changes only the outcomes it affects, not the
-random stream seen by every later request, so a scenario with and without a fault can be
-compared request by request.
+give the same outcomes (the TCP servers plan each request as it is read, in frame order, not
+when an event loop gets round to its task); and switching a fault on changes only the
+outcomes it affects, not the random stream seen by every later request, so a scenario with
+and without a fault can be compared request by request.
 
 Time: nothing here reads a clock. Callers pass `now` (from `anyio.current_time()`); the
 capacity gate waits with anyio primitives only, so everything runs under trio's MockClock.
@@ -23,6 +24,8 @@ import hashlib
 import math
 import random
 from bisect import bisect_right
+from collections import deque
+from collections.abc import Callable
 from itertools import accumulate
 from statistics import NormalDist
 from types import TracebackType
@@ -43,6 +46,7 @@ __all__ = [
     "ConnectionState",
     "EndpointOverride",
     "ErrorMixConfig",
+    "GateTicket",
     "LatencyConfig",
     "RequestAction",
     "RequestPlan",
@@ -150,18 +154,34 @@ class CapacityExceeded(Exception):
         self.max_queue = max_queue
 
 
+class GateTicket:
+    """A place in a `CapacityGate`'s queue; `granted` once the slot is handed over."""
+
+    __slots__ = ("event", "granted", "on_grant")
+
+    def __init__(self, on_grant: Callable[[], None] | None) -> None:
+        self.event = anyio.Event()
+        self.granted = False
+        self.on_grant = on_grant
+
+
 class CapacityGate:
     """Async context manager admitting at most `max_concurrency` holders and `max_queue` waiters.
 
     `async with gate:` enters service at once if a slot is free, otherwise waits in FIFO order
-    (anyio's Semaphore hands a released slot straight to the oldest waiter, so newcomers cannot
-    barge past the queue); with the queue full it raises `CapacityExceeded` without waiting.
+    (a released slot is handed straight to the oldest waiter, so newcomers cannot barge past
+    the queue); with the queue full it raises `CapacityExceeded` without waiting.
     A cancelled waiter leaves the queue; the counters stay exact either way.
+
+    The queue's order is the order of `enter_or_queue()` calls, not the order an event loop
+    happens to run the waiting tasks in (trio shuffles each batch of runnable tasks), and a
+    waiter's `on_grant` runs inside the `release()` that hands it the slot: so which request
+    is served when is a function of arrival order alone (invariant 6).
     """
 
     __slots__ = (
-        "_in_service", "_semaphore", "_waiting", "admitted_total", "max_concurrency",
-        "max_queue", "name", "rejected_total",
+        "_in_service", "_queue", "admitted_total", "max_concurrency", "max_queue", "name",
+        "rejected_total",
     )
 
     def __init__(self, max_concurrency: int, max_queue: int, *, name: str = "") -> None:
@@ -170,11 +190,10 @@ class CapacityGate:
         self.name = name
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
-        # Created on first use, inside the event loop that will use it: a gate built at import
-        # time or reused by another test run must not bind to a foreign loop.
-        self._semaphore: anyio.Semaphore | None = None
+        # Events are created per waiter, inside the event loop that waits on them: a gate
+        # built at import time or reused by another test run binds to no loop.
+        self._queue: deque[GateTicket] = deque()
         self._in_service = 0
-        self._waiting = 0
         self.admitted_total = 0
         self.rejected_total = 0
 
@@ -184,28 +203,56 @@ class CapacityGate:
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        return len(self._queue)
+
+    def enter_or_queue(self, on_grant: Callable[[], None] | None = None) -> GateTicket | None:
+        """Synchronously take a free slot (None: in service now), or the last place in the
+        queue (a ticket to `wait()` on; `on_grant`, which must not raise, runs when the
+        slot is handed over), or raise `CapacityExceeded` with the queue full."""
+        if self._in_service < self.max_concurrency:
+            assert not self._queue, "a slot is free while requests wait"
+            self._in_service += 1
+            self.admitted_total += 1
+            return None
+        if len(self._queue) >= self.max_queue:
+            self.rejected_total += 1
+            raise CapacityExceeded(self.name, self.max_concurrency, self.max_queue)
+        ticket = GateTicket(on_grant)
+        self._queue.append(ticket)
+        return ticket
+
+    async def wait(self, ticket: GateTicket) -> None:
+        """Wait until ``ticket`` holds a slot. Cancelled: it leaves the queue, or, if the
+        slot was handed over meanwhile, passes it on (the caller holds nothing)."""
+        try:
+            await ticket.event.wait()
+        except BaseException:
+            if ticket.granted:
+                self.release()
+            else:
+                self._queue.remove(ticket)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the oldest waiter if any, else to the pool."""
+        assert self._in_service > 0
+        if self._queue:
+            ticket = self._queue.popleft()
+            ticket.granted = True
+            self.admitted_total += 1
+            ticket.event.set()
+            if ticket.on_grant is not None:
+                ticket.on_grant()
+        else:
+            self._in_service -= 1
 
     async def __aenter__(self) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if self._semaphore is None:
-            self._semaphore = anyio.Semaphore(self.max_concurrency, max_value=self.max_concurrency)
-        semaphore = self._semaphore
-        try:
-            semaphore.acquire_nowait()
-        except anyio.WouldBlock:
-            if self._waiting >= self.max_queue:
-                self.rejected_total += 1
-                raise CapacityExceeded(self.name, self.max_concurrency, self.max_queue) from None
-            self._waiting += 1
-            try:
-                await semaphore.acquire()
-            finally:
-                self._waiting -= 1
-        self._in_service += 1
-        self.admitted_total += 1
+        ticket = self.enter_or_queue()
+        if ticket is not None:
+            await self.wait(ticket)
         assert 0 < self._in_service <= self.max_concurrency
-        assert 0 <= self._waiting <= self.max_queue
+        assert 0 <= len(self._queue) <= self.max_queue
 
     async def __aexit__(
         self,
@@ -213,9 +260,7 @@ class CapacityGate:
         exc_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        assert self._semaphore is not None and self._in_service > 0
-        self._in_service -= 1
-        self._semaphore.release()
+        self.release()
 
 
 RequestAction = Literal["refuse", "blackhole", "reset", "respond"]
@@ -230,6 +275,8 @@ class RequestPlan(msgspec.Struct, frozen=True):
       "respond": answer after `latency_s + late_delay_s`.
     - technical_error: a technical code to answer instead of the network's business decision.
     - malformed / duplicate: send malformed bytes instead of the answer / send it twice.
+    - latency_factor: the active "slow" factor (already in `latency_s`), for latency a
+      network adds of its own (a SWIFT payment's correspondent hops): slow is slow throughout.
     """
 
     action: RequestAction
@@ -238,6 +285,7 @@ class RequestPlan(msgspec.Struct, frozen=True):
     malformed: bool = False
     duplicate: bool = False
     late_delay_s: float = 0.0
+    latency_factor: float = 1.0
 
     @property
     def total_delay_s(self) -> float:
@@ -384,17 +432,19 @@ class Behaviour:
             return RequestPlan("respond", latency_s, technical_error=error)
         if active.is_down:
             return RequestPlan("refuse", 0.0)
+        factor = active.latency_factor
         if active.is_blackhole:
-            return RequestPlan("blackhole", latency_s)
+            return RequestPlan("blackhole", latency_s, latency_factor=factor)
         if active.unavailable:
             error = profile.unavailable_code
         if u_reset < active.reset_rate:
-            return RequestPlan("reset", latency_s)
+            return RequestPlan("reset", latency_s, latency_factor=factor)
         return RequestPlan(
             "respond", latency_s, technical_error=error,
             malformed=u_malformed < active.malformed_rate,
             duplicate=u_duplicate < active.duplicate_rate,
-            late_delay_s=active.late_delay_s if u_late < active.late_rate else 0.0)
+            late_delay_s=active.late_delay_s if u_late < active.late_rate else 0.0,
+            latency_factor=factor)
 
     def connection_state(self, now: float, *, endpoint: str | None = None) -> ConnectionState:
         """Whether a new connection should be accepted; draws nothing (faults are on/off here)."""

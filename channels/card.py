@@ -22,7 +22,8 @@ is released (a 0200 is credited back) exactly once, and 0410 is answered 00 what
 happened before, including for an original never seen (the key is then remembered, so an
 original arriving after its own reversal is declined 05 instead of holding money nobody
 will ever release). 0120 advices are answered 0130 and place the stand-in's hold when
-funds allow. 0800 sign-on, sign-off and echo are answered 0810 at once.
+funds allow (96 when the book is at its bound, as for a 0100). 0800 sign-on, sign-off and
+echo are answered 0810 at once.
 
 Faults and technical errors come from the network's `Behaviour` (see channels/server.py);
 a technical error (91/96) is answered without touching any account.
@@ -315,17 +316,27 @@ class CardScheme:
         if (f.get(39) or "").strip() == iso8583.ResponseCode.APPROVED:
             key = (f.get(11, ""), f.get(41, ""), f.get(7, ""))
             amount = int(f.get(4, "0") or "0")
+            if key in self.records:
+                return iso8583.response(msg, answer)  # a repeat: taken (or not) once
             try:
                 acct = self.account(f.get(2, ""))
-            except OverflowError:
-                acct = None
-            if (key not in self.records and acct is not None and amount <= acct.available
-                    and len(self.records) < self.spec.max_records):
+            except OverflowError as exc:
+                # The book is full, not the card unknown: a bound is a 96 (module docstring),
+                # and the switch must not journal it as the issuer refusing the card.
+                log.warning("%s", exc)
+                self.bound_rejections += 1
+                return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
+            if acct is not None and len(self.records) >= self.spec.max_records:
+                self.bound_rejections += 1
+                log.warning("%s: %d authorization records; refusing an advice", self.name,
+                            self.spec.max_records)
+                return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
+            if acct is not None and amount <= acct.available:
                 acct.holds[key] = amount
                 acct.held += amount
                 self.records[key] = AuthRecord(key, acct.pan, amount, "hold", "active",
                                                rrn=f.get(37, ""), currency=f.get(49, ""))
-            elif key not in self.records:
+            else:
                 self.advice_exceptions += 1
                 answer = (iso8583.ResponseCode.INVALID_CARD if acct is None
                           else iso8583.ResponseCode.INSUFFICIENT_FUNDS)

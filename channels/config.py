@@ -91,6 +91,11 @@ class IssuerSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_onl
     accounts: Annotated[list[CardAccountSpec], msgspec.Meta(max_length=100_000)] = (
         msgspec.field(default_factory=list))
 
+    def __post_init__(self) -> None:
+        if self.balance_max < self.balance_min:
+            raise ValueError(f"balance_max ({self.balance_max}) is below balance_min "
+                             f"({self.balance_min})")
+
 
 class CardSchemeSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Issuers and their card accounts; card networks naming this scheme share its ledger."""

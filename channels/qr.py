@@ -126,7 +126,7 @@ class QrNetwork(SimServer):
         exponent = currency[1]
         if qr.initiation == _DYNAMIC:
             fixed = _minor(qr.amount, exponent) if qr.amount is not None else None
-            if fixed is None:
+            if not fixed:  # absent, finer than the currency's minor unit, or zero
                 return "INVALID_QR: tag 54: a dynamic QR must carry its amount", merchant, 0
             if request.amount is not None and request.amount != fixed:
                 return "AMOUNT_MISMATCH", merchant, 0
@@ -191,7 +191,7 @@ class _Pay(SimRequest):
         ref = request.ref
         if self.existing is not None:
             self.outcome = "status"
-            return encode(self.existing)
+            return encode(self._current())
         if not self.booked:
             net.bound_rejections += 1
             self.outcome = "error"
@@ -212,11 +212,22 @@ class _Pay(SimRequest):
         scheme_ref = hashlib.sha256(f"{net.spec.seed}:{ref}".encode()).hexdigest()[:16].upper()
         return self._book(QrReply(ref=ref, status="approved", scheme_ref=scheme_ref))
 
+    def _current(self) -> QrReply:
+        """The book's answer for this duplicate now: the one seen on arrival may have been
+        "pending" for an original decided since (replies are replaced, not updated)."""
+        assert self.existing is not None
+        return self.network.book.get(self.request.ref, self.existing)
+
     def reject(self, code: str) -> bytes | None:
         self.outcome = "error"
         ref = self.request.ref
+        if self.existing is None and not self.booked:
+            # Refused or overloaded before admission: a reference the book already holds
+            # is still answered from it. "failed" would contradict the book (and a payment
+            # the scheme approved would read as failed to the switch).
+            self.existing = self.network.book.get(ref)
         if self.existing is not None:
-            return encode(self.existing)
+            return encode(self._current())
         return self._book(QrReply(ref=ref, status="failed", reason=f"TECHNICAL_{code}"))
 
 

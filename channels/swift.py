@@ -389,6 +389,10 @@ class _Pacs008(SimRequest):
         if record is not None and record.status == "PDNG":
             record.status, record.reason, record.info = "RJCT", "MS03", info
             return self.network.report(record)
+        if self.existing is None and record is None and not self.full:
+            # Refused or overloaded before admission: a UETR already booked is answered
+            # with its status, never an RJCT contradicting the book (and pacs.028).
+            self.existing = self.network.book.get(self.ct.uetr)
         if self.existing is not None:
             return self.network.report(self.existing)
         return self.network.reject_unbooked(self.ct, "MS03", info)

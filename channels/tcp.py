@@ -13,7 +13,7 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from channels.behaviour import Behaviour, CapacityExceeded, RequestPlan
+from channels.behaviour import Behaviour, CapacityExceeded, GateTicket, RequestPlan
 from channels.config import NetworkSpec
 from channels.metrics import ChannelMetrics
 
@@ -72,7 +72,8 @@ class SimRequest(ABC):
 
     #: The fault scope key: a PAN (card), "DE-FR:BNPAFRPP" (SWIFT), a merchant id (QR).
     route_key: str = ""
-    #: Latency the network adds on top of the behaviour's (e.g. correspondent hops).
+    #: Latency the network adds on top of the behaviour's (e.g. correspondent hops); a
+    #: "slow" fault multiplies it too.
     extra_latency_s: float = 0.0
     #: Set by decide()/reject(): the metrics outcome label.
     outcome: str = "other"
@@ -217,41 +218,80 @@ class SimServer(ABC):
                 data = await conn.stream.receive(65536)
             except _CLOSED:
                 return
+            broken: Exception | None = None
             try:
                 frames = splitter.feed(data)
             except Exception as exc:  # the splitter's own error: cannot re-sync the stream
-                self.bad_frames += 1
-                self.metrics.count(self.name, "bad_request")
-                log.info("%s: framing error, closing connection %d: %s", self.name, conn.id, exc)
-                conn.close()
-                return
+                broken = exc
+                # The complete frames the same read carried before the bad prefix reached
+                # the network as surely as those of an earlier read: they are served (TCP's
+                # segmentation must not decide which requests are dropped).
+                frames = getattr(exc, "frames_before", None) or []
             for payload in frames:
                 if conn.in_flight >= limit:
                     await self._overloaded(conn, bytes(payload))
                     continue
-                conn.in_flight += 1
-                tg.start_soon(self._request, conn, bytes(payload))
+                self._arrive(conn, bytes(payload), tg)
+            if broken is not None:
+                self.bad_frames += 1
+                self.metrics.count(self.name, "bad_request")
+                log.info("%s: framing error, no more reads on connection %d: %s",
+                         self.name, conn.id, broken)
+                # As at EOF: what was received runs to its answer, then the connection
+                # closes; nothing after the bad prefix is read.
+                return
 
     async def _overloaded(self, conn: SimConnection, payload: bytes) -> None:
         item = self.parse(conn, payload)
-        if isinstance(item, SimRequest):
-            self.metrics.count(self.name, "overloaded")
-            answer = item.reject("91")
-            if answer is not None:
-                await conn.send(self.frame(answer))
+        if item is None:
+            self.metrics.count(self.name, "bad_request")
+            return
+        if isinstance(item, bytes):
+            # Network management (an echo) is answered at once and holds no slot: past the
+            # bound it is answered all the same, or a busy link would read as a dead one.
+            if self.behaviour.connection_state(anyio.current_time()) == "blackhole":
+                self.metrics.count(self.name, "blackhole")
+                return
+            await conn.send(self.frame(item))
+            return
+        self.metrics.count(self.name, "overloaded")
+        answer = item.reject("91")
+        if answer is not None:
+            await conn.send(self.frame(answer))
 
-    async def _request(self, conn: SimConnection, payload: bytes) -> None:
+    def _arrive(self, conn: SimConnection, payload: bytes, tg: anyio.abc.TaskGroup) -> None:
+        """One frame as it is read, before the next one is looked at: parsed, its seeded
+        plan drawn, admitted, and decided at once if a service slot is free (a queued one is
+        decided in the release that hands it its slot, in arrival order). Only the waiting
+        (queue, service latency) and the answer run in a task of their own, so neither the
+        seeded draws nor the order of decisions depend on the order an event loop happens to
+        run tasks in (trio shuffles them): same seed, same frames, same answers."""
         try:
             item = self.parse(conn, payload)
             if item is None:
                 self.metrics.count(self.name, "bad_request")
-            elif isinstance(item, bytes):
+                return
+            if isinstance(item, bytes):
                 if self.behaviour.connection_state(anyio.current_time()) == "blackhole":
                     self.metrics.count(self.name, "blackhole")
                     return
+                answer: bytes | _Service | None = item
+            else:
+                answer = self._admit(item)
+            if answer is None:
+                return
+            conn.in_flight += 1
+            tg.start_soon(self._request, conn, answer)
+        except Exception:
+            log.exception("%s: error serving a request", self.name)
+            self.metrics.count(self.name, "error")
+
+    async def _request(self, conn: SimConnection, item: bytes | _Service) -> None:
+        try:
+            if isinstance(item, bytes):
                 await conn.send(self.frame(item))
             else:
-                await self.serve_request(conn, item)
+                await self._serve(conn, item)
         except Exception:
             log.exception("%s: error serving a request", self.name)
             self.metrics.count(self.name, "error")
@@ -260,36 +300,59 @@ class SimServer(ABC):
 
     async def serve_request(self, conn: SimConnection, request: SimRequest) -> None:
         """Apply the seeded plan to one request; see the module docstring for the order."""
+        item = self._admit(request)
+        if isinstance(item, bytes):
+            await conn.send(self.frame(item))
+        elif item is not None:
+            await self._serve(conn, item)
+
+    def _admit(self, request: SimRequest) -> bytes | _Service | None:
+        """The synchronous half of serving ``request``: its plan, and what can be decided on
+        arrival. Returns an answer to send at once, the service to finish, or None."""
         name, metrics = self.name, self.metrics
         plan: RequestPlan = self.behaviour.plan(anyio.current_time(), request.route_key)
         if plan.action == "blackhole":
             metrics.count(name, "blackhole")
-            return
+            return None
         if plan.action == "refuse":
             metrics.count(name, "refused")
-            answer = request.reject(self.behaviour.config.errors.unavailable_code)
-            if answer is not None:
-                await conn.send(self.frame(answer))
-            return
+            return request.reject(self.behaviour.config.errors.unavailable_code)
         request.admit()
-        decided = False
-        delay = plan.latency_s + request.extra_latency_s
+        service = _Service(request, plan)
         try:
+            ticket = self.behaviour.capacity().enter_or_queue(service.decide)
+        except CapacityExceeded:
+            metrics.count(name, "overloaded")
+            return request.reject("91")
+        except BaseException:
+            request.abandon()
+            raise
+        if ticket is None:
+            service.decide()
+        service.ticket = ticket
+        return service
+
+    async def _serve(self, conn: SimConnection, service: _Service) -> None:
+        """The asynchronous half: wait for a slot, the service latency, then the answer."""
+        name, metrics = self.name, self.metrics
+        request, plan = service.request, service.plan
+        gate = self.behaviour.capacity()
+        if service.ticket is not None:
             try:
-                async with self.behaviour.capacity():
-                    answer = request.decide(plan.technical_error)
-                    decided = True
-                    await anyio.sleep(delay)
-            except CapacityExceeded:
-                metrics.count(name, "overloaded")
-                answer = request.reject("91")
-                decided = True
-                if answer is not None:
-                    await conn.send(self.frame(answer))
-                return
-        finally:
-            if not decided:
+                await gate.wait(service.ticket)
+            except BaseException:
+                if not service.decided:
+                    request.abandon()
+                raise
+        delay = plan.latency_s + request.extra_latency_s * plan.latency_factor
+        try:
+            if service.error is not None:
                 request.abandon()
+                raise service.error
+            await anyio.sleep(delay)
+        finally:
+            gate.release()
+        answer = service.answer
         metrics.count(name, request.outcome)
         if plan.action == "reset":
             metrics.count(name, "reset")
@@ -310,3 +373,26 @@ class SimServer(ABC):
         if plan.duplicate:
             metrics.count(name, "duplicate")
             await conn.send(data)
+
+
+class _Service:
+    """One admitted request: its plan, its place at the capacity gate, its decision."""
+
+    __slots__ = ("answer", "decided", "error", "plan", "request", "ticket")
+
+    def __init__(self, request: SimRequest, plan: RequestPlan) -> None:
+        self.request = request
+        self.plan = plan
+        self.ticket: GateTicket | None = None
+        self.answer: bytes | None = None
+        self.decided = False
+        self.error: Exception | None = None
+
+    def decide(self) -> None:
+        """The network's decision; run on arrival, or by the release handing over a slot
+        (so it must not raise: an error is kept for the request's own task)."""
+        try:
+            self.answer = self.request.decide(self.plan.technical_error)
+        except Exception as exc:
+            self.error = exc
+        self.decided = True
