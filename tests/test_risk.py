@@ -133,6 +133,8 @@ class _ReferenceVelocity:
                 events = []
                 while self.events:
                     oldest = next(iter(self.events))
+                    if oldest in keys:
+                        break  # this payment's own key, just seen: never forgotten
                     kept = self.events[oldest]
                     if kept and kept[-1][0] > now - self.window_s:
                         break

@@ -549,6 +549,12 @@ class PaymentCore:
             metrics.retries_denied["unsafe"].inc()
             self._outcome(f, now, mono)
             return True
+        if f.index + 1 >= len(f.order):
+            # Retries go to the next endpoint only: none is left. Planned anyway, a retry
+            # took the global budget and held the answer for a back-off, for nothing.
+            metrics.retries_denied["attempts"].inc()
+            self._outcome(f, now, mono)
+            return True
         delay = router.policy.plan_retry(f.attempts, router.rng, now, f.deadline)
         if delay is None:
             metrics.retries_denied["attempts"].inc()
@@ -615,7 +621,8 @@ class PaymentCore:
         assert target is not None
         reply = f.last or _FAILED_91
         stood_in = False
-        if not f.reached and payment.channel == "card" and self.standin is not None:
+        if (not f.reached and payment.channel == "card" and self.standin is not None
+                and not self._untried_endpoint_up(f, now)):
             # No issuer endpoint could be reached: approve on its behalf within limits,
             # and tell it later with a 0120 advice (store and forward).
             auth_code = self.standin.decide(payment, target.name)
@@ -628,6 +635,13 @@ class PaymentCore:
         result = Result(pid, status, reply.reason, reply.network_ref, network,
                         stood_in=stood_in, aml_flag=payment.aml_flag)
         self._journal_final(f, result, now, mono)
+
+    def _untried_endpoint_up(self, f: _Flight, now: float) -> bool:
+        """Is an endpoint after the last one attempted (failover order) still available?
+        The attempts then ended for want of retry budget, attempts or time, not for want
+        of a reachable issuer: stand-in must not approve on its behalf."""
+        breakers = self.router.health.breakers
+        return any(breakers[e].available(now) for e in f.order[f.index + 1:])
 
     def _journal_final(self, f: _Flight, result: Result, now: float, mono: float,
                        sheddable: bool = False) -> None:

@@ -8,7 +8,10 @@ body, so the hash must be keyed to reveal nothing).
 Bounded: keys are kept for ``retention_s`` and at most ``max_keys`` entries; the oldest
 completed ones are forgotten first. That is the usual contract of payment APIs (a retry
 window), written down rather than implied. In-flight entries are never evicted; their
-number is bounded by the server's in-flight limit.
+number is bounded by the server's in-flight limit. Nor is a key whose payment is unknown
+(being resolved) forgotten for room before its ``retention_s`` is over: its client
+retries to learn the outcome, and a forgotten key booked the payment afresh. Those are
+bounded by the payments that time out within ``retention_s``.
 
 Eviction is O(1) amortised: completed entries join a FIFO (``deque``) when they complete,
 and eviction pops its front. (Deleting from the front of a dict and asking it for its
@@ -27,7 +30,7 @@ from collections.abc import Iterable, Iterator
 import anyio
 import msgspec
 
-from switch.model import Result
+from switch.model import Result, Status
 
 
 class Entry(msgspec.Struct, gc=False):
@@ -67,8 +70,14 @@ class IdempotencyIndex:
         #: Completed entries, oldest first: the eviction order. An item whose key maps
         #: to another entry by now (restored twice) is stale and skipped when popped.
         self._order: deque[tuple[str, Entry]] = deque()
+        #: Completed entries whose payment was unknown when their turn to go came, oldest
+        #: first: kept until resolved (then back in ``_order``) or past ``retention_s``.
+        self._unknowns: deque[tuple[str, Entry]] = deque()
         self.retention_s = retention_s
         self.max_keys = max_keys
+        #: The latest ``now`` seen (begin, restore): the age horizon of evictions that
+        #: a resolution triggers.
+        self._now = -math.inf
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -96,11 +105,14 @@ class IdempotencyIndex:
         entry = self._entries.get(key)
         if entry is None:
             return
+        resolved = not entry.pending  # an answer given before (unknown) now settled
         if entry.pending:
             self._order.append((key, entry))
         entry.result = result
         entry._finish()
         assert not entry.pending and entry.result is not None
+        if resolved and len(self._entries) > self.max_keys:
+            self._evict(self._now)  # an unknown kept past the bound may go now
 
     def abandon(self, key: str) -> None:
         """Forget an attempt that was never accepted, waking anyone waiting on it."""
@@ -135,9 +147,26 @@ class IdempotencyIndex:
             self._evict(created_at)
 
     def _evict(self, now: float) -> None:
-        # Every pass either pops one item of the FIFO or stops: O(1) amortised per key.
-        entries, order = self._entries, self._order
+        # Every pass pops one item of a FIFO or stops: O(1) amortised per key (an entry
+        # moves at most from the FIFO to the unknowns, back once resolved, then out).
+        entries, order, unknowns = self._entries, self._order, self._unknowns
+        self._now = max(now, self._now)
         horizon = now - self.retention_s
+        resolved: list[tuple[str, Entry]] = []
+        while unknowns:
+            key, oldest = unknowns[0]
+            if entries.get(key) is not oldest:
+                unknowns.popleft()
+            elif not _unknown(oldest):
+                # Resolved: an ordinary completed key again, older (by its first answer,
+                # the order a restart restores) than every key still in the FIFO.
+                resolved.append(unknowns.popleft())
+            elif oldest.created_at < horizon:
+                unknowns.popleft()
+                del entries[key]
+            else:
+                break
+        order.extendleft(reversed(resolved))
         while order:
             key, oldest = order[0]
             if entries.get(key) is not oldest:
@@ -146,9 +175,20 @@ class IdempotencyIndex:
             if len(entries) <= self.max_keys and oldest.created_at >= horizon:
                 break
             order.popleft()
+            if oldest.created_at >= horizon and _unknown(oldest):
+                # Sent, outcome unknown, being resolved: its client retries this key to
+                # learn the outcome. Forgotten for room, the retry began a new payment and
+                # sent it again. Kept (within retention) like one in flight.
+                unknowns.append((key, oldest))
+                continue
             del entries[key]
-        # Past the bound only while everything left is in flight (never evicted).
+        # Past the bound only while everything left is in flight or unknown (never evicted
+        # for room).
         assert len(entries) <= self.max_keys or not order
+
+
+def _unknown(entry: Entry) -> bool:
+    return entry.result is not None and entry.result.status is Status.UNKNOWN
 
 
 def body_hash(canonical_body: bytes, key: bytes) -> bytes:

@@ -152,7 +152,8 @@ class RiskEngine:
         # count velocity still applies. Operators add rates in risk.fx_to_cny.
         weight = 0 if cny is None else cny
         max_count, max_amount = self._max_count, self._max_amount
-        windows = [self._window(key, now) for key in payment.velocity_keys]
+        keys = payment.velocity_keys
+        windows = [self._window(key, now, keys) for key in keys]
         for window in windows:
             if window.count >= max_count:
                 return RiskDecision(reasons.OVER_FREQUENCY_LIMIT, "velocity_count", False)
@@ -166,12 +167,12 @@ class RiskEngine:
             return ALLOW_AML
         return ALLOW
 
-    def _window(self, key: str, now: float) -> _Window:
+    def _window(self, key: str, now: float, keep: tuple[str, ...]) -> _Window:
         windows = self._windows
         window = windows.get(key)
         horizon = now - self._window_s
         if window is None:
-            self._forget_expired(horizon)
+            self._forget_expired(horizon, keep)
             window = windows[key] = _Window()
             if len(windows) > self._max_keys:
                 windows.popitem(last=False)  # the least recently seen key
@@ -193,15 +194,23 @@ class RiskEngine:
         window.head = head
         return window
 
-    def _forget_expired(self, horizon: float) -> None:
+    def _forget_expired(self, horizon: float, keep: tuple[str, ...]) -> None:
         """Drop the least recently seen keys while every event of theirs has left the
         window: an expired window decides exactly as a new one (count 0, total 0), so
         forgetting it changes no decision. Without this, every key ever seen stayed until
         ``max_keys`` pushed it out: a million windows (~300 MB, walked by every full
-        collection) on a switch whose minute of traffic has a few thousand cards."""
+        collection) on a switch whose minute of traffic has a few thousand cards.
+
+        Never a key in ``keep`` (the payment being assessed): its window was just fetched,
+        so it is the most recently seen, and every key after it is one of the payment's
+        too. Forgotten, its expired window was detached from the index and the payment's
+        event went into it, lost: the card's next payment found an empty window and passed
+        its velocity limit."""
         windows = self._windows
         while windows:
-            oldest = next(iter(windows.values()))
+            key, oldest = next(iter(windows.items()))
+            if key in keep:
+                return
             times = oldest.times
             if oldest.head < len(times) and times[-1] > horizon:
                 return  # it still counts; so may the keys seen after it

@@ -37,8 +37,11 @@ class InvalidPayment(ValueError):
 
 def _is_bic(bic: str) -> bool:
     # 4 letters bank, 2 letters country, 2 alnum location, optional 3 alnum branch.
+    # ASCII only, as the pacs.008 encoder (iso20022.check_bic) requires: str.isalpha and
+    # isalnum also accept other scripts' letters and digits ("Ä", "²", full-width).
     return (
         len(bic) in (8, 11)
+        and bic.isascii()
         and bic[:6].isalpha()
         and bic[:6].isupper()
         and bic[6:].isalnum()

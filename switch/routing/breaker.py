@@ -196,6 +196,7 @@ class CircuitBreaker:
         "_last_now",
         "_open_until",
         "_probe_failures",
+        "_probe_times",
         "_probes_done",
         "_probes_reserved",
         "_probes_slow",
@@ -233,6 +234,8 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._half_open_since = 0.0
         self._probes_reserved = 0
+        #: When each reserved probe was let through, oldest first (one per reservation).
+        self._probe_times: deque[float] = deque()
         self._probes_done = 0
         self._probes_slow = 0
 
@@ -277,6 +280,7 @@ class CircuitBreaker:
             return False
         if self._probes_reserved < self.config.half_open_probes:
             self._probes_reserved += 1
+            self._probe_times.append(self._last_now)
             return True
         return False
 
@@ -296,6 +300,7 @@ class CircuitBreaker:
             if self._probes_reserved == 0 or self._started_before_half_open(now, duration_s):
                 return  # a call let through before this half-open period: old news
             self._probes_reserved -= 1
+            self._probe_times.popleft()
             if not ok:
                 self._open(now)
                 return
@@ -318,6 +323,7 @@ class CircuitBreaker:
         if (self.state is BreakerState.HALF_OPEN and self._probes_reserved > 0
                 and not self._started_before_half_open(now, duration_s)):
             self._probes_reserved -= 1
+            self._probe_times.popleft()
         assert self._probes_reserved >= 0
 
     def record_probe(self, now: float, ok: bool) -> None:
@@ -370,8 +376,14 @@ class CircuitBreaker:
         return now - duration_s < self._half_open_since - slack
 
     def _probes_expired(self, now: float) -> bool:
+        """Has a reserved probe gone ``probe_timeout_s`` without reporting? Timed from when
+        it was let through: timed from the half-open start, a probe taken after a quiet
+        spell was "lost" at once (the endpoint refused, the breaker re-opened). Reports
+        carry no ticket, so each frees the oldest reservation: a lost probe is then found
+        no sooner than it should be, never a live one given up early."""
         return (
-            self._probes_reserved > 0 and now - self._half_open_since >= self.config.probe_timeout_s
+            self._probes_reserved > 0
+            and now - self._probe_times[0] >= self.config.probe_timeout_s
         )
 
     def _open(self, now: float) -> None:
@@ -381,6 +393,7 @@ class CircuitBreaker:
     def _half_open(self, now: float) -> None:
         self._half_open_since = now
         self._probes_reserved = self._probes_done = self._probes_slow = 0
+        self._probe_times.clear()
         self._move(now, BreakerState.HALF_OPEN)
 
     def _close(self, now: float) -> None:

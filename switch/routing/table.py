@@ -216,7 +216,8 @@ def qr_guis(payload: str) -> list[str]:
     i = 0
     while i + 4 <= n:
         tag, size = payload[i : i + 2], payload[i + 2 : i + 4]
-        if not (tag.isdigit() and size.isdigit()):
+        # isascii: isdigit also accepts "²", which int() refuses (ValueError).
+        if not (tag.isascii() and size.isascii() and tag.isdigit() and size.isdigit()):
             break
         end = i + 4 + int(size)
         if end > n:
@@ -226,7 +227,7 @@ def qr_guis(payload: str) -> list[str]:
             j = 0
             while j + 4 <= len(value):
                 sub, sub_size = value[j : j + 2], value[j + 2 : j + 4]
-                if not sub_size.isdigit():
+                if not (sub_size.isascii() and sub_size.isdigit()):
                     break
                 sub_end = j + 4 + int(sub_size)
                 if sub == "00":
@@ -396,6 +397,15 @@ def _compile_card(
             low_text, high_text = rng.low, rng.high
         else:
             problems.append(f"{path}: needs prefix, or both low and high")
+            continue
+        # The spec's pattern is re.search, whose "$" also matches before a final newline:
+        # "40000\n" got through it and then int() raised a bare ValueError.
+        bad = [(field, text) for field, text in (("prefix", rng.prefix), ("low", rng.low),
+                                                 ("high", rng.high))
+               if text is not None and not (text.isascii() and text.isdigit())]
+        if bad:
+            field, text = bad[0]
+            problems.append(f"{path}.{field}: {text!r} is not 6-11 digits 0-9")
             continue
         low = int(low_text.ljust(BIN_WIDTH, "0"))
         high = int(high_text.ljust(BIN_WIDTH, "9"))
