@@ -80,8 +80,11 @@ def reply_for(reply: QrReply) -> NetworkReply | None:
     if status == "not_found":
         return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "QR:NOT_FOUND")
     if status == "failed":
+        # Two ASCII digits, never 00 (a failure is no approval): "TECHNICAL_00" was a
+        # failure with the approval code, and str.isdigit() took non-ASCII digits.
         technical = code.removeprefix("TECHNICAL_")[:2]
-        if not (len(technical) == 2 and technical.isdigit()):
+        if not (len(technical) == 2 and technical.isascii() and technical.isdigit()
+                and technical != reasons.APPROVED):
             technical = reasons.SYSTEM_MALFUNCTION
         return NetworkReply("failed", technical, ref)
     return NetworkReply("declined", _DECLINES.get(code, reasons.DO_NOT_HONOUR), ref)

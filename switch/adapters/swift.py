@@ -53,6 +53,7 @@ __all__ = [
     "SwiftAdapterConfig",
     "credit_transfer",
     "reply_for_status",
+    "technical_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,24 @@ def reply_for_status(report: iso20022.StatusReport) -> NetworkReply | None:
     ref = f"RJCT:{code}"
     info = report.additional_info or ""
     if code == "MS03" and info.startswith(TECHNICAL_PREFIX):
-        technical = info[len(TECHNICAL_PREFIX):].strip()[:2] or reasons.SYSTEM_MALFUNCTION
+        technical = technical_reason(info[len(TECHNICAL_PREFIX):].strip()[:2])
         return NetworkReply("failed", technical, ref)
     if code == NOT_RECEIVED:
         return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, ref)
     outcome, reason = _REJECT_REASONS.get(code, ("declined", reasons.DO_NOT_HONOUR))
     return NetworkReply("failed" if outcome == "failed" else "declined", reason, ref)
+
+
+def technical_reason(code: str) -> str:
+    """The network's technical refusal code on the switch's DE39 scale: two ASCII digits,
+    never 00 (a failure is no approval); anything else is 96.
+
+    AddtlInf is the network's free text: "TECHNICAL ERROR e!" made a failure
+    with reason "e!", and "TECHNICAL ERROR 00" a failure with the approval code.
+    """
+    if len(code) == 2 and code.isascii() and code.isdigit() and code != reasons.APPROVED:
+        return code
+    return reasons.SYSTEM_MALFUNCTION
 
 
 def iso_time(at: datetime) -> str:

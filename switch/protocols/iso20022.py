@@ -27,6 +27,7 @@ than given a guessed exponent, since a wrong guess misstates the amount 100-fold
 from __future__ import annotations
 
 import enum
+import re
 import xml.etree.ElementTree as ET
 from datetime import date, datetime
 from typing import Final, Literal
@@ -291,9 +292,23 @@ def check_uetr(value: str, path: str) -> str:
     return value
 
 
+#: xs:dateTime as the ISO 20022 schemas type ISODateTime: YYYY-MM-DDThh:mm:ss, optional
+#: fraction, optional zone (Z or +-hh:mm, at most 14:00). ``datetime.fromisoformat``
+#: alone took ISO 8601 forms the schema refuses (week dates ``2025-W03-3``, basic
+#: ``093000``, ``+0100``, ``+01``, a decimal comma), and we wrote them into documents that
+#: failed XSD validation at the receiver.
+_XSD_DATETIME: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))?")
+#: ISODate (xs:date) as we write and read it: YYYY-MM-DD.
+_XSD_DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _datetime(value: str, path: str) -> str:
     try:
-        ok = len(value) >= 19 and value[10] == "T" and bool(datetime.fromisoformat(value))
+        # The pattern fixes the layout; fromisoformat the calendar (month 13, 25:00).
+        ok = (_XSD_DATETIME.fullmatch(value) is not None
+              and bool(datetime.fromisoformat(value[:19])))
     except ValueError:
         ok = False
     if not ok:
@@ -303,7 +318,7 @@ def _datetime(value: str, path: str) -> str:
 
 def _date(value: str, path: str) -> str:
     try:
-        ok = len(value) == 10 and bool(date.fromisoformat(value))
+        ok = _XSD_DATE.fullmatch(value) is not None and bool(date.fromisoformat(value))
     except ValueError:
         ok = False
     if not ok:
@@ -550,6 +565,7 @@ def status_request_for(ct: CreditTransfer, *, msg_id: str, created_at: str) -> S
 
 def _parse_xml(data: bytes | bytearray | memoryview | str) -> ET.Element:
     """Size-check and parse untrusted XML, refusing DTDs, entities and external references."""
+    source: bytes | str
     if isinstance(data, str):
         # Characters never outnumber UTF-8 bytes, so this check also bounds the encode.
         if len(data) > MAX_XML_BYTES:
@@ -558,8 +574,12 @@ def _parse_xml(data: bytes | bytearray | memoryview | str) -> ET.Element:
             raw = data.encode("utf-8")
         except UnicodeEncodeError:
             raise CodecError("text is not encodable as UTF-8", "Document") from None
+        # Text is parsed as text: its characters are already decoded, so an encoding
+        # declaration ("ISO-8859-1") must not decode them again. Handing expat the UTF-8
+        # bytes under such a declaration read "JOSÉ" as "JOSÃ\x89".
+        source = data
     elif isinstance(data, bytes | bytearray | memoryview):
-        raw = bytes(data)
+        raw = source = bytes(data)
     else:
         raise CodecError(f"expected bytes or str, got {type(data).__name__}", "Document")
     if len(raw) > MAX_XML_BYTES:
@@ -567,7 +587,7 @@ def _parse_xml(data: bytes | bytearray | memoryview | str) -> ET.Element:
             f"document of {len(raw)} bytes exceeds MAX_XML_BYTES={MAX_XML_BYTES}", "Document"
         )
     try:
-        root: ET.Element = SafeET.fromstring(raw, forbid_dtd=True)
+        root: ET.Element = SafeET.fromstring(source, forbid_dtd=True)
     except defusedxml.DTDForbidden:
         raise CodecError(
             "DTDs are forbidden (they enable entity bombs and external entities)", "Document"
@@ -584,6 +604,9 @@ def _parse_xml(data: bytes | bytearray | memoryview | str) -> ET.Element:
         raise CodecError(f"unreadable XML: {exc}", "Document") from None
     return root
 
+
+#: XML's whitespace characters: what the schema's "collapse" facet trims.
+_XML_SPACE: Final = " \t\n\r"
 
 # Deepest element we read is Document/FIToFICstmrCdtTrf/CdtTrfTxInf/DbtrAcct/Id/Othr/Id;
 # nothing below this depth is indexed, which also keeps a deeply nested hostile document
@@ -606,9 +629,11 @@ class _Doc:
         prefix = "{" + ns + "}"
         cut = len(prefix)
         index: dict[str, list[ET.Element]] = {}
-        stack: list[tuple[ET.Element, str, int]] = [(root, "Document", 0)]
-        while stack:
-            elem, path, depth = stack.pop()
+        # Breadth first, so each path's elements are listed in document order: the stack
+        # this was listed them last parent first, and a pacs.002 with two StsRsnInf was
+        # read with the second one's reason and the first one's AddtlInf.
+        queue: list[tuple[ET.Element, str, int]] = [(root, "Document", 0)]
+        for elem, path, depth in queue:  # grows while walked
             if depth >= _MAX_DEPTH:
                 continue
             for child in elem:
@@ -621,7 +646,7 @@ class _Doc:
                     index[child_path] = [child]
                 else:
                     found.append(child)
-                stack.append((child, child_path, depth + 1))
+                queue.append((child, child_path, depth + 1))
         self.index = index
 
     def has(self, path: str) -> bool:
@@ -638,13 +663,22 @@ class _Doc:
         return found[0]
 
     def text(self, path: str) -> str:
+        """The text of the element at ``path``, which must occur once: a second one was
+        silently ignored (a second Ustrd line lost; of two UETRs, one matched)."""
         found = self.index.get(path)
         if found is None:
             raise CodecError("missing mandatory element", path)
+        if len(found) > 1:
+            raise CodecError(f"{len(found)} occurrences; only one is supported", path)
         text = found[0].text
         if not text:
             raise CodecError("empty element", path)
         return text
+
+    def collapsed(self, path: str) -> str:
+        """The text of an element whose schema type collapses whitespace (xs:decimal,
+        xs:date, xs:dateTime): ``<CreDtTm> 2025-01-15T09:30:00Z </CreDtTm>`` is valid."""
+        return self.text(path).strip(_XML_SPACE)
 
     def opt_text(self, path: str) -> str | None:
         return self.text(path) if path in self.index else None
@@ -720,15 +754,15 @@ def _read_pacs008(doc: _Doc) -> CreditTransfer:
         raise CodecError(f"{chrg!r} is not DEBT|CRED|SHAR|SLEV", f"{_TX008}/ChrgBr")
     ct = CreditTransfer(
         msg_id=doc.text(f"{hdr}/MsgId"),
-        created_at=doc.text(f"{hdr}/CreDtTm"),
+        created_at=doc.collapsed(f"{hdr}/CreDtTm"),
         settlement_method=settlement_method,
         instr_id=doc.opt_text(f"{_TX008}/PmtId/InstrId"),
         end_to_end_id=doc.text(f"{_TX008}/PmtId/EndToEndId"),
         tx_id=doc.opt_text(f"{_TX008}/PmtId/TxId"),
         uetr=doc.text(f"{_TX008}/PmtId/UETR"),
-        amount_minor=parse_amount(amt.text or "", currency, amt_path),
+        amount_minor=parse_amount((amt.text or "").strip(_XML_SPACE), currency, amt_path),
         currency=currency,
-        settlement_date=doc.text(f"{_TX008}/IntrBkSttlmDt"),
+        settlement_date=doc.collapsed(f"{_TX008}/IntrBkSttlmDt"),
         charge_bearer=charge_bearer,
         debtor=_read_party(doc, "Dbtr", "DbtrAcct"),
         debtor_agent_bic=doc.text(f"{_TX008}/DbtrAgt/FinInstnId/BICFI"),
@@ -742,6 +776,20 @@ def _read_pacs008(doc: _Doc) -> CreditTransfer:
     return ct
 
 
+def _status_reason(elem: ET.Element, path: str) -> tuple[str, str | None]:
+    """(Rsn/Cd, first AddtlInf) of one StsRsnInf element, in its own namespace."""
+    ns = elem.tag[: elem.tag.index("}") + 1] if elem.tag.startswith("{") else ""
+    code = elem.find(f"{ns}Rsn/{ns}Cd")
+    if code is None:
+        raise CodecError("missing mandatory element", f"{path}/Rsn/Cd")
+    if not code.text:
+        raise CodecError("empty element", f"{path}/Rsn/Cd")
+    info = elem.find(f"{ns}AddtlInf")
+    if info is not None and not info.text:
+        raise CodecError("empty element", f"{path}/AddtlInf")
+    return code.text, None if info is None else info.text
+
+
 def _read_pacs002(doc: _Doc) -> StatusReport:
     hdr, grp = f"{_P002}/GrpHdr", f"{_P002}/OrgnlGrpInfAndSts"
     doc.one(_TX002)
@@ -751,19 +799,24 @@ def _read_pacs002(doc: _Doc) -> StatusReport:
         raise CodecError(f"{sts!r} is not ACCP|ACSP|ACSC|PDNG|RJCT", f"{_TX002}/TxSts")
     rsn = f"{_TX002}/StsRsnInf"
     has_rsn = doc.has(rsn)
+    reason = additional_info = None
+    if has_rsn:
+        # The first StsRsnInf (the schema allows several), its reason and its own AddtlInf.
+        reason, additional_info = _status_reason(doc.index[rsn][0], rsn)
     sr = StatusReport(
         msg_id=doc.text(f"{hdr}/MsgId"),
-        created_at=doc.text(f"{hdr}/CreDtTm"),
+        created_at=doc.collapsed(f"{hdr}/CreDtTm"),
         orgnl_msg_id=doc.text(f"{grp}/OrgnlMsgId"),
         orgnl_msg_nm_id=doc.text(f"{grp}/OrgnlMsgNmId"),
         orgnl_instr_id=doc.opt_text(f"{_TX002}/OrgnlInstrId"),
         orgnl_end_to_end_id=doc.text(f"{_TX002}/OrgnlEndToEndId"),
         orgnl_tx_id=doc.opt_text(f"{_TX002}/OrgnlTxId"),
-        orgnl_created_at=doc.opt_text(f"{grp}/OrgnlCreDtTm"),
+        orgnl_created_at=(doc.collapsed(f"{grp}/OrgnlCreDtTm")
+                          if doc.has(f"{grp}/OrgnlCreDtTm") else None),
         orgnl_uetr=doc.text(f"{_TX002}/OrgnlUETR"),
         status=status,
-        reason=doc.text(f"{rsn}/Rsn/Cd") if has_rsn else None,
-        additional_info=doc.opt_text(f"{rsn}/AddtlInf") if has_rsn else None,
+        reason=reason,
+        additional_info=additional_info,
     )
     _check_status_report(sr)
     return sr
@@ -774,7 +827,7 @@ def _read_pacs028(doc: _Doc) -> StatusRequest:
     doc.one(_TX028)
     rq = StatusRequest(
         msg_id=doc.text(f"{hdr}/MsgId"),
-        created_at=doc.text(f"{hdr}/CreDtTm"),
+        created_at=doc.collapsed(f"{hdr}/CreDtTm"),
         orgnl_msg_id=doc.text(f"{_TX028}/OrgnlGrpInf/OrgnlMsgId"),
         orgnl_msg_nm_id=doc.text(f"{_TX028}/OrgnlGrpInf/OrgnlMsgNmId"),
         orgnl_instr_id=doc.opt_text(f"{_TX028}/OrgnlInstrId"),

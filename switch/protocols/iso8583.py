@@ -44,6 +44,7 @@ __all__ = [
     "ResponseCode",
     "authorization_advice",
     "authorization_request",
+    "check_length_prefixes",
     "content_problem",
     "decode",
     "encode",
@@ -258,15 +259,29 @@ def decode(data: bytes | bytearray | memoryview) -> IsoMessage:
 
 def _decode_reference(data: bytes | bytearray) -> tuple[str, dict[int, str]]:
     try:
-        doc, _ = _pyiso.decode(data, SPEC)
+        doc, raw = _pyiso.decode(data, SPEC)
     except _pyiso.DecodeError as exc:
         raise CodecError(f"{exc.msg} (at byte {exc.pos})", _path(exc.field)) from None
     except KeyError as exc:
         # pyiso8583 indexes the spec with every field the bitmap names.
         path = _path(exc.args[0] if exc.args else "?")
         raise CodecError("field not defined in the payswitch 1987 spec", path) from None
+    check_length_prefixes(raw)
     mti = doc.pop("t")
     return mti, {int(key): value for key, value in doc.items() if key not in ("p", "1", "h")}
+
+
+def check_length_prefixes(raw: dict[str, Any]) -> None:
+    """Refuse a variable field whose ASCII length prefix is not all digits.
+
+    pyiso8583 reads the prefix with ``int()``, which takes " 9", "9 ", "+9" and "-0":
+    a length no ISO 8583 peer writes (LL is n2) and jPOS refuses. ``raw`` is the encoded
+    half of pyiso8583's decode result (per field, its ``len`` and ``data`` bytes).
+    """
+    for key, parts in raw.items():
+        prefix = parts.get("len", b"")
+        if prefix and not (prefix.isdigit() and prefix.isascii()):
+            raise CodecError(f"length prefix {bytes(prefix)!r} is not ASCII digits", _path(key))
 
 
 #: Uppercase hex digits: what our encoder writes in a bitmap. Anything else (lowercase is

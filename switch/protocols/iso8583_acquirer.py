@@ -31,7 +31,7 @@ from switch import reasons
 from switch.currency import NUMERIC_TO_ALPHA
 from switch.model import CardData, Party, PaymentRequest, Result, Status
 from switch.protocols.errors import CodecError
-from switch.protocols.iso8583 import SPEC, IsoMessage, response_mti
+from switch.protocols.iso8583 import SPEC, IsoMessage, check_length_prefixes, response_mti
 
 __all__ = [
     "DEFAULT_KEY_FIELDS",
@@ -136,7 +136,7 @@ class AcquirerCodec:
         format-error response can still echo the key fields the acquirer matches on.
         """
         try:
-            doc, _ = _pyiso.decode(data, self.spec)
+            doc, raw = _pyiso.decode(data, self.spec)
         except _pyiso.DecodeError as exc:
             raise AcquirerFormatError(f"{exc.msg} (at byte {exc.pos})", _path(exc.field),
                                       _partial(exc.doc_dec, data)) from None
@@ -145,6 +145,16 @@ class AcquirerCodec:
             raise AcquirerFormatError("field not defined in the payswitch 1987 spec",
                                       _path(exc.args[0] if exc.args else "?"),
                                       _partial({}, data)) from None
+        try:
+            check_length_prefixes(raw)
+        except CodecError as exc:
+            # The partial message: the fields read before the one with the bad prefix.
+            before: dict[str, str] = {}
+            for key, value in doc.items():
+                if _path(key) == exc.path:
+                    break
+                before[key] = value
+            raise AcquirerFormatError(exc.reason, exc.path, _partial(before, data)) from None
         mti = doc.get("t", "")
         fields: dict[int, str] = {}
         for key, value in doc.items():
@@ -161,10 +171,18 @@ class AcquirerCodec:
         return msg
 
     def encode(self, msg: IsoMessage) -> bytes:
-        doc: dict[str, str] = {"t": msg.mti}
+        """Serialize ``msg``; CodecError names what :meth:`decode` would refuse (an MTI
+        that is not 4 digits, an ``n`` field holding other than digits): pyiso8583
+        checks lengths only, so such a message went out and no peer could read it."""
+        mti = msg.mti
+        if not (len(mti) == 4 and mti.isdigit() and mti.isascii()):
+            raise CodecError(f"MTI must be 4 ASCII digits, got {mti!r}", "MTI")
+        doc: dict[str, str] = {"t": mti}
         for de, value in msg.fields.items():
             if de not in _DATA_ELEMENTS:
                 raise CodecError("field not defined in the payswitch 1987 spec", f"DE{de}")
+            if de in _NUMERIC and not (value.isdigit() and value.isascii()):
+                raise CodecError(f"numeric field holds {value!r}", f"DE{de}")
             doc[str(de)] = value
         try:
             raw, _ = _pyiso.encode(doc, self.spec)

@@ -93,6 +93,7 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
 
 _decoder: Final = msgspec.json.Decoder(PaymentBody)
 _PATH: Final = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_UNKNOWN: Final = re.compile(r"Object contains unknown field `(.*)`", re.DOTALL)
 
 
 def json_pointer(path: str) -> str:
@@ -111,9 +112,12 @@ def decode_body(data: bytes) -> tuple[PaymentBody | None, FieldError | None]:
         match = _PATH.search(text)
         pointer = json_pointer(match.group("path")) if match else ""
         detail = text[: match.start()] if match else text
-        unknown = re.match(r"Object contains unknown field `([^`]*)`", detail)
+        unknown = _UNKNOWN.fullmatch(detail)
         if unknown:
-            pointer = f"{pointer}/{unknown.group(1)}"
+            # The client's own key: escaped as RFC 6901 says ("a/b" is "/a~1b", not the
+            # path "/a/b"), and whole even when it holds a backtick.
+            name = unknown.group(1).replace("~", "~0").replace("/", "~1")
+            pointer = f"{pointer}/{name}"
             detail = "unknown field"
         return None, FieldError(pointer, detail)
     except msgspec.DecodeError as exc:

@@ -14,7 +14,7 @@ the simulator tests the adapter through bytes, never through the adapter's code.
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final, Literal, TypeVar
 
 import msgspec
 
@@ -49,6 +49,8 @@ class QrReply(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     scheme_ref: str = ""
 
 
+_T = TypeVar("_T")
+
 _encoder: Final = msgspec.msgpack.Encoder()
 _request_decoder: Final[msgspec.msgpack.Decoder[QrRequest]] = msgspec.msgpack.Decoder(QrRequest)
 _reply_decoder: Final[msgspec.msgpack.Decoder[QrReply]] = msgspec.msgpack.Decoder(QrReply)
@@ -60,9 +62,25 @@ def encode(message: QrPayRequest | QrCheckStatus | QrReply) -> bytes:
 
 
 def decode_request(data: bytes) -> QrRequest:
-    """Raises msgspec.DecodeError / ValidationError on anything else."""
-    return _request_decoder.decode(data)
+    """Raises msgspec.DecodeError (ValidationError is one) on anything else."""
+    return _decode(_request_decoder, data)
 
 
 def decode_reply(data: bytes) -> QrReply:
-    return _reply_decoder.decode(data)
+    """Raises msgspec.DecodeError (ValidationError is one) on anything else."""
+    return _decode(_reply_decoder, data)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[_T], data: bytes) -> _T:
+    # msgspec lets two failures out as other exceptions: invalid UTF-8 inside a string
+    # (UnicodeDecodeError) and containers nested past the interpreter's recursion limit
+    # while skipping a value (RecursionError). Both escaped the adapter's and the
+    # simulator's ``except msgspec.DecodeError`` as a traceback per frame.
+    try:
+        return decoder.decode(data)
+    except RecursionError:
+        raise msgspec.DecodeError("malformed frame: containers nested too deep") from None
+    except msgspec.DecodeError:
+        raise
+    except ValueError as exc:  # invalid UTF-8 in a string
+        raise msgspec.DecodeError(f"malformed frame: {exc}") from None
