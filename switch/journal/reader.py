@@ -15,6 +15,8 @@ always move there together), then the live journal's.
 
 from __future__ import annotations
 
+import copy
+import itertools
 import operator
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -201,6 +203,7 @@ class Fold:
         self.records += 1
         if kind == INTENT:
             history.intent = body  # decoded on first use
+            history._payment = None  # a fold read between records decoded the one before
             history.intent_at_us = at_us
             # An intent after a final (a reversal re-journaled by the ISO 8583 door)
             # reopens the payment: it must be resolved again, after a crash too.
@@ -349,7 +352,11 @@ class Recovered(msgspec.Struct, frozen=True):
     pending_advices: list[PendingAdvice] = msgspec.field(default_factory=list)
 
 
-def recovered_from(folded: Fold, boot_count: int) -> Recovered:
+def recovered_from(folded: Fold, boot_count: int,
+                   backlog: OpenFold | None = None) -> Recovered:
+    """What start-up learns from ``folded``. ``backlog``: seeded with the payments that
+    may still be unfinished, so the resolver's first refill need not read the whole
+    journal again (:class:`OpenFold`)."""
     # One pass: nearly every payment is finished and owes nothing, so the finals are most
     # of the work (a start-up restores the whole idempotency window, millions of keys at
     # the bound); the few open ones or owing an advice come out of the same walk. Two
@@ -359,17 +366,27 @@ def recovered_from(folded: Fold, boot_count: int) -> Recovered:
     final = finals.append
     unfinished: list[UnfinishedPayment] = []
     advices: list[PendingAdvice] = []
+    open_: list[PaymentHistory] | None = [] if backlog is not None else None
     for h in folded.payments.values():
         result = h.result
         if h.outcome_kind == FINAL:
             assert result is not None
             final(FinalRecord(h.idempotency_key, h.body_hash, result, h.answered_at_us))
-            if h.reopened and (one := _unfinished(h)) is not None:
-                unfinished.append(one)
+            if h.reopened:
+                if open_ is not None:
+                    open_.append(h)
+                if (one := _unfinished(h)) is not None:
+                    unfinished.append(one)
             if result.stood_in and not h.advised and h.payment is not None:
                 advices.append(PendingAdvice(h.body_hash, h.payment, result))
-        elif (one := _unfinished(h)) is not None:
-            unfinished.append(one)
+        else:
+            if open_ is not None:
+                open_.append(h)
+            if (one := _unfinished(h)) is not None:
+                unfinished.append(one)
+    if backlog is not None:
+        assert open_ is not None
+        backlog.seed(open_, folded.last_seq)
     # Oldest first, in the order the running index held them: by first answer, not by
     # final. A payment resolved long after its unknown was near the front of the running
     # index, and restored by its final it pushed out, at the max_keys bound, a key the
@@ -381,14 +398,198 @@ def recovered_from(folded: Fold, boot_count: int) -> Recovered:
 _answered_at_us: Final = operator.attrgetter("answered_at_us")
 
 
-def read_unfinished(path: str | Path) -> list[UnfinishedPayment]:
-    """The live journal's unfinished payments, read on a connection of its own (the
-    writer keeps committing meanwhile: WAL readers see a consistent snapshot)."""
-    db = open_readonly(path)
-    try:
-        return unfinished_of(fold_onto(db, Fold(), live_only=True))
-    finally:
-        db.close()
+def _done(h: PaymentHistory) -> bool:
+    """Finished and not reopened: unfinished again only if a later intent reopens it."""
+    return h.outcome_kind == FINAL and not h.reopened
+
+
+class OpenFold:
+    """The live journal's payments that may still be unfinished, brought up to date one
+    read at a time: the running switch's refill (app.py's backlog), after its resolver's
+    queue overflowed.
+
+    Reading the whole live journal at every refill cost time in proportion to the journal
+    (millions of rows at the idempotency bound, seconds each) again and again, just as an
+    outage's backlog drained. Each :meth:`update` folds only the rows after the last one
+    it read (by ``seq``, which only grows), and keeps only the payments not finished:
+    memory in proportion to the open payments, not the journal. It gives what a whole
+    fold of the live journal (``fold(db, live_only=True)``) gives: the same unfinished
+    payments, statuses, body hashes and order. Three cases make that hold:
+
+    * a payment dropped as finished may be reopened later (a reversal re-journals its
+      intent), or get a late ``unknown`` (which never reopens it): a payment first met in
+      the new rows and left open is looked up by its id, and refolded from its whole live
+      history if it has records older than the last read;
+    * retention (``switch.journal.archive``) moves finished payments to the archive, all
+      of a payment's live records together: a kept payment whose first live record is
+      gone was moved (its new records, if any, are folded again from the live journal
+      alone, as a whole fold would);
+    * a seed from start-up's replay (:meth:`seed`) knows no seqs: each seeded
+      payment is refolded from its live records at the first update.
+
+    One update runs at a time (the resolver reads once at a time), in a thread. A read
+    that fails empties the state: the next one reads the whole live journal again.
+    """
+
+    def __init__(self) -> None:
+        #: The payments that may be unfinished, by their first live record: a Fold of
+        #: the live journal without its finished payments.
+        self._fold = Fold()
+        #: Each kept payment's first live record (None: seeded, not located yet).
+        self._first: dict[str, int | None] = {}
+
+    @property
+    def last_seq(self) -> int:
+        """The newest journal row folded so far."""
+        return self._fold.last_seq
+
+    @property
+    def payments(self) -> dict[str, PaymentHistory]:
+        """The payments kept: those not finished (or reopened), in order of first record."""
+        return self._fold.payments
+
+    def reset(self) -> None:
+        self._fold = Fold()
+        self._first = {}
+
+    def seed(self, histories: Iterable[PaymentHistory], last_seq: int) -> None:
+        """Start from a whole fold of the live journal up to ``last_seq`` (start-up's
+        replay): its payments not finished, copied (the caller's fold may go on)."""
+        self.reset()
+        self._fold.last_seq = last_seq
+        payments, first = self._fold.payments, self._first
+        for h in histories:
+            if not _done(h):
+                payments[h.payment_id] = copy.copy(h)
+                first[h.payment_id] = None
+
+    def read(self, path: str | Path) -> list[UnfinishedPayment]:
+        """Bring the state up to the journal at ``path`` on a connection of its own (the
+        writer keeps committing: one read transaction, one consistent snapshot) and
+        return its unfinished payments: what ``unfinished_of(fold_onto(db, Fold(),
+        live_only=True))`` returns, at a fraction of its cost."""
+        db = open_readonly(path)
+        try:
+            db.execute("BEGIN")
+            self.update(db)
+            return self.unfinished()
+        finally:
+            db.close()  # a read only: closing ends the transaction
+
+    def unfinished(self) -> list[UnfinishedPayment]:
+        return unfinished_of(self._fold)
+
+    def update(self, db: sqlite3.Connection) -> None:
+        """Fold the live journal's rows after :attr:`last_seq`; see the class. Run it in
+        one read transaction. If it raises, the state is emptied (the next update reads
+        the whole live journal)."""
+        try:
+            self._update(db)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _update(self, db: sqlite3.Connection) -> None:
+        old_last = self._fold.last_seq
+        newest = db.execute("SELECT MAX(seq) FROM main.journal").fetchone()[0] or 0
+        if newest < old_last:  # not this journal any more (replaced): start over
+            self.reset()
+            old_last = 0
+        first = self._first
+        # Kept payments moved to the archive since (or seeded, never located): refold
+        # each from its live records the last read saw -- none, mostly.
+        stale = [pid for pid, seq in first.items() if seq is None]
+        located = {seq: pid for pid, seq in first.items() if seq is not None}
+        stale += [located[seq] for seq in _gone(db, located)]
+        self._refold(db, stale, old_last)
+        # The new rows, folded as a whole fold would.
+        fold = self._fold
+        payments = fold.payments
+        before = len(payments)
+        fold_onto(db, fold, live_only=True)
+        new_last = fold.last_seq
+        peak = len(payments)
+        # Payments first met in the new rows (added last: a fold only adds): the finished
+        # ones go; an open one may be an older payment dropped as finished, reopened.
+        fresh: list[str] = []
+        for pid in list(itertools.islice(payments, before, None)):
+            h = payments[pid]
+            if h.outcome_kind == FINAL and not h.reopened:
+                del payments[pid]
+            else:
+                fresh.append(pid)
+        older: list[str] = []
+        for pid, seq in _first_seqs(db, fresh):
+            if seq > old_last:
+                first[pid] = seq  # all its live records are new: folded as they are
+            else:
+                older.append(pid)
+        self._refold(db, older, new_last)
+        # Kept payments finished by the new rows go.
+        for pid in [pid for pid, h in payments.items()
+                    if h.outcome_kind == FINAL and not h.reopened]:
+            del payments[pid]
+            del first[pid]
+        assert payments.keys() == first.keys()
+        # In order of first live record, as a whole fold has them (a refolded payment was
+        # added last): the refill takes the oldest first.
+        seqs = [at for pid in payments if (at := first[pid]) is not None]
+        assert len(seqs) == len(payments), "a kept payment not located"
+        # A dict keeps its peak's table when emptied: after a large read (the first one,
+        # or a burst) copy it, so that memory follows what is kept, not the peak.
+        compact = peak > 2 * len(payments) + 1024
+        if any(a > b for a, b in itertools.pairwise(seqs)):
+            order = dict(zip(payments, seqs, strict=True))
+            fold.payments = dict(sorted(payments.items(), key=lambda kv: order[kv[0]]))
+        elif compact:
+            fold.payments = dict(payments)
+        if compact:
+            self._first = dict(first)
+
+    def _refold(self, db: sqlite3.Connection, pids: Sequence[str], upto: int) -> None:
+        """Fold ``pids`` anew from their live records up to ``upto``; keep the open ones."""
+        fold, first = self._fold, self._first
+        payments = fold.payments
+        for pid in pids:
+            payments.pop(pid, None)
+            first.pop(pid, None)
+        apply = fold._apply
+        for chunk in _chunks(pids):
+            sql = _SELECT.format(schema="main") + (
+                f" WHERE payment_id IN ({','.join('?' * len(chunk))}) AND seq <= ?"
+                " ORDER BY seq")
+            for seq, pid, key, kind, _status, body_hash, body, at_us in db.execute(
+                    sql, (*chunk, upto)):
+                apply(pid, key, kind, body_hash, body, at_us)
+                first.setdefault(pid, seq)
+        for pid in pids:
+            h = payments.get(pid)
+            if h is not None and h.outcome_kind == FINAL and not h.reopened:
+                del payments[pid]
+                del first[pid]
+
+
+def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), 900):  # SQLite's default bound on variables
+        yield items[start:start + 900]
+
+
+def _gone(db: sqlite3.Connection, seqs: Iterable[int]) -> Iterator[int]:
+    """Those of ``seqs`` no longer in the live journal (by its primary key)."""
+    for chunk in _chunks(sorted(seqs)):
+        values = ",".join(["(?)"] * len(chunk))
+        yield from (seq for (seq,) in db.execute(
+            f"WITH wanted(seq) AS (VALUES {values}) SELECT seq FROM wanted"
+            " WHERE NOT EXISTS (SELECT 1 FROM main.journal AS j WHERE j.seq = wanted.seq)",
+            chunk))
+
+
+def _first_seqs(db: sqlite3.Connection, pids: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """Each of ``pids``' first live record (those with none are left out)."""
+    for chunk in _chunks(pids):
+        yield from db.execute(
+            f"SELECT payment_id, MIN(seq) FROM main.journal"
+            f" WHERE payment_id IN ({','.join('?' * len(chunk))}) GROUP BY payment_id", chunk)
 
 
 def unfinished_of(folded: Fold) -> list[UnfinishedPayment]:
@@ -421,13 +622,15 @@ def next_boot(db: sqlite3.Connection) -> int:
     return boot_count
 
 
-def replay(db: sqlite3.Connection, folded: Fold | None = None) -> Recovered:
+def replay(db: sqlite3.Connection, folded: Fold | None = None, *,
+           backlog: OpenFold | None = None) -> Recovered:
     """Rebuild state from the live journal (archived payments are finished and outside
     the idempotency window, so start-up never reads them), and count this boot.
 
     ``folded``: this journal's fold from an earlier start, when nothing was archived since
     (the simulator, restarting thousands of times): only the newer records are read and
-    folded onto it, instead of the whole journal at every start.
+    folded onto it, instead of the whole journal at every start. ``backlog``: seeded from
+    the same fold (the resolver's refills then read only what was journaled since).
     """
     folded = fold_onto(db, folded if folded is not None else Fold(), live_only=True)
-    return recovered_from(folded, next_boot(db))
+    return recovered_from(folded, next_boot(db), backlog)

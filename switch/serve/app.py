@@ -39,7 +39,7 @@ from switch.adapters.trace import (
 )
 from switch.clock import Clock
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
-from switch.journal.reader import read_unfinished
+from switch.journal.reader import OpenFold
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
@@ -222,7 +222,10 @@ class SwitchApp:
         token_key = cfg.security.token_key.encode()
         db = await anyio.to_thread.run_sync(open_database, cfg.journal.path, cfg.journal.mode)
         try:
-            recovered = await anyio.to_thread.run_sync(replay, db)
+            # The resolver's refills fold the journal on from where this replay ended.
+            unfinished_since = OpenFold()
+            recovered = await anyio.to_thread.run_sync(
+                lambda: replay(db, backlog=unfinished_since))
             self.recovered = recovered
             journal = Journal(
                 db,
@@ -264,8 +267,11 @@ class SwitchApp:
 
             async def backlog() -> Iterator[Candidate]:
                 # What overflowed the resolver's queue waits in the journal: read it in a
-                # thread; the core's own payments are filtered out on the loop.
-                unfinished = await anyio.to_thread.run_sync(read_unfinished, cfg.journal.path)
+                # thread; the core's own payments are filtered out on the loop. Only the
+                # rows journaled since the last read are folded (a whole read cost seconds
+                # per refill at millions of rows, just as an outage's backlog drained).
+                unfinished = await anyio.to_thread.run_sync(unfinished_since.read,
+                                                            cfg.journal.path)
                 return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
                                           resolve_endpoint=first_endpoint,
                                           owned=engine.core.owns)
