@@ -54,3 +54,28 @@ def test_unknown_entries_are_kept_while_completed_ones_make_room() -> None:
     index.complete("u2", Result("P2", Status.UNKNOWN, "68"))
     index.begin("late", b"h", 20 + 3601)
     assert "u2" not in index
+
+
+def test_keys_of_unknown_payments_have_a_bound_past_which_new_payments_are_refused() -> None:
+    """Kept, not forgotten, the keys of unknown payments would grow without end through a
+    long outage; past twice ``max_keys`` a new payment is refused ``overloaded`` (a
+    retry later) instead, and the keys make room again as their payments resolve."""
+    rig = make_rig()
+    rig.core.index.max_keys = 2
+    for i in range(4):  # four timeouts after sending: four unknown keys
+        rig.pay(card_payment(f"slow-{i}", payer=f"P{i}"))
+        rig.commit()
+        rig.advance(0.5)
+        rig.commit()
+    assert len(rig.core.index) == 4 and not rig.core.index.has_room()
+    rig.inbox.responses.clear()
+    sent = len(rig.network.sent)
+    rig.pay(card_payment("new", payer="N1"))
+    (refused,) = rig.inbox.responses
+    assert refused.code == "overloaded" and len(rig.network.sent) == sent  # type: ignore[union-attr]
+    assert "new" not in rig.core.index
+    # One resolves (the resolver settles it): its key is an ordinary completed one again.
+    rig.core.index.complete("slow-0", Result("P1-1", Status.REVERSED, "00"))
+    rig.core.index.begin("probe", b"h", rig.now)  # any new key: eviction runs
+    rig.core.index.abandon("probe")
+    assert rig.core.index.has_room()

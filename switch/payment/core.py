@@ -395,8 +395,16 @@ class PaymentCore:
                 return
             flight.dups.append((origin, rid))  # answered when the first one finishes
             return
+        if not self.index.has_room():
+            # Every key left is in flight or of a payment being resolved: none may be
+            # forgotten, so memory is held by refusing new work (idempotency.py).
+            self._refuse(origin, rid, reasons.E_OVERLOADED,
+                         f"{len(self.index)} idempotency keys of payments in flight or "
+                         "being resolved: none can be forgotten yet")
+            return
         payment = self._new_payment(request, now)
         self.index.begin(key, digest, now)
+        assert len(self.index) <= 2 * self.index.max_keys
         flight = _Flight(origin, rid, key, digest, payment, now, read_at)
         self._by_key[key] = flight
         self.in_flight += 1

@@ -10,8 +10,11 @@ completed ones are forgotten first. That is the usual contract of payment APIs (
 window), written down rather than implied. In-flight entries are never evicted; their
 number is bounded by the server's in-flight limit. Nor is a key whose payment is unknown
 (being resolved) forgotten for room before its ``retention_s`` is over: its client
-retries to learn the outcome, and a forgotten key booked the payment afresh. Those are
-bounded by the payments that time out within ``retention_s``.
+retries to learn the outcome, and a forgotten key booked the payment afresh. Those
+have their own bound, :attr:`IdempotencyIndex.max_keys` again: past ``2 * max_keys``
+entries, :meth:`IdempotencyIndex.has_room` says no and the core refuses new payments
+``overloaded`` -- refusing a payment costs the client a retry, forgetting an unknown
+one's key could cost it a second booking.
 
 Eviction is O(1) amortised: completed entries join a FIFO (``deque``) when they complete,
 and eviction pops its front. (Deleting from the front of a dict and asking it for its
@@ -90,6 +93,12 @@ class IdempotencyIndex:
 
     def get(self, key: str) -> Entry | None:
         return self._entries.get(key)
+
+    def has_room(self) -> bool:
+        """Room for a new payment's key. Past ``max_keys`` only in-flight keys and those
+        of payments being resolved are left (neither can be forgotten); they may take as
+        many again, then new payments wait (the core refuses them ``overloaded``)."""
+        return len(self._entries) < 2 * self.max_keys
 
     def begin(self, key: str, body_hash: bytes, now: float) -> Entry:
         """Register a newly accepted payment (the caller checked ``get`` first, with no
