@@ -20,9 +20,26 @@ T = TypeVar("T")
 
 def read_text(path: str | Path, error: type[Exception]) -> str:
     try:
-        return Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror}") from exc
+    problem = not_utf8(data)
+    if problem is not None:
+        raise error(f"{path}:{problem}")
+    return data.decode("utf-8")
+
+
+def not_utf8(data: bytes) -> str | None:
+    """Why ``data`` is not UTF-8 text, as ``"<line>: ..."``; None if it is. TOML is UTF-8
+    by definition, and a file saved in another encoding (a Latin-1 comment) must be named
+    with its line, not end in a UnicodeDecodeError traceback."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return (f"{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                f"{exc.start}); TOML files must be UTF-8: re-save it as UTF-8")
+    return None
 
 
 def parse_toml(text: str, source: str, error: type[Exception]) -> dict[str, Any]:

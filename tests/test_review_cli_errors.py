@@ -322,3 +322,38 @@ def test_simulate_options_of_the_other_mode_are_refused_not_ignored(
     no_traceback(result)
     assert result.exit_code == 2, result.output
     assert named in result.output.strip().splitlines()[-1]
+
+
+# --------------------------------------------------------------------------- route table
+
+
+def _latin1_table(tmp_path: Path) -> Path:
+    table = tmp_path / "routes.toml"
+    table.write_bytes((Path(__file__).resolve().parents[1] / "examples" / "routes.toml")
+                      .read_bytes() + b"\n# caf\xe9\n")
+    return table
+
+
+def test_serve_with_a_route_table_that_is_not_utf8_names_its_file_and_line(
+        tmp_path: Path) -> None:
+    """The config is UTF-8; the table it names is not: refused in one line, exit 2."""
+    table = _latin1_table(tmp_path)
+    line = table.read_bytes().count(b"\n")  # the comment is the last line
+    config = tmp_path / "switch.toml"
+    config.write_text(f'[server]\nport = 0\n[admin]\nport = 0\n[journal]\npath = '
+                      f'"{tmp_path / "journal.db"}"\n[routing]\ntable = "{table}"\n')
+    proc = subprocess.run([sys.executable, "-m", "switch.cli.main", "serve", "--config",
+                           str(config), "--demo"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{table}:{line}: not UTF-8" in proc.stderr
+
+
+def test_a_route_table_that_is_not_utf8_is_a_route_table_error(tmp_path: Path) -> None:
+    """Hot reload reads the table the same way, and keeps the old one on a
+    RouteTableError (a UnicodeDecodeError escaped its except clause)."""
+    from switch.routing.router import read_table_text
+    from switch.routing.tablespec import RouteTableError
+
+    with pytest.raises(RouteTableError, match=r"routes\.toml:\d+: not UTF-8"):
+        read_table_text(_latin1_table(tmp_path))

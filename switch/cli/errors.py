@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from switch.tomlio import not_utf8
+
 
 class UserError(click.ClickException):
     """A user's mistake (a file, a port, a value): one ``Error:`` line on stderr, exit 2."""
@@ -22,11 +24,6 @@ def require_utf8(path: str, option: str) -> None:
             data = handle.read()
     except OSError:
         return
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise click.BadParameter(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
-            f"{exc.start}); TOML files must be UTF-8: re-save it as UTF-8",
-            param_hint=option) from None
+    problem = not_utf8(data)
+    if problem is not None:
+        raise click.BadParameter(f"{path}:{problem}", param_hint=option)

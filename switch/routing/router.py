@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 
@@ -29,6 +30,7 @@ from switch.routing.resilience import ResilienceConfig
 from switch.routing.retry import RetryBudget
 from switch.routing.table import RouteTable, Target, load_route_table, sticky_key
 from switch.routing.tablespec import RouteTableError
+from switch.tomlio import not_utf8
 
 
 class ChannelRoute(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -141,5 +143,14 @@ def load_table(config_routes: list[ChannelRoute], table_path: str | None,
                endpoints: Mapping[str, object]) -> RouteTable:
     if table_path is None:
         return load_route_table(table_from_routes(config_routes), endpoints)
-    with open(table_path) as f:
-        return load_route_table(f.read(), endpoints)
+    return load_route_table(read_table_text(table_path), endpoints)
+
+
+def read_table_text(path: str | Path) -> str:
+    """A route table file's text. OSError as the OS said it; a file that is not UTF-8 is
+    a RouteTableError naming its line (start-up and hot reload both read it here)."""
+    data = Path(path).read_bytes()
+    problem = not_utf8(data)
+    if problem is not None:
+        raise RouteTableError([f"{path}:{problem}"])
+    return data.decode("utf-8")

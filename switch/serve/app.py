@@ -53,7 +53,7 @@ from switch.payment.resolver import (
 from switch.payment.risk import RiskEngine
 from switch.payment.standin import StandIn
 from switch.routing import binindex as binlookup
-from switch.routing.router import Router, load_table
+from switch.routing.router import Router, load_table, read_table_text
 from switch.routing.table import load_route_table
 from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
@@ -172,7 +172,7 @@ class SwitchApp:
             return False, "no routing.table configured"
         router = self.router
         try:
-            text = await anyio.to_thread.run_sync(Path(source).read_text)
+            text = await anyio.to_thread.run_sync(read_table_text, source)
             table = await anyio.to_thread.run_sync(load_route_table, text, router.adapters)
         except (RouteTableError, OSError) as exc:
             router.metrics.route_reloads["rejected"].inc()
