@@ -138,7 +138,9 @@ class SwitchMetrics:
         )
         self.duration: dict[Channel, Histogram] = {ch: duration.labels(ch) for ch in CHANNELS}
         self.in_flight = Gauge(
-            "payswitch_in_flight_payments", "Payments accepted and not yet answered.", registry=r
+            "payswitch_in_flight_payments",
+            "Payments accepted and not yet answered, over every front door.",
+            registry=r,
         )
         rejected = Counter(
             "payswitch_rejected_requests",
@@ -184,7 +186,10 @@ class SwitchMetrics:
             registry=r,
         )
         self.connections = Gauge(
-            "payswitch_open_connections", "Client connections open now.", registry=r
+            "payswitch_open_connections",
+            "Client connections open now, over every front door (the HTTP API's only when"
+            " uvicorn serves it).",
+            registry=r,
         )
         frame_errors = Counter(
             "payswitch_frame_errors",

@@ -9,7 +9,9 @@ CRC-32 here is the common one (zlib, gzip, PNG; reflected polynomial 0xEDB88320)
 also what HAProxy's ``crc32`` converter computes. That is the point: HAProxy routes an HTTP
 request with ``use_backend shard%[req.hdr(Idempotency-Key),crc32,mod(N)]`` and our msgpack
 client routes with this function, so the same key reaches the same worker (the same
-idempotency index, the same journal) whichever door it comes in by. A worker that receives
+idempotency index, the same journal) whichever door it comes in by. HAProxy hashes the
+header's bytes as sent, so the HTTP worker hashes those bytes too (:func:`shard_of_bytes`);
+a client sending the key as UTF-8 sends the bytes the msgpack door hashes. A worker that receives
 a key it does not own refuses it before the core sees it: over msgpack with a
 ``moved`` reply naming the owner (as Redis Cluster does), over HTTP with 421.
 
@@ -37,7 +39,16 @@ Address = Annotated[str, msgspec.Meta(min_length=3, max_length=261,
 
 def shard_of(key: str, shards: int) -> int:
     """The shard owning ``key`` among ``shards`` (crc32 of its UTF-8 bytes, mod N)."""
-    return zlib.crc32(key.encode()) % shards if shards > 1 else 0
+    return shard_of_bytes(key.encode(), shards)
+
+
+def shard_of_bytes(raw: bytes, shards: int) -> int:
+    """The shard owning the key whose bytes on the wire are ``raw``: what HAProxy
+    computes over an ``Idempotency-Key`` header. An HTTP worker must hash the header's
+    own bytes, not a re-encoding of them: its framework hands it the value decoded as
+    latin-1, and re-encoded as UTF-8 a non-ASCII key hashed to another shard than the
+    one HAProxy sent it to (which then answered 421)."""
+    return zlib.crc32(raw) % shards if shards > 1 else 0
 
 
 def split_address(address: str) -> tuple[str, int]:

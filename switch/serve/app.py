@@ -61,7 +61,7 @@ from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
 from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
-from switch.serve.http_api import build_api, serve_api
+from switch.serve.http_api import HttpConnections, build_api, serve_api
 from switch.serve.iso8583_door import Iso8583Door
 from switch.serve.server import Server
 
@@ -112,6 +112,9 @@ class SwitchApp:
         self.metrics = SwitchMetrics(networks=self.adapters, enabled=config.admin.metrics)
         # Read at scrape time: a journal failure or a drain turns it to 0 at once.
         self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
+        # Every door's, read at scrape time: no gauge write per payment or connection.
+        self.metrics.in_flight.set_function(self._in_flight)
+        self.metrics.connections.set_function(self._connections)
         self._shutdown = anyio.Event()
         self._admin_stop = anyio.Event()
         self._ready = False
@@ -120,10 +123,27 @@ class SwitchApp:
         self.server: Server | None = None
         self.engine: Engine | None = None
         self.iso_door: Iso8583Door | None = None
+        self.front: FrontCore | None = None
+        self.http_connections = HttpConnections()
         self.journal: Journal | None = None
         self.resolver: Resolver | None = None
         self.router: Router | None = None
         self.standin: StandIn | None = None
+
+    def _in_flight(self) -> float:
+        """``payswitch_in_flight_payments``: the msgpack door's payments and those the ISO
+        8583 and HTTP doors submitted (FrontCore, the one seam both go through)."""
+        n = self.server.in_flight if self.server is not None else 0
+        return float(n + (self.front.in_flight if self.front is not None else 0))
+
+    def _connections(self) -> float:
+        """``payswitch_open_connections``: every enabled door's client connections."""
+        n = self.http_connections.open
+        if self.server is not None:
+            n += self.server.connections
+        if self.iso_door is not None:
+            n += self.iso_door.connections
+        return float(n)
 
     async def _refresh_gauges(self, router: Router, clock: Clock) -> None:
         while True:
@@ -198,7 +218,7 @@ class SwitchApp:
             http_port = sock.getsockname()[1]
             api = build_api(front, cfg.http, cfg.cluster.map, cfg.cluster.shard)
             outer.start_soon(serve_api, api, sock, cfg.http.server, cfg.http.max_connections,
-                             self._admin_stop.wait)
+                             self._admin_stop.wait, self.http_connections)
         return iso_port, http_port
 
     def request_shutdown(self) -> None:
@@ -309,6 +329,7 @@ class SwitchApp:
             server = Server(engine, cfg.server, self.metrics, cfg.cluster.map, cfg.cluster.shard)
             self.server = server
             front = FrontCore(engine, cfg.journal.path)
+            self.front = front
             log.info(
                 "journal replayed: %d records, %d final, %d unfinished; boot %d",
                 recovered.records,

@@ -54,7 +54,7 @@ from switch.protocols.payments_json import (
     resource_of,
     to_request,
 )
-from switch.protocols.shardmap import ShardMap, shard_of
+from switch.protocols.shardmap import ShardMap, shard_of_bytes
 from switch.serve.config import HttpApiConfig
 from switch.serve.frontcore import FrontCore
 
@@ -86,6 +86,17 @@ def problem(status: int, kind: str, detail: str, *, errors: list[FieldError] | N
                     headers=headers)
 
 
+class HttpConnections:
+    """The HTTP door's open connections, for ``payswitch_open_connections`` (read at scrape
+    time with the other doors'). Uvicorn's protocol counts them; Hypercorn and Granian
+    have no hook for it, so under them this stays 0."""
+
+    __slots__ = ("open",)
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
 def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None = None,
               shard: int = 0) -> Starlette:
     state = {"in_flight": 0}
@@ -106,7 +117,9 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
                            f"Idempotency-Key may not begin with {ISO_KEY_PREFIX!r}: the ISO "
                            "8583 door's keys do")
         if shards > 1:
-            owner = shard_of(key, shards)
+            # HAProxy hashed the header's bytes; Starlette decoded them as latin-1, which
+            # encoding gives them back exactly (UTF-8 would hash other bytes).
+            owner = shard_of_bytes(key.encode("latin-1"), shards)
             if owner != shard:
                 core.metrics.rejected[reasons.E_MOVED].inc()
                 return problem(421, "moved", f"Idempotency-Key belongs to shard {owner} of "
@@ -175,11 +188,14 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
 
 
 async def serve_api(app: Starlette, sock: socket.socket, server: str, max_connections: int,
-                    shutdown: Callable[[], Awaitable[None]]) -> None:
-    """Serve ``app`` on a bound socket with the chosen ASGI server until ``shutdown()``."""
+                    shutdown: Callable[[], Awaitable[None]],
+                    connections: HttpConnections | None = None) -> None:
+    """Serve ``app`` on a bound socket with the chosen ASGI server until ``shutdown()``;
+    uvicorn counts its open connections in ``connections``."""
     on_asyncio = sniffio.current_async_library() == "asyncio"
     if server == "uvicorn" and on_asyncio:
-        await _serve_uvicorn(app, sock, max_connections, shutdown)
+        await _serve_uvicorn(app, sock, max_connections, shutdown,
+                             connections if connections is not None else HttpConnections())
         return
     if server == "granian" and on_asyncio:
         await _serve_granian(app, sock, shutdown)
@@ -190,7 +206,8 @@ async def serve_api(app: Starlette, sock: socket.socket, server: str, max_connec
 
 
 async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: int,
-                         shutdown: Callable[[], Awaitable[None]]) -> None:
+                         shutdown: Callable[[], Awaitable[None]],
+                         connections: HttpConnections) -> None:
     import asyncio
     import contextlib
 
@@ -202,7 +219,7 @@ async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: i
         def capture_signals(self):  # type: ignore[no-untyped-def]
             yield
 
-    config = uvicorn.Config(app, http=_bounded_httptools(), loop="none", lifespan="off",
+    config = uvicorn.Config(app, http=_bounded_httptools(connections), loop="none", lifespan="off",
                             access_log=False, log_level="warning", proxy_headers=False,
                             server_header=False, date_header=False,
                             limit_concurrency=max_connections, timeout_graceful_shutdown=1)
@@ -219,16 +236,27 @@ async def _serve_uvicorn(app: Starlette, sock: socket.socket, max_connections: i
         watcher.cancel()
 
 
-def _bounded_httptools() -> type:
+def _bounded_httptools(connections: HttpConnections) -> type:
     """uvicorn's httptools protocol with a bound on a request's head: httptools gathers a
     header's value whole before it hands it over, however long, so the bytes are counted
     as they arrive, from the end of the previous message (or the connection's start)
-    until the headers are complete (past the bound by at most one read)."""
+    until the headers are complete (past the bound by at most one read). It counts its
+    open connections in ``connections`` too."""
+    import asyncio
+
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class BoundedHttpTools(HttpToolsProtocol):
         _head_bytes = 0
         _in_head = True  # a new connection's first bytes are a request head
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            connections.open += 1
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            connections.open -= 1
+            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._in_head:

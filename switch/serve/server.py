@@ -246,8 +246,8 @@ class Server:
         self._now = anyio.current_time  # rebound to the loop's own clock in run_workers
         self.admission = Admission(config.max_in_flight_total)
         self._lag = 0.0
-        # Read at scrape time: no gauge write per payment on the hot path.
-        metrics.in_flight.set_function(lambda: float(self.in_flight))
+        # payswitch_in_flight_payments and payswitch_open_connections count every door:
+        # SwitchApp reads this door's ``in_flight`` and ``connections`` at scrape time.
 
     @property
     def connections(self) -> int:
@@ -297,7 +297,6 @@ class Server:
             return
         conn = _Connection(stream, self, source, self._now())
         self._conns.add(conn)
-        self.metrics.connections.set(self.connections)
         try:
             async with anyio.create_task_group() as tg:
                 conn.scope = tg.cancel_scope
@@ -307,7 +306,6 @@ class Server:
                 conn.wakeup.set()
         finally:
             self._conns.remove(conn)
-            self.metrics.connections.set(self.connections)
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
 
