@@ -87,7 +87,13 @@ from switch.payment.standin import StandIn
 from switch.payment.timers import TimerHeap
 from switch.payment.validation import InvalidPayment, validate
 from switch.protocols.wire import ErrorReply, Reply, Response
-from switch.routing.retry import FailureKind, classify, counts_as_healthy, is_safe_to_retry
+from switch.routing.retry import (
+    FailureKind,
+    attempt_floor,
+    classify,
+    counts_as_healthy,
+    is_safe_to_retry,
+)
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import Target
 
@@ -483,7 +489,9 @@ class PaymentCore:
         while index < len(order):
             endpoint = order[index]
             timeout = min(target.timeout_s, f.deadline - now)
-            if timeout <= 0:
+            # A retry or failover (an attempt was made) needs at least the floor: one of
+            # a few milliseconds would time out and make a clean 91 unknown.
+            if timeout <= 0 or (f.attempts and timeout < attempt_floor(target.timeout_s)):
                 self._release(f)
                 metrics.retries_denied["deadline"].inc()
                 break
@@ -563,9 +571,13 @@ class PaymentCore:
             metrics.retries_denied["attempts"].inc()
             self._outcome(f, now, mono)
             return True
-        delay = router.policy.plan_retry(f.attempts, router.rng, now, f.deadline)
+        assert f.target is not None
+        policy = router.policy
+        delay = policy.plan_retry(f.attempts, router.rng, now, f.deadline,
+                                  attempt_floor(f.target.timeout_s))
         if delay is None:
-            metrics.retries_denied["attempts"].inc()
+            why = "attempts" if f.attempts >= policy.max_attempts else "deadline"
+            metrics.retries_denied[why].inc()
             self._outcome(f, now, mono)
             return True
         if not router.budget.try_spend_retry(now):

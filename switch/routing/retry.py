@@ -22,6 +22,21 @@ MAX_ENDPOINTS: Final = 10_000
 
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
+#: The least time worth giving a retry or failover attempt. Below it, a network working
+#: normally cannot answer (the simulated issuers' default service time is ~20 ms median,
+#: ~65 ms at p99; real card networks are slower still), so the attempt would almost surely
+#: time out -- and a timeout after sending makes the payment UNKNOWN (a reversal or status
+#: inquiry to resolve it), a worse end than the definitive 91 the previous attempt already
+#: gave. So a retry whose timeout would fall below this is not made: the payment ends with
+#: the last definitive answer (``payswitch_retries_denied_total{reason="deadline"}``).
+#: A route whose own ``timeout_s`` is shorter uses that instead (:func:`attempt_floor`).
+MIN_ATTEMPT_S: Final = 0.1
+
+
+def attempt_floor(timeout_s: float) -> float:
+    """The least time a retry on a route with per-attempt ``timeout_s`` must be given: an
+    attempt given the route's whole timeout is never too short, however short it is."""
+    return min(MIN_ATTEMPT_S, timeout_s)
 
 
 # --------------------------------------------------------------------------- retry policy
