@@ -14,7 +14,8 @@ takes a pyiso8583 spec as JSON.
 
 DE39 to the generator's vocabulary: 00 approved; 68 unknown (the host reverses it);
 91/96 failed; 30 format error and 94 duplicate transmission as errors; every other code
-a decline.
+a decline. A reply that does not decode -- a variable field's length prefix that is not
+all digits included, as the switch's own decoder refuses it -- is ``undecodable_reply``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import iso8583 as pyiso
 from loadtests.harness.wires import UNMATCHED, Answer, Iso8583Options
 from switch.currency import numeric_code
 from switch.model import Channel, PaymentRequest
-from switch.protocols.iso8583 import FrameDecoder
+from switch.protocols.errors import CodecError
+from switch.protocols.iso8583 import FrameDecoder, check_length_prefixes
 from switch.protocols.iso8583_acquirer import AcquirerCodec
 
 _ERRORS: Final = {"30": "format_error", "94": "duplicate_transmission"}
@@ -82,6 +84,20 @@ class Iso8583Wire:
         self._pending: dict[tuple[str, ...], deque[int]] = {}
         self._decoders: dict[int, FrameDecoder] = {}
         self.unmatched_samples: list[tuple[str, ...]] = []
+        #: Variable fields whose length prefix is written in ASCII digits: the only ones
+        #: the digits check applies to (an ``--iso-spec`` may write binary or EBCDIC
+        #: prefixes). None: every variable field of the spec, the built-in one's case.
+        ascii_prefixed = {k for k, v in self.spec.items() if v.get("len_type")}
+        other = {k for k in ascii_prefixed if self.spec[k].get("len_enc", "ascii") != "ascii"}
+        self._ascii_prefixed: frozenset[str] | None = (
+            frozenset(ascii_prefixed - other) if other else None)
+
+    def _check_prefixes(self, raw: dict[str, Any]) -> None:
+        """The switch's own check of ASCII length prefixes (CodecError if one is not all
+        digits), on the fields whose prefixes this spec writes in ASCII."""
+        keep = self._ascii_prefixed
+        check_length_prefixes(raw if keep is None else {k: v for k, v in raw.items()
+                                                         if k in keep})
 
     def key(self, doc: dict[str, str]) -> tuple[str, ...]:
         out = []
@@ -137,8 +153,11 @@ class Iso8583Wire:
         answers: list[Answer] = []
         for payload in decoder.feed(data):
             try:
-                doc, _ = pyiso.decode(payload, self.spec)
-            except (pyiso.DecodeError, KeyError):
+                doc, raw = pyiso.decode(payload, self.spec)
+                # pyiso8583 reads a length prefix with int(): " 9" and "+9" pass. The
+                # switch's own decoder refuses them, and so does its load generator.
+                self._check_prefixes(raw)
+            except (pyiso.DecodeError, KeyError, CodecError):
                 answers.append(Answer(None, error="undecodable_reply"))
                 continue
             key = self.key(doc)

@@ -33,7 +33,12 @@ class Scrape:
 
 
 def scrape(url: str, client: httpx.Client) -> Scrape:
-    text = client.get(url, timeout=5.0).text
+    """One read of a /metrics page. Raises httpx.HTTPStatusError on an error status (a
+    404 or a draining switch's 503 is no metrics) and ValueError on a page that is not
+    Prometheus' text format."""
+    response = client.get(url, timeout=5.0)
+    response.raise_for_status()
+    text = response.text
     result = Scrape(time.monotonic())  # wall clock: a UI sampling another process
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -42,9 +47,48 @@ def scrape(url: str, client: httpx.Client) -> Scrape:
     return result
 
 
+#: Sample names of counters (and histograms' cumulative counts): they only go up within
+#: one process, so one that went down (or vanished) means the process restarted.
+COUNTER_SUFFIXES = ("_total", "_count", "_bucket")
+
+
+def counters_reset(new: Scrape, old: Scrape) -> bool:
+    """True if a counter went down or vanished between two scrapes of one process: it
+    restarted in between (PromQL's ``rate()`` treats a decrease as a reset too)."""
+    for name, before in old.samples.items():
+        if not name.endswith(COUNTER_SUFFIXES):
+            continue
+        series = new.samples.get(name, {})
+        for labels, value in before.items():
+            now = series.get(labels)
+            if now is None or now < value:
+                return True
+    return False
+
+
+def since(new: Scrape, old: Scrape) -> Scrape:
+    """The scrape to take ``new``'s increases from: ``old``, or -- if the process restarted
+    in between -- a copy of it with no counters, so that every counter's increase is its
+    new value (what it counted since the restart), as ``rate()`` does for a reset.
+
+    The whole process is rebased, not each series by itself: after a restart, a histogram
+    bucket that has already counted past its old value would otherwise be subtracted from
+    while its neighbours are not, mixing the two processes' histograms."""
+    if not counters_reset(new, old):
+        return old
+    return Scrape(old.at, {name: dict(series) for name, series in old.samples.items()
+                           if not name.endswith(COUNTER_SUFFIXES)})
+
+
 def _delta(new: Scrape, old: Scrape, name: str) -> dict[Labels, float]:
+    """Each series' increase; a series that went down was reset: its increase is its new
+    value (PromQL's ``rate()``), never a negative rate."""
     before = old.get(name)
-    return {k: v - before.get(k, 0.0) for k, v in new.get(name).items()}
+    out: dict[Labels, float] = {}
+    for k, v in new.get(name).items():
+        b = before.get(k, 0.0)
+        out[k] = v - b if v >= b else v
+    return out
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -70,12 +114,13 @@ def quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 def scrape_all(urls: list[str], client: httpx.Client) -> list[Scrape | None]:
-    """One scrape per worker; None for a worker that cannot be read (down, restarting)."""
+    """One scrape per worker; None for a worker that cannot be read (down, restarting,
+    an error status, a page that is not metrics)."""
     out: list[Scrape | None] = []
     for url in urls:
         try:
             out.append(scrape(url, client))
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):
             out.append(None)
     return out
 
@@ -94,8 +139,13 @@ def merged(scrapes: list[Scrape | None]) -> Scrape:
 
 def render_cluster(new: list[Scrape | None], old: list[Scrape | None],
                    urls: list[str]) -> Group:
-    """The whole cluster (workers read in both scrapes, added up) and one row per worker."""
-    both = [(n, o) for n, o in zip(new, old, strict=True) if n is not None and o is not None]
+    """The whole cluster (workers read in both scrapes, added up) and one row per worker.
+
+    Each worker's earlier scrape is rebased on its own (:func:`since`) before the sums: a
+    restarted worker then adds what it counted since its restart, where the sum of every
+    worker's counters would have gone down, or counted the whole cluster's totals again."""
+    both = [(n, since(n, o)) for n, o in zip(new, old, strict=True)
+            if n is not None and o is not None]
     whole = render(merged([n for n, _ in both]), merged([o for _, o in both]),
                    workers=len(urls))
     table = Table(title="workers", expand=True)
@@ -106,6 +156,7 @@ def render_cluster(new: list[Scrape | None], old: list[Scrape | None],
             table.add_row(str(shard), url, "DOWN", "-", "-", "-")
             continue
         seconds = max(n.at - o.at, 1e-9)
+        o = since(n, o)
         paid = sum(_delta(n, o, "payswitch_payments_total").values())
         buckets: dict[float, float] = defaultdict(float)
         for labels, value in _delta(n, o, "payswitch_payment_duration_seconds_bucket").items():
@@ -119,7 +170,10 @@ def render_cluster(new: list[Scrape | None], old: list[Scrape | None],
 
 
 def render(new: Scrape, old: Scrape, workers: int = 1) -> Group:
+    """One frame: rates over the two scrapes of one process (or of sums over workers
+    already rebased, as :func:`render_cluster` passes); a restart counts from its start."""
     seconds = max(new.at - old.at, 1e-9)
+    old = since(new, old)
     payments = _delta(new, old, "payswitch_payments_total")
     by_channel: dict[str, dict[str, float]] = defaultdict(dict)
     for labels, value in payments.items():

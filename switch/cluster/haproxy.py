@@ -147,13 +147,17 @@ def _iso8583(layout: ClusterLayout, bind: str, check: str) -> list[str]:
 def write_config(layout: ClusterLayout, path: str | Path, *, bind: str,
                  maxconn: int = 4096, stats_bind: str | None = None,
                  iso8583_bind: str | None = None) -> Path:
-    """Write the config and, beside it, the per-shard 503 files it names."""
+    """Write the config and, beside it, the per-shard 503 files it names.
+
+    The config is rendered first, so a layout it refuses (ValueError) leaves nothing on
+    disk: no directory, no 503 file, no config."""
     target = Path(path).resolve()
     errors = target.parent / f"{target.stem}-errors"
+    text = render(layout, bind=bind, errors_dir=errors, maxconn=maxconn,
+                  stats_bind=stats_bind, iso8583_bind=iso8583_bind)
     errors.mkdir(parents=True, exist_ok=True)
     n = len(layout.workers)
     for w in layout.workers:
         (errors / f"shard-{w.shard}-503.http").write_bytes(unavailable_response(w.shard, n))
-    target.write_text(render(layout, bind=bind, errors_dir=errors, maxconn=maxconn,
-                             stats_bind=stats_bind, iso8583_bind=iso8583_bind))
+    target.write_text(text)
     return target
