@@ -556,3 +556,37 @@ async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None
         tg.cancel_scope.cancel()
     assert network.advised == ["P1-1"] and len(written) == 1
     assert standin.decide(second, "card-target") is not None
+
+
+async def test_an_advice_answered_91_is_kept_and_sent_again() -> None:
+    """An 0130 answering 91 (issuer inoperative) was recorded as the issuer's refusal:
+    the advice left store and forward and the issuer never learnt of the approval. It is
+    kept and sent again, as the simulator's sender does, until the issuer takes it."""
+    answers = ["91", "96", "00"]
+    network = FakeNetwork()
+
+    async def advise(payment: Payment, ref: str) -> str:
+        network.advised.append(payment.payment_id)
+        return answers.pop(0)
+
+    network.advise = advise  # type: ignore[method-assign]
+    standin = StandIn(StandInConfig(), {"issuer": network}, None, Clock(),  # type: ignore[arg-type]
+                      SwitchMetrics(), lambda endpoint, now: True)
+    written: list[JournalRecord] = []
+
+    async def write(record: JournalRecord, on_full: object) -> None:
+        written.append(record)
+
+    standin._journal = SimpleNamespace(write=write)  # type: ignore[assignment]
+    payment = _payment(1)
+    standin.queue_advice(payment, Result(payment.payment_id, Status.APPROVED, "00", "S12345",
+                                         stood_in=True), "card-target", ("issuer",), b"h")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(standin.run)
+        with anyio.fail_after(5):
+            while standin.pending:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert network.advised == ["P1-1"] * 3 and answers == []
+    assert standin.delivered == 1 and len(written) == 1
+    assert written[0].status == "approved" and written[0].kind == "advice"

@@ -25,7 +25,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import anyio
 import msgspec
@@ -55,6 +55,11 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 log = logging.getLogger(__name__)
+
+#: An 0130's answers that say the advice was not taken (issuer inoperative, system
+#: malfunction): store and forward keeps it and tries again. Any other answer is the
+#: issuer's, recorded with the advice (a refusal is evidence of stand-in exposure).
+NOT_TAKEN: Final = frozenset({reasons.ISSUER_UNAVAILABLE, reasons.SYSTEM_MALFUNCTION})
 #: A delivered advice is a fact at the issuer: its record waits for room, never shed
 #: (shedding it would re-send the advice after a restart, and ending ``run`` on a full
 #: journal would take the switch down).
@@ -180,6 +185,12 @@ class StandIn:
             except Exception as exc:  # CodecError, or any bug: fail this advice only
                 self._quarantine(advice, endpoint, exc)
                 return True
+            if code in NOT_TAKEN:
+                # 91/96: the issuer (or the path to it) is inoperative and did not take
+                # the advice. Recorded as a refusal, it was never sent again and the
+                # issuer never learnt of the approval; it waits, as the simulator's
+                # sender does (switch/sim/advice.py), and tries the next endpoint.
+                continue
             if code:
                 await self._record(advice, endpoint, code)  # a journal failure stays fatal
                 return True
