@@ -249,15 +249,22 @@ class SimServer(ABC):
         if isinstance(item, bytes):
             # Network management (an echo) is answered at once and holds no slot: past the
             # bound it is answered all the same, or a busy link would read as a dead one.
-            if self.behaviour.connection_state(anyio.current_time()) == "blackhole":
-                self.metrics.count(self.name, "blackhole")
-                return
-            await conn.send(self.frame(item))
+            echo = self._management_answer(item)
+            if echo is not None:
+                await conn.send(self.frame(echo))
             return
         self.metrics.count(self.name, "overloaded")
         answer = item.reject("91")
         if answer is not None:
             await conn.send(self.frame(answer))
+
+    def _management_answer(self, answer: bytes) -> bytes | None:
+        """A network-management answer (an echo's), or None if the endpoint is blackholed
+        now (counted): such a frame is answered at once, outside every queue."""
+        if self.behaviour.connection_state(anyio.current_time()) == "blackhole":
+            self.metrics.count(self.name, "blackhole")
+            return None
+        return answer
 
     def _arrive(self, conn: SimConnection, payload: bytes, tg: anyio.abc.TaskGroup) -> None:
         """One frame as it is read, before the next one is looked at: parsed, its seeded
@@ -272,10 +279,9 @@ class SimServer(ABC):
                 self.metrics.count(self.name, "bad_request")
                 return
             if isinstance(item, bytes):
-                if self.behaviour.connection_state(anyio.current_time()) == "blackhole":
-                    self.metrics.count(self.name, "blackhole")
+                answer: bytes | _Service | None = self._management_answer(item)
+                if answer is None:
                     return
-                answer: bytes | _Service | None = item
             else:
                 answer = self._admit(item)
             if answer is None:

@@ -526,12 +526,9 @@ async def test_stand_in_exposure_found_undelivered_at_start_up_holds_against_the
     assert after.decide(other_card, "card-target") is None  # the issuer's 9,000, too
 
 
-async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None:
-    """Only the card's total was released on delivery: once per_issuer_max_minor had
-    ever been reached, stand-in at that issuer ended for the rest of the switch's life."""
-    config = StandInConfig(per_payment_max_minor=5000, per_card_max_minor=50_000,
-                           per_issuer_max_minor=5000)
-    network = FakeNetwork()
+def _standin_journaling_advices(config: StandInConfig, network: FakeNetwork
+                                ) -> tuple[StandIn, list[JournalRecord]]:
+    """A stand-in delivering to ``network``, its advice records kept in a list."""
     standin = StandIn(config, {"issuer": network}, None, Clock(),  # type: ignore[arg-type]
                       SwitchMetrics(), lambda endpoint, now: True)
     written: list[JournalRecord] = []
@@ -540,6 +537,16 @@ async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None
         written.append(record)
 
     standin._journal = SimpleNamespace(write=write)  # type: ignore[assignment]
+    return standin, written
+
+
+async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None:
+    """Only the card's total was released on delivery: once per_issuer_max_minor had
+    ever been reached, stand-in at that issuer ended for the rest of the switch's life."""
+    config = StandInConfig(per_payment_max_minor=5000, per_card_max_minor=50_000,
+                           per_issuer_max_minor=5000)
+    network = FakeNetwork()
+    standin, written = _standin_journaling_advices(config, network)
     first = msgspec.structs.replace(_payment(1), amount=5000)
     second = msgspec.structs.replace(
         _payment(2), amount=5000,
@@ -570,14 +577,7 @@ async def test_an_advice_answered_91_is_kept_and_sent_again() -> None:
         return answers.pop(0)
 
     network.advise = advise  # type: ignore[method-assign]
-    standin = StandIn(StandInConfig(), {"issuer": network}, None, Clock(),  # type: ignore[arg-type]
-                      SwitchMetrics(), lambda endpoint, now: True)
-    written: list[JournalRecord] = []
-
-    async def write(record: JournalRecord, on_full: object) -> None:
-        written.append(record)
-
-    standin._journal = SimpleNamespace(write=write)  # type: ignore[assignment]
+    standin, written = _standin_journaling_advices(StandInConfig(), network)
     payment = _payment(1)
     standin.queue_advice(payment, Result(payment.payment_id, Status.APPROVED, "00", "S12345",
                                          stood_in=True), "card-target", ("issuer",), b"h")
