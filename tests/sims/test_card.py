@@ -188,13 +188,18 @@ async def wait_for(predicate: Any, timeout: float = 2.0, step: float = 0.005) ->
             await anyio.sleep(step)
 
 
-async def raw_exchange(port: int, data: bytes, header: int = 2, answers: int = 1,
-                       timeout: float = 1.0) -> list[bytes]:
-    """Send raw bytes to a simulator and read ``answers`` length-prefixed frames back."""
+async def raw_exchange(port: int, data: bytes | list[bytes], header: int = 2,
+                       answers: int = 1, timeout: float = 1.0,
+                       pause_s: float = 0.0) -> list[bytes]:
+    """Send raw bytes to a simulator (a list: each chunk in its own write, ``pause_s``
+    apart) and read ``answers`` length-prefixed frames back."""
     frames: list[bytes] = []
     buf = b""
     async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(data)
+        for chunk in [data] if isinstance(data, bytes) else data:
+            await stream.send(chunk)
+            if pause_s:
+                await anyio.sleep(pause_s)
         with anyio.fail_after(timeout):
             while len(frames) < answers:
                 buf += await stream.receive()

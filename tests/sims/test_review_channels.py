@@ -46,22 +46,7 @@ def pay(ref: str, merchant: str = "M0000007", amount: int = 2500) -> bytes:
 async def exchange_in_steps(port: int, chunks: list[bytes], answers: int, header: int = 4,
                             pause_s: float = 0.01, timeout: float = 2.0) -> list[bytes]:
     """Send ``chunks`` on one connection ``pause_s`` apart; read ``answers`` frames back."""
-    frames: list[bytes] = []
-    buf = b""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        for chunk in chunks:
-            await stream.send(chunk)
-            await anyio.sleep(pause_s)
-        with anyio.fail_after(timeout):
-            while len(frames) < answers:
-                buf += await stream.receive()
-                while len(buf) >= header:
-                    size = int.from_bytes(buf[:header], "big")
-                    if len(buf) < header + size:
-                        break
-                    frames.append(buf[header:header + size])
-                    buf = buf[header + size:]
-    return frames
+    return await raw_exchange(port, chunks, header, answers, timeout, pause_s)
 
 
 # --------------------------------------------------------------------------- QR
