@@ -540,6 +540,16 @@ def _standin_journaling_advices(config: StandInConfig, network: FakeNetwork
     return standin, written
 
 
+async def _deliver_all(standin: StandIn) -> None:
+    """Run the stand-in's sender until nothing waits in store and forward."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(standin.run)
+        with anyio.fail_after(5):
+            while standin.pending:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+
+
 async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None:
     """Only the card's total was released on delivery: once per_issuer_max_minor had
     ever been reached, stand-in at that issuer ended for the rest of the switch's life."""
@@ -555,12 +565,7 @@ async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None
     assert standin.decide(second, "card-target") is None  # the issuer's 5,000 is taken
     standin.queue_advice(first, Result(first.payment_id, Status.APPROVED, "00", "S12345",
                                        stood_in=True), "card-target", ("issuer",), b"h")
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(standin.run)
-        with anyio.fail_after(5):
-            while standin.pending:
-                await anyio.sleep(0.01)
-        tg.cancel_scope.cancel()
+    await _deliver_all(standin)
     assert network.advised == ["P1-1"] and len(written) == 1
     assert standin.decide(second, "card-target") is not None
 
@@ -581,12 +586,7 @@ async def test_an_advice_answered_91_is_kept_and_sent_again() -> None:
     payment = _payment(1)
     standin.queue_advice(payment, Result(payment.payment_id, Status.APPROVED, "00", "S12345",
                                          stood_in=True), "card-target", ("issuer",), b"h")
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(standin.run)
-        with anyio.fail_after(5):
-            while standin.pending:
-                await anyio.sleep(0.01)
-        tg.cancel_scope.cancel()
+    await _deliver_all(standin)
     assert network.advised == ["P1-1"] * 3 and answers == []
     assert standin.delivered == 1 and len(written) == 1
     assert written[0].status == "approved" and written[0].kind == "advice"

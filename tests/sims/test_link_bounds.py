@@ -5,8 +5,6 @@ link's writer is held by a peer that does not read."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -14,23 +12,9 @@ import pytest
 from switch.adapters.base import NotSent
 from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
 from switch.adapters.specs import CardAdapterConfig
-from tests.sims.test_links import HeldStream, Owner, nothing, wait_until
+from tests.sims.test_links import HeldStream, Owner, held_link, nothing, wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@asynccontextmanager
-async def held_link(max_queued: int) -> AsyncIterator[tuple[Link, HeldStream]]:
-    """A link bounded at ``max_queued`` whose writer is held inside its first write
-    (``EARLIER``) until the test releases the stream: a peer that stopped reading."""
-    stream = HeldStream()
-    link = Link(0, stream, send_timeout_s=5.0, max_queued=max_queued)  # type: ignore[arg-type]
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(link.write_queued)
-        link.send_nowait(b"EARLIER", nothing, Owner())
-        await anyio.sleep(0.01)  # the writer is now inside the held write
-        yield link, stream
-        tg.cancel_scope.cancel()
 
 
 def test_a_link_has_an_explicit_default_bound() -> None:

@@ -16,7 +16,7 @@ import anyio.abc
 import pytest
 
 from switch.adapters.iso8583 import CardAdapter
-from switch.adapters.links import Link, Written
+from switch.adapters.links import MAX_QUEUED_FRAMES, Link, Written
 from switch.adapters.qr import QrAdapter
 from switch.adapters.specs import CardAdapterConfig, QrAdapterConfig
 from switch.protocols import iso8583
@@ -65,11 +65,13 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 
 
 @asynccontextmanager
-async def held_link() -> AsyncIterator[tuple[Link, HeldStream]]:
-    """A link whose writer is held inside its first write (``EARLIER``) until the test
-    releases the stream; the body queues what must wait behind it."""
+async def held_link(max_queued: int = MAX_QUEUED_FRAMES
+                    ) -> AsyncIterator[tuple[Link, HeldStream]]:
+    """A link (bounded at ``max_queued`` frames) whose writer is held inside its first
+    write (``EARLIER``) until the test releases the stream; the body queues what must wait
+    behind it."""
     stream = HeldStream()
-    link = Link(0, stream, send_timeout_s=5.0)  # type: ignore[arg-type]
+    link = Link(0, stream, send_timeout_s=5.0, max_queued=max_queued)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         tg.start_soon(link.write_queued)
         link.send_nowait(b"EARLIER", nothing, Owner())
