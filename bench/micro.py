@@ -30,6 +30,8 @@ PER_ITEM = {
     "test_state_transitions": ("state machine: 3 checked transitions", 1),
     "test_journal_records_encode": ("6. journal: encode intent + final records", 1),
     "test_metrics_per_payment": ("metrics per payment (2 histograms, counter, gauge)", 1),
+    "test_metrics_per_payment_prometheus_client": (
+        "the same on prometheus-client's locked children (loopmetrics.py's reason)", 1),
     "test_journal_group_commit_1000_payments": (
         "6. journal: 1000 payments x 2 records via group commit, 50 writers "
         "(WALL time per payment: fsync waits, not CPU)", 1000),

@@ -10,7 +10,7 @@ from tests.test_core import TECHNICAL, make_rig, result_of
 
 
 def _value(counter: object) -> float:
-    return counter._value.get()  # type: ignore[attr-defined]
+    return counter.value  # type: ignore[attr-defined,no-any-return]
 
 
 def test_a_failure_on_the_last_endpoint_spends_no_retry_and_waits_no_back_off() -> None:

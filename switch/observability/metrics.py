@@ -16,15 +16,19 @@ from typing import Final
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
 )
 
 from switch import reasons
 from switch.currency import CURRENCIES
 from switch.model import CHANNELS, Channel, Status
+from switch.observability.loopmetrics import (
+    LoopCounter,
+    LoopCounterChild,
+    LoopHistogram,
+    LoopHistogramChild,
+)
 
 #: 0.5 ms to 30 s: covers an in-memory stand-in and a slow correspondent alike.
 LATENCY_BUCKETS: Final = (
@@ -120,61 +124,64 @@ class SwitchMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        payments = Counter(
+        payments = LoopCounter(
             "payswitch_payments",
             "Payments that reached a result, by channel and status.",
             ["channel", "status"],
             registry=r,
         )
-        self.payments: dict[tuple[Channel, Status], Counter] = {
+        self.payments: dict[tuple[Channel, Status], LoopCounterChild] = {
             (ch, st): payments.labels(ch, st.value) for ch in CHANNELS for st in FINAL_STATUSES
         }
-        duration = Histogram(
+        duration = LoopHistogram(
             "payswitch_payment_duration_seconds",
             "Time from a payment's arrival to its reply being ready, by channel.",
             ["channel"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.duration: dict[Channel, Histogram] = {ch: duration.labels(ch) for ch in CHANNELS}
+        self.duration: dict[Channel, LoopHistogramChild] = {
+            ch: duration.labels(ch) for ch in CHANNELS}
         self.in_flight = Gauge(
             "payswitch_in_flight_payments",
             "Payments accepted and not yet answered, over every front door.",
             registry=r,
         )
-        rejected = Counter(
+        rejected = LoopCounter(
             "payswitch_rejected_requests",
             "Requests refused before acceptance, by reason.",
             ["reason"],
             registry=r,
         )
-        self.rejected: dict[str, Counter] = {code: rejected.labels(code) for code in REJECT_REASONS}
-        risk = Counter(
+        self.rejected: dict[str, LoopCounterChild] = {
+            code: rejected.labels(code) for code in REJECT_REASONS}
+        risk = LoopCounter(
             "payswitch_risk_declines", "Payments declined by a risk rule.", ["rule"], registry=r
         )
-        self.risk_declines: dict[str, Counter] = {rule: risk.labels(rule) for rule in RISK_RULES}
-        self.aml_flagged = Counter(
+        self.risk_declines: dict[str, LoopCounterChild] = {
+            rule: risk.labels(rule) for rule in RISK_RULES}
+        self.aml_flagged = LoopCounter(
             "payswitch_aml_flagged_payments",
             "Payments at or above the AML report threshold.",
             registry=r,
         )
-        self.replays = Counter(
+        self.replays = LoopCounter(
             "payswitch_idempotent_replays",
             "Requests answered from the idempotency index.",
             registry=r,
         )
-        self.payment_errors = Counter(
+        self.payment_errors = LoopCounter(
             "payswitch_payment_errors",
             "Unexpected errors while handling one payment (that payment failed, no other).",
             registry=r,
         )
-        self.commit_seconds = Histogram(
+        self.commit_seconds = LoopHistogram(
             "payswitch_journal_commit_seconds",
             "Time to commit one journal batch durably.",
             buckets=COMMIT_BUCKETS,
             registry=r,
         )
-        self.batch_size = Histogram(
+        self.batch_size = LoopHistogram(
             "payswitch_journal_batch_records",
             "Records per journal commit.",
             buckets=BATCH_BUCKETS,
@@ -191,32 +198,32 @@ class SwitchMetrics:
             " uvicorn serves it).",
             registry=r,
         )
-        frame_errors = Counter(
+        frame_errors = LoopCounter(
             "payswitch_frame_errors",
             "Frames that could not be used, by kind.",
             ["kind"],
             registry=r,
         )
-        self.frame_errors: dict[str, Counter] = {
+        self.frame_errors: dict[str, LoopCounterChild] = {
             kind: frame_errors.labels(kind)
             for kind in (reasons.E_MALFORMED, reasons.E_INVALID, reasons.E_FRAME_TOO_LARGE)
         }
-        network = Histogram(
+        network = LoopHistogram(
             "payswitch_network_duration_seconds",
             "Round trip to a network endpoint.",
             ["network"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        timeouts = Counter(
+        timeouts = LoopCounter(
             "payswitch_network_timeouts",
             "Requests to a network with no answer in time.",
             ["network"],
             registry=r,
         )
         names = list(networks)
-        self.network_duration: dict[str, Histogram] = {n: network.labels(n) for n in names}
-        self.network_timeouts: dict[str, Counter] = {n: timeouts.labels(n) for n in names}
+        self.network_duration: dict[str, LoopHistogramChild] = {n: network.labels(n) for n in names}
+        self.network_timeouts: dict[str, LoopCounterChild] = {n: timeouts.labels(n) for n in names}
         self.unresolved = Gauge(
             "payswitch_unresolved_payments",
             "Payments whose outcome is unknown (timed out after sending) and not yet resolved.",
@@ -228,18 +235,18 @@ class SwitchMetrics:
             " window is spent; the switch retries them only at its next start.",
             registry=r,
         )
-        resolved = Counter(
+        resolved = LoopCounter(
             "payswitch_resolved_payments",
             "Payments whose unknown outcome the resolver settled, by channel and final status."
             " Not added to payswitch_payments_total, which counts each payment once, at reply.",
             ["channel", "status"], registry=r,
         )
-        self.resolved: dict[tuple[Channel, Status], Counter] = {
+        self.resolved: dict[tuple[Channel, Status], LoopCounterChild] = {
             (ch, st): resolved.labels(ch, st.value)
             for ch in CHANNELS
             for st in (Status.APPROVED, Status.DECLINED, Status.FAILED, Status.REVERSED)
         }
-        self.recovered = Counter(
+        self.recovered = LoopCounter(
             "payswitch_recovered_payments",
             "Unfinished payments found in the journal at start-up and resolved.",
             registry=r,
@@ -247,30 +254,30 @@ class SwitchMetrics:
         self.ready = Gauge("payswitch_ready", "1 when the switch accepts payments.", registry=r)
 
         # --- SLI and business KPIs (counted once, when the reply is ready) -----------------
-        self.sli_good = Counter(
+        self.sli_good = LoopCounter(
             "payswitch_sli_good_payments",
             "Availability SLI, good events: payments answered with a business outcome"
             " (approved or declined).", registry=r,
         )
-        self.sli_total = Counter(
+        self.sli_total = LoopCounter(
             "payswitch_sli_payments",
             "Availability SLI, all events: every accepted payment, counted once at reply.",
             registry=r,
         )
-        approved_amount = Counter(
+        approved_amount = LoopCounter(
             "payswitch_approved_amount_minor",
             "Approved amount in minor units of each currency (e.g. cents for USD).",
             ["currency"], registry=r,
         )
-        self.approved_amount: dict[str, Counter] = {
+        self.approved_amount: dict[str, LoopCounterChild] = {
             code: approved_amount.labels(code) for code in sorted(CURRENCIES)
         }
-        declines = Counter(
+        declines = LoopCounter(
             "payswitch_declines",
             "Declined payments by channel and reason code (a closed DE39-style set).",
             ["channel", "reason"], registry=r,
         )
-        self.declines: dict[tuple[Channel, str], Counter] = {
+        self.declines: dict[tuple[Channel, str], LoopCounterChild] = {
             (ch, code): declines.labels(ch, code) for ch in CHANNELS for code in DECLINE_REASONS
         }
 
@@ -281,51 +288,51 @@ class SwitchMetrics:
             ["endpoint"], registry=r,
         )
         self.breaker_state: dict[str, Gauge] = {n: breaker_state.labels(n) for n in names}
-        transitions = Counter(
+        transitions = LoopCounter(
             "payswitch_breaker_transitions",
             "Circuit breaker state changes, by endpoint and from/to state.",
             ["endpoint", "from_state", "to_state"], registry=r,
         )
         states = ("closed", "half_open", "open")
-        self.breaker_transitions: dict[tuple[str, str, str], Counter] = {
+        self.breaker_transitions: dict[tuple[str, str, str], LoopCounterChild] = {
             (n, a, b): transitions.labels(n, a, b)
             for n in names for a in states for b in states if a != b
         }
-        retries = Counter(
+        retries = LoopCounter(
             "payswitch_retries", "Payment attempts after the first, by channel and reason.",
             ["channel", "reason"], registry=r,
         )
-        self.retries: dict[tuple[Channel, str], Counter] = {
+        self.retries: dict[tuple[Channel, str], LoopCounterChild] = {
             (ch, why): retries.labels(ch, why) for ch in CHANNELS for why in RETRY_REASONS
         }
-        denied = Counter(
+        denied = LoopCounter(
             "payswitch_retries_denied", "Retries not made, by reason.", ["reason"], registry=r
         )
-        self.retries_denied: dict[str, Counter] = {
+        self.retries_denied: dict[str, LoopCounterChild] = {
             why: denied.labels(why) for why in ("budget", "unsafe", "attempts", "deadline")
         }
-        failovers = Counter(
+        failovers = LoopCounter(
             "payswitch_failovers", "Payments moved from one endpoint to the next.",
             ["from_endpoint", "to_endpoint"], registry=r,
         )
-        self.failovers: dict[tuple[str, str], Counter] = {
+        self.failovers: dict[tuple[str, str], LoopCounterChild] = {
             (a, b): failovers.labels(a, b) for a in names for b in names if a != b
         }
-        shed = Counter(
+        shed = LoopCounter(
             "payswitch_shed_payments",
             "Attempts refused by admission control (endpoint full), by endpoint.",
             ["endpoint"], registry=r,
         )
-        self.shed: dict[str, Counter] = {n: shed.labels(n) for n in names}
+        self.shed: dict[str, LoopCounterChild] = {n: shed.labels(n) for n in names}
         self.retry_budget_remaining = Gauge(
             "payswitch_retry_budget_remaining", "Retries the global retry budget allows now.",
             registry=r,
         )
-        standin = Counter(
+        standin = LoopCounter(
             "payswitch_standin_approvals", "Card payments approved in stand-in, by channel.",
             ["channel"], registry=r,
         )
-        self.standin: dict[Channel, Counter] = {ch: standin.labels(ch) for ch in CHANNELS}
+        self.standin: dict[Channel, LoopCounterChild] = {ch: standin.labels(ch) for ch in CHANNELS}
         self.saf_depth = Gauge(
             "payswitch_saf_depth_messages",
             "Store-and-forward messages (advices) waiting for their network.", registry=r,
@@ -334,23 +341,23 @@ class SwitchMetrics:
             "payswitch_saf_oldest_age_seconds",
             "Age of the oldest store-and-forward message waiting.", registry=r,
         )
-        self.saf_delivered = Counter(
+        self.saf_delivered = LoopCounter(
             "payswitch_saf_delivered_messages", "Store-and-forward messages delivered.",
             registry=r,
         )
-        quarantined = Counter(
+        quarantined = LoopCounter(
             "payswitch_quarantined_records",
             "Journal records set aside because they can never be sent (an advice or a "
             "resolution that cannot be encoded), by kind. Each needs an operator.",
             ["kind"], registry=r,
         )
-        self.quarantined: dict[str, Counter] = {
+        self.quarantined: dict[str, LoopCounterChild] = {
             kind: quarantined.labels(kind) for kind in ("advice", "resolution")}
-        reloads = Counter(
+        reloads = LoopCounter(
             "payswitch_route_table_reloads", "Route table reloads, by result.", ["result"],
             registry=r,
         )
-        self.route_reloads: dict[str, Counter] = {
+        self.route_reloads: dict[str, LoopCounterChild] = {
             res: reloads.labels(res) for res in ("ok", "rejected")}
         if not enabled:
             self._disable()
