@@ -289,6 +289,50 @@ def test_technical_error_retries_elsewhere_after_a_backoff() -> None:
     assert rig.slots_balanced()
 
 
+DUPLICATE = NetworkReply("declined", "94")
+TOO_LATE = NetworkReply("failed", "68")
+
+
+def test_a_94_after_an_earlier_attempt_went_on_the_wire_is_resolved_not_failed() -> None:
+    # card-a answered 96, which some networks send after booking; the failover to card-b
+    # carries the same STAN, and the issuer calls it a duplicate of that original.
+    rig = make_rig()
+    rig.pay(card_payment("dup-after-96"))
+    rig.commit()
+    rig.answer(NetworkReply("failed", "96"))
+    rig.advance(0.025)
+    assert [s[0] for s in rig.network.sent] == ["card-a", "card-b"]
+    rig.answer(DUPLICATE)
+    rig.commit()
+    assert result_of(rig.only_reply()) == ("unknown", "68")
+    assert [route.network for _, route in rig.resolver.submitted] == ["card-b"]
+    assert rig.slots_balanced()
+
+
+def test_a_94_on_the_first_attempt_stands_as_a_failure_and_reverses_nothing() -> None:
+    # The original is another payment's (a reused trace number): a reversal of this STAN
+    # could undo that one, and this payment was booked nowhere.
+    rig = make_rig()
+    rig.pay(card_payment("dup-first"))
+    rig.commit()
+    rig.answer(DUPLICATE)
+    rig.commit()
+    assert result_of(rig.only_reply()) == ("declined", "94")
+    assert rig.resolver.submitted == [] and len(rig.network.sent) == 1
+    assert rig.slots_balanced()
+
+
+def test_a_68_answer_leaves_the_outcome_to_resolution() -> None:
+    rig = make_rig()
+    rig.pay(card_payment("too-late"))
+    rig.commit()
+    rig.answer(TOO_LATE)
+    rig.commit()
+    assert result_of(rig.only_reply()) == ("unknown", "68")
+    assert len(rig.resolver.submitted) == 1 and len(rig.network.sent) == 1
+    assert rig.slots_balanced()
+
+
 def test_retry_budget_exhausted_keeps_the_last_answer() -> None:
     no_budget = RetryBudgetConfig(ratio=0.0, min_per_s=0.0)
     rig = make_rig(resilience=ResilienceConfig(retry_budget=no_budget))

@@ -163,6 +163,25 @@ class ResolverPort(Protocol):
     def submit(self, payment: Payment, digest: bytes, route: Route) -> None: ...
 
 
+def _fate_open(reply: NetworkReply | None, wired_before: int) -> bool:
+    """Does this answer leave the payment's own fate open (then it is resolved: reversed or
+    inquired), or is it a failure that stands?
+
+    * 68: the network's issuer answered it too late; it may have approved.
+    * 94, the issuer has seen this STAN + terminal before. The STAN is the payment's, for
+      every attempt. After an earlier attempt went on the wire (a 91/96 answered, then
+      failover), the original is this payment's own, possibly approved (some networks
+      answer 96 after partial processing): booked at the issuer, failed here, unless it
+      is reversed. On the first attempt on the wire, the original can only be another
+      payment's (a reused trace number): this one was refused and booked nowhere, and a
+      reversal of its STAN could undo that other payment.
+    """
+    assert reply is not None, "a timeout is unknown by itself"
+    if reply.reason == reasons.DUPLICATE_TRANSMISSION:
+        return wired_before > 0
+    return reply.reason == reasons.RESPONSE_TOO_LATE
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -197,6 +216,7 @@ class _Flight:
         "timer_gen",
         "token",
         "unknown",
+        "wired",
     )
 
     def __init__(self, origin: Origin, rid: int, key: str, digest: bytes, payment: Payment,
@@ -224,6 +244,8 @@ class _Flight:
         self.token = 0
         self.sent_at = 0.0
         self.unknown = False
+        #: Attempts that went on the wire (answered or not; NotSent ones never did).
+        self.wired = 0
         self.result: Result | None = None
         self.dups: list[tuple[Origin, int]] | None = None
         #: What to run once the record this payment waits on is durable.
@@ -558,6 +580,11 @@ class PaymentCore:
             metrics.network_duration[endpoint].observe(duration)
             f.reached = f.reached or healthy
         f.last, f.last_route, f.previous = reply, f.route, endpoint
+        wired_before = f.wired
+        if not not_sent:
+            f.wired += 1
+        if kind is FailureKind.UNKNOWN and _fate_open(reply, wired_before):
+            f.unknown = True  # resolved like a timeout after sending (no retry below)
         if kind is None or kind is FailureKind.DECLINED:  # an answer that stands
             self._outcome(f, now, mono)
             return True
