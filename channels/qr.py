@@ -18,8 +18,10 @@ payer amount that differs is AMOUNT_MISMATCH; a static QR (11) needs the payer's
 The book is keyed by ``ref``: the reference is booked as pending on arrival, decided in
 service, and a second pay request with the same ``ref`` is answered from the book, never
 paid twice. Check-status answers from the book: approved / declined / failed / pending,
-or not_found for a payment the scheme never received. Technical errors (behaviour model)
-are "failed" with reason TECHNICAL_nn; a check-status is never answered with one.
+or not_found for a payment the scheme never received, which is booked as such: a pay
+request of that ref arriving later is answered not_found too, never paid. Technical errors
+(behaviour model) are "failed" with reason TECHNICAL_nn; a check-status is never answered
+with one.
 """
 
 from __future__ import annotations
@@ -238,9 +240,21 @@ class _CheckStatus(SimRequest):
 
     def decide(self, technical_error: str | None) -> bytes | None:
         self.outcome = "status"
-        ref = self.request.ref
-        reply = self.network.book.get(ref)
-        return encode(reply if reply is not None else QrReply(ref=ref, status="not_found"))
+        net, ref = self.network, self.request.ref
+        reply = net.book.get(ref)
+        if reply is not None:
+            return encode(reply)
+        if len(net.book) >= net.qr.max_payments:
+            # No room to remember the answer, and "not_found" now with the payment booked
+            # later would contradict it: say pending, the client asks again.
+            net.bound_rejections += 1
+            return encode(QrReply(ref=ref, status="pending"))
+        # The answer is booked, so it stands: a pay request of this ref still on its way
+        # (overtaken by this check on another connection) is answered not_found from the
+        # book, never paid. The switch fails the payment on this answer; paid afterwards,
+        # the merchant would be credited for a payment the switch failed.
+        net.book[ref] = fence = QrReply(ref=ref, status="not_found")
+        return encode(fence)
 
     def reject(self, code: str) -> bytes | None:
         # "Unavailable" must not read as a status: say pending, the client asks again.

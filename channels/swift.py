@@ -56,6 +56,8 @@ __all__ = ["SwiftNetwork", "SwiftRecord"]
 log = logging.getLogger(__name__)
 
 TECHNICAL_PREFIX: Final = "TECHNICAL ERROR "
+#: AddtlInf of the RJCT NOOR a pacs.008 gets after a pacs.028 was told it never arrived.
+FENCED_INFO: Final = "STATUS ALREADY REPORTED: NOT RECEIVED"
 _UETR_RE: Final = re.compile(rb"<UETR>([0-9a-f-]{36})</UETR>")
 _E2E_RE: Final = re.compile(rb"<EndToEndId>([^<]{1,35})</EndToEndId>")
 _MSGID_RE: Final = re.compile(rb"<MsgId>([^<]{1,35})</MsgId>")
@@ -100,6 +102,10 @@ class SwiftNetwork(SimServer):
         self._unknown = {(bank.bic, acct) for bank in self.swift.banks
                          for acct in bank.unknown_accounts}
         self.book: dict[str, SwiftRecord] = {}
+        #: UETRs a pacs.028 was answered RJCT NOOR for (never received): that answer
+        #: stands, so a pacs.008 of one arriving later is rejected, never booked. Counted
+        #: against ``max_payments`` with the book.
+        self.fenced: set[str] = set()
         self.balances: dict[str, int] = {}
         self.credited_by_bank: dict[str, int] = {}
         self.debited_total = 0
@@ -181,6 +187,19 @@ class SwiftNetwork(SimServer):
         return iso20022.encode_pacs002(iso20022.status_report_for(
             ct, msg_id=self._msg_id(), created_at=self.now_iso(), status=record.status,
             reason=record.reason, additional_info=record.info))
+
+    def full(self) -> bool:
+        return len(self.book) + len(self.fenced) >= self.swift.max_payments
+
+    def status_only(self, rq: iso20022.StatusRequest, status: iso20022.TxStatus,
+                    reason: str | None,
+                    info: str | None) -> bytes:
+        """A pacs.002 answering ``rq`` about a payment the book does not hold."""
+        return iso20022.encode_pacs002(iso20022.StatusReport(
+            msg_id=self._msg_id(), created_at=self.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
+            orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
+            orgnl_instr_id=rq.orgnl_instr_id, orgnl_tx_id=rq.orgnl_tx_id,
+            status=status, reason=reason, additional_info=info))
 
     def reject_unbooked(self, ct: iso20022.CreditTransfer, reason: str, info: str | None = None
                         ) -> bytes:
@@ -345,13 +364,16 @@ class _Pacs008(SimRequest):
         self.record: SwiftRecord | None = None
         self.existing: SwiftRecord | None = None
         self.full = False
+        self.fenced = False  # a pacs.028 already called it never received
 
     def admit(self) -> None:
         net, uetr = self.network, self.ct.uetr
         existing = net.book.get(uetr)
         if existing is not None:
             self.existing = existing
-        elif len(net.book) >= net.swift.max_payments:
+        elif uetr in net.fenced:
+            self.fenced = True
+        elif net.full():
             self.full = True
         else:
             self.record = SwiftRecord(self.ct, "PDNG", self.conn.id)
@@ -367,6 +389,9 @@ class _Pacs008(SimRequest):
         if self.existing is not None:
             self.outcome = "status"
             return net.report(self.existing)
+        if self.fenced:
+            self.outcome = "status"  # the status a pacs.028 was given
+            return net.reject_unbooked(self.ct, "NOOR", FENCED_INFO)
         record = self.record
         if record is None:
             net.bound_rejections += 1
@@ -395,6 +420,8 @@ class _Pacs008(SimRequest):
             self.existing = self.network.book.get(self.ct.uetr)
         if self.existing is not None:
             return self.network.report(self.existing)
+        if self.fenced:
+            return self.network.reject_unbooked(self.ct, "NOOR", FENCED_INFO)
         return self.network.reject_unbooked(self.ct, "MS03", info)
 
 
@@ -415,11 +442,17 @@ class _Pacs028(SimRequest):
         record = net.book.get(rq.orgnl_uetr)
         if record is not None:
             return net.report(record)
-        return iso20022.encode_pacs002(iso20022.StatusReport(
-            msg_id=net._msg_id(), created_at=net.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
-            orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
-            orgnl_instr_id=rq.orgnl_instr_id, orgnl_tx_id=rq.orgnl_tx_id,
-            status="RJCT", reason="NOOR", additional_info="ORIGINAL NOT RECEIVED"))
+        if rq.orgnl_uetr not in net.fenced:
+            if net.full():
+                # No room to remember a "never received", and saying it with the payment
+                # booked later would contradict it: pending, the client asks again.
+                net.bound_rejections += 1
+                return net.status_only(rq, "PDNG", None, None)
+            # The answer stands: the switch fails the payment on it, so a pacs.008 still
+            # on its way (overtaken by this inquiry on another connection) must not be
+            # booked after it (the debtor would be debited for a failed payment).
+            net.fenced.add(rq.orgnl_uetr)
+        return net.status_only(rq, "RJCT", "NOOR", "ORIGINAL NOT RECEIVED")
 
     def reject(self, code: str) -> bytes | None:
         # "Unavailable" must not read as a status: stay silent, the client asks again.

@@ -93,6 +93,29 @@ async def test_check_status_of_an_unknown_reference_fails_it() -> None:
         assert decode_reply(answer).status == "not_found"
 
 
+async def test_a_pay_request_overtaken_by_its_check_status_is_never_paid() -> None:
+    # The switch fails a payment on not_found: paid afterwards, the merchant would be
+    # credited for a payment the switch failed (the check went on another connection).
+    async with running(config(qr_net())) as sims:
+        adapter, net = sims.qr(), server(sims)
+        assert await adapter.resolve(qr_payment(7)) == NetworkReply("failed", "91",
+                                                                    "QR:NOT_FOUND")
+        late = await adapter.authorize(qr_payment(7))
+        assert late == NetworkReply("failed", "91", "QR:NOT_FOUND")
+        assert net.credited == {} and net.amounts == {}
+        assert await adapter.resolve(qr_payment(7)) == late
+
+
+async def test_a_full_book_answers_pending_rather_than_an_answer_it_cannot_keep() -> None:
+    async with running(config(qr_net(max_payments=1))) as sims:
+        adapter, net = sims.qr(), server(sims)
+        assert (await adapter.authorize(qr_payment(8))).outcome == "approved"
+        [answer] = await raw_exchange(sims.runtime.ports["qr"],
+                                      frame(encode(QrCheckStatus("never-sent"))), header=4)
+        assert decode_reply(answer).status == "pending"
+        assert "never-sent" not in net.book and net.bound_rejections == 1
+
+
 async def test_same_reference_twice_is_paid_once() -> None:
     async with running(config(qr_net())) as sims:
         adapter, net = sims.qr(), server(sims)

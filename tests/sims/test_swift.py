@@ -95,6 +95,31 @@ async def test_status_inquiry_about_a_payment_never_received_fails_it() -> None:
         assert reply == NetworkReply("failed", "91", "RJCT:NOOR")
 
 
+async def test_a_pacs008_overtaken_by_its_inquiry_is_never_booked() -> None:
+    # The switch fails a payment on RJCT NOOR: booked afterwards, the debtor would be
+    # debited for a payment the switch failed (the inquiry went on another connection).
+    async with running(config(swift_net())) as sims:
+        adapter, net = sims.swift(), server(sims)
+        assert (await adapter.resolve(swift_payment(5))).network_ref == "RJCT:NOOR"
+        late = await adapter.authorize(swift_payment(5))
+        assert (late.outcome, late.network_ref) == ("failed", "RJCT:NOOR")
+        assert net.debited_total == 0 and uetr(5) not in net.book
+        assert (await adapter.resolve(swift_payment(5))).network_ref == "RJCT:NOOR"
+
+
+async def test_a_full_book_answers_an_inquiry_pdng_rather_than_noor() -> None:
+    async with running(config(swift_net(max_payments=1))) as sims:
+        adapter, net = sims.swift(), server(sims)
+        assert (await adapter.authorize(swift_payment(6))).outcome == "approved"
+        inquiry = iso20022.status_request_for(
+            credit_transfer(swift_payment(7)), msg_id="Q7", created_at=net.now_iso())
+        [answer] = await raw_exchange(sims.runtime.ports["swift"],
+                                      frame(iso20022.encode_pacs028(inquiry)), header=4)
+        report = iso20022.decode_pacs002(answer)
+        assert (report.orgnl_uetr, report.status) == (uetr(7), "PDNG")
+        assert uetr(7) not in net.fenced and net.bound_rejections == 1
+
+
 async def test_same_uetr_twice_is_booked_once() -> None:
     async with running(config(swift_net())) as sims:
         adapter, net = sims.swift(), server(sims)
