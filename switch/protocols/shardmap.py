@@ -20,11 +20,17 @@ one; a retry of a payment the dead worker had journaled would then be booked aga
 another journal. With a static map a dead worker's shard is *unavailable* until it
 restarts and replays its journal, and nothing is booked twice.
 
-Sans-IO: no sockets here; addresses are plain ``host:port`` strings.
+Sans-IO: no sockets here; addresses are plain ``host:port`` strings: exactly that, with
+nothing around it (no space, no trailing newline), a port of 1-65535 written without
+leading zeros (an address is compared as a string: a client finds the owner a ``moved``
+names by it), and an IPv6 host in brackets (``[::1]:9000``; the last colon separates the
+port). :func:`address_problem` says what is wrong with one that is not.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import zlib
 from typing import Annotated, Final
 
@@ -33,8 +39,25 @@ import msgspec
 #: Shards in one cluster at most (a bound on config and on the published map).
 MAX_SHARDS: Final = 1024
 
-Address = Annotated[str, msgspec.Meta(min_length=3, max_length=261,
-                                      pattern=r"^[^\s:]+:[0-9]{1,5}$")]
+#: Ports an address may name.
+MIN_PORT, MAX_PORT = 1, 65535
+#: A host name is 255 characters at most (RFC 1035); an address adds ``:`` and the port.
+MAX_HOST_CHARS: Final = 255
+MAX_ADDRESS_CHARS: Final = MAX_HOST_CHARS + 1 + len(str(MAX_PORT))
+
+#: A name or IPv4 address (no colon, bracket or whitespace), or an IPv6 address in brackets.
+_HOST: Final = r"(?:[^\s:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+#: 1-65535, without leading zeros.
+_PORT: Final = (r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}"
+                r"|655[0-2][0-9]|6553[0-5])")
+#: The whole text, anchored with ``\A`` and ``\Z``: msgspec checks a pattern with
+#: ``re.search``, and ``$`` also matches before a trailing newline, so ``^...$`` took
+#: ``"127.0.0.1:9000\n"``.
+ADDRESS_PATTERN: Final = rf"\A{_HOST}:{_PORT}\Z"
+_ADDRESS: Final = re.compile(ADDRESS_PATTERN)
+
+Address = Annotated[str, msgspec.Meta(min_length=3, max_length=MAX_ADDRESS_CHARS,
+                                      pattern=ADDRESS_PATTERN)]
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -51,10 +74,40 @@ def shard_of_bytes(raw: bytes, shards: int) -> int:
     return zlib.crc32(raw) % shards if shards > 1 else 0
 
 
+def address_problem(address: str) -> str | None:
+    """What keeps ``address`` from being an :data:`Address`, in one line naming it; None
+    when it is one."""
+    if len(address) <= MAX_ADDRESS_CHARS and _ADDRESS.match(address) is not None:
+        host = address.rpartition(":")[0]
+        if not host.startswith("["):
+            return None
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return f"{address!r}: {host} is not an IPv6 address"
+        return None
+    shown = repr(address) if len(address) <= 80 else repr(address[:80]) + "..."
+    if len(address) > MAX_ADDRESS_CHARS:
+        return f"{shown}: longer than {MAX_ADDRESS_CHARS} characters"
+    if any(c.isspace() for c in address):
+        return f"{shown}: expected exactly host:port, without spaces or newlines"
+    host, colon, port = address.rpartition(":")
+    if colon and re.fullmatch(_HOST, host) and port.isascii() and port.isdigit():
+        if not MIN_PORT <= int(port) <= MAX_PORT:
+            return f"{shown}: port {int(port)} is not in {MIN_PORT}-{MAX_PORT}"
+        return f"{shown}: port {port} has a leading zero; write it {int(port)}"
+    return f"{shown}: expected host:port (an IPv6 host in brackets: [::1]:9000)"
+
+
 def split_address(address: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port)."""
+    """``host:port`` -> (host, port); an IPv6 host without its brackets, as a socket
+    takes it (``[::1]:9000`` -> ``("::1", 9000)``). Raises ValueError naming the address
+    and what is wrong with it (:func:`address_problem`)."""
+    problem = address_problem(address)
+    if problem is not None:
+        raise ValueError(problem)
     host, _, port = address.rpartition(":")
-    return host, int(port)
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 class ShardMap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -65,6 +118,14 @@ class ShardMap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     addresses: Annotated[list[Address], msgspec.Meta(max_length=MAX_SHARDS)] = msgspec.field(
         default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Decoding checks ADDRESS_PATTERN first; a map built in code (a cluster layout, a
+        # client's copy of a published one) is checked here, with the same rule.
+        for i, address in enumerate(self.addresses):
+            problem = address_problem(address)
+            if problem is not None:
+                raise ValueError(f"addresses[{i}]: {problem}")
 
     @property
     def shards(self) -> int:
