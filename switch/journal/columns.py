@@ -264,16 +264,33 @@ def _uncovered(db: sqlite3.Connection, after: int) -> Iterable[tuple[int, list[A
                 start = i
 
 
+def _last_seq(db: sqlite3.Connection) -> int:
+    """The journal's last seq, live or archived (the archive attached if there is one)."""
+    last = int(db.execute("SELECT MAX(seq) FROM main.journal").fetchone()[0] or 0)
+    if attach_existing_archive(db):
+        row = db.execute(f"SELECT MAX(seq) FROM {ARCHIVE_SCHEMA}.journal").fetchone()
+        last = max(last, int(row[0] or 0))
+    return last
+
+
 def migrate(db: sqlite3.Connection) -> int:
-    """Create the columns table and backfill rows it does not cover; returns rows added."""
+    """Create the columns table and backfill rows it does not cover; returns rows added.
+
+    The backfill streams: one chunk of rows (``_BACKFILL_CHUNK`` at most) is read, packed
+    and inserted before the next is read, all in one transaction, so an old journal of
+    millions of rows costs one chunk of memory, not all of them at once. SQLite lets the
+    SELECT on the journal go on while its rows' chunks are inserted into
+    ``journal_columns`` on the same connection. ``BEGIN IMMEDIATE`` takes the write lock
+    before that read, so the rows read and the coverage they extend are one snapshot;
+    nothing to backfill takes no lock.
+    """
     db.executescript(SCHEMA)
-    added = 0
-    pending = list(_uncovered(db, _covered(db)))
-    if not pending:
+    if _last_seq(db) <= _covered(db):  # also attaches the archive: not in a transaction
         return 0
-    db.execute("BEGIN")
+    added = 0
+    db.execute("BEGIN IMMEDIATE")
     try:
-        for first, rows in pending:
+        for first, rows in _uncovered(db, _covered(db)):
             intents, outcomes = _pack(rows, first)
             db.execute("INSERT INTO journal_columns VALUES (?, ?, ?, ?)",
                        (first, first + len(rows) - 1, intents, outcomes))
