@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from switch.model import (
+    MAX_KEY_CHARS,
     CardData,
     Channel,
     CurrencyCode,
@@ -28,9 +29,6 @@ from switch.model import (
     Result,
     SwiftData,
 )
-
-#: Idempotency-Key header bounds (the model's idempotency key).
-MAX_KEY_LENGTH: Final = 64
 
 __all__ = [
     "PROBLEM_JSON",
@@ -179,7 +177,8 @@ def openapi_document() -> dict[str, Any]:
                         "description": "Unique per payment. A replay with the same body "
                                        "returns the stored result (Idempotent-Replayed: "
                                        "true); another body with the same key gets 422.",
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "schema": {"type": "string", "minLength": 1,
+                                   "maxLength": MAX_KEY_CHARS},
                     }],
                     "requestBody": {
                         "required": True,

@@ -41,9 +41,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from switch import reasons
+from switch.model import MAX_KEY_CHARS
 from switch.protocols.iso8583_acquirer import KEY_PREFIX as ISO_KEY_PREFIX
 from switch.protocols.payments_json import (
-    MAX_KEY_LENGTH,
     PROBLEM_BASE,
     PROBLEM_JSON,
     FieldError,
@@ -86,6 +86,21 @@ def problem(status: int, kind: str, detail: str, *, errors: list[FieldError] | N
                     headers=headers)
 
 
+def key_chars(key: str) -> int:
+    """An ``Idempotency-Key`` header's length in characters, by the rule of the msgpack
+    door (``switch.model.MAX_KEY_CHARS``): ``key`` is the header as Starlette hands it,
+    decoded as latin-1 (one character per byte), and a client sending the key "café"
+    sent its UTF-8, so the header counts as UTF-8 text; a header that is not UTF-8, one
+    character per byte. It counted bytes: a key of 64 accented characters, taken by the
+    msgpack door, was refused here. Only the count: the key stays the latin-1 reading."""
+    if key.isascii():
+        return len(key)
+    try:
+        return len(key.encode("latin-1").decode("utf-8"))
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return len(key)
+
+
 class HttpConnections:
     """The HTTP door's open connections, for ``payswitch_open_connections`` (read at scrape
     time with the other doors'). Uvicorn's protocol counts them; Hypercorn and Granian
@@ -109,9 +124,9 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
         if not key:
             return problem(400, "idempotency-key-missing",
                            "the Idempotency-Key header is required")
-        if len(key) > MAX_KEY_LENGTH:
+        if len(key) > MAX_KEY_CHARS and key_chars(key) > MAX_KEY_CHARS:
             return problem(400, "idempotency-key-invalid",
-                           f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+                           f"Idempotency-Key is longer than {MAX_KEY_CHARS} characters")
         if key.startswith(ISO_KEY_PREFIX):
             return problem(400, "idempotency-key-invalid",
                            f"Idempotency-Key may not begin with {ISO_KEY_PREFIX!r}: the ISO "
