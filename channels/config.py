@@ -45,11 +45,11 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Rate = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Minor = Annotated[int, msgspec.Meta(ge=0, le=10**15)]
-Yymm = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{2}(0[1-9]|1[0-2])$")]
-Bin = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,11}$")]
-BicCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?$")]
-Corridor = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}-[A-Z]{2}$")]
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Yymm = Annotated[str, msgspec.Meta(pattern=r"\A[0-9]{2}(0[1-9]|1[0-2])\Z")]
+Bin = Annotated[str, msgspec.Meta(pattern=r"\A[0-9]{1,11}\Z")]
+BicCode = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z0-9]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?\Z")]
+Corridor = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{2}-[A-Z]{2}\Z")]
+Currency = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{3}\Z")]
 
 #: Name reserved in the ready file for the admin port.
 RESERVED_NAMES: Final = frozenset({"admin_port"})
@@ -62,7 +62,7 @@ class ChannelsConfigError(ValueError):
 class CardAccountSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """A card account stated outright (tests, demos); others are generated from the seed."""
 
-    pan: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{12,19}$")]
+    pan: Annotated[str, msgspec.Meta(pattern=r"\A[0-9]{12,19}\Z")]
     balance: Minor
     #: Largest single authorization; above it the answer is 61.
     limit: Annotated[int, msgspec.Meta(ge=1, le=10**15)] = 10**12

@@ -23,7 +23,7 @@ import anyio.abc
 from loadtests.harness.client import SwitchClient
 from switch import reasons
 from switch.model import PaymentRequest
-from switch.protocols.shardmap import ShardMap, shard_of, split_address
+from switch.protocols.shardmap import ShardMap, join_address, shard_of, split_address
 from switch.protocols.wire import (
     ErrorReply,
     Moved,
@@ -59,7 +59,7 @@ class ClusterClient:
     @asynccontextmanager
     async def connect(cls, host: str, port: int, **kwargs: Any) -> AsyncIterator[ClusterClient]:
         async with anyio.create_task_group() as tg:
-            client = cls(f"{host}:{port}", tg, **kwargs)
+            client = cls(join_address(host, port), tg, **kwargs)
             try:
                 if client._discover:
                     await client.refresh_map(client.seed)

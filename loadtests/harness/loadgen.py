@@ -72,7 +72,7 @@ from loadtests.harness.shapes import parse_inline_shape as parse_inline_shape
 from loadtests.harness.shapes import shape_from_dict as shape_from_dict
 from loadtests.harness.wires import UNMATCHED, Wire
 from switch.model import PaymentRequest
-from switch.protocols.shardmap import ShardMap, shard_of, split_address
+from switch.protocols.shardmap import ShardMap, join_address, shard_of, split_address
 from switch.protocols.wire import (
     ErrorReply,
     FrameDecoder,
@@ -357,7 +357,8 @@ class OpenLoopGenerator:
                 targets = [split_address(a) for a in found.addresses]
                 self.shard_map = found
         self._use_targets(len(targets))
-        self._targets = {f"{h}:{p}": i for i, (h, p) in enumerate(targets)}
+        # Keyed as the map (and so a ``moved``) names them: an IPv6 host in brackets.
+        self._targets = {join_address(h, p): i for i, (h, p) in enumerate(targets)}
         streams = [await anyio.connect_tcp(h, p) for h, p in targets
                    for _ in range(self.connections)]
         try:

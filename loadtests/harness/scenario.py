@@ -91,7 +91,7 @@ class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """A scenario file: load, faults on a timeline, assertions."""
 
     #: Names the report directory (reports/<timestamp>-<name>/).
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9-]+$")]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[a-z0-9-]+\Z")]
     #: One line, printed first and in `payswitch scenario list`.
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
     #: Seconds of load (`payswitch demo --scenario --duration` overrides it).

@@ -47,9 +47,9 @@ class CardAdapterConfig(
     """ISO 8583 over TCP with a 2-byte length prefix."""
 
     #: DE32, and the acquirer part of DE90 in reversals.
-    acquirer_id: Annotated[str, msgspec.Meta(min_length=1, max_length=11, pattern=r"^[0-9]+$")] = (
-        "123456"
-    )
+    acquirer_id: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=11, pattern=r"\A[0-9]+\Z")
+    ] = "123456"
     #: Sign on (0800/001) before a connection carries payments.
     sign_on: bool = True
     #: Echo test (0800/301) on every connection this often.

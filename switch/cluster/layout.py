@@ -18,7 +18,8 @@ from typing import Annotated, Final
 import msgspec
 
 from switch.bounds import Port
-from switch.protocols.shardmap import MAX_SHARDS, ShardMap
+from switch.fielderrors import describe_validation_error
+from switch.protocols.shardmap import MAX_SHARDS, ShardMap, join_address
 from switch.serve.config import ClusterConfig, ConfigError, SwitchConfig
 
 #: Workers one `serve --workers` starts at most (a 2-core box wants 2; a node, its cores).
@@ -38,11 +39,13 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """The msgpack door as the shard map names it (an IPv6 host in brackets)."""
+        return join_address(self.host, self.port)
 
     @property
     def admin_address(self) -> str:
-        return f"{self.host}:{self.admin_port}"
+        """The admin door as ``host:port`` (an IPv6 host in brackets, as a URL wants it)."""
+        return join_address(self.host, self.admin_port)
 
 
 class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,7 +53,7 @@ class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     workers: Annotated[list[WorkerSpec], msgspec.Meta(min_length=1, max_length=MAX_SHARDS)]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64,
-                                      pattern=r"^[A-Za-z0-9_.-]+$")] = "payswitch"
+                                      pattern=r"\A[A-Za-z0-9_.-]+\Z")] = "payswitch"
 
     @property
     def shard_map(self) -> ShardMap:
@@ -179,7 +182,7 @@ def load_layout(path: str | Path) -> ClusterLayout:
     try:
         layout = msgspec.json.decode(data, type=ClusterLayout)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {describe_validation_error(exc, ClusterLayout)}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{path}: not a cluster layout (JSON): {exc}") from None
     for i, w in enumerate(layout.workers):

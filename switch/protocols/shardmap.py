@@ -110,6 +110,17 @@ def split_address(address: str) -> tuple[str, int]:
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
+def join_address(host: str, port: int) -> str:
+    """(host, port) -> ``host:port``, the inverse of :func:`split_address`: an IPv6 host
+    (a host with a colon) goes in brackets, ``("::1", 9000)`` -> ``[::1]:9000``, so the
+    address a layout publishes is the one a ``moved`` names and a client looks up. A host
+    already in brackets is kept as it is. Only formats: a map built from the result
+    checks it (:func:`address_problem`)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 class ShardMap(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The published map: the msgpack address of each shard's owner, in shard order.
 

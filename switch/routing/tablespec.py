@@ -24,16 +24,16 @@ MAX_REPORTED_PROBLEMS: Final = 20
 MAX_QR_SCAN_CHARS: Final = 4096
 
 TargetName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"\A[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 ]
 EndpointName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 BinDigits = Annotated[
-    str, msgspec.Meta(min_length=MIN_BIN_DIGITS, max_length=BIN_WIDTH, pattern=r"^[0-9]+$")
+    str, msgspec.Meta(min_length=MIN_BIN_DIGITS, max_length=BIN_WIDTH, pattern=r"\A[0-9]+\Z")
 ]
-Country = Annotated[str, msgspec.Meta(min_length=2, max_length=2, pattern=r"^[A-Z]{2}$")]
+Country = Annotated[str, msgspec.Meta(min_length=2, max_length=2, pattern=r"\A[A-Z]{2}\Z")]
 Bic = Annotated[
     str,
-    msgspec.Meta(min_length=8, max_length=11, pattern=r"^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$"),
+    msgspec.Meta(min_length=8, max_length=11, pattern=r"\A[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?\Z"),
 ]
 Share = Annotated[float, msgspec.Meta(ge=0, le=0.5)]
 Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
