@@ -83,6 +83,7 @@ from loadtests.harness.thresholds import Threshold, ThresholdResult
 from loadtests.harness.timeseries import SecondRow
 from loadtests.harness.wires import Iso8583Options, Wire, WireName
 from loadtests.harness.workload import SpecWorkload, WorkloadSpec, derive_seed
+from switch.protocols.shardmap import join_address
 
 #: Messages a worker may have queued before it blocks (a few per second are normal).
 QUEUE_BOUND = 4096
@@ -231,7 +232,7 @@ def _worker(
                 raise TimeoutError("no start signal from the parent")
             return float(start_at.value)
 
-        wire = make_wire(plan.protocol, f"{plan.host}:{plan.port}", plan.iso8583,
+        wire = make_wire(plan.protocol, join_address(plan.host, plan.port), plan.iso8583,
                          process=index, processes=plan.processes)
         channel = wire.channel if wire is not None else None
         source = (workload.next_item if channel is None

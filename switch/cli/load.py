@@ -27,6 +27,7 @@ from loadtests.harness.shapes import (
 )
 from loadtests.harness.workload import WorkloadError, WorkloadSpec, load_workload
 from switch.cli.errors import require_utf8
+from switch.protocols.shardmap import join_address
 
 if TYPE_CHECKING:
     from loadtests.harness.genmetrics import GeneratorMetrics
@@ -366,7 +367,8 @@ def _start_metrics(
         click.echo(f"error: --metrics-port {port}: cannot listen on {host}:{port}: "
                    f"{exc.strerror or exc}; pick another port (0 for any free one)", err=True)
         sys.exit(2)
-    console.print(f"generator metrics: http://{host}:{bound}/metrics", highlight=False)
+    console.print(f"generator metrics: http://{join_address(host, bound)}/metrics",
+                  highlight=False)
     return metrics
 
 

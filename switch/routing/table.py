@@ -341,7 +341,8 @@ def _compile_targets(
         return {}
     out: dict[str, Target] = {}
     for name, body in raw.items():
-        path = f"targets.{name}"
+        # A name with a newline or other control in it must not split the one-line error.
+        path = f"targets.{name}" if name.isprintable() else f"targets.{name!r}"
         try:
             msgspec.convert(name, TargetName)
         except msgspec.ValidationError:

@@ -60,3 +60,11 @@ def test_qr_routing_scan_never_raises_on_other_scripts_digits(payload: str) -> N
     table = load_route_table(QR_TABLE, ["a"])
     target = table.lookup_qr(payload)
     assert target is not None and target.name == "qr"
+
+
+def test_a_target_name_with_a_newline_is_refused_in_one_line() -> None:
+    table = '[targets."visa\\n"]\nendpoints = ["a"]\n[card]\ndefault = "visa"\n'
+    with pytest.raises(RouteTableError) as info:
+        load_route_table(table, ["a"])
+    message = str(info.value)
+    assert "targets.'visa\\n'" in message and "\n" not in message, message
