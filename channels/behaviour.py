@@ -68,7 +68,7 @@ DRAWS_PER_PLAN: Final = 8
 
 _STANDARD_NORMAL: Final = NormalDist()
 
-_Code = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Z]{1,8}$")]
+_Code = Annotated[str, msgspec.Meta(pattern=r"\A[0-9A-Z]{1,8}\Z")]
 _EndpointName = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 
 
