@@ -53,11 +53,12 @@ def _measure(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def make_ranges(n: int, seed: int) -> list[tuple[int, int, int]]:
-    """``n`` non-overlapping 11-digit ranges of varied widths with gaps between them."""
+    """``n`` non-overlapping 11-digit ranges of one or two 8-digit BINs each (a route
+    table refuses bounds that split an 8-digit BIN), with gaps between them."""
     rng = np.random.default_rng(seed)
     space = 10**BIN_WIDTH - 10**BIN_WIDTH // 10  # BINs start with 1-9: skip the 0 decade
-    starts = np.sort(rng.choice(space // 2000, size=n, replace=False)) * 2000 + 10**10
-    widths = rng.integers(0, 1500, size=n)
+    starts = np.sort(rng.choice(space // 4000, size=n, replace=False)) * 4000 + 10**10
+    widths = rng.choice([999, 1999], size=n)
     return [
         (int(s), int(s + w), int(t))
         for s, w, t in zip(starts, widths, rng.integers(0, 64, size=n), strict=True)

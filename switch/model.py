@@ -139,7 +139,10 @@ class CardRef(msgspec.Struct, frozen=True, gc=False):
 
     token: str
     last4: str
-    bin: str  # first 6 digits: routing needs it, PCI DSS allows it with the last 4
+    #: Routing needs it, and PCI DSS allows keeping it with the last 4: the first 8 digits
+    #: of a PAN of 16 or more, the first 6 of a shorter one (routing.tablespec); 6 digits
+    #: in records journaled before 8-digit BINs.
+    bin: str
     expiry: str
     terminal_id: str
     merchant_id: str

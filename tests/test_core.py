@@ -13,7 +13,7 @@ from switch.adapters.base import NetworkReply, NotSent
 from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
 from switch.adapters.trace import MAX_RRN, MemoryTraceStore, TraceNumbers
 from switch.journal import JournalFailed, JournalFull
-from switch.model import Payment, PaymentRequest, Result, Status
+from switch.model import Payment, PaymentRequest, Result, Status, luhn_ok
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import MAX_DUPLICATE_WAITERS, PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
@@ -659,3 +659,43 @@ def test_rrns_are_never_reused_across_restarts() -> None:
         seen += [p.card.rrn for _, _, p in rig.network.sent if p.card is not None]
     assert len(seen) == 12 and len(set(seen)) == 12, seen
     assert all(len(r) == 12 and r.isdigit() for r in seen)
+
+
+def _luhn_pan(stem: str) -> str:
+    """``stem`` plus the check digit that makes it pass the Luhn check."""
+    return next(stem + d for d in "0123456789" if luhn_ok(stem + d))
+
+
+EIGHT_DIGIT_BINS = """
+[targets.low]
+endpoints = ["card-a"]
+[targets.high]
+endpoints = ["card-b"]
+[[card.ranges]]
+low = "45678900"
+high = "45678949"
+target = "low"
+[[card.ranges]]
+low = "45678950"
+high = "45678999"
+target = "high"
+"""
+
+
+@pytest.mark.parametrize(("stem", "kept", "target"), [
+    ("456789601234567", "45678960", "high"),  # 16 digits: the first 8 are kept
+    ("456789101234567", "45678910", "low"),
+    ("45678960123456", "456789", "low"),  # 15 digits: the first 6, keyed 45678900000
+])
+def test_a_card_keeps_and_routes_on_its_first_8_digits(stem: str, kept: str,
+                                                         target: str) -> None:
+    # ISO/IEC 7812 issuer numbers are 8 digits: two issuers may share a 6-digit BIN. Kept
+    # at 6 digits, every card of 456789xx routed as 45678900, to the first issuer.
+    rig = make_rig()
+    rig.pay(card_payment("bin8", pan=_luhn_pan(stem)))
+    rig.commit()
+    [(_, _, payment)] = rig.network.sent
+    assert payment.card is not None and payment.card.bin == kept
+    table = load_route_table(EIGHT_DIGIT_BINS, ["card-a", "card-b"])
+    found = table.lookup(payment)
+    assert found is not None and found.name == target

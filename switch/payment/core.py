@@ -96,6 +96,7 @@ from switch.routing.retry import (
 )
 from switch.routing.router import NoRoute, Route, Router
 from switch.routing.table import Target
+from switch.routing.tablespec import MIN_BIN_DIGITS, ROUTED_BIN_DIGITS
 
 log = logging.getLogger(__name__)
 
@@ -911,7 +912,7 @@ class PaymentCore:
             card = CardRef(
                 token=tokenize_pan(c.pan, self._token_key),
                 last4=c.pan[-4:],
-                bin=c.pan[:6],
+                bin=c.pan[:ROUTED_BIN_DIGITS if len(c.pan) >= 16 else MIN_BIN_DIGITS],
                 expiry=c.expiry,
                 terminal_id=c.terminal_id,
                 merchant_id=c.merchant_id,

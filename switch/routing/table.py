@@ -58,8 +58,12 @@ bound is padded with 0s, a high bound with 9s, so ``400000..499999`` covers ever
 prefix from 40000000000 to 49999999999, and ranges of different lengths compare as
 numbers. Ranges may not overlap: real BIN files nest ranges, but "most specific wins" makes
 a table's meaning depend on rules the reader must reconstruct; a flat table says it once.
-A payment's key is its ``card.bin`` (today the first 6 PAN digits; keep more -- PCI DSS
-allows the first 8 for 16-digit PANs -- to route on 8-11 digit ranges) padded with 0s.
+A payment's key is its ``card.bin`` padded with 0s: the first 8 digits of a PAN of 16 or
+more (PCI DSS allows keeping them with the last 4), the first 6 of a shorter one
+(:data:`~switch.routing.tablespec.ROUTED_BIN_DIGITS`). A range bound that splits cards
+sharing their first 8 digits is refused: the switch cannot tell such cards apart. A
+15-digit card is keyed on 6 digits, so among ranges that split its 6-digit BIN it takes
+the one holding ``BIN00000``.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ from switch.routing.tablespec import (
     MAX_TABLE_CHARS,
     MAX_TARGETS,
     MIN_BIN_DIGITS,
+    ROUTED_BIN_DIGITS,
     CardRoutes,
     QrRoutes,
     RouteTableError,
@@ -154,7 +159,8 @@ class RouteTable:
         return None
 
     def lookup_card(self, pan_prefix: str) -> Target | None:
-        """Route by the first 6-11 digits of a card number (more digits are ignored)."""
+        """Route by the first 6-11 digits of a card number (more digits are ignored; a
+        payment's ``card.bin`` has 6 or 8)."""
         key = bin_key(pan_prefix)
         if key >= 0:
             tid = self._bins.lookup(key)
@@ -408,8 +414,19 @@ def _compile_card(
             field, text = bad[0]
             problems.append(f"{path}.{field}: {text!r} is not 6-11 digits 0-9")
             continue
-        low = int(low_text.ljust(BIN_WIDTH, "0"))
-        high = int(high_text.ljust(BIN_WIDTH, "9"))
+        low_padded, high_padded = low_text.ljust(BIN_WIDTH, "0"), high_text.ljust(BIN_WIDTH, "9")
+        split = [(field, text) for field, text, padded, fill in (
+                     ("low" if rng.prefix is None else "prefix", low_text, low_padded, "0"),
+                     ("high" if rng.prefix is None else "prefix", high_text, high_padded, "9"))
+                 if padded[ROUTED_BIN_DIGITS:].strip(fill)]
+        if split:
+            field, text = split[0]
+            problems.append(f"{path}.{field}: {text} splits cards that share their first "
+                            f"{ROUTED_BIN_DIGITS} digits, which is all of a PAN a payment "
+                            f"keeps for routing (digits past the {ROUTED_BIN_DIGITS}th must "
+                            "be 0s in a low bound, 9s in a high one)")
+            continue
+        low, high = int(low_padded), int(high_padded)
         if low > high:
             problems.append(f"{path}: low {low_text} is above high {high_text}")
             continue

@@ -11,6 +11,11 @@ import msgspec
 #: Every BIN bound and key is compared as an integer of this many digits.
 BIN_WIDTH: Final = 11
 MIN_BIN_DIGITS: Final = 6
+#: PAN digits a payment keeps for routing (``CardRef.bin``): the first 8 of a PAN of 16
+#: digits or more, which PCI DSS allows with the last 4 (ISO/IEC 7812 IINs are 8 digits
+#: since 2017); the first 6 of a shorter one. A range bound may not tell apart cards that
+#: agree on these digits.
+ROUTED_BIN_DIGITS: Final = 8
 #: Candidate endpoints per target: failover beyond a handful only adds latency.
 MAX_ENDPOINTS_PER_TARGET: Final = 16
 MAX_TARGETS: Final = 10_000
@@ -148,7 +153,8 @@ class CardRoutes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     #: Target for a card no range matches (none: refused, no route).
     default: TargetName | None = None
-    #: BIN ranges (6-11 digits, compared padded to 11); ranges may not overlap.
+    #: BIN ranges (6-11 digits, compared padded to 11, none splitting an 8-digit BIN);
+    #: ranges may not overlap.
     ranges: Annotated[tuple[CardRange, ...], msgspec.Meta(max_length=MAX_CARD_RANGES)] = ()
 
 

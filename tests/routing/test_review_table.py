@@ -68,3 +68,25 @@ def test_a_target_name_with_a_newline_is_refused_in_one_line() -> None:
         load_route_table(table, ["a"])
     message = str(info.value)
     assert "targets.'visa\\n'" in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize(("bounds", "path"), [
+    ('low = "456789125"\nhigh = "456789199"', "card.ranges[0].low"),
+    ('low = "45678900000"\nhigh = "45678912345"', "card.ranges[0].high"),
+    ('prefix = "456789123"', "card.ranges[0].prefix"),
+])
+def test_a_bound_past_the_routed_digits_is_refused(bounds: str, path: str) -> None:
+    # A payment keeps the first 8 PAN digits: 4567891200... and 4567891300... are the
+    # same card to routing, and a range between them would route one of them wrongly.
+    with pytest.raises(RouteTableError) as info:
+        load_route_table(TABLE.format(bounds=bounds), ["a"])
+    message = str(info.value)
+    assert f"{path}:" in message and "first 8 digits" in message, message
+
+
+@pytest.mark.parametrize("bounds", [
+    'low = "45678900"\nhigh = "45678949"', 'prefix = "45678912"',
+    'low = "45678900000"\nhigh = "45678949999"', 'low = "400000"\nhigh = "499999"',
+])
+def test_bounds_at_up_to_8_digits_are_taken(bounds: str) -> None:
+    load_route_table(TABLE.format(bounds=bounds), ["a"])

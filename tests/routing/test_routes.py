@@ -68,7 +68,7 @@ low = "510000"
 high = "559999"
 target = "mc"
 [[card.ranges]]
-prefix = "36123456789"
+prefix = "36123456"
 target = "fast"
 
 [swift]
@@ -131,9 +131,9 @@ def test_card_lookup_by_bin_range_and_default(table: RouteTable) -> None:
     assert name(table.lookup(card("530000"))) == "mc"
     assert name(table.lookup(card("559999"))) == "mc"
     assert name(table.lookup(card("560000"))) == "visa"  # default
-    assert name(table.lookup_card("36123456789")) == "fast"  # 11-digit range
-    assert name(table.lookup_card("3612345678")) == "visa"  # too short to match it
-    assert name(table.lookup_card("361234567891234")) == "fast"  # longer: first 11 digits
+    assert name(table.lookup_card("36123456")) == "fast"  # 8-digit range
+    assert name(table.lookup_card("3612345")) == "visa"  # too short to match it
+    assert name(table.lookup_card("361234567891234")) == "fast"  # longer: in the range
     assert name(table.lookup_card("41x111")) == "visa"  # unusable prefix: default
 
 
@@ -217,7 +217,7 @@ def rejected(text: str, known: set[str] = KNOWN) -> str:
         ('"400000"', '"40000"', "card.ranges[0].low", "length >= 6"),
         ('high = "559999"', 'high = "509999"', "card.ranges[1]", "above high"),
         ('low = "510000"', 'low = "450000"', "card.ranges[1]", "overlaps card.ranges[0]"),
-        ('"36123456789"', '"41234567"', "card.ranges[2]", "overlaps card.ranges[0]"),
+        ('"36123456"', '"41234567"', "card.ranges[2]", "overlaps card.ranges[0]"),
         ('target = "mc"', 'target = "nope"', "card.ranges[1].target", "unknown target 'nope'"),
         ('default = "corr"', 'default = "nope"', "swift.default", "unknown target"),
         ('"USD"', '"XXX"', "swift.by_currency[0].currency", "unknown currency"),
@@ -250,7 +250,7 @@ def test_every_problem_is_reported_and_nothing_applies() -> None:
 
 def test_range_needs_prefix_or_both_bounds() -> None:
     assert "needs prefix" in rejected(TABLE.replace('low = "510000"\n', "", 1))
-    both = TABLE.replace('prefix = "36123456789"', 'prefix = "36123456789"\nlow = "361234"')
+    both = TABLE.replace('prefix = "36123456"', 'prefix = "36123456"\nlow = "361234"')
     assert "not both" in rejected(both)
 
 
