@@ -20,7 +20,7 @@ import msgspec
 from switch.bounds import Port
 from switch.fielderrors import describe_validation_error
 from switch.protocols.shardmap import MAX_SHARDS, ShardMap, join_address
-from switch.serve.config import ClusterConfig, ConfigError, SwitchConfig
+from switch.serve.config import ConfigError, SwitchConfig, check_worker_limits
 
 #: Workers one `serve --workers` starts at most (a 2-core box wants 2; a node, its cores).
 MAX_LOCAL_WORKERS = 256
@@ -165,13 +165,19 @@ def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConf
         raise ConfigError(f"layout: workers[{shard}].shard is {w.shard}; workers must be "
                           "listed in shard order")
     r = msgspec.structs.replace
-    return r(config,
-             server=r(config.server, host=w.host, port=w.port),
-             admin=r(config.admin, port=w.admin_port, enabled=True),
-             http=r(config.http, port=w.http_port, enabled=w.http_port != 0),
-             iso8583=r(config.iso8583, port=w.iso8583_port, enabled=w.iso8583_port != 0),
-             journal=r(config.journal, path=w.journal),
-             cluster=ClusterConfig(shard=shard, shards=layout.shard_map.addresses))
+    applied = r(config,
+                server=r(config.server, host=w.host, port=w.port),
+                admin=r(config.admin, port=w.admin_port, enabled=True),
+                http=r(config.http, port=w.http_port, enabled=w.http_port != 0),
+                iso8583=r(config.iso8583, port=w.iso8583_port, enabled=w.iso8583_port != 0),
+                journal=r(config.journal, path=w.journal),
+                # The config's own [cluster] settings (split_limits) hold for every worker.
+                cluster=r(config.cluster, shard=shard, shards=layout.shard_map.addresses))
+    # The shard count is known only now: `serve --workers N` and `--cluster/--shard` apply
+    # every worker's layout before starting one, so a limit that splits to 0 stops them
+    # there, one line, exit 2.
+    check_worker_limits(applied)
+    return applied
 
 
 def load_layout(path: str | Path) -> ClusterLayout:

@@ -50,14 +50,14 @@ from switch.payment.resolver import (
     first_endpoint,
     recover,
 )
-from switch.payment.risk import RiskEngine
-from switch.payment.standin import StandIn
+from switch.payment.risk import RiskConfig, RiskEngine
+from switch.payment.standin import StandIn, StandInConfig
 from switch.routing import binindex as binlookup
 from switch.routing.router import Router, load_table, read_table_text
 from switch.routing.table import load_route_table
 from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
-from switch.serve.config import ConfigError, SwitchConfig, audit_log_path
+from switch.serve.config import ConfigError, SwitchConfig, audit_log_path, worker_limits
 from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
@@ -101,6 +101,21 @@ def _sequence(path: Path, max_value: int, shard: int, shards: int) -> TraceNumbe
     if shards > 1:
         return ShardTraceNumbers(store, shard=shard, shards=shards, max_value=max_value)
     return TraceNumbers(store, max_value=max_value)
+
+
+def _log_worker_limits(shard: int, shards: int, split: bool, risk: RiskConfig,
+                       standin: StandInConfig) -> None:
+    """One start-up line: the cumulative limits this worker enforces, so an operator
+    reading why a payer was declined below the configured limit finds the share here."""
+    v = risk.velocity
+    log.info(
+        "cluster shard %d of %d enforces %s: risk.velocity.max_count=%d "
+        "risk.velocity.max_amount_cny_minor=%d standin.per_card_max_minor=%d "
+        "standin.per_issuer_max_minor=%d", shard, shards,
+        f"1/{shards} of each cumulative limit (cluster.split_limits)" if split else
+        f"the whole limits (cluster.split_limits = false: up to {shards}x looser together)",
+        v.max_count, v.max_amount_cny_minor, standin.per_card_max_minor,
+        standin.per_issuer_max_minor)
 
 
 class SwitchApp:
@@ -298,11 +313,18 @@ class SwitchApp:
 
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
                                 policies=cfg.resolution, backlog=backlog)
-            standin = StandIn(cfg.standin, self.adapters, journal, clock, self.metrics,
+            # A card's or payer's payments spread over every shard: each worker enforces
+            # its share of the cumulative limits so the cluster as a whole holds them.
+            risk_cfg, standin_cfg = worker_limits(cfg.risk, cfg.standin, shards,
+                                                  cfg.cluster.split_limits)
+            if shards > 1:
+                _log_worker_limits(cfg.cluster.shard, shards, cfg.cluster.split_limits,
+                                   risk_cfg, standin_cfg)
+            standin = StandIn(standin_cfg, self.adapters, journal, clock, self.metrics,
                               lambda e, now: router.health.breakers[e].available(now))
             self.standin = standin
             self.resolver = resolver
-            risk = RiskEngine(cfg.risk, token_key)
+            risk = RiskEngine(risk_cfg, token_key)
 
             def build_core(journal_port: JournalShell, network_port: NetworkShell,
                            wall_offset: float) -> PaymentCore:

@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -144,8 +144,9 @@ class HttpApiConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """This switch as one worker of a sharded cluster (docs/cluster.md); empty: standalone.
 
-    Usually written by `payswitch serve --workers N` or applied from a cluster layout
-    (`payswitch serve --cluster layout.json --shard I`), not by hand.
+    ``shard`` and ``shards`` are usually written by `payswitch serve --workers N` or
+    applied from a cluster layout (`payswitch serve --cluster layout.json --shard I`), not
+    by hand; ``split_limits`` is set in the config every worker reads.
     """
 
     #: The shard this worker owns (0-based).
@@ -155,6 +156,13 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: for a key owned elsewhere is answered `moved` (msgpack) or 421 (HTTP).
     shards: Annotated[list[Address], msgspec.Meta(max_length=MAX_SHARDS)] = msgspec.field(
         default_factory=list)
+    #: Each of N workers enforces 1/N (rounded down) of the cumulative per-card,
+    #: per-payer and per-issuer limits -- risk.velocity.max_count and
+    #: max_amount_cny_minor, standin.per_card_max_minor and per_issuer_max_minor -- so
+    #: together they never pass the configured limit (docs/cluster.md); a limit that
+    #: would become 0 is refused at start. False: each worker enforces the whole limit,
+    #: which is up to N times looser for the cluster.
+    split_limits: bool = True
 
     @property
     def map(self) -> ShardMap:
@@ -267,6 +275,62 @@ def channel_of(spec: NetworkAdapterSpec) -> Channel:
     return "qr"
 
 
+#: The limits a cluster splits between its workers, by key path: cumulative per card,
+#: payer or issuer, and a customer's payments spread over every shard.
+SPLIT_LIMITS: Final = (
+    "risk.velocity.max_count",
+    "risk.velocity.max_amount_cny_minor",
+    "standin.per_card_max_minor",
+    "standin.per_issuer_max_minor",
+)
+
+
+def worker_limits(risk: RiskConfig, standin: StandInConfig, shards: int,
+                  split: bool) -> tuple[RiskConfig, StandInConfig]:
+    """The risk and stand-in limits one worker of a ``shards``-worker cluster enforces.
+
+    Workers share no state, and a card's or payer's payments land on every shard (keys
+    are spread by crc32), so each worker counting against the whole limit let a cluster
+    approve up to N times the limit. With ``split``, each enforces ``limit // N`` of
+    every limit in :data:`SPLIT_LIMITS`: the workers' sum is at most the limit. The
+    price: a customer whose keys happen to concentrate on one shard is declined before
+    reaching the configured limit. Per-payment limits, blocklists, the AML threshold,
+    the window and the memory bounds (max_keys, queues) stay as configured: they are not
+    sums over payments. A share that would be 0 of a limit above 0 would decline every
+    such payment, which is never what the operator meant: refused (ConfigError, one
+    line). Standalone (``shards`` 0 or 1) or ``split`` off: unchanged.
+    """
+    if shards <= 1 or not split:
+        return risk, standin
+
+    def share(path: str, limit: int) -> int:
+        part = limit // shards
+        if part == 0 and limit > 0:
+            raise ConfigError(
+                f"{path}: {limit} split over {shards} workers is 0 per worker "
+                f"(cluster.split_limits); raise it to at least {shards}, or set "
+                f"cluster.split_limits = false (each worker then enforces the whole "
+                f"limit, up to {shards} times looser for the cluster)")
+        return part
+
+    count_path, amount_path, per_card_path, per_issuer_path = SPLIT_LIMITS
+    replace = msgspec.structs.replace
+    velocity = risk.velocity
+    velocity = replace(
+        velocity,
+        max_count=share(count_path, velocity.max_count),
+        max_amount_cny_minor=share(amount_path, velocity.max_amount_cny_minor))
+    return (replace(risk, velocity=velocity),
+            replace(standin,
+                    per_card_max_minor=share(per_card_path, standin.per_card_max_minor),
+                    per_issuer_max_minor=share(per_issuer_path, standin.per_issuer_max_minor)))
+
+
+def check_worker_limits(cfg: SwitchConfig) -> None:
+    """Refuse (ConfigError) a cluster config whose split limits would be 0 per worker."""
+    worker_limits(cfg.risk, cfg.standin, len(cfg.cluster.shards), cfg.cluster.split_limits)
+
+
 def _check_cross_references(cfg: SwitchConfig) -> None:
     """Rules msgspec cannot express: references between sections, known currencies."""
     for i, limit in enumerate(cfg.risk.amount_limits):
@@ -306,6 +370,7 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
     if cfg.cluster.shards and cfg.cluster.shard >= len(cfg.cluster.shards):
         raise ConfigError(f"cluster.shard: {cfg.cluster.shard} is not a shard of "
                           f"cluster.shards (0..{len(cfg.cluster.shards) - 1})")
+    check_worker_limits(cfg)
     for section, names in (("resilience.breakers", cfg.resilience.breakers),
                            ("resilience.admission.overrides", cfg.resilience.admission.overrides)):
         for name in names:

@@ -1,0 +1,124 @@
+"""A cluster's cumulative limits, split between its workers (docs/cluster.md).
+
+Workers share no state and a card's or payer's keys spread over every shard, so each of
+N workers enforces ``limit // N`` of every per-card / per-payer / per-issuer sum: the
+cluster never approves past the configured limit. A limit that would split to 0 is
+refused before anything starts, one line naming its key path; ``[cluster] split_limits =
+false`` keeps the old per-worker limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from switch.cluster.layout import ClusterLayout, WorkerSpec, apply
+from switch.payment.risk import AmountLimit, RiskConfig, VelocityConfig
+from switch.payment.standin import StandInConfig
+from switch.serve.config import (
+    ConfigError,
+    SwitchConfig,
+    parse_config,
+    worker_limits,
+)
+from tests.test_cli_errors import one_error_line, run
+
+RISK = RiskConfig(
+    amount_limits=[AmountLimit(channel="card", currency="USD", max_minor=10_000)],
+    velocity=VelocityConfig(window_s=30.0, max_count=10, max_amount_cny_minor=1_000_003,
+                            max_keys=5000),
+    blocked_pans=["4000000000000002"],
+    blocked_accounts=["BLOCKED"],
+    aml_threshold_cny_minor=777,
+)
+STANDIN = StandInConfig(per_payment_max_minor=20_000, per_card_max_minor=50_001,
+                        per_issuer_max_minor=5_000_000, max_pending_advices=99)
+
+
+def test_each_worker_gets_the_floor_of_its_share_of_every_cumulative_limit() -> None:
+    risk, standin = worker_limits(RISK, STANDIN, 4, True)
+    assert (risk.velocity.max_count, risk.velocity.max_amount_cny_minor) == (2, 250_000)
+    assert (standin.per_card_max_minor, standin.per_issuer_max_minor) == (12_500, 1_250_000)
+    # The configured limit holds for the cluster: N shares never add up past it.
+    assert 4 * risk.velocity.max_count <= RISK.velocity.max_count
+    assert 4 * risk.velocity.max_amount_cny_minor <= RISK.velocity.max_amount_cny_minor
+    assert 4 * standin.per_card_max_minor <= STANDIN.per_card_max_minor
+    # Everything that is not a sum over payments stays as configured.
+    assert risk == msgspec.structs.replace(RISK, velocity=msgspec.structs.replace(
+        RISK.velocity, max_count=2, max_amount_cny_minor=250_000))
+    assert standin == msgspec.structs.replace(STANDIN, per_card_max_minor=12_500,
+                                              per_issuer_max_minor=1_250_000)
+
+
+def test_one_worker_and_the_opt_out_keep_the_configured_limits() -> None:
+    assert worker_limits(RISK, STANDIN, 1, True) == (RISK, STANDIN)
+    assert worker_limits(RISK, STANDIN, 0, True) == (RISK, STANDIN)  # standalone
+    assert worker_limits(RISK, STANDIN, 4, False) == (RISK, STANDIN)
+
+
+def test_a_limit_configured_as_zero_stays_zero() -> None:
+    no_standin = msgspec.structs.replace(STANDIN, per_card_max_minor=0, per_issuer_max_minor=0)
+    _, standin = worker_limits(RISK, no_standin, 8, True)
+    assert (standin.per_card_max_minor, standin.per_issuer_max_minor) == (0, 0)
+
+
+@pytest.mark.parametrize(("risk", "standin", "path", "value"), [
+    (msgspec.structs.replace(RISK, velocity=VelocityConfig(max_count=3)), STANDIN,
+     "risk.velocity.max_count", 3),
+    (msgspec.structs.replace(RISK, velocity=VelocityConfig(max_amount_cny_minor=3)), STANDIN,
+     "risk.velocity.max_amount_cny_minor", 3),
+    (RISK, msgspec.structs.replace(STANDIN, per_card_max_minor=1), "standin.per_card_max_minor",
+     1),
+    (RISK, msgspec.structs.replace(STANDIN, per_issuer_max_minor=2),
+     "standin.per_issuer_max_minor", 2),
+])
+def test_a_limit_that_would_split_to_zero_is_refused_naming_it(
+        risk: RiskConfig, standin: StandInConfig, path: str, value: int) -> None:
+    with pytest.raises(ConfigError) as refused:
+        worker_limits(risk, standin, 4, True)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: {value} split over 4 workers is 0 per worker")
+    assert "raise it to at least 4" in message and "cluster.split_limits = false" in message
+    assert "\n" not in message
+    assert worker_limits(risk, standin, 4, False) == (risk, standin)  # the way out
+
+
+FOUR_SHARDS = '[cluster]\nshards = ["h:1", "h:2", "h:3", "h:4"]\n'
+
+
+def test_a_four_shard_config_with_max_count_3_is_refused() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config("[risk.velocity]\nmax_count = 3\n" + FOUR_SHARDS, "w.toml")
+    assert str(refused.value).startswith(
+        "w.toml: risk.velocity.max_count: 3 split over 4 workers is 0 per worker")
+    parse_config("[risk.velocity]\nmax_count = 4\n" + FOUR_SHARDS)
+    assert parse_config("[risk.velocity]\nmax_count = 3\n" + FOUR_SHARDS
+                        + "split_limits = false\n").cluster.split_limits is False
+
+
+def test_a_layout_keeps_split_limits_and_refuses_a_limit_it_splits_to_zero(
+        tmp_path: Path) -> None:
+    layout = ClusterLayout([WorkerSpec(shard=i, host="127.0.0.1", port=7100 + i,
+                                       admin_port=7180 + i, journal=str(tmp_path / f"{i}.db"))
+                            for i in range(4)])
+    opted_out = parse_config("[cluster]\nsplit_limits = false\n[risk.velocity]\nmax_count = 3\n")
+    assert apply(opted_out, layout, 2).cluster.split_limits is False
+    assert len(apply(opted_out, layout, 2).cluster.shards) == 4
+    strict = parse_config("[risk.velocity]\nmax_count = 3\n")
+    with pytest.raises(ConfigError, match=r"\Arisk.velocity.max_count: 3 split over 4 "):
+        apply(strict, layout, 0)
+    assert SwitchConfig().cluster.split_limits is True
+
+
+def test_serve_workers_refuses_a_limit_it_would_split_to_zero(tmp_path: Path) -> None:
+    config = tmp_path / "switch.toml"
+    config.write_text(f'[server]\nport = 0\n[admin]\nport = 0\n[journal]\npath = '
+                      f'"{tmp_path / "j.db"}"\n[risk.velocity]\nmax_count = 3\n')
+    line = one_error_line(run("serve", "--config", str(config), "--workers", "4", "--demo",
+                              "--cluster-dir", str(tmp_path / "c")))
+    assert line.startswith("Error: risk.velocity.max_count: 3 split over 4 workers is 0 per "
+                           "worker (cluster.split_limits); raise it to at least 4, or set "
+                           "cluster.split_limits = false"), line
+    assert not (tmp_path / "c" / "layout.json").exists()  # no worker was started
