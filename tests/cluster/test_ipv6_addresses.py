@@ -16,12 +16,13 @@ import anyio
 import pytest
 
 from loadtests.harness.cluster_client import ClusterClient
-from loadtests.harness.clusterproc import audit_cluster, start_cluster, stop_cluster
+from loadtests.harness.clusterproc import Cluster
 from switch.cluster.filesd import target_groups
 from switch.cluster.layout import apply, load_layout, plan, save_layout
 from switch.protocols.shardmap import ShardMap, address_problem, join_address, split_address
 from switch.protocols.wire import Reply
 from switch.serve.config import parse_config
+from tests.cluster.test_load_many_machines import follow_moved_from_a_stale_map
 from tests.payments import card_payment
 
 JOINED = {
@@ -94,36 +95,19 @@ def test_a_cluster_on_ipv6_serves_the_generator_and_the_client_following_moved(
     """A real two-worker cluster on ::1. The generator, given a stale map (shards
     swapped), follows each ``moved`` -- which names ``[::1]:port`` -- to the owner once;
     the cluster client connects to ``::1`` and pays through the map it fetched."""
-    from loadtests.harness import loadgen
-    from loadtests.harness.workload import Workload
 
-    config = tmp_path / "switch.toml"
-    config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
-    running = start_cluster(config, tmp_path / "cluster", 2)
-    real = running.layout.shard_map.addresses
-
-    async def stale(host: str, port: int, timeout_s: float = 10.0) -> ShardMap:
-        return ShardMap(list(reversed(real)))
-
-    async def through_the_client() -> list[object]:
-        async with ClusterClient.connect(w0.host, w0.port) as client:
-            assert client.map.addresses == real
-            return [await client.pay(card_payment(key=f"v6-{i}")) for i in range(6)]
-
-    monkeypatch.setattr(loadgen, "discover_shards", stale)
-    w0 = running.layout.workers[0]
-    try:
+    def through_the_client(running: Cluster) -> list[object]:
+        w0, real = running.layout.workers[0], running.layout.shard_map.addresses
         assert w0.host == "::1" and all(a.startswith("[::1]:") for a in real), real
-        generator = loadgen.OpenLoopGenerator(Workload(4).next, rate=100, duration_s=2,
-                                              connections=1)
-        stats = anyio.run(generator.run, w0.host, w0.port)
-        replies = anyio.run(through_the_client)
-    finally:
-        assert stop_cluster(running) == 0
-    assert stats.sent == 200 and stats.unanswered == 0
-    # Every payment was redirected once and then answered by its owner.
-    assert stats.redirects == stats.sent
-    assert stats.replies == stats.sent and "moved" not in stats.errors, stats.errors
+
+        async def pay() -> list[object]:
+            async with ClusterClient.connect(w0.host, w0.port) as client:
+                assert client.map.addresses == real
+                return [await client.pay(card_payment(key=f"v6-{i}")) for i in range(6)]
+
+        return anyio.run(pay)
+
+    replies = follow_moved_from_a_stale_map(CONFIG, tmp_path, monkeypatch, rate=100,
+                                            connections=1, also=through_the_client)
+    assert isinstance(replies, list)
     assert all(isinstance(r, Reply) for r in replies), replies
-    audit = audit_cluster(running.layout, {})
-    assert audit.misplaced == 0 and audit.duplicates_across == 0

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from loadtests.harness.clusterproc import audit_cluster, start_cluster, stop_cluster
+from loadtests.harness.clusterproc import Cluster, audit_cluster, start_cluster, stop_cluster
 from loadtests.harness.hlog import new_histogram
 from loadtests.harness.runfiles import load_run
 from tests.cluster.test_cluster import CONFIG
@@ -66,10 +67,14 @@ def test_two_generators_share_a_run_against_a_cluster_and_merge_exactly(
         assert merged.get_value_at_percentile(p) == everything.get_value_at_percentile(p)
 
 
-def test_the_generator_follows_moved_from_a_stale_map(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With its cached map wrong (shards swapped), every payment first reaches a worker
-    that does not own it; the generator follows each `moved` to the owner named, once."""
+def follow_moved_from_a_stale_map(
+        config_text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, rate: float,
+        connections: int, also: Callable[[Cluster], object] | None = None) -> object:
+    """Start a two-worker cluster from ``config_text`` and run the generator for 2 s
+    against worker 0 with its cached map wrong (shards swapped): every payment first
+    reaches a worker that does not own it, and must follow its `moved` to the owner
+    named, once. ``also`` runs against the cluster before it stops; its result is
+    returned."""
     import anyio
 
     from loadtests.harness import loadgen
@@ -77,7 +82,7 @@ def test_the_generator_follows_moved_from_a_stale_map(
     from switch.protocols.shardmap import ShardMap
 
     config = tmp_path / "switch.toml"
-    config.write_text(CONFIG.format(journal=tmp_path / "journal.db"))
+    config.write_text(config_text.format(journal=tmp_path / "journal.db"))
     running = start_cluster(config, tmp_path / "cluster", 2)
     real = running.layout.shard_map.addresses
 
@@ -87,15 +92,22 @@ def test_the_generator_follows_moved_from_a_stale_map(
     monkeypatch.setattr(loadgen, "discover_shards", stale)
     w0 = running.layout.workers[0]
     try:
-        generator = loadgen.OpenLoopGenerator(Workload(4).next, rate=200, duration_s=2,
-                                              connections=2)
+        generator = loadgen.OpenLoopGenerator(Workload(4).next, rate=rate, duration_s=2,
+                                              connections=connections)
         stats = anyio.run(generator.run, w0.host, w0.port)
+        extra = also(running) if also is not None else None
     finally:
         assert stop_cluster(running) == 0
     new = stats.sent
-    assert new == 400 and stats.unanswered == 0
+    assert new == int(rate * 2) and stats.unanswered == 0
     # Every payment was redirected once and then answered by its owner.
     assert stats.redirects == new
     assert stats.replies == new and "moved" not in stats.errors, stats.errors
     audit = audit_cluster(running.layout, {})
     assert audit.misplaced == 0 and audit.duplicates_across == 0
+    return extra
+
+
+def test_the_generator_follows_moved_from_a_stale_map(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    follow_moved_from_a_stale_map(CONFIG, tmp_path, monkeypatch, rate=200, connections=2)
