@@ -169,7 +169,7 @@ def _fate_open(reply: NetworkReply | None, wired_before: int) -> bool:
     inquired), or is it a failure that stands?
 
     * 68: the network's issuer answered it too late; it may have approved.
-    * 94, the issuer has seen this STAN + terminal before. The STAN is the payment's, for
+    * 94: the issuer has seen this STAN + terminal before. The STAN is the payment's, for
       every attempt. After an earlier attempt went on the wire (a 91/96 answered, then
       failover), the original is this payment's own, possibly approved (some networks
       answer 96 after partial processing): booked at the issuer, failed here, unless it
