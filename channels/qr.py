@@ -18,10 +18,10 @@ payer amount that differs is AMOUNT_MISMATCH; a static QR (11) needs the payer's
 The book is keyed by ``ref``: the reference is booked as pending on arrival, decided in
 service, and a second pay request with the same ``ref`` is answered from the book, never
 paid twice. Check-status answers from the book: approved / declined / failed / pending,
-or not_found for a payment the scheme never received, which is booked as such: a pay
-request of that ref arriving later is answered not_found too, never paid. Technical errors
-(behaviour model) are "failed" with reason TECHNICAL_nn; a check-status is never answered
-with one.
+or not_found for a payment the scheme never received, which then stands: a pay request
+of that ref arriving later is answered not_found too, never paid (channels/fence.py).
+Technical errors (behaviour model) are "failed" with reason TECHNICAL_nn; a check-status
+is never answered with one.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import msgspec
 
 from channels.behaviour import Behaviour
 from channels.config import NetworkSpec, QrSpec
+from channels.fence import Fence
 from channels.metrics import ChannelMetrics
 from channels.tcp import SimConnection, SimRequest, SimServer
 from switch.currency import CURRENCIES
@@ -76,6 +77,9 @@ class QrNetwork(SimServer):
         self._closed = frozenset(self.qr.closed_merchants)
         self._numeric = {f"{num:03d}": (alpha, exp) for alpha, (num, exp) in CURRENCIES.items()}
         self.book: dict[str, QrReply] = {}
+        #: Refs a check-status was answered not_found for: a pay request of one arriving
+        #: later is answered not_found too, never paid.
+        self.fenced = Fence()
         #: merchant id -> total credited (minor units), for approved payments.
         self.credited: dict[str, int] = {}
         self.amounts: dict[str, int] = {}
@@ -174,6 +178,8 @@ class _Pay(SimRequest):
         existing = net.book.get(ref)
         if existing is not None:
             self.existing = existing
+        elif ref in net.fenced:
+            self.existing = QrReply(ref=ref, status="not_found")  # never in the book
         elif len(net.book) < net.qr.max_payments:
             net.book[ref] = QrReply(ref=ref, status="pending")
             self.booked = True
@@ -244,17 +250,10 @@ class _CheckStatus(SimRequest):
         reply = net.book.get(ref)
         if reply is not None:
             return encode(reply)
-        if len(net.book) >= net.qr.max_payments:
-            # No room to remember the answer, and "not_found" now with the payment booked
-            # later would contradict it: say pending, the client asks again.
-            net.bound_rejections += 1
-            return encode(QrReply(ref=ref, status="pending"))
-        # The answer is booked, so it stands: a pay request of this ref still on its way
-        # (overtaken by this check on another connection) is answered not_found from the
-        # book, never paid. The switch fails the payment on this answer; paid afterwards,
-        # the merchant would be credited for a payment the switch failed.
-        net.book[ref] = fence = QrReply(ref=ref, status="not_found")
-        return encode(fence)
+        # The answer stands (channels/fence.py): a pay request of this ref still on its
+        # way, overtaken by this check on another connection, is never paid after it.
+        net.fenced.add(ref)
+        return encode(QrReply(ref=ref, status="not_found"))
 
     def reject(self, code: str) -> bytes | None:
         # "Unavailable" must not read as a status: say pending, the client asks again.

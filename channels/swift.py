@@ -44,6 +44,7 @@ import anyio
 
 from channels.behaviour import Behaviour
 from channels.config import BankSpec, NetworkSpec, SwiftSpec
+from channels.fence import Fence
 from channels.metrics import ChannelMetrics
 from channels.tcp import SimConnection, SimRequest, SimServer
 from switch.clock import timer_deadline
@@ -103,9 +104,8 @@ class SwiftNetwork(SimServer):
                          for acct in bank.unknown_accounts}
         self.book: dict[str, SwiftRecord] = {}
         #: UETRs a pacs.028 was answered RJCT NOOR for (never received): that answer
-        #: stands, so a pacs.008 of one arriving later is rejected, never booked. Counted
-        #: against ``max_payments`` with the book.
-        self.fenced: set[str] = set()
+        #: stands, so a pacs.008 of one arriving later is rejected, never booked.
+        self.fenced = Fence()
         self.balances: dict[str, int] = {}
         self.credited_by_bank: dict[str, int] = {}
         self.debited_total = 0
@@ -188,12 +188,8 @@ class SwiftNetwork(SimServer):
             ct, msg_id=self._msg_id(), created_at=self.now_iso(), status=record.status,
             reason=record.reason, additional_info=record.info))
 
-    def full(self) -> bool:
-        return len(self.book) + len(self.fenced) >= self.swift.max_payments
-
     def status_only(self, rq: iso20022.StatusRequest, status: iso20022.TxStatus,
-                    reason: str | None,
-                    info: str | None) -> bytes:
+                    reason: str | None, info: str | None) -> bytes:
         """A pacs.002 answering ``rq`` about a payment the book does not hold."""
         return iso20022.encode_pacs002(iso20022.StatusReport(
             msg_id=self._msg_id(), created_at=self.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
@@ -373,7 +369,7 @@ class _Pacs008(SimRequest):
             self.existing = existing
         elif uetr in net.fenced:
             self.fenced = True
-        elif net.full():
+        elif len(net.book) >= net.swift.max_payments:
             self.full = True
         else:
             self.record = SwiftRecord(self.ct, "PDNG", self.conn.id)
@@ -442,16 +438,9 @@ class _Pacs028(SimRequest):
         record = net.book.get(rq.orgnl_uetr)
         if record is not None:
             return net.report(record)
-        if rq.orgnl_uetr not in net.fenced:
-            if net.full():
-                # No room to remember a "never received", and saying it with the payment
-                # booked later would contradict it: pending, the client asks again.
-                net.bound_rejections += 1
-                return net.status_only(rq, "PDNG", None, None)
-            # The answer stands: the switch fails the payment on it, so a pacs.008 still
-            # on its way (overtaken by this inquiry on another connection) must not be
-            # booked after it (the debtor would be debited for a failed payment).
-            net.fenced.add(rq.orgnl_uetr)
+        # The answer stands (channels/fence.py): a pacs.008 still on its way, overtaken
+        # by this inquiry on another connection, is not booked after it.
+        net.fenced.add(rq.orgnl_uetr)
         return net.status_only(rq, "RJCT", "NOOR", "ORIGINAL NOT RECEIVED")
 
     def reject(self, code: str) -> bytes | None:

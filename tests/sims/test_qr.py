@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from channels.fence import Fence
 from channels.qr import QrNetwork
 from switch.adapters.base import NetworkReply
 from switch.protocols.framing import frame
@@ -106,14 +107,17 @@ async def test_a_pay_request_overtaken_by_its_check_status_is_never_paid() -> No
         assert await adapter.resolve(qr_payment(7)) == late
 
 
-async def test_a_full_book_answers_pending_rather_than_an_answer_it_cannot_keep() -> None:
+async def test_inquiries_about_unknown_refs_take_no_room_from_payments() -> None:
+    # Every health probe asks about a ref never sent: fences kept in the book filled it,
+    # and real payments were then refused as technical errors.
     async with running(config(qr_net(max_payments=1))) as sims:
         adapter, net = sims.qr(), server(sims)
+        for i in range(3):
+            [answer] = await raw_exchange(sims.runtime.ports["qr"],
+                                          frame(encode(QrCheckStatus(f"probe-{i}"))), header=4)
+            assert decode_reply(answer).status == "not_found"
         assert (await adapter.authorize(qr_payment(8))).outcome == "approved"
-        [answer] = await raw_exchange(sims.runtime.ports["qr"],
-                                      frame(encode(QrCheckStatus("never-sent"))), header=4)
-        assert decode_reply(answer).status == "pending"
-        assert "never-sent" not in net.book and net.bound_rejections == 1
+        assert len(net.fenced) == 3 and list(net.book) == ["P1-8"]
 
 
 async def test_same_reference_twice_is_paid_once() -> None:
@@ -132,3 +136,10 @@ async def test_undecodable_request_is_dropped_and_the_connection_survives() -> N
         [answer] = await raw_exchange(sims.runtime.ports["qr"], data, header=4)
         assert decode_reply(answer).ref == "after-garbage"
         assert server(sims).malformed_requests == 2
+
+
+def test_the_fence_is_bounded_and_forgets_the_oldest_first() -> None:
+    fence = Fence(bound=3)
+    for ref in ("a", "b", "c", "a", "d"):
+        fence.add(ref)
+    assert len(fence) == 3 and "a" not in fence and all(r in fence for r in "bcd")
