@@ -63,6 +63,11 @@ def network_pan(card: CardRef) -> str:
     same account every time); the last middle digit is then chosen to make the Luhn sum
     come out, because the check digit itself belongs to the last four, which must stay.
     One free position always suffices: doubling is a bijection on digits mod 10.
+
+    Built around ``card.bin`` as journaled: 6 digits before cards kept 8 (PANs of 16 or
+    more, eb0daa5), so such a card's DE2 changed then, and a card simulator running
+    across that upgrade holds its earlier authorizations on another account. Reversals
+    and advices of older records rebuild the DE2 their original carried.
     """
     return _network_pan(card.bin, card.token, card.last4, card.pan_length)
 

@@ -387,10 +387,12 @@ Card rules match the card number's BIN: `ranges` with `low`/`high` or a `prefix`
 digits (a low bound is padded with 0s, a high bound with 9s); ranges may not overlap; no
 match: `default`. A payment keeps the first 8 digits of a card number of 16 or more (6 of
 a shorter one), so a bound may not split cards that share their first 8 (digits 9-11: 0s
-in a low bound, 9s in a high one). SWIFT rules try `by_bic` (creditor agent: 11
-characters exact, then its first 8), then `by_corridor` (debtor country → creditor
-country, the BICs' letters 5–6, e.g. `{ debtor_country = "DE", creditor_country = "FR",
-target = "eu" }`), then `by_currency`, then `default`. QR rules try `by_acquirer` (when
+in a low bound, 9s in a high one). A shorter card (15 digits, say) is keyed on its 6,
+padded with 0s: where ranges split its 6-digit BIN, it takes the range holding `BIN00`.
+SWIFT rules try `by_bic` (creditor agent: 11 characters exact, then its first 8), then
+`by_corridor` (debtor country → creditor country, the BICs' letters 5–6, e.g. `{
+debtor_country = "DE", creditor_country = "FR", target = "eu" }`), then `by_currency`,
+then `default`. QR rules try `by_acquirer` (when
 the caller names one), then `by_scheme` (the merchant template's globally unique id),
 then `default`.
 
