@@ -188,15 +188,6 @@ class SwiftNetwork(SimServer):
             ct, msg_id=self._msg_id(), created_at=self.now_iso(), status=record.status,
             reason=record.reason, additional_info=record.info))
 
-    def status_only(self, rq: iso20022.StatusRequest, status: iso20022.TxStatus,
-                    reason: str | None, info: str | None) -> bytes:
-        """A pacs.002 answering ``rq`` about a payment the book does not hold."""
-        return iso20022.encode_pacs002(iso20022.StatusReport(
-            msg_id=self._msg_id(), created_at=self.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
-            orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
-            orgnl_instr_id=rq.orgnl_instr_id, orgnl_tx_id=rq.orgnl_tx_id,
-            status=status, reason=reason, additional_info=info))
-
     def reject_unbooked(self, ct: iso20022.CreditTransfer, reason: str, info: str | None = None
                         ) -> bytes:
         return iso20022.encode_pacs002(iso20022.status_report_for(
@@ -441,7 +432,11 @@ class _Pacs028(SimRequest):
         # The answer stands (channels/fence.py): a pacs.008 still on its way, overtaken
         # by this inquiry on another connection, is not booked after it.
         net.fenced.add(rq.orgnl_uetr)
-        return net.status_only(rq, "RJCT", "NOOR", "ORIGINAL NOT RECEIVED")
+        return iso20022.encode_pacs002(iso20022.StatusReport(
+            msg_id=net._msg_id(), created_at=net.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
+            orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
+            orgnl_instr_id=rq.orgnl_instr_id, orgnl_tx_id=rq.orgnl_tx_id,
+            status="RJCT", reason="NOOR", additional_info="ORIGINAL NOT RECEIVED"))
 
     def reject(self, code: str) -> bytes | None:
         # "Unavailable" must not read as a status: stay silent, the client asks again.
