@@ -28,8 +28,9 @@ import json
 from pathlib import Path
 from typing import Final
 
-from switch.cluster.layout import ClusterLayout
+from switch.cluster.layout import ClusterLayout, WorkerSpec
 from switch.protocols.payments_json import PROBLEM_BASE, PROBLEM_JSON
+from switch.protocols.shardmap import join_address
 
 #: Health check cadence: a killed worker is marked down after ``fall`` failed checks.
 CHECK_INTER_MS: Final = 500
@@ -104,16 +105,23 @@ def render(layout: ClusterLayout, *, bind: str, errors_dir: str | Path,
             "    option httpchk GET /readyz",
             "    http-check expect status 200",
             f"    errorfile 503 {errors / f'shard-{w.shard}-503.http'}",
-            f"    server w{w.shard} {w.host}:{w.http_port} " + check.format(admin=w.admin_port),
+            _server(w, w.http_port, check),
             "",
         ]
     lines += ["backend any", "    balance roundrobin", "    option httpchk GET /readyz",
               "    http-check expect status 200"]
-    lines += [f"    server w{w.shard} {w.host}:{w.http_port} " + check.format(admin=w.admin_port)
-              for w in layout.workers]
+    lines += [_server(w, w.http_port, check) for w in layout.workers]
     if iso8583_bind:
         lines += ["", *_iso8583(layout, iso8583_bind, check)]
     return "\n".join(lines) + "\n"
+
+
+def _server(worker: WorkerSpec, port: int, check: str) -> str:
+    """One ``server`` line. The address goes through join_address, as everywhere else an
+    address is written: an IPv6 host in brackets (HAProxy also reads ``::1:80`` by its
+    last colon, but the bracketed form is the one a reader cannot misread)."""
+    return (f"    server w{worker.shard} {join_address(worker.host, port)} "
+            + check.format(admin=worker.admin_port))
 
 
 def _iso8583(layout: ClusterLayout, bind: str, check: str) -> list[str]:
@@ -139,8 +147,7 @@ def _iso8583(layout: ClusterLayout, bind: str, check: str) -> list[str]:
         "    timeout server 1h",
         "    option httpchk GET /readyz",
         "    http-check expect status 200",
-        *(f"    server w{w.shard} {w.host}:{w.iso8583_port} " + check.format(admin=w.admin_port)
-          for w in layout.workers),
+        *(_server(w, w.iso8583_port, check) for w in layout.workers),
     ]
 
 

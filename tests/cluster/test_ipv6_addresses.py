@@ -10,14 +10,16 @@ follow it), and the client's seed was not an address at all.
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
 
 from loadtests.harness.cluster_client import ClusterClient
-from loadtests.harness.clusterproc import Cluster
+from loadtests.harness.clusterproc import Cluster, haproxy_binary
 from switch.cluster.filesd import target_groups
+from switch.cluster.haproxy import write_config
 from switch.cluster.layout import apply, load_layout, plan, save_layout
 from switch.protocols.shardmap import ShardMap, address_problem, join_address, split_address
 from switch.protocols.wire import Reply
@@ -63,6 +65,24 @@ def test_a_layout_planned_on_ipv6_names_its_shards_in_brackets(tmp_path: Path) -
     for source in (layout, load_layout(tmp_path / "layout.json")):
         worker = apply(config, source, 1)
         assert worker.cluster.shards == expected and worker.server.host == "::1"
+
+
+def test_haproxy_names_ipv6_workers_in_brackets_and_haproxy_takes_them(
+        tmp_path: Path) -> None:
+    config = parse_config('[server]\nhost = "::1"\nport = 7100\n'
+                          '[admin]\nhost = "::1"\nport = 7180\n'
+                          '[http]\nenabled = true\nhost = "::1"\nport = 7200\n'
+                          '[iso8583]\nenabled = true\nhost = "::1"\nport = 7300\n'
+                          f'[journal]\npath = "{tmp_path / "journal.db"}"\n')
+    layout = plan(config, 2, tmp_path)
+    path = write_config(layout, tmp_path / "haproxy.cfg", bind="[::1]:7000",
+                        iso8583_bind="[::1]:7001")
+    servers = [line.split()[2] for line in path.read_text().splitlines()
+               if line.strip().startswith("server ")]
+    assert servers and all(s.startswith("[::1]:") for s in servers), servers
+    checked = subprocess.run([haproxy_binary(), "-c", "-f", str(path)], capture_output=True,
+                             text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def _has_ipv6_loopback() -> bool:
