@@ -125,3 +125,46 @@ def test_a_route_whose_timeout_is_below_the_floor_still_fails_over(
     rig.commit()
     assert result_of(rig.only_reply()) == ("approved", "00")
     assert _denied(rig, "deadline") == 0
+
+
+def test_a_first_attempt_left_less_than_the_floor_is_not_sent() -> None:
+    # The intent's commit took nearly the whole payment deadline (a disk stall): the first
+    # attempt would have 5 ms. Sent, it timed out and a payment nothing had touched became
+    # unknown and needed a reversal; not sent, it fails 91 with nothing done.
+    config = ResilienceConfig(retry=RetryPolicy(base_delay_s=0.0), payment_deadline_s=0.3)
+    rig = make_rig(resilience=config)
+    rig.pay(card_payment("floor-first"))
+    rig.now += 0.3 - 0.005
+    rig.commit()
+    assert rig.network.sent == []
+    rig.commit()
+    assert result_of(rig.only_reply()) == ("failed", "91")  # not stand-in: the issuer is up
+    assert rig.resolver.submitted == []
+    assert _denied(rig, "deadline") == 1
+    assert rig.slots_balanced()
+
+
+def test_a_first_attempt_with_the_floor_left_is_sent() -> None:
+    config = ResilienceConfig(retry=RetryPolicy(base_delay_s=0.0), payment_deadline_s=0.3)
+    rig = make_rig(resilience=config)
+    rig.pay(card_payment("floor-first-ok"))
+    rig.now += 0.3 - MIN_ATTEMPT_S - 0.001
+    rig.commit()
+    assert [s[0] for s in rig.network.sent] == ["card-a"]
+    rig.answer(APPROVED)
+    rig.commit()
+    assert result_of(rig.only_reply()) == ("approved", "00")
+    assert _denied(rig, "deadline") == 0
+
+
+def test_a_payment_deadline_below_the_floor_still_gets_its_first_attempt() -> None:
+    # An attempt given all the time the payment ever gets is never too short.
+    config = ResilienceConfig(retry=RetryPolicy(base_delay_s=0.0),
+                              payment_deadline_s=MIN_ATTEMPT_S / 2)
+    rig = make_rig(resilience=config)
+    rig.pay(card_payment("floor-short-deadline"))
+    rig.commit()
+    assert [s[0] for s in rig.network.sent] == ["card-a"]
+    rig.answer(APPROVED)
+    rig.commit()
+    assert result_of(rig.only_reply()) == ("approved", "00")

@@ -509,12 +509,19 @@ class PaymentCore:
         router, metrics = self.router, self.metrics
         order, target = f.order, f.target
         assert target is not None
+        # Every attempt needs at least the floor: one of a few milliseconds would time
+        # out and make a clean 91 unknown. The first attempt too: its intent's commit
+        # (a disk stall) can leave it a few milliseconds, and sent then, a payment
+        # nothing had touched became a reversal; not sent, it fails 91 with nothing done.
+        # A route or payment deadline configured below the floor lowers it: to the
+        # route's timeout (an attempt given all of it is never too short), and to half
+        # the payment's deadline (else a first attempt, always a little late, was never
+        # made at all).
+        floor = min(attempt_floor(target.timeout_s), router.config.payment_deadline_s / 2)
         while index < len(order):
             endpoint = order[index]
             timeout = min(target.timeout_s, f.deadline - now)
-            # A retry or failover (an attempt was made) needs at least the floor: one of
-            # a few milliseconds would time out and make a clean 91 unknown.
-            if timeout <= 0 or (f.attempts and timeout < attempt_floor(target.timeout_s)):
+            if timeout <= 0 or timeout < floor:
                 self._release(f)
                 metrics.retries_denied["deadline"].inc()
                 break
