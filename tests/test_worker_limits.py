@@ -14,7 +14,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from switch.cluster.layout import ClusterLayout, WorkerSpec, apply
+from switch.cluster.layout import (
+    ClusterLayout,
+    WorkerSpec,
+    apply,
+    load_layout,
+    plan,
+    save_layout,
+)
 from switch.payment.risk import AmountLimit, RiskConfig, VelocityConfig
 from switch.payment.standin import StandInConfig
 from switch.serve.config import (
@@ -122,3 +129,52 @@ def test_serve_workers_refuses_a_limit_it_would_split_to_zero(tmp_path: Path) ->
                            "worker (cluster.split_limits); raise it to at least 4, or set "
                            "cluster.split_limits = false"), line
     assert not (tmp_path / "c" / "layout.json").exists()  # no worker was started
+
+
+def _planned(tmp_path: Path, toml: str) -> ClusterLayout:
+    return plan(parse_config(toml + f'[journal]\npath = "{tmp_path / "j.db"}"\n'), 2, tmp_path)
+
+
+def test_a_planned_layout_keeps_the_limits_and_a_worker_with_others_is_refused(
+        tmp_path: Path) -> None:
+    layout = _planned(tmp_path, "[risk.velocity]\nmax_count = 30\n")
+    assert layout.limits is not None and layout.limits["risk.velocity.max_count"] == 30
+    same = parse_config("[risk.velocity]\nmax_count = 30\n")
+    assert apply(same, layout, 1).risk.velocity.max_count == 30  # split at build time
+    other = parse_config("[risk.velocity]\nmax_count = 40\n")
+    with pytest.raises(ConfigError, match=r"\Arisk.velocity.max_count: 40 in this config, but "
+                                          r"the cluster layout was planned with 30; "):
+        apply(other, layout, 1)
+    opted_out = parse_config("[cluster]\nsplit_limits = false\n[risk.velocity]\nmax_count = 30\n")
+    with pytest.raises(ConfigError, match=r"\Acluster.split_limits: false in this config, "
+                                          r"but the cluster layout was planned with true"):
+        apply(opted_out, layout, 0)
+    stand_in = parse_config("[risk.velocity]\nmax_count = 30\n"
+                            "[standin]\nper_issuer_max_minor = 7\n")
+    with pytest.raises(ConfigError, match=r"\Astandin.per_issuer_max_minor: 7 in this"):
+        apply(stand_in, layout, 0)
+
+
+def test_the_limits_survive_the_layout_file_and_a_hand_written_layout_is_not_checked(
+        tmp_path: Path) -> None:
+    layout = _planned(tmp_path, "")
+    save_layout(layout, tmp_path / "layout.json")
+    loaded = load_layout(tmp_path / "layout.json")
+    assert loaded == layout and loaded.limits is not None
+    hand_written = msgspec.structs.replace(loaded, limits=None)
+    assert apply(parse_config("[risk.velocity]\nmax_count = 40\n"), hand_written, 0)
+    # A key this version does not know (a newer planner's) is left alone.
+    newer = msgspec.structs.replace(loaded, limits={**loaded.limits, "risk.future": 1})
+    assert apply(parse_config(""), newer, 0)
+
+
+def test_serve_refuses_a_node_whose_limits_differ_from_the_layout(tmp_path: Path) -> None:
+    layout = _planned(tmp_path, "[server]\nport = 0\n[admin]\nport = 0\n")
+    save_layout(layout, tmp_path / "layout.json")
+    config = tmp_path / "node-b.toml"
+    config.write_text('[server]\nport = 0\n[admin]\nport = 0\n[standin]\n'
+                      'per_card_max_minor = 90000\n')
+    line = one_error_line(run("serve", "--config", str(config), "--cluster",
+                              str(tmp_path / "layout.json"), "--shard", "1", "--demo"))
+    assert line.startswith("Error: standin.per_card_max_minor: 90000 in this config, but the "
+                           "cluster layout was planned with 50000; "), line

@@ -20,7 +20,7 @@ import msgspec
 from switch.bounds import Port
 from switch.fielderrors import describe_validation_error
 from switch.protocols.shardmap import MAX_SHARDS, ShardMap, join_address
-from switch.serve.config import ConfigError, SwitchConfig, check_worker_limits
+from switch.serve.config import ConfigError, SwitchConfig, check_worker_limits, cluster_limits
 
 #: Workers one `serve --workers` starts at most (a 2-core box wants 2; a node, its cores).
 MAX_LOCAL_WORKERS = 256
@@ -54,6 +54,11 @@ class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     workers: Annotated[list[WorkerSpec], msgspec.Meta(min_length=1, max_length=MAX_SHARDS)]
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=64,
                                       pattern=r"\A[A-Za-z0-9_.-]+\Z")] = "payswitch"
+    #: The limits every worker must enforce alike, by key path (``cluster_limits``):
+    #: written by :func:`plan`, checked by :func:`apply`. Each worker computes its share
+    #: from its own config, so a node whose config said otherwise used to enforce its
+    #: own limits unnoticed. A layout written by hand may leave it out (no check).
+    limits: dict[str, int] | None = None
 
     @property
     def shard_map(self) -> ShardMap:
@@ -152,7 +157,7 @@ def plan(config: SwitchConfig, workers: int, directory: str | Path | None = None
         specs.append(WorkerSpec(shard=shard, host=config.server.host, port=ports[0],
                                 admin_port=ports[1], http_port=ports[2], iso8583_port=ports[3],
                                 journal=str(base / f"shard-{shard}" / journal.name)))
-    return ClusterLayout(specs, name)
+    return ClusterLayout(specs, name, limits=cluster_limits(config))
 
 
 def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConfig:
@@ -164,6 +169,7 @@ def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConf
     if w.shard != shard:
         raise ConfigError(f"layout: workers[{shard}].shard is {w.shard}; workers must be "
                           "listed in shard order")
+    _check_same_limits(config, layout)
     r = msgspec.structs.replace
     applied = r(config,
                 server=r(config.server, host=w.host, port=w.port),
@@ -178,6 +184,26 @@ def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConf
     # there, one line, exit 2.
     check_worker_limits(applied)
     return applied
+
+
+def _check_same_limits(config: SwitchConfig, layout: ClusterLayout) -> None:
+    """Refuse (ConfigError, naming the first key that differs) a config whose cluster
+    limits are not those the layout was planned with. Keys this version does not know
+    are left alone, and so are keys the layout does not name."""
+    if layout.limits is None:
+        return
+    for key, mine in cluster_limits(config).items():
+        planned = layout.limits.get(key)
+        if planned is not None and planned != mine:
+            raise ConfigError(
+                f"{key}: {_shown(key, mine)} in this config, but the cluster layout was "
+                f"planned with {_shown(key, planned)}; every worker of a cluster must "
+                "enforce the same limits: give every node the same config, or plan the "
+                "layout again (docs/cluster.md)")
+
+
+def _shown(key: str, value: int) -> str:
+    return str(bool(value)).lower() if key == "cluster.split_limits" else str(value)
 
 
 def load_layout(path: str | Path) -> ClusterLayout:

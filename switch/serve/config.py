@@ -326,6 +326,23 @@ def worker_limits(risk: RiskConfig, standin: StandInConfig, shards: int,
                     per_issuer_max_minor=share(per_issuer_path, standin.per_issuer_max_minor)))
 
 
+def cluster_limits(cfg: SwitchConfig) -> dict[str, int]:
+    """What every worker of a cluster must agree on, by key path: whether the cumulative
+    limits are split (``cluster.split_limits``, 1 or 0) and each limit in
+    :data:`SPLIT_LIMITS` as configured (before the split). A layout planned from this
+    config keeps them (``switch.cluster.layout``), so a node started with other limits
+    is refused instead of quietly enforcing its own."""
+    values = {
+        "cluster.split_limits": int(cfg.cluster.split_limits),
+        "risk.velocity.max_count": cfg.risk.velocity.max_count,
+        "risk.velocity.max_amount_cny_minor": cfg.risk.velocity.max_amount_cny_minor,
+        "standin.per_card_max_minor": cfg.standin.per_card_max_minor,
+        "standin.per_issuer_max_minor": cfg.standin.per_issuer_max_minor,
+    }
+    assert set(SPLIT_LIMITS) < set(values), "every split limit is compared"
+    return values
+
+
 def check_worker_limits(cfg: SwitchConfig) -> None:
     """Refuse (ConfigError) a cluster config whose split limits would be 0 per worker."""
     worker_limits(cfg.risk, cfg.standin, len(cfg.cluster.shards), cfg.cluster.split_limits)
