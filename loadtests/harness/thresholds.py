@@ -159,6 +159,11 @@ def measure(
                 raise ThresholdError(
                     f"threshold {threshold.text!r}: no replies on channel {channel!r}"
                 )
+        if latency.get("count", 1) == 0:
+            # An empty histogram's percentiles read 0: a run with no requests would pass
+            # any latency threshold.
+            where = f" on channel {channel!r}" if channel is not None else ""
+            raise ThresholdError(f"threshold {threshold.text!r}: no requests{where}")
         key = metric if metric in ("mean", "max") else f"p{float(metric[1:]):g}"
         if key not in latency:
             raise ThresholdError(f"threshold {threshold.text!r}: {key} not in the summary")
@@ -170,12 +175,17 @@ def measure(
     if metric == "rps":
         achieved = float(totals["achieved_rate"])
         if threshold.share:
-            share = achieved / max(float(totals["offered_rate"]), 1e-9)
+            if float(totals["offered_rate"]) <= 0:
+                raise ThresholdError(f"threshold {threshold.text!r}: nothing was offered")
+            share = achieved / float(totals["offered_rate"])
             return share, f"{share * 100:.2f}% of offered ({achieved:,.1f}/s)"
         return achieved, f"{achieved:,.1f}/s"
     count = int(outcome_counts(summary)[metric])
+    requests = int(totals["sent"]) + int(totals.get("dropped_overrun", 0))
+    if requests <= 0:
+        # No request at all: "0 errors" and "0% errors" would pass on nothing measured.
+        raise ThresholdError(f"threshold {threshold.text!r}: no requests")
     if threshold.share:
-        requests = max(int(totals["sent"]) + int(totals.get("dropped_overrun", 0)), 1)
         return count / requests, f"{count / requests * 100:.3f}% ({count:,} of {requests:,})"
     return float(count), f"{count:,}"
 
