@@ -160,7 +160,8 @@ class Simulation:
         self.failed_attempt_at: dict[str, float] = {}
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "accepted", "errors", "crashes", "journal_failures", "resolved",
-             "stand_in", "advices", "sent", "timeouts_after_send"), 0)
+             "stand_in", "advices", "sent", "timeouts_after_send",
+             "refused_" + reasons.E_OVERLOADED, "refused_" + reasons.E_UNAVAILABLE), 0)
         self.restarts: list[float] = []
         self.boot: Boot | None = None
         self._boot_counter = 0
@@ -424,6 +425,9 @@ class Simulation:
         acked = self._acked.get(key)
         if isinstance(response, ErrorReply):
             self.counters["errors"] += 1
+            if response.code in (reasons.E_OVERLOADED, reasons.E_UNAVAILABLE):
+                # Never journaled: a scenario's availability counts them from here.
+                self.counters["refused_" + response.code] += 1
             self.note(key, "reply", rid, key, "error", response.code)
             if response.code == reasons.E_IDEMPOTENCY_CONFLICT:
                 if acked is not None and acked[2] == digest:
