@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import anyio
 import msgspec
@@ -350,8 +350,30 @@ class LoadResult:
 
 
 def default_out_dir(base: str | Path = "reports") -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the run's name
-    return Path(base) / f"{stamp}-load"
+    return new_output_dir(base, "load")
+
+
+#: Runs of one name started within one second that get directories of their own.
+MAX_SAME_SECOND: Final = 1000
+
+
+def new_output_dir(base: str | Path, name: str) -> Path:
+    """``<base>/<timestamp>-<name>``, created now, and never a directory that exists:
+    named to the second, two runs started in the same second (a suite in two processes,
+    a script starting runs in a loop) shared one, so one run's summary overwrote the
+    other's, and a scenario audited a journal.db two switches had written. A second one
+    that second gets ``-2``, and so on."""
+    root = Path(base)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the output's name
+    for n in range(1, MAX_SAME_SECOND + 1):
+        path = root / (f"{stamp}-{name}" if n == 1 else f"{stamp}-{name}-{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{root}: {MAX_SAME_SECOND} outputs named {stamp}-{name} already")
 
 
 def run_tag_now() -> str:

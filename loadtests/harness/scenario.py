@@ -16,7 +16,6 @@ if every assertion passed.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import sys
 import threading
@@ -356,7 +355,7 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float,
 def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
                  duration_s: float | None = None, rate: float | None = None) -> int:
     from loadtests.harness.demo import DEMO_CONFIG, _reconcile, wait_until_resolved
-    from loadtests.harness.loadrun import LoadPlan, run_load, run_tag_now
+    from loadtests.harness.loadrun import LoadPlan, new_output_dir, run_load, run_tag_now
     from loadtests.harness.processes import (
         channel_networks_toml,
         start_channels,
@@ -373,9 +372,7 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
         print(f"Error: invalid scenario: {exc}", file=sys.stderr)
         return 2
     sc = prepared.scenario
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the report's name
-    out = Path(out_base) / f"{stamp}-{sc.name}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = new_output_dir(out_base, sc.name)
     (out / "scenario.toml").write_text(prepared.source.read_text())
     console.print(f"[bold]scenario {sc.name}[/]: {sc.description}")
     overrides = [f"{name} {value:g}" for name, value in (("--duration", duration_s),

@@ -23,10 +23,9 @@ def _fail(message: str) -> NoReturn:
 
 
 def _stamped(kind: str) -> Path:
-    import datetime as dt
+    from loadtests.harness.loadrun import new_output_dir
 
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the output's name
-    return Path("reports") / f"{stamp}-{kind}"
+    return new_output_dir("reports", kind)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
