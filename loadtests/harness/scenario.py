@@ -37,6 +37,7 @@ from loadtests.harness.report import ReportData, Verdict, write_report
 from switch.journal import FINAL, UNKNOWN, open_readonly
 from switch.journal import read as read_journal
 from switch.journal.reader import records as journal_records
+from switch.model import TERMINAL_STATES
 from switch.serve.http import admin_headers
 from switch.tomlio import convert, parse_toml, read_text
 
@@ -93,6 +94,10 @@ class Assertions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     lost_max: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: Payments booked twice, at most.
     duplicates_max: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: Payments the journal leaves without a final state at the end (unknown, an intent
+    #: alone, a reversal under way), after the switch had 30 s to resolve them, at most:
+    #: every accepted payment ends in exactly one terminal state.
+    unresolved_max: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: The settlement files reconcile with the journal, no unexplained break.
     reconciliation_clean: bool = True
 
@@ -606,6 +611,13 @@ def _verdicts(sc: Scenario, faults: list[Fault], trs: list[PaymentTrace], start:
     out.append(_lost_verdict(a.lost_max, audit, summary, total))
     out.append(Verdict("duplicates", f"<= {a.duplicates_max}", str(audit.duplicates),
                        audit.duplicates <= a.duplicates_max))
+    # The audit's count where there is one (the live run's, which also sees a reversal
+    # under way); else the journal's latest states.
+    unresolved = getattr(audit, "unresolved", None)
+    if unresolved is None:
+        unresolved = sum(1 for t in trs if t.status not in TERMINAL_STATES)
+    out.append(Verdict("unresolved at the end", f"<= {a.unresolved_max}", str(unresolved),
+                       unresolved <= a.unresolved_max))
     if a.reconciliation_clean:
         out.append(Verdict("reconciliation clean", "clean", "clean" if recon_clean else "breaks",
                            recon_clean))

@@ -474,7 +474,8 @@ SCENARIO_NOTES: Final = """
 
 Each key of `[assertions]` (listed above, with what passes) adds one row to the verdict
 table. Keys left out are not checked, except `lost_max`, `duplicates_max`,
-`retries_within_budget` and `reconciliation_clean`, whose defaults always apply. A row
+`unresolved_max`, `retries_within_budget` and `reconciliation_clean`, whose defaults
+always apply. A row
 "switch stopped cleanly" (exit 0) is always added, and with faults, a row "faults
 injected" (every fault reached the simulators in time; `payswitch scenario run` only).
 Nothing measured is a failure, never a pass: `lost` fails when the journal holds no

@@ -371,3 +371,25 @@ def test_audit_counts_an_approval_the_journal_holds_reversed_as_lost(tmp_path: P
                                                    (FINAL, Status.REVERSED)]})
     report = audit_journal(journal, {"kP-1": Acknowledged("approved", "P-1")})
     assert report.lost == 1 and report.duplicates == 0
+
+
+def test_a_payment_left_unknown_at_the_end_fails_the_run() -> None:
+    # Every accepted payment ends in exactly one terminal state: one still unknown (or an
+    # intent alone) after the resolution wait is a failed row, not a yellow warning.
+    trs = _steady()
+    trs[5].status = "unknown"
+    row = _row(_run(_scenario(), [], trs), "unresolved at the end")
+    assert (row.measured, row.passed) == ("1", False)
+    row = _row(_run(_scenario(), [], _steady()), "unresolved at the end")
+    assert (row.measured, row.passed) == ("0", True)
+
+
+def test_the_audits_unresolved_count_is_the_one_judged() -> None:
+    audit = _audit()
+    audit.unresolved = 2  # e.g. a reversal under way, which the latest state alone hides
+    row = _row(_verdicts(_scenario(), [], _steady(), START, _summary(), audit, True, None, 0),
+               "unresolved at the end")
+    assert (row.measured, row.passed) == ("2", False)
+    allowed = _row(_verdicts(_scenario(unresolved_max=2), [], _steady(), START, _summary(),
+                             audit, True, None, 0), "unresolved at the end")
+    assert allowed.passed
