@@ -3,9 +3,10 @@
 One JSON file (``layout.json``) describes a whole cluster, on one node or several. Each
 worker process reads it with ``payswitch serve --cluster layout.json --shard I``: the base
 config gives everything else, the layout gives that worker its ports, its journal and the
-shard map (every shard's msgpack address), so every worker, every HAProxy and every
-client agree on one map. `payswitch serve --workers N` plans a layout on this node and
-runs the workers (switch/cluster/supervisor.py).
+shard map (every shard's msgpack address, and its HTTP address for the HTTP door's 421),
+so every worker, every HAProxy and every client agree on one map. `payswitch serve
+--workers N` plans a layout on this node and runs the workers
+(switch/cluster/supervisor.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return join_address(self.host, self.port)
 
     @property
+    def http_address(self) -> str:
+        """The HTTP door as ``host:port`` (as HAProxy's config names it), "" when the
+        worker has none: what its cluster's 421 `moved` names, not :attr:`address`."""
+        return join_address(self.host, self.http_port) if self.http_port else ""
+
+    @property
     def admin_address(self) -> str:
         """The admin door as ``host:port`` (an IPv6 host in brackets, as a URL wants it)."""
         return join_address(self.host, self.admin_port)
@@ -63,6 +70,11 @@ class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def shard_map(self) -> ShardMap:
         return ShardMap([w.address for w in self.workers])
+
+    @property
+    def http_addresses(self) -> list[str]:
+        """Every shard's HTTP door, in shard order ("" for a shard without one)."""
+        return [w.http_address for w in self.workers]
 
     @property
     def journals(self) -> list[str]:
@@ -178,7 +190,10 @@ def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConf
                 iso8583=r(config.iso8583, port=w.iso8583_port, enabled=w.iso8583_port != 0),
                 journal=r(config.journal, path=w.journal),
                 # The config's own [cluster] settings (split_limits) hold for every worker.
-                cluster=r(config.cluster, shard=shard, shards=layout.shard_map.addresses))
+                # The HTTP door's 421 names the owner's HTTP address, the msgpack door's
+                # `moved` its msgpack address: the worker is given both maps.
+                cluster=r(config.cluster, shard=shard, shards=layout.shard_map.addresses,
+                          http_shards=layout.http_addresses))
     # The shard count is known only now: `serve --workers N` and `--cluster/--shard` apply
     # every worker's layout before starting one, so a limit that splits to 0 stops them
     # there, one line, exit 2.

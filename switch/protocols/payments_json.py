@@ -191,9 +191,14 @@ def openapi_document() -> dict[str, Any]:
                                 "content": resource},
                         "400": problem_response("Missing Idempotency-Key or unreadable JSON"),
                         "413": problem_response("Body larger than http.max_body_bytes"),
+                        "421": problem_response("In a cluster, another worker owns the "
+                                                "Idempotency-Key (code moved; detail names "
+                                                "its shard and HTTP address); nothing "
+                                                "journaled"),
                         "422": problem_response("A field is invalid (errors[].pointer "
                                                 "names it), or the Idempotency-Key was "
                                                 "used with a different body"),
+                        "431": problem_response("Request line and headers above 16 KiB"),
                         "503": problem_response("Overloaded, shutting down or journal "
                                                 "unavailable; retry after Retry-After"),
                     },
@@ -208,6 +213,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "The payment", "content": resource},
                         "404": problem_response("No journaled result for this id"),
+                        "431": problem_response("Request line and headers above 16 KiB"),
                     },
                 }
             },

@@ -13,7 +13,8 @@ Error policy:
 * A frame whose declared length exceeds the limit is a framing error: we cannot find the
   next frame boundary safely, so the connection is closed after one error reply.
 * A frame that is well delimited but not a valid message gets an error reply naming the
-  field (``payment.amount: Expected `int` >= 1``) and the connection stays usable.
+  field (``payment.amount: Expected `int` >= 1``) and the connection stays usable; one
+  whose ``op`` is a string naming no request (:data:`OPS`) is answered ``unknown_op``.
 * Nesting. msgspec decodes (and skips) containers recursively and raises
   ``RecursionError`` at the interpreter's depth limit: 1,000 nested arrays in a 1,005-byte
   frame did it, and the error escaped and ended the process. A request nests four levels,
@@ -148,20 +149,28 @@ _encoder: Final = msgspec.msgpack.Encoder()
 _TOO_DEEP: Final = "malformed frame: containers nested too deep"
 
 
-def _request_id_of(payload: bytes | memoryview) -> int | None:
-    """Best effort: the id of a frame that failed typed decoding, to address the error.
+#: The ops a request may name: the tags of :data:`Request`.
+OPS: Final[tuple[str, ...]] = tuple(
+    str(kind.__struct_config__.tag) for kind in (Pay, Query, Ping, Shards))
+
+
+def _head_of(payload: bytes | memoryview) -> tuple[int | None, str | None]:
+    """Best effort, for a frame that failed typed decoding: its id (to address the error)
+    and its op when that is a string naming no op of :data:`OPS` (else None).
 
     Raises RecursionError for a frame nested too deep (the caller answers ``malformed``).
     """
     try:
         loose = msgspec.msgpack.decode(payload)
     except (msgspec.DecodeError, ValueError):  # ValueError: invalid UTF-8 in a str
-        return None
-    if isinstance(loose, dict):
-        rid = loose.get("id")
-        if isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63:
-            return rid
-    return None
+        return None, None
+    if not isinstance(loose, dict):
+        return None, None
+    rid = loose.get("id")
+    if not (isinstance(rid, int) and not isinstance(rid, bool) and 0 <= rid < 2**63):
+        rid = None
+    op = loose.get("op")
+    return rid, op if isinstance(op, str) and op not in OPS else None
 
 
 def decode_request(payload: bytes | memoryview) -> Request | ErrorReply:
@@ -172,9 +181,16 @@ def decode_request(payload: bytes | memoryview) -> Request | ErrorReply:
         return ErrorReply(None, reasons.E_MALFORMED, _TOO_DEEP)
     except msgspec.ValidationError as exc:
         try:
-            rid = _request_id_of(payload)
+            rid, unknown_op = _head_of(payload)
         except RecursionError:
             return ErrorReply(None, reasons.E_MALFORMED, _TOO_DEEP)
+        if unknown_op is not None:
+            # A well-formed frame naming an op this switch does not have: its own code
+            # (and ``payswitch_rejected_requests_total{reason="unknown_op"}``), not
+            # ``invalid``, which says a known request has a bad field.
+            shown = repr(unknown_op) if len(unknown_op) <= 40 else repr(unknown_op[:40]) + "..."
+            return ErrorReply(rid, reasons.E_UNKNOWN_OP,
+                              f"op: unknown op {shown}; expected one of {', '.join(OPS)}")
         return ErrorReply(rid, reasons.E_INVALID, describe_validation_error(exc))
     except msgspec.DecodeError as exc:
         return ErrorReply(None, reasons.E_MALFORMED, f"malformed msgpack: {exc}")

@@ -231,7 +231,8 @@ class SwitchApp:
         if cfg.http.enabled:
             sock = bind_socket(cfg.http.host, cfg.http.port)
             http_port = sock.getsockname()[1]
-            api = build_api(front, cfg.http, cfg.cluster.map, cfg.cluster.shard)
+            api = build_api(front, cfg.http, cfg.cluster.map, cfg.cluster.shard,
+                            cfg.cluster.http_shards)
             outer.start_soon(serve_api, api, sock, cfg.http.server, cfg.http.max_connections,
                              self._admin_stop.wait, self.http_connections)
         return iso_port, http_port

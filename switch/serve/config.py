@@ -30,7 +30,13 @@ from switch.payment.resolver import ResolutionConfig
 from switch.payment.risk import RiskConfig
 from switch.payment.standin import StandInConfig
 from switch.protocols.framing import MAX_FRAME_BYTES_CEILING
-from switch.protocols.shardmap import MAX_SHARDS, Address, ShardMap
+from switch.protocols.shardmap import (
+    ADDRESS_PATTERN,
+    MAX_ADDRESS_CHARS,
+    MAX_SHARDS,
+    Address,
+    ShardMap,
+)
 from switch.routing.resilience import ResilienceConfig
 from switch.routing.router import ChannelRoute
 from switch.serve.http import AdminAuthConfig
@@ -156,6 +162,13 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: for a key owned elsewhere is answered `moved` (msgpack) or 421 (HTTP).
     shards: Annotated[list[Address], msgspec.Meta(max_length=MAX_SHARDS)] = msgspec.field(
         default_factory=list)
+    #: Every shard's HTTP door (host:port), in shard order, "" for a shard without one:
+    #: what a 421 `moved` names (the msgpack address in `shards` is no HTTP door).
+    #: Written from the cluster layout like `shards`; empty, or a shard missing or "":
+    #: the 421 says the owner's HTTP address is not known.
+    http_shards: Annotated[list[Annotated[str, msgspec.Meta(
+        max_length=MAX_ADDRESS_CHARS, pattern=rf"\A(?:{ADDRESS_PATTERN[2:-2]})?\Z")]],
+        msgspec.Meta(max_length=MAX_SHARDS)] = msgspec.field(default_factory=list)
     #: Each of N workers enforces 1/N (rounded down) of the cumulative per-card,
     #: per-payer and per-issuer limits -- risk.velocity.max_count and
     #: max_amount_cny_minor, standin.per_card_max_minor and per_issuer_max_minor -- so

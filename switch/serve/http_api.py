@@ -9,16 +9,22 @@
   as docs/openapi.json (a test keeps them equal).
 
 In a cluster, a payment whose key another worker owns (switch/protocols/shardmap.py) is
-answered 421 Misdirected Request, code ``moved``, naming the owner's shard and msgpack
-address, before anything is journaled: HAProxy routes by the same map, so this only
-happens to a client that bypasses it.
+answered 421 Misdirected Request, code ``moved``, naming the owner's shard and HTTP
+address (``cluster.http_shards``, from the layout; its msgpack address only labelled as
+such: an HTTP client sent there would speak HTTP to the msgpack port), before anything is
+journaled: HAProxy routes by the same map, so this only happens to a client that bypasses
+it.
 
 Errors are RFC 9457 problem+json; field errors carry JSON pointers (``/card/pan``).
 
 Bounds: body size (``max_body_bytes``, 413 before parsing), payments in flight
 (``max_in_flight``, 503 with Retry-After), connections (the ASGI server's own limit), a
-request's line and headers (``MAX_HEAD_BYTES``: 400 and the connection closed; httptools
-has no limit of its own, and one header grew the switch by 300 MB).
+request's line and headers (``MAX_HEAD_BYTES``): the app refuses a head above it with 431
+problem+json and closes the connection (:class:`HeadBound`, whatever the server and
+however the bytes arrived), and under uvicorn the protocol also stops reading a head that
+grows past it over several reads (400, connection closed: httptools has no limit of its
+own, and one header grew the switch by 300 MB). The protocol's count alone missed a head
+that arrived whole in one read: a 70,000-byte header reached the app.
 
 The server runs on the switch's own event loop, on its own port, beside the msgspec TCP
 server; which ASGI server was chosen by measurement (bench/bench_http.py,
@@ -36,9 +42,11 @@ from typing import Final
 import msgspec
 import sniffio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from switch import reasons
 from switch.model import MAX_KEY_CHARS
@@ -73,7 +81,8 @@ _REFUSAL_STATUS: Final = {
 }
 _TITLES: Final = {
     400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 421: "Misdirected Request",
-    422: "Unprocessable Content", 503: "Service Unavailable",
+    422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
 }
 
 
@@ -101,6 +110,44 @@ def key_chars(key: str) -> int:
         return len(key)
 
 
+def head_bytes(scope: Scope) -> int:
+    """The bytes of a request's line and headers as HTTP/1.1 writes them (``METHOD
+    target HTTP/1.1``, ``name: value`` per header, each line and the blank line after
+    them ending in CRLF), from the ASGI scope: what the server parsed, whatever reads
+    it arrived in."""
+    target = scope.get("raw_path") or scope.get("path", "/").encode("utf-8", "replace")
+    query = scope.get("query_string") or b""
+    line = (len(scope.get("method", "")) + 1 + len(target) + (1 + len(query) if query else 0)
+            + len(" HTTP/") + len(scope.get("http_version", "1.1")) + 2)
+    return line + sum(len(name) + 2 + len(value) + 2 for name, value in scope["headers"]) + 2
+
+
+class HeadBound:
+    """ASGI middleware: a request whose line and headers (:func:`head_bytes`) pass
+    ``MAX_HEAD_BYTES`` is answered 431 problem+json, connection closed, before any route
+    runs. The server's own bounds depend on how the bytes arrive (uvicorn's counts per
+    read; h11's applies to a head still incomplete): this one does not."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = head_bytes(scope)
+            if size > MAX_HEAD_BYTES:
+                log.warning("HTTP request head of %d bytes, above %d: refused with 431",
+                            size, MAX_HEAD_BYTES)
+                response = problem(
+                    431, "request-head-too-large",
+                    f"the request line and headers are {size} bytes, above the limit of "
+                    f"{MAX_HEAD_BYTES} bytes (16 KiB)")
+                # The rest of what this client sends is not read: close the connection.
+                response.headers["Connection"] = "close"
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class HttpConnections:
     """The HTTP door's open connections, for ``payswitch_open_connections`` (read at scrape
     time with the other doors'). Uvicorn's protocol counts them; Hypercorn and Granian
@@ -112,11 +159,27 @@ class HttpConnections:
         self.open = 0
 
 
+def moved_detail(owner: int, shards: int, shard: int, msgpack_address: str,
+                 http_addresses: list[str]) -> str:
+    """The 421's detail: the owner's HTTP door first (an HTTP client goes there), or that
+    it is not known; its msgpack door only labelled as such."""
+    http = http_addresses[owner] if owner < len(http_addresses) else ""
+    where = (f"its HTTP door is http://{http}" if http else
+             "its HTTP door is not known to this worker (cluster.http_shards names none)")
+    return (f"Idempotency-Key belongs to shard {owner} of {shards} ({where}; its msgpack "
+            f"door, not HTTP, is {msgpack_address}), not to this worker (shard {shard}); "
+            "send it through the cluster's HAProxy")
+
+
 def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None = None,
-              shard: int = 0) -> Starlette:
+              shard: int = 0, http_addresses: list[str] | None = None) -> Starlette:
+    """The app of one worker; in a cluster (``shard_map`` of more than one shard) it
+    answers keys another shard owns 421, naming the owner's address in
+    ``http_addresses`` (the HTTP doors in shard order, "" for none)."""
     state = {"in_flight": 0}
     addresses = shard_map.addresses if shard_map is not None else []
     shards = len(addresses)
+    http_doors = list(http_addresses or [])
     document = _json.encode(openapi_document())
 
     async def create_payment(request: Request) -> Response:
@@ -137,9 +200,8 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
             owner = shard_of_bytes(key.encode("latin-1"), shards)
             if owner != shard:
                 core.metrics.rejected[reasons.E_MOVED].inc()
-                return problem(421, "moved", f"Idempotency-Key belongs to shard {owner} of "
-                               f"{shards} ({addresses[owner]}), not to this worker (shard "
-                               f"{shard}); send it through the cluster's HAProxy",
+                return problem(421, "moved", moved_detail(owner, shards, shard,
+                                                          addresses[owner], http_doors),
                                code=reasons.E_MOVED)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
@@ -199,7 +261,7 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
         Route("/v1/payments", create_payment, methods=["POST"]),
         Route("/v1/payments/{payment_id}", get_payment, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-    ])
+    ], middleware=[Middleware(HeadBound)])
 
 
 async def serve_api(app: Starlette, sock: socket.socket, server: str, max_connections: int,

@@ -372,7 +372,13 @@ class Server:
                     if self._admit(conn, request.id):
                         admitted.append((request.id, request.payment))
                 elif isinstance(request, ErrorReply):
-                    metrics.frame_errors[request.code].inc()
+                    # payswitch_frame_errors_total's kinds are malformed, invalid and
+                    # frame_too_large (docs/metrics.md): a frame naming an unknown op is
+                    # a well-formed frame that is no valid request, so kind "invalid";
+                    # the refusal itself is counted by its own reason, unknown_op.
+                    kind = (reasons.E_INVALID if request.code == reasons.E_UNKNOWN_OP
+                            else request.code)
+                    metrics.frame_errors[kind].inc()
                     metrics.rejected[request.code].inc()
                     conn.send(request)
                 elif isinstance(request, Query):
