@@ -29,21 +29,33 @@ Bounds, each with its refusal:
   is closed;
 - in flight per connection and in total: the request is answered with DE39 91;
 - an unreadable message gets DE39 30 when its MTI can be read (the response echoes the
-  key fields read before the error); otherwise it is counted and dropped, and the
-  connection stays up (framing is intact).
+  key fields read before the error, and a field the switch does not know stops the
+  reading only there: :func:`readable_fields`); otherwise it is counted and dropped, and
+  the connection stays up (framing is intact).
+
+A repeat of a payment whose reversal was accepted is never answered 00
+(``Iso8583Door._reversed_since``): the core keeps the approval as the key's stored answer
+until the resolver has reversed it at the issuer, so a repeat meanwhile replayed the
+approval, auth code and all, for a payment being reversed (50 ms with a live issuer; for
+as long as the issuer is unreachable, and across a restart, otherwise).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+import sqlite3
+from collections import Counter, OrderedDict
 from collections.abc import Callable
+from typing import Any, Final
 
 import anyio
 import anyio.abc
+import iso8583 as _pyiso
+import msgspec
 
 from switch import reasons
 from switch.clock import backend_clock
+from switch.model import Result, Status
 from switch.protocols.errors import CodecError
 from switch.protocols.iso8583 import FrameDecoder, IsoMessage, frame
 from switch.protocols.iso8583_acquirer import (
@@ -62,11 +74,75 @@ from switch.protocols.iso8583_acquirer import (
 )
 from switch.serve.config import Iso8583DoorConfig
 from switch.serve.conntable import ConnectionTable, peer_source
-from switch.serve.frontcore import FrontCore
+from switch.serve.frontcore import MAX_REVERSALS_IN_FLIGHT, FrontCore
 
 log = logging.getLogger(__name__)
 
 _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream)
+
+#: The newest record of a payment that says whether it is finished. A reversal is made
+#: durable by journaling the payment's intent again (frontcore.py), and nothing else
+#: journals an intent after a final: an approval whose newest record is an intent has a
+#: reversal accepted and still under way (after a restart too). ``{schema}``: live or
+#: archive (FrontCore reads the live journal first).
+REOPENED_SQL: Final = (
+    "SELECT kind FROM {schema}.journal WHERE payment_id = ?"
+    " AND kind IN ('intent', 'final', 'unknown') ORDER BY seq DESC LIMIT 1")
+
+#: A field the spec does not define, as pyiso8583 is told to read it: fixed, and longer
+#: than any frame (the prefix is 2 bytes), so the walk stops there with a DecodeError that
+#: holds every field before it.
+_UNREADABLE_FIELD: Final[dict[str, Any]] = {
+    "data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 0x10000,
+    "desc": "not defined in the payswitch 1987 spec"}
+
+
+class _StopAtUnknown(dict[str, dict[str, Any]]):
+    """A spec whose undefined fields read as :data:`_UNREADABLE_FIELD`."""
+
+    def __missing__(self, key: str) -> dict[str, Any]:
+        return _UNREADABLE_FIELD
+
+
+def readable_fields(payload: bytes, spec: dict[str, dict[str, Any]]) -> dict[int, str]:
+    """The data elements of ``payload`` that can be read before its first unreadable part.
+
+    The codec refuses a bitmap naming a field it does not know (its length is unknown, so
+    nothing after it can be located) and, for that error, read nothing past the MTI: a
+    DE60 at the end of an 0200 cost the format-error answer its DE11 and DE41, and the
+    acquirer could not match it. The fields *before* the unknown one are where the
+    bitmap says: this reads them, and stops, as the codec does, at a variable field whose
+    length prefix is not digits.
+    """
+    failed = ""
+    try:
+        doc, raw = _pyiso.decode(bytes(payload), _StopAtUnknown(spec))
+    except _pyiso.DecodeError as exc:
+        # pyiso8583 enters the field it fails on as "" before reading it: not read.
+        doc, raw, failed = exc.doc_dec, exc.doc_enc, str(exc.field)
+    except Exception:  # pyiso8583 on bytes it was never meant to see: nothing is readable
+        return {}
+    fields: dict[int, str] = {}
+    for key, value in doc.items():
+        if key == failed:
+            break
+        if not key.isdigit() or key == "1":  # MTI, header and bitmaps
+            continue
+        prefix = raw.get(key, {}).get("len", b"")
+        if prefix and not (prefix.isdigit() and prefix.isascii()):
+            break  # as check_length_prefixes: this field and those after it are suspect
+        fields[int(key)] = value
+    return fields
+
+
+class _Reversing:
+    """Reversals of one original in progress in this door; ``done`` when none is left."""
+
+    __slots__ = ("count", "done")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.done = anyio.Event()
 
 
 class _Conn:
@@ -159,6 +235,12 @@ class Iso8583Door:
         self._workers: anyio.abc.TaskGroup | None = None
         self.workers = 0
         self._idle_workers = 0
+        #: Original keys with a reversal being decided now (at most the in-flight bound).
+        self._reversing: dict[str, _Reversing] = {}
+        #: Original key -> payment id of approvals whose reversal this door answered 00,
+        #: oldest first; MAX_REVERSALS_IN_FLIGHT at most (then those the resolver finished
+        #: go, then the oldest: the journal still tells, see REOPENED_SQL).
+        self._reversed: OrderedDict[str, str] = OrderedDict()
 
     @property
     def connections(self) -> int:
@@ -278,11 +360,29 @@ class Iso8583Door:
         else:
             self.counts["unanswerable"] += 1
 
+    def _readable_part(self, exc: AcquirerFormatError, payload: bytes) -> IsoMessage | None:
+        """What a format-error answer may echo of an unreadable request: the key fields
+        the acquirer matches it on (MTI class + DE11 + DE41), whenever they were read."""
+        partial = exc.partial
+        if partial is None:
+            return None
+        fields = dict(partial.fields)
+        if not fields:
+            # Nothing read past the MTI (a field the spec does not know stops the codec
+            # before any): read what precedes the error, for the key fields.
+            fields = readable_fields(payload, self.codec.spec)
+        # The field the error is in was not read: pyiso8583 leaves it "" (a DE41 cut
+        # short came back as "", which cannot be encoded, and the 30 was never sent).
+        path = exc.path
+        if path.startswith("DE") and path[2:].isdigit():
+            fields.pop(int(path[2:]), None)
+        return IsoMessage(partial.mti, fields)
+
     def _handle(self, conn: _Conn, payload: bytes) -> None:
         try:
             msg = self.codec.decode(payload)
         except AcquirerFormatError as exc:
-            self._format_error(conn, exc.partial, exc)
+            self._format_error(conn, self._readable_part(exc, payload), exc)
             return
         self.counts[msg.mti] += 1
         try:
@@ -332,14 +432,17 @@ class Iso8583Door:
         try:
             if isinstance(call, PaymentCall):
                 outcome = await self.core.submit(call.request)
-                if outcome.result is not None:
-                    answer = payment_response(call.message, outcome.result)
-                else:
+                result = outcome.result
+                if result is None:
                     self.counts[f"refused_{outcome.error_code}"] += 1
                     answer = refusal_response(call.message, outcome.error_code,
                                               outcome.error_message)
+                elif result.status is Status.APPROVED:
+                    answer = await self._approval_answer(call, result, outcome.replay)
+                else:
+                    answer = payment_response(call.message, result)
             else:
-                code = await self.core.reverse(call.original_key, amount=call.amount)
+                code = await self._reverse(call)
                 answer = reversal_response(call.message, code)
             self._send(conn, answer)
         finally:
@@ -349,6 +452,86 @@ class Iso8583Door:
                 self._idle.set()
             if conn.in_flight == 0 and conn.closing:
                 conn.wakeup.set()
+
+    # ------------------------------------------------------------------ reversed approvals
+
+    async def _reverse(self, call: ReversalCall) -> str:
+        key = call.original_key
+        reversing = self._reversing.get(key)
+        if reversing is None:
+            reversing = self._reversing[key] = _Reversing()
+        reversing.count += 1
+        try:
+            code = await self.core.reverse(key, amount=call.amount)
+            if code == reasons.APPROVED:
+                stored = self.core.stored(key)
+                if stored is not None and stored.status is Status.APPROVED:
+                    self._note_reversed(key, stored.payment_id)
+            return code
+        finally:
+            reversing.count -= 1
+            if reversing.count == 0:
+                del self._reversing[key]
+                reversing.done.set()
+
+    def _note_reversed(self, key: str, payment_id: str) -> None:
+        marks = self._reversed
+        if key not in marks and len(marks) >= MAX_REVERSALS_IN_FLIGHT:
+            # Those the resolver finished answer 68 by themselves (their stored result is
+            # ``reversed``); a key the index let go is the core's business.
+            for done in [k for k, pid in marks.items() if not self._stored_approval(k, pid)]:
+                del marks[done]
+            while len(marks) >= MAX_REVERSALS_IN_FLIGHT:
+                marks.popitem(last=False)
+        marks[key] = payment_id
+        assert len(marks) <= MAX_REVERSALS_IN_FLIGHT
+
+    def _stored_approval(self, key: str, payment_id: str) -> bool:
+        stored = self.core.stored(key)
+        return (stored is not None and stored.payment_id == payment_id
+                and stored.status is Status.APPROVED)
+
+    async def _approval_answer(self, call: PaymentCall, result: Result,
+                               replay: bool) -> IsoMessage:
+        """The 0110/0210 for an approval: 00, unless a reversal of it was accepted.
+
+        The core keeps the approval as the key's stored answer until the resolver has
+        reversed it at the issuer; a repeat meanwhile was a replay of it, auth code and
+        all (no second booking, but the acquirer heard "approved" for a payment being
+        undone, and its merchant completed a sale with nothing held). It answers as the
+        reversed payment will: 68, no DE38.
+        """
+        try:
+            reversed_ = await self._reversed_since(call.request.idempotency_key, result,
+                                                   replay)
+        except sqlite3.Error as exc:
+            # Cannot tell whether it is being reversed: never 00 for what may be.
+            log.error("ISO 8583 repeat of %s: journal unreadable: %s", result.payment_id, exc)
+            return refusal_response(call.message, reasons.E_UNAVAILABLE)
+        if reversed_:
+            self.counts["repeat_of_reversed"] += 1
+            result = msgspec.structs.replace(result, status=Status.REVERSED)
+        return payment_response(call.message, result)
+
+    async def _reversed_since(self, key: str, result: Result, replay: bool) -> bool:
+        """Was a reversal of the approval ``result`` (the stored answer of ``key``) accepted?
+
+        A reversal of it being decided in this door now is waited for (bounded: the core
+        answers a reversal within its own bounds), so a pipelined 0400 and repeat get one
+        story. Then: this door answered a reversal of it 00, or, for a replay, the
+        journal holds the reversal (an intent journaled after the approval: a reversal
+        accepted before a restart, or one this door no longer remembers).
+        """
+        reversing = self._reversing.get(key)
+        waited = reversing is not None
+        if reversing is not None:
+            await reversing.done.wait()
+        if self._reversed.get(key) == result.payment_id:
+            return True  # (the payment id: a key reused after the index let it go is new)
+        if not (replay or waited):
+            return False  # a first answer: nothing reversed it before it was given
+        rows = await self.core._query(REOPENED_SQL, (result.payment_id,))
+        return bool(rows) and rows[0][0] == "intent"
 
     async def drain(self, timeout_s: float) -> bool:
         """Refuse new requests and wait for those in flight. True if all finished."""
