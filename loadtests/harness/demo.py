@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,24 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
     if stats.dropped_overrun:
         lines.append(f"WARNING: {stats.dropped_overrun} requests not sent (too many outstanding)")
     return lines
+
+
+def networks_error_rate(networks: str, switch_config: Path, channels_config: Path) -> float:
+    """The highest share of payments the demo's networks fail on purpose: the stand-ins'
+    ``error_rate`` (switch/adapters/fakenet.py, defaults included), or the simulators'
+    ``technical_error_rate`` (an upper bound: cards fail over to a second network)."""
+    try:
+        if networks == "standin":
+            from switch.serve.config import load_config
+
+            return max((n.error_rate for n in load_config(switch_config).networks),
+                       default=0.0)
+        data = tomllib.loads(channels_config.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    rates = [float(n.get("behaviour", {}).get("errors", {}).get("technical_error_rate", 0.0))
+             for n in data.get("networks", []) if isinstance(n, dict)]
+    return max(rates, default=0.0)
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -425,8 +444,12 @@ def run_demo(
             else:
                 console.print("faults seen: none")
         if not faults_seen and rate is not None:
-            for line in saturation_lines(stats, figures, rate, calibration is not None, cores):
-                console.print(line, style="yellow", highlight=False)
+            error_rate = networks_error_rate(networks, config, base / "channels.toml")
+            judged = saturation_lines(stats, figures, rate, calibration is not None, cores,
+                                      networks=networks, error_rate=error_rate)
+            for line in judged:
+                console.print(line, style="yellow" if judged[0].startswith("SATURATED")
+                              else None, highlight=False)
         if audit.lost_keys:
             console.print(f"lost keys (first 20): {audit.lost_keys}")
         recon_clean = True

@@ -16,6 +16,15 @@ DE39 to the generator's vocabulary: 00 approved; 68 unknown (the host reverses i
 91/96 failed; 30 format error and 94 duplicate transmission as errors; every other code
 a decline. A reply that does not decode -- a variable field's length prefix that is not
 all digits included, as the switch's own decoder refuses it -- is ``undecodable_reply``.
+
+A workload duplicate is planted on purpose, as over the other wires: a host that refuses
+the repeat (an issuer, a network simulator: 94 within its duplicate window) answers what
+was planted, so ``duplicate_transmission`` to a duplicate is counted as planted
+(:attr:`Iso8583Wire.planted_errors`), never as a real error; a host that answers the
+repeat from its idempotency store (the switch) gave a replay, counted as one (as the
+msgpack wire's ``replay`` flag), not as another payment. A reply is matched first among
+the requests sent on the connection it came on (a host answers there), so a repeat's
+quick 94 is not taken for its original's answer when both are in flight.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from switch.protocols.errors import CodecError
 from switch.protocols.iso8583 import FrameDecoder, check_length_prefixes
 from switch.protocols.iso8583_acquirer import AcquirerCodec
 
-_ERRORS: Final = {"30": "format_error", "94": "duplicate_transmission"}
+_DUPLICATE: Final = "94"
+_ERRORS: Final = {"30": "format_error", _DUPLICATE: "duplicate_transmission"}
 _FAILED: Final = frozenset({"91", "96"})
 #: Recent requests remembered so a workload duplicate re-sends identical fields.
 _RECENT: Final = 65536
@@ -66,6 +76,9 @@ def classify(code: str) -> tuple[str | None, str | None]:
 class Iso8583Wire:
     name = "iso8583"
     channel: Channel | None = "card"
+    #: Workload kinds planted on purpose and the error this wire reads from their answer
+    #: (the generator's ``PLANTED_ERRORS`` adds these).
+    planted_errors: Final = {"duplicate": _ERRORS[_DUPLICATE]}
 
     def __init__(self, options: Iso8583Options, *, stride: int = 1, offset: int = 0,
                  terminal_id: str | None = None) -> None:
@@ -81,7 +94,10 @@ class Iso8583Wire:
         self.match = [m.lower() for m in options.match]
         self._stan: dict[str, int] = {}
         self._recent: OrderedDict[str, dict[str, str]] = OrderedDict()
-        self._pending: dict[tuple[str, ...], deque[int]] = {}
+        #: Requests in flight by key: (request id, connection), oldest first.
+        self._pending: dict[tuple[str, ...], deque[tuple[int, int]]] = {}
+        #: Requests in flight that re-sent an earlier request's very message.
+        self._repeats: set[int] = set()
         self._decoders: dict[int, FrameDecoder] = {}
         self.unmatched_samples: list[tuple[str, ...]] = []
         #: Variable fields whose length prefix is written in ASCII digits: the only ones
@@ -110,10 +126,11 @@ class Iso8583Wire:
                 out.append(doc.get(m, "").strip())
         return tuple(out)
 
-    def _document(self, request: PaymentRequest) -> dict[str, str]:
+    def _document(self, request: PaymentRequest) -> tuple[dict[str, str], bool]:
+        """The message's fields, and whether they repeat an earlier request's."""
         doc = self._recent.get(request.idempotency_key)
         if doc is not None:
-            return doc
+            return doc, True
         card = request.card
         assert card is not None, "the ISO 8583 wire carries card payments only"
         terminal = (self.terminal_id or card.terminal_id)[:8].ljust(8)
@@ -133,12 +150,14 @@ class Iso8583Wire:
         self._recent[request.idempotency_key] = doc
         if len(self._recent) > _RECENT:
             self._recent.popitem(last=False)
-        return doc
+        return doc, False
 
     def encode(self, rid: int, request: PaymentRequest, conn: int) -> bytes:
-        doc = self._document(request)
+        doc, repeat = self._document(request)
         raw, _ = pyiso.encode(dict(doc), self.spec)
-        self._pending.setdefault(self.key(doc), deque()).append(rid)
+        self._pending.setdefault(self.key(doc), deque()).append((rid, conn))
+        if repeat:
+            self._repeats.add(rid)
         return len(raw).to_bytes(2, "big") + bytes(raw)
 
     def encode_malformed(self, junk: bytes, conn: int) -> bytes:
@@ -167,12 +186,38 @@ class Iso8583Wire:
                     self.unmatched_samples.append(key)
                 answers.append(Answer(None, error=UNMATCHED))
                 continue
-            rid = waiting.popleft()
+            code = doc.get("39", "")
+            at = self._pick(waiting, conn, code)
+            rid = waiting[at][0]
+            del waiting[at]
             if not waiting:
                 del self._pending[key]
-            status, error = classify(doc.get("39", ""))
-            answers.append(Answer(rid, status, error, False, doc.get("38", "").strip()))
+            status, error = classify(code)
+            repeat = rid in self._repeats
+            self._repeats.discard(rid)
+            answers.append(Answer(rid, status, error, repeat and status is not None,
+                                  doc.get("38", "").strip()))
         return answers
 
+    def _pick(self, waiting: deque[tuple[int, int]], conn: int, code: str) -> int:
+        """Which of the requests in flight with a reply's key it answers (an index): one
+        sent on the connection it came on (else any), the oldest; a 94 (duplicate
+        transmission) answers a repeat, any other code the original, when both wait."""
+        here = [i for i, (_, c) in enumerate(waiting) if c == conn] or list(range(len(waiting)))
+        repeat = code == _DUPLICATE
+        return next((i for i in here if (waiting[i][0] in self._repeats) == repeat), here[0])
+
     def forget(self, conn: int) -> None:
+        """The connection is gone: its decoder, and its requests in flight (the generator
+        counts them lost; a late reply with their key must not be matched to them)."""
         self._decoders.pop(conn, None)
+        for key in list(self._pending):
+            waiting = self._pending[key]
+            kept = deque(entry for entry in waiting if entry[1] != conn)
+            for rid, c in waiting:
+                if c == conn:
+                    self._repeats.discard(rid)
+            if kept:
+                self._pending[key] = kept
+            else:
+                del self._pending[key]

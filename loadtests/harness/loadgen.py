@@ -17,6 +17,13 @@ id, same intended time, so the detour is in its latency) is re-sent to the owner
 once, and counted in ``redirects``; a second ``moved``, or an owner the generator has no
 connection to, is counted as error ``moved``.
 
+A shard whose worker is down (docs/cluster.md, "Failure of a worker") does not stop the
+run: its connections that cannot be opened at the start, or that close during the run,
+are retried every ``RECONNECT_S`` while the others keep loading. A payment due for a
+shard with no open connection is issued (counted in ``sent``) and counted at once as error
+``unavailable``; nothing went on the wire, so it is in no latency histogram. Requests
+outstanding on a connection that closes are ``connection_lost`` (below), as ever.
+
 Requests due in the same tick are written in one batch per connection; latency still
 counts from each one's intended time, so batching cannot flatter the numbers.
 
@@ -98,7 +105,15 @@ MIN_SLEEP_S = 0.001
 #: How often a blocked sender looks at ``should_stop`` (Ctrl-C).
 STOP_POLL_S = 0.05
 #: Workload kinds planted on purpose, and the error code the switch must answer them with.
+#: A wire (ISO 8583) may add its own: ``Wire.planted_errors``, read when it has one.
 PLANTED_ERRORS = {"invalid": "invalid", "malformed": "malformed"}
+#: A cluster shard's connection that could not be opened, or closed, is tried again this
+#: often (its worker restarts after the supervisor's ``--restart-delay``).
+RECONNECT_S = 1.0
+#: Bound on one attempt to open a connection to a shard (an unreachable host).
+CONNECT_TIMEOUT_S = 5.0
+#: The error code of a payment whose shard has no open connection (the worker is down).
+UNAVAILABLE = "unavailable"
 
 
 # --- stats ---------------------------------------------------------------------------------
@@ -331,6 +346,14 @@ class OpenLoopGenerator:
         self.shard_map = ShardMap()
         self._targets: dict[str, int] = {}
         self._buffers: list[bytearray] = []
+        #: The open stream of each connection (None: not open); every stream ever opened
+        #: is closed at the end.
+        self._streams: list[anyio.abc.SocketStream | None] = []
+        self._opened: list[anyio.abc.SocketStream] = []
+        #: Each connection's (host, port).
+        self._addresses: list[tuple[str, int]] = []
+        #: Error codes by workload kind: the built-in ones and the wire's own.
+        self._planted = {**PLANTED_ERRORS, **getattr(wire, "planted_errors", {})}
 
     def _use_targets(self, targets: int) -> None:
         n = self.connections * targets
@@ -359,8 +382,29 @@ class OpenLoopGenerator:
         self._use_targets(len(targets))
         # Keyed as the map (and so a ``moved``) names them: an IPv6 host in brackets.
         self._targets = {join_address(h, p): i for i, (h, p) in enumerate(targets)}
-        streams = [await anyio.connect_tcp(h, p) for h, p in targets
-                   for _ in range(self.connections)]
+        self._addresses = [target for target in targets for _ in range(self.connections)]
+        sharded = len(targets) > 1
+        streams = self._streams = []
+        down: set[tuple[str, int]] = set()
+        try:
+            for h, p in self._addresses:
+                if not sharded:
+                    opened = await anyio.connect_tcp(h, p)
+                    self._opened.append(opened)
+                    streams.append(opened)
+                    continue
+                # A shard's worker may be down: its payments are `unavailable` (and its
+                # connections retried), the other shards are loaded all the same.
+                stream = None if (h, p) in down else await self._open(h, p)
+                streams.append(stream)
+                if stream is None:
+                    down.add((h, p))
+                    self._alive[len(streams) - 1] = False
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for stream in self._opened:
+                    await stream.aclose()
+            raise
         try:
             if wait_for_start is not None:
                 start_wall = await anyio.to_thread.run_sync(wait_for_start)
@@ -368,7 +412,10 @@ class OpenLoopGenerator:
             async with anyio.create_task_group() as tg:
                 receive = self._receive if self.wire is None else self._receive_wire
                 for index, stream in enumerate(streams):
-                    tg.start_soon(receive, stream, index)
+                    if stream is not None:
+                        tg.start_soon(receive, stream, index)
+                if sharded:
+                    tg.start_soon(self._reconnect, tg)
                 self._start = _now()
                 self.stats.started_at = self._start
                 # The drain timeout bounds the run, not only the drain: a target that
@@ -387,8 +434,9 @@ class OpenLoopGenerator:
                         await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()
         finally:
-            for stream in streams:
-                await stream.aclose()
+            with anyio.CancelScope(shield=True):
+                for opened in self._opened:
+                    await opened.aclose()
         finished = self.stats.finished_at = _now()
         for sent in self._outstanding.values():
             self._gave_up(sent.channel, finished - sent.intended)
@@ -396,6 +444,43 @@ class OpenLoopGenerator:
         self._outstanding.clear()
         self._close_interval(final=True)
         return self.stats
+
+    async def _open(self, host: str, port: int) -> anyio.abc.SocketStream | None:
+        """A connection to a shard's worker, or None when it cannot be opened now."""
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                stream = await anyio.connect_tcp(host, port)
+        except (OSError, TimeoutError):
+            return None
+        self._opened.append(stream)
+        return stream
+
+    async def _reconnect(self, tg: anyio.abc.TaskGroup) -> None:
+        """Open again, every RECONNECT_S, the connections of shards whose worker was down
+        (a restarted worker is loaded again); runs until the run's task group ends."""
+        receive = self._receive if self.wire is None else self._receive_wire
+        while True:
+            await anyio.sleep(RECONNECT_S)
+            down: set[tuple[str, int]] = set()
+            for index, alive in enumerate(self._alive):
+                if alive or self.done_sending:
+                    continue
+                address = self._addresses[index]
+                if address in down:
+                    continue  # refused a moment ago: the worker is still down
+                stream = await self._open(*address)
+                if stream is None:
+                    down.add(address)
+                    continue
+                old = self._streams[index]
+                self._streams[index] = stream
+                self._per_conn[index] = 0
+                self._buffers[index].clear()
+                self._alive[index] = True
+                if old is not None:
+                    await old.aclose()  # ends its reader, if it still runs
+                    self._opened.remove(old)  # a flapping worker: no growth per reconnect
+                tg.start_soon(receive, stream, index)
 
     async def _watch_stop(self, sending: anyio.CancelScope) -> None:
         """End the sending when asked to, even while the sender is blocked in send()."""
@@ -470,7 +555,7 @@ class OpenLoopGenerator:
 
     # -- sending -----------------------------------------------------------------------------
 
-    async def _send_on_schedule(self, streams: list[anyio.abc.SocketStream]) -> None:
+    async def _send_on_schedule(self, streams: list[anyio.abc.SocketStream | None]) -> None:
         try:
             await self._send_loop(streams, self.schedule.take())
         finally:
@@ -491,7 +576,7 @@ class OpenLoopGenerator:
         if lag > self.stats.max_lag_s:
             self.stats.max_lag_s = lag
 
-    async def _send_loop(self, streams: list[anyio.abc.SocketStream],
+    async def _send_loop(self, streams: list[anyio.abc.SocketStream | None],
                          next_at: float | None) -> None:
         stats = self.stats
         schedule = self.schedule
@@ -510,6 +595,7 @@ class OpenLoopGenerator:
         warn = LAG_WARN_S
         should_stop = self.should_stop
         wire = self.wire
+        planted_codes = self._planted
         self._next_due = next_at
         while next_at is not None:
             if should_stop is not None and should_stop():
@@ -539,6 +625,16 @@ class OpenLoopGenerator:
                         group = range(n_conn)
                     if not alive[conn]:
                         conn = next((c for c in group if alive[c]), -1)
+                        if conn < 0 and shards > 1 and not isinstance(item, bytes):
+                            # The owner's worker is down: its shard is unavailable, the
+                            # others are not (module doc).
+                            stats.sent += 1
+                            stats.errors[UNAVAILABLE] += 1
+                            planted = planted_codes.get(kind, "")
+                            if planted:
+                                stats.planted_sent[kind] += 1
+                            next_at = schedule.take()
+                            continue
                         if conn < 0:
                             stats.connection_lost += 1
                             if not isinstance(item, bytes):
@@ -553,7 +649,7 @@ class OpenLoopGenerator:
                     elif len(outstanding) >= max_total or per_conn[conn] >= max_conn:
                         stats.dropped_overrun += 1
                     else:
-                        planted = PLANTED_ERRORS.get(kind, "")
+                        planted = planted_codes.get(kind, "")
                         if planted:
                             stats.planted_sent[kind] += 1
                         outstanding[rid] = _Outstanding(
@@ -569,26 +665,29 @@ class OpenLoopGenerator:
                     if buf:
                         data = bytes(buf)
                         buf.clear()
-                        if alive[index]:
+                        stream = streams[index]
+                        if alive[index] and stream is not None:
                             try:
-                                await streams[index].send(data)
-                            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                                self._lose_connection(index)
+                                await stream.send(data)
+                            except (anyio.BrokenResourceError, anyio.ClosedResourceError,
+                                    OSError):
+                                self._lose_connection(index, stream)
                 if batch >= MAX_BATCH:
                     await anyio.sleep(0)
                     continue
             if next_at is not None:
                 await anyio.sleep(max(MIN_SLEEP_S, next_at - (_now() - start)))
 
-    async def _flush(self, streams: list[anyio.abc.SocketStream]) -> None:
+    async def _flush(self, streams: list[anyio.abc.SocketStream | None]) -> None:
         for index, buf in enumerate(self._buffers):
-            if buf and self._alive[index]:
+            stream = streams[index]
+            if buf and self._alive[index] and stream is not None:
                 data = bytes(buf)
                 buf.clear()
                 try:
-                    await streams[index].send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._lose_connection(index)
+                    await stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    self._lose_connection(index, stream)
 
     def _follow(self, rid: int, sent: _Outstanding, moved: Moved) -> bool:
         """Re-send a payment a worker said it does not own to the owner it named, once
@@ -608,9 +707,14 @@ class OpenLoopGenerator:
         self._buffers[conn] += encode_request(Pay(rid, sent.item))
         return True
 
-    def _lose_connection(self, index: int) -> None:
-        """The server closed a connection: its outstanding requests will not be answered."""
+    def _lose_connection(self, index: int,
+                         stream: anyio.abc.SocketStream | None = None) -> None:
+        """The server closed a connection: its outstanding requests will not be answered.
+        ``stream``: the one that closed (a reader of a connection since re-opened is late)."""
         if not self._alive[index]:
+            return
+        if stream is not None and index < len(self._streams) and (
+                self._streams[index] is not stream):
             return
         self._alive[index] = False
         lost = [rid for rid, o in self._outstanding.items() if o.conn == index]
@@ -691,9 +795,10 @@ class OpenLoopGenerator:
                             stats.planted_errors[response.code] += 1
                     elif isinstance(response, Moved):
                         stats.errors["moved"] += 1  # not followed (see _follow)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
+                OSError):
             pass
-        self._lose_connection(index)
+        self._lose_connection(index, stream)
 
     async def _receive_wire(self, stream: anyio.abc.SocketStream, index: int) -> None:
         """:meth:`_receive` for a plugged-in wire: it matches replies, this measures them.
@@ -734,4 +839,4 @@ class OpenLoopGenerator:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 ConnectionError):
             pass
-        self._lose_connection(index)
+        self._lose_connection(index, stream)
