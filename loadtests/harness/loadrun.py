@@ -357,14 +357,54 @@ def default_out_dir(base: str | Path = "reports") -> Path:
 MAX_SAME_SECOND: Final = 1000
 
 
+class OutputDirError(Exception):
+    """An output directory that cannot be created or written in; the message names the
+    directory and the operating system's reason (the command line shows it as one line)."""
+
+
+def check_output_dir(path: str | Path) -> None:
+    """:class:`OutputDirError` if ``path`` cannot become a directory to write in: a file
+    in its way, or the nearest directory that exists not writable. Creates nothing."""
+    target = Path(path)
+    for part in (target, *target.parents):
+        try:
+            if not (part.exists() or part.is_symlink()):
+                continue
+        except OSError:  # cannot even look: mkdir will say why
+            return
+        if not part.is_dir():
+            # The OS would say only "File exists" or "Not a directory".
+            raise OutputDirError(f"{target}: exists and is not a directory" if part == target
+                                 else f"{target}: cannot create the directory: {part} is a "
+                                 "file, not a directory")
+        if not os.access(part, os.W_OK | os.X_OK):
+            raise OutputDirError(f"{target}: cannot write in this directory: permission denied"
+                                 if part == target else f"{target}: cannot create the "
+                                 f"directory: {part} is not writable (permission denied)")
+        return
+
+
+def make_output_dir(path: str | Path) -> Path:
+    """``path`` created with its parents, and writable, before a run starts (which must
+    not find out at its end that its outputs have nowhere to go); else
+    :class:`OutputDirError` naming it and the reason."""
+    target = Path(path)
+    check_output_dir(target)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"{target}: cannot create the directory: "
+                             f"{exc.strerror or exc}") from None
+    return target
+
+
 def new_output_dir(base: str | Path, name: str) -> Path:
     """``<base>/<timestamp>-<name>``, created now, and never a directory that exists:
     named to the second, two runs started in the same second (a suite in two processes,
     a script starting runs in a loop) shared one, so one run's summary overwrote the
     other's, and a scenario audited a journal.db two switches had written. A second one
-    that second gets ``-2``, and so on."""
-    root = Path(base)
-    root.mkdir(parents=True, exist_ok=True)
+    that second gets ``-2``, and so on. :class:`OutputDirError` if it cannot be made."""
+    root = make_output_dir(base)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")  # wall: the output's name
     for n in range(1, MAX_SAME_SECOND + 1):
         path = root / (f"{stamp}-{name}" if n == 1 else f"{stamp}-{name}-{n}")
@@ -372,8 +412,11 @@ def new_output_dir(base: str | Path, name: str) -> Path:
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise OutputDirError(f"{path}: cannot create the directory: "
+                                 f"{exc.strerror or exc}") from None
         return path
-    raise FileExistsError(f"{root}: {MAX_SAME_SECOND} outputs named {stamp}-{name} already")
+    raise OutputDirError(f"{root}: {MAX_SAME_SECOND} outputs named {stamp}-{name} already")
 
 
 def run_tag_now() -> str:
@@ -401,7 +444,7 @@ def run_load(
     ``thresholds`` are evaluated on the merged results (their verdict goes into
     summary.json and the report); ``metrics`` receives every closed second.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out_dir)
     ctx = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue[tuple[Any, ...]] = ctx.Queue(maxsize=QUEUE_BOUND)
     go = ctx.Event()

@@ -360,7 +360,13 @@ def failover_s(trs: list[PaymentTrace], fault: Fault, start: float,
 def run_scenario(path: str | Path, console: Console, out_base: str | Path = "reports",
                  duration_s: float | None = None, rate: float | None = None) -> int:
     from loadtests.harness.demo import DEMO_CONFIG, _reconcile, wait_until_resolved
-    from loadtests.harness.loadrun import LoadPlan, new_output_dir, run_load, run_tag_now
+    from loadtests.harness.loadrun import (
+        LoadPlan,
+        OutputDirError,
+        new_output_dir,
+        run_load,
+        run_tag_now,
+    )
     from loadtests.harness.processes import (
         channel_networks_toml,
         start_channels,
@@ -377,7 +383,11 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
         print(f"Error: invalid scenario: {exc}", file=sys.stderr)
         return 2
     sc = prepared.scenario
-    out = new_output_dir(out_base, sc.name)
+    try:
+        out = new_output_dir(out_base, sc.name)
+    except OutputDirError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
     (out / "scenario.toml").write_text(prepared.source.read_text())
     console.print(f"[bold]scenario {sc.name}[/]: {sc.description}")
     overrides = [f"{name} {value:g}" for name, value in (("--duration", duration_s),

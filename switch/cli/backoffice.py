@@ -16,6 +16,7 @@ from rich.console import Console
 from switch.cli.errors import UserError
 
 if TYPE_CHECKING:
+    from switch.backoffice.recon.classes import Break
     from switch.backoffice.recon.reconcile import Progress
 
 
@@ -128,16 +129,33 @@ def reconcile(
     else:
         console.print(f"[red]{report.unexplained:,} unexplained breaks[/] (largest first):")
         for b in report.breaks[:20]:
-            side = b.switch or b.network
-            assert side is not None
-            console.print(
-                f"  {b.kind}: {side.channel} {side.reference} {side.amount} {side.currency}",
-                highlight=False,
-            )
+            console.print(f"  {break_line(b)}", highlight=False)
     figures = ", ".join(f"{name} {f['wall_s']:.2f} s" for name, f in report.phases.items())
     console.print(f"phases: {figures}", highlight=False)
     console.print(f"outputs: {paths['csv']}, {paths['json']}, {paths['html']}")
     sys.exit(0 if report.unexplained == 0 else 1)
+
+
+def break_line(b: Break) -> str:
+    """One break of the "largest first" listing: the money at stake in major units (the
+    currency's exponent), as breaks.csv's amount_at_stake, never minor units shown as
+    major; an amount mismatch also shows both sides' amounts."""
+    side = b.switch or b.network
+    assert side is not None
+    line = (f"{b.kind}: {side.channel} {side.reference} "
+            f"{_major(b.at_stake(), side.currency)} {side.currency}")
+    if b.kind == "amount_mismatch" and b.switch is not None and b.network is not None:
+        line += (f" at stake (switch {_major(b.switch.amount, b.switch.currency)}, network "
+                 f"{_major(b.network.amount, b.network.currency)})")
+    return line
+
+
+def _major(minor: int, currency: str) -> str:
+    """Minor units as major ones, exactly, like breaks.csv (an unknown currency: 2 digits)."""
+    from switch.backoffice.ledger import format_major
+    from switch.currency import CURRENCIES
+
+    return format_major(minor, CURRENCIES.get(currency, (0, 2))[1])
 
 
 class _ReconProgress:

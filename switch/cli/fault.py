@@ -13,6 +13,7 @@ Auth: the request carries ``Authorization: Bearer`` with the operator token from
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import msgspec
 
 from channels.faults import FAULT_KINDS, Fault, FaultConfigError
 from switch.cli.errors import UserError
-from switch.serve.http import Role, admin_headers
+from switch.serve.http import AdminAuthConfig, Role, admin_headers
 
 DEFAULT_ADMIN = "http://127.0.0.1:7280"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -118,15 +119,17 @@ def fault(
     """
     admin = admin_url(admin)
     if endpoint == "list":
-        headers = _auth(token_file, "operator") or _auth(None, "auditor")
-        listed = _call("GET", f"{admin}/faults", headers=headers)
+        auth = _auth(token_file, "operator")
+        if auth.source is None:
+            auth = _auth(None, "auditor")
+        listed = _call("GET", f"{admin}/faults", headers=auth)
         click.echo(json.dumps(listed, indent=2) if as_json else fault_table(listed))
         return
-    headers = _auth(token_file, "operator")
+    auth = _auth(token_file, "operator")
     if endpoint == "clear":
         if kind is None:
             raise click.UsageError("missing ENDPOINT: payswitch fault clear ENDPOINT")
-        cleared = _call("DELETE", f"{admin}/faults/{kind}", headers=headers)
+        cleared = _call("DELETE", f"{admin}/faults/{kind}", headers=auth)
         if as_json:
             click.echo(json.dumps(cleared))
         else:
@@ -158,8 +161,12 @@ def fault(
         injected.validate("fault")
     except (msgspec.ValidationError, FaultConfigError) as exc:
         raise UserError(f"invalid fault: {exc}") from None
-    response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected),
-                     headers=headers)
+    try:
+        response = _call("POST", f"{admin}/faults", content=msgspec.json.encode(injected),
+                         headers=auth)
+    except _Refused as refused:
+        raise UserError(_contradiction(refused.message, injected, admin, auth)
+                        or f"invalid fault: {refused.message}") from None
     click.echo(f"injected: {json.dumps(response)}")
 
 
@@ -186,34 +193,75 @@ def fault_table(listed: object) -> str:
     )
 
 
-def _auth(token_file: str | None, role: Role) -> dict[str, str]:
+class _Auth(msgspec.Struct, frozen=True):
+    """The ``Authorization`` header to send, and where its token came from (None: no
+    token), to say which token the simulators refused."""
+
+    headers: dict[str, str]
+    source: str | None
+
+
+def _auth(token_file: str | None, role: Role) -> _Auth:
     if token_file is None:
-        return admin_headers(role)
+        headers = admin_headers(role)
+        env: str = getattr(AdminAuthConfig(), f"{role}_token_env")
+        return _Auth(headers, f"${env}" if headers else None)
     try:
         token = Path(token_file).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise click.BadParameter(f"cannot read {token_file}: {why}",
                                  param_hint="--token-file") from None
-    return {"authorization": f"Bearer {token}"}
+    return _Auth({"authorization": f"Bearer {token}"}, f"--token-file {token_file}")
+
+
+class _Refused(UserError):
+    """HTTP 400 from the simulators: they refused the request; ``message`` says why."""
 
 
 def _call(method: str, url: str, content: bytes | None = None,
-          headers: dict[str, str] | None = None) -> object:
+          headers: _Auth | None = None) -> object:
+    """The simulators' JSON answer. A refusal of the user's request (token, endpoint,
+    fault) is one ``Error:`` line, exit 2 (a 400 as :class:`_Refused`, for the caller to
+    word); a server failure or no answer is exit 1. ``headers``: the token to send."""
+    auth = headers or _Auth({}, None)
+    admin = url.rsplit("/faults", 1)[0]
     try:
         response = httpx.request(
             method, url, content=content, timeout=5.0,
-            headers={"content-type": "application/json", **(headers or {})},
+            headers={"content-type": "application/json", **auth.headers},
         )
     except httpx.HTTPError as exc:
         raise click.ClickException(f"cannot reach the simulators at {url}: {exc}") from None
-    if response.status_code >= 400:
-        hint = ""
-        if response.status_code == 401:
-            hint = " (set $PAYSWITCH_OPERATOR_TOKEN or pass --token-file)"
-        detail = " ".join(response.text.split())[:300]
-        raise click.ClickException(
-            f"{url}: HTTP {response.status_code}: {detail}{hint}")
+    status = response.status_code
+    if status >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        said = body.get("error") if isinstance(body, dict) else None
+        detail = said if isinstance(said, str) else " ".join(response.text.split())[:300]
+        if status == 401:
+            if auth.source is None:
+                reader = " (or $PAYSWITCH_AUDITOR_TOKEN to read)" if method == "GET" else ""
+                raise UserError(f"{url}: HTTP 401: the simulators' admin API wants a token: "
+                                f"set $PAYSWITCH_OPERATOR_TOKEN{reader} or pass --token-file")
+            raise UserError(f"{url}: HTTP 401: the simulators refused the token from "
+                            f"{auth.source}: it is not one they were started with")
+        if status == 403:
+            raise UserError(f"{url}: HTTP 403: {detail} (token from {auth.source})")
+        if status == 404 and isinstance(said, str) and "no network named" in said:
+            known = body.get("networks") if isinstance(body, dict) else None
+            if not isinstance(known, list):
+                known = _networks(admin)
+            names = f"; known: {', '.join(map(str, known))}" if known else ""
+            raise UserError(f"{url}: {said.removeprefix('fault.endpoint: ')}{names}")
+        if status == 400:
+            raise _Refused(detail.removeprefix("fault: "))
+        if status < 500:
+            hint = "" if isinstance(said, str) else ": is --admin the simulators' admin URL?"
+            raise UserError(f"{url}: HTTP {status}: {detail}{hint}")
+        raise click.ClickException(f"{url}: HTTP {status}: {detail}")
     if not response.content:
         return None
     try:
@@ -223,3 +271,64 @@ def _call(method: str, url: str, content: bytes | None = None,
         raise click.ClickException(
             f"{url}: HTTP {response.status_code} but not JSON ({detail!r}): is --admin the "
             "simulators' admin URL?") from None
+
+
+def _networks(admin: str) -> list[str] | None:
+    """The simulators' network names from their open ``/healthz``, or None."""
+    try:
+        answer = httpx.get(f"{admin}/healthz", timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    networks = answer.get("networks") if isinstance(answer, dict) else None
+    return sorted(map(str, networks)) if isinstance(networks, (dict, list)) else None
+
+
+_CONFLICT = re.compile(
+    r"contradicts active fault id (?P<id>\d+): '(?P<theirs>\w+)' and '\w+' overlap on "
+    r"endpoint '(?P<endpoint>[^']*)' for the same route keys during "
+    r"\[(?P<begin>[^,\]]+), (?P<end>[^)\]]+)\) s")
+
+
+def _contradiction(message: str, injected: Fault, admin: str, auth: _Auth) -> str | None:
+    """The simulators' "contradicts active fault id 4 ... during [19915.2, 19918.2) s"
+    (their internal clock) in the user's terms: the fault in the way, how long it has
+    left, and the overlap in seconds from now. None if ``message`` is something else."""
+    found = _CONFLICT.search(message)
+    if found is None:
+        return None
+    try:
+        overlap = float(found["end"]) - float(found["begin"])
+    except ValueError:
+        return None
+    other, endpoint = int(found["id"]), found["endpoint"]
+    lasting = "until cleared" if not math.isfinite(overlap) else f"for {overlap:g} s"
+    start = injected.start_s
+    when = "starting now" if start == 0 else f"starting in {start:g} s"
+    mine = f"{injected.kind} on {endpoint}"
+    clear = f"clear it first (payswitch fault clear {endpoint})"
+    status = _active(admin, auth, other)
+    if status is None:  # not active yet: scheduled to start later
+        return (f"{mine} contradicts fault {other} ({found['theirs']} on {endpoint}, not "
+                f"started yet): they would overlap {lasting}; {clear} or choose another "
+                "--after/--for")
+    left = status.get("remaining_s")
+    if isinstance(left, (int, float)):
+        remaining = f"{left:.1f} s left"
+        later = f", or start yours after it ends (--after {math.ceil(left)}s)"
+    else:
+        remaining, later = "until cleared", ""
+    return (f"{mine} contradicts active fault {other} ({found['theirs']} on {endpoint}, "
+            f"{remaining}): they would overlap {when}, {lasting}; {clear}{later}")
+
+
+def _active(admin: str, auth: _Auth, fault_id: int) -> dict[str, object] | None:
+    """Active fault ``fault_id`` as ``GET /faults`` lists it, or None."""
+    try:
+        listed = httpx.get(f"{admin}/faults", headers=auth.headers, timeout=2.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    faults = listed.get("faults") if isinstance(listed, dict) else None
+    for entry in faults if isinstance(faults, list) else ():
+        if isinstance(entry, dict) and entry.get("id") == fault_id:
+            return entry
+    return None

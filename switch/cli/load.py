@@ -26,7 +26,7 @@ from loadtests.harness.shapes import (
     shape_from_dict,
 )
 from loadtests.harness.workload import WorkloadError, WorkloadSpec, load_workload
-from switch.cli.errors import require_utf8
+from switch.cli.errors import UserError, require_utf8
 from switch.protocols.shardmap import join_address
 
 if TYPE_CHECKING:
@@ -241,14 +241,20 @@ def load(
     """
     import re
 
-    from loadtests.harness.loadrun import LoadPlan, default_out_dir, run_load, run_tag_now
+    from loadtests.harness.loadrun import (
+        LoadPlan,
+        OutputDirError,
+        default_out_dir,
+        make_output_dir,
+        run_load,
+        run_tag_now,
+    )
     from loadtests.harness.thresholds import ThresholdError, parse_thresholds
 
     try:
         thresholds = parse_thresholds(threshold_texts)
     except ThresholdError as exc:
-        click.echo(f"error: --threshold: {exc}", err=True)
-        sys.exit(2)
+        raise UserError(f"--threshold: {exc}") from None
 
     if rate is not None and shape_spec is not None:
         raise click.UsageError("give either --rate (a fixed rate) or --shape, not both")
@@ -314,7 +320,11 @@ def load(
         protocol=protocol,  # type: ignore[arg-type]
         iso8583=iso,
     )
-    out_dir = Path(out) if out else default_out_dir()
+    try:
+        # Made (and checked writable) now: not after the run, with its results lost.
+        out_dir = make_output_dir(out) if out else default_out_dir()
+    except OutputDirError as exc:
+        raise UserError(f"--out {exc}" if out else str(exc)) from None
     console = Console(soft_wrap=True)
     console.print(
         f"[bold]payswitch load[/]: {shape.cumulative(duration_s) / duration_s:,.0f}/s average "
@@ -364,9 +374,9 @@ def _start_metrics(
     try:
         bound = metrics.serve(port, host)
     except OSError as exc:
-        click.echo(f"error: --metrics-port {port}: cannot listen on {host}:{port}: "
-                   f"{exc.strerror or exc}; pick another port (0 for any free one)", err=True)
-        sys.exit(2)
+        raise UserError(f"--metrics-port {port}: cannot listen on {host}:{port}: "
+                        f"{exc.strerror or exc}; pick another port (0 for any free one)"
+                        ) from None
     console.print(f"generator metrics: http://{join_address(host, bound)}/metrics",
                   highlight=False)
     return metrics

@@ -155,6 +155,9 @@ def serve(
         raise click.UsageError("--cluster-dir: only with --workers")
     if config_path:
         require_utf8(config_path, "--config")
+    # Where the doors' ports (and the msgpack door's host) come from with --cluster: the
+    # layout, not the config; errors name it.
+    origin = (layout_path, shards[0]) if layout_path is not None else None
     try:
         config = load_config(config_path) if config_path else with_defaults(SwitchConfig())
         if layout_path is not None and len(shards) > 1:
@@ -173,8 +176,8 @@ def serve(
     except (ConfigError, AdminAuthError) as exc:
         raise UserError(str(exc)) from None
     chosen = backend or config.server.backend
-    _refuse_unusable_hosts(config_path, config)
-    _refuse_busy_ports(config_path, config)
+    _refuse_unusable_hosts(config_path, config, origin)
+    _refuse_busy_ports(config_path, config, layout=origin)
     from switch.serve.app import SwitchApp
 
     app = SwitchApp(config)
@@ -204,7 +207,7 @@ def serve(
         from channels.__main__ import address_in_use
 
         if isinstance(exc, Exception) and address_in_use(exc):
-            _refuse_busy_ports(config_path, config, always=True)
+            _refuse_busy_ports(config_path, config, always=True, layout=origin)
         mistake = _found_in(exc, (ConfigError, TraceStoreError))
         if mistake is not None:
             # A file of the user's that start-up cannot use (a damaged trace-number
@@ -273,7 +276,7 @@ def _serve_cluster(config: SwitchConfig, config_path: str | None, workers: int,
     check_free_space(config)
     layout = plan(config, workers, cluster_dir)
     for w in layout.workers:
-        _refuse_busy_ports(config_path, apply(config, layout, w.shard))
+        _refuse_busy_ports(config_path, apply(config, layout, w.shard), planned=(config, w.shard))
     env = dict(os.environ)
     if config.security.token_key_file is None:
         # One key for every shard: PAN tokens and body hashes agree across journals.
@@ -331,10 +334,25 @@ def _doors(config: SwitchConfig) -> list[tuple[str, str, int, bool]]:
             ("http", config.http.host, config.http.port, config.http.enabled)]
 
 
-def _refuse_unusable_hosts(config_path: str | None, config: SwitchConfig) -> None:
+#: The layout's field for each door's port (``serve --cluster``: the layout's ports).
+_LAYOUT_PORT = {"server": "port", "admin": "admin_port", "http": "http_port",
+                "iso8583": "iso8583_port"}
+
+
+def _host_key(config_path: str | None, key: str, layout: tuple[str, int] | None) -> str:
+    """``file: key`` of a door's host: the layout's worker for the msgpack door with
+    ``--cluster``, else the config."""
+    if layout is not None and key == "server":
+        return f"{layout[0]}: workers[{layout[1]}].host"
+    return f"{config_path or 'default config'}: {key}.host"
+
+
+def _refuse_unusable_hosts(config_path: str | None, config: SwitchConfig,
+                           layout: tuple[str, int] | None = None) -> None:
     """Stop with one line naming a door's host that does not resolve or is no address of
     this machine (start-up would fail on it with a traceback; with a fixed port, the
-    busy-port check would call it "already in use")."""
+    busy-port check would call it "already in use"). ``layout``: (layout file, shard) of
+    ``serve --cluster``."""
     import socket
 
     for key, host, _port, used in _doors(config):
@@ -345,7 +363,7 @@ def _refuse_unusable_hosts(config_path: str | None, config: SwitchConfig) -> Non
                                        flags=socket.AI_PASSIVE)
         except (socket.gaierror, UnicodeError) as exc:
             why = exc.strerror if isinstance(exc, socket.gaierror) else str(exc)
-            raise UserError(f"{config_path or 'default config'}: {key}.host = {host!r}: "
+            raise UserError(f"{_host_key(config_path, key, layout)} = {host!r}: "
                             f"cannot resolve it ({why}); use an address of this machine, "
                             "e.g. 127.0.0.1 or 0.0.0.0") from None
         family, kind, proto, _name, address = infos[0]
@@ -355,26 +373,39 @@ def _refuse_unusable_hosts(config_path: str | None, config: SwitchConfig) -> Non
             except OSError as exc:
                 if exc.errno != errno.EADDRNOTAVAIL:
                     continue  # anything else is the busy-port check's or start-up's
-                raise UserError(f"{config_path or 'default config'}: {key}.host = {host!r}: "
+                raise UserError(f"{_host_key(config_path, key, layout)} = {host!r}: "
                                 f"{exc.strerror}: not an address of this machine; use one "
                                 "of its addresses, e.g. 127.0.0.1 or 0.0.0.0") from None
 
 
-def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False) -> None:
-    """Stop with one line naming each configured port something else already holds."""
+def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bool = False,
+                       layout: tuple[str, int] | None = None,
+                       planned: tuple[SwitchConfig, int] | None = None) -> None:
+    """Stop with one line naming each port something else already holds, where the user
+    set it: ``layout`` (layout file, shard) of ``serve --cluster``, whose ports are the
+    layout's; ``planned`` (the config, worker) of ``serve --workers``, whose ports are the
+    config's plus the worker's number."""
     from channels.__main__ import port_free
 
-    wanted = [("server.port", config.server.host, config.server.port, True),
-              ("admin.port", config.admin.host, config.admin.port, config.admin.enabled),
-              ("iso8583.port", config.iso8583.host, config.iso8583.port, config.iso8583.enabled),
-              ("http.port", config.http.host, config.http.port, config.http.enabled)]
-    busy = [f"{key} = {port} on {host}" for key, host, port, used in wanted
-            if used and port and not port_free(host, port)]
+    busy = []
+    for key, host, port, used in _doors(config):
+        if not used or not port or port_free(host, port):
+            continue
+        if layout is not None:
+            name = f"workers[{layout[1]}].{_LAYOUT_PORT[key]} = {port}"
+        elif planned is not None:
+            base, worker = planned
+            name = f"{key}.port = {getattr(base, key).port} (worker {worker}: {port})"
+        else:
+            name = f"{key}.port = {port}"
+        busy.append(f"{name} on {host}")
     if busy or always:
+        where = layout[0] if layout is not None else config_path or "default config"
+        fix = ("give the worker a free port in the layout" if layout is not None
+               else "set the port to a free one (0 picks one)")
         raise UserError(
-            f"{config_path or 'default config'}: {', '.join(busy) or 'a configured port'}: "
-            "address already in use; stop the process holding it (another `payswitch serve`?) "
-            "or set the port to a free one (0 picks one)"
+            f"{where}: {', '.join(busy) or 'a configured port'}: address already in use; "
+            f"stop the process holding it (another `payswitch serve`?) or {fix}"
         )
 
 

@@ -10,22 +10,37 @@ imported only when a subcommand runs, so ``payswitch --help`` stays light.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
+from switch.cli.errors import UserError
+
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+    """One ``Error:`` line, exit 2 (click's own form, as every other command)."""
+    raise UserError(message)
 
 
 def _stamped(kind: str) -> Path:
-    from loadtests.harness.loadrun import new_output_dir
+    from loadtests.harness.loadrun import OutputDirError, new_output_dir
 
-    return new_output_dir("reports", kind)
+    try:
+        return new_output_dir("reports", kind)
+    except OutputDirError as exc:
+        _fail(str(exc))
+
+
+def _out_dir(path: Path, given: str) -> Path:
+    """``path`` made now (with its parents) and writable, or one line naming ``--out
+    given`` and why."""
+    from loadtests.harness.loadrun import OutputDirError, make_output_dir
+
+    try:
+        return make_output_dir(path)
+    except OutputDirError as exc:
+        _fail(f"--out {given}: {exc}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -53,10 +68,18 @@ def compare(run_a: str, run_b: str, out: str | None) -> None:
         a, b = load_run(run_a), load_run(run_b)
     except RunFilesError as exc:
         _fail(str(exc))
+    target = Path(out) if out else None
+    if target is not None:
+        _out_dir(target.parent, str(out))  # before the comparison is shown, not after it
     rows = compare_rows(a, b)
     console = Console(soft_wrap=True)
     print_comparison(a, b, rows, console)
-    page = write_comparison(a, b, rows, Path(out) if out else _stamped("compare") / "index.html")
+    if target is None:
+        target = _stamped("compare") / "index.html"
+    try:
+        page = write_comparison(a, b, rows, target)
+    except OSError as exc:
+        _fail(f"--out {target}: cannot write the comparison: {exc.strerror or exc}")
     console.print(f"comparison: {page}", highlight=False)
 
 
@@ -81,11 +104,21 @@ def merge(dirs: tuple[str, ...], out: str | None, threshold_texts: tuple[str, ..
         thresholds = parse_thresholds(threshold_texts)
     except ThresholdError as exc:
         _fail(f"--threshold: {exc}")
+    from loadtests.harness.loadrun import OutputDirError, check_output_dir
+
+    if out:
+        try:
+            check_output_dir(out)  # made by the merge, once its inputs have been read
+        except OutputDirError as exc:
+            _fail(f"--out {exc}")
     out_dir = Path(out) if out else _stamped("merged")
     try:
         result = merge_runs(dirs, out_dir, thresholds)
     except RunFilesError as exc:
         _fail(str(exc))
+    except OSError as exc:  # the inputs' own problems are RunFilesErrors
+        _fail(f"{'--out ' if out else ''}{out_dir}: cannot write the merged run: "
+              f"{exc.strerror or exc}")
     summary = result.summary
     latency, totals = summary["latency_ms"], summary["totals"]
     click.echo(

@@ -130,7 +130,13 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
             raise click.UsageError(f"{', '.join(alone)}: only with --seed S (one seed); a "
                                    "campaign prints each failing seed's replay command")
     if scenario_file is not None:
+        from loadtests.harness.scenario import ScenarioError, load_scenario
+
         require_utf8(scenario_file, "--scenario")
+        try:
+            load_scenario(scenario_file)  # one `Error:` line on stderr, as `scenario run`
+        except ScenarioError as exc:
+            raise UserError(f"invalid scenario: {exc}") from None
         sys.exit(run_scenario_file(scenario_file, out))
     duration = parse_duration(duration_text)
     at_once = 1 if seed is not None else min(seeds if seeds is not None else 10,
@@ -143,6 +149,8 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
         template.seed = seed
         result = simulate_one(template)
         print_seed(result, template, out)
+        if shrink and not result.violations:
+            print(f"nothing to shrink: every invariant held on seed {seed}", file=out)
         if shrink and result.violations:
             invariant = result.violations[0].invariant
             print(f"shrinking the schedule while {invariant} still fails:", file=out)

@@ -135,7 +135,7 @@ def load_tokens(
             continue
         if not TOKEN_MIN <= len(token) <= TOKEN_MAX:
             raise AdminAuthError(
-                f"{where}: a {role} token must be {TOKEN_MIN}..{TOKEN_MAX} characters, "
+                f"{where}: an {role} token must be {TOKEN_MIN}..{TOKEN_MAX} characters, "
                 f"got {len(token)}")
         tokens[role] = token
     if len(tokens) == 2 and tokens["operator"] == tokens["auditor"]:
@@ -221,8 +221,12 @@ class AdminAuth:
             await send(message)
 
         if role is None:
+            # Sent but matching no token: say it was refused, not that none was given (and
+            # nothing about the right one).
+            sent = bool(Headers(scope=scope).get("authorization", "").strip())
             response: Response = JSONResponse(
-                {"error": "a bearer token is required (Authorization: Bearer <token>)"},
+                {"error": "the bearer token was refused: it is not a token of this admin API"
+                 if sent else "a bearer token is required (Authorization: Bearer <token>)"},
                 status_code=401, headers={"www-authenticate": 'Bearer realm="payswitch-admin"'})
             await response(scope, receive, send_and_note)
         elif not reading and role != "operator":

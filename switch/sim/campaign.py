@@ -159,6 +159,10 @@ def print_seed(result: SimResult, options: SimOptions, out: TextIO) -> None:
         print(f"trace of {options.trace_key}:", file=out)
         for line in result.trace:
             print(f"  {line}", file=out)
+    elif options.trace_key is not None:
+        print(f"trace of {options.trace_key}: no payment with this id or idempotency key in "
+              f"seed {result.seed}'s run (an invariant failure names the payments to trace)",
+              file=out)
 
 
 # --------------------------------------------------------------------------- scenarios

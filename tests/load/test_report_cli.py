@@ -127,7 +127,7 @@ def test_compare_two_runs(runs: dict[str, object], tmp_path: Path) -> None:
     assert stats.distinct_colours > 50 and stats.non_background_share > 0.03, stats
     bad = _payswitch("report", "compare", a, str(tmp_path))
     assert bad.returncode == 2
-    assert bad.stderr.strip() == f"error: {tmp_path}: not a load run directory (missing " \
+    assert bad.stderr.strip() == f"Error: {tmp_path}: not a load run directory (missing " \
         "summary.json, timeseries.csv, latency.hlog)"
 
 

@@ -111,6 +111,6 @@ def test_cli_malformed_threshold_is_one_line_and_exit_2() -> None:
     result = CliRunner().invoke(load, ["--threshold", "p99<50ms", "--threshold", "p99<<1"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: --threshold: threshold 'p99<<1': expected [CHANNEL:]METRIC OP VALUE, e.g. "
+        "Error: --threshold: threshold 'p99<<1': expected [CHANNEL:]METRIC OP VALUE, e.g. "
         "'p99<50ms', 'errors<0.1%', 'rps>=900', 'card:p99.9<=100ms'"
     ]

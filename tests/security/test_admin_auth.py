@@ -135,7 +135,7 @@ def test_fault_cli_sends_the_operator_token(tmp_path: Path) -> None:
         denied = subprocess.run([*cli, "clear", "card-primary", "--admin", admin,
                                  "--token-file", str(token_file)],
                                 capture_output=True, text=True, timeout=60)
-        assert denied.returncode == 1
+        assert denied.returncode == 2  # a refused token is the user's to fix: exit 2
         assert len(denied.stderr.strip().splitlines()) == 1 and "HTTP 403" in denied.stderr
     finally:
         stop_switch(proc)
