@@ -106,6 +106,13 @@ from switch.sim.verify import (
 
 #: Client retries of one key after an error or a crash.
 CLIENT_TRIES: Final = 3
+#: Share of requests a client sends again while the first is still in flight (its own
+#: timeout fired first), within DUPLICATE_AFTER_S: the switch must hold the duplicate and
+#: answer it with the first one's result (the core's duplicate waiters), never decide it
+#: anew. Without them the waiters were never exercised, and a core answering such a
+#: duplicate at once (a 94, say) passed every seed.
+DUPLICATE_IN_FLIGHT: Final = 0.005
+DUPLICATE_AFTER_S: Final = (0.0002, 0.004)  # a payment here takes ~2-7 ms
 
 __all__ = ["ROOT", "WALL0", "RateAt", "SimOptions", "SimResult", "Simulation", "Violation",
            "sim_config", "simulate"]
@@ -404,6 +411,10 @@ class Simulation:
             _, original = self._recent[self._rng.randrange(len(self._recent))]
             request = msgspec.structs.replace(original, amount=original.amount + 1)
         self._send(request, 1)
+        if self._rng.random() < DUPLICATE_IN_FLIGHT:
+            # Its last try: a duplicate's own error is not retried again.
+            self.push(self.now + self._rng.uniform(*DUPLICATE_AFTER_S), RESEND, request,
+                      CLIENT_TRIES)
 
     def _send(self, request: PaymentRequest, tries: int) -> None:
         self.counters["requests"] += 1
@@ -667,7 +678,7 @@ class Simulation:
         # since the last start folded onto that start's fold: one pass over the journal).
         folded = fold_onto(self.db, self._fold, live_only=True)  # the sim never archives
         intents, finals = check_journal(folded, self._acked, self.world, self.violate,
-                                        self.counters)
+                                        self.counters, live=self.boot)
         if self.clearing is not None:
             for subject, detail in check_ledger(self.db, folded, self.wall_us(), intents,
                                                 finals):

@@ -4,16 +4,20 @@ books (the ledger and the clearing files: switch/sim/books.py)."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Final
 
 from switch.journal.reader import Fold
 from switch.model import Payment, Result, Status
+from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import CHANNELS, ResolutionPolicy
+from switch.payment.standin import StandInConfig
 from switch.routing.breaker import BreakerState
 from switch.routing.table import Target
 from switch.serve.config import SwitchConfig
 from switch.sim.networks import INOPERATIVE, World
+from switch.sim.options import sim_config
 from switch.sim.ports import Boot
 from switch.sim.schedule import CARD_ENDPOINTS
 
@@ -26,11 +30,14 @@ UNKNOWN_SLACK_S: Final = 5.0
 
 
 def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]], world: World,
-                  violate: Violate, counters: dict[str, int]
+                  violate: Violate, counters: dict[str, int], live: Boot | None = None
                   ) -> tuple[dict[str, Payment], dict[str, Result]]:
-    """Every payment terminal once, nothing acknowledged lost, the journal and the
-    networks' books agree both ways, every stand-in advised or explained. Returns the
-    intents and the final results per payment."""
+    """Every payment terminal once (and a final record terminal), nothing acknowledged
+    lost, the journal and the networks' books agree both ways, every stand-in advised or
+    explained and within the per-payment limit, and what a retry of each key would hear
+    from the live switch is what the journal says (:func:`check_index`). Returns the
+    intents and the final results per payment. ``live``: the switch running at the end
+    (none after a crash it did not come back from), whose index :func:`check_index` reads."""
     intents: dict[str, Payment] = {}
     finals: dict[str, Result] = {}  # the last final record's result
     unknowns: set[str] = set()
@@ -44,6 +51,7 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     holds = world.card_holds()
     swift_booked, qr_booked = world.books["swift"].booked, world.books["qr"].booked
     stood_in_journal = stood_in_exposure = 0
+    standin_max = sim_config().standin.per_payment_max_minor
     for pid, h in folded.payments.items():
         payment = h.payment
         result = h.result
@@ -56,6 +64,9 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
         if nfinals > 1:
             twice.append(("terminal-once", pid, f"{nfinals} final records, the last "
                           f"{result.status.value if result else '?'}"))
+        if final is not None and final.status not in TERMINAL:
+            twice.append(("terminal-once", pid, f"a final record in state "
+                          f"{final.status.value}: finished, yet not terminal"))
         if payment is None:
             if final is not None and final.stood_in:
                 stood_in_journal += 1
@@ -87,6 +98,9 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
                           f"{status.value}, yet the network books {booked}"))
         if final.stood_in:
             stood_in_journal += 1
+            if amount > standin_max:
+                standins.append(("bound", pid, f"stand-in approval of {amount}, over the "
+                                 f"per-payment limit {standin_max}"))
             if not h.advised:
                 standins.append(("advice-lost", pid, "stand-in approval never advised to the "
                                  "issuer (unexplained exposure)"))
@@ -123,11 +137,39 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
         violate(*finding)
     counters["standin_exposure_minor"] = stood_in_exposure
     counters["stand_in_journal"] = stood_in_journal
+    if live is not None and live.alive and not live.failed:
+        check_index(live.index, folded, violate)
     try:
         world.scheme.check_ledger()
     except AssertionError as exc:
         violate("money-conserved", "issuer-ledger", str(exc))
     return intents, finals
+
+
+def check_index(index: IdempotencyIndex, folded: Fold, violate: Violate) -> None:
+    """What a retry of each key would hear now (idempotency: the same key and body, the
+    same result), against the journal. The simulated clients never ask again about a key
+    they were answered for (not after an unknown either), so a stale or wrong answer in
+    the index showed nowhere. Every answer the index gives comes from a durable record
+    (the core's and the resolver's completions run at the commit; a start restores the
+    journal's finals), so at any moment between events it equals the journal's latest
+    outcome of that payment: its final, or unknown while it has none."""
+    payments = folded.payments
+    for key in index:
+        entry = index.get(key)
+        if entry is None or entry.pending or entry.result is None:
+            continue  # in flight (or being resolved after a restart): nothing told yet
+        told = entry.result
+        h = payments.get(told.payment_id)
+        if h is None or h.idempotency_key != key:
+            violate("idempotency", key, f"a retry would hear {told.payment_id} "
+                    f"{told.status.value}, a payment the journal has "
+                    + ("no record of" if h is None else f"under key {h.idempotency_key}"))
+            continue
+        journal = h.result.status if h.finished and h.result is not None else Status.UNKNOWN
+        if told.status is not journal:
+            violate("idempotency", key, f"a retry would hear {told.payment_id} "
+                    f"{told.status.value}, the journal says {journal.value}")
 
 
 def check_standin(pid: str, now: float, world: World, boot_started: float | None,
@@ -176,7 +218,8 @@ def check_schedule(pid: str, now: float, since: float, policy: ResolutionPolicy,
 
 
 def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) -> None:
-    """Every bound of the brief's invariant 5, once a simulated second."""
+    """Every bound of the brief's invariant 5, once a simulated second: queues, in-flight
+    work and its admission slots, stand-in exposure, the retry budget."""
     limiter = boot.router.limiter
     checks = [
         ("in-flight", limiter.in_flight(), limiter.total_limit),
@@ -198,6 +241,49 @@ def check_bounds(boot: Boot, cfg: SwitchConfig, now: float, violate: Violate) ->
         # path included) and goes on: correct for a live switch, a bug for the simulator.
         violate("internal-error", f"boot {boot.number}",
                      f"{boot.core.errors} payment(s) failed by an unexpected exception")
+    check_standin_exposure(boot, cfg.standin, violate)
+    check_admission(boot, violate)
+
+
+def check_standin_exposure(boot: Boot, cfg: StandInConfig, violate: Violate) -> None:
+    """Stand-in exposure not yet advised, per card and per issuer target, within its
+    limits: counted afresh from the advices still queued (the exposure the limits are
+    about), not from the totals StandIn keeps to enforce them (the simulated advice
+    sender never releases those: they only ever exceed the queue's)."""
+    per_card: dict[str, int] = defaultdict(int)
+    per_issuer: dict[str, int] = defaultdict(int)
+    for advice in boot.standin._queue:  # the real store-and-forward queue (no sans-IO view)
+        card = advice.payment.card
+        if card is not None:
+            per_card[card.token] += advice.payment.amount
+        per_issuer[advice.target] += advice.payment.amount
+    for token, total in per_card.items():
+        if total > cfg.per_card_max_minor:
+            violate("bound", f"standin-card-{token[:12]}", f"{total} stood in and not yet "
+                    f"advised on one card > per_card_max_minor {cfg.per_card_max_minor}")
+    for target, total in per_issuer.items():
+        if total > cfg.per_issuer_max_minor:
+            violate("bound", f"standin-issuer-{target}", f"{total} stood in and not yet "
+                    f"advised > per_issuer_max_minor {cfg.per_issuer_max_minor}")
+
+
+def check_admission(boot: Boot, violate: Violate) -> None:
+    """An endpoint's admission slots are held only by payments in flight to it (reserved
+    at routing, given back exactly once: core.py's ``_release``). A slot kept after its
+    payment finished is never given back: too few to matter in a short run, until the
+    endpoint sheds every payment as overloaded."""
+    if boot.failed:
+        return  # fail-stop: its payments are being refused; the restart starts afresh
+    held: dict[str, int] = defaultdict(int)
+    for flight in boot.core._by_key.values():  # payments in flight (no sans-IO view)
+        if flight.slot:
+            held[flight.slot] += 1
+    limiter = boot.router.limiter
+    for endpoint in boot.router.health.breakers:
+        slots = limiter.in_flight(endpoint)
+        if slots != held[endpoint]:
+            violate("bound", f"admission-{endpoint}", f"{slots} admission slot(s) taken, "
+                    f"{held[endpoint]} held by payments in flight")
 
 
 def check_probes(boot: Boot, violate: Violate) -> None:

@@ -236,3 +236,252 @@ def no_resolver_refill() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ResolutionQueue, "needs_refill", property(lambda self: False))
         yield
+
+
+# --------------------------------------------------------------------------- more plants
+# The simulator's blind spots, searched for (tests/sim/test_plants_more.py): each a
+# regression a developer could plausibly make in the real code.
+
+
+@contextmanager
+def approved_card_payments_reversed_too() -> Iterator[None]:
+    """Every card approval is also handed to the resolver "to be safe" once its final
+    record is durable: the reversal voids the hold of a payment the client was told was
+    approved (an approved-and-final payment reversed)."""
+    from switch.model import Status
+
+    original = PaymentCore._final_durable
+
+    def final_durable(self: Any, f: Any, now: float, mono: float) -> None:
+        result = f.result
+        route = f.last_route
+        original(self, f, now, mono)
+        if (result is not None and result.status is Status.APPROVED and not result.stood_in
+                and f.payment.channel == "card" and route is not None):
+            self.resolver.submit(f.payment, f.digest, route)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_final_durable", final_durable)
+        yield
+
+
+@contextmanager
+def stand_in_past_the_per_payment_limit() -> Iterator[None]:
+    """Stand-in forgets its per-payment ceiling (``per_payment_max_minor``): any amount
+    is approved on the issuer's behalf, within the card and issuer totals only."""
+    original = StandIn.decide
+
+    def decide(self: Any, payment: Any, target: str) -> str | None:
+        config = self.config
+        self.config = msgspec.structs.replace(config, per_payment_max_minor=10**15)
+        try:
+            return original(self, payment, target)
+        finally:
+            self.config = config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StandIn, "decide", decide)
+        yield
+
+
+@contextmanager
+def stand_in_past_the_per_card_limit() -> Iterator[None]:
+    """Stand-in checks only the per-payment and per-issuer limits: the per-card total
+    (``per_card_max_minor``) is still counted, but no longer compared."""
+    original = StandIn.decide
+
+    def decide(self: Any, payment: Any, target: str) -> str | None:
+        config = self.config
+        self.config = msgspec.structs.replace(config, per_card_max_minor=10**15)
+        try:
+            return original(self, payment, target)
+        finally:
+            self.config = config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StandIn, "decide", decide)
+        yield
+
+
+@contextmanager
+def admission_slot_kept_after_a_decline() -> Iterator[None]:
+    """An issuer's decline ends the payment without giving its admission slot back (the
+    release moved under the retry branch): each decline leaks one in-flight slot of its
+    endpoint, until that endpoint sheds every payment as overloaded."""
+    from switch.routing.retry import FailureKind, classify
+
+    original = PaymentCore._attempt_done
+
+    def attempt_done(self: Any, f: Any, reply: Any, not_sent: bool, now: float,
+                     mono: float) -> bool:
+        endpoint = f.slot
+        moved_on = original(self, f, reply, not_sent, now, mono)
+        if not not_sent and classify(reply) is FailureKind.DECLINED:
+            self.router.limiter.try_acquire(endpoint)  # as if never released
+        return moved_on
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_attempt_done", attempt_done)
+        yield
+
+
+@contextmanager
+def recovery_forgets_unknown_payments() -> Iterator[None]:
+    """Start-up recovery hands the resolver only payments journaled as sent (intent, no
+    outcome), not those already journaled unknown: it took "unknown" for "being resolved",
+    but the resolver that was resolving them died with the crash."""
+    from switch.model import Status
+    from switch.payment import resolver as resolver_module
+
+    original = resolver_module.recover
+
+    def recover(recovered: Any, **kw: Any) -> None:
+        unfinished = [u for u in recovered.unfinished if u.status is not Status.UNKNOWN]
+        original(msgspec.structs.replace(recovered, unfinished=unfinished), **kw)
+
+    import switch.sim.simulation as simulation
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(resolver_module, "recover", recover)
+        mp.setattr(simulation, "recover", recover)
+        yield
+
+
+@contextmanager
+def unknown_journaled_as_final() -> Iterator[None]:
+    """The unknown outcome is journaled with the record kind ``final`` (status unknown):
+    to the journal the payment is finished though nothing is known of it, so a restart
+    never hands it to the resolver again."""
+    original = PaymentCore._journal
+
+    def journal(self: Any, f: Any, kind: str, status: Any, record: bytes, then: Any,
+                now: float, mono: float, sheddable: bool = False) -> None:
+        original(self, f, "final" if kind == "unknown" else kind, status, record, then, now,
+                 mono, sheddable=sheddable)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_journal", journal)
+        yield
+
+
+@contextmanager
+def completed_key_replays_whatever_the_body() -> Iterator[None]:
+    """Dedupe answers a completed key from the index before it compares the body: the
+    same key with another body gets the first payment's result instead of a refusal."""
+    from switch.payment.idempotency import IdempotencyIndex
+
+    original = PaymentCore._receive
+
+    def receive(self: Any, origin: Any, rid: int, request: Any, now: float, mono: float,
+                read_at: float) -> None:
+        from switch.protocols.wire import Reply
+
+        entry = IdempotencyIndex.get(self.index, request.idempotency_key)
+        if entry is not None and entry.result is not None and not entry.pending:
+            self.metrics.replays.inc()
+            origin.reply(Reply(rid, entry.result, True))
+            return
+        original(self, origin, rid, request, now, mono, read_at)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_receive", receive)
+        yield
+
+
+@contextmanager
+def resolved_unknown_stays_unknown_in_the_index() -> Iterator[None]:
+    """The idempotency index keeps a key's first answer: a payment answered unknown and
+    resolved since is still "unknown" to every retry of its key (``complete`` made
+    first-write-wins to stop a double completion)."""
+    from switch.payment.idempotency import IdempotencyIndex
+
+    original = IdempotencyIndex.complete
+
+    def complete(self: Any, key: str, result: Any) -> None:
+        entry = self.get(key)
+        if entry is not None and not entry.pending:
+            return  # already answered: keep the first answer
+        original(self, key, result)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(IdempotencyIndex, "complete", complete)
+        yield
+
+
+@contextmanager
+def keys_restored_by_payment_id() -> Iterator[None]:
+    """Start-up restores the idempotency window keyed by payment id instead of
+    idempotency key: after a restart no completed key is known, and a retry of one is
+    booked as a new payment."""
+    from switch.journal.reader import FinalRecord
+    from switch.payment import resolver as resolver_module
+
+    original = resolver_module.recover
+
+    def recover(recovered: Any, **kw: Any) -> None:
+        finals = [FinalRecord(f.result.payment_id, f.body_hash, f.result, f.answered_at_us)
+                  for f in recovered.finals]
+        original(msgspec.structs.replace(recovered, finals=finals), **kw)
+
+    import switch.sim.simulation as simulation
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(resolver_module, "recover", recover)
+        mp.setattr(simulation, "recover", recover)
+        yield
+
+
+@contextmanager
+def stand_in_tells_the_client_the_network_answer() -> Iterator[None]:
+    """A stand-in approval is journaled approved, but the client hears the issuer
+    network's last answer (failed 91): the reply and the durable record disagree."""
+    from switch.model import Status
+    from switch.protocols.wire import Reply
+
+    original = PaymentCore._finish
+
+    def finish(self: Any, f: Any, result: Any, mono: float) -> None:
+        if result.stood_in and result.status is Status.APPROVED:
+            told = msgspec.structs.replace(result, status=Status.FAILED, reason="91",
+                                           stood_in=False)
+            origin = f.origin
+
+            class Teller:
+                def reply(self, response: Any) -> None:
+                    origin.reply(Reply(response.id, told, response.replay))
+
+            f.origin = Teller()
+        original(self, f, result, mono)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_finish", finish)
+        yield
+
+
+
+@contextmanager
+def duplicate_in_flight_answered_94() -> Iterator[None]:
+    """A retry of a key whose payment is still in flight is answered at once as a
+    duplicate transmission (declined 94, the ISO 8583 idea) instead of waiting for the
+    first one's result: the same key and body get another result."""
+    from switch import reasons
+    from switch.model import Result, Status
+    from switch.payment.idempotency import body_hash
+    from switch.protocols.wire import Reply
+
+    original = PaymentCore._receive
+    encode = msgspec.msgpack.Encoder().encode
+
+    def receive(self: Any, origin: Any, rid: int, request: Any, now: float, mono: float,
+                read_at: float) -> None:
+        flight = self._by_key.get(request.idempotency_key)
+        if flight is not None and flight.digest == body_hash(encode(request),
+                                                             self._token_key):
+            origin.reply(Reply(rid, Result(flight.payment.payment_id, Status.DECLINED,
+                                           reasons.DUPLICATE_TRANSMISSION), True))
+            return
+        original(self, origin, rid, request, now, mono, read_at)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PaymentCore, "_receive", receive)
+        yield

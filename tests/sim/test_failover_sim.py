@@ -147,5 +147,8 @@ def test_unknowns_past_the_resolver_bound_are_resolved_without_a_restart(
     assert result.counters["resolved"] > 200
     with plants.no_resolver_refill():
         planted = simulate(options())
-    found = {v.invariant for v in planted.violations}
-    assert {"unknown-past-schedule", "terminal-once", "ack-lost"} <= found, found
+    # The ~120 payments past the bound stay unknown after the drain. (Which further
+    # invariants one of them trips depends on the seed's path: this seed's once also gave
+    # terminal-once and ack-lost, before the clients sent duplicates in flight.)
+    stuck = [v for v in planted.violations if v.invariant == "unknown-past-schedule"]
+    assert len(stuck) >= 100, {v.invariant for v in planted.violations}
