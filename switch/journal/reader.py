@@ -377,7 +377,10 @@ def recovered_from(folded: Fold, boot_count: int,
                     open_.append(h)
                 if (one := _unfinished(h)) is not None:
                     unfinished.append(one)
-            if result.stood_in and not h.advised and h.payment is not None:
+            # Reopened: a reversal of the stand-in approval was accepted (only a reversal
+            # journals an intent after a final), and its advice was withdrawn
+            # (StandIn.withdraw): sent now, the issuer would hold a reversed payment.
+            if result.stood_in and not h.advised and not h.reopened and h.payment is not None:
                 advices.append(PendingAdvice(h.body_hash, h.payment, result))
         else:
             if open_ is not None:

@@ -76,6 +76,9 @@ class _Advice:
     endpoints: tuple[str, ...]
     queued_at: float
     digest: bytes
+    #: A reversal of the payment was accepted while this advice was being delivered
+    #: (:meth:`StandIn.withdraw`): its exposure is already released.
+    withdrawn: bool = False
 
 
 class StandIn:
@@ -91,6 +94,9 @@ class StandIn:
         self._per_card: OrderedDict[str, int] = OrderedDict()
         self._per_issuer: dict[str, int] = {}
         self._queue: deque[_Advice] = deque()
+        #: The advice :meth:`run` is delivering now (withdrawn only by a flag, not taken
+        #: out of the queue under it).
+        self._delivering: _Advice | None = None
         self._wakeup = anyio.Event()
         self.approved = 0
         self.delivered = 0
@@ -141,6 +147,36 @@ class StandIn:
             per_card.popitem(last=False)
         self._per_issuer[target] = self._per_issuer.get(target, 0) + amount
 
+    def withdraw(self, payment_id: str) -> bool:
+        """A reversal of this stand-in approval was accepted: its advice, if still queued,
+        is never sent, and its exposure is released. The issuer never learnt of the
+        payment; told after the reversal (the two wait for the same issuer, in either
+        order), it held the cardholder's money for a payment the acquirer had undone.
+        True if an advice was withdrawn. An advice on its way to the issuer this very
+        moment is flagged instead: if it arrives, the reversal the caller handed to the
+        resolver releases the hold (unless it reached the issuer first: a window of one
+        advice's round trip)."""
+        for advice in self._queue:
+            if advice.payment.payment_id != payment_id or advice.withdrawn:
+                continue
+            advice.withdrawn = True
+            self._release(advice)
+            if advice is not self._delivering:
+                self._queue.remove(advice)
+            assert advice.withdrawn and (advice is self._delivering
+                                         or advice not in self._queue)
+            return True
+        return False
+
+    def _release(self, advice: _Advice) -> None:
+        """Take ``advice``'s amount off its card's and issuer's stand-in exposure."""
+        payment = advice.payment
+        per_card, per_issuer = self._per_card, self._per_issuer
+        if payment.card is not None and payment.card.token in per_card:
+            per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
+        if advice.target in per_issuer:
+            per_issuer[advice.target] = max(0, per_issuer[advice.target] - payment.amount)
+
     def queue_advice(self, payment: Payment, result: Result, target: str,
                      endpoints: tuple[str, ...], digest: bytes) -> None:
         assert result.stood_in and result.payment_id == payment.payment_id
@@ -158,7 +194,13 @@ class StandIn:
                 await self._wakeup.wait()
                 continue
             advice = self._queue[0]
-            if await self._deliver(advice):
+            self._delivering = advice
+            try:
+                delivered = await self._deliver(advice)
+            finally:
+                self._delivering = None
+            if delivered or advice.withdrawn:
+                assert self._queue[0] is advice, "only run() takes the advice it delivers"
                 self._queue.popleft()
                 delay = 0.05
                 continue
@@ -207,18 +249,13 @@ class StandIn:
 
     async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
         payment = advice.payment
-        per_card = self._per_card
         refused = code != reasons.APPROVED
-        if not refused:
+        if not refused and not advice.withdrawn:
             # Delivered: the issuer now holds it; the stand-in exposure is released, the
             # issuer's too (kept for good, it once ended stand-in at an issuer for the rest
             # of the switch's life once per_issuer_max_minor had ever been reached).
-            if payment.card is not None and payment.card.token in per_card:
-                per_card[payment.card.token] = max(
-                    0, per_card[payment.card.token] - payment.amount)
-            per_issuer = self._per_issuer
-            if advice.target in per_issuer:
-                per_issuer[advice.target] = max(0, per_issuer[advice.target] - payment.amount)
+            # Withdrawn meanwhile: released already.
+            self._release(advice)
         assert advice.result.stood_in and code
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.

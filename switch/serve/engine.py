@@ -34,6 +34,7 @@ from switch.model import Payment, PaymentRequest
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore, Rejected, Submitted
 from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.standin import StandIn
 from switch.protocols.wire import ErrorReply, Reply, Response
 from switch.routing.router import Router
 
@@ -200,6 +201,10 @@ class Engine:
     @property
     def resolver(self) -> Any:
         return self.core.resolver
+
+    @property
+    def standin(self) -> StandIn | None:
+        return self.core.standin
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:

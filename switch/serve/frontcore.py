@@ -227,6 +227,12 @@ class FrontCore:
             raise
         # Durable: from here a crash still ends in a reversal (recovery resolves it).
         pipeline.resolver.submit(payment, digest, route)
+        if result.stood_in and pipeline.standin is not None:
+            # Approved in stand-in, its 0120 advice maybe not yet sent: the issuer must
+            # never learn of it now, or it holds money for a reversed payment (the advice
+            # and the reversal wait for the same issuer, in either order). A start after
+            # this does not queue it again: the reversal's intent reopened the payment.
+            pipeline.standin.withdraw(pid)
         return reasons.APPROVED
 
     def _sweep(self) -> None:
