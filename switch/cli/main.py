@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import click
@@ -167,6 +167,10 @@ def serve(
             from switch.cluster.layout import apply, load_layout
 
             config = apply(config, load_layout(layout_path), shards[0])
+            if demo:
+                # A lone worker of a layout made a throwaway key of its own beside its
+                # journal: its PAN tokens and body hashes agreed with no other worker's.
+                raise ConfigError(_DEMO_IN_A_CLUSTER.format(env=config.security.token_key_env))
         if workers is not None:
             sys.exit(_serve_cluster(config, config_path, workers, cluster_dir, restart_delay,
                                     ready_file, backend, log_level, log_format, demo))
@@ -228,6 +232,11 @@ def serve(
         os._exit(1)
 
 
+_DEMO_IN_A_CLUSTER: Final = (
+    "--demo: the nodes of one cluster must share one token key (PAN tokens and body hashes "
+    "agree across journals): set ${env} or security.token_key_file")
+
+
 def _serve_node(config: SwitchConfig, config_path: str | None, layout_path: str,
                 shards: tuple[int, ...], restart_delay: float, ready_file: str | None,
                 backend: str | None, log_level: str, log_format: str, demo: bool) -> int:
@@ -239,9 +248,7 @@ def _serve_node(config: SwitchConfig, config_path: str | None, layout_path: str,
     from switch.cluster.supervisor import Supervisor, run
 
     if demo:
-        raise ConfigError("--demo: the nodes of one cluster must share one token key (PAN "
-                          "tokens and body hashes agree across journals): set "
-                          f"${config.security.token_key_env} or security.token_key_file")
+        raise ConfigError(_DEMO_IN_A_CLUSTER.format(env=config.security.token_key_env))
     layout = load_layout(layout_path)
     if len(set(shards)) != len(shards):
         raise ConfigError("--shard: a shard is named twice")

@@ -156,3 +156,12 @@ def test_the_supervisor_restarts_an_exited_worker_after_its_delay(tmp_path: Path
     now[0] += 0.5
     supervisor.poll_once(supervisor.clock())
     assert spawned == [0, 1]
+
+
+def test_a_lone_worker_of_a_layout_refuses_demo(tmp_path: Path) -> None:
+    # Several --shard refused --demo, one --shard took it and made a throwaway key of its
+    # own beside its journal: that worker's PAN tokens agreed with no other worker's.
+    line = one_error_line(run("serve", "--cluster", str(layout(tmp_path)), "--shard", "1",
+                              "--demo"))
+    assert line.startswith("Error: --demo: the nodes of one cluster must share one token "
+                           "key"), line
