@@ -23,6 +23,8 @@ from switch.fielderrors import describe_validation_error
 from switch.protocols.shardmap import MAX_SHARDS, ShardMap, join_address
 from switch.serve.config import ConfigError, SwitchConfig, check_worker_limits, cluster_limits
 
+#: A port a worker's always-on doors are known by (Port also admits 0: "pick one").
+ListeningPort = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 #: Workers one `serve --workers` starts at most (a 2-core box wants 2; a node, its cores).
 MAX_LOCAL_WORKERS = 256
 
@@ -32,8 +34,10 @@ class WorkerSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     shard: Annotated[int, msgspec.Meta(ge=0, lt=MAX_SHARDS)]
     host: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-    port: Port
-    admin_port: Port
+    #: The msgpack door and the admin door are always on, on a port of their own: 0 (a
+    #: free port chosen at start) would publish an address no other worker could reach.
+    port: ListeningPort
+    admin_port: ListeningPort
     journal: Annotated[str, msgspec.Meta(min_length=1)]
     http_port: Port = 0
     iso8583_port: Port = 0

@@ -165,3 +165,13 @@ def test_a_lone_worker_of_a_layout_refuses_demo(tmp_path: Path) -> None:
                               "--demo"))
     assert line.startswith("Error: --demo: the nodes of one cluster must share one token "
                            "key"), line
+
+
+def test_a_layout_worker_on_port_0_is_refused_naming_it(tmp_path: Path) -> None:
+    # Port 0 ("pick a free one") would publish an address nobody could reach; it was a
+    # ValueError traceback from the shard map.
+    path = tmp_path / "layout.json"
+    path.write_text('{"workers": [{"shard": 0, "host": "127.0.0.1", "port": 0, '
+                    f'"admin_port": 7180, "journal": "{tmp_path / "j.db"}"}}]}}')
+    line = one_error_line(run("serve", "--cluster", str(path), "--shard", "0"))
+    assert line == f"Error: {path}: workers[0].port: Expected `int` >= 1", line
