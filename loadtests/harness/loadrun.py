@@ -187,13 +187,14 @@ _decode_plan = msgspec.msgpack.Decoder(LoadPlan).decode
 
 
 def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
-              process: int = 0, processes: int = 1) -> Wire | None:
+              process: int = 0, processes: int = 1, run_tag: str = "") -> Wire | None:
     """The wire for ``name`` in generator ``process`` of ``processes``; None for msgpack
-    (built into the generator)."""
+    (built into the generator). ``run_tag``: an ISO 8583 run's STANs start where it says."""
     if name == "iso8583":
         from loadtests.harness.iso8583_client import Iso8583Wire
 
-        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process)
+        return Iso8583Wire(iso or Iso8583Options(), stride=processes, offset=process,
+                           run_tag=run_tag)
     if name == "http":
         from loadtests.harness.http_client import HttpWire
 
@@ -233,7 +234,7 @@ def _worker(
             return float(start_at.value)
 
         wire = make_wire(plan.protocol, join_address(plan.host, plan.port), plan.iso8583,
-                         process=index, processes=plan.processes)
+                         process=index, processes=plan.processes, run_tag=plan.run_tag)
         channel = wire.channel if wire is not None else None
         source = (workload.next_item if channel is None
                   else functools.partial(workload.next_item, channel))
