@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import msgspec
@@ -266,41 +266,33 @@ def approved_card_payments_reversed_too() -> Iterator[None]:
 
 
 @contextmanager
-def stand_in_past_the_per_payment_limit() -> Iterator[None]:
+def _stand_in_without(limit: str) -> Iterator[None]:
+    """Stand-in decides with one of its limits (a StandInConfig field) lifted."""
+    original = StandIn.decide
+
+    def decide(self: Any, payment: Any, target: str) -> str | None:
+        config = self.config
+        self.config = msgspec.structs.replace(config, **{limit: 10**15})
+        try:
+            return original(self, payment, target)
+        finally:
+            self.config = config
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StandIn, "decide", decide)
+        yield
+
+
+def stand_in_past_the_per_payment_limit() -> AbstractContextManager[None]:
     """Stand-in forgets its per-payment ceiling (``per_payment_max_minor``): any amount
     is approved on the issuer's behalf, within the card and issuer totals only."""
-    original = StandIn.decide
-
-    def decide(self: Any, payment: Any, target: str) -> str | None:
-        config = self.config
-        self.config = msgspec.structs.replace(config, per_payment_max_minor=10**15)
-        try:
-            return original(self, payment, target)
-        finally:
-            self.config = config
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(StandIn, "decide", decide)
-        yield
+    return _stand_in_without("per_payment_max_minor")
 
 
-@contextmanager
-def stand_in_past_the_per_card_limit() -> Iterator[None]:
+def stand_in_past_the_per_card_limit() -> AbstractContextManager[None]:
     """Stand-in checks only the per-payment and per-issuer limits: the per-card total
     (``per_card_max_minor``) is still counted, but no longer compared."""
-    original = StandIn.decide
-
-    def decide(self: Any, payment: Any, target: str) -> str | None:
-        config = self.config
-        self.config = msgspec.structs.replace(config, per_card_max_minor=10**15)
-        try:
-            return original(self, payment, target)
-        finally:
-            self.config = config
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(StandIn, "decide", decide)
-        yield
+    return _stand_in_without("per_card_max_minor")
 
 
 @contextmanager

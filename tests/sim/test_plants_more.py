@@ -10,8 +10,7 @@ plant is a blind spot the checker cannot close alone (see its test).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
+from typing import Final
 
 import pytest
 
@@ -19,16 +18,8 @@ from channels.faults import Fault
 from switch.sim.schedule import Schedule
 from switch.sim.simulation import SimOptions, simulate
 from tests.sim import plants
+from tests.sim.test_failover_sim import _quiet  # noqa: F401 (autouse: the switch's logs)
 from tests.sim.test_simulation import assert_plant_is_the_cause, first_failure
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("switch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 def invariants(options: SimOptions) -> set[str]:
@@ -48,39 +39,34 @@ def card_outage(seed: int, rate: float) -> SimOptions:
 
 # --------------------------------------------------------------- found by the old checker
 
-
-def test_finds_an_approved_card_payment_reversed_too() -> None:
-    seed = first_failure(plants.approved_card_payments_reversed_too, "ack-lost", range(1, 6))
-    assert_plant_is_the_cause(seed, "ack-lost")
-
-
-def test_finds_recovery_that_forgets_unknown_payments() -> None:
-    seed = first_failure(plants.recovery_forgets_unknown_payments, "unknown-past-schedule",
-                         range(1, 11), crashes=True)
-    assert_plant_is_the_cause(seed, "unknown-past-schedule", crashes=True)
-
-
-def test_finds_an_unknown_journaled_as_a_final_record() -> None:
-    seed = first_failure(plants.unknown_journaled_as_final, "terminal-once", range(1, 6))
-    assert_plant_is_the_cause(seed, "terminal-once")
+#: (plant, the invariant it breaks, the seeds it is found within, with crashes)
+FOUND_BEFORE: Final = [
+    ("approved_card_payments_reversed_too", "ack-lost", range(1, 6), False),
+    ("recovery_forgets_unknown_payments", "unknown-past-schedule", range(1, 11), True),
+    ("unknown_journaled_as_final", "terminal-once", range(1, 6), False),
+    ("completed_key_replays_whatever_the_body", "idempotency", range(1, 6), False),
+    ("stand_in_tells_the_client_the_network_answer", "ack-lost", range(1, 6), False),
+    ("keys_restored_by_payment_id", "idempotency", range(1, 11), True),
+]
 
 
-def test_finds_a_completed_key_replayed_for_another_body() -> None:
-    seed = first_failure(plants.completed_key_replays_whatever_the_body, "idempotency",
-                         range(1, 6))
-    assert_plant_is_the_cause(seed, "idempotency")
+@pytest.mark.parametrize(("plant", "invariant", "seeds", "crashes"), FOUND_BEFORE,
+                         ids=[row[0] for row in FOUND_BEFORE])
+def test_finds_the_plant(plant: str, invariant: str, seeds: range, crashes: bool) -> None:
+    seed = first_failure(getattr(plants, plant), invariant, seeds, crashes=crashes)
+    assert_plant_is_the_cause(seed, invariant, crashes=crashes)
 
 
-def test_finds_a_stand_in_approval_told_as_failed() -> None:
-    seed = first_failure(plants.stand_in_tells_the_client_the_network_answer, "ack-lost",
-                         range(1, 6))
-    assert_plant_is_the_cause(seed, "ack-lost")
 
 
-def test_finds_keys_restored_by_payment_id() -> None:
-    seed = first_failure(plants.keys_restored_by_payment_id, "idempotency", range(1, 11),
-                         crashes=True)
-    assert_plant_is_the_cause(seed, "idempotency", crashes=True)
+
+
+
+
+
+
+
+
 
 
 # --------------------------------------------------------------- missed by the old checker
