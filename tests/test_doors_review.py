@@ -283,3 +283,27 @@ async def test_an_unknown_op_is_counted_as_unknown_op_not_invalid(tmp_path: Path
         # A frame that could not be used, of the catalogue's kind "invalid".
         assert _sample(switch, "payswitch_frame_errors_total", kind="invalid") == 1
         switch.app.request_shutdown()
+
+
+# --- refusals before the core are counted, as the msgpack door counts its own ----------------
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_http_doors_own_refusals_are_counted_by_reason() -> None:
+    # Only body errors, 421 and 503 were counted: a missing or bad key (400), a body too
+    # large (413) and a head too large (431) left payswitch_rejected_requests_total flat.
+    core = _metrics_core()
+    app = build_api(core, HttpApiConfig(enabled=True, max_body_bytes=1024))  # type: ignore[arg-type]
+    rejected = core.metrics.rejected
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://w") as client:
+        assert (await client.post("/v1/payments", json=BODY)).status_code == 400
+        long_key = {"Idempotency-Key": "k" * 65}
+        assert (await client.post("/v1/payments", json=BODY, headers=long_key)).status_code == 400
+        assert rejected["invalid"].value == 2
+        big_body = {"Idempotency-Key": "big-body"}
+        answer = await client.post("/v1/payments", content=b"x" * 2048, headers=big_body)
+        assert answer.status_code == 413
+        big_head = {"Idempotency-Key": "big-head", "X-Big": "a" * 70_000}
+        assert (await client.post("/v1/payments", json=BODY, headers=big_head)).status_code == 431
+        assert rejected["frame_too_large"].value == 2

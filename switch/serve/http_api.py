@@ -128,8 +128,9 @@ class HeadBound:
     runs. The server's own bounds depend on how the bytes arrive (uvicorn's counts per
     read; h11's applies to a head still incomplete): this one does not."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, count: Callable[[], None] | None = None) -> None:
         self.app = app
+        self.count = count  # payswitch_rejected_requests_total{reason="frame_too_large"}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -137,6 +138,8 @@ class HeadBound:
             if size > MAX_HEAD_BYTES:
                 log.warning("HTTP request head of %d bytes, above %d: refused with 431",
                             size, MAX_HEAD_BYTES)
+                if self.count is not None:
+                    self.count()
                 response = problem(
                     431, "request-head-too-large",
                     f"the request line and headers are {size} bytes, above the limit of "
@@ -182,18 +185,28 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
     http_doors = list(http_addresses or [])
     document = _json.encode(openapi_document())
 
+    rejected = core.metrics.rejected
+
+    def refused(status: int, kind: str, detail: str, reason: str) -> Response:
+        """A refusal before the core sees the payment, counted in
+        ``payswitch_rejected_requests_total`` as the msgpack door counts its own (a body
+        too large is its frame too large)."""
+        rejected[reason].inc()
+        return problem(status, kind, detail)
+
     async def create_payment(request: Request) -> Response:
         key = request.headers.get("idempotency-key")
         if not key:
-            return problem(400, "idempotency-key-missing",
-                           "the Idempotency-Key header is required")
+            return refused(400, "idempotency-key-missing",
+                           "the Idempotency-Key header is required", reasons.E_INVALID)
         if len(key) > MAX_KEY_CHARS and key_chars(key) > MAX_KEY_CHARS:
-            return problem(400, "idempotency-key-invalid",
-                           f"Idempotency-Key is longer than {MAX_KEY_CHARS} characters")
+            return refused(400, "idempotency-key-invalid",
+                           f"Idempotency-Key is longer than {MAX_KEY_CHARS} characters",
+                           reasons.E_INVALID)
         if key.startswith(ISO_KEY_PREFIX):
-            return problem(400, "idempotency-key-invalid",
+            return refused(400, "idempotency-key-invalid",
                            f"Idempotency-Key may not begin with {ISO_KEY_PREFIX!r}: the ISO "
-                           "8583 door's keys do")
+                           "8583 door's keys do", reasons.E_INVALID)
         if shards > 1:
             # HAProxy hashed the header's bytes; Starlette decoded them as latin-1, which
             # encoding gives them back exactly (UTF-8 would hash other bytes).
@@ -204,15 +217,14 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
                                                           addresses[owner], http_doors),
                                code=reasons.E_MOVED)
         declared = request.headers.get("content-length")
+        too_large = f"body exceeds http.max_body_bytes={config.max_body_bytes}"
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            return problem(413, "body-too-large",
-                           f"body exceeds http.max_body_bytes={config.max_body_bytes}")
+            return refused(413, "body-too-large", too_large, reasons.E_FRAME_TOO_LARGE)
         data = b""
         async for chunk in request.stream():
             data += chunk
             if len(data) > config.max_body_bytes:
-                return problem(413, "body-too-large",
-                               f"body exceeds http.max_body_bytes={config.max_body_bytes}")
+                return refused(413, "body-too-large", too_large, reasons.E_FRAME_TOO_LARGE)
         body, error = decode_body(data)
         if body is None:
             assert error is not None
@@ -261,7 +273,7 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
         Route("/v1/payments", create_payment, methods=["POST"]),
         Route("/v1/payments/{payment_id}", get_payment, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-    ], middleware=[Middleware(HeadBound)])
+    ], middleware=[Middleware(HeadBound, count=rejected[reasons.E_FRAME_TOO_LARGE].inc)])
 
 
 async def serve_api(app: Starlette, sock: socket.socket, server: str, max_connections: int,
