@@ -247,8 +247,12 @@ class StandIn:
                   "cannot be encoded" if permanent else "unexpected error", endpoint, exc,
                   exc_info=not permanent, extra={"payment_id": advice.payment.payment_id})
 
-    async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
-        payment = advice.payment
+    def answered(self, advice: _Advice, code: str) -> JournalRecord:
+        """The issuer answered ``code`` (not 91/96: :data:`NOT_TAKEN` waits) to
+        ``advice``, which is done with: its exposure released if the issuer took it, and
+        the advice record to journal (sans-IO: :meth:`_record` writes it; the simulator's
+        sender, switch/sim/advice.py, journals it on its own disk)."""
+        assert advice.result.stood_in and code and code not in NOT_TAKEN, code
         refused = code != reasons.APPROVED
         if not refused and not advice.withdrawn:
             # Delivered: the issuer now holds it; the stand-in exposure is released, the
@@ -256,18 +260,20 @@ class StandIn:
             # of the switch's life once per_issuer_max_minor had ever been reached).
             # Withdrawn meanwhile: released already.
             self._release(advice)
-        assert advice.result.stood_in and code
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.
         result = msgspec.structs.replace(advice.result, reason=code) if refused else advice.result
-        await self._journal.write(
-            JournalRecord.outcome(ADVICE, payment, result, advice.digest, self._clock.wall_us()),
-            ON_FULL,
-        )
-        if refused:
-            log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
-                        extra={"payment_id": payment.payment_id})
         self.delivered += 1
         self._metrics.saf_delivered.inc()
+        return JournalRecord.outcome(ADVICE, advice.payment, result, advice.digest,
+                                     self._clock.wall_us())
+
+    async def _record(self, advice: _Advice, endpoint: str, code: str) -> None:
+        record = self.answered(advice, code)
+        await self._journal.write(record, ON_FULL)
+        payment = advice.payment
+        if code != reasons.APPROVED:
+            log.warning("stand-in advice refused by the issuer (%s) via %s", code, endpoint,
+                        extra={"payment_id": payment.payment_id})
         log.info("stand-in advice delivered via %s", endpoint,
                  extra={"payment_id": payment.payment_id})

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
-from switch.journal import encode_result
+from switch.journal.records import to_row
+from switch.payment.standin import NOT_TAKEN
 from switch.sim.networks import World
 from switch.sim.ports import Boot
 
@@ -52,14 +53,16 @@ def send_advice(host: Host, boot: Boot) -> None:
         plan = host.world.plan(endpoint, host.now, advice.payment)
         if plan.action != "respond" or plan.technical_error or plan.malformed:
             continue
+        code = host.world.advise(advice.payment, advice.result.channel_ref)
+        if code in NOT_TAKEN:
+            continue  # the issuer did not take it: it waits, as StandIn._deliver has it
         queue.popleft()
-        host.world.advise(advice.payment, advice.result.channel_ref)
         pid = advice.payment.payment_id
         host.counters["advices"] += 1
-        host.note(pid, "advice", pid, "via", endpoint)
-        row = (pid, advice.payment.idempotency_key, "advice", advice.result.status.value,
-               advice.digest, encode_result(advice.result), host.wall_us())
-        host.journal_then(boot, row, lambda: None)
+        host.note(pid, "advice", pid, "via", endpoint, code)
+        # The real StandIn decides what the answer means (exposure released, a refusal
+        # kept as the record's reason): only the write is the simulator's.
+        host.journal_then(boot, to_row(boot.standin.answered(advice, code)), lambda: None)
         boot.advice_delay = 0.05
         arm_advice(host, boot, 0.0)
         return

@@ -188,12 +188,14 @@ class World:
         book.fenced.add(pid)  # never booked: a late original is refused from now on
         return NetworkReply("failed", reasons.ISSUER_UNAVAILABLE, "NOT_FOUND")
 
-    def advise(self, payment: Payment, auth_code: str) -> None:
+    def advise(self, payment: Payment, auth_code: str) -> str:
+        """The 0120 of a stand-in approval reaches the card scheme: its 0130's DE39."""
         original = original_request(payment, ACQUIRER_ID)
         advice = iso8583.authorization_advice(original, response_code=reasons.APPROVED,
                                               auth_code=auth_code)
         answer = self.scheme.advice(advice)
         assert answer.mti == "0130", answer
+        return answer.fields.get(39) or reasons.APPROVED
 
     # ----------------------------------------------------------------- the books
 

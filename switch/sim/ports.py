@@ -25,6 +25,7 @@ class Host(Protocol):
 
     now: float
 
+    def wall_us(self) -> int: ...
     def client_reply(self, response: Response) -> None: ...
     def net_send(self, boot: Boot, endpoint: str, token: int, payment: Payment) -> None: ...
 
@@ -82,6 +83,10 @@ class SimClock:
 
     def now(self) -> float:
         return self.sim.now
+
+    def wall_us(self) -> int:
+        """The wall clock records are stamped with (the simulation's, jumps included)."""
+        return self.sim.wall_us()
 
 
 class Boot:
