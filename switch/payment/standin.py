@@ -46,8 +46,9 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     #: Largest single stand-in approval, in the payment's minor units.
     per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
-    #: Stand-in exposure not yet advised to (and taken by) the issuer, per card (token)
-    #: and per issuer target, restarts included; past it, the payment is declined 91.
+    #: Stand-in exposure not yet advised to the issuer (an advice it answered, taken or
+    #: refused, is done with), per card (token) and per issuer target, restarts
+    #: included; past it, the payment is declined 91.
     per_card_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 50_000
     per_issuer_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 5_000_000
     #: Store-and-forward bound on undelivered advices.
@@ -254,11 +255,13 @@ class StandIn:
         sender, switch/sim/advice.py, journals it on its own disk)."""
         assert advice.result.stood_in and code and code not in NOT_TAKEN, code
         refused = code != reasons.APPROVED
-        if not refused and not advice.withdrawn:
-            # Delivered: the issuer now holds it; the stand-in exposure is released, the
-            # issuer's too (kept for good, it once ended stand-in at an issuer for the rest
-            # of the switch's life once per_issuer_max_minor had ever been reached).
-            # Withdrawn meanwhile: released already.
+        if not advice.withdrawn:  # withdrawn meanwhile: released already
+            # Answered: the advice is done with, and so is its exposure, the card's and
+            # the issuer's. Taken, the issuer holds it. Refused (14, 51), it is a loss the
+            # journal keeps as evidence for reconciliation; kept in the totals, refusals
+            # added up for good and, once per_issuer_max_minor was reached, ended stand-in
+            # at that issuer until a restart (which forgot them: start-up counts only
+            # advices not yet answered).
             self._release(advice)
         # The advice record carries the issuer's answer as its reason: anything but 00 is
         # the refusal that reconciliation needs as evidence of stand-in exposure.

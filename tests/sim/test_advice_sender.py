@@ -35,26 +35,27 @@ def test_the_sender_hands_every_answer_to_the_real_standin(
     assert {code for _, code in answers} <= {"00", "14", "51"} and "00" in dict(answers).values()
 
 
-def test_an_issuers_refusal_is_recorded_and_its_exposure_kept(
+def test_an_issuers_refusal_is_recorded_and_its_exposure_released(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # The scheme refuses every advice (05): the real StandIn keeps the refusal as the
-    # advice record's reason, and the exposure stands (the issuer holds nothing).
+    # advice record's reason, and releases its exposure as a restart would (kept, the
+    # refusals added up for good and ended stand-in at the issuer).
     from switch.sim import networks
 
     def refuse(self: Any, payment: Any, auth_code: str) -> str:
         return "05"
 
     monkeypatch.setattr(networks.World, "advise", refuse)
-    kept: list[int] = []
+    released: list[tuple[int, int]] = []
     real = StandIn.answered
 
     def spy(self: StandIn, advice: Any, code: str) -> Any:
-        before = sum(self._per_card.values())
+        before = sum(self._per_issuer.values())
         record = real(self, advice, code)
         assert record.result().reason == "05"
-        kept.append(sum(self._per_card.values()) - before)
+        released.append((before - sum(self._per_issuer.values()), advice.payment.amount))
         return record
 
     monkeypatch.setattr(StandIn, "answered", spy)
     simulate(card_outage(1, 100.0))
-    assert kept and set(kept) == {0}  # nothing released
+    assert released and all(freed == amount for freed, amount in released), released
