@@ -75,7 +75,8 @@ def test_a_reversal_in_cycle_10000_pairs_with_its_clearing_in_cycle_9999(
     switch = [Record("card", RRN, 500, "USD", "reversed", T - 1_000_000, "P1-1")]
     report = match(switch, load_network_side(tmp_path))
     assert report.breaks == []
-    assert report.counts == {"matched": 1}
+    # Every network record in a class: the reversal counted apart (2 records, 1 payment).
+    assert report.counts == {"matched": 1, "network:reversal_of_cleared": 1}
 
 
 # --- 2. a file truncated while it is read ------------------------------------------------
@@ -265,7 +266,8 @@ def test_camt053_debit_with_rvslind_true_reverses_the_booked_credit(
     (tmp_path / "swift-0002.xml").write_bytes(second)
     switch = [Record("swift", UETR, 10_000, "EUR", "reversed", T - 1_000_000, "P1-1")]
     report = match(switch, load_network_side(tmp_path))
-    assert report.breaks == [] and report.counts == {"matched": 1}
+    assert report.breaks == []
+    assert report.counts == {"matched": 1, "network:reversal_of_cleared": 1}
 
 
 def test_camt053_credit_with_rvslind_false_is_a_settlement() -> None:
