@@ -231,12 +231,13 @@ def test_a_busy_port_of_a_layout_names_the_layout_not_the_config(tmp_path: Path,
     ports = [busy_port + 1, busy_port + 2, busy_port]  # worker 2's is the busy one
     layout = tmp_path / "layout.json"
     layout.write_text(json.dumps({"workers": [
-        {"shard": i, "host": "127.0.0.1", "port": p, "admin_port": 0,
+        {"shard": i, "host": "127.0.0.1", "port": p, "admin_port": busy_port + 3 + i,
          "journal": str(tmp_path / f"shard-{i}" / "journal.db")}
         for i, p in enumerate(ports)]}))
     config = _switch_toml(tmp_path, port=7100)
-    line = one_error_line(run("serve", "--demo", "--config", str(config), "--cluster",
-                              str(layout), "--shard", "2"))
+    # A worker of a layout takes the cluster's token key (--demo is refused there).
+    line = one_error_line(run("serve", "--config", str(config), "--cluster", str(layout),
+                              "--shard", "2", env=environ(PAYSWITCH_TOKEN_KEY="k" * 32)))
     assert line.startswith(f"Error: {layout}: workers[2].port = {busy_port} on 127.0.0.1: "
                            "address already in use; "), line
     assert str(config) not in line

@@ -88,7 +88,7 @@ def rec(status: str, t: int = 1_000_000) -> Record:
 def test_a_cleared_then_reversed_pair_matches_a_switch_reversal() -> None:
     report = match([rec("reversed")], [rec("approved"), rec("reversed", 2_000_000)])
     assert report.breaks == []
-    assert report.counts == {"matched": 1}
+    assert report.counts == {"matched": 1, "network:reversal_of_cleared": 1}
 
 
 def test_the_pair_against_a_switch_approval_is_still_a_break() -> None:
