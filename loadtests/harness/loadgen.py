@@ -822,13 +822,14 @@ class OpenLoopGenerator:
                         if answer.error == "malformed" and stats.malformed_sent:
                             stats.planted_errors["malformed"] += 1
                         continue
-                    self._answered(sent, now)
+                    latency_us = self._answered(sent, now)
                     status = answer.status
                     if status is None:
                         stats.errors[answer.error or "error"] += 1
                         if answer.error and answer.error == sent.planted:
                             stats.planted_errors[answer.error] += 1
                         continue
+                    stats.admitted.record_value(latency_us)  # a result, as over msgpack
                     if answer.replay:
                         stats.replays += 1
                     else:

@@ -178,6 +178,7 @@ class ProcessResult(msgspec.Struct, frozen=True):
     intervals: int
     histograms: dict[str, bytes]  # hdrh-encoded per channel, the whole run
     last_reply_s: float = 0.0
+    admitted: bytes = b""  # hdrh-encoded: answered with a result (refusals left out)
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -289,6 +290,7 @@ def _worker(
             intervals=generator.intervals_closed,
             histograms={ch: h.encode() for ch, h in sorted(stats.channel_histograms.items())},
             last_reply_s=stats.last_reply_s,
+            admitted=stats.admitted.encode(),
         )
         queue.put(("done", index, _encode(result)), timeout=30)
     except BaseException as exc:  # report, then die: the parent shows it
@@ -616,7 +618,10 @@ def _finish(
     ordered = [results[i] for i in sorted(results)]
     channel_hists: dict[str, HdrHistogram] = {}
     total = new_histogram()
+    admitted = new_histogram()
     for r in ordered:
+        if r.admitted:
+            admitted.decode_and_add(r.admitted)
         for channel, encoded in r.histograms.items():
             hist = channel_hists.get(channel)
             if hist is None:
@@ -632,6 +637,7 @@ def _finish(
 
     totals = RunTotals(
         histogram=total,
+        admitted=admitted,
         channel_histograms=channel_hists,
         sent=sum(r.sent for r in ordered),
         malformed_sent=sum(r.malformed_sent for r in ordered),

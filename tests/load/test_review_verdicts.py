@@ -393,3 +393,41 @@ def test_the_audits_unresolved_count_is_the_one_judged() -> None:
     allowed = _row(_verdicts(_scenario(unresolved_max=2), [], _steady(), START, _summary(),
                              audit, True, None, 0), "unresolved at the end")
     assert allowed.passed
+
+
+def test_latency_rows_judge_what_was_answered_with_a_result() -> None:
+    # Under shedding, instant 'overloaded' refusals pulled the overall p99 down: 10 ms
+    # overall while the payments answered with a result waited 900 ms at p99.
+    summary = _summary(latency={"p99": 10.0, "p99.9": 20.0, "count": 1000})
+    summary["latency_admitted_ms"] = {"p99": 900.0, "p99.9": 950.0, "count": 400}
+    row = _row(_run(_scenario(p99_ms_max=500.0), [], _steady(), summary=summary),
+               "p99 latency")
+    assert (row.measured, row.passed) == ("900.0 ms", False)
+    # A summary merged from files has only the overall figures: those are judged.
+    del summary["latency_admitted_ms"]
+    assert _row(_run(_scenario(p99_ms_max=500.0), [], _steady(), summary=summary),
+                "p99 latency").passed
+
+
+def test_the_load_summary_keeps_the_admitted_latency_apart() -> None:
+    from collections import Counter
+
+    from loadtests.harness.hlog import new_histogram
+    from loadtests.harness.runoutputs import RunTotals, build_summary
+
+    everything, admitted = new_histogram(), new_histogram()
+    for _ in range(600):
+        everything.record_value(50)  # refused at once: 50 us
+    for _ in range(400):
+        everything.record_value(900_000)
+        admitted.record_value(900_000)
+    totals = RunTotals(
+        histogram=everything, channel_histograms={}, sent=1000, malformed_sent=0,
+        replies=1000, replays=0, statuses=Counter({"approved": 400}),
+        errors=Counter({"overloaded": 600}), planted_errors=Counter(), planted_sent=Counter(),
+        by_channel=Counter(), unanswered=0, connection_lost=0, dropped=0, lagged=0,
+        max_lag_ms=0.0, elapsed_s=1.0, cpu_s=0.1, processes=[], admitted=admitted)
+    summary = build_summary({"interrupted_at_s": None}, totals, 1000, 1.0, 0, {}, [])
+    assert summary["latency_ms"]["p50"] < 1.0
+    assert summary["latency_admitted_ms"]["count"] == 400
+    assert summary["latency_admitted_ms"]["p50"] > 800.0
