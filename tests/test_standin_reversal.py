@@ -61,3 +61,63 @@ async def test_a_reversed_stand_in_approval_is_never_advised(tmp_path: Path) -> 
                 await _until(lambda: _journal(tmp_path, key)[-1][2] == "reversed")
             await client.stream.aclose()
             switch.app.request_shutdown()
+
+
+class _SlowIssuer:
+    """An adapter whose advice is on the wire until the test lets it land."""
+
+    name = "card-a"
+
+    def __init__(self) -> None:
+        self.on_the_wire = anyio.Event()
+        self.land = anyio.Event()
+        self.order: list[str] = []
+
+    async def advise(self, payment: Any, auth_code: str) -> str:
+        self.on_the_wire.set()
+        await self.land.wait()
+        self.order.append("advice")
+        return "00"
+
+
+class _Journal:
+    async def write(self, record: Any, on_full: Any) -> None:
+        return None
+
+
+async def test_a_reversal_waits_for_the_advice_already_on_the_wire() -> None:
+    # The advice was on its way to the issuer when the reversal was accepted: it cannot be
+    # recalled, so the reversal must reach the issuer after it (and release its hold),
+    # never before (the hold would then stay for a reversed payment).
+    from switch.clock import Clock
+    from switch.model import Result, Status
+    from switch.observability.metrics import SwitchMetrics
+    from switch.payment.standin import StandIn, StandInConfig
+    from tests.payments import card_payment
+    from tests.test_core import make_rig
+
+    issuer = _SlowIssuer()
+    standin = StandIn(StandInConfig(), {"card-a": issuer}, _Journal(),  # type: ignore[arg-type]
+                      Clock(), SwitchMetrics(), lambda endpoint, now: True)
+    rig = make_rig()
+    payment = rig.core._new_payment(card_payment("on-the-wire"), 0.0)
+    assert standin.decide(payment, "cards") is not None
+    standin.queue_advice(payment, Result(payment.payment_id, Status.APPROVED, "00", "S1",
+                                         stood_in=True), "cards", ("card-a",), b"d")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(standin.run)
+        await issuer.on_the_wire.wait()
+        assert standin.withdraw(payment.payment_id)  # flagged: it is on the wire
+
+        async def reverse() -> None:
+            await standin.settled(payment.payment_id)
+            issuer.order.append("reversal")
+
+        tg.start_soon(reverse)
+        await anyio.sleep(0.05)
+        assert issuer.order == []  # the reversal waits for the advice
+        issuer.land.set()
+        await _until(lambda: len(issuer.order) == 2)
+        assert issuer.order == ["advice", "reversal"]
+        assert standin.pending == 0 and sum(standin._per_card.values()) == 0
+        tg.cancel_scope.cancel()

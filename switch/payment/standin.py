@@ -96,8 +96,9 @@ class StandIn:
         self._per_issuer: dict[str, int] = {}
         self._queue: deque[_Advice] = deque()
         #: The advice :meth:`run` is delivering now (withdrawn only by a flag, not taken
-        #: out of the queue under it).
+        #: out of the queue under it), and the event set when that delivery ends.
         self._delivering: _Advice | None = None
+        self._delivery_over = anyio.Event()
         self._wakeup = anyio.Event()
         self.approved = 0
         self.delivered = 0
@@ -154,9 +155,9 @@ class StandIn:
         payment; told after the reversal (the two wait for the same issuer, in either
         order), it held the cardholder's money for a payment the acquirer had undone.
         True if an advice was withdrawn. An advice on its way to the issuer this very
-        moment is flagged instead: if it arrives, the reversal the caller handed to the
-        resolver releases the hold (unless it reached the issuer first: a window of one
-        advice's round trip)."""
+        moment is flagged instead: the caller waits for it (:meth:`settled`) before it
+        hands the reversal to the resolver, so that if it arrives, the reversal comes
+        after it and releases the hold."""
         for advice in self._queue:
             if advice.payment.payment_id != payment_id or advice.withdrawn:
                 continue
@@ -168,6 +169,12 @@ class StandIn:
                                          or advice not in self._queue)
             return True
         return False
+
+    async def settled(self, payment_id: str) -> None:
+        """Return once no advice of ``payment_id`` is on its way to the issuer (the one
+        being delivered now ends within its 2 s bound)."""
+        while self._delivering is not None and self._delivering.payment.payment_id == payment_id:
+            await self._delivery_over.wait()
 
     def _release(self, advice: _Advice) -> None:
         """Take ``advice``'s amount off its card's and issuer's stand-in exposure."""
@@ -196,10 +203,12 @@ class StandIn:
                 continue
             advice = self._queue[0]
             self._delivering = advice
+            self._delivery_over = anyio.Event()
             try:
                 delivered = await self._deliver(advice)
             finally:
                 self._delivering = None
+                self._delivery_over.set()
             if delivered or advice.withdrawn:
                 assert self._queue[0] is advice, "only run() takes the advice it delivers"
                 self._queue.popleft()

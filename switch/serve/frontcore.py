@@ -66,6 +66,11 @@ class Outcome:
     error_message: str = ""
 
 
+#: The longest a reversal of a stand-in approval waits for its advice on the wire to land
+#: (StandIn._deliver gives an advice 2 s).
+ADVICE_LANDS_S: Final = 2.5
+
+
 class FrontCore:
     """The core as the front doors see it."""
 
@@ -226,13 +231,17 @@ class FrontCore:
             self._reversing.pop(pid, None)
             raise
         # Durable: from here a crash still ends in a reversal (recovery resolves it).
-        pipeline.resolver.submit(payment, digest, route)
-        if result.stood_in and pipeline.standin is not None:
+        standin = pipeline.standin
+        if result.stood_in and standin is not None:
             # Approved in stand-in, its 0120 advice maybe not yet sent: the issuer must
             # never learn of it now, or it holds money for a reversed payment (the advice
             # and the reversal wait for the same issuer, in either order). A start after
             # this does not queue it again: the reversal's intent reopened the payment.
-            pipeline.standin.withdraw(pid)
+            # One on the wire now is let land first, so the reversal follows it.
+            standin.withdraw(pid)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(ADVICE_LANDS_S):
+                await standin.settled(pid)
+        pipeline.resolver.submit(payment, digest, route)
         return reasons.APPROVED
 
     def _sweep(self) -> None:
