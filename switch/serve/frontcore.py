@@ -231,8 +231,8 @@ class FrontCore:
             self._reversing.pop(pid, None)
             raise
         # Durable: from here a crash still ends in a reversal (recovery resolves it).
-        standin = pipeline.standin
-        if result.stood_in and standin is not None:
+        standin = pipeline.standin if result.stood_in else None
+        if standin is not None:
             # Approved in stand-in, its 0120 advice maybe not yet sent: the issuer must
             # never learn of it now, or it holds money for a reversed payment (the advice
             # and the reversal wait for the same issuer, in either order). A start after
