@@ -14,7 +14,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -128,12 +127,12 @@ def networks_error_rate(networks: str, switch_config: Path, channels_config: Pat
 
             return max((n.error_rate for n in load_config(switch_config).networks),
                        default=0.0)
-        data = tomllib.loads(channels_config.read_text())
+        from channels.config import load_config as load_channels
+
+        return max((n.behaviour.errors.technical_error_rate
+                    for n in load_channels(channels_config).networks), default=0.0)
     except (OSError, ValueError):
         return 0.0
-    rates = [float(n.get("behaviour", {}).get("errors", {}).get("technical_error_rate", 0.0))
-             for n in data.get("networks", []) if isinstance(n, dict)]
-    return max(rates, default=0.0)
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -30,6 +30,8 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from channels.config import ChannelsConfigError
+from channels.config import load_config as load_channels
 from channels.faults import Fault, FaultConfigError, convert_faults
 from loadtests.harness.audit import audit_journal
 from loadtests.harness.loadgen import Acknowledged, RateShape, ShapeError, shape_from_dict
@@ -316,11 +318,12 @@ def _endpoint_channels(sc: Scenario | None, endpoint: str,
     channels config, else the channels of the payments routed to it."""
     if sc is not None:
         try:
-            for network in tomllib.loads(_resolve(sc.channels).read_text())["networks"]:
-                if network.get("name") == endpoint and network.get("kind"):
-                    return {str(network["kind"])}
-        except (OSError, KeyError, TypeError, AttributeError, tomllib.TOMLDecodeError):
-            pass
+            networks = load_channels(_resolve(sc.channels)).networks
+        except ChannelsConfigError:
+            networks = []
+        for network in networks:
+            if network.name == endpoint:
+                return {network.kind}
     return {t.channel for t in trs if t.route == endpoint and t.channel}
 
 
