@@ -101,6 +101,9 @@ def summary_lines(stats: LoadStats, audit: AuditReport) -> list[str]:
         f"rejected: {sum(stats.errors.values())} {dict(stats.errors)}",
         f"lost: {audit.lost}",
         f"duplicates: {audit.duplicates}",
+        f"amounts as sent: {audit.amount_mismatches} of {audit.amounts_compared} mismatched"
+        + (f" ({audit.amounts_unknown} not compared: no amount kept)"
+           if audit.amounts_unknown else ""),
         f"throughput: {stats.replies / stats.elapsed_s:.0f} replies/s over {stats.elapsed_s:.1f} s",
         f"latency: p50 {stats.percentile_ms(50):.2f} ms, p99 {stats.percentile_ms(99):.2f} ms,"
         f" p99.9 {stats.percentile_ms(99.9):.2f} ms (from intended send time)",
@@ -451,6 +454,9 @@ def run_demo(
                               else None, highlight=False)
         if audit.lost_keys:
             console.print(f"lost keys (first 20): {audit.lost_keys}")
+        if audit.mismatched:
+            console.print("booked for another amount (first 20): "
+                          + "; ".join(str(m) for m in audit.mismatched), highlight=False)
         recon_clean = True
         if networks == "sim":
             recon_clean = _reconcile(journal, base / "settlement", base / "recon", console)
@@ -465,7 +471,8 @@ def run_demo(
         if interrupted.at is not None:
             console.print(f"interrupted; work dir: {base}")
             return 130
-    ok = audit.lost == 0 and audit.duplicates == 0 and code == 0 and recon_clean
+    ok = (audit.lost == 0 and audit.duplicates == 0 and audit.amount_mismatches == 0
+          and audit.amounts_unknown == 0 and code == 0 and recon_clean)
     return 0 if ok else 1
 
 

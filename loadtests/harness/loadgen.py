@@ -119,12 +119,19 @@ UNAVAILABLE = "unavailable"
 # --- stats ---------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Acknowledged:
-    """What the client was told about one idempotency key (for the lost/duplicate audit)."""
+    """What the client was told about one idempotency key, and the amount and currency it
+    sent for it (for the money audit: lost, duplicated, booked for another amount).
+
+    ``amount`` None: not known (an acknowledgement recorded without it); the audit counts
+    such a payment as not compared, never as matching.
+    """
 
     status: str
     payment_id: str
+    amount: int | None = None
+    currency: str = ""
 
 
 @dataclass
@@ -223,6 +230,9 @@ class _Outstanding(msgspec.Struct, array_like=True):
     item: PaymentRequest | None = None
     #: Already re-sent once after ``moved``.
     followed: bool = False
+    #: What the payment asked for, for the money audit's acknowledgement (minor units).
+    amount: int = 0
+    currency: str = ""
 
 
 class _Snapshot:
@@ -286,8 +296,8 @@ class OpenLoopGenerator:
     processes split one run. At most ``max_outstanding_per_connection`` requests wait for
     replies on each connection (and ``max_outstanding`` in all); a request due past that
     bound is not sent and counted in ``dropped_overrun``. ``track_acknowledged`` keeps
-    every key's answer for the journal audit (the demo): off for long runs, since that
-    map grows with the run.
+    every key's answer, with the amount and currency it sent, for the journal audit (the
+    demo, scenarios): off for long runs, since that map grows with the run.
     """
 
     def __init__(
@@ -654,7 +664,7 @@ class OpenLoopGenerator:
                             stats.planted_sent[kind] += 1
                         outstanding[rid] = _Outstanding(
                             start + next_at, item.idempotency_key, item.channel, conn, planted,
-                            item if shards > 1 else None)
+                            item if shards > 1 else None, False, item.amount, item.currency)
                         per_conn[conn] += 1
                         buffers[conn] += (encode_request(Pay(rid, item)) if wire is None
                                           else wire.encode(rid, item, conn))
@@ -703,7 +713,8 @@ class OpenLoopGenerator:
         self._per_conn[conn] += 1
         self.stats.redirects += 1
         self._outstanding[rid] = _Outstanding(sent.intended, sent.key, sent.channel, conn,
-                                              sent.planted, sent.item, followed=True)
+                                              sent.planted, sent.item, True, sent.amount,
+                                              sent.currency)
         self._buffers[conn] += encode_request(Pay(rid, sent.item))
         return True
 
@@ -787,7 +798,7 @@ class OpenLoopGenerator:
                             stats.by_channel[(sent.channel, status)] += 1
                         if track:
                             stats.acknowledged[sent.key] = Acknowledged(
-                                status, response.result.payment_id
+                                status, response.result.payment_id, sent.amount, sent.currency
                             )
                     elif isinstance(response, ErrorReply):
                         stats.errors[response.code] += 1
@@ -836,7 +847,8 @@ class OpenLoopGenerator:
                         stats.by_status[status] += 1
                         stats.by_channel[(sent.channel, status)] += 1
                     if track:
-                        stats.acknowledged[sent.key] = Acknowledged(status, answer.payment_id)
+                        stats.acknowledged[sent.key] = Acknowledged(
+                            status, answer.payment_id, sent.amount, sent.currency)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
                 ConnectionError):
             pass

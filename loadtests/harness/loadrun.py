@@ -65,7 +65,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from loadtests.harness.hlog import LogWriter, new_histogram, pct_ms
-from loadtests.harness.loadgen import Interval, OpenLoopGenerator
+from loadtests.harness.loadgen import Acknowledged, Interval, OpenLoopGenerator
 from loadtests.harness.runoutputs import (
     Aggregator,
     MetricsSink,
@@ -104,8 +104,9 @@ class LoadPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     run_tag: str = "L"
     drain_timeout_s: float = 10.0
     max_outstanding_per_connection: int = 10_000
-    #: When set, each process writes what its clients were told (idempotency key ->
-    #: [status, payment id]) to ``acks-<i>.msgpack`` here, for the lost/duplicate audit.
+    #: When set, each process writes what its clients were told, and the amount they sent
+    #: (idempotency key -> [status, payment id, amount in minor units, currency]), to
+    #: ``acks-<i>.msgpack`` here, for the money audit (lost, duplicated, wrong amount).
     acks_dir: str | None = None
     #: The target's protocol: the switch's msgpack, ISO 8583 (any host), or its HTTP API.
     protocol: WireName = "msgpack"
@@ -185,6 +186,13 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_interval = msgspec.msgpack.Decoder(Interval).decode
 _decode_result = msgspec.msgpack.Decoder(ProcessResult).decode
 _decode_plan = msgspec.msgpack.Decoder(LoadPlan).decode
+
+
+def write_acks(path: Path, acknowledged: dict[str, Acknowledged]) -> None:
+    """One process's acknowledgements, as ``LoadPlan.acks_dir`` says (read back by
+    ``loadtests.harness.scenario.read_acks``)."""
+    path.write_bytes(_encode({k: [a.status, a.payment_id, a.amount, a.currency]
+                              for k, a in acknowledged.items()}))
 
 
 def make_wire(name: WireName, host: str, iso: Iso8583Options | None = None, *,
@@ -267,8 +275,7 @@ def _worker(
             print(f"process {index}: replies matching no request (key {match}), "
                   f"e.g. {samples[:5]}", file=sys.stderr)
         if plan.acks_dir is not None:
-            acks = {k: [a.status, a.payment_id] for k, a in stats.acknowledged.items()}
-            (Path(plan.acks_dir) / f"acks-{index}.msgpack").write_bytes(_encode(acks))
+            write_acks(Path(plan.acks_dir) / f"acks-{index}.msgpack", stats.acknowledged)
         result = ProcessResult(
             index=index,
             sent=stats.sent,

@@ -7,10 +7,10 @@ the end of the run or two contradictory overlapping faults stop it with the key 
 
 The run starts the simulators and a switch (route table with failover), drives the load
 (``loadtests.harness.loadrun``), injects the faults on schedule, watches breakers and faults, then
-stops everything, audits the journal (lost, duplicates), reconciles the settlement files,
-and measures each assertion. It prints a verdict table, writes everything under
-``reports/<timestamp>-<name>/`` (with a self-contained ``index.html``), and exits 0 only
-if every assertion passed.
+stops everything, audits the journal (lost, duplicates, amounts other than the clients
+sent), reconciles the settlement files, and measures each assertion. It prints a verdict
+table, writes everything under ``reports/<timestamp>-<name>/`` (with a self-contained
+``index.html``), and exits 0 only if every assertion passed.
 """
 
 from __future__ import annotations
@@ -472,11 +472,7 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
         if channels_proc is not None:
             stop_channels(channels_proc, ready)
     start = start_holder[0] if start_holder else time.time()  # wall: no load ran
-    acks: dict[str, Acknowledged] = {}
-    for f in out.glob("acks-*.msgpack"):
-        for key, (status, pid) in msgspec.msgpack.decode(f.read_bytes()).items():
-            acks[key] = Acknowledged(status, pid)
-    audit = audit_journal(journal, acks)
+    audit = audit_journal(journal, read_acks(out))
     recon_clean = _reconcile(journal, out / "settlement", out / "recon", console)
     trs = traces(journal)
     verdicts = _verdicts(sc, effective, trs, start, result.summary, audit, recon_clean,
@@ -502,7 +498,12 @@ def run_scenario(path: str | Path, console: Console, out_base: str | Path = "rep
                for f in effective]
     summary = {**result.summary, "verdict": "pass" if passed else "fail",
                "verdicts": [msgspec.to_builtins(v.__dict__) for v in verdicts],
-               "lost": audit.lost, "duplicates": audit.duplicates, "figures": figures,
+               "lost": audit.lost, "duplicates": audit.duplicates,
+               "amounts": {"compared": audit.amounts_compared,
+                           "mismatched": audit.amount_mismatches,
+                           "decided_before_sending": audit.amounts_not_booked,
+                           "not_compared": audit.amounts_unknown},
+               "figures": figures,
                "reconciliation_clean": recon_clean}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_report(out, ReportData(
@@ -626,6 +627,9 @@ def _verdicts(sc: Scenario, faults: list[Fault], trs: list[PaymentTrace], start:
             out.append(Verdict("retries within budget", f"<= {allowed:.0f} (10% + 1/s)",
                                f"{retries:.0f}", retries <= allowed))
     out.append(_lost_verdict(a.lost_max, audit, summary, total))
+    amounts = _amounts_verdict(audit)
+    if amounts is not None:
+        out.append(amounts)
     out.append(Verdict("duplicates", f"<= {a.duplicates_max}", str(audit.duplicates),
                        audit.duplicates <= a.duplicates_max))
     # The audit's count where there is one (the live run's, which also sees a reversal
@@ -663,6 +667,50 @@ def _lost_verdict(lost_max: int, audit: Any, summary: dict[str, Any],
                            f"of {replied} replies not audited (acknowledgements missing)",
                            False)
     return Verdict("lost", f"<= {lost_max}", str(audit.lost), audit.lost <= lost_max)
+
+
+def read_acks(out: Path) -> dict[str, Acknowledged]:
+    """What every load process's clients were told, and the amount they sent, from the
+    ``acks-<i>.msgpack`` files under ``out`` (key -> [status, payment id, amount,
+    currency]; an entry of two, from before amounts were kept, has no amount)."""
+    acks: dict[str, Acknowledged] = {}
+    for f in sorted(out.glob("acks-*.msgpack")):
+        for key, entry in msgspec.msgpack.decode(f.read_bytes()).items():
+            status, pid, *money = entry
+            amount, currency = (money[0], money[1]) if len(money) >= 2 else (None, "")
+            acks[key] = Acknowledged(status, pid, amount, currency)
+    return acks
+
+
+#: Mismatches named in the verdict row (the report keeps more, the count is whole).
+SHOWN_MISMATCHES = 3
+
+
+def _amounts_verdict(audit: Any) -> Verdict | None:
+    """Every acknowledged payment booked for the amount and currency its client sent.
+
+    Failed on any mismatch, each named (payment id, key, both amounts), and when some
+    acknowledgements carry no amount (not compared cannot be called matching). None when
+    the audit did not compare amounts at all (an audit object without the fields)."""
+    mismatches = getattr(audit, "amount_mismatches", None)
+    if mismatches is None:
+        return None
+    name, expected = "amounts as sent", "0 mismatched"
+    compared = int(getattr(audit, "amounts_compared", 0))
+    unknown = int(getattr(audit, "amounts_unknown", 0))
+    if mismatches:
+        named = [str(m) for m in getattr(audit, "mismatched", [])[:SHOWN_MISMATCHES]]
+        more = mismatches - len(named)
+        return Verdict(name, expected,
+                       f"{mismatches} of {compared} mismatched: " + "; ".join(named)
+                       + (f"; and {more} more" if more > 0 else ""), False)
+    if unknown:
+        return Verdict(name, expected,
+                       f"0 of {compared} mismatched; {unknown} acknowledgements carry no "
+                       "amount (not compared)", False)
+    # Short: a wider column wraps the others' names in an 80-column table. Payments
+    # decided before sending (nothing booked) are in summary.json's "amounts".
+    return Verdict(name, expected, f"0 ({compared} compared)", True)
 
 
 def _print_verdicts(console: Console, verdicts: list[Verdict]) -> None:
