@@ -31,11 +31,9 @@ CHANNELS: Final[tuple[Channel, ...]] = ("card", "swift", "qr")
 # Bounds on client-supplied strings. Length limits are cheap for msgspec to check; we
 # keep regexes off the hot path (a regex constraint tripled decode cost when measured).
 #: An idempotency key is 1 to this many characters (Unicode code points), by the same rule
-#: on every door: a msgpack key is a str (UTF-8 on the wire), counted as one; an HTTP
-#: ``Idempotency-Key`` header counts as the UTF-8 text a client sends for that same key
-#: (a header that is not UTF-8: one character per byte). Only the count is shared: the
-#: HTTP door keeps the header's latin-1 reading as the key (docs/http-api.md), so a
-#: non-ASCII key's HTTP form is up to 4 x this many characters.
+#: on every door: a msgpack key is a str (UTF-8 on the wire); an HTTP ``Idempotency-Key``
+#: header is read as UTF-8 (a header that is not UTF-8 is refused), so a key is the same
+#: key, of the same length, whichever door it came through (docs/http-api.md).
 MAX_KEY_CHARS: Final = 64
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
 AccountId = Annotated[str, msgspec.Meta(min_length=1, max_length=34)]

@@ -4,8 +4,9 @@ The limit is ``switch.model.MAX_KEY_CHARS`` characters (docs/http-api.md, the Op
 ``maxLength``, the model's ``max_length``). The msgpack door counted characters; the HTTP
 door counted the header's bytes (Starlette hands it decoded as latin-1, a character per
 byte), so a key of 64 "é" or 64 "注" sent as UTF-8 was taken over msgpack and refused
-over HTTP. Now both count characters; the HTTP key itself stays the header's latin-1
-reading (only the count changed).
+over HTTP. Now both count characters, of the same text: the HTTP key is the header's
+bytes read as UTF-8 (tests/test_idempotency_key_one_key.py), and a header that is not
+UTF-8 is refused.
 """
 
 from __future__ import annotations
@@ -96,10 +97,12 @@ async def test_the_same_key_gets_the_same_verdict_at_both_doors(key: str) -> Non
     assert (http, http) == msgpack_verdict(key)
 
 
-@pytest.mark.parametrize("n", [MAX_KEY_CHARS, MAX_KEY_CHARS + 1])
-async def test_a_header_that_is_not_utf8_counts_a_character_per_byte(n: int) -> None:
-    taken, _ = await http_verdict(b"\xe9" * n)  # latin-1 "é", not UTF-8
-    assert taken == (n <= MAX_KEY_CHARS)
+@pytest.mark.parametrize("n", [1, MAX_KEY_CHARS, MAX_KEY_CHARS + 1])
+async def test_a_header_that_is_not_utf8_is_refused_whatever_its_length(n: int) -> None:
+    taken, detail = await http_verdict(b"\xe9" * n)  # latin-1 "é", not UTF-8
+    assert not taken
+    assert detail == ("Idempotency-Key is not UTF-8 text (byte 0: 0xe9); "
+                      "send the key as UTF-8")
 
 
 def test_one_limit_everywhere_it_is_stated() -> None:

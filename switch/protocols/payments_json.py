@@ -174,9 +174,12 @@ def openapi_document() -> dict[str, Any]:
                         "name": "Idempotency-Key",
                         "in": "header",
                         "required": True,
-                        "description": "Unique per payment. A replay with the same body "
-                                       "returns the stored result (Idempotent-Replayed: "
-                                       "true); another body with the same key gets 422.",
+                        "description": f"Unique per payment: UTF-8 text of 1-{MAX_KEY_CHARS} "
+                                       "characters, not beginning with iso: (bytes that "
+                                       "are not UTF-8 get 400). A replay with the same "
+                                       "body returns the stored result "
+                                       "(Idempotent-Replayed: true); another body with "
+                                       "the same key gets 422.",
                         "schema": {"type": "string", "minLength": 1,
                                    "maxLength": MAX_KEY_CHARS},
                     }],
@@ -189,7 +192,9 @@ def openapi_document() -> dict[str, Any]:
                         "201": {"description": "The payment's result (any final status, "
                                                "or unknown while it is being resolved)",
                                 "content": resource},
-                        "400": problem_response("Missing Idempotency-Key or unreadable JSON"),
+                        "400": problem_response("Missing or invalid Idempotency-Key (not UTF-8, "
+                                                "too long, or beginning with iso:), or "
+                                                "unreadable JSON"),
                         "413": problem_response("Body larger than http.max_body_bytes"),
                         "421": problem_response("In a cluster, another worker owns the "
                                                 "Idempotency-Key (code moved; detail names "

@@ -3,7 +3,10 @@
 - ``POST /v1/payments`` with ``Idempotency-Key`` (IETF httpapi draft semantics: a replay
   returns the stored result, marked ``Idempotent-Replayed: true``; the same key with a
   different body gets 422). Missing key: 400. The core decides all of it: the key is
-  the payment's idempotency key, the body hash is the core's.
+  the payment's idempotency key, the body hash is the core's. The key is the header's
+  bytes read as UTF-8 (bytes that are not UTF-8: 400), 1-64 characters
+  (``MAX_KEY_CHARS``), so a key is the same key through this door and the msgpack
+  door (:func:`idempotency_key`).
 - ``GET /v1/payments/{payment_id}``: the latest journaled result.
 - ``GET /openapi.json``: the document, generated from the message types and checked in
   as docs/openapi.json (a test keeps them equal).
@@ -95,19 +98,30 @@ def problem(status: int, kind: str, detail: str, *, errors: list[FieldError] | N
                     headers=headers)
 
 
-def key_chars(key: str) -> int:
-    """An ``Idempotency-Key`` header's length in characters, by the rule of the msgpack
-    door (``switch.model.MAX_KEY_CHARS``): ``key`` is the header as Starlette hands it,
-    decoded as latin-1 (one character per byte), and a client sending the key "café"
-    sent its UTF-8, so the header counts as UTF-8 text; a header that is not UTF-8, one
-    character per byte. It counted bytes: a key of 64 accented characters, taken by the
-    msgpack door, was refused here. Only the count: the key stays the latin-1 reading."""
-    if key.isascii():
-        return len(key)
+def idempotency_key(raw: bytes) -> tuple[str, str]:
+    """``(key, "")`` from an ``Idempotency-Key`` header's raw bytes, or ``("", why)``
+    when the header is refused (a 400's detail, naming the header and the rule).
+
+    The key is the header's bytes read as UTF-8, strictly: the msgpack door's key is a
+    str that travels as UTF-8, so a client sending the key "café" through either door
+    sends the same bytes, and it is one key (one payment, one shard: HAProxy and
+    :func:`switch.protocols.shardmap.shard_of` hash those bytes). Starlette hands the
+    header decoded as latin-1, and that reading was the key: "café" over HTTP was the key
+    "cafÃ©", another payment than "café" over msgpack. Bytes that are not UTF-8 name no
+    key a msgpack client could send, so they are refused. The length is counted in
+    characters (code points) after decoding, as msgspec counts the msgpack door's
+    (``switch.model.MAX_KEY_CHARS``)."""
     try:
-        return len(key.encode("latin-1").decode("utf-8"))
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return len(key)
+        key = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "", (f"Idempotency-Key is not UTF-8 text (byte {exc.start}: "
+                    f"0x{raw[exc.start]:02x}); send the key as UTF-8")
+    if len(key) > MAX_KEY_CHARS:
+        return "", f"Idempotency-Key is longer than {MAX_KEY_CHARS} characters"
+    if key.startswith(ISO_KEY_PREFIX):
+        return "", (f"Idempotency-Key may not begin with {ISO_KEY_PREFIX!r}: the ISO 8583 "
+                    "door's keys do")
+    return key, ""
 
 
 def head_bytes(scope: Scope) -> int:
@@ -195,22 +209,18 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
         return problem(status, kind, detail)
 
     async def create_payment(request: Request) -> Response:
-        key = request.headers.get("idempotency-key")
-        if not key:
+        header = request.headers.get("idempotency-key")
+        if not header:
             return refused(400, "idempotency-key-missing",
                            "the Idempotency-Key header is required", reasons.E_INVALID)
-        if len(key) > MAX_KEY_CHARS and key_chars(key) > MAX_KEY_CHARS:
-            return refused(400, "idempotency-key-invalid",
-                           f"Idempotency-Key is longer than {MAX_KEY_CHARS} characters",
-                           reasons.E_INVALID)
-        if key.startswith(ISO_KEY_PREFIX):
-            return refused(400, "idempotency-key-invalid",
-                           f"Idempotency-Key may not begin with {ISO_KEY_PREFIX!r}: the ISO "
-                           "8583 door's keys do", reasons.E_INVALID)
+        # Starlette read the header's bytes as latin-1, which gives them back exactly.
+        raw = header.encode("latin-1")
+        key, why = idempotency_key(raw)
+        if why:
+            return refused(400, "idempotency-key-invalid", why, reasons.E_INVALID)
         if shards > 1:
-            # HAProxy hashed the header's bytes; Starlette decoded them as latin-1, which
-            # encoding gives them back exactly (UTF-8 would hash other bytes).
-            owner = shard_of_bytes(key.encode("latin-1"), shards)
+            # HAProxy hashed the header's bytes: the key's UTF-8, as shard_of hashes it.
+            owner = shard_of_bytes(raw, shards)
             if owner != shard:
                 core.metrics.rejected[reasons.E_MOVED].inc()
                 return problem(421, "moved", moved_detail(owner, shards, shard,
