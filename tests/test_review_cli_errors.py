@@ -45,7 +45,7 @@ def test_fault_bad_duration_names_the_option(option: str, kind: str) -> None:
     result = invoke("fault", "card-primary", kind, option, "10x")
     no_traceback(result)
     assert result.exit_code == 2, result.output
-    assert f"Invalid value for {option}: '10x'" in result.output
+    assert f"invalid value for {option}: '10x'" in result.output
 
 
 @pytest.mark.parametrize("url", ["http://[::1", "notaurl", "ftp://host/x"])
@@ -53,7 +53,7 @@ def test_fault_malformed_admin_url_is_a_usage_error(url: str) -> None:
     result = invoke("fault", "list", "--admin", url)
     no_traceback(result)
     assert result.exit_code == 2, result.output
-    assert "Invalid value for --admin" in result.output
+    assert "invalid value for --admin" in result.output
 
 
 class _Server:
@@ -117,7 +117,7 @@ def test_top_malformed_url_is_a_usage_error(url: str) -> None:
     result = invoke("top", "--once", "--interval", "0.2", "--url", url)
     no_traceback(result)
     assert result.exit_code == 2, result.output
-    assert "Invalid value for --url" in result.output
+    assert "invalid value for --url" in result.output
 
 
 @pytest.mark.parametrize(("status", "body", "expected"), [
@@ -214,7 +214,7 @@ def test_settle_mode_with_an_unknown_currency_is_refused(tmp_path: Path) -> None
     result = invoke("settle", "--journal", str(journal), "--mode", "USS=gross")
     no_traceback(result)
     assert result.exit_code == 2, result.output
-    assert "Invalid value for --mode: 'USS=gross'" in result.output
+    assert "invalid value for --mode: 'USS=gross'" in result.output
 
 
 # --------------------------------------------------------------------------- not UTF-8
@@ -237,7 +237,7 @@ def test_a_toml_file_that_is_not_utf8_names_the_option_file_and_line(
     result = invoke(*[a.format(f=path) for a in args])
     no_traceback(result)
     assert result.exit_code == 2, result.output
-    assert f"Invalid value for {option}" in result.output
+    assert f"invalid value for {option}" in result.output
     assert f"{path}:3: not UTF-8" in result.output
 
 
@@ -251,7 +251,7 @@ def test_load_iso_spec_that_is_not_json_names_the_option_and_file(tmp_path: Path
                     "1", "--rate", "10", "--port", "1", "--out", str(tmp_path / "out"))
     no_traceback(result)
     assert result.exit_code == 2, result.output
-    assert f"Invalid value for --iso-spec: {spec}:1:" in result.output
+    assert f"invalid value for --iso-spec: {spec}:1:" in result.output
     assert not (tmp_path / "out").exists()  # refused before the run started
 
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from switch.adapters.trace import TraceStoreError
 from switch.cli.backoffice import reconcile, settle
 from switch.cli.cluster import cluster
-from switch.cli.errors import UserError, require_utf8
+from switch.cli.errors import OneLineUsageGroup, UserError, require_utf8
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
@@ -37,7 +37,7 @@ from switch.serve.config import (
 from switch.serve.http import AdminAuthError, load_tokens
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineUsageGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="payswitch", prog_name="payswitch")
 def main() -> None:
     """payswitch: a payment switch simulator and load-test harness.
