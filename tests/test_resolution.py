@@ -33,7 +33,7 @@ from switch.payment.resolver import (
     ResolutionQueue,
     Resolver,
 )
-from switch.payment.standin import StandIn, StandInConfig
+from switch.payment.standin import StandIn, StandInConfig, StandInLimits
 from switch.routing.router import Route
 
 pytestmark = pytest.mark.anyio
@@ -497,8 +497,8 @@ async def test_stand_in_exposure_found_undelivered_at_start_up_holds_against_the
     from switch.journal.reader import PendingAdvice, Recovered
     from switch.payment.resolver import recover
 
-    config = StandInConfig(per_payment_max_minor=5000, per_card_max_minor=8000,
-                           per_issuer_max_minor=9000)
+    config = StandInConfig(limits={"USD": StandInLimits(
+        per_payment_max="50.00", per_card_max="80.00", per_issuer_max="90.00")})
     metrics = SwitchMetrics()
 
     def standin() -> StandIn:
@@ -514,13 +514,14 @@ async def test_stand_in_exposure_found_undelivered_at_start_up_holds_against_the
     target = SimpleNamespace(name="card-target", endpoints=("issuer",))
     recover(Recovered([], [], 2, 2, [PendingAdvice(b"h", first, stood_in)]),
             index=IdempotencyIndex(retention_s=60, max_keys=10),
-            resolver=SimpleNamespace(submit=None),  # type: ignore[arg-type]
+            resolver=SimpleNamespace(submit=None),
             standin=after,
             router=SimpleNamespace(target=lambda payment: target),  # type: ignore[arg-type]
             metrics=metrics, now=0.0, wall_us=1, retention_s=60.0,
             resolve_endpoint=lambda payment, target: "issuer")
     assert after.pending == 1
     assert after.decide(second, "card-target") is None
+    assert second.card is not None
     other_card = msgspec.structs.replace(
         second, card=msgspec.structs.replace(second.card, token="tok-2"))
     assert after.decide(other_card, "card-target") is None  # the issuer's 9,000, too
@@ -529,8 +530,8 @@ async def test_stand_in_exposure_found_undelivered_at_start_up_holds_against_the
 def _standin_journaling_advices(config: StandInConfig, network: FakeNetwork
                                 ) -> tuple[StandIn, list[JournalRecord]]:
     """A stand-in delivering to ``network``, its advice records kept in a list."""
-    standin = StandIn(config, {"issuer": network}, None, Clock(),  # type: ignore[arg-type]
-                      SwitchMetrics(), lambda endpoint, now: True)
+    standin = StandIn(config, {"issuer": network}, None,  # type: ignore[arg-type,dict-item]
+                      Clock(), SwitchMetrics(), lambda endpoint, now: True)
     written: list[JournalRecord] = []
 
     async def write(record: JournalRecord, on_full: object) -> None:
@@ -551,16 +552,16 @@ async def _deliver_all(standin: StandIn) -> None:
 
 
 async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None:
-    """Only the card's total was released on delivery: once per_issuer_max_minor had
+    """Only the card's total was released on delivery: once per_issuer_max had
     ever been reached, stand-in at that issuer ended for the rest of the switch's life."""
-    config = StandInConfig(per_payment_max_minor=5000, per_card_max_minor=50_000,
-                           per_issuer_max_minor=5000)
+    config = StandInConfig(limits={"USD": StandInLimits(
+        per_payment_max="50.00", per_card_max="500.00", per_issuer_max="50.00")})
     network = FakeNetwork()
     standin, written = _standin_journaling_advices(config, network)
     first = msgspec.structs.replace(_payment(1), amount=5000)
     second = msgspec.structs.replace(
         _payment(2), amount=5000,
-        card=msgspec.structs.replace(_payment(2).card, token="tok-2"))
+        card=msgspec.structs.replace(_payment(2).card, token="tok-2"))  # type: ignore[type-var]
     assert standin.decide(first, "card-target") is not None
     assert standin.decide(second, "card-target") is None  # the issuer's 5,000 is taken
     standin.queue_advice(first, Result(first.payment_id, Status.APPROVED, "00", "S12345",

@@ -23,7 +23,7 @@ from switch.cluster.layout import (
     save_layout,
 )
 from switch.payment.risk import AmountLimit, RiskConfig, VelocityConfig
-from switch.payment.standin import StandInConfig
+from switch.payment.standin import StandInConfig, StandInLimits
 from switch.serve.config import (
     ConfigError,
     SwitchConfig,
@@ -40,23 +40,38 @@ RISK = RiskConfig(
     blocked_accounts=["BLOCKED"],
     aml_threshold_cny_minor=777,
 )
-STANDIN = StandInConfig(per_payment_max_minor=20_000, per_card_max_minor=50_001,
-                        per_issuer_max_minor=5_000_000, max_pending_advices=99)
+STANDIN = StandInConfig(limits={
+    "USD": StandInLimits(per_payment_max="200.00", per_card_max="500.01",
+                         per_issuer_max="50000.00"),
+    "JPY": StandInLimits(per_payment_max="20000", per_card_max="50001",
+                         per_issuer_max="5000000")}, max_pending_advices=99)
+
+
+def _with(standin: StandInConfig, code: str, **limits: str) -> StandInConfig:
+    """``standin`` with some of ``code``'s limits replaced."""
+    replace = msgspec.structs.replace
+    return replace(standin, limits={**standin.limits,
+                                    code: replace(standin.limits[code], **limits)})
 
 
 def test_each_worker_gets_the_floor_of_its_share_of_every_cumulative_limit() -> None:
     risk, standin = worker_limits(RISK, STANDIN, 4, True)
     assert (risk.velocity.max_count, risk.velocity.max_amount_cny_minor) == (2, 250_000)
-    assert (standin.per_card_max_minor, standin.per_issuer_max_minor) == (12_500, 1_250_000)
+    # Each currency's stand-in limits split in its own minor units, kept in major units.
+    usd, jpy = standin.limits["USD"], standin.limits["JPY"]
+    assert (usd.per_card_max, usd.per_issuer_max) == ("125.00", "12500.00")
+    assert (jpy.per_card_max, jpy.per_issuer_max) == ("12500", "1250000")
     # The configured limit holds for the cluster: N shares never add up past it.
     assert 4 * risk.velocity.max_count <= RISK.velocity.max_count
     assert 4 * risk.velocity.max_amount_cny_minor <= RISK.velocity.max_amount_cny_minor
-    assert 4 * standin.per_card_max_minor <= STANDIN.per_card_max_minor
+    split, whole = standin.minor_limits(), STANDIN.minor_limits()
+    assert all(4 * split[c].per_card <= whole[c].per_card for c in whole)
     # Everything that is not a sum over payments stays as configured.
     assert risk == msgspec.structs.replace(RISK, velocity=msgspec.structs.replace(
         RISK.velocity, max_count=2, max_amount_cny_minor=250_000))
-    assert standin == msgspec.structs.replace(STANDIN, per_card_max_minor=12_500,
-                                              per_issuer_max_minor=1_250_000)
+    assert standin == _with(_with(STANDIN, "USD", per_card_max="125.00",
+                                  per_issuer_max="12500.00"),
+                            "JPY", per_card_max="12500", per_issuer_max="1250000")
 
 
 def test_one_worker_and_the_opt_out_keep_the_configured_limits() -> None:
@@ -66,28 +81,30 @@ def test_one_worker_and_the_opt_out_keep_the_configured_limits() -> None:
 
 
 def test_a_limit_configured_as_zero_stays_zero() -> None:
-    no_standin = msgspec.structs.replace(STANDIN, per_card_max_minor=0, per_issuer_max_minor=0)
+    no_standin = _with(STANDIN, "USD", per_card_max="0.00", per_issuer_max="0")
     _, standin = worker_limits(RISK, no_standin, 8, True)
-    assert (standin.per_card_max_minor, standin.per_issuer_max_minor) == (0, 0)
+    usd = standin.limits["USD"]
+    assert (usd.per_card_max, usd.per_issuer_max) == ("0.00", "0.00")
 
 
-@pytest.mark.parametrize(("risk", "standin", "path", "value"), [
+@pytest.mark.parametrize(("risk", "standin", "start", "least"), [
     (msgspec.structs.replace(RISK, velocity=VelocityConfig(max_count=3)), STANDIN,
-     "risk.velocity.max_count", 3),
+     "risk.velocity.max_count: 3 split over 4 workers is 0 per worker", "4"),
     (msgspec.structs.replace(RISK, velocity=VelocityConfig(max_amount_cny_minor=3)), STANDIN,
-     "risk.velocity.max_amount_cny_minor", 3),
-    (RISK, msgspec.structs.replace(STANDIN, per_card_max_minor=1), "standin.per_card_max_minor",
-     1),
-    (RISK, msgspec.structs.replace(STANDIN, per_issuer_max_minor=2),
-     "standin.per_issuer_max_minor", 2),
+     "risk.velocity.max_amount_cny_minor: 3 split over 4 workers is 0 per worker", "4"),
+    (RISK, _with(STANDIN, "USD", per_card_max="0.01"), 'standin.limits.USD.per_card_max: '
+     '"0.01" split over 4 workers is "0.00" per worker', '"0.04"'),
+    (RISK, _with(STANDIN, "JPY", per_issuer_max="2"), 'standin.limits.JPY.per_issuer_max: '
+     '"2" split over 4 workers is "0" per worker', '"4"'),
 ])
 def test_a_limit_that_would_split_to_zero_is_refused_naming_it(
-        risk: RiskConfig, standin: StandInConfig, path: str, value: int) -> None:
+        risk: RiskConfig, standin: StandInConfig, start: str, least: str) -> None:
     with pytest.raises(ConfigError) as refused:
         worker_limits(risk, standin, 4, True)
     message = str(refused.value)
-    assert message.startswith(f"{path}: {value} split over 4 workers is 0 per worker")
-    assert "raise it to at least 4" in message and "cluster.split_limits = false" in message
+    assert message.startswith(start), message
+    assert f"raise it to at least {least}," in message
+    assert "cluster.split_limits = false" in message
     assert "\n" not in message
     assert worker_limits(risk, standin, 4, False) == (risk, standin)  # the way out
 
@@ -149,9 +166,12 @@ def test_a_planned_layout_keeps_the_limits_and_a_worker_with_others_is_refused(
     with pytest.raises(ConfigError, match=r"\Acluster.split_limits: false in this config, "
                                           r"but the cluster layout was planned with true"):
         apply(opted_out, layout, 0)
-    stand_in = parse_config("[risk.velocity]\nmax_count = 30\n"
-                            "[standin]\nper_issuer_max_minor = 7\n")
-    with pytest.raises(ConfigError, match=r"\Astandin.per_issuer_max_minor: 7 in this"):
+    stand_in = parse_config("[risk.velocity]\nmax_count = 30\n[standin.limits.USD]\n"
+                            'per_payment_max = "200.00"\nper_card_max = "500.00"\n'
+                            'per_issuer_max = "0.07"\n')
+    with pytest.raises(ConfigError, match=r"\Astandin.limits.USD.per_issuer_max_minor: 7 in "
+                                          r"this config, but the cluster layout was planned "
+                                          r"with 5000000; "):
         apply(stand_in, layout, 0)
 
 
@@ -172,9 +192,11 @@ def test_serve_refuses_a_node_whose_limits_differ_from_the_layout(tmp_path: Path
     layout = _planned(tmp_path, "[server]\nport = 0\n[admin]\nport = 0\n")
     save_layout(layout, tmp_path / "layout.json")
     config = tmp_path / "node-b.toml"
-    config.write_text('[server]\nport = 0\n[admin]\nport = 0\n[standin]\n'
-                      'per_card_max_minor = 90000\n')
+    config.write_text('[server]\nport = 0\n[admin]\nport = 0\n[standin.limits.USD]\n'
+                      'per_payment_max = "200.00"\nper_card_max = "900.00"\n'
+                      'per_issuer_max = "50000.00"\n')
     line = one_error_line(run("serve", "--config", str(config), "--cluster",
                               str(tmp_path / "layout.json"), "--shard", "1", "--demo"))
-    assert line.startswith("Error: standin.per_card_max_minor: 90000 in this config, but the "
+    assert line.startswith("Error: standin.limits.USD.per_card_max_minor: 90000 in this "
+                           "config, but the "
                            "cluster layout was planned with 50000; "), line

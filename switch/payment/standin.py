@@ -4,7 +4,10 @@ When no issuer endpoint can be reached, a card switch may approve on the issuer'
 within small limits (stand-in), and must then tell the issuer with a 0120 advice once it
 is reachable again, or the issuer never places the hold and the money is unaccounted.
 
-Limits (per payment, per card, per issuer target) bound the exposure. The advice queue is
+Limits (per payment, per card, per issuer target) bound the exposure, per currency: they
+are configured per ISO 4217 code in major units, and exposure is counted per (card,
+currency) and (issuer, currency), so ¥10,000 and $100 are never added up as 20,000 of
+anything. A currency without limits is never stood in. The advice queue is
 bounded too; when it is full, stand-in is refused (declined 91) rather than approving a
 payment whose advice could not be kept. Persistence is the journal: a stand-in approval
 is a final record with ``stood_in=True``, and a delivered advice adds an ``advice``
@@ -33,10 +36,55 @@ import msgspec
 from switch import reasons
 from switch.adapters.base import ChannelAdapter, NotSent
 from switch.clock import Clock
+from switch.currency import CURRENCIES, exponent
 from switch.journal import ADVICE, Journal, JournalFailed, JournalRecord, OnFull
 from switch.model import Payment, Result
 from switch.observability.metrics import SwitchMetrics
 from switch.protocols.errors import CodecError
+
+#: A limit in major units as a decimal string: "250.00" USD, "30000" JPY, "75.500" KWD.
+MAJOR_AMOUNT_PATTERN: Final = r"\A[0-9]{1,15}(?:\.[0-9]{1,3})?\Z"
+MajorAmount = Annotated[str, msgspec.Meta(pattern=MAJOR_AMOUNT_PATTERN)]
+
+
+class StandInLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Stand-in limits in one currency, in its major units as decimal strings.
+
+    Each is turned into the currency's minor units with its ISO 4217 exponent ("250.00"
+    USD is 25000, "30000" JPY is 30000, "75.500" KWD is 75500); more decimals than the
+    currency has are refused. Every limit is required: a default amount would mean
+    something else in every currency.
+    """
+
+    #: Largest single stand-in approval.
+    per_payment_max: MajorAmount
+    #: Stand-in exposure in this currency not yet advised to the issuer (an advice it
+    #: answered, taken or refused, is done with), per card (token), restarts included;
+    #: past it, the payment is declined 91. Other currencies' exposure does not count.
+    per_card_max: MajorAmount
+    #: The same, per issuer target.
+    per_issuer_max: MajorAmount
+
+
+@dataclass(frozen=True, slots=True)
+class MinorLimits:
+    """One currency's :class:`StandInLimits` in its minor units."""
+
+    per_payment: int
+    per_card: int
+    per_issuer: int
+
+
+#: The keys stand-in limits had when they were raw minor units, whatever the currency
+#: (20000 was 200.00 USD, 20,000 JPY and 20.000 KWD): refused, naming the new form.
+OLD_KEYS: Final = {"per_payment_max_minor": "per_payment_max",
+                   "per_card_max_minor": "per_card_max",
+                   "per_issuer_max_minor": "per_issuer_max"}
+
+
+def _default_limits() -> dict[str, StandInLimits]:
+    return {code: StandInLimits(per_payment_max="200.00", per_card_max="500.00",
+                                per_issuer_max="50000.00") for code in ("EUR", "USD")}
 
 
 class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -44,15 +92,45 @@ class StandInConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     #: Allow stand-in at all (else: declined 91 when no issuer is reachable).
     enabled: bool = True
-    #: Largest single stand-in approval, in the payment's minor units.
-    per_payment_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 20_000
-    #: Stand-in exposure not yet advised to the issuer (an advice it answered, taken or
-    #: refused, is done with), per card (token) and per issuer target, restarts
-    #: included; past it, the payment is declined 91.
-    per_card_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 50_000
-    per_issuer_max_minor: Annotated[int, msgspec.Meta(ge=0)] = 5_000_000
+    #: Limits per ISO 4217 currency code (``[standin.limits.USD]``), in major units;
+    #: exposure is counted per card and currency and per issuer and currency. A payment
+    #: in a currency not listed is never stood in (declined 91, as over a limit). Writing
+    #: any ``[standin.limits.*]`` table replaces the default table (EUR and USD: 200.00 per
+    #: payment, 500.00 per card, 50000.00 per issuer) as a whole.
+    limits: dict[str, StandInLimits] = msgspec.field(default_factory=_default_limits)
     #: Store-and-forward bound on undelivered advices.
     max_pending_advices: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 100_000
+
+    def minor_limits(self) -> dict[str, MinorLimits]:
+        """Every currency's limits in its minor units; ValueError (one line, naming the
+        key under ``standin``) for an unknown currency or too many decimals."""
+        out: dict[str, MinorLimits] = {}
+        for code, limits in self.limits.items():
+            if code not in CURRENCIES:
+                raise ValueError(f"limits.{code}: unknown currency {code!r} (an ISO 4217 "
+                                 f"code the switch accepts, e.g. USD)")
+            out[code] = MinorLimits(
+                *(to_minor(getattr(limits, name), code, f"limits.{code}.{name}")
+                  for name in ("per_payment_max", "per_card_max", "per_issuer_max")))
+        assert set(out) == set(self.limits)
+        return out
+
+
+def to_minor(text: str, currency: str, path: str) -> int:
+    """``text`` (major units, "250.00") in ``currency``'s minor units; ValueError naming
+    ``path`` if it is no plain decimal or has more decimals than the currency."""
+    exp = exponent(currency)
+    whole, dot, frac = text.partition(".")
+    if not (whole.isascii() and whole.isdigit()) or (dot and not (frac.isascii()
+                                                                  and frac.isdigit())):
+        raise ValueError(f"{path}: {text!r} is not a decimal amount in major units "
+                         f"(e.g. \"250.00\")")
+    if len(frac) > exp:
+        raise ValueError(f"{path}: {text!r} has {len(frac)} decimal(s), {currency} has "
+                         f"{exp}")
+    minor = int(whole + frac.ljust(exp, "0"))  # "250.5" USD: "250" + "50"
+    assert minor >= 0 and minor % 10 ** (exp - len(frac)) == 0, (text, currency)
+    return minor
 
 
 log = logging.getLogger(__name__)
@@ -73,7 +151,7 @@ MAX_TRACKED_CARDS = 1_000_000
 class _Advice:
     payment: Payment
     result: Result
-    target: str  # whose per-issuer total it counts in
+    target: str  # whose per-issuer total it counts in (in the payment's currency)
     endpoints: tuple[str, ...]
     queued_at: float
     digest: bytes
@@ -92,8 +170,14 @@ class StandIn:
         self._clock = clock
         self._metrics = metrics
         self._usable = endpoint_usable
-        self._per_card: OrderedDict[str, int] = OrderedDict()
-        self._per_issuer: dict[str, int] = {}
+        #: The limits in minor units, per currency, of ``_limits_of`` (converted again if
+        #: ``config`` is replaced); a bad table fails here, not at the first outage.
+        self._limits_of = config
+        self._limits = config.minor_limits()
+        #: Exposure not yet advised, per (card token, currency) and (issuer target,
+        #: currency): amounts in different currencies are never added together.
+        self._per_card: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._per_issuer: dict[tuple[str, str], int] = {}
         self._queue: deque[_Advice] = deque()
         #: The advice :meth:`run` is delivering now (withdrawn only by a flag, not taken
         #: out of the queue under it), and the event set when that delivery ends.
@@ -113,18 +197,36 @@ class StandIn:
     def pending(self) -> int:
         return len(self._queue)
 
+    def limits(self, currency: str) -> MinorLimits | None:
+        """``currency``'s limits in its minor units; None: never stood in."""
+        if self.config is not self._limits_of:
+            self._limits, self._limits_of = self.config.minor_limits(), self.config
+        return self._limits.get(currency)
+
+    def exposure(self, token: str, target: str, currency: str) -> tuple[int, int]:
+        """Stand-in exposure not yet advised in ``currency``: the card's and the issuer's."""
+        return (self._per_card.get((token, currency), 0),
+                self._per_issuer.get((target, currency), 0))
+
     def decide(self, payment: Payment, target: str) -> str | None:
-        """Reserve stand-in room for ``payment``; its auth code, or None if refused."""
+        """Reserve stand-in room for ``payment``; its auth code, or None if refused (the
+        payment is then declined 91): stand-in off, no card, the advice queue full, no
+        limits for its currency, or over one of them."""
         cfg = self.config
         card = payment.card
-        if (not cfg.enabled or card is None or payment.amount > cfg.per_payment_max_minor
-                or len(self._queue) >= cfg.max_pending_advices):
+        if not cfg.enabled or card is None or len(self._queue) >= cfg.max_pending_advices:
             return None
-        card_total = self._per_card.get(card.token, 0) + payment.amount
-        issuer_total = self._per_issuer.get(target, 0) + payment.amount
-        if card_total > cfg.per_card_max_minor or issuer_total > cfg.per_issuer_max_minor:
+        limits = self.limits(payment.currency)
+        if limits is None or payment.amount > limits.per_payment:
             return None
-        self._expose(card.token, target, payment.amount)
+        card_total, issuer_total = self.exposure(card.token, target, payment.currency)
+        card_total += payment.amount
+        issuer_total += payment.amount
+        if card_total > limits.per_card or issuer_total > limits.per_issuer:
+            return None
+        self._expose(card.token, target, payment.currency, payment.amount)
+        assert self.exposure(card.token, target, payment.currency) == (
+            card_total, issuer_total), payment.payment_id
         self.approved += 1
         self._metrics.standin[payment.channel].inc()
         digest = hashlib.blake2b(payment.payment_id.encode(), digest_size=3).hexdigest()
@@ -137,17 +239,20 @@ class StandIn:
         twice its limit."""
         card = payment.card
         assert card is not None and payment.amount > 0, payment.payment_id
-        self._expose(card.token, target, payment.amount)
+        self._expose(card.token, target, payment.currency, payment.amount)
 
-    def _expose(self, token: str, target: str, amount: int) -> None:
-        """Add a stand-in approval to its card's and issuer's totals (the limits were
-        checked by the caller, or held before a restart)."""
-        per_card = self._per_card
-        per_card[token] = per_card.get(token, 0) + amount
-        per_card.move_to_end(token)
+    def _expose(self, token: str, target: str, currency: str, amount: int) -> None:
+        """Add a stand-in approval to its card's and issuer's totals in its currency (the
+        limits were checked by the caller, or held before a restart)."""
+        assert amount > 0 and len(currency) == 3, (amount, currency)
+        per_card, card_key = self._per_card, (token, currency)
+        per_card[card_key] = per_card.get(card_key, 0) + amount
+        per_card.move_to_end(card_key)
         if len(per_card) > MAX_TRACKED_CARDS:
             per_card.popitem(last=False)
-        self._per_issuer[target] = self._per_issuer.get(target, 0) + amount
+        issuer_key = (target, currency)
+        self._per_issuer[issuer_key] = self._per_issuer.get(issuer_key, 0) + amount
+        assert self._per_issuer[issuer_key] >= amount
 
     def withdraw(self, payment_id: str) -> bool:
         """A reversal of this stand-in approval was accepted: its advice, if still queued,
@@ -177,13 +282,19 @@ class StandIn:
             await self._delivery_over.wait()
 
     def _release(self, advice: _Advice) -> None:
-        """Take ``advice``'s amount off its card's and issuer's stand-in exposure."""
+        """Take ``advice``'s amount off its card's and issuer's stand-in exposure in the
+        payment's currency (the totals it was added to)."""
         payment = advice.payment
+        assert payment.amount > 0 and len(payment.currency) == 3, payment.payment_id
         per_card, per_issuer = self._per_card, self._per_issuer
-        if payment.card is not None and payment.card.token in per_card:
-            per_card[payment.card.token] = max(0, per_card[payment.card.token] - payment.amount)
-        if advice.target in per_issuer:
-            per_issuer[advice.target] = max(0, per_issuer[advice.target] - payment.amount)
+        if payment.card is not None:
+            card_key = (payment.card.token, payment.currency)
+            if card_key in per_card:  # else: forgotten (least recently used)
+                per_card[card_key] = max(0, per_card[card_key] - payment.amount)
+        issuer_key = (advice.target, payment.currency)
+        if issuer_key in per_issuer:
+            per_issuer[issuer_key] = max(0, per_issuer[issuer_key] - payment.amount)
+            assert per_issuer[issuer_key] >= 0
 
     def queue_advice(self, payment: Payment, result: Result, target: str,
                      endpoints: tuple[str, ...], digest: bytes) -> None:
@@ -268,7 +379,7 @@ class StandIn:
             # Answered: the advice is done with, and so is its exposure, the card's and
             # the issuer's. Taken, the issuer holds it. Refused (14, 51), it is a loss the
             # journal keeps as evidence for reconciliation; kept in the totals, refusals
-            # added up for good and, once per_issuer_max_minor was reached, ended stand-in
+            # added up for good and, once per_issuer_max was reached, ended stand-in
             # at that issuer until a restart (which forgot them: start-up counts only
             # advices not yet answered).
             self._release(advice)

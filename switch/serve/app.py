@@ -108,14 +108,17 @@ def _log_worker_limits(shard: int, shards: int, split: bool, risk: RiskConfig,
     """One start-up line: the cumulative limits this worker enforces, so an operator
     reading why a payer was declined below the configured limit finds the share here."""
     v = risk.velocity
+    # Stand-in limits are per currency, in major units (switch/payment/standin.py).
+    standin_limits = " ".join(
+        f"standin.limits.{code}.per_card_max={limits.per_card_max} "
+        f"standin.limits.{code}.per_issuer_max={limits.per_issuer_max}"
+        for code, limits in sorted(standin.limits.items()))
     log.info(
         "cluster shard %d of %d enforces %s: risk.velocity.max_count=%d "
-        "risk.velocity.max_amount_cny_minor=%d standin.per_card_max_minor=%d "
-        "standin.per_issuer_max_minor=%d", shard, shards,
+        "risk.velocity.max_amount_cny_minor=%d %s", shard, shards,
         f"1/{shards} of each cumulative limit (cluster.split_limits)" if split else
         f"the whole limits (cluster.split_limits = false: up to {shards}x looser together)",
-        v.max_count, v.max_amount_cny_minor, standin.per_card_max_minor,
-        standin.per_issuer_max_minor)
+        v.max_count, v.max_amount_cny_minor, standin_limits)
 
 
 class SwitchApp:

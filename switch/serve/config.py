@@ -9,6 +9,7 @@ starts with a silently ignored setting is worse than one that refuses to start.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,11 +25,18 @@ from switch.adapters.specs import (
     SwiftAdapterConfig,
 )
 from switch.bounds import Port, PositiveSeconds
-from switch.currency import CURRENCIES
+from switch.currency import CURRENCIES, format_amount
+from switch.fielderrors import describe_validation_error
 from switch.model import CHANNELS, Channel
 from switch.payment.resolver import ResolutionConfig
 from switch.payment.risk import RiskConfig
-from switch.payment.standin import StandInConfig
+from switch.payment.standin import (
+    MAJOR_AMOUNT_PATTERN,
+    OLD_KEYS,
+    MinorLimits,
+    StandInConfig,
+    StandInLimits,
+)
 from switch.protocols.framing import MAX_FRAME_BYTES_CEILING
 from switch.protocols.shardmap import (
     ADDRESS_PATTERN,
@@ -171,7 +179,7 @@ class ClusterConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         msgspec.Meta(max_length=MAX_SHARDS)] = msgspec.field(default_factory=list)
     #: Each of N workers enforces 1/N (rounded down) of the cumulative per-card,
     #: per-payer and per-issuer limits -- risk.velocity.max_count and
-    #: max_amount_cny_minor, standin.per_card_max_minor and per_issuer_max_minor -- so
+    #: max_amount_cny_minor, each currency's standin.limits per_card_max and per_issuer_max -- so
     #: together they never pass the configured limit (docs/cluster.md); a limit that
     #: would become 0 is refused at start. False: each worker enforces the whole limit,
     #: which is up to N times looser for the cluster.
@@ -289,13 +297,32 @@ def channel_of(spec: NetworkAdapterSpec) -> Channel:
 
 
 #: The limits a cluster splits between its workers, by key path: cumulative per card,
-#: payer or issuer, and a customer's payments spread over every shard.
+#: payer or issuer, and a customer's payments spread over every shard. Besides these,
+#: each currency's stand-in ``per_card_max`` and ``per_issuer_max`` (:func:`_standin_paths`).
 SPLIT_LIMITS: Final = (
     "risk.velocity.max_count",
     "risk.velocity.max_amount_cny_minor",
-    "standin.per_card_max_minor",
-    "standin.per_issuer_max_minor",
 )
+#: The stand-in limits a cluster splits, per currency.
+STANDIN_SPLIT: Final = ("per_card_max", "per_issuer_max")
+
+
+def _standin_paths(standin: StandInConfig) -> dict[str, int]:
+    """Each currency's split stand-in limits in minor units, by key path plus ``_minor``
+    (``standin.limits.USD.per_card_max_minor``: the value is in minor units)."""
+    out: dict[str, int] = {}
+    for code, minor in sorted(_standin_minor(standin).items()):
+        out[f"standin.limits.{code}.per_card_max_minor"] = minor.per_card
+        out[f"standin.limits.{code}.per_issuer_max_minor"] = minor.per_issuer
+    assert len(out) == len(STANDIN_SPLIT) * len(standin.limits)
+    return out
+
+
+def _standin_minor(standin: StandInConfig) -> dict[str, MinorLimits]:
+    try:
+        return standin.minor_limits()
+    except ValueError as exc:
+        raise ConfigError(f"standin.{exc}") from None
 
 
 def worker_limits(risk: RiskConfig, standin: StandInConfig, shards: int,
@@ -316,41 +343,54 @@ def worker_limits(risk: RiskConfig, standin: StandInConfig, shards: int,
     if shards <= 1 or not split:
         return risk, standin
 
-    def share(path: str, limit: int) -> int:
+    def share(path: str, limit: int, show: Callable[[int], str] = str) -> int:
         part = limit // shards
         if part == 0 and limit > 0:
             raise ConfigError(
-                f"{path}: {limit} split over {shards} workers is 0 per worker "
-                f"(cluster.split_limits); raise it to at least {shards}, or set "
+                f"{path}: {show(limit)} split over {shards} workers is {show(0)} per worker "
+                f"(cluster.split_limits); raise it to at least {show(shards)}, or set "
                 f"cluster.split_limits = false (each worker then enforces the whole "
                 f"limit, up to {shards} times looser for the cluster)")
         return part
 
-    count_path, amount_path, per_card_path, per_issuer_path = SPLIT_LIMITS
+    def share_major(path: str, code: str, limit: int) -> str:
+        """``limit`` (``code``'s minor units) split, as a major-unit decimal string."""
+        def show(minor: int) -> str:
+            return f'"{format_amount(minor, code)}"'
+        part = format_amount(share(path, limit, show), code)
+        assert part.count(".") <= 1 and limit >= 0, (path, part)
+        return part
+
+    count_path, amount_path = SPLIT_LIMITS
     replace = msgspec.structs.replace
     velocity = risk.velocity
     velocity = replace(
         velocity,
         max_count=share(count_path, velocity.max_count),
         max_amount_cny_minor=share(amount_path, velocity.max_amount_cny_minor))
-    return (replace(risk, velocity=velocity),
-            replace(standin,
-                    per_card_max_minor=share(per_card_path, standin.per_card_max_minor),
-                    per_issuer_max_minor=share(per_issuer_path, standin.per_issuer_max_minor)))
+    limits = {}
+    for code, minor in _standin_minor(standin).items():
+        path = f"standin.limits.{code}"
+        limits[code] = replace(
+            standin.limits[code],
+            per_card_max=share_major(f"{path}.per_card_max", code, minor.per_card),
+            per_issuer_max=share_major(f"{path}.per_issuer_max", code, minor.per_issuer))
+    assert set(limits) == set(standin.limits), "every currency's limits are split"
+    return replace(risk, velocity=velocity), replace(standin, limits=limits)
 
 
 def cluster_limits(cfg: SwitchConfig) -> dict[str, int]:
     """What every worker of a cluster must agree on, by key path: whether the cumulative
     limits are split (``cluster.split_limits``, 1 or 0) and each limit in
-    :data:`SPLIT_LIMITS` as configured (before the split). A layout planned from this
+    :data:`SPLIT_LIMITS` and each currency's stand-in limits (:func:`_standin_paths`) as
+    configured (before the split). A layout planned from this
     config keeps them (``switch.cluster.layout``), so a node started with other limits
     is refused instead of quietly enforcing its own."""
     values = {
         "cluster.split_limits": int(cfg.cluster.split_limits),
         "risk.velocity.max_count": cfg.risk.velocity.max_count,
         "risk.velocity.max_amount_cny_minor": cfg.risk.velocity.max_amount_cny_minor,
-        "standin.per_card_max_minor": cfg.standin.per_card_max_minor,
-        "standin.per_issuer_max_minor": cfg.standin.per_issuer_max_minor,
+        **_standin_paths(cfg.standin),
     }
     assert set(SPLIT_LIMITS) < set(values), "every split limit is compared"
     return values
@@ -373,6 +413,7 @@ def _check_cross_references(cfg: SwitchConfig) -> None:
             raise ConfigError(f"risk.fx_to_cny.{code}: unknown currency")
     if "CNY" not in cfg.risk.fx_to_cny:
         raise ConfigError("risk.fx_to_cny.CNY: required (the AML threshold is in CNY)")
+    _standin_minor(cfg.standin)  # known currencies, no more decimals than each has
     serves: dict[str, Channel] = {}
     for section, entries in (
         ("networks", [(n.name, n.channel) for n in cfg.networks]),
@@ -417,12 +458,49 @@ def parse_config(text: str, source: str = "<config>") -> SwitchConfig:
             "the file named by security.token_key_file or in the environment variable "
             "named by security.token_key_env (default PAYSWITCH_TOKEN_KEY)"
         )
+    _check_standin_raw(raw.get("standin"), source)
     cfg = convert(raw, SwitchConfig, source, ConfigError)
     try:
         _check_cross_references(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
     return cfg
+
+
+def _check_standin_raw(standin: object, source: str) -> None:
+    """Refuse, naming the key and the new form, the stand-in limits of old (raw minor
+    units, whatever the currency) and a limit written as a number instead of a string."""
+    if not isinstance(standin, dict):
+        return
+    for old, new in OLD_KEYS.items():
+        if old in standin:
+            raise ConfigError(
+                f"{source}: standin.{old}: raw minor units are not one amount across "
+                f"currencies (20000 is 200.00 USD but 20000 JPY); state the limit per "
+                f"currency in major units, e.g. [standin.limits.USD] {new} = \"500.00\"")
+    limits = standin.get("limits")
+    if not isinstance(limits, dict):
+        return
+    for code, table in limits.items():
+        where = f"{source}: standin.limits.{code}"
+        for key, value in table.items() if isinstance(table, dict) else ():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise ConfigError(
+                    f"{where}.{key}: write the amount in major units as a decimal string, "
+                    f"e.g. \"{value}\" (a number could lose cents)")
+            if isinstance(value, str) and not re.match(MAJOR_AMOUNT_PATTERN, value):
+                raise ConfigError(
+                    f"{where}.{key}: {value!r} is not an amount in major units: digits, "
+                    f"at most 3 decimals, no sign or separators (e.g. \"250.00\")")
+        # Converted here, one table at a time: msgspec's own path would say
+        # ``standin.limits[...]``, not which currency.
+        try:
+            msgspec.convert(table, StandInLimits)
+        except msgspec.ValidationError as exc:
+            described = describe_validation_error(exc, StandInLimits)
+            text = str(exc)  # "key: ..." when it names a key in the table
+            at_key = " - at `$" in text or text.startswith("Object contains unknown field")
+            raise ConfigError(f"{where}{'.' if at_key else ': '}{described}") from None
 
 
 def load_config(path: str | Path) -> SwitchConfig:

@@ -31,17 +31,14 @@ import msgspec
 from switch import reasons
 from switch.journal import JournalFailed, JournalFull, JournalRecord, OnFull
 from switch.journal.reader import ARCHIVE_SCHEMA, archive_path
-from switch.model import Payment, PaymentRequest, Result, Status
+from switch.model import Payment, PaymentRequest, Result
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import Rejected
-from switch.routing.router import NoRoute
+from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT, Reversals
 from switch.serve.engine import Engine
 
 _payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
-
-#: Reversals waiting for the issuer at once; past it a reversal is answered 91 (retry).
-MAX_REVERSALS_IN_FLIGHT: Final = 10_000
 
 #: The latest result journaled for a payment id (``{schema}``: live or archive). Both
 #: lookups read the journal's payment id index (store.SCHEMA, newest entry first), not
@@ -77,9 +74,9 @@ class FrontCore:
     def __init__(self, pipeline: Engine, journal_path: str) -> None:
         self._pipeline = pipeline
         self._journal_path = journal_path
-        # Payment id -> original key of reversals handed to the resolver; swept of those
-        # the resolver finished (the index then holds ``reversed``) when it fills up.
-        self._reversing: dict[str, str] = {}
+        # The reversals handed to the resolver (payment id -> original key), swept of
+        # those the resolver finished (the index then holds ``reversed``) when it fills up.
+        self._reversals = Reversals(MAX_REVERSALS_IN_FLIGHT)
         self._reader: sqlite3.Connection | None = None
         self._archived = False  # the archive is attached to ``_reader``
         self._reader_lock = anyio.Lock()
@@ -185,71 +182,48 @@ class FrontCore:
         25: no such original; 91: cannot take the reversal now (acquirer repeats it);
         13: ``amount`` is not the original's (a whole payment is reversed or nothing: a
         reversal of 1 once released a hold of 1,250).
+
+        The decisions are :class:`~switch.payment.reversal.Reversals`' (sans-IO: the
+        simulator's acquirer runs the same ones); this is their shell: the wait for a
+        result, the journal's intent read and write, the stand-in advice on the wire.
         """
         pipeline = self._pipeline
-        entry = pipeline.index.get(original_key)
-        if entry is None:
-            return "25"
+        reversals = self._reversals
+        entry = reversals.lookup(pipeline.index, original_key)
+        if isinstance(entry, str):
+            return entry
         result = entry.result
         if result is None:
             with anyio.move_on_after(wait_s):
                 result = await entry.wait()
-            if result is None:
-                return reasons.ISSUER_UNAVAILABLE
-        if result.status is not Status.APPROVED:
-            return reasons.APPROVED
+        answer = reversals.admit(pipeline.index, original_key, result)
+        if answer is not None:
+            return answer
+        assert result is not None
         pid = result.payment_id
-        if pid in self._reversing:
-            return reasons.APPROVED  # a repeat (0401/0421) of a reversal under way
-        if len(self._reversing) >= MAX_REVERSALS_IN_FLIGHT:
-            self._sweep()
-            if len(self._reversing) >= MAX_REVERSALS_IN_FLIGHT:
-                return reasons.ISSUER_UNAVAILABLE
-        self._reversing[pid] = original_key
         try:
-            found = await self._intent(pid)
-            if found is None:
-                self._reversing.pop(pid, None)
-                return reasons.APPROVED  # approved without reaching a network: nothing held
-            payment, digest = found
-            if amount is not None and amount != payment.amount:
-                self._reversing.pop(pid, None)
-                return reasons.INVALID_AMOUNT
-            try:
-                target = pipeline.router.target(payment)
-                route = pipeline.router.route(target.endpoints[0], target)
-            except NoRoute:
-                self._reversing.pop(pid, None)
-                return reasons.ISSUER_UNAVAILABLE
+            plan = reversals.plan(pid, await self._intent(pid), amount, pipeline.router)
+            if isinstance(plan, str):
+                return plan
             # Nothing sent yet: shed on a full journal (answered 91, the acquirer repeats).
-            record = JournalRecord.intent(payment, digest, pipeline.clock.wall_us())
+            record = JournalRecord.intent(plan.payment, plan.digest, pipeline.clock.wall_us())
             await pipeline.journal.write(record, OnFull.SHED)
         except (JournalFull, JournalFailed):
-            self._reversing.pop(pid, None)
+            reversals.release(pid)
             return reasons.ISSUER_UNAVAILABLE
         except BaseException:
-            self._reversing.pop(pid, None)
+            reversals.release(pid)
             raise
         # Durable: from here a crash still ends in a reversal (recovery resolves it).
         standin = pipeline.standin if result.stood_in else None
-        if standin is not None:
-            # Approved in stand-in, its 0120 advice maybe not yet sent: the issuer must
-            # never learn of it now, or it holds money for a reversed payment (the advice
-            # and the reversal wait for the same issuer, in either order). A start after
-            # this does not queue it again: the reversal's intent reopened the payment.
-            # One on the wire now is let land first, so the reversal follows it.
-            standin.withdraw(pid)
+        if standin is not None and reversals.withdraw_advice(result, standin):
+            # Approved in stand-in, its 0120 advice not yet sent is withdrawn: a start
+            # after this does not queue it again (the reversal's intent reopened the
+            # payment). One on the wire now is let land first, so the reversal follows it.
             with anyio.CancelScope(shield=True), anyio.move_on_after(ADVICE_LANDS_S):
                 await standin.settled(pid)
-        pipeline.resolver.submit(payment, digest, route)
+        pipeline.resolver.submit(plan.payment, plan.digest, plan.route)
         return reasons.APPROVED
-
-    def _sweep(self) -> None:
-        index = self._pipeline.index
-        for pid, key in list(self._reversing.items()):
-            entry = index.get(key)
-            if entry is None or entry.result is None or entry.result.status is not Status.APPROVED:
-                del self._reversing[pid]
 
     def close(self) -> None:
         if self._reader is not None:

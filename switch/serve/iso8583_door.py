@@ -56,6 +56,7 @@ import msgspec
 from switch import reasons
 from switch.clock import backend_clock
 from switch.model import Result, Status
+from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT
 from switch.protocols.errors import CodecError
 from switch.protocols.iso8583 import FrameDecoder, IsoMessage, frame
 from switch.protocols.iso8583_acquirer import (
@@ -74,7 +75,7 @@ from switch.protocols.iso8583_acquirer import (
 )
 from switch.serve.config import Iso8583DoorConfig
 from switch.serve.conntable import ConnectionTable, peer_source
-from switch.serve.frontcore import MAX_REVERSALS_IN_FLIGHT, FrontCore
+from switch.serve.frontcore import FrontCore
 
 log = logging.getLogger(__name__)
 

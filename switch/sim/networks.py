@@ -98,6 +98,12 @@ class World:
         self._sent_at: dict[tuple[str, str], tuple[float, float]] = {}
         self._arrivals: deque[tuple[float, tuple[str, str]]] = deque()
         self.reversal_stan = 0
+        #: Payments whose acquirer reversal the switch accepted (switch/sim/acquirer.py),
+        #: and those of them advised (0120) to the issuer after that: an issuer that does
+        #: not match a late advice to the reversal before it holds the cardholder's money
+        #: (CardScheme happens to remember the unmatched reversal and fence the advice).
+        self.reversal_accepted: set[str] = set()
+        self.advised_after_reversal: list[str] = []
 
     # ----------------------------------------------------------------- requests
 
@@ -190,6 +196,8 @@ class World:
 
     def advise(self, payment: Payment, auth_code: str) -> str:
         """The 0120 of a stand-in approval reaches the card scheme: its 0130's DE39."""
+        if payment.payment_id in self.reversal_accepted:
+            self.advised_after_reversal.append(payment.payment_id)
         original = original_request(payment, ACQUIRER_ID)
         advice = iso8583.authorization_advice(original, response_code=reasons.APPROVED,
                                               auth_code=auth_code)

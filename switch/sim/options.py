@@ -46,6 +46,10 @@ class Violation:
         return f"{self.invariant} at {self.at:.3f}s on {self.subject}: {self.detail}"
 
 
+#: Share of new card payments the simulated acquirer reverses (switch/sim/acquirer.py).
+REVERSAL_SHARE: Final = 0.01
+
+
 @dataclass
 class SimOptions:
     seed: int
@@ -67,6 +71,9 @@ class SimOptions:
     #: The books at the end: the ledger from the journal, the card clearing files
     #: (channels/settlement.py's writer, cut during the run) against the journal.
     books: bool = True
+    #: Share of new card payments the acquirer reverses (switch/sim/acquirer.py; 0: no
+    #: acquirer reversals at all, stand-in approvals' included).
+    reversal_share: float = REVERSAL_SHARE
     channels_toml: str = str(ROOT / "examples" / "channels.toml")
     routes_toml: str = str(ROOT / "examples" / "routes.toml")
 

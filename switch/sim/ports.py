@@ -13,6 +13,7 @@ from switch.adapters.trace import TraceNumbers
 from switch.model import Channel, Payment
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.reversal import Reversals
 from switch.payment.standin import StandIn
 from switch.protocols.wire import Response
 from switch.routing.router import Router
@@ -109,11 +110,14 @@ class Boot:
         self.advice_delay = 0.05
         self.advice_armed = False
         self.wake_at = math.inf
+        #: The acquirer reversals this boot handed to its resolver (FrontCore's).
+        self.reversals = Reversals()
 
     def discard(self) -> None:
         """Drop everything this boot holds, as a crash does. Its parts point back at it
         (the ports, the journal's callbacks), so without this it is cyclic garbage, left
         to a collector the simulation keeps off (switch/sim/simulation.py run())."""
-        for name in ("core", "router", "index", "standin", "resolver", "journal", "trace"):
+        for name in ("core", "router", "index", "standin", "resolver", "journal", "trace",
+                     "reversals"):
             self.__dict__.pop(name, None)
         self.waiting = {}

@@ -7,7 +7,8 @@ What is real and what is simulated (the honest list):
   decisions and its limits), :class:`~switch.routing.router.Router` with its breakers and
   health, :class:`~switch.payment.idempotency.IdempotencyIndex`,
   :class:`~switch.payment.risk.RiskEngine`, :class:`~switch.payment.standin.StandIn`
-  (``decide``/``queue_advice``), the resolver's decisions
+  (``decide``/``queue_advice``/``withdraw``), an acquirer reversal's decisions
+  (:class:`~switch.payment.reversal.Reversals`, FrontCore.reverse's), the resolver's decisions
   (:class:`~switch.payment.resolver.ResolutionQueue`: timer heap, schedules, retries,
   escalation) and start-up recovery (:func:`~switch.payment.resolver.recover`), the
   journal's SQLite schema, INSERT and start-up :func:`~switch.journal.replay`, the card
@@ -18,7 +19,8 @@ What is real and what is simulated (the honest list):
   (switch/serve/engine.py: ports over the event queue), the rest of start-up
   (switch/serve/app.py's sequence), the resolver's shell (switch/sim/resolution.py, as
   :class:`~switch.payment.resolver.Resolver` is on anyio: 8 workers per channel, route
-  timeouts), the stand-in advice sender (StandIn.run: the real queue, delivered on the
+  timeouts), the acquirer and FrontCore.reverse's shell (switch/sim/acquirer.py), the
+  stand-in advice sender (StandIn.run: the real queue, delivered on the
   event queue), active health probes (app._probe_endpoints), the group-commit writer
   (switch/sim/disk.py: the journal rows, not reconciliation's column chunks that
   switch/journal/store.py writes beside them) and the networks' transport.
@@ -73,6 +75,7 @@ from switch.payment.standin import StandIn
 from switch.protocols.wire import ErrorReply, Reply, Response
 from switch.routing.router import Router
 from switch.routing.table import load_route_table
+from switch.sim.acquirer import ACQ_REVERSE, ACQ_TIMEOUT, Acquirer
 from switch.sim.advice import ADVICE, arm_advice, send_advice
 from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
 from switch.sim.disk import Batch, SimJournal, disk_error, disk_full, next_disk_error_at
@@ -100,6 +103,7 @@ from switch.sim.verify import (
     check_bounds,
     check_journal,
     check_probes,
+    check_reversals,
     check_schedule,
     check_standin,
 )
@@ -193,6 +197,9 @@ class Simulation:
         self.clearing = Clearing(self.world.scheme, options.seed) if options.books else None
         self._cut_every = max(CUT_EVERY_S, options.duration_s / 10.0)
         self._next_cut = self._cut_every
+        #: The acquirer's reversals of card payments (None: it sends none).
+        self.acquirer = (Acquirer(self, options.seed, options.reversal_share)
+                         if options.reversal_share > 0 else None)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -405,12 +412,15 @@ class Simulation:
         # probability rate(t) / peak (a non-homogeneous Poisson process).
         if shape is not None and self._rng.random() * self._peak >= shape.rate_at(self.now):
             return
-        request, _kind = self.workload.next()
+        request, kind = self.workload.next()
         if self._recent and self._rng.random() < 0.002:
             # Same key, another body: must be refused if the key was accepted before.
             _, original = self._recent[self._rng.randrange(len(self._recent))]
             request = msgspec.structs.replace(original, amount=original.amount + 1)
+            kind = "conflict"
         self._send(request, 1)
+        if kind == "new" and request.channel == "card" and self.acquirer is not None:
+            self.acquirer.new_card_payment(request)
         if self._rng.random() < DUPLICATE_IN_FLIGHT:
             # Its last try: a duplicate's own error is not retried again.
             self.push(self.now + self._rng.uniform(*DUPLICATE_AFTER_S), RESEND, request,
@@ -461,7 +471,9 @@ class Simulation:
             return
         if acked is not None:
             pid, status, _ = acked
-            if pid != result.payment_id or (status in TERMINAL and result.status != status):
+            if pid != result.payment_id or (
+                    status in TERMINAL and result.status != status
+                    and not self._reversed_by_acquirer(pid, status, result.status)):
                 self.violate("idempotency", key, f"first {pid} {status.value}, now "
                              f"{result.payment_id} {result.status.value}")
         if acked is None or acked[1] not in TERMINAL:
@@ -476,11 +488,19 @@ class Simulation:
         if not response.replay:
             if result.stood_in:
                 self.counters["stand_in"] += 1
+                if self.acquirer is not None:
+                    self.acquirer.stood_in(request)
                 check_standin(result.payment_id, self.now, self.world,
                               self.boot.started if self.boot is not None else None,
                               self.violate)
             self.world.answered.pop(result.payment_id, None)  # only stand-in asks; bounded
             self.world.decided.discard(result.payment_id)
+
+    def _reversed_by_acquirer(self, pid: str, was: Status, now: Status) -> bool:
+        """An approval the acquirer's accepted reversal undid since: a retry of its key
+        hears ``reversed`` (the journal's final, as check_journal allows too)."""
+        return (was is Status.APPROVED and now is Status.REVERSED
+                and self.acquirer is not None and pid in self.acquirer.accepted)
 
     def resolved(self, payment: Payment, result: Result) -> None:
         """The resolver journaled ``payment``'s final state: was it within its schedule?"""
@@ -589,6 +609,10 @@ class Simulation:
                     _, request, tries, _, _ = self._sends.pop(rid)
                     if tries < CLIENT_TRIES:
                         self.push(self.now + 0.001 * (rid % 1000), RESEND, request, tries + 1)
+        elif kind == ACQ_REVERSE:
+            cast(Acquirer, self.acquirer).send(b)  # only the acquirer pushes these
+        elif kind == ACQ_TIMEOUT:
+            cast(Acquirer, self.acquirer).timed_out(*b)
         elif a is not boot or boot is None or not boot.alive:
             # The networks still process what reached them; nobody hears the answer.
             if kind == ISSUER:
@@ -653,7 +677,8 @@ class Simulation:
             return False
         settled = (not self._sends and not boot.resolver.queue.pending
                    and not boot.standin.pending
-                   and boot.journal.pending == 0 and boot.core.in_flight == 0)
+                   and boot.journal.pending == 0 and boot.core.in_flight == 0
+                   and (self.acquirer is None or not self.acquirer.pending))
         return settled
 
     def _refill(self, boot: Boot) -> None:
@@ -677,8 +702,12 @@ class Simulation:
         # The whole journal, folded per payment by the switch's one reader (the records
         # since the last start folded onto that start's fold: one pass over the journal).
         folded = fold_onto(self.db, self._fold, live_only=True)  # the sim never archives
+        accepted = self.acquirer.accepted if self.acquirer is not None else {}
         intents, finals = check_journal(folded, self._acked, self.world, self.violate,
-                                        self.counters, live=self.boot)
+                                        self.counters, live=self.boot,
+                                        reversed_by_acquirer=accepted)
+        if self.acquirer is not None:
+            check_reversals(folded, self.acquirer.accepted, self.world, self.violate)
         if self.clearing is not None:
             for subject, detail in check_ledger(self.db, folded, self.wall_us(), intents,
                                                 finals):

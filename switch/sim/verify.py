@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Final
 
 from switch.journal.reader import Fold
@@ -30,14 +30,17 @@ UNKNOWN_SLACK_S: Final = 5.0
 
 
 def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]], world: World,
-                  violate: Violate, counters: dict[str, int], live: Boot | None = None
+                  violate: Violate, counters: dict[str, int], live: Boot | None = None,
+                  reversed_by_acquirer: Container[str] = ()
                   ) -> tuple[dict[str, Payment], dict[str, Result]]:
     """Every payment terminal once (and a final record terminal), nothing acknowledged
     lost, the journal and the networks' books agree both ways, every stand-in advised or
     explained and within the per-payment limit, and what a retry of each key would hear
     from the live switch is what the journal says (:func:`check_index`). Returns the
     intents and the final results per payment. ``live``: the switch running at the end
-    (none after a crash it did not come back from), whose index :func:`check_index` reads."""
+    (none after a crash it did not come back from), whose index :func:`check_index` reads.
+    ``reversed_by_acquirer``: payments whose acquirer reversal was accepted after they
+    were acknowledged approved (reversed since, as :func:`check_reversals` demands)."""
     intents: dict[str, Payment] = {}
     finals: dict[str, Result] = {}  # the last final record's result
     unknowns: set[str] = set()
@@ -51,7 +54,7 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     holds = world.card_holds()
     swift_booked, qr_booked = world.books["swift"].booked, world.books["qr"].booked
     stood_in_journal = stood_in_exposure = 0
-    standin_max = sim_config().standin.per_payment_max_minor
+    standin_limits = sim_config().standin.minor_limits()
     for pid, h in folded.payments.items():
         payment = h.payment
         result = h.result
@@ -98,9 +101,11 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
                           f"{status.value}, yet the network books {booked}"))
         if final.stood_in:
             stood_in_journal += 1
-            if amount > standin_max:
-                standins.append(("bound", pid, f"stand-in approval of {amount}, over the "
-                                 f"per-payment limit {standin_max}"))
+            currency = payment.currency
+            limit = standin_limits[currency].per_payment if currency in standin_limits else 0
+            if amount > limit:
+                standins.append(("bound", pid, f"stand-in approval of {amount} {currency}, "
+                                 f"over the per-payment limit {limit}"))
             if not h.advised:
                 standins.append(("advice-lost", pid, "stand-in approval never advised to the "
                                  "issuer (unexplained exposure)"))
@@ -120,7 +125,9 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
         if got is None and pid not in unknowns:
             violate("ack-lost", key, f"acknowledged {pid} {status.value}; the journal has "
                     f"{'only its intent, no outcome' if pid in intents else 'no record of it'}")
-        elif got is not None and status in TERMINAL and got.status != status:
+        elif got is not None and status in TERMINAL and got.status != status and not (
+                status is Status.APPROVED and got.status is Status.REVERSED
+                and pid in reversed_by_acquirer):
             violate("ack-lost", key, f"acknowledged {status.value}, journal says "
                     f"{got.status.value}")
     for finding in money:
@@ -250,21 +257,24 @@ def check_standin_exposure(boot: Boot, cfg: StandInConfig, violate: Violate) -> 
     limits: counted afresh from the advices still queued (the exposure the limits are
     about), not from the totals StandIn keeps to enforce them (the simulated advice
     sender never releases those: they only ever exceed the queue's)."""
-    per_card: dict[str, int] = defaultdict(int)
-    per_issuer: dict[str, int] = defaultdict(int)
+    per_card: dict[tuple[str, str], int] = defaultdict(int)
+    per_issuer: dict[tuple[str, str], int] = defaultdict(int)
     for advice in boot.standin._queue:  # the real store-and-forward queue (no sans-IO view)
-        card = advice.payment.card
-        if card is not None:
-            per_card[card.token] += advice.payment.amount
-        per_issuer[advice.target] += advice.payment.amount
-    for token, total in per_card.items():
-        if total > cfg.per_card_max_minor:
-            violate("bound", f"standin-card-{token[:12]}", f"{total} stood in and not yet "
-                    f"advised on one card > per_card_max_minor {cfg.per_card_max_minor}")
-    for target, total in per_issuer.items():
-        if total > cfg.per_issuer_max_minor:
-            violate("bound", f"standin-issuer-{target}", f"{total} stood in and not yet "
-                    f"advised > per_issuer_max_minor {cfg.per_issuer_max_minor}")
+        payment = advice.payment
+        if payment.card is not None:
+            per_card[payment.card.token, payment.currency] += payment.amount
+        per_issuer[advice.target, payment.currency] += payment.amount
+    limits = cfg.minor_limits()  # per currency, in its minor units
+    for (token, currency), total in per_card.items():
+        limit = limits[currency].per_card if currency in limits else 0
+        if total > limit:
+            violate("bound", f"standin-card-{token[:12]}-{currency}", f"{total} {currency} "
+                    f"stood in and not yet advised on one card > per_card_max {limit}")
+    for (target, currency), total in per_issuer.items():
+        limit = limits[currency].per_issuer if currency in limits else 0
+        if total > limit:
+            violate("bound", f"standin-issuer-{target}-{currency}", f"{total} {currency} "
+                    f"stood in and not yet advised > per_issuer_max {limit}")
 
 
 def check_admission(boot: Boot, violate: Violate) -> None:
@@ -303,3 +313,42 @@ def check_probes(boot: Boot, violate: Violate) -> None:
         if breaker.state is BreakerState.HALF_OPEN and reserved > held.get(endpoint, 0):
             violate("probe-leaked", endpoint, f"{reserved} probe slot(s) reserved, "
                     f"{held.get(endpoint, 0)} attempt(s) in flight to it")
+
+
+def check_reversals(folded: Fold, accepted: Mapping[str, tuple[str, bool]], world: World,
+                    violate: Violate) -> None:
+    """Every payment whose acquirer reversal the switch accepted with something to undo
+    (answered 00 once its intent was journaled again and it was handed to the resolver:
+    switch/sim/acquirer.py), once resolution settled at the end of a run:
+
+    * ``reversal-undone``: its journal history ends ``reversed`` (not approved, nor
+      reopened and never resolved: check_journal takes a reopened approval for finished),
+      and its issuer holds no money for it;
+    * ``reversed-standin-advised``: a stand-in approval reversed was never advised (0120)
+      to the issuer after the reversal was accepted. channels' CardScheme remembers an
+      unmatched reversal and fences the late advice, so its books show nothing; an issuer
+      that does not match them holds the cardholder's money for a payment the acquirer
+      undid (the bug StandIn.withdraw fixed, found by reading).
+    """
+    holds = world.card_holds()
+    advised_after = set(world.advised_after_reversal)
+    for pid, (key, stood_in) in accepted.items():
+        h = folded.payments.get(pid)
+        result = h.result if h is not None else None
+        if h is None or result is None or not h.finished or h.reopened \
+                or result.status is not Status.REVERSED:
+            state = "no record" if result is None else result.status.value
+            if h is not None and h.reopened:
+                state += ", reopened by the reversal and never resolved"
+            violate("reversal-undone", pid, f"reversal of {key} accepted (00); the journal "
+                    f"ends {state}")
+        payment = h.payment if h is not None else None
+        if payment is not None and payment.card is not None:
+            held = holds.get(payment.card.rrn.strip(), 0)
+            if held:
+                violate("reversal-undone", pid, f"reversal of {key} accepted (00); the "
+                        f"issuer holds {held}" + (" (a stand-in approval)" if stood_in else ""))
+        if pid in advised_after:
+            violate("reversed-standin-advised", pid, f"stand-in approval {key} advised to "
+                    "the issuer after its reversal was accepted: an issuer that does not "
+                    "match the late 0120 to the reversal holds the cardholder's money")

@@ -220,7 +220,8 @@ async def test_retry_storm_stays_within_budget(tmp_path: Path) -> None:
 
 
 async def test_stand_in_within_limits_then_advices_delivered(tmp_path: Path) -> None:
-    extra = "[standin]\nper_payment_max_minor = 5000\nper_card_max_minor = 8000"
+    extra = ('[standin.limits.USD]\nper_payment_max = "50.00"\nper_card_max = "80.00"\n'
+             'per_issuer_max = "50000.00"')
     async with rig(tmp_path, extra=extra) as r:
         r.fault("down", "card-primary")
         r.fault("down", "card-secondary")
@@ -229,7 +230,7 @@ async def test_stand_in_within_limits_then_advices_delivered(tmp_path: Path) -> 
         async with SwitchClient.connect("127.0.0.1", r.port) as client:
             # Until the switch knows the issuers are unreachable, a payment may still go
             # out on a pooled connection (and end unknown): drive the breakers open first.
-            warmups = []
+            warmups: list[object] = []
             with anyio.fail_after(10):
                 while not all(breakers[e].state.value == "open"
                               for e in ("card-primary", "card-secondary")):

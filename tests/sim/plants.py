@@ -267,12 +267,15 @@ def approved_card_payments_reversed_too() -> Iterator[None]:
 
 @contextmanager
 def _stand_in_without(limit: str) -> Iterator[None]:
-    """Stand-in decides with one of its limits (a StandInConfig field) lifted."""
+    """Stand-in decides with one of its limits (a StandInLimits field) lifted in every
+    currency."""
     original = StandIn.decide
 
     def decide(self: Any, payment: Any, target: str) -> str | None:
         config = self.config
-        self.config = msgspec.structs.replace(config, **{limit: 10**15})
+        lifted = {code: msgspec.structs.replace(limits, **{limit: "100000000000000"})
+                  for code, limits in config.limits.items()}
+        self.config = msgspec.structs.replace(config, limits=lifted)
         try:
             return original(self, payment, target)
         finally:
@@ -284,15 +287,15 @@ def _stand_in_without(limit: str) -> Iterator[None]:
 
 
 def stand_in_past_the_per_payment_limit() -> AbstractContextManager[None]:
-    """Stand-in forgets its per-payment ceiling (``per_payment_max_minor``): any amount
+    """Stand-in forgets its per-payment ceiling (``per_payment_max``): any amount
     is approved on the issuer's behalf, within the card and issuer totals only."""
-    return _stand_in_without("per_payment_max_minor")
+    return _stand_in_without("per_payment_max")
 
 
 def stand_in_past_the_per_card_limit() -> AbstractContextManager[None]:
     """Stand-in checks only the per-payment and per-issuer limits: the per-card total
-    (``per_card_max_minor``) is still counted, but no longer compared."""
-    return _stand_in_without("per_card_max_minor")
+    (``per_card_max``) is still counted, but no longer compared."""
+    return _stand_in_without("per_card_max")
 
 
 @contextmanager
@@ -476,4 +479,14 @@ def duplicate_in_flight_answered_94() -> Iterator[None]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(PaymentCore, "_receive", receive)
+        yield
+
+
+@contextmanager
+def reversal_keeps_standin_advice() -> Iterator[None]:
+    """A reversal of a stand-in approval leaves its 0120 advice queued (StandIn.withdraw
+    does nothing): the issuer learns of the approval after the acquirer undid it -- the
+    bug found by reading before the simulator sent reversals."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StandIn, "withdraw", lambda self, payment_id: False)
         yield

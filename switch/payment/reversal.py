@@ -1,0 +1,136 @@
+"""An acquirer's reversal of a payment (ISO 8583 0400/0420, the HTTP door): the decisions.
+
+Sans-IO: :class:`Reversals` decides what to answer and what to do, one step at a time; the
+shells do the waiting, the reading and the writing in between. Two shells run the same
+steps in the same order: the live switch's ``FrontCore.reverse``
+(switch/serve/frontcore.py: anyio, the journal's SQLite reader, the pipeline's resolver)
+and the deterministic simulator's acquirer (switch/sim/simulation.py: the event queue, its
+journal and resolver shell), so what the simulator checks is what the switch decides.
+
+1. :meth:`Reversals.lookup`: the original's index entry, or 25 (no such original). Its
+   result None: still in flight; the shell waits for it, up to its bound.
+2. :meth:`Reversals.admit` with the result (None: still none after the wait): the answer
+   now (91: still in flight, or too many reversals under way; 00: nothing to undo --
+   declined, failed, already reversed, unknown (the resolver reverses unknown card
+   payments by itself) -- or a repeat of a reversal under way), or None: claimed; the
+   shell reads the payment's latest intent from the journal.
+3. :meth:`Reversals.plan` with that intent and the acquirer's amount: the answer now (00:
+   approved without reaching a network, nothing held; 13: not the original's amount, a
+   whole payment is reversed or nothing; 91: no route), or a :class:`Plan`: the shell
+   journals the intent again (shed on a full journal: 91, :meth:`release`), which makes
+   the reversal durable (replay treats the payment as unfinished: recovery resolves it).
+4. Durable: :meth:`Reversals.withdraw_advice` withdraws a stand-in approval's 0120 advice
+   not yet sent (the issuer must never learn of a payment the acquirer undid), then the
+   shell hands the plan to the resolver, which reverses it with the issuer and journals
+   ``reversed``, and answers 00.
+
+Every answer but the hand-over releases the claim (the claims are bounded:
+:data:`MAX_REVERSALS_IN_FLIGHT`, swept of those the resolver finished).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from switch import reasons
+from switch.model import Payment, Result, Status
+from switch.payment.idempotency import Entry, IdempotencyIndex
+from switch.payment.standin import StandIn
+from switch.routing.router import NoRoute, Route, Router
+
+#: Reversals waiting for the issuer at once; past it a reversal is answered 91 (retry).
+MAX_REVERSALS_IN_FLIGHT: Final = 10_000
+#: No such original (DE39 25): the key is unknown to the switch.
+NO_ORIGINAL: Final = "25"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A reversal to make durable (the payment's intent journaled again), then to hand to
+    the resolver."""
+
+    payment: Payment
+    digest: bytes
+    route: Route
+
+
+class Reversals:
+    """The reversals under way, payment id -> original key: a repeat (0401/0421) of one is
+    00 and is not reversed twice."""
+
+    def __init__(self, max_in_flight: int = MAX_REVERSALS_IN_FLIGHT) -> None:
+        assert max_in_flight > 0
+        self.max_in_flight = max_in_flight
+        self.under_way: dict[str, str] = {}
+
+    def lookup(self, index: IdempotencyIndex, original_key: str) -> Entry | str:
+        """Step 1: the original's entry, or 25."""
+        entry = index.get(original_key)
+        return NO_ORIGINAL if entry is None else entry
+
+    def admit(self, index: IdempotencyIndex, original_key: str,
+              result: Result | None) -> str | None:
+        """Step 2: the answer now, or None: ``result``'s payment is claimed (go on with
+        its intent, :meth:`plan`; every answer from there on releases it but the
+        hand-over to the resolver)."""
+        if result is None:
+            return reasons.ISSUER_UNAVAILABLE  # still in flight: the acquirer repeats
+        if result.status is not Status.APPROVED:
+            return reasons.APPROVED  # nothing to undo
+        pid = result.payment_id
+        under_way = self.under_way
+        if pid in under_way:
+            return reasons.APPROVED  # a repeat (0401/0421) of a reversal under way
+        if len(under_way) >= self.max_in_flight:
+            self.sweep(index)
+            if len(under_way) >= self.max_in_flight:
+                return reasons.ISSUER_UNAVAILABLE
+        under_way[pid] = original_key
+        return None
+
+    def plan(self, payment_id: str, found: tuple[Payment, bytes] | None,
+             amount: int | None, router: Router) -> Plan | str:
+        """Step 3, with the payment's latest intent (None: none journaled) and the
+        acquirer's amount (None: not given): what to journal and hand over, or the
+        answer now (the claim released)."""
+        if found is None:
+            self.release(payment_id)
+            return reasons.APPROVED  # approved without reaching a network: nothing held
+        payment, digest = found
+        if amount is not None and amount != payment.amount:
+            # A whole payment is reversed or nothing: a reversal of 1 once released a
+            # hold of 1,250.
+            self.release(payment_id)
+            return reasons.INVALID_AMOUNT
+        try:
+            target = router.target(payment)
+            route = router.route(target.endpoints[0], target)
+        except NoRoute:
+            self.release(payment_id)
+            return reasons.ISSUER_UNAVAILABLE
+        return Plan(payment, digest, route)
+
+    def release(self, payment_id: str) -> None:
+        """The reversal was not taken (answered, or its intent could not be journaled)."""
+        self.under_way.pop(payment_id, None)
+
+    def withdraw_advice(self, result: Result, standin: StandIn | None) -> bool:
+        """Step 4, once the reversal is durable: a stand-in approval's 0120 advice not yet
+        sent is withdrawn (its exposure released). Told after the reversal (the advice and
+        the reversal wait for the same issuer, in either order), the issuer held the
+        cardholder's money for a payment the acquirer had undone. True if the payment was
+        stood in: an advice of it may be on the wire this moment, and cannot be recalled,
+        so the shell lets it land (``StandIn.settled``) before it hands the reversal to
+        the resolver, which then releases its hold."""
+        if standin is None or not result.stood_in:
+            return False
+        standin.withdraw(result.payment_id)
+        return True
+
+    def sweep(self, index: IdempotencyIndex) -> None:
+        """Forget the reversals the resolver finished (the index holds ``reversed``)."""
+        for pid, key in list(self.under_way.items()):
+            entry = index.get(key)
+            if entry is None or entry.result is None or entry.result.status is not Status.APPROVED:
+                del self.under_way[pid]

@@ -1,0 +1,137 @@
+"""The decisions of an acquirer's reversal (switch/payment/reversal.py), without I/O.
+
+FrontCore.reverse (the live doors) and the simulator's acquirer (switch/sim/acquirer.py)
+run these same steps; the doors' own tests (tests/test_iso8583_door*.py,
+tests/test_standin_reversal.py) hold the shell's answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from switch.model import Payment, Result, Status
+from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.reversal import NO_ORIGINAL, Plan, Reversals
+from switch.routing.router import NoRoute
+from tests.payments import card_payment
+from tests.test_core import make_rig
+
+
+class _Router:
+    def __init__(self, routable: bool = True) -> None:
+        self.routable = routable
+
+    def target(self, payment: Payment) -> Any:
+        if not self.routable:
+            raise NoRoute("no target")
+
+        class Target:
+            endpoints = ("card-a",)
+
+        return Target()
+
+    def route(self, endpoint: str, target: Any) -> Any:
+        return ("route", endpoint)
+
+
+class _StandIn:
+    def __init__(self) -> None:
+        self.withdrawn: list[str] = []
+
+    def withdraw(self, payment_id: str) -> bool:
+        self.withdrawn.append(payment_id)
+        return True
+
+
+def _index_with(key: str, result: Result | None) -> IdempotencyIndex:
+    index = IdempotencyIndex(retention_s=3600, max_keys=100)
+    index.begin(key, b"h", 0.0)
+    if result is not None:
+        index.complete(key, result)
+    return index
+
+
+def _payment(key: str = "k1", amount: int = 1250) -> Payment:
+    return make_rig().core._new_payment(card_payment(key, amount=amount), 0.0)
+
+
+def _approved(pid: str, *, stood_in: bool = False) -> Result:
+    return Result(pid, Status.APPROVED, "00", "ref", stood_in=stood_in)
+
+
+def test_no_such_original_is_25_and_in_flight_is_its_entry() -> None:
+    index = _index_with("k1", None)
+    reversals = Reversals()
+    assert reversals.lookup(index, "nope") == NO_ORIGINAL == "25"
+    entry = reversals.lookup(index, "k1")
+    assert not isinstance(entry, str) and entry.result is None
+    # Still no result after the shell's wait: 91, the acquirer repeats; nothing claimed.
+    assert reversals.admit(index, "k1", None) == "91"
+    assert reversals.under_way == {}
+
+
+@pytest.mark.parametrize("status", [Status.DECLINED, Status.FAILED, Status.REVERSED,
+                                    Status.UNKNOWN])
+def test_nothing_to_undo_is_00_and_claims_nothing(status: Status) -> None:
+    result = Result("P1", status, "05")
+    index = _index_with("k1", result)
+    reversals = Reversals()
+    assert reversals.admit(index, "k1", result) == "00"
+    assert reversals.under_way == {}
+
+
+def test_an_approval_is_claimed_once_and_a_repeat_is_00() -> None:
+    result = _approved("P1")
+    index = _index_with("k1", result)
+    reversals = Reversals()
+    assert reversals.admit(index, "k1", result) is None
+    assert reversals.under_way == {"P1": "k1"}
+    assert reversals.admit(index, "k1", result) == "00"  # 0401: under way, not twice
+
+
+def test_the_bound_answers_91_after_a_sweep_that_frees_nothing() -> None:
+    reversals = Reversals(max_in_flight=1)
+    first, second = _approved("P1"), _approved("P2")
+    index = _index_with("k1", first)
+    index.begin("k2", b"h", 0.0)
+    index.complete("k2", second)
+    assert reversals.admit(index, "k1", first) is None
+    assert reversals.admit(index, "k2", second) == "91"
+    # The resolver finished the first (the index holds reversed): the sweep frees it.
+    index.complete("k1", Result("P1", Status.REVERSED, "00"))
+    assert reversals.admit(index, "k2", second) is None
+    assert reversals.under_way == {"P2": "k2"}
+
+
+def test_plan_answers_and_releases_or_plans() -> None:
+    payment = _payment()
+    pid = payment.payment_id
+    result = _approved(pid)
+    index = _index_with("k1", result)
+    reversals = Reversals()
+    cases: list[tuple[Any, int | None, bool, str]] = [
+        (None, None, True, "00"),  # approved without reaching a network: nothing held
+        ((payment, b"d"), 1, True, "13"),  # not the original's amount
+        ((payment, b"d"), None, False, "91"),  # no route
+    ]
+    for found, amount, routable, answer in cases:
+        assert reversals.admit(index, "k1", result) is None
+        assert reversals.plan(pid, found, amount, _Router(routable)) == answer  # type: ignore[arg-type]
+        assert reversals.under_way == {}, answer
+    assert reversals.admit(index, "k1", result) is None
+    plan = reversals.plan(pid, (payment, b"d"), 1250, _Router())  # type: ignore[arg-type]
+    assert plan == Plan(payment, b"d", ("route", "card-a"))  # type: ignore[arg-type]
+    assert reversals.under_way == {pid: "k1"}  # kept until the resolver finishes
+    reversals.release(pid)  # the journal refused its intent
+    assert reversals.under_way == {}
+
+
+def test_only_a_stand_in_approval_withdraws_its_advice() -> None:
+    reversals = Reversals()
+    standin = _StandIn()
+    assert not reversals.withdraw_advice(_approved("P1"), standin)  # type: ignore[arg-type]
+    assert not reversals.withdraw_advice(_approved("P2", stood_in=True), None)
+    assert reversals.withdraw_advice(_approved("P3", stood_in=True), standin)  # type: ignore[arg-type]
+    assert standin.withdrawn == ["P3"]
