@@ -341,6 +341,24 @@ def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None
     assert (queue2.tracked, queue2.overflowed) == (2, 2)
 
 
+def test_a_refill_takes_back_a_reversal_whose_key_still_answers_approved() -> None:
+    """Found by the simulator (reversal-undone, seed 5, the resolver bounded at 50): an
+    acquirer's reversal accepted while the queue was full waits in the journal, the
+    approval reopened. Its key answers the approval until the reversal is done, and the
+    refill took that for "resolved since the journal was read": skipped, it stayed
+    approved, the issuer holding the money, until a restart. An approval read as final
+    (not reopened) is still skipped: the core finished it after the read."""
+    queue, index, route, payments = _sans_io_queue(2, max_queue=4)
+    for p in payments:
+        index.complete(p.idempotency_key, Result(p.payment_id, Status.APPROVED, "00"))
+    reversed_one, finished_one = payments
+    taken = queue.refill([(reversed_one, b"h", route, Status.SENT, 1.0, True),
+                          (finished_one, b"h", route, Status.SENT, 1.0, False)], now=1.0)
+    assert taken == 1 and queue.tracked == 1
+    job = queue.pop_due(10.0)
+    assert job is not None and job.payment.payment_id == reversed_one.payment_id
+
+
 def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     """An escalated payment used to keep its place until a restart: a long outage's
     escalations filled the queue, every new unknown waited in the journal, and no refill

@@ -332,6 +332,9 @@ class UnfinishedPayment(msgspec.Struct, frozen=True):
     body_hash: bytes
     payment: Payment
     status: Status  # the last state journaled: sent or unknown
+    #: Finished, then reopened by an acquirer's reversal (its intent journaled again):
+    #: the key's answer stays the approval until the reversal is done.
+    reopened: bool = False
 
 
 class PendingAdvice(msgspec.Struct, frozen=True):
@@ -603,14 +606,16 @@ def unfinished_of(folded: Fold) -> list[UnfinishedPayment]:
 
 def _unfinished(h: PaymentHistory) -> UnfinishedPayment | None:
     """``h`` as an unfinished payment: sent and not final (or reopened), else None."""
-    if h.outcome_kind == FINAL:  # first: the payment is decoded only when it is wanted
+    reopened = h.outcome_kind == FINAL  # first: the payment is decoded only when wanted
+    if reopened:
         if not h.reopened:
             return None
         status = Status.SENT
     else:
         status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
     payment = h.payment
-    return None if payment is None else UnfinishedPayment(h.body_hash, payment, status)
+    return None if payment is None else UnfinishedPayment(h.body_hash, payment, status,
+                                                          reopened)
 
 
 def next_boot(db: sqlite3.Connection) -> int:

@@ -25,6 +25,7 @@ from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
     CHANNELS,
     Candidate,
+    ReopenedCandidate,
     ResolutionConfig,
     ResolutionJob,
     ResolutionQueue,
@@ -86,7 +87,7 @@ class SimResolver:
         self.queue.submit(payment, digest, route, status, elapsed_s, sim.now)
         self._arm()
 
-    def refill(self, candidates: Iterable[Candidate]) -> None:
+    def refill(self, candidates: Iterable[Candidate | ReopenedCandidate]) -> None:
         """Take back what overflowed the queue (ResolutionQueue.refill), and wake up."""
         self.queue.refill(candidates, self.sim.now)
         self._arm()

@@ -64,8 +64,6 @@ def test_random_seeds_find_it_too() -> None:
     assert simulate(short(seed, crashes=True)).violations == []
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: ResolutionQueue.refill skips a reversal "
-                   "whose index entry still says approved (switch/payment/resolver.py)")
 def test_a_reversal_past_the_resolver_bound_is_taken_back(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A blackholed card primary and a crash fill a resolver bounded at 50 (as
