@@ -84,6 +84,9 @@ class Ack:
     payment_id: str
     status: str
     at: float
+    #: What the client sent, compared with the journal's intent of ``payment_id``.
+    amount: int = -1
+    currency: str = ""
 
 
 @dataclass
@@ -131,7 +134,8 @@ async def _connection(c: Campaign, rate: float, workload: Workload, stop: anyio.
                         continue
                     if isinstance(reply, Reply):
                         c.acks[request.idempotency_key] = Ack(
-                            reply.result.payment_id, str(reply.result.status), time.time())
+                            reply.result.payment_id, str(reply.result.status), time.time(),
+                            request.amount, request.currency)
                     else:
                         c.invalid += 1
                     request = None
@@ -162,8 +166,9 @@ def _settle_unknowns(c: Campaign, deadline_s: float) -> int:
                 for key in pending:
                     reply = await client.query(key)
                     if isinstance(reply, Reply) and str(reply.result.status) in FINAL:
+                        sent = c.acks[key]
                         c.acks[key] = Ack(reply.result.payment_id, str(reply.result.status),
-                                          time.time())
+                                          time.time(), sent.amount, sent.currency)
                     else:
                         still.append(key)
                 pending = still
@@ -196,6 +201,12 @@ def audit(journal: Path, settlement: Path, c: Campaign) -> dict[str, Any]:
             if a.payment_id not in present
             or (a.status in FINAL and [s for s, _, _ in finals.get(a.payment_id, [])][:1]
                 != [a.status])]
+    # Booked for what the client sent: the intent of the very payment it was told about.
+    # (Declined or failed before any intent: nothing booked, nothing to compare.)
+    amounts_wrong = [k for k, a in c.acks.items()
+                     if a.payment_id in intents and (
+                         intents[a.payment_id][0].get("amount"),
+                         intents[a.payment_id][0].get("currency")) != (a.amount, a.currency)]
     dup_payments = [pid for pid, rows in finals.items() if len(rows) > 1]
     dup_keys = [key for key, pids in keys_of.items() if len(pids) > 1]
     unresolved = [pid for pid in intents if pid not in finals]
@@ -235,6 +246,7 @@ def audit(journal: Path, settlement: Path, c: Campaign) -> dict[str, Any]:
         "refused_invalid": c.invalid,
         "journal_payments": len(present),
         "lost": len(lost),
+        "amounts_not_as_sent": len(amounts_wrong),
         "duplicates": len(dup_payments) + len(dup_keys),
         "unresolved_in_journal": len(unresolved),
         "issuer_double_bookings": len(double_booked),
@@ -244,7 +256,8 @@ def audit(journal: Path, settlement: Path, c: Campaign) -> dict[str, Any]:
         "crash_recovered_payments": recovered,
         "longest_recovery_s": round(longest_s, 2),
         "restart_to_ready_s_max": round(max(c.restart_s, default=0.0), 2),
-        "examples": {"lost": lost[:5], "duplicates": (dup_payments + dup_keys)[:5],
+        "examples": {"lost": lost[:5], "amounts_not_as_sent": amounts_wrong[:5],
+                     "duplicates": (dup_payments + dup_keys)[:5],
                      "double_booked": double_booked[:5], "mismatch": mismatch[:5]},
     }
 
@@ -358,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(figures, indent=2))
     _write(figures, args.write)
     ok = figures["lost"] == 0 and figures["duplicates"] == 0 \
-        and figures["issuer_double_bookings"] == 0
+        and figures["issuer_double_bookings"] == 0 and figures["amounts_not_as_sent"] == 0
     return 0 if ok else 1
 
 
