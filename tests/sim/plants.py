@@ -490,3 +490,27 @@ def reversal_keeps_standin_advice() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(StandIn, "withdraw", lambda self, payment_id: False)
         yield
+
+
+@contextmanager
+def recovery_requeues_reversed_standin_advice() -> Iterator[None]:
+    """Start-up queues the 0120 advice of every stand-in approval not yet advised, even
+    one a reversal reopened (its advice withdrawn before the crash): after a restart the
+    issuer learns of a payment the acquirer undid -- the start-up half of the bug found by
+    reading (reader.recovered_from)."""
+    from switch.journal import reader
+
+    original = reader.recovered_from
+
+    def recovered_from(folded: Any, boot_count: int, backlog: Any = None) -> Any:
+        recovered = original(folded, boot_count, backlog)
+        again = [reader.PendingAdvice(h.body_hash, h.payment, h.result)
+                 for h in folded.payments.values()
+                 if h.reopened and h.result is not None and h.result.stood_in
+                 and not h.advised and h.payment is not None]
+        return msgspec.structs.replace(
+            recovered, pending_advices=[*recovered.pending_advices, *again])
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "recovered_from", recovered_from)
+        yield

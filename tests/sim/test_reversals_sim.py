@@ -81,3 +81,22 @@ def test_a_reversal_past_the_resolver_bound_is_taken_back(
     result = simulate(SimOptions(seed=5, duration_s=20.0, rate=200.0,
                                  schedule=Schedule(20.0, faults, ((6.5, 1.0, 0.0),))))
     assert "reversal-undone" not in {v.invariant for v in result.violations}
+
+
+def test_finds_start_up_queueing_the_advice_of_a_reversed_stand_in_approval() -> None:
+    """Both card endpoints down 1-9 s, the switch killed at 6 s: stand-in approvals
+    reversed before the crash must not have their advice queued again at start-up
+    (reader.recovered_from skips a reopened one). Planted back, the issuer hears of them
+    once it is up."""
+    from channels.faults import Fault
+    from switch.sim.schedule import Schedule
+    from switch.sim.simulation import SimOptions
+
+    faults = tuple(Fault(kind="down", endpoint=endpoint, start_s=1.0, duration_s=8.0)
+                   for endpoint in ("card-primary", "card-secondary"))
+    options = SimOptions(seed=1, duration_s=10.0, rate=100.0, intensity=0.0,
+                         schedule=Schedule(10.0, faults, ((6.0, 0.5, 0.0),)))
+    with plants.recovery_requeues_reversed_standin_advice():
+        found = {v.invariant for v in simulate(options).violations}
+    assert "reversed-standin-advised" in found
+    assert simulate(options).violations == []
