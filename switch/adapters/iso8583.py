@@ -39,7 +39,7 @@ from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent, ReplySink
 from switch.adapters.links import Correlator, Link, PooledAdapter, exchange
 from switch.adapters.specs import CardAdapterConfig
-from switch.adapters.trace import TraceNumbers
+from switch.adapters.trace import TraceNumbers, TraceStoreError
 from switch.clock import Clock
 from switch.currency import numeric_code
 from switch.model import CardRef, Channel, Payment, luhn_ok
@@ -319,8 +319,17 @@ class CardAdapter(PooledAdapter):
             link.send_nowait(answer, _nothing, _KEPT)
 
     async def _network(self, link: Link, code: str) -> bool:
-        """One 0800 on ``link``; True if answered 00 within ``echo_timeout_s``."""
-        request = iso8583.network_request(code, stan=self._next_stan(), transmitted_at=self._wall())
+        """One 0800 on ``link``; True if answered 00 within ``echo_timeout_s``.
+
+        No STAN (the trace store cannot reserve a block: a full or read-only disk) is a
+        sign-on or echo not made, as a payment gets none: the link is redialled later.
+        Raised, it ended the link's supervisor and with it the switch."""
+        try:
+            stan = self._next_stan()
+        except TraceStoreError as exc:
+            log.error("%s: 0800 on connection %d not sent: %s", self.name, link.index, exc)
+            return False
+        request = iso8583.network_request(code, stan=stan, transmitted_at=self._wall())
         data = iso8583.frame(iso8583.encode(request))
         with anyio.move_on_after(self.config.echo_timeout_s):
             try:

@@ -13,8 +13,8 @@ from typing import Any
 import anyio
 import pytest
 
-from switch.adapters.factory import CardAdapterConfig
 from switch.adapters.iso8583 import CardAdapter
+from switch.adapters.specs import CardAdapterConfig
 from switch.adapters.trace import (
     MAX_RRN,
     FileTraceStore,
@@ -58,7 +58,9 @@ async def boot_and_pay(sims: Any, tmp_path: Path, boot: int) -> tuple[list[tuple
                     reply = await client.pay(card_request(f"b{boot}-{i}", amount=10 + i))
                     assert isinstance(reply, Reply), reply
                     outcomes.append((reply.result.status, reply.result.reason))
-            breaker = switch.app.router.health.breakers["card"].state
+            router = switch.app.router
+            assert router is not None
+            breaker = router.health.breakers["card"].state
             switch.app.request_shutdown()
         # The switch closed the adapter on its way out; its run loop is ours to stop.
         outer.cancel_scope.cancel()
@@ -146,3 +148,24 @@ def test_the_rrn_sequence_is_twelve_digits_wide_and_its_sidecar_checked(
     path.write_text(f"{MAX_RRN}\n")
     with pytest.raises(TraceStoreError, match=r"journal\.db\.rrn"):
         TraceNumbers(FileTraceStore(path))
+
+
+class _FullDisk(MemoryTraceStore):
+    def save(self, next_start: int) -> None:
+        raise TraceStoreError("journal.db.stan: cannot write: [Errno 28] No space left")
+
+
+async def test_a_sign_on_without_a_stan_is_not_made_and_does_not_stop_the_switch(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The STAN sidecar cannot be written (a full disk): a payment gets no STAN and fails
+    on its own; a sign-on or echo raised TraceStoreError out of the link's supervisor,
+    which ended the adapter's task group and the switch with it. It is a sign-on not
+    made now (the link is tried again), logged with the file."""
+    adapter = CardAdapter(CardAdapterConfig(name="card", port=1, **ADAPTER_DEFAULTS["card"]),
+                          trace=TraceNumbers(_FullDisk()))
+
+    class _Link:
+        index = 3
+
+    assert await adapter._network(_Link(), "001") is False  # type: ignore[arg-type]
+    assert "card: 0800 on connection 3 not sent: journal.db.stan: cannot write" in caplog.text
