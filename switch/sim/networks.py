@@ -64,6 +64,17 @@ class Book:
     fenced: set[str] = field(default_factory=set)
 
 
+#: A network's rule for status checks: none sooner than this after the payment (the
+#: brief: one national QR scheme, after an outage, "the first no sooner than 90 s after the
+#: payment"). The network's rule, not the switch's configured first delay: a schedule
+#: configured below it is a violation too.
+MIN_INQUIRY_AGE_S: Final = {"qr": 90.0}
+
+
+#: Early inquiries :class:`World` keeps by name.
+MAX_EARLY_KEPT: Final = 100
+
+
 class World:
     """Issuers and networks; ``faults`` is the timeline every endpoint consults."""
 
@@ -104,6 +115,10 @@ class World:
         #: (CardScheme happens to remember the unmatched reversal and fence the advice).
         self.reversal_accepted: set[str] = set()
         self.advised_after_reversal: list[str] = []
+        #: Status inquiries made sooner after their payment than the network allows
+        #: (MIN_INQUIRY_AGE_S): payment id, channel, age in seconds. Bounded: the first
+        #: MAX_EARLY_KEPT (one is already a violation).
+        self.early_inquiries: list[tuple[str, str, float]] = []
 
     # ----------------------------------------------------------------- requests
 
@@ -185,8 +200,15 @@ class World:
             answer = self.scheme.reverse(reversal)
             assert answer.response_code == reasons.APPROVED, answer
             return NetworkReply("reversed", reasons.APPROVED, (original.get(37) or "").strip())
-        book = self.books[endpoint]
         pid = payment.payment_id
+        floor = MIN_INQUIRY_AGE_S.get(ep.channel)
+        if floor is not None and len(self.early_inquiries) < MAX_EARLY_KEPT:
+            # Both in the switch's wall time (a clock jump moves both): the resolver's
+            # own arithmetic is what is checked.
+            age = (wall - payment.received_at).total_seconds()
+            if age < floor - 1e-6:
+                self.early_inquiries.append((pid, ep.channel, age))
+        book = self.books[endpoint]
         if pid in book.booked:
             return NetworkReply("approved", reasons.APPROVED, pid)
         if pid in book.refused:

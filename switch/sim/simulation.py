@@ -101,6 +101,7 @@ from switch.sim.schedule import draw_schedule
 from switch.sim.verify import (
     TERMINAL,
     check_bounds,
+    check_inquiry_ages,
     check_journal,
     check_probes,
     check_reversals,
@@ -708,6 +709,7 @@ class Simulation:
                                         reversed_by_acquirer=accepted)
         if self.acquirer is not None:
             check_reversals(folded, self.acquirer.accepted, self.world, self.violate)
+        check_inquiry_ages(self.world, self.violate)
         if self.clearing is not None:
             for subject, detail in check_ledger(self.db, folded, self.wall_us(), intents,
                                                 finals):

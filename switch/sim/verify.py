@@ -16,7 +16,7 @@ from switch.payment.standin import StandInConfig
 from switch.routing.breaker import BreakerState
 from switch.routing.table import Target
 from switch.serve.config import SwitchConfig
-from switch.sim.networks import INOPERATIVE, World
+from switch.sim.networks import INOPERATIVE, MIN_INQUIRY_AGE_S, World
 from switch.sim.options import sim_config
 from switch.sim.ports import Boot
 from switch.sim.schedule import CARD_ENDPOINTS
@@ -352,3 +352,15 @@ def check_reversals(folded: Fold, accepted: Mapping[str, tuple[str, bool]], worl
             violate("reversed-standin-advised", pid, f"stand-in approval {key} advised to "
                     "the issuer after its reversal was accepted: an issuer that does not "
                     "match the late 0120 to the reversal holds the cardholder's money")
+
+
+def check_inquiry_ages(world: World, violate: Violate) -> None:
+    """``inquiry-too-early``: no status inquiry reached its network sooner after the payment
+    than the network allows (networks.MIN_INQUIRY_AGE_S: QR's 90 s). The schedule check
+    (check_schedule) looks for lateness only; a resolver that counted the first delay
+    from the wrong moment, or forgot it across a restart, asked early, and a real scheme
+    refuses (or counts against the payment's three checks) an inquiry before its time."""
+    for pid, channel, age in world.early_inquiries:
+        floor = MIN_INQUIRY_AGE_S[channel]
+        violate("inquiry-too-early", pid, f"{channel} status inquiry {age:.1f}s after the "
+                f"payment; the network allows none before {floor:.0f}s")
