@@ -82,13 +82,39 @@ def test_nothing_to_undo_is_00_and_claims_nothing(status: Status) -> None:
     assert reversals.under_way == {}
 
 
-def test_an_approval_is_claimed_once_and_a_repeat_is_00() -> None:
-    result = _approved("P1")
+def test_an_approval_is_claimed_once_and_a_repeat_is_00_once_handed_over() -> None:
+    payment = _payment()
+    pid = payment.payment_id
+    result = _approved(pid)
     index = _index_with("k1", result)
     reversals = Reversals()
     assert reversals.admit(index, "k1", result) is None
-    assert reversals.under_way == {"P1": "k1"}
+    assert reversals.under_way == {pid: "k1"} and reversals.deciding("k1")
+    assert reversals.plan(pid, (payment, b"d"), None, _Router()) != "00"  # type: ignore[arg-type]
+    reversals.handed_over(pid)
+    assert not reversals.deciding("k1")
     assert reversals.admit(index, "k1", result) == "00"  # 0401: under way, not twice
+    assert reversals.admit(index, "k1", result, payment.amount) == "00"
+    assert reversals.admit(index, "k1", result, payment.amount + 1) == "13"
+
+
+def test_a_repeat_while_the_first_is_being_decided_is_91_never_00() -> None:
+    """Found by review: the claim is taken before two awaits (the intent's read and its
+    write). A 0401 meanwhile was 00; if the first then failed (a full journal: 91; another
+    amount: 13; a crash before its intent was durable), the acquirer held a 00 for a
+    reversal nobody made, and stopped repeating it."""
+    payment = _payment()
+    pid = payment.payment_id
+    result = _approved(pid)
+    index = _index_with("k1", result)
+    reversals = Reversals()
+    assert reversals.admit(index, "k1", result) is None
+    assert reversals.admit(index, "k1", result) == "91"  # the repeat: try again later
+    assert reversals.plan(pid, (payment, b"d"), None, _Router()) != "00"  # type: ignore[arg-type]
+    assert reversals.admit(index, "k1", result) == "91"  # intent being written
+    reversals.release(pid)  # the journal refused the first's intent: answered 91
+    assert reversals.under_way == {} and not reversals.deciding("k1")
+    assert reversals.admit(index, "k1", result) is None  # the repeat now claims it
 
 
 def test_the_bound_answers_91_after_a_sweep_that_frees_nothing() -> None:
@@ -99,7 +125,12 @@ def test_the_bound_answers_91_after_a_sweep_that_frees_nothing() -> None:
     index.complete("k2", second)
     assert reversals.admit(index, "k1", first) is None
     assert reversals.admit(index, "k2", second) == "91"
-    # The resolver finished the first (the index holds reversed): the sweep frees it.
+    # Being decided, the first is never swept; handed over, then finished by the resolver
+    # (the index holds reversed), it is.
+    index.complete("k1", Result("P1", Status.REVERSED, "00"))
+    assert reversals.admit(index, "k2", second) == "91"
+    reversals.plan("P1", (_payment(), b"d"), None, _Router())  # type: ignore[arg-type]
+    reversals.handed_over("P1")
     index.complete("k1", Result("P1", Status.REVERSED, "00"))
     assert reversals.admit(index, "k2", second) is None
     assert reversals.under_way == {"P2": "k2"}

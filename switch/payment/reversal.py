@@ -12,8 +12,9 @@ journal and resolver shell), so what the simulator checks is what the switch dec
 2. :meth:`Reversals.admit` with the result (None: still none after the wait): the answer
    now (91: still in flight, or too many reversals under way; 00: nothing to undo --
    declined, failed, already reversed, unknown (the resolver reverses unknown card
-   payments by itself) -- or a repeat of a reversal under way), or None: claimed; the
-   shell reads the payment's latest intent from the journal.
+   payments by itself) -- or a repeat of a reversal handed over; 91 for a repeat of one
+   still being decided), or None: claimed; the shell reads the payment's latest intent
+   from the journal.
 3. :meth:`Reversals.plan` with that intent and the acquirer's amount: the answer now (00:
    approved without reaching a network, nothing held; 13: not the original's amount, a
    whole payment is reversed or nothing; 91: no route), or a :class:`Plan`: the shell
@@ -21,8 +22,10 @@ journal and resolver shell), so what the simulator checks is what the switch dec
    the reversal durable (replay treats the payment as unfinished: recovery resolves it).
 4. Durable: :meth:`Reversals.withdraw_advice` withdraws a stand-in approval's 0120 advice
    not yet sent (the issuer must never learn of a payment the acquirer undid), then the
-   shell hands the plan to the resolver, which reverses it with the issuer and journals
-   ``reversed``, and answers 00.
+   shell hands the plan to the resolver (:meth:`Reversals.handed_over`), which reverses
+   it with the issuer and journals ``reversed``, and answers 00. Until then the payment,
+   reopened in the journal, is the shell's (:meth:`Reversals.deciding`): a refill of the
+   resolver leaves it alone, as it leaves the payments the core owns.
 
 Every answer but the hand-over releases the claim (the claims are bounded:
 :data:`MAX_REVERSALS_IN_FLIGHT`, swept of those the resolver finished).
@@ -63,6 +66,19 @@ class Reversals:
         assert max_in_flight > 0
         self.max_in_flight = max_in_flight
         self.under_way: dict[str, str] = {}
+        #: Claims not yet handed to the resolver (payment ids, and their original keys):
+        #: the reversal may still be refused (91, 13) or its intent not become durable.
+        self._deciding: set[str] = set()
+        self._deciding_keys: set[str] = set()
+        #: The original's amount of each claim whose intent was read (repeats: 13 if other).
+        self._amounts: dict[str, int] = {}
+
+    def deciding(self, original_key: str) -> bool:
+        """A reversal of ``original_key``'s payment is being decided: its intent may be
+        journaled (the payment reopened) and not yet handed to the resolver. Until it is,
+        the payment is this shell's, not the resolver's: a refill that took it meanwhile
+        sent the 0400 ahead of a stand-in advice the shell waits to see land."""
+        return original_key in self._deciding_keys
 
     def lookup(self, index: IdempotencyIndex, original_key: str) -> Entry | str:
         """Step 1: the original's entry, or 25."""
@@ -70,10 +86,15 @@ class Reversals:
         return NO_ORIGINAL if entry is None else entry
 
     def admit(self, index: IdempotencyIndex, original_key: str,
-              result: Result | None) -> str | None:
+              result: Result | None, amount: int | None = None) -> str | None:
         """Step 2: the answer now, or None: ``result``'s payment is claimed (go on with
         its intent, :meth:`plan`; every answer from there on releases it but the
-        hand-over to the resolver)."""
+        hand-over to the resolver, :meth:`handed_over`).
+
+        A repeat (0401/0421) of a reversal already handed over is 00 (13 for another
+        amount); of one still being decided, 91: that one may yet be refused, or its
+        intent never become durable (a crash), and a 00 told then was a reversal the
+        acquirer stopped repeating and nobody made."""
         if result is None:
             return reasons.ISSUER_UNAVAILABLE  # still in flight: the acquirer repeats
         if result.status is not Status.APPROVED:
@@ -81,12 +102,20 @@ class Reversals:
         pid = result.payment_id
         under_way = self.under_way
         if pid in under_way:
-            return reasons.APPROVED  # a repeat (0401/0421) of a reversal under way
+            if pid in self._deciding:
+                return reasons.ISSUER_UNAVAILABLE  # the first is being decided: repeat
+            known = self._amounts.get(pid)
+            if amount is not None and known is not None and amount != known:
+                return reasons.INVALID_AMOUNT
+            return reasons.APPROVED  # a repeat of a reversal handed over
         if len(under_way) >= self.max_in_flight:
             self.sweep(index)
             if len(under_way) >= self.max_in_flight:
                 return reasons.ISSUER_UNAVAILABLE
         under_way[pid] = original_key
+        self._deciding.add(pid)
+        self._deciding_keys.add(original_key)
+        assert len(self._deciding) <= len(under_way) <= self.max_in_flight
         return None
 
     def plan(self, payment_id: str, found: tuple[Payment, bytes] | None,
@@ -109,11 +138,25 @@ class Reversals:
         except NoRoute:
             self.release(payment_id)
             return reasons.ISSUER_UNAVAILABLE
+        assert payment_id in self._deciding, payment_id
+        self._amounts[payment_id] = payment.amount
         return Plan(payment, digest, route)
+
+    def handed_over(self, payment_id: str) -> None:
+        """Step 5: the reversal is durable and with the resolver; a repeat is 00 now."""
+        key = self.under_way[payment_id]
+        self._deciding.discard(payment_id)
+        self._deciding_keys.discard(key)
+        assert payment_id not in self._deciding and payment_id in self._amounts
 
     def release(self, payment_id: str) -> None:
         """The reversal was not taken (answered, or its intent could not be journaled)."""
-        self.under_way.pop(payment_id, None)
+        key = self.under_way.pop(payment_id, None)
+        self._deciding.discard(payment_id)
+        if key is not None:
+            self._deciding_keys.discard(key)
+        self._amounts.pop(payment_id, None)
+        assert payment_id not in self.under_way and payment_id not in self._deciding
 
     def withdraw_advice(self, result: Result, standin: StandIn | None) -> bool:
         """Step 4, once the reversal is durable: a stand-in approval's 0120 advice not yet
@@ -131,6 +174,9 @@ class Reversals:
     def sweep(self, index: IdempotencyIndex) -> None:
         """Forget the reversals the resolver finished (the index holds ``reversed``)."""
         for pid, key in list(self.under_way.items()):
+            if pid in self._deciding:
+                continue  # its shell is still deciding it: released or handed over there
             entry = index.get(key)
             if entry is None or entry.result is None or entry.result.status is not Status.APPROVED:
                 del self.under_way[pid]
+                self._amounts.pop(pid, None)

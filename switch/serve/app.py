@@ -312,8 +312,14 @@ class SwitchApp:
                 unfinished = await anyio.to_thread.run_sync(unfinished_since.read,
                                                             cfg.journal.path)
                 return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
-                                          resolve_endpoint=first_endpoint,
-                                          owned=engine.core.owns)
+                                          resolve_endpoint=first_endpoint, owned=owned)
+
+            def owned(key: str) -> bool:
+                # The core's payments in flight, and those a reversal is being decided for
+                # (reopened in the journal, not yet handed over: FrontCore's until then).
+                front = self.front
+                return engine.core.owns(key) or (
+                    front is not None and front.reversal_deciding(key))
 
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
                                 policies=cfg.resolution, backlog=backlog)

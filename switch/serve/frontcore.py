@@ -34,7 +34,7 @@ from switch.journal.reader import ARCHIVE_SCHEMA, archive_path
 from switch.model import Payment, PaymentRequest, Result
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import Rejected
-from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT, Reversals
+from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT, Plan, Reversals
 from switch.serve.engine import Engine
 
 _payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
@@ -121,6 +121,15 @@ class FrontCore:
         entry = self._pipeline.index.get(idempotency_key)
         return None if entry is None else entry.result
 
+    def reversal_deciding(self, idempotency_key: str) -> bool:
+        """A reversal of this key's payment is being decided here (Reversals.deciding):
+        the payment is not the resolver's to take back yet."""
+        return self._reversals.deciding(idempotency_key)
+
+    def indexed(self, idempotency_key: str) -> bool:
+        """The idempotency index holds this key (answered, in flight or being resolved)."""
+        return self._pipeline.index.get(idempotency_key) is not None
+
     # ------------------------------------------------------------------ lookups
 
     def _read(self, sql: str, args: tuple[str, ...]) -> list[tuple[Any, ...]]:
@@ -196,17 +205,35 @@ class FrontCore:
         if result is None:
             with anyio.move_on_after(wait_s):
                 result = await entry.wait()
-        answer = reversals.admit(pipeline.index, original_key, result)
+        answer = reversals.admit(pipeline.index, original_key, result, amount)
         if answer is not None:
             return answer
         assert result is not None
         pid = result.payment_id
         try:
             plan = reversals.plan(pid, await self._intent(pid), amount, pipeline.router)
-            if isinstance(plan, str):
-                return plan
-            # Nothing sent yet: shed on a full journal (answered 91, the acquirer repeats).
-            record = JournalRecord.intent(plan.payment, plan.digest, pipeline.clock.wall_us())
+        except BaseException:
+            reversals.release(pid)
+            raise
+        if isinstance(plan, str):
+            return plan
+        # From the intent's write to the hand-over, shielded: cancelled halfway (the
+        # acquirer's connection closed, a shutdown), a durable reversal was left with
+        # nobody to hand it to the resolver, and its stand-in advice not withdrawn.
+        code = reasons.ISSUER_UNAVAILABLE
+        with anyio.CancelScope(shield=True):
+            code = await self._reverse_durably(result, plan)
+        return code
+
+    async def _reverse_durably(self, result: Result, plan: Plan) -> str:
+        """Journal the reversal's intent, then (durable) withdraw a stand-in advice, let one
+        on the wire land, and hand the reversal to the resolver: 00, or 91 if the intent
+        could not be journaled."""
+        pipeline, reversals = self._pipeline, self._reversals
+        pid = result.payment_id
+        # Nothing sent yet: shed on a full journal (answered 91, the acquirer repeats).
+        record = JournalRecord.intent(plan.payment, plan.digest, pipeline.clock.wall_us())
+        try:
             await pipeline.journal.write(record, OnFull.SHED)
         except (JournalFull, JournalFailed):
             reversals.release(pid)
@@ -215,14 +242,21 @@ class FrontCore:
             reversals.release(pid)
             raise
         # Durable: from here a crash still ends in a reversal (recovery resolves it).
-        standin = pipeline.standin if result.stood_in else None
-        if standin is not None and reversals.withdraw_advice(result, standin):
-            # Approved in stand-in, its 0120 advice not yet sent is withdrawn: a start
-            # after this does not queue it again (the reversal's intent reopened the
-            # payment). One on the wire now is let land first, so the reversal follows it.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(ADVICE_LANDS_S):
-                await standin.settled(pid)
-        pipeline.resolver.submit(plan.payment, plan.digest, plan.route)
+        try:
+            standin = pipeline.standin if result.stood_in else None
+            if standin is not None and reversals.withdraw_advice(result, standin):
+                # Approved in stand-in, its 0120 advice not yet sent is withdrawn: a start
+                # after this does not queue it again (the reversal's intent reopened the
+                # payment). One on the wire now is let land first, so the reversal
+                # follows it; meanwhile the payment is ours (Reversals.deciding), so a
+                # refill of the resolver does not send the reversal ahead of it.
+                with anyio.move_on_after(ADVICE_LANDS_S):
+                    await standin.settled(pid)
+            pipeline.resolver.submit(plan.payment, plan.digest, plan.route)
+        finally:
+            # Even after an unexpected error: the payment, reopened in the journal, is then
+            # the resolver's to take back (refill), never left to nobody.
+            reversals.handed_over(pid)
         return reasons.APPROVED
 
     def close(self) -> None:

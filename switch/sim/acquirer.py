@@ -35,7 +35,7 @@ import msgspec
 from switch import reasons
 from switch.journal import JournalFailed, JournalFull, JournalRecord
 from switch.journal.records import to_row
-from switch.model import Payment, PaymentRequest, Result
+from switch.model import Payment, PaymentRequest, Result, Status
 from switch.payment.reversal import Plan
 from switch.sim.networks import World
 from switch.sim.ports import Boot
@@ -188,8 +188,13 @@ class Acquirer:
             rev.waited_s += POLL_S  # the result is awaited, up to WAIT_S
             host.push(host.now + POLL_S, ACQ_REVERSE, None, rev)
             return
-        answer = reversals.admit(index, rev.key, result)
+        answer = reversals.admit(index, rev.key, result, rev.amount)
         if answer is not None:
+            if answer == reasons.APPROVED and result is not None \
+                    and result.status is Status.APPROVED:
+                # 00 to a repeat: the switch says this reversal was taken (handed over).
+                # Checked at the end like the first one's (check_reversals).
+                self._accepted(result, rev.key)
             self._answered(rev, answer)
             return
         assert result is not None
@@ -235,10 +240,15 @@ class Acquirer:
             if withdrawn:
                 self._count("advices_withdrawn")
         boot.resolver.submit(plan.payment, plan.digest, plan.route)
-        self.accepted.setdefault(pid, (rev.key, result.stood_in))
-        self.host.world.reversal_accepted.add(pid)
+        boot.reversals.handed_over(pid)
+        self._accepted(result, rev.key)
         self._count("reversals_accepted")
         self._answered(rev, reasons.APPROVED)
+
+    def _accepted(self, result: Result, key: str) -> None:
+        pid = result.payment_id
+        self.accepted.setdefault(pid, (key, result.stood_in))
+        self.host.world.reversal_accepted.add(pid)
 
     def _count(self, name: str) -> None:
         counters = self.host.counters
