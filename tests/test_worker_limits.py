@@ -166,12 +166,15 @@ def test_a_planned_layout_keeps_the_limits_and_a_worker_with_others_is_refused(
     with pytest.raises(ConfigError, match=r"\Acluster.split_limits: false in this config, "
                                           r"but the cluster layout was planned with true"):
         apply(opted_out, layout, 0)
+    # The default table is EUR and USD: both written, USD's per-issuer limit other.
     stand_in = parse_config("[risk.velocity]\nmax_count = 30\n[standin.limits.USD]\n"
                             'per_payment_max = "200.00"\nper_card_max = "500.00"\n'
-                            'per_issuer_max = "0.07"\n')
-    with pytest.raises(ConfigError, match=r"\Astandin.limits.USD.per_issuer_max_minor: 7 in "
+                            'per_issuer_max = "0.07"\n[standin.limits.EUR]\n'
+                            'per_payment_max = "200.00"\nper_card_max = "500.00"\n'
+                            'per_issuer_max = "50000.00"\n')
+    with pytest.raises(ConfigError, match=r"\Astandin.limits.USD.per_issuer_max: 0.07 in "
                                           r"this config, but the cluster layout was planned "
-                                          r"with 5000000; "):
+                                          r"with 50000.00; "):
         apply(stand_in, layout, 0)
 
 
@@ -194,9 +197,11 @@ def test_serve_refuses_a_node_whose_limits_differ_from_the_layout(tmp_path: Path
     config = tmp_path / "node-b.toml"
     config.write_text('[server]\nport = 0\n[admin]\nport = 0\n[standin.limits.USD]\n'
                       'per_payment_max = "200.00"\nper_card_max = "900.00"\n'
+                      'per_issuer_max = "50000.00"\n[standin.limits.EUR]\n'
+                      'per_payment_max = "200.00"\nper_card_max = "500.00"\n'
                       'per_issuer_max = "50000.00"\n')
     line = one_error_line(run("serve", "--config", str(config), "--cluster",
                               str(tmp_path / "layout.json"), "--shard", "1", "--demo"))
-    assert line.startswith("Error: standin.limits.USD.per_card_max_minor: 90000 in this "
+    assert line.startswith("Error: standin.limits.USD.per_card_max: 900.00 in this "
                            "config, but the "
-                           "cluster layout was planned with 50000; "), line
+                           "cluster layout was planned with 500.00; "), line

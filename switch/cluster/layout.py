@@ -19,9 +19,16 @@ from typing import Annotated, Final
 import msgspec
 
 from switch.bounds import Port
+from switch.currency import format_amount
 from switch.fielderrors import describe_validation_error
 from switch.protocols.shardmap import MAX_SHARDS, ShardMap, join_address
-from switch.serve.config import ConfigError, SwitchConfig, check_worker_limits, cluster_limits
+from switch.serve.config import (
+    ConfigError,
+    SwitchConfig,
+    check_worker_limits,
+    cluster_limits,
+    standin_currency,
+)
 
 #: A port a worker's always-on doors are known by (Port also admits 0: "pick one").
 ListeningPort = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -68,7 +75,9 @@ class ClusterLayout(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: The limits every worker must enforce alike, by key path (``cluster_limits``):
     #: written by :func:`plan`, checked by :func:`apply`. Each worker computes its share
     #: from its own config, so a node whose config said otherwise used to enforce its
-    #: own limits unnoticed. A layout written by hand may leave it out (no check).
+    #: own limits unnoticed. A layout written by hand may leave it out (no check). Values
+    #: stay int (layouts of every version load): the currencies stood in are those its
+    #: ``standin.limits.<CUR>.*_minor`` keys name, stand-in amounts in minor units.
     limits: dict[str, int] | None = None
 
     @property
@@ -205,20 +214,64 @@ def apply(config: SwitchConfig, layout: ClusterLayout, shard: int) -> SwitchConf
     return applied
 
 
+#: The end of every refusal of a node whose limits are not the layout's.
+_SAME_LIMITS: Final = ("every worker of a cluster must enforce the same limits: give every "
+                       "node the same config, or plan the layout again (docs/cluster.md)")
+#: The stand-in keys of a layout planned before stand-in limits were per currency: raw
+#: minor units, one amount whatever the currency (20000: 200.00 USD, 20000 JPY).
+OLD_STANDIN_KEYS: Final = ("standin.per_card_max_minor", "standin.per_issuer_max_minor")
+
+
 def _check_same_limits(config: SwitchConfig, layout: ClusterLayout) -> None:
-    """Refuse (ConfigError, naming the first key that differs) a config whose cluster
-    limits are not those the layout was planned with. Keys this version does not know
-    are left alone, and so are keys the layout does not name."""
-    if layout.limits is None:
+    """Refuse (ConfigError, one line) a config whose cluster limits are not those the
+    layout was planned with: naming the first key that differs, or the currencies stood
+    in when a currency has limits on one side only (the currencies a layout stands in are
+    those its ``standin.limits.<CUR>.*`` keys name: none if it names none). A layout
+    planned before stand-in limits were per currency is refused: plan it again. Keys this
+    version does not know are left alone, and so are the config's keys the layout does
+    not name, stand-in keys excepted."""
+    planned = layout.limits
+    if planned is None:
         return
-    for key, mine in cluster_limits(config).items():
-        planned = layout.limits.get(key)
-        if planned is not None and planned != mine:
-            raise ConfigError(
-                f"{key}: {_shown(key, mine)} in this config, but the cluster layout was "
-                f"planned with {_shown(key, planned)}; every worker of a cluster must "
-                "enforce the same limits: give every node the same config, or plan the "
-                "layout again (docs/cluster.md)")
+    old = [key for key in OLD_STANDIN_KEYS if key in planned]
+    if old:
+        raise ConfigError(
+            f"cluster layout: limits.{old[0]}: the layout was planned with stand-in limits "
+            "in raw minor units, before stand-in limits were per currency, and cannot say "
+            "what this config's per-currency limits should be; plan the layout again "
+            "(payswitch serve --config <config> --workers N writes layout.json under "
+            "--cluster-dir; docs/cluster.md)")
+    mine = cluster_limits(config)
+    for key, value in mine.items():
+        was = planned.get(key)
+        if standin_currency(key) is None and was is not None and was != value:
+            raise ConfigError(f"{key}: {_shown(key, value)} in this config, but the cluster "
+                              f"layout was planned with {_shown(key, was)}; {_SAME_LIMITS}")
+    codes, planned_codes = _currencies(mine), _currencies(planned)
+    if codes != planned_codes:
+        raise ConfigError(f"standin.limits: this config stands in {_listed(codes)}, but the "
+                          f"cluster layout was planned to stand in {_listed(planned_codes)}; "
+                          f"{_SAME_LIMITS}")
+    for key, value in mine.items():
+        code = standin_currency(key)
+        if code is None or planned.get(key) == value:
+            continue
+        was = planned.get(key)
+        where = key.removesuffix("_minor")  # the config's key; the value in major units
+        assert where != key and code in codes, key
+        planned_text = ("without it" if was is None
+                        else f"with {format_amount(was, code)}")
+        raise ConfigError(f"{where}: {format_amount(value, code)} in this config, but the "
+                          f"cluster layout was planned {planned_text}; {_SAME_LIMITS}")
+
+
+def _currencies(limits: dict[str, int]) -> set[str]:
+    """The currencies stood in that a :func:`cluster_limits` mapping names."""
+    return {code for key in limits if (code := standin_currency(key)) is not None}
+
+
+def _listed(codes: set[str]) -> str:
+    return ", ".join(sorted(codes)) or "no currency"
 
 
 def _shown(key: str, value: int) -> str:

@@ -307,15 +307,30 @@ SPLIT_LIMITS: Final = (
 STANDIN_SPLIT: Final = ("per_card_max", "per_issuer_max")
 
 
+#: What every stand-in key of :func:`cluster_limits` starts with, the currency after it:
+#: the currencies a layout was planned to stand in are those its keys name.
+STANDIN_KEY_PREFIX: Final = "standin.limits."
+
+
 def _standin_paths(standin: StandInConfig) -> dict[str, int]:
     """Each currency's split stand-in limits in minor units, by key path plus ``_minor``
     (``standin.limits.USD.per_card_max_minor``: the value is in minor units)."""
     out: dict[str, int] = {}
     for code, minor in sorted(_standin_minor(standin).items()):
-        out[f"standin.limits.{code}.per_card_max_minor"] = minor.per_card
-        out[f"standin.limits.{code}.per_issuer_max_minor"] = minor.per_issuer
+        out[f"{STANDIN_KEY_PREFIX}{code}.per_card_max_minor"] = minor.per_card
+        out[f"{STANDIN_KEY_PREFIX}{code}.per_issuer_max_minor"] = minor.per_issuer
     assert len(out) == len(STANDIN_SPLIT) * len(standin.limits)
+    assert all(standin_currency(key) in standin.limits for key in out)
     return out
+
+
+def standin_currency(key: str) -> str | None:
+    """The currency a key of :func:`cluster_limits` is a stand-in limit of ("USD" for
+    ``standin.limits.USD.per_card_max_minor``); None for any other key."""
+    if not key.startswith(STANDIN_KEY_PREFIX):
+        return None
+    code, dot, _ = key.removeprefix(STANDIN_KEY_PREFIX).partition(".")
+    return code if dot and code else None
 
 
 def _standin_minor(standin: StandInConfig) -> dict[str, MinorLimits]:
@@ -472,18 +487,24 @@ def _check_standin_raw(standin: object, source: str) -> None:
     units, whatever the currency) and a limit written as a number instead of a string."""
     if not isinstance(standin, dict):
         return
-    for old, new in OLD_KEYS.items():
+    for old in OLD_KEYS:
         if old in standin:
-            raise ConfigError(
-                f"{source}: standin.{old}: raw minor units are not one amount across "
-                f"currencies (20000 is 200.00 USD but 20000 JPY); state the limit per "
-                f"currency in major units, e.g. [standin.limits.USD] {new} = \"500.00\"")
+            raise ConfigError(_old_key_error(f"{source}: standin.{old}", old))
     limits = standin.get("limits")
     if not isinstance(limits, dict):
         return
+    fields = StandInLimits.__struct_fields__
     for code, table in limits.items():
         where = f"{source}: standin.limits.{code}"
         for key, value in table.items() if isinstance(table, dict) else ():
+            # The key first: "write it as a string" about a key that does not exist
+            # (``per_card_max_minor = 100``) sent the operator to a second refusal, and
+            # "100" would have been 100 dollars where 100 cents were meant.
+            if key in OLD_KEYS:
+                raise ConfigError(_old_key_error(f"{where}.{key}", key))
+            if key not in fields:
+                raise ConfigError(f"{where}.{key}: unknown key (known keys: "
+                                  f"{', '.join(fields)})")
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 raise ConfigError(
                     f"{where}.{key}: write the amount in major units as a decimal string, "
@@ -501,6 +522,14 @@ def _check_standin_raw(standin: object, source: str) -> None:
             text = str(exc)  # "key: ..." when it names a key in the table
             at_key = " - at `$" in text or text.startswith("Object contains unknown field")
             raise ConfigError(f"{where}{'.' if at_key else ': '}{described}") from None
+
+
+def _old_key_error(where: str, old: str) -> str:
+    """The refusal of a stand-in limit in raw minor units (:data:`OLD_KEYS`), ``where``
+    naming it (with the source), whether at ``[standin]`` or in a currency's table."""
+    return (f"{where}: raw minor units are not one amount across currencies (20000 is "
+            f"200.00 USD but 20000 JPY); state the limit per currency in major units, "
+            f"e.g. [standin.limits.USD] {OLD_KEYS[old]} = \"500.00\"")
 
 
 def load_config(path: str | Path) -> SwitchConfig:
