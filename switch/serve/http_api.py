@@ -6,7 +6,8 @@
   the payment's idempotency key, the body hash is the core's. The key is the header's
   bytes read as UTF-8 (bytes that are not UTF-8: 400), 1-64 characters
   (``MAX_KEY_CHARS``), so a key is the same key through this door and the msgpack
-  door (:func:`idempotency_key`).
+  door (:func:`idempotency_key`). A non-ASCII key journaled before that change, under
+  the header's latin-1 reading, is still matched while the index holds it.
 - ``GET /v1/payments/{payment_id}``: the latest journaled result.
 - ``GET /openapi.json``: the document, generated from the message types and checked in
   as docs/openapi.json (a test keeps them equal).
@@ -246,6 +247,17 @@ def build_api(core: FrontCore, config: HttpApiConfig, shard_map: ShardMap | None
             core.metrics.rejected[reasons.E_OVERLOADED].inc()
             return problem(503, "overloaded", f"http.max_in_flight={config.max_in_flight} "
                            "reached", code=reasons.E_OVERLOADED)
+        if not key.isascii() and not core.indexed(key) and core.indexed(header):
+            # Upgrade: before the door read the key as UTF-8 it keyed a payment by
+            # Starlette's latin-1 reading of the header, ``header`` itself ("café" sent as
+            # UTF-8 was journaled as "cafÃ©"), and start-up restores the index with those
+            # keys. A client retrying such a payment now sends the same bytes: answer it
+            # under the key it was booked by (a replay, or a conflict for another body),
+            # not book it twice. Only for a non-ASCII key (an ASCII one reads the same both
+            # ways): two dict lookups at most, the second only on a miss; it lasts while
+            # the index still remembers old keys (the idempotency window). The UTF-8 key
+            # wins if both are held. The shard is the same: both hashed these bytes.
+            key = header
         state["in_flight"] += 1
         try:
             outcome = await core.submit(to_request(body, key))
