@@ -115,3 +115,11 @@ def test_the_installed_command_prints_one_line_too(module: str) -> None:
     assert proc.stdout == ""
     assert proc.stderr == ("Error: payswitch serve: no such option '--bogus' "
                            "(try 'payswitch serve --help')\n")
+
+
+def test_a_user_error_quoting_a_line_break_stays_one_line() -> None:
+    """A path or value the user gave may hold a line break; printed as is, the one
+    ``Error:`` line a script reads was two (found by review)."""
+    result = invoke("serve", "--config", "a\nb.toml")
+    assert result.exit_code == 2
+    assert result.stderr == "Error: a\\nb.toml: cannot read: No such file or directory\n"

@@ -12,9 +12,23 @@ from switch.tomlio import not_utf8
 
 
 class UserError(click.ClickException):
-    """A user's mistake (a file, a port, a value): one ``Error:`` line on stderr, exit 2."""
+    """A user's mistake (a file, a port, a value): one ``Error:`` line on stderr, exit 2.
+
+    One line whatever the message quotes: a path or value the user gave may hold a line
+    break (``--config $'a\nb'``), which would split the line a script reads."""
 
     exit_code = 2
+
+    def format_message(self) -> str:
+        return one_line(self.message)
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters shown escaped (``\\n``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else
+                   c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def require_utf8(path: str, option: str) -> None:
