@@ -119,10 +119,16 @@ class World:
         #: (MIN_INQUIRY_AGE_S): payment id, channel, age in seconds. Bounded: the first
         #: MAX_EARLY_KEPT (one is already a violation).
         self.early_inquiries: list[tuple[str, str, float]] = []
+        #: When each payment of a channel with such a rule was first sent, in true
+        #: (virtual) time: the network's clock, which a step of the switch's wall clock
+        #: does not move.
+        self._first_sent: dict[str, float] = {}
 
     # ----------------------------------------------------------------- requests
 
     def plan(self, endpoint: str, now: float, payment: Payment) -> RequestPlan:
+        if self.endpoints[endpoint].channel in MIN_INQUIRY_AGE_S:
+            self._first_sent.setdefault(payment.payment_id, now)
         route_key = network_pan(payment.card) if payment.card is not None else ""
         return self.endpoints[endpoint].behaviour.plan(now, route_key)
 
@@ -184,7 +190,7 @@ class World:
         return NetworkReply("approved", reasons.APPROVED, pid)
 
     def resolve(self, endpoint: str, payment: Payment, wall: dt.datetime,
-                stan: int | None) -> NetworkReply:
+                stan: int | None, now: float | None = None) -> NetworkReply:
         """Reversal (card) or status inquiry (SWIFT, QR), reaching the network now; ``stan``:
         the reversal's DE11 (None: one from the network's own counter, for a reversal
         already on the wire when its switch died)."""
@@ -202,11 +208,18 @@ class World:
             return NetworkReply("reversed", reasons.APPROVED, (original.get(37) or "").strip())
         pid = payment.payment_id
         floor = MIN_INQUIRY_AGE_S.get(ep.channel)
-        if floor is not None and len(self.early_inquiries) < MAX_EARLY_KEPT:
-            # Both in the switch's wall time (a clock jump moves both): the resolver's
-            # own arithmetic is what is checked.
-            age = (wall - payment.received_at).total_seconds()
-            if age < floor - 1e-6:
+        sent = self._first_sent.get(pid)
+        if floor is not None and now is not None and sent is not None \
+                and len(self.early_inquiries) < MAX_EARLY_KEPT:
+            # Early by the network's clock (true time since it could first have seen the
+            # payment) and by the switch's own (its wall clock, which is all it has across
+            # a restart): a resolver that miscounted. Early by the network's clock alone
+            # is the switch's wall clock stepped forward at a restart (a known limit: it
+            # has no other reference to how long it was down); early by its own alone, a
+            # clock stepped back (the switch, counting from its restart, was right).
+            age = now - sent
+            own_age = (wall - payment.received_at).total_seconds()
+            if age < floor - 1e-6 and own_age < floor - 1e-6:
                 self.early_inquiries.append((pid, ep.channel, age))
         book = self.books[endpoint]
         if pid in book.booked:

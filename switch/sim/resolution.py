@@ -152,7 +152,7 @@ class SimResolver:
             return  # answered 91/96 or garbage: the adapter repeats; the timeout retries
         # The card adapters draw their 0400's DE11 from the core's sequence (app.py).
         reply = sim.world.resolve(job.route.network, job.payment, sim.wall(),
-                                  self.boot.trace.next())
+                                  self.boot.trace.next(), now=sim.now)
         if plan.action == "reset":
             return  # decided, then the connection dropped: the timeout retries
         sim.push(sim.now + plan.late_delay_s, RES_REPLY, self.boot, (job, attempt, reply))

@@ -622,7 +622,8 @@ class Simulation:
             elif kind == RES_ISSUER:
                 job, _, plan = b
                 if plan.technical_error is None and not plan.malformed:
-                    self.world.resolve(job.route.network, job.payment, self.wall(), None)
+                    self.world.resolve(job.route.network, job.payment, self.wall(), None,
+                                       now=self.now)
             elif kind == DISK and a is None:
                 self._disk(b)
             return
