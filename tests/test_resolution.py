@@ -359,6 +359,23 @@ def test_a_refill_takes_back_a_reversal_whose_key_still_answers_approved() -> No
     assert job is not None and job.payment.payment_id == reversed_one.payment_id
 
 
+def test_a_refill_counts_a_reversal_being_decided_as_waiting_not_taken() -> None:
+    """Found by review: a refill skipped a payment whose reversal the front door was
+    deciding without counting it; if that claim was then let go (a full journal), the
+    reopened payment was held by nobody until another overflow or a restart."""
+    queue, index, route, payments = _sans_io_queue(1, max_queue=4)
+    p = payments[0]
+    index.complete(p.idempotency_key, Result(p.payment_id, Status.APPROVED, "00"))
+    deciding = {p.idempotency_key}
+    taken = queue.refill([(p, b"h", route, Status.SENT, 1.0, True)], now=1.0,
+                         waits=deciding.__contains__)
+    assert taken == 0 and queue.tracked == 0
+    assert queue.overflowed == 1 and queue.needs_refill  # another read will come
+    deciding.clear()  # the claim let go without a hand-over
+    assert queue.refill([(p, b"h", route, Status.SENT, 1.0, True)], now=2.0,
+                        waits=deciding.__contains__) == 1
+
+
 def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     """An escalated payment used to keep its place until a restart: a long outage's
     escalations filled the queue, every new unknown waited in the journal, and no refill

@@ -166,3 +166,17 @@ def test_only_a_stand_in_approval_withdraws_its_advice() -> None:
     assert not reversals.withdraw_advice(_approved("P2", stood_in=True), None)
     assert reversals.withdraw_advice(_approved("P3", stood_in=True), standin)  # type: ignore[arg-type]
     assert standin.withdrawn == ["P3"]
+
+
+def test_a_key_reused_while_an_old_claim_is_decided_keeps_each_mark_its_own() -> None:
+    """Deciding marks were a set of keys: the index may let a key go and a new payment
+    reuse it while the old payment's reversal is still decided; releasing one claim then
+    cleared the other's mark, and a refill could take a payment still being decided."""
+    reversals = Reversals()
+    old, new = _approved("P-old"), _approved("P-new")
+    assert reversals.admit(_index_with("k1", old), "k1", old) is None
+    assert reversals.admit(_index_with("k1", new), "k1", new) is None
+    reversals.release("P-old")
+    assert reversals.deciding("k1")  # P-new's claim is still being decided
+    reversals.release("P-new")
+    assert not reversals.deciding("k1") and reversals.under_way == {}

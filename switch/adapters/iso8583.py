@@ -194,9 +194,16 @@ class CardAdapter(PooledAdapter):
         (the payment never changes), so the resolver quarantines it instead of retrying.
         """
         original = original_request(payment, self.config.acquirer_id)
+        try:
+            stan = self._next_stan()
+        except TraceStoreError as exc:
+            # No STAN now (the sidecar cannot be written: a full disk) is a reversal not
+            # sent, retried on schedule; raised as it was, the resolver quarantined the
+            # payment to an operator until a restart, an accepted reversal included.
+            raise NotSent(f"{self.name}: no trace number for the reversal: {exc}") from None
         reversal = iso8583.reversal_request(
             original,
-            stan=self._next_stan(),
+            stan=stan,
             transmitted_at=self._wall(),
             reason_code=reasons.RESPONSE_TOO_LATE,
         )

@@ -256,7 +256,8 @@ class ResolutionQueue:
         return any(n and jobs_of[c] <= half for c, n in self._waiting.items())
 
     def refill(self, candidates: Iterable[Candidate | ReopenedCandidate], now: float,
-               mark: tuple[int, ...] | None = None) -> int:
+               mark: tuple[int, ...] | None = None,
+               waits: Callable[[str], bool] | None = None) -> int:
         """Take back payments that overflowed the queue, from a fresh read of the journal's
         unfinished payments (the shell filters out those the payment core still owns).
         Without this they stayed unknown until the next restart, however long their
@@ -264,7 +265,10 @@ class ResolutionQueue:
         ``mark``: :attr:`overflow_mark` when the read began (None: just now). Returns how
         many were taken; those that still find no room are counted anew, and so are those
         counted after the read began, which it may have missed (counted twice at worst:
-        one more read, never a payment forgotten until a restart)."""
+        one more read, never a payment forgotten until a restart). ``waits``: keys that are
+        another's for now (a reversal being decided, FrontCore's): not taken, counted as
+        waiting, so a later refill takes them back if that one lets go without a hand-over
+        (skipped uncounted, a released claim left the reopened payment to nobody)."""
         for i, channel in enumerate(CHANNELS):
             since_read = 0 if mark is None else self._overflows[channel] - mark[i]
             assert 0 <= since_read <= self._waiting[channel]
@@ -274,6 +278,9 @@ class ResolutionQueue:
         for payment, digest, route, status, elapsed_s, *reopened in candidates:
             pid = payment.payment_id
             if pid in jobs or pid in escalated:
+                continue
+            if waits is not None and waits(payment.idempotency_key):
+                self._overflow(payment.channel)
                 continue
             entry = index.get(payment.idempotency_key)
             known = entry.result if entry is not None else None
@@ -441,6 +448,9 @@ class Resolver:
         self._workers = {c: workers if workers is not None
                          else getattr(self.queue.policies, c).workers for c in CHANNELS}
         self._backlog = backlog
+        #: Keys not to take back yet, counted as waiting (ResolutionQueue.refill's
+        #: ``waits``): the reversals the front doors are deciding (app.py sets it).
+        self.waits: Callable[[str], bool] | None = None
         self._refill_at = -math.inf
         self._wakeup = anyio.Event()
 
@@ -507,7 +517,7 @@ class Resolver:
         mark = self.queue.overflow_mark  # what overflows during the read, it may miss
         began = self._clock.now()
         try:
-            self.queue.refill(await self._backlog(), self._clock.now(), mark)
+            self.queue.refill(await self._backlog(), self._clock.now(), mark, self.waits)
         except Exception as exc:  # the journal unreadable for now: the next round retries
             log.error("resolver backlog unreadable: %s", exc, exc_info=exc)
             self._refill_at = self._clock.now() + REFILL_RETRY_S

@@ -59,8 +59,8 @@ class Plan:
 
 
 class Reversals:
-    """The reversals under way, payment id -> original key: a repeat (0401/0421) of one is
-    00 and is not reversed twice."""
+    """The reversals under way, payment id -> original key: a repeat (0401/0421) of one
+    handed over is 00 and is not reversed twice; of one still being decided, 91."""
 
     def __init__(self, max_in_flight: int = MAX_REVERSALS_IN_FLIGHT) -> None:
         assert max_in_flight > 0
@@ -69,7 +69,9 @@ class Reversals:
         #: Claims not yet handed to the resolver (payment ids, and their original keys):
         #: the reversal may still be refused (91, 13) or its intent not become durable.
         self._deciding: set[str] = set()
-        self._deciding_keys: set[str] = set()
+        #: Original key -> payment id of each claim being decided (a key the index let
+        #: go may be reused by a new payment: each claim clears only its own mark).
+        self._deciding_keys: dict[str, str] = {}
         #: The original's amount of each claim whose intent was read (repeats: 13 if other).
         self._amounts: dict[str, int] = {}
 
@@ -114,7 +116,7 @@ class Reversals:
                 return reasons.ISSUER_UNAVAILABLE
         under_way[pid] = original_key
         self._deciding.add(pid)
-        self._deciding_keys.add(original_key)
+        self._deciding_keys[original_key] = pid
         assert len(self._deciding) <= len(under_way) <= self.max_in_flight
         return None
 
@@ -146,15 +148,16 @@ class Reversals:
         """Step 5: the reversal is durable and with the resolver; a repeat is 00 now."""
         key = self.under_way[payment_id]
         self._deciding.discard(payment_id)
-        self._deciding_keys.discard(key)
+        if self._deciding_keys.get(key) == payment_id:
+            del self._deciding_keys[key]
         assert payment_id not in self._deciding and payment_id in self._amounts
 
     def release(self, payment_id: str) -> None:
         """The reversal was not taken (answered, or its intent could not be journaled)."""
         key = self.under_way.pop(payment_id, None)
         self._deciding.discard(payment_id)
-        if key is not None:
-            self._deciding_keys.discard(key)
+        if key is not None and self._deciding_keys.get(key) == payment_id:
+            del self._deciding_keys[key]
         self._amounts.pop(payment_id, None)
         assert payment_id not in self.under_way and payment_id not in self._deciding
 

@@ -312,14 +312,8 @@ class SwitchApp:
                 unfinished = await anyio.to_thread.run_sync(unfinished_since.read,
                                                             cfg.journal.path)
                 return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
-                                          resolve_endpoint=first_endpoint, owned=owned)
-
-            def owned(key: str) -> bool:
-                # The core's payments in flight, and those a reversal is being decided for
-                # (reopened in the journal, not yet handed over: FrontCore's until then).
-                front = self.front
-                return engine.core.owns(key) or (
-                    front is not None and front.reversal_deciding(key))
+                                          resolve_endpoint=first_endpoint,
+                                          owned=engine.core.owns)
 
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
                                 policies=cfg.resolution, backlog=backlog)
@@ -362,6 +356,9 @@ class SwitchApp:
             self.server = server
             front = FrontCore(engine, cfg.journal.path)
             self.front = front
+            # A reversal being decided (reopened in the journal, not yet handed over) is
+            # FrontCore's until then: a refill counts it as waiting, not takes it.
+            resolver.waits = front.reversal_deciding
             log.info(
                 "journal replayed: %d records, %d final, %d unfinished; boot %d",
                 recovered.records,

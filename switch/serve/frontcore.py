@@ -20,6 +20,7 @@ Two more things the doors need are answered here from what the core already keep
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,6 +38,7 @@ from switch.payment.core import Rejected
 from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT, Plan, Reversals
 from switch.serve.engine import Engine
 
+log = logging.getLogger(__name__)
 _payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
 _result_decoder: Final = msgspec.msgpack.Decoder(Result)
 
@@ -186,9 +188,10 @@ class FrontCore:
                       amount: int | None = None) -> str:
         """Reverse the payment stored under ``original_key``; returns DE39.
 
-        00: reversed, being reversed, or nothing to undo (declined, failed, already
-        reversed, or unknown -- the resolver reverses unknown card payments by itself);
-        25: no such original; 91: cannot take the reversal now (acquirer repeats it);
+        00: reversed, handed to the resolver to be reversed, or nothing to undo (declined,
+        failed, already reversed, or unknown -- the resolver reverses unknown card payments
+        by itself); 25: no such original; 91: cannot take the reversal now, or a repeat of
+        one still being decided (the acquirer repeats it);
         13: ``amount`` is not the original's (a whole payment is reversed or nothing: a
         reversal of 1 once released a hold of 1,250).
 
@@ -242,8 +245,8 @@ class FrontCore:
             reversals.release(pid)
             raise
         # Durable: from here a crash still ends in a reversal (recovery resolves it).
+        standin = pipeline.standin if result.stood_in else None
         try:
-            standin = pipeline.standin if result.stood_in else None
             if standin is not None and reversals.withdraw_advice(result, standin):
                 # Approved in stand-in, its 0120 advice not yet sent is withdrawn: a start
                 # after this does not queue it again (the reversal's intent reopened the
@@ -252,11 +255,16 @@ class FrontCore:
                 # refill of the resolver does not send the reversal ahead of it.
                 with anyio.move_on_after(ADVICE_LANDS_S):
                     await standin.settled(pid)
+        except Exception:  # a bug here must not keep the reversal from the resolver
+            log.exception("reversal of %s: the stand-in advice step failed", pid)
+        try:
             pipeline.resolver.submit(plan.payment, plan.digest, plan.route)
-        finally:
-            # Even after an unexpected error: the payment, reopened in the journal, is then
-            # the resolver's to take back (refill), never left to nobody.
-            reversals.handed_over(pid)
+        except BaseException:
+            # Not handed over: let go, so a repeat claims it again (its intent journaled
+            # again is harmless) and a refill may take it back; never 00 for it.
+            reversals.release(pid)
+            raise
+        reversals.handed_over(pid)
         return reasons.APPROVED
 
     def close(self) -> None:

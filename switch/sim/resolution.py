@@ -89,7 +89,8 @@ class SimResolver:
 
     def refill(self, candidates: Iterable[Candidate | ReopenedCandidate]) -> None:
         """Take back what overflowed the queue (ResolutionQueue.refill), and wake up."""
-        self.queue.refill(candidates, self.sim.now)
+        # As app.py's: the reversals being decided are the acquirer shell's for now.
+        self.queue.refill(candidates, self.sim.now, waits=self.boot.reversals.deciding)
         self._arm()
 
     def _free(self) -> list[str]:

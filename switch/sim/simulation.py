@@ -691,9 +691,7 @@ class Simulation:
         before = boot.resolver.queue.tracked
         boot.resolver.refill(backlog_candidates(
             unfinished_of(self._fold), router=boot.router, wall_us=self.wall_us(),
-            resolve_endpoint=first_endpoint,
-            # As app.py's: the core's payments, and those a reversal is being decided for.
-            owned=lambda key: boot.core.owns(key) or boot.reversals.deciding(key)))
+            resolve_endpoint=first_endpoint, owned=boot.core.owns))
         self.note(None, "refill", boot.resolver.queue.tracked - before,
                   boot.resolver.queue.overflowed)
 

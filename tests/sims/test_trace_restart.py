@@ -169,3 +169,15 @@ async def test_a_sign_on_without_a_stan_is_not_made_and_does_not_stop_the_switch
 
     assert await adapter._network(_Link(), "001") is False  # type: ignore[arg-type]
     assert "card: 0800 on connection 3 not sent: journal.db.stan: cannot write" in caplog.text
+
+
+async def test_a_reversal_without_a_stan_is_not_sent_and_retried_not_quarantined() -> None:
+    """The same full disk on a reversal: TraceStoreError reached the resolver as an
+    unexpected error, and it quarantined the payment to an operator until a restart (an
+    accepted acquirer reversal included). It is a reversal not sent, retried on schedule."""
+    from switch.adapters.base import NotSent
+
+    adapter = CardAdapter(CardAdapterConfig(name="card", port=1, **ADAPTER_DEFAULTS["card"]),
+                          trace=TraceNumbers(_FullDisk()))
+    with pytest.raises(NotSent, match="no trace number for the reversal"):
+        await adapter.resolve(card_payment(1))
