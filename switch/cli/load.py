@@ -26,7 +26,7 @@ from loadtests.harness.shapes import (
     shape_from_dict,
 )
 from loadtests.harness.workload import WorkloadError, WorkloadSpec, load_workload
-from switch.cli.errors import UserError, require_utf8
+from switch.cli.errors import UserError, one_line, require_utf8
 from switch.protocols.shardmap import join_address
 
 if TYPE_CHECKING:
@@ -344,7 +344,7 @@ def load(
         result = run_load(plan, out_dir, console, config, thresholds=thresholds,
                           metrics=metrics)
     except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(one_line(str(exc))) from None
     finally:
         if metrics is not None:
             metrics.close()

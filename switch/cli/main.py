@@ -21,7 +21,7 @@ from rich.console import Console
 from switch.adapters.trace import TraceStoreError
 from switch.cli.backoffice import reconcile, settle
 from switch.cli.cluster import cluster
-from switch.cli.errors import OneLineUsageGroup, UserError, require_utf8
+from switch.cli.errors import OneLineUsageGroup, UserError, one_line, require_utf8
 from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
@@ -628,7 +628,7 @@ def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: b
         try:
             first = read(url)
         except _Unreadable as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(one_line(str(exc))) from None
         if once:
             time.sleep(interval)
             try:
@@ -638,7 +638,7 @@ def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: b
                     time.sleep(interval)
                     current = read(url)
             except _Unreadable as exc:
-                raise click.ClickException(str(exc)) from None
+                raise click.ClickException(one_line(str(exc))) from None
             console.print(render(current, first))
             return
         previous: Scrape | None = first
