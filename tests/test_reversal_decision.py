@@ -61,6 +61,13 @@ def _approved(pid: str, *, stood_in: bool = False) -> Result:
     return Result(pid, Status.APPROVED, "00", "ref", stood_in=stood_in)
 
 
+def _one_approval() -> tuple[Payment, str, Result, IdempotencyIndex, Reversals]:
+    """An approved payment under key k1, in an index, and no reversal yet."""
+    payment = _payment()
+    result = _approved(payment.payment_id)
+    return payment, payment.payment_id, result, _index_with("k1", result), Reversals()
+
+
 def test_no_such_original_is_25_and_in_flight_is_its_entry() -> None:
     index = _index_with("k1", None)
     reversals = Reversals()
@@ -83,11 +90,7 @@ def test_nothing_to_undo_is_00_and_claims_nothing(status: Status) -> None:
 
 
 def test_an_approval_is_claimed_once_and_a_repeat_is_00_once_handed_over() -> None:
-    payment = _payment()
-    pid = payment.payment_id
-    result = _approved(pid)
-    index = _index_with("k1", result)
-    reversals = Reversals()
+    payment, pid, result, index, reversals = _one_approval()
     assert reversals.admit(index, "k1", result) is None
     assert reversals.under_way == {pid: "k1"} and reversals.deciding("k1")
     assert reversals.plan(pid, (payment, b"d"), None, _Router()) != "00"  # type: ignore[arg-type]
@@ -103,11 +106,7 @@ def test_a_repeat_while_the_first_is_being_decided_is_91_never_00() -> None:
     write). A 0401 meanwhile was 00; if the first then failed (a full journal: 91; another
     amount: 13; a crash before its intent was durable), the acquirer held a 00 for a
     reversal nobody made, and stopped repeating it."""
-    payment = _payment()
-    pid = payment.payment_id
-    result = _approved(pid)
-    index = _index_with("k1", result)
-    reversals = Reversals()
+    payment, pid, result, index, reversals = _one_approval()
     assert reversals.admit(index, "k1", result) is None
     assert reversals.admit(index, "k1", result) == "91"  # the repeat: try again later
     assert reversals.plan(pid, (payment, b"d"), None, _Router()) != "00"  # type: ignore[arg-type]
@@ -137,11 +136,7 @@ def test_the_bound_answers_91_after_a_sweep_that_frees_nothing() -> None:
 
 
 def test_plan_answers_and_releases_or_plans() -> None:
-    payment = _payment()
-    pid = payment.payment_id
-    result = _approved(pid)
-    index = _index_with("k1", result)
-    reversals = Reversals()
+    payment, pid, result, index, reversals = _one_approval()
     cases: list[tuple[Any, int | None, bool, str]] = [
         (None, None, True, "00"),  # approved without reaching a network: nothing held
         ((payment, b"d"), 1, True, "13"),  # not the original's amount
