@@ -328,7 +328,7 @@ def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None
     # A payment resolved after the read (its final is in the index) is not taken back.
     index.complete("k6", Result("P1-6", Status.REVERSED, "00"))
     # The journal's unfinished payments as read: the two still tracked come back too.
-    backlog = [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments[2:]]
+    backlog = [(p, b"h", route, Status.UNKNOWN, 1.0, False) for p in payments[2:]]
     assert queue.refill(backlog, now=2.0) == 2  # P1-4, P1-5; P1-6 resolved
     assert (queue.tracked, queue.overflowed) == (4, 0)
     assert not queue.needs_refill
@@ -336,7 +336,7 @@ def test_payments_past_the_queue_bound_are_taken_back_once_it_has_room() -> None
     # Still no room for all: the rest is counted again, to be taken by the next refill
     # (P1-0 and P1-1 were resolved above: skipped, not counted).
     queue2 = ResolutionQueue(index=index, metrics=SwitchMetrics(), max_queue=2)
-    assert queue2.refill([(p, b"h", route, Status.SENT, 1.0) for p in payments[:6]],
+    assert queue2.refill([(p, b"h", route, Status.SENT, 1.0, False) for p in payments[:6]],
                          now=0.0) == 2
     assert (queue2.tracked, queue2.overflowed) == (2, 2)
 
@@ -405,7 +405,7 @@ def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     escalate_all(2.0)  # a third escalation: P1-0, the oldest, is forgotten
     assert (queue.tracked, queue.escalated, queue.overflowed, queue.pending) == (0, 2, 1, 3)
     assert queue.needs_refill
-    backlog = [(p, b"h", route, Status.UNKNOWN, 3.0) for p in payments[:3]]
+    backlog = [(p, b"h", route, Status.UNKNOWN, 3.0, False) for p in payments[:3]]
     assert queue.refill(backlog, now=3.0) == 1  # P1-0 only: the other two are escalated
     assert (queue.tracked, queue.escalated, queue.overflowed) == (1, 2, 0)
 
@@ -432,7 +432,8 @@ def test_one_channels_backlog_never_keeps_another_channels_unknowns_out() -> Non
     while (job := queue.pop_due(1.0, ["qr"])) is not None:  # QR's network is back
         queue.finished(job, queue.outcome(job, NetworkReply("approved", "00")))
     assert queue.needs_refill  # for QR, although the card queue is still full
-    backlog = [(p, b"h", r, Status.UNKNOWN, 1.0) for p, r in ((cards[2], card), (qrs[2], qr))]
+    backlog = [(p, b"h", r, Status.UNKNOWN, 1.0, False)
+               for p, r in ((cards[2], card), (qrs[2], qr))]
     assert queue.refill(backlog, now=2.0) == 1  # P1-12; P1-2 still finds no room
     assert (queue.tracked_of("card"), queue.tracked_of("qr"), queue.overflowed) == (2, 1, 1)
     assert not queue.needs_refill
@@ -450,7 +451,7 @@ def test_a_refill_counts_what_overflowed_while_it_read_the_journal() -> None:
     queue.finished(job, queue.outcome(job, NetworkReply("reversed", "00")))
     assert queue.needs_refill
     mark = queue.overflow_mark  # the read begins; it will see P1-1 and P1-2
-    read = [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments[1:3]]
+    read = [(p, b"h", route, Status.UNKNOWN, 1.0, False) for p in payments[1:3]]
     queue.submit(payments[3], b"h", route, Status.UNKNOWN, 0.0, now=1.0)  # the last place
     queue.submit(payments[4], b"h", route, Status.UNKNOWN, 0.0, now=1.0)  # overflows
     assert queue.refill(read, now=2.0, mark=mark) == 0  # still full
@@ -473,7 +474,7 @@ async def _resolve_past_the_bound(
     async def backlog() -> list[Any]:
         read_at.append(clock.now())
         await reading(len(read_at))
-        return [(p, b"h", route, Status.UNKNOWN, 1.0) for p in payments
+        return [(p, b"h", route, Status.UNKNOWN, 1.0, False) for p in payments
                 if p.payment_id not in network.resolved_at]
 
     resolver, clock, index = _resolver(journal, metrics, max_queue=max_queue,

@@ -606,8 +606,7 @@ def unfinished_of(folded: Fold) -> list[UnfinishedPayment]:
 
 def _unfinished(h: PaymentHistory) -> UnfinishedPayment | None:
     """``h`` as an unfinished payment: sent and not final (or reopened), else None."""
-    reopened = h.outcome_kind == FINAL  # first: the payment is decoded only when wanted
-    if reopened:
+    if h.outcome_kind == FINAL:  # first: the payment is decoded only when it is wanted
         if not h.reopened:
             return None
         status = Status.SENT
@@ -615,7 +614,7 @@ def _unfinished(h: PaymentHistory) -> UnfinishedPayment | None:
         status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
     payment = h.payment
     return None if payment is None else UnfinishedPayment(h.body_hash, payment, status,
-                                                          reopened)
+                                                          h.reopened)
 
 
 def next_boot(db: sqlite3.Connection) -> int:

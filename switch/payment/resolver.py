@@ -113,11 +113,9 @@ ESCALATED_PER_QUEUED: Final = 10
 
 
 #: What the resolver is handed for one payment: the payment, its body hash, the route
-#: to ask, its last journaled state (unknown, or sent if crash-recovered) and its age.
-#: A refill's candidates (:func:`backlog_candidates`) add a sixth: the journal showed the
-#: payment finished, then reopened by an acquirer's reversal (:class:`ReopenedCandidate`).
-Candidate = tuple[Payment, bytes, "Route", Status, float]
-ReopenedCandidate = tuple[Payment, bytes, "Route", Status, float, bool]
+#: to ask, its last journaled state (unknown, or sent if crash-recovered), its age, and
+#: whether the journal showed it finished, then reopened by an acquirer's reversal.
+Candidate = tuple[Payment, bytes, "Route", Status, float, bool]
 
 
 @dataclass(slots=True, eq=False)
@@ -255,7 +253,7 @@ class ResolutionQueue:
         jobs_of = self._jobs_of
         return any(n and jobs_of[c] <= half for c, n in self._waiting.items())
 
-    def refill(self, candidates: Iterable[Candidate | ReopenedCandidate], now: float,
+    def refill(self, candidates: Iterable[Candidate], now: float,
                mark: tuple[int, ...] | None = None,
                waits: Callable[[str], bool] | None = None) -> int:
         """Take back payments that overflowed the queue, from a fresh read of the journal's
@@ -275,7 +273,7 @@ class ResolutionQueue:
             self._waiting[channel] = since_read
         taken = 0
         index, jobs, escalated, jobs_of = self._index, self._jobs, self._escalated, self._jobs_of
-        for payment, digest, route, status, elapsed_s, *reopened in candidates:
+        for payment, digest, route, status, elapsed_s, reopened in candidates:
             pid = payment.payment_id
             if pid in jobs or pid in escalated:
                 continue
@@ -286,7 +284,7 @@ class ResolutionQueue:
             known = entry.result if entry is not None else None
             if known is not None and known.payment_id == pid \
                     and known.status is not Status.UNKNOWN \
-                    and not (reopened and reopened[0] and known.status is Status.APPROVED):
+                    and not (reopened and known.status is Status.APPROVED):
                 # Resolved since the journal was read (the core answers unknown). Not a
                 # reversal's: its approval stays the key's answer until the reversal is
                 # done (then reversed), and skipped, it stayed approved, the issuer holding
@@ -435,7 +433,7 @@ class Resolver:
         max_queue: int = 10_000,
         workers: int | None = None,
         policies: ResolutionConfig | None = None,
-        backlog: Callable[[], Awaitable[Iterable[ReopenedCandidate]]] | None = None,
+        backlog: Callable[[], Awaitable[Iterable[Candidate]]] | None = None,
     ) -> None:
         """``workers``: attempts in flight per channel, for every channel (default: each
         channel's ``workers`` policy). ``backlog``: the journal's unfinished payments the
@@ -603,7 +601,7 @@ def recover(
         # Pending in the index, so a client retry waits for the answer.
         if index.get(key) is None:
             index.begin(key, unfinished.body_hash, now)
-        payment, digest, route, status, elapsed_s = candidate
+        payment, digest, route, status, elapsed_s, _ = candidate
         resolver.submit(payment, digest, route, status, elapsed_s=elapsed_s)
         if on_recovered is not None:  # the core answers retries of this key meanwhile
             on_recovered(payment, route)
@@ -641,7 +639,7 @@ def backlog_candidates(
     wall_us: int,
     resolve_endpoint: Callable[[Payment, Target], str],
     owned: Callable[[str], bool],
-) -> Iterator[ReopenedCandidate]:
+) -> Iterator[Candidate]:
     """What a refill may take back: the journal's unfinished payments, less those the
     payment core still owns (an intent whose attempt is in flight is unfinished in the
     journal, yet no business of the resolver's). Lazy: filtered as the queue takes them,
@@ -649,7 +647,7 @@ def backlog_candidates(
     for one in unfinished:
         if owned(one.payment.idempotency_key):
             continue
-        candidate = _reopened_candidate(one, router, resolve_endpoint, wall_us)
+        candidate = _candidate(one, router, resolve_endpoint, wall_us)
         if candidate is not None:
             yield candidate
 
@@ -668,11 +666,4 @@ def _candidate(unfinished: UnfinishedPayment, router: Router,
         return None
     made_us = int(payment.received_at.timestamp() * 1e6)
     return (payment, unfinished.body_hash, route, unfinished.status,
-            max(0.0, (wall_us - made_us) / 1e6))
-
-
-def _reopened_candidate(unfinished: UnfinishedPayment, router: Router,
-                        resolve_endpoint: Callable[[Payment, Target], str], wall_us: int
-                        ) -> ReopenedCandidate | None:
-    candidate = _candidate(unfinished, router, resolve_endpoint, wall_us)
-    return None if candidate is None else (*candidate, unfinished.reopened)
+            max(0.0, (wall_us - made_us) / 1e6), unfinished.reopened)

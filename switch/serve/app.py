@@ -44,7 +44,7 @@ from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
-    ReopenedCandidate,
+    Candidate,
     Resolver,
     backlog_candidates,
     first_endpoint,
@@ -304,7 +304,7 @@ class SwitchApp:
             router = Router(table, self.adapters, cfg.resilience, self.metrics, cfg.seed)
             self.router = router
 
-            async def backlog() -> Iterator[ReopenedCandidate]:
+            async def backlog() -> Iterator[Candidate]:
                 # What overflowed the resolver's queue waits in the journal: read it in a
                 # thread; the core's own payments are filtered out on the loop. Only the
                 # rows journaled since the last read are folded (a whole read cost seconds

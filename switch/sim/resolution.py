@@ -25,7 +25,6 @@ from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
     CHANNELS,
     Candidate,
-    ReopenedCandidate,
     ResolutionConfig,
     ResolutionJob,
     ResolutionQueue,
@@ -87,7 +86,7 @@ class SimResolver:
         self.queue.submit(payment, digest, route, status, elapsed_s, sim.now)
         self._arm()
 
-    def refill(self, candidates: Iterable[Candidate | ReopenedCandidate]) -> None:
+    def refill(self, candidates: Iterable[Candidate]) -> None:
         """Take back what overflowed the queue (ResolutionQueue.refill), and wake up."""
         # As app.py's: the reversals being decided are the acquirer shell's for now.
         self.queue.refill(candidates, self.sim.now, waits=self.boot.reversals.deciding)
