@@ -37,6 +37,7 @@ from switch.journal import JournalFailed, JournalFull, JournalRecord
 from switch.journal.records import to_row
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.payment.reversal import Plan
+from switch.serve.frontcore import INTENT_SQL as LIVE_INTENT_SQL
 from switch.sim.networks import World
 from switch.sim.ports import Boot
 
@@ -67,9 +68,8 @@ TIMEOUT_S: Final = 10.0
 #: FrontCore.reverse's wait for a result in flight, and the poll that models it.
 WAIT_S: Final = 5.0
 POLL_S: Final = 0.01
-#: The live switch's read of a payment's latest intent (frontcore.INTENT_SQL, main).
-INTENT_SQL: Final = ("SELECT record, body_hash FROM journal WHERE payment_id = ?"
-                     " AND kind = 'intent' ORDER BY seq DESC LIMIT 1")
+#: The live switch's read of a payment's latest intent, on the live journal.
+INTENT_SQL: Final = LIVE_INTENT_SQL.format(schema="main")
 _payment_decoder: Final = msgspec.msgpack.Decoder(Payment)
 
 
