@@ -385,7 +385,7 @@ def worker_limits(risk: RiskConfig, standin: StandInConfig, shards: int,
         max_amount_cny_minor=share(amount_path, velocity.max_amount_cny_minor))
     limits = {}
     for code, minor in _standin_minor(standin).items():
-        path = f"standin.limits.{code}"
+        path = f"{STANDIN_KEY_PREFIX}{code}"
         limits[code] = replace(
             standin.limits[code],
             per_card_max=share_major(f"{path}.per_card_max", code, minor.per_card),

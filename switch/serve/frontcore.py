@@ -76,8 +76,8 @@ class FrontCore:
     def __init__(self, pipeline: Engine, journal_path: str) -> None:
         self._pipeline = pipeline
         self._journal_path = journal_path
-        # The reversals handed to the resolver (payment id -> original key), swept of
-        # those the resolver finished (the index then holds ``reversed``) when it fills up.
+        # The reversals being decided or handed to the resolver (payment id -> original
+        # key), swept of those the resolver finished (the index then holds ``reversed``).
         self._reversals = Reversals(MAX_REVERSALS_IN_FLIGHT)
         self._reader: sqlite3.Connection | None = None
         self._archived = False  # the archive is attached to ``_reader``

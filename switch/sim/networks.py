@@ -190,10 +190,10 @@ class World:
         return NetworkReply("approved", reasons.APPROVED, pid)
 
     def resolve(self, endpoint: str, payment: Payment, wall: dt.datetime,
-                stan: int | None, now: float | None = None) -> NetworkReply:
+                stan: int | None, now: float) -> NetworkReply:
         """Reversal (card) or status inquiry (SWIFT, QR), reaching the network now; ``stan``:
         the reversal's DE11 (None: one from the network's own counter, for a reversal
-        already on the wire when its switch died)."""
+        already on the wire when its switch died); ``now``: true (virtual) time."""
         ep = self.endpoints[endpoint]
         if ep.channel == "card":
             original = original_request(payment, ACQUIRER_ID)
@@ -209,7 +209,7 @@ class World:
         pid = payment.payment_id
         floor = MIN_INQUIRY_AGE_S.get(ep.channel)
         sent = self._first_sent.get(pid)
-        if floor is not None and now is not None and sent is not None \
+        if floor is not None and sent is not None \
                 and len(self.early_inquiries) < MAX_EARLY_KEPT:
             # Early by the network's clock (true time since it could first have seen the
             # payment) and by the switch's own (its wall clock, which is all it has across

@@ -110,7 +110,8 @@ class Boot:
         self.advice_delay = 0.05
         self.advice_armed = False
         self.wake_at = math.inf
-        #: The acquirer reversals this boot handed to its resolver (FrontCore's).
+        #: The acquirer reversals this boot is deciding or handed to its resolver
+        #: (FrontCore's).
         self.reversals = Reversals()
 
     def discard(self) -> None:
