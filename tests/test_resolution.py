@@ -410,6 +410,26 @@ def test_escalated_payments_give_their_place_in_the_queue_back() -> None:
     assert (queue.tracked, queue.escalated, queue.overflowed) == (1, 2, 0)
 
 
+def test_the_queue_says_which_payments_it_holds_for_the_reversal_decisions() -> None:
+    """Reversals.admit asks it: an approval the resolver holds (queued, in flight or
+    escalated) is a reversal under way, and a repeat of it is never claimed again."""
+    queue = ResolutionQueue(index=IdempotencyIndex(retention_s=60, max_keys=100),
+                            metrics=SwitchMetrics(), max_queue=1, policies=ResolutionConfig(
+                                card=ResolutionPolicy(max_attempts=1)))
+    route = Route("issuer", FakeNetwork(), 1.0)  # type: ignore[arg-type]
+    held, overflowed = _payment(0), _payment(1)
+    assert queue.submit(held, b"h", route, Status.SENT, 0.0, now=0.0)
+    assert not queue.submit(overflowed, b"h", route, Status.SENT, 0.0, now=0.0)
+    pid = held.payment_id
+    assert queue.holds(pid) and queue.amount_held(pid) == held.amount
+    assert not queue.escalated_now(pid)
+    assert not queue.holds(overflowed.payment_id)  # waits in the journal: nobody's yet
+    job = queue.pop_due(1.0)
+    assert job is not None
+    queue.no_answer(job, 1.0)  # escalated: still held, its amount no longer kept
+    assert queue.holds(pid) and queue.escalated_now(pid) and queue.amount_held(pid) is None
+
+
 def test_one_channels_backlog_never_keeps_another_channels_unknowns_out() -> None:
     """Found by the simulator (seed 12, 10 simulated min, fault intensity 40): one bound for
     every channel filled with card and QR jobs on degraded networks while SWIFT's network

@@ -175,3 +175,80 @@ def test_a_key_reused_while_an_old_claim_is_decided_keeps_each_mark_its_own() ->
     assert reversals.deciding("k1")  # P-new's claim is still being decided
     reversals.release("P-new")
     assert not reversals.deciding("k1") and reversals.under_way == {}
+
+
+class _Resolving:
+    """The resolver's queue as the decisions ask it (ResolutionQueue.holds & co.)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, int] = {}  # payment id -> amount, queued or in flight
+        self.escalated: set[str] = set()
+
+    def holds(self, payment_id: str) -> bool:
+        return payment_id in self.jobs or payment_id in self.escalated
+
+    def amount_held(self, payment_id: str) -> int | None:
+        return self.jobs.get(payment_id)
+
+    def escalated_now(self, payment_id: str) -> bool:
+        return payment_id in self.escalated
+
+
+def test_a_repeat_of_a_reversal_the_resolver_holds_is_00_or_13_and_claims_nothing() -> None:
+    """A reversal accepted before a restart: recovery handed the reopened approval to the
+    resolver, and this process's claims are empty. Claimed again, its intent was
+    journaled while the resolver reversed the payment: after its final, reopening it,
+    and handed over again (tests/test_reversal_recovered.py)."""
+    payment, pid, result, index, reversals = _one_approval()
+    resolving = _Resolving()
+    resolving.jobs[pid] = payment.amount
+    assert reversals.admit(index, "k1", result, None, resolving) == "00"
+    assert reversals.admit(index, "k1", result, payment.amount, resolving) == "00"
+    assert reversals.admit(index, "k1", result, payment.amount + 1, resolving) == "13"
+    del resolving.jobs[pid]
+    resolving.escalated.add(pid)  # handed to an operator: still the resolver's
+    assert reversals.admit(index, "k1", result, payment.amount + 1, resolving) == "00"
+    assert reversals.under_way == {} and not reversals.deciding("k1")
+
+
+def test_plan_lets_go_of_a_claim_finished_or_taken_while_its_intent_was_read() -> None:
+    """Defence in depth: the intent's read is awaited; if the resolver took the payment or
+    finished it meanwhile, its intent is not journaled again (it would follow the final)."""
+    payment, pid, result, index, reversals = _one_approval()
+    resolving = _Resolving()
+    assert reversals.admit(index, "k1", result, None, resolving) is None
+    resolving.jobs[pid] = payment.amount  # taken meanwhile
+    assert reversals.plan(pid, (payment, b"d"), None, _Router(), index,  # type: ignore[arg-type]
+                          resolving) == "00"
+    assert reversals.under_way == {} and not reversals.deciding("k1")
+    resolving.jobs.clear()
+    assert reversals.admit(index, "k1", result, None, resolving) is None
+    index.complete("k1", Result(pid, Status.REVERSED, "00"))  # finished meanwhile
+    assert reversals.plan(pid, (payment, b"d"), None, _Router(), index,  # type: ignore[arg-type]
+                          resolving) == "00"
+    assert reversals.under_way == {}
+    index.complete("k1", result)  # still the approval: planned as before
+    assert reversals.admit(index, "k1", result, None, resolving) is None
+    assert isinstance(reversals.plan(pid, (payment, b"d"), None, _Router(),  # type: ignore[arg-type]
+                                     index, resolving), Plan)
+
+
+def test_at_the_bound_a_reversal_the_resolver_escalated_gives_its_claim_back() -> None:
+    """An escalated reversal stays approved in the index until a restart: its claim was
+    kept that long, and a long issuer outage filled the bound (every new reversal 91).
+    Swept at the bound, a repeat of it is still 00: the resolver holds it."""
+    reversals, resolving = Reversals(max_in_flight=1), _Resolving()
+    first, second = _approved("P1"), _approved("P2")
+    index = _index_with("k1", first)
+    index.begin("k2", b"h", 0.0)
+    index.complete("k2", second)
+    assert reversals.admit(index, "k1", first, None, resolving) is None
+    reversals.plan("P1", (_payment(), b"d"), None, _Router())  # type: ignore[arg-type]
+    reversals.handed_over("P1")
+    resolving.jobs["P1"] = 1250
+    assert reversals.admit(index, "k2", second, None, resolving) == "91"  # still queued
+    del resolving.jobs["P1"]
+    resolving.escalated.add("P1")
+    assert reversals.admit(index, "k2", second, None, resolving) is None
+    assert reversals.under_way == {"P2": "k2"}
+    assert reversals.admit(index, "k1", first, 1250, resolving) == "00"

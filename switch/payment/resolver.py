@@ -202,6 +202,23 @@ class ResolutionQueue:
         """``channel``'s payments queued or in flight (bounded by ``max_queue``)."""
         return self._jobs_of[channel]
 
+    def holds(self, payment_id: str) -> bool:
+        """``payment_id`` is this resolver's: queued, in flight, or handed to an operator
+        (its final still to be journaled; the next start tries an escalated one again).
+        An approved payment it holds is a reversal under way (Reversals.admit): the
+        resolver is handed an approval only when a reversal reopened it."""
+        return payment_id in self._jobs or payment_id in self._escalated
+
+    def amount_held(self, payment_id: str) -> int | None:
+        """The amount of a payment queued or in flight (None: not, or escalated: only its
+        id and channel are kept)."""
+        job = self._jobs.get(payment_id)
+        return None if job is None else job.payment.amount
+
+    def escalated_now(self, payment_id: str) -> bool:
+        """``payment_id`` was handed to an operator (and not forgotten past the bound)."""
+        return payment_id in self._escalated
+
     @property
     def overflowed(self) -> int:
         """Unknown payments waiting in the journal for room (all channels)."""

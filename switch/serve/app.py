@@ -354,7 +354,10 @@ class SwitchApp:
             self.engine = engine
             server = Server(engine, cfg.server, self.metrics, cfg.cluster.map, cfg.cluster.shard)
             self.server = server
-            front = FrontCore(engine, cfg.journal.path)
+            # The resolver is asked whether it holds a payment: a reversal accepted before
+            # a restart is with it (recovery hands it over), and a repeat of one must not
+            # be claimed as a new one (switch/payment/reversal.py).
+            front = FrontCore(engine, cfg.journal.path, resolving=resolver.queue)
             self.front = front
             # A reversal being decided (reopened in the journal, not yet handed over) is
             # FrontCore's until then: a refill counts it as waiting, not takes it.

@@ -35,7 +35,7 @@ from switch.journal.reader import ARCHIVE_SCHEMA, archive_path
 from switch.model import Payment, PaymentRequest, Result
 from switch.observability.metrics import SwitchMetrics
 from switch.payment.core import Rejected
-from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT, Plan, Reversals
+from switch.payment.reversal import MAX_REVERSALS_IN_FLIGHT, Plan, Resolving, Reversals
 from switch.serve.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,18 @@ ADVICE_LANDS_S: Final = 2.5
 class FrontCore:
     """The core as the front doors see it."""
 
-    def __init__(self, pipeline: Engine, journal_path: str) -> None:
+    def __init__(self, pipeline: Engine, journal_path: str, *,
+                 resolving: Resolving | None = None) -> None:
+        """``resolving``: the resolver's queue (app.py passes it), asked whether it holds
+        a payment: a reversal accepted before a restart is the resolver's, and a repeat
+        of it is answered as one under way, never claimed again. None: nothing to ask
+        (tests' fakes of the engine)."""
         self._pipeline = pipeline
         self._journal_path = journal_path
         # The reversals being decided or handed to the resolver (payment id -> original
         # key), swept of those the resolver finished (the index then holds ``reversed``).
         self._reversals = Reversals(MAX_REVERSALS_IN_FLIGHT)
+        self._resolving = resolving
         self._reader: sqlite3.Connection | None = None
         self._archived = False  # the archive is attached to ``_reader``
         self._reader_lock = anyio.Lock()
@@ -188,9 +194,10 @@ class FrontCore:
                       amount: int | None = None) -> str:
         """Reverse the payment stored under ``original_key``; returns DE39.
 
-        00: reversed, handed to the resolver to be reversed, or nothing to undo (declined,
-        failed, already reversed, or unknown -- the resolver reverses unknown card payments
-        by itself); 25: no such original; 91: cannot take the reversal now, or a repeat of
+        00: reversed, handed to the resolver to be reversed (by this process, or before a
+        restart: the resolver holds it), or nothing to undo (declined, failed, already
+        reversed, or unknown -- the resolver reverses unknown card payments by itself);
+        25: no such original; 91: cannot take the reversal now, or a repeat of
         one still being decided (the acquirer repeats it);
         13: ``amount`` is not the original's (a whole payment is reversed or nothing: a
         reversal of 1 once released a hold of 1,250).
@@ -208,13 +215,19 @@ class FrontCore:
         if result is None:
             with anyio.move_on_after(wait_s):
                 result = await entry.wait()
-        answer = reversals.admit(pipeline.index, original_key, result, amount)
+        answer = reversals.admit(pipeline.index, original_key, result, amount,
+                                 self._resolving)
         if answer is not None:
             return answer
         assert result is not None
         pid = result.payment_id
         try:
-            plan = reversals.plan(pid, await self._intent(pid), amount, pipeline.router)
+            found = await self._intent(pid)
+            # Asked again after the read's await: had the resolver taken or finished the
+            # payment meanwhile, its intent journaled now would follow (or race) its final
+            # (the module docstring of switch/payment/reversal.py).
+            plan = reversals.plan(pid, found, amount, pipeline.router, pipeline.index,
+                                  self._resolving)
         except BaseException:
             reversals.release(pid)
             raise

@@ -13,7 +13,9 @@ The switch's side is the real decision code, :class:`~switch.payment.reversal.Re
 :data:`WAIT_S`, polled every :data:`POLL_S`; then 91), the payment's latest intent read
 from the journal's SQLite (its durable rows written first), the intent journaled again
 (shed on a full journal: 91), then, once durable, the stand-in advice withdrawn and the
-payment handed to the boot's resolver (switch/sim/resolution.py), and 00. The advice
+payment handed to the boot's resolver (switch/sim/resolution.py), and 00; the boot's
+resolver queue is asked, as FrontCore asks the live one, whether it holds the payment (a
+reversal accepted before a crash, recovered: a repeat of it is one under way). The advice
 sender (switch/sim/advice.py) delivers an advice within one event, so no advice is ever
 on the wire across events here: FrontCore's wait for one (``StandIn.settled``) has no
 counterpart, and the simulator cannot see it.
@@ -188,7 +190,10 @@ class Acquirer:
             rev.waited_s += POLL_S  # the result is awaited, up to WAIT_S
             host.push(host.now + POLL_S, ACQ_REVERSE, None, rev)
             return
-        answer = reversals.admit(index, rev.key, result, rev.amount)
+        # As FrontCore's: the boot's resolver is asked whether it holds the payment (a
+        # reversal accepted before a restart, recovered), and again after the intent.
+        queue = boot.resolver.queue
+        answer = reversals.admit(index, rev.key, result, rev.amount, queue)
         if answer is not None:
             if answer == reasons.APPROVED and result is not None \
                     and result.status is Status.APPROVED:
@@ -199,7 +204,8 @@ class Acquirer:
             return
         assert result is not None
         pid = result.payment_id
-        plan = reversals.plan(pid, self._intent(boot, pid), rev.amount, boot.router)
+        plan = reversals.plan(pid, self._intent(boot, pid), rev.amount, boot.router, index,
+                              queue)
         if isinstance(plan, str):
             self._answered(rev, plan)
             return

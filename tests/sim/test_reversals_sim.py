@@ -100,3 +100,28 @@ def test_finds_start_up_queueing_the_advice_of_a_reversed_stand_in_approval() ->
         found = {v.invariant for v in simulate(options).violations}
     assert "reversed-standin-advised" in found
     assert simulate(options).violations == []
+
+
+def test_finds_a_repeat_after_a_restart_racing_the_resolver() -> None:
+    """Both card issuers down 1-7 s, so the reversals accepted meanwhile wait with the
+    resolver (reopened in the journal); the switch killed at 5 s; after the restart,
+    recovery hands them to the resolver, and a 3 s disk stall from 6.9 s holds each of
+    its ``reversed`` finals uncommitted (the index still answers the approval). The
+    acquirer's own repeats (0401) in that window were claimed as new reversals: their
+    intents journaled after those finals, and handed over again once the resolver was
+    done, each was reversed a second time (two finals: terminal-once, booked-twice).
+    Now a repeat of an approval the resolver holds is the one under way: 00, nothing
+    journaled or handed over again."""
+    from channels.faults import Fault
+    from switch.sim.schedule import DiskFault, Schedule
+    from switch.sim.simulation import SimOptions
+
+    faults = tuple(Fault(kind="down", endpoint=endpoint, start_s=1.0, duration_s=6.0)
+                   for endpoint in ("card-primary", "card-secondary"))
+    options = SimOptions(seed=1, duration_s=12.0, rate=100.0, intensity=0.0,
+                         reversal_share=0.05,
+                         schedule=Schedule(12.0, faults, ((5.0, 0.5, 0.0),),
+                                           (DiskFault("stall", 6.9, 3.0),)))
+    result = simulate(options)
+    assert result.violations == [], [str(v) for v in result.violations[:3]]
+    assert result.counters["reversals_accepted"] > 100
