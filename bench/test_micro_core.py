@@ -7,12 +7,14 @@ Run: ``.venv/bin/python -m pytest bench/test_micro_core.py --benchmark-enable --
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import anyio
 import msgspec
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from loadtests.harness.workload import Workload, WorkloadMix
 from switch.journal import (
     FINAL,
     Journal,
@@ -93,6 +95,38 @@ def test_risk_assess(benchmark: pytest.FixtureRequest) -> None:
                                                           max_amount_cny_minor=10**15)), KEY)
     clock = iter(range(10**9))
     benchmark(lambda: risk.assess(PAYMENT, float(next(clock)) * 1e-3))
+
+
+def test_risk_assess_key_mix(benchmark: pytest.FixtureRequest) -> None:
+    """Per 1,000 payments of the simulator's mix at its 200/s, default velocity limits.
+
+    test_risk_assess repeats one card, so it only ever finds an existing key; here cards and
+    accounts are Zipf-skewed as the simulator draws them, so about a third of the key
+    look-ups are new keys (a window made, expired keys forgotten) and some payments are
+    declined for velocity, as in the simulated hour.
+    """
+    workload = Workload(1, WorkloadMix(duplicate_share=0.0, invalid_share=0.0))
+    payments = []
+    for i in range(24_000):  # two minutes of traffic, then the same again, later
+        request = workload.next()[0]
+        card = None
+        if request.card is not None:
+            pan = request.card.pan
+            card = CardRef(tokenize_pan(pan, KEY), pan[-4:], pan[:6], "2812", "T1", "M1", "5999")
+        payments.append(Payment(
+            f"P1-{i}", request.idempotency_key, request.channel, request.amount,
+            request.currency, request.payer, request.payee, PAYMENT.received_at, card=card,
+        ))
+    risk = RiskEngine(RiskConfig(), KEY)
+    clock = itertools.count()
+
+    def run() -> None:
+        assess, n = risk.assess, len(payments)
+        for _ in range(1000):
+            i = next(clock)
+            assess(payments[i % n], i / 200)
+
+    benchmark(run)
 
 
 def test_state_transitions(benchmark: pytest.FixtureRequest) -> None:
