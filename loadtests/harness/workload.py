@@ -119,6 +119,9 @@ class Workload:
         # shared by every request naming it, instead of formatted and built per request.
         self._payers: dict[int, Party] = {}
         self._payees: dict[int, Party] = {}
+        # Likewise the card details (frozen) per card, and the QR data per merchant.
+        self._cards: dict[int, CardData] = {}
+        self._qrs: dict[int, QrData] = {}
 
     def next(self) -> tuple[PaymentRequest, str]:
         """The next request and its kind: "new", "duplicate" or "invalid"."""
@@ -142,11 +145,12 @@ class Workload:
             payee = self._payees[n] = Party(f"MERCH{n:05d}", "Payee")
         if channel_draw < mix.card_share:
             cards = mix.cards
-            pan = self._pans[min(cards - 1, int(cards * rng.random() ** 2))]
+            n = min(cards - 1, int(cards * rng.random() ** 2))
+            card = self._cards.get(n)
+            if card is None:
+                card = self._cards[n] = CardData(pan=self._pans[n], expiry="2812")
             amount = max(1, int(rng.lognormvariate(_LOG_5000, 1.0)))
-            request = PaymentRequest(
-                key, "card", amount, "USD", payer, payee, card=CardData(pan=pan, expiry="2812")
-            )
+            request = PaymentRequest(key, "card", amount, "USD", payer, payee, card=card)
         elif channel_draw < mix.card_share + mix.swift_share:
             amount = max(1, int(rng.lognormvariate(_LOG_500000, 1.2)))
             request = PaymentRequest(
@@ -160,8 +164,11 @@ class Workload:
             )
         else:
             amount = max(1, int(rng.lognormvariate(_LOG_3000, 0.8)))
-            payload = _qr_payload(rng.randrange(500), None)
-            request = PaymentRequest(key, "qr", amount, "CNY", payer, payee, qr=QrData(payload))
+            n = rng.randrange(500)
+            qr = self._qrs.get(n)
+            if qr is None:
+                qr = self._qrs[n] = QrData(_qr_payload(n, None))
+            request = PaymentRequest(key, "qr", amount, "CNY", payer, payee, qr=qr)
         if draw < mix.duplicate_share + mix.invalid_share:
             # Breaks validation: a Luhn-failing card number (or a card on a non-card payment).
             bad = CardData(pan="4111111111111112", expiry="2812")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -106,9 +106,11 @@ class SettlementCheck:
     standin_exposure: int = 0
 
 
-def check_settlement(clearing: Clearing, scheme: CardScheme, intents: Mapping[str, Payment],
+def check_settlement(clearing: Clearing, scheme: CardScheme,
+                     card_intents: Iterable[tuple[str, Payment, str]],
                      finals: Mapping[str, Result]) -> SettlementCheck:
-    """The clearing files against the journal: the breaks and what explains the rest."""
+    """The clearing files against the journal (``card_intents``: its card payments, each
+    with its RRN stripped, in journal order): the breaks and what explains the rest."""
     out = SettlementCheck()
     clearing.cut()  # the last cycle: everything still standing
     cleared = clearing.cleared()
@@ -123,11 +125,7 @@ def check_settlement(clearing: Clearing, scheme: CardScheme, intents: Mapping[st
             reversed_at_issuer.add(r.rrn.strip())
     approved = Status.APPROVED
     no_entries: list[tuple[int, str, int]] = []
-    for pid, payment in intents.items():
-        card = payment.card
-        if card is None:
-            continue
-        rrn = card.rrn.strip()
+    for pid, payment, rrn in card_intents:
         entries = cleared.pop(rrn, no_entries)
         if len(entries) == 1:  # nearly always: one cycle cleared it
             _, status, net = entries[0]
@@ -157,9 +155,10 @@ def check_settlement(clearing: Clearing, scheme: CardScheme, intents: Mapping[st
 
 
 def check_ledger(db: sqlite3.Connection, folded: Fold, closed_at_us: int,
-                 intents: Mapping[str, Payment], finals: Mapping[str, Result]) -> list[Problem]:
+                 approved: Mapping[str, int]) -> list[Problem]:
     """Post the journal (``folded``: all of it) to the ledger, close a cycle, check it; see
-    the module's doc."""
+    the module's doc. ``approved``: per currency, the journal's approved amount (its
+    approved payments with an intent)."""
     problems: list[Problem] = []
     ledger.post_from_journal(db, folded)
     report = ledger.settle(db, closed_at_us)
@@ -172,19 +171,14 @@ def check_ledger(db: sqlite3.Connection, folded: Fold, closed_at_us: int,
         net[position.currency] += position.amount
     problems += [(f"net {ccy}", f"net positions sum to {total}, not 0")
                  for ccy, total in sorted(net.items()) if total]
-    approved: dict[str, int] = defaultdict(int)
-    for pid, result in finals.items():
-        if result.status is Status.APPROVED:
-            payment = intents.get(pid)
-            if payment is not None:
-                approved[payment.currency] += payment.amount
     booked: dict[str, int] = defaultdict(int)
     for currency, amount in db.execute(
             "SELECT currency, SUM(amount) FROM ledger_transfers WHERE state = 'posted'"
             " GROUP BY currency"):
         booked[currency] = int(amount)
     for currency in sorted(set(approved) | set(booked)):
-        if approved[currency] != booked[currency]:
-            problems.append((f"ledger {currency}", f"journal approved {approved[currency]}, "
+        journal = approved.get(currency, 0)
+        if journal != booked[currency]:
+            problems.append((f"ledger {currency}", f"journal approved {journal}, "
                              f"ledger posted {booked[currency]}"))
     return problems

@@ -69,6 +69,9 @@ class Book:
 #: payment"). The network's rule, not the switch's configured first delay: a schedule
 #: configured below it is a violation too.
 MIN_INQUIRY_AGE_S: Final = {"qr": 90.0}
+#: How long a first contact is remembered at least: past the longest floor no inquiry can
+#: be early, whatever its channel.
+_FIRST_SENT_KEPT_S: Final = max(MIN_INQUIRY_AGE_S.values())
 
 
 #: Early inquiries :class:`World` keeps by name.
@@ -98,7 +101,8 @@ class World:
             self.endpoints[net.name] = Endpoint(net.name, CHANNEL_OF[net.name], b, cap)
         assert set(self.endpoints) == set(CHANNEL_OF), sorted(self.endpoints)
         self.books: dict[str, Book] = {"swift": Book(), "qr": Book()}
-        #: Per payment: the codes issuers answered its authorizations with (stand-in check).
+        #: Per card payment: the codes issuers answered its authorizations with (the stand-in
+        #: check; only a card payment stands in).
         self.answered: dict[str, list[str]] = {}
         #: Card payments the scheme decided (in flight only), and 94s to a first sight
         #: that a trace number reused within the window explains (see _reused_within).
@@ -121,16 +125,50 @@ class World:
         self.early_inquiries: list[tuple[str, str, float]] = []
         #: When each payment of a channel with such a rule was first sent, in true
         #: (virtual) time: the network's clock, which a step of the switch's wall clock
-        #: does not move.
+        #: does not move. Bounded (it grew with every QR payment of a run): an entry goes
+        #: once its payment is finished (:meth:`finished`) and _FIRST_SENT_KEPT_S old, as
+        #: then no inquiry about it can be early. It must not go sooner: a later inquiry
+        #: would record its own time as the first contact and look early.
         self._first_sent: dict[str, float] = {}
+        #: The same first contacts, oldest first (virtual time only grows), to age them.
+        self._sent_order: deque[tuple[float, str]] = deque()
+        #: Payments finished while their first contact was younger than _FIRST_SENT_KEPT_S.
+        self._finished_young: set[str] = set()
 
     # ----------------------------------------------------------------- requests
 
     def plan(self, endpoint: str, now: float, payment: Payment) -> RequestPlan:
-        if self.endpoints[endpoint].channel in MIN_INQUIRY_AGE_S:
-            self._first_sent.setdefault(payment.payment_id, now)
+        ep = self.endpoints[endpoint]
+        if ep.channel in MIN_INQUIRY_AGE_S:
+            pid = payment.payment_id
+            if pid not in self._first_sent:
+                self._first_sent[pid] = now
+                self._sent_order.append((now, pid))
+            self._age_first_sent(now)
         route_key = network_pan(payment.card) if payment.card is not None else ""
-        return self.endpoints[endpoint].behaviour.plan(now, route_key)
+        return ep.behaviour.plan(now, route_key)
+
+    def finished(self, pid: str, now: float) -> None:
+        """``pid``'s final is durable: the switch asks its network nothing more about it."""
+        sent = self._first_sent.get(pid)
+        if sent is None:
+            return
+        if now - sent >= _FIRST_SENT_KEPT_S:
+            del self._first_sent[pid]
+            self._finished_young.discard(pid)  # finished twice: already aged out
+        else:
+            self._finished_young.add(pid)
+
+    def _age_first_sent(self, now: float) -> None:
+        """Forget the first contacts past _FIRST_SENT_KEPT_S of finished payments; an
+        unfinished one's stays until :meth:`finished`."""
+        order, young = self._sent_order, self._finished_young
+        horizon = now - _FIRST_SENT_KEPT_S
+        while order and order[0][0] <= horizon:
+            pid = order.popleft()[1]
+            if pid in young:
+                young.discard(pid)
+                del self._first_sent[pid]
 
     def authorize(self, endpoint: str, payment: Payment, technical_error: str | None,
                   now: float, sent_at: float) -> NetworkReply:
@@ -152,8 +190,9 @@ class World:
             self.decided.add(pid)
             self._arrived(key, now, sent_at)
         else:
-            reply = self._book(self.books[endpoint], payment)
-        self.answered.setdefault(payment.payment_id, []).append(reply.reason)
+            return self._book(self.books[endpoint], payment)
+        if ep.channel == "card":
+            self.answered.setdefault(payment.payment_id, []).append(reply.reason)
         return reply
 
     def _reused_within(self, key: tuple[str, str], sent_at: float) -> bool:

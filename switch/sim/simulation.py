@@ -79,7 +79,7 @@ from switch.sim.acquirer import ACQ_REVERSE, ACQ_TIMEOUT, Acquirer
 from switch.sim.advice import ADVICE, arm_advice, send_advice
 from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
 from switch.sim.disk import Batch, SimJournal, disk_error, disk_full, next_disk_error_at
-from switch.sim.networks import CHANNEL_OF, World
+from switch.sim.networks import CHANNEL_OF, MIN_INQUIRY_AGE_S, World
 from switch.sim.options import (
     ROOT,
     WALL0,
@@ -494,8 +494,12 @@ class Simulation:
                 check_standin(result.payment_id, self.now, self.world,
                               self.boot.started if self.boot is not None else None,
                               self.violate)
-            self.world.answered.pop(result.payment_id, None)  # only stand-in asks; bounded
-            self.world.decided.discard(result.payment_id)
+            channel = request.channel
+            if channel == "card":  # what the world keeps per card payment in flight
+                self.world.answered.pop(result.payment_id, None)  # only stand-in asks
+                self.world.decided.discard(result.payment_id)
+            elif channel in MIN_INQUIRY_AGE_S and result.status in TERMINAL:
+                self.world.finished(result.payment_id, self.now)
 
     def _reversed_by_acquirer(self, pid: str, was: Status, now: Status) -> bool:
         """An approval the acquirer's accepted reversal undid since: a retry of its key
@@ -507,6 +511,8 @@ class Simulation:
         """The resolver journaled ``payment``'s final state: was it within its schedule?"""
         self.counters["resolved"] += 1
         pid = payment.payment_id
+        if payment.channel in MIN_INQUIRY_AGE_S:
+            self.world.finished(pid, self.now)
         self.note(pid, "resolved", pid, result.status.value)
         since = self.unknown_since.pop(pid, self.now)
         # The switch counts the first delay from the payment's wall time, all it has across
@@ -704,17 +710,18 @@ class Simulation:
         # since the last start folded onto that start's fold: one pass over the journal).
         folded = fold_onto(self.db, self._fold, live_only=True)  # the sim never archives
         accepted = self.acquirer.accepted if self.acquirer is not None else {}
-        intents, finals = check_journal(folded, self._acked, self.world, self.violate,
-                                        self.counters, live=self.boot,
-                                        reversed_by_acquirer=accepted)
+        journal = check_journal(folded, self._acked, self.world, self.violate,
+                                self.counters, live=self.boot, reversed_by_acquirer=accepted)
         if self.acquirer is not None:
-            check_reversals(folded, self.acquirer.accepted, self.world, self.violate)
+            check_reversals(folded, self.acquirer.accepted, self.world, self.violate,
+                            journal.holds)
         check_inquiry_ages(self.world, self.violate)
         if self.clearing is not None:
-            for subject, detail in check_ledger(self.db, folded, self.wall_us(), intents,
-                                                finals):
+            for subject, detail in check_ledger(self.db, folded, self.wall_us(),
+                                                journal.approved):
                 self.violate("ledger", subject, detail)
-            check = check_settlement(self.clearing, self.world.scheme, intents, finals)
+            check = check_settlement(self.clearing, self.world.scheme, journal.card_intents,
+                                     journal.finals)
             for subject, detail in check.problems:
                 self.violate("settlement", subject, detail)
             self.counters["clearing_cuts"] = self.clearing.cuts

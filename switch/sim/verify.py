@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Container, Mapping
-from typing import Final
+from typing import Final, NamedTuple
 
 from switch.journal.reader import Fold
 from switch.model import Payment, Result, Status
@@ -29,20 +29,38 @@ STANDIN_QUIET_S: Final = 30.0
 UNKNOWN_SLACK_S: Final = 5.0
 
 
+class JournalView(NamedTuple):
+    """What the books' checks (switch/sim/books.py) read of the journal, gathered in
+    check_journal's one pass over it rather than in a pass of their own each."""
+
+    #: Per payment with an intent, the payment; per finished payment, its last final.
+    intents: dict[str, Payment]
+    finals: dict[str, Result]
+    #: Card payments with an intent, in journal order, with their RRN (DE37) stripped.
+    card_intents: list[tuple[str, Payment, str]]
+    #: Per currency, the amount of the approved payments with an intent.
+    approved: dict[str, int]
+    #: The card scheme's active holds by RRN (World.card_holds), for check_reversals.
+    holds: dict[str, int]
+
+
 def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]], world: World,
                   violate: Violate, counters: dict[str, int], live: Boot | None = None,
                   reversed_by_acquirer: Container[str] = ()
-                  ) -> tuple[dict[str, Payment], dict[str, Result]]:
+                  ) -> JournalView:
     """Every payment terminal once (and a final record terminal), nothing acknowledged
     lost, the journal and the networks' books agree both ways, every stand-in advised or
     explained and within the per-payment limit, and what a retry of each key would hear
     from the live switch is what the journal says (:func:`check_index`). Returns the
-    intents and the final results per payment. ``live``: the switch running at the end
+    intents, the final results per payment and what the books' checks read
+    (:class:`JournalView`). ``live``: the switch running at the end
     (none after a crash it did not come back from), whose index :func:`check_index` reads.
     ``reversed_by_acquirer``: payments whose acquirer reversal was accepted after they
     were acknowledged approved (reversed since, as :func:`check_reversals` demands)."""
     intents: dict[str, Payment] = {}
     finals: dict[str, Result] = {}  # the last final record's result
+    card_intents: list[tuple[str, Payment, str]] = []
+    approved: dict[str, int] = defaultdict(int)
     unknowns: set[str] = set()
     # One pass over the journal's payments (it was six, over up to 700k payments in the
     # simulated hour); what it finds is reported after it, in the order the checks read
@@ -51,7 +69,8 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     unfinished: list[tuple[str, str, str]] = []
     money: list[tuple[str, str, str]] = []
     standins: list[tuple[str, str, str]] = []
-    holds = world.card_holds()
+    card_holds = world.card_holds()
+    holds = dict(card_holds)  # matched ones popped: the rest has no intent
     swift_booked, qr_booked = world.books["swift"].booked, world.books["qr"].booked
     stood_in_journal = stood_in_exposure = 0
     standin_limits = sim_config().standin.minor_limits()
@@ -77,8 +96,11 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
             continue
         intents[pid] = payment
         # money: the journal against the networks' books
-        if payment.card is not None:
-            booked = holds.pop(payment.card.rrn.strip(), 0)
+        card = payment.card
+        if card is not None:
+            rrn = card.rrn.strip()
+            card_intents.append((pid, payment, rrn))
+            booked = holds.pop(rrn, 0)
         else:
             booked = (swift_booked if payment.channel == "swift" else qr_booked).get(pid, 0)
         if final is None:
@@ -89,6 +111,8 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
             continue
         amount = payment.amount
         status = final.status
+        if status is Status.APPROVED:
+            approved[payment.currency] += amount
         if booked > amount:
             money.append(("booked-twice", pid, f"the network books {booked} for a payment "
                           f"of {amount}"))
@@ -150,7 +174,7 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
         world.scheme.check_ledger()
     except AssertionError as exc:
         violate("money-conserved", "issuer-ledger", str(exc))
-    return intents, finals
+    return JournalView(intents, finals, card_intents, approved, card_holds)
 
 
 def check_index(index: IdempotencyIndex, folded: Fold, violate: Violate) -> None:
@@ -316,7 +340,7 @@ def check_probes(boot: Boot, violate: Violate) -> None:
 
 
 def check_reversals(folded: Fold, accepted: Mapping[str, tuple[str, bool]], world: World,
-                    violate: Violate) -> None:
+                    violate: Violate, holds: Mapping[str, int] | None = None) -> None:
     """Every payment whose acquirer reversal the switch accepted with something to undo
     (answered 00 once its intent was journaled again and it was handed to the resolver:
     switch/sim/acquirer.py), once resolution settled at the end of a run:
@@ -329,8 +353,12 @@ def check_reversals(folded: Fold, accepted: Mapping[str, tuple[str, bool]], worl
       unmatched reversal and fences the late advice, so its books show nothing; an issuer
       that does not match them holds the cardholder's money for a payment the acquirer
       undid (the bug StandIn.withdraw fixed, found by reading).
+
+    ``holds``: World.card_holds() when the caller has it (check_journal's), as the books
+    are after the run.
     """
-    holds = world.card_holds()
+    if holds is None:
+        holds = world.card_holds()
     advised_after = set(world.advised_after_reversal)
     for pid, (key, stood_in) in accepted.items():
         h = folded.payments.get(pid)
