@@ -230,7 +230,7 @@ class Acquirer:
         row = self.host.db.execute(INTENT_SQL, (pid,)).fetchone()
         if row is not None:
             return _payment_decoder.decode(row[0]), bytes(row[1])
-        for row in reversed(boot.journal._durable):  # (pid, key, kind, status, hash, body, at)
+        for row in boot.journal.unflushed():  # (pid, key, kind, status, hash, body, at)
             if row[0] == pid and row[2] == "intent":
                 return _payment_decoder.decode(row[5]), bytes(row[4])
         return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final
 
 from switch.journal import JournalFailed, JournalFull
@@ -115,6 +115,12 @@ class SimJournal:
             self._kick()
             return
         self.failure = error
+
+    def unflushed(self) -> Iterator[Row]:
+        """The durable rows not yet written to SQLite, newest first: a reader of the
+        journal must look here too (flushing them for one read cost 2% of a simulated
+        hour's CPU)."""
+        return reversed(self._durable)
 
     def flush(self) -> None:
         """Write every acknowledged row to SQLite (one transaction)."""
