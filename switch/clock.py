@@ -10,6 +10,11 @@ libuv's cached millisecond counter, so every duration read from it is rounded to
 and sub-millisecond latency buckets would be fiction. There, ``measure()`` reads the
 precise process clock; on trio (real or mock) it is anyio's clock, which is precise and
 keeps simulated runs self-consistent. Deadlines and windows always use ``now()``.
+
+``anchor()`` is what start-up records so the next start can tell how far the wall clock
+stepped across the restart (switch/payment/restarts.py): the wall anchor, and what the
+machine's reference clock read at the same moment, with ``boot_id()`` naming the machine
+boot that reference belongs to.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable
+from typing import Final
 
 import anyio
 import sniffio
@@ -57,17 +63,59 @@ def timer_deadline(deadline: float) -> float:
     return math.ceil(deadline * 1000.0 - 1e-6) / 1000.0
 
 
+#: The reference clock across restarts: CLOCK_MONOTONIC, not CLOCK_BOOTTIME. Both survive
+#: a process restart within one machine boot; MONOTONIC is the clock the event loop's own
+#: runs on (asyncio's time.monotonic, libuv's uv_hrtime, trio's perf_counter), so a run's
+#: wall stamps and the reference advance together. A suspend (which MONOTONIC skips and
+#: BOOTTIME counts) then makes a payment look younger than it is -- the first inquiry
+#: comes later, by at most the channel's first delay -- never older: with BOOTTIME a
+#: suspend during a run made every later stamp look older by its length (asked early).
+REFERENCE_CLOCK: Final = time.CLOCK_MONOTONIC
+#: The machine boot's id (Linux); another id means the reference clock started afresh.
+BOOT_ID_PATH: Final = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id(path: str = BOOT_ID_PATH) -> str:
+    """This machine boot's id ("" where there is none to read: no step is then known
+    across a restart, and ages fall back to the wall clock)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read(64).strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _real_time_loop() -> bool:
+    """The loop's clock runs at the real monotonic clock's rate (not trio's MockClock,
+    whose jumps the reference clock would never see)."""
+    if sniffio.current_async_library() != "trio":
+        return True
+    import trio
+    import trio.testing
+
+    return not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+
+
 class Clock:
-    __slots__ = ("_anchor_monotonic", "_anchor_wall", "measure", "now")
+    __slots__ = ("_anchor_monotonic", "_anchor_reference", "_anchor_wall", "measure", "now")
 
     def __init__(self, wall_epoch: float | None = None) -> None:
         # Must be created inside a running event loop: it binds the loop's clock.
         self.now: Callable[[], float] = backend_clock()
         self._anchor_monotonic = self.now()
         self._anchor_wall = time.time() if wall_epoch is None else wall_epoch  # wall anchor
+        # Read with the wall anchor, so the pair describes one moment (None: this clock's
+        # wall is not the machine's, a given epoch or a mock clock: no reference to it).
+        self._anchor_reference = (time.clock_gettime(REFERENCE_CLOCK)
+                                  if wall_epoch is None and _real_time_loop() else None)
         precise = sniffio.current_async_library() == "asyncio"
         # bench-grade clock for latency metrics only; see the module docstring
         self.measure: Callable[[], float] = time.perf_counter if precise else self.now
+
+    def anchor(self) -> tuple[float | None, float]:
+        """(reference clock, wall clock) at this run's start: seconds, read together. The
+        reference is None when this clock's wall is not the machine's (a mock clock)."""
+        return self._anchor_reference, self._anchor_wall
 
     def wall_seconds(self) -> float:
         return self._anchor_wall + (self.now() - self._anchor_monotonic)

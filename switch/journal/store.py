@@ -184,6 +184,29 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     return db
 
 
+#: Longest meta value written or read (the meta table holds small facts, not records).
+MAX_META_VALUE: Final = 256 * 1024
+
+
+def read_meta(db: sqlite3.Connection, key: str) -> str | None:
+    """The journal's meta value under ``key`` (None: never written). Start-up only,
+    before the writer thread owns the connection."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        return None
+    value = row[0]
+    assert isinstance(value, str) and len(value) <= MAX_META_VALUE, key
+    return value
+
+
+def write_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+    """Store ``value`` under ``key``, durably as the journal's mode makes commits (the
+    connection is in autocommit: the statement is its own transaction). Start-up only."""
+    assert len(value) <= MAX_META_VALUE, key
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)"
+               " ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+
 def _is_io_error(exc: sqlite3.Error) -> bool:
     """SQLite's I/O error (SQLITE_IOERR or one of its extended codes): the disk failed a
     read, write or fsync, unlike a full disk or a busy lock, which pass."""

@@ -2,7 +2,9 @@
 
 Start-up order matters for money:
 1. open the journal and replay it: the idempotency index and the unfinished payments
-   come back before the first new payment is accepted;
+   come back before the first new payment is accepted; record this start's clock anchor,
+   so unfinished payments are aged in true time across a stepped wall clock
+   (switch/payment/restarts.py);
 2. hand every unfinished payment to the resolver (reversal / status inquiry);
 3. only then listen for clients and report ready.
 
@@ -16,6 +18,7 @@ import gc
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,12 @@ from switch.adapters.trace import (
     rrn_sidecar_path,
     sidecar_path,
 )
-from switch.clock import Clock
+from switch.clock import Clock, boot_id
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.journal.reader import OpenFold
+from switch.journal.store import read_meta, write_meta
 from switch.observability.metrics import SwitchMetrics
+from switch.payment import restarts
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
@@ -85,6 +90,25 @@ def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
     for spec in config.channel_networks:
         adapters[spec.name] = build_network_adapter(spec)
     return adapters
+
+
+def _record_start(db: sqlite3.Connection, clock: Clock) -> restarts.RestartAges:
+    """Store this start's anchor (boot id, reference clock, wall anchor) in the journal's
+    meta table, before recovery reads any age; the ages this run reads across restarts.
+    Start-up only, in the thread that replays."""
+    reference_s, wall_s = clock.anchor()
+    # No reference (a mock clock): an anchor with no boot id, so no step is ever derived
+    # from it, and the next start's step across it is unknown too (wall ages, as before).
+    anchor = restarts.Anchor(boot_id() if reference_s is not None else "",
+                             reference_s if reference_s is not None else 0.0, wall_s)
+    value, ages, problem = restarts.at_start(read_meta(db, restarts.META_KEY), anchor)
+    if problem is not None:
+        log.error("%s", problem)
+    write_meta(db, restarts.META_KEY, value)
+    if ages.step is not None and abs(ages.step) >= 1.0:
+        log.warning("wall clock stepped %+.3f s across this restart; unfinished payments'"
+                    " ages are corrected by it", ages.step)
+    return ages
 
 
 def _boot_identity(boot_count: int, shard: int, shards: int) -> int:
@@ -266,6 +290,8 @@ class SwitchApp:
             recovered = await anyio.to_thread.run_sync(
                 lambda: replay(db, backlog=unfinished_since))
             self.recovered = recovered
+            # Before recovery: how far the wall clock stepped since the recent starts.
+            ages = await anyio.to_thread.run_sync(_record_start, db, clock)
             journal = Journal(
                 db,
                 mode=cfg.journal.mode,
@@ -313,7 +339,8 @@ class SwitchApp:
                                                             cfg.journal.path)
                 return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
                                           resolve_endpoint=first_endpoint,
-                                          owned=engine.core.owns)
+                                          owned=engine.core.owns, ages=ages,
+                                          sent_within_s=cfg.resilience.payment_deadline_s)
 
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
                                 policies=cfg.resolution, backlog=backlog)
@@ -392,7 +419,8 @@ class SwitchApp:
                             wall_us=clock.wall_us(), retention_s=cfg.idempotency.retention_s,
                             resolve_endpoint=first_endpoint,
                             on_recovered=lambda p, route: engine.core.recovered(
-                                p.idempotency_key, p.payment_id, route.network))
+                                p.idempotency_key, p.payment_id, route.network),
+                            ages=ages, sent_within_s=cfg.resilience.payment_deadline_s)
                     admin_port = 0
                     if cfg.admin.enabled:
                         sock = bind_socket(cfg.admin.host, cfg.admin.port)

@@ -13,6 +13,7 @@ from switch.adapters.trace import TraceNumbers
 from switch.model import Channel, Payment
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
+from switch.payment.restarts import RestartAges
 from switch.payment.reversal import Reversals
 from switch.payment.standin import StandIn
 from switch.protocols.wire import Response
@@ -100,6 +101,8 @@ class Boot:
     resolver: SimResolver
     journal: SimJournal
     trace: TraceNumbers
+    #: The recent starts' wall steps, read at this start (recovery's and refills' ages).
+    ages: RestartAges
 
     def __init__(self, number: int, started: float) -> None:
         self.number = number

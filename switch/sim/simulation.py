@@ -60,8 +60,10 @@ from switch.journal import (
     replay,
 )
 from switch.journal.reader import Fold, fold_onto, unfinished_of
+from switch.journal.store import read_meta, write_meta
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
+from switch.payment import restarts
 from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex
 from switch.payment.resolver import (
@@ -111,6 +113,9 @@ from switch.sim.verify import (
 
 #: Client retries of one key after an error or a crash.
 CLIENT_TRIES: Final = 3
+#: The simulated machine's boot id: it never reboots within a run, so every restart's
+#: wall step is known to the switch (switch/payment/restarts.py).
+SIM_BOOT_ID: Final = "sim-boot"
 #: Share of requests a client sends again while the first is still in flight (its own
 #: timeout fired first), within DUPLICATE_AFTER_S: the switch must hold the duplicate and
 #: answer it with the first one's result (the core's duplicate waiters), never decide it
@@ -246,6 +251,14 @@ class Simulation:
         boot = Boot(self._boot_counter, self.now)
         cfg = self.config
         recovered = self._replay()
+        # app.py's _record_start: this start's anchor in the journal's meta table. The
+        # machine never reboots within a run (one boot id) and its reference clock is
+        # true time; the wall anchor is the one a crash's jump moved.
+        anchor = restarts.Anchor(SIM_BOOT_ID, self.now, self.wall_offset + self.now)
+        value, boot.ages, problem = restarts.at_start(
+            read_meta(self.db, restarts.META_KEY), anchor)
+        assert problem is None, problem
+        write_meta(self.db, restarts.META_KEY, value)
         metrics = SwitchMetrics(networks=list(self.adapters), enabled=False)
         index = IdempotencyIndex(retention_s=cfg.idempotency.retention_s,
                                  max_keys=cfg.idempotency.max_keys)
@@ -282,7 +295,8 @@ class Simulation:
                 retention_s=cfg.idempotency.retention_s,
                 resolve_endpoint=first_endpoint,
                 on_recovered=lambda p, route: boot.core.recovered(
-                    p.idempotency_key, p.payment_id, route.network))
+                    p.idempotency_key, p.payment_id, route.network), ages=boot.ages,
+                sent_within_s=cfg.resilience.payment_deadline_s)
         self.note(None, f"boot {boot.number} records={recovered.records} "
                   f"unfinished={len(recovered.unfinished)} "
                   f"advices={len(recovered.pending_advices)}")
@@ -697,7 +711,8 @@ class Simulation:
         before = boot.resolver.queue.tracked
         boot.resolver.refill(backlog_candidates(
             unfinished_of(self._fold), router=boot.router, wall_us=self.wall_us(),
-            resolve_endpoint=first_endpoint, owned=boot.core.owns))
+            resolve_endpoint=first_endpoint, owned=boot.core.owns, ages=boot.ages,
+            sent_within_s=self.config.resilience.payment_deadline_s))
         self.note(None, "refill", boot.resolver.queue.tracked - before,
                   boot.resolver.queue.overflowed)
 

@@ -388,9 +388,9 @@ def check_inquiry_ages(world: World, violate: Violate) -> None:
     (check_schedule) looks for lateness only; a resolver that counted the first delay
     from the wrong moment, or forgot it across a restart, asked early, and a real scheme
     refuses (or counts against the payment's three checks) an inquiry before its time.
-    Early means early by the network's clock and by the switch's wall clock both: a
-    switch whose clock stepped forward at a restart asks early by the network's clock
-    with nothing to tell it so (a known limit, networks.World.resolve)."""
+    Early means early by the network's clock (true time), whatever the switch's wall
+    clock read: a wall clock stepped forward at a restart is no excuse, the switch
+    corrects its ages by the steps it recorded (switch/payment/restarts.py)."""
     for pid, channel, age in world.early_inquiries:
         floor = MIN_INQUIRY_AGE_S[channel]
         violate("inquiry-too-early", pid, f"{channel} status inquiry {age:.1f}s after the "

@@ -1,0 +1,190 @@
+"""Ages in true time across restarts whose wall clock stepped (switch/payment/restarts.py).
+
+The arithmetic is sans-IO: anchors in, ages out. Each case builds the anchors a run of
+starts would record -- (boot id, reference clock, wall anchor) -- from a true timeline,
+and checks a payment's age against true time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from switch.payment import restarts
+from switch.payment.restarts import MAX_ANCHORS, Anchor, RestartAges, at_start
+
+BOOT = "0b7c5a2e-boot"
+WALL0 = 1_768_435_200.0
+
+
+def us(seconds: float) -> int:
+    return round(seconds * 1e6)
+
+
+def test_no_record_ages_on_the_wall_clock() -> None:
+    ages = RestartAges([Anchor(BOOT, 1000.0, WALL0)])
+    assert ages.step is None and ages.steps == ()
+    assert ages.age_s(us(WALL0 + 5), us(WALL0 + 95.5)) == 90.5
+    assert ages.age_s(us(WALL0 + 100), us(WALL0 + 95)) == 0.0  # never negative
+
+
+def test_forward_step_is_subtracted() -> None:
+    # Started at reference 1000; a payment at +10 s; crashed at +20, restarted at +25
+    # true seconds with the wall clock 484 s ahead (seed 140's step).
+    before = Anchor(BOOT, 1000.0, WALL0)
+    after = Anchor(BOOT, 1025.0, WALL0 + 25 + 484)
+    ages = RestartAges([before, after])
+    assert ages.step == pytest.approx(484.0)
+    made = us(WALL0 + 10)
+    # At the restart: 15 s old in true time (the wall clock alone says 499 s).
+    assert ages.age_s(made, us(after.wall_s)) == pytest.approx(15.0, abs=1e-3)
+    # 80 s into the new run: 95 s old.
+    assert ages.age_s(made, us(after.wall_s + 80)) == pytest.approx(95.0, abs=1e-3)
+    # A payment of the new run: its wall age.
+    assert ages.age_s(us(after.wall_s + 1), us(after.wall_s + 31)) == pytest.approx(30.0)
+
+
+def test_backward_step_is_added_back() -> None:
+    before = Anchor(BOOT, 1000.0, WALL0)
+    after = Anchor(BOOT, 1025.0, WALL0 + 25 - 100)
+    ages = RestartAges([before, after])
+    assert ages.step == pytest.approx(-100.0)
+    made = us(WALL0 + 10)  # past the new run's wall clock: only the old run made it
+    assert ages.age_s(made, us(after.wall_s)) == pytest.approx(15.0, abs=1e-3)
+    assert ages.age_s(made, us(after.wall_s + 10)) == pytest.approx(25.0, abs=1e-3)
+
+
+def test_a_stamp_two_runs_could_have_made_takes_the_younger_age() -> None:
+    """After a backward step, the running run's stamps overlap the old run's: the age is
+    the younger reading (asked later, never early)."""
+    before = Anchor(BOOT, 1000.0, WALL0)
+    after = Anchor(BOOT, 1025.0, WALL0 + 25 - 100)
+    ages = RestartAges([before, after])
+    made = us(WALL0 + 10)
+    now = us(after.wall_s + 100)  # the running run's clock has passed the stamp
+    # The old run's stamp would be 115 s old, the running run's 15 s: 15.
+    assert ages.age_s(made, now) == pytest.approx(15.0, abs=1e-3)
+
+
+def test_several_restarts_subtract_every_later_step() -> None:
+    # Runs at true 0-20, 25-40, 50-: steps +300 then +200; payments in each run.
+    a0 = Anchor(BOOT, 1000.0, WALL0)
+    a1 = Anchor(BOOT, 1025.0, WALL0 + 25 + 300)
+    a2 = Anchor(BOOT, 1050.0, WALL0 + 50 + 500)
+    ages = RestartAges([a0, a1, a2])
+    assert ages.steps == pytest.approx((300.0, 200.0))
+    now = us(a2.wall_s + 10)  # true time 60
+    assert ages.age_s(us(WALL0 + 5), now) == pytest.approx(55.0, abs=1e-3)  # true 5
+    assert ages.age_s(us(WALL0 + 300 + 30), now) == pytest.approx(30.0, abs=1e-3)  # true 30
+    assert ages.age_s(us(WALL0 + 500 + 55), now) == pytest.approx(5.0, abs=1e-3)  # true 55
+
+
+def test_another_boot_id_has_no_known_step() -> None:
+    """A reboot restarts the reference clock: no step is known across it, and ages fall
+    back to the wall clock there; a later restart within the new boot still counts."""
+    a0 = Anchor("old-boot", 50_000.0, WALL0)
+    a1 = Anchor(BOOT, 12.0, WALL0 + 600)  # rebooted: reference from ~0 again
+    assert RestartAges([a0, a1]).steps == (None,)
+    assert RestartAges([a0, a1]).age_s(us(WALL0 + 5), us(WALL0 + 600)) == 595.0
+    a2 = Anchor(BOOT, 40.0, WALL0 + 600 + 28 + 400)  # then a +400 s step within the boot
+    ages = RestartAges([a0, a1, a2])
+    assert ages.steps[0] is None and ages.steps[1] == pytest.approx(400.0)
+    # Made before the reboot: its wall age less the one step known after it.
+    assert ages.age_s(us(WALL0 + 5), us(a2.wall_s)) == pytest.approx(623.0, abs=1e-3)
+
+
+def test_no_boot_id_or_a_reference_gone_back_has_no_known_step() -> None:
+    assert restarts.step_s(Anchor("", 1.0, WALL0), Anchor("", 5.0, WALL0 + 900)) is None
+    assert restarts.step_s(Anchor(BOOT, 9.0, WALL0), Anchor(BOOT, 5.0, WALL0 + 900)) is None
+
+
+def test_a_stamp_no_kept_run_made_takes_the_youngest_age() -> None:
+    a0 = Anchor(BOOT, 1000.0, WALL0)
+    a1 = Anchor(BOOT, 1025.0, WALL0 + 25 + 300)
+    ages = RestartAges([a0, a1])
+    now = us(a1.wall_s + 10)
+    # Older than the oldest anchor: made before the +300 s step too.
+    assert ages.age_s(us(WALL0 - 20), now) == pytest.approx(55.0, abs=1e-3)
+    # In the forward step's gap (no run stamped there): as if before the step.
+    assert ages.age_s(us(WALL0 + 100), now) == 0.0
+
+
+def test_ages_are_rounded_down_to_a_millisecond() -> None:
+    ages = RestartAges([Anchor(BOOT, 1.0, WALL0)])
+    assert ages.age_s(us(WALL0), us(WALL0) + 89_999_999) == 89.999
+
+
+def test_start_bookkeeping_round_trips_and_stays_bounded() -> None:
+    value, ages, problem = at_start(None, Anchor(BOOT, 1.0, WALL0))
+    assert problem is None and ages.step is None
+    for i in range(2, MAX_ANCHORS + 10):
+        value, ages, problem = at_start(value, Anchor(BOOT, float(i), WALL0 + i + 7))
+        assert problem is None
+    assert len(restarts.decode(value)) == MAX_ANCHORS
+    assert ages.step == pytest.approx(0.0)
+    assert len(ages.steps) == MAX_ANCHORS - 1
+
+
+@pytest.mark.parametrize("stored", ["not json", '[["b", 1.0]]', "[" + "1," * 40_000 + "1]"])
+def test_an_unreadable_record_starts_afresh(stored: str) -> None:
+    value, ages, problem = at_start(stored, Anchor(BOOT, 1.0, WALL0))
+    assert problem is not None and "afresh" in problem
+    assert restarts.decode(value) == [Anchor(BOOT, 1.0, WALL0)]
+    assert ages.steps == ()
+
+
+# ------------------------------------------------------------------------------ the shells
+
+
+class _FakeClock:
+    def __init__(self, reference_s: float | None, wall_s: float) -> None:
+        self._anchor = (reference_s, wall_s)
+
+    def anchor(self) -> tuple[float | None, float]:
+        return self._anchor
+
+
+def test_start_up_records_its_anchor_in_the_journal_and_reads_the_step(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from switch.journal import open_database
+    from switch.journal.store import read_meta
+    from switch.serve import app
+
+    monkeypatch.setattr(app, "boot_id", lambda: BOOT)
+    db = open_database(tmp_path / "journal.db", "sync")
+    first = app._record_start(db, cast(Any, _FakeClock(1000.0, WALL0)))
+    assert first.step is None
+    # Down 25 s; the wall clock came back 484 s ahead.
+    second = app._record_start(db, cast(Any, _FakeClock(1025.0, WALL0 + 25 + 484)))
+    assert second.step == pytest.approx(484.0)
+    assert len(restarts.decode(read_meta(db, restarts.META_KEY))) == 2
+    # A clock with no reference (a mock clock): stored with no boot id, no step known.
+    third = app._record_start(db, cast(Any, _FakeClock(None, WALL0 + 900)))
+    assert third.step is None
+    db.close()
+
+
+def test_boot_id_is_read_or_empty(tmp_path: Path) -> None:
+    from switch.clock import boot_id
+
+    path = tmp_path / "boot_id"
+    path.write_text("6f1c2d3e-aaaa-bbbb-cccc-0123456789ab\n")
+    assert boot_id(str(path)) == "6f1c2d3e-aaaa-bbbb-cccc-0123456789ab"
+    assert boot_id(str(tmp_path / "missing")) == ""
+
+
+def test_the_clock_anchors_a_reference_only_on_the_real_clock() -> None:
+    import trio
+    import trio.testing
+
+    from switch.clock import Clock
+
+    async def anchor() -> tuple[float | None, float]:
+        return Clock().anchor()
+
+    reference, wall = trio.run(anchor)
+    assert reference is not None and wall > 0
+    mocked, _ = trio.run(anchor, clock=trio.testing.MockClock())
+    assert mocked is None
