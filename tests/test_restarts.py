@@ -154,16 +154,55 @@ def test_start_up_records_its_anchor_in_the_journal_and_reads_the_step(
 
     monkeypatch.setattr(app, "boot_id", lambda: BOOT)
     db = open_database(tmp_path / "journal.db", "sync")
-    first = app._record_start(db, cast(Any, _FakeClock(1000.0, WALL0)))
+    first = app._record_start(db, cast(Any, _FakeClock(1000.0, WALL0)), 1)
     assert first.step is None
     # Down 25 s; the wall clock came back 484 s ahead.
-    second = app._record_start(db, cast(Any, _FakeClock(1025.0, WALL0 + 25 + 484)))
+    second = app._record_start(db, cast(Any, _FakeClock(1025.0, WALL0 + 25 + 484)), 2)
     assert second.step == pytest.approx(484.0)
     assert len(restarts.decode(read_meta(db, restarts.META_KEY))) == 2
     # A clock with no reference (a mock clock): stored with no boot id, no step known.
-    third = app._record_start(db, cast(Any, _FakeClock(None, WALL0 + 900)))
+    third = app._record_start(db, cast(Any, _FakeClock(None, WALL0 + 900)), 3)
     assert third.step is None
     db.close()
+
+
+def test_a_damaged_meta_value_starts_the_history_afresh_not_the_start_up_dies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A value no version wrote (a blob, or past the meta bound) was an assertion: the
+    switch could not start on that journal."""
+    from switch.journal import open_database
+    from switch.journal.store import read_meta
+    from switch.serve import app
+
+    monkeypatch.setattr(app, "boot_id", lambda: BOOT)
+    db = open_database(tmp_path / "journal.db", "sync")
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)",
+               (restarts.META_KEY, b"\x00not text"))
+    with pytest.raises(ValueError, match="restart_anchors"):
+        read_meta(db, restarts.META_KEY)
+    ages = app._record_start(db, cast(Any, _FakeClock(1000.0, WALL0)), 1)
+    assert ages.step is None
+    assert "history started afresh" in caplog.text
+    assert len(restarts.decode(read_meta(db, restarts.META_KEY))) == 1
+    db.close()
+
+
+def test_a_start_that_recorded_no_anchor_makes_the_step_across_it_unknown() -> None:
+    """Review finding (stop 22): run 1 recorded an anchor, run 2 was an older version
+    that recorded none and whose wall clock stepped back 100 s, run 3 recorded one with
+    no further step. The step measured from run 1 to run 3 (-100 s) is run 2's own; a
+    payment made in run 2 was charged it and aged 152 s instead of 52 s: the QR network
+    asked at once, 40 s before it allows. The journal's boot counts (2 missing) tell."""
+    stored, _, _ = at_start(None, Anchor(BOOT, 0.0, WALL0, 1))
+    made_us = int((WALL0 - 100.0 + 250.0) * 1e6)  # run 2, at true 250 s
+    _, ages, problem = at_start(stored, Anchor(BOOT, 301.0, WALL0 - 100.0 + 301.0, 3))
+    assert problem is None and ages.step is None
+    wall_us = int((WALL0 - 100.0 + 302.0) * 1e6)  # true 302 s
+    assert ages.age_s(made_us, wall_us) == pytest.approx(52.0, abs=1e-3)
+    # Consecutive starts keep their known step.
+    _, consecutive, _ = at_start(stored, Anchor(BOOT, 301.0, WALL0 - 100.0 + 301.0, 2))
+    assert consecutive.step == pytest.approx(-100.0)
 
 
 def test_boot_id_is_read_or_empty(tmp_path: Path) -> None:

@@ -190,12 +190,16 @@ MAX_META_VALUE: Final = 256 * 1024
 
 def read_meta(db: sqlite3.Connection, key: str) -> str | None:
     """The journal's meta value under ``key`` (None: never written). Start-up only,
-    before the writer thread owns the connection."""
+    before the writer thread owns the connection. Raises ValueError for a value no
+    version wrote (not text, or past MAX_META_VALUE): the caller decides what a damaged
+    fact costs, a start-up must not die of it."""
     row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     if row is None:
         return None
     value = row[0]
-    assert isinstance(value, str) and len(value) <= MAX_META_VALUE, key
+    if not isinstance(value, str) or len(value) > MAX_META_VALUE:
+        raise ValueError(f"journal meta {key!r}: not text of at most {MAX_META_VALUE:,}"
+                         f" characters ({type(value).__name__})")
     return value
 
 

@@ -50,6 +50,11 @@ class Anchor(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
     reference_s: float
     #: The wall clock's anchor (Unix seconds): the run's every stamp counts from it.
     wall_s: float
+    #: The journal's boot count of this start (reader.next_boot; 0: not known). Every
+    #: version counts its starts there, but only this one records an anchor: a gap
+    #: between two anchors' counts is a start that recorded none (a rollback to an older
+    #: version), whose own step is folded into the step measured across it.
+    boot: int = 0
 
 
 _ENCODER: Final = msgspec.json.Encoder()
@@ -81,8 +86,16 @@ def started(previous: Sequence[Anchor], anchor: Anchor) -> list[Anchor]:
 
 def step_s(before: Anchor, after: Anchor) -> float | None:
     """How far the wall clock stepped across the restart from ``before`` to ``after``
-    (None: unknown -- another machine boot, no boot id, or a reference gone back)."""
+    (None: unknown -- another machine boot, no boot id, a reference gone back, or a start
+    between them that recorded no anchor).
+
+    Why the last: a run in between made stamps on a wall clock of its own, and the step
+    measured from ``before`` to ``after`` is the sum of the steps into and out of it.
+    Charged to ``before``'s run, a payment made in the middle run took the step into it
+    as well: a backward step there made it look older than it was (asked early)."""
     if not before.boot_id or before.boot_id != after.boot_id:
+        return None
+    if before.boot and after.boot and after.boot != before.boot + 1:
         return None
     elapsed = after.reference_s - before.reference_s
     if elapsed < 0:  # a monotonic clock of one boot never goes back: not the same clock

@@ -92,16 +92,24 @@ def build_adapters(config: SwitchConfig) -> dict[str, ChannelAdapter]:
     return adapters
 
 
-def _record_start(db: sqlite3.Connection, clock: Clock) -> restarts.RestartAges:
-    """Store this start's anchor (boot id, reference clock, wall anchor) in the journal's
-    meta table, before recovery reads any age; the ages this run reads across restarts.
-    Start-up only, in the thread that replays."""
+def _record_start(db: sqlite3.Connection, clock: Clock, boot_count: int
+                  ) -> restarts.RestartAges:
+    """Store this start's anchor (boot id, reference clock, wall anchor, the journal's
+    boot count) in the journal's meta table, before recovery reads any age; the ages this
+    run reads across restarts. Start-up only, in the thread that replays."""
+    assert boot_count >= 1
     reference_s, wall_s = clock.anchor()
     # No reference (a mock clock): an anchor with no boot id, so no step is ever derived
     # from it, and the next start's step across it is unknown too (wall ages, as before).
     anchor = restarts.Anchor(boot_id() if reference_s is not None else "",
-                             reference_s if reference_s is not None else 0.0, wall_s)
-    value, ages, problem = restarts.at_start(read_meta(db, restarts.META_KEY), anchor)
+                             reference_s if reference_s is not None else 0.0, wall_s,
+                             boot_count)
+    try:
+        stored = read_meta(db, restarts.META_KEY)
+    except ValueError as exc:  # not a value this code wrote: start the history afresh
+        stored = None
+        log.error("restart anchors unreadable, history started afresh: %s", exc)
+    value, ages, problem = restarts.at_start(stored, anchor)
     if problem is not None:
         log.error("%s", problem)
     write_meta(db, restarts.META_KEY, value)
@@ -291,7 +299,8 @@ class SwitchApp:
                 lambda: replay(db, backlog=unfinished_since))
             self.recovered = recovered
             # Before recovery: how far the wall clock stepped since the recent starts.
-            ages = await anyio.to_thread.run_sync(_record_start, db, clock)
+            ages = await anyio.to_thread.run_sync(_record_start, db, clock,
+                                                  recovered.boot_count)
             journal = Journal(
                 db,
                 mode=cfg.journal.mode,

@@ -254,7 +254,8 @@ class Simulation:
         # app.py's _record_start: this start's anchor in the journal's meta table. The
         # machine never reboots within a run (one boot id) and its reference clock is
         # true time; the wall anchor is the one a crash's jump moved.
-        anchor = restarts.Anchor(SIM_BOOT_ID, self.now, self.wall_offset + self.now)
+        anchor = restarts.Anchor(SIM_BOOT_ID, self.now, self.wall_offset + self.now,
+                                 recovered.boot_count)
         value, boot.ages, problem = restarts.at_start(
             read_meta(self.db, restarts.META_KEY), anchor)
         assert problem is None, problem
