@@ -127,6 +127,49 @@ def test_start_bookkeeping_round_trips_and_stays_bounded() -> None:
     assert len(ages.steps) == MAX_ANCHORS - 1
 
 
+def test_a_forgotten_start_keeps_its_steps_for_the_oldest_payments() -> None:
+    """Review finding (stop 22): a +1000 s step, then a crash loop of more than
+    MAX_ANCHORS starts. The anchor of the step was forgotten with its step, and a
+    payment of the first run (31.6 s old) was aged 1031.6 s: asked at once. The steps
+    of forgotten starts are kept as one sum, the most any of them could add."""
+    stored, _, _ = at_start(None, Anchor(BOOT, 0.0, WALL0))
+    made_us = us(WALL0 + 0.5)  # a QR payment of the first run, at true 0.5 s
+    offset = WALL0 + 1000.0  # the wall clock steps +1000 s at the first restart
+    t = 0.0
+    for _ in range(MAX_ANCHORS):  # a start every 0.5 s (a port in use...)
+        t += 0.5
+        stored, ages, problem = at_start(stored, Anchor(BOOT, t, offset + t))
+        assert problem is None
+    assert restarts.decode_history(stored).forgotten_later_s == pytest.approx(1000.0)
+    now = t + 0.1
+    assert ages.age_s(made_us, us(offset + now)) == pytest.approx(now - 0.5, abs=2e-3)
+    # A payment of a kept run is aged by the kept steps alone, as before.
+    assert ages.age_s(us(offset + t - 1.0), us(offset + now)) == pytest.approx(1.1, abs=2e-3)
+
+
+def test_the_forgotten_sum_takes_the_youngest_of_several_forgotten_steps() -> None:
+    """Forgotten: a +300 s step, then a -100 s one. A payment made before both is 200 s
+    younger than its wall age, one made between them 100 s OLDER: the sum kept is the
+    most (the younger age), and a payment older than every kept start gets it."""
+    history = restarts.History([])
+    walls = [WALL0, WALL0 + 1 + 300, WALL0 + 2 + 200]  # true 0, 1, 2 s
+    for i, wall in enumerate(walls):
+        history = restarts.started(history, Anchor(BOOT, float(i), wall))
+    for i in range(3, MAX_ANCHORS + 3):  # push the three out, no more steps
+        history = restarts.started(history, Anchor(BOOT, float(i), WALL0 + 200 + i))
+    assert history.forgotten_later_s == pytest.approx(200.0)
+    ages = RestartAges(history.anchors, history.forgotten_later_s)
+    now = us(WALL0 + 200 + MAX_ANCHORS + 5)
+    assert ages.age_s(us(WALL0 + 0.5), now) == pytest.approx(MAX_ANCHORS + 4.5, abs=1e-3)
+
+
+def test_the_first_stored_form_a_bare_list_of_anchors_still_reads() -> None:
+    old = f'[["b1", 1.0, {WALL0!r}, 3]]'
+    assert restarts.decode_history(old) == restarts.History([Anchor("b1", 1.0, WALL0, 3)])
+    value, _, problem = at_start(old, Anchor("b1", 2.0, WALL0 + 1.0, 4))
+    assert problem is None and len(restarts.decode(value)) == 2
+
+
 @pytest.mark.parametrize("stored", ["not json", '[["b", 1.0]]', "[" + "1," * 40_000 + "1]"])
 def test_an_unreadable_record_starts_afresh(stored: str) -> None:
     value, ages, problem = at_start(stored, Anchor(BOOT, 1.0, WALL0))
@@ -227,3 +270,26 @@ def test_the_clock_anchors_a_reference_only_on_the_real_clock() -> None:
     assert reference is not None and wall > 0
     mocked, _ = trio.run(anchor, clock=trio.testing.MockClock())
     assert mocked is None
+
+
+def test_recovery_restores_the_idempotency_window_in_true_time() -> None:
+    """Review finding (stop 22): the window was restored on the wall clock. After a
+    +1000 s step, a key answered 10 s before the crash read as 1010 s old and, with a
+    600 s window, was forgotten: the client's retry would have been a new payment."""
+    from switch.journal.reader import FinalRecord, Recovered
+    from switch.model import Result, Status
+    from switch.observability.metrics import SwitchMetrics
+    from switch.payment.idempotency import IdempotencyIndex
+    from switch.payment.resolver import recover
+
+    a0 = Anchor(BOOT, 1000.0, WALL0)
+    a1 = Anchor(BOOT, 1030.0, WALL0 + 30 + 1000)  # down 10 s after the payment; +1000 s
+    ages = RestartAges([a0, a1])
+    answered = FinalRecord("key-1", b"h", Result("P-1", Status.APPROVED, "00"), us(WALL0 + 20))
+    for used, kept in ((None, []), (ages, ["key-1"])):
+        index = IdempotencyIndex(retention_s=600, max_keys=10)
+        recover(Recovered([answered], [], 2, 2), index=index, resolver=cast(Any, None),
+                standin=cast(Any, None), router=cast(Any, None), metrics=SwitchMetrics(),
+                now=50.0, wall_us=us(a1.wall_s + 1), retention_s=600.0,
+                resolve_endpoint=lambda payment, target: "", ages=used)
+        assert list(index) == kept

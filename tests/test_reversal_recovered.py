@@ -161,7 +161,8 @@ async def test_a_repeat_racing_the_resolver_after_a_restart_journals_and_submits
 async def test_a_repeat_of_a_recovered_reversal_escalated_to_an_operator_is_00(
         tmp_path: Path) -> None:
     """Escalated, the payment is still the resolver's (the next start tries again): a
-    repeat journals nothing more."""
+    repeat journals nothing more, and one of another amount is 13 (the escalated list
+    keeps the amount: without it such a repeat was 00 for a partial reversal)."""
     one_try = ResolutionConfig(card=ResolutionPolicy(max_attempts=1))
     path, index, resolver, _ = _restarted(tmp_path, one_try)
     job = resolver.queue.pop_due(math.inf)
@@ -170,6 +171,7 @@ async def test_a_repeat_of_a_recovered_reversal_escalated_to_an_operator_is_00(
     assert resolver.queue.escalated == 1 and resolver.queue.holds("P-1")
     front, journal = _front(path, index, resolver)
     assert await front.reverse(KEY, amount=1250) == "00"
+    assert await front.reverse(KEY, amount=1251) == "13"
     assert journal.written == [] and resolver.submitted == []
     front.close()
 

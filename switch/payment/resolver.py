@@ -19,8 +19,8 @@ PayswitchUnresolvedPaymentsEscalated) -- and stays counted in
 start-up tries again. Bounded: at most ``max_queue`` payments per channel are being
 resolved; one past that waits in the journal (still counted as unresolved) and is taken
 back by a *refill*, a fresh read of the journal's unfinished payments, once its channel's
-queue is half empty. An escalated payment gives its place back (only its id and channel
-are kept, ``max_escalated`` of them), so a long outage's escalations never lock new
+queue is half empty. An escalated payment gives its place back (only its id, channel
+and amount are kept, ``max_escalated`` of them), so a long outage's escalations never lock new
 unknowns out. A payment whose resolution cannot be built (it cannot be encoded) is
 *quarantined*: escalated at once, without retries, and counted apart.
 """
@@ -164,10 +164,11 @@ class ResolutionQueue:
         #: in the journal -- the simulator, seed 12, intensity 40, 10 simulated min).
         self._jobs: dict[str, ResolutionJob] = {}
         self._jobs_of: dict[str, int] = dict.fromkeys(CHANNELS, 0)
-        #: Payments handed to an operator, oldest first: id -> channel, ``max_escalated``
+        #: Payments handed to an operator, oldest first: id -> (channel, amount: a repeat
+        #: reversal of another amount is 13, Reversals.admit), ``max_escalated``
         #: at most. They hold no place in the queue: held there, escalations of a long
         #: outage filled it and every new unknown waited in the journal until a restart.
-        self._escalated: dict[str, str] = {}
+        self._escalated: dict[str, tuple[str, int]] = {}
         self.resolved = 0
         #: Unknown payments held nowhere in memory, per channel: they wait in the journal
         #: for a refill.
@@ -211,10 +212,12 @@ class ResolutionQueue:
         return payment_id in self._jobs or payment_id in self._escalated
 
     def amount_held(self, payment_id: str) -> int | None:
-        """The amount of a payment queued or in flight (None: not, or escalated: only its
-        id and channel are kept)."""
+        """The amount of a payment queued, in flight or escalated (None: not held)."""
         job = self._jobs.get(payment_id)
-        return None if job is None else job.payment.amount
+        if job is not None:
+            return job.payment.amount
+        escalated = self._escalated.get(payment_id)
+        return None if escalated is None else escalated[1]
 
     def escalated_now(self, payment_id: str) -> bool:
         """``payment_id`` was handed to an operator (and not forgotten past the bound)."""
@@ -388,8 +391,8 @@ class ResolutionQueue:
         self._forget(job)
         escalated = self._escalated
         if len(escalated) >= self._max_escalated:
-            self._overflow(escalated.pop(next(iter(escalated))))
-        escalated[pid] = job.payment.channel
+            self._overflow(escalated.pop(next(iter(escalated)))[0])
+        escalated[pid] = (job.payment.channel, job.payment.amount)
         assert len(escalated) <= self._max_escalated
         self._update_gauges()
 
@@ -608,7 +611,12 @@ def recover(
     counts from then, as the network counts from when it first saw the payment."""
     assert 0.0 <= sent_within_s <= 86400.0
     assert retention_s > 0 and wall_us > 0
-    final_ages = ((final, (wall_us - final.answered_at_us) / 1e6)
+    # The idempotency window in true time too: on the wall clock, a forward step forgot
+    # keys the step early, and a client's retry near the window's edge was a new payment.
+    # Wall ages when no step is known (nearly every start): a frame scan per final less.
+    true_ages = ages if ages is not None and ages.stepped else None
+    final_ages = ((final, (wall_us - final.answered_at_us) / 1e6 if true_ages is None
+                   else true_ages.age_s(final.answered_at_us, wall_us))
                   for final in recovered.finals)
     index.restore_all((final.idempotency_key, final.body_hash, final.result, now - age_s)
                       for final, age_s in final_ages if age_s < retention_s)  # oldest first

@@ -57,31 +57,70 @@ class Anchor(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields
     boot: int = 0
 
 
+class History(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the journal keeps: the recent anchors, and what the forgotten ones leave."""
+
+    #: Oldest first, MAX_ANCHORS at most.
+    anchors: list[Anchor]
+    #: The most the known steps from any forgotten start up to the oldest kept anchor sum
+    #: to (None: none forgotten). A payment older than every kept anchor may have been
+    #: made in any forgotten run: without this, the steps after it were lost, and a
+    #: forward step among them made it look older (asked early) after a crash loop of
+    #: more than MAX_ANCHORS starts.
+    forgotten_later_s: float | None = None
+
+
 _ENCODER: Final = msgspec.json.Encoder()
-_DECODER: Final = msgspec.json.Decoder(list[Anchor])
+_DECODER: Final = msgspec.json.Decoder(History)
+#: The first stored form (458902d..a27c42b, never released): the anchors alone.
+_LIST_DECODER: Final = msgspec.json.Decoder(list[Anchor])
 
 
-def encode(anchors: Sequence[Anchor]) -> str:
+def encode(anchors: Sequence[Anchor], forgotten_later_s: float | None = None) -> str:
     assert len(anchors) <= MAX_ANCHORS
-    return _ENCODER.encode(list(anchors)).decode()
+    assert forgotten_later_s is None or math.isfinite(forgotten_later_s)
+    return _ENCODER.encode(History(list(anchors), forgotten_later_s)).decode()
+
+
+def decode_history(text: str | None) -> History:
+    """What is stored (none: no anchors). Raises msgspec.DecodeError or ValueError on a
+    value this code never wrote: the shell logs it and starts afresh."""
+    if text is None:
+        return History([])
+    if len(text) > MAX_ENCODED:
+        raise ValueError(f"restart anchors: {len(text)} characters, more than {MAX_ENCODED}")
+    history = (History(_LIST_DECODER.decode(text)) if text.lstrip().startswith("[")
+               else _DECODER.decode(text))
+    anchors = history.anchors
+    if any(not (math.isfinite(a.reference_s) and math.isfinite(a.wall_s)) for a in anchors):
+        raise ValueError("restart anchors: a clock reading that is not finite")
+    forgotten = history.forgotten_later_s
+    if forgotten is not None and not math.isfinite(forgotten):
+        raise ValueError("restart anchors: a forgotten step sum that is not finite")
+    if len(anchors) > MAX_ANCHORS:
+        raise ValueError(f"restart anchors: {len(anchors)}, more than {MAX_ANCHORS}")
+    return history
 
 
 def decode(text: str | None) -> list[Anchor]:
-    """The stored anchors, oldest first (none stored: []). Raises msgspec.DecodeError or
-    ValueError on a value this code never wrote: the shell logs it and starts afresh."""
-    if text is None:
-        return []
-    if len(text) > MAX_ENCODED:
-        raise ValueError(f"restart anchors: {len(text)} characters, more than {MAX_ENCODED}")
-    anchors = _DECODER.decode(text)
-    if any(not (math.isfinite(a.reference_s) and math.isfinite(a.wall_s)) for a in anchors):
-        raise ValueError("restart anchors: a clock reading that is not finite")
-    return anchors[-MAX_ANCHORS:]
+    """The stored anchors, oldest first (none stored: [])."""
+    return decode_history(text).anchors
 
 
-def started(previous: Sequence[Anchor], anchor: Anchor) -> list[Anchor]:
-    """The anchors to store at this start: the previous ones and ``anchor``, bounded."""
-    return [*previous, anchor][-MAX_ANCHORS:]
+def started(previous: History, anchor: Anchor) -> History:
+    """What to store at this start: the previous anchors and ``anchor``, the oldest
+    forgotten past MAX_ANCHORS, its steps folded into ``forgotten_later_s``."""
+    anchors = [*previous.anchors, anchor]
+    forgotten = previous.forgotten_later_s
+    while len(anchors) > MAX_ANCHORS:
+        oldest, next_oldest = anchors[0], anchors[1]
+        step = step_s(oldest, next_oldest)
+        # Sums up to the new oldest kept anchor: the step into it is added to every
+        # forgotten start's (the one just forgotten included, with nothing before it).
+        forgotten = max(0.0 if forgotten is None else forgotten, 0.0) + (step or 0.0)
+        anchors.pop(0)
+    assert len(anchors) <= MAX_ANCHORS
+    return History(anchors, forgotten)
 
 
 def step_s(before: Anchor, after: Anchor) -> float | None:
@@ -107,9 +146,10 @@ class RestartAges:
     """True ages of payments from their wall stamps, given the anchors of the recent
     starts (oldest first; the last is the running one's)."""
 
-    __slots__ = ("_fast_from", "_frames", "steps")
+    __slots__ = ("_fast_from", "_forgotten_later", "_frames", "steps")
 
-    def __init__(self, anchors: Sequence[Anchor]) -> None:
+    def __init__(self, anchors: Sequence[Anchor], forgotten_later_s: float | None = None
+                 ) -> None:
         assert 0 < len(anchors) <= MAX_ANCHORS
         #: Each restart's step (None: unknown, counted as 0), oldest first.
         self.steps: tuple[float | None, ...] = tuple(
@@ -128,10 +168,19 @@ class RestartAges:
                 later += known[j - 1]
         frames.reverse()
         self._frames: tuple[tuple[float, float, float], ...] = tuple(frames)
+        #: The steps after a forgotten run (None: none forgotten): the oldest kept run's,
+        #: and the most the forgotten ones' up to it sum to.
+        self._forgotten_later = (None if forgotten_later_s is None
+                                 else frames[0][2] + forgotten_later_s)
         #: A stamp at or past this (and not past the wall clock now) is the running run's
         #: and no earlier one's: its wall age is its true age (nearly every payment a
         #: refill takes back: two comparisons).
         self._fast_from = max([anchors[-1].wall_s, *(end for _, end, _ in frames[:-1])])
+
+    @property
+    def stepped(self) -> bool:
+        """Some restart's known step is not zero: ages differ from wall ages."""
+        return any(self.steps) or bool(self._forgotten_later)
 
     @property
     def step(self) -> float | None:
@@ -158,9 +207,12 @@ class RestartAges:
         if running:
             fits.append(0.0)
         if not fits:
-            # No kept run made it: the youngest age any of them would give (made before
-            # the oldest kept run is the first one's: the step into it is unknown, 0).
+            # No kept run made it: the youngest age any of them would give, or any
+            # forgotten one (made before the oldest kept run with none forgotten is the
+            # first one's: the step into it is unknown, 0).
             fits = [later for _, _, later in self._frames]
+            if self._forgotten_later is not None:
+                fits.append(self._forgotten_later)
         return _floor_ms(wall_age - max(fits))
 
 
@@ -175,8 +227,10 @@ def at_start(stored: str | None, anchor: Anchor) -> tuple[str, RestartAges, str 
     ages fall back to the wall clock as with no record)."""
     problem = None
     try:
-        previous = decode(stored)
+        previous = decode_history(stored)
     except (msgspec.DecodeError, ValueError) as exc:
-        previous, problem = [], f"restart anchors unreadable, history started afresh: {exc}"
-    anchors = started(previous, anchor)
-    return encode(anchors), RestartAges(anchors), problem
+        previous = History([])
+        problem = f"restart anchors unreadable, history started afresh: {exc}"
+    history = started(previous, anchor)
+    return (encode(history.anchors, history.forgotten_later_s),
+            RestartAges(history.anchors, history.forgotten_later_s), problem)

@@ -242,9 +242,9 @@ class Reversals:
     def sweep(self, index: IdempotencyIndex, resolving: Resolving | None = None) -> None:
         """Forget the reversals the resolver finished (the index holds ``reversed``), and
         those it handed to an operator: held by it (:meth:`admit` asks it), a repeat of
-        one is still 00 (13 for another amount no more: an escalated payment's amount is
-        not kept). Kept, an escalated reversal held its claim until a restart, and a long
-        issuer outage filled the bound: every new reversal 91."""
+        one is still 00 (13 for another amount: the resolver keeps the amount). Kept, an
+        escalated reversal held its claim until a restart, and a long issuer outage
+        filled the bound: every new reversal 91."""
         before = len(self.under_way)
         for pid, key in list(self.under_way.items()):
             if pid in self._deciding:
