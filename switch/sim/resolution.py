@@ -137,7 +137,7 @@ class SimResolver:
         now = sim.now
         self._attempt_no += 1
         attempt = self._attempt_no
-        plan = sim.world.plan(job.route.network, now, job.payment)
+        plan = sim.world.plan(job.route.network, now, job.payment, inquiry=True)
         if plan.action == "refuse":
             self._no_answer(job)  # NotSent: retried on the schedule at once
             return

@@ -42,7 +42,7 @@ def world(faults: list[Fault] | None = None) -> World:
 def inquire(w: World, payment: Payment, now: float) -> None:
     """A status inquiry reaching the QR network at ``now``, the switch's wall clock as
     old as the true one (so only the network's clock decides "early")."""
-    w.plan("qr", now, payment)
+    w.plan("qr", now, payment, inquiry=True)
     w.resolve("qr", payment, AT + timedelta(seconds=now), None, now=now)
 
 
@@ -93,3 +93,28 @@ def test_a_long_qr_run_keeps_only_the_recent_first_contacts() -> None:
         assert all(newest - sent < FLOOR + 1.0 for sent in kept.values())
     finally:
         sim.db.close()
+
+
+def test_an_inquiry_about_a_payment_the_network_never_saw_is_not_early() -> None:
+    """The switch crashed between a QR payment's intent and its send; recovery asked
+    about it 93 s after its receipt. Counted as the network's first sight, that inquiry
+    read 0 s after "the payment": a false inquiry-too-early (seed 3860, below). The
+    network holds nothing about it, so nothing is early; an inquiry after a real send
+    is still measured from that send."""
+    w = world()
+    never_sent, sent = qr_payment(1), qr_payment(2)
+    inquire(w, never_sent, 93.0)
+    assert w.early_inquiries == [] and "P1-1" not in w._first_sent
+    w.plan("qr", 50.0, sent)
+    inquire(w, sent, 93.0)  # 43 s after the network saw it
+    assert [pid for pid, _, _ in w.early_inquiries] == ["P1-2"]
+
+
+def test_seed_3860_recovers_a_payment_never_sent_without_a_false_alarm() -> None:
+    """The campaign's seed (10 s at 200/s, intensity 40, four crashes): P1-780's intent
+    was durable, its send cut off by a crash; the resolver's check-status 93 s later was
+    the network's first sight of it."""
+    from switch.sim.simulation import simulate
+
+    result = simulate(SimOptions(seed=3860, duration_s=10.0, rate=200.0, intensity=40.0))
+    assert result.violations == [], [str(v) for v in result.violations[:3]]
