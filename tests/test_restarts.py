@@ -122,7 +122,7 @@ def test_start_bookkeeping_round_trips_and_stays_bounded() -> None:
     for i in range(2, MAX_ANCHORS + 10):
         value, ages, problem = at_start(value, Anchor(BOOT, float(i), WALL0 + i + 7))
         assert problem is None
-    assert len(restarts.decode(value)) == MAX_ANCHORS
+    assert len(restarts.decode_history(value).anchors) == MAX_ANCHORS
     assert ages.step == pytest.approx(0.0)
     assert len(ages.steps) == MAX_ANCHORS - 1
 
@@ -167,14 +167,14 @@ def test_the_first_stored_form_a_bare_list_of_anchors_still_reads() -> None:
     old = f'[["b1", 1.0, {WALL0!r}, 3]]'
     assert restarts.decode_history(old) == restarts.History([Anchor("b1", 1.0, WALL0, 3)])
     value, _, problem = at_start(old, Anchor("b1", 2.0, WALL0 + 1.0, 4))
-    assert problem is None and len(restarts.decode(value)) == 2
+    assert problem is None and len(restarts.decode_history(value).anchors) == 2
 
 
 @pytest.mark.parametrize("stored", ["not json", '[["b", 1.0]]', "[" + "1," * 40_000 + "1]"])
 def test_an_unreadable_record_starts_afresh(stored: str) -> None:
     value, ages, problem = at_start(stored, Anchor(BOOT, 1.0, WALL0))
     assert problem is not None and "afresh" in problem
-    assert restarts.decode(value) == [Anchor(BOOT, 1.0, WALL0)]
+    assert restarts.decode_history(value).anchors == [Anchor(BOOT, 1.0, WALL0)]
     assert ages.steps == ()
 
 
@@ -202,7 +202,7 @@ def test_start_up_records_its_anchor_in_the_journal_and_reads_the_step(
     # Down 25 s; the wall clock came back 484 s ahead.
     second = app._record_start(db, cast(Any, _FakeClock(1025.0, WALL0 + 25 + 484)), 2)
     assert second.step == pytest.approx(484.0)
-    assert len(restarts.decode(read_meta(db, restarts.META_KEY))) == 2
+    assert len(restarts.decode_history(read_meta(db, restarts.META_KEY)).anchors) == 2
     # A clock with no reference (a mock clock): stored with no boot id, no step known.
     third = app._record_start(db, cast(Any, _FakeClock(None, WALL0 + 900)), 3)
     assert third.step is None
@@ -227,7 +227,7 @@ def test_a_damaged_meta_value_starts_the_history_afresh_not_the_start_up_dies(
     ages = app._record_start(db, cast(Any, _FakeClock(1000.0, WALL0)), 1)
     assert ages.step is None
     assert "history started afresh" in caplog.text
-    assert len(restarts.decode(read_meta(db, restarts.META_KEY))) == 1
+    assert len(restarts.decode_history(read_meta(db, restarts.META_KEY)).anchors) == 1
     db.close()
 
 

@@ -76,10 +76,10 @@ _DECODER: Final = msgspec.json.Decoder(History)
 _LIST_DECODER: Final = msgspec.json.Decoder(list[Anchor])
 
 
-def encode(anchors: Sequence[Anchor], forgotten_later_s: float | None = None) -> str:
-    assert len(anchors) <= MAX_ANCHORS
-    assert forgotten_later_s is None or math.isfinite(forgotten_later_s)
-    return _ENCODER.encode(History(list(anchors), forgotten_later_s)).decode()
+def encode(history: History) -> str:
+    assert len(history.anchors) <= MAX_ANCHORS
+    assert history.forgotten_later_s is None or math.isfinite(history.forgotten_later_s)
+    return _ENCODER.encode(history).decode()
 
 
 def decode_history(text: str | None) -> History:
@@ -102,11 +102,6 @@ def decode_history(text: str | None) -> History:
     return history
 
 
-def decode(text: str | None) -> list[Anchor]:
-    """The stored anchors, oldest first (none stored: [])."""
-    return decode_history(text).anchors
-
-
 def started(previous: History, anchor: Anchor) -> History:
     """What to store at this start: the previous anchors and ``anchor``, the oldest
     forgotten past MAX_ANCHORS, its steps folded into ``forgotten_later_s``."""
@@ -117,7 +112,7 @@ def started(previous: History, anchor: Anchor) -> History:
         step = step_s(oldest, next_oldest)
         # Sums up to the new oldest kept anchor: the step into it is added to every
         # forgotten start's (the one just forgotten included, with nothing before it).
-        forgotten = max(0.0 if forgotten is None else forgotten, 0.0) + (step or 0.0)
+        forgotten = max(forgotten or 0.0, 0.0) + (step or 0.0)
         anchors.pop(0)
     assert len(anchors) <= MAX_ANCHORS
     return History(anchors, forgotten)
@@ -232,5 +227,5 @@ def at_start(stored: str | None, anchor: Anchor) -> tuple[str, RestartAges, str 
         previous = History([])
         problem = f"restart anchors unreadable, history started afresh: {exc}"
     history = started(previous, anchor)
-    return (encode(history.anchors, history.forgotten_later_s),
-            RestartAges(history.anchors, history.forgotten_later_s), problem)
+    return (encode(history), RestartAges(history.anchors, history.forgotten_later_s),
+            problem)
