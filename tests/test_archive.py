@@ -205,34 +205,6 @@ def test_an_intent_after_a_final_reopens_the_payment(tmp_path: Path) -> None:
     assert fold(db).payments["P-1"].status == "reversed"
 
 
-def test_an_intent_after_a_reversed_final_reopens_nothing_and_is_archived(
-        tmp_path: Path) -> None:
-    """A repeat reversal that raced the resolver could journal its intent after the
-    payment's ``reversed`` final. The reader's fold does not reopen the payment for it
-    (nothing left to undo); retention held it live as reopened, for good."""
-    db = open_database(tmp_path / "j.db", "group")
-    old = NOW_US - 48 * HOUR_US
-    _add(db, "P-1", old)  # approved ...
-    payment = _payment("P-1")
-    reversed_ = Result("P-1", Status.REVERSED, "00")
-    db.executemany(INSERT, [
-        to_row(JournalRecord.intent(payment, b"h", old + 10)),  # the reversal ...
-        to_row(JournalRecord.outcome(FINAL, payment, reversed_, b"h", old + 20)),
-        to_row(JournalRecord.intent(payment, b"h", old + 30)),  # ... and a late repeat's
-    ])
-    declined = _payment("P-2")
-    db.executemany(INSERT, [
-        to_row(JournalRecord.intent(declined, b"h", old + 40)),
-        to_row(JournalRecord.outcome(FINAL, declined, Result("P-2", Status.DECLINED, "05"),
-                                     b"h", old + 41)),
-        to_row(JournalRecord.intent(declined, b"h", old + 42)),
-    ])
-    _add(db, "P-young", NOW_US)
-    assert replay(db).unfinished == []
-    assert _compact(db, Compactor(24 * 3600)) == 8
-    assert _live(db) == ["P-young"]
-
-
 def test_an_in_memory_journal_has_an_in_memory_archive(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The simulator's journal is ``:memory:``; its archive once went to a file named

@@ -174,30 +174,3 @@ async def test_a_repeat_of_a_recovered_reversal_escalated_to_an_operator_is_00(
     assert await front.reverse(KEY, amount=1251) == "13"
     assert journal.written == [] and resolver.submitted == []
     front.close()
-
-
-def test_an_intent_after_a_final_with_nothing_to_undo_reopens_nothing(tmp_path: Path) -> None:
-    """Defence in depth in the fold: an intent journaled after ``reversed`` (the race
-    above), or after a decline or a failure, is no reversal under way. Reopened, every
-    start-up handed the payment to the resolver again: one more 0400 each time."""
-    path = tmp_path / "journal.db"
-    db = _open(path)
-    _add(db, "P-1", NOW_US, shape="reversed")
-    payment = _journal_payment("P-2")
-    db.executemany(INSERT, [to_row(r) for r in (
-        JournalRecord.intent(payment, b"h", NOW_US),
-        JournalRecord.outcome(FINAL, payment, Result("P-2", Status.DECLINED, "05"), b"h",
-                              NOW_US + 1))])
-    _add(db, "P-3", NOW_US)  # approved: its reversal's intent does reopen it
-    for pid, at in (("P-1", 20), ("P-2", 21), ("P-3", 22)):
-        db.execute(INSERT, to_row(JournalRecord.intent(_journal_payment(pid), b"h",
-                                                       NOW_US + at)))
-    db.commit()
-    try:
-        folded = fold(db)
-        assert {pid: h.reopened for pid, h in folded.payments.items()} == {
-            "P-1": False, "P-2": False, "P-3": True}
-        assert folded.payments["P-1"].finished and folded.payments["P-2"].finished
-        assert [u.payment.payment_id for u in replay(db).unfinished] == ["P-3"]
-    finally:
-        db.close()

@@ -110,8 +110,6 @@ def _copy_indexes(db: sqlite3.Connection) -> None:
 class _Held:
     seqs: list[int] = field(default_factory=list)
     finished: bool = False
-    #: Its last final was an approval: the one final a reversal's intent reopens.
-    approved: bool = False
     stood_in: bool = False
     advised: bool = False
 
@@ -120,8 +118,7 @@ class _Held:
         return self.finished and (self.advised or not self.stood_in)
 
     def copy(self) -> _Held:
-        return _Held(list(self.seqs), self.finished, self.approved, self.stood_in,
-                     self.advised)
+        return _Held(list(self.seqs), self.finished, self.stood_in, self.advised)
 
 
 class Compactor:
@@ -201,15 +198,10 @@ class Compactor:
                     held = touched[pid] = self._holding(db, pid, kind)
                 held.seqs.append(seq)
                 if kind == INTENT:
-                    # An intent after an approval reopens it (a reversal); after any other
-                    # final there is nothing to undo, as the reader's fold decides
-                    # (reader.Fold._apply): held live for it, a repeat's stray intent after
-                    # ``reversed`` kept its payment out of the archive for good.
-                    held.finished = held.finished and not held.approved
+                    held.finished = False  # an intent after a final reopens it (a reversal)
                 elif kind == FINAL:
                     held.finished = True
-                    held.approved = status == Status.APPROVED.value
-                    held.stood_in = (held.approved
+                    held.stood_in = (status == Status.APPROVED.value
                                      and _result_decoder.decode(record).stood_in)
                 elif kind == ADVICE:
                     held.advised = True
