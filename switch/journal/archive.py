@@ -27,14 +27,28 @@ step finishes the move.
 A step that fails (full archive disk, I/O error) changes none of the compactor's state, so
 the next step looks at the same rows again. The steps run in the journal's writer
 (``Journal.maintain``), so there is still one writer.
+
+Ages: a row's ``at_us`` is a stamp on the wall clock of the run that made it. A wall
+clock stepped forward across a restart made the earlier runs' rows look older by the
+step, and they were archived that much before their idempotency window ended: the next
+start restored no key for them, and a client's retry inside its window was booked again.
+Given the run's restart ages (:class:`TrueAges`, ``switch.payment.restarts``), a step
+never archives a row whose true age is inside the window. The rows this run wrote (seq
+past the newest live row at its first step) are stamped on this run's clock, so their wall
+age is their true age; only the rows before them are corrected, with one horizon lowered
+by the most any of them can be corrected by, and a true age asked only of a row between
+that horizon and the wall one. Once the cursor is past those rows (a window after the
+start), a step is the one it was with no step recorded. A backward step keeps rows longer
+than their window, as before (harmless: ``max_live_payments`` still bounds them).
 """
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 
@@ -48,6 +62,35 @@ _REVERSED: Final = Status.REVERSED.value
 
 #: Kinds that never open a payment: met first, they may belong to an archived one.
 _LATE_KINDS: Final = frozenset({UNKNOWN, ADVICE})
+#: A stamp older than every run the ages know (1938): its age is the youngest any run's
+#: stamps are given, so its correction is the most any stamp's can be (see _correction_us).
+_PROBE_US: Final = -(10**15)
+
+
+class TrueAges(Protocol):
+    """What retention asks of the run's restart ages: ``switch.payment.restarts.
+    RestartAges`` (named by its shape: the journal may not import the payment layer)."""
+
+    @property
+    def stepped(self) -> bool:
+        """Some known wall step is not zero: true ages differ from wall ages."""
+        ...
+
+    def age_s(self, made_us: int, wall_us: int) -> float:
+        """True age in seconds of a stamp ``made_us`` at ``wall_us`` (this run's wall)."""
+        ...
+
+
+def _correction_us(ages: TrueAges, now_us: int) -> int:
+    """The most any stamp's true age falls short of its wall age, in microseconds,
+    rounded up, plus a millisecond (ages are floored to one).
+
+    ``age_s`` gives a stamp no kept run made the youngest age any run (a forgotten one
+    included) would give it: a stamp older than all of them shows the largest correction
+    of any. Never below 0: a run's own stamps are corrected by nothing."""
+    wall_age_s = (now_us - _PROBE_US) / 1e6
+    most = wall_age_s - ages.age_s(_PROBE_US, now_us)
+    return max(0, math.ceil(most * 1e6)) + 1000
 
 
 def _archived_finished(db: sqlite3.Connection, pid: str) -> bool:
@@ -56,6 +99,25 @@ def _archived_finished(db: sqlite3.Connection, pid: str) -> bool:
     return db.execute(
         f"SELECT 1 FROM {ARCHIVE_SCHEMA}.journal WHERE payment_id = ? AND kind = ? LIMIT 1",
         (pid, FINAL)).fetchone() is not None
+
+
+def _archived_last_final(db: sqlite3.Connection, pid: str) -> str | None:
+    """The status of the archive's last final of ``pid`` (None: it holds none)."""
+    row = db.execute(
+        f"SELECT status FROM {ARCHIVE_SCHEMA}.journal WHERE payment_id = ? AND kind = ?"
+        " ORDER BY seq DESC LIMIT 1", (pid, FINAL)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _live_after(db: sqlite3.Connection, pids: list[str], seq: int) -> set[str]:
+    """Those of ``pids`` with a live record past ``seq``: one statement, a probe of the
+    payment id index each."""
+    if not pids:
+        return set()
+    return {pid for (pid,) in db.execute(
+        "SELECT c.value FROM json_each(?) AS c WHERE EXISTS (SELECT 1 FROM main.journal"
+        " AS j WHERE j.payment_id = c.value AND j.seq > ?)",
+        (msgspec.json.encode(pids).decode(), seq))}
 
 
 def _columns(db: sqlite3.Connection, schema: str) -> list[tuple[str, str]]:
@@ -110,6 +172,8 @@ def _copy_indexes(db: sqlite3.Connection) -> None:
 class _Held:
     seqs: list[int] = field(default_factory=list)
     finished: bool = False
+    #: Its last final was an approval: the one final a reversal's intent reopens.
+    approved: bool = False
     stood_in: bool = False
     advised: bool = False
 
@@ -118,7 +182,8 @@ class _Held:
         return self.finished and (self.advised or not self.stood_in)
 
     def copy(self) -> _Held:
-        return _Held(list(self.seqs), self.finished, self.stood_in, self.advised)
+        return _Held(list(self.seqs), self.finished, self.approved, self.stood_in,
+                     self.advised)
 
 
 class Compactor:
@@ -153,13 +218,22 @@ class Compactor:
         self.archived = 0
         #: Rows the last step looked at: ``max_rows`` means more may be due at once.
         self.scanned = 0
+        #: The stepped ages last given, the live rows up to which earlier runs may have
+        #: written (the newest live seq at the first step given them), and the most those
+        #: rows' stamps are corrected by.
+        self._ages: TrueAges | None = None
+        self._earlier_to = 0
+        self._most_correction_us = 0
 
     @property
     def held(self) -> int:
         return len(self._held)
 
-    def step(self, db: sqlite3.Connection, now_us: int) -> int:
+    def step(self, db: sqlite3.Connection, now_us: int, ages: TrueAges | None = None) -> int:
         """Archive what is due among the next ``max_rows`` live rows; the count moved.
+
+        ``ages``: the run's restart ages (None, or no step known: wall ages). A row is due
+        once its true age is past the window; a backward step still waits for its wall age.
 
         When :attr:`scanned` is below ``max_rows``, nothing more is due now: the caller
         waits before the next step. When this raises, no row is left behind: the cursor
@@ -179,42 +253,59 @@ class Compactor:
         # behind the cursor, held for good.
         cursor, newer, counted_to = self._cursor, self._newer_finals, self._counted_to
         keep = self.max_live_payments
+        # Rows stamped before a stepped restart are cut at a horizon lowered by the most
+        # any of them is corrected by; a row between that cut and the wall horizon is
+        # asked its true age (_due). With no step known, or once the cursor is past the
+        # earlier runs' rows, the cut is the wall horizon and each row costs as before.
+        earlier_to = self._earlier_rows(ages, newest, now_us)
+        cut = horizon - self._most_correction_us if cursor < earlier_to else horizon
+        corrected = cut < horizon
         rows = db.execute(
             "SELECT seq, payment_id, kind, status, record, at_us FROM main.journal"
             " WHERE seq > ? AND seq < ? ORDER BY seq LIMIT ?",
             (cursor, newest, self.max_rows))
         touched: dict[str, _Held] = {}
+        fresh: list[str] = []  # first met at an intent: a new payment's, or a stray one
         scanned = 0
         try:
             for seq, pid, kind, status, record, at_us in rows:  # lazily: usually 1 row
                 counted = seq <= counted_to and kind == FINAL and status != _REVERSED
                 after = newer - 1 if counted else newer
-                if at_us >= horizon and after < keep:
+                if at_us >= cut and after < keep and not (
+                        corrected and self._due(seq, at_us, now_us, earlier_to, ages)):
                     break  # younger than the window, and among the newest payments
                 cursor, newer = seq, after
                 scanned += 1
                 held = touched.get(pid)
                 if held is None:
                     held = touched[pid] = self._holding(db, pid, kind)
+                    if kind == INTENT and pid not in self._held:
+                        fresh.append(pid)
                 held.seqs.append(seq)
                 if kind == INTENT:
-                    held.finished = False  # an intent after a final reopens it (a reversal)
+                    # An intent after an approval reopens it (a reversal); after any other
+                    # final there is nothing to undo, as the reader's fold decides
+                    # (reader.Fold._apply).
+                    held.finished = held.finished and not held.approved
                 elif kind == FINAL:
                     held.finished = True
-                    held.stood_in = (status == Status.APPROVED.value
+                    held.approved = status == Status.APPROVED.value
+                    held.stood_in = (held.approved
                                      and _result_decoder.decode(record).stood_in)
                 elif kind == ADVICE:
                     held.advised = True
         finally:
             rows.close()  # no statement open across the move's transactions
-        seqs = [s for h in touched.values() if h.movable for s in h.seqs]
+        staying = self._settle(db, touched, fresh, cursor)
+        seqs = [s for pid, h in touched.items() if h.movable and pid not in staying
+                for s in h.seqs]
         if seqs:
             self._move(db, seqs)
         self._cursor = cursor
         self._newer_finals = newer
         self._counted_to = max(counted_to, cursor)
         for pid, h in touched.items():
-            if h.movable:
+            if h.movable and pid not in staying:
                 self._held.pop(pid, None)
             else:
                 self._held[pid] = h
@@ -223,6 +314,54 @@ class Compactor:
         # Finals still to count may let more rows go at once: step again without waiting.
         self.scanned = self.max_rows if behind else scanned
         return len(seqs)
+
+    def _earlier_rows(self, ages: TrueAges | None, newest: int, now_us: int) -> int:
+        """The live rows up to which runs before this one may have written, when ``ages``
+        know a step (0: none, every row is aged on the wall clock)."""
+        if ages is None or not ages.stepped:
+            return 0
+        if ages is not self._ages:  # this run's first step: its rows come after these
+            self._ages = ages
+            self._earlier_to = newest
+            self._most_correction_us = _correction_us(ages, now_us)
+        return self._earlier_to
+
+    def _due(self, seq: int, at_us: int, now_us: int, earlier_to: int,
+             ages: TrueAges | None) -> bool:
+        """A row between the corrected cut and the wall horizon: past the window in true
+        time. This run's rows are stamped on its own clock: their wall age is true."""
+        if at_us >= now_us - self.retention_us:
+            return False  # inside the window on the wall clock: kept, as ever
+        if seq > earlier_to:
+            return True
+        assert ages is not None
+        return ages.age_s(at_us, now_us) * 1_000_000 >= self.retention_us
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, touched: dict[str, _Held], fresh: list[str],
+                cursor: int) -> set[str]:
+        """Stray intents, and the payments that must wait for their later live records:
+        the ones not to move this step, though finished.
+
+        An intent after a final other than an approval reopens nothing (reader.Fold):
+        a payment first met at such a stray intent, its final already archived, is
+        finished, and follows it there (held as a new payment, it stayed live for good).
+        Asked of the archive only for a payment the step leaves open with no final seen
+        (the step's last rows, payments still open): a payment's intent and final met
+        together need no probe.
+
+        A payment moves with all its live records (reader.OpenFold counts on it): one
+        finished with nothing to undo, a stray intent of it still live past the cursor,
+        waits for it, or the live journal's fold would read that intent as a new
+        payment, open, while a fold of everything reads it finished."""
+        for pid in fresh:
+            h = touched[pid]
+            if not h.finished and not h.approved:
+                last = _archived_last_final(db, pid)
+                if last is not None and last != Status.APPROVED.value:
+                    h.finished = True
+        return _live_after(db, [pid for pid, h in touched.items()
+                                if not h.approved and h.movable], cursor)
 
     def _holding(self, db: sqlite3.Connection, pid: str, kind: str) -> _Held:
         """What is known of ``pid``, first met at a row of ``kind`` in this step.

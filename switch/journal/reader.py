@@ -151,7 +151,8 @@ class PaymentHistory:
     answered_at_us: int = 0
     finals: int = 0
     advised: bool = False
-    #: An intent came after its final: a reversal under way (see :meth:`Fold._apply`).
+    #: An intent came after its final, an approval: a reversal under way (see
+    #: :meth:`Fold._apply`).
     reopened: bool = False
 
     @property
@@ -206,8 +207,13 @@ class Fold:
             history._payment = None  # a fold read between records decoded the one before
             history.intent_at_us = at_us
             # An intent after a final (a reversal re-journaled by the ISO 8583 door)
-            # reopens the payment: it must be resolved again, after a crash too.
-            history.reopened = history.outcome_kind == FINAL
+            # reopens the payment: it must be resolved again, after a crash too. Only
+            # an approval has something to undo: an intent after ``reversed`` (a repeat
+            # that raced the resolver), a decline or a failure reopened it, and every
+            # start-up sent its issuer one more 0400 and journaled one more final.
+            previous = history.result
+            history.reopened = (history.outcome_kind == FINAL and previous is not None
+                                and previous.status is Status.APPROVED)
         elif kind in (FINAL, UNKNOWN):
             if kind == UNKNOWN and history.outcome_kind == FINAL:
                 return  # a late "unknown" never reopens a finished payment

@@ -41,7 +41,7 @@ from typing import Final, Literal, Protocol, TypeVar, Union
 import anyio
 
 from switch.journal import columns
-from switch.journal.archive import Compactor, attach_archive
+from switch.journal.archive import Compactor, TrueAges, attach_archive
 from switch.journal.records import COLUMNS, KINDS, JournalRecord, OnFull, Row, to_row
 from switch.loopcalls import LoopCalls, loop_calls
 
@@ -228,6 +228,10 @@ class Retention:
     #: Wall-clock microseconds (injected: the switch's clock, or a test's).
     wall_us: Callable[[], int]
     every_s: float = 1.0
+    #: The run's restart ages (switch.payment.restarts.RestartAges): with a wall step
+    #: known, a payment is archived once its true age is past the window, not its wall
+    #: age (None: wall ages, as with no step recorded).
+    ages: TrueAges | None = None
 
 
 class Journal:
@@ -400,7 +404,8 @@ class Journal:
         while True:
             try:
                 now_us = retention.wall_us()  # read on the loop: the clock is the loop's
-                await self.maintain(functools.partial(compactor.step, now_us=now_us))
+                await self.maintain(functools.partial(compactor.step, now_us=now_us,
+                                                        ages=retention.ages))
             except sqlite3.Error as exc:
                 if _is_io_error(exc):
                     # The disk under the journal failed (its DELETE, or the archive's

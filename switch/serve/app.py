@@ -312,7 +312,7 @@ class SwitchApp:
                 # start-up never grows with history.
                 retention=Retention(Compactor(cfg.idempotency.retention_s,
                                               max_live_payments=cfg.idempotency.max_keys),
-                                    clock.wall_us),
+                                    clock.wall_us, ages=ages),
             )
             self.journal = journal
             index = IdempotencyIndex(
