@@ -43,7 +43,6 @@ from switch.adapters.trace import (
 from switch.clock import Clock, boot_id
 from switch.journal import Compactor, Journal, Recovered, Retention, open_database, replay
 from switch.journal.reader import OpenFold
-from switch.journal.store import read_meta, write_meta
 from switch.observability.metrics import SwitchMetrics
 from switch.payment import restarts
 from switch.payment.core import PaymentCore
@@ -62,6 +61,7 @@ from switch.routing.router import Router, load_table, read_table_text
 from switch.routing.table import load_route_table
 from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
+from switch.serve.anchors import record_start
 from switch.serve.config import ConfigError, SwitchConfig, audit_log_path, worker_limits
 from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.frontcore import FrontCore
@@ -104,15 +104,9 @@ def _record_start(db: sqlite3.Connection, clock: Clock, boot_count: int
     anchor = restarts.Anchor(boot_id() if reference_s is not None else "",
                              reference_s if reference_s is not None else 0.0, wall_s,
                              boot_count)
-    try:
-        stored = read_meta(db, restarts.META_KEY)
-    except ValueError as exc:  # not a value this code wrote: start the history afresh
-        stored = None
-        log.error("restart anchors unreadable, history started afresh: %s", exc)
-    value, ages, problem = restarts.at_start(stored, anchor)
+    ages, problem = record_start(db, anchor)
     if problem is not None:
         log.error("%s", problem)
-    write_meta(db, restarts.META_KEY, value)
     if ages.step is not None and abs(ages.step) >= 1.0:
         log.warning("wall clock stepped %+.3f s across this restart; unfinished payments'"
                     " ages are corrected by it", ages.step)

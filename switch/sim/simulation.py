@@ -60,7 +60,6 @@ from switch.journal import (
     replay,
 )
 from switch.journal.reader import Fold, fold_onto, unfinished_of
-from switch.journal.store import read_meta, write_meta
 from switch.model import Payment, PaymentRequest, Result, Status
 from switch.observability.metrics import SwitchMetrics
 from switch.payment import restarts
@@ -77,6 +76,7 @@ from switch.payment.standin import StandIn
 from switch.protocols.wire import ErrorReply, Reply, Response
 from switch.routing.router import Router
 from switch.routing.table import load_route_table
+from switch.serve.anchors import record_start
 from switch.sim.acquirer import ACQ_REVERSE, ACQ_TIMEOUT, Acquirer
 from switch.sim.advice import ADVICE, arm_advice, send_advice
 from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
@@ -256,10 +256,8 @@ class Simulation:
         # true time; the wall anchor is the one a crash's jump moved.
         anchor = restarts.Anchor(SIM_BOOT_ID, self.now, self.wall_offset + self.now,
                                  recovered.boot_count)
-        value, boot.ages, problem = restarts.at_start(
-            read_meta(self.db, restarts.META_KEY), anchor)
+        boot.ages, problem = record_start(self.db, anchor)
         assert problem is None, problem
-        write_meta(self.db, restarts.META_KEY, value)
         metrics = SwitchMetrics(networks=list(self.adapters), enabled=False)
         index = IdempotencyIndex(retention_s=cfg.idempotency.retention_s,
                                  max_keys=cfg.idempotency.max_keys)
@@ -538,7 +536,8 @@ class Simulation:
         policy: ResolutionPolicy = getattr(self.config.resolution, payment.channel)
         target = self.boot.router.target(payment) if self.boot is not None else None
         check_schedule(pid, self.now, since, policy, target, self.world, self.restarts,
-                       self.violate, self.failed_attempt_at.pop(pid, -math.inf))
+                       self.violate, self.failed_attempt_at.pop(pid, -math.inf),
+                       self.config.resilience.payment_deadline_s)
 
     # ----------------------------------------------------------------- the loop
 

@@ -228,19 +228,33 @@ def check_standin(pid: str, now: float, world: World, boot_started: float | None
 
 def check_schedule(pid: str, now: float, since: float, policy: ResolutionPolicy,
                    target: Target | None, world: World, restarts: list[float],
-                   violate: Violate, failed_at: float = -math.inf) -> None:
+                   violate: Violate, failed_at: float = -math.inf,
+                   sent_within_s: float = 0.0) -> None:
     """A payment resolved at ``now`` (unknown since ``since``): within its channel's
     schedule, counted from when its network was back, its first delay passed, the switch
     was up again and its latest unanswered attempt (``failed_at``) ended? The last is
     for the networks' everyday errors outside any fault (a 96 now and then): each costs
-    an attempt its timeout and the next one its delay (seed 49, intensity 20)."""
+    an attempt its timeout and the next one its delay (seed 49, intensity 20).
+
+    ``sent_within_s``: the switch's payment deadline. Start-up recovery counts the first
+    delay of a payment it takes over from as late as the payment could have been sent,
+    its receipt plus that deadline (resolver.py's ``_candidate``), and from the restart
+    at the latest. Without it, a deadline past a channel's slack made a payment recovered
+    by the rule look late (seed 25, 60 s at intensity 20, a 60 s deadline: QR asked at
+    its restart + 90 s, reported 43.7 s after its first delay, of 38 s allowed)."""
     endpoints = target.endpoints if target is not None else ()
-    back = max(since + policy.first_after_s, failed_at)
+    first = since + policy.first_after_s
+    restarted = max((r for r in restarts if r <= now), default=-math.inf)
+    if since < restarted:
+        # Unknown since before the latest restart: recovered there. It went unknown after
+        # its receipt by any clock the switch could read, so the rule asks no later than
+        # this; a payment made since the restart is allowed nothing more.
+        first = max(first, min(restarted, since + sent_within_s) + policy.first_after_s)
+    back = max(first, failed_at, restarted)
     for endpoint in endpoints:
         for b, e in world.blocked_windows(endpoint):
             if b < now:
                 back = max(back, min(e, now))
-    back = max([back, *(r for r in restarts if r <= now)])
     allowed = policy.max_delay_s + (target.timeout_s if target else 5.0) + UNKNOWN_SLACK_S
     if now - back > allowed:
         violate("unknown-past-schedule", pid,
