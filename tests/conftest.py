@@ -6,9 +6,10 @@ gevent. Locust is exercised through subprocesses only.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,18 @@ TEST_AUDITOR_TOKEN = "test-auditor-token-0123456789"
 def _admin_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAYSWITCH_OPERATOR_TOKEN", TEST_OPERATOR_TOKEN)
     monkeypatch.setenv("PAYSWITCH_AUDITOR_TOKEN", TEST_AUDITOR_TOKEN)
+
+
+@pytest.fixture(autouse=True)
+def _log_levels() -> Iterator[None]:
+    """Each test starts with the switch's and the simulators' loggers as it found them: a
+    test running a campaign in-process (``campaign.quiet()`` silences both for good, as a
+    worker process wants) made a later test's log assertion fail, in that order only."""
+    loggers = [logging.getLogger(name) for name in ("switch", "channels")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)
 
 
 def make_config(tmp_path: Path, extra: str = "", server: str = "") -> SwitchConfig:
