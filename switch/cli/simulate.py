@@ -83,6 +83,9 @@ def parse_duration(text: str) -> float:
               show_default=True, help="Fault intensity: 1.0 is ~6 network faults, one crash "
               "and one disk stall per 10 simulated minutes.")
 @click.option("--no-crashes", is_flag=True, help="No switch crashes nor journal failures.")
+@click.option("--vary-config", is_flag=True,
+              help="Draw the switch's settings (deadlines, retries, breakers, admission, "
+              "resolution, idempotency window, stand-in) from each seed, not one fixed set.")
 @click.option("--processes", type=click.IntRange(1, 256), default=None,
               help="Worker processes (default: CPU count).")
 @click.option("--trace", "trace_key", default=None,
@@ -92,7 +95,8 @@ def parse_duration(text: str) -> float:
 @click.option("--scenario", "scenario_file", type=click.Path(exists=True, dir_okay=False),
               default=None, help="Run a scenario file in virtual time; prints its verdicts.")
 def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text: str,
-             rate: float, intensity: float, no_crashes: bool, processes: int | None,
+             rate: float, intensity: float, no_crashes: bool, vary_config: bool,
+             processes: int | None,
              trace_key: str | None, shrink: bool, scenario_file: str | None) -> None:
     """Simulate the switch, its networks and its disk in virtual time, under seeded faults.
 
@@ -143,7 +147,8 @@ def simulate(seeds: int | None, seed: int | None, first_seed: int, duration_text
                                              processes or os.cpu_count() or 1)
     check_memory(duration_text, duration, rate, at_once, available_bytes())
     template = SimOptions(seed=0, duration_s=duration, rate=rate, intensity=intensity,
-                          crashes=not no_crashes, disk=not no_crashes, trace_key=trace_key)
+                          crashes=not no_crashes, disk=not no_crashes, trace_key=trace_key,
+                          vary_config=vary_config)
     if seed is not None:
         quiet()
         template.seed = seed

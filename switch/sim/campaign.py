@@ -77,6 +77,7 @@ def replay_command(outcome: SeedOutcome, options: SimOptions) -> str:
     return (f"payswitch simulate --seed {outcome.seed} --duration {options.duration_s:g}s "
             f"--rate {options.rate:g} --faults {options.intensity:g}"
             + ("" if options.crashes else " --no-crashes")
+            + (" --vary-config" if options.vary_config else "")
             + (f" --trace {subject}" if subject else ""))
 
 

@@ -89,6 +89,7 @@ from switch.sim.options import (
     SimOptions,
     SimResult,
     Violation,
+    run_config,
     sim_config,
 )
 from switch.sim.ports import Boot, Net, Origin, SimClock, Stub
@@ -139,7 +140,7 @@ class Simulation:
         self.schedule = options.schedule or draw_schedule(
             options.seed, options.duration_s, options.intensity,
             crashes=options.crashes, disk=options.disk)
-        self.config = sim_config()
+        self.config = run_config(options)
         self.world = World(options.channels_toml, list(self.schedule.faults), options.seed)
         self.table_text = Path(options.routes_toml).read_text()
         self.adapters = {name: Stub(name, ch) for name, ch in CHANNEL_OF.items()}
@@ -726,7 +727,8 @@ class Simulation:
         folded = fold_onto(self.db, self._fold, live_only=True)  # the sim never archives
         accepted = self.acquirer.accepted if self.acquirer is not None else {}
         journal = check_journal(folded, self._acked, self.world, self.violate,
-                                self.counters, live=self.boot, reversed_by_acquirer=accepted)
+                                self.counters, live=self.boot, reversed_by_acquirer=accepted,
+                                config=self.config)
         if self.acquirer is not None:
             check_reversals(folded, self.acquirer.accepted, self.world, self.violate,
                             journal.holds)

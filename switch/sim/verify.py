@@ -46,8 +46,8 @@ class JournalView(NamedTuple):
 
 def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]], world: World,
                   violate: Violate, counters: dict[str, int], live: Boot | None = None,
-                  reversed_by_acquirer: Container[str] = ()
-                  ) -> JournalView:
+                  reversed_by_acquirer: Container[str] = (),
+                  config: SwitchConfig | None = None) -> JournalView:
     """Every payment terminal once (and a final record terminal), nothing acknowledged
     lost, the journal and the networks' books agree both ways, every stand-in advised or
     explained and within the per-payment limit, and what a retry of each key would hear
@@ -73,7 +73,7 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     holds = dict(card_holds)  # matched ones popped: the rest has no intent
     swift_booked, qr_booked = world.books["swift"].booked, world.books["qr"].booked
     stood_in_journal = stood_in_exposure = 0
-    standin_limits = sim_config().standin.minor_limits()
+    standin_limits = (config or sim_config()).standin.minor_limits()
     for pid, h in folded.payments.items():
         payment = h.payment
         result = h.result
