@@ -621,8 +621,8 @@ async def test_a_delivered_advice_gives_the_issuers_stand_in_room_back() -> None
         card=msgspec.structs.replace(_payment(2).card, token="tok-2"))  # type: ignore[type-var]
     assert standin.decide(first, "card-target") is not None
     assert standin.decide(second, "card-target") is None  # the issuer's 5,000 is taken
-    standin.queue_advice(first, Result(first.payment_id, Status.APPROVED, "00", "S12345",
-                                       stood_in=True), "card-target", ("issuer",), b"h")
+    standin.advise(first, Result(first.payment_id, Status.APPROVED, "00", "S12345",
+                                 stood_in=True), "card-target", ("issuer",), b"h")
     await _deliver_all(standin)
     assert network.advised == ["P1-1"] and len(written) == 1
     assert standin.decide(second, "card-target") is not None

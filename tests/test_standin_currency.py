@@ -51,8 +51,8 @@ def _config(**tables: dict[str, str]) -> StandInConfig:
 def _queued(standin: StandIn, payment: Payment) -> None:
     """Stand ``payment`` in and queue its advice, as the core does."""
     assert standin.decide(payment, TARGET) is not None, payment.payment_id
-    standin.queue_advice(payment, Result(payment.payment_id, Status.APPROVED, "00",
-                                         "S1", stood_in=True), TARGET, ("issuer",), b"d")
+    standin.advise(payment, Result(payment.payment_id, Status.APPROVED, "00",
+                                   "S1", stood_in=True), TARGET, ("issuer",), b"d")
 
 
 # ------------------------------------------------------------- default config (old code)
@@ -279,3 +279,18 @@ async def test_a_bad_table_built_in_code_fails_when_the_stand_in_is_made() -> No
     with pytest.raises(ValueError, match=r"\Alimits\.USD\.per_card_max: '1\.001' has 3"):
         _standin(_config(USD={"per_payment_max": "1", "per_card_max": "1.001",
                               "per_issuer_max": "1"}))
+
+
+async def test_stand_ins_awaiting_their_commit_count_against_the_advice_queue_bound() -> None:
+    """The queue's bound was checked against queued advices only, and an advice is queued
+    once its final is durable: every stand-in decided during one commit's wait passed it
+    (41 advices against a bound of 16, simulate --vary-config seed 1237)."""
+    standin = _standin(msgspec.structs.replace(StandInConfig(), max_pending_advices=2))
+    first, second, third = (_payment(n, 100, "USD", token=f"tok-{n}") for n in (1, 2, 3))
+    assert standin.decide(first, TARGET) is not None
+    assert standin.decide(second, TARGET) is not None
+    assert standin.decide(third, TARGET) is None  # two await their commit: no room
+    standin.advise(first, Result(first.payment_id, Status.APPROVED, "00", "S1",
+                                 stood_in=True), TARGET, ("issuer",), b"d")
+    assert standin.pending == 1
+    assert standin.decide(third, TARGET) is None  # one queued, one awaiting: still full

@@ -102,8 +102,8 @@ async def test_a_reversal_waits_for_the_advice_already_on_the_wire() -> None:
     rig = make_rig()
     payment = rig.core._new_payment(card_payment("on-the-wire"), 0.0)
     assert standin.decide(payment, "cards") is not None
-    standin.queue_advice(payment, Result(payment.payment_id, Status.APPROVED, "00", "S1",
-                                         stood_in=True), "cards", ("card-a",), b"d")
+    standin.advise(payment, Result(payment.payment_id, Status.APPROVED, "00", "S1",
+                                   stood_in=True), "cards", ("card-a",), b"d")
     async with anyio.create_task_group() as tg:
         tg.start_soon(standin.run)
         await issuer.on_the_wire.wait()

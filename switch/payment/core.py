@@ -712,8 +712,7 @@ class PaymentCore:
         if result.stood_in and self.standin is not None:
             target = f.target
             assert target is not None
-            self.standin.queue_advice(f.payment, result, target.name, target.endpoints,
-                                      f.digest)
+            self.standin.advise(f.payment, result, target.name, target.endpoints, f.digest)
         self._finish(f, result, mono)
 
     def _unknown_durable(self, f: _Flight, now: float, mono: float) -> None:
