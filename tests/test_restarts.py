@@ -272,6 +272,37 @@ def test_the_clock_anchors_a_reference_only_on_the_real_clock() -> None:
     assert mocked is None
 
 
+def test_recovery_keeps_the_youngest_keys_at_the_bound_after_a_backward_step() -> None:
+    """simulate --vary-config seed 1284: the finals came oldest first by wall stamp, so
+    a run after a backward step (75 s) sorted before the run it followed, and at the
+    max_keys bound its keys, the youngest, were the ones evicted: a retry of one with
+    another body was approved as a new payment. Oldest first in true time, as the
+    running index held them, the youngest stay."""
+    from switch.journal.reader import FinalRecord, Recovered
+    from switch.model import Result, Status
+    from switch.observability.metrics import SwitchMetrics
+    from switch.payment.idempotency import IdempotencyIndex
+    from switch.payment.resolver import recover
+
+    a0 = Anchor(BOOT, 1000.0, WALL0, 1)
+    a1 = Anchor(BOOT, 1040.0, WALL0 + 40 - 75, 2)  # down at 38 s; wall -75 s
+    a2 = Anchor(BOOT, 1060.0, WALL0 + 60 - 75, 3)  # down at 52 s; no step
+    ages = RestartAges([a0, a1, a2])
+    assert ages.stepped
+    # Run 1 answered keys at 10..30 s (true time); run 2 at 45 and 50 s, stamped 75 s
+    # behind: by wall stamp they come first.
+    finals = [FinalRecord(f"run2-{t}", b"h", Result(f"P2-{t}", Status.APPROVED, "00"),
+                          us(WALL0 + t - 75)) for t in (45, 50)]
+    finals += [FinalRecord(f"run1-{t}", b"h", Result(f"P1-{t}", Status.APPROVED, "00"),
+                           us(WALL0 + t)) for t in (10, 20, 30)]
+    index = IdempotencyIndex(retention_s=600, max_keys=3)
+    recover(Recovered(finals, [], 3, 5), index=index, resolver=cast(Any, None),
+            standin=cast(Any, None), router=cast(Any, None), metrics=SwitchMetrics(),
+            now=70.0, wall_us=us(a2.wall_s + 10), retention_s=600.0,
+            resolve_endpoint=lambda payment, target: "", ages=ages)
+    assert sorted(index) == ["run1-30", "run2-45", "run2-50"]
+
+
 def test_recovery_restores_the_idempotency_window_in_true_time() -> None:
     """Review finding (stop 22): the window was restored on the wall clock. After a
     +1000 s step, a key answered 10 s before the crash read as 1010 s old and, with a

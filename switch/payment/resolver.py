@@ -40,7 +40,7 @@ import msgspec
 
 from switch import reasons
 from switch.adapters.base import NetworkReply, NotSent
-from switch.journal import FINAL, JournalRecord, OnFull
+from switch.journal import FINAL, FinalRecord, JournalRecord, OnFull
 from switch.model import Payment, Result, Status, check_transition
 from switch.protocols.errors import CodecError
 from switch.routing.router import NoRoute
@@ -586,6 +586,10 @@ class Submits(Protocol):
                status: Status = Status.UNKNOWN, elapsed_s: float = 0.0) -> None: ...
 
 
+def _age_of(final_age: tuple[FinalRecord, float]) -> float:
+    return final_age[1]
+
+
 def recover(
     recovered: Recovered,
     *,
@@ -615,9 +619,18 @@ def recover(
     # keys the step early, and a client's retry near the window's edge was a new payment.
     # Wall ages when no step is known (nearly every start): a frame scan per final less.
     true_ages = ages if ages is not None and ages.stepped else None
-    final_ages = ((final, (wall_us - final.answered_at_us) / 1e6 if true_ages is None
-                   else true_ages.age_s(final.answered_at_us, wall_us))
-                  for final in recovered.finals)
+    final_ages: Iterable[tuple[FinalRecord, float]]
+    if true_ages is None:
+        final_ages = ((final, (wall_us - final.answered_at_us) / 1e6)
+                      for final in recovered.finals)
+    else:
+        # Oldest first in true time, the order the running index held them: by wall
+        # stamp, a run after a backward step sorted before the runs it followed, and at
+        # the max_keys bound its keys, the youngest, were evicted first (a retry of one
+        # with another body was approved anew: simulate --vary-config seed 1284).
+        final_ages = sorted(((final, true_ages.age_s(final.answered_at_us, wall_us))
+                             for final in recovered.finals),
+                            key=_age_of, reverse=True)
     index.restore_all((final.idempotency_key, final.body_hash, final.result, now - age_s)
                       for final, age_s in final_ages if age_s < retention_s)  # oldest first
     for advice in recovered.pending_advices:
