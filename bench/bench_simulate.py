@@ -9,6 +9,8 @@ Run from the repository root::
         --section simulate-campaign-long   # long seeds: backlogs of repeated crashes
     .venv/bin/python bench/bench_simulate.py --campaign 100 --duration 600 --faults 40 \
         --section simulate-campaign-hard   # backlogs past the resolver's 10,000
+    .venv/bin/python bench/bench_simulate.py --campaign 2000 --duration 60 --faults 4 \
+        --vary-config --section simulate-campaign-varied   # settings drawn per seed
 
 Figures (issue 13):
 
@@ -67,9 +69,9 @@ def one_hour(duration_s: float, rate: float, seed: int, crashes: bool) -> dict[s
 
 
 def campaign(seeds: int, first: int, duration_s: float, rate: float, intensity: float,
-             processes: int, crashes: bool) -> Summary:
+             processes: int, crashes: bool, vary_config: bool = False) -> Summary:
     template = SimOptions(seed=0, duration_s=duration_s, rate=rate, intensity=intensity,
-                          crashes=crashes, disk=crashes)
+                          crashes=crashes, disk=crashes, vary_config=vary_config)
     done = [0, 0]
     started = time.perf_counter()
 
@@ -93,6 +95,8 @@ CAMPAIGN_SECTIONS: Final = {
                               "backlogs)",
     "simulate-campaign-hard": "Deterministic simulation: long seeds at twice the intensity "
                               "(backlogs past the resolver's bound)",
+    "simulate-campaign-varied": "Deterministic simulation: settings drawn from each seed "
+                                "(swarm testing)",
 }
 
 
@@ -105,7 +109,9 @@ def write_campaign(summary: Summary, args: argparse.Namespace, load0: float,
         ("seeds (each its own fault schedule)", f"{summary.seeds} ({seeds})"),
         ("per seed", f"{args.duration:g} simulated s of load at {args.rate:g}/s, fault "
                      f"intensity {args.faults:g}, crashes {not args.no_crashes}, then the "
-                     "drain until every unknown is resolved"),
+                     "drain until every unknown is resolved"
+                     + ("; the switch's settings drawn from the seed (--vary-config)"
+                        if args.vary_config else "")),
         ("payments / faults injected", f"{summary.payments} / {summary.faults}"),
         ("simulated hours", f"{summary.sim_seconds / 3600:.1f}"),
         ("failing seeds", f"{len(summary.failed)}" + (f" ({failures})" if failures else "")),
@@ -120,6 +126,7 @@ def write_campaign(summary: Summary, args: argparse.Namespace, load0: float,
     write_section(args.section, CAMPAIGN_SECTIONS[args.section], body,
                   f"bench/bench_simulate.py --campaign {args.campaign} --duration "
                   f"{args.duration:g} --faults {args.faults:g}"
+                  + (" --vary-config" if args.vary_config else "")
                   + (f" --section {args.section}" if long else ""), args.write)
 
 
@@ -136,6 +143,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--faults", type=float, default=1.0, help="campaign: intensity")
     parser.add_argument("--no-crashes", action="store_true")
+    parser.add_argument("--vary-config", action="store_true",
+                        help="campaign: draw the switch's settings from each seed")
     parser.add_argument("--section", default="simulate-campaign",
                         choices=tuple(CAMPAIGN_SECTIONS),
                         help="campaign: the RESULTS.md section to write (the 10,000 short "
@@ -145,7 +154,7 @@ def main() -> None:
     if args.campaign:
         load0 = os.getloadavg()[0]
         summary = campaign(args.campaign, args.first_seed, args.duration, args.rate,
-                           args.faults, args.processes, crashes)
+                           args.faults, args.processes, crashes, args.vary_config)
         write_campaign(summary, args, load0, os.getloadavg()[0])
         sys.exit(1 if summary.failed else 0)
 
