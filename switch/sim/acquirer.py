@@ -230,9 +230,9 @@ class Acquirer:
         row = self.host.db.execute(INTENT_SQL, (pid,)).fetchone()
         if row is not None:
             return _payment_decoder.decode(row[0]), bytes(row[1])
-        for row in boot.journal.unflushed():  # (pid, key, kind, status, hash, body, at)
-            if row[0] == pid and row[2] == "intent":
-                return _payment_decoder.decode(row[5]), bytes(row[4])
+        durable = boot.journal.unflushed_intent(pid)  # (pid, key, kind, status, hash, body, ..)
+        if durable is not None:
+            return _payment_decoder.decode(durable[5]), bytes(durable[4])
         return None
 
     def _durable(self, boot: Boot, rev: Reversal, result: Result, plan: Plan) -> None:

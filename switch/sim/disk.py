@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 import sqlite3
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Final
 
 from switch.journal import JournalFailed, JournalFull
-from switch.journal.records import Row
+from switch.journal.records import INTENT, Row
 from switch.journal.store import insert_rows
 from switch.sim.schedule import DiskFault
 
@@ -61,6 +61,10 @@ class SimJournal:
         self._committing: Batch | None = None
         self.pending = 0
         self._durable: list[Row] = []
+        #: The newest intent row per payment among the first ``_indexed`` of ``_durable``
+        #: (see unflushed_intent).
+        self._intents: dict[str, Row] = {}
+        self._indexed = 0
         self.failure: str | None = None
         self.commits = 0
         self.records = 0
@@ -116,11 +120,18 @@ class SimJournal:
             return
         self.failure = error
 
-    def unflushed(self) -> Iterator[Row]:
-        """The durable rows not yet written to SQLite, newest first: a reader of the
-        journal must look here too (flushing them for one read cost 2% of a simulated
-        hour's CPU)."""
-        return reversed(self._durable)
+    def unflushed_intent(self, payment_id: str) -> Row | None:
+        """The newest intent row of ``payment_id`` among the durable rows not yet written to
+        SQLite: a reader of the journal must look here too (flushing them for one read
+        cost 2% of a simulated hour's CPU). The rows are indexed as they are first asked
+        about, each once: walking up to FLUSH_ROWS of them for every acquirer reversal
+        cost half a percent of a simulated hour."""
+        durable, intents = self._durable, self._intents
+        for row in durable[self._indexed:]:  # (pid, key, kind, status, hash, body, at)
+            if row[2] == INTENT:
+                intents[row[0]] = row  # a later one of the same payment wins
+        self._indexed = len(durable)
+        return intents.get(payment_id)
 
     def flush(self) -> None:
         """Write every acknowledged row to SQLite (one transaction)."""
@@ -137,6 +148,8 @@ class SimJournal:
             db.execute("ROLLBACK")
             raise
         self._durable.clear()
+        self._intents.clear()
+        self._indexed = 0
 
     def failed_batches(self) -> list[Batch]:
         """After a failure: every batch still waiting (each fails with it)."""
