@@ -25,7 +25,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -62,7 +62,10 @@ class SettlementSource(Protocol):
 
 
 class SettlementWriter:
-    def __init__(self, runtime: SettlementSource, spec: SettlementSpec) -> None:
+    def __init__(self, runtime: SettlementSource, spec: SettlementSpec, *,
+                 clock: Callable[[], float] = anyio.current_time) -> None:
+        """``clock``: the cycle times (settlement timestamps only), anyio's by default; a
+        caller outside an event loop (the simulator) passes one that needs none."""
         self.runtime = runtime
         self.spec = spec
         self.out_dir = Path(spec.out_dir)
@@ -74,11 +77,15 @@ class SettlementWriter:
         #: the records since the last one (walking them all made every cut cost the whole
         #: book, a twentieth of a simulated payment's CPU).
         self._card_seen: dict[str, int] = {}
+        #: A card record's DE49 (ISO numeric text) -> alpha currency (None: unusable): a
+        #: handful of distinct texts, looked up for every record cleared.
+        self._alpha_of: dict[str, str | None] = {}
         #: Per SWIFT network, its nostro's balance per currency after the last statement:
         #: the next statement's opening balance (camt.053 Stmt/Bal OPBD).
         self._balances: dict[str, dict[str, int]] = {}
         self._rng = random.Random(spec.seed)
-        self._origin = anyio.current_time()
+        self._clock = clock
+        self._origin = clock()
         self._wall_origin = time.time()  # wall anchor for settlement timestamps
         self.files: list[Path] = []
 
@@ -98,27 +105,36 @@ class SettlementWriter:
         """
         self.cycle += 1
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        now = anyio.current_time()
+        now = self._clock()
         written: list[Path] = []
+        wall_us = self._wall_us(now)
         for name, scheme in self.runtime.card_schemes.items():
             entries = self._card_reversals(name, scheme, now)
+            records = scheme.records
             seen = self._card_seen.get(name, 0)
-            fresh = list(itertools.islice(scheme.records.items(), seen, None))
+            # The records since the last cut, read from the book's end: skipping the
+            # first ``seen`` of them walked the whole book at every cut.
+            fresh = list(itertools.islice(reversed(records.items()), len(records) - seen))
+            fresh.reverse()
             self._card_seen[name] = seen + len(fresh)
+            written_keys, alpha_of = self._written, self._alpha_of
             for key, record in fresh:
                 if record.state != "active" or record.kind == "none":
                     continue
-                if (name, key) in self._written:
-                    continue
-                self._written.add((name, key))
-                currency = NUMERIC_TO_ALPHA.get(int(record.currency or "0"))
+                # Fresh at exactly one cut (never removed, each key booked once), so not
+                # written yet: no look-up in the written keys, only the mark.
+                written_keys.add((name, key))
+                de49 = record.currency
+                currency = alpha_of.get(de49)
+                if currency is None and de49 not in alpha_of:
+                    currency = alpha_of[de49] = NUMERIC_TO_ALPHA.get(int(de49 or "0"))
                 if currency is None:
                     # Cannot be cleared without a currency: report it, never guess one.
                     log.error("%s: record %s has no usable currency (DE49 %r); not cleared",
                               name, key, record.currency)
                     continue
                 entries.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
-                                               currency, "settled", self._wall_us(now)))
+                                               currency, "settled", wall_us))
             written.append(self._write(name, "clr", entries, now))
         for name, server in self.runtime.networks.items():
             kind = server.spec.kind

