@@ -93,8 +93,11 @@ def _merge(into: dict[str, Any], values: dict[str, Any]) -> None:
 
 
 def run_config(options: SimOptions) -> SwitchConfig:
-    """The configuration a seed's switch runs with: drawn from the seed with
-    ``vary_config``, else the one :func:`sim_config` gives."""
+    """The configuration a seed's switch runs with: the one given, or drawn from the
+    seed with ``vary_config``, else the one :func:`sim_config` gives."""
+    assert options.config is None or not options.vary_config, "one configuration source"
+    if options.config is not None:
+        return options.config
     return drawn_config(options.seed) if options.vary_config else sim_config()
 
 
@@ -146,6 +149,8 @@ class SimOptions:
     #: Draw the switch's configuration from the seed (:func:`drawn_config`), not the
     #: one fixed configuration: swarm testing across the settings operators may choose.
     vary_config: bool = False
+    #: An explicit configuration (a test's, an operator's question); None: as above.
+    config: SwitchConfig | None = None
 
 
 @dataclass

@@ -8,8 +8,6 @@ budget in virtual time: the assertions can be exact, and every run is the same r
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -21,15 +19,6 @@ from switch.sim.campaign import run_scenario_file
 from switch.sim.schedule import Schedule
 from switch.sim.simulation import ROOT, SimOptions, Simulation, simulate
 from tests.sim import plants
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("switch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 def run(faults: list[Fault], duration_s: float = 20.0, rate: float = 200.0

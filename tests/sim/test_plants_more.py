@@ -19,7 +19,6 @@ from channels.faults import Fault
 from switch.sim.schedule import Schedule
 from switch.sim.simulation import SimOptions, simulate
 from tests.sim import plants
-from tests.sim.test_failover_sim import _quiet  # noqa: F401 (autouse: the switch's logs)
 from tests.sim.test_simulation import assert_plant_is_the_cause, first_failure
 
 

@@ -7,7 +7,6 @@ import pytest
 
 from switch.sim.simulation import simulate
 from tests.sim import plants
-from tests.sim.test_failover_sim import _quiet  # noqa: F401 (autouse: the switch's logs)
 from tests.sim.test_plants_more import card_outage
 from tests.sim.test_simulation import short
 

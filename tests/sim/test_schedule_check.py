@@ -11,7 +11,6 @@ delay, of 38 s allowed).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
@@ -24,20 +23,11 @@ from switch.payment import resolver as resolver_module
 from switch.serve.config import SwitchConfig
 from switch.sim.options import SimResult, Violation, sim_config
 from switch.sim.schedule import Schedule
-from switch.sim.simulation import SimOptions, Simulation
+from switch.sim.simulation import SimOptions, simulate
 from switch.sim.verify import check_schedule
 
 replace = msgspec.structs.replace
 QR = sim_config().resolution.qr  # first delay 90 s, max delay 30 s
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("switch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 def config(deadline_s: float, qr_max_delay_s: float | None = None) -> SwitchConfig:
@@ -51,16 +41,8 @@ def config(deadline_s: float, qr_max_delay_s: float | None = None) -> SwitchConf
 
 
 def run(options: SimOptions, cfg: SwitchConfig) -> SimResult:
-    sim = Simulation(options)
-    sim.config = cfg  # before the first start: every boot runs with it
-    try:
-        return sim.run()
-    finally:
-        sim.db.close()
-        if sim.clearing is not None:
-            sim.clearing.close()
-        if sim.boot is not None:
-            sim.boot.discard()
+    options.config = cfg
+    return simulate(options)
 
 
 def late(result: SimResult) -> list[Violation]:

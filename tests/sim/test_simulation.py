@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import pytest
@@ -19,15 +19,6 @@ from switch.sim.campaign import run_campaign
 from switch.sim.schedule import draw_schedule
 from switch.sim.simulation import SimOptions, Simulation, simulate
 from tests.sim import plants
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("switch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 def short(seed: int, *, crashes: bool = False, **kw: object) -> SimOptions:

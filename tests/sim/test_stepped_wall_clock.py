@@ -24,7 +24,6 @@ from switch.payment import resolver
 from switch.sim.networks import World
 from switch.sim.schedule import DiskFault, Schedule
 from switch.sim.simulation import SimOptions, simulate
-from tests.sim.test_failover_sim import _quiet  # noqa: F401 (autouse: the switch's logs)
 
 QR_FLOOR_S = 90.0
 

@@ -8,11 +8,8 @@ campaign over drawn settings holds every invariant.
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
 
 import msgspec
-import pytest
 from click.testing import CliRunner
 
 from switch.cli.simulate import simulate as simulate_command
@@ -22,15 +19,6 @@ from switch.sim.options import drawn_config, run_config, sim_config
 from switch.sim.simulation import SimOptions, Simulation
 
 SEEDS = range(1, 201)
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    logger = logging.getLogger("switch")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 def test_the_settings_are_a_function_of_the_seed() -> None:

@@ -14,7 +14,6 @@ from channels.faults import Fault
 from switch.model import CardRef, Party, Payment, QrRef
 from switch.sim.networks import MIN_INQUIRY_AGE_S, World
 from switch.sim.simulation import SimOptions, Simulation
-from tests.sim.test_failover_sim import _quiet  # noqa: F401 (autouse: the switch's logs)
 
 AT = datetime(2026, 1, 15, 10, 0, 0, tzinfo=UTC)
 FLOOR = MIN_INQUIRY_AGE_S["qr"]
