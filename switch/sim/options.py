@@ -38,7 +38,7 @@ def drawn_config(seed: int) -> SwitchConfig:
 
     One configuration hides the bugs that only another one shows: a payment deadline
     above the recovery slack, a retry budget of zero, an admission limit that refuses, an
-    idempotency window that evicts, a breaker that opens on the first failure. Every
+    idempotency window that evicts, a breaker quick to open or slow to close. Every
     value is one an operator may set and the invariants must hold under; the ranges stay
     inside what the simulator's checks assume of time (a breaker opens for at most 10 s,
     inside the stand-in check's 30 s quiet window; QR is never asked before 90 s; the
