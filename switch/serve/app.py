@@ -62,7 +62,13 @@ from switch.routing.table import load_route_table
 from switch.routing.tablespec import RouteTableError
 from switch.serve.admin import build_app
 from switch.serve.anchors import record_start
-from switch.serve.config import ConfigError, SwitchConfig, audit_log_path, worker_limits
+from switch.serve.config import (
+    ConfigError,
+    SwitchConfig,
+    audit_log_path,
+    config_warnings,
+    worker_limits,
+)
 from switch.serve.engine import Engine, JournalShell, NetworkShell
 from switch.serve.frontcore import FrontCore
 from switch.serve.http import bind_socket, serve_http
@@ -283,6 +289,9 @@ class SwitchApp:
         task_status: anyio.abc.TaskStatus[Endpoints] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         cfg = self.config
+        # Legal settings that are almost surely a mistake: said once, at start.
+        for warning in config_warnings(cfg):
+            log.warning("config: %s", warning)
         clock = Clock()
         token_key = cfg.security.token_key.encode()
         db = await anyio.to_thread.run_sync(open_database, cfg.journal.path, cfg.journal.mode)

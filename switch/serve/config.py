@@ -28,7 +28,7 @@ from switch.bounds import Port, PositiveSeconds
 from switch.currency import CURRENCIES, format_amount
 from switch.fielderrors import describe_validation_error
 from switch.model import CHANNELS, Channel
-from switch.payment.resolver import ResolutionConfig
+from switch.payment.resolver import ResolutionConfig, ResolutionPolicy
 from switch.payment.risk import RiskConfig
 from switch.payment.standin import (
     MAJOR_AMOUNT_PATTERN,
@@ -45,6 +45,7 @@ from switch.protocols.shardmap import (
     Address,
     ShardMap,
 )
+from switch.routing.breaker import BreakerConfig
 from switch.routing.resilience import ResilienceConfig
 from switch.routing.router import ChannelRoute
 from switch.serve.http import AdminAuthConfig
@@ -546,6 +547,84 @@ def with_defaults(cfg: SwitchConfig) -> SwitchConfig:
     ]
     routes = [ChannelRoute(channel=ch, network=f"standin-{ch}") for ch in CHANNELS]
     return msgspec.structs.replace(cfg, networks=networks, routes=routes)
+
+
+def config_warnings(cfg: SwitchConfig) -> list[str]:
+    """Settings that are legal but almost surely not what the operator meant: one line
+    each, naming the key path and why. Pure; never an error (a config that loads still
+    loads): ``payswitch serve`` logs each as a warning once at start (switch/serve/app.py).
+
+    * A card endpoint's breaker that opens on one failed call or one failed health probe,
+      with stand-in on: after one everyday 96 from an issuer that is otherwise answering,
+      the switch approves that endpoint's card payments itself for the breaker's open
+      period (core.py ``_outcome``: nothing reached, no endpoint up).
+    * ``idempotency.retention_s`` below a channel's ``resolution.*.within_s``: a key
+      whose payment is still being resolved is forgotten once past retention
+      (idempotency.py ``_evict``), and a client's retry with it is booked afresh.
+    * ``resolution.*.first_after_s`` not below ``within_s`` (with ``max_attempts`` > 1): a
+      live unknown payment is asked once, then handed to an operator (resolver.py
+      ``no_answer``); the attempts configured are never made.
+    """
+    cfg = with_defaults(cfg)  # the stand-in networks serve would add are breakers too
+    return [*_standin_breaker_warnings(cfg), *_resolution_warnings(cfg)]
+
+
+def _standin_breaker_warnings(cfg: SwitchConfig) -> list[str]:
+    standin = cfg.standin
+    if not (standin.enabled and standin.limits):  # no limits: nothing is ever stood in
+        return []
+    res = cfg.resilience
+    card = [n.name for n in cfg.networks if n.channel == "card"]
+    card += [n.name for n in cfg.channel_networks if channel_of(n) == "card"]
+    applied: list[tuple[str, BreakerConfig, list[str]]] = []
+    if on_default := [name for name in card if name not in res.breakers]:
+        applied.append(("resilience.breaker", res.breaker, on_default))
+    applied += [(f"resilience.breakers.{name}", res.breakers[name], [name])
+                for name in card if name in res.breakers]
+    out = []
+    for path, breaker, endpoints in applied:
+        # The rules of CircuitBreaker._should_open and record_probe that open on one
+        # failure whatever the traffic. A count window whose ratio one failure among
+        # window_calls calls reaches does so at every fill from min_calls up. (A time
+        # window's calls depend on the traffic: one failure trips it only while quiet.)
+        trips: list[tuple[str, str]] = []
+        if breaker.consecutive_failures == 1:
+            trips.append(("consecutive_failures", "= 1: one failed call (an everyday 96)"))
+        ratio = breaker.failure_ratio
+        if breaker.window == "count" and 1 / breaker.window_calls >= ratio:
+            trips.append(("failure_ratio", f"= {ratio:g} with window_calls = "
+                          f"{breaker.window_calls}: one failed call in the window"))
+        if breaker.probe_failures == 1 and res.probe_interval_s > 0:
+            trips.append(("probe_failures", "= 1: one failed health probe (echo)"))
+        for key, what in trips:
+            out.append(
+                f"{path}.{key} {what} opens the breaker of card endpoint(s) "
+                f"{', '.join(endpoints)}; with stand-in on (standin.enabled), a target left "
+                f"with no endpoint up is then stood in (its card payments approved by the "
+                f"switch itself) for the open period (open_s = {breaker.open_s:g} s) while "
+                f"its issuer may well be answering")
+    return out
+
+
+def _resolution_warnings(cfg: SwitchConfig) -> list[str]:
+    out = []
+    retention_s = cfg.idempotency.retention_s
+    for channel in CHANNELS:
+        policy: ResolutionPolicy = getattr(cfg.resolution, channel)
+        path = f"resolution.{channel}"
+        if retention_s < policy.within_s:
+            out.append(
+                f"idempotency.retention_s = {retention_s:g} s is shorter than "
+                f"{path}.within_s = {policy.within_s:g} s: the key of a {channel} payment "
+                f"whose outcome is unknown can be forgotten while the resolver still "
+                f"chases it, and a client's retry with that key is booked as a new payment")
+        if policy.max_attempts > 1 and policy.first_after_s >= policy.within_s:
+            out.append(
+                f"{path}.first_after_s = {policy.first_after_s:g} s is not below "
+                f"{path}.within_s = {policy.within_s:g} s: an unknown {channel} payment is "
+                f"asked once and, without an answer, handed to an operator; "
+                f"{path}.max_attempts = {policy.max_attempts} is never reached")
+    return out
 
 
 def check_free_space(

@@ -46,6 +46,7 @@ def drawn_config(seed: int) -> SwitchConfig:
     A breaker that opens on one failure is left out: one everyday 96 from each card
     endpoint then opens both, and the switch stands in for ``open_s`` while the issuer
     answers, as that setting asks (five seeds in forty did, with nothing else wrong).
+    ``payswitch serve`` warns of it at start (switch/serve/config.py ``config_warnings``).
     Drawn from its own stream, so the workload and fault draws of a seed do not move.
     """
     rng = random.Random(f"payswitch-config-{seed}")
