@@ -163,6 +163,97 @@ def test_the_forgotten_sum_takes_the_youngest_of_several_forgotten_steps() -> No
     assert ages.age_s(us(WALL0 + 0.5), now) == pytest.approx(MAX_ANCHORS + 4.5, abs=1e-3)
 
 
+def _shortfall_s(ages: RestartAges, made_us: int, wall_us: int) -> float:
+    """How much younger than its wall age ``age_s`` reads the stamp ``made_us``."""
+    return (wall_us - made_us) / 1e6 - ages.age_s(made_us, wall_us)
+
+
+def test_most_correction_is_zero_without_a_forward_step() -> None:
+    a0 = Anchor(BOOT, 1000.0, WALL0)
+    assert RestartAges([a0]).most_correction_s() == 0.0
+    assert RestartAges([a0, Anchor(BOOT, 1025.0, WALL0 + 25)]).most_correction_s() == 0.0
+    # Backward: true ages are longer than wall ages, never shorter.
+    backward = RestartAges([a0, Anchor(BOOT, 1025.0, WALL0 + 25 - 100)])
+    assert backward.stepped and backward.most_correction_s() == 0.0
+    # Unknown (another machine boot): counted as 0.
+    unknown = RestartAges([a0, Anchor("other-boot", 5.0, WALL0 + 25 + 484)])
+    assert unknown.most_correction_s() == 0.0
+
+
+def test_most_correction_of_a_forward_step_is_the_step() -> None:
+    a0 = Anchor(BOOT, 1000.0, WALL0)
+    a1 = Anchor(BOOT, 1025.0, WALL0 + 25 + 484)
+    ages = RestartAges([a0, a1])
+    assert ages.most_correction_s() == pytest.approx(484.0)
+    # The run before the step's stamps are read that much younger; the running run's not.
+    now = us(a1.wall_s + 80)
+    assert _shortfall_s(ages, us(WALL0 + 10), now) == pytest.approx(484.0, abs=1e-3)
+    assert _shortfall_s(ages, us(a1.wall_s + 1), now) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_most_correction_of_several_steps_is_the_largest_sum_after_a_run() -> None:
+    def walls(*steps: float) -> RestartAges:
+        anchors, offset = [Anchor(BOOT, 1000.0, WALL0)], 0.0
+        for i, step in enumerate(steps, 1):
+            offset += step
+            anchors.append(Anchor(BOOT, 1000.0 + 25 * i, WALL0 + 25 * i + offset))
+        return RestartAges(anchors)
+
+    assert walls(300.0, 200.0).most_correction_s() == pytest.approx(500.0)  # run 0's
+    assert walls(300.0, -100.0).most_correction_s() == pytest.approx(200.0)  # run 0's
+    assert walls(-100.0, 300.0).most_correction_s() == pytest.approx(300.0)  # run 1's
+    assert walls(-100.0, -300.0).most_correction_s() == 0.0  # the running run's
+    # Another boot between: the step across it counts 0, the others still add up.
+    a0 = Anchor("old-boot", 50_000.0, WALL0)
+    a1 = Anchor(BOOT, 12.0, WALL0 + 600)
+    a2 = Anchor(BOOT, 40.0, WALL0 + 600 + 28 + 400)
+    assert RestartAges([a0, a1, a2]).most_correction_s() == pytest.approx(400.0)
+
+
+def test_most_correction_counts_the_forgotten_starts_sum() -> None:
+    a0 = Anchor(BOOT, 1000.0, WALL0)
+    a1 = Anchor(BOOT, 1025.0, WALL0 + 25 + 50)  # a kept +50 s step
+    # The forgotten starts' steps add to every kept step after them.
+    assert RestartAges([a0, a1], 1000.0).most_correction_s() == pytest.approx(1050.0)
+    # A forgotten sum that went back is no correction beyond the kept steps'.
+    assert RestartAges([a0, a1], -300.0).most_correction_s() == pytest.approx(50.0)
+    assert RestartAges([a0], -300.0).most_correction_s() == 0.0
+    # As stored after a crash loop past MAX_ANCHORS starts (the +1000 s step forgotten).
+    stored, _, _ = at_start(None, Anchor(BOOT, 0.0, WALL0))
+    for i in range(1, MAX_ANCHORS + 1):
+        stored, ages, _ = at_start(stored, Anchor(BOOT, i * 0.5, WALL0 + 1000.0 + i * 0.5))
+    assert restarts.decode_history(stored).forgotten_later_s == pytest.approx(1000.0)
+    assert ages.most_correction_s() == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_most_correction_bounds_every_stamps_and_a_stamp_no_run_made_reaches_it(
+        seed: int) -> None:
+    """No stamp's age falls short of its wall age by more (than the millisecond it is
+    rounded down by), and a stamp older than every run (the compactor's old probe, a
+    stamp of 1938) falls short by exactly that."""
+    import random
+
+    rng = random.Random(seed)
+    anchors, true_s, offset = [], 0.0, 0.0
+    for run in range(rng.randint(1, 8)):
+        if run:
+            offset += rng.choice([0.0, rng.uniform(-3600, 3600)])
+        boot = BOOT if rng.random() < 0.85 else f"boot-{run}"
+        anchors.append(Anchor(boot, 500.0 + true_s, WALL0 + true_s + offset, run + 1))
+        true_s += rng.uniform(1, 2000)
+    forgotten = rng.choice([None, 0.0, rng.uniform(-3600, 3600)])
+    ages = RestartAges(anchors, forgotten)
+    most = ages.most_correction_s()
+    assert most >= 0.0
+    now = us(WALL0 + true_s + offset)
+    lo = min(a.wall_s for a in anchors) - 7200
+    for made in [rng.uniform(lo, now / 1e6) for _ in range(300)] + [a.wall_s for a in anchors]:
+        assert _shortfall_s(ages, us(made), now) <= most + 1e-3 + 1e-6
+    probe = -(10**15)
+    assert most <= _shortfall_s(ages, probe, now) <= most + 1e-3 + 1e-6
+
+
 def test_the_first_stored_form_a_bare_list_of_anchors_still_reads() -> None:
     old = f'[["b1", 1.0, {WALL0!r}, 3]]'
     assert restarts.decode_history(old) == restarts.History([Anchor("b1", 1.0, WALL0, 3)])

@@ -141,6 +141,9 @@ class _Asked:
         self.asked.append(made_us)
         return self._ages.age_s(made_us, wall_us)
 
+    def most_correction_s(self) -> float:
+        return self._ages.most_correction_s()
+
 
 def test_rows_this_run_writes_are_aged_on_its_own_clock(tmp_path: Path) -> None:
     """Rows written after the run's first step are its own: no true age is asked of them,
@@ -265,3 +268,78 @@ def test_no_row_moves_inside_its_true_window_whatever_the_steps(
                 raise AssertionError(f"{pid} stayed {now_true - at_true - DAY_S:.0f} s late")
     everything = fold(db)
     assert len(everything.payments) == len(made) and everything.records == 2 * len(made)
+
+
+class _Probed:
+    """The run's ages with the correction found as the compactor once found it: the wall
+    age less the true age of a stamp no kept run made (1938), which ``age_s`` gives the
+    youngest age of any run."""
+
+    def __init__(self, ages: RestartAges, now_us: int) -> None:
+        self._ages = ages
+        self._now_us = now_us
+
+    @property
+    def stepped(self) -> bool:
+        return self._ages.stepped
+
+    def age_s(self, made_us: int, wall_us: int) -> float:
+        return self._ages.age_s(made_us, wall_us)
+
+    def most_correction_s(self) -> float:
+        probe_us = -(10**15)
+        return (self._now_us - probe_us) / 1e6 - self._ages.age_s(probe_us, self._now_us)
+
+
+def test_the_compactor_lowers_its_horizon_by_the_most_correction_and_a_millisecond(
+        tmp_path: Path) -> None:
+    """The horizon for the earlier runs' rows: the ages' most correction (the step, plus
+    the forgotten starts' sum after it), rounded up to a microsecond, plus the
+    millisecond ages are rounded down by."""
+    db = _open(tmp_path / "j.db")
+    _journal_across_the_step(db)
+    forgotten = RestartAges([Anchor(BOOT, 1000.0, WALL0, 1),
+                             Anchor(BOOT, 1000.0 + HOUR, WALL0 + HOUR + STEP, 2)], 600.0)
+    for ages, lowered_us in ((_runs(STEP), us(STEP) + 1000),
+                             (forgotten, us(STEP + 600) + 1000)):
+        compactor = Compactor(DAY_S)
+        assert ages.most_correction_s() == pytest.approx(lowered_us / 1e6 - 1e-3)
+        compactor.step(db, _b_wall(2 * HOUR), ages=ages)
+        assert compactor._most_correction_us == lowered_us
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_most_correction_archives_as_the_old_1938_probe_did(tmp_path: Path, seed: int) -> None:
+    """Two copies of one journal, compacted at the same times, one with the ages' own
+    ``most_correction_s``, the other with the correction probed as before: the same rows
+    move at every step."""
+    rng = random.Random(seed)
+    anchors: list[Anchor] = []
+    true_s, offset = 0.0, 0.0
+    stamps: list[int] = []
+    for run in range(rng.randint(2, 6)):
+        if run:
+            offset += rng.choice([0.0, rng.uniform(-3 * HOUR, 3 * HOUR)])
+        boot = BOOT if rng.random() < 0.85 else f"boot-{run}"
+        anchors.append(Anchor(boot, 500.0 + true_s, WALL0 + true_s + offset, run + 1))
+        for _ in range(rng.randint(5, 60)):
+            true_s += rng.uniform(1, 1200)
+            stamps.append(us(WALL0 + true_s + offset))
+        true_s += rng.uniform(1, 600)
+    ages = RestartAges(anchors, rng.choice([None, rng.uniform(-HOUR, HOUR)]))
+    start_now = us(WALL0 + true_s + offset)
+    dbs = []
+    for name in ("method", "probe"):
+        db = _open(tmp_path / f"{name}.db")
+        for i, at in enumerate(stamps):
+            _add(db, f"P-{i:04d}", at)
+        dbs.append(db)
+    rows = rng.choice([3, 50, 2000])
+    own, probed = Compactor(DAY_S, max_rows=rows), Compactor(DAY_S, max_rows=rows)
+    old = _Probed(ages, start_now)
+    for later in sorted(rng.uniform(0, 30 * HOUR) for _ in range(15)):
+        now = start_now + us(later)
+        assert _compact(dbs[0], own, now, ages) == _compact(dbs[1], probed, now, old)
+        assert _live(dbs[0]) == _live(dbs[1])
+    assert abs(own._most_correction_us - probed._most_correction_us) <= 1000
+    assert own.archived == probed.archived

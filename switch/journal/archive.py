@@ -62,9 +62,6 @@ _REVERSED: Final = Status.REVERSED.value
 
 #: Kinds that never open a payment: met first, they may belong to an archived one.
 _LATE_KINDS: Final = frozenset({UNKNOWN, ADVICE})
-#: A stamp older than every run the ages know (1938): its age is the youngest any run's
-#: stamps are given, so its correction is the most any stamp's can be (see _correction_us).
-_PROBE_US: Final = -(10**15)
 
 
 class TrueAges(Protocol):
@@ -80,17 +77,17 @@ class TrueAges(Protocol):
         """True age in seconds of a stamp ``made_us`` at ``wall_us`` (this run's wall)."""
         ...
 
+    def most_correction_s(self) -> float:
+        """The most any stamp's true age (``age_s``, before its rounding down to a
+        millisecond) falls short of its wall age, in seconds; never below 0."""
+        ...
 
-def _correction_us(ages: TrueAges, now_us: int) -> int:
+
+def _correction_us(ages: TrueAges) -> int:
     """The most any stamp's true age falls short of its wall age, in microseconds,
-    rounded up, plus a millisecond (ages are floored to one).
-
-    ``age_s`` gives a stamp no kept run made the youngest age any run (a forgotten one
-    included) would give it: a stamp older than all of them shows the largest correction
-    of any. Never below 0: a run's own stamps are corrected by nothing."""
-    wall_age_s = (now_us - _PROBE_US) / 1e6
-    most = wall_age_s - ages.age_s(_PROBE_US, now_us)
-    return max(0, math.ceil(most * 1e6)) + 1000
+    rounded up, plus a millisecond (ages are floored to one). Never below 0: a run's own
+    stamps are corrected by nothing."""
+    return max(0, math.ceil(ages.most_correction_s() * 1e6)) + 1000
 
 
 def _archived_finished(db: sqlite3.Connection, pid: str) -> bool:
@@ -257,7 +254,7 @@ class Compactor:
         # any of them is corrected by; a row between that cut and the wall horizon is
         # asked its true age (_due). With no step known, or once the cursor is past the
         # earlier runs' rows, the cut is the wall horizon and each row costs as before.
-        earlier_to = self._earlier_rows(ages, newest, now_us)
+        earlier_to = self._earlier_rows(ages, newest)
         cut = horizon - self._most_correction_us if cursor < earlier_to else horizon
         corrected = cut < horizon
         rows = db.execute(
@@ -315,7 +312,7 @@ class Compactor:
         self.scanned = self.max_rows if behind else scanned
         return len(seqs)
 
-    def _earlier_rows(self, ages: TrueAges | None, newest: int, now_us: int) -> int:
+    def _earlier_rows(self, ages: TrueAges | None, newest: int) -> int:
         """The live rows up to which runs before this one may have written, when ``ages``
         know a step (0: none, every row is aged on the wall clock)."""
         if ages is None or not ages.stepped:
@@ -323,7 +320,7 @@ class Compactor:
         if ages is not self._ages:  # this run's first step: its rows come after these
             self._ages = ages
             self._earlier_to = newest
-            self._most_correction_us = _correction_us(ages, now_us)
+            self._most_correction_us = _correction_us(ages)
         return self._earlier_to
 
     def _due(self, seq: int, at_us: int, now_us: int, earlier_to: int,

@@ -210,6 +210,21 @@ class RestartAges:
                 fits.append(self._forgotten_later)
         return _floor_ms(wall_age - max(fits))
 
+    def most_correction_s(self) -> float:
+        """The most by which :meth:`age_s` of any stamp falls short of its wall age, in
+        seconds (before the millisecond rounding, which may take up to 1 ms more): the
+        largest sum of the known steps after any kept run, or after a forgotten one
+        (``forgotten_later_s``). Never below 0 (the running run's stamps are corrected by
+        nothing); 0 with no forward step known. A stamp no kept run made is given this
+        correction (the youngest age), so no stamp is younger in true time than its wall
+        age less this: retention lowers its horizon by it (switch/journal/archive.py)."""
+        laters = [later for _, _, later in self._frames]
+        if self._forgotten_later is not None:
+            laters.append(self._forgotten_later)
+        most = max(laters)
+        assert most >= 0.0 and self._frames[-1][2] == 0.0
+        return most
+
 
 def _floor_ms(age_s: float) -> float:
     return max(0.0, math.floor(age_s * 1000.0) / 1000.0)
