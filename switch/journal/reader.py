@@ -341,6 +341,10 @@ class UnfinishedPayment(msgspec.Struct, frozen=True):
     #: Finished, then reopened by an acquirer's reversal (its intent journaled again):
     #: the key's answer stays the approval until the reversal is done.
     reopened: bool = False
+    #: When its network had seen it by, on the wall clock of the run that journaled it
+    #: (microseconds; 0: the journal shows no such moment): :func:`seen_by_us`. The
+    #: resolver counts a network's first delay from it (resolver.py's ``_candidate``).
+    seen_by_us: int = 0
 
 
 class PendingAdvice(msgspec.Struct, frozen=True):
@@ -620,7 +624,20 @@ def _unfinished(h: PaymentHistory) -> UnfinishedPayment | None:
         status = Status.UNKNOWN if h.outcome_kind == UNKNOWN else Status.SENT
     payment = h.payment
     return None if payment is None else UnfinishedPayment(h.body_hash, payment, status,
-                                                          h.reopened)
+                                                          h.reopened, seen_by_us(h))
+
+
+def seen_by_us(h: PaymentHistory) -> int:
+    """A moment by which ``h``'s network had seen the payment, if its records show one
+    (wall microseconds of the run that journaled it; 0: none): its first answer, when that
+    was an ``unknown`` (journaled once an attempt sent had no answer) or an approval the
+    network gave. Not a stand-in approval's: the issuer may first see that one in its
+    advice, later. Not the intent's: journaled before the send, which a disk stall may
+    hold back for up to the payment deadline."""
+    if h.outcome_kind == UNKNOWN or (h.reopened and h.result is not None
+                                     and not h.result.stood_in):
+        return h.answered_at_us
+    return 0
 
 
 def next_boot(db: sqlite3.Connection) -> int:

@@ -689,20 +689,45 @@ def backlog_candidates(
     owned: Callable[[str], bool],
     ages: RestartAges | None = None,
     sent_within_s: float = 0.0,
+    started_us: int = 0,
 ) -> Iterator[Candidate]:
     """What a refill may take back: the journal's unfinished payments, less those the
     payment core still owns (an intent whose attempt is in flight is unfinished in the
     journal, yet no business of the resolver's). Lazy: filtered as the queue takes them,
     on the event loop, so ``owned`` is read at the moment it matters. ``ages`` and
     ``sent_within_s``: as :func:`recover`'s (a payment taken back may have been made
-    before a restart)."""
-    assert 0.0 <= sent_within_s <= 86400.0
+    before a restart). ``started_us``: this run's start on its wall clock (0: not known).
+    A payment made before it (:func:`made_before_run`) was sent, if ever, before it: its
+    attempts died with their run. So its first delay counts from this start at the
+    latest, as start-up recovery's did; counted from its receipt plus the deadline, one
+    that had overflowed the queue at the start waited up to that deadline longer."""
+    assert 0.0 <= sent_within_s <= 86400.0 and started_us >= 0
+    up_s = max(0.0, (wall_us - started_us) / 1e6) if started_us else 0.0
     for one in unfinished:
         if owned(one.payment.idempotency_key):
             continue
         candidate = _candidate(one, router, resolve_endpoint, wall_us, ages, sent_within_s)
-        if candidate is not None:
-            yield candidate
+        if candidate is None:
+            continue
+        if candidate[4] < up_s and not one.reopened \
+                and made_before_run(one.payment, started_us):
+            candidate = (*candidate[:4], up_s, candidate[5])
+        yield candidate
+
+
+#: A receipt stamp this close before a run's start may be the run's own: a payment's
+#: receipt is kept as a datetime (whole microseconds, rounded), not as the stamp itself.
+RUN_EDGE_US: Final = 1_000
+
+
+def made_before_run(payment: Payment, started_us: int) -> bool:
+    """``payment`` was made before the run that started at ``started_us`` (its wall
+    clock; 0: not known, False). Told apart by stamps on purpose: one of an earlier run
+    past this one's start (the wall clock set back at the restart) counts as this run's,
+    which never asks early. Unless a reversal reopened it, nothing sent it in this run;
+    a reopened one may be a stand-in approval whose advice reached the issuer since."""
+    made_us = int(payment.received_at.timestamp() * 1e6)
+    return bool(started_us) and made_us < started_us - RUN_EDGE_US
 
 
 def _candidate(unfinished: UnfinishedPayment, router: Router,
@@ -719,14 +744,26 @@ def _candidate(unfinished: UnfinishedPayment, router: Router,
         return None
     made_us = int(payment.received_at.timestamp() * 1e6)
     # Its age sets the first delay (QR: no check-status before 90 s after the payment).
-    # On the wall clock alone, a forward step at a restart made it look older: asked early.
-    age_s = (max(0.0, (wall_us - made_us) / 1e6) if ages is None
-             else ages.age_s(made_us, wall_us))
     # Counted from when the network could last have first seen it, as the network counts:
     # the core sends no attempt past the payment deadline from receipt, and a disk stall
     # may hold the intent's commit, so the send, nearly that long (counted from receipt,
     # seed 140 of a 10 s, intensity-40 campaign asked 87.1 s after the send: a 2.9 s
-    # stall). Costs a recovered payment at most that deadline of lateness.
-    age_s = max(0.0, age_s - sent_within_s)
+    # stall).
+    age_s = max(0.0, _age_s(made_us, wall_us, ages) - sent_within_s)
+    if unfinished.seen_by_us:
+        # Or from when the journal shows it seen (its unknown: an attempt had been sent),
+        # whichever is sooner. From the deadline alone, a refill asked every payment that
+        # had overflowed the queue up to that deadline later than the core's own
+        # hand-over would have, and a restart's recovery likewise.
+        age_s = max(age_s, _age_s(unfinished.seen_by_us, wall_us, ages))
+    assert age_s >= 0.0, age_s
     return (payment, unfinished.body_hash, route, unfinished.status, age_s,
             unfinished.reopened)
+
+
+def _age_s(stamp_us: int, wall_us: int, ages: RestartAges | None) -> float:
+    """How long ago ``stamp_us`` was, in true time. On the wall clock alone (``ages``
+    None), a forward step at a restart made a payment look older: asked early."""
+    if ages is None:
+        return max(0.0, (wall_us - stamp_us) / 1e6)
+    return ages.age_s(stamp_us, wall_us)

@@ -352,7 +352,9 @@ class SwitchApp:
                 return backlog_candidates(unfinished, router=router, wall_us=clock.wall_us(),
                                           resolve_endpoint=first_endpoint,
                                           owned=engine.core.owns, ages=ages,
-                                          sent_within_s=cfg.resilience.payment_deadline_s)
+                                          sent_within_s=cfg.resilience.payment_deadline_s,
+                                          # this run's start: every stamp of it is later
+                                          started_us=int(clock.anchor()[1] * 1_000_000))
 
             resolver = Resolver(clock=clock, journal=journal, index=index, metrics=self.metrics,
                                 policies=cfg.resolution, backlog=backlog)

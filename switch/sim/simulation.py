@@ -110,6 +110,7 @@ from switch.sim.verify import (
     check_reversals,
     check_schedule,
     check_standin,
+    resolution_origin,
 )
 
 #: Client retries of one key after an error or a crash.
@@ -529,16 +530,22 @@ class Simulation:
             self.world.finished(pid, self.now)
         self.note(pid, "resolved", pid, result.status.value)
         since = self.unknown_since.pop(pid, self.now)
-        # The switch counts the first delay from the payment's wall time, all it has across
-        # restarts: a wall clock moved back since then delays the first attempt as much
-        # (seed 16, 10 simulated min at intensity 20: -71 s, resolved 41.5 s "late").
-        made_now = payment.received_at.timestamp() - self.wall_offset
-        since = max(since, made_now)
         policy: ResolutionPolicy = getattr(self.config.resolution, payment.channel)
-        target = self.boot.router.target(payment) if self.boot is not None else None
-        check_schedule(pid, self.now, since, policy, target, self.world, self.restarts,
-                       self.violate, self.failed_attempt_at.pop(pid, -math.inf),
-                       self.config.resilience.payment_deadline_s)
+        boot = self.boot
+        target = boot.router.target(payment) if boot is not None else None
+        origin = since
+        if boot is not None:
+            # What the rule counts from: the journal as the switch last read it (the
+            # latest replay or refill fold), its stamps read as the switch reads them
+            # (a wall clock set back since the receipt: seed 16, -71 s, 41.5 s "late").
+            ages, wall_us, now = boot.ages, self.wall_us(), self.now
+            origin = resolution_origin(
+                payment, since, self._fold.payments.get(pid),
+                lambda us: now - ages.age_s(us, wall_us), boot.started,
+                int((self.wall_offset + boot.started) * 1e6),  # its start's wall
+                self.config.resilience.payment_deadline_s)
+        check_schedule(pid, self.now, origin, policy, target, self.world, self.restarts,
+                       self.violate, self.failed_attempt_at.pop(pid, -math.inf))
 
     # ----------------------------------------------------------------- the loop
 
@@ -713,7 +720,8 @@ class Simulation:
         boot.resolver.refill(backlog_candidates(
             unfinished_of(self._fold), router=boot.router, wall_us=self.wall_us(),
             resolve_endpoint=first_endpoint, owned=boot.core.owns, ages=boot.ages,
-            sent_within_s=self.config.resilience.payment_deadline_s))
+            sent_within_s=self.config.resilience.payment_deadline_s,
+            started_us=int((self.wall_offset + boot.started) * 1e6)))  # its start's wall
         self.note(None, "refill", boot.resolver.queue.tracked - before,
                   boot.resolver.queue.overflowed)
 

@@ -8,10 +8,10 @@ from collections import defaultdict
 from collections.abc import Callable, Container, Mapping
 from typing import Final, NamedTuple
 
-from switch.journal.reader import Fold
+from switch.journal.reader import Fold, PaymentHistory, seen_by_us
 from switch.model import Payment, Result, Status
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import CHANNELS, ResolutionPolicy
+from switch.payment.resolver import CHANNELS, ResolutionPolicy, made_before_run
 from switch.payment.standin import StandInConfig
 from switch.routing.breaker import BreakerState
 from switch.routing.table import Target
@@ -226,31 +226,54 @@ def check_standin(pid: str, now: float, world: World, boot_started: float | None
             f"fault-free for {STANDIN_QUIET_S:.0f}s")
 
 
-def check_schedule(pid: str, now: float, since: float, policy: ResolutionPolicy,
-                   target: Target | None, world: World, restarts: list[float],
-                   violate: Violate, failed_at: float = -math.inf,
-                   sent_within_s: float = 0.0) -> None:
-    """A payment resolved at ``now`` (unknown since ``since``): within its channel's
-    schedule, counted from when its network was back, its first delay passed, the switch
-    was up again and its latest unanswered attempt (``failed_at``) ended? The last is
-    for the networks' everyday errors outside any fault (a 96 now and then): each costs
-    an attempt its timeout and the next one its delay (seed 49, intensity 20).
+def resolution_origin(payment: Payment, since: float, h: PaymentHistory | None,
+                      read: Callable[[int], float], started: float, started_us: int,
+                      sent_within_s: float) -> float:
+    """The latest moment the resolver may count ``payment``'s first delay from (virtual
+    time): what :func:`check_schedule` holds it to, and no more.
 
-    ``sent_within_s``: the switch's payment deadline. Start-up recovery counts the first
-    delay of a payment it takes over from as late as the payment could have been sent,
-    its receipt plus that deadline (resolver.py's ``_candidate``), and from the restart
-    at the latest. Without it, a deadline past a channel's slack made a payment recovered
-    by the rule look late (seed 25, 60 s at intensity 20, a 60 s deadline: QR asked at
-    its restart + 90 s, reported 43.7 s after its first delay, of 38 s allowed)."""
+    ``since``: when it was first handed to a resolver; ``h``: its history as the switch
+    last read the journal (the latest start's replay or refill, whose unfinished
+    payments recovery and refills take over; None: not there). ``read``: a wall stamp as
+    the switch reads it now, in virtual time (the steps it recorded subtracted; on a
+    backward step's overlap the younger reading, as the resolver's). ``started`` and
+    ``started_us``: the running boot's start, in virtual time and on its wall clock.
+
+    * Handed over during this boot (the core's unknown, the acquirer's reversal; start-up
+      recovery hands over at the start): ``since``. A refill that took it back since
+      counted from no later, unless a reversal reopened it (read below).
+    * Taken from the journal (resolver.py's ``_candidate``): its receipt plus the
+      payment deadline; sooner if the journal shows it seen by then (reader.seen_by_us);
+      the boot's start at the latest if made before it and not reopened
+      (resolver.made_before_run). From its receipt, not from its unknown as a stand-in
+      for it: the unknown comes up to a network timeout later, and a resolver that much
+      late went unseen.
+    """
+    live = since > started
+    if live and (h is None or not h.reopened):
+        return since
+    origin = read(int(payment.received_at.timestamp() * 1e6)) + sent_within_s
+    if h is not None:  # None: never read here (SimOptions.full_replay): the receipt's bound
+        seen_us = seen_by_us(h)
+        if seen_us:
+            origin = min(origin, read(seen_us))
+        if not h.reopened and made_before_run(payment, started_us):
+            origin = min(origin, started)
+    return max(since, origin) if live else origin
+
+
+def check_schedule(pid: str, now: float, origin: float, policy: ResolutionPolicy,
+                   target: Target | None, world: World, restarts: list[float],
+                   violate: Violate, failed_at: float = -math.inf) -> None:
+    """A payment resolved at ``now``: within its channel's schedule, counted from when its
+    network was back, its first delay passed (counted from ``origin``:
+    :func:`resolution_origin`), the switch was up again and its latest unanswered
+    attempt (``failed_at``) ended? The last is for the networks' everyday errors outside
+    any fault (a 96 now and then): each costs an attempt its timeout and the next one
+    its delay (seed 49, intensity 20)."""
     endpoints = target.endpoints if target is not None else ()
-    first = since + policy.first_after_s
     restarted = max((r for r in restarts if r <= now), default=-math.inf)
-    if since < restarted:
-        # Unknown since before the latest restart: recovered there. It went unknown after
-        # its receipt by any clock the switch could read, so the rule asks no later than
-        # this; a payment made since the restart is allowed nothing more.
-        first = max(first, min(restarted, since + sent_within_s) + policy.first_after_s)
-    back = max(first, failed_at, restarted)
+    back = max(origin + policy.first_after_s, failed_at, restarted)
     for endpoint in endpoints:
         for b, e in world.blocked_windows(endpoint):
             if b < now:
