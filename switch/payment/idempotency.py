@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import anyio
 import msgspec
@@ -81,6 +81,10 @@ class IdempotencyIndex:
         #: The latest ``now`` seen (begin, restore): the age horizon of evictions that
         #: a resolution triggers.
         self._now = -math.inf
+        #: Told each key forgotten (past ``retention_s``, or the oldest at ``max_keys``)
+        #: just before it goes: from then on, that key begins a new payment. The
+        #: simulator's idempotency check tells a forgotten key from a lost one by it.
+        self.on_forget: Callable[[str], object] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -172,7 +176,7 @@ class IdempotencyIndex:
                 resolved.append(unknowns.popleft())
             elif oldest.created_at < horizon:
                 unknowns.popleft()
-                del entries[key]
+                self._forget(key)
             else:
                 break
         order.extendleft(reversed(resolved))
@@ -190,10 +194,15 @@ class IdempotencyIndex:
                 # sent it again. Kept (within retention) like one in flight.
                 unknowns.append((key, oldest))
                 continue
-            del entries[key]
+            self._forget(key)
         # Past the bound only while everything left is in flight or unknown (never evicted
         # for room).
         assert len(entries) <= self.max_keys or not order
+
+    def _forget(self, key: str) -> None:
+        if self.on_forget is not None:
+            self.on_forget(key)  # before it goes: the observer may look at the entry
+        del self._entries[key]
 
 
 def _unknown(entry: Entry) -> bool:

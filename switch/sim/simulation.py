@@ -77,6 +77,7 @@ from switch.protocols.wire import ErrorReply, Reply, Response
 from switch.routing.router import Router
 from switch.routing.table import load_route_table
 from switch.serve.anchors import record_start
+from switch.serve.config import IdempotencyConfig
 from switch.sim.acquirer import ACQ_REVERSE, ACQ_TIMEOUT, Acquirer
 from switch.sim.advice import ADVICE, arm_advice, send_advice
 from switch.sim.books import CUT_EVERY_S, Clearing, check_ledger, check_settlement
@@ -172,6 +173,18 @@ class Simulation:
         #: (taken at the send, while the request just built is still in the CPU's cache).
         self._sends: dict[int, tuple[str, PaymentRequest, int, float, int]] = {}
         self._acked: dict[str, tuple[str, Status, int]] = {}
+        #: Keys the running switch's index has forgotten (idempotency.py ``on_forget``),
+        #: with the payment each answered: a new payment of one is the window's contract
+        #: (max_keys keys, shorter than the clients' retry horizon at this rate), not a
+        #: lost key. Cleared at each start: recovery's restore forgets again what the
+        #: restarted window cannot hold, and what it holds again is known again.
+        self._forgotten: dict[str, str] = {}
+        #: Every payment the window ever forgot, per key: each allows the journal one
+        #: more payment of that key (check_journal), acknowledged or not.
+        self._forgotten_ever: dict[str, set[str]] = {}
+        #: A key's earlier payments, acknowledged before the window forgot it: each is
+        #: still checked against the journal (nothing acknowledged is lost).
+        self._superseded: list[tuple[str, tuple[str, Status, int]]] = []
         self._recent: list[tuple[str, PaymentRequest]] = []
         self.latencies: list[float] = []
         self.unknown_since: dict[str, float] = {}
@@ -263,6 +276,9 @@ class Simulation:
         metrics = SwitchMetrics(networks=list(self.adapters), enabled=False)
         index = IdempotencyIndex(retention_s=cfg.idempotency.retention_s,
                                  max_keys=cfg.idempotency.max_keys)
+        self._forgotten.clear()
+        window = cfg.idempotency
+        index.on_forget = lambda key: self._key_forgotten(index, key, window)
         wall_us = self.wall_us()
         table = load_route_table(self.table_text, self.adapters)
         router = Router(table, self.adapters, cfg.resilience, metrics, cfg.seed)
@@ -481,6 +497,14 @@ class Simulation:
         # cost of Enum.value's descriptor.
         self.note((key, result.payment_id), "reply", rid, key, result.payment_id,
                   result.status, result.reason, "replay", response.replay)
+        if acked is not None and self._forgotten.get(key) == acked[0] != result.payment_id:
+            # The window forgot the payment this key was acknowledged with: this reply is
+            # of a new payment of it. The earlier one is still held to its ack.
+            del self._forgotten[key]
+            self._superseded.append((key, acked))
+            self.note(key, "forgotten", key, acked[0])
+            acked = None
+            del self._acked[key]
         if acked is not None and acked[2] != digest:
             self.violate("idempotency", key,
                          f"another body got {result.status.value} instead of a refusal")
@@ -515,6 +539,22 @@ class Simulation:
                 self.world.decided.discard(result.payment_id)
             elif channel in MIN_INQUIRY_AGE_S and result.status in TERMINAL:
                 self.world.finished(result.payment_id, self.now)
+
+    def _key_forgotten(self, index: IdempotencyIndex, key: str,
+                       window: IdempotencyConfig) -> None:
+        """The index forgets ``key``: only an answered one, for room past the configured
+        bound or past retention (anything else is a lost key, and said so here)."""
+        entry = index.get(key)
+        assert entry is not None, key
+        if entry.result is None or entry.pending:
+            self.violate("idempotency", key, "forgotten while its payment was in flight")
+            return
+        if len(index) <= window.max_keys and entry.created_at >= self.now - window.retention_s:
+            self.violate("idempotency", key, f"forgotten with {len(index)} keys of "
+                         f"{window.max_keys} and within retention")
+        pid = entry.result.payment_id
+        self._forgotten[key] = pid
+        self._forgotten_ever.setdefault(key, set()).add(pid)
 
     def _reversed_by_acquirer(self, pid: str, was: Status, now: Status) -> bool:
         """An approval the acquirer's accepted reversal undid since: a retry of its key
@@ -734,9 +774,13 @@ class Simulation:
         # since the last start folded onto that start's fold: one pass over the journal).
         folded = fold_onto(self.db, self._fold, live_only=True)  # the sim never archives
         accepted = self.acquirer.accepted if self.acquirer is not None else {}
+        forgotten = {key: len(pids) for key, pids in self._forgotten_ever.items()}
+        if forgotten:  # a window smaller than the clients' retry horizon: say how often
+            self.counters["payments_forgotten_by_window"] = sum(forgotten.values())
         journal = check_journal(folded, self._acked, self.world, self.violate,
                                 self.counters, live=self.boot, reversed_by_acquirer=accepted,
-                                config=self.config)
+                                config=self.config, superseded=self._superseded,
+                                forgotten=forgotten)
         if self.acquirer is not None:
             check_reversals(folded, self.acquirer.accepted, self.world, self.violate,
                             journal.holds)

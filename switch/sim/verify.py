@@ -4,8 +4,9 @@ books (the ledger and the clearing files: switch/sim/books.py)."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Callable, Container, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Container, Mapping, Sequence
+from itertools import chain
 from typing import Final, NamedTuple
 
 from switch.journal.reader import Fold, PaymentHistory, seen_by_us
@@ -47,7 +48,9 @@ class JournalView(NamedTuple):
 def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]], world: World,
                   violate: Violate, counters: dict[str, int], live: Boot | None = None,
                   reversed_by_acquirer: Container[str] = (),
-                  config: SwitchConfig | None = None) -> JournalView:
+                  config: SwitchConfig | None = None,
+                  superseded: Sequence[tuple[str, tuple[str, Status, object]]] = (),
+                  forgotten: Mapping[str, int] | None = None) -> JournalView:
     """Every payment terminal once (and a final record terminal), nothing acknowledged
     lost, the journal and the networks' books agree both ways, every stand-in advised or
     explained and within the per-payment limit, and what a retry of each key would hear
@@ -55,6 +58,9 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     intents, the final results per payment and what the books' checks read
     (:class:`JournalView`). ``live``: the switch running at the end
     (none after a crash it did not come back from), whose index :func:`check_index` reads.
+    ``superseded``: (key, ack) of payments acknowledged before the switch's window forgot
+    their key (each still checked: nothing acknowledged is lost); ``forgotten``: per key,
+    how many of its payments the window forgot (each allows one more payment of the key).
     ``reversed_by_acquirer``: payments whose acquirer reversal was accepted after they
     were acknowledged approved (reversed since, as :func:`check_reversals` demands)."""
     intents: dict[str, Payment] = {}
@@ -137,14 +143,14 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
                 stood_in_exposure += amount  # explained: the issuer refused the hold
     for finding in twice:
         violate(*finding)
-    duplicates = folded.duplicates()
+    duplicates = folded.duplicates() if not forgotten else _duplicates(folded, forgotten)
     if duplicates:
         violate("booked-twice", "journal",
                 f"{duplicates} keys or payments with two final records")
     for finding in unfinished:
         violate(*finding)
     # nothing acknowledged is lost
-    for key, (pid, status, _) in acked.items():
+    for key, (pid, status, _) in chain(acked.items(), superseded):
         got = finals.get(pid)
         if got is None and pid not in unknowns:
             violate("ack-lost", key, f"acknowledged {pid} {status.value}; the journal has "
@@ -176,6 +182,23 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
         violate("money-conserved", "issuer-ledger", str(exc))
     return JournalView(intents, finals, card_intents, approved, card_holds)
 
+
+
+def _duplicates(folded: Fold, forgotten: Mapping[str, int]) -> int:
+    """:meth:`Fold.duplicates`, a key allowed one payment more for each of its payments
+    the switch's window forgot (at its bound, or past retention): a retry of the key
+    after that began a new payment, as the window's contract says."""
+    by_id = 0
+    payments: Counter[str] = Counter()
+    twice: set[str] = set()
+    for h in folded.payments.values():
+        if h.finals:
+            payments[h.idempotency_key] += 1
+            if h.finals > 1:
+                by_id += 1
+                twice.add(h.idempotency_key)
+    twice.update(key for key, n in payments.items() if n > 1 + forgotten.get(key, 0))
+    return by_id + len(twice)
 
 def check_index(index: IdempotencyIndex, folded: Fold, violate: Violate) -> None:
     """What a retry of each key would hear now (idempotency: the same key and body, the
