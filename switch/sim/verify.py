@@ -4,7 +4,7 @@ books (the ledger and the clearing files: switch/sim/books.py)."""
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Container, Mapping, Sequence
 from itertools import chain
 from typing import Final, NamedTuple
@@ -143,7 +143,7 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
                 stood_in_exposure += amount  # explained: the issuer refused the hold
     for finding in twice:
         violate(*finding)
-    duplicates = folded.duplicates() if not forgotten else _duplicates(folded, forgotten)
+    duplicates = folded.duplicates(forgotten)
     if duplicates:
         violate("booked-twice", "journal",
                 f"{duplicates} keys or payments with two final records")
@@ -183,22 +183,6 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     return JournalView(intents, finals, card_intents, approved, card_holds)
 
 
-
-def _duplicates(folded: Fold, forgotten: Mapping[str, int]) -> int:
-    """:meth:`Fold.duplicates`, a key allowed one payment more for each of its payments
-    the switch's window forgot (at its bound, or past retention): a retry of the key
-    after that began a new payment, as the window's contract says."""
-    by_id = 0
-    payments: Counter[str] = Counter()
-    twice: set[str] = set()
-    for h in folded.payments.values():
-        if h.finals:
-            payments[h.idempotency_key] += 1
-            if h.finals > 1:
-                by_id += 1
-                twice.add(h.idempotency_key)
-    twice.update(key for key, n in payments.items() if n > 1 + forgotten.get(key, 0))
-    return by_id + len(twice)
 
 def check_index(index: IdempotencyIndex, folded: Fold, violate: Violate) -> None:
     """What a retry of each key would hear now (idempotency: the same key and body, the
