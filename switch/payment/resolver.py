@@ -726,8 +726,13 @@ def made_before_run(payment: Payment, started_us: int) -> bool:
     past this one's start (the wall clock set back at the restart) counts as this run's,
     which never asks early. Unless a reversal reopened it, nothing sent it in this run;
     a reopened one may be a stand-in approval whose advice reached the issuer since."""
-    made_us = int(payment.received_at.timestamp() * 1e6)
-    return bool(started_us) and made_us < started_us - RUN_EDGE_US
+    return bool(started_us) and received_us(payment) < started_us - RUN_EDGE_US
+
+
+def received_us(payment: Payment) -> int:
+    """``payment``'s receipt, on the wall clock of the run that made it (microseconds):
+    the stamp its age, its run and its first delay are all counted from."""
+    return int(payment.received_at.timestamp() * 1e6)
 
 
 def _candidate(unfinished: UnfinishedPayment, router: Router,
@@ -742,7 +747,7 @@ def _candidate(unfinished: UnfinishedPayment, router: Router,
         log.error("no route to resolve an unfinished payment",
                   extra={"payment_id": payment.payment_id})
         return None
-    made_us = int(payment.received_at.timestamp() * 1e6)
+    made_us = received_us(payment)
     # Its age sets the first delay (QR: no check-status before 90 s after the payment).
     # Counted from when the network could last have first seen it, as the network counts:
     # the core sends no attempt past the payment deadline from receipt, and a disk stall

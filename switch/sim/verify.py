@@ -12,7 +12,7 @@ from typing import Final, NamedTuple
 from switch.journal.reader import Fold, PaymentHistory, seen_by_us
 from switch.model import Payment, Result, Status
 from switch.payment.idempotency import IdempotencyIndex
-from switch.payment.resolver import CHANNELS, ResolutionPolicy, made_before_run
+from switch.payment.resolver import CHANNELS, ResolutionPolicy, made_before_run, received_us
 from switch.payment.standin import StandInConfig
 from switch.routing.breaker import BreakerState
 from switch.routing.table import Target
@@ -259,7 +259,7 @@ def resolution_origin(payment: Payment, since: float, h: PaymentHistory | None,
     live = since > started
     if live and (h is None or not h.reopened):
         return since
-    origin = read(int(payment.received_at.timestamp() * 1e6)) + sent_within_s
+    origin = read(received_us(payment)) + sent_within_s
     if h is not None:  # None: never read here (SimOptions.full_replay): the receipt's bound
         seen_us = seen_by_us(h)
         if seen_us:
