@@ -57,6 +57,9 @@ __all__ = ["SwiftNetwork", "SwiftRecord"]
 log = logging.getLogger(__name__)
 
 TECHNICAL_PREFIX: Final = "TECHNICAL ERROR "
+#: Longest a settlement notification (pacs.002 ACSC) may take to write: a peer that stops
+#: reading must not stall settlement of everyone else's payments.
+NOTIFY_TIMEOUT_S: Final = 1.0
 #: AddtlInf of the RJCT NOOR a pacs.008 gets after a pacs.028 was told it never arrived.
 FENCED_INFO: Final = "STATUS ALREADY REPORTED: NOT RECEIVED"
 _UETR_RE: Final = re.compile(rb"<UETR>([0-9a-f-]{36})</UETR>")
@@ -282,9 +285,8 @@ class SwiftNetwork(SimServer):
             return
         if self.behaviour.connection_state(anyio.current_time()) != "up":
             return
-        with anyio.move_on_after(1.0):  # a peer that stops reading must not stall settlement
-            if await conn.send(self.frame(self.report(record))):
-                self.notifications_sent += 1
+        if await conn.send_within(self.frame(self.report(record)), NOTIFY_TIMEOUT_S):
+            self.notifications_sent += 1
 
     # --- requests ------------------------------------------------------------------------
 

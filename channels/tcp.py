@@ -54,6 +54,23 @@ class SimConnection:
             return False
         return True
 
+    async def send_within(self, data: bytes, timeout_s: float) -> bool:
+        """:meth:`send`, bounded: a peer that stops reading must not stall the sender
+        (a network's own pushes, such as settlement notifications).
+
+        A write the timeout cut may have left part of the frame on the wire (trio writes
+        a large frame in chunks; asyncio's transport takes it whole), and the peer would
+        read the next frame's bytes as the rest of this one. So the connection is closed,
+        as a network drops a peer that stopped reading: its requests are answered no
+        more, and it redials.
+        """
+        with anyio.move_on_after(timeout_s):
+            return await self.send(data)
+        log.warning("connection %d: a write did not finish within %g s; closing it",
+                    self.id, timeout_s)
+        self.close()
+        return False
+
     def close(self) -> None:
         self.alive = False
         if self.scope is not None:
