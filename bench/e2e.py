@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,8 @@ class Step:
     seconds: list[tuple[float, int]] = field(default_factory=list)  # per second: p99, shed
     #: Payments processed (replies less refusals) per second: what the switch got done.
     processed: float = 0.0
+    #: What ``run_load``'s ``probe`` returned at the start and at the end of the window.
+    probed: tuple[Any, Any] | None = None
 
     @property
     def kept_schedule(self) -> bool:
@@ -203,8 +205,11 @@ def _generate(args: tuple[str, int, bytes, float, int, int, int, float]) -> dict
 
 
 def run_load(target: str, pid: int, port: int, shape: RateShape, duration: float,
-             seed: int) -> Step:
-    """Offer ``shape`` for ``duration`` from enough generator processes; measure."""
+             seed: int, probe: Callable[[], Any] | None = None) -> Step:
+    """Offer ``shape`` for ``duration`` from enough generator processes; measure.
+
+    ``probe``: called when the load starts and when it ends, exactly where the server's
+    CPU is read (bench/bench_rates.py reads each thread's there)."""
     import msgspec
 
     peak_rate = max(shape.rate_at(t) for t in range(int(duration) + 1))
@@ -225,10 +230,12 @@ def run_load(target: str, pid: int, port: int, shape: RateShape, duration: float
                 for i in range(processes)]
         pending = pool.map_async(_generate, jobs)
         time.sleep(max(0.0, start_wall - time.time()))
+        probed_before = probe() if probe is not None else None
         before = cpu_seconds(pid)
         sampler.start()
         results = pending.get(timeout=duration + 120)
         used = cpu_seconds(pid) - before
+        probed_after = probe() if probe is not None else None
         done.set()
     sampler.join()
     histogram = new_histogram()
@@ -262,11 +269,14 @@ def run_load(target: str, pid: int, port: int, shape: RateShape, duration: float
         rss_mib=(rss[0], max(rss), rss[-1]),
         seconds=[(pct(h, 99), shed) for _, (h, shed) in sorted(per_second.items())],
         processed=(replies - sum(errors.values())) / elapsed,
+        probed=(probed_before, probed_after) if probe is not None else None,
     )
 
 
-def run_step(target: str, pid: int, port: int, rate: float, duration: float, seed: int) -> Step:
-    return run_load(target, pid, port, StepsRate(rates=[rate], step_s=duration), duration, seed)
+def run_step(target: str, pid: int, port: int, rate: float, duration: float, seed: int,
+             probe: Callable[[], Any] | None = None) -> Step:
+    return run_load(target, pid, port, StepsRate(rates=[rate], step_s=duration), duration, seed,
+                    probe)
 
 
 def _line(step: Step) -> str:
