@@ -207,7 +207,8 @@ class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=65536)] = 8192
     #: group mode: after each commit, let records gather this long before the next one
     #: (0: the next commit starts at once). Fewer, larger commits cost less CPU per
-    #: payment; adds up to this latency.
+    #: payment; adds up to this latency. Measured at 0.002 (bench/bench_rates.py): a
+    #: third less CPU per payment at 1,000/s, a sixth at 4,000/s, for ~2 ms on the median.
     commit_window_s: Annotated[float, msgspec.Meta(ge=0, le=0.05)] = 0.0
     #: Records waiting for the writer; past this, new payments are shed as overloaded.
     max_pending: Annotated[int, msgspec.Meta(ge=1, le=4_000_000)] = 262144
