@@ -183,7 +183,6 @@ def check_journal(folded: Fold, acked: Mapping[str, tuple[str, Status, object]],
     return JournalView(intents, finals, card_intents, approved, card_holds)
 
 
-
 def check_index(index: IdempotencyIndex, folded: Fold, violate: Violate) -> None:
     """What a retry of each key would hear now (idempotency: the same key and body, the
     same result), against the journal. The simulated clients never ask again about a key
