@@ -22,10 +22,10 @@ Figures, each against the issue's target:
 * the highest offered rate served whole (95% processed, not refused) with p99 <= 10 ms,
   and saturation: the highest processed rate whose admitted payments keep p99 <= 100 ms
   (refusals are fast replies: counted as served, shedding would raise both figures);
-* overload: 3x the saturation rate, then half the saturation rate: share shed, p99 of
-  admitted payments (results only, not refusals), RSS at start / peak / end, and the
-  seconds after the overload until a second is as clean as steady load (nothing shed,
-  p99 within 1.5x the sweep's p99 at that rate, or 10 ms);
+* overload: half the saturation rate alone (the baseline), then 3x the saturation rate,
+  then half again: share shed, p99 of admitted payments (results only, not refusals),
+  RSS at start / peak / end, and the seconds after the overload until a second is as
+  clean as the baseline (nothing shed, p99 within 1.5x the baseline's, or 10 ms);
 * the same sustained load on the trio backend;
 * through the real simulators in their own process (card ISO 8583 + SWIFT + QR mix):
   the switch's CPU per payment at ``SIM_RATE``.
@@ -320,16 +320,22 @@ def overload(pid: int, port: int, saturated: float, seconds: int, base: float) -
     return step
 
 
-def steady_p99_ms(sweep_steps: list[Step], base: float) -> float:
-    """The p99 of the sweep's step at the highest rate not above ``base``: how clean the
-    switch is at that load without any overload before it."""
-    below = [s for s in sweep_steps if s.rate <= base]
-    return max(below, key=lambda s: s.rate).p99_ms if below else 10.0
+def baseline(pid: int, port: int, base: float, seconds: float) -> Step:
+    """``base`` alone on the switch about to be overloaded: how clean it is at that rate,
+    what "recovered" is judged against.
+
+    Measured at the same rate, on the same switch, just before: the sweep's nearest step
+    was at a lower rate (4,000/s against a base near 5,000/s, where this 2-core box is at
+    its knee: p99 10.6 ms against 15-35 ms), so "recovered" was unreachable even for
+    seconds that were as clean as before the overload."""
+    step = run_step("switch", pid, port, base, seconds, seed=8)
+    step.target = "baseline"
+    return step
 
 
 def recovery_s(step: Step, overload_s: int, steady_ms: float) -> float | None:
-    """Seconds after the overload until a second is as clean as steady load: nothing
-    shed, p99 within 1.5x the sweep's p99 at the base rate (or 10 ms, if that is higher).
+    """Seconds after the overload until a second is as clean as the baseline: nothing
+    shed, p99 within 1.5x the baseline's p99 (or 10 ms, if that is higher).
 
     Against the switch's own steady state, not a fixed 10 ms: at half the saturation rate
     the p99 can be above 10 ms without any overload, and "recovered" was then unreachable.
@@ -390,7 +396,7 @@ def main() -> None:
     results: dict[str, list[Step]] = {}
     cpu: dict[str, Step] = {}
     over: Step | None = None
-    steady_ms = 10.0  # the sweep's p99 at the overload's base rate (set below)
+    before: Step | None = None  # the overload's base rate alone, just before it
     # "switch-no-metrics" swaps every metric for a no-op: the difference is what metrics
     # cost on the hot path. It gets the sustained step only. So does trio.
     for target in ("switch", "switch-no-metrics", "switch-trio", "echo"):
@@ -407,10 +413,12 @@ def main() -> None:
             if target == "switch":
                 sat = saturation(results[target])
                 top = sat.processed if sat is not None else results[target][-1].processed
-                print(f"switch: overload, 3 x {top:.0f}/s for {overload_s} s", flush=True)
                 base = min(top / 2, 5000.0)
+                print(f"switch: baseline {base:.0f}/s for {duration:.0f} s", flush=True)
+                before = baseline(pid, port, base, duration)
+                print(_line(before), flush=True)
+                print(f"switch: overload, 3 x {top:.0f}/s for {overload_s} s", flush=True)
                 over = overload(pid, port, top, overload_s, base=base)
-                steady_ms = steady_p99_ms(results[target], base)
                 print(_line(over), flush=True)
         finally:
             stop_switch(proc)
@@ -422,7 +430,8 @@ def main() -> None:
     print(_line(sims), flush=True)
     load_end = os.getloadavg()
 
-    assert over is not None
+    assert over is not None and before is not None
+    steady_ms = before.p99_ms
     metrics_cost_us = (
         cpu["switch"].cpu_us_per_payment - cpu["switch-no-metrics"].cpu_us_per_payment
     )
@@ -458,8 +467,8 @@ def main() -> None:
         f"admitted p99 {over.admitted_p99_ms:.1f} ms (target <= 50 ms), RSS start/peak/end "
         + "/".join(f"{v:.0f}" for v in over.rss_mib) + " MiB, recovery "
         + (f"{recovered:.0f} s" if recovered is not None else "not within 5 s")
-        + f" to within 1.5x the steady p99 of the sweep at that rate ({steady_ms:.1f} ms; "
-        "target <= 1 s)",
+        + f" to within 1.5x the p99 at {before.rate:.0f}/s just before the overload "
+        f"({steady_ms:.1f} ms; target <= 1 s)",
         f"through the simulators (card+SWIFT+QR, own process) at {SIM_RATE:.0f}/s: "
         f"{sims.cpu_us_per_payment:.1f} us switch CPU per payment, p99 {sims.p99_ms:.2f} ms, "
         f"achieved {sims.achieved:.0f}/s",
@@ -467,13 +476,15 @@ def main() -> None:
         "(2 cores: above ~2, other processes competed for the CPU)",
         "generator kept its schedule: "
         + ("yes" if all(s.kept_schedule for steps in results.values() for s in steps)
-           and over.kept_schedule and all(s.kept_schedule for s in cpu.values())
+           and over.kept_schedule and before.kept_schedule
+           and all(s.kept_schedule for s in cpu.values())
            else "NO (see 'generator lagged' column)"),
     ]
     print("\n".join(lines))
 
     every = [s for steps in results.values() for s in steps] + [
-        cpu["switch"], cpu["switch-no-metrics"], cpu["switch-trio"], cpu["echo"], over, sims]
+        cpu["switch"], cpu["switch-no-metrics"], cpu["switch-trio"], cpu["echo"], before, over,
+        sims]
     rows = [
         [s.target, f"{s.rate:.0f}", f"{s.achieved:.0f}", f"{s.processed:.0f}", f"{s.p50_ms:.2f}",
          f"{s.p99_ms:.2f}",
