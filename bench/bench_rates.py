@@ -10,12 +10,14 @@ bench/e2e.py shows the switch's CPU per payment falling about tenfold from 500/s
   own timer, by another thread (the journal's hand-off), or by a peer process's write
   (a client's request). A halted virtual CPU is expensive to wake, and the time is
   charged to the threads involved;
-* then, for each rate and each journal ``commit_window_s`` (0, the default, and 2 ms):
-  the event-loop thread's and the other threads' (the journal writer's) CPU per payment
-  and voluntary context switches (sleeps) per payment, with p50 and p99.
+* then, for each rate and each journal writer (``journal.writer = "loop"``, the
+  default, which commits on the event loop's thread; ``"thread"``, a writer thread; and
+  the thread with a 2 ms ``commit_window_s``): the event-loop thread's and the other
+  threads' (the journal writer's) CPU per payment and voluntary context switches
+  (sleeps) per payment, with p50 and p99.
 
-Each window runs its own fresh switch (bench/e2e.py's configuration); the rates are
-interleaved across windows, so each row is compared with its neighbours measured in the
+Each writer runs its own fresh switch (bench/e2e.py's configuration); the rates are
+interleaved across writers, so each row is compared with its neighbours measured in the
 same minute. Every step has its own seed: a step that reused an earlier step's keys
 would be answered from the idempotency index, far cheaper than a payment.
 """
@@ -41,7 +43,8 @@ if __package__ in (None, ""):
 from bench import e2e
 from bench.results import markdown_table, write_flag, write_section
 
-WINDOWS_S = (0.0, 0.002)
+#: (journal.writer, journal.commit_window_s): the default first.
+WRITERS = (("loop", 0.0), ("thread", 0.0), ("thread", 0.002))
 WAKEUPS = 2_000
 STEP_S = 8.0
 
@@ -138,7 +141,7 @@ def read_threads(pid: int) -> Threads:
 
 @dataclass(frozen=True)
 class Row:
-    window_s: float
+    writer: str
     step: e2e.Step
     loop_us: float
     others_us: float
@@ -146,7 +149,7 @@ class Row:
     others_sleeps: float
 
 
-def measure(window_s: float, pid: int, port: int, rate: float, seed: int) -> Row:
+def measure(writer: str, pid: int, port: int, rate: float, seed: int) -> Row:
     step = e2e.run_step("switch", pid, port, rate, STEP_S, seed,
                         probe=lambda: read_threads(pid))
     assert step.probed is not None
@@ -159,19 +162,25 @@ def measure(window_s: float, pid: int, port: int, rate: float, seed: int) -> Row
                     if (tid == pid) == loop)
         return total / payments
 
-    return Row(window_s, step,
+    return Row(writer, step,
                per_payment(after.cpu_s, before.cpu_s, True) * 1e6,
                per_payment(after.cpu_s, before.cpu_s, False) * 1e6,
                per_payment(after.sleeps, before.sleeps, True),
                per_payment(after.sleeps, before.sleeps, False))
 
 
-def start(window_s: float, work: Path) -> tuple[object, dict[str, int]]:
-    config = work / f"switch-window-{window_s}.toml"
+def label(writer: str, window_s: float) -> str:
+    return writer + (f" + {window_s * 1000:.0f} ms window" if window_s else "")
+
+
+def start(writer: str, window_s: float, work: Path) -> tuple[object, dict[str, int]]:
+    name = f"switch-{writer}-{window_s}"
+    config = work / f"{name}.toml"
     config.write_text(e2e.SWITCH_CONFIG.format(
-        journal=work / f"switch-window-{window_s}.db", metrics="true").replace(
-        'mode = "group"', f'mode = "group"\ncommit_window_s = {window_s}'))
-    return e2e.start_switch(config, work / f"ready-window-{window_s}.json")
+        journal=work / f"{name}.db", metrics="true").replace(
+        'mode = "group"',
+        f'mode = "group"\nwriter = "{writer}"\ncommit_window_s = {window_s}'))
+    return e2e.start_switch(config, work / f"ready-{name}.json")
 
 
 def main() -> None:
@@ -192,14 +201,14 @@ def main() -> None:
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="payswitch-rates-"))
     seeds = itertools.count(31_000)
-    switches = {w: start(w, work) for w in WINDOWS_S}
+    switches = {label(w, s): start(w, s, work) for w, s in WRITERS}
     rows: list[Row] = []
     try:
         for rate in rates:
-            for window_s, (_, endpoints) in switches.items():
-                row = measure(window_s, endpoints["pid"], endpoints["port"], rate, next(seeds))
+            for writer, (_, endpoints) in switches.items():
+                row = measure(writer, endpoints["pid"], endpoints["port"], rate, next(seeds))
                 rows.append(row)
-                print(f"window {window_s * 1000:.0f} ms {rate:6.0f}/s  p50 {row.step.p50_ms:6.2f}"
+                print(f"{writer:22s} {rate:6.0f}/s  p50 {row.step.p50_ms:6.2f}"
                       f"  p99 {row.step.p99_ms:7.2f} ms  CPU {row.step.cpu_us_per_payment:6.1f}"
                       f" us/payment: loop {row.loop_us:6.1f}, others {row.others_us:6.1f}; "
                       f"sleeps/payment loop {row.loop_sleeps:.2f}, others "
@@ -212,20 +221,21 @@ def main() -> None:
     wake_table = markdown_table(["one wake-up, woken by", "CPU us"],
                                 [[what, f"{us:.1f}"] for what, us in wakeups.items()])
     table = markdown_table(
-        ["commit window", "offered /s", "processed /s", "p50 ms", "p99 ms",
+        ["journal writer", "offered /s", "processed /s", "p50 ms", "p99 ms",
          "CPU us/payment (process)", "loop thread us", "other threads us",
          "loop sleeps /payment", "other threads' sleeps /payment"],
-        [[f"{r.window_s * 1000:.0f} ms", f"{r.step.rate:.0f}", f"{r.step.processed:.0f}",
+        [[r.writer, f"{r.step.rate:.0f}", f"{r.step.processed:.0f}",
           f"{r.step.p50_ms:.2f}", f"{r.step.p99_ms:.2f}", f"{r.step.cpu_us_per_payment:.0f}",
           f"{r.loop_us:.0f}", f"{r.others_us:.0f}", f"{r.loop_sleeps:.2f}",
           f"{r.others_sleeps:.2f}"] for r in rows])
     body = (
         f"{wake_table}\n\n"
-        f"Each window its own fresh switch (bench/e2e.py's configuration), {STEP_S:.0f} s "
-        "per step, rates interleaved across windows, a new seed per step. CPU per payment "
+        f"Each writer its own fresh switch (bench/e2e.py's configuration), {STEP_S:.0f} s "
+        "per step, rates interleaved across writers, a new seed per step. CPU per payment "
         "processed; *sleeps* are voluntary context switches (the thread blocked and had "
-        "to be woken). The other threads are the journal writer's (the only busy one) and "
-        f"idle helpers. Load average (1 min) at start {load_start:.1f}, at end "
+        "to be woken). The other threads are the journal writer's (the only busy one with "
+        "the thread writer) and idle helpers. "
+        f"Load average (1 min) at start {load_start:.1f}, at end "
         f"{load_end:.1f}.\n\n{table}\n"
     )
     write_section("rates", "CPU per payment by rate, per thread, and what a wake-up costs",

@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
             "routes[0].network: no network named 'b'",
         ),
         ("server = [", "not valid TOML"),
+        ('[journal]\nwriter = "disk"', "journal.writer: Invalid enum value 'disk'"),
+        ("[journal]\ncommit_window_s = 0.002",
+         'journal.commit_window_s: a commit window needs journal.writer = "thread"'),
     ],
 )
 def test_bad_config_names_the_key(text: str, message: str) -> None:
@@ -39,6 +42,12 @@ def test_bad_config_names_the_key(text: str, message: str) -> None:
         parse_config(text, "switch.toml")
     assert message in str(info.value)
     assert str(info.value).startswith("switch.toml")
+
+
+def test_a_commit_window_loads_with_the_thread_writer() -> None:
+    cfg = parse_config('[journal]\nwriter = "thread"\ncommit_window_s = 0.002', "switch.toml")
+    assert cfg.journal.writer == "thread" and cfg.journal.commit_window_s == 0.002
+    assert parse_config("", "switch.toml").journal.writer == "loop"  # the default
 
 
 def test_example_config_loads() -> None:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -54,12 +54,14 @@ def row(i: int) -> JournalRecord:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("writer", ["loop", "thread"])
 async def test_a_full_journal_fails_with_the_real_cause(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, writer: Literal["loop", "thread"]
 ) -> None:
     db = open_database(tmp_path / "journal.db", "group")
     fill_to_the_brim(db)
-    journal = Journal(db, mode="group", max_batch=64, max_pending=1000, metrics=SwitchMetrics())
+    journal = Journal(db, mode="group", max_batch=64, max_pending=1000, metrics=SwitchMetrics(),
+                      writer=writer)
     caplog.set_level(logging.CRITICAL, logger="switch.journal")
     with pytest.raises(BaseException) as raised:
         async with anyio.create_task_group() as tg:

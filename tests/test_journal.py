@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import traceback
 from pathlib import Path
 
 import anyio
@@ -28,6 +29,8 @@ from switch.model import Party, Payment, Result, Status
 from switch.observability.metrics import SwitchMetrics
 
 pytestmark = pytest.mark.anyio
+#: Both writers (switch/journal/store.py, Journal): the loop's own thread and a thread.
+each_writer = pytest.mark.parametrize("writer", ["loop", "thread"])
 
 
 def _payment(i: int) -> Payment:
@@ -49,10 +52,12 @@ def _row(i: int, kind: RecordKind, status: Status) -> JournalRecord:
     return JournalRecord.outcome(kind, _payment(i), Result(f"P1-{i}", status, "00"), b"h" * 16, i)
 
 
-async def test_group_commit_shares_commits_and_replay_rebuilds(tmp_path: Path) -> None:
+@each_writer
+async def test_group_commit_shares_commits_and_replay_rebuilds(tmp_path: Path, writer: str) -> None:
     db = open_database(tmp_path / "j.db", "group")
     assert replay(db).boot_count == 1
-    journal = Journal(db, mode="group", max_batch=1000, max_pending=10_000, metrics=SwitchMetrics())
+    journal = Journal(db, mode="group", max_batch=1000, max_pending=10_000, metrics=SwitchMetrics(),
+                      writer=writer)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run)
         async with anyio.create_task_group() as writers:
@@ -81,9 +86,13 @@ async def test_pending_records_are_bounded(tmp_path: Path) -> None:
         journal.append(_row(5, INTENT, Status.SENT))
 
 
-async def test_wait_policy_waits_for_a_commit_instead_of_refusing(tmp_path: Path) -> None:
+@each_writer
+async def test_wait_policy_waits_for_a_commit_instead_of_refusing(
+    tmp_path: Path, writer: str
+) -> None:
     db = open_database(tmp_path / "j.db", "group")
-    journal = Journal(db, mode="group", max_batch=2, max_pending=2, metrics=SwitchMetrics())
+    journal = Journal(db, mode="group", max_batch=2, max_pending=2, metrics=SwitchMetrics(),
+                      writer=writer)
     journal.append(_row(0, INTENT, Status.SENT))
     journal.append(_row(1, INTENT, Status.SENT))
     with pytest.raises(JournalFull):
@@ -101,11 +110,15 @@ async def test_wait_policy_waits_for_a_commit_instead_of_refusing(tmp_path: Path
     assert journal.committed_records == 3
 
 
-async def test_the_writer_reports_every_commit_in_order_on_the_loop(tmp_path: Path) -> None:
+@each_writer
+async def test_the_writer_reports_every_commit_in_order_on_the_loop(
+    tmp_path: Path, writer: str
+) -> None:
     """The engine completes payments from the listener: it must hear every batch once,
     in commit order, after the batch is durable, on the loop's own thread."""
     db = open_database(tmp_path / "j.db", "group")
-    journal = Journal(db, mode="group", max_batch=3, max_pending=1000, metrics=SwitchMetrics())
+    journal = Journal(db, mode="group", max_batch=3, max_pending=1000, metrics=SwitchMetrics(),
+                      writer=writer)
     loop_thread = threading.get_ident()
     heard: list[tuple[list[str], int, bool]] = []
     journal.listen(lambda batch: heard.append(
@@ -141,9 +154,11 @@ async def test_a_commit_window_gathers_more_records_per_commit(tmp_path: Path) -
     assert await commits_for(0.05, "window.db") < await commits_for(0.0, "none.db")
 
 
-async def test_maintenance_runs_on_the_writer_between_commits(tmp_path: Path) -> None:
+@each_writer
+async def test_maintenance_runs_on_the_writer_between_commits(tmp_path: Path, writer: str) -> None:
     db = open_database(tmp_path / "j.db", "group")
-    journal = Journal(db, mode="group", max_batch=8, max_pending=1000, metrics=SwitchMetrics())
+    journal = Journal(db, mode="group", max_batch=8, max_pending=1000, metrics=SwitchMetrics(),
+                      writer=writer)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run)
         await journal.write(_row(0, INTENT, Status.SENT), OnFull.SHED)
@@ -155,6 +170,102 @@ async def test_maintenance_runs_on_the_writer_between_commits(tmp_path: Path) ->
     assert count == 1
     with pytest.raises(JournalFailed, match="not running"):  # no writer: no silent wait
         await journal.maintain(lambda conn: None)
+
+
+async def test_the_loop_writer_commits_on_the_loops_thread(tmp_path: Path) -> None:
+    """writer="loop": every commit runs on the loop's thread (no hand-off), writer="thread"
+    on another: the difference the two modes exist for."""
+    threads: dict[str, set[int]] = {}
+    for writer in ("loop", "thread"):
+        db = open_database(tmp_path / f"{writer}.db", "group")
+        journal = Journal(db, mode="group", max_batch=4, max_pending=1000,
+                          metrics=SwitchMetrics(), writer=writer)  # type: ignore[arg-type]
+        commit = journal._commit
+        seen = threads[writer] = set()
+
+        def spy(rows: list[object], commit=commit, seen=seen) -> None:  # type: ignore[no-untyped-def]
+            seen.add(threading.get_ident())
+            commit(rows)  # type: ignore[arg-type]
+
+        journal._commit = spy  # type: ignore[method-assign]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for i in range(10):
+                await journal.write(_row(i, INTENT, Status.SENT), OnFull.SHED)
+            await journal.close()
+        assert journal.committed_records == 10
+    assert threads["loop"] == {threading.get_ident()}
+    assert threading.get_ident() not in threads["thread"] and len(threads["thread"]) == 1
+
+
+async def test_records_a_listener_appends_commit_at_the_next_loop_step(tmp_path: Path) -> None:
+    """writer="loop": what a commit's listener appends (the core journals a payment's next
+    step from there) is committed too, in order, but not from inside that commit: the loop
+    gets its step back between commits."""
+    db = open_database(tmp_path / "j.db", "group")
+    journal = Journal(db, mode="group", max_batch=1000, max_pending=1000,
+                      metrics=SwitchMetrics(), writer="loop")
+    stack_depths: list[int] = []
+    follow_ups = iter(range(100, 120))
+
+    def listener(batch: object) -> None:
+        stack_depths.append(len(traceback.extract_stack()))
+        i = next(follow_ups, None)
+        if i is not None:
+            journal.append(_row(i, INTENT, Status.SENT))  # one more record per commit
+
+    journal.listen(listener)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        await journal.write(_row(0, INTENT, Status.SENT), OnFull.SHED)
+        with anyio.fail_after(10):
+            while journal.committed_records < 21:
+                await anyio.sleep(0.001)
+        await journal.close()
+    assert len(stack_depths) == 21
+    assert max(stack_depths) - min(stack_depths) <= 6, "commits nested inside commits"
+    in_seq_order = [pid for (pid,) in db.execute("SELECT payment_id FROM journal ORDER BY seq")]
+    assert in_seq_order == ["P1-0"] + [f"P1-{i}" for i in range(100, 120)]
+
+
+async def test_a_loop_commit_waits_behind_a_maintenance_step(tmp_path: Path) -> None:
+    """writer="loop": while a maintain() step holds the connection on the writer thread,
+    a commit must not run beside it on the loop; it queues behind the step there, and
+    commits return to the loop once the step has reported."""
+    db = open_database(tmp_path / "j.db", "group")
+    journal = Journal(db, mode="group", max_batch=1000, max_pending=1000,
+                      metrics=SwitchMetrics(), writer="loop")
+    step_started = threading.Event()
+    release_step = threading.Event()
+    committed_during_step: list[int] = []
+
+    def slow_step(conn: sqlite3.Connection) -> int:
+        step_started.set()
+        assert release_step.wait(10)
+        committed_during_step.append(journal.committed_records)
+        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        await journal.write(_row(0, INTENT, Status.SENT), OnFull.SHED)
+        result: list[int] = []
+
+        async def maintain() -> None:
+            result.append(await journal.maintain(slow_step))
+
+        tg.start_soon(maintain)
+        with anyio.fail_after(10):
+            while not step_started.is_set():
+                await anyio.sleep(0.001)
+        journal.append(_row(1, INTENT, Status.SENT))
+        await anyio.sleep(0.05)  # many loop steps: a loop commit would have run by now
+        assert journal.committed_records == 1, "a commit ran beside the maintenance step"
+        release_step.set()
+        with anyio.fail_after(10):
+            await journal.write(_row(2, INTENT, Status.SENT), OnFull.SHED)
+        await journal.close()
+    assert result == [1] and committed_during_step == [1]
+    assert journal.committed_records == 3
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 255, 256, 257, 300, 1000])

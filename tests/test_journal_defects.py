@@ -17,7 +17,7 @@ import logging
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import anyio
 import pytest
@@ -164,9 +164,9 @@ class _DeleteFails:
         return self._db.executemany(sql, rows)
 
 
-def _journal(db: Any) -> Journal:
+def _journal(db: Any, writer: Literal["loop", "thread"] = "thread") -> Journal:
     return Journal(cast(sqlite3.Connection, db), mode="group", max_batch=64, max_pending=1000,
-                   metrics=SwitchMetrics(),
+                   metrics=SwitchMetrics(), writer=writer,
                    retention=Retention(Compactor(DAY_S), lambda: NOW_US, every_s=0.001))
 
 
@@ -193,7 +193,9 @@ async def test_an_io_error_from_retentions_delete_fail_stops_the_journal(
 
 
 @pytest.mark.anyio
-async def test_a_full_archive_only_pauses_retention(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", ["loop", "thread"])
+async def test_a_full_archive_only_pauses_retention(
+        tmp_path: Path, writer: Literal["loop", "thread"]) -> None:
     """The benign case: the archive's disk is full; the live journal is fine, so
     retention waits and the journal goes on committing."""
     db = _open(tmp_path / "j.db")
@@ -202,7 +204,7 @@ async def test_a_full_archive_only_pauses_retention(tmp_path: Path) -> None:
     _add(db, "P-young", NOW_US)
     pages = db.execute("PRAGMA archive.page_count").fetchone()[0]
     db.execute(f"PRAGMA archive.max_page_count = {pages}")
-    journal = _journal(db)
+    journal = _journal(db, writer)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)

@@ -179,8 +179,8 @@ class _Maintenance:
 def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # check_same_thread=False: opened here, read at start-up (replay), then used only by
-    # the journal's writer thread (Journal.run).
+    # check_same_thread=False: opened here, read at start-up (replay), then used by one
+    # writer at a time: the loop's thread or the journal's writer thread (Journal).
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                          cached_statements=CACHED_STATEMENTS)
     db.execute("PRAGMA journal_mode=WAL")
@@ -244,14 +244,25 @@ class Retention:
 class Journal:
     """Append-only, group-committed payment journal. Run :meth:`run` in a task group.
 
-    The connection belongs to one writer thread, started by :meth:`run`. The loop fills
-    the open batch; whenever the writer is idle, the open batch is handed to it (at the
-    end of the current loop step, so every record of one wake-up shares the commit), and
-    the writer reports each commit back through the loop's own thread-safe call. No
-    per-commit task, worker-pool hop or lock: a quarter of the CPU of a hop through
-    ``anyio.to_thread`` (bench/bench_thread_hop.py), paid twice per payment at low rates
-    (issue 12). One thread also keeps commits in order, so the listener (:meth:`listen`)
-    hears them first-in, first-out.
+    The loop fills the open batch; at the end of the current loop step (so every record
+    of one wake-up shares the commit) the batch is committed by one of two writers:
+
+    * ``writer="loop"``: right there, on the loop's own thread, as Redis does with
+      ``appendfsync always``. No hand-off, so no cross-thread wake-up and no wait for the
+      GIL: on this 2-core VM a wake-up costs 20-30 us of CPU, and a commit beside a busy
+      loop took 6x-13x as long as alone (bench/bench_journal_gil.py). Measured side by
+      side (bench/bench_rates.py probe, two rounds): 10-23% less CPU per payment at
+      1,000-10,000/s and p99 about halved at 8,000-10,000/s. The price: while an fsync is
+      slow, the whole loop waits with it (nothing is read, refused or scraped).
+    * ``writer="thread"``: a writer thread, started by :meth:`run`, commits while the
+      loop goes on; it reports each commit back through the loop's own thread-safe call
+      (no per-commit task or worker pool: bench/bench_thread_hop.py). A slow disk then
+      delays only the payments waiting on it, and past ``max_pending`` they are refused.
+
+    Either way one writer at a time keeps commits in order, so the listener
+    (:meth:`listen`) hears them first-in, first-out. The thread exists in both modes: it
+    runs :meth:`maintain` steps (retention), and in ``loop`` mode commits that arrive
+    while such a step holds the connection queue behind it there.
     """
 
     def __init__(
@@ -263,11 +274,15 @@ class Journal:
         max_pending: int,
         metrics: JournalMetrics,
         commit_window_s: float = 0.0,
+        writer: Literal["loop", "thread"] = "thread",
         retention: Retention | None = None,
         commit_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
         assert 0.0 <= commit_window_s <= 1.0
+        assert writer in ("loop", "thread")
+        assert not (writer == "loop" and commit_window_s), "a commit window needs the thread"
+        self.writer = writer
         self._commit_window_s = commit_window_s if mode == "group" else 0.0
         # Read at scrape time, so a stuck writer shows as a growing backlog.
         metrics.journal_pending.set_function(lambda: float(self._pending))
@@ -285,7 +300,8 @@ class Journal:
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._calls: LoopCalls | None = None  # bound by run(), on the loop
         self._writer: threading.Thread | None = None
-        self._busy = False  # a batch is with the writer thread
+        self._busy = False  # a batch is being committed (by the thread, or here)
+        self._maintaining = 0  # maintain() steps given to the thread, not yet reported
         self._hand_off_armed = False
         self._listeners: list[Callable[[_Batch], None]] = []
         self._stopped = anyio.Event()  # closed and drained, or failed
@@ -395,6 +411,7 @@ class Journal:
         if self._writer is None or not self._writer.is_alive():
             raise JournalFailed("the journal's writer is not running (Journal.run)")
         job = _Maintenance(step)
+        self._maintaining += 1  # until it reports, commits queue behind it on the thread
         self._jobs.put(job)
         await job.done.wait()
         if job.error is not None:
@@ -436,6 +453,9 @@ class Journal:
         self._hand_off_armed = False
         if self._busy or self.failure is not None or self._calls is None:
             return
+        if self.writer == "loop" and not self._maintaining:
+            self._commit_here()
+            return
         if self._batches[0].rows:
             batch = self._batches.popleft()
             if not self._batches:
@@ -445,11 +465,55 @@ class Journal:
         elif self._closed:
             self._stopped.set()
 
+    def _commit_here(self) -> None:
+        """``writer="loop"``: commit the batches waiting now, on this thread, in order.
+
+        Only those waiting when called: what the commits' listeners append meanwhile
+        waits for the end of this loop step, as any other record does, so a listener
+        that appends on every commit cannot hold the loop here."""
+        assert self.writer == "loop" and not self._busy and not self._maintaining
+        for _ in range(len(self._batches)):
+            batch = self._batches[0]
+            if not batch.rows or self.failure is not None:
+                break
+            self._batches.popleft()
+            if not self._batches:
+                self._batches.append(_Batch())
+            self._busy = True
+            started = self._commit_clock()
+            error: Exception | None = None
+            try:
+                self._commit(batch.rows)
+            except Exception as exc:  # disk full, I/O error: fail-stop, never guess
+                error = exc
+            if not self._account(batch, error, self._commit_clock() - started):
+                return  # failed: fail-stop has told every waiter
+            self._busy = False
+        assert not self._busy
+        if self._batches[0].rows and self.failure is None:
+            self._hand_off_armed = True
+            self._calls_soon(self._hand_off)
+        elif self._closed and self.failure is None:
+            self._stopped.set()
+
+    def _calls_soon(self, fn: Callable[[], None]) -> None:
+        assert self._calls is not None
+        self._calls.soon(fn)
+
     def _committed(self, batch: _Batch, error: BaseException | None, seconds: float) -> None:
-        """The writer finished ``batch`` (on the loop, in commit order)."""
+        """The writer thread finished ``batch`` (reported on the loop, in commit order)."""
+        if not self._account(batch, error, seconds):
+            return
+        if not self._commit_window_s:
+            self._busy = False
+            self._hand_off()
+        # else: the writer lets the next batch gather, then calls _writer_ready.
+
+    def _account(self, batch: _Batch, error: BaseException | None, seconds: float) -> bool:
+        """A commit ended: count it and tell its waiters. False if it failed (fail-stop)."""
         if error is not None:
             self._failed(batch, error)
-            return
+            return False
         self._pending -= len(batch.rows)
         assert self._pending >= 0, "journal pending went negative"
         self.commits += 1
@@ -460,10 +524,7 @@ class Journal:
         self._tell(batch)
         self._room.set()
         self._room = anyio.Event()
-        if not self._commit_window_s:
-            self._busy = False
-            self._hand_off()
-        # else: the writer lets the next batch gather, then calls _writer_ready.
+        return True
 
     def _writer_ready(self) -> None:
         self._busy = False
@@ -498,7 +559,11 @@ class Journal:
                 log.exception("journal commit listener failed")
 
     def _maintained(self, job: _Maintenance) -> None:
+        assert self._maintaining > 0
+        self._maintaining -= 1
         job.done.set()
+        if not self._busy:
+            self._hand_off()  # loop mode: commits resume here; the thread held none
 
     # ----------------------------------------------------------------- on the writer
 

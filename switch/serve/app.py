@@ -311,6 +311,7 @@ class SwitchApp:
                 max_pending=cfg.journal.max_pending,
                 metrics=self.metrics,
                 commit_window_s=cfg.journal.commit_window_s,
+                writer=cfg.journal.writer,
                 # Finished payments past the idempotency window move to the archive, so
                 # start-up never grows with history.
                 retention=Retention(Compactor(cfg.idempotency.retention_s,
