@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
 import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -266,6 +268,41 @@ async def test_a_loop_commit_waits_behind_a_maintenance_step(tmp_path: Path) -> 
         await journal.close()
     assert result == [1] and committed_during_step == [1]
     assert journal.committed_records == 3
+
+
+async def test_a_stalled_loop_commit_is_logged_while_it_lasts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """writer="loop": a commit stuck on the disk freezes the loop, so the loop cannot say
+    so; the watchdog thread does, during the stall, naming the journal's file. A fast
+    commit logs nothing."""
+    db = open_database(tmp_path / "j.db", "group")
+    journal = Journal(db, mode="group", max_batch=100, max_pending=1000,
+                      metrics=SwitchMetrics(), writer="loop", stall_warn_s=0.1)
+    commit = journal._commit
+    logged_during_the_stall: list[bool] = []
+
+    def stalled(rows: list[object]) -> None:
+        if len(logged_during_the_stall) == 0:  # the second commit is fast
+            time.sleep(0.5)  # the loop's thread, as an fsync on a stalled disk holds it
+            logged_during_the_stall.append(any(
+                "has held the event loop" in r.getMessage() for r in caplog.records))
+        commit(rows)  # type: ignore[arg-type]
+
+    journal._commit = stalled  # type: ignore[method-assign]
+    caplog.set_level(logging.WARNING, logger="switch.journal")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        await journal.write(_row(0, INTENT, Status.SENT), OnFull.SHED)
+        stall_lines = len(caplog.records)
+        await journal.write(_row(1, INTENT, Status.SENT), OnFull.SHED)
+        await journal.close()
+    assert logged_during_the_stall == [True]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("has held the event loop" in m for m in messages) == 1
+    assert any(m.startswith("journal commit held the event loop 0.") for m in messages)
+    assert all(str(tmp_path / "j.db") in m for m in messages)
+    assert len(caplog.records) == stall_lines, "the fast commit logged"
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 255, 256, 257, 300, 1000])

@@ -96,6 +96,10 @@ def _insert_rows_sql(count: int) -> str:
 #: loop thread (bench/bench_journal_gil.py): a 100-row commit took 54 ms at 5 ms, 2.7 ms
 #: at 0.5 ms with multi-row inserts; a 1,000-row commit 502 ms and 11 ms.
 GIL_SWITCH_INTERVAL_S: Final = 0.0005
+#: writer="loop": a commit that holds the loop this long is logged while it lasts, from a
+#: watchdog thread (the loop itself can say nothing until the disk answers). A healthy
+#: commit takes well under 10 ms (payswitch_journal_commit_seconds).
+LOOP_STALL_WARN_S: Final = 1.0
 
 
 def insert_rows(db: sqlite3.Connection, rows: list[Row]) -> int:
@@ -191,6 +195,15 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
     return db
 
 
+def _database_path(db: sqlite3.Connection) -> str:
+    """The main database's file, for log lines ("" for an in-memory one)."""
+    try:
+        rows = db.execute("PRAGMA database_list").fetchall()
+    except sqlite3.Error:
+        return ""
+    return next((str(row[2]) for row in rows if row[1] == "main"), "")
+
+
 #: Longest meta value written or read (the meta table holds small facts, not records).
 MAX_META_VALUE: Final = 256 * 1024
 
@@ -277,12 +290,20 @@ class Journal:
         writer: Literal["loop", "thread"] = "thread",
         retention: Retention | None = None,
         commit_clock: Callable[[], float] = time.perf_counter,
+        stall_warn_s: float = LOOP_STALL_WARN_S,
     ) -> None:
         assert max_batch >= 1 and max_pending >= max_batch
         assert 0.0 <= commit_window_s <= 1.0
         assert writer in ("loop", "thread")
         assert not (writer == "loop" and commit_window_s), "a commit window needs the thread"
         self.writer = writer
+        assert stall_warn_s > 0
+        self._stall_warn_s = stall_warn_s
+        #: writer="loop": when the commit now under way began (commit_clock), else None;
+        #: read by the stall watchdog's thread.
+        self._commit_started: float | None = None
+        self._watchdog_stop = threading.Event()
+        self._path = _database_path(db)
         self._commit_window_s = commit_window_s if mode == "group" else 0.0
         # Read at scrape time, so a stuck writer shows as a growing backlog.
         metrics.journal_pending.set_function(lambda: float(self._pending))
@@ -389,6 +410,11 @@ class Journal:
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
                                         daemon=True)
         self._writer.start()
+        watchdog = None
+        if self.writer == "loop":
+            watchdog = threading.Thread(target=self._watch_stalls, name="journal-watchdog",
+                                        daemon=True)
+            watchdog.start()
         try:
             self._hand_off()  # records appended before the writer started
             async with anyio.create_task_group() as tg:
@@ -397,6 +423,7 @@ class Journal:
                 await self._stopped.wait()
                 tg.cancel_scope.cancel()
         finally:
+            self._watchdog_stop.set()
             self._jobs.put(None)
             # Quick unless a commit is under way; a commit cannot be abandoned halfway,
             # and its report must find the loop still running.
@@ -480,13 +507,20 @@ class Journal:
             if not self._batches:
                 self._batches.append(_Batch())
             self._busy = True
-            started = self._commit_clock()
+            started = self._commit_started = self._commit_clock()
             error: Exception | None = None
             try:
                 self._commit(batch.rows)
             except Exception as exc:  # disk full, I/O error: fail-stop, never guess
                 error = exc
-            if not self._account(batch, error, self._commit_clock() - started):
+            finally:
+                self._commit_started = None
+            seconds = self._commit_clock() - started
+            if seconds >= self._stall_warn_s:
+                log.warning("journal commit held the event loop %.1f s (%s): the disk was "
+                            "stalled; nothing was read or answered meanwhile", seconds,
+                            self._path)
+            if not self._account(batch, error, seconds):
                 return  # failed: fail-stop has told every waiter
             self._busy = False
         assert not self._busy
@@ -564,6 +598,25 @@ class Journal:
         job.done.set()
         if not self._busy:
             self._hand_off()  # loop mode: commits resume here; the thread held none
+
+    # ----------------------------------------------------------------- off the loop
+
+    def _watch_stalls(self) -> None:
+        """writer="loop": log a commit that has held the loop for ``stall_warn_s``, once
+        per commit, while it still holds it: an operator who finds the switch silent
+        (no replies, no metrics) learns why from the log."""
+        warned: float | None = None
+        while not self._watchdog_stop.wait(self._stall_warn_s / 4):
+            started = self._commit_started
+            if started is None or started == warned:
+                continue
+            held = self._commit_clock() - started
+            if held >= self._stall_warn_s:
+                warned = started
+                log.error("journal commit has held the event loop %.1f s so far (%s): the "
+                          "disk is stalled, and the switch reads and answers nothing until "
+                          'it returns (journal.writer = "thread" keeps the loop answering)',
+                          held, self._path)
 
     # ----------------------------------------------------------------- on the writer
 

@@ -206,7 +206,8 @@ class JournalConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     #: Who commits. loop: the event loop's own thread, once per loop step for every
     #: record of that step (as Redis's appendfsync always): no thread hand-off, 10-23%
     #: less CPU per payment and about half the p99 at 8,000-10,000/s (measured side by
-    #: side on 2 cores), but while the disk is slow the whole loop waits with it. thread:
+    #: side on 2 cores), but while the disk is slow the whole loop waits with it (a
+    #: commit that holds it for a second is logged while it lasts). thread:
     #: a writer thread commits while the loop goes on reading, refusing and serving
     #: metrics; each commit then costs two cross-thread wake-ups.
     writer: Literal["loop", "thread"] = "loop"
