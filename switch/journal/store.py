@@ -410,11 +410,9 @@ class Journal:
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
                                         daemon=True)
         self._writer.start()
-        watchdog = None
         if self.writer == "loop":
-            watchdog = threading.Thread(target=self._watch_stalls, name="journal-watchdog",
-                                        daemon=True)
-            watchdog.start()
+            threading.Thread(target=self._watch_stalls, name="journal-watchdog",
+                             daemon=True).start()  # ends when run() sets _watchdog_stop
         try:
             self._hand_off()  # records appended before the writer started
             async with anyio.create_task_group() as tg:
@@ -525,14 +523,11 @@ class Journal:
             self._busy = False
         assert not self._busy
         if self._batches[0].rows and self.failure is None:
+            assert self._calls is not None
             self._hand_off_armed = True
-            self._calls_soon(self._hand_off)
+            self._calls.soon(self._hand_off)
         elif self._closed and self.failure is None:
             self._stopped.set()
-
-    def _calls_soon(self, fn: Callable[[], None]) -> None:
-        assert self._calls is not None
-        self._calls.soon(fn)
 
     def _committed(self, batch: _Batch, error: BaseException | None, seconds: float) -> None:
         """The writer thread finished ``batch`` (reported on the loop, in commit order)."""
