@@ -91,6 +91,15 @@ def _delta(new: Scrape, old: Scrape, name: str) -> dict[Labels, float]:
     return out
 
 
+def histogram_increase(new: Scrape, old: Scrape, name: str) -> dict[float, float]:
+    """A histogram's bucket increases between two scrapes, summed over every other label:
+    {le: count}, ready for :func:`quantile`."""
+    buckets: dict[float, float] = defaultdict(float)
+    for labels, value in _delta(new, old, name).items():
+        buckets[float(dict(labels)["le"])] += value
+    return dict(buckets)
+
+
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
     """histogram_quantile over cumulative bucket counts {le: count}."""
     if not buckets:
@@ -158,10 +167,8 @@ def render_cluster(new: list[Scrape | None], old: list[Scrape | None],
         seconds = max(n.at - o.at, 1e-9)
         o = since(n, o)
         paid = sum(_delta(n, o, "payswitch_payments_total").values())
-        buckets: dict[float, float] = defaultdict(float)
-        for labels, value in _delta(n, o, "payswitch_payment_duration_seconds_bucket").items():
-            buckets[float(dict(labels)["le"])] += value
-        p99 = quantile(0.99, buckets)
+        p99 = quantile(0.99, histogram_increase(
+            n, o, "payswitch_payment_duration_seconds_bucket"))
         ready = sum(n.get("payswitch_ready").values()) == 1
         table.add_row(str(shard), url, "yes" if ready else "NO", f"{paid / seconds:.0f}",
                       "-" if p99 is None else f"{p99 * 1000:.2f}",
