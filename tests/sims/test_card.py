@@ -6,6 +6,7 @@ Also home of the helpers the other simulator tests share (config builders, payme
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -157,29 +158,36 @@ class Sims:
 async def running(cfg: dict[str, Any],
                   adapter_options: Mapping[str, Mapping[str, Any]] | None = None
                   ) -> AsyncIterator[Sims]:
-    """The simulators of ``cfg`` on port 0, and one started adapter per network."""
-    channels = config_from_dict(cfg)
-    async with anyio.create_task_group() as tg:
-        runtime = await tg.start(serve_channels, channels)
-        adapters: dict[str, Any] = {}
-        for net in channels.networks:
-            options = {**ADAPTER_DEFAULTS[net.kind], "reconnect_initial_s": 0.01,
-                       "reconnect_max_s": 0.05, "connect_timeout_s": 0.5,
-                       **(adapter_options or {}).get(net.name, {})}
-            spec = _ADAPTER_CLASSES[net.kind](name=net.name, port=runtime.ports[net.name],
-                                              **options)
-            adapter = build_network_adapter(spec)
-            await tg.start(adapter.run)  # type: ignore[attr-defined]
-            adapters[net.name] = adapter
-        for adapter in adapters.values():  # every link signed on, even on a busy machine
-            await wait_for(lambda a=adapter: a.pool.ready_links == a.config.connections,
-                           timeout=5.0)
-        try:
-            yield Sims(runtime, adapters)
-        finally:
-            for adapter in adapters.values():
-                await adapter.aclose()
-            runtime.request_shutdown()
+    """The simulators of ``cfg`` on port 0, and one started adapter per network.
+
+    Settlement files go to a directory of their own unless ``cfg`` names one: the default
+    (var/settlement under the cwd) is shared by the tests of both pytest workers, and two
+    simulators writing swift-0001.xml there at once renamed each other's temporary file
+    away (FileNotFoundError at the shutdown cut)."""
+    with tempfile.TemporaryDirectory(prefix="payswitch-sims-") as out_dir:
+        settlement = {"out_dir": out_dir, **cfg.get("settlement", {})}
+        channels = config_from_dict({**cfg, "settlement": settlement})
+        async with anyio.create_task_group() as tg:
+            runtime = await tg.start(serve_channels, channels)
+            adapters: dict[str, Any] = {}
+            for net in channels.networks:
+                options = {**ADAPTER_DEFAULTS[net.kind], "reconnect_initial_s": 0.01,
+                           "reconnect_max_s": 0.05, "connect_timeout_s": 0.5,
+                           **(adapter_options or {}).get(net.name, {})}
+                spec = _ADAPTER_CLASSES[net.kind](name=net.name, port=runtime.ports[net.name],
+                                                  **options)
+                adapter = build_network_adapter(spec)
+                await tg.start(adapter.run)  # type: ignore[attr-defined]
+                adapters[net.name] = adapter
+            for adapter in adapters.values():  # every link signed on, even on a busy machine
+                await wait_for(lambda a=adapter: a.pool.ready_links == a.config.connections,
+                               timeout=5.0)
+            try:
+                yield Sims(runtime, adapters)
+            finally:
+                for adapter in adapters.values():
+                    await adapter.aclose()
+                runtime.request_shutdown()
 
 
 async def wait_for(predicate: Any, timeout: float = 2.0, step: float = 0.005) -> None:
