@@ -31,14 +31,15 @@ pytestmark = pytest.mark.anyio
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "channels.toml"
 
 
-def channels_config(out_dir: Path, discrepancy_rate: float = 0.0, net_qr: bool = False) -> Any:
+def channels_config(out_dir: Path, discrepancy_rate: float = 0.0, net_qr: bool = False,
+                    cycle_s: float = 0.5) -> Any:
     raw = tomllib.loads(EXAMPLE.read_text())
     raw["admin"]["port"] = 0
     for net in raw["networks"]:
         net["port"] = 0
         if net["kind"] == "swift":
             net["swift"]["settlement_delay_s"] = 0.05
-    raw["settlement"] = {"out_dir": str(out_dir), "cycle_s": 0.5,
+    raw["settlement"] = {"out_dir": str(out_dir), "cycle_s": cycle_s,
                          "discrepancy_rate": discrepancy_rate, "seed": 5,
                          "net_qr_by_merchant": net_qr}
     return config_from_dict(raw)
@@ -68,12 +69,12 @@ def read_files(out_dir: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-async def run_switch_over_simulators(tmp_path: Path, rate: float,
-                                     net_qr: bool = False) -> tuple[Path, Path]:
+async def run_switch_over_simulators(tmp_path: Path, rate: float, net_qr: bool = False,
+                                     cycle_s: float = 0.5) -> tuple[Path, Path]:
     out_dir = tmp_path / "settlement"
     journal = tmp_path / "journal.db"
     async with anyio.create_task_group() as tg:
-        runtime = await tg.start(serve_channels, channels_config(out_dir, rate, net_qr))
+        runtime = await tg.start(serve_channels, channels_config(out_dir, rate, net_qr, cycle_s))
         networks = "".join(
             f'[[channel_networks]]\nkind = "{runtime.networks[n].spec.kind}"\nname = "{n}"\n'
             f"port = {p}\n" for n, p in runtime.ports.items())
