@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from functools import partial
 
 import anyio
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
             anyio.run(_serve, config, args.ready_file, backend="asyncio",
                       backend_options={"use_uvloop": True})
     except Exception as exc:
+        from channels.settlement import SettlementDirInUse  # here: see _serve
+
+        in_use = find_exception(exc, lambda e: isinstance(e, SettlementDirInUse))
+        if in_use is not None:
+            print(f"Error: {args.config}: {in_use}", file=sys.stderr)
+            return 2
         if not address_in_use(exc):
             raise
         print(f"Error: {args.config}: {busy_ports_message(config)}", file=sys.stderr)
@@ -72,13 +79,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def find_exception(exc: BaseException,
+                   matches: Callable[[BaseException], bool]) -> BaseException | None:
+    """``exc`` itself or the first exception grouped in it that ``matches``."""
+    if matches(exc):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_exception(inner, matches)
+            if found is not None:
+                return found
+    return None
+
+
 def address_in_use(exc: BaseException) -> bool:
     """Whether ``exc`` (or any exception grouped in it) is EADDRINUSE."""
-    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return any(address_in_use(inner) for inner in exc.exceptions)
-    return False
+    return find_exception(
+        exc, lambda e: isinstance(e, OSError) and e.errno == errno.EADDRINUSE) is not None
 
 
 def busy_ports_message(config: ChannelsConfig, preflight: bool = False) -> str | None:

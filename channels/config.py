@@ -26,7 +26,9 @@ class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
 
     #: Write settlement files at all.
     enabled: bool = True
-    #: Where the files go (relative to the directory the simulators run in).
+    #: Where the files go (relative to the directory the simulators run in). One
+    #: simulator process at a time: it locks the directory, and a restarted one continues
+    #: the cycle numbers after the files already there instead of replacing them.
     out_dir: str = "var/settlement"
     #: Seconds between cut-offs (from start-up); a final cut is made at shutdown.
     cycle_s: Annotated[float, msgspec.Meta(gt=0, le=86400)] = 10.0

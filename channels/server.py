@@ -220,6 +220,21 @@ class ChannelsRuntime:
                   task_status: anyio.abc.TaskStatus[ChannelsRuntime] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         admin_stop = anyio.Event()
+        # Claimed before a port is bound: a second simulator pointed at the same
+        # directory stops here, before it could replace the first one's files.
+        settlement: SettlementWriter | None = None
+        if self.config.settlement.enabled:
+            settlement = SettlementWriter(self, self.config.settlement)
+            self.settlement = settlement
+        try:
+            await self._serve(settlement, admin_stop, ready_file, task_status)
+        finally:
+            if settlement is not None:
+                settlement.close()
+
+    async def _serve(self, settlement: SettlementWriter | None, admin_stop: anyio.Event,
+                     ready_file: str | None,
+                     task_status: anyio.abc.TaskStatus[ChannelsRuntime]) -> None:
         async with anyio.create_task_group() as outer:
             async with anyio.create_task_group() as nets:
                 for name, server in self.networks.items():
@@ -231,10 +246,7 @@ class ChannelsRuntime:
                     # In the outer group, stopped by its own trigger: Hypercorn is never
                     # cancelled mid-shutdown.
                     outer.start_soon(serve_http, build_admin_app(self), sock, admin_stop.wait)
-                settlement: SettlementWriter | None = None
-                if self.config.settlement.enabled:
-                    settlement = SettlementWriter(self, self.config.settlement)
-                    self.settlement = settlement
+                if settlement is not None:
                     nets.start_soon(settlement.run)
                 if ready_file:
                     _write_ready_file(ready_file, self.ready_document())

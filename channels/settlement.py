@@ -10,6 +10,12 @@
 * QR scheme    -> ``<network>-<cycle>.csv``  approved payments of the cycle, one row each,
   or (``net_qr_by_merchant``) one netted row per merchant and currency.
 
+One simulator process owns its ``out_dir``: it holds a lock on ``.settlement.lock`` there
+while it runs, so a second one pointed at the same directory refuses to start rather than
+overwrite the first's files. A restarted simulator continues the numbering after the
+files already there (and a SWIFT statement opens with the last one's closing balance):
+its books start empty, but what it reported before the restart is not replaced.
+
 Each record is written once, in the cycle it became final (a cleared card authorization
 may be followed by one ``reversed`` record). With ``discrepancy_rate`` > 0
 a seeded share of records is planted wrong (missing, amount off, duplicated, unknown
@@ -20,14 +26,18 @@ be checked to find exactly what was planted. The formats are in
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import itertools
 import json
 import logging
+import os
 import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 import msgspec
@@ -41,6 +51,7 @@ from switch.protocols.settlement_files import (
     encode_card_clearing,
     encode_qr_csv,
     inject_discrepancies,
+    statement_closing,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +60,51 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 NUMERIC = {alpha: num for alpha, (num, _) in CURRENCIES.items()}
+#: Held (flock) by the one simulator process writing an out_dir.
+LOCK_FILE: Final = ".settlement.lock"
+#: File extension per kind of network.
+EXTENSIONS: Final = {"card": "clr", "swift": "xml", "qr": "csv"}
+
+
+class SettlementDirInUse(Exception):
+    """Another simulator process (or writer) already writes to this out_dir."""
+
+
+def claim_out_dir(out_dir: Path) -> int:
+    """Create ``out_dir`` and lock it for this writer; the lock's file descriptor.
+
+    An flock, not a pid file: the kernel drops it when the holder dies, even by kill -9,
+    so a crashed simulator never leaves the directory claimed.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+            raise
+        raise SettlementDirInUse(
+            f"settlement.out_dir {out_dir}: in use by another simulator (pid {holder}); "
+            "two writing one directory replace each other's files: give each its own "
+            "out_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def last_cycle(out_dir: Path, names: Mapping[str, str]) -> int:
+    """The highest cycle among ``out_dir``'s files of these networks (``names``: network
+    -> extension), 0 when there are none."""
+    patterns = [re.compile(rf"{re.escape(name)}-(\d+)\.{ext}") for name, ext in names.items()]
+    highest = 0
+    for entry in os.scandir(out_dir):
+        for pattern in patterns:
+            match = pattern.fullmatch(entry.name)
+            if match is not None:
+                highest = max(highest, int(match.group(1)))
+    return highest
 
 
 class SettlementSource(Protocol):
@@ -69,7 +125,12 @@ class SettlementWriter:
         self.runtime = runtime
         self.spec = spec
         self.out_dir = Path(spec.out_dir)
-        self.cycle = 0
+        self._lock_fd: int | None = claim_out_dir(self.out_dir)
+        #: The cycle of the last cut: a restart continues after the files already there.
+        self.cycle = last_cycle(self.out_dir, self._file_names())
+        if self.cycle:
+            log.info("settlement files in %s up to cycle %d: continuing at %d",
+                     self.out_dir, self.cycle, self.cycle + 1)
         self._written: set[tuple[str, object]] = set()
         #: Per card scheme, how many of its records (in insertion order) a cut has decided.
         #: Records are never removed and a reversed or "none" record never becomes active
@@ -82,12 +143,41 @@ class SettlementWriter:
         self._alpha_of: dict[str, str | None] = {}
         #: Per SWIFT network, its nostro's balance per currency after the last statement:
         #: the next statement's opening balance (camt.053 Stmt/Bal OPBD).
-        self._balances: dict[str, dict[str, int]] = {}
+        self._balances = {name: self._last_closing(name) for name, ext
+                          in self._file_names().items() if ext == "xml"}
         self._rng = random.Random(spec.seed)
         self._clock = clock
         self._origin = clock()
         self._wall_origin = time.time()  # wall anchor for settlement timestamps
         self.files: list[Path] = []
+
+    def _file_names(self) -> dict[str, str]:
+        """Network name -> the extension of its settlement files."""
+        names = dict.fromkeys(self.runtime.card_schemes, EXTENSIONS["card"])
+        for name, server in self.runtime.networks.items():
+            if server.spec.kind != "card":  # a card network's scheme writes its files
+                names[name] = EXTENSIONS[server.spec.kind]
+        return names
+
+    def _last_closing(self, name: str) -> dict[str, int]:
+        """The closing balances of ``name``'s last statement in out_dir (none: empty)."""
+        if not self.cycle:
+            return {}
+        path = self.out_dir / f"{name}-{self.cycle:04d}.xml"
+        try:
+            return statement_closing(path.read_bytes(), path.name)
+        except (OSError, ValueError) as exc:
+            # Opening balances are informative (reconciliation matches entries); a
+            # statement that cannot be read costs the chain, not the start.
+            log.warning("%s: cannot read its closing balances (%s); the next statement "
+                        "opens at zero", path, exc)
+            return {}
+
+    def close(self) -> None:
+        """Release out_dir for another writer (idempotent)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _wall_us(self, at: float) -> int:
         return int((self._wall_origin + (at - self._origin)) * 1_000_000)

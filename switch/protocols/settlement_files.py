@@ -272,6 +272,43 @@ def encode_camt053(statement_id: str, account: str, created_at_us: int,
     return "".join(parts).encode()
 
 
+def statement_closing(data: bytes, file: str) -> dict[str, int]:
+    """A camt.053 statement's closing balances (``CLBD``), signed minor units per currency:
+    the next statement's opening, when a restarted writer continues the chain.
+
+    Parsed with the entry reader's safety settings (no DTD, no entities, no network);
+    raises SettlementFileError for a file that is not a readable statement.
+    """
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise SettlementFileError(file, 0, "Document",
+                                  "unsafe XML refused: a DTD or entity declaration")
+    ns = "{" + NS_CAMT053 + "}"
+    closing: dict[str, int] = {}
+    try:
+        for _, bal in etree.iterparse(io.BytesIO(data), events=("end",), tag=ns + "Bal",
+                                      resolve_entities=False, no_network=True,
+                                      load_dtd=False, huge_tree=False):
+            if bal.findtext(f"{ns}Tp/{ns}CdOrPrtry/{ns}Cd") != "CLBD":
+                continue
+            amt = bal.find(ns + "Amt")
+            currency = "" if amt is None else amt.get("Ccy", "")
+            where = f"Stmt/Bal[CLBD {currency}]/Amt"
+            if amt is None or currency not in _ALPHA_TO_NUMERIC:
+                raise SettlementFileError(file, bal.sourceline or 0, where,
+                                          "missing amount or unknown currency")
+            try:
+                amount = parse_amount(amt.text or "", currency, where)
+            except CodecError as exc:
+                raise SettlementFileError(file, bal.sourceline or 0, where,
+                                          str(exc)[:200]) from None
+            debit = bal.findtext(ns + "CdtDbtInd") == "DBIT"
+            closing[currency] = -amount if debit else amount
+    except etree.XMLSyntaxError as exc:
+        raise SettlementFileError(file, exc.lineno or 0, "Document",
+                                  f"not well-formed: {str(exc)[:200]}") from None
+    return closing
+
+
 def decode_camt053(data: bytes, file: str) -> list[SettlementEntry]:
     """The entries of a camt.053 statement (the streaming reader, as objects)."""
     return read_camt053_columns(data, file).entries()

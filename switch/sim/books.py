@@ -94,6 +94,8 @@ class Clearing:
         return out
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
         self._dir.cleanup()
 
 

@@ -343,6 +343,9 @@ def test_cli_serves_the_config_writes_the_ready_file_and_stops_on_sigterm(
     text = (ROOT / "examples" / "channels.toml").read_text()
     for port in ("7280", "7201", "7202", "7203", "7204"):
         text = text.replace(f"port = {port}", "port = 0")
+    # Its own settlement directory: the default (var/settlement under the repository) is
+    # locked by whichever simulator of the other pytest worker runs there.
+    text = text.replace('out_dir = "var/settlement"', f'out_dir = "{tmp_path / "settlement"}"')
     cfg = tmp_path / "channels.toml"
     cfg.write_text(text)
     ready = tmp_path / "ready.json"
