@@ -130,3 +130,14 @@ def test_simulators_start_when_their_usual_admin_port_is_taken_after_the_check(
             assert "address already in use" in (tmp_path / "channels.log").read_text()
         finally:
             demo.stop_switch(proc)
+
+
+def test_a_second_demo_in_the_same_work_dir_reconciles_its_own_run(tmp_path: Path) -> None:
+    """The simulators continue the cycle numbers of the settlement files they find; the
+    demo starts a fresh journal, so it must start fresh settlement files too."""
+    for run in range(2):
+        proc = subprocess.run(
+            [*PAYSWITCH, "demo", "--duration", "2", "--rate", "100", "--workdir", str(tmp_path)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert proc.returncode == 0, (run, proc.stdout + proc.stderr)
+        assert "reconciliation clean" in proc.stdout, (run, proc.stdout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -296,6 +297,9 @@ def run_demo(
     journal = base / "journal.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{journal}{suffix}").unlink(missing_ok=True)
+    # The settlement files go with the journal they reconcile with: the simulators would
+    # number after an earlier run's files, which name payments this journal never saw.
+    shutil.rmtree(base / "settlement", ignore_errors=True)
     config = base / "switch.toml"
     cores = os.cpu_count() or 1
     console.print(
