@@ -233,7 +233,8 @@ def audit(journal: Path, settlement: Path, c: Campaign) -> dict[str, Any]:
     reversed_: Counter[str] = Counter()
     for entry in _settlement_entries(settlement):
         (settled if entry.status == "settled" else reversed_)[entry.reference] += 1
-    files = len(list(settlement.glob("*"))) if settlement.exists() else 0
+    files = sum(1 for p in settlement.iterdir() if not p.name.startswith(".")
+                ) if settlement.exists() else 0  # not the simulators' .settlement.lock
     double_booked = [ref for ref, n in settled.items() if n > 1]
     mismatch = [ref for ref, n in settled.items()
                 if n - reversed_.get(ref, 0) > 0 and ref in reference_of
