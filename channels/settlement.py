@@ -126,8 +126,12 @@ class SettlementWriter:
         self.spec = spec
         self.out_dir = Path(spec.out_dir)
         self._lock_fd: int | None = claim_out_dir(self.out_dir)
-        #: The cycle of the last cut: a restart continues after the files already there.
-        self.cycle = last_cycle(self.out_dir, self._file_names())
+        try:
+            #: The cycle of the last cut: a restart continues after the files there.
+            self.cycle = last_cycle(self.out_dir, self._file_names())
+        except BaseException:
+            self.close()
+            raise
         if self.cycle:
             log.info("settlement files in %s up to cycle %d: continuing at %d",
                      self.out_dir, self.cycle, self.cycle + 1)
@@ -166,6 +170,8 @@ class SettlementWriter:
         path = self.out_dir / f"{name}-{self.cycle:04d}.xml"
         try:
             return statement_closing(path.read_bytes(), path.name)
+        except FileNotFoundError:
+            return {}  # a network new to this directory: its first statement opens at zero
         except (OSError, ValueError) as exc:
             # Opening balances are informative (reconciliation matches entries); a
             # statement that cannot be read costs the chain, not the start.

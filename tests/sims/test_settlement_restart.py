@@ -146,3 +146,16 @@ def test_channels_serve_on_a_claimed_directory_exits_2_with_one_line(tmp_path: P
                       f"simulator (pid {os.getpid()}); two writing one directory replace "
                       "each other's files: give each its own out_dir"], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_network_new_to_the_directory_starts_its_statements_quietly_at_zero(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "paynet-0003.clr").write_text("")  # an earlier run without a SWIFT network
+    books = Books()
+    writer = writer_on(books, tmp_path)
+    assert writer.cycle == 3
+    books.settle("u1", 10)
+    writer.cut()
+    writer.close()
+    assert statement_closing((tmp_path / "swift-0004.xml").read_bytes(), "x") == {"EUR": 10}
+    assert "cannot read" not in caplog.text
