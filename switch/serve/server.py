@@ -88,6 +88,10 @@ _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStre
 #: ~200 ms at 3x overload, at 3 ms ~75 ms (p99, 18,000/s offered on 2 cores); it sheds
 #: nothing more below ~6,000/s.
 LAG_PERIOD_S: Final = 0.005
+#: With nothing in flight there is nothing to steer. 200 wake-ups a second cost ~185 us
+#: of CPU each on a 2-core VM, an idle switch's 4.2-4.5% of a core; 0.6-0.8% with this
+#: period (side by side, 10 s idle each).
+LAG_IDLE_PERIOD_S: Final = 0.05
 LAG_TARGET_S: Final = 0.003
 LAG_ALPHA: Final = 0.3
 #: The adaptive limit never goes below this (a quiet switch always admits a burst).
@@ -463,9 +467,10 @@ class Server:
         """Sample the event loop's lag and steer the adaptive admission limit."""
         measure = self.engine.measure
         while True:
+            period = LAG_PERIOD_S if self.in_flight else LAG_IDLE_PERIOD_S
             before = measure()
-            await anyio.sleep(LAG_PERIOD_S)
-            self._lag = measure() - before - LAG_PERIOD_S
+            await anyio.sleep(period)
+            self._lag = measure() - before - period
             self.admission.observe(self._lag, self.in_flight)
 
     async def drain(self, timeout_s: float) -> bool:
