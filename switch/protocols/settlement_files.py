@@ -272,6 +272,15 @@ def encode_camt053(statement_id: str, account: str, created_at_us: int,
     return "".join(parts).encode()
 
 
+def _refuse_declarations(data: bytes, file: str) -> None:
+    """Refuse any DTD or entity declaration outright, naming its line: nothing declared
+    can then be expanded, whatever the parser's settings."""
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        line = data.count(b"\n", 0, max(data.find(b"<!DOCTYPE"), data.find(b"<!ENTITY"))) + 1
+        raise SettlementFileError(file, line, "Document",
+                                  "unsafe XML refused: a DTD or entity declaration")
+
+
 def statement_closing(data: bytes, file: str) -> dict[str, int]:
     """A camt.053 statement's closing balances (``CLBD``), signed minor units per currency:
     the next statement's opening, when a restarted writer continues the chain.
@@ -279,9 +288,7 @@ def statement_closing(data: bytes, file: str) -> dict[str, int]:
     Parsed with the entry reader's safety settings (no DTD, no entities, no network);
     raises SettlementFileError for a file that is not a readable statement.
     """
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise SettlementFileError(file, 0, "Document",
-                                  "unsafe XML refused: a DTD or entity declaration")
+    _refuse_declarations(data, file)
     ns = "{" + NS_CAMT053 + "}"
     closing: dict[str, int] = {}
     try:
@@ -775,10 +782,7 @@ def read_camt053_columns(data: bytes, file: str) -> SettlementColumns:
         if name not in _XML_ENCODINGS:
             raise SettlementFileError(file, 1, "encoding",
                                       f"declared {name[:40]!r}; only UTF-8 is accepted")
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        line = data.count(b"\n", 0, max(data.find(b"<!DOCTYPE"), data.find(b"<!ENTITY"))) + 1
-        raise SettlementFileError(file, line, "Document",
-                                  "unsafe XML refused: a DTD or entity declaration")
+    _refuse_declarations(data, file)
     ns = "{" + NS_CAMT053 + "}"
     reader = _Camt053Chunks(file, ns)
     try:

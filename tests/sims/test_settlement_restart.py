@@ -159,3 +159,11 @@ def test_a_network_new_to_the_directory_starts_its_statements_quietly_at_zero(
     writer.close()
     assert statement_closing((tmp_path / "swift-0004.xml").read_bytes(), "x") == {"EUR": 10}
     assert "cannot read" not in caplog.text
+
+
+def test_reading_closing_balances_refuses_a_declared_entity_as_the_entry_reader_does() -> None:
+    from switch.protocols.settlement_files import SettlementFileError
+
+    hostile = b'<?xml version="1.0"?>\n<!DOCTYPE d [<!ENTITY x "y">]>\n<Document/>'
+    with pytest.raises(SettlementFileError, match=r"swift-0001.xml:2: Document: unsafe XML"):
+        statement_closing(hostile, "swift-0001.xml")
