@@ -5,8 +5,9 @@
     .venv/bin/python bench/bench_idle.py --against /tmp/old-tree  # side by side with
                                                     # another checkout (git worktree add)
 
-Why it matters: on this VM one wake-up of an idle process costs ~150-185 us of CPU, far
-more than the Python it runs. The event-loop lag probe that steers admission woke the
+Why it matters: on this VM one wake-up of an idle process costs ~190-260 us of CPU, far
+more than the Python it runs (the difference between the two codes' CPU over the
+difference in their wake-ups). The event-loop lag probe that steers admission woke the
 loop every 5 ms whether or not anything was in flight; it now sleeps 50 ms while nothing
 is (switch/serve/server.py, ``LAG_IDLE_PERIOD_S``). ``--against`` a checkout of the
 commit before shows the difference in one run.

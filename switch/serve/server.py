@@ -88,9 +88,9 @@ _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStre
 #: ~200 ms at 3x overload, at 3 ms ~75 ms (p99, 18,000/s offered on 2 cores); it sheds
 #: nothing more below ~6,000/s.
 LAG_PERIOD_S: Final = 0.005
-#: With nothing in flight there is nothing to steer. 200 wake-ups a second cost ~185 us
-#: of CPU each on a 2-core VM, an idle switch's 4.2-4.5% of a core; 0.6-0.8% with this
-#: period (side by side, 10 s idle each).
+#: With nothing in flight there is nothing to steer. The 5 ms period's ~190 wake-ups a
+#: second cost 190-260 us of CPU each on a 2-core VM: an idle switch used 4-5% of a core,
+#: 0.7-0.8% with this period (bench/bench_idle.py, side by side).
 LAG_IDLE_PERIOD_S: Final = 0.05
 LAG_TARGET_S: Final = 0.003
 LAG_ALPHA: Final = 0.3
