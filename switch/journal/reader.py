@@ -54,12 +54,17 @@ def has_archive(db: sqlite3.Connection) -> bool:
     return any(name == ARCHIVE_SCHEMA for _, name, *_ in db.execute("PRAGMA database_list"))
 
 
+def main_database_file(db: sqlite3.Connection) -> str:
+    """The file of ``db``'s main database ("" for an in-memory one)."""
+    return next((file for _, name, file in db.execute("PRAGMA database_list")
+                 if name == "main"), "")
+
+
 def attach_existing_archive(db: sqlite3.Connection) -> bool:
     """Attach the archive of ``db``'s journal if there is one; True if attached."""
     if has_archive(db):
         return True
-    main = next((file for _, name, file in db.execute("PRAGMA database_list")
-                 if name == "main"), "")
+    main = main_database_file(db)
     if not main or not archive_path(main).exists():
         return False
     db.execute(f"ATTACH DATABASE ? AS {ARCHIVE_SCHEMA}", (str(archive_path(main)),))

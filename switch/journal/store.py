@@ -42,6 +42,7 @@ import anyio
 
 from switch.journal import columns
 from switch.journal.archive import Compactor, TrueAges, attach_archive
+from switch.journal.reader import main_database_file
 from switch.journal.records import COLUMNS, KINDS, JournalRecord, OnFull, Row, to_row
 from switch.loopcalls import LoopCalls, loop_calls
 
@@ -196,12 +197,12 @@ def open_database(path: str | Path, mode: str) -> sqlite3.Connection:
 
 
 def _database_path(db: sqlite3.Connection) -> str:
-    """The main database's file, for log lines ("" for an in-memory one)."""
+    """The main database's file, for log lines ("" for an in-memory one or on an error:
+    a log line's detail never stops the journal)."""
     try:
-        rows = db.execute("PRAGMA database_list").fetchall()
+        return main_database_file(db)
     except sqlite3.Error:
         return ""
-    return next((str(row[2]) for row in rows if row[1] == "main"), "")
 
 
 #: Longest meta value written or read (the meta table holds small facts, not records).
