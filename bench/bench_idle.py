@@ -31,19 +31,13 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_rates import read_threads
 from bench.e2e import cpu_seconds, start
 from bench.results import markdown_table, write_flag, write_section
 from loadtests.harness.processes import stop_switch
 
 IDLE_S = 10.0
 SETTLE_S = 2.0
-
-
-def main_thread_wakeups(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no voluntary_ctxt_switches for pid {pid}")
 
 
 def commit_of(tree: Path) -> str:
@@ -72,9 +66,9 @@ def idle(backend: str, work: Path, tree: Path) -> tuple[float, float]:
     pid = endpoints["pid"]
     try:
         time.sleep(SETTLE_S)  # bench: start-up work (imports, replay) is not idling
-        cpu0, wakes0, wall0 = cpu_seconds(pid), main_thread_wakeups(pid), time.monotonic()
+        cpu0, wakes0, wall0 = cpu_seconds(pid), read_threads(pid).sleeps[pid], time.monotonic()
         time.sleep(IDLE_S)  # bench: the switch idles meanwhile
-        cpu1, wakes1, wall1 = cpu_seconds(pid), main_thread_wakeups(pid), time.monotonic()
+        cpu1, wakes1, wall1 = cpu_seconds(pid), read_threads(pid).sleeps[pid], time.monotonic()
     finally:
         stop_switch(proc)
     seconds = wall1 - wall0
