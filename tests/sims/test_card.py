@@ -154,6 +154,20 @@ class Sims:
         self.runtime.timeline.clear_endpoint(endpoint)
 
 
+def example_config_file(tmp_path: Path, out_dir: Path) -> Path:
+    """examples/channels.toml for `channels serve` in a test: every port 0 and the
+    settlement files in ``out_dir`` (var/settlement under the repository is locked by
+    whichever simulator of the other pytest worker runs there)."""
+    text = (ROOT / "examples" / "channels.toml").read_text()
+    for port in ("7280", "7201", "7202", "7203", "7204"):
+        text = text.replace(f"port = {port}", "port = 0")
+    text = text.replace('out_dir = "var/settlement"', f'out_dir = "{out_dir}"')
+    assert f'out_dir = "{out_dir}"' in text, "examples/channels.toml changed its out_dir"
+    config = tmp_path / "channels.toml"
+    config.write_text(text)
+    return config
+
+
 @asynccontextmanager
 async def running(cfg: dict[str, Any],
                   adapter_options: Mapping[str, Mapping[str, Any]] | None = None

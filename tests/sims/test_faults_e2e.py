@@ -37,6 +37,7 @@ from tests.sims.test_card import (
     Sims,
     card_payment,
     config,
+    example_config_file,
     network,
     qr_code,
     qr_payment,
@@ -340,14 +341,7 @@ async def test_admin_api_injects_lists_clears_and_exports_metrics() -> None:
 def test_cli_serves_the_config_writes_the_ready_file_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    text = (ROOT / "examples" / "channels.toml").read_text()
-    for port in ("7280", "7201", "7202", "7203", "7204"):
-        text = text.replace(f"port = {port}", "port = 0")
-    # Its own settlement directory: the default (var/settlement under the repository) is
-    # locked by whichever simulator of the other pytest worker runs there.
-    text = text.replace('out_dir = "var/settlement"', f'out_dir = "{tmp_path / "settlement"}"')
-    cfg = tmp_path / "channels.toml"
-    cfg.write_text(text)
+    cfg = example_config_file(tmp_path, tmp_path / "settlement")
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "channels", "serve", "--config", str(cfg),

@@ -28,7 +28,7 @@ from channels.settlement import (
     claim_out_dir,
 )
 from switch.protocols.settlement_files import decode_camt053, statement_closing
-from tests.sims.test_card import card_scheme
+from tests.sims.test_card import card_scheme, example_config_file
 from tests.sims.test_settlement_reversal import authorize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,13 +125,7 @@ def test_a_second_writer_on_the_same_directory_is_refused_until_the_first_closes
 
 def test_channels_serve_on_a_claimed_directory_exits_2_with_one_line(tmp_path: Path) -> None:
     out_dir = tmp_path / "settlement"
-    text = (ROOT / "examples" / "channels.toml").read_text()
-    for port in ("7280", "7201", "7202", "7203", "7204"):
-        text = text.replace(f"port = {port}", "port = 0")
-    text = text.replace('out_dir = "var/settlement"', f'out_dir = "{out_dir}"')
-    assert str(out_dir) in text
-    config = tmp_path / "channels.toml"
-    config.write_text(text)
+    config = example_config_file(tmp_path, out_dir)
     held = claim_out_dir(out_dir)  # as a running simulator holds it
     try:
         proc = subprocess.run(
