@@ -186,7 +186,7 @@ def test_journal_group_commit_1000_payments(benchmark: pytest.FixtureRequest, tm
 
     async def write_all() -> None:
         journal = Journal(db, mode="group", max_batch=8192, max_pending=100_000,
-                          metrics=SwitchMetrics())
+                          metrics=SwitchMetrics(), writer="loop")
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)
 

@@ -148,7 +148,7 @@ async def test_journal_archives_while_it_writes(tmp_path: Path) -> None:
     db = open_database(tmp_path / "j.db", "group")
     wall_us = [NOW_US - 48 * HOUR_US]
     journal = Journal(db, mode="group", max_batch=64, max_pending=1000,
-                      metrics=SwitchMetrics(),
+                      metrics=SwitchMetrics(), writer="thread",
                       retention=Retention(Compactor(24 * 3600, max_rows=50),
                                           lambda: wall_us[0], every_s=0.001))
     async with anyio.create_task_group() as tg:

@@ -81,7 +81,8 @@ async def test_group_commit_shares_commits_and_replay_rebuilds(tmp_path: Path, w
 
 async def test_pending_records_are_bounded(tmp_path: Path) -> None:
     db = open_database(tmp_path / "j.db", "group")
-    journal = Journal(db, mode="group", max_batch=2, max_pending=4, metrics=SwitchMetrics())
+    journal = Journal(db, mode="group", max_batch=2, max_pending=4, metrics=SwitchMetrics(),
+                      writer="loop")
     for i in range(4):
         journal.append(_row(i, INTENT, Status.SENT))  # no writer running: they pile up
     with pytest.raises(JournalFull, match="max_pending"):
@@ -143,7 +144,8 @@ async def test_a_commit_window_gathers_more_records_per_commit(tmp_path: Path) -
     async def commits_for(window_s: float, name: str) -> int:
         db = open_database(tmp_path / name, "group")
         journal = Journal(db, mode="group", max_batch=1000, max_pending=1000,
-                          metrics=SwitchMetrics(), commit_window_s=window_s)
+                          metrics=SwitchMetrics(), writer="thread",
+                          commit_window_s=window_s)
         async with anyio.create_task_group() as tg:
             tg.start_soon(journal.run)
             for i in range(30):  # one record per loop step: each could be its own commit

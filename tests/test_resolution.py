@@ -77,7 +77,7 @@ async def _journal_with_intents(tmp_path: Path, n: int, *, max_pending: int,
                                 mode: Any = "group") -> tuple[Journal, Any]:
     db = open_database(tmp_path / "j.db", mode)
     journal = Journal(db, mode=mode, max_batch=4, max_pending=max_pending,
-                      metrics=SwitchMetrics())
+                      metrics=SwitchMetrics(), writer="thread")
     return journal, db
 
 def _resolver(journal: Journal, metrics: SwitchMetrics, **options: Any

@@ -178,7 +178,7 @@ async def test_the_journal_retains_by_the_ages_it_is_given(tmp_path: Path) -> No
     ages = _runs(STEP)
     now = _b_wall(10 + 23 * HOUR)
     journal = Journal(db, mode="group", max_batch=64, max_pending=1000,
-                      metrics=SwitchMetrics(),
+                      metrics=SwitchMetrics(), writer="thread",
                       retention=Retention(Compactor(DAY_S), lambda: now, every_s=0.001,
                                           ages=ages))
     async with anyio.create_task_group() as tg:
