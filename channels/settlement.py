@@ -26,8 +26,6 @@ be checked to find exactly what was planted. The formats are in
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import itertools
 import json
 import logging
@@ -44,6 +42,7 @@ import msgspec
 
 from channels.config import SettlementSpec
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
+from switch.dirlock import DirInUse, claim_dir, release_dir
 from switch.protocols.settlement_files import (
     SettlementEntry,
     closing_balances,
@@ -71,27 +70,16 @@ class SettlementDirInUse(Exception):
 
 
 def claim_out_dir(out_dir: Path) -> int:
-    """Create ``out_dir`` and lock it for this writer; the lock's file descriptor.
-
-    An flock, not a pid file: the kernel drops it when the holder dies, even by kill -9,
-    so a crashed simulator never leaves the directory claimed.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    """Create ``out_dir`` and lock it for this writer; the lock's file descriptor
+    (switch/dirlock.py: the kernel drops the lock when the holder dies, even by kill -9,
+    so a crashed simulator never leaves the directory claimed)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-            raise
+        return claim_dir(out_dir, LOCK_FILE)
+    except DirInUse as exc:
         raise SettlementDirInUse(
-            f"settlement.out_dir {out_dir}: in use by another simulator (pid {holder}); "
+            f"settlement.out_dir {out_dir}: in use by another simulator (pid {exc.holder}); "
             "two writing one directory replace each other's files: give each its own "
             "out_dir") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
 
 
 def last_cycle(out_dir: Path, names: Mapping[str, str]) -> int:
@@ -182,7 +170,7 @@ class SettlementWriter:
     def close(self) -> None:
         """Release out_dir for another writer (idempotent)."""
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            release_dir(self._lock_fd)
             self._lock_fd = None
 
     def _wall_us(self, at: float) -> int:

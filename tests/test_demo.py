@@ -19,7 +19,9 @@ from loadtests.harness.calibrate import (
     saturation_lines,
     step_problem,
 )
+from loadtests.harness.demo import WORKDIR_LOCK
 from loadtests.harness.loadgen import LoadStats
+from switch.dirlock import claim_dir, release_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 PAYSWITCH = [sys.executable, "-m", "switch.cli.main"]
@@ -130,6 +132,38 @@ def test_simulators_start_when_their_usual_admin_port_is_taken_after_the_check(
             assert "address already in use" in (tmp_path / "channels.log").read_text()
         finally:
             demo.stop_switch(proc)
+
+
+def test_a_demo_refuses_a_work_dir_another_demo_holds_and_clears_nothing(
+        tmp_path: Path) -> None:
+    """The demo clears the journal and settlement files of its work dir at start: given a
+    work dir a running demo holds, it must refuse (exit 2, one line naming the holder)
+    before deleting anything, and take the dir once the holder is gone."""
+    journal = tmp_path / "journal.db"
+    journal.write_bytes(b"the running demo's journal")
+    (tmp_path / "settlement").mkdir()
+    (tmp_path / "settlement" / "card-0001.clr").write_text("its files")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from switch.dirlock import claim_dir; "
+         f"claim_dir(Path(sys.argv[1]), {WORKDIR_LOCK!r}); print('held', flush=True); "
+         "time.sleep(60)", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        proc = subprocess.run(
+            [*PAYSWITCH, "demo", "--duration", "1", "--rate", "50", "--workdir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"Error: --workdir {tmp_path}: in use by another demo (pid {holder.pid}); give "
+            "each demo its own work dir"], proc.stderr
+        assert journal.read_bytes() == b"the running demo's journal"
+        assert (tmp_path / "settlement" / "card-0001.clr").read_text() == "its files"
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock with the process
+        holder.wait()
+    fd = claim_dir(tmp_path, WORKDIR_LOCK)
+    release_dir(fd)
 
 
 def test_a_second_demo_in_the_same_work_dir_reconciles_its_own_run(tmp_path: Path) -> None:

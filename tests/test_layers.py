@@ -67,6 +67,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
 BASE_MODULES = (
     "switch", "switch.model", "switch.currency", "switch.reasons", "switch.clock",
     "switch.loopcalls", "switch.bounds", "switch.fielderrors", "switch.tomlio",
+    "switch.dirlock",
 )
 
 #: Third-party imports a unit must never make, with the reason.

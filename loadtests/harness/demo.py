@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -39,6 +40,7 @@ from loadtests.harness.processes import (
     stop_switch,
 )
 from loadtests.harness.workload import Workload
+from switch.dirlock import DirInUse, claim_dir, release_dir
 from switch.serve.http import admin_headers
 
 DEMO_CONFIG = """\
@@ -149,6 +151,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 EXAMPLE_ROUTES = ROOT / "examples" / "routes.toml"
+#: Held in the work dir while a demo runs (switch/dirlock.py).
+WORKDIR_LOCK = ".demo.lock"
 
 
 
@@ -290,9 +294,35 @@ def run_demo(
 ) -> int:
     """Run the demo; ``rate`` None calibrates it. Returns the exit code: 0 when money is
     conserved (nothing lost, nothing booked twice, reconciliation clean), 1 otherwise,
-    130 when interrupted (after the same orderly stop and audit)."""
+    130 when interrupted (after the same orderly stop and audit), 2 when another demo
+    holds the work dir (nothing in it touched)."""
     base = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="payswitch-demo-"))
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        # Before anything in it is cleared: a second demo given this work dir would delete
+        # the first's journal and settlement files under its running switch and simulators.
+        lock = claim_dir(base, WORKDIR_LOCK)
+    except DirInUse as exc:
+        print(f"Error: --workdir {base}: in use by another demo (pid {exc.holder}); give "
+              "each demo its own work dir", file=sys.stderr)
+        return 2
+    try:
+        return _run_demo_in(base, duration_s, rate, connections, seed, backend, console,
+                            networks, discrepancy_rate)
+    finally:
+        release_dir(lock)
+
+
+def _run_demo_in(
+    base: Path,
+    duration_s: float,
+    rate: float | None,
+    connections: int,
+    seed: int,
+    backend: str,
+    console: Console,
+    networks: str,
+    discrepancy_rate: float,
+) -> int:
     user_token = bool(os.environ.get("PAYSWITCH_OPERATOR_TOKEN"))
     journal = base / "journal.db"
     for suffix in ("", "-wal", "-shm"):

@@ -444,7 +444,8 @@ def _refuse_busy_ports(config_path: str | None, config: SwitchConfig, always: bo
     "--workdir",
     type=click.Path(file_okay=False),
     default=None,
-    help="Where to keep the journal and config (default: a new temp dir).",
+    help="Where to keep the journal, config and settlement files (default: a new temp "
+    "dir). An earlier run's journal and files there are replaced; one demo at a time.",
 )
 @click.option(
     "--networks",
