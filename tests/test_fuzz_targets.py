@@ -16,7 +16,8 @@ TARGETS: dict[str, Path] = discover()
 
 
 def test_every_required_target_exists() -> None:
-    assert {"wire", "iso8583", "pacs008", "pacs002", "pacs028", "mt103", "emvqr"} <= set(TARGETS)
+    assert {"wire", "iso8583", "pacs008", "pacs002", "pacs028", "mt103", "emvqr",
+            "iso8583_acquirer", "payments_json"} <= set(TARGETS)
 
 
 @pytest.fixture(scope="module", params=sorted(TARGETS))

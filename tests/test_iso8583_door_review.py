@@ -28,7 +28,7 @@ import msgspec
 import pytest
 
 from switch.adapters.fakenet import StandInNetwork
-from switch.serve import iso8583_door
+from switch.protocols import iso8583_acquirer
 from switch.serve.config import SwitchConfig
 from tests.conftest import RunningSwitch, make_config, start_switch
 from tests.test_iso8583_door import _f, auth, make_spec, reversal
@@ -272,7 +272,7 @@ async def test_an_unknown_field_is_answered_30_with_the_fields_the_acquirer_matc
 def test_readable_fields_stop_at_the_first_field_that_cannot_be_located() -> None:
     spec = make_spec(False)
     raw, _ = iso8583.encode({**auth(600), "60": "X"}, _with_extras(ASCII))
-    readable_fields = iso8583_door.readable_fields
+    readable_fields = iso8583_acquirer.readable_fields
     fields = readable_fields(bytes(raw), spec)
     assert fields[11] == "000600" and fields[41] == "TERM0042" and 60 not in fields
     # A length prefix that is not digits ends the reading there, as the codec's does.
@@ -281,4 +281,4 @@ def test_readable_fields_stop_at_the_first_field_that_cannot_be_located() -> Non
     # Garbage reads as nothing rather than raising.
     assert readable_fields(b"0200", spec) == {}
     assert readable_fields(b"0200\xff\xff", spec) == {}
-    assert iso8583_door._StopAtUnknown(spec)["60"]["max_len"] > 0xFFFF
+    assert iso8583_acquirer._StopAtUnknown(spec)["60"]["max_len"] > 0xFFFF

@@ -95,3 +95,29 @@ def mt103_seeds() -> list[bytes]:
 
 def emvqr_seeds() -> list[bytes]:
     return [_qr().encode()]
+
+
+def acquirer_seeds() -> list[bytes]:
+    """What acquirers send the switch's ISO 8583 door: 0100, 0200, 0400, 0420, 0800, in
+    both bitmap encodings."""
+    from switch.protocols.iso8583 import IsoMessage
+    from switch.protocols.iso8583_acquirer import AcquirerCodec
+
+    auth = {2: "4111111111111111", 3: "000000", 4: "000000001250", 7: "1125101500",
+            11: "000042", 14: "2812", 18: "5999", 32: "412345", 37: "RRN000000042",
+            41: "TERM0042", 42: "MERCHANT0000042", 49: "978"}
+    original = "0100" + "000042" + "1125101500" + "00000412345" + "00000000000"
+    reversal = {**auth, 11: "000043", 90: original}
+    messages = [IsoMessage("0100", auth), IsoMessage("0200", auth),
+                IsoMessage("0400", reversal), IsoMessage("0420", reversal),
+                IsoMessage("0800", {7: "1125101500", 11: "000044", 70: "301"})]
+    return [AcquirerCodec(bitmap).encode(m) for bitmap in ("ascii", "binary")  # type: ignore[arg-type]
+            for m in messages]
+
+
+def payments_json_seeds() -> list[bytes]:
+    """Bodies of the HTTP API's POST /v1/payments, one per channel."""
+    return [msgspec.json.encode({k: v for k, v in msgspec.to_builtins(request).items()
+                                 if k != "idempotency_key"})
+            for request in (msgspec.msgpack.decode(raw, type=wire.Pay).payment
+                            for raw in wire_seeds()[:3])]

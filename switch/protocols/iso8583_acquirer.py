@@ -205,6 +205,73 @@ def _partial(doc: dict[str, str], data: bytes) -> IsoMessage | None:
 # --------------------------------------------------------------------------- requests
 
 
+#: A field the spec does not define, as pyiso8583 is told to read it: fixed, and longer
+#: than any frame (the prefix is 2 bytes), so the walk stops there with a DecodeError that
+#: holds every field before it.
+_UNREADABLE_FIELD: Final[dict[str, Any]] = {
+    "data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 0x10000,
+    "desc": "not defined in the payswitch 1987 spec"}
+
+
+class _StopAtUnknown(dict[str, dict[str, Any]]):
+    """A spec whose undefined fields read as :data:`_UNREADABLE_FIELD`."""
+
+    def __missing__(self, key: str) -> dict[str, Any]:
+        return _UNREADABLE_FIELD
+
+
+def readable_fields(payload: bytes, spec: dict[str, dict[str, Any]]) -> dict[int, str]:
+    """The data elements of ``payload`` that can be read before its first unreadable part.
+
+    The codec refuses a bitmap naming a field it does not know (its length is unknown, so
+    nothing after it can be located) and, for that error, read nothing past the MTI: a
+    DE60 at the end of an 0200 cost the format-error answer its DE11 and DE41, and the
+    acquirer could not match it. The fields *before* the unknown one are where the
+    bitmap says: this reads them, and stops, as the codec does, at a variable field whose
+    length prefix is not digits.
+    """
+    failed = ""
+    try:
+        doc, raw = _pyiso.decode(bytes(payload), _StopAtUnknown(spec))
+    except _pyiso.DecodeError as exc:
+        # pyiso8583 enters the field it fails on as "" before reading it: not read.
+        doc, raw, failed = exc.doc_dec, exc.doc_enc, str(exc.field)
+    except Exception:  # pyiso8583 on bytes it was never meant to see: nothing is readable
+        return {}
+    fields: dict[int, str] = {}
+    for key, value in doc.items():
+        if key == failed:
+            break
+        if not key.isdigit() or key == "1":  # MTI, header and bitmaps
+            continue
+        prefix = raw.get(key, {}).get("len", b"")
+        if prefix and not (prefix.isdigit() and prefix.isascii()):
+            break  # as check_length_prefixes: this field and those after it are suspect
+        fields[int(key)] = value
+    return fields
+
+
+def answerable_part(exc: AcquirerFormatError, payload: bytes,
+                    spec: dict[str, dict[str, Any]]) -> IsoMessage | None:
+    """What a format-error answer (:func:`format_error_response`) may echo of an
+    unreadable request: the key fields the acquirer matches it on (MTI class + DE11 +
+    DE41), whenever they were read; None when not even the MTI was."""
+    partial = exc.partial
+    if partial is None:
+        return None
+    fields = dict(partial.fields)
+    if not fields:
+        # Nothing read past the MTI (a field the spec does not know stops the codec
+        # before any): read what precedes the error, for the key fields.
+        fields = readable_fields(payload, spec)
+    # The field the error is in was not read: pyiso8583 leaves it "" (a DE41 cut short
+    # came back as "", which cannot be encoded, and the 30 was never sent).
+    path = exc.path
+    if path.startswith("DE") and path[2:].isdigit():
+        fields.pop(int(path[2:]), None)
+    return IsoMessage(partial.mti, fields)
+
+
 class PaymentCall(msgspec.Struct, frozen=True):
     """0100/0200 (and repeats): a payment for the core."""
 

@@ -30,7 +30,8 @@ Bounds, each with its refusal:
 - in flight per connection and in total: the request is answered with DE39 91;
 - an unreadable message gets DE39 30 when its MTI can be read (the response echoes the
   key fields read before the error, and a field the switch does not know stops the
-  reading only there: :func:`readable_fields`); otherwise it is counted and dropped, and
+  reading only there: :func:`~switch.protocols.iso8583_acquirer.answerable_part`);
+  otherwise it is counted and dropped, and
   the connection stays up (framing is intact).
 
 A repeat of a payment whose reversal was accepted is never answered 00
@@ -46,11 +47,10 @@ import logging
 import sqlite3
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import anyio
 import anyio.abc
-import iso8583 as _pyiso
 import msgspec
 
 from switch import reasons
@@ -66,6 +66,7 @@ from switch.protocols.iso8583_acquirer import (
     PaymentCall,
     ReversalCall,
     Unsupported,
+    answerable_part,
     format_error_response,
     network_response,
     parse_request,
@@ -89,52 +90,6 @@ _CLOSED = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStre
 REOPENED_SQL: Final = (
     "SELECT kind FROM {schema}.journal WHERE payment_id = ?"
     " AND kind IN ('intent', 'final', 'unknown') ORDER BY seq DESC LIMIT 1")
-
-#: A field the spec does not define, as pyiso8583 is told to read it: fixed, and longer
-#: than any frame (the prefix is 2 bytes), so the walk stops there with a DecodeError that
-#: holds every field before it.
-_UNREADABLE_FIELD: Final[dict[str, Any]] = {
-    "data_enc": "ascii", "len_enc": "ascii", "len_type": 0, "max_len": 0x10000,
-    "desc": "not defined in the payswitch 1987 spec"}
-
-
-class _StopAtUnknown(dict[str, dict[str, Any]]):
-    """A spec whose undefined fields read as :data:`_UNREADABLE_FIELD`."""
-
-    def __missing__(self, key: str) -> dict[str, Any]:
-        return _UNREADABLE_FIELD
-
-
-def readable_fields(payload: bytes, spec: dict[str, dict[str, Any]]) -> dict[int, str]:
-    """The data elements of ``payload`` that can be read before its first unreadable part.
-
-    The codec refuses a bitmap naming a field it does not know (its length is unknown, so
-    nothing after it can be located) and, for that error, read nothing past the MTI: a
-    DE60 at the end of an 0200 cost the format-error answer its DE11 and DE41, and the
-    acquirer could not match it. The fields *before* the unknown one are where the
-    bitmap says: this reads them, and stops, as the codec does, at a variable field whose
-    length prefix is not digits.
-    """
-    failed = ""
-    try:
-        doc, raw = _pyiso.decode(bytes(payload), _StopAtUnknown(spec))
-    except _pyiso.DecodeError as exc:
-        # pyiso8583 enters the field it fails on as "" before reading it: not read.
-        doc, raw, failed = exc.doc_dec, exc.doc_enc, str(exc.field)
-    except Exception:  # pyiso8583 on bytes it was never meant to see: nothing is readable
-        return {}
-    fields: dict[int, str] = {}
-    for key, value in doc.items():
-        if key == failed:
-            break
-        if not key.isdigit() or key == "1":  # MTI, header and bitmaps
-            continue
-        prefix = raw.get(key, {}).get("len", b"")
-        if prefix and not (prefix.isdigit() and prefix.isascii()):
-            break  # as check_length_prefixes: this field and those after it are suspect
-        fields[int(key)] = value
-    return fields
-
 
 class _Reversing:
     """Reversals of one original in progress in this door; ``done`` when none is left."""
@@ -361,29 +316,11 @@ class Iso8583Door:
         else:
             self.counts["unanswerable"] += 1
 
-    def _readable_part(self, exc: AcquirerFormatError, payload: bytes) -> IsoMessage | None:
-        """What a format-error answer may echo of an unreadable request: the key fields
-        the acquirer matches it on (MTI class + DE11 + DE41), whenever they were read."""
-        partial = exc.partial
-        if partial is None:
-            return None
-        fields = dict(partial.fields)
-        if not fields:
-            # Nothing read past the MTI (a field the spec does not know stops the codec
-            # before any): read what precedes the error, for the key fields.
-            fields = readable_fields(payload, self.codec.spec)
-        # The field the error is in was not read: pyiso8583 leaves it "" (a DE41 cut
-        # short came back as "", which cannot be encoded, and the 30 was never sent).
-        path = exc.path
-        if path.startswith("DE") and path[2:].isdigit():
-            fields.pop(int(path[2:]), None)
-        return IsoMessage(partial.mti, fields)
-
     def _handle(self, conn: _Conn, payload: bytes) -> None:
         try:
             msg = self.codec.decode(payload)
         except AcquirerFormatError as exc:
-            self._format_error(conn, self._readable_part(exc, payload), exc)
+            self._format_error(conn, answerable_part(exc, payload, self.codec.spec), exc)
             return
         self.counts[msg.mti] += 1
         try:
