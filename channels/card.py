@@ -34,13 +34,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
 import anyio
+import msgspec
 
 from channels.behaviour import Behaviour
+from channels.books import CARD_KIND, BookEntry, BookStore, hold_key_text
 from channels.config import CardSchemeSpec, IssuerSpec, NetworkSpec
 from channels.metrics import ChannelMetrics
 from channels.tcp import SimConnection, SimRequest, SimServer
@@ -94,6 +97,26 @@ class AuthRecord:
     currency: str = ""
 
 
+class _StoredAuth(msgspec.Struct, array_like=True, frozen=True):
+    """An `AuthRecord` as channels/books.py keeps it, with the wall time of the message
+    that created it (what restores the duplicate window after a restart)."""
+
+    stan: str
+    terminal: str
+    de7: str
+    pan: str
+    amount: int
+    kind: str
+    state: str
+    auth_code: str
+    rrn: str
+    currency: str
+    seen_wall: float
+
+
+_stored_decoder: Final = msgspec.msgpack.Decoder(_StoredAuth)
+
+
 class CardScheme:
     """Issuers, accounts and the ledger of one card scheme (shared by its endpoints)."""
 
@@ -130,6 +153,10 @@ class CardScheme:
         self.advices = 0
         self.advice_exceptions = 0
         self.bound_rejections = 0
+        #: Where every change of ``records`` is kept (channels/books.py), or None: the
+        #: books live only in memory (no settlement out_dir, or the deterministic
+        #: simulator, whose simulated networks never restart).
+        self.store: BookStore | None = None
 
     # --- accounts ------------------------------------------------------------------------
 
@@ -192,6 +219,59 @@ class CardScheme:
         for acct in self.accounts.values():
             assert acct.held == sum(acct.holds.values()), acct.pan
             assert acct.available >= 0, f"{acct.pan} overdrawn: {acct.available}"
+
+
+    # --- the books on disk (channels/books.py) ------------------------------------------
+
+    def _keep(self, record: AuthRecord) -> None:
+        """Make ``record``'s change durable before the answer reporting it is sent."""
+        store = self.store
+        if store is None:
+            return
+        stan, terminal, de7 = record.key
+        store.put(self.name, CARD_KIND, hold_key_text(record.key), msgspec.msgpack.encode(
+            _StoredAuth(stan, terminal, de7, record.pan, record.amount, record.kind,
+                        record.state, record.auth_code, record.rrn, record.currency,
+                        time.time())))
+
+    def restore(self, store: BookStore, now: float, wall_now: float) -> list[BookEntry]:
+        """Rebuild the book from ``store`` and keep every change there from now on: the
+        records (first booked first), every account's holds and posted debits, and the
+        duplicate window, which counts the authorizations of its last
+        ``duplicate_window_s`` by their wall time. Returns the entries read, in the
+        order of ``records``."""
+        assert not self.records and not self.accounts, "restore into an empty book only"
+        entries = list(store.entries(self.name, CARD_KIND))
+        window = self.spec.duplicate_window_s
+        recent: list[tuple[float, tuple[str, str]]] = []
+        for entry in entries:
+            stored = _stored_decoder.decode(entry.value)
+            key = (stored.stan, stored.terminal, stored.de7)
+            assert stored.kind in ("hold", "post", "none") and stored.state in (
+                "active", "reversed"), stored
+            record = AuthRecord(key, stored.pan, stored.amount, stored.kind,  # type: ignore[arg-type]
+                                stored.state, stored.auth_code, stored.rrn,  # type: ignore[arg-type]
+                                stored.currency)
+            self.records[key] = record
+            if record.state == "active" and record.kind != "none":
+                acct = self.account(record.pan)
+                assert acct is not None, f"{self.name}: a booked card has no account"
+                if record.kind == "hold":
+                    acct.holds[key] = record.amount
+                    acct.held += record.amount
+                else:
+                    acct.balance -= record.amount
+            age = wall_now - stored.seen_wall
+            if record.kind != "none" and 0 <= age < window:
+                recent.append((now - age, (stored.stan, stored.terminal)))
+        for seen_at, pair in sorted(recent):
+            if pair not in self._recent:
+                self._recent.add(pair)
+                self._recent_order.append((seen_at, pair))
+        assert len(self.records) == len(entries) <= self.spec.max_records
+        self.check_ledger()
+        self.store = store
+        return entries
 
     # --- message handling ----------------------------------------------------------------
 
@@ -261,6 +341,7 @@ class CardScheme:
             acct.held += amount
             self.records[key] = AuthRecord(key, pan, amount, "hold", "active", auth_code,
                                            f.get(37, ""), f.get(49, ""))
+        self._keep(self.records[key])
         self.approvals += 1
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED, auth_code=auth_code)
 
@@ -292,6 +373,7 @@ class CardScheme:
                 return iso8583.response(msg, iso8583.ResponseCode.SYSTEM_MALFUNCTION)
             self.reversals_unknown += 1
             self.records[key] = AuthRecord(key, f.get(2, ""), 0, "none", "reversed")
+            self._keep(self.records[key])
         elif record.state == "active":
             acct = self.accounts[record.pan]
             if record.kind == "hold":
@@ -299,6 +381,7 @@ class CardScheme:
             elif record.kind == "post":
                 acct.balance += record.amount
             record.state = "reversed"
+            self._keep(record)
             self.reversals += 1
             self.reversed_keys.append(key)
         return iso8583.response(msg, iso8583.ResponseCode.APPROVED)
@@ -336,6 +419,7 @@ class CardScheme:
                 acct.held += amount
                 self.records[key] = AuthRecord(key, acct.pan, amount, "hold", "active",
                                                rrn=f.get(37, ""), currency=f.get(49, ""))
+                self._keep(self.records[key])
             else:
                 self.advice_exceptions += 1
                 answer = (iso8583.ResponseCode.INVALID_CARD if acct is None

@@ -39,6 +39,9 @@ class SettlementSpec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw
     net_qr_by_merchant: bool = False
     #: Seeds which records are planted wrong.
     seed: int = 1
+    #: Keep the networks' books in ``out_dir`` (channels/books.py), so a restarted
+    #: simulator still knows what it authorized, settled, fenced and cleared.
+    books_on_disk: bool = True
 
 
 # --------------------------------------------------------------------------- configuration

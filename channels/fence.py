@@ -16,6 +16,7 @@ to be booked after its "never received".
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Final
 
 #: Fences a network keeps (about 100 bytes each).
@@ -30,13 +31,21 @@ class Fence:
         self.bound = bound
         self._refs: dict[str, None] = {}  # dicts keep insertion order: the oldest first
 
-    def add(self, ref: str) -> None:
+    def add(self, ref: str) -> str | None:
+        """Fence ``ref``; returns the reference forgotten to make room, if one was (the
+        books on disk forget it too: channels/books.py)."""
         if ref in self._refs:
-            return
+            return None
+        forgotten = None
         if len(self._refs) >= self.bound:
-            del self._refs[next(iter(self._refs))]
+            forgotten = next(iter(self._refs))
+            del self._refs[forgotten]
         self._refs[ref] = None
         assert len(self._refs) <= self.bound
+        return forgotten
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._refs)
 
     def __contains__(self, ref: object) -> bool:
         return ref in self._refs

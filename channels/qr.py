@@ -33,6 +33,7 @@ from typing import Final
 import msgspec
 
 from channels.behaviour import Behaviour
+from channels.books import FENCE_KIND, QR_KIND, BookEntry, BookStore
 from channels.config import NetworkSpec, QrSpec
 from channels.fence import Fence
 from channels.metrics import ChannelMetrics
@@ -70,6 +71,20 @@ def _minor(amount: str, exponent: int) -> int | None:
     return minor
 
 
+class _StoredPay(msgspec.Struct, array_like=True, frozen=True):
+    """A decided payment as channels/books.py keeps it: the answer the book gives, and
+    for an approval what the settlement file needs (merchant, currency, amount)."""
+
+    reply: QrReply
+    merchant: str = ""
+    currency: str = ""
+    amount: int = 0
+
+
+_stored_decoder: Final = msgspec.msgpack.Decoder(_StoredPay)
+
+
+
 class QrNetwork(SimServer):
     def __init__(self, spec: NetworkSpec, behaviour: Behaviour, metrics: ChannelMetrics) -> None:
         super().__init__(spec, behaviour, metrics)
@@ -87,6 +102,48 @@ class QrNetwork(SimServer):
         self.settlement_keys: dict[str, tuple[str, str]] = {}
         self.bound_rejections = 0
         self.malformed_requests = 0
+        #: Where every decided payment and fence is kept (channels/books.py), or None.
+        self.store: BookStore | None = None
+
+    # --- the books on disk (channels/books.py) ------------------------------------------
+
+    def keep(self, reply: QrReply) -> None:
+        """Make a decided payment durable before its answer is sent."""
+        if self.store is None or reply.status == "pending":
+            return
+        ref = reply.ref
+        merchant, currency = self.settlement_keys.get(ref, ("", ""))
+        self.store.put(self.name, QR_KIND, ref, msgspec.msgpack.encode(
+            _StoredPay(reply, merchant, currency, self.amounts.get(ref, 0))))
+
+    def fence(self, ref: str) -> None:
+        forgotten = self.fenced.add(ref)
+        if self.store is not None:
+            self.store.put(self.name, FENCE_KIND, ref, b"")
+            if forgotten is not None:
+                self.store.delete(self.name, FENCE_KIND, forgotten)
+
+    def restore(self, store: BookStore) -> list[BookEntry]:
+        """Rebuild the book, the merchants' credits and the fences from ``store`` and keep
+        every change there from now on; returns the payments' entries read."""
+        assert not self.book and not len(self.fenced), "restore into an empty book only"
+        payments = list(store.entries(self.name, QR_KIND))
+        fences = list(store.entries(self.name, FENCE_KIND))
+        for entry in payments:
+            stored = _stored_decoder.decode(entry.value)
+            reply = stored.reply
+            assert reply.ref == entry.key and reply.status != "pending", entry.key
+            self.book[reply.ref] = reply
+            if reply.status == "approved":
+                self.amounts[reply.ref] = stored.amount
+                self.settlement_keys[reply.ref] = (stored.merchant, stored.currency)
+                self.credited[stored.merchant] = (self.credited.get(stored.merchant, 0)
+                                                  + stored.amount)
+        for entry in fences:
+            self.fenced.add(entry.key)
+        assert len(self.book) == len(payments) <= self.qr.max_payments
+        self.store = store
+        return payments
 
     def new_splitter(self) -> FrameDecoder:
         return FrameDecoder(MAX_FRAME_BYTES)
@@ -192,6 +249,7 @@ class _Pay(SimRequest):
     def _book(self, reply: QrReply) -> bytes:
         if self.booked:
             self.network.book[reply.ref] = reply
+            self.network.keep(reply)
         return encode(reply)
 
     def decide(self, technical_error: str | None) -> bytes | None:
@@ -252,7 +310,7 @@ class _CheckStatus(SimRequest):
             return encode(reply)
         # The answer stands (channels/fence.py): a pay request of this ref still on its
         # way, overtaken by this check on another connection, is never paid after it.
-        net.fenced.add(ref)
+        net.fence(ref)
         return encode(QrReply(ref=ref, status="not_found"))
 
     def reject(self, code: str) -> bytes | None:

@@ -13,8 +13,10 @@
 One simulator process owns its ``out_dir``: it holds a lock on ``.settlement.lock`` there
 while it runs, so a second one pointed at the same directory refuses to start rather than
 overwrite the first's files. A restarted simulator continues the numbering after the
-files already there (and a SWIFT statement opens with the last one's closing balance):
-its books start empty, but what it reported before the restart is not replaced.
+files already there (and a SWIFT statement opens with the last one's closing balance),
+and, with ``books_on_disk`` (the default), takes its books back from ``out_dir``
+(channels/books.py): what it booked and what each earlier file cleared, so nothing is
+cleared twice or forgotten.
 
 Each record is written once, in the cycle it became final (a cleared card authorization
 may be followed by one ``reversed`` record). With ``discrepancy_rate`` > 0
@@ -35,11 +37,20 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import anyio
 import msgspec
 
+from channels.books import (
+    BOOKS_FILE,
+    CARD_KIND,
+    QR_KIND,
+    SWIFT_KIND,
+    BookEntry,
+    BookStore,
+    hold_key_text,
+)
 from channels.config import SettlementSpec
 from switch.currency import CURRENCIES, NUMERIC_TO_ALPHA
 from switch.dirlock import DirInUse, claim_dir, release_dir
@@ -54,7 +65,7 @@ from switch.protocols.settlement_files import (
 )
 
 if TYPE_CHECKING:
-    from channels.card import CardScheme
+    from channels.card import CardScheme, HoldKey
     from channels.tcp import SimServer
 
 log = logging.getLogger(__name__)
@@ -85,13 +96,20 @@ def claim_out_dir(out_dir: Path) -> int:
 def last_cycle(out_dir: Path, names: Mapping[str, str]) -> int:
     """The highest cycle among ``out_dir``'s files of these networks (``names``: network
     -> extension), 0 when there are none."""
-    patterns = [re.compile(rf"{re.escape(name)}-(\d+)\.{ext}") for name, ext in names.items()]
-    highest = 0
+    return max(last_cycles(out_dir, names).values(), default=0)
+
+
+def last_cycles(out_dir: Path, names: Mapping[str, str]) -> dict[str, int]:
+    """Per network (``names``: network -> extension), the highest cycle of its files in
+    ``out_dir``, 0 when it has none."""
+    patterns = {name: re.compile(rf"{re.escape(name)}-(\d+)\.{ext}")
+                for name, ext in names.items()}
+    highest = dict.fromkeys(names, 0)
     for entry in os.scandir(out_dir):
-        for pattern in patterns:
+        for name, pattern in patterns.items():
             match = pattern.fullmatch(entry.name)
             if match is not None:
-                highest = max(highest, int(match.group(1)))
+                highest[name] = max(highest[name], int(match.group(1)))
     return highest
 
 
@@ -142,6 +160,15 @@ class SettlementWriter:
         self._origin = clock()
         self._wall_origin = time.time()  # wall anchor for settlement timestamps
         self.files: list[Path] = []
+        #: The networks' books on disk (channels/books.py), None with books_on_disk off.
+        self.store: BookStore | None = None
+        if spec.books_on_disk:
+            try:
+                self.store = BookStore(self.out_dir / BOOKS_FILE)
+                self._restore(self.store)
+            except BaseException:
+                self.close()
+                raise
 
     def _file_names(self) -> dict[str, str]:
         """Network name -> the extension of its settlement files."""
@@ -167,8 +194,51 @@ class SettlementWriter:
                         "opens at zero", path, exc)
             return {}
 
+    def _restore(self, store: BookStore) -> None:
+        """Give every network its book back, and this writer what the cuts before the
+        restart decided: which entries were cleared (or decided not to be), and which
+        card reversals were reported. A mark counts only up to its network's last file
+        here: a cut commits its marks before it writes the file (:meth:`cut`)."""
+        files = last_cycles(self.out_dir, self._file_names())
+        now, wall_now = self._clock(), time.time()
+        restored = 0
+        for name, scheme in self.runtime.card_schemes.items():
+            entries = scheme.restore(store, now, wall_now)
+            self._restore_card(name, scheme, entries, files.get(name, 0))
+            restored += len(entries)
+        for name, server in self.runtime.networks.items():
+            server.books = store  # commits before each answer (channels/tcp.py)
+            if server.spec.kind == "card":
+                continue  # its scheme's book
+            payments = cast(Any, server).restore(store)
+            last = files.get(name, 0)
+            self._written.update((name, e.key) for e in payments if 0 < e.written <= last)
+            restored += len(payments)
+        if restored:
+            log.info("books restored from %s: %d entries", store.path, restored)
+
+    def _restore_card(self, name: str, scheme: CardScheme, entries: list[BookEntry],
+                      last: int) -> None:
+        # Each cut decides every record booked since the one before, so the records a
+        # cut on disk decided are the first ones, in booking order.
+        seen = 0
+        for entry, record in zip(entries, scheme.records.values(), strict=True):
+            if not entry.written or abs(entry.written) > last:
+                break
+            seen += 1
+            if entry.written > 0:
+                self._written.add((name, record.key))
+                if record.state == "reversed" and not 0 < entry.reversal_written <= last:
+                    scheme.reversed_keys.append(record.key)  # reported at the next cut
+        assert all(not e.written or abs(e.written) > last for e in entries[seen:]), (
+            f"{name}: records decided by a cut after undecided ones")
+        self._card_seen[name] = seen
+
     def close(self) -> None:
         """Release out_dir for another writer (idempotent)."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
         if self._lock_fd is not None:
             release_dir(self._lock_fd)
             self._lock_fd = None
@@ -185,72 +255,111 @@ class SettlementWriter:
         """Write one cycle's files for every network; returns the paths written.
 
         Runs on the event loop, between requests, so the books it reads are consistent;
-        a cycle of thousands of records takes milliseconds.
+        a cycle of thousands of records takes milliseconds. With the books on disk, what
+        each file clears is marked in them before the file is written: a crash between
+        the two leaves marks beyond the last file, which a restart disbelieves
+        (:meth:`_restore`), so the entries are cleared again, once, by the next cut.
         """
         self.cycle += 1
         self.out_dir.mkdir(parents=True, exist_ok=True)
         now = self._clock()
         written: list[Path] = []
-        wall_us = self._wall_us(now)
         for name, scheme in self.runtime.card_schemes.items():
-            entries = self._card_reversals(name, scheme, now)
-            records = scheme.records
-            seen = self._card_seen.get(name, 0)
-            # The records since the last cut, read from the book's end: skipping the
-            # first ``seen`` of them walked the whole book at every cut.
-            fresh = list(itertools.islice(reversed(records.items()), len(records) - seen))
-            fresh.reverse()
-            self._card_seen[name] = seen + len(fresh)
-            written_keys, alpha_of = self._written, self._alpha_of
-            for key, record in fresh:
-                if record.state != "active" or record.kind == "none":
-                    continue
-                # Fresh at exactly one cut (never removed, each key booked once), so not
-                # written yet: no look-up in the written keys, only the mark.
-                written_keys.add((name, key))
-                de49 = record.currency
-                currency = alpha_of.get(de49)
-                if currency is None and de49 not in alpha_of:
-                    currency = alpha_of[de49] = NUMERIC_TO_ALPHA.get(int(de49 or "0"))
-                if currency is None:
-                    # Cannot be cleared without a currency: report it, never guess one.
-                    log.error("%s: record %s has no usable currency (DE49 %r); not cleared",
-                              name, key, record.currency)
-                    continue
-                entries.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
-                                               currency, "settled", wall_us))
-            written.append(self._write(name, "clr", entries, now))
+            written.append(self._write(name, "clr", self._card_entries(name, scheme, now), now))
         for name, server in self.runtime.networks.items():
             kind = server.spec.kind
             if kind == "swift":
-                entries = []
-                for uetr, record in list(server.book.items()):  # type: ignore[attr-defined]
-                    if record.status != "ACSC" or (name, uetr) in self._written:
-                        continue
-                    self._written.add((name, uetr))
-                    ct = record.ct
-                    entries.append(SettlementEntry(uetr, ct.end_to_end_id, ct.amount_minor,
-                                                   ct.currency, "settled",
-                                                   self._wall_us(record.settled_at)))
-                written.append(self._write(name, "xml", entries, now))
+                written.append(self._write(name, "xml", self._swift_entries(name, server), now))
             elif kind == "qr":
-                entries = []
-                for ref, (merchant, currency) in list(server.settlement_keys.items()):  # type: ignore[attr-defined]
-                    if (name, ref) in self._written:
-                        continue
-                    self._written.add((name, ref))
-                    amount = server.amounts[ref]  # type: ignore[attr-defined]
-                    entries.append(SettlementEntry(ref, merchant, amount, currency, "settled",
-                                                   self._wall_us(now)))
+                entries = self._qr_entries(name, server, now)
                 if self.spec.net_qr_by_merchant:
                     entries = self._net(entries, now)
                 written.append(self._write(name, "csv", entries, now))
         self.files += written
         return written
 
-    def _card_reversals(self, name: str, scheme: CardScheme,
-                        now: float) -> list[SettlementEntry]:
-        """``reversed`` records for authorizations cleared earlier and reversed since.
+    def _mark(self, name: str, kind: str, marks: list[tuple[str, int]],
+              column: str = "written") -> None:
+        if self.store is not None:
+            self.store.mark(name, kind, marks, column)
+
+    def _card_entries(self, name: str, scheme: CardScheme, now: float
+                      ) -> list[SettlementEntry]:
+        """The clearing records of this cut: reversals of records cleared earlier, and
+        the records booked since the last cut that still stand."""
+        cycle = self.cycle
+        entries, reversed_keys = self._card_reversals(name, scheme, now)
+        records = scheme.records
+        seen = self._card_seen.get(name, 0)
+        # The records since the last cut, read from the book's end: skipping the first
+        # ``seen`` of them walked the whole book at every cut.
+        fresh = list(itertools.islice(reversed(records.items()), len(records) - seen))
+        fresh.reverse()
+        self._card_seen[name] = seen + len(fresh)
+        written_keys, alpha_of = self._written, self._alpha_of
+        marks: list[tuple[str, int]] = []
+        wall_us = self._wall_us(now)
+        for key, record in fresh:
+            if record.state != "active" or record.kind == "none":
+                marks.append((hold_key_text(key), -cycle))  # decided: never cleared
+                continue
+            de49 = record.currency
+            currency = alpha_of.get(de49)
+            if currency is None and de49 not in alpha_of:
+                currency = alpha_of[de49] = NUMERIC_TO_ALPHA.get(int(de49 or "0"))
+            if currency is None:
+                # Cannot be cleared without a currency: report it, never guess one.
+                log.error("%s: record %s has no usable currency (DE49 %r); not cleared",
+                          name, key, record.currency)
+                marks.append((hold_key_text(key), -cycle))
+                continue
+            # Fresh at exactly one cut (never removed, each key booked once), so not
+            # written yet: no look-up in the written keys, only the mark.
+            written_keys.add((name, key))
+            marks.append((hold_key_text(key), cycle))
+            entries.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
+                                           currency, "settled", wall_us))
+        self._mark(name, CARD_KIND, marks)
+        self._mark(name, CARD_KIND, [(hold_key_text(k), cycle) for k in reversed_keys],
+                   "reversal_written")
+        return entries
+
+    def _swift_entries(self, name: str, server: SimServer) -> list[SettlementEntry]:
+        """The payments settled (ACSC) since the last cut."""
+        entries: list[SettlementEntry] = []
+        marks: list[tuple[str, int]] = []
+        for uetr, record in list(server.book.items()):  # type: ignore[attr-defined]
+            if record.status != "ACSC" or (name, uetr) in self._written:
+                continue
+            self._written.add((name, uetr))
+            marks.append((uetr, self.cycle))
+            ct = record.ct
+            entries.append(SettlementEntry(uetr, ct.end_to_end_id, ct.amount_minor,
+                                           ct.currency, "settled",
+                                           self._wall_us(record.settled_at)))
+        self._mark(name, SWIFT_KIND, marks)
+        return entries
+
+    def _qr_entries(self, name: str, server: SimServer, now: float
+                    ) -> list[SettlementEntry]:
+        """The payments approved since the last cut."""
+        entries: list[SettlementEntry] = []
+        marks: list[tuple[str, int]] = []
+        for ref, (merchant, currency) in list(server.settlement_keys.items()):  # type: ignore[attr-defined]
+            if (name, ref) in self._written:
+                continue
+            self._written.add((name, ref))
+            marks.append((ref, self.cycle))
+            amount = server.amounts[ref]  # type: ignore[attr-defined]
+            entries.append(SettlementEntry(ref, merchant, amount, currency, "settled",
+                                           self._wall_us(now)))
+        self._mark(name, QR_KIND, marks)
+        return entries
+
+    def _card_reversals(self, name: str, scheme: CardScheme, now: float
+                        ) -> tuple[list[SettlementEntry], list[HoldKey]]:
+        """``reversed`` records for authorizations cleared earlier and reversed since,
+        and their keys.
 
         The switch reverses a payment whose outcome it lost (a crash, a timeout) as soon
         as it can; when that lands just after a cut-off, the issuer has already cleared
@@ -258,6 +367,7 @@ class SettlementWriter:
         forever while its book says reversed.
         """
         out: list[SettlementEntry] = []
+        keys: list[HoldKey] = []
         reversed_keys = scheme.reversed_keys
         for _ in range(len(reversed_keys)):
             key = reversed_keys.popleft()
@@ -271,7 +381,8 @@ class SettlementWriter:
             assert record.state == "reversed", "only a reversal is queued"
             out.append(SettlementEntry(record.rrn, f"{key[0]}|{key[1]}", record.amount,
                                        currency, "reversed", self._wall_us(now)))
-        return out
+            keys.append(key)
+        return out, keys
 
     def _net(self, entries: list[SettlementEntry], now: float) -> list[SettlementEntry]:
         totals: dict[tuple[str, str], int] = {}

@@ -41,8 +41,10 @@ from datetime import UTC, datetime
 from typing import Final
 
 import anyio
+import msgspec
 
 from channels.behaviour import Behaviour
+from channels.books import FENCE_KIND, SWIFT_KIND, BookEntry, BookStore
 from channels.config import BankSpec, NetworkSpec, SwiftSpec
 from channels.fence import Fence
 from channels.metrics import ChannelMetrics
@@ -80,6 +82,23 @@ class SwiftRecord:
     settles_at: float = 0.0
     debited: int = 0
     settled_at: float = 0.0  # anyio time of ACSC, for the statement
+
+
+class _StoredPayment(msgspec.Struct, array_like=True, frozen=True):
+    """A decided `SwiftRecord` as channels/books.py keeps it; its times as wall clock
+    seconds (the loop's clock starts again at a restart)."""
+
+    ct: iso20022.CreditTransfer
+    status: str
+    reason: str | None
+    info: str | None
+    settles_at_wall: float
+    debited: int
+    settled_at_wall: float
+
+
+_stored_decoder: Final = msgspec.msgpack.Decoder(_StoredPayment)
+
 
 
 def _account(party: iso20022.Party) -> str | None:
@@ -124,6 +143,68 @@ class SwiftNetwork(SimServer):
         self._seq = 0
         self._msg_seq = 0
         self._wake = anyio.Event()
+        #: Where every decided payment and fence is kept (channels/books.py), or None.
+        self.store: BookStore | None = None
+
+    # --- the books on disk (channels/books.py) ------------------------------------------
+
+    def keep(self, record: SwiftRecord) -> None:
+        """Make a decided payment's status durable before a report of it is sent."""
+        if self.store is None or record.status == "PDNG":
+            return
+        anchor = self._wall_anchor
+        self.store.put(self.name, SWIFT_KIND, record.ct.uetr, msgspec.msgpack.encode(
+            _StoredPayment(record.ct, record.status, record.reason, record.info,
+                           anchor + record.settles_at if record.settles_at else 0.0,
+                           record.debited,
+                           anchor + record.settled_at if record.settled_at else 0.0)))
+
+    def fence(self, uetr: str) -> None:
+        forgotten = self.fenced.add(uetr)
+        if self.store is not None:
+            self.store.put(self.name, FENCE_KIND, uetr, b"")
+            if forgotten is not None:
+                self.store.delete(self.name, FENCE_KIND, forgotten)
+
+    def restore(self, store: BookStore) -> list[BookEntry]:
+        """Rebuild the book, the debtors' balances, the banks' credits and the fences from
+        ``store`` and keep every change there from now on; an accepted payment not settled
+        yet settles when it was due (at once if that passed while the simulator was down).
+        Returns the payments' entries read."""
+        assert not self.book and not len(self.fenced), "restore into an empty book only"
+        payments = list(store.entries(self.name, SWIFT_KIND))
+        fences = list(store.entries(self.name, FENCE_KIND))
+        anchor = self._wall_anchor
+        for entry in payments:
+            stored = _stored_decoder.decode(entry.value)
+            ct = stored.ct
+            assert ct.uetr == entry.key, entry.key
+            assert stored.status in ("ACCP", "ACSP", "ACSC", "RJCT"), stored.status
+            record = SwiftRecord(ct, stored.status, 0, stored.reason, stored.info,  # type: ignore[arg-type]
+                                 stored.settles_at_wall - anchor if stored.settles_at_wall
+                                 else 0.0, stored.debited,
+                                 stored.settled_at_wall - anchor if stored.settled_at_wall
+                                 else 0.0)
+            self.book[ct.uetr] = record
+            if record.debited:
+                debtor = _account(ct.debtor)
+                assert debtor is not None, ct.uetr
+                balance = self.balance(debtor)
+                assert balance is not None, f"{self.name}: more debtors than max_accounts"
+                self.balances[debtor] = balance - record.debited
+                self.debited_total += record.debited
+            if record.status == "ACSC":
+                self.settled += 1
+                self.settled_total += record.debited
+                bic = ct.creditor_agent_bic
+                self.credited_by_bank[bic] = self.credited_by_bank.get(bic, 0) + record.debited
+            elif record.status in ("ACCP", "ACSP"):
+                self._schedule(record)
+        for entry in fences:
+            self.fenced.add(entry.key)
+        assert len(self.book) == len(payments) <= self.swift.max_payments
+        self.store = store
+        return payments
 
     # --- framing -------------------------------------------------------------------------
 
@@ -273,6 +354,7 @@ class SwiftNetwork(SimServer):
                 continue
             record.status = "ACSC"
             record.settled_at = now
+            self.keep(record)
             self.settled += 1
             self.settled_total += record.debited
             bic = record.ct.creditor_agent_bic
@@ -394,6 +476,7 @@ class _Pacs008(SimRequest):
             net.accept_or_reject(record, anyio.current_time())
             self.outcome = ("approved" if record.status == "ACCP" else
                             "error" if record.info else "declined")
+        net.keep(record)
         return net.report(record)
 
     def reject(self, code: str) -> bytes | None:
@@ -402,6 +485,7 @@ class _Pacs008(SimRequest):
         record = self.record
         if record is not None and record.status == "PDNG":
             record.status, record.reason, record.info = "RJCT", "MS03", info
+            self.network.keep(record)
             return self.network.report(record)
         if self.existing is None and record is None and not self.full:
             # Refused or overloaded before admission: a UETR already booked is answered
@@ -433,7 +517,7 @@ class _Pacs028(SimRequest):
             return net.report(record)
         # The answer stands (channels/fence.py): a pacs.008 still on its way, overtaken
         # by this inquiry on another connection, is not booked after it.
-        net.fenced.add(rq.orgnl_uetr)
+        net.fence(rq.orgnl_uetr)
         return iso20022.encode_pacs002(iso20022.StatusReport(
             msg_id=net._msg_id(), created_at=net.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
             orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,

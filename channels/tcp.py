@@ -7,13 +7,14 @@ import logging
 import socket
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import anyio
 import anyio.abc
 
 from channels.behaviour import Behaviour, CapacityExceeded, GateTicket, RequestPlan
+from channels.books import BookStore
 from channels.config import NetworkSpec
 from channels.metrics import ChannelMetrics
 
@@ -32,11 +33,14 @@ class FrameSplitter(Protocol):
 class SimConnection:
     """One client connection to a simulated network."""
 
-    __slots__ = ("_lock", "alive", "id", "in_flight", "scope", "stream")
+    __slots__ = ("_lock", "alive", "before_send", "id", "in_flight", "scope", "stream")
 
-    def __init__(self, conn_id: int, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, conn_id: int, stream: anyio.abc.ByteStream,
+                 before_send: Callable[[], None] = lambda: None) -> None:
         self.id = conn_id
         self.stream = stream
+        #: Called before every write: the books on disk commit what the answer reports.
+        self.before_send = before_send
         self._lock = anyio.Lock()
         self.alive = True
         self.in_flight = 0
@@ -46,6 +50,7 @@ class SimConnection:
         """Write one frame; False if the connection is gone (the answer is lost)."""
         if not self.alive:
             return False
+        self.before_send()
         try:
             async with self._lock:
                 await self.stream.send(data)
@@ -116,6 +121,8 @@ class SimServer(ABC):
     def __init__(self, spec: NetworkSpec, behaviour: Behaviour, metrics: ChannelMetrics) -> None:
         self.spec = spec
         self.name = spec.name
+        #: The simulator's books on disk (channels/books.py), shared by its networks.
+        self.books: BookStore | None = None
         self.behaviour = behaviour
         self.metrics = metrics
         self.port: int = spec.port
@@ -123,6 +130,10 @@ class SimServer(ABC):
         self._next_conn = 0
         self.refused_connections = 0
         self.bad_frames = 0
+
+    def _flush_books(self) -> None:
+        if self.books is not None:
+            self.books.commit()
 
     # --- protocol hooks ------------------------------------------------------------------
 
@@ -211,7 +222,7 @@ class SimServer(ABC):
                 await stream.aclose()
             return
         self._next_conn += 1
-        conn = SimConnection(self._next_conn, stream)
+        conn = SimConnection(self._next_conn, stream, self._flush_books)
         self._conns[conn.id] = conn
         self.metrics.set_connections(self.name, len(self._conns))
         try:

@@ -72,7 +72,9 @@ class Clearing:
 
     def __init__(self, scheme: CardScheme, seed: int) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="payswitch-sim-clearing-")
-        self._spec = SettlementSpec(out_dir=self._dir.name, cycle_s=CUT_EVERY_S, seed=seed)
+        # The simulated networks never restart: their books need no disk.
+        self._spec = SettlementSpec(out_dir=self._dir.name, cycle_s=CUT_EVERY_S, seed=seed,
+                                    books_on_disk=False)
         self._source = _Source(scheme)
         self._writer: SettlementWriter | None = None
         self.cuts = 0

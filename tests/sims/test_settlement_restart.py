@@ -50,7 +50,10 @@ class Books:
 
 
 def writer_on(books: Books, out_dir: Path) -> SettlementWriter:
-    return SettlementWriter(books, SettlementSpec(out_dir=str(out_dir)), clock=time.monotonic)
+    # The files' numbering and balance chain, apart from the books on disk (their own
+    # tests: tests/sims/test_books_on_disk.py); this SWIFT network is a stand-in.
+    return SettlementWriter(books, SettlementSpec(out_dir=str(out_dir), books_on_disk=False),
+                            clock=time.monotonic)
 
 
 def contents(out_dir: Path) -> dict[str, bytes]:
