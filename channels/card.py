@@ -244,6 +244,7 @@ class CardScheme:
         entries = list(store.entries(self.name, CARD_KIND))
         window = self.spec.duplicate_window_s
         recent: list[tuple[float, tuple[str, str]]] = []
+        misfits = 0
         for entry in entries:
             stored = _stored_decoder.decode(entry.value)
             key = (stored.stan, stored.terminal, stored.de7)
@@ -253,14 +254,8 @@ class CardScheme:
                                 stored.state, stored.auth_code, stored.rrn,  # type: ignore[arg-type]
                                 stored.currency)
             self.records[key] = record
-            if record.state == "active" and record.kind != "none":
-                acct = self.account(record.pan)
-                assert acct is not None, f"{self.name}: a booked card has no account"
-                if record.kind == "hold":
-                    acct.holds[key] = record.amount
-                    acct.held += record.amount
-                else:
-                    acct.balance -= record.amount
+            if record.state == "active" and record.kind != "none" and not self._rebook(record):
+                misfits += 1
             age = wall_now - stored.seen_wall
             if record.kind != "none" and 0 <= age < window:
                 recent.append((now - age, (stored.stan, stored.terminal)))
@@ -268,10 +263,32 @@ class CardScheme:
             if pair not in self._recent:
                 self._recent.add(pair)
                 self._recent_order.append((seen_at, pair))
-        assert len(self.records) == len(entries) <= self.spec.max_records
-        self.check_ledger()
+        assert len(self.records) == len(entries)
+        overdrawn = sum(1 for acct in self.accounts.values() if acct.available < 0)
+        if misfits or overdrawn:
+            # The scheme's configuration changed under its books (issuers, balances,
+            # bounds): keep every record, say so, never refuse to start over it.
+            log.warning("%s: the books in %s were written under another configuration: %d "
+                        "authorizations found no account, %d accounts are overdrawn; give a "
+                        "changed scheme its own settlement out_dir", self.name, store.path,
+                        misfits, overdrawn)
         self.store = store
         return entries
+
+    def _rebook(self, record: AuthRecord) -> bool:
+        """Put an active record's money back on its account; False if it has none."""
+        try:
+            acct = self.account(record.pan)
+        except OverflowError:
+            return False
+        if acct is None:
+            return False
+        if record.kind == "hold":
+            acct.holds[record.key] = record.amount
+            acct.held += record.amount
+        else:
+            acct.balance -= record.amount
+        return True
 
     # --- message handling ----------------------------------------------------------------
 

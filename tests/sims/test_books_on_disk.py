@@ -96,6 +96,24 @@ def test_a_retransmission_after_the_restart_is_still_a_duplicate(tmp_path: Path)
     writer.close()
 
 
+def test_books_written_under_another_configuration_start_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Editing the scheme (here: its issuer no longer issues the card) and restarting on
+    the same out_dir is a user's change, not a corrupt file: start, keep every record,
+    and say what does not fit, never a traceback."""
+    scheme, writer = card_books(tmp_path)
+    authorize(scheme, 6)
+    writer.close()
+    changed = CardScheme(msgspec.convert(card_scheme(issuers=[{"name": "beta", "bins": ["5"]}]),
+                                         CardSchemeSpec))
+    writer = SettlementWriter(Books(changed), SettlementSpec(out_dir=str(tmp_path)),
+                              clock=time.monotonic)
+    assert list(changed.records) == list(scheme.records)
+    assert "were written under another configuration: 1 authorizations found no account" \
+        in caplog.text
+    writer.close()
+
+
 def test_a_crash_between_a_cuts_marks_and_its_file_clears_the_records_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scheme, writer = card_books(tmp_path)
