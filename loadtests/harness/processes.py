@@ -166,6 +166,31 @@ def _start_channels(
         r"^discrepancy_rate = .*$", f"discrepancy_rate = {discrepancy_rate}", text, flags=re.M
     )
     config.write_text(_PORT_LINE.sub(port, text))
+    return _launch_channels(base, config, timeout_s, admin_port)
+
+
+def restart_channels(base: Path, ready: dict[str, Any], timeout_s: float = 30.0
+                     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start the simulators of :func:`start_channels` again (after they stopped or were
+    killed) on the ports they had, so a running switch's adapters reconnect to them."""
+    config = base / "channels.toml"
+    table, network = "", ""
+    lines: list[str] = []
+    for line in config.read_text().splitlines():
+        if line.startswith("["):
+            table = line.split("#", 1)[0].strip()
+        elif table == "[[networks]]" and line.startswith("name ="):
+            network = line.split("=", 1)[1].split("#", 1)[0].strip().strip('"')
+        elif _PORT_LINE.match(line) and table in ("[admin]", "[[networks]]"):
+            pinned = ready["admin_port"] if table == "[admin]" else ready[network]["port"]
+            line = _PORT_LINE.sub(f"port = {pinned}", line)
+        lines.append(line)
+    config.write_text("\n".join(lines) + "\n")
+    return _launch_channels(base, config, timeout_s, int(ready["admin_port"]))
+
+
+def _launch_channels(base: Path, config: Path, timeout_s: float, admin_port: int
+                     ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ready = base / "channels-ready.json"
     ready.unlink(missing_ok=True)
     ensure_demo_tokens()  # admin tokens in the environment the simulators inherit

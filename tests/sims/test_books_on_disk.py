@@ -8,10 +8,7 @@ approved since the last cut-off was never cleared.
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +20,7 @@ import pytest
 from channels.card import CardScheme
 from channels.config import CardSchemeSpec, SettlementSpec
 from channels.settlement import SettlementWriter
+from loadtests.harness.processes import restart_channels, start_channels
 from switch.adapters.base import NetworkReply
 from switch.currency import NUMERIC_TO_ALPHA
 from switch.protocols.framing import frame
@@ -33,11 +31,9 @@ from switch.protocols.settlement_files import (
     decode_qr_csv,
 )
 from tests.sims.test_card import (
-    ROOT,
     card_payment,
     card_scheme,
     config,
-    example_config_file,
     network,
     qr_code,
     qr_payment,
@@ -177,18 +173,6 @@ async def test_every_network_answers_from_its_book_after_a_restart(tmp_path: Pat
 
 
 
-def _serve(config: Path, ready: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-m", "channels", "serve", "--config", str(config),
-                             "--ready-file", str(ready)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())
-
-
 async def _qr(port: int, request: QrPayRequest | QrCheckStatus) -> QrReply:
     [answer] = await raw_exchange(port, frame(encode(request)), header=4, timeout=5.0)
     return decode_reply(answer)
@@ -196,18 +180,17 @@ async def _qr(port: int, request: QrPayRequest | QrCheckStatus) -> QrReply:
 
 async def test_channels_serve_killed_9_answers_from_its_books_when_it_is_back(
         tmp_path: Path) -> None:
-    out_dir = tmp_path / "settlement"
-    config = example_config_file(tmp_path, out_dir)
     pay = QrPayRequest(ref="kill9-1", payload=qr_code("M0000007"), currency="CNY",
                        amount=2500)
-    proc, ready = _serve(config, tmp_path / "ready.json")
+    proc, ready = start_channels(tmp_path)  # the example simulators, own process
     try:
         assert (await _qr(ready["qr"]["port"], pay)).status == "approved"
     finally:
         proc.kill()  # kill -9: no cut, no shutdown of any kind
         proc.wait()
-    proc, ready = _serve(config, tmp_path / "ready.json")
+    proc, again = restart_channels(tmp_path, ready)
     try:
+        assert again == ready  # the same ports: a running switch reconnects
         # Asked whether it was paid, the scheme still knows: not "not_found", on which
         # the switch would fail a payment whose merchant was credited.
         assert (await _qr(ready["qr"]["port"], QrCheckStatus("kill9-1"))).status == "approved"
@@ -216,6 +199,6 @@ async def test_channels_serve_killed_9_answers_from_its_books_when_it_is_back(
     finally:
         proc.send_signal(signal.SIGTERM)  # an orderly stop: its last cut
         assert proc.wait(30) == 0
-    rows = [e.reference for p in sorted(out_dir.glob("qr-*.csv"))
+    rows = [e.reference for p in sorted((tmp_path / "settlement").glob("qr-*.csv"))
             for e in decode_qr_csv(p.read_text(), p.name, {"CNY"})]
     assert rows == ["kill9-1"]  # cleared once, by the restarted simulator
