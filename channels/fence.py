@@ -16,36 +16,45 @@ to be booked after its "never received".
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Final
+
+from channels.books import FENCE_KIND, BookStore
 
 #: Fences a network keeps (about 100 bytes each).
 MAX_FENCED: Final = 100_000
 
 
 class Fence:
-    """An insertion-ordered, bounded set of fenced references."""
+    """An insertion-ordered, bounded set of fenced references, kept on disk once
+    :meth:`keep_in` gave it a store (channels/books.py)."""
 
     def __init__(self, bound: int = MAX_FENCED) -> None:
         assert bound >= 1, bound
         self.bound = bound
         self._refs: dict[str, None] = {}  # dicts keep insertion order: the oldest first
+        self._store: BookStore | None = None
+        self._network = ""
 
-    def add(self, ref: str) -> str | None:
-        """Fence ``ref``; returns the reference forgotten to make room, if one was (the
-        books on disk forget it too: channels/books.py)."""
+    def keep_in(self, store: BookStore, network: str) -> None:
+        """Take back ``network``'s fences from ``store``, and keep every change there."""
+        assert not self._refs and self._store is None, "restore into an empty fence only"
+        for entry in store.entries(network, FENCE_KIND):
+            self.add(entry.key)
+        self._store, self._network = store, network
+
+    def add(self, ref: str) -> None:
         if ref in self._refs:
-            return None
-        forgotten = None
+            return
+        store = self._store
         if len(self._refs) >= self.bound:
             forgotten = next(iter(self._refs))
             del self._refs[forgotten]
+            if store is not None:
+                store.delete(self._network, FENCE_KIND, forgotten)
         self._refs[ref] = None
+        if store is not None:
+            store.put(self._network, FENCE_KIND, ref, b"")
         assert len(self._refs) <= self.bound
-        return forgotten
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._refs)
 
     def __contains__(self, ref: object) -> bool:
         return ref in self._refs

@@ -33,7 +33,7 @@ from typing import Final
 import msgspec
 
 from channels.behaviour import Behaviour
-from channels.books import FENCE_KIND, QR_KIND, BookEntry, BookStore
+from channels.books import QR_KIND, BookEntry, BookStore
 from channels.config import NetworkSpec, QrSpec
 from channels.fence import Fence
 from channels.metrics import ChannelMetrics
@@ -116,19 +116,11 @@ class QrNetwork(SimServer):
         self.store.put(self.name, QR_KIND, ref, msgspec.msgpack.encode(
             _StoredPay(reply, merchant, currency, self.amounts.get(ref, 0))))
 
-    def fence(self, ref: str) -> None:
-        forgotten = self.fenced.add(ref)
-        if self.store is not None:
-            self.store.put(self.name, FENCE_KIND, ref, b"")
-            if forgotten is not None:
-                self.store.delete(self.name, FENCE_KIND, forgotten)
-
     def restore(self, store: BookStore) -> list[BookEntry]:
         """Rebuild the book, the merchants' credits and the fences from ``store`` and keep
         every change there from now on; returns the payments' entries read."""
         assert not self.book and not len(self.fenced), "restore into an empty book only"
         payments = list(store.entries(self.name, QR_KIND))
-        fences = list(store.entries(self.name, FENCE_KIND))
         for entry in payments:
             stored = _stored_decoder.decode(entry.value)
             reply = stored.reply
@@ -139,8 +131,7 @@ class QrNetwork(SimServer):
                 self.settlement_keys[reply.ref] = (stored.merchant, stored.currency)
                 self.credited[stored.merchant] = (self.credited.get(stored.merchant, 0)
                                                   + stored.amount)
-        for entry in fences:
-            self.fenced.add(entry.key)
+        self.fenced.keep_in(store, self.name)
         assert len(self.book) == len(payments)
         self.store = store
         return payments
@@ -310,7 +301,7 @@ class _CheckStatus(SimRequest):
             return encode(reply)
         # The answer stands (channels/fence.py): a pay request of this ref still on its
         # way, overtaken by this check on another connection, is never paid after it.
-        net.fence(ref)
+        net.fenced.add(ref)
         return encode(QrReply(ref=ref, status="not_found"))
 
     def reject(self, code: str) -> bytes | None:

@@ -44,7 +44,7 @@ import anyio
 import msgspec
 
 from channels.behaviour import Behaviour
-from channels.books import FENCE_KIND, SWIFT_KIND, BookEntry, BookStore
+from channels.books import SWIFT_KIND, BookEntry, BookStore
 from channels.config import BankSpec, NetworkSpec, SwiftSpec
 from channels.fence import Fence
 from channels.metrics import ChannelMetrics
@@ -159,13 +159,6 @@ class SwiftNetwork(SimServer):
                            record.debited,
                            anchor + record.settled_at if record.settled_at else 0.0)))
 
-    def fence(self, uetr: str) -> None:
-        forgotten = self.fenced.add(uetr)
-        if self.store is not None:
-            self.store.put(self.name, FENCE_KIND, uetr, b"")
-            if forgotten is not None:
-                self.store.delete(self.name, FENCE_KIND, forgotten)
-
     def restore(self, store: BookStore) -> list[BookEntry]:
         """Rebuild the book, the debtors' balances, the banks' credits and the fences from
         ``store`` and keep every change there from now on; an accepted payment not settled
@@ -173,7 +166,6 @@ class SwiftNetwork(SimServer):
         Returns the payments' entries read."""
         assert not self.book and not len(self.fenced), "restore into an empty book only"
         payments = list(store.entries(self.name, SWIFT_KIND))
-        fences = list(store.entries(self.name, FENCE_KIND))
         anchor = self._wall_anchor
         misfits = 0
         for entry in payments:
@@ -202,8 +194,7 @@ class SwiftNetwork(SimServer):
                 self.credited_by_bank[bic] = self.credited_by_bank.get(bic, 0) + record.debited
             elif record.status in ("ACCP", "ACSP"):
                 self._schedule(record)
-        for entry in fences:
-            self.fenced.add(entry.key)
+        self.fenced.keep_in(store, self.name)
         assert len(self.book) == len(payments)
         if misfits:
             log.warning("%s: the books in %s were written under another configuration: %d "
@@ -523,7 +514,7 @@ class _Pacs028(SimRequest):
             return net.report(record)
         # The answer stands (channels/fence.py): a pacs.008 still on its way, overtaken
         # by this inquiry on another connection, is not booked after it.
-        net.fence(rq.orgnl_uetr)
+        net.fenced.add(rq.orgnl_uetr)
         return iso20022.encode_pacs002(iso20022.StatusReport(
             msg_id=net._msg_id(), created_at=net.now_iso(), orgnl_msg_id=rq.orgnl_msg_id,
             orgnl_end_to_end_id=rq.orgnl_end_to_end_id, orgnl_uetr=rq.orgnl_uetr,
