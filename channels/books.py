@@ -55,6 +55,7 @@ def hold_key_text(key: tuple[str, str, str]) -> str:
     fixes each part's length (DE11 n6, DE41 ans8, DE7 n10)."""
     return "|".join(key)
 
+
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS entry (
     network TEXT NOT NULL,

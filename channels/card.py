@@ -156,7 +156,7 @@ class CardScheme:
         #: Where every change of ``records`` is kept (channels/books.py), or None: the
         #: books live only in memory (no settlement out_dir, or the deterministic
         #: simulator, whose simulated networks never restart).
-        self.store: BookStore | None = None
+        self.books: BookStore | None = None
 
     # --- accounts ------------------------------------------------------------------------
 
@@ -220,16 +220,15 @@ class CardScheme:
             assert acct.held == sum(acct.holds.values()), acct.pan
             assert acct.available >= 0, f"{acct.pan} overdrawn: {acct.available}"
 
-
     # --- the books on disk (channels/books.py) ------------------------------------------
 
     def _keep(self, record: AuthRecord) -> None:
         """Make ``record``'s change durable before the answer reporting it is sent."""
-        store = self.store
-        if store is None:
+        books = self.books
+        if books is None:
             return
         stan, terminal, de7 = record.key
-        store.put(self.name, CARD_KIND, hold_key_text(record.key), msgspec.msgpack.encode(
+        books.put(self.name, CARD_KIND, hold_key_text(record.key), msgspec.msgpack.encode(
             _StoredAuth(stan, terminal, de7, record.pan, record.amount, record.kind,
                         record.state, record.auth_code, record.rrn, record.currency,
                         time.time())))
@@ -272,7 +271,7 @@ class CardScheme:
                         "authorizations found no account, %d accounts are overdrawn; give a "
                         "changed scheme its own settlement out_dir", self.name, store.path,
                         misfits, overdrawn)
-        self.store = store
+        self.books = store
         return entries
 
     def _rebook(self, record: AuthRecord) -> bool:

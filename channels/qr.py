@@ -84,7 +84,6 @@ class _StoredPay(msgspec.Struct, array_like=True, frozen=True):
 _stored_decoder: Final = msgspec.msgpack.Decoder(_StoredPay)
 
 
-
 class QrNetwork(SimServer):
     def __init__(self, spec: NetworkSpec, behaviour: Behaviour, metrics: ChannelMetrics) -> None:
         super().__init__(spec, behaviour, metrics)
@@ -102,18 +101,16 @@ class QrNetwork(SimServer):
         self.settlement_keys: dict[str, tuple[str, str]] = {}
         self.bound_rejections = 0
         self.malformed_requests = 0
-        #: Where every decided payment and fence is kept (channels/books.py), or None.
-        self.store: BookStore | None = None
 
     # --- the books on disk (channels/books.py) ------------------------------------------
 
     def keep(self, reply: QrReply) -> None:
         """Make a decided payment durable before its answer is sent."""
-        if self.store is None or reply.status == "pending":
+        if self.books is None or reply.status == "pending":
             return
         ref = reply.ref
         merchant, currency = self.settlement_keys.get(ref, ("", ""))
-        self.store.put(self.name, QR_KIND, ref, msgspec.msgpack.encode(
+        self.books.put(self.name, QR_KIND, ref, msgspec.msgpack.encode(
             _StoredPay(reply, merchant, currency, self.amounts.get(ref, 0))))
 
     def restore(self, store: BookStore) -> list[BookEntry]:
@@ -133,7 +130,7 @@ class QrNetwork(SimServer):
                                                   + stored.amount)
         self.fenced.keep_in(store, self.name)
         assert len(self.book) == len(payments)
-        self.store = store
+        self.books = store
         return payments
 
     def new_splitter(self) -> FrameDecoder:

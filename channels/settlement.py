@@ -161,11 +161,11 @@ class SettlementWriter:
         self._wall_origin = time.time()  # wall anchor for settlement timestamps
         self.files: list[Path] = []
         #: The networks' books on disk (channels/books.py), None with books_on_disk off.
-        self.store: BookStore | None = None
+        self.books: BookStore | None = None
         if spec.books_on_disk:
             try:
-                self.store = BookStore(self.out_dir / BOOKS_FILE)
-                self._restore(self.store)
+                self.books = BookStore(self.out_dir / BOOKS_FILE)
+                self._restore(self.books)
             except BaseException:
                 self.close()
                 raise
@@ -207,9 +207,9 @@ class SettlementWriter:
             self._restore_card(name, scheme, entries, files.get(name, 0))
             restored += len(entries)
         for name, server in self.runtime.networks.items():
-            server.books = store  # commits before each answer (channels/tcp.py)
             if server.spec.kind == "card":
-                continue  # its scheme's book
+                server.books = store  # its scheme's book (above); commits before answers
+                continue
             payments = cast(Any, server).restore(store)
             last = files.get(name, 0)
             self._written.update((name, e.key) for e in payments if 0 < e.written <= last)
@@ -236,9 +236,9 @@ class SettlementWriter:
 
     def close(self) -> None:
         """Release out_dir for another writer (idempotent)."""
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self.books is not None:
+            self.books.close()
+            self.books = None
         if self._lock_fd is not None:
             release_dir(self._lock_fd)
             self._lock_fd = None
@@ -280,8 +280,8 @@ class SettlementWriter:
 
     def _mark(self, name: str, kind: str, marks: list[tuple[str, int]],
               column: str = "written") -> None:
-        if self.store is not None:
-            self.store.mark(name, kind, marks, column)
+        if self.books is not None:
+            self.books.mark(name, kind, marks, column)
 
     def _card_entries(self, name: str, scheme: CardScheme, now: float
                       ) -> list[SettlementEntry]:

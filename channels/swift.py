@@ -100,7 +100,6 @@ class _StoredPayment(msgspec.Struct, array_like=True, frozen=True):
 _stored_decoder: Final = msgspec.msgpack.Decoder(_StoredPayment)
 
 
-
 def _account(party: iso20022.Party) -> str | None:
     return party.iban or party.account_id
 
@@ -143,17 +142,15 @@ class SwiftNetwork(SimServer):
         self._seq = 0
         self._msg_seq = 0
         self._wake = anyio.Event()
-        #: Where every decided payment and fence is kept (channels/books.py), or None.
-        self.store: BookStore | None = None
 
     # --- the books on disk (channels/books.py) ------------------------------------------
 
     def keep(self, record: SwiftRecord) -> None:
         """Make a decided payment's status durable before a report of it is sent."""
-        if self.store is None or record.status == "PDNG":
+        if self.books is None or record.status == "PDNG":
             return
         anchor = self._wall_anchor
-        self.store.put(self.name, SWIFT_KIND, record.ct.uetr, msgspec.msgpack.encode(
+        self.books.put(self.name, SWIFT_KIND, record.ct.uetr, msgspec.msgpack.encode(
             _StoredPayment(record.ct, record.status, record.reason, record.info,
                            anchor + record.settles_at if record.settles_at else 0.0,
                            record.debited,
@@ -200,7 +197,7 @@ class SwiftNetwork(SimServer):
             log.warning("%s: the books in %s were written under another configuration: %d "
                         "debits found no debtor account within max_accounts", self.name,
                         store.path, misfits)
-        self.store = store
+        self.books = store
         return payments
 
     # --- framing -------------------------------------------------------------------------
