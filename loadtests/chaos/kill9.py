@@ -339,7 +339,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 await anyio.sleep(rng.uniform(1.0, 3.0))
                 victim = (args.target if args.target != "both"
                           else rng.choice(("switch", "simulators")))
-                started = time.monotonic()
                 if victim == "switch":
                     switch.send_signal(signal.SIGKILL)
                     switch.wait()
@@ -351,6 +350,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     channels.send_signal(signal.SIGKILL)
                     channels.wait()
                     c.simulator_kills += 1
+                    started = time.monotonic()
                     channels, ready = await anyio.to_thread.run_sync(
                         restart_channels, base, ready)
                 c.restart_s.append(time.monotonic() - started)
