@@ -24,10 +24,11 @@ test: $(STAMP)
 	sh loadtests/install-haproxy.sh
 	$(BIN)/ruff check switch channels tests bench loadtests dashboards
 	$(BIN)/mypy
-	@# Two processes, each test file whole in one (--dist loadfile): the suite mostly
+	@# Three processes, each test file whole in one (--dist loadfile): the suite mostly
 	@# waits on the switches, simulators and generators it starts, and one process at a
-	@# time took it past its 10 minutes (541 s against 295 s, quiet 2-core machine).
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=25
+	@# time took it past its 10 minutes (541 s against 295 s, quiet 2-core machine). On a
+	@# slower 2-core machine two took 553 and 606 s, three 506 and 494 s, same clone.
+	$(BIN)/python -m pytest -q -m "not slow" -n 3 --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check switch channels tests bench loadtests dashboards
