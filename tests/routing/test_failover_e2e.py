@@ -271,6 +271,7 @@ async def test_hot_reload_during_load_loses_nothing(tmp_path: Path) -> None:
         assert router is not None
         old = router.table.digest
         routes: dict[int, str] = {}
+        scheme = r.runtime.card_schemes["paynet"]
 
         async def pay(client: SwitchClient, i: int) -> None:
             reply = await client.pay(card_payment(f"reload-{i}", pan=_pan(i),
@@ -282,6 +283,11 @@ async def test_hot_reload_during_load_loses_nothing(tmp_path: Path) -> None:
                 anyio.create_task_group() as tg:
             for i in range(150):
                 if i == 75:  # the latest payments before it are still in flight
+                    # Routed means the issuer has it: on a loaded box the switch may not
+                    # yet have read payment 74 when the poll sees the new table.
+                    with anyio.fail_after(10):
+                        while len(scheme.records) < 75:
+                            await anyio.sleep(0.001)
                     r.table.write_text(patient.replace(
                         '"card-primary", "card-secondary"', '"card-secondary", "card-primary"'))
                     with anyio.fail_after(10):
