@@ -16,14 +16,20 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import httpx
 import msgspec
 
-from channels.faults import FAULT_KINDS, Fault, FaultConfigError
 from switch.cli.errors import UserError
-from switch.serve.http import AdminAuthConfig, Role, admin_headers
+
+if TYPE_CHECKING:
+    from channels.faults import Fault
+    from switch.serve.http import Role
+
+# httpx, the fault model and the admin API are imported where a fault command runs:
+# each costs a tenth of a second, and every other payswitch command (and --help) would
+# pay it at start-up.
 
 DEFAULT_ADMIN = "http://127.0.0.1:7280"
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -42,6 +48,8 @@ def parse_duration(text: str, option: str | None = None) -> float:
 def admin_url(text: str) -> str:
     """``--admin``: an http(s) URL with a host, checked before anything is sent (httpx
     raises ``InvalidURL``, not an ``HTTPError``, for a malformed one)."""
+    import httpx
+
     try:
         url = httpx.URL(text)
     except (httpx.InvalidURL, TypeError) as exc:
@@ -137,6 +145,8 @@ def fault(
             click.echo(f"cleared {len(ids)} fault(s) on {kind}"
                        + (f" (ids {', '.join(map(str, ids))})" if ids else ""))
         return
+    from channels.faults import FAULT_KINDS, Fault, FaultConfigError
+
     if kind is None:
         raise click.UsageError(
             f"missing KIND after {endpoint!r}: one of {', '.join(FAULT_KINDS)}"
@@ -202,6 +212,8 @@ class _Auth(msgspec.Struct, frozen=True):
 
 
 def _auth(token_file: str | None, role: Role) -> _Auth:
+    from switch.serve.http import AdminAuthConfig, admin_headers
+
     if token_file is None:
         headers = admin_headers(role)
         env: str = getattr(AdminAuthConfig(), f"{role}_token_env")
@@ -224,6 +236,8 @@ def _call(method: str, url: str, content: bytes | None = None,
     """The simulators' JSON answer. A refusal of the user's request (token, endpoint,
     fault) is one ``Error:`` line, exit 2 (a 400 as :class:`_Refused`, for the caller to
     word); a server failure or no answer is exit 1. ``headers``: the token to send."""
+    import httpx
+
     auth = headers or _Auth({}, None)
     admin = url.rsplit("/faults", 1)[0]
     try:
@@ -275,6 +289,8 @@ def _call(method: str, url: str, content: bytes | None = None,
 
 def _networks(admin: str) -> list[str] | None:
     """The simulators' network names from their open ``/healthz``, or None."""
+    import httpx
+
     try:
         answer = httpx.get(f"{admin}/healthz", timeout=2.0).json()
     except (httpx.HTTPError, ValueError):
@@ -323,6 +339,8 @@ def _contradiction(message: str, injected: Fault, admin: str, auth: _Auth) -> st
 
 def _active(admin: str, auth: _Auth, fault_id: int) -> dict[str, object] | None:
     """Active fault ``fault_id`` as ``GET /faults`` lists it, or None."""
+    import httpx
+
     try:
         listed = httpx.get(f"{admin}/faults", headers=auth.headers, timeout=2.0).json()
     except (httpx.HTTPError, ValueError):

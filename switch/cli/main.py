@@ -12,13 +12,12 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import click
 from rich.console import Console
 
-from switch.adapters.trace import TraceStoreError
 from switch.cli.backoffice import reconcile, settle
 from switch.cli.cluster import cluster
 from switch.cli.errors import OneLineUsageGroup, UserError, one_line, require_utf8
@@ -26,15 +25,12 @@ from switch.cli.fault import fault
 from switch.cli.load import load
 from switch.cli.report import report
 from switch.cli.simulate import simulate
-from switch.serve.config import (
-    ConfigError,
-    SwitchConfig,
-    check_free_space,
-    load_config,
-    resolve_token_key,
-    with_defaults,
-)
-from switch.serve.http import AdminAuthError, load_tokens
+
+if TYPE_CHECKING:
+    from switch.serve.config import SwitchConfig
+
+# The switch's configuration, and with it most of the switch, is imported by the commands
+# that start one: half a second that `payswitch --help` and every other command need not pay.
 
 
 @click.group(cls=OneLineUsageGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -143,7 +139,17 @@ def serve(
     With --workers N, N worker processes share the key space by shard (docs/cluster.md);
     put HAProxy in front of their HTTP doors with `payswitch cluster haproxy-config`.
     """
+    from switch.adapters.trace import TraceStoreError
     from switch.observability import logs
+    from switch.serve.config import (
+        ConfigError,
+        SwitchConfig,
+        check_free_space,
+        load_config,
+        resolve_token_key,
+        with_defaults,
+    )
+    from switch.serve.http import AdminAuthError, load_tokens
 
     logs.configure(log_level, log_format)
     if (layout_path is None) != (not shards):
@@ -246,6 +252,8 @@ def _serve_node(config: SwitchConfig, config_path: str | None, layout_path: str,
 
     from switch.cluster.layout import apply, load_layout
     from switch.cluster.supervisor import Supervisor, run
+    from switch.serve.config import ConfigError, resolve_token_key
+    from switch.serve.http import load_tokens
 
     if demo:
         raise ConfigError(_DEMO_IN_A_CLUSTER.format(env=config.security.token_key_env))
@@ -277,6 +285,8 @@ def _serve_cluster(config: SwitchConfig, config_path: str | None, workers: int,
 
     from switch.cluster.layout import apply, plan
     from switch.cluster.supervisor import Supervisor, run
+    from switch.serve.config import check_free_space, resolve_token_key
+    from switch.serve.http import load_tokens
 
     config = resolve_token_key(config, demo=demo)
     load_tokens(config.admin.auth)
@@ -564,6 +574,7 @@ def top(urls: tuple[str, ...], layout_path: str | None, interval: float, once: b
         _check_metrics_url(url)
     if layout_path is not None:
         from switch.cluster.layout import load_layout
+        from switch.serve.config import ConfigError
 
         try:
             layout = load_layout(layout_path)
