@@ -42,6 +42,7 @@ import anyio
 
 from switch.journal import columns
 from switch.journal.archive import Compactor, TrueAges, attach_archive
+from switch.journal.checkpointer import WRITER_CHECKPOINT_PAGES, Checkpointer
 from switch.journal.reader import main_database_file
 from switch.journal.records import COLUMNS, KINDS, JournalRecord, OnFull, Row, to_row
 from switch.loopcalls import LoopCalls, loop_calls
@@ -276,7 +277,9 @@ class Journal:
     Either way one writer at a time keeps commits in order, so the listener
     (:meth:`listen`) hears them first-in, first-out. The thread exists in both modes: it
     runs :meth:`maintain` steps (retention), and in ``loop`` mode commits that arrive
-    while such a step holds the connection queue behind it there.
+    while such a step holds the connection queue behind it there. For a journal in a
+    file, a third thread copies the WAL back into it (checkpointer.py), so that no commit
+    does it (~15 ms every ~4 MB on the loop).
     """
 
     def __init__(
@@ -326,6 +329,9 @@ class Journal:
         self._maintaining = 0  # maintain() steps given to the thread, not yet reported
         self._hand_off_armed = False
         self._listeners: list[Callable[[_Batch], None]] = []
+        #: Checkpoints off the committing thread (checkpointer.py); started by run() for a
+        #: journal in a file.
+        self._checkpointer: Checkpointer | None = None
         self._stopped = anyio.Event()  # closed and drained, or failed
         self._room = anyio.Event()  # set after each commit: pending records went down
         self._closed = False
@@ -408,6 +414,11 @@ class Journal:
         """
         assert self._writer is None, "Journal.run() twice"
         self._calls = loop_calls()
+        if self._path:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
+            self._checkpointer = Checkpointer(self._path,
+                                              "OFF" if self.mode == "off" else "FULL")
+            self._checkpointer.start()
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
                                         daemon=True)
         self._writer.start()
@@ -428,6 +439,8 @@ class Journal:
             # and its report must find the loop still running.
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._writer.join)
+                if self._checkpointer is not None:
+                    await anyio.to_thread.run_sync(self._checkpointer.stop)
         if self.failure is not None:
             raise self.failure
 
@@ -548,6 +561,8 @@ class Journal:
         assert self._pending >= 0, "journal pending went negative"
         self.commits += 1
         self.committed_records += len(batch.rows)
+        if self._checkpointer is not None:
+            self._checkpointer.committed(len(batch.rows))
         self._metrics.commit_seconds.observe(seconds)
         self._metrics.batch_size.observe(len(batch.rows))
         batch.committed.set()
