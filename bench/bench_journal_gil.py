@@ -39,7 +39,7 @@ from switch.journal.records import FINAL, JournalRecord, Row, to_row
 from switch.journal.store import GIL_SWITCH_INTERVAL_S, INSERT, insert_rows, open_database
 from switch.model import Party, Payment, Result, Status
 
-Insert = Callable[[sqlite3.Connection, list[Row]], None]
+Insert = Callable[[sqlite3.Connection, list[Row]], object]
 
 
 def journal_rows(count: int) -> list[Row]:

@@ -67,7 +67,8 @@ async def test_commits_leave_the_checkpoints_to_the_thread(tmp_path: Path, write
             await journal.write(_intent(i), OnFull.WAIT)
         checkpointer = journal._checkpointer
         assert checkpointer is not None
-        await anyio.to_thread.run_sync(_wait_for, lambda: checkpointer.passes >= 1)
+        thread: Checkpointer = checkpointer
+        await anyio.to_thread.run_sync(_wait_for, lambda: thread.passes >= 1)
         assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WRITER_CHECKPOINT_PAGES
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         assert pages < 1000, "the test must stay below SQLite's default checkpoint"
@@ -75,7 +76,7 @@ async def test_commits_leave_the_checkpoints_to_the_thread(tmp_path: Path, write
         await journal.close()
     assert journal.commits == records
     assert 0 < copied <= records
-    assert checkpointer.failures == 0
+    assert thread.failures == 0
     db.close()
     assert not Path(f"{path}-wal").exists(), "the last connection closed removes the WAL"
 
