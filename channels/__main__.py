@@ -28,9 +28,12 @@ async def _serve(config: ChannelsConfig, ready_file: str | None) -> None:
     # the simulators' server brings polars, pyarrow and lxml (settlement files) with it.
     from channels.server import serve_channels
 
-    async with anyio.create_task_group() as tg:
-        runtime = await tg.start(partial(serve_channels, config, ready_file=ready_file))
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # The signals are taken before the ready file is written: taken after, a SIGTERM
+    # that followed the ready file closely killed the simulators outright (exit -15, no
+    # last settlement cut) instead of stopping them in order.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+            runtime = await tg.start(partial(serve_channels, config, ready_file=ready_file))
             async for signum in signals:
                 logging.getLogger("channels").info("signal %d: shutting down", signum)
                 runtime.request_shutdown()

@@ -172,8 +172,25 @@ def _start_channels(
 def restart_channels(base: Path, ready: dict[str, Any], timeout_s: float = 30.0
                      ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start the simulators of :func:`start_channels` again (after they stopped or were
-    killed) on the ports they had, so a running switch's adapters reconnect to them."""
+    killed) on the networks' ports they had, so a running switch's adapters reconnect to
+    them. The admin API keeps its port too when it is still free; another process may
+    have taken it meanwhile (in a parallel test run, another run's simulators take 7280
+    as soon as it is free), and no switch connects to it: then it takes a free one, and
+    the returned ``admin_port`` says which."""
     config = base / "channels.toml"
+    _pin_channel_ports(config, ready, int(ready["admin_port"]))
+    try:
+        return _launch_channels(base, config, timeout_s, int(ready["admin_port"]))
+    except PortTaken as taken:
+        if "admin.port" not in str(taken):
+            raise
+    _pin_channel_ports(config, ready, 0)
+    return _launch_channels(base, config, timeout_s, 0)
+
+
+def _pin_channel_ports(config: Path, ready: dict[str, Any], admin_port: int) -> None:
+    """Rewrite ``config``'s ports: the networks' to those in ``ready``, the admin API's
+    to ``admin_port`` (0: a free one)."""
     table, network = "", ""
     lines: list[str] = []
     for line in config.read_text().splitlines():
@@ -182,11 +199,10 @@ def restart_channels(base: Path, ready: dict[str, Any], timeout_s: float = 30.0
         elif table == "[[networks]]" and line.startswith("name ="):
             network = line.split("=", 1)[1].split("#", 1)[0].strip().strip('"')
         elif _PORT_LINE.match(line) and table in ("[admin]", "[[networks]]"):
-            pinned = ready["admin_port"] if table == "[admin]" else ready[network]["port"]
+            pinned = admin_port if table == "[admin]" else ready[network]["port"]
             line = _PORT_LINE.sub(f"port = {pinned}", line)
         lines.append(line)
     config.write_text("\n".join(lines) + "\n")
-    return _launch_channels(base, config, timeout_s, int(ready["admin_port"]))
 
 
 def _launch_channels(base: Path, config: Path, timeout_s: float, admin_port: int

@@ -9,6 +9,7 @@ approved since the last cut-off was never cleared.
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -190,7 +191,10 @@ async def test_channels_serve_killed_9_answers_from_its_books_when_it_is_back(
         proc.wait()
     proc, again = restart_channels(tmp_path, ready)
     try:
-        assert again == ready  # the same ports: a running switch reconnects
+        # The networks' ports are the same: a running switch reconnects. (The admin API's
+        # may not be: another run's simulators can take 7280 while these are down.)
+        assert {n: v for n, v in again.items() if n != "admin_port"} == {
+            n: v for n, v in ready.items() if n != "admin_port"}
         # Asked whether it was paid, the scheme still knows: not "not_found", on which
         # the switch would fail a payment whose merchant was credited.
         assert (await _qr(ready["qr"]["port"], QrCheckStatus("kill9-1"))).status == "approved"
@@ -202,3 +206,27 @@ async def test_channels_serve_killed_9_answers_from_its_books_when_it_is_back(
     rows = [e.reference for p in sorted((tmp_path / "settlement").glob("qr-*.csv"))
             for e in decode_qr_csv(p.read_text(), p.name, {"CNY"})]
     assert rows == ["kill9-1"]  # cleared once, by the restarted simulator
+
+
+def test_a_restart_whose_admin_port_was_taken_meanwhile_takes_a_free_one(
+        tmp_path: Path) -> None:
+    """CI: while a killed simulator was down, another run's simulators took its admin
+    port (7280), and the restart pinned to it exited "address already in use". The
+    networks' ports are what a running switch reconnects to; the admin API moves.
+    The SIGTERM right after the ready file also checks the orderly stop: the simulators
+    took their signals only after writing it, and a SIGTERM in between killed them
+    (exit -15, no last cut)."""
+    proc, ready = start_channels(tmp_path)
+    proc.kill()
+    proc.wait()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ready["admin_port"]))
+        squatter.listen()
+        proc, again = restart_channels(tmp_path, ready)
+        try:
+            assert again["admin_port"] != ready["admin_port"]
+            assert {n: v for n, v in again.items() if n != "admin_port"} == {
+                n: v for n, v in ready.items() if n != "admin_port"}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
