@@ -28,7 +28,7 @@ if __package__ in (None, ""):
 from bench.bench_journal_gil import journal_rows
 from bench.results import markdown_table, write_flag, write_section
 from switch.journal import columns
-from switch.journal.checkpointer import WRITER_CHECKPOINT_PAGES, Checkpointer
+from switch.journal.checkpointer import WRITER_CHECKPOINT_PAGES, start_beside
 from switch.journal.records import Row
 from switch.journal.store import insert_rows, open_database
 
@@ -40,11 +40,7 @@ def run(rows: list[Row], batch: int, commits: int, thread: bool) -> dict[str, fl
     with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as work:
         path = Path(work) / "journal.db"
         db = open_database(path, "group")
-        checkpointer = None
-        if thread:
-            db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
-            checkpointer = Checkpointer(str(path), "FULL")
-            checkpointer.start()
+        checkpointer = start_beside(db, str(path)) if thread else None
         durations: list[float] = []
         wal_peak = 0
         cpu = time.process_time()

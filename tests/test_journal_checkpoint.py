@@ -84,7 +84,7 @@ async def test_commits_leave_the_checkpoints_to_the_thread(tmp_path: Path, write
 def test_a_checkpoint_is_due_after_enough_records_or_commits(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
     open_database(path, "group").close()
-    checkpointer = Checkpointer(str(path), "FULL", every_records=100, every_commits=3)
+    checkpointer = Checkpointer(str(path), 2, every_records=100, every_commits=3)  # 2: FULL
     checkpointer.start()
     try:
         checkpointer.committed(1)
@@ -103,7 +103,7 @@ def test_a_checkpoint_is_due_after_enough_records_or_commits(tmp_path: Path) -> 
 def test_an_unopenable_file_leaves_checkpoints_to_the_writer(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture
                                                             ) -> None:
-    checkpointer = Checkpointer(str(tmp_path / "no-such-dir" / "journal.db"), "FULL")
+    checkpointer = Checkpointer(str(tmp_path / "no-such-dir" / "journal.db"), 2)
     checkpointer.start()
     checkpointer.stop()
     assert "checkpoints stay with the writer" in caplog.text

@@ -43,16 +43,30 @@ CHECKPOINT_EVERY_RECORDS: Final = 256
 CHECKPOINT_EVERY_COMMITS: Final = 256
 
 
+def start_beside(writer: sqlite3.Connection, path: str) -> Checkpointer:
+    """Take the checkpoints of the journal file ``path`` off its ``writer`` connection:
+    the writer's own automatic checkpoint moves out to ``WRITER_CHECKPOINT_PAGES`` (the
+    bound), and a started :class:`Checkpointer` with the writer's durability does the
+    rest."""
+    writer.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
+    synchronous = int(writer.execute("PRAGMA synchronous").fetchone()[0])
+    checkpointer = Checkpointer(path, synchronous)
+    checkpointer.start()
+    return checkpointer
+
+
 class Checkpointer:
     """The checkpoint thread of one journal file. :meth:`start`, then :meth:`committed`
     after each commit (on the committing side; cheap), :meth:`stop` before the writer's
     connection closes (so that the last connection to close removes the WAL)."""
 
-    def __init__(self, path: str, synchronous: str, *,
+    def __init__(self, path: str, synchronous: int, *,
                  every_records: int = CHECKPOINT_EVERY_RECORDS,
                  every_commits: int = CHECKPOINT_EVERY_COMMITS) -> None:
+        """``synchronous``: SQLite's level, as ``PRAGMA synchronous`` reads it (0 OFF,
+        2 FULL): the writer's own, so a checkpoint is exactly as durable as a commit."""
         assert path and path != ":memory:", "a checkpoint needs a database file"
-        assert synchronous in ("FULL", "OFF")
+        assert synchronous in (0, 1, 2, 3), synchronous
         assert every_records >= 1 and every_commits >= 1
         self._path = path
         self._synchronous = synchronous

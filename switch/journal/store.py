@@ -42,7 +42,7 @@ import anyio
 
 from switch.journal import columns
 from switch.journal.archive import Compactor, TrueAges, attach_archive
-from switch.journal.checkpointer import WRITER_CHECKPOINT_PAGES, Checkpointer
+from switch.journal.checkpointer import Checkpointer, start_beside
 from switch.journal.reader import main_database_file
 from switch.journal.records import COLUMNS, KINDS, JournalRecord, OnFull, Row, to_row
 from switch.loopcalls import LoopCalls, loop_calls
@@ -415,10 +415,7 @@ class Journal:
         assert self._writer is None, "Journal.run() twice"
         self._calls = loop_calls()
         if self._path:
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
-            self._checkpointer = Checkpointer(self._path,
-                                              "OFF" if self.mode == "off" else "FULL")
-            self._checkpointer.start()
+            self._checkpointer = start_beside(self._db, self._path)
         self._writer = threading.Thread(target=self._write_loop, name="journal-writer",
                                         daemon=True)
         self._writer.start()
