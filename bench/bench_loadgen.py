@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -86,6 +87,19 @@ def start_echo(work: Path) -> tuple[subprocess.Popen[bytes], int]:
 # --- our generator, in a child process ---------------------------------------------------------
 
 
+class GeneratorFigures(TypedDict):
+    """What ``--child`` mode prints (one JSON line) and :func:`run_generator` returns."""
+
+    requests: int
+    wall_s: float
+    cpu_s: float
+    failures: int
+    lagged: int
+    sent: int
+    max_lag_ms: float
+    p99_ms: float
+
+
 def generator_child(port: int, rate: float, duration: float, connections: int) -> None:
     """Run one OpenLoopGenerator and print its figures as JSON (``--child`` mode)."""
     import anyio
@@ -111,23 +125,21 @@ def generator_child(port: int, rate: float, duration: float, connections: int) -
         backend_options={"use_uvloop": True},
     )
     cpu = time.process_time() - cpu0  # bench: as above
-    print(
-        json.dumps(
-            {
-                "requests": stats.replies,
-                "wall_s": stats.elapsed_s,
-                "cpu_s": cpu,
-                "failures": sum(stats.errors.values()) + stats.unanswered,
-                "lagged": stats.lagged,
-                "sent": stats.sent,
-                "max_lag_ms": stats.max_lag_s * 1000,
-                "p99_ms": stats.percentile_ms(99),
-            }
-        )
-    )
+    figures: GeneratorFigures = {
+        "requests": stats.replies,
+        "wall_s": stats.elapsed_s,
+        "cpu_s": cpu,
+        "failures": sum(stats.errors.values()) + stats.unanswered,
+        "lagged": stats.lagged,
+        "sent": stats.sent,
+        "max_lag_ms": stats.max_lag_s * 1000,
+        "p99_ms": stats.percentile_ms(99),
+    }
+    print(json.dumps(figures))
 
 
-def run_generator(port: int, rate: float, duration: float, mode: str) -> tuple[Measure, dict]:
+def run_generator(port: int, rate: float, duration: float,
+                  mode: str) -> tuple[Measure, GeneratorFigures]:
     out = subprocess.run(
         [sys.executable, __file__, "--child", "--port", str(port), "--rate", str(rate),
          "--duration", str(duration)],
@@ -136,7 +148,7 @@ def run_generator(port: int, rate: float, duration: float, mode: str) -> tuple[M
         check=True,
         timeout=600,
     )
-    data = json.loads(out.stdout.strip().splitlines()[-1])
+    data: GeneratorFigures = json.loads(out.stdout.strip().splitlines()[-1])
     lag_share = data["lagged"] / max(data["sent"], 1)
     note = (
         f"behind schedule for {lag_share:.0%} of requests (max lag {data['max_lag_ms']:.0f} ms)"

@@ -30,6 +30,7 @@ import os
 import queue
 import resource
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +43,7 @@ if __package__ in (None, ""):
 
 from bench import e2e
 from bench.results import markdown_table, write_flag, write_section
+from loadtests.harness.processes import start_switch, stop_switch
 
 #: (journal.writer, journal.commit_window_s): the default first.
 WRITERS = (("loop", 0.0), ("thread", 0.0), ("thread", 0.002))
@@ -173,14 +175,15 @@ def label(writer: str, window_s: float) -> str:
     return writer + (f" + {window_s * 1000:.0f} ms window" if window_s else "")
 
 
-def start(writer: str, window_s: float, work: Path) -> tuple[object, dict[str, int]]:
+def start(writer: str, window_s: float,
+          work: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     name = f"switch-{writer}-{window_s}"
     config = work / f"{name}.toml"
     config.write_text(e2e.SWITCH_CONFIG.format(
         journal=work / f"{name}.db", metrics="true").replace(
         'mode = "group"',
         f'mode = "group"\nwriter = "{writer}"\ncommit_window_s = {window_s}'))
-    return e2e.start_switch(config, work / f"ready-{name}.json")
+    return start_switch(config, work / f"ready-{name}.json")
 
 
 def main() -> None:
@@ -215,7 +218,7 @@ def main() -> None:
                       f"{row.others_sleeps:.2f}", flush=True)
     finally:
         for proc, _ in switches.values():
-            e2e.stop_switch(proc)
+            stop_switch(proc)
     load_end = os.getloadavg()[0]
 
     wake_table = markdown_table(["one wake-up, woken by", "CPU us"],

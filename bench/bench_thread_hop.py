@@ -81,7 +81,9 @@ def main() -> None:
     write_flag(parser)
     write = parser.parse_args().write
     rows = []
-    for backend, options in (("asyncio", {"use_uvloop": True}), ("trio", {})):
+    backends: tuple[tuple[str, dict[str, object]], ...] = (
+        ("asyncio", {"use_uvloop": True}), ("trio", {}))
+    for backend, options in backends:
         for name, run in (("anyio.to_thread.run_sync", _via_anyio),
                           ("own thread + loop call", _via_own_thread)):
             _measure(backend, options, run)  # warm-up

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from pathlib import Path
 
 import anyio
 import msgspec
-import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pytest_benchmark.fixture import BenchmarkFixture
 
 from loadtests.harness.workload import Workload, WorkloadMix
 from switch.journal import (
@@ -51,7 +52,7 @@ PAYMENT = Payment(
 RESULT = Result("P1-1", Status.APPROVED, "00", "ABC123", "standin-card")
 
 
-def test_frame_decode_64k_read(benchmark: pytest.FixtureRequest) -> None:
+def test_frame_decode_64k_read(benchmark: BenchmarkFixture) -> None:
     """Per read of ~64 KiB: every frame parsed and typed-decoded."""
     chunk = FRAME * (65536 // len(FRAME))
     frames_per_read = 65536 // len(FRAME)
@@ -64,7 +65,7 @@ def test_frame_decode_64k_read(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_reply_encode_batch_of_100(benchmark: pytest.FixtureRequest) -> None:
+def test_reply_encode_batch_of_100(benchmark: BenchmarkFixture) -> None:
     def run() -> bytes:
         out = ReplyEncoder()
         for i in range(100):
@@ -74,11 +75,11 @@ def test_reply_encode_batch_of_100(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_validate(benchmark: pytest.FixtureRequest) -> None:
+def test_validate(benchmark: BenchmarkFixture) -> None:
     benchmark(validate, REQUEST)
 
 
-def test_dedupe_hash_and_lookup(benchmark: pytest.FixtureRequest) -> None:
+def test_dedupe_hash_and_lookup(benchmark: BenchmarkFixture) -> None:
     index = IdempotencyIndex(retention_s=86400, max_keys=1_000_000)
     encode = msgspec.msgpack.Encoder().encode
 
@@ -90,14 +91,14 @@ def test_dedupe_hash_and_lookup(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_risk_assess(benchmark: pytest.FixtureRequest) -> None:
+def test_risk_assess(benchmark: BenchmarkFixture) -> None:
     risk = RiskEngine(RiskConfig(velocity=VelocityConfig(max_count=10**5,
                                                           max_amount_cny_minor=10**15)), KEY)
     clock = iter(range(10**9))
     benchmark(lambda: risk.assess(PAYMENT, float(next(clock)) * 1e-3))
 
 
-def test_risk_assess_key_mix(benchmark: pytest.FixtureRequest) -> None:
+def test_risk_assess_key_mix(benchmark: BenchmarkFixture) -> None:
     """Per 1,000 payments of the simulator's mix at its 200/s, default velocity limits.
 
     test_risk_assess repeats one card, so it only ever finds an existing key; here cards and
@@ -129,7 +130,7 @@ def test_risk_assess_key_mix(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_state_transitions(benchmark: pytest.FixtureRequest) -> None:
+def test_state_transitions(benchmark: BenchmarkFixture) -> None:
     def run() -> None:
         check_transition("P1-1", Status.RECEIVED, Status.ROUTED)
         check_transition("P1-1", Status.ROUTED, Status.SENT)
@@ -138,7 +139,7 @@ def test_state_transitions(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_journal_records_encode(benchmark: pytest.FixtureRequest) -> None:
+def test_journal_records_encode(benchmark: BenchmarkFixture) -> None:
     def run() -> None:
         encode_payment(PAYMENT)
         encode_result(RESULT)
@@ -146,7 +147,7 @@ def test_journal_records_encode(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_metrics_per_payment(benchmark: pytest.FixtureRequest) -> None:
+def test_metrics_per_payment(benchmark: BenchmarkFixture) -> None:
     metrics = SwitchMetrics(networks=["standin-card"])
     counter = metrics.payments[("card", Status.APPROVED)]
     histogram = metrics.duration["card"]
@@ -161,7 +162,7 @@ def test_metrics_per_payment(benchmark: pytest.FixtureRequest) -> None:
     benchmark(run)
 
 
-def test_metrics_per_payment_prometheus_client(benchmark: pytest.FixtureRequest) -> None:
+def test_metrics_per_payment_prometheus_client(benchmark: BenchmarkFixture) -> None:
     """The same calls on prometheus-client's own children (locked), for comparison."""
     registry = CollectorRegistry()
     counter = Counter("c", "c", ["channel"], registry=registry).labels("card")
@@ -178,7 +179,7 @@ def test_metrics_per_payment_prometheus_client(benchmark: pytest.FixtureRequest)
     benchmark(run)
 
 
-def test_journal_group_commit_1000_payments(benchmark: pytest.FixtureRequest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_journal_group_commit_1000_payments(benchmark: BenchmarkFixture, tmp_path: Path) -> None:
     """1000 payments x 2 records through the real group-commit path (fsync on)."""
     db = open_database(tmp_path / "bench.db", "group")
     row_intent = JournalRecord.intent(PAYMENT, b"h" * 16, 1)
@@ -202,6 +203,7 @@ def test_journal_group_commit_1000_payments(benchmark: pytest.FixtureRequest, tm
                     writers.start_soon(writer)
             await journal.close()
 
-    benchmark.pedantic(lambda: anyio.run(write_all, backend="asyncio",
-                                         backend_options={"use_uvloop": True}),
-                       rounds=5, iterations=1)
+    # pytest-benchmark leaves BenchmarkFixture.pedantic() unannotated.
+    benchmark.pedantic(  # type: ignore[no-untyped-call]
+        lambda: anyio.run(write_all, backend="asyncio", backend_options={"use_uvloop": True}),
+        rounds=5, iterations=1)

@@ -27,7 +27,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main() -> None:
-    import atheris  # type: ignore[import-not-found]
+    import atheris
 
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()

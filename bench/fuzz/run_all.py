@@ -203,7 +203,7 @@ def _previous_rows() -> list[tuple[str, ...]]:
     start, end = text.find("<!-- section: fuzz -->"), text.find("<!-- end: fuzz -->")
     if start < 0 or end < 0:
         return []
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for line in text[start:end].splitlines():
         cells = tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
         if line.startswith("| ") and len(cells) == 7 and cells[0] != "target":

@@ -71,9 +71,11 @@ def pacs008_seeds() -> list[bytes]:
 
 def pacs002_seeds() -> list[bytes]:
     ct = _credit_transfer()
+    cases: tuple[tuple[iso20022.TxStatus, dict[str, str]], ...] = (
+        ("ACSC", {}), ("RJCT", {"reason": "AC01"}))
     return [iso20022.encode_pacs002(iso20022.status_report_for(
                 ct, msg_id="S1", created_at="2025-01-15T09:30:01Z", status=status, **extra))
-            for status, extra in (("ACSC", {}), ("RJCT", {"reason": "AC01"}))]
+            for status, extra in cases]
 
 
 def pacs028_seeds() -> list[bytes]:
@@ -111,7 +113,7 @@ def acquirer_seeds() -> list[bytes]:
     messages = [IsoMessage("0100", auth), IsoMessage("0200", auth),
                 IsoMessage("0400", reversal), IsoMessage("0420", reversal),
                 IsoMessage("0800", {7: "1125101500", 11: "000044", 70: "301"})]
-    return [AcquirerCodec(bitmap).encode(m) for bitmap in ("ascii", "binary")  # type: ignore[arg-type]
+    return [AcquirerCodec(bitmap).encode(m) for bitmap in ("ascii", "binary")
             for m in messages]
 
 

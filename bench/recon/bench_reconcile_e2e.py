@@ -336,8 +336,10 @@ def competitor_duckdb(journal: Path, files: Path, out: Path) -> dict[str, float]
     con.execute(f"COPY (SELECT * FROM b WHERE class NOT IN ('matched', 'expected_absent')"
                 f" ORDER BY class, amount DESC) TO '{out / 'breaks.csv'}' (HEADER)")
     phases["write"] = time.perf_counter() - t
-    phases["breaks"] = float(con.execute(
-        "SELECT COUNT(*) FROM b WHERE class NOT IN ('matched', 'expected_absent')").fetchone()[0])
+    breaks = con.execute(
+        "SELECT COUNT(*) FROM b WHERE class NOT IN ('matched', 'expected_absent')").fetchone()
+    assert breaks is not None, "SELECT COUNT(*) returned no row"
+    phases["breaks"] = float(breaks[0])
     return phases
 
 
