@@ -32,6 +32,9 @@ PER_ITEM = {
     "test_metrics_per_payment": ("metrics per payment (2 histograms, counter, gauge)", 1),
     "test_metrics_per_payment_prometheus_client": (
         "the same on prometheus-client's locked children (loopmetrics.py's reason)", 1),
+    "test_core_whole_life_batch_of_100": (
+        "the sans-IO core alone: a payment's whole life (request, intent commit, network "
+        "answer, final commit, reply), batches of 100, no IO", 100),
     "test_journal_group_commit_1000_payments": (
         "6. journal: 1000 payments x 2 records via group commit, 50 writers "
         "(WALL time per payment: fsync waits, not CPU)", 1000),

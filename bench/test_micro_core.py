@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from loadtests.harness.workload import Workload, WorkloadMix
+from switch.adapters.base import ChannelAdapter, NetworkReply
+from switch.adapters.fakenet import StandInNetwork, StandInNetworkConfig
 from switch.journal import (
     FINAL,
     Journal,
@@ -25,8 +27,18 @@ from switch.journal import (
     encode_result,
     open_database,
 )
-from switch.model import CardRef, Party, Payment, Result, Status, check_transition, tokenize_pan
+from switch.model import (
+    CardRef,
+    Channel,
+    Party,
+    Payment,
+    Result,
+    Status,
+    check_transition,
+    tokenize_pan,
+)
 from switch.observability.metrics import LATENCY_BUCKETS, SwitchMetrics
+from switch.payment.core import PaymentCore
 from switch.payment.idempotency import IdempotencyIndex, body_hash
 from switch.payment.risk import RiskConfig, RiskEngine, VelocityConfig
 from switch.payment.validation import validate
@@ -35,9 +47,13 @@ from switch.protocols.wire import (
     Pay,
     Reply,
     ReplyEncoder,
+    Response,
     decode_request,
     encode_request,
 )
+from switch.routing.resilience import ResilienceConfig
+from switch.routing.router import Route, Router
+from switch.routing.table import load_route_table
 from tests.payments import card_payment
 
 KEY = b"bench-key-0123456789"
@@ -207,3 +223,104 @@ def test_journal_group_commit_1000_payments(benchmark: BenchmarkFixture, tmp_pat
     benchmark.pedantic(  # type: ignore[no-untyped-call]
         lambda: anyio.run(write_all, backend="asyncio", backend_options={"use_uvloop": True}),
         rounds=5, iterations=1)
+
+
+# --------------------------------------------------------------------------- the core alone
+
+CORE_BATCH = 100
+CORE_ROUNDS = 300
+CORE_TABLE = """
+[targets.card]
+endpoints = ["card"]
+[targets.swift]
+endpoints = ["swift"]
+[targets.qr]
+endpoints = ["qr"]
+[card]
+default = "card"
+[swift]
+default = "swift"
+[qr]
+default = "qr"
+"""
+CORE_APPROVED = NetworkReply("approved", "00", "A1")
+
+
+class _CoreJournal:
+    """The journal port with no disk: every record joins the open batch."""
+
+    def __init__(self) -> None:
+        self.ticket = 0
+        self.rows = 0
+
+    def append(self, row: tuple[str, str, str, str, bytes, bytes, int]) -> object | None:
+        self.rows += 1
+        return self.ticket
+
+
+class _CoreNetwork:
+    """The network port with no network: what was sent, to answer it by hand."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send(self, endpoint: str, token: int, payment: Payment) -> None:
+        self.sent.append(token)
+
+    def cancel(self, endpoint: str, token: int) -> None:
+        return None
+
+
+class _CoreInbox:
+    def __init__(self) -> None:
+        self.responses: list[Response] = []
+
+    def reply(self, response: Response) -> None:
+        self.responses.append(response)
+
+
+class _NoResolver:
+    def submit(self, payment: Payment, digest: bytes, route: Route) -> None:
+        raise AssertionError("no payment of this benchmark has an unknown outcome")
+
+
+def test_core_whole_life_batch_of_100(benchmark: BenchmarkFixture) -> None:
+    """The sans-IO core alone, 100 payments a batch (bench/e2e.py's mix and config: card,
+    SWIFT, QR; metrics on): their requests in one event, the intents' commit, the
+    networks' answers in one event, the finals' commit, the 100 replies. No IO, no event
+    loop, no SQLite: what the payment logic costs before any shell."""
+    channels: tuple[Channel, ...] = ("card", "swift", "qr")
+    adapters: dict[str, ChannelAdapter] = {
+        c: StandInNetwork(StandInNetworkConfig(c, c)) for c in channels}
+    metrics = SwitchMetrics(networks=adapters, enabled=True)
+    config = ResilienceConfig()
+    router = Router(load_route_table(CORE_TABLE, adapters), adapters, config, metrics, seed=1)
+    journal, network, inbox = _CoreJournal(), _CoreNetwork(), _CoreInbox()
+    core = PaymentCore(
+        journal=journal, network=network,
+        index=IdempotencyIndex(retention_s=3600, max_keys=4 * CORE_BATCH * CORE_ROUNDS),
+        risk=RiskEngine(RiskConfig(velocity=VelocityConfig(
+            max_count=10**5, max_amount_cny_minor=10**15)), KEY),
+        router=router, resolver=_NoResolver(), metrics=metrics, token_key=KEY,
+        boot_count=1, seed=1, wall_offset=1.7e9)
+    workload = Workload(7, WorkloadMix(duplicate_share=0.0, invalid_share=0.0))
+    batches = [[(i, workload.next()[0]) for i in range(CORE_BATCH)]
+               for _ in range(CORE_ROUNDS + 2)]
+    clock = itertools.count(1)
+
+    def run() -> None:
+        batch = batches.pop()
+        now = float(next(clock))
+        network.sent.clear()
+        inbox.responses.clear()
+        core.on_requests(inbox, batch, now, now, now)
+        core.on_committed(journal.ticket, now, now)
+        journal.ticket += 1
+        core.on_replies([(token, CORE_APPROVED) for token in network.sent], now + 0.001,
+                        now + 0.001)
+        core.on_committed(journal.ticket, now + 0.001, now + 0.001)
+        journal.ticket += 1
+        assert len(inbox.responses) == CORE_BATCH and core.in_flight == 0
+
+    benchmark.pedantic(run, rounds=CORE_ROUNDS, iterations=1,  # type: ignore[no-untyped-call]
+                       warmup_rounds=2)
