@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from channels.behaviour import RequestPlan
 from switch.adapters.base import NetworkReply
@@ -32,6 +32,9 @@ from switch.payment.resolver import (
 from switch.routing.router import Route
 from switch.sim.networks import World
 
+if TYPE_CHECKING:  # verify.py imports ports.py, which imports this module
+    from switch.sim.verify import SaturatedSpans
+
 #: The resolver's default bound on tracked payments (app.py does not change it).
 MAX_QUEUE: Final = 10_000
 
@@ -46,6 +49,9 @@ class Sim(Protocol):
     unknown_since: dict[str, float]
     failed_attempt_at: dict[str, float]
     world: World
+
+    @property
+    def saturation(self) -> SaturatedSpans: ...
 
     def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None: ...
     def wall(self) -> dt.datetime: ...
@@ -98,11 +104,17 @@ class SimResolver:
     def _take(self, channel: str) -> None:
         busy = self.busy
         busy[channel] += 1
+        assert busy[channel] <= self.workers[channel], (channel, busy[channel])
+        if busy[channel] == self.workers[channel]:
+            self.sim.saturation.start(channel, self.sim.now)
         self._free_now = [c for c in CHANNELS if busy[c] < self.workers[c]]
 
     def _release(self, channel: str) -> None:
         busy = self.busy
+        if busy[channel] == self.workers[channel]:
+            self.sim.saturation.end(channel, self.sim.now)
         busy[channel] -= 1
+        assert busy[channel] >= 0, channel
         self._free_now = [c for c in CHANNELS if busy[c] < self.workers[c]]
 
     def _arm(self) -> None:

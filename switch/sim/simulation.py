@@ -104,6 +104,7 @@ from switch.sim.resolution import (
 from switch.sim.schedule import draw_schedule
 from switch.sim.verify import (
     TERMINAL,
+    SaturatedSpans,
     check_bounds,
     check_inquiry_ages,
     check_journal,
@@ -190,6 +191,9 @@ class Simulation:
         self.unknown_since: dict[str, float] = {}
         #: When each unresolved payment's latest resolution attempt went unanswered.
         self.failed_attempt_at: dict[str, float] = {}
+        #: When each channel's resolver had every worker busy (the schedule check's
+        #: allowance for a backlog drained at full capacity).
+        self.saturation = SaturatedSpans()
         self.counters: dict[str, int] = dict.fromkeys(
             ("requests", "accepted", "errors", "crashes", "journal_failures", "resolved",
              "stand_in", "advices", "sent", "timeouts_after_send",
@@ -339,6 +343,7 @@ class Simulation:
         self.counters["crashes"] += 1
         self.note(None, f"crash boot {boot.number} pending={boot.journal.pending} jump={jump_s}")
         boot.discard()  # its events still queued compare it by identity only
+        self.saturation.end_all(self.now)  # its resolver's workers died with it
         self.wall_offset += jump_s  # the next boot anchors to a wall clock that moved
         self.push(self.now + down_s, RESTART)
 
@@ -584,8 +589,10 @@ class Simulation:
                 lambda us: now - ages.age_s(us, wall_us), boot.started,
                 int((self.wall_offset + boot.started) * 1e6),  # its start's wall
                 self.config.resilience.payment_deadline_s)
+        spans, channel = self.saturation, payment.channel
         check_schedule(pid, self.now, origin, policy, target, self.world, self.restarts,
-                       self.violate, self.failed_attempt_at.pop(pid, -math.inf))
+                       self.violate, self.failed_attempt_at.pop(pid, -math.inf),
+                       lambda start, end: spans.seconds(channel, start, end))
 
     # ----------------------------------------------------------------- the loop
 

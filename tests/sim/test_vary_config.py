@@ -36,16 +36,15 @@ def test_every_draw_is_a_configuration_the_switch_accepts() -> None:
 
 
 def test_draws_stay_inside_what_the_checks_assume() -> None:
-    """The stand-in check allows 30 s after a fault; QR forbids inquiries before 90 s; the
-    schedule check is not capacity-aware; a breaker opening on one failure stands in
-    while the issuer answers, by its own setting."""
+    """The stand-in check allows 30 s after a fault; QR forbids inquiries before 90 s; a
+    breaker opening on one failure stands in while the issuer answers, by its own
+    setting. (The resolver's workers are not held up: the schedule check is
+    capacity-aware, test_schedule_check.py.)"""
     for seed in SEEDS:
         cfg = drawn_config(seed)
         breaker = cfg.resilience.breaker
         assert breaker.open_s <= 10.0 and breaker.consecutive_failures != 1
         assert cfg.resolution.qr.first_after_s >= 90.0
-        assert min(cfg.resolution.card.workers, cfg.resolution.swift.workers,
-                   cfg.resolution.qr.workers) >= 8
         assert cfg.resilience.retry.base_delay_s <= cfg.resilience.retry.max_delay_s
 
 
@@ -61,6 +60,7 @@ def test_the_draws_cover_each_setting_s_range() -> None:
         "max_keys": {c.idempotency.max_keys for c in configs},
         "standin": {c.standin.enabled for c in configs},
         "card first delay": {c.resolution.card.first_after_s for c in configs},
+        "resolver workers": {c.resolution.card.workers for c in configs},
     }
     assert all(len(values) > 1 for values in varied.values()), varied
 
