@@ -27,6 +27,8 @@ PER_ITEM = {
     "test_validate": ("1. validate", 1),
     "test_dedupe_hash_and_lookup": ("2. dedupe: keyed body hash + index lookup", 1),
     "test_risk_assess": ("3. risk: limits, blocklist, velocity, AML", 1),
+    "test_risk_assess_key_mix": (
+        "3. risk on the simulator's mix (Zipf-skewed cards and accounts, new keys)", 1000),
     "test_state_transitions": ("state machine: 3 checked transitions", 1),
     "test_journal_records_encode": ("6. journal: encode intent + final records", 1),
     "test_metrics_per_payment": ("metrics per payment (2 histograms, counter, gauge)", 1),
