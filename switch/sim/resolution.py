@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final, Protocol
 
 from channels.behaviour import RequestPlan
 from switch.adapters.base import NetworkReply
@@ -31,9 +31,7 @@ from switch.payment.resolver import (
 )
 from switch.routing.router import Route
 from switch.sim.networks import World
-
-if TYPE_CHECKING:  # verify.py imports ports.py, which imports this module
-    from switch.sim.verify import SaturatedSpans
+from switch.sim.saturation import SaturatedSpans
 
 #: The resolver's default bound on tracked payments (app.py does not change it).
 MAX_QUEUE: Final = 10_000

@@ -101,10 +101,10 @@ from switch.sim.resolution import (
     RES_WAKE,
     SimResolver,
 )
+from switch.sim.saturation import SaturatedSpans
 from switch.sim.schedule import draw_schedule
 from switch.sim.verify import (
     TERMINAL,
-    SaturatedSpans,
     check_bounds,
     check_inquiry_ages,
     check_journal,

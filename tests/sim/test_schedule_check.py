@@ -40,14 +40,10 @@ from switch.payment import resolver as resolver_module
 from switch.payment.resolver import ResolutionQueue, backlog_candidates, first_endpoint
 from switch.serve.config import SwitchConfig
 from switch.sim.options import SimResult, Violation, sim_config
+from switch.sim.saturation import SaturatedSpans
 from switch.sim.schedule import Schedule
 from switch.sim.simulation import SimOptions, simulate
-from switch.sim.verify import (
-    UNKNOWN_SLACK_S,
-    SaturatedSpans,
-    check_schedule,
-    resolution_origin,
-)
+from switch.sim.verify import UNKNOWN_SLACK_S, check_schedule, resolution_origin
 
 replace = msgspec.structs.replace
 QR = sim_config().resolution.qr  # first delay 90 s, max delay 30 s
