@@ -38,7 +38,7 @@ if __package__ in (None, ""):
 
 from bench import e2e
 from bench.results import markdown_table, write_flag, write_section
-from loadtests.harness.processes import start_switch, stop_switch
+from loadtests.harness.processes import stop_switch
 
 FSYNC_ON = 'mode = "group"'
 FSYNC_OFF = 'mode = "off"'
@@ -72,10 +72,7 @@ def run_variant(name: str, rate: float, duration: float, seed: int, work: Path) 
         proc, endpoints = e2e.start("echo", work)
     else:
         metrics, change = VARIANTS[name]
-        config = work / "switch.toml"
-        config.write_text(change(e2e.SWITCH_CONFIG.format(
-            journal=work / "journal.db", metrics="true" if metrics else "false")))
-        proc, endpoints = start_switch(config, work / "ready.json")
+        proc, endpoints = e2e.start_configured("switch", work, metrics=metrics, change=change)
     try:
         e2e.run_step(name, endpoints["pid"], endpoints["port"], 500, 2, seed=seed + 500)
         return e2e.run_step(name, endpoints["pid"], endpoints["port"], rate, duration, seed)
@@ -83,14 +80,12 @@ def run_variant(name: str, rate: float, duration: float, seed: int, work: Path) 
         stop_switch(proc)
 
 
-def _row(step: e2e.Step, full: e2e.Step | None, echo: e2e.Step | None) -> list[object]:
-    share = (f"{100 * (1 - step.cpu_us_per_payment / full.cpu_us_per_payment):+.0f}%"
-             if full is not None and step is not full else "")
-    ratio = (f"{step.cpu_us_per_payment / echo.cpu_us_per_payment:.1f}x"
-             if echo is not None else "")
+def _row(step: e2e.Step, full: e2e.Step, echo: e2e.Step) -> list[object]:
+    cpu = step.cpu_us_per_payment
+    vs_full = "" if step is full else f"{100 * (cpu / full.cpu_us_per_payment - 1):+.0f}%"
     return [step.target, f"{step.rate:.0f}", f"{step.processed:.0f}", f"{step.p50_ms:.2f}",
-            f"{step.p99_ms:.2f}", f"{step.cpu_us_per_payment:.1f}", share.replace("+", "-", 1)
-            if share.startswith("+") else share.replace("-", "+", 1), ratio, step.shed,
+            f"{step.p99_ms:.2f}", f"{cpu:.1f}", vs_full,
+            f"{cpu / echo.cpu_us_per_payment:.1f}x", step.shed,
             "yes" if step.kept_schedule else f"no ({step.lagged} late)"]
 
 

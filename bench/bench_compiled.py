@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -96,14 +97,24 @@ def compile_tree(tree: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_one(tree: Path, seed: int, duration: float, rate: float) -> dict[str, object]:
+class Run(NamedTuple):
+    """One seed's run in one tree, as RUN_ONE prints it."""
+
+    cpu: float
+    payments: int
+    hash: str
+    compiled: bool
+    violations: int
+
+
+def run_one(tree: Path, seed: int, duration: float, rate: float) -> Run:
     code = RUN_ONE.format(seed=seed, duration=duration, rate=rate)
     env = {**os.environ, "PYTHONPATH": ""}
     done = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True,
                           text=True, env=env, check=False)
     if done.returncode != 0:
         sys.exit(f"the simulation failed in {tree}:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return Run(**json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def main() -> None:
@@ -119,24 +130,23 @@ def main() -> None:
         copy_tree(compiled)
         build_s = compile_tree(compiled)
         print(f"mypyc: {len(COMPILED)} modules compiled in {build_s:.0f} s", flush=True)
-        runs: dict[str, list[dict[str, object]]] = {"interpreted": [], "compiled": []}
+        runs: dict[str, list[Run]] = {"interpreted": [], "compiled": []}
         for _ in range(rounds):
             for name, tree in (("interpreted", plain), ("compiled", compiled)):
                 run = run_one(tree, seed, duration, rate)
-                assert run["compiled"] == (name == "compiled"), (name, run)
+                assert run.compiled == (name == "compiled"), (name, run)
                 runs[name].append(run)
-                print(f"  {name:11s} cpu {float(str(run['cpu'])):6.1f} s  "
-                      f"{run['payments']} payments  trace {run['hash']}", flush=True)
-    hashes = {str(run["hash"]) for group in runs.values() for run in group}
+                print(f"  {name:11s} cpu {run.cpu:6.1f} s  {run.payments} payments  "
+                      f"trace {run.hash}", flush=True)
+    hashes = {run.hash for group in runs.values() for run in group}
     assert len(hashes) == 1, f"the compiled code did something else: {hashes}"
     rows = []
-    best = {name: min(float(str(run["cpu"])) for run in group) for name, group in runs.items()}
+    best = {name: min(run.cpu for run in group) for name, group in runs.items()}
     for name, group in runs.items():
-        cpus = sorted(float(str(run["cpu"])) for run in group)
-        payments = int(str(group[0]["payments"]))
+        cpus = sorted(run.cpu for run in group)
         rows.append([name, ", ".join(f"{c:.1f}" for c in cpus),
                      f"{best[name] * 3600 / duration:.0f}",
-                     f"{best[name] / payments * 1e6:.0f}",
+                     f"{best[name] / group[0].payments * 1e6:.0f}",
                      f"{best['interpreted'] / best[name]:.2f}x"])
     body = "\n".join([
         f"One seed (seed {seed}, {duration:.0f} simulated s at {rate:.0f}/s, fault "

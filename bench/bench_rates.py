@@ -43,7 +43,7 @@ if __package__ in (None, ""):
 
 from bench import e2e
 from bench.results import markdown_table, write_flag, write_section
-from loadtests.harness.processes import start_switch, stop_switch
+from loadtests.harness.processes import stop_switch
 
 #: (journal.writer, journal.commit_window_s): the default first.
 WRITERS = (("loop", 0.0), ("thread", 0.0), ("thread", 0.002))
@@ -178,12 +178,9 @@ def label(writer: str, window_s: float) -> str:
 def start(writer: str, window_s: float,
           work: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
     name = f"switch-{writer}-{window_s}"
-    config = work / f"{name}.toml"
-    config.write_text(e2e.SWITCH_CONFIG.format(
-        journal=work / f"{name}.db", metrics="true").replace(
+    return e2e.start_configured(name, work, change=lambda config: config.replace(
         'mode = "group"',
         f'mode = "group"\nwriter = "{writer}"\ncommit_window_s = {window_s}'))
-    return start_switch(config, work / f"ready-{name}.json")
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ import argparse
 import math
 import multiprocessing
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -389,11 +390,21 @@ def through_simulators(work: Path, rate: float, duration: float) -> Step:
 def start(target: str, work: Path, backend: str = "asyncio") -> tuple[Any, dict[str, int]]:
     if target == "echo":
         return _start_echo(work / "ready-echo.json")
-    config = work / f"{target}.toml"
-    config.write_text(SWITCH_CONFIG.format(
-        journal=work / f"{target}.db",
-        metrics="false" if target == "switch-no-metrics" else "true"))
-    return start_switch(config, work / f"ready-{target}.json", backend=backend)
+    return start_configured(target, work, metrics=target != "switch-no-metrics",
+                            backend=backend)
+
+
+def start_configured(name: str, work: Path, *, metrics: bool = True,
+                     change: Callable[[str], str] = lambda config: config,
+                     backend: str = "asyncio"
+                     ) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """A switch on :data:`SWITCH_CONFIG` (its journal ``work/<name>.db``), the text first
+    passed through ``change``: the benchmarks that vary one setting (bench_rates.py's
+    journal writers, bench_ablation.py's parts taken out) start it here."""
+    config = work / f"{name}.toml"
+    config.write_text(change(SWITCH_CONFIG.format(
+        journal=work / f"{name}.db", metrics="true" if metrics else "false")))
+    return start_switch(config, work / f"ready-{name}.json", backend=backend)
 
 
 def main() -> None:
