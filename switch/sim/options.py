@@ -43,7 +43,7 @@ def drawn_config(seed: int) -> SwitchConfig:
     inside what the simulator's checks assume of time (a breaker opens for at most 10 s,
     inside the stand-in check's 30 s quiet window; QR is never asked before 90 s). The
     resolver's workers go down to 2: the schedule check counts the time they were all busy
-    (verify.SaturatedSpans), so a backlog drained at full capacity is on schedule.
+    (switch/sim/saturation.py), so a backlog drained at full capacity is on schedule.
     A breaker that opens on one failure is left out: one everyday 96 from each card
     endpoint then opens both, and the switch stands in for ``open_s`` while the issuer
     answers, as that setting asks (five seeds in forty did, with nothing else wrong).

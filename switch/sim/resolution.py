@@ -47,9 +47,7 @@ class Sim(Protocol):
     unknown_since: dict[str, float]
     failed_attempt_at: dict[str, float]
     world: World
-
-    @property
-    def saturation(self) -> SaturatedSpans: ...
+    saturation: SaturatedSpans
 
     def push(self, at: float, kind: int, a: Any = None, b: Any = None) -> None: ...
     def wall(self) -> dt.datetime: ...
